@@ -1,0 +1,1 @@
+"""tether.adapters: see docs/architecture.md; built by a later issue."""

@@ -1,0 +1,87 @@
+"""The bus: NATS connection, embedded server, streams, subjects, publisher, outbox.
+
+Imports only :mod:`tether.schemas`.
+"""
+
+from ._binding import (
+    STRUCTURED_CONTENT_TYPE,
+    WireEvent,
+    decode,
+    decode_event,
+    encode_binary,
+    encode_structured,
+    percent_decode,
+    percent_encode,
+)
+from ._config import BusConfig
+from ._connect import Bus, BusUnavailable, connect
+from ._outbox import Outbox, OutboxFull, PendingMessage
+from ._publisher import PayloadTooLarge, PublishRejected, Publisher, PublisherStats, Receipt
+from ._reader import EventReader, ReadResult
+from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
+from ._streams import (
+    DLQ_STREAM,
+    EVENTS_STREAM,
+    OBJECT_BUCKET,
+    WORK_STREAM,
+    Drift,
+    ProvisionReport,
+    ensure_streams,
+    stream_configs,
+)
+from ._subjects import (
+    DLQ_SUBJECTS,
+    EVENT_SUBJECTS,
+    PROJECTION_SUBJECTS,
+    WORK_SUBJECTS,
+    decode_token,
+    encode_token,
+    event_filter,
+    event_subject,
+)
+
+__all__ = [
+    "DLQ_STREAM",
+    "DLQ_SUBJECTS",
+    "EVENTS_STREAM",
+    "EVENT_SUBJECTS",
+    "OBJECT_BUCKET",
+    "PROJECTION_SUBJECTS",
+    "STRUCTURED_CONTENT_TYPE",
+    "WORK_STREAM",
+    "WORK_SUBJECTS",
+    "Bus",
+    "BusConfig",
+    "BusUnavailable",
+    "Drift",
+    "EmbeddedServer",
+    "EventReader",
+    "Outbox",
+    "OutboxFull",
+    "PayloadTooLarge",
+    "PendingMessage",
+    "ProvisionReport",
+    "PublishRejected",
+    "Publisher",
+    "PublisherStats",
+    "ReadResult",
+    "Receipt",
+    "ServerError",
+    "WireEvent",
+    "connect",
+    "decode",
+    "decode_event",
+    "decode_token",
+    "encode_binary",
+    "encode_structured",
+    "encode_token",
+    "ensure_streams",
+    "event_filter",
+    "event_subject",
+    "find_running",
+    "nats_server_binary",
+    "percent_decode",
+    "percent_encode",
+    "stream_configs",
+    "tether_home",
+]

@@ -1,0 +1,230 @@
+"""``connect()``: a ready bus with no arguments, and the :class:`Bus` it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from tether.schemas import Event
+
+from ._config import BusConfig
+from ._outbox import outbox_depth
+from ._publisher import Publisher, Receipt
+from ._reader import EventReader
+from ._server import EmbeddedServer, ServerError, find_running
+from ._streams import DLQ_STREAM, EVENTS_STREAM, WORK_STREAM, ProvisionReport, ensure_streams
+
+__all__ = ["Bus", "BusUnavailable", "connect"]
+
+log = logging.getLogger("tether.bus")
+
+
+class BusUnavailable(ConnectionError):
+    """NATS could not be reached (or started) at connect time."""
+
+
+class Bus:
+    """A connection to tether's NATS: publisher, reader, streams, and the server if embedded."""
+
+    def __init__(self, config: BusConfig, nc: NATS, js: JetStreamContext, url: str,
+                 server: EmbeddedServer | None) -> None:
+        self.config = config
+        self.nc = nc
+        self.js = js
+        self.url = url
+        self.server = server
+        self.publisher = Publisher(
+            nc, js, config.home / "outbox",
+            ack_timeout_s=config.ack_timeout_s,
+            max_pending=config.max_pending,
+            max_block_s=config.max_block_s,
+            large_payload_bytes=config.large_payload_bytes,
+            max_event_bytes=config.max_event_bytes,
+            outbox_max_bytes=config.outbox_max_bytes,
+        )
+        self.reader = EventReader(js)
+        self.provision_report: ProvisionReport | None = None
+
+    async def publish(self, event: Event) -> Receipt:
+        """Publish one event and wait for its ack (or the outbox). See :class:`Publisher`."""
+        return await self.publisher.publish(event)
+
+    async def emit(self, event: Event) -> None:
+        """Publish without waiting for the ack; :meth:`flush` makes it durable."""
+        await self.publisher.emit(event)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        await self.publisher.flush(timeout)
+
+    async def ensure_streams(self, *, update: bool | None = None) -> ProvisionReport:
+        report = await ensure_streams(
+            self.js,
+            replicas=self.config.replicas,
+            dedupe_window_s=self.config.dedupe_window_s,
+            update=self.config.update_streams if update is None else update,
+        )
+        for drift in report.drift:
+            log.warning("stream config drift: %s", drift)
+        self.provision_report = report
+        return report
+
+    async def status(self) -> dict[str, Any]:
+        """Server, streams, consumers, outbox and publisher figures, as plain data."""
+        info = self.nc._server_info if hasattr(self.nc, "_server_info") else {}
+        streams = []
+        for name in (EVENTS_STREAM, WORK_STREAM, DLQ_STREAM):
+            try:
+                si = await self.js.stream_info(name)
+            except Exception as exc:
+                streams.append({"name": name, "error": str(exc)})
+                continue
+            consumers = []
+            with contextlib.suppress(Exception):
+                for ci in await self.js.consumers_info(name):
+                    consumers.append({
+                        "name": ci.name,
+                        "pending": ci.num_pending,
+                        "ack_pending": ci.num_ack_pending,
+                        "redelivered": ci.num_redelivered,
+                        "delivered_seq": ci.delivered.stream_seq if ci.delivered else None,
+                    })
+            st = si.state
+            streams.append({
+                "name": name,
+                "subjects": list(si.config.subjects or []),
+                "messages": st.messages,
+                "bytes": st.bytes,
+                "first_seq": st.first_seq,
+                "last_seq": st.last_seq,
+                "replicas": si.config.num_replicas,
+                "consumers": consumers,
+            })
+        files, queued, rejected = outbox_depth(self.config.home / "outbox")
+        pub = self.publisher.stats
+        return {
+            "server": {
+                "url": self.url,
+                "embedded": self.server is not None,
+                "pid": self.server.pid if self.server else None,
+                "version": info.get("version"),
+                "name": info.get("server_name"),
+                "jetstream": bool(info.get("jetstream")),
+                "max_payload": info.get("max_payload"),
+            },
+            "home": str(self.config.home),
+            "streams": streams,
+            "drift": [str(d) for d in (self.provision_report.drift if self.provision_report else [])],
+            "outbox": {"files": files, "queued": queued, "rejected": rejected},
+            "publisher": {
+                "degraded": self.publisher.degraded,
+                "in_flight": self.publisher.in_flight(),
+                "acked": pub.acked,
+                "outboxed": pub.outboxed,
+                "flushed": pub.flushed,
+                "rejected": pub.rejected,
+                "last_error": pub.last_error,
+            },
+        }
+
+    async def close(self, *, timeout: float = 5.0, stop_server: bool = True) -> None:
+        """Flush, close the connection, and stop the embedded server if this bus started it."""
+        try:
+            await self.publisher.close(timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), timeout)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+            if self.server is not None and stop_server:
+                await asyncio.to_thread(self.server.stop)
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect(url: str | None = None, *, config: BusConfig | None = None, **options: Any) -> Bus:
+    """Connect to tether's NATS, starting the embedded server if there is none.
+
+    Where it connects, in order: ``url``; ``TETHER_NATS_URL``; the tether server
+    already running for ``TETHER_HOME`` (``./.tether``); a new embedded
+    ``nats-server`` with JetStream, its data under ``TETHER_HOME``. Options are
+    :class:`BusConfig` fields (``user``, ``password``, ``token``, ``creds``,
+    ``nkey_seed``, ``tls_ca``..., ``replicas``, ``ack_timeout_s``...).
+
+    The streams are provisioned (idempotently) unless ``provision=False``.
+    """
+    cfg = config or BusConfig.from_env(**options)
+    if url:
+        cfg = cfg.with_(url=url)
+    server: EmbeddedServer | None = None
+    target = cfg.url
+    if not target:
+        running = find_running(cfg.home)
+        if running is not None:
+            target = running.url
+        elif cfg.embedded:
+            server = EmbeddedServer(cfg.home)
+            try:
+                target = await asyncio.to_thread(server.start)
+            except ServerError as exc:
+                raise BusUnavailable(str(exc)) from exc
+            if not server.owned:
+                server = None
+        else:
+            raise BusUnavailable(
+                f"no NATS server: set TETHER_NATS_URL, or run `tether up` (home {cfg.home})"
+            )
+    holder: dict[str, Bus] = {}
+
+    async def disconnected() -> None:
+        if "bus" in holder:
+            holder["bus"].publisher.on_disconnect()
+
+    async def reconnected() -> None:
+        if "bus" in holder:
+            log.info("reconnected to NATS at %s", holder["bus"].nc.connected_url)
+            holder["bus"].publisher.on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.debug("NATS client: %r", exc)
+
+    try:
+        nc = await nats.connect(
+            servers=[target],
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            pending_size=0,  # never buffer while disconnected: the outbox does that, in order
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            **cfg.nats_options(),
+        )
+    except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+        raise BusUnavailable(
+            f"cannot reach NATS at {target}: {exc!r}. Check TETHER_NATS_URL and credentials, "
+            "or unset it to use the embedded server"
+        ) from exc
+    js = nc.jetstream()
+    bus = Bus(cfg, nc, js, target, server)
+    holder["bus"] = bus
+    try:
+        if cfg.provision:
+            await bus.ensure_streams()
+        await bus.publisher.start()
+    except BaseException:
+        await bus.close()
+        raise
+    return bus

@@ -1,0 +1,537 @@
+"""The publisher: validated events onto JetStream, acked, deduped, never lost.
+
+Two ways in:
+
+* ``await publisher.publish(event)`` returns once the event is acked by the stream or
+  safely in the outbox, never later than ``ack_timeout_s``;
+* ``await publisher.emit(event)`` returns as soon as the event is handed to NATS
+  (batched, many in flight); ``await publisher.flush()`` then guarantees every
+  emitted event is acked or in the outbox.
+
+The event id is the ``Nats-Msg-Id``, so JetStream drops a repeat within its dedupe
+window. When NATS is unreachable, an ack does not come in time, or too many events
+are in flight for too long, the publisher *degrades*: every unacked event, in order,
+and every later one goes to the local outbox, which a background task flushes in
+order once NATS answers again. Order per publisher (and so per run) is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.object_store import ObjectStore
+
+from tether.schemas import Event, EventError
+
+from ._binding import encode_binary, percent_encode
+from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
+from ._streams import OBJECT_BUCKET
+from ._subjects import event_subject
+
+__all__ = ["PayloadTooLarge", "PublishRejected", "Publisher", "PublisherStats", "Receipt"]
+
+log = logging.getLogger("tether.bus")
+
+MSG_ID = "Nats-Msg-Id"
+DATAREF_SCHEME = "nats-obj://"
+
+
+class PayloadTooLarge(EventError):
+    """The event's data is above ``max_event_bytes``, even for the object store."""
+
+
+class PublishRejected(RuntimeError):
+    """The stream refused the event for good (not a transient failure)."""
+
+    def __init__(self, event_id: str, error: str) -> None:
+        super().__init__(f"event {event_id} refused by JetStream: {error}")
+        self.event_id = event_id
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What happened to one published event."""
+
+    id: str
+    stream_seq: int | None = None
+    duplicate: bool = False
+    outboxed: bool = False
+
+
+@dataclass
+class PublisherStats:
+    sent: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    outboxed: int = 0
+    flushed: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    claim_checks: int = 0
+    degraded_since: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class _Inflight:
+    message: PendingMessage
+    sent_at: float
+    waiter: asyncio.Future[Receipt] | None = None
+
+
+class _Transient(Exception):
+    pass
+
+
+class Publisher:
+    """Publishes events on one NATS connection. Create it with :func:`tether.bus.connect`."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        outbox_dir: Path,
+        *,
+        ack_timeout_s: float = 5.0,
+        max_pending: int = 8192,
+        max_block_s: float = 1.0,
+        large_payload_bytes: int = 256 * 1024,
+        max_event_bytes: int = 64 * 1024 * 1024,
+        outbox_max_bytes: int = 512 * 1024 * 1024,
+        on_reject: Callable[[PendingMessage, str], None] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._outbox_dir = outbox_dir
+        self.ack_timeout_s = ack_timeout_s
+        self.max_pending = max_pending
+        self.max_block_s = max_block_s
+        self.large_payload_bytes = large_payload_bytes
+        self.max_event_bytes = max_event_bytes
+        self.outbox_max_bytes = outbox_max_bytes
+        self._on_reject = on_reject
+        self.stats = PublisherStats()
+        self._prefix = ""
+        self._sub: Any = None
+        self._inflight: dict[int, _Inflight] = {}
+        self._flushing: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._seq = 0
+        self._degraded = False
+        self._outbox: Outbox | None = None
+        self._orphans: list[Outbox] = []
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._kick = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._objects: ObjectStore | None = None
+        self._closed = False
+        self._full_error: OutboxFull | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox() + "."
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self._orphans = list(orphaned_outboxes(self._outbox_dir))
+        for box in self._orphans:
+            box.max_bytes = self.outbox_max_bytes
+            if box.depth():
+                log.warning("adopting outbox %s with %d event(s) left by an earlier process",
+                            box.path.name, box.depth())
+                self._drained.clear()
+        self._tasks = [
+            asyncio.create_task(self._sweep(), name="tether-publisher-sweep"),
+            asyncio.create_task(self._flush_loop(), name="tether-outbox-flush"),
+        ]
+        self._kick.set()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is in flight, try to drain the outbox, keep the rest for next start."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.flush(timeout)
+        if self._nc.is_connected:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.drain(), timeout)
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for box in [*self._orphans, *([self._outbox] if self._outbox else [])]:
+            if box.depth():
+                log.warning("%d event(s) stay in outbox %s until the next start",
+                            box.depth(), box.path.name)
+            box.close()
+
+    # -- publishing --------------------------------------------------------------------
+
+    def prepare(self, event: Event) -> PendingMessage:
+        """Encode an event into the message tether publishes (binary content mode)."""
+        headers, payload = encode_binary(event)
+        if len(payload) > self.max_event_bytes:
+            raise PayloadTooLarge(
+                f"{event.type} data is {len(payload):,} bytes; the limit is "
+                f"{self.max_event_bytes:,} (max_event_bytes). Store large blobs elsewhere and "
+                "reference them", event_type=event.type)
+        headers[MSG_ID] = event.id
+        return PendingMessage(event.id, event_subject(event), headers, payload)
+
+    async def publish(self, event: Event) -> Receipt:
+        """Publish and wait for the ack (or the outbox); at most ``ack_timeout_s``."""
+        message = self.prepare(event)
+        if self._degraded or not self._nc.is_connected:
+            self._to_outbox([message])
+            return Receipt(message.id, outboxed=True)
+        await self._wait_for_room()
+        if self._degraded:
+            self._to_outbox([message])
+            return Receipt(message.id, outboxed=True)
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        await self._send(message, waiter)
+        return await waiter
+
+    async def emit(self, event: Event) -> None:
+        """Hand an event to NATS without waiting for its ack. See :meth:`flush`."""
+        message = self.prepare(event)
+        if self._degraded or not self._nc.is_connected:
+            self._to_outbox([message])
+            return
+        if len(self._inflight) >= self.max_pending:
+            await self._wait_for_room()
+            if self._degraded:
+                self._to_outbox([message])
+                return
+        await self._send(message, None)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every emitted event is acked or in the outbox.
+
+        Raises ``OutboxFull`` if events had to be dropped because the outbox was full.
+        """
+        wait = timeout if timeout is not None else self.ack_timeout_s * 2 + 1
+        await asyncio.wait_for(self._idle.wait(), wait)
+        if self._full_error is not None:
+            err, self._full_error = self._full_error, None
+            raise err
+
+    async def drain(self) -> None:
+        """Wait until the outbox is empty too (NATS must be reachable for that)."""
+        await self.flush()
+        self._kick.set()
+        await self._drained.wait()
+
+    @property
+    def degraded(self) -> bool:
+        """True while events are going to the outbox instead of straight to NATS."""
+        return self._degraded
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def outbox_depth(self) -> int:
+        own = self._outbox.depth() if self._outbox else 0
+        return own + sum(b.depth() for b in self._orphans)
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _wait_for_room(self) -> None:
+        if len(self._inflight) < self.max_pending:
+            return
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), self.max_block_s)
+        except asyncio.TimeoutError:
+            self._degrade(f"{len(self._inflight)} events unacked for {self.max_block_s}s (backpressure)")
+
+    async def _claim_check(self, message: PendingMessage) -> PendingMessage:
+        if self._objects is None:
+            self._objects = await self._js.object_store(OBJECT_BUCKET)
+        await self._objects.put(message.id, message.payload)
+        self.stats.claim_checks += 1
+        headers = dict(message.headers)
+        headers["ce-dataref"] = percent_encode(f"{DATAREF_SCHEME}{OBJECT_BUCKET}/{message.id}")
+        return PendingMessage(message.id, message.subject, headers, b"")
+
+    async def _send(self, message: PendingMessage, waiter: asyncio.Future[Receipt] | None) -> None:
+        wire = message
+        if len(message.payload) > self.large_payload_bytes:
+            try:
+                wire = await self._claim_check(message)
+            except Exception as exc:  # NATS trouble while storing the object
+                self._to_outbox([message])
+                self._degrade(f"object store: {exc}")
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(Receipt(message.id, outboxed=True))
+                return
+            if self._degraded:
+                self._to_outbox([message])
+                if waiter is not None:
+                    waiter.set_result(Receipt(message.id, outboxed=True))
+                return
+        self._seq += 1
+        seq = self._seq
+        # The outbox keeps the original message (claim check redone on flush).
+        self._inflight[seq] = _Inflight(message, time.monotonic(), waiter)
+        self._idle.clear()
+        try:
+            await self._nc.publish(wire.subject, wire.payload, reply=self._prefix + str(seq),
+                                   headers=wire.headers)
+        except (nats.errors.Error, OSError) as exc:
+            self._degrade(f"publish failed: {exc!r}")
+            return
+        self.stats.sent += 1
+
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            seq = int(msg.subject[len(self._prefix):])
+        except ValueError:
+            return
+        flushing = self._flushing.pop(seq, None)
+        if flushing is not None:
+            if not flushing.done():
+                flushing.set_result(_parse_ack(msg))
+            return
+        entry = self._inflight.pop(seq, None)
+        if entry is None:
+            return  # already timed out into the outbox; dedupe covers the re-send
+        ack = _parse_ack(msg)
+        if ack.get("transient"):
+            self._degrade(str(ack["error"]), extra={seq: entry})
+            return
+        if "error" in ack:
+            self._rejected(entry.message, str(ack["error"]))
+            if entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_exception(PublishRejected(entry.message.id, str(ack["error"])))
+        else:
+            self.stats.acked += 1
+            dup = bool(ack.get("duplicate"))
+            self.stats.duplicates += dup
+            if entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_result(Receipt(entry.message.id, ack.get("seq"), dup))
+        self._after_change()
+
+    def _after_change(self) -> None:
+        if len(self._inflight) < self.max_pending * 3 // 4:
+            self._room.set()
+        if not self._inflight:
+            self._idle.set()
+
+    def _rejected(self, message: PendingMessage, error: str) -> None:
+        self.stats.rejected += 1
+        self.stats.last_error = error
+        log.error("event %s on %s refused by JetStream: %s (kept in the outbox's rejected table)",
+                  message.id, message.subject, error)
+        try:
+            self._own_outbox().add_rejected(message, error)
+        except Exception:  # the log line above is then the only record
+            log.exception("could not keep refused event %s", message.id)
+        if self._on_reject is not None:
+            self._on_reject(message, error)
+
+    def _degrade(self, reason: str, extra: dict[int, _Inflight] | None = None) -> None:
+        """Move every unacked event, in order, to the outbox; later ones follow it there."""
+        moved = dict(self._inflight)
+        if extra:
+            moved.update(extra)
+        self._inflight.clear()
+        if not self._degraded:
+            log.warning("NATS publish degraded (%s): events go to the local outbox until it answers",
+                        reason)
+            self.stats.degraded_since = time.time()
+        self._degraded = True
+        self.stats.last_error = reason
+        entries = [moved[k] for k in sorted(moved)]
+        try:
+            self._to_outbox([e.message for e in entries])
+            outcome: Receipt | OutboxFull | None = None
+        except OutboxFull as exc:
+            outcome = exc
+        for e in entries:
+            if e.waiter is not None and not e.waiter.done():
+                if isinstance(outcome, OutboxFull):
+                    e.waiter.set_exception(outcome)
+                else:
+                    e.waiter.set_result(Receipt(e.message.id, outboxed=True))
+        self._after_change()
+        self._room.set()
+
+    def _own_outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox.create(self._outbox_dir, max_bytes=self.outbox_max_bytes)
+        return self._outbox
+
+    def _to_outbox(self, messages: list[PendingMessage]) -> None:
+        if not messages:
+            return
+        self._degraded = True
+        if self.stats.degraded_since is None:
+            self.stats.degraded_since = time.time()
+        try:
+            self._own_outbox().add(messages)
+        except OutboxFull as exc:
+            self.stats.dropped += len(messages)
+            self._full_error = exc
+            log.error("%s (%d event(s) refused)", exc, len(messages))
+            raise
+        self.stats.outboxed += len(messages)
+        self._drained.clear()
+        self._kick.set()
+
+    def on_disconnect(self) -> None:
+        """Called by the bus when the connection drops."""
+        # nats-py re-sends its unflushed write buffer after reconnecting. Those
+        # messages are unacked, so they are in the outbox already; re-sending them
+        # behind the outbox's back could reorder them, so forget the buffer.
+        pending = getattr(self._nc, "_pending", None)
+        if isinstance(pending, list):
+            pending.clear()
+            self._nc._pending_data_size = 0
+        if self._inflight:
+            self._degrade("connection to NATS lost")
+
+    def on_reconnect(self) -> None:
+        self._kick.set()
+
+    async def _sweep(self) -> None:
+        interval = max(0.01, min(0.25, self.ack_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            if self._inflight:
+                oldest = next(iter(self._inflight.values()))
+                if time.monotonic() - oldest.sent_at > self.ack_timeout_s:
+                    self._degrade(f"no ack within {self.ack_timeout_s}s")
+
+    async def _flush_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self._flush_outboxes()
+                backoff = 0.1
+            except _Transient as exc:
+                log.info("outbox flush paused: %s; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._kick.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the flusher die silently
+                log.exception("outbox flush failed; retrying")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._kick.set()
+
+    async def _flush_outboxes(self) -> None:
+        while self._orphans:
+            box = self._orphans[0]
+            await self._flush_box(box)
+            self._orphans.pop(0)
+            box.close()
+        if self._outbox is not None:
+            await self._flush_box(self._outbox)
+        # Synchronous from the emptiness check to here: no event can slip in between.
+        if not self._orphans and (self._outbox is None or self._outbox.depth() == 0):
+            if self._degraded:
+                log.warning("NATS publish recovered: outbox flushed")
+            self._degraded = False
+            self.stats.degraded_since = None
+            self._drained.set()
+
+    async def _flush_box(self, box: Outbox) -> None:
+        while box.depth():
+            if not self._nc.is_connected:
+                raise _Transient("NATS not connected")
+            rows = box.peek(256)
+            results = await self._publish_rows(rows)
+            done_through = None
+            for row, ack in zip(rows, results, strict=True):
+                if ack is None or ack.get("transient"):
+                    break
+                if "error" in ack:
+                    box.reject(row, str(ack["error"]))
+                    self.stats.rejected += 1
+                    log.error("outbox event %s refused by JetStream: %s", row.message.id, ack["error"])
+                    continue
+                done_through = row.seq
+                self.stats.flushed += 1
+            if done_through is not None:
+                box.remove_through(done_through)
+            if any(a is None or a.get("transient") for a in results):
+                first = next(a for a in results if a is None or a.get("transient"))
+                raise _Transient("no ack" if first is None else str(first["error"]))
+
+    async def _publish_rows(self, rows: list[OutboxRow]) -> list[dict[str, Any] | None]:
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[dict[str, Any]]] = []
+        for row in rows:
+            wire = row.message
+            if len(wire.payload) > self.large_payload_bytes:
+                try:
+                    wire = await self._claim_check(wire)
+                except Exception as exc:
+                    raise _Transient(f"object store: {exc}") from exc
+            self._seq += 1
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._flushing[self._seq] = fut
+            waits.append(fut)
+            try:
+                await self._nc.publish(wire.subject, wire.payload,
+                                       reply=self._prefix + str(self._seq), headers=wire.headers)
+            except (nats.errors.Error, OSError) as exc:
+                fut.set_result({"error": repr(exc), "transient": True})
+                break
+        out: list[dict[str, Any] | None] = []
+        deadline = time.monotonic() + self.ack_timeout_s
+        for fut in waits:
+            try:
+                out.append(await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                out.append(None)
+        out.extend([None] * (len(rows) - len(out)))
+        for seq in [s for s, f in self._flushing.items() if f in waits]:
+            self._flushing.pop(seq, None)
+        return out
+
+
+def _parse_ack(msg: Msg) -> dict[str, Any]:
+    """A JetStream publish ack as a dict; ``transient`` marks errors worth retrying."""
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if status:
+        # 503 No Responders: no stream for the subject (yet), or JetStream is down.
+        return {"error": f"status {status} {headers.get('Description', '')}".strip(),
+                "transient": status in {"503", "408"}}
+    try:
+        doc = json.loads(msg.data)
+    except ValueError:
+        return {"error": f"unreadable ack: {msg.data[:200]!r}", "transient": True}
+    err = doc.get("error")
+    if err:
+        code = err.get("code")
+        return {"error": f"{err.get('description', err)} (code {code}, err_code {err.get('err_code')})",
+                "transient": code in {503, 408, 500}}
+    return doc

@@ -1,0 +1,155 @@
+"""Idempotent provisioning of tether's streams and object store, with drift reporting.
+
+* ``EVENTS``: the log, ``tether.evt.>``; file storage, limits retention (kept forever
+  unless you set limits), dedupe window on ``Nats-Msg-Id``.
+* ``WORK``: durable calls, ``tether.work.>``; work-queue retention (a message is gone
+  once a worker acks it).
+* ``DLQ``: dead letters, ``tether.dlq.>``; kept until purged.
+* object store ``tether-payloads``: event data too large for a message.
+
+Provisioning creates what is missing and compares what exists with what tether
+expects. A difference is *drift*: reported, and changed in place only when asked
+(``update=True``) and when NATS allows it (retention and storage never change in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from ._subjects import DLQ_SUBJECTS, EVENT_SUBJECTS, WORK_SUBJECTS
+
+__all__ = [
+    "DLQ_STREAM",
+    "EVENTS_STREAM",
+    "OBJECT_BUCKET",
+    "WORK_STREAM",
+    "Drift",
+    "ProvisionReport",
+    "ensure_streams",
+    "stream_configs",
+]
+
+EVENTS_STREAM = "EVENTS"
+WORK_STREAM = "WORK"
+DLQ_STREAM = "DLQ"
+OBJECT_BUCKET = "tether-payloads"
+MAX_MSG_SIZE = 1024 * 1024
+_UPDATABLE = {"subjects", "duplicate_window", "num_replicas", "max_msg_size", "description"}
+
+
+def stream_configs(*, replicas: int = 1, dedupe_window_s: float = 120.0) -> list[StreamConfig]:
+    """The stream configurations tether expects."""
+    common: dict[str, Any] = {
+        "storage": StorageType.FILE,
+        "num_replicas": replicas,
+        "duplicate_window": dedupe_window_s,
+        "max_msg_size": MAX_MSG_SIZE,
+        "discard": DiscardPolicy.OLD,
+    }
+    return [
+        StreamConfig(name=EVENTS_STREAM, subjects=[EVENT_SUBJECTS],
+                     retention=RetentionPolicy.LIMITS,
+                     description="tether event log (source of truth)", **common),
+        StreamConfig(name=WORK_STREAM, subjects=[WORK_SUBJECTS],
+                     retention=RetentionPolicy.WORK_QUEUE,
+                     description="tether durable calls", **common),
+        StreamConfig(name=DLQ_STREAM, subjects=[DLQ_SUBJECTS],
+                     retention=RetentionPolicy.LIMITS,
+                     description="tether dead letters", **common),
+    ]
+
+
+@dataclass(frozen=True)
+class Drift:
+    stream: str
+    field: str
+    expected: Any
+    actual: Any
+    fixable: bool
+
+    def __str__(self) -> str:
+        how = "update with --update-streams" if self.fixable else "cannot change in place: recreate the stream"
+        return f"{self.stream}.{self.field}: expected {self.expected!r}, found {self.actual!r} ({how})"
+
+
+@dataclass
+class ProvisionReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+
+def _value(v: Any) -> Any:
+    return v.value if hasattr(v, "value") else v
+
+
+def _compare(expected: StreamConfig, actual: StreamConfig) -> list[Drift]:
+    checks = {
+        "subjects": (sorted(expected.subjects or []), sorted(actual.subjects or [])),
+        "retention": (_value(expected.retention), _value(actual.retention)),
+        "storage": (_value(expected.storage), _value(actual.storage)),
+        "num_replicas": (expected.num_replicas, actual.num_replicas),
+        "duplicate_window": (float(expected.duplicate_window), float(actual.duplicate_window or 0)),
+        "max_msg_size": (expected.max_msg_size, actual.max_msg_size),
+    }
+    return [
+        Drift(expected.name or "?", name, want, have, name in _UPDATABLE)
+        for name, (want, have) in checks.items()
+        if want != have
+    ]
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    dedupe_window_s: float = 120.0,
+    update: bool = False,
+) -> ProvisionReport:
+    """Create missing streams and the object store; report (and optionally fix) drift."""
+    report = ProvisionReport()
+    for config in stream_configs(replicas=replicas, dedupe_window_s=dedupe_window_s):
+        name = config.name or "?"
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(config)
+            report.created.append(name)
+            continue
+        drift = _compare(config, info.config)
+        if drift and update and all(d.fixable for d in drift):
+            await js.update_stream(config)
+            report.updated.append(name)
+        elif drift:
+            report.drift.extend(drift)
+        else:
+            report.unchanged.append(name)
+    try:
+        await js.object_store(OBJECT_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(
+            OBJECT_BUCKET,
+            config=ObjectStoreConfig(
+                description="tether: event data too large for a message",
+                storage=StorageType.FILE,
+                replicas=replicas,
+            ),
+        )
+        report.created.append(f"object store {OBJECT_BUCKET}")
+    return report

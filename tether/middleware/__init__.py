@@ -1,0 +1,1 @@
+"""tether.middleware: see docs/architecture.md; built by a later issue."""

@@ -1,0 +1,1 @@
+"""tether.projections: see docs/architecture.md; built by a later issue."""

@@ -1,0 +1,70 @@
+"""Typed CloudEvents: the envelope, the event catalogue and its JSON Schemas.
+
+This package imports nothing else of tether.
+"""
+
+from ._catalogue import (
+    BudgetExceeded,
+    CallDeadLettered,
+    CallRedriven,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    ErrorInfo,
+    LlmCallAttemptFailed,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    MemoryCompacted,
+    MemoryDeleted,
+    MemoryWritten,
+    RunFinished,
+    RunStarted,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+    Usage,
+)
+from ._envelope import SCHEMA_URN, Event, Payload, catalogue, default_source, payload_class
+from ._errors import EventError, InvalidEvent, UnknownEventType
+from ._export import envelope_schema, export_schemas, payload_schema
+from ._ids import uuid7, uuid7_time
+
+__all__ = [
+    "SCHEMA_URN",
+    "BudgetExceeded",
+    "CallDeadLettered",
+    "CallRedriven",
+    "CircuitClosed",
+    "CircuitHalfOpened",
+    "CircuitOpened",
+    "ErrorInfo",
+    "Event",
+    "EventError",
+    "InvalidEvent",
+    "LlmCallAttemptFailed",
+    "LlmCallCompleted",
+    "LlmCallFailed",
+    "LlmCallRequested",
+    "MemoryCompacted",
+    "MemoryDeleted",
+    "MemoryWritten",
+    "Payload",
+    "RunFinished",
+    "RunStarted",
+    "ToolCallAttemptFailed",
+    "ToolCallCompleted",
+    "ToolCallFailed",
+    "ToolCallRequested",
+    "UnknownEventType",
+    "Usage",
+    "catalogue",
+    "default_source",
+    "envelope_schema",
+    "export_schemas",
+    "payload_class",
+    "payload_schema",
+    "uuid7",
+    "uuid7_time",
+]

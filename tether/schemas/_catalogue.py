@@ -1,0 +1,362 @@
+"""The event catalogue: one frozen payload model per event type.
+
+Type names read ``tether.<kind>.<what>``; ``kind`` and ``action`` place each event in
+the subject scheme. A new optional field bumps ``schema_version``; a breaking change
+gets a new type instead.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+
+from ._envelope import Payload
+
+__all__ = [
+    "BudgetExceeded",
+    "CallDeadLettered",
+    "CallRedriven",
+    "CircuitClosed",
+    "CircuitHalfOpened",
+    "CircuitOpened",
+    "ErrorInfo",
+    "LlmCallAttemptFailed",
+    "LlmCallCompleted",
+    "LlmCallFailed",
+    "LlmCallRequested",
+    "MemoryCompacted",
+    "MemoryDeleted",
+    "MemoryWritten",
+    "RunFinished",
+    "RunStarted",
+    "ToolCallAttemptFailed",
+    "ToolCallCompleted",
+    "ToolCallFailed",
+    "ToolCallRequested",
+    "Usage",
+]
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Decision = Literal["retry", "fallback", "give_up"]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ErrorInfo(_Part):
+    """What went wrong, normalised across providers and tools."""
+
+    type: str = Field(min_length=1, description="Error class, e.g. 'RateLimitError', 'Timeout'.")
+    message: str = ""
+    status_code: int | None = Field(None, ge=100, le=599)
+    code: str | None = Field(None, description="Provider error code, e.g. 'rate_limit_exceeded'.")
+    retryable: bool | None = None
+    retry_after_s: float | None = Field(None, ge=0)
+
+
+class Usage(_Part):
+    """Token usage of one LLM call. Cached and reasoning tokens are subsets, not extras."""
+
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    cached_input_tokens: int = Field(0, ge=0, description="Part of input_tokens read from cache.")
+    cache_write_tokens: int = Field(0, ge=0, description="Part of input_tokens written to cache.")
+    reasoning_tokens: int = Field(0, ge=0, description="Part of output_tokens spent reasoning.")
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+class RunStarted(Payload):
+    """An agent run began. The run id is the envelope's ``runid``."""
+
+    event_type: ClassVar[str] = "tether.run.started"
+    kind: ClassVar[str] = "run"
+    action: ClassVar[str] = "started"
+
+    name: str | None = None
+    parent_run_id: str | None = Field(None, description="Set for a sub-agent's run.")
+    input: JsonValue = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, JsonValue] = {}
+
+
+class RunFinished(Payload):
+    """An agent run ended, well or badly."""
+
+    event_type: ClassVar[str] = "tether.run.finished"
+    kind: ClassVar[str] = "run"
+    action: ClassVar[str] = "finished"
+
+    status: Literal["ok", "error", "cancelled"]
+    duration_ms: float | None = Field(None, ge=0)
+    output: JsonValue = None
+    error: ErrorInfo | None = None
+
+
+# -- LLM calls -------------------------------------------------------------------------
+
+
+class _LlmCall(Payload):
+    call_id: Id
+    provider: Id
+    model: Id
+
+    def subject_key(self) -> str | None:
+        return self.provider
+
+
+class LlmCallRequested(_LlmCall):
+    """An LLM call was asked for (before any attempt)."""
+
+    event_type: ClassVar[str] = "tether.llm.call.requested"
+    kind: ClassVar[str] = "llm"
+    action: ClassVar[str] = "requested"
+
+    operation: Literal["chat", "responses", "messages", "embeddings", "completions"] = "chat"
+    mode: Literal["inline", "durable"] = "inline"
+    stream: bool = False
+    route: str | None = None
+    parameters: dict[str, JsonValue] = {}
+    request: JsonValue = Field(None, description="The request body; None when capture is off.")
+    deadline: datetime | None = None
+
+
+class LlmCallAttemptFailed(_LlmCall):
+    """One attempt failed, and what tether decided to do next."""
+
+    event_type: ClassVar[str] = "tether.llm.call.attempt_failed"
+    kind: ClassVar[str] = "llm"
+    action: ClassVar[str] = "attempt_failed"
+
+    attempt: int = Field(ge=1)
+    error: ErrorInfo
+    latency_ms: float | None = Field(None, ge=0)
+    decision: Decision
+    retry_in_s: float | None = Field(None, ge=0)
+    next_provider: str | None = None
+    next_model: str | None = None
+
+
+class LlmCallCompleted(_LlmCall):
+    """An attempt succeeded; its output is recorded so replay never calls the model."""
+
+    event_type: ClassVar[str] = "tether.llm.call.completed"
+    kind: ClassVar[str] = "llm"
+    action: ClassVar[str] = "completed"
+
+    attempt: int = Field(1, ge=1)
+    usage: Usage = Usage()
+    latency_ms: float | None = Field(None, ge=0)
+    ttft_ms: float | None = Field(None, ge=0, description="Time to first token, streams only.")
+    finish_reason: str | None = None
+    response: JsonValue = Field(None, description="The response body; None when capture is off.")
+
+
+class LlmCallFailed(_LlmCall):
+    """The call gave up: every attempt and fallback allowed by the policy failed."""
+
+    event_type: ClassVar[str] = "tether.llm.call.failed"
+    kind: ClassVar[str] = "llm"
+    action: ClassVar[str] = "failed"
+
+    attempts: int = Field(ge=0)
+    error: ErrorInfo
+
+
+# -- tool calls ------------------------------------------------------------------------
+
+
+class _ToolCall(Payload):
+    call_id: Id
+    tool: Id
+
+    def subject_key(self) -> str | None:
+        return self.tool
+
+
+class ToolCallRequested(_ToolCall):
+    event_type: ClassVar[str] = "tether.tool.call.requested"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "requested"
+
+    arguments: JsonValue = None
+    idempotent: bool = False
+    idempotency_key: str | None = None
+    mode: Literal["inline", "durable"] = "inline"
+
+
+class ToolCallAttemptFailed(_ToolCall):
+    event_type: ClassVar[str] = "tether.tool.call.attempt_failed"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "attempt_failed"
+
+    attempt: int = Field(ge=1)
+    error: ErrorInfo
+    duration_ms: float | None = Field(None, ge=0)
+    decision: Decision
+    retry_in_s: float | None = Field(None, ge=0)
+
+
+class ToolCallCompleted(_ToolCall):
+    event_type: ClassVar[str] = "tether.tool.call.completed"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "completed"
+
+    attempt: int = Field(1, ge=1)
+    result: JsonValue = None
+    duration_ms: float | None = Field(None, ge=0)
+
+
+class ToolCallFailed(_ToolCall):
+    event_type: ClassVar[str] = "tether.tool.call.failed"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "failed"
+
+    attempts: int = Field(ge=0)
+    error: ErrorInfo
+
+
+# -- memory ----------------------------------------------------------------------------
+
+
+class _Memory(Payload):
+    namespace: Id
+    key: Id
+
+    def subject_key(self) -> str | None:
+        return self.namespace
+
+
+class MemoryWritten(_Memory):
+    """A new version of a memory entry. ``text`` may be ciphertext (see ``key_id``)."""
+
+    event_type: ClassVar[str] = "tether.memory.written"
+    kind: ClassVar[str] = "memory"
+    action: ClassVar[str] = "written"
+
+    version: int = Field(ge=1)
+    text: str
+    metadata: dict[str, JsonValue] = {}
+    expires_at: datetime | None = None
+    key_id: str | None = Field(None, description="Namespace key that encrypted ``text``.")
+    content_hash: str | None = None
+    source_call_id: str | None = None
+    source_message_id: str | None = None
+
+
+class MemoryDeleted(_Memory):
+    event_type: ClassVar[str] = "tether.memory.deleted"
+    kind: ClassVar[str] = "memory"
+    action: ClassVar[str] = "deleted"
+
+    version: int | None = Field(None, ge=1)
+    reason: Literal["deleted", "expired", "erased", "merged"] = "deleted"
+
+
+class MemoryCompacted(_Memory):
+    """Entries were summarised into ``key``; the originals stay in the log."""
+
+    event_type: ClassVar[str] = "tether.memory.compacted"
+    kind: ClassVar[str] = "memory"
+    action: ClassVar[str] = "compacted"
+
+    version: int = Field(ge=1)
+    summary: str
+    replaced: tuple[str, ...] = Field(description="Keys (or key@version) the summary replaces.")
+    token_budget: int | None = Field(None, ge=1)
+    summarizer: str = "extractive"
+    source_call_id: str | None = None
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+class CallDeadLettered(Payload):
+    """A call ended in the DLQ stream with its request, attempts and final error."""
+
+    event_type: ClassVar[str] = "tether.call.dead_lettered"
+    kind: ClassVar[str] = "call"
+    action: ClassVar[str] = "dead_lettered"
+
+    call_id: Id
+    call_kind: Literal["llm", "tool", "unknown"]
+    reason: Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline"]
+    attempts: int = Field(ge=0)
+    error: ErrorInfo | None = None
+    dlq_seq: int | None = Field(None, ge=1)
+
+    def subject_key(self) -> str | None:
+        return self.call_kind
+
+
+class CallRedriven(Payload):
+    event_type: ClassVar[str] = "tether.call.redriven"
+    kind: ClassVar[str] = "call"
+    action: ClassVar[str] = "redriven"
+
+    call_id: Id
+    new_call_id: Id
+    dlq_seq: int | None = Field(None, ge=1)
+
+
+# -- circuit breaker -------------------------------------------------------------------
+
+
+class _Circuit(Payload):
+    route: Id
+
+    def subject_key(self) -> str | None:
+        return self.route
+
+
+class CircuitOpened(_Circuit):
+    event_type: ClassVar[str] = "tether.circuit.opened"
+    kind: ClassVar[str] = "circuit"
+    action: ClassVar[str] = "opened"
+
+    reason: str
+    failures: int = Field(0, ge=0)
+    failure_rate: float | None = Field(None, ge=0, le=1)
+    cooldown_s: float = Field(ge=0)
+
+
+class CircuitHalfOpened(_Circuit):
+    event_type: ClassVar[str] = "tether.circuit.half_opened"
+    kind: ClassVar[str] = "circuit"
+    action: ClassVar[str] = "half_opened"
+
+    probe_call_id: str | None = None
+
+
+class CircuitClosed(_Circuit):
+    event_type: ClassVar[str] = "tether.circuit.closed"
+    kind: ClassVar[str] = "circuit"
+    action: ClassVar[str] = "closed"
+
+    open_for_s: float | None = Field(None, ge=0)
+
+
+# -- budgets ---------------------------------------------------------------------------
+
+
+class BudgetExceeded(Payload):
+    """A call was refused before dispatch because it would exceed a budget."""
+
+    event_type: ClassVar[str] = "tether.budget.exceeded"
+    kind: ClassVar[str] = "budget"
+    action: ClassVar[str] = "exceeded"
+
+    scope: Literal["run", "agent", "tenant"]
+    scope_id: Id
+    unit: Literal["usd", "tokens", "calls"]
+    limit: float = Field(ge=0)
+    spent: float = Field(ge=0)
+    requested: float | None = Field(None, ge=0)
+    call_id: str | None = None
+
+    def subject_key(self) -> str | None:
+        return self.scope

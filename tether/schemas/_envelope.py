@@ -1,0 +1,311 @@
+"""The CloudEvents 1.0 envelope and the payload base class with its registry."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ._errors import InvalidEvent, UnknownEventType
+from ._ids import uuid7
+
+__all__ = [
+    "SCHEMA_URN",
+    "Event",
+    "Payload",
+    "catalogue",
+    "default_source",
+    "payload_class",
+]
+
+SCHEMA_URN = "urn:tether:schema:"
+"""Prefix of ``dataschema``: ``urn:tether:schema:<type>:v<version>``."""
+
+_REGISTRY: dict[str, type[Payload]] = {}
+_EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_SCHEMA = re.compile(r"^urn:tether:schema:(?P<type>[a-z0-9_.]+):v(?P<version>[0-9]+)$")
+
+CORE_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"}
+)
+TETHER_EXTENSIONS = frozenset({"traceparent", "runid", "agentid", "dataref"})
+
+
+class Payload(BaseModel):
+    """Base of every event payload: frozen, strict about unknown fields, versioned.
+
+    A subclass that sets ``event_type`` joins the catalogue. ``kind`` and ``action``
+    place the event in the subject scheme (``docs/subjects.md``); ``subject_key``
+    names the routing key of the last subject token (a tool, a route, a memory
+    namespace) when the event has one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    kind: ClassVar[str]
+    action: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        event_type = cls.__dict__.get("event_type")
+        if event_type is not None:
+            if event_type in _REGISTRY:
+                raise TypeError(f"event type {event_type!r} is registered twice")
+            _REGISTRY[event_type] = cls
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidEvent(
+                getattr(type(self), "event_type", None), _problems(exc)
+            ) from None
+
+    def subject_key(self) -> str | None:
+        """The routing key for the subject's last token, if this event has one."""
+        return None
+
+    @classmethod
+    def dataschema(cls) -> str:
+        return f"{SCHEMA_URN}{cls.event_type}:v{cls.schema_version}"
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], *, version: int | None = None) -> Self:
+        """Validate wire data into this payload.
+
+        Data written by a newer schema version may carry fields this reader does not
+        know yet; they are dropped rather than refused (schema versions only add
+        fields; a breaking change gets a new event type).
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidEvent(
+                cls.event_type,
+                [{"loc": (), "msg": f"data must be a JSON object, got {type(data).__name__}"}],
+            )
+        if version is not None and version > cls.schema_version:
+            data = {k: v for k, v in data.items() if k in cls.model_fields}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidEvent(cls.event_type, _problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def payload_class(event_type: str) -> type[Payload]:
+    """The payload model registered for ``event_type``; ``UnknownEventType`` if none."""
+    try:
+        return _REGISTRY[event_type]
+    except KeyError:
+        raise UnknownEventType(event_type, list(_REGISTRY)) from None
+
+
+def catalogue() -> dict[str, type[Payload]]:
+    """Every registered event type and its payload model, sorted by type."""
+    return dict(sorted(_REGISTRY.items()))
+
+
+_default_source: str | None = None
+
+
+def default_source() -> str:
+    """``urn:tether:<hostname>``: the source used when a producer names none."""
+    global _default_source
+    if _default_source is None:
+        _default_source = f"urn:tether:{socket.gethostname() or 'localhost'}"
+    return _default_source
+
+
+class Event(BaseModel):
+    """A CloudEvents 1.0 event whose ``data`` is a catalogue payload.
+
+    Build one with :meth:`Event.of`; read one from the wire with :meth:`Event.from_wire`.
+    ``runid``, ``agentid`` and ``traceparent`` are CloudEvents extension attributes;
+    ``dataref`` is the CloudEvents claim-check extension, set when the data was
+    moved to the object store because it was too large for a message.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    specversion: str = "1.0"
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    dataschema: str | None = None
+    traceparent: str | None = None
+    runid: str | None = None
+    agentid: str | None = None
+    dataref: str | None = None
+    extensions: dict[str, str] = {}
+    data: Payload
+
+    @classmethod
+    def of(
+        cls,
+        data: Payload,
+        *,
+        source: str | None = None,
+        runid: str | None = None,
+        agentid: str | None = None,
+        traceparent: str | None = None,
+        subject: str | None = None,
+        id: str | None = None,
+        time: datetime | None = None,
+        extensions: Mapping[str, str] | None = None,
+    ) -> Event:
+        """Wrap a payload in a fresh envelope (new UUIDv7 id, current UTC time)."""
+        if not isinstance(data, Payload) or not hasattr(type(data), "event_type"):
+            raise InvalidEvent(
+                None,
+                [{"loc": ("data",), "msg": f"expected a catalogue payload, got {type(data).__name__}"}],
+                what="event",
+            )
+        problems: list[dict[str, Any]] = []
+        for name, value in (("runid", runid), ("agentid", agentid)):
+            if value is not None and (not isinstance(value, str) or not value):
+                problems.append({"loc": (name,), "msg": "must be a non-empty string"})
+        if traceparent is not None and not _TRACEPARENT.match(traceparent):
+            problems.append({"loc": ("traceparent",), "msg": "not a W3C traceparent"})
+        if source is not None and not source:
+            problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
+        ext = dict(extensions or {})
+        for name in ext:
+            if not _EXT_NAME.match(name) or name in CORE_ATTRIBUTES or name in TETHER_EXTENSIONS:
+                problems.append({"loc": ("extensions", name), "msg": "not a free extension name"})
+        if problems:
+            raise InvalidEvent(data.event_type, problems, what="envelope")
+        when = time or datetime.now(UTC)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        # The payload validated itself on construction and every attribute was checked
+        # above, so skip pydantic's second pass: this is the publish hot path.
+        return cls.model_construct(
+            id=id or uuid7(),
+            source=source or default_source(),
+            type=data.event_type,
+            time=when,
+            subject=subject,
+            dataschema=data.dataschema(),
+            traceparent=traceparent,
+            runid=runid,
+            agentid=agentid,
+            extensions=ext,
+            data=data,
+        )
+
+    @classmethod
+    def from_wire(cls, attributes: Mapping[str, Any], data: Any) -> Event:
+        """Validate attributes and decoded JSON data read from the wire."""
+        attrs = dict(attributes)
+        problems: list[dict[str, Any]] = []
+        if attrs.get("specversion") != "1.0":
+            problems.append(
+                {"loc": ("specversion",), "msg": f"unsupported {attrs.get('specversion')!r}"}
+            )
+        for name in ("id", "source", "type"):
+            if not isinstance(attrs.get(name), str) or not attrs.get(name):
+                problems.append({"loc": (name,), "msg": "required, a non-empty string"})
+        if problems:
+            raise InvalidEvent(attrs.get("type"), problems, what="envelope")
+        event_type = attrs["type"]
+        model = payload_class(event_type)
+        version = None
+        schema = attrs.get("dataschema")
+        if schema:
+            m = _SCHEMA.match(str(schema))
+            if m is None or m["type"] != event_type:
+                raise InvalidEvent(
+                    event_type,
+                    [{"loc": ("dataschema",), "msg": f"{schema!r} is not {model.dataschema()!r}"}],
+                    what="envelope",
+                )
+            version = int(m["version"])
+        payload = model.parse(data, version=version)
+        extensions = {
+            k: str(v)
+            for k, v in attrs.items()
+            if k not in CORE_ATTRIBUTES and k not in TETHER_EXTENSIONS
+        }
+        raw_time = attrs.get("time")
+        try:
+            if isinstance(raw_time, datetime):
+                when = raw_time
+            elif isinstance(raw_time, str):
+                when = datetime.fromisoformat(raw_time.replace("Z", "+00:00"))
+            else:
+                from ._ids import uuid7_time  # events without time: use the id's
+
+                when = uuid7_time(attrs["id"])
+        except ValueError:
+            raise InvalidEvent(
+                event_type, [{"loc": ("time",), "msg": f"not RFC 3339: {raw_time!r}"}],
+                what="envelope",
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return cls.model_construct(
+            specversion="1.0",
+            id=attrs["id"],
+            source=attrs["source"],
+            type=event_type,
+            time=when,
+            subject=attrs.get("subject"),
+            datacontenttype=attrs.get("datacontenttype") or "application/json",
+            dataschema=schema or model.dataschema(),
+            traceparent=attrs.get("traceparent"),
+            runid=attrs.get("runid"),
+            agentid=attrs.get("agentid"),
+            dataref=None,
+            extensions=extensions,
+            data=payload,
+        )
+
+    def attributes(self) -> dict[str, str]:
+        """Every context attribute that is set, as strings (the wire form)."""
+        out = {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": _rfc3339(self.time),
+            "datacontenttype": self.datacontenttype,
+        }
+        for name in ("subject", "dataschema", "traceparent", "runid", "agentid", "dataref"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out.update(self.extensions)
+        return out
+
+    def data_json(self) -> bytes:
+        return self.data.model_dump_json().encode()
+
+    def to_json(self) -> dict[str, Any]:
+        """The CloudEvents JSON format of this event, as a dict."""
+        out: dict[str, Any] = dict(self.attributes())
+        out["data"] = self.data.model_dump(mode="json")
+        return out
+
+    def with_dataref(self, ref: str | None) -> Event:
+        return self.model_copy(update={"dataref": ref})
+
+    def __repr__(self) -> str:
+        return f"Event(type={self.type!r}, id={self.id!r}, runid={self.runid!r})"
+
+
+def _rfc3339(when: datetime) -> str:
+    text = when.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
