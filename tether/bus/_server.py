@@ -145,9 +145,28 @@ class EmbeddedServer:
         for stale in run_dir.glob("*.ports"):
             stale.unlink(missing_ok=True)
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        port = self.port or self._last_port() or -1
+        try:
+            return self._run(run_dir, port, timeout)
+        except ServerError:
+            if self.port or port == -1:
+                raise
+            return self._run(run_dir, -1, timeout)  # last port taken since: pick a free one
+
+    def _last_port(self) -> int | None:
+        """The port this home's server used last time, so clients reconnect to the same URL."""
+        with contextlib.suppress(OSError, ValueError):
+            port = int((self.home / "run" / "last-port").read_text())
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", port))
+            return port
+        return None
+
+    def _run(self, run_dir: Path, port: int, timeout: float) -> str:
         args = [
             nats_server_binary(), "-js", "-sd", str(self.store_dir),
-            "-a", "127.0.0.1", "-p", str(self.port or -1),
+            "-a", "127.0.0.1", "-p", str(port),
             "--ports_file_dir", str(run_dir), "-l", str(self.log_file),
             "--server_name", "tether-embedded",
         ]
@@ -181,6 +200,8 @@ class EmbeddedServer:
             self._kill()
             raise ServerError(f"nats-server did not come up within {timeout:.0f}s (log: {self.log_file})")
         self.url, self.owned = url, True
+        self.port = int(url.rsplit(":", 1)[1])
+        (run_dir / "last-port").write_text(str(self.port))
         tmp = self.home / "server.json.tmp"
         tmp.write_text(json.dumps({"pid": self.pid, "url": url, "store_dir": str(self.store_dir),
                                    "started_at": time.time()}))

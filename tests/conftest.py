@@ -1,0 +1,8 @@
+import pytest
+
+pytest_plugins = ["tether.testing.pytest_plugin"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,290 @@
+"""The ``tether`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tether import __version__
+from tether.bus import BusConfig, BusUnavailable, connect, event_filter, tether_home
+from tether.bus._outbox import outbox_depth
+from tether.schemas import Event, export_schemas
+
+from ._format import Style, event_line, result_line
+
+__all__ = ["main"]
+
+EPILOG = """\
+Environment: TETHER_HOME (default ./.tether) holds the embedded server's data and the
+outbox; TETHER_NATS_URL points every command at an existing NATS server instead;
+TETHER_NATS_USER/PASSWORD/TOKEN/CREDS/NKEY and TETHER_NATS_TLS_CA/CERT/KEY authenticate.
+Docs: docs/cli.md.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="NATS server URL (default: $TETHER_NATS_URL, else the local tether server)")
+    p.add_argument("--home", type=Path, help="tether home directory (default: $TETHER_HOME or ./.tether)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the bus does")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="tether: production infrastructure for AI agents on an event-sourced NATS log.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up", help="start tether: embedded NATS, streams and every service",
+        description="Start the embedded nats-server (unless --url/TETHER_NATS_URL names one), "
+        "provision the EVENTS, WORK and DLQ streams, and run tether's services until Ctrl-C. "
+        "With --demo, a scripted agent publishes runs so you can watch events flow.",
+    )
+    _common(up)
+    up.add_argument("--demo", action="store_true", help="run the scripted demo agent and print its events")
+    up.add_argument("--runs", type=int, metavar="N", help="with --demo: stop after N runs and exit")
+    up.add_argument("--interval", type=float, default=2.0, metavar="S",
+                    help="with --demo: seconds between runs (default 2)")
+    up.add_argument("--update-streams", action="store_true",
+                    help="fix stream config drift in place where NATS allows it")
+    up.add_argument("--replicas", type=int, help="stream replicas (1 locally, 3 on a cluster)")
+
+    tail = sub.add_parser(
+        "tail", help="show events live, one line each",
+        description="Follow the event log. Filters combine; ids are matched exactly.",
+    )
+    _common(tail)
+    tail.add_argument("--agent", help="only this agent's events")
+    tail.add_argument("--run", help="only this run's events")
+    tail.add_argument("--kind", choices=["run", "llm", "tool", "memory", "call", "circuit", "budget"],
+                      help="only this kind of event")
+    tail.add_argument("--action", help="only this action (started, completed, attempt_failed...)")
+    tail.add_argument("--key", help="only this routing key (tool name, provider, memory namespace)")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--all", action="store_true", help="start from the beginning of the log")
+    start.add_argument("--last", type=int, metavar="N", help="start N messages back in the log")
+    tail.add_argument("-n", "--count", type=int, metavar="N", help="exit after N events")
+    tail.add_argument("--json", action="store_true", help="print each event as CloudEvents JSON")
+
+    status = sub.add_parser("status", help="server, streams, consumers and outbox at a glance",
+                            description="Show the NATS server, the streams with message counts, "
+                            "their consumers, config drift and the local outbox depth.")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    schemas = sub.add_parser("schemas", help="event schemas")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", metavar="ACTION")
+    export = schemas_sub.add_parser(
+        "export", help="write JSON Schema files for every event type",
+        description="Write envelope.json, one <type>.v<N>.json per event payload and index.json "
+        "into DIR, so publishers in any language can validate their events.",
+    )
+    export.add_argument("directory", type=Path, metavar="DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "schemas":
+            if args.schemas_command != "export":
+                parser.parse_args(["schemas", "--help"])
+            written = export_schemas(args.directory)
+            print(f"wrote {len(written)} schema files to {args.directory}")
+            return 0
+        runner = {"up": _up, "tail": _tail, "status": _status}[args.command]
+        return asyncio.run(runner(args))
+    except BusUnavailable as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> BusConfig:
+    return BusConfig.from_env(url=args.url, home=args.home, **extra)
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _up(args: argparse.Namespace) -> int:
+    s = Style()
+    extra: dict[str, Any] = {"update_streams": args.update_streams}
+    if args.replicas:
+        extra["replicas"] = args.replicas
+    cfg = _config(args, **extra)
+    where = cfg.url or f"embedded nats-server in {cfg.home}"
+    print(f"tether {__version__} starting: {where}", flush=True)
+    bus = await connect(config=cfg)
+    try:
+        if bus.server is not None:
+            print(f"  nats-server pid {bus.server.pid} listening on {bus.url} (JetStream, data in {cfg.home / 'nats'})")
+        else:
+            print(f"  connected to {bus.url}")
+        rep = bus.provision_report
+        if rep is not None:
+            made = ", ".join(rep.created) or "none"
+            print(f"  streams: EVENTS, WORK, DLQ ready (created: {made})")
+            for drift in rep.drift:
+                print(s.yellow(f"  drift: {drift}"))
+        left = bus.publisher.outbox_depth()
+        if left:
+            print(s.yellow(f"  flushing {left} event(s) left in the outbox by an earlier process"))
+        print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
+              "`tether status` for counts. Ctrl-C stops everything.", flush=True)
+        if not args.demo:
+            await _wait_for_signal()
+            return 0
+        print(s.dim("demo: a scripted research agent publishes a run every "
+                    f"{args.interval:g}s (no real model calls; the events are real)"), flush=True)
+
+        def on_event(event: Event) -> None:
+            print("  " + event_line(event, s), flush=True)
+
+        def on_run(n: int, run_id: str) -> None:
+            print(s.dim(f"run {n} done. Try: tether tail --run {run_id} --all --count 10   "
+                        f"|   tether tail --kind llm   |   tether status"), flush=True)
+
+        from ._demo import run_demo
+
+        demo = asyncio.create_task(run_demo(bus, runs=args.runs, interval=args.interval,
+                                            on_event=on_event, on_run=on_run))
+        stopper = asyncio.create_task(_wait_for_signal())
+        done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (demo, stopper):
+            if task not in done:
+                task.cancel()
+        if demo in done:
+            demo.result()
+        await bus.flush()
+        return 0
+    finally:
+        print("stopping tether...", flush=True)
+        await bus.close()
+        print("stopped cleanly.", flush=True)
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    s = Style()
+    bus = await connect(config=_config(args, embedded=False, provision=False))
+    try:
+        subject = event_filter(agent=args.agent, run=args.run, kind=args.kind, action=args.action, key=args.key)
+        config = ConsumerConfig()
+        policy = DeliverPolicy.NEW
+        if args.all:
+            policy = DeliverPolicy.ALL
+        elif args.last:
+            info = await bus.js.stream_info("EVENTS")
+            policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = max(1, info.state.last_seq - args.last + 1)
+        try:
+            sub = await bus.js.subscribe(subject, ordered_consumer=True, deliver_policy=policy,
+                                         config=config)
+        except Exception as exc:
+            print(f"tether: cannot follow {subject}: {exc} (has `tether up` provisioned the streams?)",
+                  file=sys.stderr)
+            return 1
+        if not args.json:
+            print(s.dim(f"following {subject} on {bus.url} (Ctrl-C to stop)"), file=sys.stderr, flush=True)
+        seen = 0
+        stop = asyncio.create_task(_wait_for_signal())
+        try:
+            while args.count is None or seen < args.count:
+                nxt = asyncio.create_task(sub.next_msg(timeout=None))
+                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    nxt.cancel()
+                    break
+                msg = nxt.result()
+                meta = msg.metadata
+                result = await bus.reader.read_safe(msg.subject, msg.headers, msg.data,
+                                                    meta.sequence.stream if meta else None)
+                if args.json:
+                    doc = (result.event.to_json() if result.event is not None
+                           else {"error": str(result.error), "subject": result.subject,
+                                 "stream_seq": result.stream_seq})
+                    print(json.dumps(doc, ensure_ascii=False), flush=True)
+                else:
+                    print(result_line(result, s), flush=True)
+                seen += 1
+        finally:
+            stop.cancel()
+            await sub.unsubscribe()
+        return 0
+    finally:
+        await bus.close()
+
+
+async def _status(args: argparse.Namespace) -> int:
+    s = Style()
+    cfg = _config(args, embedded=False, provision=False)
+    try:
+        bus = await connect(config=cfg)
+    except BusUnavailable as exc:
+        files, queued, rejected = outbox_depth(tether_home(cfg.home) / "outbox")
+        if args.json:
+            print(json.dumps({"server": None, "error": str(exc),
+                              "outbox": {"files": files, "queued": queued, "rejected": rejected}}))
+        else:
+            print(s.red(f"no server: {exc}"))
+            print(f"outbox: {queued} event(s) queued in {files} file(s), {rejected} rejected")
+        return 1
+    try:
+        st = await bus.status()
+    finally:
+        await bus.close()
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    srv = st["server"]
+    print(s.bold("server  ") + f"{srv['url']}  nats-server {srv['version']}  "
+          f"jetstream={'on' if srv['jetstream'] else 'OFF'}  max_payload={srv['max_payload']}")
+    print(s.bold("home    ") + st["home"])
+    print(s.bold("streams"))
+    print(f"  {'name':<8} {'messages':>10} {'bytes':>12} {'first':>8} {'last':>8}  consumers")
+    for stream in st["streams"]:
+        if "error" in stream:
+            print(s.red(f"  {stream['name']:<8} missing: {stream['error']} (run `tether up`)"))
+            continue
+        cons = ", ".join(f"{c['name']} (pending {c['pending']}, unacked {c['ack_pending']})"
+                         for c in stream["consumers"]) or "-"
+        print(f"  {stream['name']:<8} {stream['messages']:>10,} {stream['bytes']:>12,} "
+              f"{stream['first_seq']:>8} {stream['last_seq']:>8}  {cons}")
+    for drift in st["drift"]:
+        print(s.yellow(f"drift   {drift}"))
+    ob = st["outbox"]
+    colour = s.yellow if ob["queued"] or ob["rejected"] else (lambda t: t)
+    print(s.bold("outbox  ") + colour(f"{ob['queued']} queued in {ob['files']} file(s), "
+                                      f"{ob['rejected']} rejected"))
+    return 0
