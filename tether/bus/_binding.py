@@ -166,11 +166,11 @@ def validate(wire: WireEvent, data: bytes | None = None) -> Event:
     """Validate a :class:`WireEvent` (with ``data`` fetched from a claim check if given)."""
     raw = data if data is not None else wire.data
     ctype = wire.attributes.get("datacontenttype", "application/json")
+    if not _is_json(ctype):  # in either mode: structured data is JSON only if this says so
+        raise InvalidEvent(wire.type, [{"loc": ("datacontenttype",),
+                           "msg": f"{ctype!r}: tether events carry application/json data"}],
+                           what="message")
     if isinstance(raw, (bytes, bytearray, memoryview)):
-        if not _is_json(ctype):
-            raise InvalidEvent(wire.type, [{"loc": ("datacontenttype",),
-                               "msg": f"{ctype!r}: tether events carry application/json data"}],
-                               what="message")
         try:
             value = json.loads(bytes(raw)) if raw else None
         except (ValueError, UnicodeDecodeError) as exc:

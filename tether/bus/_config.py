@@ -48,6 +48,8 @@ class BusConfig:
     tls_hostname: str | None = None
     name: str = "tether"
     connect_timeout: float = 5.0
+    connect_attempts: int = 3
+    """Tries before ``connect()`` gives up on an unreachable server; after that, reconnects never stop."""
     # streams
     provision: bool = True
     replicas: int = 1

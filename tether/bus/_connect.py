@@ -202,7 +202,7 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
         nc = await nats.connect(
             servers=[target],
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=cfg.connect_attempts,  # bounded at first, unbounded below
             reconnect_time_wait=0.25,
             pending_size=0,  # never buffer while disconnected: the outbox does that, in order
             disconnected_cb=disconnected,
@@ -217,6 +217,8 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             f"cannot reach NATS at {target}: {exc!r}. Check TETHER_NATS_URL and credentials, "
             "or unset it to use the embedded server"
         ) from exc
+    # Once connected, never give up reconnecting: the outbox holds events meanwhile.
+    nc.options["max_reconnect_attempts"] = -1
     js = nc.jetstream()
     bus = Bus(cfg, nc, js, target, server)
     holder["bus"] = bus

@@ -141,8 +141,8 @@ class Outbox:
         db = self._conn()
         if self._bytes + size > self.max_bytes:
             raise OutboxFull(
-                f"outbox {self.path} is full ({self._bytes / 1e6:.1f} MB of "
-                f"{self.max_bytes / 1e6:.1f} MB) and NATS is still unreachable: the event was "
+                f"outbox {self.path} is full ({_size(self._bytes)} of {_size(self.max_bytes)}) "
+                "and NATS is still unreachable: the event was "
                 "NOT accepted. Restore NATS, or raise outbox_max_bytes"
             )
         with db:
@@ -213,6 +213,14 @@ class Outbox:
         if self._db is None and not self.path.exists():
             return 0
         return int(self._conn().execute("SELECT count(*) FROM rejected").fetchone()[0])
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 def orphaned_outboxes(directory: Path, *, own: Path | None = None) -> Iterator[Outbox]:

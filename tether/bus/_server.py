@@ -55,6 +55,14 @@ def nats_server_binary() -> str:
     )
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGTERM the server when the process that started it dies (test servers)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,10 +117,11 @@ class EmbeddedServer:
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None, *, port: int | None = None,
-                 max_payload: int | None = None) -> None:
+                 max_payload: int | None = None, die_with_parent: bool = False) -> None:
         self.home = tether_home(home)
         self.port = port
         self.max_payload = max_payload
+        self.die_with_parent = die_with_parent
         self.url: str | None = None
         self.pid: int | None = None
         self.owned = False
@@ -177,6 +186,7 @@ class EmbeddedServer:
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         self.pid = self._proc.pid
         ports_file = run_dir / f"nats-server_{self.pid}.ports"
@@ -219,6 +229,8 @@ class EmbeddedServer:
             time.sleep(0.02)
         if self._running():
             self._kill()
+        if self._proc is not None and self._proc.stderr is not None:
+            self._proc.stderr.close()
         info = self.home / "server.json"
         with contextlib.suppress(OSError, ValueError, KeyError):
             if json.loads(info.read_text())["pid"] == self.pid:

@@ -71,7 +71,9 @@ def encode_token(value: str | None) -> str:
         token = _UNSAFE_CHAR.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode()), value)
     if len(token) > MAX_TOKEN:
         digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-        token = token[: MAX_TOKEN - 17].rstrip("%0123456789ABCDEF") + "~" + digest
+        head = token[: MAX_TOKEN - 17]
+        half = head.rfind("%", len(head) - 2)  # an escape cut in two, if any
+        token = (head if half < 0 else head[:half]) + "~" + digest
     if len(_cache) < 10_000:
         _cache[value] = token
     return token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Mapping
@@ -89,12 +90,17 @@ class Payload(BaseModel):
                 cls.event_type,
                 [{"loc": (), "msg": f"data must be a JSON object, got {type(data).__name__}"}],
             )
-        if version is not None and version > cls.schema_version:
-            data = {k: v for k, v in data.items() if k in cls.model_fields}
+        newer = version is not None and version > cls.schema_version
+        # Validate into a bare instance, as BaseModel.__init__ does: model_validate would
+        # go through our __init__, which loses the ``extra`` override and nests the error.
+        payload = cls.__new__(cls)
         try:
-            return cls.model_validate(data)
+            cls.__pydantic_validator__.validate_python(
+                data, self_instance=payload, extra="ignore" if newer else None
+            )
         except ValidationError as exc:
             raise InvalidEvent(cls.event_type, _problems(exc)) from None
+        return payload
 
 
 def _problems(exc: ValidationError) -> list[dict[str, Any]]:
@@ -172,18 +178,10 @@ class Event(BaseModel):
                 [{"loc": ("data",), "msg": f"expected a catalogue payload, got {type(data).__name__}"}],
                 what="event",
             )
-        problems: list[dict[str, Any]] = []
-        for name, value in (("runid", runid), ("agentid", agentid)):
-            if value is not None and (not isinstance(value, str) or not value):
-                problems.append({"loc": (name,), "msg": "must be a non-empty string"})
-        if traceparent is not None and not _TRACEPARENT.match(traceparent):
-            problems.append({"loc": ("traceparent",), "msg": "not a W3C traceparent"})
+        ext = dict(extensions or {})
+        problems = _extension_problems(runid, agentid, traceparent, ext)
         if source is not None and not source:
             problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
-        ext = dict(extensions or {})
-        for name in ext:
-            if not _EXT_NAME.match(name) or name in CORE_ATTRIBUTES or name in TETHER_EXTENSIONS:
-                problems.append({"loc": ("extensions", name), "msg": "not a free extension name"})
         if problems:
             raise InvalidEvent(data.event_type, problems, what="envelope")
         when = time or datetime.now(UTC)
@@ -204,6 +202,15 @@ class Event(BaseModel):
             extensions=ext,
             data=data,
         )
+
+    @classmethod
+    def create(cls, type: str, data: Mapping[str, Any], **attributes: Any) -> Event:
+        """Build an event from a type name and plain data, validating both.
+
+        For data that arrives untyped (JSON from another language, a config file):
+        ``Event.create("tether.tool.call.completed", {"call_id": "c1", "tool": "x"})``.
+        """
+        return cls.of(payload_class(type).parse(data), **attributes)
 
     @classmethod
     def from_wire(cls, attributes: Mapping[str, Any], data: Any) -> Event:
@@ -232,12 +239,17 @@ class Event(BaseModel):
                     what="envelope",
                 )
             version = int(m["version"])
-        payload = model.parse(data, version=version)
         extensions = {
             k: str(v)
             for k, v in attrs.items()
             if k not in CORE_ATTRIBUTES and k not in TETHER_EXTENSIONS
         }
+        problems = _extension_problems(
+            attrs.get("runid"), attrs.get("agentid"), attrs.get("traceparent"), extensions
+        )
+        if problems:
+            raise InvalidEvent(event_type, problems, what="envelope")
+        payload = model.parse(data, version=version)
         raw_time = attrs.get("time")
         try:
             if isinstance(raw_time, datetime):
@@ -295,7 +307,9 @@ class Event(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """The CloudEvents JSON format of this event, as a dict."""
         out: dict[str, Any] = dict(self.attributes())
-        out["data"] = self.data.model_dump(mode="json")
+        # The JSON text, not model_dump(mode="json"): that one leaves inf and NaN as floats,
+        # which json.dumps writes as bare Infinity/NaN tokens that are not JSON.
+        out["data"] = json.loads(self.data_json())
         return out
 
     def with_dataref(self, ref: str | None) -> Event:
@@ -303,6 +317,24 @@ class Event(BaseModel):
 
     def __repr__(self) -> str:
         return f"Event(type={self.type!r}, id={self.id!r}, runid={self.runid!r})"
+
+
+def _extension_problems(
+    runid: Any, agentid: Any, traceparent: Any, extensions: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """What is wrong with the extension attributes; the same rules on build and on read."""
+    problems: list[dict[str, Any]] = []
+    for name, value in (("runid", runid), ("agentid", agentid)):
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append({"loc": (name,), "msg": "must be a non-empty string"})
+    if traceparent is not None and not (
+        isinstance(traceparent, str) and _TRACEPARENT.match(traceparent)
+    ):
+        problems.append({"loc": ("traceparent",), "msg": "not a W3C traceparent"})
+    for name in extensions:
+        if not _EXT_NAME.match(name) or name in CORE_ATTRIBUTES or name in TETHER_EXTENSIONS:
+            problems.append({"loc": ("extensions", name), "msg": "not a free extension name"})
+    return problems
 
 
 def _rfc3339(when: datetime) -> str:

@@ -14,6 +14,7 @@ __all__ = ["envelope_schema", "export_schemas", "payload_schema"]
 def payload_schema(model: type[Payload]) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one payload model, ``$id`` = its dataschema."""
     schema = model.model_json_schema(mode="validation")
+    schema.pop("title", None)  # pydantic's is the class name; ours is the event type
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": model.dataschema(),

@@ -3,6 +3,7 @@
 In pytest, enable the fixtures with ``pytest_plugins = ["tether.testing.pytest_plugin"]``.
 """
 
+from ._collect import collect
 from ._server import NatsServer
 
-__all__ = ["NatsServer"]
+__all__ = ["NatsServer", "collect"]

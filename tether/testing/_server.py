@@ -21,7 +21,7 @@ class NatsServer:
     def __init__(self, directory: str | Path | None = None, *, max_payload: int | None = None) -> None:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="tether-nats-"))
-        self._server = EmbeddedServer(self.directory, max_payload=max_payload)
+        self._server = EmbeddedServer(self.directory, max_payload=max_payload, die_with_parent=True)
 
     @property
     def url(self) -> str:
