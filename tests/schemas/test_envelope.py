@@ -455,3 +455,17 @@ def test_repr_is_short() -> None:
 
 def test_sample_time_is_kept_to_the_microsecond() -> None:
     assert wire_round_trip(sample_event("tether.run.started")).time == WHEN
+
+
+def test_fast_construction_matches_model_construct() -> None:
+    """Event.of skips pydantic's model_construct for speed; the result must be the same."""
+    from tether.schemas import RunStarted
+
+    event = Event.of(RunStarted(name="n"), runid="r", agentid="a", extensions={"tenant": "t"})
+    reference = Event.model_construct(**dict(event.__dict__))
+    assert event == reference
+    assert event.model_fields_set == reference.model_fields_set
+    assert event.__pydantic_extra__ == reference.__pydantic_extra__
+    assert event.__pydantic_private__ == reference.__pydantic_private__
+    assert event.model_dump() == reference.model_dump()
+    assert event.model_copy(update={"runid": "x"}).runid == "x"

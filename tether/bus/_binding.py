@@ -36,7 +36,7 @@ _NEEDS_ENCODING = re.compile(r'[^\x21-\x7e]|["%]')
 
 def percent_encode(value: str) -> str:
     """Percent-encode a header value as the NATS binding requires (UTF-8 octets)."""
-    if not _NEEDS_ENCODING.search(value):
+    if value.isascii() and value.isprintable() and not _NEEDS_ENCODING.search(value):
         return value
     out = []
     for ch in value:
@@ -73,10 +73,16 @@ def encode_binary(event: Event, data: bytes | None = None) -> tuple[dict[str, st
     ``data`` overrides the payload bytes (the publisher passes an empty payload when
     the data went to the object store and ``dataref`` points at it).
     """
-    headers = {_PREFIX + k: percent_encode(v) for k, v in event.attributes().items()
-               if k != "datacontenttype"}
+    headers = {_PREFIX + k: v if _plain(v) else percent_encode(v)
+               for k, v in event.attributes().items() if k != "datacontenttype"}
     headers["Content-Type"] = event.datacontenttype
     return headers, event.data_json() if data is None else data
+
+
+def _plain(value: str) -> bool:
+    """True if ``value`` needs no percent-encoding (the common case, checked cheaply)."""
+    return value.isascii() and value.isprintable() and " " not in value and '"' not in value \
+        and "%" not in value
 
 
 def encode_structured(event: Event) -> tuple[dict[str, str], bytes]:

@@ -45,7 +45,8 @@ def uuid7() -> str:
         | 0b10 << 62
         | rand & 0x3FFF_FFFF_FFFF_FFFF
     )
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def uuid7_time(value: str) -> datetime:
