@@ -80,7 +80,7 @@ async def test_tether_nats_url_wins(nats_server: NatsServer, tether_home: Path,
 async def test_unreachable_url_is_a_clear_error(tether_home: Path) -> None:
     with NatsServer() as server:
         url = server.url
-    with pytest.raises(BusUnavailable, match="cannot reach NATS at .*TETHER_NATS_URL"):
+    with pytest.raises(BusUnavailable, match=r"cannot reach NATS at .*TETHER_NATS_URL"):
         await connect(url, connect_timeout=0.5)
 
 

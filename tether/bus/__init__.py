@@ -16,7 +16,7 @@ from ._binding import (
 from ._config import BusConfig
 from ._connect import Bus, BusUnavailable, connect
 from ._outbox import Outbox, OutboxFull, PendingMessage
-from ._publisher import PayloadTooLarge, PublishRejected, Publisher, PublisherStats, Receipt
+from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt
 from ._reader import EventReader, ReadResult
 from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
 from ._streams import (

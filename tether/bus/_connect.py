@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import nats
@@ -24,6 +25,9 @@ from ._streams import DLQ_STREAM, EVENTS_STREAM, WORK_STREAM, ProvisionReport, e
 __all__ = ["Bus", "BusUnavailable", "connect"]
 
 log = logging.getLogger("tether.bus")
+
+
+_DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.I)
 
 
 class BusUnavailable(ConnectionError):
@@ -78,14 +82,14 @@ class Bus:
     async def status(self) -> dict[str, Any]:
         """Server, streams, consumers, outbox and publisher figures, as plain data."""
         info = self.nc._server_info if hasattr(self.nc, "_server_info") else {}
-        streams = []
+        streams: list[dict[str, object]] = []
         for name in (EVENTS_STREAM, WORK_STREAM, DLQ_STREAM):
             try:
                 si = await self.js.stream_info(name)
             except Exception as exc:
                 streams.append({"name": name, "error": str(exc)})
                 continue
-            consumers = []
+            consumers: list[dict[str, object]] = []
             with contextlib.suppress(Exception):
                 for ci in await self.js.consumers_info(name):
                     consumers.append({
@@ -196,6 +200,11 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             holder["bus"].publisher.on_reconnect()
 
     async def error(exc: Exception) -> None:
+        denied = _DENIED.search(str(exc))
+        if denied and "bus" in holder:
+            log.error("NATS refused a publish: %s", exc)
+            holder["bus"].publisher.on_publish_denied(denied[1])
+            return
         log.debug("NATS client: %r", exc)
 
     try:
@@ -210,7 +219,7 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             error_cb=error,
             **cfg.nats_options(),
         )
-    except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
         if server is not None:
             await asyncio.to_thread(server.stop)
         raise BusUnavailable(

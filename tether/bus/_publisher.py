@@ -56,7 +56,7 @@ class PublishRejected(RuntimeError):
     """The stream refused the event for good (not a transient failure)."""
 
     def __init__(self, event_id: str, error: str) -> None:
-        super().__init__(f"event {event_id} refused by JetStream: {error}")
+        super().__init__(f"event {event_id} refused by NATS: {error}")
         self.event_id = event_id
         self.error = error
 
@@ -128,6 +128,7 @@ class Publisher:
         self._sub: Any = None
         self._inflight: dict[int, _Inflight] = {}
         self._flushing: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._flushing_subjects: dict[int, str] = {}
         self._seq = 0
         self._degraded = False
         self._outbox: Outbox | None = None
@@ -266,7 +267,7 @@ class Publisher:
         self._room.clear()
         try:
             await asyncio.wait_for(self._room.wait(), self.max_block_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._degrade(f"{len(self._inflight)} events unacked for {self.max_block_s}s (backpressure)")
 
     async def _claim_check(self, message: PendingMessage) -> PendingMessage:
@@ -355,7 +356,7 @@ class Publisher:
     def _rejected(self, message: PendingMessage, error: str) -> None:
         self.stats.rejected += 1
         self.stats.last_error = error
-        log.error("event %s on %s refused by JetStream: %s (kept in the outbox's rejected table)",
+        log.error("event %s on %s refused by NATS: %s (kept in the outbox's rejected table)",
                   message.id, message.subject, error)
         try:
             self._own_outbox().add_rejected(message, error)
@@ -429,6 +430,20 @@ class Publisher:
     def on_reconnect(self) -> None:
         self._kick.set()
 
+    def on_publish_denied(self, subject: str) -> None:
+        """The server refused a publish on ``subject`` (NATS permissions): for good, not transient."""
+        error = f"permission denied: this connection may not publish to {subject}"
+        for seq in [s for s, e in self._inflight.items() if e.message.subject == subject]:
+            entry = self._inflight.pop(seq)
+            self._rejected(entry.message, error)
+            if entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_exception(PublishRejected(entry.message.id, error))
+        for seq in [s for s, subj in self._flushing_subjects.items() if subj == subject]:
+            fut = self._flushing.pop(seq, None)
+            if fut is not None and not fut.done():
+                fut.set_result({"error": error, "transient": False})
+        self._after_change()
+
     async def _sweep(self) -> None:
         interval = max(0.01, min(0.25, self.ack_timeout_s / 4))
         while True:
@@ -488,7 +503,7 @@ class Publisher:
                 if "error" in ack:
                     box.reject(row, str(ack["error"]))
                     self.stats.rejected += 1
-                    log.error("outbox event %s refused by JetStream: %s", row.message.id, ack["error"])
+                    log.error("outbox event %s refused by NATS: %s", row.message.id, ack["error"])
                     continue
                 done_through = row.seq
                 self.stats.flushed += 1
@@ -511,6 +526,7 @@ class Publisher:
             self._seq += 1
             fut: asyncio.Future[dict[str, Any]] = loop.create_future()
             self._flushing[self._seq] = fut
+            self._flushing_subjects[self._seq] = wire.subject
             waits.append(fut)
             try:
                 await self._nc.publish(wire.subject, wire.payload,
@@ -523,11 +539,13 @@ class Publisher:
         for fut in waits:
             try:
                 out.append(await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic())))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 out.append(None)
         out.extend([None] * (len(rows) - len(out)))
         for seq in [s for s, f in self._flushing.items() if f in waits]:
             self._flushing.pop(seq, None)
+        self._flushing_subjects = {s: subj for s, subj in self._flushing_subjects.items()
+                                   if s in self._flushing}
         return out
 
 
@@ -542,6 +560,8 @@ def _parse_ack(msg: Msg) -> dict[str, Any]:
     try:
         doc = json.loads(msg.data)
     except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
         return {"error": f"unreadable ack: {msg.data[:200]!r}", "transient": True}
     err = doc.get("error")
     if err:

@@ -191,7 +191,7 @@ class EmbeddedServer:
         self.pid = self._proc.pid
         ports_file = run_dir / f"nats-server_{self.pid}.ports"
         deadline = time.monotonic() + timeout
-        url = None
+        url: str | None = None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace")
@@ -202,7 +202,7 @@ class EmbeddedServer:
             if url is None and ports_file.exists():
                 with contextlib.suppress(ValueError, OSError):
                     nats = json.loads(ports_file.read_text()).get("nats") or []
-                    url = nats[0] if nats else None
+                    url = str(nats[0]) if nats else None
             if url and _reachable(url):
                 break
             time.sleep(0.02)

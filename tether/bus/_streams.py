@@ -79,7 +79,8 @@ class Drift:
     fixable: bool
 
     def __str__(self) -> str:
-        how = "update with --update-streams" if self.fixable else "cannot change in place: recreate the stream"
+        how = ("update with --update-streams" if self.fixable
+               else "cannot change in place: recreate the stream")
         return f"{self.stream}.{self.field}: expected {self.expected!r}, found {self.actual!r} ({how})"
 
 

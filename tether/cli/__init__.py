@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     schemas = sub.add_parser("schemas", help="event schemas")
+    schemas.set_defaults(print_help=schemas.print_help)  # `tether schemas` alone: its help
     schemas_sub = schemas.add_subparsers(dest="schemas_command", metavar="ACTION")
     export = schemas_sub.add_parser(
         "export", help="write JSON Schema files for every event type",
@@ -106,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "schemas":
-            if args.schemas_command != "export":
-                parser.parse_args(["schemas", "--help"])
+            if args.schemas_command is None:
+                args.print_help()
+                return 2
             written = export_schemas(args.directory)
             print(f"wrote {len(written)} schema files to {args.directory}")
             return 0
@@ -124,16 +127,23 @@ def _config(args: argparse.Namespace, **extra: Any) -> BusConfig:
     return BusConfig.from_env(url=args.url, home=args.home, **extra)
 
 
-async def _wait_for_signal() -> None:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """While inside, SIGINT and SIGTERM set the event instead of interrupting the process."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _wait_for_signal() -> None:
+    with _stop_on_signals() as stop:
+        await stop.wait()
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -145,52 +155,56 @@ async def _up(args: argparse.Namespace) -> int:
     where = cfg.url or f"embedded nats-server in {cfg.home}"
     print(f"tether {__version__} starting: {where}", flush=True)
     bus = await connect(config=cfg)
-    try:
-        if bus.server is not None:
-            print(f"  nats-server pid {bus.server.pid} listening on {bus.url} (JetStream, data in {cfg.home / 'nats'})")
-        else:
-            print(f"  connected to {bus.url}")
-        rep = bus.provision_report
-        if rep is not None:
-            made = ", ".join(rep.created) or "none"
-            print(f"  streams: EVENTS, WORK, DLQ ready (created: {made})")
-            for drift in rep.drift:
-                print(s.yellow(f"  drift: {drift}"))
-        left = bus.publisher.outbox_depth()
-        if left:
-            print(s.yellow(f"  flushing {left} event(s) left in the outbox by an earlier process"))
-        print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
-              "`tether status` for counts. Ctrl-C stops everything.", flush=True)
-        if not args.demo:
-            await _wait_for_signal()
+    # From here on a signal stops tether cleanly: the handlers are in place before
+    # "tether is up" is printed, and stay until the embedded server is stopped.
+    with _stop_on_signals() as stop:
+        try:
+            if bus.server is not None:
+                print(f"  nats-server pid {bus.server.pid} listening on {bus.url} "
+                      f"(JetStream, data in {cfg.home / 'nats'})")
+            else:
+                print(f"  connected to {bus.url}")
+            rep = bus.provision_report
+            if rep is not None:
+                made = ", ".join(rep.created) or "none"
+                print(f"  streams: EVENTS, WORK, DLQ ready (created: {made})")
+                for drift in rep.drift:
+                    print(s.yellow(f"  drift: {drift}"))
+            left = bus.publisher.outbox_depth()
+            if left:
+                print(s.yellow(f"  flushing {left} event(s) left in the outbox by an earlier process"))
+            print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
+                  "`tether status` for counts. Ctrl-C stops everything.", flush=True)
+            if not args.demo:
+                await stop.wait()
+                return 0
+            print(s.dim("demo: a scripted research agent publishes a run every "
+                        f"{args.interval:g}s (no real model calls; the events are real)"), flush=True)
+
+            def on_event(event: Event) -> None:
+                print("  " + event_line(event, s), flush=True)
+
+            def on_run(n: int, run_id: str) -> None:
+                print(s.dim(f"run {n} done. Try: tether tail --run {run_id} --all --count 10   "
+                            f"|   tether tail --kind llm   |   tether status"), flush=True)
+
+            from ._demo import run_demo
+
+            demo = asyncio.create_task(run_demo(bus, runs=args.runs, interval=args.interval,
+                                                on_event=on_event, on_run=on_run))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (demo, stopper):
+                if task not in done:
+                    task.cancel()
+            if demo in done:
+                demo.result()
+            await bus.flush()
             return 0
-        print(s.dim("demo: a scripted research agent publishes a run every "
-                    f"{args.interval:g}s (no real model calls; the events are real)"), flush=True)
-
-        def on_event(event: Event) -> None:
-            print("  " + event_line(event, s), flush=True)
-
-        def on_run(n: int, run_id: str) -> None:
-            print(s.dim(f"run {n} done. Try: tether tail --run {run_id} --all --count 10   "
-                        f"|   tether tail --kind llm   |   tether status"), flush=True)
-
-        from ._demo import run_demo
-
-        demo = asyncio.create_task(run_demo(bus, runs=args.runs, interval=args.interval,
-                                            on_event=on_event, on_run=on_run))
-        stopper = asyncio.create_task(_wait_for_signal())
-        done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (demo, stopper):
-            if task not in done:
-                task.cancel()
-        if demo in done:
-            demo.result()
-        await bus.flush()
-        return 0
-    finally:
-        print("stopping tether...", flush=True)
-        await bus.close()
-        print("stopped cleanly.", flush=True)
+        finally:
+            print("stopping tether...", flush=True)
+            await bus.close()
+            print("stopped cleanly.", flush=True)
 
 
 async def _tail(args: argparse.Namespace) -> int:
@@ -199,7 +213,8 @@ async def _tail(args: argparse.Namespace) -> int:
     s = Style()
     bus = await connect(config=_config(args, embedded=False, provision=False))
     try:
-        subject = event_filter(agent=args.agent, run=args.run, kind=args.kind, action=args.action, key=args.key)
+        subject = event_filter(agent=args.agent, run=args.run, kind=args.kind, action=args.action,
+                               key=args.key)
         config = ConsumerConfig()
         policy = DeliverPolicy.NEW
         if args.all:

@@ -8,7 +8,28 @@ import sys
 from typing import Any
 
 from tether.bus import ReadResult
-from tether.schemas import Event
+from tether.schemas import (
+    BudgetExceeded,
+    CallDeadLettered,
+    CallRedriven,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    Event,
+    LlmCallAttemptFailed,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    MemoryCompacted,
+    MemoryDeleted,
+    MemoryWritten,
+    RunFinished,
+    RunStarted,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+)
 
 __all__ = ["Style", "event_line", "result_line"]
 
@@ -42,7 +63,7 @@ class Style:
         return self._c("36", t)
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _short(value: object, limit: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -54,48 +75,54 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f}ms" if value < 1000 else f"{value / 1000:.1f}s"
 
 
+def _llm(d: LlmCallRequested | LlmCallAttemptFailed | LlmCallCompleted | LlmCallFailed) -> str:
+    return f"{d.provider}/{d.model} call=…{d.call_id[-6:]}"
+
+
+def _tool(d: ToolCallRequested | ToolCallAttemptFailed | ToolCallCompleted | ToolCallFailed) -> str:
+    return f"{d.tool} call=…{d.call_id[-6:]}"
+
+
 def _detail(event: Event) -> str:
-    d: Any = event.data
-    t = event.type
-    if t == "tether.run.started":
-        return _short(d.name or "") + (f" parent={d.parent_run_id}" if d.parent_run_id else "")
-    if t == "tether.run.finished":
-        return f"{d.status} {_ms(d.duration_ms)}" + (f" {d.error.type}" if d.error else "")
-    if t.startswith("tether.llm."):
-        base = f"{d.provider}/{d.model} call=…{d.call_id[-6:]}"
-        if t.endswith("requested"):
-            return f"{base} {d.operation}{' stream' if d.stream else ''} {d.mode}"
-        if t.endswith("attempt_failed"):
+    match event.data:
+        case RunStarted() as d:
+            return _short(d.name or "") + (f" parent={d.parent_run_id}" if d.parent_run_id else "")
+        case RunFinished() as d:
+            return f"{d.status} {_ms(d.duration_ms)}" + (f" {d.error.type}" if d.error else "")
+        case LlmCallRequested() as d:
+            return f"{_llm(d)} {d.operation}{' stream' if d.stream else ''} {d.mode}"
+        case LlmCallAttemptFailed() as d:
             nxt = f" in {d.retry_in_s:.2f}s" if d.retry_in_s is not None else ""
-            return f"{base} attempt {d.attempt}: {d.error.type} {d.error.status_code or ''} → {d.decision}{nxt}"
-        if t.endswith("completed"):
-            u = d.usage
-            return f"{base} {_ms(d.latency_ms)} tokens {u.input_tokens}→{u.output_tokens}"
-        return f"{base} after {d.attempts} attempt(s): {d.error.type} {_short(d.error.message, 40)}"
-    if t.startswith("tether.tool."):
-        base = f"{d.tool} call=…{d.call_id[-6:]}"
-        if t.endswith("requested"):
-            return f"{base} args={_short(d.arguments, 40)}"
-        if t.endswith("attempt_failed"):
-            return f"{base} attempt {d.attempt}: {d.error.type} → {d.decision}"
-        if t.endswith("completed"):
-            return f"{base} {_ms(d.duration_ms)} → {_short(d.result, 40)}"
-        return f"{base} after {d.attempts} attempt(s): {d.error.type}"
-    if t.startswith("tether.memory."):
-        base = f"{d.namespace}/{d.key}"
-        if t.endswith("written"):
-            return f"{base} v{d.version}: {_short(d.text, 40)}"
-        if t.endswith("compacted"):
-            return f"{base} summarised {len(d.replaced)} entries"
-        return f"{base} ({d.reason})"
-    if t.startswith("tether.circuit."):
-        return d.route + (f": {d.reason}" if getattr(d, "reason", None) else "")
-    if t == "tether.budget.exceeded":
-        return f"{d.scope}={d.scope_id} {d.spent}/{d.limit} {d.unit}"
-    if t == "tether.call.dead_lettered":
-        return f"{d.call_kind} call={d.call_id} {d.reason} after {d.attempts} attempt(s)"
-    if t == "tether.call.redriven":
-        return f"call={d.call_id} → {d.new_call_id}"
+            return (f"{_llm(d)} attempt {d.attempt}: {d.error.type} {d.error.status_code or ''} "
+                    f"→ {d.decision}{nxt}")
+        case LlmCallCompleted() as d:
+            return f"{_llm(d)} {_ms(d.latency_ms)} tokens {d.usage.input_tokens}→{d.usage.output_tokens}"
+        case LlmCallFailed() as d:
+            return f"{_llm(d)} after {d.attempts} attempt(s): {d.error.type} {_short(d.error.message, 40)}"
+        case ToolCallRequested() as d:
+            return f"{_tool(d)} args={_short(d.arguments, 40)}"
+        case ToolCallAttemptFailed() as d:
+            return f"{_tool(d)} attempt {d.attempt}: {d.error.type} → {d.decision}"
+        case ToolCallCompleted() as d:
+            return f"{_tool(d)} {_ms(d.duration_ms)} → {_short(d.result, 40)}"
+        case ToolCallFailed() as d:
+            return f"{_tool(d)} after {d.attempts} attempt(s): {d.error.type}"
+        case MemoryWritten() as d:
+            return f"{d.namespace}/{d.key} v{d.version}: {_short(d.text, 40)}"
+        case MemoryCompacted() as d:
+            return f"{d.namespace}/{d.key} summarised {len(d.replaced)} entries"
+        case MemoryDeleted() as d:
+            return f"{d.namespace}/{d.key} ({d.reason})"
+        case CircuitOpened() as d:
+            return d.route + (f": {d.reason}" if d.reason else "")
+        case CircuitHalfOpened() | CircuitClosed() as d:
+            return d.route
+        case BudgetExceeded() as d:
+            return f"{d.scope}={d.scope_id} {d.spent}/{d.limit} {d.unit}"
+        case CallDeadLettered() as d:
+            return f"{d.call_kind} call={d.call_id} {d.reason} after {d.attempts} attempt(s)"
+        case CallRedriven() as d:
+            return f"call={d.call_id} → {d.new_call_id}"
     return ""
 
 

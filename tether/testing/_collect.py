@@ -9,7 +9,8 @@ from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, ReadResult
 __all__ = ["collect"]
 
 
-async def collect(bus: Bus, subject: str = EVENT_SUBJECTS, *, stream: str = EVENTS_STREAM) -> list[ReadResult]:
+async def collect(bus: Bus, subject: str = EVENT_SUBJECTS, *,
+                  stream: str = EVENTS_STREAM) -> list[ReadResult]:
     """Every message now stored in ``stream`` on ``subject``, in stream order, decoded.
 
     Invalid messages are included with their error, so tests can assert on them too.
@@ -21,7 +22,7 @@ async def collect(bus: Bus, subject: str = EVENT_SUBJECTS, *, stream: str = EVEN
                               inactive_threshold=30.0),
     )
     try:
-        remaining = (await sub.consumer_info()).num_pending
+        remaining = (await sub.consumer_info()).num_pending or 0
         out: list[ReadResult] = []
         while remaining > 0:
             msgs = await sub.fetch(min(remaining, 500), timeout=5)
