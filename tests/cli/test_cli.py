@@ -280,6 +280,22 @@ async def test_up_stops_cleanly_on_a_signal(sig: signal.Signals, tether_home: Pa
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3])
+async def test_a_signal_during_startup_leaves_no_server_behind(delay: float, tether_home: Path) -> None:
+    """Ctrl-C while the embedded server is still starting: whatever the moment, nothing leaks."""
+    async with tether_child("up", home=tether_home) as up:
+        await up.wait_for("starting:")
+        await asyncio.sleep(delay)
+        up.proc.send_signal(signal.SIGINT)
+        code = await up.finish(timeout=10)
+    assert code == 0, up.output
+    assert "stopped" in up.lines[-1], up.output
+    started = [int(p.stem.split("_")[1]) for p in (tether_home / "run").glob("nats-server_*.ports")]
+    assert not [pid for pid in started if exists(pid)], f"nats-server left running:\n{up.output}"
+    assert not (tether_home / "server.json").exists()
+
+
+@pytest.mark.anyio
 @pytest.mark.nats
 async def test_up_against_a_url_leaves_that_server_alone(nats_server: NatsServer, tether_home: Path) -> None:
     async with tether_child("up", "--url", nats_server.url, home=tether_home) as up:

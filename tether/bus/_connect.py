@@ -178,8 +178,15 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             target = running.url
         elif cfg.embedded:
             server = EmbeddedServer(cfg.home)
+            starting = asyncio.ensure_future(asyncio.to_thread(server.start))
             try:
-                target = await asyncio.to_thread(server.start)
+                target = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                # Cancelled while the server starts: let the start finish, then stop it.
+                with contextlib.suppress(Exception):
+                    await starting
+                await asyncio.to_thread(server.stop)
+                raise
             except ServerError as exc:
                 raise BusUnavailable(str(exc)) from exc
             if not server.owned:
@@ -219,9 +226,11 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             error_cb=error,
             **cfg.nats_options(),
         )
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
+    except BaseException as exc:  # a started embedded server must not outlive a failed connect
         if server is not None:
             await asyncio.to_thread(server.stop)
+        if not isinstance(exc, (TimeoutError, nats.errors.Error, OSError)):
+            raise
         raise BusUnavailable(
             f"cannot reach NATS at {target}: {exc!r}. Check TETHER_NATS_URL and credentials, "
             "or unset it to use the embedded server"

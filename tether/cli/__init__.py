@@ -154,10 +154,20 @@ async def _up(args: argparse.Namespace) -> int:
     cfg = _config(args, **extra)
     where = cfg.url or f"embedded nats-server in {cfg.home}"
     print(f"tether {__version__} starting: {where}", flush=True)
-    bus = await connect(config=cfg)
-    # From here on a signal stops tether cleanly: the handlers are in place before
-    # "tether is up" is printed, and stay until the embedded server is stopped.
+    # Signals are handled from the very start: Ctrl-C while the server is still coming
+    # up stops it too, instead of leaving an orphan that no later `tether up` owns.
     with _stop_on_signals() as stop:
+        connecting = asyncio.create_task(connect(config=cfg))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            print("stopped before tether was up.", flush=True)
+            return 0
+        bus = connecting.result()
         try:
             if bus.server is not None:
                 print(f"  nats-server pid {bus.server.pid} listening on {bus.url} "
