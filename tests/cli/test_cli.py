@@ -291,7 +291,10 @@ async def test_a_signal_during_startup_leaves_no_server_behind(delay: float, tet
     assert code == 0, up.output
     assert "stopped" in up.lines[-1], up.output
     started = [int(p.stem.split("_")[1]) for p in (tether_home / "run").glob("nats-server_*.ports")]
-    assert not [pid for pid in started if exists(pid)], f"nats-server left running:\n{up.output}"
+    leaked = [pid for pid in started if exists(pid)]
+    for pid in leaked:  # do not let a failure leave a server behind
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, f"nats-server left running:\n{up.output}"
     assert not (tether_home / "server.json").exists()
 
 
