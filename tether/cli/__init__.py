@@ -93,10 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
         "into DIR, so publishers in any language can validate their events.",
     )
     export.add_argument("directory", type=Path, metavar="DIR")
+
+    from ._reliability import add_commands
+
+    add_commands(sub, _common)
+    sub.add_parser("fake-provider", add_help=False,
+                   help="an OpenAI/Anthropic-compatible fake provider with fault injection "
+                   "(`tether fake-provider --help`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-provider"]:
+        from tether.testing.fake_provider import main as fake_provider_main
+
+        return int(fake_provider_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -114,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = export_schemas(args.directory)
             print(f"wrote {len(written)} schema files to {args.directory}")
             return 0
+        if args.command == "dlq":
+            from ._reliability import run_dlq
+
+            if args.dlq_command is None:
+                args.print_help()
+                return 2
+            return asyncio.run(run_dlq(args))
+        if args.command == "worker":
+            return asyncio.run(_worker(args))
         runner = {"up": _up, "tail": _tail, "status": _status}[args.command]
         return asyncio.run(runner(args))
     except BusUnavailable as exc:
@@ -139,6 +160,13 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from ._reliability import run_worker
+
+    with _stop_on_signals() as stop:
+        return await run_worker(args, stop)
 
 
 async def _wait_for_signal() -> None:

@@ -284,7 +284,8 @@ class CallDeadLettered(Payload):
 
     call_id: Id
     call_kind: Literal["llm", "tool", "unknown"]
-    reason: Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline"]
+    reason: Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline", "budget",
+                    "runaway"]
     attempts: int = Field(ge=0)
     error: ErrorInfo | None = None
     dlq_seq: int | None = Field(None, ge=1)

@@ -1,9 +1,43 @@
-"""Test helpers that ship with tether: a real nats-server you can stop and restart.
+"""Test helpers that ship with tether: a real nats-server you can stop and restart, and a fake
+OpenAI/Anthropic-compatible provider with seeded fault injection.
 
 In pytest, enable the fixtures with ``pytest_plugins = ["tether.testing.pytest_plugin"]``.
 """
 
 from ._collect import collect
 from ._server import NatsServer
+from .fake_provider import (
+    ErrorResponse,
+    FakeProvider,
+    FaultRule,
+    FixedLatency,
+    Hang,
+    LoggedRequest,
+    LogNormalLatency,
+    MalformedJSON,
+    Reset,
+    ResetMidStream,
+    SlowFirstByte,
+    UniformLatency,
+    parse_faults,
+    parse_latency,
+)
 
-__all__ = ["NatsServer", "collect"]
+__all__ = [
+    "ErrorResponse",
+    "FakeProvider",
+    "FaultRule",
+    "FixedLatency",
+    "Hang",
+    "LogNormalLatency",
+    "LoggedRequest",
+    "MalformedJSON",
+    "NatsServer",
+    "Reset",
+    "ResetMidStream",
+    "SlowFirstByte",
+    "UniformLatency",
+    "collect",
+    "parse_faults",
+    "parse_latency",
+]

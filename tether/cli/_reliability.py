@@ -1,0 +1,160 @@
+"""``tether worker`` and ``tether dlq``: the reliability commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tether.bus import BusConfig, connect
+
+from ._format import Style
+
+__all__ = ["add_commands", "run_dlq", "run_worker"]
+
+
+def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    worker = sub.add_parser(
+        "worker", help="run durable LLM and tool calls from the WORK stream",
+        description="Run the executor: take durable calls from WORK, apply the policy (retry, breaker, "
+        "fallback, rate limits, budgets) and record every step on the log. Start as many as you like; "
+        "they share one consumer. Configuration: tether.toml or [tool.tether] in pyproject.toml.",
+    )
+    common(worker)
+    worker.add_argument("--config", type=Path, help="configuration file (default: ./tether.toml or pyproject.toml)")
+    worker.add_argument("--concurrency", type=int, help="calls in flight in this worker (default from config, 64)")
+    worker.add_argument("--tools", action="append", default=[], metavar="MODULE",
+                        help="import MODULE, which registers tools on tether.middleware.tools (repeatable)")
+
+    dlq = sub.add_parser("dlq", help="inspect, redrive and purge dead letters",
+                         description="Dead letters are calls that exhausted their policy, could not be "
+                         "retried, were refused, or arrived malformed; each keeps its request, every "
+                         "attempt and the final error.")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dlq.set_defaults(print_help=dlq.print_help)
+    filt = "KEY=VALUE filter: reason, kind, route, error or call_id; VALUE may end in * (repeatable)"
+    ls = dlq_sub.add_parser("ls", help="list dead letters")
+    show = dlq_sub.add_parser("show", help="one dead letter, whole")
+    show.add_argument("id", metavar="ID", help="call id or DLQ sequence")
+    redrive = dlq_sub.add_parser("redrive", help="resubmit dead letters with a fresh attempt budget",
+                                 description="Resubmit each dead letter as a new call linked to the original "
+                                 "(a call.redriven event), and remove it from the DLQ.")
+    redrive.add_argument("ids", nargs="*", metavar="ID")
+    purge = dlq_sub.add_parser("purge", help="delete dead letters for good (they stay in the event log)")
+    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("--all", action="store_true", help="every dead letter")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    for p in (ls, show, redrive, purge):
+        common(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    for p in (ls, redrive, purge):
+        p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help=filt)
+
+
+def _bus_config(args: argparse.Namespace, **extra: Any) -> BusConfig:
+    return BusConfig.from_env(url=args.url, home=args.home, **extra)
+
+
+async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tether.middleware import Executor, PolicyConfigError, load_worker_config, tools
+
+    try:
+        cfg = load_worker_config(args.config)
+        for module in args.tools:
+            cfg = type(cfg)(cfg.policies, cfg.providers, cfg.concurrency, (*cfg.tool_modules, module), cfg.source)
+        cfg.import_tools()
+    except PolicyConfigError as exc:
+        print(f"tether worker: {exc}", file=sys.stderr)
+        return 2
+    bus = await connect(config=_bus_config(args, embedded=False))
+    executor = Executor(bus, policies=cfg.policies, providers=cfg.providers, tools=tools,
+                        concurrency=args.concurrency or cfg.concurrency)
+    try:
+        await executor.start()
+        print(f"worker {executor.worker_id} running: {len(cfg.providers)} provider(s) "
+              f"[{', '.join(cfg.providers) or 'none'}], {len(tools.names())} tool(s) "
+              f"[{', '.join(tools.names()) or 'none'}], concurrency {executor.concurrency}"
+              f"{', config ' + cfg.source if cfg.source else ''}. Ctrl-C stops it.", flush=True)
+        await stop.wait()
+        return 0
+    finally:
+        print("worker stopping (in-flight calls finish or return to the queue)...", flush=True)
+        await executor.stop()
+        await bus.close()
+        print("worker stopped.", flush=True)
+
+
+async def run_dlq(args: argparse.Namespace) -> int:
+    from tether.middleware import DeadLetterError, deadletter
+
+    s = Style()
+    try:
+        filters = deadletter.parse_filters(getattr(args, "filter", []))
+    except ValueError as exc:
+        print(f"tether dlq: {exc}", file=sys.stderr)
+        return 2
+    bus = await connect(config=_bus_config(args, embedded=False, provision=False))
+    try:
+        if args.dlq_command == "ls":
+            letters = await deadletter.list_dead_letters(bus, filters)
+            if args.json:
+                print(json.dumps([d.summary() for d in letters], indent=2))
+                return 0
+            if not letters:
+                print("no dead letters" + (" matching the filter" if filters else ""))
+                return 0
+            print(f"{'seq':>6}  {'when':<19}  {'reason':<14} {'route':<32} {'tries':>5}  error / call id")
+            for d in letters:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.dead_lettered_at))
+                print(f"{d.seq:>6}  {when:<19}  {d.reason:<14} {d.route[:32]:<32} {d.attempts:>5}  "
+                      f"{s.red(d.error_type)}: {d.error_message[:60]}\n{'':>36}{s.dim(d.call_id)}")
+            print(s.dim(f"{len(letters)} dead letter(s). `tether dlq show ID` for one, "
+                        "`tether dlq redrive ID` to retry."))
+            return 0
+        if args.dlq_command == "show":
+            d = await deadletter.get_dead_letter(bus, args.id)
+            print(json.dumps({"seq": d.seq, **d.doc}, indent=2, ensure_ascii=False))
+            return 0
+        if args.dlq_command in ("redrive", "purge"):
+            if args.ids:
+                letters = [await deadletter.get_dead_letter(bus, i) for i in args.ids]
+            elif filters or getattr(args, "all", False):
+                letters = await deadletter.list_dead_letters(bus, filters)
+            else:
+                print(f"tether dlq {args.dlq_command}: name IDs, or use --filter"
+                      f"{' or --all' if args.dlq_command == 'purge' else ''}", file=sys.stderr)
+                return 2
+            if args.dlq_command == "redrive":
+                done = []
+                for d in letters:
+                    try:
+                        done.append({"call_id": d.call_id, "new_call_id": await deadletter.redrive(bus, d)})
+                    except DeadLetterError as exc:
+                        done.append({"call_id": d.call_id, "error": str(exc)})
+                if args.json:
+                    print(json.dumps(done, indent=2))
+                else:
+                    for r in done:
+                        print(f"{r['call_id']} → {r.get('new_call_id') or s.red(r['error'])}")
+                    print(f"redrove {sum('new_call_id' in r for r in done)} of {len(done)}")
+                return 0 if all("new_call_id" in r for r in done) else 1
+            if not args.yes and not args.json and sys.stdin.isatty():
+                answer = await asyncio.to_thread(input, f"delete {len(letters)} dead letter(s) for good? [y/N] ")
+                if answer.strip().lower() not in ("y", "yes"):
+                    print("nothing deleted")
+                    return 1
+            n = await deadletter.purge(bus, letters)
+            print(json.dumps({"purged": n}) if args.json else f"purged {n} dead letter(s)")
+            return 0
+        args.print_help()
+        return 2
+    except DeadLetterError as exc:
+        print(f"tether dlq: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await bus.close()

@@ -1,0 +1,233 @@
+"""Budgets and the runaway guard: refuse a call before it is sent, not after it is paid for.
+
+Pure checks over numbers the caller keeps (what a run, an agent or a tenant has spent)
+and a small in-memory tracker of how often each run repeats itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tether.schemas import BudgetExceeded
+
+from ._policy import BudgetLimits, BudgetScope, RunawayGuard
+
+__all__ = [
+    "VOLATILE_KEYS",
+    "BudgetCheck",
+    "BudgetRefusal",
+    "BudgetUnit",
+    "RunawayTracker",
+    "Spend",
+    "check_budget",
+    "check_budgets",
+    "request_fingerprint",
+]
+
+BudgetUnit = Literal["usd", "tokens", "calls"]
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What a run, an agent or a tenant has spent so far."""
+
+    usd: float = 0.0
+    tokens: int = 0
+    calls: int = 0
+
+    def add(self, *, usd: float | None = None, tokens: int = 0, calls: int = 1) -> Spend:
+        """This spend plus one call's; an unpriced call (``usd=None``) adds no dollars."""
+        return Spend(self.usd + (usd or 0.0), self.tokens + tokens, self.calls + calls)
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """A call refused because it would take ``scope_id`` past its ``unit`` budget."""
+
+    scope: BudgetScope
+    scope_id: str
+    unit: BudgetUnit
+    limit: float
+    spent: float
+    requested: float
+
+    @property
+    def message(self) -> str:
+        return (f"{self.scope} {self.scope_id} would exceed its {self.unit} budget: spent "
+                f"{_amount(self.unit, self.spent)} of {_amount(self.unit, self.limit)}, "
+                f"this call needs up to {_amount(self.unit, self.requested)}")
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_event(self, *, call_id: str | None = None) -> BudgetExceeded:
+        return BudgetExceeded(scope=self.scope, scope_id=self.scope_id, unit=self.unit, limit=self.limit,
+                              spent=self.spent, requested=self.requested, call_id=call_id)
+
+
+def _amount(unit: BudgetUnit, value: float) -> str:
+    if unit == "usd":
+        return f"${value:.4f}"
+    return f"{value:,.0f} {unit}"
+
+
+def check_budget(
+    scope: BudgetScope,
+    scope_id: str,
+    limits: BudgetLimits,
+    spent: Spend,
+    *,
+    est_usd: float | None,
+    est_tokens: int,
+) -> BudgetRefusal | None:
+    """The refusal if this call (estimated at ``est_usd`` and ``est_tokens``, one call)
+    would take ``spent`` past ``limits``; else ``None``. Dollars are checked first, then
+    tokens, then calls. An unpriced call (``est_usd=None``) counts as $0 here: it cannot
+    exceed a dollar budget (see :func:`check_budgets` for the note that it was unpriced).
+    """
+    if limits.usd is not None:
+        requested = est_usd or 0.0
+        if spent.usd + requested > limits.usd + _EPSILON:
+            return BudgetRefusal(scope, scope_id, "usd", limits.usd, spent.usd, requested)
+    if limits.tokens is not None and spent.tokens + est_tokens > limits.tokens:
+        return BudgetRefusal(scope, scope_id, "tokens", limits.tokens, spent.tokens, est_tokens)
+    if limits.calls is not None and spent.calls + 1 > limits.calls:
+        return BudgetRefusal(scope, scope_id, "calls", limits.calls, spent.calls, 1)
+    return None
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """The verdict over every budget a call is charged to."""
+
+    refusal: BudgetRefusal | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.refusal is None
+
+
+def check_budgets(
+    budgets: Iterable[tuple[BudgetScope, str, BudgetLimits]],
+    spent: Mapping[tuple[str, str], Spend],
+    *,
+    est_usd: float | None,
+    est_tokens: int,
+) -> BudgetCheck:
+    """Check each ``(scope, id, limits)`` (as ``PolicySet.budgets_for`` lists them) against
+    ``spent[(scope, id)]``; the first refusal wins. ``notes`` says when a dollar budget
+    could not be enforced for this call because its model has no price."""
+    notes: list[str] = []
+    for scope, scope_id, limits in budgets:
+        refusal = check_budget(scope, scope_id, limits, spent.get((scope, scope_id), Spend()),
+                               est_usd=est_usd, est_tokens=est_tokens)
+        if refusal is not None:
+            return BudgetCheck(refusal, tuple(notes))
+        if limits.usd is not None and est_usd is None:
+            notes.append(f"the usd budget of {scope} {scope_id} cannot count this call: "
+                         "its model is unpriced")
+    return BudgetCheck(None, tuple(notes))
+
+
+# -- the runaway guard -----------------------------------------------------------------
+
+VOLATILE_KEYS = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+"""Request keys that do not change what is asked, left out of the fingerprint."""
+
+
+def request_fingerprint(body: Mapping[str, Any]) -> str:
+    """SHA-256 of the request as canonical JSON, without :data:`VOLATILE_KEYS`.
+
+    Two calls with the same fingerprint ask the same model the same thing.
+    """
+    canonical = {key: value for key, value in body.items() if key not in VOLATILE_KEYS}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class _RunCounts:
+    calls: int = 0
+    fingerprints: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+
+class RunawayTracker:
+    """Per run: how many calls it made, and how often it made each distinct call.
+
+    In memory and bounded: the least recently active runs (past ``max_runs``) and, within
+    a run, the least recently repeated fingerprints (past ``max_fingerprints``) are
+    forgotten. A loop keeps its own fingerprint fresh, so it is never the one dropped.
+    """
+
+    def __init__(self, *, max_runs: int = 10_000, max_fingerprints: int = 256) -> None:
+        self.max_runs = max_runs
+        self.max_fingerprints = max_fingerprints
+        self._runs: OrderedDict[str, _RunCounts] = OrderedDict()
+
+    @classmethod
+    def from_counts(
+        cls, runs: Mapping[str, tuple[int, Mapping[str, int]]], *, max_runs: int = 10_000,
+        max_fingerprints: int = 256,
+    ) -> RunawayTracker:
+        """Rebuild a tracker from ``{run_id: (calls, {fingerprint: count})}`` (as
+        :meth:`counts` gives them, or as folded from the event log)."""
+        tracker = cls(max_runs=max_runs, max_fingerprints=max_fingerprints)
+        for run_id, (calls, fingerprints) in runs.items():
+            run = tracker._run(run_id)
+            run.calls = calls
+            for fingerprint, count in fingerprints.items():
+                run.fingerprints[fingerprint] = count
+            tracker._trim(run)
+        return tracker
+
+    def counts(self, run_id: str) -> tuple[int, dict[str, int]]:
+        run = self._runs.get(run_id)
+        return (0, {}) if run is None else (run.calls, dict(run.fingerprints))
+
+    def check(self, run_id: str, fingerprint: str, guard: RunawayGuard) -> str | None:
+        """Why this call must be refused, or ``None``. Does not record it."""
+        run = self._runs.get(run_id)
+        calls = 0 if run is None else run.calls
+        same = 0 if run is None else run.fingerprints.get(fingerprint, 0)
+        if guard.max_calls_per_run is not None and calls + 1 > guard.max_calls_per_run:
+            return (f"run {run_id} reached its limit of {guard.max_calls_per_run} calls "
+                    f"(max_calls_per_run={guard.max_calls_per_run})")
+        if guard.max_identical_calls is not None and same + 1 > guard.max_identical_calls:
+            return (f"run {run_id} repeated the same call {same + 1} times "
+                    f"(max_identical_calls={guard.max_identical_calls})")
+        return None
+
+    def record(self, run_id: str, fingerprint: str) -> None:
+        run = self._run(run_id)
+        run.calls += 1
+        run.fingerprints[fingerprint] = run.fingerprints.get(fingerprint, 0) + 1
+        run.fingerprints.move_to_end(fingerprint)
+        self._trim(run)
+
+    def forget(self, run_id: str) -> None:
+        """Drop a finished run."""
+        self._runs.pop(run_id, None)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def _run(self, run_id: str) -> _RunCounts:
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _RunCounts()
+            while len(self._runs) > self.max_runs:
+                self._runs.popitem(last=False)
+        else:
+            self._runs.move_to_end(run_id)
+        return run
+
+    def _trim(self, run: _RunCounts) -> None:
+        while len(run.fingerprints) > self.max_fingerprints:
+            run.fingerprints.popitem(last=False)

@@ -1,0 +1,347 @@
+"""The caller's side: run an LLM or tool call durably (through WORK) or inline.
+
+``DurableCalls`` submits a work item and returns as soon as the worker's reply says the
+completion event exists (no polling); a caller that restarted re-attaches with
+``attach(call_id)`` and reads the outcome from the log. ``InlineCalls`` applies the same
+policy engine in this process, for the lowest latency; both publish the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import JsonValue
+
+from tether.bus import EVENTS_STREAM, Bus, encode_token
+from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted, Usage, uuid7
+
+from ._budget import BudgetRefusal, request_fingerprint
+from ._decide import Fallback, GiveUp, Retry
+from ._engine import CallEngine
+from ._policy import PolicySet
+from ._providers import ProviderConfig
+from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
+from ._tools import ToolRegistry
+from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
+
+__all__ = ["CallFailed", "CallResult", "DurableCalls", "InlineCalls"]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """A completed call: the provider's (or tool's) answer and its usage."""
+
+    call_id: str
+    response: Any
+    usage: Usage | None = None
+    event_seq: int | None = None
+
+
+class CallFailed(Exception):
+    """The call ended without an answer (dead-lettered, refused, or past its deadline)."""
+
+    def __init__(self, call_id: str, error: ErrorInfo | dict[str, Any] | None, reason: str = "failed") -> None:
+        info = error if isinstance(error, ErrorInfo) else ErrorInfo(**error) if error else ErrorInfo(type="Unknown")
+        super().__init__(f"call {call_id} failed: {info.type}: {info.message}")
+        self.call_id = call_id
+        self.error = info
+        self.reason = reason
+
+
+def _llm_item(provider: str, model: str, body: Mapping[str, Any], *, operation: Operation, call_id: str | None,
+              runid: str | None, agentid: str | None, tenant: str | None, traceparent: str | None,
+              deadline_s: float | None, reply_to: str | None = None) -> WorkItem:
+    cid = call_id or uuid7()
+    return WorkItem(call_id=cid, kind="llm", provider=provider, model=model, operation=operation,
+                    body=dict(body), runid=runid, agentid=agentid, tenant=tenant, traceparent=traceparent,
+                    deadline_at=time.time() + deadline_s if deadline_s else None, reply_to=reply_to)
+
+
+class DurableCalls:
+    """Submit calls to the workers and wait for their outcome, or re-attach later."""
+
+    def __init__(self, bus: Bus, *, deadline_s: float = 300.0) -> None:
+        self.bus = bus
+        self.deadline_s = deadline_s
+        self._inbox = ""
+        self._sub: Any = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._calls: KeyValue | None = None
+
+    async def start(self) -> DurableCalls:
+        self._inbox = self.bus.nc.new_inbox()
+        self._sub = await self.bus.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+        self._calls = await open_bucket(self.bus.js, CALLS_BUCKET, replicas=self.bus.config.replicas,
+                                        ttl=7 * 24 * 3600.0)
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def __aenter__(self) -> DurableCalls:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _on_reply(self, msg: Any) -> None:
+        token = msg.subject[len(self._inbox) + 1:]
+        fut = self._waiting.pop(token, None)
+        if fut is not None and not fut.done():
+            with contextlib.suppress(ValueError):
+                fut.set_result(json.loads(msg.data))
+
+    async def llm(self, provider: str, model: str, body: Mapping[str, Any], *, operation: Operation = "chat",
+                  call_id: str | None = None, runid: str | None = None, agentid: str | None = None,
+                  tenant: str | None = None, traceparent: str | None = None,
+                  deadline_s: float | None = None) -> CallResult:
+        """Run an LLM call on a worker; its result, or ``CallFailed``."""
+        item = _llm_item(provider, model, body, operation=operation, call_id=call_id, runid=runid,
+                         agentid=agentid, tenant=tenant, traceparent=traceparent,
+                         deadline_s=deadline_s or self.deadline_s)
+        return await self.run(item)
+
+    async def tool(self, name: str, arguments: JsonValue = None, *, call_id: str | None = None,
+                   runid: str | None = None, agentid: str | None = None, tenant: str | None = None,
+                   traceparent: str | None = None, deadline_s: float | None = None) -> CallResult:
+        """Run a tool registered in the workers; its result, or ``CallFailed``."""
+        cid = call_id or uuid7()
+        item = WorkItem(call_id=cid, kind="tool", tool=name, arguments=arguments, runid=runid, agentid=agentid,
+                        tenant=tenant, traceparent=traceparent,
+                        deadline_at=time.time() + (deadline_s or self.deadline_s))
+        return await self.run(item)
+
+    async def run(self, item: WorkItem) -> CallResult:
+        token = encode_token(item.call_id)
+        item = item.model_copy(update={"reply_to": f"{self._inbox}.{token}"})
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = fut
+        try:
+            await self.submit(item)
+            timeout = (item.deadline_at - time.time() + 30.0) if item.deadline_at else None
+            try:
+                doc = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                return await self.attach(item.call_id, timeout=5.0)
+            return await self._result(doc)
+        finally:
+            self._waiting.pop(token, None)
+
+    async def submit(self, item: WorkItem) -> str:
+        """Put a call on WORK (once: the call id is the message id). Returns the call id."""
+        from tether.schemas import LlmCallRequested, ToolCallRequested
+
+        from ._engine import terminal_id
+
+        if item.kind == "llm":
+            params = {k: v for k, v in item.body.items() if k not in ("messages", "input", "model", "system")}
+            payload: Any = LlmCallRequested(call_id=item.call_id, provider=item.provider or "?",
+                                            model=item.model or "?", operation=item.operation, mode="durable",
+                                            parameters=params, request=item.body)
+        else:
+            payload = ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
+                                        mode="durable", idempotency_key=item.idempotency_key)
+        await self.bus.emit(Event.of(payload, id=terminal_id(item.call_id, "requested"), runid=item.runid,
+                                     agentid=item.agentid, traceparent=item.traceparent,
+                                     extensions={"tenant": item.tenant} if item.tenant else None))
+        await self.bus.js.publish(work_subject(item), item.model_dump_json().encode(),
+                                  headers={"Nats-Msg-Id": item.call_id})
+        return item.call_id
+
+    async def attach(self, call_id: str, *, timeout: float | None = None) -> CallResult:
+        """The outcome of a call submitted earlier (perhaps by another process), from the log."""
+        assert self._calls is not None
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        watcher = None
+        try:
+            while True:
+                try:
+                    entry = await self._calls.get(call_id)
+                    rec = CallRecord.from_json(entry.value or b"{}") if entry.value else None
+                except KeyNotFoundError:
+                    rec = None
+                if rec is not None and rec.terminal:
+                    return await self._result({"call_id": call_id, "state": rec.state, "seq": rec.terminal_seq,
+                                               "error": rec.error})
+                if watcher is None:
+                    watcher = await self._calls.watch(call_id)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"call {call_id} has not finished")
+                with contextlib.suppress(Exception):
+                    await watcher.updates(timeout=min(left or 5.0, 5.0))  # type: ignore[no-untyped-call]
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _result(self, doc: Mapping[str, Any]) -> CallResult:
+        call_id = str(doc.get("call_id"))
+        if doc.get("state") != "completed":
+            raise CallFailed(call_id, doc.get("error"), str(doc.get("state")))
+        if "response" in doc:
+            usage = Usage(**doc["usage"]) if doc.get("usage") else None
+            return CallResult(call_id, doc["response"], usage, doc.get("seq"))
+        seq = doc.get("seq")
+        if seq is None:
+            raise CallFailed(call_id, ErrorInfo(type="Unavailable", message="completion not in the log yet"))
+        stored = await self.bus.js.get_msg(EVENTS_STREAM, int(seq))
+        event = await self.bus.reader.read(stored.headers, stored.data or b"")
+        data = event.data
+        if isinstance(data, LlmCallCompleted):
+            return CallResult(call_id, data.response, data.usage, int(seq))
+        if isinstance(data, ToolCallCompleted):
+            return CallResult(call_id, data.result, None, int(seq))
+        raise CallFailed(call_id, ErrorInfo(type="Unexpected", message=f"event {event.type} at seq {seq}"))
+
+
+class InlineCalls:
+    """The policy engine in this process: no queue hop, same events, same shared breakers.
+
+    The runaway guard counts per process here (a run's inline calls are usually made by
+    one process); budgets, breakers and rate limits are shared through KV as for workers.
+    """
+
+    def __init__(self, bus: Bus, *, policies: PolicySet | None = None,
+                 providers: Mapping[str, ProviderConfig] | None = None, tools: ToolRegistry | None = None,
+                 seed: int | None = None) -> None:
+        self.bus = bus
+        self.policies = policies or PolicySet.default()
+        self.providers = dict(providers or {})
+        self.tools = tools or ToolRegistry()
+        self.seed = seed
+        self.engine: CallEngine | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._runs: dict[str, dict[str, int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> InlineCalls:
+        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+        self.engine = CallEngine(self.bus, policies=self.policies, providers=self.providers, tools=self.tools,
+                                 breakers=await Breakers.open(self.bus), rates=await RateLimiter.open(self.bus),
+                                 spend=await SpendBook.open(self.bus), http=self._http,
+                                 source="urn:tether:inline", seed=self.seed)
+        return self
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await task
+        if self.engine is not None:
+            await self.engine.breakers.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> InlineCalls:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def llm(self, provider: str, model: str, body: Mapping[str, Any], *, operation: Operation = "chat",
+                  call_id: str | None = None, runid: str | None = None, agentid: str | None = None,
+                  tenant: str | None = None, traceparent: str | None = None,
+                  deadline_s: float | None = None) -> CallResult:
+        item = _llm_item(provider, model, body, operation=operation, call_id=call_id, runid=runid,
+                         agentid=agentid, tenant=tenant, traceparent=traceparent, deadline_s=deadline_s)
+        return await self.run(item)
+
+    async def tool(self, name: str, arguments: JsonValue = None, *, call_id: str | None = None,
+                   runid: str | None = None, agentid: str | None = None, tenant: str | None = None,
+                   deadline_s: float | None = None) -> CallResult:
+        item = WorkItem(call_id=call_id or uuid7(), kind="tool", tool=name, arguments=arguments, runid=runid,
+                        agentid=agentid, tenant=tenant,
+                        deadline_at=time.time() + deadline_s if deadline_s else None)
+        return await self.run(item)
+
+    def _runaway(self, item: WorkItem) -> str | None:
+        guard = self.policies.runaway
+        if not item.runid:
+            return None
+        counts = self._runs.setdefault(item.runid, {})
+        fp = request_fingerprint(item.body if item.kind == "llm" else {"tool": item.tool, "arguments": item.arguments})
+        calls = counts.get("", 0)
+        if guard.max_calls_per_run is not None and calls >= guard.max_calls_per_run:
+            return (f"run {item.runid} made {calls} calls, the most allowed "
+                    f"(runaway.max_calls_per_run={guard.max_calls_per_run})")
+        if guard.max_identical_calls is not None and counts.get(fp, 0) >= guard.max_identical_calls:
+            return (f"run {item.runid} repeated the same call {counts[fp] + 1} times "
+                    f"(runaway.max_identical_calls={guard.max_identical_calls})")
+        counts[""] = calls + 1
+        counts[fp] = counts.get(fp, 0) + 1
+        if len(self._runs) > 10_000:
+            self._runs.pop(next(iter(self._runs)))
+        return None
+
+    async def run(self, item: WorkItem) -> CallResult:
+        engine = self.engine
+        assert engine is not None, "call start() first"
+        now = time.time()
+        rec = CallRecord.new(item, now)
+        await self.bus.emit(engine.requested_event(item, mode="inline"))
+        policy = engine.policy_of(item)
+        refusal: BudgetRefusal | str | None = self._runaway(item)
+        if refusal is None and self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid,
+                                                         tenant=item.tenant):
+            refusal = await engine.admit(item, rec)
+        if refusal is not None:
+            if isinstance(refusal, BudgetRefusal):
+                await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
+                                             runid=item.runid, agentid=item.agentid, source=engine.source))
+                error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
+                await engine.give_up(item, rec, "budget", error)
+            else:
+                error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
+                await engine.give_up(item, rec, "runaway", error)
+            raise CallFailed(item.call_id, error, "refused")
+        while True:
+            if item.deadline_at is not None and time.time() >= item.deadline_at:
+                error = ErrorInfo(type="DeadlineExceeded", message="the call's deadline passed", retryable=False)
+                await engine.give_up(item, rec, "deadline", error)
+                raise CallFailed(item.call_id, error, "deadline")
+            failure, wait = await engine.gate(item, rec, policy)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            attempt = len(rec.attempts) + 1
+            started = time.time()
+            latency = 0.0
+            if failure is None:
+                out = await engine.attempt(item, rec, policy)
+                route = rec.target.route if rec.target else item.route
+                await engine.breakers.record(route, policy.breaker, ok=out.ok,
+                                             counts=bool(out.failure and out.failure.counts_for_breaker),
+                                             call_id=item.call_id)
+                if out.ok:
+                    event = engine.completed_event(item, rec, attempt, out)
+                    await self.bus.emit(event)
+                    engine.record_outcome(rec, attempt, None, started)
+                    task = asyncio.create_task(engine.account(item, out.usage, rec.target))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                    return CallResult(item.call_id, out.response, out.usage if item.kind == "llm" else None)
+                failure, latency = out.failure, out.latency_ms
+            assert failure is not None
+            engine.record_outcome(rec, attempt, failure, started)
+            decision = engine.decide(item, rec, policy, failure)
+            await self.bus.emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision))
+            if isinstance(decision, GiveUp):
+                error = failure.to_error_info(retryable=False)
+                await engine.give_up(item, rec, decision.reason, error)
+                raise CallFailed(item.call_id, error, decision.reason)
+            if isinstance(decision, Fallback):
+                rec.provider, rec.model = decision.target.provider, decision.target.model
+                rec.fallbacks += 1
+            if isinstance(decision, (Retry, Fallback)) and decision.delay_s > 0:
+                await asyncio.sleep(decision.delay_s)

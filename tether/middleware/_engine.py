@@ -1,0 +1,315 @@
+"""The call engine: one attempt, its outcome, and what happens next, as events.
+
+Both modes use it: the durable executor (the next attempt goes back through
+JetStream with the decided delay) and inline calls (the caller's process sleeps).
+Either way the same events are published, with deterministic ids for the terminal
+ones (``completed``, ``failed``, ``dead_lettered``), so a call redelivered after a
+worker died is recorded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from tether.bus import Bus, encode_token
+from tether.pricing import estimate, estimate_tokens, price
+from tether.schemas import (
+    CallDeadLettered,
+    ErrorInfo,
+    Event,
+    LlmCallAttemptFailed,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    Payload,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+    Usage,
+)
+
+from ._breaker import breaker_retry_in
+from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint
+from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide
+from ._failures import Failure, classify_exception
+from ._policy import Policy, PolicySet, Target
+from ._providers import LlmOutcome, ProviderConfig, run_llm_attempt
+from ._shared import Breakers, RateLimiter, SpendBook
+from ._tools import ToolRegistry, UnknownTool
+from ._work import CallRecord, WorkItem
+
+__all__ = ["DLQ_PREFIX", "CallEngine", "Outcome", "terminal_id"]
+
+log = logging.getLogger("tether.middleware")
+
+DLQ_PREFIX = "tether.dlq"
+DeadLetterReason = Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline", "budget",
+                           "runaway"]
+_NS = uuid.UUID("5b0f5f1e-6c1d-4d0a-9f56-3c1e7e1f7a11")
+SOURCE = "urn:tether:worker"
+
+
+def terminal_id(call_id: str, what: str) -> str:
+    """The event id of a call's ``requested`` / ``completed`` / ``failed`` / ``dead_lettered``
+    event: derived from the call id, so a repeat is dropped by JetStream's dedupe."""
+    return str(uuid.uuid5(_NS, f"{call_id}/{what}"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    latency_ms: float
+    response: Any = None
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    failure: Failure | None = None
+
+
+class CallEngine:
+    """Everything an attempt needs: policies, providers, tools and the shared state."""
+
+    def __init__(self, bus: Bus, *, policies: PolicySet, providers: dict[str, ProviderConfig],
+                 tools: ToolRegistry, breakers: Breakers, rates: RateLimiter, spend: SpendBook,
+                 http: httpx.AsyncClient, source: str = SOURCE, seed: int | None = None) -> None:
+        self.bus = bus
+        self.policies = policies
+        self.providers = providers
+        self.tools = tools
+        self.breakers = breakers
+        self.rates = rates
+        self.spend = spend
+        self.http = http
+        self.source = source
+        self.rng = random.Random(seed)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _event(self, item: WorkItem, payload: Payload, *, id: str | None = None) -> Event:
+        return Event.of(payload, id=id, runid=item.runid, agentid=item.agentid,
+                        traceparent=item.traceparent, source=self.source,
+                        extensions={"tenant": item.tenant} if item.tenant else None)
+
+    def requested_event(self, item: WorkItem, *, mode: Literal["inline", "durable"],
+                        capture: bool = True) -> Event:
+        if item.kind == "llm":
+            params = {k: v for k, v in item.body.items() if k not in ("messages", "input", "model", "system")}
+            payload: Payload = LlmCallRequested(
+                call_id=item.call_id, provider=item.provider or "?", model=item.model or "?",
+                operation=item.operation, mode=mode, parameters=params,
+                request=item.body if capture else None)
+        else:
+            known = item.tool is not None and item.tool in self.tools
+            payload = ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
+                                        idempotency_key=item.idempotency_key, mode=mode,
+                                        idempotent=known and self.tools.get(item.tool or "").idempotent)
+        return self._event(item, payload, id=terminal_id(item.call_id, "requested"))
+
+    # -- admission: budgets and the runaway guard, once per call, before dispatch --------------
+
+    async def admit(self, item: WorkItem, rec: CallRecord) -> BudgetRefusal | str | None:
+        guard = self.policies.runaway
+        if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
+            body = item.body if item.kind == "llm" else {"tool": item.tool, "arguments": item.arguments}
+            fp = request_fingerprint(body)
+
+            def count(doc: dict[str, Any]) -> str | None:
+                calls = int(doc.get("calls", 0))
+                fps: dict[str, int] = doc.setdefault("fingerprints", {})
+                if guard.max_calls_per_run is not None and calls >= guard.max_calls_per_run:
+                    return (f"run {item.runid} made {calls} calls, the most allowed "
+                            f"(runaway.max_calls_per_run={guard.max_calls_per_run})")
+                if guard.max_identical_calls is not None and fps.get(fp, 0) >= guard.max_identical_calls:
+                    return (f"run {item.runid} repeated the same call {fps[fp] + 1} times "
+                            f"(runaway.max_identical_calls={guard.max_identical_calls})")
+                doc["calls"] = calls + 1
+                fps[fp] = fps.get(fp, 0) + 1
+                if len(fps) > 2000:  # bounded: forget the rarest
+                    for key in sorted(fps, key=fps.__getitem__)[:500]:
+                        del fps[key]
+                return None
+
+            reason = await self.spend.update("run", item.runid, count)
+            if reason:
+                return reason
+        budgets = self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant)
+        if not budgets:
+            return None
+        if item.kind == "llm" and item.provider and item.model:
+            tokens_in, tokens_out = estimate_tokens(item.body)
+            est = estimate(item.provider, item.model, input_tokens=tokens_in, max_output_tokens=tokens_out)
+            est_usd, est_tokens = est.usd, tokens_in + tokens_out
+        else:
+            est_usd, est_tokens = 0.0, 0
+        for scope, scope_id, limits in budgets:
+            doc = await self.spend.get(scope, scope_id)
+            spent = Spend(usd=float(doc.get("usd", 0.0)), tokens=int(doc.get("tokens", 0)),
+                          calls=int(doc.get("calls", 0)) - (1 if scope == "run" else 0))
+            refusal = check_budget(scope, scope_id, limits, spent, est_usd=est_usd, est_tokens=est_tokens)
+            if refusal is not None:
+                return refusal
+        return None
+
+    async def account(self, item: WorkItem, usage: Usage, target: Target | None) -> None:
+        """Add a completed call's spend to its run, agent and tenant."""
+        usd = 0.0
+        if target is not None:
+            p = price(target.provider, target.model, usage)
+            usd = p.usd or 0.0
+        tokens = usage.input_tokens + usage.output_tokens
+
+        def add(counts_call: bool) -> Any:
+            def fn(doc: dict[str, Any]) -> None:
+                doc["usd"] = float(doc.get("usd", 0.0)) + usd
+                doc["tokens"] = int(doc.get("tokens", 0)) + tokens
+                if counts_call:
+                    doc["calls"] = int(doc.get("calls", 0)) + 1
+            return fn
+
+        for scope, scope_id in (("run", item.runid), ("agent", item.agentid), ("tenant", item.tenant)):
+            if scope_id:
+                await self.spend.update(scope, scope_id, add(scope != "run"))
+
+    # -- one attempt --------------------------------------------------------------------
+
+    def policy_of(self, item: WorkItem) -> Policy:
+        return self.policies.policy_for(item.route)
+
+    async def gate(self, item: WorkItem, rec: CallRecord, policy: Policy) -> tuple[Failure | None, float]:
+        """Breaker and rate limit before an attempt: (failure if refused, seconds to wait)."""
+        target = rec.target
+        route = target.route if target else item.route
+        if not await self.breakers.admit(route, policy.breaker, call_id=item.call_id):
+            wait = breaker_retry_in(policy.breaker, self.breakers.state(route), now=time.time())
+            return Failure.breaker_open(route, retry_after_s=wait), 0.0
+        if target is not None:
+            tokens_in, tokens_out = estimate_tokens(item.body)
+            wait = await self.rates.acquire(target.provider, self.policies.rate_limit_for(target.provider),
+                                            tokens=tokens_in + tokens_out)
+            if wait > 0:
+                return None, wait
+        return None, 0.0
+
+    async def attempt(self, item: WorkItem, rec: CallRecord, policy: Policy) -> Outcome:
+        if item.kind == "llm":
+            target = rec.target
+            assert target is not None
+            provider = self.providers.get(target.provider)
+            if provider is None:
+                return Outcome(False, 0.0, failure=Failure(
+                    kind="http", status_code=404, error_type="UnknownProvider",
+                    message=f"no provider {target.provider!r} configured in this worker "
+                            f"(configured: {', '.join(sorted(self.providers)) or 'none'})"))
+            out: LlmOutcome = await run_llm_attempt(self.http, provider, operation=item.operation,
+                                                    model=target.model, body=item.body,
+                                                    timeout_s=policy.timeout_s, call_id=item.call_id)
+            return Outcome(out.ok, out.latency_ms, out.response, out.usage, out.finish_reason, out.failure)
+        started = time.perf_counter()
+        try:
+            spec = self.tools.get(item.tool or "")
+        except UnknownTool as exc:
+            return Outcome(False, 0.0, failure=Failure(kind="tool_error", error_type="UnknownTool",
+                                                       message=str(exc)))
+        try:
+            result = await asyncio.wait_for(spec(item.arguments, idempotency_key=item.idempotency_key
+                                                 or item.call_id), policy.timeout_s)
+        except Exception as exc:
+            failure = classify_exception(exc)
+            return Outcome(False, (time.perf_counter() - started) * 1000, failure=failure)
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            return Outcome(False, (time.perf_counter() - started) * 1000, failure=Failure(
+                kind="tool_error", error_type="NotJSON", message=f"tool result is not JSON: {exc}"))
+        return Outcome(True, (time.perf_counter() - started) * 1000, response=result)
+
+    def decide(self, item: WorkItem, rec: CallRecord, policy: Policy, failure: Failure) -> Decision:
+        if item.kind == "tool":
+            spec = self.tools.get(item.tool or "") if item.tool in self.tools else None
+            if spec is None or failure.error_type == "UnknownTool":
+                return GiveUp("not_retryable")
+            if not spec.idempotent and failure.kind != "breaker_open":
+                return GiveUp("not_retryable")  # a side effect is never repeated by tether
+        return decide(policy, rec.history(), failure, now=time.time(), started_at=rec.started_at,
+                      current=rec.target, rng=self.rng)
+
+    def attempt_failed_event(self, item: WorkItem, rec: CallRecord, attempt: int, failure: Failure,
+                             latency_ms: float, decision: Decision) -> Event:
+        kind = "retry" if isinstance(decision, Retry) else "fallback" if isinstance(decision, Fallback) else "give_up"
+        delay = decision.delay_s if isinstance(decision, (Retry, Fallback)) else None
+        error = failure.to_error_info(retryable=not isinstance(decision, GiveUp))
+        if item.kind == "llm":
+            target = rec.target or Target(item.provider or "?", item.model or "?")
+            nxt = decision.target if isinstance(decision, Fallback) else None
+            payload: Payload = LlmCallAttemptFailed(
+                call_id=item.call_id, provider=target.provider, model=target.model, attempt=attempt,
+                error=error, latency_ms=latency_ms, decision=kind, retry_in_s=delay,
+                next_provider=nxt.provider if nxt else None, next_model=nxt.model if nxt else None)
+        else:
+            payload = ToolCallAttemptFailed(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
+                                            error=error, duration_ms=latency_ms, decision=kind, retry_in_s=delay)
+        return self._event(item, payload)
+
+    def completed_event(self, item: WorkItem, rec: CallRecord, attempt: int, out: Outcome,
+                        capture: bool = True) -> Event:
+        if item.kind == "llm":
+            target = rec.target or Target(item.provider or "?", item.model or "?")
+            payload: Payload = LlmCallCompleted(
+                call_id=item.call_id, provider=target.provider, model=target.model, attempt=attempt,
+                usage=out.usage, latency_ms=out.latency_ms, finish_reason=out.finish_reason,
+                response=out.response if capture else None)
+        else:
+            payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
+                                        result=out.response, duration_ms=out.latency_ms)
+        return self._event(item, payload, id=terminal_id(item.call_id, "completed"))
+
+    async def give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
+                      raw_body: bytes | None = None) -> tuple[Event, int | None]:
+        """Record the final failure: the DLQ message, then ``failed`` and ``dead_lettered`` events."""
+        route_key = item.provider if item.kind == "llm" else item.tool
+        doc = {
+            "call_id": item.call_id,
+            "reason": reason,
+            "kind": item.kind,
+            "route": (rec.target.route if rec.target else item.route),
+            "error": error.model_dump(mode="json"),
+            "attempts": rec.attempts,
+            "item": item.model_dump(mode="json"),
+            "dead_lettered_at": time.time(),
+        }
+        ack = await self.bus.js.publish(f"{DLQ_PREFIX}.{item.kind}.{encode_token(route_key)}",
+                                        json.dumps(doc, separators=(",", ":")).encode(),
+                                        headers={"Nats-Msg-Id": f"dlq-{item.call_id}"})
+        target = rec.target or Target(item.provider or "?", item.model or "?")
+        failed: Payload
+        if item.kind == "llm":
+            failed = LlmCallFailed(call_id=item.call_id, provider=target.provider, model=target.model,
+                                   attempts=len(rec.attempts), error=error)
+        else:
+            failed = ToolCallFailed(call_id=item.call_id, tool=item.tool or "?", attempts=len(rec.attempts),
+                                    error=error)
+        failed_event = self._event(item, failed, id=terminal_id(item.call_id, "failed"))
+        receipt = await self.bus.publish(failed_event)
+        await self.bus.publish(self._event(item, CallDeadLettered(
+            call_id=item.call_id, call_kind=item.kind, reason=reason,
+            attempts=len(rec.attempts), error=error, dlq_seq=ack.seq),
+            id=terminal_id(item.call_id, "dead_lettered")))
+        rec.state = "failed"
+        rec.error = error.model_dump(mode="json")
+        rec.terminal_seq = receipt.stream_seq
+        rec.terminal_event_id = failed_event.id
+        log.info("call %s dead-lettered (%s): %s", item.call_id, reason, error.message)
+        return failed_event, ack.seq
+
+    def record_outcome(self, rec: CallRecord, attempt: int, failure: Failure | None, started_at: float) -> None:
+        rec.record_attempt(AttemptRecord(attempt=attempt, target=rec.target, failure=failure,
+                                         started_at=started_at, duration_s=time.time() - started_at))

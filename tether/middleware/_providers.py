@@ -1,0 +1,161 @@
+"""LLM providers the worker talks to, and one HTTP attempt against them.
+
+Provider keys live only in the worker's configuration (``[providers.<name>]`` in
+``tether.toml``, with the key read from the environment variable named by
+``api_key_env``); they never enter a work message or an event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from tether.schemas import Usage
+
+from ._failures import Failure, classify_exception, classify_http
+
+__all__ = ["LlmOutcome", "ProviderConfig", "ProviderConfigError", "run_llm_attempt", "usage_of"]
+
+Kind = Literal["openai", "anthropic"]
+_PATHS: dict[tuple[str, str], str] = {
+    ("openai", "chat"): "/chat/completions",
+    ("openai", "responses"): "/responses",
+    ("openai", "embeddings"): "/embeddings",
+    ("anthropic", "messages"): "/messages",
+}
+
+
+class ProviderConfigError(ValueError):
+    """A provider section in the configuration is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One upstream: its wire format, base URL (ending in ``/v1``) and credentials."""
+
+    name: str
+    kind: Kind = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, name: str, data: Mapping[str, Any]) -> ProviderConfig:
+        known = {"kind", "base_url", "api_key_env", "headers"}
+        unknown = set(data) - known
+        if unknown:
+            raise ProviderConfigError(
+                f"providers.{name}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))});"
+                " put keys in the environment and name the variable with api_key_env"
+            )
+        kind = data.get("kind", "openai")
+        if kind not in ("openai", "anthropic"):
+            raise ProviderConfigError(f"providers.{name}.kind: {kind!r} is not 'openai' or 'anthropic'")
+        env = data.get("api_key_env")
+        return cls(
+            name=name,
+            kind=kind,
+            base_url=str(data.get("base_url") or ("https://api.anthropic.com/v1" if kind == "anthropic"
+                                                  else "https://api.openai.com/v1")).rstrip("/"),
+            api_key_env=env,
+            api_key=os.environ.get(env) if env else None,
+            headers=dict(data.get("headers") or {}),
+        )
+
+    def url(self, operation: str) -> str:
+        path = _PATHS.get((self.kind, operation))
+        if path is None:
+            raise ProviderConfigError(f"provider {self.name} ({self.kind}) has no {operation!r} operation")
+        return self.base_url + path
+
+    def auth_headers(self) -> dict[str, str]:
+        out = dict(self.headers)
+        if self.kind == "anthropic":
+            out.setdefault("anthropic-version", "2023-06-01")
+            if self.api_key:
+                out["x-api-key"] = self.api_key
+        elif self.api_key:
+            out["Authorization"] = f"Bearer {self.api_key}"
+        return out
+
+
+@dataclass(frozen=True)
+class LlmOutcome:
+    ok: bool
+    latency_ms: float
+    response: Any = None
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    failure: Failure | None = None
+
+
+def usage_of(kind: str, operation: str, body: Any) -> tuple[Usage, str | None]:
+    """Token usage and finish reason from a response body, for each wire format."""
+    if not isinstance(body, dict):
+        return Usage(), None
+    u = body.get("usage") or {}
+    if kind == "anthropic":
+        cache_read = int(u.get("cache_read_input_tokens") or 0)
+        cache_write = int(u.get("cache_creation_input_tokens") or 0)
+        usage = Usage(input_tokens=int(u.get("input_tokens") or 0) + cache_read + cache_write,
+                      output_tokens=int(u.get("output_tokens") or 0),
+                      cached_input_tokens=cache_read, cache_write_tokens=cache_write)
+        return usage, body.get("stop_reason")
+    if operation == "responses":
+        usage = Usage(input_tokens=int(u.get("input_tokens") or 0),
+                      output_tokens=int(u.get("output_tokens") or 0),
+                      cached_input_tokens=int((u.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+                      reasoning_tokens=int((u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0))
+        return usage, body.get("status")
+    usage = Usage(input_tokens=int(u.get("prompt_tokens") or 0),
+                  output_tokens=int(u.get("completion_tokens") or 0),
+                  cached_input_tokens=int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+                  reasoning_tokens=int((u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0))
+    choices = body.get("choices") or []
+    finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
+    return usage, finish
+
+
+async def run_llm_attempt(
+    client: httpx.AsyncClient,
+    provider: ProviderConfig,
+    *,
+    operation: str,
+    model: str,
+    body: Mapping[str, Any],
+    timeout_s: float,
+    call_id: str,
+) -> LlmOutcome:
+    """One non-streaming attempt; never raises for provider trouble, returns a Failure."""
+    payload = dict(body)
+    payload["model"] = model
+    payload.pop("stream", None)
+    payload.pop("stream_options", None)
+    headers = provider.auth_headers()
+    headers["Idempotency-Key"] = call_id
+    headers["x-should-retry"] = "false"
+    started = time.perf_counter()
+    try:
+        response = await client.post(provider.url(operation), json=payload, headers=headers,
+                                     timeout=httpx.Timeout(timeout_s))
+    except Exception as exc:
+        return LlmOutcome(False, (time.perf_counter() - started) * 1000, failure=classify_exception(exc))
+    latency = (time.perf_counter() - started) * 1000
+    if response.status_code >= 300:
+        return LlmOutcome(False, latency, failure=classify_http(
+            response.status_code, response.headers, response.content, now=time.time()))
+    try:
+        data = json.loads(response.content)
+    except ValueError as exc:
+        return LlmOutcome(False, latency, failure=Failure(
+            kind="malformed", status_code=response.status_code, error_type="MalformedResponse",
+            message=f"response is not JSON: {exc}"))
+    usage, finish = usage_of(provider.kind, operation, data)
+    return LlmOutcome(True, latency, response=data, usage=usage, finish_reason=finish)

@@ -1,0 +1,135 @@
+"""The durable-call message on the WORK stream, and the call's state record in KV."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from tether.bus import encode_token
+
+from ._decide import AttemptRecord
+from ._failures import Failure
+from ._policy import Target
+
+__all__ = ["CALLS_BUCKET", "CallRecord", "WorkItem", "work_subject"]
+
+CALLS_BUCKET = "tether-calls"
+Operation = Literal["chat", "responses", "messages", "embeddings"]
+
+
+class WorkItem(BaseModel):
+    """One durable call: what to run, for whom, and where to say it is done.
+
+    Published on ``tether.work.<kind>.<provider|tool>`` with ``Nats-Msg-Id`` = call id,
+    so submitting the same call twice runs it once.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    call_id: str = Field(min_length=1, max_length=200)
+    kind: Literal["llm", "tool"]
+    runid: str | None = None
+    agentid: str | None = None
+    tenant: str | None = None
+    traceparent: str | None = None
+    reply_to: str | None = None
+    submitted_at: float = Field(default_factory=time.time)
+    deadline_at: float | None = None
+    # LLM calls
+    provider: str | None = None
+    model: str | None = None
+    operation: Operation = "chat"
+    body: dict[str, JsonValue] = {}
+    # tool calls
+    tool: str | None = None
+    arguments: JsonValue = None
+    idempotency_key: str | None = None
+    redrive_of: str | None = None
+
+    @property
+    def target(self) -> Target | None:
+        if self.kind == "llm" and self.provider and self.model:
+            return Target(self.provider, self.model)
+        return None
+
+    @property
+    def route(self) -> str:
+        return f"{self.provider}:{self.model}" if self.kind == "llm" else f"tool:{self.tool}"
+
+
+def work_subject(item: WorkItem) -> str:
+    key = item.provider if item.kind == "llm" else item.tool
+    return f"tether.work.{item.kind}.{encode_token(key)}"
+
+
+@dataclass
+class CallRecord:
+    """A call's progress, kept in the ``tether-calls`` KV bucket under its id.
+
+    Every worker reads it before an attempt, so any worker can take the next attempt
+    of any call; an attempt that started but has no outcome was cut short (its worker
+    died) and counts as failed.
+    """
+
+    call_id: str
+    kind: str
+    route: str
+    started_at: float
+    state: Literal["running", "completed", "failed"] = "running"
+    provider: str | None = None
+    model: str | None = None
+    fallbacks: int = 0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: dict[str, Any] | None = None
+    admitted: bool = False
+    terminal_seq: int | None = None
+    terminal_event_id: str | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def new(cls, item: WorkItem, now: float) -> CallRecord:
+        return cls(item.call_id, item.kind, item.route, started_at=now, provider=item.provider,
+                   model=item.model)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state != "running"
+
+    @property
+    def target(self) -> Target | None:
+        return Target(self.provider, self.model) if self.provider and self.model else None
+
+    def history(self) -> list[AttemptRecord]:
+        out = []
+        for a in self.attempts:
+            f = a.get("failure")
+            out.append(AttemptRecord(
+                attempt=a["attempt"],
+                target=Target.parse(a["target"]) if a.get("target") else None,
+                failure=Failure(**f) if f else None,
+                started_at=a["started_at"],
+                duration_s=a["duration_s"],
+            ))
+        return out
+
+    def record_attempt(self, record: AttemptRecord) -> None:
+        self.attempts.append({
+            "attempt": record.attempt,
+            "target": record.target.route if record.target else None,
+            "failure": asdict(record.failure) if record.failure else None,
+            "started_at": record.started_at,
+            "duration_s": record.duration_s,
+        })
+        self.in_flight = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CallRecord:
+        return cls(**json.loads(raw))
