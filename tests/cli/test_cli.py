@@ -229,12 +229,14 @@ def test_schemas_export_writes_every_file_and_says_how_many(tmp_path: Path,
 @pytest.mark.anyio
 @pytest.mark.nats
 async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> None:
-    async with tether_child("up", "--demo", "--runs", "2", "--interval", "0.1", home=tether_home) as up:
+    """The demo makes real durable calls: a retry, a tool, a fallback, and on run 3 a dead letter."""
+    async with tether_child("up", "--demo", "--runs", "3", "--interval", "0.1", home=tether_home) as up:
         await up.wait_for("tether is up")
-        code = await up.finish(timeout=30)
+        code = await up.finish(timeout=60)
     out = up.output
     assert code == 0, out
     assert up.lines[-1] == "stopped cleanly."
+    assert "fake provider (demo) on http://127.0.0.1:" in out and "worker: durable calls from WORK" in out
     nats_pid = up.nats_pid()
     assert not exists(nats_pid), "tether up left its nats-server running"
     assert not (tether_home / "server.json").exists()
@@ -244,22 +246,33 @@ async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> No
         if match := EVENT_LINE.match(line):
             assert match["agent"] == "demo-researcher"
             by_run.setdefault(match["run"], []).append(match["kind"])
-    assert len(by_run) == 2, out
-    for kinds in by_run.values():
-        assert len(kinds) == 10
-        assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
+    assert len(by_run) == 3, out
+    ok_run = ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+              "tool.call.requested", "tool.call.completed", "memory.written",
+              "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed"]
+    runs = list(by_run.values())
+    assert runs[0] == runs[1] == [*ok_run, "run.finished"]
+    assert runs[2] == [*ok_run, "llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
+                       "call.dead_lettered", "run.finished"]
+    assert "RateLimitError 429 → retry in 0.40s" in out
+    assert "ServiceUnavailableError 503 → fallback" in out
+    assert "BadRequestError 400 → give_up" in out and "see `tether dlq ls`" in out
     for n, run in enumerate(by_run, start=1):
-        assert f"run {n} done. Try: tether tail --run {run} --all --count 10" in out
+        assert f"run {n} done. Try: tether tail --run {run} --all" in out
     assert out.index("tether is up") < out.index("run.started") < out.index("stopped cleanly")
 
     # The events outlive the server: the next start of the same home reads them back.
     async with await connect(home=tether_home) as bus:
         stored = await collect(bus)
+        from tether.middleware import deadletter
+
+        letters = await deadletter.list_dead_letters(bus)
     assert all(r.ok for r in stored)
-    events = [r.event for r in stored if r.event is not None]
-    assert len(events) == 20
-    assert Counter(e.runid for e in events) == {run: 10 for run in by_run}
-    assert [e.type.removeprefix("tether.") for e in events] == [k for kinds in by_run.values() for k in kinds]
+    events = [r.event for r in stored if r.event is not None and r.event.agentid == "demo-researcher"]
+    assert Counter(e.runid for e in events) == {run: len(kinds) for run, kinds in by_run.items()}
+    assert [e.type.removeprefix("tether.") for e in events] == [k for kinds in runs for k in kinds]
+    assert [(d.reason, d.error_type, d.route) for d in letters] == [
+        ("not_retryable", "BadRequestError", "demo:demo-strict")]
 
 
 @pytest.mark.anyio

@@ -14,6 +14,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -175,7 +176,7 @@ async def test_embeddings_are_deterministic_unit_vectors(fp: FakeProvider) -> No
     assert sum(x * x for x in short.data[0].embedding) == pytest.approx(1.0)
     assert floats.data[0].embedding == pytest.approx(alpha, abs=1e-6)  # base64 (the SDK's default) == floats
     assert alpha != beta
-    assert default.usage.prompt_tokens == 2
+    assert default.usage.prompt_tokens == 2 + 1  # "alpha", "beta": chars / 4, rounded up
 
 
 async def test_models_are_listed_in_each_apis_format(fp: FakeProvider) -> None:
@@ -196,8 +197,9 @@ async def test_configured_models_reject_unknown_ones() -> None:
         with pytest.raises(anthropic.NotFoundError) as anthropic_error:
             await anthropic_client.messages.create(model="claude-nope", max_tokens=10, messages=USER)  # type: ignore[arg-type]
     assert openai_error.value.code == "model_not_found"
-    assert anthropic_error.value.body == {"type": "not_found_error", "message": "model: claude-nope"}
-    assert fp.outcomes == {"200": 3, "404": 2}
+    assert anthropic_error.value.body["error"] == {  # type: ignore[index]
+        "type": "not_found_error", "message": "model: claude-nope"}
+    assert fp.outcomes == {"200": 2, "404": 2}
 
 
 # --- Anthropic messages ---------------------------------------------------------------------
@@ -218,7 +220,8 @@ async def test_anthropic_message_plain_and_streamed(fp: FakeProvider) -> None:
     start, delta = events[0], events[-2]
     assert start.type == "message_start" and start.message.usage.input_tokens == message.usage.input_tokens
     assert delta.type == "message_delta" and delta.usage.output_tokens == message.usage.output_tokens
-    assert final.content == message.content and final.usage.output_tokens == message.usage.output_tokens
+    assert final.content[0].type == "text" and final.content[0].text == message.content[0].text
+    assert final.usage.output_tokens == message.usage.output_tokens
 
 
 async def test_anthropic_tool_use_then_text(fp: FakeProvider) -> None:
@@ -283,8 +286,8 @@ async def test_error_statuses_with_each_apis_body_and_headers(fp: FakeProvider) 
             await client.messages.create(model=CLAUDE, max_tokens=10, messages=USER)  # type: ignore[arg-type]
         with pytest.raises(anthropic.OverloadedError):
             await client.messages.create(model=CLAUDE, max_tokens=10, messages=USER)  # type: ignore[arg-type]
-    assert claude_limited.value.body == {"type": "rate_limit_error",
-                                         "message": "Number of requests has exceeded your rate limit."}
+    assert claude_limited.value.body["error"] == {  # type: ignore[index]
+        "type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit."}
     claude_headers = claude_limited.value.response.headers
     assert claude_headers["retry-after"] == "1" and claude_headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert claude_headers["anthropic-ratelimit-requests-reset"].endswith("Z")
@@ -306,15 +309,26 @@ async def test_sdk_retries_are_logged_with_their_retry_count(fp: FakeProvider) -
 
 
 async def test_connection_faults_through_the_sdks(fp: FakeProvider) -> None:
-    fp.set_faults("reset#1,hang#2,malformed_json#3")
+    fp.set_faults("reset#1,hang#2,malformed_json#3-4/chat,reset_mid_stream(4)/messages")
     async with oai(fp, max_retries=0, timeout=0.3) as client:
         with pytest.raises(openai.APIConnectionError):
             await client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
         with pytest.raises(openai.APITimeoutError):
             await client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
-        with pytest.raises(openai.APIResponseValidationError):
+        # both SDKs let a bare JSONDecodeError out of a malformed 200, streamed or not
+        with pytest.raises(json.JSONDecodeError):
             await client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
-    assert fp.outcomes == {"reset": 1, "hang": 1, "malformed_json": 1}
+        with pytest.raises(json.JSONDecodeError):
+            async for _ in await client.chat.completions.create(model="gpt-4o", messages=USER, stream=True):  # type: ignore[arg-type]
+                pass
+    async with claude(fp, max_retries=0) as anthropic_client:
+        stream = await anthropic_client.messages.create(model=CLAUDE, max_tokens=50, messages=USER, stream=True)  # type: ignore[arg-type]
+        seen = []
+        with pytest.raises(httpx2.ReadError):  # errors while iterating a stream are not wrapped by the SDK
+            async for event in stream:
+                seen.append(event.type)
+    assert seen == ["message_start", "content_block_start", "content_block_delta"]  # the SDK drops pings
+    assert fp.outcomes == {"reset": 1, "hang": 1, "malformed_json": 2, "reset_mid_stream": 1}
 
 
 # --- faults seen at the HTTP level -----------------------------------------------------------
@@ -495,6 +509,8 @@ def test_cli_main_serves_until_sigterm() -> None:
         assert process.stdout is not None
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        assert "faults 500#1" in process.stdout.readline()
+        assert "control:" in process.stdout.readline()
         with httpx.Client(base_url=url) as http:
             assert http.post("/chat/completions", json=CHAT).status_code == 500
             assert http.post("/chat/completions", json=CHAT).status_code == 200
@@ -507,8 +523,7 @@ def test_cli_main_serves_until_sigterm() -> None:
             process.kill()
             process.communicate()
     assert process.returncode == 0, err
-    assert err == ""
-    assert "faults 500#1" in out
+    assert out == err == ""
 
 
 def test_parser_builds_into_a_subcommand() -> None:

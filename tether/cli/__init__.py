@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.bus import BusConfig, BusUnavailable, connect, event_filter, tether_home
+from tether.bus import Bus, BusConfig, BusUnavailable, connect, event_filter, tether_home
 from tether.bus._outbox import outbox_depth
-from tether.schemas import Event, export_schemas
+from tether.schemas import export_schemas
 
-from ._format import Style, event_line, result_line
+from ._format import Style, result_line
 
 __all__ = ["main"]
 
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--update-streams", action="store_true",
                     help="fix stream config drift in place where NATS allows it")
     up.add_argument("--replicas", type=int, help="stream replicas (1 locally, 3 on a cluster)")
+    up.add_argument("--config", type=Path,
+                    help="worker configuration (default: ./tether.toml or [tool.tether] in pyproject.toml)")
 
     tail = sub.add_parser(
         "tail", help="show events live, one line each",
@@ -211,38 +213,96 @@ async def _up(args: argparse.Namespace) -> int:
             left = bus.publisher.outbox_depth()
             if left:
                 print(s.yellow(f"  flushing {left} event(s) left in the outbox by an earlier process"))
+            executor, fake = await _start_services(args, bus, s)
+            if executor is None:
+                return 2
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
-                  "`tether status` for counts. Ctrl-C stops everything.", flush=True)
-            if not args.demo:
-                await stop.wait()
-                return 0
-            print(s.dim("demo: a scripted research agent publishes a run every "
-                        f"{args.interval:g}s (no real model calls; the events are real)"), flush=True)
-
-            def on_event(event: Event) -> None:
-                print("  " + event_line(event, s), flush=True)
-
-            def on_run(n: int, run_id: str) -> None:
-                print(s.dim(f"run {n} done. Try: tether tail --run {run_id} --all --count 10   "
-                            f"|   tether tail --kind llm   |   tether status"), flush=True)
-
-            from ._demo import run_demo
-
-            demo = asyncio.create_task(run_demo(bus, runs=args.runs, interval=args.interval,
-                                                on_event=on_event, on_run=on_run))
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (demo, stopper):
-                if task not in done:
-                    task.cancel()
-            if demo in done:
-                demo.result()
-            await bus.flush()
-            return 0
+                  "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
+                  flush=True)
+            try:
+                if not args.demo or fake is None:
+                    await stop.wait()
+                    return 0
+                return await _play_demo(args, bus, fake, stop, s)
+            finally:
+                await executor.stop()
+                if fake is not None:
+                    await fake.aclose()
         finally:
             print("stopping tether...", flush=True)
             await bus.close()
             print("stopped cleanly.", flush=True)
+
+
+async def _start_services(args: argparse.Namespace, bus: Bus, s: Style) -> tuple[Any, Any]:
+    """The worker (and, for the demo, the fake provider it calls). (None, None) on a config error."""
+    from tether.middleware import Executor, PolicyConfigError, load_worker_config, tools
+
+    fake = None
+    if args.demo:
+        from tether.testing.fake_provider import FakeProvider
+
+        from ._demo import demo_policies, demo_providers, demo_tools
+
+        fake = await FakeProvider(seed=0).start()
+        executor = Executor(bus, policies=demo_policies(), providers=demo_providers(fake), tools=demo_tools())
+        print(f"  fake provider (demo) on {fake.url}")
+    else:
+        try:
+            wcfg = load_worker_config(args.config)
+            wcfg.import_tools()
+        except PolicyConfigError as exc:
+            print(f"tether up: {exc}", file=sys.stderr)
+            return None, None
+        executor = Executor(bus, policies=wcfg.policies, providers=wcfg.providers, tools=tools,
+                            concurrency=wcfg.concurrency)
+    await executor.start()
+    print(f"  worker: durable calls from WORK, {len(executor.providers)} provider(s) "
+          f"[{', '.join(executor.providers) or 'none: add [providers.*] to tether.toml'}], "
+          f"{len(executor.tools.names())} tool(s)")
+    return executor, fake
+
+
+async def _play_demo(args: argparse.Namespace, bus: Bus, fake: Any, stop: asyncio.Event, s: Style) -> int:
+    from tether.middleware import DurableCalls
+
+    from ._demo import AGENT, run_demo
+
+    print(s.dim(f"demo: a research agent makes real durable calls every {args.interval:g}s against the "
+                "fake provider: a rate limit retried, a tool, a fallback, and every third run a dead letter"),
+          flush=True)
+
+    async def show(msg: Any) -> None:
+        result = await bus.reader.read_safe(msg.subject, msg.headers, msg.data)
+        print("  " + result_line(result, s), flush=True)
+
+    subs = [await bus.nc.subscribe(f"tether.evt.{AGENT}.>", cb=show),
+            await bus.nc.subscribe("tether.evt.*.*.circuit.>", cb=show)]
+
+    def on_run(n: int, run_id: str) -> None:
+        print(s.dim(f"run {n} done. Try: tether tail --run {run_id} --all   |   tether tail --kind llm   "
+                    "|   tether dlq ls   |   tether status"), flush=True)
+
+    def note(text: str) -> None:
+        print(s.yellow(f"  ! {text}"), flush=True)
+
+    async with DurableCalls(bus) as calls:
+        demo = asyncio.create_task(run_demo(bus, calls, fake, runs=args.runs, interval=args.interval,
+                                            on_run=on_run, note=note))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (demo, stopper):
+            if task not in done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if demo in done:
+            demo.result()
+    await bus.flush()
+    await asyncio.sleep(0.05)  # let the last events print
+    for sub in subs:
+        await sub.unsubscribe()
+    return 0
 
 
 async def _tail(args: argparse.Namespace) -> int:

@@ -1,38 +1,46 @@
-"""The scripted demo agent behind ``tether up --demo``.
+"""The demo behind ``tether up --demo``: a small research agent making real durable calls.
 
-It plays a small research agent: each run asks a model (the first attempt hits a
-rate limit and is retried), searches the web with a tool, remembers what it found and
-answers. The steps are scripted, not real model calls, so the demo needs no API key;
-every event is real, on the real log, and can be watched with ``tether tail``.
+It runs against tether's own fake provider (started in-process, no API key needed), so
+every call really goes through the WORK stream, a worker, the policy engine and HTTP:
+
+* the first model call hits a scripted 429 with ``Retry-After``, and is retried;
+* the web-search tool runs in the worker;
+* the "large" model is down (503), so its call falls back to the small one;
+* every third run sends a request the provider rejects (400, the "strict" model): it is
+  not retried but dead-lettered,
+  and ``tether dlq ls`` shows it with its attempts and error.
+
+Run and memory events are published by the agent itself (the memory API comes later).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 
 from tether.bus import Bus
-from tether.schemas import (
-    ErrorInfo,
-    Event,
-    LlmCallAttemptFailed,
-    LlmCallCompleted,
-    LlmCallRequested,
-    MemoryWritten,
-    Payload,
-    RunFinished,
-    RunStarted,
-    ToolCallCompleted,
-    ToolCallRequested,
-    Usage,
-    uuid7,
+from tether.middleware import (
+    BreakerPolicy,
+    CallFailed,
+    DurableCalls,
+    FallbackPolicy,
+    Policy,
+    PolicySet,
+    ProviderConfig,
+    RetryPolicy,
+    RunawayGuard,
+    Target,
+    ToolRegistry,
 )
+from tether.schemas import Event, MemoryWritten, Payload, RunFinished, RunStarted, uuid7
+from tether.testing.fake_provider import FakeProvider
 
-__all__ = ["run_demo"]
+__all__ = ["AGENT", "demo_policies", "demo_providers", "demo_tools", "run_demo"]
 
 AGENT = "demo-researcher"
+PROVIDER = "demo"
+SMALL, LARGE, STRICT = "demo-small", "demo-large", "demo-strict"
 QUESTIONS = [
     "Which JetStream retention suits a work queue?",
     "How do I dedupe messages in NATS?",
@@ -41,59 +49,79 @@ QUESTIONS = [
 ]
 
 
-async def demo_run(bus: Bus, n: int, on_event: Callable[[Event], None] | None = None,
-                   pace: float = 0.15) -> str:
-    """One scripted run; returns its run id."""
+def demo_policies() -> PolicySet:
+    quick = RetryPolicy(max_attempts=3, base_delay_s=0.2, max_delay_s=1.0)
+    return PolicySet(
+        routes={
+            "*": Policy(retry=quick, timeout_s=10.0, deadline_s=60.0,
+                        breaker=BreakerPolicy(failure_streak=50, cooldown_s=5.0)),
+            f"{PROVIDER}:{LARGE}": Policy(
+                retry=RetryPolicy(max_attempts=1), timeout_s=10.0, deadline_s=60.0,
+                breaker=BreakerPolicy(failure_streak=50, cooldown_s=5.0),
+                fallback=FallbackPolicy(targets=(Target(PROVIDER, SMALL),), max_fallbacks=1)),
+        },
+        runaway=RunawayGuard(max_calls_per_run=50, max_identical_calls=5),
+    )
+
+
+def demo_providers(fake: FakeProvider) -> dict[str, ProviderConfig]:
+    return {PROVIDER: ProviderConfig(PROVIDER, "openai", fake.url)}
+
+
+def demo_tools() -> ToolRegistry:
+    registry = ToolRegistry()
+
+    @registry.tool("web_search", idempotent=True)
+    async def web_search(q: str) -> dict[str, object]:
+        await asyncio.sleep(0.05)
+        return {"hits": 3, "top": "docs.nats.io", "query": q}
+
+    return registry
+
+
+async def demo_run(bus: Bus, calls: DurableCalls, fake: FakeProvider, n: int,
+                   note: Callable[[str], None] | None = None) -> str:
+    """One run; returns its run id."""
     run_id = f"demo-{n}-{uuid7()[-6:]}"
     question = QUESTIONS[n % len(QUESTIONS)]
-    rng = random.Random(n)
     started = time.monotonic()
+    say = note or (lambda _: None)
 
     async def emit(payload: Payload) -> None:
-        event = Event.of(payload, runid=run_id, agentid=AGENT, source="urn:tether:demo")
-        await bus.publish(event)
-        if on_event is not None:
-            on_event(event)
-        await asyncio.sleep(pace * rng.uniform(0.5, 1.5))
+        await bus.publish(Event.of(payload, runid=run_id, agentid=AGENT, source="urn:tether:demo"))
 
     await emit(RunStarted(name="answer a question", input={"question": question}, tags=("demo",)))
-    call = uuid7()
-    await emit(LlmCallRequested(call_id=call, provider="openai", model="gpt-4o-mini",
-                                request={"messages": [{"role": "user", "content": question}]}))
-    await emit(LlmCallAttemptFailed(
-        call_id=call, provider="openai", model="gpt-4o-mini", attempt=1, decision="retry",
-        retry_in_s=0.4, latency_ms=rng.uniform(80, 200),
-        error=ErrorInfo(type="RateLimitError", status_code=429, message="rate limit reached",
-                        retryable=True, retry_after_s=0.4)))
-    await emit(LlmCallCompleted(
-        call_id=call, provider="openai", model="gpt-4o-mini", attempt=2,
-        latency_ms=rng.uniform(300, 900), finish_reason="tool_calls",
-        usage=Usage(input_tokens=rng.randint(200, 400), output_tokens=rng.randint(20, 60)),
-        response={"tool_calls": [{"name": "web_search", "arguments": {"q": question}}]}))
-    tool = uuid7()
-    await emit(ToolCallRequested(call_id=tool, tool="web_search", arguments={"q": question}))
-    await emit(ToolCallCompleted(call_id=tool, tool="web_search", duration_ms=rng.uniform(50, 300),
-                                 result={"hits": 3, "top": "docs.nats.io"}))
+    # Scripted faults for this run: the small model's first request is rate limited; the
+    # large model is down for the whole run; every third run, a request is rejected.
+    fake.set_faults(f"429(0.4s)#1={SMALL},503={LARGE},400={STRICT}")
+    body: dict[str, object] = {"messages": [{"role": "user", "content": question}], "max_tokens": 60}
+    first = await calls.llm(PROVIDER, SMALL, body, runid=run_id, agentid=AGENT)
+    search = await calls.tool("web_search", {"q": question}, runid=run_id, agentid=AGENT)
     await emit(MemoryWritten(namespace=f"agent:{AGENT}", key=f"q{n % len(QUESTIONS)}", version=n // 4 + 1,
-                             text=f"Looked up: {question}", source_call_id=tool))
-    final = uuid7()
-    await emit(LlmCallRequested(call_id=final, provider="openai", model="gpt-4o-mini"))
-    await emit(LlmCallCompleted(
-        call_id=final, provider="openai", model="gpt-4o-mini", latency_ms=rng.uniform(400, 1200),
-        finish_reason="stop", usage=Usage(input_tokens=rng.randint(500, 900),
-                                          output_tokens=rng.randint(80, 200), cached_input_tokens=128)))
-    await emit(RunFinished(status="ok", duration_ms=(time.monotonic() - started) * 1000,
-                           output={"answer": "(scripted)"}))
+                             text=f"Looked up: {question} → {search.response}", source_call_id=search.call_id))
+    follow_up = [{"role": "user", "content": question},
+                 {"role": "assistant", "content": str(first.response)[:200]},
+                 {"role": "user", "content": "Summarise in one line."}]
+    answer = await calls.llm(PROVIDER, LARGE, {**body, "messages": follow_up}, runid=run_id, agentid=AGENT)
+    status = "ok"
+    if n % 3 == 2:
+        try:
+            await calls.llm(PROVIDER, STRICT, {**body, "temperature": 7}, runid=run_id, agentid=AGENT)
+        except CallFailed as exc:
+            status = "error"
+            say(f"call {exc.call_id} was dead-lettered ({exc.error.type}); see `tether dlq ls`")
+    await emit(RunFinished(status=status, duration_ms=(time.monotonic() - started) * 1000,
+                           output={"answer": str(answer.response)[:200]}))
     return run_id
 
 
-async def run_demo(bus: Bus, *, runs: int | None = None, interval: float = 2.0,
-                   on_event: Callable[[Event], None] | None = None,
-                   on_run: Callable[[int, str], None] | None = None, pace: float = 0.15) -> int:
+async def run_demo(bus: Bus, calls: DurableCalls, fake: FakeProvider, *, runs: int | None = None,
+                   interval: float = 2.0, on_run: Callable[[int, str], None] | None = None,
+                   note: Callable[[str], None] | None = None) -> int:
     """Play runs until cancelled (or ``runs`` of them). Returns how many completed."""
     n = 0
     while runs is None or n < runs:
-        run_id = await demo_run(bus, n, on_event, pace)
+        run_id = await demo_run(bus, calls, fake, n, note)
         n += 1
         if on_run is not None:
             on_run(n, run_id)
