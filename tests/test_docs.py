@@ -51,3 +51,18 @@ def test_readme_opens_with_the_two_commands() -> None:
 def test_ci_runs_make_test() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "set -e" in ci
+
+
+def test_reliability_doc_config_blocks_load(tmp_path: Path) -> None:
+    """Every TOML block in docs/reliability.md is a valid tether.toml."""
+    from tether.middleware import load_worker_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "reliability.md").read_text(), re.S)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"block{i}.toml"
+        path.write_text(block)
+        config = load_worker_config(path)
+        assert config.source == str(path)
+    full = load_worker_config(tmp_path / "block1.toml")
+    assert full.policies.policy_for("anything:x").retry.max_attempts == 3

@@ -486,7 +486,7 @@ async def test_async_lifecycle_is_quick_and_stops_a_hang_in_flight() -> None:
     assert asyncio.all_tasks() == tasks_before
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as http:
-            await http.get(f"http://127.0.0.1:{fp._port}/v1/models")
+            await http.get(f"{fp.url}/models")
 
 
 def test_sync_clients_against_a_provider_in_a_thread() -> None:
@@ -524,6 +524,13 @@ def test_cli_main_serves_until_sigterm() -> None:
             process.communicate()
     assert process.returncode == 0, err
     assert out == err == ""
+
+
+def test_cli_rejects_a_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.testing.fake_provider import main
+
+    assert main(["--faults", "429:lots"]) == 2
+    assert "bad fault rule '429:lots'" in capsys.readouterr().err
 
 
 def test_parser_builds_into_a_subcommand() -> None:

@@ -28,6 +28,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     common(worker)
     worker.add_argument("--config", type=Path, help="configuration file (default: ./tether.toml or pyproject.toml)")
     worker.add_argument("--concurrency", type=int, help="calls in flight in this worker (default from config, 64)")
+    worker.add_argument("--ack-wait", type=float, default=30.0, metavar="SECONDS",
+                        help="how long a call held by a worker that died waits before another worker "
+                        "takes it over (default 30)")
     worker.add_argument("--tools", action="append", default=[], metavar="MODULE",
                         help="import MODULE, which registers tools on tether.middleware.tools (repeatable)")
 
@@ -73,7 +76,7 @@ async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
         return 2
     bus = await connect(config=_bus_config(args, embedded=False))
     executor = Executor(bus, policies=cfg.policies, providers=cfg.providers, tools=tools,
-                        concurrency=args.concurrency or cfg.concurrency)
+                        concurrency=args.concurrency or cfg.concurrency, ack_wait_s=args.ack_wait)
     try:
         await executor.start()
         print(f"worker {executor.worker_id} running: {len(cfg.providers)} provider(s) "

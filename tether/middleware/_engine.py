@@ -193,10 +193,12 @@ class CallEngine:
             return Failure.breaker_open(route, retry_after_s=wait), 0.0
         if target is not None:
             tokens_in, tokens_out = estimate_tokens(item.body)
-            wait = await self.rates.acquire(target.provider, self.policies.rate_limit_for(target.provider),
-                                            tokens=tokens_in + tokens_out)
-            if wait > 0:
-                return None, wait
+            # Per provider (shared by every model of it), then per route (this model).
+            for key, limit in ((target.provider, self.policies.rate_limit_for(target.provider)),
+                               (f"route/{target.route}", policy.rate_limit)):
+                wait = await self.rates.acquire(key, limit, tokens=tokens_in + tokens_out)
+                if wait > 0:
+                    return None, wait
         return None, 0.0
 
     async def attempt(self, item: WorkItem, rec: CallRecord, policy: Policy) -> Outcome:

@@ -105,6 +105,7 @@ __all__ = [
     "main",
     "parse_faults",
     "parse_latency",
+    "run",
 ]
 
 T = TypeVar("T")
@@ -187,8 +188,9 @@ class FakeProvider:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake provider is not running")
+        """The bound port (kept after ``stop``, so a test can see the connection refused)."""
+        if not self._port:
+            raise RuntimeError("the fake provider has not started")
         return self._port
 
     @property
@@ -352,8 +354,9 @@ class FakeProvider:
         """Requests by outcome: ``{"200": 95, "429": 4, "hang": 1}``."""
         return dict(self._state.outcomes)
 
-    def summary(self, limit: int | None = 0) -> dict[str, object]:
-        """What ``GET /_fake/log`` returns (without the requests unless ``limit`` asks for them)."""
+    def summary(self, limit: int | None = None) -> dict[str, object]:
+        """What ``GET /_fake/log`` returns: counts by outcome and API, and the last ``limit`` requests
+        (all by default) as dicts."""
         return self._on_loop(lambda: self._state.summary(limit))
 
 
@@ -410,13 +413,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Serve until SIGINT/SIGTERM. The first line printed is the OpenAI base URL."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(build_parser().parse_args(argv), out=out)
+
+
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Serve with options parsed by ``build_parser`` (for a CLI that parses its own arguments).
+    Returns 2 after printing the error for a bad fault or latency spec."""
     try:
         rules = parse_faults(args.faults)
         latency = parse_latency(args.latency) if args.latency else None
     except ValueError as exc:
-        parser.error(str(exc))
+        print(f"tether fake-provider: {exc}", file=sys.stderr)
+        return 2
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     provider = FakeProvider(seed=args.seed, faults=rules, latency=latency, models=models,
                             host=args.host, port=args.port)
