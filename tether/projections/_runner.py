@@ -1,0 +1,292 @@
+"""The projector: feeds every view from one consumer on EVENTS, in batches.
+
+Each view's checkpoint lives in its own SQLite file (see ``_store``); the projector
+starts its durable consumer (``tether-projector``) just after the lowest checkpoint, so
+a view that is behind (new, or rebuilding after a version bump) catches up while the
+others skip what they already have. Decoding the next batch overlaps with writing the
+previous one (the SQLite work runs in one dedicated thread). After each batch, compact
+change notifications go out on ``tether.proj.<view>.<key>``.
+
+A version bump builds ``<view>.v<N>.db`` from the start of the log while the previous
+version keeps serving readers (:func:`open_view` picks the newest *complete* version);
+once the new one has caught up it is marked complete and the old file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, encode_token
+
+from ._store import Item, Projection, ViewStore, view_path
+
+__all__ = ["PROJECTOR_DURABLE", "Projector", "ProjectorBusy", "open_view", "replay", "view_versions"]
+
+log = logging.getLogger("tether.projections")
+
+PROJECTOR_DURABLE = "tether-projector"
+
+
+class ProjectorBusy(RuntimeError):
+    """Another projector holds this views directory."""
+
+
+def view_versions(directory: Path, name: str) -> list[tuple[int, Path]]:
+    out = []
+    for path in directory.glob(f"{name}.v*.db"):
+        with contextlib.suppress(ValueError):
+            out.append((int(path.stem.rsplit(".v", 1)[1]), path))
+    return sorted(out)
+
+
+def open_view(directory: Path, name: str) -> Path | None:
+    """The file readers should use: the newest complete version, else the newest one."""
+    import sqlite3
+
+    versions = view_versions(directory, name)
+    for _, path in reversed(versions):
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM _meta WHERE key = 'complete'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        if row and row[0] == "1":
+            return path
+    return versions[-1][1] if versions else None
+
+
+def _lock(directory: Path) -> IO[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "a+")  # noqa: SIM115 - held while the projector runs
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ProjectorBusy(f"another projector is running on {directory} (tether up or tether projector); "
+                            "stop it, or replay into another directory with --out") from None
+    return handle
+
+
+class Projector:
+    """Runs projections from the EVENTS stream into SQLite views under ``directory``."""
+
+    def __init__(self, bus: Bus, projections: Sequence[Projection], directory: Path, *, batch: int = 1000,
+                 notify: bool = True, durable: str | None = PROJECTOR_DURABLE) -> None:
+        self.bus = bus
+        self.projections = list(projections)
+        self.directory = directory
+        self.batch = batch
+        self.notify = notify
+        self.durable = durable
+        self.stores: dict[str, ViewStore] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-views")
+        self._lock: IO[str] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sub: Any = None
+        self._applied = asyncio.Condition()
+        self.applied_seq = 0
+        self.head_seq = 0
+        self.events_applied = 0
+        self.stop_at: int | None = None
+        self.stop_time: datetime | None = None
+        self.on_progress: Callable[[int, int], None] | None = None
+        self._done = asyncio.Event()
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def start(self, *, lock: bool = True) -> Projector:
+        if lock:
+            self._lock = _lock(self.directory)
+
+        def open_all() -> None:
+            for proj in self.projections:
+                self.stores[proj.name] = ViewStore(proj, view_path(self.directory, proj.name, proj.version))
+
+        await self._run(open_all)
+        start = min((s.seq for s in self.stores.values()), default=0) + 1
+        self.applied_seq = start - 1
+        info = await self.bus.js.stream_info(EVENTS_STREAM)
+        self.head_seq = info.state.last_seq
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                opt_start_seq=start, inactive_threshold=None if self.durable else 60.0)
+        if self.durable:
+            # The SQLite checkpoints are the truth: restart the consumer right after them.
+            with contextlib.suppress(NotFoundError):
+                await self.bus.js.delete_consumer(EVENTS_STREAM, self.durable)
+        self._sub = await self.bus.js.pull_subscribe(EVENT_SUBJECTS, durable=self.durable, stream=EVENTS_STREAM,
+                                                     config=config)
+        self._task = asyncio.create_task(self._loop(), name="tether-projector")
+        log.info("projector: %d view(s) from seq %d (head %d)", len(self.stores), start, self.head_seq)
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        await self._run(lambda: [s.close() for s in self.stores.values()])
+        self._pool.shutdown(wait=True)
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    async def __aenter__(self) -> Projector:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        """Until every view has applied the log up to ``seq`` (read-your-writes)."""
+        async with self._applied:
+            await asyncio.wait_for(self._applied.wait_for(lambda: self.applied_seq >= seq), timeout)
+
+    async def catch_up(self, timeout: float = 30.0) -> int:
+        """Until the views have applied everything in the log right now. Returns that seq."""
+        head = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
+        await self.wait_for(head, timeout)
+        return head
+
+    def lag(self) -> int:
+        return max(0, self.head_seq - self.applied_seq)
+
+    async def _items(self, msgs: Sequence[Any]) -> list[Item]:
+        out = []
+        for m in msgs:
+            meta = m.metadata
+            result = await self.bus.reader.read_safe(m.subject, m.headers, m.data, meta.sequence.stream)
+            out.append(Item(meta.sequence.stream, result.event,
+                            event_id=(m.headers or {}).get("ce-id") or (m.headers or {}).get("Nats-Msg-Id"),
+                            error=str(result.error) if result.error else None,
+                            stream_time=meta.timestamp.timestamp() if isinstance(meta.timestamp, datetime)
+                            else None))
+        return out
+
+    def _apply(self, items: Sequence[Item]) -> dict[str, set[str]]:
+        return {name: store.apply_batch(items) for name, store in self.stores.items()}
+
+    def _finish(self) -> None:
+        for name, store in self.stores.items():
+            if not store.complete:
+                store.mark_complete()
+                for version, path in view_versions(self.directory, name):
+                    if version != store.projection.version:
+                        for suffix in ("", "-wal", "-shm"):
+                            Path(f"{path}{suffix}").unlink(missing_ok=True)
+                        log.info("view %s v%d is complete; removed v%d", name, store.projection.version, version)
+
+    async def _loop(self) -> None:
+        pending: asyncio.Future[dict[str, set[str]]] | None = None
+        pending_last = 0
+        last_head_check = 0.0
+        while True:
+            try:
+                msgs = await self._sub.fetch(self.batch, timeout=0.5)
+            except (TimeoutError, asyncio.TimeoutError):  # noqa: UP041 - nats raises both
+                msgs = []
+            except Exception as exc:
+                log.warning("projector fetch failed: %r; retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            items = await self._items(msgs) if msgs else []
+            if self.stop_at is not None or self.stop_time is not None:
+                items = [i for i in items if (self.stop_at is None or i.seq <= self.stop_at)
+                         and (self.stop_time is None or i.stream_time is None
+                              or i.stream_time <= self.stop_time.timestamp())]
+            if pending is not None:
+                changed = await pending
+                await self._after(changed, pending_last)
+                pending = None
+            if items:
+                pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items)
+                pending_last = items[-1].seq
+                continue
+            now = time.monotonic()
+            if now - last_head_check > 1.0 or not msgs:
+                last_head_check = now
+                with contextlib.suppress(Exception):
+                    self.head_seq = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
+                if self.applied_seq >= self.head_seq or (self.stop_at is not None and self.applied_seq
+                                                         >= self.stop_at) or (msgs and not items):
+                    await self._run(self._finish)
+                    self._done.set()
+
+    async def _after(self, changed: dict[str, set[str]], last: int) -> None:
+        self.events_applied += max(0, last - self.applied_seq)
+        async with self._applied:
+            self.applied_seq = last
+            self._applied.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(last, self.head_seq)
+        if not self.notify:
+            return
+        for view, keys in changed.items():
+            if not keys:
+                continue
+            if len(keys) > 200:
+                await self.bus.nc.publish(f"tether.proj.{view}._", json.dumps(
+                    {"view": view, "keys": None, "count": len(keys), "seq": last}).encode())
+                continue
+            for key in keys:
+                await self.bus.nc.publish(f"tether.proj.{view}.{encode_token(key)}", json.dumps(
+                    {"view": view, "key": key, "seq": last}).encode())
+
+    async def wait_done(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._done.wait(), timeout)
+
+
+async def replay(bus: Bus, projections: Sequence[Projection], directory: Path, *, to_seq: int | None = None,
+                 to_time: datetime | None = None, batch: int = 2000,
+                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """Rebuild views from the start of the log into ``directory`` (replacing what is there).
+
+    With ``to_seq`` or ``to_time`` the views show the log as of that point. Only recorded
+    outputs are folded: nothing calls a model or a provider. Returns each view's checksum.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = _lock(directory)
+    build = directory / f".replay-{int(time.time() * 1000)}"
+    try:
+        projector = Projector(bus, projections, build, batch=batch, notify=False, durable=None)
+        projector.stop_at = to_seq
+        projector.stop_time = to_time
+        projector.on_progress = on_progress
+        await projector.start(lock=False)
+        try:
+            await projector.wait_done()
+            sums = await projector._run(lambda: {n: s.checksum() for n, s in projector.stores.items()})
+        finally:
+            await projector.stop()
+        for proj in projections:
+            for _, old in view_versions(directory, proj.name):
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{old}{suffix}").unlink(missing_ok=True)
+            built = view_path(build, proj.name, proj.version)
+            built.replace(view_path(directory, proj.name, proj.version))
+        return dict(sums)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -1,0 +1,222 @@
+"""One view's SQLite file: its tables, its checkpoint, and the batch writer.
+
+A batch of events is applied and the stream sequence it reached is recorded **in one
+transaction**, so a crash mid-batch leaves the view exactly as it was, and a redelivered
+event (sequence at or below the checkpoint) changes nothing. An event the projection
+cannot apply is recorded in ``_failed`` (sequence, event id, error) and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tether.schemas import Event
+
+from ._ops import Delete, Op, Table, Upsert, compile_delete, compile_upsert, create_sql
+
+__all__ = ["Item", "Projection", "ViewStore", "view_path"]
+
+
+class Projection(ABC):
+    """A view: a name, a version, its tables and a pure fold of events into row operations.
+
+    Bump ``version`` when the fold or the tables change: the runner rebuilds the view from
+    the start of the log into a new file while the old one keeps serving, then swaps.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[Table, ...]]
+    types: ClassVar[frozenset[str] | None] = None
+    """Event types this view reads (None: all); others only move its checkpoint."""
+
+    @abstractmethod
+    def apply(self, event: Event, seq: int) -> Iterable[Op]:
+        """The row operations for one event. Pure: no I/O, no clock, no randomness."""
+
+    def notify_key(self, op: Op) -> str | None:
+        """The key announced on ``tether.proj.<view>.<key>`` for a changed row."""
+        table = next((t for t in self.tables if t.name == op.table), None)
+        if table is None:
+            return None
+        values = op.values if isinstance(op, Upsert) else op.key
+        first = values.get(table.key[0])
+        return None if first is None else str(first)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message for the views: its stream sequence and the event, or why it is not one."""
+
+    seq: int
+    event: Event | None
+    event_id: str | None = None
+    error: str | None = None
+    stream_time: float | None = None
+
+
+def view_path(directory: Path, name: str, version: int) -> Path:
+    return directory / f"{name}.v{version}.db"
+
+
+_META = """
+CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS _failed (seq INTEGER PRIMARY KEY, event_id TEXT, error TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+class ViewStore:
+    """The SQLite file of one projection version. Use it from one thread only."""
+
+    def __init__(self, projection: Projection, path: Path) -> None:
+        self.projection = projection
+        self.path = path
+        self.tables = {t.name: t for t in projection.tables}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_META)
+        for table in projection.tables:
+            for sql in create_sql(table):
+                self.db.execute(sql)
+        self._sql: dict[tuple[Any, ...], str] = {}
+        self.seq = int(self._meta("seq") or 0)
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM _meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @property
+    def complete(self) -> bool:
+        """True once this version has caught up with the log at least once."""
+        return self._meta("complete") == "1"
+
+    def mark_complete(self) -> None:
+        self.db.execute("INSERT OR REPLACE INTO _meta VALUES ('complete', '1')")
+
+    def failed_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM _failed").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def apply_batch(self, items: Sequence[Item]) -> set[str]:
+        """Apply the new items and move the checkpoint, in one transaction. Returns changed keys."""
+        fresh = [i for i in items if i.seq > self.seq]
+        if not fresh:
+            return set()
+        proj = self.projection
+        ops: list[Op] = []
+        failed: list[tuple[int, str | None, str]] = []
+        for item in fresh:
+            if item.event is None:
+                failed.append((item.seq, item.event_id, item.error or "not a tether event"))
+                continue
+            if proj.types is not None and item.event.type not in proj.types:
+                continue
+            try:
+                ops.extend(proj.apply(item.event, item.seq))
+            except Exception as exc:  # a fold that cannot take this event: record, skip
+                failed.append((item.seq, item.event.id, f"{type(exc).__name__}: {exc}"))
+        last = fresh[-1].seq
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            self._execute(ops)
+            if failed:
+                now = time.time()
+                db.executemany("INSERT OR REPLACE INTO _failed VALUES (?, ?, ?, ?)",
+                               [(s, i, e, now) for s, i, e in failed])
+            db.execute("INSERT OR REPLACE INTO _meta VALUES ('seq', ?)", (str(last),))
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            if len(fresh) == 1:
+                raise
+            # Find the event whose rows the database refuses: apply one by one.
+            keys: set[str] = set()
+            for item in fresh:
+                keys |= self._apply_one(item)
+            return keys
+        self.seq = last
+        return {k for op in ops if (k := proj.notify_key(op)) is not None}
+
+    def _apply_one(self, item: Item) -> set[str]:
+        db = self.db
+        try:
+            ops = list(self.projection.apply(item.event, item.seq)) if item.event is not None else []
+            db.execute("BEGIN")
+            self._execute(ops)
+            db.execute("INSERT OR REPLACE INTO _meta VALUES ('seq', ?)", (str(item.seq),))
+            db.execute("COMMIT")
+        except Exception as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            db.execute("INSERT OR REPLACE INTO _failed VALUES (?, ?, ?, ?)",
+                       (item.seq, item.event.id if item.event else item.event_id,
+                        f"{type(exc).__name__}: {exc}", time.time()))
+            db.execute("INSERT OR REPLACE INTO _meta VALUES ('seq', ?)", (str(item.seq),))
+            db.execute("COMMIT")
+            ops = []
+        self.seq = item.seq
+        return {k for op in ops if (k := self.projection.notify_key(op)) is not None}
+
+    def _execute(self, ops: Sequence[Op]) -> None:
+        """Run ops in order, grouping consecutive ones of the same shape into executemany."""
+        i = 0
+        n = len(ops)
+        while i < n:
+            op = ops[i]
+            if isinstance(op, Upsert):
+                cols = tuple(op.values)
+                merge = tuple(sorted(op.merge.items()))
+                shape: tuple[Any, ...] = ("u", op.table, cols, merge)
+            else:
+                cols = tuple(op.key)
+                merge = ()
+                shape = ("d", op.table, cols)
+            j = i + 1
+            while j < n and _shape(ops[j]) == shape:
+                j += 1
+            sql = self._sql.get(shape)
+            if sql is None:
+                table = self.tables[op.table]
+                sql = compile_upsert(table, cols, merge) if isinstance(op, Upsert) else compile_delete(table, cols)
+                self._sql[shape] = sql
+            if isinstance(op, Upsert):
+                rows = [tuple(o.values.values()) for o in ops[i:j]]  # type: ignore[union-attr]
+            else:
+                rows = [tuple(o.key.values()) for o in ops[i:j]]  # type: ignore[union-attr]
+            self.db.executemany(sql, rows)
+            i = j
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def checksum(self) -> str:
+        """A digest of every view table's rows (sorted), for rebuilt == live checks."""
+        digest = hashlib.sha256()
+        for name in sorted(self.tables):
+            table = self.tables[name]
+            cols = ", ".join(f'"{c}"' for c in table.columns)
+            digest.update(name.encode())
+            for row in self.db.execute(f'SELECT {cols} FROM "{name}" ORDER BY {cols}'):
+                digest.update(repr(row).encode())
+        return digest.hexdigest()
+
+
+def _shape(op: Op) -> tuple[Any, ...]:
+    if isinstance(op, Upsert):
+        return ("u", op.table, tuple(op.values), tuple(sorted(op.merge.items())))
+    assert isinstance(op, Delete)
+    return ("d", op.table, tuple(op.key))
