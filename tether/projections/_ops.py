@@ -58,7 +58,8 @@ def create_sql(table: Table) -> list[str]:
     out = [f'CREATE TABLE IF NOT EXISTS "{table.name}" ({cols}, PRIMARY KEY ({key}))']
     for idx in table.indexes:
         name = f"{table.name}_{'_'.join(idx)}"
-        out.append(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table.name}" ({", ".join(chr(34) + c + chr(34) for c in idx)})')
+        cols = ", ".join(f'"{c}"' for c in idx)
+        out.append(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table.name}" ({cols})')
     return out
 
 

@@ -257,6 +257,15 @@ class Projector:
         await asyncio.wait_for(self._done.wait(), timeout)
 
 
+def _swap_in(build: Path, directory: Path, projections: Sequence[Projection]) -> None:
+    """Replace each view in ``directory`` by its rebuilt file (a rename: atomic per view)."""
+    for proj in projections:
+        for _, old in view_versions(directory, proj.name):
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{old}{suffix}").unlink(missing_ok=True)
+        view_path(build, proj.name, proj.version).replace(view_path(directory, proj.name, proj.version))
+
+
 async def replay(bus: Bus, projections: Sequence[Projection], directory: Path, *, to_seq: int | None = None,
                  to_time: datetime | None = None, batch: int = 2000,
                  on_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
@@ -265,8 +274,7 @@ async def replay(bus: Bus, projections: Sequence[Projection], directory: Path, *
     With ``to_seq`` or ``to_time`` the views show the log as of that point. Only recorded
     outputs are folded: nothing calls a model or a provider. Returns each view's checksum.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = _lock(directory)
+    handle = _lock(directory)  # creates the directory
     build = directory / f".replay-{int(time.time() * 1000)}"
     try:
         projector = Projector(bus, projections, build, batch=batch, notify=False, durable=None)
@@ -279,12 +287,7 @@ async def replay(bus: Bus, projections: Sequence[Projection], directory: Path, *
             sums = await projector._run(lambda: {n: s.checksum() for n, s in projector.stores.items()})
         finally:
             await projector.stop()
-        for proj in projections:
-            for _, old in view_versions(directory, proj.name):
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{old}{suffix}").unlink(missing_ok=True)
-            built = view_path(build, proj.name, proj.version)
-            built.replace(view_path(directory, proj.name, proj.version))
+        await asyncio.to_thread(_swap_in, build, directory, projections)
         return dict(sums)
     finally:
         shutil.rmtree(build, ignore_errors=True)
