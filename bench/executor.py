@@ -232,19 +232,26 @@ Call = Callable[[int, int, str, str], Awaitable[None]]
 class Client:
     """The light load generator and the three ways of making one call."""
 
-    def __init__(self, bus: Bus, provider_url: str, inline: InlineCalls, durable: DurableCalls,
-                 http: httpx.AsyncClient) -> None:
+    def __init__(self, bus: Bus, provider_url: str, inline: InlineCalls, durable: DurableCalls) -> None:
         self.bus = bus
         self.url = provider_url.rstrip("/") + "/chat/completions"
         self.inline = inline
         self.durable = durable
-        self.http = http
+        # One client (so one keep-alive connection) per lane: httpx's connection pool costs
+        # more CPU the more connections it holds, and the baseline should not pay for that.
+        self.lanes: list[httpx.AsyncClient] = []
         self.made = 0
+
+    async def close(self) -> None:
+        for client in self.lanes:
+            await client.aclose()
 
     async def direct(self, n: int, lane: int, runid: str, agentid: str) -> None:
         body = body_for(n)
         body["model"] = MODEL
-        response = await self.http.post(self.url, json=body)
+        while len(self.lanes) <= lane:
+            self.lanes.append(httpx.AsyncClient())
+        response = await self.lanes[lane].post(self.url, json=body)
         data = response.json()
         if response.status_code != 200 or not data.get("choices"):
             raise RuntimeError(f"direct call: HTTP {response.status_code}: {response.text[:200]}")
@@ -446,15 +453,15 @@ async def count_events(bus: Bus, action: str) -> int:
 
 
 async def run_config(config: Runaway, args: argparse.Namespace, server: NatsServer, provider: Child,
-                     provider_url: str, workdir: Path, bus: Bus, http: httpx.AsyncClient,
-                     phases: list[Phase], profile: Path | None) -> dict[str, int]:
+                     provider_url: str, workdir: Path, bus: Bus, phases: list[Phase],
+                     profile: Path | None) -> dict[str, int]:
     """One worker process and one inline caller with this runaway setting; every phase."""
     cfg_path = write_config(workdir / f"tether-runaway-{config}.toml", provider_url, config)
     cfg = load_worker_config(cfg_path)
     worker = start_worker(workdir, server.url, cfg_path, profile / f"worker-runaway-{config}.prof" if profile else None)
     inline = await InlineCalls(bus, policies=cfg.policies, providers=cfg.providers).start()
     durable = await DurableCalls(bus).start()
-    client = Client(bus, provider_url, inline, durable, http)
+    client = Client(bus, provider_url, inline, durable)
     made = {"direct": 0, "inline": 0, "durable": 0}
     nats_pid = server.pid
     assert nats_pid is not None
@@ -493,6 +500,7 @@ async def run_config(config: Runaway, args: argparse.Namespace, server: NatsServ
                     await measure("round", rnd, variant, args.calls if concurrency == 1 else args.calls_high,
                                   concurrency)
     finally:
+        await client.close()
         await durable.close()
         await inline.close()
         await bus.flush()
@@ -505,14 +513,13 @@ async def run_config(config: Runaway, args: argparse.Namespace, server: NatsServ
 async def run(args: argparse.Namespace, server: NatsServer, provider: Child, provider_url: str,
               workdir: Path, profile: Path | None) -> Report:
     bus = await connect(url=server.url, home=workdir / "client-home")
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+    http = httpx.AsyncClient()  # the fake provider's control endpoint, for the verification
     phases: list[Phase] = []
     made = {"direct": 0, "inline": 0, "durable": 0}
     try:
         configs: list[Runaway] = ["on", "off"] if args.runaway == "both" else [args.runaway]
         for config in configs:
-            done = await run_config(config, args, server, provider, provider_url, workdir, bus, http, phases,
-                                    profile)
+            done = await run_config(config, args, server, provider, provider_url, workdir, bus, phases, profile)
             made = {k: made[k] + done[k] for k in made}
         await bus.flush()
         verification = await verify(bus, http, provider_url, phases, made)

@@ -451,6 +451,7 @@ async def test_http_control_endpoints(fp: FakeProvider) -> None:
         assert log["by_api"] == {"chat": {"500": 1, "200": 1}, "messages": {"503": 1}}
         assert [r["outcome"] for r in log["requests"]] == ["500", "200", "503"]
         assert len((await http.get("/_fake/log?limit=1")).json()["requests"]) == 1
+        assert len((await http.get("/_fake/log?limit=10")).json()["requests"]) == 3
         assert (await http.post("/_fake/faults", json={"spec": "nonsense"})).status_code == 400
         reset = await http.post("/_fake/reset", json={"seed": 3})
         assert reset.json() == {"seed": 3, "faults": "", "latency": None}
@@ -484,6 +485,9 @@ async def test_async_lifecycle_is_quick_and_stops_a_hang_in_flight() -> None:
         with pytest.raises(httpx.TransportError):
             await pending
     assert asyncio.all_tasks() == tasks_before
+    with pytest.raises(RuntimeError, match="aclose"):
+        async with FakeProvider() as running:
+            running.stop()
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as http:
             await http.get(f"{fp.url}/models")
@@ -526,11 +530,14 @@ def test_cli_main_serves_until_sigterm() -> None:
     assert out == err == ""
 
 
-def test_cli_rejects_a_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_a_bad_spec_and_a_taken_port(capsys: pytest.CaptureFixture[str]) -> None:
     from tether.testing.fake_provider import main
 
     assert main(["--faults", "429:lots"]) == 2
     assert "bad fault rule '429:lots'" in capsys.readouterr().err
+    with FakeProvider() as fp:
+        assert main(["--port", str(fp.port)]) == 1
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
 
 
 def test_parser_builds_into_a_subcommand() -> None:

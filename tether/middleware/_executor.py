@@ -327,9 +327,15 @@ class Executor:
     async def _dead_letter_malformed(self, raw: Msg | _StoredMsg, reason: str, *,
                                      cause: DeadLetterReason = "malformed") -> None:
         seq = raw.seq if isinstance(raw, _StoredMsg) else raw.metadata.sequence.stream
-        call_id = f"malformed-{WORK_STREAM}-{seq}"
+        # The message's own call id cannot be trusted to name it: it may be any length or
+        # character, or the id of a real call. Dedupe on the WORK sequence (one dead letter
+        # per message, however often it is redelivered); show a usable claimed id.
+        message_id = f"malformed-{WORK_STREAM}-{seq}"
+        call_id = message_id
         with contextlib.suppress(Exception):
-            call_id = str(json.loads(raw.data).get("call_id") or call_id)
+            claimed = json.loads(raw.data).get("call_id")
+            if isinstance(claimed, str) and 0 < len(claimed) <= 200 and claimed.isprintable():
+                call_id = claimed
         doc: dict[str, Any] = {"call_id": call_id, "reason": cause, "kind": "unknown", "route": raw.subject,
                "error": {"type": "MalformedWorkItem" if cause == "malformed" else "MaxDeliveries",
                          "message": reason},
@@ -337,11 +343,11 @@ class Executor:
                "subject": raw.subject, "dead_lettered_at": time.time()}
         ack = await self.bus.js.publish(f"{DLQ_PREFIX}.unknown.malformed",
                                         json.dumps(doc, separators=(",", ":")).encode(),
-                                        headers={"Nats-Msg-Id": f"dlq-{call_id}"})
+                                        headers={"Nats-Msg-Id": f"dlq-{message_id}"})
         await self.bus.publish(Event.of(CallDeadLettered(
             call_id=call_id, call_kind="unknown", reason=cause,
             attempts=0, error=ErrorInfo(type=doc["error"]["type"], message=reason, retryable=False),
-            dlq_seq=ack.seq), id=terminal_id(call_id, "dead_lettered"), source=engine_source()))
+            dlq_seq=ack.seq), id=terminal_id(message_id, "dead_lettered"), source=engine_source()))
         log.warning("dead-lettered a %s work message (seq %s): %s", cause, seq, reason)
         with contextlib.suppress(Exception):
             await raw.term()

@@ -18,6 +18,7 @@ from ._policy import Target
 __all__ = ["CALLS_BUCKET", "CallRecord", "WorkItem", "work_subject"]
 
 CALLS_BUCKET = "tether-calls"
+CALL_ID_PATTERN = r"^[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*$"
 Operation = Literal["chat", "responses", "messages", "embeddings"]
 
 
@@ -31,7 +32,8 @@ class WorkItem(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    call_id: str = Field(min_length=1, max_length=200)
+    call_id: str = Field(min_length=1, max_length=200, pattern=CALL_ID_PATTERN)
+    """Keys the call's record in KV and travels in headers, hence KV key characters only."""
     kind: Literal["llm", "tool"]
     runid: str | None = None
     agentid: str | None = None

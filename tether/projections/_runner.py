@@ -145,7 +145,11 @@ class Projector:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        await self._run(lambda: [s.close() for s in self.stores.values()])
+        def close_all() -> None:
+            for store in self.stores.values():
+                store.close()
+
+        await self._run(close_all)
         self._pool.shutdown(wait=True)
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)

@@ -119,7 +119,7 @@ class ProviderState:
     def summary(self, limit: int | None = None) -> dict[str, Any]:
         requests = list(self.log)
         if limit is not None:
-            requests = requests[len(requests) - limit:] if limit > 0 else []
+            requests = requests[-limit:] if limit > 0 else []
         return {
             "total": self.number,
             "outcomes": dict(self.outcomes),
@@ -162,8 +162,9 @@ async def _abort(receive: Receive) -> None:
     """Reset the TCP connection under this request (RST, not FIN)."""
     # uvicorn's `receive` is a method of the request cycle, which holds the transport
     transport = getattr(getattr(receive, "__self__", None), "transport", None)
-    if not isinstance(transport, asyncio.Transport):
+    if not callable(getattr(transport, "abort", None)):  # not uvicorn: fail the request loudly instead
         raise ConnectionResetError("the fake provider reset the connection")
+    assert transport is not None
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -273,13 +274,13 @@ class _Handlers:
     async def _serve(self, request: Request, api: str, *, model: str | None = None) -> Response:
         state = self.state
         dialect = "anthropic" if api == "messages" else "openai"
+        raw = await request.body() if request.method == "POST" else b""
+        # from here to the response nothing awaits, so control calls never land mid-request
         now = time.monotonic()
         state.number += 1
         number = state.number
         payload: dict[str, Any] = {}
-        raw = b""
         if request.method == "POST":
-            raw = await request.body()
             try:
                 parsed = json.loads(raw)
             except ValueError:

@@ -363,7 +363,8 @@ def _at_most(args: list[str], count: int, text: str) -> None:
 
 
 def format_faults(rules: Iterable[FaultRule]) -> str:
-    """The spec text for rules (rules with ``times`` or custom headers cannot be written)."""
+    """The spec text for rules. The spec cannot say ``times``, custom headers or an ``nth`` that is
+    not a single number or a range; such rules are written without them."""
     return ",".join(_format_rule(rule) for rule in rules)
 
 

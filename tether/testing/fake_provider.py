@@ -237,6 +237,8 @@ class FakeProvider:
         server, task = self._server, self._task
         if server is None or task is None:
             return
+        if self._thread is not None:
+            raise RuntimeError("this fake provider runs in a thread: stop it with stop()")
         self._request_stop()
         try:
             await task
@@ -289,6 +291,8 @@ class FakeProvider:
         """Stop a provider started with ``start_in_thread()`` and wait for its thread."""
         thread, loop = self._thread, self._loop
         if thread is None:
+            if self._server is not None:
+                raise RuntimeError("this fake provider runs in an event loop: stop it with aclose()")
             return
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed
@@ -301,6 +305,10 @@ class FakeProvider:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def __repr__(self) -> str:
+        where = self.url if self._port else "not started"
+        return f"<FakeProvider {where} seed={self._state.seed} faults={format_faults(self.faults)!r}>"
 
     # --- control ---
 
@@ -418,7 +426,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Serve with options parsed by ``build_parser`` (for a CLI that parses its own arguments).
-    Returns 2 after printing the error for a bad fault or latency spec."""
+    Returns 2 for a bad fault or latency spec and 1 when the address cannot be bound."""
     try:
         rules = parse_faults(args.faults)
         latency = parse_latency(args.latency) if args.latency else None
@@ -445,5 +453,9 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         assert provider._task is not None
         await provider._task
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except OSError as exc:  # the address is taken or cannot be bound
+        print(f"tether fake-provider: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     return 0
