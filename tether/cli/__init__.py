@@ -377,6 +377,10 @@ async def _status(args: argparse.Namespace) -> int:
         st = await bus.status()
     finally:
         await bus.close()
+    from ._projector import view_lag
+
+    head = next((x.get("last_seq") for x in st["streams"] if x.get("name") == "EVENTS"), None)
+    st["views"] = view_lag(tether_home(cfg.home), head)
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
@@ -400,4 +404,13 @@ async def _status(args: argparse.Namespace) -> int:
     colour = s.yellow if ob["queued"] or ob["rejected"] else (lambda t: t)
     print(s.bold("outbox  ") + colour(f"{ob['queued']} queued in {ob['files']} file(s), "
                                       f"{ob['rejected']} rejected"))
+    if st["views"]:
+        print(s.bold("views"))
+        for v in st["views"]:
+            state = "complete" if v["complete"] else s.yellow("building")
+            lag = s.yellow(f"lag {v['lag']:,}") if v["lag"] else "up to date"
+            failed = s.yellow(f", {v['failed']} event(s) skipped") if v["failed"] else ""
+            print(f"  {v['view']:<12} applied seq {v['seq']:>8}  {lag}  {state}{failed}")
+    else:
+        print(s.bold("views   ") + "none yet (tether up runs the projector)")
     return 0

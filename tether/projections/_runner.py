@@ -192,8 +192,9 @@ class Projector:
         return {name: store.apply_batch(items) for name, store in self.stores.items()}
 
     def _finish(self) -> None:
+        target = self.head_seq if self.stop_at is None else min(self.head_seq, self.stop_at)
         for name, store in self.stores.items():
-            if not store.complete:
+            if not store.complete and store.seq >= target:
                 store.mark_complete()
                 for version, path in view_versions(self.directory, name):
                     if version != store.projection.version:
@@ -239,6 +240,10 @@ class Projector:
 
     async def _after(self, changed: dict[str, set[str]], last: int) -> None:
         self.events_applied += max(0, last - self.applied_seq)
+        if last >= self.head_seq or (self.stop_at is not None and last >= self.stop_at):
+            await self._run(self._finish)  # before anyone waiting for this seq is woken
+            if self.stop_at is not None and last >= self.stop_at:
+                self._done.set()
         async with self._applied:
             self.applied_seq = last
             self._applied.notify_all()

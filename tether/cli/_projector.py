@@ -1,0 +1,209 @@
+"""``tether projector``, ``tether replay``, ``tether watch``, and view lag for ``tether status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tether.bus import BusConfig, connect, tether_home
+
+from ._format import Style
+
+__all__ = ["add_commands", "default_views", "run_projector", "run_replay", "run_watch", "view_lag"]
+
+
+def default_views() -> list[Any]:
+    """Every view tether ships, newest versions."""
+    from tether.projections import CostLedger, ErrorsView, MetricsView, TracesView
+
+    return [TracesView(), CostLedger(), ErrorsView(), MetricsView()]
+
+
+def views_dir(args: argparse.Namespace) -> Path:
+    return tether_home(getattr(args, "home", None)) / "views"
+
+
+def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    proj = sub.add_parser("projector", help="fold the event log into the SQLite views, live",
+                          description="Run the projections (traces, cost, errors, metrics) from the EVENTS "
+                          "stream into SQLite views under TETHER_HOME/views, announcing changes on "
+                          "tether.proj.<view>.<key>. `tether up` runs one; run at most one per views directory.")
+    common(proj)
+    replay = sub.add_parser("replay", help="rebuild views from the log (or as of a point in it)",
+                            description="Rebuild views from the start of the event log, with a progress bar. "
+                            "Only recorded outputs are folded: replay never calls a model or a provider. "
+                            "With --to-seq or --to-time, build the views as they were at that point "
+                            "(into --out, default TETHER_HOME/views-asof-<point>).")
+    common(replay)
+    replay.add_argument("views", nargs="*", metavar="VIEW", help="traces, cost, errors, metrics (default: all)")
+    point = replay.add_mutually_exclusive_group()
+    point.add_argument("--to-seq", type=int, metavar="N", help="stop after stream sequence N")
+    point.add_argument("--to-time", metavar="T", help="stop at time T (ISO 8601, UTC if no zone)")
+    replay.add_argument("--out", type=Path, metavar="DIR", help="write the views here instead")
+    replay.add_argument("--json", action="store_true", help="print the result as JSON")
+    watch = sub.add_parser("watch", help="show a view's change notifications live",
+                           description="Subscribe to tether.proj.<VIEW>.> and print each change as it is "
+                           "announced (the projector must be running, e.g. in `tether up`).")
+    common(watch)
+    watch.add_argument("view", metavar="VIEW", help="traces, cost, errors, metrics, or * for all")
+    watch.add_argument("-n", "--count", type=int, metavar="N", help="exit after N notifications")
+    watch.add_argument("--json", action="store_true", help="print the raw notifications")
+
+
+async def run_projector(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from tether.projections import Projector, ProjectorBusy
+
+    bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False))
+    try:
+        try:
+            projector = await Projector(bus, default_views(), views_dir(args)).start()
+        except ProjectorBusy as exc:
+            print(f"tether projector: {exc}", file=sys.stderr)
+            return 1
+        print(f"projector running: {', '.join(projector.stores)} into {views_dir(args)} "
+              f"(from seq {projector.applied_seq + 1}, log head {projector.head_seq}). Ctrl-C stops it.", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await projector.stop()
+        print("projector stopped.", flush=True)
+        return 0
+    finally:
+        await bus.close()
+
+
+def _progress(stream: Any) -> Callable[[int, int], None]:
+    started = time.monotonic()
+    last = [0.0]
+
+    def show(seq: int, head: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and seq < head:
+            return
+        last[0] = now
+        total = max(head, seq, 1)
+        width = 30
+        filled = int(width * seq / total)
+        rate = seq / max(now - started, 1e-6)
+        stream.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {seq:,}/{total:,} events  {rate:,.0f}/s   ")
+        stream.flush()
+
+    return show
+
+
+async def run_replay(args: argparse.Namespace) -> int:
+    from tether.projections import ProjectorBusy, replay
+
+    views = default_views()
+    if args.views:
+        unknown = set(args.views) - {v.name for v in views}
+        if unknown:
+            print(f"tether replay: unknown view(s) {', '.join(sorted(unknown))}; "
+                  f"views are {', '.join(v.name for v in views)}", file=sys.stderr)
+            return 2
+        views = [v for v in views if v.name in args.views]
+    to_time = None
+    if args.to_time:
+        try:
+            to_time = datetime.fromisoformat(args.to_time.replace("Z", "+00:00"))
+        except ValueError:
+            print(f"tether replay: --to-time {args.to_time!r} is not ISO 8601 (e.g. 2026-11-27T10:00:00Z)",
+                  file=sys.stderr)
+            return 2
+        if to_time.tzinfo is None:
+            to_time = to_time.replace(tzinfo=UTC)
+    out = args.out
+    if out is None and (args.to_seq is not None or to_time is not None):
+        point = f"seq{args.to_seq}" if args.to_seq is not None else to_time.strftime("%Y%m%dT%H%M%S")  # type: ignore[union-attr]
+        out = tether_home(args.home) / f"views-asof-{point}"
+    target = out or views_dir(args)
+    bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False, provision=False))
+    try:
+        if not args.json:
+            print(f"replaying {', '.join(v.name for v in views)} into {target} "
+                  "(recorded outputs only: no model or provider is called)", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            sums = await replay(bus, views, target, to_seq=args.to_seq, to_time=to_time,
+                                on_progress=None if args.json else _progress(sys.stderr))
+        except ProjectorBusy as exc:
+            print(f"\ntether replay: {exc}", file=sys.stderr)
+            return 1
+        took = time.monotonic() - started
+        if args.json:
+            print(json.dumps({"directory": str(target), "views": sums, "seconds": round(took, 3)}))
+        else:
+            print(f"\nrebuilt {len(sums)} view(s) in {took:.1f}s into {target}", file=sys.stderr)
+            if out is not None:
+                print(f"read them with --home, or e.g. sqlite3 {target}/traces.v1.db", file=sys.stderr)
+        return 0
+    finally:
+        await bus.close()
+
+
+async def run_watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    s = Style()
+    bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False, provision=False))
+    seen = 0
+    done = asyncio.Event()
+
+    async def show(msg: Any) -> None:
+        nonlocal seen
+        if args.count is not None and seen >= args.count:
+            return
+        seen += 1
+        if args.json:
+            print(msg.data.decode(), flush=True)
+        else:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(msg.data)
+                what = doc.get("key") if doc.get("key") is not None else f"{doc.get('count')} keys"
+                print(f"{s.dim(time.strftime('%H:%M:%S'))} {s.cyan(doc.get('view', '?'))} {what} "
+                      f"{s.dim('seq ' + str(doc.get('seq')))}", flush=True)
+        if args.count is not None and seen >= args.count:
+            done.set()
+
+    subject = "tether.proj.>" if args.view == "*" else f"tether.proj.{args.view}.>"
+    sub = await bus.nc.subscribe(subject, cb=show)
+    if not args.json:
+        print(s.dim(f"watching {subject} on {bus.url} (Ctrl-C to stop)"), file=sys.stderr, flush=True)
+    try:
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(done.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        return 0
+    finally:
+        await sub.unsubscribe()
+        await bus.close()
+
+
+def view_lag(home: Path, head_seq: int | None) -> list[dict[str, Any]]:
+    """Each view file's applied sequence, completeness and lag behind ``head_seq``."""
+    out: list[dict[str, Any]] = []
+    directory = home / "views"
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("*.v*.db")):
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                meta = dict(db.execute("SELECT key, value FROM _meta").fetchall())
+                failed = int(db.execute("SELECT count(*) FROM _failed").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+        seq = int(meta.get("seq") or 0)
+        out.append({"view": path.stem, "seq": seq, "complete": meta.get("complete") == "1", "failed": failed,
+                    "lag": None if head_seq is None else max(0, head_seq - seq)})
+    return out
