@@ -93,8 +93,8 @@ async def test_bad_input_is_recorded_and_skipped(fresh_nats_server: NatsServer, 
         await bus.js.publish("tether.evt.a.r1.run.started._", b"\x00 corrupt")
         unknown = Event.of(RunStarted(), runid="r1")
         headers, body = encode_structured(unknown)
-        await bus.js.publish("tether.evt.a.r1.run.started._", body.replace(b"tether.run.started", b"tether.run.exploded"),
-                             headers=headers)
+        await bus.js.publish("tether.evt.a.r1.run.started._",
+                             body.replace(b"tether.run.started", b"tether.run.exploded"), headers=headers)
         newer = Event.of(RunFinished(status="ok"), runid="r1")
         doc = json.loads(encode_structured(newer)[1])
         doc["dataschema"] = "urn:tether:schema:tether.run.finished:v9"
@@ -154,8 +154,9 @@ async def test_rebuilt_equals_live_after_sigkill_mid_batch(fresh_nats_server: Na
                     child.send_signal(signal.SIGKILL)  # wherever it is, mid-batch included
                 else:
                     head = (await bus.js.stream_info("EVENTS")).state.last_seq
+                    done = [(str(head),)]
                     for _ in range(300):
-                        if rows(view_path(views, "toy", 1), "SELECT value FROM _meta WHERE key='seq'") == [(str(head),)]:
+                        if rows(view_path(views, "toy", 1), "SELECT value FROM _meta WHERE key='seq'") == done:
                             break
                         await asyncio.sleep(0.05)
                     child.send_signal(signal.SIGTERM)

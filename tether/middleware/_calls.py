@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import JsonValue
@@ -28,7 +27,7 @@ from ._budget import BudgetRefusal, request_fingerprint
 from ._decide import Fallback, GiveUp, Retry
 from ._engine import CallEngine
 from ._policy import PolicySet
-from ._providers import ProviderConfig
+from ._providers import HttpClients, ProviderConfig
 from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
 from ._tools import ToolRegistry
 from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
@@ -222,12 +221,12 @@ class InlineCalls:
         self.tools = tools or ToolRegistry()
         self.seed = seed
         self.engine: CallEngine | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpClients | None = None
         self._runs: dict[str, dict[str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> InlineCalls:
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+        self._http = HttpClients(max_connections=200, max_keepalive_connections=100)
         self.engine = CallEngine(self.bus, policies=self.policies, providers=self.providers, tools=self.tools,
                                  breakers=await Breakers.open(self.bus), rates=await RateLimiter.open(self.bus),
                                  spend=await SpendBook.open(self.bus), http=self._http,

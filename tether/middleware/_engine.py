@@ -43,7 +43,7 @@ from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide
 from ._failures import Failure, classify_exception
 from ._policy import Policy, PolicySet, Target
-from ._providers import LlmOutcome, ProviderConfig, run_llm_attempt
+from ._providers import HttpClients, LlmOutcome, ProviderConfig, run_llm_attempt
 from ._shared import Breakers, RateLimiter, SpendBook
 from ._tools import ToolRegistry, UnknownTool
 from ._work import CallRecord, WorkItem
@@ -80,7 +80,7 @@ class CallEngine:
 
     def __init__(self, bus: Bus, *, policies: PolicySet, providers: dict[str, ProviderConfig],
                  tools: ToolRegistry, breakers: Breakers, rates: RateLimiter, spend: SpendBook,
-                 http: httpx.AsyncClient, source: str = SOURCE, seed: int | None = None) -> None:
+                 http: httpx.AsyncClient | HttpClients, source: str = SOURCE, seed: int | None = None) -> None:
         self.bus = bus
         self.policies = policies
         self.providers = providers

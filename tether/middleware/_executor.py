@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
@@ -39,7 +38,7 @@ from ._decide import Fallback, GiveUp, Retry
 from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._failures import Failure
 from ._policy import PolicySet
-from ._providers import ProviderConfig
+from ._providers import HttpClients, ProviderConfig
 from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
 from ._tools import ToolRegistry
 from ._work import CALLS_BUCKET, CallRecord, WorkItem
@@ -80,14 +79,13 @@ class Executor:
         self.engine: CallEngine | None = None
         self._calls: KeyValue | None = None
         self._broker: NatsBroker | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpClients | None = None
         self._advisory: Any = None
         self.stats = {"completed": 0, "dead_lettered": 0, "retried": 0, "fell_back": 0, "paced": 0}
 
     async def start(self) -> None:
         bus = self.bus
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_connections=self.concurrency * 2,
-                                                           max_keepalive_connections=self.concurrency))
+        self._http = HttpClients(max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency)
         self._calls = await open_bucket(bus.js, CALLS_BUCKET, replicas=bus.config.replicas,
                                         ttl=CALL_RECORD_TTL_S)
         breakers = await Breakers.open(bus)
@@ -268,11 +266,13 @@ class Executor:
         rec.state = "completed"
         rec.terminal_seq = receipt.stream_seq
         rec.terminal_event_id = event.id
-        await self._save(rec)
+        # The completion is in the log: answer first (a reply is not a round trip), then
+        # record it in KV; until then a redelivery would find the event by its id.
         if receipt.duplicate:
             await self._reply(item, rec)  # an earlier delivery recorded it: answer with that one
         else:
             await self._reply(item, rec, response=out.response, usage=out.usage.model_dump())
+        await self._save(rec)
         await raw.ack()
         self.stats["completed"] += 1
         await engine.account(item, out.usage, rec.target)

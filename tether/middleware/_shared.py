@@ -19,11 +19,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from weakref import WeakValueDictionary
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -62,27 +64,36 @@ async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl
                                                         replicas=replicas, ttl=ttl))
 
 
-async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[bytes | None, T]],
-               tries: int = 20) -> T:
-    """Read, change, write with compare-and-set; retry on a concurrent writer."""
-    for _ in range(tries):
-        try:
-            entry = await kv.get(key)
-            current, revision = entry.value, entry.revision
-        except KeyNotFoundError:
-            current, revision = None, None
-        new, result = change(current)
-        if new is None or new == current:
-            return result
-        try:
-            if revision is None:
-                await kv.create(key, new)
-            else:
-                await kv.update(key, new, last=revision)
-            return result
-        except KeyWrongLastSequenceError:
-            await asyncio.sleep(0.001)
-            continue
+async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[bytes | None, T]], *,
+               locks: MutableMapping[str, asyncio.Lock], tries: int = 30) -> T:
+    """Read, change, write with compare-and-set; retry on a concurrent writer.
+
+    Writers of one key in this process take turns (``locks``, one lock per key), so a
+    compare-and-set only ever races other processes, and those retries back off with
+    jitter: many calls of one run in one worker must not fail each other's writes.
+    """
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = asyncio.Lock()
+    async with lock:
+        for n in range(tries):
+            try:
+                entry = await kv.get(key)
+                current, revision = entry.value, entry.revision
+            except KeyNotFoundError:
+                current, revision = None, None
+            new, result = change(current)
+            if new is None or new == current:
+                return result
+            try:
+                if revision is None:
+                    await kv.create(key, new)
+                else:
+                    await kv.update(key, new, last=revision)
+                return result
+            except KeyWrongLastSequenceError:
+                await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2**n)))
+                continue
     raise RuntimeError(f"compare-and-set on {key} kept conflicting")
 
 
@@ -98,6 +109,7 @@ class Breakers:
     shared: dict[str, BreakerState] = field(default_factory=dict)
     local: dict[str, BreakerState] = field(default_factory=dict)
     _watch: asyncio.Task[None] | None = None
+    locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary, repr=False)
 
     @classmethod
     async def open(cls, bus: Bus) -> Breakers:
@@ -133,7 +145,7 @@ class Breakers:
             allowed, new, transition = breaker_admit(policy, state, now=at, call_id=call_id)
             return (new.to_json() if new != state else None), (allowed, transition)
 
-        allowed, transition = await _cas(self.kv, kv_key(route), change)
+        allowed, transition = await _cas(self.kv, kv_key(route), change, locks=self.locks)
         await self._announce(route, transition, policy, probe=call_id)
         return allowed
 
@@ -152,7 +164,7 @@ class Breakers:
                 new, transition = breaker_record(policy, state, ok=ok, counts=counts, now=at, call_id=call_id)
                 return (new.to_json() if new != state else None), transition
 
-            await self._announce(route, await _cas(self.kv, kv_key(route), settle), policy)
+            await self._announce(route, await _cas(self.kv, kv_key(route), settle, locks=self.locks), policy)
             return
         local = self.local.get(route, BreakerState())
         new, transition = breaker_record(policy, local, ok=ok, counts=counts, now=at, call_id=call_id)
@@ -165,7 +177,7 @@ class Breakers:
                     return None, None  # another worker opened it first: one event only
                 return new.to_json(), transition
 
-            await self._announce(route, await _cas(self.kv, kv_key(route), trip), policy)
+            await self._announce(route, await _cas(self.kv, kv_key(route), trip, locks=self.locks), policy)
 
     async def _announce(self, route: str, transition: Transition | None, policy: BreakerPolicy,
                         probe: str | None = None) -> None:
@@ -187,6 +199,7 @@ class RateLimiter:
     """Requests and tokens per minute per provider, shared by all workers."""
 
     kv: KeyValue
+    locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary, repr=False)
 
     @classmethod
     async def open(cls, bus: Bus) -> RateLimiter:
@@ -204,7 +217,7 @@ class RateLimiter:
             wait, new = rate_acquire(policy, state, now=at, tokens=tokens)
             return (None if wait > 0 else new.to_json()), wait
 
-        return await _cas(self.kv, kv_key(provider), change)
+        return await _cas(self.kv, kv_key(provider), change, locks=self.locks)
 
 
 @dataclass
@@ -212,6 +225,7 @@ class SpendBook:
     """Spend, tokens and calls per run, agent and tenant; fingerprints per run."""
 
     kv: KeyValue
+    locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary, repr=False)
 
     @classmethod
     async def open(cls, bus: Bus) -> SpendBook:
@@ -230,5 +244,5 @@ class SpendBook:
             result = fn(doc)
             return json.dumps(doc, separators=(",", ":")).encode(), result
 
-        return await _cas(self.kv, kv_key(f"{scope}/{scope_id}"), change)
+        return await _cas(self.kv, kv_key(f"{scope}/{scope_id}"), change, locks=self.locks)
 
