@@ -141,9 +141,12 @@ async def tether_child(*args: str, home: Path, stream: str = "stdout") -> AsyncI
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        match = re.search(r"nats-server pid (\d+)", child.output)
-        if match and exists(int(match[1])):  # only after a failure: do not leak the server
-            os.kill(int(match[1]), signal.SIGKILL)
+        # Only after a failure: never leak a server, whether or not its pid was printed.
+        pids = {int(m) for m in re.findall(r"nats-server pid (\d+)", child.output)}
+        pids |= {int(p.stem.split("_")[1]) for p in (home / "run").glob("nats-server_*.ports")}
+        for pid in pids:
+            if exists(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- help and version ---------------------------------------------------------------------------
@@ -505,7 +508,8 @@ async def test_status_shows_server_streams_and_outbox(nats_server: NatsServer, t
     rows = {line.split()[0]: line.split() for line in lines if line.startswith("  ")}
     assert set(rows) == {"name", "EVENTS", "WORK", "DLQ"}
     assert rows["EVENTS"][1] == f"{messages:,}"
-    assert lines[-1] == "outbox  0 queued in 0 file(s), 0 rejected"
+    assert "outbox  0 queued in 0 file(s), 0 rejected" in lines
+    assert lines[-1] == "views   none yet (tether up runs the projector)"
 
 
 @pytest.mark.anyio
@@ -516,7 +520,8 @@ async def test_status_json(nats_server: NatsServer, tether_home: Path,
         await bus.publish(Event.of(RunStarted(), runid=f"status-{uuid7()}"))
     assert await status_of("--url", nats_server.url, "--json") == 0
     st = json.loads(capsys.readouterr().out)
-    assert set(st) == {"server", "home", "streams", "drift", "outbox", "publisher"}
+    assert set(st) == {"server", "home", "streams", "drift", "outbox", "publisher", "views"}
+    assert st["views"] == []
     assert st["server"]["url"] == nats_server.url and st["server"]["jetstream"] is True
     assert [s["name"] for s in st["streams"]] == ["EVENTS", "WORK", "DLQ"]
     assert st["streams"][0]["messages"] >= 1

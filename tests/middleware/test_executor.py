@@ -233,3 +233,28 @@ async def test_runaway_guard_stops_a_run_repeating_itself(env: Env) -> None:
         await env.calls.llm("fake", "gpt-4o-mini", CHAT, runid=run)
     other = await env.calls.llm("fake", "gpt-4o-mini", {**CHAT, "max_tokens": 21}, runid=run)
     assert other.response
+
+
+@pytest.mark.policies(policies(fake__brk=Policy(retry=RetryPolicy(max_attempts=1), timeout_s=5.0,
+                                                breaker=BreakerPolicy(failure_streak=2, cooldown_s=0.3))))
+async def test_successes_reset_the_streak_and_a_successful_probe_closes_the_breaker(env: Env) -> None:
+    run = f"r-{uuid7()}"
+
+    async def call() -> bool:
+        try:
+            await env.calls.llm("fake", "brk", CHAT, runid=run)
+        except CallFailed:
+            return False
+        return True
+
+    env.fake.set_faults("500#1=brk,500#3=brk")
+    assert [await call() for _ in range(4)] == [False, True, False, True]  # never 2 failures in a row
+    env.fake.set_faults("500#1-2=brk")
+    assert [await call() for _ in range(2)] == [False, False]
+    await asyncio.sleep(0.35)  # the cooldown
+    assert await call(), "the probe"
+    assert await call()
+    await env.bus.flush()
+    circuit = [r.event.data for r in await collect(env.bus, event_filter(kind="circuit"))
+               if r.event is not None and r.event.data.route == "fake:brk"]  # type: ignore[attr-defined]
+    assert [type(c).__name__ for c in circuit] == ["CircuitOpened", "CircuitHalfOpened", "CircuitClosed"]

@@ -121,13 +121,15 @@ class DurableCalls:
                         deadline_at=time.time() + (deadline_s or self.deadline_s))
         return await self.run(item)
 
-    async def run(self, item: WorkItem) -> CallResult:
+    async def run(self, item: WorkItem, *, requested: Event | None = None) -> CallResult:
+        """Submit ``item`` and wait for its outcome. ``requested`` replaces the ``requested``
+        event :meth:`submit` would build (adapters pass one with a redacted request)."""
         token = encode_token(item.call_id)
         item = item.model_copy(update={"reply_to": f"{self._inbox}.{token}"})
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[token] = fut
         try:
-            await self.submit(item)
+            await self.submit(item, requested=requested)
             timeout = (item.deadline_at - time.time() + 30.0) if item.deadline_at else None
             try:
                 doc = await asyncio.wait_for(fut, timeout)
@@ -137,23 +139,25 @@ class DurableCalls:
         finally:
             self._waiting.pop(token, None)
 
-    async def submit(self, item: WorkItem) -> str:
+    async def submit(self, item: WorkItem, *, requested: Event | None = None) -> str:
         """Put a call on WORK (once: the call id is the message id). Returns the call id."""
         from tether.schemas import LlmCallRequested, ToolCallRequested
 
         from ._engine import terminal_id
 
-        if item.kind == "llm":
-            params = {k: v for k, v in item.body.items() if k not in ("messages", "input", "model", "system")}
-            payload: Any = LlmCallRequested(call_id=item.call_id, provider=item.provider or "?",
-                                            model=item.model or "?", operation=item.operation, mode="durable",
-                                            parameters=params, request=item.body)
-        else:
-            payload = ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
-                                        mode="durable", idempotency_key=item.idempotency_key)
-        await self.bus.emit(Event.of(payload, id=terminal_id(item.call_id, "requested"), runid=item.runid,
-                                     agentid=item.agentid, traceparent=item.traceparent,
-                                     extensions={"tenant": item.tenant} if item.tenant else None))
+        if requested is None:
+            if item.kind == "llm":
+                params = {k: v for k, v in item.body.items() if k not in ("messages", "input", "model", "system")}
+                payload: Any = LlmCallRequested(call_id=item.call_id, provider=item.provider or "?",
+                                                model=item.model or "?", operation=item.operation,
+                                                mode="durable", parameters=params, request=item.body)
+            else:
+                payload = ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
+                                            mode="durable", idempotency_key=item.idempotency_key)
+            requested = Event.of(payload, id=terminal_id(item.call_id, "requested"), runid=item.runid,
+                                 agentid=item.agentid, traceparent=item.traceparent,
+                                 extensions={"tenant": item.tenant} if item.tenant else None)
+        await self.bus.emit(requested)
         await self.bus.js.publish(work_subject(item), item.model_dump_json().encode(),
                                   headers={"Nats-Msg-Id": item.call_id})
         return item.call_id
@@ -320,7 +324,7 @@ class InlineCalls:
                 out = await engine.attempt(item, rec, policy)
                 route = rec.target.route if rec.target else item.route
                 await engine.breakers.record(route, policy.breaker, ok=out.ok,
-                                             counts=bool(out.failure and out.failure.counts_for_breaker),
+                                             counts=out.counts_for_breaker,
                                              call_id=item.call_id)
                 if out.ok:
                     event = engine.completed_event(item, rec, attempt, out)

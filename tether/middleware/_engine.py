@@ -73,6 +73,14 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
     failure: Failure | None = None
+    ttft_ms: float | None = None
+    """Time to the first token of a streamed answer (adapters' streaming attempts)."""
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        """Whether the route's breaker learns from this outcome: a success always does (it
+        closes a half-open breaker, resets the streak); a failure only if it is the route's."""
+        return self.ok or (self.failure is not None and self.failure.counts_for_breaker)
 
 
 class CallEngine:
@@ -80,7 +88,8 @@ class CallEngine:
 
     def __init__(self, bus: Bus, *, policies: PolicySet, providers: dict[str, ProviderConfig],
                  tools: ToolRegistry, breakers: Breakers, rates: RateLimiter, spend: SpendBook,
-                 http: httpx.AsyncClient | HttpClients, source: str = SOURCE, seed: int | None = None) -> None:
+                 http: httpx.AsyncClient | HttpClients | None = None, source: str = SOURCE,
+                 seed: int | None = None) -> None:
         self.bus = bus
         self.policies = policies
         self.providers = providers
@@ -175,9 +184,13 @@ class CallEngine:
                     doc["calls"] = int(doc.get("calls", 0)) + 1
             return fn
 
-        for scope, scope_id in (("run", item.runid), ("agent", item.agentid), ("tenant", item.tenant)):
-            if scope_id:
-                await self.spend.update(scope, scope_id, add(scope != "run"))
+        # Independent records: their round trips overlap instead of queueing one after another.
+        updates = [self.spend.update(scope, scope_id, add(scope != "run"))
+                   for scope, scope_id in (("run", item.runid), ("agent", item.agentid), ("tenant", item.tenant))
+                   if scope_id]
+        for result in await asyncio.gather(*updates, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
 
     # -- one attempt --------------------------------------------------------------------
 
@@ -211,6 +224,8 @@ class CallEngine:
                     kind="http", status_code=404, error_type="UnknownProvider",
                     message=f"no provider {target.provider!r} configured in this worker "
                             f"(configured: {', '.join(sorted(self.providers)) or 'none'})"))
+            if self.http is None:  # an engine built for adapters, which send requests themselves
+                raise RuntimeError("this CallEngine has no HTTP client to make LLM attempts with")
             out: LlmOutcome = await run_llm_attempt(self.http, provider, operation=item.operation,
                                                     model=target.model, body=item.body,
                                                     timeout_s=policy.timeout_s, call_id=item.call_id)
@@ -267,7 +282,7 @@ class CallEngine:
             target = rec.target or Target(item.provider or "?", item.model or "?")
             payload: Payload = LlmCallCompleted(
                 call_id=item.call_id, provider=target.provider, model=target.model, attempt=attempt,
-                usage=out.usage, latency_ms=out.latency_ms, finish_reason=out.finish_reason,
+                usage=out.usage, latency_ms=out.latency_ms, ttft_ms=out.ttft_ms, finish_reason=out.finish_reason,
                 response=out.response if capture else None)
         else:
             payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,

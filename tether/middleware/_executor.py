@@ -105,7 +105,13 @@ class Executor:
             config=ConsumerConfig(ack_wait=self.ack_wait_s, max_deliver=self.max_deliver,
                                   max_ack_pending=max(1000, self.concurrency * 4)),
         )
-        subscriber(self._on_message)
+
+        async def on_message() -> None:
+            # No parameters on purpose: FastStream resolves a ``msg: NatsMessage`` parameter
+            # in a worker thread, a thread hop per message; the context has it for free.
+            await self._on_message(broker.context.get_local("message"))
+
+        subscriber(on_message)
         await broker.start()
         self._broker = broker
         self._advisory = await bus.nc.subscribe(
@@ -219,7 +225,7 @@ class Executor:
                 keepalive.cancel()
             route = rec.target.route if rec.target else item.route
             await engine.breakers.record(route, policy.breaker, ok=out.ok,
-                                         counts=bool(out.failure and out.failure.counts_for_breaker),
+                                         counts=out.counts_for_breaker,
                                          call_id=item.call_id)
             if out.ok:
                 await self._complete(item, rec, attempt, started, out, raw)
@@ -266,8 +272,9 @@ class Executor:
         rec.state = "completed"
         rec.terminal_seq = receipt.stream_seq
         rec.terminal_event_id = event.id
-        # The completion is in the log: answer first (a reply is not a round trip), then
-        # record it in KV; until then a redelivery would find the event by its id.
+        # The completion is in the log: answer now (a reply costs no round trip), then record
+        # it in KV. A worker dying in between is the case it always was: the redelivery
+        # repeats the attempt, and its completion is a duplicate of this one by id.
         if receipt.duplicate:
             await self._reply(item, rec)  # an earlier delivery recorded it: answer with that one
         else:

@@ -156,11 +156,14 @@ class Breakers:
         at = time.time() if now is None else now
         shared = self.state(route)
         if shared.state != "closed":
-            if shared.probe != call_id:
-                return  # only the probe's outcome moves an open or half-open breaker
+            self.local.pop(route, None)  # counting starts afresh once it closes again
 
             def settle(raw: bytes | None) -> tuple[bytes | None, Transition | None]:
+                # the stored state, not the watched copy: that may not show yet that this
+                # call was just admitted as the probe
                 state = BreakerState.from_json(raw) if raw else BreakerState()
+                if state.state == "closed" or state.probe != call_id:
+                    return None, None  # only the probe's outcome moves an open or half-open breaker
                 new, transition = breaker_record(policy, state, ok=ok, counts=counts, now=at, call_id=call_id)
                 return (new.to_json() if new != state else None), transition
 
