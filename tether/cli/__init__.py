@@ -183,10 +183,11 @@ async def _up(args: argparse.Namespace) -> int:
         extra["replicas"] = args.replicas
     cfg = _config(args, **extra)
     where = cfg.url or f"embedded nats-server in {cfg.home}"
-    print(f"tether {__version__} starting: {where}", flush=True)
-    # Signals are handled from the very start: Ctrl-C while the server is still coming
-    # up stops it too, instead of leaving an orphan that no later `tether up` owns.
+    # Signals are handled from the very start (before the first line is printed): Ctrl-C
+    # while the server is still coming up stops it too, instead of leaving an orphan that
+    # no later `tether up` owns.
     with _stop_on_signals() as stop:
+        print(f"tether {__version__} starting: {where}", flush=True)
         connecting = asyncio.create_task(connect(config=cfg))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,289 @@
+"""The traces view: span trees of hand-built runs, crashes, out-of-order and duplicate events."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from tether.projections import TracesView, Upsert
+from tether.projections.traces import list_runs, trace
+from tether.schemas import (
+    BudgetExceeded,
+    CallDeadLettered,
+    CallRedriven,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    ErrorInfo,
+    Event,
+    LlmCallAttemptFailed,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    MemoryWritten,
+    RunFinished,
+    RunStarted,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+    Usage,
+)
+
+from ._runs import T0, TRACEPARENT, Run, by_hand, fold, republished, table
+
+R = Run(traceparent=TRACEPARENT)
+RATE = ErrorInfo(type="RateLimitError", status_code=429, message="slow down")
+DOWN = ErrorInfo(type="ServiceUnavailableError", status_code=503, message="overloaded")
+REFUSED = ErrorInfo(type="BudgetExceeded", message="run r1 would exceed its usd budget", retryable=False)
+C1_USAGE = Usage(input_tokens=1000, output_tokens=200, cached_input_tokens=400)
+
+
+def story() -> list[Event]:
+    """A run: an LLM call retried then fallen back, a flaky tool, a memory write, a refused call."""
+    return [
+        R(RunStarted(name="answer", tags=("demo",)), 0),
+        R(LlmCallRequested(call_id="c1", provider="openai", model="gpt-4o",
+                           parameters={"max_tokens": 50, "temperature": 0.2}), 1),
+        R(LlmCallAttemptFailed(call_id="c1", provider="openai", model="gpt-4o", attempt=1, error=RATE,
+                               latency_ms=200, decision="retry", retry_in_s=0.5), 1.2),
+        R(LlmCallAttemptFailed(call_id="c1", provider="openai", model="gpt-4o", attempt=2, error=DOWN,
+                               latency_ms=100, decision="fallback", next_provider="openai",
+                               next_model="gpt-4o-mini"), 1.8),
+        R(LlmCallCompleted(call_id="c1", provider="openai", model="gpt-4o-mini", attempt=3, usage=C1_USAGE,
+                           latency_ms=250, finish_reason="stop"), 2.1),
+        R(ToolCallRequested(call_id="t1", tool="search", idempotent=True), 3),
+        R(ToolCallAttemptFailed(call_id="t1", tool="search", attempt=1, decision="retry", retry_in_s=0.1,
+                                error=ErrorInfo(type="ConnectionError", message="reset"), duration_ms=50), 3.05),
+        R(ToolCallCompleted(call_id="t1", tool="search", attempt=2, result={"hits": 3}, duration_ms=40), 3.2),
+        R(MemoryWritten(namespace="agent:bot", key="q1", version=2, text="3 hits", source_call_id="t1"), 3.3),
+        R(LlmCallRequested(call_id="c2", provider="openai", model="gpt-4o"), 4),
+        R(BudgetExceeded(scope="run", scope_id="r1", unit="usd", limit=0.01, spent=0.009, requested=0.002,
+                         call_id="c2"), 4.01),
+        R(LlmCallFailed(call_id="c2", provider="openai", model="gpt-4o", attempts=0, error=REFUSED), 4.02),
+        R(CallDeadLettered(call_id="c2", call_kind="llm", reason="budget", attempts=0, error=REFUSED), 4.03),
+        R(RunFinished(status="error", duration_ms=4500.0, error=REFUSED), 4.5),
+    ]
+
+
+def crash() -> list[Event]:
+    """A run whose worker died: the call was requested, one attempt failed, then nothing."""
+    run = Run("r2", agent="bot")
+    return [
+        run(RunStarted(name="doomed"), 10),
+        run(LlmCallRequested(call_id="k1", provider="openai", model="gpt-4o"), 11),
+        run(LlmCallAttemptFailed(call_id="k1", provider="openai", model="gpt-4o", attempt=1, error=DOWN,
+                                 latency_ms=30, decision="retry", retry_in_s=2.0), 11.5),
+    ]
+
+
+def node(spans: list[dict[str, Any]], span_id: str) -> dict[str, Any]:
+    [found] = [s for s in spans if s["span_id"] == span_id]
+    return found
+
+
+def summary(spans: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(s["name"], s["status"], s["decision"]) for s in spans]
+
+
+# -- the tree -----------------------------------------------------------------------------------
+
+
+def test_a_run_is_a_tree_of_calls_attempts_and_decisions() -> None:
+    db = fold(TracesView(), story()).db
+    [root] = trace(db, "r1")
+    assert (root["name"], root["kind"], root["status"], root["duration_ms"]) == ("invoke_agent bot", "run", "error",
+                                                                                 4500.0)
+    assert root["trace_id"] == TRACEPARENT.split("-")[1]
+    assert root["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+    assert root["attributes"]["gen_ai.agent.name"] == "bot"
+    assert [c["name"] for c in root["children"]] == ["chat gpt-4o", "execute_tool search", "write_memory agent:bot",
+                                                     "chat gpt-4o"]
+    c1, t1, memory, c2 = root["children"]
+    assert all(s["trace_id"] == root["trace_id"] for s in (c1, t1, memory, c2)), "one trace per run"
+
+    assert summary(c1["children"]) == [
+        ("attempt 1 gpt-4o", "error", "retry"), ("backoff", "ok", None), ("attempt 2 gpt-4o", "error", "fallback"),
+        ("fallback openai:gpt-4o-mini", "ok", None), ("attempt 3 gpt-4o-mini", "ok", None)]
+    assert (c1["status"], c1["model"], c1["attempt"]) == ("ok", "gpt-4o-mini", 3), "served by the fallback"
+    assert c1["started_at"] == T0.timestamp() + 1 and c1["duration_ms"] == pytest.approx(1100)
+    assert (c1["input_tokens"], c1["output_tokens"], c1["cached_tokens"]) == (1000, 200, 400)
+    assert c1["cost_usd"] == pytest.approx(by_hand("openai", "gpt-4o-mini", C1_USAGE), rel=1e-9)
+    attrs = c1["attributes"]
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "openai"
+    assert (attrs["gen_ai.request.model"], attrs["gen_ai.response.model"]) == ("gpt-4o", "gpt-4o-mini")
+    assert (attrs["gen_ai.request.max_tokens"], attrs["gen_ai.request.temperature"]) == (50, 0.2)
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (1000, 200)
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == 400
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
+    first, backoff = c1["children"][:2]
+    assert (first["duration_ms"], first["error_type"], first["error_message"]) == (200, "RateLimitError", "slow down")
+    assert first["attributes"]["http.response.status_code"] == 429 and first["attributes"]["error.type"]
+    assert backoff["duration_ms"] == pytest.approx(500) and backoff["attributes"]["tether.retry_in_s"] == 0.5
+
+    assert (t1["status"], t1["attempt"]) == ("ok", 2)
+    assert t1["attributes"]["gen_ai.tool.name"] == "search" and t1["attributes"]["gen_ai.tool.call.id"] == "t1"
+    assert summary(t1["children"]) == [("attempt 1", "error", "retry"), ("backoff", "ok", None),
+                                       ("attempt 2", "ok", None)]
+    assert memory["attributes"]["tether.memory.key"] == "q1" and memory["attributes"]["tether.memory.version"] == 2
+
+    assert (c2["status"], c2["error_type"]) == ("error", "BudgetExceeded")
+    assert summary(c2["children"]) == [("budget_exceeded run", "error", None),
+                                       ("dead_letter budget", "error", None)]
+    assert c2["children"][0]["attributes"]["tether.budget.limit"] == 0.01
+
+
+def test_the_run_row_counts_its_spans() -> None:
+    [run] = list_runs(fold(TracesView(), story()).db)
+    assert (run["run_id"], run["agent"], run["name"], run["status"]) == ("r1", "bot", "answer", "error")
+    assert (run["events"], run["llm_calls"], run["tool_calls"]) == (14, 2, 1)
+    assert (run["errors"], run["failed_attempts"]) == (1, 3), "one call failed; three attempts failed"
+    assert (run["input_tokens"], run["output_tokens"], run["unpriced_calls"]) == (1000, 200, 0)
+    assert run["cost_usd"] == pytest.approx(by_hand("openai", "gpt-4o-mini", C1_USAGE), rel=1e-9)
+    assert (run["started_at"], run["ended_at"]) == (T0.timestamp(), T0.timestamp() + 4.5)
+    assert run["duration_ms"] == 4500.0 and run["error_type"] == "BudgetExceeded"
+    assert run["trace_id"] == TRACEPARENT.split("-")[1]
+
+
+def test_a_crash_leaves_its_spans_running() -> None:
+    db = fold(TracesView(), crash()).db
+    [run] = list_runs(db)
+    assert run["status"] == "running" and run["ended_at"] is None and run["duration_ms"] is None
+    [root] = trace(db, "r2")
+    [call] = root["children"]
+    assert (root["status"], call["status"], call["ended_at"], call["duration_ms"]) == ("running", "running", None,
+                                                                                      None)
+    assert summary(call["children"]) == [("attempt 1 gpt-4o", "error", "retry"), ("backoff", "ok", None)]
+
+    # The agent noticed and ended the run; the call it was waiting on never finished.
+    db = fold(TracesView(), [*crash(), Run("r2")(RunFinished(status="error"), 20)]).db
+    [root] = trace(db, "r2")
+    assert root["status"] == "error" and root["duration_ms"] == pytest.approx(10_000)
+    assert root["children"][0]["status"] == "running"
+    assert list_runs(db, status="running") == [] and len(list_runs(db, status="error")) == 1
+
+
+def test_sub_agent_runs_nest_in_their_parent() -> None:
+    child = Run("r1.sub", agent="researcher")
+    events = [*story(), child(RunStarted(name="dig", parent_run_id="r1"), 3.5),
+              child(ToolCallRequested(call_id="s1", tool="fetch"), 3.6),
+              child(ToolCallCompleted(call_id="s1", tool="fetch", duration_ms=10), 3.7),
+              child(RunFinished(status="ok"), 3.8)]
+    [root] = trace(fold(TracesView(), events).db, "r1")
+    sub = node(root["children"], "r1.sub")
+    assert sub["name"] == "invoke_agent researcher"
+    assert (sub["status"], [c["name"] for c in sub["children"]]) == ("ok", ["execute_tool fetch"])
+
+
+def test_circuit_transitions_on_the_run_routes_show_while_it_ran() -> None:
+    worker = Run(None, agent=None)
+    events = [*story(),
+              worker(CircuitOpened(route="openai:gpt-4o", reason="5 failures in a row", cooldown_s=30), 1.5),
+              worker(CircuitHalfOpened(route="openai:gpt-4o", probe_call_id="c1"), 1.9),
+              worker(CircuitClosed(route="openai:gpt-4o", open_for_s=0.5), 2.0),
+              worker(CircuitOpened(route="openai:gpt-4o", reason="later", cooldown_s=30), 60),
+              worker(CircuitOpened(route="anthropic:claude", reason="elsewhere", cooldown_s=30), 1.5)]
+    [root] = trace(fold(TracesView(), events).db, "r1")
+    circuits = [c["name"] for c in root["children"] if c["kind"] == "circuit"]
+    assert circuits == ["circuit opened openai:gpt-4o", "circuit closed openai:gpt-4o"]
+    c1 = node(root["children"], "c1")
+    assert "circuit half_opened openai:gpt-4o" in [c["name"] for c in c1["children"]], "under its probe call"
+    assert root["children"][1]["status"] == "error" and root["children"][1]["attributes"]["tether.circuit.reason"]
+
+
+def test_a_call_outside_any_run_is_traced_by_its_id() -> None:
+    loose = Run(None, agent=None)
+    db = fold(TracesView(), [loose(ToolCallRequested(call_id="x1", tool="t"), 0),
+                             loose(ToolCallCompleted(call_id="x1", tool="t"), 1),
+                             loose(CallRedriven(call_id="x1", new_call_id="x2"), 2)]).db
+    assert list_runs(db) == []
+    [call] = trace(db, "x1")
+    assert (call["name"], call["status"], [c["kind"] for c in call["children"]]) == ("execute_tool t", "ok",
+                                                                                     ["redrive"])
+    assert call["children"][0]["attributes"]["tether.call.new_id"] == "x2"
+    assert trace(db, "nope") == []
+
+
+def test_a_run_without_lifecycle_events_takes_its_status_from_its_calls() -> None:
+    ok, bad = Run("ok-run"), Run("bad-run")
+    db = fold(TracesView(), [
+        ok(ToolCallRequested(call_id="a", tool="t"), 0), ok(ToolCallCompleted(call_id="a", tool="t"), 1),
+        bad(ToolCallRequested(call_id="b", tool="t"), 0),
+        bad(CallDeadLettered(call_id="b", call_kind="tool", reason="not_retryable", attempts=1), 2),
+        bad(ToolCallFailed(call_id="b", tool="t", attempts=1, error=DOWN), 2)]).db
+    status = {r["run_id"]: (r["status"], r["ended_at"]) for r in list_runs(db)}
+    assert status == {"ok-run": ("ok", T0.timestamp() + 1), "bad-run": ("error", T0.timestamp() + 2)}
+
+
+# -- order and duplicates -------------------------------------------------------------------------
+
+
+def test_a_completion_read_before_its_request_gives_the_same_rows() -> None:
+    events = story()
+    seqs = list(range(1, len(events) + 1))
+    swapped = [0, 4, 3, 2, 1, *range(5, len(events))]  # completed, attempts, then requested
+    in_order = fold(TracesView(), events)
+    out_of_order = fold(TracesView(), [events[i] for i in swapped], seqs=[seqs[i] for i in swapped])
+    assert out_of_order.checksum() == in_order.checksum()
+    c1 = node(trace(out_of_order.db, "r1")[0]["children"], "c1")
+    assert (c1["model"], c1["started_at"]) == ("gpt-4o-mini", T0.timestamp() + 1), "name and start from the request"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_order_with_duplicates_gives_the_same_rows(seed: int) -> None:
+    rng = random.Random(seed)
+    events = [*story(), *crash()]
+    events += [rng.choice(events) for _ in range(6)]  # redelivered: the same event at a later position
+    events += [republished(rng.choice(events)) for _ in range(6)]  # re-sent under a new id
+    seqs = list(range(1, len(events) + 1))
+    order = list(range(len(events)))
+    rng.shuffle(order)
+    expected = fold(TracesView(), events)
+    shuffled = fold(TracesView(), [events[i] for i in order], seqs=[seqs[i] for i in order])
+    assert shuffled.checksum() == expected.checksum()
+    assert trace(shuffled.db, "r1") == trace(expected.db, "r1")
+
+
+def test_duplicates_do_not_double_any_count() -> None:
+    events = [*story(), *crash()]
+    once = list_runs(fold(TracesView(), events).db)
+    twice = list_runs(fold(TracesView(), [*events, *events, *map(republished, events)]).db)
+    strip = ("first_seq", "last_seq")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in twice] == [
+        {k: v for k, v in r.items() if k not in strip} for r in once]
+    assert once[1]["events"] == 14
+
+
+# -- queries and the fold's shape -----------------------------------------------------------------
+
+
+def test_list_runs_filters_newest_first() -> None:
+    other = Run("r3", agent="helper")
+    db = fold(TracesView(), [*story(), *crash(), other(RunStarted(), 30), other(RunFinished(status="ok"), 31)]).db
+    assert [r["run_id"] for r in list_runs(db)] == ["r3", "r2", "r1"]
+    assert [r["run_id"] for r in list_runs(db, agent="bot")] == ["r2", "r1"]
+    assert [r["run_id"] for r in list_runs(db, status="running")] == ["r2"]
+    assert [r["run_id"] for r in list_runs(db, since=T0.timestamp() + 5)] == ["r3", "r2"]
+    assert [r["run_id"] for r in list_runs(db, limit=1)] == ["r3"]
+    assert [r["run_id"] for r in list_runs(db, status="ok", limit=1)] == ["r3"]
+
+
+def test_apply_is_pure_and_announces_the_run() -> None:
+    view = TracesView()
+    event = story()[4]
+    ops = view.apply(event, 5)
+    assert ops == view.apply(event, 5)
+    assert {t.name for t in view.tables} == {op.table for op in ops}
+    assert {view.notify_key(op) for op in ops} == {"r1"}
+    assert all(isinstance(op, Upsert) for op in ops)
+
+
+def test_events_it_does_not_read_only_move_the_checkpoint() -> None:
+    view = TracesView()
+    assert view.types is not None and "tether.llm.call.completed" in view.types
+    future = Event.model_construct(**{**story()[4].__dict__, "type": "tether.llm.call.streamed"})
+    assert future.type not in view.types
+    store = fold(view, [future])
+    assert table(store.db, "spans") == [] and store.seq == 1

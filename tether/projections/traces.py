@@ -1,0 +1,579 @@
+"""The traces view: a span tree per run, named after the OpenTelemetry GenAI conventions.
+
+Every run gets an ``invoke_agent {agent}`` span; under it, each LLM call is a
+``chat {model}`` span (``embeddings {model}``... for other operations), each tool call an
+``execute_tool {name}`` span, and each memory write a ``write_memory {namespace}`` span.
+Under a call hang its failed attempts (``attempt N``, with the error and what tether
+decided), the backoff waits and fallbacks in between, a budget refusal and the
+dead-lettering. A span that started and never finished keeps ``status='running'``: that
+is what a crash looks like. Circuit-breaker transitions belong to a route, not a run;
+:func:`trace` shows those of the run's routes while it ran.
+
+Span ids are derived from what the events name (the run id, the call id,
+``{call_id}#a{N}`` for attempt N...), never from the order events arrive in, and every
+column is merged with a rule that makes the fold insensitive to order and to duplicates
+where it can be: a completion read before its request, or an event published twice,
+gives the same rows. Counters are not stored; :func:`list_runs` counts the span rows
+(each distinct event of a run leaves its mark on exactly one: a request sets its call's
+``attributes``, an outcome its ``end_attributes``, a failed attempt its own span's).
+
+Tables (``started_at``/``ended_at`` are epoch seconds, UTC):
+
+* ``runs``: one row per run id seen on any event;
+* ``spans``: one row per span; ``attributes`` holds the GenAI attributes known when the
+  span opened and ``end_attributes`` those known when it closed (JSON objects with
+  disjoint keys; :func:`trace` returns them merged as ``attributes``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tether.schemas import (
+    BudgetExceeded,
+    CallDeadLettered,
+    CallRedriven,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    ErrorInfo,
+    Event,
+    LlmCallAttemptFailed,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    MemoryCompacted,
+    MemoryDeleted,
+    MemoryWritten,
+    RunFinished,
+    RunStarted,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallRequested,
+)
+
+from ._ops import Merge, Op, Table, Upsert
+from ._priced import call_price
+from ._store import Projection
+
+__all__ = ["TracesView", "list_runs", "trace"]
+
+RUNS = Table("runs", {
+    "run_id": "TEXT", "agent": "TEXT", "name": "TEXT", "parent_run_id": "TEXT", "tenant": "TEXT",
+    "status": "TEXT", "started_at": "REAL", "ended_at": "REAL", "duration_ms": "REAL", "last_at": "REAL",
+    "error_type": "TEXT", "error_message": "TEXT", "trace_id": "TEXT", "first_seq": "INTEGER",
+    "last_seq": "INTEGER",
+}, key=("run_id",), indexes=(("started_at",), ("parent_run_id",)))
+
+SPANS = Table("spans", {
+    "span_id": "TEXT", "run_id": "TEXT", "parent_id": "TEXT", "trace_id": "TEXT", "kind": "TEXT", "name": "TEXT",
+    "status": "TEXT", "started_at": "REAL", "ended_at": "REAL", "duration_ms": "REAL", "agent": "TEXT",
+    "call_id": "TEXT", "route": "TEXT", "provider": "TEXT", "model": "TEXT", "tool": "TEXT", "attempt": "INTEGER",
+    "input_tokens": "INTEGER", "output_tokens": "INTEGER", "cached_tokens": "INTEGER",
+    "reasoning_tokens": "INTEGER", "cost_usd": "REAL", "priced": "INTEGER", "error_type": "TEXT",
+    "error_message": "TEXT", "decision": "TEXT", "attributes": "TEXT", "end_attributes": "TEXT",
+    "first_seq": "INTEGER", "last_seq": "INTEGER",
+}, key=("span_id",), indexes=(("run_id",), ("call_id",), ("route", "started_at")))
+
+# gen_ai.operation.name for tether's operations (the span is named "{operation} {model}").
+OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat", "embeddings": "embeddings",
+              "completions": "text_completion"}
+_PARAMETERS = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
+               "max_output_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+               "top_k": "top_k", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+               "seed": "seed", "stop": "stop_sequences", "n": "choice.count"}
+
+Cols = dict[str, tuple[Any, Merge]]
+
+
+class TracesView(Projection):
+    """Runs and their span trees (see the module docstring for the tables)."""
+
+    name = "traces"
+    version = 1
+    tables = (RUNS, SPANS)
+    types = frozenset(c.event_type for c in (
+        RunStarted, RunFinished, LlmCallRequested, LlmCallAttemptFailed, LlmCallCompleted, LlmCallFailed,
+        ToolCallRequested, ToolCallAttemptFailed, ToolCallCompleted, ToolCallFailed, MemoryWritten, MemoryDeleted,
+        MemoryCompacted, CallDeadLettered, CallRedriven, CircuitOpened, CircuitHalfOpened, CircuitClosed,
+        BudgetExceeded))
+
+    def apply(self, event: Event, seq: int) -> list[Op]:
+        fold = _Fold(event, seq)
+        ops = fold.spans()  # first: run.started / run.finished say what goes in the run's rows
+        if event.runid:
+            ops[:0] = fold.run_rows()
+        return ops
+
+    def notify_key(self, op: Op) -> str | None:
+        """Changes are announced per run (``tether.proj.traces.<run_id>``), else per span."""
+        values = op.values if isinstance(op, Upsert) else op.key
+        key = values.get("run_id") or values.get("span_id")
+        return None if key is None else str(key)
+
+
+class _Fold:
+    """The row operations of one event. Pure: reads nothing but the event."""
+
+    def __init__(self, event: Event, seq: int) -> None:
+        self.event = event
+        self.seq = seq
+        self.at = event.time.timestamp()
+        self.trace_id = _trace_id(event.traceparent)
+        self.run_cols: Cols = {}
+        self.run_span_cols: Cols = {}
+
+    # -- the run: its row and its span ------------------------------------------------------------
+
+    def run_rows(self) -> list[Upsert]:
+        ev, at, seq = self.event, self.at, self.seq
+        agent = ev.agentid
+        common: Cols = {"agent": (agent, "keep"), "trace_id": (self.trace_id, "keep"), "started_at": (at, "min"),
+                        "first_seq": (seq, "min"), "last_seq": (seq, "max")}
+        run = {**common, "tenant": (ev.extensions.get("tenant"), "keep"), "last_at": (at, "max"),
+               **self.run_cols}
+        span = {**common, "run_id": (ev.runid, "set"), "kind": ("run", "keep"),
+                "name": (f"invoke_agent {agent}" if agent else "invoke_agent", "keep"), **self.run_span_cols}
+        return [_upsert("runs", {"run_id": ev.runid}, run), _upsert("spans", {"span_id": ev.runid}, span)]
+
+    def _run_started(self, data: RunStarted) -> None:
+        agent = self.event.agentid or data.name or self.event.runid
+        self.run_cols = {"name": (data.name, "coalesce"), "parent_run_id": (data.parent_run_id, "coalesce"),
+                         "status": ("running", "keep"), "trace_id": (self.trace_id, "coalesce")}
+        self.run_span_cols = {
+            "name": (f"invoke_agent {agent}", "coalesce"), "status": ("running", "keep"),
+            "parent_id": (data.parent_run_id, "coalesce"), "trace_id": (self.trace_id, "coalesce"),
+            "attributes": (_json({
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
+                "gen_ai.agent.id": self.event.agentid, "tether.run.id": self.event.runid,
+                "tether.run.name": data.name, "tether.run.parent_id": data.parent_run_id,
+                "tether.run.tags": list(data.tags) or None, "tether.traceparent": self.event.traceparent,
+            }), "coalesce")}
+
+    def _run_finished(self, data: RunFinished) -> None:
+        error = data.error
+        ended: Cols = {"status": (data.status, "coalesce"), "ended_at": (self.at, "max"),
+                       "duration_ms": (data.duration_ms, "coalesce"),
+                       "error_type": (error.type if error else None, "coalesce"),
+                       "error_message": (error.message or None if error else None, "coalesce")}
+        self.run_cols = ended
+        self.run_span_cols = {**ended, "end_attributes": (_json({
+            "tether.run.status": data.status, **_error_attributes(error)}), "coalesce")}
+
+    # -- the event's own spans -----------------------------------------------------------------
+
+    def spans(self) -> list[Op]:
+        match self.event.data:
+            case RunStarted() as d:
+                self._run_started(d)
+                return []
+            case RunFinished() as d:
+                self._run_finished(d)
+                return []
+            case LlmCallRequested() as d:
+                op = OPERATIONS.get(d.operation, d.operation)
+                params = {f"gen_ai.request.{_PARAMETERS[k]}": v for k, v in d.parameters.items() if k in _PARAMETERS}
+                return [self._call(d.call_id, "llm", {
+                    "name": (f"{op} {d.model}", "coalesce"), "status": ("running", "keep"),
+                    "started_at": (self.at, "min"), "provider": (d.provider, "keep"), "model": (d.model, "keep"),
+                    "route": (f"{d.provider}:{d.model}", "coalesce"),
+                    "attributes": (_json({
+                        "gen_ai.operation.name": op, "gen_ai.provider.name": d.provider,
+                        "gen_ai.request.model": d.model, **params, "tether.call.id": d.call_id,
+                        "tether.operation": d.operation, "tether.mode": d.mode, "tether.stream": d.stream or None,
+                        "tether.route": d.route, "tether.traceparent": self.event.traceparent,
+                    }), "coalesce")})]
+            case ToolCallRequested() as d:
+                return [self._call(d.call_id, "tool", {
+                    "name": (f"execute_tool {d.tool}", "coalesce"), "status": ("running", "keep"),
+                    "started_at": (self.at, "min"), "tool": (d.tool, "keep"), "route": (f"tool:{d.tool}", "keep"),
+                    "attributes": (_json({
+                        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": d.tool,
+                        "gen_ai.tool.call.id": d.call_id, "gen_ai.tool.type": "function",
+                        "tether.call.id": d.call_id, "tether.mode": d.mode, "tether.idempotent": d.idempotent,
+                        "tether.traceparent": self.event.traceparent,
+                    }), "coalesce")})]
+            case LlmCallAttemptFailed() as d:
+                return self._attempt_failed(d.call_id, "llm", d.attempt, d.error, d.latency_ms, d.decision,
+                                            d.retry_in_s, provider=d.provider, model=d.model,
+                                            next_route=f"{d.next_provider}:{d.next_model}" if d.next_model else None)
+            case ToolCallAttemptFailed() as d:
+                return self._attempt_failed(d.call_id, "tool", d.attempt, d.error, d.duration_ms, d.decision,
+                                            d.retry_in_s, tool=d.tool)
+            case LlmCallCompleted() as d:
+                return self._llm_completed(d)
+            case ToolCallCompleted() as d:
+                started = self.at - (d.duration_ms or 0.0) / 1000
+                ops: list[Op] = [self._call(d.call_id, "tool", {
+                    "name": (f"execute_tool {d.tool}", "keep"), "status": ("ok", "coalesce"),
+                    "started_at": (started, "min"), "ended_at": (self.at, "max"), "tool": (d.tool, "keep"),
+                    "route": (f"tool:{d.tool}", "keep"), "attempt": (d.attempt, "max"),
+                    "end_attributes": (_json({"tether.attempts": d.attempt, "tether.duration_ms": d.duration_ms}),
+                                       "coalesce")})]
+                if d.attempt > 1:
+                    ops.append(self._attempt_ok(d.call_id, d.attempt, started, d.duration_ms, tool=d.tool))
+                return ops
+            case LlmCallFailed() as d:
+                return [self._call_failed(d.call_id, "llm", d.attempts, d.error, provider=d.provider,
+                                          model=d.model)]
+            case ToolCallFailed() as d:
+                return [self._call_failed(d.call_id, "tool", d.attempts, d.error, tool=d.tool)]
+            case CallDeadLettered() as d:
+                return [self._mark(f"{d.call_id}#dead_letter", "dead_letter", f"dead_letter {d.reason}", "error",
+                                   parent=d.call_id, call_id=d.call_id, error=d.error, attributes={
+                                       "tether.dead_letter.reason": d.reason, "tether.attempts": d.attempts,
+                                       "tether.dlq_seq": d.dlq_seq, "tether.call.kind": d.call_kind})]
+            case CallRedriven() as d:
+                return [self._mark(f"{d.call_id}#redriven/{d.new_call_id}", "redrive", "redrive", "ok",
+                                   parent=d.call_id, call_id=d.call_id, attributes={
+                                       "tether.call.new_id": d.new_call_id, "tether.dlq_seq": d.dlq_seq})]
+            case BudgetExceeded() as d:
+                message = (f"{d.scope} {d.scope_id} would exceed its {d.unit} budget: spent {d.spent:g} of "
+                           f"{d.limit:g}" + (f", needs {d.requested:g}" if d.requested is not None else ""))
+                return [self._mark(f"{d.call_id}#budget" if d.call_id else f"budget:{self.event.id}", "budget",
+                                   f"budget_exceeded {d.scope}", "error", parent=d.call_id or self.event.runid,
+                                   call_id=d.call_id, error=ErrorInfo(type="BudgetExceeded", message=message),
+                                   attributes={"tether.budget.scope": d.scope, "tether.budget.scope_id": d.scope_id,
+                                               "tether.budget.unit": d.unit, "tether.budget.limit": d.limit,
+                                               "tether.budget.spent": d.spent,
+                                               "tether.budget.requested": d.requested})]
+            case MemoryWritten() | MemoryDeleted() | MemoryCompacted() as d:
+                verb = {"written": "write", "deleted": "delete", "compacted": "compact"}[d.action]
+                version = d.version if d.version is not None else self.event.id
+                suffix = "" if verb == "write" else f"#{d.action}"
+                extra: dict[str, Any] = {}
+                if isinstance(d, MemoryWritten):
+                    extra = {"tether.memory.text_length": len(d.text), "tether.memory.encrypted": bool(d.key_id)
+                             or None, "tether.memory.source_call_id": d.source_call_id}
+                elif isinstance(d, MemoryDeleted):
+                    extra = {"tether.memory.reason": d.reason}
+                else:
+                    extra = {"tether.memory.replaced": list(d.replaced), "tether.memory.summarizer": d.summarizer,
+                             "tether.memory.source_call_id": d.source_call_id}
+                return [self._mark(f"mem:{d.namespace}/{d.key}@{version}{suffix}", "memory",
+                                   f"{verb}_memory {d.namespace}", "ok", parent=self.event.runid, attributes={
+                                       "tether.memory.namespace": d.namespace, "tether.memory.key": d.key,
+                                       "tether.memory.version": d.version, **extra})]
+            case CircuitOpened() | CircuitHalfOpened() | CircuitClosed() as d:
+                attrs: dict[str, Any] = {"tether.circuit.route": d.route, "tether.circuit.state": d.action}
+                if isinstance(d, CircuitOpened):
+                    attrs |= {"tether.circuit.reason": d.reason, "tether.circuit.failures": d.failures,
+                              "tether.circuit.failure_rate": d.failure_rate, "tether.circuit.cooldown_s": d.cooldown_s}
+                elif isinstance(d, CircuitHalfOpened):
+                    attrs["tether.circuit.probe_call_id"] = d.probe_call_id
+                else:
+                    attrs["tether.circuit.open_for_s"] = d.open_for_s
+                return [self._mark(f"circuit:{self.event.id}", "circuit", f"circuit {d.action} {d.route}",
+                                   "error" if isinstance(d, CircuitOpened) else "ok", route=d.route,
+                                   parent=d.probe_call_id if isinstance(d, CircuitHalfOpened) else None,
+                                   attributes=attrs)]
+        return []
+
+    # -- span builders -------------------------------------------------------------------------
+
+    def _span(self, span_id: str, cols: Cols) -> Upsert:
+        base: Cols = {"run_id": (self.event.runid, "keep"), "trace_id": (self.trace_id, "keep"),
+                      "agent": (self.event.agentid, "keep"), "first_seq": (self.seq, "min"),
+                      "last_seq": (self.seq, "max")}
+        return _upsert("spans", {"span_id": span_id}, {**base, **cols})
+
+    def _call(self, call_id: str, kind: str, cols: Cols) -> Upsert:
+        return self._span(call_id, {"parent_id": (self.event.runid, "keep"), "kind": (kind, "keep"),
+                                    "call_id": (call_id, "keep"), **cols})
+
+    def _llm_completed(self, d: LlmCallCompleted) -> list[Op]:
+        u = d.usage
+        cost = call_price(d.provider, d.model, u, self.event.time)
+        started = self.at - (d.latency_ms or 0.0) / 1000
+        ops: list[Op] = [self._call(d.call_id, "llm", {
+            "name": (f"chat {d.model}", "keep"), "status": ("ok", "coalesce"), "started_at": (started, "min"),
+            "ended_at": (self.at, "max"), "provider": (d.provider, "coalesce"), "model": (d.model, "coalesce"),
+            "route": (f"{d.provider}:{d.model}", "keep"), "attempt": (d.attempt, "max"),
+            "input_tokens": (u.input_tokens, "coalesce"), "output_tokens": (u.output_tokens, "coalesce"),
+            "cached_tokens": (u.cached_input_tokens, "coalesce"),
+            "reasoning_tokens": (u.reasoning_tokens, "coalesce"), "cost_usd": (cost.usd, "coalesce"),
+            "priced": (int(cost.priced), "coalesce"),
+            "end_attributes": (_json({
+                "gen_ai.response.model": d.model, "gen_ai.provider.name": d.provider,
+                "gen_ai.usage.input_tokens": u.input_tokens, "gen_ai.usage.output_tokens": u.output_tokens,
+                "gen_ai.usage.cache_read.input_tokens": u.cached_input_tokens or None,
+                "gen_ai.usage.cache_creation.input_tokens": u.cache_write_tokens or None,
+                "gen_ai.usage.reasoning.output_tokens": u.reasoning_tokens or None,
+                "gen_ai.response.finish_reasons": [d.finish_reason] if d.finish_reason else None,
+                "tether.attempts": d.attempt, "tether.latency_ms": d.latency_ms, "tether.ttft_ms": d.ttft_ms,
+                "tether.cost.usd": cost.usd, "tether.cost.source": cost.source, "tether.cost.version": cost.version,
+                "tether.cost.unpriced_reason": cost.unpriced_reason,
+            }), "coalesce")})]
+        if d.attempt > 1:
+            ops.append(self._attempt_ok(d.call_id, d.attempt, started, d.latency_ms, provider=d.provider,
+                                        model=d.model))
+        return ops
+
+    def _attempt_ok(self, call_id: str, attempt: int, started: float, took_ms: float | None, *,
+                    provider: str | None = None, model: str | None = None, tool: str | None = None) -> Upsert:
+        """The attempt that succeeded, shown beside the failed ones when there were any."""
+        return self._span(f"{call_id}#a{attempt}", {
+            **self._attempt_cols(call_id, attempt, provider, model, tool), "status": ("ok", "coalesce"),
+            "started_at": (started, "min"), "ended_at": (self.at, "max"), "duration_ms": (took_ms, "coalesce")})
+
+    def _attempt_cols(self, call_id: str, attempt: int, provider: str | None, model: str | None,
+                      tool: str | None) -> Cols:
+        return {"parent_id": (call_id, "keep"), "kind": ("attempt", "keep"), "call_id": (call_id, "keep"),
+                "name": (f"attempt {attempt}" + (f" {model}" if model else ""), "keep"),
+                "attempt": (attempt, "keep"), "provider": (provider, "keep"), "model": (model, "keep"),
+                "tool": (tool, "keep"), "route": (f"{provider}:{model}" if model else f"tool:{tool}", "keep")}
+
+    def _attempt_failed(self, call_id: str, kind: str, attempt: int, error: ErrorInfo, took_ms: float | None,
+                        decision: str, retry_in_s: float | None, *, provider: str | None = None,
+                        model: str | None = None, tool: str | None = None, next_route: str | None = None) -> list[Op]:
+        at = self.at
+        started = at - (took_ms or 0.0) / 1000
+        call_cols: Cols = {"kind": (kind, "keep"), "status": ("running", "keep"), "started_at": (started, "min"),
+                           "attempt": (attempt, "max")}
+        if kind == "tool":  # an LLM attempt's model may be a fallback's: the call's comes from its request
+            call_cols |= {"name": (f"execute_tool {tool}", "keep"), "tool": (tool, "keep"),
+                          "route": (f"tool:{tool}", "keep")}
+        ops: list[Op] = [self._call(call_id, kind, call_cols), self._span(f"{call_id}#a{attempt}", {
+            **self._attempt_cols(call_id, attempt, provider, model, tool), "status": ("error", "keep"),
+            "started_at": (started, "min"), "ended_at": (at, "max"), "duration_ms": (took_ms, "keep"),
+            "error_type": (error.type, "keep"), "error_message": (error.message or None, "keep"),
+            "decision": (decision, "keep"),
+            "attributes": (_json({**_error_attributes(error), "tether.attempt": attempt,
+                                  "tether.decision": decision, "tether.retry_in_s": retry_in_s,
+                                  "tether.next_route": next_route}), "keep")})]
+        if decision == "retry":
+            ops.append(self._mark(f"{call_id}#a{attempt}/backoff", "backoff", "backoff", "ok", parent=call_id,
+                                  call_id=call_id, until=at + (retry_in_s or 0.0),
+                                  attributes={"tether.decision": "retry", "tether.retry_in_s": retry_in_s}))
+        elif decision == "fallback":
+            ops.append(self._mark(f"{call_id}#a{attempt}/fallback", "fallback", f"fallback {next_route}", "ok",
+                                  parent=call_id, call_id=call_id, until=at + (retry_in_s or 0.0),
+                                  attributes={"tether.decision": "fallback", "tether.next_route": next_route,
+                                              "tether.retry_in_s": retry_in_s}))
+        return ops
+
+    def _call_failed(self, call_id: str, kind: str, attempts: int, error: ErrorInfo, *,
+                     provider: str | None = None, model: str | None = None, tool: str | None = None) -> Upsert:
+        cols: Cols = {"kind": (kind, "keep"), "status": ("error", "coalesce"), "started_at": (self.at, "min"),
+                      "ended_at": (self.at, "max"), "attempt": (attempts or None, "max"),
+                      "error_type": (error.type, "coalesce"), "error_message": (error.message or None, "coalesce"),
+                      "end_attributes": (_json({**_error_attributes(error), "tether.attempts": attempts}),
+                                         "coalesce")}
+        if kind == "llm":
+            cols |= {"name": (f"chat {model}", "keep"), "provider": (provider, "coalesce"),
+                     "model": (model, "coalesce"), "route": (f"{provider}:{model}", "keep")}
+        else:
+            cols |= {"name": (f"execute_tool {tool}", "keep"), "tool": (tool, "keep"),
+                     "route": (f"tool:{tool}", "keep")}
+        return self._call(call_id, kind, cols)
+
+    def _mark(self, span_id: str, kind: str, name: str, status: str, *, parent: str | None,
+              attributes: Mapping[str, Any], call_id: str | None = None, route: str | None = None,
+              error: ErrorInfo | None = None, until: float | None = None) -> Upsert:
+        """A span of one event: zero-length, or lasting ``until`` (a backoff's wait)."""
+        end = self.at if until is None else until
+        return self._span(span_id, {
+            "parent_id": (parent, "set"), "kind": (kind, "set"), "name": (name, "set"), "status": (status, "set"),
+            "started_at": (self.at, "min"), "ended_at": (end, "max"), "duration_ms": ((end - self.at) * 1000, "set"),
+            "call_id": (call_id, "set"), "route": (route, "set"),
+            "error_type": (error.type if error else None, "set"),
+            "error_message": (error.message or None if error else None, "set"),
+            "attributes": (_json({**_error_attributes(error), **attributes}), "set")})
+
+
+def _upsert(table: str, key: Mapping[str, Any], cols: Cols) -> Upsert:
+    values = dict(key)
+    merge: dict[str, Merge] = {}
+    for column, (value, rule) in cols.items():
+        values[column] = value
+        if rule != "set":
+            merge[column] = rule
+    return Upsert(table, values, merge)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _json(attributes: Mapping[str, Any]) -> str | None:
+    """Attributes that are set, as compact JSON (in the fold's own, fixed key order)."""
+    kept = {k: v for k, v in attributes.items() if v is not None}
+    return _ENCODE(kept) if kept else None
+
+
+def _error_attributes(error: ErrorInfo | None) -> dict[str, Any]:
+    if error is None:
+        return {}
+    return {"error.type": error.type, "http.response.status_code": error.status_code,
+            "tether.error.message": error.message or None, "tether.error.code": error.code,
+            "tether.error.retryable": error.retryable}
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _rows(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    cursor = db.execute(sql, params)
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _epoch(value: datetime | float | None) -> float | None:
+    if value is None or isinstance(value, float | int):
+        return value
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+_AGGREGATES = """
+SELECT run_id,
+       sum(kind = 'llm') AS llm_calls,
+       sum(kind = 'tool') AS tool_calls,
+       sum(kind IN ('llm', 'tool') AND status = 'error') AS errors,
+       sum(kind = 'attempt' AND status = 'error') AS failed_attempts,
+       sum(kind IN ('llm', 'tool') AND status = 'running') AS running_calls,
+       coalesce(sum(CASE WHEN kind = 'llm' THEN input_tokens END), 0) AS input_tokens,
+       coalesce(sum(CASE WHEN kind = 'llm' THEN output_tokens END), 0) AS output_tokens,
+       sum(CASE WHEN kind = 'llm' THEN cost_usd END) AS cost_usd,
+       sum(kind = 'llm' AND priced = 0) AS unpriced_calls,
+       max(ended_at) AS spans_ended_at,
+       sum(CASE WHEN kind IN ('run', 'llm', 'tool') THEN (attributes IS NOT NULL) + (end_attributes IS NOT NULL)
+                WHEN kind = 'attempt' THEN attributes IS NOT NULL
+                WHEN kind IN ('backoff', 'fallback', 'circuit') THEN 0
+                ELSE 1 END) AS events
+FROM spans WHERE run_id IN ({marks}) GROUP BY run_id
+"""
+
+
+def _run_status(stored: str | None, running_calls: int, errors: int) -> str:
+    """A finished run's own word; else ``running`` while it or a call is open; else by its calls."""
+    if stored in ("ok", "error", "cancelled"):
+        return stored
+    if stored == "running" or running_calls:
+        return "running"
+    return "error" if errors else "ok"
+
+
+def _with_counts(db: sqlite3.Connection, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not runs:
+        return runs
+    ids = [r["run_id"] for r in runs]
+    marks = ", ".join("?" for _ in ids)
+    agg = {a["run_id"]: a for a in _rows(db, _AGGREGATES.format(marks=marks), ids)}
+    out = []
+    for run in runs:
+        a = agg.get(run["run_id"], {})
+        counts = {k: int(a.get(k) or 0) for k in ("events", "llm_calls", "tool_calls", "errors", "failed_attempts",
+                                                  "input_tokens", "output_tokens", "unpriced_calls")}
+        status = _run_status(run["status"], int(a.get("running_calls") or 0), counts["errors"])
+        ended = run["ended_at"]
+        if ended is None and status != "running":
+            ended = max((x for x in (a.get("spans_ended_at"), run["last_at"]) if x is not None), default=None)
+        duration = run["duration_ms"]
+        if duration is None and ended is not None and run["started_at"] is not None:
+            duration = (ended - run["started_at"]) * 1000
+        out.append({**run, "status": status, "ended_at": ended, "duration_ms": duration, **counts,
+                    "cost_usd": a.get("cost_usd")})
+    return out
+
+
+def list_runs(db: sqlite3.Connection, *, limit: int = 50, agent: str | None = None, status: str | None = None,
+              since: datetime | float | None = None) -> list[dict[str, Any]]:
+    """The newest runs first, with their counts, tokens and cost (summed from their spans).
+
+    ``status`` is the run's own (from ``run.finished``) when it has one; a run still open,
+    or with a call still open, is ``running``; a run without lifecycle events is ``error``
+    when one of its calls failed, else ``ok``.
+    """
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if agent is not None:
+        where.append("agent = ?")
+        params.append(agent)
+    if since is not None:
+        where.append("started_at >= ?")
+        params.append(_epoch(since))
+    cursor = db.execute(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY started_at DESC, run_id",
+                        params)
+    names = [c[0] for c in cursor.description]
+    out: list[dict[str, Any]] = []
+    while len(out) < limit:
+        page = [dict(zip(names, row, strict=True)) for row in cursor.fetchmany(max(limit, 100))]
+        if not page:
+            break
+        out.extend(r for r in _with_counts(db, page) if status is None or r["status"] == status)
+    return out[:limit]
+
+
+def trace(db: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    """The span tree of a run (its sub-agents' runs nested in it), or of a call id.
+
+    Returns the root spans (normally one, the run's), each a dict of the span's columns
+    with ``attributes`` (merged), ``duration_ms`` (computed for spans that ended) and
+    ``children``, sorted by start time. Circuit-breaker transitions on the run's routes
+    while it ran appear under the run. Empty if the id is unknown.
+    """
+    runs = [r for (r,) in db.execute(
+        "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT runs.run_id FROM runs JOIN tree "
+        "ON runs.parent_run_id = tree.id) SELECT id FROM tree", (run_id,))]
+    marks = ", ".join("?" for _ in runs)
+    spans = _rows(db, f"SELECT * FROM spans WHERE run_id IN ({marks})", runs)
+    if not spans:  # a call made outside any run, or a call id
+        spans = _rows(db, "SELECT * FROM spans WHERE span_id = ? OR call_id = ?", (run_id, run_id))
+    if not spans:
+        return []
+    spans += _circuits(db, spans)
+    counts = {r["run_id"]: r for r in _with_counts(db, _rows(db, f"SELECT * FROM runs WHERE run_id IN ({marks})",
+                                                              runs))}
+    by_id: dict[str, dict[str, Any]] = {}
+    for span in spans:
+        attributes = {**json.loads(span.pop("attributes") or "{}"), **json.loads(span.pop("end_attributes") or "{}")}
+        if span["kind"] == "run" and span["span_id"] in counts:
+            run = counts[span["span_id"]]
+            span |= {"status": run["status"], "ended_at": run["ended_at"], "input_tokens": run["input_tokens"],
+                     "output_tokens": run["output_tokens"], "cost_usd": run["cost_usd"]}
+        if span["duration_ms"] is None and span["ended_at"] is not None and span["status"] != "running":
+            span["duration_ms"] = (span["ended_at"] - span["started_at"]) * 1000
+        if span["name"] is None:  # only attempts of this call are in the log (yet)
+            span["name"] = {"llm": "chat", "tool": "execute_tool"}.get(span["kind"], span["kind"])
+        by_id[span["span_id"]] = {**span, "attributes": attributes, "children": []}
+    for span in by_id.values():  # one trace per run: spans recorded without a traceparent join the run's
+        if span["trace_id"] is None and span["run_id"] in by_id:
+            span["trace_id"] = by_id[span["run_id"]]["trace_id"]
+    roots = []
+    for span in by_id.values():
+        parent = by_id.get(span["parent_id"] or "")
+        if parent is None and span["kind"] != "run":  # its parent is not in the log (yet): under the run
+            parent = by_id.get(span["run_id"] or "") or by_id.get(run_id)
+        if parent is None or parent is span:
+            roots.append(span)
+        else:
+            parent["children"].append(span)
+    for span in by_id.values():
+        span["children"].sort(key=_start_order)
+    return sorted(roots, key=_start_order)
+
+
+def _circuits(db: sqlite3.Connection, spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    routes = sorted({s["route"] for s in spans if s["kind"] in ("llm", "attempt") and s["route"]})
+    starts = [s["started_at"] for s in spans if s["started_at"] is not None]
+    if not routes or not starts:
+        return []
+    ends = [s["ended_at"] or s["started_at"] for s in spans if s["started_at"] is not None]
+    marks = ", ".join("?" for _ in routes)
+    return _rows(db, f"SELECT * FROM spans WHERE kind = 'circuit' AND route IN ({marks}) "
+                     "AND started_at BETWEEN ? AND ?", [*routes, min(starts), max(ends)])
+
+
+def _start_order(span: Mapping[str, Any]) -> tuple[float, str]:
+    started = span["started_at"]
+    return (float("inf") if started is None else started, span["span_id"])
+
