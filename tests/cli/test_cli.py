@@ -275,7 +275,7 @@ async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> No
     assert Counter(e.runid for e in events) == {run: len(kinds) for run, kinds in by_run.items()}
     assert [e.type.removeprefix("tether.") for e in events] == [k for kinds in runs for k in kinds]
     assert [(d.reason, d.error_type, d.route) for d in letters] == [
-        ("not_retryable", "BadRequestError", "demo:demo-strict")]
+        ("not_retryable", "BadRequestError", "openai:o3-mini")]
 
 
 @pytest.mark.anyio

@@ -96,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from ._reliability import add_commands
+    from . import _projector, _reliability, _stats, _views
 
-    add_commands(sub, _common)
+    _reliability.add_commands(sub, _common)
+    _views.add_commands(sub, _common)
+    _stats.add_commands(sub, _common)
+    _projector.add_commands(sub, _common)
     sub.add_parser("fake-provider", add_help=False,
                    help="an OpenAI/Anthropic-compatible fake provider with fault injection "
                    "(`tether fake-provider --help`)")
@@ -137,6 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_dlq(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command in ("runs", "trace", "cost"):
+            from ._views import run as run_views
+
+            return asyncio.run(run_views(args))
+        if args.command in ("errors", "stats"):
+            from ._stats import run as run_stats
+
+            return asyncio.run(run_stats(args))
+        if args.command in ("projector", "watch"):
+            return asyncio.run(_until_signal(args))
+        if args.command == "replay":
+            from ._projector import run_replay
+
+            return asyncio.run(run_replay(args))
         runner = {"up": _up, "tail": _tail, "status": _status}[args.command]
         return asyncio.run(runner(args))
     except BusUnavailable as exc:
@@ -162,6 +179,13 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _until_signal(args: argparse.Namespace) -> int:
+    from ._projector import run_projector, run_watch
+
+    with _stop_on_signals() as stop:
+        return await (run_projector if args.command == "projector" else run_watch)(args, stop)
 
 
 async def _worker(args: argparse.Namespace) -> int:
@@ -217,6 +241,7 @@ async def _up(args: argparse.Namespace) -> int:
             executor, fake = await _start_services(args, bus, s)
             if executor is None:
                 return 2
+            projector = await _start_projector(bus, cfg.home, s)
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
                   "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
                   flush=True)
@@ -229,6 +254,10 @@ async def _up(args: argparse.Namespace) -> int:
                 await executor.stop()
                 if fake is not None:
                     await fake.aclose()
+                if projector is not None:
+                    with contextlib.suppress(Exception):  # best effort: views current at exit
+                        await projector.catch_up(timeout=10)
+                    await projector.stop()
         finally:
             print("stopping tether...", flush=True)
             await bus.close()
@@ -262,6 +291,22 @@ async def _start_services(args: argparse.Namespace, bus: Bus, s: Style) -> tuple
           f"[{', '.join(executor.providers) or 'none: add [providers.*] to tether.toml'}], "
           f"{len(executor.tools.names())} tool(s)")
     return executor, fake
+
+
+async def _start_projector(bus: Bus, home: Path, s: Style) -> Any:
+    """The projector for the views under ``home/views``; None (with a note) if one already runs."""
+    from tether.projections import Projector, ProjectorBusy
+
+    from ._projector import default_views
+
+    try:
+        projector = await Projector(bus, default_views(), home / "views").start()
+    except ProjectorBusy:
+        print(s.yellow("  projector: another one already serves these views; not starting a second"))
+        return None
+    print(f"  projector: {', '.join(projector.stores)} views from the log into {home / 'views'} "
+          f"(from seq {projector.applied_seq + 1}, log head {projector.head_seq})")
+    return projector
 
 
 async def _play_demo(args: argparse.Namespace, bus: Bus, fake: Any, stop: asyncio.Event, s: Style) -> int:

@@ -5,8 +5,8 @@ every call really goes through the WORK stream, a worker, the policy engine and 
 
 * the first model call hits a scripted 429 with ``Retry-After``, and is retried;
 * the web-search tool runs in the worker;
-* the "large" model is down (503), so its call falls back to the small one;
-* every third run sends a request the provider rejects (400, the "strict" model): it is
+* the large model (gpt-4o) is down (503), so its call falls back to the small one;
+* every third run sends a request the provider rejects (400, on o3-mini): it is
   not retried but dead-lettered,
   and ``tether dlq ls`` shows it with its attempts and error.
 
@@ -39,8 +39,8 @@ from tether.testing.fake_provider import FakeProvider
 __all__ = ["AGENT", "demo_policies", "demo_providers", "demo_tools", "run_demo"]
 
 AGENT = "demo-researcher"
-PROVIDER = "demo"
-SMALL, LARGE, STRICT = "demo-small", "demo-large", "demo-strict"
+PROVIDER = "openai"  # the fake provider, under a real provider's name so calls are priced
+SMALL, LARGE, STRICT = "gpt-4o-mini", "gpt-4o", "o3-mini"
 QUESTIONS = [
     "Which JetStream retention suits a work queue?",
     "How do I dedupe messages in NATS?",
@@ -93,7 +93,7 @@ async def demo_run(bus: Bus, calls: DurableCalls, fake: FakeProvider, n: int,
     await emit(RunStarted(name="answer a question", input={"question": question}, tags=("demo",)))
     # Scripted faults for this run: the small model's first request is rate limited; the
     # large model is down for the whole run; every third run, a request is rejected.
-    fake.set_faults(f"429(0.4s)#1={SMALL},503={LARGE},400={STRICT}")
+    fake.set_faults(f"429(0.4s)#1={SMALL},503={LARGE},400={STRICT}")  # MODEL is an exact glob
     body: dict[str, object] = {"messages": [{"role": "user", "content": question}], "max_tokens": 60}
     first = await calls.llm(PROVIDER, SMALL, body, runid=run_id, agentid=AGENT)
     search = await calls.tool("web_search", {"q": question}, runid=run_id, agentid=AGENT)
