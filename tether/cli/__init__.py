@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--update-streams", action="store_true",
                     help="fix stream config drift in place where NATS allows it")
     up.add_argument("--replicas", type=int, help="stream replicas (1 locally, 3 on a cluster)")
+    up.add_argument("--otel-endpoint", metavar="URL",
+                    help="also send finished traces to this OpenTelemetry receiver (OTLP/HTTP), "
+                    "e.g. http://127.0.0.1:4318; needs tether[otel]")
     up.add_argument("--config", type=Path,
                     help="worker configuration (default: ./tether.toml or [tool.tether] in pyproject.toml)")
 
@@ -96,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _projector, _reliability, _stats, _views
+    from . import _otel, _projector, _reliability, _stats, _views
 
     _reliability.add_commands(sub, _common)
+    _otel.add_commands(sub, _common)
     _views.add_commands(sub, _common)
     _stats.add_commands(sub, _common)
     _projector.add_commands(sub, _common)
@@ -150,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_stats(args))
         if args.command in ("projector", "watch"):
             return asyncio.run(_until_signal(args))
+        if args.command == "otel-export":
+            from ._otel import run as run_otel
+
+            return asyncio.run(run_otel(args))
         if args.command == "replay":
             from ._projector import run_replay
 
@@ -242,6 +250,21 @@ async def _up(args: argparse.Namespace) -> int:
             if executor is None:
                 return 2
             projector = await _start_projector(bus, cfg.home, s)
+            otel = None
+            if args.otel_endpoint:
+                from tether.projections.otel import OtelUnavailable
+
+                from ._otel import Follower
+
+                try:
+                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint)
+                except (OtelUnavailable, ValueError) as exc:
+                    print(f"tether up: --otel-endpoint: {exc}", file=sys.stderr)
+                    await executor.stop()
+                    if projector is not None:
+                        await projector.stop()
+                    return 2
+                print(f"  otel: finished traces to {otel.endpoint}")
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
                   "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
                   flush=True)
@@ -258,6 +281,8 @@ async def _up(args: argparse.Namespace) -> int:
                     with contextlib.suppress(Exception):  # best effort: views current at exit
                         await projector.catch_up(timeout=10)
                     await projector.stop()
+                if otel is not None:
+                    await otel.stop()  # one last pass
         finally:
             print("stopping tether...", flush=True)
             await bus.close()
