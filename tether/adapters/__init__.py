@@ -1,1 +1,66 @@
-"""tether.adapters: see docs/architecture.md; built by a later issue."""
+"""Adapters: tether in front of the SDKs and frameworks agents already use.
+
+* :func:`instrument` an ``openai`` or ``anthropic`` client (sync or async, built on
+  ``httpx2`` or ``httpx``): every LLM call is recorded and runs under the reliability
+  policy, with tether owning the retries. :func:`http_client` and
+  :func:`async_http_client` are ready-made HTTP clients for frameworks that take one.
+* :func:`tool` records a function's calls and retries it only when it is idempotent.
+* :func:`run` puts the calls inside it under one run, with W3C trace context;
+  :func:`conversation` reads a run's messages back from its events.
+* :class:`Interceptor` is the core they share (and the gateway will): one raw request
+  in, one response (maybe a stream) out, policy applied and events published.
+* :class:`Redactor`: what is kept out of the log (headers never enter it).
+
+See docs/adapters.md.
+"""
+
+from ._conversation import conversation
+from ._core import (
+    AsyncUpstream,
+    AsyncUpstreamResponse,
+    DurableStreamingUnsupported,
+    Interceptor,
+    ProxyResponse,
+    SyncProxyResponse,
+    SyncUpstream,
+    SyncUpstreamResponse,
+)
+from ._httpx import AsyncTetherTransport, TetherTransport
+from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
+from ._instrument import async_http_client, http_client, instrument
+from ._redact import DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
+from ._runs import Run, RunContext, current_run, run
+from ._tools import RunawayError, tool
+
+__all__ = [
+    "DEFAULT_FIELDS",
+    "DEFAULT_PATTERNS",
+    "REDACTED",
+    "SECRET_HEADERS",
+    "AsyncTetherTransport",
+    "AsyncUpstream",
+    "AsyncUpstreamResponse",
+    "DurableStreamingUnsupported",
+    "Hub",
+    "Interceptor",
+    "LoopThreadError",
+    "ProxyResponse",
+    "Redactor",
+    "Run",
+    "RunContext",
+    "RunawayError",
+    "SyncProxyResponse",
+    "SyncUpstream",
+    "SyncUpstreamResponse",
+    "TetherTransport",
+    "async_http_client",
+    "background_hub",
+    "conversation",
+    "current_run",
+    "flush",
+    "http_client",
+    "instrument",
+    "run",
+    "shutdown",
+    "tool",
+]

@@ -1,0 +1,92 @@
+"""Fixtures for the adapters: a real bus on the session's nats-server, the fake provider, fast policies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether.adapters
+from tether.adapters import Hub
+from tether.bus import Bus, connect, event_filter
+from tether.middleware import BreakerPolicy, Policy, PolicySet, RetryPolicy, RunawayGuard
+from tether.schemas import Event
+from tether.testing import NatsServer, collect
+from tether.testing.fake_provider import FakeProvider
+
+
+def fast_policies(**routes: Policy) -> PolicySet:
+    """Quick retries, no breaker, no runaway guard: what most adapter tests run with."""
+    fast = Policy(retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05), timeout_s=5.0,
+                  breaker=BreakerPolicy(enabled=False))
+    return PolicySet(routes={"*": fast, **routes}, runaway=RunawayGuard(max_calls_per_run=None,
+                                                                          max_identical_calls=None))
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Bus]:
+    async with await connect(nats_server.url, home=tmp_path / "home") as connected:
+        yield connected
+        await Hub.of(connected).aclose()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    async with FakeProvider(seed=3) as provider:
+        yield provider
+
+
+@pytest.fixture
+def fake_in_thread() -> Iterator[FakeProvider]:
+    """The fake provider on its own thread, for sync clients in sync tests."""
+    with FakeProvider(seed=5) as provider:
+        yield provider
+
+
+@pytest.fixture
+def policies() -> PolicySet:
+    return fast_policies()
+
+
+async def run_events(bus: Bus, run_id: str) -> list[Event]:
+    """Every event of one run, in log order, once the adapters' queue is published."""
+    await Hub.of(bus).flush()
+    return [r.event for r in await collect(bus, event_filter(run=run_id)) if r.event is not None]
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.type.removeprefix("tether.") for e in events]
+
+
+def data(events: list[Event], suffix: str) -> list[Any]:
+    return [e.data for e in events if e.type.endswith(suffix)]
+
+
+@dataclass
+class Background:
+    """tether's background bus, pointed at the session's nats-server for one test."""
+
+    url: str
+
+    def events(self, run_id: str) -> list[Event]:
+        hub = tether.adapters.background_hub()
+        hub.flush_sync(10)
+
+        async def read() -> list[Event]:
+            return [r.event for r in await collect(hub.bus, event_filter(run=run_id)) if r.event is not None]
+
+        return hub.call_sync(read, timeout=10)
+
+
+@pytest.fixture
+def background(nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Background]:
+    tether.adapters.shutdown()
+    monkeypatch.setenv("TETHER_NATS_URL", nats_server.url)
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "bg-home"))
+    try:
+        yield Background(nats_server.url)
+    finally:
+        tether.adapters.shutdown()

@@ -1,0 +1,168 @@
+"""The interception core on its own, as the gateway will use it: raw request in, response out.
+
+The upstream is scripted here (no HTTP), so the tests can hold a stream between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import tether
+from tether.adapters import Interceptor, ProxyResponse
+from tether.bus import Bus
+from tether.middleware import PolicySet
+
+from .conftest import data, kinds, run_events
+
+pytestmark = [pytest.mark.anyio, pytest.mark.nats]
+
+Headers = list[tuple[str, str]]
+BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def chunk(content: str) -> bytes:
+    doc = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+           "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    return f"data: {json.dumps(doc)}\n\n".encode()
+
+
+USAGE = (b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],'
+         b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n')
+
+
+@dataclass
+class Scripted:
+    """An upstream response: status, headers, then chunks, with pauses (a float: seconds) between."""
+
+    status: int
+    chunks: list[bytes | float]
+    headers: Headers = field(default_factory=lambda: [("content-type", "text/event-stream")])
+    extensions: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    async def next_chunk(self) -> bytes | None:
+        while self.chunks:
+            item = self.chunks.pop(0)
+            if isinstance(item, float):
+                await asyncio.sleep(item)
+                continue
+            return item
+        return None
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Upstream:
+    responses: list[Scripted]
+    sent: list[tuple[Headers, bytes, float | None]] = field(default_factory=list)
+
+    async def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> Scripted:
+        self.sent.append((headers, body, timeout_s))
+        return self.responses.pop(0)
+
+
+async def read_all(response: ProxyResponse) -> bytes:
+    assert response.stream is not None
+    return b"".join([piece async for piece in response.stream])
+
+
+async def test_raw_request_through_the_policy(bus: Bus, policies: PolicySet) -> None:
+    upstream = Upstream([
+        Scripted(503, [b'{"error":{"message":"busy"}}'], [("content-type", "application/json")]),
+        Scripted(200, [chunk("Hel"), chunk("lo"), USAGE, b"data: [DONE]\n\n"]),
+    ])
+    core = Interceptor(bus=bus, policies=policies, provider="upstream-a")
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with tether.run(bus=bus) as run:
+        response = await core.handle("POST", "/v1/chat/completions",
+                                     [("content-type", "application/json"), ("traceparent", incoming)],
+                                     BODY, upstream)
+        body = await read_all(response)
+    assert response.status == 200 and response.call_id
+    assert b"Hello" not in body and b'"Hel"' in body and body.endswith(b"[DONE]\n\n")
+    assert b'"choices":[]' not in body, "the usage chunk tether asked for is not passed on"
+    headers, sent, timeout = upstream.sent[1]
+    assert json.loads(sent)["stream_options"] == {"include_usage": True}
+    assert dict(headers)["accept-encoding"] == "identity" and timeout == 5.0
+    trace = dict(headers)["traceparent"]
+    assert trace.split("-")[1] == incoming.split("-")[1], "the incoming trace continues, with a new span"
+    assert trace.split("-")[2] != incoming.split("-")[2]
+    events = await run_events(bus, run.run_id)
+    assert kinds(events)[1:-1] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed"]
+    completed = data(events, "completed")[0]
+    assert (completed.provider, completed.usage.input_tokens, completed.usage.output_tokens) == ("upstream-a", 3, 2)
+    assert completed.response["choices"][0]["message"]["content"] == "Hello"
+    assert all(e.traceparent and e.traceparent.split("-")[1] == incoming.split("-")[1] for e in events[1:-1])
+
+
+async def test_cancelled_while_waiting_for_the_next_chunk(bus: Bus, policies: PolicySet) -> None:
+    slow = Scripted(200, [chunk("a"), 30.0, chunk("b")])
+    core = Interceptor(bus=bus, policies=policies)
+    got = asyncio.Event()
+    run_id = ""
+
+    async def consume() -> None:
+        nonlocal run_id
+        async with tether.run(bus=bus) as run:
+            run_id = run.run_id
+            response = await core.handle("POST", "/v1/chat/completions", [], BODY, Upstream([slow]))
+            assert response.stream is not None
+            async for _ in response.stream:
+                got.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got.wait(), 5)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slow.closed, "the upstream connection is released"
+    events = await run_events(bus, run_id)
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.failed", "run.finished"]
+    assert data(events, "llm.call.failed")[0].error.code == "client_closed"
+
+
+async def test_error_event_inside_a_stream(bus: Bus, policies: PolicySet) -> None:
+    broken = Scripted(200, [b'event: message_start\ndata: {"type":"message_start","message":{"id":"m",'
+                            b'"model":"claude-haiku-4-5","role":"assistant","usage":{"input_tokens":4}}}\n\n',
+                            b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                            b'"message":"Overloaded"}}\n\n'])
+    core = Interceptor(bus=bus, policies=policies)
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    async with tether.run(bus=bus) as run:
+        await read_all(await core.handle("POST", "/v1/messages", [], body, Upstream([broken])))
+    events = await run_events(bus, run.run_id)
+    assert kinds(events)[1:-1] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
+                                   "call.dead_lettered"]
+    assert data(events, "attempt_failed")[0].error.type == "overloaded_error"
+
+
+async def test_non_llm_requests_pass_through(bus: Bus, policies: PolicySet) -> None:
+    upstream = Upstream([Scripted(200, [b'{"data":[]}'], [("content-type", "application/json")])])
+    response = await Interceptor(bus=bus, policies=policies).handle("GET", "/v1/models", [("a", "b")], b"",
+                                                                   upstream)
+    assert await read_all(response) == b'{"data":[]}'
+    assert upstream.sent == [([("a", "b")], b"", None)]
+
+
+async def test_no_bus_fails_open(policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tether never blocks the agent: without a bus the call passes through, unrecorded."""
+    import tether.adapters._core as core_module
+
+    def unavailable(timeout: float = 60.0) -> Any:
+        raise ConnectionError("no NATS here")
+
+    monkeypatch.setattr(core_module, "background_hub", unavailable)
+    monkeypatch.setattr(core_module, "background_hub_nowait", lambda: None)
+    upstream = Upstream([Scripted(200, [b'{"choices":[]}'], [("content-type", "application/json")])])
+    response = await Interceptor(policies=policies).handle("POST", "/v1/chat/completions", [], BODY, upstream)
+    assert await read_all(response) == b'{"choices":[]}'

@@ -1,0 +1,120 @@
+"""``tether.run``: one run for the calls inside it, sub-runs, W3C trace context, status, conversation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import threading
+
+import openai
+import pytest
+
+import tether
+from tether.adapters import conversation, current_run
+from tether.bus import Bus
+from tether.middleware import PolicySet
+from tether.testing.fake_provider import FakeProvider
+
+from .conftest import Background, data, kinds, run_events
+
+pytestmark = [pytest.mark.anyio, pytest.mark.nats]
+
+INCOMING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def trace(traceparent: str | None) -> str:
+    assert traceparent is not None
+    return traceparent.split("-")[1]
+
+
+def span(traceparent: str | None) -> str:
+    assert traceparent is not None
+    return traceparent.split("-")[2]
+
+
+async def test_sub_agent_runs_share_the_trace(fake: FakeProvider, bus: Bus, policies: PolicySet) -> None:
+    client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k"), bus=bus, policies=policies,
+                               agent="default-agent")
+    ask = [{"role": "user", "content": "plan"}]
+    async with client, tether.run(agent="planner", bus=bus, traceparent=INCOMING, name="trip",
+                                  metadata={"user": "ann"}) as outer:
+        assert current_run() is outer.context
+        await client.chat.completions.create(model="gpt-4o-mini", messages=ask)  # type: ignore[arg-type]
+        async with tether.run(agent="researcher") as inner:  # the bus comes from the outer run
+            await asyncio.gather(*(client.chat.completions.create(model="gpt-4o-mini", messages=ask)  # type: ignore[arg-type]
+                                   for _ in range(2)))
+        outer.output = {"answer": "done"}
+    assert current_run() is None
+    outer_events = await run_events(bus, outer.run_id)
+    inner_events = await run_events(bus, inner.run_id)
+    started = data(outer_events, "run.started")[0]
+    assert (started.name, started.metadata, started.parent_run_id) == ("trip", {"user": "ann"}, None)
+    assert data(inner_events, "run.started")[0].parent_run_id == outer.run_id
+    assert {e.agentid for e in outer_events} == {"planner"} and {e.agentid for e in inner_events} == {"researcher"}
+    assert sorted(kinds(inner_events)) == ["llm.call.completed", "llm.call.completed", "llm.call.requested",
+                                           "llm.call.requested", "run.finished", "run.started"]
+    everything = outer_events + inner_events
+    assert {trace(e.traceparent) for e in everything} == {trace(INCOMING)}, "one trace, continued from the caller"
+    call_spans = {span(e.traceparent) for e in everything if e.type.endswith("llm.call.requested")}
+    assert len(call_spans) == 3 and span(INCOMING) not in call_spans, "a new span per call"
+    sent = [r.traceparent for r in fake.log]
+    assert {trace(t) for t in sent} == {trace(INCOMING)} and {span(t) for t in sent} == call_spans
+    finished = data(outer_events, "run.finished")[0]
+    assert finished.status == "ok" and finished.output == {"answer": "done"} and finished.duration_ms > 0
+
+
+async def test_run_status_error(bus: Bus) -> None:
+    with pytest.raises(KeyError):
+        async with tether.run(agent="a", bus=bus, run_id="run-that-fails") as run:
+            raise KeyError("no such thing")
+    finished = data(await run_events(bus, run.run_id), "finished")[0]
+    assert finished.status == "error" and finished.error.type == "KeyError"
+
+
+def test_sync_run_follows_context_into_threads(background: Background) -> None:
+    seen: list[str | None] = []
+    with tether.run(agent="sync") as run:
+        ctx = contextvars.copy_context()
+        worker = threading.Thread(target=ctx.run, args=(lambda: seen.append(getattr(current_run(), "run_id", None)),))
+        worker.start()
+        worker.join()
+    assert seen == [run.run_id]
+    assert kinds(background.events(run.run_id)) == ["run.started", "run.finished"]
+
+
+async def test_conversation_is_rebuilt_from_the_log(fake: FakeProvider, bus: Bus, policies: PolicySet) -> None:
+    client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k"), bus=bus, policies=policies)
+
+    @tether.tool(bus=bus)
+    def lookup(city: str) -> dict[str, str]:
+        return {"city": city, "weather": "rain"}
+
+    messages: list[dict[str, object]] = [{"role": "system", "content": "You are brief."},
+                                         {"role": "user", "content": "Weather in Oslo?"}]
+    async with client, tether.run(bus=bus) as run:
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=TOOLS,  # type: ignore[arg-type]
+                                                      stream=True)
+        calls: dict[int, dict[str, str]] = {}
+        async for chunk in stream:
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                slot = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] += delta.id or ""
+                slot["name"] += (delta.function.name or "") if delta.function else ""
+                slot["arguments"] += (delta.function.arguments or "") if delta.function else ""
+        call = calls[0]
+        result = lookup(**json.loads(call["arguments"]))
+        messages += [{"role": "assistant", "content": None, "tool_calls": [
+                         {"id": call["id"], "type": "function",
+                          "function": {"name": call["name"], "arguments": call["arguments"]}}]},
+                     {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)}]
+        final = await client.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+    talk = conversation(await run_events(bus, run.run_id))
+    assert [(m["source"], m.get("role")) for m in talk] == [
+        ("request", "system"), ("request", "user"), ("response", "assistant"), ("tool", "tool"),
+        ("request", "tool"), ("response", "assistant")]
+    assert talk[2]["tool_calls"][0]["function"]["arguments"] == call["arguments"]
+    assert talk[3]["arguments"] == json.loads(call["arguments"]) and talk[3]["content"] == result
+    assert talk[-1]["content"] == final.choices[0].message.content

@@ -1,0 +1,661 @@
+"""The interception core: one raw upstream request in, one response (maybe a stream) out.
+
+:class:`Interceptor` is what every adapter shares: the SDK transports hand it the request
+they were given and the transport they wrap; the HTTP gateway hands it the agent's request
+and an upstream client. It decides whether the request is an LLM call (by path), runs the
+policy loop of :mod:`._flow` (inline) or submits the call to the workers (durable), and
+returns a :class:`ProxyResponse`: a complete body, or a stream that is a tee over the
+upstream's bytes (chunk by chunk; usage, time to first token and, when capturing, the
+answer are read on the way through), whose end publishes the call's final event.
+
+Two shells drive the same flow: :meth:`Interceptor.handle` (async) and
+:meth:`Interceptor.handle_sync` (sync clients; see ``_hub`` for how they publish without
+waiting on an event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, Protocol, TypeVar
+
+from tether.bus import Bus
+from tether.middleware import Failure, Policy, PolicySet, classify_exception
+from tether.middleware._engine import CallEngine
+from tether.middleware._work import WorkItem
+from tether.schemas import uuid7
+
+from ._flow import (
+    Effect,
+    Emit,
+    Final,
+    LlmCall,
+    Run,
+    Send,
+    Sent,
+    Sleep,
+    Spawn,
+    cancelled_event,
+    durable_flow,
+    llm_flow,
+    stream_end_flow,
+)
+from ._hub import Hub, LoopThreadError, background_hub, background_hub_nowait, default_policies
+from ._redact import Hook, Redactor, redactor_of
+from ._runs import current_run, new_traceparent, trace_of
+from ._wire import Kind, Operation, StreamAccumulator, operation_of, parse_request
+
+__all__ = [
+    "AsyncUpstream",
+    "AsyncUpstreamResponse",
+    "DurableStreamingUnsupported",
+    "Interceptor",
+    "ProxyResponse",
+    "SyncProxyResponse",
+    "SyncUpstream",
+    "SyncUpstreamResponse",
+]
+
+log = logging.getLogger("tether.adapters")
+T = TypeVar("T")
+Headers = list[tuple[str, str]]
+Mode = Literal["inline", "durable"]
+
+# Sent upstream differently from what the caller set: recomputed, or tether's to choose.
+_HOP = frozenset({"content-length", "accept-encoding", "traceparent", "connection", "transfer-encoding"})
+
+
+class DurableStreamingUnsupported(NotImplementedError):
+    """Durable mode does not stream yet: call without ``stream=True`` or use ``mode="inline"``."""
+
+
+# -- the upstream, as the shells see it ------------------------------------------------------
+
+
+class AsyncUpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+    extensions: dict[str, Any]
+
+    async def next_chunk(self) -> bytes | None:
+        """The next chunk of the body, ``None`` at its end."""
+
+    async def aclose(self) -> None: ...
+
+
+class AsyncUpstream(Protocol):
+    """Sends one attempt of a request: the headers and body tether chose for it."""
+
+    async def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> AsyncUpstreamResponse: ...
+
+
+class SyncUpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+    extensions: dict[str, Any]
+
+    def next_chunk(self) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+class SyncUpstream(Protocol):
+    def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> SyncUpstreamResponse: ...
+
+
+@dataclass
+class ProxyResponse:
+    """What the caller gets: ``content`` (complete) or ``stream`` (async bytes, ``aclose()`` it)."""
+
+    status: int
+    headers: Headers
+    content: bytes | None = None
+    stream: AsyncTee | AsyncPassThrough | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+    call_id: str | None = None
+
+
+@dataclass
+class SyncProxyResponse:
+    status: int
+    headers: Headers
+    content: bytes | None = None
+    stream: SyncTee | SyncPassThrough | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+    call_id: str | None = None
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """:func:`classify_exception`, also for ``httpx2`` (same class names, another package)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if "TimeoutException" in names:
+        return Failure(kind="timeout", error_type="APITimeoutError", message=detail[:2000])
+    if names & {"NetworkError", "ProtocolError", "TransportError"}:
+        return Failure(kind="connection", error_type="APIConnectionError", message=detail[:2000])
+    return classify_exception(exc)
+
+
+def _is_stream(status: int, headers: Headers) -> bool:
+    if status >= 300:
+        return False
+    return any(k.lower() == "content-type" and v.lower().startswith("text/event-stream") for k, v in headers)
+
+
+# -- the interceptor -----------------------------------------------------------------------------
+
+
+class Interceptor:
+    """Policy, events and redaction for LLM calls made over HTTP (one per client or route).
+
+    ``bus``: where events go (else the current run's bus, else tether's background bus);
+    ``policies``: the :class:`PolicySet` (else ``tether.toml``); ``mode``: ``"inline"``
+    (the policy loop runs here) or ``"durable"`` (non-streaming calls go through the WORK
+    stream; the worker must know ``provider``); ``capture``: record request and response
+    bodies; ``agent``: the agent id outside a run; ``provider``: the provider name in
+    routes (``openai:gpt-4o``), by default the wire format's; ``redact``: a
+    :class:`Redactor`, a hook, or extra field names; ``stream_usage``: ask a streamed chat
+    completion for usage when the caller did not (the extra chunk is removed).
+    """
+
+    def __init__(self, *, bus: Bus | None = None, policies: PolicySet | None = None, mode: Mode = "inline",
+                 capture: bool = True, agent: str | None = None, provider: str | None = None,
+                 kind: Kind | None = None, redact: Redactor | Hook | Iterable[str] | None = None,
+                 stream_usage: bool = True) -> None:
+        if mode not in ("inline", "durable"):
+            raise ValueError(f"mode must be 'inline' or 'durable', not {mode!r}")
+        if provider is not None and (not provider or ":" in provider):
+            raise ValueError(f"provider must be a name without ':', not {provider!r}")
+        self.bus = bus
+        self.policies = policies
+        self.mode: Mode = mode
+        self.capture = capture
+        self.agent = agent
+        self.provider = provider
+        self.kind = kind
+        self.redactor = redactor_of(redact)
+        self.stream_usage = stream_usage
+        self._routes: dict[tuple[int, str], Policy] = {}
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return (f"<tether.Interceptor mode={self.mode} provider={self.provider or self.kind or 'by path'} "
+                f"capture={self.capture}>")
+
+    # -- what a request is -----------------------------------------------------------------------
+
+    def operation(self, method: str, path: str) -> tuple[Kind, Operation] | None:
+        found = operation_of(method.upper(), path)
+        if found is None:
+            return None
+        kind, operation = found
+        if self.kind == "openai" and kind == "anthropic":
+            return None  # an OpenAI client's /messages is not Anthropic's
+        return kind, operation
+
+    def policy_for(self, policies: PolicySet, route: str, provider: str) -> Policy:
+        """The route's policy, its fallbacks restricted to this provider: a client (or an
+        upstream) can only send to its own provider, with another model."""
+        key = (id(policies), route)
+        policy = self._routes.get(key)
+        if policy is None:
+            policy = policies.policy_for(route)
+            same = tuple(t for t in policy.fallback.targets if t.provider == provider)
+            if same != policy.fallback.targets:
+                policy = dataclasses.replace(policy, fallback=dataclasses.replace(policy.fallback, targets=same))
+            self._routes[key] = policy
+        return policy
+
+    def _hub_nowait(self) -> Hub | None:
+        if self.bus is not None:
+            return Hub.of(self.bus)
+        ctx = current_run()
+        if ctx is not None and ctx.hub is not None:
+            return ctx.hub
+        return background_hub_nowait()
+
+    def _fail_open(self, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            log.error("tether cannot reach its bus (%s): LLM calls pass through without policy or events", exc)
+
+    def prepare(self, hub: Hub, engine: CallEngine, kind: Kind, operation: Operation, headers: Headers,
+                raw: bytes) -> LlmCall:
+        """The state of one call: ids, run and trace context, redacted record, policy."""
+        request = parse_request(kind, operation, raw)
+        ctx = current_run()
+        incoming = next((v for k, v in headers if k.lower() == "traceparent"), None)
+        trace_id = trace_of(incoming) or (ctx.trace_id if ctx is not None else None)
+        traceparent = new_traceparent(trace_id)
+        provider = self.provider or kind
+        model = request.model or "unknown"
+        body: dict[str, Any] = request.body or {}
+        recorded = self.redactor(body) if self.capture and request.body is not None else body
+        item = WorkItem.model_construct(  # every field is ours and valid: skip validating the body twice
+            call_id=uuid7(), kind="llm", runid=ctx.run_id if ctx is not None else None,
+            agentid=(ctx.agent if ctx is not None and ctx.agent else None) or self.agent,
+            traceparent=traceparent, submitted_at=time.time(), provider=provider, model=model,
+            operation=operation, body=recorded)
+        policies = engine.policies
+        policy = self.policy_for(policies, item.route, provider)
+        ask_usage = (self.stream_usage and operation == "chat" and request.stream and request.body is not None
+                     and not _include_usage(request.body))
+        if ask_usage:
+            assert request.body is not None
+            options = request.body.get("stream_options")
+            raw = json.dumps({**request.body, "stream_options": {**(options if isinstance(options, dict) else {}),
+                                                                  "include_usage": True}},
+                             separators=(",", ":")).encode()
+        out: Headers = [(k, v) for k, v in headers if k.lower() not in _HOP]
+        out.append(("accept-encoding", "identity"))  # tether reads what it records
+        out.append(("traceparent", traceparent))
+        if not any(k.lower() == "idempotency-key" for k, _ in out):
+            out.append(("idempotency-key", item.call_id))
+        return LlmCall(hub=hub, engine=engine, policy=policy, item=item, request=request, headers=out, raw=raw,
+                       capture=self.capture, redactor=self.redactor, mode=self.mode, ask_usage=ask_usage)
+
+    def _accumulator(self, call: LlmCall) -> StreamAccumulator:
+        return StreamAccumulator(call.kind, call.request.operation, capture=call.capture,
+                                 drop_usage_chunk=call.ask_usage)
+
+    # -- the async shell -----------------------------------------------------------------------------
+
+    async def handle(self, method: str, path: str, headers: Headers, body: bytes,
+                     upstream: AsyncUpstream) -> ProxyResponse:
+        """Forward one request: an LLM call under the policy, anything else untouched."""
+        found = self.operation(method, path)
+        if found is None:
+            return await self._pass_async(upstream, headers, body)
+        kind, operation = found
+        try:
+            hub = self._hub_nowait()
+            if hub is None:
+                hub = await asyncio.to_thread(background_hub)
+            policies = self.policies or default_policies()
+            engine = hub.engine_nowait(policies)
+            if engine is None:
+                engine = await hub.call(partial(hub.engine, policies))
+        except Exception as exc:  # no bus: never block the agent
+            self._fail_open(exc)
+            return await self._pass_async(upstream, headers, body)
+        call = self.prepare(hub, engine, kind, operation, headers, body)
+        if self.mode == "durable":
+            if call.request.stream:
+                raise DurableStreamingUnsupported(
+                    "tether: durable mode does not support streaming yet; call without stream=True, or "
+                    "instrument with mode='inline'")
+            final = await drive_async(hub, durable_flow(call), _no_io)
+            return ProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
+        attempt = 0
+
+        async def io(effect: Effect) -> Any:
+            nonlocal attempt
+            assert isinstance(effect, Send)
+            attempt = effect.attempt
+            return await _send_async(upstream, effect)
+
+        try:
+            final = await drive_async(hub, llm_flow(call), io)
+        except asyncio.CancelledError:
+            hub.emit(cancelled_event(call, attempt))
+            raise
+        sent = final.sent
+        if sent is None:
+            return ProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
+        tee = AsyncTee(call, final, self._accumulator(call))
+        return ProxyResponse(final.status, final.headers, stream=tee, extensions=sent.extensions,
+                             call_id=call.item.call_id)
+
+    async def _pass_async(self, upstream: AsyncUpstream, headers: Headers, body: bytes) -> ProxyResponse:
+        resp = await upstream.send(headers, body, None)
+        return ProxyResponse(resp.status, resp.headers, stream=AsyncPassThrough(resp), extensions=resp.extensions)
+
+    # -- the sync shell ------------------------------------------------------------------------------
+
+    def handle_sync(self, method: str, path: str, headers: Headers, body: bytes,
+                    upstream: SyncUpstream) -> SyncProxyResponse:
+        found = self.operation(method, path)
+        if found is None:
+            return self._pass_sync(upstream, headers, body)
+        kind, operation = found
+        try:
+            hub = self._hub_nowait() or background_hub()
+        except Exception as exc:
+            self._fail_open(exc)
+            return self._pass_sync(upstream, headers, body)
+        if hub.on_loop_thread():
+            raise LoopThreadError(
+                "tether: a synchronous client is being used on the thread that runs its bus's event loop, which "
+                "it would block. Use the async client there, or let tether use its background bus (bus=None, "
+                "outside a run given a bus).")
+        try:
+            policies = self.policies or default_policies()
+            engine = hub.engine_nowait(policies) or hub.call_sync(partial(hub.engine, policies))
+        except Exception as exc:
+            self._fail_open(exc)
+            return self._pass_sync(upstream, headers, body)
+        call = self.prepare(hub, engine, kind, operation, headers, body)
+        if self.mode == "durable":
+            if call.request.stream:
+                raise DurableStreamingUnsupported(
+                    "tether: durable mode does not support streaming yet; call without stream=True, or "
+                    "instrument with mode='inline'")
+            final = drive_sync(hub, durable_flow(call), _no_io_sync)
+            return SyncProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
+
+        def io(effect: Effect) -> Any:
+            assert isinstance(effect, Send)
+            return _send_sync(upstream, effect)
+
+        final = drive_sync(hub, llm_flow(call), io)
+        sent = final.sent
+        if sent is None:
+            return SyncProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
+        tee = SyncTee(call, final, self._accumulator(call))
+        return SyncProxyResponse(final.status, final.headers, stream=tee, extensions=sent.extensions,
+                                 call_id=call.item.call_id)
+
+    def _pass_sync(self, upstream: SyncUpstream, headers: Headers, body: bytes) -> SyncProxyResponse:
+        resp = upstream.send(headers, body, None)
+        return SyncProxyResponse(resp.status, resp.headers, stream=SyncPassThrough(resp),
+                                 extensions=resp.extensions)
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is not None
+
+
+async def _no_io(effect: Effect) -> Any:
+    raise AssertionError(f"unexpected effect {effect!r}")
+
+
+def _no_io_sync(effect: Effect) -> Any:
+    raise AssertionError(f"unexpected effect {effect!r}")
+
+
+# -- driving a flow ------------------------------------------------------------------------------
+
+
+async def drive_async(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect], Awaitable[Any]]) -> T:
+    """Run ``flow`` to its end, doing its effects with ``await``; ``io`` does Send and Invoke."""
+    result: Any = None
+    try:
+        while True:
+            try:
+                effect = flow.send(result)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            result = None
+            if isinstance(effect, Emit):
+                await hub.aemit(effect.event)
+            elif isinstance(effect, Run):
+                try:
+                    result = await hub.call(effect.make, drain=effect.drain)
+                except Exception:  # the log is unreachable: the call goes on without that step
+                    log.warning("tether: an engine step failed; going on without it", exc_info=True)
+            elif isinstance(effect, Spawn):
+                hub.spawn(effect.make)
+            elif isinstance(effect, Sleep):
+                await asyncio.sleep(effect.seconds)
+            else:
+                result = await io(effect)
+    finally:
+        flow.close()
+
+
+def drive_sync(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect], Any]) -> T:
+    """Run ``flow`` from a plain thread: events queued, engine steps run on the bus's loop."""
+    result: Any = None
+    try:
+        while True:
+            try:
+                effect = flow.send(result)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            result = None
+            if isinstance(effect, Emit):
+                hub.emit(effect.event)
+            elif isinstance(effect, Run):
+                if effect.drain and hub.on_loop_thread():
+                    hub.spawn(effect.make, drain=True)  # a sync tool on the loop: record, do not wait
+                    continue
+                try:
+                    result = hub.call_sync(effect.make, drain=effect.drain, timeout=effect.timeout_s)
+                except LoopThreadError:
+                    raise
+                except Exception:
+                    log.warning("tether: an engine step failed; going on without it", exc_info=True)
+            elif isinstance(effect, Spawn):
+                hub.spawn(effect.make)
+            elif isinstance(effect, Sleep):
+                time.sleep(effect.seconds)
+            else:
+                result = io(effect)
+    finally:
+        flow.close()
+
+
+async def _send_async(upstream: AsyncUpstream, effect: Send) -> Sent:
+    started = time.perf_counter()
+    try:
+        resp = await upstream.send(effect.headers, effect.body, effect.timeout_s)
+    except Exception as exc:
+        return Sent((time.perf_counter() - started) * 1000, failure=failure_of(exc))
+    try:
+        if not _is_stream(resp.status, resp.headers):
+            parts = []
+            while (chunk := await resp.next_chunk()) is not None:
+                parts.append(chunk)
+            await resp.aclose()
+            return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, b"".join(parts),
+                        extensions=resp.extensions)
+        first = await resp.next_chunk()
+        while first == b"":
+            first = await resp.next_chunk()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await resp.aclose()
+        return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, failure=failure_of(exc))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await resp.aclose()
+        raise
+    latency = (time.perf_counter() - started) * 1000
+    if first is None:
+        await resp.aclose()
+        return Sent(latency, resp.status, resp.headers, failure=Failure(
+            kind="malformed", error_type="MalformedResponseError", message="the stream ended before its first byte"))
+    return Sent(latency, resp.status, resp.headers, stream=resp, first=[first], extensions=resp.extensions)
+
+
+def _send_sync(upstream: SyncUpstream, effect: Send) -> Sent:
+    started = time.perf_counter()
+    try:
+        resp = upstream.send(effect.headers, effect.body, effect.timeout_s)
+    except Exception as exc:
+        return Sent((time.perf_counter() - started) * 1000, failure=failure_of(exc))
+    try:
+        if not _is_stream(resp.status, resp.headers):
+            parts = []
+            while (chunk := resp.next_chunk()) is not None:
+                parts.append(chunk)
+            resp.close()
+            return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, b"".join(parts),
+                        extensions=resp.extensions)
+        first = resp.next_chunk()
+        while first == b"":
+            first = resp.next_chunk()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            resp.close()
+        return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, failure=failure_of(exc))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            resp.close()
+        raise
+    latency = (time.perf_counter() - started) * 1000
+    if first is None:
+        resp.close()
+        return Sent(latency, resp.status, resp.headers, failure=Failure(
+            kind="malformed", error_type="MalformedResponseError", message="the stream ended before its first byte"))
+    return Sent(latency, resp.status, resp.headers, stream=resp, first=[first], extensions=resp.extensions)
+
+
+# -- streams the caller reads --------------------------------------------------------------------
+
+
+class AsyncTee:
+    """The caller's stream: the upstream's chunks as they come, read on the way through."""
+
+    def __init__(self, call: LlmCall, final: Final, acc: StreamAccumulator) -> None:
+        assert final.sent is not None
+        self.call = call
+        self.final = final
+        self.acc = acc
+        self._resp: AsyncUpstreamResponse = final.sent.stream
+        self._first = list(final.sent.first)
+        self._open = True
+        acc.started_at = acc.clock()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._first:
+                chunk: bytes | None = self._first.pop(0)
+            elif not self._open:
+                raise StopAsyncIteration
+            else:
+                try:
+                    chunk = await self._resp.next_chunk()
+                except asyncio.CancelledError:
+                    await self._end("closed")
+                    raise
+                except Exception as exc:
+                    await self._end("error", failure_of(exc))
+                    raise
+            if chunk is None:
+                tail = self.acc.parser.pending if self.acc.drop_usage_chunk else b""
+                await self._end("end")
+                if tail:
+                    return tail
+                raise StopAsyncIteration
+            out = self.acc.feed(chunk)
+            if out:
+                return out
+
+    async def aclose(self) -> None:
+        """The caller is done: before the end, the call is recorded as closed by the caller."""
+        if self._open:
+            await self._end("end" if self.acc.done else "closed")
+
+    async def _end(self, how: Literal["end", "error", "closed"], failure: Failure | None = None) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            with contextlib.suppress(Exception):
+                await self._resp.aclose()
+        finally:
+            await drive_async(self.call.hub, stream_end_flow(self.call, self.final, self.acc, how, failure), _no_io)
+
+
+class SyncTee:
+    """:class:`AsyncTee` for sync clients."""
+
+    def __init__(self, call: LlmCall, final: Final, acc: StreamAccumulator) -> None:
+        assert final.sent is not None
+        self.call = call
+        self.final = final
+        self.acc = acc
+        self._resp: SyncUpstreamResponse = final.sent.stream
+        self._first = list(final.sent.first)
+        self._open = True
+        acc.started_at = acc.clock()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            if self._first:
+                chunk: bytes | None = self._first.pop(0)
+            elif not self._open:
+                raise StopIteration
+            else:
+                try:
+                    chunk = self._resp.next_chunk()
+                except Exception as exc:
+                    self._end("error", failure_of(exc))
+                    raise
+                except BaseException:
+                    self._end("closed")
+                    raise
+            if chunk is None:
+                tail = self.acc.parser.pending if self.acc.drop_usage_chunk else b""
+                self._end("end")
+                if tail:
+                    return tail
+                raise StopIteration
+            out = self.acc.feed(chunk)
+            if out:
+                return out
+
+    def close(self) -> None:
+        if self._open:
+            self._end("end" if self.acc.done else "closed")
+
+    def _end(self, how: Literal["end", "error", "closed"], failure: Failure | None = None) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            with contextlib.suppress(Exception):
+                self._resp.close()
+        finally:
+            drive_sync(self.call.hub, stream_end_flow(self.call, self.final, self.acc, how, failure), _no_io_sync)
+
+
+class AsyncPassThrough:
+    """A response tether does not read (not an LLM call)."""
+
+    def __init__(self, resp: AsyncUpstreamResponse) -> None:
+        self._resp = resp
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._resp.next_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+class SyncPassThrough:
+    def __init__(self, resp: SyncUpstreamResponse) -> None:
+        self._resp = resp
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self._resp.next_chunk()
+        if chunk is None:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self._resp.close()

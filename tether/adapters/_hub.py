@@ -1,0 +1,381 @@
+"""Where adapters publish: a bus, the event loop it lives on, and the call engine on it.
+
+The bus is asyncio and belongs to one loop. Adapters are called from that loop (an async
+client on the bus's loop), from another loop, or from plain threads (sync clients, sync
+tools). A :class:`Hub` makes all three work without ever blocking on the log:
+
+* events go through one queue per hub, pumped by a task on the bus's loop: ``emit`` is
+  non-blocking and thread-safe, and events leave in the order they were emitted;
+* the policy engine's few awaited steps (breaker gate when not closed, budgets, dead
+  letters) run on the bus's loop: awaited directly from it, through
+  ``run_coroutine_threadsafe`` from anywhere else;
+* with no bus given, tether keeps **one background thread per process** running its own
+  loop and a bus connected with :func:`tether.connect` (``TETHER_NATS_URL``, else the
+  local server): sync clients then never wait on an event loop they do not own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+from tether.bus import Bus, connect
+from tether.middleware import (
+    DurableCalls,
+    PolicySet,
+    RunawayTracker,
+    ToolRegistry,
+    load_worker_config,
+)
+from tether.middleware._engine import CallEngine
+from tether.middleware._shared import Breakers, RateLimiter, SpendBook
+from tether.schemas import Event
+
+__all__ = ["Hub", "LoopThreadError", "background_hub", "background_hub_nowait", "default_policies", "flush",
+           "shutdown"]
+
+log = logging.getLogger("tether.adapters")
+T = TypeVar("T")
+SOURCE = "urn:tether:adapter"
+
+
+class LoopThreadError(RuntimeError):
+    """A blocking adapter call was made on the thread that runs its bus's event loop."""
+
+
+class Hub:
+    """One bus and its loop, as adapters use it. Get one with :meth:`of` or :func:`background_hub`."""
+
+    _hubs: WeakKeyDictionary[Bus, Hub] = WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, bus: Bus, loop: asyncio.AbstractEventLoop, thread_id: int | None) -> None:
+        self.bus = bus
+        self.loop = loop
+        self.thread_id = thread_id
+        self._queue: asyncio.Queue[Event] | None = None
+        self._queued = 0  # events put in the queue and not yet handed to the bus
+        self._pump: asyncio.Task[None] | None = None
+        self._engines: dict[int, tuple[PolicySet, CallEngine]] = {}
+        self._shared: tuple[Breakers, RateLimiter, SpendBook] | None = None
+        self._shared_lock: asyncio.Lock | None = None
+        self._durable: DurableCalls | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.runaway = RunawayTracker()
+        self.runaway_lock = threading.Lock()
+        self.closed = False
+
+    @classmethod
+    def of(cls, bus: Bus) -> Hub:
+        """The hub of ``bus`` (created on first use). The bus's loop is the running loop if
+        there is one, else the loop its publisher runs on (a bus connected in another thread)."""
+        with cls._lock:
+            hub = cls._hubs.get(bus)
+            if hub is None:
+                loop, thread_id = _loop_of(bus)
+                hub = cls._hubs[bus] = Hub(bus, loop, thread_id)
+            return hub
+
+    # -- where am I ------------------------------------------------------------------------
+
+    def on_loop_thread(self) -> bool:
+        return self.thread_id is not None and threading.get_ident() == self.thread_id
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    # -- events ------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event`` for publishing; never blocks, safe from any thread."""
+        if self.closed:
+            log.warning("event %s dropped: its hub is closed", event.type)
+            return
+        if self.on_loop_thread():
+            self._put(event)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._put, event)
+            except RuntimeError:  # the loop is closed
+                log.warning("event %s dropped: the bus's event loop is closed", event.type)
+
+    async def aemit(self, event: Event) -> None:
+        """Publish ``event`` from async code: handed to the bus before returning when called
+        on the bus's loop with nothing queued (so closing the bus right after keeps it),
+        queued otherwise (order is kept either way)."""
+        if self._queued == 0 and not self.closed and self._on_loop():
+            try:
+                await self.bus.emit(event)
+            except Exception:
+                log.exception("could not publish %s %s", event.type, event.id)
+            return
+        self.emit(event)
+
+    def _put(self, event: Event) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        self._queued += 1
+        self._queue.put_nowait(event)
+        if self._pump is None or self._pump.done():
+            self._pump = self.loop.create_task(self._pumping(), name="tether-adapter-events")
+
+    async def _pumping(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            event = await queue.get()
+            try:
+                await self.bus.emit(event)
+            except Exception:  # one bad event (too large, say) must not stop the others
+                log.exception("could not publish %s %s", event.type, event.id)
+            finally:
+                self._queued -= 1
+                queue.task_done()
+
+    async def _drain(self) -> None:
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Every event emitted so far, and every background step started so far (spend,
+        breaker bookkeeping, dead letters), is done and acked by NATS (or in the outbox).
+        From any loop."""
+
+        async def go() -> None:
+            await self._drain()
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                await self._drain()
+            await self.bus.flush(timeout)
+
+        await self.call(go)
+
+    def flush_sync(self, timeout: float | None = None) -> None:
+        self.call_sync(lambda: self.flush(timeout))
+
+    # -- running engine steps on the bus's loop ------------------------------------------------
+
+    async def call(self, make: Callable[[], Awaitable[T]], *, drain: bool = False) -> T:
+        """Await ``make()`` on the bus's loop (directly when already on it). ``drain`` first
+        publishes every queued event, so what ``make`` publishes comes after them."""
+
+        async def go() -> T:
+            if drain:
+                await self._drain()
+            return await make()
+
+        if self._on_loop():
+            return await go()
+        future = asyncio.run_coroutine_threadsafe(go(), self.loop)
+        return await asyncio.wrap_future(future)
+
+    def call_sync(self, make: Callable[[], Awaitable[T]], *, drain: bool = False,
+                  timeout: float | None = None) -> T:
+        """Run ``make()`` on the bus's loop and wait for it, from a thread that is not the loop's."""
+        if self.on_loop_thread() or self._on_loop():
+            raise LoopThreadError(
+                "tether: a synchronous call would wait for the event loop it is running on (the loop of "
+                "its bus). Use the async client (or an async tool) there, or let tether use its own "
+                "background bus (bus=None, outside a run given a bus).")
+
+        async def go() -> T:
+            if drain:
+                await self._drain()
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
+
+    def spawn(self, make: Callable[[], Awaitable[Any]], *, drain: bool = False) -> None:
+        """Start ``make()`` on the bus's loop without waiting for it (after the queued events
+        when ``drain``)."""
+
+        async def go() -> None:
+            if drain:
+                await self._drain()
+            await make()
+
+        def start() -> None:
+            task = self.loop.create_task(_logged(go))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        if self.on_loop_thread():
+            start()
+        else:
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(start)
+
+    # -- the engine ---------------------------------------------------------------------------
+
+    def engine_nowait(self, policies: PolicySet) -> CallEngine | None:
+        found = self._engines.get(id(policies))
+        return found[1] if found is not None and found[0] is policies else None
+
+    async def engine(self, policies: PolicySet) -> CallEngine:
+        """The call engine for ``policies`` on this bus (breakers, rate limits and spend shared)."""
+        found = self.engine_nowait(policies)
+        if found is not None:
+            return found
+        if self._shared_lock is None:
+            self._shared_lock = asyncio.Lock()
+        async with self._shared_lock:
+            if self._shared is None:
+                self._shared = (await Breakers.open(self.bus), await RateLimiter.open(self.bus),
+                                await SpendBook.open(self.bus))
+        breakers, rates, spend = self._shared
+        engine = CallEngine(self.bus, policies=policies, providers={}, tools=ToolRegistry(), breakers=breakers,
+                            rates=rates, spend=spend, source=SOURCE)
+        self._engines[id(policies)] = (policies, engine)
+        return engine
+
+    async def durable(self) -> DurableCalls:
+        if self._durable is None:
+            self._durable = await DurableCalls(self.bus).start()
+        return self._durable
+
+    async def aclose(self) -> None:
+        """Publish what is queued, stop the engine's watchers (the bus stays open)."""
+        await self._drain()
+        self.closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+        if self._shared is not None:
+            await self._shared[0].close()
+        if self._durable is not None:
+            await self._durable.close()
+
+
+async def _logged(make: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await make()
+    except Exception:
+        log.exception("tether background step failed")
+
+
+def _loop_of(bus: Bus) -> tuple[asyncio.AbstractEventLoop, int | None]:
+    try:
+        loop = asyncio.get_running_loop()
+        return loop, threading.get_ident()
+    except RuntimeError:
+        pass
+    # Connected on a loop running in another thread: the publisher's tasks run there.
+    tasks: list[asyncio.Task[Any]] = getattr(bus.publisher, "_tasks", [])
+    if not tasks:
+        raise RuntimeError("tether: this bus is not connected (no publisher task); connect it first")
+    loop = tasks[0].get_loop()
+    return loop, getattr(loop, "_thread_id", None)
+
+
+# -- the process's background bus ------------------------------------------------------------
+
+_background: tuple[threading.Thread, asyncio.AbstractEventLoop, Hub] | None = None
+_background_lock = threading.Lock()
+
+
+def background_hub(timeout: float = 60.0) -> Hub:
+    """The process's own hub: a daemon thread with an event loop and a bus connected by
+    :func:`tether.connect` (so ``TETHER_NATS_URL`` and ``TETHER_HOME`` apply). Started on
+    first use; closed at exit or by :func:`shutdown`."""
+    global _background
+    with _background_lock:
+        if _background is not None and _background[0].is_alive() and not _background[2].closed:
+            return _background[2]
+        loop = asyncio.new_event_loop()
+        ready: concurrent.futures.Future[Hub] = concurrent.futures.Future()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+
+            async def start() -> None:
+                try:
+                    bus = await connect()
+                except BaseException as exc:
+                    ready.set_exception(exc)
+                    loop.stop()
+                    return
+                ready.set_result(Hub(bus, loop, threading.get_ident()))
+
+            starting = loop.create_task(start())
+            try:
+                loop.run_forever()
+            finally:
+                del starting
+                pending = asyncio.all_tasks(loop)  # nats-py leaves some of its own behind
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        thread = threading.Thread(target=main, name="tether-adapters", daemon=True)
+        thread.start()
+        hub = ready.result(timeout)
+        _background = (thread, loop, hub)
+        return hub
+
+
+def background_hub_nowait() -> Hub | None:
+    """The background hub if it is running (never starts it)."""
+    current = _background
+    if current is not None and current[0].is_alive() and not current[2].closed:
+        return current[2]
+    return None
+
+
+def flush(bus: Bus | None = None, timeout: float | None = None) -> None:
+    """Wait until every event adapters emitted on ``bus`` (default: the background bus) is
+    acked by NATS or in the outbox. From a thread that is not the bus's loop; in async code,
+    ``await Hub.of(bus).flush()``."""
+    hub = Hub.of(bus) if bus is not None else background_hub_nowait()
+    if hub is not None:
+        hub.flush_sync(timeout)
+
+
+def shutdown(timeout: float = 10.0) -> None:
+    """Flush and close the background bus and stop its thread (tether does this at exit)."""
+    global _background
+    with _background_lock:
+        current, _background = _background, None
+    if current is None:
+        return
+    thread, loop, hub = current
+    if thread.is_alive():
+        async def stop() -> None:
+            await hub.aclose()
+            await hub.bus.close(timeout=timeout)
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout + 5)
+        except Exception:
+            log.exception("tether background bus did not close cleanly")
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+
+atexit.register(shutdown)
+
+_policies: PolicySet | None = None
+
+
+def default_policies() -> PolicySet:
+    """The policies of ``tether.toml`` (or ``[tool.tether]``) in the working directory, loaded once."""
+    global _policies
+    if _policies is None:
+        _policies = load_worker_config().policies
+    return _policies

@@ -1,0 +1,179 @@
+"""Runs: ``with tether.run(agent="bot"):`` puts every call inside it under one run.
+
+The current run lives in a :mod:`contextvars` variable, so it follows ``await``, tasks
+(which copy the context) and ``contextvars.copy_context().run`` into threads. A run opened
+inside another is a sub-agent's: its ``run.started`` names the outer run as
+``parent_run_id`` and it continues the outer run's trace.
+
+Trace context is W3C ``traceparent``: a run continues an incoming one (``traceparent=``)
+or its parent run's trace, else starts a trace; every LLM and tool call inside it gets a
+new span id in that trace, on its events and (for LLM calls) on the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import JsonValue
+
+from tether.bus import Bus
+from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
+
+from ._hub import Hub, background_hub
+from ._redact import Redactor, redactor_of
+
+__all__ = ["Run", "RunContext", "current_run", "run"]
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+SOURCE = "urn:tether:adapter"
+
+
+def trace_of(traceparent: str | None) -> str | None:
+    """The trace id of a valid W3C ``traceparent``, else ``None``."""
+    if not traceparent:
+        return None
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    if match is None or match[1] == "0" * 32 or match[2] == "0" * 16:
+        return None
+    return match[1]
+
+
+def new_traceparent(trace_id: str | None = None) -> str:
+    """``00-<trace id>-<new span id>-01``: a new span in ``trace_id`` (or in a new trace)."""
+    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What calls inside a run inherit."""
+
+    run_id: str
+    agent: str | None
+    trace_id: str
+    traceparent: str
+    parent_run_id: str | None = None
+    hub: Hub | None = field(default=None, repr=False, compare=False)
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("tether_run", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The run the calling code is in, if any."""
+    return _current.get()
+
+
+class Run:
+    """A run, as a sync or async context manager. Set ``output`` before it ends to record it."""
+
+    def __init__(self, *, agent: str | None = None, run_id: str | None = None, name: str | None = None,
+                 traceparent: str | None = None, metadata: Mapping[str, JsonValue] | None = None,
+                 input: JsonValue = None, tags: tuple[str, ...] = (), bus: Bus | None = None,
+                 redact: Redactor | None = None) -> None:
+        self.agent = agent
+        self.run_id = run_id or uuid7()
+        self.name = name
+        self.incoming = traceparent
+        self.metadata = dict(metadata or {})
+        self.input = input
+        self.tags = tuple(tags)
+        self.output: JsonValue = None
+        self.status: Literal["ok", "error", "cancelled"] | None = None
+        self._bus = bus
+        self._redact = redactor_of(redact)
+        self._token: contextvars.Token[RunContext | None] | None = None
+        self._started = 0.0
+        self.context: RunContext | None = None
+
+    # -- the two shells ------------------------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        hub = self._hub_nowait() or background_hub()
+        hub.emit(self._open(hub))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        hub, event = self._close(exc)
+        hub.emit(event)
+
+    async def __aenter__(self) -> Run:
+        hub = self._hub_nowait()
+        if hub is None:
+            hub = await asyncio.to_thread(background_hub)
+        await hub.aemit(self._open(hub))
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        hub, event = self._close(exc)
+        await hub.aemit(event)
+
+    # -- the logic -----------------------------------------------------------------------------
+
+    def _hub_nowait(self) -> Hub | None:
+        if self._bus is not None:
+            return Hub.of(self._bus)
+        parent = _current.get()
+        return parent.hub if parent is not None else None
+
+    def _open(self, hub: Hub) -> Event:
+        parent = _current.get()
+        trace_id = trace_of(self.incoming) or (parent.trace_id if parent else None) or secrets.token_hex(16)
+        agent = self.agent or (parent.agent if parent else None)
+        ctx = RunContext(self.run_id, agent, trace_id, new_traceparent(trace_id),
+                         parent.run_id if parent else None, hub)
+        self.context = ctx
+        self._token = _current.set(ctx)
+        self._started = time.perf_counter()
+        return Event.of(RunStarted(name=self.name, parent_run_id=ctx.parent_run_id,
+                                   input=self._redact(self.input), tags=self.tags,
+                                   metadata=self._redact(self.metadata)),
+                        runid=ctx.run_id, agentid=agent, traceparent=ctx.traceparent, source=SOURCE)
+
+    def _close(self, exc: BaseException | None) -> tuple[Hub, Event]:
+        ctx = self.context
+        assert ctx is not None and ctx.hub is not None
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:  # exited in another context than it was entered in
+                _current.set(None)
+            self._token = None
+        error = None
+        if exc is None:
+            self.status = "ok"
+        elif isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
+            self.status = "cancelled"
+        else:
+            self.status = "error"
+            error = ErrorInfo(type=type(exc).__name__, message=self._redact.text(str(exc))[:2000])
+        duration = (time.perf_counter() - self._started) * 1000
+        return ctx.hub, Event.of(RunFinished(status=self.status, duration_ms=duration,
+                                             output=self._redact(self.output), error=error),
+                                 runid=ctx.run_id, agentid=ctx.agent, traceparent=ctx.traceparent, source=SOURCE)
+
+    def __repr__(self) -> str:
+        return f"<tether.run {self.run_id} agent={self.agent!r} status={self.status}>"
+
+
+def run(*, agent: str | None = None, run_id: str | None = None, name: str | None = None,
+        traceparent: str | None = None, metadata: Mapping[str, Any] | None = None, input: JsonValue = None,
+        tags: tuple[str, ...] = (), bus: Bus | None = None, redact: Redactor | None = None) -> Run:
+    """A run of ``agent``: ``with tether.run(agent="bot"):`` or ``async with tether.run(...)``.
+
+    ``run_id`` defaults to a new UUIDv7; ``traceparent`` continues an incoming W3C trace;
+    a run opened inside another is its sub-run (``parent_run_id``). Events go to ``bus``,
+    else the enclosing run's bus, else tether's background bus. ``run.started`` and
+    ``run.finished`` (status ok, error or cancelled, duration, ``output``) frame the calls.
+    """
+    return Run(agent=agent, run_id=run_id, name=name, traceparent=traceparent, metadata=metadata, input=input,
+               tags=tags, bus=bus, redact=redact)
