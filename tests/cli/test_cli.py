@@ -628,3 +628,30 @@ def test_result_line_and_colours(monkeypatch: pytest.MonkeyPatch) -> None:
     line = result_line(bad, Style())
     assert line.startswith(f"{INVALID} on tether.evt.a.r.tool.completed.t (seq 7): ")
     assert "tool" in line
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_a_reader_that_goes_away_does_not_leak_the_server(tether_home: Path) -> None:
+    """`tether up --demo | head -1`: the pipe closes, tether stops quietly and stops its server."""
+    proc = await asyncio.create_subprocess_exec(
+        *TETHER, "up", "--demo", "--runs", "2", "--interval", "0.1", env=cli_env(tether_home),
+        cwd=tether_home.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert b"starting" in first
+        proc.stdout.feed_eof()
+        transport = proc._transport  # type: ignore[attr-defined]
+        transport.get_pipe_transport(1).close()  # the reader goes away, like `head` exiting
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"Traceback" not in err, err.decode()
+    started = [int(p.stem.split("_")[1]) for p in (tether_home / "run").glob("nats-server_*.ports")]
+    leaked = [pid for pid in started if exists(pid)]
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, "tether up left its nats-server running after its stdout closed"

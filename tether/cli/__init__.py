@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -169,6 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tether tail | head`): stop quietly, as Unix tools do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _say(text: str) -> None:
+    """Print during shutdown: a closed stdout (``tether up | head``) must not skip the cleanup."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, flush=True)
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> BusConfig:
@@ -284,9 +296,9 @@ async def _up(args: argparse.Namespace) -> int:
                 if otel is not None:
                     await otel.stop()  # one last pass
         finally:
-            print("stopping tether...", flush=True)
+            _say("stopping tether...")
             await bus.close()
-            print("stopped cleanly.", flush=True)
+            _say("stopped cleanly.")
 
 
 async def _start_services(args: argparse.Namespace, bus: Bus, s: Style) -> tuple[Any, Any]:
