@@ -90,3 +90,40 @@ def background(nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.Monk
         yield Background(nats_server.url)
     finally:
         tether.adapters.shutdown()
+
+
+# -- the gateway ---------------------------------------------------------------------------------
+
+GATEWAY_KEY = "tg-test-bot-key-0001"
+OTHER_KEY = "tg-test-other-key-02"
+TRUSTED_KEY = "tg-test-trusted-key3"
+UPSTREAM_KEYS = {"openai": "sk-upstream-openai-0123456789abcdef", "anthropic": "sk-ant-upstream-0123456789",
+                 "backup": "sk-upstream-backup-0123456789abcdef"}
+
+
+def gateway_config(fake: FakeProvider, policies: PolicySet, *, providers: dict[str, Any] | None = None,
+                   **options: Any) -> Any:
+    """The test gateway: providers ``openai`` and ``backup`` (OpenAI format) and ``anthropic``, all
+    on the fake provider; gpt-*, o*, text-embedding-* and claude-* models; no default provider."""
+    from tether.adapters.gateway import GatewayConfig
+    from tether.middleware import ProviderConfig
+
+    providers = {**{name: ProviderConfig(name, "anthropic" if name == "anthropic" else "openai", fake.url,
+                                         api_key=key) for name, key in UPSTREAM_KEYS.items()}, **(providers or {})}
+    section: dict[str, Any] = {
+        "keys": {GATEWAY_KEY: "bot", OTHER_KEY: "other-bot", TRUSTED_KEY: "*"},
+        "models": {"fast": "openai:gpt-4o-mini", "gpt-*": "openai", "text-embedding-*": "openai",
+                   "claude-*": "anthropic"},
+        "retry_after_s": 7,
+        **options,
+    }
+    return GatewayConfig.from_mapping(section, providers=providers, policies=policies, environ={})
+
+
+@pytest.fixture
+async def gateway(fake: FakeProvider, bus: Bus, policies: PolicySet) -> AsyncIterator[Any]:
+    """A gateway on a free loopback port in front of the fake provider (``gateway.url``)."""
+    from tether.adapters.gateway import GatewayServer
+
+    async with GatewayServer(gateway_config(fake, policies), bus, port=0, grace_s=1) as server:
+        yield server

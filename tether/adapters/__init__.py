@@ -7,8 +7,9 @@
 * :func:`tool` records a function's calls and retries it only when it is idempotent.
 * :func:`run` puts the calls inside it under one run, with W3C trace context;
   :func:`conversation` reads a run's messages back from its events.
-* :class:`Interceptor` is the core they share (and the gateway will): one raw request
-  in, one response (maybe a stream) out, policy applied and events published.
+* :class:`Interceptor` is the core they share with the gateway (``tether.adapters.gateway``,
+  ``tether gateway``): one raw request in, one response (maybe a stream) out, policy applied
+  and events published.
 * :class:`Redactor`: what is kept out of the log (headers never enter it).
 
 See docs/adapters.md.
@@ -21,6 +22,7 @@ from ._core import (
     DurableStreamingUnsupported,
     Interceptor,
     ProxyResponse,
+    RoutedUpstream,
     SyncProxyResponse,
     SyncUpstream,
     SyncUpstreamResponse,
@@ -29,7 +31,7 @@ from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
 from ._redact import DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
-from ._runs import Run, RunContext, current_run, run
+from ._runs import Run, RunContext, bound, current_run, run
 from ._tools import RunawayError, tool
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "LoopThreadError",
     "ProxyResponse",
     "Redactor",
+    "RoutedUpstream",
     "Run",
     "RunContext",
     "RunawayError",
@@ -55,6 +58,7 @@ __all__ = [
     "TetherTransport",
     "async_http_client",
     "background_hub",
+    "bound",
     "conversation",
     "current_run",
     "flush",

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
 from tether.bus import Bus
-from tether.middleware import Failure, Policy, PolicySet, classify_exception
+from tether.middleware import Failure, Policy, PolicySet, Target, classify_exception
 from tether.middleware._engine import CallEngine
 from tether.middleware._work import WorkItem
 from tether.schemas import uuid7
@@ -58,6 +58,7 @@ __all__ = [
     "DurableStreamingUnsupported",
     "Interceptor",
     "ProxyResponse",
+    "RoutedUpstream",
     "SyncProxyResponse",
     "SyncUpstream",
     "SyncUpstreamResponse",
@@ -94,6 +95,13 @@ class AsyncUpstream(Protocol):
     """Sends one attempt of a request: the headers and body tether chose for it."""
 
     async def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> AsyncUpstreamResponse: ...
+
+
+class RoutedUpstream(AsyncUpstream, Protocol):
+    """An upstream that can also send to another provider: a fallback target's (the gateway)."""
+
+    async def send_to(self, target: Target, headers: Headers, body: bytes,
+                      timeout_s: float | None) -> AsyncUpstreamResponse: ...
 
 
 class SyncUpstreamResponse(Protocol):
@@ -162,13 +170,15 @@ class Interceptor:
     bodies; ``agent``: the agent id outside a run; ``provider``: the provider name in
     routes (``openai:gpt-4o``), by default the wire format's; ``redact``: a
     :class:`Redactor`, a hook, or extra field names; ``stream_usage``: ask a streamed chat
-    completion for usage when the caller did not (the extra chunk is removed).
+    completion for usage when the caller did not (the extra chunk is removed);
+    ``fallback_providers``: other providers the upstream can reach (a :class:`RoutedUpstream`,
+    the gateway's), whose fallback targets are kept.
     """
 
     def __init__(self, *, bus: Bus | None = None, policies: PolicySet | None = None, mode: Mode = "inline",
                  capture: bool = True, agent: str | None = None, provider: str | None = None,
                  kind: Kind | None = None, redact: Redactor | Hook | Iterable[str] | None = None,
-                 stream_usage: bool = True) -> None:
+                 stream_usage: bool = True, fallback_providers: Iterable[str] = ()) -> None:
         if mode not in ("inline", "durable"):
             raise ValueError(f"mode must be 'inline' or 'durable', not {mode!r}")
         if provider is not None and (not provider or ":" in provider):
@@ -182,6 +192,7 @@ class Interceptor:
         self.kind = kind
         self.redactor = redactor_of(redact)
         self.stream_usage = stream_usage
+        self.fallback_providers = frozenset(fallback_providers)
         self._routes: dict[tuple[int, str], Policy] = {}
         self._warned = False
 
@@ -201,13 +212,14 @@ class Interceptor:
         return kind, operation
 
     def policy_for(self, policies: PolicySet, route: str, provider: str) -> Policy:
-        """The route's policy, its fallbacks restricted to this provider: a client (or an
-        upstream) can only send to its own provider, with another model."""
+        """The route's policy, its fallbacks restricted to this provider (and to
+        ``fallback_providers``): a client can only send to its own provider, with another model."""
         key = (id(policies), route)
         policy = self._routes.get(key)
         if policy is None:
             policy = policies.policy_for(route)
-            same = tuple(t for t in policy.fallback.targets if t.provider == provider)
+            reachable = self.fallback_providers
+            same = tuple(t for t in policy.fallback.targets if t.provider == provider or t.provider in reachable)
             if same != policy.fallback.targets:
                 policy = dataclasses.replace(policy, fallback=dataclasses.replace(policy.fallback, targets=same))
             self._routes[key] = policy
@@ -445,8 +457,12 @@ def drive_sync(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect],
 
 async def _send_async(upstream: AsyncUpstream, effect: Send) -> Sent:
     started = time.perf_counter()
+    send_to = getattr(upstream, "send_to", None)  # a RoutedUpstream: the target says where
     try:
-        resp = await upstream.send(effect.headers, effect.body, effect.timeout_s)
+        if send_to is not None:
+            resp = await send_to(effect.target, effect.headers, effect.body, effect.timeout_s)
+        else:
+            resp = await upstream.send(effect.headers, effect.body, effect.timeout_s)
     except Exception as exc:
         return Sent((time.perf_counter() - started) * 1000, failure=failure_of(exc))
     try:

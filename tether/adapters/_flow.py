@@ -250,8 +250,11 @@ class LlmCall:
         if sent is not None and sent.body is not None and sent.status >= 400:
             return Final(sent.status, self.reply_headers(sent.headers, final_error=True), sent.body)
         status = error_status(failure, reason)
-        code = {"budget": "budget_exceeded", "runaway": "runaway_guard", "deadline": "deadline_exceeded"}.get(
-            reason, "circuit_open" if failure is not None and failure.kind == "breaker_open" else "tether_gave_up")
+        if failure is not None and failure.kind == "breaker_open":
+            code = "circuit_open"  # also when its cooldown outlasts the deadline: the open circuit is why
+        else:
+            code = {"budget": "budget_exceeded", "runaway": "runaway_guard", "deadline": "deadline_exceeded"}.get(
+                reason, "tether_gave_up")
         return self.error_reply(status, f"tether gave up ({reason}): {error.type}: {error.message}", code=code,
                                 retry_after_s=error.retry_after_s)
 

@@ -13,11 +13,12 @@ new span id in that trace, on its events and (for LLM calls) on the upstream req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
 from ._hub import Hub, background_hub
 from ._redact import Redactor, redactor_of
 
-__all__ = ["Run", "RunContext", "current_run", "run"]
+__all__ = ["Run", "RunContext", "bound", "current_run", "run"]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 SOURCE = "urn:tether:adapter"
@@ -69,6 +70,17 @@ _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("te
 def current_run() -> RunContext | None:
     """The run the calling code is in, if any."""
     return _current.get()
+
+
+@contextlib.contextmanager
+def bound(ctx: RunContext) -> Iterator[RunContext]:
+    """Calls inside are made under ``ctx`` without opening a run (no ``run.*`` events): for a
+    run someone else frames, such as an agent calling through the gateway."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
 
 
 class Run:

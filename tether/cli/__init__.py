@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--update-streams", action="store_true",
                     help="fix stream config drift in place where NATS allows it")
     up.add_argument("--replicas", type=int, help="stream replicas (1 locally, 3 on a cluster)")
+    up.add_argument("--gateway-port", type=int, metavar="PORT",
+                    help="also serve the OpenAI/Anthropic-compatible gateway on this port ([gateway] in tether.toml)")
+    up.add_argument("--gateway-host", metavar="HOST", help="the gateway's address (default 127.0.0.1)")
     up.add_argument("--otel-endpoint", metavar="URL",
                     help="also send finished traces to this OpenTelemetry receiver (OTLP/HTTP), "
                     "e.g. http://127.0.0.1:4318; needs tether[otel]")
@@ -100,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _otel, _projector, _reliability, _stats, _views
+    from . import _gateway, _otel, _projector, _reliability, _stats, _views
 
     _reliability.add_commands(sub, _common)
+    _gateway.add_commands(sub, _common)
     _otel.add_commands(sub, _common)
     _views.add_commands(sub, _common)
     _stats.add_commands(sub, _common)
@@ -155,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_stats(args))
         if args.command in ("projector", "watch"):
             return asyncio.run(_until_signal(args))
+        if args.command == "gateway":
+            from ._gateway import run as run_gateway
+
+            return asyncio.run(run_gateway(args))
         if args.command == "otel-export":
             from ._otel import run as run_otel
 
@@ -262,6 +270,16 @@ async def _up(args: argparse.Namespace) -> int:
             if executor is None:
                 return 2
             projector = await _start_projector(bus, cfg.home, s)
+            gateway = None
+            if args.gateway_port is not None:
+                from ._gateway import start_in_up
+
+                gateway = await start_in_up(bus, args.config, host=args.gateway_host, port=args.gateway_port)
+                if gateway is None:
+                    await executor.stop()
+                    if projector is not None:
+                        await projector.stop()
+                    return 2
             otel = None
             if args.otel_endpoint:
                 from tether.projections.otel import OtelUnavailable
@@ -272,6 +290,8 @@ async def _up(args: argparse.Namespace) -> int:
                     otel = await Follower.start(bus, cfg.home, args.otel_endpoint)
                 except (OtelUnavailable, ValueError) as exc:
                     print(f"tether up: --otel-endpoint: {exc}", file=sys.stderr)
+                    if gateway is not None:
+                        await gateway.stop()
                     await executor.stop()
                     if projector is not None:
                         await projector.stop()
@@ -286,6 +306,8 @@ async def _up(args: argparse.Namespace) -> int:
                     return 0
                 return await _play_demo(args, bus, fake, stop, s)
             finally:
+                if gateway is not None:
+                    await gateway.stop()
                 await executor.stop()
                 if fake is not None:
                     await fake.aclose()

@@ -27,7 +27,7 @@ from ._providers import ProviderConfig, ProviderConfigError
 
 __all__ = ["WorkerConfig", "load_worker_config"]
 
-OWN_SECTIONS = ("providers", "worker", "memory")
+OWN_SECTIONS = ("providers", "worker", "memory", "gateway")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,196 @@
+"""The gateway's pure parts: configuration, model routing, identity, error bodies, Retry-After."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import tether.adapters.gateway as gateway_api
+from tether.adapters.gateway import GatewayConfig, ModelRoute, digest, load_gateway_config, resolve_model
+from tether.adapters.gateway._errors import problem, with_retry_after
+from tether.adapters.gateway._identity import Caller, Refused, identify, run_for_trace, trace_for_run
+from tether.adapters.gateway._routing import parse_route
+from tether.middleware import PolicyConfigError, ProviderConfig, Target, load_worker_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PROVIDERS = {"openai": ProviderConfig("openai"), "anthropic": ProviderConfig("anthropic", "anthropic")}
+KEYS = {digest("tg-key-bot"): "bot", digest("tg-key-ops"): "*"}
+
+
+def test_public_api_is_complete() -> None:
+    for module in ("_app", "_config", "_routing", "_server", "_upstream"):
+        names = set(importlib.import_module(f"tether.adapters.gateway.{module}").__all__)
+        assert names <= set(gateway_api.__all__), module
+    for name in gateway_api.__all__:
+        assert getattr(gateway_api, name) is not None
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_config_from_mapping() -> None:
+    config = GatewayConfig.from_mapping({
+        "port": 0, "default_provider": "openai", "max_body_mb": 2, "capture": False, "retry_after_s": 3,
+        "keys": {"tg-abcdef": "openclaw-main", f"sha256:{digest('tg-hidden')}": "ci", "tg-trusted": "*"},
+        "keys_env": "GW_KEYS", "models": {"fast": "openai:gpt-4o-mini", "claude-*": "anthropic"},
+        "redact": ["ssn"]}, providers=PROVIDERS, environ={"GW_KEYS": "tg-from-env=env-bot, tg-second=other"})
+    assert config.keys[digest("tg-abcdef")] == "openclaw-main" and config.keys[digest("tg-hidden")] == "ci"
+    assert config.keys[digest("tg-from-env")] == "env-bot" and config.keys[digest("tg-second")] == "other"
+    assert "tg-hidden" not in config.plain_keys and "tg-abcdef" in config.plain_keys
+    assert (config.max_body_bytes, config.capture, config.retry_after_s) == (2 * 1024 * 1024, False, 3.0)
+    assert config.models == (ModelRoute("fast", "openai", "gpt-4o-mini"), ModelRoute("claude-*", "anthropic"))
+    assert "tg-abcdef" not in repr(config), "keys are not in the configuration's repr"
+
+
+@pytest.mark.parametrize(("section", "where"), [
+    ({"prot": 1}, "gateway.prot"),
+    ({"port": "80"}, "gateway.port"),
+    ({"default_provider": "nope"}, "gateway.default_provider"),
+    ({"models": {"x": "nope"}}, 'gateway.models.x'),
+    ({"models": {"x-*": "openai:gpt-4o"}}, 'gateway.models."x-*"'),
+    ({"keys": {"short": "bot"}}, "gateway.keys"),
+    ({"keys": {"sha256:beef": "bot"}}, "gateway.keys"),
+    ({"keys": {"tg-abcdef": ""}}, "gateway.keys"),
+    ({"keys_env": "GW", "keys": {}}, "gateway.keys_env"),
+    ({"max_body_mb": 0}, "gateway.max_body_mb"),
+])
+def test_config_errors_name_the_place(section: dict[str, object], where: str) -> None:
+    with pytest.raises(PolicyConfigError) as caught:
+        GatewayConfig.from_mapping(section, providers=PROVIDERS, environ={"GW": "no-equals-sign"})
+    assert str(caught.value).startswith(where)
+    assert "tg-abcdef" not in str(caught.value), "a key is never shown whole"
+
+
+def test_the_policy_parser_ignores_the_gateway_section(tmp_path: Path) -> None:
+    file = tmp_path / "tether.toml"
+    file.write_text('[providers.openai]\nkind = "openai"\n\n[gateway]\nport = 9000\ndefault_provider = "openai"\n'
+                    '[gateway.keys]\n"tg-abcdef" = "bot"\n\n[routes."*".retry]\nmax_attempts = 4\n')
+    assert load_worker_config(file).policies.policy_for("openai:x").retry.max_attempts == 4
+    config = load_gateway_config(file)
+    assert (config.port, config.default_provider, config.source) == (9000, "openai", str(file))
+    assert config.policies.policy_for("openai:x").retry.max_attempts == 4
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.tether.providers.a]\nkind = "anthropic"\n[tool.tether.gateway]\nport = 9001\n')
+    assert load_gateway_config(pyproject).port == 9001
+    (tmp_path / "empty").mkdir()
+    assert load_gateway_config(cwd=tmp_path / "empty").port == 8400, "no file: the defaults"
+
+
+def test_docs_toml_blocks_load(tmp_path: Path) -> None:
+    """Every TOML block of docs/gateway.md is a valid tether.toml."""
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "gateway.md").read_text(), re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"block{i}.toml"
+        path.write_text(block)
+        load_gateway_config(path, environ={"TETHER_GATEWAY_KEYS": ""})
+
+
+def test_docs_openclaw_json_blocks_parse() -> None:
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "docs" / "gateway.md").read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        doc = json.loads(block)
+        for provider in doc["models"]["providers"].values():
+            assert provider["api"] in ("openai-completions", "openai-responses", "anthropic-messages")
+            assert provider["baseUrl"].startswith("http://127.0.0.1:8400")
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def test_model_resolution_order() -> None:
+    routes = [parse_route("fast", "openai:gpt-4o-mini"), parse_route("gpt-4o", "anthropic"),
+              parse_route("claude-*", "anthropic"), parse_route("*", "openai")]
+    assert resolve_model("fast", routes, PROVIDERS, None) == Target("openai", "gpt-4o-mini")
+    assert resolve_model("gpt-4o", routes, PROVIDERS, None) == Target("anthropic", "gpt-4o"), "exact first"
+    assert resolve_model("anthropic/claude-x", routes, PROVIDERS, None) == Target("anthropic", "claude-x"), \
+        "a provider prefix before globs"
+    assert resolve_model("meta/llama-3", routes, PROVIDERS, None) == Target("openai", "meta/llama-3"), \
+        "not a provider: the name keeps its slash"
+    assert resolve_model("claude-haiku", routes, PROVIDERS, None) == Target("anthropic", "claude-haiku")
+    assert resolve_model("o3", routes[:3], PROVIDERS, None) is None
+    assert resolve_model("o3", routes[:3], PROVIDERS, "openai") == Target("openai", "o3")
+
+
+def test_parse_route_refuses_nonsense() -> None:
+    for value in ("", ":m", "p:", 3):
+        with pytest.raises(ValueError):
+            parse_route("x", value)
+
+
+# -- identity ---------------------------------------------------------------------------------
+
+
+def test_identify_keys_agents_and_runs() -> None:
+    assert identify({"authorization": "Bearer tg-key-bot"}, KEYS) == Caller("bot", None, None, None)
+    assert identify({"x-api-key": "tg-key-bot"}, KEYS) == Caller("bot", None, None, None)
+    refused = identify({"authorization": "Bearer tg-key-nope"}, KEYS)
+    assert isinstance(refused, Refused) and (refused.status, refused.code) == (401, "invalid_api_key")
+    assert isinstance(missing := identify({}, KEYS), Refused) and missing.code == "missing_api_key"
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    parent = f"00-{trace}-b7ad6b7169203331-01"
+    derived = identify({"x-api-key": "tg-key-bot", "traceparent": parent}, KEYS)
+    assert derived == Caller("bot", run_for_trace("bot", trace), trace, parent, derived_run=True)
+    assert run_for_trace("bot", trace) == run_for_trace("bot", trace) != run_for_trace("other", trace)
+    named = identify({"x-api-key": "tg-key-bot", "x-tether-run-id": "r-1"}, KEYS)
+    assert named == Caller("bot", "r-1", trace_for_run("r-1"), None)
+    assert isinstance(identify({"x-api-key": "tg-key-bot", "traceparent": "garbage"}, KEYS), Caller)
+    sub = identify({"x-api-key": "tg-key-bot", "x-tether-agent": "bot/researcher"}, KEYS)
+    assert isinstance(sub, Caller) and sub.agent == "bot/researcher"
+    other = identify({"x-api-key": "tg-key-bot", "x-tether-agent": "botnet"}, KEYS)
+    assert isinstance(other, Refused) and other.status == 403
+    trusted = identify({"x-api-key": "tg-key-ops", "x-tether-agent": "anyone"}, KEYS)
+    assert isinstance(trusted, Caller) and (trusted.agent, trusted.trusted) == ("anyone", True)
+    bad_run = identify({"x-api-key": "tg-key-bot", "x-tether-run-id": "has space"}, KEYS)
+    assert isinstance(bad_run, Refused) and bad_run.status == 400
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_problem_bodies_in_each_format() -> None:
+    status, headers, body = problem("openai", 404, "nope", code="model_not_found")
+    assert status == 404 and ("x-should-retry", "false") in headers
+    assert json.loads(body) == {"error": {"message": "nope", "type": "invalid_request_error", "param": None,
+                                          "code": "model_not_found"}}
+    _, _, body = problem("anthropic", 413, "big")
+    assert json.loads(body) == {"type": "error", "error": {"type": "request_too_large", "message": "big"}}
+    _, _, body = problem("openai", 429, "slow down")
+    assert json.loads(body)["error"]["type"] == "requests"
+
+
+def test_retry_after_of_a_give_up() -> None:
+    final = [("content-type", "application/json"), ("x-should-retry", "false")]
+    assert ("retry-after", "5") in with_retry_after(500, final, breaker_wait_s=None, default_s=5)
+    assert ("retry-after", "28") in with_retry_after(503, final, breaker_wait_s=27.2, default_s=5)
+    assert ("retry-after", "1") in with_retry_after(429, final, breaker_wait_s=None, default_s=0)
+    kept = [*final, ("Retry-After", "12")]
+    assert with_retry_after(429, kept, breaker_wait_s=30, default_s=5) == kept, "the provider's hint wins"
+    assert with_retry_after(400, final, breaker_wait_s=None, default_s=5) == final, "waiting cures no 400"
+    retryable = [("content-type", "application/json")]
+    assert with_retry_after(500, retryable, breaker_wait_s=None, default_s=5) == retryable, "not a give-up"
+
+
+def test_route_request() -> None:
+    from tether.adapters.gateway._requests import Routed, route_request
+
+    config = GatewayConfig.from_mapping({"models": {"fast": "openai:gpt-4o-mini", "claude-*": "anthropic"}},
+                                        providers=PROVIDERS, environ={})
+    same = b'{"model": "gpt-4o-mini", "messages": []}'
+    assert route_request("openai", b'{"model": "fast", "n": 1}', config) == Routed(
+        Target("openai", "gpt-4o-mini"), b'{"model":"gpt-4o-mini","n":1}'), "an alias is renamed in the body"
+    assert route_request("openai", b'{"model": "openai/gpt-4o-mini"}', config) == Routed(
+        Target("openai", "gpt-4o-mini"), b'{"model":"gpt-4o-mini"}')
+    assert route_request("anthropic", b'{"model": "claude-x"}', config) == Routed(
+        Target("anthropic", "claude-x"), b'{"model": "claude-x"}'), "the agent's bytes when nothing changes"
+    refused = {name: route_request(kind, body, config) for name, kind, body in [
+        ("not json", "openai", b"{"), ("array", "anthropic", b"[]"), ("no model", "openai", b"{}"),
+        ("unknown", "openai", same), ("other format", "openai", b'{"model": "claude-x"}')]}
+    assert {k: v[0] for k, v in refused.items() if isinstance(v, tuple)} == {
+        "not json": 400, "array": 400, "no model": 400, "unknown": 404, "other format": 404}
+    assert b"Anthropic Messages format" in refused["other format"][2]  # type: ignore[index]

@@ -1,0 +1,411 @@
+"""The gateway's HTTP application: OpenAI- and Anthropic-compatible endpoints over the interceptor.
+
+Every LLM request goes the same way: authenticate the gateway key (the agent), read the body
+(with a size limit), check it is JSON with a model, resolve the model to an upstream, then
+hand it to the :class:`~tether.adapters.Interceptor` of that provider and agent, inside the
+caller's run, with an upstream that adds the provider's key. The interceptor applies the
+policy (retries, breaker, fallbacks, budgets) and publishes the events; the answer (a body,
+or a stream passed on chunk by chunk) goes back to the agent in the provider's own format.
+
+The LLM endpoints are plain ASGI callables (Starlette routes to them): they watch for the
+client going away for the whole request, so a disconnect while the gateway is still
+retrying, or mid-stream, cancels the call and releases the upstream connection, and the
+events say the caller closed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tether.bus import Bus
+from tether.middleware import breaker_retry_in
+from tether.schemas import Event, RunStarted
+
+from .._core import Interceptor, ProxyResponse
+from .._hub import Hub
+from .._redact import Redactor
+from .._runs import RunContext, bound, new_traceparent
+from .._wire import Kind, Operation
+from ._config import GatewayConfig
+from ._errors import Headers, problem, with_retry_after
+from ._identity import STRIPPED, Caller, Refused, identify, started_id
+from ._ingest import IngestError, decode, validate
+from ._requests import Routed, route_request
+from ._routing import resolve_model
+from ._upstream import Upstreams
+
+__all__ = ["KEY_SHAPE", "Gateway"]
+
+log = logging.getLogger("tether.gateway")
+SOURCE = "urn:tether:gateway"
+KEY_SHAPE = r"tg-[A-Za-z0-9_\-]{16,}"
+"""The shape of keys ``tether gateway --new-key`` makes: redacted wherever they appear."""
+_DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
+_SEEN_RUNS = 50_000
+_INTERCEPTORS = 10_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Gone(Exception):
+    """The client went away while sending its request."""
+
+
+class Gateway:
+    """The gateway's state and its Starlette ``app``. Serve it with :class:`GatewayServer`.
+
+    One :class:`~tether.adapters.Interceptor` per (provider, agent); ``upstreams`` (the
+    providers' HTTP side) is made from the configuration unless given.
+    """
+
+    def __init__(self, config: GatewayConfig, bus: Bus, *, upstreams: Upstreams | None = None) -> None:
+        self.config = config
+        self.bus = bus
+        self.hub = Hub.of(bus)
+        self.upstreams = upstreams if upstreams is not None else Upstreams(config.providers)
+        secrets = [re.escape(k) for k in (*config.plain_keys, *config.upstream_keys())]
+        self.redactor = Redactor(fields=config.redact, patterns=[*secrets, KEY_SHAPE])
+        self._interceptors: dict[tuple[str, str | None], Interceptor] = {}
+        self._runs: OrderedDict[str, None] = OrderedDict()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", _Llm(self, "openai", "chat", "/chat/completions"), methods=["POST"]),
+                Route("/v1/responses", _Llm(self, "openai", "responses", "/responses"), methods=["POST"]),
+                Route("/v1/embeddings", _Llm(self, "openai", "embeddings", "/embeddings"), methods=["POST"]),
+                Route("/v1/messages", _Llm(self, "anthropic", "messages", "/messages"), methods=["POST"]),
+                Route("/v1/messages/count_tokens", _Llm(self, "anthropic", None, "/messages/count_tokens"),
+                      methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+                Route("/v1/events", self.events, methods=["POST"]),
+                Route("/healthz", self.health, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+        )
+
+    async def start(self) -> Gateway:
+        """Open what the first call would otherwise wait for (the engine's KV buckets)."""
+        await self.hub.engine(self.config.policies)
+        return self
+
+    async def aclose(self) -> None:
+        await self.upstreams.aclose()
+
+    def interceptor(self, provider: str, agent: str | None) -> Interceptor:
+        found = self._interceptors.get((provider, agent))
+        if found is None:
+            if len(self._interceptors) >= _INTERCEPTORS:  # sub-agent names are the agents' to choose
+                self._interceptors.clear()
+            kind = self.config.providers[provider].kind
+            reachable = [name for name, p in self.config.providers.items() if p.kind == kind and name != provider]
+            found = self._interceptors[(provider, agent)] = Interceptor(
+                bus=self.bus, policies=self.config.policies, provider=provider, agent=agent,
+                capture=self.config.capture, redact=self.redactor, fallback_providers=reachable)
+        return found
+
+    # -- the LLM endpoints ---------------------------------------------------------------------
+
+    async def llm(self, scope: Scope, receive: Receive, send: Send, kind: Kind, operation: Operation | None,
+                  suffix: str) -> None:
+        named: dict[str, str] = {}
+        forward: Headers = []
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            named[name] = value
+            if name not in STRIPPED:
+                forward.append((name, value))
+        caller = identify(named, self.config.keys)
+        if isinstance(caller, Refused):
+            return await _reply(send, *problem(kind, caller.status, caller.message, code=caller.code))
+        try:
+            body = await _read_body(receive, named.get("content-length"), self.config.max_body_bytes)
+        except _Gone:
+            return
+        except _TooLarge:
+            limit = self.config.max_body_bytes
+            return await _reply(send, *problem(kind, 413, f"Request too large: the body is over {limit} bytes, "
+                                               "this gateway's limit", code="request_too_large"))
+        routed = route_request(kind, body, self.config)
+        if not isinstance(routed, Routed):
+            return await _reply(send, *routed)
+        target = routed.target
+        ctx = None
+        if caller.run_id is not None:
+            assert caller.trace_id is not None
+            ctx = RunContext(caller.run_id, caller.agent, caller.trace_id,
+                             caller.traceparent or new_traceparent(caller.trace_id), None, self.hub)
+            if caller.derived_run:
+                await self._run_started(caller)
+        query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true
+        upstream = self.upstreams.call(target.provider, suffix + ("?" + query.decode("latin-1") if query else ""))
+        path = "/v1" + suffix  # count_tokens is no LLM call: the interceptor passes it through
+        await self._proxy(receive, send, kind, operation, self.interceptor(target.provider, caller.agent), path,
+                          forward, routed.body, upstream, ctx, target.route)
+
+    async def _proxy(self, receive: Receive, send: Send, kind: Kind, operation: Operation | None,
+                     interceptor: Interceptor, path: str, headers: Headers, body: bytes, upstream: Any,
+                     ctx: RunContext | None, route: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = _Watch()
+        watcher = asyncio.create_task(_watch(receive, task, state))
+        proxied: ProxyResponse | None = None
+        try:
+            with bound(ctx) if ctx is not None else contextlib.nullcontext():
+                proxied = await interceptor.handle("POST", path, headers, body, upstream)
+            reply = _reply_headers(proxied.headers)
+            if proxied.status >= 400:
+                reply = with_retry_after(proxied.status, reply, breaker_wait_s=self._breaker_wait(route),
+                                         default_s=self.config.retry_after_s)
+            stream = proxied.stream
+            if stream is None:
+                content = proxied.content or b""
+                state.complete = True
+                await _reply(send, proxied.status, reply, content)
+                return
+            await send({"type": "http.response.start", "status": proxied.status, "headers": _raw(reply)})
+            try:
+                async for chunk in stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except Exception as exc:  # broken after the first byte: recorded by the tee; say so in-stream
+                log.warning("upstream stream broke after the first byte (%s); ending the agent's stream with an "
+                            "error event", type(exc).__name__)
+                tail = _stream_error(kind, operation, f"the upstream stream broke: {type(exc).__name__}")
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+            state.complete = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state.disconnected:
+                raise
+            task.uncancel()  # the client went away: that cancel was ours, and it is handled
+        finally:
+            watcher.cancel()
+            if proxied is not None and proxied.stream is not None:
+                await proxied.stream.aclose()  # a no-op once ended; before that: recorded as closed by the caller
+
+    def _breaker_wait(self, route: str) -> float | None:
+        engine = self.hub.engine_nowait(self.config.policies)
+        if engine is None:
+            return None
+        state = engine.breakers.state(route)
+        if state.state == "closed":
+            return None
+        return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
+
+    async def _run_started(self, caller: Caller) -> None:
+        """The first call of a run the gateway derived from a trace: ``run.started`` (once per
+        process; its id is derived too, so NATS drops the copies other gateways send)."""
+        run_id = caller.run_id
+        assert run_id is not None
+        if run_id in self._runs:
+            self._runs.move_to_end(run_id)
+            return
+        self._runs[run_id] = None
+        if len(self._runs) > _SEEN_RUNS:
+            self._runs.popitem(last=False)
+        payload = RunStarted(name=f"trace {caller.trace_id}", tags=("gateway",),
+                             metadata={"trace_id": caller.trace_id, "via": "tether gateway"})
+        await self.hub.aemit(Event.of(payload, id=started_id(run_id), runid=run_id,
+                                      agentid=caller.agent, traceparent=caller.traceparent, source=SOURCE))
+
+    # -- models, events, health -----------------------------------------------------------------
+
+    def _caller(self, request: Request, kind: Kind) -> Caller | Response:
+        caller = identify(request.headers, self.config.keys)
+        if isinstance(caller, Refused):
+            return _response(*problem(kind, caller.status, caller.message, code=caller.code))
+        return caller
+
+    async def models(self, request: Request) -> Response:
+        """The models this gateway names (``[gateway.models]``), in the format of the asker;
+        with none named, the default provider's own list."""
+        kind: Kind = "anthropic" if "anthropic-version" in request.headers else "openai"
+        caller = self._caller(request, kind)
+        if isinstance(caller, Response):
+            return caller
+        config = self.config
+        names = sorted({r.pattern for r in config.models
+                        if not r.is_glob and config.providers[r.provider].kind == kind})
+        default = config.default_provider
+        if not names and default is not None and config.providers[default].kind == kind:
+            return await self._pass_get(request, default, "/models")
+        created = int(time.time())
+        if kind == "anthropic":
+            data: list[dict[str, Any]] = [{"type": "model", "id": n, "display_name": n,
+                                           "created_at": "1970-01-01T00:00:00Z"} for n in names]
+            return JSONResponse({"data": data, "has_more": False, "first_id": names[0] if names else None,
+                                 "last_id": names[-1] if names else None})
+        data = [{"id": n, "object": "model", "created": created, "owned_by": self._owner(n)} for n in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    def _owner(self, model: str) -> str:
+        target = resolve_model(model, self.config.models, self.config.providers, self.config.default_provider)
+        return target.provider if target is not None else "tether"
+
+    async def model(self, request: Request) -> Response:
+        kind: Kind = "anthropic" if "anthropic-version" in request.headers else "openai"
+        caller = self._caller(request, kind)
+        if isinstance(caller, Response):
+            return caller
+        name = request.path_params["model"]
+        config = self.config
+        target = resolve_model(name, config.models, config.providers, config.default_provider)
+        if target is None or config.providers[target.provider].kind != kind:
+            return _response(*problem(kind, 404, f"The model `{name}` does not exist or you do not have access to "
+                                      "it.", code="model_not_found"))
+        if kind == "anthropic":
+            return JSONResponse({"type": "model", "id": name, "display_name": name,
+                                 "created_at": "1970-01-01T00:00:00Z"})
+        return JSONResponse({"id": name, "object": "model", "created": int(time.time()), "owned_by": target.provider})
+
+    async def _pass_get(self, request: Request, provider: str, suffix: str) -> Response:
+        headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in STRIPPED]
+        resp = await self.upstreams.send("GET", provider, suffix, headers, b"", None)
+        try:
+            parts = []
+            while (chunk := await resp.next_chunk()) is not None:
+                parts.append(chunk)
+        finally:
+            await resp.aclose()
+        return _response(resp.status, _reply_headers(resp.headers), b"".join(parts))
+
+    async def events(self, request: Request) -> Response:
+        """CloudEvents from the agent (structured, binary or batch): validated, all or nothing,
+        then published; 202 with their ids."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        try:
+            body = await _read_body(request.receive, request.headers.get("content-length"),
+                                    self.config.max_body_bytes)
+        except _Gone:
+            return Response(status_code=400)  # nobody reads it
+        except _TooLarge:
+            return _response(*problem("openai", 413, f"Request too large: over {self.config.max_body_bytes} bytes",
+                                      code="request_too_large"))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            events = validate(decode(headers, body), caller, trusted=caller.trusted, redactor=self.redactor)
+        except IngestError as exc:
+            return _response(*problem("openai", exc.status, exc.message, code=exc.code,
+                                      extra={"events": [i.to_json() for i in exc.invalid]}))
+        for event in events:
+            await self.bus.publish(event)
+        return JSONResponse({"accepted": len(events), "ids": [e.id for e in events]}, status_code=202)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "providers": sorted(self.config.providers),
+                             "nats": self.bus.nc.is_connected})
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind: Kind = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif exc.status_code == 405:
+            message = f"Method not allowed ({request.method} {request.url.path})"
+        else:
+            message = str(exc.detail)
+        return _response(*problem(kind, exc.status_code, message))
+
+
+class _Llm:
+    """The ASGI endpoint of one LLM API (``operation`` None: a pass-through, e.g. count_tokens)."""
+
+    def __init__(self, gateway: Gateway, kind: Kind, operation: Operation | None, suffix: str) -> None:
+        self.gateway = gateway
+        self.kind: Kind = kind
+        self.operation = operation
+        self.suffix = suffix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.llm(scope, receive, send, self.kind, self.operation, self.suffix)
+
+
+class _Watch:
+    __slots__ = ("complete", "disconnected")
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.complete = False
+
+
+async def _watch(receive: Receive, task: asyncio.Task[Any], state: _Watch) -> None:
+    """Cancel ``task`` when the client goes away before its answer is complete."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not state.complete:
+                state.disconnected = True
+                task.cancel()
+            return
+
+
+async def _read_body(receive: Callable[[], Awaitable[Any]], length: str | None, limit: int) -> bytes:
+    """The request body, refused (``_TooLarge``) as soon as it is known to be over ``limit``."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _TooLarge
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _reply_headers(headers: Headers) -> Headers:
+    return [(k, v) for k, v in headers if k.lower() not in _DROP_REPLY]
+
+
+def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+async def _reply(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    raw = _raw(headers)
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _response(status: int, headers: Headers, body: bytes) -> Response:
+    out = {k: v for k, v in headers if k.lower() != "content-type"}
+    media = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
+    return Response(body, status, out, media_type=media)
+
+
+def _stream_error(kind: Kind, operation: Operation | None, message: str) -> bytes:
+    """An error event in the stream's own format, after a stream broke past its first byte."""
+    if kind == "anthropic":
+        doc: dict[str, Any] = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return b"\n\nevent: error\ndata: " + json.dumps(doc).encode() + b"\n\n"
+    if operation == "responses":
+        doc = {"type": "error", "code": "server_error", "message": message, "param": None}
+        return b"\n\nevent: error\ndata: " + json.dumps(doc).encode() + b"\n\n"
+    doc = {"error": {"message": message, "type": "server_error", "param": None, "code": "upstream_stream_broke"}}
+    return b"\n\ndata: " + json.dumps(doc).encode() + b"\n\n"

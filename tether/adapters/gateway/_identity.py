@@ -1,0 +1,132 @@
+"""Who is calling, and in which run: pure functions of a request's headers.
+
+* The **gateway key** comes as ``Authorization: Bearer <key>`` (OpenAI clients),
+  ``x-api-key: <key>`` (Anthropic clients) or ``api-key: <key>`` (Azure-style clients), and
+  maps to an agent id. Keys are looked up by their SHA-256, so the configuration may hold
+  hashes only. A trusted key (agent ``"*"``) takes the agent from ``x-tether-agent``.
+* ``x-tether-agent`` may otherwise only name the key's agent or one of its sub-agents
+  (``<agent>/<name>``): an agent cannot act as another.
+* The **run**: ``x-tether-run-id`` names it; else a W3C ``traceparent`` does, since agents
+  such as OpenClaw keep one trace id for a whole run: the run id is a UUID derived from the
+  agent and the trace id (the same on every gateway, and after restarts); else the call
+  belongs to no run.
+* Headers that carry the agent's credentials or are the gateway's own never go upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .._runs import trace_of
+from ._config import TRUSTED
+
+__all__ = ["AGENT_HEADER", "RUN_HEADER", "STRIPPED", "Caller", "Refused", "identify", "run_for_trace",
+           "started_id", "trace_for_run"]
+
+RUN_HEADER = "x-tether-run-id"
+AGENT_HEADER = "x-tether-agent"
+STRIPPED = frozenset({
+    "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization",
+    "openai-project", "host", "expect", "te", "upgrade", "keep-alive", "proxy-connection", RUN_HEADER,
+    AGENT_HEADER,
+})
+"""Request headers the gateway never forwards (the caller's credentials, hop-by-hop, its own)."""
+
+_NAMESPACE = uuid.UUID("5d0c6a4e-9a8f-4c55-8f0e-7e1f3b0b7a11")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated request: its agent, run and trace."""
+
+    agent: str | None
+    run_id: str | None
+    trace_id: str | None
+    traceparent: str | None
+    derived_run: bool = False
+    """The run id was derived from the trace (the gateway frames the run: ``run.started``)."""
+    trusted: bool = False
+    """A trusted key's call: it may act, and publish events, as any agent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    status: int  # 401 or 403 or 400
+    message: str
+    code: str
+
+
+def credential(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents (lower-case header names)."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return headers.get("x-api-key") or headers.get("api-key") or None
+
+
+def lookup(keys: Mapping[str, str], key: str | None) -> str | None:
+    """The agent a key maps to (by its SHA-256), or ``None``."""
+    if not key:
+        return None
+    # by hash: what a timing difference could reveal is a prefix of a hash, not of a key
+    return keys.get(hashlib.sha256(key.encode()).hexdigest())
+
+
+def run_for_trace(agent: str | None, trace_id: str) -> str:
+    """The run id of an agent's trace: a UUID that every gateway derives the same way."""
+    return str(uuid.uuid5(_NAMESPACE, f"{agent or ''}:{trace_id}"))
+
+
+def started_id(run_id: str) -> str:
+    """The id of the ``run.started`` event the gateway sends for a run it derived."""
+    return str(uuid.uuid5(_NAMESPACE, f"run.started:{run_id}"))
+
+
+def trace_for_run(run_id: str) -> str:
+    """The trace id of a run named by ``x-tether-run-id`` without a ``traceparent``."""
+    return hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= 200 and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def identify(headers: Mapping[str, str], keys: Mapping[str, str]) -> Caller | Refused:
+    """Authenticate a request and place it in its run (``headers``: lower-case names)."""
+    key_agent = lookup(keys, credential(headers))
+    if key_agent is None:
+        missing = credential(headers) is None
+        return Refused(401, "No API key provided: use Authorization: Bearer <gateway key> or x-api-key"
+                       if missing else "Incorrect API key provided (not a key of this tether gateway)",
+                       "missing_api_key" if missing else "invalid_api_key")
+    asked = headers.get(AGENT_HEADER)
+    agent: str | None = key_agent
+    trusted = key_agent == TRUSTED
+    if trusted:
+        agent = asked or None
+    elif asked and asked != key_agent and not asked.startswith(key_agent + "/"):
+        return Refused(403, f"this key belongs to agent {key_agent!r}, which may not act as {asked!r} "
+                       f"(only as itself or a sub-agent {key_agent + '/<name>'!r})", "agent_not_allowed")
+    elif asked:
+        agent = asked
+    if agent is not None and not _valid_id(agent):
+        return Refused(400, f"{AGENT_HEADER} must be printable, without spaces, at most 200 characters",
+                       "invalid_agent")
+    traceparent = headers.get("traceparent")
+    trace_id = trace_of(traceparent)
+    if trace_id is None:
+        traceparent = None
+    run_id = headers.get(RUN_HEADER)
+    if run_id is not None:
+        if not _valid_id(run_id):
+            return Refused(400, f"{RUN_HEADER} must be printable, without spaces, at most 200 characters",
+                           "invalid_run_id")
+        return Caller(agent, run_id, trace_id or trace_for_run(run_id), traceparent, trusted=trusted)
+    if trace_id is not None:
+        return Caller(agent, run_for_trace(agent, trace_id), trace_id, traceparent, derived_run=True, trusted=trusted)
+    return Caller(agent, None, None, None, trusted=trusted)
