@@ -41,6 +41,13 @@ class Projection(ABC):
     def apply(self, event: Event, seq: int) -> Iterable[Op]:
         """The row operations for one event. Pure: no I/O, no clock, no randomness."""
 
+    def combine(self, ops: list[Op]) -> list[Op]:
+        """A batch's ops as the runner executes them (in one transaction, in this order).
+
+        Override to write several upserts of one row as one when that leaves exactly the
+        same rows (say, counters that only ever ``add``); the default runs every op."""
+        return ops
+
     def notify_key(self, op: Op) -> str | None:
         """The key announced on ``tether.proj.<view>.<key>`` for a changed row."""
         table = next((t for t in self.tables if t.name == op.table), None)
@@ -110,8 +117,9 @@ class ViewStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply_batch(self, items: Sequence[Item]) -> set[str]:
-        """Apply the new items and move the checkpoint, in one transaction. Returns changed keys."""
+    def apply_batch(self, items: Sequence[Item], *, notify: bool = True) -> set[str]:
+        """Apply the new items and move the checkpoint, in one transaction. Returns changed keys
+        (none if ``notify`` is false: nobody is told, as in a replay)."""
         fresh = [i for i in items if i.seq > self.seq]
         if not fresh:
             return set()
@@ -132,7 +140,7 @@ class ViewStore:
         db = self.db
         db.execute("BEGIN")
         try:
-            self._execute(ops)
+            self._execute(proj.combine(ops))
             if failed:
                 now = time.time()
                 db.executemany("INSERT OR REPLACE INTO _failed VALUES (?, ?, ?, ?)",
@@ -149,7 +157,7 @@ class ViewStore:
                 keys |= self._apply_one(item)
             return keys
         self.seq = last
-        return {k for op in ops if (k := proj.notify_key(op)) is not None}
+        return {k for op in ops if (k := proj.notify_key(op)) is not None} if notify else set()
 
     def _apply_one(self, item: Item) -> set[str]:
         db = self.db
@@ -174,31 +182,28 @@ class ViewStore:
 
     def _execute(self, ops: Sequence[Op]) -> None:
         """Run ops in order, grouping consecutive ones of the same shape into executemany."""
+        db = self.db
+        shapes = [_shape(op) for op in ops]
         i = 0
         n = len(ops)
         while i < n:
-            op = ops[i]
-            if isinstance(op, Upsert):
-                cols = tuple(op.values)
-                merge = tuple(sorted(op.merge.items()))
-                shape: tuple[Any, ...] = ("u", op.table, cols, merge)
-            else:
-                cols = tuple(op.key)
-                merge = ()
-                shape = ("d", op.table, cols)
+            shape = shapes[i]
             j = i + 1
-            while j < n and _shape(ops[j]) == shape:
+            while j < n and shapes[j] == shape:
                 j += 1
             sql = self._sql.get(shape)
+            op = ops[i]
             if sql is None:
                 table = self.tables[op.table]
-                sql = compile_upsert(table, cols, merge) if isinstance(op, Upsert) else compile_delete(table, cols)
+                sql = compile_upsert(table, shape[2], shape[3]) if isinstance(op, Upsert) \
+                    else compile_delete(table, shape[2])
                 self._sql[shape] = sql
-            if isinstance(op, Upsert):
-                rows = [tuple(o.values.values()) for o in ops[i:j]]  # type: ignore[union-attr]
+            if j == i + 1:
+                db.execute(sql, tuple((op.values if isinstance(op, Upsert) else op.key).values()))
+            elif isinstance(op, Upsert):
+                db.executemany(sql, [tuple(o.values.values()) for o in ops[i:j]])  # type: ignore[union-attr]
             else:
-                rows = [tuple(o.key.values()) for o in ops[i:j]]  # type: ignore[union-attr]
-            self.db.executemany(sql, rows)
+                db.executemany(sql, [tuple(o.key.values()) for o in ops[i:j]])  # type: ignore[union-attr]
             i = j
 
     # -- reading -------------------------------------------------------------------------------
@@ -216,7 +221,9 @@ class ViewStore:
 
 
 def _shape(op: Op) -> tuple[Any, ...]:
+    """What an op's SQL depends on. Merge rules in the order given: the same rules in another
+    order are another (equivalent) statement, which is cheaper than sorting them per op."""
     if isinstance(op, Upsert):
-        return ("u", op.table, tuple(op.values), tuple(sorted(op.merge.items())))
+        return ("u", op.table, tuple(op.values), tuple(op.merge.items()))
     assert isinstance(op, Delete)
     return ("d", op.table, tuple(op.key))

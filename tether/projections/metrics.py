@@ -166,6 +166,31 @@ class MetricsView(Projection):
                        for metric, value in samples.items() if value is not None)
         return ops
 
+    def combine(self, ops: list[Op]) -> list[Op]:
+        """One upsert per counters row and batch: its counts summed, where its first one was.
+
+        Exact: a counters row is only ever written by these upserts, all ``add`` of integers,
+        and SQLite adds integers exactly, in any order. Samples are left as they are."""
+        out: list[Op] = []
+        first: dict[tuple[Any, ...], int] = {}
+        for op in ops:
+            if op.table == "counters" and isinstance(op, Upsert) and op.merge is _ADD:
+                v = op.values
+                key = (v["bucket"], v["dim_kind"], v["dim"])
+                at = first.get(key)
+                if at is None or not (type(key[0]) is int and type(key[1]) is str and type(key[2]) is str):
+                    first[key] = len(out)  # a key of other types: SQLite may key it apart (NULL) or alike
+                elif all(type(v[c]) is int for c in COUNTERS):
+                    prev = out[at].values  # type: ignore[union-attr]
+                    if all(type(prev[c]) is int for c in COUNTERS):
+                        out[at] = Upsert("counters", {**prev, **{c: prev[c] + v[c] for c in COUNTERS}}, _ADD)
+                        continue
+                    first[key] = len(out)  # keep the order of this row's writes from here on
+                else:
+                    first[key] = len(out)
+            out.append(op)
+        return out
+
     def notify_key(self, op: Op) -> str | None:
         """Counters announce ``<dim_kind>:<dim>`` (``tether.proj.metrics.model:gpt-4o``); samples nothing."""
         if op.table != "counters" or not isinstance(op, Upsert):
