@@ -459,6 +459,7 @@ async def run_config(config: Runaway, args: argparse.Namespace, server: NatsServ
     cfg_path = write_config(workdir / f"tether-runaway-{config}.toml", provider_url, config)
     cfg = load_worker_config(cfg_path)
     worker = start_worker(workdir, server.url, cfg_path, profile / f"worker-runaway-{config}.prof" if profile else None)
+    progress(f"worker pid {worker.pid} (runaway guard {config}; `py-spy record -p {worker.pid}` samples it)", args.json)
     inline = await InlineCalls(bus, policies=cfg.policies, providers=cfg.providers).start()
     durable = await DurableCalls(bus).start()
     client = Client(bus, provider_url, inline, durable)

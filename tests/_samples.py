@@ -120,6 +120,8 @@ SAMPLES: dict[str, Payload] = {
             content_hash="sha256:abc123",
             source_call_id="call-0001",
             source_message_id="msg-9",
+            embedding="AACAPwAAAEA=",
+            embedder="sentence-transformers/all-MiniLM-L6-v2",
         ),
         MemoryDeleted(**_MEMORY, version=3, reason="expired"),
         MemoryCompacted(
@@ -130,6 +132,9 @@ SAMPLES: dict[str, Payload] = {
             token_budget=512,
             summarizer="llm",
             source_call_id="call-0003",
+            key_id="ns-key-1",
+            embedding="AACAPwAAAEA=",
+            embedder="sentence-transformers/all-MiniLM-L6-v2",
         ),
         CallDeadLettered(
             call_id="call-0004",

@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _gateway, _otel, _projector, _reliability, _stats, _views
+    from . import _gateway, _memory, _otel, _projector, _reliability, _stats, _views
 
     _reliability.add_commands(sub, _common)
+    _memory.add_commands(sub, _common)
     _gateway.add_commands(sub, _common)
     _otel.add_commands(sub, _common)
     _views.add_commands(sub, _common)
@@ -159,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_stats(args))
         if args.command in ("projector", "watch"):
             return asyncio.run(_until_signal(args))
+        if args.command == "memory":
+            from ._memory import run as run_memory
+
+            return asyncio.run(run_memory(args))
         if args.command == "gateway":
             from ._gateway import run as run_gateway
 

@@ -44,7 +44,7 @@ from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide
 from ._failures import Failure, classify_exception
 from ._policy import Policy, PolicySet, Target
 from ._providers import HttpClients, LlmOutcome, ProviderConfig, run_llm_attempt
-from ._shared import Breakers, RateLimiter, SpendBook
+from ._shared import Breakers, RateLimiter, Snapshot, SpendBook
 from ._tools import ToolRegistry, UnknownTool
 from ._work import CallRecord, WorkItem
 
@@ -125,9 +125,16 @@ class CallEngine:
 
     # -- admission: budgets and the runaway guard, once per call, before dispatch --------------
 
-    async def admit(self, item: WorkItem, rec: CallRecord) -> BudgetRefusal | str | None:
+    def runaway_guarded(self, item: WorkItem) -> bool:
+        """Whether :meth:`admit` counts this call on its run's record."""
         guard = self.policies.runaway
-        if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
+        return bool(item.runid and (guard.max_calls_per_run or guard.max_identical_calls))
+
+    async def admit(self, item: WorkItem, rec: CallRecord, *,
+                    run_snapshot: Snapshot | None = None) -> BudgetRefusal | str | None:
+        """Budgets and the runaway guard; ``run_snapshot`` is the run's record if read ahead."""
+        guard = self.policies.runaway
+        if item.runid and self.runaway_guarded(item):
             body = item.body if item.kind == "llm" else {"tool": item.tool, "arguments": item.arguments}
             fp = request_fingerprint(body)
 
@@ -147,7 +154,7 @@ class CallEngine:
                         del fps[key]
                 return None
 
-            reason = await self.spend.update("run", item.runid, count)
+            reason = await self.spend.update("run", item.runid, count, snapshot=run_snapshot)
             if reason:
                 return reason
         budgets = self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant)

@@ -39,7 +39,7 @@ from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, Outcome, terminal
 from ._failures import Failure
 from ._policy import PolicySet
 from ._providers import HttpClients, ProviderConfig
-from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
+from ._shared import Breakers, RateLimiter, Snapshot, SpendBook, open_bucket
 from ._tools import ToolRegistry
 from ._work import CALLS_BUCKET, CallRecord, WorkItem
 
@@ -174,7 +174,14 @@ class Executor:
                                               + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                                           for e in exc.errors()[:5]))
             return
-        rec, _ = await self._load(item.call_id)
+        snapshot: Snapshot | None = None
+        if raw.metadata.num_delivered == 1 and engine.runaway_guarded(item):
+            # A first delivery is about to be admitted: read its run's record together with
+            # the call's, one round trip instead of two before the attempt.
+            (rec, _), snapshot = await asyncio.gather(self._load(item.call_id),
+                                                      engine.spend.snapshot("run", item.runid or ""))
+        else:
+            rec, _ = await self._load(item.call_id)
         now = time.time()
         if rec is None:
             rec = CallRecord.new(item, now)
@@ -196,7 +203,7 @@ class Executor:
                                          attempt=int(lost["attempt"]), latency_ms=0.0, defer=False):
                 return
         if not rec.admitted:
-            refusal = await engine.admit(item, rec)
+            refusal = await engine.admit(item, rec, run_snapshot=snapshot)
             if refusal is not None:
                 await self._refuse(item, rec, refusal, raw)
                 return

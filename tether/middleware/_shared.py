@@ -64,24 +64,33 @@ async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl
                                                         replicas=replicas, ttl=ttl))
 
 
+Snapshot = tuple[bytes | None, int | None]
+"""A key's value and revision as read earlier (``None, None``: no such key)."""
+
+
 async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[bytes | None, T]], *,
-               locks: MutableMapping[str, asyncio.Lock], tries: int = 30) -> T:
+               locks: MutableMapping[str, asyncio.Lock], tries: int = 30, first: Snapshot | None = None) -> T:
     """Read, change, write with compare-and-set; retry on a concurrent writer.
 
     Writers of one key in this process take turns (``locks``, one lock per key), so a
     compare-and-set only ever races other processes, and those retries back off with
     jitter: many calls of one run in one worker must not fail each other's writes.
+    ``first``, read ahead by the caller, stands in for the first read; if it is stale the
+    write fails like any conflict and the next try reads afresh.
     """
     lock = locks.get(key)
     if lock is None:
         lock = locks[key] = asyncio.Lock()
     async with lock:
         for n in range(tries):
-            try:
-                entry = await kv.get(key)
-                current, revision = entry.value, entry.revision
-            except KeyNotFoundError:
-                current, revision = None, None
+            if n == 0 and first is not None:
+                current, revision = first
+            else:
+                try:
+                    entry = await kv.get(key)
+                    current, revision = entry.value, entry.revision
+                except KeyNotFoundError:
+                    current, revision = None, None
             new, result = change(current)
             if new is None or new == current:
                 return result
@@ -241,11 +250,21 @@ class SpendBook:
             return {}
         return json.loads(entry.value or b"{}")  # type: ignore[no-any-return]
 
-    async def update(self, scope: str, scope_id: str, fn: Callable[[dict[str, Any]], T]) -> T:
+    async def snapshot(self, scope: str, scope_id: str) -> Snapshot:
+        """The record as it is now, for :meth:`update`: read alongside other reads, it saves
+        the update a round trip of its own (a stale one costs only that round trip back)."""
+        try:
+            entry = await self.kv.get(kv_key(f"{scope}/{scope_id}"))
+        except KeyNotFoundError:
+            return None, None
+        return entry.value, entry.revision
+
+    async def update(self, scope: str, scope_id: str, fn: Callable[[dict[str, Any]], T], *,
+                     snapshot: Snapshot | None = None) -> T:
         def change(raw: bytes | None) -> tuple[bytes | None, T]:
             doc = json.loads(raw) if raw else {}
             result = fn(doc)
             return json.dumps(doc, separators=(",", ":")).encode(), result
 
-        return await _cas(self.kv, kv_key(f"{scope}/{scope_id}"), change, locks=self.locks)
+        return await _cas(self.kv, kv_key(f"{scope}/{scope_id}"), change, locks=self.locks, first=snapshot)
 

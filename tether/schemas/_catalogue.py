@@ -232,9 +232,14 @@ class _Memory(Payload):
 
 
 class MemoryWritten(_Memory):
-    """A new version of a memory entry. ``text`` may be ciphertext (see ``key_id``)."""
+    """A new version of a memory entry. ``text`` may be ciphertext (see ``key_id``).
+
+    v2 adds ``embedding`` and ``embedder``: the vector recorded at write time, so replay
+    never calls an embedding model.
+    """
 
     event_type: ClassVar[str] = "tether.memory.written"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "memory"
     action: ClassVar[str] = "written"
 
@@ -246,6 +251,8 @@ class MemoryWritten(_Memory):
     content_hash: str | None = None
     source_call_id: str | None = None
     source_message_id: str | None = None
+    embedding: str | None = Field(None, description="Base64 float32 vector (ciphertext when ``key_id`` is set).")
+    embedder: str | None = Field(None, description="The model that produced ``embedding``.")
 
 
 class MemoryDeleted(_Memory):
@@ -258,9 +265,13 @@ class MemoryDeleted(_Memory):
 
 
 class MemoryCompacted(_Memory):
-    """Entries were summarised into ``key``; the originals stay in the log."""
+    """Entries were summarised into ``key``; the originals stay in the log.
+
+    v2 adds ``key_id`` (``summary`` is then ciphertext), ``embedding`` and ``embedder``.
+    """
 
     event_type: ClassVar[str] = "tether.memory.compacted"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "memory"
     action: ClassVar[str] = "compacted"
 
@@ -270,6 +281,9 @@ class MemoryCompacted(_Memory):
     token_budget: int | None = Field(None, ge=1)
     summarizer: str = "extractive"
     source_call_id: str | None = None
+    key_id: str | None = Field(None, description="Namespace key that encrypted ``summary``.")
+    embedding: str | None = Field(None, description="Base64 float32 vector (ciphertext when ``key_id`` is set).")
+    embedder: str | None = None
 
 
 # -- dead letters ----------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""``tether memory`` commands (registered by tether.cli; built here from the module's add_commands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from tether.cli import _common
+from tether.cli._memory import add_commands, parse_as_of, parse_duration, parse_pairs, run
+from tether.testing import NatsServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.nats]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tether")
+    sub = parser.add_subparsers(dest="command")
+    add_commands(sub, _common)
+    return parser.parse_args(argv)
+
+
+async def cli(capsys: pytest.CaptureFixture[str], url: str, home: Path, *argv: str) -> tuple[int, str, str]:
+    args = parse("memory", *argv[:1], *argv[1:], "--url", url, "--home", str(home))
+    code = await run(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+async def test_write_get_search_history_erase(fresh_nats_server: NatsServer, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url, home = fresh_nats_server.url, tmp_path / "home"
+    code, out, _ = await cli(capsys, url, home, "write", "user:ann", "Ann prefers tea over coffee", "--key", "drink",
+                             "--meta", "topic=food", "--meta", "score=3", "--agent", "bot", "--run", "r1")
+    assert code == 0 and out.strip() == "wrote user:ann/drink v1 at seq 1"
+    code, out, _ = await cli(capsys, url, home, "write", "user:ann", "Ann now prefers green tea", "--key", "drink",
+                             "--expected-version", "1")
+    assert code == 0 and "v2 at seq 2" in out
+    code, _, err = await cli(capsys, url, home, "write", "user:ann", "lost update", "--key", "drink",
+                             "--expected-version", "1")
+    assert code == 2 and "version conflict on user:ann/drink" in err
+    code, out, _ = await cli(capsys, url, home, "get", "user:ann", "drink")
+    assert code == 0 and "user:ann/drink@v2" in out and "Ann now prefers green tea" in out
+    code, out, _ = await cli(capsys, url, home, "get", "user:ann", "drink", "--as-of", "1", "--json")
+    doc = json.loads(out)
+    assert (doc["text"], doc["version"], doc["metadata"], doc["agent"]) == ("Ann prefers tea over coffee", 1,
+                                                                            {"topic": "food", "score": 3}, "bot")
+    code, out, _ = await cli(capsys, url, home, "search", "what does Ann drink? tea", "--json")
+    assert code == 0 and json.loads(out)[0]["entry"]["key"] == "drink"
+    code, out, _ = await cli(capsys, url, home, "context", "tea", "--budget", "60")
+    assert code == 0 and "[1] Ann now prefers green tea (user:ann/drink@v2" in out
+    code, out, _ = await cli(capsys, url, home, "history", "user:ann", "drink")
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("v1") and "agent=bot run=r1" in lines[0]
+    code, _, err = await cli(capsys, url, home, "get", "user:ann", "nothing")
+    assert code == 1 and "no memory 'nothing' in namespace 'user:ann'" in err
+    code, _, err = await cli(capsys, url, home, "write", "bad namespace", "x")
+    assert code == 2 and "invalid namespace" in err
+    code, _, err = await cli(capsys, url, home, "erase", "user:ann")
+    assert code == 2 and "--yes" in err
+    code, out, _ = await cli(capsys, url, home, "erase", "user:ann", "--yes")
+    assert code == 0 and "erased user:ann: destroyed key(s) user:ann#1" in out
+    code, out, _ = await cli(capsys, url, home, "search", "tea")
+    assert code == 0 and "no matches" in out
+
+
+async def test_grants_apply_to_the_cli(fresh_nats_server: NatsServer, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tether.toml").write_text('[memory.grants]\n"*" = { read = ["global"], write = [] }\n')
+    code, _, err = await cli(capsys, fresh_nats_server.url, tmp_path / "home", "write", "global", "x",
+                             "--agent", "intern")
+    assert code == 2 and "agent 'intern' may not write memory namespace 'global'" in err
+
+
+def test_argument_parsing() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("2h") == 7200 and parse_duration("1.5d") == 129600
+    with pytest.raises(ValueError, match="--ttl"):
+        parse_duration("soon")
+    assert parse_as_of("42") == 42 and parse_as_of("2026-01-31T12:00").tzinfo is not None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="--as-of"):
+        parse_as_of("yesterday")
+    assert parse_pairs(["a=1", "b=x", "c=[1,2]"], "--meta") == {"a": 1, "b": "x", "c": [1, 2]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_pairs(["novalue"], "--meta")

@@ -1,0 +1,38 @@
+"""A run's record read ahead (``SpendBook.snapshot``) saves a round trip, never a count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.bus import connect
+from tether.middleware._shared import SpendBook
+from tether.schemas import uuid7
+from tether.testing import NatsServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.nats]
+
+
+def bump(doc: dict[str, Any]) -> int:
+    doc["calls"] = int(doc.get("calls", 0)) + 1
+    return int(doc["calls"])
+
+
+async def test_updates_count_once_whether_the_snapshot_is_fresh_stale_or_absent(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    async with await connect(nats_server.url, home=tmp_path / "home") as bus:
+        book, other = await SpendBook.open(bus), await SpendBook.open(bus)
+        run = f"r-{uuid7()}"
+        assert await book.snapshot("run", run) == (None, None)
+        assert await book.update("run", run, bump, snapshot=await book.snapshot("run", run)) == 1  # fresh, new key
+
+        fresh = await book.snapshot("run", run)
+        assert await book.update("run", run, bump, snapshot=fresh) == 2
+
+        stale = await book.snapshot("run", run)
+        assert await other.update("run", run, bump) == 3  # another worker wrote in between
+        assert await book.update("run", run, bump, snapshot=stale) == 4  # the stale read costs a retry only
+        assert await book.update("run", run, bump, snapshot=(None, None)) == 5  # "no key" was stale too
+        assert (await book.get("run", run))["calls"] == 5

@@ -1,0 +1,81 @@
+"""Event-sourced agent memory: versioned, searchable, compactable, shareable, erasable.
+
+Every write is a ``memory.written`` event on the bus; the memory view (SQLite with FTS5)
+is a projection of the log, kept current in this process or by another one. ::
+
+    import tether.memory
+
+    async with await tether.memory.connect(agent="support-bot") as memory:
+        written = await memory.write("agent:support-bot", "The customer prefers email.")
+        hits = await memory.search("how to contact the customer?")
+        prompt_part = await memory.context("contact preferences", token_budget=300)
+
+See ``docs/memory.md``.
+"""
+
+from ._client import AsyncMemory, Memory
+from ._client import connect_memory as connect
+from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
+from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, VectorIndex
+from ._errors import (
+    InvalidMemory,
+    MemoryAccessDenied,
+    MemoryKeyMissing,
+    MemoryNotFound,
+    TetherMemoryError,
+    VersionConflict,
+)
+from ._feed import MEMORY_SUBJECTS, MemoryStore, ViewFeed, last_memory_seq
+from ._grants import Grant, Grants, NatsPermissions, nats_permissions
+from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore
+from ._names import check_key, check_namespace, namespace_filter
+from ._settings import MemorySettings, load_settings
+from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
+from ._view import MemoryView
+
+__all__ = [
+    "MEMORY_SUBJECTS",
+    "AsyncMemory",
+    "BulkWritten",
+    "Context",
+    "Embedder",
+    "Entry",
+    "Erased",
+    "ExtractiveSummarizer",
+    "FileKeyStore",
+    "Grant",
+    "Grants",
+    "HashEmbedder",
+    "Hit",
+    "InMemoryKeyStore",
+    "InvalidMemory",
+    "KeyStore",
+    "LlmSummarizer",
+    "LocalEmbedder",
+    "Memory",
+    "MemoryAccessDenied",
+    "MemoryKeyMissing",
+    "MemoryNotFound",
+    "MemorySettings",
+    "MemoryStore",
+    "MemoryView",
+    "NatsPermissions",
+    "RemoteEmbedder",
+    "Summarizer",
+    "Summary",
+    "TetherMemoryError",
+    "VectorIndex",
+    "Version",
+    "VersionConflict",
+    "ViewFeed",
+    "Written",
+    "check_key",
+    "check_namespace",
+    "connect",
+    "last_memory_seq",
+    "load_settings",
+    "namespace_filter",
+    "nats_permissions",
+    "plan_compaction",
+    "similarity",
+]

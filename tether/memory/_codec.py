@@ -1,0 +1,63 @@
+"""Sealing an entry into event fields, and opening it again (writers and the view share this)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import MemoryKeyMissing
+from ._keys import DESTROYED, KeyStore, content_hash, open_sealed, seal
+
+__all__ = ["Opened", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
+
+
+def pack_vector(vector: Sequence[float]) -> bytes:
+    return struct.pack(f"<{len(vector)}f", *vector)
+
+
+def unpack_vector(raw: bytes) -> tuple[float, ...]:
+    return struct.unpack(f"<{len(raw) // 4}f", raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    text: str
+    metadata: dict[str, Any]
+    embedding: bytes | None
+
+
+def seal_entry(keys: KeyStore, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
+               embedding: Sequence[float] | None) -> dict[str, Any]:
+    """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart."""
+    key_id, secret = keys.current(namespace)
+    body = json.dumps({"t": text, "m": dict(metadata)}, ensure_ascii=False, separators=(",", ":")).encode()
+    fields: dict[str, Any] = {
+        "text": seal(secret, namespace, key, body),
+        "key_id": key_id,
+        "content_hash": content_hash(secret, text),
+    }
+    if embedding is not None:
+        fields["embedding"] = seal(secret, namespace, key + "\x00vec", pack_vector(embedding))
+    return fields
+
+
+def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, text: str,
+               metadata: Mapping[str, Any], embedding: str | None) -> Opened | None:
+    """The plaintext of an entry; None once its key was destroyed (erased)."""
+    if key_id is None:  # written without encryption (by another producer)
+        vec = base64.b64decode(embedding) if embedding else None
+        return Opened(text, dict(metadata), vec)
+    secret = keys.get(key_id)
+    if secret == DESTROYED:
+        return None
+    if secret is None:
+        raise MemoryKeyMissing(f"memory key {key_id!r} is not in this keystore (and was never erased here): "
+                               "this process cannot read that namespace; use the TETHER_HOME (or keystore) "
+                               "its writers use")
+    doc = json.loads(open_sealed(secret, namespace, key, text))
+    vec = open_sealed(secret, namespace, key + "\x00vec", embedding) if embedding else None
+    return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec)

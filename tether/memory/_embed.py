@@ -1,0 +1,215 @@
+"""Embedders, and the vector index semantic search reads.
+
+An :class:`Embedder` turns texts into vectors. Vectors are computed once, at write time,
+and recorded (sealed) in the ``memory.written`` event, so a replay never calls a model;
+at query time only the query is embedded. Three come with tether:
+
+* :class:`LocalEmbedder`: all-MiniLM-L6-v2 on the CPU, offline (``[semantic]`` extra);
+* :class:`RemoteEmbedder`: any OpenAI-compatible ``/v1/embeddings``, called through
+  tether's :class:`~tether.middleware.InlineCalls` or :class:`~tether.middleware.DurableCalls`,
+  so each call is retried by policy, recorded and costed like any LLM call;
+* :class:`HashEmbedder`: feature hashing of words; no model, no dependency, for tests.
+
+:class:`VectorIndex` is exact (brute-force) cosine search in NumPy over the live
+entries' vectors, loaded from the view and refreshed incrementally by stream sequence.
+(``sqlite-vec`` would be the in-SQLite alternative, but this Python's ``sqlite3`` cannot
+load extensions, and its ``vec0`` tables are brute force too.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import math
+import sqlite3
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ._query import vectors_since
+from ._rank import words
+
+__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "VectorIndex"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Texts in, unit-length vectors out. ``name`` is recorded with every vector."""
+
+    name: str
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]: ...
+
+
+class HashEmbedder:
+    """Signed feature hashing of words (and word pairs): deterministic, instant, not semantic."""
+
+    def __init__(self, dimensions: int = 256) -> None:
+        self.dimensions = dimensions
+        self.name = f"tether-hash-{dimensions}"
+
+    def vector(self, text: str) -> list[float]:
+        vec = [0.0] * self.dimensions
+        tokens = words(text)
+        for feature in tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]:
+            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+            index = int.from_bytes(digest[:4], "little") % self.dimensions
+            vec[index] += 1.0 if digest[4] & 1 else -1.0
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+        return [v / norm for v in vec]
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        return [self.vector(t) for t in texts]
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 (384 dimensions) in NumPy, from a locally installed package. See ``_minilm``."""
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+
+    def __init__(self, directory: Any = None) -> None:
+        from ._minilm import MiniLM
+
+        self.model = MiniLM(directory)
+
+    @staticmethod
+    def available() -> bool:
+        """True when NumPy, safetensors, tokenizers and the model files are all installed."""
+        try:
+            import numpy  # noqa: F401
+            import safetensors  # noqa: F401
+            import tokenizers  # noqa: F401
+        except ImportError:
+            return False
+        from ._minilm import model_dir
+
+        return model_dir() is not None
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        return await asyncio.to_thread(self.model.encode, list(texts))
+
+
+class _Caller(Protocol):
+    async def llm(self, provider: str, model: str, body: Any, *, operation: Any = ..., call_id: str | None = None,
+                  runid: str | None = None, agentid: str | None = None, tenant: str | None = None,
+                  traceparent: str | None = None, deadline_s: float | None = None) -> Any: ...
+
+
+class RemoteEmbedder:
+    """An OpenAI-compatible embeddings endpoint, called through tether (recorded and costed).
+
+    ``calls`` is a started :class:`~tether.middleware.InlineCalls` (the policy runs here) or
+    :class:`~tether.middleware.DurableCalls` (a worker makes the call); ``provider`` names a
+    ``[providers.*]`` entry. The embedding events carry the agent and run of the write.
+    """
+
+    def __init__(self, calls: _Caller, provider: str, model: str, *, dimensions: int | None = None,
+                 batch: int = 128) -> None:
+        self.calls = calls
+        self.provider = provider
+        self.model = model
+        self.dimensions = dimensions
+        self.batch = batch
+        self.name = f"{provider}:{model}" + (f":{dimensions}" if dimensions else "")
+        self.last_call_ids: list[str] = []
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        out: list[list[float]] = []
+        self.last_call_ids = []
+        for i in range(0, len(texts), self.batch):
+            body: dict[str, Any] = {"model": self.model, "input": list(texts[i:i + self.batch]),
+                                    "encoding_format": "base64"}
+            if self.dimensions:
+                body["dimensions"] = self.dimensions
+            result = await self.calls.llm(self.provider, self.model, body, operation="embeddings",
+                                          agentid=agent, runid=run)
+            self.last_call_ids.append(result.call_id)
+            data = sorted(result.response["data"], key=lambda d: d["index"])
+            for item in data:
+                vec = item["embedding"]
+                if isinstance(vec, str):
+                    raw = base64.b64decode(vec)
+                    vec = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+                norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+                out.append([float(v) / norm for v in vec])
+        return out
+
+
+class VectorIndex:
+    """Exact cosine search over the view's current vectors (NumPy, kept in memory).
+
+    :meth:`refresh` reads only rows changed since the last refresh (by ``memories.seq``).
+    Vectors of another embedder than the one asked for are ignored: they live in another space.
+    """
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.np = np
+        self.seq = 0
+        self.slots: dict[tuple[str, str], int] = {}
+        self.pairs: list[tuple[str, str]] = []
+        self.spaces: dict[str | None, int] = {}
+        self.namespaces: dict[str, int] = {}
+        self._rows: list[Any] = []
+        self._alive: list[bool] = []
+        self._space: list[int] = []
+        self._ns: list[int] = []
+        self._built: tuple[Any, Any, Any, Any] | None = None
+
+    def refresh(self, db: sqlite3.Connection) -> None:
+        np = self.np
+        for ns, key, seq, blob, is_live, embedder in vectors_since(db, self.seq):
+            self.seq = max(self.seq, seq)
+            vec = np.frombuffer(blob, dtype="<f4") if blob is not None else None
+            space = self.spaces.setdefault(embedder, len(self.spaces))
+            slot = self.slots.get((ns, key))
+            if slot is None:
+                if vec is None:
+                    continue
+                self.slots[(ns, key)] = len(self.pairs)
+                self.pairs.append((ns, key))
+                self._rows.append(vec)
+                self._alive.append(is_live)
+                self._space.append(space)
+                self._ns.append(self.namespaces.setdefault(ns, len(self.namespaces)))
+            else:
+                if vec is not None:
+                    self._rows[slot] = vec
+                self._alive[slot] = is_live and vec is not None
+                self._space[slot] = space
+            self._built = None
+
+    def _arrays(self, dims: int) -> tuple[Any, Any, Any, Any]:
+        np = self.np
+        if self._built is None or self._built[0].shape[1] != dims:
+            rows = [r if len(r) == dims else np.zeros(dims, dtype=np.float32) for r in self._rows]
+            self._built = (np.vstack(rows).astype(np.float32), np.array(self._alive, dtype=bool),
+                           np.array(self._space, dtype=np.int32), np.array(self._ns, dtype=np.int32))
+        return self._built
+
+    def search(self, query: Sequence[float], embedder: str, k: int,
+               allow: Callable[[str], bool] | None = None) -> list[tuple[tuple[str, str], float]]:
+        """The ``k`` nearest live entries by cosine similarity, best first."""
+        np = self.np
+        if not self.pairs or embedder not in self.spaces:
+            return []
+        matrix, alive, space, ns = self._arrays(len(query))
+        mask = alive & (space == self.spaces[embedder])
+        if allow is not None:
+            allowed = [i for name, i in self.namespaces.items() if allow(name)]
+            mask &= np.isin(ns, np.array(allowed, dtype=np.int32))
+        count = int(mask.sum())
+        if count == 0:
+            return []
+        scores = np.where(mask, matrix @ np.asarray(query, dtype=np.float32), -np.inf)
+        k = min(k, count)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top])]
+        return [(self.pairs[i], float(scores[i])) for i in top]

