@@ -124,7 +124,9 @@ class Executor:
             with contextlib.suppress(Exception):
                 await self._advisory.unsubscribe()
         if self._broker is not None:
-            await self._broker.stop()
+            # With NATS unreachable the broker raises while stopping; the rest must still run.
+            with contextlib.suppress(Exception):
+                await self._broker.stop()
         if self.engine is not None:
             await self.engine.breakers.close()
         if self._http is not None:
