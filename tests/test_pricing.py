@@ -151,3 +151,51 @@ def test_pricing_imports_nothing_of_tether_but_schemas() -> None:
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert {m for m in modules if m.startswith("tether")} == {"tether.schemas"}
+
+
+def _every_model() -> list[tuple[str, str]]:
+    from genai_prices.data_snapshot import get_snapshot
+
+    return [(p.id, m.id) for p in get_snapshot().providers for m in p.models]
+
+
+def test_the_fast_path_gives_the_library_figure_for_every_model_in_the_table() -> None:
+    """price() reads a model's rates once and sums them; genai-prices' own calc_price is the
+    reference, for every model it knows, at several dates and usages (tiers included)."""
+    import random
+
+    rng = random.Random(7)
+    checked = fast = 0
+    for provider, model in _every_model():
+        for at in (AT, datetime(2024, 6, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)):
+            for _ in range(3):
+                inp = rng.choice((0, 1, 999, 12_345, 250_000, 1_500_000))
+                cached = rng.choice((0, inp // 3))
+                write = rng.choice((0, (inp - cached) // 4))
+                usage = Usage(input_tokens=inp, output_tokens=rng.choice((0, 7, 4_321, 90_000)),
+                              cached_input_tokens=cached, cache_write_tokens=write)
+                got = price(provider, model, usage, at=at)
+                want = pricing._library_price(provider, model, usage, at, pricing._version())
+                assert got == want, (provider, model, at, usage)
+                checked += 1
+                fast += not isinstance(pricing._rates(provider, model, at), type(None))
+    assert checked > 1000
+    assert fast > checked * 0.8  # most of the table really goes through the fast path
+
+
+def test_fast_path_rates_follow_a_new_price_table() -> None:
+    """A new snapshot (an update, set_custom_snapshot) drops every remembered rate."""
+    from genai_prices import data_snapshot
+
+    usage = Usage(input_tokens=1_000, output_tokens=100)
+    before = price("openai", "gpt-4o", usage, at=AT)
+    original = data_snapshot.get_snapshot()
+    cheaper = data_snapshot.DataSnapshot(providers=[p for p in original.providers if p.id != "openai"],
+                                         from_auto_update=False)
+    data_snapshot.set_custom_snapshot(cheaper)
+    try:
+        after = price("openai", "gpt-4o", usage, at=AT)
+        assert after.usd is None or after.source != before.source or after.usd != before.usd
+    finally:
+        data_snapshot.set_custom_snapshot(None)
+    assert price("openai", "gpt-4o", usage, at=AT) == before

@@ -10,12 +10,16 @@ Imports nothing of tether but :mod:`tether.schemas`.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import genai_prices
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import TieredPrices
 
 from tether.schemas import Usage
 
@@ -67,6 +71,16 @@ def price(provider: str, model: str, usage: Usage, *, at: datetime | None = None
                      f"inconsistent usage: cached_input_tokens ({usage.cached_input_tokens}) + "
                      f"cache_write_tokens ({usage.cache_write_tokens}) exceed input_tokens "
                      f"({usage.input_tokens}), which must include them")
+    known = _rates(provider, model, at or datetime.now(UTC))
+    if isinstance(known, Price):
+        return known
+    if known is not None:
+        return known.price(usage)
+    return _library_price(provider, model, usage, at, version)
+
+
+def _library_price(provider: str, model: str, usage: Usage, at: datetime | None, version: str) -> Price:
+    """genai-prices' own ``calc_price``: the reference the fast path in :func:`_rates` matches."""
     tokens = genai_prices.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -91,6 +105,110 @@ def price(provider: str, model: str, usage: Usage, *, at: datetime | None = None
     if calculation.auto_update_timestamp is not None:
         version = f"{version}+{calculation.auto_update_timestamp.isoformat()}"
     return Price(float(calculation.total_price), source, version)
+
+
+# -- the fast path ------------------------------------------------------------------------------
+#
+# genai-prices finds a model quickly (it caches the lookup), but then resolves the price's
+# units and validates them on every call: some 50 us, paid on every budget check and by two
+# views for every completion. A model price without tiers is linear in the four token counts
+# tether reports, so its rates are read once, by asking genai-prices itself the price of a
+# million tokens of each kind, and every later price is that sum in Decimal, which gives
+# genai-prices' own figure (tests/test_pricing.py compares the two over the whole price
+# table). Tiered prices, and anything the probes cannot price, take the library's path.
+
+_MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Linear:
+    base: Decimal
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    source: str
+    version: str
+
+    def price(self, usage: Usage) -> Price:
+        uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
+        total = (self.base + self.input * uncached + self.output * usage.output_tokens
+                 + self.cache_read * usage.cached_input_tokens + self.cache_write * usage.cache_write_tokens)
+        return Price(float(total), self.source, self.version)
+
+
+class _RateCache:
+    """Per genai-prices snapshot: each (provider, model)'s model entry, and each price's rates."""
+
+    def __init__(self, snapshot: object) -> None:
+        self.snapshot = snapshot
+        self.models: dict[tuple[str, str], tuple[Any, str] | Price] = {}
+        self.rates: dict[tuple[int, str], tuple[Any, _Linear | None]] = {}
+
+
+_cache = _RateCache(None)
+_cache_lock = threading.Lock()
+
+
+def _rates(provider: str, model: str, at: datetime) -> _Linear | Price | None:
+    """The rates for this call, an unpriced :class:`Price` when the model is unknown, or
+    ``None`` when only the library's own path can price it."""
+    global _cache
+    snapshot = get_snapshot()
+    cache = _cache
+    if cache.snapshot is not snapshot:
+        with _cache_lock:
+            cache = _cache = _RateCache(snapshot)
+    found = cache.models.get((provider, model))
+    if found is None:
+        found = cache.models[(provider, model)] = _find(snapshot, provider, model)
+    if isinstance(found, Price):
+        return found
+    (prov, info), source = found
+    if prov.id == "groq":  # genai-prices bills some groq models by the second: not token-linear
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    model_price = info.get_prices(at)
+    entry = cache.rates.get((id(model_price), source))
+    if entry is None or entry[0] is not model_price:
+        version = _version()
+        if snapshot.from_auto_update:
+            version = f"{version}+{snapshot.timestamp.isoformat()}"
+        entry = cache.rates[(id(model_price), source)] = (model_price, _probe(model_price, source, version))
+    return entry[1]
+
+
+def _find(snapshot: Any, provider: str, model: str) -> tuple[Any, str] | Price:
+    try:
+        return snapshot.find_provider_model(model, None, provider, None), SOURCE
+    except LookupError as exc:
+        if not str(exc).startswith("Unable to find provider"):
+            return Price(None, SOURCE, _version(), f"{provider}:{model} has no price in genai-prices ({exc})")
+    try:
+        return snapshot.find_provider_model(model, None, None, None), f"{SOURCE} (matched by model)"
+    except LookupError:
+        return Price(None, SOURCE, _version(),
+                     f"genai-prices knows neither the provider {provider!r} nor the model {model!r}")
+
+
+def _probe(model_price: Any, source: str, version: str) -> _Linear | None:
+    if any(isinstance(value, TieredPrices) for value in vars(model_price).values()):
+        return None
+
+    def total(**tokens: int) -> Decimal:
+        return Decimal(model_price.calc_price(genai_prices.Usage(**tokens))["total_price"])
+
+    try:
+        base = total()
+        return _Linear(base=base,
+                       input=(total(input_tokens=_MTOK) - base) / _MTOK,
+                       output=(total(output_tokens=_MTOK) - base) / _MTOK,
+                       cache_read=(total(input_tokens=_MTOK, cache_read_tokens=_MTOK) - base) / _MTOK,
+                       cache_write=(total(input_tokens=_MTOK, cache_write_tokens=_MTOK) - base) / _MTOK,
+                       source=source, version=version)
+    except (ValueError, LookupError, ArithmeticError):
+        return None
 
 
 def estimate(provider: str, model: str, *, input_tokens: int, max_output_tokens: int,
