@@ -180,7 +180,7 @@ def test_the_fast_path_gives_the_library_figure_for_every_model_in_the_table() -
                 checked += 1
                 fast += not isinstance(pricing._rates(provider, model, at), type(None))
     assert checked > 1000
-    assert fast > checked * 0.8  # most of the table really goes through the fast path
+    assert fast > checked * 0.95  # the table really goes through the fast path
 
 
 def test_fast_path_rates_follow_a_new_price_table() -> None:

@@ -9,6 +9,7 @@ Imports nothing of tether but :mod:`tether.schemas`.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Mapping
@@ -111,29 +112,43 @@ def _library_price(provider: str, model: str, usage: Usage, at: datetime | None,
 #
 # genai-prices finds a model quickly (it caches the lookup), but then resolves the price's
 # units and validates them on every call: some 50 us, paid on every budget check and by two
-# views for every completion. A model price without tiers is linear in the four token counts
-# tether reports, so its rates are read once, by asking genai-prices itself the price of a
-# million tokens of each kind, and every later price is that sum in Decimal, which gives
-# genai-prices' own figure (tests/test_pricing.py compares the two over the whole price
-# table). Tiered prices, and anything the probes cannot price, take the library's path.
+# views for every completion. A model price is linear in the four token counts tether
+# reports within each band of input tokens its tiers define (a tier's rate applies to every
+# token once the input passes its start), so the rates of each band are read once, by asking
+# genai-prices itself for a few prices inside it, and every later price is that sum in
+# Decimal: genai-prices' own figure (tests/test_pricing.py compares the two over the whole
+# price table, tiers crossed). Anything the probes cannot price takes the library's path.
 
 _MTOK = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class _Linear:
+    """A model price's rates while the input tokens stay within one tier (or untiered)."""
+
     base: Decimal
     input: Decimal
     output: Decimal
     cache_read: Decimal
     cache_write: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """A model price as rates: one :class:`_Linear` per band of input tokens between the
+    thresholds of its tiers (genai-prices applies a tier's rate to every token once the
+    input tokens pass its start)."""
+
+    thresholds: tuple[int, ...]
+    bands: tuple[_Linear, ...]
     source: str
     version: str
 
     def price(self, usage: Usage) -> Price:
+        r = self.bands[bisect.bisect_left(self.thresholds, usage.input_tokens)]
         uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
-        total = (self.base + self.input * uncached + self.output * usage.output_tokens
-                 + self.cache_read * usage.cached_input_tokens + self.cache_write * usage.cache_write_tokens)
+        total = (r.base + r.input * uncached + r.output * usage.output_tokens
+                 + r.cache_read * usage.cached_input_tokens + r.cache_write * usage.cache_write_tokens)
         return Price(float(total), self.source, self.version)
 
 
@@ -143,14 +158,14 @@ class _RateCache:
     def __init__(self, snapshot: object) -> None:
         self.snapshot = snapshot
         self.models: dict[tuple[str, str], tuple[Any, str] | Price] = {}
-        self.rates: dict[tuple[int, str], tuple[Any, _Linear | None]] = {}
+        self.rates: dict[tuple[int, str], tuple[Any, _Rates | None]] = {}
 
 
 _cache = _RateCache(None)
 _cache_lock = threading.Lock()
 
 
-def _rates(provider: str, model: str, at: datetime) -> _Linear | Price | None:
+def _rates(provider: str, model: str, at: datetime) -> _Rates | Price | None:
     """The rates for this call, an unpriced :class:`Price` when the model is unknown, or
     ``None`` when only the library's own path can price it."""
     global _cache
@@ -192,23 +207,33 @@ def _find(snapshot: Any, provider: str, model: str) -> tuple[Any, str] | Price:
                      f"genai-prices knows neither the provider {provider!r} nor the model {model!r}")
 
 
-def _probe(model_price: Any, source: str, version: str) -> _Linear | None:
-    if any(isinstance(value, TieredPrices) for value in vars(model_price).values()):
+def _probe(model_price: Any, source: str, version: str) -> _Rates | None:
+    """Ask genai-prices for a few prices in each band and solve for the rates; ``None`` if
+    it cannot (the library's path then prices every call itself)."""
+    thresholds = sorted({tier.start for value in vars(model_price).values() if isinstance(value, TieredPrices)
+                         for tier in value.tiers})
+    if any(not isinstance(t, int) or t < 0 for t in thresholds) or len(set(thresholds)) != len(thresholds):
         return None
 
     def total(**tokens: int) -> Decimal:
         return Decimal(model_price.calc_price(genai_prices.Usage(**tokens))["total_price"])
 
+    bands = []
     try:
-        base = total()
-        return _Linear(base=base,
-                       input=(total(input_tokens=_MTOK) - base) / _MTOK,
-                       output=(total(output_tokens=_MTOK) - base) / _MTOK,
-                       cache_read=(total(input_tokens=_MTOK, cache_read_tokens=_MTOK) - base) / _MTOK,
-                       cache_write=(total(input_tokens=_MTOK, cache_write_tokens=_MTOK) - base) / _MTOK,
-                       source=source, version=version)
+        for lower, upper in zip([0, *thresholds], [*thresholds, None], strict=True):
+            x = lower + 1  # input tokens inside this band: more than ``lower``, at most ``upper``
+            if upper is not None and x + 1 > upper:
+                return None
+            at_x = total(input_tokens=x)
+            per_input = total(input_tokens=x + 1) - at_x
+            base = at_x - per_input * x
+            bands.append(_Linear(base=base, input=per_input,
+                                 output=(total(input_tokens=x, output_tokens=_MTOK) - at_x) / _MTOK,
+                                 cache_read=(total(input_tokens=x, cache_read_tokens=x) - base) / x,
+                                 cache_write=(total(input_tokens=x, cache_write_tokens=x) - base) / x))
     except (ValueError, LookupError, ArithmeticError):
         return None
+    return _Rates(tuple(thresholds), tuple(bands), source, version)
 
 
 def estimate(provider: str, model: str, *, input_tokens: int, max_output_tokens: int,
