@@ -176,16 +176,20 @@ def validate(wire: WireEvent, data: bytes | None = None) -> Event:
         raise InvalidEvent(wire.type, [{"loc": ("datacontenttype",),
                            "msg": f"{ctype!r}: tether events carry application/json data"}],
                            what="message")
-    if isinstance(raw, (bytes, bytearray, memoryview)):
+    attrs = dict(wire.attributes)
+    ref = attrs.pop("dataref", None)
+    if isinstance(raw, (bytes, bytearray, memoryview)) and raw:
+        raw = bytes(raw)
+        if raw[:1] == b"{":  # an object: validated straight from the JSON text
+            event = Event.from_wire(attrs, raw, json_text=True)
+            return event.with_dataref(ref) if ref else event
         try:
-            value = json.loads(bytes(raw)) if raw else None
+            value = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidEvent(wire.type, [{"loc": ("data",), "msg": f"not JSON: {exc}"}],
                                what="message") from None
     else:
-        value = raw
-    attrs = dict(wire.attributes)
-    ref = attrs.pop("dataref", None)
+        value = None if isinstance(raw, (bytes, bytearray, memoryview)) else raw
     event = Event.from_wire(attrs, value)
     return event.with_dataref(ref) if ref else event
 

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 
 from tether.schemas import Event
 
+from ._client import Client
 from ._config import BusConfig
 from ._outbox import outbox_depth
 from ._publisher import Publisher, Receipt
@@ -215,7 +216,8 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
         log.debug("NATS client: %r", exc)
 
     try:
-        nc = await nats.connect(
+        nc = Client()
+        await nc.connect(
             servers=[target],
             allow_reconnect=True,
             max_reconnect_attempts=cfg.connect_attempts,  # bounded at first, unbounded below
