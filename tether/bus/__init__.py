@@ -15,6 +15,7 @@ from ._binding import (
 )
 from ._config import BusConfig
 from ._connect import Bus, BusUnavailable, connect
+from ._feed import FeedError, FeedMessage, PullFeed
 from ._outbox import Outbox, OutboxFull, PendingMessage
 from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt
 from ._reader import EventReader, ReadResult
@@ -56,10 +57,13 @@ __all__ = [
     "Drift",
     "EmbeddedServer",
     "EventReader",
+    "FeedError",
+    "FeedMessage",
     "Outbox",
     "OutboxFull",
     "PayloadTooLarge",
     "PendingMessage",
+    "PullFeed",
     "ProvisionReport",
     "PublishRejected",
     "Publisher",

@@ -119,7 +119,9 @@ class WireEvent:
 def decode(headers: Mapping[str, str] | None, payload: bytes) -> WireEvent:
     """Read either content mode; ``InvalidEvent`` if the message is no CloudEvent."""
     headers = headers or {}
-    content_type = _header(headers, "content-type")
+    content_type = headers.get("Content-Type")  # how tether writes it; any case is read below
+    if content_type is None:
+        content_type = _header(headers, "content-type")
     if content_type is not None and content_type.split(";")[0].strip().lower() == STRUCTURED_CONTENT_TYPE:
         try:
             doc = json.loads(payload)
@@ -138,10 +140,9 @@ def decode(headers: Mapping[str, str] | None, payload: bytes) -> WireEvent:
         return WireEvent(attrs, data, structured=True)
     attrs = {}
     for key, value in headers.items():
-        low = key.lower()
-        if low.startswith(_PREFIX):
+        if key[:3].lower() == _PREFIX:
             try:
-                attrs[low[len(_PREFIX):]] = percent_decode(value)
+                attrs[key[3:].lower()] = percent_decode(value)
             except UnicodeDecodeError:
                 raise InvalidEvent(None, [{"loc": (key,), "msg": "percent-encoding is not UTF-8"}],
                                    what="message") from None

@@ -29,10 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
-
-from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, encode_token
+from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, FeedMessage, PullFeed, encode_token
 
 from ._store import Item, Projection, ViewStore, view_path
 
@@ -134,7 +131,7 @@ class Projector:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-views")
         self._lock: IO[str] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sub: Any = None
+        self._feed: PullFeed | None = None
         self._applied = asyncio.Condition()
         self.applied_seq = 0
         self.head_seq = 0
@@ -160,14 +157,9 @@ class Projector:
         self.applied_seq = start - 1
         info = await self.bus.js.stream_info(EVENTS_STREAM)
         self.head_seq = info.state.last_seq
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                opt_start_seq=start, inactive_threshold=None if self.durable else 60.0)
-        if self.durable:
-            # The SQLite checkpoints are the truth: restart the consumer right after them.
-            with contextlib.suppress(NotFoundError):
-                await self.bus.js.delete_consumer(EVENTS_STREAM, self.durable)
-        self._sub = await self.bus.js.pull_subscribe(EVENT_SUBJECTS, durable=self.durable, stream=EVENTS_STREAM,
-                                                     config=config)
+        # The SQLite checkpoints are the truth: the consumer (re)starts right after them.
+        self._feed = await PullFeed(self.bus.nc, self.bus.js, EVENTS_STREAM, EVENT_SUBJECTS, start_seq=start,
+                                    durable=self.durable, batch=self.batch).start()
         self._task = asyncio.create_task(self._loop(), name="tether-projector")
         log.info("projector: %d view(s) from seq %d (head %d)", len(self.stores), start, self.head_seq)
         return self
@@ -178,9 +170,9 @@ class Projector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         _catching_up(self, False)
-        if self._sub is not None:
+        if self._feed is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await self._feed.close()
         def close_all() -> None:
             for store in self.stores.values():
                 store.close()
@@ -212,16 +204,14 @@ class Projector:
     def lag(self) -> int:
         return max(0, self.head_seq - self.applied_seq)
 
-    async def _items(self, msgs: Sequence[Any]) -> list[Item]:
+    async def _items(self, msgs: Sequence[FeedMessage]) -> list[Item]:
         out = []
+        read = self.bus.reader.read_safe
         for m in msgs:
-            meta = m.metadata
-            result = await self.bus.reader.read_safe(m.subject, m.headers, m.data, meta.sequence.stream)
-            out.append(Item(meta.sequence.stream, result.event,
-                            event_id=(m.headers or {}).get("ce-id") or (m.headers or {}).get("Nats-Msg-Id"),
-                            error=str(result.error) if result.error else None,
-                            stream_time=meta.timestamp.timestamp() if isinstance(meta.timestamp, datetime)
-                            else None))
+            result = await read(m.subject, m.headers, m.data, m.seq)
+            headers = m.headers or {}
+            out.append(Item(m.seq, result.event, event_id=headers.get("ce-id") or headers.get("Nats-Msg-Id"),
+                            error=str(result.error) if result.error else None, stream_time=m.time))
         return out
 
     def _apply(self, items: Sequence[Item]) -> dict[str, set[str]]:
@@ -243,15 +233,15 @@ class Projector:
         pending_last = 0
         last_head_check = 0.0
         while True:
+            assert self._feed is not None
             try:
-                msgs = await self._sub.fetch(self.batch, timeout=0.5)
-            except (TimeoutError, asyncio.TimeoutError):  # noqa: UP041 - nats raises both
-                msgs = []
+                msgs = await self._feed.fetch(timeout=0.5)
             except Exception as exc:
                 log.warning("projector fetch failed: %r; retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
             _catching_up(self, len(msgs) >= self.batch)
+            self.head_seq = max(self.head_seq, self._feed.head_hint)
             items = await self._items(msgs) if msgs else []
             if self.stop_at is not None or self.stop_time is not None:
                 items = [i for i in items if (self.stop_at is None or i.seq <= self.stop_at)

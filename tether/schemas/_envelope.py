@@ -29,6 +29,7 @@ SCHEMA_URN = "urn:tether:schema:"
 _REGISTRY: dict[str, type[Payload]] = {}
 _EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_SCHEMAS: dict[str, tuple[str, int]] = {}  # dataschema URN -> (event type, version), as _SCHEMA reads it
 _SCHEMA = re.compile(r"^urn:tether:schema:(?P<type>[a-z0-9_.]+):v(?P<version>[0-9]+)$")
 
 CORE_ATTRIBUTES = frozenset(
@@ -254,14 +255,19 @@ class Event(BaseModel):
         version = None
         schema = attrs.get("dataschema")
         if schema:
-            m = _SCHEMA.match(str(schema))
-            if m is None or m["type"] != event_type:
+            known = _SCHEMAS.get(schema) if isinstance(schema, str) else None
+            if known is None:
+                m = _SCHEMA.match(str(schema))
+                known = (m["type"], int(m["version"])) if m is not None else ("", 0)
+                if isinstance(schema, str) and len(_SCHEMAS) < 4096:
+                    _SCHEMAS[schema] = known
+            if known[0] != event_type:
                 raise InvalidEvent(
                     event_type,
                     [{"loc": ("dataschema",), "msg": f"{schema!r} is not {model.dataschema()!r}"}],
                     what="envelope",
                 )
-            version = int(m["version"])
+            version = known[1]
         extensions = {
             k: str(v)
             for k, v in attrs.items()

@@ -1,0 +1,236 @@
+"""A lean reader of one JetStream pull consumer, for folds that read the log in order.
+
+nats-py's ``fetch`` turns every message into a header dict, a ``Msg``, a queue entry and
+a ``wait_for`` with its own task and inbox token; reading the log that way costs more
+than folding it. A :class:`PullFeed` owns a consumer with ``AckPolicy.NONE`` (the reader
+keeps its own position, as the projector does in each view's SQLite file), takes the
+messages as the protocol parser hands them over (a raw sink of :class:`Client`), and
+keeps two pull requests outstanding so the server is sending the next batch while the
+caller folds this one.
+
+Nothing is skipped without notice: each delivery carries the consumer sequence, and a
+jump in it (messages delivered while the connection was down, say) makes the feed
+recreate its consumer right after the last message it handed out. A pull request lost
+with a connection is noticed when no message and no status came for longer than its
+expiry, and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from ._client import Client, parse_headers
+
+__all__ = ["FeedMessage", "PullFeed"]
+
+log = logging.getLogger("tether.bus")
+
+_HDR_START = len(b"NATS/1.0\r\n")
+_STATUS = b"NATS/1.0 "
+
+
+@dataclass(frozen=True, slots=True)
+class FeedMessage:
+    """One message of the log: where it is, when the server stored it, what it holds."""
+
+    subject: str
+    headers: dict[str, str] | None
+    data: bytes
+    seq: int
+    time: float
+    """When the server stored it, in seconds since the epoch."""
+    pending: int
+    """Messages after this one that the consumer had not delivered yet."""
+
+
+class FeedError(RuntimeError):
+    """The server ended a pull request with an error (its status and description)."""
+
+
+class PullFeed:
+    """Reads ``filter_subject`` of ``stream`` from ``start_seq`` on, in order, without acks.
+
+    ``durable`` names a consumer that outlives the connection (deleted and recreated at
+    :meth:`start`: the caller's position is the truth); without it the consumer is
+    ephemeral and the server removes it ``inactive_threshold`` seconds after the feed
+    stops asking.
+    """
+
+    def __init__(self, nc: Client, js: object, stream: str, filter_subject: str, *, start_seq: int = 1,
+                 durable: str | None = None, batch: int = 1000, expires: float = 5.0,
+                 inactive_threshold: float = 60.0) -> None:
+        if not isinstance(nc, Client):
+            raise TypeError("PullFeed needs tether's NATS client (tether.bus.connect gives one)")
+        self._nc = nc
+        self._js = js
+        self.stream = stream
+        self.filter_subject = filter_subject
+        self.durable = durable
+        self.batch = batch
+        self.expires = expires
+        self.inactive_threshold = inactive_threshold
+        self.name: str | None = None
+        self.last_seq = start_seq - 1
+        """The stream sequence of the last message handed out."""
+        self.head_hint = 0
+        """The stream's last sequence as the latest delivery told it (sequence + pending)."""
+        self.restarts = 0
+        self._sid: int | None = None
+        self._inbox = ""
+        self._buf: list[tuple[bytes, bytes, bytes, bytes | None]] = []
+        self._outstanding: deque[int] = deque()
+        self._cseq = 0
+        self._gap = False
+        self._error: str | None = None
+        self._wake = asyncio.Event()
+        self._activity = time.monotonic()
+        self._reconnects = nc.stats["reconnects"]
+
+    # -- the consumer ------------------------------------------------------------------------
+
+    async def start(self) -> PullFeed:
+        await self._open(self.last_seq + 1)
+        return self
+
+    async def _open(self, start_seq: int) -> None:
+        js = self._js
+        if self.durable:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(self.stream, self.durable)  # type: ignore[attr-defined]
+        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.NONE,
+                                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq),
+                                filter_subject=self.filter_subject,
+                                inactive_threshold=None if self.durable else self.inactive_threshold)
+        info = await js.add_consumer(self.stream, config)  # type: ignore[attr-defined]
+        self.name = info.name
+        self._inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(self._inbox)
+        self._sid = sub._id
+        self._nc.add_raw_sink(sub._id, self._on_message)
+        self._buf = []
+        self._outstanding.clear()
+        self._cseq = 0
+        self._gap = False
+        self._error = None
+        self._activity = time.monotonic()
+
+    async def _close_subscription(self) -> None:
+        if self._sid is None:
+            return
+        sid, self._sid = self._sid, None
+        self._nc.remove_raw_sink(sid)
+        sub = self._nc._subs.get(sid)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def close(self, *, delete: bool | None = None) -> None:
+        """Stop reading. The consumer is deleted if it is ephemeral (or ``delete``)."""
+        await self._close_subscription()
+        if (not self.durable if delete is None else delete) and self.name:
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(self.stream, self.name)  # type: ignore[attr-defined]
+
+    async def _restart(self) -> None:
+        """The consumer skipped messages: read again right after the last one handed out."""
+        self.restarts += 1
+        log.warning("feed %s on %s: deliveries skipped a message (consumer seq jumped past %d); "
+                    "restarting at stream seq %d", self.name, self.stream, self._cseq, self.last_seq + 1)
+        old = self.name
+        await self._close_subscription()
+        if not self.durable and old:
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(self.stream, old)  # type: ignore[attr-defined]
+        await self._open(self.last_seq + 1)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        self._activity = time.monotonic()
+        if not data and headers is not None and headers.startswith(_STATUS):
+            code = headers[9:12]
+            if code == b"100":  # an idle heartbeat: nothing ended
+                return
+            if self._outstanding:  # 404 no messages, 408 expired, 409: this request is over
+                self._outstanding.popleft()
+            if code == b"409":
+                self._error = headers[9:].split(b"\r\n", 1)[0].decode("utf-8", "replace")
+            self._wake.set()
+            return
+        if self._gap:
+            return
+        self._buf.append((subject, reply, data, headers))
+        if self._outstanding:
+            left = self._outstanding[0] - 1
+            if left:
+                self._outstanding[0] = left
+            else:
+                self._outstanding.popleft()
+        self._wake.set()
+
+    async def _top_up(self) -> None:
+        reconnects = self._nc.stats["reconnects"]
+        if reconnects != self._reconnects or (self._outstanding
+                                               and time.monotonic() - self._activity > self.expires + 2.0):
+            self._outstanding.clear()  # requests lost with a connection: nothing will end them
+            self._reconnects = reconnects
+            self._activity = time.monotonic()
+        if len(self._outstanding) >= 2 or not self._nc.is_connected:
+            return
+        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
+        subject = f"{getattr(self._js, '_prefix', '$JS.API')}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        while len(self._outstanding) < 2:
+            try:
+                await self._nc.publish(subject, body, reply=self._inbox)
+            except nats.errors.Error:  # the connection went down meanwhile: ask again once it is back
+                return
+            self._outstanding.append(self.batch)
+
+    async def fetch(self, timeout: float = 0.5) -> list[FeedMessage]:
+        """The messages that arrived (waiting up to ``timeout`` for the first); in order."""
+        if self._gap:
+            await self._restart()
+        await self._top_up()
+        if not self._buf and self._error is None:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        raw, self._buf = self._buf, []
+        error, self._error = self._error, None
+        out = self._messages(raw)
+        await self._top_up()
+        if error is not None and not out:
+            raise FeedError(f"{self.stream} consumer {self.name}: {error}")
+        return out
+
+    def _messages(self, raw: list[tuple[bytes, bytes, bytes, bytes | None]]) -> list[FeedMessage]:
+        out: list[FeedMessage] = []
+        cseq = self._cseq
+        for subject, reply, data, headers in raw:
+            tokens = reply.split(b".")
+            if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+                sseq, c, ts, pending = int(tokens[5]), int(tokens[6]), int(tokens[7]), int(tokens[8])
+            else:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
+                sseq, c, ts, pending = int(tokens[7]), int(tokens[8]), int(tokens[9]), int(tokens[10])
+            if c != cseq + 1:
+                self._gap = True
+                break
+            cseq = c
+            out.append(FeedMessage(subject.decode(), parse_headers(headers[_HDR_START:]) if headers else None,
+                                   data, sseq, ts / 1e9, pending))
+        self._cseq = cseq
+        if out:
+            last = out[-1]
+            self.last_seq = last.seq
+            self.head_hint = max(self.head_hint, last.seq + last.pending)
+        return out
