@@ -69,7 +69,7 @@ class Client(_NatsClient):
         self._raw_sinks.pop(sid, None)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
-                           headers: bytes | None) -> None:
+                           headers: bytes) -> None:  # nats-py's parser passes None when there are none
         sink = self._raw_sinks.get(sid)
         if sink is None:
             await super()._process_msg(sid, subject, reply, data, headers)

@@ -10,7 +10,6 @@ from typing import Any
 
 import nats
 import nats.errors
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from tether.schemas import Event
@@ -38,7 +37,7 @@ class BusUnavailable(ConnectionError):
 class Bus:
     """A connection to tether's NATS: publisher, reader, streams, and the server if embedded."""
 
-    def __init__(self, config: BusConfig, nc: NATS, js: JetStreamContext, url: str,
+    def __init__(self, config: BusConfig, nc: Client, js: JetStreamContext, url: str,
                  server: EmbeddedServer | None) -> None:
         self.config = config
         self.nc = nc
@@ -221,7 +220,7 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             servers=[target],
             allow_reconnect=True,
             max_reconnect_attempts=cfg.connect_attempts,  # bounded at first, unbounded below
-            reconnect_time_wait=0.25,
+            reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py says int; it takes seconds as float
             pending_size=0,  # never buffer while disconnected: the outbox does that, in order
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
