@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Delete", "Merge", "Op", "Table", "Upsert", "compile_delete", "compile_upsert", "create_sql"]
+__all__ = ["Delete", "Merge", "Op", "Table", "Upsert", "combine_upserts", "compile_delete", "compile_upsert",
+           "create_sql"]
 
 Merge = Literal["set", "add", "max", "min", "keep", "coalesce"]
 
@@ -88,3 +89,147 @@ def compile_upsert(table: Table, columns: tuple[str, ...], merge: tuple[tuple[st
 def compile_delete(table: Table, columns: tuple[str, ...]) -> str:
     where = " AND ".join(f'"{c}" = ?' for c in columns)
     return f'DELETE FROM "{table.name}" WHERE {where}'
+
+
+# -- combining a batch's upserts of one row -------------------------------------------------------
+#
+# Within a batch, the upserts of one row can run as one when that leaves exactly the row the
+# two would have: ``b`` after ``a`` is ``(value, rule)`` per column such that, for any row
+# there before (or none), SQLite's rules give the same result. Rules compose only in the
+# cases below; any other pair, a float ``add`` (the sum's rounding depends on the order), or
+# values of unlike types under ``max``/``min`` stay two statements. Keys combine only when
+# every key value is a str or an int (SQLite keys NULL apart, and may key 1 and 1.0 alike).
+
+_KEY_TYPES = (str, int)
+
+
+def _coalesce(a: Any, b: Any) -> Any:
+    return b if a is None else a
+
+
+def _extreme(pick: Any, a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return pick(a, b)
+
+
+def _alike(a: Any, b: Any) -> bool:
+    """Values SQLite and Python order alike: None, or both numbers, or both strings."""
+    if a is None or b is None:
+        return True
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return False
+    return (ta is str and tb is str) or (ta in (int, float) and tb in (int, float) and ta is tb)
+
+
+def _compose(ra: Merge, va: Any, rb: Merge, vb: Any) -> tuple[Any, Merge] | None:
+    """``(value, rule)`` doing what ``(va, ra)`` then ``(vb, rb)`` do to one column, or None."""
+    if rb == "set":
+        return vb, "set"
+    if rb == "add":
+        if ra in ("add", "set") and type(va) in (int, type(None)) and type(vb) in (int, type(None)):
+            return (va or 0) + (vb or 0), ra
+        return None
+    if rb in ("max", "min"):
+        if ra in (rb, "set") and _alike(va, vb):
+            return _extreme(max if rb == "max" else min, va, vb), ra
+        return None
+    if rb == "keep":
+        if ra in ("keep", "set"):
+            return _coalesce(va, vb), ra
+        if ra == "coalesce":
+            return (va, "set") if va is not None else (vb, "keep")
+        return None
+    if rb == "coalesce":
+        if ra in ("coalesce", "set"):
+            return _coalesce(vb, va), ra
+        if ra == "keep":
+            return (vb, "set") if vb is not None else (va, "keep")
+        return None
+    return None
+
+
+def _merge(a: Upsert, b: Upsert, key: tuple[str, ...]) -> Upsert | None:
+    values = dict(a.values)
+    merge = dict(a.merge)
+    b_merge = b.merge
+    for column, vb in b.values.items():
+        if column in key:
+            continue
+        rb = b_merge.get(column, "set")
+        if column in values:
+            va = values[column]
+            ra = merge.get(column, "set")
+            # The usual cases first, inline: the same rule again, or a plain overwrite.
+            if rb == "set":
+                values[column] = vb
+                if ra != "set":
+                    del merge[column]
+                continue
+            if ra == rb:
+                if rb == "keep":
+                    if va is None:
+                        values[column] = vb
+                    continue
+                if rb == "coalesce":
+                    if vb is not None:
+                        values[column] = vb
+                    continue
+            done = _compose(ra, va, rb, vb)
+            if done is None:
+                return None
+            values[column], rule = done
+            if rule == "set":
+                merge.pop(column, None)
+            else:
+                merge[column] = rule
+            continue
+        # a left this column alone: on a new row it is NULL when b runs
+        if rb == "add":
+            if type(vb) not in (int, type(None)):
+                return None
+            vb = vb or 0
+        values[column] = vb
+        if rb != "set":
+            merge[column] = rb
+    return Upsert(a.table, values, merge)
+
+
+def combine_upserts(ops: list[Op], tables: Mapping[str, Table]) -> list[Op]:
+    """The same batch with each row's consecutive upserts run as one where that is exact.
+
+    A combined upsert takes the place of the row's first one; statements on other rows keep
+    their order (none of them reads another row). A delete on a table starts afresh for it."""
+    out: list[Op] = []
+    at: dict[tuple[str, tuple[Any, ...]], int] = {}
+    for op in ops:
+        if isinstance(op, Delete):
+            at = {k: i for k, i in at.items() if k[0] != op.table}
+            out.append(op)
+            continue
+        table = tables.get(op.table)
+        values = op.values
+        if table is None:
+            out.append(op)
+            continue
+        try:
+            key_values = tuple(values[k] for k in table.key)
+        except KeyError:
+            out.append(op)
+            continue
+        if not all(type(v) in _KEY_TYPES for v in key_values):
+            out.append(op)
+            continue
+        row = (op.table, key_values)
+        i = at.get(row)
+        if i is not None:
+            merged = _merge(out[i], op, table.key)  # type: ignore[arg-type]
+            if merged is not None:
+                out[i] = merged
+                continue
+        at[row] = len(out)
+        out.append(op)
+    return out

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from tether.schemas import Event
 
-from ._ops import Delete, Op, Table, Upsert, compile_delete, compile_upsert, create_sql
+from ._ops import Delete, Op, Table, Upsert, combine_upserts, compile_delete, compile_upsert, create_sql
 
 __all__ = ["Item", "Projection", "ViewStore", "view_path"]
 
@@ -44,9 +44,16 @@ class Projection(ABC):
     def combine(self, ops: list[Op]) -> list[Op]:
         """A batch's ops as the runner executes them (in one transaction, in this order).
 
-        Override to write several upserts of one row as one when that leaves exactly the
-        same rows (say, counters that only ever ``add``); the default runs every op."""
-        return ops
+        The default runs each row's upserts of the batch as one where that leaves exactly
+        the same row (:func:`~tether.projections._ops.combine_upserts`); override it for a
+        cheaper rule of your own (counters that only ever ``add``, say)."""
+        return combine_upserts(ops, self._tables_by_name())
+
+    def _tables_by_name(self) -> dict[str, Table]:
+        found: dict[str, Table] | None = self.__dict__.get("_tables_cache")
+        if found is None:
+            found = self.__dict__["_tables_cache"] = {t.name: t for t in self.tables}
+        return found
 
     def notify_key(self, op: Op) -> str | None:
         """The key announced on ``tether.proj.<view>.<key>`` for a changed row."""
