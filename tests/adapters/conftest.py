@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import tether.adapters
@@ -55,6 +57,17 @@ async def run_events(bus: Bus, run_id: str) -> list[Event]:
     """Every event of one run, in log order, once the adapters' queue is published."""
     await Hub.of(bus).flush()
     return [r.event for r in await collect(bus, event_filter(run=run_id)) if r.event is not None]
+
+
+async def story(bus: Bus, run_id: str, last: str, *, count: int = 1, timeout: float = 60.0) -> list[Event]:
+    """The run's events once ``count`` of type ``tether.<last>`` are among them: a worker
+    records the end of a durable stream right after the caller read it."""
+    with anyio.fail_after(timeout):
+        while True:
+            events = await run_events(bus, run_id)
+            if sum(e.type == f"tether.{last}" for e in events) >= count:
+                return events
+            await asyncio.sleep(0.05)
 
 
 def kinds(events: list[Event]) -> list[str]:

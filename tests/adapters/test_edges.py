@@ -14,7 +14,7 @@ import openai
 import pytest
 
 import tether
-from tether.adapters import DurableStreamingUnsupported, Hub
+from tether.adapters import Hub
 from tether.bus import WORK_STREAM, Bus, event_filter
 from tether.middleware import (
     BreakerPolicy,
@@ -31,7 +31,7 @@ from tether.middleware import (
 from tether.testing import collect
 from tether.testing.fake_provider import FakeProvider
 
-from .conftest import data, fast_policies, kinds, run_events
+from .conftest import data, fast_policies, kinds, run_events, story
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -300,13 +300,15 @@ async def test_durable_mode_goes_through_a_worker(fake: FakeProvider, bus: Bus, 
                                    policies=policies, mode="durable")
         async with client, tether.run(agent="durable-bot", bus=bus) as run:
             answer = await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
-            with pytest.raises(DurableStreamingUnsupported, match="streaming"):
-                await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True)  # type: ignore[arg-type]
-    assert answer.choices[0].message.content
-    events = await run_events(bus, run.run_id)
-    assert kinds(events)[1:-1] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed"]
-    assert data(events, "requested")[0].mode == "durable"
-    assert len(fake.log) == 2 and all(r.retry_count is None for r in fake.log), "the worker sent them"
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True)  # type: ignore[arg-type]
+            streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            events = await story(bus, run.run_id, "llm.call.completed", count=2)  # the stream's by the worker
+    assert answer.choices[0].message.content and streamed  # streams too: tests/adapters/test_durable_streams.py
+    assert kinds(events)[1:] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+                                 "llm.call.requested", "llm.call.completed"]
+    assert [r.mode for r in data(events, "requested")] == ["durable", "durable"]
+    assert [r.stream for r in data(events, "requested")] == [False, True]
+    assert len(fake.log) == 3 and all(r.retry_count is None for r in fake.log), "the worker sent them"
 
 
 # -- frameworks' own clients ----------------------------------------------------------------------

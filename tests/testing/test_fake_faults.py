@@ -18,6 +18,7 @@ from tether.testing import (
     Reset,
     ResetMidStream,
     SlowFirstByte,
+    StallMidStream,
     UniformLatency,
     parse_faults,
     parse_latency,
@@ -41,6 +42,8 @@ def test_the_spec_from_the_docs_parses() -> None:
     ("hang(30s)", FaultRule(Hang(30.0))),
     ("slow_first_byte(250ms)", FaultRule(SlowFirstByte(0.25))),
     ("reset", FaultRule(Reset())),
+    ("stall_mid_stream", FaultRule(StallMidStream())),
+    ("stall_mid_stream(1,30s)#1", FaultRule(StallMidStream(1, 30.0), nth=1)),
     ("malformed_json:0.5/messages", FaultRule(MalformedJSON(), probability=0.5, api="messages")),
     ("500#3", FaultRule(ErrorResponse(500), nth=3)),
     ("429#1-2", FaultRule(ErrorResponse(429), nth=range(1, 3))),
@@ -55,7 +58,8 @@ def test_each_effect_and_condition(spec: str, rule: FaultRule) -> None:
 
 
 @pytest.mark.parametrize("spec", ["999", "teapot", "429:2", "hang(1s,2s)", "429/nowhere", "reset(3)",
-                                  "slow_first_byte(soon)", "down(1s,2s)"])
+                                  "slow_first_byte(soon)", "down(1s,2s)",
+                                  "stall_mid_stream(1,2s,3)", "stall_mid_stream(-1)"])
 def test_a_bad_spec_is_a_clear_error(spec: str) -> None:
     with pytest.raises(ValueError, match="bad fault rule"):
         parse_faults(spec)

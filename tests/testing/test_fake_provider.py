@@ -19,7 +19,7 @@ import openai
 import pytest
 
 import tether.testing
-from tether.testing import ErrorResponse, FakeProvider, FaultRule, ResetMidStream
+from tether.testing import ErrorResponse, FakeProvider, FaultRule, ResetMidStream, StallMidStream
 from tether.testing.fake_provider import build_parser
 
 pytestmark = pytest.mark.anyio
@@ -350,6 +350,23 @@ async def test_reset_mid_stream_sends_some_events_then_a_read_error(fp: FakeProv
             await http.post("/chat/completions", json=CHAT)
     assert len(events) == 3 and all(e.startswith("data: {") for e in events)
     assert fp.outcomes == {"reset_mid_stream": 2}
+
+
+async def test_stall_mid_stream_pauses_then_sends_the_rest(fp: FakeProvider) -> None:
+    fp.set_faults([FaultRule(StallMidStream(after_chunks=2, seconds=0.3), nth=1)])
+    async with httpx.AsyncClient(base_url=fp.url) as http:
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            stalled = [line async for line in response.aiter_lines() if line]
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            plain = [line async for line in response.aiter_lines() if line]
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up during the pause
+            fp.set_faults("stall_mid_stream(1,30s)")
+            async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True},
+                                   timeout=httpx.Timeout(5, read=0.2)) as response:
+                async for _ in response.aiter_lines():
+                    pass
+    assert len(stalled) == len(plain) > 2 and stalled[-1] == "data: [DONE]"
+    assert [r.fault for r in fp.log] == ["stall_mid_stream", None, "stall_mid_stream"]
 
 
 async def test_reset_closes_without_a_response(fp: FakeProvider) -> None:

@@ -19,7 +19,6 @@ from ._conversation import conversation
 from ._core import (
     AsyncUpstream,
     AsyncUpstreamResponse,
-    DurableStreamingUnsupported,
     Interceptor,
     ProxyResponse,
     RoutedUpstream,
@@ -42,7 +41,6 @@ __all__ = [
     "AsyncTetherTransport",
     "AsyncUpstream",
     "AsyncUpstreamResponse",
-    "DurableStreamingUnsupported",
     "Hub",
     "Interceptor",
     "LoopThreadError",

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from tether.bus import Bus
 from tether.middleware import Failure, Policy, PolicySet, Target, classify_exception
 from tether.middleware._engine import CallEngine
+from tether.middleware._relay import RelayBroken, RelayListener
 from tether.middleware._work import WorkItem
 from tether.schemas import uuid7
 
@@ -44,18 +45,18 @@ from ._flow import (
     Spawn,
     cancelled_event,
     durable_flow,
+    durable_stream_flow,
     llm_flow,
     stream_end_flow,
 )
 from ._hub import Hub, LoopThreadError, background_hub, background_hub_nowait, default_policies
 from ._redact import Hook, Redactor, redactor_of
 from ._runs import current_run, new_traceparent, trace_of
-from ._wire import Kind, Operation, StreamAccumulator, operation_of, parse_request
+from ._wire import Kind, Operation, StreamAccumulator, operation_of, parse_request, stream_error_event
 
 __all__ = [
     "AsyncUpstream",
     "AsyncUpstreamResponse",
-    "DurableStreamingUnsupported",
     "Interceptor",
     "ProxyResponse",
     "RoutedUpstream",
@@ -71,10 +72,6 @@ Mode = Literal["inline", "durable"]
 
 # Sent upstream differently from what the caller set: recomputed, or tether's to choose.
 _HOP = frozenset({"content-length", "accept-encoding", "traceparent", "connection", "transfer-encoding"})
-
-
-class DurableStreamingUnsupported(NotImplementedError):
-    """Durable mode does not stream yet: call without ``stream=True`` or use ``mode="inline"``."""
 
 
 # -- the upstream, as the shells see it ------------------------------------------------------
@@ -125,7 +122,7 @@ class ProxyResponse:
     status: int
     headers: Headers
     content: bytes | None = None
-    stream: AsyncTee | AsyncPassThrough | None = None
+    stream: AsyncTee | AsyncRelayStream | AsyncPassThrough | None = None
     extensions: dict[str, Any] = field(default_factory=dict)
     call_id: str | None = None
 
@@ -135,7 +132,7 @@ class SyncProxyResponse:
     status: int
     headers: Headers
     content: bytes | None = None
-    stream: SyncTee | SyncPassThrough | None = None
+    stream: SyncTee | SyncRelayStream | SyncPassThrough | None = None
     extensions: dict[str, Any] = field(default_factory=dict)
     call_id: str | None = None
 
@@ -165,20 +162,24 @@ class Interceptor:
 
     ``bus``: where events go (else the current run's bus, else tether's background bus);
     ``policies``: the :class:`PolicySet` (else ``tether.toml``); ``mode``: ``"inline"``
-    (the policy loop runs here) or ``"durable"`` (non-streaming calls go through the WORK
-    stream; the worker must know ``provider``); ``capture``: record request and response
+    (the policy loop runs here) or ``"durable"`` (calls go through the WORK stream; the
+    worker must know ``provider``; streams are relayed back by the worker, see
+    ``stream_idle_timeout_s``); ``capture``: record request and response
     bodies; ``agent``: the agent id outside a run; ``provider``: the provider name in
     routes (``openai:gpt-4o``), by default the wire format's; ``redact``: a
     :class:`Redactor`, a hook, or extra field names; ``stream_usage``: ask a streamed chat
     completion for usage when the caller did not (the extra chunk is removed);
     ``fallback_providers``: other providers the upstream can reach (a :class:`RoutedUpstream`,
-    the gateway's), whose fallback targets are kept.
+    the gateway's), whose fallback targets are kept; ``stream_idle_timeout_s``: how long a
+    durable stream may stay silent (no chunk, no heartbeat from its worker) before the
+    caller ends it with an error.
     """
 
     def __init__(self, *, bus: Bus | None = None, policies: PolicySet | None = None, mode: Mode = "inline",
                  capture: bool = True, agent: str | None = None, provider: str | None = None,
                  kind: Kind | None = None, redact: Redactor | Hook | Iterable[str] | None = None,
-                 stream_usage: bool = True, fallback_providers: Iterable[str] = ()) -> None:
+                 stream_usage: bool = True, fallback_providers: Iterable[str] = (),
+                 stream_idle_timeout_s: float = 15.0) -> None:
         if mode not in ("inline", "durable"):
             raise ValueError(f"mode must be 'inline' or 'durable', not {mode!r}")
         if provider is not None and (not provider or ":" in provider):
@@ -193,6 +194,9 @@ class Interceptor:
         self.redactor = redactor_of(redact)
         self.stream_usage = stream_usage
         self.fallback_providers = frozenset(fallback_providers)
+        if stream_idle_timeout_s <= 0:
+            raise ValueError(f"stream_idle_timeout_s must be > 0, not {stream_idle_timeout_s!r}")
+        self.stream_idle_timeout_s = stream_idle_timeout_s
         self._routes: dict[tuple[int, str], Policy] = {}
         self._warned = False
 
@@ -300,9 +304,11 @@ class Interceptor:
         call = self.prepare(hub, engine, kind, operation, headers, body)
         if self.mode == "durable":
             if call.request.stream:
-                raise DurableStreamingUnsupported(
-                    "tether: durable mode does not support streaming yet; call without stream=True, or "
-                    "instrument with mode='inline'")
+                final = await drive_async(hub, durable_stream_flow(call, self.stream_idle_timeout_s), _no_io)
+                if final.relay is not None:
+                    return ProxyResponse(final.status, final.headers, stream=AsyncRelayStream(call, final.relay),
+                                         call_id=call.item.call_id)
+                return ProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
             final = await drive_async(hub, durable_flow(call), _no_io)
             return ProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
         attempt = 0
@@ -356,9 +362,11 @@ class Interceptor:
         call = self.prepare(hub, engine, kind, operation, headers, body)
         if self.mode == "durable":
             if call.request.stream:
-                raise DurableStreamingUnsupported(
-                    "tether: durable mode does not support streaming yet; call without stream=True, or "
-                    "instrument with mode='inline'")
+                final = drive_sync(hub, durable_stream_flow(call, self.stream_idle_timeout_s), _no_io_sync)
+                if final.relay is not None:
+                    return SyncProxyResponse(final.status, final.headers, stream=SyncRelayStream(call, final.relay),
+                                             call_id=call.item.call_id)
+                return SyncProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
             final = drive_sync(hub, durable_flow(call), _no_io_sync)
             return SyncProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
 
@@ -639,6 +647,90 @@ class SyncTee:
                 self._resp.close()
         finally:
             drive_sync(self.call.hub, stream_end_flow(self.call, self.final, self.acc, how, failure), _no_io_sync)
+
+
+class AsyncRelayStream:
+    """The caller's stream of a durable call: the chunks its worker relays, passed on as they
+    come. A stream that cannot go on (it broke at the worker, a chunk was lost, the worker
+    fell silent) ends with an SSE error event in the provider's format, which the SDK raises;
+    closing it early tells the worker to stop (it records the call as closed by the caller)."""
+
+    def __init__(self, call: LlmCall, listener: RelayListener) -> None:
+        self.call = call
+        self.listener = listener
+        self._open = True
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._open:
+            raise StopAsyncIteration
+        hub = self.call.hub
+        try:
+            chunk = await hub.call(self.listener.next)
+        except RelayBroken as exc:
+            self._open = False
+            await hub.call(self.listener.close if exc.from_worker else partial(self.listener.cancel, exc.code,
+                                                                                exc.message))
+            return stream_error_event(self.call.kind, exc.message, code=exc.code)
+        except asyncio.CancelledError:
+            await self._stop("the caller's task was cancelled")
+            raise
+        if chunk is None:
+            self._open = False
+            await hub.call(self.listener.close)
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._stop("the caller closed the stream")
+
+    async def _stop(self, why: str) -> None:
+        if self._open:
+            self._open = False
+            await self.call.hub.call(partial(self.listener.cancel, "client_closed", why))
+
+
+class SyncRelayStream:
+    """:class:`AsyncRelayStream` for sync clients (each chunk is awaited on the bus's loop)."""
+
+    def __init__(self, call: LlmCall, listener: RelayListener) -> None:
+        self.call = call
+        self.listener = listener
+        self._open = True
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self._open:
+            raise StopIteration
+        hub = self.call.hub
+        try:
+            chunk = hub.call_sync(self.listener.next, timeout=self.listener.idle_timeout_s + 30.0)
+        except RelayBroken as exc:
+            self._open = False
+            hub.call_sync(self.listener.close if exc.from_worker else partial(self.listener.cancel, exc.code,
+                                                                               exc.message), timeout=10.0)
+            return stream_error_event(self.call.kind, exc.message, code=exc.code)
+        except BaseException:
+            self._stop("the caller stopped reading (an exception in its thread)")
+            raise
+        if chunk is None:
+            self._open = False
+            hub.call_sync(self.listener.close, timeout=10.0)
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self._stop("the caller closed the stream")
+
+    def _stop(self, why: str) -> None:
+        if self._open:
+            self._open = False
+            with contextlib.suppress(Exception):
+                self.call.hub.call_sync(partial(self.listener.cancel, "client_closed", why), timeout=10.0)
 
 
 class AsyncPassThrough:

@@ -19,6 +19,7 @@ answer: a stream is handed to the caller after its first chunk arrived.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -48,7 +49,8 @@ from tether.middleware import (
 from tether.middleware._budget import BudgetRefusal
 from tether.middleware._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from tether.middleware._providers import usage_of
-from tether.middleware._work import CallRecord, WorkItem
+from tether.middleware._relay import RelayBroken, RelayListener, relay_subject
+from tether.middleware._work import CallRecord, RelaySpec, WorkItem
 from tether.schemas import (
     ErrorInfo,
     Event,
@@ -80,6 +82,7 @@ __all__ = [
     "ToolCall",
     "cancelled_event",
     "durable_flow",
+    "durable_stream_flow",
     "llm_flow",
     "stream_end_flow",
     "tool_flow",
@@ -161,6 +164,8 @@ class Final:
     body: bytes | None = None
     sent: Sent | None = None
     attempt: int = 0
+    relay: RelayListener | None = None
+    """A durable stream: the worker relays the answer to this listener (its first chunk came)."""
 
 
 # -- one LLM call ------------------------------------------------------------------------------
@@ -449,6 +454,65 @@ def durable_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
         status = error.status_code if error.status_code and error.status_code >= 400 else 502
         return call.error_reply(status, f"tether gave up ({result.reason}): {error.type}: {error.message}",
                                 code="tether_gave_up", retry_after_s=error.retry_after_s)
+    return call.error_reply(503, "tether could not submit the durable call (is NATS reachable?)",
+                            code="tether_unavailable")
+
+
+def durable_stream_flow(call: LlmCall, idle_timeout_s: float) -> Generator[Effect, Any, Final]:
+    """A streamed call through the WORK stream: the worker streams from the provider and
+    relays the answer to a subject this caller listens on (``tether.middleware._relay``).
+
+    The caller subscribes before it submits, then waits (up to the call's deadline) for the
+    first chunk, or for the call's end if it ended without one: attempts before the first
+    chunk are the worker's, under the policy. ``idle_timeout_s``: once the stream runs, how
+    long it may stay silent (no chunk, no heartbeat) before the caller gives up on it."""
+    hub = call.hub
+    requested = call.requested_event()
+    deadline = time.time() + (call.policy.deadline_s or 300.0)
+    spec = RelaySpec(subject=relay_subject(call.item.call_id), heartbeat_s=min(5.0, max(0.05, idle_timeout_s / 5)),
+                     drop_usage_chunk=call.ask_usage)
+    body = json.loads(call.raw) if call.ask_usage else call.request.body or {}  # with include_usage if tether asked
+    item = call.item.model_copy(update={"body": body, "deadline_at": deadline, "relay": spec,
+                                        "reply_to": spec.subject})
+
+    async def start() -> RelayListener | dict[str, Any]:
+        durable = await hub.durable()
+        listener = await RelayListener.open(hub.bus.nc, spec, idle_timeout_s=idle_timeout_s)
+        try:
+            await durable.submit(item, requested=requested)
+            ended = await listener.started(max(1.0, deadline - time.time() + 30.0))
+        except TimeoutError:
+            await listener.cancel("deadline", "the caller stopped waiting for the stream at the call's deadline")
+            return {"state": "timeout"}
+        except RelayBroken as exc:
+            await listener.cancel(exc.code, exc.message)
+            return {"state": "failed", "error": {"type": "RelayError", "message": exc.message, "code": exc.code}}
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await listener.cancel("client_cancelled", "the caller was cancelled")
+            raise
+        if ended is not None:
+            await listener.close()
+            return ended
+        return listener
+
+    result = yield Run(start, drain=True, timeout_s=deadline - time.time() + 60.0)
+    if isinstance(result, RelayListener):
+        headers = call.reply_headers([("content-type", result.content_type)])
+        return Final(result.status, headers, relay=result, attempt=int(result.attempt or 1))
+    if isinstance(result, dict):
+        state = result.get("state")
+        if state == "timeout":
+            return call.error_reply(504, "tether gave up (deadline): no worker started the stream before the "
+                                         "call's deadline", code="deadline_exceeded")
+        if state != "completed":
+            failed = CallFailed(call.item.call_id, result.get("error"), str(state))
+            error = failed.error
+            status = error.status_code if error.status_code and error.status_code >= 400 else 502
+            return call.error_reply(status, f"tether gave up ({failed.reason}): {error.type}: {error.message}",
+                                    code="tether_gave_up", retry_after_s=error.retry_after_s)
+        return call.error_reply(502, "tether: the call completed, but its stream was not relayed to this caller",
+                                code="tether_relay_lost")
     return call.error_reply(503, "tether could not submit the durable call (is NATS reachable?)",
                             code="tether_unavailable")
 

@@ -37,7 +37,8 @@ def _httpx2() -> Any:
 
 def instrument(client: C, *, bus: Bus | None = None, policies: PolicySet | None = None, mode: Mode = "inline",
                capture: bool = True, agent: str | None = None, provider: str | None = None,
-               redact: Redactor | Hook | Iterable[str] | None = None, stream_usage: bool = True) -> C:
+               redact: Redactor | Hook | Iterable[str] | None = None, stream_usage: bool = True,
+               stream_idle_timeout_s: float = 15.0) -> C:
     """Route an OpenAI or Anthropic client (sync or async) through tether; returns the same client.
 
     Every chat completion, Responses, embeddings or messages call is recorded (model,
@@ -47,10 +48,10 @@ def instrument(client: C, *, bus: Bus | None = None, policies: PolicySet | None 
     same provider, budgets and the runaway guard. tether owns the retries: the client's
     ``max_retries`` is set to 0 and a final failure says ``x-should-retry: false``.
 
-    ``mode="durable"`` sends non-streaming calls through the WORK stream to ``tether
-    worker`` (which must have a provider named ``provider``, with its own key); durable
-    streaming is not supported yet (:class:`DurableStreamingUnsupported`). For the other
-    options see :class:`Interceptor`.
+    ``mode="durable"`` sends calls through the WORK stream to ``tether worker`` (which must
+    have a provider named ``provider``, with its own key); a stream is relayed back by the
+    worker as it comes, and ends with an error if it stays silent ``stream_idle_timeout_s``
+    (its worker is gone). For the other options see :class:`Interceptor`.
     """
     http = getattr(client, "_client", None)
     if http is None or not hasattr(http, "_transport"):
@@ -58,7 +59,8 @@ def instrument(client: C, *, bus: Bus | None = None, policies: PolicySet | None 
                         "for other frameworks pass tether.http_client() / tether.async_http_client()")
     kind = _kind_of(client)
     interceptor = Interceptor(bus=bus, policies=policies, mode=mode, capture=capture, agent=agent,
-                              provider=provider or kind, kind=kind, redact=redact, stream_usage=stream_usage)
+                              provider=provider or kind, kind=kind, redact=redact, stream_usage=stream_usage,
+                              stream_idle_timeout_s=stream_idle_timeout_s)
     _wrap(http, interceptor)
     if hasattr(client, "max_retries"):
         client.max_retries = 0  # tether retries; the SDK would multiply the attempts
@@ -106,7 +108,7 @@ def _wrap(http: Any, interceptor: Interceptor) -> None:
 def http_client(*, package: Package = "httpx", bus: Bus | None = None, policies: PolicySet | None = None,
                 mode: Mode = "inline", capture: bool = True, agent: str | None = None, provider: str | None = None,
                 redact: Redactor | Hook | Iterable[str] | None = None, stream_usage: bool = True,
-                transport: Any = None, **client_options: Any) -> Any:
+                stream_idle_timeout_s: float = 15.0, transport: Any = None, **client_options: Any) -> Any:
     """A sync ``httpx.Client`` (``package="httpx2"``: an ``httpx2.Client``) whose LLM calls
     go through tether, for frameworks that accept an HTTP client. The wire format is read
     from each request's path (``/messages`` is Anthropic's); ``provider`` names the routes
@@ -114,7 +116,7 @@ def http_client(*, package: Package = "httpx", bus: Bus | None = None, policies:
     ``x-should-retry: false`` on tether's final answers; set its ``max_retries=0`` too
     where you can. ``client_options`` go to the client (``timeout``, ``base_url``...)."""
     interceptor = Interceptor(bus=bus, policies=policies, mode=mode, capture=capture, agent=agent, provider=provider,
-                              redact=redact, stream_usage=stream_usage)
+                              redact=redact, stream_usage=stream_usage, stream_idle_timeout_s=stream_idle_timeout_s)
     if package == "httpx2":
         module = _httpx2()
         import httpx2
@@ -126,11 +128,12 @@ def http_client(*, package: Package = "httpx", bus: Bus | None = None, policies:
 def async_http_client(*, package: Package = "httpx", bus: Bus | None = None, policies: PolicySet | None = None,
                       mode: Mode = "inline", capture: bool = True, agent: str | None = None,
                       provider: str | None = None, redact: Redactor | Hook | Iterable[str] | None = None,
-                      stream_usage: bool = True, transport: Any = None, **client_options: Any) -> Any:
+                      stream_usage: bool = True, stream_idle_timeout_s: float = 15.0, transport: Any = None,
+                      **client_options: Any) -> Any:
     """The async twin of :func:`http_client`: an ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``),
     e.g. for ``ChatOpenAI(http_async_client=...)`` or ``OpenAIProvider(http_client=...)``."""
     interceptor = Interceptor(bus=bus, policies=policies, mode=mode, capture=capture, agent=agent, provider=provider,
-                              redact=redact, stream_usage=stream_usage)
+                              redact=redact, stream_usage=stream_usage, stream_idle_timeout_s=stream_idle_timeout_s)
     if package == "httpx2":
         module = _httpx2()
         import httpx2

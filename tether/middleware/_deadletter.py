@@ -126,7 +126,8 @@ async def redrive(bus: Bus, dl: DeadLetter) -> str:
     now = time.time()
     budget = (old.deadline_at - old.submitted_at) if old.deadline_at else None
     new_id = uuid7()
-    item = old.model_copy(update={"call_id": new_id, "redrive_of": old.call_id, "reply_to": None,
+    # A streamed call's caller is gone: the redrive runs without a relay, its answer in the log.
+    item = old.model_copy(update={"call_id": new_id, "redrive_of": old.call_id, "reply_to": None, "relay": None,
                                   "submitted_at": now, "deadline_at": now + budget if budget else None})
     await bus.publish(Event.of(CallRedriven(call_id=old.call_id, new_call_id=new_id, dlq_seq=dl.seq),
                                id=terminal_id(old.call_id, f"redriven/{new_id}"), runid=old.runid,

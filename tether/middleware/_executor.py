@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from faststream import AckPolicy
@@ -39,6 +40,7 @@ from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, Outcome, terminal
 from ._failures import Failure
 from ._policy import PolicySet
 from ._providers import HttpClients, ProviderConfig
+from ._relay import NOT_RETRIED, Streamed, record_cancelled, relay_attempt
 from ._shared import Breakers, RateLimiter, Snapshot, SpendBook, open_bucket
 from ._tools import ToolRegistry
 from ._work import CALLS_BUCKET, CallRecord, WorkItem
@@ -194,13 +196,15 @@ class Executor:
         policy = engine.policy_of(item)
         if rec.in_flight is not None:  # a worker died during this attempt
             lost = rec.in_flight
+            relayed = bool(lost.get("relayed"))  # a stream whose caller already had part of the answer
             engine.record_outcome(rec, int(lost["attempt"]), Failure(
                 kind="connection", error_type="WorkerLost",
-                message=f"worker {lost.get('worker')} stopped before the attempt finished"),
+                message=f"worker {lost.get('worker')} stopped before the attempt finished"
+                        + (", in the middle of a relayed stream" + NOT_RETRIED if relayed else "")),
                 float(lost["started_at"]))
             lost_failure = rec.history()[-1].failure
             assert lost_failure is not None
-            decision = engine.decide(item, rec, policy, lost_failure)
+            decision = GiveUp("not_retryable") if relayed else engine.decide(item, rec, policy, lost_failure)
             if await self._after_failure(item, rec, decision, raw, failure=lost_failure,
                                          attempt=int(lost["attempt"]), latency_ms=0.0, defer=False):
                 return
@@ -228,16 +232,26 @@ class Executor:
                              "started_at": started, "worker": self.worker_id}
             await self._save(rec)
             keepalive = asyncio.create_task(self._keepalive(raw))
+            streamed: Streamed | None = None
             try:
-                out = await engine.attempt(item, rec, policy)
+                if item.relay is not None:
+                    streamed = await relay_attempt(engine, self.bus.nc, item, rec, policy, attempt,
+                                                   on_relayed=partial(self._relayed, rec))
+                    out = streamed.outcome
+                else:
+                    out = await engine.attempt(item, rec, policy)
             finally:
                 keepalive.cancel()
             route = rec.target.route if rec.target else item.route
-            await engine.breakers.record(route, policy.breaker, ok=out.ok,
-                                         counts=out.counts_for_breaker,
+            started_ok = streamed is not None and streamed.relayed  # the provider answered; the stream is ours
+            await engine.breakers.record(route, policy.breaker, ok=out.ok or started_ok,
+                                         counts=out.counts_for_breaker or started_ok,
                                          call_id=item.call_id)
             if out.ok:
                 await self._complete(item, rec, attempt, started, out, raw)
+                return
+            if streamed is not None and (streamed.relayed or streamed.cancelled):
+                await self._stream_stopped(item, rec, attempt, started, streamed, raw)
                 return
             failure = out.failure
             latency = out.latency_ms
@@ -292,6 +306,30 @@ class Executor:
         await raw.ack()
         self.stats["completed"] += 1
         await engine.account(item, out.usage, rec.target)
+
+    async def _relayed(self, rec: CallRecord) -> None:
+        """The first chunk of a stream is on its way to the caller: from now on a lost worker
+        means a cut stream, never a second attempt (see the in-flight check above)."""
+        if rec.in_flight is not None:
+            rec.in_flight["relayed"] = True
+            await self._save(rec)
+
+    async def _stream_stopped(self, item: WorkItem, rec: CallRecord, attempt: int, started: float,
+                              streamed: Streamed, raw: Msg) -> None:
+        """A relayed stream that did not complete: its caller stopped it (``failed``, not
+        dead-lettered), or it broke after the first byte (given up, never retried)."""
+        engine = self.engine
+        assert engine is not None
+        if streamed.cancelled is not None:
+            await record_cancelled(engine, item, rec, attempt, started, streamed)
+            await self._save(rec)
+            await raw.ack()
+            return
+        failure = streamed.outcome.failure
+        assert failure is not None
+        engine.record_outcome(rec, attempt, failure, started)
+        await self._after_failure(item, rec, GiveUp("not_retryable"), raw, failure=failure, attempt=attempt,
+                                  latency_ms=streamed.outcome.latency_ms, defer=True)
 
     async def _give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
                        raw: Msg) -> None:

@@ -150,6 +150,18 @@ class HttpClients:
         finally:
             busy[i] -= 1
 
+    async def post_stream(self, url: str, **kwargs: Any) -> httpx.Response:
+        """POST and return once the headers are in: read the body with ``aiter_bytes()``,
+        then ``aclose()`` it (a streamed answer)."""
+        busy = self._busy
+        i = busy.index(min(busy))
+        client = self._clients[i]
+        busy[i] += 1
+        try:
+            return await client.send(client.build_request("POST", url, **kwargs), stream=True)
+        finally:
+            busy[i] -= 1
+
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()

@@ -15,11 +15,27 @@ from ._decide import AttemptRecord
 from ._failures import Failure
 from ._policy import Target
 
-__all__ = ["CALLS_BUCKET", "CallRecord", "WorkItem", "work_subject"]
+__all__ = ["CALLS_BUCKET", "CallRecord", "RelaySpec", "WorkItem", "work_subject"]
 
 CALLS_BUCKET = "tether-calls"
 CALL_ID_PATTERN = r"^[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*$"
 Operation = Literal["chat", "responses", "messages", "embeddings"]
+SUBJECT_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
+
+
+class RelaySpec(BaseModel):
+    """A streamed durable call: where the worker relays the answer as it comes (see ``_relay``).
+
+    ``subject`` is the caller's (it subscribed before submitting); ``heartbeat_s`` how often
+    the worker says it is alive while relaying; ``drop_usage_chunk``: tether, not the caller,
+    asked for ``stream_options.include_usage``, so the usage-only chunk is not relayed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=512, pattern=SUBJECT_PATTERN)
+    heartbeat_s: float = Field(default=3.0, gt=0, le=60)
+    drop_usage_chunk: bool = False
 
 
 class WorkItem(BaseModel):
@@ -47,6 +63,9 @@ class WorkItem(BaseModel):
     model: str | None = None
     operation: Operation = "chat"
     body: dict[str, JsonValue] = {}
+    relay: RelaySpec | None = Field(default=None, exclude_if=lambda relay: relay is None)
+    """Set for a streamed call: the worker streams from the provider and relays the chunks.
+    Left out of the JSON when unset, so other work messages are as they were."""
     # tool calls
     tool: str | None = None
     arguments: JsonValue = None

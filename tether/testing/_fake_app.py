@@ -39,6 +39,7 @@ from ._fake_faults import (
     Reset,
     ResetMidStream,
     SlowFirstByte,
+    StallMidStream,
     down,
     format_faults,
     format_latency,
@@ -208,14 +209,21 @@ class _Stream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: list[bytes], headers: Mapping[str, str], *, reset: bool = False) -> None:
+    def __init__(self, events: list[bytes], headers: Mapping[str, str], *, reset: bool = False,
+                 stall: tuple[int, float, asyncio.Event] | None = None) -> None:
         self.status_code = 200
-        self.events, self.reset = events, reset
+        self.events, self.reset, self.stall = events, reset, stall
         self.init_headers({"cache-control": "no-cache", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        for event in self.events:
+        for n, event in enumerate(self.events):
+            if self.stall is not None and n == self.stall[0]:
+                _, seconds, stopping = self.stall
+                if not await _pause(receive, seconds, stopping):
+                    if stopping.is_set():
+                        await _abort(receive)
+                    return  # the client went away
             await send({"type": "http.response.body", "body": event, "more_body": True})
         if self.reset:
             await _abort(receive)
@@ -313,7 +321,7 @@ class _Handlers:
                                     self._error(dialect, problem.status, number, problem.message,
                                                 code=problem.code, param=problem.param))
             delay = state.latency.sample(state.latency_rng) if state.latency else 0.0
-            if isinstance(fault, SlowFirstByte):
+            if isinstance(fault, SlowFirstByte) or (isinstance(fault, StallMidStream) and not stream):
                 delay += fault.seconds
             if delay > 0:
                 response = _Delayed(response, delay, state.stopping)
@@ -359,6 +367,8 @@ class _Handlers:
         if events is not None:
             if isinstance(fault, ResetMidStream):
                 return _Stream(events[:fault.after_chunks], headers, reset=True)
+            if isinstance(fault, StallMidStream):
+                return _Stream(events, headers, stall=(fault.after_chunks, fault.seconds, state.stopping))
             if isinstance(fault, MalformedJSON):
                 return _Stream([*events[:1], _truncate_event(events[min(1, len(events) - 1)])], headers)
             return _Stream(events, headers)

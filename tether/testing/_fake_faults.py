@@ -29,6 +29,7 @@ __all__ = [
     "Reset",
     "ResetMidStream",
     "SlowFirstByte",
+    "StallMidStream",
     "UniformLatency",
     "down",
     "format_faults",
@@ -101,13 +102,27 @@ class ResetMidStream:
 
 
 @dataclass(frozen=True, slots=True)
+class StallMidStream:
+    """Send the headers and ``after_chunks`` stream events, then pause ``seconds`` (a client
+    may give up or go away meanwhile) before the rest; a complete answer is sent after the pause."""
+
+    after_chunks: int = 3
+    seconds: float = 2.0
+    kind: ClassVar[str] = "stall_mid_stream"
+
+    def __post_init__(self) -> None:
+        if self.after_chunks < 0 or self.seconds < 0:
+            raise ValueError("stall_mid_stream needs events >= 0 and a pause >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class MalformedJSON:
     """Answer 200 with a truncated JSON body (a truncated event when streaming)."""
 
     kind: ClassVar[str] = "malformed_json"
 
 
-Fault: TypeAlias = ErrorResponse | Hang | SlowFirstByte | Reset | ResetMidStream | MalformedJSON
+Fault: TypeAlias = ErrorResponse | Hang | SlowFirstByte | Reset | ResetMidStream | StallMidStream | MalformedJSON
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -337,6 +352,9 @@ def _parse_rule(text: str) -> FaultRule:
         elif effect == "reset_mid_stream":
             _at_most(args, 1, text)
             fault = ResetMidStream(int(args[0])) if args else ResetMidStream()
+        elif effect == "stall_mid_stream":
+            _at_most(args, 2, text)
+            fault = StallMidStream(int(args[0]) if args else 3, parse_duration(args[1]) if len(args) > 1 else 2.0)
         elif effect in _PLAIN:
             _at_most(args, 0, text)
             fault = _PLAIN[effect]()
@@ -380,6 +398,8 @@ def _format_rule(rule: FaultRule) -> str:
         text = f"{fault.kind}({_seconds(fault.seconds)})"
     elif isinstance(fault, ResetMidStream):
         text = f"reset_mid_stream({fault.after_chunks})"
+    elif isinstance(fault, StallMidStream):
+        text = f"stall_mid_stream({fault.after_chunks},{_seconds(fault.seconds)})"
     else:
         text = fault.kind
     if rule.probability < 1.0:

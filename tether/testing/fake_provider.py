@@ -33,6 +33,8 @@ Rules separated by commas; the first rule that fires wins::
               | "slow_first_byte"   wait before the status line; ARGS = the wait (default 2s)
               | "reset"             reset the connection without a response
               | "reset_mid_stream"  send ARGS events (default 3), or half the body, then reset
+              | "stall_mid_stream"  send N events (default 3), pause DURATION (default 2s), then
+                                    the rest; ARGS = N, DURATION, e.g. stall_mid_stream(2,5s)
               | "malformed_json"    200 with a truncated JSON body (or a truncated event)
               | "down"              503 for every request; ARGS = LENGTH and/or "reset" (resets
                                     instead of 503), e.g. down(10s) or down(reset)@5s:10s
@@ -79,6 +81,7 @@ from ._fake_faults import (
     Reset,
     ResetMidStream,
     SlowFirstByte,
+    StallMidStream,
     UniformLatency,
     down,
     format_faults,
@@ -100,6 +103,7 @@ __all__ = [
     "Reset",
     "ResetMidStream",
     "SlowFirstByte",
+    "StallMidStream",
     "UniformLatency",
     "build_parser",
     "main",
