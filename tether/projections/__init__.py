@@ -3,10 +3,13 @@
 A :class:`Projection` names its tables and turns each event into row operations
 (:class:`Upsert`, :class:`Delete`); the :class:`Projector` feeds every view from one
 consumer on EVENTS and records each batch with its checkpoint in one transaction;
-:func:`replay` rebuilds views from the start of the log, or as of a point in it.
+:func:`replay` rebuilds views from the start of the log, or as of a point in it. A
+:class:`ProjectorPool` runs groups of views in child processes, one projector each, so the
+folds use every core.
 """
 
 from ._ops import Delete, Merge, Op, Table, Upsert
+from ._pool import ProjectorPool, default_processes, partition, replay_in_processes
 from ._runner import PROJECTOR_DURABLE, Projector, ProjectorBusy, open_view, replay, view_versions
 from ._store import Item, Projection, ViewStore, view_path
 from .errors import ErrorsView
@@ -26,12 +29,16 @@ __all__ = [
     "Projection",
     "Projector",
     "ProjectorBusy",
+    "ProjectorPool",
     "Table",
     "TracesView",
     "Upsert",
     "ViewStore",
+    "default_processes",
     "open_view",
+    "partition",
     "replay",
+    "replay_in_processes",
     "view_path",
     "view_versions",
 ]

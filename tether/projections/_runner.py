@@ -304,12 +304,19 @@ def _swap_in(build: Path, directory: Path, projections: Sequence[Projection]) ->
 
 async def replay(bus: Bus, projections: Sequence[Projection], directory: Path, *, to_seq: int | None = None,
                  to_time: datetime | None = None, batch: int = 2000,
-                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+                 on_progress: Callable[[int, int], None] | None = None, processes: int = 1) -> dict[str, str]:
     """Rebuild views from the start of the log into ``directory`` (replacing what is there).
 
     With ``to_seq`` or ``to_time`` the views show the log as of that point. Only recorded
     outputs are folded: nothing calls a model or a provider. Returns each view's checksum.
+    With ``processes`` > 1 the views are rebuilt in that many child processes side by side
+    (:func:`~tether.projections.replay_in_processes`).
     """
+    if processes > 1 and len(projections) > 1:
+        from ._pool import replay_in_processes
+
+        return await replay_in_processes(bus, projections, directory, processes=processes, to_seq=to_seq,
+                                         to_time=to_time, batch=batch, on_progress=on_progress)
     handle = _lock(directory)  # creates the directory
     build = directory / f".replay-{int(time.time() * 1000)}"
     try:

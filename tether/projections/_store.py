@@ -36,6 +36,9 @@ class Projection(ABC):
     tables: ClassVar[tuple[Table, ...]]
     types: ClassVar[frozenset[str] | None] = None
     """Event types this view reads (None: all); others only move its checkpoint."""
+    weight: ClassVar[float] = 1.0
+    """What folding an event costs this view, relative to others: views are split across
+    processes by it (:class:`~tether.projections.ProjectorPool`)."""
 
     @abstractmethod
     def apply(self, event: Event, seq: int) -> Iterable[Op]:

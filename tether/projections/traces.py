@@ -96,6 +96,7 @@ class TracesView(Projection):
 
     name = "traces"
     version = 1
+    weight = 10.0  # measured: some ten times the cost ledger's fold, more than the other three together
     tables = (RUNS, SPANS)
     types = frozenset(c.event_type for c in (
         RunStarted, RunFinished, LlmCallRequested, LlmCallAttemptFailed, LlmCallCompleted, LlmCallFailed,
