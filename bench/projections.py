@@ -54,6 +54,7 @@ import dataclasses
 import gc
 import io
 import json
+import os
 import pstats
 import random
 import resource
@@ -78,7 +79,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, PublisherStats, connect
 from tether.cli._projector import default_views
-from tether.projections import Item, Projector, open_view, replay
+from tether.projections import Item, Projector, ProjectorPool, default_processes, open_view, replay
 from tether.schemas import (
     CallDeadLettered,
     CircuitClosed,
@@ -101,8 +102,8 @@ from tether.schemas import (
 )
 from tether.testing import NatsServer
 
-Side = Literal["raw_ack", "raw_noack", "tether"]
-SIDES: tuple[Side, ...] = ("raw_ack", "raw_noack", "tether")
+Side = Literal["raw_ack", "raw_noack", "tether", "tether_pool"]
+SIDES: tuple[Side, ...] = ("raw_ack", "raw_noack", "tether", "tether_pool")
 
 TARGET_RATIO = 0.70
 TARGET_REBUILD_S = 120.0
@@ -411,11 +412,13 @@ def check_views(directory: Path) -> ViewCheck:
 
 
 async def consume_tether(bus: Bus, directory: Path, head: int, expected: Counts,
-                         projector_cls: type[Projector] = Projector) -> float:
-    """A projector with the four views into a fresh ``directory``, until all applied ``head``."""
+                         projector_cls: type[Projector] = Projector, processes: int = 1) -> float:
+    """A projector with the four views into a fresh ``directory``, until all applied ``head``
+    (with ``processes`` > 1: a :class:`ProjectorPool`, as ``tether projector`` runs it)."""
     gc.collect()
     start = time.perf_counter()
-    projector = projector_cls(bus, default_views(), directory)
+    projector: Projector | ProjectorPool = (ProjectorPool(bus, default_views(), directory, processes=processes)
+                                            if processes > 1 else projector_cls(bus, default_views(), directory))
     await projector.start()
     try:
         await projector.wait_for(head, timeout=3600)
@@ -441,10 +444,20 @@ def status_kib(field: str) -> int:
 
 
 def rss_kib() -> int:
-    return status_kib("VmRSS")
+    """This process's RSS plus its children's (a replay in processes has its folds there)."""
+    total = status_kib("VmRSS")
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me:
+                for line in (stat.parent / "status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+    return total
 
 
-async def rebuild_child(url: str, out: Path, to_seq: int | None, *, quiet: bool) -> dict[str, Any]:
+async def rebuild_child(url: str, out: Path, to_seq: int | None, *, quiet: bool, processes: int) -> dict[str, Any]:
     """Runs in the child: ``replay`` of every view into ``out``; what it took, as a dict."""
     home = Path(tempfile.mkdtemp(prefix="tether-bench-replay-"))
     try:
@@ -477,7 +490,8 @@ async def rebuild_child(url: str, out: Path, to_seq: int | None, *, quiet: bool)
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             try:
-                sums = await replay(bus, default_views(), out, to_seq=to_seq, on_progress=on_progress)
+                sums = await replay(bus, default_views(), out, to_seq=to_seq, on_progress=on_progress,
+                                    processes=processes)
             finally:
                 stop.set()
                 sampler.join()
@@ -514,8 +528,9 @@ class Rebuild:
         return r.get(100, 0) - r.get(10, 0)
 
 
-def run_rebuild_child(url: str, out: Path, to_seq: int | None, quiet: bool) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--rebuild-child", url, str(out), str(to_seq or 0), *(["--json"] if quiet else [])]
+def run_rebuild_child(url: str, out: Path, to_seq: int | None, quiet: bool, processes: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--rebuild-child", url, str(out), str(to_seq or 0), "--processes", str(processes),
+           *(["--json"] if quiet else [])]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if not quiet else subprocess.DEVNULL)
     try:
         stdout, _ = child.communicate(timeout=1800)
@@ -555,14 +570,24 @@ class Report:
     counts: Counts
     rebuild: Rebuild | None
     server_version: str | None
+    processes: int = 1
     parent_ru_maxrss_kib: int = 0
+
+    @property
+    def sides(self) -> list[Side]:
+        return [side for side in SIDES if any(s.side == side for s in self.samples)]
+
+    @property
+    def best(self) -> Side:
+        """What ``tether projector`` runs here: the pool when it has more than one process."""
+        return "tether_pool" if self.processes > 1 else "tether"
 
     def median(self, side: Side) -> float:
         return statistics.median(s.rate for s in self.samples if s.side == side)
 
     @property
     def ratio(self) -> float:
-        return self.median("tether") / self.median("raw_ack")
+        return self.median(self.best) / self.median("raw_ack")
 
     @property
     def rebuild_ok(self) -> bool | None:
@@ -581,9 +606,11 @@ class Report:
                         "events_per_s": round(self.published.rate, 1)},
             "samples": [{"round": s.round, "side": s.side, "events": s.events, "seconds": round(s.seconds, 3),
                          "events_per_s": round(s.rate, 1)} for s in self.samples],
-            "median_events_per_s": {side: round(self.median(side), 1) for side in SIDES},
+            "median_events_per_s": {side: round(self.median(side), 1) for side in self.sides},
+            "processes": self.processes,
             "ratio_vs_raw_ack": round(self.ratio, 4),
-            "ratio_vs_raw_noack": round(self.median("tether") / self.median("raw_noack"), 4),
+            "ratio_vs_raw_noack": round(self.median(self.best) / self.median("raw_noack"), 4),
+            "ratio_one_process_vs_raw_ack": round(self.median("tether") / self.median("raw_ack"), 4),
             "target_ratio": TARGET_RATIO,
             "ratio_ok": self.ratio >= TARGET_RATIO,
             "parent_ru_maxrss_kib": self.parent_ru_maxrss_kib,
@@ -620,23 +647,26 @@ class Report:
             f"{'round':>5}  {'side':<24}{'events':>9}{'seconds':>10}{'events/s':>11}{'us/event':>10}",
         ]
         names = {"raw_ack": "raw, fetch 500 + ack", "raw_noack": "raw, fetch 500, no ack",
-                 "tether": "tether, 4 views"}
+                 "tether": "tether, 4 views, 1 proc", "tether_pool": f"tether, 4 views, {self.processes} procs"}
         for s in self.samples:
             lines.append(f"{s.round:>5}  {names[s.side]:<24}{s.events:>9,}{s.seconds:>10.2f}{s.rate:>11,.0f}"
                          f"{1e6 / s.rate:>10.1f}")
         lines.append("")
-        for side in SIDES:
+        for side in self.sides:
             m = self.median(side)
             lines.append(f"{'median':>5}  {names[side]:<24}{'':>19}{m:>11,.0f}{1e6 / m:>10.1f}")
         lines += [
             "",
-            f"tether / raw with acks    = {self.ratio:.2f} (target >= {TARGET_RATIO:.2f}): "
+            f"tether ({names[self.best]}) / raw with acks = {self.ratio:.2f} (target >= {TARGET_RATIO:.2f}): "
             f"{'PASS' if self.ratio >= TARGET_RATIO else 'FAIL'}",
-            f"tether / raw without acks = {self.median('tether') / self.median('raw_noack'):.2f}",
+            f"tether ({names[self.best]}) / raw without acks = {self.median(self.best) / self.median('raw_noack'):.2f}",
         ]
+        if self.best != "tether":
+            lines.append(f"tether (1 process) / raw with acks = {self.median('tether') / self.median('raw_ack'):.2f}")
         if self.rebuild is not None:
             rb = self.rebuild
-            lines += ["", f"rebuild of {rb.events:,} events (tether.projections.replay, all four views, child process)"]
+            lines += ["", f"rebuild of {rb.events:,} events (tether.projections.replay, all four views, "
+                          f"{self.processes} process(es), in a child process)"]
             if rb.published is not None:
                 lines.append(f"  log topped up by {rb.published.events:,} events in {rb.published.seconds:.1f}s "
                              f"({rb.published.rate:,.0f}/s)")
@@ -660,7 +690,8 @@ class Report:
         return "\n".join(lines)
 
 
-async def run(url: str, home: Path, *, events: int, rounds: int, rebuild_events: int, quiet: bool) -> Report:
+async def run(url: str, home: Path, *, events: int, rounds: int, rebuild_events: int, quiet: bool,
+              processes: int) -> Report:
     bus = await connect(url=url, home=home)
     raw_nc: NATS = await nats.connect(url, name="bench-raw")
     try:
@@ -681,8 +712,11 @@ async def run(url: str, home: Path, *, events: int, rounds: int, rebuild_events:
         views_root = home / "views"
         for rnd in range(1, rounds + 1):
             for side in SIDES:
-                if side == "tether":
-                    seconds = await consume_tether(bus, views_root / f"round-{rnd}", head, marks[events])
+                if side == "tether_pool" and processes < 2:
+                    continue
+                if side in ("tether", "tether_pool"):
+                    seconds = await consume_tether(bus, views_root / f"round-{rnd}-{side}", head, marks[events],
+                                                   processes=processes if side == "tether_pool" else 1)
                 else:
                     seconds = await consume_raw(raw_js, raw_nc, head, ack=side == "raw_ack",
                                                 name=f"bench-{side.replace('_', '-')}-{rnd}")
@@ -700,14 +734,15 @@ async def run(url: str, home: Path, *, events: int, rounds: int, rebuild_events:
             if head != counts.events:
                 raise VerificationError(f"EVENTS head is {head}, published {counts.events}")
             out = home / "rebuilt"
-            progress(f"rebuilding {rebuild_events:,} events into {out} (child process)", quiet)
-            got = run_rebuild_child(url, out, rebuild_events if rebuild_events < head else None, quiet)
+            progress(f"rebuilding {rebuild_events:,} events into {out} (child process, {processes} fold process(es))",
+                     quiet)
+            got = run_rebuild_child(url, out, rebuild_events if rebuild_events < head else None, quiet, processes)
             problems = check_views(out).problems(rebuild_events, marks[rebuild_events])
             rebuild = Rebuild(rebuild_events, more, got["seconds"], got["seconds_to_head"], got["rss_kib_at_percent"],
                               got["seconds_at_percent"], got["rss_kib_sampled_peak"], got["peak_rss_kib"],
                               got["ru_maxrss_kib"], problems)
         return Report(events=events, rounds=rounds, published=published, samples=samples, counts=marks[events],
-                      rebuild=rebuild, server_version=(await bus.status())["server"]["version"],
+                      rebuild=rebuild, server_version=(await bus.status())["server"]["version"], processes=processes,
                       parent_ru_maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     finally:
         await raw_nc.close()
@@ -761,6 +796,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="instead: profile the projector only, write pstats to FILE and FILE.views")
+    parser.add_argument("--processes", type=int, default=default_processes(),
+                        help="processes tether folds the views in, as `tether projector --processes` "
+                             f"(default here: {default_processes()}); 1 process is measured too")
     parser.add_argument("--rebuild-child", nargs=3, metavar=("URL", "OUT", "TO_SEQ"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.events < 1 or args.rounds < 1 or args.rebuild_events < 0:
@@ -772,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rebuild_child:
         url, out, to_seq = args.rebuild_child
-        print(json.dumps(asyncio.run(rebuild_child(url, Path(out), int(to_seq) or None, quiet=args.json))))
+        print(json.dumps(asyncio.run(rebuild_child(url, Path(out), int(to_seq) or None, quiet=args.json,
+                                                   processes=args.processes))))
         return 0
     server = NatsServer().start()
     try:
@@ -782,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             progress(f"nats-server at {server.url} (pid {server.pid}), store {server.directory}", args.json)
             report = asyncio.run(run(server.url, Path(home), events=args.events, rounds=args.rounds,
-                                     rebuild_events=args.rebuild_events, quiet=args.json))
+                                     rebuild_events=args.rebuild_events, quiet=args.json, processes=args.processes))
     except VerificationError as exc:
         print(f"verification failed: {exc}", file=sys.stderr)
         return 1

@@ -203,8 +203,11 @@ class PullFeed:
         await self._top_up()
         if not self._buf and self._error is None:
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as the event is set, and a projector being stopped would fetch forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
         raw, self._buf = self._buf, []
         error, self._error = self._error, None
         out = self._messages(raw)

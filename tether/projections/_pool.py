@@ -4,8 +4,9 @@ interpreter's lock.
 
 Every view already keeps its own checkpoint in its own SQLite file, so views need nothing
 from each other: a group is just the views one child owns. The parent holds the views
-directory's lock, starts the children (``spawn``: nothing of the parent's event loop or
-connections leaks into them), follows their progress over a pipe, and stops them; a child
+directory's lock, starts the children (fresh interpreters running this module, handed
+their job over a socket: nothing of the parent's event loop, connections or ``__main__``
+leaks into them), follows their progress over a pipe, and stops them; a child
 that dies is started again from its views' checkpoints (live), or fails the rebuild (replay).
 A child whose parent is gone (SIGKILLed, say) notices the pipe closing and stops.
 
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +79,12 @@ class _Job:
     replay: bool = False
 
 
-def _child_main(conn: Connection, job: _Job) -> None:
+def _child_main(fd: int) -> None:
+    """The view process (``python -m tether.projections._child FD``): its job arrives on FD."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: where a stuck view process is, on stderr
+    conn = Connection(fd)
+    job = conn.recv()
     try:
         asyncio.run(_child(conn, job))
     except BaseException as exc:  # the parent must hear why, whatever it was
@@ -155,7 +163,6 @@ class ProjectorPool:
         self.notify = notify
         self.durable = durable
         self.on_progress: Callable[[int, int], None] | None = None
-        self._ctx = multiprocessing.get_context("spawn")
         self._children: list[_Child] = []
         self._lock: IO[str] | None = None
         self._changed = asyncio.Condition()
@@ -207,11 +214,12 @@ class ProjectorPool:
 
     def _spawn(self, child: _Child) -> None:
         loop = asyncio.get_running_loop()
-        parent_end, child_end = self._ctx.Pipe()
-        process = self._ctx.Process(target=_child_main, args=(child_end, child.job), daemon=True,
-                                    name=f"tether-views-{child.index}")
-        process.start()
-        child_end.close()
+        parent_sock, child_sock = socket.socketpair()
+        with child_sock:
+            process = subprocess.Popen([sys.executable, "-m", "tether.projections._child", str(child_sock.fileno())],
+                                       pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
+        parent_end = Connection(parent_sock.detach())
+        parent_end.send(child.job)
         child.process, child.conn, child.error = process, parent_end, None
         child.started = loop.create_future()
         child.done = loop.create_future()
@@ -298,11 +306,12 @@ class ProjectorPool:
             process = child.process
             if process is None:
                 continue
-            await asyncio.to_thread(process.join, max(0.1, deadline - time.monotonic()))
-            if process.is_alive():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(process.wait, max(0.1, deadline - time.monotonic()))
+            if process.poll() is None:
                 log.warning("view process %d did not stop in %.0fs; killing it", child.index, timeout)
                 process.kill()
-                await asyncio.to_thread(process.join, 5)
+                await asyncio.to_thread(process.wait, 5)
             if child.conn is not None:
                 with contextlib.suppress(Exception):
                     loop.remove_reader(child.conn.fileno())

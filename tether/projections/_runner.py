@@ -232,7 +232,10 @@ class Projector:
         pending: asyncio.Future[dict[str, set[str]]] | None = None
         pending_last = 0
         last_head_check = 0.0
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():  # a cancel something below swallowed: stop anyway
+                raise asyncio.CancelledError
             assert self._feed is not None
             try:
                 msgs = await self._feed.fetch(timeout=0.5)
