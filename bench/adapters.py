@@ -26,9 +26,27 @@ against the fake provider directly and through the gateway, with the gateway's C
 call under that load. EVENTS must then hold one ``requested`` and one ``completed`` event
 per gateway call too.
 
+**LiteLLM, side by side** (``--peers``, on by default when an interpreter with LiteLLM is
+found: ``.venv-bench/bin/python``, which ``make bench`` builds from the ``bench`` extra, or
+this one; otherwise skipped with a message). Against the same fake provider, in the same run:
+
+- the LiteLLM proxy (``litellm --config <tmp yaml> --port <free port>``, one model pointed at
+  the fake provider as an OpenAI-compatible base, a master key, telemetry off, the local cost
+  map) joins the rotation above as one more variant, like the gateway: added p50/p99, time to
+  first token, its process's CPU per call (``/proc``), then requests/s at concurrency 50 with
+  the same load generator. It is stopped by its PID at the end, whatever happens;
+- ``litellm.completion``, ``litellm.acompletion``, ``Router.completion`` and
+  ``Router.acompletion`` each run in a child process of their own (``bench/litellm_peer.py``:
+  creating a Router registers global callbacks that slow every other LiteLLM call in its
+  process), alternating in blocks with the direct openai SDK call (sync or async to match) in
+  that same process: *added* is against that process's direct call.
+
+One table at the end puts tether's instrumented client and gateway beside the LiteLLM variants.
+
     .venv/bin/python bench/adapters.py
     .venv/bin/python bench/adapters.py --calls 2000 --rounds 5 --json
-    .venv/bin/python bench/adapters.py --no-gateway         # the instrumented client only
+    .venv/bin/python bench/adapters.py --no-gateway --peers none   # the instrumented client only
+    .venv/bin/python bench/adapters.py --peers proxy,sdk-async     # some LiteLLM variants only
 """
 
 from __future__ import annotations
@@ -38,11 +56,14 @@ import asyncio
 import json
 import os
 import re
+import secrets
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -56,6 +77,16 @@ from tether.bus import Bus, event_filter
 from tether.testing import NatsServer, collect
 
 Call = Callable[[int], Awaitable[tuple[float, float | None]]]
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_SCRIPT = Path(__file__).resolve().parent / "litellm_peer.py"
+IN_PROCESS_PEERS = ("sdk", "sdk-async", "router", "router-async")
+PEERS = (*IN_PROCESS_PEERS, "proxy")
+PEER_LABELS = {"sdk": "litellm.completion (sync)", "sdk-async": "litellm.acompletion",
+               "router": "litellm Router.completion (sync)", "router-async": "litellm Router.acompletion",
+               "proxy": "litellm proxy"}
+# LiteLLM makes no network call of its own: the bundled cost map, telemetry off.
+LITELLM_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY_DISABLED": "True"}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -102,6 +133,134 @@ def start_gateway(nats_url: str, provider_url: str, home: Path) -> tuple[subproc
     return child, found[1]
 
 
+# -- LiteLLM, the peer ----------------------------------------------------------------------------
+
+
+def peer_python(given: str | None) -> str:
+    """The interpreter that runs LiteLLM: ``--peer-python``, else ``.venv-bench``'s, else this one."""
+    if given:
+        return given
+    bench_venv = ROOT / ".venv-bench" / "bin" / "python"
+    return str(bench_venv) if bench_venv.exists() else sys.executable
+
+
+def litellm_version(python: str) -> str | None:
+    """LiteLLM's version as ``python`` sees it, or None when it cannot import it (nothing imported)."""
+    probe = subprocess.run([python, "-c", "from importlib.metadata import version; print(version('litellm'))"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def choose_peers(spec: str, python: str) -> tuple[list[str], str | None]:
+    """The LiteLLM variants to run and LiteLLM's version; exits when they were asked for by name and cannot run."""
+    if spec == "none":
+        return [], None
+    version = litellm_version(python)
+    if spec == "auto":
+        if version is None:
+            print(f"LiteLLM peer skipped: {python} cannot import litellm (`make bench` installs it into "
+                  ".venv-bench from the `bench` extra; --peer-python PYTHON picks another interpreter, "
+                  "--peers none silences this)", file=sys.stderr)
+            return [], None
+        return list(PEERS), version
+    chosen = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in PEERS]
+    if unknown:
+        raise SystemExit(f"--peers: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}, "
+                         "auto or none")
+    if version is None:
+        raise SystemExit(f"--peers {spec}: {python} cannot import litellm (`make bench` installs it into "
+                         ".venv-bench; or --peer-python PYTHON)")
+    return chosen, version
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_litellm_proxy(python: str, provider_url: str, home: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``litellm --config <yaml> --port <free port>`` in front of the fake provider; ready when it returns."""
+    key = "sk-" + secrets.token_hex(32)
+    config = home / "litellm.yaml"
+    config.write_text("model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+                      f"      model: openai/gpt-4o-mini\n      api_base: {provider_url}\n      api_key: sk-bench\n"
+                      f"litellm_settings:\n  telemetry: false\ngeneral_settings:\n  master_key: {key}\n")
+    port = _free_port()
+    script = Path(python).parent / "litellm"
+    command = [str(script)] if script.exists() else \
+        [python, "-c", "import sys; from litellm import run_server; sys.argv[0] = 'litellm'; run_server()"]
+    log = open(home / "litellm-proxy.log", "wb")  # noqa: SIM115  (closed below: the child has its own copy)
+    child = subprocess.Popen([*command, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=home, env={**os.environ, **LITELLM_ENV})
+    log.close()
+    return child, f"http://127.0.0.1:{port}", key
+
+
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never through $http_proxy
+
+
+def wait_ready(child: subprocess.Popen[bytes], url: str, home: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            break
+        try:
+            with _LOCAL.open(url + "/health/liveliness", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    tail = (home / "litellm-proxy.log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the LiteLLM proxy did not start (exit code {child.poll()}):\n{tail}")
+
+
+def stop(child: subprocess.Popen[Any] | None, timeout: float = 15) -> None:
+    """Stop one child by its PID: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if child is None or child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(5)
+
+
+def run_in_process_peer(python: str, variant: str, url: str, args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """One LiteLLM variant in a process of its own (``bench/litellm_peer.py``); its raw samples."""
+    timeout = 120 + args.calls * args.rounds * 4 * 0.1
+    done = subprocess.run([python, str(PEER_SCRIPT), "--variant", variant, "--url", url, "--calls", str(args.calls),
+                           "--rounds", str(args.rounds), "--block", str(args.block)], capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=home, env={**os.environ, **LITELLM_ENV})
+    if done.returncode != 0:
+        raise RuntimeError(f"LiteLLM variant {variant} failed (exit code {done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def summarise_peer(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """Added latency (p50/p99 of the LiteLLM call minus the direct call's, same process) and added CPU."""
+    out: dict[str, Any] = {}
+    for kind in ("chat", "stream"):
+        direct, peer = results[f"{kind}/direct"], results[f"{kind}/litellm"]
+        for metric in ("total", "ttft"):
+            if not direct[metric]:
+                continue
+            row = {f"{name}_{p}": round(percentile(values[metric], p), 3)
+                   for name, values in (("direct", direct), ("litellm", peer)) for p in (50, 99)}
+            row["added_p50_ms"] = round(row["litellm_50"] - row["direct_50"], 3)
+            row["added_p99_ms"] = round(row["litellm_99"] - row["direct_99"], 3)
+            row["calls"] = len(peer[metric])
+            out[f"{kind} {'first token' if metric == 'ttft' else 'latency'}"] = row
+        d_cpu, p_cpu = statistics.fmean(direct["cpu"]), statistics.fmean(peer["cpu"])
+        out[f"{kind} client CPU per call"] = {"direct_ms": round(d_cpu, 3), "litellm_ms": round(p_cpu, 3),
+                                              "added_ms": round(p_cpu - d_cpu, 3)}
+    return out
+
+
 def messages(n: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Question number {n}: what is {n} times {n + 1}?"}]
 
@@ -125,15 +284,20 @@ def caller(client: openai.AsyncOpenAI, stream: bool) -> Call:
 
 
 async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
-                  gateway: tuple[int, str] | None) -> dict[str, Any]:
+                  gateway: tuple[int, str] | None, proxy: tuple[int, str, str] | None = None) -> dict[str, Any]:
+    """``proxy``: the LiteLLM proxy's PID, URL and master key, measured as one more variant."""
     direct = openai.AsyncOpenAI(base_url=url, api_key="sk-bench")
     instrumented = tether.instrument(openai.AsyncOpenAI(base_url=url, api_key="sk-bench"), bus=bus)
     via = openai.AsyncOpenAI(base_url=(gateway[1] if gateway else url) + "/v1", api_key=GATEWAY_KEY)
+    litellm_proxy = openai.AsyncOpenAI(base_url=(proxy[1] if proxy else url) + "/v1",
+                                       api_key=proxy[2] if proxy else "sk-bench")
+    server_pids = {name: pid for name, pid in (("gateway", gateway and gateway[0]),
+                                               ("litellm-proxy", proxy and proxy[0])) if pid}
     results: dict[str, dict[str, list[float]]] = {}
     counter = 0
     run_ids: list[str] = []
     gateway_calls = 0
-    async with direct, instrumented, via:
+    async with direct, instrumented, via, litellm_proxy:
         for stream in (False, True):
             kind = "stream" if stream else "chat"
             plain, traced = caller(direct, stream), caller(instrumented, stream)
@@ -141,22 +305,25 @@ async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
             if gateway is not None:
                 variants.append(("gateway", caller(via.with_options(default_headers={"x-tether-run-id": "warm"}),
                                                    stream)))
+            if proxy is not None:
+                variants.append(("litellm-proxy", caller(litellm_proxy, stream)))
             for warm in range(50):  # connections, imports, the engine's KV buckets
                 await plain(warm)
                 async with tether.run(agent="bench", bus=bus) as run:
                     run_ids.append(run.run_id)
                     await traced(warm)
-                if gateway is not None:
-                    await variants[2][1](warm)
-                    gateway_calls += 1
+                for variant, call in variants[2:]:
+                    await call(warm)
+                    gateway_calls += variant == "gateway"
             for _ in range(rounds):
                 done = 0
                 while done < calls:
                     for variant, call in variants:
                         bucket = results.setdefault(f"{kind}/{variant}",
-                                                    {"total": [], "ttft": [], "cpu": [], "gateway_cpu": []})
+                                                    {"total": [], "ttft": [], "cpu": [], "server_cpu": []})
                         cpu = time.process_time()
-                        gw_cpu = cpu_ms(gateway[0]) if gateway is not None else 0.0
+                        server = server_pids.get(variant)
+                        server_cpu = cpu_ms(server) if server is not None else 0.0
                         async with tether.run(agent="bench", bus=bus) as run:
                             run_ids.append(run.run_id)
                             if variant == "gateway":
@@ -169,9 +336,9 @@ async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
                                 if ttft is not None:
                                     bucket["ttft"].append(ttft)
                         bucket["cpu"].append((time.process_time() - cpu) * 1000 / block)
-                        if variant == "gateway" and gateway is not None:
-                            gateway_calls += block
-                            bucket["gateway_cpu"].append((cpu_ms(gateway[0]) - gw_cpu) / block)
+                        if server is not None:
+                            gateway_calls += block if variant == "gateway" else 0
+                            bucket["server_cpu"].append((cpu_ms(server) - server_cpu) / block)
                     done += block
     await Hub.of(bus).flush()
     requested = len(await collect(bus, event_filter(agent="bench", kind="llm", action="requested")))
@@ -253,66 +420,157 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
             row["calls"] = len(t)
             row["direct_mean"] = round(statistics.fmean(d), 3)
             row["tether_mean"] = round(statistics.fmean(t), 3)
-            g = results.get(f"{kind}/gateway", {}).get(metric)
-            if g:
-                row["gateway_50"] = round(percentile(g, 50), 3)
-                row["gateway_99"] = round(percentile(g, 99), 3)
-                row["gateway_added_p50_ms"] = round(row["gateway_50"] - row["direct_50"], 3)
-                row["gateway_added_p99_ms"] = round(row["gateway_99"] - row["direct_99"], 3)
+            for variant, prefix in (("gateway", "gateway"), ("litellm-proxy", "proxy")):
+                g = results.get(f"{kind}/{variant}", {}).get(metric)
+                if g:
+                    row[f"{prefix}_50"] = round(percentile(g, 50), 3)
+                    row[f"{prefix}_99"] = round(percentile(g, 99), 3)
+                    row[f"{prefix}_added_p50_ms"] = round(row[f"{prefix}_50"] - row["direct_50"], 3)
+                    row[f"{prefix}_added_p99_ms"] = round(row[f"{prefix}_99"] - row["direct_99"], 3)
             out[f"{kind} {'first token' if metric == 'ttft' else 'latency'}"] = row
         d_cpu = statistics.fmean(results[f"{kind}/direct"]["cpu"])
         t_cpu = statistics.fmean(results[f"{kind}/tether"]["cpu"])
         out[f"{kind} client CPU per call"] = {"direct_ms": round(d_cpu, 3), "tether_ms": round(t_cpu, 3),
                                               "added_ms": round(t_cpu - d_cpu, 3)}
-        gateway = results.get(f"{kind}/gateway")
-        if gateway:
-            out[f"{kind} gateway process CPU per call"] = {"ms": round(statistics.fmean(gateway["gateway_cpu"]), 3),
-                                                          "client_ms": round(statistics.fmean(gateway["cpu"]), 3)}
+        for variant, name in (("gateway", "gateway"), ("litellm-proxy", "litellm proxy")):
+            server = results.get(f"{kind}/{variant}")
+            if server:
+                out[f"{kind} {name} process CPU per call"] = {"ms": round(statistics.fmean(server["server_cpu"]), 3),
+                                                             "client_ms": round(statistics.fmean(server["cpu"]), 3)}
     return out
 
 
+def comparison(table: dict[str, Any], throughput: dict[str, Any], peers: dict[str, Any]) -> dict[str, Any]:
+    """One row per variant, tether's and LiteLLM's: added ms over the direct call, CPU per call, req/s at c=50."""
+
+    def latency(summary: dict[str, Any], prefix: str) -> dict[str, float | None]:
+        def get(name: str, key: str) -> float | None:
+            value: float | None = summary.get(name, {}).get(f"{prefix}added_{key}_ms")
+            return value
+
+        return {"chat_added_p50_ms": get("chat latency", "p50"), "chat_added_p99_ms": get("chat latency", "p99"),
+                "ttft_added_p50_ms": get("stream first token", "p50"),
+                "ttft_added_p99_ms": get("stream first token", "p99"),
+                "stream_added_p50_ms": get("stream latency", "p50")}
+
+    def server(name: str, throughput_name: str) -> dict[str, Any]:
+        row: dict[str, Any] = {"cpu_scope": "server process"}
+        for kind in ("chat", "stream"):
+            row[f"{kind}_cpu_ms"] = table.get(f"{kind} {name} process CPU per call", {}).get("ms")
+            loaded = throughput.get(f"{kind} {throughput_name}", {})
+            row[f"{kind}_c50_requests_per_s"] = loaded.get("requests_per_s")
+            row[f"{kind}_c50_cpu_ms"] = loaded.get("cpu_ms_per_request")
+        return row
+
+    rows: dict[str, Any] = {}
+    if table:
+        rows["tether instrument (AsyncOpenAI)"] = {
+            **latency(table, ""), "cpu_scope": "caller, added",
+            "chat_cpu_ms": table["chat client CPU per call"]["added_ms"],
+            "stream_cpu_ms": table["stream client CPU per call"]["added_ms"]}
+    if "gateway_50" in table.get("chat latency", {}):
+        rows["tether gateway"] = {**latency(table, "gateway_"), **server("gateway", "gateway")}
+    for variant in IN_PROCESS_PEERS:
+        if variant in peers:
+            summary = peers[variant]["summary"]
+            rows[PEER_LABELS[variant]] = {**latency(summary, ""), "cpu_scope": "caller, added",
+                                          "chat_cpu_ms": summary["chat client CPU per call"]["added_ms"],
+                                          "stream_cpu_ms": summary["stream client CPU per call"]["added_ms"]}
+    if "proxy_50" in table.get("chat latency", {}):
+        rows[PEER_LABELS["proxy"]] = {**latency(table, "proxy_"), **server("litellm proxy", "litellm proxy")}
+    return rows
+
+
+def print_comparison(rows: dict[str, Any], throughput: dict[str, Any]) -> None:
+    def cell(value: float | None, width: int, digits: int = 2) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
+
+    print("\ntether vs LiteLLM, same fake provider: ms added over the direct openai SDK call; CPU ms per call "
+          "(in-process: added to the caller; gateway/proxy: the server process, one call at a time); "
+          "requests/s at concurrency 50")
+    print(f"{'':34} {'chat p50':>8} {'p99':>7} {'1st tok p50':>11} {'p99':>7} {'stream p50':>10}"
+          f" {'CPU chat':>8} {'stream':>7} {'c50 chat/s':>10} {'streams/s':>9} {'CPU@c50':>7} {'stream':>7}")
+    for name, row in rows.items():
+        print(f"{name:34} {cell(row['chat_added_p50_ms'], 8)} {cell(row['chat_added_p99_ms'], 7)} "
+              f"{cell(row['ttft_added_p50_ms'], 11)} {cell(row['ttft_added_p99_ms'], 7)} "
+              f"{cell(row['stream_added_p50_ms'], 10)} {cell(row['chat_cpu_ms'], 8)} {cell(row['stream_cpu_ms'], 7)} "
+              f"{cell(row.get('chat_c50_requests_per_s'), 10, 0)} {cell(row.get('stream_c50_requests_per_s'), 9, 0)} "
+              f"{cell(row.get('chat_c50_cpu_ms'), 7)} {cell(row.get('stream_c50_cpu_ms'), 7)}")
+    direct = throughput.get("chat direct")
+    if direct:
+        print(f"{'(the fake provider alone)':34} {'':8} {'':7} {'':11} {'':7} {'':10} {'':8} {'':7} "
+              f"{direct['requests_per_s']:10.0f} {throughput['stream direct']['requests_per_s']:9.0f}")
+
+
 async def amain(args: argparse.Namespace) -> int:
+    python = peer_python(args.peer_python)
+    peers, litellm_release = choose_peers(args.peers, python)
     child, url = start_provider()
     gateway: subprocess.Popen[str] | None = None
+    proxy: subprocess.Popen[bytes] | None = None
+    proxy_url = proxy_key = ""
     throughput: dict[str, Any] = {}
+    peer_results: dict[str, Any] = {}
+    peer_errors: dict[str, str] = {}
+    home = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     try:
+        if "proxy" in peers:
+            proxy, proxy_url, proxy_key = start_litellm_proxy(python, url, home)  # it boots while NATS starts
         with NatsServer() as server:
-            home = Path(tempfile.mkdtemp(prefix="tether-bench-"))
             if not args.no_gateway:
                 gateway, gateway_url = start_gateway(server.url, url, home)
+            if proxy is not None:
+                await asyncio.to_thread(wait_ready, proxy, proxy_url, home)
             async with await tether.connect(server.url, home=home) as bus:
                 measured = await measure(bus, url, args.calls, args.rounds, args.block,
-                                         (gateway.pid, gateway_url) if gateway is not None else None)
-                if gateway is not None and args.load_seconds > 0:
+                                         (gateway.pid, gateway_url) if gateway is not None else None,
+                                         (proxy.pid, proxy_url, proxy_key) if proxy is not None else None)
+                if (gateway is not None or proxy is not None) and args.load_seconds > 0:
                     for stream in (False, True):
                         kind = "stream" if stream else "chat"
                         throughput[f"{kind} direct"] = await load(url, key=None, stream=stream,
                                                                   seconds=args.load_seconds, pid=child.pid)
-                        throughput[f"{kind} gateway"] = await load(gateway_url + "/v1", key=GATEWAY_KEY,
-                                                                   stream=stream, seconds=args.load_seconds,
-                                                                   pid=gateway.pid)
-                        loaded = throughput[f"{kind} gateway"]
-                        measured["gateway_calls"] += loaded["requests"] + loaded["warm_up_requests"]
+                        if gateway is not None:
+                            throughput[f"{kind} gateway"] = await load(gateway_url + "/v1", key=GATEWAY_KEY,
+                                                                       stream=stream, seconds=args.load_seconds,
+                                                                       pid=gateway.pid)
+                            loaded = throughput[f"{kind} gateway"]
+                            measured["gateway_calls"] += loaded["requests"] + loaded["warm_up_requests"]
+                        if proxy is not None:
+                            throughput[f"{kind} litellm proxy"] = await load(
+                                proxy_url + "/v1", key=proxy_key, stream=stream, seconds=args.load_seconds,
+                                pid=proxy.pid)
+                stop(proxy)
                 await Hub.of(bus).aclose()
-                if gateway is not None:
-                    gateway.terminate()
-                    gateway.wait(15)
+                stop(gateway)
                 requested = await collect(bus, event_filter(agent="bench-gw", kind="llm", action="requested"))
                 completed = await collect(bus, event_filter(agent="bench-gw", kind="llm", action="completed"))
                 measured["gateway_requested"], measured["gateway_completed"] = len(requested), len(completed)
+        for variant in (v for v in IN_PROCESS_PEERS if v in peers):  # after the servers: one process at a time
+            print(f"LiteLLM {variant}: measuring in a process of its own", file=sys.stderr)
+            try:
+                raw = await asyncio.to_thread(run_in_process_peer, python, variant, url, args, home)
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                peer_errors[variant] = str(exc)
+                print(exc, file=sys.stderr)
+                continue
+            peer_results[variant] = {"summary": summarise_peer(raw["results"]), "seconds": raw["seconds"],
+                                     "openai": raw["openai"]}
     finally:
-        if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            gateway.wait(15)
-        child.terminate()
-        child.wait(10)
+        stop(proxy)
+        stop(gateway)
+        stop(child, 10)
     table = summarise(measured)
-    ok = measured["requested"] == measured["completed"] == measured["expected"]
+    rows = comparison(table, throughput, peer_results)
+    ok = measured["requested"] == measured["completed"] == measured["expected"] and not peer_errors
     if gateway is not None:
         ok = ok and measured["gateway_requested"] == measured["gateway_completed"] == measured["gateway_calls"]
-        ok = ok and all(set(row["statuses"]) == {200} for row in throughput.values())
+    ok = ok and all(set(row["statuses"]) == {200} for row in throughput.values())
+    litellm_info = {"version": litellm_release, "python": python, "variants": peers, "in_process": peer_results,
+                    "errors": peer_errors} if peers else None
     if args.json:
-        print(json.dumps({"summary": table, "throughput_c50": throughput, "verified": ok,
+        print(json.dumps({"summary": table, "throughput_c50": throughput, "comparison": rows,
+                          "litellm": litellm_info, "verified": ok,
                           **{k: measured[k] for k in ("requested", "completed", "expected", "gateway_calls")},
                           **{k: measured.get(k) for k in ("gateway_requested", "gateway_completed")}}, indent=2))
         return 0 if ok else 1
@@ -322,6 +580,9 @@ async def amain(args: argparse.Namespace) -> int:
         if "gateway process" in name:
             print(f"{name:26} {row['ms']:10.3f}   (ms; the gateway process: uvicorn, the interceptor, the "
                   f"upstream client, the publisher; the SDK client spent {row['client_ms']:.3f})")
+            continue
+        if "process CPU" in name:
+            print(f"{name:26} {row['ms']:10.3f}   (ms; the SDK client spent {row['client_ms']:.3f})")
             continue
         if "CPU" in name:
             print(f"{name:26} {row['direct_ms']:10.3f} {'':8} {row['tether_ms']:11.3f} {'':8} "
@@ -333,14 +594,20 @@ async def amain(args: argparse.Namespace) -> int:
               f"{row['tether_99']:8.3f} {row['added_p50_ms']:10.3f} {row['added_p99_ms']:8.3f}{gw}   (ms)")
     for name, row in throughput.items():
         cpu = row.get("cpu_ms_per_request")
+        server = "provider" if "direct" in name else "proxy" if "litellm" in name else "gateway"
         print(f"c=50 {name:21} {row['requests_per_s']:10.1f} req/s  {row['requests']} requests "
-              f"{row['statuses']}; {'provider' if 'direct' in name else 'gateway'} CPU {cpu:.3f} ms/request; "
+              f"{row['statuses']}; {server} CPU {cpu:.3f} ms/request; "
               f"load generator {row['loadgen_cpu_ms_per_request']:.3f} ms/request")
     print(f"events: instrumented {measured['requested']} requested, {measured['completed']} completed, "
           f"{measured['expected']} expected"
           + (f"; gateway {measured['gateway_requested']} requested, {measured['gateway_completed']} completed, "
-             f"{measured['gateway_calls']} expected" if gateway is not None else "")
-          + f" -> {'ok' if ok else 'MISMATCH'}")
+             f"{measured['gateway_calls']} expected" if gateway is not None else ""))
+    if len(rows) > 1 or peers:
+        print_comparison(rows, throughput)
+    if litellm_info is not None:
+        failed = "".join(f"; {variant} FAILED" for variant in peer_errors)
+        print(f"LiteLLM {litellm_release} ({python}){failed}")
+    print(f"verified: {'ok' if ok else 'MISMATCH'}")
     return 0 if ok else 1
 
 
@@ -353,6 +620,13 @@ def main() -> int:
     parser.add_argument("--no-gateway", action="store_true", help="skip the gateway variant")
     parser.add_argument("--load-seconds", type=float, default=10.0,
                         help="seconds of load at concurrency 50 per variant (default 10; 0: none)")
+    parser.add_argument("--peers", default="auto",
+                        help=f"LiteLLM variants to run beside tether, comma-separated from {', '.join(PEERS)}; "
+                        "auto (default): all of them when LiteLLM can be imported, else skipped with a message; "
+                        "none: skip")
+    parser.add_argument("--peer-python", metavar="PYTHON",
+                        help="the interpreter with LiteLLM (default: .venv-bench/bin/python when it exists, else "
+                        "this one)")
     return asyncio.run(amain(parser.parse_args()))
 
 
