@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import fcntl
 import logging
 import os
@@ -105,6 +106,8 @@ async def _child(conn: Connection, job: _Job) -> None:
 
     loop.add_reader(conn.fileno(), from_parent)
     bus = await connect(config=job.config)
+    gc.collect()
+    gc.freeze()  # a process of its own: what import and connect built is never garbage; stop walking it
     try:
         projector = Projector(bus, job.projections, job.directory, batch=job.batch, notify=job.notify,
                               durable=job.durable)

@@ -46,12 +46,14 @@ class ProjectorBusy(RuntimeError):
 
 # While it catches up, a projector keeps batches of decoded events (the payload models and
 # their JSON dicts and lists, some 25 objects an event) alive until every view has folded
-# them, so they reach CPython's oldest generation, and a collection of the whole heap runs
-# every ten middle-generation ones: about once a batch, 25 to 75 ms each, a quarter of the
-# CPU time of a rebuild. So while a projector is behind (its fetches come back full), the
-# whole heap is collected a hundred times less often (the young generations as usual); the
-# process's own thresholds come back once no projector is behind.
-_CATCH_UP_GC = (0, 0, 1000)  # at least these (0: as the process has it)
+# them, so they outlive young collections, and with the default thresholds the collector
+# walks them again and again: every 700 allocations a young collection, and a collection
+# of the whole heap every ten middle-generation ones (25 to 75 ms each), together a fifth
+# of a rebuild's CPU. So while a projector is behind (its fetches come back full), young
+# collections run every 50,000 allocations and whole-heap ones a hundred times less often;
+# the process's own thresholds come back once no projector is behind. Memory stays bounded:
+# a batch's objects (no cycles among them) are freed by reference counting once folded.
+_CATCH_UP_GC = (50_000, 50, 1000)  # at least these
 _gc_lock = threading.Lock()
 _gc_behind: set[int] = set()
 _gc_saved: tuple[int, int, int] | None = None
