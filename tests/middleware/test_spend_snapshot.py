@@ -36,3 +36,26 @@ async def test_updates_count_once_whether_the_snapshot_is_fresh_stale_or_absent(
         assert await book.update("run", run, bump, snapshot=stale) == 4  # the stale read costs a retry only
         assert await book.update("run", run, bump, snapshot=(None, None)) == 5  # "no key" was stale too
         assert (await book.get("run", run))["calls"] == 5
+
+
+async def test_buckets_are_read_with_direct_gets_and_old_ones_are_upgraded(nats_server: NatsServer,
+                                                                          tmp_path: Path) -> None:
+    from nats.js.api import KeyValueConfig, StorageType
+
+    from tether.middleware._shared import open_bucket
+
+    async with await connect(nats_server.url, home=tmp_path / "home") as bus:
+        name = f"test-direct-{uuid7().replace('-', '')[:12]}"
+        made = await open_bucket(bus.js, name)
+        assert made._direct
+        await made.put("k", b"v1")
+        assert (await made.get("k")).value == b"v1"
+        old = f"test-old-{uuid7().replace('-', '')[:12]}"  # as an earlier version made them
+        await bus.js.create_key_value(KeyValueConfig(bucket=old, history=1, storage=StorageType.FILE))
+        assert not (await bus.js.key_value(old))._direct
+        await (await bus.js.key_value(old)).put("k", b"kept")
+        upgraded = await open_bucket(bus.js, old)
+        assert upgraded._direct and (await upgraded.get("k")).value == b"kept"
+        assert (await bus.js.stream_info(f"KV_{old}")).config.allow_direct
+        for bucket in (name, old):
+            await bus.js.delete_key_value(bucket)

@@ -57,11 +57,28 @@ def kv_key(value: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl: float | None = None) -> KeyValue:
+    """A KV bucket, created if missing, read with direct gets.
+
+    Direct gets (``allow_direct``, what the NATS CLI and Go client give a new bucket) answer
+    a read with the raw message instead of a JSON document with the value in base64 and
+    headers run through an e-mail parser: a round trip and some 0.1 ms of client CPU less
+    per read on the executor's path. A bucket made by an earlier version gets it on open.
+    A direct get may be served by a replica a moment behind; every write here is a
+    compare-and-set, so a stale read costs a retry, never a lost update.
+    """
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
         return await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE,
-                                                        replicas=replicas, ttl=ttl))
+                                                        replicas=replicas, ttl=ttl, direct=True))
+    if not kv._direct:
+        stream = f"KV_{name}"
+        with contextlib.suppress(Exception):  # not allowed (permissions, an old server): plain gets
+            config = (await js.stream_info(stream)).config
+            config.allow_direct = True
+            await js.update_stream(config)
+            kv = await js.key_value(name)
+    return kv
 
 
 Snapshot = tuple[bytes | None, int | None]
