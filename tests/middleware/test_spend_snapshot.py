@@ -59,3 +59,24 @@ async def test_buckets_are_read_with_direct_gets_and_old_ones_are_upgraded(nats_
         assert (await bus.js.stream_info(f"KV_{old}")).config.allow_direct
         for bucket in (name, old):
             await bus.js.delete_key_value(bucket)
+
+
+async def test_what_a_worker_wrote_last_stands_in_for_a_read_and_other_writers_still_count(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """Each book remembers its own last write to a key; two workers interleaving updates
+    (each one's memory stale half the time) still count every call exactly once."""
+    import asyncio
+
+    async with await connect(nats_server.url, home=tmp_path / "home") as bus:
+        book, other = await SpendBook.open(bus), await SpendBook.open(bus)
+        run = f"r-{uuid7()}"
+        for _ in range(3):
+            await book.update("run", run, bump)
+        assert await book.update("run", run, bump) == 4  # from its own memory, no read first
+        assert book.known  # it remembers the key
+        results = await asyncio.gather(*(b.update("run", run, bump) for _ in range(20) for b in (book, other)))
+        assert sorted(results) == list(range(5, 45))  # every update counted once, none lost
+        assert (await other.get("run", run))["calls"] == 44
+        stale = await book.snapshot("run", run)
+        assert await other.update("run", run, bump) == 45
+        assert await book.update("run", run, bump, snapshot=stale) == 46

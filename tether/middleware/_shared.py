@@ -86,19 +86,27 @@ Snapshot = tuple[bytes | None, int | None]
 
 
 async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[bytes | None, T]], *,
-               locks: MutableMapping[str, asyncio.Lock], tries: int = 30, first: Snapshot | None = None) -> T:
+               locks: MutableMapping[str, asyncio.Lock], tries: int = 30, first: Snapshot | None = None,
+               known: dict[str, Snapshot] | None = None) -> T:
     """Read, change, write with compare-and-set; retry on a concurrent writer.
 
     Writers of one key in this process take turns (``locks``, one lock per key), so a
     compare-and-set only ever races other processes, and those retries back off with
     jitter: many calls of one run in one worker must not fail each other's writes.
     ``first``, read ahead by the caller, stands in for the first read; if it is stale the
-    write fails like any conflict and the next try reads afresh.
+    write fails like any conflict and the next try reads afresh. ``known`` remembers what
+    this process last wrote to each key: newer than ``first`` (read before our own write
+    landed), or instead of a read, it is the first try's value; another writer since makes
+    that try fail like any conflict.
     """
     lock = locks.get(key)
     if lock is None:
         lock = locks[key] = asyncio.Lock()
     async with lock:
+        if known is not None:
+            mine = known.get(key)
+            if mine is not None and (first is None or first[1] is None or (mine[1] or 0) > first[1]):
+                first = mine
         for n in range(tries):
             if n == 0 and first is not None:
                 current, revision = first
@@ -113,15 +121,24 @@ async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[by
                 return result
             try:
                 if revision is None:
-                    await kv.create(key, new)
+                    written = await kv.create(key, new)
                 else:
-                    await kv.update(key, new, last=revision)
-                return result
+                    written = await kv.update(key, new, last=revision)
             except KeyWrongLastSequenceError:
-                await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2**n)))
+                if known is not None:
+                    known.pop(key, None)
+                if n > 0 or first is None:  # a first try on a read-ahead value retries at once
+                    await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2**n)))
                 continue
+            if known is not None:
+                if len(known) >= _KNOWN_MAX:
+                    known.clear()
+                known[key] = (new, written)
+            return result
     raise RuntimeError(f"compare-and-set on {key} kept conflicting")
 
+
+_KNOWN_MAX = 10_000  # keys whose last write a process remembers (then it starts afresh)
 
 _EVENTS = {"opened": CircuitOpened, "half_opened": CircuitHalfOpened, "closed": CircuitClosed}
 
@@ -255,6 +272,7 @@ class SpendBook:
 
     kv: KeyValue
     locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary, repr=False)
+    known: dict[str, Snapshot] = field(default_factory=dict, repr=False)
 
     @classmethod
     async def open(cls, bus: Bus) -> SpendBook:
@@ -283,5 +301,6 @@ class SpendBook:
             result = fn(doc)
             return json.dumps(doc, separators=(",", ":")).encode(), result
 
-        return await _cas(self.kv, kv_key(f"{scope}/{scope_id}"), change, locks=self.locks, first=snapshot)
+        return await _cas(self.kv, kv_key(f"{scope}/{scope_id}"), change, locks=self.locks, first=snapshot,
+                          known=self.known)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
-import gc
 import fcntl
+import gc
 import logging
 import os
 import shutil
