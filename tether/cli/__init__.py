@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. http://127.0.0.1:4318; needs tether[otel]")
     up.add_argument("--config", type=Path,
                     help="worker configuration (default: ./tether.toml or [tool.tether] in pyproject.toml)")
+    from ._projector import add_processes_option
+
+    add_processes_option(up)
 
     tail = sub.add_parser(
         "tail", help="show events live, one line each",
@@ -274,7 +277,7 @@ async def _up(args: argparse.Namespace) -> int:
             executor, fake = await _start_services(args, bus, s)
             if executor is None:
                 return 2
-            projector = await _start_projector(bus, cfg.home, s)
+            projector = await _start_projector(bus, cfg.home, s, args.processes)
             gateway = None
             if args.gateway_port is not None:
                 from ._gateway import start_in_up
@@ -357,18 +360,18 @@ async def _start_services(args: argparse.Namespace, bus: Bus, s: Style) -> tuple
     return executor, fake
 
 
-async def _start_projector(bus: Bus, home: Path, s: Style) -> Any:
+async def _start_projector(bus: Bus, home: Path, s: Style, processes: int) -> Any:
     """The projector for the views under ``home/views``; None (with a note) if one already runs."""
-    from tether.projections import Projector, ProjectorBusy
+    from tether.projections import ProjectorBusy
 
-    from ._projector import default_views
+    from ._projector import describe_views, start_views
 
     try:
-        projector = await Projector(bus, default_views(), home / "views").start()
+        projector = await start_views(bus, home / "views", processes)
     except ProjectorBusy:
         print(s.yellow("  projector: another one already serves these views; not starting a second"))
         return None
-    print(f"  projector: {', '.join(projector.stores)} views from the log into {home / 'views'} "
+    print(f"  projector: {describe_views(projector)}, from the log into {home / 'views'} "
           f"(from seq {projector.applied_seq + 1}, log head {projector.head_seq})")
     return projector
 

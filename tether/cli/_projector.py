@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tether.bus import BusConfig, connect, tether_home
+from tether.bus import Bus, BusConfig, connect, tether_home
 
 from ._format import Style
 
@@ -32,12 +32,39 @@ def views_dir(args: argparse.Namespace) -> Path:
     return tether_home(getattr(args, "home", None)) / "views"
 
 
+def add_processes_option(parser: argparse.ArgumentParser) -> None:
+    from tether.projections import default_processes
+
+    auto = default_processes()
+    parser.add_argument("--processes", type=int, default=auto, metavar="N",
+                        help=f"fold the views in N child processes, split by cost (default here: {auto}, "
+                        "from the CPU count); 0 folds them in this process")
+
+
+async def start_views(bus: Bus, directory: Path, processes: int) -> Any:
+    """The live views: a :class:`ProjectorPool` of ``processes`` children, or (0) a
+    :class:`Projector` in this process. Raises ``ProjectorBusy``."""
+    from tether.projections import Projector, ProjectorPool
+
+    if processes > 0:
+        return await ProjectorPool(bus, default_views(), directory, processes=processes).start()
+    return await Projector(bus, default_views(), directory).start()
+
+
+def describe_views(projector: Any) -> str:
+    pool = getattr(projector, "groups", None)
+    where = (f"in {len(pool)} process(es): " + "; ".join(", ".join(p.name for p in g) for g in pool)
+             if pool else "in this process")
+    return f"{', '.join(projector.stores)} views {where}"
+
+
 def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     proj = sub.add_parser("projector", help="fold the event log into the SQLite views, live",
                           description="Run the projections (traces, cost, errors, metrics) from the EVENTS "
                           "stream into SQLite views under TETHER_HOME/views, announcing changes on "
                           "tether.proj.<view>.<key>. `tether up` runs one; run at most one per views directory.")
     common(proj)
+    add_processes_option(proj)
     replay = sub.add_parser("replay", help="rebuild views from the log (or as of a point in it)",
                             description="Rebuild views from the start of the event log, with a progress bar. "
                             "Only recorded outputs are folded: replay never calls a model or a provider. "
@@ -50,6 +77,7 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     point.add_argument("--to-time", metavar="T", help="stop at time T (ISO 8601, UTC if no zone)")
     replay.add_argument("--out", type=Path, metavar="DIR", help="write the views here instead")
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_processes_option(replay)
     watch = sub.add_parser("watch", help="show a view's change notifications live",
                            description="Subscribe to tether.proj.<VIEW>.> and print each change as it is "
                            "announced (the projector must be running, e.g. in `tether up`).")
@@ -60,16 +88,16 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
 
 
 async def run_projector(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from tether.projections import Projector, ProjectorBusy
+    from tether.projections import ProjectorBusy
 
     bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False))
     try:
         try:
-            projector = await Projector(bus, default_views(), views_dir(args)).start()
+            projector = await start_views(bus, views_dir(args), args.processes)
         except ProjectorBusy as exc:
             print(f"tether projector: {exc}", file=sys.stderr)
             return 1
-        print(f"projector running: {', '.join(projector.stores)} into {views_dir(args)} "
+        print(f"projector running: {describe_views(projector)}, into {views_dir(args)} "
               f"(from seq {projector.applied_seq + 1}, log head {projector.head_seq}). Ctrl-C stops it.", flush=True)
         try:
             await stop.wait()
@@ -129,12 +157,15 @@ async def run_replay(args: argparse.Namespace) -> int:
     bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False, provision=False))
     try:
         if not args.json:
+            procs = min(max(1, args.processes), len(views))
             print(f"replaying {', '.join(v.name for v in views)} into {target} "
-                  "(recorded outputs only: no model or provider is called)", file=sys.stderr, flush=True)
+                  f"in {procs} process(es) (recorded outputs only: no model or provider is called)",
+                  file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
             sums = await replay(bus, views, target, to_seq=args.to_seq, to_time=to_time,
-                                on_progress=None if args.json else _progress(sys.stderr))
+                                on_progress=None if args.json else _progress(sys.stderr),
+                                processes=max(1, args.processes))
         except ProjectorBusy as exc:
             print(f"\ntether replay: {exc}", file=sys.stderr)
             return 1
