@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from tether.bus import connect
+from tether.bus import connect, event_filter
 from tether.bus._client import Client, parse_headers
-from tether.schemas import Event, ToolCallCompleted
+from tether.schemas import Event, ToolCallCompleted, uuid7
 from tether.testing import NatsServer, collect
 
 nats_parse = NatsClient._parse_header_lines
@@ -61,12 +61,13 @@ async def test_the_bus_connects_with_it_and_events_round_trip(nats_server: NatsS
     bus = await connect(url=nats_server.url, home=tether_home)
     try:
         assert isinstance(bus.nc, Client)
+        run = f"run-{uuid7()}"
         event = Event.of(ToolCallCompleted(call_id="c1", tool="search", attempt=1, result={"q": "é"}),
-                         runid="r1", agentid="a1")
+                         runid=run, agentid="a1")
         await bus.emit(event)
         await bus.flush()
-        [read] = [r.event for r in await collect(bus)]
+        [read] = [r.event for r in await collect(bus, event_filter(run=run))]
         assert read is not None and read.id == event.id and read.data == event.data
-        assert read.runid == "r1" and read.agentid == "a1"
+        assert read.runid == run and read.agentid == "a1"
     finally:
         await bus.close()

@@ -62,7 +62,7 @@ def test_gc_thresholds_are_raised_while_behind_and_restored_after() -> None:
     try:
         _catching_up(a, True)
         raised = gc.get_threshold()
-        assert raised[2] >= 1000 and raised[:2] == before[:2]  # the oldest generation only
+        assert raised[0] >= 50_000 and raised[1] >= 50 and raised[2] >= 1000  # young and old collections rarer
         _catching_up(b, True)
         _catching_up(a, False)
         assert gc.get_threshold() == raised  # b is still behind
