@@ -149,7 +149,8 @@ class CallRecord:
         self.in_flight = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Every field is already JSON (attempts and errors are stored as dicts): no deep copy.
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> CallRecord:
