@@ -7,10 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import aiohttp
 import httpx
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from tether.middleware import Failure, classify_exception, classify_http, parse_retry_after
+from tether.middleware._http import UpstreamProtocolError
 from tether.schemas import ErrorInfo
 
 NOW = 1_800_000_000.0  # a fixed "current time", in epoch seconds
@@ -234,6 +237,7 @@ def test_retry_after_beats_reset_headers() -> None:
 # -- exceptions ------------------------------------------------------------------------
 
 _REQUEST = httpx.Request("POST", "http://provider.test/v1/chat/completions")
+_KEY = ConnectionKey("provider.test", 443, True, True, None, None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -248,6 +252,15 @@ _REQUEST = httpx.Request("POST", "http://provider.test/v1/chat/completions")
         (httpx.ReadError("reset", request=_REQUEST), "connection"),
         (httpx.WriteError("broken pipe", request=_REQUEST), "connection"),
         (ConnectionResetError(104, "reset by peer"), "connection"),
+        # the worker's provider client (aiohttp)
+        (aiohttp.ServerTimeoutError("Timeout on reading data from socket"), "timeout"),
+        (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), "timeout"),
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "timeout"),
+        (aiohttp.ClientConnectorError(_KEY, OSError(111, "Connection refused")), "connection"),
+        (aiohttp.ServerDisconnectedError(), "connection"),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), "connection"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "connection"),
+        (UpstreamProtocolError("Invalid HTTP response"), "connection"),
         (asyncio.CancelledError(), "cancelled"),
         (json.JSONDecodeError("Expecting value", "{", 1), "malformed"),
     ],

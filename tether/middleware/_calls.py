@@ -26,8 +26,9 @@ from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted
 from ._budget import BudgetRefusal, request_fingerprint
 from ._decide import Fallback, GiveUp, Retry
 from ._engine import CallEngine
+from ._http import ProviderHttp
 from ._policy import PolicySet
-from ._providers import HttpClients, ProviderConfig
+from ._providers import ProviderConfig
 from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
 from ._tools import ToolRegistry
 from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
@@ -225,15 +226,16 @@ class InlineCalls:
         self.tools = tools or ToolRegistry()
         self.seed = seed
         self.engine: CallEngine | None = None
-        self._http: HttpClients | None = None
+        self._http: ProviderHttp | None = None
         self._runs: dict[str, dict[str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> InlineCalls:
-        self._http = HttpClients(max_connections=200, max_keepalive_connections=100)
+        breakers = await Breakers.open(self.bus)
+        rates, spend = await RateLimiter.open(self.bus), await SpendBook.open(self.bus)
+        self._http = ProviderHttp(max_connections=200)
         self.engine = CallEngine(self.bus, policies=self.policies, providers=self.providers, tools=self.tools,
-                                 breakers=await Breakers.open(self.bus), rates=await RateLimiter.open(self.bus),
-                                 spend=await SpendBook.open(self.bus), http=self._http,
+                                 breakers=breakers, rates=rates, spend=spend, http=self._http,
                                  source="urn:tether:inline", seed=self.seed)
         return self
 

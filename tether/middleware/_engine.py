@@ -18,8 +18,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
 from tether.bus import Bus, encode_token
 from tether.pricing import estimate, estimate_tokens, price
 from tether.schemas import (
@@ -42,8 +40,9 @@ from ._breaker import breaker_retry_in
 from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide
 from ._failures import Failure, classify_exception
+from ._http import ProviderHttp
 from ._policy import Policy, PolicySet, Target
-from ._providers import HttpClients, LlmOutcome, ProviderConfig, run_llm_attempt
+from ._providers import LlmOutcome, ProviderConfig, run_llm_attempt
 from ._shared import Breakers, RateLimiter, Snapshot, SpendBook
 from ._tools import ToolRegistry, UnknownTool
 from ._work import CallRecord, WorkItem
@@ -88,7 +87,7 @@ class CallEngine:
 
     def __init__(self, bus: Bus, *, policies: PolicySet, providers: dict[str, ProviderConfig],
                  tools: ToolRegistry, breakers: Breakers, rates: RateLimiter, spend: SpendBook,
-                 http: httpx.AsyncClient | HttpClients | None = None, source: str = SOURCE,
+                 http: ProviderHttp | None = None, source: str = SOURCE,
                  seed: int | None = None) -> None:
         self.bus = bus
         self.policies = policies

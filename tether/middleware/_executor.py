@@ -38,8 +38,9 @@ from ._budget import BudgetRefusal
 from ._decide import Fallback, GiveUp, Retry
 from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._failures import Failure
+from ._http import ProviderHttp
 from ._policy import PolicySet
-from ._providers import HttpClients, ProviderConfig
+from ._providers import ProviderConfig
 from ._relay import NOT_RETRIED, Streamed, record_cancelled, relay_attempt
 from ._shared import Breakers, RateLimiter, Snapshot, SpendBook, open_bucket
 from ._tools import ToolRegistry
@@ -81,19 +82,26 @@ class Executor:
         self.engine: CallEngine | None = None
         self._calls: KeyValue | None = None
         self._broker: NatsBroker | None = None
-        self._http: HttpClients | None = None
+        self._http: ProviderHttp | None = None
         self._advisory: Any = None
         self.stats = {"completed": 0, "dead_lettered": 0, "retried": 0, "fell_back": 0, "paced": 0}
 
     async def start(self) -> None:
+        self._http = ProviderHttp(max_connections=self.concurrency * 2)
+        try:
+            await self._start(self._http)
+        except BaseException:
+            await self._http.aclose()  # start failed: no stop() will close it
+            raise
+
+    async def _start(self, http: ProviderHttp) -> None:
         bus = self.bus
-        self._http = HttpClients(max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency)
         self._calls = await open_bucket(bus.js, CALLS_BUCKET, replicas=bus.config.replicas,
                                         ttl=CALL_RECORD_TTL_S)
         breakers = await Breakers.open(bus)
         self.engine = CallEngine(bus, policies=self.policies, providers=self.providers, tools=self.tools,
                                  breakers=breakers, rates=await RateLimiter.open(bus),
-                                 spend=await SpendBook.open(bus), http=self._http, seed=self.seed)
+                                 spend=await SpendBook.open(bus), http=http, seed=self.seed)
         options = bus.config.nats_options()
         options.pop("name", None)
         broker = NatsBroker(bus.url, name=f"tether-worker {self.worker_id}", logger=None, **options)

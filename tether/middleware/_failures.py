@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any, Literal
 
+import aiohttp
 import httpx
 
 from tether.schemas import ErrorInfo
@@ -340,6 +341,8 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     httpx.ReadError,
     httpx.WriteError,
     httpx.NetworkError,
+    aiohttp.ClientConnectionError,  # refused, reset, disconnected, DNS, TLS
+    aiohttp.ClientPayloadError,  # the body broke off
     ConnectionError,
 )
 
@@ -347,9 +350,11 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 def classify_exception(exc: BaseException, *, now: float | None = None) -> Failure:
     """The failure an exception raised by an attempt stands for.
 
-    httpx timeouts and ``TimeoutError`` are timeouts; httpx connect, read, write and
-    protocol errors and ``ConnectionError`` are connection failures; a cancelled task is
-    ``cancelled``; a ``json.JSONDecodeError`` is a malformed response. An exception that
+    httpx timeouts and ``TimeoutError`` (aiohttp's included) are timeouts; httpx connect,
+    read, write and protocol errors, aiohttp's connection errors and broken bodies
+    (``ClientConnectionError``, ``ClientPayloadError``) and ``ConnectionError`` are
+    connection failures; a cancelled task is ``cancelled``; a ``json.JSONDecodeError`` is
+    a malformed response. An exception that
     carries an HTTP response (``httpx.HTTPStatusError``, the SDKs' ``APIStatusError``)
     is classified as that response (pass ``now`` to read date-valued retry headers).
     Anything else is a ``tool_error`` named after its class.

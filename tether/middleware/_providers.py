@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
 from tether.schemas import Usage
 
 from ._failures import Failure, classify_exception, classify_http
+from ._http import ProviderHttp
 
-__all__ = ["HttpClients", "LlmOutcome", "ProviderConfig", "ProviderConfigError", "run_llm_attempt", "usage_of"]
+__all__ = ["LlmOutcome", "ProviderConfig", "ProviderConfigError", "run_llm_attempt", "usage_of"]
 
 Kind = Literal["openai", "anthropic"]
 _PATHS: dict[tuple[str, str], str] = {
@@ -123,52 +122,8 @@ def usage_of(kind: str, operation: str, body: Any) -> tuple[Usage, str | None]:
     return usage, finish
 
 
-class HttpClients:
-    """Several ``httpx.AsyncClient`` of a few connections each; the least busy one sends.
-
-    httpx 0.28's connection pool (httpcore 1.0) walks every pooled connection, probing
-    each idle socket and counting the pool once per idle connection, on every request and
-    every response: at 50 requests in flight that costs more CPU than the request itself
-    (about 1 ms per call, measured by ``bench/executor.py``), and idle connections left by
-    a burst keep costing. Small pools keep each walk short; taking the least busy one
-    means that at low concurrency the first pool's warm connections serve every call.
-    """
-
-    def __init__(self, *, max_connections: int, max_keepalive_connections: int, per_client: int = 8) -> None:
-        count = max(1, -(-max_connections // per_client))
-        keepalive = max(1, -(-max_keepalive_connections // count))
-        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=min(keepalive, per_client))
-        self._clients = [httpx.AsyncClient(limits=limits) for _ in range(count)]
-        self._busy = [0] * count
-
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        busy = self._busy
-        i = busy.index(min(busy))
-        busy[i] += 1
-        try:
-            return await self._clients[i].post(url, **kwargs)
-        finally:
-            busy[i] -= 1
-
-    async def post_stream(self, url: str, **kwargs: Any) -> httpx.Response:
-        """POST and return once the headers are in: read the body with ``aiter_bytes()``,
-        then ``aclose()`` it (a streamed answer)."""
-        busy = self._busy
-        i = busy.index(min(busy))
-        client = self._clients[i]
-        busy[i] += 1
-        try:
-            return await client.send(client.build_request("POST", url, **kwargs), stream=True)
-        finally:
-            busy[i] -= 1
-
-    async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
-
-
 async def run_llm_attempt(
-    client: httpx.AsyncClient | HttpClients,
+    client: ProviderHttp,
     provider: ProviderConfig,
     *,
     operation: str,
@@ -187,8 +142,7 @@ async def run_llm_attempt(
     headers["x-should-retry"] = "false"
     started = time.perf_counter()
     try:
-        response = await client.post(provider.url(operation), json=payload, headers=headers,
-                                     timeout=httpx.Timeout(timeout_s))
+        response = await client.post(provider.url(operation), body=payload, headers=headers, timeout_s=timeout_s)
     except Exception as exc:
         return LlmOutcome(False, (time.perf_counter() - started) * 1000, failure=classify_exception(exc))
     latency = (time.perf_counter() - started) * 1000

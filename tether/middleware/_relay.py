@@ -49,7 +49,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -59,8 +58,9 @@ from tether.schemas import ErrorInfo, Event, LlmCallFailed, Usage
 
 from ._engine import CallEngine, Outcome, terminal_id
 from ._failures import Failure, classify_exception, classify_http
+from ._http import ProviderHttp, ProviderStream
 from ._policy import Policy, Target
-from ._providers import HttpClients, ProviderConfig, usage_of
+from ._providers import ProviderConfig, usage_of
 from ._sse import StreamAccumulator
 from ._work import CallRecord, RelaySpec, WorkItem
 
@@ -185,7 +185,7 @@ class _Relay:
 class _Attempt:
     """One streamed attempt: the request, the first chunk, then relaying to the end."""
 
-    def __init__(self, http: httpx.AsyncClient | HttpClients, provider: ProviderConfig, item: WorkItem,
+    def __init__(self, http: ProviderHttp, provider: ProviderConfig, item: WorkItem,
                  target: Target, policy: Policy, relay: _Relay, on_relayed: Callable[[], Awaitable[None]]) -> None:
         self.http = http
         self.provider = provider
@@ -213,13 +213,8 @@ class _Attempt:
             headers["traceparent"] = item.traceparent
         self.started = time.perf_counter()
         try:
-            url = provider.url(item.operation)
-            kwargs: dict[str, Any] = {"json": payload, "headers": headers,
-                                      "timeout": httpx.Timeout(self.policy.timeout_s)}
-            if isinstance(self.http, HttpClients):
-                response = await self.http.post_stream(url, **kwargs)
-            else:
-                response = await self.http.send(self.http.build_request("POST", url, **kwargs), stream=True)
+            response = await self.http.post_stream(provider.url(item.operation), body=payload, headers=headers,
+                                                   timeout_s=self.policy.timeout_s)
         except Exception as exc:
             return Streamed(Outcome(False, self.elapsed_ms(), failure=classify_exception(exc)))
         try:
@@ -228,7 +223,7 @@ class _Attempt:
             with contextlib.suppress(Exception):
                 await response.aclose()
 
-    async def _read(self, response: httpx.Response) -> Streamed:
+    async def _read(self, response: ProviderStream) -> Streamed:
         relay, provider, item = self.relay, self.provider, self.item
         if response.status_code >= 300:
             try:
@@ -283,7 +278,7 @@ class _Attempt:
         await relay.end()
         return Streamed(self._completed(acc), relayed=True, usage_seen=acc.usage_seen)
 
-    async def _whole(self, response: httpx.Response, content_type: str) -> Streamed:
+    async def _whole(self, response: ProviderStream, content_type: str) -> Streamed:
         """A complete answer where a stream was asked for: relayed whole, in one chunk."""
         try:
             body = await response.aread()
