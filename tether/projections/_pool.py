@@ -86,8 +86,15 @@ def _child_main(fd: int) -> None:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: where a stuck view process is, on stderr
     conn = Connection(fd)
     job = conn.recv()
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None  # uvloop, as the CLI runs
+    if os.environ.get("TETHER_EVENT_LOOP", "uvloop") != "asyncio":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            factory = uvloop.new_event_loop
     try:
-        asyncio.run(_child(conn, job))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_child(conn, job))
     except BaseException as exc:  # the parent must hear why, whatever it was
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
