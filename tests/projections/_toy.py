@@ -40,3 +40,15 @@ class Toy(Projection):
 
 class ToyV2(Toy):
     version = 2
+
+
+class Brittle(Toy):
+    """Toy, whose notifications break on a ``crash-the-fold`` run: an error outside the
+    per-event guard, which stops the fold itself (after the batch is committed)."""
+
+    name = "brittle"
+
+    def notify_key(self, op: Op) -> str | None:
+        if isinstance(op, Upsert) and op.values.get("run") == "crash-the-fold":
+            raise RuntimeError("notifications broke")
+        return super().notify_key(op)

@@ -98,3 +98,25 @@ async def test_a_killed_view_process_comes_back_from_its_checkpoints(fresh_nats_
         assert all(c.process.poll() is not None for c in pool._children)
         rebuilt = await replay(bus, default_views(), tmp_path / "rebuilt")
         assert _sums(tmp_path / "views") == rebuilt
+
+
+async def test_a_view_process_whose_fold_dies_exits_and_is_started_again(fresh_nats_server: NatsServer,
+                                                                        tmp_path: Path) -> None:
+    from tether.schemas import Event, RunStarted
+
+    from ._toy import Brittle
+
+    async with await connect(fresh_nats_server.url, home=tmp_path / "h") as bus:
+        await publish_mix(bus, 200, seed=51)
+        pool = await ProjectorPool(bus, [Brittle()], tmp_path / "views", processes=1).start()
+        try:
+            await pool.catch_up(timeout=60)
+            await bus.emit(Event.of(RunStarted(name="x"), runid="crash-the-fold", agentid="a"))
+            await bus.flush()
+            await publish_mix(bus, 100, seed=52)
+            head = await pool.catch_up(timeout=60)  # the restarted process carries on past it
+            [child] = pool._children
+            assert child.restarts >= 1 and child.last_error is not None and "notifications broke" in child.last_error
+            assert pool.applied_seq >= head
+        finally:
+            await pool.stop()

@@ -47,7 +47,9 @@ __all__ = ["ProjectorPool", "default_processes", "partition", "replay_in_process
 log = logging.getLogger("tether.projections")
 
 _START_TIMEOUT_S = 60.0
-_RESTART_DELAY_S = 1.0
+_RESTART_DELAY_S = 1.0  # then doubling, up to _RESTART_MAX_DELAY_S, for a process that keeps dying
+_RESTART_MAX_DELAY_S = 30.0
+_HEALTHY_S = 60.0
 
 
 def default_processes() -> int:
@@ -135,7 +137,15 @@ async def _child(conn: Connection, job: _Job) -> None:
                 else:
                     done.cancel()
             else:
-                await stop.wait()
+                # Until told to stop, or until the fold itself dies (a view's database refusing
+                # writes, say): then exit with the reason, and the parent starts this process again.
+                folding = projector._task
+                stopped = asyncio.create_task(stop.wait())
+                waiting: list[asyncio.Future[Any]] = [stopped, *([folding] if folding is not None else [])]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if folding is not None and folding.done() and not folding.cancelled() and folding.exception():
+                    raise RuntimeError(f"the fold stopped: {folding.exception()!r}")
         finally:
             await projector.stop()
     finally:
@@ -157,6 +167,8 @@ class _Child:
     done: asyncio.Future[dict[str, str]] | None = None
     error: str | None = None
     restarts: int = 0
+    spawned: float = 0.0
+    last_error: str | None = None
     names: list[str] = field(default_factory=list)
 
 
@@ -231,6 +243,7 @@ class ProjectorPool:
         parent_end = Connection(parent_sock.detach())
         parent_end.send(child.job)
         child.process, child.conn, child.error = process, parent_end, None
+        child.spawned = time.monotonic()
         child.started = loop.create_future()
         child.done = loop.create_future()
         loop.add_reader(parent_end.fileno(), self._receive, child)
@@ -263,7 +276,7 @@ class ProjectorPool:
         elif kind == "done" and child.done is not None and not child.done.done():
             child.done.set_result(message[1])
         elif kind == "error":
-            child.error = message[1]
+            child.error = child.last_error = message[1]
             log.error("view process %d (%s) failed: %s", child.index, ", ".join(child.names), message[1])
 
     async def _notify(self) -> None:
@@ -276,10 +289,14 @@ class ProjectorPool:
             await asyncio.sleep(0.5)
             for child in self._children:
                 if child.conn is None and not self._stopping:
+                    if time.monotonic() - child.spawned > _HEALTHY_S:
+                        child.restarts = 0  # it ran well for a while: this is a new failure, not a loop
                     child.restarts += 1
-                    log.warning("view process %d (%s) is gone; starting it again (restart %d)", child.index,
-                                ", ".join(child.names), child.restarts)
-                    await asyncio.sleep(_RESTART_DELAY_S)
+                    delay = min(_RESTART_MAX_DELAY_S, _RESTART_DELAY_S * 2 ** min(child.restarts - 1, 10))
+                    log.warning("view process %d (%s) is gone%s; starting it again in %.0fs (restart %d)",
+                                child.index, ", ".join(child.names), f" ({child.error})" if child.error else "",
+                                delay, child.restarts)
+                    await asyncio.sleep(delay)
                     if not self._stopping:
                         self._spawn(child)
 
