@@ -101,6 +101,7 @@ def compile_delete(table: Table, columns: tuple[str, ...]) -> str:
 # every key value is a str or an int (SQLite keys NULL apart, and may key 1 and 1.0 alike).
 
 _KEY_TYPES = (str, int)
+_ORDERED = (int, float, str)  # types SQLite and Python order alike (bool is not among them)
 
 
 def _coalesce(a: Any, b: Any) -> Any:
@@ -152,9 +153,10 @@ def _compose(ra: Merge, va: Any, rb: Merge, vb: Any) -> tuple[Any, Merge] | None
     return None
 
 
-def _merge(a: Upsert, b: Upsert, key: tuple[str, ...]) -> Upsert | None:
-    values = dict(a.values)
-    merge = dict(a.merge)
+def _merge_into(values: dict[str, Any], merge: dict[str, Merge], b: Upsert, key: tuple[str, ...]) -> bool:
+    """Fold ``b`` into a row's combined (``values``, ``merge``) in place; False (and nothing
+    changed) if some column's rules do not compose."""
+    changes: list[tuple[str, Any, Merge]] = []
     b_merge = b.merge
     for column, vb in b.values.items():
         if column in key:
@@ -163,39 +165,38 @@ def _merge(a: Upsert, b: Upsert, key: tuple[str, ...]) -> Upsert | None:
         if column in values:
             va = values[column]
             ra = merge.get(column, "set")
-            # The usual cases first, inline: the same rule again, or a plain overwrite.
+            # The usual cases first, inline: a plain overwrite, or the same rule again.
             if rb == "set":
-                values[column] = vb
-                if ra != "set":
-                    del merge[column]
-                continue
-            if ra == rb:
-                if rb == "keep":
-                    if va is None:
-                        values[column] = vb
-                    continue
-                if rb == "coalesce":
-                    if vb is not None:
-                        values[column] = vb
-                    continue
-            done = _compose(ra, va, rb, vb)
-            if done is None:
-                return None
-            values[column], rule = done
-            if rule == "set":
-                merge.pop(column, None)
+                changes.append((column, vb, "set"))
+            elif ra == rb == "keep":
+                changes.append((column, vb if va is None else va, "keep"))
+            elif ra == rb == "coalesce":
+                changes.append((column, va if vb is None else vb, "coalesce"))
+            elif ra == rb and (rb == "max" or rb == "min") and (va is None or vb is None or (
+                    type(va) is type(vb) and type(va) in _ORDERED)):
+                if va is None or vb is None:
+                    changes.append((column, vb if va is None else va, rb))
+                else:
+                    changes.append((column, (va if va >= vb else vb) if rb == "max" else (va if va <= vb else vb), rb))
             else:
-                merge[column] = rule
+                done = _compose(ra, va, rb, vb)
+                if done is None:
+                    return False
+                changes.append((column, done[0], done[1]))
             continue
-        # a left this column alone: on a new row it is NULL when b runs
+        # the row's earlier upserts left this column alone: on a new row it is NULL when b runs
         if rb == "add":
             if type(vb) not in (int, type(None)):
-                return None
+                return False
             vb = vb or 0
-        values[column] = vb
-        if rb != "set":
-            merge[column] = rb
-    return Upsert(a.table, values, merge)
+        changes.append((column, vb, rb))
+    for column, value, rule in changes:
+        values[column] = value
+        if rule == "set":
+            merge.pop(column, None)
+        else:
+            merge[column] = rule
+    return True
 
 
 def combine_upserts(ops: list[Op], tables: Mapping[str, Table]) -> list[Op]:
@@ -205,6 +206,7 @@ def combine_upserts(ops: list[Op], tables: Mapping[str, Table]) -> list[Op]:
     their order (none of them reads another row). A delete on a table starts afresh for it."""
     out: list[Op] = []
     at: dict[tuple[str, tuple[Any, ...]], int] = {}
+    combined: dict[int, tuple[dict[str, Any], dict[str, Merge]]] = {}  # rows merged into, built up in place
     for op in ops:
         if isinstance(op, Delete):
             at = {k: i for k, i in at.items() if k[0] != op.table}
@@ -226,10 +228,15 @@ def combine_upserts(ops: list[Op], tables: Mapping[str, Table]) -> list[Op]:
         row = (op.table, key_values)
         i = at.get(row)
         if i is not None:
-            merged = _merge(out[i], op, table.key)  # type: ignore[arg-type]
-            if merged is not None:
-                out[i] = merged
+            into = combined.get(i)
+            if into is None:
+                first = out[i]
+                assert isinstance(first, Upsert)
+                into = combined[i] = (dict(first.values), dict(first.merge))
+            if _merge_into(into[0], into[1], op, table.key):
                 continue
         at[row] = len(out)
         out.append(op)
+    for i, (merged_values, merged_rules) in combined.items():
+        out[i] = Upsert(out[i].table, merged_values, merged_rules)
     return out
