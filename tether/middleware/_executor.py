@@ -238,24 +238,19 @@ class Executor:
         if failure is None:
             rec.in_flight = {"attempt": attempt, "target": rec.target.route if rec.target else None,
                              "started_at": started, "worker": self.worker_id}
+            # The in-flight mark is stored before the provider is called, never alongside it: a
+            # worker that dies after sending must leave a trace, or the redelivery's repeat would
+            # be a provider request (and a cost) that no event accounts for.
+            await self._save(rec)
             keepalive = asyncio.create_task(self._keepalive(raw))
             streamed: Streamed | None = None
             try:
                 if item.relay is not None:
-                    await self._save(rec)
                     streamed = await relay_attempt(engine, self.bus.nc, item, rec, policy, attempt,
                                                    on_relayed=partial(self._relayed, rec))
                     out = streamed.outcome
                 else:
-                    # The in-flight mark goes to KV while the provider is called, not before: one
-                    # round trip off every call. A worker that dies before the mark lands is the
-                    # case of one that died just before sending: the redelivery makes the attempt
-                    # again, uncounted. The mark is always stored before the record that ends it.
-                    marking = asyncio.create_task(self._save(rec))
-                    try:
-                        out = await engine.attempt(item, rec, policy)
-                    finally:
-                        await marking
+                    out = await engine.attempt(item, rec, policy)
             finally:
                 keepalive.cancel()
             route = rec.target.route if rec.target else item.route
