@@ -10,11 +10,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tether import __version__
+from tether._loop import run as run_loop
 from tether.bus import Bus, BusConfig, BusUnavailable, connect, event_filter, tether_home
 from tether.bus._outbox import outbox_depth
 from tether.schemas import export_schemas
@@ -121,22 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
-    """``asyncio.run`` on uvloop where it is installed (``TETHER_EVENT_LOOP=asyncio``: the
-    standard loop). uvloop's loop costs less CPU per wake-up, which a worker answering one
-    call at a time pays several times a call."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if os.environ.get("TETHER_EVENT_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fake-provider"]:
@@ -166,37 +151,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.dlq_command is None:
                 args.print_help()
                 return 2
-            return _run(run_dlq(args))
+            return run_loop(run_dlq(args))
         if args.command == "worker":
-            return _run(_worker(args))
+            return run_loop(_worker(args))
         if args.command in ("runs", "trace", "cost"):
             from ._views import run as run_views
 
-            return _run(run_views(args))
+            return run_loop(run_views(args))
         if args.command in ("errors", "stats"):
             from ._stats import run as run_stats
 
-            return _run(run_stats(args))
+            return run_loop(run_stats(args))
         if args.command in ("projector", "watch"):
-            return _run(_until_signal(args))
+            return run_loop(_until_signal(args))
         if args.command == "memory":
             from ._memory import run as run_memory
 
-            return _run(run_memory(args))
+            return run_loop(run_memory(args))
         if args.command == "gateway":
             from ._gateway import run as run_gateway
 
-            return _run(run_gateway(args))
+            return run_loop(run_gateway(args))
         if args.command == "otel-export":
             from ._otel import run as run_otel
 
-            return _run(run_otel(args))
+            return run_loop(run_otel(args))
         if args.command == "replay":
             from ._projector import run_replay
 
-            return _run(run_replay(args))
+            return run_loop(run_replay(args))
         runner = {"up": _up, "tail": _tail, "status": _status}[args.command]
-        return _run(runner(args))
+        return run_loop(runner(args))
     except BusUnavailable as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 1

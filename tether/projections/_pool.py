@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+from tether._loop import run as run_loop
 from tether.bus import Bus, BusConfig, connect
 
 from ._runner import PROJECTOR_DURABLE, Projector, _lock, _swap_in
@@ -88,15 +89,8 @@ def _child_main(fd: int) -> None:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID`: where a stuck view process is, on stderr
     conn = Connection(fd)
     job = conn.recv()
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None  # uvloop, as the CLI runs
-    if os.environ.get("TETHER_EVENT_LOOP", "uvloop") != "asyncio":
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            factory = uvloop.new_event_loop
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_child(conn, job))
+        run_loop(_child(conn, job))  # uvloop, as the CLI runs
     except BaseException as exc:  # the parent must hear why, whatever it was
         with contextlib.suppress(Exception):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
