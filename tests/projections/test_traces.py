@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tether.projections import TracesView, Upsert
+from tether.projections import Item, TracesView, Upsert, ViewStore
 from tether.projections.traces import list_runs, trace
 from tether.schemas import (
     BudgetExceeded,
@@ -287,3 +288,71 @@ def test_events_it_does_not_read_only_move_the_checkpoint() -> None:
     assert future.type not in view.types
     store = fold(view, [future])
     assert table(store.db, "spans") == [] and store.seq == 1
+
+
+# -- the batch fold ------------------------------------------------------------------------------
+
+
+def _one_by_one(events: list[Event], seqs: list[int]) -> ViewStore:
+    """Each event's own ops, executed in order: what TracesView.fold must leave."""
+    store = ViewStore(TracesView(), Path(":memory:"))
+    for seq, event in zip(seqs, events, strict=True):
+        store._execute(TracesView().apply(event, seq))
+    return store
+
+
+def _odd_runs(rng: random.Random) -> list[Event]:
+    """Runs whose events disagree: an agent only on later events, tenants, traceparents, times out of order."""
+    out = []
+    for r in range(3):
+        agents = [None, "bot", "other"]
+        rng.shuffle(agents)
+        for i, agent in enumerate(agents):
+            run = Run(f"q{r}", agent=agent, traceparent=rng.choice((None, TRACEPARENT)),
+                      tenant=rng.choice((None, "t1", "t2")))
+            out.append(run(ToolCallRequested(call_id=f"q{r}-t{i}", tool="search"), rng.uniform(0, 9)))
+            if r and i == 1:  # run q0 has no run.started: its span's name comes from its first event
+                out.append(run(RunStarted(name=f"n{i}"), rng.uniform(0, 9)))
+            elif i == 2:
+                out.append(run(RunFinished(status="ok"), rng.uniform(0, 9)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_batch_folds_to_exactly_the_rows_of_its_events_one_by_one(seed: int) -> None:
+    rng = random.Random(seed)
+    events = [*story(), *crash(), *_odd_runs(rng)]
+    events += [rng.choice(events) for _ in range(5)]
+    events += [republished(rng.choice(events)) for _ in range(5)]
+    rng.shuffle(events)
+    seqs = list(range(1, len(events) + 1))
+    before = rng.randint(0, len(events))  # some already in the view, the rest in one batch
+    batched = ViewStore(TracesView(), Path(":memory:"))
+    batched.apply_batch([Item(s, e) for s, e in zip(seqs[:before], events[:before], strict=True)])
+    batched.apply_batch([Item(s, e) for s, e in zip(seqs[before:], events[before:], strict=True)])
+    expected = _one_by_one(events, seqs)
+    for name in ("runs", "spans"):
+        assert table(batched.db, name) == table(expected.db, name)
+
+
+def test_a_span_named_like_a_run_folds_event_by_event() -> None:
+    clash = Run("c1", agent="bot")  # run id c1, as story()'s first LLM call
+    events = [*story(), clash(RunStarted(name="clash"), 0.5), clash(RunFinished(status="ok"), 9)]
+    seqs = list(range(1, len(events) + 1))
+    batched = fold(TracesView(), events)
+    expected = _one_by_one(events, seqs)
+    for name in ("runs", "spans"):
+        assert table(batched.db, name) == table(expected.db, name)
+
+
+def test_an_event_the_fold_refuses_leaves_no_trace_of_itself_in_the_batch() -> None:
+    events = story()
+    broken = R(RunStarted(name="x"), 99)
+    object.__setattr__(broken, "__dict__", {**broken.__dict__, "time": None})  # .timestamp() fails in the fold
+    seqs = list(range(1, len(events) + 2))
+    store = ViewStore(TracesView(), Path(":memory:"))
+    store.apply_batch([Item(s, e) for s, e in zip(seqs, [*events, broken], strict=True)])
+    assert [row[0] for row in store.db.execute("SELECT seq FROM _failed")] == [seqs[-1]]
+    expected = _one_by_one(events, seqs[:-1])
+    for name in ("runs", "spans"):
+        assert table(store.db, name) == table(expected.db, name)

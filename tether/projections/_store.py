@@ -52,6 +52,23 @@ class Projection(ABC):
         cheaper rule of your own (counters that only ever ``add``, say)."""
         return combine_upserts(ops, self._tables_by_name())
 
+    def fold(self, events: Sequence[tuple[int, Event]]) -> tuple[list[Op], list[tuple[int, Exception]]]:
+        """A batch's ops as the runner executes them, and the events the fold refused.
+
+        ``events`` are (sequence, event) pairs of this view's types, in log order. The
+        default applies each event (one that raises is refused, its ops dropped) and
+        :meth:`combine` s the rest. Override it to fold a batch more cheaply; the ops must
+        leave exactly the rows that applying the accepted events one by one would."""
+        ops: list[Op] = []
+        refused: list[tuple[int, Exception]] = []
+        apply = self.apply
+        for seq, event in events:
+            try:
+                ops.extend(apply(event, seq))
+            except Exception as exc:  # a fold that cannot take this event: the runner records it
+                refused.append((seq, exc))
+        return self.combine(ops), refused
+
     def _tables_by_name(self) -> dict[str, Table]:
         found: dict[str, Table] | None = self.__dict__.get("_tables_cache")
         if found is None:
@@ -134,23 +151,25 @@ class ViewStore:
         if not fresh:
             return set()
         proj = self.projection
-        ops: list[Op] = []
         failed: list[tuple[int, str | None, str]] = []
+        events: list[tuple[int, Event]] = []
+        types = proj.types
         for item in fresh:
-            if item.event is None:
+            event = item.event
+            if event is None:
                 failed.append((item.seq, item.event_id, item.error or "not a tether event"))
-                continue
-            if proj.types is not None and item.event.type not in proj.types:
-                continue
-            try:
-                ops.extend(proj.apply(item.event, item.seq))
-            except Exception as exc:  # a fold that cannot take this event: record, skip
-                failed.append((item.seq, item.event.id, f"{type(exc).__name__}: {exc}"))
+            elif types is None or event.type in types:
+                events.append((item.seq, event))
+        ops, refused = proj.fold(events)
+        if refused:
+            ids = {item.seq: item.event.id for item in fresh if item.event is not None}
+            failed.extend((seq, ids.get(seq), f"{type(exc).__name__}: {exc}") for seq, exc in refused)
+            failed.sort()
         last = fresh[-1].seq
         db = self.db
         db.execute("BEGIN")
         try:
-            self._execute(proj.combine(ops))
+            self._execute(ops)
             if failed:
                 now = time.time()
                 db.executemany("INSERT OR REPLACE INTO _failed VALUES (?, ?, ?, ?)",

@@ -90,6 +90,12 @@ _PARAMETERS = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens"
 
 Cols = dict[str, tuple[Any, Merge]]
 
+# The columns every event of a run touches on its two rows (see TracesView.fold).
+_TOUCH_MERGE: dict[str, Merge] = {"agent": "keep", "trace_id": "keep", "started_at": "min", "first_seq": "min",
+                                  "last_seq": "max"}
+_RUN_MERGE: dict[str, Merge] = {**_TOUCH_MERGE, "tenant": "keep", "last_at": "max"}
+_RUN_SPAN_MERGE: dict[str, Merge] = {**_TOUCH_MERGE, "kind": "keep", "name": "keep"}
+
 
 class TracesView(Projection):
     """Runs and their span trees (see the module docstring for the tables)."""
@@ -110,6 +116,70 @@ class TracesView(Projection):
         if event.runid:
             ops[:0] = fold.run_rows()
         return ops
+
+    def fold(self, events: Sequence[tuple[int, Event]]) -> tuple[list[Op], list[tuple[int, Exception]]]:
+        """:meth:`apply` for a batch, with the run rows every event touches folded per run.
+
+        Each event of a run touches its ``runs`` row and its run span with the same few
+        columns (agent, trace id, tenant: ``keep``; times and sequences: ``min``/``max``),
+        so the batch gathers those per run and writes each run's two rows once. That is
+        exact: ``keep`` values keep their order among themselves, ``min``/``max`` commute,
+        and ``keep`` commutes with the ``coalesce`` of ``run.started``/``run.finished``
+        (``coalesce`` wins when set, else what is there, else the first ``keep``); a batch
+        where some span id is also a run id is folded event by event instead."""
+        ops: list[Op] = []
+        refused: list[tuple[int, Exception]] = []
+        # run id -> [agent, trace id, tenant, first at, last at, first seq, last seq, span name]
+        touched: dict[str, list[Any]] = {}
+        span_ids: set[Any] = set()
+        for seq, event in events:
+            try:
+                fold = _Fold(event, seq)
+                own = fold.spans()
+                for op in own:
+                    if op.table == "spans" and isinstance(op, Upsert):
+                        span_ids.add(op.values["span_id"])
+                run = event.runid
+                if run:
+                    if fold.run_cols:
+                        own.append(_upsert("runs", {"run_id": run}, fold.run_cols))
+                        own.append(_upsert("spans", {"span_id": run}, fold.run_span_cols))
+                    at = fold.at
+                    t = touched.get(run)
+                    if t is None:
+                        agent = event.agentid
+                        touched[run] = [agent, fold.trace_id, event.extensions.get("tenant"), at, at, seq, seq,
+                                        f"invoke_agent {agent}" if agent else "invoke_agent"]
+                    else:
+                        if t[0] is None:
+                            t[0] = event.agentid
+                        if t[1] is None:
+                            t[1] = fold.trace_id
+                        if t[2] is None:
+                            t[2] = event.extensions.get("tenant")
+                        if at < t[3]:
+                            t[3] = at
+                        elif at > t[4]:
+                            t[4] = at
+                        if seq < t[5]:
+                            t[5] = seq
+                        elif seq > t[6]:
+                            t[6] = seq
+            except Exception as exc:  # refused: none of its ops, nor its touch, are kept
+                refused.append((seq, exc))
+                continue
+            ops.extend(own)
+        if not span_ids.isdisjoint(touched):  # a span named like a run: keep the order of everything
+            accepted = {seq for seq, _ in events} - {seq for seq, _ in refused}
+            return super().fold([(seq, event) for seq, event in events if seq in accepted])
+        head: list[Op] = []
+        for run, (agent, trace_id, tenant, first_at, last_at, first_seq, last_seq, name) in touched.items():
+            common = {"agent": agent, "trace_id": trace_id, "started_at": first_at, "first_seq": first_seq,
+                      "last_seq": last_seq}
+            head.append(Upsert("runs", {"run_id": run, **common, "tenant": tenant, "last_at": last_at}, _RUN_MERGE))
+            head.append(Upsert("spans", {"span_id": run, **common, "run_id": run, "kind": "run", "name": name},
+                               _RUN_SPAN_MERGE))
+        return self.combine(head + ops), refused
 
     def notify_key(self, op: Op) -> str | None:
         """Changes are announced per run (``tether.proj.traces.<run_id>``), else per span."""
