@@ -11,11 +11,11 @@ import random
 import sqlite3
 from pathlib import Path
 
-from tether.projections import Item, MetricsView, Upsert, ViewStore
+from tether.projections import Item, MetricsView, ViewStore
 from tether.projections._runner import _catching_up
-from tether.projections.metrics import _ADD, _ZERO
-from tether.schemas import Event
+from tether.schemas import Event, LlmCallCompleted, Usage
 
+from ._runs import T0
 from .test_metrics import history
 
 
@@ -40,20 +40,37 @@ def test_counters_written_once_per_batch_equal_one_write_per_event(tmp_path: Pat
     assert one_batch.checksum() == by_event.checksum()
 
     ops = [op for item in items for op in view.apply(item.event, item.seq)]  # type: ignore[arg-type]
-    combined = view.combine(ops)
-    counters = [op for op in combined if op.table == "counters"]
+    folded, refused = view.fold([(item.seq, item.event) for item in items])  # type: ignore[misc]
+    assert refused == []
+    counters = [op for op in folded if op.table == "counters"]
     assert len({(o.values["bucket"], o.values["dim_kind"], o.values["dim"])  # type: ignore[union-attr]
                 for o in counters}) == len(counters)  # one upsert per row
-    assert [op for op in combined if op.table == "samples"] == [op for op in ops if op.table == "samples"]
+    assert [op for op in folded if op.table == "samples"] == [op for op in ops if op.table == "samples"]
 
 
-def test_counters_with_values_that_are_not_integers_are_not_summed() -> None:
+def test_counts_that_are_not_integers_keep_their_place(tmp_path: Path) -> None:
+    """Hand-built events can carry float counts: their additions keep the order of the log."""
+    def completed(tokens: float, at: int) -> Event:
+        usage = Usage.model_construct(input_tokens=tokens, output_tokens=0, cached_input_tokens=0,
+                                      cache_write_tokens=0, reasoning_tokens=0)
+        data = LlmCallCompleted.model_construct(call_id=f"c{at}", provider="p", model="m", usage=usage,
+                                                attempt=1, latency_ms=None, ttft_ms=None)
+        return Event.of(LlmCallCompleted(call_id=f"c{at}", provider="p", model="m"), time=T0).model_copy(
+            update={"data": data})
+
+    events = [completed(t, i) for i, t in enumerate((1, 2**53, 0.5, 1, 0.25, 3), start=1)]
+    items = [Item(seq, e) for seq, e in enumerate(events, start=1)]
     view = MetricsView()
-    key = {"bucket": 60, "dim_kind": "model", "dim": "m"}
-    ints = Upsert("counters", {**key, **_ZERO, "calls": 1}, _ADD)
-    floats = Upsert("counters", {**key, **_ZERO, "calls": 0.5}, _ADD)
-    assert view.combine([ints, floats, ints]) == [ints, floats, ints]  # floats: order of additions kept
-    assert view.combine([ints, ints]) == [Upsert("counters", {**key, **_ZERO, "calls": 2}, _ADD)]
+    folded, _ = view.fold([(item.seq, item.event) for item in items])  # type: ignore[misc]
+    model_rows = [op.values["input_tokens"] for op in folded  # type: ignore[union-attr]
+                  if op.table == "counters" and op.values["dim_kind"] == "model"]
+    assert model_rows == [1 + 2**53, 0.5, 1, 0.25, 3]
+    one_batch = ViewStore(view, tmp_path / "batch.db")
+    one_batch.apply_batch(items)
+    by_event = ViewStore(view, tmp_path / "by-event.db")
+    for item in items:
+        by_event.apply_batch([item])
+    assert rows(one_batch.db, "counters") == rows(by_event.db, "counters")
 
 
 def test_gc_thresholds_are_raised_while_behind_and_restored_after() -> None:

@@ -167,30 +167,60 @@ class MetricsView(Projection):
                        for metric, value in samples.items() if value is not None)
         return ops
 
-    def combine(self, ops: list[Op]) -> list[Op]:
-        """One upsert per counters row and batch: its counts summed, where its first one was.
+    def fold(self, events: Sequence[tuple[int, Event]]) -> tuple[list[Op], list[tuple[int, Exception]]]:
+        """:meth:`apply` for a batch, with one upsert per counters row: its counts summed.
 
-        Exact: a counters row is only ever written by these upserts, all ``add`` of integers,
-        and SQLite adds integers exactly, in any order. Samples are left as they are."""
-        out: list[Op] = []
-        first: dict[tuple[Any, ...], int] = {}
-        for op in ops:
-            if op.table == "counters" and isinstance(op, Upsert) and op.merge is _ADD:
-                v = op.values
-                key = (v["bucket"], v["dim_kind"], v["dim"])
-                at = first.get(key)
-                if at is None or not (type(key[0]) is int and type(key[1]) is str and type(key[2]) is str):
-                    first[key] = len(out)  # a key of other types: SQLite may key it apart (NULL) or alike
-                elif all(type(v[c]) is int for c in COUNTERS):
-                    prev = out[at].values  # type: ignore[union-attr]
-                    if all(type(prev[c]) is int for c in COUNTERS):
-                        out[at] = Upsert("counters", {**prev, **{c: prev[c] + v[c] for c in COUNTERS}}, _ADD)
+        Exact: a counters row is only ever written by these ``add`` upserts, and SQLite adds
+        integers exactly in any order, so a row's summed upsert takes the place of its first
+        one. Counts that are not all integers (only hand-built events have them) keep their
+        place, and the row's later counts are summed after them; a key that is not
+        (int, str, str) is left alone (SQLite may key it apart). Samples are kept as they are."""
+        out: list[Op | None] = []
+        summed: dict[tuple[int, str, str], tuple[int, dict[str, Any]]] = {}  # row -> (its place in out, counts)
+        refused: list[tuple[int, Exception]] = []
+        for seq, event in events:
+            try:
+                fold = _FOLDS.get(event.type)
+                if fold is None:
+                    continue
+                dims, counts, samples, in_all = fold(event.data)
+                bucket = int(event.time.timestamp() // BUCKET_S) * BUCKET_S
+                rows = [(bucket, kind, dim, counts) for kind, dim in dims]
+                rows.append((bucket, "all", "*", counts if in_all is None else in_all))
+                sampled = []
+                if samples:
+                    where = dict(dims)
+                    sampled = [Upsert("samples", {"seq": seq, "metric": metric, "bucket": bucket,
+                                                  "model": where.get("model"), "provider": where.get("provider"),
+                                                  "tool": where.get("tool"), "value": value})
+                               for metric, value in samples.items() if value is not None]
+            except Exception as exc:  # refused: nothing of it is kept
+                refused.append((seq, exc))
+                continue
+            for b, kind, dim, row_counts in rows:
+                key = (b, kind, dim)
+                ints = all(type(n) is int for n in row_counts.values())
+                if type(b) is int and type(kind) is str and type(dim) is str:
+                    if ints:
+                        slot = summed.get(key)
+                        if slot is None:
+                            summed[key] = (len(out), {**_ZERO, **row_counts})
+                            out.append(None)  # filled in below
+                        else:
+                            total = slot[1]
+                            for c, n in row_counts.items():
+                                total[c] += n
                         continue
-                    first[key] = len(out)  # keep the order of this row's writes from here on
-                else:
-                    first[key] = len(out)
-            out.append(op)
-        return out
+                    left = summed.pop(key, None)  # this row's later counts are summed after this one
+                    if left is not None:
+                        out[left[0]] = Upsert("counters", {"bucket": b, "dim_kind": kind, "dim": dim, **left[1]},
+                                              _ADD)
+                out.append(Upsert("counters", {"bucket": b, "dim_kind": kind, "dim": dim, **_ZERO, **row_counts},
+                                  _ADD))
+            out.extend(sampled)
+        for (b, kind, dim), (at, total) in summed.items():
+            out[at] = Upsert("counters", {"bucket": b, "dim_kind": kind, "dim": dim, **total}, _ADD)
+        return [op for op in out if op is not None], refused  # (every place was filled)
 
     def notify_key(self, op: Op) -> str | None:
         """Counters announce ``<dim_kind>:<dim>`` (``tether.proj.metrics.model:gpt-4o``); samples nothing."""
