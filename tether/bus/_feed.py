@@ -44,13 +44,20 @@ class FeedMessage:
     """One message of the log: where it is, when the server stored it, what it holds."""
 
     subject: str
-    headers: dict[str, str] | None
+    header_block: bytes | None
+    """The raw header lines (what follows ``NATS/1.0\\r\\n``), None if there are none; see
+    :func:`~tether.bus.decode_block`."""
     data: bytes
     seq: int
     time: float
     """When the server stored it, in seconds since the epoch."""
     pending: int
     """Messages after this one that the consumer had not delivered yet."""
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """The headers as nats-py would give them (parsed on each access)."""
+        return parse_headers(self.header_block) if self.header_block else None
 
 
 class FeedError(RuntimeError):
@@ -229,8 +236,8 @@ class PullFeed:
                 self._gap = True
                 break
             cseq = c
-            out.append(FeedMessage(subject.decode(), parse_headers(headers[_HDR_START:]) if headers else None,
-                                   data, sseq, ts / 1e9, pending))
+            out.append(FeedMessage(subject.decode(), headers[_HDR_START:] if headers else None, data, sseq, ts / 1e9,
+                                   pending))
         self._cseq = cseq
         if out:
             last = out[-1]

@@ -10,7 +10,7 @@ from nats.js.object_store import ObjectStore
 
 from tether.schemas import Event, EventError, InvalidEvent
 
-from ._binding import WireEvent, decode, validate
+from ._binding import WireEvent, decode, decode_block, validate
 from ._publisher import DATAREF_SCHEME
 
 __all__ = ["EventReader", "ReadResult"]
@@ -51,6 +51,17 @@ class EventReader:
             return ReadResult(subject, await self.read(headers, payload), None, stream_seq)
         except EventError as exc:
             return ReadResult(subject, None, exc, stream_seq)
+
+    def read_block_now(self, header_block: bytes | None, payload: bytes) -> Event | WireEvent:
+        """:meth:`read` for a raw header block (a :class:`~tether.bus.FeedMessage`'s), without
+        a coroutine: the event, or the :class:`WireEvent` whose data is in the object store
+        (finish it with :meth:`finish`). ``EventError`` if it is not a valid tether event."""
+        wire = decode_block(header_block, payload)
+        return wire if wire.dataref else validate(wire)
+
+    async def finish(self, wire: WireEvent) -> Event:
+        """The event of a message whose data is in the object store."""
+        return validate(wire, await self._fetch(wire))
 
     async def _fetch(self, wire: WireEvent) -> bytes:
         ref = wire.dataref or ""

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from tether.schemas import Event
 
-from ._ops import Delete, Op, Table, Upsert, combine_upserts, compile_delete, compile_upsert, create_sql
+from ._ops import Op, Table, Upsert, combine_upserts, compile_delete, compile_upsert, create_sql
 
 __all__ = ["Item", "Projection", "ViewStore", "view_path"]
 
@@ -121,7 +121,7 @@ class ViewStore:
         for table in projection.tables:
             for sql in create_sql(table):
                 self.db.execute(sql)
-        self._sql: dict[tuple[Any, ...], str] = {}
+        self._sql: dict[tuple[Any, ...], str] = {}  # shape -> statement
         self.seq = int(self._meta("seq") or 0)
 
     def _meta(self, key: str) -> str | None:
@@ -210,30 +210,38 @@ class ViewStore:
         return {k for op in ops if (k := self.projection.notify_key(op)) is not None}
 
     def _execute(self, ops: Sequence[Op]) -> None:
-        """Run ops in order, grouping consecutive ones of the same shape into executemany."""
+        """Run ops in order, grouping consecutive ones of the same shape into executemany.
+
+        A shape is what an op's SQL depends on: its table and columns, and its merge rules
+        in the order given (the same rules in another order are another, equivalent,
+        statement: cheaper than sorting them per op)."""
         db = self.db
-        shapes = [_shape(op) for op in ops]
-        i = 0
-        n = len(ops)
-        while i < n:
-            shape = shapes[i]
-            j = i + 1
-            while j < n and shapes[j] == shape:
-                j += 1
-            sql = self._sql.get(shape)
-            op = ops[i]
-            if sql is None:
-                table = self.tables[op.table]
-                sql = compile_upsert(table, shape[2], shape[3]) if isinstance(op, Upsert) \
-                    else compile_delete(table, shape[2])
-                self._sql[shape] = sql
-            if j == i + 1:
-                db.execute(sql, tuple((op.values if isinstance(op, Upsert) else op.key).values()))
-            elif isinstance(op, Upsert):
-                db.executemany(sql, [tuple(o.values.values()) for o in ops[i:j]])  # type: ignore[union-attr]
+        cache = self._sql
+        current: tuple[Any, ...] | None = None
+        sql = ""
+        rows: list[tuple[Any, ...]] = []
+        for op in ops:
+            if isinstance(op, Upsert):
+                values, merge = op.values, op.merge
+                shape: tuple[Any, ...] = (op.table, tuple(values), tuple(merge), tuple(merge.values()))
+                params = tuple(values.values())
             else:
-                db.executemany(sql, [tuple(o.key.values()) for o in ops[i:j]])  # type: ignore[union-attr]
-            i = j
+                shape = (op.table, tuple(op.key))
+                params = tuple(op.key.values())
+            if shape != current:
+                if rows:
+                    _run(db, sql, rows)
+                    rows = []
+                current = shape
+                found = cache.get(shape)
+                if found is None:
+                    table = self.tables[op.table]
+                    found = cache[shape] = compile_delete(table, shape[1]) if len(shape) == 2 \
+                        else compile_upsert(table, shape[1], tuple(zip(shape[2], shape[3], strict=True)))
+                sql = found
+            rows.append(params)
+        if rows:
+            _run(db, sql, rows)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -249,10 +257,8 @@ class ViewStore:
         return digest.hexdigest()
 
 
-def _shape(op: Op) -> tuple[Any, ...]:
-    """What an op's SQL depends on. Merge rules in the order given: the same rules in another
-    order are another (equivalent) statement, which is cheaper than sorting them per op."""
-    if isinstance(op, Upsert):
-        return ("u", op.table, tuple(op.values), tuple(op.merge.items()))
-    assert isinstance(op, Delete)
-    return ("d", op.table, tuple(op.key))
+def _run(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) == 1:
+        db.execute(sql, rows[0])
+    else:
+        db.executemany(sql, rows)

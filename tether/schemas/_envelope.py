@@ -239,6 +239,10 @@ class Event(BaseModel):
     def from_wire(cls, attributes: Mapping[str, Any], data: Any, *, json_text: bool = False) -> Event:
         """Validate attributes and decoded JSON data read from the wire (with ``json_text``,
         ``data`` is the JSON text itself, validated without building it as dicts first)."""
+        if json_text and type(attributes) is dict:
+            event = _plain_from_wire(cls, attributes, data)
+            if event is not None:
+                return event
         attrs = dict(attributes)
         problems: list[dict[str, Any]] = []
         if attrs.get("specversion") != "1.0":
@@ -368,6 +372,63 @@ def _extension_problems(
         if not _EXT_NAME.match(name) or name in CORE_ATTRIBUTES or name in TETHER_EXTENSIONS:
             problems.append({"loc": ("extensions", name), "msg": "not a free extension name"})
     return problems
+
+
+_KNOWN_ATTRIBUTES = CORE_ATTRIBUTES | TETHER_EXTENSIONS
+
+
+def _plain_from_wire(cls: type[Event], attrs: dict[str, Any], data: bytes) -> Event | None:
+    """:meth:`Event.from_wire` for the usual event: every attribute a string, extension names
+    valid, a dataschema seen before, a valid time and traceparent. None for anything
+    else (from_wire then checks everything and says what is wrong); a payload that does not
+    validate raises here as it would there, since the envelope checks all passed."""
+    if attrs.get("specversion") != "1.0":
+        return None
+    extensions: dict[str, Any] = {}
+    if not _KNOWN_ATTRIBUTES.issuperset(attrs):
+        for name, value in attrs.items():
+            if name not in _KNOWN_ATTRIBUTES:
+                if type(value) is not str or not _EXT_NAME.match(name):
+                    return None
+                extensions[name] = value
+    event_id, source, event_type, schema = attrs.get("id"), attrs.get("source"), attrs.get("type"), \
+        attrs.get("dataschema")
+    known = _SCHEMAS.get(schema) if type(schema) is str else None
+    if not (type(event_id) is str and event_id and type(source) is str and source and known is not None
+            and known[0] == event_type):
+        return None
+    runid, agentid, traceparent, raw_time = attrs.get("runid"), attrs.get("agentid"), attrs.get("traceparent"), \
+        attrs.get("time")
+    if (runid is not None and (type(runid) is not str or not runid)) or (
+            agentid is not None and (type(agentid) is not str or not agentid)) or (
+            traceparent is not None and (type(traceparent) is not str or not _TRACEPARENT.match(traceparent))) \
+            or type(raw_time) is not str:
+        return None
+    model = _REGISTRY.get(event_type)
+    if model is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return _construct(cls, {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": event_type,
+        "time": when,
+        "subject": attrs.get("subject"),
+        "datacontenttype": attrs.get("datacontenttype") or "application/json",
+        "dataschema": schema,
+        "traceparent": traceparent,
+        "runid": runid,
+        "agentid": agentid,
+        "dataref": None,
+        "extensions": extensions,
+        "data": model.parse_json(data, version=known[1]),
+    })
 
 
 _ALL_FIELDS_SET = frozenset({"specversion", "id", "source", "type", "time", "subject",
