@@ -14,17 +14,28 @@ from pathlib import Path
 
 import pytest
 
-from tether.bus import Bus, connect, encode_structured
-from tether.projections import Projector, ProjectorBusy, ViewStore, open_view, replay, view_path
+from tether.bus import Bus, connect, encode_binary, encode_structured
+from tether.projections import (
+    CostLedger,
+    Projector,
+    ProjectorBusy,
+    TracesView,
+    ViewStore,
+    open_view,
+    replay,
+    view_path,
+)
 from tether.schemas import (
     CallRedriven,
     ErrorInfo,
     Event,
+    LlmCallCompleted,
     RunFinished,
     RunStarted,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallRequested,
+    Usage,
 )
 from tether.testing import NatsServer
 
@@ -116,6 +127,31 @@ async def test_bad_input_is_recorded_and_skipped(fresh_nats_server: NatsServer, 
         assert rows(path, "SELECT call_id, state FROM calls") == [("c2", "completed")]
         assert rows(path, "SELECT n FROM by_type WHERE type = 'tether.run.finished'") == [(2,)]
         assert rows(path, "SELECT events FROM runs WHERE run = 'r1'") == [(5,)]
+
+
+async def test_views_that_read_few_types_skip_the_rest_unread_and_still_reach_the_head(
+        fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    async with await connect(fresh_nats_server.url, home=tmp_path / "h") as bus:
+        completed = Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="gpt-4o",
+                                              usage=Usage(input_tokens=10, output_tokens=2)), runid="r1")
+        await bus.publish(completed)
+        await bus.js.publish("tether.evt.a.r1.memory.written.ns", b"\x00 corrupt")  # seq 2
+        elsewhere = Event.of(LlmCallCompleted(call_id="c2", provider="openai", model="gpt-4o"), runid="r1")
+        headers, body = encode_binary(elsewhere)
+        await bus.js.publish("tether.evt.a.r1.memory.written.ns", body, headers=headers)  # seq 3: the wrong subject
+        await bus.publish(Event.of(RunStarted(), runid="r2"))  # seq 4: the head, of a type the ledger does not read
+        async with Projector(bus, [CostLedger()], tmp_path / "cost") as projector:
+            head = await projector.catch_up()
+            assert head == 4 and projector.applied_seq == 4 and projector.lag() == 0
+        async with Projector(bus, [TracesView()], tmp_path / "traces") as projector:
+            await projector.catch_up()
+    cost = view_path(tmp_path / "cost", "cost", 1)
+    assert rows(cost, "SELECT value FROM _meta WHERE key = 'seq'") == [("4",)]
+    assert rows(cost, "SELECT call_id FROM calls") == [("c1",)]
+    assert rows(cost, "SELECT seq FROM _failed") == [], "what the ledger does not read is not even decoded"
+    failed = rows(view_path(tmp_path / "traces", "traces", 1), "SELECT seq, error FROM _failed ORDER BY seq")
+    assert [s for s, _ in failed] == [2, 3]
+    assert "published on tether.evt.a.r1.memory.written.ns, a subject of tether.memory.written" in str(failed[1][1])
 
 
 CHILD = textwrap.dedent("""

@@ -158,26 +158,27 @@ def decode(headers: Mapping[str, str] | None, payload: bytes) -> WireEvent:
     return WireEvent(attrs, payload, structured=False)
 
 
-# A header block as tether writes it: ``name: value`` lines of lower-case ``ce-`` names, one
-# ``Content-Type: application/json`` and perhaps ``Nats-Msg-Id``; a single space after each
-# colon; values of printable ASCII without spaces or '%' (nothing percent-encoded). Such a
+# A header block as tether writes it: ``ce-<name>: <value>`` lines (lower-case names, one
+# space, values of printable ASCII without spaces or '%': nothing percent-encoded), then
+# ``Content-Type: application/json``, perhaps ``Nats-Msg-Id``, and the blank line. Such a
 # block reads the same through parse_headers and decode; any other takes that longer way.
-_PLAIN_BLOCK = re.compile(r"(?:(?:ce-[a-z0-9]+|Content-Type|Nats-Msg-Id): [!-$&-~]*\r\n)*\r\n")
 _CE_LINE = re.compile(r"ce-([a-z0-9]+): ([!-$&-~]*)\r\n")
-_JSON_LINE = "Content-Type: application/json\r\n"
+_TAIL = re.compile(r"Content-Type: application/json\r\n(?:Nats-Msg-Id: [!-$&-~]*\r\n)?\r\n")
 
 
 def decode_block(block: bytes | None, payload: bytes) -> WireEvent:
     """:func:`decode` for a message's raw header block (what follows ``NATS/1.0\\r\\n``).
 
-    A block as tether writes it is read in two regular-expression passes, without a header
-    dict (4 us instead of 8); any other block is parsed as nats-py would and decoded by
+    A block as tether writes it is read in one regular-expression pass, without a header
+    dict (3 us instead of 8); any other block is parsed as nats-py would and decoded by
     :func:`decode`, so the result is the same either way.
     """
     if block:
-        text = block.decode("ascii", "replace")
-        if _PLAIN_BLOCK.fullmatch(text) is not None and text.count("Content-Type") == 1 and _JSON_LINE in text:
-            attrs = dict(_CE_LINE.findall(text))
+        # [text before the first ce- line, name, value, text between it and the next, ..., the rest]
+        parts = _CE_LINE.split(block.decode("ascii", "replace"))
+        gaps = parts[0::3]
+        if not any(gaps[:-1]) and _TAIL.fullmatch(gaps[-1]) is not None:
+            attrs = dict(zip(parts[1::3], parts[2::3], strict=True))
             if "specversion" in attrs:
                 attrs["datacontenttype"] = "application/json"
                 return WireEvent(attrs, payload, structured=False)

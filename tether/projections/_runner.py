@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, FeedMessage, PullFeed, encode_token
-from tether.schemas import Event, EventError
+from tether.schemas import Event, EventError, InvalidEvent, catalogue
 
 from ._store import Item, Projection, ViewStore, view_path
 
@@ -39,6 +39,10 @@ __all__ = ["PROJECTOR_DURABLE", "Projector", "ProjectorBusy", "open_view", "repl
 log = logging.getLogger("tether.projections")
 
 PROJECTOR_DURABLE = "tether-projector"
+
+
+# (kind, action) of an event subject (tether.evt.<agent>.<run>.<kind>.<action>.<key>) -> the event type.
+_SUBJECT_TYPES = {(model.kind, model.action): event_type for event_type, model in catalogue().items()}
 
 
 class ProjectorBusy(RuntimeError):
@@ -146,6 +150,9 @@ class Projector:
         self.stop_time: datetime | None = None
         self.on_progress: Callable[[int, int], None] | None = None
         self._done = asyncio.Event()
+        types = [p.types for p in self.projections]
+        self._wanted: frozenset[str] | None = None if any(t is None for t in types) else frozenset().union(
+            *(t for t in types if t is not None))
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -211,14 +218,26 @@ class Projector:
         return max(0, self.head_seq - self.applied_seq)
 
     async def _items(self, msgs: Sequence[FeedMessage]) -> list[Item]:
+        """The messages as events, but for those of types no view here reads (told by their
+        subject: no need to decode them). An event on a subject of another type is refused:
+        the subject decides what is skipped, so the two must agree for every way of splitting
+        the views into processes to give the same views."""
         out = []
         reader = self.bus.reader
         read = reader.read_block_now
+        wanted = self._wanted
         for m in msgs:
+            tokens = m.subject.split(".")
+            said = _SUBJECT_TYPES.get((tokens[4], tokens[5])) if len(tokens) == 7 else None
+            if said is not None and wanted is not None and said not in wanted:
+                continue
             try:
                 event = read(m.header_block, m.data)
                 if not isinstance(event, Event):  # its data is in the object store
                     event = await reader.finish(event)
+                if said is not None and event.type != said:
+                    raise InvalidEvent(event.type, [{"loc": ("type",), "msg": f"published on {m.subject}, a subject "
+                                                     f"of {said}"}], what="message")
             except EventError as exc:
                 headers = m.headers or {}
                 out.append(Item(m.seq, None, event_id=headers.get("ce-id") or headers.get("Nats-Msg-Id"),
@@ -227,8 +246,9 @@ class Projector:
             out.append(Item(m.seq, event, event_id=event.id, stream_time=m.time))
         return out
 
-    def _apply(self, items: Sequence[Item]) -> dict[str, set[str]]:
-        return {name: store.apply_batch(items, notify=self.notify) for name, store in self.stores.items()}
+    def _apply(self, items: Sequence[Item], through: int) -> dict[str, set[str]]:
+        return {name: store.apply_batch(items, notify=self.notify, through=through)
+                for name, store in self.stores.items()}
 
     def _finish(self) -> None:
         target = self.head_seq if self.stop_at is None else min(self.head_seq, self.stop_at)
@@ -258,18 +278,19 @@ class Projector:
                 continue
             _catching_up(self, len(msgs) >= self.batch)
             self.head_seq = max(self.head_seq, self._feed.head_hint)
-            items = await self._items(msgs) if msgs else []
+            fetched = bool(msgs)
             if self.stop_at is not None or self.stop_time is not None:
-                items = [i for i in items if (self.stop_at is None or i.seq <= self.stop_at)
-                         and (self.stop_time is None or i.stream_time is None
-                              or i.stream_time <= self.stop_time.timestamp())]
+                msgs = [m for m in msgs if (self.stop_at is None or m.seq <= self.stop_at)
+                        and (self.stop_time is None or m.time <= self.stop_time.timestamp())]
+            items = await self._items(msgs) if msgs else []
             if pending is not None:
                 changed = await pending
                 await self._after(changed, pending_last)
                 pending = None
-            if items:
-                pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items)
-                pending_last = items[-1].seq
+            if msgs:
+                through = msgs[-1].seq  # the checkpoint moves past messages no view here reads, too
+                pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items, through)
+                pending_last = through
                 continue
             now = time.monotonic()
             if now - last_head_check > 1.0 or not msgs:
@@ -277,7 +298,7 @@ class Projector:
                 with contextlib.suppress(Exception):
                     self.head_seq = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
                 if self.applied_seq >= self.head_seq or (self.stop_at is not None and self.applied_seq
-                                                         >= self.stop_at) or (msgs and not items):
+                                                         >= self.stop_at) or fetched:
                     await self._run(self._finish)
                     self._done.set()
 

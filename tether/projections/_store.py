@@ -144,11 +144,13 @@ class ViewStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply_batch(self, items: Sequence[Item], *, notify: bool = True) -> set[str]:
+    def apply_batch(self, items: Sequence[Item], *, notify: bool = True, through: int | None = None) -> set[str]:
         """Apply the new items and move the checkpoint, in one transaction. Returns changed keys
-        (none if ``notify`` is false: nobody is told, as in a replay)."""
+        (none if ``notify`` is false: nobody is told, as in a replay). ``through`` moves the
+        checkpoint that far even past the last item (messages no view reads, skipped unread)."""
         fresh = [i for i in items if i.seq > self.seq]
-        if not fresh:
+        last = max(fresh[-1].seq if fresh else 0, through or 0)
+        if last <= self.seq:
             return set()
         proj = self.projection
         failed: list[tuple[int, str | None, str]] = []
@@ -165,7 +167,6 @@ class ViewStore:
             ids = {item.seq: item.event.id for item in fresh if item.event is not None}
             failed.extend((seq, ids.get(seq), f"{type(exc).__name__}: {exc}") for seq, exc in refused)
             failed.sort()
-        last = fresh[-1].seq
         db = self.db
         db.execute("BEGIN")
         try:
@@ -178,12 +179,15 @@ class ViewStore:
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")
-            if len(fresh) == 1:
+            if len(fresh) <= 1:
                 raise
             # Find the event whose rows the database refuses: apply one by one.
             keys: set[str] = set()
             for item in fresh:
                 keys |= self._apply_one(item)
+            if last > self.seq:
+                db.execute("INSERT OR REPLACE INTO _meta VALUES ('seq', ?)", (str(last),))
+                self.seq = last
             return keys
         self.seq = last
         return {k for op in ops if (k := proj.notify_key(op)) is not None} if notify else set()

@@ -179,7 +179,7 @@ class TracesView(Projection):
             head.append(Upsert("runs", {"run_id": run, **common, "tenant": tenant, "last_at": last_at}, _RUN_MERGE))
             head.append(Upsert("spans", {"span_id": run, **common, "run_id": run, "kind": "run", "name": name},
                                _RUN_SPAN_MERGE))
-        return self.combine(head + ops), refused
+        return head + ops, refused
 
     def notify_key(self, op: Op) -> str | None:
         """Changes are announced per run (``tether.proj.traces.<run_id>``), else per span."""
