@@ -95,6 +95,8 @@ _TOUCH_MERGE: dict[str, Merge] = {"agent": "keep", "trace_id": "keep", "started_
                                   "last_seq": "max"}
 _RUN_MERGE: dict[str, Merge] = {**_TOUCH_MERGE, "tenant": "keep", "last_at": "max"}
 _RUN_SPAN_MERGE: dict[str, Merge] = {**_TOUCH_MERGE, "kind": "keep", "name": "keep"}
+_SPAN_MERGE: dict[str, Merge] = {"run_id": "keep", "trace_id": "keep", "agent": "keep", "first_seq": "min",
+                                 "last_seq": "max"}  # what every span of an event carries
 
 
 class TracesView(Projection):
@@ -348,10 +350,20 @@ class _Fold:
     # -- span builders -------------------------------------------------------------------------
 
     def _span(self, span_id: str, cols: Cols) -> Upsert:
-        base: Cols = {"run_id": (self.event.runid, "keep"), "trace_id": (self.trace_id, "keep"),
-                      "agent": (self.event.agentid, "keep"), "first_seq": (self.seq, "min"),
-                      "last_seq": (self.seq, "max")}
-        return _upsert("spans", {"span_id": span_id}, {**base, **cols})
+        """A span's upsert: what every span of this event carries, then ``cols`` over it.
+
+        Built straight into values and rules: what ``_upsert`` would make of the two merged."""
+        seq = self.seq
+        values: dict[str, Any] = {"span_id": span_id, "run_id": self.event.runid, "trace_id": self.trace_id,
+                                  "agent": self.event.agentid, "first_seq": seq, "last_seq": seq}
+        merge = dict(_SPAN_MERGE)
+        for column, (value, rule) in cols.items():
+            values[column] = value
+            if rule == "set":
+                merge.pop(column, None)
+            else:
+                merge[column] = rule
+        return Upsert("spans", values, merge)
 
     def _call(self, call_id: str, kind: str, cols: Cols) -> Upsert:
         return self._span(call_id, {"parent_id": (self.event.runid, "keep"), "kind": (kind, "keep"),
