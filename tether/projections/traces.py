@@ -57,7 +57,7 @@ from tether.schemas import (
     ToolCallRequested,
 )
 
-from ._ops import Merge, Op, Table, Upsert
+from ._ops import Merge, Op, Table, Upsert, _merge_into
 from ._priced import call_price
 from ._store import Projection
 
@@ -127,12 +127,15 @@ class TracesView(Projection):
         so the batch gathers those per run and writes each run's two rows once. That is
         exact: ``keep`` values keep their order among themselves, ``min``/``max`` commute,
         and ``keep`` commutes with the ``coalesce`` of ``run.started``/``run.finished``
-        (``coalesce`` wins when set, else what is there, else the first ``keep``); a batch
-        where some span id is also a run id is folded event by event instead."""
+        (``coalesce`` wins when set, else what is there, else the first ``keep``), so the
+        lifecycle rows of ``run.started``/``run.finished`` fold into the same upsert (by the
+        composition :func:`~tether.projections._ops.combine_upserts` uses). A batch where some
+        span id is also a run id is folded event by event instead."""
         ops: list[Op] = []
         refused: list[tuple[int, Exception]] = []
         # run id -> [agent, trace id, tenant, first at, last at, first seq, last seq, span name]
         touched: dict[str, list[Any]] = {}
+        lives: dict[str, list[tuple[Upsert, Upsert]]] = {}  # run id -> its lifecycle rows, in log order
         span_ids: set[Any] = set()
         for seq, event in events:
             try:
@@ -142,10 +145,11 @@ class TracesView(Projection):
                     if op.table == "spans" and isinstance(op, Upsert):
                         span_ids.add(op.values["span_id"])
                 run = event.runid
+                life = None
                 if run:
-                    if fold.run_cols:
-                        own.append(_upsert("runs", {"run_id": run}, fold.run_cols))
-                        own.append(_upsert("spans", {"span_id": run}, fold.run_span_cols))
+                    if fold.run_cols:  # run.started / run.finished: folded into the run's rows below
+                        life = (_upsert("runs", {"run_id": run}, fold.run_cols),
+                                _upsert("spans", {"span_id": run}, fold.run_span_cols))
                     at = fold.at
                     t = touched.get(run)
                     if t is None:
@@ -171,17 +175,29 @@ class TracesView(Projection):
                 refused.append((seq, exc))
                 continue
             ops.extend(own)
+            if life is not None:
+                lives.setdefault(run, []).append(life)  # type: ignore[arg-type]
         if not span_ids.isdisjoint(touched):  # a span named like a run: keep the order of everything
             accepted = {seq for seq, _ in events} - {seq for seq, _ in refused}
             return super().fold([(seq, event) for seq, event in events if seq in accepted])
         head: list[Op] = []
+        after: list[Op] = []
         for run, (agent, trace_id, tenant, first_at, last_at, first_seq, last_seq, name) in touched.items():
             common = {"agent": agent, "trace_id": trace_id, "started_at": first_at, "first_seq": first_seq,
                       "last_seq": last_seq}
-            head.append(Upsert("runs", {"run_id": run, **common, "tenant": tenant, "last_at": last_at}, _RUN_MERGE))
-            head.append(Upsert("spans", {"span_id": run, **common, "run_id": run, "kind": "run", "name": name},
-                               _RUN_SPAN_MERGE))
-        return head + ops, refused
+            rows = ((("run_id",), {"run_id": run, **common, "tenant": tenant, "last_at": last_at}, dict(_RUN_MERGE)),
+                    (("span_id",), {"span_id": run, **common, "run_id": run, "kind": "run", "name": name},
+                     dict(_RUN_SPAN_MERGE)))
+            for i, (key, values, merge) in enumerate(rows):
+                # The run's lifecycle rows after its touch, as one upsert where the rules compose
+                # (they do for tether's: keep, coalesce, max); else in order after it.
+                kept = False
+                for life in lives.get(run, ()):
+                    if kept or not _merge_into(values, merge, life[i], key):
+                        kept = True
+                        after.append(life[i])
+                head.append(Upsert("spans" if i else "runs", values, merge))
+        return head + after + ops, refused
 
     def notify_key(self, op: Op) -> str | None:
         """Changes are announced per run (``tether.proj.traces.<run_id>``), else per span."""
