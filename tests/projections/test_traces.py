@@ -356,3 +356,14 @@ def test_an_event_the_fold_refuses_leaves_no_trace_of_itself_in_the_batch() -> N
     expected = _one_by_one(events, seqs[:-1])
     for name in ("runs", "spans"):
         assert table(store.db, name) == table(expected.db, name)
+
+
+def test_attributes_are_written_as_the_standard_encoder_writes_them() -> None:
+    import json
+
+    from tether.projections.traces import _encode
+
+    standard = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    for value in ({"a": 1}, {"é": "ü\n\"q\"", "n": None, "f": 0.1, "big": 1e300, "nan": float("nan"),
+                             "inf": float("-inf"), "b": True, "l": [1, [2, {"x": "y"}]], "i": 2**70}, {}):
+        assert _encode(value) == standard(value)
