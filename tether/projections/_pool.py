@@ -170,7 +170,7 @@ class ProjectorPool:
     """The views in ``processes`` child processes (see the module docstring)."""
 
     def __init__(self, bus: Bus, projections: Sequence[Projection], directory: Path, *, processes: int = 2,
-                 batch: int = 2000, notify: bool = True, durable: str | None = PROJECTOR_DURABLE) -> None:
+                 batch: int = 1000, notify: bool = True, durable: str | None = PROJECTOR_DURABLE) -> None:
         self.bus = bus
         self.projections = list(projections)
         self.directory = directory

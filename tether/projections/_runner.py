@@ -129,7 +129,7 @@ def _lock(directory: Path) -> IO[str]:
 class Projector:
     """Runs projections from the EVENTS stream into SQLite views under ``directory``."""
 
-    def __init__(self, bus: Bus, projections: Sequence[Projection], directory: Path, *, batch: int = 2000,
+    def __init__(self, bus: Bus, projections: Sequence[Projection], directory: Path, *, batch: int = 1000,
                  notify: bool = True, durable: str | None = PROJECTOR_DURABLE) -> None:
         self.bus = bus
         self.projections = list(projections)
