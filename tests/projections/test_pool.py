@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.bus import connect
+from tether.bus import connect, encode_binary
 from tether.cli._projector import default_views
 from tether.projections import (
     Projector,
@@ -25,6 +25,7 @@ from tether.projections.errors import ErrorsView
 from tether.projections.ledger import CostLedger
 from tether.projections.metrics import MetricsView
 from tether.projections.traces import TracesView
+from tether.schemas import Event, LlmCallCompleted, Usage
 from tether.testing import NatsServer
 
 from .test_runtime import publish_mix
@@ -55,6 +56,14 @@ def test_partition_balances_by_weight() -> None:
 async def test_a_pool_gives_the_views_one_projector_gives(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
     async with await connect(fresh_nats_server.url, home=tmp_path / "h") as bus:
         await publish_mix(bus, 1500, seed=21)
+        # Bad input the view processes read differently: one skips memory writes unread, and
+        # an event on another type's subject is refused wherever that subject's type is read.
+        await bus.js.publish("tether.evt.a.r1.memory.written.ns", b"\x00 corrupt")
+        completed = Event.of(LlmCallCompleted(call_id="c-x", provider="openai", model="gpt-4o",
+                                              usage=Usage(input_tokens=5)), runid="run-1")
+        headers, body = encode_binary(completed)
+        await bus.js.publish("tether.evt.a.run-1.run.started._", body, headers=headers)
+        await bus.publish(completed)
         async with Projector(bus, default_views(), tmp_path / "one", durable=None) as one:
             await one.catch_up(timeout=60)
         pool = await ProjectorPool(bus, default_views(), tmp_path / "pool", processes=2).start()
