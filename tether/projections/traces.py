@@ -176,8 +176,8 @@ class TracesView(Projection):
                 refused.append((seq, exc))
                 continue
             ops.extend(own)
-            if life is not None:
-                lives.setdefault(run, []).append(life)  # type: ignore[arg-type]
+            if life is not None and run:
+                lives.setdefault(run, []).append(life)
         if not span_ids.isdisjoint(touched):  # a span named like a run: keep the order of everything
             accepted = {seq for seq, _ in events} - {seq for seq, _ in refused}
             return super().fold([(seq, event) for seq, event in events if seq in accepted])
