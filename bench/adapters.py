@@ -275,6 +275,7 @@ def caller(client: openai.AsyncOpenAI, stream: bool) -> Call:
         first: float | None = None
         response = await client.chat.completions.create(model="gpt-4o-mini", messages=messages(n),  # type: ignore[arg-type]
                                                         max_tokens=16, stream=True)
+        assert isinstance(response, openai.AsyncStream)
         async for chunk in response:
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = (time.perf_counter() - started) * 1000
@@ -594,9 +595,9 @@ async def amain(args: argparse.Namespace) -> int:
               f"{row['tether_99']:8.3f} {row['added_p50_ms']:10.3f} {row['added_p99_ms']:8.3f}{gw}   (ms)")
     for name, row in throughput.items():
         cpu = row.get("cpu_ms_per_request")
-        server = "provider" if "direct" in name else "proxy" if "litellm" in name else "gateway"
+        serving = "provider" if "direct" in name else "proxy" if "litellm" in name else "gateway"
         print(f"c=50 {name:21} {row['requests_per_s']:10.1f} req/s  {row['requests']} requests "
-              f"{row['statuses']}; {server} CPU {cpu:.3f} ms/request; "
+              f"{row['statuses']}; {serving} CPU {cpu:.3f} ms/request; "
               f"load generator {row['loadgen_cpu_ms_per_request']:.3f} ms/request")
     print(f"events: instrumented {measured['requested']} requested, {measured['completed']} completed, "
           f"{measured['expected']} expected"

@@ -117,8 +117,9 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
     raw_rates, tether_rates, apply_rates = [], [], []
     try:
         for rnd in range(rounds):
-            items = [{"namespace": "team:writes", "text": corpus.sentence(), "metadata": {"round": rnd, "i": i}}
-                     for i in range(n)]
+            items: list[dict[str, Any]] = [
+                {"namespace": "team:writes", "text": corpus.sentence(), "metadata": {"round": rnd, "i": i}}
+                for i in range(n)]
             # raw: the same bytes tether publishes, prepared outside the timed section
             messages = []
             for item in items:
