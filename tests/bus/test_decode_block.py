@@ -76,6 +76,9 @@ def test_tether_blocks_read_without_the_header_parser(block: bytes, payload: byt
     lambda b: b"X-Other: yes\r\n" + b,
     lambda b: b"ce-tenant: a\r\nce-tenant: b\r\n" + b,  # the last one wins, as in a dict
     lambda b: b"ce-ext_name: v\r\n" + b,
+    lambda b: b.replace(b"Content-Type:", b"ce-id: again\r\nContent-Type:"),  # a name twice: the last one
+    lambda b: b.replace(b"Content-Type:", b"ce-datacontenttype: text/plain\r\nContent-Type:"),
+    lambda b: b.replace(b"Content-Type:", b"ce-subject: late\r\nContent-Type:"),  # out of the usual order
     lambda b: b.replace(b"ce-source: ", b"ce-source: \xc3\xa9"),
     lambda b: b[:-2],  # no closing blank line
     lambda b: b"",
