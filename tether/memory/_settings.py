@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether._configfile import config_file, tether_table
 from tether.bus import tether_home
 
 from ._errors import InvalidMemory
@@ -75,19 +76,13 @@ class MemorySettings:
 
 def load_settings(path: str | Path | None = None, *, cwd: Path | None = None) -> MemorySettings:
     """``[memory]`` from ``tether.toml`` (or ``[tool.tether.memory]`` in pyproject.toml); defaults if none."""
-    if path is not None:
-        file: Path | None = Path(path)
-    else:
-        base = Path.cwd() if cwd is None else cwd
-        file = next((f for f in (base / "tether.toml", base / "pyproject.toml") if f.is_file()), None)
+    file = config_file(path, cwd=cwd)
     if file is None:
         return MemorySettings()
     try:
-        data: dict[str, Any] = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tether_table(file)
+    except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise InvalidMemory(f"cannot read {file}: {exc}") from None
-    if file.name == "pyproject.toml":
-        data = (data.get("tool") or {}).get("tether") or {}
     section = data.get("memory")
     if section is None:
         return MemorySettings(source=str(file))

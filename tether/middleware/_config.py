@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether._configfile import config_file, tether_table
+
 from ._policy import PolicyConfigError, PolicySet
 from ._providers import ProviderConfig, ProviderConfigError
 
@@ -49,22 +51,17 @@ class WorkerConfig:
 
 
 def _read(path: str | Path | None, cwd: Path | None) -> tuple[str | None, dict[str, Any]]:
-    if path is not None:
-        file: Path | None = Path(path)
-    else:
-        base = Path.cwd() if cwd is None else cwd
-        file = next((f for f in (base / "tether.toml", base / "pyproject.toml") if f.is_file()), None)
+    file = config_file(path, cwd=cwd)
     if file is None:
         return None, {}
     try:
-        data: dict[str, Any] = tomllib.loads(file.read_text(encoding="utf-8"))
+        return str(file), tether_table(file)
     except OSError as exc:
         raise PolicyConfigError("", f"cannot read: {exc}", source=str(file)) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyConfigError("", f"not valid TOML: {exc}", source=str(file)) from None
-    if file.name == "pyproject.toml":
-        data = (data.get("tool") or {}).get("tether") or {}
-    return str(file), data
+    except ValueError as exc:
+        raise PolicyConfigError("tool.tether", "must be a table", source=str(file)) from exc
 
 
 def load_worker_config(path: str | Path | None = None, *, cwd: Path | None = None) -> WorkerConfig:

@@ -90,6 +90,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tether._configfile import config_file, tether_table
+
 from ._failures import FailureCategory
 
 __all__ = [
@@ -389,27 +391,15 @@ def load_policies(
 
     An explicit ``pyproject.toml`` is read from its ``[tool.tether]`` table too.
     """
-    if path is not None:
-        file = Path(path)
-        return _load_file(file, pyproject=file.name == "pyproject.toml", ignore=ignore)
-    base = Path.cwd() if cwd is None else cwd
-    if (base / "tether.toml").is_file():
-        return _load_file(base / "tether.toml", pyproject=False, ignore=ignore)
-    if (base / "pyproject.toml").is_file():
-        return _load_file(base / "pyproject.toml", pyproject=True, ignore=ignore)
-    return PolicySet.default()
-
-
-def _load_file(file: Path, *, pyproject: bool, ignore: Collection[str]) -> PolicySet:
+    file = config_file(path, cwd=cwd)
+    if file is None:
+        return PolicySet.default()
     try:
-        data: dict[str, Any] = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tether_table(file)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyConfigError("", f"not valid TOML: {exc}", source=str(file)) from None
-    if pyproject:
-        tool = data.get("tool", {})
-        data = tool.get("tether", {}) if isinstance(tool, dict) else {}
-        if not isinstance(data, dict):
-            raise PolicyConfigError("tool.tether", "must be a table", source=str(file))
+    except ValueError:
+        raise PolicyConfigError("tool.tether", "must be a table", source=str(file)) from None
     return PolicySet.from_mapping(data, source=str(file), ignore=ignore)
 
 
