@@ -11,8 +11,9 @@ import random
 import sqlite3
 from pathlib import Path
 
+from tether.bus import FeedMessage
 from tether.projections import Item, MetricsView, ViewStore
-from tether.projections._runner import _catching_up
+from tether.projections._runner import _behind, _catching_up
 from tether.schemas import Event, LlmCallCompleted, Usage
 
 from ._runs import T0
@@ -91,3 +92,15 @@ def test_gc_thresholds_are_raised_while_behind_and_restored_after() -> None:
         _catching_up(a, False)
         _catching_up(b, False)
         gc.set_threshold(*before)
+
+
+def test_behind_is_told_by_what_waits_on_the_server_not_by_one_partial_fetch() -> None:
+    def fetched(n: int, waiting: int) -> list[FeedMessage]:
+        return [FeedMessage("tether.evt.a.r.llm.completed.c", None, b"{}", seq, 0.0, waiting + n - seq)
+                for seq in range(1, n + 1)]
+
+    assert _behind(fetched(1000, 5000), 1000) is True  # a full batch
+    assert _behind(fetched(300, 5000), 1000) is True  # a partial one, with more than a batch waiting
+    assert _behind(fetched(300, 200), 1000) is None  # a partial one, some waiting: no change either way
+    assert _behind(fetched(300, 0), 1000) is False  # the last message is the head
+    assert _behind([], 1000) is False

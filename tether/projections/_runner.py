@@ -87,6 +87,20 @@ def _catching_up(projector: object, behind: bool) -> None:
                 _gc_saved = None
 
 
+def _behind(msgs: Sequence[FeedMessage], batch: int) -> bool | None:
+    """Whether a fetch says the projector is behind: True for a full batch, or a batch's worth
+    still waiting on the server; False once the last message is the head (or none came); None
+    (no change) in between: a partial fetch while catching up, as a buffer is drained mid-request,
+    is no reason to restore the usual thresholds, which would run a young collection over every
+    batch in flight."""
+    if not msgs:
+        return False
+    waiting = msgs[-1].pending
+    if len(msgs) >= batch or waiting >= batch:
+        return True
+    return False if waiting == 0 else None
+
+
 def view_versions(directory: Path, name: str) -> list[tuple[int, Path]]:
     out = []
     for path in directory.glob(f"{name}.v*.db"):
@@ -276,7 +290,9 @@ class Projector:
                 log.warning("projector fetch failed: %r; retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            _catching_up(self, len(msgs) >= self.batch)
+            behind = _behind(msgs, self.batch)
+            if behind is not None:
+                _catching_up(self, behind)
             self.head_seq = max(self.head_seq, self._feed.head_hint)
             fetched = bool(msgs)
             if self.stop_at is not None or self.stop_time is not None:
