@@ -149,7 +149,8 @@ async def test_views_that_read_few_types_skip_the_rest_unread_and_still_reach_th
     assert rows(cost, "SELECT value FROM _meta WHERE key = 'seq'") == [("4",)]
     assert rows(cost, "SELECT call_id FROM calls") == [("c1",)]
     assert rows(cost, "SELECT seq FROM _failed") == [], "what the ledger does not read is not even decoded"
-    failed = rows(view_path(tmp_path / "traces", "traces", 1), "SELECT seq, error FROM _failed ORDER BY seq")
+    traces = view_path(tmp_path / "traces", "traces", TracesView.version)
+    failed = rows(traces, "SELECT seq, error FROM _failed ORDER BY seq")
     assert [s for s, _ in failed] == [2, 3]
     assert "published on tether.evt.a.r1.memory.written.ns, a subject of tether.memory.written" in str(failed[1][1])
 

@@ -367,3 +367,41 @@ def test_attributes_are_written_as_the_standard_encoder_writes_them() -> None:
     for value in ({"a": 1}, {"é": "ü\n\"q\"", "n": None, "f": 0.1, "big": 1e300, "nan": float("nan"),
                              "inf": float("-inf"), "b": True, "l": [1, [2, {"x": "y"}]], "i": 2**70}, {}):
         assert _encode(value) == standard(value)
+
+
+def test_a_call_inside_a_run_is_traced_by_its_id_through_the_primary_key() -> None:
+    """No index on call_id: a call's spans are its own and those whose id begins with it and
+    '#'; a call whose id begins the same way but is another call is not among them."""
+    run = Run("r-calls")
+    db = fold(TracesView(), [
+        run(LlmCallRequested(call_id="c", provider="openai", model="m"), 0),
+        run(LlmCallAttemptFailed(call_id="c", provider="openai", model="m", attempt=1, decision="retry",
+                                 error=ErrorInfo(type="RateLimited", status_code=429), retry_in_s=0.5), 1),
+        run(LlmCallCompleted(call_id="c", provider="openai", model="m", attempt=2), 2),
+        run(ToolCallRequested(call_id="c#x", tool="t"), 3),
+    ]).db
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    [call] = trace(db, "c")
+    db.set_trace_callback(None)
+    assert call["span_id"] == "c" and call["status"] == "ok"
+    assert sorted(c["span_id"] for c in call["children"]) == ["c#a1", "c#a1/backoff", "c#a2"]
+    [other] = trace(db, "c#x")
+    assert other["name"] == "execute_tool t" and other["children"] == []
+    span_reads = [sql for sql in statements if sql.startswith("SELECT * FROM spans")]
+    assert len(span_reads) == 3  # by run, by call, and the circuit transitions on its routes
+    for sql in span_reads:  # neither reads the whole table
+        plan = " ".join(str(r) for r in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SCAN spans" not in plan, (sql, plan)
+
+
+def test_circuit_transitions_are_found_through_their_partial_index() -> None:
+    db = fold(TracesView(), []).db
+    indexes = {name: sql for name, sql in db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                                      "AND tbl_name = 'spans' AND sql IS NOT NULL")}
+    assert set(indexes) == {"spans_run_id", "spans_circuit_route"}
+    assert "WHERE kind = 'circuit'" in indexes["spans_circuit_route"]
+    plan = " ".join(str(r) for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE kind = 'circuit' AND route IN (?) AND started_at BETWEEN ? AND ?",
+        ("openai:m", 0, 1)))
+    assert "spans_circuit_route" in plan, plan

@@ -175,7 +175,8 @@ async def run_replay(args: argparse.Namespace) -> int:
         else:
             print(f"\nrebuilt {len(sums)} view(s) in {took:.1f}s into {target}", file=sys.stderr)
             if out is not None:
-                print(f"read them with --home, or e.g. sqlite3 {target}/traces.v1.db", file=sys.stderr)
+                print(f"read them with --home, or e.g. sqlite3 {target}/traces.v{default_views()[0].version}.db",
+                      file=sys.stderr)
         return 0
     finally:
         await bus.close()

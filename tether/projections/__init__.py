@@ -8,7 +8,7 @@ consumer on EVENTS and records each batch with its checkpoint in one transaction
 folds use every core.
 """
 
-from ._ops import Delete, Merge, Op, Table, Upsert
+from ._ops import Delete, Index, Merge, Op, Table, Upsert
 from ._pool import ProjectorPool, default_processes, partition, replay_in_processes
 from ._runner import PROJECTOR_DURABLE, Projector, ProjectorBusy, open_view, replay, view_versions
 from ._store import Item, Projection, ViewStore, view_path
@@ -22,6 +22,7 @@ __all__ = [
     "CostLedger",
     "Delete",
     "ErrorsView",
+    "Index",
     "Item",
     "Merge",
     "MetricsView",

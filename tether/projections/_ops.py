@@ -14,10 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Delete", "Merge", "Op", "Table", "Upsert", "combine_upserts", "compile_delete", "compile_upsert",
+__all__ = ["Delete", "Index", "Merge", "Op", "Table", "Upsert", "combine_upserts", "compile_delete", "compile_upsert",
            "create_sql"]
 
 Merge = Literal["set", "add", "max", "min", "keep", "coalesce"]
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index on some rows only: those ``where`` holds for (SQLite's partial index). Every
+    index costs each write to its table; one that only some queries use, over rows they name
+    (the traces view's circuit transitions by route), costs only those rows' writes. A query
+    uses it when its ``WHERE`` implies ``where`` (in practice: contains it, word for word)."""
+
+    columns: tuple[str, ...]
+    where: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -27,7 +39,7 @@ class Table:
     name: str
     columns: Mapping[str, str]
     key: tuple[str, ...]
-    indexes: tuple[tuple[str, ...], ...] = ()
+    indexes: tuple[tuple[str, ...] | Index, ...] = ()
 
     def __post_init__(self) -> None:
         missing = [k for k in self.key if k not in self.columns]
@@ -58,9 +70,11 @@ def create_sql(table: Table) -> list[str]:
     key = ", ".join(f'"{k}"' for k in table.key)
     out = [f'CREATE TABLE IF NOT EXISTS "{table.name}" ({cols}, PRIMARY KEY ({key}))']
     for idx in table.indexes:
-        name = f"{table.name}_{'_'.join(idx)}"
-        cols = ", ".join(f'"{c}"' for c in idx)
-        out.append(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table.name}" ({cols})')
+        columns = idx.columns if isinstance(idx, Index) else idx
+        name = f"{table.name}_{idx.name if isinstance(idx, Index) else '_'.join(idx)}"
+        cols = ", ".join(f'"{c}"' for c in columns)
+        where = f" WHERE {idx.where}" if isinstance(idx, Index) else ""
+        out.append(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table.name}" ({cols}){where}')
     return out
 
 
