@@ -98,6 +98,41 @@ async def test_batches_checkpoint_and_notifications(fresh_nats_server: NatsServe
         assert seen and {m["view"] for m in seen} == {"toy"} and max(m["seq"] for m in seen) == head  # type: ignore[type-var]
 
 
+async def test_a_live_event_is_applied_and_announced_without_waiting_for_the_next_fetch(
+        fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    """Caught up, a projector hands the one new event to its views and then waits for more;
+    it must finish that batch (checkpoint, ``applied_seq``, the change notification) before
+    it waits, not after the wait for the next message has timed out (0.5 s)."""
+    async with await connect(fresh_nats_server.url, home=tmp_path / "h") as bus:
+        await publish_mix(bus, 20, seed=3)
+        announced: asyncio.Queue[float] = asyncio.Queue()
+
+        async def note(msg: object) -> None:
+            announced.put_nowait(asyncio.get_running_loop().time())
+
+        async with Projector(bus, [Toy()], tmp_path / "views") as projector:
+            await projector.catch_up()
+            await asyncio.sleep(0.7)  # idle: the projector is waiting for the next message
+            sub = await bus.nc.subscribe("tether.proj.toy.>", cb=note)
+            await bus.nc.flush()
+            delays = []
+            for i in range(3):
+                target = projector.applied_seq + 1  # caught up: the next event is the next seq
+                sent = asyncio.get_running_loop().time()
+                await bus.emit(Event.of(RunStarted(name=f"live-{i}"), runid=f"live-{i}", agentid="a"))
+                await bus.flush()
+                await projector.wait_for(target, timeout=5)
+                applied = asyncio.get_running_loop().time()
+                first_note = await asyncio.wait_for(announced.get(), 5)
+                while not announced.empty():
+                    announced.get_nowait()
+                delays.append((applied - sent, first_note - sent))
+                await asyncio.sleep(0.7)
+            await sub.unsubscribe()
+        # Before the fix each took the fetch timeout (0.5 s) or more; now a few milliseconds.
+        assert all(applied < 0.3 and noted < 0.3 for applied, noted in delays), delays
+
+
 async def test_bad_input_is_recorded_and_skipped(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
     async with await connect(fresh_nats_server.url, home=tmp_path / "h") as bus:
         await bus.publish(Event.of(RunStarted(), runid="r1"))

@@ -285,7 +285,11 @@ class Projector:
                 raise asyncio.CancelledError
             assert self._feed is not None
             try:
-                msgs = await self._feed.fetch(timeout=0.5)
+                # With a batch still being written, take only what has arrived: waiting here
+                # for more would hold that batch's checkpoint, notifications and progress back
+                # until the next message or the timeout (the last batch of a catch-up, and
+                # every event once caught up, would wait 0.5 s).
+                msgs = await self._feed.fetch(timeout=0.5 if pending is None else 0.0)
             except Exception as exc:
                 log.warning("projector fetch failed: %r; retrying", exc)
                 await asyncio.sleep(0.5)
