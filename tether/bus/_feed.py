@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import deque
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -205,18 +205,28 @@ class PullFeed:
                 return
             self._outstanding.append(self.batch)
 
-    async def fetch(self, timeout: float = 0.5) -> list[FeedMessage]:
-        """The messages that arrived (waiting up to ``timeout`` for the first); in order."""
+    async def fetch(self, timeout: float = 0.5, *, until: asyncio.Future[Any] | None = None) -> list[FeedMessage]:
+        """The messages that arrived (waiting up to ``timeout`` for the first); in order. With
+        ``until``, the wait also ends when that is done (perhaps with no messages): the
+        projector waits so for the next batch while it writes the last one, and finishes
+        that one as soon as it is written, whether or not more has come."""
         if self._gap:
             await self._restart()
         await self._top_up()
-        if not self._buf and self._error is None:
+        if not self._buf and self._error is None and (until is None or not until.done()):
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # lands as the event is set, and a projector being stopped would fetch forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+                    if until is None:
+                        await self._wake.wait()
+                    else:
+                        woken = asyncio.ensure_future(self._wake.wait())
+                        try:
+                            await asyncio.wait((woken, until), return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            woken.cancel()
         raw, self._buf = self._buf, []
         error, self._error = self._error, None
         out = self._messages(raw)

@@ -285,16 +285,18 @@ class Projector:
                 raise asyncio.CancelledError
             assert self._feed is not None
             try:
-                # With a batch still being written, take only what has arrived: waiting here
-                # for more would hold that batch's checkpoint, notifications and progress back
-                # until the next message or the timeout (the last batch of a catch-up, and
-                # every event once caught up, would wait 0.5 s).
-                msgs = await self._feed.fetch(timeout=0.5 if pending is None else 0.0)
+                # While a batch is being written, wait for the next messages (to decode them
+                # meanwhile) only as long as the writing takes: a longer wait would hold that
+                # batch's checkpoint, notifications and progress back until more came or the
+                # wait timed out (the last batch of a catch-up, and every event once caught up,
+                # would wait 0.5 s).
+                writing = pending
+                msgs = await self._feed.fetch(timeout=0.5, until=writing)
             except Exception as exc:
                 log.warning("projector fetch failed: %r; retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            behind = _behind(msgs, self.batch)
+            behind = _behind(msgs, self.batch) if msgs or writing is None else None  # (not just written)
             if behind is not None:
                 _catching_up(self, behind)
             self.head_seq = max(self.head_seq, self._feed.head_hint)
@@ -311,6 +313,8 @@ class Projector:
                 through = msgs[-1].seq  # the checkpoint moves past messages no view here reads, too
                 pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items, through)
                 pending_last = through
+                continue
+            if writing is not None and not fetched:  # the wait ended as the last batch was written: wait again
                 continue
             now = time.monotonic()
             if now - last_head_check > 1.0 or not msgs:
