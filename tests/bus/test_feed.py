@@ -89,6 +89,30 @@ async def test_waits_for_new_events_at_the_head(nats_server: NatsServer, tether_
         await bus.close()
 
 
+async def test_a_wait_ends_when_until_is_done_and_messages_still_come_first(nats_server: NatsServer,
+                                                                             tether_home: Path) -> None:
+    bus = await connect(url=nats_server.url, home=tether_home)
+    try:
+        head = await _head(bus)
+        feed = await PullFeed(bus.nc, bus.js, EVENTS_STREAM, EVENT_SUBJECTS, start_seq=head + 1).start()
+        loop = asyncio.get_running_loop()
+        try:
+            done: asyncio.Future[None] = loop.create_future()
+            loop.call_later(0.05, done.set_result, None)
+            started = loop.time()
+            assert await feed.fetch(timeout=5, until=done) == []  # nothing came: back when done is
+            assert loop.time() - started < 2
+            assert await feed.fetch(timeout=5, until=done) == []  # done already: no wait at all
+            never: asyncio.Future[None] = loop.create_future()
+            await _publish(bus, 2, "feed-until")
+            got = await feed.fetch(timeout=5, until=never)  # messages first: they end the wait
+            assert [m.seq for m in got][:1] == [head + 1] and not never.done()
+        finally:
+            await feed.close()
+    finally:
+        await bus.close()
+
+
 async def test_a_skipped_delivery_restarts_the_consumer_after_the_last_message_handed_out(
         nats_server: NatsServer, tether_home: Path) -> None:
     """A consumer sequence that jumps (deliveries lost with a connection) is never papered over."""
