@@ -405,3 +405,24 @@ def test_circuit_transitions_are_found_through_their_partial_index() -> None:
         "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE kind = 'circuit' AND route IN (?) AND started_at BETWEEN ? AND ?",
         ("openai:m", 0, 1)))
     assert "spans_circuit_route" in plan, plan
+
+
+def test_opening_a_view_file_of_earlier_code_drops_only_its_retired_indexes(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "traces.v1.db"
+    old = sqlite3.connect(path)  # as earlier code left it, with an index of the user's own
+    old.execute('CREATE TABLE spans (span_id TEXT, run_id TEXT, call_id TEXT, route TEXT, started_at REAL, '
+                'kind TEXT, PRIMARY KEY (span_id))')
+    old.execute('CREATE INDEX "spans_call_id" ON spans (call_id)')
+    old.execute('CREATE INDEX "spans_route_started_at" ON spans (route, started_at)')
+    old.execute('CREATE INDEX "my_dashboard" ON spans (kind)')
+    old.execute("INSERT INTO spans (span_id, run_id, kind) VALUES ('s1', 'r1', 'llm')")
+    old.commit()
+    old.close()
+    store = ViewStore(TracesView(), path)
+    names = {n for (n,) in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    assert {"spans_call_id", "spans_route_started_at"}.isdisjoint(names)
+    assert {"spans_run_id", "spans_circuit_route", "my_dashboard"} <= names
+    assert store.db.execute("SELECT span_id, run_id FROM spans").fetchall() == [("s1", "r1")]
+    store.close()

@@ -40,6 +40,11 @@ class Table:
     columns: Mapping[str, str]
     key: tuple[str, ...]
     indexes: tuple[tuple[str, ...] | Index, ...] = ()
+    retired_indexes: tuple[str, ...] = ()
+    """Indexes earlier code made on this table and this code no longer wants: dropped when a
+    view file is opened. An index is not the view's content, so changing one needs no new
+    version (nor a rebuild from the log): only these are dropped, never one someone else
+    made on the file."""
 
     def __post_init__(self) -> None:
         missing = [k for k in self.key if k not in self.columns]
@@ -75,6 +80,7 @@ def create_sql(table: Table) -> list[str]:
         cols = ", ".join(f'"{c}"' for c in columns)
         where = f" WHERE {idx.where}" if isinstance(idx, Index) else ""
         out.append(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table.name}" ({cols}){where}')
+    out.extend(f'DROP INDEX IF EXISTS "{name}"' for name in table.retired_indexes)
     return out
 
 

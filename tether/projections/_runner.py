@@ -296,7 +296,8 @@ class Projector:
                 log.warning("projector fetch failed: %r; retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            behind = _behind(msgs, self.batch) if msgs or writing is None else None  # (not just written)
+            # (an empty fetch that ended as the last batch was written says nothing of the server)
+            behind = _behind(msgs, self.batch) if msgs or writing is None else None
             if behind is not None:
                 _catching_up(self, behind)
             self.head_seq = max(self.head_seq, self._feed.head_hint)
