@@ -278,7 +278,6 @@ class Projector:
     async def _loop(self) -> None:
         pending: asyncio.Future[dict[str, set[str]]] | None = None
         pending_last = 0
-        last_head_check = 0.0
         me = asyncio.current_task()
         while True:
             if me is not None and me.cancelling():  # a cancel something below swallowed: stop anyway
@@ -317,15 +316,13 @@ class Projector:
                 continue
             if writing is not None and not fetched:  # the wait ended as the last batch was written: wait again
                 continue
-            now = time.monotonic()
-            if now - last_head_check > 1.0 or not msgs:
-                last_head_check = now
-                with contextlib.suppress(Exception):
-                    self.head_seq = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
-                if self.applied_seq >= self.head_seq or (self.stop_at is not None and self.applied_seq
-                                                         >= self.stop_at) or fetched:
-                    await self._run(self._finish)
-                    self._done.set()
+            # Nothing to write (idle, or all past stop_at): ask where the head is now.
+            with contextlib.suppress(Exception):
+                self.head_seq = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
+            if self.applied_seq >= self.head_seq or (self.stop_at is not None and self.applied_seq
+                                                     >= self.stop_at) or fetched:
+                await self._run(self._finish)
+                self._done.set()
 
     async def _after(self, changed: dict[str, set[str]], last: int) -> None:
         self.events_applied += max(0, last - self.applied_seq)

@@ -140,6 +140,24 @@ _FOLDS: dict[str, Callable[[Any], _Fold]] = {
 }
 
 
+def _read(event: Event, seq: int) -> tuple[list[tuple[int, str, str, dict[str, Any]]], list[Upsert]]:
+    """What one event adds: (bucket, dim kind, dim, counts) per counters row it counts in, and
+    its samples' upserts (nothing for a type the view does not count)."""
+    fold = _FOLDS.get(event.type)
+    if fold is None:
+        return [], []
+    dims, counts, samples, in_all = fold(event.data)
+    bucket = int(event.time.timestamp() // BUCKET_S) * BUCKET_S
+    rows = [(bucket, kind, dim, counts) for kind, dim in dims]
+    rows.append((bucket, "all", "*", counts if in_all is None else in_all))
+    if not samples:
+        return rows, []
+    where = dict(dims)
+    return rows, [Upsert("samples", {"seq": seq, "metric": metric, "bucket": bucket, "model": where.get("model"),
+                                     "provider": where.get("provider"), "tool": where.get("tool"), "value": value})
+                  for metric, value in samples.items() if value is not None]
+
+
 class MetricsView(Projection):
     """Latency samples and counters per minute, model, provider and tool (see the module docstring)."""
 
@@ -150,22 +168,9 @@ class MetricsView(Projection):
     types: ClassVar[frozenset[str] | None] = frozenset(_FOLDS)
 
     def apply(self, event: Event, seq: int) -> Iterable[Op]:
-        fold = _FOLDS.get(event.type)
-        if fold is None:
-            return []
-        dims, counts, samples, in_all = fold(event.data)
-        bucket = int(event.time.timestamp() // BUCKET_S) * BUCKET_S
-        ops: list[Op] = [Upsert("counters", {"bucket": bucket, "dim_kind": kind, "dim": dim, **_ZERO, **counts}, _ADD)
-                         for kind, dim in dims]
-        ops.append(Upsert("counters", {"bucket": bucket, "dim_kind": "all", "dim": "*", **_ZERO,
-                                       **(counts if in_all is None else in_all)}, _ADD))
-        if samples:
-            where = dict(dims)
-            ops.extend(Upsert("samples", {"seq": seq, "metric": metric, "bucket": bucket, "model": where.get("model"),
-                                          "provider": where.get("provider"), "tool": where.get("tool"),
-                                          "value": value})
-                       for metric, value in samples.items() if value is not None)
-        return ops
+        counts, samples = _read(event, seq)
+        return [*(Upsert("counters", {"bucket": b, "dim_kind": kind, "dim": dim, **_ZERO, **n}, _ADD)
+                  for b, kind, dim, n in counts), *samples]
 
     def fold(self, events: Sequence[tuple[int, Event]]) -> tuple[list[Op], list[tuple[int, Exception]]]:
         """:meth:`apply` for a batch, with one upsert per counters row: its counts summed.
@@ -180,20 +185,7 @@ class MetricsView(Projection):
         refused: list[tuple[int, Exception]] = []
         for seq, event in events:
             try:
-                fold = _FOLDS.get(event.type)
-                if fold is None:
-                    continue
-                dims, counts, samples, in_all = fold(event.data)
-                bucket = int(event.time.timestamp() // BUCKET_S) * BUCKET_S
-                rows = [(bucket, kind, dim, counts) for kind, dim in dims]
-                rows.append((bucket, "all", "*", counts if in_all is None else in_all))
-                sampled = []
-                if samples:
-                    where = dict(dims)
-                    sampled = [Upsert("samples", {"seq": seq, "metric": metric, "bucket": bucket,
-                                                  "model": where.get("model"), "provider": where.get("provider"),
-                                                  "tool": where.get("tool"), "value": value})
-                               for metric, value in samples.items() if value is not None]
+                rows, sampled = _read(event, seq)
             except Exception as exc:  # refused: nothing of it is kept
                 refused.append((seq, exc))
                 continue
