@@ -141,3 +141,18 @@ async def test_the_reason_is_the_same_on_every_path(fake: FakeProvider, bus: Bus
                        "durable attach": ["budget", "exhausted"],
                        "instrumented, durable": ["budget", "exhausted"],
                        "instrumented, inline": ["budget"], "gateway": ["budget"]}
+
+
+async def test_a_stream_closed_early_gives_its_reservation_back(fake: FakeProvider, bus: Bus) -> None:
+    agent = f"a-{uuid7()}"
+    client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k", max_retries=0), bus=bus,
+                               policies=agent_budget(1.5))
+    async with client, tether.run(agent=agent, bus=bus):
+        stream = await client.chat.completions.create(model=MODEL, messages=question(1), max_tokens=20,  # type: ignore[arg-type]
+                                                      stream=True)
+        async for _ in stream:
+            break
+        await stream.close()
+        assert (await settled_spend(bus, agent)).get("usd", 0.0) == 0.0, "nothing charged: the hold was dropped"
+        answer = await client.chat.completions.create(model=MODEL, messages=question(2), max_tokens=20)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
