@@ -156,3 +156,24 @@ async def test_a_stream_closed_early_gives_its_reservation_back(fake: FakeProvid
         assert (await settled_spend(bus, agent)).get("usd", 0.0) == 0.0, "nothing charged: the hold was dropped"
         answer = await client.chat.completions.create(model=MODEL, messages=question(2), max_tokens=20)  # type: ignore[arg-type]
     assert answer.choices[0].message.content
+
+
+async def test_a_call_cancelled_while_tether_tries_gives_its_reservation_back(fake: FakeProvider,
+                                                                              bus: Bus) -> None:
+    agent = f"a-{uuid7()}"
+    fake.set_latency("5s")
+    client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k", max_retries=0), bus=bus,
+                               policies=agent_budget(1.5))
+    async with client, tether.run(agent=agent, bus=bus):
+        task = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=question(1),  # type: ignore[arg-type]
+                                                                  max_tokens=20))
+        with anyio.fail_after(5):
+            while not fake.log:  # noqa: ASYNC110 (the fake provider runs in a thread of its own)
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not (await settled_spend(bus, agent)).get("holds")
+        fake.set_latency(None)
+        answer = await client.chat.completions.create(model=MODEL, messages=question(2), max_tokens=20)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content

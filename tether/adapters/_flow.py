@@ -525,8 +525,12 @@ def durable_stream_flow(call: LlmCall, idle_timeout_s: float) -> Generator[Effec
 
 
 def cancelled_event(call: LlmCall, attempt: int) -> Event:
-    """The final event of a call whose caller was cancelled while tether was still trying."""
+    """The final event of a call whose caller was cancelled while tether was still trying; its
+    budget reservation is given back (on the hub's loop: the caller's task is being cancelled)."""
     item, rec = call.item, call.rec
+    engine = call.engine
+    if engine.policies.budgets:
+        call.hub.spawn(lambda: engine.release(item))
     target = rec.target or Target(item.provider or "?", item.model or "?")
     error = ErrorInfo(type="Cancelled", message="the caller was cancelled before the call finished",
                       code="client_cancelled", retryable=False)
