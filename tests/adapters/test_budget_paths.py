@@ -123,7 +123,7 @@ async def test_the_reason_is_the_same_on_every_path(fake: FakeProvider, bus: Bus
                     await client.chat.completions.create(model=MODEL, messages=question(1), max_tokens=20)  # type: ignore[arg-type]
             told("instrumented, durable", said(status.value.message))
             if pset is policies:
-                assert status.value.code == "budget_exceeded"
+                assert (status.value.status_code, status.value.code) == (429, "budget_exceeded")
         if pset is policies:  # inline adapters answer a refusal in tether's words (an upstream error as it came)
             client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k", max_retries=0),
                                        bus=bus, policies=pset)
@@ -131,12 +131,14 @@ async def test_the_reason_is_the_same_on_every_path(fake: FakeProvider, bus: Bus
                 with pytest.raises(openai.APIStatusError) as status:
                     await client.chat.completions.create(model=MODEL, messages=question(1), max_tokens=20)  # type: ignore[arg-type]
             told("instrumented, inline", said(status.value.message))
+            assert (status.value.status_code, status.value.code) == (429, "budget_exceeded")
             async with GatewayServer(gateway_config(fake, pset, keys={gateway_key: f"a-{uuid7()}"}), bus, port=0,
                                      grace_s=1) as server, \
                     openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=gateway_key, max_retries=0) as sdk:
                 with pytest.raises(openai.APIStatusError) as status:
                     await sdk.chat.completions.create(model=MODEL, messages=question(1), max_tokens=20)  # type: ignore[arg-type]
             told("gateway", said(status.value.message))
+            assert (status.value.status_code, status.value.code) == (429, "budget_exceeded")
     assert reasons == {"inline": ["budget", "exhausted"], "durable": ["budget", "exhausted"],
                        "durable attach": ["budget", "exhausted"],
                        "instrumented, durable": ["budget", "exhausted"],

@@ -261,9 +261,15 @@ class LlmCall:
                                 retry_after_s=error.retry_after_s)
 
     def durable_failed(self, failed: CallFailed) -> Final:
-        """The answer after a worker gave up: its reason and code as :meth:`gave_up` says them."""
+        """The answer after a worker gave up: the status, code and reason :meth:`gave_up` gives
+        the same outcome inline (a provider's error status as it came)."""
         error = failed.error
-        status = error.status_code if error.status_code and error.status_code >= 400 else 502
+        if failed.reason in ("budget", "runaway"):
+            status = 429
+        elif error.status_code and error.status_code >= 400:
+            status = error.status_code
+        else:
+            status = 504 if failed.reason == "deadline" else 502
         code = "circuit_open" if error.type == "CircuitOpenError" else give_up_code(failed.reason)
         return self.error_reply(status, f"tether gave up ({failed.reason}): {error.type}: {error.message}",
                                 code=code, retry_after_s=error.retry_after_s)
