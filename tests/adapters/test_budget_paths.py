@@ -179,3 +179,24 @@ async def test_a_call_cancelled_while_tether_tries_gives_its_reservation_back(fa
         fake.set_latency(None)
         answer = await client.chat.completions.create(model=MODEL, messages=question(2), max_tokens=20)  # type: ignore[arg-type]
     assert answer.choices[0].message.content
+
+
+async def test_a_durable_stream_its_caller_stopped_gives_its_reservation_back(fake: FakeProvider,
+                                                                              bus: Bus) -> None:
+    await bus.js.purge_stream(WORK_STREAM)
+    agent = f"a-{uuid7()}"
+    policies = agent_budget(1.5)
+    fake.set_faults("stall_mid_stream(2,60s)#1")  # the provider would go on for a minute
+    providers = {"openai": ProviderConfig("openai", "openai", fake.url)}
+    async with Executor(bus, policies=policies, providers=providers, concurrency=4, seed=1):
+        client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k", max_retries=0), bus=bus,
+                                   policies=policies, mode="durable")
+        async with client, tether.run(agent=agent, bus=bus):
+            stream = await client.chat.completions.create(model=MODEL, messages=question(1), max_tokens=20,  # type: ignore[arg-type]
+                                                          stream=True)
+            async with stream:
+                async for _ in stream:
+                    break
+            assert (await settled_spend(bus, agent)).get("usd", 0.0) == 0.0, "nothing charged: the hold was dropped"
+            answer = await client.chat.completions.create(model=MODEL, messages=question(2), max_tokens=20)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
