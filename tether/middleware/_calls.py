@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -305,19 +305,11 @@ class InlineCalls:
         policy = engine.policy_of(item)
         refusal: BudgetRefusal | str | None = self._runaway(item)
         budgeted = bool(self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant))
-        if refusal is None and budgeted:
-            refusal = await engine.admit(item, rec)
-        if refusal is not None:
-            if isinstance(refusal, BudgetRefusal):
-                await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
-                                             runid=item.runid, agentid=item.agentid, source=engine.source))
-                error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
-                await engine.give_up(item, rec, "budget", error)
-                raise CallFailed(item.call_id, error, "budget")
-            error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
-            await engine.give_up(item, rec, "runaway", error)
-            raise CallFailed(item.call_id, error, "runaway")
         try:
+            if refusal is None and budgeted:
+                refusal = await engine.admit(item, rec)
+            if refusal is not None:
+                await self._refuse(engine, item, rec, refusal)
             return await self._attempts(engine, item, rec, policy)
         except BaseException:
             if budgeted and not rec.terminal:
@@ -325,6 +317,18 @@ class InlineCalls:
                 # its lapse (a task of its own, so the caller's cancellation does not stop it).
                 self._spawn(engine.release(item))
             raise
+
+    async def _refuse(self, engine: CallEngine, item: WorkItem, rec: CallRecord,
+                      refusal: BudgetRefusal | str) -> NoReturn:
+        if isinstance(refusal, BudgetRefusal):
+            await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
+                                         runid=item.runid, agentid=item.agentid, source=engine.source))
+            error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
+            await engine.give_up(item, rec, "budget", error)
+            raise CallFailed(item.call_id, error, "budget")
+        error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
+        await engine.give_up(item, rec, "runaway", error)
+        raise CallFailed(item.call_id, error, "runaway")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
