@@ -1,7 +1,7 @@
 """``tether errors`` and ``tether stats``: the errors and metrics views as tables (or JSON).
 
 Both read the view files under ``TETHER_HOME/views`` (SQLite, read-only), which the projector
-keeps current (``tether up`` runs one); they need no NATS connection.
+keeps current (``tether up`` runs one); they need no NATS connection (see ``_freshness``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``tether runs``, ``tether trace`` and ``tether cost``: the views, read from their SQLite files.
 
 These commands read ``TETHER_HOME/views`` (written by the projector in ``tether up``,
-``tether projector`` or ``tether replay``) read-only, and need no NATS connection.
+``tether projector`` or ``tether replay``) read-only, and need no NATS connection (one that
+answers is asked for the head of the log, to say how far behind a view is: ``_freshness``).
 """
 
 from __future__ import annotations
