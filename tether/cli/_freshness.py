@@ -86,10 +86,11 @@ def projector_running(directory: Path) -> bool:
 
     The probe takes a shared lock for an instant; a projector starting in that instant waits
     for it (see ``tether.projections._runner._lock``)."""
-    path = directory / ".lock"
-    if not path.exists():
+    try:
+        handle = open(directory / ".lock")  # noqa: SIM115 - closed below
+    except OSError:  # no lock file: no projector ever ran here (or it cannot be read: say nothing of it)
         return False
-    with open(path) as handle:
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
