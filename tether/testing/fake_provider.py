@@ -35,6 +35,8 @@ Rules separated by commas; the first rule that fires wins::
               | "reset_mid_stream"  send ARGS events (default 3), or half the body, then reset
               | "stall_mid_stream"  send N events (default 3), pause DURATION (default 2s), then
                                     the rest; ARGS = N, DURATION, e.g. stall_mid_stream(2,5s)
+              | "linger"            send the whole stream, then keep it open DURATION (default
+                                    300ms) before ending it, e.g. linger(1s); a JSON answer as usual
               | "malformed_json"    200 with a truncated JSON body (or a truncated event)
               | "down"              503 for every request; ARGS = LENGTH and/or "reset" (resets
                                     instead of 503), e.g. down(10s) or down(reset)@5s:10s
@@ -76,6 +78,7 @@ from ._fake_faults import (
     FixedLatency,
     Hang,
     Latency,
+    Linger,
     LogNormalLatency,
     MalformedJSON,
     Reset,
@@ -97,6 +100,7 @@ __all__ = [
     "FaultRule",
     "FixedLatency",
     "Hang",
+    "Linger",
     "LogNormalLatency",
     "LoggedRequest",
     "MalformedJSON",
