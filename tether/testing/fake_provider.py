@@ -71,6 +71,8 @@ from typing import Literal, TextIO, TypeVar
 
 import uvicorn
 
+from tether._loop import run as run_loop
+
 from ._fake_app import DEFAULT_MODELS, LoggedRequest, ProviderState, build_app
 from ._fake_faults import (
     ErrorResponse,
@@ -462,7 +464,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         await provider._task
 
     try:
-        asyncio.run(serve())
+        run_loop(serve())  # the loop of every tether command: uvloop where installed
     except OSError as exc:  # the address is taken or cannot be bound
         print(f"tether fake-provider: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
