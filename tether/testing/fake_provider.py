@@ -155,9 +155,9 @@ class _Server(uvicorn.Server):
         while (state.connections or state.tasks) and loop.time() < deadline:  # noqa: ASYNC110 (uvicorn has no event)
             await asyncio.sleep(0.005)
         for connection in list(state.connections):
-            transport = getattr(connection, "transport", None)
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
+            abort = getattr(getattr(connection, "transport", None), "abort", None)
+            if callable(abort):  # any loop's transport: uvloop's are no asyncio.Transport
+                abort()
         for task in list(state.tasks):
             task.cancel()
         if state.tasks:
