@@ -224,14 +224,14 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return True
         sock = self.transport.get_extra_info("socket")
+        if sock is None or not hasattr(select, "poll"):  # nothing to ask (Windows): what connection_lost told
+            return False
         try:
-            fd = sock.fileno() if sock is not None else -1
+            fd = sock.fileno()
         except OSError:
             return True
         if fd < 0:
-            return sock is not None
-        if not hasattr(select, "poll"):  # Windows: what connection_lost has told
-            return False
+            return True  # the socket is closed
         poll = select.poll()
         poll.register(fd, select.POLLIN)
         return bool(poll.poll(0))
