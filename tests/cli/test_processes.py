@@ -96,9 +96,16 @@ class Child:
                     os.kill(int(pid), signal.SIGKILL)
 
 
-def stopped_cleanly(child: Child, sig: signal.Signals = signal.SIGTERM) -> None:
-    code = child.stop(sig)
-    assert code == 0 and "Traceback" not in child.output, child.output
+def stopped_cleanly(*children: Child, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop every one (whatever happens to the others), then check each exited cleanly."""
+    codes: list[int | str] = []
+    for child in children:
+        try:
+            codes.append(child.stop(sig))
+        except Exception as exc:  # stop the rest first; reported below
+            codes.append(repr(exc))
+    for child, code in zip(children, codes, strict=True):
+        assert code == 0 and "Traceback" not in child.output, f"`tether {child.args[0]}`: {code}\n{child.output}"
 
 
 def tether(*args: str, cwd: Path, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -134,7 +141,7 @@ def fake(place: Path) -> Iterator[str]:
         assert child.on_uvloop()
         yield url
     finally:
-        stopped_cleanly(child, signal.SIGINT)
+        stopped_cleanly(child, sig=signal.SIGINT)
 
 
 def fake_log(fake: str) -> list[dict[str, object]]:
@@ -172,8 +179,7 @@ def stack(place: Path, nats: NatsServer, fake: str, key: str) -> Iterator[dict[s
             assert child.on_uvloop(), f"`tether {child.args[0]}` is not on uvloop"
         yield children
     finally:
-        for child in children.values():
-            stopped_cleanly(child)
+        stopped_cleanly(*children.values())
         assert "worker stopped." in children["worker"].output
         assert "projector stopped." in children["projector"].output
 
@@ -321,9 +327,7 @@ def test_the_gateway_quick_start_as_written(fake: str, tmp_path: Path) -> None:
         assert answer.choices[0].message.content and message.content[0].text
         assert "Traceback" not in gateway.output
     finally:
-        if gateway is not None:
-            stopped_cleanly(gateway, signal.SIGINT)
-        stopped_cleanly(up, signal.SIGINT)
+        stopped_cleanly(*([gateway] if gateway is not None else []), up, sig=signal.SIGINT)
     assert up.output.rstrip().endswith("stopped cleanly.")
 
 
@@ -354,5 +358,5 @@ def test_tether_up_gateway_port_with_an_openclaw_request(fake: str, tmp_path: Pa
         assert types(events) == ["run.started", "llm.call.requested", "llm.call.completed"]
         assert events[2]["data"]["usage"]["input_tokens"] == usage["prompt_tokens"]
     finally:
-        stopped_cleanly(up, signal.SIGINT)
+        stopped_cleanly(up, sig=signal.SIGINT)
     assert up.output.rstrip().endswith("stopped cleanly.")
