@@ -29,6 +29,7 @@ import httpx
 import openai
 import pytest
 
+import tether
 from tests.adapters.test_gateway_openclaw import chat_body, sse, stainless
 from tether.adapters.gateway import run_for_trace
 from tether.bus import connect
@@ -108,7 +109,7 @@ def stopped_cleanly(*children: Child, sig: signal.Signals = signal.SIGTERM) -> N
         assert code == 0 and "Traceback" not in child.output, f"`tether {child.args[0]}`: {code}\n{child.output}"
 
 
-def tether(*args: str, cwd: Path, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TETHER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -186,7 +187,7 @@ def stack(place: Path, nats: NatsServer, fake: str, key: str) -> Iterator[dict[s
 
 def tail(run_id: str, count: int, *, cwd: Path, env: dict[str, str], url: str | None = None) -> list[dict]:
     """``tether tail --all --json``: the run's first ``count`` events."""
-    done = tether("tail", *(("--url", url) if url else ()), "--all", "--run", run_id, "--json", "-n", str(count),
+    done = cli("tail", *(("--url", url) if url else ()), "--all", "--run", run_id, "--json", "-n", str(count),
                   cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
@@ -260,6 +261,29 @@ async def test_a_durable_call_executed_by_tether_worker(stack: dict[str, Child],
     assert "Traceback" not in stack["worker"].output
 
 
+@pytest.mark.anyio
+async def test_a_durable_stream_relayed_by_tether_worker_from_a_lingering_upstream(
+        stack: dict[str, Child], fake: str, nats: NatsServer, place: Path) -> None:
+    """The worker streams from the upstream and relays the chunks; the SDK reads to [DONE] and
+    closes while the upstream holds the stream open 0.3 s more: a whole call."""
+    set_faults(fake, "linger(300ms)")
+    try:
+        async with await connect(nats.url, home=place / "caller") as bus:
+            sdk = tether.instrument(openai.AsyncOpenAI(base_url=fake, api_key="sk-fake"), bus=bus, mode="durable")
+            async with tether.run(bus=bus, agent=AGENT) as run:
+                stream = await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT,  # type: ignore[arg-type]
+                                                           stream=True)
+                text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            await sdk.close()
+    finally:
+        set_faults(fake, "")
+    assert text.startswith("This is fake reply")
+    events = tail(run.run_id, 4, cwd=place, env=user_env(), url=nats.url)
+    assert sorted(types(events)) == ["llm.call.completed", "llm.call.requested", "run.finished", "run.started"]
+    [completed] = [e["data"] for e in events if e["type"] == "tether.llm.call.completed"]
+    assert completed["usage"]["output_tokens"] > 0 and completed["response"]["choices"][0]["message"]["content"] == text
+
+
 def test_events_folded_by_tether_projector_read_back_by_runs_and_cost(stack: dict[str, Child], key: str,
                                                                        place: Path) -> None:
     trace = secrets.token_hex(16)
@@ -271,11 +295,11 @@ def test_events_folded_by_tether_projector_read_back_by_runs_and_cost(stack: dic
     folded(views, "traces", lambda db: any(r["run_id"] == run_id and r["llm_calls"] == 1 for r in list_runs(db)))
     folded(views, "cost", lambda db: any(r["key"] == run_id for r in totals(db, by="run")))
     env = user_env(TETHER_HOME=str(place / "home"))
-    done = tether("runs", "--agent", AGENT, "--json", cwd=place, env=env)
+    done = cli("runs", "--agent", AGENT, "--json", cwd=place, env=env)
     assert done.returncode == 0, done.stderr
     [row] = [r for r in json.loads(done.stdout) if r["run_id"] == run_id]
     assert row["llm_calls"] == 1 and row["agent"] == AGENT and row["cost_usd"] > 0
-    done = tether("cost", "--by", "run", "--json", cwd=place, env=env)
+    done = cli("cost", "--by", "run", "--json", cwd=place, env=env)
     assert done.returncode == 0, done.stderr
     [cost] = [r for r in json.loads(done.stdout)["rows"] if r["run"] == run_id]
     assert cost["calls"] == 1 and cost["usd"] == pytest.approx(row["cost_usd"])
@@ -301,7 +325,7 @@ def test_the_gateway_quick_start_as_written(fake: str, tmp_path: Path) -> None:
     assert shell == ["tether up", "tether gateway", "tether gateway --new-key --agent openclaw-main"]
     port = free_port()
     env = user_env(OPENAI_API_KEY="sk-fake-openai-0123456789", ANTHROPIC_API_KEY="sk-ant-fake-0123456789")
-    made = tether(*shell[2].split()[1:], cwd=tmp_path, env=env)
+    made = cli(*shell[2].split()[1:], cwd=tmp_path, env=env)
     assert made.returncode == 0, made.stderr
     key, key_line = made.stdout.splitlines()[0], made.stdout.strip().splitlines()[-1]
     assert key_line.endswith('= "openclaw-main"')
