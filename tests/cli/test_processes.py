@@ -188,7 +188,7 @@ def stack(place: Path, nats: NatsServer, fake: str, key: str) -> Iterator[dict[s
 def tail(run_id: str, count: int, *, cwd: Path, env: dict[str, str], url: str | None = None) -> list[dict]:
     """``tether tail --all --json``: the run's first ``count`` events."""
     done = cli("tail", *(("--url", url) if url else ()), "--all", "--run", run_id, "--json", "-n", str(count),
-                  cwd=cwd, env=env)
+               cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -320,12 +320,12 @@ def quick_start() -> tuple[str, list[str], str]:
 
 def test_the_gateway_quick_start_as_written(fake: str, tmp_path: Path) -> None:
     """The quick start, in its order, with three things changed: the providers' base URLs are the
-    fake provider's, the port a free one, the key the one ``--new-key`` printed."""
+    fake provider's, the port a free one, the key line the one ``--new-key`` printed."""
     toml, shell, python = quick_start()
-    assert shell == ["tether up", "tether gateway", "tether gateway --new-key --agent openclaw-main"]
+    assert shell == ["tether gateway --new-key --agent openclaw-main", "tether up", "tether gateway"]
     port = free_port()
     env = user_env(OPENAI_API_KEY="sk-fake-openai-0123456789", ANTHROPIC_API_KEY="sk-ant-fake-0123456789")
-    made = cli(*shell[2].split()[1:], cwd=tmp_path, env=env)
+    made = cli(*shell[0].split()[1:], cwd=tmp_path, env=env)
     assert made.returncode == 0, made.stderr
     key, key_line = made.stdout.splitlines()[0], made.stdout.strip().splitlines()[-1]
     assert key_line.endswith('= "openclaw-main"')
@@ -335,11 +335,11 @@ def test_the_gateway_quick_start_as_written(fake: str, tmp_path: Path) -> None:
     assert toml.count(fake) == 2 and key_line in toml
     (tmp_path / "tether.toml").write_text(toml)
 
-    up = Child(*shell[0].split()[1:], cwd=tmp_path, env=env)
+    up = Child(*shell[1].split()[1:], cwd=tmp_path, env=env)
     gateway = None
     try:
         up.wait_for("tether is up")
-        gateway = Child(*shell[1].split()[1:], cwd=tmp_path, env=env)
+        gateway = Child(*shell[2].split()[1:], cwd=tmp_path, env=env)
         gateway.wait_for(f"gateway listening on http://127.0.0.1:{port}")
         assert up.on_uvloop() and gateway.on_uvloop()
         clients = python.replace("8400", str(port)).replace('"tg-..."', repr(key))
