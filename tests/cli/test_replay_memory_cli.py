@@ -125,9 +125,12 @@ async def test_replay_memory_refuses_without_the_keystore_or_while_a_client_lead
         try:
             assert leader.feed.leading
             code, _, err = await run_tether("replay", "memory", "--url", url, home=tether_home, timeout=60)
+            assert code == 1 and "a process using memory keeps the view in" in err and "--out" in err
+            code, _, err = await run_tether("replay", "--url", url, "--processes", "0", home=tether_home, timeout=60)
+            assert code == 1 and "tether replay traces cost errors metrics" in err
+            assert not (tether_home / "views").exists(), "all or nothing: no other view was rebuilt"
         finally:
             await leader.close()
-    assert code == 1 and "a process using memory keeps the view in" in err and "--out" in err
 
     code, _, err = await run_tether("replay", "memroy", "--url", url, home=tether_home, timeout=30)
     assert code == 2 and "unknown view(s) memroy; views are traces, cost, errors, metrics, memory" in err

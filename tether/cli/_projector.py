@@ -187,6 +187,9 @@ async def run_replay(args: argparse.Namespace) -> int:
             if problem:
                 print(f"tether replay: {problem}", file=sys.stderr)
                 return 2
+            if _held(memory_dir):  # before the other views are rebuilt: all or nothing
+                print(_memory_busy(memory_dir, named=bool(args.views)), file=sys.stderr)
+                return 1
         if views:
             if not args.json:
                 procs = min(max(1, args.processes), len(views))
@@ -211,10 +214,8 @@ async def run_replay(args: argparse.Namespace) -> int:
                 sums.update(await replay(bus, [MemoryView(FileKeyStore(memory.keyfile))], memory_dir,
                                          to_seq=args.to_seq, to_time=to_time,
                                          on_progress=None if args.json else _progress(sys.stderr)))
-            except ProjectorBusy:
-                print(f"\ntether replay: a process using memory keeps the view in {memory_dir} (an agent, "
-                      "`tether memory`, or a projector given the memory view); stop it and replay again, "
-                      "or replay into another directory with --out", file=sys.stderr)
+            except ProjectorBusy:  # a memory client started meanwhile
+                print("\n" + _memory_busy(memory_dir, named=True), file=sys.stderr)
                 return 1
             failed = _failed_count(memory_dir)
             report = {"directory": str(memory_dir), "failed": failed}
@@ -240,6 +241,30 @@ async def run_replay(args: argparse.Namespace) -> int:
         return 0
     finally:
         await bus.close()
+
+
+def _memory_busy(directory: Path, *, named: bool) -> str:
+    others = "" if named else (" (or rebuild the other views alone: tether replay "
+                               + " ".join(v.name for v in default_views()) + ")")
+    return (f"tether replay: a process using memory keeps the view in {directory} (an agent, `tether memory`, "
+            f"or a projector given the memory view); stop it and replay again, or replay into another "
+            f"directory with --out{others}")
+
+
+def _held(directory: Path) -> bool:
+    """Whether a process holds ``directory``'s lock (a memory client leading the view there)."""
+    import fcntl
+
+    path = directory / ".lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 async def _memory_keys_problem(bus: Bus, keyfile: Path) -> str | None:
