@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 import threading
+import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -104,6 +105,22 @@ def test_without_threadpoolctl_it_says_so_once(monkeypatch: pytest.MonkeyPatch,
     assert len(warnings) == 1 and "pip install threadpoolctl" in warnings[0]
     with BlasThreads(1).cap():  # and encoding still works, uncapped
         pass
+
+
+def test_a_threadpoolctl_that_finds_no_blas_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    class Selected:
+        lib_controllers: list[object] = []
+
+    class Controller:  # as threadpoolctl before 3.5 sees NumPy 2's OpenBLAS: not at all
+        def select(self, **_: object) -> Selected:
+            return Selected()
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", types.SimpleNamespace(ThreadpoolController=Controller))
+    monkeypatch.setattr(BlasThreads, "_warned", False)
+    caplog.set_level(logging.WARNING, "tether.memory")
+    assert not BlasThreads(1).active
+    assert any("finds no BLAS library" in r.getMessage() for r in caplog.records)
 
 
 @needs_model

@@ -69,12 +69,21 @@ class BlasThreads:
         try:
             from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError:
-            if not BlasThreads._warned:
-                BlasThreads._warned = True
-                log.warning("threadpoolctl is not installed: the embedder cannot cap NumPy's BLAS threads, "
-                            "which slows it down on a busy machine (pip install threadpoolctl)")
+            BlasThreads._warn("threadpoolctl is not installed: the embedder cannot cap NumPy's BLAS threads, "
+                              "which slows it down on a busy machine (pip install threadpoolctl)")
             return
-        self._controller = ThreadpoolController()  # once: it inspects the loaded libraries (~4 ms)
+        controller = ThreadpoolController()  # once: it inspects the loaded libraries (~4 ms)
+        if not controller.select(user_api="blas").lib_controllers:
+            BlasThreads._warn("threadpoolctl finds no BLAS library in this process (threadpoolctl older than "
+                              "3.5 does not know NumPy 2's): the embedder's BLAS threads are not capped")
+            return
+        self._controller = controller
+
+    @classmethod
+    def _warn(cls, message: str) -> None:
+        if not cls._warned:
+            cls._warned = True
+            log.warning(message)
 
     @property
     def active(self) -> bool:
