@@ -119,7 +119,7 @@ class Redactor:
     _fields: frozenset[str] = field(init=False, repr=False)
     _pattern: re.Pattern[str] | None = field(init=False, repr=False)
     _patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
-    _assignment: re.Pattern[str] | None = field(init=False, repr=False)
+    _defaults: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = {f.lower() for f in self.fields}
@@ -131,7 +131,7 @@ class Redactor:
         object.__setattr__(self, "_pattern", re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns
                            else None)
         object.__setattr__(self, "_patterns", tuple(re.compile(p) for p in patterns))
-        object.__setattr__(self, "_assignment", None if self.replace_defaults else _ASSIGNED)
+        object.__setattr__(self, "_defaults", not self.replace_defaults)
 
     def __call__(self, value: Any) -> Any:
         """A redacted copy of ``value`` (JSON-like data); ``value`` itself is left alone."""
@@ -148,7 +148,7 @@ class Redactor:
             else:
                 for pattern in self._patterns:
                     value = pattern.sub(REDACTED, value)
-        if self._assignment is not None:
+        if self._defaults:  # URL passwords and secret assignments: part of the defaults
             if "@" in value:
                 value = _URL_PASSWORD.sub(lambda m: f"://{m['user']}:{REDACTED}@", value)
             value = _assignments(value)

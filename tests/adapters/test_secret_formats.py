@@ -103,6 +103,8 @@ def test_names_are_kept_values_go() -> None:
         "aws_secret_access_key = [redacted]\nregion = x"
     assert Redactor().text('{"Password": "correct horse battery"}') == '{"Password": "[redacted]"}'
     assert Redactor().text("postgres://admin:pw123@db/app") == "postgres://admin:[redacted]@db/app"
+    assert Redactor(replace_defaults=True).text("password=pw123 postgres://a:pw123@db") == \
+        "password=pw123 postgres://a:pw123@db", "replace_defaults drops these rules too"
 
 
 def test_a_100_kb_prompt_is_redacted_in_milliseconds() -> None:
