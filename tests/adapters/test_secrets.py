@@ -13,6 +13,7 @@ import anthropic
 import openai
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 import tether
 from tether.bus import DLQ_STREAM, EVENTS_STREAM, OBJECT_BUCKET, Bus
@@ -46,7 +47,11 @@ async def every_stored_byte(bus: Bus) -> bytes:
         finally:
             await sub.unsubscribe()
     store = await bus.js.object_store(OBJECT_BUCKET)
-    for info in await store.list():
+    try:
+        infos = await store.list()
+    except NotFoundError:  # an empty store
+        infos = []
+    for info in infos:
         out.append((await store.get(info.name)).data or b"")
     return b"\n".join(out)
 

@@ -29,11 +29,12 @@ from ._core import (
 from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
-from ._redact import DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
+from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import Run, RunContext, bound, current_run, run
 from ._tools import RunawayError, tool
 
 __all__ = [
+    "ASSIGNED_NAMES",
     "DEFAULT_FIELDS",
     "DEFAULT_PATTERNS",
     "REDACTED",

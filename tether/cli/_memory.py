@@ -17,13 +17,16 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.bus import BusConfig, connect, tether_home
 
 from ._format import Style
 
-__all__ = ["add_commands", "parse_as_of", "parse_duration", "parse_pairs", "run"]
+if TYPE_CHECKING:
+    from tether.memory import MemorySettings
+
+__all__ = ["add_commands", "memory_settings", "parse_as_of", "parse_duration", "parse_pairs", "run"]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -136,6 +139,18 @@ def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+def memory_settings(home: str | None) -> MemorySettings:
+    """``[memory]`` of tether.toml, with its view and keystore under ``--home`` when one is given.
+    Raises ``InvalidMemory`` for a bad configuration."""
+    from tether.memory import load_settings
+
+    settings = load_settings()
+    if home is not None:
+        root = tether_home(home)
+        settings = dataclasses.replace(settings, view_dir=root / "memory", keyfile=root / "keys" / "memory-keys.json")
+    return settings
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run one ``tether memory`` command; the exit status."""
     from tether.memory import (
@@ -144,7 +159,6 @@ async def run(args: argparse.Namespace) -> int:
         MemoryAccessDenied,
         MemoryNotFound,
         VersionConflict,
-        load_settings,
     )
 
     command = args.memory_command
@@ -161,13 +175,10 @@ async def run(args: argparse.Namespace) -> int:
         as_of = parse_as_of(getattr(args, "as_of", None))
         meta = parse_pairs(getattr(args, "meta", []), "--meta")
         filters = parse_pairs(getattr(args, "filter", []), "--filter")
-        settings = load_settings()
+        settings = memory_settings(args.home)
     except (ValueError, InvalidMemory) as exc:
         print(f"tether memory {command}: {exc}", file=sys.stderr)
         return 2
-    if args.home is not None:
-        home = tether_home(args.home)
-        settings = dataclasses.replace(settings, view_dir=home / "memory", keyfile=home / "keys" / "memory-keys.json")
     text = getattr(args, "text", None)
     if text == "-":
         text = sys.stdin.read()

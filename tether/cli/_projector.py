@@ -69,9 +69,12 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                             description="Rebuild views from the start of the event log, with a progress bar. "
                             "Only recorded outputs are folded: replay never calls a model or a provider. "
                             "With --to-seq or --to-time, build the views as they were at that point "
-                            "(into --out, default TETHER_HOME/views-asof-<point>).")
+                            "(into --out, default TETHER_HOME/views-asof-<point>). The memory view is rebuilt "
+                            "in its own directory (default TETHER_HOME/memory, or --out) with its keystore; "
+                            "erased namespaces stay erased.")
     common(replay)
-    replay.add_argument("views", nargs="*", metavar="VIEW", help="traces, cost, errors, metrics (default: all)")
+    replay.add_argument("views", nargs="*", metavar="VIEW",
+                        help="traces, cost, errors, metrics, memory (default: all)")
     point = replay.add_mutually_exclusive_group()
     point.add_argument("--to-seq", type=int, metavar="N", help="stop after stream sequence N")
     point.add_argument("--to-time", metavar="T", help="stop at time T (ISO 8601, UTC if no zone)")
@@ -130,15 +133,22 @@ def _progress(stream: Any) -> Callable[[int, int], None]:
     return show
 
 
+MEMORY = "memory"
+"""The memory view's name: replayed into the memory directory (``[memory] view_dir``), not
+``TETHER_HOME/views``, with the keystore its writers use."""
+
+
 async def run_replay(args: argparse.Namespace) -> int:
     from tether.projections import ProjectorBusy, replay
 
     views = default_views()
+    names = [v.name for v in views] + [MEMORY]
+    with_memory = not args.views or MEMORY in args.views
     if args.views:
-        unknown = set(args.views) - {v.name for v in views}
+        unknown = set(args.views) - set(names)
         if unknown:
             print(f"tether replay: unknown view(s) {', '.join(sorted(unknown))}; "
-                  f"views are {', '.join(v.name for v in views)}", file=sys.stderr)
+                  f"views are {', '.join(names)}", file=sys.stderr)
             return 2
         views = [v for v in views if v.name in args.views]
     to_time = None
@@ -156,32 +166,128 @@ async def run_replay(args: argparse.Namespace) -> int:
         point = f"seq{args.to_seq}" if args.to_seq is not None else to_time.strftime("%Y%m%dT%H%M%S")  # type: ignore[union-attr]
         out = tether_home(args.home) / f"views-asof-{point}"
     target = out or views_dir(args)
+    memory = None
+    if with_memory:
+        from tether.memory import InvalidMemory
+
+        from ._memory import memory_settings
+
+        try:
+            memory = memory_settings(args.home)
+        except InvalidMemory as exc:
+            print(f"tether replay: {exc}", file=sys.stderr)
+            return 2
     bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False, provision=False))
     try:
-        if not args.json:
-            procs = min(max(1, args.processes), len(views))
-            print(f"replaying {', '.join(v.name for v in views)} into {target} "
-                  f"in {procs} process(es) (recorded outputs only: no model or provider is called)",
-                  file=sys.stderr, flush=True)
+        sums: dict[str, str] = {}
         started = time.monotonic()
-        try:
-            sums = await replay(bus, views, target, to_seq=args.to_seq, to_time=to_time,
-                                on_progress=None if args.json else _progress(sys.stderr),
-                                processes=max(1, args.processes))
-        except ProjectorBusy as exc:
-            print(f"\ntether replay: {exc}", file=sys.stderr)
-            return 1
+        report: dict[str, Any] = {}
+        memory_dir = out or (memory.view_dir if memory is not None else target)
+        if memory is not None:
+            # Checked before anything is replaced: without its writers' keys a rebuilt view would be empty.
+            problem = await _memory_keys_problem(bus, memory.keyfile)
+            if problem:
+                print(f"tether replay: {problem}", file=sys.stderr)
+                return 2
+            if _held(memory_dir):  # before the other views are rebuilt: all or nothing
+                print(_memory_busy(memory_dir, named=bool(args.views)), file=sys.stderr)
+                return 1
+        if views:
+            if not args.json:
+                procs = min(max(1, args.processes), len(views))
+                print(f"replaying {', '.join(v.name for v in views)} into {target} "
+                      f"in {procs} process(es) (recorded outputs only: no model or provider is called)",
+                      file=sys.stderr, flush=True)
+            try:
+                sums.update(await replay(bus, views, target, to_seq=args.to_seq, to_time=to_time,
+                                         on_progress=None if args.json else _progress(sys.stderr),
+                                         processes=max(1, args.processes)))
+            except ProjectorBusy as exc:
+                print(f"\ntether replay: {exc}", file=sys.stderr)
+                return 1
+            if not args.json:
+                print(file=sys.stderr)
+        if memory is not None:
+            from tether.memory import FileKeyStore, MemoryView
+
+            if not args.json:
+                print(f"replaying memory into {memory_dir} (keys from {memory.keyfile})", file=sys.stderr, flush=True)
+            try:
+                sums.update(await replay(bus, [MemoryView(FileKeyStore(memory.keyfile))], memory_dir,
+                                         to_seq=args.to_seq, to_time=to_time,
+                                         on_progress=None if args.json else _progress(sys.stderr)))
+            except ProjectorBusy:  # a memory client started meanwhile
+                print("\n" + _memory_busy(memory_dir, named=True), file=sys.stderr)
+                return 1
+            failed = _failed_count(memory_dir)
+            report = {"directory": str(memory_dir), "failed": failed}
+            if not args.json:
+                print(file=sys.stderr)
+                if failed:
+                    print(f"memory: {failed} event(s) could not be folded (see the _failed table of "
+                          f"{memory_dir}/memory.v1.db); a missing key means another keystore wrote them",
+                          file=sys.stderr)
         took = time.monotonic() - started
         if args.json:
-            print(json.dumps({"directory": str(target), "views": sums, "seconds": round(took, 3)}))
+            doc: dict[str, Any] = {"directory": str(target), "views": sums, "seconds": round(took, 3)}
+            if memory is not None:
+                doc["memory"] = report
+            print(json.dumps(doc))
         else:
-            print(f"\nrebuilt {len(sums)} view(s) in {took:.1f}s into {target}", file=sys.stderr)
+            places = ([str(target)] if views else []) + ([str(memory_dir)] if memory is not None else [])
+            print(f"rebuilt {len(sums)} view(s) in {took:.1f}s into {' and '.join(dict.fromkeys(places))}",
+                  file=sys.stderr)
             if out is not None:
                 print(f"read them with --home, or e.g. sqlite3 {target}/traces.v{default_views()[0].version}.db",
                       file=sys.stderr)
         return 0
     finally:
         await bus.close()
+
+
+def _memory_busy(directory: Path, *, named: bool) -> str:
+    others = "" if named else (" (or rebuild the other views alone: tether replay "
+                               + " ".join(v.name for v in default_views()) + ")")
+    return (f"tether replay: a process using memory keeps the view in {directory} (an agent, `tether memory`, "
+            f"or a projector given the memory view); stop it and replay again, or replay into another "
+            f"directory with --out{others}")
+
+
+def _held(directory: Path) -> bool:
+    """Whether a process holds ``directory``'s lock (a memory client leading the view there)."""
+    import fcntl
+
+    path = directory / ".lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+async def _memory_keys_problem(bus: Bus, keyfile: Path) -> str | None:
+    """Why the memory view cannot be rebuilt here (memory events in the log, and no keystore), or None."""
+    from tether.memory import last_memory_seq
+
+    if await asyncio.to_thread(keyfile.exists) or await last_memory_seq(bus) == 0:
+        return None
+    return (f"the log holds memory events, but there is no keystore at {keyfile}: the view would come back "
+            "without them. Replay with the --home (or the [memory] keyfile) their writers used")
+
+
+def _failed_count(directory: Path) -> int:
+    from tether.memory import MemoryView
+    from tether.projections import view_path
+
+    db = sqlite3.connect(f"file:{view_path(directory, MemoryView.name, MemoryView.version)}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM _failed").fetchone()[0])
+    finally:
+        db.close()
 
 
 async def run_watch(args: argparse.Namespace, stop: asyncio.Event) -> int:

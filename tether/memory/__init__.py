@@ -25,13 +25,13 @@ from ._errors import (
     TetherMemoryError,
     VersionConflict,
 )
-from ._feed import MEMORY_SUBJECTS, MemoryStore, ViewFeed, last_memory_seq
+from ._feed import MEMORY_SUBJECTS, ViewFeed, last_memory_seq
 from ._grants import Grant, Grants, NatsPermissions, nats_permissions
 from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore
 from ._names import check_key, check_namespace, namespace_filter
 from ._settings import MemorySettings, load_settings
 from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
-from ._view import MemoryView
+from ._view import MemoryStore, MemoryView
 
 __all__ = [
     "MEMORY_SUBJECTS",

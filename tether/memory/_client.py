@@ -39,7 +39,7 @@ from . import _query as q
 from ._codec import seal_entry
 from ._compact import ExtractiveSummarizer, Summarizer, duplicates, plan_compaction, similarity
 from ._context import pack
-from ._embed import Embedder, VectorIndex
+from ._embed import Embedder, VectorIndex, WriteBatcher
 from ._errors import InvalidMemory, MemoryNotFound, VersionConflict
 from ._feed import ViewFeed, last_memory_seq
 from ._grants import Grants, Mode
@@ -90,6 +90,8 @@ class AsyncMemory:
         self.keys: KeyStore = keys or FileKeyStore(self.settings.keyfile)
         self.grants = grants or self.settings.grants
         self.embedder = embedder
+        self.batcher = WriteBatcher(embedder) if embedder is not None else None
+        """Embeds the texts of concurrent writes in one batch."""
         self.summarizer: Summarizer = summarizer or ExtractiveSummarizer()
         self.view = MemoryView(self.keys)
         self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir)
@@ -300,10 +302,17 @@ class AsyncMemory:
         assert isinstance(event.data, MemoryWritten)
         return Written(namespace, key, event.data.version, seq, event.id, merged_into, outboxed)
 
-    async def _embed(self, texts: Sequence[str], run: str | None) -> list[list[float]] | None:
+    async def _embed(self, texts: Sequence[str], run: str | None, *, batched: bool = True
+                     ) -> list[list[float]] | None:
+        """Vectors for what is written: through the batcher (concurrent writes embed together),
+        or straight to the embedder for a bulk write that is one batch already."""
         if self.embedder is None:
             return None
-        return await self.embedder.embed(texts, agent=self.agent, run=run or self.run)
+        if not batched:
+            return await self.embedder.embed(texts, agent=self.agent, run=run or self.run)
+        if self.batcher is None or self.batcher.embedder is not self.embedder:  # the embedder was replaced
+            self.batcher = WriteBatcher(self.embedder)
+        return await self.batcher.embed(texts, agent=self.agent, run=run or self.run)
 
     async def _near_duplicate(self, namespace: str, text: str) -> Entry | None:
         digest_key = self.keys.current(namespace)[1]
@@ -334,7 +343,7 @@ class AsyncMemory:
                          self._expiry(item.get("ttl"))))
         if not rows:
             return BulkWritten(0, self.position, ())
-        vectors = await self._embed([r[2] for r in rows], run)
+        vectors = await self._embed([r[2] for r in rows], run, batched=False)
         claimed: dict[tuple[str, str], int] = {}
         nexts = await self._read(lambda db: {(ns, key): q.next_version(db, ns, key) for ns, key, *_ in rows})
         embedder = self.embedder.name if self.embedder is not None else None

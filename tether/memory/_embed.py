@@ -2,7 +2,8 @@
 
 An :class:`Embedder` turns texts into vectors. Vectors are computed once, at write time,
 and recorded (sealed) in the ``memory.written`` event, so a replay never calls a model;
-at query time only the query is embedded. Three come with tether:
+at query time only the query is embedded. Concurrent writes are embedded together
+(:class:`WriteBatcher`). Three embedders come with tether:
 
 * :class:`LocalEmbedder`: all-MiniLM-L6-v2 on the CPU, offline (``[semantic]`` extra);
 * :class:`RemoteEmbedder`: any OpenAI-compatible ``/v1/embeddings``, called through
@@ -26,12 +27,13 @@ import math
 import sqlite3
 import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from ._query import vectors_since
 from ._rank import words
 
-__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "VectorIndex"]
+__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "VectorIndex", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -67,14 +69,18 @@ class HashEmbedder:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 (384 dimensions) in NumPy, from a locally installed package. See ``_minilm``."""
+    """all-MiniLM-L6-v2 (384 dimensions) in NumPy, from a locally installed package. See ``_minilm``.
+
+    ``threads``: how many BLAS threads an encode may use (default 1: a busy machine's cores
+    are better shared than fought over; None leaves BLAS as configured). Applied through
+    ``threadpoolctl`` when it is installed."""
 
     name = "sentence-transformers/all-MiniLM-L6-v2"
 
-    def __init__(self, directory: Any = None) -> None:
+    def __init__(self, directory: Any = None, *, threads: int | None = 1) -> None:
         from ._minilm import MiniLM
 
-        self.model = MiniLM(directory)
+        self.model = MiniLM(directory, threads=threads)
 
     @staticmethod
     def available() -> bool:
@@ -91,7 +97,79 @@ class LocalEmbedder:
 
     async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
                     ) -> list[list[float]]:
-        return await asyncio.to_thread(self.model.encode, list(texts))
+        # One thread encodes for the whole process: the BLAS cap is process-wide, and (with
+        # threadpoolctl 3.8) only one thread at a time may set it.
+        return await asyncio.get_running_loop().run_in_executor(_encoder(), self.model.encode, list(texts))
+
+
+class WriteBatcher:
+    """Embeds the texts of concurrent writes together, in one call to ``embedder``.
+
+    A write's text joins a queue; one task drains it: the texts there when it runs (up to
+    ``max_batch``, of one agent and run, as a remote embedder records them on the call) go
+    in one batch, and those that arrive while a batch is being embedded go in the next. A
+    lone write is embedded at once, as before; a burst of N writes takes two or three
+    calls instead of N. A failed batch fails the writes in it.
+    """
+
+    def __init__(self, embedder: Embedder, *, max_batch: int = 64) -> None:
+        self.embedder = embedder
+        self.max_batch = max_batch
+        self.calls = 0
+        """How many times ``embedder`` was called (for tests and figures)."""
+        self._queue: list[tuple[tuple[str | None, str | None], str, asyncio.Future[list[float]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        waiting = []
+        for text in texts:
+            future: asyncio.Future[list[float]] = loop.create_future()
+            self._queue.append(((agent, run), text, future))
+            waiting.append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="tether-memory-embed")
+        return list(await asyncio.gather(*waiting))
+
+    async def _drain(self) -> None:
+        while self._queue:
+            self._queue = [q for q in self._queue if not q[2].done()]  # writers that gave up
+            if not self._queue:
+                return
+            who = self._queue[0][0]
+            batch = [q for q in self._queue if q[0] == who][:self.max_batch]
+            taken = {id(q) for q in batch}
+            self._queue = [q for q in self._queue if id(q) not in taken]
+            self.calls += 1
+            try:
+                vectors = await self.embedder.embed([text for _, text, _ in batch], agent=who[0], run=who[1])
+                if len(vectors) != len(batch):
+                    raise RuntimeError(f"embedder {self.embedder.name} returned {len(vectors)} vectors "
+                                       f"for {len(batch)} texts")
+            except asyncio.CancelledError:
+                for _, _, future in batch + self._queue:
+                    future.cancel()
+                self._queue = []
+                raise
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), vector in zip(batch, vectors, strict=True):
+                if not future.done():
+                    future.set_result(vector)
+
+
+_ENCODER: ThreadPoolExecutor | None = None
+
+
+def _encoder() -> ThreadPoolExecutor:
+    global _ENCODER
+    if _ENCODER is None:
+        _ENCODER = ThreadPoolExecutor(1, thread_name_prefix="tether-embed")
+    return _ENCODER
 
 
 class _Caller(Protocol):

@@ -28,10 +28,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from tether.bus import EVENTS_STREAM, Bus
-from tether.projections import Item, Op, ViewStore, open_view, view_path
+from tether.projections import Item, open_view, view_path
 from tether.schemas import MemoryDeleted
 
-from ._view import MemoryView, prepare
+from ._view import MemoryStore, MemoryView
 
 __all__ = ["MEMORY_SUBJECTS", "MemoryStore", "ViewFeed", "last_memory_seq"]
 
@@ -47,26 +47,6 @@ async def last_memory_seq(bus: Bus, subject: str = MEMORY_SUBJECTS) -> int:
     except NotFoundError:
         return 0
     return int(msg.seq or 0)
-
-
-class MemoryStore(ViewStore):
-    """The view's SQLite file, with the FTS index and secure deletes switched on."""
-
-    def __init__(self, projection: MemoryView, path: Path) -> None:
-        super().__init__(projection, path)
-        self.db.execute("PRAGMA busy_timeout=10000")
-        prepare(self.db)
-
-    def _execute(self, ops: Sequence[Op]) -> None:
-        # Group a batch's operations by table (stable, so each table sees its own in log order;
-        # the tables do not depend on each other): far longer runs for executemany.
-        order = {t.name: i for i, t in enumerate(self.projection.tables)}
-        super()._execute(sorted(ops, key=lambda op: order.get(op.table, 0)))
-
-    def scrub(self) -> None:
-        """After an erasure: merge the FTS segments (dropping deleted tokens) and empty the WAL."""
-        self.db.execute("INSERT INTO versions_fts(versions_fts) VALUES ('optimize')")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _try_lock(directory: Path) -> IO[str] | None:

@@ -7,17 +7,26 @@ and ``tokenizer.json``. Nothing is fetched from a hub: ``HF_HUB_OFFLINE`` is set
 the tokenizer loads. The forward pass is the BERT encoder (6 layers, 12 heads, 384
 dimensions), mean pooling over real tokens, and L2 normalisation, as
 sentence-transformers computes it.
+
+While it encodes, the BLAS library NumPy calls (OpenBLAS, MKL...) is held to ``threads``
+threads (default 1) through ``threadpoolctl`` when it is installed: BLAS otherwise starts
+a thread per core, and on a busy machine those threads wait on each other (one query took
+370 ms instead of 29 ms on 2 shared cores).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MiniLM", "model_dir"]
+__all__ = ["BlasThreads", "MiniLM", "model_dir"]
+
+log = logging.getLogger("tether.memory")
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 256
@@ -36,10 +45,67 @@ def model_dir() -> Path | None:
     return path if (path / "model.safetensors").is_file() else None
 
 
-class MiniLM:
-    """The model, loaded once; :meth:`encode` is thread-safe and deterministic."""
+class BlasThreads:
+    """Caps the BLAS library's threads at ``threads`` while an encode runs (:meth:`cap`).
 
-    def __init__(self, directory: Path | None = None) -> None:
+    BLAS has one process-wide setting, so capped encodes take turns (a lock), each setting
+    the cap on entry and giving the previous value back on exit. ``threadpoolctl`` does the
+    setting; from 3.8 on it lets only one thread at a time control OpenBLAS, so if the
+    application holds that control itself (its own ``threadpool_limits`` in another thread),
+    its setting stands. Without ``threadpoolctl`` (or with ``threads=None``) nothing is
+    changed, and a warning says so once.
+    """
+
+    _warned = False
+
+    def __init__(self, threads: int | None) -> None:
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1 (or None to leave BLAS alone), got {threads}")
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._controller: Any = None
+        if threads is None:
+            return
+        try:
+            from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        except ImportError:
+            BlasThreads._warn("threadpoolctl is not installed: the embedder cannot cap NumPy's BLAS threads, "
+                              "which slows it down on a busy machine (pip install threadpoolctl)")
+            return
+        controller = ThreadpoolController()  # once: it inspects the loaded libraries (~4 ms)
+        if not controller.select(user_api="blas").lib_controllers:
+            BlasThreads._warn("threadpoolctl finds no BLAS library in this process (threadpoolctl older than "
+                              "3.5 does not know NumPy 2's): the embedder's BLAS threads are not capped")
+            return
+        self._controller = controller
+
+    @classmethod
+    def _warn(cls, message: str) -> None:
+        if not cls._warned:
+            cls._warned = True
+            log.warning(message)
+
+    @property
+    def active(self) -> bool:
+        """True when the cap is applied (``threadpoolctl`` installed and a number given)."""
+        return self._controller is not None
+
+    @contextmanager
+    def cap(self) -> Iterator[None]:
+        if self._controller is None:
+            yield
+            return
+        with self._lock, self._controller.limit(limits=self.threads, user_api="blas"):
+            yield
+
+
+class MiniLM:
+    """The model, loaded once; :meth:`encode` is thread-safe and deterministic.
+
+    ``threads``: BLAS threads while encoding (see :class:`BlasThreads`; None leaves BLAS
+    as it is)."""
+
+    def __init__(self, directory: Path | None = None, *, threads: int | None = 1) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             import numpy as np
@@ -60,7 +126,7 @@ class MiniLM:
         self.tokenizer.no_padding()
         self.layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
         self.heads = 12
-        self._lock = threading.Lock()
+        self.blas = BlasThreads(threads)
         # Pre-transpose the dense weights once: x @ W.T is the hot path.
         self.t = {k: v.T.copy() for k, v in self.w.items() if k.endswith(".weight") and v.ndim == 2
                   and k.startswith("encoder.")}
@@ -83,17 +149,25 @@ class MiniLM:
         return 0.5 * x * (1.0 + erf)
 
     def encode(self, texts: Sequence[str], batch: int = 32) -> list[list[float]]:
-        out: list[list[float]] = []
-        for i in range(0, len(texts), batch):
-            out.extend(self._batch(texts[i:i + batch]))
+        """Unit vectors for ``texts``, in order. Texts of similar length are encoded together
+        (``batch`` at a time), so short ones are not padded to the length of a long one."""
+        if not texts:
+            return []
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        out: list[list[float]] = [[] for _ in texts]
+        with self.blas.cap():
+            for i in range(0, len(order), batch):
+                chunk = order[i:i + batch]
+                for index, vector in zip(chunk, self._batch([encodings[j] for j in chunk]), strict=True):
+                    out[index] = vector
         return out
 
-    def _batch(self, texts: Sequence[str]) -> list[list[float]]:
+    def _batch(self, encodings: Sequence[Any]) -> list[list[float]]:
         np = self.np
-        encodings = self.tokenizer.encode_batch(list(texts))
         length = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.float32)
+        ids = np.zeros((len(encodings), length), dtype=np.int64)
+        mask = np.zeros((len(encodings), length), dtype=np.float32)
         for row, enc in enumerate(encodings):
             ids[row, :len(enc.ids)] = enc.ids
             mask[row, :len(enc.ids)] = 1.0

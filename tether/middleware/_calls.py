@@ -151,7 +151,7 @@ class DurableCalls:
         """Put a call on WORK (once: the call id is the message id). Returns the call id."""
         from tether.schemas import LlmCallRequested, ToolCallRequested
 
-        from ._engine import terminal_id
+        from ._engine import redacted, terminal_id
 
         if requested is None:
             if item.kind == "llm":
@@ -162,7 +162,7 @@ class DurableCalls:
             else:
                 payload = ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
                                             mode="durable", idempotency_key=item.idempotency_key)
-            requested = Event.of(payload, id=terminal_id(item.call_id, "requested"), runid=item.runid,
+            requested = Event.of(redacted(payload), id=terminal_id(item.call_id, "requested"), runid=item.runid,
                                  agentid=item.agentid, traceparent=item.traceparent,
                                  extensions={"tenant": item.tenant} if item.tenant else None)
         await self.bus.emit(requested)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tether._redact import DEFAULT as REDACT
 from tether.bus import Bus, encode_token
 from tether.pricing import estimate, estimate_tokens, price
 from tether.schemas import (
@@ -49,7 +50,7 @@ from ._shared import Breakers, RateLimiter, Snapshot, SpendBook
 from ._tools import ToolRegistry, UnknownTool
 from ._work import CallRecord, WorkItem
 
-__all__ = ["DLQ_PREFIX", "CallEngine", "Outcome", "terminal_id"]
+__all__ = ["DLQ_PREFIX", "CallEngine", "Outcome", "redacted", "terminal_id"]
 
 log = logging.getLogger("tether.middleware")
 
@@ -65,6 +66,23 @@ def terminal_id(call_id: str, what: str) -> str:
     event: derived from the call id, so a repeat is dropped by JetStream's dedupe."""
     return str(uuid.uuid5(_NS, f"{call_id}/{what}"))
 
+
+
+_RECORDED = ("request", "parameters", "response", "arguments", "result")
+
+
+def redacted(payload: Payload) -> Payload:
+    """``payload`` as it may enter the log: what callers, tools and providers sent (requests,
+    arguments, responses, results, error messages) redacted by tether's one rule set."""
+    update: dict[str, Any] = {}
+    for name in _RECORDED:
+        value = getattr(payload, name, None)
+        if value is not None:
+            update[name] = REDACT(value)
+    error = getattr(payload, "error", None)
+    if isinstance(error, ErrorInfo) and error.message:
+        update["error"] = error.model_copy(update={"message": REDACT.text(error.message)})
+    return payload.model_copy(update=update) if update else payload
 
 @dataclass(frozen=True)
 class Outcome:
@@ -105,7 +123,7 @@ class CallEngine:
     # -- events ----------------------------------------------------------------------------
 
     def _event(self, item: WorkItem, payload: Payload, *, id: str | None = None) -> Event:
-        return Event.of(payload, id=id, runid=item.runid, agentid=item.agentid,
+        return Event.of(redacted(payload), id=id, runid=item.runid, agentid=item.agentid,
                         traceparent=item.traceparent, source=self.source,
                         extensions={"tenant": item.tenant} if item.tenant else None)
 

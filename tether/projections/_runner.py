@@ -182,7 +182,7 @@ class Projector:
 
         def open_all() -> None:
             for proj in self.projections:
-                self.stores[proj.name] = ViewStore(proj, view_path(self.directory, proj.name, proj.version))
+                self.stores[proj.name] = proj.open_store(view_path(self.directory, proj.name, proj.version))
 
         await self._run(open_all)
         start = min((s.seq for s in self.stores.values()), default=0) + 1

