@@ -97,10 +97,11 @@ async def test_status_without_a_server_says_it_once_with_what_to_do(tether_home:
 
 
 @pytest.mark.nats
-async def test_status_hides_the_random_names_of_temporary_readers(nats_server: NatsServer, tether_home: Path) -> None:
-    async with await connect(nats_server.url):  # the streams
+async def test_status_hides_the_random_names_of_temporary_readers(fresh_nats_server: NatsServer,
+                                                                  tether_home: Path) -> None:
+    async with await connect(fresh_nats_server.url):  # the streams (on a server of its own: no worker ran there)
         pass
-    env = url_env(tether_home, nats_server.url)
+    env = url_env(tether_home, fresh_nats_server.url)
     code, _, err = await run_with(env, *TETHER, "dlq", "ls", cwd=tether_home.parent)
     assert code == 0, err  # it leaves an ephemeral consumer on DLQ behind, for 30 s
     code, out, err = await run_with(env, *TETHER, "status", cwd=tether_home.parent)
