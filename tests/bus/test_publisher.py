@@ -300,3 +300,41 @@ async def test_raw_nats_client_sees_binary_mode_headers(nats_server: NatsServer,
     assert msg.headers["ce-agentid"] == "agent.with.dots"
     assert msg.headers["Nats-Msg-Id"] == event.id
     assert msg.subject.split(".")[2] == "agent%2Ewith%2Edots"
+
+
+async def test_order_holds_for_events_published_while_the_client_notices_an_outage(
+        fresh_nats_server: NatsServer, tether_home: Path) -> None:
+    """nats-py marks the connection down before tether's disconnect callback runs: an event
+    published in that gap must still be stored after the older events that were in flight."""
+    run = f"r-{uuid7()}"
+    pid = fresh_nats_server.pid
+    assert pid is not None
+    async with await connect(fresh_nats_server.url, ack_timeout_s=30.0) as bus:
+        sent = [tool_event(run, i) for i in range(10)]
+        for e in sent:
+            await bus.emit(e)
+        await bus.flush()
+        os.kill(pid, signal.SIGSTOP)  # the server reads nothing more: what follows stays unacked
+        for i in range(10, 20):
+            sent.append(tool_event(run, i))
+            await bus.emit(sent[-1])
+        await asyncio.sleep(0.05)
+        assert bus.publisher.in_flight() == 10
+        os.kill(pid, signal.SIGKILL)  # the connection drops; the loop runs on only below
+        for _ in range(5000):
+            if not bus.nc.is_connected:
+                break
+            await asyncio.sleep(0)
+        assert not bus.nc.is_connected
+        for i in range(20, 25):  # in the gap: before the disconnect callback has run
+            sent.append(tool_event(run, i))
+            await bus.emit(sent[-1])
+        sent.append(tool_event(run, 25))
+        assert (await bus.publish(sent[-1])).outboxed
+        await bus.flush()
+        await asyncio.to_thread(fresh_nats_server.kill)  # reaps it
+        await asyncio.to_thread(fresh_nats_server.start)
+        await asyncio.wait_for(bus.publisher.drain(), 30)
+        got = await events_of(bus, run)
+    assert [e.data.result for e in got] == list(range(26))  # type: ignore[attr-defined]
+    assert [e.id for e in got] == [e.id for e in sent]

@@ -207,11 +207,11 @@ class Publisher:
         """Publish and wait for the ack (or the outbox); at most ``ack_timeout_s``."""
         message = self.prepare(event)
         if self._degraded or not self._nc.is_connected:
-            self._to_outbox([message])
+            self._divert(message, "NATS not connected")
             return Receipt(message.id, outboxed=True)
         await self._wait_for_room()
         if self._degraded:
-            self._to_outbox([message])
+            self._divert(message, "backpressure")
             return Receipt(message.id, outboxed=True)
         waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         await self._send(message, waiter)
@@ -221,12 +221,12 @@ class Publisher:
         """Hand an event to NATS without waiting for its ack. See :meth:`flush`."""
         message = self.prepare(event)
         if self._degraded or not self._nc.is_connected:
-            self._to_outbox([message])
+            self._divert(message, "NATS not connected")
             return
         if len(self._inflight) >= self.max_pending:
             await self._wait_for_room()
             if self._degraded:
-                self._to_outbox([message])
+                self._divert(message, "backpressure")
                 return
         await self._send(message, None)
 
@@ -285,15 +285,10 @@ class Publisher:
             try:
                 wire = await self._claim_check(message)
             except Exception as exc:  # NATS trouble while storing the object
-                self._to_outbox([message])
-                self._degrade(f"object store: {exc}")
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(Receipt(message.id, outboxed=True))
+                self._divert(message, f"object store: {exc}", waiter)
                 return
             if self._degraded:
-                self._to_outbox([message])
-                if waiter is not None:
-                    waiter.set_result(Receipt(message.id, outboxed=True))
+                self._divert(message, "NATS not connected", waiter)
                 return
         self._seq += 1
         seq = self._seq
@@ -398,6 +393,26 @@ class Publisher:
         if self._outbox is None:
             self._outbox = Outbox.create(self._outbox_dir, max_bytes=self.outbox_max_bytes)
         return self._outbox
+
+    def _divert(self, message: PendingMessage, reason: str,
+                waiter: asyncio.Future[Receipt] | None = None) -> None:
+        """Send a new event to the outbox, behind every older event still in flight.
+
+        nats-py reports the connection down before tether's disconnect callback runs; an
+        event published in that gap must not overtake the unacked ones, so they go first.
+        """
+        if self._inflight or not self._degraded:
+            self._degrade(reason)
+        try:
+            self._to_outbox([message])
+        except OutboxFull as exc:
+            if waiter is None:
+                raise
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Receipt(message.id, outboxed=True))
 
     def _to_outbox(self, messages: list[PendingMessage]) -> None:
         if not messages:
