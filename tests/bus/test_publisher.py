@@ -280,7 +280,7 @@ async def test_status_reports_streams_and_outbox(nats_server: NatsServer, tether
     assert names == ["EVENTS", "WORK", "DLQ"]
     assert st["streams"][0]["messages"] >= 1
     assert st["server"]["jetstream"] is True
-    assert st["outbox"] == {"files": 0, "queued": 0, "rejected": 0}
+    assert st["outbox"] == {"files": 0, "queued": 0, "rejected": 0, "set_aside": []}
 
 
 async def test_raw_nats_client_sees_binary_mode_headers(nats_server: NatsServer, tether_home: Path) -> None:

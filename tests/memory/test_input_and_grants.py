@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tether.bus import PublishRejected, connect
 from tether.memory import AsyncMemory, Grants, InvalidMemory, MemoryAccessDenied, MemoryNotFound
+from tether.testing import NatsServer
 
-from .conftest import Opener
+from .conftest import Opener, settings_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -24,12 +27,43 @@ async def test_bad_text(memory: AsyncMemory, text: Any, match: str) -> None:
     assert memory.position == 0  # nothing was published
 
 
-@pytest.mark.parametrize("namespace", ["", "bot", "agent:", "user:a b", "USER:1", "user:*", "x" * 200])
+@pytest.mark.parametrize("namespace", ["", "bot", "agent:", "user:a b", "USER:1", "user:*", "x" * 200,
+                                       "team:docs\n", "global\n", "team:docs\r\n"])
 async def test_invalid_namespace(memory: AsyncMemory, namespace: str) -> None:
     with pytest.raises(InvalidMemory, match="namespace"):
         await memory.write(namespace, "hello")
     with pytest.raises(InvalidMemory, match="namespace"):
         await memory.search("hello", [namespace])
+
+
+async def test_a_bad_namespace_blocks_no_later_write(memory: AsyncMemory) -> None:
+    """A namespace with a trailing newline used to be accepted; its publish failed with a bad
+    subject, which sent it and every later write to the outbox (read-your-writes broken)."""
+    with pytest.raises(InvalidMemory, match=r"invalid namespace 'team:docs\\n'.*'team:docs'"):
+        await memory.write("team:docs\n", "a note")
+    written = await memory.write("team:docs", "a note", key="k")
+    assert not written.outboxed and written.seq is not None
+    assert (await memory.get("team:docs", "k")).text == "a note"
+    assert memory.bus.publisher.outbox_depth() == 0 and not memory.bus.publisher.degraded
+
+
+async def test_a_write_nats_can_never_take_is_refused_and_later_writes_are_read(
+        home: Path) -> None:
+    """A permanent publish error (here: above the server's max_payload) is an error for the
+    caller, not an outage: nothing is outboxed and the next writes are read back at once."""
+    with NatsServer(max_payload=32 * 1024) as server:
+        async with await connect(server.url, home=home) as bus, \
+                AsyncMemory(bus, settings=settings_for(home)) as memory:
+            await memory.start()
+            with pytest.raises(PublishRejected, match=r"can never be delivered.*max_payload"):
+                await memory.write("team:docs", "long " * 6000, key="big")
+            for i in range(3):
+                written = await memory.write("team:docs", f"note {i}", key=f"k{i}")
+                assert not written.outboxed
+                assert (await memory.get("team:docs", f"k{i}")).text == f"note {i}"
+            with pytest.raises(MemoryNotFound):
+                await memory.get("team:docs", "big")
+            assert bus.publisher.outbox_depth() == 0 and not bus.publisher.degraded
 
 
 async def test_unknown_keys(memory: AsyncMemory) -> None:
@@ -61,6 +95,7 @@ async def test_unknown_keys(memory: AsyncMemory) -> None:
     (lambda m: m.search("x", mode="fuzzy"), "mode must be"),
     (lambda m: m.search("x", mode="semantic"), "needs an embedder"),
     (lambda m: m.search("x", filters={"a b": 1}), "filter field"),
+    (lambda m: m.search("x", filters={"a\n": 1}), "filter field"),
     (lambda m: m.search("x", filters={"a": {"like": 1}}), "unknown operator"),
     (lambda m: m.search("x", filters={"a": [1, {"b": 2}]}), "values must be"),
     (lambda m: m.get("agent:bot", "k", as_of=-5), "as_of must be"),

@@ -276,10 +276,12 @@ def test_a_type_cannot_be_registered_twice() -> None:
         ({"traceparent": "not-a-traceparent"}, "traceparent"),
         ({"traceparent": TRACEPARENT.upper()}, "traceparent"),
         ({"traceparent": TRACEPARENT + "-00"}, "traceparent"),
+        ({"traceparent": TRACEPARENT + "\n"}, "traceparent"),  # header values carry no line break
         ({"extensions": {"Tenant": "x"}}, "extensions.Tenant"),
         ({"extensions": {"my-ext": "x"}}, "extensions.my-ext"),
         ({"extensions": {"my_ext": "x"}}, "extensions.my_ext"),
         ({"extensions": {"": "x"}}, "extensions."),
+        ({"extensions": {"tenant\n": "x"}}, "extensions.tenant\n"),  # nor header names
         ({"extensions": {"x" * 21: "x"}}, f"extensions.{'x' * 21}"),
         ({"extensions": {"type": "x"}}, "extensions.type"),
         ({"extensions": {"runid": "x"}}, "extensions.runid"),

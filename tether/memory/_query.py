@@ -29,7 +29,7 @@ __all__ = [
     "time_at",
 ]
 
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,4}$")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,4}")
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "!=", "eq": "="}
 
 DELETED = "(m.deleted IS NOT NULL AND (m.deleted_version IS NULL OR m.deleted_version >= m.version))"
@@ -130,7 +130,7 @@ def _filters(filters: Mapping[str, Any] | None, params: dict[str, Any]) -> list[
     ``{"priority": {"gte": 2}}`` (gt, gte, lt, lte, ne, eq), ``{"city": None}`` (absent)."""
     out: list[str] = []
     for i, (name, want) in enumerate((filters or {}).items()):
-        if not isinstance(name, str) or not _FIELD.match(name):
+        if not isinstance(name, str) or not _FIELD.fullmatch(name):
             raise InvalidMemory(f"filter field {name!r}: use letters, digits, _ and - (dots for nested fields)")
         path = "$." + ".".join(f'"{part}"' for part in name.split("."))
         col = f"json_extract(v.metadata, :fp{i})"
