@@ -9,6 +9,8 @@ import pytest
 
 from tether.bus import PublishRejected, connect
 from tether.memory import AsyncMemory, Grants, InvalidMemory, MemoryAccessDenied, MemoryNotFound
+from tether.memory._codec import seal_entry
+from tether.schemas import Event, MemoryWritten
 from tether.testing import NatsServer
 
 from .conftest import Opener, settings_for
@@ -158,3 +160,39 @@ async def test_grants_are_enforced_on_every_call(open_memory: Opener) -> None:
     assert {h.entry.namespace for h in await stranger.search("note", k=10)} == {"global"}
     assert "private" not in (await bot.context("note")).text
     assert dict(await intern.namespaces()) == {"team:docs": 1, "global": 1}
+
+
+@pytest.mark.parametrize(("metadata", "match"), [
+    ({"score": float("nan")}, "metadata score is nan"),
+    ({"score": float("inf")}, "metadata score is inf"),
+    ({"scores": [1.0, float("-inf")]}, "metadata scores.1 is -inf"),
+    ({"a": {"b": float("nan")}}, "metadata a.b is nan"),
+])
+async def test_non_finite_metadata_is_refused(memory: AsyncMemory, metadata: dict[str, Any], match: str) -> None:
+    """NaN used to be accepted and then broke every filtered search and forget of the namespace."""
+    await memory.write("agent:bot", "a fact", key="k", metadata={"score": 1})
+    position = memory.position
+    with pytest.raises(InvalidMemory, match=rf"{match}: JSON has no NaN or Infinity"):
+        await memory.write("agent:bot", "another fact", key="k2", metadata=metadata)
+    with pytest.raises(InvalidMemory, match=match):
+        await memory.write_many([{"text": "one more", "metadata": metadata}], namespace="agent:bot")
+    assert memory.position == position  # nothing was published
+    assert [h.entry.key for h in await memory.search("fact", filters={"score": 1})] == ["k"]
+    with pytest.raises(InvalidMemory, match="filter 'score': nan matches nothing"):
+        await memory.search("fact", filters={"score": float("nan")})
+    with pytest.raises(InvalidMemory, match="filter 'score': inf matches nothing"):
+        await memory.forget("agent:bot", filters={"score": {"lt": float("inf")}})
+
+
+async def test_nan_written_by_an_older_tether_does_not_break_filters(memory: AsyncMemory) -> None:
+    """An older tether sealed NaN into an entry's metadata; the view keeps it as null, so
+    filtered search and forget still work (SQLite's JSON functions refuse NaN)."""
+    await memory.write("agent:bot", "a fact about apples", key="good", metadata={"score": 1})
+    sealed = seal_entry(memory.keys, "agent:bot", "old", "a fact about pears", {"score": float("nan"), "n": 2}, None)
+    receipt = await memory.bus.publish(Event.of(MemoryWritten(namespace="agent:bot", key="old", version=1, **sealed),
+                                                agentid="bot"))
+    await memory.wait_for(receipt.stream_seq or 0)
+    assert [h.entry.key for h in await memory.search("fact", filters={"score": 1})] == ["good"]
+    assert [h.entry.key for h in await memory.search("fact", filters={"n": 2})] == ["old"]
+    assert (await memory.get("agent:bot", "old")).metadata == {"score": None, "n": 2}
+    assert await memory.forget("agent:bot", filters={"score": None}) == ["old"]

@@ -9,11 +9,14 @@ deleted (a deletion aimed at an older version does not count), not past its
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+from tether.schemas._finite import NON_FINITE_HINT
 
 from ._errors import InvalidMemory
 from ._types import Entry, Version, to_datetime
@@ -162,6 +165,8 @@ def _filters(filters: Mapping[str, Any] | None, params: dict[str, Any]) -> list[
 def _scalar(name: str, value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidMemory(f"filter {name!r}: {value!r} matches nothing: {NON_FINITE_HINT}")
     if isinstance(value, (str, int, float)):
         return value
     raise InvalidMemory(f"filter {name!r}: values must be strings, numbers or booleans, got {type(value).__name__}")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._errors import InvalidEvent, UnknownEventType
+from ._finite import NON_FINITE_HINT, non_finite
 from ._ids import uuid7
 
 __all__ = [
@@ -204,6 +205,9 @@ class Event(BaseModel):
             problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
         if problems:
             raise InvalidEvent(data.event_type, problems, what="envelope")
+        nan_at = non_finite(data.__dict__)  # pydantic takes NaN and inf in JsonValue, inf in floats
+        if nan_at is not None:
+            raise InvalidEvent(data.event_type, [{"loc": nan_at, "msg": NON_FINITE_HINT}])
         when = time or datetime.now(UTC)
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
