@@ -302,6 +302,15 @@ async def test_raw_nats_client_sees_binary_mode_headers(nats_server: NatsServer,
     assert msg.subject.split(".")[2] == "agent%2Ewith%2Edots"
 
 
+def wait_stopped(pid: int) -> None:
+    """Until the kernel has stopped ``pid`` (SIGSTOP is delivered asynchronously)."""
+    for _ in range(1000):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 async def test_order_holds_for_events_published_while_the_client_notices_an_outage(
         fresh_nats_server: NatsServer, tether_home: Path) -> None:
     """nats-py marks the connection down before tether's disconnect callback runs: an event
@@ -315,15 +324,18 @@ async def test_order_holds_for_events_published_while_the_client_notices_an_outa
             await bus.emit(e)
         await bus.flush()
         os.kill(pid, signal.SIGSTOP)  # the server reads nothing more: what follows stays unacked
+        wait_stopped(pid)
         for i in range(10, 20):
             sent.append(tool_event(run, i))
             await bus.emit(sent[-1])
         await asyncio.sleep(0.05)
-        assert bus.publisher.in_flight() == 10
+        stats = bus.publisher.stats
+        assert bus.publisher.in_flight() == 10, (stats, bus.publisher.degraded)
         os.kill(pid, signal.SIGKILL)  # the connection drops; the loop runs on only below
-        for _ in range(5000):
-            if not bus.nc.is_connected:
-                break
+        deadline = time.monotonic() + 10
+        # One loop turn at a time, to stop right after nats-py marks the connection down and
+        # before it runs tether's disconnect callback: no event to wait on exists for that.
+        while bus.nc.is_connected and time.monotonic() < deadline:  # noqa: ASYNC110 - see above
             await asyncio.sleep(0)
         assert not bus.nc.is_connected
         for i in range(20, 25):  # in the gap: before the disconnect callback has run
