@@ -21,7 +21,10 @@ inline caller from the same file: retries, breaker (no KV write while it is clos
 timeouts on, no rate limits, no budgets, and the **runaway guard on** (500 calls per run,
 5 identical calls). The guard is one compare-and-set on the run's record in KV per durable
 call; ``--runaway both`` also measures a pass with it off (``[runaway] max_calls_per_run
-= false``, ``max_identical_calls = false``), and ``--runaway off`` only that.
+= false``, ``max_identical_calls = false``), and ``--runaway off`` only that. ``--budget
+USD`` gives every agent (lane) a dollar budget, so every call is admitted under it: a
+reservation at admission and its settlement at the end, each a compare-and-set on the
+agent's record (a budget far above what the run spends never refuses a call).
 
 Each variant is warmed up, then each round runs direct, inline, durable at concurrency 1,
 then again at concurrency ``--concurrency`` (50), with a closed-loop load generator: one
@@ -43,6 +46,7 @@ Run it::
     .venv/bin/python bench/executor.py
     .venv/bin/python bench/executor.py --rounds 5 --calls 500 --calls-high 3000
     .venv/bin/python bench/executor.py --runaway both      # defaults, then the guard off
+    .venv/bin/python bench/executor.py --budget 1000000    # every call under an agent budget
     .venv/bin/python bench/executor.py --json              # machine-readable results on stdout
     .venv/bin/python bench/executor.py --profile /tmp/prof # cProfile: worker process and
                                                            # the client's inline phases
@@ -165,10 +169,12 @@ def start_provider(workdir: Path, latency: str | None) -> tuple[Child, str]:
     return child, url
 
 
-def write_config(path: Path, provider_url: str, runaway: Runaway) -> Path:
+def write_config(path: Path, provider_url: str, runaway: Runaway, budget_usd: float | None = None) -> Path:
     text = f'[providers.{PROVIDER}]\nkind = "openai"\nbase_url = "{provider_url}"\n'
     if runaway == "off":
         text += "\n[runaway]\nmax_calls_per_run = false\nmax_identical_calls = false\n"
+    if budget_usd is not None:
+        text += f'\n[budgets.agent."*"]\nusd = {budget_usd!r}\n'
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -382,8 +388,9 @@ class Report:
             f"{a['calls_high']:,} at c={a['concurrency']} per variant, warm-up {a['warmup']:,}; "
             f"nats-server {self.server_version or '?'}, {os.cpu_count()} CPU(s), provider latency "
             f"{a['latency'] or 'none'}",
-            "policy: tether defaults (retry, breaker, timeouts; no rate limits or budgets); "
-            f"runs of {CALLS_PER_RUN} calls, one agent per lane",
+            "policy: tether defaults (retry, breaker, timeouts; no rate limits; "
+            + (f"every agent a ${a['budget']:g} budget); " if a.get("budget") is not None else "no budgets); ")
+            + f"runs of {CALLS_PER_RUN} calls, one agent per lane",
         ]
         for config in dict.fromkeys(s.config for s in self.summaries):
             lines += [
@@ -456,7 +463,7 @@ async def run_config(config: Runaway, args: argparse.Namespace, server: NatsServ
                      provider_url: str, workdir: Path, bus: Bus, phases: list[Phase],
                      profile: Path | None) -> dict[str, int]:
     """One worker process and one inline caller with this runaway setting; every phase."""
-    cfg_path = write_config(workdir / f"tether-runaway-{config}.toml", provider_url, config)
+    cfg_path = write_config(workdir / f"tether-runaway-{config}.toml", provider_url, config, args.budget)
     cfg = load_worker_config(cfg_path)
     worker = start_worker(workdir, server.url, cfg_path, profile / f"worker-runaway-{config}.prof" if profile else None)
     progress(f"worker pid {worker.pid} (runaway guard {config}; `py-spy record -p {worker.pid}` samples it)", args.json)
@@ -525,7 +532,7 @@ async def run(args: argparse.Namespace, server: NatsServer, provider: Child, pro
         await bus.flush()
         verification = await verify(bus, http, provider_url, phases, made)
         return Report(args={k: getattr(args, k) for k in ("rounds", "calls", "calls_high", "concurrency",
-                                                            "warmup", "runaway", "latency")},
+                                                            "warmup", "runaway", "latency", "budget")},
                       phases=phases, summaries=summarise(phases, args.concurrency), verification=verification,
                       server_version=(await bus.status())["server"]["version"])
     finally:
@@ -579,6 +586,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300, help="warm-up calls per variant (300)")
     parser.add_argument("--runaway", choices=("on", "off", "both"), default="on",
                         help="runaway guard: on (the default policy), off, or both passes")
+    parser.add_argument("--budget", type=float, metavar="USD",
+                        help="give every agent a dollar budget (never reached when large: each call is then "
+                             "admitted under it, reserved and settled); none by default")
     parser.add_argument("--latency", metavar="SPEC", help="the fake provider's latency, e.g. 20ms (none)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--profile", type=Path, metavar="DIR",

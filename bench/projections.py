@@ -766,10 +766,10 @@ async def profile_tether(url: str, home: Path, *, events: int, out: Path) -> str
     loop_prof, apply_prof = cProfile.Profile(), cProfile.Profile()
 
     class Profiled(Projector):
-        def _apply(self, items: Sequence[Item], through: int) -> dict[str, set[str]]:
+        def _apply(self, items: Sequence[Item], through: int, at: float | None = None) -> dict[str, set[str]]:
             apply_prof.enable()
             try:
-                return super()._apply(items, through)
+                return super()._apply(items, through, at)
             finally:
                 apply_prof.disable()
 

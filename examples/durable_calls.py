@@ -20,7 +20,7 @@ from tether.middleware import (
     ToolRegistry,
 )
 from tether.schemas import uuid7
-from tether.testing.fake_provider import FakeProvider
+from tether.testing import FakeProvider
 
 tools = ToolRegistry()
 
@@ -33,7 +33,8 @@ def lookup(city: str) -> dict[str, str]:
 async def main() -> None:
     policies = PolicySet(routes={"*": Policy(retry=RetryPolicy(max_attempts=3, base_delay_s=0.1))})
     async with FakeProvider(seed=1, faults="429(0.2s)#1") as fake, await tether.connect() as bus:
-        providers = {"openai": ProviderConfig("openai", "openai", fake.url)}  # keys stay in the worker
+        # name: the provider in routes; kind: its wire format; base_url: where it listens. Keys stay in the worker.
+        providers = {"openai": ProviderConfig(name="openai", kind="openai", base_url=fake.url)}
         async with Executor(bus, policies=policies, providers=providers, tools=tools), DurableCalls(bus) as calls:
             run = f"example-{uuid7()}"
             chat = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 30}

@@ -14,8 +14,7 @@ import openai
 import tether
 from tether.adapters import Hub, conversation
 from tether.bus import event_filter
-from tether.testing import collect
-from tether.testing.fake_provider import FakeProvider
+from tether.testing import FakeProvider, collect
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Today's weather in a city",

@@ -66,3 +66,90 @@ def test_reliability_doc_config_blocks_load(tmp_path: Path) -> None:
         assert config.source == str(path)
     full = load_worker_config(tmp_path / "block1.toml")
     assert full.policies.policy_for("anything:x").retry.max_attempts == 3
+
+
+# -- docs that must not drift from the code -------------------------------------------------------
+
+
+def _table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the Markdown table that starts with ``header`` (separator row skipped)."""
+    lines = text[text.index(header):].splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _tether_imports(package: str) -> set[str]:
+    """The public tether packages and modules that ``tether.<package>`` imports (any module of it)."""
+    import ast
+
+    found: set[str] = set()
+    base = ROOT / "tether" / package
+    for path in base.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the module's own package
+                    parts = path.relative_to(ROOT).with_suffix("").parts[:-node.level]
+                    names = [".".join(parts) + (f".{node.module}" if node.module else "")]
+                else:
+                    names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "tether" and len(parts) > 1 and not parts[1].startswith("_") and parts[1] != package:
+                    found.add(parts[1])
+    return found
+
+
+def test_architecture_layer_table_matches_the_imports() -> None:
+    rows = _table_rows((ROOT / "docs" / "architecture.md").read_text(), "| package | owns | imports | status |")
+    packages = {p.name for p in (ROOT / "tether").iterdir() if (p / "__init__.py").exists()}
+    documented = {}
+    for package, _owns, imports, _status in rows:
+        name = package.strip("`").removeprefix("tether.")
+        documented[name] = set() if imports == "nothing of tether" else set(imports.split(", "))
+    assert packages <= set(documented), f"packages missing from the layer table: {packages - set(documented)}"
+    for name in sorted(packages):
+        assert documented[name] == _tether_imports(name), f"tether.{name}: the table says {sorted(documented[name])}"
+
+
+def test_architecture_cli_row_lists_every_command() -> None:
+    import argparse
+
+    from tether.cli import build_parser
+
+    rows = _table_rows((ROOT / "docs" / "architecture.md").read_text(), "| package | owns | imports | status |")
+    [cli] = [row for row in rows if row[0] == "`tether.cli`"]
+    listed = {command.split()[0] for command in re.findall(r"`([^`]+)`", cli[3])}
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert listed == set(commands.choices)
+
+
+def test_events_catalogue_table_matches_the_catalogue() -> None:
+    from tether.schemas import catalogue
+
+    rows = _table_rows((ROOT / "docs" / "events.md").read_text(), "| type | v | payload | subject key |")
+    documented = {row[0].strip("`"): int(row[1]) for row in rows}
+    assert documented == {event_type: model.schema_version for event_type, model in catalogue().items()}
+
+
+def test_docs_import_the_fake_provider_from_tether_testing() -> None:
+    """One import for users: ``from tether.testing import FakeProvider`` (as docs/testing.md says)."""
+    texts = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *EXAMPLES]
+    offenders = [p.name for p in texts if "tether.testing.fake_provider" in p.read_text()]
+    assert offenders == []
+    assert "from tether.testing import FakeProvider" in (ROOT / "README.md").read_text()
+
+
+def test_readme_shows_instrument_near_the_top() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert "tether.instrument(" in blocks[0], "the first Python example is tether.instrument"
+    assert text.index("tether.instrument(openai") < text.index("## Watch it work")
+    assert 'ProviderConfig("' not in text, "ProviderConfig with keywords, so it reads without the docs"

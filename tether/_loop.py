@@ -1,8 +1,10 @@
 """Which event loop tether's own processes run on: uvloop where it is installed.
 
 uvloop's wake-ups cost less CPU than asyncio's, which a worker answering one call at a
-time pays several times a call. ``TETHER_EVENT_LOOP=asyncio`` keeps the standard loop.
-Imports nothing of tether.
+time pays several times a call; but it is another loop (its transports are not
+``asyncio.Transport``), so code run here uses only what both loops provide, and
+tests/cli/test_processes.py runs the commands on it. ``TETHER_EVENT_LOOP=asyncio`` keeps
+the standard loop. Imports nothing of tether.
 """
 
 from __future__ import annotations

@@ -130,6 +130,92 @@ async def test_cancelled_while_waiting_for_the_next_chunk(bus: Bus, policies: Po
     assert data(events, "llm.call.failed")[0].error.code == "client_closed"
 
 
+async def test_cancelled_after_the_last_event_is_a_whole_call(bus: Bus, policies: PolicySet) -> None:
+    """The caller read the stream to [DONE] and went away while the upstream kept it open."""
+    lingering = Scripted(200, [chunk("Hel"), chunk("lo"), USAGE, b"data: [DONE]\n\n", 30.0])
+    core = Interceptor(bus=bus, policies=policies)
+    done = asyncio.Event()
+    run_id = ""
+
+    async def consume() -> None:
+        nonlocal run_id
+        async with tether.run(bus=bus) as run:
+            run_id = run.run_id
+            response = await core.handle("POST", "/v1/chat/completions", [], BODY, Upstream([lingering]))
+            assert response.stream is not None
+            async for piece in response.stream:
+                if piece.endswith(b"[DONE]\n\n"):
+                    done.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert lingering.closed
+    events = await run_events(bus, run_id)
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
+    completed = data(events, "llm.call.completed")[0]
+    assert completed.usage.output_tokens == 2 and completed.response["choices"][0]["message"]["content"] == "Hello"
+
+
+class Interrupted(BaseException):
+    """What a sync caller's thread may get while it waits (as KeyboardInterrupt, without stopping pytest)."""
+
+
+@dataclass
+class SyncScripted:
+    status: int
+    chunks: list[bytes | BaseException]
+    headers: Headers = field(default_factory=lambda: [("content-type", "text/event-stream")])
+    extensions: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    def next_chunk(self) -> bytes | None:
+        if not self.chunks:
+            return None
+        item = self.chunks.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class SyncUpstream:
+    responses: list[SyncScripted]
+
+    def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> SyncScripted:
+        return self.responses.pop(0)
+
+
+@pytest.mark.parametrize(("chunks", "end"), [
+    ([chunk("Hel"), chunk("lo"), USAGE, b"data: [DONE]\n\n", Interrupted()], "llm.call.completed"),
+    ([chunk("Hel"), Interrupted()], "llm.call.failed"),
+], ids=["after-the-last-event", "mid-stream"])
+async def test_sync_stream_interrupted(bus: Bus, policies: PolicySet, chunks: list[bytes | BaseException],
+                                       end: str) -> None:
+    core = Interceptor(bus=bus, policies=policies)
+    response = SyncScripted(200, chunks)
+
+    def consume() -> None:
+        with tether.run(bus=bus, run_id=run_id):
+            proxied = core.handle_sync("POST", "/v1/chat/completions", [], BODY, SyncUpstream([response]))
+            assert proxied.stream is not None
+            with pytest.raises(Interrupted):
+                for _ in proxied.stream:
+                    pass
+
+    run_id = f"sync-interrupted-{end}"
+    await asyncio.to_thread(consume)
+    assert response.closed
+    events = await run_events(bus, run_id)
+    assert kinds(events)[1:3] == ["llm.call.requested", end]
+
+
 async def test_error_event_inside_a_stream(bus: Bus, policies: PolicySet) -> None:
     broken = Scripted(200, [b'event: message_start\ndata: {"type":"message_start","message":{"id":"m",'
                             b'"model":"claude-haiku-4-5","role":"assistant","usage":{"input_tokens":4}}}\n\n',

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 
 import anthropic
+import anyio
 import openai
 import pytest
 
@@ -152,6 +153,60 @@ async def test_anthropic_messages_streaming_and_not(fake: FakeProvider, bus: Bus
     completed = data(events, "completed")
     assert (completed[0].provider, completed[0].finish_reason) == ("anthropic", "tool_use")
     assert completed[1].response["content"][0]["text"] == text and completed[1].usage.output_tokens > 0
+
+
+async def ended(bus: Bus, run_id: str, calls: int) -> list[Any]:
+    """The run's events once ``calls`` calls have ended (completed or failed)."""
+    with anyio.fail_after(20):
+        while True:
+            events = await run_events(bus, run_id)
+            if sum(e.type in ("tether.llm.call.completed", "tether.llm.call.failed") for e in events) >= calls:
+                return events
+            await asyncio.sleep(0.05)
+
+
+async def test_a_stream_read_to_its_end_is_completed_while_the_upstream_lingers(
+        fake: FakeProvider, bus: Bus, gateway: GatewayServer) -> None:
+    """The SDKs read to the stream's last event and close it; the upstream ends it 0.3 s later.
+    The call was delivered in full: completed, with its usage, not closed by the caller."""
+    fake.set_faults("linger(300ms)")
+    headers = {"x-tether-run-id": "lingering-run"}
+    async with oai(gateway) as sdk, claude(gateway) as csdk:
+        stream = await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True,  # type: ignore[arg-type]
+                                                   extra_headers=headers)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        async with csdk.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=CHAT,  # type: ignore[arg-type]
+                                        extra_headers=headers) as claude_stream:
+            claude_text = "".join([piece async for piece in claude_stream.text_stream])
+    assert text.startswith("This is fake reply") and claude_text.startswith("This is fake reply")
+    assert [r.fault for r in fake.log] == ["linger", "linger"]
+    events = await ended(bus, "lingering-run", 2)
+    assert kinds(events) == ["llm.call.requested", "llm.call.completed"] * 2
+    completed = data(events, "completed")
+    assert completed[0].response["choices"][0]["message"]["content"] == text
+    assert completed[1].response["content"][0]["text"] == claude_text
+    assert all(c.usage.output_tokens > 0 for c in completed)
+
+
+async def test_every_request_upstream_is_an_attempt_with_its_event(fake: FakeProvider, bus: Bus,
+                                                                   gateway: GatewayServer) -> None:
+    """A reset after the upstream read the request, on a kept-alive connection, then a 503: each
+    is an attempt the policy saw, none a hidden resend (the upstream's log and the events agree)."""
+    headers = {"x-tether-run-id": "no-hidden-resend"}
+    async with oai(gateway) as sdk:
+        await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT, extra_headers=headers)  # type: ignore[arg-type]
+        fake.set_faults("reset#1,503#2")  # the next request goes on the connection kept alive
+        stream = await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True,  # type: ignore[arg-type]
+                                                   extra_headers=headers)
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    events = await ended(bus, "no-hidden-resend", 2)
+    assert [r.outcome for r in fake.log] == ["200", "reset", "503", "200"]
+    attempts = [e for e in events if e.type in ("tether.llm.call.attempt_failed", "tether.llm.call.completed")]
+    assert len(attempts) == len(fake.log), "one event per request the upstream got"
+    failed = data(events, "attempt_failed")
+    assert [(f.attempt, f.error.type, f.error.status_code, f.decision) for f in failed] == [
+        (1, "APIConnectionError", None, "retry"), (2, "ServiceUnavailableError", 503, "retry")]
+    assert data(events, "completed")[1].attempt == 3
 
 
 async def test_sync_anthropic(fake: FakeProvider, bus: Bus, gateway: GatewayServer) -> None:

@@ -1,18 +1,27 @@
-"""The gateway's upstream HTTP/1.1 client against scripted servers: keep-alive, the stale-connection
-retry, timeouts, broken and malformed answers, bodies delimited by the connection's end, back-pressure."""
+"""The gateway's upstream HTTP/1.1 client against scripted servers: keep-alive, stale connections,
+no hidden resend, timeouts, broken and malformed answers, bodies delimited by the connection's end,
+back-pressure. Every test runs on the standard loop and on uvloop (what the CLI runs)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import uvloop
 
 from tether.adapters.gateway._http import HttpPool, Origin, UpstreamConnectionError, UpstreamTimeout
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=[pytest.param(("asyncio", {}), id="asyncio"),
+                        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop")])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -89,21 +98,48 @@ async def test_keep_alive_and_the_request_on_the_wire(scripted: Callable[[Handle
     await pool.aclose()
 
 
-async def test_a_stale_connection_is_replaced_once(scripted: Callable[[Handler], Awaitable[Scripted]]) -> None:
+async def test_runs_on_the_loop_under_test(anyio_backend: tuple[str, dict[str, object]]) -> None:
+    expected = "uvloop" if anyio_backend[1] else "asyncio"
+    assert type(asyncio.get_running_loop()).__module__.split(".")[0] == expected
+
+
+async def test_a_connection_the_server_closed_is_not_written_to(
+        scripted: Callable[[Handler], Awaitable[Scripted]]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader, server)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")  # keep-alive, then closed
+        await writer.drain()
+
+    server = await scripted(handler)
+    pool = HttpPool()
+    assert await body_of(pool, server.origin) == (200, b"ok")
+    await asyncio.sleep(0.05)  # the close is seen: connection_lost
+    assert await body_of(pool, server.origin) == (200, b"ok")
+    time.sleep(0.05)  # noqa: ASYNC251 - the close arrives while the loop is blocked: only the socket knows
+    assert await body_of(pool, server.origin) == (200, b"ok")
+    assert server.connections == 3 and len(server.requests) == 3, "each request sent once, on a live connection"
+    await pool.aclose()
+
+
+async def test_a_request_the_server_may_have_read_is_never_resent(
+        scripted: Callable[[Handler], Awaitable[Scripted]]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader, server)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await writer.drain()
         if n == 1:
-            await read_request(reader, server)  # takes the second request, then closes without answering
+            await read_request(reader, server)  # reads the second request, then closes without answering
             return
         await asyncio.sleep(1)
 
     server = await scripted(handler)
     pool = HttpPool()
     assert await body_of(pool, server.origin) == (200, b"ok")
-    assert await body_of(pool, server.origin) == (200, b"ok")
-    assert server.connections == 2 and len(server.requests) == 3
+    with pytest.raises(UpstreamConnectionError, match="before it answered"):
+        await body_of(pool, server.origin)  # the caller's policy decides whether to send it again
+    assert server.connections == 1 and len(server.requests) == 2
+    assert await body_of(pool, server.origin) == (200, b"ok")  # a fresh connection
+    assert server.connections == 2
     await pool.aclose()
 
 

@@ -27,8 +27,10 @@ from tether.bus import EVENTS_STREAM, Bus, ReadResult, connect
 from tether.cli import main
 from tether.cli._format import Style, event_line, result_line
 from tether.schemas import (
+    ErrorInfo,
     Event,
     InvalidEvent,
+    LlmCallAttemptFailed,
     LlmCallCompleted,
     LlmCallRequested,
     Payload,
@@ -232,7 +234,8 @@ def test_schemas_export_writes_every_file_and_says_how_many(tmp_path: Path,
 @pytest.mark.anyio
 @pytest.mark.nats
 async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> None:
-    """The demo makes real durable calls: a retry, a tool, a fallback, and on run 3 a dead letter."""
+    """The demo makes real durable calls: a retry, a tool, a fallback, the breaker of the model that is
+    down opening on run 2 (its calls then fall back at once), and on run 3 a dead letter."""
     async with tether_child("up", "--demo", "--runs", "3", "--interval", "0.1", home=tether_home) as up:
         await up.wait_for("tether is up")
         code = await up.finish(timeout=60)
@@ -245,11 +248,16 @@ async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> No
     assert not (tether_home / "server.json").exists()
 
     by_run: dict[str, list[str]] = {}
+    circuit = []
     for line in up.lines:
         if match := EVENT_LINE.match(line):
+            if match["kind"].startswith("circuit."):  # the worker's, of no run
+                circuit.append((match["agent"], match["kind"], len(by_run)))
+                continue
             assert match["agent"] == "demo-researcher"
             by_run.setdefault(match["run"], []).append(match["kind"])
     assert len(by_run) == 3, out
+    assert circuit == [("-", "circuit.opened", 2)], "opened by the large model's second failure, in run 2"
     ok_run = ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
               "tool.call.requested", "tool.call.completed", "memory.written",
               "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed"]
@@ -258,7 +266,8 @@ async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> No
     assert runs[2] == [*ok_run, "llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
                        "call.dead_lettered", "run.finished"]
     assert "RateLimitError 429 → retry in 0.40s" in out
-    assert "ServiceUnavailableError 503 → fallback" in out
+    assert "ServiceUnavailableError 503 → fallback to openai/gpt-4o-mini" in out
+    assert "CircuitOpenError → fallback to openai/gpt-4o-mini" in out, "run 3: the open circuit refuses at once"
     assert "BadRequestError 400 → give_up" in out and "see `tether dlq ls`" in out
     for n, run in enumerate(by_run, start=1):
         assert f"run {n} done. Try: tether tail --run {run} --all" in out
@@ -545,7 +554,7 @@ async def test_status_without_a_server_exits_1_and_says_to_run_tether_up(
         tether_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert await status_of() == 1
     out = capsys.readouterr().out
-    assert "no NATS server" in out and "run `tether up`" in out
+    assert "no tether server is running" in out and "start one with `tether up`" in out
     assert "outbox: 0 event(s) queued in 0 file(s), 0 rejected" in out
 
     assert await status_of("--json") == 1
@@ -597,7 +606,12 @@ def test_event_line_covers_every_type(event_type: str) -> None:
     ("payload", "text"),
     [
         (SAMPLES["tether.llm.call.attempt_failed"],
-         "openai/gpt-4.1-mini call=…l-0001 attempt 2: RateLimitError 429 → fallback in 0.50s"),
+         "openai/gpt-4.1-mini call=…l-0001 attempt 2: RateLimitError 429 → fallback to anthropic/claude-haiku "
+         "in 0.50s"),
+        (LlmCallAttemptFailed(call_id="c", provider="openai", model="gpt-4o", attempt=1, decision="fallback",
+                              error=ErrorInfo(type="CircuitOpenError", message="open"), retry_in_s=0.0,
+                              next_provider="openai", next_model="gpt-4o-mini"),
+         "attempt 1: CircuitOpenError → fallback to openai/gpt-4o-mini"),
         (SAMPLES["tether.run.finished"], "error 1.2s Timeout"),
         (SAMPLES["tether.budget.exceeded"], "tenant=acme 9.75/10.0 usd"),
         (SAMPLES["tether.call.redriven"], "call=call-0004 → call-0005"),
@@ -605,10 +619,11 @@ def test_event_line_covers_every_type(event_type: str) -> None:
         (RunFinished(status="ok", duration_ms=12.4), "run.finished ok 12ms"),
         (ToolCallCompleted(call_id="c1", tool="t", result="x" * 100), "→ " + "x" * 39 + "…"),
     ],
-    ids=["llm-failed", "run-finished", "budget", "redriven", "circuit", "ms", "cut"],
+    ids=["llm-failed", "no-status", "run-finished", "budget", "redriven", "circuit", "ms", "cut"],
 )
 def test_event_line_details(payload: Payload, text: str) -> None:
-    assert text in event_line(Event.of(payload))
+    line = event_line(Event.of(payload))
+    assert text in line and "  " not in line, "one space between words: no gap for a missing status code"
 
 
 def test_result_line_and_colours(monkeypatch: pytest.MonkeyPatch) -> None:

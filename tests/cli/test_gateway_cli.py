@@ -1,4 +1,5 @@
-"""``tether gateway`` as a process: configuration from tether.toml, serving, a clean stop on SIGTERM."""
+"""``tether gateway`` as a process, as users run it (``python -m tether gateway``, on its default loop: uvloop):
+configuration from tether.toml, serving, a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ def fake() -> Iterator[FakeProvider]:
 
 
 def gateway_process(config: Path, nats: NatsServer, home: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "TETHER_HOME": str(home), "UPSTREAM_KEY": "sk-upstream-cli-0123456789"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}  # TETHER_EVENT_LOOP too
+    env.update(TETHER_HOME=str(home), UPSTREAM_KEY="sk-upstream-cli-0123456789")
     errors = (home.parent / "gateway.err").open("w")  # a file: a full stderr pipe would block the gateway
-    return subprocess.Popen([sys.executable, "-m", "tether.cli._gateway", "--url", nats.url, "--config", str(config),
+    return subprocess.Popen([sys.executable, "-m", "tether", "gateway", "--url", nats.url, "--config", str(config),
                              "--port", "0", *extra], env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
 
 
@@ -72,7 +74,7 @@ def test_configuration_error_exits_2(nats_server: NatsServer, tmp_path: Path) ->
 
 
 def test_new_key(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "tether.cli._gateway", "--new-key", "--agent", "openclaw-main"],
+    done = subprocess.run([sys.executable, "-m", "tether", "gateway", "--new-key", "--agent", "openclaw-main"],
                           capture_output=True, text=True, timeout=30, check=True)
     key = done.stdout.splitlines()[0]
     assert key.startswith("tg-") and len(key) == 35

@@ -104,8 +104,8 @@ async def test_errors_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert await tether(tmp_path, "errors") == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split() == ["count", "first", "seen", "last", "seen", "source", "type", "status", "runs",
-                                "message"]
+    assert lines[0].split() == ["COUNT", "FIRST", "SEEN", "LAST", "SEEN", "SOURCE", "TYPE", "STATUS", "RUNS",
+                                "MESSAGE"]
     assert lines[1].split()[0] == "5" and "llm:openai" in lines[1] and "RateLimitError" in lines[1]
     assert "429" in lines[1] and "Rate limit reached for requests <n> in <id>" in lines[1]
     assert "retry 5" in lines[2] and "runs run-" in lines[2]
@@ -147,20 +147,21 @@ async def test_stats_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     build(tmp_path, MetricsView(), calls())
     assert await tether(tmp_path, "stats") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:6] == ["model", "calls", "calls/s", "p50", "p95", "p99"]
+    assert lines[0].split()[:7] == ["MODEL", "CALLS", "ATTEMPTS", "CALLS/S", "P50", "P95", "P99"]
     row = lines[1].split()
-    assert row[:2] == ["gpt-4o", "4"] and row[3:6] == ["200ms", "400ms", "400ms"]
+    assert row[:3] == ["gpt-4o", "4", "4"] and row[4:7] == ["200ms", "400ms", "400ms"]
     assert "4000→400" in lines[1]
     assert lines[2].split()[:2] == ["claude-haiku", "1"] and "20ms" in lines[2]
-    assert lines[3].split()[:2] == ["total", "6"]
+    assert lines[3].split()[:2] == ["TOTAL", "5"], "the LLM calls above; the tool call is under --by tool"
 
     assert await tether(tmp_path, "stats", "--by", "tool") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("tool") and lines[1].split()[:2] == ["search", "1"]
+    assert lines[0].startswith("TOOL") and lines[1].split()[:2] == ["search", "1"]
+    assert lines[2].split()[:2] == ["TOTAL", "1"] and "TOKENS" not in lines[0]
 
     assert await tether(tmp_path, "stats", "--by", "provider", "--since", "1h") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines[1:-1]] == ["openai", "total"], "anthropic's call was 2 h ago"
+    assert [line.split()[0] for line in lines[1:-1]] == ["openai", "TOTAL"], "anthropic's call was 2 h ago"
 
 
 async def test_stats_json_and_buckets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,7 +173,7 @@ async def test_stats_json_and_buckets(tmp_path: Path, capsys: pytest.CaptureFixt
     assert doc["by"] == "provider" and doc["since"] is None
     rows = {r["dim"]: r for r in doc["rows"]}
     assert (rows["openai"]["calls"], rows["openai"]["latency_p50_ms"], rows["openai"]["tokens"]) == (4, 200, 4400)
-    assert doc["total"]["calls"] == 6
+    assert doc["total"]["calls"] == 5 and doc["total"]["dim_kind"] == "llm"
 
     assert await tether(tmp_path, "stats", "--json", "--bucket", "1m") == 0
     doc = json.loads(capsys.readouterr().out)
@@ -181,4 +182,4 @@ async def test_stats_json_and_buckets(tmp_path: Path, capsys: pytest.CaptureFixt
 
     assert await tether(tmp_path, "stats", "--bucket", "1m") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:2] == ["bucket", "model"] and len(lines) == 4
+    assert lines[0].split()[:2] == ["BUCKET", "MODEL"] and len(lines) == 4

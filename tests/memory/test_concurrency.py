@@ -69,8 +69,10 @@ RACER = textwrap.dedent("""
     import asyncio, json, sys, time
     import tether.memory
 
-    async def main(name, start_at, rounds):
+    async def main(name, rounds):
         memory = await tether.memory.connect(agent=name)
+        print("ready", flush=True)  # a barrier: the rounds start at a time given once both are connected
+        start_at = float(await asyncio.to_thread(sys.stdin.readline))
         wins = conflicts = 0
         try:
             for r in range(rounds):
@@ -88,7 +90,7 @@ RACER = textwrap.dedent("""
             await memory.close()
         print(json.dumps({"wins": wins, "conflicts": conflicts}))
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """)
 
 
@@ -106,12 +108,18 @@ def test_racing_processes_lose_no_update(fresh_nats_server: NatsServer, home: Pa
 
     asyncio.run(seed())
     rounds = 12
-    start_at = time.time() + 2.5
     procs = []
     for name in ("p1", "p2"):
         env = {**os.environ, "TETHER_HOME": str(home), "TETHER_NATS_URL": fresh_nats_server.url}
-        procs.append(subprocess.Popen([sys.executable, str(script), name, str(start_at), str(rounds)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(script), name, str(rounds)], env=env, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:  # however slowly a loaded machine starts them, both are connected before round 0
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr
+    start_at = time.time() + 0.5
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{start_at}\n")
+        proc.stdin.flush()
     outs = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)

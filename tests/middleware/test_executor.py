@@ -133,7 +133,7 @@ async def test_client_error_is_dead_lettered_then_redriven(env: Env) -> None:
     env.fake.set_faults("400#1")
     with pytest.raises(CallFailed, match="BadRequestError") as info:
         await env.calls.llm("fake", "gpt-4o-mini", CHAT, runid=run)
-    assert info.value.reason == "failed"
+    assert info.value.reason == "not_retryable"
     events = await env.events(run)
     assert types(events) == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
                              "call.dead_lettered"]

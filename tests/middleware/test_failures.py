@@ -237,7 +237,9 @@ def test_retry_after_beats_reset_headers() -> None:
 # -- exceptions ------------------------------------------------------------------------
 
 _REQUEST = httpx.Request("POST", "http://provider.test/v1/chat/completions")
-_KEY = ConnectionKey("provider.test", 443, True, True, None, None, None, None)
+# a private aiohttp type whose fields grew (server_hostname, 3.11); by keyword, the ones every version has
+_KEY = ConnectionKey(host="provider.test", port=443, is_ssl=True, ssl=True, proxy=None, proxy_auth=None,
+                     proxy_headers_hash=None)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ attempts that cannot be spliced, silence, heartbeats and cancellation."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -159,3 +160,11 @@ def test_work_items_validate_the_relay() -> None:
             RelaySpec(subject=bad)
     with pytest.raises(ValueError):
         RelaySpec(subject="x", heartbeat_s=0)
+
+
+def test_a_work_item_without_a_relay_leaves_it_out_of_its_json() -> None:
+    plain = WorkItem(call_id="c1", kind="llm", provider="p", model="m")
+    streamed = plain.model_copy(update={"relay": RelaySpec(subject="tether.stream.c1")})
+    assert "relay" not in plain.model_dump_json() and "relay" not in plain.model_dump()
+    assert json.loads(streamed.model_dump_json())["relay"]["subject"] == "tether.stream.c1"
+    assert WorkItem.model_validate_json(plain.model_dump_json()) == plain

@@ -38,6 +38,28 @@ async def test_updates_count_once_whether_the_snapshot_is_fresh_stale_or_absent(
         assert (await book.get("run", run))["calls"] == 5
 
 
+async def test_a_decision_to_write_nothing_is_taken_on_a_fresh_read(nats_server: NatsServer,
+                                                                    tmp_path: Path) -> None:
+    """What this process wrote last stands in for a read; a refusal must not rest on it, or a
+    reservation another worker released since would still refuse calls."""
+    from tether.middleware import BudgetLimits, Spend, check_budget
+    from tether.middleware._holds import Hold, release, reserve
+
+    def one_call_budget(call_id: str) -> Any:
+        def fn(doc: dict[str, Any]) -> Any:
+            return reserve(doc, call_id, Hold(1.0, 0, 4e9), now=1.0, check=lambda held: check_budget(
+                "agent", "bot", BudgetLimits(usd=1.0), Spend(), est_usd=1.0, est_tokens=0, reserved=held))
+        return fn
+
+    async with await connect(nats_server.url, home=tmp_path / "home") as bus:
+        book, other = await SpendBook.open(bus), await SpendBook.open(bus)
+        agent = f"a-{uuid7()}"
+        assert await book.update("agent", agent, one_call_budget("c1")) is None  # this process remembers c1's hold
+        await other.update("agent", agent, lambda doc: release(doc, "c1", now=1.0))  # another worker released it
+        assert await book.update("agent", agent, one_call_budget("c2")) is None, "refused on a stale value"
+        assert list((await book.get("agent", agent))["holds"]) == ["c2"]
+
+
 async def test_buckets_are_read_with_direct_gets_and_old_ones_are_upgraded(nats_server: NatsServer,
                                                                           tmp_path: Path) -> None:
     from nats.js.api import KeyValueConfig, StorageType

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tether.projections import Item, MetricsView, Upsert
-from tether.projections.metrics import COUNTERS, percentile, stats
+from tether.projections.metrics import COUNTERS, percentile, stats, total
 from tether.schemas import (
     BudgetExceeded,
     CallDeadLettered,
@@ -173,6 +173,24 @@ def test_totals(store) -> None:  # type: ignore[no-untyped-def]
     assert total["latency_samples"] == 25 + 3, "every provider and tool sample"
     assert total["dead_letters"] == 1, "the call.dead_lettered events"
     assert total["budget_exceeded"] == 1 and total["breaker_transitions"] == 3
+
+
+def test_llm_and_tool_totals_are_the_sums_of_their_rows(store) -> None:  # type: ignore[no-untyped-def]
+    """What `tether stats` prints as TOTAL: the rows shown add up to it (`by="all"` mixes in tools)."""
+    for by, of in (("model", "llm"), ("provider", "llm"), ("tool", "tool")):
+        rows = stats(store.db, by=by)
+        [row] = total(store.db, of)  # type: ignore[arg-type]
+        assert row["dim_kind"] == of and row["dim"] == "*"
+        for key in ("calls", "attempts", "requests", "retries", "fallbacks", "dead_letters", "input_tokens",
+                    "breaker_transitions"):
+            assert row[key] == sum(r[key] for r in rows), (by, key)
+        assert row["latency_samples"] == sum(r["latency_samples"] for r in rows)
+    [llm] = total(store.db, "llm")
+    assert (llm["latency_p50_ms"], llm["latency_p99_ms"]) == (50, 900), "over the 25 LLM samples, as by provider"
+    assert total(store.db, "tool")[0]["latency_samples"] == 3
+    assert [r["calls"] for r in total(store.db, "llm", bucket=60)] == [13, 13]
+    with pytest.raises(ValueError, match="of must be"):
+        total(store.db, "all")  # type: ignore[arg-type]
 
 
 def test_window_and_buckets(store) -> None:  # type: ignore[no-untyped-def]

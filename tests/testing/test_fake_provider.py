@@ -20,6 +20,7 @@ import pytest
 
 import tether.testing
 from tether.testing import ErrorResponse, FakeProvider, FaultRule, ResetMidStream, StallMidStream
+from tether.testing._fake_faults import format_faults
 from tether.testing.fake_provider import build_parser
 
 pytestmark = pytest.mark.anyio
@@ -369,6 +370,23 @@ async def test_stall_mid_stream_pauses_then_sends_the_rest(fp: FakeProvider) -> 
                     pass
     assert len(stalled) == len(plain) > 2 and stalled[-1] == "data: [DONE]"
     assert [r.fault for r in fp.log] == ["stall_mid_stream", None, "stall_mid_stream"]
+
+
+async def test_linger_keeps_a_complete_stream_open_before_ending_it(fp: FakeProvider) -> None:
+    fp.set_faults("linger(400ms)#1")
+    assert format_faults(fp.faults) == "linger(400ms)#1"
+    async with httpx.AsyncClient(base_url=fp.url) as http:
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            lines = []
+            async for line in response.aiter_lines():
+                if line:
+                    lines.append(line)
+                    if line == "data: [DONE]":
+                        last_event = time.monotonic()
+            ended = time.monotonic()
+        assert lines[-1] == "data: [DONE]" and ended - last_event >= 0.35, "the end came 0.4 s after [DONE]"
+        assert (await http.post("/chat/completions", json={**CHAT, "stream": True})).status_code == 200
+    assert [(r.fault, r.outcome) for r in fp.log] == [("linger", "200"), (None, "200")]
 
 
 async def test_reset_closes_without_a_response(fp: FakeProvider) -> None:

@@ -536,6 +536,12 @@ def _send_sync(upstream: SyncUpstream, effect: Send) -> Sent:
 # -- streams the caller reads --------------------------------------------------------------------
 
 
+def _stopped(acc: StreamAccumulator) -> Literal["end", "closed"]:
+    """How a stream the caller stopped reading ends: whole once its last event came (the upstream
+    may keep the connection open a while after it), else closed by the caller."""
+    return "end" if acc.done else "closed"
+
+
 class AsyncTee:
     """The caller's stream: the upstream's chunks as they come, read on the way through."""
 
@@ -561,8 +567,8 @@ class AsyncTee:
             else:
                 try:
                     chunk = await self._resp.next_chunk()
-                except asyncio.CancelledError:
-                    await self._end("closed")
+                except asyncio.CancelledError:  # the caller went away: after the last event, the call is whole
+                    await self._end(_stopped(self.acc))
                     raise
                 except Exception as exc:
                     await self._end("error", failure_of(exc))
@@ -580,7 +586,7 @@ class AsyncTee:
     async def aclose(self) -> None:
         """The caller is done: before the end, the call is recorded as closed by the caller."""
         if self._open:
-            await self._end("end" if self.acc.done else "closed")
+            await self._end(_stopped(self.acc))
 
     async def _end(self, how: Literal["end", "error", "closed"], failure: Failure | None = None) -> None:
         if not self._open:
@@ -622,7 +628,7 @@ class SyncTee:
                     self._end("error", failure_of(exc))
                     raise
                 except BaseException:
-                    self._end("closed")
+                    self._end(_stopped(self.acc))
                     raise
             if chunk is None:
                 tail = self.acc.parser.pending if self.acc.drop_usage_chunk else b""
@@ -636,7 +642,7 @@ class SyncTee:
 
     def close(self) -> None:
         if self._open:
-            self._end("end" if self.acc.done else "closed")
+            self._end(_stopped(self.acc))
 
     def _end(self, how: Literal["end", "error", "closed"], failure: Failure | None = None) -> None:
         if not self._open:

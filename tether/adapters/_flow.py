@@ -255,13 +255,24 @@ class LlmCall:
         if sent is not None and sent.body is not None and sent.status >= 400:
             return Final(sent.status, self.reply_headers(sent.headers, final_error=True), sent.body)
         status = error_status(failure, reason)
-        if failure is not None and failure.kind == "breaker_open":
-            code = "circuit_open"  # also when its cooldown outlasts the deadline: the open circuit is why
-        else:
-            code = {"budget": "budget_exceeded", "runaway": "runaway_guard", "deadline": "deadline_exceeded"}.get(
-                reason, "tether_gave_up")
+        # an open circuit is why, also when its cooldown outlasts the deadline
+        code = "circuit_open" if failure is not None and failure.kind == "breaker_open" else give_up_code(reason)
         return self.error_reply(status, f"tether gave up ({reason}): {error.type}: {error.message}", code=code,
                                 retry_after_s=error.retry_after_s)
+
+    def durable_failed(self, failed: CallFailed) -> Final:
+        """The answer after a worker gave up: the status, code and reason :meth:`gave_up` gives
+        the same outcome inline (a provider's error status as it came)."""
+        error = failed.error
+        if failed.reason in ("budget", "runaway"):
+            status = 429
+        elif error.status_code and error.status_code >= 400:
+            status = error.status_code
+        else:
+            status = 504 if failed.reason == "deadline" else 502
+        code = "circuit_open" if error.type == "CircuitOpenError" else give_up_code(failed.reason)
+        return self.error_reply(status, f"tether gave up ({failed.reason}): {error.type}: {error.message}",
+                                code=code, retry_after_s=error.retry_after_s)
 
     def parse_answer(self, sent: Sent) -> tuple[Any, Failure | None]:
         """The JSON of a complete 2xx answer, or why it is not one."""
@@ -279,6 +290,12 @@ class LlmCall:
         except ValueError as exc:
             return None, Failure(kind="malformed", status_code=sent.status, error_type="MalformedResponseError",
                                  message=f"response is not JSON: {exc}")
+
+
+def give_up_code(reason: str) -> str:
+    """The error ``code`` of a gateway answer after tether gave up for ``reason``."""
+    return {"budget": "budget_exceeded", "runaway": "runaway_guard", "deadline": "deadline_exceeded"}.get(
+        reason, "tether_gave_up")
 
 
 def _admission(call: LlmCall) -> Generator[Effect, Any, Final | None]:
@@ -407,6 +424,8 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
                                             attempts=attempt, error=error), id=terminal_id(item.call_id, "failed")))
         if acc.usage_seen:
             yield from _account(call, Outcome(False, latency, usage=acc.usage))
+        elif engine.policies.budgets:
+            yield Spawn(lambda: engine.release(item))
         return
     if failure is None:
         if acc.error is not None:
@@ -450,10 +469,7 @@ def durable_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
         body = json.dumps(result.response, separators=(",", ":")).encode()
         return Final(200, call.reply_headers([("content-type", "application/json")]), body, attempt=1)
     if isinstance(result, CallFailed):
-        error = result.error
-        status = error.status_code if error.status_code and error.status_code >= 400 else 502
-        return call.error_reply(status, f"tether gave up ({result.reason}): {error.type}: {error.message}",
-                                code="tether_gave_up", retry_after_s=error.retry_after_s)
+        return call.durable_failed(result)
     return call.error_reply(503, "tether could not submit the durable call (is NATS reachable?)",
                             code="tether_unavailable")
 
@@ -506,11 +522,8 @@ def durable_stream_flow(call: LlmCall, idle_timeout_s: float) -> Generator[Effec
             return call.error_reply(504, "tether gave up (deadline): no worker started the stream before the "
                                          "call's deadline", code="deadline_exceeded")
         if state != "completed":
-            failed = CallFailed(call.item.call_id, result.get("error"), str(state))
-            error = failed.error
-            status = error.status_code if error.status_code and error.status_code >= 400 else 502
-            return call.error_reply(status, f"tether gave up ({failed.reason}): {error.type}: {error.message}",
-                                    code="tether_gave_up", retry_after_s=error.retry_after_s)
+            return call.durable_failed(CallFailed(call.item.call_id, result.get("error"),
+                                                  str(result.get("reason") or state)))
         return call.error_reply(502, "tether: the call completed, but its stream was not relayed to this caller",
                                 code="tether_relay_lost")
     return call.error_reply(503, "tether could not submit the durable call (is NATS reachable?)",
@@ -518,8 +531,12 @@ def durable_stream_flow(call: LlmCall, idle_timeout_s: float) -> Generator[Effec
 
 
 def cancelled_event(call: LlmCall, attempt: int) -> Event:
-    """The final event of a call whose caller was cancelled while tether was still trying."""
+    """The final event of a call whose caller was cancelled while tether was still trying; its
+    budget reservation is given back (on the hub's loop: the caller's task is being cancelled)."""
     item, rec = call.item, call.rec
+    engine = call.engine
+    if engine.policies.budgets:
+        call.hub.spawn(lambda: engine.release(item))
     target = rec.target or Target(item.provider or "?", item.model or "?")
     error = ErrorInfo(type="Cancelled", message="the caller was cancelled before the call finished",
                       code="client_cancelled", retryable=False)

@@ -357,12 +357,15 @@ def shutdown(timeout: float = 10.0) -> None:
     if thread.is_alive():
         async def stop() -> None:
             await hub.aclose()
-            await hub.bus.close(timeout=timeout)
+            # Not the embedded server: at exit the loop can start no thread to stop it with.
+            await hub.bus.close(timeout=timeout, stop_server=False)
 
         try:
             asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout + 5)
         except Exception:
             log.exception("tether background bus did not close cleanly")
+        if hub.bus.server is not None:
+            hub.bus.server.stop()
         with contextlib.suppress(RuntimeError):  # the loop already closed
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)

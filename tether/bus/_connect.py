@@ -62,11 +62,20 @@ class Bus:
         return await self.publisher.publish(event)
 
     async def emit(self, event: Event) -> None:
-        """Publish without waiting for the ack; :meth:`flush` makes it durable."""
+        """Publish without waiting for the ack; :meth:`flush` makes it durable, :meth:`drain`
+        waits until it is in the stream."""
         await self.publisher.emit(event)
 
     async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every emitted event is acked by the stream **or in the local outbox**:
+        durable, but not necessarily in the stream yet. :meth:`drain` waits for that too."""
         await self.publisher.flush(timeout)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every event is in the stream: :meth:`flush`, then until the outbox is
+        empty (NATS must answer for that). ``TimeoutError`` after ``timeout`` seconds, if given;
+        the events stay safe in the outbox."""
+        await asyncio.wait_for(self.publisher.drain(), timeout)
 
     async def ensure_streams(self, *, update: bool | None = None) -> ProvisionReport:
         report = await ensure_streams(
@@ -95,6 +104,7 @@ class Bus:
                 for ci in await self.js.consumers_info(name):
                     consumers.append({
                         "name": ci.name,
+                        "durable": bool(ci.config.durable_name),  # else a reader's, gone once it stops
                         "pending": ci.num_pending,
                         "ack_pending": ci.num_ack_pending,
                         "redelivered": ci.num_redelivered,

@@ -373,19 +373,21 @@ async def _start_projector(bus: Bus, home: Path, s: Style, processes: int) -> An
     except ProjectorBusy:
         print(s.yellow("  projector: another one already serves these views; not starting a second"))
         return None
-    print(f"  projector: {describe_views(projector)}, from the log into {home / 'views'} "
-          f"(from seq {projector.applied_seq + 1}, log head {projector.head_seq})")
+    from ._freshness import catch_up_words
+
+    print(f"  projector: {describe_views(projector)}, from the log into {home / 'views'}: "
+          f"{catch_up_words(projector.applied_seq, projector.head_seq)}")
     return projector
 
 
 async def _play_demo(args: argparse.Namespace, bus: Bus, fake: Any, stop: asyncio.Event, s: Style) -> int:
     from tether.middleware import DurableCalls
 
-    from ._demo import AGENT, run_demo
+    from ._demo import AGENT, logs_as_notes, run_demo
 
     print(s.dim(f"demo: a research agent makes real durable calls every {args.interval:g}s against the "
-                "fake provider: a rate limit retried, a tool, a fallback, and every third run a dead letter"),
-          flush=True)
+                "fake provider: a rate limit retried, a tool, a fallback (and the circuit breaker of the model "
+                "that is down), and every third run a dead letter"), flush=True)
 
     async def show(msg: Any) -> None:
         result = await bus.reader.read_safe(msg.subject, msg.headers, msg.data)
@@ -401,20 +403,23 @@ async def _play_demo(args: argparse.Namespace, bus: Bus, fake: Any, stop: asynci
     def note(text: str) -> None:
         print(s.yellow(f"  ! {text}"), flush=True)
 
-    async with DurableCalls(bus) as calls:
-        demo = asyncio.create_task(run_demo(bus, calls, fake, runs=args.runs, interval=args.interval,
-                                            on_run=on_run, note=note))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (demo, stopper):
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if demo in done:
-            demo.result()
-    await bus.flush()
-    await asyncio.sleep(0.05)  # let the last events print
+    # Warnings (a failed worker fetch, say) print as the demo's notes, not as raw log lines on
+    # stderr between its event lines; with -v the raw log, as asked.
+    with contextlib.nullcontext() if args.verbose else logs_as_notes(note):
+        async with DurableCalls(bus) as calls:
+            demo = asyncio.create_task(run_demo(bus, calls, fake, runs=args.runs, interval=args.interval,
+                                                on_run=on_run, note=note))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (demo, stopper):
+                if task not in done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if demo in done:
+                demo.result()
+        await bus.flush()
+        await asyncio.sleep(0.05)  # let the last events print
     for sub in subs:
         await sub.unsubscribe()
     return 0
@@ -490,11 +495,14 @@ async def _status(args: argparse.Namespace) -> int:
     except BusUnavailable as exc:
         files, queued, rejected = outbox_depth(tether_home(cfg.home) / "outbox")
         aside = [dataclasses.asdict(r) for r in set_aside(tether_home(cfg.home) / "outbox")]
+        # Without a URL, connect() looked for the server `tether up` runs for this home.
+        error = (f"no tether server is running for {tether_home(cfg.home)}: start one with `tether up` "
+                 "(or set TETHER_NATS_URL to use your own NATS)") if cfg.url is None else str(exc)
         if args.json:
-            print(json.dumps({"server": None, "error": str(exc), "outbox": {
+            print(json.dumps({"server": None, "error": error, "outbox": {
                 "files": files, "queued": queued, "rejected": rejected, "set_aside": aside}}))
         else:
-            print(s.red(f"no server: {exc}"))
+            print(s.red(error))
             print(f"outbox: {queued} event(s) queued in {files} file(s), {rejected} rejected")
             _print_set_aside(s, aside, rejected)
         return 1
@@ -519,8 +527,7 @@ async def _status(args: argparse.Namespace) -> int:
         if "error" in stream:
             print(s.red(f"  {stream['name']:<8} missing: {stream['error']} (run `tether up`)"))
             continue
-        cons = ", ".join(f"{c['name']} (pending {c['pending']}, unacked {c['ack_pending']})"
-                         for c in stream["consumers"]) or "-"
+        cons = _consumers(stream["consumers"])
         print(f"  {stream['name']:<8} {stream['messages']:>10,} {stream['bytes']:>12,} "
               f"{stream['first_seq']:>8} {stream['last_seq']:>8}  {cons}")
     for drift in st["drift"]:
@@ -540,3 +547,14 @@ async def _status(args: argparse.Namespace) -> int:
     else:
         print(s.bold("views   ") + "none yet (tether up runs the projector)")
     return 0
+
+
+def _consumers(consumers: list[dict[str, Any]]) -> str:
+    """Durable consumers by name; the ephemeral ones (`tether tail`, `tether dlq ls`, gone once their
+    reader stops) only counted: their names are random."""
+    named = [f"{c['name']} (pending {c['pending']}, unacked {c['ack_pending']})" for c in consumers
+             if c.get("durable", True)]
+    readers = len(consumers) - len(named)
+    if readers:
+        named.append(f"{readers} temporary reader(s)")
+    return ", ".join(named) or "-"

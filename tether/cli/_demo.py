@@ -5,7 +5,9 @@ every call really goes through the WORK stream, a worker, the policy engine and 
 
 * the first model call hits a scripted 429 with ``Retry-After``, and is retried;
 * the web-search tool runs in the worker;
-* the large model (gpt-4o) is down (503), so its call falls back to the small one;
+* the large model (gpt-4o) is down (503), so its call falls back to the small one; after
+  two such failures its circuit opens, and its calls go straight to the fallback (every
+  five seconds one probe tries it again);
 * every third run sends a request the provider rejects (400, on o3-mini): it is
   not retried but dead-lettered,
   and ``tether dlq ls`` shows it with its attempts and error.
@@ -16,8 +18,10 @@ Run and memory events are published by the agent itself (the memory API comes la
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tether.bus import Bus
 from tether.middleware import (
@@ -36,11 +40,12 @@ from tether.middleware import (
 from tether.schemas import Event, MemoryWritten, Payload, RunFinished, RunStarted, uuid7
 from tether.testing.fake_provider import FakeProvider
 
-__all__ = ["AGENT", "demo_policies", "demo_providers", "demo_tools", "run_demo"]
+__all__ = ["AGENT", "demo_policies", "demo_providers", "demo_tools", "logs_as_notes", "run_demo"]
 
 AGENT = "demo-researcher"
 PROVIDER = "openai"  # the fake provider, under a real provider's name so calls are priced
 SMALL, LARGE, STRICT = "gpt-4o-mini", "gpt-4o", "o3-mini"
+BREAKER_STREAK = 2  # the large model's circuit opens on its second failure: in the demo's second run
 QUESTIONS = [
     "Which JetStream retention suits a work queue?",
     "How do I dedupe messages in NATS?",
@@ -57,7 +62,7 @@ def demo_policies() -> PolicySet:
                         breaker=BreakerPolicy(failure_streak=50, cooldown_s=5.0)),
             f"{PROVIDER}:{LARGE}": Policy(
                 retry=RetryPolicy(max_attempts=1), timeout_s=10.0, deadline_s=60.0,
-                breaker=BreakerPolicy(failure_streak=50, cooldown_s=5.0),
+                breaker=BreakerPolicy(failure_streak=BREAKER_STREAK, cooldown_s=5.0),
                 fallback=FallbackPolicy(targets=(Target(PROVIDER, SMALL),), max_fallbacks=1)),
         },
         runaway=RunawayGuard(max_calls_per_run=50, max_identical_calls=5),
@@ -65,7 +70,7 @@ def demo_policies() -> PolicySet:
 
 
 def demo_providers(fake: FakeProvider) -> dict[str, ProviderConfig]:
-    return {PROVIDER: ProviderConfig(PROVIDER, "openai", fake.url)}
+    return {PROVIDER: ProviderConfig(name=PROVIDER, kind="openai", base_url=fake.url)}
 
 
 def demo_tools() -> ToolRegistry:
@@ -128,3 +133,33 @@ async def run_demo(bus: Bus, calls: DurableCalls, fake: FakeProvider, *, runs: i
         if runs is None or n < runs:
             await asyncio.sleep(interval)
     return n
+
+
+class _AsNotes(logging.Handler):
+    """Log records as the demo's own note lines. A circuit's transitions are left out: the
+    demo prints their events (``circuit.opened`` ...) already."""
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.note = note
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "tether.middleware" and str(record.msg).startswith("circuit "):
+            return
+        try:
+            self.note(f"{record.levelname.lower()}: {record.getMessage()}")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def logs_as_notes(note: Callable[[str], None]) -> Iterator[None]:
+    """While inside, warnings go through ``note`` instead of the root logger's raw lines on
+    stderr, which would interleave with the demo's event lines."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [_AsNotes(note)]
+    try:
+        yield
+    finally:
+        root.handlers = saved

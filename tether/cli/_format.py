@@ -15,6 +15,7 @@ from tether.schemas import (
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
+    ErrorInfo,
     Event,
     LlmCallAttemptFailed,
     LlmCallCompleted,
@@ -83,6 +84,15 @@ def _tool(d: ToolCallRequested | ToolCallAttemptFailed | ToolCallCompleted | Too
     return f"{d.tool} call=…{d.call_id[-6:]}"
 
 
+def _error(error: ErrorInfo) -> str:
+    return error.type + (f" {error.status_code}" if error.status_code else "")
+
+
+def _wait(seconds: float | None) -> str:
+    """How long until the next attempt; nothing when it follows at once (a fallback, say)."""
+    return f" in {seconds:.2f}s" if seconds else ""
+
+
 def _detail(event: Event) -> str:
     match event.data:
         case RunStarted() as d:
@@ -92,9 +102,8 @@ def _detail(event: Event) -> str:
         case LlmCallRequested() as d:
             return f"{_llm(d)} {d.operation}{' stream' if d.stream else ''} {d.mode}"
         case LlmCallAttemptFailed() as d:
-            nxt = f" in {d.retry_in_s:.2f}s" if d.retry_in_s is not None else ""
-            return (f"{_llm(d)} attempt {d.attempt}: {d.error.type} {d.error.status_code or ''} "
-                    f"→ {d.decision}{nxt}")
+            target = f" to {d.next_provider or d.provider}/{d.next_model}" if d.next_model else ""
+            return f"{_llm(d)} attempt {d.attempt}: {_error(d.error)} → {d.decision}{target}{_wait(d.retry_in_s)}"
         case LlmCallCompleted() as d:
             return f"{_llm(d)} {_ms(d.latency_ms)} tokens {d.usage.input_tokens}→{d.usage.output_tokens}"
         case LlmCallFailed() as d:
@@ -102,7 +111,7 @@ def _detail(event: Event) -> str:
         case ToolCallRequested() as d:
             return f"{_tool(d)} args={_short(d.arguments, 40)}"
         case ToolCallAttemptFailed() as d:
-            return f"{_tool(d)} attempt {d.attempt}: {d.error.type} → {d.decision}"
+            return f"{_tool(d)} attempt {d.attempt}: {_error(d.error)} → {d.decision}{_wait(d.retry_in_s)}"
         case ToolCallCompleted() as d:
             return f"{_tool(d)} {_ms(d.duration_ms)} → {_short(d.result, 40)}"
         case ToolCallFailed() as d:
@@ -134,7 +143,8 @@ def event_line(event: Event, style: Style | None = None) -> str:
     when = event.time.strftime("%H:%M:%S.%f")[:-3]
     who = f"{event.agentid or '-'}/{event.runid or '-'}"
     ref = " [object store]" if event.dataref else ""
-    return f"{s.dim(when)} {who} {colour(kind)} {_detail(event)}{ref}".rstrip()
+    detail = " ".join(p for p in _detail(event).split(" ") if p)  # an empty part (no status, no duration): no gap
+    return f"{s.dim(when)} {who} {colour(kind)} {detail}{ref}".rstrip()
 
 
 def result_line(result: ReadResult, style: Style | None = None) -> str:

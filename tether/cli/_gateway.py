@@ -151,12 +151,14 @@ async def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``tether gateway`` on its own."""
+    """Run ``tether gateway`` on its own, on the loop ``tether gateway`` runs on (uvloop where installed)."""
     parser = argparse.ArgumentParser(prog="tether gateway", description="Serve the tether gateway.")
     parser.add_argument("--url", help="NATS server URL (default: $TETHER_NATS_URL, else the local tether server)")
     parser.add_argument("--home", type=Path, help="tether home directory (default: $TETHER_HOME or ./.tether)")
     add_options(parser)
-    return asyncio.run(run(parser.parse_args(argv)))
+    from tether._loop import run as run_loop
+
+    return run_loop(run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

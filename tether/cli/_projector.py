@@ -97,8 +97,10 @@ async def run_projector(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except ProjectorBusy as exc:
             print(f"tether projector: {exc}", file=sys.stderr)
             return 1
-        print(f"projector running: {describe_views(projector)}, into {views_dir(args)} "
-              f"(from seq {projector.applied_seq + 1}, log head {projector.head_seq}). Ctrl-C stops it.", flush=True)
+        from ._freshness import catch_up_words
+
+        print(f"projector running: {describe_views(projector)}, into {views_dir(args)}: "
+              f"{catch_up_words(projector.applied_seq, projector.head_seq)}. Ctrl-C stops it.", flush=True)
         try:
             await stop.wait()
         finally:

@@ -1,7 +1,7 @@
 """``tether errors`` and ``tether stats``: the errors and metrics views as tables (or JSON).
 
 Both read the view files under ``TETHER_HOME/views`` (SQLite, read-only), which the projector
-keeps current (``tether up`` runs one); they need no NATS connection.
+keeps current (``tether up`` runs one); they need no NATS connection (see ``_freshness``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from tether.bus import tether_home
 
 from ._format import Style
+from ._views import _join, _pad
 
 __all__ = ["add_commands", "parse_duration", "parse_since", "run"]
 
@@ -44,9 +45,11 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     errors.add_argument("--json", action="store_true", help="machine-readable output")
 
     stats = sub.add_parser("stats", help="latency percentiles, throughput, tokens and retry rates",
-                           description="Per model, provider or tool: calls, calls/s, latency p50/p95/p99, "
-                           "time to first token, tokens, retry and fallback rates, dead letters and "
-                           "breaker transitions, from the metrics view (1-minute buckets).")
+                           description="Per model, provider or tool: calls (that ended there), attempts, "
+                           "calls/s, latency p50/p95/p99, time to first token, tokens, retry and fallback rates "
+                           "(per attempt), calls that gave up and breaker transitions, and their TOTAL (every "
+                           "LLM call, or with --by tool every tool call), from the metrics view (1-minute "
+                           "buckets). docs/cli.md says what each column counts.")
     common(stats)
     stats.add_argument("--by", choices=["model", "provider", "tool"], default="model",
                        help="one row per model (default), provider or tool")
@@ -111,6 +114,9 @@ async def run(args: argparse.Namespace) -> int:
         print(f"tether {command}: --bucket must be whole minutes (1m, 5m, 1h), got {args.bucket}", file=sys.stderr)
         return 2
     view = "errors" if command == "errors" else "metrics"
+    from ._freshness import note_lag
+
+    await note_lag(tether_home(args.home) / "views", view, url=args.url, home=args.home)
     try:
         return await asyncio.to_thread(_errors if command == "errors" else _stats, args, view, since,
                                        int(bucket) if bucket else None)
@@ -147,8 +153,8 @@ def _errors(args: argparse.Namespace, view: str, since: float | None, _bucket: i
         print("no errors" + (" in that window" if since is not None else "") + (
             f" from {args.source}" if args.source else ""))
         return 0
-    print(s.bold(f"{'count':>6}  {'first seen':<19}  {'last seen':<19}  {'source':<20} {'type':<24} "
-                 f"{'status':>6} {'runs':>5}  message"))
+    print(s.bold(f"{'COUNT':>6}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  {'SOURCE':<20} {'TYPE':<24} "
+                 f"{'STATUS':>6} {'RUNS':>5}  MESSAGE"))
     for g in groups:
         decisions = g["decisions"]
         detail = [f"{k.replace('_', ' ')} {v}" for k, v in decisions.items() if v]
@@ -167,41 +173,53 @@ def _errors(args: argparse.Namespace, view: str, since: float | None, _bucket: i
 
 
 def _stats(args: argparse.Namespace, view: str, since: float | None, bucket: int | None) -> int:
-    from tether.projections.metrics import stats
+    from tether.projections.metrics import stats, total
 
     opened = _open(args, view)
     if opened is None:
         print(f"tether stats: {NO_VIEWS}", file=sys.stderr)
         return 1
     db, complete = opened
+    tools = args.by == "tool"
     try:
         rows = stats(db, since=since, by=args.by, bucket=bucket)
-        total = stats(db, since=since, by="all") if not bucket else []
+        # What the rows add up to: LLM calls for models and providers, tool calls for tools.
+        sums = total(db, "tool" if tools else "llm", since=since) if not bucket else []
     finally:
         db.close()
     _note_incomplete(view, complete)
     if args.json:
-        print(json.dumps({"by": args.by, "since": _iso(since), "rows": rows, "total": total[0] if total else None},
+        print(json.dumps({"by": args.by, "since": _iso(since), "rows": rows, "total": sums[0] if sums else None},
                          indent=2, ensure_ascii=False))
         return 0
     if not rows:
         print(f"no {args.by} calls recorded" + (" in that window" if since is not None else ""))
         return 0
     s = Style()
-    head = (f"{'calls':>7} {'calls/s':>8} {'p50':>8} {'p95':>8} {'p99':>8} {'ttft p50':>8} {'tokens in→out':>15} "
-            f"{'retry':>6} {'fallbk':>6} {'dead':>5} {'breaker':>7}")
-    when = f"{'bucket':<16}  " if bucket else ""
-    print(s.bold(f"{when}{args.by:<28} {head}"))
-    for r in [*rows, *total]:
-        label = "total" if r["dim_kind"] == "all" else _cut(r["dim"], 28)
-        stamp = (time.strftime("%Y-%m-%d %H:%M", time.localtime(r["bucket"])) + "  ") if bucket else ""
-        line = (f"{stamp}{label:<28} {r['calls']:>7} {_rate(r['calls_per_s']):>8} {_ms(r['latency_p50_ms']):>8} "
-                f"{_ms(r['latency_p95_ms']):>8} {_ms(r['latency_p99_ms']):>8} {_ms(r['ttft_p50_ms']):>8} "
-                f"{_tokens(r['input_tokens'], r['output_tokens']):>15} {_pct(r['retry_rate']):>6} "
-                f"{_pct(r['fallback_rate']):>6} {r['dead_letters']:>5} {r['breaker_transitions']:>7}")
-        print(s.bold(line) if r["dim_kind"] == "all" else line)
-    print(s.dim("latency nearest-rank over completed calls; retry and fallback rates per attempt; "
-                "dead = calls that gave up (total: dead letters)"))
+    head = ["BUCKET"] if bucket else []
+    head += [args.by.upper(), "CALLS", "ATTEMPTS", "CALLS/S", "P50", "P95", "P99"]
+    head += [] if tools else ["TTFT P50", "TOKENS IN→OUT"]
+    head += ["RETRIED", "FELL BACK", "GAVE UP", "BREAKER"]
+    table = [head]
+    for r in [*rows, *sums]:
+        cells = [time.strftime("%Y-%m-%d %H:%M", time.localtime(r["bucket"]))] if bucket else []
+        cells += ["TOTAL" if r["dim"] == "*" else _cut(r["dim"], 40), f"{r['calls']:,}", f"{r['attempts']:,}",
+                  _rate(r["calls_per_s"]), _ms(r["latency_p50_ms"]), _ms(r["latency_p95_ms"]),
+                  _ms(r["latency_p99_ms"])]
+        cells += [] if tools else [_ms(r["ttft_p50_ms"]), _tokens(r["input_tokens"], r["output_tokens"])]
+        cells += [_pct(r["retry_rate"]), _pct(r["fallback_rate"]), f"{r['dead_letters']:,}",
+                  f"{r['breaker_transitions']:,}"]
+        table.append(cells)
+    first = 2 if bucket else 1  # the label columns read left-aligned, the figures right-aligned
+    lines = [_join(cells) for cells in _pad(table, right=set(range(first, len(head))))]
+    print(s.bold(lines[0]))
+    for line, r in zip(lines[1:], [*rows, *sums], strict=True):
+        print(s.bold(line) if r["dim"] == "*" else line)
+    what = "tool" if tools else "LLM"
+    fell_back = "" if tools else "; a call that fell back counts under the model that answered it"
+    print(s.dim(f"CALLS: calls that ended on it, answered or given up (GAVE UP){fell_back}. ATTEMPTS: requests "
+                f"sent to it; RETRIED and FELL BACK are shares of them. TOTAL: every {what} call"
+                + ("." if tools else " (tools: --by tool).")))
     return 0
 
 

@@ -1,7 +1,8 @@
 """``tether runs``, ``tether trace`` and ``tether cost``: the views, read from their SQLite files.
 
 These commands read ``TETHER_HOME/views`` (written by the projector in ``tether up``,
-``tether projector`` or ``tether replay``) read-only, and need no NATS connection.
+``tether projector`` or ``tether replay``) read-only, and need no NATS connection (one that
+answers is asked for the head of the log, to say how far behind a view is: ``_freshness``).
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ async def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"tether {command}: {exc}", file=sys.stderr)
             return 2
-    db = _open(args, "cost" if command == "cost" else "traces")
+    view = "cost" if command == "cost" else "traces"
+    db = _open(args, view)
     if db is None:
         return 1
+    if args.views is None:  # the live views (a directory given is a replay's, as of its point)
+        from ._freshness import note_lag
+
+        await note_lag(tether_home(args.home) / "views", view, url=args.url, home=args.home)
     try:
         if command == "runs":
             return _runs(db, args, since)

@@ -56,19 +56,23 @@ class BudgetRefusal:
     limit: float
     spent: float
     requested: float
+    reserved: float = 0.0
+    """Held by calls admitted and still running (their estimates, see ``_holds``)."""
 
     @property
     def message(self) -> str:
+        held = f" (+{_amount(self.unit, self.reserved)} reserved by calls in flight)" if self.reserved else ""
         return (f"{self.scope} {self.scope_id} would exceed its {self.unit} budget: spent "
-                f"{_amount(self.unit, self.spent)} of {_amount(self.unit, self.limit)}, "
+                f"{_amount(self.unit, self.spent)}{held} of {_amount(self.unit, self.limit)}, "
                 f"this call needs up to {_amount(self.unit, self.requested)}")
 
     def __str__(self) -> str:
         return self.message
 
     def to_event(self, *, call_id: str | None = None) -> BudgetExceeded:
+        """The ``budget.exceeded`` event; its ``spent`` counts what calls in flight reserved."""
         return BudgetExceeded(scope=self.scope, scope_id=self.scope_id, unit=self.unit, limit=self.limit,
-                              spent=self.spent, requested=self.requested, call_id=call_id)
+                              spent=self.spent + self.reserved, requested=self.requested, call_id=call_id)
 
 
 def _amount(unit: BudgetUnit, value: float) -> str:
@@ -85,20 +89,22 @@ def check_budget(
     *,
     est_usd: float | None,
     est_tokens: int,
+    reserved: Spend = Spend(),
 ) -> BudgetRefusal | None:
     """The refusal if this call (estimated at ``est_usd`` and ``est_tokens``, one call)
-    would take ``spent`` past ``limits``; else ``None``. Dollars are checked first, then
-    tokens, then calls. An unpriced call (``est_usd=None``) counts as $0 here: it cannot
-    exceed a dollar budget (see :func:`check_budgets` for the note that it was unpriced).
+    would take ``spent`` plus ``reserved`` (what calls admitted earlier and still running
+    hold) past ``limits``; else ``None``. Dollars are checked first, then tokens, then
+    calls. An unpriced call (``est_usd=None``) counts as $0 here: it cannot exceed a
+    dollar budget (see :func:`check_budgets` for the note that it was unpriced).
     """
     if limits.usd is not None:
         requested = est_usd or 0.0
-        if spent.usd + requested > limits.usd + _EPSILON:
-            return BudgetRefusal(scope, scope_id, "usd", limits.usd, spent.usd, requested)
-    if limits.tokens is not None and spent.tokens + est_tokens > limits.tokens:
-        return BudgetRefusal(scope, scope_id, "tokens", limits.tokens, spent.tokens, est_tokens)
-    if limits.calls is not None and spent.calls + 1 > limits.calls:
-        return BudgetRefusal(scope, scope_id, "calls", limits.calls, spent.calls, 1)
+        if spent.usd + reserved.usd + requested > limits.usd + _EPSILON:
+            return BudgetRefusal(scope, scope_id, "usd", limits.usd, spent.usd, requested, reserved.usd)
+    if limits.tokens is not None and spent.tokens + reserved.tokens + est_tokens > limits.tokens:
+        return BudgetRefusal(scope, scope_id, "tokens", limits.tokens, spent.tokens, est_tokens, reserved.tokens)
+    if limits.calls is not None and spent.calls + reserved.calls + 1 > limits.calls:
+        return BudgetRefusal(scope, scope_id, "calls", limits.calls, spent.calls, 1, reserved.calls)
     return None
 
 
@@ -120,14 +126,17 @@ def check_budgets(
     *,
     est_usd: float | None,
     est_tokens: int,
+    reserved: Mapping[tuple[str, str], Spend] | None = None,
 ) -> BudgetCheck:
     """Check each ``(scope, id, limits)`` (as ``PolicySet.budgets_for`` lists them) against
-    ``spent[(scope, id)]``; the first refusal wins. ``notes`` says when a dollar budget
-    could not be enforced for this call because its model has no price."""
+    ``spent[(scope, id)]`` plus ``reserved[(scope, id)]``; the first refusal wins. ``notes``
+    says when a dollar budget could not be enforced for this call because its model has no
+    price."""
     notes: list[str] = []
     for scope, scope_id, limits in budgets:
         refusal = check_budget(scope, scope_id, limits, spent.get((scope, scope_id), Spend()),
-                               est_usd=est_usd, est_tokens=est_tokens)
+                               est_usd=est_usd, est_tokens=est_tokens,
+                               reserved=(reserved or {}).get((scope, scope_id), Spend()))
         if refusal is not None:
             return BudgetCheck(refusal, tuple(notes))
         if limits.usd is not None and est_usd is None:

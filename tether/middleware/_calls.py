@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -27,7 +27,7 @@ from ._budget import BudgetRefusal, request_fingerprint
 from ._decide import Fallback, GiveUp, Retry
 from ._engine import CallEngine
 from ._http import ProviderHttp
-from ._policy import PolicySet
+from ._policy import Policy, PolicySet
 from ._providers import ProviderConfig
 from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
 from ._tools import ToolRegistry
@@ -47,7 +47,14 @@ class CallResult:
 
 
 class CallFailed(Exception):
-    """The call ended without an answer (dead-lettered, refused, or past its deadline)."""
+    """The call ended without an answer (dead-lettered, refused, or past its deadline).
+
+    ``reason`` is the same for a call made inline, durably or through an adapter: the
+    dead-letter reason (``exhausted``, ``not_retryable``, ``deadline``, ``budget``,
+    ``runaway``, ``max_deliveries``), or ``cancelled`` for a relayed stream its caller
+    stopped (not dead-lettered). ``failed`` is left only for a record written by an
+    older worker, which did not say why.
+    """
 
     def __init__(self, call_id: str, error: ErrorInfo | dict[str, Any] | None, reason: str = "failed") -> None:
         info = error if isinstance(error, ErrorInfo) else ErrorInfo(**error) if error else ErrorInfo(type="Unknown")
@@ -177,7 +184,7 @@ class DurableCalls:
                     rec = None
                 if rec is not None and rec.terminal:
                     return await self._result({"call_id": call_id, "state": rec.state, "seq": rec.terminal_seq,
-                                               "error": rec.error})
+                                               "error": rec.error, "reason": rec.reason})
                 if watcher is None:
                     watcher = await self._calls.watch(call_id)
                 left = None if deadline is None else deadline - time.monotonic()
@@ -193,7 +200,7 @@ class DurableCalls:
     async def _result(self, doc: Mapping[str, Any]) -> CallResult:
         call_id = str(doc.get("call_id"))
         if doc.get("state") != "completed":
-            raise CallFailed(call_id, doc.get("error"), str(doc.get("state")))
+            raise CallFailed(call_id, doc.get("error"), str(doc.get("reason") or doc.get("state")))
         if "response" in doc:
             usage = Usage(**doc["usage"]) if doc.get("usage") else None
             return CallResult(call_id, doc["response"], usage, doc.get("seq"))
@@ -297,19 +304,38 @@ class InlineCalls:
         await self.bus.emit(engine.requested_event(item, mode="inline"))
         policy = engine.policy_of(item)
         refusal: BudgetRefusal | str | None = self._runaway(item)
-        if refusal is None and self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid,
-                                                         tenant=item.tenant):
-            refusal = await engine.admit(item, rec)
-        if refusal is not None:
-            if isinstance(refusal, BudgetRefusal):
-                await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
-                                             runid=item.runid, agentid=item.agentid, source=engine.source))
-                error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
-                await engine.give_up(item, rec, "budget", error)
-            else:
-                error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
-                await engine.give_up(item, rec, "runaway", error)
-            raise CallFailed(item.call_id, error, "refused")
+        budgeted = bool(self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant))
+        try:
+            if refusal is None and budgeted:
+                refusal = await engine.admit(item, rec)
+            if refusal is not None:
+                await self._refuse(engine, item, rec, refusal)
+            return await self._attempts(engine, item, rec, policy)
+        except BaseException:
+            if budgeted and not rec.terminal:
+                # Cancelled or broken before an outcome: give the reservation back now, not at
+                # its lapse (a task of its own, so the caller's cancellation does not stop it).
+                self._spawn(engine.release(item))
+            raise
+
+    async def _refuse(self, engine: CallEngine, item: WorkItem, rec: CallRecord,
+                      refusal: BudgetRefusal | str) -> NoReturn:
+        if isinstance(refusal, BudgetRefusal):
+            await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
+                                         runid=item.runid, agentid=item.agentid, source=engine.source))
+            error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
+            await engine.give_up(item, rec, "budget", error)
+            raise CallFailed(item.call_id, error, "budget")
+        error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
+        await engine.give_up(item, rec, "runaway", error)
+        raise CallFailed(item.call_id, error, "runaway")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _attempts(self, engine: CallEngine, item: WorkItem, rec: CallRecord, policy: Policy) -> CallResult:
         while True:
             if item.deadline_at is not None and time.time() >= item.deadline_at:
                 error = ErrorInfo(type="DeadlineExceeded", message="the call's deadline passed", retryable=False)
@@ -332,9 +358,8 @@ class InlineCalls:
                     event = engine.completed_event(item, rec, attempt, out)
                     await self.bus.emit(event)
                     engine.record_outcome(rec, attempt, None, started)
-                    task = asyncio.create_task(engine.account(item, out.usage, rec.target))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    rec.state = "completed"
+                    self._spawn(engine.account(item, out.usage, rec.target))
                     return CallResult(item.call_id, out.response, out.usage if item.kind == "llm" else None)
                 failure, latency = out.failure, out.latency_ms
             assert failure is not None

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,8 +41,9 @@ from ._breaker import breaker_retry_in
 from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide
 from ._failures import Failure, classify_exception
+from ._holds import Hold, hold_until, release, reserve, settle
 from ._http import ProviderHttp
-from ._policy import Policy, PolicySet, Target
+from ._policy import BudgetLimits, BudgetScope, Policy, PolicySet, Target
 from ._providers import LlmOutcome, ProviderConfig, run_llm_attempt
 from ._shared import Breakers, RateLimiter, Snapshot, SpendBook
 from ._tools import ToolRegistry, UnknownTool
@@ -165,33 +167,72 @@ class CallEngine:
             est_usd, est_tokens = est.usd, tokens_in + tokens_out
         else:
             est_usd, est_tokens = 0.0, 0
-        for scope, scope_id, limits in budgets:
-            doc = await self.spend.get(scope, scope_id)
-            spent = Spend(usd=float(doc.get("usd", 0.0)), tokens=int(doc.get("tokens", 0)),
-                          calls=int(doc.get("calls", 0)) - (1 if scope == "run" else 0))
-            refusal = check_budget(scope, scope_id, limits, spent, est_usd=est_usd, est_tokens=est_tokens)
-            if refusal is not None:
-                return refusal
-        return None
+        policy = self.policy_of(item)
+        hold = Hold(est_usd or 0.0, est_tokens, hold_until(
+            started_at=rec.started_at, deadline_at=item.deadline_at, deadline_s=policy.deadline_s,
+            timeout_s=policy.timeout_s))
+        guarded = self.runaway_guarded(item)
+
+        def reserve_in(scope: BudgetScope, scope_id: str, limits: BudgetLimits) -> Callable[[dict[str, Any]], Any]:
+            def fn(doc: dict[str, Any]) -> BudgetRefusal | None:
+                calls = int(doc.get("calls", 0))
+                if scope == "run" and guarded:
+                    calls -= 1  # the guard counted this call (and every other one admitted) already
+
+                def check(held: Spend) -> BudgetRefusal | None:
+                    if scope == "run" and guarded:
+                        held = Spend(held.usd, held.tokens, 0)
+                    spent = Spend(usd=float(doc.get("usd", 0.0)), tokens=int(doc.get("tokens", 0)),
+                                  calls=max(0, calls))
+                    return check_budget(scope, scope_id, limits, spent, est_usd=est_usd, est_tokens=est_tokens,
+                                        reserved=held)
+
+                return reserve(doc, item.call_id, hold, now=time.time(), check=check)
+            return fn
+
+        # Every scope at once (their round trips overlap); a refusal by one gives back the others.
+        results = await asyncio.gather(*(self.spend.update(scope, scope_id, reserve_in(scope, scope_id, limits))
+                                         for scope, scope_id, limits in budgets), return_exceptions=True)
+        refusal = next((r for r in results if isinstance(r, BudgetRefusal)), None)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        if refusal is not None or error is not None:
+            await self.release(item)
+        if error is not None:
+            raise error
+        return refusal
+
+    async def release(self, item: WorkItem) -> None:
+        """Give back the reservations of a call that ended with nothing to charge."""
+        budgets = self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant)
+        if not budgets:
+            return
+
+        def drop(doc: dict[str, Any]) -> None:
+            release(doc, item.call_id, now=time.time())
+
+        for result in await asyncio.gather(*(self.spend.update(scope, scope_id, drop)
+                                             for scope, scope_id, _ in budgets), return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("could not release the budget reservation of call %s (it lapses at the "
+                            "call's deadline): %r", item.call_id, result)
 
     async def account(self, item: WorkItem, usage: Usage, target: Target | None) -> None:
-        """Add a completed call's spend to its run, agent and tenant."""
+        """Add a completed call's spend to its run, agent and tenant, in place of its reservation."""
         usd = 0.0
         if target is not None:
             p = price(target.provider, target.model, usage)
             usd = p.usd or 0.0
         tokens = usage.input_tokens + usage.output_tokens
+        guarded = self.runaway_guarded(item)
 
         def add(counts_call: bool) -> Any:
             def fn(doc: dict[str, Any]) -> None:
-                doc["usd"] = float(doc.get("usd", 0.0)) + usd
-                doc["tokens"] = int(doc.get("tokens", 0)) + tokens
-                if counts_call:
-                    doc["calls"] = int(doc.get("calls", 0)) + 1
+                settle(doc, item.call_id, usd=usd, tokens=tokens, calls=1 if counts_call else 0, now=time.time())
             return fn
 
         # Independent records: their round trips overlap instead of queueing one after another.
-        updates = [self.spend.update(scope, scope_id, add(scope != "run"))
+        # A run's calls are counted by the runaway guard at admission when it is on.
+        updates = [self.spend.update(scope, scope_id, add(scope != "run" or not guarded))
                    for scope, scope_id in (("run", item.runid), ("agent", item.agentid), ("tenant", item.tenant))
                    if scope_id]
         for result in await asyncio.gather(*updates, return_exceptions=True):
@@ -297,7 +338,8 @@ class CallEngine:
 
     async def give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
                       raw_body: bytes | None = None) -> tuple[Event, int | None]:
-        """Record the final failure: the DLQ message, then ``failed`` and ``dead_lettered`` events."""
+        """Record the final failure: the DLQ message, then ``failed`` and ``dead_lettered`` events;
+        then give back the call's budget reservations."""
         route_key = item.provider if item.kind == "llm" else item.tool
         doc = {
             "call_id": item.call_id,
@@ -330,7 +372,9 @@ class CallEngine:
         rec.error = error.model_dump(mode="json")
         rec.terminal_seq = receipt.stream_seq
         rec.terminal_event_id = failed_event.id
+        rec.reason = reason
         log.info("call %s dead-lettered (%s): %s", item.call_id, reason, error.message)
+        await self.release(item)
         return failed_event, ack.seq
 
     def record_outcome(self, rec: CallRecord, attempt: int, failure: Failure | None, started_at: float) -> None:

@@ -373,6 +373,8 @@ class Executor:
             doc["usage"] = usage
         if rec.error:
             doc["error"] = rec.error
+        if rec.reason:
+            doc["reason"] = rec.reason
         body = json.dumps(doc, separators=(",", ":")).encode()
         if len(body) > 512 * 1024:  # the caller reads a big answer from the log instead
             doc.pop("response", None)

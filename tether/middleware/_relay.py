@@ -355,7 +355,8 @@ async def relay_attempt(engine: CallEngine, nc: NATS, item: WorkItem, rec: CallR
 async def record_cancelled(engine: CallEngine, item: WorkItem, rec: CallRecord, attempt: int, started_at: float,
                            streamed: Streamed) -> Event:
     """Publish ``failed`` (``Cancelled``, not dead-lettered) for a stream its caller stopped,
-    and mark the record terminal; partial usage is charged to budgets when known."""
+    and mark the record terminal; partial usage is charged to budgets when known, else the
+    call's reservation is given back."""
     assert streamed.cancelled is not None and streamed.outcome.failure is not None
     code, message = streamed.cancelled
     engine.record_outcome(rec, attempt, streamed.outcome.failure, started_at)
@@ -369,10 +370,13 @@ async def record_cancelled(engine: CallEngine, item: WorkItem, rec: CallRecord, 
     receipt = await engine.bus.publish(event)
     rec.state = "failed"
     rec.error = error.model_dump(mode="json")
+    rec.reason = "cancelled"
     rec.terminal_seq = receipt.stream_seq
     rec.terminal_event_id = event.id
     if streamed.usage_seen and engine.policies.budgets:
         await engine.account(item, streamed.outcome.usage, rec.target)
+    else:
+        await engine.release(item)
     return event
 
 

@@ -8,8 +8,8 @@
   count trips it: healthy traffic writes nothing.
 * ``tether-ratelimits``: requests and tokens per minute per provider, paced before
   the provider answers 429 (only for providers with limits configured).
-* ``tether-spend``: spend and call counts per run, agent and tenant, for budgets and
-  the runaway guard.
+* ``tether-spend``: spend and call counts per run, agent and tenant, and the
+  reservations of the calls in flight (``_holds``), for budgets and the runaway guard.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[by
     compare-and-set only ever races other processes, and those retries back off with
     jitter: many calls of one run in one worker must not fail each other's writes.
     ``first``, read ahead by the caller, stands in for the first read; if it is stale the
-    write fails like any conflict and the next try reads afresh. ``known`` remembers what
+    write fails like any conflict and the next try reads afresh. A change that writes
+    nothing (a refusal, a hold already gone) is decided again on a fresh read: a stale
+    value may hold a reservation released since, or miss one taken since. ``known`` remembers what
     this process last wrote to each key: newer than ``first`` (read before our own write
     landed), or instead of a read, it is the first try's value; another writer since makes
     that try fail like any conflict.
@@ -108,7 +110,9 @@ async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[by
             if mine is not None and (first is None or first[1] is None or (mine[1] or 0) > first[1]):
                 first = mine
         for n in range(tries):
-            if n == 0 and first is not None:
+            fresh = not (n == 0 and first is not None)
+            if not fresh:
+                assert first is not None
                 current, revision = first
             else:
                 try:
@@ -118,7 +122,9 @@ async def _cas(kv: KeyValue, key: str, change: Callable[[bytes | None], tuple[by
                     current, revision = None, None
             new, result = change(current)
             if new is None or new == current:
-                return result
+                if fresh:
+                    return result
+                continue  # a decision to write nothing is only taken on a fresh read
             try:
                 if revision is None:
                     written = await kv.create(key, new)

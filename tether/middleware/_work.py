@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -111,6 +111,8 @@ class CallRecord:
     terminal_seq: int | None = None
     terminal_event_id: str | None = None
     error: dict[str, Any] | None = None
+    reason: str | None = None
+    """Why a failed call ended: its dead-letter reason, or ``cancelled`` (``CallFailed.reason``)."""
 
     @classmethod
     def new(cls, item: WorkItem, now: float) -> CallRecord:
@@ -154,4 +156,8 @@ class CallRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> CallRecord:
-        return cls(**json.loads(raw))
+        doc = json.loads(raw)
+        return cls(**{k: v for k, v in doc.items() if k in _FIELDS})  # a newer version's extras: ignored
+
+
+_FIELDS = frozenset(f.name for f in fields(CallRecord))

@@ -131,9 +131,14 @@ def open_view(directory: Path, name: str) -> Path | None:
 def _lock(directory: Path) -> IO[str]:
     directory.mkdir(parents=True, exist_ok=True)
     handle = open(directory / ".lock", "a+")  # noqa: SIM115 - held while the projector runs
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    for wait in (0.01, 0.05, 0.2, None):  # a view command's probe holds it shared for an instant
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if wait is not None:
+                time.sleep(wait)
+    else:
         handle.close()
         raise ProjectorBusy(f"another projector is running on {directory} (tether up or tether projector); "
                             "stop it, or replay into another directory with --out") from None
@@ -260,8 +265,8 @@ class Projector:
             out.append(Item(m.seq, event, event_id=event.id, stream_time=m.time))
         return out
 
-    def _apply(self, items: Sequence[Item], through: int) -> dict[str, set[str]]:
-        return {name: store.apply_batch(items, notify=self.notify, through=through)
+    def _apply(self, items: Sequence[Item], through: int, at: float | None = None) -> dict[str, set[str]]:
+        return {name: store.apply_batch(items, notify=self.notify, through=through, at=at)
                 for name, store in self.stores.items()}
 
     def _finish(self) -> None:
@@ -311,7 +316,8 @@ class Projector:
                 pending = None
             if msgs:
                 through = msgs[-1].seq  # the checkpoint moves past messages no view here reads, too
-                pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items, through)
+                pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items, through,
+                                                                     msgs[-1].time)
                 pending_last = through
                 continue
             if writing is not None and not fetched:  # the wait ended as the last batch was written: wait again

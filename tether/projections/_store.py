@@ -145,10 +145,13 @@ class ViewStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply_batch(self, items: Sequence[Item], *, notify: bool = True, through: int | None = None) -> set[str]:
+    def apply_batch(self, items: Sequence[Item], *, notify: bool = True, through: int | None = None,
+                    at: float | None = None) -> set[str]:
         """Apply the new items and move the checkpoint, in one transaction. Returns changed keys
         (none if ``notify`` is false: nobody is told, as in a replay). ``through`` moves the
-        checkpoint that far even past the last item (messages no view reads, skipped unread)."""
+        checkpoint that far even past the last item (messages no view reads, skipped unread);
+        ``at`` is when the message at the new checkpoint was stored (epoch seconds), kept as
+        ``_meta.at`` so readers can say how old the view's newest event is."""
         fresh = [i for i in items if i.seq > self.seq]
         last = max(fresh[-1].seq if fresh else 0, through or 0)
         if last <= self.seq:
@@ -177,6 +180,8 @@ class ViewStore:
                 db.executemany("INSERT OR REPLACE INTO _failed VALUES (?, ?, ?, ?)",
                                [(s, i, e, now) for s, i, e in failed])
             db.execute("INSERT OR REPLACE INTO _meta VALUES ('seq', ?)", (str(last),))
+            if at is not None:
+                db.execute("INSERT OR REPLACE INTO _meta VALUES ('at', ?)", (repr(at),))
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")

@@ -55,7 +55,7 @@ from tether.schemas import (
 from ._ops import Merge, Op, Table, Upsert
 from ._store import Projection
 
-__all__ = ["BUCKET_S", "COUNTERS", "MetricsView", "percentile", "stats"]
+__all__ = ["BUCKET_S", "COUNTERS", "MetricsView", "percentile", "stats", "total"]
 
 BUCKET_S = 60
 COUNTERS = (
@@ -252,11 +252,32 @@ def stats(db: sqlite3.Connection, *, since: datetime | float | None = None, by: 
     """
     if by not in ("model", "provider", "tool", "all"):
         raise ValueError(f"by must be model, provider, tool or all, not {by!r}")
+    dim_column = "'*'" if by == "all" else by  # every sample has a provider or a tool
+    return _stats(db, by, by, dim_column, since=since, bucket=bucket)
+
+
+def total(db: sqlite3.Connection, of: Literal["llm", "tool"], *, since: datetime | float | None = None,
+          bucket: int | None = None) -> list[dict[str, Any]]:
+    """The sum of the LLM rows (``of="llm"``: every model, every provider) or of the tool rows,
+    as one row per ``bucket`` (or one in all) with dimension ``*``: what the rows of
+    :func:`stats` by model, provider or tool add up to, with percentiles over their samples.
+    (``stats(by="all")`` counts LLM and tool calls together.)"""
+    if of not in ("llm", "tool"):
+        raise ValueError(f"of must be llm or tool, not {of!r}")
+    column = "provider" if of == "llm" else "tool"  # every LLM event has one provider, and only they
+    return _stats(db, of, column, f"CASE WHEN {column} IS NOT NULL THEN '*' END", since=since, bucket=bucket,
+                  collapse=True)
+
+
+def _stats(db: sqlite3.Connection, label: str, dim_kind: str, dim_column: str, *,
+           since: datetime | float | None, bucket: int | None, collapse: bool = False) -> list[dict[str, Any]]:
+    """Rows from the counters of ``dim_kind`` (every dimension summed into ``*`` if ``collapse``)
+    and the samples whose ``dim_column`` is not null, labelled ``label``."""
     if bucket is not None and (bucket <= 0 or bucket % BUCKET_S):
         raise ValueError(f"bucket must be a positive multiple of {BUCKET_S} seconds, got {bucket}")
     start = _start_bucket(since)
     where = "dim_kind = ?"
-    params: list[Any] = [by]
+    params: list[Any] = [dim_kind]
     if start is not None:
         where += " AND bucket >= ?"
         params.append(start)
@@ -272,14 +293,13 @@ def stats(db: sqlite3.Connection, *, since: datetime | float | None = None, by: 
 
     totals: dict[tuple[str, int | None], dict[str, int]] = {}
     for b, dim, *values in rows:
-        acc = totals.setdefault((dim, slot(b)), dict.fromkeys(COUNTERS, 0))
+        acc = totals.setdefault(("*" if collapse else dim, slot(b)), dict.fromkeys(COUNTERS, 0))
         for name, v in zip(COUNTERS, values, strict=True):
             acc[name] += v or 0
     first = start if start is not None else min(r[0] for r in rows)
     span = float(size or max(r[0] for r in rows) + BUCKET_S - first)
 
     swhere = "metric IN ('latency_ms', 'ttft_ms')" + (" AND bucket >= ?" if start is not None else "")
-    dim_column = "'*'" if by == "all" else by  # every sample has a provider or a tool
     measured: dict[tuple[str, str, int | None], list[float]] = {}
     for dim, metric, b, value in db.execute(f"SELECT {dim_column}, metric, bucket, value FROM samples "
                                             f"WHERE {swhere} ORDER BY value", [] if start is None else [start]):
@@ -291,7 +311,7 @@ def stats(db: sqlite3.Connection, *, since: datetime | float | None = None, by: 
         latency = measured.get((dim, "latency_ms", b), [])
         ttft = measured.get((dim, "ttft_ms", b), [])
         attempts = c["attempts"]
-        row: dict[str, Any] = {"dim_kind": by, "dim": dim}
+        row: dict[str, Any] = {"dim_kind": label, "dim": dim}
         if size:
             row["bucket"] = b
         row.update({

@@ -35,6 +35,7 @@ from ._fake_faults import (
     FaultRule,
     Hang,
     Latency,
+    Linger,
     MalformedJSON,
     Reset,
     ResetMidStream,
@@ -210,9 +211,10 @@ class _Stream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, events: list[bytes], headers: Mapping[str, str], *, reset: bool = False,
-                 stall: tuple[int, float, asyncio.Event] | None = None) -> None:
+                 stall: tuple[int, float, asyncio.Event] | None = None,
+                 linger: tuple[float, asyncio.Event] | None = None) -> None:
         self.status_code = 200
-        self.events, self.reset, self.stall = events, reset, stall
+        self.events, self.reset, self.stall, self.linger = events, reset, stall, linger
         self.init_headers({"cache-control": "no-cache", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -227,6 +229,9 @@ class _Stream(Response):
             await send({"type": "http.response.body", "body": event, "more_body": True})
         if self.reset:
             await _abort(receive)
+        elif self.linger is not None and not await _pause(receive, *self.linger):
+            if self.linger[1].is_set():
+                await _abort(receive)  # stopping: no more lingering
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -369,6 +374,8 @@ class _Handlers:
                 return _Stream(events[:fault.after_chunks], headers, reset=True)
             if isinstance(fault, StallMidStream):
                 return _Stream(events, headers, stall=(fault.after_chunks, fault.seconds, state.stopping))
+            if isinstance(fault, Linger):
+                return _Stream(events, headers, linger=(fault.seconds, state.stopping))
             if isinstance(fault, MalformedJSON):
                 return _Stream([*events[:1], _truncate_event(events[min(1, len(events) - 1)])], headers)
             return _Stream(events, headers)

@@ -24,6 +24,7 @@ __all__ = [
     "FixedLatency",
     "Hang",
     "Latency",
+    "Linger",
     "LogNormalLatency",
     "MalformedJSON",
     "Reset",
@@ -116,13 +117,24 @@ class StallMidStream:
 
 
 @dataclass(frozen=True, slots=True)
+class Linger:
+    """Send the whole stream, then keep the response open ``seconds`` before ending it, as
+    upstreams do that close a stream's connection a little after its last event. A complete
+    JSON answer (not streamed) is sent as usual."""
+
+    seconds: float = 0.3
+    kind: ClassVar[str] = "linger"
+
+
+@dataclass(frozen=True, slots=True)
 class MalformedJSON:
     """Answer 200 with a truncated JSON body (a truncated event when streaming)."""
 
     kind: ClassVar[str] = "malformed_json"
 
 
-Fault: TypeAlias = ErrorResponse | Hang | SlowFirstByte | Reset | ResetMidStream | StallMidStream | MalformedJSON
+Fault: TypeAlias = (ErrorResponse | Hang | SlowFirstByte | Reset | ResetMidStream | StallMidStream | Linger
+                    | MalformedJSON)
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -371,7 +383,8 @@ def _parse_rule(text: str) -> FaultRule:
         raise ValueError(f"bad fault rule {text!r}: {exc}") from None
 
 
-_TIMED: dict[str, type[Hang] | type[SlowFirstByte]] = {"hang": Hang, "slow_first_byte": SlowFirstByte}
+_TIMED: dict[str, type[Hang] | type[SlowFirstByte] | type[Linger]] = {
+    "hang": Hang, "slow_first_byte": SlowFirstByte, "linger": Linger}
 _PLAIN: dict[str, type[Reset] | type[MalformedJSON]] = {"reset": Reset, "malformed_json": MalformedJSON}
 
 
@@ -394,7 +407,7 @@ def _format_rule(rule: FaultRule) -> str:
         text = str(fault.status)
         if fault.retry_after is not None:
             text += f"({_seconds(fault.retry_after)})"
-    elif isinstance(fault, Hang | SlowFirstByte):
+    elif isinstance(fault, Hang | SlowFirstByte | Linger):
         text = f"{fault.kind}({_seconds(fault.seconds)})"
     elif isinstance(fault, ResetMidStream):
         text = f"reset_mid_stream({fault.after_chunks})"

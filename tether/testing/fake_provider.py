@@ -35,6 +35,8 @@ Rules separated by commas; the first rule that fires wins::
               | "reset_mid_stream"  send ARGS events (default 3), or half the body, then reset
               | "stall_mid_stream"  send N events (default 3), pause DURATION (default 2s), then
                                     the rest; ARGS = N, DURATION, e.g. stall_mid_stream(2,5s)
+              | "linger"            send the whole stream, then keep it open DURATION (default
+                                    300ms) before ending it, e.g. linger(1s); a JSON answer as usual
               | "malformed_json"    200 with a truncated JSON body (or a truncated event)
               | "down"              503 for every request; ARGS = LENGTH and/or "reset" (resets
                                     instead of 503), e.g. down(10s) or down(reset)@5s:10s
@@ -69,6 +71,8 @@ from typing import Literal, TextIO, TypeVar
 
 import uvicorn
 
+from tether._loop import run as run_loop
+
 from ._fake_app import DEFAULT_MODELS, LoggedRequest, ProviderState, build_app
 from ._fake_faults import (
     ErrorResponse,
@@ -76,6 +80,7 @@ from ._fake_faults import (
     FixedLatency,
     Hang,
     Latency,
+    Linger,
     LogNormalLatency,
     MalformedJSON,
     Reset,
@@ -97,6 +102,7 @@ __all__ = [
     "FaultRule",
     "FixedLatency",
     "Hang",
+    "Linger",
     "LogNormalLatency",
     "LoggedRequest",
     "MalformedJSON",
@@ -149,9 +155,9 @@ class _Server(uvicorn.Server):
         while (state.connections or state.tasks) and loop.time() < deadline:  # noqa: ASYNC110 (uvicorn has no event)
             await asyncio.sleep(0.005)
         for connection in list(state.connections):
-            transport = getattr(connection, "transport", None)
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
+            abort = getattr(getattr(connection, "transport", None), "abort", None)
+            if callable(abort):  # any loop's transport: uvloop's are no asyncio.Transport
+                abort()
         for task in list(state.tasks):
             task.cancel()
         if state.tasks:
@@ -458,7 +464,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         await provider._task
 
     try:
-        asyncio.run(serve())
+        run_loop(serve())  # the loop of every tether command: uvloop where installed
     except OSError as exc:  # the address is taken or cannot be bound
         print(f"tether fake-provider: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -10,10 +10,13 @@ cookies, no proxies, no HTTP/2, no compression (the gateway asks for ``identity`
 * A connection is an :class:`asyncio.Protocol` that feeds what it receives to an
   ``httptools.HttpResponseParser``; body chunks queue until the response reads them
   (reading pauses past 1 MB queued).
-* :class:`HttpPool` keeps idle connections per origin (last used first), drops those the
-  server closed or that idled past ``idle_s``, and sends a request once more on a fresh
-  connection when a reused one turns out closed before a byte of answer came back (the
-  usual keep-alive race; the request never reached the server).
+* :class:`HttpPool` keeps idle connections per origin (last used first) and, before reusing
+  one, drops it if the server closed it (its socket polls readable: an end of file nobody
+  read yet) or it idled past ``idle_s``. A request is written once: if the connection then
+  breaks before the answer, the server may have read it (an LLM call it may have run), so
+  that is the attempt's failure, for the policy to retry or not, never a hidden resend.
+* The transport is used only through what asyncio's and uvloop's both provide
+  (:class:`_Transport`): uvloop's ``TCPTransport`` is not an ``asyncio.Transport``.
 * ``timeout_s`` bounds connecting, waiting for the head, and each wait for body bytes, as
   ``httpx``'s connect and read timeouts do. Failures raise :class:`UpstreamTimeout` (a
   ``TimeoutError``) or :class:`UpstreamConnectionError` (a ``ConnectionError``), which the
@@ -24,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -72,12 +76,26 @@ class Origin:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+class _Transport(Protocol):
+    """What the connection uses of its transport: asyncio's and uvloop's both have it."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the state of the response it is receiving."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.transport: asyncio.Transport | None = None
+        self.transport: _Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self._reset()
@@ -100,8 +118,7 @@ class _Connection(asyncio.Protocol):
     # -- the protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(_Transport, transport)  # a stream transport; uvloop's is no asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -202,6 +219,23 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.done and not self.closed and self.error is None and self.keep_alive
 
+    def stale(self) -> bool:
+        """Closed, or idle yet readable: the server closed it (or sent what no request asked for)."""
+        if self.closed or self.transport is None:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or not hasattr(select, "poll"):  # nothing to ask (Windows): what connection_lost told
+            return False
+        try:
+            fd = sock.fileno()
+        except OSError:
+            return True
+        if fd < 0:
+            return True  # the socket is closed
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        return bool(poll.poll(0))
+
 
 class UpstreamResponse:
     """An answer being received: ``status`` and ``headers`` now, the body chunk by chunk."""
@@ -257,36 +291,26 @@ class HttpPool:
         lines.extend(f"{k}: {v}\r\n" for k, v in headers)
         lines.append(f"content-length: {len(body)}\r\n\r\n")
         data = "".join(lines).encode("latin-1") + body
-        for _ in range(2):
-            conn = self._checkout(origin)
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(origin, timeout_s)
-            conn._reset()
-            assert conn.transport is not None
-            conn.transport.write(data)
-            try:
-                while not conn.head_done:
-                    if conn.error is not None:
-                        raise conn.error
-                    await conn.wait(timeout_s)
-            except UpstreamConnectionError:
-                conn.abort()
-                if reused and not conn.received:
-                    continue  # a kept-alive connection the server had closed: once more, on a new one
-                raise
-            except BaseException:
-                conn.abort()
-                raise
-            return UpstreamResponse(self, origin, conn, timeout_s)
-        raise AssertionError("unreachable")
+        conn = self._checkout(origin) or await self._connect(origin, timeout_s)
+        conn._reset()
+        assert conn.transport is not None
+        conn.transport.write(data)
+        try:
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(timeout_s)
+        except BaseException:
+            conn.abort()  # sent: whatever broke, the server may have read the request; no resend here
+            raise
+        return UpstreamResponse(self, origin, conn, timeout_s)
 
     def _checkout(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_s:
+            if now - conn.idle_since < self.idle_s and not conn.stale():
                 return conn
             conn.abort()
         return None
