@@ -9,22 +9,29 @@ import re
 
 from ._outbox import PendingMessage
 
-__all__ = ["CLAIM_CHECK_HEADER_BYTES", "undeliverable"]
+__all__ = ["CLAIM_CHECK_HEADER_BYTES", "malformed", "oversized", "undeliverable"]
 
 CLAIM_CHECK_HEADER_BYTES = 128
 """Room for the ``ce-dataref`` header a claim-checked message gains (about 80 bytes)."""
 
 _SUBJECT_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' and space
+_HEADER_NAME_BAD_CHAR = re.compile(r"[^!-9;-~]")  # a name is printable ASCII but ':' and space
 _HEADER_VALUE_BAD_CHAR = re.compile(r"[\r\n\x00]")
 _HEADER_FRAME = len(b"NATS/1.0\r\n") + len(b"\r\n")
 
 
 def undeliverable(message: PendingMessage, *, max_payload: int, claim_check_above: int) -> str | None:
-    """Why NATS can never accept ``message``, or None if it may.
+    """Why NATS can never accept ``message``, or None if it may: :func:`malformed`, then
+    :func:`oversized`. For messages from elsewhere (an outbox an older tether wrote)."""
+    return malformed(message) or oversized(message, max_payload=max_payload, claim_check_above=claim_check_above)
 
-    ``max_payload`` is the server's limit (0: unknown, not checked); a payload above
-    ``claim_check_above`` travels through the object store, so only its headers count.
+
+def malformed(message: PendingMessage) -> str | None:
+    """What is wrong with the subject or a header of ``message``, or None.
+
+    A message the publisher builds from an event is well formed by construction (ids are
+    encoded into tokens, header values percent-encoded, attribute names validated); this is
+    for messages from elsewhere.
     """
     subject = message.subject
     if not subject or _SUBJECT_BAD_CHAR.search(subject):
@@ -35,17 +42,31 @@ def undeliverable(message: PendingMessage, *, max_payload: int, claim_check_abov
         return f"subject {subject!r} has an empty token"
     if "*" in tokens or ">" in tokens:
         return f"subject {subject!r} has a wildcard token; messages are published on literal subjects"
-    for name, value in message.headers.items():
-        if not _HEADER_NAME.fullmatch(name):
+    headers = message.headers
+    for name, value in headers.items():
+        if not name or _HEADER_NAME_BAD_CHAR.search(name):
             return f"header name {name!r} is not a token (printable ASCII without ':' or spaces)"
         if _HEADER_VALUE_BAD_CHAR.search(value):
             return f"header {name} has a line break or NUL in its value {value[:60]!r}"
+    return None
+
+
+def oversized(message: PendingMessage, *, max_payload: int, claim_check_above: int) -> str | None:
+    """Why ``message`` is above the server's ``max_payload`` (headers included), or None.
+
+    ``max_payload`` 0 means unknown (not checked); a payload above ``claim_check_above``
+    travels through the object store, so only its headers count.
+    """
     if max_payload <= 0:
         return None
-    head = _HEADER_FRAME + sum(len(k) + len(v.encode()) + 4 for k, v in message.headers.items())
     body = len(message.payload)
     if body > claim_check_above:
-        head, body = head + CLAIM_CHECK_HEADER_BYTES, 0
+        body = CLAIM_CHECK_HEADER_BYTES
+    headers = message.headers
+    chars = sum(map(len, headers)) + sum(map(len, headers.values()))
+    if body + _HEADER_FRAME + 4 * len(headers) + 4 * chars <= max_payload:
+        return None  # even at 4 UTF-8 bytes a character: the common case, counted cheaply
+    head = _HEADER_FRAME + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
     if head + body > max_payload:
         return (f"the message is {head + body:,} bytes with its headers, above the NATS server's "
                 f"max_payload of {max_payload:,}: raise max_payload in the server's configuration, "

@@ -38,7 +38,7 @@ from nats.js.object_store import ObjectStore
 from tether.schemas import Event, EventError
 
 from ._binding import encode_binary, percent_encode
-from ._deliverable import undeliverable
+from ._deliverable import oversized, undeliverable
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
 from ._subjects import event_subject
@@ -218,7 +218,9 @@ class Publisher:
                 "reference them", event_type=event.type)
         headers[MSG_ID] = event.id
         message = PendingMessage(event.id, event_subject(event), headers, payload)
-        problem = self._undeliverable(message)
+        # Well formed by construction (see _deliverable.malformed): only the size can be wrong.
+        problem = oversized(message, max_payload=self._nc.max_payload or 0,
+                            claim_check_above=self.large_payload_bytes)
         if problem is not None:
             raise Undeliverable(event.id, problem)
         return message
