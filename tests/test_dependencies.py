@@ -42,7 +42,8 @@ def _floor(spec: SpecifierSet) -> Version | None:
 
 def test_every_runtime_dependency_has_a_floor() -> None:
     for req in map(Requirement, PYPROJECT["project"]["dependencies"]):
-        assert _floor(req.specifier) is not None, f"{req.name} has no lower bound: the floors are what test-lowest proves"
+        assert _floor(req.specifier) is not None, \
+            f"{req.name} has no lower bound: the floors are what test-lowest proves"
 
 
 @pytest.mark.parametrize("lock", ["dev.txt", "lowest.txt"])

@@ -149,3 +149,9 @@ async def test_an_adopted_outbox_flushes_around_undeliverable_rows_and_status_sh
                 line = next(ln for ln in text.splitlines() if bad_subject.id in ln)
                 assert "set aside" in line and "team:docs\\n" in line and "not a valid NATS subject" in line
                 assert any(too_big.id in ln and "max_payload" in ln for ln in text.splitlines())
+    # With no server, status still lists them (and exits 1).
+    proc = await asyncio.create_subprocess_exec(*TETHER, "status", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert any(bad_subject.id in ln and "set aside" in ln for ln in out.decode().splitlines())
