@@ -136,3 +136,30 @@ async def test_events_need_a_gateway_key(gateway: GatewayServer) -> None:
     message = ce_http.to_structured_event(tool_requested("c-8"))
     answer = await post(gateway, message.body, message.headers, key="tg-wrong-key-123")
     assert answer.status_code == 401
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_numbers_are_refused_in_every_mode(bus: Bus, gateway: GatewayServer, number: str) -> None:
+    """Python's json reads NaN and Infinity, which JSON has not: an agent's event carrying one
+    is a 400 that says where, in every content mode, and nothing is published."""
+    run = f"ce-nan-{uuid7()}"
+    good = json.loads(ce_http.to_structured_event(tool_completed("c-9")).body)
+    nan = json.dumps({**good, "id": uuid7(), "data": {**good["data"], "result": {"score": 0}}}).replace(
+        '"score": 0', f'"score": {number}')
+    structured = await post(gateway, nan.encode(), {"content-type": STRUCTURED, "x-tether-run-id": run})
+    batch = await post(gateway, f"[{json.dumps(good)}, {nan}]".encode(),
+                       {"content-type": BATCH, "x-tether-run-id": run})
+    binary = ce_http.to_binary_event(tool_completed("c-9"))
+    body = binary.body.replace(b'"duration_ms": 12.5', f'"duration_ms": 12.5, "result": [{number}]'.encode())
+    body = body.replace(b'"result": ["a", "b"], ', b"")
+    assert number.encode() in body
+    binary_answer = await post(gateway, body, {**binary.headers, "x-tether-run-id": run})
+    for answer, index, loc in ((structured, 0, ["data", "result", "score"]), (batch, 1, ["data", "result", "score"]),
+                               (binary_answer, 0, ["data", "result", "0"])):
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_event" and "nothing was published" in error["message"]
+        assert error["events"][0]["index"] == index
+        assert error["events"][0]["errors"] == [{"loc": loc, "msg": "JSON has no NaN or Infinity: send a "
+                                                 "finite number, null or a string"}]
+    assert await run_events(bus, run) == []

@@ -43,6 +43,22 @@ async def test_async_tool_records_arguments_result_and_duration(bus: Bus, polici
     assert events[1].agentid == "bot" and events[1].traceparent
 
 
+async def test_a_tool_with_nan_in_its_arguments_or_result_still_runs(bus: Bus, policies: PolicySet) -> None:
+    """tether refuses NaN in data handed to it, but what it records of a call must never fail
+    the call: a NaN argument or result is recorded as the string "NaN"."""
+    @tether.tool(bus=bus, policies=policies)
+    async def score(weights: list[float]) -> dict[str, float]:
+        return {"mean": sum(weights) / len(weights), "best": float("-inf")}
+
+    async with tether.run(agent="bot", bus=bus) as run:
+        result = await score([float("nan"), 1.0])
+    assert result["best"] == float("-inf")
+    events = await run_events(bus, run.run_id)
+    requested, completed = data(events, "requested")[0], data(events, "completed")[0]
+    assert requested.arguments == {"weights": ["NaN", 1.0]}
+    assert completed.result == {"mean": "NaN", "best": "-Infinity"}
+
+
 async def test_idempotent_tool_is_retried_on_transient_errors(bus: Bus, policies: PolicySet) -> None:
     calls: list[str | None] = []
 

@@ -280,7 +280,7 @@ async def test_status_reports_streams_and_outbox(nats_server: NatsServer, tether
     assert names == ["EVENTS", "WORK", "DLQ"]
     assert st["streams"][0]["messages"] >= 1
     assert st["server"]["jetstream"] is True
-    assert st["outbox"] == {"files": 0, "queued": 0, "rejected": 0}
+    assert st["outbox"] == {"files": 0, "queued": 0, "rejected": 0, "set_aside": []}
 
 
 async def test_raw_nats_client_sees_binary_mode_headers(nats_server: NatsServer, tether_home: Path) -> None:
@@ -300,3 +300,53 @@ async def test_raw_nats_client_sees_binary_mode_headers(nats_server: NatsServer,
     assert msg.headers["ce-agentid"] == "agent.with.dots"
     assert msg.headers["Nats-Msg-Id"] == event.id
     assert msg.subject.split(".")[2] == "agent%2Ewith%2Edots"
+
+
+def wait_stopped(pid: int) -> None:
+    """Until the kernel has stopped ``pid`` (SIGSTOP is delivered asynchronously)."""
+    for _ in range(1000):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not stop")
+
+
+async def test_order_holds_for_events_published_while_the_client_notices_an_outage(
+        fresh_nats_server: NatsServer, tether_home: Path) -> None:
+    """nats-py marks the connection down before tether's disconnect callback runs: an event
+    published in that gap must still be stored after the older events that were in flight."""
+    run = f"r-{uuid7()}"
+    pid = fresh_nats_server.pid
+    assert pid is not None
+    async with await connect(fresh_nats_server.url, ack_timeout_s=30.0) as bus:
+        sent = [tool_event(run, i) for i in range(10)]
+        for e in sent:
+            await bus.emit(e)
+        await bus.flush()
+        os.kill(pid, signal.SIGSTOP)  # the server reads nothing more: what follows stays unacked
+        wait_stopped(pid)
+        for i in range(10, 20):
+            sent.append(tool_event(run, i))
+            await bus.emit(sent[-1])
+        await asyncio.sleep(0.05)
+        stats = bus.publisher.stats
+        assert bus.publisher.in_flight() == 10, (stats, bus.publisher.degraded)
+        os.kill(pid, signal.SIGKILL)  # the connection drops; the loop runs on only below
+        deadline = time.monotonic() + 10
+        # One loop turn at a time, to stop right after nats-py marks the connection down and
+        # before it runs tether's disconnect callback: no event to wait on exists for that.
+        while bus.nc.is_connected and time.monotonic() < deadline:  # noqa: ASYNC110 - see above
+            await asyncio.sleep(0)
+        assert not bus.nc.is_connected
+        for i in range(20, 25):  # in the gap: before the disconnect callback has run
+            sent.append(tool_event(run, i))
+            await bus.emit(sent[-1])
+        sent.append(tool_event(run, 25))
+        assert (await bus.publish(sent[-1])).outboxed
+        await bus.flush()
+        await asyncio.to_thread(fresh_nats_server.kill)  # reaps it
+        await asyncio.to_thread(fresh_nats_server.start)
+        await asyncio.wait_for(bus.publisher.drain(), 30)
+        got = await events_of(bus, run)
+    assert [e.data.result for e in got] == list(range(26))  # type: ignore[attr-defined]
+    assert [e.id for e in got] == [e.id for e in sent]

@@ -33,6 +33,8 @@ AWKWARD_IDS = [
     "a*b>c",
     "tab\there",
     "cr\r\nlf",
+    "trailing newline\n",
+    "team:docs\n",
     "é",
     "accentué",
     "中文",

@@ -535,7 +535,7 @@ async def test_status_json(nats_server: NatsServer, tether_home: Path,
     assert [s["name"] for s in st["streams"]] == ["EVENTS", "WORK", "DLQ"]
     assert st["streams"][0]["messages"] >= 1
     assert {"messages", "bytes", "first_seq", "last_seq", "consumers"} <= set(st["streams"][0])
-    assert st["outbox"] == {"files": 0, "queued": 0, "rejected": 0}
+    assert st["outbox"] == {"files": 0, "queued": 0, "rejected": 0, "set_aside": []}
     assert st["home"] == str(tether_home)
 
 
@@ -560,7 +560,7 @@ async def test_status_without_a_server_exits_1_and_says_to_run_tether_up(
     assert await status_of("--json") == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["server"] is None and "tether up" in doc["error"]
-    assert doc["outbox"] == {"files": 0, "queued": 0, "rejected": 0}
+    assert doc["outbox"] == {"files": 0, "queued": 0, "rejected": 0, "set_aside": []}
 
 
 @pytest.mark.anyio

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tether.bus import PublishRejected, connect
 from tether.memory import AsyncMemory, Grants, InvalidMemory, MemoryAccessDenied, MemoryNotFound
+from tether.memory._codec import seal_entry
+from tether.schemas import Event, MemoryWritten
+from tether.testing import NatsServer
 
-from .conftest import Opener
+from .conftest import Opener, settings_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -24,12 +29,43 @@ async def test_bad_text(memory: AsyncMemory, text: Any, match: str) -> None:
     assert memory.position == 0  # nothing was published
 
 
-@pytest.mark.parametrize("namespace", ["", "bot", "agent:", "user:a b", "USER:1", "user:*", "x" * 200])
+@pytest.mark.parametrize("namespace", ["", "bot", "agent:", "user:a b", "USER:1", "user:*", "x" * 200,
+                                       "team:docs\n", "global\n", "team:docs\r\n"])
 async def test_invalid_namespace(memory: AsyncMemory, namespace: str) -> None:
     with pytest.raises(InvalidMemory, match="namespace"):
         await memory.write(namespace, "hello")
     with pytest.raises(InvalidMemory, match="namespace"):
         await memory.search("hello", [namespace])
+
+
+async def test_a_bad_namespace_blocks_no_later_write(memory: AsyncMemory) -> None:
+    """A namespace with a trailing newline used to be accepted; its publish failed with a bad
+    subject, which sent it and every later write to the outbox (read-your-writes broken)."""
+    with pytest.raises(InvalidMemory, match=r"invalid namespace 'team:docs\\n'.*'team:docs'"):
+        await memory.write("team:docs\n", "a note")
+    written = await memory.write("team:docs", "a note", key="k")
+    assert not written.outboxed and written.seq is not None
+    assert (await memory.get("team:docs", "k")).text == "a note"
+    assert memory.bus.publisher.outbox_depth() == 0 and not memory.bus.publisher.degraded
+
+
+async def test_a_write_nats_can_never_take_is_refused_and_later_writes_are_read(
+        home: Path) -> None:
+    """A permanent publish error (here: above the server's max_payload) is an error for the
+    caller, not an outage: nothing is outboxed and the next writes are read back at once."""
+    with NatsServer(max_payload=32 * 1024) as server:
+        async with await connect(server.url, home=home) as bus, \
+                AsyncMemory(bus, settings=settings_for(home)) as memory:
+            await memory.start()
+            with pytest.raises(PublishRejected, match=r"can never be delivered.*max_payload"):
+                await memory.write("team:docs", "long " * 6000, key="big")
+            for i in range(3):
+                written = await memory.write("team:docs", f"note {i}", key=f"k{i}")
+                assert not written.outboxed
+                assert (await memory.get("team:docs", f"k{i}")).text == f"note {i}"
+            with pytest.raises(MemoryNotFound):
+                await memory.get("team:docs", "big")
+            assert bus.publisher.outbox_depth() == 0 and not bus.publisher.degraded
 
 
 async def test_unknown_keys(memory: AsyncMemory) -> None:
@@ -61,6 +97,7 @@ async def test_unknown_keys(memory: AsyncMemory) -> None:
     (lambda m: m.search("x", mode="fuzzy"), "mode must be"),
     (lambda m: m.search("x", mode="semantic"), "needs an embedder"),
     (lambda m: m.search("x", filters={"a b": 1}), "filter field"),
+    (lambda m: m.search("x", filters={"a\n": 1}), "filter field"),
     (lambda m: m.search("x", filters={"a": {"like": 1}}), "unknown operator"),
     (lambda m: m.search("x", filters={"a": [1, {"b": 2}]}), "values must be"),
     (lambda m: m.get("agent:bot", "k", as_of=-5), "as_of must be"),
@@ -123,3 +160,39 @@ async def test_grants_are_enforced_on_every_call(open_memory: Opener) -> None:
     assert {h.entry.namespace for h in await stranger.search("note", k=10)} == {"global"}
     assert "private" not in (await bot.context("note")).text
     assert dict(await intern.namespaces()) == {"team:docs": 1, "global": 1}
+
+
+@pytest.mark.parametrize(("metadata", "match"), [
+    ({"score": float("nan")}, "metadata score is nan"),
+    ({"score": float("inf")}, "metadata score is inf"),
+    ({"scores": [1.0, float("-inf")]}, "metadata scores.1 is -inf"),
+    ({"a": {"b": float("nan")}}, "metadata a.b is nan"),
+])
+async def test_non_finite_metadata_is_refused(memory: AsyncMemory, metadata: dict[str, Any], match: str) -> None:
+    """NaN used to be accepted and then broke every filtered search and forget of the namespace."""
+    await memory.write("agent:bot", "a fact", key="k", metadata={"score": 1})
+    position = memory.position
+    with pytest.raises(InvalidMemory, match=rf"{match}: JSON has no NaN or Infinity"):
+        await memory.write("agent:bot", "another fact", key="k2", metadata=metadata)
+    with pytest.raises(InvalidMemory, match=match):
+        await memory.write_many([{"text": "one more", "metadata": metadata}], namespace="agent:bot")
+    assert memory.position == position  # nothing was published
+    assert [h.entry.key for h in await memory.search("fact", filters={"score": 1})] == ["k"]
+    with pytest.raises(InvalidMemory, match="filter 'score': nan matches nothing"):
+        await memory.search("fact", filters={"score": float("nan")})
+    with pytest.raises(InvalidMemory, match="filter 'score': inf matches nothing"):
+        await memory.forget("agent:bot", filters={"score": {"lt": float("inf")}})
+
+
+async def test_nan_written_by_an_older_tether_does_not_break_filters(memory: AsyncMemory) -> None:
+    """An older tether sealed NaN into an entry's metadata; the view keeps it as null, so
+    filtered search and forget still work (SQLite's JSON functions refuse NaN)."""
+    await memory.write("agent:bot", "a fact about apples", key="good", metadata={"score": 1})
+    sealed = seal_entry(memory.keys, "agent:bot", "old", "a fact about pears", {"score": float("nan"), "n": 2}, None)
+    receipt = await memory.bus.publish(Event.of(MemoryWritten(namespace="agent:bot", key="old", version=1, **sealed),
+                                                agentid="bot"))
+    await memory.wait_for(receipt.stream_seq or 0)
+    assert [h.entry.key for h in await memory.search("fact", filters={"score": 1})] == ["good"]
+    assert [h.entry.key for h in await memory.search("fact", filters={"n": 2})] == ["old"]
+    assert (await memory.get("agent:bot", "old")).metadata == {"score": None, "n": 2}
+    assert await memory.forget("agent:bot", filters={"score": None}) == ["old"]

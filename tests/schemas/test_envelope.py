@@ -168,10 +168,13 @@ def test_a_bare_envelope_round_trips(event_type: str) -> None:
 
 
 def test_json_format_data_is_strict_json() -> None:
-    """Infinity and NaN leave as strings, as in binary mode, never as bare JSON tokens."""
-    payload = RunStarted(input={"inf": float("inf"), "nan": float("nan")})
-    event = Event.of(LlmCallCompleted(call_id="c", provider="p", model="m", latency_ms=float("inf")))
-    for e in (event, Event.of(payload)):
+    """Infinity and NaN (refused in a new event, but read from an older log) leave as strings,
+    as in binary mode, never as bare JSON tokens."""
+    llm = Event.of(LlmCallCompleted(call_id="c", provider="p", model="m"))
+    event = Event.from_wire(llm.attributes(), {**json.loads(llm.data_json()), "latency_ms": float("inf")})
+    run = Event.of(RunStarted())
+    started = Event.from_wire(run.attributes(), {"input": {"inf": float("inf"), "nan": float("nan")}})
+    for e in (event, started):
         text = json.dumps(e.to_json(), allow_nan=False)  # raises on a bare float inf/nan
         assert json.loads(text)["data"] == json.loads(e.data_json())
     assert wire_round_trip(event).data.latency_ms == float("inf")  # type: ignore[attr-defined]
@@ -181,6 +184,7 @@ def test_json_format_data_is_strict_json() -> None:
 
 _ATTEMPT = {"call_id": "c", "provider": "p", "model": "m", "attempt": 1,
             "error": {"type": "Timeout"}, "decision": "retry"}
+_ATTEMPT_ARGS = {k: v for k, v in _ATTEMPT.items() if k != "error"}
 
 BAD_PAYLOADS = [
     pytest.param(RunFinished, {"status": "bogus"}, ("status",), id="bad-literal"),
@@ -276,10 +280,12 @@ def test_a_type_cannot_be_registered_twice() -> None:
         ({"traceparent": "not-a-traceparent"}, "traceparent"),
         ({"traceparent": TRACEPARENT.upper()}, "traceparent"),
         ({"traceparent": TRACEPARENT + "-00"}, "traceparent"),
+        ({"traceparent": TRACEPARENT + "\n"}, "traceparent"),  # header values carry no line break
         ({"extensions": {"Tenant": "x"}}, "extensions.Tenant"),
         ({"extensions": {"my-ext": "x"}}, "extensions.my-ext"),
         ({"extensions": {"my_ext": "x"}}, "extensions.my_ext"),
         ({"extensions": {"": "x"}}, "extensions."),
+        ({"extensions": {"tenant\n": "x"}}, "extensions.tenant\n"),  # nor header names
         ({"extensions": {"x" * 21: "x"}}, f"extensions.{'x' * 21}"),
         ({"extensions": {"type": "x"}}, "extensions.type"),
         ({"extensions": {"runid": "x"}}, "extensions.runid"),
@@ -469,3 +475,36 @@ def test_fast_construction_matches_model_construct() -> None:
     assert event.__pydantic_private__ == reference.__pydantic_private__
     assert event.model_dump() == reference.model_dump()
     assert event.model_copy(update={"runid": "x"}).runid == "x"
+
+
+NAN, INF = float("nan"), float("inf")
+TOOL = {"call_id": "c", "tool": "t"}
+
+
+@pytest.mark.parametrize(("build", "loc"), [
+    (lambda: Event.of(payload_class("tether.tool.call.completed")(**TOOL, duration_ms=INF)), "duration_ms"),
+    (lambda: Event.of(LlmCallCompleted(call_id="c", provider="p", model="m", latency_ms=INF)), "latency_ms"),
+    (lambda: Event.of(RunStarted(metadata={"score": NAN})), "metadata.score"),
+    (lambda: Event.create("tether.memory.written", {"namespace": "team:a", "key": "k", "version": 1, "text": "t",
+                                                    "metadata": {"scores": [1.5, -INF]}}), "metadata.scores.1"),
+    (lambda: Event.of(LlmCallAttemptFailed(**_ATTEMPT_ARGS, error=ErrorInfo(type="X", retry_after_s=INF))),
+     "error.retry_after_s"),
+])
+def test_non_finite_numbers_are_refused_when_an_event_is_built(build: Any, loc: str) -> None:
+    """pydantic takes NaN and inf in JSON fields (and inf in float fields); the log stored them
+    as the strings "NaN" / "Infinity", silently, and a memory view as bare NaN. Refused, saying where."""
+    with pytest.raises(InvalidEvent, match=rf"{loc}: JSON has no NaN or Infinity: send a finite number"):
+        build()
+
+
+def test_recorded_bodies_keep_non_finite_numbers_as_strings() -> None:
+    """What tether records of someone else's call (a tool's result, a request or response body,
+    a run's input and output) must never fail that call: NaN and infinities are spelled as the
+    strings the log always stored."""
+    result = {"score": NAN, "range": [-INF, INF], "text": "NaN", "n": 1.5}
+    event = Event.of(payload_class("tether.tool.call.completed")(**TOOL, result=result))
+    assert event.data.result == {"score": "NaN", "range": ["-Infinity", "Infinity"], "text": "NaN",  # type: ignore[attr-defined]
+                                 "n": 1.5}
+    assert json.loads(event.data_json())["result"] == event.data.result  # type: ignore[attr-defined]
+    assert Event.create("tether.tool.call.requested", {**TOOL, "arguments": [NAN]}).data.arguments == ["NaN"]  # type: ignore[attr-defined]
+    assert Event.of(RunStarted(input={"x": INF})).data.input == {"x": "Infinity"}  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from ._config import BusConfig
 from ._connect import Bus, BusUnavailable, connect
 from ._feed import FeedError, FeedMessage, PullFeed
 from ._outbox import Outbox, OutboxFull, PendingMessage
-from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt
+from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt, Undeliverable
 from ._reader import EventReader, ReadResult
 from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
 from ._streams import (
@@ -72,6 +72,7 @@ __all__ = [
     "ReadResult",
     "Receipt",
     "ServerError",
+    "Undeliverable",
     "WireEvent",
     "connect",
     "decode",

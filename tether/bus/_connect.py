@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from dataclasses import asdict
 from typing import Any
 
 import nats
@@ -16,7 +17,7 @@ from tether.schemas import Event
 
 from ._client import Client
 from ._config import BusConfig
-from ._outbox import outbox_depth
+from ._outbox import outbox_depth, set_aside
 from ._publisher import Publisher, Receipt
 from ._reader import EventReader
 from ._server import EmbeddedServer, ServerError, find_running
@@ -135,7 +136,8 @@ class Bus:
             "home": str(self.config.home),
             "streams": streams,
             "drift": [str(d) for d in (self.provision_report.drift if self.provision_report else [])],
-            "outbox": {"files": files, "queued": queued, "rejected": rejected},
+            "outbox": {"files": files, "queued": queued, "rejected": rejected,
+                       "set_aside": [asdict(r) for r in set_aside(self.config.home / "outbox")]},
             "publisher": {
                 "degraded": self.publisher.degraded,
                 "in_flight": self.publisher.in_flight(),

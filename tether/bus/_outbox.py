@@ -25,7 +25,7 @@ from typing import IO
 
 from tether.schemas import uuid7
 
-__all__ = ["Outbox", "OutboxFull", "OutboxRow", "PendingMessage", "orphaned_outboxes"]
+__all__ = ["Outbox", "OutboxFull", "OutboxRow", "PendingMessage", "SetAside", "orphaned_outboxes", "set_aside"]
 
 
 class OutboxFull(RuntimeError):
@@ -233,6 +233,35 @@ def orphaned_outboxes(directory: Path, *, own: Path | None = None) -> Iterator[O
         box = Outbox(path)
         if box.try_lock():
             yield box
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """An event NATS can never accept, moved out of the queue so it blocks nothing."""
+
+    file: str
+    id: str
+    subject: str
+    error: str
+    created: float
+
+
+def set_aside(directory: Path, *, limit: int = 20) -> list[SetAside]:
+    """The newest events set aside (the ``rejected`` tables) across ``directory``, read-only."""
+    found: list[SetAside] = []
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.glob("*.db")):
+        with contextlib.suppress(sqlite3.Error):
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = db.execute("SELECT id, subject, error, created FROM rejected "
+                                  "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+            finally:
+                db.close()
+            found.extend(SetAside(path.name, str(i), str(subj), str(err), float(when))
+                         for i, subj, err, when in rows)
+    return sorted(found, key=lambda r: r.created, reverse=True)[:limit]
 
 
 def outbox_depth(directory: Path) -> tuple[int, int, int]:

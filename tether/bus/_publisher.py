@@ -12,7 +12,9 @@ The event id is the ``Nats-Msg-Id``, so JetStream drops a repeat within its dedu
 window. When NATS is unreachable, an ack does not come in time, or too many events
 are in flight for too long, the publisher *degrades*: every unacked event, in order,
 and every later one goes to the local outbox, which a background task flushes in
-order once NATS answers again. Order per publisher (and so per run) is kept.
+order once NATS answers again. Order per publisher (and so per run) is kept. A message
+NATS can never accept (``_deliverable``) is no outage: it is refused at once
+(``Undeliverable``), and such a row in an outbox is set aside with its reason.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from nats.js.object_store import ObjectStore
 from tether.schemas import Event, EventError
 
 from ._binding import encode_binary, percent_encode
+from ._deliverable import oversized, undeliverable
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
 from ._subjects import event_subject
 
-__all__ = ["PayloadTooLarge", "PublishRejected", "Publisher", "PublisherStats", "Receipt"]
+__all__ = ["PayloadTooLarge", "PublishRejected", "Publisher", "PublisherStats", "Receipt", "Undeliverable"]
 
 log = logging.getLogger("tether.bus")
 
@@ -55,10 +58,23 @@ class PayloadTooLarge(EventError):
 class PublishRejected(RuntimeError):
     """The stream refused the event for good (not a transient failure)."""
 
-    def __init__(self, event_id: str, error: str) -> None:
-        super().__init__(f"event {event_id} refused by NATS: {error}")
+    def __init__(self, event_id: str, error: str, *, message: str | None = None) -> None:
+        super().__init__(message or f"event {event_id} refused by NATS: {error}")
         self.event_id = event_id
         self.error = error
+
+
+class Undeliverable(PublishRejected):
+    """NATS can never accept the message (malformed subject or header, above the server's
+    ``max_payload``): refused before it is sent, and never put in the outbox."""
+
+    def __init__(self, event_id: str, error: str) -> None:
+        super().__init__(event_id, error, message=f"event {event_id} can never be delivered, so it "
+                                                  f"was not published: {error}")
+
+
+_PERMANENT = (nats.errors.BadSubjectError, nats.errors.MaxPayloadError)
+"""nats-py's errors for a message no server will take: not an outage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,17 +217,23 @@ class Publisher:
                 f"{self.max_event_bytes:,} (max_event_bytes). Store large blobs elsewhere and "
                 "reference them", event_type=event.type)
         headers[MSG_ID] = event.id
-        return PendingMessage(event.id, event_subject(event), headers, payload)
+        message = PendingMessage(event.id, event_subject(event), headers, payload)
+        # Well formed by construction (see _deliverable.malformed): only the size can be wrong.
+        problem = oversized(message, max_payload=self._nc.max_payload or 0,
+                            claim_check_above=self.large_payload_bytes)
+        if problem is not None:
+            raise Undeliverable(event.id, problem)
+        return message
 
     async def publish(self, event: Event) -> Receipt:
         """Publish and wait for the ack (or the outbox); at most ``ack_timeout_s``."""
         message = self.prepare(event)
         if self._degraded or not self._nc.is_connected:
-            self._to_outbox([message])
+            self._divert(message, "NATS not connected")
             return Receipt(message.id, outboxed=True)
         await self._wait_for_room()
         if self._degraded:
-            self._to_outbox([message])
+            self._divert(message, "backpressure")
             return Receipt(message.id, outboxed=True)
         waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         await self._send(message, waiter)
@@ -221,12 +243,12 @@ class Publisher:
         """Hand an event to NATS without waiting for its ack. See :meth:`flush`."""
         message = self.prepare(event)
         if self._degraded or not self._nc.is_connected:
-            self._to_outbox([message])
+            self._divert(message, "NATS not connected")
             return
         if len(self._inflight) >= self.max_pending:
             await self._wait_for_room()
             if self._degraded:
-                self._to_outbox([message])
+                self._divert(message, "backpressure")
                 return
         await self._send(message, None)
 
@@ -261,6 +283,10 @@ class Publisher:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _undeliverable(self, message: PendingMessage) -> str | None:
+        return undeliverable(message, max_payload=self._nc.max_payload or 0,
+                             claim_check_above=self.large_payload_bytes)
+
     async def _wait_for_room(self) -> None:
         if len(self._inflight) < self.max_pending:
             return
@@ -285,15 +311,10 @@ class Publisher:
             try:
                 wire = await self._claim_check(message)
             except Exception as exc:  # NATS trouble while storing the object
-                self._to_outbox([message])
-                self._degrade(f"object store: {exc}")
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(Receipt(message.id, outboxed=True))
+                self._divert(message, f"object store: {exc}", waiter)
                 return
             if self._degraded:
-                self._to_outbox([message])
-                if waiter is not None:
-                    waiter.set_result(Receipt(message.id, outboxed=True))
+                self._divert(message, "NATS not connected", waiter)
                 return
         self._seq += 1
         seq = self._seq
@@ -303,6 +324,10 @@ class Publisher:
         try:
             await self._nc.publish(wire.subject, wire.payload, reply=self._prefix + str(seq),
                                    headers=wire.headers)
+        except _PERMANENT as exc:  # no server will take it: refused, not an outage
+            self._inflight.pop(seq, None)
+            self._after_change()
+            raise Undeliverable(message.id, str(exc)) from None
         except (nats.errors.Error, OSError) as exc:
             self._degrade(f"publish failed: {exc!r}")
             return
@@ -398,6 +423,26 @@ class Publisher:
         if self._outbox is None:
             self._outbox = Outbox.create(self._outbox_dir, max_bytes=self.outbox_max_bytes)
         return self._outbox
+
+    def _divert(self, message: PendingMessage, reason: str,
+                waiter: asyncio.Future[Receipt] | None = None) -> None:
+        """Send a new event to the outbox, behind every older event still in flight.
+
+        nats-py reports the connection down before tether's disconnect callback runs; an
+        event published in that gap must not overtake the unacked ones, so they go first.
+        """
+        if self._inflight or not self._degraded:
+            self._degrade(reason)
+        try:
+            self._to_outbox([message])
+        except OutboxFull as exc:
+            if waiter is None:
+                raise
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Receipt(message.id, outboxed=True))
 
     def _to_outbox(self, messages: list[PendingMessage]) -> None:
         if not messages:
@@ -503,7 +548,10 @@ class Publisher:
                 if "error" in ack:
                     box.reject(row, str(ack["error"]))
                     self.stats.rejected += 1
-                    log.error("outbox event %s refused by NATS: %s", row.message.id, ack["error"])
+                    self.stats.last_error = str(ack["error"])
+                    log.error("outbox event %s on %r can never be delivered, set aside in %s "
+                              "(rejected): %s", row.message.id, row.message.subject, box.path.name,
+                              ack["error"])
                     continue
                 done_through = row.seq
                 self.stats.flushed += 1
@@ -518,6 +566,12 @@ class Publisher:
         waits: list[asyncio.Future[dict[str, Any]]] = []
         for row in rows:
             wire = row.message
+            problem = self._undeliverable(wire)
+            if problem is not None:  # written by an older tether, or for another server
+                refused: asyncio.Future[dict[str, Any]] = loop.create_future()
+                refused.set_result({"error": problem, "transient": False})
+                waits.append(refused)
+                continue
             if len(wire.payload) > self.large_payload_bytes:
                 try:
                     wire = await self._claim_check(wire)
@@ -531,6 +585,8 @@ class Publisher:
             try:
                 await self._nc.publish(wire.subject, wire.payload,
                                        reply=self._prefix + str(self._seq), headers=wire.headers)
+            except _PERMANENT as exc:
+                fut.set_result({"error": str(exc), "transient": False})
             except (nats.errors.Error, OSError) as exc:
                 fut.set_result({"error": repr(exc), "transient": True})
                 break

@@ -51,7 +51,7 @@ PROJECTION_SUBJECTS = f"{PREFIX}.proj.>"
 NONE_TOKEN = "_"
 MAX_TOKEN = 128
 
-_SAFE = re.compile(r"^[A-Za-z0-9_:@+=~\-]+$")
+_SAFE = re.compile(r"[A-Za-z0-9_:@+=~\-]+")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_:@+=~\-]")
 _cache: dict[str, str] = {}
 
@@ -65,7 +65,7 @@ def encode_token(value: str | None) -> str:
         return cached
     if value == NONE_TOKEN:
         token = "%5F"
-    elif _SAFE.match(value):
+    elif _SAFE.fullmatch(value):
         token = value
     else:
         token = _UNSAFE_CHAR.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode()), value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 from tether import __version__
 from tether._loop import run as run_loop
 from tether.bus import Bus, BusConfig, BusUnavailable, connect, event_filter, tether_home
-from tether.bus._outbox import outbox_depth
+from tether.bus._outbox import outbox_depth, set_aside
 from tether.schemas import export_schemas
 
 from ._format import Style, result_line
@@ -478,6 +479,14 @@ async def _tail(args: argparse.Namespace) -> int:
         await bus.close()
 
 
+def _print_set_aside(s: Style, entries: list[dict[str, Any]], total: int) -> None:
+    """The events set aside in the outbox (NATS can never accept them), newest first, with why."""
+    for r in entries:
+        print(s.yellow(f"  set aside {r['id']} on {r['subject']!r} ({r['file']}): {r['error']}"))
+    if total > len(entries):
+        print(s.yellow(f"  ... and {total - len(entries)} more (tether status --json lists the newest)"))
+
+
 async def _status(args: argparse.Namespace) -> int:
     s = Style()
     cfg = _config(args, embedded=False, provision=False)
@@ -485,15 +494,17 @@ async def _status(args: argparse.Namespace) -> int:
         bus = await connect(config=cfg)
     except BusUnavailable as exc:
         files, queued, rejected = outbox_depth(tether_home(cfg.home) / "outbox")
+        aside = [dataclasses.asdict(r) for r in set_aside(tether_home(cfg.home) / "outbox")]
         # Without a URL, connect() looked for the server `tether up` runs for this home.
         error = (f"no tether server is running for {tether_home(cfg.home)}: start one with `tether up` "
                  "(or set TETHER_NATS_URL to use your own NATS)") if cfg.url is None else str(exc)
         if args.json:
-            print(json.dumps({"server": None, "error": error,
-                              "outbox": {"files": files, "queued": queued, "rejected": rejected}}))
+            print(json.dumps({"server": None, "error": error, "outbox": {
+                "files": files, "queued": queued, "rejected": rejected, "set_aside": aside}}))
         else:
             print(s.red(error))
             print(f"outbox: {queued} event(s) queued in {files} file(s), {rejected} rejected")
+            _print_set_aside(s, aside, rejected)
         return 1
     try:
         st = await bus.status()
@@ -525,6 +536,7 @@ async def _status(args: argparse.Namespace) -> int:
     colour = s.yellow if ob["queued"] or ob["rejected"] else (lambda t: t)
     print(s.bold("outbox  ") + colour(f"{ob['queued']} queued in {ob['files']} file(s), "
                                       f"{ob['rejected']} rejected"))
+    _print_set_aside(s, ob["set_aside"], ob["rejected"])
     if st["views"]:
         print(s.bold("views"))
         for v in st["views"]:

@@ -34,6 +34,7 @@ from nats.js.errors import APIError
 
 from tether.bus import Bus, connect
 from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, uuid7
+from tether.schemas._finite import NON_FINITE_HINT, non_finite
 
 from . import _query as q
 from ._codec import seal_entry
@@ -58,6 +59,12 @@ AsOf = int | datetime | None
 WRONG_LAST = 10071
 MAX_METADATA_BYTES = 16 * 1024
 _WRONG_SEQ = re.compile(r"wrong last sequence: (\d+)")
+
+
+def _at(value: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        value = value[part]
+    return value
 
 
 def _now() -> float:
@@ -222,6 +229,10 @@ class AsyncMemory:
             return {}
         if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
             raise InvalidMemory("metadata must be a mapping with string keys")
+        nan_at = non_finite(dict(metadata))
+        if nan_at is not None:
+            where = ".".join(str(part) for part in nan_at)
+            raise InvalidMemory(f"metadata {where} is {_at(metadata, nan_at)!r}: {NON_FINITE_HINT}")
         try:
             size = len(json.dumps(metadata, ensure_ascii=False))
         except (TypeError, ValueError) as exc:

@@ -20,7 +20,7 @@ __all__ = ["ALL_KEYS", "MAX_KEY", "MAX_NAMESPACE", "check_key", "check_namespace
 MAX_NAMESPACE = 100
 MAX_KEY = 256
 ALL_KEYS = "*"
-_NAMESPACE = re.compile(r"^(?:global|[a-z][a-z0-9_-]{0,30}:[A-Za-z0-9_.@+=~-]{1,90})$")
+_NAMESPACE = re.compile(r"global|[a-z][a-z0-9_-]{0,30}:[A-Za-z0-9_.@+=~-]{1,90}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -28,7 +28,7 @@ def check_namespace(namespace: object) -> str:
     """The namespace, or ``InvalidMemory`` saying what a valid one looks like."""
     if not isinstance(namespace, str) or not namespace:
         raise InvalidMemory(f"namespace must be a non-empty string, got {namespace!r}")
-    if len(namespace) > MAX_NAMESPACE or not _NAMESPACE.match(namespace):
+    if len(namespace) > MAX_NAMESPACE or not _NAMESPACE.fullmatch(namespace):
         raise InvalidMemory(
             f"invalid namespace {namespace!r}: use 'global' or '<scope>:<id>' such as 'agent:support-bot', "
             "'user:42', 'team:docs' (scope: lower-case letters; id: letters, digits and _ - . @ + = ~; "

@@ -9,11 +9,14 @@ deleted (a deletion aimed at an older version does not count), not past its
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+
+from tether.schemas._finite import NON_FINITE_HINT
 
 from ._errors import InvalidMemory
 from ._types import Entry, Version, to_datetime
@@ -29,7 +32,7 @@ __all__ = [
     "time_at",
 ]
 
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,4}$")
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,4}")
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "!=", "eq": "="}
 
 DELETED = "(m.deleted IS NOT NULL AND (m.deleted_version IS NULL OR m.deleted_version >= m.version))"
@@ -130,7 +133,7 @@ def _filters(filters: Mapping[str, Any] | None, params: dict[str, Any]) -> list[
     ``{"priority": {"gte": 2}}`` (gt, gte, lt, lte, ne, eq), ``{"city": None}`` (absent)."""
     out: list[str] = []
     for i, (name, want) in enumerate((filters or {}).items()):
-        if not isinstance(name, str) or not _FIELD.match(name):
+        if not isinstance(name, str) or not _FIELD.fullmatch(name):
             raise InvalidMemory(f"filter field {name!r}: use letters, digits, _ and - (dots for nested fields)")
         path = "$." + ".".join(f'"{part}"' for part in name.split("."))
         col = f"json_extract(v.metadata, :fp{i})"
@@ -162,6 +165,8 @@ def _filters(filters: Mapping[str, Any] | None, params: dict[str, Any]) -> list[
 def _scalar(name: str, value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidMemory(f"filter {name!r}: {value!r} matches nothing: {NON_FINITE_HINT}")
     if isinstance(value, (str, int, float)):
         return value
     raise InvalidMemory(f"filter {name!r}: values must be strings, numbers or booleans, got {type(value).__name__}")

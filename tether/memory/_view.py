@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from tether.projections import Delete, Op, Projection, Table, Upsert, ViewStore
 from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten
+from tether.schemas._finite import finite_or_none
 
 from ._codec import open_entry
 from ._keys import KeyStore
@@ -149,7 +150,8 @@ class MemoryView(Projection):
             return []  # erased: its key is gone, and so is everything it said
         row = self._base(event, seq, d.namespace, d.key, "written")
         row.update(version=d.version, text=opened.text,
-                   metadata=json.dumps(opened.metadata, ensure_ascii=False, sort_keys=True),
+                   # finite_or_none: an older tether let NaN in, which SQLite's JSON functions refuse
+                   metadata=json.dumps(finite_or_none(opened.metadata), ensure_ascii=False, sort_keys=True),
                    expires_at=d.expires_at.timestamp() if d.expires_at else None,
                    source_call_id=d.source_call_id, source_message_id=d.source_message_id,
                    content_hash=d.content_hash, embedding=opened.embedding, embedder=d.embedder)

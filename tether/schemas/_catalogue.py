@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StringConstraints
 
 from ._envelope import Payload
+from ._finite import json_safe
 
 __all__ = [
     "BudgetExceeded",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Recorded = Annotated[JsonValue, BeforeValidator(json_safe)]
+"""A body tether records of someone else's call: NaN and infinities are kept as strings
+("NaN", "Infinity"), since recording must never fail the call. Elsewhere they are refused."""
 Decision = Literal["retry", "fallback", "give_up"]
 
 
@@ -79,7 +83,7 @@ class RunStarted(Payload):
 
     name: str | None = None
     parent_run_id: str | None = Field(None, description="Set for a sub-agent's run.")
-    input: JsonValue = None
+    input: Recorded = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = {}
 
@@ -93,7 +97,7 @@ class RunFinished(Payload):
 
     status: Literal["ok", "error", "cancelled"]
     duration_ms: float | None = Field(None, ge=0)
-    output: JsonValue = None
+    output: Recorded = None
     error: ErrorInfo | None = None
 
 
@@ -120,8 +124,8 @@ class LlmCallRequested(_LlmCall):
     mode: Literal["inline", "durable"] = "inline"
     stream: bool = False
     route: str | None = None
-    parameters: dict[str, JsonValue] = {}
-    request: JsonValue = Field(None, description="The request body; None when capture is off.")
+    parameters: dict[str, Recorded] = {}
+    request: Recorded = Field(None, description="The request body; None when capture is off.")
     deadline: datetime | None = None
 
 
@@ -153,7 +157,7 @@ class LlmCallCompleted(_LlmCall):
     latency_ms: float | None = Field(None, ge=0)
     ttft_ms: float | None = Field(None, ge=0, description="Time to first token, streams only.")
     finish_reason: str | None = None
-    response: JsonValue = Field(None, description="The response body; None when capture is off.")
+    response: Recorded = Field(None, description="The response body; None when capture is off.")
 
 
 class LlmCallFailed(_LlmCall):
@@ -183,7 +187,7 @@ class ToolCallRequested(_ToolCall):
     kind: ClassVar[str] = "tool"
     action: ClassVar[str] = "requested"
 
-    arguments: JsonValue = None
+    arguments: Recorded = None
     idempotent: bool = False
     idempotency_key: str | None = None
     mode: Literal["inline", "durable"] = "inline"
@@ -207,7 +211,7 @@ class ToolCallCompleted(_ToolCall):
     action: ClassVar[str] = "completed"
 
     attempt: int = Field(1, ge=1)
-    result: JsonValue = None
+    result: Recorded = None
     duration_ms: float | None = Field(None, ge=0)
 
 

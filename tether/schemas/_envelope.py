@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._errors import InvalidEvent, UnknownEventType
+from ._finite import NON_FINITE_HINT, non_finite
 from ._ids import uuid7
 
 __all__ = [
@@ -27,10 +28,10 @@ SCHEMA_URN = "urn:tether:schema:"
 """Prefix of ``dataschema``: ``urn:tether:schema:<type>:v<version>``."""
 
 _REGISTRY: dict[str, type[Payload]] = {}
-_EXT_NAME = re.compile(r"^[a-z0-9]{1,20}$")
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_EXT_NAME = re.compile(r"[a-z0-9]{1,20}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _SCHEMAS: dict[str, tuple[str, int]] = {}  # dataschema URN -> (event type, version), as _SCHEMA reads it
-_SCHEMA = re.compile(r"^urn:tether:schema:(?P<type>[a-z0-9_.]+):v(?P<version>[0-9]+)$")
+_SCHEMA = re.compile(r"urn:tether:schema:(?P<type>[a-z0-9_.]+):v(?P<version>[0-9]+)")
 
 CORE_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema"}
@@ -204,6 +205,9 @@ class Event(BaseModel):
             problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
         if problems:
             raise InvalidEvent(data.event_type, problems, what="envelope")
+        nan_at = non_finite(data.__dict__)  # pydantic takes NaN and inf in JsonValue, inf in floats
+        if nan_at is not None:
+            raise InvalidEvent(data.event_type, [{"loc": nan_at, "msg": NON_FINITE_HINT}])
         when = time or datetime.now(UTC)
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
@@ -261,7 +265,7 @@ class Event(BaseModel):
         if schema:
             known = _SCHEMAS.get(schema) if isinstance(schema, str) else None
             if known is None:
-                m = _SCHEMA.match(str(schema))
+                m = _SCHEMA.fullmatch(str(schema))
                 known = (m["type"], int(m["version"])) if m is not None else ("", 0)
                 if isinstance(schema, str) and len(_SCHEMAS) < 4096:
                     _SCHEMAS[schema] = known
@@ -365,11 +369,11 @@ def _extension_problems(
         if value is not None and (not isinstance(value, str) or not value):
             problems.append({"loc": (name,), "msg": "must be a non-empty string"})
     if traceparent is not None and not (
-        isinstance(traceparent, str) and _TRACEPARENT.match(traceparent)
+        isinstance(traceparent, str) and _TRACEPARENT.fullmatch(traceparent)
     ):
         problems.append({"loc": ("traceparent",), "msg": "not a W3C traceparent"})
     for name in extensions:
-        if not _EXT_NAME.match(name) or name in CORE_ATTRIBUTES or name in TETHER_EXTENSIONS:
+        if not _EXT_NAME.fullmatch(name) or name in CORE_ATTRIBUTES or name in TETHER_EXTENSIONS:
             problems.append({"loc": ("extensions", name), "msg": "not a free extension name"})
     return problems
 
@@ -388,7 +392,7 @@ def _plain_from_wire(cls: type[Event], attrs: dict[str, Any], data: bytes) -> Ev
     if not _KNOWN_ATTRIBUTES.issuperset(attrs):
         for name, value in attrs.items():
             if name not in _KNOWN_ATTRIBUTES:
-                if type(value) is not str or not _EXT_NAME.match(name):
+                if type(value) is not str or not _EXT_NAME.fullmatch(name):
                     return None
                 extensions[name] = value
     event_id, source, event_type, schema = attrs.get("id"), attrs.get("source"), attrs.get("type"), \
@@ -401,7 +405,7 @@ def _plain_from_wire(cls: type[Event], attrs: dict[str, Any], data: bytes) -> Ev
         attrs.get("time")
     if (runid is not None and (type(runid) is not str or not runid)) or (
             agentid is not None and (type(agentid) is not str or not agentid)) or (
-            traceparent is not None and (type(traceparent) is not str or not _TRACEPARENT.match(traceparent))) \
+            traceparent is not None and (type(traceparent) is not str or not _TRACEPARENT.fullmatch(traceparent))) \
             or type(raw_time) is not str:
         return None
     model = _REGISTRY.get(event_type)

@@ -8,9 +8,10 @@
 * **batch**: ``Content-Type: application/cloudevents-batch+json``, a JSON array of events.
 
 The ``cloudevents`` SDK decodes the wire (header decoding, ``data_base64``, ``time``) and checks
-the envelope; :meth:`tether.schemas.Event.from_wire` then validates each event against
-tether's catalogue. The gateway fills in what the agent left out (``agentid`` from its key,
-``runid`` and ``traceparent`` from its headers) and refuses an event that names another agent.
+the envelope; data holding NaN or Infinity (JSON has neither) is refused;
+:meth:`tether.schemas.Event.from_wire` then validates each event against tether's catalogue.
+The gateway fills in what the agent left out (``agentid`` from its key, ``runid`` and
+``traceparent`` from its headers) and refuses an event that names another agent.
 A request is all or nothing: if any event is invalid, none is published. Pure: no I/O.
 """
 
@@ -27,6 +28,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from tether.schemas import Event, EventError, InvalidEvent, UnknownEventType
+from tether.schemas._finite import NON_FINITE_HINT, non_finite
 
 from .._redact import Redactor
 from ._identity import Caller
@@ -176,6 +178,11 @@ def validate(decoded: list[CloudEvent | Invalid], caller: Caller, *, trusted: bo
                 invalid.append(Invalid(index, [{"loc": ("data",), "msg": "tether event data is a JSON object"}],
                                        item.get_id(), item.get_type()))
                 continue
+        nan_at = non_finite(data)
+        if nan_at is not None:
+            invalid.append(Invalid(index, [{"loc": ("data", *nan_at), "msg": NON_FINITE_HINT}],
+                                   item.get_id(), item.get_type()))
+            continue
         try:
             events.append(Event.from_wire(attributes, redactor(data)))
         except EventError as exc:
