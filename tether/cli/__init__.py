@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--otel-endpoint", metavar="URL",
                     help="also send finished traces to this OpenTelemetry receiver (OTLP/HTTP), "
                     "e.g. http://127.0.0.1:4318; needs tether[otel]")
+    up.add_argument("--otel-service-name", metavar="NAME",
+                    help="with --otel-endpoint: the service.name, and Phoenix's project "
+                    "(default: $OTEL_SERVICE_NAME, else tether)")
+    up.add_argument("--otel-capture-content", action="store_true",
+                    help="with --otel-endpoint: also send prompts, completions, tool arguments and results "
+                    "(see `tether otel-export --help`)")
     up.add_argument("--config", type=Path,
                     help="worker configuration (default: ./tether.toml or [tool.tether] in pyproject.toml)")
     from ._projector import add_processes_option
@@ -296,7 +302,9 @@ async def _up(args: argparse.Namespace) -> int:
                 from ._otel import Follower
 
                 try:
-                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint)
+                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint,
+                                                service_name=args.otel_service_name,
+                                                capture_content=args.otel_capture_content)
                 except (OtelUnavailable, ValueError) as exc:
                     print(f"tether up: --otel-endpoint: {exc}", file=sys.stderr)
                     if gateway is not None:

@@ -31,6 +31,15 @@ changed since, plus those still waiting. A batch the receiver refuses is sent ag
 next pass; a crash between a send and its record may send that batch twice.
 """
 
+from ._content import (
+    CONTENT_ENV,
+    DEFAULT_CONTENT_LIMIT,
+    ContentSource,
+    LogContent,
+    MemoryContent,
+    capture_from_env,
+    content_attributes,
+)
 from ._exporter import ExportReport, OtelExporter
 from ._sinks import (
     OTEL_EXTRA,
@@ -42,11 +51,16 @@ from ._sinks import (
     state_path,
     traces_endpoint,
 )
-from ._spans import OtelSpan, RunState, Timing, otel_span, span_id_of, trace_id_of, verdict
+from ._spans import OtelSpan, RunState, Timing, handled, otel_span, run_failure, span_id_of, trace_id_of, verdict
 
 __all__ = [
+    "CONTENT_ENV",
+    "DEFAULT_CONTENT_LIMIT",
     "OTEL_EXTRA",
+    "ContentSource",
     "ExportReport",
+    "LogContent",
+    "MemoryContent",
     "MemorySink",
     "OtelExporter",
     "OtelSpan",
@@ -55,8 +69,12 @@ __all__ = [
     "RunState",
     "SpanSink",
     "Timing",
+    "capture_from_env",
+    "content_attributes",
+    "handled",
     "otel_available",
     "otel_span",
+    "run_failure",
     "span_id_of",
     "state_path",
     "trace_id_of",
