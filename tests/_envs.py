@@ -57,7 +57,7 @@ def optional_env(name: str, *, lock: Path | None = None, root: Path = ROOT, time
     venv = root / f".venv-{name}"
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(root / f".venv-{name}.lock", "w") as guard:  # one builder at a time (parallel test runs)
+    with open(root / f".venv-{name}.flock", "w") as guard:  # one builder at a time (parallel test runs)
         fcntl.flock(guard, fcntl.LOCK_EX)
         stamp = venv / STAMP
         if stamp.exists() and stamp.read_text().strip() == digest:
