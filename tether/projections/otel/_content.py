@@ -86,15 +86,18 @@ class LogContent:
         return asyncio.run_coroutine_threadsafe(self._read(seqs), self._loop).result(self._timeout)
 
     async def _read(self, seqs: Sequence[int]) -> dict[int, Event]:
+        from nats.js.errors import NotFoundError
+
         from tether.bus import EVENTS_STREAM
+        from tether.schemas import EventError
 
         out: dict[int, Event] = {}
         for seq in sorted(set(seqs)):
             try:
                 msg = await self._bus.js.get_msg(EVENTS_STREAM, seq)
                 out[seq] = await self._bus.reader.read(msg.headers, msg.data or b"")
-            except Exception:  # purged, or not a tether event: that span goes without content
-                continue
+            except (NotFoundError, EventError):  # purged, or not a tether event: that span goes without content
+                continue  # anything else (NATS away) fails the pass, which is tried again
         return out
 
 

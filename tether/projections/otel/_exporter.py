@@ -43,6 +43,10 @@ class ExportReport:
     """Why the pass could not read or record (a view being swapped, a full disk); tried again next pass."""
 
 
+class _NoContent(Exception):
+    """Content capture is on and the log could not be read."""
+
+
 @dataclass
 class _Tally:
     sent: int = 0
@@ -202,6 +206,9 @@ class OtelExporter:
                 log.warning("otel export: cannot read %s or record what was sent: %r; trying again next pass",
                             path, exc)
                 return ExportReport(error=f"{type(exc).__name__}: {exc}")
+            except _NoContent as exc:  # nothing was sent or recorded: the same spans go next pass, with it
+                log.warning("otel export: %s; trying again next pass", exc)
+                return ExportReport(error=str(exc))
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM _meta WHERE key = ?", (key,)).fetchone()
@@ -329,7 +336,11 @@ class OtelExporter:
         if self.content is not None:
             seqs = [r[k] for r, _ in due if r["kind"] in ("run", "llm", "tool") for k in ("first_seq", "last_seq")
                     if r[k] is not None]
-            events = self.content.events(seqs) if seqs else {}
+            try:
+                events = self.content.events(seqs) if seqs else {}
+            except Exception as exc:
+                raise _NoContent(f"cannot read the captured content from the log: {type(exc).__name__}: {exc}") \
+                    from exc
         out: list[tuple[OtelSpan, Mode]] = []
         for row, mode in due:
             trace_id = traces.of(row)
