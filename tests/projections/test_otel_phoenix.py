@@ -123,11 +123,13 @@ def _tether(home: Path, *argv: str) -> str:
 
 def test_the_demo_reads_right_in_phoenix(phoenix: str, tmp_path: Path) -> None:
     home = tmp_path / ".tether"
-    _tether(home, "up", "--demo", "--runs", str(RUNS), "--interval", "0.2", "--otel-endpoint", phoenix,
-            "--otel-service-name", PROJECT, "--otel-capture-content")
+    said = _tether(home, "up", "--demo", "--runs", str(RUNS), "--interval", "0.2", "--otel-endpoint", phoenix,
+                   "--otel-service-name", PROJECT, "--otel-capture-content")
+    assert f"(service and project {PROJECT}, with prompts and results)" in said
     # the same spans again would be dropped (Phoenix keeps a span id once): a second demo, content off
-    _tether(tmp_path / ".tether-plain", "up", "--demo", "--runs", str(RUNS), "--interval", "0.2",
-            "--otel-endpoint", phoenix, "--otel-service-name", PLAIN)
+    said = _tether(tmp_path / ".tether-plain", "up", "--demo", "--runs", str(RUNS), "--interval", "0.2",
+                   "--otel-endpoint", phoenix, "--otel-service-name", PLAIN)
+    assert f"(service and project {PLAIN}, without content)" in said
 
     runs = {r["run_id"]: r for r in json.loads(_tether(home, "runs", "--json"))}
     assert len(runs) == RUNS

@@ -313,7 +313,9 @@ async def _up(args: argparse.Namespace) -> int:
                     if projector is not None:
                         await projector.stop()
                     return 2
-                print(f"  otel: finished traces to {otel.endpoint}")
+                content = "with prompts and results" if otel.exporter.content is not None else "without content"
+                print(f"  otel: finished traces to {otel.endpoint} (service and project {otel.service_name}, "
+                      f"{content})")
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
                   "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
                   flush=True)

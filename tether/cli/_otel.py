@@ -254,6 +254,7 @@ class Follower:
         self.exporter = exporter
         self.sink = sink
         self.endpoint = sink.endpoint
+        self.service_name = sink.service_name
         self._bus = bus
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()

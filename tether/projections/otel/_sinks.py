@@ -99,6 +99,7 @@ class OtlpHttpSink:
         except ImportError as exc:
             raise OtelUnavailable(f"OpenTelemetry export needs the otel extra: {OTEL_EXTRA}") from exc
         self.endpoint = traces_endpoint(endpoint)
+        self.service_name = service_name
         self._exporter = OTLPSpanExporter(endpoint=self.endpoint, headers=dict(headers) if headers else None,
                                           timeout=timeout)
         # The service name is also the project Phoenix (and Arize) files the spans under.
