@@ -394,6 +394,10 @@ def test_what_backends_group_price_and_draw_by(tmp_path: Path) -> None:
         sub(LlmCallCompleted(call_id="f1", provider="openai", model="gpt-4o-mini", attempt=2, usage=USAGE), 1.5),
         sub(RunFinished(status="ok"), 2),
         root(MemoryWritten(namespace="agent:bot", key="k", version=1, text="hi"), 2.5),
+        root(LlmCallRequested(call_id="e1", provider="openai", model="text-embedding-3-small",
+                              operation="embeddings"), 2.6),
+        root(LlmCallCompleted(call_id="e1", provider="openai", model="text-embedding-3-small",
+                              usage=Usage(input_tokens=8)), 2.7),
         root(RunFinished(status="ok"), 3),
         bare(RunStarted(), 0), bare(RunFinished(status="ok"), 1),
     ])
@@ -413,7 +417,9 @@ def test_what_backends_group_price_and_draw_by(tmp_path: Path) -> None:
     assert isinstance(call["llm.cost.total"], float) and call["llm.cost.total"] > 0
     assert {s.source: s.attributes["openinference.span.kind"] for s in sink.spans} == {
         "r9": "AGENT", "r9-sub": "AGENT", "r8": "AGENT", "f1": "LLM", "f1#a1": "CHAIN", "f1#a1/fallback": "CHAIN",
-        "f1#a2": "CHAIN", "mem:agent:bot/k@1": "CHAIN"}
+        "f1#a2": "CHAIN", "mem:agent:bot/k@1": "CHAIN", "e1": "EMBEDDING"}
+    assert sent["e1"].attributes["embedding.model_name"] == "text-embedding-3-small"
+    assert "llm.model_name" not in sent["e1"].attributes
     assert not [s.name for s in sink.spans if s.error is not None], "a fallback that answered is no error"
     views.store.close()
 

@@ -44,7 +44,7 @@ class RunState:
     last_end: float | None = None
     """The latest end of any span of the run."""
     failures: tuple[str, ...] = ()
-    """What failed, one line per failed call (``chat o3-mini dead-lettered: BadRequestError: ...``)."""
+    """What failed, one line per failed call (``BadRequestError: ... (chat o3-mini)``)."""
     dead_lettered: int = 0
     """Of the failed calls, those dead-lettered."""
     first_error_type: str | None = None
@@ -137,7 +137,7 @@ def _attr(value: Any) -> AttrValue | None:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-# OpenInference's span kind (what Phoenix and Arize group and draw by) for each of tether's.
+# OpenInference's span kind (what Phoenix groups and draws by) for each of tether's.
 OPENINFERENCE_KIND = {"run": "AGENT", "llm": "LLM", "tool": "TOOL", "attempt": "CHAIN", "backoff": "CHAIN",
                       "fallback": "CHAIN", "dead_letter": "CHAIN", "redrive": "CHAIN", "memory": "CHAIN",
                       "budget": "GUARDRAIL", "circuit": "CHAIN"}
@@ -167,9 +167,10 @@ def _attributes(span: Mapping[str, Any]) -> dict[str, AttrValue]:
         merged.setdefault("gen_ai.usage.input_tokens", span["input_tokens"])
         merged.setdefault("gen_ai.usage.output_tokens", span["output_tokens"])
         # The model that answered prices the call (after a fallback it is not the requested one):
-        # OpenInference's llm.model_name is what Phoenix and Arize price by.
-        merged["llm.model_name"] = merged.get("gen_ai.response.model") or merged.get("gen_ai.request.model") \
-            or span["model"]
+        # OpenInference's llm.model_name (embedding.model_name) is what Phoenix prices by.
+        answered = merged.get("gen_ai.response.model") or merged.get("gen_ai.request.model") or span["model"]
+        merged["embedding.model_name" if merged["gen_ai.operation.name"] == "embeddings" else "llm.model_name"] = \
+            answered
         if span.get("cost_usd") is not None:
             merged["llm.cost.total"] = span["cost_usd"]  # tether's own price, in OpenInference's name
     elif kind == "tool":
@@ -205,7 +206,7 @@ def _error(span: Mapping[str, Any]) -> str:
 
 
 def run_failure(run: RunState) -> str | None:
-    """What a run's failed calls say, in one line: ``1 call dead-lettered: chat o3-mini: BadRequestError: ...``."""
+    """What a run's failed calls say, in one line: ``1 call dead-lettered: BadRequestError: ... (chat o3-mini)``."""
     if not run.failed_calls:
         return None
     n = run.failed_calls
