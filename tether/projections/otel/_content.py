@@ -1,12 +1,6 @@
-"""Opt-in content capture: prompts, completions, tool arguments and results as span attributes.
-
-The traces view holds no bodies; the log does (redacted at capture). :class:`LogContent`
-reads the request and outcome events of a span back from the EVENTS stream by sequence;
-:func:`content_attributes` (pure) turns them into the GenAI conventions' opt-in attributes
-(``gen_ai.input.messages``, ``gen_ai.output.messages``, ``gen_ai.tool.call.arguments``,
-``gen_ai.tool.call.result``) and OpenInference's ``input.value``/``output.value``, each
-within ``limit`` characters.
-"""
+"""Opt-in content capture: prompts, completions, tool arguments and results, read back from the log
+by sequence (:class:`LogContent`) and made GenAI (``gen_ai.input.messages``...) and OpenInference
+(``input.value``...) attributes within a size limit (:func:`content_attributes`, pure)."""
 
 from __future__ import annotations
 
