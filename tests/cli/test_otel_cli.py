@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -141,6 +142,15 @@ async def test_content_capture_needs_the_log(tmp_path: Path, receiver: OtlpRecei
     err = capsys.readouterr().err
     assert "--capture-content reads prompts and results from the log" in err and "without content" in err
     assert receiver.spans() == [], "nothing sent half-way"
+
+
+def test_tether_up_otel_options_go_with_an_endpoint(tmp_path: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).with_name("tether")), "up", "--otel-capture-content",
+                           "--otel-service-name", "x"], env={**os.environ, "TETHER_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--otel-service-name and --otel-capture-content go with --otel-endpoint URL" in done.stderr
+    assert not (tmp_path / "nats").exists(), "nothing started"
 
 
 async def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -245,6 +245,12 @@ async def _wait_for_signal() -> None:
 
 async def _up(args: argparse.Namespace) -> int:
     s = Style()
+    lone = [flag for flag, given in (("--otel-service-name", args.otel_service_name),
+                                     ("--otel-capture-content", args.otel_capture_content)) if given]
+    if lone and not args.otel_endpoint:
+        print(f"tether up: {' and '.join(lone)} go with --otel-endpoint URL (where the traces are sent), "
+              "e.g. --otel-endpoint http://127.0.0.1:6006 for Phoenix", file=sys.stderr)
+        return 2
     extra: dict[str, Any] = {"update_streams": args.update_streams}
     if args.replicas:
         extra["replicas"] = args.replicas
