@@ -413,7 +413,8 @@ def test_what_backends_group_price_and_draw_by(tmp_path: Path) -> None:
     call = sent["f1"].attributes
     assert (call["gen_ai.request.model"], call["gen_ai.response.model"], call["llm.model_name"]) == (
         "gpt-4o", "gpt-4o-mini", "gpt-4o-mini"), "priced by the model that answered"
-    assert call["llm.cost.total"] == call["tether.cost.usd"] == views.rows()["f1"]["cost_usd"]
+    assert call["llm.cost.total"] == call["gen_ai.usage.cost"] == call["tether.cost.usd"] == \
+        views.rows()["f1"]["cost_usd"]
     assert isinstance(call["llm.cost.total"], float) and call["llm.cost.total"] > 0
     assert {s.source: s.attributes["openinference.span.kind"] for s in sink.spans} == {
         "r9": "AGENT", "r9-sub": "AGENT", "r8": "AGENT", "f1": "LLM", "f1#a1": "CHAIN", "f1#a1/fallback": "CHAIN",

@@ -171,8 +171,8 @@ def _attributes(span: Mapping[str, Any]) -> dict[str, AttrValue]:
         answered = merged.get("gen_ai.response.model") or merged.get("gen_ai.request.model") or span["model"]
         merged["embedding.model_name" if merged["gen_ai.operation.name"] == "embeddings" else "llm.model_name"] = \
             answered
-        if span.get("cost_usd") is not None:
-            merged["llm.cost.total"] = span["cost_usd"]  # tether's own price, in OpenInference's name
+        if span.get("cost_usd") is not None:  # tether's own price, as OpenInference and Langfuse name it
+            merged["llm.cost.total"] = merged["gen_ai.usage.cost"] = span["cost_usd"]
     elif kind == "tool":
         merged.setdefault("gen_ai.operation.name", "execute_tool")
         merged.setdefault("gen_ai.tool.name", span["tool"])
