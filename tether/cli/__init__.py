@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--otel-endpoint", metavar="URL",
                     help="also send finished traces to this OpenTelemetry receiver (OTLP/HTTP), "
                     "e.g. http://127.0.0.1:4318; needs tether[otel]")
+    up.add_argument("--otel-service-name", metavar="NAME",
+                    help="with --otel-endpoint: the service.name, and Phoenix's project "
+                    "(default: $OTEL_SERVICE_NAME, else tether)")
+    up.add_argument("--otel-capture-content", action="store_true",
+                    help="with --otel-endpoint: also send prompts, completions, tool arguments and results "
+                    "(see `tether otel-export --help`)")
     up.add_argument("--config", type=Path,
                     help="worker configuration (default: ./tether.toml or [tool.tether] in pyproject.toml)")
     from ._projector import add_processes_option
@@ -240,6 +246,12 @@ async def _wait_for_signal() -> None:
 
 async def _up(args: argparse.Namespace) -> int:
     s = Style()
+    lone = [flag for flag, given in (("--otel-service-name", args.otel_service_name),
+                                     ("--otel-capture-content", args.otel_capture_content)) if given]
+    if lone and not args.otel_endpoint:
+        print(f"tether up: {' and '.join(lone)} go with --otel-endpoint URL (where the traces are sent), "
+              "e.g. --otel-endpoint http://127.0.0.1:6006 for Phoenix", file=sys.stderr)
+        return 2
     extra: dict[str, Any] = {"update_streams": args.update_streams}
     if args.replicas:
         extra["replicas"] = args.replicas
@@ -297,7 +309,9 @@ async def _up(args: argparse.Namespace) -> int:
                 from ._otel import Follower
 
                 try:
-                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint)
+                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint,
+                                                service_name=args.otel_service_name,
+                                                capture_content=args.otel_capture_content)
                 except (OtelUnavailable, ValueError) as exc:
                     print(f"tether up: --otel-endpoint: {exc}", file=sys.stderr)
                     if gateway is not None:
@@ -306,7 +320,9 @@ async def _up(args: argparse.Namespace) -> int:
                     if projector is not None:
                         await projector.stop()
                     return 2
-                print(f"  otel: finished traces to {otel.endpoint}")
+                content = "with prompts and results" if otel.exporter.content is not None else "without content"
+                print(f"  otel: finished traces to {otel.endpoint} (service and project {otel.service_name}, "
+                      f"{content})")
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
                   "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
                   flush=True)
