@@ -159,7 +159,7 @@ def test_the_schema_accepts_every_documented_config_and_refuses_what_the_model_r
         TetherConfig.model_validate(data)
     for bad in ({"routs": {}}, {"routes": {"*": {"retry": {"max_atempts": 1}}}}, {"worker": {"concurrency": 0}},
                 {"gateway": {"port": "80"}}, {"memory": {"grants": {"a": {"reed": []}}}},
-                {"routes": {"*": {"deadline_s": True}}}):
+                {"routes": {"*": {"deadline_s": True}}}, {"routes": {"gpt-4o": {}}}, {"routes": {"openai:gpt-*": {}}}):
         assert list(validator.iter_errors(bad)), bad
     assert list(validator.iter_errors({"routes": {"*": {"deadline_s": False}}})) == [], "false: no deadline"
 

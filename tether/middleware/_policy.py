@@ -105,6 +105,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic import dataclasses as pydantic_dataclasses
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from tether._configfile import Loc, config_file, describe, problems, tether_table
@@ -467,6 +468,7 @@ def _check_route(route: str) -> str:
 
 
 _Route = Annotated[str, AfterValidator(_check_route)]
+_ROUTE_NAMES: JsonDict = {"propertyNames": {"pattern": r"^(\*|[^:*]+:(\*|[^*]+))$"}}  # _check_route, for editors
 _SECTIONS = ("retry", "breaker", "fallback", "rate_limit")
 
 
@@ -538,7 +540,7 @@ class PolicyFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    routes: dict[_Route, Policy] = {}
+    routes: dict[_Route, Policy] = Field(default={}, json_schema_extra=_ROUTE_NAMES)
     """Per route: '*', 'provider:*', 'provider:model', 'tool:*', 'tool:name'; each inherits key by key
     from the more general ones."""
     rate_limits: dict[str, RateLimitPolicy] = {}
