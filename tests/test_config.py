@@ -17,6 +17,7 @@ from tether.adapters.gateway import GatewaySection
 from tether.memory import InvalidMemory, MemorySection, load_settings
 from tether.middleware import (
     ELSEWHERE,
+    FallbackPolicy,
     PolicyConfigError,
     RetryPolicy,
     WorkerFile,
@@ -174,6 +175,9 @@ def test_the_schema_carries_the_models_defaults_and_no_null() -> None:
     assert schema["$defs"]["GatewaySection"]["properties"]["port"]["default"] == GatewaySection().port
     assert schema["$defs"]["MemorySection"]["properties"]["max_text_bytes"]["default"] == 32 * 1024
     assert schema["$defs"]["RetryPolicy"]["additionalProperties"] is False
+    assert schema["$defs"]["FallbackPolicy"]["properties"]["on"]["default"] == sorted(FallbackPolicy().on), (
+        "a set's default in order: the export does not change from one run to the next")
+    assert "``" not in text and ":attr:" not in text, "descriptions in Markdown, as editors show them"
 
 
 def test_export_writes_the_schema_file(tmp_path: Path) -> None:

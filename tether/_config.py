@@ -10,6 +10,7 @@ the CLI imports this module: the packages read their own sections (tests/test_do
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +74,19 @@ def _default(value: Any) -> Any:
     return value
 
 
+def _markdown(text: Any) -> Any:
+    """A docstring's reST as the Markdown editors show: ``x`` and :attr:`x` become `x`."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text.replace("``", "`")) if isinstance(text, str) else text
+
+
 def _without_null(node: Any) -> Any:
     """TOML has no null: an unset option is an absent key, so the schema offers no null."""
     if isinstance(node, list):
         return [_without_null(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _default(value) if key == "default" else _without_null(value)
-           for key, value in node.items() if not (key == "default" and value is None)}
+    out = {key: _default(value) if key == "default" else _markdown(value) if key == "description"
+           else _without_null(value) for key, value in node.items() if not (key == "default" and value is None)}
     options = out.get("anyOf")
     if isinstance(options, list) and {"type": "null"} in options:
         rest = [option for option in options if option != {"type": "null"}]
