@@ -180,10 +180,13 @@ def test_the_schema_carries_the_models_defaults_and_no_null() -> None:
     assert "``" not in text and ":attr:" not in text, "descriptions in Markdown, as editors show them"
 
 
-def test_export_writes_the_schema_file(tmp_path: Path) -> None:
+def test_export_writes_the_schema_file_that_a_directive_names(tmp_path: Path) -> None:
     path = export_config_schema(tmp_path / "schemas")
     assert path == tmp_path / "schemas" / SCHEMA_FILE
     assert json.loads(path.read_text()) == json.loads(json.dumps(config_schema()))
+    file = tmp_path / "tether.toml"
+    file.write_text("#:schema ./schemas/tether-config.json\n[worker]\nconcurrency = 8\n")  # as docs/configuration.md
+    assert load_config(file)[0].worker.concurrency == 8
 
 
 # -- what users run -------------------------------------------------------------------------------
