@@ -35,3 +35,33 @@ def test_tool_tether_that_is_no_table_is_refused_by_every_reader(tmp_path: Path)
         load_policies(cwd=tmp_path)
     with pytest.raises(InvalidMemory, match="must be a table"):
         load_settings(cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("text", "error", "where"), [
+    ("[providers.openai]\nheaders = 3\n", PolicyConfigError, "providers.openai.headers: must be a table"),  # TypeError
+    ("[providers.openai]\nbase_url = 5\n", PolicyConfigError, "providers.openai.base_url: expected a string"),
+    ('[worker]\ntools = [""]\n', PolicyConfigError, "worker.tools[0]: must not be empty"),
+    ("[memory]\nview_dir = 5\n", InvalidMemory, "memory.view_dir: expected a string, got an integer"),
+    ("[memory]\nkeyfile = true\n", InvalidMemory, "memory.keyfile: expected a string, got a boolean"),
+])
+def test_values_that_were_accepted_or_crashed_are_refused_with_their_path(
+        tmp_path: Path, text: str, error: type[Exception], where: str) -> None:
+    """main accepted these (a path of 5, an empty tool module) or crashed (headers = 3: TypeError)."""
+    from tether.middleware import load_worker_config
+
+    file = tmp_path / "tether.toml"
+    file.write_text(text)
+    with pytest.raises(error) as caught:
+        load_settings(file) if error is InvalidMemory else load_worker_config(file)
+    assert str(caught.value) == f"{file}: {where}" or str(caught.value).startswith(f"{file}: {where}")
+
+
+def test_every_problem_of_a_section_is_reported_at_once(tmp_path: Path) -> None:
+    from tether.middleware import load_worker_config
+
+    file = tmp_path / "tether.toml"
+    file.write_text('[routes."*".retry]\nmax_attempts = 0\n[worker]\nconcurrency = 0\n')
+    with pytest.raises(PolicyConfigError) as caught:
+        load_worker_config(file)
+    assert str(caught.value).splitlines() == [f'{file}: routes."*".retry.max_attempts: must be at least 1, got 0',
+                                              f"{file}: worker.concurrency: must be at least 1, got 0"]

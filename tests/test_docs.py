@@ -119,6 +119,20 @@ def test_architecture_layer_table_matches_the_imports() -> None:
         assert documented[name] == _tether_imports(name), f"tether.{name}: the table says {sorted(documented[name])}"
 
 
+def test_only_the_cli_imports_the_model_of_the_whole_config_file() -> None:
+    """tether._config imports middleware, the gateway and memory: below the CLI it would be a cycle."""
+    import ast
+
+    importers = set()
+    for path in (ROOT / "tether").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(name == "tether._config" or name.startswith("tether._config.") for name in names):
+                importers.add(path.relative_to(ROOT / "tether").parts[0])
+    assert importers == {"cli"}
+
+
 def test_architecture_cli_row_lists_every_command() -> None:
     import argparse
 

@@ -216,11 +216,12 @@ def test_schemas_export_writes_every_file_and_says_how_many(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "out" / "schemas"
     assert main(["schemas", "export", str(directory)]) == 0
-    expected = {"envelope.json", "index.json"} | {
+    expected = {"envelope.json", "index.json", "tether-config.json"} | {
         f"{t}.v{m.schema_version}.json" for t, m in catalogue().items()
     }
     assert {p.name for p in directory.iterdir()} == expected
-    assert capsys.readouterr().out.strip() == f"wrote {len(expected)} schema files to {directory}"
+    assert capsys.readouterr().out.strip() == (f"wrote {len(expected)} schema files to {directory} (the events', "
+                                               "and tether.toml's in tether-config.json)")
     index = json.loads((directory / "index.json").read_text())
     assert sorted(e["type"] for e in index["events"]) == sorted(catalogue())
     for entry in index["events"]:

@@ -104,13 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
-    schemas = sub.add_parser("schemas", help="event schemas")
+    schemas = sub.add_parser("schemas", help="event and tether.toml schemas")
     schemas.set_defaults(print_help=schemas.print_help)  # `tether schemas` alone: its help
     schemas_sub = schemas.add_subparsers(dest="schemas_command", metavar="ACTION")
     export = schemas_sub.add_parser(
-        "export", help="write JSON Schema files for every event type",
+        "export", help="write JSON Schema files for every event type and for tether.toml",
         description="Write envelope.json, one <type>.v<N>.json per event payload and index.json "
-        "into DIR, so publishers in any language can validate their events.",
+        "into DIR, so publishers in any language can validate their events; and tether-config.json, "
+        "the schema of tether.toml, for editors (a `#:schema DIR/tether-config.json` first line).",
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
@@ -149,8 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.schemas_command is None:
                 args.print_help()
                 return 2
-            written = export_schemas(args.directory)
-            print(f"wrote {len(written)} schema files to {args.directory}")
+            from tether._config import export_config_schema
+
+            written = [*export_schemas(args.directory), export_config_schema(args.directory)]
+            print(f"wrote {len(written)} schema files to {args.directory} (the events', and tether.toml's in "
+                  f"{written[-1].name})")
             return 0
         if args.command == "dlq":
             from ._reliability import run_dlq
@@ -351,7 +355,8 @@ async def _up(args: argparse.Namespace) -> int:
 
 async def _start_services(args: argparse.Namespace, bus: Bus, s: Style) -> tuple[Any, Any]:
     """The worker (and, for the demo, the fake provider it calls). (None, None) on a config error."""
-    from tether.middleware import Executor, PolicyConfigError, load_worker_config, tools
+    from tether._config import worker_config
+    from tether.middleware import Executor, PolicyConfigError, tools
 
     fake = None
     if args.demo:
@@ -364,7 +369,7 @@ async def _start_services(args: argparse.Namespace, bus: Bus, s: Style) -> tuple
         print(f"  fake provider (demo) on {fake.url}")
     else:
         try:
-            wcfg = load_worker_config(args.config)
+            wcfg = worker_config(args.config)
             wcfg.import_tools()
         except PolicyConfigError as exc:
             print(f"tether up: {exc}", file=sys.stderr)

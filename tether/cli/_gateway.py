@@ -71,11 +71,11 @@ def _key_note(provider: Any) -> str:
 
 
 def _load(args: argparse.Namespace, err: TextIO) -> Any:
-    from tether.adapters.gateway import load_gateway_config
+    from tether._config import gateway_config
     from tether.middleware import PolicyConfigError
 
     try:
-        return load_gateway_config(getattr(args, "config", None))
+        return gateway_config(getattr(args, "config", None))
     except PolicyConfigError as exc:
         print(f"tether gateway: {exc}", file=err)
         return None

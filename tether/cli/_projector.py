@@ -168,13 +168,11 @@ async def run_replay(args: argparse.Namespace) -> int:
     target = out or views_dir(args)
     memory = None
     if with_memory:
-        from tether.memory import InvalidMemory
-
         from ._memory import memory_settings
 
         try:
             memory = memory_settings(args.home)
-        except InvalidMemory as exc:
+        except ValueError as exc:  # InvalidMemory, PolicyConfigError: a bad tether.toml
             print(f"tether replay: {exc}", file=sys.stderr)
             return 2
     bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False, provision=False))

@@ -64,10 +64,11 @@ def _bus_config(args: argparse.Namespace, **extra: Any) -> BusConfig:
 
 
 async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    from tether.middleware import Executor, PolicyConfigError, load_worker_config, tools
+    from tether._config import worker_config
+    from tether.middleware import Executor, PolicyConfigError, tools
 
     try:
-        cfg = load_worker_config(args.config)
+        cfg = worker_config(args.config)
         for module in args.tools:
             cfg = type(cfg)(cfg.policies, cfg.providers, cfg.concurrency, (*cfg.tool_modules, module), cfg.source)
         cfg.import_tools()

@@ -26,10 +26,10 @@ from ._errors import (
     VersionConflict,
 )
 from ._feed import MEMORY_SUBJECTS, ViewFeed, last_memory_seq
-from ._grants import Grant, Grants, NatsPermissions, nats_permissions
+from ._grants import Grant, Grants, GrantTable, NatsPermissions, nats_permissions
 from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore
 from ._names import check_key, check_namespace, namespace_filter
-from ._settings import MemorySettings, load_settings
+from ._settings import MemorySection, MemorySettings, load_settings
 from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
 from ._view import MemoryStore, MemoryView
 
@@ -44,6 +44,7 @@ __all__ = [
     "ExtractiveSummarizer",
     "FileKeyStore",
     "Grant",
+    "GrantTable",
     "Grants",
     "HashEmbedder",
     "Hit",
@@ -56,6 +57,7 @@ __all__ = [
     "MemoryAccessDenied",
     "MemoryKeyMissing",
     "MemoryNotFound",
+    "MemorySection",
     "MemorySettings",
     "MemoryStore",
     "MemoryView",

@@ -21,15 +21,34 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
+
+from tether._configfile import problems
 from tether.bus import encode_token
 
 from ._errors import InvalidMemory, MemoryAccessDenied
 
-__all__ = ["Grant", "Grants", "NatsPermissions", "nats_permissions"]
+__all__ = ["Grant", "GrantTable", "Grants", "NatsPermissions", "nats_permissions"]
 
 Mode = Literal["read", "write"]
+_Pattern = Annotated[StrictStr, Field(min_length=1)]
+
+
+class GrantTable(BaseModel):
+    """One agent's entry of ``[memory.grants]``: namespace patterns it may read and write."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    read: list[_Pattern] = []
+    """Namespaces, optionally with '*'; '{agent}' stands for the agent's own id."""
+    write: list[_Pattern] = []
+    """Namespaces, optionally with '*'; '{agent}' stands for the agent's own id."""
+
+
+GrantsTable = dict[str, GrantTable]
+_GRANTS = TypeAdapter(GrantsTable)
 
 
 @dataclass(frozen=True)
@@ -51,23 +70,19 @@ class Grants:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str | None = None) -> Grants:
-        where = f" in {source}" if source else ""
-        agents: dict[str, Grant] = {}
-        for agent, entry in data.items():
-            if not isinstance(entry, Mapping):
-                raise InvalidMemory(f"memory.grants.{agent}{where}: must be a table with read and write lists")
-            unknown = set(entry) - {"read", "write"}
-            if unknown:
-                raise InvalidMemory(f"memory.grants.{agent}.{sorted(unknown)[0]}{where}: unknown key "
-                                    "(known: read, write)")
-            lists: dict[str, tuple[str, ...]] = {}
-            for mode in ("read", "write"):
-                value = entry.get(mode, [])
-                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                    raise InvalidMemory(f"memory.grants.{agent}.{mode}{where}: must be a list of namespace patterns")
-                lists[mode] = tuple(value)
-            agents[str(agent)] = Grant(lists["read"], lists["write"])
-        return cls(agents)
+        """``[memory.grants]``; :class:`InvalidMemory` names the file and the bad key."""
+        try:
+            table = _GRANTS.validate_python(data)
+        except ValidationError as exc:
+            found = problems(exc, data, root=GrantsTable, prefix=("memory", "grants"))
+            raise InvalidMemory("\n".join(f"{source}: {path}: {problem}" if source else f"{path}: {problem}"
+                                          for path, problem in found)) from None
+        return cls.of(table)
+
+    @classmethod
+    def of(cls, table: Mapping[str, GrantTable]) -> Grants:
+        """The grants of a validated ``[memory.grants]``."""
+        return cls({str(agent): Grant(tuple(entry.read), tuple(entry.write)) for agent, entry in table.items()})
 
     def patterns(self, agent: str | None, mode: Mode) -> tuple[str, ...]:
         """The namespace patterns ``agent`` may use for ``mode``, with ``{agent}`` filled in."""

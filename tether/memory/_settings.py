@@ -10,6 +10,8 @@
 
     [memory.grants]                  # see tether.memory.Grants
     "*" = { read = ["agent:{agent}", "global"], write = ["agent:{agent}"] }
+
+:class:`MemorySection` is the schema of ``[memory]``, defaults included.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from tether._configfile import config_file, tether_table
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from tether._configfile import config_file, problems, tether_table
 from tether.bus import tether_home
 
 from ._errors import InvalidMemory
-from ._grants import Grants
+from ._grants import Grants, GrantTable
 
-__all__ = ["MemorySettings", "default_keyfile", "default_view_dir", "load_settings"]
+__all__ = ["MemorySection", "MemorySettings", "default_keyfile", "default_view_dir", "load_settings"]
 
 
 def default_view_dir() -> Path:
@@ -37,41 +41,55 @@ def default_keyfile() -> Path:
     return tether_home() / "keys" / "memory-keys.json"
 
 
+_File = Annotated[StrictStr, Field(min_length=1)]
+
+
+class MemorySection(BaseModel):
+    """``[memory]`` of ``tether.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    view_dir: _File | None = None
+    """Where the memory view lives; default TETHER_HOME/memory."""
+    keyfile: _File | None = None
+    """The erasure keystore; default TETHER_HOME/keys/memory-keys.json."""
+    max_text_bytes: Annotated[StrictInt, Field(ge=1, le=512 * 1024)] = 32 * 1024
+    """The longest text one memory may hold, in UTF-8 bytes."""
+    dedupe: StrictBool = True
+    """Merge near-duplicate writes (auto keys only)."""
+    grants: dict[str, GrantTable] | None = None
+    """Agent id (or "*" for every agent) -> namespaces it may read and write; no table: grants are off."""
+
+    def settings(self, source: str | None = None) -> MemorySettings:
+        return MemorySettings(
+            view_dir=Path(self.view_dir) if self.view_dir else default_view_dir(),
+            keyfile=Path(self.keyfile) if self.keyfile else default_keyfile(),
+            max_text_bytes=self.max_text_bytes, dedupe=self.dedupe,
+            grants=Grants.open() if self.grants is None else Grants.of(self.grants), source=source)
+
+
+_DEFAULTS = MemorySection()
+
+
 @dataclass(frozen=True)
 class MemorySettings:
     view_dir: Path = field(default_factory=default_view_dir)
     keyfile: Path = field(default_factory=default_keyfile)
-    max_text_bytes: int = 32 * 1024
-    dedupe: bool = True
+    max_text_bytes: int = _DEFAULTS.max_text_bytes
+    dedupe: bool = _DEFAULTS.dedupe
     grants: Grants = field(default_factory=Grants.open)
     source: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str | None = None) -> MemorySettings:
-        where = f" in {source}" if source else ""
-        known = {"view_dir", "keyfile", "max_text_bytes", "dedupe", "grants"}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidMemory(f"memory.{sorted(unknown)[0]}{where}: unknown key (known: {', '.join(sorted(known))})")
-        out: dict[str, Any] = {"source": source}
-        if "view_dir" in data:
-            out["view_dir"] = Path(str(data["view_dir"]))
-        if "keyfile" in data:
-            out["keyfile"] = Path(str(data["keyfile"]))
-        if "max_text_bytes" in data:
-            limit = data["max_text_bytes"]
-            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 512 * 1024:
-                raise InvalidMemory(f"memory.max_text_bytes{where}: an integer from 1 to 524288")
-            out["max_text_bytes"] = limit
-        if "dedupe" in data:
-            if not isinstance(data["dedupe"], bool):
-                raise InvalidMemory(f"memory.dedupe{where}: true or false")
-            out["dedupe"] = data["dedupe"]
-        if "grants" in data:
-            if not isinstance(data["grants"], Mapping):
-                raise InvalidMemory(f"memory.grants{where}: must be a table")
-            out["grants"] = Grants.from_mapping(data["grants"], source=source)
-        return cls(**out)
+        """``[memory]`` read by :class:`MemorySection`; :class:`InvalidMemory` names the file and the key."""
+        try:
+            section = MemorySection.model_validate(data)
+        except ValidationError as exc:
+            found = problems(exc, data, root=MemorySection, prefix=("memory",))
+            raise InvalidMemory("\n".join(f"{source}: {path}: {problem}" if source else f"{path}: {problem}"
+                                          for path, problem in found)) from None
+        return section.settings(source)
 
 
 def load_settings(path: str | Path | None = None, *, cwd: Path | None = None) -> MemorySettings:
@@ -83,9 +101,4 @@ def load_settings(path: str | Path | None = None, *, cwd: Path | None = None) ->
         data = tether_table(file)
     except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise InvalidMemory(f"cannot read {file}: {exc}") from None
-    section = data.get("memory")
-    if section is None:
-        return MemorySettings(source=str(file))
-    if not isinstance(section, Mapping):
-        raise InvalidMemory(f"memory in {file}: must be a table")
-    return MemorySettings.from_mapping(section, source=str(file))
+    return MemorySettings.from_mapping(data.get("memory", {}), source=str(file))

@@ -30,7 +30,7 @@ from ._budget import (
     request_fingerprint,
 )
 from ._calls import CallFailed, CallResult, DurableCalls, InlineCalls
-from ._config import WorkerConfig, load_worker_config
+from ._config import ELSEWHERE, WorkerConfig, WorkerFile, WorkerSection, load_worker_config
 from ._deadletter import DeadLetter, DeadLetterError
 from ._decide import (
     AttemptRecord,
@@ -59,19 +59,22 @@ from ._policy import (
     FallbackPolicy,
     Policy,
     PolicyConfigError,
+    PolicyFile,
     PolicySet,
     RateLimitPolicy,
     RetryPolicy,
     RunawayGuard,
     Target,
     load_policies,
+    read_table,
 )
-from ._providers import ProviderConfig, ProviderConfigError
+from ._providers import ProviderConfig, ProviderConfigError, ProviderTable
 from ._ratelimit import WINDOW_S, RateState, rate_acquire, rate_adjust
 from ._tools import ToolRegistry, UnknownTool, tools
 from ._work import CallRecord, WorkItem
 
 __all__ = [
+    "ELSEWHERE",
     "VOLATILE_KEYS",
     "WINDOW_S",
     "WORKERS_DURABLE",
@@ -101,9 +104,11 @@ __all__ = [
     "InlineCalls",
     "Policy",
     "PolicyConfigError",
+    "PolicyFile",
     "PolicySet",
     "ProviderConfig",
     "ProviderConfigError",
+    "ProviderTable",
     "RateLimitPolicy",
     "RateState",
     "Retry",
@@ -117,6 +122,8 @@ __all__ = [
     "UnknownTool",
     "WorkItem",
     "WorkerConfig",
+    "WorkerFile",
+    "WorkerSection",
     "backoff_delay",
     "breaker_admit",
     "breaker_record",
@@ -133,6 +140,7 @@ __all__ = [
     "parse_retry_after",
     "rate_acquire",
     "rate_adjust",
+    "read_table",
     "request_fingerprint",
     "tools",
 ]

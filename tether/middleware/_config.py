@@ -1,8 +1,8 @@
 """The worker's configuration: policies, providers and worker settings from one file.
 
 ``tether.toml`` in the working directory, else ``[tool.tether]`` in ``pyproject.toml``,
-else defaults (an explicit path wins). Policies are documented in ``_policy.py``; this
-module adds::
+else defaults (an explicit path wins). :class:`WorkerFile` is the worker's part of the
+file: the policies (``_policy.py``) and::
 
     [providers.openai]            # one table per upstream
     kind = "openai"               # or "anthropic"
@@ -17,26 +17,55 @@ module adds::
 from __future__ import annotations
 
 import importlib
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from tether._configfile import config_file, tether_table
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ._policy import PolicyConfigError, PolicySet
-from ._providers import ProviderConfig, ProviderConfigError
+from ._policy import PolicyConfigError, PolicyFile, PolicySet, read_table
+from ._providers import ProviderConfig, ProviderTable
 
-__all__ = ["WorkerConfig", "load_worker_config"]
+__all__ = ["ELSEWHERE", "WorkerConfig", "WorkerFile", "WorkerSection", "load_worker_config"]
 
-OWN_SECTIONS = ("providers", "worker", "memory", "gateway")
+ELSEWHERE = ("gateway", "memory")
+"""The sections of ``tether.toml`` that other parts own (the gateway's and memory's)."""
+
+
+class WorkerSection(BaseModel):
+    """``[worker]``: how one worker runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    concurrency: Annotated[StrictInt, Field(ge=1)] = 64
+    """Calls in flight per worker."""
+    tools: list[Annotated[StrictStr, Field(min_length=1)]] = []
+    """Modules that register tools on tether.middleware.tools."""
+
+
+class WorkerFile(PolicyFile):
+    """The worker's part of ``tether.toml``: policies, ``[providers.*]`` and ``[worker]``."""
+
+    providers: dict[str, ProviderTable] = {}
+    """One table per upstream, by the name routes use ('openai' in 'openai:gpt-4o')."""
+    worker: WorkerSection = WorkerSection()
+
+    def worker_config(self, source: str | None = None, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+        """What the worker runs with (the providers' keys read from ``environ``, default the environment)."""
+        return WorkerConfig(self.policy_set(), {name: table.config(name, environ) for name, table in
+                                                self.providers.items()},
+                            self.worker.concurrency, tuple(self.worker.tools), source)
+
+
+_WORKER = WorkerSection()
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     policies: PolicySet = field(default_factory=PolicySet.default)
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
-    concurrency: int = 64
+    concurrency: int = _WORKER.concurrency
     tool_modules: tuple[str, ...] = ()
     source: str | None = None
 
@@ -50,40 +79,9 @@ class WorkerConfig:
                                         source=self.source) from None
 
 
-def _read(path: str | Path | None, cwd: Path | None) -> tuple[str | None, dict[str, Any]]:
-    file = config_file(path, cwd=cwd)
-    if file is None:
-        return None, {}
-    try:
-        return str(file), tether_table(file)
-    except OSError as exc:
-        raise PolicyConfigError("", f"cannot read: {exc}", source=str(file)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyConfigError("", f"not valid TOML: {exc}", source=str(file)) from None
-    except ValueError as exc:
-        raise PolicyConfigError("tool.tether", "must be a table", source=str(file)) from exc
-
-
 def load_worker_config(path: str | Path | None = None, *, cwd: Path | None = None) -> WorkerConfig:
-    source, data = _read(path, cwd)
-    policies = PolicySet.from_mapping(data, source=source, ignore=OWN_SECTIONS)
-    providers = {}
-    for name, section in (data.get("providers") or {}).items():
-        if not isinstance(section, dict):
-            raise PolicyConfigError(f"providers.{name}", "must be a table", source=source)
-        try:
-            providers[name] = ProviderConfig.from_mapping(name, section)
-        except ProviderConfigError as exc:
-            raise PolicyConfigError(f"providers.{name}", str(exc), source=source) from None
-    worker = data.get("worker") or {}
-    unknown = set(worker) - {"concurrency", "tools"}
-    if unknown:
-        raise PolicyConfigError(f"worker.{sorted(unknown)[0]}", "unknown key (known: concurrency, tools)",
-                                source=source)
-    concurrency = worker.get("concurrency", 64)
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise PolicyConfigError("worker.concurrency", "must be a positive integer", source=source)
-    tools = worker.get("tools", [])
-    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-        raise PolicyConfigError("worker.tools", "must be a list of module names", source=source)
-    return WorkerConfig(policies, providers, concurrency, tuple(tools), source)
+    """The worker's part of ``path`` (else ``tether.toml``, else ``[tool.tether]``); defaults when
+    there is no file. :class:`PolicyConfigError` names the file, the key and what is allowed."""
+    source, data = read_table(path, cwd)
+    mine: Any = {key: value for key, value in data.items() if key not in ELSEWHERE}
+    return WorkerFile.parse(mine, source=source).worker_config(source)

@@ -74,23 +74,41 @@ Inheritance is field by field: ``routes."openai:gpt-4o"`` takes every key it doe
 set from ``routes."openai:*"``, which takes its own from ``routes."*"``. Budgets do not
 inherit: a specific id's table replaces the scope's ``"*"`` table.
 
-TOML has no null, so ``false`` switches an optional limit off. An unknown key, a wrong
-type or a bad value raises :class:`PolicyConfigError` naming the exact place, e.g.
-``routes."openai:*".retry.max_atempts: unknown key``.
+TOML has no null, so ``false`` switches an optional limit off. The pydantic models below
+are the schema (:class:`PolicyFile` is its top; ``tether schemas export`` writes it as JSON
+Schema with the rest of ``tether.toml``). An unknown key, a wrong type or a bad value raises
+:class:`PolicyConfigError` naming the exact place, e.g.
+``routes."openai:*".retry.max_atempts: unknown key (did you mean 'max_attempts'?)``.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import re
+import functools
 import tomllib
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from tether._configfile import config_file, tether_table
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    WithJsonSchema,
+    WrapValidator,
+    model_validator,
+)
+from pydantic import dataclasses as pydantic_dataclasses
+from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
+
+from tether._configfile import Loc, config_file, describe, problems, tether_table
 
 from ._failures import FailureCategory
 
@@ -101,12 +119,14 @@ __all__ = [
     "FallbackPolicy",
     "Policy",
     "PolicyConfigError",
+    "PolicyFile",
     "PolicySet",
     "RateLimitPolicy",
     "RetryPolicy",
     "RunawayGuard",
     "Target",
     "load_policies",
+    "read_table",
 ]
 
 BudgetScope = Literal["run", "agent", "tenant"]
@@ -118,31 +138,96 @@ _SCOPES: tuple[BudgetScope, ...] = ("run", "agent", "tenant")
 
 
 class PolicyConfigError(ValueError):
-    """A policy configuration that tether refuses, with the path to the offending key."""
+    """A configuration that tether refuses, with the path to the offending key.
 
-    def __init__(self, path: str, problem: str, *, source: str | None = None) -> None:
+    ``path`` and ``problem`` are the first problem found; ``problems`` lists them all, and the
+    message has one line per problem (``file: path: problem``)."""
+
+    def __init__(self, path: str, problem: str, *, source: str | None = None,
+                 more: Collection[tuple[str, str]] = ()) -> None:
         self.path = path
         self.problem = problem
         self.source = source
-        text = f"{path}: {problem}" if path else problem
-        super().__init__(f"{source}: {text}" if source else text)
+        self.problems = [(path, problem), *more]
+        lines = [f"{where}: {what}" if where else what for where, what in self.problems]
+        super().__init__("\n".join(f"{source}: {line}" if source else line for line in lines))
+
+    @classmethod
+    def of(cls, exc: ValidationError, data: Any, *, root: Any, source: str | None = None, prefix: Loc = (),
+           origin: Callable[[Loc], Loc | None] | None = None) -> PolicyConfigError:
+        """The error for pydantic's ``exc`` raised validating ``data`` (at ``prefix`` in the file)."""
+        (path, problem), *more = problems(exc, data, root=root, prefix=prefix, origin=origin)
+        return cls(path, problem, source=source, more=more)
 
 
-class _Invalid(ValueError):
-    """A bad field value, raised by the dataclasses below; the parser adds the path."""
-
-    def __init__(self, field_name: str, problem: str) -> None:
-        self.field = field_name
-        self.problem = problem
-        super().__init__(f"{field_name}: {problem}")
+# -- the value types of the file: TOML has no null, false means none --------------------
 
 
-def _require(ok: bool, field_name: str, problem: str) -> None:
-    if not ok:
-        raise _Invalid(field_name, problem)
+def _false_is_none(value: Any, handler: Any) -> Any:
+    if value is False:
+        return None
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        raise PydanticCustomError("optional_limit", "{problem}, or false for none",
+                                  {"problem": describe(exc.errors(include_url=False)[0])}) from None
 
 
-# -- the policy dataclasses ------------------------------------------------------------
+_Count = Annotated[StrictInt, Field(ge=1)]
+_Seconds = Annotated[float, Strict(), Field(gt=0)]
+_NonNegative = Annotated[float, Strict(), Field(ge=0)]
+_NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+_OptionalCount = Annotated[_Count | None, WrapValidator(_false_is_none, json_schema_input_type=_Count | Literal[False])]
+_OptionalSeconds = Annotated[_Seconds | None,
+                             WrapValidator(_false_is_none, json_schema_input_type=_Seconds | Literal[False])]
+
+
+def _status(value: int) -> int:
+    if not 100 <= value <= 599:
+        raise ValueError(f"HTTP statuses lie in 100..599, got {value}")
+    return value
+
+
+def _category(value: str) -> str:
+    if value not in CATEGORIES:
+        raise ValueError(f"unknown failure category {value!r}; known: {', '.join(sorted(CATEGORIES))}")
+    return value
+
+
+def _share(value: float) -> float:
+    if not 0 < value <= 1:
+        raise ValueError(f"must be in (0, 1], got {value}")
+    return value
+
+
+_Share = Annotated[float, Strict(), AfterValidator(_share),
+                   WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1})]
+_Status = Annotated[StrictInt, AfterValidator(_status), WithJsonSchema({"type": "integer", "minimum": 100,
+                                                                       "maximum": 599})]
+_Category = Annotated[str, Strict(), AfterValidator(_category), WithJsonSchema({"enum": sorted(CATEGORIES)})]
+
+_T = TypeVar("_T")
+_MODEL = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+def _explained(cls: type[_T]) -> type[_T]:
+    """Bad values given in code raise :class:`PolicyConfigError` naming the field, as in a file."""
+    init = cls.__init__
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(zip(names, args, strict=False))
+        try:
+            init(self, **kwargs)
+        except ValidationError as exc:
+            raise PolicyConfigError.of(exc, kwargs, root=cls) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+# -- the policy types --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -153,9 +238,10 @@ class Target:
     model: str
 
     def __post_init__(self) -> None:
-        _require(bool(self.provider) and ":" not in self.provider, "provider",
-                 f"must be a non-empty name without ':', got {self.provider!r}")
-        _require(bool(self.model), "model", "must not be empty")
+        if not self.provider or ":" in self.provider:
+            raise ValueError(f"provider must be a non-empty name without ':', got {self.provider!r}")
+        if not self.model:
+            raise ValueError("model must not be empty")
 
     @property
     def route(self) -> str:
@@ -173,115 +259,105 @@ class Target:
         return self.route
 
 
-@dataclass(frozen=True)
+def _target(value: Any) -> Any:
+    return Target.parse(value) if isinstance(value, str) else value
+
+
+def _one_model(target: Target) -> Target:
+    if target.provider == "tool" or target.model == "*":
+        raise ValueError(f"a fallback target is one model, not {target.route!r}")
+    return target
+
+
+_FallbackTarget = Annotated[Target, BeforeValidator(_target), AfterValidator(_one_model),
+                            WithJsonSchema({"type": "string", "pattern": "^[^:*]+:.+$",
+                                            "description": "'provider:model'"})]
+
+
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class RetryPolicy:
-    max_attempts: int = 3
+    max_attempts: _Count = 3
     """Attempts on one target, the first included."""
-    base_delay_s: float = 0.25
-    max_delay_s: float = 20.0
-    retry_statuses: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-    retry_timeouts: bool = True
-    retry_connection_errors: bool = True
-    honour_retry_after: bool = True
-    max_retry_after_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "retry_statuses", frozenset(self.retry_statuses))
-        _require(self.max_attempts >= 1, "max_attempts", f"must be at least 1, got {self.max_attempts}")
-        _require(self.base_delay_s >= 0, "base_delay_s", f"must not be negative, got {self.base_delay_s}")
-        _require(self.max_delay_s >= 0, "max_delay_s", f"must not be negative, got {self.max_delay_s}")
-        bad = sorted(s for s in self.retry_statuses if not 100 <= s <= 599)
-        _require(not bad, "retry_statuses", f"HTTP statuses lie in 100..599, got {bad}")
-        _require(self.max_retry_after_s >= 0, "max_retry_after_s",
-                 f"must not be negative, got {self.max_retry_after_s}")
+    base_delay_s: _NonNegative = 0.25
+    """Backoff: full jitter, uniform(0, min(max_delay_s, base_delay_s * 2**(n-1)))."""
+    max_delay_s: _NonNegative = 20.0
+    retry_statuses: frozenset[_Status] = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+    retry_timeouts: StrictBool = True
+    retry_connection_errors: StrictBool = True
+    honour_retry_after: StrictBool = True
+    """Retry-After and the providers' rate-limit reset headers."""
+    max_retry_after_s: _NonNegative = 60.0
+    """Longer hints are capped to this."""
 
 
-@dataclass(frozen=True)
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class BreakerPolicy:
-    enabled: bool = True
-    failure_streak: int = 5
-    failure_rate: float = 0.5
-    min_calls: int = 10
-    window: int = 20
-    cooldown_s: float = 30.0
+    """One circuit breaker per route, shared by all workers."""
 
-    def __post_init__(self) -> None:
-        _require(self.failure_streak >= 1, "failure_streak", f"must be at least 1, got {self.failure_streak}")
-        _require(0 < self.failure_rate <= 1, "failure_rate", f"must be in (0, 1], got {self.failure_rate}")
-        _require(self.window >= 1, "window", f"must be at least 1, got {self.window}")
-        _require(self.min_calls >= 1, "min_calls", f"must be at least 1, got {self.min_calls}")
-        _require(self.min_calls <= self.window, "min_calls",
-                 f"must not exceed window ({self.window}), got {self.min_calls}")
-        _require(self.cooldown_s >= 0, "cooldown_s", f"must not be negative, got {self.cooldown_s}")
+    enabled: StrictBool = True
+    failure_streak: _Count = 5
+    """Opens after this many failures in a row..."""
+    failure_rate: _Share = 0.5
+    """...or this share of failures..."""
+    min_calls: _Count = 10
+    """...once this many calls are in the window."""
+    window: _Count = 20
+    """Calls the failure rate is measured over."""
+    cooldown_s: _NonNegative = 30.0
+    """Open this long, then one probe call half-opens it."""
+
+    @model_validator(mode="after")
+    def _min_calls_fit_the_window(self) -> Self:
+        if self.min_calls > self.window:
+            raise PydanticCustomError("min_calls_above_window", "must not exceed window ({window}), got {min_calls}",
+                                      {"field": "min_calls", "window": self.window, "min_calls": self.min_calls})
+        return self
 
 
-@dataclass(frozen=True)
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class FallbackPolicy:
-    targets: tuple[Target, ...] = ()
+    targets: tuple[_FallbackTarget, ...] = ()
     """Ordered alternatives; strings such as ``"openai:gpt-4o-mini"`` are parsed."""
-    on: frozenset[str] = frozenset({"rate_limit", "server_error", "timeout", "connection", "breaker_open"})
+    on: frozenset[_Category] = frozenset({"rate_limit", "server_error", "timeout", "connection", "breaker_open"})
     """Failure categories (see ``Failure.category``) that may fall back."""
-    max_fallbacks: int = 2
-    after_retry_after_s: float = 5.0
+    max_fallbacks: _NonNegativeInt = 2
+    after_retry_after_s: _NonNegative = 5.0
     """Fall back at once, rather than wait, when the provider asks for a longer pause."""
-
-    def __post_init__(self) -> None:
-        targets: list[Target] = []
-        for target in self.targets:
-            if isinstance(target, str):
-                try:
-                    target = Target.parse(target)
-                except ValueError as exc:
-                    raise _Invalid("targets", str(exc)) from None
-            targets.append(target)
-        object.__setattr__(self, "targets", tuple(targets))
-        object.__setattr__(self, "on", frozenset(self.on))
-        unknown = sorted(set(self.on) - CATEGORIES)
-        _require(not unknown, "on", f"unknown failure categories {unknown}; known: {sorted(CATEGORIES)}")
-        _require(self.max_fallbacks >= 0, "max_fallbacks", f"must not be negative, got {self.max_fallbacks}")
-        _require(self.after_retry_after_s >= 0, "after_retry_after_s",
-                 f"must not be negative, got {self.after_retry_after_s}")
 
     def falls_back_on(self, category: FailureCategory) -> bool:
         return category in self.on
 
 
-@dataclass(frozen=True)
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class RateLimitPolicy:
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("requests_per_minute", "tokens_per_minute"):
-            value = getattr(self, name)
-            _require(value is None or value >= 1, name, f"must be at least 1 (or unset), got {value}")
+    requests_per_minute: _OptionalCount = None
+    tokens_per_minute: _OptionalCount = None
 
     @property
     def limited(self) -> bool:
         return self.requests_per_minute is not None or self.tokens_per_minute is not None
 
 
-@dataclass(frozen=True)
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class Policy:
     """Everything that governs one call on one route."""
 
     retry: RetryPolicy = RetryPolicy()
-    timeout_s: float = 60.0
+    timeout_s: _Seconds = 60.0
     """Per attempt."""
-    deadline_s: float | None = 300.0
-    """Per call, from its first attempt, backoffs included."""
+    deadline_s: _OptionalSeconds = 300.0
+    """Per call, from its first attempt, backoffs included; false: none."""
     breaker: BreakerPolicy = BreakerPolicy()
     fallback: FallbackPolicy = FallbackPolicy()
     rate_limit: RateLimitPolicy = RateLimitPolicy()
     """Per route; the per-provider limits live in :attr:`PolicySet.rate_limits`."""
-    max_total_attempts: int | None = None
-
-    def __post_init__(self) -> None:
-        _require(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s}")
-        _require(self.deadline_s is None or self.deadline_s > 0, "deadline_s",
-                 f"must be positive (or unset), got {self.deadline_s}")
-        _require(self.max_total_attempts is None or self.max_total_attempts >= 1, "max_total_attempts",
-                 f"must be at least 1 (or unset), got {self.max_total_attempts}")
+    max_total_attempts: _OptionalCount = None
+    """Attempts of one call across its fallback chain; unset: retry.max_attempts + fallback.max_fallbacks."""
 
     @property
     def total_attempts(self) -> int:
@@ -291,31 +367,28 @@ class Policy:
         return self.retry.max_attempts + self.fallback.max_fallbacks
 
 
-@dataclass(frozen=True)
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class BudgetLimits:
-    usd: float | None = None
-    tokens: int | None = None
-    calls: int | None = None
+    """Any of usd, tokens, calls; a missing one is no limit."""
 
-    def __post_init__(self) -> None:
-        for name in ("usd", "tokens", "calls"):
-            value = getattr(self, name)
-            _require(value is None or value >= 0, name, f"must not be negative, got {value}")
+    usd: _NonNegative | None = None
+    tokens: _NonNegativeInt | None = None
+    calls: _NonNegativeInt | None = None
 
 
-@dataclass(frozen=True)
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class RunawayGuard:
-    max_calls_per_run: int | None = 500
-    max_identical_calls: int | None = 5
-
-    def __post_init__(self) -> None:
-        for name in ("max_calls_per_run", "max_identical_calls"):
-            value = getattr(self, name)
-            _require(value is None or value >= 1, name, f"must be at least 1 (or unset), got {value}")
+    max_calls_per_run: _OptionalCount = 500
+    """Calls one run may make; false: no limit."""
+    max_identical_calls: _OptionalCount = 5
+    """Times one run may make the very same call; false: no limit."""
 
 
 _DEFAULT_POLICY = Policy()
 _NO_RATE_LIMIT = RateLimitPolicy()
+_DEFAULT_RUNAWAY = RunawayGuard()
 
 
 @dataclass(frozen=True)
@@ -325,7 +398,7 @@ class PolicySet:
     routes: Mapping[str, Policy] = field(default_factory=dict)
     budgets: Mapping[tuple[str, str], BudgetLimits] = field(default_factory=dict)
     """Keyed by (scope, id); id ``"*"`` is the default of its scope."""
-    runaway: RunawayGuard = RunawayGuard()
+    runaway: RunawayGuard = _DEFAULT_RUNAWAY
     rate_limits: Mapping[str, RateLimitPolicy] = field(default_factory=dict)
     """Keyed by provider; ``"*"`` applies to providers without their own entry."""
 
@@ -375,12 +448,148 @@ class PolicySet:
         ``ignore`` names top-level sections owned by other parts of tether (they are
         skipped, not refused). ``source`` (a file name) prefixes error messages.
         """
+        if isinstance(data, Mapping):
+            data = {key: value for key, value in data.items() if key not in ignore}
+        return PolicyFile.parse(data, source=source).policy_set()
+
+
+# -- the file ----------------------------------------------------------------------------
+
+
+def _check_route(route: str) -> str:
+    if route == "*":
+        return route
+    prefix, sep, rest = route.partition(":")
+    if not sep or not prefix or not rest or prefix == "*":
+        raise ValueError("a route is '*', 'provider:model', 'provider:*', 'tool:name' or 'tool:*'")
+    if "*" in rest and rest != "*":
+        raise ValueError("only a whole '*' model is a wildcard ('provider:*')")
+    return route
+
+
+_Route = Annotated[str, AfterValidator(_check_route)]
+_ROUTE_NAMES: JsonDict = {"propertyNames": {"pattern": r"^(\*|[^:*]+:(\*|[^*]+))$"}}  # _check_route, for editors
+_SECTIONS = ("retry", "breaker", "fallback", "rate_limit")
+
+
+def _chain(route: str) -> list[str]:
+    """The routes ``route`` inherits from, general first, itself last."""
+    if route == "*":
+        return ["*"]
+    prefix, _, rest = route.partition(":")
+    return ["*", f"{prefix}:*"] if rest == "*" else ["*", f"{prefix}:*", route]
+
+
+def _inherit(routes: Mapping[str, Any]) -> dict[str, Any]:
+    """Each route's table with what it inherits filled in, key by key (sections one level down)."""
+    merged: dict[str, Any] = {}
+    for route, table in routes.items():
+        if not isinstance(table, Mapping):
+            merged[route] = table
+            continue
+        out: dict[str, Any] = {}
+        for name in _chain(route):
+            layer = routes.get(name)
+            if not isinstance(layer, Mapping):
+                continue
+            for key, value in layer.items():
+                if key in _SECTIONS and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                    out[key] = {**out[key], **value}
+                else:
+                    out[key] = value
+        merged[route] = out
+    return merged
+
+
+def _written_in(table: Any, keys: Loc) -> bool:
+    for key in keys:
+        if not isinstance(table, Mapping) or key not in table:
+            return False
+        table = table[key]
+    return True
+
+
+def _origin(data: Any) -> Callable[[Loc], Loc | None]:
+    """Where a value of an inherited route was written: the most specific route that sets it."""
+    routes = data.get("routes") if isinstance(data, Mapping) else None
+
+    def origin(loc: Loc) -> Loc | None:
+        if not isinstance(routes, Mapping) or len(loc) < 3 or loc[0] != "routes" or not isinstance(loc[1], str):
+            return loc
+        rest = loc[2:]
+        for name in reversed(_chain(loc[1])):
+            if name in routes and _written_in(routes[name], rest):
+                return ("routes", name, *rest)
+        return None
+
+    return origin
+
+
+class Budgets(BaseModel):
+    """Per scope, per id; ``"*"`` is each id's default. A specific id's table replaces it whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    run: dict[str, BudgetLimits] = {}
+    agent: dict[str, BudgetLimits] = {}
+    tenant: dict[str, BudgetLimits] = {}
+
+
+class PolicyFile(BaseModel):
+    """The policy sections of ``tether.toml``: what :class:`PolicySet` is read from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    routes: dict[_Route, Policy] = Field(default={}, json_schema_extra=_ROUTE_NAMES)
+    """Per route: '*', 'provider:*', 'provider:model', 'tool:*', 'tool:name'; each inherits key by key
+    from the more general ones."""
+    rate_limits: dict[str, RateLimitPolicy] = {}
+    """Per provider, shared by all workers; '*' for any provider."""
+    budgets: Budgets = Budgets()
+    runaway: RunawayGuard = RunawayGuard()
+    """The runaway guard: how many calls one run may make."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_routes(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("routes"), Mapping):
+            return {**data, "routes": _inherit(data["routes"])}
+        return data
+
+    @classmethod
+    def parse(cls, data: Any, *, source: str | None = None) -> Self:
+        """``data`` validated, or :class:`PolicyConfigError` naming every bad key where it was written."""
         try:
-            return _parse(data, ignore)
-        except PolicyConfigError as exc:
-            if source is None:
-                raise
-            raise PolicyConfigError(exc.path, exc.problem, source=source) from None
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PolicyConfigError.of(exc, data, root=cls, source=source, origin=_origin(data)) from None
+
+    def policy_set(self) -> PolicySet:
+        budgets: dict[tuple[str, str], BudgetLimits] = {
+            (scope, scope_id): limits for scope in _SCOPES for scope_id, limits in getattr(self.budgets, scope).items()}
+        return PolicySet(routes=dict(self.routes), budgets=budgets, runaway=self.runaway,
+                         rate_limits=dict(self.rate_limits))
+
+
+def read_table(path: str | Path | None, cwd: Path | None, *,
+               missing: bool = False) -> tuple[str | None, dict[str, Any]]:
+    """The file's name and its tether table (``(None, {})`` when there is no file).
+
+    Raises :class:`PolicyConfigError` for a file that cannot be read (``FileNotFoundError``
+    itself with ``missing``), is not TOML, or has a ``[tool.tether]`` that is no table."""
+    file = config_file(path, cwd=cwd)
+    if file is None:
+        return None, {}
+    try:
+        return str(file), tether_table(file)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyConfigError("", f"not valid TOML: {exc}", source=str(file)) from None
+    except OSError as exc:
+        if missing and isinstance(exc, FileNotFoundError):
+            raise
+        raise PolicyConfigError("", f"cannot read: {exc}", source=str(file)) from None
+    except ValueError:
+        raise PolicyConfigError("tool.tether", "must be a table", source=str(file)) from None
 
 
 def load_policies(
@@ -391,259 +600,7 @@ def load_policies(
 
     An explicit ``pyproject.toml`` is read from its ``[tool.tether]`` table too.
     """
-    file = config_file(path, cwd=cwd)
-    if file is None:
+    source, data = read_table(path, cwd, missing=True)
+    if source is None:
         return PolicySet.default()
-    try:
-        data = tether_table(file)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyConfigError("", f"not valid TOML: {exc}", source=str(file)) from None
-    except ValueError:
-        raise PolicyConfigError("tool.tether", "must be a table", source=str(file)) from None
-    return PolicySet.from_mapping(data, source=str(file), ignore=ignore)
-
-
-# -- parsing ---------------------------------------------------------------------------
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{_key(key)}" if path else _key(key)
-
-
-def _table(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise PolicyConfigError(path, f"must be a table, got {_type_name(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise PolicyConfigError(path, f"keys must be strings, got {key!r}")
-    return value
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _unknown(path: str, key: str, known: Collection[str]) -> PolicyConfigError:
-    near = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(sorted(known))}"
-    return PolicyConfigError(_join(path, key), f"unknown key{hint}")
-
-
-def _int(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PolicyConfigError(path, f"expected an integer, got {_type_name(value)}")
-    return value
-
-
-def _float(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PolicyConfigError(path, f"expected a number, got {_type_name(value)}")
-    return float(value)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise PolicyConfigError(path, f"expected true or false, got {_type_name(value)}")
-    return value
-
-
-def _optional(convert: Any) -> Any:
-    def parse(value: Any, path: str) -> Any:
-        if value is False:
-            return None
-        try:
-            return convert(value, path)
-        except PolicyConfigError as exc:
-            raise PolicyConfigError(path, f"{exc.problem}, or false for none") from None
-    return parse
-
-
-def _statuses(value: Any, path: str) -> frozenset[int]:
-    if not isinstance(value, list):
-        raise PolicyConfigError(path, f"expected an array of HTTP statuses, got {_type_name(value)}")
-    return frozenset(_int(item, f"{path}[{i}]") for i, item in enumerate(value))
-
-
-def _categories(value: Any, path: str) -> frozenset[str]:
-    if not isinstance(value, list):
-        raise PolicyConfigError(path, f"expected an array of failure categories, got {_type_name(value)}")
-    found: set[str] = set()
-    for i, item in enumerate(value):
-        if item not in CATEGORIES:
-            raise PolicyConfigError(f"{path}[{i}]", f"unknown failure category {item!r}; known: "
-                                    f"{', '.join(sorted(CATEGORIES))}")
-        found.add(item)
-    return frozenset(found)
-
-
-def _targets(value: Any, path: str) -> tuple[Target, ...]:
-    if not isinstance(value, list):
-        raise PolicyConfigError(path, "expected an array of 'provider:model' strings, "
-                                f"got {_type_name(value)}")
-    targets: list[Target] = []
-    for i, item in enumerate(value):
-        where = f"{path}[{i}]"
-        if not isinstance(item, str):
-            raise PolicyConfigError(where, f"expected a 'provider:model' string, got {_type_name(item)}")
-        try:
-            target = Target.parse(item)
-        except ValueError as exc:
-            raise PolicyConfigError(where, str(exc)) from None
-        if target.provider == "tool" or target.model == "*":
-            raise PolicyConfigError(where, f"a fallback target is one model, not {item!r}")
-        targets.append(target)
-    return tuple(targets)
-
-
-_Convert = Any
-_SECTIONS: dict[str, tuple[type[Any], dict[str, _Convert]]] = {
-    "retry": (RetryPolicy, {
-        "max_attempts": _int, "base_delay_s": _float, "max_delay_s": _float, "retry_statuses": _statuses,
-        "retry_timeouts": _bool, "retry_connection_errors": _bool, "honour_retry_after": _bool,
-        "max_retry_after_s": _float,
-    }),
-    "breaker": (BreakerPolicy, {
-        "enabled": _bool, "failure_streak": _int, "failure_rate": _float, "min_calls": _int,
-        "window": _int, "cooldown_s": _float,
-    }),
-    "fallback": (FallbackPolicy, {
-        "targets": _targets, "on": _categories, "max_fallbacks": _int, "after_retry_after_s": _float,
-    }),
-    "rate_limit": (RateLimitPolicy, {
-        "requests_per_minute": _optional(_int), "tokens_per_minute": _optional(_int),
-    }),
-}
-_ROUTE_SCALARS: dict[str, _Convert] = {
-    "timeout_s": _float, "deadline_s": _optional(_float), "max_total_attempts": _optional(_int),
-}
-_BUDGET_FIELDS: dict[str, _Convert] = {"usd": _float, "tokens": _int, "calls": _int}
-_RUNAWAY_FIELDS: dict[str, _Convert] = {
-    "max_calls_per_run": _optional(_int), "max_identical_calls": _optional(_int),
-}
-_TOP_LEVEL = ("routes", "rate_limits", "budgets", "runaway")
-
-# A parsed layer: {key: (value, path)} for scalars, {section: {key: (value, path)}}.
-_Layer = dict[str, Any]
-
-
-def _parse(data: Mapping[str, Any], ignore: Collection[str]) -> PolicySet:
-    data = _table(data, "")
-    for key in data:
-        if key not in _TOP_LEVEL and key not in ignore:
-            raise _unknown("", key, _TOP_LEVEL)
-    return PolicySet(
-        routes=_parse_routes(data.get("routes", {})),
-        budgets=_parse_budgets(data.get("budgets", {})),
-        runaway=_build(RunawayGuard, _fields(data.get("runaway", {}), "runaway", _RUNAWAY_FIELDS), "runaway"),
-        rate_limits={
-            provider: _build(RateLimitPolicy, _fields(raw, path, _SECTIONS["rate_limit"][1]), path)
-            for provider, raw, path in _entries(data.get("rate_limits", {}), "rate_limits")
-        },
-    )
-
-
-def _entries(value: Any, path: str) -> Iterator[tuple[str, Any, str]]:
-    for key, raw in _table(value, path).items():
-        yield key, raw, _join(path, key)
-
-
-def _fields(raw: Any, path: str, spec: Mapping[str, _Convert]) -> dict[str, tuple[Any, str]]:
-    values: dict[str, tuple[Any, str]] = {}
-    for key, value in _table(raw, path).items():
-        if key not in spec:
-            raise _unknown(path, key, spec)
-        where = _join(path, key)
-        values[key] = (spec[key](value, where), where)
-    return values
-
-
-def _build(cls: type[Any], values: Mapping[str, tuple[Any, str]], path: str) -> Any:
-    try:
-        return cls(**{key: value for key, (value, _) in values.items()})
-    except _Invalid as exc:
-        if exc.field in values:
-            raise PolicyConfigError(values[exc.field][1], exc.problem) from None
-        raise PolicyConfigError(_join(path, exc.field), f"{exc.problem} (the default)") from None
-
-
-def _check_route_key(route: str, path: str) -> None:
-    if route == "*":
-        return
-    prefix, sep, rest = route.partition(":")
-    if not sep or not prefix or not rest or prefix == "*":
-        raise PolicyConfigError(
-            path, "a route is '*', 'provider:model', 'provider:*', 'tool:name' or 'tool:*'")
-    if "*" in rest and rest != "*":
-        raise PolicyConfigError(path, "only a whole '*' model is a wildcard ('provider:*')")
-
-
-def _parse_layer(raw: Any, path: str) -> _Layer:
-    layer: _Layer = {}
-    for key, value in _table(raw, path).items():
-        where = _join(path, key)
-        if key in _SECTIONS:
-            layer[key] = _fields(value, where, _SECTIONS[key][1])
-        elif key in _ROUTE_SCALARS:
-            layer[key] = (_ROUTE_SCALARS[key](value, where), where)
-        else:
-            raise _unknown(path, key, [*_ROUTE_SCALARS, *_SECTIONS])
-    return layer
-
-
-def _parse_routes(raw: Any) -> dict[str, Policy]:
-    layers: dict[str, tuple[_Layer, str]] = {}
-    for route, value, path in _entries(raw, "routes"):
-        _check_route_key(route, path)
-        layers[route] = (_parse_layer(value, path), path)
-
-    def chain(route: str) -> list[str]:
-        if route == "*":
-            return ["*"]
-        prefix, _, rest = route.partition(":")
-        return ["*", f"{prefix}:*"] if rest == "*" else ["*", f"{prefix}:*", route]
-
-    # general before specific, so a bad value is reported where it was written
-    order = sorted(layers, key=lambda r: len(chain(r)))
-    policies: dict[str, Policy] = {}
-    for route in order:
-        path = layers[route][1]
-        merged: _Layer = {}
-        for name in chain(route):
-            if name not in layers:
-                continue
-            for key, value in layers[name][0].items():
-                if key in _SECTIONS:
-                    merged[key] = {**merged.get(key, {}), **value}
-                else:
-                    merged[key] = value
-        sections = {name: _build(_SECTIONS[name][0], merged.get(name, {}), _join(path, name))
-                    for name in _SECTIONS}
-        scalars = {key: merged[key] for key in _ROUTE_SCALARS if key in merged}
-        try:
-            policies[route] = Policy(
-                retry=sections["retry"], breaker=sections["breaker"], fallback=sections["fallback"],
-                rate_limit=sections["rate_limit"], **{key: value for key, (value, _) in scalars.items()},
-            )
-        except _Invalid as exc:
-            where = scalars[exc.field][1] if exc.field in scalars else _join(path, exc.field)
-            raise PolicyConfigError(where, exc.problem) from None
-    return policies
-
-
-def _parse_budgets(raw: Any) -> dict[tuple[str, str], BudgetLimits]:
-    budgets: dict[tuple[str, str], BudgetLimits] = {}
-    for scope, ids, scope_path in _entries(raw, "budgets"):
-        if scope not in _SCOPES:
-            raise _unknown("budgets", scope, _SCOPES)
-        for scope_id, value, path in _entries(ids, scope_path):
-            budgets[(scope, scope_id)] = _build(BudgetLimits, _fields(value, path, _BUDGET_FIELDS), path)
-    return budgets
+    return PolicySet.from_mapping(data, source=source, ignore=ignore)

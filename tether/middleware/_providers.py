@@ -12,14 +12,18 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from tether._configfile import problems
 from tether.schemas import Usage
 
 from ._failures import Failure, classify_exception, classify_http
 from ._http import ProviderHttp
 
-__all__ = ["LlmOutcome", "ProviderConfig", "ProviderConfigError", "run_llm_attempt", "usage_of"]
+__all__ = ["LlmOutcome", "ProviderConfig", "ProviderConfigError", "ProviderTable", "run_llm_attempt", "usage_of"]
 
 Kind = Literal["openai", "anthropic"]
 _PATHS: dict[tuple[str, str], str] = {
@@ -34,39 +38,60 @@ class ProviderConfigError(ValueError):
     """A provider section in the configuration is wrong; the message names it."""
 
 
+_BASE_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1"}
+
+
+class ProviderTable(BaseModel):
+    """One ``[providers.<name>]`` table of ``tether.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    kind: Kind = "openai"
+    """The wire format: 'openai' or 'anthropic'."""
+    base_url: Annotated[StrictStr, Field(min_length=1)] | None = None
+    """Ending in /v1; default: the kind's public API."""
+    api_key_env: Annotated[StrictStr, Field(min_length=1)] | None = None
+    """The environment variable that holds the key (the key itself never goes in the file)."""
+    headers: dict[str, StrictStr] = {}
+    """Extra headers sent with every call."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_the_file(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "api_key" in data:
+            raise PydanticCustomError("key_in_file", "the key itself never goes in the file: put it in the "
+                                      "environment and name the variable with api_key_env")
+        return data
+
+    def config(self, name: str, environ: Mapping[str, str] | None = None) -> ProviderConfig:
+        """The provider ``name``, its key read from the environment."""
+        env = os.environ if environ is None else environ
+        return ProviderConfig(name=name, kind=self.kind, base_url=(self.base_url or _BASE_URLS[self.kind]).rstrip("/"),
+                              api_key_env=self.api_key_env,
+                              api_key=env.get(self.api_key_env) if self.api_key_env else None,
+                              headers=dict(self.headers))
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     """One upstream: its wire format, base URL (ending in ``/v1``) and credentials."""
 
     name: str
     kind: Kind = "openai"
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str = _BASE_URLS["openai"]
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, name: str, data: Mapping[str, Any]) -> ProviderConfig:
-        known = {"kind", "base_url", "api_key_env", "headers"}
-        unknown = set(data) - known
-        if unknown:
-            raise ProviderConfigError(
-                f"providers.{name}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))});"
-                " put keys in the environment and name the variable with api_key_env"
-            )
-        kind = data.get("kind", "openai")
-        if kind not in ("openai", "anthropic"):
-            raise ProviderConfigError(f"providers.{name}.kind: {kind!r} is not 'openai' or 'anthropic'")
-        env = data.get("api_key_env")
-        return cls(
-            name=name,
-            kind=kind,
-            base_url=str(data.get("base_url") or ("https://api.anthropic.com/v1" if kind == "anthropic"
-                                                  else "https://api.openai.com/v1")).rstrip("/"),
-            api_key_env=env,
-            api_key=os.environ.get(env) if env else None,
-            headers=dict(data.get("headers") or {}),
-        )
+        """``[providers.<name>]``, read by :class:`ProviderTable`; ``ProviderConfigError`` names the bad key."""
+        try:
+            table = ProviderTable.model_validate(data)
+        except ValidationError as exc:
+            found = problems(exc, data, root=ProviderTable, prefix=("providers", name))
+            raise ProviderConfigError("; ".join(f"{path}: {problem}" for path, problem in found)) from None
+        return table.config(name)
 
     def url(self, operation: str) -> str:
         path = _PATHS.get((self.kind, operation))

@@ -14,7 +14,7 @@ takes CloudEvents (structured, binary, batch). See docs/gateway.md.
 """
 
 from ._app import KEY_SHAPE, Gateway
-from ._config import DEFAULT_PORT, TRUSTED, GatewayConfig, digest, load_gateway_config
+from ._config import DEFAULT_PORT, TRUSTED, GatewayConfig, GatewaySection, digest, load_gateway_config
 from ._identity import AGENT_HEADER, RUN_HEADER, run_for_trace
 from ._ingest import BATCH, STRUCTURED
 from ._routing import ModelRoute, parse_route, resolve_model
@@ -32,6 +32,7 @@ __all__ = [
     "CallUpstream",
     "Gateway",
     "GatewayConfig",
+    "GatewaySection",
     "GatewayServer",
     "ModelRoute",
     "Upstreams",

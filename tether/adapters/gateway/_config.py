@@ -24,8 +24,9 @@ section::
     "fast" = "openai:gpt-4o-mini"
     "claude-*" = "anthropic"
 
-Nothing here does I/O but :func:`load_gateway_config` (which reads the file and the
-environment); :meth:`GatewayConfig.from_mapping` is pure.
+:class:`GatewaySection` is the schema of ``[gateway]`` (defaults included); nothing here
+does I/O but :func:`load_gateway_config` (which reads the file and the environment);
+:meth:`GatewayConfig.from_mapping` is pure.
 """
 
 from __future__ import annotations
@@ -33,30 +34,61 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from tether.middleware import PolicyConfigError, PolicySet, ProviderConfig, load_worker_config
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, ValidationError
+
+from tether.middleware import ELSEWHERE, PolicyConfigError, PolicySet, ProviderConfig, WorkerFile, read_table
 
 from ._routing import ModelRoute, parse_route
 
-__all__ = ["DEFAULT_PORT", "TRUSTED", "GatewayConfig", "digest", "load_gateway_config"]
+__all__ = ["DEFAULT_PORT", "TRUSTED", "GatewayConfig", "GatewaySection", "digest", "load_gateway_config"]
 
 DEFAULT_PORT = 8400
 TRUSTED = "*"
 """The agent of a trusted key: calls are recorded as the ``x-tether-agent`` header says."""
 
-_KNOWN = ("host", "port", "default_provider", "max_body_mb", "capture", "retry_after_s", "keys_env", "redact",
-          "keys", "models")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_Name = Annotated[StrictStr, Field(min_length=1)]
+_String = Annotated[Any, Field(json_schema_extra={"type": "string"})]  # checked by hand: a key is never shown whole
 
 
 def digest(key: str) -> str:
     """The SHA-256 (hex) a gateway key is looked up by (and may be configured as)."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+class GatewaySection(BaseModel):
+    """``[gateway]`` of ``tether.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    host: _Name = "127.0.0.1"
+    port: Annotated[StrictInt, Field(ge=0, le=65535)] = DEFAULT_PORT
+    """0: any free port."""
+    default_provider: _Name | None = None
+    """Models no [gateway.models] entry names go here; unset: 404."""
+    max_body_mb: Annotated[float, Strict(), Field(gt=0)] = 20
+    """Larger requests get 413."""
+    capture: StrictBool = True
+    """Record request and response bodies in the events."""
+    retry_after_s: Annotated[float, Strict(), Field(ge=0)] = 5.0
+    """Retry-After of a give-up with no better hint."""
+    keys_env: _Name | None = None
+    """More keys from this environment variable: "KEY=agent,KEY2=agent2"."""
+    redact: list[_Name] = []
+    """More body fields to redact."""
+    keys: dict[str, _String] = {}
+    """Gateway key (or "sha256:" and its SHA-256 in hex) -> agent id; agent "*": trusted, the agent is
+    whatever x-tether-agent says."""
+    models: dict[str, _String] = {}
+    """Model name or glob -> "provider" or "provider:model"."""
+
+
+_DEFAULTS = GatewaySection()
 
 
 @dataclass(frozen=True)
@@ -69,12 +101,12 @@ class GatewayConfig:
     plain_keys: tuple[str, ...] = field(default=(), repr=False)
     """Keys written in clear in the configuration: redacted wherever they appear in a body."""
     models: tuple[ModelRoute, ...] = ()
-    default_provider: str | None = None
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    max_body_bytes: int = 20 * 1024 * 1024
-    capture: bool = True
-    retry_after_s: float = 5.0
+    default_provider: str | None = _DEFAULTS.default_provider
+    host: str = _DEFAULTS.host
+    port: int = _DEFAULTS.port
+    max_body_bytes: int = int(_DEFAULTS.max_body_mb * 1024 * 1024)
+    capture: bool = _DEFAULTS.capture
+    retry_after_s: float = _DEFAULTS.retry_after_s
     redact: tuple[str, ...] = ()
     source: str | None = None
 
@@ -93,67 +125,45 @@ class GatewayConfig:
                      policies: PolicySet | None = None, environ: Mapping[str, str] | None = None,
                      source: str | None = None) -> GatewayConfig:
         """Parse a ``[gateway]`` table (pure: ``environ`` stands for the environment)."""
+        try:
+            section = GatewaySection.model_validate(data)
+        except ValidationError as exc:
+            raise PolicyConfigError.of(exc, data, root=GatewaySection, source=source, prefix=("gateway",)) from None
+        return cls.from_section(section, providers=providers, policies=policies, environ=environ, source=source)
+
+    @classmethod
+    def from_section(cls, section: GatewaySection, *, providers: Mapping[str, ProviderConfig] | None = None,
+                     policies: PolicySet | None = None, environ: Mapping[str, str] | None = None,
+                     source: str | None = None) -> GatewayConfig:
+        """The gateway of a validated ``[gateway]``: its keys (and ``$keys_env``'s) and model routes."""
         env = os.environ if environ is None else environ
 
         def fail(path: str, problem: str) -> PolicyConfigError:
-            return PolicyConfigError(f"gateway.{path}" if path else "gateway", problem, source=source)
+            return PolicyConfigError(f"gateway.{path}", problem, source=source)
 
-        if not isinstance(data, Mapping):
-            raise fail("", "must be a table")
-        unknown = sorted(set(data) - set(_KNOWN))
-        if unknown:
-            raise fail(unknown[0], f"unknown key (known: {', '.join(_KNOWN)})")
-        host = data.get("host", "127.0.0.1")
-        if not isinstance(host, str) or not host:
-            raise fail("host", "must be a host name or address")
-        port = data.get("port", DEFAULT_PORT)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise fail("port", "must be a port number (0: any free port)")
-        max_mb = data.get("max_body_mb", 20)
-        if isinstance(max_mb, bool) or not isinstance(max_mb, int | float) or max_mb <= 0:
-            raise fail("max_body_mb", "must be a positive number of megabytes")
-        capture = data.get("capture", True)
-        if not isinstance(capture, bool):
-            raise fail("capture", "must be true or false")
-        retry_after = data.get("retry_after_s", 5.0)
-        if isinstance(retry_after, bool) or not isinstance(retry_after, int | float) or retry_after < 0:
-            raise fail("retry_after_s", "must be a number of seconds, at least 0")
-        default = data.get("default_provider")
-        if default is not None and (not isinstance(default, str) or not default):
-            raise fail("default_provider", "must be a provider name")
-        redact = data.get("redact", [])
-        if not isinstance(redact, list) or not all(isinstance(f, str) and f for f in redact):
-            raise fail("redact", "must be a list of field names")
         keys: dict[str, str] = {}
         plain: list[str] = []
-        table = data.get("keys", {})
-        if not isinstance(table, Mapping):
-            raise fail("keys", "must be a table of key = agent id")
-        for key, agent in table.items():
+        for key, agent in section.keys.items():
             _add_key(keys, plain, key, agent, lambda problem, k=key: fail(f'keys."{_shown(k)}"', problem))
-        keys_env = data.get("keys_env")
+        keys_env = section.keys_env
         if keys_env is not None:
-            if not isinstance(keys_env, str) or not keys_env:
-                raise fail("keys_env", "must name an environment variable")
             for pair in filter(None, (p.strip() for p in env.get(keys_env, "").split(","))):
                 key, sep, agent = pair.rpartition("=")
                 if not sep:
                     raise fail("keys_env", f"${keys_env}: expected KEY=agent pairs separated by commas")
                 _add_key(keys, plain, key.strip(), agent.strip(),
                          lambda problem: fail("keys_env", f"${keys_env}: {problem}"))
-        models_table = data.get("models", {})
-        if not isinstance(models_table, Mapping):
-            raise fail("models", 'must be a table of model = "provider" or "provider:model"')
         models = []
-        for pattern, value in models_table.items():
+        for pattern, value in section.models.items():
             try:
                 models.append(parse_route(pattern, value))
             except ValueError as exc:
                 raise fail(f'models."{pattern}"', str(exc)) from None
         return cls(providers=dict(providers or {}), policies=policies or PolicySet.default(), keys=keys,
-                   plain_keys=tuple(plain), models=tuple(models), default_provider=default, host=host, port=port,
-                   max_body_bytes=int(max_mb * 1024 * 1024), capture=capture, retry_after_s=float(retry_after),
-                   redact=tuple(redact), source=source)
+                   plain_keys=tuple(plain), models=tuple(models), default_provider=section.default_provider,
+                   host=section.host, port=section.port, max_body_bytes=int(section.max_body_mb * 1024 * 1024),
+                   capture=section.capture, retry_after_s=section.retry_after_s, redact=tuple(section.redact),
+                   source=source)
 
     def upstream_keys(self) -> tuple[str, ...]:
         """The providers' keys (from the environment): redacted wherever they appear."""
@@ -186,13 +196,8 @@ def load_gateway_config(path: str | Path | None = None, *, cwd: Path | None = No
                         environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """``[gateway]`` with the providers and policies of ``tether.toml`` (or ``[tool.tether]`` in
     ``pyproject.toml``, or ``path``); defaults when there is no file."""
-    worker = load_worker_config(path, cwd=cwd)
-    data: Mapping[str, Any] = {}
-    if worker.source is not None:
-        file = Path(worker.source)
-        raw: dict[str, Any] = tomllib.loads(file.read_text(encoding="utf-8"))  # parsed once already
-        if file.name == "pyproject.toml":
-            raw = (raw.get("tool") or {}).get("tether") or {}
-        data = raw.get("gateway") or {}
-    return GatewayConfig.from_mapping(data, providers=worker.providers, policies=worker.policies, environ=environ,
-                                      source=worker.source)
+    source, data = read_table(path, cwd)
+    worker = WorkerFile.parse({k: v for k, v in data.items() if k not in ELSEWHERE}, source=source)
+    config = worker.worker_config(source)  # the providers' keys: from the process's environment
+    return GatewayConfig.from_mapping(data.get("gateway", {}), providers=config.providers, policies=config.policies,
+                                      environ=environ, source=source)
