@@ -38,6 +38,8 @@ from tether.middleware._engine import CallEngine
 from tether.middleware._shared import Breakers, RateLimiter, SpendBook
 from tether.schemas import Event
 
+from ._asynciopriv import loop_thread_id
+
 __all__ = ["Hub", "LoopThreadError", "background_hub", "background_hub_nowait", "default_policies", "flush",
            "shutdown"]
 
@@ -278,7 +280,7 @@ def _loop_of(bus: Bus) -> tuple[asyncio.AbstractEventLoop, int | None]:
     if not tasks:
         raise RuntimeError("tether: this bus is not connected (no publisher task); connect it first")
     loop = tasks[0].get_loop()
-    return loop, getattr(loop, "_thread_id", None)
+    return loop, loop_thread_id(loop)
 
 
 # -- the process's background bus ------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Both put a tether transport in front of the transport the client would have used, for
 ``httpx`` and for ``httpx2`` (openai 3.x and anthropic 2.x build on ``httpx2``; openai
-2.x, CrewAI, LiteLLM and google-genai on ``httpx``), so tether sees every attempt.
+2.x, CrewAI, LiteLLM and google-genai on ``httpx``), so tether sees every attempt. The
+private attributes this reaches (the SDKs' ``_client``, the HTTP clients' ``_transport`` and
+``_mounts``) are used only through :mod:`._sdkpriv` and :mod:`._httpxpriv`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from tether.middleware import PolicySet
 
 from . import _httpx
 from ._core import Interceptor, Mode
+from ._httpxpriv import has_transports, wrap_transports
 from ._redact import Hook, Redactor
+from ._sdkpriv import http_client_of
 from ._wire import Kind
 
 __all__ = ["async_http_client", "http_client", "instrument"]
@@ -53,8 +57,8 @@ def instrument(client: C, *, bus: Bus | None = None, policies: PolicySet | None 
     worker as it comes, and ends with an error if it stays silent ``stream_idle_timeout_s``
     (its worker is gone). For the other options see :class:`Interceptor`.
     """
-    http = getattr(client, "_client", None)
-    if http is None or not hasattr(http, "_transport"):
+    http = http_client_of(client)
+    if http is None or not has_transports(http):
         raise TypeError(f"tether.instrument takes an openai or anthropic client, not {type(client).__name__}; "
                         "for other frameworks pass tether.http_client() / tether.async_http_client()")
     kind = _kind_of(client)
@@ -101,8 +105,7 @@ def _wrap(http: Any, interceptor: Interceptor) -> None:
             return transport
         return transport_cls(transport, interceptor=interceptor)
 
-    http._transport = wrapped(http._transport)
-    http._mounts = {pattern: wrapped(t) for pattern, t in http._mounts.items()}
+    wrap_transports(http, wrapped)
 
 
 def http_client(*, package: Package = "httpx", bus: Bus | None = None, policies: PolicySet | None = None,

@@ -1,4 +1,4 @@
-"""The bus: NATS connection, embedded server, streams, subjects, publisher, outbox.
+"""The bus: NATS connection, embedded server, streams and KV buckets, subjects, publisher, outbox.
 
 Imports only :mod:`tether.schemas`.
 """
@@ -29,6 +29,7 @@ from ._streams import (
     Drift,
     ProvisionReport,
     ensure_streams,
+    open_bucket,
     stream_configs,
 )
 from ._subjects import (
@@ -87,6 +88,7 @@ __all__ = [
     "event_subject",
     "find_running",
     "nats_server_binary",
+    "open_bucket",
     "percent_decode",
     "percent_encode",
     "stream_configs",

@@ -17,7 +17,7 @@ from typing import Any
 
 from tether.schemas import Event, InvalidEvent
 
-from ._client import parse_headers
+from ._headers import parse_headers
 
 __all__ = [
     "STRUCTURED_CONTENT_TYPE",

@@ -17,6 +17,7 @@ from tether.schemas import Event
 
 from ._client import Client
 from ._config import BusConfig
+from ._natspriv import server_info
 from ._outbox import outbox_depth, set_aside
 from ._publisher import Publisher, Receipt
 from ._reader import EventReader
@@ -91,7 +92,7 @@ class Bus:
 
     async def status(self) -> dict[str, Any]:
         """Server, streams, consumers, outbox and publisher figures, as plain data."""
-        info = self.nc._server_info if hasattr(self.nc, "_server_info") else {}
+        info = server_info(self.nc)
         streams: list[dict[str, object]] = []
         for name in (EVENTS_STREAM, WORK_STREAM, DLQ_STREAM):
             try:

@@ -26,10 +26,12 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import nats.errors
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ._client import Client, parse_headers
+from ._natspriv import api_prefix, subscription_id
 
 __all__ = ["FeedMessage", "PullFeed"]
 
@@ -95,7 +97,9 @@ class PullFeed:
         """The stream's last sequence as the latest delivery told it (sequence + pending)."""
         self.restarts = 0
         self._sid: int | None = None
+        self._sub: Subscription | None = None
         self._inbox = ""
+        self._next_subject = ""
         self._buf: list[tuple[bytes, bytes, bytes, bytes | None]] = []
         self._outstanding: deque[int] = deque()
         self._cseq = 0
@@ -123,9 +127,10 @@ class PullFeed:
         info = await js.add_consumer(self.stream, config)  # type: ignore[attr-defined]
         self.name = info.name
         self._inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(self._inbox)
-        self._sid = sub._id
-        self._nc.add_raw_sink(sub._id, self._on_message)
+        self._next_subject = f"{api_prefix(js)}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        self._sub = sub = await self._nc.subscribe(self._inbox)
+        self._sid = subscription_id(sub)
+        self._nc.add_raw_sink(self._sid, self._on_message)
         self._buf = []
         self._outstanding.clear()
         self._cseq = 0
@@ -137,10 +142,10 @@ class PullFeed:
         if self._sid is None:
             return
         sid, self._sid = self._sid, None
+        sub, self._sub = self._sub, None
         self._nc.remove_raw_sink(sid)
-        sub = self._nc._subs.get(sid)
         if sub is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a closed connection has forgotten it already
                 await sub.unsubscribe()
 
     async def close(self, *, delete: bool | None = None) -> None:
@@ -197,10 +202,9 @@ class PullFeed:
         if len(self._outstanding) >= 2 or not self._nc.is_connected:
             return
         body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
-        subject = f"{getattr(self._js, '_prefix', '$JS.API')}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
         while len(self._outstanding) < 2:
             try:
-                await self._nc.publish(subject, body, reply=self._inbox)
+                await self._nc.publish(self._next_subject, body, reply=self._inbox)
             except nats.errors.Error:  # the connection went down meanwhile: ask again once it is back
                 return
             self._outstanding.append(self.batch)

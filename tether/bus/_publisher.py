@@ -39,6 +39,7 @@ from tether.schemas import Event, EventError
 
 from ._binding import encode_binary, percent_encode
 from ._deliverable import oversized, undeliverable
+from ._natspriv import forget_unflushed
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
 from ._subjects import event_subject
@@ -465,10 +466,7 @@ class Publisher:
         # nats-py re-sends its unflushed write buffer after reconnecting. Those
         # messages are unacked, so they are in the outbox already; re-sending them
         # behind the outbox's back could reorder them, so forget the buffer.
-        pending = getattr(self._nc, "_pending", None)
-        if isinstance(pending, list):
-            pending.clear()
-            self._nc._pending_data_size = 0
+        forget_unflushed(self._nc)
         if self._inflight:
             self._degrade("connection to NATS lost")
 

@@ -6,6 +6,7 @@
   once a worker acks it).
 * ``DLQ``: dead letters, ``tether.dlq.>``; kept until purged.
 * object store ``tether-payloads``: event data too large for a message.
+* KV buckets (:func:`open_bucket`, for the middleware's shared state): read with direct gets.
 
 Provisioning creates what is missing and compares what exists with what tether
 expects. A difference is *drift*: reported, and changed in place only when asked
@@ -14,19 +15,23 @@ expects. A difference is *drift*: reported, and changed in place only when asked
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
+    KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
+from ._natspriv import reads_direct
 from ._subjects import DLQ_SUBJECTS, EVENT_SUBJECTS, WORK_SUBJECTS
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "Drift",
     "ProvisionReport",
     "ensure_streams",
+    "open_bucket",
     "stream_configs",
 ]
 
@@ -154,3 +160,28 @@ async def ensure_streams(
         )
         report.created.append(f"object store {OBJECT_BUCKET}")
     return report
+
+
+async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl: float | None = None) -> KeyValue:
+    """A KV bucket, created if missing, read with direct gets.
+
+    Direct gets (``allow_direct``, what the NATS CLI and Go client give a new bucket) answer
+    a read with the raw message instead of a JSON document with the value in base64 and
+    headers run through an e-mail parser: a round trip and some 0.1 ms of client CPU less
+    per read on the executor's path. A bucket made by an earlier version gets it on open.
+    A direct get may be served by a replica a moment behind; every write tether makes to a
+    bucket is a compare-and-set, so a stale read costs a retry, never a lost update.
+    """
+    try:
+        kv = await js.key_value(name)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE,
+                                                        replicas=replicas, ttl=ttl, direct=True))
+    if not reads_direct(kv):
+        stream = f"KV_{name}"
+        with contextlib.suppress(Exception):  # not allowed (permissions, an old server): plain gets
+            config = (await js.stream_info(stream)).config
+            config.allow_direct = True
+            await js.update_stream(config)
+            kv = await js.key_value(name)
+    return kv

@@ -80,6 +80,7 @@ class ViewFeed:
         self._applied = asyncio.Condition()
         self._probe: sqlite3.Connection | None = None
         self._stopping = False
+        self._stopped = False
 
     @property
     def leading(self) -> bool:
@@ -142,7 +143,7 @@ class ViewFeed:
             self._lock = None
 
     async def stop(self) -> None:
-        if self._pool._shutdown:  # stopped already
+        if self._stopped:
             return
         self._stopping = True
         if self._task is not None:
@@ -157,6 +158,7 @@ class ViewFeed:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+        self._stopped = True
         self._pool.shutdown(wait=True)
 
     # -- waiting -------------------------------------------------------------------------------

@@ -27,12 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from weakref import WeakValueDictionary
 
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from tether.bus import Bus
+from tether.bus import Bus, open_bucket
 from tether.schemas import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 
 from ._breaker import BreakerState, Transition, breaker_admit, breaker_record
@@ -54,31 +52,6 @@ def kv_key(value: str) -> str:
     """A KV-safe key for any id: readable prefix plus a hash, so distinct ids stay distinct."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", value)[:48]
     return f"{safe}.{hashlib.sha1(value.encode()).hexdigest()[:12]}"
-
-
-async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl: float | None = None) -> KeyValue:
-    """A KV bucket, created if missing, read with direct gets.
-
-    Direct gets (``allow_direct``, what the NATS CLI and Go client give a new bucket) answer
-    a read with the raw message instead of a JSON document with the value in base64 and
-    headers run through an e-mail parser: a round trip and some 0.1 ms of client CPU less
-    per read on the executor's path. A bucket made by an earlier version gets it on open.
-    A direct get may be served by a replica a moment behind; every write here is a
-    compare-and-set, so a stale read costs a retry, never a lost update.
-    """
-    try:
-        kv = await js.key_value(name)
-    except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE,
-                                                        replicas=replicas, ttl=ttl, direct=True))
-    if not kv._direct:
-        stream = f"KV_{name}"
-        with contextlib.suppress(Exception):  # not allowed (permissions, an old server): plain gets
-            config = (await js.stream_info(stream)).config
-            config.allow_direct = True
-            await js.update_stream(config)
-            kv = await js.key_value(name)
-    return kv
 
 
 Snapshot = tuple[bytes | None, int | None]

@@ -27,6 +27,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tether._uvicornpriv import request_transport
+
 from . import _fake_wire as wire
 from ._fake_faults import (
     ErrorResponse,
@@ -162,8 +164,7 @@ async def _pause(receive: Receive, seconds: float, stopping: asyncio.Event) -> b
 
 async def _abort(receive: Receive) -> None:
     """Reset the TCP connection under this request (RST, not FIN)."""
-    # uvicorn's `receive` is a method of the request cycle, which holds the transport
-    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    transport = request_transport(receive)
     if not callable(getattr(transport, "abort", None)):  # not uvicorn: fail the request loudly instead
         raise ConnectionResetError("the fake provider reset the connection")
     assert transport is not None

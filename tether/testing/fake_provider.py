@@ -66,12 +66,13 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, TextIO, TypeVar
 
 import uvicorn
 
 from tether._loop import run as run_loop
+from tether._uvicornpriv import StoppingServer
 
 from ._fake_app import DEFAULT_MODELS, LoggedRequest, ProviderState, build_app
 from ._fake_faults import (
@@ -122,50 +123,6 @@ T = TypeVar("T")
 _GRACE = 2.0  # seconds a stopping server waits for responses in flight before resetting them
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, quicker to stop and leaving signal handling to its owner."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.wake = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def main_loop(self) -> None:
-        counter = 0
-        while not await self.on_tick(counter):  # on_tick refreshes the Date header once a second
-            counter = (counter + 1) % 864000
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.1):
-                    await self.wake.wait()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn's own shutdown polls every 100 ms; this one resets stragglers after a grace period
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        state = self.server_state
-        for connection in list(state.connections):
-            connection.shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _GRACE
-        while (state.connections or state.tasks) and loop.time() < deadline:  # noqa: ASYNC110 (uvicorn has no event)
-            await asyncio.sleep(0.005)
-        for connection in list(state.connections):
-            abort = getattr(getattr(connection, "transport", None), "abort", None)
-            if callable(abort):  # any loop's transport: uvloop's are no asyncio.Transport
-                abort()
-        for task in list(state.tasks):
-            task.cancel()
-        if state.tasks:
-            await asyncio.wait(list(state.tasks), timeout=1.0)
-        for server in self.servers:
-            await server.wait_closed()
-
-
 class FakeProvider:
     """An OpenAI- and Anthropic-compatible HTTP server on a loopback port, with fault injection.
 
@@ -189,7 +146,7 @@ class FakeProvider:
         self._state = ProviderState(seed=seed, faults=_rules(faults), latency=_latency(latency),
                                     models=models, log_limit=log_limit)
         self.app = build_app(self._state)
-        self._server: _Server | None = None
+        self._server: StoppingServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -228,7 +185,7 @@ class FakeProvider:
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False,
                                 lifespan="off", proxy_headers=False, server_header=False,
                                 timeout_keep_alive=30)
-        self._server = server = _Server(config)
+        self._server = server = StoppingServer(config, grace_s=_GRACE)
         self._loop = asyncio.get_running_loop()
         self._state.stopping = asyncio.Event()
         self._state.rearm()  # fault windows count from the start

@@ -10,34 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Generator
 
 import uvicorn
 
+from tether._uvicornpriv import QuietServer
 from tether.bus import Bus
 
 from ._app import Gateway
 from ._config import GatewayConfig
 
 __all__ = ["GatewayServer"]
-
-
-class _Uvicorn(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.wake = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the owner of the loop handles signals
-
-    async def main_loop(self) -> None:
-        counter = 0
-        while not await self.on_tick(counter):  # on_tick refreshes the Date header once a second
-            counter = (counter + 1) % 864000
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.1):
-                    await self.wake.wait()  # stop() wakes it: no 100 ms wait to begin stopping
 
 
 class GatewayServer:
@@ -55,7 +37,7 @@ class GatewayServer:
         self._port = port if port is not None else config.port
         self.grace_s = grace_s
         self.gateway = gateway if gateway is not None else Gateway(config, bus)
-        self._server: _Uvicorn | None = None
+        self._server: QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -77,7 +59,7 @@ class GatewayServer:
         config = uvicorn.Config(self.gateway.app, http="httptools", lifespan="off", log_config=None,
                                 access_log=False, server_header=False, proxy_headers=False,
                                 timeout_keep_alive=75, timeout_graceful_shutdown=max(1, round(self.grace_s)))
-        self._server = server = _Uvicorn(config)
+        self._server = server = QuietServer(config)
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name=f"tether-gateway:{self._port}")
         while not server.started:
             if self._task.done():

@@ -1,0 +1,113 @@
+"""nats-py's private API: every use tether makes of it, in this one module.
+
+nats-py has no public way to do what these do. :data:`HOOKS` names each private attribute
+and what tether uses it for; ``tests/bus/test_natspriv.py`` checks each against the installed
+nats-py (in ``make test`` and ``make test-lowest``), so an upgrade that changes one fails
+there, by name, rather than as a slower feed or events re-sent out of order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as _NatsClient
+from nats.aio.subscription import Subscription
+from nats.js.api import DEFAULT_PREFIX
+from nats.js.kv import KeyValue
+
+from tether._hooks import Hook
+
+from ._headers import parse_headers
+
+__all__ = [
+    "HOOKS",
+    "HookedClient",
+    "RawSink",
+    "api_prefix",
+    "forget_unflushed",
+    "reads_direct",
+    "server_info",
+    "subscription_id",
+]
+
+RawSink = Callable[[bytes, bytes, bytes, "bytes | None"], None]
+"""Called with (subject, reply, payload, header block or None) for each message."""
+
+
+HOOKS = (
+    Hook("nats-py", "nats.aio.client.Client", "_parse_header_lines",
+         "a static method nats-py calls on every header block; tether's Client puts parse_headers there "
+         "(the same dict, about 20 us a message less)", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_process_msg",
+         "the protocol parser calls it with (sid, subject, reply, payload, header bytes or None) for every "
+         "message; tether's Client hands the messages of a raw sink's subscription over as bytes "
+         "(PullFeed)", __name__),
+    Hook("nats-py", "nats.aio.subscription.Subscription", "_id",
+         "the subscription's sid, which _process_msg is given: the key of PullFeed's raw sink", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_pending",
+         "the write buffer nats-py sends after a reconnect; the publisher empties it on disconnect (those "
+         "events are in the outbox already: sent again behind its back they would arrive out of order)", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_pending_data_size",
+         "the size of _pending, zeroed with it (nats-py flushes only while it is above 0)", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_server_info",
+         "the server's INFO (version, server_name, jetstream, max_payload), shown by Bus.status()", __name__),
+    Hook("nats-py", "nats.js.client.JetStreamContext", "_prefix",
+         "the JetStream API prefix (with a domain, $JS.<domain>.API) PullFeed sends its pull requests "
+         "under", __name__),
+    Hook("nats-py", "nats.js.kv.KeyValue", "_direct",
+         "whether a bucket is read with direct gets; open_bucket turns them on for a bucket made without", __name__),
+)
+
+
+class HookedClient(_NatsClient):
+    """nats-py's client with its two per-message hooks taken over: header blocks read by
+    :func:`~tether.bus._headers.parse_headers`, and raw sinks (``_raw_sinks``, sid to sink)
+    given their subscriptions' messages as the protocol parser hands them over, without a
+    header dict, a ``Msg`` or a queue entry."""
+
+    _parse_header_lines = staticmethod(parse_headers)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw_sinks: dict[int, RawSink] = {}
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
+                           headers: bytes) -> None:  # nats-py's parser passes None when there are none
+        sink = self._raw_sinks.get(sid)
+        if sink is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        sink(subject, reply, data, headers)
+
+
+def subscription_id(sub: Subscription) -> int:
+    """The sid nats-py gives ``_process_msg`` for this subscription's messages."""
+    return int(sub._id)
+
+
+def forget_unflushed(nc: _NatsClient) -> None:
+    """Drop what nats-py has buffered and not written yet (it would send it on reconnect)."""
+    pending = getattr(nc, "_pending", None)
+    if isinstance(pending, list):
+        pending.clear()
+        nc._pending_data_size = 0
+
+
+def server_info(nc: _NatsClient) -> dict[str, Any]:
+    """The INFO the server sent on connect ({} if nats-py no longer keeps it)."""
+    info: dict[str, Any] = getattr(nc, "_server_info", {})
+    return info
+
+
+def api_prefix(js: object) -> str:
+    """The subject prefix of the JetStream API this context talks to."""
+    prefix: str = getattr(js, "_prefix", DEFAULT_PREFIX)
+    return prefix
+
+
+def reads_direct(kv: KeyValue) -> bool:
+    """Whether this bucket handle reads with direct gets (``allow_direct``)."""
+    return bool(kv._direct)
