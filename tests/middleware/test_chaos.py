@@ -294,17 +294,23 @@ async def test_a_worker_killed_under_load_loses_nothing(fresh_nats_server: NatsS
             started = time.monotonic()
             running = asyncio.ensure_future(run_all(
                 calls, (("fake", model, chat(i), "run-kill") for i in range(n)), concurrency=n))
+            kv = await bus.js.key_value(CALLS_BUCKET)
+
+            async def victims_calls() -> tuple[set[str], list[CallRecord]]:
+                """The victim's in-flight calls, as the KV records them (after the kill, nobody can
+                touch them until ack_wait has passed)."""
+                records = [CallRecord.from_json((await kv.get(key)).value or b"{}") for key in await kv.keys()]
+                mine = {r.call_id for r in records if r.in_flight and r.in_flight["worker"] == victim.worker_id}
+                return mine, records
+
             try:
-                while len(fake.log) < 50 and not running.done():  # noqa: ASYNC110 (polling another process)
-                    await asyncio.sleep(0.02)
+                # under way, and the victim busy: on a loaded machine it may start late and take nothing at first
+                while not running.done() and not (len(fake.log) >= 50 and (await victims_calls())[0]):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # (polling another process)
                 os.kill(victim.pid, signal.SIGKILL)
                 killed_at = time.time()
                 await victim.proc.wait()
-                # the dead worker's in-flight calls, as the KV records them (nobody can touch
-                # them until ack_wait has passed)
-                kv = await bus.js.key_value(CALLS_BUCKET)
-                records = [CallRecord.from_json((await kv.get(key)).value or b"{}") for key in await kv.keys()]
-                in_flight = {r.call_id for r in records if r.in_flight and r.in_flight["worker"] == victim.worker_id}
+                in_flight, records = await victims_calls()
                 done_before_kill = sum(1 for r in records if r.state == "completed")
                 outcomes = await running
             finally:
