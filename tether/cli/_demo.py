@@ -1,5 +1,6 @@
 """The demo behind ``tether up --demo``: a small research agent making real durable calls
 against tether's own fake provider, and the lines ``tether up`` prints while it plays."""
+
 from __future__ import annotations
 
 import argparse
