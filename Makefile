@@ -1,7 +1,8 @@
 # make run    - set up .venv from the lock file if needed, then start tether with the scripted demo agent
 # make test   - set up .venv from the lock file if needed, then run the whole test suite
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
-# make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed), then run both suites
+# make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
+#               test environments' (requirements/phoenix.txt), then run both suites
 # make bench  - the benchmarks; LiteLLM, the peer bench/adapters.py runs beside tether, goes in
 #               .venv-bench (the `bench` extra): its pins would move packages .venv's tests run on
 #
@@ -61,6 +62,8 @@ lint: $(STAMP)
 lock: | $(UV)
 	$(COMPILE) --upgrade -o requirements/dev.txt
 	$(COMPILE) --upgrade --resolution lowest-direct -o requirements/lowest.txt
+	$(UV) pip compile --quiet requirements/phoenix.in --python-version 3.11 --generate-hashes --upgrade \
+		-o requirements/phoenix.txt  # Phoenix's own venv for tests (tests/_envs.py builds .venv-phoenix)
 	$(MAKE) test test-lowest
 
 bench: $(STAMP) $(BENCH_STAMP)
@@ -68,4 +71,4 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/adapters.py --peer-python $(BENCH_VENV)/bin/python
 
 clean:
-	rm -rf $(UV_HOME) $(VENV) $(LOWEST_VENV) $(BENCH_VENV) .tether .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(UV_HOME) $(VENV) $(LOWEST_VENV) $(BENCH_VENV) .venv-phoenix .tether .pytest_cache .mypy_cache .ruff_cache

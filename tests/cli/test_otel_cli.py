@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -99,6 +100,10 @@ async def test_once_sends_what_finished_then_nothing_new(tmp_path: Path, receive
     assert sorted((s.name, s.status) for s in receiver.spans()) == [
         ("chat gpt-4o", "ERROR"), ("chat gpt-4o", "UNSET"), ("invoke_agent bot", "ERROR")]
     assert {s.trace_id for s in receiver.spans()} == {TRACEPARENT.split("-")[1]}
+    [root] = [s for s in receiver.spans() if s.name == "invoke_agent bot"]
+    assert root.status_message == "1 call failed: BadRequestError (chat gpt-4o)", "says what failed"
+    assert {(s.resource["service.name"], s.resource["openinference.project.name"]) for s in receiver.spans()} == {
+        ("tether", "tether")}
     assert receiver.requests[0].headers["authorization"] == "Bearer t0k"
     assert state_path(tmp_path, receiver.url).exists(), "what was sent is remembered per receiver"
 
@@ -116,6 +121,36 @@ async def test_a_refusing_receiver_fails_the_run_and_the_spans_go_next_time(
     assert "could not send 3 span(s)" in capsys.readouterr().err
     assert await tether(tmp_path, "--endpoint", receiver.url) == 0
     assert len(receiver.spans()) == 3
+
+
+async def test_the_service_name_is_the_project(tmp_path: Path, receiver: OtlpReceiver,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path, a_run())
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    assert await tether(tmp_path, "--endpoint", receiver.url, "--service-name", "research-agent") == 0
+    assert {(s.resource["service.name"], s.resource["openinference.project.name"]) for s in receiver.spans()} == {
+        ("research-agent", "research-agent")}, "Phoenix files spans under openinference.project.name"
+
+
+async def test_content_capture_needs_the_log(tmp_path: Path, receiver: OtlpReceiver,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    build(tmp_path, a_run())
+    assert await tether(tmp_path, "--endpoint", receiver.url, "--content-limit", "0") == 2
+    assert "--content-limit 0: give a number of characters, at least 1" in capsys.readouterr().err
+    assert await tether(tmp_path, "--endpoint", receiver.url, "--capture-content", "--url",
+                        "nats://127.0.0.1:9") == 1
+    err = capsys.readouterr().err
+    assert "--capture-content reads prompts and results from the log" in err and "without content" in err
+    assert receiver.spans() == [], "nothing sent half-way"
+
+
+def test_tether_up_otel_options_go_with_an_endpoint(tmp_path: Path) -> None:
+    done = subprocess.run([str(Path(sys.executable).with_name("tether")), "up", "--otel-capture-content",
+                           "--otel-service-name", "x"], env={**os.environ, "TETHER_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--otel-service-name and --otel-capture-content go with --otel-endpoint URL" in done.stderr
+    assert not (tmp_path / "nats").exists(), "nothing started"
 
 
 async def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],

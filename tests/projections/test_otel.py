@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +35,24 @@ from tether.middleware import (
 from tether.projections import Item, Projector, TracesView, ViewStore, open_view, view_path
 from tether.projections.otel import (
     ExportReport,
+    MemoryContent,
     MemorySink,
     OtelExporter,
     OtelSpan,
     RunState,
     Timing,
+    capture_from_env,
+    content_attributes,
     otel_available,
     otel_span,
+    run_failure,
     span_id_of,
     state_path,
     trace_id_of,
     traces_endpoint,
     verdict,
 )
+from tether.projections.otel._content import content_events
 from tether.schemas import (
     CallDeadLettered,
     CircuitOpened,
@@ -212,10 +217,12 @@ def test_a_call_row_becomes_a_genai_client_span(views: Views) -> None:
     assert a["tether.span.id"] == "c1" and "tether.cost.usd" in a
 
     attempt = otel_span(rows["c1#a1"], trace_id=1, parent_id=span_id_of("c1"))
-    assert (attempt.name, attempt.client, attempt.error) == ("attempt 1 gpt-4o", False,
-                                                             "RateLimitError: slow down")
-    assert (attempt.attributes["error.type"], attempt.attributes["http.response.status_code"],
-            attempt.attributes["tether.decision"]) == ("RateLimitError", 429, "retry")
+    # retried, so handled: no error of the call (OTel "Recording errors"), the error kept under tether.*
+    assert (attempt.name, attempt.client, attempt.error) == ("attempt 1 gpt-4o", False, None)
+    assert "error.type" not in attempt.attributes
+    assert (attempt.attributes["tether.error.type"], attempt.attributes["http.response.status_code"],
+            attempt.attributes["tether.decision"], attempt.attributes["tether.error.message"]) == (
+        "RateLimitError", 429, "retry", "slow down")
 
     run = otel_span(rows["r1"], trace_id=1, parent_id=None)
     assert (run.name, run.error, run.attributes["gen_ai.operation.name"], run.attributes["gen_ai.agent.name"]) == (
@@ -333,7 +340,9 @@ def test_a_run_without_lifecycle_events_ends_when_quiet(tmp_path: Path) -> None:
         clock.now = at(1 + 30)
         ex.export()
         run = by_source(sink.spans)["r2"]
-        assert (run.name, run.error, run.end_ns) == ("invoke_agent bot", "1 call(s) failed", round(at(1) * 1e9))
+        assert (run.name, run.error, run.end_ns) == ("invoke_agent bot", "1 call failed: RateLimitError: slow down "
+                                                     "(chat gpt-4o)", round(at(1) * 1e9))
+        assert run.attributes["error.type"] == "RateLimitError"
         assert run.trace_id == trace_id_of("r2") == by_source(sink.spans)["k1"].trace_id
     views.store.close()
 
@@ -368,6 +377,176 @@ def test_memory_writes_go_with_their_run_and_breaker_transitions_stay_home(tmp_p
         assert (memory.name, memory.parent_id) == ("write_memory agent:bot", span_id_of("r1"))
         assert memory.attributes["tether.memory.key"] == "q1"
     views.store.close()
+
+
+def test_what_backends_group_price_and_draw_by(tmp_path: Path) -> None:
+    """Session and user from the root run (tags first), the answering model and tether's cost
+    on a call that fell back, and a span kind for every kind of span."""
+    root, sub = Run("r9", tenant="acme"), Run("r9-sub", agent="helper", tenant="acme")
+    bare = Run("r8", tenant="acme")
+    views = Views(tmp_path / "views")
+    views.add([
+        root(RunStarted(tags=("demo", "session:chat-42", "user:ana")), 0),
+        sub(RunStarted(parent_run_id="r9"), 0.5),
+        sub(LlmCallRequested(call_id="f1", provider="openai", model="gpt-4o"), 1),
+        sub(LlmCallAttemptFailed(call_id="f1", provider="openai", model="gpt-4o", attempt=1, error=RATE,
+                                 decision="fallback", next_provider="openai", next_model="gpt-4o-mini"), 1.1),
+        sub(LlmCallCompleted(call_id="f1", provider="openai", model="gpt-4o-mini", attempt=2, usage=USAGE), 1.5),
+        sub(RunFinished(status="ok"), 2),
+        root(MemoryWritten(namespace="agent:bot", key="k", version=1, text="hi"), 2.5),
+        root(LlmCallRequested(call_id="e1", provider="openai", model="text-embedding-3-small",
+                              operation="embeddings"), 2.6),
+        root(LlmCallCompleted(call_id="e1", provider="openai", model="text-embedding-3-small",
+                              usage=Usage(input_tokens=8)), 2.7),
+        root(RunFinished(status="ok"), 3),
+        bare(RunStarted(), 0), bare(RunFinished(status="ok"), 1),
+    ])
+    sink = MemorySink()
+    with exporter(views, sink, Clock(at(9)), tmp_path) as ex:
+        ex.export()
+    sent = by_source(sink.spans)
+    assert {s.attributes["session.id"] for s in sink.spans if s.source != "r8"} == {"chat-42"}, "the root's tag"
+    assert {s.attributes["user.id"] for s in sink.spans if s.source != "r8"} == {"ana"}
+    assert (sent["r8"].attributes["session.id"], sent["r8"].attributes["user.id"]) == ("r8", "acme"), \
+        "untagged: the run, the tenant"
+    assert sent["r8"].attributes["gen_ai.conversation.id"] == "r8"
+    call = sent["f1"].attributes
+    assert (call["gen_ai.request.model"], call["gen_ai.response.model"], call["llm.model_name"]) == (
+        "gpt-4o", "gpt-4o-mini", "gpt-4o-mini"), "priced by the model that answered"
+    assert call["llm.cost.total"] == call["gen_ai.usage.cost"] == call["tether.cost.usd"] == \
+        views.rows()["f1"]["cost_usd"]
+    assert isinstance(call["llm.cost.total"], float) and call["llm.cost.total"] > 0
+    assert {s.source: s.attributes["openinference.span.kind"] for s in sink.spans} == {
+        "r9": "AGENT", "r9-sub": "AGENT", "r8": "AGENT", "f1": "LLM", "f1#a1": "CHAIN", "f1#a1/fallback": "CHAIN",
+        "f1#a2": "CHAIN", "mem:agent:bot/k@1": "CHAIN", "e1": "EMBEDDING"}
+    assert sent["e1"].attributes["embedding.model_name"] == "text-embedding-3-small"
+    assert "llm.model_name" not in sent["e1"].attributes
+    assert not [s.name for s in sink.spans if s.error is not None], "a fallback that answered is no error"
+    views.store.close()
+
+
+def test_a_failed_run_says_what_failed(tmp_path: Path) -> None:
+    run = Run("r7")
+    refused = ErrorInfo(type="BadRequestError", status_code=400, message="temperature must be at most 2")
+    views = Views(tmp_path / "views")
+    views.add([run(RunStarted(), 0),
+               run(LlmCallRequested(call_id="x1", provider="openai", model="o3-mini"), 1),
+               run(LlmCallAttemptFailed(call_id="x1", provider="openai", model="o3-mini", attempt=1, error=refused,
+                                        decision="give_up"), 1.1),
+               run(LlmCallFailed(call_id="x1", provider="openai", model="o3-mini", attempts=1, error=refused), 1.1),
+               run(CallDeadLettered(call_id="x1", call_kind="llm", reason="not_retryable", attempts=1), 1.2),
+               run(RunFinished(status="error"), 2)])
+    sink = MemorySink()
+    with exporter(views, sink, Clock(at(9)), tmp_path) as ex:
+        ex.export()
+    sent = by_source(sink.spans)
+    assert sent["r7"].error == "1 call dead-lettered: BadRequestError: temperature must be at most 2 (chat o3-mini)"
+    assert sent["r7"].attributes["error.type"] == "BadRequestError"
+    assert sent["x1#a1"].error is not None and sent["x1#a1"].attributes["error.type"] == "BadRequestError", \
+        "the attempt it gave up on failed"
+    assert run_failure(RunState(failed_calls=2, dead_lettered=1, failures=("A (chat a)", "B (chat b, dead-lettered)"))
+                       ) == "2 calls failed (1 dead-lettered): A (chat a); B (chat b, dead-lettered)"
+    views.store.close()
+
+
+CAPTURED = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is a span?"}],
+            "max_tokens": 50}
+ANSWER = {"id": "chatcmpl-1", "model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+    "role": "assistant", "content": "A timed operation.",
+    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "search", "arguments": "{\"q\":1}"}}]}}]}
+
+
+def test_content_is_opt_in_and_cut_at_its_limit(tmp_path: Path) -> None:
+    run = Run("r6")
+    events = [run(RunStarted(input={"question": "what is a span?"}), 0),
+              run(LlmCallRequested(call_id="k1", provider="openai", model="gpt-4o", request=CAPTURED), 1),
+              run(LlmCallCompleted(call_id="k1", provider="openai", model="gpt-4o", response=ANSWER,
+                                   finish_reason="stop", usage=Usage(input_tokens=5, output_tokens=4)), 2),
+              run(ToolCallRequested(call_id="t9", tool="search", arguments={"q": 1}), 3),
+              run(ToolCallCompleted(call_id="t9", tool="search", result={"hits": ["x" * 100]}), 4),
+              run(RunFinished(status="ok", output={"answer": "A timed operation."}), 5)]
+    content = MemoryContent({seq: e for seq, e in enumerate(events, 1)})
+
+    def export(state: str, **options: Any) -> dict[str, OtelSpan]:
+        sink = MemorySink()
+        views = Views(tmp_path / state)
+        views.add(events)
+        with OtelExporter(views.directory, sink, state=tmp_path / f"{state}.db", clock=Clock(at(9)),
+                          **options) as ex:
+            ex.export()
+        views.store.close()
+        return by_source(sink.spans)
+
+    off = export("off")
+    assert not [k for s in off.values() for k in s.attributes if k.startswith(("input.", "output.", "gen_ai.input",
+                                                                               "gen_ai.output", "gen_ai.tool.call.a",
+                                                                               "gen_ai.tool.call.r"))]
+    on = export("on", content=content)
+    call, tool, top = on["k1"].attributes, on["t9"].attributes, on["r6"].attributes
+    assert json.loads(str(call["gen_ai.input.messages"])) == [
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "what is a span?"}]}]
+    assert json.loads(str(call["gen_ai.output.messages"])) == [{"role": "assistant", "finish_reason": "stop", "parts": [
+        {"type": "text", "content": "A timed operation."},
+        {"type": "tool_call", "id": "call_1", "name": "search", "arguments": {"q": 1}}]}]
+    assert (json.loads(str(call["input.value"])), call["input.mime_type"]) == (CAPTURED, "application/json")
+    assert json.loads(str(call["output.value"])) == ANSWER
+    assert (tool["gen_ai.tool.call.arguments"], tool["input.value"]) == ('{"q":1}', '{"q":1}')
+    assert json.loads(str(tool["gen_ai.tool.call.result"])) == {"hits": ["x" * 100]}
+    assert (top["input.value"], top["output.value"]) == ('{"question":"what is a span?"}',
+                                                         '{"answer":"A timed operation."}')
+    assert "tether.content.truncated" not in call
+
+    cut = export("cut", content=content, content_limit=60)
+    call, tool = cut["k1"].attributes, cut["t9"].attributes
+    assert len(str(call["input.value"])) == 60 and call["input.mime_type"] == "text/plain"
+    assert "gen_ai.input.messages" not in call, "a cut JSON document is none: left out"
+    assert set(call["tether.content.truncated"]) == {"input.value", "gen_ai.input.messages", "output.value",
+                                                      "gen_ai.output.messages"}
+    assert tool["gen_ai.tool.call.arguments"] == '{"q":1}' and len(str(tool["gen_ai.tool.call.result"])) == 60
+    with pytest.raises(ValueError, match="content_limit"):
+        OtelExporter(tmp_path, MemorySink(), state=tmp_path / "x.db", content=content, content_limit=0)
+
+
+def test_a_log_that_cannot_be_read_sends_nothing_until_it_can(tmp_path: Path) -> None:
+    """With content capture on, a log away (NATS down) is no reason to send spans without it."""
+    run = Run("r4")
+    events = [run(RunStarted(), 0), run(LlmCallRequested(call_id="k1", provider="openai", model="gpt-4o",
+                                                         request=CAPTURED), 1),
+              run(LlmCallCompleted(call_id="k1", provider="openai", model="gpt-4o", response=ANSWER), 2),
+              run(RunFinished(status="ok"), 3)]
+
+    class Away(MemoryContent):
+        down = True
+
+        def events(self, seqs: Sequence[int]) -> Mapping[int, Event]:
+            if self.down:
+                raise ConnectionError("nats: no servers available for connection")
+            return super().events(seqs)
+
+    content = Away({seq: e for seq, e in enumerate(events, 1)})
+    views = Views(tmp_path / "views")
+    views.add(events)
+    sink = MemorySink()
+    with exporter(views, sink, Clock(at(9)), tmp_path) as ex:
+        ex.content = content
+        report = ex.export()
+        assert report.sent == 0 and report.error is not None and "ConnectionError" in report.error
+        assert sink.spans == []
+        content.down = False
+        assert ex.export().sent == 2
+    assert "gen_ai.input.messages" in by_source(sink.spans)["k1"].attributes
+    views.store.close()
+
+
+def test_content_of_events_that_are_not_the_spans_own_is_left_out() -> None:
+    run = Run("r5")
+    other = run(LlmCallRequested(call_id="other", provider="openai", model="gpt-4o", request=CAPTURED), 1)
+    span = {"kind": "llm", "span_id": "k1", "first_seq": 1, "last_seq": 2}
+    assert content_events(span, {1: other}) == (None, None)
+    assert content_attributes("llm", None, None) == {}
+    assert capture_from_env({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"})
+    assert not capture_from_env({})
 
 
 @pytest.mark.anyio
@@ -480,6 +659,7 @@ async def test_a_real_run_reaches_a_real_otlp_receiver(fresh_nats_server: NatsSe
                     _check_tree(spans, retried.call_id, fell_back.call_id, helped.call_id, refused.value.call_id,
                                 retried.usage, fell_back.usage)
                     assert {s.resource["service.name"] for s in spans} == {"tether"}
+                    assert {s.resource["openinference.project.name"] for s in spans} == {"tether"}
                     assert {s.scope for s in spans} == {"tether"}
                     assert receiver.requests[0].headers["content-type"] == "application/x-protobuf"
 
@@ -515,6 +695,62 @@ async def test_a_real_run_reaches_a_real_otlp_receiver(fresh_nats_server: NatsSe
                 finally:
                     ex.close()
                     sink.close()
+
+
+@needs_otel
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_content_is_read_back_from_the_log_when_asked(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    """Opt-in content capture on a real run: bodies read from the EVENTS stream by sequence
+    (LogContent, from the exporter's thread), sent over OTLP/HTTP to a real receiver."""
+    from tether.projections.otel import LogContent, OtlpHttpSink
+    from tether.testing.otlp import OtlpReceiver
+
+    tools = ToolRegistry()
+
+    @tools.tool("add", idempotent=True)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    views = tmp_path / "views"
+    async with FakeProvider(seed=7) as fake, await connect(fresh_nats_server.url, home=tmp_path / "home") as bus:
+        executor = Executor(bus, policies=policies(), providers={"fake": ProviderConfig("fake", "openai", fake.url)},
+                            tools=tools, concurrency=4, seed=1)
+        await executor.start()
+        durable = await DurableCalls(bus).start()
+        who = {"runid": RUN, "agentid": "bot"}
+        try:
+            await bus.publish(Event.of(RunStarted(name="otel", input={"q": "what is a span?"}), **who))
+            asked = await durable.llm("fake", "gpt-4o-mini", CHAT, **who)
+            summed = await durable.tool("add", {"a": 2, "b": 3}, **who)
+            await bus.publish(Event.of(RunFinished(status="ok", output={"a": "a timed operation"}), **who))
+            await bus.flush()
+        finally:
+            await durable.close()
+            await executor.stop()
+        with OtlpReceiver() as receiver:
+            sink = OtlpHttpSink(receiver.url, timeout=5.0)
+            async with Projector(bus, [TracesView()], views, durable=None) as projector:
+                await projector.catch_up()
+                with OtelExporter(views, sink, state=tmp_path / "otel.db", clock=Clock(_last_event_time(views) + 1),
+                                  content=LogContent(bus, asyncio.get_running_loop())) as ex:
+                    refused = ex.export()  # from the loop's own thread it would wait on itself: refused
+                    assert refused.sent == 0 and "another thread" in str(refused.error)
+                    report = await ex.aexport()
+            sink.close()
+            assert report.sent == 3 and report.failed == 0
+            spans = {s.attributes["tether.span.id"]: s.attributes for s in receiver.spans()}
+    call, tool, run = spans[asked.call_id], spans[summed.call_id], spans[RUN]
+    assert json.loads(call["gen_ai.input.messages"]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "what is a span?"}]}]
+    assert json.loads(call["input.value"]) == CHAT and call["input.mime_type"] == "application/json"
+    [answer] = json.loads(call["gen_ai.output.messages"])
+    assert answer["role"] == "assistant" and answer["parts"][0]["type"] == "text" and answer["parts"][0]["content"]
+    assert json.loads(call["output.value"])["choices"][0]["message"]["content"] == answer["parts"][0]["content"]
+    assert (json.loads(tool["gen_ai.tool.call.arguments"]), tool["gen_ai.tool.call.result"]) == ({"a": 2, "b": 3},
+                                                                                                  "5")
+    assert (json.loads(run["input.value"]), json.loads(run["output.value"])) == ({"q": "what is a span?"},
+                                                                                 {"a": "a timed operation"})
 
 
 def _last_event_time(views: Path) -> float:
@@ -561,8 +797,9 @@ def _check_tree(spans: Sequence[Any], retried: str, fell_back: str, helped: str,
     assert a["gen_ai.request.max_tokens"] == 20
     kids = children(one)
     assert [k.name for k in kids] == ["attempt 1 gpt-4o-mini", "backoff", "attempt 2 gpt-4o-mini"]
-    assert (kids[0].status, kids[0].attributes["error.type"], kids[0].attributes["http.response.status_code"]) == (
-        "ERROR", "RateLimitError", 429)
+    assert (kids[0].status, kids[0].attributes["tether.error.type"], kids[0].attributes["http.response.status_code"],
+            kids[0].attributes["tether.decision"]) == ("UNSET", "RateLimitError", 429, "retry"), "retried: handled"
+    assert "error.type" not in kids[0].attributes
     assert kids[1].end_ns - kids[1].start_ns == pytest.approx(50_000_000, abs=1_000_000), "the Retry-After wait"
     assert kids[2].status == "UNSET"
 
@@ -572,19 +809,34 @@ def _check_tree(spans: Sequence[Any], retried: str, fell_back: str, helped: str,
     assert hop.attributes["gen_ai.usage.input_tokens"] == fell_back_usage.input_tokens
     assert [k.name for k in children(hop)] == ["attempt 1 gpt-a", "backoff", "attempt 2 gpt-a",
                                                "fallback fake:gpt-4o-mini", "attempt 3 gpt-4o-mini"]
-    assert [k.status for k in children(hop) if k.name.startswith("attempt")] == ["ERROR", "ERROR", "UNSET"]
+    assert [k.status for k in children(hop) if k.name.startswith("attempt")] == ["UNSET", "UNSET", "UNSET"]
+    assert hop.attributes["llm.model_name"] == "gpt-4o-mini", "the answering model prices the call"
+    assert hop.attributes.get("llm.cost.total") == hop.attributes.get("tether.cost.usd")
 
     tool = _one(spans, "execute_tool add")
     assert (tool.kind, tool.status, tool.parent_id, tool.attributes["gen_ai.tool.name"]) == (
         "INTERNAL", "UNSET", root.span_id, "add")
-    assert [(k.name, k.status) for k in children(tool)] == [("attempt 1", "ERROR"), ("backoff", "UNSET"),
+    assert [(k.name, k.status) for k in children(tool)] == [("attempt 1", "UNSET"), ("backoff", "UNSET"),
                                                             ("attempt 2", "UNSET")]
 
     bad = call(refused)
     assert (bad.name, bad.status, bad.attributes["error.type"]) == ("chat gpt-4o", "ERROR", "BadRequestError")
     assert "BadRequestError" in bad.status_message
     assert [(k.name, k.status) for k in children(bad)] == [("attempt 1 gpt-4o", "ERROR"),
-                                                           ("dead_letter not_retryable", "ERROR")]
+                                                           ("dead_letter not_retryable", "ERROR")], "gave up: failed"
+    # only what failed is an error: the run, the call and its last attempt, the dead letter
+    assert sorted(s.name for s in spans if s.status == "ERROR") == [
+        "attempt 1 gpt-4o", "chat gpt-4o", "dead_letter not_retryable", "invoke_agent bot"]
+    assert root.status_message.startswith("1 call dead-lettered: BadRequestError"), root.status_message
+    assert root.status_message.endswith("(chat gpt-4o)") and root.attributes["error.type"] == "BadRequestError"
+    kinds = {s.name.split(" ")[0]: s.attributes["openinference.span.kind"] for s in spans}
+    assert kinds == {"invoke_agent": "AGENT", "chat": "LLM", "execute_tool": "TOOL", "attempt": "CHAIN",
+                     "backoff": "CHAIN", "fallback": "CHAIN", "dead_letter": "CHAIN"}
+    assert {s.attributes["session.id"] for s in spans} == {RUN}, "one session: the root run's, sub-agent included"
+    assert {s.attributes["gen_ai.conversation.id"] for s in spans} == {RUN}
+    assert not any("user.id" in s.attributes for s in spans), "no tenant, no user tag: no user"
+    assert not any(k in s.attributes for s in spans for k in ("input.value", "gen_ai.input.messages")), \
+        "content is opt-in"
 
     helper = _one(spans, "invoke_agent helper")
     assert (helper.parent_id, helper.status) == (root.span_id, "UNSET")

@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--otel-endpoint", metavar="URL",
                     help="also send finished traces to this OpenTelemetry receiver (OTLP/HTTP), "
                     "e.g. http://127.0.0.1:4318; needs tether[otel]")
+    up.add_argument("--otel-service-name", metavar="NAME",
+                    help="with --otel-endpoint: the service.name, and Phoenix's project "
+                    "(default: $OTEL_SERVICE_NAME, else tether)")
+    up.add_argument("--otel-capture-content", action="store_true",
+                    help="with --otel-endpoint: also send prompts, completions, tool arguments and results "
+                    "(see `tether otel-export --help`)")
     up.add_argument("--config", type=Path,
                     help="worker configuration (default: ./tether.toml or [tool.tether] in pyproject.toml)")
     from ._projector import add_processes_option

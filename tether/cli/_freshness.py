@@ -86,10 +86,25 @@ def projector_running(directory: Path) -> bool:
 
     The probe takes a shared lock for an instant; a projector starting in that instant waits
     for it (see ``tether.projections._runner._lock``)."""
+    return lock_held(directory)
+
+
+def lock_held(directory: Path, *, exclusive_only: bool = True) -> bool:
+    """Whether a process holds ``directory/.lock``: only an exclusive holder (a projector)
+    with ``exclusive_only``, probed by a shared lock, else any holder (a memory client's
+    shared lock too), probed by an exclusive one. No lock file, or one that cannot be read:
+    no holder is said."""
     try:
         handle = open(directory / ".lock")  # noqa: SIM115 - closed below
-    except OSError:  # no lock file: no projector ever ran here (or it cannot be read: say nothing of it)
+    except OSError:
         return False
+    with handle:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if exclusive_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -24,11 +24,15 @@ from typing import Any
 
 from tether.bus import Bus, BusConfig, BusUnavailable, connect, tether_home
 from tether.projections.otel import (
+    CONTENT_ENV,
+    DEFAULT_CONTENT_LIMIT,
     ExportReport,
+    LogContent,
     OtelExporter,
     OtelUnavailable,
     OtlpHttpSink,
     Timing,
+    capture_from_env,
     state_path,
     traces_endpoint,
 )
@@ -82,7 +86,16 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                    help="an HTTP header for the receiver, e.g. 'Authorization=Basic ...' (repeatable; "
                    "default: $OTEL_EXPORTER_OTLP_HEADERS)")
     p.add_argument("--service-name", metavar="NAME",
-                   help="the resource's service.name (default: $OTEL_SERVICE_NAME, else tether)")
+                   help="the resource's service.name, which is also the project Phoenix files the traces "
+                   "under (openinference.project.name) (default: $OTEL_SERVICE_NAME, else tether)")
+    p.add_argument("--capture-content", action="store_true",
+                   help="also send prompts, completions, tool arguments and results (as recorded, redacted) "
+                   "as gen_ai.input.messages, gen_ai.output.messages, gen_ai.tool.call.arguments/result and "
+                   f"input.value/output.value; reads them from the log, so NATS must be reachable (default: off, "
+                   f"or ${CONTENT_ENV}=true)")
+    p.add_argument("--content-limit", type=int, default=DEFAULT_CONTENT_LIMIT, metavar="CHARS",
+                   help=f"with --capture-content: cut each content attribute at this many characters "
+                   f"(default {DEFAULT_CONTENT_LIMIT})")
     p.add_argument("--unfinished-after", type=float, default=DEFAULTS.unfinished_after_s, metavar="S",
                    help="send a span still running once its run has been silent this long, as unfinished "
                    "(default 600)")
@@ -104,6 +117,11 @@ def _sink(endpoint: str, headers: dict[str, str] | None, timeout: float, service
     return OtlpHttpSink(endpoint, headers=headers, timeout=timeout, service_name=name)
 
 
+def wants_content(flag: bool) -> bool:
+    """Content capture: the flag, else ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``."""
+    return flag or capture_from_env(os.environ)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run ``tether otel-export``; the exit status (1 when something could not be sent)."""
     endpoint = args.endpoint or default_endpoint()
@@ -113,6 +131,10 @@ async def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tether otel-export: {exc}", file=sys.stderr)
         return 2
+    if args.content_limit < 1:
+        print(f"tether otel-export: --content-limit {args.content_limit}: give a number of characters, "
+              f"at least 1 (default {DEFAULT_CONTENT_LIMIT})", file=sys.stderr)
+        return 2
     home = tether_home(args.home)
     views = args.views or home / "views"
     try:
@@ -120,8 +142,21 @@ async def run(args: argparse.Namespace) -> int:
     except OtelUnavailable as exc:
         print(f"tether otel-export: {exc}", file=sys.stderr)
         return 1
+    bus = None
+    if wants_content(args.capture_content):
+        try:
+            bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False,
+                                                          provision=False))
+        except BusUnavailable as exc:
+            sink.close()
+            print(f"tether otel-export: --capture-content reads prompts and results from the log, and NATS is "
+                  f"not reachable ({exc}); start `tether up` (or pass --url), or export without content",
+                  file=sys.stderr)
+            return 1
     exporter = OtelExporter(views, sink, state=args.state or state_path(home, endpoint),
-                            timing=Timing(args.unfinished_after, args.run_idle))
+                            timing=Timing(args.unfinished_after, args.run_idle),
+                            content=None if bus is None else LogContent(bus, asyncio.get_running_loop()),
+                            content_limit=args.content_limit)
     try:
         if not args.follow:
             report = await exporter.aexport()
@@ -135,6 +170,8 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         exporter.close()
         sink.close()
+        if bus is not None:
+            await bus.close()
 
 
 def _show(report: ExportReport, url: str, as_json: bool, *, quiet: bool) -> None:
@@ -217,6 +254,7 @@ class Follower:
         self.exporter = exporter
         self.sink = sink
         self.endpoint = sink.endpoint
+        self.service_name = sink.service_name
         self._bus = bus
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -228,10 +266,13 @@ class Follower:
     @classmethod
     async def start(cls, bus: Bus, home: Path, endpoint: str, *, headers: dict[str, str] | None = None,
                     service_name: str | None = None, timing: Timing = DEFAULTS, interval: float = 2.0,
+                    capture_content: bool = False, content_limit: int = DEFAULT_CONTENT_LIMIT,
                     on_report: Callable[[ExportReport], None] | None = None) -> Follower:
         """Raises :class:`OtelUnavailable` without the extra, ``ValueError`` for a bad endpoint."""
         sink = _sink(endpoint, headers, 10.0, service_name)
-        exporter = OtelExporter(home / "views", sink, state=state_path(home, endpoint), timing=timing)
+        content = LogContent(bus, asyncio.get_running_loop()) if wants_content(capture_content) else None
+        exporter = OtelExporter(home / "views", sink, state=state_path(home, endpoint), timing=timing,
+                                content=content, content_limit=content_limit)
         self = cls(exporter, sink, bus, interval=interval, on_report=on_report)
 
         async def note(msg: Any) -> None:

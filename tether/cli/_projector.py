@@ -255,18 +255,9 @@ def _memory_busy(directory: Path, *, named: bool) -> str:
 
 def _held(directory: Path) -> bool:
     """Whether a process holds ``directory``'s lock (a memory client leading the view there)."""
-    import fcntl
+    from ._freshness import lock_held
 
-    path = directory / ".lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+    return lock_held(directory, exclusive_only=False)
 
 
 async def _memory_keys_problem(bus: Bus, keyfile: Path) -> str | None:

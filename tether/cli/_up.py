@@ -21,6 +21,12 @@ __all__ = ["run_up"]
 
 async def run_up(args: argparse.Namespace) -> int:
     s = Style()
+    lone = [flag for flag, given in (("--otel-service-name", args.otel_service_name),
+                                     ("--otel-capture-content", args.otel_capture_content)) if given]
+    if lone and not args.otel_endpoint:
+        print(f"tether up: {' and '.join(lone)} go with --otel-endpoint URL (where the traces are sent), "
+              "e.g. --otel-endpoint http://127.0.0.1:6006 for Phoenix", file=sys.stderr)
+        return 2
     extra: dict[str, Any] = {"update_streams": args.update_streams}
     if args.replicas:
         extra["replicas"] = args.replicas
@@ -78,7 +84,9 @@ async def run_up(args: argparse.Namespace) -> int:
                 from ._otel import Follower
 
                 try:
-                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint)
+                    otel = await Follower.start(bus, cfg.home, args.otel_endpoint,
+                                                service_name=args.otel_service_name,
+                                                capture_content=args.otel_capture_content)
                 except (OtelUnavailable, ValueError) as exc:
                     print(f"tether up: --otel-endpoint: {exc}", file=sys.stderr)
                     if gateway is not None:
@@ -87,7 +95,9 @@ async def run_up(args: argparse.Namespace) -> int:
                     if projector is not None:
                         await projector.stop()
                     return 2
-                print(f"  otel: finished traces to {otel.endpoint}")
+                content = "with prompts and results" if otel.exporter.content is not None else "without content"
+                print(f"  otel: finished traces to {otel.endpoint} (service and project {otel.service_name}, "
+                      f"{content})")
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
                   "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
                   flush=True)

@@ -19,6 +19,13 @@ When a span goes (the decision is pure: :func:`verdict`):
   of it is running and it has been quiet for ``run_idle_s`` (default 30 s);
 * breaker transitions belong to a route, not a run: they are not exported.
 
+What backends read (pure: :func:`otel_span`): every span has an ``openinference.span.kind``;
+a call is priced by the model that answered (``llm.model_name``, ``llm.cost.total``); a failed
+attempt tether retried or fell back from is handled, not an error (status UNSET); a failed
+run says what failed; ``session.id``, ``user.id`` and the project (the service name) are set.
+Prompts, completions, tool arguments and results go only when asked for (a
+:class:`ContentSource`, e.g. :class:`LogContent`), each cut at a size limit.
+
 Ids are derived, never random, so any exporter sends the same ids: the trace id is the
 run's ``traceparent`` trace, else its parent run's, else from the run id (SHA-256); it is
 pinned at the run's first export so a trace never splits. A span id is the first 8 bytes
@@ -31,6 +38,15 @@ changed since, plus those still waiting. A batch the receiver refuses is sent ag
 next pass; a crash between a send and its record may send that batch twice.
 """
 
+from ._content import (
+    CONTENT_ENV,
+    DEFAULT_CONTENT_LIMIT,
+    ContentSource,
+    LogContent,
+    MemoryContent,
+    capture_from_env,
+    content_attributes,
+)
 from ._exporter import ExportReport, OtelExporter
 from ._sinks import (
     OTEL_EXTRA,
@@ -42,11 +58,16 @@ from ._sinks import (
     state_path,
     traces_endpoint,
 )
-from ._spans import OtelSpan, RunState, Timing, otel_span, span_id_of, trace_id_of, verdict
+from ._spans import OtelSpan, RunState, Timing, handled, otel_span, run_failure, span_id_of, trace_id_of, verdict
 
 __all__ = [
+    "CONTENT_ENV",
+    "DEFAULT_CONTENT_LIMIT",
     "OTEL_EXTRA",
+    "ContentSource",
     "ExportReport",
+    "LogContent",
+    "MemoryContent",
     "MemorySink",
     "OtelExporter",
     "OtelSpan",
@@ -55,8 +76,12 @@ __all__ = [
     "RunState",
     "SpanSink",
     "Timing",
+    "capture_from_env",
+    "content_attributes",
+    "handled",
     "otel_available",
     "otel_span",
+    "run_failure",
     "span_id_of",
     "state_path",
     "trace_id_of",

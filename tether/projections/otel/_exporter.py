@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._runner import open_view
+from ._content import DEFAULT_CONTENT_LIMIT, ContentSource, content_attributes, content_events
 from ._sinks import SpanSink
 from ._spans import DEFAULT_TIMING, FINAL, Mode, OtelSpan, RunState, Timing, otel_span, span_id_of, trace_id_of, verdict
 
@@ -41,6 +43,10 @@ class ExportReport:
     """Why the pass could not read or record (a view being swapped, a full disk); tried again next pass."""
 
 
+class _NoContent(Exception):
+    """Content capture is on and the log could not be read."""
+
+
 @dataclass
 class _Tally:
     sent: int = 0
@@ -58,7 +64,7 @@ CREATE TABLE IF NOT EXISTS traces (key TEXT PRIMARY KEY, trace_id TEXT NOT NULL)
 """
 
 _RUNS = """
-SELECT r.run_id, r.trace_id, r.parent_run_id, r.last_at,
+SELECT r.run_id, r.trace_id, r.parent_run_id, r.last_at, r.tenant,
        (SELECT count(*) FROM spans s WHERE s.run_id = r.run_id AND s.kind IN ('llm', 'tool')
                                          AND coalesce(s.status, 'running') = 'running') AS running_calls,
        (SELECT count(*) FROM spans s WHERE s.run_id = r.run_id AND s.kind IN ('llm', 'tool')
@@ -66,6 +72,25 @@ SELECT r.run_id, r.trace_id, r.parent_run_id, r.last_at,
        (SELECT max(s.ended_at) FROM spans s WHERE s.run_id = r.run_id) AS last_end
 FROM runs r WHERE r.run_id IN ({marks})
 """
+
+
+_FAILED = """
+SELECT s.run_id, s.name, s.error_type, s.error_message,
+       EXISTS (SELECT 1 FROM spans d WHERE d.span_id = s.span_id || '#dead_letter') AS dead
+FROM spans s WHERE s.run_id IN ({marks}) AND s.kind IN ('llm', 'tool') AND s.status = 'error'
+ORDER BY s.started_at, s.span_id
+"""
+
+
+def _failure(row: Mapping[str, Any], mixed: bool) -> str:
+    error = ": ".join(str(x) for x in (row["error_type"], row["error_message"]) if x) or "failed"
+    return f"{error} ({row['name']}" + (", dead-lettered)" if mixed and row["dead"] else ")")
+
+
+def _tagged(attributes: str | None, prefix: str) -> str | None:
+    """The value of the first ``prefix:<value>`` tag in a run span's attributes."""
+    tags = json.loads(attributes or "{}").get("tether.run.tags") or []
+    return next((t[len(prefix):] for t in tags if isinstance(t, str) and t.startswith(prefix)), None)
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
@@ -91,12 +116,19 @@ class OtelExporter:
 
     ``export()`` runs one pass (blocking: SQLite and HTTP); ``aexport()`` runs it in a thread;
     ``follow()`` repeats it until stopped. ``state`` is the file remembering what was sent.
+    ``content``: where to read prompts, completions, tool arguments and results from (off
+    when None, the default), each attribute cut at ``content_limit`` characters.
     """
 
     def __init__(self, views: Path, sink: SpanSink, *, state: Path, timing: Timing = DEFAULT_TIMING,
-                 batch: int = 512, clock: Callable[[], float] = time.time) -> None:
+                 batch: int = 512, clock: Callable[[], float] = time.time, content: ContentSource | None = None,
+                 content_limit: int = DEFAULT_CONTENT_LIMIT) -> None:
+        if content_limit < 1:
+            raise ValueError(f"content_limit must be at least 1 character, got {content_limit}")
         self.views = views
         self.sink = sink
+        self.content = content
+        self.content_limit = content_limit
         self.timing = timing
         self.batch = batch
         self.clock = clock
@@ -174,6 +206,9 @@ class OtelExporter:
                 log.warning("otel export: cannot read %s or record what was sent: %r; trying again next pass",
                             path, exc)
                 return ExportReport(error=f"{type(exc).__name__}: {exc}")
+            except _NoContent as exc:  # nothing was sent or recorded: the same spans go next pass, with it
+                log.warning("otel export: %s; trying again next pass", exc)
+                return ExportReport(error=str(exc))
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM _meta WHERE key = ?", (key,)).fetchone()
@@ -270,10 +305,23 @@ class OtelExporter:
         db.execute("COMMIT")
 
     def _runs(self, view: sqlite3.Connection, ids: Iterable[str]) -> dict[str, tuple[dict[str, Any], RunState]]:
+        rows = _where_in(view, _RUNS, ids)
+        failed: dict[str, list[dict[str, Any]]] = {}
+        for f in _where_in(view, _FAILED, [r["run_id"] for r in rows if r["failed_calls"]]):
+            failed.setdefault(f["run_id"], []).append(f)
         out = {}
-        for r in _where_in(view, _RUNS, ids):
-            out[r["run_id"]] = (r, RunState(last_at=r["last_at"], running_calls=int(r["running_calls"] or 0),
-                                            failed_calls=int(r["failed_calls"] or 0), last_end=r["last_end"]))
+        for r in rows:
+            fails = failed.get(r["run_id"], [])
+            root, root_attributes = _root(view, r["run_id"], r["parent_run_id"])
+            out[r["run_id"]] = (r, RunState(
+                last_at=r["last_at"], running_calls=int(r["running_calls"] or 0),
+                failed_calls=int(r["failed_calls"] or 0), last_end=r["last_end"],
+                failures=tuple(_failure(f, mixed=0 < sum(bool(g["dead"]) for g in fails) < len(fails))
+                               for f in fails[:3]) + ((f"and {len(fails) - 3} more",) if len(fails) > 3 else ()),
+                dead_lettered=sum(bool(f["dead"]) for f in fails),
+                first_error_type=next((f["error_type"] for f in fails if f["error_type"]), None),
+                session_id=_tagged(root_attributes, "session:") or root,
+                user_id=_tagged(root_attributes, "user:") or r["tenant"]))
         return out
 
     # -- ids and parents ----------------------------------------------------------------------------
@@ -284,6 +332,15 @@ class OtelExporter:
         present = {r["span_id"] for r in _where_in(view, "SELECT span_id FROM spans WHERE span_id IN ({marks})",
                                                    parents)}
         traces = _Traces(self._db, view, runs)
+        events: Mapping[int, Any] = {}
+        if self.content is not None:
+            seqs = [r[k] for r, _ in due if r["kind"] in ("run", "llm", "tool") for k in ("first_seq", "last_seq")
+                    if r[k] is not None]
+            try:
+                events = self.content.events(seqs) if seqs else {}
+            except Exception as exc:
+                raise _NoContent(f"cannot read the captured content from the log: {type(exc).__name__}: {exc}") \
+                    from exc
         out: list[tuple[OtelSpan, Mode]] = []
         for row, mode in due:
             trace_id = traces.of(row)
@@ -294,10 +351,26 @@ class OtelExporter:
             elif parent is None and row["run_id"] and row["run_id"] != row["span_id"]:
                 parent = row["run_id"]  # its parent is not in the log (yet): under the run, as `tether trace` shows
             run = runs.get(row["run_id"]) if row["run_id"] else None
+            content = None
+            if self.content is not None:
+                content = content_attributes(row["kind"], *content_events(row, events), limit=self.content_limit)
             out.append((otel_span(row, trace_id=trace_id, parent_id=None if parent is None else span_id_of(parent),
-                                  mode=mode, run=run[1] if run else None), mode))
+                                  mode=mode, run=run[1] if run else None, content=content), mode))
         traces.save()
         return out
+
+
+def _root(view: sqlite3.Connection, run_id: str, parent: str | None) -> tuple[str, str | None]:
+    """A run's root run (up its parents, as far as the view knows them) and that run span's attributes."""
+    root, seen = run_id, {run_id}
+    while parent and parent not in seen and len(seen) < 32:
+        found = view.execute("SELECT parent_run_id FROM runs WHERE run_id = ?", (parent,)).fetchone()
+        if found is None:
+            break
+        root, parent = parent, found[0]
+        seen.add(root)
+    row = view.execute("SELECT attributes FROM spans WHERE span_id = ?", (root,)).fetchone()
+    return root, None if row is None else row[0]
 
 
 class _Traces:

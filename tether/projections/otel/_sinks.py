@@ -87,6 +87,7 @@ class OtlpHttpSink:
 
     Needs the ``otel`` extra. ``headers`` (e.g. ``Authorization``) default to
     ``$OTEL_EXPORTER_OTLP_HEADERS``; the exporter retries transient failures within ``timeout``.
+    ``service_name`` is the resource's ``service.name`` and ``openinference.project.name``.
     """
 
     def __init__(self, endpoint: str, *, headers: Mapping[str, str] | None = None, timeout: float = 10.0,
@@ -98,9 +99,12 @@ class OtlpHttpSink:
         except ImportError as exc:
             raise OtelUnavailable(f"OpenTelemetry export needs the otel extra: {OTEL_EXTRA}") from exc
         self.endpoint = traces_endpoint(endpoint)
+        self.service_name = service_name
         self._exporter = OTLPSpanExporter(endpoint=self.endpoint, headers=dict(headers) if headers else None,
                                           timeout=timeout)
-        self._resource = Resource.create({**(resource or {}), "service.name": service_name})
+        # The service name is also the project Phoenix (and Arize) files the spans under.
+        self._resource = Resource.create({"openinference.project.name": service_name, **(resource or {}),
+                                          "service.name": service_name})
         self._scope = InstrumentationScope("tether", _tether_version())
 
     def send(self, spans: Sequence[OtelSpan]) -> bool:

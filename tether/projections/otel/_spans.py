@@ -43,6 +43,16 @@ class RunState:
     failed_calls: int = 0
     last_end: float | None = None
     """The latest end of any span of the run."""
+    failures: tuple[str, ...] = ()
+    """What failed, one line per failed call (``BadRequestError: ... (chat o3-mini)``)."""
+    dead_lettered: int = 0
+    """Of the failed calls, those dead-lettered."""
+    first_error_type: str | None = None
+    """The error type of the run's first failed call."""
+    session_id: str | None = None
+    """What backends group traces by: the root run's ``session:<id>`` tag, else the root run's id."""
+    user_id: str | None = None
+    """The root run's ``user:<id>`` tag, else the run's tenant."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,20 @@ def _attr(value: Any) -> AttrValue | None:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+# OpenInference's span kind (what Phoenix groups and draws by) for each of tether's.
+OPENINFERENCE_KIND = {"run": "AGENT", "llm": "LLM", "tool": "TOOL", "attempt": "CHAIN", "backoff": "CHAIN",
+                      "fallback": "CHAIN", "dead_letter": "CHAIN", "redrive": "CHAIN", "memory": "CHAIN",
+                      "budget": "GUARDRAIL", "circuit": "CHAIN"}
+HANDLED = frozenset({"retry", "fallback"})
+"""An attempt that failed with one of these decisions was handled: not an error of the call."""
+
+
+def handled(span: Mapping[str, Any]) -> bool:
+    """A failed attempt tether retried or fell back from: by the OTel conventions' *Recording
+    errors* ("errors that were retried or handled ... SHOULD NOT be recorded"), status UNSET."""
+    return span["kind"] == "attempt" and span["status"] == "error" and span.get("decision") in HANDLED
+
+
 def _attributes(span: Mapping[str, Any]) -> dict[str, AttrValue]:
     merged: dict[str, Any] = {**json.loads(span["attributes"] or "{}"), **json.loads(span["end_attributes"] or "{}")}
     kind = span["kind"]
@@ -142,6 +166,13 @@ def _attributes(span: Mapping[str, Any]) -> dict[str, AttrValue]:
             merged.setdefault("gen_ai.response.model", span["model"])
         merged.setdefault("gen_ai.usage.input_tokens", span["input_tokens"])
         merged.setdefault("gen_ai.usage.output_tokens", span["output_tokens"])
+        # The model that answered prices the call (after a fallback it is not the requested one):
+        # OpenInference's llm.model_name (embedding.model_name) is what Phoenix prices by.
+        answered = merged.get("gen_ai.response.model") or merged.get("gen_ai.request.model") or span["model"]
+        merged["embedding.model_name" if merged["gen_ai.operation.name"] == "embeddings" else "llm.model_name"] = \
+            answered
+        if span.get("cost_usd") is not None:  # tether's own price, as OpenInference and Langfuse name it
+            merged["llm.cost.total"] = merged["gen_ai.usage.cost"] = span["cost_usd"]
     elif kind == "tool":
         merged.setdefault("gen_ai.operation.name", "execute_tool")
         merged.setdefault("gen_ai.tool.name", span["tool"])
@@ -153,7 +184,12 @@ def _attributes(span: Mapping[str, Any]) -> dict[str, AttrValue]:
         merged.setdefault("tether.route", span["route"])
     merged["tether.span.id"] = span["span_id"]
     merged["tether.span.kind"] = kind
-    if span["status"] == "error":
+    operation = merged.get("gen_ai.operation.name")
+    merged["openinference.span.kind"] = "EMBEDDING" if kind == "llm" and operation == "embeddings" else \
+        OPENINFERENCE_KIND.get(kind, "CHAIN")
+    if handled(span):  # kept, but not as error.type: the call went on
+        merged["tether.error.type"] = merged.pop("error.type", None) or span["error_type"]
+    elif span["status"] == "error":
         merged.setdefault("error.type", span["error_type"] or "_OTHER")
     out = {}
     for key, value in merged.items():
@@ -169,23 +205,51 @@ def _error(span: Mapping[str, Any]) -> str:
     return text[:1000]
 
 
+def run_failure(run: RunState) -> str | None:
+    """What a run's failed calls say, in one line: ``1 call dead-lettered: BadRequestError: ... (chat o3-mini)``."""
+    if not run.failed_calls:
+        return None
+    n = run.failed_calls
+    calls = f"{n} call{'s' if n != 1 else ''}"
+    if run.dead_lettered == n:
+        head = f"{calls} dead-lettered"
+    elif run.dead_lettered:
+        head = f"{calls} failed ({run.dead_lettered} dead-lettered)"
+    else:
+        head = f"{calls} failed"
+    return (f"{head}: {'; '.join(run.failures)}" if run.failures else head)[:1000]
+
+
 def otel_span(span: Mapping[str, Any], *, trace_id: int, parent_id: int | None, mode: Mode = "finished",
-              run: RunState | None = None) -> OtelSpan:
+              run: RunState | None = None, content: Mapping[str, AttrValue] | None = None) -> OtelSpan:
     """The OpenTelemetry span for a row of the traces view's ``spans`` table. Pure.
 
     ``mode``: ``finished`` (its outcome as recorded), ``unfinished`` (ended at its run's last
     sign of life, with status ERROR), or ``late`` (the child that completes an unfinished one).
+    ``content``: the span's captured content attributes (see :func:`content_attributes`).
     """
     attributes = _attributes(span)
+    if run is not None and run.session_id:
+        attributes["session.id"] = run.session_id  # OpenInference, Langfuse
+        attributes["gen_ai.conversation.id"] = run.session_id  # the GenAI conventions
+    if run is not None and run.user_id:
+        attributes["user.id"] = run.user_id
+    if content:
+        attributes |= content
     start = span["started_at"] if span["started_at"] is not None else (span["ended_at"] or 0.0)
     end = span["ended_at"]
-    error: str | None = _error(span) if span["status"] == "error" else None
-    if span["kind"] == "run" and span["status"] is None and mode != "unfinished" and run is not None:
-        ends = [t for t in (run.last_end, run.last_at) if t is not None]  # a run without lifecycle events
-        end = max(ends) if ends else start
-        if run.failed_calls:
-            error = f"{run.failed_calls} call(s) failed"
-            attributes["error.type"] = "_OTHER"
+    error: str | None = _error(span) if span["status"] == "error" and not handled(span) else None
+    if span["kind"] == "run" and run is not None and mode != "unfinished":
+        said = run_failure(run)
+        if span["status"] is None:  # a run without lifecycle events
+            ends = [t for t in (run.last_end, run.last_at) if t is not None]
+            end = max(ends) if ends else start
+            if said:
+                error = said
+                attributes["error.type"] = run.first_error_type or "_OTHER"
+        elif span["status"] == "error" and not (span["error_type"] or span["error_message"]):
+            error = said or "the run reported status error and said no more"  # nothing of its own: say what failed
+            attributes["error.type"] = run.first_error_type or "_OTHER"
     span_id = span_id_of(span["span_id"])
     name = span["name"] or {"llm": "chat", "tool": "execute_tool"}.get(span["kind"], span["kind"])
     if mode == "unfinished":
