@@ -2,11 +2,11 @@
 
 from typing import TYPE_CHECKING, Any
 
-from tether.bus import Bus, connect
 from tether.schemas import Event
 
 if TYPE_CHECKING:
     from tether.adapters import async_http_client, http_client, instrument, run, tool
+    from tether.bus import Bus, connect
 
 __version__ = "0.1.0"
 
@@ -16,13 +16,18 @@ _ADAPTERS = frozenset({"async_http_client", "http_client", "instrument", "run", 
 
 
 def __getattr__(name: str) -> Any:
-    """``tether.memory`` and the adapters' entry points (``tether.instrument``, ``tool``, ``run``,
-    ``http_client``, ``async_http_client``) without importing them (and SQLite, cryptography,
-    the reliability layer...) at ``import tether``."""
-    if name == "memory":
+    """``tether.connect``, ``tether.Bus``, ``tether.memory`` and the adapters' entry points
+    (``tether.instrument``, ``tool``, ``run``, ``http_client``, ``async_http_client``) on first use:
+    ``import tether`` (and ``import tether.schemas``) loads neither nats-py, aiohttp, SQLite nor
+    cryptography."""
+    if name in ("bus", "memory"):
         import importlib
 
-        return importlib.import_module("tether.memory")
+        return importlib.import_module(f"tether.{name}")
+    if name in ("Bus", "connect"):
+        import tether.bus
+
+        return getattr(tether.bus, name)
     if name in _ADAPTERS:
         import tether.adapters
 

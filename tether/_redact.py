@@ -173,9 +173,9 @@ _NAMES = tuple(name.lower() for name in ASSIGNED_NAMES)
 def _assignments(value: str) -> str:
     """``value`` with the values of secret-named assignments redacted.
 
-    A case-insensitive regular expression scans text ten times slower than a case-sensitive
-    one, so the names are looked for in the lower-cased text first (``str.find``), and the
-    expression is tried only where one starts."""
+    A case-insensitive regular expression scans text much slower than a case-sensitive one
+    (docs/benchmarks.md, Redaction), so the names are looked for in the lower-cased text first
+    (``str.find``), and the expression is tried only where one starts."""
     lowered = value.lower()
     if len(lowered) != len(value):  # a character whose lower case is longer: positions would not match
         return _ASSIGNED.sub(_keep_name, value)

@@ -361,7 +361,7 @@ def test_an_event_the_fold_refuses_leaves_no_trace_of_itself_in_the_batch() -> N
 def test_attributes_are_written_as_the_standard_encoder_writes_them() -> None:
     import json
 
-    from tether.projections.traces import _encode
+    from tether.projections.traces._fold import _encode
 
     standard = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     for value in ({"a": 1}, {"é": "ü\n\"q\"", "n": None, "f": 0.1, "big": 1e300, "nan": float("nan"),

@@ -1,27 +1,15 @@
-"""The demo behind ``tether up --demo``: a small research agent making real durable calls.
-
-It runs against tether's own fake provider (started in-process, no API key needed), so
-every call really goes through the WORK stream, a worker, the policy engine and HTTP:
-
-* the first model call hits a scripted 429 with ``Retry-After``, and is retried;
-* the web-search tool runs in the worker;
-* the large model (gpt-4o) is down (503), so its call falls back to the small one; after
-  two such failures its circuit opens, and its calls go straight to the fallback (every
-  five seconds one probe tries it again);
-* every third run sends a request the provider rejects (400, on o3-mini): it is
-  not retried but dead-lettered,
-  and ``tether dlq ls`` shows it with its attempts and error.
-
-Run and memory events are published by the agent itself (the memory API comes later).
-"""
+"""The demo behind ``tether up --demo``: a small research agent making real durable calls
+against tether's own fake provider, and the lines ``tether up`` prints while it plays."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from tether.bus import Bus
 from tether.middleware import (
@@ -40,7 +28,9 @@ from tether.middleware import (
 from tether.schemas import Event, MemoryWritten, Payload, RunFinished, RunStarted, uuid7
 from tether.testing.fake_provider import FakeProvider
 
-__all__ = ["AGENT", "demo_policies", "demo_providers", "demo_tools", "logs_as_notes", "run_demo"]
+from ._format import Style, result_line
+
+__all__ = ["AGENT", "demo_policies", "demo_providers", "demo_tools", "logs_as_notes", "play_demo", "run_demo"]
 
 AGENT = "demo-researcher"
 PROVIDER = "openai"  # the fake provider, under a real provider's name so calls are priced
@@ -86,7 +76,20 @@ def demo_tools() -> ToolRegistry:
 
 async def demo_run(bus: Bus, calls: DurableCalls, fake: FakeProvider, n: int,
                    note: Callable[[str], None] | None = None) -> str:
-    """One run; returns its run id."""
+    """One run; returns its run id.
+
+    Every call really goes through the WORK stream, a worker, the policy engine and HTTP:
+
+    * the first model call hits a scripted 429 with ``Retry-After``, and is retried;
+    * the web-search tool runs in the worker;
+    * the large model (gpt-4o) is down (503), so its call falls back to the small one; after
+      two such failures its circuit opens, and its calls go straight to the fallback (every
+      five seconds one probe tries it again);
+    * every third run sends a request the provider rejects (400, on o3-mini): it is
+      not retried but dead-lettered, and ``tether dlq ls`` shows it with its attempts and error.
+
+    Run and memory events are published by the agent itself.
+    """
     run_id = f"demo-{n}-{uuid7()[-6:]}"
     question = QUESTIONS[n % len(QUESTIONS)]
     started = time.monotonic()
@@ -163,3 +166,44 @@ def logs_as_notes(note: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         root.handlers = saved
+
+
+async def play_demo(args: argparse.Namespace, bus: Bus, fake: Any, stop: asyncio.Event, s: Style) -> int:
+    print(s.dim(f"demo: a research agent makes real durable calls every {args.interval:g}s against the "
+                "fake provider: a rate limit retried, a tool, a fallback (and the circuit breaker of the model "
+                "that is down), and every third run a dead letter"), flush=True)
+
+    async def show(msg: Any) -> None:
+        result = await bus.reader.read_safe(msg.subject, msg.headers, msg.data)
+        print("  " + result_line(result, s), flush=True)
+
+    subs = [await bus.nc.subscribe(f"tether.evt.{AGENT}.>", cb=show),
+            await bus.nc.subscribe("tether.evt.*.*.circuit.>", cb=show)]
+
+    def on_run(n: int, run_id: str) -> None:
+        print(s.dim(f"run {n} done. Try: tether tail --run {run_id} --all   |   tether tail --kind llm   "
+                    "|   tether dlq ls   |   tether status"), flush=True)
+
+    def note(text: str) -> None:
+        print(s.yellow(f"  ! {text}"), flush=True)
+
+    # Warnings (a failed worker fetch, say) print as the demo's notes, not as raw log lines on
+    # stderr between its event lines; with -v the raw log, as asked.
+    with contextlib.nullcontext() if args.verbose else logs_as_notes(note):
+        async with DurableCalls(bus) as calls:
+            demo = asyncio.create_task(run_demo(bus, calls, fake, runs=args.runs, interval=args.interval,
+                                                on_run=on_run, note=note))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({demo, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (demo, stopper):
+                if task not in done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if demo in done:
+                demo.result()
+        await bus.flush()
+        await asyncio.sleep(0.05)  # let the last events print
+    for sub in subs:
+        await sub.unsubscribe()
+    return 0

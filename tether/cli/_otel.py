@@ -15,9 +15,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tether.projections.otel import (
 )
 
 from ._format import Style
+from ._process import stop_on_signals
 
 __all__ = ["DEFAULT_ENDPOINT", "Follower", "add_commands", "default_endpoint", "parse_headers", "run"]
 
@@ -165,7 +165,7 @@ async def run(args: argparse.Namespace) -> int:
                 return 1
             _show(report, url, args.json, quiet=False)
             return 1 if report.failed or report.error else 0
-        with _stop_on_signals() as stop:
+        with stop_on_signals() as stop:
             return await _follow(args, exporter, url, stop)
     finally:
         exporter.close()
@@ -230,20 +230,6 @@ async def _listen(args: argparse.Namespace, wake: asyncio.Event) -> None:
         await asyncio.Event().wait()  # until cancelled
     finally:
         await bus.close()
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[asyncio.Event]:
-    """While inside, SIGINT and SIGTERM set the event instead of interrupting the process."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 class Follower:

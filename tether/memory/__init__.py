@@ -13,7 +13,7 @@ is a projection of the log, kept current in this process or by another one. ::
 See ``docs/memory.md``.
 """
 
-from ._client import AsyncMemory, Memory
+from ._client import AsyncMemory
 from ._client import connect_memory as connect
 from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
 from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, VectorIndex
@@ -30,6 +30,7 @@ from ._grants import Grant, Grants, GrantTable, NatsPermissions, nats_permission
 from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore
 from ._names import check_key, check_namespace, namespace_filter
 from ._settings import MemorySection, MemorySettings, load_settings
+from ._sync import Memory
 from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
 from ._view import MemoryStore, MemoryView
 

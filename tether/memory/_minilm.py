@@ -10,8 +10,8 @@ sentence-transformers computes it.
 
 While it encodes, the BLAS library NumPy calls (OpenBLAS, MKL...) is held to ``threads``
 threads (default 1) through ``threadpoolctl`` when it is installed: BLAS otherwise starts
-a thread per core, and on a busy machine those threads wait on each other (one query took
-370 ms instead of 29 ms on 2 shared cores).
+a thread per core, and on a busy machine those threads wait on each other (docs/benchmarks.md,
+Memory).
 """
 
 from __future__ import annotations

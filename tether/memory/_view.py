@@ -1,21 +1,4 @@
-"""The memory view: a projection of ``memory.*`` events into SQLite, with full-text search.
-
-Tables:
-
-* ``versions``: one row per memory event (its stream sequence is the key): every version
-  of every entry, with its plaintext, metadata, vector and provenance; deletions and
-  compactions too. History, ``as_of`` reads and search all read it.
-* ``memories``: one row per (namespace, key): the current version number, which row of
-  ``versions`` holds the current text, and whether it is deleted or compacted.
-* ``compactions``: which versions a summary replaced (for ``as_of`` searches).
-
-``versions_fts`` (FTS5, BM25) indexes ``versions.text``; triggers keep it in step inside
-the same transaction as the rows and the checkpoint (see :func:`prepare`).
-
-The fold is pure given the keystore: it opens sealed text with the namespace key, and
-an event whose key was destroyed (erased) folds into nothing. That is what makes an
-erasure survive replay: a rebuilt view never sees the plaintext again.
-"""
+"""The memory view: a projection of ``memory.*`` events into SQLite, with full-text search."""
 
 from __future__ import annotations
 
@@ -107,7 +90,24 @@ def split_replaced(item: str) -> tuple[str, int | None]:
 
 
 class MemoryView(Projection):
-    """The ``memory`` view. Give it the keystore the writers use."""
+    """The ``memory`` view. Give it the keystore the writers use.
+
+    Tables:
+
+    * ``versions``: one row per memory event (its stream sequence is the key): every version
+      of every entry, with its plaintext, metadata, vector and provenance; deletions and
+      compactions too. History, ``as_of`` reads and search all read it.
+    * ``memories``: one row per (namespace, key): the current version number, which row of
+      ``versions`` holds the current text, and whether it is deleted or compacted.
+    * ``compactions``: which versions a summary replaced (for ``as_of`` searches).
+
+    ``versions_fts`` (FTS5, BM25) indexes ``versions.text``; triggers keep it in step inside
+    the same transaction as the rows and the checkpoint (see :func:`prepare`).
+
+    The fold is pure given the keystore: it opens sealed text with the namespace key, and
+    an event whose key was destroyed (erased) folds into nothing. That is what makes an
+    erasure survive replay: a rebuilt view never sees the plaintext again.
+    """
 
     name: ClassVar[str] = "memory"
     version: ClassVar[int] = 1

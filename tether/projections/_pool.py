@@ -1,19 +1,5 @@
 """Views folded in several processes: one :class:`Projector` per group of views, each in a
-child process with its own consumer, so the folds use every core instead of sharing one
-interpreter's lock.
-
-Every view already keeps its own checkpoint in its own SQLite file, so views need nothing
-from each other: a group is just the views one child owns. The parent holds the views
-directory's lock, starts the children (fresh interpreters running this module, handed
-their job over a socket: nothing of the parent's event loop, connections or ``__main__``
-leaks into them), follows their progress over a pipe, and stops them; a child
-that dies is started again from its views' checkpoints (live), or fails the rebuild (replay).
-A child whose parent is gone (SIGKILLed, say) notices the pipe closing and stops.
-
-:class:`ProjectorPool` answers what :class:`Projector` does for the CLI (``start``,
-``stop``, ``wait_for``, ``catch_up``, ``applied_seq``, ``head_seq``, the view names);
-:func:`replay_in_processes` is :func:`replay` with the groups rebuilt side by side.
-"""
+child process with its own consumer, so the folds use every core."""
 
 from __future__ import annotations
 
@@ -167,7 +153,20 @@ class _Child:
 
 
 class ProjectorPool:
-    """The views in ``processes`` child processes (see the module docstring)."""
+    """The views in ``processes`` child processes, one :class:`Projector` per group.
+
+    Every view already keeps its own checkpoint in its own SQLite file, so views need nothing
+    from each other: a group is just the views one child owns. The parent holds the views
+    directory's lock, starts the children (fresh interpreters running this module, handed
+    their job over a socket: nothing of the parent's event loop, connections or ``__main__``
+    leaks into them), follows their progress over a pipe, and stops them; a child
+    that dies is started again from its views' checkpoints (live), or fails the rebuild (replay).
+    A child whose parent is gone (SIGKILLed, say) notices the pipe closing and stops.
+
+    :class:`ProjectorPool` answers what :class:`Projector` does for the CLI (``start``,
+    ``stop``, ``wait_for``, ``catch_up``, ``applied_seq``, ``head_seq``, the view names);
+    :func:`replay_in_processes` is :func:`replay` with the groups rebuilt side by side.
+    """
 
     def __init__(self, bus: Bus, projections: Sequence[Projection], directory: Path, *, processes: int = 2,
                  batch: int = 1000, notify: bool = True, durable: str | None = PROJECTOR_DURABLE) -> None:

@@ -2,8 +2,8 @@
 
 The gateway makes one kind of request: a POST with a complete body, answered by a JSON body
 or a server-sent event stream that must reach the agent chunk by chunk. ``httpx`` on
-``httpcore`` (h11 and anyio) spent about half of the gateway's CPU time on that (measured by
-``bench/adapters.py``); this client does the same with uvicorn's C parser (``httptools``),
+``httpcore`` (h11 and anyio) spent much of the gateway's CPU time on that (docs/benchmarks.md,
+Adapters and gateway); this client does the same with uvicorn's C parser (``httptools``),
 one ``write`` per request and keep-alive connections, and nothing else: no redirects, no
 cookies, no proxies, no HTTP/2, no compression (the gateway asks for ``identity``).
 

@@ -1,0 +1,340 @@
+"""Memory's writes: validated, sealed ``memory.*`` events on the bus, each returning its position,
+and conditional writes (``expected_version``) made race-free by JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nats.js.errors import APIError
+
+from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, uuid7
+from tether.schemas._finite import NON_FINITE_HINT, non_finite
+
+from . import _query as q
+from ._codec import seal_entry
+from ._compact import Summarizer, duplicates, plan_compaction, similarity
+from ._core import MemoryCore
+from ._embed import WriteBatcher
+from ._errors import InvalidMemory, MemoryNotFound, VersionConflict
+from ._feed import last_memory_seq
+from ._keys import content_hash
+from ._names import ALL_KEYS, check_key, namespace_filter
+from ._rank import query_terms
+from ._types import BulkWritten, Entry, Erased, Written
+
+__all__ = ["MemoryWrites"]
+
+WRONG_LAST = 10071
+MAX_METADATA_BYTES = 16 * 1024
+_WRONG_SEQ = re.compile(r"wrong last sequence: (\d+)")
+
+
+def _at(value: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        value = value[part]
+    return value
+
+
+class MemoryWrites(MemoryCore):
+    """``write``, ``write_many``, ``delete``, ``forget``, ``erase``, ``expire`` and ``compact``."""
+
+    async def write(self, namespace: str, text: str, key: str | None = None, metadata: Mapping[str, Any] | None = None,
+                    ttl: float | timedelta | None = None, expected_version: int | None = None, *,
+                    run: str | None = None, call_id: str | None = None, message_id: str | None = None) -> Written:
+        """Write a new version of ``key`` (a new entry if ``key`` is None) and return its position.
+
+        With ``expected_version`` the write happens only if the entry is at that version
+        (0: does not exist), else :class:`VersionConflict`. Without a key, a near-duplicate
+        of a live entry is merged into it (``Written.merged_into``) instead of piling up.
+        """
+        self._check(namespace, "write")
+        text = self._text(text)
+        meta = self._metadata(metadata)
+        expires = self._expiry(ttl)
+        if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(
+                expected_version, int) or expected_version < 0):
+            raise InvalidMemory(f"expected_version must be an int >= 0, got {expected_version!r}")
+        merged_into = None
+        if key is None:
+            if expected_version not in (None, 0):
+                raise InvalidMemory("expected_version needs a key (a new entry without a key is version 0)")
+            found = await self._near_duplicate(namespace, text) if self.settings.dedupe else None
+            if found is not None:
+                if found.text == text and all(found.metadata.get(k) == v for k, v in meta.items()) \
+                        and found.expires_at == expires:
+                    return Written(namespace, found.key, found.version, found.seq, "", merged_into=found.key)
+                key, merged_into, meta = found.key, found.key, {**found.metadata, **meta}
+            else:
+                key = uuid7()
+        check_key(key)
+        vector = await self._embed([text], run)
+        embedder = self.embedder.name if (self.embedder is not None and vector is not None) else None
+
+        async def build() -> Event:
+            version = await self._read(q.next_version, namespace, key)
+            if expected_version is not None:
+                live = await self._read(q.live_version, namespace, key, self.clock())
+                if live != expected_version:
+                    raise VersionConflict(namespace, key, expected_version, live)
+            sealed = seal_entry(self.keys, namespace, key, text, meta, vector[0] if vector else None)
+            return self._event(MemoryWritten(namespace=namespace, key=key, version=version, expires_at=expires,
+                                             source_call_id=call_id, source_message_id=message_id,
+                                             embedder=embedder, **sealed), run)
+
+        if expected_version is not None:
+            done, event = await self._conditional(namespace, build)
+            assert isinstance(event.data, MemoryWritten)
+            return Written(namespace, key, event.data.version, done, event.id, merged_into)
+        event = await build()
+        seq, outboxed = await self._publish(event)
+        assert isinstance(event.data, MemoryWritten)
+        return Written(namespace, key, event.data.version, seq, event.id, merged_into, outboxed)
+
+    async def _embed(self, texts: Sequence[str], run: str | None, *, batched: bool = True
+                     ) -> list[list[float]] | None:
+        """Vectors for what is written: through the batcher (concurrent writes embed together),
+        or straight to the embedder for a bulk write that is one batch already."""
+        if self.embedder is None:
+            return None
+        if not batched:
+            return await self.embedder.embed(texts, agent=self.agent, run=run or self.run)
+        if self.batcher is None or self.batcher.embedder is not self.embedder:  # the embedder was replaced
+            self.batcher = WriteBatcher(self.embedder)
+        return await self.batcher.embed(texts, agent=self.agent, run=run or self.run)
+
+    async def _near_duplicate(self, namespace: str, text: str) -> Entry | None:
+        digest_key = self.keys.current(namespace)[1]
+        exact = await self._read(q.by_hash, namespace, content_hash(digest_key, text), self.clock())
+        if exact is not None:
+            return exact
+        terms = query_terms(text)
+        found = await self._read(lambda db: q.keyword(db, terms, namespaces=[namespace], patterns=None,
+                                                      filters=None, now=self.clock(), limit=5, stats=self._terms))
+        best = max(found, key=lambda pair: similarity(text, pair[0].text), default=None)
+        if best is not None and similarity(text, best[0].text) >= self.dedupe_threshold:
+            return best[0]
+        return None
+
+    async def write_many(self, items: Iterable[Mapping[str, Any]], *, namespace: str | None = None,
+                         run: str | None = None) -> BulkWritten:
+        """Write many entries at once (emit, then one flush): the fast path for bulk loads.
+
+        Each item has ``text`` and optionally ``namespace`` (else the argument), ``key``,
+        ``metadata``, ``ttl``. No conditional writes and no near-duplicate merging here.
+        """
+        rows = []
+        for item in items:
+            ns = self._check(item.get("namespace") or namespace or "", "write")
+            key = item.get("key") or uuid7()
+            check_key(key)
+            rows.append((ns, key, self._text(item.get("text")), self._metadata(item.get("metadata")),
+                         self._expiry(item.get("ttl"))))
+        if not rows:
+            return BulkWritten(0, self.position, ())
+        vectors = await self._embed([r[2] for r in rows], run, batched=False)
+        claimed: dict[tuple[str, str], int] = {}
+        nexts = await self._read(lambda db: {(ns, key): q.next_version(db, ns, key) for ns, key, *_ in rows})
+        embedder = self.embedder.name if self.embedder is not None else None
+        for i, (ns, key, text, meta, expires) in enumerate(rows):
+            version = claimed.get((ns, key), nexts[(ns, key)] - 1) + 1
+            claimed[(ns, key)] = version
+            sealed = seal_entry(self.keys, ns, key, text, meta, vectors[i] if vectors else None)
+            await self.bus.emit(self._event(MemoryWritten(namespace=ns, key=key, version=version, expires_at=expires,
+                                                          embedder=embedder if vectors else None, **sealed), run))
+        await self.bus.flush()
+        seq = await last_memory_seq(self.bus)
+        self._moved(seq)
+        return BulkWritten(len(rows), seq, tuple(r[1] for r in rows))
+
+    async def delete(self, namespace: str, key: str, *, expected_version: int | None = None,
+                     run: str | None = None) -> Written:
+        """Delete an entry (logically: it stays in the log and in :meth:`history`)."""
+        self._check(namespace, "write")
+        check_key(key)
+
+        async def build() -> Event:
+            live = await self._read(q.live_version, namespace, key, self.clock())
+            if expected_version is not None and live != expected_version:
+                raise VersionConflict(namespace, key, expected_version, live)
+            if live == 0:
+                raise MemoryNotFound(namespace, key)
+            return self._event(MemoryDeleted(namespace=namespace, key=key, version=live), run)
+
+        if expected_version is not None:
+            done, event = await self._conditional(namespace, build)
+            return Written(namespace, key, expected_version, done, event.id)
+        event = await build()
+        seq, outboxed = await self._publish(event)
+        assert isinstance(event.data, MemoryDeleted)
+        return Written(namespace, key, event.data.version or 0, seq, event.id, outboxed=outboxed)
+
+    async def forget(self, namespace: str, *, keys: Sequence[str] | None = None,
+                     filters: Mapping[str, Any] | None = None, before: datetime | None = None,
+                     run: str | None = None) -> list[str]:
+        """Delete every live entry of the namespace that matches; the keys deleted.
+
+        ``keys`` restricts to those keys, ``filters`` to matching metadata, ``before`` to
+        entries last written before then. Logical deletion: use :meth:`erase` to make
+        content unreadable.
+        """
+        self._check(namespace, "write")
+        wanted = set(keys) if keys is not None else None
+        cutoff = before.timestamp() if before is not None else None
+        found = await self._read(lambda db: q.live(db, namespace, self.clock(), include_compacted=True,
+                                                   filters=filters, before=cutoff))
+        gone = [e for e in found if wanted is None or e.key in wanted]
+        for entry in gone:
+            await self.bus.emit(self._event(MemoryDeleted(namespace=namespace, key=entry.key, version=entry.version),
+                                            run))
+        if gone:
+            await self.bus.flush()
+            self._moved(await last_memory_seq(self.bus, namespace_filter(namespace)))
+        return [e.key for e in gone]
+
+    async def erase(self, namespace: str, *, run: str | None = None) -> Erased:
+        """Destroy the namespace's keys, then record the erasure: its content is unreadable for good.
+
+        The ciphertext stays in the log; without the key it never comes back, neither in
+        this view nor in any view rebuilt by replay. See ``docs/memory.md`` for exactly
+        what is and is not guaranteed.
+        """
+        self._check(namespace, "write")
+        destroyed = await asyncio.to_thread(self.keys.destroy, namespace)
+        event = self._event(MemoryDeleted(namespace=namespace, key=ALL_KEYS, reason="erased"), run)
+        seq, _ = await self._publish(event)
+        if seq is not None:
+            await self.feed.wait_for(seq)
+        if self._vectors is not None:
+            self._vectors = None  # drop vectors of the erased namespace from memory too
+        return Erased(namespace, tuple(destroyed), seq)
+
+    async def expire(self, *, run: str | None = None) -> int:
+        """Record an ``expired`` deletion for every entry past its TTL (reads already hide them)."""
+        found = await self._read(q.expired, self.clock())
+        count = 0
+        for entry in found:
+            if self.grants.allows(self.agent, entry.namespace, "write"):
+                await self.bus.emit(self._event(MemoryDeleted(namespace=entry.namespace, key=entry.key,
+                                                              version=entry.version, reason="expired"), run))
+                count += 1
+        if count:
+            await self.bus.flush()
+            self._moved(await last_memory_seq(self.bus))
+        return count
+
+    async def compact(self, namespace: str, token_budget: int, *, summarizer: Summarizer | None = None,
+                      run: str | None = None) -> Written | None:
+        """Merge near-duplicates, then summarise the oldest entries so the namespace fits ``token_budget``.
+
+        The summary is a new entry (key ``summary:<id>``) whose ``replaced`` lists each
+        ``key@version`` it stands for; the originals stay in the log and in :meth:`history`,
+        and drop out of search and context. None when nothing needed compacting.
+        """
+        self._check(namespace, "write")
+        if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 16:
+            raise InvalidMemory(f"token_budget must be an int >= 16, got {token_budget!r}")
+        entries = await self._read(q.live, namespace, self.clock())
+        dupes = duplicates(entries, self.dedupe_threshold)
+        for older, _newer in dupes:
+            await self.bus.emit(self._event(MemoryDeleted(namespace=namespace, key=older.key, version=older.version,
+                                                          reason="merged"), run))
+        if dupes:
+            await self.bus.flush()
+            self._moved(await last_memory_seq(self.bus, namespace_filter(namespace)))
+            gone = {o.key for o, _ in dupes}
+            entries = [e for e in entries if e.key not in gone]
+        plan = plan_compaction(entries, token_budget)
+        if plan is None:
+            return None
+        chosen = summarizer or self.summarizer
+        summary = await chosen.summarize(plan.replace, plan.summary_budget, agent=self.agent, run=run or self.run)
+        key = f"summary:{uuid7()}"
+        vector = await self._embed([summary.text], run)
+        sealed = seal_entry(self.keys, namespace, key, summary.text, {}, vector[0] if vector else None)
+        event = self._event(MemoryCompacted(
+            namespace=namespace, key=key, version=1, summary=sealed["text"], key_id=sealed["key_id"],
+            replaced=tuple(f"{e.key}@{e.version}" for e in plan.replace), token_budget=token_budget,
+            summarizer=chosen.name, source_call_id=summary.call_id, embedding=sealed.get("embedding"),
+            embedder=self.embedder.name if vector and self.embedder else None), run)
+        seq, outboxed = await self._publish(event)
+        return Written(namespace, key, 1, seq, event.id, outboxed=outboxed)
+
+    # -- conditional writes and validation ---------------------------------------------------------
+
+    async def _conditional(self, namespace: str, build: Callable[[], Awaitable[Event]], *,
+                           attempts: int = 100) -> tuple[int, Event]:
+        """Publish ``build()``'s event only if the namespace has not changed since ``build`` checked it.
+
+        Race-free across processes: read the namespace's last stream sequence L, wait until
+        the view has applied L, let ``build`` check the key's version there, and publish with
+        ``Nats-Expected-Last-Subject-Sequence: L`` on the namespace's subject filter.
+        JetStream appends atomically only if nothing was written to the namespace since L;
+        if something was, catch up to the new last sequence and build again (``build``
+        raises :class:`VersionConflict` if the key moved). A write to another key of the
+        namespace costs a retry, never a false conflict. Unconditional writes are plain
+        appends (last writer wins, in log order).
+        """
+        subject = namespace_filter(namespace)
+        last = await last_memory_seq(self.bus, subject)
+        event_id = uuid7()
+        for _ in range(attempts):
+            await self.feed.wait_for(last)
+            event = (await build()).model_copy(update={"id": event_id})
+            message = self.bus.publisher.prepare(event)
+            headers = {**message.headers, "Nats-Expected-Last-Subject-Sequence": str(last),
+                       "Nats-Expected-Last-Subject-Sequence-Subject": subject}
+            try:
+                ack = await self.bus.js.publish(message.subject, message.payload, headers=headers,
+                                                timeout=self.bus.config.ack_timeout_s)
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST:
+                    raise
+                found = _WRONG_SEQ.search(exc.description or "")
+                last = int(found[1]) if found else await last_memory_seq(self.bus, subject)
+                continue
+            self._moved(ack.seq)
+            return int(ack.seq), event
+        raise TimeoutError(f"namespace {namespace!r} changed under every one of {attempts} conditional attempts")
+
+    def _text(self, text: object) -> str:
+        if not isinstance(text, str):
+            raise InvalidMemory(f"text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidMemory("text is empty: there is nothing to remember")
+        size = len(text.encode("utf-8"))
+        if size > self.settings.max_text_bytes:
+            raise InvalidMemory(f"text is {size:,} bytes; the limit is {self.settings.max_text_bytes:,} "
+                                "(memory.max_text_bytes): split it into entries, or keep the document elsewhere "
+                                "and remember a reference to it")
+        return text
+
+    @staticmethod
+    def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+            raise InvalidMemory("metadata must be a mapping with string keys")
+        nan_at = non_finite(dict(metadata))
+        if nan_at is not None:
+            where = ".".join(str(part) for part in nan_at)
+            raise InvalidMemory(f"metadata {where} is {_at(metadata, nan_at)!r}: {NON_FINITE_HINT}")
+        try:
+            size = len(json.dumps(metadata, ensure_ascii=False))
+        except (TypeError, ValueError) as exc:
+            raise InvalidMemory(f"metadata must be JSON: {exc}") from None
+        if size > MAX_METADATA_BYTES:
+            raise InvalidMemory(f"metadata is {size:,} bytes of JSON; the limit is {MAX_METADATA_BYTES:,}")
+        return dict(metadata)
+
+    def _expiry(self, ttl: float | timedelta | None) -> datetime | None:
+        if ttl is None:
+            return None
+        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+            raise InvalidMemory(f"ttl must be a positive number of seconds (or a timedelta), got {ttl!r}")
+        return datetime.fromtimestamp(self.clock() + float(seconds), UTC)
