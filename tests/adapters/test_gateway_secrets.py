@@ -60,8 +60,9 @@ async def test_gateway_and_upstream_keys_never_reach_the_log(fake: FakeProvider,
             with pytest.raises(openai.AuthenticationError):
                 await sdk.chat.completions.create(model="gpt-4o-mini", extra_headers=run,
                                                   messages=[{"role": "user", "content": pasted}])  # type: ignore[arg-type]
-            with pytest.raises(openai.AuthenticationError):
-                await openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=upstream["openai"]).models.list()
+            async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=upstream["openai"]) as stranger:
+                with pytest.raises(openai.AuthenticationError):
+                    await stranger.models.list()
         event = CloudEvent({"id": uuid7(), "source": "urn:agent:bot", "type": "tether.tool.call.requested"},
                            {"call_id": "t1", "tool": "login", "arguments": {"token": pasted, "password": "hunter2"}})
         message = ce_http.to_structured_event(event)

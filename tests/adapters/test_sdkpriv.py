@@ -82,18 +82,19 @@ def test_the_sdk_sends_through_its_client(make: Any) -> None:
 @pytest.mark.parametrize("make", [openai.AsyncOpenAI, anthropic.AsyncAnthropic], ids=["openai", "anthropic"])
 async def test_the_async_sdk_sends_through_its_client(make: Any) -> None:
     sdk = make(api_key="k", base_url="http://sdk.test/v1", max_retries=0)
-    distribution = type(sdk).__module__.partition(".")[0]
-    seen: list[str] = []
-    with hooks.relied_on([h for h in _sdkpriv.HOOKS if h.distribution == distribution], "_client"):
-        http = http_client_of(sdk)
-        assert http is not None and has_transports(http), f"_client is {http!r}, no httpx or httpx2 client"
-        mock = _mock(_package_of(http), seen, MESSAGE if distribution == "anthropic" else CHAT)
-        wrap_transports(http, lambda transport: mock)
-        if distribution == "anthropic":
-            await sdk.messages.create(model="m", max_tokens=5, messages=USER)
-        else:
-            await sdk.chat.completions.create(model="m", messages=USER)
-        assert seen, "the SDK's request did not go through the client in _client"
+    async with sdk:  # closed: an SDK client left to the GC closes itself on whatever loop runs then
+        distribution = type(sdk).__module__.partition(".")[0]
+        seen: list[str] = []
+        with hooks.relied_on([h for h in _sdkpriv.HOOKS if h.distribution == distribution], "_client"):
+            http = http_client_of(sdk)
+            assert http is not None and has_transports(http), f"_client is {http!r}, no httpx or httpx2 client"
+            mock = _mock(_package_of(http), seen, MESSAGE if distribution == "anthropic" else CHAT)
+            wrap_transports(http, lambda transport: mock)
+            if distribution == "anthropic":
+                await sdk.messages.create(model="m", max_tokens=5, messages=USER)
+            else:
+                await sdk.chat.completions.create(model="m", messages=USER)
+            assert seen, "the SDK's request did not go through the client in _client"
 
 
 def test_an_sdk_client_without_one_is_refused() -> None:
