@@ -9,8 +9,9 @@ folds use every core.
 """
 
 from ._ops import Delete, Index, Merge, Op, Table, Upsert
-from ._pool import ProjectorPool, default_processes, partition, replay_in_processes
-from ._runner import PROJECTOR_DURABLE, Projector, ProjectorBusy, open_view, replay, view_versions
+from ._pool import ProjectorPool, default_processes, partition
+from ._replay import replay, replay_in_processes
+from ._runner import PROJECTOR_DURABLE, Projector, ProjectorBusy, open_view, view_versions
 from ._store import Item, Projection, ViewStore, view_path
 from .errors import ErrorsView
 from .ledger import CostLedger

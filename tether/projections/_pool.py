@@ -10,7 +10,6 @@ import fcntl
 import gc
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,10 +25,10 @@ from typing import IO, Any
 from tether._loop import run as run_loop
 from tether.bus import Bus, BusConfig, connect
 
-from ._runner import PROJECTOR_DURABLE, Projector, _lock, _swap_in
+from ._runner import PROJECTOR_DURABLE, Projector, _lock
 from ._store import Projection
 
-__all__ = ["ProjectorPool", "default_processes", "partition", "replay_in_processes"]
+__all__ = ["ProjectorPool", "default_processes", "partition"]
 
 log = logging.getLogger("tether.projections")
 
@@ -347,25 +346,3 @@ class ProjectorPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-async def replay_in_processes(bus: Bus, projections: Sequence[Projection], directory: Path, *, processes: int = 2,
-                              to_seq: int | None = None, to_time: datetime | None = None, batch: int = 2000,
-                              on_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
-    """:func:`replay`, the groups of views rebuilt side by side in child processes."""
-    handle = _lock(directory)
-    build = directory / f".replay-{int(time.time() * 1000)}"
-    try:
-        pool = ProjectorPool(bus, projections, build, processes=processes, batch=batch, notify=False, durable=None)
-        pool.on_progress = on_progress
-        await pool.start(lock=False, stop_at=to_seq, stop_time=to_time, replay=True)
-        try:
-            sums = await pool.results()
-        finally:
-            await pool.stop()
-        await asyncio.to_thread(_swap_in, build, directory, projections)
-        return sums
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()

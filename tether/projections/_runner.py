@@ -20,7 +20,6 @@ import fcntl
 import gc
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from tether.schemas import Event, EventError, InvalidEvent, catalogue
 
 from ._store import Item, Projection, ViewStore, view_path
 
-__all__ = ["PROJECTOR_DURABLE", "Projector", "ProjectorBusy", "open_view", "replay", "view_versions"]
+__all__ = ["PROJECTOR_DURABLE", "Projector", "ProjectorBusy", "open_view", "view_versions"]
 
 log = logging.getLogger("tether.projections")
 
@@ -356,48 +355,3 @@ class Projector:
 
     async def wait_done(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._done.wait(), timeout)
-
-
-def _swap_in(build: Path, directory: Path, projections: Sequence[Projection]) -> None:
-    """Replace each view in ``directory`` by its rebuilt file (a rename: atomic per view)."""
-    for proj in projections:
-        for _, old in view_versions(directory, proj.name):
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{old}{suffix}").unlink(missing_ok=True)
-        view_path(build, proj.name, proj.version).replace(view_path(directory, proj.name, proj.version))
-
-
-async def replay(bus: Bus, projections: Sequence[Projection], directory: Path, *, to_seq: int | None = None,
-                 to_time: datetime | None = None, batch: int = 2000,
-                 on_progress: Callable[[int, int], None] | None = None, processes: int = 1) -> dict[str, str]:
-    """Rebuild views from the start of the log into ``directory`` (replacing what is there).
-
-    With ``to_seq`` or ``to_time`` the views show the log as of that point. Only recorded
-    outputs are folded: nothing calls a model or a provider. Returns each view's checksum.
-    With ``processes`` > 1 the views are rebuilt in that many child processes side by side
-    (:func:`~tether.projections.replay_in_processes`).
-    """
-    if processes > 1 and len(projections) > 1:
-        from ._pool import replay_in_processes
-
-        return await replay_in_processes(bus, projections, directory, processes=processes, to_seq=to_seq,
-                                         to_time=to_time, batch=batch, on_progress=on_progress)
-    handle = _lock(directory)  # creates the directory
-    build = directory / f".replay-{int(time.time() * 1000)}"
-    try:
-        projector = Projector(bus, projections, build, batch=batch, notify=False, durable=None)
-        projector.stop_at = to_seq
-        projector.stop_time = to_time
-        projector.on_progress = on_progress
-        await projector.start(lock=False)
-        try:
-            await projector.wait_done()
-            sums = await projector._run(lambda: {n: s.checksum() for n, s in projector.stores.items()})
-        finally:
-            await projector.stop()
-        await asyncio.to_thread(_swap_in, build, directory, projections)
-        return dict(sums)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
