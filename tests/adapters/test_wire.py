@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tether.adapters._sse import SSEParser
 from tether.adapters._wire import StreamAccumulator, error_body, operation_of, parse_request
+from tether.middleware import SSEParser
 from tether.testing._fake_wire import Turn, anthropic_message, chat_completion, responses
 
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {

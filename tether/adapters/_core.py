@@ -27,10 +27,17 @@ from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
 from tether.bus import Bus
-from tether.middleware import Failure, Policy, PolicySet, Target, classify_exception
-from tether.middleware._engine import CallEngine
-from tether.middleware._relay import RelayBroken, RelayListener
-from tether.middleware._work import WorkItem
+from tether.middleware import (
+    CallEngine,
+    Failure,
+    Policy,
+    PolicySet,
+    RelayBroken,
+    RelayListener,
+    Target,
+    WorkItem,
+    classify_exception,
+)
 from tether.schemas import uuid7
 
 from ._flow import (

@@ -32,25 +32,32 @@ from typing import Any, Literal
 
 from tether.middleware import (
     AttemptRecord,
+    BudgetRefusal,
+    CallEngine,
     CallFailed,
+    CallRecord,
     CallResult,
+    DeadLetterReason,
     Decision,
     Failure,
     Fallback,
     GiveUp,
+    Outcome,
     Policy,
     PolicySet,
+    RelayBroken,
+    RelayListener,
+    RelaySpec,
     Retry,
     Target,
+    WorkItem,
     classify_http,
     decide,
+    relay_subject,
     request_fingerprint,
+    terminal_id,
+    usage_of,
 )
-from tether.middleware._budget import BudgetRefusal
-from tether.middleware._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
-from tether.middleware._providers import usage_of
-from tether.middleware._relay import RelayBroken, RelayListener, relay_subject
-from tether.middleware._work import CallRecord, RelaySpec, WorkItem
 from tether.schemas import (
     ErrorInfo,
     Event,

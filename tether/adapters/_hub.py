@@ -28,14 +28,16 @@ from weakref import WeakKeyDictionary
 
 from tether.bus import Bus, connect
 from tether.middleware import (
+    Breakers,
+    CallEngine,
     DurableCalls,
     PolicySet,
+    RateLimiter,
     RunawayTracker,
+    SpendBook,
     ToolRegistry,
     load_worker_config,
 )
-from tether.middleware._engine import CallEngine
-from tether.middleware._shared import Breakers, RateLimiter, SpendBook
 from tether.schemas import Event
 
 from ._asynciopriv import loop_thread_id

@@ -26,8 +26,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from pydantic_core import to_jsonable_python
 
 from tether.bus import Bus
-from tether.middleware import Policy, PolicySet, classify_exception
-from tether.middleware._work import WorkItem
+from tether.middleware import Policy, PolicySet, WorkItem, classify_exception
 from tether.schemas import ErrorInfo, Event, ToolCallFailed, uuid7
 
 from ._core import drive_async, drive_sync

@@ -3,8 +3,8 @@
 * which request is an LLM call (by path): chat completions, Responses, embeddings,
   Anthropic messages; everything else passes through untouched;
 * what the request asks (model, stream, parameters);
-* what a streamed answer adds up to: :class:`StreamAccumulator` (in
-  ``tether.middleware._sse``, since the executor's relay reads streams too) reads the SSE
+* what a streamed answer adds up to: :class:`StreamAccumulator` (from
+  ``tether.middleware``, since the executor's relay reads streams too) reads the SSE
   events a tee passes through and keeps usage (OpenAI's final chunk, Responses'
   ``response.completed``, Anthropic's ``message_start`` + ``message_delta``), the finish
   reason, the moment of the first token and, when capturing, the answer rebuilt as one
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tether.middleware import Failure
-from tether.middleware._sse import Kind, Operation, StreamAccumulator
+from tether.middleware import Failure, Operation, StreamAccumulator
+from tether.middleware import ProviderKind as Kind
 
 __all__ = [
     "CONTENT_KEYS",

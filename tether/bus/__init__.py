@@ -1,5 +1,8 @@
 """The bus: NATS connection, embedded server, streams and KV buckets, subjects, publisher, outbox.
 
+An outbox directory can be read without a connection: :func:`outbox_depth` counts what waits
+there, :func:`set_aside` lists the newest events NATS refused (:class:`SetAside`).
+
 Imports only :mod:`tether.schemas`.
 """
 
@@ -17,7 +20,7 @@ from ._binding import (
 from ._config import BusConfig
 from ._connect import Bus, BusUnavailable, connect
 from ._feed import FeedError, FeedMessage, PullFeed
-from ._outbox import Outbox, OutboxFull, PendingMessage
+from ._outbox import Outbox, OutboxFull, PendingMessage, SetAside, outbox_depth, set_aside
 from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt, Undeliverable
 from ._reader import EventReader, ReadResult
 from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
@@ -73,6 +76,7 @@ __all__ = [
     "ReadResult",
     "Receipt",
     "ServerError",
+    "SetAside",
     "Undeliverable",
     "WireEvent",
     "connect",
@@ -89,8 +93,10 @@ __all__ = [
     "find_running",
     "nats_server_binary",
     "open_bucket",
+    "outbox_depth",
     "percent_decode",
     "percent_encode",
+    "set_aside",
     "stream_configs",
     "tether_home",
 ]

@@ -7,8 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
-from tether.bus import BusUnavailable, connect, tether_home
-from tether.bus._outbox import outbox_depth, set_aside
+from tether.bus import BusUnavailable, connect, outbox_depth, set_aside, tether_home
 
 from ._format import Style
 from ._process import bus_config

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from tether.schemas._finite import NON_FINITE_HINT
+from tether.schemas import NON_FINITE_HINT
 
 from ._errors import InvalidMemory
 from ._types import Entry, Version, to_datetime

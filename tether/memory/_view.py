@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tether.projections import Delete, Op, Projection, Table, Upsert, ViewStore
-from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten
-from tether.schemas._finite import finite_or_none
+from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, finite_or_none
 
 from ._codec import open_entry
 from ._keys import KeyStore

@@ -12,8 +12,15 @@ from typing import Any
 
 from nats.js.errors import APIError
 
-from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, uuid7
-from tether.schemas._finite import NON_FINITE_HINT, non_finite
+from tether.schemas import (
+    NON_FINITE_HINT,
+    Event,
+    MemoryCompacted,
+    MemoryDeleted,
+    MemoryWritten,
+    non_finite,
+    uuid7,
+)
 
 from . import _query as q
 from ._codec import seal_entry

@@ -13,6 +13,14 @@ Around that pure core: :class:`Executor` (``tether worker``) runs durable calls 
 WORK stream; :class:`DurableCalls` submits them and waits for the outcome;
 :class:`InlineCalls` runs the same engine in the caller's process; ``deadletter``
 reads, redrives and purges the DLQ.
+
+What the adapters need to drive that engine themselves (``instrument``, the gateway):
+:class:`CallEngine` (one attempt, its :class:`Outcome` and events, :func:`terminal_id` for
+the terminal ones, :data:`DeadLetterReason`) over the states every process shares in KV
+(:class:`Breakers`, :class:`RateLimiter`, :class:`SpendBook`); a streamed durable call's
+relay (:class:`RelaySpec`, :func:`relay_subject`, :class:`RelayListener`,
+:class:`RelayBroken`); reading an answer (:class:`SSEParser`, :class:`StreamAccumulator`,
+:func:`usage_of`) of a :data:`ProviderKind` and :data:`Operation`.
 """
 
 # The executor and the caller side (these do I/O: NATS, HTTP).
@@ -43,6 +51,7 @@ from ._decide import (
     decide,
     is_retryable,
 )
+from ._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._executor import WORKERS_DURABLE, Executor
 from ._failures import (
     Failure,
@@ -68,10 +77,14 @@ from ._policy import (
     load_policies,
     read_table,
 )
-from ._providers import ProviderConfig, ProviderConfigError, ProviderTable
+from ._providers import ProviderConfig, ProviderConfigError, ProviderTable, usage_of
 from ._ratelimit import WINDOW_S, RateState, rate_acquire, rate_adjust
+from ._relay import RelayBroken, RelayListener, relay_subject
+from ._shared import Breakers, RateLimiter, SpendBook
+from ._sse import Kind as ProviderKind
+from ._sse import SSEParser, StreamAccumulator
 from ._tools import ToolRegistry, UnknownTool, tools
-from ._work import CallRecord, WorkItem
+from ._work import CallRecord, Operation, RelaySpec, WorkItem
 
 __all__ = [
     "ELSEWHERE",
@@ -81,16 +94,19 @@ __all__ = [
     "AttemptRecord",
     "BreakerPolicy",
     "BreakerState",
+    "Breakers",
     "BudgetCheck",
     "BudgetLimits",
     "BudgetRefusal",
     "BudgetScope",
     "BudgetUnit",
+    "CallEngine",
     "CallFailed",
     "CallRecord",
     "CallResult",
     "DeadLetter",
     "DeadLetterError",
+    "DeadLetterReason",
     "Decision",
     "DurableCalls",
     "Executor",
@@ -102,20 +118,30 @@ __all__ = [
     "GiveUp",
     "GiveUpReason",
     "InlineCalls",
+    "Operation",
+    "Outcome",
     "Policy",
     "PolicyConfigError",
     "PolicyFile",
     "PolicySet",
     "ProviderConfig",
     "ProviderConfigError",
+    "ProviderKind",
     "ProviderTable",
     "RateLimitPolicy",
+    "RateLimiter",
     "RateState",
+    "RelayBroken",
+    "RelayListener",
+    "RelaySpec",
     "Retry",
     "RetryPolicy",
     "RunawayGuard",
     "RunawayTracker",
+    "SSEParser",
     "Spend",
+    "SpendBook",
+    "StreamAccumulator",
     "Target",
     "ToolRegistry",
     "Transition",
@@ -141,6 +167,9 @@ __all__ = [
     "rate_acquire",
     "rate_adjust",
     "read_table",
+    "relay_subject",
     "request_fingerprint",
+    "terminal_id",
     "tools",
+    "usage_of",
 ]

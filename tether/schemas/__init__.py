@@ -1,5 +1,8 @@
 """Typed CloudEvents: the envelope, the event catalogue and its JSON Schemas.
 
+JSON has no NaN or infinity: :func:`non_finite` finds one in data about to be kept (every way
+in refuses it, saying :data:`NON_FINITE_HINT`), :func:`finite_or_none` scrubs old data.
+
 This package imports nothing else of tether.
 """
 
@@ -29,9 +32,11 @@ from ._catalogue import (
 from ._envelope import SCHEMA_URN, Event, Payload, catalogue, default_source, payload_class
 from ._errors import EventError, InvalidEvent, UnknownEventType
 from ._export import envelope_schema, export_schemas, payload_schema
+from ._finite import NON_FINITE_HINT, finite_or_none, non_finite
 from ._ids import uuid7, uuid7_time
 
 __all__ = [
+    "NON_FINITE_HINT",
     "SCHEMA_URN",
     "BudgetExceeded",
     "CallDeadLettered",
@@ -63,6 +68,8 @@ __all__ = [
     "default_source",
     "envelope_schema",
     "export_schemas",
+    "finite_or_none",
+    "non_finite",
     "payload_class",
     "payload_schema",
     "uuid7",

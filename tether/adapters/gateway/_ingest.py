@@ -27,8 +27,7 @@ from cloudevents.core.exceptions import BaseCloudEventException, CloudEventValid
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from tether.schemas import Event, EventError, InvalidEvent, UnknownEventType
-from tether.schemas._finite import NON_FINITE_HINT, non_finite
+from tether.schemas import NON_FINITE_HINT, Event, EventError, InvalidEvent, UnknownEventType, non_finite
 
 from .._redact import Redactor
 from ._identity import Caller
