@@ -20,7 +20,8 @@ the terminal ones, :data:`DeadLetterReason`) over the states every process share
 (:class:`Breakers`, :class:`RateLimiter`, :class:`SpendBook`); a streamed durable call's
 relay (:class:`RelaySpec`, :func:`relay_subject`, :class:`RelayListener`,
 :class:`RelayBroken`); reading an answer (:class:`SSEParser`, :class:`StreamAccumulator`,
-:func:`usage_of`) of a :data:`ProviderKind` and :data:`Operation`.
+:func:`usage_of`), whose shape a :data:`ProviderKind` (``"openai"`` or ``"anthropic"``) and
+an :data:`Operation` (``"chat"``, ``"responses"``, ``"messages"``, ``"embeddings"``) name.
 """
 
 # The executor and the caller side (these do I/O: NATS, HTTP).
