@@ -271,3 +271,23 @@ async def test_async_client_with_the_background_bus(fake: FakeProvider, backgrou
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert kinds(background.events(run.run_id)) == [
         "run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed", "run.finished"]
+
+
+async def test_an_instrumented_call_is_redacted_once_by_the_clients_rules(
+        fake: FakeProvider, bus: Bus, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter redacts with the client's Redactor; the engine must not redact its events again
+    (twice the work on every call, and the defaults back where the client replaced them)."""
+    import tether.middleware._engine as engine
+
+    again: list[object] = []
+    monkeypatch.setattr(engine, "redacted", lambda payload: again.append(payload) or payload)
+    fake.set_faults("500#1")  # an attempt_failed event too
+    sdk = client(redact=tether.adapters.Redactor(replace_defaults=True, fields={"ssn"}))
+    async with tether.run(bus=bus) as run:
+        await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+        stream = await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True)  # type: ignore[arg-type]
+        async for _ in stream:
+            pass
+    events = await run_events(bus, run.run_id)
+    assert kinds(events).count("llm.call.completed") == 2 and "llm.call.attempt_failed" in kinds(events)
+    assert again == [], f"the engine redacted {len(again)} adapter event(s) a second time"

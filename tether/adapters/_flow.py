@@ -379,14 +379,14 @@ def llm_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
                     return Final(sent.status, call.reply_headers(sent.headers), sent=sent, attempt=attempt)
                 usage, finish = usage_of(call.kind, call.request.operation, data)
                 out = Outcome(True, latency, call.redactor(data) if call.capture else None, usage, finish)
-                yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture))
+                yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True))
                 yield from _account(call, out)
                 return Final(sent.status, call.reply_headers(sent.headers), sent.body, attempt=attempt)
         assert failure is not None
         failure = call.scrub(failure)
         engine.record_outcome(rec, attempt, failure, started_at)
         decision: Decision = engine.decide(item, rec, policy, failure)
-        yield Emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision))
+        yield Emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision, scrubbed=True))
         if isinstance(decision, GiveUp):
             error = failure.to_error_info(retryable=False)
             yield Run(partial(engine.give_up, call.recorded, rec, decision.reason, error), drain=True)
@@ -419,7 +419,7 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
     if how == "end" and acc.error is None and acc.malformed is None:
         out = Outcome(True, latency, call.redactor(acc.response()) if call.capture else None, acc.usage,
                       acc.finish_reason, ttft_ms=ttft)
-        yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture))
+        yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True))
         yield from _account(call, out)
         return
     if how == "closed":
@@ -449,7 +449,7 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
         rec.attempts.pop()
     engine.record_outcome(rec, attempt, failure, time.time() - latency / 1000)
     decision = GiveUp("not_retryable")
-    yield Emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision))
+    yield Emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision, scrubbed=True))
     error = failure.to_error_info(retryable=False)
     yield Run(lambda: engine.give_up(call.recorded, rec, "not_retryable", error), drain=True)
 

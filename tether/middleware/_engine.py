@@ -122,8 +122,10 @@ class CallEngine:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _event(self, item: WorkItem, payload: Payload, *, id: str | None = None) -> Event:
-        return Event.of(redacted(payload), id=id, runid=item.runid, agentid=item.agentid,
+    def _event(self, item: WorkItem, payload: Payload, *, id: str | None = None, scrubbed: bool = False) -> Event:
+        """``scrubbed``: the caller redacted the payload already, by its own rules (an adapter's
+        ``Redactor``), so it is not redacted a second time here."""
+        return Event.of(payload if scrubbed else redacted(payload), id=id, runid=item.runid, agentid=item.agentid,
                         traceparent=item.traceparent, source=self.source,
                         extensions={"tenant": item.tenant} if item.tenant else None)
 
@@ -325,7 +327,7 @@ class CallEngine:
                       current=rec.target, rng=self.rng)
 
     def attempt_failed_event(self, item: WorkItem, rec: CallRecord, attempt: int, failure: Failure,
-                             latency_ms: float, decision: Decision) -> Event:
+                             latency_ms: float, decision: Decision, *, scrubbed: bool = False) -> Event:
         kind = "retry" if isinstance(decision, Retry) else "fallback" if isinstance(decision, Fallback) else "give_up"
         delay = decision.delay_s if isinstance(decision, (Retry, Fallback)) else None
         error = failure.to_error_info(retryable=not isinstance(decision, GiveUp))
@@ -339,10 +341,10 @@ class CallEngine:
         else:
             payload = ToolCallAttemptFailed(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                             error=error, duration_ms=latency_ms, decision=kind, retry_in_s=delay)
-        return self._event(item, payload)
+        return self._event(item, payload, scrubbed=scrubbed)
 
     def completed_event(self, item: WorkItem, rec: CallRecord, attempt: int, out: Outcome,
-                        capture: bool = True) -> Event:
+                        capture: bool = True, *, scrubbed: bool = False) -> Event:
         if item.kind == "llm":
             target = rec.target or Target(item.provider or "?", item.model or "?")
             payload: Payload = LlmCallCompleted(
@@ -352,7 +354,7 @@ class CallEngine:
         else:
             payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                         result=out.response, duration_ms=out.latency_ms)
-        return self._event(item, payload, id=terminal_id(item.call_id, "completed"))
+        return self._event(item, payload, id=terminal_id(item.call_id, "completed"), scrubbed=scrubbed)
 
     async def give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
                       raw_body: bytes | None = None) -> tuple[Event, int | None]:
