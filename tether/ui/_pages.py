@@ -38,7 +38,8 @@ def ms(value: float | None) -> str:
 
 
 def usd(value: float | None, unpriced: int = 0) -> str:
-    text = "" if value is None else f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    text = ("" if value is None else "$0" if value == 0 else f"${value:.6f}" if value < 0.01
+            else f"${value:.4f}" if value < 1 else f"${value:,.2f}")
     return text + (f" <span class='dim' title='calls whose model has no price'>+{unpriced} unpriced</span>"
                    if unpriced else "")
 
@@ -207,12 +208,13 @@ def trace_view(run_id: str, roots: Sequence[Mapping[str, Any]]) -> str:
         took = "" if kind in MOMENTS or status == "running" else ms(s.get("duration_ms"))
         state = "RUNNING (never finished)" if status == "running" else ("" if kind in MOMENTS and status == "ok"
                                                                         else status)
+        chip = f"<span class='st {e(status)}'>{e(state)}</span>" if state else ""
         out.append(
             f"<tr class='span {e(kind)}' data-kind='{e(kind)}' data-span='{e(s['span_id'])}' "
             f"hx-get='/fragments/runs/{quote(run_id, safe='')}/spans/{quote(str(s['span_id']), safe='')}' "
             f"hx-target='#detail' hx-trigger='click'>"
             f"<td style='padding-left:{0.4 + depth * 1.1:.1f}em'><b>{e(s['name'])}</b> {_span_words(s)}</td>"
-            f"<td><span class='st {e(status)}'>{e(state)}</span></td><td class=r>{took}</td>"
+            f"<td>{chip}</td><td class=r>{took}</td>"
             f"<td class='wf'><div class='lane'>{bar}</div></td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -220,7 +222,8 @@ def trace_view(run_id: str, roots: Sequence[Mapping[str, Any]]) -> str:
 
 def span_detail(span: Mapping[str, Any], events: Sequence[Mapping[str, Any]], note: str = "") -> str:
     """A span's columns, attributes and the events that opened and closed it (as stored: redacted)."""
-    cols = {k: v for k, v in span.items() if k not in ("attributes", "children") and v is not None}
+    cols = {k: f"{when(v)} UTC" if k in ("started_at", "ended_at") else v for k, v in span.items()
+            if k not in ("attributes", "children") and v is not None}
     out = [f"<h2>{e(span['name'])}</h2><table class='kv'>"]
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in cols.items()]
     out.append("</table>")

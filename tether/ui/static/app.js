@@ -73,8 +73,11 @@
       }));
       var data = [spec.x].concat(names.map(function (n) { return spec.series[n]; }));
       box.dataset.drawn = "1";
+      var scales = { x: { time: true, range: function (u, min, max) {
+        return min === max ? [min - 1800, max + 1800] : [min, max];  // one point: half an hour each side
+      } } };
       new window.uPlot({ title: spec.title, width: Math.max(320, box.clientWidth || 800), height: 220,
-                         series: series, axes: [{}, { label: spec.unit }] }, data, box);
+                         series: series, scales: scales, axes: [{}, { label: spec.unit }] }, data, box);
     });
   }
   document.addEventListener("htmx:afterSettle", function (ev) { charts(ev.target); });
