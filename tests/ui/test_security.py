@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
 from tests.cli.test_processes import Child, cli, stopped_cleanly, user_env
 from tether.testing import NatsServer
@@ -95,14 +94,16 @@ def test_tether_ui_beyond_loopback_without_a_token_is_refused(tmp_path: Path) ->
     assert "Traceback" not in done.stderr
 
 
-def test_beyond_loopback_every_page_needs_the_token() -> None:
+@pytest.mark.anyio
+async def test_beyond_loopback_every_page_needs_the_token() -> None:
     guard = Guard(token="s3cret-token", token_for_reads=True)
     app: Any = build_app(None, Path("/nonexistent"), guard)  # type: ignore[arg-type]
-    with TestClient(app) as client:
-        assert client.get("/").status_code == 401
-        assert client.get("/live").status_code == 401
-        assert client.get("/", headers={"authorization": "Bearer wrong"}).status_code == 401
-        page = client.get("/", headers={"authorization": "Bearer s3cret-token"})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://10.0.0.5:8470") as client:
+        assert (await client.get("/")).status_code == 401
+        assert (await client.get("/live")).status_code == 401
+        assert (await client.get("/runs/r1")).status_code == 401
+        assert (await client.get("/", headers={"authorization": "Bearer wrong"})).status_code == 401
+        page = await client.get("/", headers={"authorization": "Bearer s3cret-token"})
         assert page.status_code == 200 and "no traces view yet" in page.text
 
 
@@ -133,3 +134,13 @@ def test_tether_ui_help_explains_it() -> None:
     text = " ".join(done.stdout.split())
     for words in ("dead letters to redrive or purge", "SSE", "127.0.0.1", "--token", "CSRF", "docs/ui.md"):
         assert words in text, words
+
+
+def test_tether_up_no_ui_starts_no_dashboard(nats: NatsServer, tmp_path: Path) -> None:
+    child = Child("up", "--url", nats.url, "--no-ui", "--processes", "0", cwd=tmp_path,
+                  env=user_env(TETHER_HOME=str(tmp_path / "home")))
+    try:
+        child.wait_for("tether is up")
+    finally:
+        stopped_cleanly(child)
+    assert "ui:" not in child.output and "dashboard" not in child.output
