@@ -8,6 +8,7 @@ test would expose it).
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,21 @@ def test_tether_up_no_ui_starts_no_dashboard(nats: NatsServer, tmp_path: Path) -
     finally:
         stopped_cleanly(child)
     assert "ui:" not in child.output and "dashboard" not in child.output
+
+
+def test_tether_ui_without_a_nats_server_says_what_to_do(tmp_path: Path) -> None:
+    done = cli("ui", "--port", "0", cwd=tmp_path, env=user_env(TETHER_HOME=str(tmp_path / "home")))
+    assert done.returncode == 1
+    assert "no NATS server" in done.stderr and "tether up" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tether_ui_on_a_port_in_use_says_what_to_do(nats: NatsServer, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = cli("ui", "--url", nats.url, "--port", str(port), cwd=tmp_path,
+                   env=user_env(TETHER_HOME=str(tmp_path / "home")))
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    assert "Traceback" not in done.stderr
