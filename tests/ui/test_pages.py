@@ -85,3 +85,27 @@ async def test_without_views_each_page_says_how_to_get_them(tmp_path: Path) -> N
         for path in ("/", "/cost", "/latency", "/errors", "/breakers", "/runs/r1"):
             page = await c.get(path)
             assert page.status_code == 200 and "run `tether up`" in page.text, path
+
+
+class NatsAway:
+    """A bus whose server is gone: every JetStream request fails."""
+
+    class js:  # noqa: N801 - the attribute the dashboard reads
+        @staticmethod
+        async def pull_subscribe(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("nats: connection closed")
+
+        @staticmethod
+        async def get_msg(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("nats: connection closed")
+
+
+async def test_with_nats_away_the_dlq_and_a_span_say_so(tmp_path: Path) -> None:
+    fold(tmp_path, run("r-alpha", "writer", "digest", 0))
+    app: Any = build_app(NatsAway(), tmp_path, Guard(hosts=frozenset({"dashboard"})))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
+        dlq = await c.get("/dlq")
+        assert dlq.status_code == 200 and "the DLQ stream could not be read" in dlq.text and "is NATS up" in dlq.text
+        span = await c.get("/fragments/runs/r-alpha/spans/r-alpha")
+        assert span.status_code == 200 and "invoke_agent writer" in span.text
+        assert "the log could not be read for this span&#x27;s events (ConnectionError" in span.text

@@ -175,7 +175,11 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None)
     async def dlq_html(request: Request) -> str:
         from tether.middleware import deadletter
 
-        letters = await deadletter.list_dead_letters(bus)
+        try:
+            letters = await deadletter.list_dead_letters(bus)
+        except Exception as exc:  # NATS away, or no DLQ stream yet: say so, keep serving
+            return (f"<p class='err'>the DLQ stream could not be read ({pages.e(type(exc).__name__)}: "
+                    f"{pages.e(exc)}): is NATS up, and has `tether up` provisioned the streams?</p>")
         return pages.dlq_table([d.summary() | {"error_type": d.error_type, "error_message": d.error_message}
                                 for d in reversed(letters)],
                                can_act=guard.authenticated(request.cookies, request.headers))
@@ -333,6 +337,8 @@ async def _span_events(bus: Bus, span: dict[str, Any]) -> tuple[list[dict[str, A
         except (NotFoundError, EventError):
             missing += 1
             continue
+        except Exception as exc:  # NATS away: the span's columns still show
+            return out, f"the log could not be read for this span's events ({type(exc).__name__}: {exc})"
         data: Any = event.data
         with contextlib.suppress(AttributeError):
             data = event.data.model_dump(mode="json")
