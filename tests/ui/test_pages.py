@@ -90,7 +90,7 @@ async def test_without_views_each_page_says_how_to_get_them(tmp_path: Path) -> N
 class NatsAway:
     """A bus whose server is gone: every JetStream request fails."""
 
-    class js:  # noqa: N801 - the attribute the dashboard reads
+    class js:  # the attribute the dashboard reads
         @staticmethod
         async def pull_subscribe(*args: Any, **kwargs: Any) -> Any:
             raise ConnectionError("nats: connection closed")
