@@ -89,6 +89,16 @@ def test_the_runs_page_loads_and_a_run_appears_live_without_a_reload(browser: An
         assert "traces view" in lag and ("up to date" in lag or "behind the log" in lag)
         shot(page, "runs")
         assert took < 1.0
+        page.fill("#filters input[name=q]", run_id)  # search as you type
+        page.wait_for_function("document.querySelectorAll('#runs tr[data-run]').length === 1", timeout=5_000)
+        page.select_option("#filters select[name=status]", "ok")  # the published run is still running
+        page.wait_for_selector("#runs p.dim:has-text('no runs match the filters')", timeout=5_000)
+        page.select_option("#filters select[name=status]", "")
+        page.fill("#filters input[name=q]", "")
+        page.wait_for_selector(f"tr[data-run='{run_id}']", timeout=5_000)
+        page.fill("#filters input[name=agent]", "nobody-runs-this")  # each field filters on its own
+        page.wait_for_selector("#runs p.dim:has-text('no runs match the filters')", timeout=5_000)
+        assert page.evaluate("window.notReloaded") is True
     finally:
         page.close()
 

@@ -88,7 +88,7 @@ def runs_page(filters: Mapping[str, str], table: str) -> str:
                      for s in STATUSES)
     return f"""<h1>Runs</h1>
 <form id="filters" class="filters" hx-get="/fragments/runs" hx-target="#runs" hx-push-url="false"
-      hx-trigger="input changed delay:250ms from:input, change from:select" action="/" method="get">
+      hx-trigger="input delay:250ms, change" action="/" method="get">
 <input type="search" name="q" placeholder="search run id, agent, name" value="{e(filters.get("q"))}">
 <input type="text" name="agent" placeholder="agent" value="{e(filters.get("agent"))}">
 <select name="status"><option value="">any status</option>{status}</select>
