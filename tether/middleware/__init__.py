@@ -79,17 +79,13 @@ from ._flow import (
     GaveUp,
     Invoke,
     Invoked,
-    MemoryUpstream,
     Run,
     RunawayError,
-    Send,
-    Sent,
     Sleep,
     Spawn,
     Stopped,
     Streaming,
     ToolCall,
-    Upstream,
     call_flow,
     drive,
     drive_sync,
@@ -119,6 +115,7 @@ from ._shared import Breakers, RateLimiter, SpendBook
 from ._sse import Kind as ProviderKind
 from ._sse import SSEParser, StreamAccumulator
 from ._tools import ToolRegistry, UnknownTool, tools
+from ._upstream import MemoryUpstream, ProviderUpstream, Send, Sent, Upstream
 from ._work import CallRecord, Operation, RelaySpec, WorkItem
 
 __all__ = [
@@ -173,6 +170,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderKind",
     "ProviderTable",
+    "ProviderUpstream",
     "RateLimitPolicy",
     "RateLimiter",
     "RateState",

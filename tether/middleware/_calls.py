@@ -26,12 +26,13 @@ from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted
 
 from ._budget import RunawayTracker
 from ._engine import CallEngine
-from ._flow import Call, Completed, Effect, Emit, GaveUp, Run, Send, Sent, Sleep, Spawn, call_flow, drive
+from ._flow import Call, Completed, Effect, Emit, GaveUp, Run, Sleep, Spawn, call_flow, drive
 from ._http import ProviderHttp
 from ._policy import PolicySet
 from ._providers import ProviderConfig
 from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
 from ._tools import ToolRegistry
+from ._upstream import ProviderUpstream, Send
 from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
 
 __all__ = ["CallFailed", "CallResult", "DurableCalls", "InlineCalls"]
@@ -315,8 +316,7 @@ class InlineCalls:
                 await asyncio.sleep(effect.seconds)
         else:
             assert isinstance(effect, Send)
-            out = await call.engine.attempt(call.item, call.rec, call.policy)
-            return Sent(out.latency_ms, outcome=out)
+            return await ProviderUpstream(call.engine, call.item, call.rec, call.policy).attempt(effect)
         return None
 
     def _spawn(self, work: Awaitable[Any]) -> None:

@@ -36,13 +36,13 @@ from tether.bus import WORK_STREAM, Bus
 from tether.schemas import CallDeadLettered, ErrorInfo, Event
 
 from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, terminal_id
-from ._flow import Call, Completed, Effect, Emit, Ending, GaveUp, Run, Send, Sent, Sleep, Spawn, call_flow, drive
+from ._flow import Call, Completed, Effect, Emit, Ending, GaveUp, Run, Sleep, Spawn, call_flow, drive
 from ._http import ProviderHttp
 from ._policy import PolicySet
 from ._providers import ProviderConfig
-from ._relay import relay_attempt
 from ._shared import Breakers, RateLimiter, Snapshot, SpendBook, open_bucket
 from ._tools import ToolRegistry
+from ._upstream import ProviderUpstream, Send, Sent
 from ._work import CALLS_BUCKET, CallRecord, WorkItem
 
 __all__ = ["WORKERS_DURABLE", "Executor"]
@@ -321,6 +321,8 @@ class _Delivery:
         self.sent = False
         self.receipt: Any = None
         self.later: list[Spawn] = []
+        self.upstream = ProviderUpstream(call.engine, call.item, call.rec, call.policy, nc=executor.bus.nc,
+                                         on_relayed=partial(executor._relayed, call.rec))
 
     async def handle(self, effect: Effect) -> Any:
         executor, rec = self.executor, self.call.rec
@@ -349,8 +351,7 @@ class _Delivery:
         return await self.attempt(effect)
 
     async def attempt(self, send: Send) -> Sent:
-        executor, call = self.executor, self.call
-        item, rec = call.item, call.rec
+        executor, rec = self.executor, self.call.rec
         self.sent = True
         rec.in_flight = {"attempt": send.attempt, "target": send.target.route if send.target else None,
                          "started_at": time.time(), "worker": executor.worker_id}
@@ -360,13 +361,7 @@ class _Delivery:
         await executor._save(rec)
         keepalive = asyncio.create_task(executor._keepalive(self.raw))
         try:
-            if item.relay is not None:
-                streamed = await relay_attempt(call.engine, executor.bus.nc, item, rec, call.policy, send.attempt,
-                                               on_relayed=partial(executor._relayed, rec))
-                return Sent(streamed.outcome.latency_ms, outcome=streamed.outcome, relayed=streamed.relayed,
-                            cancelled=streamed.cancelled, usage_seen=streamed.usage_seen)
-            out = await call.engine.attempt(item, rec, call.policy)
-            return Sent(out.latency_ms, outcome=out)
+            return await self.upstream.attempt(send)
         finally:
             keepalive.cancel()
 

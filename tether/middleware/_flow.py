@@ -25,10 +25,11 @@ from ._budget import BudgetRefusal, RunawayTracker, request_fingerprint
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._failures import Failure, classify_http
-from ._policy import Policy, PolicySet, Target
+from ._policy import Policy, PolicySet
 from ._providers import usage_of
 from ._relay import NOT_RETRIED, record_cancelled
 from ._shared import Snapshot
+from ._upstream import Send, Sent
 from ._work import CallRecord, WorkItem
 
 __all__ = [
@@ -40,17 +41,13 @@ __all__ = [
     "GaveUp",
     "Invoke",
     "Invoked",
-    "MemoryUpstream",
     "Run",
     "RunawayError",
-    "Send",
-    "Sent",
     "Sleep",
     "Spawn",
     "Stopped",
     "Streaming",
     "ToolCall",
-    "Upstream",
     "call_flow",
     "drive",
     "drive_sync",
@@ -105,17 +102,6 @@ class Sleep:
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    """Make one attempt at ``target``. Adapters fill in the bytes they send (``headers``, ``body``)."""
-
-    target: Target | None
-    attempt: int
-    timeout_s: float
-    headers: Headers = field(default_factory=list)
-    body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
 class Invoke:
     """Run an in-process tool once (``tether.tool``)."""
 
@@ -123,60 +109,6 @@ class Invoke:
 
 
 Effect = Emit | Run | Spawn | Sleep | Send | Invoke
-
-
-# -- the upstream: one attempt in, an answer or a stream out ----------------------------------
-
-
-@dataclass
-class Sent:
-    """What one attempt got back: an upstream answer or stream.
-
-    An answer read already (a worker's or an inline call's provider client, a tool) has
-    ``outcome``. A raw HTTP answer has ``status``, ``headers`` and ``body`` (complete), or
-    ``stream`` (the open upstream, driver-specific) with its ``first`` chunks; a failure to
-    connect or to read has ``failure``. A stream a worker relayed to its caller says
-    ``relayed`` (its first byte went out: never retried) and, when the caller stopped it,
-    ``cancelled`` (``(code, message)``).
-    """
-
-    latency_ms: float
-    status: int = 0
-    headers: Headers = field(default_factory=list)
-    body: bytes | None = None
-    stream: Any = None
-    first: list[bytes] = field(default_factory=list)
-    failure: Failure | None = None
-    extensions: dict[str, Any] = field(default_factory=dict)
-    outcome: Outcome | None = None
-    relayed: bool = False
-    cancelled: tuple[str, str] | None = None
-    usage_seen: bool = False
-
-
-class Upstream(Protocol):
-    """Where a call's attempts go: the provider client of workers and inline calls, an SDK's
-    transport or the gateway's client (adapters), or :class:`MemoryUpstream` in tests."""
-
-    async def attempt(self, send: Send) -> Sent: ...
-
-
-class MemoryUpstream:
-    """An upstream that answers from a script, for tests: each attempt takes the next
-    :class:`Sent` (an :class:`Outcome` is wrapped in one; an exception is raised)."""
-
-    def __init__(self, *answers: Sent | Outcome | BaseException) -> None:
-        self.answers = list(answers)
-        self.sends: list[Send] = []
-
-    async def attempt(self, send: Send) -> Sent:
-        self.sends.append(send)
-        if not self.answers:
-            raise AssertionError(f"MemoryUpstream has no answer left for attempt {send.attempt}")
-        answer = self.answers.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return Sent(answer.latency_ms, outcome=answer) if isinstance(answer, Outcome) else answer
 
 
 # -- how the loop ends ------------------------------------------------------------------------
