@@ -187,8 +187,8 @@ def runaway_count(doc: dict[str, Any], run_id: str, fingerprint: str, guard: Run
                 f"(runaway.max_identical_calls={guard.max_identical_calls})")
     doc["calls"] = calls + 1
     fingerprints[fingerprint] = fingerprints.pop(fingerprint, 0) + 1  # now the most recent
-    for stale in list(fingerprints)[:max(0, len(fingerprints) - MAX_FINGERPRINTS)]:
-        del fingerprints[stale]
+    while len(fingerprints) > MAX_FINGERPRINTS:
+        del fingerprints[next(iter(fingerprints))]  # the least recently repeated
     return None
 
 
