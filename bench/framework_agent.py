@@ -1,0 +1,103 @@
+"""One framework's agent, bare or under tether, timed run by run: the child process of
+bench/frameworks.py, run by that framework's venv (``.venv-<framework>``). Prints JSON samples.
+
+An agent run is two model calls (the first answered with a tool call) and one tool call: two
+agent steps. Bare: the framework as its users run it, with its model client's retries off (as
+under tether). Tethered: the same, plus the lines of docs/frameworks/ (``tether.init()`` and the
+model's client given to tether). Each run's wall time and this process's CPU time
+(``time.process_time``: the framework, the SDK, tether and its publisher thread) are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Runner = Callable[[int], Awaitable[None]]
+
+
+def langgraph_agent(tethered: bool) -> Runner:
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from langgraph.prebuilt import create_react_agent
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    llm = ChatOpenAI(model="gpt-4o-mini", max_retries=0)
+    if tethered:
+        import tether
+        from tether.adapters.langgraph import chat_model
+
+        tether.init()
+        llm = chat_model(llm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        agent = create_react_agent(llm, [get_weather], name="weather-bot")
+
+    async def run(i: int) -> None:
+        await agent.ainvoke({"messages": [("user", f"What is the weather in city {i}?")]})
+
+    return run
+
+
+def openai_agents_agent(tethered: bool) -> Runner:
+    from agents import Agent, Runner, function_tool, set_default_openai_client, set_trace_processors
+    from openai import AsyncOpenAI
+
+    set_trace_processors([])  # no export to OpenAI: both variants run the SDK's tracing machinery
+    client = AsyncOpenAI(max_retries=0)
+    if tethered:
+        import tether
+        from tether.adapters.openai_agents import use_default_client
+
+        tether.init()
+        use_default_client(client)
+    else:
+        set_default_openai_client(client)
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    agent = Agent(name="weather-bot", instructions="Answer about the weather.", tools=[get_weather])
+
+    async def run(i: int) -> None:
+        await Runner.run(agent, f"What is the weather in city {i}?")
+
+    return run
+
+
+async def measure(framework: str, tethered: bool, runs: int, warmup: int) -> dict[str, Any]:
+    make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent}[framework]
+    run = make(tethered)
+    for i in range(warmup):
+        await run(-1 - i)
+    wall: list[float] = []
+    cpu: list[float] = []
+    for i in range(runs):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        await run(i)
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - started_cpu) * 1000)
+    if tethered:
+        import tether.adapters
+
+        await asyncio.to_thread(tether.adapters.flush)
+    return {"wall_ms": wall, "cpu_ms": cpu}
+
+
+if __name__ == "__main__":
+    framework, mode, count, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    print(json.dumps(asyncio.run(measure(framework, mode == "tether", count, warm))))
