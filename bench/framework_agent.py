@@ -2,10 +2,12 @@
 bench/frameworks.py, run by that framework's venv (``.venv-<framework>``). Prints JSON samples.
 
 An agent run is two model calls (the first answered with a tool call) and one tool call: two
-agent steps. Bare: the framework as its users run it, with its model client's retries off (as
-under tether). Tethered: the same, plus the lines of docs/frameworks/ (``tether.init()`` and the
-model's client given to tether). Each run's wall time and this process's CPU time
-(``time.process_time``: the framework, the SDK, tether and its publisher thread) are recorded.
+agent steps. ``bare``: the framework as its users run it, with its model client's retries off
+(as under tether). ``tether``: the same, plus the two lines of docs/frameworks/ (``tether.init()``
+and the model's client given to tether). ``model``: the model's client given to tether, without
+``tether.init()`` (no runs, no tool events): what the LLM path costs alone. Each run's wall time
+and this process's CPU time (``time.process_time``: the framework, the SDK, tether and its
+publisher thread) are recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 Runner = Callable[[int], Awaitable[None]]
 
 
-def langgraph_agent(tethered: bool) -> Runner:
+def langgraph_agent(mode: str) -> Runner:
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
 
@@ -35,11 +37,12 @@ def langgraph_agent(tethered: bool) -> Runner:
         return f"It is sunny in {city}."
 
     llm = ChatOpenAI(model="gpt-4o-mini", max_retries=0)
-    if tethered:
+    if mode != "bare":
         import tether
         from tether.adapters.langgraph import chat_model
 
-        tether.init()
+        if mode == "tether":
+            tether.init()
         llm = chat_model(llm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -51,17 +54,18 @@ def langgraph_agent(tethered: bool) -> Runner:
     return run
 
 
-def openai_agents_agent(tethered: bool) -> Runner:
+def openai_agents_agent(mode: str) -> Runner:
     from agents import Agent, Runner, function_tool, set_default_openai_client, set_trace_processors
     from openai import AsyncOpenAI
 
     set_trace_processors([])  # no export to OpenAI: both variants run the SDK's tracing machinery
     client = AsyncOpenAI(max_retries=0)
-    if tethered:
+    if mode != "bare":
         import tether
         from tether.adapters.openai_agents import use_default_client
 
-        tether.init()
+        if mode == "tether":
+            tether.init()
         use_default_client(client)
     else:
         set_default_openai_client(client)
@@ -79,9 +83,9 @@ def openai_agents_agent(tethered: bool) -> Runner:
     return run
 
 
-async def measure(framework: str, tethered: bool, runs: int, warmup: int) -> dict[str, Any]:
+async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent}[framework]
-    run = make(tethered)
+    run = make(mode)
     for i in range(warmup):
         await run(-1 - i)
     wall: list[float] = []
@@ -91,7 +95,7 @@ async def measure(framework: str, tethered: bool, runs: int, warmup: int) -> dic
         await run(i)
         wall.append((time.perf_counter() - started) * 1000)
         cpu.append((time.process_time() - started_cpu) * 1000)
-    if tethered:
+    if mode != "bare":
         import tether.adapters
 
         await asyncio.to_thread(tether.adapters.flush)
@@ -100,4 +104,4 @@ async def measure(framework: str, tethered: bool, runs: int, warmup: int) -> dic
 
 if __name__ == "__main__":
     framework, mode, count, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(asyncio.run(measure(framework, mode == "tether", count, warm))))
+    print(json.dumps(asyncio.run(measure(framework, mode, count, warm))))

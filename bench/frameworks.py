@@ -6,7 +6,10 @@ it from ``requirements/<framework>.txt``), ``bench/framework_agent.py`` runs the
 tool, two model calls per run: two agent steps) bare and under tether, in child processes that
 alternate in blocks so drift hits both. *Added* per step is the tethered percentile minus the bare
 one, halved (two steps per run); CPU is the agent process's (``time.process_time``), per step.
-At the end EVENTS must hold one ``run.started`` per tethered run.
+A third variant, ``model``, gives tether the model's client without ``tether.init()``: the LLM
+path alone (tether's call loop), so the rest of *added* is the framework hooks (runs, tool
+events, and the framework's own work for a hook: LangChain builds a run tree for every node once
+a callback handler is present). At the end EVENTS must hold one ``run.started`` per tethered run.
 
     .venv/bin/python bench/frameworks.py
     .venv/bin/python bench/frameworks.py --runs 200 --rounds 3 --json
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests._envs import optional_env  # noqa: E402  (the tests' builder of the framework venvs)
 
 FRAMEWORKS = ("langgraph", "openai-agents")
+MODES = ("bare", "model", "tether")
 STEPS_PER_RUN = 2
 
 
@@ -86,25 +90,25 @@ def main() -> int:
                 venv = optional_env(framework, project=True).path
                 env = {**os.environ, "TETHER_NATS_URL": nats.url, "TETHER_HOME": str(work / "home"),
                        "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench-0000"}
-                samples: dict[str, dict[str, list[float]]] = {"bare": {"wall_ms": [], "cpu_ms": []},
-                                                               "tether": {"wall_ms": [], "cpu_ms": []}}
+                samples: dict[str, dict[str, list[float]]] = {m: {"wall_ms": [], "cpu_ms": []} for m in MODES}
                 before = asyncio.run(started_runs(nats.url, work / "home"))
                 for _ in range(args.rounds):
-                    for mode in ("bare", "tether"):
+                    for mode in MODES:
                         got = block(venv / "bin" / "python", framework, mode, args.runs, args.warmup, env, work)
                         for key in ("wall_ms", "cpu_ms"):
                             samples[mode][key] += got[key]
                 recorded = asyncio.run(started_runs(nats.url, work / "home")) - before
-                expected = args.rounds * (args.runs + args.warmup)
+                expected = args.rounds * (args.runs + args.warmup)  # the "tether" blocks' runs
                 assert recorded == expected, f"{framework}: {recorded} runs recorded, {expected} made"
                 row: dict[str, float] = {}
                 for key in ("wall_ms", "cpu_ms"):
                     for q, name in ((0.5, "p50"), (0.99, "p99")):
                         bare = percentile(samples["bare"][key], q) / STEPS_PER_RUN
-                        tethered = percentile(samples["tether"][key], q) / STEPS_PER_RUN
-                        row[f"{key}_{name}_bare"] = bare
-                        row[f"{key}_{name}_tether"] = tethered
-                        row[f"{key}_{name}_added"] = tethered - bare
+                        for mode in MODES[1:]:
+                            tethered = percentile(samples[mode][key], q) / STEPS_PER_RUN
+                            row[f"{key}_{name}_bare"] = bare
+                            row[f"{key}_{name}_{mode}"] = tethered
+                            row[f"{key}_{name}_{mode}_added"] = tethered - bare
                 results[framework] = row
     finally:
         provider.terminate()
@@ -114,12 +118,15 @@ def main() -> int:
         return 0
     print(f"per agent step ({STEPS_PER_RUN} per run: one model call, and a tool call or the answer), "
           f"{args.rounds} x {args.runs} runs per variant")
-    print(f"{'framework':<15}{'bare p50':>10}{'tether p50':>12}{'added p50':>11}{'added p99':>11}"
-          f"{'CPU bare':>10}{'CPU tether':>12}{'CPU added':>11}")
+    print(f"{'framework':<15}{'variant':<8}{'p50':>9}{'added p50':>11}{'added p99':>11}{'CPU p50':>10}"
+          f"{'CPU added':>11}")
     for framework, row in results.items():
-        print(f"{framework:<15}{row['wall_ms_p50_bare']:>8.2f}ms{row['wall_ms_p50_tether']:>10.2f}ms"
-              f"{row['wall_ms_p50_added']:>9.2f}ms{row['wall_ms_p99_added']:>9.2f}ms"
-              f"{row['cpu_ms_p50_bare']:>8.2f}ms{row['cpu_ms_p50_tether']:>10.2f}ms{row['cpu_ms_p50_added']:>9.2f}ms")
+        print(f"{framework:<15}{'bare':<8}{row['wall_ms_p50_bare']:>7.2f}ms{'':>11}{'':>11}"
+              f"{row['cpu_ms_p50_bare']:>8.2f}ms")
+        for mode in MODES[1:]:
+            print(f"{'':<15}{mode:<8}{row[f'wall_ms_p50_{mode}']:>7.2f}ms{row[f'wall_ms_p50_{mode}_added']:>9.2f}ms"
+                  f"{row[f'wall_ms_p99_{mode}_added']:>9.2f}ms{row[f'cpu_ms_p50_{mode}']:>8.2f}ms"
+                  f"{row[f'cpu_ms_p50_{mode}_added']:>9.2f}ms")
     return 0
 
 

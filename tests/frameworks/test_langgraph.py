@@ -145,3 +145,15 @@ def test_the_checkpointer_passes_langgraphs_conformance_suite(venv: OptionalEnv,
         assert results[capability]["passed"], (capability, results[capability]["failures"])
         assert results[capability]["tests_passed"] > 0
     assert report["passed_all_base"]
+
+
+def test_a_sync_graph_on_the_checkpointer_is_told_to_use_ainvoke(venv: OptionalEnv, fresh_nats_server: NatsServer,
+                                                                 tmp_path: Path) -> None:
+    done = subprocess.run([str(venv.bin("python")), str(HERE / "langgraph_sync.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "TETHER_NATS_URL": fresh_nats_server.url,
+                               "TETHER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["error"] == "NotImplementedError"
+    assert "async only" in said["message"] and "ainvoke()" in said["message"]

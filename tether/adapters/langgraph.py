@@ -244,6 +244,12 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
             for key in await self.state.keys(f"{kind}.{t}"):
                 await self.state.purge(key)
 
+    def _sync(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("TetherCheckpointer is async only: run the graph with ainvoke() or astream() "
+                                  "(its bus lives on an event loop), or use LangGraph's own saver for sync code")
+
+    get_tuple = put = put_writes = delete_thread = _sync
+
     def get_next_version(self, current: str | None, channel: None) -> str:
         number = 0 if current is None else current if isinstance(current, int) else int(str(current).split(".")[0])
         return f"{number + 1:032}.{random.random():016}"
@@ -284,3 +290,6 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
             metadata=self.serde.loads_typed(unpack(saved["metadata"])),
             parent_config=_config(thread, ns, parent) if parent else None,
             pending_writes=[(w["task"], w["channel"], self.serde.loads_typed(unpack(w["value"]))) for w in writes])
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:  # last: the name would shadow the builtin above
+        return self._sync()
