@@ -83,6 +83,64 @@ def openai_agents_agent(mode: str) -> Runner:
     return run
 
 
+def hooks(framework: str, runs: int) -> dict[str, float]:
+    """The adapter's own hooks, driven as the framework drives them for one agent run (a run, a tool
+    call, six other chains or two model spans), without the framework's work around them: CPU per
+    run with tether's hooks and without (the publisher thread's share included, after a flush)."""
+    import uuid
+
+    import tether.adapters
+
+    if framework == "langgraph":
+        from tether.adapters.langgraph import TetherCallbackHandler
+
+        handler = TetherCallbackHandler()
+
+        def one() -> None:
+            root = uuid.uuid4()
+            handler.on_chain_start(None, {"messages": []}, run_id=root, parent_run_id=None, name="weather-bot")
+            for _ in range(6):  # the graph's nodes and their inner runnables
+                child = uuid.uuid4()
+                handler.on_chain_start(None, {}, run_id=child, parent_run_id=root)
+                handler.on_chain_end({}, run_id=child, parent_run_id=root)
+            tool_run = uuid.uuid4()
+            handler.on_tool_start({"name": "get_weather"}, "", run_id=tool_run, inputs={"city": "Paris"})
+            handler.on_tool_end("It is sunny in Paris.", run_id=tool_run)
+            handler.on_chain_end({}, run_id=root)
+
+        def none() -> None:
+            pass
+    else:
+        from agents.tracing import agent_span, function_span, response_span, set_trace_processors, trace
+
+        from tether.adapters.openai_agents import TetherTracingProcessor
+
+        def spans() -> None:
+            with trace("Agent workflow"), agent_span("weather-bot"):
+                with response_span():
+                    pass
+                with function_span("get_weather") as span:
+                    span.span_data.input, span.span_data.output = '{"city": "Paris"}', "It is sunny in Paris."
+                with response_span():
+                    pass
+
+        none = one = spans
+        set_trace_processors([])  # bare first; tether's processor is added for the second loop
+    out: dict[str, float] = {}
+    for name, fn in (("bare", none), ("tether", one)):
+        if name == "tether" and framework != "langgraph":
+            set_trace_processors([TetherTracingProcessor()])
+        for _ in range(runs // 10):
+            fn()
+        tether.adapters.flush()
+        started = time.process_time()
+        for _ in range(runs):
+            fn()
+        tether.adapters.flush()
+        out[name] = (time.process_time() - started) * 1000 / runs
+    return out
+
+
 async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent}[framework]
     run = make(mode)
@@ -104,4 +162,7 @@ async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str
 
 if __name__ == "__main__":
     framework, mode, count, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(asyncio.run(measure(framework, mode, count, warm))))
+    if mode == "hooks":
+        print(json.dumps(hooks(framework, count)))
+    else:
+        print(json.dumps(asyncio.run(measure(framework, mode, count, warm))))

@@ -10,6 +10,8 @@ A third variant, ``model``, gives tether the model's client without ``tether.ini
 path alone (tether's call loop), so the rest of *added* is the framework hooks (runs, tool
 events, and the framework's own work for a hook: LangChain builds a run tree for every node once
 a callback handler is present). At the end EVENTS must hold one ``run.started`` per tethered run.
+Last, ``hooks``: the adapter's hooks alone, driven as the framework drives them for one run (no
+framework, no model), CPU per run with and without them, the publisher's included.
 
     .venv/bin/python bench/frameworks.py
     .venv/bin/python bench/frameworks.py --runs 200 --rounds 3 --json
@@ -59,12 +61,12 @@ def start_provider() -> tuple[subprocess.Popen[str], str]:
 
 
 def block(python: Path, framework: str, mode: str, runs: int, warmup: int, env: dict[str, str],
-          work: Path) -> dict[str, list[float]]:
+          work: Path) -> dict[str, Any]:
     done = subprocess.run([str(python), str(ROOT / "bench" / "framework_agent.py"), framework, mode, str(runs),
                            str(warmup)], env=env, cwd=work, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{framework} {mode}: exit {done.returncode}\n{done.stderr[-3000:]}")
-    samples: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    samples: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return samples
 
 
@@ -79,6 +81,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="blocks of each variant")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    parser.add_argument("--hook-runs", type=int, default=2000, help="runs of the hooks alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -109,6 +112,8 @@ def main() -> int:
                             row[f"{key}_{name}_bare"] = bare
                             row[f"{key}_{name}_{mode}"] = tethered
                             row[f"{key}_{name}_{mode}_added"] = tethered - bare
+                got_hooks = block(venv / "bin" / "python", framework, "hooks", args.hook_runs, 0, env, work)
+                row["hooks_cpu_ms_per_run"] = got_hooks["tether"] - got_hooks["bare"]
                 results[framework] = row
     finally:
         provider.terminate()
@@ -127,6 +132,8 @@ def main() -> int:
             print(f"{'':<15}{mode:<8}{row[f'wall_ms_p50_{mode}']:>7.2f}ms{row[f'wall_ms_p50_{mode}_added']:>9.2f}ms"
                   f"{row[f'wall_ms_p99_{mode}_added']:>9.2f}ms{row[f'cpu_ms_p50_{mode}']:>8.2f}ms"
                   f"{row[f'cpu_ms_p50_{mode}_added']:>9.2f}ms")
+        print(f"{'':<15}hooks alone: {row['hooks_cpu_ms_per_run']:.3f} ms CPU per run "
+              f"({row['hooks_cpu_ms_per_run'] / STEPS_PER_RUN:.3f} ms per step)")
     return 0
 
 
