@@ -5,7 +5,8 @@ An agent run is two model calls (the first answered with a tool call) and one to
 agent steps. ``bare``: the framework as its users run it, with its model client's retries off
 (as under tether). ``tether``: the same, plus the two lines of docs/frameworks/ (``tether.init()``
 and the model's client given to tether). ``model``: the model's client given to tether, without
-``tether.init()`` (no runs, no tool events): what the LLM path costs alone. Each run's wall time
+``tether.init()`` (no runs, no tool events): what the LLM path costs alone. ``observer``: ``model``
+plus a hook that does nothing, registered where tether's goes: the framework's own cost of a hook. Each run's wall time
 and this process's CPU time (``time.process_time``: the framework, the SDK, tether and its
 publisher thread) are recorded.
 """
@@ -21,6 +22,46 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 Runner = Callable[[int], Awaitable[None]]
+
+
+def observe_langchain() -> None:
+    """A callback handler that does nothing, registered as tether's is: LangChain's own cost of one."""
+    import contextvars
+
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.tracers.context import register_configure_hook
+
+    class Nothing(BaseCallbackHandler):
+        run_inline = True
+
+    nothing = Nothing()
+    register_configure_hook(contextvars.ContextVar("bench_nothing", default=nothing), True)
+
+
+def observe_agents() -> None:
+    """A trace processor that does nothing, added as tether's is: the SDK's own cost of one."""
+    from agents.tracing import TracingProcessor, add_trace_processor
+
+    class Nothing(TracingProcessor):
+        def on_trace_start(self, trace: Any) -> None:
+            pass
+
+        def on_trace_end(self, trace: Any) -> None:
+            pass
+
+        def on_span_start(self, span: Any) -> None:
+            pass
+
+        def on_span_end(self, span: Any) -> None:
+            pass
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self) -> None:
+            pass
+
+    add_trace_processor(Nothing())
 
 
 def langgraph_agent(mode: str) -> Runner:
@@ -43,6 +84,8 @@ def langgraph_agent(mode: str) -> Runner:
 
         if mode == "tether":
             tether.init()
+        elif mode == "observer":
+            observe_langchain()
         llm = chat_model(llm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,6 +109,8 @@ def openai_agents_agent(mode: str) -> Runner:
 
         if mode == "tether":
             tether.init()
+        elif mode == "observer":
+            observe_agents()
         use_default_client(client)
     else:
         set_default_openai_client(client)

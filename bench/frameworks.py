@@ -9,7 +9,9 @@ one, halved (two steps per run); CPU is the agent process's (``time.process_time
 A third variant, ``model``, gives tether the model's client without ``tether.init()``: the LLM
 path alone (tether's call loop), so the rest of *added* is the framework hooks (runs, tool
 events, and the framework's own work for a hook: LangChain builds a run tree for every node once
-a callback handler is present). At the end EVENTS must hold one ``run.started`` per tethered run.
+a callback handler is present). ``observer`` is ``model`` plus a hook that does nothing, where
+tether's goes: the framework's own cost of being observed at all. At the end EVENTS must hold one
+``run.started`` per tethered run.
 Last, ``hooks``: the adapter's hooks alone, driven as the framework drives them for one run (no
 framework, no model), CPU per run with and without them, the publisher's included.
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from tests._envs import optional_env  # noqa: E402  (the tests' builder of the framework venvs)
 
 FRAMEWORKS = ("langgraph", "openai-agents")
-MODES = ("bare", "model", "tether")
+MODES = ("bare", "model", "observer", "tether")
 STEPS_PER_RUN = 2
 
 

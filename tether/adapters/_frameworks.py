@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from pydantic_core import to_jsonable_python
 
 from tether.adapters import Hub, Redactor, background_hub, current_run, tool
@@ -114,10 +115,8 @@ class KvState:
         kv = await self.kv()
         try:
             entry = await kv.get(key)
-        except Exception as exc:  # nats.js.errors.KeyNotFoundError / KeyDeletedError
-            if type(exc).__name__ in ("KeyNotFoundError", "KeyDeletedError", "NotFoundError"):
-                return None
-            raise
+        except (KeyNotFoundError, KeyDeletedError):  # never written, or purged
+            return None
         return json.loads(entry.value) if entry.value else None
 
     async def put(self, key: str, value: Any) -> None:
