@@ -26,7 +26,8 @@ def get_weather(city: str) -> str:
     return f"It is sunny in {city}."
 
 
-async def main(session_id: str, question: str, remember: str | None, handoff: bool) -> dict[str, Any]:
+async def main(session_id: str, question: str, remember: str | None, handoff: bool,
+               memory_for: list[str] | None) -> dict[str, Any]:
     set_trace_processors([])  # no export of traces to OpenAI from a test (tether's processor comes after)
     installed = tether.init()  # line 1: runs, handoffs and tool calls of every agent run
     use_default_client()  # line 2: the SDK's model calls under tether's policy, its retries off
@@ -37,8 +38,8 @@ async def main(session_id: str, question: str, remember: str | None, handoff: bo
         memory = await AsyncMemory(bus, agent="weather-bot").start()
         written = await memory.write("agent:weather-bot", remember, key="home-city")
         await memory.wait_for(written.seq)
-        config = RunConfig(call_model_input_filter=memory_filter(memory, namespaces="agent:weather-bot",
-                                                                 token_budget=200))
+        config = RunConfig(call_model_input_filter=memory_filter(memory, agents=memory_for,
+                                                                 namespaces="agent:weather-bot", token_budget=200))
     weather = Agent(name="weather-bot", instructions="Answer about the weather.", tools=[get_weather])
     agent = Agent(name="triage", instructions="Hand off to the weather agent.", handoffs=[weather]) if handoff \
         else weather
@@ -60,5 +61,6 @@ async def main(session_id: str, question: str, remember: str | None, handoff: bo
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
+    only = [a.removeprefix("--memory-for=") for a in argv if a.startswith("--memory-for=")]
     print(json.dumps(asyncio.run(main(argv[0], argv[1], argv[2] or None if len(argv) > 2 else None,
-                                      "--handoff" in argv))))
+                                      "--handoff" in argv, only or None))))

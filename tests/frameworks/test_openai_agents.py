@@ -138,3 +138,16 @@ def test_memory_is_injected_into_the_models_input_and_recorded(venv: OptionalEnv
     assert len(sent) == 2
     for call in sent:
         assert remember in call.data.request["instructions"]
+
+
+def test_memory_is_injected_only_for_the_agents_named(venv: OptionalEnv, fake: FakeProvider,
+                                                     fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    remember = "Weather in Paris: the user wants degrees Celsius."
+    out = run_script(venv, SCRIPT, "session-8", QUESTION, remember, "--memory-for=another-bot",
+                     nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert out.said["ok"], out.said
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    [started] = out.started()
+    run = out.runs()[started.runid]
+    assert not [e for e in run if e.type.startswith("tether.tool.call") and e.data.tool == "tether.memory.context"]
+    assert all(remember not in e.data.request["instructions"] for e in run if e.type == "tether.llm.call.requested")
