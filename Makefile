@@ -65,9 +65,11 @@ lock: | $(UV)
 	$(COMPILE) --upgrade --resolution lowest-direct -o requirements/lowest.txt
 	$(UV) pip compile --quiet requirements/phoenix.in --python-version 3.11 --generate-hashes --upgrade \
 		-o requirements/phoenix.txt  # Phoenix's own venv for tests (tests/_envs.py builds .venv-phoenix)
-	for fw in $(FRAMEWORKS); do  # each framework's own venv, tether from the checkout (tests/frameworks/)
+	# each framework's own venv (tests/frameworks/), tether installed from the checkout by tests/_envs.py
+	for fw in $(FRAMEWORKS); do \
 		$(UV) pip compile --quiet requirements/$$fw.in --python-version 3.11 --generate-hashes --upgrade \
-			--no-emit-package tether -o requirements/$$fw.txt || exit 1; done
+			--no-emit-package tether -o requirements/$$fw.txt || exit 1; \
+	done
 	$(MAKE) test test-lowest
 
 bench: $(STAMP) $(BENCH_STAMP)
