@@ -8,6 +8,9 @@ conversation in ``TetherSession`` and, when asked, puts memory into the model's 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from tether.testing import FakeProvider, NatsServer
 
 from .._envs import OptionalEnv, optional_env
-from ._harness import BUDGET_ONE_CALL, POLICIES, events, run_script
+from ._harness import BUDGET_ONE_CALL, HERE, POLICIES, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
@@ -151,3 +154,19 @@ def test_memory_is_injected_only_for_the_agents_named(venv: OptionalEnv, fake: F
     run = out.runs()[started.runid]
     assert not [e for e in run if e.type.startswith("tether.tool.call") and e.data.tool == "tether.memory.context"]
     assert all(remember not in e.data.request["instructions"] for e in run if e.type == "tether.llm.call.requested")
+
+
+def test_the_session_keeps_the_protocol(venv: OptionalEnv, fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    done = subprocess.run([str(venv.bin("python")), str(HERE / "openai_agents_session.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "TETHER_NATS_URL": fresh_nats_server.url,
+                               "TETHER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["is_session"], "the SDK's runtime-checkable Session protocol"
+    assert said["empty"] == [] and said["pop_empty"] is None
+    assert said["all"] == ["0", "1", "2", "3", "4"], "in the order written"
+    assert said["last_two"] == ["3", "4"]
+    assert said["popped"] == "4" and said["after_pop"] == ["0", "1", "2", "3"]
+    assert said["cleared"] == []
+    assert said["other"] == ["other"], "a session whose id is a prefix of another's is its own"

@@ -99,11 +99,18 @@ def unpack(value: Sequence[str]) -> tuple[str, bytes]:
 
 
 class KvState:
-    """JSON documents in one KV bucket (file storage: they survive a restart of every process)."""
+    """JSON documents in one KV bucket (file storage: they survive a restart of every process).
+
+    Keys are listed from the stream's own per-subject index (``STREAM.INFO`` with a subject filter),
+    not with a KV watch: nats-py's watch can signal its end before delivering what it holds (when the
+    server has pushed every entry before the consumer's info comes back), which read as an empty list.
+    A key is removed by purging its subject from the stream, so a listed key is a live one."""
 
     def __init__(self, bus: Bus, bucket: str) -> None:
         self.bus = bus
         self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.head = f"$KV.{bucket}."
         self._kv: Any = None
 
     async def kv(self) -> Any:
@@ -111,34 +118,31 @@ class KvState:
             self._kv = await open_bucket(self.bus.js, self.bucket)
         return self._kv
 
-    async def get(self, key: str) -> Any:
+    async def entry(self, key: str) -> Any:
+        """The KV entry (``value``, ``revision``), or None."""
         kv = await self.kv()
         try:
-            entry = await kv.get(key)
-        except (KeyNotFoundError, KeyDeletedError):  # never written, or purged
+            return await kv.get(key)
+        except (KeyNotFoundError, KeyDeletedError):  # never written, or removed
             return None
-        return json.loads(entry.value) if entry.value else None
+
+    async def get(self, key: str) -> Any:
+        entry = await self.entry(key)
+        return json.loads(entry.value) if entry is not None and entry.value else None
 
     async def put(self, key: str, value: Any) -> None:
         await (await self.kv()).put(key, json.dumps(_jsonable(value), separators=(",", ":")).encode())
 
     async def keys(self, prefix: str) -> list[str]:
-        """Live keys under ``prefix`` (a key with its tokens, e.g. ``c.<thread>``), from a watch on
-        ``prefix.>`` on the server (nats-py's ``keys(filters=)`` reads the whole bucket)."""
-        watcher = await (await self.kv()).watch(f"{prefix}.>", ignore_deletes=True, meta_only=True)
-        found: list[str] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored now
-                    break
-                found.append(entry.key)
-        finally:
-            await watcher.stop()
-        return found
+        """Live keys under ``prefix`` (a key with its tokens, e.g. ``c.<thread>``)."""
+        await self.kv()
+        info = await self.bus.js.stream_info(self.stream, subjects_filter=f"{self.head}{prefix}.>")
+        return [subject[len(self.head):] for subject in (info.state.subjects or {})]
 
-    async def purge(self, key: str) -> None:
-        await (await self.kv()).purge(key)
-
+    async def remove(self, key: str) -> None:
+        """``key`` gone, its history too (``prefix.>`` removes every key under ``prefix``)."""
+        await self.kv()
+        await self.bus.js.purge_stream(self.stream, subject=f"{self.head}{key}")
 
 # -- memory ---------------------------------------------------------------------------------
 

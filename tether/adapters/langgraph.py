@@ -241,8 +241,7 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
     async def adelete_thread(self, thread_id: str) -> None:
         t = key_token(str(thread_id))
         for kind in ("c", "b", "w"):
-            for key in await self.state.keys(f"{kind}.{t}"):
-                await self.state.purge(key)
+            await self.state.remove(f"{kind}.{t}.>")
 
     def _sync(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("TetherCheckpointer is async only: run the graph with ainvoke() or astream() "

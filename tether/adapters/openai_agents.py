@@ -196,20 +196,12 @@ class TetherSession:
         self._prefix = f"s.{key_token(session_id)}"
 
     async def _entries(self) -> list[Any]:
-        kv = await self.state.kv()
-        watcher = await kv.watch(f"{self._prefix}.>", ignore_deletes=True)
-        found: list[Any] = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                found.append(entry)
-        finally:
-            await watcher.stop()
-        return sorted(found, key=lambda e: e.revision)
+        """The session's KV entries, in the order they were written (by stream sequence)."""
+        found = [await self.state.entry(key) for key in await self.state.keys(self._prefix)]
+        return sorted((e for e in found if e is not None and e.value), key=lambda e: e.revision)
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
-        items = [json.loads(e.value) for e in await self._entries() if e.value]
+        items = [json.loads(e.value) for e in await self._entries()]
         return items if limit is None else items[-limit:] if limit > 0 else []
 
     async def add_items(self, items: list[Any]) -> None:
@@ -217,12 +209,11 @@ class TetherSession:
             await self.state.put(f"{self._prefix}.{uuid7()}", item)
 
     async def pop_item(self) -> Any:
-        entries = [e for e in await self._entries() if e.value]
+        entries = await self._entries()
         if not entries:
             return None
-        await self.state.purge(entries[-1].key)
+        await self.state.remove(entries[-1].key)
         return json.loads(entries[-1].value)
 
     async def clear_session(self) -> None:
-        for entry in await self._entries():
-            await self.state.purge(entry.key)
+        await self.state.remove(f"{self._prefix}.>")
