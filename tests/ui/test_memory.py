@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.cli.test_processes import Child, cli, stopped_cleanly, user_env
 from tether.bus import Bus, connect
 from tether.memory import AsyncMemory, Grant, Grants, MemorySettings
 from tether.testing import NatsServer
@@ -21,6 +23,8 @@ from tether.ui._live import Live
 from tether.ui._memory import MemorySource, identity
 from tether.ui._security import CSRF_COOKIE, Guard
 from tether.ui._views import ViewFiles
+
+from .conftest import base
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -233,3 +237,28 @@ async def test_without_nats_the_page_says_so(tmp_path: Path) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
         page = await c.get("/memory")
         assert page.status_code == 200 and "memory could not be read" in page.text and "is NATS up" in page.text
+
+
+def test_tether_ui_memory_agent_reads_with_that_agents_grants(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    """As users run it: grants in tether.toml, entries written by `tether memory write`, `tether ui --memory-agent`."""
+    (tmp_path / "tether.toml").write_text('[memory.grants]\nviewer = { read = ["team:docs"], write = ["team:docs"] }\n'
+                                          'writer = { read = ["*"], write = ["*"] }\n')
+    env = user_env(TETHER_HOME=str(tmp_path / "home"))
+    for ns in ("team:docs", "team:secret"):
+        done = cli("memory", "write", ns, f"a note in {ns}", "--key", "k", "--agent", "writer",
+                   "--url", fresh_nats_server.url, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+    child = Child("ui", "--url", fresh_nats_server.url, "--port", "0", "--memory-agent", "viewer", cwd=tmp_path,
+                  env=env)
+    try:
+        url = base(child.wait_for(r"the dashboard is at (http://127\.0\.0\.1:\d+/\?token=\S+)")[1])
+        page = httpx.get(url + "/memory", params={"ns": "team:docs"}, timeout=30)
+        assert page.status_code == 200
+        assert "as agent viewer (--memory-agent), with its grants: read team:docs" in page.text
+        assert "a note in team:docs" in page.text and "team:secret" not in page.text
+        for path in ("/memory", "/fragments/memory"):
+            secret = httpx.get(url + path, params={"ns": "team:secret", "key": "k"}, timeout=30)
+            assert secret.status_code == 403 and "a note in team:secret" not in secret.text
+    finally:
+        stopped_cleanly(child, sig=signal.SIGINT)
+    assert "Traceback" not in child.output
