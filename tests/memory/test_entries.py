@@ -57,6 +57,25 @@ async def test_entries_page_by_key_and_skip_what_is_not_live(memory: AsyncMemory
     assert await memory.entries("team:docs", limit=3, after_key="k6") == []
 
 
+async def test_entries_leave_out_what_a_compaction_replaced_unless_asked(memory: AsyncMemory) -> None:
+    from .test_compaction_and_models import FACTS as facts
+
+    for i, fact in enumerate(facts):
+        last = await memory.write("user:priya", fact, key=f"f{i}")
+    done = await memory.compact("user:priya", 80)
+    assert done is not None and done.seq is not None
+    summary = await memory.get("user:priya", done.key)
+    replaced = {r.split("@")[0] for r in summary.replaced}
+    now = {e.key for e in await memory.entries("user:priya")}
+    assert done.key in now and not now & replaced
+    everything = {e.key: e.status for e in await memory.entries("user:priya", include_compacted=True)}
+    assert {k for k, s in everything.items() if s == "compacted"} == replaced
+    assert {e.key for e in await memory.entries("user:priya", as_of=done.seq)} == now
+    assert replaced <= {e.key for e in await memory.entries("user:priya", as_of=done.seq, include_compacted=True)}
+    before = {e.key for e in await memory.entries("user:priya", as_of=last.seq)}
+    assert before == {f"f{i}" for i in range(len(facts))}, "before the compaction, nothing was replaced"
+
+
 async def test_entries_need_read_grants(open_memory: Opener) -> None:
     grants = Grants({"bot": Grant(read=("team:docs",), write=("team:docs", "team:secret"))})
     bot = await open_memory(agent="bot", grants=grants)

@@ -217,8 +217,11 @@ def _entries(db: sqlite3.Connection, namespace: str, seq: int | None, at: float 
                 entry, _ = q.current(db, namespace, key, now)
             else:
                 entry, _ = q.entry_as_of(db, namespace, key, seq, at)
-                if entry is not None and not include_compacted and q._compacted_as_of(db, entry, seq):
-                    entry = None
+                if entry is not None and not include_compacted and db.execute(
+                        "SELECT 1 FROM compactions WHERE namespace = ? AND key = ? AND seq <= ? "
+                        "AND (version IS NULL OR version >= ?) LIMIT 1", (namespace, key, seq, entry.version)
+                ).fetchone() is not None:
+                    entry = None  # a summary had replaced it by then
             if entry is not None and (include_compacted or entry.status == "live"):
                 out.append(entry)
                 if len(out) == limit:
