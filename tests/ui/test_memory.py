@@ -231,6 +231,19 @@ async def test_as_no_agent_with_grants_only_what_every_agent_may_read(fresh_nats
         assert (await stack.client.get("/memory", params={"ns": "agent:writer"})).status_code == 403
 
 
+async def test_a_view_behind_the_log_is_said_to_be(viewer: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    await viewer.writer.write("team:docs", "a note", key="n")
+    await viewer.source.client()
+
+    async def stalled(self: AsyncMemory, timeout: float = 30.0) -> int:
+        raise TimeoutError("the memory view in /x has not reached seq 99 (it is at 1); is its projector running?")
+
+    monkeypatch.setattr(AsyncMemory, "catch_up", stalled)
+    page = await viewer.client.get("/memory", params={"ns": "team:docs"})
+    assert page.status_code == 200 and "has not reached seq 99 (it is at 1)" in page.text
+    assert "the view is behind" in page.text and "a note" in page.text, "what it has is still shown"
+
+
 async def test_without_nats_the_page_says_so(tmp_path: Path) -> None:
     app: Any = build_app(None, tmp_path, Guard(hosts=frozenset({"dashboard"})),  # type: ignore[arg-type]
                          memory=MemorySource(None, settings_for(tmp_path, Grants.open())))  # type: ignore[arg-type]

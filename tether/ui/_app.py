@@ -298,7 +298,13 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
             return state, 400
         try:
             client = await source.client()
-            state.head = await client.catch_up()
+            try:
+                state.head = await client.catch_up(timeout=3.0)
+            except TimeoutError as exc:  # far behind (a rebuild, a stalled leader): show what it has, say so
+                from tether.memory import last_memory_seq
+
+                state.behind = str(exc)
+                state.head = await last_memory_seq(bus)
             state.namespaces = await client.namespaces()
         except Exception as exc:  # NATS away, or the view cannot be opened: say so, keep serving
             state.error = (f"memory could not be read ({type(exc).__name__}: {exc}): is NATS up, and is this the "

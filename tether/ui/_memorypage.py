@@ -36,6 +36,8 @@ class MemoryState:
     history: list[Version] | None = None
     error: str = ""
     key_error: str = ""
+    behind: str = ""
+    """Why the view is not up to date with the log's memory events (empty when it is)."""
     can_act: bool = False
 
 
@@ -52,7 +54,8 @@ def memory_page(state: MemoryState) -> str:
 
 
 def memory_body(state: MemoryState) -> str:
-    out = [_namespaces(state)]
+    out = [f"<p class='tag warn' id='memory-behind'>{e(state.behind)}</p>" if state.behind else "",
+           _namespaces(state)]
     if state.error:
         out.append(f"<p class='err'>{e(state.error)}</p>")
         return "".join(out)
@@ -85,7 +88,8 @@ def _slider(state: MemoryState) -> str:
     times = dict(state.positions)
     marks = "".join(f"<option value='{s}' label='{e(when(t))}'></option>" for s, t in state.positions)
     if state.as_of is None:
-        where = f"now (seq {state.head:,}: the view has every memory event in the log)"
+        where = (f"now (the log's memory events reach seq {state.head:,}; the view is behind)" if state.behind
+                 else f"now (seq {state.head:,}: the view has every memory event in the log)")
     else:
         at = times.get(max((s for s in seqs if s <= state.as_of), default=-1))
         where = f"as of seq {state.as_of:,}" + (f", {when(at)} UTC" if at else "") + " (in the past: read-only)"
