@@ -222,5 +222,15 @@ def test_memory_shows_both_versions_and_the_slider_shows_the_old_text(browser: A
         page.keyboard.press("End")  # back to now
         page.wait_for_selector("#entries:has-text('The office opens at ten.')", timeout=10_000)
         assert page.inner_text("#asof-label").startswith("now")
+        page.fill("#put textarea[name=text]", "The office opens at eleven.")  # an edit, with the token and CSRF
+        page.click("#put button.put")
+        page.wait_for_selector("#memory-result .ok:has-text('wrote')", timeout=10_000)
+        page.wait_for_selector("#history tr[data-version='3']", timeout=10_000)
+        assert "The office opens at eleven." in page.inner_text("#entries")
+        page.on("dialog", lambda dialog: dialog.accept())  # "Delete ...? (it stays in its history)"
+        page.click("#entries tr[data-key='hours'] button.delete")
+        page.wait_for_selector("#memory-result .ok:has-text('deleted')", timeout=10_000)
+        page.wait_for_selector("#entries tr[data-key='hours']", state="detached", timeout=10_000)
+        assert "deleted" in page.inner_text("#history")
     finally:
         page.close()
