@@ -275,3 +275,13 @@ def test_tether_ui_memory_agent_reads_with_that_agents_grants(fresh_nats_server:
     finally:
         stopped_cleanly(child, sig=signal.SIGINT)
     assert "Traceback" not in child.output
+
+
+async def test_a_bad_memory_section_is_said_on_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tether.toml").write_text("[memory]\nview_dir = 5\n")
+    app: Any = build_app(None, tmp_path, Guard(hosts=frozenset({"dashboard"})),  # type: ignore[arg-type]
+                         memory=MemorySource(None))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
+        page = await c.get("/memory")
+        assert page.status_code == 200 and "memory settings:" in page.text and "view_dir" in page.text

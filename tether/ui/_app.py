@@ -287,7 +287,12 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
         from tether.memory import InvalidMemory, MemoryAccessDenied, MemoryNotFound
 
         params = request.query_params
-        state = memory_pages.MemoryState(identity=source.describe(), namespace=params.get("ns", "").strip(),
+        try:
+            who = source.describe()
+        except ValueError as exc:  # a bad [memory] in tether.toml (`tether ui` refuses it at start; `tether up` not)
+            state = memory_pages.MemoryState(identity="", error=f"memory settings: {exc}")
+            return state, 200
+        state = memory_pages.MemoryState(identity=who, namespace=params.get("ns", "").strip(),
                                          key=params.get("key", "").strip(),
                                          can_act=guard.authenticated(request.cookies, request.headers))
         text = params.get("as_of", "").strip()
