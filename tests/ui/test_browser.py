@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import tether
-from tests.cli.test_processes import Child, set_faults
+from tests.cli.test_processes import Child, cli, set_faults, user_env
 from tether.bus import connect
 from tether.middleware import CallFailed, DurableCalls
 from tether.schemas import Event, RunStarted
@@ -178,5 +178,59 @@ def test_a_dead_letter_purged_from_the_page_is_gone(browser: Any, up: Child, nat
         page.click(f"{row} button.purge")
         page.wait_for_selector("#result .ok:has-text('purged 1 dead letter')", timeout=10_000)
         page.wait_for_selector(row, state="detached", timeout=10_000)
+    finally:
+        page.close()
+
+
+def test_memory_shows_both_versions_and_the_slider_shows_the_old_text(browser: Any, up: Child, nats: NatsServer,
+                                                                      place: Path) -> None:
+    """Two versions written with `tether memory write` (the second while the page is open: it arrives live);
+    the as-of slider moved to its first stop shows the first version's text."""
+    env = user_env(TETHER_HOME=str(place / "home"))
+    ns = "team:ui-" + secrets.token_hex(3)
+
+    def write(text: str) -> int:
+        done = cli("memory", "write", ns, text, "--key", "hours", "--url", nats.url, cwd=place, env=env)
+        assert done.returncode == 0, done.stderr
+        return int(re.findall(r"at seq (\d+)", done.stdout)[0])
+
+    first = write("The office opens at nine.")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(up.url)
+        page.goto(base(up.url) + f"/memory?ns={ns}&key=hours")
+        live(page)
+        assert "as no agent (the operator)" in page.inner_text("#identity"), "the page says who it reads as"
+        assert "The office opens at nine." in page.inner_text("#entries")
+        page.evaluate("window.notReloaded = true")
+        second = write("The office opens at ten.")
+        page.wait_for_selector("#history tr[data-version='2']", timeout=10_000)  # live, no reload
+        assert page.evaluate("window.notReloaded") is True
+        history = page.inner_text("#history")
+        assert "The office opens at nine." in history and "The office opens at ten." in history
+        assert page.get_attribute("#history tr[data-version='1']", "data-seq") == str(first)
+        assert page.get_attribute("#history tr[data-version='2']", "data-seq") == str(second)
+        assert "The office opens at ten." in page.inner_text("#entries")
+        page.focus("#asof-range")
+        page.keyboard.press("Home")  # the slider's first stop: the first version
+        page.wait_for_selector("#entries:has-text('The office opens at nine.')", timeout=10_000)
+        assert "ten." not in page.inner_text("#entries")
+        assert f"as of seq {first:,}" in page.inner_text("#asof-label")
+        assert page.get_attribute("#history tr.on", "data-version") == "1", "the version shown is marked"
+        shot(page, "memory")
+        page.focus("#asof-range")
+        page.keyboard.press("End")  # back to now
+        page.wait_for_selector("#entries:has-text('The office opens at ten.')", timeout=10_000)
+        assert page.inner_text("#asof-label").startswith("now")
+        page.fill("#put textarea[name=text]", "The office opens at eleven.")  # an edit, with the token and CSRF
+        page.click("#put button.put")
+        page.wait_for_selector("#memory-result .ok:has-text('wrote')", timeout=10_000)
+        page.wait_for_selector("#history tr[data-version='3']", timeout=10_000)
+        assert "The office opens at eleven." in page.inner_text("#entries")
+        page.on("dialog", lambda dialog: dialog.accept())  # "Delete ...? (it stays in its history)"
+        page.click("#entries tr[data-key='hours'] button.delete")
+        page.wait_for_selector("#memory-result .ok:has-text('deleted')", timeout=10_000)
+        page.wait_for_selector("#entries tr[data-key='hours']", state="detached", timeout=10_000)
+        assert "deleted" in page.inner_text("#history")
     finally:
         page.close()

@@ -19,15 +19,17 @@ DESCRIPTION = """\
 Serve the live web dashboard: runs (filter, search), each run's trace as a tree and a
 waterfall (every attempt, retry, backoff, fallback, breaker refusal, tool call, memory write
 and dead letter, with the request and response as stored, redacted), cost, latency, errors
-grouped by fingerprint, breakers, and dead letters to redrive or purge. Pages update live,
+grouped by fingerprint, breakers, dead letters to redrive or purge, and memory (namespaces,
+entries as of any point of the log, each entry's versions; put and delete). Pages update live,
 pushed over SSE from the projector's change notifications (tether.proj.>), and say how far
 each view is behind the log.
 
 It reads TETHER_HOME/views read-only (a projector must run: `tether up` or `tether
 projector`) and needs a NATS server (live updates, the DLQ, span contents). `tether up`
-starts it too (--ui-port, --no-ui).
+starts it too (--ui-port, --no-ui). Memory is read through tether.memory, with tether.toml's
+[memory] settings, as the agent --memory-agent names (with its grants), or as no agent.
 
-Security: it listens on 127.0.0.1 unless --host says otherwise. Redrive and purge always need
+Security: it listens on 127.0.0.1 unless --host says otherwise. Redrive, purge and memory edits always need
 the token: open the URL this command prints (it ends in ?token=...; the token then stays in
 a cookie of that browser). Beyond loopback, every page needs it, and --token is required.
 Actions are also checked for a CSRF token and the page's own Origin. Docs: docs/ui.md.
@@ -48,6 +50,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                     help=f"the token actions (and, beyond loopback, pages) need (default ${TOKEN_ENV}; on "
                     "loopback a random one is made when none is given)")
     ui.add_argument("--views", type=Path, metavar="DIR", help="read the views in DIR (default TETHER_HOME/views)")
+    ui.add_argument("--memory-agent", default=None, metavar="NAME",
+                    help="read and edit memory as agent NAME, with its [memory.grants] (default: as no agent, "
+                    "like `tether memory` without --agent; the Memory page says which)")
 
 
 def add_up_options(up: argparse.ArgumentParser) -> None:
@@ -75,10 +80,18 @@ async def run(args: argparse.Namespace) -> int:
         print(f"tether ui: {refusal}", file=sys.stderr)
         return 2
     views = args.views or tether_home(args.home) / "views"
+    from ._memory import memory_settings
+
+    try:
+        memory = memory_settings(args.home)
+    except ValueError as exc:
+        print(f"tether ui: {exc}", file=sys.stderr)
+        return 2
     with stop_on_signals() as stop:
         bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home, embedded=False, provision=False))
         try:
-            server = UiServer(bus, views, host=args.host, port=args.port, token=token)
+            server = UiServer(bus, views, host=args.host, port=args.port, token=token, memory=memory,
+                              memory_agent=args.memory_agent)
             try:
                 await server.start()
             except OSError as exc:
@@ -101,16 +114,24 @@ async def start_in_up(bus: Bus, home: Path, port: int) -> Any:
     """The dashboard for ``tether up`` on 127.0.0.1 (a free port if ``port`` is taken), its URL printed."""
     from tether.ui import TOKEN_ENV, UiServer
 
-    server = UiServer(bus, home / "views", port=port, token=os.environ.get(TOKEN_ENV) or None)
+    from ._memory import memory_settings
+
+    try:  # the home's memory, as `tether memory` finds it (tether.toml's [memory], else TETHER_HOME/memory)
+        memory = memory_settings(None if home == tether_home(None) else str(home))
+    except ValueError as exc:  # the dashboard is an extra: tether runs on without its Memory page's settings
+        print(f"  ui: memory settings: {exc}", file=sys.stderr)
+        memory = None
+    server = UiServer(bus, home / "views", port=port, token=os.environ.get(TOKEN_ENV) or None, memory=memory)
     try:
         try:
             await server.start()
         except OSError:
-            server = UiServer(bus, home / "views", port=0, token=server.guard.token)
+            server = UiServer(bus, home / "views", port=0, token=server.guard.token, memory=memory)
             await server.start()
             print(f"  ui: port {port} is taken, using {server.port} instead")
     except Exception as exc:  # the dashboard is an extra: tether runs on without it
         print(f"  ui: the dashboard did not start ({exc}); `tether ui` starts it alone", file=sys.stderr)
         return None
-    print(f"  ui: the dashboard is at {server.login_url}  (runs, traces, cost, dead letters; `tether ui --help`)")
+    print(f"  ui: the dashboard is at {server.login_url}  "
+          "(runs, traces, cost, dead letters, memory; `tether ui --help`)")
     return server

@@ -160,6 +160,23 @@ class MemoryReads(MemoryCore):
         hits = await self.search(query, namespaces, k, filters, as_of, mode=mode)
         return pack(hits, token_budget)
 
+    async def entries(self, namespace: str, as_of: AsOf = None, *, limit: int = 100, after_key: str | None = None,
+                      include_compacted: bool = False, after: int | None = None) -> list[Entry]:
+        """The namespace's live entries now, or as of a stream sequence or a time, by key.
+
+        At most ``limit`` (1 to 1000); ``after_key`` pages on (the entries whose key sorts after it).
+        Deleted, expired and erased entries are left out; so are those a compaction replaced,
+        unless ``include_compacted`` (read now, they say ``status="compacted"``).
+        """
+        self._check(namespace, "read")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidMemory(f"limit must be an int from 1 to 1000, got {limit!r}")
+        if after_key is not None:
+            check_key(after_key)
+        seq, at = await self._as_of(as_of)
+        return await self._read(_entries, namespace, seq, at, self.clock(), limit, after_key or "",
+                                include_compacted, after=after)
+
     async def namespaces(self) -> list[tuple[str, int]]:
         """Namespaces this agent may read that have live entries, with their entry counts."""
         found = await self._read(q.namespaces)
@@ -182,3 +199,34 @@ class MemoryReads(MemoryCore):
         if isinstance(as_of, bool) or not isinstance(as_of, int) or as_of < 0:
             raise InvalidMemory(f"as_of must be a stream sequence (int >= 0) or a datetime, got {as_of!r}")
         return as_of, await self._read(q.time_at, as_of)
+
+
+def _entries(db: sqlite3.Connection, namespace: str, seq: int | None, at: float | None, now: float, limit: int,
+             after_key: str, include_compacted: bool) -> list[Entry]:
+    """:meth:`MemoryReads.entries`: the keys in order, each read now or as of ``seq``, until ``limit`` are live."""
+    out: list[Entry] = []
+    while len(out) < limit:
+        if seq is None:
+            keys = [r[0] for r in db.execute("SELECT key FROM memories WHERE namespace = ? AND key > ? "
+                                             "ORDER BY key LIMIT ?", (namespace, after_key, limit))]
+        else:
+            keys = [r[0] for r in db.execute("SELECT DISTINCT key FROM versions WHERE namespace = ? AND key > ? "
+                                             "AND seq <= ? ORDER BY key LIMIT ?", (namespace, after_key, seq, limit))]
+        for key in keys:
+            if seq is None:
+                entry, _ = q.current(db, namespace, key, now)
+            else:
+                entry, _ = q.entry_as_of(db, namespace, key, seq, at)
+                if entry is not None and not include_compacted and db.execute(
+                        "SELECT 1 FROM compactions WHERE namespace = ? AND key = ? AND seq <= ? "
+                        "AND (version IS NULL OR version >= ?) LIMIT 1", (namespace, key, seq, entry.version)
+                ).fetchone() is not None:
+                    entry = None  # a summary had replaced it by then
+            if entry is not None and (include_compacted or entry.status == "live"):
+                out.append(entry)
+                if len(out) == limit:
+                    break
+        if len(keys) < limit:
+            break
+        after_key = keys[-1]
+    return out

@@ -1,4 +1,4 @@
-"""The live web dashboard (``tether ui``): runs, traces, cost, latency, errors, breakers and dead letters.
+"""The live web dashboard (``tether ui``): runs, traces, cost, latency, errors, breakers, dead letters, memory.
 
 :class:`UiServer` serves it from the SQLite views (read-only) and pushes the projector's change
 notifications (``tether.proj.>``) to the browser over SSE. Loopback by default; a token guards

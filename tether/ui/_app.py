@@ -1,8 +1,8 @@
 """The dashboard's Starlette app: pages, the fragments htmx refreshes, the SSE stream, the actions.
 
-Reads go to the views read-only (``ViewFiles``) and to the log for a span's events; the two
-actions (redrive, purge) go to the DLQ stream through the bus. Every request passes the
-:class:`~tether.ui._security.Guard` first.
+Reads go to the views read-only (``ViewFiles``), to the log for a span's events and to memory
+through its API (``MemorySource``); the actions (redrive, purge; memory put and delete) go to the
+DLQ stream and to memory. Every request passes the :class:`~tether.ui._security.Guard` first.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether.bus import EVENTS_STREAM, Bus
 
+from . import _memorypage as memory_pages
 from . import _pages as pages
 from . import _queries as q
 from ._live import Live
+from ._memory import MemorySource
 from ._security import AUTH_COOKIE, CSRF_COOKIE, Denied, Guard, new_csrf
 from ._views import NoView, ViewFiles
 
@@ -98,16 +100,21 @@ def _denied(denied: Denied) -> Response:
     return PlainTextResponse(f"tether ui: {denied.message}\n", denied.status, headers=SECURITY_HEADERS)
 
 
-def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None) -> Starlette:
-    """The dashboard for the views in ``views_dir`` and the log and DLQ on ``bus``."""
+def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
+              memory: MemorySource | None = None) -> Starlette:
+    """The dashboard for the views in ``views_dir`` and the log and DLQ on ``bus``; memory through ``memory``
+    (default: a client with tether.toml's ``[memory]`` settings, as no agent)."""
     views = ViewFiles(views_dir)
     hub = live if live is not None else Live(bus, views)
+    source = memory if memory is not None else MemorySource(bus)
+    source.on_change(hub.broadcast)
 
-    def page(request: Request, title: str, body: str, *, active: str, live_views: str) -> Response:
+    def page(request: Request, title: str, body: str, *, active: str, live_views: str,
+             status: int = 200) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or new_csrf()
         can_act = guard.authenticated(request.cookies, request.headers)
         response = HTMLResponse(pages.layout(title, body, active=active, csrf=csrf, live=live_views,
-                                             can_act=can_act), headers=SECURITY_HEADERS)
+                                             can_act=can_act), status, headers=SECURITY_HEADERS)
         if CSRF_COOKIE not in request.cookies:
             response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/")
         return response
@@ -273,6 +280,110 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None)
 
         return await guarded_page(request, "Breakers", "/breakers", "traces", build)
 
+    # -- memory --------------------------------------------------------------------------------------
+
+    async def memory_state(request: Request) -> tuple[memory_pages.MemoryState, int]:
+        """What the Memory page shows for ``?ns=&key=&as_of=&now=``, and its HTTP status (403: not readable)."""
+        from tether.memory import InvalidMemory, MemoryAccessDenied, MemoryNotFound
+
+        params = request.query_params
+        try:
+            who = source.describe()
+        except ValueError as exc:  # a bad [memory] in tether.toml (`tether ui` refuses it at start; `tether up` not)
+            state = memory_pages.MemoryState(identity="", error=f"memory settings: {exc}")
+            return state, 200
+        state = memory_pages.MemoryState(identity=who, namespace=params.get("ns", "").strip(),
+                                         key=params.get("key", "").strip(),
+                                         can_act=guard.authenticated(request.cookies, request.headers))
+        text = params.get("as_of", "").strip()
+        try:
+            state.as_of = None if params.get("now") == "1" or not text else int(text)
+        except ValueError:
+            state.error = f"as_of {text!r}: give a log position (a whole number), or leave it out for now"
+            return state, 400
+        try:
+            client = await source.client()
+            try:
+                state.head = await client.catch_up(timeout=3.0)
+            except TimeoutError as exc:  # far behind (a rebuild, a stalled leader): show what it has, say so
+                from tether.memory import last_memory_seq
+
+                state.behind = str(exc)
+                state.head = await last_memory_seq(bus)
+            state.namespaces = await client.namespaces()
+        except Exception as exc:  # NATS away, or the view cannot be opened: say so, keep serving
+            state.error = (f"memory could not be read ({type(exc).__name__}: {exc}): is NATS up, and is this the "
+                           "TETHER_HOME (or tether.toml [memory] view_dir and keyfile) your agents use?")
+            return state, 200
+        if not state.namespace:
+            return state, 200
+        ns = state.namespace
+        try:
+            state.entries = await client.entries(ns, state.as_of, limit=200)
+            now = state.entries if state.as_of is None else await client.entries(ns, limit=200)
+            seen: dict[int, float | None] = {}
+            for key in dict.fromkeys([*(x.key for x in now), *([state.key] if state.key else [])]):
+                try:
+                    versions = await client.history(ns, key)
+                except MemoryNotFound as exc:
+                    if key == state.key:
+                        state.key_error = (f"no entry {key} in {ns}: never written, or erased (an erased "
+                                           f"entry's text is gone for good) ({exc})")
+                    continue
+                if key == state.key:
+                    state.history = versions
+                seen.update((v.seq, v.time.timestamp() if v.time else None) for v in versions)
+            state.positions = sorted(seen.items())
+        except MemoryAccessDenied:
+            state.namespace, state.key, state.entries = "", "", []
+            state.error = (f"namespace {ns} is not readable as this identity (its grants do not include it); "
+                           "nothing of it is shown")
+            return state, 403
+        except InvalidMemory as exc:
+            state.namespace, state.key = "", ""
+            state.error = str(exc)
+            return state, 400
+        return state, 200
+
+    async def memory_index(request: Request) -> Response:
+        state, status = await memory_state(request)
+        return page(request, "Memory", memory_pages.memory_page(state), active="/memory", live_views="memory",
+                    status=status)
+
+    async def memory_fragment(request: Request) -> Response:
+        state, status = await memory_state(request)
+        return fragment(memory_pages.memory_body(state), status)
+
+    async def memory_act(request: Request) -> Response:
+        from tether.memory import InvalidMemory, MemoryAccessDenied, MemoryNotFound, VersionConflict
+
+        form = await _form(request)
+        try:
+            guard.check_action(request.cookies, request.headers, form.get("csrf"), _same_origin(request))
+        except Denied as denied:
+            return _denied(denied)
+        action, ns, key = request.path_params["action"], form.get("ns", "").strip(), form.get("key", "").strip()
+        if action not in ("put", "delete"):
+            return fragment(f"<p class='err'>no memory action {pages.e(action)}: put or delete</p>", 404)
+        try:
+            client = await source.client()
+            if action == "put":
+                written = await client.write(ns, form.get("text", ""), key or None)
+                html = (f"<p class='ok'>wrote {pages.e(ns)}/{pages.e(written.key)} v{written.version} at seq "
+                        f"{written.seq}{' (merged into a near-duplicate)' if written.merged_into else ''}</p>")
+            else:
+                if not key:
+                    raise InvalidMemory("name the key to delete")
+                gone = await client.delete(ns, key)
+                html = f"<p class='ok'>deleted {pages.e(ns)}/{pages.e(key)} (v{gone.version}) at seq {gone.seq}</p>"
+        except MemoryAccessDenied as exc:
+            return fragment(f"<p class='err'>{pages.e(exc)}</p>", 403)
+        except (InvalidMemory, VersionConflict) as exc:
+            return fragment(f"<p class='err'>{pages.e(exc)}</p>", 400)
+        except MemoryNotFound as exc:
+            return fragment(f"<p class='err'>{pages.e(exc)}</p>", 404)
+        return fragment(html, trigger="tether:memory-edit")
+
     # -- live ----------------------------------------------------------------------------------------
 
     async def live_stream(request: Request) -> Response:
@@ -292,6 +403,9 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None)
         Route("/fragments/dlq", dlq_fragment),
         Route("/fragments/dlq/{seq:int}", dlq_show),
         Route("/dlq/{seq:int}/{action:str}", dlq_act, methods=["POST"]),
+        Route("/memory", memory_index),
+        Route("/fragments/memory", memory_fragment),
+        Route("/memory/{action:str}", memory_act, methods=["POST"]),
         Route("/cost", cost),
         Route("/latency", latency),
         Route("/errors", errors),
@@ -300,8 +414,17 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None)
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
     app.state.live = hub
+    app.state.memory = source
     app.state.views = views
     return _Guarded(app, guard)  # type: ignore[return-value]
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An action's form fields (urlencoded, the first value of each; the first 256 KiB)."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return {}
+    body = await request.body()
+    return {k: v[0] for k, v in parse_qs(body[:262144].decode("utf-8", "replace"), keep_blank_values=True).items()}
 
 
 async def _form_csrf(request: Request) -> str | None:

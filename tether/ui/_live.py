@@ -81,6 +81,8 @@ class Live:
             view = str(doc["view"])
         except (ValueError, KeyError, TypeError):
             return
+        if view == "memory":  # names a namespace: memory notices come from the Memory page's source, filtered
+            return
         self.notifications += 1
         self.broadcast(sse(view if view in VIEWS else "view", doc))
         self._dirty.set()

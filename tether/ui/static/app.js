@@ -2,7 +2,7 @@
 // the CSRF header on actions, and the charts. No build step; htmx and uPlot are vendored.
 (function () {
   "use strict";
-  var VIEWS = ["traces", "cost", "errors", "metrics"];
+  var VIEWS = ["traces", "cost", "errors", "metrics", "memory"];
   var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
   document.addEventListener("htmx:configRequest", function (ev) {
@@ -59,6 +59,17 @@
     source.addEventListener("lag", function (ev) { showLag(JSON.parse(ev.data)); });
     window.addEventListener("beforeunload", function () { source.close(); });
   }
+
+  // -- the Memory page's as-of slider: its label follows the thumb; at its right end it means "now" ----
+  document.addEventListener("input", function (ev) {
+    var range = ev.target;
+    if (!range || range.id !== "asof-range") return;
+    var label = document.getElementById("asof-label");
+    var now = range.form && range.form.querySelector("input[name=now]");
+    var atEnd = range.value === range.max;
+    if (now) now.value = atEnd ? "1" : "";
+    if (label) label.textContent = atEnd ? "now" : "as of seq " + Number(range.value).toLocaleString() + "…";
+  });
 
   // -- charts -----------------------------------------------------------------------------------------
   var COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c"];
