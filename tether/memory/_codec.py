@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import MemoryKeyMissing
-from ._keys import DESTROYED, KeyStore, content_hash, open_sealed, seal
+from ._keys import DESTROYED, ENTRY, KeyStore, content_hash, derive, entry_key, open_sealed, seal
 
 __all__ = ["Opened", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
 
@@ -32,13 +32,15 @@ class Opened:
 
 def seal_entry(keys: KeyStore, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
                embedding: Sequence[float] | None) -> dict[str, Any]:
-    """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart."""
-    key_id, secret = keys.current(namespace)
+    """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart,
+    under the entry's own key (derived from the namespace's current one, so it can be erased alone)."""
+    key_id, namespace_key = keys.current(namespace)
+    secret = derive(namespace_key, key)
     body = json.dumps({"t": text, "m": dict(metadata)}, ensure_ascii=False, separators=(",", ":")).encode()
     fields: dict[str, Any] = {
         "text": seal(secret, namespace, key, body),
-        "key_id": key_id,
-        "content_hash": content_hash(secret, text),
+        "key_id": key_id + ENTRY,
+        "content_hash": content_hash(namespace_key, text),
     }
     if embedding is not None:
         fields["embedding"] = seal(secret, namespace, key + "\x00vec", pack_vector(embedding))
@@ -51,7 +53,7 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
     if key_id is None:  # written without encryption (by another producer)
         vec = base64.b64decode(embedding) if embedding else None
         return Opened(text, dict(metadata), vec)
-    secret = keys.get(key_id)
+    secret = entry_key(keys, key_id.removesuffix(ENTRY), key) if key_id.endswith(ENTRY) else keys.get(key_id)
     if secret == DESTROYED:
         return None
     if secret is None:

@@ -357,6 +357,14 @@ def by_hash(db: sqlite3.Connection, namespace: str, digest: str, now: float) -> 
     return None if row is None else _entry(row)
 
 
+def shared_key_versions(db: sqlite3.Connection, namespace: str, key: str) -> list[int]:
+    """The sequences of the entry's versions *not* sealed under a key of its own (written by an older
+    tether, or unencrypted by another producer): erasing the entry alone cannot reach them."""
+    return [int(r[0]) for r in db.execute(
+        "SELECT seq FROM versions WHERE namespace = ? AND key = ? AND text IS NOT NULL "
+        "AND (key_id IS NULL OR key_id NOT LIKE '%/entry')", (namespace, key))]
+
+
 def keys_of(db: sqlite3.Connection, namespace: str) -> list[str]:
     return [r[0] for r in db.execute("SELECT key FROM memories WHERE namespace = ?", (namespace,))]
 

@@ -85,9 +85,13 @@ class BulkWritten:
 
 @dataclass(frozen=True, slots=True)
 class Erased:
+    """The outcome of :meth:`erase`: which keys were destroyed, and where the erasure was recorded."""
+
     namespace: str
     keys_destroyed: tuple[str, ...]
     seq: int | None
+    key: str | None = None
+    """The one entry erased; None when the whole namespace was."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ VERSIONS = Table("versions", {
     "version": "INTEGER", "text": "TEXT", "metadata": "TEXT", "time": "REAL", "expires_at": "REAL",
     "agent": "TEXT", "run": "TEXT", "event_id": "TEXT", "source_call_id": "TEXT", "source_message_id": "TEXT",
     "reason": "TEXT", "content_hash": "TEXT", "embedding": "BLOB", "embedder": "TEXT", "replaced": "TEXT",
-    "summarizer": "TEXT", "token_budget": "INTEGER", "ns": "TEXT",
+    "summarizer": "TEXT", "token_budget": "INTEGER", "ns": "TEXT", "key_id": "TEXT",
 }, key=("seq",), indexes=(("namespace", "key", "seq"), ("namespace", "content_hash"), ("time",)))
 
 MEMORIES = Table("memories", {
@@ -109,7 +109,8 @@ class MemoryView(Projection):
     """
 
     name: ClassVar[str] = "memory"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
+    """2: ``versions.key_id`` (which key sealed each version: erasing one entry needs its own key)."""
     tables: ClassVar[tuple[Table, ...]] = (VERSIONS, MEMORIES, COMPACTIONS)
     types: ClassVar[frozenset[str] | None] = MEMORY_TYPES
 
@@ -153,7 +154,7 @@ class MemoryView(Projection):
                    metadata=json.dumps(finite_or_none(opened.metadata), ensure_ascii=False, sort_keys=True),
                    expires_at=d.expires_at.timestamp() if d.expires_at else None,
                    source_call_id=d.source_call_id, source_message_id=d.source_message_id,
-                   content_hash=d.content_hash, embedding=opened.embedding, embedder=d.embedder)
+                   content_hash=d.content_hash, embedding=opened.embedding, embedder=d.embedder, key_id=d.key_id)
         return [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "memory")]
 
     def _current(self, event: Event, seq: int, namespace: str, key: str, kind: str) -> Upsert:
@@ -183,7 +184,7 @@ class MemoryView(Projection):
         row = self._base(event, seq, d.namespace, d.key, "compacted")
         row.update(version=d.version, text=opened.text, metadata="{}", source_call_id=d.source_call_id,
                    embedding=opened.embedding, embedder=d.embedder, replaced=json.dumps(list(d.replaced)),
-                   summarizer=d.summarizer, token_budget=d.token_budget)
+                   summarizer=d.summarizer, token_budget=d.token_budget, key_id=d.key_id)
         ops: list[Op] = [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "summary")]
         for item in d.replaced:
             key, version = split_replaced(item)

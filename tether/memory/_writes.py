@@ -203,22 +203,40 @@ class MemoryWrites(MemoryCore):
             self._moved(await last_memory_seq(self.bus, namespace_filter(namespace)))
         return [e.key for e in gone]
 
-    async def erase(self, namespace: str, *, run: str | None = None) -> Erased:
-        """Destroy the namespace's keys, then record the erasure: its content is unreadable for good.
+    async def erase(self, namespace: str, key: str | None = None, *, run: str | None = None) -> Erased:
+        """Destroy keys, then record the erasure: the namespace's content (or, with ``key``, that one
+        entry's, every version) is unreadable for good.
 
         The ciphertext stays in the log; without the key it never comes back, neither in
-        this view nor in any view rebuilt by replay. See ``docs/memory.md`` for exactly
+        this view nor in any view rebuilt by replay, and ``history`` no longer has it. One
+        entry is erased by keeping the derived key of every other entry of the namespace and
+        destroying the generation key (see ``_keys``). See ``docs/memory.md`` for exactly
         what is and is not guaranteed.
         """
         self._check(namespace, "write")
-        destroyed = await asyncio.to_thread(self.keys.destroy, namespace)
-        event = self._event(MemoryDeleted(namespace=namespace, key=ALL_KEYS, reason="erased"), run)
+        if key is None:
+            destroyed = await asyncio.to_thread(self.keys.destroy, namespace)
+        else:
+            check_key(key)
+            if key == ALL_KEYS:
+                raise InvalidMemory("key '*' is reserved: erase(namespace) erases every entry")
+            await self.feed.catch_up()  # every key written so far is kept, but this one
+            old = await self._read(q.shared_key_versions, namespace, key)
+            if old:
+                raise InvalidMemory(
+                    f"{namespace}/{key} has {len(old)} version(s) (seq {', '.join(map(str, old[:5]))}) sealed under "
+                    "the namespace key, not a key of the entry's own (written before tether had per-entry keys, "
+                    "or by another producer): erasing it alone cannot reach them; erase the namespace, "
+                    f"erase({namespace!r}), to make them unreadable")
+            keep = await self._read(q.keys_of, namespace)
+            destroyed = await asyncio.to_thread(self.keys.shred, namespace, key, keep)
+        event = self._event(MemoryDeleted(namespace=namespace, key=key or ALL_KEYS, reason="erased"), run)
         seq, _ = await self._publish(event)
         if seq is not None:
             await self.feed.wait_for(seq)
         if self._vectors is not None:
-            self._vectors = None  # drop vectors of the erased namespace from memory too
-        return Erased(namespace, tuple(destroyed), seq)
+            self._vectors = None  # drop the erased vectors from memory too
+        return Erased(namespace, tuple(destroyed), seq, key)
 
     async def expire(self, *, run: str | None = None) -> int:
         """Record an ``expired`` deletion for every entry past its TTL (reads already hide them)."""
