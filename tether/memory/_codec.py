@@ -28,15 +28,27 @@ class Opened:
     text: str
     metadata: dict[str, Any]
     embedding: bytes | None
+    valid_from: float | None = None
+    observed_at: float | None = None
+    historical: bool = False
+    """Valid before the version current when it was written: recorded as history, not current."""
 
 
 def seal_entry(keys: KeyStore, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
-               embedding: Sequence[float] | None) -> dict[str, Any]:
+               embedding: Sequence[float] | None, *, valid_from: float | None = None,
+               observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
     """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart,
     under the entry's own key (derived from the namespace's current one, so it can be erased alone)."""
     key_id, namespace_key = keys.current(namespace)
     secret = derive(namespace_key, key)
-    body = json.dumps({"t": text, "m": dict(metadata)}, ensure_ascii=False, separators=(",", ":")).encode()
+    doc: dict[str, Any] = {"t": text, "m": dict(metadata)}
+    if valid_from is not None:  # valid time is content too: sealed with the text
+        doc["vf"] = valid_from
+    if observed_at is not None:
+        doc["oa"] = observed_at
+    if historical:
+        doc["h"] = 1
+    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     fields: dict[str, Any] = {
         "text": seal(secret, namespace, key, body),
         "key_id": key_id + ENTRY,
@@ -62,4 +74,9 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
                                "its writers use")
     doc = json.loads(open_sealed(secret, namespace, key, text))
     vec = open_sealed(secret, namespace, key + "\x00vec", embedding) if embedding else None
-    return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec)
+    return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec, _epoch(doc.get("vf")), _epoch(doc.get("oa")),
+                  bool(doc.get("h")))
+
+
+def _epoch(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
