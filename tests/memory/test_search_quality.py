@@ -104,3 +104,16 @@ def test_the_development_set_is_what_its_script_generates() -> None:
         others = {q["relevant"][0]["namespace"] for q in doc["queries"] if q["split"] != split
                   and q["relevant"][0]["namespace"].startswith("user:")}
         assert subjects and not subjects & others
+
+
+async def test_keyword_search_reads_the_key_and_the_metadata_too(open_memory: Opener) -> None:
+    from tether.memory._view import key_terms
+
+    memory = await open_memory(agent="bot")
+    await memory.write("user:ann", "Reacts badly to peanuts.", key="ann/allergy")
+    await memory.write("user:ann", "Ann cycles to work.", metadata={"topic": "commute"})
+    await memory.write("user:ann", "Ann's allergy to peanuts is severe: carry the pen.", key="ann/note")
+    hits = await memory.search("allergy", mode="keyword")
+    assert {h.entry.key for h in hits} == {"ann/allergy", "ann/note"}
+    assert [h.entry.text for h in await memory.search("commute", mode="keyword")] == ["Ann cycles to work."]
+    assert key_terms("01938a2b-7c3e-7d11-9f00-0123456789ab") is None and key_terms("ann/allergy") == "ann/allergy"

@@ -110,6 +110,7 @@ class _Keys:
         self.destroyed: dict[str, float] = dict(doc.get("destroyed", {}))
         # namespace -> its first generation whose key only derives entry keys (none before it sealed anything)
         self.derived: dict[str, int] = dict(doc.get("derived", {}))
+        self._decoded: dict[str, bytes] = {}  # key id -> key bytes, filled by get (the fold's hot path)
 
     def doc(self) -> dict[str, Any]:
         return {"format": 2, "keys": self.keys, "generations": self.generations, "destroyed": self.destroyed,
@@ -135,12 +136,18 @@ class _Keys:
         return key_id, key
 
     def get(self, key_id: str) -> KeyLookup:
+        found = self._decoded.get(key_id)
+        if found is not None and key_id in self.keys:
+            return found
         raw = self.keys.get(key_id)
         if raw is not None:
-            return base64.b64decode(raw)
+            found = self._decoded[key_id] = base64.b64decode(raw)
+            return found
+        self._decoded.pop(key_id, None)
         return DESTROYED if key_id in self.destroyed else None
 
     def destroy(self, namespace: str) -> list[str]:
+        self._decoded.clear()
         prefix = f"{namespace}#"
         gone = [k for k in self.keys if k.startswith(prefix)]
         now = time.time()
@@ -155,6 +162,7 @@ class _Keys:
         if first is None:
             return []
         keep = [k for k in dict.fromkeys(keep) if k != entry]
+        self._decoded.clear()
         now = time.time()
         gone: list[str] = []
         for key_id in [k for k in self.keys if k.startswith(prefix) and "/" not in k]:

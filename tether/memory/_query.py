@@ -238,7 +238,7 @@ PRUNE_FROM = 2000
 """From this many entries on, terms found in more than half of them are left out of the match."""
 
 
-FIELDS = "{text key meta}"
+FIELDS = "{text key_terms meta}"
 """The FTS columns a query's words are matched in (the namespace token column is apart)."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ VERSIONS = Table("versions", {
     "agent": "TEXT", "run": "TEXT", "event_id": "TEXT", "source_call_id": "TEXT", "source_message_id": "TEXT",
     "reason": "TEXT", "content_hash": "TEXT", "embedding": "BLOB", "embedder": "TEXT", "replaced": "TEXT",
     "summarizer": "TEXT", "token_budget": "INTEGER", "ns": "TEXT", "key_id": "TEXT", "valid_from": "REAL",
-    "observed_at": "REAL", "meta": "TEXT",
+    "observed_at": "REAL", "meta": "TEXT", "key_terms": "TEXT",
 }, key=("seq",), indexes=(("namespace", "key", "seq"), ("namespace", "content_hash"), ("time",)))
 
 MEMORIES = Table("memories", {
@@ -39,21 +40,32 @@ COMPACTIONS = Table("compactions", {
     "seq": "INTEGER", "namespace": "TEXT", "key": "TEXT", "version": "INTEGER", "summary_key": "TEXT",
 }, key=("seq", "namespace", "key"), indexes=(("namespace", "key"),))
 
-# Columns: the text, the namespace token, the entry's key and its metadata (field-aware BM25 weighs them).
+# Columns: the text, the namespace token, the entry's key (unless generated) and its metadata (field-aware
+# BM25 weighs them).
 _FTS = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS versions_fts USING fts5(text, ns, key, meta, content='versions', "
+    "CREATE VIRTUAL TABLE IF NOT EXISTS versions_fts USING fts5(text, ns, key_terms, meta, content='versions', "
     "content_rowid='seq', tokenize='porter unicode61 remove_diacritics 2')",
     "CREATE TRIGGER IF NOT EXISTS versions_fts_ai AFTER INSERT ON versions WHEN new.text IS NOT NULL BEGIN "
-    "INSERT INTO versions_fts(rowid, text, ns, key, meta) VALUES (new.seq, new.text, new.ns, new.key, new.meta); END",
+    "INSERT INTO versions_fts(rowid, text, ns, key_terms, meta) "
+    "VALUES (new.seq, new.text, new.ns, new.key_terms, new.meta); END",
     "CREATE TRIGGER IF NOT EXISTS versions_fts_ad AFTER DELETE ON versions WHEN old.text IS NOT NULL BEGIN "
-    "INSERT INTO versions_fts(versions_fts, rowid, text, ns, key, meta) "
-    "VALUES ('delete', old.seq, old.text, old.ns, old.key, old.meta); END",
+    "INSERT INTO versions_fts(versions_fts, rowid, text, ns, key_terms, meta) "
+    "VALUES ('delete', old.seq, old.text, old.ns, old.key_terms, old.meta); END",
     "CREATE TRIGGER IF NOT EXISTS versions_fts_au AFTER UPDATE OF text ON versions BEGIN "
-    "INSERT INTO versions_fts(versions_fts, rowid, text, ns, key, meta) "
-    "SELECT 'delete', old.seq, old.text, old.ns, old.key, old.meta WHERE old.text IS NOT NULL; "
-    "INSERT INTO versions_fts(rowid, text, ns, key, meta) SELECT new.seq, new.text, new.ns, new.key, new.meta "
-    "WHERE new.text IS NOT NULL; END",
+    "INSERT INTO versions_fts(versions_fts, rowid, text, ns, key_terms, meta) "
+    "SELECT 'delete', old.seq, old.text, old.ns, old.key_terms, old.meta WHERE old.text IS NOT NULL; "
+    "INSERT INTO versions_fts(rowid, text, ns, key_terms, meta) "
+    "SELECT new.seq, new.text, new.ns, new.key_terms, new.meta WHERE new.text IS NOT NULL; END",
 )
+
+
+_GENERATED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def key_terms(key: str) -> str | None:
+    """The key as words for the index; None for a generated one (a UUID says nothing, and its
+    unique tokens would make every write slower to index)."""
+    return None if _GENERATED.fullmatch(key) else key
 
 
 def meta_words(metadata: Any) -> str:
@@ -179,7 +191,7 @@ class MemoryView(Projection):
                    source_call_id=d.source_call_id, source_message_id=d.source_message_id,
                    content_hash=d.content_hash, embedding=opened.embedding, embedder=d.embedder, key_id=d.key_id,
                    valid_from=opened.valid_from, observed_at=opened.observed_at,
-                   meta=meta_words(opened.metadata) or None)
+                   meta=meta_words(opened.metadata) or None, key_terms=key_terms(d.key))
         return [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "memory",
                                                        historical=opened.historical)]
 
@@ -217,7 +229,8 @@ class MemoryView(Projection):
         row = self._base(event, seq, d.namespace, d.key, "compacted")
         row.update(version=d.version, text=opened.text, metadata="{}", source_call_id=d.source_call_id,
                    embedding=opened.embedding, embedder=d.embedder, replaced=json.dumps(list(d.replaced)),
-                   summarizer=d.summarizer, token_budget=d.token_budget, key_id=d.key_id)
+                   summarizer=d.summarizer, token_budget=d.token_budget, key_id=d.key_id,
+                   key_terms=key_terms(d.key))
         ops: list[Op] = [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "summary")]
         for item in d.replaced:
             key, version = split_replaced(item)

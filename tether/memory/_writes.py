@@ -28,6 +28,7 @@ from ._compact import Summarizer, duplicates, plan_compaction, similarity
 from ._core import MemoryCore
 from ._embed import WriteBatcher
 from ._errors import InvalidMemory, MemoryNotFound, VersionConflict
+from ._extract import Extraction, ExtractiveExtractor, Extractor, plan
 from ._feed import last_memory_seq
 from ._keys import content_hash
 from ._names import ALL_KEYS, check_key, namespace_filter
@@ -276,6 +277,37 @@ class MemoryWrites(MemoryCore):
         if self._vectors is not None:
             self._vectors = None  # drop the erased vectors from memory too
         return Erased(namespace, tuple(destroyed), seq, key)
+
+    async def extract(self, namespace: str, messages: Sequence[Mapping[str, Any] | str], *,
+                      extractor: Extractor | None = None, apply: bool = True, run: str | None = None,
+                      message_id: str | None = None) -> Extraction:
+        """Memory operations from a conversation (opt-in): ``extractor`` (default: the offline
+        :class:`ExtractiveExtractor`; :class:`LlmExtractor` asks a model through tether) proposes
+        add / update / delete against the namespace's live entries, and each is written as a
+        memory event carrying the model call (``source_call_id``) and ``message_id``. With
+        ``apply=False`` nothing is written: the plan is returned."""
+        self._check(namespace, "write")
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise InvalidMemory("messages must be a list of {'role': ..., 'content': ...} (or strings, "
+                                "taken as the user's)")
+        turns = [{"role": "user", "content": m} if isinstance(m, str) else m for m in messages]
+        if not turns or not all(isinstance(m, Mapping) for m in turns):
+            raise InvalidMemory("messages must be a non-empty list of {'role': ..., 'content': ...} or strings")
+        chosen = extractor or ExtractiveExtractor()
+        existing = await self._read(q.live, namespace, self.clock())
+        proposal = await chosen.propose(turns, existing, agent=self.agent, run=run or self.run)
+        todo, skipped = plan(proposal, existing)
+        if not apply:
+            return Extraction(tuple(todo), tuple(skipped), proposal.call_id, chosen.name)
+        written = []
+        for op in todo:
+            if op.action == "delete":
+                assert op.key is not None
+                written.append(await self.delete(namespace, op.key, run=run))
+            else:
+                written.append(await self.write(namespace, op.text or "", key=op.key, run=run,
+                                                call_id=proposal.call_id, message_id=message_id))
+        return Extraction(tuple(todo), tuple(skipped), proposal.call_id, chosen.name, tuple(written))
 
     async def expire(self, *, run: str | None = None) -> int:
         """Record an ``expired`` deletion for every entry past its TTL (reads already hide them)."""
