@@ -204,6 +204,25 @@ async def load(memory: AsyncMemory, corpus: Corpus, count: int, quiet: bool) -> 
         say(f"  loaded {start + n:,}", quiet)
 
 
+def raw_fts5(memory: AsyncMemory, texts: list[str]) -> dict[str, float]:
+    """The peer measured in the same run: one plain FTS5 BM25 query (top 10, any of the words) on the
+    same view file, no filters, no liveness check, no Python around it."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{memory.feed.path}?mode=ro", uri=True)
+    times = []
+    try:
+        for q in texts:
+            match = " OR ".join(f'"{w}"' for w in q.split())
+            start = time.perf_counter()
+            db.execute("SELECT rowid, bm25(versions_fts) AS b FROM versions_fts WHERE versions_fts MATCH ? "
+                       "ORDER BY b LIMIT 10", (f"text : ({match})",)).fetchall()
+            times.append(time.perf_counter() - start)
+    finally:
+        db.close()
+    return ms(times)
+
+
 async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid: LocalEmbedder | None,
                        ) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -218,6 +237,7 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid
         times.append(time.perf_counter() - start)
         found += bool(hits)
     out["keyword"] = {**ms(times), "queries_with_hits": found}
+    out["raw_fts5"] = raw_fts5(memory, texts)
     filtered = []
     for q in texts[:100]:
         start = time.perf_counter()
@@ -371,10 +391,12 @@ GRID: dict[str, list[Any]] = {
     "meta_weight": [0.0, 0.25, 0.5, 1.0],
     "expand": [False, True],
     "expand_weight": [0.3, 0.6, 1.0],
+    "expand_at": [0, 2, 3, 5],
 }
 
 
-async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) -> dict[str, Any]:
+async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
+               start: dict[str, Any] | None = None, only: list[str] | None = None) -> dict[str, Any]:
     """Coordinate ascent over :class:`Ranking`'s weights on the **tune** split only (hybrid recall@5,
     then MRR); the held-out split is never looked at here."""
     from dataclasses import replace
@@ -388,11 +410,13 @@ async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) -> dict[st
         r = score_queries(queries, await run_dev_set(memory, doc, "hybrid", "tune"), doc["grants"])
         return r["recall_at_5"], r["mrr_at_10"]
 
-    best = Ranking()
+    best = Ranking(**start) if start else Ranking()
     best_score = await objective(best)
     say(f"tune: start {best_score}", quiet)
     for _ in range(2):
         for name, values in GRID.items():
+            if only and name not in only:
+                continue
             for value in values:
                 trial = replace(best, **{name: value, **({"semantic": 1 - value} if name == "keyword" else {})})
                 got = await objective(trial)
@@ -404,7 +428,7 @@ async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) -> dict[st
 
 
 async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet: bool,
-                        tuning: bool = False) -> dict[str, Any]:
+                        tuning: bool = False, tune_only: list[str] | None = None) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -417,7 +441,7 @@ async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet
         await load_dev_set(memory, doc)
         say(f"development set loaded in {time.perf_counter() - start:.1f} s", quiet)
         if tuning and model is not None:
-            out["tuned"] = await tune(memory, doc, quiet)
+            out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
         modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
         for split in ("tune", "heldout"):
@@ -440,7 +464,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     model = LocalEmbedder() if LocalEmbedder.available() and not args.no_model else None
     report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes)}
     with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
-        report["quality"] = await bench_quality(server.url, home, model, args.quiet, args.tune)
+        report["quality"] = await bench_quality(server.url, home, model, args.quiet, args.tune,
+                                                args.tune_only.split(",") if args.tune_only else None)
     if args.quality or args.tune:
         return report
     with NatsServer() as server:
@@ -502,7 +527,8 @@ def table(r: dict[str, Any]) -> str:
     for size in r["sizes"]:
         s = r[f"search_{size}"]
         line = (f"{size:>7,} memories: keyword p50 {s['keyword']['p50_ms']} / p95 {s['keyword']['p95_ms']} ms "
-                f"(filtered {s['keyword_filtered']['p50_ms']} / {s['keyword_filtered']['p95_ms']})")
+                f"(filtered {s['keyword_filtered']['p50_ms']} / {s['keyword_filtered']['p95_ms']}; raw FTS5 "
+                f"{s['raw_fts5']['p50_ms']} / {s['raw_fts5']['p95_ms']})")
         if "hybrid" in s:
             line += (f"; hybrid p50 {s['hybrid']['p50_ms']} / p95 {s['hybrid']['p95_ms']} ms (of which query "
                      f"embedding p50 {s['query_embedding']['p50_ms']})")
@@ -519,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", action="store_true", help="only the development set's retrieval quality")
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
                         "measure both splits with them")
+    parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model even if installed")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

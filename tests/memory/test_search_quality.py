@@ -117,3 +117,23 @@ async def test_keyword_search_reads_the_key_and_the_metadata_too(open_memory: Op
     assert {h.entry.key for h in hits} == {"ann/allergy", "ann/note"}
     assert [h.entry.text for h in await memory.search("commute", mode="keyword")] == ["Ann cycles to work."]
     assert key_terms("01938a2b-7c3e-7d11-9f00-0123456789ab") is None and key_terms("ann/allergy") == "ann/allergy"
+
+
+async def test_a_second_hop_finds_the_entry_the_best_hit_points_to(open_memory: Opener) -> None:
+    from tether.memory import Ranking
+
+    memory = await open_memory(agent="bot")
+    facts = {"ann/manager": "Ann Fischer's manager is Leo Berg.", "ann/city": "Ann Fischer lives in Paris.",
+             "leo/city": "Leo Berg lives in Lyon.", "ann/cat": "Ann Fischer's cat lives indoors.",
+             **{f"p{i}/city": f"{name} lives in {city}." for i, (name, city) in enumerate(
+                 [("Ben Ortiz", "Porto"), ("Carl Novak", "Graz"), ("Dana Silva", "Riga"), ("Eli Costa", "Cork"),
+                  ("Finn Borg", "Basel"), ("Gus Nowak", "Turin")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t} for k, t in facts.items())
+    query = "Where does Ann Fischer's manager live?"
+    one_hop = [h.entry.key for h in await memory.search(query, k=5, mode="keyword", after=done.seq)]
+    assert one_hop[0] == "ann/manager" and "leo/city" not in one_hop
+    memory.ranking = Ranking(expand=True, expand_at=2)
+    two_hops = [h.entry.key for h in await memory.search(query, k=5, mode="keyword")]
+    assert two_hops[:2] == ["ann/manager", "leo/city"] and two_hops[2:] == one_hop[1:4]
+    single = [h.entry.key for h in await memory.search("Where does Ben Ortiz live?", k=5, mode="keyword")]
+    assert single[0] == "p0/city"  # no new name in the best hit: no second hop

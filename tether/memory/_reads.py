@@ -153,9 +153,17 @@ class MemoryReads(MemoryCore):
             if bridge:  # multi-hop: a second, keyword pass for the names the best hit brings
                 second = await self._gather(bridge, vector, scope, "keyword", pool, now, rescore=mode == "hybrid")
                 again, _ = self._order(second, now, present, semantic_only=False)
-                scores = rrf_weighted([(ranked, 1.0), (again, self.ranking.expand_weight)], k=1)
                 found = {**second, **found}
-                ranked = sorted(scores, key=lambda p: -scores[p])
+                at = self.ranking.expand_at
+                if at > 0:  # the second hop's best new entry goes in at that rank
+                    fresh = next((p for p in again if p not in ranked[:at - 1]), None)
+                    if fresh is not None:
+                        rest = [p for p in ranked if p != fresh]
+                        scores = {**scores, fresh: scores[rest[at - 1]] if len(rest) >= at else 0.0}
+                        ranked = [*rest[:at - 1], fresh, *rest[at - 1:]]
+                else:
+                    scores = rrf_weighted([(ranked, 1.0), (again, self.ranking.expand_weight)], k=1)
+                    ranked = sorted(scores, key=lambda p: -scores[p])
         return [Hit(found[p][0], scores[p], found[p][2], found[p][3]) for p in ranked[:k]]
 
     async def _query_vector(self, query: str) -> list[float]:
