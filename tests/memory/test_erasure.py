@@ -143,6 +143,8 @@ async def test_erasing_one_entry_removes_it_from_history_the_view_a_replay_and_t
         await other.history("user:dana", "passport", after=later.seq)
     assert (await other.get("user:dana", "hobby")).text == "Dana likes sailing on Sundays"
 
+    with pytest.raises(MemoryNotFound, match="nothing to erase"):  # erased already: no keys touched
+        await memory.erase("user:dana", "passport")
     # erasing the whole namespace afterwards still destroys what is left
     gone = await memory.erase("user:dana")
     assert "user:dana#2" in gone.keys_destroyed

@@ -261,6 +261,8 @@ class MemoryWrites(MemoryCore):
             if key == ALL_KEYS:
                 raise InvalidMemory("key '*' is reserved: erase(namespace) erases every entry")
             await self.feed.catch_up()  # every key written so far is kept, but this one
+            if not await self._read(q.history, namespace, key):
+                raise MemoryNotFound(namespace, key, " (never written, or erased already): nothing to erase")
             old = await self._read(q.shared_key_versions, namespace, key)
             if old:
                 raise InvalidMemory(
