@@ -1,9 +1,12 @@
-"""Agent memory on the event log: write, version, search, context, history, as-of, conflicts, erasure.
+"""Agent memory on the event log: write, version, valid time, search, context, history, as-of,
+conflicts, extraction, erasure of one entry and of a namespace.
 
 Run it with ``.venv/bin/python examples/memory.py``: with no ``TETHER_NATS_URL`` it starts the
 embedded nats-server under ``./.tether`` (or reuses the one ``tether up`` runs). The memory
 view lives in ``TETHER_HOME/memory``; this process keeps it current itself.
 """
+
+from datetime import UTC, datetime
 
 from tether.memory import Memory, MemoryNotFound, VersionConflict
 from tether.schemas import uuid7
@@ -41,6 +44,20 @@ with Memory.connect(agent=agent, run=f"example-{uuid7()}") as memory:
         print(f"  v{version.version} seq {version.seq} {version.action}: {version.text}")
     then = memory.get(customer, "contact", as_of=first.seq)
     print(f"as of seq {first.seq} it read: {then.text!r}")
+
+    # Valid time: an older fact imported later is history, not the current version.
+    memory.write(customer, "Ann moved to Lyon in May 2026.", key="city", valid_from=datetime(2026, 5, 1, tzinfo=UTC))
+    memory.write(customer, "Ann lives in Paris.", key="city", valid_from=datetime(2024, 1, 1, tzinfo=UTC))
+    print(f"now: {memory.get(customer, 'city').text!r}; before May: "
+          f"{memory.search('Where did Ann live before May?', [customer], k=1, valid_at='query')[0].entry.text!r}")
+
+    # Extraction (opt-in): operations from a conversation; offline here, LlmExtractor asks a model.
+    done = memory.extract(customer, ["Hi! My locker code is 4711.", "What time is it?"], message_id="msg-3")
+    print(f"extracted: {[(op.action, op.key, op.text) for op in done.operations]}")
+
+    # Erasing one entry: every version of it is unreadable for good; the rest stays.
+    one = memory.erase(customer, done.operations[0].key)
+    print(f"erased {one.namespace}/{one.key}; contact still reads {memory.get(customer, 'contact').text!r}")
 
     # Erasure destroys the namespace's key: its content never comes back, even on replay.
     erased = memory.erase(customer)

@@ -62,8 +62,16 @@ async def test_write_get_search_history_erase(fresh_nats_server: NatsServer, tmp
     assert code == 2 and "invalid namespace" in err
     code, _, err = await cli(capsys, url, home, "erase", "user:ann")
     assert code == 2 and "--yes" in err
+    code, out, _ = await cli(capsys, url, home, "write", "user:ann", "Ann's locker code is 4711", "--key", "locker")
+    assert code == 0
+    code, out, _ = await cli(capsys, url, home, "erase", "user:ann", "--key", "locker", "--yes")
+    assert code == 0 and "erased user:ann/locker: destroyed key(s) user:ann#1" in out
+    code, _, err = await cli(capsys, url, home, "history", "user:ann", "locker")
+    assert code == 1 and "never written, or erased" in err
+    code, out, _ = await cli(capsys, url, home, "get", "user:ann", "drink")
+    assert code == 0 and "Ann now prefers green tea" in out
     code, out, _ = await cli(capsys, url, home, "erase", "user:ann", "--yes")
-    assert code == 0 and "erased user:ann: destroyed key(s) user:ann#1" in out
+    assert code == 0 and "erased user:ann: destroyed key(s) user:ann#1/" in out and "user:ann#2" in out
     code, out, _ = await cli(capsys, url, home, "search", "tea")
     assert code == 0 and "no matches" in out
 
@@ -87,3 +95,25 @@ def test_argument_parsing() -> None:
     assert parse_pairs(["a=1", "b=x", "c=[1,2]"], "--meta") == {"a": 1, "b": "x", "c": [1, 2]}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_pairs(["novalue"], "--meta")
+
+
+async def test_valid_time_from_the_cli(fresh_nats_server: NatsServer, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url, home = fresh_nats_server.url, tmp_path / "home"
+    code, _, err = await cli(capsys, url, home, "write", "user:lea", "Lea moved to Oslo in May 2026.", "--key",
+                             "city", "--valid-from", "2026-05-01")
+    assert code == 0, err
+    code, _, err = await cli(capsys, url, home, "write", "user:lea", "Lea lives in Rome.", "--key", "city",
+                             "--valid-from", "2024-01-01", "--observed-at", "2026-11-20")
+    assert code == 0, err
+    code, out, _ = await cli(capsys, url, home, "get", "user:lea", "city", "--json")
+    assert code == 0 and json.loads(out)["text"] == "Lea moved to Oslo in May 2026."
+    code, out, _ = await cli(capsys, url, home, "search", "Where did Lea live before May?", "--valid-at", "query")
+    assert code == 0 and "Lea lives in Rome." in out and "Oslo" not in out
+    code, out, _ = await cli(capsys, url, home, "search", "Lea", "--valid-at", "2025-06-01")
+    assert code == 0 and "Lea lives in Rome." in out
+    code, _, err = await cli(capsys, url, home, "search", "Lea", "--valid-at", "last spring")
+    assert code == 2 and "--valid-at 'last spring' is not an ISO 8601 time" in err
+    code, _, err = await cli(capsys, url, home, "write", "user:lea", "x", "--valid-from", "soon")
+    assert code == 2 and "valid_from 'soon' is not an ISO 8601 time" in err

@@ -48,6 +48,10 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     write.add_argument("--ttl", metavar="DURATION", help="expire after this long (90s, 30m, 12h, 7d)")
     write.add_argument("--expected-version", type=int, metavar="N",
                        help="write only if the entry is at version N (0: does not exist)")
+    write.add_argument("--valid-from", metavar="TIME",
+                       help="when the fact became true (ISO 8601); an earlier one than the current version's "
+                       "is recorded as history")
+    write.add_argument("--observed-at", metavar="TIME", help="when the fact was observed (ISO 8601), for imports")
 
     get = cmds.add_parser("get", help="one entry, now or as of a point in the log")
     get.add_argument("namespace", metavar="NAMESPACE")
@@ -57,6 +61,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     search.add_argument("query", metavar="QUERY")
     search.add_argument("-k", type=int, default=5, help="how many (default 5)")
     search.add_argument("--filter", action="append", default=[], metavar="K=V", help="metadata must match (repeatable)")
+    search.add_argument("--valid-at", metavar="TIME|query",
+                        help="search what was true then (ISO 8601), or 'query' to read it from the query "
+                        "('before March'; 'now' favours what became true last)")
 
     context = cmds.add_parser("context", help="prompt-ready text for a query, within a token budget")
     context.add_argument("query", metavar="QUERY")
@@ -76,10 +83,12 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     delete.add_argument("namespace", metavar="NAMESPACE")
     delete.add_argument("key", metavar="KEY")
 
-    erase = cmds.add_parser("erase", help="destroy a namespace's keys: its content is unreadable for good",
-                            description="Crypto-shred NAMESPACE: its encryption keys are destroyed, so its "
-                            "entries can never be read again, not even by replaying the log. Cannot be undone.")
+    erase = cmds.add_parser("erase", help="destroy a namespace's (or one entry's) keys: unreadable for good",
+                            description="Crypto-shred NAMESPACE (or, with --key, one entry of it): the encryption "
+                            "keys are destroyed, so the content can never be read again, not even by replaying "
+                            "the log. Cannot be undone.")
     erase.add_argument("namespace", metavar="NAMESPACE")
+    erase.add_argument("--key", help="erase only this entry (every version of it)")
     erase.add_argument("--yes", action="store_true", help="confirm (required)")
 
     for p in (write, get, search, context, history, delete, erase):
@@ -175,6 +184,7 @@ async def run(args: argparse.Namespace) -> int:
         as_of = parse_as_of(getattr(args, "as_of", None))
         meta = parse_pairs(getattr(args, "meta", []), "--meta")
         filters = parse_pairs(getattr(args, "filter", []), "--filter")
+        valid_at = _valid_at(getattr(args, "valid_at", None))
         settings = memory_settings(args.home)
     except (ValueError, InvalidMemory) as exc:
         print(f"tether memory {command}: {exc}", file=sys.stderr)
@@ -188,7 +198,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if command == "write":
             result: Any = await memory.write(args.namespace, text or "", args.key, meta or None, ttl,
-                                             args.expected_version)
+                                             args.expected_version, valid_from=args.valid_from,
+                                             observed_at=args.observed_at)
             line = f"wrote {result.namespace}/{result.key} v{result.version} at seq {result.seq}"
             if result.merged_into:
                 line += " (merged into a near-duplicate)"
@@ -203,7 +214,8 @@ async def run(args: argparse.Namespace) -> int:
             if command == "context":
                 ctx = await memory.context(args.query, args.namespace, args.budget, as_of=as_of)
                 return _out(args, ctx, [ctx.text or style.dim("(nothing relevant)")])
-            hits = await memory.search(args.query, args.namespace, args.k, filters or None, as_of)
+            hits = await memory.search(args.query, args.namespace, args.k, filters or None, as_of,
+                                       valid_at=valid_at)
             lines = [f"{style.bold(f'{h.score:6.3f}')}  {h.entry.citation}  {_short(h.entry.text)}" for h in hits]
             return _out(args, hits, lines or [style.dim("no matches")])
         if command == "history":
@@ -219,8 +231,9 @@ async def run(args: argparse.Namespace) -> int:
         if command == "delete":
             result = await memory.delete(args.namespace, args.key)
             return _out(args, result, [f"deleted {args.namespace}/{args.key} v{result.version} at seq {result.seq}"])
-        erased = await memory.erase(args.namespace)
-        return _out(args, erased, [style.yellow(f"erased {erased.namespace}: destroyed key(s) "
+        erased = await memory.erase(args.namespace, args.key)
+        what = erased.namespace + (f"/{erased.key}" if erased.key else "")
+        return _out(args, erased, [style.yellow(f"erased {what}: destroyed key(s) "
                                                 f"{', '.join(erased.keys_destroyed) or '(none left)'}; "
                                                 f"recorded at seq {erased.seq}")])
     except (InvalidMemory, MemoryAccessDenied, VersionConflict) as exc:
@@ -254,6 +267,16 @@ def _entry_lines(style: Style, entry: Any) -> list[str]:
     if entry.replaced:
         lines.append(style.dim("replaces " + ", ".join(entry.replaced)))
     return lines
+
+
+def _valid_at(value: str | None) -> Any:
+    """``--valid-at``: None, ``query``, or an ISO time; ``ValueError`` naming the flag otherwise."""
+    if value is None or value == "query":
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--valid-at {value!r} is not an ISO 8601 time (e.g. 2026-03-01) or 'query'") from None
 
 
 def _out(args: argparse.Namespace, value: Any, lines: list[str]) -> int:
