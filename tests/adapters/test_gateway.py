@@ -21,7 +21,7 @@ import pytest
 
 from tether.adapters.gateway import GatewayServer, run_for_trace
 from tether.bus import Bus
-from tether.middleware import BreakerPolicy, FallbackPolicy, Policy, ProviderHttp, RetryPolicy
+from tether.middleware import BreakerPolicy, FallbackPolicy, Policy, RetryPolicy
 from tether.testing.fake_provider import FakeProvider
 
 from .conftest import GATEWAY_KEY, data, fast_policies, gateway_config, kinds, run_events
@@ -336,15 +336,15 @@ async def test_models_list_in_both_formats(gateway: GatewayServer) -> None:
 
 async def test_upstream_keys_replace_the_agents(fake: FakeProvider, gateway: GatewayServer) -> None:
     seen: list[dict[str, str]] = []
-    upstreams = gateway.gateway.upstreams
-    http = upstreams.http = upstreams.http or ProviderHttp(max_connections=4, decompress=False)
-    original = http.request
+    pool = gateway.gateway.upstreams.pool
+    original = pool.request
 
-    async def spy(method: str, url: str, *, data: bytes, headers: list[tuple[str, str]], timeout_s: float) -> Any:
+    async def spy(method: str, origin: Any, path: str, headers: list[tuple[str, str]], body: bytes,
+                  timeout_s: float) -> Any:
         seen.append(dict(headers))
-        return await original(method, url, data=data, headers=headers, timeout_s=timeout_s)
+        return await original(method, origin, path, headers, body, timeout_s)
 
-    http.request = spy  # type: ignore[method-assign]
+    pool.request = spy  # type: ignore[method-assign]
     async with oai(gateway) as sdk, claude(gateway) as csdk:
         await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
         await csdk.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=CHAT)  # type: ignore[arg-type]

@@ -21,9 +21,7 @@ the terminal ones, :data:`DeadLetterReason`) over the states every process share
 relay (:class:`RelaySpec`, :func:`relay_subject`, :class:`RelayListener`,
 :class:`RelayBroken`); reading an answer (:class:`SSEParser`, :class:`StreamAccumulator`,
 :func:`usage_of`), whose shape a :data:`ProviderKind` (``"openai"`` or ``"anthropic"``) and
-an :data:`Operation` (``"chat"``, ``"responses"``, ``"messages"``, ``"embeddings"``) name;
-the HTTP client to the providers (:class:`ProviderHttp`, whose streamed answer is a
-:class:`ProviderStream`).
+an :data:`Operation` (``"chat"``, ``"responses"``, ``"messages"``, ``"embeddings"``) name.
 """
 
 # The executor and the caller side (these do I/O: NATS, HTTP).
@@ -64,7 +62,6 @@ from ._failures import (
     classify_http,
     parse_retry_after,
 )
-from ._http import ProviderHttp, ProviderStream
 from ._policy import (
     BreakerPolicy,
     BudgetLimits,
@@ -130,9 +127,7 @@ __all__ = [
     "PolicySet",
     "ProviderConfig",
     "ProviderConfigError",
-    "ProviderHttp",
     "ProviderKind",
-    "ProviderStream",
     "ProviderTable",
     "RateLimitPolicy",
     "RateLimiter",

@@ -1,9 +1,9 @@
-"""tether's HTTP client for its LLM providers: one ``aiohttp`` session, pooled keep-alive.
+"""The worker's HTTP client for its LLM providers: one ``aiohttp`` session, pooled keep-alive.
 
-Workers and inline callers POST to providers through :class:`ProviderHttp`, and the gateway
-forwards its agents' requests through it (:meth:`ProviderHttp.request`, the bytes as they
-came); the SDK adapters keep the SDKs' own ``httpx`` / ``httpx2`` transports. Why aiohttp
-and not httpx or a client of tether's own: docs/benchmarks.md (Executor; Gateway upstream).
+Workers and inline callers POST to providers through :class:`ProviderHttp`; the SDK
+adapters keep their own ``httpx`` / ``httpx2`` transports. aiohttp costs about a quarter of
+httpx's client CPU per request (``bench/executor.py``), which is most of what a durable
+call's worker spends outside NATS.
 
 What the engine and the relay see is small on purpose: a :class:`ProviderResponse`
 (``status_code``, case-insensitive ``headers``, ``content``) for a whole answer, and a
@@ -23,17 +23,15 @@ import json
 import os
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import yarl
 
 __all__ = ["ProviderHttp", "ProviderResponse", "ProviderStream", "UpstreamProtocolError"]
 
 KEEPALIVE_S = 5.0  # idle keep-alive connections are closed after this long (httpx's default)
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")  # the caller's, or none
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -54,9 +52,9 @@ class ProviderResponse:
 class ProviderStream:
     """An answer whose headers are in and whose body is read as it arrives.
 
-    Read it with :meth:`aiter_bytes` or :meth:`next_chunk` (chunks as the socket delivers
-    them) or :meth:`aread`, then :meth:`aclose` it: a body read to its end returns the
-    connection to the pool, one left unread closes it.
+    Read it with :meth:`aiter_bytes` (chunks as the socket delivers them) or :meth:`aread`,
+    then :meth:`aclose` it: a body read to its end returns the connection to the pool, one
+    left unread closes it.
     """
 
     __slots__ = ("_response", "headers", "status_code")
@@ -68,10 +66,6 @@ class ProviderStream:
 
     async def aread(self) -> bytes:
         return await self._response.read()
-
-    async def next_chunk(self) -> bytes | None:
-        """The next chunk of the body as it arrives, ``None`` at its end."""
-        return await self._response.content.readany() or None
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         async for chunk in self._response.content.iter_any():
@@ -140,18 +134,16 @@ class ProviderHttp:
     the pool or a new one) and ``timeout_s`` for every read of the answer (headers, then
     each chunk of the body), as ``httpx.Timeout(timeout_s)`` had: a stream that keeps
     coming is never cut by it, one that falls silent for ``timeout_s`` is. Redirects are
-    not followed (a 3xx is an answer), and a POST is never sent twice (aiohttp resends
-    only idempotent methods on a kept-alive connection that broke). ``decompress=False``:
-    bodies are passed on as they came, ``content-encoding`` and all (the gateway).
+    not followed (a 3xx is an answer).
     """
 
-    def __init__(self, *, max_connections: int, keepalive_s: float = KEEPALIVE_S, decompress: bool = True) -> None:
+    def __init__(self, *, max_connections: int, keepalive_s: float = KEEPALIVE_S) -> None:
         asyncio.get_running_loop()  # RuntimeError outside a loop: the session would belong to none
         connector = aiohttp.TCPConnector(
             limit=max_connections, limit_per_host=0, keepalive_timeout=keepalive_s,
             ssl=_ssl_context(os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None))
         # trust_env stays off: _Proxies reads the environment's proxies once (see there)
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=decompress,
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True,
                                               timeout=aiohttp.ClientTimeout(total=None))
         self._proxy = _Proxies()
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
@@ -174,14 +166,9 @@ class ProviderHttp:
         sent = dict(headers)
         if not any(name.lower() == "content-type" for name in sent):
             sent["Content-Type"] = "application/json"
-        return await self._request("POST", url, data, sent, timeout_s, None)
-
-    async def _request(self, method: str, url: str | yarl.URL, data: bytes, headers: Any, timeout_s: float,
-                       skip: Iterable[str] | None) -> aiohttp.ClientResponse:
         try:
-            return await self._session.request(method, url, data=data, headers=headers,
-                                                timeout=self._timeout(timeout_s), allow_redirects=False,
-                                                proxy=self._proxy(str(url)), skip_auto_headers=skip)
+            return await self._session.post(url, data=data, headers=sent, timeout=self._timeout(timeout_s),
+                                             allow_redirects=False, proxy=self._proxy(url))
         except aiohttp.ClientResponseError as exc:  # we never raise_for_status: the answer is not HTTP
             raise UpstreamProtocolError(f"{exc.message} ({url})") from exc
 
@@ -201,14 +188,6 @@ class ProviderHttp:
         """POST ``body`` as JSON and return once the answer's headers are in; read the body
         from the :class:`ProviderStream`, then ``aclose()`` it."""
         return ProviderStream(await self._send(url, body, headers, timeout_s))
-
-    async def request(self, method: str, url: str, *, data: bytes, headers: Iterable[tuple[str, str]],
-                      timeout_s: float) -> ProviderStream:
-        """Send ``data`` as it is with ``headers`` as they are (aiohttp adds only ``host`` and
-        ``content-length``; the URL's query is not re-quoted) and return once the answer's
-        headers are in: the gateway's requests, forwarded."""
-        return ProviderStream(await self._request(method, yarl.URL(url, encoded=True), data, list(headers),
-                                                  timeout_s, _NO_AUTO_HEADERS))
 
     async def aclose(self) -> None:
         await self._session.close()

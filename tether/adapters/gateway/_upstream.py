@@ -1,8 +1,7 @@
 """The upstream providers as the interceptor sees them: one attempt at a time, keys added here.
 
-:class:`Upstreams` holds the configured providers and the HTTP client the workers use too
-(:class:`~tether.middleware.ProviderHttp`, aiohttp: pooled keep-alive connections, the
-agent's bytes forwarded as they came); :meth:`Upstreams.call` gives the :class:`~tether.adapters.RoutedUpstream`
+:class:`Upstreams` holds the configured providers and a pool of keep-alive connections
+(:mod:`._http`); :meth:`Upstreams.call` gives the :class:`~tether.adapters.RoutedUpstream`
 of one request: ``send`` goes to the provider the model resolved to, ``send_to`` to a
 fallback target's provider (same wire format). The provider's key is added to each attempt
 here, and only here: it never reaches the interceptor, the events or the agent.
@@ -11,11 +10,11 @@ here, and only here: it never reaches the interceptor, the events or the agent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from tether.middleware import ProviderConfig, ProviderHttp, ProviderStream, Target
+from tether.middleware import ProviderConfig, Target
 
 from ._errors import Headers
+from ._http import HttpPool, Origin, UpstreamResponse
 
 __all__ = ["CallUpstream", "Upstreams"]
 
@@ -24,38 +23,15 @@ _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-ali
                   "proxy-connection", "expect"})
 """Set by the client for each request (a pass-through, such as count_tokens, brings the agent's)."""
 PASSTHROUGH_TIMEOUT_S = 60.0
-MAX_CONNECTIONS = 1000
-"""Open connections to the providers at once, across them; a request past that waits for one."""
-
-
-class UpstreamResponse:
-    """An answer being received: ``status`` and ``headers`` now, the body chunk by chunk."""
-
-    __slots__ = ("_stream", "extensions", "headers", "status")
-
-    def __init__(self, stream: ProviderStream) -> None:
-        self._stream = stream
-        self.status = stream.status_code
-        self.headers: Headers = list(stream.headers.items())
-        self.extensions: dict[str, Any] = {}
-
-    async def next_chunk(self) -> bytes | None:
-        return await self._stream.next_chunk()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class Upstreams:
-    """The providers the gateway forwards to, with their keys, over pooled connections.
+    """The providers the gateway forwards to, with their keys, over pooled connections."""
 
-    The client is made on the first request (it belongs to the running loop) unless given.
-    """
-
-    def __init__(self, providers: Mapping[str, ProviderConfig], *, http: ProviderHttp | None = None) -> None:
+    def __init__(self, providers: Mapping[str, ProviderConfig], *, pool: HttpPool | None = None) -> None:
         self.providers = dict(providers)
-        self.http = http
-        self._bases = {name: p.base_url.rstrip("/") for name, p in self.providers.items()}
+        self.pool = pool if pool is not None else HttpPool()
+        self._origins = {name: Origin.of(p.base_url) for name, p in self.providers.items()}
         self._auth = {name: _auth_headers(p) for name, p in self.providers.items()}
         self._auth_names = {name: frozenset(k.lower() for k, _ in headers) for name, headers in self._auth.items()}
 
@@ -72,15 +48,10 @@ class Upstreams:
             out.append(("anthropic-version", "2023-06-01"))
         out.extend(self._auth[provider])
         wait = PASSTHROUGH_TIMEOUT_S if timeout_s is None else timeout_s
-        http = self.http
-        if http is None:
-            http = self.http = ProviderHttp(max_connections=MAX_CONNECTIONS, decompress=False)
-        return UpstreamResponse(await http.request(method, self._bases[provider] + suffix, data=body, headers=out,
-                                                   timeout_s=wait))
+        return await self.pool.request(method, self._origins[provider], suffix, out, body, wait)
 
     async def aclose(self) -> None:
-        if self.http is not None:
-            await self.http.aclose()
+        await self.pool.aclose()
 
 
 class CallUpstream:
