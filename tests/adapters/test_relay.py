@@ -108,7 +108,8 @@ def test_the_sync_shell_does_the_steps() -> None:
             seen.append((headers, data, timeout_s))
             return body
 
-    sent = send_sync(Upstream(), Send(Target("p", "m"), 1, [("x-a", "1")], b"{}", 5.0))
+    sent = send_sync(Upstream(), Send(target=Target("p", "m"), attempt=1, headers=[("x-a", "1")], body=b"{}",
+                                        timeout_s=5.0))
     assert sent.body == b"ok" and body.closed and seen == [([("x-a", "1")], b"{}", 5.0)]
 
 
