@@ -121,27 +121,28 @@ def attempt() -> Generator[Step, Any, Sent]:
         resp = yield _OPEN
     except Exception as exc:
         return Sent(elapsed(), failure=failure_of(exc))
+    read, close = Step("read", resp), Step("close", resp)
     try:
         if not is_stream(resp.status, resp.headers):
             parts = []
-            while (chunk := (yield Step("read", resp))) is not None:
+            while (chunk := (yield read)) is not None:
                 parts.append(chunk)
-            yield Step("close", resp)
+            yield close
             return Sent(elapsed(), resp.status, resp.headers, b"".join(parts), extensions=resp.extensions)
-        first = yield Step("read", resp)
+        first = yield read
         while first == b"":
-            first = yield Step("read", resp)
+            first = yield read
     except Exception as exc:
         with contextlib.suppress(Exception):
-            yield Step("close", resp)
+            yield close
         return Sent(elapsed(), resp.status, resp.headers, failure=failure_of(exc))
     except BaseException:
         with contextlib.suppress(Exception):
-            yield Step("close", resp)
+            yield close
         raise
     latency = elapsed()
     if first is None:
-        yield Step("close", resp)
+        yield close
         return Sent(latency, resp.status, resp.headers, failure=Failure(
             kind="malformed", error_type="MalformedResponseError", message="the stream ended before its first byte"))
     return Sent(latency, resp.status, resp.headers, stream=resp, first=[first], extensions=resp.extensions)
@@ -159,14 +160,14 @@ class Attempt:
         self.step: Step | None = next(self._steps)
 
     def done(self, result: Any) -> None:
-        self._resume(partial(self._steps.send, result))
+        try:
+            self.step = self._steps.send(result)
+        except StopIteration as stop:
+            self.step, self.sent = None, stop.value
 
     def failed(self, exc: BaseException) -> None:
-        self._resume(partial(self._steps.throw, exc))
-
-    def _resume(self, resume: Callable[[], Step]) -> None:
         try:
-            self.step = resume()
+            self.step = self._steps.throw(exc)
         except StopIteration as stop:
             self.step, self.sent = None, stop.value
 
