@@ -277,23 +277,22 @@ class AsyncTee:
         core = self.core
         while core.readable():
             chunk = core.buffered()
-            out = core.take(chunk if chunk is not None else await self._read())
+            if chunk is None:
+                try:
+                    chunk = await self._resp.next_chunk()
+                except asyncio.CancelledError:  # the caller went away: after the last event, the call is whole
+                    await self._end(core.stopped())
+                    raise
+                except Exception as exc:
+                    await self._end("error", failure_of(exc))
+                    raise
+            out = core.take(chunk)
             if out is None:
                 await self._end("end")
                 out = core.tail
             if out:
                 return out
         raise StopAsyncIteration
-
-    async def _read(self) -> bytes | None:
-        try:
-            return await self._resp.next_chunk()
-        except asyncio.CancelledError:  # the caller went away: after the last event, the call is whole
-            await self._end(self.core.stopped())
-            raise
-        except Exception as exc:
-            await self._end("error", failure_of(exc))
-            raise
 
     async def aclose(self) -> None:
         """The caller is done: before the end, the call is recorded as closed by the caller."""
