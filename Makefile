@@ -2,7 +2,7 @@
 # make test   - set up .venv from the lock file if needed, then run the whole test suite
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
 # make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
-#               test environments' (requirements/phoenix.txt), then run both suites
+#               test environments' (requirements/phoenix.txt, requirements/<framework>.txt), then run both suites
 # make bench  - the benchmarks; LiteLLM, the peer bench/adapters.py runs beside tether, goes in
 #               .venv-bench (the `bench` extra): its pins would move packages .venv's tests run on
 #
@@ -20,6 +20,7 @@ LOWEST_VENV ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.tether-installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.tether-installed
+FRAMEWORKS := langgraph openai-agents
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
 .PHONY: run test test-lowest lint lock bench clean
@@ -64,6 +65,11 @@ lock: | $(UV)
 	$(COMPILE) --upgrade --resolution lowest-direct -o requirements/lowest.txt
 	$(UV) pip compile --quiet requirements/phoenix.in --python-version 3.11 --generate-hashes --upgrade \
 		-o requirements/phoenix.txt  # Phoenix's own venv for tests (tests/_envs.py builds .venv-phoenix)
+	# each framework's own venv (tests/frameworks/), tether installed from the checkout by tests/_envs.py
+	for fw in $(FRAMEWORKS); do \
+		$(UV) pip compile --quiet requirements/$$fw.in --python-version 3.11 --generate-hashes --upgrade \
+			--no-emit-package tether -o requirements/$$fw.txt || exit 1; \
+	done
 	$(MAKE) test test-lowest
 
 bench: $(STAMP) $(BENCH_STAMP)
@@ -71,4 +77,4 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/adapters.py --peer-python $(BENCH_VENV)/bin/python
 
 clean:
-	rm -rf $(UV_HOME) $(VENV) $(LOWEST_VENV) $(BENCH_VENV) .venv-phoenix .tether .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(UV_HOME) $(VENV) $(LOWEST_VENV) $(BENCH_VENV) .venv-phoenix $(FRAMEWORKS:%=.venv-%) .tether .pytest_cache .mypy_cache .ruff_cache

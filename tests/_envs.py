@@ -3,6 +3,8 @@
 ``optional_env("phoenix")`` makes ``.venv-phoenix`` exactly ``requirements/phoenix.txt`` with the
 project's pinned uv (``uv pip sync --require-hashes``), once: a stamp holding the lock file's hash
 makes later runs reuse it, and a changed lock rebuilds it. ``make lock`` refreshes the lock files.
+``project=True`` (the framework venvs) then installs tether itself from the checkout, editable and
+without dependencies: the lock holds them (compiled from ``-e .`` with ``--no-emit-package tether``).
 Where the environment cannot be built the test is skipped with the reason, except in CI
 (``CI=true``), where that is a failure.
 """
@@ -49,7 +51,8 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
-def optional_env(name: str, *, lock: Path | None = None, root: Path = ROOT, timeout: float = 900) -> OptionalEnv:
+def optional_env(name: str, *, lock: Path | None = None, root: Path = ROOT, timeout: float = 900,
+                 project: bool = False) -> OptionalEnv:
     """``root/.venv-{name}`` synced to ``lock`` (default ``requirements/{name}.txt``), built only when stale."""
     lock = lock or root / "requirements" / f"{name}.txt"
     if not lock.exists():
@@ -68,8 +71,10 @@ def optional_env(name: str, *, lock: Path | None = None, root: Path = ROOT, time
         assert uv is not None
         started = time.monotonic()
         env = {**os.environ, "VIRTUAL_ENV": str(venv)}
-        steps = ([uv, "venv", "--quiet", "--allow-existing", "--python", sys.executable, str(venv)],
-                 [uv, "pip", "sync", "--quiet", "--require-hashes", str(lock)])
+        steps = [[uv, "venv", "--quiet", "--allow-existing", "--python", sys.executable, str(venv)],
+                 [uv, "pip", "sync", "--quiet", "--require-hashes", str(lock)]]
+        if project:  # tether from this checkout: sync removed it (it is not in the lock)
+            steps.append([uv, "pip", "install", "--quiet", "--no-deps", "-e", str(root)])
         for step in steps:
             try:
                 done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=timeout, check=False)

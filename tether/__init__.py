@@ -5,19 +5,20 @@ from typing import TYPE_CHECKING, Any
 from tether.schemas import Event
 
 if TYPE_CHECKING:
-    from tether.adapters import async_http_client, http_client, instrument, run, tool
+    from tether.adapters import async_http_client, http_client, init, instrument, run, tool
     from tether.bus import Bus, connect
 
 __version__ = "0.1.0"
 
-__all__ = ["Bus", "Event", "__version__", "async_http_client", "connect", "http_client", "instrument", "run", "tool"]
+__all__ = ["Bus", "Event", "__version__", "async_http_client", "connect", "http_client", "init", "instrument", "run",
+           "tool"]
 
-_ADAPTERS = frozenset({"async_http_client", "http_client", "instrument", "run", "tool"})
+_ADAPTERS = frozenset({"async_http_client", "http_client", "init", "instrument", "run", "tool"})
 
 
 def __getattr__(name: str) -> Any:
     """``tether.connect``, ``tether.Bus``, ``tether.memory`` and the adapters' entry points
-    (``tether.instrument``, ``tool``, ``run``, ``http_client``, ``async_http_client``) on first use:
+    (``tether.init``, ``instrument``, ``tool``, ``run``, ``http_client``, ``async_http_client``) on first use:
     ``import tether`` (and ``import tether.schemas``) loads neither nats-py, aiohttp, SQLite nor
     cryptography."""
     if name in ("bus", "memory"):

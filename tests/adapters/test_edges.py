@@ -285,6 +285,8 @@ async def test_runaway_guard_stops_a_loop(fake: FakeProvider, bus: Bus) -> None:
     assert len(fake.log) == 2
     failed = data(await run_events(bus, run.run_id), "llm.call.failed")[0]
     assert failed.error.type == "RunawayGuard"
+    # the one guard's message, as inline calls and workers word it
+    assert failed.error.message == f"run {run.run_id} repeated the same call 3 times (runaway.max_identical_calls=2)"
 
 
 # -- durable mode ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tether.middleware import (
+    MAX_FINGERPRINTS,
     BudgetCheck,
     BudgetLimits,
     BudgetRefusal,
@@ -15,6 +16,7 @@ from tether.middleware import (
     check_budget,
     check_budgets,
     request_fingerprint,
+    runaway_count,
 )
 from tether.schemas import BudgetExceeded
 
@@ -124,48 +126,66 @@ def test_identical_calls_are_stopped() -> None:
     tracker = RunawayTracker()
     guard = RunawayGuard(max_identical_calls=5)
     for _ in range(5):
-        assert tracker.check("r1", "fp", guard) is None
-        tracker.record("r1", "fp")
-    assert tracker.check("r1", "fp", guard) == "run r1 repeated the same call 6 times (max_identical_calls=5)"
-    assert tracker.check("r1", "other", guard) is None  # a different call is fine
-    assert tracker.check("r2", "fp", guard) is None  # and so is another run
+        assert tracker.admit("r1", "fp", guard) is None
+    assert tracker.admit("r1", "fp", guard) == ("run r1 repeated the same call 6 times "
+                                                "(runaway.max_identical_calls=5)")
+    assert tracker.counts("r1") == (5, {"fp": 5})  # a refused call is not counted
+    assert tracker.admit("r1", "other", guard) is None  # a different call is fine
+    assert tracker.admit("r2", "fp", guard) is None  # and so is another run
 
 
 def test_calls_per_run_are_capped() -> None:
     tracker = RunawayTracker()
     guard = RunawayGuard(max_calls_per_run=3, max_identical_calls=None)
     for i in range(3):
-        tracker.record("r1", f"fp-{i}")
-    assert tracker.check("r1", "fp-new", guard) == "run r1 reached its limit of 3 calls (max_calls_per_run=3)"
+        assert tracker.admit("r1", f"fp-{i}", guard) is None
+    assert tracker.admit("r1", "fp-new", guard) == ("run r1 reached its limit of 3 calls "
+                                                    "(runaway.max_calls_per_run=3)")
 
 
 def test_no_guard_no_refusals() -> None:
     tracker = RunawayTracker()
     for _ in range(1000):
-        tracker.record("r1", "fp")
-    assert tracker.check("r1", "fp", RunawayGuard(None, None)) is None
+        assert tracker.admit("r1", "fp", RunawayGuard(None, None)) is None
 
 
 def test_rebuild_from_counts() -> None:
     tracker = RunawayTracker.from_counts({"r1": (7, {"fp": 5, "other": 2})})
     assert tracker.counts("r1") == (7, {"fp": 5, "other": 2})
-    assert tracker.check("r1", "fp", RunawayGuard()) is not None
+    assert tracker.admit("r1", "fp", RunawayGuard()) is not None
     assert tracker.counts("unknown") == (0, {})
 
 
+def test_one_rule_for_memory_and_kv_records() -> None:
+    """The tracker (inline calls, adapters) and a worker's KV record count by the same rule:
+    the same refusals, the same record, the least recently repeated call forgotten first."""
+    guard = RunawayGuard(max_calls_per_run=None, max_identical_calls=3)
+    tracker, doc = RunawayTracker(), {"calls": 0, "fingerprints": {}}
+    calls = ["loop", *(f"fp-{i}" for i in range(MAX_FINGERPRINTS - 1)), "loop", "loop", "one-more", "loop"]
+    from_tracker = [tracker.admit("r1", fp, guard) for fp in calls]
+    from_doc = [runaway_count(doc, "r1", fp, guard) for fp in calls]
+    assert from_tracker == from_doc
+    assert from_doc[-1] == "run r1 repeated the same call 4 times (runaway.max_identical_calls=3)"
+    assert tracker.counts("r1") == (doc["calls"], doc["fingerprints"])
+    assert len(doc["fingerprints"]) == MAX_FINGERPRINTS
+    assert "fp-0" not in doc["fingerprints"]  # forgotten; the loop kept itself fresh
+    assert doc["fingerprints"]["loop"] == 3
+
+
 def test_the_tracker_stays_small() -> None:
-    tracker = RunawayTracker(max_runs=100, max_fingerprints=10)
+    tracker = RunawayTracker(max_runs=100)
+    free = RunawayGuard(None, None)
     for run in range(1000):
-        tracker.record(f"run-{run}", "fp")
+        tracker.admit(f"run-{run}", "fp", free)
     assert len(tracker) == 100
     assert tracker.counts("run-0") == (0, {})  # the oldest runs were forgotten
     assert tracker.counts("run-999") == (1, {"fp": 1})
-    for i in range(100):
-        tracker.record("run-999", "loop")  # a loop keeps its own fingerprint fresh...
-        tracker.record("run-999", f"one-off-{i}")
+    for i in range(MAX_FINGERPRINTS + 100):
+        tracker.admit("run-999", "loop", free)  # a loop keeps its own fingerprint fresh...
+        tracker.admit("run-999", f"one-off-{i}", free)
     calls, fingerprints = tracker.counts("run-999")
-    assert calls == 201
-    assert len(fingerprints) == 10
-    assert fingerprints["loop"] == 100  # ...so it is never the one forgotten
+    assert calls == 1 + 2 * (MAX_FINGERPRINTS + 100)
+    assert len(fingerprints) == MAX_FINGERPRINTS
+    assert fingerprints["loop"] == MAX_FINGERPRINTS + 100  # ...so it is never the one forgotten
     tracker.forget("run-999")
     assert tracker.counts("run-999") == (0, {})

@@ -229,10 +229,20 @@ async def test_runaway_guard_stops_a_run_repeating_itself(env: Env) -> None:
     run = f"r-{uuid7()}"
     for _ in range(2):
         await env.calls.llm("fake", "gpt-4o-mini", CHAT, runid=run)
-    with pytest.raises(CallFailed, match="repeated the same call"):
+    with pytest.raises(CallFailed, match="repeated the same call") as durable:
         await env.calls.llm("fake", "gpt-4o-mini", CHAT, runid=run)
     other = await env.calls.llm("fake", "gpt-4o-mini", {**CHAT, "max_tokens": 21}, runid=run)
     assert other.response
+    inline_run = f"r-{uuid7()}"
+    async with InlineCalls(env.bus, policies=env.executor.policies, providers=env.executor.providers) as inline:
+        for _ in range(2):
+            await inline.llm("fake", "gpt-4o-mini", CHAT, runid=inline_run)
+        with pytest.raises(CallFailed) as inlined:
+            await inline.llm("fake", "gpt-4o-mini", CHAT, runid=inline_run)
+    # one guard, one message, whichever path counted the run
+    expected = "run {} repeated the same call 3 times (runaway.max_identical_calls=2)"
+    assert (durable.value.reason, durable.value.error.message) == ("runaway", expected.format(run))
+    assert (inlined.value.reason, inlined.value.error.message) == ("runaway", expected.format(inline_run))
 
 
 @pytest.mark.policies(policies(fake__brk=Policy(retry=RetryPolicy(max_attempts=1), timeout_s=5.0,

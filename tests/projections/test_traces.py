@@ -271,6 +271,17 @@ def test_list_runs_filters_newest_first() -> None:
     assert [r["run_id"] for r in list_runs(db, status="ok", limit=1)] == ["r3"]
 
 
+def test_list_runs_searches_ids_agents_and_names_literally() -> None:
+    other = Run("r3", agent="helper 100%")
+    db = fold(TracesView(), [*story(), *crash(), other(RunStarted(name="Nightly Digest"), 30)]).db
+    assert [r["run_id"] for r in list_runs(db, search="r2")] == ["r2"]
+    assert [r["run_id"] for r in list_runs(db, search="BOT")] == ["r2", "r1"], "agent, case-insensitive"
+    assert [r["run_id"] for r in list_runs(db, search="digest")] == ["r3"], "name"
+    assert [r["run_id"] for r in list_runs(db, search="100%")] == ["r3"]
+    assert list_runs(db, search="_") == [] and list_runs(db, search="r%2") == [], "% and _ are literal"
+    assert [r["run_id"] for r in list_runs(db, search="")] == ["r3", "r2", "r1"]
+
+
 def test_apply_is_pure_and_announces_the_run() -> None:
     view = TracesView()
     event = story()[4]

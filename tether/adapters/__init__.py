@@ -11,10 +11,13 @@
   ``tether gateway``): one raw request in, one response (maybe a stream) out, policy applied
   and events published.
 * :class:`Redactor`: what is kept out of the log (headers never enter it).
+* :func:`init` (``tether.init()``) installs the adapter of each agent framework installed beside
+  tether: ``tether.adapters.langgraph``, ``tether.adapters.openai_agents`` (docs/frameworks/).
 
 See docs/adapters.md.
 """
 
+from ._autoinit import init
 from ._conversation import conversation
 from ._core import (
     AsyncUpstream,
@@ -62,6 +65,7 @@ __all__ = [
     "current_run",
     "flush",
     "http_client",
+    "init",
     "instrument",
     "run",
     "shutdown",

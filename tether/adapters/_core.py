@@ -33,7 +33,9 @@ from tether.middleware import (
     PolicySet,
     Target,
     WorkItem,
+    drive,
 )
+from tether.middleware import drive_sync as flow_sync
 from tether.schemas import uuid7
 
 from ._flow import (
@@ -310,7 +312,7 @@ class Interceptor:
             nonlocal attempt
             assert isinstance(effect, Send)
             attempt = effect.attempt
-            return await send_async(upstream, effect)
+            return await send_async(upstream, call.wire(effect))
 
         try:
             final = await drive_async(hub, llm_flow(call), io)
@@ -365,7 +367,7 @@ class Interceptor:
 
         def io(effect: Effect) -> Any:
             assert isinstance(effect, Send)
-            return send_sync(upstream, effect)
+            return send_sync(upstream, call.wire(effect))
 
         final = drive_sync(hub, llm_flow(call), io)
         sent = final.sent
@@ -399,58 +401,50 @@ def _no_io_sync(effect: Effect) -> Any:
 
 async def drive_async(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect], Awaitable[Any]]) -> T:
     """Run ``flow`` to its end, doing its effects with ``await``; ``io`` does Send and Invoke."""
-    result: Any = None
-    try:
-        while True:
+
+    async def handle(effect: Effect) -> Any:
+        if isinstance(effect, Emit):
+            await hub.aemit(effect.event)
+        elif isinstance(effect, Run):
             try:
-                effect = flow.send(result)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            result = None
-            if isinstance(effect, Emit):
-                await hub.aemit(effect.event)
-            elif isinstance(effect, Run):
-                try:
-                    result = await hub.call(effect.make, drain=effect.drain)
-                except Exception:  # the log is unreachable: the call goes on without that step
-                    log.warning("tether: an engine step failed; going on without it", exc_info=True)
-            elif isinstance(effect, Spawn):
-                hub.spawn(effect.make)
-            elif isinstance(effect, Sleep):
+                return await hub.call(effect.make, drain=effect.drain)
+            except Exception:  # the log is unreachable: the call goes on without that step
+                log.warning("tether: an engine step failed; going on without it", exc_info=True)
+        elif isinstance(effect, Spawn):
+            hub.spawn(effect.make)
+        elif isinstance(effect, Sleep):
+            if effect.seconds > 0:
                 await asyncio.sleep(effect.seconds)
-            else:
-                result = await io(effect)
-    finally:
-        flow.close()
+        else:
+            return await io(effect)
+        return None
+
+    return await drive(flow, handle)
 
 
 def drive_sync(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect], Any]) -> T:
     """Run ``flow`` from a plain thread: events queued, engine steps run on the bus's loop."""
-    result: Any = None
-    try:
-        while True:
+
+    def handle(effect: Effect) -> Any:
+        if isinstance(effect, Emit):
+            hub.emit(effect.event)
+        elif isinstance(effect, Run):
+            if effect.drain and hub.on_loop_thread():
+                hub.spawn(effect.make, drain=True)  # a sync tool on the loop: record, do not wait
+                return None
             try:
-                effect = flow.send(result)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            result = None
-            if isinstance(effect, Emit):
-                hub.emit(effect.event)
-            elif isinstance(effect, Run):
-                if effect.drain and hub.on_loop_thread():
-                    hub.spawn(effect.make, drain=True)  # a sync tool on the loop: record, do not wait
-                    continue
-                try:
-                    result = hub.call_sync(effect.make, drain=effect.drain, timeout=effect.timeout_s)
-                except LoopThreadError:
-                    raise
-                except Exception:
-                    log.warning("tether: an engine step failed; going on without it", exc_info=True)
-            elif isinstance(effect, Spawn):
-                hub.spawn(effect.make)
-            elif isinstance(effect, Sleep):
+                return hub.call_sync(effect.make, drain=effect.drain, timeout=effect.timeout_s)
+            except LoopThreadError:
+                raise
+            except Exception:
+                log.warning("tether: an engine step failed; going on without it", exc_info=True)
+        elif isinstance(effect, Spawn):
+            hub.spawn(effect.make)
+        elif isinstance(effect, Sleep):
+            if effect.seconds > 0:
                 time.sleep(effect.seconds)
-            else:
-                result = io(effect)
-    finally:
-        flow.close()
+        else:
+            return io(effect)
+        return None
+
+    return flow_sync(flow, handle)

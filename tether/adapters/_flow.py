@@ -1,20 +1,10 @@
-"""The policy loop of one intercepted call, without I/O.
+"""One intercepted LLM call, as the adapters see it: the loop of ``tether.middleware`` plus HTTP.
 
-A call is a generator that yields *effects* and gets their results back, the way
-``httpx.Auth.auth_flow`` works: the async shell (``await``) and the sync shell (blocking,
-for sync clients) drive the same generator, so inline policy, events and dead letters
-behave the same in both. The generator never touches a socket or a clock-driven wait:
-
-* :class:`Emit` an event (queued, never blocking);
-* :class:`Run` an engine step on the bus's loop and get its result (budgets, a breaker
-  that is not closed, dead letters);
-* :class:`Spawn` an engine step without waiting (breaker bookkeeping, spend);
-* :class:`Sleep` (a retry's backoff);
-* :class:`Send` the request to the upstream once (the shell does the HTTP and hands back
-  a :class:`Sent`); :class:`Invoke` a tool once.
-
-Retries happen only inside the loop, that is before the caller has seen a byte of the
-answer: a stream is handed to the caller after its first chunk arrived.
+:class:`LlmCall` is what the interceptor knows about a call (the caller's bytes, its
+redaction, the reply headers); :func:`llm_flow` runs :func:`tether.middleware.call_flow`
+for it and turns how the loop ended into the caller's answer (:class:`Final`). The
+durable flows submit the call to the workers instead; :func:`stream_end_flow` records a
+stream's end once the caller read it. No I/O here: the shells in ``_core`` drive them.
 """
 
 from __future__ import annotations
@@ -22,144 +12,65 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
 import time
-import zlib
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 from tether.middleware import (
-    AttemptRecord,
-    BudgetRefusal,
+    Call,
     CallEngine,
     CallFailed,
     CallRecord,
     CallResult,
-    DeadLetterReason,
-    Decision,
+    Completed,
+    Effect,
+    Emit,
     Failure,
-    Fallback,
+    GaveUp,
     GiveUp,
     Outcome,
     Policy,
-    PolicySet,
     RelayBroken,
     RelayListener,
     RelaySpec,
-    Retry,
+    Run,
+    Send,
+    Sent,
+    Sleep,
+    Spawn,
+    Streaming,
     Target,
     WorkItem,
-    classify_http,
-    decide,
+    call_flow,
     relay_subject,
-    request_fingerprint,
     terminal_id,
-    usage_of,
 )
-from tether.schemas import (
-    ErrorInfo,
-    Event,
-    LlmCallFailed,
-    LlmCallRequested,
-    Payload,
-    ToolCallAttemptFailed,
-    ToolCallCompleted,
-    ToolCallRequested,
-)
+from tether.schemas import ErrorInfo, Event, LlmCallFailed, LlmCallRequested, Payload
 
 from ._hub import Hub
 from ._redact import Redactor
 from ._wire import LlmRequest, StreamAccumulator, error_body, error_status
 
-__all__ = [
+__all__ = [  # the effects are tether.middleware's, named here for the shells
     "Effect",
     "Emit",
     "Final",
-    "Invoke",
-    "Invoked",
     "LlmCall",
     "Run",
-    "RunawayError",
     "Send",
     "Sent",
     "Sleep",
     "Spawn",
-    "ToolCall",
     "cancelled_event",
     "durable_flow",
     "durable_stream_flow",
     "llm_flow",
     "stream_end_flow",
-    "tool_flow",
 ]
 
 Headers = list[tuple[str, str]]
 _DROP_ON_RELAY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
-
-
-# -- effects --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    event: Event
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    make: Callable[[], Awaitable[Any]]
-    drain: bool = False
-    """Publish every queued event first (what ``make`` publishes must come after them)."""
-    timeout_s: float | None = 30.0
-    """How long a sync caller waits for it (an engine step is quick; a durable call is not)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Spawn:
-    make: Callable[[], Awaitable[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    target: Target
-    attempt: int
-    headers: Headers
-    body: bytes
-    timeout_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Invoke:
-    attempt: int
-
-
-Effect = Emit | Run | Spawn | Sleep | Send | Invoke
-
-
-@dataclass
-class Sent:
-    """What one attempt got back, as the shell read it.
-
-    A complete answer has ``body``; a stream that delivered its first chunk has
-    ``stream`` (the open upstream, shell-specific) and ``first``; a failure to connect or
-    to read has ``failure``.
-    """
-
-    latency_ms: float
-    status: int = 0
-    headers: Headers = field(default_factory=list)
-    body: bytes | None = None
-    stream: Any = None
-    first: list[bytes] = field(default_factory=list)
-    failure: Failure | None = None
-    extensions: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,12 +108,19 @@ class LlmCall:
     """tether added ``stream_options.include_usage``; the tee removes the extra chunk."""
     rec: CallRecord = field(init=False)
     recorded: WorkItem = field(init=False)
+    flow: Call = field(init=False)
+    """The call as :func:`~tether.middleware.call_flow` sees it."""
     _bodies: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rec = CallRecord.new(self.item, time.time())
         # What the dead-letter record keeps: the redacted body, or none when not capturing.
         self.recorded = self.item if self.capture else self.item.model_copy(update={"body": {}})
+        request = self.request
+        self.flow = Call(self.engine, self.item, self.rec, self.policy, runaway=self.hub.runaway,
+                         fingerprint=request.body or {"raw": self.raw.decode("utf-8", "replace")},
+                         kind=request.kind, redactor=self.redactor, capture=self.capture, recorded=self.recorded,
+                         account_always=False)
 
     @property
     def kind(self) -> Literal["openai", "anthropic"]:
@@ -237,6 +155,11 @@ class LlmCall:
                 body = json.dumps({**json.loads(self.raw), "model": target.model}, separators=(",", ":")).encode()
             self._bodies[target.model] = body
         return body
+
+    def wire(self, send: Send) -> Send:
+        """``send`` with the bytes of this call: its headers, and the body for the target."""
+        assert send.target is not None
+        return dataclasses.replace(send, headers=self.headers, body=self.body_for(send.target))
 
     def scrub(self, failure: Failure) -> Failure:
         text = self.redactor.text(failure.message)
@@ -281,23 +204,6 @@ class LlmCall:
         return self.error_reply(status, f"tether gave up ({failed.reason}): {error.type}: {error.message}",
                                 code=code, retry_after_s=error.retry_after_s)
 
-    def parse_answer(self, sent: Sent) -> tuple[Any, Failure | None]:
-        """The JSON of a complete 2xx answer, or why it is not one."""
-        body = sent.body or b""
-        encoding = next((v.lower() for k, v in sent.headers if k.lower() == "content-encoding"), "identity")
-        if encoding in ("gzip", "deflate"):
-            try:
-                body = zlib.decompress(body, 47)  # 32 + 15: gzip or zlib header, detected
-            except zlib.error:
-                return None, None
-        elif encoding not in ("identity", ""):
-            return None, None  # an encoding tether does not read: pass it on, unrecorded
-        try:
-            return json.loads(body), None
-        except ValueError as exc:
-            return None, Failure(kind="malformed", status_code=sent.status, error_type="MalformedResponseError",
-                                 message=f"response is not JSON: {exc}")
-
 
 def give_up_code(reason: str) -> str:
     """The error ``code`` of a gateway answer after tether gave up for ``reason``."""
@@ -305,97 +211,18 @@ def give_up_code(reason: str) -> str:
         reason, "tether_gave_up")
 
 
-def _admission(call: LlmCall) -> Generator[Effect, Any, Final | None]:
-    """The runaway guard (per process) and budgets, once per call, before any attempt."""
-    engine, item, rec = call.engine, call.item, call.rec
-    refusal: BudgetRefusal | str | None = None
-    guard = engine.policies.runaway
-    if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
-        fingerprint = request_fingerprint(call.request.body or {"raw": call.raw.decode("utf-8", "replace")})
-        with call.hub.runaway_lock:
-            refusal = call.hub.runaway.check(item.runid, fingerprint, guard)
-            if refusal is None:
-                call.hub.runaway.record(item.runid, fingerprint)
-    if refusal is None and engine.policies.budgets_for(run_id=item.runid, agent_id=item.agentid,
-                                                       tenant=item.tenant):
-        refusal = yield Run(lambda: engine.admit(item, rec))
-    if refusal is None:
-        return None
-    if isinstance(refusal, BudgetRefusal):
-        yield Emit(call.event(refusal.to_event(call_id=item.call_id)))
-        error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
-        reason: Literal["budget", "runaway"] = "budget"
-    else:
-        error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
-        reason = "runaway"
-    yield Run(lambda: engine.give_up(call.recorded, rec, reason, error), drain=True)
-    return call.gave_up(reason, None, error, None)
-
-
 def llm_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
-    """Admission, then attempts under the policy until an answer, a stream's first chunk, or giving up."""
-    engine, item, rec, policy = call.engine, call.item, call.rec, call.policy
+    """``requested``, then the one call loop, then the caller's answer: the upstream's (complete,
+    or its stream once the first chunk came), or the one tether writes when it gave up."""
     yield Emit(call.requested_event())
-    refused = yield from _admission(call)
-    if refused is not None:
-        return refused
-    rate_limited = policy.rate_limit.limited
-    while True:
-        if policy.deadline_s is not None and time.time() >= rec.started_at + policy.deadline_s:
-            error = ErrorInfo(type="DeadlineExceeded", message="the call's deadline passed", retryable=False)
-            yield Run(partial(engine.give_up, call.recorded, rec, "deadline", error), drain=True)
-            return call.gave_up("deadline", None, error, None)
-        target = rec.target
-        assert target is not None
-        route = target.route
-        failure: Failure | None = None
-        if (engine.breakers.state(route).state != "closed" or rate_limited
-                or engine.policies.rate_limit_for(target.provider).limited):
-            gated = yield Run(lambda: engine.gate(item, rec, policy))
-            failure, wait = gated if gated is not None else (None, 0.0)
-            if wait > 0:
-                yield Sleep(wait)
-                continue
-        attempt = len(rec.attempts) + 1
-        started_at = time.time()
-        latency = 0.0
-        sent: Sent | None = None
-        if failure is None:
-            sent = yield Send(target, attempt, call.headers, call.body_for(target), policy.timeout_s)
-            assert isinstance(sent, Sent)
-            failure, latency = sent.failure, sent.latency_ms
-            data: Any = None
-            if failure is None and sent.status >= 300:
-                failure = classify_http(sent.status, dict(sent.headers), sent.body, now=time.time())
-            elif failure is None and sent.stream is None:
-                data, failure = call.parse_answer(sent)
-            ok = failure is None
-            counts = ok or (failure is not None and failure.counts_for_breaker)
-            yield Spawn(partial(engine.breakers.record, route, policy.breaker, ok=ok, counts=counts,
-                                call_id=item.call_id))
-            if ok:
-                engine.record_outcome(rec, attempt, None, started_at)
-                if sent.stream is not None:
-                    return Final(sent.status, call.reply_headers(sent.headers), sent=sent, attempt=attempt)
-                usage, finish = usage_of(call.kind, call.request.operation, data)
-                out = Outcome(True, latency, call.redactor(data) if call.capture else None, usage, finish)
-                yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True))
-                yield from _account(call, out)
-                return Final(sent.status, call.reply_headers(sent.headers), sent.body, attempt=attempt)
-        assert failure is not None
-        failure = call.scrub(failure)
-        engine.record_outcome(rec, attempt, failure, started_at)
-        decision: Decision = engine.decide(item, rec, policy, failure)
-        yield Emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision, scrubbed=True))
-        if isinstance(decision, GiveUp):
-            error = failure.to_error_info(retryable=False)
-            yield Run(partial(engine.give_up, call.recorded, rec, decision.reason, error), drain=True)
-            return call.gave_up(decision.reason, failure, error, sent)
-        if isinstance(decision, Fallback):
-            rec.provider, rec.model = decision.target.provider, decision.target.model
-            rec.fallbacks += 1
-        if isinstance(decision, Retry | Fallback) and decision.delay_s > 0:
-            yield Sleep(decision.delay_s)
+    ending = yield from call_flow(call.flow)
+    if isinstance(ending, GaveUp):
+        return call.gave_up(ending.reason, ending.failure, ending.error, ending.sent)
+    assert isinstance(ending, Completed | Streaming)
+    sent = ending.sent
+    if isinstance(ending, Streaming):
+        return Final(sent.status, call.reply_headers(sent.headers), sent=sent, attempt=ending.attempt)
+    return Final(sent.status, call.reply_headers(sent.headers), sent.body, attempt=ending.attempt)
 
 
 def _account(call: LlmCall, out: Outcome) -> Generator[Effect, Any, None]:
@@ -549,101 +376,3 @@ def cancelled_event(call: LlmCall, attempt: int) -> Event:
                       code="client_cancelled", retryable=False)
     return call.event(LlmCallFailed(call_id=item.call_id, provider=target.provider, model=target.model,
                                     attempts=attempt, error=error), id=terminal_id(item.call_id, "failed"))
-
-
-# -- one tool call ----------------------------------------------------------------------------
-
-SOURCE = "urn:tether:adapter"
-
-
-@dataclass
-class ToolCall:
-    hub: Hub
-    policies: PolicySet
-    policy: Policy
-    item: WorkItem
-    idempotent: bool
-    retry_on: tuple[type[BaseException], ...] = ()
-    rec: CallRecord = field(init=False)
-    rng: random.Random = field(default_factory=random.Random)
-
-    def __post_init__(self) -> None:
-        self.rec = CallRecord.new(self.item, time.time())
-
-    def event(self, payload: Payload, *, id: str | None = None) -> Event:
-        item = self.item
-        return Event.of(payload, id=id, runid=item.runid, agentid=item.agentid, traceparent=item.traceparent,
-                        source=SOURCE)
-
-    async def give_up(self, reason: DeadLetterReason, error: ErrorInfo) -> None:
-        engine = await self.hub.engine(self.policies)
-        await engine.give_up(self.item, self.rec, reason, error)
-
-
-@dataclass
-class Invoked:
-    """One run of the tool: its result (and what is recorded of it), or the exception it raised."""
-
-    duration_ms: float
-    result: Any = None
-    recorded: Any = None
-    error: BaseException | None = None
-    failure: Failure | None = None
-
-
-def tool_flow(call: ToolCall) -> Generator[Effect, Any, Invoked]:
-    """Requested, attempts (retried only when the tool is idempotent), completed or failed."""
-    item, rec, policy = call.item, call.rec, call.policy
-    yield Emit(call.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
-                                            idempotent=call.idempotent, idempotency_key=item.idempotency_key,
-                                            mode="inline"), id=terminal_id(item.call_id, "requested")))
-    guard = call.policies.runaway
-    if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
-        fingerprint = request_fingerprint({"tool": item.tool, "arguments": item.arguments})
-        with call.hub.runaway_lock:
-            refusal = call.hub.runaway.check(item.runid, fingerprint, guard)
-            if refusal is None:
-                call.hub.runaway.record(item.runid, fingerprint)
-        if refusal is not None:
-            error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
-            yield Run(lambda: call.give_up("runaway", error), drain=True)
-            return Invoked(0.0, error=RunawayError(refusal))
-    while True:
-        attempt = len(rec.attempts) + 1
-        started_at = time.time()
-        done = yield Invoke(attempt)
-        assert isinstance(done, Invoked)
-        if done.error is None:
-            rec.record_attempt(AttemptRecord(attempt, None, None, started_at, time.time() - started_at))
-            yield Emit(call.event(ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
-                                                    result=done.recorded, duration_ms=done.duration_ms),
-                                  id=terminal_id(item.call_id, "completed")))
-            return done
-        failure = done.failure
-        assert failure is not None
-        rec.record_attempt(AttemptRecord(attempt, None, failure, started_at, time.time() - started_at))
-        decision: Decision
-        if not call.idempotent or failure.kind == "cancelled":
-            decision = GiveUp("not_retryable")  # a side effect is never repeated by tether
-        else:
-            judged = failure
-            if call.retry_on and isinstance(done.error, call.retry_on):
-                judged = dataclasses.replace(failure, kind="connection")  # named transient by the tool
-            decision = decide(policy, rec.history(), judged, now=time.time(), started_at=rec.started_at,
-                              current=None, rng=call.rng)
-        delay = decision.delay_s if isinstance(decision, Retry) else None
-        yield Emit(call.event(ToolCallAttemptFailed(
-            call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
-            error=failure.to_error_info(retryable=not isinstance(decision, GiveUp)),
-            duration_ms=done.duration_ms, decision=decision.decision, retry_in_s=delay)))
-        if isinstance(decision, GiveUp):
-            error = failure.to_error_info(retryable=False)
-            reason = decision.reason
-            yield Run(partial(call.give_up, reason, error), drain=True)
-            return done
-        if isinstance(decision, Retry) and decision.delay_s > 0:
-            yield Sleep(decision.delay_s)
-
-
-class RunawayError(RuntimeError):
-    """The runaway guard refused a tool call: the run repeats itself or made too many calls."""

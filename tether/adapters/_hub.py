@@ -73,7 +73,6 @@ class Hub:
         self._durable: DurableCalls | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.runaway = RunawayTracker()
-        self.runaway_lock = threading.Lock()
         self.closed = False
 
     @classmethod

@@ -21,17 +21,28 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, ParamSpec, TypeVar, overload
 
 from pydantic_core import to_jsonable_python
 
 from tether.bus import Bus
-from tether.middleware import Policy, PolicySet, WorkItem, classify_exception
+from tether.middleware import (
+    Effect,
+    Invoke,
+    Invoked,
+    Policy,
+    PolicySet,
+    RunawayError,
+    ToolCall,
+    WorkItem,
+    classify_exception,
+    tool_flow,
+)
 from tether.schemas import ErrorInfo, Event, ToolCallFailed, uuid7
 
 from ._core import drive_async, drive_sync
-from ._flow import Effect, Invoke, Invoked, RunawayError, ToolCall, tool_flow
-from ._hub import Hub, background_hub, background_hub_nowait, default_policies
+from ._hub import SOURCE, Hub, background_hub, background_hub_nowait, default_policies
 from ._redact import Hook, Redactor, redactor_of
 from ._runs import current_run, new_traceparent
 
@@ -105,7 +116,8 @@ class ToolSpec:
             idempotency_key=str(key) if key is not None else None,
             runid=ctx.run_id if ctx is not None else None, agentid=ctx.agent if ctx is not None else None,
             traceparent=new_traceparent(ctx.trace_id if ctx is not None else None), submitted_at=time.time())
-        return ToolCall(hub, policies, self.policy(policies), item, self.idempotent, self.retry_on), kwargs
+        return ToolCall(policies, self.policy(policies), item, self.idempotent, engine=partial(hub.engine, policies),
+                        runaway=hub.runaway, source=SOURCE, retry_on=self.retry_on), kwargs
 
     def invoked(self, started: float, result: Any = None, error: BaseException | None = None) -> Invoked:
         duration = (time.perf_counter() - started) * 1000

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._projector import add_processes_option
 
     add_processes_option(up)
+    from ._ui import add_up_options
+
+    add_up_options(up)
 
     tail = sub.add_parser(
         "tail", help="show events live, one line each",
@@ -109,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _gateway, _memory, _otel, _projector, _reliability, _stats, _views
+    from . import _gateway, _memory, _otel, _projector, _reliability, _stats, _ui, _views
 
     _reliability.add_commands(sub, _common)
     _memory.add_commands(sub, _common)
@@ -118,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _views.add_commands(sub, _common)
     _stats.add_commands(sub, _common)
     _projector.add_commands(sub, _common)
+    _ui.add_commands(sub, _common)
     sub.add_parser("fake-provider", add_help=False,
                    help="an OpenAI/Anthropic-compatible fake provider with fault injection "
                    "(`tether fake-provider --help`)")
@@ -185,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._projector import run_replay
 
             return run_loop(run_replay(args))
+        if args.command == "ui":
+            from ._ui import run as run_ui
+
+            return run_loop(run_ui(args))
         if args.command == "up":
             from ._up import run_up
 

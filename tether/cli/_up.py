@@ -98,6 +98,11 @@ async def run_up(args: argparse.Namespace) -> int:
                 content = "with prompts and results" if otel.exporter.content is not None else "without content"
                 print(f"  otel: finished traces to {otel.endpoint} (service and project {otel.service_name}, "
                       f"{content})")
+            ui = None
+            if not args.no_ui:
+                from ._ui import start_in_up as start_ui
+
+                ui = await start_ui(bus, cfg.home, args.ui_port)
             print(s.bold("tether is up.") + " In another terminal: `tether tail` to watch events, "
                   "`tether status` for counts, `tether dlq ls` for dead letters. Ctrl-C stops everything.",
                   flush=True)
@@ -109,6 +114,8 @@ async def run_up(args: argparse.Namespace) -> int:
 
                 return await play_demo(args, bus, fake, stop, s)
             finally:
+                if ui is not None:
+                    await ui.stop()
                 if gateway is not None:
                     await gateway.stop()
                 await executor.stop()

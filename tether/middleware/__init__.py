@@ -4,10 +4,15 @@ Given a policy, the history of a call and its latest failure, decide whether to 
 fall back or give up (:func:`decide`); keep a route's circuit breaker
 (:func:`breaker_admit`, :func:`breaker_record`), a provider's rate limit
 (:func:`rate_acquire`), budgets (:func:`check_budgets`) and the runaway guard
-(:class:`RunawayTracker`). Policies come from code or from ``tether.toml``
+(:func:`runaway_count`, kept per process by a :class:`RunawayTracker`). Policies come from code or from ``tether.toml``
 (:func:`load_policies`). Time is always passed in as ``now`` (epoch seconds) and
 randomness as a ``random.Random``; the executor supplies both, stores the shared
 states, and publishes the events.
+
+One call loop applies them: :func:`call_flow` (admit, attempt, retry, fall back, give up)
+is a generator of effects (:class:`Emit`, :class:`Run`, :class:`Spawn`, :class:`Sleep`,
+:class:`Send`) whose drivers do the I/O; an attempt's answer or stream is a :class:`Sent`,
+from an :class:`Upstream` (:class:`MemoryUpstream` in tests).
 
 Around that pure core: :class:`Executor` (``tether worker``) runs durable calls from the
 WORK stream; :class:`DurableCalls` submits them and waits for the outcome;
@@ -28,6 +33,7 @@ an :data:`Operation` (``"chat"``, ``"responses"``, ``"messages"``, ``"embeddings
 from . import _deadletter as deadletter
 from ._breaker import BreakerState, Transition, breaker_admit, breaker_record, breaker_retry_in
 from ._budget import (
+    MAX_FINGERPRINTS,
     VOLATILE_KEYS,
     BudgetCheck,
     BudgetRefusal,
@@ -37,6 +43,7 @@ from ._budget import (
     check_budget,
     check_budgets,
     request_fingerprint,
+    runaway_count,
 )
 from ._calls import CallFailed, CallResult, DurableCalls, InlineCalls
 from ._config import ELSEWHERE, WorkerConfig, WorkerFile, WorkerSection, load_worker_config
@@ -51,6 +58,7 @@ from ._decide import (
     backoff_delay,
     decide,
     is_retryable,
+    tool_decision,
 )
 from ._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._executor import WORKERS_DURABLE, Executor
@@ -61,6 +69,28 @@ from ._failures import (
     classify_exception,
     classify_http,
     parse_retry_after,
+)
+from ._flow import (
+    Call,
+    Completed,
+    Effect,
+    Emit,
+    Ending,
+    GaveUp,
+    Invoke,
+    Invoked,
+    Run,
+    RunawayError,
+    Sleep,
+    Spawn,
+    Stopped,
+    Streaming,
+    ToolCall,
+    call_flow,
+    drive,
+    drive_sync,
+    read_answer,
+    tool_flow,
 )
 from ._policy import (
     BreakerPolicy,
@@ -85,10 +115,12 @@ from ._shared import Breakers, RateLimiter, SpendBook
 from ._sse import Kind as ProviderKind
 from ._sse import SSEParser, StreamAccumulator
 from ._tools import ToolRegistry, UnknownTool, tools
+from ._upstream import MemoryUpstream, ProviderUpstream, Send, Sent, Upstream
 from ._work import CallRecord, Operation, RelaySpec, WorkItem
 
 __all__ = [
     "ELSEWHERE",
+    "MAX_FINGERPRINTS",
     "VOLATILE_KEYS",
     "WINDOW_S",
     "WORKERS_DURABLE",
@@ -101,24 +133,33 @@ __all__ = [
     "BudgetRefusal",
     "BudgetScope",
     "BudgetUnit",
+    "Call",
     "CallEngine",
     "CallFailed",
     "CallRecord",
     "CallResult",
+    "Completed",
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterReason",
     "Decision",
     "DurableCalls",
+    "Effect",
+    "Emit",
+    "Ending",
     "Executor",
     "Failure",
     "FailureCategory",
     "FailureKind",
     "Fallback",
     "FallbackPolicy",
+    "GaveUp",
     "GiveUp",
     "GiveUpReason",
     "InlineCalls",
+    "Invoke",
+    "Invoked",
+    "MemoryUpstream",
     "Operation",
     "Outcome",
     "Policy",
@@ -129,6 +170,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderKind",
     "ProviderTable",
+    "ProviderUpstream",
     "RateLimitPolicy",
     "RateLimiter",
     "RateState",
@@ -137,16 +179,26 @@ __all__ = [
     "RelaySpec",
     "Retry",
     "RetryPolicy",
+    "Run",
+    "RunawayError",
     "RunawayGuard",
     "RunawayTracker",
     "SSEParser",
+    "Send",
+    "Sent",
+    "Sleep",
+    "Spawn",
     "Spend",
     "SpendBook",
+    "Stopped",
     "StreamAccumulator",
+    "Streaming",
     "Target",
+    "ToolCall",
     "ToolRegistry",
     "Transition",
     "UnknownTool",
+    "Upstream",
     "WorkItem",
     "WorkerConfig",
     "WorkerFile",
@@ -155,22 +207,29 @@ __all__ = [
     "breaker_admit",
     "breaker_record",
     "breaker_retry_in",
+    "call_flow",
     "check_budget",
     "check_budgets",
     "classify_exception",
     "classify_http",
     "deadletter",
     "decide",
+    "drive",
+    "drive_sync",
     "is_retryable",
     "load_policies",
     "load_worker_config",
     "parse_retry_after",
     "rate_acquire",
     "rate_adjust",
+    "read_answer",
     "read_table",
     "relay_subject",
     "request_fingerprint",
+    "runaway_count",
     "terminal_id",
+    "tool_decision",
+    "tool_flow",
     "tools",
     "usage_of",
 ]

@@ -1,16 +1,18 @@
 """Budgets and the runaway guard: refuse a call before it is sent, not after it is paid for.
 
 Pure checks over numbers the caller keeps (what a run, an agent or a tenant has spent)
-and a small in-memory tracker of how often each run repeats itself.
+and the runaway guard's one rule (:func:`runaway_count`), over a run's record kept in
+memory or in KV.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from tether.schemas import BudgetExceeded
@@ -18,6 +20,7 @@ from tether.schemas import BudgetExceeded
 from ._policy import BudgetLimits, BudgetScope, RunawayGuard
 
 __all__ = [
+    "MAX_FINGERPRINTS",
     "VOLATILE_KEYS",
     "BudgetCheck",
     "BudgetRefusal",
@@ -27,6 +30,7 @@ __all__ = [
     "check_budget",
     "check_budgets",
     "request_fingerprint",
+    "runaway_count",
 ]
 
 BudgetUnit = Literal["usd", "tokens", "calls"]
@@ -161,82 +165,79 @@ def request_fingerprint(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@dataclass
-class _RunCounts:
-    calls: int = 0
-    fingerprints: OrderedDict[str, int] = field(default_factory=OrderedDict)
+MAX_FINGERPRINTS = 256
+"""Distinct calls remembered per run; past that, the least recently repeated is forgotten
+(a loop keeps its own fingerprint fresh, so it is never the one dropped)."""
+
+
+def runaway_count(doc: dict[str, Any], run_id: str, fingerprint: str, guard: RunawayGuard) -> str | None:
+    """The runaway guard's one rule: refuse this call of ``run_id``, or count it in ``doc``.
+
+    ``doc`` is the run's record, ``{"calls": n, "fingerprints": {fingerprint: n}}``: kept
+    in memory by a :class:`RunawayTracker` (inline calls, adapters) or in the run's KV
+    record (workers). Returns why the call is refused (not counted), else ``None``."""
+    calls = int(doc.get("calls", 0))
+    fingerprints: dict[str, int] = doc.setdefault("fingerprints", {})
+    same = fingerprints.get(fingerprint, 0)
+    if guard.max_calls_per_run is not None and calls + 1 > guard.max_calls_per_run:
+        return (f"run {run_id} reached its limit of {guard.max_calls_per_run} calls "
+                f"(runaway.max_calls_per_run={guard.max_calls_per_run})")
+    if guard.max_identical_calls is not None and same + 1 > guard.max_identical_calls:
+        return (f"run {run_id} repeated the same call {same + 1} times "
+                f"(runaway.max_identical_calls={guard.max_identical_calls})")
+    doc["calls"] = calls + 1
+    fingerprints[fingerprint] = fingerprints.pop(fingerprint, 0) + 1  # now the most recent
+    while len(fingerprints) > MAX_FINGERPRINTS:
+        del fingerprints[next(iter(fingerprints))]  # the least recently repeated
+    return None
 
 
 class RunawayTracker:
-    """Per run: how many calls it made, and how often it made each distinct call.
+    """The runaway guard's records of the runs this process saw (thread-safe).
 
-    In memory and bounded: the least recently active runs (past ``max_runs``) and, within
-    a run, the least recently repeated fingerprints (past ``max_fingerprints``) are
-    forgotten. A loop keeps its own fingerprint fresh, so it is never the one dropped.
+    Bounded: past ``max_runs``, the least recently active run is forgotten (workers keep
+    their runs' records in KV, where they expire with the bucket); within a run, the rule
+    of :func:`runaway_count` forgets the least recently repeated call.
     """
 
-    def __init__(self, *, max_runs: int = 10_000, max_fingerprints: int = 256) -> None:
+    def __init__(self, *, max_runs: int = 10_000) -> None:
         self.max_runs = max_runs
-        self.max_fingerprints = max_fingerprints
-        self._runs: OrderedDict[str, _RunCounts] = OrderedDict()
+        self._runs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
-    def from_counts(
-        cls, runs: Mapping[str, tuple[int, Mapping[str, int]]], *, max_runs: int = 10_000,
-        max_fingerprints: int = 256,
-    ) -> RunawayTracker:
+    def from_counts(cls, runs: Mapping[str, tuple[int, Mapping[str, int]]], *,
+                    max_runs: int = 10_000) -> RunawayTracker:
         """Rebuild a tracker from ``{run_id: (calls, {fingerprint: count})}`` (as
         :meth:`counts` gives them, or as folded from the event log)."""
-        tracker = cls(max_runs=max_runs, max_fingerprints=max_fingerprints)
+        tracker = cls(max_runs=max_runs)
         for run_id, (calls, fingerprints) in runs.items():
-            run = tracker._run(run_id)
-            run.calls = calls
-            for fingerprint, count in fingerprints.items():
-                run.fingerprints[fingerprint] = count
-            tracker._trim(run)
+            tracker._run(run_id).update(calls=calls, fingerprints=dict(fingerprints))
         return tracker
 
     def counts(self, run_id: str) -> tuple[int, dict[str, int]]:
-        run = self._runs.get(run_id)
-        return (0, {}) if run is None else (run.calls, dict(run.fingerprints))
+        doc = self._runs.get(run_id, {})
+        return int(doc.get("calls", 0)), dict(doc.get("fingerprints", {}))
 
-    def check(self, run_id: str, fingerprint: str, guard: RunawayGuard) -> str | None:
-        """Why this call must be refused, or ``None``. Does not record it."""
-        run = self._runs.get(run_id)
-        calls = 0 if run is None else run.calls
-        same = 0 if run is None else run.fingerprints.get(fingerprint, 0)
-        if guard.max_calls_per_run is not None and calls + 1 > guard.max_calls_per_run:
-            return (f"run {run_id} reached its limit of {guard.max_calls_per_run} calls "
-                    f"(max_calls_per_run={guard.max_calls_per_run})")
-        if guard.max_identical_calls is not None and same + 1 > guard.max_identical_calls:
-            return (f"run {run_id} repeated the same call {same + 1} times "
-                    f"(max_identical_calls={guard.max_identical_calls})")
-        return None
-
-    def record(self, run_id: str, fingerprint: str) -> None:
-        run = self._run(run_id)
-        run.calls += 1
-        run.fingerprints[fingerprint] = run.fingerprints.get(fingerprint, 0) + 1
-        run.fingerprints.move_to_end(fingerprint)
-        self._trim(run)
+    def admit(self, run_id: str, fingerprint: str, guard: RunawayGuard) -> str | None:
+        """Why this call must be refused, or ``None`` (then it is counted)."""
+        with self._lock:
+            return runaway_count(self._run(run_id), run_id, fingerprint, guard)
 
     def forget(self, run_id: str) -> None:
         """Drop a finished run."""
-        self._runs.pop(run_id, None)
+        with self._lock:
+            self._runs.pop(run_id, None)
 
     def __len__(self) -> int:
         return len(self._runs)
 
-    def _run(self, run_id: str) -> _RunCounts:
-        run = self._runs.get(run_id)
-        if run is None:
-            run = self._runs[run_id] = _RunCounts()
+    def _run(self, run_id: str) -> dict[str, Any]:
+        doc = self._runs.get(run_id)
+        if doc is None:
+            doc = self._runs[run_id] = {}
             while len(self._runs) > self.max_runs:
                 self._runs.popitem(last=False)
         else:
             self._runs.move_to_end(run_id)
-        return run
-
-    def _trim(self, run: _RunCounts) -> None:
-        while len(run.fingerprints) > self.max_fingerprints:
-            run.fingerprints.popitem(last=False)
+        return doc

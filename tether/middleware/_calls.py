@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from functools import partial
+from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -23,14 +24,15 @@ from pydantic import JsonValue
 from tether.bus import EVENTS_STREAM, Bus, encode_token
 from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted, Usage, uuid7
 
-from ._budget import BudgetRefusal, request_fingerprint
-from ._decide import Fallback, GiveUp, Retry
+from ._budget import RunawayTracker
 from ._engine import CallEngine
+from ._flow import Call, Completed, Effect, Emit, GaveUp, Run, Sleep, Spawn, call_flow, drive
 from ._http import ProviderHttp
-from ._policy import Policy, PolicySet
+from ._policy import PolicySet
 from ._providers import ProviderConfig
 from ._shared import Breakers, RateLimiter, SpendBook, open_bucket
 from ._tools import ToolRegistry
+from ._upstream import ProviderUpstream, Send
 from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
 
 __all__ = ["CallFailed", "CallResult", "DurableCalls", "InlineCalls"]
@@ -220,8 +222,9 @@ class DurableCalls:
 class InlineCalls:
     """The policy engine in this process: no queue hop, same events, same shared breakers.
 
-    The runaway guard counts per process here (a run's inline calls are usually made by
-    one process); budgets, breakers and rate limits are shared through KV as for workers.
+    It drives the one call loop (:func:`~tether.middleware.call_flow`) here. The runaway
+    guard counts per process (a run's inline calls are usually made by one process);
+    budgets, breakers and rate limits are shared through KV as for workers.
     """
 
     def __init__(self, bus: Bus, *, policies: PolicySet | None = None,
@@ -234,7 +237,7 @@ class InlineCalls:
         self.seed = seed
         self.engine: CallEngine | None = None
         self._http: ProviderHttp | None = None
-        self._runs: dict[str, dict[str, int]] = {}
+        self.runaway = RunawayTracker()
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> InlineCalls:
@@ -277,101 +280,46 @@ class InlineCalls:
                         deadline_at=time.time() + deadline_s if deadline_s else None)
         return await self.run(item)
 
-    def _runaway(self, item: WorkItem) -> str | None:
-        guard = self.policies.runaway
-        if not item.runid:
-            return None
-        counts = self._runs.setdefault(item.runid, {})
-        fp = request_fingerprint(item.body if item.kind == "llm" else {"tool": item.tool, "arguments": item.arguments})
-        calls = counts.get("", 0)
-        if guard.max_calls_per_run is not None and calls >= guard.max_calls_per_run:
-            return (f"run {item.runid} made {calls} calls, the most allowed "
-                    f"(runaway.max_calls_per_run={guard.max_calls_per_run})")
-        if guard.max_identical_calls is not None and counts.get(fp, 0) >= guard.max_identical_calls:
-            return (f"run {item.runid} repeated the same call {counts[fp] + 1} times "
-                    f"(runaway.max_identical_calls={guard.max_identical_calls})")
-        counts[""] = calls + 1
-        counts[fp] = counts.get(fp, 0) + 1
-        if len(self._runs) > 10_000:
-            self._runs.pop(next(iter(self._runs)))
-        return None
-
     async def run(self, item: WorkItem) -> CallResult:
         engine = self.engine
         assert engine is not None, "call start() first"
-        now = time.time()
-        rec = CallRecord.new(item, now)
+        rec = CallRecord.new(item, time.time())
         await self.bus.emit(engine.requested_event(item, mode="inline"))
-        policy = engine.policy_of(item)
-        refusal: BudgetRefusal | str | None = self._runaway(item)
-        budgeted = bool(self.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant))
+        call = Call(engine, item, rec, engine.policy_of(item), runaway=self.runaway)
         try:
-            if refusal is None and budgeted:
-                refusal = await engine.admit(item, rec)
-            if refusal is not None:
-                await self._refuse(engine, item, rec, refusal)
-            return await self._attempts(engine, item, rec, policy)
+            ending = await drive(call_flow(call), partial(self._handle, call))
         except BaseException:
-            if budgeted and not rec.terminal:
+            if self.policies.budgets and not rec.terminal:
                 # Cancelled or broken before an outcome: give the reservation back now, not at
                 # its lapse (a task of its own, so the caller's cancellation does not stop it).
                 self._spawn(engine.release(item))
             raise
+        if isinstance(ending, GaveUp):
+            raise CallFailed(item.call_id, ending.error, ending.reason)
+        assert isinstance(ending, Completed)
+        out = ending.outcome
+        return CallResult(item.call_id, out.response, out.usage if item.kind == "llm" else None)
 
-    async def _refuse(self, engine: CallEngine, item: WorkItem, rec: CallRecord,
-                      refusal: BudgetRefusal | str) -> NoReturn:
-        if isinstance(refusal, BudgetRefusal):
-            await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
-                                         runid=item.runid, agentid=item.agentid, source=engine.source))
-            error = ErrorInfo(type="BudgetExceeded", message=refusal.message, retryable=False)
-            await engine.give_up(item, rec, "budget", error)
-            raise CallFailed(item.call_id, error, "budget")
-        error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
-        await engine.give_up(item, rec, "runaway", error)
-        raise CallFailed(item.call_id, error, "runaway")
+    async def _handle(self, call: Call, effect: Effect) -> Any:
+        """Drive :func:`call_flow` in this process: engine steps awaited, the spend in the background."""
+        if isinstance(effect, Emit):
+            await self.bus.emit(effect.event)
+        elif isinstance(effect, Run):
+            return await effect.make()
+        elif isinstance(effect, Spawn):
+            if effect.after:
+                self._spawn(effect.make())
+            else:
+                await effect.make()
+        elif isinstance(effect, Sleep):
+            if effect.seconds > 0:
+                await asyncio.sleep(effect.seconds)
+        else:
+            assert isinstance(effect, Send)
+            return await ProviderUpstream(call.engine, call.item, call.rec, call.policy).attempt(effect)
+        return None
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _attempts(self, engine: CallEngine, item: WorkItem, rec: CallRecord, policy: Policy) -> CallResult:
-        while True:
-            if item.deadline_at is not None and time.time() >= item.deadline_at:
-                error = ErrorInfo(type="DeadlineExceeded", message="the call's deadline passed", retryable=False)
-                await engine.give_up(item, rec, "deadline", error)
-                raise CallFailed(item.call_id, error, "deadline")
-            failure, wait = await engine.gate(item, rec, policy)
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            attempt = len(rec.attempts) + 1
-            started = time.time()
-            latency = 0.0
-            if failure is None:
-                out = await engine.attempt(item, rec, policy)
-                route = rec.target.route if rec.target else item.route
-                await engine.breakers.record(route, policy.breaker, ok=out.ok,
-                                             counts=out.counts_for_breaker,
-                                             call_id=item.call_id)
-                if out.ok:
-                    event = engine.completed_event(item, rec, attempt, out)
-                    await self.bus.emit(event)
-                    engine.record_outcome(rec, attempt, None, started)
-                    rec.state = "completed"
-                    self._spawn(engine.account(item, out.usage, rec.target))
-                    return CallResult(item.call_id, out.response, out.usage if item.kind == "llm" else None)
-                failure, latency = out.failure, out.latency_ms
-            assert failure is not None
-            engine.record_outcome(rec, attempt, failure, started)
-            decision = engine.decide(item, rec, policy, failure)
-            await self.bus.emit(engine.attempt_failed_event(item, rec, attempt, failure, latency, decision))
-            if isinstance(decision, GiveUp):
-                error = failure.to_error_info(retryable=False)
-                await engine.give_up(item, rec, decision.reason, error)
-                raise CallFailed(item.call_id, error, decision.reason)
-            if isinstance(decision, Fallback):
-                rec.provider, rec.model = decision.target.provider, decision.target.model
-                rec.fallbacks += 1
-            if isinstance(decision, (Retry, Fallback)) and decision.delay_s > 0:
-                await asyncio.sleep(decision.delay_s)

@@ -26,6 +26,7 @@ __all__ = [
     "backoff_delay",
     "decide",
     "is_retryable",
+    "tool_decision",
 ]
 
 GiveUpReason = Literal["exhausted", "not_retryable", "deadline"]
@@ -196,3 +197,12 @@ def _next_fallback(policy: Policy, history: Sequence[AttemptRecord], current: Ta
         return None
     untried = _untried(policy, history, current)
     return untried[0] if untried else None
+
+
+def tool_decision(idempotent: bool, failure: Failure) -> GiveUp | None:
+    """A tool's side effect is never repeated by tether: a failed call of a tool that is not
+    idempotent is given up (unless its breaker refused it: nothing ran), as is a cancelled
+    one; ``None`` leaves the decision to :func:`decide`."""
+    if failure.kind == "cancelled" or (not idempotent and failure.kind != "breaker_open"):
+        return GiveUp("not_retryable")
+    return None

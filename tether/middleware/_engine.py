@@ -39,8 +39,8 @@ from tether.schemas import (
 )
 
 from ._breaker import breaker_retry_in
-from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint
-from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide
+from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint, runaway_count
+from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._failures import Failure, classify_exception
 from ._holds import Hold, hold_until, release, reserve, settle
 from ._http import ProviderHttp
@@ -122,7 +122,7 @@ class CallEngine:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _event(self, item: WorkItem, payload: Payload, *, id: str | None = None, scrubbed: bool = False) -> Event:
+    def event(self, item: WorkItem, payload: Payload, *, id: str | None = None, scrubbed: bool = False) -> Event:
         """``scrubbed``: the caller redacted the payload already, by its own rules (an adapter's
         ``Redactor``), so it is not redacted a second time here."""
         return Event.of(payload if scrubbed else redacted(payload), id=id, runid=item.runid, agentid=item.agentid,
@@ -142,7 +142,7 @@ class CallEngine:
             payload = ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
                                         idempotency_key=item.idempotency_key, mode=mode,
                                         idempotent=known and self.tools.get(item.tool or "").idempotent)
-        return self._event(item, payload, id=terminal_id(item.call_id, "requested"))
+        return self.event(item, payload, id=terminal_id(item.call_id, "requested"))
 
     # -- admission: budgets and the runaway guard, once per call, before dispatch --------------
 
@@ -160,20 +160,8 @@ class CallEngine:
             fp = request_fingerprint(body)
 
             def count(doc: dict[str, Any]) -> str | None:
-                calls = int(doc.get("calls", 0))
-                fps: dict[str, int] = doc.setdefault("fingerprints", {})
-                if guard.max_calls_per_run is not None and calls >= guard.max_calls_per_run:
-                    return (f"run {item.runid} made {calls} calls, the most allowed "
-                            f"(runaway.max_calls_per_run={guard.max_calls_per_run})")
-                if guard.max_identical_calls is not None and fps.get(fp, 0) >= guard.max_identical_calls:
-                    return (f"run {item.runid} repeated the same call {fps[fp] + 1} times "
-                            f"(runaway.max_identical_calls={guard.max_identical_calls})")
-                doc["calls"] = calls + 1
-                fps[fp] = fps.get(fp, 0) + 1
-                if len(fps) > 2000:  # bounded: forget the rarest
-                    for key in sorted(fps, key=fps.__getitem__)[:500]:
-                        del fps[key]
-                return None
+                assert item.runid is not None
+                return runaway_count(doc, item.runid, fp, guard)
 
             reason = await self.spend.update("run", item.runid, count, snapshot=run_snapshot)
             if reason:
@@ -321,8 +309,9 @@ class CallEngine:
             spec = self.tools.get(item.tool or "") if item.tool in self.tools else None
             if spec is None or failure.error_type == "UnknownTool":
                 return GiveUp("not_retryable")
-            if not spec.idempotent and failure.kind != "breaker_open":
-                return GiveUp("not_retryable")  # a side effect is never repeated by tether
+            refused = tool_decision(spec.idempotent, failure)
+            if refused is not None:
+                return refused
         return decide(policy, rec.history(), failure, now=time.time(), started_at=rec.started_at,
                       current=rec.target, rng=self.rng)
 
@@ -341,7 +330,7 @@ class CallEngine:
         else:
             payload = ToolCallAttemptFailed(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                             error=error, duration_ms=latency_ms, decision=kind, retry_in_s=delay)
-        return self._event(item, payload, scrubbed=scrubbed)
+        return self.event(item, payload, scrubbed=scrubbed)
 
     def completed_event(self, item: WorkItem, rec: CallRecord, attempt: int, out: Outcome,
                         capture: bool = True, *, scrubbed: bool = False) -> Event:
@@ -354,7 +343,7 @@ class CallEngine:
         else:
             payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                         result=out.response, duration_ms=out.latency_ms)
-        return self._event(item, payload, id=terminal_id(item.call_id, "completed"), scrubbed=scrubbed)
+        return self.event(item, payload, id=terminal_id(item.call_id, "completed"), scrubbed=scrubbed)
 
     async def give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
                       raw_body: bytes | None = None) -> tuple[Event, int | None]:
@@ -382,9 +371,9 @@ class CallEngine:
         else:
             failed = ToolCallFailed(call_id=item.call_id, tool=item.tool or "?", attempts=len(rec.attempts),
                                     error=error)
-        failed_event = self._event(item, failed, id=terminal_id(item.call_id, "failed"))
+        failed_event = self.event(item, failed, id=terminal_id(item.call_id, "failed"))
         receipt = await self.bus.publish(failed_event)
-        await self.bus.publish(self._event(item, CallDeadLettered(
+        await self.bus.publish(self.event(item, CallDeadLettered(
             call_id=item.call_id, call_kind=item.kind, reason=reason,
             attempts=len(rec.attempts), error=error, dlq_seq=ack.seq),
             id=terminal_id(item.call_id, "dead_lettered")))

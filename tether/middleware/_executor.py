@@ -2,12 +2,13 @@
 
 Any number of workers share one durable pull consumer (``tether-workers``). Each
 takes many calls at once (``concurrency``), keeps a long call's message alive with
-in-progress acks, and sends a retry back through JetStream with the decided delay
-(``nak(delay)``), so any worker may take the next attempt; the call's progress lives in
-the ``tether-calls`` KV bucket. A worker that dies mid-attempt leaves its message
-unacked: JetStream redelivers it after ``ack_wait_s`` and the next worker counts the
-cut attempt as failed. A message delivered ``max_deliver`` times without an outcome is
-caught by the max-deliveries advisory and dead-lettered.
+in-progress acks, and drives the one call loop (``call_flow``) for each delivery: a retry
+goes back through JetStream with the decided delay (``nak(delay)``), so any worker may
+take the next attempt and resume the loop from the call's record in the ``tether-calls``
+KV bucket. A worker that dies mid-attempt leaves its message unacked: JetStream
+redelivers it after ``ack_wait_s`` and the next worker counts the cut attempt as failed.
+A message delivered ``max_deliver`` times without an outcome is caught by the
+max-deliveries advisory and dead-lettered.
 """
 
 from __future__ import annotations
@@ -34,16 +35,14 @@ from pydantic import ValidationError
 from tether.bus import WORK_STREAM, Bus
 from tether.schemas import CallDeadLettered, ErrorInfo, Event
 
-from ._budget import BudgetRefusal
-from ._decide import Fallback, GiveUp, Retry
-from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, Outcome, terminal_id
-from ._failures import Failure
+from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, terminal_id
+from ._flow import Call, Completed, Effect, Emit, Ending, GaveUp, Run, Sleep, Spawn, call_flow, drive
 from ._http import ProviderHttp
 from ._policy import PolicySet
 from ._providers import ProviderConfig
-from ._relay import NOT_RETRIED, Streamed, record_cancelled, relay_attempt
 from ._shared import Breakers, RateLimiter, Snapshot, SpendBook, open_bucket
 from ._tools import ToolRegistry
+from ._upstream import ProviderUpstream, Send, Sent
 from ._work import CALLS_BUCKET, CallRecord, WorkItem
 
 __all__ = ["WORKERS_DURABLE", "Executor"]
@@ -194,173 +193,26 @@ class Executor:
                                                       engine.spend.snapshot("run", item.runid or ""))
         else:
             rec, _ = await self._load(item.call_id)
-        now = time.time()
         if rec is None:
-            rec = CallRecord.new(item, now)
+            rec = CallRecord.new(item, time.time())
         if rec.terminal:
             await self._reply(item, rec)
             await raw.ack()
             return
-        policy = engine.policy_of(item)
-        if rec.in_flight is not None:  # a worker died during this attempt
-            lost = rec.in_flight
-            relayed = bool(lost.get("relayed"))  # a stream whose caller already had part of the answer
-            engine.record_outcome(rec, int(lost["attempt"]), Failure(
-                kind="connection", error_type="WorkerLost",
-                message=f"worker {lost.get('worker')} stopped before the attempt finished"
-                        + (", in the middle of a relayed stream" + NOT_RETRIED if relayed else "")),
-                float(lost["started_at"]))
-            lost_failure = rec.history()[-1].failure
-            assert lost_failure is not None
-            decision = GiveUp("not_retryable") if relayed else engine.decide(item, rec, policy, lost_failure)
-            if await self._after_failure(item, rec, decision, raw, failure=lost_failure,
-                                         attempt=int(lost["attempt"]), latency_ms=0.0, defer=False):
-                return
-        if not rec.admitted:
-            refusal = await engine.admit(item, rec, run_snapshot=snapshot)
-            if refusal is not None:
-                await self._refuse(item, rec, refusal, raw)
-                return
-            rec.admitted = True
-        if item.deadline_at is not None and now >= item.deadline_at:
-            await self._give_up(item, rec, "deadline", ErrorInfo(
-                type="DeadlineExceeded", message="the call's deadline passed before it could complete",
-                retryable=False), raw)
+        call = Call(engine, item, rec, engine.policy_of(item), run_snapshot=snapshot)
+        delivery = _Delivery(self, raw, call)
+        try:
+            ending = await drive(call_flow(call), delivery.handle)
+        except _Deferred:
             return
-        failure, wait = await engine.gate(item, rec, policy)
-        if wait > 0:
-            self.stats["paced"] += 1
-            await self._save(rec)
-            await raw.nak(delay=wait)
-            return
-        attempt = len(rec.attempts) + 1
-        started = time.time()
-        if failure is None:
-            rec.in_flight = {"attempt": attempt, "target": rec.target.route if rec.target else None,
-                             "started_at": started, "worker": self.worker_id}
-            # The in-flight mark is stored before the provider is called, never alongside it: a
-            # worker that dies after sending must leave a trace, or the redelivery's repeat would
-            # be a provider request (and a cost) that no event accounts for.
-            await self._save(rec)
-            keepalive = asyncio.create_task(self._keepalive(raw))
-            streamed: Streamed | None = None
-            try:
-                if item.relay is not None:
-                    streamed = await relay_attempt(engine, self.bus.nc, item, rec, policy, attempt,
-                                                   on_relayed=partial(self._relayed, rec))
-                    out = streamed.outcome
-                else:
-                    out = await engine.attempt(item, rec, policy)
-            finally:
-                keepalive.cancel()
-            route = rec.target.route if rec.target else item.route
-            started_ok = streamed is not None and streamed.relayed  # the provider answered; the stream is ours
-            await engine.breakers.record(route, policy.breaker, ok=out.ok or started_ok,
-                                         counts=out.counts_for_breaker or started_ok,
-                                         call_id=item.call_id)
-            if out.ok:
-                await self._complete(item, rec, attempt, started, out, raw)
-                return
-            if streamed is not None and (streamed.relayed or streamed.cancelled):
-                await self._stream_stopped(item, rec, attempt, started, streamed, raw)
-                return
-            failure = out.failure
-            latency = out.latency_ms
-        else:
-            latency = 0.0
-        assert failure is not None
-        engine.record_outcome(rec, attempt, failure, started)
-        decision = engine.decide(item, rec, policy, failure)
-        await self._after_failure(item, rec, decision, raw, failure=failure, attempt=attempt,
-                                  latency_ms=latency, defer=True)
-
-    async def _after_failure(self, item: WorkItem, rec: CallRecord, decision: Any, raw: Msg, *,
-                             failure: Failure, attempt: int, latency_ms: float, defer: bool) -> bool:
-        """Publish the attempt's failure and act on the decision. True when the message is done."""
-        engine = self.engine
-        assert engine is not None
-        await self.bus.emit(engine.attempt_failed_event(item, rec, attempt, failure, latency_ms, decision))
-        if isinstance(decision, GiveUp):
-            await self._give_up(item, rec, decision.reason, failure.to_error_info(retryable=False), raw)
-            return True
-        if isinstance(decision, Fallback):
-            self.stats["fell_back"] += 1
-            rec.provider, rec.model = decision.target.provider, decision.target.model
-            rec.fallbacks += 1
-        else:
-            self.stats["retried"] += 1
-        delay = decision.delay_s if isinstance(decision, (Retry, Fallback)) else 0.0
-        if not defer and delay <= 0:
-            return False  # carry on with the next attempt in this delivery
-        await self._save(rec)
-        await raw.nak(delay=delay)
-        return True
-
-    async def _complete(self, item: WorkItem, rec: CallRecord, attempt: int, started: float,
-                        out: Outcome, raw: Msg) -> None:
-        engine = self.engine
-        assert engine is not None
-        event = engine.completed_event(item, rec, attempt, out)
-        receipt = await self.bus.publish(event)
-        engine.record_outcome(rec, attempt, None, started)
-        rec.state = "completed"
-        rec.terminal_seq = receipt.stream_seq
-        rec.terminal_event_id = event.id
-        # The completion is in the log: answer now (a reply costs no round trip), then record
-        # it in KV. A worker dying in between is the case it always was: the redelivery
-        # repeats the attempt, and its completion is a duplicate of this one by id.
-        if receipt.duplicate:
-            await self._reply(item, rec)  # an earlier delivery recorded it: answer with that one
-        else:
-            await self._reply(item, rec, response=out.response, usage=out.usage.model_dump())
-        await self._save(rec)
-        await raw.ack()
-        self.stats["completed"] += 1
-        await engine.account(item, out.usage, rec.target)
+        await delivery.end(ending)
 
     async def _relayed(self, rec: CallRecord) -> None:
         """The first chunk of a stream is on its way to the caller: from now on a lost worker
-        means a cut stream, never a second attempt (see the in-flight check above)."""
+        means a cut stream, never a second attempt (see ``call_flow``)."""
         if rec.in_flight is not None:
             rec.in_flight["relayed"] = True
             await self._save(rec)
-
-    async def _stream_stopped(self, item: WorkItem, rec: CallRecord, attempt: int, started: float,
-                              streamed: Streamed, raw: Msg) -> None:
-        """A relayed stream that did not complete: its caller stopped it (``failed``, not
-        dead-lettered), or it broke after the first byte (given up, never retried)."""
-        engine = self.engine
-        assert engine is not None
-        if streamed.cancelled is not None:
-            await record_cancelled(engine, item, rec, attempt, started, streamed)
-            await self._save(rec)
-            await raw.ack()
-            return
-        failure = streamed.outcome.failure
-        assert failure is not None
-        engine.record_outcome(rec, attempt, failure, started)
-        await self._after_failure(item, rec, GiveUp("not_retryable"), raw, failure=failure, attempt=attempt,
-                                  latency_ms=streamed.outcome.latency_ms, defer=True)
-
-    async def _give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
-                       raw: Msg) -> None:
-        engine = self.engine
-        assert engine is not None
-        await engine.give_up(item, rec, reason, error)
-        await self._save(rec)
-        await self._reply(item, rec)
-        await raw.ack()
-        self.stats["dead_lettered"] += 1
-
-    async def _refuse(self, item: WorkItem, rec: CallRecord, refusal: BudgetRefusal | str, raw: Msg) -> None:
-        if isinstance(refusal, BudgetRefusal):
-            await self.bus.emit(Event.of(refusal.to_event().model_copy(update={"call_id": item.call_id}),
-                                         runid=item.runid, agentid=item.agentid, source=engine_source()))
-            await self._give_up(item, rec, "budget", ErrorInfo(type="BudgetExceeded", message=refusal.message,
-                                                                retryable=False), raw)
-        else:
-            await self._give_up(item, rec, "runaway", ErrorInfo(type="RunawayGuard", message=refusal,
-                                                                 retryable=False), raw)
 
     async def _reply(self, item: WorkItem, rec: CallRecord, *, response: Any = None,
                      usage: dict[str, Any] | None = None) -> None:
@@ -448,6 +300,96 @@ class Executor:
                 await self._reply(item, rec)
         with contextlib.suppress(Exception):
             await self.bus.js.delete_msg(WORK_STREAM, seq)
+
+
+class _Deferred(Exception):
+    """The call went back to WORK for its next attempt: this delivery is done."""
+
+
+class _Delivery:
+    """One delivery of a durable call: the driver of :func:`call_flow` in a worker.
+
+    The loop's state lives in the call's record: waiting for the next attempt saves it and
+    sends the message back through JetStream with the delay (any worker takes it and
+    resumes the loop from the record), except a zero wait before this delivery made an
+    attempt (the attempt its lost worker left), which goes on here."""
+
+    def __init__(self, executor: Executor, raw: Msg, call: Call) -> None:
+        self.executor = executor
+        self.raw = raw
+        self.call = call
+        self.sent = False
+        self.receipt: Any = None
+        self.later: list[Spawn] = []
+        self.upstream = ProviderUpstream(call.engine, call.item, call.rec, call.policy, nc=executor.bus.nc,
+                                         on_relayed=partial(executor._relayed, call.rec))
+
+    async def handle(self, effect: Effect) -> Any:
+        executor, rec = self.executor, self.call.rec
+        if isinstance(effect, Emit):
+            if effect.final:
+                self.receipt = await executor.bus.publish(effect.event)
+            else:
+                await executor.bus.emit(effect.event)
+            return None
+        if isinstance(effect, Run):
+            return await effect.make()
+        if isinstance(effect, Spawn):
+            if effect.after:
+                self.later.append(effect)
+                return None
+            return await effect.make()
+        if isinstance(effect, Sleep):
+            key = {"paced": "paced", "retry": "retried", "fallback": "fell_back"}[effect.why]
+            executor.stats[key] += 1
+            if effect.seconds <= 0 and not self.sent and effect.why != "paced":
+                return None
+            await executor._save(rec)
+            await self.raw.nak(delay=effect.seconds)
+            raise _Deferred
+        assert isinstance(effect, Send)
+        return await self.attempt(effect)
+
+    async def attempt(self, send: Send) -> Sent:
+        executor, rec = self.executor, self.call.rec
+        self.sent = True
+        rec.in_flight = {"attempt": send.attempt, "target": send.target.route if send.target else None,
+                         "started_at": time.time(), "worker": executor.worker_id}
+        # The in-flight mark is stored before the provider is called, never alongside it: a
+        # worker that dies after sending must leave a trace, or the redelivery's repeat would
+        # be a provider request (and a cost) that no event accounts for.
+        await executor._save(rec)
+        keepalive = asyncio.create_task(executor._keepalive(self.raw))
+        try:
+            return await self.upstream.attempt(send)
+        finally:
+            keepalive.cancel()
+
+    async def end(self, ending: Ending) -> None:
+        executor, item, rec = self.executor, self.call.item, self.call.rec
+        if isinstance(ending, Completed):
+            receipt = self.receipt
+            rec.terminal_seq = receipt.stream_seq
+            rec.terminal_event_id = ending.event.id
+            # The completion is in the log: answer now (a reply costs no round trip), then record
+            # it in KV. A worker dying in between is the case it always was: the redelivery
+            # repeats the attempt, and its completion is a duplicate of this one by id.
+            if receipt.duplicate:
+                await executor._reply(item, rec)  # an earlier delivery recorded it: answer with that one
+            else:
+                await executor._reply(item, rec, response=ending.outcome.response,
+                                      usage=ending.outcome.usage.model_dump())
+            await executor._save(rec)
+            await self.raw.ack()
+            executor.stats["completed"] += 1
+            for effect in self.later:
+                await effect.make()
+            return
+        await executor._save(rec)
+        if isinstance(ending, GaveUp):
+            await executor._reply(item, rec)
+            executor.stats["dead_lettered"] += 1
+        await self.raw.ack()
 
 
 class _StoredMsg:

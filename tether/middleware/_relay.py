@@ -353,13 +353,13 @@ async def relay_attempt(engine: CallEngine, nc: NATS, item: WorkItem, rec: CallR
 
 
 async def record_cancelled(engine: CallEngine, item: WorkItem, rec: CallRecord, attempt: int, started_at: float,
-                           streamed: Streamed) -> Event:
-    """Publish ``failed`` (``Cancelled``, not dead-lettered) for a stream its caller stopped,
-    and mark the record terminal; partial usage is charged to budgets when known, else the
-    call's reservation is given back."""
-    assert streamed.cancelled is not None and streamed.outcome.failure is not None
-    code, message = streamed.cancelled
-    engine.record_outcome(rec, attempt, streamed.outcome.failure, started_at)
+                           cancelled: tuple[str, str], outcome: Outcome, usage_seen: bool) -> Event:
+    """Publish ``failed`` (``Cancelled``, not dead-lettered) for a stream its caller stopped
+    (``cancelled``: its code and message), and mark the record terminal; partial usage is
+    charged to budgets when known, else the call's reservation is given back."""
+    assert outcome.failure is not None
+    code, message = cancelled
+    engine.record_outcome(rec, attempt, outcome.failure, started_at)
     error = ErrorInfo(type="Cancelled", message=message, code=code, retryable=False)
     target = rec.target or Target(item.provider or "?", item.model or "?")
     event = Event.of(LlmCallFailed(call_id=item.call_id, provider=target.provider, model=target.model,
@@ -373,8 +373,8 @@ async def record_cancelled(engine: CallEngine, item: WorkItem, rec: CallRecord, 
     rec.reason = "cancelled"
     rec.terminal_seq = receipt.stream_seq
     rec.terminal_event_id = event.id
-    if streamed.usage_seen and engine.policies.budgets:
-        await engine.account(item, streamed.outcome.usage, rec.target)
+    if usage_seen and engine.policies.budgets:
+        await engine.account(item, outcome.usage, rec.target)
     else:
         await engine.release(item)
     return event

@@ -72,8 +72,10 @@ def _with_counts(db: sqlite3.Connection, runs: list[dict[str, Any]]) -> list[dic
 
 
 def list_runs(db: sqlite3.Connection, *, limit: int = 50, agent: str | None = None, status: str | None = None,
-              since: datetime | float | None = None) -> list[dict[str, Any]]:
+              since: datetime | float | None = None, search: str | None = None) -> list[dict[str, Any]]:
     """The newest runs first, with their counts, tokens and cost (summed from their spans).
+
+    ``search`` keeps the runs whose id, agent or name contains it (case-insensitive).
 
     ``status`` is the run's own (from ``run.finished``) when it has one; a run still open,
     or with a call still open, is ``running``; a run without lifecycle events is ``error``
@@ -87,6 +89,10 @@ def list_runs(db: sqlite3.Connection, *, limit: int = 50, agent: str | None = No
     if since is not None:
         where.append("started_at >= ?")
         params.append(epoch(since))
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(run_id LIKE ? ESCAPE '\\' OR agent LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\')")
+        params += [pattern] * 3
     cursor = db.execute(f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY started_at DESC, run_id",
                         params)
     names = [c[0] for c in cursor.description]

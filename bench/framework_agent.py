@@ -1,0 +1,213 @@
+"""One framework's agent, bare or under tether, timed run by run: the child process of
+bench/frameworks.py, run by that framework's venv (``.venv-<framework>``). Prints JSON samples.
+
+An agent run is two model calls (the first answered with a tool call) and one tool call: two
+agent steps. ``bare``: the framework as its users run it, with its model client's retries off
+(as under tether). ``tether``: the same, plus the two lines of docs/frameworks/ (``tether.init()``
+and the model's client given to tether). ``model``: the model's client given to tether, without
+``tether.init()`` (no runs, no tool events): what the LLM path costs alone. ``observer``: ``model``
+plus a hook that does nothing, registered where tether's goes: the framework's own cost of a hook. Each run's wall time
+and this process's CPU time (``time.process_time``: the framework, the SDK, tether and its
+publisher thread) are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Runner = Callable[[int], Awaitable[None]]
+
+
+def observe_langchain() -> None:
+    """A callback handler that does nothing, registered as tether's is: LangChain's own cost of one."""
+    import contextvars
+
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.tracers.context import register_configure_hook
+
+    class Nothing(BaseCallbackHandler):
+        run_inline = True
+
+    nothing = Nothing()
+    register_configure_hook(contextvars.ContextVar("bench_nothing", default=nothing), True)
+
+
+def observe_agents() -> None:
+    """A trace processor that does nothing, added as tether's is: the SDK's own cost of one."""
+    from agents.tracing import TracingProcessor, add_trace_processor
+
+    class Nothing(TracingProcessor):
+        def on_trace_start(self, trace: Any) -> None:
+            pass
+
+        def on_trace_end(self, trace: Any) -> None:
+            pass
+
+        def on_span_start(self, span: Any) -> None:
+            pass
+
+        def on_span_end(self, span: Any) -> None:
+            pass
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self) -> None:
+            pass
+
+    add_trace_processor(Nothing())
+
+
+def langgraph_agent(mode: str) -> Runner:
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from langgraph.prebuilt import create_react_agent
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    llm = ChatOpenAI(model="gpt-4o-mini", max_retries=0)
+    if mode != "bare":
+        import tether
+        from tether.adapters.langgraph import chat_model
+
+        if mode == "tether":
+            tether.init()
+        elif mode == "observer":
+            observe_langchain()
+        llm = chat_model(llm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        agent = create_react_agent(llm, [get_weather], name="weather-bot")
+
+    async def run(i: int) -> None:
+        await agent.ainvoke({"messages": [("user", f"What is the weather in city {i}?")]})
+
+    return run
+
+
+def openai_agents_agent(mode: str) -> Runner:
+    from agents import Agent, Runner, function_tool, set_default_openai_client, set_trace_processors
+    from openai import AsyncOpenAI
+
+    set_trace_processors([])  # no export to OpenAI: both variants run the SDK's tracing machinery
+    client = AsyncOpenAI(max_retries=0)
+    if mode != "bare":
+        import tether
+        from tether.adapters.openai_agents import use_default_client
+
+        if mode == "tether":
+            tether.init()
+        elif mode == "observer":
+            observe_agents()
+        use_default_client(client)
+    else:
+        set_default_openai_client(client)
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    agent = Agent(name="weather-bot", instructions="Answer about the weather.", tools=[get_weather])
+
+    async def run(i: int) -> None:
+        await Runner.run(agent, f"What is the weather in city {i}?")
+
+    return run
+
+
+def hooks(framework: str, runs: int) -> dict[str, float]:
+    """The adapter's own hooks, driven as the framework drives them for one agent run (a run, a tool
+    call, six other chains or two model spans), without the framework's work around them: CPU per
+    run with tether's hooks and without (the publisher thread's share included, after a flush)."""
+    import uuid
+
+    import tether.adapters
+
+    if framework == "langgraph":
+        from tether.adapters.langgraph import TetherCallbackHandler
+
+        handler = TetherCallbackHandler()
+
+        def one() -> None:
+            root = uuid.uuid4()
+            handler.on_chain_start(None, {"messages": []}, run_id=root, parent_run_id=None, name="weather-bot")
+            for _ in range(6):  # the graph's nodes and their inner runnables
+                child = uuid.uuid4()
+                handler.on_chain_start(None, {}, run_id=child, parent_run_id=root)
+                handler.on_chain_end({}, run_id=child, parent_run_id=root)
+            tool_run = uuid.uuid4()
+            handler.on_tool_start({"name": "get_weather"}, "", run_id=tool_run, inputs={"city": "Paris"})
+            handler.on_tool_end("It is sunny in Paris.", run_id=tool_run)
+            handler.on_chain_end({}, run_id=root)
+
+        def none() -> None:
+            pass
+    else:
+        from agents.tracing import agent_span, function_span, response_span, set_trace_processors, trace
+
+        from tether.adapters.openai_agents import TetherTracingProcessor
+
+        def spans() -> None:
+            with trace("Agent workflow"), agent_span("weather-bot"):
+                with response_span():
+                    pass
+                with function_span("get_weather") as span:
+                    span.span_data.input, span.span_data.output = '{"city": "Paris"}', "It is sunny in Paris."
+                with response_span():
+                    pass
+
+        none = one = spans
+        set_trace_processors([])  # bare first; tether's processor is added for the second loop
+    out: dict[str, float] = {}
+    for name, fn in (("bare", none), ("tether", one)):
+        if name == "tether" and framework != "langgraph":
+            set_trace_processors([TetherTracingProcessor()])
+        for _ in range(runs // 10):
+            fn()
+        tether.adapters.flush()
+        started = time.process_time()
+        for _ in range(runs):
+            fn()
+        tether.adapters.flush()
+        out[name] = (time.process_time() - started) * 1000 / runs
+    return out
+
+
+async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
+    make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent}[framework]
+    run = make(mode)
+    for i in range(warmup):
+        await run(-1 - i)
+    wall: list[float] = []
+    cpu: list[float] = []
+    for i in range(runs):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        await run(i)
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - started_cpu) * 1000)
+    if mode != "bare":
+        import tether.adapters
+
+        await asyncio.to_thread(tether.adapters.flush)
+    return {"wall_ms": wall, "cpu_ms": cpu}
+
+
+if __name__ == "__main__":
+    framework, mode, count, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if mode == "hooks":
+        print(json.dumps(hooks(framework, count)))
+    else:
+        print(json.dumps(asyncio.run(measure(framework, mode, count, warm))))

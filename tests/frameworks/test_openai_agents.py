@@ -1,0 +1,172 @@
+"""The OpenAI Agents SDK (openai-agents, at its current release, in .venv-openai-agents) under tether.
+
+An ``Agent`` with one function tool (and, for handoffs, a triage agent before it) makes two model
+calls (Responses API) to the fake provider; the script adds the two lines
+docs/frameworks/openai-agents.md gives (``tether.init()``, ``use_default_client()``), keeps its
+conversation in ``TetherSession`` and, when asked, puts memory into the model's input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tether.testing import FakeProvider, NatsServer
+
+from .._envs import OptionalEnv, optional_env
+from ._harness import BUDGET_ONE_CALL, HERE, POLICIES, events, run_script
+
+pytestmark = [pytest.mark.slow, pytest.mark.nats]
+
+SCRIPT = "openai_agents_agent.py"
+QUESTION = "What is the weather in Paris?"
+ITEMS = ["user", "function_call", "function_call_output", "message"]
+
+
+@pytest.fixture(scope="module")
+def venv() -> OptionalEnv:
+    return optional_env("openai-agents", project=True)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(seed=1) as provider:
+        yield provider
+
+
+def test_one_run_with_llm_and_tool_spans_and_retries_tether_owns(venv: OptionalEnv, fake: FakeProvider,
+                                                                  fresh_nats_server: NatsServer,
+                                                                  tmp_path: Path) -> None:
+    fake.set_faults("500#1/responses,503#3/responses")  # each model call fails once upstream
+    out = run_script(venv, SCRIPT, "session-1", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert out.said["ok"], out.said
+    assert out.said["installed"] == ["openai-agents"]
+    assert out.said["items"] == ITEMS, "the framework saw two answers, no error"
+    assert out.upstream == ["500", "200", "503", "200"], "one retry per failure, by tether alone"
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    [started] = out.started()
+    assert started.agentid == "weather-bot"
+    assert out.types(started.runid) == [
+        "run.started",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "run.finished"]
+    run = out.runs()[started.runid]
+    assert {e.agentid for e in run} == {"weather-bot"}
+    tool = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert tool.data.tool == "get_weather" and tool.data.result == "It is sunny in fake city."
+    assert tool.data.duration_ms is not None
+    assert run[-1].data.status == "ok"
+
+
+def test_a_handoff_is_a_child_run_of_the_first_agents(venv: OptionalEnv, fake: FakeProvider,
+                                                      fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    out = run_script(venv, SCRIPT, "session-2", QUESTION, "", "--handoff", nats=fresh_nats_server, fake=fake,
+                     work=tmp_path)
+    assert out.said["ok"] and out.said["last_agent"] == "weather-bot", out.said
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    root, child = out.started()
+    assert root.agentid == "triage" and root.data.parent_run_id is None
+    assert child.agentid == "weather-bot" and child.data.parent_run_id == root.runid
+    assert out.types(root.runid) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert out.types(child.runid) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert out.runs()[root.runid][-1].time >= out.runs()[child.runid][-1].time, "the child ends first"
+
+
+def test_a_persistent_failure_is_three_upstream_requests_not_nine(venv: OptionalEnv, fake: FakeProvider,
+                                                                   fresh_nats_server: NatsServer,
+                                                                   tmp_path: Path) -> None:
+    fake.set_faults("500/responses")
+    out = run_script(venv, SCRIPT, "session-3", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert not out.said["ok"]
+    assert out.said["error"] == "openai.InternalServerError", "the error the SDK raises without tether"
+    assert out.upstream == ["500", "500", "500"], "tether's three attempts; the SDK retries none"
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    [started] = out.started()
+    run = out.runs()[started.runid]
+    assert [e.type for e in run].count("tether.llm.call.failed") == 1
+    assert run[-1].type == "tether.run.finished" and run[-1].data.status == "error"
+
+
+def test_a_budget_refusal_is_the_sdks_own_rate_limit_error(venv: OptionalEnv, fake: FakeProvider,
+                                                           fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    out = run_script(venv, SCRIPT, "session-4", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path,
+                     policies=POLICIES + BUDGET_ONE_CALL)
+    assert not out.said["ok"]
+    assert out.said["error"] == "openai.RateLimitError" and "budget" in out.said["message"], out.said
+    assert out.upstream == ["200"], "the second call was refused before anything was sent"
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    [started] = out.started()
+    run = out.runs()[started.runid]
+    failed = next(e for e in run if e.type == "tether.llm.call.failed")
+    assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
+    assert run[-1].data.status == "error"
+
+
+def test_the_session_survives_the_process_and_nats_restarting(venv: OptionalEnv, fake: FakeProvider,
+                                                              fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    first = run_script(venv, SCRIPT, "session-5", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert first.said["ok"] and first.said["restored"] == 0
+    assert first.said["items"] == ITEMS
+    fresh_nats_server.stop()
+    fresh_nats_server.start()
+    second = run_script(venv, SCRIPT, "session-5", "And in Lisbon?", "", nats=fresh_nats_server, fake=fake,
+                        work=tmp_path)
+    assert second.said["ok"], second.said
+    assert second.said["restored"] == 4, ("the first process's four items, read back from tether", second.said)
+    assert second.said["items"] == ITEMS * 2, "the new turn continues the old one"
+    other = run_script(venv, SCRIPT, "session-6", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert other.said["restored"] == 0, "sessions are kept apart"
+
+
+def test_memory_is_injected_into_the_models_input_and_recorded(venv: OptionalEnv, fake: FakeProvider,
+                                                               fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    remember = "Weather in Paris: the user wants degrees Celsius."
+    out = run_script(venv, SCRIPT, "session-7", QUESTION, remember, nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert out.said["ok"], out.said
+    assert out.said["items"] == ITEMS, "the injected memory is not kept in the session"
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    [started] = out.started()
+    run = out.runs()[started.runid]
+    recalls = [e for e in run if e.type == "tether.tool.call.completed" and e.data.tool == "tether.memory.context"]
+    assert len(recalls) == 2, "one retrieval per model call"
+    assert recalls[0].data.result["injected"] == ["agent:weather-bot/home-city@1"]
+    sent = [e for e in run if e.type == "tether.llm.call.requested"]
+    assert len(sent) == 2
+    for call in sent:
+        assert remember in call.data.request["instructions"]
+
+
+def test_memory_is_injected_only_for_the_agents_named(venv: OptionalEnv, fake: FakeProvider,
+                                                     fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    remember = "Weather in Paris: the user wants degrees Celsius."
+    out = run_script(venv, SCRIPT, "session-8", QUESTION, remember, "--memory-for=another-bot",
+                     nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert out.said["ok"], out.said
+    out.events = events(fresh_nats_server, tmp_path / "home")
+    [started] = out.started()
+    run = out.runs()[started.runid]
+    assert not [e for e in run if e.type.startswith("tether.tool.call") and e.data.tool == "tether.memory.context"]
+    assert all(remember not in e.data.request["instructions"] for e in run if e.type == "tether.llm.call.requested")
+
+
+def test_the_session_keeps_the_protocol(venv: OptionalEnv, fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    done = subprocess.run([str(venv.bin("python")), str(HERE / "openai_agents_session.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "TETHER_NATS_URL": fresh_nats_server.url,
+                               "TETHER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["is_session"], "the SDK's runtime-checkable Session protocol"
+    assert said["empty"] == [] and said["pop_empty"] is None
+    assert said["all"] == ["0", "1", "2", "3", "4"], "in the order written"
+    assert said["last_two"] == ["3", "4"]
+    assert said["popped"] == "4" and said["after_pop"] == ["0", "1", "2", "3"]
+    assert said["cleared"] == []
+    assert said["other"] == ["other"], "a session whose id is a prefix of another's is its own"

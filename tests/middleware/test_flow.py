@@ -1,0 +1,358 @@
+"""The one call loop, driven by a scripted driver: every branch, no sockets, no clock waits.
+
+Engine steps (``Run``) are answered from a script, attempts from a :class:`MemoryUpstream`;
+the driver keeps what the loop asked for (events, steps, sleeps), which is what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator
+from typing import Any, cast
+
+import pytest
+
+from tether.middleware import (
+    BreakerState,
+    BudgetLimits,
+    BudgetRefusal,
+    Call,
+    CallEngine,
+    CallRecord,
+    Completed,
+    Effect,
+    Emit,
+    Failure,
+    FallbackPolicy,
+    GaveUp,
+    Invoke,
+    Invoked,
+    MemoryUpstream,
+    Outcome,
+    Policy,
+    PolicySet,
+    RateLimitPolicy,
+    RetryPolicy,
+    Run,
+    RunawayError,
+    RunawayGuard,
+    RunawayTracker,
+    Send,
+    Sent,
+    Sleep,
+    Spawn,
+    Stopped,
+    Streaming,
+    Target,
+    ToolCall,
+    ToolRegistry,
+    WorkItem,
+    call_flow,
+    drive,
+    tool_flow,
+)
+from tether.schemas import Usage
+
+BODY = {"model": "gpt-a", "messages": [{"role": "user", "content": "hi"}]}
+OK = Outcome(True, 12.0, {"choices": [{"message": {"content": "hello"}}]}, Usage(input_tokens=3, output_tokens=2))
+
+
+def failed(status: int = 503, *, kind: str = "http", retry_after_s: float | None = None) -> Outcome:
+    return Outcome(False, 5.0, failure=Failure(kind=kind, status_code=status, error_type="APIStatusError",  # type: ignore[arg-type]
+                                               message=f"status {status}", retry_after_s=retry_after_s))
+
+
+class FakeBreakers:
+    """The only part of the shared breakers the loop reads itself: the watched state."""
+
+    def __init__(self, open_routes: tuple[str, ...] = ()) -> None:
+        self.open = set(open_routes)
+
+    def state(self, route: str) -> BreakerState:
+        return BreakerState(state="open", opened_at=time.time()) if route in self.open else BreakerState()
+
+    async def record(self, route: str, policy: Any, *, ok: bool, counts: bool, call_id: str) -> None:
+        raise AssertionError("a scripted driver does not run engine steps")
+
+
+class Script:
+    """A driver that answers engine steps from ``runs`` (by step name) and attempts from ``upstream``."""
+
+    def __init__(self, upstream: MemoryUpstream | None = None, **runs: list[Any]) -> None:
+        self.upstream = upstream or MemoryUpstream()
+        self.runs = runs
+        self.events: list[Any] = []
+        self.steps: list[str] = []
+        self.spawned: list[str] = []
+        self.sleeps: list[tuple[float, str]] = []
+        self.invokes: list[Invoked] = []
+
+    async def handle(self, effect: Effect) -> Any:
+        if isinstance(effect, Emit):
+            self.events.append(effect.event.data)
+            return None
+        if isinstance(effect, Run | Spawn):
+            name = getattr(effect.make, "func", effect.make).__name__
+            if isinstance(effect, Spawn):
+                self.spawned.append(name)
+                return None
+            self.steps.append(name)
+            answers = self.runs.get(name)
+            return answers.pop(0) if answers else None
+        if isinstance(effect, Sleep):
+            self.sleeps.append((effect.seconds, effect.why))
+            return None
+        if isinstance(effect, Invoke):
+            return self.invokes.pop(0)
+        assert isinstance(effect, Send)
+        return await self.upstream.attempt(effect)
+
+    def run(self, flow: Generator[Effect, Any, Any]) -> Any:
+        return asyncio.run(drive(flow, self.handle))
+
+    @property
+    def kinds(self) -> list[str]:
+        return [type(e).__name__ for e in self.events]
+
+    @property
+    def decisions(self) -> list[str]:
+        return [e.decision for e in self.events if type(e).__name__.endswith("AttemptFailed")]
+
+
+def engine(policies: PolicySet | None = None, breakers: FakeBreakers | None = None) -> CallEngine:
+    nothing = cast(Any, None)  # the loop never touches the bus, rates or spend: its driver does
+    return CallEngine(nothing, policies=policies or PolicySet(), providers={}, tools=ToolRegistry(),
+                      breakers=cast(Any, breakers or FakeBreakers()), rates=nothing, spend=nothing, seed=1)
+
+
+def llm_call(eng: CallEngine | None = None, *, policy: Policy | None = None, runid: str | None = None,
+             runaway: RunawayTracker | None = None, rec: CallRecord | None = None,
+             deadline_at: float | None = None) -> Call:
+    eng = eng or engine()
+    item = WorkItem(call_id="c1", kind="llm", provider="openai", model="gpt-a", body=BODY, runid=runid,
+                    deadline_at=deadline_at)
+    return Call(eng, item, rec or CallRecord.new(item, time.time()), policy or eng.policy_of(item), runaway=runaway)
+
+
+def test_success() -> None:
+    script = Script(MemoryUpstream(OK))
+    ending = script.run(call_flow(llm_call()))
+    assert isinstance(ending, Completed)
+    assert (ending.attempt, ending.outcome.response) == (1, OK.response)
+    assert script.kinds == ["LlmCallCompleted"]
+    assert script.spawned == ["record", "account"]  # the breaker learns; the spend is counted
+    assert script.sleeps == [] and script.steps == []
+    assert script.upstream.sends[0].target == Target("openai", "gpt-a")
+
+
+def test_retryable_failure_then_success() -> None:
+    script = Script(MemoryUpstream(failed(503), OK))
+    call = llm_call()
+    ending = script.run(call_flow(call))
+    assert isinstance(ending, Completed) and ending.attempt == 2
+    assert script.kinds == ["LlmCallAttemptFailed", "LlmCallCompleted"]
+    assert script.decisions == ["retry"]
+    [(delay, why)] = script.sleeps
+    assert why == "retry" and 0 <= delay <= RetryPolicy().max_delay_s
+    assert [a["failure"] is None for a in call.rec.attempts] == [False, True]
+
+
+def test_retry_after_is_honoured() -> None:
+    """A raw HTTP answer (an adapter's) is read by the loop: a 429's Retry-After is the wait."""
+    answer = Sent(4.0, status=429, headers=[("retry-after", "7"), ("content-type", "application/json")],
+                  body=b'{"error": {"message": "slow down", "type": "rate_limit"}}')
+    script = Script(MemoryUpstream(answer, OK))
+    call = llm_call()
+    call.kind = "openai"
+    ending = script.run(call_flow(call))
+    assert isinstance(ending, Completed)
+    assert script.sleeps[0][0] == pytest.approx(7.0, abs=0.01)
+
+
+def test_fallback_after_the_target_fails() -> None:
+    policy = Policy(retry=RetryPolicy(max_attempts=1), fallback=FallbackPolicy(targets=(Target("openai", "gpt-b"),)))
+    script = Script(MemoryUpstream(failed(503), OK))
+    call = llm_call(policy=policy)
+    ending = script.run(call_flow(call))
+    assert isinstance(ending, Completed)
+    assert script.decisions == ["fallback"]
+    assert [s.target for s in script.upstream.sends] == [Target("openai", "gpt-a"), Target("openai", "gpt-b")]
+    assert script.sleeps[0][1] == "fallback"
+    assert (call.rec.model, call.rec.fallbacks) == ("gpt-b", 1)
+    assert script.events[-1].model == "gpt-b"
+
+
+def test_give_up_after_max_attempts() -> None:
+    script = Script(MemoryUpstream(failed(503), failed(502)))
+    ending = script.run(call_flow(llm_call(policy=Policy(retry=RetryPolicy(max_attempts=2)))))
+    assert isinstance(ending, GaveUp)
+    assert ending.reason == "exhausted" and ending.failure is not None and ending.failure.status_code == 502
+    assert script.decisions == ["retry", "give_up"]
+    assert script.steps == ["give_up"]  # the dead letter, then nothing more
+    assert len(script.upstream.sends) == 2
+
+
+def test_a_failure_that_is_not_retryable_gives_up_at_once() -> None:
+    script = Script(MemoryUpstream(failed(400)))
+    ending = script.run(call_flow(llm_call()))
+    assert isinstance(ending, GaveUp) and ending.reason == "not_retryable"
+    assert script.decisions == ["give_up"]
+
+
+def test_an_open_breaker_refuses_and_the_call_falls_back() -> None:
+    """Nothing is sent to a route whose breaker refused: the gate's answer is the failure."""
+    eng = engine(breakers=FakeBreakers(("openai:gpt-a",)))
+    policy = Policy(fallback=FallbackPolicy(targets=(Target("openai", "gpt-b"),)))
+    refused = (Failure.breaker_open("openai:gpt-a", retry_after_s=30.0), 0.0)
+    script = Script(MemoryUpstream(OK), gate=[refused])
+    ending = script.run(call_flow(llm_call(eng, policy=policy)))
+    assert isinstance(ending, Completed)
+    assert script.steps == ["gate"]
+    assert [s.target for s in script.upstream.sends] == [Target("openai", "gpt-b")]
+    assert script.decisions == ["fallback"]
+    assert script.events[0].error.type == "CircuitOpenError"
+
+
+def test_a_rate_limit_paces_the_attempt() -> None:
+    policies = PolicySet(rate_limits={"openai": RateLimitPolicy(requests_per_minute=1)})
+    script = Script(MemoryUpstream(OK), gate=[(None, 2.5), (None, 0.0)])
+    ending = script.run(call_flow(llm_call(engine(policies))))
+    assert isinstance(ending, Completed) and ending.attempt == 1
+    assert script.sleeps == [(2.5, "paced")]
+    assert script.steps == ["gate", "gate"]
+
+
+def test_a_budget_refusal_sends_nothing() -> None:
+    policies = PolicySet(budgets={("run", "*"): BudgetLimits(usd=0.01)})
+    refusal = BudgetRefusal("run", "r1", "usd", 0.01, 0.01, 0.002)
+    script = Script(admit=[refusal])
+    ending = script.run(call_flow(llm_call(engine(policies), runid="r1", runaway=RunawayTracker())))
+    assert isinstance(ending, GaveUp) and ending.reason == "budget"
+    assert ending.error.message == refusal.message
+    assert script.kinds == ["BudgetExceeded"]
+    assert script.steps == ["admit", "give_up"]
+    assert script.upstream.sends == []
+
+
+def test_the_runaway_guard_refuses_a_repeated_call() -> None:
+    policies = PolicySet(runaway=RunawayGuard(max_calls_per_run=None, max_identical_calls=1))
+    tracker = RunawayTracker()
+    first = Script(MemoryUpstream(OK))
+    assert isinstance(first.run(call_flow(llm_call(engine(policies), runid="r1", runaway=tracker))), Completed)
+    again = Script()
+    ending = again.run(call_flow(llm_call(engine(policies), runid="r1", runaway=tracker)))
+    assert isinstance(ending, GaveUp) and ending.reason == "runaway"
+    assert ending.error.message == "run r1 repeated the same call 2 times (runaway.max_identical_calls=1)"
+    assert again.steps == ["give_up"] and again.upstream.sends == []
+
+
+def test_a_worker_counts_runaways_in_the_runs_record() -> None:
+    """Without a tracker of its own (a worker), the engine's admission counts the call in KV."""
+    script = Script(admit=["run r1 reached its limit of 500 calls (runaway.max_calls_per_run=500)"])
+    ending = script.run(call_flow(llm_call(runid="r1")))
+    assert isinstance(ending, GaveUp) and ending.reason == "runaway"
+    assert script.steps == ["admit", "give_up"]
+
+
+def test_the_deadline_ends_the_call() -> None:
+    script = Script()
+    ending = script.run(call_flow(llm_call(deadline_at=time.time() - 1)))
+    assert isinstance(ending, GaveUp) and ending.reason == "deadline"
+    assert ending.error.message == "the call's deadline passed before it could complete"
+
+
+def test_a_stream_is_handed_over_at_its_first_chunk() -> None:
+    opened = Sent(8.0, status=200, headers=[("content-type", "text/event-stream")], stream=object(),
+                  first=[b"data: {}\n\n"])
+    script = Script(MemoryUpstream(opened))
+    call = llm_call()
+    call.kind = "openai"
+    ending = script.run(call_flow(call))
+    assert isinstance(ending, Streaming) and ending.sent is opened
+    assert script.events == []  # its end is recorded when the caller has read it
+
+
+def test_a_relayed_stream_stopped_by_its_caller() -> None:
+    stopped = Sent(9.0, outcome=failed(499, kind="cancelled"), relayed=True,
+                   cancelled=("client_closed", "the caller closed the stream"))
+    script = Script(MemoryUpstream(stopped))
+    ending = script.run(call_flow(llm_call()))
+    assert isinstance(ending, Stopped) and ending.attempt == 1
+    assert script.steps == ["record_cancelled"]
+    assert script.spawned == ["record"]
+
+
+def test_a_relayed_stream_that_broke_midway_is_not_retried() -> None:
+    broke = Sent(9.0, outcome=failed(503), relayed=True)
+    script = Script(MemoryUpstream(broke, OK))
+    ending = script.run(call_flow(llm_call()))
+    assert isinstance(ending, GaveUp) and ending.reason == "not_retryable"
+    assert len(script.upstream.sends) == 1 and script.decisions == ["give_up"]
+
+
+def test_a_worker_resumes_the_loop_from_the_record() -> None:
+    """A redelivery: admitted already, its last attempt cut by a lost worker, which counts as failed."""
+    item = WorkItem(call_id="c1", kind="llm", provider="openai", model="gpt-a", body=BODY)
+    rec = CallRecord.new(item, time.time())
+    rec.admitted = True
+    rec.in_flight = {"attempt": 1, "target": "openai:gpt-a", "started_at": time.time(), "worker": "w1"}
+    script = Script(MemoryUpstream(OK))
+    call = llm_call(rec=rec, runid="r1")
+    ending = script.run(call_flow(call))
+    assert isinstance(ending, Completed) and ending.attempt == 2
+    assert script.steps == []  # not admitted twice
+    assert script.events[0].error.type == "WorkerLost"
+    assert script.decisions == ["retry"]
+
+
+def tool_call(*, idempotent: bool, policies: PolicySet | None = None,
+              tracker: RunawayTracker | None = None) -> ToolCall:
+    item = WorkItem(call_id="t1", kind="tool", tool="lookup", arguments={"q": 1}, runid="r1")
+    policies = policies or PolicySet()
+
+    async def no_engine() -> CallEngine:
+        raise AssertionError("scripted")
+
+    return ToolCall(policies, policies.policy_for("tool:lookup"), item, idempotent, engine=no_engine,
+                    runaway=tracker if tracker is not None else RunawayTracker(), source="urn:test")
+
+
+def broken() -> Invoked:
+    error = ConnectionError("reset")
+    return Invoked(1.0, error=error, failure=Failure(kind="connection", error_type="ConnectionError",
+                                                     message="reset"))
+
+
+def test_tool_flow_retries_an_idempotent_tool() -> None:
+    script = Script()
+    script.invokes = [broken(), Invoked(2.0, result=3, recorded=3)]
+    done = script.run(tool_flow(tool_call(idempotent=True)))
+    assert done.result == 3
+    assert script.kinds == ["ToolCallRequested", "ToolCallAttemptFailed", "ToolCallCompleted"]
+    assert script.decisions == ["retry"]
+
+
+def test_tool_flow_never_repeats_a_side_effect() -> None:
+    script = Script()
+    script.invokes = [broken()]
+    done = script.run(tool_flow(tool_call(idempotent=False)))
+    assert isinstance(done.error, ConnectionError)
+    assert script.decisions == ["give_up"] and script.steps == ["give_up"]
+
+
+def test_tool_flow_runaway() -> None:
+    policies = PolicySet(runaway=RunawayGuard(max_calls_per_run=1, max_identical_calls=None))
+    tracker = RunawayTracker()
+    script = Script()
+    script.invokes = [Invoked(1.0, result=1, recorded=1)]
+    script.run(tool_flow(tool_call(idempotent=True, policies=policies, tracker=tracker)))
+    done = Script().run(tool_flow(tool_call(idempotent=True, policies=policies, tracker=tracker)))
+    assert isinstance(done.error, RunawayError)
+    assert str(done.error) == "run r1 reached its limit of 1 calls (runaway.max_calls_per_run=1)"
+
+
+def test_memory_upstream_says_when_its_script_ran_out() -> None:
+    upstream = MemoryUpstream()
+    with pytest.raises(AssertionError, match="no answer left"):
+        asyncio.run(upstream.attempt(Send(None, 1, 1.0)))

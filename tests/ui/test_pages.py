@@ -1,0 +1,111 @@
+"""The pages' reads and their markup, on a real traces view folded by tether's own projection, through
+the dashboard's ASGI app in-process (the browser tests drive the same app served by ``tether up``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether.projections import Item, TracesView, view_path
+from tether.schemas import Event, RunFinished, RunStarted
+from tether.ui._app import build_app
+from tether.ui._security import Guard
+
+pytestmark = pytest.mark.anyio
+T0 = datetime.now(UTC) - timedelta(hours=2)
+
+
+def fold(directory: Path, events: list[Event]) -> None:
+    view = TracesView()
+    store = view.open_store(view_path(directory, view.name, view.version))
+    store.apply_batch([Item(n, e) for n, e in enumerate(events, 1)], notify=False)
+    store.mark_complete()
+    store.close()
+
+
+def run(run_id: str, agent: str, name: str, minutes: float, status: str | None = "ok") -> list[Event]:
+    at = T0 + timedelta(minutes=minutes)
+    out = [Event.of(RunStarted(name=name), runid=run_id, agentid=agent, time=at)]
+    if status:
+        out.append(Event.of(RunFinished(status=status, duration_ms=1500.0), runid=run_id, agentid=agent,
+                            time=at + timedelta(seconds=1.5)))
+    return out
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> Any:
+    fold(tmp_path, [*run("r-alpha", "writer", "Nightly digest", 0), *run("r-beta", "planner", "plan", 60, "error"),
+                    *run("r-gamma", "writer", "<script>alert(1)</script>", 100, None)])
+    app: Any = build_app(None, tmp_path, Guard(hosts=frozenset({"dashboard"})))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
+        yield c
+
+
+def ids(html: str) -> list[str]:
+    import re
+
+    return re.findall(r"data-run='([^']+)'", html)
+
+
+async def test_runs_filters_and_search(client: httpx.AsyncClient) -> None:
+    assert ids((await client.get("/fragments/runs")).text) == ["r-gamma", "r-beta", "r-alpha"]
+    assert ids((await client.get("/fragments/runs", params={"agent": "writer"})).text) == ["r-gamma", "r-alpha"]
+    assert ids((await client.get("/fragments/runs", params={"status": "error"})).text) == ["r-beta"]
+    assert ids((await client.get("/fragments/runs", params={"status": "running"})).text) == ["r-gamma"]
+    assert ids((await client.get("/fragments/runs", params={"q": "DIGEST"})).text) == ["r-alpha"]
+    assert ids((await client.get("/fragments/runs", params={"since": "30m"})).text) == ["r-gamma"]
+    none = (await client.get("/fragments/runs", params={"q": "nothing-like-it"})).text
+    assert ids(none) == [] and "no runs match the filters" in none
+    page = await client.get("/", params={"agent": "planner"})
+    assert ids(page.text) == ["r-beta"] and 'value="planner"' in page.text, "the page keeps its filters"
+
+
+async def test_a_bad_since_says_what_to_write(client: httpx.AsyncClient) -> None:
+    bad = await client.get("/fragments/runs", params={"since": "yesterday"})
+    assert bad.status_code == 200 and "give an ISO date or time" in bad.text and "30m, 12h, 7d" in bad.text
+
+
+async def test_what_runs_record_is_escaped(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/")).text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+async def test_an_unknown_run_says_so(client: httpx.AsyncClient) -> None:
+    page = await client.get("/runs/no-such-run")
+    assert page.status_code == 200 and "no run or call no-such-run in the traces view" in page.text
+
+
+async def test_without_views_each_page_says_how_to_get_them(tmp_path: Path) -> None:
+    app: Any = build_app(None, tmp_path / "none", Guard(hosts=frozenset({"dashboard"})))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
+        for path in ("/", "/cost", "/latency", "/errors", "/breakers", "/runs/r1"):
+            page = await c.get(path)
+            assert page.status_code == 200 and "run `tether up`" in page.text, path
+
+
+class NatsAway:
+    """A bus whose server is gone: every JetStream request fails."""
+
+    class js:  # the attribute the dashboard reads
+        @staticmethod
+        async def pull_subscribe(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("nats: connection closed")
+
+        @staticmethod
+        async def get_msg(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("nats: connection closed")
+
+
+async def test_with_nats_away_the_dlq_and_a_span_say_so(tmp_path: Path) -> None:
+    fold(tmp_path, run("r-alpha", "writer", "digest", 0))
+    app: Any = build_app(NatsAway(), tmp_path, Guard(hosts=frozenset({"dashboard"})))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
+        dlq = await c.get("/dlq")
+        assert dlq.status_code == 200 and "the DLQ stream could not be read" in dlq.text and "is NATS up" in dlq.text
+        span = await c.get("/fragments/runs/r-alpha/spans/r-alpha")
+        assert span.status_code == 200 and "invoke_agent writer" in span.text
+        assert "the log could not be read for this span&#x27;s events (ConnectionError" in span.text

@@ -1,0 +1,219 @@
+"""The OpenAI Agents SDK under tether: runs, handoffs and tool calls from its tracing (a processor
+:func:`install` adds beside the others), model calls through tether (:func:`use_default_client`),
+sessions in tether (:class:`TetherSession`), memory put into the model's input
+(:func:`memory_filter`). The only module of tether that imports ``agents``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any
+
+from agents import set_default_openai_client
+from agents.run_config import CallModelData, ModelInputData
+from agents.tracing import Span, Trace, TracingProcessor, add_trace_processor
+from agents.tracing.span_data import AgentSpanData, FunctionSpanData, HandoffSpanData
+
+from tether.adapters import Run, instrument
+from tether.bus import Bus
+from tether.schemas import uuid7
+
+from ._frameworks import KvState, ObservedTool, inject_memory, key_token
+
+__all__ = ["AgentRunError", "TetherSession", "TetherTracingProcessor", "install", "memory_filter",
+           "use_default_client"]
+
+SOURCE = "urn:tether:adapter:openai-agents"
+
+
+class AgentRunError(Exception):
+    """What the SDK reported on a span that ended in error, as ``run.finished``'s error."""
+
+
+def _duration_ms(span: Span[Any]) -> float | None:
+    try:
+        started, ended = span.started_at, span.ended_at
+        if started is None or ended is None:
+            return None
+        return max((datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds() * 1000, 0.0)
+    except ValueError:
+        return None
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+class _TraceRuns:
+    """The runs of one SDK trace: the first agent's (the root) and one per handoff (children)."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.root: Run | None = None
+        self.children: dict[str, Run] = {}
+        self.error: AgentRunError | None = None
+
+
+class TetherTracingProcessor(TracingProcessor):
+    """A trace (``Runner.run``) is a tether run named for its first agent; each agent handed off
+    to is a child run; each function tool call is recorded. Called in the runner's own context,
+    so the run it opens is the current run of the model calls and tools that follow."""
+
+    def __init__(self) -> None:
+        self._traces: dict[str, _TraceRuns] = {}
+
+    def on_trace_start(self, trace: Trace) -> None:
+        self._traces[trace.trace_id] = _TraceRuns(trace.name)
+
+    def on_trace_end(self, trace: Trace) -> None:
+        runs = self._traces.pop(trace.trace_id, None)
+        if runs is None:
+            return
+        for child in runs.children.values():
+            child.__exit__(None, None, None)
+        if runs.root is not None:
+            error = runs.error
+            runs.root.__exit__(type(error) if error else None, error, None)
+
+    def on_span_start(self, span: Span[Any]) -> None:
+        runs = self._traces.get(span.trace_id)
+        data = span.span_data
+        if runs is None or not isinstance(data, AgentSpanData):
+            return
+        run = Run(agent=data.name, name=runs.name if runs.root is None else data.name,
+                  metadata={"framework": "openai-agents", "trace_id": span.trace_id})
+        try:
+            run.__enter__()
+        except Exception:  # no bus: the agent runs unrecorded
+            return
+        if runs.root is None:
+            runs.root = run
+        else:  # a handoff: the agent handed to runs as a child of the first
+            runs.children[span.span_id] = run
+
+    def on_span_end(self, span: Span[Any]) -> None:
+        runs = self._traces.get(span.trace_id)
+        data = span.span_data
+        error = span.error
+        if isinstance(data, FunctionSpanData):
+            observed = ObservedTool.start(data.name, _arguments(data.input), source=SOURCE)
+            if observed is not None:
+                if error is not None:
+                    observed.failed(AgentRunError(error.get("message", "tool failed")), _duration_ms(span))
+                else:
+                    observed.completed(data.output, _duration_ms(span))
+            return
+        if runs is None:
+            return
+        if isinstance(data, AgentSpanData):
+            failure = AgentRunError(error.get("message", "agent failed")) if error is not None else None
+            child = runs.children.pop(span.span_id, None)
+            if child is not None:
+                child.__exit__(type(failure) if failure else None, failure, None)
+            elif failure is not None:
+                runs.error = failure
+        elif isinstance(data, HandoffSpanData) and error is not None:
+            runs.error = AgentRunError(error.get("message", "handoff failed"))
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self) -> None:
+        pass
+
+
+_PROCESSOR = TetherTracingProcessor()
+_installed = False
+
+
+def install() -> None:
+    """Add :class:`TetherTracingProcessor` to the SDK's trace processors (once). The SDK's own
+    exporter stays; tracing must be on (``OPENAI_AGENTS_DISABLE_TRACING`` unset)."""
+    global _installed
+    if _installed:
+        return
+    add_trace_processor(_PROCESSOR)
+    _installed = True
+
+
+def use_default_client(client: Any = None, **options: Any) -> Any:
+    """``client`` (default: a new ``AsyncOpenAI()`` from the environment) instrumented with
+    ``tether.instrument`` options, its retries off, and set as the SDK's default client."""
+    if client is None:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI()
+    instrument(client, **options)
+    set_default_openai_client(client)
+    return client
+
+
+def memory_filter(memory: Any, *, agents: Collection[str] | None = None, namespaces: Any = None,
+                  token_budget: int = 500) -> Callable[[CallModelData[Any]], Any]:
+    """A ``RunConfig(call_model_input_filter=...)``: for the agents named (default: every agent),
+    what ``memory`` holds on the last user message is added to the instructions of each model
+    call, and the retrieval is recorded as the tool call ``tether.memory.context``."""
+    wanted = None if agents is None else frozenset(agents)
+
+    async def filter_input(data: CallModelData[Any]) -> ModelInputData:
+        model_data = data.model_data
+        if wanted is not None and data.agent.name not in wanted:
+            return model_data
+        query = next((_text(item) for item in reversed(model_data.input)
+                      if isinstance(item, dict) and item.get("role") == "user"), "")
+        text = await inject_memory(memory, query, namespaces=namespaces, token_budget=token_budget)
+        if not text:
+            return model_data
+        instructions = f"{model_data.instructions}\n\n" if model_data.instructions else ""
+        return ModelInputData(input=model_data.input, instructions=f"{instructions}What you remember:\n{text}")
+
+    return filter_input
+
+
+def _text(item: dict[str, Any]) -> str:
+    content = item.get("content", "")
+    if isinstance(content, str):
+        return content
+    return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+
+
+class TetherSession:
+    """An SDK ``Session`` on tether: each item a key of the JetStream KV bucket ``bucket`` (file
+    storage), in the order written, so a conversation survives a restart of the process and of NATS."""
+
+    session_settings: Any = None
+
+    def __init__(self, session_id: str, bus: Bus, *, bucket: str = "tether-agents-sessions") -> None:
+        self.session_id = session_id
+        self.state = KvState(bus, bucket)
+        self._prefix = f"s.{key_token(session_id)}"
+
+    async def _entries(self) -> list[Any]:
+        """The session's KV entries, in the order they were written (by stream sequence)."""
+        found = [await self.state.entry(key) for key in await self.state.keys(self._prefix)]
+        return sorted((e for e in found if e is not None and e.value), key=lambda e: e.revision)
+
+    async def get_items(self, limit: int | None = None) -> list[Any]:
+        items = [json.loads(e.value) for e in await self._entries()]
+        return items if limit is None else items[-limit:] if limit > 0 else []
+
+    async def add_items(self, items: list[Any]) -> None:
+        for item in items:
+            await self.state.put(f"{self._prefix}.{uuid7()}", item)
+
+    async def pop_item(self) -> Any:
+        entries = await self._entries()
+        if not entries:
+            return None
+        await self.state.remove(entries[-1].key)
+        return json.loads(entries[-1].value)
+
+    async def clear_session(self) -> None:
+        await self.state.remove(f"{self._prefix}.>")
