@@ -43,10 +43,17 @@ this one; otherwise skipped with a message). Against the same fake provider, in 
 
 One table at the end puts tether's instrumented client and gateway beside the LiteLLM variants.
 
+**The gateway of another checkout, side by side** (``--base-gateway-python``, off by
+default): a second ``tether gateway`` started by another interpreter (another worktree's
+``.venv/bin/python``, which imports that worktree's tether) joins the rotation as
+``gateway-base`` and the load at concurrency 50, against the same fake provider and NATS:
+old and new gateway code measured in one run (docs/benchmarks.md, Gateway upstream).
+
     .venv/bin/python bench/adapters.py
     .venv/bin/python bench/adapters.py --calls 2000 --rounds 5 --json
     .venv/bin/python bench/adapters.py --no-gateway --peers none   # the instrumented client only
     .venv/bin/python bench/adapters.py --peers proxy,sdk-async     # some LiteLLM variants only
+    .venv/bin/python bench/adapters.py --peers none --base-gateway-python ../base/.venv/bin/python
 """
 
 from __future__ import annotations
@@ -117,13 +124,16 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def start_gateway(nats_url: str, provider_url: str, home: Path) -> tuple[subprocess.Popen[str], str]:
+def start_gateway(nats_url: str, provider_url: str, home: Path,
+                  python: str = sys.executable) -> tuple[subprocess.Popen[str], str]:
     """``tether gateway`` in its own process, in front of the fake provider, tether's default policies."""
+    home.mkdir(parents=True, exist_ok=True)
     config = home / "tether.toml"
     config.write_text(f'[providers.fake]\nkind = "openai"\nbase_url = "{provider_url}"\n\n'
                       f'[gateway]\ndefault_provider = "fake"\n\n[gateway.keys]\n"{GATEWAY_KEY}" = "bench-gw"\n')
-    child = subprocess.Popen([sys.executable, "-m", "tether.cli._gateway", "--url", nats_url, "--home", str(home),
-                              "--config", str(config), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([python, "-m", "tether.cli._gateway", "--url", nats_url, "--home", str(home),
+                              "--config", str(config), "--port", "0"], stdout=subprocess.PIPE, text=True,
+                             cwd=home)  # not this checkout's: ``python`` imports tether from its own
     assert child.stdout is not None
     first = child.stdout.readline()
     found = re.search(r"listening on (http://\S+):", first)
@@ -285,27 +295,33 @@ def caller(client: openai.AsyncOpenAI, stream: bool) -> Call:
 
 
 async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
-                  gateway: tuple[int, str] | None, proxy: tuple[int, str, str] | None = None) -> dict[str, Any]:
-    """``proxy``: the LiteLLM proxy's PID, URL and master key, measured as one more variant."""
+                  gateway: tuple[int, str] | None, proxy: tuple[int, str, str] | None = None,
+                  base: tuple[int, str] | None = None) -> dict[str, Any]:
+    """``proxy``: the LiteLLM proxy's PID, URL and master key, measured as one more variant;
+    ``base``: another checkout's gateway (PID, URL), measured like the gateway."""
     direct = openai.AsyncOpenAI(base_url=url, api_key="sk-bench")
     instrumented = tether.instrument(openai.AsyncOpenAI(base_url=url, api_key="sk-bench"), bus=bus)
     via = openai.AsyncOpenAI(base_url=(gateway[1] if gateway else url) + "/v1", api_key=GATEWAY_KEY)
+    via_base = openai.AsyncOpenAI(base_url=(base[1] if base else url) + "/v1", api_key=GATEWAY_KEY)
+    gateways = {"gateway": via, "gateway-base": via_base}
     litellm_proxy = openai.AsyncOpenAI(base_url=(proxy[1] if proxy else url) + "/v1",
                                        api_key=proxy[2] if proxy else "sk-bench")
     server_pids = {name: pid for name, pid in (("gateway", gateway and gateway[0]),
+                                               ("gateway-base", base and base[0]),
                                                ("litellm-proxy", proxy and proxy[0])) if pid}
     results: dict[str, dict[str, list[float]]] = {}
     counter = 0
     run_ids: list[str] = []
     gateway_calls = 0
-    async with direct, instrumented, via, litellm_proxy:
+    async with direct, instrumented, via, via_base, litellm_proxy:
         for stream in (False, True):
             kind = "stream" if stream else "chat"
             plain, traced = caller(direct, stream), caller(instrumented, stream)
             variants: list[tuple[str, Call]] = [("direct", plain), ("tether", traced)]
-            if gateway is not None:
-                variants.append(("gateway", caller(via.with_options(default_headers={"x-tether-run-id": "warm"}),
-                                                   stream)))
+            for name, started in (("gateway", gateway), ("gateway-base", base)):
+                if started is not None:
+                    variants.append((name, caller(gateways[name].with_options(
+                        default_headers={"x-tether-run-id": "warm"}), stream)))
             if proxy is not None:
                 variants.append(("litellm-proxy", caller(litellm_proxy, stream)))
             for warm in range(50):  # connections, imports, the engine's KV buckets
@@ -315,7 +331,7 @@ async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
                     await traced(warm)
                 for variant, call in variants[2:]:
                     await call(warm)
-                    gateway_calls += variant == "gateway"
+                    gateway_calls += variant in gateways
             for _ in range(rounds):
                 done = 0
                 while done < calls:
@@ -327,9 +343,9 @@ async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
                         server_cpu = cpu_ms(server) if server is not None else 0.0
                         async with tether.run(agent="bench", bus=bus) as run:
                             run_ids.append(run.run_id)
-                            if variant == "gateway":
-                                call = caller(via.with_options(default_headers={"x-tether-run-id": run.run_id}),
-                                              stream)
+                            if variant in gateways:
+                                call = caller(gateways[variant].with_options(
+                                    default_headers={"x-tether-run-id": run.run_id}), stream)
                             for _ in range(block):
                                 counter += 1
                                 total, ttft = await call(counter)
@@ -338,7 +354,7 @@ async def measure(bus: Bus, url: str, calls: int, rounds: int, block: int,
                                     bucket["ttft"].append(ttft)
                         bucket["cpu"].append((time.process_time() - cpu) * 1000 / block)
                         if server is not None:
-                            gateway_calls += block if variant == "gateway" else 0
+                            gateway_calls += block if variant in gateways else 0
                             bucket["server_cpu"].append((cpu_ms(server) - server_cpu) / block)
                     done += block
     await Hub.of(bus).flush()
@@ -406,6 +422,19 @@ async def load(url: str, *, key: str | None, stream: bool, seconds: float, lanes
     return out
 
 
+def merged(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two load measurements of one variant as one: requests over their time, CPU per request weighted."""
+    done = a["requests"] + b["requests"]
+    out = {"requests_per_s": round(done / (a["requests"] / a["requests_per_s"] + b["requests"] / b["requests_per_s"]),
+                                   1),
+           "requests": done, "warm_up_requests": a["warm_up_requests"] + b["warm_up_requests"],
+           "statuses": dict(Counter(a["statuses"]) + Counter(b["statuses"]))}
+    for key in ("loadgen_cpu_ms_per_request", "cpu_ms_per_request"):
+        if key in a:
+            out[key] = round((a[key] * a["requests"] + b[key] * b["requests"]) / max(done, 1), 3)
+    return out
+
+
 def summarise(measured: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     results = measured["results"]
@@ -421,7 +450,8 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
             row["calls"] = len(t)
             row["direct_mean"] = round(statistics.fmean(d), 3)
             row["tether_mean"] = round(statistics.fmean(t), 3)
-            for variant, prefix in (("gateway", "gateway"), ("litellm-proxy", "proxy")):
+            for variant, prefix in (("gateway", "gateway"), ("gateway-base", "gateway_base"),
+                                    ("litellm-proxy", "proxy")):
                 g = results.get(f"{kind}/{variant}", {}).get(metric)
                 if g:
                     row[f"{prefix}_50"] = round(percentile(g, 50), 3)
@@ -433,7 +463,8 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         t_cpu = statistics.fmean(results[f"{kind}/tether"]["cpu"])
         out[f"{kind} client CPU per call"] = {"direct_ms": round(d_cpu, 3), "tether_ms": round(t_cpu, 3),
                                               "added_ms": round(t_cpu - d_cpu, 3)}
-        for variant, name in (("gateway", "gateway"), ("litellm-proxy", "litellm proxy")):
+        for variant, name in (("gateway", "gateway"), ("gateway-base", "gateway (base)"),
+                              ("litellm-proxy", "litellm proxy")):
             server = results.get(f"{kind}/{variant}")
             if server:
                 out[f"{kind} {name} process CPU per call"] = {"ms": round(statistics.fmean(server["server_cpu"]), 3),
@@ -471,6 +502,9 @@ def comparison(table: dict[str, Any], throughput: dict[str, Any], peers: dict[st
             "stream_cpu_ms": table["stream client CPU per call"]["added_ms"]}
     if "gateway_50" in table.get("chat latency", {}):
         rows["tether gateway"] = {**latency(table, "gateway_"), **server("gateway", "gateway")}
+    if "gateway_base_50" in table.get("chat latency", {}):
+        rows["tether gateway (base)"] = {**latency(table, "gateway_base_"),
+                                         **server("gateway (base)", "gateway (base)")}
     for variant in IN_PROCESS_PEERS:
         if variant in peers:
             summary = peers[variant]["summary"]
@@ -508,6 +542,8 @@ async def amain(args: argparse.Namespace) -> int:
     peers, litellm_release = choose_peers(args.peers, python)
     child, url = start_provider()
     gateway: subprocess.Popen[str] | None = None
+    base: subprocess.Popen[str] | None = None
+    gateway_url = base_url = ""
     proxy: subprocess.Popen[bytes] | None = None
     proxy_url = proxy_key = ""
     throughput: dict[str, Any] = {}
@@ -520,23 +556,30 @@ async def amain(args: argparse.Namespace) -> int:
         with NatsServer() as server:
             if not args.no_gateway:
                 gateway, gateway_url = start_gateway(server.url, url, home)
+                if args.base_gateway_python:
+                    base, base_url = start_gateway(server.url, url, home / "base", args.base_gateway_python)
             if proxy is not None:
                 await asyncio.to_thread(wait_ready, proxy, proxy_url, home)
             async with await tether.connect(server.url, home=home) as bus:
                 measured = await measure(bus, url, args.calls, args.rounds, args.block,
                                          (gateway.pid, gateway_url) if gateway is not None else None,
-                                         (proxy.pid, proxy_url, proxy_key) if proxy is not None else None)
+                                         (proxy.pid, proxy_url, proxy_key) if proxy is not None else None,
+                                         (base.pid, base_url) if base is not None else None)
                 if (gateway is not None or proxy is not None) and args.load_seconds > 0:
                     for stream in (False, True):
                         kind = "stream" if stream else "chat"
                         throughput[f"{kind} direct"] = await load(url, key=None, stream=stream,
                                                                   seconds=args.load_seconds, pid=child.pid)
-                        if gateway is not None:
-                            throughput[f"{kind} gateway"] = await load(gateway_url + "/v1", key=GATEWAY_KEY,
-                                                                       stream=stream, seconds=args.load_seconds,
-                                                                       pid=gateway.pid)
-                            loaded = throughput[f"{kind} gateway"]
+                        served = [(name, p, u) for name, p, u in (("gateway", gateway, gateway_url),
+                                                                  ("gateway (base)", base, base_url)) if p]
+                        halves = served + served[::-1] if len(served) > 1 else served  # ABBA: drift hits both
+                        for name, process, served_url in halves:
+                            loaded = await load(served_url + "/v1", key=GATEWAY_KEY, stream=stream,
+                                                seconds=args.load_seconds / (len(halves) // len(served)),
+                                                pid=process.pid)
                             measured["gateway_calls"] += loaded["requests"] + loaded["warm_up_requests"]
+                            earlier = throughput.get(f"{kind} {name}")
+                            throughput[f"{kind} {name}"] = loaded if earlier is None else merged(earlier, loaded)
                         if proxy is not None:
                             throughput[f"{kind} litellm proxy"] = await load(
                                 proxy_url + "/v1", key=proxy_key, stream=stream, seconds=args.load_seconds,
@@ -544,6 +587,7 @@ async def amain(args: argparse.Namespace) -> int:
                 stop(proxy)
                 await Hub.of(bus).aclose()
                 stop(gateway)
+                stop(base)
                 requested = await collect(bus, event_filter(agent="bench-gw", kind="llm", action="requested"))
                 completed = await collect(bus, event_filter(agent="bench-gw", kind="llm", action="completed"))
                 measured["gateway_requested"], measured["gateway_completed"] = len(requested), len(completed)
@@ -560,6 +604,7 @@ async def amain(args: argparse.Namespace) -> int:
     finally:
         stop(proxy)
         stop(gateway)
+        stop(base)
         stop(child, 10)
     table = summarise(measured)
     rows = comparison(table, throughput, peer_results)
@@ -619,6 +664,9 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=50, help="calls in a row of one variant (default 50)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-gateway", action="store_true", help="skip the gateway variant")
+    parser.add_argument("--base-gateway-python", metavar="PYTHON",
+                        help="also run the gateway of the checkout this interpreter imports tether from "
+                        "(another worktree's .venv/bin/python), side by side as gateway-base")
     parser.add_argument("--load-seconds", type=float, default=10.0,
                         help="seconds of load at concurrency 50 per variant (default 10; 0: none)")
     parser.add_argument("--peers", default="auto",

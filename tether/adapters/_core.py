@@ -6,7 +6,8 @@ and an upstream client. It decides whether the request is an LLM call (by path),
 policy loop of :mod:`._flow` (inline) or submits the call to the workers (durable), and
 returns a :class:`ProxyResponse`: a complete body, or a stream that is a tee over the
 upstream's bytes (chunk by chunk; usage, time to first token and, when capturing, the
-answer are read on the way through), whose end publishes the call's final event.
+answer are read on the way through), whose end publishes the call's final event. Those
+streams and the send of one attempt live in :mod:`._relay`.
 
 Two shells drive the same flow: :meth:`Interceptor.handle` (async) and
 :meth:`Interceptor.handle_sync` (sync clients; see ``_hub`` for how they publish without
@@ -16,12 +17,11 @@ waiting on an event loop).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
@@ -29,14 +29,10 @@ from typing import Any, Literal, Protocol, TypeVar
 from tether.bus import Bus
 from tether.middleware import (
     CallEngine,
-    Failure,
     Policy,
     PolicySet,
-    RelayBroken,
-    RelayListener,
     Target,
     WorkItem,
-    classify_exception,
     drive,
 )
 from tether.middleware import drive_sync as flow_sync
@@ -45,23 +41,30 @@ from tether.schemas import uuid7
 from ._flow import (
     Effect,
     Emit,
-    Final,
     LlmCall,
     Run,
     Send,
-    Sent,
     Sleep,
     Spawn,
     cancelled_event,
     durable_flow,
     durable_stream_flow,
     llm_flow,
-    stream_end_flow,
 )
 from ._hub import Hub, LoopThreadError, background_hub, background_hub_nowait, default_policies
 from ._redact import Hook, Redactor, redactor_of
+from ._relay import (
+    AsyncPassThrough,
+    AsyncRelayStream,
+    AsyncTee,
+    SyncPassThrough,
+    SyncRelayStream,
+    SyncTee,
+    send_async,
+    send_sync,
+)
 from ._runs import current_run, new_traceparent, trace_of
-from ._wire import Kind, Operation, StreamAccumulator, operation_of, parse_request, stream_error_event
+from ._wire import Kind, Operation, StreamAccumulator, operation_of, parse_request
 
 __all__ = [
     "AsyncUpstream",
@@ -144,23 +147,6 @@ class SyncProxyResponse:
     stream: SyncTee | SyncRelayStream | SyncPassThrough | None = None
     extensions: dict[str, Any] = field(default_factory=dict)
     call_id: str | None = None
-
-
-def failure_of(exc: BaseException) -> Failure:
-    """:func:`classify_exception`, also for ``httpx2`` (same class names, another package)."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if "TimeoutException" in names:
-        return Failure(kind="timeout", error_type="APITimeoutError", message=detail[:2000])
-    if names & {"NetworkError", "ProtocolError", "TransportError"}:
-        return Failure(kind="connection", error_type="APIConnectionError", message=detail[:2000])
-    return classify_exception(exc)
-
-
-def _is_stream(status: int, headers: Headers) -> bool:
-    if status >= 300:
-        return False
-    return any(k.lower() == "content-type" and v.lower().startswith("text/event-stream") for k, v in headers)
 
 
 # -- the interceptor -----------------------------------------------------------------------------
@@ -326,7 +312,7 @@ class Interceptor:
             nonlocal attempt
             assert isinstance(effect, Send)
             attempt = effect.attempt
-            return await _send_async(upstream, call.wire(effect))
+            return await send_async(upstream, call.wire(effect))
 
         try:
             final = await drive_async(hub, llm_flow(call), io)
@@ -336,7 +322,7 @@ class Interceptor:
         sent = final.sent
         if sent is None:
             return ProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
-        tee = AsyncTee(call, final, self._accumulator(call))
+        tee = AsyncTee(call, final, self._accumulator(call), partial(drive_async, hub, io=_no_io))
         return ProxyResponse(final.status, final.headers, stream=tee, extensions=sent.extensions,
                              call_id=call.item.call_id)
 
@@ -381,13 +367,13 @@ class Interceptor:
 
         def io(effect: Effect) -> Any:
             assert isinstance(effect, Send)
-            return _send_sync(upstream, call.wire(effect))
+            return send_sync(upstream, call.wire(effect))
 
         final = drive_sync(hub, llm_flow(call), io)
         sent = final.sent
         if sent is None:
             return SyncProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
-        tee = SyncTee(call, final, self._accumulator(call))
+        tee = SyncTee(call, final, self._accumulator(call), partial(drive_sync, hub, io=_no_io_sync))
         return SyncProxyResponse(final.status, final.headers, stream=tee, extensions=sent.extensions,
                                  call_id=call.item.call_id)
 
@@ -462,315 +448,3 @@ def drive_sync(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect],
         return None
 
     return flow_sync(flow, handle)
-
-
-async def _send_async(upstream: AsyncUpstream, effect: Send) -> Sent:
-    started = time.perf_counter()
-    send_to = getattr(upstream, "send_to", None)  # a RoutedUpstream: the target says where
-    try:
-        if send_to is not None:
-            resp = await send_to(effect.target, effect.headers, effect.body, effect.timeout_s)
-        else:
-            resp = await upstream.send(effect.headers, effect.body, effect.timeout_s)
-    except Exception as exc:
-        return Sent((time.perf_counter() - started) * 1000, failure=failure_of(exc))
-    try:
-        if not _is_stream(resp.status, resp.headers):
-            parts = []
-            while (chunk := await resp.next_chunk()) is not None:
-                parts.append(chunk)
-            await resp.aclose()
-            return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, b"".join(parts),
-                        extensions=resp.extensions)
-        first = await resp.next_chunk()
-        while first == b"":
-            first = await resp.next_chunk()
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            await resp.aclose()
-        return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, failure=failure_of(exc))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await resp.aclose()
-        raise
-    latency = (time.perf_counter() - started) * 1000
-    if first is None:
-        await resp.aclose()
-        return Sent(latency, resp.status, resp.headers, failure=Failure(
-            kind="malformed", error_type="MalformedResponseError", message="the stream ended before its first byte"))
-    return Sent(latency, resp.status, resp.headers, stream=resp, first=[first], extensions=resp.extensions)
-
-
-def _send_sync(upstream: SyncUpstream, effect: Send) -> Sent:
-    started = time.perf_counter()
-    try:
-        resp = upstream.send(effect.headers, effect.body, effect.timeout_s)
-    except Exception as exc:
-        return Sent((time.perf_counter() - started) * 1000, failure=failure_of(exc))
-    try:
-        if not _is_stream(resp.status, resp.headers):
-            parts = []
-            while (chunk := resp.next_chunk()) is not None:
-                parts.append(chunk)
-            resp.close()
-            return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, b"".join(parts),
-                        extensions=resp.extensions)
-        first = resp.next_chunk()
-        while first == b"":
-            first = resp.next_chunk()
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            resp.close()
-        return Sent((time.perf_counter() - started) * 1000, resp.status, resp.headers, failure=failure_of(exc))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            resp.close()
-        raise
-    latency = (time.perf_counter() - started) * 1000
-    if first is None:
-        resp.close()
-        return Sent(latency, resp.status, resp.headers, failure=Failure(
-            kind="malformed", error_type="MalformedResponseError", message="the stream ended before its first byte"))
-    return Sent(latency, resp.status, resp.headers, stream=resp, first=[first], extensions=resp.extensions)
-
-
-# -- streams the caller reads --------------------------------------------------------------------
-
-
-def _stopped(acc: StreamAccumulator) -> Literal["end", "closed"]:
-    """How a stream the caller stopped reading ends: whole once its last event came (the upstream
-    may keep the connection open a while after it), else closed by the caller."""
-    return "end" if acc.done else "closed"
-
-
-class AsyncTee:
-    """The caller's stream: the upstream's chunks as they come, read on the way through."""
-
-    def __init__(self, call: LlmCall, final: Final, acc: StreamAccumulator) -> None:
-        assert final.sent is not None
-        self.call = call
-        self.final = final
-        self.acc = acc
-        self._resp: AsyncUpstreamResponse = final.sent.stream
-        self._first = list(final.sent.first)
-        self._open = True
-        acc.started_at = acc.clock()
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while True:
-            if self._first:
-                chunk: bytes | None = self._first.pop(0)
-            elif not self._open:
-                raise StopAsyncIteration
-            else:
-                try:
-                    chunk = await self._resp.next_chunk()
-                except asyncio.CancelledError:  # the caller went away: after the last event, the call is whole
-                    await self._end(_stopped(self.acc))
-                    raise
-                except Exception as exc:
-                    await self._end("error", failure_of(exc))
-                    raise
-            if chunk is None:
-                tail = self.acc.parser.pending if self.acc.drop_usage_chunk else b""
-                await self._end("end")
-                if tail:
-                    return tail
-                raise StopAsyncIteration
-            out = self.acc.feed(chunk)
-            if out:
-                return out
-
-    async def aclose(self) -> None:
-        """The caller is done: before the end, the call is recorded as closed by the caller."""
-        if self._open:
-            await self._end(_stopped(self.acc))
-
-    async def _end(self, how: Literal["end", "error", "closed"], failure: Failure | None = None) -> None:
-        if not self._open:
-            return
-        self._open = False
-        try:
-            with contextlib.suppress(Exception):
-                await self._resp.aclose()
-        finally:
-            await drive_async(self.call.hub, stream_end_flow(self.call, self.final, self.acc, how, failure), _no_io)
-
-
-class SyncTee:
-    """:class:`AsyncTee` for sync clients."""
-
-    def __init__(self, call: LlmCall, final: Final, acc: StreamAccumulator) -> None:
-        assert final.sent is not None
-        self.call = call
-        self.final = final
-        self.acc = acc
-        self._resp: SyncUpstreamResponse = final.sent.stream
-        self._first = list(final.sent.first)
-        self._open = True
-        acc.started_at = acc.clock()
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        while True:
-            if self._first:
-                chunk: bytes | None = self._first.pop(0)
-            elif not self._open:
-                raise StopIteration
-            else:
-                try:
-                    chunk = self._resp.next_chunk()
-                except Exception as exc:
-                    self._end("error", failure_of(exc))
-                    raise
-                except BaseException:
-                    self._end(_stopped(self.acc))
-                    raise
-            if chunk is None:
-                tail = self.acc.parser.pending if self.acc.drop_usage_chunk else b""
-                self._end("end")
-                if tail:
-                    return tail
-                raise StopIteration
-            out = self.acc.feed(chunk)
-            if out:
-                return out
-
-    def close(self) -> None:
-        if self._open:
-            self._end(_stopped(self.acc))
-
-    def _end(self, how: Literal["end", "error", "closed"], failure: Failure | None = None) -> None:
-        if not self._open:
-            return
-        self._open = False
-        try:
-            with contextlib.suppress(Exception):
-                self._resp.close()
-        finally:
-            drive_sync(self.call.hub, stream_end_flow(self.call, self.final, self.acc, how, failure), _no_io_sync)
-
-
-class AsyncRelayStream:
-    """The caller's stream of a durable call: the chunks its worker relays, passed on as they
-    come. A stream that cannot go on (it broke at the worker, a chunk was lost, the worker
-    fell silent) ends with an SSE error event in the provider's format, which the SDK raises;
-    closing it early tells the worker to stop (it records the call as closed by the caller)."""
-
-    def __init__(self, call: LlmCall, listener: RelayListener) -> None:
-        self.call = call
-        self.listener = listener
-        self._open = True
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if not self._open:
-            raise StopAsyncIteration
-        hub = self.call.hub
-        try:
-            chunk = await hub.call(self.listener.next)
-        except RelayBroken as exc:
-            self._open = False
-            await hub.call(self.listener.close if exc.from_worker else partial(self.listener.cancel, exc.code,
-                                                                                exc.message))
-            return stream_error_event(self.call.kind, exc.message, code=exc.code)
-        except asyncio.CancelledError:
-            await self._stop("the caller's task was cancelled")
-            raise
-        if chunk is None:
-            self._open = False
-            await hub.call(self.listener.close)
-            raise StopAsyncIteration
-        return chunk
-
-    async def aclose(self) -> None:
-        await self._stop("the caller closed the stream")
-
-    async def _stop(self, why: str) -> None:
-        if self._open:
-            self._open = False
-            await self.call.hub.call(partial(self.listener.cancel, "client_closed", why))
-
-
-class SyncRelayStream:
-    """:class:`AsyncRelayStream` for sync clients (each chunk is awaited on the bus's loop)."""
-
-    def __init__(self, call: LlmCall, listener: RelayListener) -> None:
-        self.call = call
-        self.listener = listener
-        self._open = True
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        if not self._open:
-            raise StopIteration
-        hub = self.call.hub
-        try:
-            chunk = hub.call_sync(self.listener.next, timeout=self.listener.idle_timeout_s + 30.0)
-        except RelayBroken as exc:
-            self._open = False
-            hub.call_sync(self.listener.close if exc.from_worker else partial(self.listener.cancel, exc.code,
-                                                                               exc.message), timeout=10.0)
-            return stream_error_event(self.call.kind, exc.message, code=exc.code)
-        except BaseException:
-            self._stop("the caller stopped reading (an exception in its thread)")
-            raise
-        if chunk is None:
-            self._open = False
-            hub.call_sync(self.listener.close, timeout=10.0)
-            raise StopIteration
-        return chunk
-
-    def close(self) -> None:
-        self._stop("the caller closed the stream")
-
-    def _stop(self, why: str) -> None:
-        if self._open:
-            self._open = False
-            with contextlib.suppress(Exception):
-                self.call.hub.call_sync(partial(self.listener.cancel, "client_closed", why), timeout=10.0)
-
-
-class AsyncPassThrough:
-    """A response tether does not read (not an LLM call)."""
-
-    def __init__(self, resp: AsyncUpstreamResponse) -> None:
-        self._resp = resp
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self._resp.next_chunk()
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
-
-    async def aclose(self) -> None:
-        await self._resp.aclose()
-
-
-class SyncPassThrough:
-    def __init__(self, resp: SyncUpstreamResponse) -> None:
-        self._resp = resp
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        chunk = self._resp.next_chunk()
-        if chunk is None:
-            raise StopIteration
-        return chunk
-
-    def close(self) -> None:
-        self._resp.close()

@@ -1,19 +1,27 @@
-"""What the ``httpx`` and ``httpx2`` transports share: the same API in two packages.
+"""The ``httpx`` and ``httpx2`` transports, written once: the same API in two packages.
 
-The transports hand :class:`~._core.Interceptor` an upstream that sends through the
-transport they wrap, and turn its :class:`~._core.ProxyResponse` back into the package's
-``Response``. Everything here is duck-typed over the package module, so one implementation
-serves both; the transport classes themselves live in ``_httpx`` and ``_httpx2``.
+:class:`AsyncTransportShell` and :class:`SyncTransportShell` hand :class:`~._core.Interceptor`
+an upstream that sends through the transport they wrap, and turn its
+:class:`~._core.ProxyResponse` back into the package's ``Response``. They are generic over
+the package's types and read the package from the class (``package``); ``_httpx`` and
+``_httpx2`` only bind them to their package, so mypy sees each package's real types.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
-from ._core import Headers
+from ._core import Headers, Interceptor, ProxyResponse, SyncProxyResponse
 
-__all__ = ["AsyncUpstreamOf", "SyncUpstreamOf", "capped_timeout", "headers_of", "response_extensions"]
+__all__ = ["AsyncTransportShell", "AsyncUpstreamOf", "SyncTransportShell", "SyncUpstreamOf", "capped_timeout",
+           "headers_of", "response_extensions"]
+
+W = TypeVar("W")  # the transport wrapped
+Rq = TypeVar("Rq")  # the package's Request
+Rs = TypeVar("Rs")  # the package's Response
 
 _KEPT_EXTENSIONS = ("http_version", "reason_phrase")
 
@@ -35,7 +43,7 @@ def response_extensions(extensions: dict[str, Any]) -> dict[str, Any]:
     return {k: extensions[k] for k in _KEPT_EXTENSIONS if k in extensions}
 
 
-class _AsyncResponse:
+class _Response:
     def __init__(self, response: Any) -> None:
         self.status: int = response.status_code
         self.headers = headers_of(response.headers.raw)
@@ -43,6 +51,8 @@ class _AsyncResponse:
         self._response = response
         self._chunks: Any = None
 
+
+class _AsyncResponse(_Response):
     async def next_chunk(self) -> bytes | None:
         if self._chunks is None:
             self._chunks = self._response.stream.__aiter__()
@@ -60,14 +70,7 @@ class _AsyncResponse:
         await self._response.stream.aclose()
 
 
-class _SyncResponse:
-    def __init__(self, response: Any) -> None:
-        self.status: int = response.status_code
-        self.headers = headers_of(response.headers.raw)
-        self.extensions = response_extensions(response.extensions)
-        self._response = response
-        self._chunks: Any = None
-
+class _SyncResponse(_Response):
     def next_chunk(self) -> bytes | None:
         if self._chunks is None:
             self._chunks = iter(self._response.stream)
@@ -82,33 +85,113 @@ class _SyncResponse:
         self._response.stream.close()
 
 
-class AsyncUpstreamOf:
-    """Send attempts of ``request`` through ``transport`` (an async transport of ``module``)."""
+class _UpstreamOf:
+    """Send attempts of ``request`` through ``transport`` (a transport of ``module``)."""
 
     def __init__(self, module: Any, transport: Any, request: Any) -> None:
         self.module = module
         self.transport = transport
         self.request = request
 
+    def attempt(self, headers: Headers, body: bytes, timeout_s: float | None) -> Any:
+        """The request of one attempt: tether's headers and body, the policy's timeout cap."""
+        extensions = dict(self.request.extensions)
+        if timeout_s is not None:
+            extensions["timeout"] = capped_timeout(extensions.get("timeout"), timeout_s)
+        return self.module.Request(self.request.method, self.request.url, headers=headers, content=body,
+                                   extensions=extensions)
+
+
+class AsyncUpstreamOf(_UpstreamOf):
     async def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> _AsyncResponse:
-        extensions = dict(self.request.extensions)
-        if timeout_s is not None:
-            extensions["timeout"] = capped_timeout(extensions.get("timeout"), timeout_s)
-        request = self.module.Request(self.request.method, self.request.url, headers=headers, content=body,
-                                      extensions=extensions)
-        return _AsyncResponse(await self.transport.handle_async_request(request))
+        return _AsyncResponse(await self.transport.handle_async_request(self.attempt(headers, body, timeout_s)))
 
 
-class SyncUpstreamOf:
-    def __init__(self, module: Any, transport: Any, request: Any) -> None:
-        self.module = module
-        self.transport = transport
-        self.request = request
-
+class SyncUpstreamOf(_UpstreamOf):
     def send(self, headers: Headers, body: bytes, timeout_s: float | None) -> _SyncResponse:
-        extensions = dict(self.request.extensions)
-        if timeout_s is not None:
-            extensions["timeout"] = capped_timeout(extensions.get("timeout"), timeout_s)
-        request = self.module.Request(self.request.method, self.request.url, headers=headers, content=body,
-                                      extensions=extensions)
-        return _SyncResponse(self.transport.handle_request(request))
+        return _SyncResponse(self.transport.handle_request(self.attempt(headers, body, timeout_s)))
+
+
+class AsyncTransportShell(Generic[W, Rq, Rs]):
+    """An async transport that applies tether's policy and records every LLM call.
+
+    ``(interceptor=..., wrapped=...)`` or with the :class:`~._core.Interceptor` options
+    (``bus``, ``policies``, ``mode``, ``capture``...); ``wrapped`` defaults to the package's
+    ``AsyncHTTPTransport()``. Every other request goes straight to the wrapped transport.
+    """
+
+    package: ClassVar[Any]  # httpx or httpx2
+
+    def __init__(self, wrapped: W | None = None, *, interceptor: Interceptor | None = None, **options: Any) -> None:
+        self.wrapped: W = wrapped if wrapped is not None else self.package.AsyncHTTPTransport()
+        self.interceptor = interceptor if interceptor is not None else Interceptor(**options)
+
+    async def handle_async_request(self, request: Rq) -> Rs:
+        interceptor, wrapped, seen = self.interceptor, cast(Any, self.wrapped), cast(Any, request)
+        if interceptor.operation(seen.method, seen.url.path) is None:
+            return cast(Rs, await wrapped.handle_async_request(request))
+        body = await seen.aread()
+        proxied = await interceptor.handle(seen.method, seen.url.path, headers_of(seen.headers.raw), body,
+                                           AsyncUpstreamOf(self.package, wrapped, request))
+        return cast(Rs, _response(self.package, proxied, _byte_streams(self.package)[0]))
+
+    async def aclose(self) -> None:
+        await cast(Any, self.wrapped).aclose()
+
+
+class SyncTransportShell(Generic[W, Rq, Rs]):
+    """:class:`AsyncTransportShell` for sync clients (``wrapped``: ``HTTPTransport()``)."""
+
+    package: ClassVar[Any]
+
+    def __init__(self, wrapped: W | None = None, *, interceptor: Interceptor | None = None, **options: Any) -> None:
+        self.wrapped: W = wrapped if wrapped is not None else self.package.HTTPTransport()
+        self.interceptor = interceptor if interceptor is not None else Interceptor(**options)
+
+    def handle_request(self, request: Rq) -> Rs:
+        interceptor, wrapped, seen = self.interceptor, cast(Any, self.wrapped), cast(Any, request)
+        if interceptor.operation(seen.method, seen.url.path) is None:
+            return cast(Rs, wrapped.handle_request(request))
+        body = seen.read()
+        proxied = interceptor.handle_sync(seen.method, seen.url.path, headers_of(seen.headers.raw), body,
+                                          SyncUpstreamOf(self.package, wrapped, request))
+        return cast(Rs, _response(self.package, proxied, _byte_streams(self.package)[1]))
+
+    def close(self) -> None:
+        cast(Any, self.wrapped).close()
+
+
+def _response(package: Any, proxied: ProxyResponse | SyncProxyResponse, stream_class: Any) -> Any:
+    if proxied.stream is None:
+        return package.Response(proxied.status, headers=proxied.headers, content=proxied.content or b"",
+                                extensions=proxied.extensions)
+    return package.Response(proxied.status, headers=proxied.headers, stream=stream_class(proxied.stream),
+                            extensions=proxied.extensions)
+
+
+@functools.cache
+def _byte_streams(package: Any) -> tuple[Any, Any]:
+    """The package's ``AsyncByteStream`` and ``SyncByteStream`` over tether's streams (its
+    ``Response`` reads only its own stream classes)."""
+
+    def __init__(self: Any, inner: Any) -> None:
+        self.inner = inner
+
+    async def __aiter__(self: Any) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            yield chunk
+
+    async def aclose(self: Any) -> None:
+        await self.inner.aclose()
+
+    def __iter__(self: Any) -> Iterator[bytes]:
+        yield from self.inner
+
+    def close(self: Any) -> None:
+        self.inner.close()
+
+    made = (type("AsyncStream", (package.AsyncByteStream,), {"__init__": __init__, "__aiter__": __aiter__,
+                                                              "aclose": aclose, "__module__": __name__}),
+            type("SyncStream", (package.SyncByteStream,), {"__init__": __init__, "__iter__": __iter__,
+                                                           "close": close, "__module__": __name__}))
+    return made

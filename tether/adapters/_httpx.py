@@ -1,102 +1,33 @@
 """Transports for ``httpx`` clients (openai 2.x, CrewAI, LiteLLM, google-genai...): the interception seam.
 
-``TetherTransport`` / ``AsyncTetherTransport`` wrap the transport a client would have used
-(``httpx.HTTPTransport()`` by default) and send LLM calls through the
-:class:`~._core.Interceptor`; every other request goes straight to the wrapped transport.
+:class:`~._httpio.AsyncTransportShell` and :class:`~._httpio.SyncTransportShell` bound to
+``httpx``: they wrap the transport a client would have used and send LLM calls through the
+:class:`~._core.Interceptor`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
-from ._core import Interceptor, ProxyResponse, SyncProxyResponse
-from ._httpio import AsyncUpstreamOf, SyncUpstreamOf, headers_of
+from ._httpio import AsyncTransportShell, SyncTransportShell
 
 __all__ = ["AsyncTetherTransport", "TetherTransport"]
 
 
-class _AsyncStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self.inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class _SyncStream(httpx.SyncByteStream):
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __iter__(self) -> Any:
-        yield from self.inner
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class AsyncTetherTransport(httpx.AsyncBaseTransport):
+class AsyncTetherTransport(AsyncTransportShell[httpx.AsyncBaseTransport, httpx.Request, httpx.Response],
+                           httpx.AsyncBaseTransport):
     """An async ``httpx`` transport that applies tether's policy and records every LLM call.
 
     ``AsyncTetherTransport(interceptor=..., wrapped=...)`` or with the
     :class:`~._core.Interceptor` options (``bus``, ``policies``, ``mode``, ``capture``...).
     """
 
-    def __init__(self, wrapped: httpx.AsyncBaseTransport | None = None, *, interceptor: Interceptor | None = None,
-                 **options: Any) -> None:
-        self.wrapped = wrapped if wrapped is not None else httpx.AsyncHTTPTransport()
-        self.interceptor = interceptor if interceptor is not None else Interceptor(**options)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        interceptor = self.interceptor
-        if interceptor.operation(request.method, request.url.path) is None:
-            return await self.wrapped.handle_async_request(request)
-        body = await request.aread()
-        proxied = await interceptor.handle(request.method, request.url.path, headers_of(request.headers.raw), body,
-                                           AsyncUpstreamOf(httpx, self.wrapped, request))
-        return _async_response(proxied)
-
-    async def aclose(self) -> None:
-        await self.wrapped.aclose()
+    package: ClassVar[Any] = httpx
 
 
-class TetherTransport(httpx.BaseTransport):
+class TetherTransport(SyncTransportShell[httpx.BaseTransport, httpx.Request, httpx.Response], httpx.BaseTransport):
     """The sync ``httpx`` transport: the same policy and events, for sync clients."""
 
-    def __init__(self, wrapped: httpx.BaseTransport | None = None, *, interceptor: Interceptor | None = None,
-                 **options: Any) -> None:
-        self.wrapped = wrapped if wrapped is not None else httpx.HTTPTransport()
-        self.interceptor = interceptor if interceptor is not None else Interceptor(**options)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        interceptor = self.interceptor
-        if interceptor.operation(request.method, request.url.path) is None:
-            return self.wrapped.handle_request(request)
-        body = request.read()
-        proxied = interceptor.handle_sync(request.method, request.url.path, headers_of(request.headers.raw), body,
-                                          SyncUpstreamOf(httpx, self.wrapped, request))
-        return _sync_response(proxied)
-
-    def close(self) -> None:
-        self.wrapped.close()
-
-
-def _async_response(proxied: ProxyResponse) -> httpx.Response:
-    if proxied.stream is None:
-        return httpx.Response(
-            proxied.status, headers=proxied.headers, content=proxied.content or b"", extensions=proxied.extensions)
-    return httpx.Response(
-        proxied.status, headers=proxied.headers, stream=_AsyncStream(proxied.stream), extensions=proxied.extensions)
-
-
-def _sync_response(proxied: SyncProxyResponse) -> httpx.Response:
-    if proxied.stream is None:
-        return httpx.Response(
-            proxied.status, headers=proxied.headers, content=proxied.content or b"", extensions=proxied.extensions)
-    return httpx.Response(
-        proxied.status, headers=proxied.headers, stream=_SyncStream(proxied.stream), extensions=proxied.extensions)
+    package: ClassVar[Any] = httpx
