@@ -109,3 +109,15 @@ async def test_with_nats_away_the_dlq_and_a_span_say_so(tmp_path: Path) -> None:
         span = await c.get("/fragments/runs/r-alpha/spans/r-alpha")
         assert span.status_code == 200 and "invoke_agent writer" in span.text
         assert "the log could not be read for this span&#x27;s events (ConnectionError" in span.text
+
+
+def test_the_cost_chart_has_every_hour_and_a_lone_hour_gets_neighbours() -> None:
+    from tether.ui._queries import hourly
+
+    lone = hourly({7200: {"hour": 7200, "usd": 0.5, "calls": 1}})
+    assert [(h["hour"], h["usd"]) for h in lone] == [(3600, 0.0), (7200, 0.5), (10800, 0.0)]
+    gap = hourly({0: {"hour": 0, "usd": 1.0, "calls": 1}, 3 * 3600: {"hour": 3 * 3600, "usd": 2.0, "calls": 2}})
+    assert [h["usd"] for h in gap] == [0.0, 1.0, 0.0, 0.0, 2.0, 0.0]
+    assert hourly({}) == []
+    far = {0: {"hour": 0, "usd": 1.0, "calls": 1}, 10**8: {"hour": 10**8, "usd": 1.0, "calls": 1}}
+    assert len(hourly(far)) == 2  # years apart: left sparse, not 27,000 empty hours

@@ -39,10 +39,22 @@ def cost_data(db: sqlite3.Connection, since: float | None) -> dict[str, Any]:
     out: dict[str, Any] = {by: totals(db, by=by, since=since) for by in ("model", "provider", "agent")}
     out["run"] = totals(db, by="run", since=since)[:20]
     where, params = ("WHERE at >= ?", [since]) if since is not None else ("", [])
-    out["hours"] = [{"hour": hour, "usd": usd or 0.0, "calls": calls} for hour, usd, calls in db.execute(
+    hours = {hour: {"hour": hour, "usd": usd or 0.0, "calls": calls} for hour, usd, calls in db.execute(
         f"SELECT CAST(at / 3600 AS INTEGER) * 3600 AS hour, sum(usd), count(*) FROM calls {where} "
-        "GROUP BY hour ORDER BY hour", params)]
+        "GROUP BY hour ORDER BY hour", params)}
+    out["hours"] = hourly(hours)
     return out
+
+
+def hourly(hours: dict[int, dict[str, Any]], most: int = 24 * 90) -> list[dict[str, Any]]:
+    """Every hour from an hour before the first to an hour after the last: an hour with no call cost $0.
+    (A lone point gets its neighbours, so the chart has a sensible range.) Left sparse past ``most`` hours."""
+    if not hours:
+        return []
+    first, last = min(hours) - 3600, max(hours) + 3600
+    if (last - first) // 3600 > most:
+        return [hours[h] for h in sorted(hours)]
+    return [hours.get(h, {"hour": h, "usd": 0.0, "calls": 0}) for h in range(first, last + 1, 3600)]
 
 
 def latency_data(db: sqlite3.Connection, since: float | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

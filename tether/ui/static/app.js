@@ -87,8 +87,17 @@
       var scales = { x: { time: true, range: function (u, min, max) {
         return min === max ? [min - 1800, max + 1800] : [min, max];  // one point: half an hour each side
       } } };
+      scales.y = { range: function (u, min, max) {  // a flat series still gets a visible range from 0
+        return min === max ? [Math.min(0, min), max > 0 ? max * 2 : 1] : [Math.min(0, min), max];
+      } };
+      var yAxis = { label: spec.unit, size: 64, values: function (u, splits) {
+        return splits.map(function (v) {  // small amounts (a fraction of a cent) keep their digits
+          if (v == null) return "";
+          return Math.abs(v) >= 1 || v === 0 ? v.toLocaleString() : String(Number(v.toPrecision(2)));
+        });
+      } };
       new window.uPlot({ title: spec.title, width: Math.max(320, box.clientWidth || 800), height: 220,
-                         series: series, scales: scales, axes: [{}, { label: spec.unit }] }, data, box);
+                         series: series, scales: scales, axes: [{}, yAxis] }, data, box);
     });
   }
   document.addEventListener("htmx:afterSettle", function (ev) { charts(ev.target); });
