@@ -17,8 +17,9 @@ from ._binding import (
     percent_decode,
     percent_encode,
 )
+from ._cluster import ClusterNode, LocalCluster, find_cluster
 from ._config import BusConfig
-from ._connect import Bus, BusUnavailable, connect
+from ._connect import Bus, BusUnavailable, connect, server_urls
 from ._feed import FeedError, FeedMessage, PullFeed
 from ._outbox import Outbox, OutboxFull, PendingMessage, SetAside, outbox_depth, set_aside
 from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt, Undeliverable
@@ -59,11 +60,13 @@ __all__ = [
     "Bus",
     "BusConfig",
     "BusUnavailable",
+    "ClusterNode",
     "Drift",
     "EmbeddedServer",
     "EventReader",
     "FeedError",
     "FeedMessage",
+    "LocalCluster",
     "Outbox",
     "OutboxFull",
     "PayloadTooLarge",
@@ -90,12 +93,14 @@ __all__ = [
     "ensure_streams",
     "event_filter",
     "event_subject",
+    "find_cluster",
     "find_running",
     "nats_server_binary",
     "open_bucket",
     "outbox_depth",
     "percent_decode",
     "percent_encode",
+    "server_urls",
     "set_aside",
     "stream_configs",
     "tether_home",

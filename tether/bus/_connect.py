@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from tether.schemas import Event
 
 from ._client import Client
+from ._cluster import find_cluster
 from ._config import BusConfig
 from ._natspriv import server_info
 from ._outbox import outbox_depth, set_aside
@@ -24,12 +25,24 @@ from ._reader import EventReader
 from ._server import EmbeddedServer, ServerError, find_running
 from ._streams import DLQ_STREAM, EVENTS_STREAM, WORK_STREAM, ProvisionReport, ensure_streams
 
-__all__ = ["Bus", "BusUnavailable", "connect"]
+__all__ = ["Bus", "BusUnavailable", "connect", "server_urls"]
 
 log = logging.getLogger("tether.bus")
 
 
 _DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.I)
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers a URL names: ``nats://a:4222,nats://b:4222`` is a cluster's nodes."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def auto_replicas(info: dict[str, Any]) -> int:
+    """Replicas when none are configured: 1 on a single server, up to 3 on a cluster."""
+    if not info.get("cluster"):
+        return 1
+    return max(1, min(3, len(info.get("connect_urls") or [])))
 
 
 class BusUnavailable(ConnectionError):
@@ -57,6 +70,11 @@ class Bus:
         )
         self.reader = EventReader(js)
         self.provision_report: ProvisionReport | None = None
+
+    @property
+    def servers(self) -> list[str]:
+        """Every server URL this bus was given (a cluster's nodes), for another client to connect with."""
+        return server_urls(self.url)
 
     async def publish(self, event: Event) -> Receipt:
         """Publish one event and wait for its ack (or the outbox). See :class:`Publisher`."""
@@ -187,8 +205,11 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
     target = cfg.url
     if not target:
         running = find_running(cfg.home)
+        cluster = find_cluster(cfg.home) if running is None else None
         if running is not None:
             target = running.url
+        elif cluster is not None:
+            target = cluster.url
         elif cfg.embedded:
             server = EmbeddedServer(cfg.home)
             starting = asyncio.ensure_future(asyncio.to_thread(server.start))
@@ -230,7 +251,7 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
     try:
         nc = Client()
         await nc.connect(
-            servers=[target],
+            servers=server_urls(target),  # a cluster: every node's URL
             allow_reconnect=True,
             max_reconnect_attempts=cfg.connect_attempts,  # bounded at first, unbounded below
             reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py says int; it takes seconds as float
@@ -251,6 +272,8 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
         ) from exc
     # Once connected, never give up reconnecting: the outbox holds events meanwhile.
     nc.options["max_reconnect_attempts"] = -1
+    if cfg.replicas <= 0:
+        cfg = cfg.with_(replicas=auto_replicas(server_info(nc)))
     js = nc.jetstream()
     bus = Bus(cfg, nc, js, target, server)
     holder["bus"] = bus

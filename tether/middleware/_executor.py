@@ -104,7 +104,7 @@ class Executor:
                                  spend=await SpendBook.open(bus), http=http, seed=self.seed)
         options = bus.config.nats_options()
         options.pop("name", None)
-        broker = NatsBroker(bus.url, name=f"tether-worker {self.worker_id}", logger=None, **options)
+        broker = NatsBroker(bus.servers, name=f"tether-worker {self.worker_id}", logger=None, **options)
         subscriber = broker.subscriber(
             "tether.work.>",
             stream=JStream(WORK_STREAM, declare=False),
