@@ -6,6 +6,7 @@ there, :func:`set_aside` lists the newest events NATS refused (:class:`SetAside`
 Imports only :mod:`tether.schemas`.
 """
 
+from ._acked import TRANSIENT_PUBLISH_ERRORS, publish_until_acked
 from ._binding import (
     STRUCTURED_CONTENT_TYPE,
     WireEvent,
@@ -55,6 +56,7 @@ __all__ = [
     "OBJECT_BUCKET",
     "PROJECTION_SUBJECTS",
     "STRUCTURED_CONTENT_TYPE",
+    "TRANSIENT_PUBLISH_ERRORS",
     "WORK_STREAM",
     "WORK_SUBJECTS",
     "Bus",
@@ -100,6 +102,7 @@ __all__ = [
     "outbox_depth",
     "percent_decode",
     "percent_encode",
+    "publish_until_acked",
     "server_urls",
     "set_aside",
     "stream_configs",

@@ -268,6 +268,20 @@ class LocalCluster:
         info = await js.stream_info(stream)
         return info.cluster.leader if info.cluster is not None else None
 
+    async def wait_for_leader(self, js: Any, stream: str, timeout: float = 30.0) -> str:
+        """The node leading ``stream``, waiting through an election (each try bounded by 2 s)."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(Exception):
+                info = await asyncio.wait_for(js.stream_info(stream), 2)
+                if info.cluster is not None and info.cluster.leader:
+                    return str(info.cluster.leader)
+            if time.monotonic() > deadline:
+                raise ServerError(f"no leader for stream {stream} within {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+
     def stop(self) -> None:
         for node in self.nodes:
             self.stop_node(node.name)
