@@ -17,14 +17,13 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from tests.cli.test_processes import Child, stopped_cleanly, user_env
-from tests.middleware.test_chaos import Story, check_terminal, chat
+from tests.middleware.test_chaos import Story, chat, check_terminal
 from tether.bus import Bus, connect
 from tether.cli._projector import default_views, view_lag
 from tether.middleware import CallFailed, CallResult, DurableCalls
