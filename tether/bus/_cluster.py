@@ -166,12 +166,10 @@ class LocalCluster:
             f"listen: 127.0.0.1:{node.port}",
             f"http: 127.0.0.1:{node.http_port}",
             f"jetstream {{ store_dir: {json.dumps(str(node.store_dir))} }}",
-            "cluster {",
-            f"  name: {self.name}",
-            f"  listen: 127.0.0.1:{node.route_port}",
-            f"  routes: [{routes}]",
-            "}",
         ]
+        if len(self.nodes) > 1:  # one node is a plain server: JetStream refuses a cluster of one
+            lines += ["cluster {", f"  name: {self.name}", f"  listen: 127.0.0.1:{node.route_port}",
+                      f"  routes: [{routes}]", "}"]
         if self.extra_config:
             lines.append(self.extra_config)
         return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 from dataclasses import asdict
 from typing import Any
 
@@ -31,6 +32,27 @@ log = logging.getLogger("tether.bus")
 
 
 _DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.I)
+
+
+async def _bounded(seconds: float, errors: list[Exception], connecting: Any) -> None:
+    """``connecting`` within ``seconds``; past that, the last error nats-py reported, or a timeout."""
+    try:
+        await asyncio.wait_for(connecting, seconds)
+    except TimeoutError:
+        if errors:
+            raise errors[-1] from None
+        raise
+
+
+def _tls_hint(exc: BaseException, cfg: BusConfig) -> str:
+    """What to set when the failure is TLS's (the server's certificate, or ours, refused)."""
+    if not isinstance(exc, ssl.SSLError) and "tls" not in str(exc).lower():
+        return ""
+    if cfg.tls_ca is None:
+        return ("The server speaks TLS: set TETHER_NATS_TLS_CA to the CA file that signed its certificate "
+                "(and TETHER_NATS_TLS_CERT/KEY if it verifies clients). ")
+    return ("TLS failed: check that TETHER_NATS_TLS_CA signed the server's certificate, and that the server's "
+            "CA signed TETHER_NATS_TLS_CERT (mutual TLS). ")
 
 
 def server_urls(url: str) -> list[str]:
@@ -240,7 +262,11 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             log.info("reconnected to NATS at %s", holder["bus"].nc.connected_url)
             holder["bus"].publisher.on_reconnect()
 
+    connect_errors: list[Exception] = []
+
     async def error(exc: Exception) -> None:
+        if "bus" not in holder:
+            connect_errors.append(exc)
         denied = _DENIED.search(str(exc))
         if denied and "bus" in holder:
             log.error("NATS refused a publish: %s", exc)
@@ -248,10 +274,13 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             return
         log.debug("NATS client: %r", exc)
 
+    servers = server_urls(target)
+    # nats-py can wait forever after some failures (a TLS certificate it cannot verify): bound it.
+    bound = cfg.connect_timeout * max(1, cfg.connect_attempts) * len(servers) + 2.0
     try:
         nc = Client()
-        await nc.connect(
-            servers=server_urls(target),  # a cluster: every node's URL
+        await _bounded(bound, connect_errors, nc.connect(
+            servers=servers,  # a cluster: every node's URL
             allow_reconnect=True,
             max_reconnect_attempts=cfg.connect_attempts,  # bounded at first, unbounded below
             reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py says int; it takes seconds as float
@@ -260,15 +289,15 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             reconnected_cb=reconnected,
             error_cb=error,
             **cfg.nats_options(),
-        )
+        ))
     except BaseException as exc:  # a started embedded server must not outlive a failed connect
         if server is not None:
             await asyncio.to_thread(server.stop)
         if not isinstance(exc, (TimeoutError, nats.errors.Error, OSError)):
             raise
         raise BusUnavailable(
-            f"cannot reach NATS at {target}: {exc!r}. Check TETHER_NATS_URL and credentials, "
-            "or unset it to use the embedded server"
+            f"cannot reach NATS at {target}: {exc!r}. {_tls_hint(exc, cfg)}Check TETHER_NATS_URL and "
+            "credentials, or unset it to use the embedded server"
         ) from exc
     # Once connected, never give up reconnecting: the outbox holds events meanwhile.
     nc.options["max_reconnect_attempts"] = -1
