@@ -22,9 +22,12 @@ from ._cluster import ClusterNode, LocalCluster, find_cluster
 from ._config import BusConfig
 from ._connect import Bus, BusUnavailable, connect, server_urls
 from ._feed import FeedError, FeedMessage, PullFeed
+from ._jwt import AuthUnavailable
 from ._outbox import Outbox, OutboxFull, PendingMessage, SetAside, outbox_depth, set_aside
 from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt, Undeliverable
 from ._reader import EventReader, ReadResult
+from ._realm import AgentPermissions, Realm, agent_permissions
+from ._scoped import PermissionDenied, read_subject
 from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
 from ._streams import (
     DLQ_STREAM,
@@ -59,6 +62,8 @@ __all__ = [
     "TRANSIENT_PUBLISH_ERRORS",
     "WORK_STREAM",
     "WORK_SUBJECTS",
+    "AgentPermissions",
+    "AuthUnavailable",
     "Bus",
     "BusConfig",
     "BusUnavailable",
@@ -73,17 +78,20 @@ __all__ = [
     "OutboxFull",
     "PayloadTooLarge",
     "PendingMessage",
+    "PermissionDenied",
     "ProvisionReport",
     "PublishRejected",
     "Publisher",
     "PublisherStats",
     "PullFeed",
     "ReadResult",
+    "Realm",
     "Receipt",
     "ServerError",
     "SetAside",
     "Undeliverable",
     "WireEvent",
+    "agent_permissions",
     "connect",
     "decode",
     "decode_block",
@@ -103,6 +111,7 @@ __all__ = [
     "percent_decode",
     "percent_encode",
     "publish_until_acked",
+    "read_subject",
     "server_urls",
     "set_aside",
     "stream_configs",

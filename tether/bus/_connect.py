@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -16,6 +17,7 @@ from nats.js import JetStreamContext
 
 from tether.schemas import Event
 
+from ._acked import TRANSIENT_PUBLISH_ERRORS
 from ._client import Client
 from ._cluster import find_cluster
 from ._config import BusConfig
@@ -44,6 +46,19 @@ async def _bounded(seconds: float, errors: list[Exception], connecting: Any) -> 
         raise
 
 
+def _said(exc: BaseException, errors: list[Exception]) -> str:
+    """The failure, with what the server said last if nats-py kept it apart (in its error callback)."""
+    last = errors[-1] if errors else None
+    return f"{exc!r}" if last is None or last is exc else f"{exc!r}, the server said: {last}"
+
+
+def _auth_hint(exc: BaseException, errors: list[Exception]) -> str:
+    if "authorization violation" not in f"{exc} {errors[-1] if errors else ''}".lower():
+        return ""
+    return ("The server refused the credentials: check TETHER_NATS_CREDS (a .creds file `tether auth` issued for "
+            "this server's operator), TETHER_NATS_NKEY, TETHER_NATS_USER/PASSWORD or TETHER_NATS_TOKEN. ")
+
+
 def _tls_hint(exc: BaseException, cfg: BusConfig) -> str:
     """What to set when the failure is TLS's (the server's certificate, or ours, refused)."""
     if not isinstance(exc, ssl.SSLError) and "tls" not in str(exc).lower():
@@ -53,6 +68,21 @@ def _tls_hint(exc: BaseException, cfg: BusConfig) -> str:
                 "(and TETHER_NATS_TLS_CERT/KEY if it verifies clients). ")
     return ("TLS failed: check that TETHER_NATS_TLS_CA signed the server's certificate, and that the server's "
             "CA signed TETHER_NATS_TLS_CERT (mutual TLS). ")
+
+
+async def _provision(bus: Bus, patience: float = 15.0) -> None:
+    """Provision, waiting out what a cluster does for a few seconds after it starts or loses a node:
+    no stream leader yet, or JetStream not yet enabled for the account (503)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            await bus.ensure_streams()
+            return
+        except TRANSIENT_PUBLISH_ERRORS as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("provisioning: %r; trying again", exc)
+        await asyncio.sleep(0.25)
 
 
 def server_urls(url: str) -> list[str]:
@@ -92,6 +122,9 @@ class Bus:
         )
         self.reader = EventReader(js)
         self.provision_report: ProvisionReport | None = None
+        self.denials: dict[str, str] = {}
+        """Subjects the server refused this connection to publish on (lower case, as nats-py reports
+        them), with its words: how :func:`~tether.bus.read_subject` tells a refusal from a timeout."""
 
     @property
     def servers(self) -> list[str]:
@@ -269,6 +302,10 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             connect_errors.append(exc)
         denied = _DENIED.search(str(exc))
         if denied and "bus" in holder:
+            holder["bus"].denials[denied[1].lower()] = str(exc)
+            if denied[1].lower().startswith("$js.api."):
+                log.info("NATS refused a JetStream request: %s", exc)  # the caller raises PermissionDenied
+                return
             log.error("NATS refused a publish: %s", exc)
             holder["bus"].publisher.on_publish_denied(denied[1])
             return
@@ -296,7 +333,8 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
         if not isinstance(exc, (TimeoutError, nats.errors.Error, OSError)):
             raise
         raise BusUnavailable(
-            f"cannot reach NATS at {target}: {exc!r}. {_tls_hint(exc, cfg)}Check TETHER_NATS_URL and "
+            f"cannot reach NATS at {target}: {_said(exc, connect_errors)}. {_tls_hint(exc, cfg)}"
+            f"{_auth_hint(exc, connect_errors)}Check TETHER_NATS_URL and "
             "credentials, or unset it to use the embedded server"
         ) from exc
     # Once connected, never give up reconnecting: the outbox holds events meanwhile.
@@ -308,7 +346,7 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
     holder["bus"] = bus
     try:
         if cfg.provision:
-            await bus.ensure_streams()
+            await _provision(bus)
         await bus.publisher.start()
     except BaseException:
         await bus.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     common(up)
     up.add_argument("--nodes", type=int, default=3, metavar="N", help="how many servers (default 3)")
     up.add_argument("--name", default="tether", help="the cluster's name (default tether)")
+    up.add_argument("--auth", action="store_true",
+                    help="require the credentials `tether auth` issues (includes TETHER_HOME/auth/server.conf)")
     up.add_argument("--config-include", metavar="FILE",
                     help="a nats-server configuration file every node includes (TLS, `tether auth` operator)")
     status = actions.add_parser("status", help="each node: pid, URL, healthy; which node leads each stream")
@@ -66,6 +67,12 @@ async def _up(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     extra = _include(args.config_include) if args.config_include else ""
+    if args.auth:
+        conf = tether_home(args.home) / "auth" / "server.conf"
+        if not await asyncio.to_thread(conf.is_file):
+            print(f"tether cluster up: --auth needs {conf}: run `tether auth init` first", file=sys.stderr)
+            return 2
+        extra += "\n" + _include(str(conf))
     cluster = _cluster(args, size=args.nodes, name=args.name, extra_config=extra, detach=True)
     try:
         await asyncio.to_thread(cluster.start)
@@ -82,8 +89,10 @@ async def _up(args: argparse.Namespace) -> int:
 
 
 def _include(path: str) -> str:
-    """The configuration line that makes each node read ``path`` (absolute: nodes run elsewhere)."""
-    return f"include {json.dumps(os.path.abspath(path))}"
+    """The text of ``path``, added to each node's configuration (nats-server's ``include`` takes
+    paths relative to the including file only)."""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 async def _status(args: argparse.Namespace) -> int:
