@@ -17,21 +17,31 @@ temporary store, stopped at the end) and a memory client that leads its own view
   does not change search cost); each query is embedded by the real model, and that time
   is part of the hybrid figure.
 * **context()** p50/p95 at 100k memories, token budget 500.
-* **recall@5** on the labelled set of ``tests/memory/labelled.py``: keyword, semantic and
-  hybrid (the last two with the real model, if installed).
+* **retrieval quality** on the labelled development set of ``bench/memory_set.py``
+  (``bench/memory_set.json``: 700+ memory writes in 60 namespaces, 400+ queries asked by
+  agents whose grants scope them), on its ``tune`` and its ``heldout`` part separately:
+  recall@5, MRR@10, recall@5 per category (direct, paraphrase, now, latest, before,
+  negation, multi-hop, team), stale hits (a superseded version's text in the top 5) and
+  forbidden hits (an entry the asker may not read). For tether keyword, semantic and hybrid
+  (the last two with the real model, if installed) and, in the same run, a plain BM25 in the
+  standard library over the same entries with the same grant filter (``Bm25``).
 
 Run it::
 
     .venv/bin/python bench/memory.py                  # about two minutes
     .venv/bin/python bench/memory.py --small --json   # 2k/10k memories, JSON on stdout
+    .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import json
+import math
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -45,9 +55,8 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.memory.labelled import MEMORIES, QUERIES, recall_at  # noqa: E402
 from tether.bus import EVENTS_STREAM, connect  # noqa: E402
-from tether.memory import AsyncMemory, LocalEmbedder, MemorySettings  # noqa: E402
+from tether.memory import AsyncMemory, Grants, LocalEmbedder, MemorySettings  # noqa: E402
 from tether.memory._codec import seal_entry  # noqa: E402
 from tether.schemas import Event, MemoryWritten, uuid7  # noqa: E402
 from tether.testing import NatsServer  # noqa: E402
@@ -167,6 +176,24 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
     }
 
 
+async def bench_embedded_writes(memory: AsyncMemory, corpus: Corpus, model: LocalEmbedder, n: int,
+                                quiet: bool) -> dict[str, Any]:
+    """Acked writes/s when every text is embedded by the real model on the way (``write_many``:
+    one batch, the model on one BLAS thread), distinct texts, so the vector cache does not help."""
+    memory.embedder = model
+    rates = []
+    try:
+        for rnd in range(2):
+            items = [{"namespace": "team:embedded", "text": f"{rnd} {i} {corpus.sentence(8, 20)}"} for i in range(n)]
+            start = time.perf_counter()
+            await memory.write_many(items)
+            rates.append(n / (time.perf_counter() - start))
+            say(f"embedded writes round {rnd + 1}: {rates[-1]:,.0f}/s acked", quiet)
+    finally:
+        memory.embedder = None
+    return {"batch": n, "per_s": round(statistics.median(rates))}
+
+
 async def load(memory: AsyncMemory, corpus: Corpus, count: int, quiet: bool) -> None:
     step = 10_000
     for start in range(0, count, step):
@@ -221,18 +248,189 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid
     return out
 
 
-async def bench_recall(memory: AsyncMemory, model: LocalEmbedder | None) -> dict[str, float]:
-    await memory.write_many({"namespace": "team:labelled", "key": k, "text": t} for k, t in MEMORIES.items())
-    out = {}
-    modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
-    memory.embedder = model
-    if model is not None:  # the labelled set gets real vectors: rewrite it through the model
-        await memory.write_many({"namespace": "team:labelled", "key": k, "text": t} for k, t in MEMORIES.items())
-    for mode in modes:
-        results = [[h.entry.key for h in await memory.search(q, ["team:labelled"], k=5, mode=mode)]  # type: ignore[arg-type]
-                   for q, _ in QUERIES]
-        out[mode] = round(recall_at(results), 3)
-    memory.embedder = None
+DEV_SET = ROOT / "bench" / "memory_set.json"
+CATEGORIES = ("direct", "paraphrase", "now", "latest", "before", "negation", "multi-hop", "team")
+
+
+def dev_set() -> dict[str, Any]:
+    return json.loads(DEV_SET.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def readable(grants: dict[str, Any], asker: str, namespace: str) -> bool:
+    return any(fnmatch.fnmatchcase(namespace, p) for p in grants[asker]["read"])
+
+
+class Bm25:
+    """Plain Okapi BM25 (k1 1.2, b 0.75) in the standard library: the baseline tether's search is held to.
+
+    It indexes the text of each entry's current version (the one with the latest ``valid_from``,
+    log order breaking ties: the same truth tether's view is meant to hold) and searches only
+    the namespaces the asker may read: the same filters as tether's search.
+    """
+
+    def __init__(self, memories: list[dict[str, Any]]) -> None:
+        current: dict[tuple[str, str], dict[str, Any]] = {}
+        for m in memories:
+            pair = (m["namespace"], m["key"])
+            old = current.get(pair)
+            if old is None or (m.get("valid_from") or "") >= (old.get("valid_from") or ""):
+                current[pair] = m
+        self.docs = list(current.values())
+        self.tokens = [self.words(d["text"]) for d in self.docs]
+        self.avg = sum(map(len, self.tokens)) / len(self.tokens)
+        self.df: dict[str, int] = {}
+        for toks in self.tokens:
+            for t in set(toks):
+                self.df[t] = self.df.get(t, 0) + 1
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    def search(self, query: str, allow: Any, k: int) -> list[dict[str, Any]]:
+        n = len(self.docs)
+        terms = set(self.words(query))
+        scored = []
+        for doc, toks in zip(self.docs, self.tokens, strict=True):
+            if not allow(doc["namespace"]):
+                continue
+            score = 0.0
+            for t in terms:
+                tf = toks.count(t)
+                if tf:
+                    idf = math.log(1 + (n - self.df[t] + 0.5) / (self.df[t] + 0.5))
+                    score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(toks) / self.avg))
+            if score > 0:
+                scored.append((score, doc))
+        scored.sort(key=lambda x: -x[0])
+        return [d for _, d in scored[:k]]
+
+
+def score_queries(queries: list[dict[str, Any]], results: list[list[tuple[str, str, str]]],
+                  grants: dict[str, Any]) -> dict[str, Any]:
+    """recall@5, MRR@10, recall@5 per category, stale and forbidden hits of ``results`` (top 10 each)."""
+    recall, rr, stale, forbidden = [], [], 0, 0
+    per: dict[str, list[float]] = {c: [] for c in CATEGORIES}
+    top1: dict[str, list[float]] = {c: [] for c in CATEGORIES}
+    for q, hits in zip(queries, results, strict=True):
+        def found(rel: dict[str, Any], hit: tuple[str, str, str]) -> bool:
+            return (hit[0], hit[1]) == (rel["namespace"], rel["key"]) and rel.get("text", hit[2]) == hit[2]
+
+        top = hits[:5]
+        share = sum(any(found(r, h) for h in top) for r in q["relevant"]) / len(q["relevant"])
+        recall.append(share)
+        first = next((i for i, h in enumerate(hits[:10], start=1) if any(found(r, h) for r in q["relevant"])), None)
+        rr.append(1 / first if first else 0.0)
+        stale += sum(h[2] in q["stale"] for h in top)
+        forbidden += sum(not readable(grants, q["asker"], h[0]) for h in top)
+        for c in q["categories"]:
+            per[c].append(share)
+            top1[c].append(float(first == 1))
+    return {"queries": len(queries), "recall_at_5": round(statistics.fmean(recall), 3),
+            "mrr_at_10": round(statistics.fmean(rr), 3),
+            "by_category": {c: round(statistics.fmean(v), 3) for c, v in per.items() if v},
+            "hit_at_1_by_category": {c: round(statistics.fmean(v), 3) for c, v in top1.items() if v},
+            "stale_hits": stale, "forbidden_hits": forbidden}
+
+
+async def load_dev_set(memory: AsyncMemory, doc: dict[str, Any]) -> None:
+    """Every memory of the set, in its order, through ``write_many`` (valid time included)."""
+    items = [{k: v for k, v in m.items() if v is not None} for m in doc["memories"]]
+    done = await memory.write_many(items)
+    await memory.wait_for(done.seq, timeout=300)
+
+
+async def run_dev_set(memory: AsyncMemory, doc: dict[str, Any], mode: str, split: str,
+                      **search: Any) -> list[list[tuple[str, str, str]]]:
+    out = []
+    for q in doc["queries"]:
+        if q["split"] != split:
+            continue
+        memory.agent = q["asker"]
+        hits = await memory.search(q["text"], k=10, mode=mode, valid_at="query", **search)  # type: ignore[arg-type]
+        out.append([(h.entry.namespace, h.entry.key, h.entry.text) for h in hits])
+    memory.agent = "loader"
+    return out
+
+
+def bm25_results(doc: dict[str, Any], split: str) -> list[list[tuple[str, str, str]]]:
+    index = Bm25(doc["memories"])
+    out = []
+    for q in doc["queries"]:
+        if q["split"] == split:
+            found = index.search(q["text"], lambda ns, a=q["asker"]: readable(doc["grants"], a, ns), 10)
+            out.append([(d["namespace"], d["key"], d["text"]) for d in found])
+    return out
+
+
+GRID: dict[str, list[Any]] = {
+    "keyword": [0.15, 0.25, 0.35, 0.5, 0.65],
+    "validity": [0.1, 0.3, 0.5, 1.0],
+    "validity_band": [0.05, 0.1, 0.2, 0.35],
+    "key_weight": [0.0, 0.25, 0.5, 1.0],
+    "meta_weight": [0.0, 0.25, 0.5, 1.0],
+    "expand": [False, True],
+    "expand_weight": [0.3, 0.6, 1.0],
+}
+
+
+async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """Coordinate ascent over :class:`Ranking`'s weights on the **tune** split only (hybrid recall@5,
+    then MRR); the held-out split is never looked at here."""
+    from dataclasses import replace
+
+    from tether.memory._rank import Ranking
+
+    queries = [q for q in doc["queries"] if q["split"] == "tune"]
+
+    async def objective(ranking: Ranking) -> tuple[float, float]:
+        memory.ranking = ranking
+        r = score_queries(queries, await run_dev_set(memory, doc, "hybrid", "tune"), doc["grants"])
+        return r["recall_at_5"], r["mrr_at_10"]
+
+    best = Ranking()
+    best_score = await objective(best)
+    say(f"tune: start {best_score}", quiet)
+    for _ in range(2):
+        for name, values in GRID.items():
+            for value in values:
+                trial = replace(best, **{name: value, **({"semantic": 1 - value} if name == "keyword" else {})})
+                got = await objective(trial)
+                if got > best_score:
+                    best, best_score = trial, got
+                    say(f"tune: {name}={value} -> {got}", quiet)
+    memory.ranking = best
+    return {"ranking": {f: getattr(best, f) for f in best.__dataclass_fields__}, "tune_recall_mrr": best_score}
+
+
+async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet: bool,
+                        tuning: bool = False) -> dict[str, Any]:
+    """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
+    doc = dev_set()
+    grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
+    bus = await connect(url, home=home)
+    settings = MemorySettings(view_dir=home / "quality", keyfile=home / "quality-keys.json", dedupe=False)
+    memory = await AsyncMemory(bus, agent="loader", settings=settings, embedder=model, grants=grants).start()
+    out: dict[str, Any] = {"memory_writes": len(doc["memories"]), "queries": len(doc["queries"])}
+    try:
+        start = time.perf_counter()
+        await load_dev_set(memory, doc)
+        say(f"development set loaded in {time.perf_counter() - start:.1f} s", quiet)
+        if tuning and model is not None:
+            out["tuned"] = await tune(memory, doc, quiet)
+            say(f"tuned: {out['tuned']}", quiet)
+        modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
+        for split in ("tune", "heldout"):
+            queries = [q for q in doc["queries"] if q["split"] == split]
+            part: dict[str, Any] = {"bm25": score_queries(queries, bm25_results(doc, split), doc["grants"])}
+            for mode in modes:
+                part[mode] = score_queries(queries, await run_dev_set(memory, doc, mode, split), doc["grants"])
+            out[split] = part
+            say(f"  {split}: " + "; ".join(f"{m} recall@5 {r['recall_at_5']} MRR {r['mrr_at_10']}"
+                                           for m, r in part.items()), quiet)
+    finally:
+        await memory.close()
+        await bus.close()
     return out
 
 
@@ -241,6 +439,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = (2_000, 10_000) if args.small else (10_000, 100_000)
     model = LocalEmbedder() if LocalEmbedder.available() and not args.no_model else None
     report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes)}
+    with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
+        report["quality"] = await bench_quality(server.url, home, model, args.quiet, args.tune)
+    if args.quality or args.tune:
+        return report
     with NatsServer() as server:
         bus = await connect(server.url, home=home)
         settings = MemorySettings(view_dir=home / "memory", keyfile=home / "keys.json", dedupe=False)
@@ -252,6 +454,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             memory.embedder = None
             report["writes"] = await bench_writes(memory, server.url, corpus, 5_000 if args.small else 10_000,
                                                   args.rounds, args.quiet)
+            if model is not None:
+                report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, 1000, args.quiet)
             memory.embedder = vectors
             loaded = 0
             for size in sizes:
@@ -262,14 +466,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 loaded = size
                 report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, model)
                 say(f"  {json.dumps(report[f'search_{size}'])}", args.quiet)
-            report["recall_at_5"] = await bench_recall(memory, model)
         finally:
             await memory.close()
             await bus.close()
     return report
 
 
+def quality_table(r: dict[str, Any]) -> list[str]:
+    lines = [f"development set: {r['memory_writes']} memory writes, {r['queries']} queries"]
+    for split in ("tune", "heldout"):
+        lines.append(f"  {split} ({r[split]['bm25']['queries']} queries):")
+        for mode, m in r[split].items():
+            cats = ", ".join(f"{c} {v}" for c, v in m["by_category"].items())
+            cats += "; hit@1: " + ", ".join(f"{c} {v}" for c, v in m["hit_at_1_by_category"].items()
+                                             if c in ("now", "latest", "before"))
+            lines.append(f"    {mode:<8} recall@5 {m['recall_at_5']:.3f}  MRR@10 {m['mrr_at_10']:.3f}  "
+                         f"stale {m['stale_hits']}  forbidden {m['forbidden_hits']}  ({cats})")
+    return lines
+
+
 def table(r: dict[str, Any]) -> str:
+    if "writes" not in r:
+        return "\n".join(quality_table(r["quality"]))
     w = r["writes"]
     lines = [
         f"writes (batches of {w['batch']:,}, median of {w['rounds']}): tether {w['tether_per_s']:,}/s acked, "
@@ -278,6 +496,9 @@ def table(r: dict[str, Any]) -> str:
         f"conditional (expected_version): p50 {w['conditional_write']['p50_ms']} ms, "
         f"p95 {w['conditional_write']['p95_ms']} ms",
     ]
+    if "embedded_writes" in r:
+        lines.append(f"writes embedded by the model on the way: {r['embedded_writes']['per_s']:,}/s acked "
+                     f"(batches of {r['embedded_writes']['batch']:,})")
     for size in r["sizes"]:
         s = r[f"search_{size}"]
         line = (f"{size:>7,} memories: keyword p50 {s['keyword']['p50_ms']} / p95 {s['keyword']['p95_ms']} ms "
@@ -287,8 +508,7 @@ def table(r: dict[str, Any]) -> str:
                      f"embedding p50 {s['query_embedding']['p50_ms']})")
         line += f"; context() p50 {s['context']['p50_ms']} / p95 {s['context']['p95_ms']} ms"
         lines.append(line)
-    lines.append("recall@5 on the labelled set: " + ", ".join(f"{k} {v}" for k, v in r["recall_at_5"].items()))
-    return "\n".join(lines)
+    return "\n".join(lines + quality_table(r["quality"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="2k and 10k memories instead of 10k and 100k")
     parser.add_argument("--rounds", type=int, default=3, help="write rounds (3)")
     parser.add_argument("--queries", type=int, default=300, help="queries per measurement (300)")
+    parser.add_argument("--quality", action="store_true", help="only the development set's retrieval quality")
+    parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
+                        "measure both splits with them")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model even if installed")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

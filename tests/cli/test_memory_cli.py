@@ -62,8 +62,16 @@ async def test_write_get_search_history_erase(fresh_nats_server: NatsServer, tmp
     assert code == 2 and "invalid namespace" in err
     code, _, err = await cli(capsys, url, home, "erase", "user:ann")
     assert code == 2 and "--yes" in err
+    code, out, _ = await cli(capsys, url, home, "write", "user:ann", "Ann's locker code is 4711", "--key", "locker")
+    assert code == 0
+    code, out, _ = await cli(capsys, url, home, "erase", "user:ann", "--key", "locker", "--yes")
+    assert code == 0 and "erased user:ann/locker: destroyed key(s) user:ann#1" in out
+    code, _, err = await cli(capsys, url, home, "history", "user:ann", "locker")
+    assert code == 1 and "never written, or erased" in err
+    code, out, _ = await cli(capsys, url, home, "get", "user:ann", "drink")
+    assert code == 0 and "Ann now prefers green tea" in out
     code, out, _ = await cli(capsys, url, home, "erase", "user:ann", "--yes")
-    assert code == 0 and "erased user:ann: destroyed key(s) user:ann#1" in out
+    assert code == 0 and "erased user:ann: destroyed key(s) user:ann#1/" in out and "user:ann#2" in out
     code, out, _ = await cli(capsys, url, home, "search", "tea")
     assert code == 0 and "no matches" in out
 

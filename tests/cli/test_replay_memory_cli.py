@@ -17,6 +17,8 @@ from .test_cli import run_tether
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
+VIEW_FILE = f"memory.v{MemoryView.version}.db"
+
 SECRET = "Dana's locker code is 4711-quokka"
 
 
@@ -27,7 +29,7 @@ def settings(home: Path, view_dir: Path | None = None) -> MemorySettings:
 def checksum(directory: Path, home: Path) -> str:
     from tether.memory import FileKeyStore
 
-    store = MemoryStore(MemoryView(FileKeyStore(home / "keys" / "memory-keys.json")), directory / "memory.v1.db")
+    store = MemoryStore(MemoryView(FileKeyStore(home / "keys" / "memory-keys.json")), directory / VIEW_FILE)
     try:
         return store.checksum()
     finally:
@@ -69,14 +71,14 @@ async def test_replay_memory_rebuilds_the_view_identical_to_a_fresh_fold(fresh_n
     assert checksum(tether_home / "fresh", tether_home) == live
 
     # Corrupt the view, then replay it.
-    (view_dir / "memory.v1.db").write_bytes(b"not a database" * 100)
+    (view_dir / VIEW_FILE).write_bytes(b"not a database" * 100)
     for suffix in ("-wal", "-shm"):
-        (view_dir / f"memory.v1.db{suffix}").unlink(missing_ok=True)
+        (view_dir / f"{VIEW_FILE}{suffix}").unlink(missing_ok=True)
     code, out, err = await run_tether("replay", "memory", "--url", url, "--json", home=tether_home, timeout=60)
     assert code == 0, err
     doc = json.loads(out)
     assert list(doc["views"]) == ["memory"] and doc["memory"] == {"directory": str(view_dir), "failed": 0}
-    db = sqlite3.connect(f"file:{view_dir / 'memory.v1.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{view_dir / VIEW_FILE}?mode=ro", uri=True)
     try:  # the replay built the full-text index itself, as the live view has it
         assert db.execute("SELECT count(*) FROM versions_fts WHERE versions_fts MATCH 'lisbon'").fetchone() == (1,)
     finally:
@@ -95,7 +97,7 @@ async def test_replay_memory_rebuilds_the_view_identical_to_a_fresh_fold(fresh_n
     code, _, err = await run_tether("memory", "get", "user:dana", "locker", "--url", url, home=tether_home,
                                     timeout=30)
     assert code == 1 and "user:dana" in err
-    raw = b"".join(p.read_bytes() for p in view_dir.glob("memory.v1.db*"))
+    raw = b"".join(p.read_bytes() for p in view_dir.glob(f"{VIEW_FILE}*"))
     assert b"quokka" not in raw and b"Bob lives in Lisbon" in raw
 
     # `tether replay` without a view name rebuilds memory too (here from nothing at all).

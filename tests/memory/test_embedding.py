@@ -187,3 +187,22 @@ async def test_a_failed_batch_fails_its_writes_and_the_next_ones_go_on(open_memo
                                    memory.write("agent:bot", "second fact", key="b"), return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
     assert (await memory.write("agent:bot", "third fact", key="c")).version == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_a_text_is_embedded_once_by_content_hash(open_memory: Opener) -> None:
+    counting = Counting()
+    memory = await open_memory(agent="bot", embedder=counting)
+    done = await memory.write_many([{"namespace": "agent:bot", "key": f"k{i}", "text": text} for i, text in
+                                    enumerate(["Ann likes tea", "Ben likes coffee", "Ann likes tea"])])
+    assert counting.batches == [2]  # the repeated text went to the model once
+    await memory.write("user:ann", "Ann likes tea", key="drink")  # the same text elsewhere: no model call
+    await memory.write("agent:bot", "Ben likes coffee", key="k1")  # a new version with the same text
+    assert counting.batches == [2]
+    hits = await memory.search("Ann likes tea", mode="semantic", k=3, after=done.seq)  # a query seen before
+    assert counting.batches == [2] and {h.entry.key for h in hits if h.score > 0.999} == {"k0", "k2", "drink"}
+    await memory.search("who drinks coffee?", mode="semantic")
+    await memory.search("who drinks coffee?", mode="semantic")
+    assert counting.batches == [2, 1]
+    assert (memory.vector_cache.hits, memory.vector_cache.misses) == (4, 3)

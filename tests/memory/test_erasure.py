@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tether.bus import EVENTS_STREAM
-from tether.memory import AsyncMemory, FileKeyStore, MemoryNotFound, MemoryView
+from tether.memory import AsyncMemory, FileKeyStore, InvalidMemory, MemoryNotFound, MemorySettings, MemoryView
 from tether.projections import replay, view_path
 
 from .conftest import Opener, settings_for
@@ -92,3 +92,83 @@ async def test_erase_is_seen_by_other_processes_views(open_memory: Opener) -> No
     await b.erase("user:zed")
     with pytest.raises(MemoryNotFound):
         await a.get("user:zed", "code", after=b.position)
+
+
+async def test_erasing_one_entry_removes_it_from_history_the_view_a_replay_and_the_log(
+        open_memory: Opener, home: Path, tmp_path: Path) -> None:
+    memory = await open_memory(agent="bot")
+    await memory.write("user:dana", "Dana's passport number is X1234567", key="passport")
+    await memory.write("user:dana", "Dana's passport number is X7654321", key="passport")  # a second version
+    await memory.write("user:dana", "Dana likes sailing on Sundays", key="hobby")
+    await memory.write("user:dana", "Dana's cat is called Miso", key="cat")
+    await memory.delete("user:dana", "cat")
+    assert len(await memory.history("user:dana", "passport")) == 2
+
+    erased = await memory.erase("user:dana", "passport")
+    assert erased.key == "passport" and erased.keys_destroyed == ("user:dana#1",)
+    with pytest.raises(MemoryNotFound, match="never written, or erased"):
+        await memory.history("user:dana", "passport")
+    with pytest.raises(MemoryNotFound):
+        await memory.get("user:dana", "passport")
+    assert await memory.search("passport X1234567") == []
+    # the rest of the namespace is as it was, its history included
+    assert (await memory.get("user:dana", "hobby")).text == "Dana likes sailing on Sundays"
+    assert [v.text for v in await memory.history("user:dana", "cat")] == ["Dana's cat is called Miso", None]
+    live = files_bytes(home / "memory")
+    assert b"X1234567" not in live and b"X7654321" not in live and b"sailing" in live
+
+    # the writes after it use a new generation, and are readable like the others
+    later = await memory.write("user:dana", "Dana moved to Lyon", key="city")
+    assert (await memory.get("user:dana", "city", after=later.seq)).text == "Dana moved to Lyon"
+
+    stream = await raw_stream(memory)
+    assert b"X1234567" not in stream and b"sailing" not in stream
+
+    rebuilt = tmp_path / "rebuilt"
+    await replay(memory.bus, [MemoryView(FileKeyStore(settings_for(home).keyfile))], rebuilt)
+    data = files_bytes(rebuilt)
+    assert b"X1234567" not in data and b"X7654321" not in data
+    for needle in (b"sailing", b"Miso", b"Lyon"):
+        assert needle in data
+    import sqlite3
+
+    db = sqlite3.connect(view_path(rebuilt, "memory", MemoryView.version))
+    assert db.execute("SELECT count(*) FROM versions WHERE key = 'passport'").fetchone() == (0,)
+    db.close()
+
+    # a new process (its own view, rebuilt from the log) agrees
+    other = await open_memory(agent="bot", settings=MemorySettings(view_dir=tmp_path / "other-view",
+                                                                         keyfile=settings_for(home).keyfile))
+    with pytest.raises(MemoryNotFound):
+        await other.history("user:dana", "passport", after=later.seq)
+    assert (await other.get("user:dana", "hobby")).text == "Dana likes sailing on Sundays"
+
+    # erasing the whole namespace afterwards still destroys what is left
+    gone = await memory.erase("user:dana")
+    assert "user:dana#2" in gone.keys_destroyed
+    with pytest.raises(MemoryNotFound):
+        await memory.get("user:dana", "hobby")
+
+
+async def test_erasing_one_entry_refuses_versions_sealed_under_the_namespace_key(open_memory: Opener) -> None:
+    """An entry written before per-entry keys cannot be erased alone: a clear error, nothing destroyed."""
+    from tether.memory._codec import seal_entry
+    from tether.schemas import Event, MemoryWritten
+
+    memory = await open_memory(agent="bot")
+    key_id, namespace_key = memory.keys.current("user:old")
+    from tether.memory._keys import content_hash, seal
+
+    body = b'{"t":"an old secret","m":{}}'
+    legacy = MemoryWritten(namespace="user:old", key="k", version=1, key_id=key_id,
+                           text=seal(namespace_key, "user:old", "k", body),
+                           content_hash=content_hash(namespace_key, "an old secret"))
+    receipt = await memory.bus.publish(Event.of(legacy, agentid="bot", source="test"))
+    assert (await memory.get("user:old", "k", after=receipt.stream_seq)).text == "an old secret"
+    fields = seal_entry(memory.keys, "user:old", "new", "a new one", {}, None)
+    assert fields["key_id"] == key_id + "/entry"
+    with pytest.raises(InvalidMemory, match=r"sealed under the namespace key.*erase\('user:old'\)"):
+        await memory.erase("user:old", "k")
+    assert (await memory.get("user:old", "k")).text == "an old secret"  # nothing was destroyed
+    with pytest.raises(InvalidMemory, match="reserved"):
+        await memory.erase("user:old", "*")

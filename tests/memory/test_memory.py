@@ -32,7 +32,7 @@ async def test_a_write_is_an_event_with_provenance_and_a_position(memory: AsyncM
     assert isinstance(event.data, MemoryWritten)
     assert (event.agentid, event.runid) == ("bot", "run-7")
     assert (event.data.source_call_id, event.data.source_message_id) == ("call-1", "msg-9")
-    assert event.data.key_id == "agent:bot#1" and "email" not in event.data.text  # sealed
+    assert event.data.key_id == "agent:bot#1/entry" and "email" not in event.data.text  # sealed, own key
     entry = await memory.get("agent:bot", "contact")  # read-your-writes: no wait needed
     assert (entry.text, entry.metadata, entry.version, entry.seq) == ("The customer prefers email.",
                                                                       {"topic": "contact"}, 1, written.seq)

@@ -1,11 +1,17 @@
-"""Retrieval quality on a labelled set (recall@5): keyword, hybrid with a hashing embedder and,
-when the [semantic] extra and the model package are installed, hybrid with all-MiniLM-L6-v2."""
+"""Retrieval quality on a small labelled set (recall@5): keyword, hybrid with a hashing embedder and,
+when the [semantic] extra and the model package are installed, hybrid with all-MiniLM-L6-v2; and
+keyword search against a plain BM25 on the development set of bench/memory_set.json."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from tether.memory import AsyncMemory, Embedder, HashEmbedder, LocalEmbedder
+from tether.memory import AsyncMemory, Embedder, Grants, HashEmbedder, LocalEmbedder
 
 from .conftest import Opener
 from .labelled import MEMORIES, QUERIES, recall_at
@@ -52,3 +58,62 @@ async def test_hybrid_recall_at_5_with_the_offline_model(open_memory: Opener) ->
     assert recall_at(hybrid) >= 0.9
     assert recall_at(hybrid) >= recall_at(keyword)
     assert recall_at(semantic) >= 0.8
+
+
+def _bench() -> Any:
+    """``bench/memory.py``, whose development-set scoring the test shares."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "memory.py"
+    spec = importlib.util.spec_from_file_location("tether_bench_memory", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_keyword_search_beats_plain_bm25_on_the_development_set(open_memory: Opener) -> None:
+    """Both splits of bench/memory_set.json, as askers with grants: tether's keyword search (field-aware
+    BM25, temporal and negation words kept, valid time) above a plain BM25 over the same entries, and
+    no stale or forbidden hit."""
+    bench = _bench()
+    doc = bench.dev_set()
+    grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
+    memory = await open_memory(agent="loader", grants=grants)
+    await bench.load_dev_set(memory, doc)
+    for split in ("tune", "heldout"):
+        queries = [q for q in doc["queries"] if q["split"] == split]
+        plain = bench.score_queries(queries, bench.bm25_results(doc, split), doc["grants"])
+        ours = bench.score_queries(queries, await bench.run_dev_set(memory, doc, "keyword", split), doc["grants"])
+        assert ours["recall_at_5"] >= plain["recall_at_5"] + 0.2, (split, ours, plain)
+        assert ours["mrr_at_10"] > plain["mrr_at_10"]
+        assert ours["stale_hits"] == 0 and ours["forbidden_hits"] == 0
+        assert ours["by_category"]["now"] >= 0.8 and ours["by_category"]["latest"] == 1.0
+
+
+def test_the_development_set_is_what_its_script_generates() -> None:
+    path = Path(__file__).resolve().parents[2] / "bench" / "memory_set.py"
+    spec = importlib.util.spec_from_file_location("tether_bench_memory_set", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = module.fix_refs(module.build())
+    assert json.dumps(doc, indent=1, ensure_ascii=False) + "\n" == module.OUT.read_text(encoding="utf-8")
+    assert len({(m["namespace"], m["key"]) for m in doc["memories"]}) >= 600 and len(doc["queries"]) >= 200
+    for split in ("tune", "heldout"):  # a subject is in one part only
+        subjects = {q["relevant"][0]["namespace"] for q in doc["queries"] if q["split"] == split
+                    and q["relevant"][0]["namespace"].startswith("user:")}
+        others = {q["relevant"][0]["namespace"] for q in doc["queries"] if q["split"] != split
+                  and q["relevant"][0]["namespace"].startswith("user:")}
+        assert subjects and not subjects & others
+
+
+async def test_keyword_search_reads_the_key_and_the_metadata_too(open_memory: Opener) -> None:
+    from tether.memory._view import key_terms
+
+    memory = await open_memory(agent="bot")
+    await memory.write("user:ann", "Reacts badly to peanuts.", key="ann/allergy")
+    await memory.write("user:ann", "Ann cycles to work.", metadata={"topic": "commute"})
+    await memory.write("user:ann", "Ann's allergy to peanuts is severe: carry the pen.", key="ann/note")
+    hits = await memory.search("allergy", mode="keyword")
+    assert {h.entry.key for h in hits} == {"ann/allergy", "ann/note"}
+    assert [h.entry.text for h in await memory.search("commute", mode="keyword")] == ["Ann cycles to work."]
+    assert key_terms("01938a2b-7c3e-7d11-9f00-0123456789ab") is None and key_terms("ann/allergy") == "ann/allergy"

@@ -121,7 +121,7 @@ def test_settings_and_worker_config_share_tether_toml(tmp_path: Path) -> None:
 
 
 def test_fts_query_quotes_user_input() -> None:
-    assert fts_query('What does "Alice" like? OR NOT *') == '"alice" OR "like"'
+    assert fts_query('What does "Alice" like? OR NOT *') == '"alice" OR "like" OR "not"'
     assert fts_query("the of") == '"the" OR "of"'  # only stopwords: keep them
     assert fts_query("   ?! ") is None
 

@@ -76,10 +76,12 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     delete.add_argument("namespace", metavar="NAMESPACE")
     delete.add_argument("key", metavar="KEY")
 
-    erase = cmds.add_parser("erase", help="destroy a namespace's keys: its content is unreadable for good",
-                            description="Crypto-shred NAMESPACE: its encryption keys are destroyed, so its "
-                            "entries can never be read again, not even by replaying the log. Cannot be undone.")
+    erase = cmds.add_parser("erase", help="destroy a namespace's (or one entry's) keys: unreadable for good",
+                            description="Crypto-shred NAMESPACE (or, with --key, one entry of it): the encryption "
+                            "keys are destroyed, so the content can never be read again, not even by replaying "
+                            "the log. Cannot be undone.")
     erase.add_argument("namespace", metavar="NAMESPACE")
+    erase.add_argument("--key", help="erase only this entry (every version of it)")
     erase.add_argument("--yes", action="store_true", help="confirm (required)")
 
     for p in (write, get, search, context, history, delete, erase):
@@ -219,8 +221,9 @@ async def run(args: argparse.Namespace) -> int:
         if command == "delete":
             result = await memory.delete(args.namespace, args.key)
             return _out(args, result, [f"deleted {args.namespace}/{args.key} v{result.version} at seq {result.seq}"])
-        erased = await memory.erase(args.namespace)
-        return _out(args, erased, [style.yellow(f"erased {erased.namespace}: destroyed key(s) "
+        erased = await memory.erase(args.namespace, args.key)
+        what = erased.namespace + (f"/{erased.key}" if erased.key else "")
+        return _out(args, erased, [style.yellow(f"erased {what}: destroyed key(s) "
                                                 f"{', '.join(erased.keys_destroyed) or '(none left)'}; "
                                                 f"recorded at seq {erased.seq}")])
     except (InvalidMemory, MemoryAccessDenied, VersionConflict) as exc:

@@ -16,7 +16,7 @@ See ``docs/memory.md``.
 from ._client import AsyncMemory
 from ._client import connect_memory as connect
 from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
-from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, VectorIndex
+from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, VectorCache, VectorIndex
 from ._errors import (
     InvalidMemory,
     MemoryAccessDenied,
@@ -25,10 +25,12 @@ from ._errors import (
     TetherMemoryError,
     VersionConflict,
 )
+from ._extract import Extraction, ExtractiveExtractor, Extractor, LlmExtractor, Operation, Proposal
 from ._feed import MEMORY_SUBJECTS, ViewFeed, last_memory_seq
 from ._grants import Grant, Grants, GrantTable, NatsPermissions, nats_permissions
 from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore
 from ._names import check_key, check_namespace, namespace_filter
+from ._rank import Ranking
 from ._settings import MemorySection, MemorySettings, load_settings
 from ._sync import Memory
 from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
@@ -42,7 +44,10 @@ __all__ = [
     "Embedder",
     "Entry",
     "Erased",
+    "Extraction",
+    "ExtractiveExtractor",
     "ExtractiveSummarizer",
+    "Extractor",
     "FileKeyStore",
     "Grant",
     "GrantTable",
@@ -52,6 +57,7 @@ __all__ = [
     "InMemoryKeyStore",
     "InvalidMemory",
     "KeyStore",
+    "LlmExtractor",
     "LlmSummarizer",
     "LocalEmbedder",
     "Memory",
@@ -63,10 +69,14 @@ __all__ = [
     "MemoryStore",
     "MemoryView",
     "NatsPermissions",
+    "Operation",
+    "Proposal",
+    "Ranking",
     "RemoteEmbedder",
     "Summarizer",
     "Summary",
     "TetherMemoryError",
+    "VectorCache",
     "VectorIndex",
     "Version",
     "VersionConflict",

@@ -18,10 +18,11 @@ from tether.bus import Bus, connect
 
 from . import _query as q
 from ._compact import ExtractiveSummarizer, Summarizer
-from ._embed import Embedder, VectorIndex, WriteBatcher
+from ._embed import Embedder, VectorCache, VectorIndex, WriteBatcher
 from ._feed import ViewFeed
 from ._grants import Grants
 from ._keys import FileKeyStore, KeyStore
+from ._rank import Ranking
 from ._reads import MemoryReads
 from ._settings import MemorySettings, load_settings
 from ._view import MemoryView
@@ -50,7 +51,7 @@ class AsyncMemory(MemoryWrites, MemoryReads):
                  view_dir: Path | None = None, grants: Grants | None = None,
                  recency_weight: float = 0.3, half_life_s: float = 14 * 86400.0,
                  dedupe_threshold: float = 0.8, clock: Callable[[], float] = _now,
-                 source: str = "urn:tether:memory") -> None:
+                 source: str = "urn:tether:memory", ranking: Ranking | None = None) -> None:
         self.bus = bus
         self.agent = agent
         self.run = run
@@ -63,6 +64,8 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self.view = MemoryView(self.keys)
         self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir)
         self.recency_weight = recency_weight
+        self.ranking = ranking or Ranking()
+        self.vector_cache = VectorCache()
         self.half_life_s = half_life_s
         self.dedupe_threshold = dedupe_threshold
         self.clock = clock

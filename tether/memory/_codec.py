@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import MemoryKeyMissing
-from ._keys import DESTROYED, KeyStore, content_hash, open_sealed, seal
+from ._keys import DESTROYED, ENTRY, KeyStore, content_hash, derive, entry_key, open_sealed, seal
 
 __all__ = ["Opened", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
 
@@ -28,17 +28,31 @@ class Opened:
     text: str
     metadata: dict[str, Any]
     embedding: bytes | None
+    valid_from: float | None = None
+    observed_at: float | None = None
+    historical: bool = False
+    """Valid before the version current when it was written: recorded as history, not current."""
 
 
 def seal_entry(keys: KeyStore, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
-               embedding: Sequence[float] | None) -> dict[str, Any]:
-    """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart."""
-    key_id, secret = keys.current(namespace)
-    body = json.dumps({"t": text, "m": dict(metadata)}, ensure_ascii=False, separators=(",", ":")).encode()
+               embedding: Sequence[float] | None, *, valid_from: float | None = None,
+               observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
+    """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart,
+    under the entry's own key (derived from the namespace's current one, so it can be erased alone)."""
+    key_id, namespace_key = keys.current(namespace)
+    secret = derive(namespace_key, key)
+    doc: dict[str, Any] = {"t": text, "m": dict(metadata)}
+    if valid_from is not None:  # valid time is content too: sealed with the text
+        doc["vf"] = valid_from
+    if observed_at is not None:
+        doc["oa"] = observed_at
+    if historical:
+        doc["h"] = 1
+    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     fields: dict[str, Any] = {
         "text": seal(secret, namespace, key, body),
-        "key_id": key_id,
-        "content_hash": content_hash(secret, text),
+        "key_id": key_id + ENTRY,
+        "content_hash": content_hash(namespace_key, text),
     }
     if embedding is not None:
         fields["embedding"] = seal(secret, namespace, key + "\x00vec", pack_vector(embedding))
@@ -51,7 +65,7 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
     if key_id is None:  # written without encryption (by another producer)
         vec = base64.b64decode(embedding) if embedding else None
         return Opened(text, dict(metadata), vec)
-    secret = keys.get(key_id)
+    secret = entry_key(keys, key_id.removesuffix(ENTRY), key) if key_id.endswith(ENTRY) else keys.get(key_id)
     if secret == DESTROYED:
         return None
     if secret is None:
@@ -60,4 +74,9 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
                                "its writers use")
     doc = json.loads(open_sealed(secret, namespace, key, text))
     vec = open_sealed(secret, namespace, key + "\x00vec", embedding) if embedding else None
-    return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec)
+    return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec, _epoch(doc.get("vf")), _epoch(doc.get("oa")),
+                  bool(doc.get("h")))
+
+
+def _epoch(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

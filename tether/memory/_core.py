@@ -14,12 +14,13 @@ from tether.schemas import Event
 
 from . import _query as q
 from ._compact import Summarizer
-from ._embed import Embedder, VectorIndex, WriteBatcher
+from ._embed import Embedder, VectorCache, VectorIndex, WriteBatcher
 from ._errors import MemoryNotFound
 from ._feed import ViewFeed
 from ._grants import Grants, Mode
 from ._keys import KeyStore
 from ._names import check_namespace
+from ._rank import Ranking
 from ._settings import MemorySettings
 from ._view import MemoryView, prepare
 
@@ -41,10 +42,14 @@ class MemoryCore:
     embedder: Embedder | None
     batcher: WriteBatcher | None
     """Embeds the texts of concurrent writes in one batch."""
+    vector_cache: VectorCache
+    """Recent vectors by content hash: a text is embedded once."""
     summarizer: Summarizer
     view: MemoryView
     feed: ViewFeed
     recency_weight: float
+    ranking: Ranking
+    """The weights hybrid search fuses and re-ranks with (``_rank.Ranking``)."""
     half_life_s: float
     dedupe_threshold: float
     clock: Callable[[], float]

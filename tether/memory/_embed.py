@@ -26,14 +26,14 @@ import itertools
 import math
 import sqlite3
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from ._query import vectors_since
 from ._rank import words
 
-__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "VectorIndex", "WriteBatcher"]
+__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "VectorCache", "VectorIndex", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -100,6 +100,55 @@ class LocalEmbedder:
         # One thread encodes for the whole process: the BLAS cap is process-wide, and (with
         # threadpoolctl 3.8) only one thread at a time may set it.
         return await asyncio.get_running_loop().run_in_executor(_encoder(), self.model.encode, list(texts))
+
+
+class VectorCache:
+    """Recent vectors by embedder and content hash (SHA-256 of the text), least recently used out.
+
+    A text embedded once (written again, written to another namespace, or asked as a query
+    again) is not sent to the model a second time; :meth:`embed` also embeds a batch's
+    repeated texts once. ``hits`` and ``misses`` count texts, for figures and tests."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._items: dict[tuple[str, bytes], list[float]] = {}
+
+    @staticmethod
+    def _key(embedder: str, text: str) -> tuple[str, bytes]:
+        return embedder, hashlib.sha256(text.encode()).digest()
+
+    def get(self, embedder: str, text: str) -> list[float] | None:
+        key = self._key(embedder, text)
+        found = self._items.pop(key, None)
+        if found is not None:
+            self._items[key] = found  # most recent last
+        return found
+
+    def put(self, embedder: str, text: str, vector: list[float]) -> None:
+        key = self._key(embedder, text)
+        self._items.pop(key, None)
+        self._items[key] = vector
+        while len(self._items) > self.size:
+            self._items.pop(next(iter(self._items)))
+
+    async def embed(self, texts: Sequence[str], name: str,
+                    compute: Callable[[list[str]], Awaitable[list[list[float]]]]) -> list[list[float]]:
+        """Vectors for ``texts``: cached ones from here, the other distinct texts from ``compute``."""
+        out: list[list[float] | None] = [self.get(name, t) for t in texts]
+        missing = list(dict.fromkeys(t for t, v in zip(texts, out, strict=True) if v is None))
+        self.hits += len(texts) - sum(v is None for v in out)
+        self.misses += len(missing)
+        if missing:
+            fresh = await compute(missing)
+            if len(fresh) != len(missing):
+                raise RuntimeError(f"embedder {name} returned {len(fresh)} vectors for {len(missing)} texts")
+            got = dict(zip(missing, fresh, strict=True))
+            for text, vector in got.items():
+                self.put(name, text, vector)
+            out = [v if v is not None else got[t] for t, v in zip(texts, out, strict=True)]
+        return [v for v in out if v is not None]
 
 
 class WriteBatcher:
@@ -271,6 +320,20 @@ class VectorIndex:
             self._built = (np.vstack(rows).astype(np.float32), np.array(self._alive, dtype=bool),
                            np.array(self._space, dtype=np.int32), np.array(self._ns, dtype=np.int32))
         return self._built
+
+    def similarities(self, query: Sequence[float], embedder: str,
+                     pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """Cosine similarity of the query to each of these entries' current vectors (those it has)."""
+        np = self.np
+        if embedder not in self.spaces or not self.pairs:
+            return {}
+        matrix = self._arrays(len(query))[0]
+        wanted = self.spaces[embedder]
+        slots = [(p, self.slots[p]) for p in pairs if p in self.slots and self._space[self.slots[p]] == wanted]
+        if not slots:
+            return {}
+        scores = matrix[[i for _, i in slots]] @ np.asarray(query, dtype=np.float32)
+        return {p: float(x) for (p, _), x in zip(slots, scores, strict=True)}
 
     def search(self, query: Sequence[float], embedder: str, k: int,
                allow: Callable[[str], bool] | None = None) -> list[tuple[tuple[str, str], float]]:

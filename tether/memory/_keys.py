@@ -1,10 +1,14 @@
 """Per-namespace encryption keys, kept outside the log, and destroyed to erase.
 
-Every memory text (with its metadata and embedding) is sealed with AES-256-GCM under
-its namespace's current key before it is published; the event names the key
-(``key_id = "<namespace>#<generation>"``). Erasing a namespace destroys its keys: the
-ciphertext stays in the immutable log but can never be read again, so a replay cannot
-bring the content back. The next write to the namespace starts a new generation.
+Every memory text (with its metadata and embedding) is sealed with AES-256-GCM under a
+key of its own, derived from its namespace's current key and the entry's key
+(:func:`derive`); the event names it (``key_id = "<namespace>#<generation>/entry"``).
+Erasing a namespace destroys its keys: the ciphertext stays in the immutable log but can
+never be read again, so a replay cannot bring the content back. Erasing one entry
+(:meth:`KeyStore.shred`) keeps the derived keys of every *other* entry, destroys the
+generation key they came from (so the erased entry's key can never be derived again)
+and starts a new generation. Events sealed before per-entry keys name the namespace key
+itself (``"<namespace>#<generation>"``); they stay readable and erasable by namespace.
 
 A :class:`KeyStore` holds the keys. :class:`FileKeyStore` (the default) is one JSON
 file under ``TETHER_HOME/keys``, mode 0600, changed under an exclusive ``flock`` and
@@ -25,17 +29,30 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["DESTROYED", "FileKeyStore", "InMemoryKeyStore", "KeyStore", "content_hash", "open_sealed", "seal"]
+__all__ = [
+    "DESTROYED",
+    "ENTRY",
+    "FileKeyStore",
+    "InMemoryKeyStore",
+    "KeyStore",
+    "content_hash",
+    "derive",
+    "entry_key",
+    "open_sealed",
+    "seal",
+]
 
 DESTROYED: Literal["destroyed"] = "destroyed"
 KeyLookup = bytes | Literal["destroyed"] | None
+ENTRY = "/entry"
+"""Suffix of an event's ``key_id`` whose text is sealed under the entry's own (derived) key."""
 
 
 class KeyStore(Protocol):
@@ -50,9 +67,37 @@ class KeyStore(Protocol):
     def destroy(self, namespace: str) -> list[str]:
         """Destroy every key of the namespace; the ids destroyed."""
 
+    def shred(self, namespace: str, entry: str, keep: Iterable[str]) -> list[str]:
+        """Make ``entry``'s key underivable: store the derived keys of the ``keep`` entries, destroy the
+        namespace's generation keys (and any stored key of ``entry``), start a new generation; the ids
+        destroyed."""
+
 
 def _new_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
+
+
+def derive(namespace_key: bytes, entry: str) -> bytes:
+    """The entry's own key: HMAC-SHA256 of its key under the namespace key (a PRF of a random key)."""
+    return hmac.new(namespace_key, b"tether.memory.entry\x00" + entry.encode(), hashlib.sha256).digest()
+
+
+def entry_id(key_id: str, entry: str) -> str:
+    """The id under which a shredded generation keeps ``entry``'s derived key."""
+    return f"{key_id}/{hashlib.sha256(entry.encode()).hexdigest()[:32]}"
+
+
+def entry_key(keys: KeyStore, key_id: str, entry: str) -> KeyLookup:
+    """The key ``entry`` was sealed with under generation ``key_id`` (``"<namespace>#<n>"``):
+    derived while the generation key exists, else the one kept when another entry was erased;
+    :data:`DESTROYED` if the generation is gone and this entry's key was not kept."""
+    base = keys.get(key_id)
+    if isinstance(base, bytes):
+        return derive(base, entry)
+    kept = keys.get(entry_id(key_id, entry))
+    if isinstance(kept, bytes):
+        return kept
+    return DESTROYED if (base == DESTROYED or kept == DESTROYED) else None
 
 
 class _Keys:
@@ -63,13 +108,19 @@ class _Keys:
         self.keys: dict[str, str] = dict(doc.get("keys", {}))
         self.generations: dict[str, int] = dict(doc.get("generations", {}))
         self.destroyed: dict[str, float] = dict(doc.get("destroyed", {}))
+        # namespace -> its first generation whose key only derives entry keys (none before it sealed anything)
+        self.derived: dict[str, int] = dict(doc.get("derived", {}))
+        self._decoded: dict[str, bytes] = {}  # key id -> key bytes, filled by get (the fold's hot path)
 
     def doc(self) -> dict[str, Any]:
-        return {"format": 1, "keys": self.keys, "generations": self.generations, "destroyed": self.destroyed}
+        return {"format": 2, "keys": self.keys, "generations": self.generations, "destroyed": self.destroyed,
+                "derived": self.derived}
 
     def current(self, namespace: str) -> tuple[str, bytes] | None:
+        """The current generation's key, if that generation derives entry keys (a generation an older
+        tether sealed with directly is left behind: it may hold texts no entry key can erase)."""
         gen = self.generations.get(namespace)
-        if gen is None:
+        if gen is None or gen < self.derived.get(namespace, gen + 1):
             return None
         key_id = f"{namespace}#{gen}"
         raw = self.keys.get(key_id)
@@ -80,22 +131,54 @@ class _Keys:
         key_id = f"{namespace}#{gen}"
         key = _new_key()
         self.generations[namespace] = gen
+        self.derived.setdefault(namespace, gen)
         self.keys[key_id] = base64.b64encode(key).decode()
         return key_id, key
 
     def get(self, key_id: str) -> KeyLookup:
+        found = self._decoded.get(key_id)
+        if found is not None and key_id in self.keys:
+            return found
         raw = self.keys.get(key_id)
         if raw is not None:
-            return base64.b64decode(raw)
+            found = self._decoded[key_id] = base64.b64decode(raw)
+            return found
+        self._decoded.pop(key_id, None)
         return DESTROYED if key_id in self.destroyed else None
 
     def destroy(self, namespace: str) -> list[str]:
+        self._decoded.clear()
         prefix = f"{namespace}#"
         gone = [k for k in self.keys if k.startswith(prefix)]
         now = time.time()
         for key_id in gone:
             del self.keys[key_id]
             self.destroyed[key_id] = now
+        return gone
+
+    def shred(self, namespace: str, entry: str, keep: Iterable[str]) -> list[str]:
+        prefix = f"{namespace}#"
+        first = self.derived.get(namespace)
+        if first is None:
+            return []
+        keep = [k for k in dict.fromkeys(keep) if k != entry]
+        self._decoded.clear()
+        now = time.time()
+        gone: list[str] = []
+        for key_id in [k for k in self.keys if k.startswith(prefix) and "/" not in k]:
+            if int(key_id[len(prefix):]) < first:
+                continue  # an older tether sealed with it directly: not an entry-key generation
+            base = base64.b64decode(self.keys.pop(key_id))
+            for other in keep:
+                self.keys[entry_id(key_id, other)] = base64.b64encode(derive(base, other)).decode()
+            self.destroyed[key_id] = now
+            gone.append(key_id)
+        suffix = entry_id("", entry)
+        for key_id in [k for k in self.keys if k.startswith(prefix) and k.endswith(suffix)]:
+            del self.keys[key_id]
+            self.destroyed[key_id] = now
+            gone.append(key_id)
+        self.create(namespace)
         return gone
 
 
@@ -117,6 +200,10 @@ class InMemoryKeyStore:
     def destroy(self, namespace: str) -> list[str]:
         with self._lock:
             return self._data.destroy(namespace)
+
+    def shred(self, namespace: str, entry: str, keep: Iterable[str]) -> list[str]:
+        with self._lock:
+            return self._data.shred(namespace, entry, keep)
 
 
 class FileKeyStore:
@@ -193,6 +280,10 @@ class FileKeyStore:
     def destroy(self, namespace: str) -> list[str]:
         with self._lock, self._exclusive() as data:
             return data.destroy(namespace)
+
+    def shred(self, namespace: str, entry: str, keep: Iterable[str]) -> list[str]:
+        with self._lock, self._exclusive() as data:
+            return data.shred(namespace, entry, keep)
 
 
 # -- sealing ------------------------------------------------------------------------------

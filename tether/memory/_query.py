@@ -39,7 +39,8 @@ DELETED = "(m.deleted IS NOT NULL AND (m.deleted_version IS NULL OR m.deleted_ve
 COMPACTED = "(m.compacted_into IS NOT NULL AND (m.compacted_version IS NULL OR m.compacted_version >= m.version))"
 EXPIRED = "(v.expires_at IS NOT NULL AND v.expires_at <= :now)"
 COLUMNS = ("v.namespace, v.key, m.version, v.text, v.metadata, v.seq, m.created_at, v.time, v.expires_at, v.agent, "
-           "v.run, v.source_call_id, v.source_message_id, m.kind, " + COMPACTED + ", m.compacted_into, v.replaced")
+           "v.run, v.source_call_id, v.source_message_id, m.kind, " + COMPACTED + ", m.compacted_into, v.replaced, "
+           "v.valid_from, v.observed_at")
 CURRENT = "JOIN memories m ON m.namespace = v.namespace AND m.key = v.key AND m.write_seq = v.seq"
 
 
@@ -49,7 +50,8 @@ def _entry(row: Sequence[Any]) -> Entry:
                  updated_at=to_datetime(row[7]), expires_at=to_datetime(row[8]), agent=row[9], run=row[10],
                  source_call_id=row[11], source_message_id=row[12], kind=row[13] or "memory",
                  status="compacted" if row[14] else "live", compacted_into=row[15] if row[14] else None,
-                 replaced=tuple(json.loads(row[16])) if row[16] else ())
+                 replaced=tuple(json.loads(row[16])) if row[16] else (), valid_from=to_datetime(row[17]),
+                 observed_at=to_datetime(row[18]))
 
 
 def current(db: sqlite3.Connection, namespace: str, key: str, now: float) -> tuple[Entry | None, str | None]:
@@ -59,9 +61,9 @@ def current(db: sqlite3.Connection, namespace: str, key: str, now: float) -> tup
                      {"ns": namespace, "key": key, "now": now}).fetchone()
     if row is None:
         return None, None
-    if row[17]:
-        return None, str(row[18])
     if row[19]:
+        return None, str(row[20])
+    if row[21]:
         return None, "expired"
     return _entry(row), None
 
@@ -74,6 +76,16 @@ def live_version(db: sqlite3.Connection, namespace: str, key: str, now: float) -
     if row is None or row[0] is None or row[1] or row[2]:
         return 0
     return int(row[0])
+
+
+def valid_times(db: sqlite3.Connection, pairs: Sequence[tuple[str, str]], now: float) -> dict[tuple[str, str], float]:
+    """The valid time (``valid_from``, else when written) of each live entry's current version."""
+    out: dict[tuple[str, str], float] = {}
+    for ns, key in dict.fromkeys(pairs):
+        entry, _ = current(db, ns, key, now)
+        if entry is not None and entry.valid_time is not None:
+            out[(ns, key)] = entry.valid_time.timestamp()
+    return out
 
 
 def next_version(db: sqlite3.Connection, namespace: str, key: str) -> int:
@@ -101,13 +113,14 @@ def entry_as_of(db: sqlite3.Connection, namespace: str, key: str, seq: int, at: 
         "AND w.key = v.key AND w.seq <= v.seq AND w.action != 'deleted'), v.text, v.metadata, v.seq, "
         "(SELECT min(time) FROM versions w WHERE w.namespace = v.namespace AND w.key = v.key), v.time, "
         "v.expires_at, v.agent, v.run, v.source_call_id, v.source_message_id, "
-        "CASE v.action WHEN 'compacted' THEN 'summary' ELSE 'memory' END, 0, NULL, v.replaced, v.action, v.reason "
+        "CASE v.action WHEN 'compacted' THEN 'summary' ELSE 'memory' END, 0, NULL, v.replaced, v.valid_from, "
+        "v.observed_at, v.action, v.reason "
         "FROM versions v WHERE v.namespace = ? AND v.key = ? AND v.seq <= ? ORDER BY v.seq DESC LIMIT 1",
         (namespace, key, seq)).fetchone()
     if row is None:
         return None, None
-    if row[17] == "deleted":
-        return None, str(row[18] or "deleted")
+    if row[19] == "deleted":
+        return None, str(row[20] or "deleted")
     if row[8] is not None and at is not None and row[8] <= at:
         return None, "expired"
     return _entry(row), None
@@ -225,10 +238,20 @@ PRUNE_FROM = 2000
 """From this many entries on, terms found in more than half of them are left out of the match."""
 
 
+FIELDS = "{text key_terms meta}"
+"""The FTS columns a query's words are matched in (the namespace token column is apart)."""
+
+
+def _bm25(weights: tuple[float, float, float]) -> str:
+    text, key, meta = (float(w) for w in weights)
+    return f"bm25(versions_fts, {text!r}, 0.0, {key!r}, {meta!r})"
+
+
 def keyword(db: sqlite3.Connection, terms: Sequence[str], *, namespaces: Sequence[str] | None,
             patterns: Sequence[str] | None, filters: Mapping[str, Any] | None, now: float, limit: int,
             as_of: int | None = None, include_compacted: bool = False,
-            stats: TermStats | None = None) -> list[tuple[Entry, float]]:
+            stats: TermStats | None = None, weights: tuple[float, float, float] = (1.0, 0.5, 0.5),
+            valid_at: float | None = None) -> list[tuple[Entry, float]]:
     """BM25 matches of any of ``terms`` (best first) with their relevance (higher is better).
 
     Two phases: the FTS index alone ranks candidates (confined to the namespaces when they
@@ -240,14 +263,16 @@ def keyword(db: sqlite3.Connection, terms: Sequence[str], *, namespaces: Sequenc
     _filters(filters, {})  # refuse bad filters whatever the query matches
     if not terms:
         return []
-    if as_of is not None:
-        return _keyword_as_of(db, terms, namespaces, patterns, filters, now, limit, as_of, include_compacted)
+    bm25 = _bm25(weights)
+    if as_of is not None or valid_at is not None:
+        return _keyword_as_of(db, terms, namespaces, patterns, filters, now, limit, as_of, include_compacted, bm25,
+                              valid_at)
     stats = stats or TermStats()
     stats.refresh(db)
-    df = {t: stats.of(db, t) for t in dict.fromkeys(terms)}
+    df = {t: stats.of(db, t, FIELDS) for t in dict.fromkeys(terms)}
     common = stats.docs / 2 if stats.docs >= PRUNE_FROM else float("inf")
     kept = [t for t in df if df[t] <= common] or sorted(df, key=lambda t: df[t])[:1]
-    match = "text : (" + " OR ".join(f'"{t}"' for t in kept) + ")"
+    match = FIELDS + " : (" + " OR ".join(f'"{t}"' for t in kept) + ")"
     if namespaces is not None:
         if not namespaces:
             return []
@@ -264,11 +289,11 @@ def keyword(db: sqlite3.Connection, terms: Sequence[str], *, namespaces: Sequenc
     want = max(limit * 2, 32)
     while True:
         if estimate > SCAN_LIMIT:
-            rows = db.execute("SELECT rowid, bm25(versions_fts, 1.0, 0.0) FROM versions_fts WHERE versions_fts "
+            rows = db.execute(f"SELECT rowid, {bm25} FROM versions_fts WHERE versions_fts "
                               "MATCH ? ORDER BY rowid DESC LIMIT ?", (match, SCAN_LIMIT)).fetchall()
             rows.sort(key=lambda r: r[1])
         else:
-            rows = db.execute("SELECT rowid, bm25(versions_fts, 1.0, 0.0) AS b FROM versions_fts WHERE "
+            rows = db.execute(f"SELECT rowid, {bm25} AS b FROM versions_fts WHERE "
                               "versions_fts MATCH ? ORDER BY b LIMIT ?", (match, want)).fetchall()
         fresh = [(int(r[0]), float(r[1])) for r in rows if int(r[0]) not in seen]
         for i in range(0, len(fresh), 250):
@@ -297,22 +322,48 @@ def _live_seqs(db: sqlite3.Connection, seqs: Sequence[int], where: Sequence[str]
         f"SELECT v.seq FROM versions v CROSS {CURRENT} WHERE v.seq IN ({marks}) AND {' AND '.join(where)}", local)}
 
 
+VALID = "coalesce(w.valid_from, w.time)"
+VERSION_COLUMNS = COLUMNS.replace("m.version", "(SELECT count(*) FROM versions w WHERE w.namespace = v.namespace "
+                                  "AND w.key = v.key AND w.seq <= v.seq AND w.action != 'deleted')")
+
+
 def _keyword_as_of(db: sqlite3.Connection, terms: Sequence[str], namespaces: Sequence[str] | None,
                    patterns: Sequence[str] | None, filters: Mapping[str, Any] | None, now: float, limit: int,
-                   as_of: int, include_compacted: bool) -> list[tuple[Entry, float]]:
-    """The same search as the log stood at ``as_of``: every version is a candidate (slower)."""
-    match = "text : (" + " OR ".join(f'"{t}"' for t in dict.fromkeys(terms)) + ")"
+                   as_of: int | None, include_compacted: bool, bm25: str,
+                   valid_at: float | None = None) -> list[tuple[Entry, float]]:
+    """The same search as the log stood at ``as_of``, or over the versions valid at ``valid_at``
+    (each key's version with the latest valid time at or before it, of those written by now);
+    every version is a candidate (slower)."""
+    match = FIELDS + " : (" + " OR ".join(f'"{t}"' for t in dict.fromkeys(terms)) + ")"
     params: dict[str, Any] = {"q": match, "now": now, "limit": limit}
-    where = ["versions_fts MATCH :q", *_scope(namespaces, patterns, params), *_filters(filters, params)]
-    params["as_of"] = as_of
-    params["now"] = time_at(db, as_of) or now
-    where += ["v.seq <= :as_of", "v.action != 'deleted'", f"NOT {EXPIRED}",
-              "v.seq = (SELECT max(w.seq) FROM versions w WHERE w.namespace = v.namespace AND w.key = v.key "
-              "AND w.seq <= :as_of)"]
-    sql = (f"SELECT v.seq, bm25(versions_fts, 1.0, 0.0) AS bm FROM versions_fts "
+    where = ["versions_fts MATCH :q", *_scope(namespaces, patterns, params), *_filters(filters, params),
+             "v.action != 'deleted'"]
+    if as_of is not None:
+        params["as_of"] = as_of
+        params["now"] = time_at(db, as_of) or now
+        where += ["v.seq <= :as_of", f"NOT {EXPIRED}",
+                  "v.seq = (SELECT max(w.seq) FROM versions w WHERE w.namespace = v.namespace AND w.key = v.key "
+                  "AND w.seq <= :as_of)"]
+    else:
+        params["valid_at"] = valid_at
+        where += [f"NOT {EXPIRED}",
+                  f"v.seq = (SELECT w.seq FROM versions w WHERE w.namespace = v.namespace AND w.key = v.key "
+                  f"AND w.action != 'deleted' AND {VALID} <= :valid_at ORDER BY {VALID} DESC, w.seq DESC LIMIT 1)",
+                  "NOT EXISTS (SELECT 1 FROM memories m WHERE m.namespace = v.namespace AND m.key = v.key "
+                  f"AND {DELETED})"]
+    sql = (f"SELECT v.seq, {bm25} AS bm FROM versions_fts "
            f"JOIN versions v ON v.seq = versions_fts.rowid WHERE {' AND '.join(where)} ORDER BY bm LIMIT :limit")
     out = []
     for seq, bm in db.execute(sql, params).fetchall():
+        if as_of is None:
+            row = db.execute(f"SELECT {VERSION_COLUMNS} FROM versions v "
+                             "JOIN memories m ON m.namespace = v.namespace AND m.key = v.key WHERE v.seq = ?",
+                             (seq,)).fetchone()
+            valid = _entry(row)
+            if not include_compacted and valid.status == "compacted":
+                continue
+            out.append((valid, -float(bm)))
+            continue
         row = db.execute("SELECT namespace, key FROM versions WHERE seq = ?", (seq,)).fetchone()
         entry, _ = entry_as_of(db, row[0], row[1], as_of, params["now"])
         if entry is None:
@@ -321,6 +372,15 @@ def _keyword_as_of(db: sqlite3.Connection, terms: Sequence[str], namespaces: Seq
             continue
         out.append((entry, -float(bm)))
     return out
+
+
+def embeddings(db: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, tuple[bytes, str | None]]:
+    """The recorded vectors (and their embedder) of these versions."""
+    if not seqs:
+        return {}
+    marks = ", ".join("?" * len(seqs))
+    return {int(r[0]): (r[1], r[2]) for r in db.execute(
+        f"SELECT seq, embedding, embedder FROM versions WHERE seq IN ({marks}) AND embedding IS NOT NULL", list(seqs))}
 
 
 def _compacted_as_of(db: sqlite3.Connection, entry: Entry, as_of: int) -> bool:
@@ -355,6 +415,14 @@ def by_hash(db: sqlite3.Connection, namespace: str, digest: str, now: float) -> 
            f"AND NOT {DELETED} AND NOT {EXPIRED} AND NOT {COMPACTED} ORDER BY v.seq DESC LIMIT 1")
     row = db.execute(sql, {"ns": namespace, "h": digest, "now": now}).fetchone()
     return None if row is None else _entry(row)
+
+
+def shared_key_versions(db: sqlite3.Connection, namespace: str, key: str) -> list[int]:
+    """The sequences of the entry's versions *not* sealed under a key of its own (written by an older
+    tether, or unencrypted by another producer): erasing the entry alone cannot reach them."""
+    return [int(r[0]) for r in db.execute(
+        "SELECT seq FROM versions WHERE namespace = ? AND key = ? AND text IS NOT NULL "
+        "AND (key_id IS NULL OR key_id NOT LIKE '%/entry')", (namespace, key))]
 
 
 def keys_of(db: sqlite3.Connection, namespace: str) -> list[str]:

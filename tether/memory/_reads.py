@@ -7,8 +7,10 @@ Every read waits until the view has applied this client's own writes (read-your-
 from __future__ import annotations
 
 import fnmatch
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -18,7 +20,7 @@ from ._core import MemoryCore
 from ._embed import VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
-from ._rank import query_terms, rerank, rrf
+from ._rank import Candidate, fuse, query_terms, rerank, rrf_weighted, temporal, words
 from ._types import Context, Entry, Hit, Version
 
 __all__ = ["AsOf", "MemoryReads", "SearchMode"]
@@ -29,6 +31,45 @@ AsOf = int | datetime | None
 
 def _stamp(entry: Entry, default: float) -> float:
     return entry.updated_at.timestamp() if entry.updated_at is not None else default
+
+
+def _valid(entry: Entry, default: float) -> float:
+    when = entry.valid_time
+    return when.timestamp() if when is not None else default
+
+
+_NAME = re.compile(r"\b[A-Z][\w'-]*[a-z][\w'-]*(?:\s+[A-Z][\w-]*[a-z][\w-]*)+")
+
+
+def _new_names(query: str, texts: Sequence[str]) -> str | None:
+    """For a multi-hop question: the names (two or more capitalised words) the best hits bring that
+    the query does not have, with the query's words neither those hits nor its own names hold
+    ("Where does Ann's manager live?" + "Ann's manager is Leo Berg." -> "Leo Berg where does live")."""
+    asked = set(words(query))
+    found: list[str] = []
+    seen = set()
+    for text in texts:
+        seen.update(words(text))
+        for name in _NAME.findall(text):
+            name = re.sub(r"'s$", "", name)
+            if not set(words(name)) <= asked:
+                found.append(" ".join(w for w in name.split() if w.lower() not in asked))
+    if not found:
+        return None
+    own = {w for name in _NAME.findall(query) for w in words(name)}
+    rest = [w for w in words(query) if w not in seen and w not in own]
+    return " ".join(dict.fromkeys(found)) + (" " + " ".join(rest) if rest else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    names: list[str] | None
+    patterns: list[str] | None
+    filters: Mapping[str, Any] | None
+    include_compacted: bool
+    seq: int | None
+    at: float | None
+    after: int | None
 
 
 class MemoryReads(MemoryCore):
@@ -70,14 +111,19 @@ class MemoryReads(MemoryCore):
 
     async def search(self, query: str, namespaces: Sequence[str] | str | None = None, k: int = 5,
                      filters: Mapping[str, Any] | None = None, as_of: AsOf = None, *, mode: SearchMode = "auto",
-                     include_compacted: bool = False, after: int | None = None) -> list[Hit]:
+                     include_compacted: bool = False, after: int | None = None,
+                     valid_at: datetime | Literal["query"] | None = None) -> list[Hit]:
         """The ``k`` most relevant live entries, best first.
 
-        ``keyword`` is BM25 over the text, blended with recency; ``semantic`` is cosine
-        similarity of embeddings; ``hybrid`` fuses both by reciprocal rank; ``auto`` is
-        hybrid when an embedder is set, else keyword. ``namespaces`` defaults to every
-        namespace this agent may read; ``filters`` match metadata (see ``_query._filters``).
-        Searches ``as_of`` the past are keyword searches.
+        ``keyword`` is field-aware BM25 (text, key, metadata) blended with recency;
+        ``semantic`` is cosine similarity of embeddings; ``hybrid`` scores the candidates of
+        both by a weighted sum of the two (``self.ranking``); ``auto`` is hybrid when an
+        embedder is set, else keyword. ``namespaces`` defaults to every namespace this agent
+        may read; ``filters`` match metadata (see ``_query._filters``). Searches ``as_of`` a
+        log position are keyword searches. ``valid_at`` searches the versions that were
+        *true* then (valid time); ``valid_at="query"`` reads it from the query ("before
+        March"), and a query about the present ("now", "latest") then favours the entries
+        that became true most recently.
         """
         if not isinstance(query, str) or not query.strip():
             raise InvalidMemory("query is empty")
@@ -90,47 +136,126 @@ class MemoryReads(MemoryCore):
             mode = "hybrid" if self.embedder is not None else "keyword"
         if mode in ("semantic", "hybrid") and self.embedder is None:
             raise InvalidMemory(f"{mode} search needs an embedder: AsyncMemory(..., embedder=LocalEmbedder())")
+        now = self.clock()
+        at, present = self._valid_at(query, valid_at, now)
         seq, _ = await self._as_of(as_of)
         if seq is not None:
+            if at is not None:
+                raise InvalidMemory("as_of (a log position) and valid_at (a valid time) cannot be combined")
             mode = "keyword"
-        now = self.clock()
         pool = max(4 * k, 40)
-        keyword_hits: list[tuple[Entry, float]] = []
+        vector = await self._query_vector(query) if mode != "keyword" else None
+        scope = _Scope(names, patterns, filters, include_compacted, seq, at, after)
+        found = await self._gather(query, vector, scope, mode, pool, now)
+        ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic")
+        if self.ranking.expand and mode != "semantic" and ranked and seq is None:
+            bridge = _new_names(query, [found[p][0].text for p in ranked[:1]])
+            if bridge:  # multi-hop: a second, keyword pass for the names the best hit brings
+                second = await self._gather(bridge, vector, scope, "keyword", pool, now, rescore=mode == "hybrid")
+                again, _ = self._order(second, now, present, semantic_only=False)
+                scores = rrf_weighted([(ranked, 1.0), (again, self.ranking.expand_weight)], k=1)
+                found = {**second, **found}
+                ranked = sorted(scores, key=lambda p: -scores[p])
+        return [Hit(found[p][0], scores[p], found[p][2], found[p][3]) for p in ranked[:k]]
+
+    async def _query_vector(self, query: str) -> list[float]:
+        """The query's embedding (from the client's vector cache when it was embedded lately)."""
+        embedder = self.embedder
+        assert embedder is not None
+        found = await self.vector_cache.embed(
+            [query], embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
+        return found[0]
+
+    def _valid_at(self, query: str, valid_at: datetime | str | None, now: float) -> tuple[float | None, bool]:
+        if valid_at is None:
+            return None, False
+        if valid_at == "query":
+            when, present = temporal(query, now)
+            return (when.timestamp() if when else None), present
+        if isinstance(valid_at, datetime):
+            return (valid_at if valid_at.tzinfo else valid_at.replace(tzinfo=UTC)).timestamp(), False
+        raise InvalidMemory(f"valid_at must be a datetime, 'query' or None, got {valid_at!r}")
+
+    async def _gather(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,
+                      now: float, *, rescore: bool = True) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None,
+                                                                                          int | None]]:
+        """The candidates of each retriever with both their scores: a keyword candidate gets its
+        cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both."""
         terms = query_terms(query)
+        ranking = self.ranking
+        keyword_hits: list[tuple[Entry, float]] = []
         if mode in ("keyword", "hybrid") and terms:
             keyword_hits = await self._read(lambda db: q.keyword(
-                db, terms, namespaces=names, patterns=patterns, filters=filters, now=now, limit=pool, as_of=seq,
-                include_compacted=include_compacted, stats=self._terms), after=after)
-        if mode == "keyword":
-            return self._ranked(keyword_hits, now, k)
-        semantic = await self._semantic(query, names, patterns, filters, pool, now, include_compacted, after)
-        if mode == "semantic":
-            hits = [Hit(e, s, None, i) for i, (e, s) in enumerate(semantic, start=1)]
-            return hits[:k]
-        by_key = {(e.namespace, e.key): e for e, _ in keyword_hits}
-        by_key.update({(e.namespace, e.key): e for e, _ in semantic})
-        k_rank = [(e.namespace, e.key) for e, _ in keyword_hits]
-        s_rank = [(e.namespace, e.key) for e, _ in semantic]
-        fused = rrf(k_rank, s_rank)
-        pairs = list(fused)
-        ages = [now - _stamp(by_key[p], now) for p in pairs]
-        scores = rerank([fused[p] for p in pairs], ages, weight=self.recency_weight, half_life_s=self.half_life_s)
-        k_pos = {p: i for i, p in enumerate(k_rank, start=1)}
-        s_pos = {p: i for i, p in enumerate(s_rank, start=1)}
-        ranked = sorted(zip(pairs, scores, strict=True), key=lambda x: -x[1])[:k]
-        return [Hit(by_key[p], s, k_pos.get(p), s_pos.get(p)) for p, s in ranked]
+                db, terms, namespaces=scope.names, patterns=scope.patterns, filters=scope.filters, now=now,
+                limit=pool, as_of=scope.seq, include_compacted=scope.include_compacted, stats=self._terms,
+                weights=(ranking.text_weight, ranking.key_weight, ranking.meta_weight), valid_at=scope.at),
+                after=scope.after)
+        semantic: list[tuple[Entry, float]] = []
+        if vector is not None and mode in ("semantic", "hybrid") and scope.at is None:
+            semantic = await self._semantic(vector, scope.names, scope.patterns, scope.filters, pool, now,
+                                            scope.include_compacted, scope.after)
+        out: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]] = {}
+        for i, (e, bm) in enumerate(keyword_hits, start=1):
+            out[(e.namespace, e.key)] = (e, Candidate(bm, None, _valid(e, now)), i, None)
+        for i, (e, cos) in enumerate(semantic, start=1):
+            pair = (e.namespace, e.key)
+            old = out.get(pair)
+            if old is None:
+                out[pair] = (e, Candidate(None, cos, _valid(e, now)), None, i)
+            else:
+                old[1].cosine = cos
+                out[pair] = (old[0], old[1], old[2], i)
+        if vector is not None and mode == "hybrid" and rescore:
+            missing = [p for p, (_, c, _, _) in out.items() if c.cosine is None]
+            if missing:
+                sims = await self._similarities(vector, missing, {p: out[p][0] for p in missing}, scope.at is not None)
+                for pair, cos in sims.items():
+                    out[pair][1].cosine = cos
+        return out
 
-    def _ranked(self, found: list[tuple[Entry, float]], now: float, k: int) -> list[Hit]:
-        ages = [now - _stamp(e, now) for e, _ in found]
-        scores = rerank([r for _, r in found], ages, weight=self.recency_weight, half_life_s=self.half_life_s)
-        order = sorted(range(len(found)), key=lambda i: -scores[i])[:k]
-        return [Hit(found[i][0], scores[i], i + 1, None) for i in order]
+    def _order(self, found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]], now: float,
+               present: bool, *, semantic_only: bool) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
+        """The candidates best first, and their scores."""
+        pairs = list(found)
+        if semantic_only:
+            values = [found[p][1].cosine or 0.0 for p in pairs]
+        else:
+            fused = fuse([found[p][1] for p in pairs], self.ranking, present=present)
+            ages = [now - _stamp(found[p][0], now) for p in pairs]
+            values = rerank(fused, ages, weight=self.recency_weight, half_life_s=self.half_life_s)
+        scores = dict(zip(pairs, values, strict=True))
+        return sorted(pairs, key=lambda p: -scores[p]), scores
 
-    async def _semantic(self, query: str, names: list[str] | None, patterns: list[str] | None,
+    async def _similarities(self, vector: list[float], pairs: list[tuple[str, str]],
+                            entries: dict[tuple[str, str], Entry], past: bool) -> dict[tuple[str, str], float]:
+        assert self.embedder is not None
+        name = self.embedder.name
+
+        def run(db: sqlite3.Connection) -> dict[tuple[str, str], float]:
+            if not past:
+                if self._vectors is None:
+                    self._vectors = VectorIndex()
+                self._vectors.refresh(db)
+                return self._vectors.similarities(vector, name, pairs)
+            import numpy as np
+
+            blobs = q.embeddings(db, [entries[p].seq for p in pairs])
+            query = np.asarray(vector, dtype=np.float32)
+            out = {}
+            for p in pairs:
+                blob = blobs.get(entries[p].seq)
+                if blob is not None and blob[1] == name:
+                    row = np.frombuffer(blob[0], dtype="<f4")
+                    if len(row) == len(query):
+                        out[p] = float(row @ query)
+            return out
+
+        return await self._read(run)
+
+    async def _semantic(self, vector: list[float], names: list[str] | None, patterns: list[str] | None,
                         filters: Mapping[str, Any] | None, pool: int, now: float, include_compacted: bool,
                         after: int | None) -> list[tuple[Entry, float]]:
         assert self.embedder is not None
-        vector = (await self.embedder.embed([query], agent=self.agent, run=self.run))[0]
         name = self.embedder.name
 
         def allow(ns: str) -> bool:
@@ -153,11 +278,11 @@ class MemoryReads(MemoryCore):
 
     async def context(self, query: str, namespaces: Sequence[str] | str | None = None, token_budget: int = 1000,
                       *, k: int = 20, filters: Mapping[str, Any] | None = None, as_of: AsOf = None,
-                      mode: SearchMode = "auto") -> Context:
+                      mode: SearchMode = "auto", valid_at: datetime | Literal["query"] | None = None) -> Context:
         """Text to put in a prompt: the most relevant entries that fit ``token_budget``, each cited."""
         if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 16:
             raise InvalidMemory(f"token_budget must be an int >= 16, got {token_budget!r}")
-        hits = await self.search(query, namespaces, k, filters, as_of, mode=mode)
+        hits = await self.search(query, namespaces, k, filters, as_of, mode=mode, valid_at=valid_at)
         return pack(hits, token_budget)
 
     async def namespaces(self) -> list[tuple[str, int]]:

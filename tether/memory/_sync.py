@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from ._client import AsyncMemory, connect_memory
+from ._extract import Extraction
 from ._reads import AsOf
 from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
 
@@ -92,8 +93,11 @@ class Memory:
     def forget(self, namespace: str, **kw: Any) -> list[str]:
         return self._call(self.aio.forget(namespace, **kw))
 
-    def erase(self, namespace: str, **kw: Any) -> Erased:
-        return self._call(self.aio.erase(namespace, **kw))
+    def erase(self, namespace: str, key: str | None = None, **kw: Any) -> Erased:
+        return self._call(self.aio.erase(namespace, key, **kw))
+
+    def extract(self, namespace: str, messages: Any, **kw: Any) -> Extraction:
+        return self._call(self.aio.extract(namespace, messages, **kw))
 
     def expire(self, **kw: Any) -> int:
         return self._call(self.aio.expire(**kw))

@@ -34,6 +34,15 @@ class Entry:
     status: Literal["live", "compacted"] = "live"
     compacted_into: str | None = None
     replaced: tuple[str, ...] = ()
+    valid_from: datetime | None = None
+    """When the fact became true, if the writer said (else it is taken as true from ``updated_at``)."""
+    observed_at: datetime | None = None
+    """When the fact was observed, for imported history."""
+
+    @property
+    def valid_time(self) -> datetime | None:
+        """When this version became true: ``valid_from``, else when it was written."""
+        return self.valid_from or self.updated_at
 
     @property
     def citation(self) -> str:
@@ -85,9 +94,13 @@ class BulkWritten:
 
 @dataclass(frozen=True, slots=True)
 class Erased:
+    """The outcome of :meth:`erase`: which keys were destroyed, and where the erasure was recorded."""
+
     namespace: str
     keys_destroyed: tuple[str, ...]
     seq: int | None
+    key: str | None = None
+    """The one entry erased; None when the whole namespace was."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tether.projections import Delete, Op, Projection, Table, Upsert, ViewStore
+from tether.projections import Delete, Merge, Op, Projection, Table, Upsert, ViewStore
 from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, finite_or_none
 
 from ._codec import open_entry
@@ -25,7 +26,8 @@ VERSIONS = Table("versions", {
     "version": "INTEGER", "text": "TEXT", "metadata": "TEXT", "time": "REAL", "expires_at": "REAL",
     "agent": "TEXT", "run": "TEXT", "event_id": "TEXT", "source_call_id": "TEXT", "source_message_id": "TEXT",
     "reason": "TEXT", "content_hash": "TEXT", "embedding": "BLOB", "embedder": "TEXT", "replaced": "TEXT",
-    "summarizer": "TEXT", "token_budget": "INTEGER", "ns": "TEXT",
+    "summarizer": "TEXT", "token_budget": "INTEGER", "ns": "TEXT", "key_id": "TEXT", "valid_from": "REAL",
+    "observed_at": "REAL", "meta": "TEXT", "key_terms": "TEXT",
 }, key=("seq",), indexes=(("namespace", "key", "seq"), ("namespace", "content_hash"), ("time",)))
 
 MEMORIES = Table("memories", {
@@ -38,18 +40,50 @@ COMPACTIONS = Table("compactions", {
     "seq": "INTEGER", "namespace": "TEXT", "key": "TEXT", "version": "INTEGER", "summary_key": "TEXT",
 }, key=("seq", "namespace", "key"), indexes=(("namespace", "key"),))
 
+# Columns: the text, the namespace token, the entry's key (unless generated) and its metadata (field-aware
+# BM25 weighs them).
 _FTS = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS versions_fts USING fts5(text, ns, content='versions', "
+    "CREATE VIRTUAL TABLE IF NOT EXISTS versions_fts USING fts5(text, ns, key_terms, meta, content='versions', "
     "content_rowid='seq', tokenize='porter unicode61 remove_diacritics 2')",
     "CREATE TRIGGER IF NOT EXISTS versions_fts_ai AFTER INSERT ON versions WHEN new.text IS NOT NULL BEGIN "
-    "INSERT INTO versions_fts(rowid, text, ns) VALUES (new.seq, new.text, new.ns); END",
+    "INSERT INTO versions_fts(rowid, text, ns, key_terms, meta) "
+    "VALUES (new.seq, new.text, new.ns, new.key_terms, new.meta); END",
     "CREATE TRIGGER IF NOT EXISTS versions_fts_ad AFTER DELETE ON versions WHEN old.text IS NOT NULL BEGIN "
-    "INSERT INTO versions_fts(versions_fts, rowid, text, ns) VALUES ('delete', old.seq, old.text, old.ns); END",
+    "INSERT INTO versions_fts(versions_fts, rowid, text, ns, key_terms, meta) "
+    "VALUES ('delete', old.seq, old.text, old.ns, old.key_terms, old.meta); END",
     "CREATE TRIGGER IF NOT EXISTS versions_fts_au AFTER UPDATE OF text ON versions BEGIN "
-    "INSERT INTO versions_fts(versions_fts, rowid, text, ns) SELECT 'delete', old.seq, old.text, old.ns "
-    "WHERE old.text IS NOT NULL; "
-    "INSERT INTO versions_fts(rowid, text, ns) SELECT new.seq, new.text, new.ns WHERE new.text IS NOT NULL; END",
+    "INSERT INTO versions_fts(versions_fts, rowid, text, ns, key_terms, meta) "
+    "SELECT 'delete', old.seq, old.text, old.ns, old.key_terms, old.meta WHERE old.text IS NOT NULL; "
+    "INSERT INTO versions_fts(rowid, text, ns, key_terms, meta) "
+    "SELECT new.seq, new.text, new.ns, new.key_terms, new.meta WHERE new.text IS NOT NULL; END",
 )
+
+
+_GENERATED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def key_terms(key: str) -> str | None:
+    """The key as words for the index; None for a generated one (a UUID says nothing, and its
+    unique tokens would make every write slower to index)."""
+    return None if _GENERATED.fullmatch(key) else key
+
+
+def meta_words(metadata: Any) -> str:
+    """The words of an entry's metadata, for its FTS column: field names and scalar values."""
+    out: list[str] = []
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, name)
+        elif value is not None and not isinstance(value, bool):
+            out.extend((name, str(value)))
+
+    walk(metadata, "")
+    return " ".join(w for w in out if w)
 
 
 def ns_token(namespace: str) -> str:
@@ -109,7 +143,9 @@ class MemoryView(Projection):
     """
 
     name: ClassVar[str] = "memory"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
+    """2: ``versions.key_id`` (which key sealed each version: erasing one entry needs its own key),
+    ``valid_from`` and ``observed_at`` (valid time), ``meta``, and the key and metadata in the FTS index."""
     tables: ClassVar[tuple[Table, ...]] = (VERSIONS, MEMORIES, COMPACTIONS)
     types: ClassVar[frozenset[str] | None] = MEMORY_TYPES
 
@@ -153,16 +189,26 @@ class MemoryView(Projection):
                    metadata=json.dumps(finite_or_none(opened.metadata), ensure_ascii=False, sort_keys=True),
                    expires_at=d.expires_at.timestamp() if d.expires_at else None,
                    source_call_id=d.source_call_id, source_message_id=d.source_message_id,
-                   content_hash=d.content_hash, embedding=opened.embedding, embedder=d.embedder)
-        return [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "memory")]
+                   content_hash=d.content_hash, embedding=opened.embedding, embedder=d.embedder, key_id=d.key_id,
+                   valid_from=opened.valid_from, observed_at=opened.observed_at,
+                   meta=meta_words(opened.metadata) or None, key_terms=key_terms(d.key))
+        return [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "memory",
+                                                       historical=opened.historical)]
 
-    def _current(self, event: Event, seq: int, namespace: str, key: str, kind: str) -> Upsert:
+    def _current(self, event: Event, seq: int, namespace: str, key: str, kind: str, *,
+                 historical: bool = False) -> Upsert:
+        """The entry's row: this version becomes current, unless it is history (valid before the
+        version that was current when it was written): then only the version count moves."""
         t = event.time.timestamp()
+        merge: dict[str, Merge] = {"version": "add", "created_at": "keep"}
+        if historical:
+            merge.update({c: "keep" for c in ("write_seq", "updated_at", "deleted", "deleted_version",
+                                               "compacted_into", "compacted_version", "kind")})
         return Upsert("memories", {
             "namespace": namespace, "key": key, "version": 1, "seq": seq, "write_seq": seq, "created_at": t,
             "updated_at": t, "deleted": None, "deleted_version": None, "compacted_into": None,
             "compacted_version": None, "kind": kind,
-        }, merge={"version": "add", "created_at": "keep"})
+        }, merge=merge)
 
     def _deleted(self, event: Event, d: MemoryDeleted, seq: int) -> Iterator[Op]:
         if d.reason == "erased":
@@ -183,7 +229,8 @@ class MemoryView(Projection):
         row = self._base(event, seq, d.namespace, d.key, "compacted")
         row.update(version=d.version, text=opened.text, metadata="{}", source_call_id=d.source_call_id,
                    embedding=opened.embedding, embedder=d.embedder, replaced=json.dumps(list(d.replaced)),
-                   summarizer=d.summarizer, token_budget=d.token_budget)
+                   summarizer=d.summarizer, token_budget=d.token_budget, key_id=d.key_id,
+                   key_terms=key_terms(d.key))
         ops: list[Op] = [Upsert("versions", row), self._current(event, seq, d.namespace, d.key, "summary")]
         for item in d.replaced:
             key, version = split_replaced(item)

@@ -28,6 +28,7 @@ from ._compact import Summarizer, duplicates, plan_compaction, similarity
 from ._core import MemoryCore
 from ._embed import WriteBatcher
 from ._errors import InvalidMemory, MemoryNotFound, VersionConflict
+from ._extract import Extraction, ExtractiveExtractor, Extractor, plan
 from ._feed import last_memory_seq
 from ._keys import content_hash
 from ._names import ALL_KEYS, check_key, namespace_filter
@@ -41,6 +42,21 @@ MAX_METADATA_BYTES = 16 * 1024
 _WRONG_SEQ = re.compile(r"wrong last sequence: (\d+)")
 
 
+def _instant(value: Any, name: str) -> float | None:
+    """A valid or observed time as epoch seconds: a ``datetime`` (naive means UTC) or ISO 8601 text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidMemory(f"{name} {value!r} is not an ISO 8601 time (e.g. 2026-03-01 or "
+                                "2026-03-01T09:00:00+00:00)") from None
+    if not isinstance(value, datetime):
+        raise InvalidMemory(f"{name} must be a datetime or ISO 8601 text, got {type(value).__name__}")
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
 def _at(value: Any, path: tuple[str | int, ...]) -> Any:
     for part in path:
         value = value[part]
@@ -52,17 +68,23 @@ class MemoryWrites(MemoryCore):
 
     async def write(self, namespace: str, text: str, key: str | None = None, metadata: Mapping[str, Any] | None = None,
                     ttl: float | timedelta | None = None, expected_version: int | None = None, *,
-                    run: str | None = None, call_id: str | None = None, message_id: str | None = None) -> Written:
+                    run: str | None = None, call_id: str | None = None, message_id: str | None = None,
+                    valid_from: datetime | str | None = None, observed_at: datetime | str | None = None) -> Written:
         """Write a new version of ``key`` (a new entry if ``key`` is None) and return its position.
 
         With ``expected_version`` the write happens only if the entry is at that version
         (0: does not exist), else :class:`VersionConflict`. Without a key, a near-duplicate
         of a live entry is merged into it (``Written.merged_into``) instead of piling up.
+        ``valid_from`` says when the fact became true (``observed_at``: when it was seen, for
+        imported history): a version valid before the current one is recorded as history
+        (``history()``, ``search(valid_at=...)``) and does not replace it.
         """
         self._check(namespace, "write")
         text = self._text(text)
         meta = self._metadata(metadata)
         expires = self._expiry(ttl)
+        valid = _instant(valid_from, "valid_from")
+        observed = _instant(observed_at, "observed_at")
         if expected_version is not None and (isinstance(expected_version, bool) or not isinstance(
                 expected_version, int) or expected_version < 0):
             raise InvalidMemory(f"expected_version must be an int >= 0, got {expected_version!r}")
@@ -88,7 +110,12 @@ class MemoryWrites(MemoryCore):
                 live = await self._read(q.live_version, namespace, key, self.clock())
                 if live != expected_version:
                     raise VersionConflict(namespace, key, expected_version, live)
-            sealed = seal_entry(self.keys, namespace, key, text, meta, vector[0] if vector else None)
+            historical = False
+            if valid is not None and version > 1:
+                current = (await self._read(q.valid_times, [(namespace, key)], self.clock())).get((namespace, key))
+                historical = current is not None and valid < current
+            sealed = seal_entry(self.keys, namespace, key, text, meta, vector[0] if vector else None,
+                                valid_from=valid, observed_at=observed, historical=historical)
             return self._event(MemoryWritten(namespace=namespace, key=key, version=version, expires_at=expires,
                                              source_call_id=call_id, source_message_id=message_id,
                                              embedder=embedder, **sealed), run)
@@ -106,13 +133,16 @@ class MemoryWrites(MemoryCore):
                      ) -> list[list[float]] | None:
         """Vectors for what is written: through the batcher (concurrent writes embed together),
         or straight to the embedder for a bulk write that is one batch already."""
-        if self.embedder is None:
+        embedder = self.embedder
+        if embedder is None:
             return None
+        who = {"agent": self.agent, "run": run or self.run}
         if not batched:
-            return await self.embedder.embed(texts, agent=self.agent, run=run or self.run)
-        if self.batcher is None or self.batcher.embedder is not self.embedder:  # the embedder was replaced
-            self.batcher = WriteBatcher(self.embedder)
-        return await self.batcher.embed(texts, agent=self.agent, run=run or self.run)
+            return await self.vector_cache.embed(texts, embedder.name, lambda fresh: embedder.embed(fresh, **who))
+        if self.batcher is None or self.batcher.embedder is not embedder:  # the embedder was replaced
+            self.batcher = WriteBatcher(embedder)
+        batcher = self.batcher
+        return await self.vector_cache.embed(texts, embedder.name, lambda fresh: batcher.embed(fresh, **who))
 
     async def _near_duplicate(self, namespace: str, text: str) -> Entry | None:
         digest_key = self.keys.current(namespace)[1]
@@ -132,7 +162,8 @@ class MemoryWrites(MemoryCore):
         """Write many entries at once (emit, then one flush): the fast path for bulk loads.
 
         Each item has ``text`` and optionally ``namespace`` (else the argument), ``key``,
-        ``metadata``, ``ttl``. No conditional writes and no near-duplicate merging here.
+        ``metadata``, ``ttl``, ``valid_from``, ``observed_at``. No conditional writes and no
+        near-duplicate merging here.
         """
         rows = []
         for item in items:
@@ -140,17 +171,26 @@ class MemoryWrites(MemoryCore):
             key = item.get("key") or uuid7()
             check_key(key)
             rows.append((ns, key, self._text(item.get("text")), self._metadata(item.get("metadata")),
-                         self._expiry(item.get("ttl"))))
+                         self._expiry(item.get("ttl")), _instant(item.get("valid_from"), "valid_from"),
+                         _instant(item.get("observed_at"), "observed_at")))
         if not rows:
             return BulkWritten(0, self.position, ())
         vectors = await self._embed([r[2] for r in rows], run, batched=False)
         claimed: dict[tuple[str, str], int] = {}
         nexts = await self._read(lambda db: {(ns, key): q.next_version(db, ns, key) for ns, key, *_ in rows})
+        timed = [(r[0], r[1]) for r in rows if r[5] is not None]
+        valid_now = await self._read(q.valid_times, timed, self.clock()) if timed else {}
         embedder = self.embedder.name if self.embedder is not None else None
-        for i, (ns, key, text, meta, expires) in enumerate(rows):
+        now = self.clock()
+        for i, (ns, key, text, meta, expires, valid, observed) in enumerate(rows):
             version = claimed.get((ns, key), nexts[(ns, key)] - 1) + 1
             claimed[(ns, key)] = version
-            sealed = seal_entry(self.keys, ns, key, text, meta, vectors[i] if vectors else None)
+            current = valid_now.get((ns, key))
+            historical = valid is not None and current is not None and valid < current
+            if not historical:
+                valid_now[(ns, key)] = valid if valid is not None else now
+            sealed = seal_entry(self.keys, ns, key, text, meta, vectors[i] if vectors else None,
+                                valid_from=valid, observed_at=observed, historical=historical)
             await self.bus.emit(self._event(MemoryWritten(namespace=ns, key=key, version=version, expires_at=expires,
                                                           embedder=embedder if vectors else None, **sealed), run))
         await self.bus.flush()
@@ -203,22 +243,71 @@ class MemoryWrites(MemoryCore):
             self._moved(await last_memory_seq(self.bus, namespace_filter(namespace)))
         return [e.key for e in gone]
 
-    async def erase(self, namespace: str, *, run: str | None = None) -> Erased:
-        """Destroy the namespace's keys, then record the erasure: its content is unreadable for good.
+    async def erase(self, namespace: str, key: str | None = None, *, run: str | None = None) -> Erased:
+        """Destroy keys, then record the erasure: the namespace's content (or, with ``key``, that one
+        entry's, every version) is unreadable for good.
 
         The ciphertext stays in the log; without the key it never comes back, neither in
-        this view nor in any view rebuilt by replay. See ``docs/memory.md`` for exactly
+        this view nor in any view rebuilt by replay, and ``history`` no longer has it. One
+        entry is erased by keeping the derived key of every other entry of the namespace and
+        destroying the generation key (see ``_keys``). See ``docs/memory.md`` for exactly
         what is and is not guaranteed.
         """
         self._check(namespace, "write")
-        destroyed = await asyncio.to_thread(self.keys.destroy, namespace)
-        event = self._event(MemoryDeleted(namespace=namespace, key=ALL_KEYS, reason="erased"), run)
+        if key is None:
+            destroyed = await asyncio.to_thread(self.keys.destroy, namespace)
+        else:
+            check_key(key)
+            if key == ALL_KEYS:
+                raise InvalidMemory("key '*' is reserved: erase(namespace) erases every entry")
+            await self.feed.catch_up()  # every key written so far is kept, but this one
+            old = await self._read(q.shared_key_versions, namespace, key)
+            if old:
+                raise InvalidMemory(
+                    f"{namespace}/{key} has {len(old)} version(s) (seq {', '.join(map(str, old[:5]))}) sealed under "
+                    "the namespace key, not a key of the entry's own (written before tether had per-entry keys, "
+                    "or by another producer): erasing it alone cannot reach them; erase the namespace, "
+                    f"erase({namespace!r}), to make them unreadable")
+            keep = await self._read(q.keys_of, namespace)
+            destroyed = await asyncio.to_thread(self.keys.shred, namespace, key, keep)
+        event = self._event(MemoryDeleted(namespace=namespace, key=key or ALL_KEYS, reason="erased"), run)
         seq, _ = await self._publish(event)
         if seq is not None:
             await self.feed.wait_for(seq)
         if self._vectors is not None:
-            self._vectors = None  # drop vectors of the erased namespace from memory too
-        return Erased(namespace, tuple(destroyed), seq)
+            self._vectors = None  # drop the erased vectors from memory too
+        return Erased(namespace, tuple(destroyed), seq, key)
+
+    async def extract(self, namespace: str, messages: Sequence[Mapping[str, Any] | str], *,
+                      extractor: Extractor | None = None, apply: bool = True, run: str | None = None,
+                      message_id: str | None = None) -> Extraction:
+        """Memory operations from a conversation (opt-in): ``extractor`` (default: the offline
+        :class:`ExtractiveExtractor`; :class:`LlmExtractor` asks a model through tether) proposes
+        add / update / delete against the namespace's live entries, and each is written as a
+        memory event carrying the model call (``source_call_id``) and ``message_id``. With
+        ``apply=False`` nothing is written: the plan is returned."""
+        self._check(namespace, "write")
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise InvalidMemory("messages must be a list of {'role': ..., 'content': ...} (or strings, "
+                                "taken as the user's)")
+        turns = [{"role": "user", "content": m} if isinstance(m, str) else m for m in messages]
+        if not turns or not all(isinstance(m, Mapping) for m in turns):
+            raise InvalidMemory("messages must be a non-empty list of {'role': ..., 'content': ...} or strings")
+        chosen = extractor or ExtractiveExtractor()
+        existing = await self._read(q.live, namespace, self.clock())
+        proposal = await chosen.propose(turns, existing, agent=self.agent, run=run or self.run)
+        todo, skipped = plan(proposal, existing)
+        if not apply:
+            return Extraction(tuple(todo), tuple(skipped), proposal.call_id, chosen.name)
+        written = []
+        for op in todo:
+            if op.action == "delete":
+                assert op.key is not None
+                written.append(await self.delete(namespace, op.key, run=run))
+            else:
+                written.append(await self.write(namespace, op.text or "", key=op.key, run=run,
+                                                call_id=proposal.call_id, message_id=message_id))
+        return Extraction(tuple(todo), tuple(skipped), proposal.call_id, chosen.name, tuple(written))
 
     async def expire(self, *, run: str | None = None) -> int:
         """Record an ``expired`` deletion for every entry past its TTL (reads already hide them)."""

@@ -1,0 +1,56 @@
+"""Ranking's pure parts: the tokenizer keeps temporal and negation words, queries about time are
+read, hybrid fusion and the present-tense boost, and the multi-hop expansion's second query."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tether.memory._rank import Candidate, Ranking, fuse, query_terms, temporal
+from tether.memory._reads import _new_names
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
+
+
+def test_temporal_and_negation_words_are_query_terms() -> None:
+    assert query_terms("Where does Ann live now?") == ["ann", "live", "now"]
+    assert query_terms("Where did Ann live before March?") == ["ann", "live", "before", "march"]
+    assert query_terms("Does Ben not drink coffee?") == ["ben", "not", "drink", "coffee"]
+
+
+def test_temporal_reads_the_moment_a_query_asks_about() -> None:
+    at, present = temporal("Where did Ann live before March?", NOW)
+    assert at is not None and not present
+    assert at < datetime(2026, 3, 1, tzinfo=UTC) and at.timestamp() > datetime(2026, 2, 28, tzinfo=UTC).timestamp()
+    # a month still ahead this year means last year's
+    february = datetime(2026, 2, 10, tzinfo=UTC).timestamp()
+    at, _ = temporal("what was true before March", february)
+    assert at is not None and at.year == 2025 and at.month == 2
+    at, _ = temporal("her address before 12 May 2025", NOW)
+    assert at is not None and (at.year, at.month, at.day) == (2025, 5, 11)
+    at, _ = temporal("prices until 2025", NOW)
+    assert at is not None and (at.year, at.month, at.day) == (2024, 12, 31)
+    assert temporal("Where does Ann live now?", NOW) == (None, True)
+    assert temporal("What is the latest release of Atlas?", NOW) == (None, True)
+    assert temporal("Where does Ann live?", NOW) == (None, False)
+    assert temporal("what happened before the outage", NOW) == (None, False)  # not a date: nothing read
+
+
+def test_fusion_weighs_both_retrievers_and_boosts_the_newest_close_rival_for_the_present() -> None:
+    ranking = Ranking(keyword=0.4, semantic=0.6, validity=0.5, validity_band=0.2)
+    old = Candidate(bm25=10.0, cosine=0.80, valid=1.0)
+    new = Candidate(bm25=9.0, cosine=0.78, valid=3.0)
+    recent_noise = Candidate(bm25=None, cosine=0.30, valid=9.0)  # newest, but far from the best
+    plain = fuse([old, new, recent_noise], ranking, present=False)
+    assert plain[0] > plain[1] > plain[2]
+    now = fuse([old, new, recent_noise], ranking, present=True)
+    assert now[1] > now[0] > now[2]  # the newer version of the same fact wins; the far one gets nothing
+    assert now[2] == plain[2]
+    only_keyword = fuse([Candidate(2.0, None, 0.0), Candidate(1.0, None, 0.0)], ranking, present=False)
+    assert only_keyword == [0.4, 0.2]
+
+
+def test_multi_hop_expansion_searches_the_names_the_best_hit_brings() -> None:
+    assert _new_names("Where does Ann Fischer's manager live?", ["Ann Fischer's manager is Leo Berg."]) \
+        == "Leo Berg where does live"
+    assert _new_names("Where does Ann Fischer live?", ["Ann Fischer lives in Lyon."]) is None
+    assert _new_names("Who leads project Atlas?", ["Project Atlas is led by Carl Fisher."]) == "Carl Fisher who leads"
