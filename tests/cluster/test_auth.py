@@ -166,3 +166,25 @@ async def test_nkey_seed_files_against_a_server_with_nkey_users(tmp_path: Path) 
             assert (await bus.publish(Event.of(RunStarted(), runid="nk", agentid="a"))).stream_seq
         with pytest.raises(BusUnavailable, match=REFUSED):
             await connect(server.url, home=tmp_path / "h2", nkey_seed=str(stranger), connect_attempts=1)
+
+
+async def test_only_the_service_identity_reads_the_erasure_keys(home: Path, cluster: NatsCluster) -> None:
+    """The shared key store (a KV bucket) under ``tether auth``: the service identity makes and reads
+    keys; an agent's credentials cannot open the bucket, nor read a key from it directly."""
+    from tether.memory import NatsKeyStore
+
+    service = await asyncio.to_thread(NatsKeyStore, cluster.url, user_credentials=creds(home, "tether"))
+    try:
+        key_id, key = await asyncio.to_thread(service.current, "team:docs")
+        assert await asyncio.to_thread(service.get, key_id) == key
+    finally:
+        await asyncio.to_thread(service.close)
+    with anyio.fail_after(20), pytest.raises(Exception) as refused:
+        await asyncio.to_thread(NatsKeyStore, cluster.url, user_credentials=creds(home, "agent-support-bot"),
+                                timeout=1.0)
+    assert "timeout" in repr(refused.value).lower() or "permission" in repr(refused.value).lower()
+    async with await connect(cluster.url, home=home / "peek", creds=creds(home, "agent-support-bot"),
+                             provision=False) as bot:
+        with pytest.raises(Exception):  # noqa: B017 - refused by the server: no reply comes
+            await bot.nc.request(f"$JS.API.DIRECT.GET.KV_{NatsKeyStore.BUCKET}", b'{"seq": 1}', timeout=1)
+        assert any("kv_tether-keys" in subject for subject in bot.denials), bot.denials
