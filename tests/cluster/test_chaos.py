@@ -202,7 +202,9 @@ async def test_losing_the_events_leader_then_a_rolling_restart_loses_nothing(tmp
     assert set(load.published) <= set(ids) and len(set(load.published)) == len(load.published), "an event lost"
     # every call ended once: the durable ones as their callers were told, the gateway's too
     failed = [o for o in load.durable if isinstance(o, CallFailed)]
-    assert not failed, f"{len(failed)} durable calls failed: {failed[:3]}"
+    why = {o.call_id: [(f.attempt, f.error.type, f.error.message[:80])
+                       for f in story.of(o.call_id, "llm.call.attempt_failed")] for o in failed[:2]}
+    assert not failed, f"{len(failed)} durable calls failed: {failed[:3]}; their attempts: {why}"
     for outcome in load.durable:
         assert check_terminal(story, outcome.call_id) == "completed"
     gateway_calls = [cid for cid, events in story.by_call.items() if events[0].agentid == AGENT]

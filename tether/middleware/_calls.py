@@ -195,6 +195,8 @@ class DurableCalls:
         rec = CallRecord.from_json(entry.value) if entry.value else None
         if rec is None or not rec.terminal:
             return None
+        if rec.state == "completed" and rec.terminal_seq is None:
+            return None  # its completion went through the worker's outbox: the reply says more
         return {"call_id": call_id, "state": rec.state, "seq": rec.terminal_seq, "error": rec.error,
                 "reason": rec.reason}
 
