@@ -6,6 +6,7 @@ there, :func:`set_aside` lists the newest events NATS refused (:class:`SetAside`
 Imports only :mod:`tether.schemas`.
 """
 
+from ._acked import TRANSIENT_PUBLISH_ERRORS, publish_until_acked
 from ._binding import (
     STRUCTURED_CONTENT_TYPE,
     WireEvent,
@@ -17,12 +18,16 @@ from ._binding import (
     percent_decode,
     percent_encode,
 )
+from ._cluster import ClusterNode, LocalCluster, find_cluster
 from ._config import BusConfig
-from ._connect import Bus, BusUnavailable, connect
+from ._connect import Bus, BusUnavailable, connect, server_urls
 from ._feed import FeedError, FeedMessage, PullFeed
+from ._jwt import AuthUnavailable
 from ._outbox import Outbox, OutboxFull, PendingMessage, SetAside, outbox_depth, set_aside
 from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt, Undeliverable
 from ._reader import EventReader, ReadResult
+from ._realm import AgentPermissions, Realm, agent_permissions
+from ._scoped import PermissionDenied, read_subject
 from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
 from ._streams import (
     DLQ_STREAM,
@@ -54,31 +59,39 @@ __all__ = [
     "OBJECT_BUCKET",
     "PROJECTION_SUBJECTS",
     "STRUCTURED_CONTENT_TYPE",
+    "TRANSIENT_PUBLISH_ERRORS",
     "WORK_STREAM",
     "WORK_SUBJECTS",
+    "AgentPermissions",
+    "AuthUnavailable",
     "Bus",
     "BusConfig",
     "BusUnavailable",
+    "ClusterNode",
     "Drift",
     "EmbeddedServer",
     "EventReader",
     "FeedError",
     "FeedMessage",
+    "LocalCluster",
     "Outbox",
     "OutboxFull",
     "PayloadTooLarge",
     "PendingMessage",
+    "PermissionDenied",
     "ProvisionReport",
     "PublishRejected",
     "Publisher",
     "PublisherStats",
     "PullFeed",
     "ReadResult",
+    "Realm",
     "Receipt",
     "ServerError",
     "SetAside",
     "Undeliverable",
     "WireEvent",
+    "agent_permissions",
     "connect",
     "decode",
     "decode_block",
@@ -90,12 +103,16 @@ __all__ = [
     "ensure_streams",
     "event_filter",
     "event_subject",
+    "find_cluster",
     "find_running",
     "nats_server_binary",
     "open_bucket",
     "outbox_depth",
     "percent_decode",
     "percent_encode",
+    "publish_until_acked",
+    "read_subject",
+    "server_urls",
     "set_aside",
     "stream_configs",
     "tether_home",

@@ -29,7 +29,7 @@ class BusConfig:
     creds                          TETHER_NATS_CREDS          (a .creds file)
     nkey_seed                      TETHER_NATS_NKEY           (an nkey seed file)
     tls_ca / tls_cert / tls_key    TETHER_NATS_TLS_CA/...
-    replicas                       TETHER_REPLICAS            1
+    replicas                       TETHER_REPLICAS            0: 1 on one server, 3 on a cluster
     ============================  =========================  ===========================
     """
 
@@ -52,7 +52,9 @@ class BusConfig:
     """Tries before ``connect()`` gives up on an unreachable server; after that, reconnects never stop."""
     # streams
     provision: bool = True
-    replicas: int = 1
+    replicas: int = 0
+    """Stream, KV and object store replicas; 0 (auto) is 1 on a single server and
+    ``min(3, nodes)`` on a cluster, read from the server's INFO at connect."""
     dedupe_window_s: float = 120.0
     update_streams: bool = False
     # publisher

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -15,7 +17,9 @@ from nats.js import JetStreamContext
 
 from tether.schemas import Event
 
+from ._acked import TRANSIENT_PUBLISH_ERRORS
 from ._client import Client
+from ._cluster import find_cluster
 from ._config import BusConfig
 from ._natspriv import server_info
 from ._outbox import outbox_depth, set_aside
@@ -24,12 +28,73 @@ from ._reader import EventReader
 from ._server import EmbeddedServer, ServerError, find_running
 from ._streams import DLQ_STREAM, EVENTS_STREAM, WORK_STREAM, ProvisionReport, ensure_streams
 
-__all__ = ["Bus", "BusUnavailable", "connect"]
+__all__ = ["Bus", "BusUnavailable", "connect", "server_urls"]
 
 log = logging.getLogger("tether.bus")
 
 
 _DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.I)
+
+
+async def _bounded(seconds: float, errors: list[Exception], connecting: Any) -> None:
+    """``connecting`` within ``seconds``; past that, the last error nats-py reported, or a timeout."""
+    try:
+        await asyncio.wait_for(connecting, seconds)
+    except TimeoutError:
+        if errors:
+            raise errors[-1] from None
+        raise
+
+
+def _said(exc: BaseException, errors: list[Exception]) -> str:
+    """The failure, with what the server said last if nats-py kept it apart (in its error callback)."""
+    last = errors[-1] if errors else None
+    return f"{exc!r}" if last is None or last is exc else f"{exc!r}, the server said: {last}"
+
+
+def _auth_hint(exc: BaseException, errors: list[Exception]) -> str:
+    if "authorization violation" not in f"{exc} {errors[-1] if errors else ''}".lower():
+        return ""
+    return ("The server refused the credentials: check TETHER_NATS_CREDS (a .creds file `tether auth` issued for "
+            "this server's operator), TETHER_NATS_NKEY, TETHER_NATS_USER/PASSWORD or TETHER_NATS_TOKEN. ")
+
+
+def _tls_hint(exc: BaseException, cfg: BusConfig) -> str:
+    """What to set when the failure is TLS's (the server's certificate, or ours, refused)."""
+    if not isinstance(exc, ssl.SSLError) and "tls" not in str(exc).lower():
+        return ""
+    if cfg.tls_ca is None:
+        return ("The server speaks TLS: set TETHER_NATS_TLS_CA to the CA file that signed its certificate "
+                "(and TETHER_NATS_TLS_CERT/KEY if it verifies clients). ")
+    return ("TLS failed: check that TETHER_NATS_TLS_CA signed the server's certificate, and that the server's "
+            "CA signed TETHER_NATS_TLS_CERT (mutual TLS). ")
+
+
+async def _provision(bus: Bus, patience: float = 15.0) -> None:
+    """Provision, waiting out what a cluster does for a few seconds after it starts or loses a node:
+    no stream leader yet, or JetStream not yet enabled for the account (503)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            await bus.ensure_streams()
+            return
+        except TRANSIENT_PUBLISH_ERRORS as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("provisioning: %r; trying again", exc)
+        await asyncio.sleep(0.25)
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers a URL names: ``nats://a:4222,nats://b:4222`` is a cluster's nodes."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def auto_replicas(info: dict[str, Any]) -> int:
+    """Replicas when none are configured: 1 on a single server, up to 3 on a cluster."""
+    if not info.get("cluster"):
+        return 1
+    return max(1, min(3, len(info.get("connect_urls") or [])))
 
 
 class BusUnavailable(ConnectionError):
@@ -57,6 +122,14 @@ class Bus:
         )
         self.reader = EventReader(js)
         self.provision_report: ProvisionReport | None = None
+        self.denials: dict[str, str] = {}
+        """Subjects the server refused this connection to publish on (lower case, as nats-py reports
+        them), with its words: how :func:`~tether.bus.read_subject` tells a refusal from a timeout."""
+
+    @property
+    def servers(self) -> list[str]:
+        """Every server URL this bus was given (a cluster's nodes), for another client to connect with."""
+        return server_urls(self.url)
 
     async def publish(self, event: Event) -> Receipt:
         """Publish one event and wait for its ack (or the outbox). See :class:`Publisher`."""
@@ -187,8 +260,11 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
     target = cfg.url
     if not target:
         running = find_running(cfg.home)
+        cluster = find_cluster(cfg.home) if running is None else None
         if running is not None:
             target = running.url
+        elif cluster is not None:
+            target = cluster.url
         elif cfg.embedded:
             server = EmbeddedServer(cfg.home)
             starting = asyncio.ensure_future(asyncio.to_thread(server.start))
@@ -219,18 +295,29 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             log.info("reconnected to NATS at %s", holder["bus"].nc.connected_url)
             holder["bus"].publisher.on_reconnect()
 
+    connect_errors: list[Exception] = []
+
     async def error(exc: Exception) -> None:
+        if "bus" not in holder:
+            connect_errors.append(exc)
         denied = _DENIED.search(str(exc))
         if denied and "bus" in holder:
+            holder["bus"].denials[denied[1].lower()] = str(exc)
+            if denied[1].lower().startswith("$js.api."):
+                log.info("NATS refused a JetStream request: %s", exc)  # the caller raises PermissionDenied
+                return
             log.error("NATS refused a publish: %s", exc)
             holder["bus"].publisher.on_publish_denied(denied[1])
             return
         log.debug("NATS client: %r", exc)
 
+    servers = server_urls(target)
+    # nats-py can wait forever after some failures (a TLS certificate it cannot verify): bound it.
+    bound = cfg.connect_timeout * max(1, cfg.connect_attempts) * len(servers) + 2.0
     try:
         nc = Client()
-        await nc.connect(
-            servers=[target],
+        await _bounded(bound, connect_errors, nc.connect(
+            servers=servers,  # a cluster: every node's URL
             allow_reconnect=True,
             max_reconnect_attempts=cfg.connect_attempts,  # bounded at first, unbounded below
             reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py says int; it takes seconds as float
@@ -239,24 +326,27 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             reconnected_cb=reconnected,
             error_cb=error,
             **cfg.nats_options(),
-        )
+        ))
     except BaseException as exc:  # a started embedded server must not outlive a failed connect
         if server is not None:
             await asyncio.to_thread(server.stop)
         if not isinstance(exc, (TimeoutError, nats.errors.Error, OSError)):
             raise
         raise BusUnavailable(
-            f"cannot reach NATS at {target}: {exc!r}. Check TETHER_NATS_URL and credentials, "
-            "or unset it to use the embedded server"
+            f"cannot reach NATS at {target}: {_said(exc, connect_errors)}. {_tls_hint(exc, cfg)}"
+            f"{_auth_hint(exc, connect_errors)}Check TETHER_NATS_URL and "
+            "credentials, or unset it to use the embedded server"
         ) from exc
     # Once connected, never give up reconnecting: the outbox holds events meanwhile.
     nc.options["max_reconnect_attempts"] = -1
+    if cfg.replicas <= 0:
+        cfg = cfg.with_(replicas=auto_replicas(server_info(nc)))
     js = nc.jetstream()
     bus = Bus(cfg, nc, js, target, server)
     holder["bus"] = bus
     try:
         if cfg.provision:
-            await bus.ensure_streams()
+            await _provision(bus)
         await bus.publisher.start()
     except BaseException:
         await bus.close()

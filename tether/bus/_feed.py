@@ -68,6 +68,11 @@ class FeedError(RuntimeError):
     """The server ended a pull request with an error (its status and description)."""
 
 
+_PASSING_409 = (b"Leadership Change", b"Server Shutdown")
+"""409s that end one pull request, not the consumer: on a cluster, its leader moved or its node is
+stopping (a rolling restart). The next request goes to the new leader."""
+
+
 class PullFeed:
     """Reads ``filter_subject`` of ``stream`` from ``start_seq`` on, in order, without acks.
 
@@ -177,7 +182,7 @@ class PullFeed:
                 return
             if self._outstanding:  # 404 no messages, 408 expired, 409: this request is over
                 self._outstanding.popleft()
-            if code == b"409":
+            if code == b"409" and not any(passing in headers for passing in _PASSING_409):
                 self._error = headers[9:].split(b"\r\n", 1)[0].decode("utf-8", "replace")
             self._wake.set()
             return

@@ -475,16 +475,21 @@ class Publisher:
 
     def on_publish_denied(self, subject: str) -> None:
         """The server refused a publish on ``subject`` (NATS permissions): for good, not transient."""
-        error = f"permission denied: this connection may not publish to {subject}"
-        for seq in [s for s, e in self._inflight.items() if e.message.subject == subject]:
+        # nats-py hands the server's words over in lower case: match the subject case-blind.
+        subject = subject.lower()
+
+        def error(real: str) -> str:
+            return f"permission denied: this connection may not publish to {real}"
+
+        for seq in [s for s, e in self._inflight.items() if e.message.subject.lower() == subject]:
             entry = self._inflight.pop(seq)
-            self._rejected(entry.message, error)
+            self._rejected(entry.message, error(entry.message.subject))
             if entry.waiter is not None and not entry.waiter.done():
-                entry.waiter.set_exception(PublishRejected(entry.message.id, error))
-        for seq in [s for s, subj in self._flushing_subjects.items() if subj == subject]:
+                entry.waiter.set_exception(PublishRejected(entry.message.id, error(entry.message.subject)))
+        for seq, subj in [(s, subj) for s, subj in self._flushing_subjects.items() if subj.lower() == subject]:
             fut = self._flushing.pop(seq, None)
             if fut is not None and not fut.done():
-                fut.set_result({"error": error, "transient": False})
+                fut.set_result({"error": error(subj), "transient": False})
         self._after_change()
 
     async def _sweep(self) -> None:

@@ -15,7 +15,9 @@ expects. A difference is *drift*: reported, and changed in place only when asked
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +124,20 @@ def _compare(expected: StreamConfig, actual: StreamConfig) -> list[Drift]:
     ]
 
 
+async def ready(js: JetStreamContext, stream: str, replicas: int, timeout: float = 10.0) -> None:
+    """Wait until a stream just made on a cluster has a leader: until then every write to it fails
+    (no responders), and the first calls of a new deployment would be retried for nothing."""
+    if replicas <= 1:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(stream)
+            if info.cluster is not None and info.cluster.leader:
+                return
+        await asyncio.sleep(0.05)
+
+
 async def ensure_streams(
     js: JetStreamContext,
     *,
@@ -137,6 +153,7 @@ async def ensure_streams(
             info = await js.stream_info(name)
         except NotFoundError:
             await js.add_stream(config)
+            await ready(js, name, replicas)
             report.created.append(name)
             continue
         drift = _compare(config, info.config)
@@ -158,6 +175,7 @@ async def ensure_streams(
                 replicas=replicas,
             ),
         )
+        await ready(js, f"OBJ_{OBJECT_BUCKET}", replicas)
         report.created.append(f"object store {OBJECT_BUCKET}")
     return report
 
@@ -175,8 +193,10 @@ async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl
     try:
         kv = await js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE,
+        made = await js.create_key_value(KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE,
                                                         replicas=replicas, ttl=ttl, direct=True))
+        await ready(js, f"KV_{name}", replicas)
+        return made
     if not reads_direct(kv):
         stream = f"KV_{name}"
         with contextlib.suppress(Exception):  # not allowed (permissions, an old server): plain gets

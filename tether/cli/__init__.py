@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _gateway, _memory, _otel, _projector, _reliability, _stats, _ui, _views
+    from . import _auth, _cluster, _gateway, _memory, _otel, _projector, _reliability, _stats, _ui, _views
 
     _reliability.add_commands(sub, _common)
     _memory.add_commands(sub, _common)
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _stats.add_commands(sub, _common)
     _projector.add_commands(sub, _common)
     _ui.add_commands(sub, _common)
+    _cluster.add_commands(sub, _common)
+    _auth.add_commands(sub, _common)
     sub.add_parser("fake-provider", add_help=False,
                    help="an OpenAI/Anthropic-compatible fake provider with fault injection "
                    "(`tether fake-provider --help`)")
@@ -193,6 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._ui import run as run_ui
 
             return run_loop(run_ui(args))
+        if args.command == "auth":
+            from ._auth import run as run_auth
+
+            return run_loop(run_auth(args))
+        if args.command == "cluster":
+            from ._cluster import run as run_cluster
+
+            return run_loop(run_cluster(args))
         if args.command == "up":
             from ._up import run_up
 

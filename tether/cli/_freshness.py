@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.bus import EVENTS_STREAM, BusConfig, find_running
+from tether.bus import EVENTS_STREAM, BusConfig, find_cluster, find_running, server_urls
 
 from ._format import Style
 
@@ -135,15 +135,18 @@ async def log_head(url: str | None, home: Path | None, timeout: float = 2.0) -> 
     target = config.url
     if not target:
         running = find_running(config.home)
-        if running is None:
+        cluster = find_cluster(config.home) if running is None else None
+        if running is None and cluster is None:
             return None
-        target = running.url
+        target = running.url if running is not None else cluster.url  # type: ignore[union-attr]
+
     async def quiet(_exc: Exception) -> None:  # not nats-py's default, which logs every error
         return None
 
     try:
-        nc = await asyncio.wait_for(nats.connect(servers=[target], allow_reconnect=False, max_reconnect_attempts=0,
-                                                 error_cb=quiet, **config.nats_options()), timeout)
+        nc = await asyncio.wait_for(nats.connect(servers=server_urls(target), allow_reconnect=False,
+                                                 max_reconnect_attempts=0, error_cb=quiet,
+                                                 **config.nats_options()), timeout)
     except Exception:  # unreachable, refused, bad credentials: the head is unknown
         return None
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tether import __version__
-from tether.bus import Bus, connect
+from tether.bus import Bus, connect, find_cluster
 
 from ._format import Style
 from ._process import bus_config, stop_on_signals
@@ -31,7 +31,8 @@ async def run_up(args: argparse.Namespace) -> int:
     if args.replicas:
         extra["replicas"] = args.replicas
     cfg = bus_config(args, **extra)
-    where = cfg.url or f"embedded nats-server in {cfg.home}"
+    cluster = find_cluster(cfg.home) if not cfg.url else None
+    where = cfg.url or (f"the cluster in {cfg.home / 'cluster'}" if cluster else f"embedded nats-server in {cfg.home}")
     # Signals are handled from the very start (before the first line is printed): Ctrl-C
     # while the server is still coming up stops it too, instead of leaving an orphan that
     # no later `tether up` owns.

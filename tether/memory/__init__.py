@@ -28,7 +28,7 @@ from ._errors import (
 from ._extract import Extraction, ExtractiveExtractor, Extractor, LlmExtractor, Operation, Proposal
 from ._feed import MEMORY_SUBJECTS, ViewFeed, last_memory_seq
 from ._grants import Grant, Grants, GrantTable, NatsPermissions, nats_permissions
-from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore
+from ._keys import FileKeyStore, InMemoryKeyStore, KeyStore, NatsKeyStore
 from ._names import check_key, check_namespace, namespace_filter
 from ._rank import Ranking
 from ._settings import MemorySection, MemorySettings, load_settings
@@ -68,6 +68,7 @@ __all__ = [
     "MemorySettings",
     "MemoryStore",
     "MemoryView",
+    "NatsKeyStore",
     "NatsPermissions",
     "Operation",
     "Proposal",

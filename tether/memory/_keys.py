@@ -42,6 +42,7 @@ __all__ = [
     "FileKeyStore",
     "InMemoryKeyStore",
     "KeyStore",
+    "NatsKeyStore",
     "content_hash",
     "derive",
     "entry_key",
@@ -284,6 +285,186 @@ class FileKeyStore:
     def shred(self, namespace: str, entry: str, keep: Iterable[str]) -> list[str]:
         with self._lock, self._exclusive() as data:
             return data.shred(namespace, entry, keep)
+
+
+class NatsKeyStore:
+    """Keys in a NATS KV bucket (``tether-keys``): one store for every host of a deployment.
+
+    One value per namespace (its keys, generations and tombstones, as :class:`FileKeyStore`
+    keeps them), changed by compare-and-set, so hosts agree on each namespace's keys. The bucket
+    keeps one revision per value: writing a namespace's new value (a key destroyed) removes the
+    old one, with the key's bytes, from the stream on every replica. Every host follows the
+    bucket (a KV watch): an erasure made on one host is seen by the others as soon as the watch
+    delivers it (milliseconds), and by any replay from then on. ``tether auth`` gives agents no
+    access to the bucket: only tether's service identity (or whoever holds the account) reads it.
+
+    The NATS connection runs on a thread of its own, so the store's methods, like the other
+    stores', may be called from any thread, the event loop's included (they wait for NATS).
+    """
+
+    BUCKET = "tether-keys"
+
+    def __init__(self, servers: str | list[str], *, bucket: str = BUCKET, replicas: int = 0,
+                 timeout: float = 5.0, **nats_options: Any) -> None:
+        import asyncio
+
+        self.bucket = bucket
+        self.timeout = timeout
+        self._servers = [u.strip() for u in servers.split(",") if u.strip()] if isinstance(servers, str) \
+            else list(servers)
+        self._options = nats_options
+        self._replicas = replicas
+        self._lock = threading.Lock()
+        self._docs: dict[str, tuple[int, _Keys]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tether-keys", daemon=True)
+        self._thread.start()
+        self._nc: Any = None
+        self._kv: Any = None
+        self._watch: Any = None
+        try:
+            self._call(self._open())
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def for_bus(cls, bus: Any, **kwargs: Any) -> NatsKeyStore:
+        """A store on the NATS a bus uses, with its credentials and replicas."""
+        options = bus.config.nats_options()
+        options.pop("name", None)
+        return cls(bus.servers, replicas=bus.config.replicas, **options, **kwargs)
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout * 3)
+
+    async def _open(self) -> None:
+        import nats
+        from nats.js.api import KeyValueConfig, StorageType
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+
+        async def quiet(_exc: Exception) -> None:
+            return None
+
+        self._nc = await nats.connect(servers=self._servers, name="tether-keys", error_cb=quiet,
+                                      max_reconnect_attempts=-1, **self._options)
+        js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            self._kv = await js.key_value(self.bucket)
+        except (BucketNotFoundError, NotFoundError):
+            replicas = self._replicas or (3 if len(self._nc.servers) >= 3 else 1)  # the nodes it knows of
+            self._kv = await js.create_key_value(KeyValueConfig(
+                bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=replicas,
+                description="tether: memory erasure keys (destroyed to erase)"))
+        self._watch = await self._kv.watchall()
+        self._loop.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """Keep each namespace's value current as the bucket changes (this host's writes and others')."""
+        from nats.js.kv import KV_DEL, KV_PURGE
+
+        async for entry in self._watch:
+            if entry is None:
+                continue  # the end of the initial values
+            with self._lock:
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    self._docs.pop(entry.key, None)
+                    continue
+                have = self._docs.get(entry.key)
+                if have is None or have[0] < entry.revision:
+                    self._docs[entry.key] = (entry.revision, _Keys(json.loads(entry.value)))
+
+    @staticmethod
+    def _kv_key(namespace: str) -> str:
+        return "ns." + base64.b32encode(namespace.encode()).decode().rstrip("=")
+
+    @staticmethod
+    def _namespace(key_id: str) -> str:
+        return key_id.rsplit("#", 1)[0]
+
+    def _cached(self, namespace: str) -> _Keys | None:
+        with self._lock:
+            found = self._docs.get(self._kv_key(namespace))
+        return found[1] if found else None
+
+    def _mutate(self, namespace: str, change: Any) -> Any:
+        return self._call(self._mutate_async(namespace, change))
+
+    async def _mutate_async(self, namespace: str, change: Any) -> Any:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        key = self._kv_key(namespace)
+        while True:
+            try:
+                entry = await self._kv.get(key)
+                revision, doc = entry.revision, json.loads(entry.value)
+            except KeyNotFoundError:
+                revision, doc = 0, None
+            data = _Keys(doc)
+            before = json.dumps(data.doc(), sort_keys=True)
+            result = change(data)
+            after = json.dumps(data.doc(), sort_keys=True)
+            if after == before:
+                with self._lock:
+                    have = self._docs.get(key)
+                    if revision and (have is None or have[0] < revision):
+                        self._docs[key] = (revision, data)
+                return result
+            try:
+                if revision:
+                    revision = await self._kv.update(key, after.encode(), last=revision)
+                else:
+                    revision = await self._kv.create(key, after.encode())
+            except KeyWrongLastSequenceError:
+                continue  # another host changed it meanwhile: again, on its value
+            with self._lock:
+                have = self._docs.get(key)
+                if have is None or have[0] < revision:
+                    self._docs[key] = (revision, _Keys(json.loads(after)))
+            return result
+
+    def current(self, namespace: str) -> tuple[str, bytes]:
+        data = self._cached(namespace)
+        found = data.current(namespace) if data is not None else None
+        if found is not None:
+            return found
+        result: tuple[str, bytes] = self._mutate(namespace, lambda d: d.current(namespace) or d.create(namespace))
+        return result
+
+    def get(self, key_id: str) -> KeyLookup:
+        namespace = self._namespace(key_id)
+        data = self._cached(namespace)
+        if data is None:
+            self._mutate(namespace, lambda d: None)  # not followed yet: read it once
+            data = self._cached(namespace)
+        with self._lock:
+            return data.get(key_id) if data is not None else None
+
+    def destroy(self, namespace: str) -> list[str]:
+        gone: list[str] = self._mutate(namespace, lambda d: d.destroy(namespace))
+        return gone
+
+    def shred(self, namespace: str, entry: str, keep: Iterable[str]) -> list[str]:
+        keep = list(keep)
+        gone: list[str] = self._mutate(namespace, lambda d: d.shred(namespace, entry, keep))
+        return gone
+
+    def close(self) -> None:
+        async def stop() -> None:
+            if self._watch is not None:
+                with contextlib.suppress(Exception):
+                    await self._watch.stop()
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._call(stop())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
 
 
 # -- sealing ------------------------------------------------------------------------------

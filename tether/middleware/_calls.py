@@ -21,7 +21,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import JsonValue
 
-from tether.bus import EVENTS_STREAM, Bus, encode_token
+from tether.bus import EVENTS_STREAM, Bus, encode_token, publish_until_acked
 from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted, Usage, uuid7
 
 from ._budget import RunawayTracker
@@ -73,6 +73,10 @@ def _llm_item(provider: str, model: str, body: Mapping[str, Any], *, operation: 
     return WorkItem(call_id=cid, kind="llm", provider=provider, model=model, operation=operation,
                     body=dict(body), runid=runid, agentid=agentid, tenant=tenant, traceparent=traceparent,
                     deadline_at=time.time() + deadline_s if deadline_s else None, reply_to=reply_to)
+
+
+RECHECK_S = 5.0
+"""A caller waiting for a durable call reads its KV record this often, in case the reply was lost."""
 
 
 class DurableCalls:
@@ -140,12 +144,21 @@ class DurableCalls:
         self._waiting[token] = fut
         try:
             await self.submit(item, requested=requested)
-            timeout = (item.deadline_at - time.time() + 30.0) if item.deadline_at else None
-            try:
-                doc = await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                return await self.attach(item.call_id, timeout=5.0)
-            return await self._result(doc)
+            give_up = item.deadline_at + 30.0 if item.deadline_at else None
+            while True:
+                left = None if give_up is None else give_up - time.time()
+                if left is not None and left <= 0:
+                    return await self.attach(item.call_id, timeout=5.0)
+                try:
+                    doc = await asyncio.wait_for(asyncio.shield(fut), min(left or RECHECK_S, RECHECK_S))
+                except TimeoutError:
+                    # The worker's reply is a plain NATS message: lost if our connection dropped
+                    # (a cluster node going away) as it came. The call's record says it anyway.
+                    found = await self._terminal(item.call_id)
+                    if found is None:
+                        continue
+                    doc = found
+                return await self._result(doc)
         finally:
             self._waiting.pop(token, None)
 
@@ -168,9 +181,26 @@ class DurableCalls:
                                  agentid=item.agentid, traceparent=item.traceparent,
                                  extensions={"tenant": item.tenant} if item.tenant else None)
         await self.bus.emit(requested)
-        await self.bus.js.publish(work_subject(item), item.model_dump_json().encode(),
-                                  headers={"Nats-Msg-Id": item.call_id})
+        # Through a reconnect or a stream leader election (a cluster losing a node): tried again
+        # with the same message id until acked, up to the call's deadline (dedupe: stored once).
+        await publish_until_acked(self.bus.js, work_subject(item), item.model_dump_json().encode(),
+                                  msg_id=item.call_id, deadline=item.deadline_at or time.time() + 60.0)
         return item.call_id
+
+    async def _terminal(self, call_id: str) -> dict[str, Any] | None:
+        """The outcome in the call's KV record, if it has ended (None if not, or unreadable now)."""
+        assert self._calls is not None
+        try:
+            entry = await self._calls.get(call_id)
+        except Exception:  # not there yet, or the bucket is electing a leader: look again later
+            return None
+        rec = CallRecord.from_json(entry.value) if entry.value else None
+        if rec is None or not rec.terminal:
+            return None
+        if rec.state == "completed" and rec.terminal_seq is None:
+            return None  # its completion went through the worker's outbox: the reply says more
+        return {"call_id": call_id, "state": rec.state, "seq": rec.terminal_seq, "error": rec.error,
+                "reason": rec.reason}
 
     async def attach(self, call_id: str, *, timeout: float | None = None) -> CallResult:
         """The outcome of a call submitted earlier (perhaps by another process), from the log."""

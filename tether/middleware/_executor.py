@@ -32,7 +32,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from tether.bus import WORK_STREAM, Bus
+from tether.bus import TRANSIENT_PUBLISH_ERRORS, WORK_STREAM, Bus
 from tether.schemas import CallDeadLettered, ErrorInfo, Event
 
 from ._engine import DLQ_PREFIX, CallEngine, DeadLetterReason, terminal_id
@@ -103,7 +103,7 @@ class Executor:
                                  spend=await SpendBook.open(bus), http=http, seed=self.seed)
         options = bus.config.nats_options()
         options.pop("name", None)
-        broker = NatsBroker(bus.url, name=f"tether-worker {self.worker_id}", logger=None, **options)
+        broker = NatsBroker(bus.servers, name=f"tether-worker {self.worker_id}", logger=None, **options)
         subscriber = broker.subscriber(
             "tether.work.>",
             stream=JStream(WORK_STREAM, declare=False),
@@ -155,9 +155,14 @@ class Executor:
         raw: Msg = msg.raw_message
         try:
             await self._process(raw)
-        except Exception:
+        except Exception as exc:
             # Never lose the call: leave it for another try; max_deliver bounds the loop.
-            log.exception("worker error on %s; the call will be redelivered", raw.subject)
+            if isinstance(exc, TRANSIENT_PUBLISH_ERRORS):
+                # NATS did not answer in time (a reconnect, a cluster electing a stream leader):
+                # an outage, not a bug in the worker.
+                log.warning("worker: NATS unavailable on %s (%r); the call will be redelivered", raw.subject, exc)
+            else:
+                log.exception("worker error on %s; the call will be redelivered", raw.subject)
             with contextlib.suppress(Exception):
                 await raw.nak(delay=1.0)
 

@@ -4,6 +4,7 @@ OpenAI/Anthropic-compatible provider with seeded fault injection.
 In pytest, enable the fixtures with ``pytest_plugins = ["tether.testing.pytest_plugin"]``.
 """
 
+from ._cluster import NatsCluster
 from ._collect import collect
 from ._server import NatsServer
 from .fake_provider import (
@@ -35,6 +36,7 @@ __all__ = [
     "LogNormalLatency",
     "LoggedRequest",
     "MalformedJSON",
+    "NatsCluster",
     "NatsServer",
     "Reset",
     "ResetMidStream",

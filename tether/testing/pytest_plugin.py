@@ -1,5 +1,6 @@
 """pytest fixtures: ``nats_server`` (shared by the session), ``fresh_nats_server``
-(one per test, free to stop), ``tether_home`` (a temporary ``TETHER_HOME``).
+(one per test, free to stop), ``nats_cluster`` (three nodes, shared by a module),
+``tether_home`` (a temporary ``TETHER_HOME``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ._cluster import NatsCluster
 from ._server import NatsServer
 
 
@@ -24,6 +26,14 @@ def fresh_nats_server() -> Iterator[NatsServer]:
     """A real nats-server of this test's own, which the test may stop and restart."""
     with NatsServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A real three-node JetStream cluster shared by the test module (``url`` names every node).
+    A test that kills a node brings it back before it ends (``start_node``)."""
+    with NatsCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

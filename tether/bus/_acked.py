@@ -1,0 +1,45 @@
+"""Publish one message until the stream acks it: through a reconnect or a stream leader election.
+
+The message id (``Nats-Msg-Id``) stays the same on every try, so a try whose ack was lost but
+which reached the stream is dropped by JetStream's dedupe when repeated: stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+__all__ = ["TRANSIENT_PUBLISH_ERRORS", "publish_until_acked"]
+
+TRANSIENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,  # no ack in time: the leader died, or an election is under way
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,  # disconnected: tether gives nats-py no reconnect buffer
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,  # 503: JetStream has no leader for the stream yet
+)
+
+
+async def publish_until_acked(js: JetStreamContext, subject: str, payload: bytes, *, msg_id: str,
+                              deadline: float, try_timeout: float = 2.0,
+                              headers: dict[str, str] | None = None) -> PubAck:
+    """``js.publish`` again (same ``msg_id``) after each transient failure until acked, up to
+    ``deadline`` (a ``time.time()``); then the last error is raised. Refusals for good (a
+    permission, a wrong subject, a bad request) are raised at once."""
+    delay = 0.05
+    while True:
+        try:
+            return await js.publish(subject, payload, timeout=try_timeout,
+                                    headers={**(headers or {}), "Nats-Msg-Id": msg_id})
+        except TRANSIENT_PUBLISH_ERRORS:
+            if time.time() + delay >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
