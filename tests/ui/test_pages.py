@@ -16,7 +16,6 @@ from tether.ui._app import build_app
 from tether.ui._security import Guard
 
 pytestmark = pytest.mark.anyio
-T0 = datetime.now(UTC) - timedelta(hours=2)
 
 
 def fold(directory: Path, events: list[Event]) -> None:
@@ -28,7 +27,9 @@ def fold(directory: Path, events: list[Event]) -> None:
 
 
 def run(run_id: str, agent: str, name: str, minutes: float, status: str | None = "ok") -> list[Event]:
-    at = T0 + timedelta(minutes=minutes)
+    """A run started ``minutes`` after two hours ago, *now* (not at import: `since` filters are read against
+    the clock when the page is asked, and a module imported minutes earlier would shift every run)."""
+    at = datetime.now(UTC) - timedelta(hours=2) + timedelta(minutes=minutes)
     out = [Event.of(RunStarted(name=name), runid=run_id, agentid=agent, time=at)]
     if status:
         out.append(Event.of(RunFinished(status=status, duration_ms=1500.0), runid=run_id, agentid=agent,
