@@ -161,26 +161,6 @@ async def test_a_durable_feed_restarts_at_the_callers_position(nats_server: Nats
         await bus.close()
 
 
-async def test_a_deleted_consumer_is_an_error_not_silence(nats_server: NatsServer, tether_home: Path) -> None:
-    bus = await connect(url=nats_server.url, home=tether_home)
-    try:
-        head = await _head(bus)
-        feed = await PullFeed(bus.nc, bus.js, EVENTS_STREAM, EVENT_SUBJECTS, start_seq=head + 1,
-                              expires=30).start()
-        try:
-            await feed.fetch(timeout=0.2)  # two pull requests wait at the head
-            assert feed.name is not None
-            await bus.js.delete_consumer(EVENTS_STREAM, feed.name)
-            with pytest.raises(FeedError, match="409"):
-                async with asyncio.timeout(10):
-                    while True:
-                        await feed.fetch(timeout=0.5)
-        finally:
-            await feed.close()
-    finally:
-        await bus.close()
-
-
 async def test_nats_restarted_mid_read_loses_nothing(fresh_nats_server: NatsServer, tether_home: Path) -> None:
     bus = await connect(url=fresh_nats_server.url, home=tether_home)
     try:
@@ -208,3 +188,57 @@ async def test_nats_restarted_mid_read_loses_nothing(fresh_nats_server: NatsServ
 def test_it_needs_tethers_client() -> None:
     with pytest.raises(TypeError, match="tether's NATS client"):
         PullFeed(object(), object(), EVENTS_STREAM, EVENT_SUBJECTS)  # type: ignore[arg-type]
+
+
+
+async def test_a_consumer_deleted_under_the_feed_is_made_again_where_it_stopped(nats_server: NatsServer,
+                                                                               tether_home: Path) -> None:
+    """The server ends the pull requests with 409 Consumer Deleted: the feed makes the consumer again
+    after its last message and reads on (it raised FeedError on every fetch from then on)."""
+    bus = await connect(url=nats_server.url, home=tether_home)
+    try:
+        await _publish(bus, 10, "feed-deleted")
+        head = await _head(bus)
+        feed = await PullFeed(bus.nc, bus.js, EVENTS_STREAM, EVENT_SUBJECTS, start_seq=head - 9).start()
+        try:
+            assert (await _read_until(feed, head))[-1] == head
+            await bus.js.delete_consumer(EVENTS_STREAM, feed.name)
+            await _publish(bus, 10, "feed-deleted")
+            assert await _read_until(feed, head + 10) == list(range(head + 1, head + 11))
+            assert feed.restarts == 1
+        finally:
+            await feed.close()
+    finally:
+        await bus.close()
+
+
+async def test_deliveries_lost_with_nothing_after_them_are_read_again(nats_server: NatsServer,
+                                                                      tether_home: Path) -> None:
+    """Messages the consumer delivered that never reached the feed, with no later delivery to show the
+    jump (a cluster's consumer leader killed as it sent them, then no new event): the feed asks the
+    consumer how far it delivered once it has been idle for an expiry, and reads them again. Before,
+    it waited forever with the views behind the log and nothing said."""
+    bus = await connect(url=nats_server.url, home=tether_home)
+    try:
+        await _publish(bus, 5, "feed-stolen")
+        head = await _head(bus)
+        feed = await PullFeed(bus.nc, bus.js, EVENTS_STREAM, EVENT_SUBJECTS, start_seq=head - 4,
+                              expires=1.0).start()
+        try:
+            assert (await _read_until(feed, head))[-1] == head
+            await asyncio.sleep(1.5)  # the feed's own pull requests expire: none is waiting now
+            # Another requester takes the next three deliveries: the feed never sees them.
+            stolen = bus.nc.new_inbox()
+            sub = await bus.nc.subscribe(stolen)
+            await _publish(bus, 3, "feed-stolen")
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{feed.name}"
+            await bus.nc.publish(subject, b'{"batch": 3, "no_wait": true}', reply=stolen)
+            got = [await sub.next_msg(timeout=5) for _ in range(3)]
+            assert len(got) == 3
+            await sub.unsubscribe()
+            assert await _read_until(feed, head + 3, timeout=15) == [head + 1, head + 2, head + 3]
+            assert feed.restarts == 1
+        finally:
+            await feed.close()
+    finally:
+        await bus.close()

@@ -98,6 +98,36 @@ async def test_batches_checkpoint_and_notifications(fresh_nats_server: NatsServe
         assert seen and {m["view"] for m in seen} == {"toy"} and max(m["seq"] for m in seen) == head  # type: ignore[type-var]
 
 
+async def test_change_notices_that_cannot_be_sent_never_stop_the_folding(fresh_nats_server: NatsServer,
+                                                                        tmp_path: Path) -> None:
+    """While NATS reconnects, publishing a change notice raises. The projector's task died of it and
+    the views stood still behind the log, saying nothing (seen in the cluster chaos test after a node
+    restart); now the notice is dropped and counted, and the folding goes on."""
+    from nats.errors import ConnectionReconnectingError
+
+    async with await connect(fresh_nats_server.url, home=tmp_path / "h") as bus:
+        real = bus.nc.publish
+        failing = {"on": True}
+
+        async def publish(subject: str, *args: object, **kwargs: object) -> None:
+            if failing["on"] and subject.startswith("tether.proj."):
+                raise ConnectionReconnectingError
+            await real(subject, *args, **kwargs)  # type: ignore[arg-type]
+
+        bus.nc.publish = publish  # type: ignore[method-assign]
+        await publish_mix(bus, 100, seed=5)
+        async with Projector(bus, [Toy()], tmp_path / "views", batch=16) as projector:
+            head = await projector.catch_up(timeout=20)
+            assert projector.notices_dropped > 0
+            failing["on"] = False
+            await publish_mix(bus, 50, seed=6)
+            later = await projector.catch_up(timeout=20)
+            assert later > head, "still folding after the failed notices"
+            assert projector._task is not None and not projector._task.done()
+        [(n,)] = rows(view_path(tmp_path / "views", "toy", 1), "SELECT sum(n) FROM by_type")
+        assert n == later, "every event counted exactly once"
+
+
 async def test_a_live_event_is_applied_and_announced_without_waiting_for_the_next_fetch(
         fresh_nats_server: NatsServer, tmp_path: Path) -> None:
     """Caught up, a projector hands the one new event to its views and then waits for more;

@@ -12,7 +12,10 @@ Nothing is skipped without notice: each delivery carries the consumer sequence, 
 jump in it (messages delivered while the connection was down, say) makes the feed
 recreate its consumer right after the last message it handed out. A pull request lost
 with a connection is noticed when no message and no status came for longer than its
-expiry, and replaced.
+expiry, and replaced. Deliveries lost with no later one to show the jump (a cluster's
+consumer leader killed as it sent them, then no new event) are noticed by asking the
+consumer, once per expiry while the feed is idle, how far it has delivered; a consumer that
+is gone (deleted, or lost with its node) is made again after the last message handed out.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class FeedError(RuntimeError):
 _PASSING_409 = (b"Leadership Change", b"Server Shutdown")
 """409s that end one pull request, not the consumer: on a cluster, its leader moved or its node is
 stopping (a rolling restart). The next request goes to the new leader."""
+_GONE_409 = (b"Consumer Deleted",)
+"""409s that say the consumer is gone: the feed makes it again after the last message it handed out."""
 
 
 class PullFeed:
@@ -108,10 +113,12 @@ class PullFeed:
         self._buf: list[tuple[bytes, bytes, bytes, bytes | None]] = []
         self._outstanding: deque[int] = deque()
         self._cseq = 0
-        self._gap = False
+        self._gap: bool | str = False
+        """True (or why) when the consumer must be made again after the last message handed out."""
         self._error: str | None = None
         self._wake = asyncio.Event()
         self._activity = time.monotonic()
+        self._delivered_at = self._checked_at = time.monotonic()
         self._reconnects = nc.stats["reconnects"]
 
     # -- the consumer ------------------------------------------------------------------------
@@ -141,7 +148,7 @@ class PullFeed:
         self._cseq = 0
         self._gap = False
         self._error = None
-        self._activity = time.monotonic()
+        self._activity = self._delivered_at = self._checked_at = time.monotonic()
 
     async def _close_subscription(self) -> None:
         if self._sid is None:
@@ -161,10 +168,12 @@ class PullFeed:
                 await self._js.delete_consumer(self.stream, self.name)  # type: ignore[attr-defined]
 
     async def _restart(self) -> None:
-        """The consumer skipped messages: read again right after the last one handed out."""
+        """The consumer skipped messages (or is gone): read again right after the last one handed out."""
         self.restarts += 1
-        log.warning("feed %s on %s: deliveries skipped a message (consumer seq jumped past %d); "
-                    "restarting at stream seq %d", self.name, self.stream, self._cseq, self.last_seq + 1)
+        why = self._gap if isinstance(self._gap, str) else f"deliveries skipped a message (consumer seq jumped " \
+                                                          f"past {self._cseq})"
+        log.warning("feed %s on %s: %s; restarting at stream seq %d", self.name, self.stream, why,
+                    self.last_seq + 1)
         old = self.name
         await self._close_subscription()
         if not self.durable and old:
@@ -182,12 +191,16 @@ class PullFeed:
                 return
             if self._outstanding:  # 404 no messages, 408 expired, 409: this request is over
                 self._outstanding.popleft()
-            if code == b"409" and not any(passing in headers for passing in _PASSING_409):
+            if code == b"409" and any(gone in headers for gone in _GONE_409):
+                self._gap = "its consumer is gone (" + headers[9:].split(b"\r\n", 1)[0].decode("utf-8", "replace") \
+                    + ")"
+            elif code == b"409" and not any(passing in headers for passing in _PASSING_409):
                 self._error = headers[9:].split(b"\r\n", 1)[0].decode("utf-8", "replace")
             self._wake.set()
             return
         if self._gap:
             return
+        self._delivered_at = self._activity
         self._buf.append((subject, reply, data, headers))
         if self._outstanding:
             left = self._outstanding[0] - 1
@@ -242,7 +255,27 @@ class PullFeed:
         await self._top_up()
         if error is not None and not out:
             raise FeedError(f"{self.stream} consumer {self.name}: {error}")
+        if not out and not self._gap:
+            await self._check_idle()
         return out
+
+    async def _check_idle(self) -> None:
+        """Idle for longer than an expiry: has the consumer delivered past what reached us? (Messages
+        it sent as its node died are lost with no later delivery to show the jump.)"""
+        now = time.monotonic()
+        if now - self._delivered_at < self.expires or now - self._checked_at < self.expires or self.name is None:
+            return
+        self._checked_at = now
+        try:
+            info = await self._js.consumer_info(self.stream, self.name, timeout=2.0)  # type: ignore[attr-defined]
+        except NotFoundError:
+            self._gap = "its consumer is gone"
+            return
+        except Exception:  # a cluster electing, a connection down: ask again next time
+            return
+        delivered = info.delivered.stream_seq or 0
+        if delivered > self.last_seq and not self._buf:
+            self._gap = f"its consumer delivered up to stream seq {delivered}, this feed received {self.last_seq}"
 
     def _messages(self, raw: list[tuple[bytes, bytes, bytes, bytes | None]]) -> list[FeedMessage]:
         out: list[FeedMessage] = []

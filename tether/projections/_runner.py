@@ -164,6 +164,8 @@ class Projector:
         self.applied_seq = 0
         self.head_seq = 0
         self.events_applied = 0
+        self.notices_dropped = 0
+        """Change notices not sent because NATS was away (the views themselves are unaffected)."""
         self.stop_at: int | None = None
         self.stop_time: datetime | None = None
         self.on_progress: Callable[[int, int], None] | None = None
@@ -192,6 +194,7 @@ class Projector:
         self._feed = await PullFeed(self.bus.nc, self.bus.js, EVENTS_STREAM, EVENT_SUBJECTS, start_seq=start,
                                     durable=self.durable, batch=self.batch).start()
         self._task = asyncio.create_task(self._loop(), name="tether-projector")
+        self._task.add_done_callback(_said_if_failed)
         log.info("projector: %d view(s) from seq %d (head %d)", len(self.stores), start, self.head_seq)
         return self
 
@@ -342,16 +345,27 @@ class Projector:
             self.on_progress(last, self.head_seq)
         if not self.notify:
             return
-        for view, keys in changed.items():
-            if not keys:
-                continue
-            if len(keys) > 200:
-                await self.bus.nc.publish(f"tether.proj.{view}._", json.dumps(
-                    {"view": view, "keys": None, "count": len(keys), "seq": last}).encode())
-                continue
-            for key in keys:
-                await self.bus.nc.publish(f"tether.proj.{view}.{encode_token(key)}", json.dumps(
-                    {"view": view, "key": key, "seq": last}).encode())
+        try:
+            for view, keys in changed.items():
+                if not keys:
+                    continue
+                if len(keys) > 200:
+                    await self.bus.nc.publish(f"tether.proj.{view}._", json.dumps(
+                        {"view": view, "keys": None, "count": len(keys), "seq": last}).encode())
+                    continue
+                for key in keys:
+                    await self.bus.nc.publish(f"tether.proj.{view}.{encode_token(key)}", json.dumps(
+                        {"view": view, "key": key, "seq": last}).encode())
+        except Exception as exc:  # NATS reconnecting: a change notice is a hint, the view is already right
+            self.notices_dropped += 1
+            log.debug("projector: change notices up to seq %d not sent (%r)", last, exc)
 
     async def wait_done(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._done.wait(), timeout)
+
+
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    """A projector that stops folding says so, loudly: its views would fall behind the log in silence."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("projector stopped folding: %r; the views stay behind the log until it is restarted",
+                  task.exception(), exc_info=task.exception())
