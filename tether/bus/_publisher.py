@@ -39,6 +39,7 @@ from tether.schemas import Event, EventError
 
 from ._binding import encode_binary, percent_encode
 from ._deliverable import oversized, undeliverable
+from ._headers import HeaderBlock
 from ._natspriv import forget_unflushed
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
@@ -324,7 +325,7 @@ class Publisher:
         self._idle.clear()
         try:
             await self._nc.publish(wire.subject, wire.payload, reply=self._prefix + str(seq),
-                                   headers=wire.headers)
+                                   headers=HeaderBlock.of(wire.headers))
         except _PERMANENT as exc:  # no server will take it: refused, not an outage
             self._inflight.pop(seq, None)
             self._after_change()
