@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from tether.bus import open_bucket
 from tether.bus._client import Client, parse_headers
+from tether.bus._headers import HeaderBlock
 from tether.bus._natspriv import (
     HOOKS,
     HookedClient,
@@ -58,6 +59,27 @@ def _process_msg() -> None:
     assert inspect.iscoroutinefunction(hook), f"no coroutine _process_msg on nats-py's client: {hook!r}"
     params = list(inspect.signature(hook).parameters)
     assert len(params) == 6, f"takes {params}, tether's override takes (self, sid, subject, reply, data, headers)"
+
+
+def _send_publish() -> None:
+    hook = vars(NatsClient).get("_send_publish")
+    assert inspect.iscoroutinefunction(hook), f"no coroutine _send_publish on nats-py's client: {hook!r}"
+    params = list(inspect.signature(hook).parameters)
+    assert params == ["self", "subject", "reply", "payload", "payload_size", "headers"], (
+        f"takes {params}, tether's override takes (self, subject, reply, payload, payload_size, headers)")
+    assert "_send_publish(" in inspect.getsource(NatsClient.publish), "publish() no longer calls _send_publish"
+
+
+def _send_command() -> None:
+    hook = vars(NatsClient).get("_send_command")
+    assert inspect.iscoroutinefunction(hook), f"no coroutine _send_command on nats-py's client: {hook!r}"
+    assert list(inspect.signature(hook).parameters)[:2] == ["self", "cmd"]
+
+
+def _flush_pending() -> None:
+    hook = vars(NatsClient).get("_flush_pending")
+    assert inspect.iscoroutinefunction(hook), f"no coroutine _flush_pending on nats-py's client: {hook!r}"
+    assert NatsClient()._flush_queue is None, "_flush_queue is not None before connect"
 
 
 def _id() -> None:
@@ -105,7 +127,8 @@ def _direct() -> None:
 
 
 CHECKS: dict[str, Callable[[], None]] = {f.__name__: f for f in (
-    _parse_header_lines, _process_msg, _id, _pending, _pending_data_size, _server_info, _prefix, _direct)}
+    _parse_header_lines, _process_msg, _send_publish, _send_command, _flush_pending, _id, _pending,
+    _pending_data_size, _server_info, _prefix, _direct)}
 
 
 def test_every_hook_has_a_check() -> None:
@@ -192,6 +215,30 @@ async def test_nats_py_calls_the_hooks_as_tether_expects(nats_server: NatsServer
                 "ce-id": "1", "k": "v"}
             assert raw[1] == (b"hooks.raw", b"", b"without", None)
             assert sub.pending_msgs == 0, "a raw sink's messages reached the subscription's queue too"
+
+        with relied_on("_send_publish", "_send_command", "_flush_pending"):
+            # A HeaderBlock goes out as the very bytes nats-py writes for the same headers.
+            sent: list[bytes] = []
+            send_command = nc._send_command
+
+            async def spy(cmd: bytes, priority: bool = False) -> None:
+                sent.append(cmd)
+                await send_command(cmd, priority)
+
+            nc._send_command = spy  # type: ignore[method-assign]
+            got = _Inbox()
+            await nc.subscribe("hooks.block", cb=got.cb)
+            headers = {"ce-id": "1", "ce-type": "x.y", "Nats-Msg-Id": "1"}
+            block = HeaderBlock.of(headers)
+            assert isinstance(block, HeaderBlock)
+            await nc.publish("hooks.block", b"body", reply="r.1", headers=headers)
+            await nc.publish("hooks.block", b"body", reply="r.1", headers=block)
+            await nc.flush()
+            del nc._send_command
+            msgs = await got.wait(2)
+            hpubs = [cmd for cmd in sent if cmd.startswith(b"HPUB hooks.block ")]
+            assert len(hpubs) == 2 and hpubs[0] == hpubs[1], "a HeaderBlock was not sent as nats-py sends its headers"
+            assert nc.stats["out_msgs"] >= 2 and [m.headers for m in msgs] == [headers, headers]
 
         with relied_on("_pending", "_pending_data_size"):
             seen = _Inbox()

@@ -350,3 +350,22 @@ async def test_order_holds_for_events_published_while_the_client_notices_an_outa
         got = await events_of(bus, run)
     assert [e.data.result for e in got] == list(range(26))  # type: ignore[attr-defined]
     assert [e.id for e in got] == [e.id for e in sent]
+
+
+async def test_emit_writes_what_it_buffered_as_nats_py_would(nats_server: NatsServer, tether_home: Path) -> None:
+    # emit() never waits, and tether connects with pending_size=0, which also turns off nats-py's
+    # own write at 2 MiB buffered: without yielding, a burst of emits reached the socket only
+    # when max_pending was hit, the server idle meanwhile (a third of R3 throughput lost).
+    bus = await connect(url=nats_server.url, home=tether_home)
+    try:
+        run = f"run-{uuid7()}"
+        most = 0
+        for i in range(4_000):  # about 2.8 MB of messages, below max_pending: emit never blocks
+            await bus.emit(tool_event(run, i, result={"pad": "x" * 400}))
+            most = max(most, bus.nc.pending_data_size)
+        assert most <= 2 * 1024 * 1024 + 2_000, f"{most:,} bytes waited in nats-py's buffer"
+        assert bus.publisher.write_at_bytes == 2 * 1024 * 1024
+        await bus.flush()
+        assert len(await events_of(bus, run)) == 4_000
+    finally:
+        await bus.close()

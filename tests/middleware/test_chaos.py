@@ -342,7 +342,14 @@ async def test_a_worker_killed_under_load_loses_nothing(fresh_nats_server: NatsS
             continue
         assert done.attempt == cut.attempt + 1
         [done_event] = [e for e in story.by_call[cid] if e.type == "tether.llm.call.completed"]
-        assert done_event.time.timestamp() >= killed_at + ack_wait - 0.5, "completed by the survivor"
+        [cut_event] = [e for e in story.by_call[cid] if e.type == "tether.llm.call.attempt_failed"
+                       and e.data.error.type == "WorkerLost"]  # type: ignore[attr-defined]
+        # The survivor takes a call over when JetStream redelivers it: ack_wait after the last
+        # keepalive (in_progress, every ack_wait / 3) of the dead worker that reached the server.
+        # That keepalive may be an interval or more before the kill (more when the machine is
+        # loaded), so ack_wait after the kill is no bound (seen: taken over 1.1 to 1.4 s after
+        # it); that the survivor recorded the cut after the kill and then completed the call is.
+        assert killed_at < cut_event.time.timestamp() <= done_event.time.timestamp(), "completed by the survivor"
 
     # each provider request is a recorded attempt; a cut attempt may not have reached the provider
     requests = requests_by_call(fake.log, model)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from tether.schemas import ErrorInfo, RunStarted
+from tether.schemas import ErrorInfo, Event, InvalidEvent, RunStarted, ToolCallCompleted
 from tether.schemas._finite import finite_or_none, json_safe, non_finite
 
 NAN, INF = float("nan"), float("inf")
@@ -37,3 +38,22 @@ def test_json_safe_spells_non_finite_numbers_and_leaves_the_rest_alone() -> None
     assert json_safe(clean) is clean  # nothing to replace: no copy
     assert json_safe({"a": NAN, "b": (INF, -INF), "c": "NaN"}) == {"a": "NaN", "b": ["Infinity", "-Infinity"],
                                                                    "c": "NaN"}
+
+
+def test_event_of_refuses_non_finite_numbers_outside_recorded_bodies() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        Event.of(ToolCallCompleted(call_id="c", tool="t", duration_ms=float("inf")), runid="r")
+    assert [p["loc"] for p in info.value.problems] == [("duration_ms",)]
+    with pytest.raises(InvalidEvent) as info:
+        Event.of(RunStarted(metadata={"score": [1.0, float("nan")]}), runid="r")
+    assert [p["loc"] for p in info.value.problems] == [("metadata", "score", 1)]
+
+
+def test_a_recorded_body_never_carries_a_bare_nan_even_unvalidated() -> None:
+    # Event.of does not walk recorded bodies again: validation spelled them, and so does the JSON.
+    made = Event.of(ToolCallCompleted(call_id="c", tool="t", result={"x": float("nan")}), runid="r")
+    assert json.loads(made.data_json())["result"] == {"x": "NaN"}
+    unvalidated = ToolCallCompleted.model_construct(call_id="c", tool="t", result={"x": [float("-inf")]})
+    body = Event.of(unvalidated, runid="r").data_json()
+    assert json.loads(body, parse_constant=lambda c: pytest.fail(f"bare {c} in {body!r}"))["result"] == {
+        "x": ["-Infinity"]}

@@ -76,8 +76,12 @@ def encode_binary(event: Event, data: bytes | None = None) -> tuple[dict[str, st
     ``data`` overrides the payload bytes (the publisher passes an empty payload when
     the data went to the object store and ``dataref`` points at it).
     """
-    headers = {_PREFIX + k: v if _plain(v) else percent_encode(v)
-               for k, v in event.attributes().items() if k != "datacontenttype"}
+    attributes = event.attributes()
+    if _plain(",".join(attributes.values())):  # the usual case: one check for every value
+        headers = {_PREFIX + k: v for k, v in attributes.items() if k != "datacontenttype"}
+    else:
+        headers = {_PREFIX + k: v if _plain(v) else percent_encode(v)
+                   for k, v in attributes.items() if k != "datacontenttype"}
     headers["Content-Type"] = event.datacontenttype
     return headers, event.data_json() if data is None else data
 

@@ -39,6 +39,7 @@ from tether.schemas import Event, EventError
 
 from ._binding import encode_binary, percent_encode
 from ._deliverable import oversized, undeliverable
+from ._headers import HeaderBlock
 from ._natspriv import forget_unflushed
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
@@ -161,6 +162,11 @@ class Publisher:
         self._objects: ObjectStore | None = None
         self._closed = False
         self._full_error: OutboxFull | None = None
+        # emit() does not wait, so nothing reaches the socket until the loop turns. nats-py
+        # writes its buffer once it holds pending_size bytes (2 MiB by default), but tether
+        # connects with pending_size=0 (no buffering while disconnected), which turns that
+        # off too: emit() yields to nats-py's flusher at the same point instead.
+        self.write_at_bytes = 2 * 1024 * 1024
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -324,7 +330,7 @@ class Publisher:
         self._idle.clear()
         try:
             await self._nc.publish(wire.subject, wire.payload, reply=self._prefix + str(seq),
-                                   headers=wire.headers)
+                                   headers=HeaderBlock.of(wire.headers))
         except _PERMANENT as exc:  # no server will take it: refused, not an outage
             self._inflight.pop(seq, None)
             self._after_change()
@@ -333,6 +339,8 @@ class Publisher:
             self._degrade(f"publish failed: {exc!r}")
             return
         self.stats.sent += 1
+        if self._nc.pending_data_size > self.write_at_bytes:
+            await asyncio.sleep(0)  # let nats-py's flusher write what emit() buffered (see __init__)
 
     async def _on_reply(self, msg: Msg) -> None:
         try:

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ._errors import InvalidEvent, UnknownEventType
-from ._finite import NON_FINITE_HINT, non_finite
+from ._finite import NON_FINITE_HINT, json_safe, non_finite
 from ._ids import uuid7
 
 __all__ = [
@@ -205,7 +205,7 @@ class Event(BaseModel):
             problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
         if problems:
             raise InvalidEvent(data.event_type, problems, what="envelope")
-        nan_at = non_finite(data.__dict__)  # pydantic takes NaN and inf in JsonValue, inf in floats
+        nan_at = _non_finite_field(data)  # pydantic takes NaN and inf in JsonValue, inf in floats
         if nan_at is not None:
             raise InvalidEvent(data.event_type, [{"loc": nan_at, "msg": NON_FINITE_HINT}])
         when = time or datetime.now(UTC)
@@ -358,6 +358,30 @@ class Event(BaseModel):
 
     def __repr__(self) -> str:
         return f"Event(type={self.type!r}, id={self.id!r}, runid={self.runid!r})"
+
+
+_CHECKED_FIELDS: dict[type[Payload], tuple[str, ...]] = {}
+
+
+def _non_finite_field(data: Payload) -> tuple[str | int, ...] | None:
+    """Where the first NaN or infinity in the payload's fields is, or None.
+
+    A recorded body (a field typed ``Recorded``) is left out: validation spelled its NaN and
+    infinities as strings (``json_safe``), as the payload's JSON would spell them anyway, so
+    walking it again on every publish finds nothing.
+    """
+    cls = type(data)
+    names = _CHECKED_FIELDS.get(cls)
+    if names is None:
+        names = _CHECKED_FIELDS[cls] = tuple(
+            name for name, field in cls.model_fields.items()
+            if not any(isinstance(m, BeforeValidator) and m.func is json_safe for m in field.metadata))
+    values = data.__dict__
+    for name in names:
+        found = non_finite(values[name])
+        if found is not None:
+            return (name, *found)
+    return None
 
 
 def _extension_problems(
