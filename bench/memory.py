@@ -31,6 +31,7 @@ Run it::
     .venv/bin/python bench/memory.py                  # about two minutes
     .venv/bin/python bench/memory.py --small --json   # 2k/10k memories, JSON on stdout
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
+    .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
 """
 
 from __future__ import annotations
