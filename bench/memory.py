@@ -31,6 +31,7 @@ Run it::
     .venv/bin/python bench/memory.py                  # about two minutes
     .venv/bin/python bench/memory.py --small --json   # 2k/10k memories, JSON on stdout
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
+    .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
 """
 
 from __future__ import annotations
@@ -390,8 +391,9 @@ GRID: dict[str, list[Any]] = {
     "key_weight": [0.0, 0.25, 0.5, 1.0],
     "meta_weight": [0.0, 0.25, 0.5, 1.0],
     "expand": [False, True],
-    "expand_weight": [0.3, 0.6, 1.0],
-    "expand_at": [0, 2, 3, 5],
+    "expand_at": [2, 3, 4, 5],
+    "expand_from": [1, 2, 3, 5],
+    "expand_slots": [1, 2, 3],
 }
 
 
@@ -428,7 +430,8 @@ async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
 
 
 async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet: bool,
-                        tuning: bool = False, tune_only: list[str] | None = None) -> dict[str, Any]:
+                        tuning: bool = False, tune_only: list[str] | None = None,
+                        splits: Sequence[str] = ("tune", "heldout")) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -444,7 +447,7 @@ async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet
             out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
         modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
-        for split in ("tune", "heldout"):
+        for split in splits:
             queries = [q for q in doc["queries"] if q["split"] == split]
             part: dict[str, Any] = {"bm25": score_queries(queries, bm25_results(doc, split), doc["grants"])}
             for mode in modes:
@@ -465,7 +468,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes)}
     with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
         report["quality"] = await bench_quality(server.url, home, model, args.quiet, args.tune,
-                                                args.tune_only.split(",") if args.tune_only else None)
+                                                args.tune_only.split(",") if args.tune_only else None,
+                                                ("tune", "heldout") if args.split == "both" else (args.split,))
     if args.quality or args.tune:
         return report
     with NatsServer() as server:
@@ -500,6 +504,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def quality_table(r: dict[str, Any]) -> list[str]:
     lines = [f"development set: {r['memory_writes']} memory writes, {r['queries']} queries"]
     for split in ("tune", "heldout"):
+        if split not in r:
+            continue
         lines.append(f"  {split} ({r[split]['bm25']['queries']} queries):")
         for mode, m in r[split].items():
             cats = ", ".join(f"{c} {v}" for c, v in m["by_category"].items())
@@ -546,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
                         "measure both splits with them")
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
+    parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
+                        help="which part of the development set to score (both); tune while tuning")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model even if installed")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

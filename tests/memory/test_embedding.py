@@ -206,3 +206,30 @@ async def test_a_text_is_embedded_once_by_content_hash(open_memory: Opener) -> N
     await memory.search("who drinks coffee?", mode="semantic")
     assert counting.batches == [2, 1]
     assert (memory.vector_cache.hits, memory.vector_cache.misses) == (4, 3)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_the_vector_index_follows_rewrites_deletions_and_another_embedder_in_place(open_memory: Opener) -> None:
+    memory = await open_memory(agent="bot", embedder=HashEmbedder())
+    done = await memory.write_many({"namespace": "team:docs", "key": f"k{i}", "text": f"note {i} about topic {i}"}
+                                   for i in range(1500))  # past the index's first capacity (1024 rows)
+    first = await memory.search("note 7 about topic 7", k=1, mode="semantic", after=done.seq)
+    assert first[0].entry.key == "k7"
+    index = memory._vectors
+    assert index is not None
+    matrix = index.spaces["tether-hash-256"].matrix
+    await memory.write("team:docs", "the walrus sleeps on the ice", key="k7")  # a new version: its row is rewritten
+    again = await memory.search("the walrus sleeps on the ice", k=1, mode="semantic")
+    assert again[0].entry.key == "k7" and again[0].entry.version == 2
+    assert memory._vectors is index and index.spaces["tether-hash-256"].matrix is matrix  # in place, not rebuilt
+    await memory.delete("team:docs", "k7")
+    assert "k7" not in [h.entry.key for h in await memory.search("the walrus sleeps on the ice", k=5,
+                                                                 mode="semantic")]
+    memory.embedder = HashEmbedder(64)  # another embedder, another size: its own space
+    await memory.write("team:docs", "penguins swim under the ice", key="k3")
+    moved = await memory.search("penguins swim under the ice", k=3, mode="semantic")
+    assert [h.entry.key for h in moved] == ["k3"]  # only the entry with a vector of this embedder
+    memory.embedder = HashEmbedder()
+    rest = await memory.search("note 3 about topic 3", k=3, mode="semantic")
+    assert rest and "k3" not in [h.entry.key for h in rest]  # its vector is in the other space now

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tether.memory._rank import Candidate, Ranking, fuse, query_terms, temporal
-from tether.memory._reads import _new_names
+from tether.memory._reads import _bridges, _names
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
 
@@ -49,8 +49,16 @@ def test_fusion_weighs_both_retrievers_and_boosts_the_newest_close_rival_for_the
     assert only_keyword == [0.4, 0.2]
 
 
-def test_multi_hop_expansion_searches_the_names_the_best_hit_brings() -> None:
-    assert _new_names("Where does Ann Fischer's manager live?", ["Ann Fischer's manager is Leo Berg."]) \
-        == "Leo Berg where does live"
-    assert _new_names("Where does Ann Fischer live?", ["Ann Fischer lives in Lyon."]) is None
-    assert _new_names("Who leads project Atlas?", ["Project Atlas is led by Carl Fisher."]) == "Carl Fisher who leads"
+def test_multi_hop_bridges_are_the_new_names_of_hits_that_name_what_the_query_names() -> None:
+    assert _names("Since March 2026 Ann Borg lives in Cork.") == ["Ann Borg"]  # not "Since March"
+    assert _names("Ann Fischer's manager is Leo Berg.") == ["Ann Fischer", "Leo Berg"]
+    query = "Where does Ann Borg's manager live?"
+    hits = ["Since March 2026 Ann Borg lives in Cork.", "Bea Borg manages Ann Fischer.",
+            "Ann Borg reports to Ben Berg.", "Ann Borg manages Lea Novak."]
+    # the second hit does not name Ann Borg: it bridges nowhere; the others bring Ben Berg, then Lea Novak
+    assert _bridges(query, hits) == [("Ben Berg", "Where does Ben Berg live?", frozenset({"manager"})),
+                                     ("Lea Novak", "Where does Lea Novak live?", frozenset({"manager"}))]
+    assert _bridges("Where does Ann Fischer live?", ["Ann Fischer lives in Lyon."]) == []
+    # a query without a name: any hit bridges, and the second query is the name and the words left
+    assert _bridges("Who leads project Atlas?", ["Project Atlas is led by Carl Fisher."]) \
+        == [("Carl Fisher", "Carl Fisher who leads", frozenset())]

@@ -130,6 +130,7 @@ async def test_a_second_hop_finds_the_entry_the_best_hit_points_to(open_memory: 
                   ("Finn Borg", "Basel"), ("Gus Nowak", "Turin")])}}
     done = await memory.write_many({"namespace": "team:people", "key": k, "text": t} for k, t in facts.items())
     query = "Where does Ann Fischer's manager live?"
+    memory.ranking = Ranking(expand=False)
     one_hop = [h.entry.key for h in await memory.search(query, k=5, mode="keyword", after=done.seq)]
     assert one_hop[0] == "ann/manager" and "leo/city" not in one_hop
     memory.ranking = Ranking(expand=True, expand_at=2)
@@ -137,3 +138,19 @@ async def test_a_second_hop_finds_the_entry_the_best_hit_points_to(open_memory: 
     assert two_hops[:2] == ["ann/manager", "leo/city"] and two_hops[2:] == one_hop[1:4]
     single = [h.entry.key for h in await memory.search("Where does Ben Ortiz live?", k=5, mode="keyword")]
     assert single[0] == "p0/city"  # no new name in the best hit: no second hop
+
+
+async def test_the_second_hop_is_on_by_default_and_follows_a_bridge_below_the_best_hit(open_memory: Opener) -> None:
+    memory = await open_memory(agent="bot")
+    facts = {"ann/city": "Since March 2026 Ann Borg lives in Cork.", "ann/manager": "Ann Borg reports to Ben Berg.",
+             "ann/cat": "Ann Borg's cat lives indoors.", "ann/reports": "Ann Borg manages Lea Novak.",
+             "ben/city": "Ben Berg lives in Dublin.", "ben/manager": "Ben Berg's manager is Cy Lund.",
+             "lea/city": "Lea Novak lives in Graz.",
+             **{f"p{i}/city": f"{name} lives in {city}." for i, (name, city) in enumerate(
+                 [("Ben Ortiz", "Porto"), ("Carl Borg", "Graz"), ("Dana Berg", "Riga"), ("Eli Costa", "Cork"),
+                  ("Finn Borg", "Basel"), ("Gus Nowak", "Turin")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t} for k, t in facts.items())
+    hits = [h.entry.key for h in await memory.search("Where does Ann Borg's manager live?", k=5, mode="keyword",
+                                                     after=done.seq)]
+    assert hits[0] != "ann/manager" and "ann/manager" in hits[:3]  # the bridge is not the best hit ...
+    assert "ben/city" in hits[3:]  # ... and the name it brings gets a place after the first hop's best three

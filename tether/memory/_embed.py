@@ -268,11 +268,67 @@ class RemoteEmbedder:
         return out
 
 
+class _Space:
+    """One embedder's vectors: a contiguous float32 matrix written in place (its capacity doubles
+    when full), whether each row is live, and its namespace."""
+
+    def __init__(self, np: Any, dims: int) -> None:
+        self.np = np
+        self.dims = dims
+        self.slots: dict[tuple[str, str], int] = {}
+        self.pairs: list[tuple[str, str]] = []
+        self.matrix = np.zeros((0, dims), dtype=np.float32)
+        self.alive = np.zeros(0, dtype=bool)
+        self.ns = np.zeros(0, dtype=np.int32)
+        self.masks: dict[tuple[int, ...] | None, tuple[Any, int]] = {}
+
+    def put(self, pair: tuple[str, str], vec: Any, live: bool, ns: int) -> None:
+        np = self.np
+        slot = self.slots.get(pair)
+        if slot is None:
+            slot = self.slots[pair] = len(self.pairs)
+            self.pairs.append(pair)
+            if slot >= len(self.alive):
+                size = max(1024, 2 * len(self.alive))
+                matrix = np.zeros((size, self.dims), dtype=np.float32)
+                matrix[:slot] = self.matrix[:slot]
+                alive, names = np.zeros(size, dtype=bool), np.zeros(size, dtype=np.int32)
+                alive[:slot], names[:slot] = self.alive[:slot], self.ns[:slot]
+                self.matrix, self.alive, self.ns = matrix, alive, names
+            self.ns[slot] = ns
+        if vec is not None:
+            self.matrix[slot] = vec
+        self.alive[slot] = live and vec is not None
+        self.masks.clear()
+
+    def drop(self, pair: tuple[str, str]) -> None:
+        slot = self.slots.get(pair)
+        if slot is not None and self.alive[slot]:
+            self.alive[slot] = False
+            self.masks.clear()
+
+    def mask(self, allowed: tuple[int, ...] | None) -> tuple[Any, int]:
+        """Which rows a search may return (None: all of them) and how many, cached until a change."""
+        found = self.masks.get(allowed)
+        if found is None:
+            n = len(self.pairs)
+            mask = self.alive[:n].copy()
+            if allowed is not None:
+                mask &= self.np.isin(self.ns[:n], self.np.array(allowed, dtype=self.np.int32))
+            count = int(mask.sum())
+            found = self.masks[allowed] = (None if count == n else mask, count)
+        return found
+
+
 class VectorIndex:
     """Exact cosine search over the view's current vectors (NumPy, kept in memory).
 
-    :meth:`refresh` reads only rows changed since the last refresh (by ``memories.seq``).
-    Vectors of another embedder than the one asked for are ignored: they live in another space.
+    Each embedder's vectors live in one contiguous float32 matrix, written in place as entries
+    change, so a search is one matrix-vector product and a write never copies the matrix.
+    :meth:`refresh` reads only rows changed since the last refresh (by ``memories.seq``). The
+    rows a scope may see (live, in the allowed namespaces) are a mask cached until the next
+    change. Vectors of another embedder than the one asked for are ignored: they live in
+    another space.
     """
 
     def __init__(self) -> None:
@@ -280,77 +336,59 @@ class VectorIndex:
 
         self.np = np
         self.seq = 0
-        self.slots: dict[tuple[str, str], int] = {}
-        self.pairs: list[tuple[str, str]] = []
-        self.spaces: dict[str | None, int] = {}
+        self.spaces: dict[str | None, _Space] = {}
         self.namespaces: dict[str, int] = {}
-        self._rows: list[Any] = []
-        self._alive: list[bool] = []
-        self._space: list[int] = []
-        self._ns: list[int] = []
-        self._built: tuple[Any, Any, Any, Any] | None = None
+        self._where: dict[tuple[str, str], str | None] = {}
 
     def refresh(self, db: sqlite3.Connection) -> None:
         np = self.np
         for ns, key, seq, blob, is_live, embedder in vectors_since(db, self.seq):
             self.seq = max(self.seq, seq)
+            pair = (ns, key)
             vec = np.frombuffer(blob, dtype="<f4") if blob is not None else None
-            space = self.spaces.setdefault(embedder, len(self.spaces))
-            slot = self.slots.get((ns, key))
-            if slot is None:
+            before = self._where.get(pair, embedder)
+            if vec is None or before != embedder:
+                if pair in self._where:
+                    self.spaces[before].drop(pair)
                 if vec is None:
                     continue
-                self.slots[(ns, key)] = len(self.pairs)
-                self.pairs.append((ns, key))
-                self._rows.append(vec)
-                self._alive.append(is_live)
-                self._space.append(space)
-                self._ns.append(self.namespaces.setdefault(ns, len(self.namespaces)))
-            else:
-                if vec is not None:
-                    self._rows[slot] = vec
-                self._alive[slot] = is_live and vec is not None
-                self._space[slot] = space
-            self._built = None
-
-    def _arrays(self, dims: int) -> tuple[Any, Any, Any, Any]:
-        np = self.np
-        if self._built is None or self._built[0].shape[1] != dims:
-            rows = [r if len(r) == dims else np.zeros(dims, dtype=np.float32) for r in self._rows]
-            self._built = (np.vstack(rows).astype(np.float32), np.array(self._alive, dtype=bool),
-                           np.array(self._space, dtype=np.int32), np.array(self._ns, dtype=np.int32))
-        return self._built
+            space = self.spaces.get(embedder)
+            if space is None or space.dims != len(vec):
+                if space is not None:  # the same name with another size: a new space replaces it
+                    for old in space.pairs:
+                        self._where.pop(old, None)
+                space = self.spaces[embedder] = _Space(np, len(vec))
+            space.put(pair, vec, is_live, self.namespaces.setdefault(ns, len(self.namespaces)))
+            self._where[pair] = embedder
 
     def similarities(self, query: Sequence[float], embedder: str,
                      pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]:
         """Cosine similarity of the query to each of these entries' current vectors (those it has)."""
-        np = self.np
-        if embedder not in self.spaces or not self.pairs:
+        space = self.spaces.get(embedder)
+        if space is None or len(query) != space.dims:
             return {}
-        matrix = self._arrays(len(query))[0]
-        wanted = self.spaces[embedder]
-        slots = [(p, self.slots[p]) for p in pairs if p in self.slots and self._space[self.slots[p]] == wanted]
+        slots = [(p, space.slots[p]) for p in pairs if self._where.get(p, False) == embedder]
         if not slots:
             return {}
-        scores = matrix[[i for _, i in slots]] @ np.asarray(query, dtype=np.float32)
-        return {p: float(x) for (p, _), x in zip(slots, scores, strict=True)}
+        scores = space.matrix[[i for _, i in slots]] @ self.np.asarray(query, dtype=self.np.float32)
+        return {p: float(x) for (p, _), x in zip(slots, scores.tolist(), strict=True)}
 
     def search(self, query: Sequence[float], embedder: str, k: int,
                allow: Callable[[str], bool] | None = None) -> list[tuple[tuple[str, str], float]]:
         """The ``k`` nearest live entries by cosine similarity, best first."""
         np = self.np
-        if not self.pairs or embedder not in self.spaces:
+        space = self.spaces.get(embedder)
+        if space is None or not space.pairs or len(query) != space.dims:
             return []
-        matrix, alive, space, ns = self._arrays(len(query))
-        mask = alive & (space == self.spaces[embedder])
-        if allow is not None:
-            allowed = [i for name, i in self.namespaces.items() if allow(name)]
-            mask &= np.isin(ns, np.array(allowed, dtype=np.int32))
-        count = int(mask.sum())
+        allowed = None if allow is None else tuple(i for name, i in self.namespaces.items() if allow(name))
+        mask, count = space.mask(allowed)
         if count == 0:
             return []
-        scores = np.where(mask, matrix @ np.asarray(query, dtype=np.float32), -np.inf)
+        n = len(space.pairs)
+        scores = space.matrix[:n] @ np.asarray(query, dtype=np.float32)
+        if mask is not None:
+            scores[~mask] = -np.inf
         k = min(k, count)
-        top = np.argpartition(-scores, k - 1)[:k]
+        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top])]
-        return [(self.pairs[i], float(scores[i])) for i in top]
+        return [(space.pairs[i], float(scores[i])) for i in top.tolist()]

@@ -295,12 +295,16 @@ def keyword(db: sqlite3.Connection, terms: Sequence[str], *, namespaces: Sequenc
         else:
             rows = db.execute(f"SELECT rowid, {bm25} AS b FROM versions_fts WHERE "
                               "versions_fts MATCH ? ORDER BY b LIMIT ?", (match, want)).fetchall()
-        fresh = [(int(r[0]), float(r[1])) for r in rows if int(r[0]) not in seen]
-        for i in range(0, len(fresh), 250):
-            chunk = fresh[i:i + 250]
-            seen.update(seq for seq, _ in chunk)
-            live = _live_seqs(db, [seq for seq, _ in chunk], where, params)
-            hits.extend((seq, -bm) for seq, bm in chunk if seq in live)
+        fresh = [r for r in rows if r[0] not in seen]
+        i = 0
+        while i < len(fresh):
+            # check liveness of only as many candidates as are likely needed, best first
+            step = max(limit - len(hits), 1) * 5 // 4 + 8 if i == 0 else 250
+            chunk = fresh[i:i + step]
+            i += step
+            seen.update(r[0] for r in chunk)
+            live = _live_seqs(db, [r[0] for r in chunk], where, params)
+            hits.extend((int(seq), -float(bm)) for seq, bm in chunk if seq in live)
             if len(hits) >= limit:
                 break
         if len(hits) >= limit or estimate > SCAN_LIMIT or len(rows) < want:
@@ -446,10 +450,22 @@ def entries(db: sqlite3.Connection, pairs: Sequence[tuple[str, str]], now: float
             include_compacted: bool = False) -> dict[tuple[str, str], Entry]:
     """The live entries among (namespace, key) pairs."""
     out: dict[tuple[str, str], Entry] = {}
-    for ns, key in pairs:
-        entry, _ = current(db, ns, key, now)
-        if entry is not None and (include_compacted or entry.status == "live"):
-            out[(ns, key)] = entry
+    pairs = list(dict.fromkeys(pairs))
+    for i in range(0, len(pairs), 200):  # one query per 200 entries, not one per entry
+        chunk = pairs[i:i + 200]
+        params: dict[str, Any] = {"now": now}
+        alts = []
+        for j, (ns, key) in enumerate(chunk):
+            params[f"n{j}"], params[f"k{j}"] = ns, key
+            alts.append(f"(m.namespace = :n{j} AND m.key = :k{j})")
+        # driven by the memories' primary key (one index search per pair), then the current row
+        rows = db.execute(f"SELECT {COLUMNS} FROM memories m CROSS JOIN versions v ON v.seq = m.write_seq "
+                          f"WHERE ({' OR '.join(alts)}) AND NOT {DELETED} AND NOT {EXPIRED}", params).fetchall()
+        found = {(r[0], r[1]): _entry(r) for r in rows}
+        for pair in chunk:
+            entry = found.get(pair)
+            if entry is not None and (include_compacted or entry.status == "live"):
+                out[pair] = entry
     return out
 
 

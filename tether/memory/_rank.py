@@ -120,14 +120,19 @@ class Ranking:
     key_weight: float = 1.0
     meta_weight: float = 1.0
     """BM25 weights of the entry's text, its key and its metadata values (the FTS columns)."""
-    expand: bool = False
-    """Multi-hop expansion: names the best hit introduces are searched for in a second pass. Off: on
-    the tuning split it moved recall@5 by +0.002 (0.899 to 0.901, multi-hop 0.50 to 0.59), less
-    than one query; a feature is on by default only for a gain of at least 0.01 there."""
-    expand_weight: float = 0.6
-    """How the second hop joins the first: by reciprocal rank fusion with this weight ..."""
+    expand: bool = True
+    """Multi-hop expansion: the new names the best hits bring are searched for in a second hop (see
+    ``MemoryReads._second_hop``). On: on the tuning split it raised hybrid recall@5 from 0.899 to
+    0.935 (multi-hop 0.50 to 0.91; MRR 0.847 to 0.845), above the 0.01 fixed before measuring."""
     expand_at: int = 4
-    """... or, when above 0, its best new entry inserted at this rank (the rest move down one)."""
+    """The first hop keeps the places above this rank; the second hop's entries go in from here."""
+    expand_from: int = 3
+    """How many of the first hop's best hits may bring names to search in the second hop ..."""
+    expand_slots: int = 2
+    """... and how many of those names get a place (their best entry each)."""
+    expand_embed: bool = True
+    """In hybrid mode, embed each second-hop question ("Where does Ben Berg live?") and search it
+    in both retrievers (one batched embedding for all of them); else keyword only."""
 
 
 @dataclass(slots=True)

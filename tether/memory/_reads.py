@@ -6,6 +6,7 @@ Every read waits until the view has applied this client's own writes (read-your-
 
 from __future__ import annotations
 
+import calendar
 import fnmatch
 import re
 import sqlite3
@@ -20,7 +21,7 @@ from ._core import MemoryCore
 from ._embed import VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
-from ._rank import Candidate, fuse, query_terms, rerank, rrf_weighted, temporal, words
+from ._rank import STOPWORDS, Candidate, fuse, query_terms, rerank, temporal, words
 from ._types import Context, Entry, Hit, Version
 
 __all__ = ["AsOf", "MemoryReads", "SearchMode"]
@@ -41,24 +42,45 @@ def _valid(entry: Entry, default: float) -> float:
 _NAME = re.compile(r"\b[A-Z][\w'-]*[a-z][\w'-]*(?:\s+[A-Z][\w-]*[a-z][\w-]*)+")
 
 
-def _new_names(query: str, texts: Sequence[str]) -> str | None:
-    """For a multi-hop question: the names (two or more capitalised words) the best hits bring that
-    the query does not have, with the query's words neither those hits nor its own names hold
-    ("Where does Ann's manager live?" + "Ann's manager is Leo Berg." -> "Leo Berg where does live")."""
-    asked = set(words(query))
-    found: list[str] = []
-    seen = set()
+_NOT_NAMES = frozenset(m.lower() for m in (*calendar.month_name, *calendar.month_abbr) if m) | STOPWORDS
+
+
+def _names(text: str) -> list[str]:
+    """Two or more capitalised words in a row ("Ann Fischer's" -> "Ann Fischer"), leaving out
+    stopwords and months ("Since March 2026 Ann Borg" -> "Ann Borg")."""
+    out = []
+    for found in _NAME.findall(text):
+        parts = [w for w in re.sub(r"'s$", "", found).split() if w.lower() not in _NOT_NAMES]
+        if len(parts) >= 2:
+            out.append(" ".join(parts))
+    return list(dict.fromkeys(out))
+
+
+def _bridges(query: str, texts: Sequence[str]) -> list[tuple[str, str, frozenset[str]]]:
+    """For a multi-hop question, one second-hop search per new name the first hits bring, best
+    hit first: (the name, its query, words its answer must not hold). A hit bridges when it
+    names what the query names ("Ann Borg reports to Ben Berg." for "Where does Ann Borg's
+    manager live?" gives ("Ben Berg", "Ben Berg where does live", {"manager"})): the query's
+    own names and the relation word after a possessive ("manager") are left out, and that
+    word marks the first hop's kind of entry, not the answer."""
+    asked = _names(query)
+    relation = frozenset(words(" ".join(re.findall(r"'s\s+(\w+)", query))))
+    own = {w for name in asked for w in words(name)}
+    every = set(words(query))
+    out: list[tuple[str, str, frozenset[str]]] = []
     for text in texts:
-        seen.update(words(text))
-        for name in _NAME.findall(text):
-            name = re.sub(r"'s$", "", name)
-            if not set(words(name)) <= asked:
-                found.append(" ".join(w for w in name.split() if w.lower() not in asked))
-    if not found:
-        return None
-    own = {w for name in _NAME.findall(query) for w in words(name)}
-    rest = [w for w in words(query) if w not in seen and w not in own]
-    return " ".join(dict.fromkeys(found)) + (" " + " ".join(rest) if rest else "")
+        here = _names(text)
+        if asked and not any(name in here for name in asked):
+            continue
+        seen = set(words(text))
+        rest = [w for w in words(query) if w not in own and w not in relation and w not in seen]
+        for name in here:
+            if not set(words(name)) <= every and name not in (b[0] for b in out):
+                # "Where does Ann Borg's manager live?" -> "Where does Ben Berg live?"
+                asked_for = [a for a in asked if a in here]
+                swapped = re.sub(rf"\b{re.escape(asked_for[0])}'s\s+\w+", name, query) if asked_for else query
+                out.append((name, swapped if swapped != query else " ".join([name, *rest]), relation))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,30 +171,53 @@ class MemoryReads(MemoryCore):
         found = await self._gather(query, vector, scope, mode, pool, now)
         ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic")
         if self.ranking.expand and mode != "semantic" and ranked and seq is None:
-            bridge = _new_names(query, [found[p][0].text for p in ranked[:1]])
-            if bridge:  # multi-hop: a second, keyword pass for the names the best hit brings
-                second = await self._gather(bridge, vector, scope, "keyword", pool, now, rescore=mode == "hybrid")
-                again, _ = self._order(second, now, present, semantic_only=False)
-                found = {**second, **found}
-                at = self.ranking.expand_at
-                if at > 0:  # the second hop's best new entry goes in at that rank
-                    fresh = next((p for p in again if p not in ranked[:at - 1]), None)
-                    if fresh is not None:
-                        rest = [p for p in ranked if p != fresh]
-                        scores = {**scores, fresh: scores[rest[at - 1]] if len(rest) >= at else 0.0}
-                        ranked = [*rest[:at - 1], fresh, *rest[at - 1:]]
-                else:
-                    scores = rrf_weighted([(ranked, 1.0), (again, self.ranking.expand_weight)], k=1)
-                    ranked = sorted(scores, key=lambda p: -scores[p])
+            ranked, scores = await self._second_hop(query, vector, scope, mode, pool, now, present, found, ranked,
+                                                    scores)
         return [Hit(found[p][0], scores[p], found[p][2], found[p][3]) for p in ranked[:k]]
+
+    async def _second_hop(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,
+                          now: float, present: bool,
+                          found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]],
+                          ranked: list[tuple[str, str]], scores: dict[tuple[str, str], float]
+                          ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
+        """Multi-hop: the first hop keeps its best ``expand_at - 1`` places; the next go to the best
+        entry of each new name its best ``expand_from`` hits bring (up to ``expand_slots``), found
+        by a keyword search for the name and re-ranked like the first hop (no new embedding)."""
+        ranking = self.ranking
+        keep = max(ranking.expand_at, 1) - 1
+        picks: list[tuple[str, str]] = []
+        texts = [found[p][0].text for p in ranked[:ranking.expand_from]]
+        bridges = _bridges(query, texts)[:ranking.expand_slots]
+        vectors: list[list[float] | None] = [None] * len(bridges)
+        if bridges and mode == "hybrid" and ranking.expand_embed:
+            vectors = list(await self._query_vectors([b[1] for b in bridges]))
+        for (name, bridge, banned), hop in zip(bridges, vectors, strict=True):
+            second = await self._gather(bridge, hop or vector, scope, "hybrid" if hop else "keyword", pool, now,
+                                        rescore=mode == "hybrid")
+            again, _ = self._order(second, now, present, semantic_only=False)
+            lowered = name.lower()
+            pick = next((p for p in again if p not in ranked[:keep] and p not in picks
+                         and lowered in second[p][0].text.lower() and not banned & set(words(second[p][0].text))),
+                        None)
+            if pick is not None:
+                picks.append(pick)
+                found.setdefault(pick, second[pick])
+        if not picks:
+            return ranked, scores
+        rest = [p for p in ranked if p not in picks]
+        merged = [*rest[:keep], *picks, *rest[keep:]]
+        floor = scores[rest[keep - 1]] if 0 < keep <= len(rest) else 0.0
+        return merged, {**scores, **{p: floor for p in picks}}
 
     async def _query_vector(self, query: str) -> list[float]:
         """The query's embedding (from the client's vector cache when it was embedded lately)."""
+        return (await self._query_vectors([query]))[0]
+
+    async def _query_vectors(self, queries: list[str]) -> list[list[float]]:
         embedder = self.embedder
         assert embedder is not None
-        found = await self.vector_cache.embed(
-            [query], embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
-        return found[0]
+        return await self.vector_cache.embed(
+            queries, embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
 
     def _valid_at(self, query: str, valid_at: datetime | str | None, now: float) -> tuple[float | None, bool]:
         if valid_at is None:
@@ -191,35 +236,40 @@ class MemoryReads(MemoryCore):
         cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both."""
         terms = query_terms(query)
         ranking = self.ranking
-        keyword_hits: list[tuple[Entry, float]] = []
-        if mode in ("keyword", "hybrid") and terms:
-            keyword_hits = await self._read(lambda db: q.keyword(
-                db, terms, namespaces=scope.names, patterns=scope.patterns, filters=scope.filters, now=now,
-                limit=pool, as_of=scope.seq, include_compacted=scope.include_compacted, stats=self._terms,
-                weights=(ranking.text_weight, ranking.key_weight, ranking.meta_weight), valid_at=scope.at),
-                after=scope.after)
-        semantic: list[tuple[Entry, float]] = []
-        if vector is not None and mode in ("semantic", "hybrid") and scope.at is None:
-            semantic = await self._semantic(vector, scope.names, scope.patterns, scope.filters, pool, now,
-                                            scope.include_compacted, scope.after)
-        out: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]] = {}
-        for i, (e, bm) in enumerate(keyword_hits, start=1):
-            out[(e.namespace, e.key)] = (e, Candidate(bm, None, _valid(e, now)), i, None)
-        for i, (e, cos) in enumerate(semantic, start=1):
-            pair = (e.namespace, e.key)
-            old = out.get(pair)
-            if old is None:
-                out[pair] = (e, Candidate(None, cos, _valid(e, now)), None, i)
-            else:
-                old[1].cosine = cos
-                out[pair] = (old[0], old[1], old[2], i)
-        if vector is not None and mode == "hybrid" and rescore:
-            missing = [p for p, (_, c, _, _) in out.items() if c.cosine is None]
-            if missing:
-                sims = await self._similarities(vector, missing, {p: out[p][0] for p in missing}, scope.at is not None)
-                for pair, cos in sims.items():
-                    out[pair][1].cosine = cos
-        return out
+        use_keyword = mode in ("keyword", "hybrid") and bool(terms)
+        use_vectors = vector is not None and mode in ("semantic", "hybrid") and scope.at is None
+        rescore = vector is not None and mode == "hybrid" and rescore
+
+        def keyword(db: sqlite3.Connection) -> list[tuple[Entry, float]]:
+            return q.keyword(db, terms, namespaces=scope.names, patterns=scope.patterns, filters=scope.filters,
+                             now=now, limit=pool, as_of=scope.seq, include_compacted=scope.include_compacted,
+                             stats=self._terms, weights=(ranking.text_weight, ranking.key_weight,
+                                                         ranking.meta_weight), valid_at=scope.at)
+
+        def run(db: sqlite3.Connection) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
+            # one trip to the reader thread for both retrievers and the re-scoring
+            keyword_hits = keyword(db) if use_keyword else []
+            semantic = self._nearest(db, vector, scope, pool, now) if use_vectors and vector is not None else []
+            out: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]] = {}
+            for i, (e, bm) in enumerate(keyword_hits, start=1):
+                out[(e.namespace, e.key)] = (e, Candidate(bm, None, _valid(e, now)), i, None)
+            for i, (e, cos) in enumerate(semantic, start=1):
+                pair = (e.namespace, e.key)
+                old = out.get(pair)
+                if old is None:
+                    out[pair] = (e, Candidate(None, cos, _valid(e, now)), None, i)
+                else:
+                    old[1].cosine = cos
+                    out[pair] = (old[0], old[1], old[2], i)
+            if rescore and vector is not None:
+                missing = [p for p, (_, c, _, _) in out.items() if c.cosine is None]
+                if missing:
+                    sims = self._cosines(db, vector, missing, {p: out[p][0] for p in missing}, scope.at is not None)
+                    for pair, cos in sims.items():
+                        out[pair][1].cosine = cos
+            return out
+
+        return await self._read(run, after=scope.after)
 
     def _order(self, found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]], now: float,
                present: bool, *, semantic_only: bool) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
@@ -234,55 +284,49 @@ class MemoryReads(MemoryCore):
         scores = dict(zip(pairs, values, strict=True))
         return sorted(pairs, key=lambda p: -scores[p]), scores
 
-    async def _similarities(self, vector: list[float], pairs: list[tuple[str, str]],
-                            entries: dict[tuple[str, str], Entry], past: bool) -> dict[tuple[str, str], float]:
+    def _cosines(self, db: sqlite3.Connection, vector: list[float], pairs: list[tuple[str, str]],
+                 entries: dict[tuple[str, str], Entry], past: bool) -> dict[tuple[str, str], float]:
+        """The query's cosine similarity to these entries' recorded vectors (in the reader thread)."""
         assert self.embedder is not None
         name = self.embedder.name
+        if not past:
+            return self._index(db).similarities(vector, name, pairs)
+        import numpy as np
 
-        def run(db: sqlite3.Connection) -> dict[tuple[str, str], float]:
-            if not past:
-                if self._vectors is None:
-                    self._vectors = VectorIndex()
-                self._vectors.refresh(db)
-                return self._vectors.similarities(vector, name, pairs)
-            import numpy as np
+        blobs = q.embeddings(db, [entries[p].seq for p in pairs])
+        query = np.asarray(vector, dtype=np.float32)
+        out = {}
+        for p in pairs:
+            blob = blobs.get(entries[p].seq)
+            if blob is not None and blob[1] == name:
+                row = np.frombuffer(blob[0], dtype="<f4")
+                if len(row) == len(query):
+                    out[p] = float(row @ query)
+        return out
 
-            blobs = q.embeddings(db, [entries[p].seq for p in pairs])
-            query = np.asarray(vector, dtype=np.float32)
-            out = {}
-            for p in pairs:
-                blob = blobs.get(entries[p].seq)
-                if blob is not None and blob[1] == name:
-                    row = np.frombuffer(blob[0], dtype="<f4")
-                    if len(row) == len(query):
-                        out[p] = float(row @ query)
-            return out
+    def _index(self, db: sqlite3.Connection) -> VectorIndex:
+        if self._vectors is None:
+            self._vectors = VectorIndex()
+        self._vectors.refresh(db)
+        return self._vectors
 
-        return await self._read(run)
-
-    async def _semantic(self, vector: list[float], names: list[str] | None, patterns: list[str] | None,
-                        filters: Mapping[str, Any] | None, pool: int, now: float, include_compacted: bool,
-                        after: int | None) -> list[tuple[Entry, float]]:
+    def _nearest(self, db: sqlite3.Connection, vector: list[float], scope: _Scope, pool: int,
+                 now: float) -> list[tuple[Entry, float]]:
+        """The semantic candidates: the nearest live entries in scope (in the reader thread)."""
         assert self.embedder is not None
-        name = self.embedder.name
+        names, patterns, filters = scope.names, scope.patterns, scope.filters
 
         def allow(ns: str) -> bool:
             if names is not None:
                 return ns in names
             return patterns is None or any(fnmatch.fnmatchcase(ns, p) for p in patterns)
 
-        def run(db: sqlite3.Connection) -> list[tuple[Entry, float]]:
-            if self._vectors is None:
-                self._vectors = VectorIndex()
-            self._vectors.refresh(db)
-            nearest = self._vectors.search(vector, name, pool * (4 if filters else 1), allow)
-            found = q.entries(db, [p for p, _ in nearest], now, include_compacted)
-            if filters:
-                keep = q.matching(db, list(found), filters)
-                found = {p: e for p, e in found.items() if p in keep}
-            return [(found[p], s) for p, s in nearest if p in found][:pool]
-
-        return await self._read(run, after=after)
+        nearest = self._index(db).search(vector, self.embedder.name, pool * (4 if filters else 1), allow)
+        found = q.entries(db, [p for p, _ in nearest], now, scope.include_compacted)
+        if filters:
+            keep = q.matching(db, list(found), filters)
+            found = {p: e for p, e in found.items() if p in keep}
+        return [(found[p], s) for p, s in nearest if p in found][:pool]
 
     async def context(self, query: str, namespaces: Sequence[str] | str | None = None, token_budget: int = 1000,
                       *, k: int = 20, filters: Mapping[str, Any] | None = None, as_of: AsOf = None,
