@@ -1,5 +1,6 @@
 # make run    - set up .venv from the lock file if needed, then start tether with the scripted demo agent
 # make test   - set up .venv from the lock file if needed, then run the whole test suite
+# make test-flaky - the tests marked known_flaky (each says what fails and why it is not fixed yet)
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
 # make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
 #               test environments' (requirements/phoenix.txt, requirements/<framework>.txt), then run both suites
@@ -23,7 +24,7 @@ BENCH_STAMP := $(BENCH_VENV)/.tether-installed
 FRAMEWORKS := langgraph openai-agents
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
-.PHONY: run test test-lowest lint lock bench clean
+.PHONY: run test test-flaky test-lowest lint lock bench clean
 
 $(UV):
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -51,10 +52,13 @@ run: $(STAMP)
 	$(VENV)/bin/tether up --demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not known_flaky"
+
+test-flaky: $(STAMP)  # the tests marked known_flaky: each names what is not fixed yet
+	$(PY) -m pytest -m known_flaky
 
 test-lowest: $(LOWEST_STAMP)
-	$(LOWEST_VENV)/bin/python -m pytest -m "not lint"
+	$(LOWEST_VENV)/bin/python -m pytest -m "not lint and not known_flaky"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tether tests bench examples
