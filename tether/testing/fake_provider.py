@@ -63,7 +63,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -72,6 +71,7 @@ from typing import Literal, TextIO, TypeVar
 import uvicorn
 
 from tether._loop import run as run_loop
+from tether._sockets import listen
 from tether._uvicornpriv import StoppingServer
 
 from ._fake_app import DEFAULT_MODELS, LoggedRequest, ProviderState, build_app
@@ -180,7 +180,7 @@ class FakeProvider:
     async def start(self) -> FakeProvider:
         if self._server is not None:
             raise RuntimeError("the fake provider is already running")
-        sock = _listen(self.host, self._port)
+        sock = listen(self.host, self._port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False,
                                 lifespan="off", proxy_headers=False, server_header=False,
@@ -334,20 +334,6 @@ class FakeProvider:
         (all by default) as dicts."""
         return self._on_loop(lambda: self._state.summary(limit))
 
-
-def _listen(host: str, port: int) -> socket.socket:
-    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets, and without it
-    # every response (headers, then body) waits ~40 ms for a delayed ACK
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

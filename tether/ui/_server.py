@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
+from tether._sockets import listen
 from tether._uvicornpriv import QuietServer
 from tether.bus import Bus
 
@@ -63,7 +63,7 @@ class UiServer:
         return f"{self.url}/?token={self.guard.token}"
 
     async def start(self) -> UiServer:
-        sock = _listen(self.host, self.port)
+        sock = listen(self.host, self.port, backlog=256)
         self.port = sock.getsockname()[1]
         if is_loopback(self.host):
             self.guard.hosts = frozenset(f"{name}:{self.port}" for name in ("127.0.0.1", "localhost", "[::1]"))
@@ -104,15 +104,3 @@ class UiServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(256)
-    except BaseException:
-        sock.close()
-        raise
-    return sock

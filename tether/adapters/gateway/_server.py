@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 import uvicorn
 
+from tether._sockets import listen
 from tether._uvicornpriv import QuietServer
 from tether.bus import Bus
 
@@ -54,7 +54,7 @@ class GatewayServer:
         if self._server is not None:
             raise RuntimeError("the gateway is already running")
         await self.gateway.start()
-        sock = _listen(self.host, self._port)
+        sock = listen(self.host, self._port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(self.gateway.app, http="httptools", lifespan="off", log_config=None,
                                 access_log=False, server_header=False, proxy_headers=False,
@@ -94,16 +94,3 @@ class GatewayServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-
-def _listen(host: str, port: int) -> socket.socket:
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (else ~40 ms delayed ACKs)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
