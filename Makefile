@@ -1,5 +1,5 @@
 # make run    - set up .venv from the lock file if needed, then start tether with the scripted demo agent
-# make test   - set up .venv from the lock file if needed, then run the whole test suite
+# make test   - set up .venv from the lock file if needed, then run the test suite (all but known_flaky)
 # make test-flaky - the tests marked known_flaky (each says what fails and why it is not fixed yet)
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
 # make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
