@@ -170,3 +170,30 @@ async def test_replicas_are_configurable(tether_home: Path) -> None:
     from tether.bus import stream_configs
 
     assert {c.num_replicas for c in stream_configs(replicas=3)} == {3}
+
+
+async def test_a_server_that_resets_as_it_reads_the_credentials_names_them(tether_home: Path) -> None:
+    """nats-server refusing credentials can close the connection before its -ERR reaches the client
+    (seen in CI: `Connection reset by peer`, no word of authorization). With credentials given, the
+    error then still says which settings to check."""
+    import socket
+    import struct
+
+    async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"x","version":"2.10.0","proto":1,"headers":true,"max_payload":1048576,'
+                     b'"auth_required":true}\r\n')
+        await writer.drain()
+        await reader.readline()  # CONNECT {...}: then a reset (linger 0), as a refusing server may
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handshake, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(BusUnavailable, match=r"(?s)reset by peer.*may have refused them\): check "
+                                                 r"TETHER_NATS_CREDS"):
+            await connect(f"nats://127.0.0.1:{port}", home=tether_home, token="wrong", connect_attempts=1)
+    finally:
+        server.close()
+        await server.wait_closed()

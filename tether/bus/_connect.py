@@ -52,11 +52,19 @@ def _said(exc: BaseException, errors: list[Exception]) -> str:
     return f"{exc!r}" if last is None or last is exc else f"{exc!r}, the server said: {last}"
 
 
-def _auth_hint(exc: BaseException, errors: list[Exception]) -> str:
-    if "authorization violation" not in f"{exc} {errors[-1] if errors else ''}".lower():
-        return ""
-    return ("The server refused the credentials: check TETHER_NATS_CREDS (a .creds file `tether auth` issued for "
-            "this server's operator), TETHER_NATS_NKEY, TETHER_NATS_USER/PASSWORD or TETHER_NATS_TOKEN. ")
+_CHECK_CREDENTIALS = ("check TETHER_NATS_CREDS (a .creds file `tether auth` issued for this server's operator), "
+                      "TETHER_NATS_NKEY, TETHER_NATS_USER/PASSWORD or TETHER_NATS_TOKEN. ")
+
+
+def _auth_hint(exc: BaseException, errors: list[Exception], cfg: BusConfig) -> str:
+    said = f"{exc} {errors[-1] if errors else ''}".lower()
+    if "authorization violation" in said:
+        return "The server refused the credentials: " + _CHECK_CREDENTIALS
+    given = any(v is not None for v in (cfg.user, cfg.token, cfg.creds, cfg.nkey_seed))
+    if given and "reset by peer" in said:  # a server refusing credentials may close before it says why
+        return "The server closed the connection as it read the credentials (it may have refused them): " \
+            + _CHECK_CREDENTIALS
+    return ""
 
 
 def _tls_hint(exc: BaseException, cfg: BusConfig) -> str:
@@ -334,7 +342,7 @@ async def connect(url: str | None = None, *, config: BusConfig | None = None, **
             raise
         raise BusUnavailable(
             f"cannot reach NATS at {target}: {_said(exc, connect_errors)}. {_tls_hint(exc, cfg)}"
-            f"{_auth_hint(exc, connect_errors)}Check TETHER_NATS_URL and "
+            f"{_auth_hint(exc, connect_errors, cfg)}Check TETHER_NATS_URL and "
             "credentials, or unset it to use the embedded server"
         ) from exc
     # Once connected, never give up reconnecting: the outbox holds events meanwhile.
