@@ -386,11 +386,14 @@ def bm25_results(doc: dict[str, Any], split: str) -> list[list[tuple[str, str, s
 
 GRID: dict[str, list[Any]] = {
     "keyword": [0.15, 0.25, 0.35, 0.5, 0.65],
+    "fusion": ["ratio", "minmax", "rrf"],
+    "rrf_k": [2, 10, 30, 60],
     "validity": [0.1, 0.3, 0.5, 1.0],
     "validity_band": [0.05, 0.1, 0.2, 0.35],
     "key_weight": [0.0, 0.25, 0.5, 1.0],
     "meta_weight": [0.0, 0.25, 0.5, 1.0],
     "expand": [False, True],
+    "expand_evidence": [False, True],
     "expand_at": [2, 3, 4, 5],
     "expand_from": [1, 2, 3, 5],
     "expand_slots": [1, 2, 3],

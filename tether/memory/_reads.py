@@ -23,6 +23,7 @@ from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
 from ._rank import STOPWORDS, Candidate, fuse, query_terms, rerank, temporal, words
 from ._types import Context, Entry, Hit, Version
+from ._view import meta_words
 
 __all__ = ["AsOf", "MemoryReads", "SearchMode"]
 
@@ -56,21 +57,45 @@ def _names(text: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _bridges(query: str, texts: Sequence[str]) -> list[tuple[str, str, frozenset[str]]]:
+def _stem(word: str) -> str:
+    """A crude stem, enough to match "manager" with "manages" and "leads" with "lead"."""
+    for suffix in ("ers", "er", "es", "ed", "ing", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
+
+
+def _relation(query: str, asked: Sequence[str]) -> frozenset[str]:
+    """The stems of the query's content words that are not its names: what it asks about them."""
+    own = {w for name in asked for w in words(name)}
+    return frozenset(_stem(w) for w in words(query) if w not in STOPWORDS and w not in own and len(w) > 2)
+
+
+def _bridges(query: str, texts: Sequence[str], evidence: Sequence[str] | None = None
+             ) -> list[tuple[str, str, frozenset[str]]]:
     """For a multi-hop question, one second-hop search per new name the first hits bring, best
     hit first: (the name, its query, words its answer must not hold). A hit bridges when it
     names what the query names ("Ann Borg reports to Ben Berg." for "Where does Ann Borg's
     manager live?" gives ("Ben Berg", "Ben Berg where does live", {"manager"})): the query's
     own names and the relation word after a possessive ("manager") are left out, and that
-    word marks the first hop's kind of entry, not the answer."""
+    word marks the first hop's kind of entry, not the answer.
+
+    With ``evidence`` (for each hit, its text, key and metadata words), a hit bridges only if
+    it also holds one of the query's words besides the names (its stem: "manages" for
+    "manager"): the hit is about what the query asks of the name, not merely another fact
+    of the same person ("Greta Novak reports to Jana Fisher." does not make "Should I offer
+    Greta Novak an espresso?" a question about Jana Fisher)."""
     asked = _names(query)
     relation = frozenset(words(" ".join(re.findall(r"'s\s+(\w+)", query))))
     own = {w for name in asked for w in words(name)}
     every = set(words(query))
+    asks = _relation(query, asked)
     out: list[tuple[str, str, frozenset[str]]] = []
-    for text in texts:
+    for i, text in enumerate(texts):
         here = _names(text)
         if asked and not any(name in here for name in asked):
+            continue
+        if evidence is not None and not asks & {_stem(w) for w in words(evidence[i])}:
             continue
         seen = set(words(text))
         rest = [w for w in words(query) if w not in own and w not in relation and w not in seen]
@@ -186,8 +211,9 @@ class MemoryReads(MemoryCore):
         ranking = self.ranking
         keep = max(ranking.expand_at, 1) - 1
         picks: list[tuple[str, str]] = []
-        texts = [found[p][0].text for p in ranked[:ranking.expand_from]]
-        bridges = _bridges(query, texts)[:ranking.expand_slots]
+        hits = [found[p][0] for p in ranked[:ranking.expand_from]]
+        evidence = [f"{e.text} {e.key} {meta_words(e.metadata)}" for e in hits] if ranking.expand_evidence else None
+        bridges = _bridges(query, [e.text for e in hits], evidence)[:ranking.expand_slots]
         vectors: list[list[float] | None] = [None] * len(bridges)
         if bridges and mode == "hybrid" and ranking.expand_embed:
             vectors = list(await self._query_vectors([b[1] for b in bridges]))
