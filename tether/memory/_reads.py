@@ -6,6 +6,7 @@ Every read waits until the view has applied this client's own writes (read-your-
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import fnmatch
 import re
@@ -93,7 +94,7 @@ def _bridges(query: str, texts: Sequence[str], evidence: Sequence[str] | None = 
     out: list[tuple[str, str, frozenset[str]]] = []
     for i, text in enumerate(texts):
         here = _names(text)
-        if asked and not any(name in here for name in asked):
+        if not here or (asked and not any(name in here for name in asked)):
             continue
         if evidence is not None and not asks & {_stem(w) for w in words(evidence[i])}:
             continue
@@ -191,9 +192,22 @@ class MemoryReads(MemoryCore):
                 raise InvalidMemory("as_of (a log position) and valid_at (a valid time) cannot be combined")
             mode = "keyword"
         pool = max(4 * k, 40)
-        vector = await self._query_vector(query) if mode != "keyword" else None
         scope = _Scope(names, patterns, filters, include_compacted, seq, at, after)
-        found = await self._gather(query, vector, scope, mode, pool, now)
+        vector: list[float] | None = None
+        if mode != "keyword":
+            assert self.embedder is not None
+            vector = self.vector_cache.lookup(self.embedder.name, query)
+        if vector is None and mode != "keyword":
+            # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
+            embedding = asyncio.ensure_future(self._query_vector(query))
+            try:
+                found = await self._gather(query, embedding, scope, mode, pool, now)
+            finally:
+                if not embedding.done():
+                    embedding.cancel()
+            vector = embedding.result()
+        else:
+            found = await self._gather(query, vector, scope, mode, pool, now)
         ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic")
         if self.ranking.expand and mode != "semantic" and ranked and seq is None:
             ranked, scores = await self._second_hop(query, vector, scope, mode, pool, now, present, found, ranked,
@@ -255,11 +269,13 @@ class MemoryReads(MemoryCore):
             return (valid_at if valid_at.tzinfo else valid_at.replace(tzinfo=UTC)).timestamp(), False
         raise InvalidMemory(f"valid_at must be a datetime, 'query' or None, got {valid_at!r}")
 
-    async def _gather(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,
-                      now: float, *, rescore: bool = True) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None,
-                                                                                          int | None]]:
+    async def _gather(self, query: str, vector: list[float] | asyncio.Future[list[float]] | None, scope: _Scope,
+                      mode: str, pool: int, now: float, *, rescore: bool = True
+                      ) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
         """The candidates of each retriever with both their scores: a keyword candidate gets its
-        cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both."""
+        cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both.
+        ``vector`` may still be being computed (a future): the keyword retriever runs meanwhile,
+        then the rest once it is there (two trips to the reader thread instead of one)."""
         terms = query_terms(query)
         ranking = self.ranking
         use_keyword = mode in ("keyword", "hybrid") and bool(terms)
@@ -272,9 +288,11 @@ class MemoryReads(MemoryCore):
                              stats=self._terms, weights=(ranking.text_weight, ranking.key_weight,
                                                          ranking.meta_weight), valid_at=scope.at)
 
-        def run(db: sqlite3.Connection) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
+        def run(db: sqlite3.Connection, keyword_hits: list[tuple[Entry, float]] | None,
+                vector: list[float] | None) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
             # one trip to the reader thread for both retrievers and the re-scoring
-            keyword_hits = keyword(db) if use_keyword else []
+            if keyword_hits is None:
+                keyword_hits = keyword(db) if use_keyword else []
             semantic = self._nearest(db, vector, scope, pool, now) if use_vectors and vector is not None else []
             out: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]] = {}
             for i, (e, bm) in enumerate(keyword_hits, start=1):
@@ -295,7 +313,10 @@ class MemoryReads(MemoryCore):
                         out[pair][1].cosine = cos
             return out
 
-        return await self._read(run, after=scope.after)
+        if isinstance(vector, asyncio.Future):
+            early = await self._read(keyword, after=scope.after) if use_keyword else []
+            return await self._read(run, early, await vector, after=scope.after)
+        return await self._read(run, None, vector, after=scope.after)
 
     def _order(self, found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]], now: float,
                present: bool, *, semantic_only: bool) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
