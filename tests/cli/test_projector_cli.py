@@ -45,7 +45,7 @@ async def test_projector_runs_its_views_in_processes_and_stops_them(fresh_nats_s
     async with tether_child("projector", "--url", fresh_nats_server.url, "--processes", "2",
                             home=tether_home) as child:
         line = await child.wait_for("projector running", timeout=60)
-        assert "in 2 process(es): traces; metrics, cost, errors" in line
+        assert "in 2 process(es): traces; metrics, cost, errors, eval" in line
         children = _view_processes(child.proc.pid)
         assert len(children) == 2
         child.proc.send_signal(signal.SIGINT)
