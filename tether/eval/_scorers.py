@@ -14,11 +14,12 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from tether.memory import Embedder, HashEmbedder
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._trace import RunTrace
+
+if TYPE_CHECKING:
+    from tether.memory import Embedder
 
 __all__ = ["Case", "Score", "Scorer", "called_tool", "contains", "cost_below", "custom", "exact", "json_schema",
            "no_dead_letters", "numeric", "regex", "retries_at_most", "similarity"]
@@ -189,7 +190,11 @@ def similarity(threshold: float = 0.8, *, embedder: Embedder | None = None, name
     """The cosine similarity of the output's and the expected output's embeddings (value), passing
     at ``threshold``. The default embedder is tether's offline ``HashEmbedder`` (words, not meaning);
     pass ``tether.memory.LocalEmbedder()`` for MiniLM sentence embeddings."""
-    model = embedder or HashEmbedder()
+    if embedder is None:
+        from tether.memory import HashEmbedder  # imported when used: tether.memory loads SQLite and cryptography
+
+        embedder = HashEmbedder()
+    model = embedder
 
     async def fn(case: Case) -> Score:
         _need_expected(case, name)
