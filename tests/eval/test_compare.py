@@ -78,3 +78,10 @@ def test_per_item_deltas_cost_and_latency() -> None:
     out = result.as_dict()
     assert out["cost_delta"] == pytest.approx(0.006) and out["latency_delta_ms"] == 50.0
     assert out["regressed"] is False  # one item went down: not significant
+
+
+def test_a_numeric_scorer_with_verdicts_is_compared_by_its_values() -> None:
+    a = [ScoreRow(f"i{n}", "similarity", 0.9, True, None, {"kind": "numeric"}, None) for n in range(10)]
+    b = [ScoreRow(f"i{n}", "similarity", 0.6, True, None, {"kind": "numeric"}, None) for n in range(10)]
+    d = compare("A", "B", a, b, tolerance=0.1).scorers[0]
+    assert d.kind == "numeric" and d.delta == pytest.approx(-0.3) and d.regression

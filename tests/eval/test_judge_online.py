@@ -29,8 +29,8 @@ async def test_judge_under_a_budget_with_its_reasoning_kept(bus: Bus, fake: Fake
     name = unique("judged")
     await evals.add_items(name, [{"id": f"i{n}", "input": f"question {n}", "expected": "yes"} for n in range(4)])
     rubric = "The answer addresses the question."
-    stingy = ev.judge(openai.AsyncOpenAI(base_url=fake.url, api_key="sk-judge"), model="gpt-4o-mini",
-                      rubric=rubric, budget_usd=1e-9)
+    client = openai.AsyncOpenAI(base_url=fake.url, api_key="sk-judge")
+    stingy = ev.judge(client, model="gpt-4o-mini", rubric=rubric, budget_usd=1e-9)
     first = await ev.run_experiment(evals, name, canned, scorers=[stingy], concurrency=1, progress=False)
     scores = await evals.scores(first.experiment)
     judged = [s for s in scores if s.passed is not None]
@@ -43,9 +43,9 @@ async def test_judge_under_a_budget_with_its_reasoning_kept(bus: Bus, fake: Fake
     assert trace.agent == "eval-judge" and trace.llm_calls == 1 and trace.output == {"passed": True,
                                                                                       "reasoning": "fake reasoning"}
 
-    generous = ev.judge(openai.AsyncOpenAI(base_url=fake.url, api_key="sk-judge"), model="gpt-4o-mini",
-                        rubric=rubric, budget_usd=1.0)
+    generous = ev.judge(client, model="gpt-4o-mini", rubric=rubric, budget_usd=1.0)
     second = await ev.run_experiment(evals, name, canned, scorers=[generous], progress=False)
+    await client.close()
     gold = {"i0": True, "i1": False, "i2": True, "i3": False}
     report = ev.judge_report(await evals.scores(second.experiment), "judge", gold)
     # the fake judge passes everything: it agrees on half, and its pass rate cannot be corrected

@@ -253,11 +253,15 @@ class Evals:
         return scores_of(self.store.db, experiment)
 
     def score_event(self, experiment: str, item_id: str, scorer: str, score: Score, *,
-                    run_id: str | None = None) -> Event:
+                    run_id: str | None = None, kind: str = "pass") -> Event:
+        """A score as an event; a ``numeric`` scorer's says so in its metadata (``kind``), so a
+        comparison compares its values even when it also gives verdicts."""
+        metadata = {**score.metadata, "kind": "numeric"} if kind == "numeric" else score.metadata
         return self._event(ScoreRecorded(experiment=experiment, item_id=item_id, scorer=scorer, run_id=run_id,
                                          value=score.value, passed=score.passed, reason=score.reason,
-                                         metadata=score.metadata))
+                                         metadata=metadata))
 
     async def record_score(self, experiment: str, item_id: str, scorer: str, score: Score, *,
-                           run_id: str | None = None) -> int:
-        return await self.publish([self.score_event(experiment, item_id, scorer, score, run_id=run_id)])
+                           run_id: str | None = None, kind: str = "pass") -> int:
+        """Record a score of your own (a human label, an external grader's) as an event."""
+        return await self.publish([self.score_event(experiment, item_id, scorer, score, run_id=run_id, kind=kind)])

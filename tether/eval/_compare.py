@@ -72,7 +72,8 @@ def compare(a: str, b: str, scores_a: Sequence[ScoreRow], scores_b: Sequence[Sco
             alpha: float = 0.05, lower_is_better: Sequence[str] = (), resamples: int = 2000,
             seed: int = 0) -> Comparison:
     """B against A, paired by item. A scorer whose paired scores all carry a verdict is pass/fail
-    (McNemar's exact test on the discordant pairs); otherwise its values are compared (a
+    (McNemar's exact test on the discordant pairs), unless its scores say they are ``numeric``
+    (metadata ``kind``, as the similarity scorer's); otherwise its values are compared (a
     percentile bootstrap interval of the mean paired delta, significant when it excludes 0).
 
     A scorer regresses when B is worse by more than ``tolerance`` (pass rate, or value, in the
@@ -89,7 +90,8 @@ def compare(a: str, b: str, scores_a: Sequence[ScoreRow], scores_b: Sequence[Sco
         verdicts = [(x.passed, y.passed) for x, y in pairs if x.passed is not None and y.passed is not None]
         values = [(x.value, y.value) for x, y in pairs if x.value is not None and y.value is not None]
         better_high = name not in lower_is_better
-        if pairs and len(verdicts) == len(pairs):
+        numeric = any(x.metadata.get("kind") == "numeric" or y.metadata.get("kind") == "numeric" for x, y in pairs)
+        if pairs and len(verdicts) == len(pairs) and not numeric:
             b_count = sum(1 for x, y in verdicts if x and not y)
             c_count = sum(1 for x, y in verdicts if not x and y)
             rate_a = _mean([float(x) for x, _ in verdicts])

@@ -186,7 +186,8 @@ async def run_experiment(evals: Evals, dataset: str, agent: Agent, *, variant: V
             case = Case(item.input, output, item.expected, trace, item.id, item.metadata)
             for scorer in scorers:
                 events.append(evals.score_event(experiment, item.id, scorer.name,
-                                                await _safe_score(scorer, case, error), run_id=running.run_id))
+                                                await _safe_score(scorer, case, error), run_id=running.run_id,
+                                                kind=scorer.kind))
             await evals.publish(events)
             bar.step(error=error is not None, cost=trace.cost)
 

@@ -115,6 +115,7 @@ class OnlineScorer:
                 from ._scorers import Score
 
                 score = Score(None, None, f"scorer failed: {type(exc).__name__}: {str(exc)[:300]}")
-            events.append(self.evals.score_event(self.experiment, run_id, scorer.name, score, run_id=run_id))
+            events.append(self.evals.score_event(self.experiment, run_id, scorer.name, score, run_id=run_id,
+                                                 kind=scorer.kind))
         await self.evals.publish(events)
         self.scored += 1
