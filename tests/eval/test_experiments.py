@@ -5,12 +5,15 @@ eval view rebuilt by replay equal to the live one."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
 import pytest
 
+import tether
 import tether.eval as ev
+from tether.adapters import Hub, RecordedResult, RecordedToolError, RecordedTools, ReplayMismatch, recorded_tools
 from tether.bus import Bus
 from tether.eval import Evals, Variant
 from tether.projections import Projector, replay
@@ -126,7 +129,26 @@ async def test_bad_experiments_are_refused(bus: Bus, evals: Evals) -> None:
 async def test_a_replay_that_takes_another_path_fails_clearly() -> None:
     recorded = ev.RunTrace.of("r", [])
     tools = ev._experiment._recorded(recorded)  # no tool results recorded
-    from tether.adapters import ReplayMismatch, recorded_tools
-
     with recorded_tools(tools), pytest.raises(ReplayMismatch, match="recorded 0"):
         tools.take("lookup")
+
+
+async def test_a_sync_tool_is_answered_from_the_log_too(bus: Bus) -> None:
+    calls: list[str] = []
+
+    @tether.tool(bus=bus)
+    def weather(city: str) -> dict[str, int]:
+        calls.append(city)
+        return {"celsius": 20}
+
+    tools = RecordedTools({"weather": [RecordedResult({"celsius": 7}), RecordedResult(error="Timeout")]})
+    async with tether.run(agent=unique("bot"), bus=bus) as run:
+        with recorded_tools(tools):
+            first = await asyncio.to_thread(weather, "Oslo")
+            with pytest.raises(RecordedToolError, match="failed with Timeout"):
+                await asyncio.to_thread(weather, "Oslo")
+    assert first == {"celsius": 7} and calls == [] and tools.replayed == 2
+    await Hub.of(bus).flush()
+    trace = await ev.read_run(bus, run.run_id)
+    assert [(t.name, t.result, t.error) for t in trace.tools] == [("weather", {"celsius": 7}, None),
+                                                                 ("weather", None, "RecordedToolError")]
