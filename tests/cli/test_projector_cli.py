@@ -27,7 +27,7 @@ async def test_replay_in_processes_and_in_one_give_the_same_views(fresh_nats_ser
                                       "--out", str(tether_home / "two"), home=tether_home, timeout=90)
     assert code == 0, err
     two = json.loads(out)
-    assert sorted(two["views"]) == ["cost", "errors", "memory", "metrics", "traces"]  # memory: empty here
+    assert sorted(two["views"]) == ["cost", "errors", "eval", "memory", "metrics", "traces"]  # memory: empty here
     code, out, err = await run_tether("replay", "--url", url, "--processes", "0", "--json",
                                       "--out", str(tether_home / "one"), home=tether_home, timeout=90)
     assert code == 0, err
