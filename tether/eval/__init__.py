@@ -12,7 +12,7 @@ from ._experiment import ExperimentResult, Variant, load_agent, run_experiment
 from ._judge import Judge, judge
 from ._log import read_run, runs_matching
 from ._online import OnlineScorer
-from ._query import DatasetItem, ItemChange, ScoreRow, TrialRow
+from ._query import DatasetItem, ItemChange, ScoreRow, TrialRow, experiment_info, experiment_names, scores_of, trials_of
 from ._scorers import (
     Case,
     Score,
@@ -63,6 +63,8 @@ __all__ = [
     "cost_below",
     "custom",
     "exact",
+    "experiment_info",
+    "experiment_names",
     "items_from_file",
     "json_schema",
     "judge",
@@ -77,5 +79,7 @@ __all__ = [
     "rogan_gladen",
     "run_experiment",
     "runs_matching",
+    "scores_of",
     "similarity",
+    "trials_of",
 ]
