@@ -23,8 +23,7 @@ __all__ = ["add_commands", "default_views", "run_projector", "run_replay", "run_
 
 def default_views() -> list[Any]:
     """Every view tether ships, newest versions."""
-    from tether.eval import EvalView
-    from tether.projections import CostLedger, ErrorsView, MetricsView, TracesView
+    from tether.projections import CostLedger, ErrorsView, EvalView, MetricsView, TracesView
 
     return [TracesView(), CostLedger(), ErrorsView(), MetricsView(), EvalView()]
 

@@ -5,6 +5,18 @@ log), comparisons with paired statistics and a CI verdict, judge calibration, on
 See docs/evaluation.md.
 """
 
+from tether.projections.eval import (
+    DatasetItem,
+    EvalView,
+    ItemChange,
+    ScoreRow,
+    TrialRow,
+    experiment_info,
+    experiment_names,
+    scores_of,
+    trials_of,
+)
+
 from ._calibration import JudgeReport, judge_report
 from ._client import DatasetError, Evals, NewItem, items_from_file
 from ._compare import Comparison, ScorerDelta, compare
@@ -12,7 +24,6 @@ from ._experiment import ExperimentResult, Variant, load_agent, run_experiment
 from ._judge import Judge, judge
 from ._log import read_run, runs_matching
 from ._online import OnlineScorer
-from ._query import DatasetItem, ItemChange, ScoreRow, TrialRow, experiment_info, experiment_names, scores_of, trials_of
 from ._scorers import (
     Case,
     Score,
@@ -31,7 +42,6 @@ from ._scorers import (
 )
 from ._stats import Calibration, bootstrap_mean_interval, calibrate, mcnemar_exact, rogan_gladen
 from ._trace import RunTrace, ToolUse
-from ._view import EvalView
 
 __all__ = [
     "Calibration",

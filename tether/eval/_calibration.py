@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._query import ScoreRow
+from tether.projections.eval import ScoreRow
+
 from ._stats import Calibration, calibrate, rogan_gladen
 
 __all__ = ["JudgeReport", "judge_report"]

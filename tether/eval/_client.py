@@ -18,11 +18,9 @@ from typing import Any
 
 from tether.bus import Bus
 from tether.projections import Item, ViewStore
-from tether.schemas import DatasetItemAdded, DatasetItemRemoved, Event, InvalidEvent, ScoreRecorded, uuid7
-
-from ._log import EVAL_SUBJECTS, read_events, read_run, runs_matching
-from ._query import (
+from tether.projections.eval import (
     DatasetItem,
+    EvalView,
     ItemChange,
     ScoreRow,
     TrialRow,
@@ -34,8 +32,10 @@ from ._query import (
     scores_of,
     trials_of,
 )
+from tether.schemas import DatasetItemAdded, DatasetItemRemoved, Event, InvalidEvent, ScoreRecorded, uuid7
+
+from ._log import EVAL_SUBJECTS, read_events, read_run, runs_matching
 from ._scorers import Score
-from ._view import EvalView
 
 __all__ = ["DatasetError", "Evals", "NewItem", "items_from_file"]
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._query import ScoreRow, TrialRow
+from tether.projections.eval import ScoreRow, TrialRow
+
 from ._stats import bootstrap_mean_interval, mcnemar_exact
 
 __all__ = ["Comparison", "ScorerDelta", "compare"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tether.adapters import Hub, RecordedResult, RecordedTools, recorded_tools, run
+from tether.projections.eval import DatasetItem
 from tether.schemas import ErrorInfo, ExperimentStarted, TrialCompleted, uuid7
 
 from ._client import Evals
 from ._log import read_run
-from ._query import DatasetItem
 from ._scorers import Case, Score, Scorer
 from ._trace import RunTrace
 

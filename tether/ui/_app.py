@@ -284,7 +284,7 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
     # -- experiments ---------------------------------------------------------------------------------
 
     async def experiments(request: Request) -> Response:
-        from tether.eval import experiment_names, scores_of
+        from tether.projections.eval import experiment_names, scores_of
 
         def load(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
             found = experiment_names(db)
@@ -298,7 +298,7 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
         return await guarded_page(request, "Experiments", "/experiments", "eval", build)
 
     async def experiment(request: Request) -> Response:
-        from tether.eval import experiment_info, scores_of, trials_of
+        from tether.projections.eval import experiment_info, scores_of, trials_of
 
         name = request.path_params["name"]
 

@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from tether.projections import Op, Projection, Table, Upsert
 from tether.schemas import (
     DatasetItemAdded,
     DatasetItemRemoved,
@@ -17,6 +16,9 @@ from tether.schemas import (
     ScoreRecorded,
     TrialCompleted,
 )
+
+from .._ops import Op, Table, Upsert
+from .._store import Projection
 
 __all__ = ["EvalView"]
 
