@@ -55,9 +55,13 @@ async def test_dataset_experiments_and_the_ci_gate(nats_server: NatsServer, bus:
     runs = [await record_run(bus, agent, f"where is parcel {n}?") for n in range(6)]
     failed = await record_run(bus, agent, "fail on parcel 6")
 
+    errors: list[str] = []
+
     def cli(*args: str) -> tuple[int, Any]:
         code = main(["eval", *args, "--url", url, "--home", str(home)])
-        return code, capsys.readouterr().out
+        captured = capsys.readouterr()
+        errors.append(captured.err)
+        return code, captured.out
 
     capsys.readouterr()
     # two commands as child processes (what users run: on uvloop, the agent imported by its entry
@@ -115,6 +119,8 @@ async def test_dataset_experiments_and_the_ci_gate(nats_server: NatsServer, bus:
     assert set(names.values()) <= {e["experiment"] for e in as_json(out)}
     code, out = await asyncio.to_thread(cli, "compare", names["gpt-4o-mini"], names["gpt-4o"], "--tolerance", "1")
     assert code == 0 and "no significant regression" in out, "a drop within the tolerance passes"
+    code, _ = await asyncio.to_thread(cli, "compare", "no-such-experiment", names["gpt-4o"])
+    assert code == 2 and "no experiment 'no-such-experiment' (`tether eval list`)" in errors[-1]
     code, out = await asyncio.to_thread(cli, "compare", *noisy)
     assert code == 0 and "exact: 0.667 → 0.633" in out and "no significant regression" in out
 

@@ -4,7 +4,9 @@ against gold labels, and online scoring of live runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
+from pathlib import Path
 
 import anyio
 import openai
@@ -12,6 +14,7 @@ import pytest
 
 import tether.eval as ev
 from tether.bus import Bus
+from tether.cli import main
 from tether.eval import Evals
 from tether.eval._online import sampled
 from tether.testing import FakeProvider
@@ -76,7 +79,8 @@ def test_sampling_is_by_run_id() -> None:
     assert sampled("run-1", 0.5) == (zlib.crc32(b"run-1") / 0xFFFFFFFF < 0.5)
 
 
-async def test_online_scorers_score_live_runs(bus: Bus, fake: FakeProvider, evals: Evals) -> None:
+async def test_online_scorers_score_live_runs(bus: Bus, fake: FakeProvider, evals: Evals, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     agent, name = unique("live-bot"), unique("online")
     scorer = ev.OnlineScorer(evals, name, [ev.called_tool("lookup"), ev.no_dead_letters(),
                                            ev.contains("fake reply")], agent=agent, rate=1.0)
@@ -92,5 +96,10 @@ async def test_online_scorers_score_live_runs(bus: Bus, fake: FakeProvider, eval
     assert all(s.passed for s in scores if s.item_id in runs)
     assert [s.passed for s in scores if s.item_id == failed and s.scorer == "contains"] == [False]
     assert scorer.scored == 3
+    shown = await asyncio.to_thread(main, ["eval", "show", f"online:{name}", "--json", "--url", bus.servers[0],
+                                           "--home", str(tmp_path / "home")])
+    assert shown == 0
+    summary = json.loads(capsys.readouterr().out)["scores"]
+    assert summary["called_tool:lookup"]["pass_rate"] == 1.0 and summary["contains"]["passed"] == 2
     with pytest.raises(ValueError, match="between 0 and 1"):
         ev.OnlineScorer(evals, name, [ev.no_dead_letters()], rate=2)

@@ -290,10 +290,17 @@ async def _dispatch(args: argparse.Namespace, evals: Any, checked: dict[str, Any
         return 0
     if command == "show":
         info = await evals.experiment(args.experiment)
+        scores = await evals.scores(args.experiment)
+        if info is None and scores:  # an online scorer's: scores of live runs, no experiment started
+            summary = _summary(scores)
+            _print(args, {"experiment": args.experiment, "scores": summary},
+                   [f"{args.experiment}: scores of {len({s.item_id for s in scores})} live run(s)",
+                    *_summary_lines(summary)])
+            return 0
         if info is None:
             print(f"tether eval show: no experiment {args.experiment!r} (`tether eval list`)", file=sys.stderr)
             return 1
-        summary = _summary(await evals.scores(args.experiment))
+        summary = _summary(scores)
         _print(args, {**info, "scores": summary},
                [f"experiment {info['experiment']} on {info['dataset']} (seq {info['dataset_seq']}), "
                 f"variant {json.dumps(info['variant'])}", f"  {info['trials']} trial(s), {info['errors']} error(s), "

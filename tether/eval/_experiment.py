@@ -165,9 +165,9 @@ async def run_experiment(evals: Evals, dataset: str, agent: Agent, *, variant: V
             meta: Mapping[str, Any] = {"eval.experiment": experiment, "eval.item": item.id,
                                        "eval.variant": variant.as_dict(),
                                        **({"eval.replay_of": item.source_run_id} if tools is not None else {})}
+            running = run(agent=agent_id, bus=evals.bus, input=item.input, tags=tagged, metadata=meta)
             try:
-                async with run(agent=agent_id, bus=evals.bus, input=item.input, tags=tagged,
-                               metadata=meta) as running:
+                async with running:
                     output = await _call(agent, item.input, variant, tools)
                     running.output = output
             except Exception as exc:  # the agent failed on this item: recorded, and the experiment goes on
