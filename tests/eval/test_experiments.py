@@ -103,13 +103,16 @@ async def test_budget_skips_items_and_agent_errors_are_recorded(bus: Bus, fake: 
     # items run in id order: "bad" fails before any LLM call (it costs nothing), q0 spends the budget
     assert (result.ran, result.errors, result.skipped) == (2, 1, 2)
     assert sorted(result.run_ids) == ["bad", "q0"] and result.cost_usd > 1e-9
-    everything = await ev.run_experiment(evals, name, sample_agent.answer, scorers=[ev.contains("fake reply")],
+    everything = await ev.run_experiment(evals, name, sample_agent.answer,
+                                         scorers=[ev.contains("fake reply"), ev.called_tool("lookup")],
                                          concurrency=2, progress=False)
     assert everything.ran == 4 and everything.errors == 1
     bad = next(t for t in await evals.trials(everything.experiment) if t.item_id == "bad")
     assert bad.error is not None and bad.error["type"] == "RuntimeError"
-    verdict = next(s for s in await evals.scores(everything.experiment) if s.item_id == "bad")
+    verdict, traced = sorted((s for s in await evals.scores(everything.experiment) if s.item_id == "bad"),
+                             key=lambda s: s.scorer != "contains")
     assert verdict.passed is False and verdict.reason is not None and "the agent failed" in verdict.reason
+    assert traced.scorer == "called_tool:lookup" and traced.passed is True, "a trace scorer scores a failed run too"
     info = await evals.experiment(everything.experiment)
     assert info is not None and info["trials"] == 4 and info["errors"] == 1
 

@@ -196,8 +196,7 @@ async def run_experiment(evals: Evals, dataset: str, agent: Agent, *, variant: V
 
 
 async def _safe_score(scorer: Scorer, case: Case, error: ErrorInfo | None) -> Score:
-    if error is not None and scorer.kind == "pass" and not scorer.name.startswith(("called_tool", "no_dead",
-                                                                                    "retries", "cost_below")):
+    if error is not None and scorer.kind == "pass" and scorer.of_output:
         return Score.verdict(False, f"the agent failed: {error.type}: {error.message[:200]}")
     try:
         return await scorer.score(case)

@@ -53,11 +53,13 @@ class Scorer:
     """A named scorer. ``kind`` is ``"pass"`` (a verdict) or ``"numeric"`` (a value to compare)."""
 
     def __init__(self, name: str, fn: Callable[[Case], Score | Awaitable[Score]],
-                 kind: Literal["pass", "numeric"] = "pass") -> None:
+                 kind: Literal["pass", "numeric"] = "pass", *, of_output: bool = True) -> None:
         if not name or any(c.isspace() for c in name):
             raise ValueError(f"a scorer's name is one word (it keys the eval view), got {name!r}")
         self.name = name
         self.kind = kind
+        self.of_output = of_output
+        """Whether it judges the output (an agent that raised fails it) or the run's trace (scored anyway)."""
         self._fn = fn
 
     async def score(self, case: Case) -> Score:
@@ -218,7 +220,8 @@ def _trace(case: Case, scorer: str) -> RunTrace:
 def called_tool(tool: str, *, name: str | None = None, **arguments: Any) -> Scorer:
     """Passes when the run called ``tool`` (with these arguments, if given)."""
     label = name or f"called_tool:{tool}"
-    return Scorer(label, lambda case: Score.verdict(_trace(case, label).called_tool(tool, **arguments)))
+    return Scorer(label, lambda case: Score.verdict(_trace(case, label).called_tool(tool, **arguments)),
+                  of_output=False)
 
 
 def no_dead_letters(*, name: str = "no_dead_letters") -> Scorer:
@@ -226,7 +229,7 @@ def no_dead_letters(*, name: str = "no_dead_letters") -> Scorer:
         dead = _trace(case, name).dead_letters
         return Score.verdict(dead == 0, f"{dead} dead letter(s)")
 
-    return Scorer(name, fn)
+    return Scorer(name, fn, of_output=False)
 
 
 def cost_below(usd: float, *, name: str | None = None) -> Scorer:
@@ -236,7 +239,7 @@ def cost_below(usd: float, *, name: str | None = None) -> Scorer:
         cost = _trace(case, label).cost
         return Score(cost, cost < usd, f"${cost:.6f}")
 
-    return Scorer(label, fn)
+    return Scorer(label, fn, of_output=False)
 
 
 def retries_at_most(n: int, *, name: str | None = None) -> Scorer:
@@ -246,7 +249,7 @@ def retries_at_most(n: int, *, name: str | None = None) -> Scorer:
         retries = _trace(case, label).retries
         return Score(float(retries), retries <= n, f"{retries} retr{'y' if retries == 1 else 'ies'}")
 
-    return Scorer(label, fn)
+    return Scorer(label, fn, of_output=False)
 
 
 def custom(fn: Callable[[Case], Any], *, name: str | None = None, kind: Literal["pass", "numeric"] | None = None
