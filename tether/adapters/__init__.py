@@ -10,6 +10,7 @@
 * :class:`Interceptor` is the core they share with the gateway (``tether.adapters.gateway``,
   ``tether gateway``): one raw request in, one response (maybe a stream) out, policy applied
   and events published.
+* :func:`recorded_tools`: tool calls answered from a recorded run's results (an evaluation's replay).
 * :class:`Redactor`: what is kept out of the log (headers never enter it).
 * :func:`init` (``tether.init()``) installs the adapter of each agent framework installed beside
   tether: ``tether.adapters.langgraph``, ``tether.adapters.openai_agents`` (docs/frameworks/).
@@ -32,6 +33,7 @@ from ._core import (
 from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
+from ._recorded import RecordedResult, RecordedToolError, RecordedTools, ReplayMismatch, recorded_tools
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import Run, RunContext, bound, current_run, run
 from ._tools import RunawayError, tool
@@ -49,7 +51,11 @@ __all__ = [
     "Interceptor",
     "LoopThreadError",
     "ProxyResponse",
+    "RecordedResult",
+    "RecordedToolError",
+    "RecordedTools",
     "Redactor",
+    "ReplayMismatch",
     "RoutedUpstream",
     "Run",
     "RunContext",
@@ -67,6 +73,7 @@ __all__ = [
     "http_client",
     "init",
     "instrument",
+    "recorded_tools",
     "run",
     "shutdown",
     "tool",

@@ -43,6 +43,7 @@ from tether.schemas import ErrorInfo, Event, ToolCallFailed, uuid7
 
 from ._core import drive_async, drive_sync
 from ._hub import SOURCE, Hub, background_hub, background_hub_nowait, default_policies
+from ._recorded import current_recorded
 from ._redact import Hook, Redactor, redactor_of
 from ._runs import current_run, new_traceparent
 
@@ -154,6 +155,8 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
                 attempt = effect.attempt
                 started = time.perf_counter()
                 try:
+                    if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
+                        return spec.invoked(started, recorded.take(spec.name))
                     return spec.invoked(started, await fn(*args, **kwargs))
                 except Exception as exc:
                     return spec.invoked(started, error=exc)
@@ -182,6 +185,8 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
             assert isinstance(effect, Invoke)
             started = time.perf_counter()
             try:
+                if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
+                    return spec.invoked(started, recorded.take(spec.name))
                 return spec.invoked(started, fn(*args, **kwargs))
             except Exception as exc:
                 return spec.invoked(started, error=exc)
