@@ -21,8 +21,9 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,7 +35,14 @@ from starlette.types import Receive, Scope, Send
 
 from tether.bus import Bus
 from tether.middleware import breaker_retry_in
-from tether.schemas import Event, RunStarted
+from tether.schemas import (
+    Event,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    RunFinished,
+    ToolCallRequested,
+)
 
 from .._core import Interceptor, ProxyResponse
 from .._hub import Hub
@@ -43,10 +51,11 @@ from .._runs import RunContext, bound, new_traceparent
 from .._wire import Kind, Operation
 from ._config import GatewayConfig
 from ._errors import Headers, problem, with_retry_after
-from ._identity import STRIPPED, Caller, Refused, identify, started_id
+from ._identity import STRIPPED, Caller, Refused, identify
 from ._ingest import IngestError, decode, validate
 from ._requests import Routed, route_request
 from ._routing import resolve_model
+from ._runbook import RunBook
 from ._upstream import Upstreams
 
 __all__ = ["KEY_SHAPE", "Gateway"]
@@ -57,7 +66,6 @@ KEY_SHAPE = next(p for p in DEFAULT_PATTERNS if "tg-" in p)
 """The shape of keys ``tether gateway --new-key`` makes: one of the default patterns every
 path redacts (``tether._redact``), wherever such a key appears."""
 _DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
-_SEEN_RUNS = 50_000
 _INTERCEPTORS = 10_000
 
 
@@ -84,7 +92,10 @@ class Gateway:
         secrets = [re.escape(k) for k in (*config.plain_keys, *config.upstream_keys())]
         self.redactor = Redactor(fields=config.redact, patterns=secrets)  # and the defaults, as on every path
         self._interceptors: dict[tuple[str, str | None], Interceptor] = {}
-        self._runs: OrderedDict[str, None] = OrderedDict()
+        self.book = RunBook(idle_s=config.run_idle_s, infer_tools=config.infer_tools and config.capture)
+        self._inbox: deque[Event | _Ended | _Reported | float] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", _Llm(self, "openai", "chat", "/chat/completions"), methods=["POST"]),
@@ -102,12 +113,67 @@ class Gateway:
         )
 
     async def start(self) -> Gateway:
-        """Open what the first call would otherwise wait for (the engine's KV buckets)."""
+        """Open what the first call would otherwise wait for (the engine's KV buckets), and start
+        following runs (ends, idle ends, inferred tool calls)."""
         await self.hub.engine(self.config.policies)
+        if not self._tasks:
+            self.hub.observers.append(self._observe)
+            self._tasks = [asyncio.create_task(self._following(), name="tether-gateway-runs"),
+                           asyncio.create_task(self._sweeping(), name="tether-gateway-idle")]
         return self
 
     async def aclose(self) -> None:
+        if self._observe in self.hub.observers:
+            self.hub.observers.remove(self._observe)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._drain()  # what the last calls told: published with the rest by the owner's flush
         await self.upstreams.aclose()
+
+    # -- following runs: off the calls' path --------------------------------------------------------
+
+    def _observe(self, event: Event) -> None:
+        """Every event the hub queues (on its loop): the gateway's calls' go to the run book."""
+        if event.runid is not None and event.type in _OBSERVED and event.runid in self.book.runs:
+            self._follow(event)
+
+    def _follow(self, item: Event | _Ended | _Reported | float) -> None:
+        self._inbox.append(item)
+        self._wake.set()
+
+    async def _following(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        book, inbox = self.book, self._inbox
+        while inbox:
+            item = inbox.popleft()
+            try:
+                if isinstance(item, Event):
+                    outs = book.observed(item)
+                elif isinstance(item, _Ended):
+                    outs = book.call_ended(item.run_id, item.at, end=item.end)
+                elif isinstance(item, _Reported):
+                    outs = book.reported(item.event)
+                else:
+                    outs = book.sweep(item)
+                for out in outs:
+                    self.hub.emit(out.event(SOURCE))
+            except Exception:  # one odd conversation must not stop the others
+                log.exception("could not follow the run of %r", item)
+
+    async def _sweeping(self) -> None:
+        every = min(5.0, self.config.run_idle_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            self._follow(time.time())
 
     def interceptor(self, provider: str, agent: str | None) -> Interceptor:
         found = self._interceptors.get((provider, agent))
@@ -148,17 +214,25 @@ class Gateway:
             return await _reply(send, *routed)
         target = routed.target
         ctx = None
-        if caller.run_id is not None:
+        run_id = caller.run_id
+        followed = run_id is not None and operation is not None
+        if run_id is not None:
             assert caller.trace_id is not None
-            ctx = RunContext(caller.run_id, caller.agent, caller.trace_id,
+            ctx = RunContext(run_id, caller.agent, caller.trace_id,
                              caller.traceparent or new_traceparent(caller.trace_id), None, self.hub)
-            if caller.derived_run:
-                await self._run_started(caller)
+            if followed:  # the run starts (or resumes) before its call's first event
+                for out in self.book.call_started(run_id, caller.agent, caller.trace_id, caller.traceparent,
+                                                  time.time(), derived=caller.derived_run):
+                    await self.hub.aemit(out.event(SOURCE))
         query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true
         upstream = self.upstreams.call(target.provider, suffix + ("?" + query.decode("latin-1") if query else ""))
         path = "/v1" + suffix  # count_tokens is no LLM call: the interceptor passes it through
-        await self._proxy(receive, send, kind, operation, self.interceptor(target.provider, caller.agent), path,
-                          forward, routed.body, upstream, ctx, target.route)
+        try:
+            await self._proxy(receive, send, kind, operation, self.interceptor(target.provider, caller.agent), path,
+                              forward, routed.body, upstream, ctx, target.route)
+        finally:
+            if followed:
+                self._follow(_Ended(run_id, time.time(), caller.run_end))  # type: ignore[arg-type]
 
     async def _proxy(self, receive: Receive, send: Send, kind: Kind, operation: Operation | None,
                      interceptor: Interceptor, path: str, headers: Headers, body: bytes, upstream: Any,
@@ -209,22 +283,6 @@ class Gateway:
         if state.state == "closed":
             return None
         return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
-
-    async def _run_started(self, caller: Caller) -> None:
-        """The first call of a run the gateway derived from a trace: ``run.started`` (once per
-        process; its id is derived too, so NATS drops the copies other gateways send)."""
-        run_id = caller.run_id
-        assert run_id is not None
-        if run_id in self._runs:
-            self._runs.move_to_end(run_id)
-            return
-        self._runs[run_id] = None
-        if len(self._runs) > _SEEN_RUNS:
-            self._runs.popitem(last=False)
-        payload = RunStarted(name=f"trace {caller.trace_id}", tags=("gateway",),
-                             metadata={"trace_id": caller.trace_id, "via": "tether gateway"})
-        await self.hub.aemit(Event.of(payload, id=started_id(run_id), runid=run_id,
-                                      agentid=caller.agent, traceparent=caller.traceparent, source=SOURCE))
 
     # -- models, events, health -----------------------------------------------------------------
 
@@ -309,6 +367,9 @@ class Gateway:
                                       extra={"events": [i.to_json() for i in exc.invalid]}))
         for event in events:
             await self.bus.publish(event)
+        for event in events:
+            if event.runid is not None and event.type in _REPORTED:
+                self._follow(_Reported(event))
         return JSONResponse({"accepted": len(events), "ids": [e.id for e in events]}, status_code=202)
 
     async def health(self, request: Request) -> Response:
@@ -325,6 +386,26 @@ class Gateway:
         else:
             message = str(exc.detail)
         return _response(*problem(kind, exc.status_code, message))
+
+
+_OBSERVED = frozenset(c.event_type for c in (LlmCallRequested, LlmCallCompleted, LlmCallFailed))
+_REPORTED = frozenset(c.event_type for c in (ToolCallRequested, RunFinished))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """A call of a followed run was answered (``end``: its ``x-tether-run-end``)."""
+
+    run_id: str
+    at: float
+    end: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """An event the agent posted about its run."""
+
+    event: Event
 
 
 class _Llm:
