@@ -33,7 +33,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tether.bus import Bus
+from tether.bus import Bus, event_filter, read_subject
+from tether.memory import MemorySettings
 from tether.middleware import breaker_retry_in
 from tether.schemas import (
     Event,
@@ -53,9 +54,10 @@ from ._config import GatewayConfig
 from ._errors import Headers, problem, with_retry_after
 from ._identity import STRIPPED, Caller, Refused, identify
 from ._ingest import IngestError, decode, validate
+from ._memory import MemoryApi
 from ._requests import Routed, route_request
 from ._routing import resolve_model
-from ._runbook import RunBook
+from ._runbook import RunBook, run_summary
 from ._upstream import Upstreams
 
 __all__ = ["KEY_SHAPE", "Gateway"]
@@ -84,9 +86,11 @@ class Gateway:
     providers' HTTP side) is made from the configuration unless given.
     """
 
-    def __init__(self, config: GatewayConfig, bus: Bus, *, upstreams: Upstreams | None = None) -> None:
+    def __init__(self, config: GatewayConfig, bus: Bus, *, upstreams: Upstreams | None = None,
+                 memory: MemorySettings | None = None) -> None:
         self.config = config
         self.bus = bus
+        self.memory = MemoryApi(bus, memory)
         self.hub = Hub.of(bus)
         self.upstreams = upstreams if upstreams is not None else Upstreams(config.providers)
         secrets = [re.escape(k) for k in (*config.plain_keys, *config.upstream_keys())]
@@ -107,6 +111,9 @@ class Gateway:
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                 Route("/v1/events", self.events, methods=["POST"]),
+                Route("/v1/memory/{operation}", self.memory_op, methods=["POST"]),
+                Route("/v1/runs", self.runs, methods=["GET"]),
+                Route("/v1/runs/{run_id}", self.run, methods=["GET"]),
                 Route("/healthz", self.health, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
@@ -132,6 +139,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._drain()  # what the last calls told: published with the rest by the owner's flush
+        await self.memory.aclose()
         await self.upstreams.aclose()
 
     # -- following runs: off the calls' path --------------------------------------------------------
@@ -371,6 +379,57 @@ class Gateway:
             if event.runid is not None and event.type in _REPORTED:
                 self._follow(_Reported(event))
         return JSONResponse({"accepted": len(events), "ids": [e.id for e in events]}, status_code=202)
+
+    async def memory_op(self, request: Request) -> Response:
+        """``POST /v1/memory/<operation>``: tether memory as the key's agent (see ``_memory``)."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        try:
+            body = await _read_body(request.receive, request.headers.get("content-length"),
+                                    self.config.max_body_bytes)
+        except _Gone:
+            return Response(status_code=400)
+        except _TooLarge:
+            return _response(*problem("openai", 413, f"Request too large: over {self.config.max_body_bytes} bytes",
+                                      code="request_too_large"))
+        try:
+            doc = json.loads(body) if body else None
+        except ValueError as exc:
+            return JSONResponse({"error": {"code": "invalid_json", "message": f"the body is not JSON: {exc}"}},
+                                status_code=400)
+        status, answer = await self.memory.handle(request.path_params["operation"], caller, doc)
+        return JSONResponse(answer, status_code=status)
+
+    async def runs(self, request: Request) -> Response:
+        """``GET /v1/runs``: the runs of the key's agent this gateway follows, newest first."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        asked = request.query_params.get("limit", "50")
+        if not asked.isdigit() or not 1 <= int(asked) <= 500:
+            return JSONResponse({"error": {"code": "invalid_limit", "message": "limit is a whole number from 1 to "
+                                           f"500, not {asked!r}"}}, status_code=400)
+        limit = int(asked)
+        mine = [r for r in reversed(self.book.runs.values())
+                if (caller.trusted and caller.agent is None) or r.agent == caller.agent][:limit]
+        return JSONResponse({"runs": [run_summary(r) for r in mine]})
+
+    async def run(self, request: Request) -> Response:
+        """``GET /v1/runs/{run_id}``: the run's events of the key's agent (at most 1,000), and its state."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        run_id = request.path_params["run_id"]
+        agent = None if caller.trusted and caller.agent is None else caller.agent
+        found = await read_subject(self.bus, event_filter(agent=agent, run=run_id))
+        events = [r.event for r in found if r.event is not None][:1000]
+        followed = self.book.runs.get(run_id)
+        if not events and (followed is None or (followed.agent != agent and agent is not None)):
+            return JSONResponse({"error": {"code": "run_not_found", "message": f"no run {run_id!r} of agent "
+                                           f"{agent!r} (an agent sees its own runs only)"}}, status_code=404)
+        return JSONResponse({"run": run_summary(followed) if followed is not None else {"run_id": run_id},
+                             "events": [e.to_json() for e in events]})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "providers": sorted(self.config.providers),

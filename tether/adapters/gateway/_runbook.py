@@ -40,7 +40,7 @@ from .._wire import Kind
 from ._identity import started_id
 from ._toolcalls import ToolUse, tool_results, tool_uses
 
-__all__ = ["MISSING", "Followed", "Out", "RunBook"]
+__all__ = ["MISSING", "Followed", "Out", "RunBook", "run_summary"]
 
 MISSING = "ToolResultMissing"
 """The error type of an inferred tool call whose result never came before its run ended."""
@@ -245,3 +245,11 @@ def _text(result: Any) -> str:
     if isinstance(result, list):
         return "".join(p.get("text", "") for p in result if isinstance(p, dict) and isinstance(p.get("text"), str))
     return str(result)
+
+
+def run_summary(run: Followed) -> dict[str, Any]:
+    """A followed run as ``GET /v1/runs`` shows it."""
+    return {"run_id": run.run_id, "agent": run.agent, "trace_id": run.trace_id,
+            "status": "running" if run.running else "finished", "ended_by": run.ended_by,
+            "started_at": _at(run.first_at).isoformat(), "last_call_at": _at(run.last_at).isoformat(),
+            "calls_in_flight": run.in_flight, "tool_calls_pending": len(run.pending)}
