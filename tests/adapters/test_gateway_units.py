@@ -264,3 +264,24 @@ def test_run_book_idles_only_without_calls_in_flight_and_closes_pending_tools() 
     assert [type(p).__name__ for p in ends] == ["ToolCallRequested", "ToolCallFailed"], "no second run.finished"
     assert isinstance(ends[1], ToolCallFailed) and ends[1].error.type == MISSING
     assert book2.reported(Event.of(RunFinished(status="ok"), runid="unknown")) == []
+
+
+def test_run_book_matches_a_result_whose_id_the_agent_stripped_to_letters_and_digits() -> None:
+    """OpenClaw answers the model's ``call_fake1x1`` as ``callfake1x1`` (seen with openclaw 2026.9.6)."""
+    from tether.adapters.gateway._runbook import RunBook
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, ToolCallFailed
+
+    book = RunBook(idle_s=10)
+    book.call_started("r", "claw", "t" * 32, None, 100.0)
+    book.observed(Event.of(LlmCallRequested(call_id="c1", provider="openai", model="m"), runid="r"))
+    answer = {"choices": [{"message": {"tool_calls": [
+        {"id": "call_fake1x1", "function": {"name": "apply_patch", "arguments": '{"input": "x"}'}}]}}]}
+    book.observed(Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer), runid="r"))
+    error = '{"status": "error", "tool": "apply_patch", "error": "The first line of the patch must be ..."}'
+    request = {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "callfake1x1",
+                                                                 "content": error}]}
+    outs = book.observed(Event.of(LlmCallRequested(call_id="c2", provider="openai", model="m", request=request),
+                                  runid="r"))
+    assert [type(o.payload).__name__ for o in outs] == ["ToolCallRequested", "ToolCallFailed"]
+    assert isinstance(outs[1].payload, ToolCallFailed) and outs[1].payload.error.type == "ToolError"
+    assert outs[0].payload.tool_call_id == "call_fake1x1" and not book.runs["r"].pending and not book.runs["r"].aliases

@@ -422,7 +422,14 @@ class Gateway:
             return caller
         run_id = request.path_params["run_id"]
         agent = None if caller.trusted and caller.agent is None else caller.agent
-        found = await read_subject(self.bus, event_filter(agent=agent, run=run_id))
+        try:
+            found = await read_subject(self.bus, event_filter(agent=agent, run=run_id), timeout=10.0)
+        except Exception as exc:  # a long run of large bodies: too much to read in one answer
+            log.warning("reading run %s failed: %s", run_id, type(exc).__name__)
+            return JSONResponse({"error": {"code": "run_unreadable", "message": f"could not read the events of run "
+                                           f"{run_id!r} in time ({type(exc).__name__}); read it with "
+                                           f"`tether trace {run_id}` or `tether tail --run {run_id}`"}},
+                                status_code=504)
         events = [r.event for r in found if r.event is not None][:1000]
         followed = self.book.runs.get(run_id)
         if not events and (followed is None or (followed.agent != agent and agent is not None)):

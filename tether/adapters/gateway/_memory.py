@@ -120,7 +120,9 @@ class MemoryApi:
         root = await self.memory()
         memory = root.as_agent(caller.agent, grants=self.grants(root, caller), run=caller.run_id)
         try:
-            return 200, plain(await _run(memory, operation, args))
+            done = await _run(memory, operation, args)
+            root.position = max(root.position, memory.position)  # later requests read this write
+            return 200, plain(done)
         except MemoryAccessDenied as exc:
             return 403, _error("memory_access_denied", f"{exc} (this key's agent: {caller.agent or 'none'})")
         except MemoryNotFound as exc:

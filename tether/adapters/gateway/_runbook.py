@@ -90,6 +90,8 @@ class Followed:
     pending: dict[str, _Pending] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     """Tool call ids the agent reported itself: never inferred."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """A pending call's id with only its letters and digits -> its id, as some agents resend it."""
     calls: dict[str, str] = field(default_factory=dict)
     """LLM calls in flight: call id -> operation."""
 
@@ -153,7 +155,10 @@ class RunBook:
                 kind: Kind = "anthropic" if data.operation == "messages" else "openai"
                 for result in tool_results(kind, data.operation, data.request):
                     pending = run.pending.pop(result.id, None)
+                    if pending is None:  # OpenClaw resends call_abc as callabc: its ids are alphanumeric
+                        pending = run.pending.pop(run.aliases.get(_alnum(result.id), ""), None)
                     if pending is not None:
+                        run.aliases.pop(_alnum(pending.use.id), None)
                         out.extend(self._span(run, pending, event.time, result.result, error=result.error))
             return out
         if isinstance(data, LlmCallFailed):
@@ -168,6 +173,7 @@ class RunBook:
                     if use.id not in run.pending and use.id not in run.reported:
                         span_id = str(uuid.uuid5(_NAMESPACE, f"{run.run_id}:{use.id}"))
                         run.pending[use.id] = _Pending(span_id, use, event.time, event.traceparent)
+                        run.aliases[_alnum(use.id)] = use.id
         return []
 
     def reported(self, event: Event) -> list[Out]:
@@ -178,7 +184,10 @@ class RunBook:
         data = event.data
         if isinstance(data, ToolCallRequested) and not data.inferred and data.tool_call_id:
             run.reported.add(data.tool_call_id)
-            run.pending.pop(data.tool_call_id, None)
+            found = run.pending.pop(data.tool_call_id, None) or run.pending.pop(
+                run.aliases.get(_alnum(data.tool_call_id), ""), None)
+            if found is not None:
+                run.aliases.pop(_alnum(found.use.id), None)
             return []
         if isinstance(data, RunFinished) and run.running:
             return self._finish(run, event.time.timestamp(), data.status, "agent", announce=False)
@@ -202,6 +211,7 @@ class RunBook:
         for pending in run.pending.values():
             out.extend(self._span(run, pending, at, None, missing=ended_by))
         run.pending.clear()
+        run.aliases.clear()
         if announce:
             finished = RunFinished(status=status, duration_ms=max(0.0, (now - run.first_at) * 1000),
                                    ended_by=ended_by)
@@ -228,6 +238,10 @@ class RunBook:
             last = ToolCallCompleted(call_id=pending.span_id, tool=use.name, result=result, duration_ms=duration,
                                      inferred=True)
         return [first, Out(last, run.run_id, run.agent, pending.traceparent, end, id=_child(pending, "e"))]
+
+
+def _alnum(call_id: str) -> str:
+    return "".join(c for c in call_id if c.isascii() and c.isalnum())
 
 
 def _child(pending: _Pending, suffix: str) -> str:
