@@ -95,6 +95,9 @@ def test_docs_openclaw_json_blocks_parse() -> None:
     assert blocks
     for block in blocks:
         doc = json.loads(block)
+        if "mcpServers" in doc:  # the MCP client entry of `tether mcp`
+            assert doc["mcpServers"]["tether"]["args"][:1] == ["mcp"]
+            continue
         for provider in doc["models"]["providers"].values():
             assert provider["api"] in ("openai-completions", "openai-responses", "anthropic-messages")
             assert provider["baseUrl"].startswith("http://127.0.0.1:8400")
