@@ -71,6 +71,7 @@ SAMPLES: dict[str, Payload] = {
             output={"answer": "四十二"},
             error=ErrorInfo(type="Timeout", message="deadline", status_code=504, code="deadline",
                             retryable=False, retry_after_s=0.0),
+            ended_by="idle",
         ),
         LlmCallRequested(
             **_LLM,
@@ -109,12 +110,14 @@ SAMPLES: dict[str, Payload] = {
             idempotent=True,
             idempotency_key="idem-7",
             mode="durable",
+            tool_call_id="call_7",
+            inferred=True,
         ),
         ToolCallAttemptFailed(
             **_TOOL, attempt=1, error=_ERROR, duration_ms=15.0, decision="retry", retry_in_s=2.0
         ),
-        ToolCallCompleted(**_TOOL, attempt=2, result=["one", 2, {"three": 3.0}], duration_ms=33.5),
-        ToolCallFailed(**_TOOL, attempts=3, error=_ERROR),
+        ToolCallCompleted(**_TOOL, attempt=2, result=["one", 2, {"three": 3.0}], duration_ms=33.5, inferred=True),
+        ToolCallFailed(**_TOOL, attempts=3, error=_ERROR, duration_ms=12.5, result={"error": "no"}, inferred=True),
         MemoryWritten(
             **_MEMORY,
             version=2,

@@ -128,8 +128,9 @@ async def test_sync_client_with_tools(fake: FakeProvider, bus: Bus, gateway: Gat
     assert "city" in json.loads(streamed)
     no_sdk_retries(fake, 3)
     events = await run_events(bus, "sync-run")
-    assert kinds(events) == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
-                             "llm.call.requested", "llm.call.completed"], "a named run: the agent frames it"
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+                             "llm.call.requested", "llm.call.completed"], "a named run starts at its first call"
+    assert data(events, "run.started")[0].name is None
     completed = data(events, "completed")
     assert completed[0].finish_reason == "tool_calls"
     assert completed[1].response["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == streamed
@@ -148,7 +149,7 @@ async def test_anthropic_messages_streaming_and_not(fake: FakeProvider, bus: Bus
     assert text.startswith("This is fake reply")
     no_sdk_retries(fake, 4)
     events = await run_events(bus, "claude-run")
-    assert kinds(events) == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
                              "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed"]
     completed = data(events, "completed")
     assert (completed[0].provider, completed[0].finish_reason) == ("anthropic", "tool_use")
@@ -181,7 +182,7 @@ async def test_a_stream_read_to_its_end_is_completed_while_the_upstream_lingers(
     assert text.startswith("This is fake reply") and claude_text.startswith("This is fake reply")
     assert [r.fault for r in fake.log] == ["linger", "linger"]
     events = await ended(bus, "lingering-run", 2)
-    assert kinds(events) == ["llm.call.requested", "llm.call.completed"] * 2
+    assert kinds(events) == ["run.started", *["llm.call.requested", "llm.call.completed"] * 2]
     completed = data(events, "completed")
     assert completed[0].response["choices"][0]["message"]["content"] == text
     assert completed[1].response["content"][0]["text"] == claude_text
@@ -221,7 +222,7 @@ async def test_sync_anthropic(fake: FakeProvider, bus: Bus, gateway: GatewayServ
             return block.text
 
     assert (await asyncio.to_thread(call)).startswith("This is fake reply")
-    assert kinds(await run_events(bus, "sync-claude")) == ["llm.call.requested", "llm.call.completed"]
+    assert kinds(await run_events(bus, "sync-claude")) == ["run.started", "llm.call.requested", "llm.call.completed"]
 
 
 async def test_responses_and_embeddings(fake: FakeProvider, bus: Bus, gateway: GatewayServer) -> None:
@@ -233,7 +234,7 @@ async def test_responses_and_embeddings(fake: FakeProvider, bus: Bus, gateway: G
         vectors = await sdk.embeddings.create(model="text-embedding-3-small", input=["a", "b"], extra_headers=headers)
     assert kinds_seen[-1] == "response.completed" and len(vectors.data) == 2
     events = await run_events(bus, "responses-run")
-    assert kinds(events) == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
                              "llm.call.requested", "llm.call.completed"]
     completed = data(events, "completed")
     assert completed[0].usage.output_tokens > 0 and completed[1].usage.input_tokens > 0
@@ -257,7 +258,7 @@ async def test_gave_up_in_the_providers_format_with_retry_after(fake: FakeProvid
     assert claude_caught.value.response.json()["type"] == "error"
     no_sdk_retries(fake, 6)
     events = await run_events(bus, "gave-up")
-    assert kinds(events) == ["llm.call.requested", *["llm.call.attempt_failed"] * 3, "llm.call.failed",
+    assert kinds(events) == ["run.started", "llm.call.requested", *["llm.call.attempt_failed"] * 3, "llm.call.failed",
                              "call.dead_lettered"]
     assert [f.decision for f in data(events, "attempt_failed")] == ["retry", "retry", "give_up"]
 

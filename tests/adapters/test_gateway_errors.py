@@ -167,7 +167,7 @@ async def test_unknown_model_upstream_is_the_providers_404(bus: Bus, policies: P
     assert caught.value.code == "model_not_found"
     assert len(fake.log) == 1, "a 404 is not retried"
     events = await run_events(bus, "upstream-404")
-    assert kinds(events) == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
                              "call.dead_lettered"]
 
 
@@ -203,7 +203,7 @@ async def test_cancelled_mid_stream(bus: Bus, strict: GatewayServer, slow: SlowU
             break
         await asyncio.sleep(0.05)
         events = await run_events(bus, "cancelled")
-    assert kinds(events) == ["llm.call.requested", "llm.call.failed"]
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.failed"]
     assert data(events, "failed")[0].error.code == "client_closed"
 
 
@@ -217,7 +217,7 @@ async def test_client_disconnects_mid_stream(bus: Bus, strict: GatewayServer, sl
     await asyncio.wait_for(slow.closed.wait(), 10)
     await asyncio.sleep(0.1)
     events = await run_events(bus, "disconnect")
-    assert kinds(events) == ["llm.call.requested", "llm.call.failed"]
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.failed"]
     failed = data(events, "failed")[0]
     assert failed.error.code == "client_closed" and "before it ended" in failed.error.message
 
@@ -233,7 +233,7 @@ async def test_client_disconnects_before_the_answer(fake: FakeProvider, bus: Bus
         if len(events) >= 2:
             break
         await asyncio.sleep(0.05)
-    assert kinds(events) == ["llm.call.requested", "llm.call.failed"]
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.failed"]
     assert data(events, "failed")[0].error.code == "client_cancelled"
     assert [r.outcome for r in fake.log] == ["hang"]
 
@@ -249,7 +249,7 @@ async def test_stream_broken_after_the_first_byte_ends_with_an_error_event(fake:
                 pass
     assert len(fake.log) == 1, "after the first byte nothing is retried"
     events = await run_events(bus, "broken")
-    assert kinds(events) == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
+    assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.attempt_failed", "llm.call.failed",
                              "call.dead_lettered"]
 
 
@@ -275,4 +275,5 @@ async def test_count_tokens_and_query_strings_pass_through(fake: FakeProvider, b
     assert "x-should-retry" not in counted.headers, "the provider's answer, not one the gateway wrote"
     assert beta.status_code == 200
     assert [r.path for r in fake.log] == ["/v1/messages"], "count_tokens went upstream, unlogged by the fake"
-    assert kinds(await run_events(bus, "count-tokens")) == ["llm.call.requested", "llm.call.completed"]
+    assert kinds(await run_events(bus, "count-tokens")) == ["run.started", "llm.call.requested",
+                                                                 "llm.call.completed"]

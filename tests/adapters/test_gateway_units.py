@@ -95,6 +95,9 @@ def test_docs_openclaw_json_blocks_parse() -> None:
     assert blocks
     for block in blocks:
         doc = json.loads(block)
+        if "mcpServers" in doc:  # the MCP client entry of `tether mcp`
+            assert doc["mcpServers"]["tether"]["args"][:1] == ["mcp"]
+            continue
         for provider in doc["models"]["providers"].values():
             assert provider["api"] in ("openai-completions", "openai-responses", "anthropic-messages")
             assert provider["baseUrl"].startswith("http://127.0.0.1:8400")
@@ -194,3 +197,94 @@ def test_route_request() -> None:
     assert {k: v[0] for k, v in refused.items() if isinstance(v, tuple)} == {
         "not json": 400, "array": 400, "no model": 400, "unknown": 404, "other format": 404}
     assert b"Anthropic Messages format" in refused["other format"][2]  # type: ignore[index]
+
+
+# -- tool calls in the conversation, and the run book ---------------------------------------------
+
+@pytest.mark.parametrize(("result", "error"), [
+    ("18 C", False), ("Error: unknown zone", True), ("error", True), ("errors are rare here", False),
+    ('{"status": "error", "error": "timeout"}', True), ('{"error": null, "value": 1}', False),
+    ({"isError": True, "content": []}, True), ({"is_error": False}, False), ('{"status": "ok"}', False),
+    ([{"type": "text", "text": "Error: nope"}], True), ([{"type": "text", "text": "fine"}], False),
+    ("[1, 2]", False), ("{not json", False), (None, False), (42, False),
+])
+def test_says_error(result: object, error: bool) -> None:
+    from tether.adapters.gateway._toolcalls import says_error
+
+    assert says_error(result) is error
+
+
+def test_tool_uses_and_results_in_the_three_formats_with_parallel_calls() -> None:
+    from tether.adapters.gateway._toolcalls import ToolResult, ToolUse, tool_results, tool_uses
+
+    chat = {"choices": [{"message": {"tool_calls": [
+        {"id": "a", "function": {"name": "f", "arguments": '{"x": 1}'}},
+        {"id": "b", "function": {"name": "g", "arguments": "not json"}}]}}]}
+    assert tool_uses("openai", "chat", chat) == [ToolUse("a", "f", {"x": 1}), ToolUse("b", "g", "not json")]
+    assert tool_results("openai", "chat", {"messages": [{"role": "user", "content": "hi"},
+                                                         {"role": "tool", "tool_call_id": "a", "content": "1"}]}) \
+        == [ToolResult("a", "1", False)]
+    responses = {"object": "response", "output": [{"type": "message"}, {"type": "function_call", "call_id": "c",
+                                                                          "name": "f", "arguments": "{}"}]}
+    assert tool_uses("openai", "responses", responses) == [ToolUse("c", "f", {})]
+    assert tool_results("openai", "responses", {"input": [
+        {"type": "function_call_output", "call_id": "c", "output": "Error: x"}]}) == [ToolResult("c", "Error: x", True)]
+    claude = {"type": "message", "content": [{"type": "text", "text": "ok"},
+                                             {"type": "tool_use", "id": "d", "name": "f", "input": {"y": 2}},
+                                             {"type": "tool_use", "id": "e", "name": "g", "input": {}}]}
+    assert [u.id for u in tool_uses("anthropic", "messages", claude)] == ["d", "e"]
+    assert tool_results("anthropic", "messages", {"messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "d", "content": "fine", "is_error": True}]}]}) == \
+        [ToolResult("d", "fine", True)]
+    for odd in (None, [], {"choices": "x"}, {"choices": [{"message": None}]}, {"output": [{"type": "function_call"}]}):
+        assert tool_uses("openai", "chat", odd) == [] and tool_uses("openai", "responses", odd) == []
+        assert tool_results("anthropic", "messages", odd) == []
+
+
+def test_run_book_idles_only_without_calls_in_flight_and_closes_pending_tools() -> None:
+    from tether.adapters.gateway._runbook import MISSING, RunBook
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, RunFinished, ToolCallFailed
+
+    book = RunBook(idle_s=10)
+    [started] = book.call_started("r", "bot", "t" * 32, None, 100.0)
+    assert started.payload.tags == ("gateway",)
+    assert book.sweep(200.0) == [], "a call in flight: the run is not idle, however long it takes"
+    ask = Event.of(LlmCallRequested(call_id="c1", provider="openai", model="m", request={"messages": []}), runid="r")
+    assert book.observed(ask) == []
+    answer = {"choices": [{"message": {"tool_calls": [{"id": "t1", "function": {"name": "f", "arguments": "{}"}}]}}]}
+    assert book.observed(Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer),
+                                  runid="r")) == []
+    assert book.call_ended("r", 101.0) == []
+    assert book.sweep(110.5) == [], "idle counts from the end of its last call"
+    assert book.sweep(111.0) != [] and not book.runs["r"].running
+    outs = [o.payload for o in book.call_started("r", "bot", "t" * 32, None, 120.0)]
+    assert [type(p).__name__ for p in outs] == ["RunStarted"] and outs[0].metadata["resumed_after"] == "idle"
+    book2 = RunBook(idle_s=10)
+    book2.call_started("r", "bot", "t" * 32, None, 100.0)
+    book2.observed(Event.of(LlmCallRequested(call_id="c1", provider="openai", model="m"), runid="r"))
+    book2.observed(Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer), runid="r"))
+    ends = [o.payload for o in book2.reported(Event.of(RunFinished(status="ok"), runid="r"))]
+    assert [type(p).__name__ for p in ends] == ["ToolCallRequested", "ToolCallFailed"], "no second run.finished"
+    assert isinstance(ends[1], ToolCallFailed) and ends[1].error.type == MISSING
+    assert book2.reported(Event.of(RunFinished(status="ok"), runid="unknown")) == []
+
+
+def test_run_book_matches_a_result_whose_id_the_agent_stripped_to_letters_and_digits() -> None:
+    """OpenClaw answers the model's ``call_fake1x1`` as ``callfake1x1`` (seen with openclaw 2026.9.6)."""
+    from tether.adapters.gateway._runbook import RunBook
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, ToolCallFailed
+
+    book = RunBook(idle_s=10)
+    book.call_started("r", "claw", "t" * 32, None, 100.0)
+    book.observed(Event.of(LlmCallRequested(call_id="c1", provider="openai", model="m"), runid="r"))
+    answer = {"choices": [{"message": {"tool_calls": [
+        {"id": "call_fake1x1", "function": {"name": "apply_patch", "arguments": '{"input": "x"}'}}]}}]}
+    book.observed(Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer), runid="r"))
+    error = '{"status": "error", "tool": "apply_patch", "error": "The first line of the patch must be ..."}'
+    request = {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "callfake1x1",
+                                                                 "content": error}]}
+    outs = book.observed(Event.of(LlmCallRequested(call_id="c2", provider="openai", model="m", request=request),
+                                  runid="r"))
+    assert [type(o.payload).__name__ for o in outs] == ["ToolCallRequested", "ToolCallFailed"]
+    assert isinstance(outs[1].payload, ToolCallFailed) and outs[1].payload.error.type == "ToolError"
+    assert outs[0].payload.tool_call_id == "call_fake1x1" and not book.runs["r"].pending and not book.runs["r"].aliases

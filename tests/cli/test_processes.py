@@ -241,8 +241,8 @@ def test_the_sdks_through_tether_gateway_to_tether_fake_provider(stack: dict[str
     assert answer.choices[0].message.content and text and claude_text
     logged = fake_log(fake)[before:]
     assert [r["fault"] for r in logged] == [None, "linger", None], "one request upstream per call"
-    events = tail(run, 6, cwd=place, env=user_env(), url=nats.url)
-    assert types(events) == ["llm.call.requested", "llm.call.completed"] * 3
+    events = tail(run, 7, cwd=place, env=user_env(), url=nats.url)
+    assert types(events) == ["run.started", *["llm.call.requested", "llm.call.completed"] * 3]
     completed = [e["data"] for e in events if e["type"] == "tether.llm.call.completed"]
     assert all(c["usage"]["output_tokens"] > 0 for c in completed), "each stream delivered in full, usage recorded"
     assert completed[1]["response"]["choices"][0]["message"]["content"] == text

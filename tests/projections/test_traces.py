@@ -437,3 +437,23 @@ def test_opening_a_view_file_of_earlier_code_drops_only_its_retired_indexes(tmp_
     assert {"spans_run_id", "spans_circuit_route", "my_dashboard"} <= names
     assert store.db.execute("SELECT span_id, run_id FROM spans").fetchall() == [("s1", "r1")]
     store.close()
+
+
+def test_inferred_tool_spans_and_a_run_the_gateway_resumed() -> None:
+    run = Run("r9", agent="claw")
+    events = [
+        run(RunStarted(name="trace t", tags=("gateway",)), 0),
+        run(ToolCallRequested(call_id="s1", tool="read", tool_call_id="call_1", inferred=True), 1),
+        run(ToolCallFailed(call_id="s1", tool="read", attempts=1, inferred=True, duration_ms=500.0,
+                           error=ErrorInfo(type="ToolResultMissing", message="the run was closed as idle")), 1.5),
+        run(RunFinished(status="ok", duration_ms=1500.0, ended_by="idle"), 1.5),
+    ]
+    db = fold(TracesView(), events).db
+    [root] = trace(db, "r9")
+    assert root["status"] == "ok" and root["attributes"]["tether.run.ended_by"] == "idle"
+    [tool] = root["children"]
+    assert (tool["status"], tool["error_type"], tool["duration_ms"]) == ("error", "ToolResultMissing", 500.0)
+    assert tool["attributes"]["tether.inferred"] is True and tool["attributes"]["gen_ai.tool.call.id"] == "call_1"
+    resumed = run(RunStarted(name="trace t", tags=("gateway",), metadata={"resumed": True}), 5)
+    db = fold(TracesView(), [*events, resumed]).db
+    assert trace(db, "r9")[0]["status"] == "running", "the agent came back: the run runs again"

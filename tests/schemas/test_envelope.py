@@ -389,27 +389,27 @@ def test_payloads_and_envelopes_are_frozen() -> None:
 
 
 def test_newer_version_drops_unknown_fields() -> None:
-    attrs = wire_attributes(dataschema="urn:tether:schema:tether.run.finished:v2")
+    attrs = wire_attributes(dataschema="urn:tether:schema:tether.run.finished:v3")
     event = Event.from_wire(attrs, {"status": "ok", "cost_usd": 0.12})
     assert event.data == RunFinished(status="ok")
     assert "cost_usd" not in event.data.model_dump()
-    assert event.dataschema == "urn:tether:schema:tether.run.finished:v2"
+    assert event.dataschema == "urn:tether:schema:tether.run.finished:v3"
 
 
 def test_newer_version_drops_unknown_fields_of_nested_parts() -> None:
-    attrs = wire_attributes(dataschema="urn:tether:schema:tether.run.finished:v3")
+    attrs = wire_attributes(dataschema="urn:tether:schema:tether.run.finished:v4")
     data = {"status": "error", "error": {"type": "Timeout", "provider_region": "eu"}}
     event = Event.from_wire(attrs, data)
     assert event.data == RunFinished(status="error", error=ErrorInfo(type="Timeout"))
 
 
 def test_newer_version_still_validates_known_fields() -> None:
-    attrs = wire_attributes(dataschema="urn:tether:schema:tether.run.finished:v2")
+    attrs = wire_attributes(dataschema="urn:tether:schema:tether.run.finished:v3")
     with pytest.raises(InvalidEvent, match="status"):
         Event.from_wire(attrs, {"status": "bogus", "cost_usd": 0.12})
 
 
-@pytest.mark.parametrize("dataschema", ["urn:tether:schema:tether.run.finished:v1", None])
+@pytest.mark.parametrize("dataschema", ["urn:tether:schema:tether.run.finished:v2", None])
 def test_unknown_fields_at_the_current_version_are_refused(dataschema: str | None) -> None:
     attrs = wire_attributes(dataschema=dataschema)  # None: no dataschema attribute at all
     assert attrs.get("dataschema") == dataschema

@@ -142,7 +142,7 @@ def test_exported_schemas_refuse_bad_events(exported: tuple[Path, list[Path]]) -
     for change in ({"type": "tether.nope"}, {"specversion": "0.3"}, {"Bad-Name": "x"},
                    {"traceparent": "00-xyz"}, {"runid": ""}):
         assert not envelope.is_valid({**good, **change}), change
-    payload = _validator(load(directory / "tether.run.finished.v1.json"))
+    payload = _validator(load(directory / "tether.run.finished.v2.json"))
     assert payload.is_valid({"status": "ok"})
     for bad in ({"status": "bogus"}, {}, {"status": "ok", "surprise": 1},
                 {"status": "ok", "error": {"type": ""}}, {"status": "ok", "duration_ms": -1}):

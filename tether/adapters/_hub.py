@@ -74,6 +74,9 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.runaway = RunawayTracker()
         self.closed = False
+        self.observers: list[Callable[[Event], None]] = []
+        """Called on the bus's loop with every event as it is queued (the gateway reads its calls'
+        events to infer tool spans): cheap and non-blocking, they run on the caller's path."""
 
     @classmethod
     def of(cls, bus: Bus) -> Hub:
@@ -117,6 +120,7 @@ class Hub:
         on the bus's loop with nothing queued (so closing the bus right after keeps it),
         queued otherwise (order is kept either way)."""
         if self._queued == 0 and not self.closed and self._on_loop():
+            self._observe(event)
             try:
                 await self.bus.emit(event)
             except Exception:
@@ -124,7 +128,16 @@ class Hub:
             return
         self.emit(event)
 
+    def _observe(self, event: Event) -> None:
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not lose the event
+                log.exception("an observer of the adapters' events failed on %s", event.type)
+
     def _put(self, event: Event) -> None:
+        if self.observers:
+            self._observe(event)
         if self._queue is None:
             self._queue = asyncio.Queue()
         self._queued += 1

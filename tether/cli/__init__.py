@@ -112,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _auth, _cluster, _eval, _gateway, _memory, _otel, _projector, _reliability, _stats, _ui, _views
+    from . import _auth, _cluster, _eval, _gateway, _mcp, _memory, _otel, _projector, _reliability, _stats, _ui, _views
 
     _reliability.add_commands(sub, _common)
     _memory.add_commands(sub, _common)
     _eval.add_commands(sub, _common)
     _gateway.add_commands(sub, _common)
+    _mcp.add_commands(sub, _common)
     _otel.add_commands(sub, _common)
     _views.add_commands(sub, _common)
     _stats.add_commands(sub, _common)
@@ -188,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._gateway import run as run_gateway
 
             return run_loop(run_gateway(args))
+        if args.command == "mcp":
+            from ._mcp import run as run_mcp
+
+            return run_loop(run_mcp(args))
         if args.command == "otel-export":
             from ._otel import run as run_otel
 

@@ -7,6 +7,7 @@ agent, run, call and message that produced them; reads come from the memory view
 from __future__ import annotations
 
 import asyncio
+import copy
 import sqlite3
 import time
 from collections.abc import Callable
@@ -77,10 +78,22 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self._vectors: VectorIndex | None = None
         self._terms = q.TermStats()
         self._closed = False
+        self._root: AsyncMemory = self
 
     async def start(self) -> AsyncMemory:
         await self.feed.start()
         return self
+
+    def as_agent(self, agent: str | None, *, grants: Grants | None = None, run: str | None = None) -> AsyncMemory:
+        """This memory as ``agent`` uses it (its grants: ``grants``, else this client's): the same
+        view, feed and reader, its own read-your-writes position. For a server that acts for many
+        agents (the gateway's ``/v1/memory``, ``tether mcp``); closing it closes nothing."""
+        other = copy.copy(self)
+        other.agent, other.run = agent, run
+        other.grants = grants if grants is not None else self.grants
+        other._root = self._root
+        other._closed = True  # the root owns the view, the reader and the bus
+        return other
 
     async def close(self) -> None:
         """Stop following the log and close the view; closes the bus too if :func:`connect` opened it."""

@@ -58,14 +58,17 @@ class MemoryCore:
     """The highest stream sequence this client wrote: reads wait for the view to reach it."""
     _reader: ThreadPoolExecutor
     _db: sqlite3.Connection | None
+    _root: MemoryCore
+    """The client whose view and read connection this one shares (itself, unless made by ``as_agent``)."""
     _vectors: VectorIndex | None
     _terms: q.TermStats
 
     async def _read(self, fn: Callable[..., T], *args: Any, after: int | None = None) -> T:
         await self.feed.wait_for(max(self.position, after or 0))
+        root = self._root  # one read connection per view, whichever agent reads through it
 
         def call() -> T:
-            if self._db is None:
+            if root._db is None:
                 path = self.feed.path
                 if not path.exists():
                     raise MemoryNotFound("?", "?", ": the memory view does not exist yet")
@@ -75,9 +78,9 @@ class MemoryCore:
                         prepare(setup)
                     finally:
                         setup.close()
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-                self._db.execute("PRAGMA busy_timeout=10000")
-            return fn(self._db, *args)
+                root._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+                root._db.execute("PRAGMA busy_timeout=10000")
+            return fn(root._db, *args)
 
         if not self.feed.path.exists():
             await self.feed.catch_up()

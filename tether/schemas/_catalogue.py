@@ -100,10 +100,16 @@ class RunFinished(Payload):
     kind: ClassVar[str] = "run"
     action: ClassVar[str] = "finished"
 
+    schema_version: ClassVar[int] = 2
+
     status: Literal["ok", "error", "cancelled"]
     duration_ms: float | None = Field(None, ge=0)
     output: Recorded = None
     error: ErrorInfo | None = None
+    ended_by: Literal["agent", "header", "idle"] | None = Field(
+        None, description="How the end was seen (v2): 'agent' (the agent said so: its own run.finished, e.g. "
+        "tether.run or the OpenClaw plugin), 'header' (x-tether-run-end on a gateway call), 'idle' (the gateway "
+        "saw no call for its run_idle_s).")
 
 
 # -- LLM calls -------------------------------------------------------------------------
@@ -189,6 +195,7 @@ class _ToolCall(Payload):
 
 class ToolCallRequested(_ToolCall):
     event_type: ClassVar[str] = "tether.tool.call.requested"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "tool"
     action: ClassVar[str] = "requested"
 
@@ -196,6 +203,9 @@ class ToolCallRequested(_ToolCall):
     idempotent: bool = False
     idempotency_key: str | None = None
     mode: Literal["inline", "durable"] = "inline"
+    tool_call_id: str | None = Field(None, max_length=1024, description="The id the model gave the call (v2).")
+    inferred: bool = Field(False, description="Seen by the gateway in the conversation, not reported by the "
+                           "agent (v2).")
 
 
 class ToolCallAttemptFailed(_ToolCall):
@@ -215,18 +225,25 @@ class ToolCallCompleted(_ToolCall):
     kind: ClassVar[str] = "tool"
     action: ClassVar[str] = "completed"
 
+    schema_version: ClassVar[int] = 2
+
     attempt: int = Field(1, ge=1)
     result: Recorded = None
     duration_ms: float | None = Field(None, ge=0)
+    inferred: bool = Field(False, description="Seen by the gateway in the conversation (v2).")
 
 
 class ToolCallFailed(_ToolCall):
     event_type: ClassVar[str] = "tether.tool.call.failed"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "tool"
     action: ClassVar[str] = "failed"
 
     attempts: int = Field(ge=0)
     error: ErrorInfo
+    duration_ms: float | None = Field(None, ge=0, description="From the call to its end (v2).")
+    result: Recorded = Field(None, description="What the tool answered, when it answered with an error (v2).")
+    inferred: bool = Field(False, description="Seen by the gateway in the conversation (v2).")
 
 
 # -- memory ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ._app import KEY_SHAPE, Gateway
 from ._config import DEFAULT_PORT, TRUSTED, GatewayConfig, GatewaySection, digest, load_gateway_config
 from ._identity import AGENT_HEADER, RUN_HEADER, run_for_trace
 from ._ingest import BATCH, STRUCTURED
+from ._mcp import mcp_server
 from ._routing import ModelRoute, parse_route, resolve_model
 from ._server import GatewayServer
 from ._upstream import CallUpstream, Upstreams
@@ -38,6 +39,7 @@ __all__ = [
     "Upstreams",
     "digest",
     "load_gateway_config",
+    "mcp_server",
     "parse_route",
     "resolve_model",
     "run_for_trace",

@@ -21,8 +21,9 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,9 +33,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tether.bus import Bus
+from tether.bus import Bus, event_filter, read_subject
+from tether.memory import MemorySettings
 from tether.middleware import breaker_retry_in
-from tether.schemas import Event, RunStarted
+from tether.schemas import (
+    Event,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    RunFinished,
+    ToolCallRequested,
+)
 
 from .._core import Interceptor, ProxyResponse
 from .._hub import Hub
@@ -43,10 +52,12 @@ from .._runs import RunContext, bound, new_traceparent
 from .._wire import Kind, Operation
 from ._config import GatewayConfig
 from ._errors import Headers, problem, with_retry_after
-from ._identity import STRIPPED, Caller, Refused, identify, started_id
+from ._identity import STRIPPED, Caller, Refused, identify
 from ._ingest import IngestError, decode, validate
+from ._memory import MemoryApi
 from ._requests import Routed, route_request
 from ._routing import resolve_model
+from ._runbook import RunBook, run_summary
 from ._upstream import Upstreams
 
 __all__ = ["KEY_SHAPE", "Gateway"]
@@ -57,7 +68,6 @@ KEY_SHAPE = next(p for p in DEFAULT_PATTERNS if "tg-" in p)
 """The shape of keys ``tether gateway --new-key`` makes: one of the default patterns every
 path redacts (``tether._redact``), wherever such a key appears."""
 _DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
-_SEEN_RUNS = 50_000
 _INTERCEPTORS = 10_000
 
 
@@ -76,15 +86,20 @@ class Gateway:
     providers' HTTP side) is made from the configuration unless given.
     """
 
-    def __init__(self, config: GatewayConfig, bus: Bus, *, upstreams: Upstreams | None = None) -> None:
+    def __init__(self, config: GatewayConfig, bus: Bus, *, upstreams: Upstreams | None = None,
+                 memory: MemorySettings | None = None) -> None:
         self.config = config
         self.bus = bus
+        self.memory = MemoryApi(bus, memory)
         self.hub = Hub.of(bus)
         self.upstreams = upstreams if upstreams is not None else Upstreams(config.providers)
         secrets = [re.escape(k) for k in (*config.plain_keys, *config.upstream_keys())]
         self.redactor = Redactor(fields=config.redact, patterns=secrets)  # and the defaults, as on every path
         self._interceptors: dict[tuple[str, str | None], Interceptor] = {}
-        self._runs: OrderedDict[str, None] = OrderedDict()
+        self.book = RunBook(idle_s=config.run_idle_s, infer_tools=config.infer_tools and config.capture)
+        self._inbox: deque[Event | _Ended | _Reported | float] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", _Llm(self, "openai", "chat", "/chat/completions"), methods=["POST"]),
@@ -96,18 +111,77 @@ class Gateway:
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                 Route("/v1/events", self.events, methods=["POST"]),
+                Route("/v1/memory/{operation}", self.memory_op, methods=["POST"]),
+                Route("/v1/runs", self.runs, methods=["GET"]),
+                Route("/v1/runs/{run_id}", self.run, methods=["GET"]),
                 Route("/healthz", self.health, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_error},
         )
 
     async def start(self) -> Gateway:
-        """Open what the first call would otherwise wait for (the engine's KV buckets)."""
+        """Open what the first call would otherwise wait for (the engine's KV buckets), and start
+        following runs (ends, idle ends, inferred tool calls)."""
         await self.hub.engine(self.config.policies)
+        if not self._tasks:
+            self.hub.observers.append(self._observe)
+            self._tasks = [asyncio.create_task(self._following(), name="tether-gateway-runs"),
+                           asyncio.create_task(self._sweeping(), name="tether-gateway-idle")]
         return self
 
     async def aclose(self) -> None:
+        if self._observe in self.hub.observers:
+            self.hub.observers.remove(self._observe)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._drain()  # what the last calls told: published with the rest by the owner's flush
+        await self.memory.aclose()
         await self.upstreams.aclose()
+
+    # -- following runs: off the calls' path --------------------------------------------------------
+
+    def _observe(self, event: Event) -> None:
+        """Every event the hub queues (on its loop): the gateway's calls' go to the run book."""
+        if event.runid is not None and event.type in _OBSERVED and event.runid in self.book.runs:
+            self._follow(event)
+
+    def _follow(self, item: Event | _Ended | _Reported | float) -> None:
+        self._inbox.append(item)
+        self._wake.set()
+
+    async def _following(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        book, inbox = self.book, self._inbox
+        while inbox:
+            item = inbox.popleft()
+            try:
+                if isinstance(item, Event):
+                    outs = book.observed(item)
+                elif isinstance(item, _Ended):
+                    outs = book.call_ended(item.run_id, item.at, end=item.end)
+                elif isinstance(item, _Reported):
+                    outs = book.reported(item.event)
+                else:
+                    outs = book.sweep(item)
+                for out in outs:
+                    self.hub.emit(out.event(SOURCE))
+            except Exception:  # one odd conversation must not stop the others
+                log.exception("could not follow the run of %r", item)
+
+    async def _sweeping(self) -> None:
+        every = min(5.0, self.config.run_idle_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            self._follow(time.time())
 
     def interceptor(self, provider: str, agent: str | None) -> Interceptor:
         found = self._interceptors.get((provider, agent))
@@ -148,17 +222,25 @@ class Gateway:
             return await _reply(send, *routed)
         target = routed.target
         ctx = None
-        if caller.run_id is not None:
+        run_id = caller.run_id
+        followed = run_id is not None and operation is not None
+        if run_id is not None:
             assert caller.trace_id is not None
-            ctx = RunContext(caller.run_id, caller.agent, caller.trace_id,
+            ctx = RunContext(run_id, caller.agent, caller.trace_id,
                              caller.traceparent or new_traceparent(caller.trace_id), None, self.hub)
-            if caller.derived_run:
-                await self._run_started(caller)
+            if followed:  # the run starts (or resumes) before its call's first event
+                for out in self.book.call_started(run_id, caller.agent, caller.trace_id, caller.traceparent,
+                                                  time.time(), derived=caller.derived_run):
+                    await self.hub.aemit(out.event(SOURCE))
         query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true
         upstream = self.upstreams.call(target.provider, suffix + ("?" + query.decode("latin-1") if query else ""))
         path = "/v1" + suffix  # count_tokens is no LLM call: the interceptor passes it through
-        await self._proxy(receive, send, kind, operation, self.interceptor(target.provider, caller.agent), path,
-                          forward, routed.body, upstream, ctx, target.route)
+        try:
+            await self._proxy(receive, send, kind, operation, self.interceptor(target.provider, caller.agent), path,
+                              forward, routed.body, upstream, ctx, target.route)
+        finally:
+            if followed:
+                self._follow(_Ended(run_id, time.time(), caller.run_end))  # type: ignore[arg-type]
 
     async def _proxy(self, receive: Receive, send: Send, kind: Kind, operation: Operation | None,
                      interceptor: Interceptor, path: str, headers: Headers, body: bytes, upstream: Any,
@@ -209,22 +291,6 @@ class Gateway:
         if state.state == "closed":
             return None
         return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
-
-    async def _run_started(self, caller: Caller) -> None:
-        """The first call of a run the gateway derived from a trace: ``run.started`` (once per
-        process; its id is derived too, so NATS drops the copies other gateways send)."""
-        run_id = caller.run_id
-        assert run_id is not None
-        if run_id in self._runs:
-            self._runs.move_to_end(run_id)
-            return
-        self._runs[run_id] = None
-        if len(self._runs) > _SEEN_RUNS:
-            self._runs.popitem(last=False)
-        payload = RunStarted(name=f"trace {caller.trace_id}", tags=("gateway",),
-                             metadata={"trace_id": caller.trace_id, "via": "tether gateway"})
-        await self.hub.aemit(Event.of(payload, id=started_id(run_id), runid=run_id,
-                                      agentid=caller.agent, traceparent=caller.traceparent, source=SOURCE))
 
     # -- models, events, health -----------------------------------------------------------------
 
@@ -309,7 +375,68 @@ class Gateway:
                                       extra={"events": [i.to_json() for i in exc.invalid]}))
         for event in events:
             await self.bus.publish(event)
+        for event in events:
+            if event.runid is not None and event.type in _REPORTED:
+                self._follow(_Reported(event))
         return JSONResponse({"accepted": len(events), "ids": [e.id for e in events]}, status_code=202)
+
+    async def memory_op(self, request: Request) -> Response:
+        """``POST /v1/memory/<operation>``: tether memory as the key's agent (see ``_memory``)."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        try:
+            body = await _read_body(request.receive, request.headers.get("content-length"),
+                                    self.config.max_body_bytes)
+        except _Gone:
+            return Response(status_code=400)
+        except _TooLarge:
+            return _response(*problem("openai", 413, f"Request too large: over {self.config.max_body_bytes} bytes",
+                                      code="request_too_large"))
+        try:
+            doc = json.loads(body) if body else None
+        except ValueError as exc:
+            return JSONResponse({"error": {"code": "invalid_json", "message": f"the body is not JSON: {exc}"}},
+                                status_code=400)
+        status, answer = await self.memory.handle(request.path_params["operation"], caller, doc)
+        return JSONResponse(answer, status_code=status)
+
+    async def runs(self, request: Request) -> Response:
+        """``GET /v1/runs``: the runs of the key's agent this gateway follows, newest first."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        asked = request.query_params.get("limit", "50")
+        if not asked.isdigit() or not 1 <= int(asked) <= 500:
+            return JSONResponse({"error": {"code": "invalid_limit", "message": "limit is a whole number from 1 to "
+                                           f"500, not {asked!r}"}}, status_code=400)
+        limit = int(asked)
+        mine = [r for r in reversed(self.book.runs.values())
+                if (caller.trusted and caller.agent is None) or r.agent == caller.agent][:limit]
+        return JSONResponse({"runs": [run_summary(r) for r in mine]})
+
+    async def run(self, request: Request) -> Response:
+        """``GET /v1/runs/{run_id}``: the run's events of the key's agent (at most 1,000), and its state."""
+        caller = self._caller(request, "openai")
+        if isinstance(caller, Response):
+            return caller
+        run_id = request.path_params["run_id"]
+        agent = None if caller.trusted and caller.agent is None else caller.agent
+        try:
+            found = await read_subject(self.bus, event_filter(agent=agent, run=run_id), timeout=10.0)
+        except Exception as exc:  # a long run of large bodies: too much to read in one answer
+            log.warning("reading run %s failed: %s", run_id, type(exc).__name__)
+            return JSONResponse({"error": {"code": "run_unreadable", "message": f"could not read the events of run "
+                                           f"{run_id!r} in time ({type(exc).__name__}); read it with "
+                                           f"`tether trace {run_id}` or `tether tail --run {run_id}`"}},
+                                status_code=504)
+        events = [r.event for r in found if r.event is not None][:1000]
+        followed = self.book.runs.get(run_id)
+        if not events and (followed is None or (followed.agent != agent and agent is not None)):
+            return JSONResponse({"error": {"code": "run_not_found", "message": f"no run {run_id!r} of agent "
+                                           f"{agent!r} (an agent sees its own runs only)"}}, status_code=404)
+        return JSONResponse({"run": run_summary(followed) if followed is not None else {"run_id": run_id},
+                             "events": [e.to_json() for e in events]})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "providers": sorted(self.config.providers),
@@ -325,6 +452,26 @@ class Gateway:
         else:
             message = str(exc.detail)
         return _response(*problem(kind, exc.status_code, message))
+
+
+_OBSERVED = frozenset(c.event_type for c in (LlmCallRequested, LlmCallCompleted, LlmCallFailed))
+_REPORTED = frozenset(c.event_type for c in (ToolCallRequested, RunFinished))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """A call of a followed run was answered (``end``: its ``x-tether-run-end``)."""
+
+    run_id: str
+    at: float
+    end: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """An event the agent posted about its run."""
+
+    event: Event
 
 
 class _Llm:

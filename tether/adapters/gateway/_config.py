@@ -13,6 +13,8 @@ section::
     retry_after_s = 5               # Retry-After of a give-up with no better hint
     keys_env = "TETHER_GATEWAY_KEYS"  # more keys from the environment: "KEY=agent,KEY2=agent2"
     redact = ["customer_token"]     # more body fields to redact
+    run_idle_s = 300                # a run with no call for this long is finished (ended_by "idle")
+    infer_tools = true              # tool spans from the conversation (needs capture)
 
     [gateway.keys]                  # gateway key -> agent id
     "tg-abc" = "openclaw-main"
@@ -81,6 +83,11 @@ class GatewaySection(BaseModel):
     """More keys from this environment variable: "KEY=agent,KEY2=agent2"."""
     redact: list[_Name] = []
     """More body fields to redact."""
+    run_idle_s: Annotated[float, Strict(), Field(gt=0)] = 300.0
+    """A run with no call for this long is finished (run.finished, ended_by "idle"); it resumes if its agent
+    calls again."""
+    infer_tools: StrictBool = True
+    """Record the tool calls seen in the conversation as tool spans (inferred; needs capture)."""
     keys: dict[str, _String] = {}
     """Gateway key (or "sha256:" and its SHA-256 in hex) -> agent id; agent "*": trusted, the agent is
     whatever x-tether-agent says."""
@@ -108,6 +115,8 @@ class GatewayConfig:
     capture: bool = _DEFAULTS.capture
     retry_after_s: float = _DEFAULTS.retry_after_s
     redact: tuple[str, ...] = ()
+    run_idle_s: float = _DEFAULTS.run_idle_s
+    infer_tools: bool = _DEFAULTS.infer_tools
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -163,7 +172,7 @@ class GatewayConfig:
                    plain_keys=tuple(plain), models=tuple(models), default_provider=section.default_provider,
                    host=section.host, port=section.port, max_body_bytes=int(section.max_body_mb * 1024 * 1024),
                    capture=section.capture, retry_after_s=section.retry_after_s, redact=tuple(section.redact),
-                   source=source)
+                   run_idle_s=section.run_idle_s, infer_tools=section.infer_tools, source=source)
 
     def upstream_keys(self) -> tuple[str, ...]:
         """The providers' keys (from the environment): redacted wherever they appear."""

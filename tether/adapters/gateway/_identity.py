@@ -23,15 +23,28 @@ from dataclasses import dataclass
 from .._runs import trace_of
 from ._config import TRUSTED
 
-__all__ = ["AGENT_HEADER", "RUN_HEADER", "STRIPPED", "Caller", "Refused", "identify", "run_for_trace",
-           "started_id", "trace_for_run"]
+__all__ = [
+    "AGENT_HEADER",
+    "RUN_ENDS",
+    "RUN_END_HEADER",
+    "RUN_HEADER",
+    "STRIPPED",
+    "Caller",
+    "Refused",
+    "identify",
+    "run_for_trace",
+    "started_id",
+    "trace_for_run",
+]
 
 RUN_HEADER = "x-tether-run-id"
 AGENT_HEADER = "x-tether-agent"
+RUN_END_HEADER = "x-tether-run-end"
+RUN_ENDS = ("ok", "error", "cancelled")
 STRIPPED = frozenset({
     "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization",
     "openai-project", "host", "expect", "te", "upgrade", "keep-alive", "proxy-connection", RUN_HEADER,
-    AGENT_HEADER,
+    AGENT_HEADER, RUN_END_HEADER,
 })
 """Request headers the gateway never forwards (the caller's credentials, hop-by-hop, its own)."""
 
@@ -50,6 +63,8 @@ class Caller:
     """The run id was derived from the trace (the gateway frames the run: ``run.started``)."""
     trusted: bool = False
     """A trusted key's call: it may act, and publish events, as any agent."""
+    run_end: str | None = None
+    """``x-tether-run-end``: this call is the run's last; the run ends with this status once it is answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +136,23 @@ def identify(headers: Mapping[str, str], keys: Mapping[str, str]) -> Caller | Re
     trace_id = trace_of(traceparent)
     if trace_id is None:
         traceparent = None
+    run_end = headers.get(RUN_END_HEADER)
+    if run_end is not None:
+        run_end = run_end.strip().lower()
+        if run_end not in RUN_ENDS:
+            return Refused(400, f"{RUN_END_HEADER} must be one of {', '.join(RUN_ENDS)} (the status the run ends "
+                           f"with), not {run_end!r}", "invalid_run_end")
+        if headers.get(RUN_HEADER) is None and trace_id is None:
+            return Refused(400, f"{RUN_END_HEADER} ends a run: name it with {RUN_HEADER} or send the run's "
+                           "traceparent", "invalid_run_end")
     run_id = headers.get(RUN_HEADER)
     if run_id is not None:
         if not _valid_id(run_id):
             return Refused(400, f"{RUN_HEADER} must be printable, without spaces, at most 200 characters",
                            "invalid_run_id")
-        return Caller(agent, run_id, trace_id or trace_for_run(run_id), traceparent, trusted=trusted)
+        return Caller(agent, run_id, trace_id or trace_for_run(run_id), traceparent, trusted=trusted,
+                      run_end=run_end)
     if trace_id is not None:
-        return Caller(agent, run_for_trace(agent, trace_id), trace_id, traceparent, derived_run=True, trusted=trusted)
+        return Caller(agent, run_for_trace(agent, trace_id), trace_id, traceparent, derived_run=True, trusted=trusted,
+                      run_end=run_end)
     return Caller(agent, None, None, None, trusted=trusted)

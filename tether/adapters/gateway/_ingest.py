@@ -11,7 +11,8 @@ The ``cloudevents`` SDK decodes the wire (header decoding, ``data_base64``, ``ti
 the envelope; data holding NaN or Infinity (JSON has neither) is refused;
 :meth:`tether.schemas.Event.from_wire` then validates each event against tether's catalogue.
 The gateway fills in what the agent left out (``agentid`` from its key, ``runid`` and
-``traceparent`` from its headers) and refuses an event that names another agent.
+``traceparent`` from its headers, ``ended_by: "agent"`` on a ``run.finished``) and refuses an
+event that names another agent.
 A request is all or nothing: if any event is invalid, none is published. Pure: no I/O.
 """
 
@@ -27,7 +28,15 @@ from cloudevents.core.exceptions import BaseCloudEventException, CloudEventValid
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from tether.schemas import NON_FINITE_HINT, Event, EventError, InvalidEvent, UnknownEventType, non_finite
+from tether.schemas import (
+    NON_FINITE_HINT,
+    Event,
+    EventError,
+    InvalidEvent,
+    RunFinished,
+    UnknownEventType,
+    non_finite,
+)
 
 from .._redact import Redactor
 from ._identity import Caller
@@ -182,6 +191,8 @@ def validate(decoded: list[CloudEvent | Invalid], caller: Caller, *, trusted: bo
             invalid.append(Invalid(index, [{"loc": ("data", *nan_at), "msg": NON_FINITE_HINT}],
                                    item.get_id(), item.get_type()))
             continue
+        if item.get_type() == RunFinished.event_type and isinstance(data, dict) and "ended_by" not in data:
+            data = {**data, "ended_by": "agent"}  # the agent said its run is over
         try:
             events.append(Event.from_wire(attributes, redactor(data)))
         except EventError as exc:

@@ -234,10 +234,12 @@ class _Fold:
 
     def _run_started(self, data: RunStarted) -> None:
         agent = self.event.agentid or data.name or self.event.runid
+        # a run the gateway resumes (its agent came back after it was closed as idle) runs again
+        running: tuple[str, Merge] = ("running", "coalesce" if data.metadata.get("resumed") else "keep")
         self.run_cols = {"name": (data.name, "coalesce"), "parent_run_id": (data.parent_run_id, "coalesce"),
-                         "status": ("running", "keep"), "trace_id": (self.trace_id, "coalesce")}
+                         "status": running, "trace_id": (self.trace_id, "coalesce")}
         self.run_span_cols = {
-            "name": (f"invoke_agent {agent}", "coalesce"), "status": ("running", "keep"),
+            "name": (f"invoke_agent {agent}", "coalesce"), "status": running,
             "parent_id": (data.parent_run_id, "coalesce"), "trace_id": (self.trace_id, "coalesce"),
             "attributes": (_json({
                 "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
@@ -254,7 +256,8 @@ class _Fold:
                        "error_message": (error.message or None if error else None, "coalesce")}
         self.run_cols = ended
         self.run_span_cols = {**ended, "end_attributes": (_json({
-            "tether.run.status": data.status, **_error_attributes(error)}), "coalesce")}
+            "tether.run.status": data.status, "tether.run.ended_by": data.ended_by, **_error_attributes(error)}),
+            "coalesce")}
 
     # -- the event's own spans -----------------------------------------------------------------
 
@@ -285,9 +288,9 @@ class _Fold:
                     "started_at": (self.at, "min"), "tool": (d.tool, "keep"), "route": (f"tool:{d.tool}", "keep"),
                     "attributes": (_json({
                         "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": d.tool,
-                        "gen_ai.tool.call.id": d.call_id, "gen_ai.tool.type": "function",
+                        "gen_ai.tool.call.id": d.tool_call_id or d.call_id, "gen_ai.tool.type": "function",
                         "tether.call.id": d.call_id, "tether.mode": d.mode, "tether.idempotent": d.idempotent,
-                        "tether.traceparent": self.event.traceparent,
+                        "tether.traceparent": self.event.traceparent, "tether.inferred": d.inferred or None,
                     }), "coalesce")})]
             case LlmCallAttemptFailed() as d:
                 return self._attempt_failed(d.call_id, "llm", d.attempt, d.error, d.latency_ms, d.decision,
@@ -313,7 +316,8 @@ class _Fold:
                 return [self._call_failed(d.call_id, "llm", d.attempts, d.error, provider=d.provider,
                                           model=d.model)]
             case ToolCallFailed() as d:
-                return [self._call_failed(d.call_id, "tool", d.attempts, d.error, tool=d.tool)]
+                return [self._call_failed(d.call_id, "tool", d.attempts, d.error, tool=d.tool,
+                                          duration_ms=d.duration_ms)]
             case CallDeadLettered() as d:
                 return [self._mark(f"{d.call_id}#dead_letter", "dead_letter", f"dead_letter {d.reason}", "error",
                                    parent=d.call_id, call_id=d.call_id, error=d.error, attributes={
@@ -459,8 +463,10 @@ class _Fold:
         return ops
 
     def _call_failed(self, call_id: str, kind: str, attempts: int, error: ErrorInfo, *,
-                     provider: str | None = None, model: str | None = None, tool: str | None = None) -> Upsert:
-        cols: Cols = {"kind": (kind, "keep"), "status": ("error", "coalesce"), "started_at": (self.at, "min"),
+                     provider: str | None = None, model: str | None = None, tool: str | None = None,
+                     duration_ms: float | None = None) -> Upsert:
+        started = self.at - (duration_ms or 0.0) / 1000
+        cols: Cols = {"kind": (kind, "keep"), "status": ("error", "coalesce"), "started_at": (started, "min"),
                       "ended_at": (self.at, "max"), "attempt": (attempts or None, "max"),
                       "error_type": (error.type, "coalesce"), "error_message": (error.message or None, "coalesce"),
                       "end_attributes": (_json({**_error_attributes(error), "tether.attempts": attempts}),
