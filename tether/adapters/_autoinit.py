@@ -16,7 +16,7 @@ FRAMEWORKS: dict[str, tuple[str, str | None]] = {
     "langgraph": ("langgraph", "tether.adapters.langgraph"),
     "openai-agents": ("agents", "tether.adapters.openai_agents"),
     "crewai": ("crewai", None),
-    "autogen": ("autogen_agentchat", None),
+    "autogen": ("autogen_agentchat", "tether.adapters.autogen"),
     "google-adk": ("google.adk", None),
     "litellm": ("litellm", None),
     "pydantic-ai": ("pydantic_ai", None),
