@@ -23,6 +23,7 @@ BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.tether-installed
 FRAMEWORKS := langgraph openai-agents
 FRAMEWORKS += autogen
+FRAMEWORKS += google-adk
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
 .PHONY: run test test-flaky test-lowest lint lock bench clean

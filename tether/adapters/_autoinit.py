@@ -17,7 +17,7 @@ FRAMEWORKS: dict[str, tuple[str, str | None]] = {
     "openai-agents": ("agents", "tether.adapters.openai_agents"),
     "crewai": ("crewai", None),
     "autogen": ("autogen_agentchat", "tether.adapters.autogen"),
-    "google-adk": ("google.adk", None),
+    "google-adk": ("google.adk", "tether.adapters.google_adk"),
     "litellm": ("litellm", None),
     "pydantic-ai": ("pydantic_ai", None),
     "llamaindex": ("llama_index.core", None),

@@ -1,0 +1,173 @@
+"""Google ADK under tether: runs, sub-agents and tool calls from an ADK plugin (:class:`TetherPlugin`,
+ADK's own extension point, given to the ``App``), model calls through tether (:func:`lite_llm`: ADK's
+``LiteLlm`` with an OpenAI client on tether's HTTP client), memory put into the model's input (the
+plugin's ``memory=``). The only module of tether that imports ``google.adk``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Collection
+from typing import Any
+
+from google.adk.plugins.base_plugin import BasePlugin
+
+from tether.adapters import Run, async_http_client
+
+from ._frameworks import ObservedTool, inject_memory
+
+__all__ = ["TetherPlugin", "install", "lite_llm"]
+
+SOURCE = "urn:tether:adapter:google-adk"
+
+
+class TetherPlugin(BasePlugin):
+    """An ADK run (``Runner.run_async``) is a tether run named for its root agent; each other agent it
+    runs (a sub-agent, an agent transferred to, an ``AgentTool``'s agent) is a child run; each tool call
+    is recorded (arguments, result, duration, error). Called in the runner's own context, so the run it
+    opens is the current run of the model calls and tools that follow.
+
+    ``memory`` (a ``tether.memory.AsyncMemory``): before each model call of the agents named in
+    ``agents`` (default: every agent), what it holds on the last user message is added to the system
+    instruction (not kept in the session), the retrieval recorded as the tool call ``tether.memory.context``."""
+
+    def __init__(self, *, memory: Any = None, agents: Collection[str] | None = None, namespaces: Any = None,
+                 token_budget: int = 500, name: str = "tether") -> None:
+        super().__init__(name=name)
+        self.memory = memory
+        self.agents = None if agents is None else frozenset(agents)
+        self.namespaces = namespaces
+        self.token_budget = token_budget
+        self.runs: dict[str, Run] = {}  # invocation id -> the root agent's run
+        self.children: dict[tuple[str, str], list[Run]] = {}  # (invocation id, agent) -> its runs, innermost last
+        self.tools: dict[str, ObservedTool] = {}  # function call id -> the call under way
+
+    # runs
+    async def before_run_callback(self, *, invocation_context: Any) -> Any:
+        agent = str(invocation_context.agent.name)
+        run = Run(agent=agent, name=agent, metadata={"framework": "google-adk",
+                                                     "invocation_id": str(invocation_context.invocation_id)})
+        try:
+            await run.__aenter__()
+        except Exception:  # no bus: the agent runs unrecorded
+            return None
+        self.runs[str(invocation_context.invocation_id)] = run
+        return None
+
+    async def after_run_callback(self, *, invocation_context: Any) -> None:
+        await self._end_run(str(invocation_context.invocation_id), None)
+
+    async def on_run_error_callback(self, *, invocation_context: Any, error: Exception) -> None:
+        await self._end_run(str(invocation_context.invocation_id), error)
+
+    async def _end_run(self, invocation: str, error: BaseException | None) -> None:
+        for key, runs in list(self.children.items()):
+            if key[0] == invocation:  # a sub-agent left open by an error ends with its run
+                del self.children[key]
+                for child in reversed(runs):
+                    await child.__aexit__(type(error) if error else None, error, None)
+        root = self.runs.pop(invocation, None)
+        if root is not None:
+            await root.__aexit__(type(error) if error else None, error, None)
+
+    async def before_agent_callback(self, *, agent: Any, callback_context: Any) -> Any:
+        invocation = str(callback_context.invocation_id)
+        root = self.runs.get(invocation)
+        if root is None or root.agent == agent.name:
+            return None  # the root agent: its run is the invocation's
+        run = Run(agent=str(agent.name), name=str(agent.name), metadata={"framework": "google-adk"})
+        try:
+            await run.__aenter__()
+        except Exception:
+            return None
+        self.children.setdefault((invocation, str(agent.name)), []).append(run)
+        return None
+
+    async def after_agent_callback(self, *, agent: Any, callback_context: Any) -> Any:
+        await self._end_child(str(callback_context.invocation_id), str(agent.name), None)
+        return None
+
+    async def on_agent_error_callback(self, *, agent: Any, callback_context: Any, error: Exception) -> None:
+        await self._end_child(str(callback_context.invocation_id), str(agent.name), error)
+
+    async def _end_child(self, invocation: str, agent: str, error: BaseException | None) -> None:
+        runs = self.children.get((invocation, agent))
+        if runs:
+            run = runs.pop()
+            if not runs:
+                del self.children[(invocation, agent)]
+            await run.__aexit__(type(error) if error else None, error, None)
+
+    # tools
+    async def before_tool_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any) -> Any:
+        observed = ObservedTool.start(str(tool.name), tool_args, source=SOURCE)
+        if observed is not None:
+            self.tools[self._call_id(tool, tool_context)] = observed
+        return None
+
+    async def after_tool_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any,
+                                  result: Any) -> Any:
+        observed = self.tools.pop(self._call_id(tool, tool_context), None)
+        if observed is not None:
+            observed.completed(result)
+        return None
+
+    async def on_tool_error_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any,
+                                     error: Exception) -> Any:
+        observed = self.tools.pop(self._call_id(tool, tool_context), None)
+        if observed is not None:
+            observed.failed(error)
+        return None
+
+    @staticmethod
+    def _call_id(tool: Any, tool_context: Any) -> str:
+        return str(getattr(tool_context, "function_call_id", None) or f"{tool_context.invocation_id}/{tool.name}")
+
+    # messages
+    async def before_model_callback(self, *, callback_context: Any, llm_request: Any) -> Any:
+        if self.memory is None or (self.agents is not None and callback_context.agent_name not in self.agents):
+            return None
+        query = next((_text(c) for c in reversed(llm_request.contents or []) if c.role == "user" and _text(c)), "")
+        text = await inject_memory(self.memory, query, namespaces=self.namespaces, token_budget=self.token_budget)
+        if text:
+            llm_request.append_instructions([f"What you remember:\n{text}"])
+        return None
+
+
+def _text(content: Any) -> str:
+    return " ".join(part.text for part in content.parts or [] if getattr(part, "text", None))
+
+
+_installed = False
+
+
+def install() -> None:
+    """Nothing process-wide: ADK takes plugins per ``App`` (``App(plugins=[TetherPlugin()])``), and
+    has no hook for every runner. Kept so that ``tether.init()`` treats every framework alike."""
+    global _installed
+    _installed = True
+
+
+def _http_package() -> str:
+    major = importlib.metadata.version("openai").partition(".")[0]
+    return "httpx2" if major.isdigit() and int(major) >= 3 else "httpx"
+
+
+def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """ADK's ``LiteLlm(model, **kwargs)`` for an OpenAI-compatible model (``openai/<name>``) whose
+    calls go through tether: LiteLLM is given (``client=``, a LiteLLM completion argument ADK passes
+    on) an ``AsyncOpenAI`` on tether's HTTP client with its retries off; ``tether`` holds
+    ``tether.async_http_client`` options (``policies``, ``bus``, ``agent``). ``base_url`` and
+    ``api_key`` default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``, as the SDK's do."""
+    from google.adk.models.lite_llm import LiteLlm
+    from openai import AsyncOpenAI
+
+    if not model.startswith("openai/"):
+        raise ValueError(f"tether.adapters.google_adk.lite_llm takes an OpenAI-compatible model, 'openai/<name>', "
+                         f"not {model!r}: other providers' LiteLLM routes do not use the openai client tether wraps")
+    if "client" in kwargs:
+        raise TypeError("lite_llm gives LiteLLM tether's own client: leave client out (pass base_url= and api_key=)")
+    options = {k: kwargs.pop(k) for k in ("base_url", "api_key") if k in kwargs}
+    http = async_http_client(package=_http_package(), **dict(tether or {}))  # type: ignore[arg-type]
+    client = AsyncOpenAI(http_client=http, max_retries=0, **options)
+    return LiteLlm(model=model, client=client, num_retries=0, **kwargs)
