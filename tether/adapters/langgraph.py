@@ -6,10 +6,11 @@ a tether-backed checkpointer (:class:`TetherCheckpointer`), memory put into the 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -27,7 +28,7 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 
-from tether.adapters import Run, instrument
+from tether.adapters import Hub, LoopThreadError, Run, background_hub, instrument
 from tether.bus import Bus
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, pack, unpack, untoken
@@ -35,6 +36,7 @@ from ._frameworks import KvState, ObservedTool, inject_memory, key_token, pack, 
 __all__ = ["TetherCallbackHandler", "TetherCheckpointer", "chat_model", "install", "memory_hook"]
 
 SOURCE = "urn:tether:adapter:langgraph"
+T = TypeVar("T")
 
 
 class TetherCallbackHandler(BaseCallbackHandler):
@@ -167,13 +169,113 @@ def _config(thread: str, ns: str, checkpoint_id: str) -> RunnableConfig:
 class TetherCheckpointer(BaseCheckpointSaver[str]):
     """LangGraph's checkpointer on tether: checkpoints, channel values and pending writes in the
     JetStream KV bucket ``bucket`` (file storage), so a graph's state survives a restart of the
-    process and of NATS. Async only (``ainvoke``, ``astream``)."""
+    process and of NATS. Sync (``invoke``, ``stream``) and async (``ainvoke``, ``astream``) alike:
+    every read and write runs on the bus's event loop, ``bus`` (default: tether's background bus,
+    on a thread of its own, usable from any thread and any loop). A sync call on the thread of
+    ``bus``'s own loop would wait for itself: it raises :class:`tether.adapters.LoopThreadError`."""
 
-    def __init__(self, bus: Bus, *, bucket: str = "tether-langgraph", serde: Any = None) -> None:
+    def __init__(self, bus: Bus | None = None, *, bucket: str = "tether-langgraph", serde: Any = None) -> None:
         super().__init__(serde=serde)
-        self.state = KvState(bus, bucket)
+        self.bus = bus
+        self.bucket = bucket
+        self.hub: Hub | None = None
+        self.state = KvState(bus, bucket) if bus is not None else None
+
+    # -- where the work runs: the bus's loop ------------------------------------------------------
+
+    def _kv(self, hub: Hub) -> Hub:
+        self.hub = hub
+        if self.state is None:
+            self.state = KvState(hub.bus, self.bucket)
+        return hub
+
+    def _hub_sync(self) -> Hub:
+        if self.hub is not None:
+            return self.hub
+        return self._kv(Hub.of(self.bus) if self.bus is not None else background_hub())
+
+    async def _hub_async(self) -> Hub:
+        if self.hub is not None:
+            return self.hub
+        return self._kv(Hub.of(self.bus) if self.bus is not None else await asyncio.to_thread(background_hub))
+
+    async def _on_bus(self, make: Callable[[], Awaitable[T]]) -> T:
+        return await (await self._hub_async()).call(make)
+
+    def _on_bus_sync(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return self._hub_sync().call_sync(make)
+        except LoopThreadError:
+            raise LoopThreadError(
+                "TetherCheckpointer: a sync call (invoke, stream, get_state) on the thread of its bus's own event "
+                "loop would wait for itself: use ainvoke() / astream() / aget_state() there, or give the graph "
+                "TetherCheckpointer() without a bus (tether's background bus, on a thread of its own)") from None
+
+    @property
+    def kv(self) -> KvState:
+        assert self.state is not None  # set by _kv before any work runs
+        return self.state
+
+    # -- LangGraph's interface, async and sync --------------------------------------------------
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        return await self._on_bus(lambda: self._put(config, checkpoint, metadata, new_versions))
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        return self._on_bus_sync(lambda: self._put(config, checkpoint, metadata, new_versions))
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        await self._on_bus(lambda: self._put_writes(config, writes, task_id, task_path))
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                   task_path: str = "") -> None:
+        self._on_bus_sync(lambda: self._put_writes(config, writes, task_id, task_path))
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._on_bus(lambda: self._get_tuple(config))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._on_bus_sync(lambda: self._get_tuple(config))
+
+    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        for found in await self._on_bus(lambda: self._list(config, filter, before, limit)):
+            yield found
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._on_bus(lambda: self._delete_thread(thread_id))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._on_bus_sync(lambda: self._delete_thread(thread_id))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._on_bus(lambda: self._delete_for_runs(run_ids))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._on_bus_sync(lambda: self._delete_for_runs(run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._on_bus(lambda: self._copy_thread(source_thread_id, target_thread_id))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._on_bus_sync(lambda: self._copy_thread(source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._on_bus(lambda: self._prune(thread_ids, strategy))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._on_bus_sync(lambda: self._prune(thread_ids, strategy))
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        number = 0 if current is None else current if isinstance(current, int) else int(str(current).split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # -- the work, on the bus's loop --------------------------------------------------------------
+
+    async def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         thread, ns = str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", "")
         saved = dict(checkpoint)
@@ -181,27 +283,27 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
         t, n = key_token(thread), key_token(ns)
         for channel, version in new_versions.items():
             blob = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
-            await self.state.put(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}", pack(*blob))
-        await self.state.put(f"c.{t}.{n}.{key_token(checkpoint['id'])}", {
+            await self.kv.put(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}", pack(*blob))
+        await self.kv.put(f"c.{t}.{n}.{key_token(checkpoint['id'])}", {
             "checkpoint": pack(*self.serde.dumps_typed(saved)),
             "metadata": pack(*self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))),
             "parent": config["configurable"].get("checkpoint_id")})
         return _config(thread, ns, checkpoint["id"])
 
-    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                          task_path: str = "") -> None:
+    async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str) -> None:
         thread, ns = str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", "")
         checkpoint_id = str(config["configurable"]["checkpoint_id"])
         prefix = f"w.{key_token(thread)}.{key_token(ns)}.{key_token(checkpoint_id)}.{key_token(task_id)}"
         for index, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, index)
             key = f"{prefix}.{key_token(str(idx))}"
-            if idx >= 0 and await self.state.get(key) is not None:
+            if idx >= 0 and await self.kv.get(key) is not None:
                 continue  # a regular write is kept once; special ones (errors, interrupts) are replaced
-            await self.state.put(key, {"task": task_id, "channel": channel, "idx": idx, "path": task_path,
-                                       "value": pack(*self.serde.dumps_typed(value))})
+            await self.kv.put(key, {"task": task_id, "channel": channel, "idx": idx, "path": task_path,
+                                    "value": pack(*self.serde.dumps_typed(value))})
 
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+    async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread, ns = str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
@@ -211,8 +313,8 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
             checkpoint_id = ids[-1]
         return await self._tuple(thread, ns, checkpoint_id)
 
-    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
-                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+    async def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
+                    before: RunnableConfig | None, limit: int | None) -> list[CheckpointTuple]:
         wanted_ns = config["configurable"].get("checkpoint_ns") if config else None
         wanted_id = get_checkpoint_id(config) if config else None
         before_id = get_checkpoint_id(before) if before else None
@@ -221,8 +323,10 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
                      await self._checkpoints(key_token(str(config["configurable"]["thread_id"])))]
         else:
             found = await self._all()
-        found.sort(key=lambda f: (f[0], f[1], f[2]))
-        for thread, ns, cid in sorted(found, key=lambda f: f[2], reverse=True):
+        out: list[CheckpointTuple] = []
+        for thread, ns, cid in sorted(found, key=lambda f: (f[2], f[0], f[1]), reverse=True):
+            if limit is not None and len(out) >= limit:
+                break
             if (wanted_ns is not None and ns != wanted_ns) or (wanted_id and cid != wanted_id):
                 continue
             if before_id and cid >= before_id:
@@ -232,35 +336,58 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
                 continue
             if filter and not all(found_tuple.metadata.get(k) == v for k, v in filter.items()):
                 continue
-            if limit is not None and limit <= 0:
-                break
-            if limit is not None:
-                limit -= 1
-            yield found_tuple
+            out.append(found_tuple)
+        return out
 
-    async def adelete_thread(self, thread_id: str) -> None:
+    async def _delete_thread(self, thread_id: str) -> None:
         t = key_token(str(thread_id))
         for kind in ("c", "b", "w"):
-            await self.state.remove(f"{kind}.{t}.>")
+            await self.kv.remove(f"{kind}.{t}.>")
 
-    def _sync(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("TetherCheckpointer is async only: run the graph with ainvoke() or astream() "
-                                  "(its bus lives on an event loop), or use LangGraph's own saver for sync code")
+    async def _remove_checkpoint(self, t: str, n: str, c: str) -> None:
+        """One checkpoint and its pending writes (channel values may be shared with others: kept)."""
+        await self.kv.remove(f"c.{t}.{n}.{c}")
+        await self.kv.remove(f"w.{t}.{n}.{c}.>")
 
-    get_tuple = put = put_writes = delete_thread = _sync
+    async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        wanted = {str(r) for r in run_ids}
+        for key in await self.kv.keys("c"):
+            saved = await self.kv.get(key)
+            if saved is not None and self.serde.loads_typed(unpack(saved["metadata"])).get("run_id") in wanted:
+                _, t, n, c = key.split(".")
+                await self._remove_checkpoint(t, n, c)
 
-    def get_next_version(self, current: str | None, channel: None) -> str:
-        number = 0 if current is None else current if isinstance(current, int) else int(str(current).split(".")[0])
-        return f"{number + 1:032}.{random.random():016}"
+    async def _copy_thread(self, source: str, target: str) -> None:
+        s, t = key_token(str(source)), key_token(str(target))
+        for kind in ("c", "b", "w"):
+            for key in await self.kv.keys(f"{kind}.{s}"):
+                value = await self.kv.get(key)
+                if value is not None:
+                    await self.kv.put(f"{kind}.{t}.{key.split('.', 2)[2]}", value)
+
+    async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"TetherCheckpointer.prune: unknown strategy {strategy!r}; use 'keep_latest' or 'delete'")
+        for thread in thread_ids:
+            t = key_token(str(thread))
+            if strategy == "delete":
+                await self._delete_thread(str(thread))
+                continue
+            by_ns: dict[str, list[str]] = {}
+            for ns, cid in await self._checkpoints(t):
+                by_ns.setdefault(ns, []).append(cid)
+            for ns, ids in by_ns.items():
+                for cid in sorted(ids)[:-1]:  # every checkpoint but the latest of its namespace
+                    await self._remove_checkpoint(t, key_token(ns), key_token(cid))
 
     # -- reading ------------------------------------------------------------------------------
 
     async def _checkpoints(self, t: str) -> list[tuple[str, str]]:
-        return [(untoken(k.split(".")[2]), untoken(k.split(".")[3])) for k in await self.state.keys(f"c.{t}")]
+        return [(untoken(k.split(".")[2]), untoken(k.split(".")[3])) for k in await self.kv.keys(f"c.{t}")]
 
     async def _all(self) -> list[tuple[str, str, str]]:
         out = []
-        for key in await self.state.keys("c"):
+        for key in await self.kv.keys("c"):
             _, t, n, c = key.split(".")
             out.append((untoken(t), untoken(n), untoken(c)))
         return out
@@ -270,17 +397,17 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
 
     async def _tuple(self, thread: str, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
         t, n = key_token(thread), key_token(ns)
-        saved = await self.state.get(f"c.{t}.{n}.{key_token(checkpoint_id)}")
+        saved = await self.kv.get(f"c.{t}.{n}.{key_token(checkpoint_id)}")
         if saved is None:
             return None
         checkpoint: Checkpoint = self.serde.loads_typed(unpack(saved["checkpoint"]))
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
-            blob = await self.state.get(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}")
+            blob = await self.kv.get(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}")
             if blob is not None and blob[0] != "empty":
                 values[channel] = self.serde.loads_typed(unpack(blob))
-        writes = [w for w in [await self.state.get(k) for k in
-                              await self.state.keys(f"w.{t}.{n}.{key_token(checkpoint_id)}")] if w is not None]
+        writes = [w for w in [await self.kv.get(k) for k in
+                              await self.kv.keys(f"w.{t}.{n}.{key_token(checkpoint_id)}")] if w is not None]
         writes.sort(key=lambda w: writes_sort_key(w["path"], w["task"], w["idx"]))
         parent = saved["parent"]
         return CheckpointTuple(
@@ -290,5 +417,6 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
             parent_config=_config(thread, ns, parent) if parent else None,
             pending_writes=[(w["task"], w["channel"], self.serde.loads_typed(unpack(w["value"]))) for w in writes])
 
-    def list(self, *args: Any, **kwargs: Any) -> Any:  # last: the name would shadow the builtin above
-        return self._sync()
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,  # last: shadows list
+             before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        yield from self._on_bus_sync(lambda: self._list(config, filter, before, limit))
