@@ -3,7 +3,8 @@
 The two lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``), the bus
 ``TETHER_NATS_URL``, the policies ``tether.toml`` in the working directory (``budget.toml`` for the
 budget scenario). Each scenario named on the command line runs in turn in this one process, its agent
-named ``<scenario>_bot``; prints one JSON line, by scenario.
+named ``<scenario>_bot``; prints one JSON line, by scenario. ``--otel-sdk``: an OpenTelemetry SDK
+tracer provider with an in-memory exporter is set before ``tether.init()``; the spans it exported are said.
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ async def get_weather_broken(city: str) -> str:
     raise ConnectionError(f"the weather service for {city} is down")
 
 
-async def main(scenarios: list[str]) -> dict[str, Any]:
+async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
+    exporter = None
+    if otel_sdk:  # the application's own OpenTelemetry SDK provider, set first: tether adds its processor to it
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
     out: dict[str, Any] = {"installed": tether.init()}  # line 1: runs and tool calls of every agent
     client = model_client("gpt-4o-mini")  # line 2: its model calls under tether's policy, its retries off
     bus = await tether.connect()
@@ -69,6 +81,8 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
             return {"messages": [type(m).__name__ for m in result.messages]}
 
         out.update(await scenario(name, FAULTS.get(name, ""), body))
+    if exporter is not None:
+        out["exported"] = sorted({span.name for span in exporter.get_finished_spans()})
     await client.close()
     await memory.close()
     await bus.close()
@@ -77,4 +91,5 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1:]))))
+    args = sys.argv[1:]
+    print(json.dumps(asyncio.run(main([a for a in args if not a.startswith("--")], "--otel-sdk" in args))))

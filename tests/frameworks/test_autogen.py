@@ -38,6 +38,17 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
         yield out
 
 
+@pytest.fixture(scope="module")
+def with_otel_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    """The same agent in a process whose application set an OpenTelemetry SDK tracer provider first."""
+    venv = optional_env("autogen", project=True)
+    work = tmp_path_factory.mktemp("autogen-otel")
+    with NatsServer() as nats, FakeProvider(seed=1) as fake:
+        out = run_script(venv, "autogen_agent.py", "retries", "--otel-sdk", nats=nats, fake=fake, work=work)
+        out.events = events(nats, work / "home")
+        yield out
+
+
 def run_of(out: Outcome, agent: str) -> list[Event]:
     [started] = [e for e in out.started() if e.agentid == agent]
     return out.runs()[started.runid]
@@ -130,3 +141,18 @@ def test_memory_is_injected_into_the_models_context_and_recorded(outcome: Outcom
     [sent] = [e for e in run if e.type == "tether.llm.call.requested"]
     system = [m["content"] for m in sent.data.request["messages"] if m["role"] == "system"]
     assert any(REMEMBER in text for text in system), system
+
+
+def test_an_applications_own_otel_provider_keeps_its_spans_and_tether_gets_its_runs(with_otel_sdk: Outcome) -> None:
+    said = with_otel_sdk.said
+    assert said["retries"]["ok"] and said["retries"]["upstream"] == ["500", "200", "503", "200"]
+    assert {"invoke_agent retries_bot", "execute_tool get_weather"} <= set(said["exported"]), \
+        "the application's exporter still gets AutoGen's spans"
+    run = run_of(with_otel_sdk, "retries_bot")
+    assert types(run) == [
+        "run.started",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "run.finished"]
+    assert run[-1].data.status == "ok"

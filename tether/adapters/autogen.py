@@ -63,6 +63,12 @@ def _attributes(span: Any) -> Mapping[str, Any]:
     return getattr(span, "attributes", None) or {}
 
 
+def _key(span: Any) -> int:
+    """The same for a span as it starts and as it ends (the SDK ends a copy: its span id is the key)."""
+    context = span.get_span_context()
+    return int(context.span_id) if context is not None and context.span_id else id(span)
+
+
 def _error_of(span: Any) -> BaseException | None:
     """The exception a span ended with: ours keep it, an SDK span has its ``exception`` event."""
     error = getattr(span, "tether_error", None)
@@ -100,7 +106,7 @@ class TetherSpanProcessor:
                 run.__enter__()
             except Exception:  # no bus: the agent runs unrecorded
                 return
-            self._runs[id(span)] = run
+            self._runs[_key(span)] = run
         elif operation == "execute_tool":
             name, call_id = str(attributes.get(_TOOL) or "tool"), str(attributes.get(_CALL) or "")
             observed = None
@@ -109,7 +115,7 @@ class TetherSpanProcessor:
             _open_tool.set(_OpenTool(name, time.perf_counter(), observed))
 
     def on_end(self, span: Any) -> None:
-        run = self._runs.pop(id(span), None)
+        run = self._runs.pop(_key(span), None)
         error = _error_of(span)
         if run is not None:
             run.__exit__(type(error) if error else None, error, None)
