@@ -30,7 +30,7 @@ from tether.adapters import Run, async_http_client
 
 from ._frameworks import ObservedTool, inject_memory
 
-__all__ = ["TetherMemory", "TetherSpanProcessor", "install", "model_client"]
+__all__ = ["AgentRunError", "TetherMemory", "TetherSpanProcessor", "TracerProvider", "install", "model_client"]
 
 SOURCE = "urn:tether:adapter:autogen"
 SCOPE = "autogen-core"  # the tracer AutoGen's agent and tool spans come from
