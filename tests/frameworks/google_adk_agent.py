@@ -27,7 +27,7 @@ from google.genai import types
 
 import tether
 import tether.adapters
-from tether.adapters.google_adk import TetherPlugin, lite_llm
+from tether.adapters.google_adk import TetherMemoryService, TetherPlugin, lite_llm
 from tether.memory import AsyncMemory
 from tether.middleware import load_policies
 
@@ -72,13 +72,26 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
                         session_service=InMemorySessionService())
         session = await runner.session_service.create_session(app_name="weather", user_id="u1")
 
-        async def body(runner: Any = runner, session: Any = session) -> dict[str, Any]:
+        async def body(runner: Any = runner, session: Any = session, name: str = name) -> dict[str, Any]:
             kinds = []
             message = types.Content(role="user", parts=[types.Part(text=QUESTION)])
             async for event in runner.run_async(user_id="u1", session_id=session.id, new_message=message):
                 for part in event.content.parts if event.content and event.content.parts else []:
                     kinds.append("call" if part.function_call else "result" if part.function_response else "text")
-            return {"events": kinds}
+            out: dict[str, Any] = {"events": kinds}
+            if name == "memory-service":  # the session's conversation into ADK's MemoryService on tether memory
+                service = TetherMemoryService(memory)
+                done = await runner.session_service.get_session(app_name="weather", user_id="u1",
+                                                                session_id=session.id)
+                await service.add_session_to_memory(done)
+                found = (await service.search_memory(app_name="weather", user_id="u1", query=QUESTION)).memories
+                out["recalled"] = [[m.author, m.content.parts[0].text] for m in found]
+                await service.delete_memory(app_name="weather", user_id="u1", memory_id=found[0].id)
+                after = (await service.search_memory(app_name="weather", user_id="u1", query=QUESTION)).memories
+                out["after_delete"] = [m.content.parts[0].text for m in after]
+                out["other_user"] = len((await service.search_memory(app_name="weather", user_id="u2",
+                                                                     query=QUESTION)).memories)
+            return out
 
         out.update(await scenario(name, FAULTS.get(name, ""), body))
     await memory.close()

@@ -21,7 +21,7 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
-SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory"]
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 EVENTS = ["call", "result", "text"]
 TWO_CALLS_AND_A_TOOL = ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
@@ -124,3 +124,15 @@ def test_memory_is_injected_into_the_models_input_and_recorded(outcome: Outcome)
     for call in sent:
         system = [m["content"] for m in call.data.request["messages"] if m["role"] == "system"]
         assert any(REMEMBER in str(text) for text in system), system
+
+
+def test_adks_memory_service_on_tether_memory(outcome: Outcome) -> None:
+    said = outcome.said["memory-service"]
+    assert said["ok"], said
+    (author, question), (bot, answer) = said["recalled"]
+    assert (author, question) == ("user", "What is the weather in Paris?"), "the session's text, found by search"
+    assert bot == "memory_service_bot" and answer.startswith("This is fake reply")
+    assert said["after_delete"] == [answer], "delete_memory removes the entry search_memory named"
+    assert said["other_user"] == 0, "one user's memory is not another's"
+    written = [e for e in outcome.events if e.type == "tether.memory.written" and e.data.namespace == "adk:weather.u1"]
+    assert len(written) == 2, "in the log: the views show it and it survives a restart"

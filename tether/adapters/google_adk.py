@@ -1,22 +1,27 @@
 """Google ADK under tether: runs, sub-agents and tool calls from an ADK plugin (:class:`TetherPlugin`,
 ADK's own extension point, given to the ``App``), model calls through tether (:func:`lite_llm`: ADK's
 ``LiteLlm`` with an OpenAI client on tether's HTTP client), memory put into the model's input (the
-plugin's ``memory=``). The only module of tether that imports ``google.adk``.
+plugin's ``memory=``), ADK's ``MemoryService`` on tether memory (:class:`TetherMemoryService`).
+The only module of tether that imports ``google.adk``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Collection
+import re
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from google.adk.memory.base_memory_service import BaseMemoryService, SearchMemoryResponse
+from google.adk.memory.memory_entry import MemoryEntry
 from google.adk.plugins.base_plugin import BasePlugin
+from google.genai import types
 
 from tether.adapters import Run, async_http_client
 
 from ._frameworks import ObservedTool, inject_memory
 
-__all__ = ["TetherPlugin", "install", "lite_llm"]
+__all__ = ["TetherMemoryService", "TetherPlugin", "install", "lite_llm"]
 
 SOURCE = "urn:tether:adapter:google-adk"
 
@@ -171,3 +176,72 @@ def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any)
     http = async_http_client(package=_http_package(), **dict(tether or {}))  # type: ignore[arg-type]
     client = AsyncOpenAI(http_client=http, max_retries=0, **options)
     return LiteLlm(model=model, client=client, num_retries=0, **kwargs)
+
+
+def _token(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@+=~-]", "-", text) or "-"
+
+
+class TetherMemoryService(BaseMemoryService):
+    """ADK's ``MemoryService`` on tether memory (``tether.memory.AsyncMemory``): what a session said
+    (each event with text: its author, time and session in the entry's metadata) is written to the
+    namespace ``adk:<app>.<user>``, where ``search_memory`` (ADK's ``load_memory`` tool) finds it by
+    tether's search (keywords and embeddings). Writes are in the log, so they survive a restart and
+    show in the views; ``add_*`` return once the memory view has them, so a search right after sees them."""
+
+    def __init__(self, memory: Any, *, k: int = 5) -> None:
+        self.memory = memory
+        self.k = k
+
+    @staticmethod
+    def namespace(app_name: str, user_id: str) -> str:
+        return f"adk:{_token(app_name)}.{_token(user_id)}"[:200]
+
+    async def add_session_to_memory(self, session: Any) -> None:
+        await self.add_events_to_memory(app_name=session.app_name, user_id=session.user_id, events=session.events,
+                                        session_id=session.id)
+
+    async def add_events_to_memory(self, *, app_name: str, user_id: str, events: Sequence[Any],
+                                   session_id: str | None = None,
+                                   custom_metadata: Mapping[str, object] | None = None) -> None:
+        namespace, last = self.namespace(app_name, user_id), None
+        for event in events:
+            text = _text(event.content) if event.content is not None else ""
+            if not text:
+                continue
+            metadata = {**dict(custom_metadata or {}), "author": event.author, "timestamp": event.timestamp,
+                        "session": session_id}
+            last = await self.memory.write(namespace, text, key=f"{session_id or '-'}.{event.id}", metadata=metadata)
+        if last is not None:
+            await self.memory.wait_for(last.seq)
+
+    async def add_memory(self, *, app_name: str, user_id: str, memories: Sequence[MemoryEntry],
+                         custom_metadata: Mapping[str, object] | None = None) -> None:
+        namespace, last = self.namespace(app_name, user_id), None
+        for entry in memories:
+            text = _text(entry.content)
+            if text:
+                metadata = {**dict(custom_metadata or {}), **entry.custom_metadata, "author": entry.author,
+                            "timestamp": entry.timestamp}
+                last = await self.memory.write(namespace, text, key=entry.id, metadata=metadata)
+        if last is not None:
+            await self.memory.wait_for(last.seq)
+
+    async def search_memory(self, *, app_name: str, user_id: str, query: str) -> SearchMemoryResponse:
+        hits = await self.memory.search(query, self.namespace(app_name, user_id), k=self.k)
+        memories = []
+        for hit in hits:
+            metadata = dict(hit.entry.metadata or {})
+            author, timestamp = metadata.pop("author", None), metadata.pop("timestamp", None)
+            memories.append(MemoryEntry(
+                id=hit.entry.key, author=author, custom_metadata=metadata,
+                timestamp=None if timestamp is None else str(timestamp),
+                content=types.Content(role="model" if author not in (None, "user") else "user",
+                                      parts=[types.Part(text=hit.entry.text)])))
+        return SearchMemoryResponse(memories=memories)
+
+    async def delete_memory(self, *, app_name: str, user_id: str, memory_id: str | None = None) -> None:
+        if memory_id is None:
+            raise ValueError("TetherMemoryService.delete_memory needs memory_id (a MemoryEntry.id search_memory gave)")
+        written = await self.memory.delete(self.namespace(app_name, user_id), memory_id)
+        await self.memory.wait_for(written.seq)
