@@ -27,7 +27,7 @@ from google.genai import types
 
 import tether
 import tether.adapters
-from tether.adapters.google_adk import TetherMemoryService, TetherPlugin, lite_llm
+from tether.adapters.google_adk import TetherMemoryService, TetherPlugin, TetherSessionService, lite_llm
 from tether.memory import AsyncMemory
 from tether.middleware import load_policies
 
@@ -68,17 +68,35 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
         if name == "sub-agent":  # the agent is a tool of a triage agent: its run is the triage run's child
             root = LlmAgent(name="triage_bot", model=llm, tools=[AgentTool(agent)],
                             instruction="Ask the weather agent.")
-        runner = Runner(app=App(name="weather", root_agent=root, plugins=[plugin]),
-                        session_service=InMemorySessionService())
-        session = await runner.session_service.create_session(app_name="weather", user_id="u1")
+        sessions: Any = TetherSessionService(bus) if name == "session-service" else InMemorySessionService()
+        runner = Runner(app=App(name="weather", root_agent=root, plugins=[plugin]), session_service=sessions)
+        session = await runner.session_service.create_session(
+            app_name="weather", user_id="u1", state={"topic": "weather", "user:unit": "C", "app:region": "eu"})
 
-        async def body(runner: Any = runner, session: Any = session, name: str = name) -> dict[str, Any]:
+        async def body(runner: Any = runner, session: Any = session, name: str = name, root: Any = root,
+                       plugin: Any = plugin) -> dict[str, Any]:
             kinds = []
             message = types.Content(role="user", parts=[types.Part(text=QUESTION)])
             async for event in runner.run_async(user_id="u1", session_id=session.id, new_message=message):
                 for part in event.content.parts if event.content and event.content.parts else []:
                     kinds.append("call" if part.function_call else "result" if part.function_response else "text")
             out: dict[str, Any] = {"events": kinds}
+            if name == "session-service":  # a new service (as after a restart) reads it all back, and goes on
+                again = TetherSessionService(bus)
+                restored = await again.get_session(app_name="weather", user_id="u1", session_id=session.id)
+                out["restored"] = [len(restored.events), sorted(restored.state.items())]
+                out["user_state"] = await again.get_user_state(app_name="weather", user_id="u1")
+                second = Runner(app=App(name="weather", root_agent=root, plugins=[plugin]), session_service=again)
+                follow = types.Content(role="user", parts=[types.Part(text="And in Lisbon?")])
+                async for _ in second.run_async(user_id="u1", session_id=session.id, new_message=follow):
+                    pass
+                after = await again.get_session(app_name="weather", user_id="u1", session_id=session.id)
+                out["after_second_turn"] = len(after.events)
+                out["texts"] = [p.text for e in after.events if e.content for p in e.content.parts or [] if p.text]
+                listed = await again.list_sessions(app_name="weather", user_id="u1")
+                out["listed"] = [s.id == session.id for s in listed.sessions]
+                await again.delete_session(app_name="weather", user_id="u1", session_id=session.id)
+                out["deleted"] = await again.get_session(app_name="weather", user_id="u1", session_id=session.id)
             if name == "memory-service":  # the session's conversation into ADK's MemoryService on tether memory
                 service = TetherMemoryService(memory)
                 done = await runner.session_service.get_session(app_name="weather", user_id="u1",

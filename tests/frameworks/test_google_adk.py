@@ -21,7 +21,7 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
-SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service"]
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service", "session-service"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 EVENTS = ["call", "result", "text"]
 TWO_CALLS_AND_A_TOOL = ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
@@ -136,3 +136,18 @@ def test_adks_memory_service_on_tether_memory(outcome: Outcome) -> None:
     assert said["other_user"] == 0, "one user's memory is not another's"
     written = [e for e in outcome.events if e.type == "tether.memory.written" and e.data.namespace == "adk:weather.u1"]
     assert len(written) == 2, "in the log: the views show it and it survives a restart"
+
+
+def test_adks_session_service_on_tether_is_read_back_and_goes_on(outcome: Outcome) -> None:
+    said = outcome.said["session-service"]
+    assert said["ok"], said
+    events, state = said["restored"]
+    assert events == 4, "the user's message, the tool call, its result, the answer: read back by a new service"
+    assert state == [["app:region", "eu"], ["topic", "weather"], ["user:unit", "C"]], "each scope's state"
+    assert said["user_state"] == {"unit": "C"}
+    assert said["after_second_turn"] == 8 and said["texts"][2] == "And in Lisbon?"
+    assert said["listed"] == [True] and said["deleted"] is None
+    [_first, later] = [e for e in outcome.started() if e.agentid == "session_service_bot"]
+    sent = [e for e in outcome.runs()[later.runid] if e.type == "tether.llm.call.requested"]
+    history = [m.get("content") for m in sent[0].data.request["messages"]]
+    assert any("What is the weather in Paris?" in str(c) for c in history), "the model saw the first turn"

@@ -1,7 +1,8 @@
 """Google ADK under tether: runs, sub-agents and tool calls from an ADK plugin (:class:`TetherPlugin`,
 ADK's own extension point, given to the ``App``), model calls through tether (:func:`lite_llm`: ADK's
 ``LiteLlm`` with an OpenAI client on tether's HTTP client), memory put into the model's input (the
-plugin's ``memory=``), ADK's ``MemoryService`` on tether memory (:class:`TetherMemoryService`).
+plugin's ``memory=``), ADK's ``SessionService`` and ``MemoryService`` on tether
+(:class:`TetherSessionService`, :class:`TetherMemoryService`).
 The only module of tether that imports ``google.adk``.
 """
 
@@ -9,19 +10,28 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from google.adk.errors.already_exists_error import AlreadyExistsError
+from google.adk.errors.session_not_found_error import SessionNotFoundError
+from google.adk.events.event import Event
 from google.adk.memory.base_memory_service import BaseMemoryService, SearchMemoryResponse
 from google.adk.memory.memory_entry import MemoryEntry
 from google.adk.plugins.base_plugin import BasePlugin
+from google.adk.sessions.base_session_service import BaseSessionService, GetSessionConfig, ListSessionsResponse
+from google.adk.sessions.session import Session
+from google.adk.sessions.state import State
 from google.genai import types
 
 from tether.adapters import Run, async_http_client
+from tether.bus import Bus
+from tether.schemas import uuid7
 
-from ._frameworks import ObservedTool, inject_memory
+from ._frameworks import KvState, ObservedTool, inject_memory, key_token, untoken
 
-__all__ = ["TetherMemoryService", "TetherPlugin", "install", "lite_llm"]
+__all__ = ["TetherMemoryService", "TetherPlugin", "TetherSessionService", "install", "lite_llm"]
 
 SOURCE = "urn:tether:adapter:google-adk"
 
@@ -245,3 +255,114 @@ class TetherMemoryService(BaseMemoryService):
             raise ValueError("TetherMemoryService.delete_memory needs memory_id (a MemoryEntry.id search_memory gave)")
         written = await self.memory.delete(self.namespace(app_name, user_id), memory_id)
         await self.memory.wait_for(written.seq)
+
+
+def _scopes(delta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A state delta as (app, user, session) deltas, prefixes removed from the first two; ``temp:`` dropped."""
+    app, user, session = {}, {}, {}
+    for key, value in delta.items():
+        if key.startswith(State.APP_PREFIX):
+            app[key.removeprefix(State.APP_PREFIX)] = value
+        elif key.startswith(State.USER_PREFIX):
+            user[key.removeprefix(State.USER_PREFIX)] = value
+        elif not key.startswith(State.TEMP_PREFIX):
+            session[key] = value
+    return app, user, session
+
+
+class TetherSessionService(BaseSessionService):
+    """ADK's ``SessionService`` on tether: each session (its own state), each of its events, and the
+    app- and user-scoped state (``app:`` / ``user:`` keys) as keys of the JetStream KV bucket ``bucket``
+    (file storage), so a conversation survives a restart of the process and of NATS. Events are kept
+    in the order appended; ``temp:`` state lives for the invocation only, as in ADK's own services."""
+
+    def __init__(self, bus: Bus, *, bucket: str = "tether-adk-sessions") -> None:
+        self.state = KvState(bus, bucket)
+
+    @staticmethod
+    def _key(app_name: str, user_id: str, session_id: str | None = None) -> str:
+        key = f"{key_token(app_name)}.{key_token(user_id)}"
+        return key if session_id is None else f"{key}.{key_token(session_id)}"
+
+    async def create_session(self, *, app_name: str, user_id: str, state: dict[str, Any] | None = None,
+                             session_id: str | None = None) -> Session:
+        session_id = (session_id or "").strip() or uuid7()
+        key = self._key(app_name, user_id, session_id)
+        if await self.state.get(f"s.{key}") is not None:
+            raise AlreadyExistsError(f"Session with id {session_id} already exists.")
+        app, user, own = _scopes(state or {})
+        await self._update(app_name, user_id, app, user)
+        session = Session(app_name=app_name, user_id=user_id, id=session_id, state=own,
+                          last_update_time=time.time())
+        await self.state.put(f"s.{key}", {"state": own, "last_update_time": session.last_update_time})
+        return await self._merged(session)
+
+    async def get_session(self, *, app_name: str, user_id: str, session_id: str,
+                          config: GetSessionConfig | None = None) -> Session | None:
+        key = self._key(app_name, user_id, session_id.strip())
+        saved = await self.state.get(f"s.{key}")
+        if saved is None:
+            return None
+        entries = [await self.state.entry(k) for k in await self.state.keys(f"e.{key}")]
+        ordered = sorted((e for e in entries if e is not None and e.value), key=lambda e: e.revision)
+        events = [Event.model_validate_json(e.value) for e in ordered]
+        if config is not None:
+            if config.num_recent_events is not None:
+                events = events[-config.num_recent_events:] if config.num_recent_events > 0 else []
+            if config.after_timestamp is not None:
+                events = [e for e in events if e.timestamp >= config.after_timestamp]
+        session = Session(app_name=app_name, user_id=user_id, id=session_id.strip(), state=dict(saved["state"]),
+                          events=events, last_update_time=saved["last_update_time"])
+        return await self._merged(session)
+
+    async def list_sessions(self, *, app_name: str, user_id: str | None = None) -> ListSessionsResponse:
+        prefix = f"s.{key_token(app_name)}" if user_id is None else f"s.{self._key(app_name, user_id)}"
+        sessions = []
+        for key in await self.state.keys(prefix):
+            saved = await self.state.get(key)
+            if saved is None:
+                continue
+            _, _, user, sid = key.split(".")
+            session = Session(app_name=app_name, user_id=untoken(user), id=untoken(sid), state=dict(saved["state"]),
+                              last_update_time=saved["last_update_time"])
+            sessions.append(await self._merged(session))
+        return ListSessionsResponse(sessions=sorted(sessions, key=lambda s: s.last_update_time))
+
+    async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
+        key = self._key(app_name, user_id, session_id)
+        await self.state.remove(f"s.{key}")
+        await self.state.remove(f"e.{key}.>")
+
+    async def get_user_state(self, *, app_name: str, user_id: str) -> dict[str, Any]:
+        return dict(await self.state.get(f"u.{self._key(app_name, user_id)}") or {})
+
+    async def append_event(self, session: Session, event: Event) -> Event:
+        if event.partial:
+            return event
+        key = self._key(session.app_name, session.user_id, session.id)
+        saved = await self.state.get(f"s.{key}")
+        if saved is None:
+            raise SessionNotFoundError(f"Session {session.id} not found.")
+        event = await super().append_event(session=session, event=event)  # the caller's copy, temp: state trimmed
+        session.last_update_time = event.timestamp
+        own: dict[str, Any] = dict(saved["state"])
+        if event.actions and event.actions.state_delta:
+            app, user, delta = _scopes(event.actions.state_delta)
+            await self._update(session.app_name, session.user_id, app, user)
+            own.update(delta)
+        await self.state.put(f"e.{key}.{uuid7()}", event.model_dump(mode="json", exclude_none=True))
+        await self.state.put(f"s.{key}", {"state": own, "last_update_time": event.timestamp})
+        return event
+
+    async def _update(self, app_name: str, user_id: str, app: dict[str, Any], user: dict[str, Any]) -> None:
+        for kv_key, delta in ((f"a.{key_token(app_name)}", app), (f"u.{self._key(app_name, user_id)}", user)):
+            if delta:
+                await self.state.put(kv_key, {**(await self.state.get(kv_key) or {}), **delta})
+
+    async def _merged(self, session: Session) -> Session:
+        """``session`` with the app- and user-scoped state under their prefixes, as ADK's services give it."""
+        app = await self.state.get(f"a.{key_token(session.app_name)}") or {}
+        user = await self.state.get(f"u.{self._key(session.app_name, session.user_id)}") or {}
+        session.state.update({State.APP_PREFIX + k: v for k, v in app.items()})
+        session.state.update({State.USER_PREFIX + k: v for k, v in user.items()})
+        return session
