@@ -1,15 +1,18 @@
 """LangGraph and LangChain under tether: runs and tool calls from LangChain's callbacks (installed
-for every run by :func:`install`), model calls through tether (:func:`chat_model`), graph state in
-a tether-backed checkpointer (:class:`TetherCheckpointer`), memory put into the model's input
-(:func:`memory_hook`). The only module of tether that imports ``langchain_core`` or ``langgraph``.
+for every run by :func:`install`), model calls through tether (:func:`chat_model`), graph state in a
+tether-backed checkpointer (:class:`TetherCheckpointer`), long-term memory in a store on tether memory
+(:class:`TetherStore`), memory put into the model's input (:func:`memory_hook`). The only module of
+tether that imports ``langchain_core`` or ``langgraph``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -27,13 +30,15 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
+from langgraph.store.base import BaseStore, GetOp, Item, ListNamespacesOp, PutOp, SearchItem, SearchOp
 
 from tether.adapters import Hub, LoopThreadError, Run, background_hub, instrument
 from tether.bus import Bus
+from tether.memory import MemoryNotFound
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, pack, unpack, untoken
 
-__all__ = ["TetherCallbackHandler", "TetherCheckpointer", "chat_model", "install", "memory_hook"]
+__all__ = ["TetherCallbackHandler", "TetherCheckpointer", "TetherStore", "chat_model", "install", "memory_hook"]
 
 SOURCE = "urn:tether:adapter:langgraph"
 T = TypeVar("T")
@@ -157,6 +162,136 @@ def _text(message: Any) -> str:
     if isinstance(content, str):
         return content
     return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+# -- the store: LangGraph's long-term memory on tether memory ----------------------------------
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-@+=")
+
+
+def _label(part: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"~{b:02x}" for b in c.encode()) for c in part)
+
+
+def _unlabel(text: str) -> str:
+    raw, i = bytearray(), 0
+    while i < len(text):
+        if text[i] == "~":
+            raw.append(int(text[i + 1:i + 3], 16))
+            i += 3
+        else:
+            raw += text[i].encode()
+            i += 1
+    return raw.decode()
+
+
+def store_namespace(namespace: tuple[str, ...]) -> str:
+    """A LangGraph namespace (a tuple of labels) as a tether memory namespace, ``lg:<label>.<label>``."""
+    return "lg:" + ".".join(_label(part) for part in namespace)
+
+
+def graph_namespace(namespace: str) -> tuple[str, ...] | None:
+    """The inverse of :func:`store_namespace`; None for a namespace the store did not write."""
+    if not namespace.startswith("lg:"):
+        return None
+    return tuple(_unlabel(part) for part in namespace[3:].split("."))
+
+
+def _matches(namespace: tuple[str, ...], condition: Any) -> bool:
+    path = tuple(condition.path)
+    if len(path) > len(namespace):
+        return False
+    window = namespace[:len(path)] if condition.match_type == "prefix" else namespace[len(namespace) - len(path):]
+    return all(p == "*" or p == n for p, n in zip(path, window, strict=True))
+
+
+class TetherStore(BaseStore):
+    """LangGraph's ``BaseStore`` (long-term memory across threads) on tether memory (``AsyncMemory``):
+    each item an entry of the namespace ``lg:<labels>`` whose text is the item's JSON, so it is
+    versioned, in the log (it survives restarts, shows in the views) and found by tether's search
+    (keywords and embeddings: ``search(..., query=)``). A put returns once the memory view has it.
+    Async only (``abatch``: the graph's ``ainvoke`` / ``astream``); no TTL."""
+
+    supports_ttl = False
+
+    def __init__(self, memory: Any) -> None:
+        self.memory = memory
+
+    def batch(self, ops: Iterable[Any]) -> list[Any]:
+        raise NotImplementedError("TetherStore is async only (its memory lives on an event loop): run the graph with "
+                                  "ainvoke() / astream(), or use store.aget / aput / asearch")
+
+    async def abatch(self, ops: Iterable[Any]) -> list[Any]:
+        return [await self._one(op) for op in ops]
+
+    async def _one(self, op: Any) -> Any:
+        if isinstance(op, GetOp):
+            return await self._get(op.namespace, op.key)
+        if isinstance(op, PutOp):
+            namespace = store_namespace(op.namespace)
+            if op.value is None:
+                try:
+                    done = await self.memory.delete(namespace, op.key)
+                except MemoryNotFound:
+                    return None
+            else:
+                done = await self.memory.write(namespace, json.dumps(op.value, separators=(",", ":")), key=op.key)
+            await self.memory.wait_for(done.seq)
+            return None
+        if isinstance(op, SearchOp):
+            return await self._search(op)
+        if isinstance(op, ListNamespacesOp):
+            found = sorted({ns for ns in await self._namespaces() if not op.match_conditions
+                            or all(_matches(ns, c) for c in op.match_conditions)})
+            if op.max_depth is not None:
+                found = sorted({ns[:op.max_depth] for ns in found})
+            return found[op.offset:op.offset + op.limit]
+        raise TypeError(f"TetherStore: unknown operation {type(op).__name__}")
+
+    async def _namespaces(self) -> list[tuple[str, ...]]:
+        named = [graph_namespace(name) for name, live in await self.memory.namespaces() if live]
+        return [ns for ns in named if ns is not None]
+
+    @staticmethod
+    def _item(entry: Any, namespace: tuple[str, ...], score: float | None = None) -> Any:
+        value = json.loads(entry.text)
+        created = entry.created_at or datetime.now(UTC)
+        updated = entry.updated_at or created
+        if score is None:
+            return Item(value=value, key=entry.key, namespace=namespace, created_at=created, updated_at=updated)
+        return SearchItem(namespace=namespace, key=entry.key, value=value, created_at=created, updated_at=updated,
+                          score=score)
+
+    async def _get(self, namespace: tuple[str, ...], key: str) -> Any:
+        try:
+            entry = await self.memory.get(store_namespace(namespace), key)
+        except MemoryNotFound:
+            return None
+        return self._item(entry, namespace)
+
+    async def _search(self, op: Any) -> list[Any]:
+        prefix = tuple(op.namespace_prefix)
+        spaces = [ns for ns in await self._namespaces() if ns[:len(prefix)] == prefix]
+        if not spaces:
+            return []
+        wanted = op.filter or {}
+        if op.query:
+            hits = await self.memory.search(op.query, [store_namespace(ns) for ns in spaces],
+                                            k=(op.offset + op.limit) * 2 if wanted else op.offset + op.limit)
+            items = [self._item(h.entry, graph_namespace(h.entry.namespace) or (), h.score) for h in hits]
+        else:
+            items = []
+            for ns in spaces:
+                after = None
+                while True:  # a page of entries at a time, by key
+                    page = await self.memory.entries(store_namespace(ns), limit=1000, after_key=after)
+                    items += [self._item(e, ns, 0.0) for e in page]
+                    if len(page) < 1000:
+                        break
+                    after = page[-1].key
+            items.sort(key=lambda item: item.updated_at, reverse=True)
+        items = [item for item in items if all(item.value.get(k) == v for k, v in wanted.items())]
+        return items[op.offset:op.offset + op.limit]
 
 
 # -- state --------------------------------------------------------------------------------------
