@@ -128,6 +128,96 @@ def openai_agents_agent(mode: str) -> Runner:
     return run
 
 
+def observe_autogen() -> None:
+    """A tracer provider and an event-logger handler that do nothing, set as tether's are: AutoGen's own
+    cost of being observed (its spans made, its events built)."""
+    import logging
+
+    from autogen_core import EVENT_LOGGER_NAME
+    from opentelemetry import trace
+
+    from tether.adapters.autogen import TetherSpanProcessor, TracerProvider
+
+    class Nothing(TetherSpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            pass
+
+        def on_end(self, span: Any) -> None:
+            pass
+
+    trace.set_tracer_provider(TracerProvider(Nothing()))
+    events = logging.getLogger(EVENT_LOGGER_NAME)
+    events.addHandler(logging.NullHandler())
+    events.setLevel(logging.INFO)
+
+
+def autogen_agent(mode: str) -> Runner:
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    client: Any = OpenAIChatCompletionClient(model="gpt-4o-mini", max_retries=0)
+    if mode != "bare":
+        import tether
+        from tether.adapters.autogen import model_client
+
+        if mode == "tether":
+            tether.init()
+        elif mode == "observer":
+            observe_autogen()
+        client = model_client("gpt-4o-mini")
+
+    async def run(i: int) -> None:  # a new agent each run: AutoGen agents keep their conversation
+        agent = AssistantAgent("weather_bot", model_client=client, tools=[get_weather], reflect_on_tool_use=True)
+        await agent.run(task=f"What is the weather in city {i}?")
+
+    return run
+
+
+def google_adk_agent(mode: str) -> Runner:
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from google.adk.agents import LlmAgent
+    from google.adk.apps import App
+    from google.adk.models.lite_llm import LiteLlm
+    from google.adk.plugins.base_plugin import BasePlugin
+    from google.adk.runners import Runner as AdkRunner
+    from google.adk.sessions import InMemorySessionService
+    from google.genai import types
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    model: Any = LiteLlm(model="openai/gpt-4o-mini", num_retries=0, max_retries=0)
+    plugins: list[Any] = []
+    if mode != "bare":
+        import tether
+        from tether.adapters.google_adk import TetherPlugin, lite_llm
+
+        model = lite_llm("openai/gpt-4o-mini")
+        if mode == "tether":
+            tether.init()
+            plugins = [TetherPlugin()]
+        elif mode == "observer":
+            plugins = [BasePlugin(name="nothing")]
+    agent = LlmAgent(name="weather_bot", model=model, tools=[get_weather], instruction="Answer about the weather.")
+    runner = AdkRunner(app=App(name="weather", root_agent=agent, plugins=plugins),
+                       session_service=InMemorySessionService())
+
+    async def run(i: int) -> None:
+        session = await runner.session_service.create_session(app_name="weather", user_id="u")
+        message = types.Content(role="user", parts=[types.Part(text=f"What is the weather in city {i}?")])
+        async for _ in runner.run_async(user_id="u", session_id=session.id, new_message=message):
+            pass
+
+    return run
+
+
 def hooks(framework: str, runs: int) -> dict[str, float]:
     """The adapter's own hooks, driven as the framework drives them for one agent run (a run, a tool
     call, six other chains or two model spans), without the framework's work around them: CPU per
@@ -155,6 +245,68 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
 
         def none() -> None:
             pass
+    elif framework == "autogen":
+        from autogen_core import trace_invoke_agent_span, trace_tool_span
+        from autogen_core.logging import ToolCallEvent
+        from opentelemetry.trace import NoOpTracer
+
+        from tether.adapters.autogen import TetherSpanProcessor, TracerProvider
+
+        processor = TetherSpanProcessor()
+        tracer = TracerProvider(processor).get_tracer("autogen-core")
+        answer = {"choices": [{"message": {"tool_calls": [
+            {"id": "call-1", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}}]}
+
+        def agent_run(traced: Any, observed: bool) -> None:
+            with trace_invoke_agent_span("weather-bot", tracer=traced):
+                if observed:
+                    processor.model_answered(answer)
+                with trace_tool_span("get_weather", tracer=traced, tool_call_id="call-1"):
+                    pass
+                if observed:
+                    processor.tool_done(ToolCallEvent(tool_name="get_weather", arguments={"city": "Paris"},
+                                                      result="It is sunny in Paris."))
+
+        def one() -> None:
+            agent_run(tracer, True)
+
+        def none() -> None:
+            agent_run(NoOpTracer(), False)
+    elif framework == "google-adk":
+        from types import SimpleNamespace
+
+        from google.adk.plugins.base_plugin import BasePlugin
+
+        from tether.adapters.google_adk import TetherPlugin
+
+        tool = SimpleNamespace(name="get_weather")
+        agent = SimpleNamespace(name="weather-bot")
+
+        loop = asyncio.new_event_loop()  # one loop for every run, as a runner's process has
+
+        def drive(plugin: Any) -> None:
+            async def go() -> None:
+                invocation = SimpleNamespace(invocation_id="i-1", agent=agent)
+                context = SimpleNamespace(invocation_id="i-1", agent_name="weather-bot", function_call_id="c-1")
+                await plugin.before_run_callback(invocation_context=invocation)
+                await plugin.before_agent_callback(agent=agent, callback_context=context)
+                await plugin.before_model_callback(callback_context=context, llm_request=None)
+                await plugin.before_tool_callback(tool=tool, tool_args={"city": "Paris"}, tool_context=context)
+                await plugin.after_tool_callback(tool=tool, tool_args={"city": "Paris"}, tool_context=context,
+                                                 result={"result": "It is sunny in Paris."})
+                await plugin.before_model_callback(callback_context=context, llm_request=None)
+                await plugin.after_agent_callback(agent=agent, callback_context=context)
+                await plugin.after_run_callback(invocation_context=invocation)
+
+            loop.run_until_complete(go())
+
+        tethered, bare = TetherPlugin(), BasePlugin(name="nothing")
+
+        def one() -> None:
+            drive(tethered)
+
+        def none() -> None:
+            drive(bare)
     else:
         from agents.tracing import agent_span, function_span, response_span, set_trace_processors, trace
 
@@ -173,7 +325,7 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
         set_trace_processors([])  # bare first; tether's processor is added for the second loop
     out: dict[str, float] = {}
     for name, fn in (("bare", none), ("tether", one)):
-        if name == "tether" and framework != "langgraph":
+        if name == "tether" and framework == "openai-agents":
             set_trace_processors([TetherTracingProcessor()])
         for _ in range(runs // 10):
             fn()
@@ -187,7 +339,8 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
 
 
 async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
-    make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent}[framework]
+    make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent, "autogen": autogen_agent,
+            "google-adk": google_adk_agent}[framework]
     run = make(mode)
     for i in range(warmup):
         await run(-1 - i)

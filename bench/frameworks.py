@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests._envs import optional_env  # noqa: E402  (the tests' builder of the framework venvs)
 
-FRAMEWORKS = ("langgraph", "openai-agents")
+FRAMEWORKS = ("langgraph", "openai-agents", "autogen", "google-adk")
 MODES = ("bare", "model", "observer", "tether")
 STEPS_PER_RUN = 2
 

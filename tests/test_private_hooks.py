@@ -101,6 +101,7 @@ def _own_private_members(path: Path) -> dict[str, set[str]]:
 
 _ADAPTERS = {adapter for _, adapter in FRAMEWORKS.values() if adapter}
 _FRAMEWORK_PACKAGES = {"langgraph", "langchain_core", "agents"}
+_FRAMEWORK_PACKAGES |= {"autogen_core", "autogen_agentchat", "autogen_ext", "google"}
 
 
 def test_no_override_of_another_librarys_private_member_outside_the_hooks_modules() -> None:

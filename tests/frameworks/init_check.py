@@ -8,10 +8,10 @@ import sys
 
 import tether
 
-out: dict[str, object] = {"imported_by_import_tether": sorted(m for m in ("langgraph", "langchain_core", "agents")
-                                                                if m in sys.modules)}
-out["excluded"] = tether.init(exclude={"langgraph", "openai-agents", "crewai"})
-out["after_excluded"] = sorted(m for m in ("langgraph", "langchain_core", "agents") if m in sys.modules)
+FRAMEWORK_MODULES = ("langgraph", "langchain_core", "agents", "autogen_core", "autogen_agentchat", "google.adk")
+out: dict[str, object] = {"imported_by_import_tether": sorted(m for m in FRAMEWORK_MODULES if m in sys.modules)}
+out["excluded"] = tether.init(exclude={"langgraph", "openai-agents", "crewai", "autogen", "google-adk"})
+out["after_excluded"] = sorted(m for m in FRAMEWORK_MODULES if m in sys.modules)
 out["first"] = tether.init()
 out["second"] = tether.init()
 if "langchain_core" in sys.modules:
@@ -25,6 +25,13 @@ if "agents" in sys.modules:
 
     processors = get_trace_provider()._multi_processor._processors  # the SDK's list, read for the test only
     out["hooks"] = sum(1 for p in processors if isinstance(p, TetherTracingProcessor))
+if "autogen_core" in sys.modules:
+    import logging
+
+    from autogen_core import EVENT_LOGGER_NAME
+
+    handlers = logging.getLogger(EVENT_LOGGER_NAME).handlers
+    out["hooks"] = sum(1 for h in handlers if type(h).__module__ == "tether.adapters.autogen")
 try:
     tether.init(exclude={"crewia"})
 except ValueError as exc:

@@ -141,19 +141,50 @@ def test_the_checkpointer_passes_langgraphs_conformance_suite(venv: OptionalEnv,
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     results = report["results"]
-    for capability in ("put", "put_writes", "get_tuple", "list", "delete_thread"):
+    for capability in ("put", "put_writes", "get_tuple", "list", "delete_thread",
+                       "copy_thread", "delete_for_runs", "prune"):  # the last three: extended capabilities
         assert results[capability]["passed"], (capability, results[capability]["failures"])
         assert results[capability]["tests_passed"] > 0
     assert report["passed_all_base"]
 
 
-def test_a_sync_graph_on_the_checkpointer_is_told_to_use_ainvoke(venv: OptionalEnv, fresh_nats_server: NatsServer,
-                                                                 tmp_path: Path) -> None:
+def test_a_sync_graph_keeps_its_state_in_the_checkpointer(venv: OptionalEnv, fresh_nats_server: NatsServer,
+                                                          tmp_path: Path) -> None:
     done = subprocess.run([str(venv.bin("python")), str(HERE / "langgraph_sync.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, "TETHER_NATS_URL": fresh_nats_server.url,
                                "TETHER_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-4000:]
     said = json.loads(done.stdout.strip().splitlines()[-1])
-    assert said["error"] == "NotImplementedError"
-    assert "async only" in said["message"] and "ainvoke()" in said["message"]
+    assert (said["first"], said["second"], said["state"]) == (2, 11, 11), "invoke() twice on one thread, restored"
+    assert said["history"] == 6, "get_state_history: three checkpoints per invoke"
+    assert (said["copied"], said["copied_history"]) == (11, 6), "copy_thread copies every checkpoint"
+    assert (said["pruned_history"], said["pruned_state"]) == (1, 11), "prune keeps the latest, state intact"
+    assert said["run_ids"] and said["run_ids_left"], "delete_for_runs removes the first run's checkpoints only"
+    assert said["after_delete_for_runs"] == 3
+    assert said["deleted"] == {}, "delete_thread"
+    on_its_loop = said["on_its_loop"]
+    assert on_its_loop["error"] == "LoopThreadError", "a sync call on its bus's loop would wait for itself"
+    assert "ainvoke()" in on_its_loop["message"] and "TetherCheckpointer() without a bus" in on_its_loop["message"]
+
+
+def test_the_store_keeps_items_in_tether_memory(venv: OptionalEnv, fresh_nats_server: NatsServer,
+                                               tmp_path: Path) -> None:
+    done = subprocess.run([str(venv.bin("python")), str(HERE / "langgraph_store.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "TETHER_NATS_URL": fresh_nats_server.url,
+                               "TETHER_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["get"] == {"unit": "celsius", "lang": "fr"} and said["missing"] is None
+    assert said["by_prefix"] == ["celsius", "fahrenheit", "kelvin"], "every namespace under ('users',)"
+    assert sorted(said["filtered"]) == ["fahrenheit", "kelvin"], "filter on the value's fields"
+    assert said["query"] == [[["users", "u2", "prefs"], "fahrenheit"]], "tether's search, best first"
+    assert said["namespaces"] == [["users", "u1", "prefs"], ["users", "u2", "prefs"], ["users", "\u00fc 3/x", "prefs"]]
+    assert said["depth_2"] == [["users", "u1"], ["users", "u2"], ["users", "\u00fc 3/x"]]
+    assert said["suffix"] == [["users", "u2", "prefs"]], "a wildcard prefix, a suffix, limit and offset"
+    assert said["updated"] == "kelvin" and said["deleted"] is None
+    assert said["from_the_graph"] == {"city": "Lisbon"}, "a node's write, read by another reader of the log"
+    assert "async only" in said["sync"] and "ainvoke()" in said["sync"]
+    written = [e for e in events(fresh_nats_server, tmp_path / "home") if e.type == "tether.memory.written"]
+    assert {e.data.namespace for e in written} >= {"lg:users.u1.prefs", "lg:users.u1.visits"}, "in the log"

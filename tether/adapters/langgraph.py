@@ -1,15 +1,19 @@
 """LangGraph and LangChain under tether: runs and tool calls from LangChain's callbacks (installed
-for every run by :func:`install`), model calls through tether (:func:`chat_model`), graph state in
-a tether-backed checkpointer (:class:`TetherCheckpointer`), memory put into the model's input
-(:func:`memory_hook`). The only module of tether that imports ``langchain_core`` or ``langgraph``.
+for every run by :func:`install`), model calls through tether (:func:`chat_model`), graph state in a
+tether-backed checkpointer (:class:`TetherCheckpointer`), long-term memory in a store on tether memory
+(:class:`TetherStore`), memory put into the model's input (:func:`memory_hook`). The only module of
+tether that imports ``langchain_core`` or ``langgraph``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import json
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -26,15 +30,18 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
+from langgraph.store.base import BaseStore, GetOp, Item, ListNamespacesOp, PutOp, SearchItem, SearchOp
 
-from tether.adapters import Run, instrument
+from tether.adapters import Hub, LoopThreadError, Run, background_hub, instrument
 from tether.bus import Bus
+from tether.memory import MemoryNotFound
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, pack, unpack, untoken
 
-__all__ = ["TetherCallbackHandler", "TetherCheckpointer", "chat_model", "install", "memory_hook"]
+__all__ = ["TetherCallbackHandler", "TetherCheckpointer", "TetherStore", "chat_model", "install", "memory_hook"]
 
 SOURCE = "urn:tether:adapter:langgraph"
+T = TypeVar("T")
 
 
 class TetherCallbackHandler(BaseCallbackHandler):
@@ -157,6 +164,136 @@ def _text(message: Any) -> str:
     return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+# -- the store: LangGraph's long-term memory on tether memory ----------------------------------
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-@+=")
+
+
+def _label(part: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"~{b:02x}" for b in c.encode()) for c in part)
+
+
+def _unlabel(text: str) -> str:
+    raw, i = bytearray(), 0
+    while i < len(text):
+        if text[i] == "~":
+            raw.append(int(text[i + 1:i + 3], 16))
+            i += 3
+        else:
+            raw += text[i].encode()
+            i += 1
+    return raw.decode()
+
+
+def store_namespace(namespace: tuple[str, ...]) -> str:
+    """A LangGraph namespace (a tuple of labels) as a tether memory namespace, ``lg:<label>.<label>``."""
+    return "lg:" + ".".join(_label(part) for part in namespace)
+
+
+def graph_namespace(namespace: str) -> tuple[str, ...] | None:
+    """The inverse of :func:`store_namespace`; None for a namespace the store did not write."""
+    if not namespace.startswith("lg:"):
+        return None
+    return tuple(_unlabel(part) for part in namespace[3:].split("."))
+
+
+def _matches(namespace: tuple[str, ...], condition: Any) -> bool:
+    path = tuple(condition.path)
+    if len(path) > len(namespace):
+        return False
+    window = namespace[:len(path)] if condition.match_type == "prefix" else namespace[len(namespace) - len(path):]
+    return all(p == "*" or p == n for p, n in zip(path, window, strict=True))
+
+
+class TetherStore(BaseStore):
+    """LangGraph's ``BaseStore`` (long-term memory across threads) on tether memory (``AsyncMemory``):
+    each item an entry of the namespace ``lg:<labels>`` whose text is the item's JSON, so it is
+    versioned, in the log (it survives restarts, shows in the views) and found by tether's search
+    (keywords and embeddings: ``search(..., query=)``). A put returns once the memory view has it.
+    Async only (``abatch``: the graph's ``ainvoke`` / ``astream``); no TTL."""
+
+    supports_ttl = False
+
+    def __init__(self, memory: Any) -> None:
+        self.memory = memory
+
+    def batch(self, ops: Iterable[Any]) -> list[Any]:
+        raise NotImplementedError("TetherStore is async only (its memory lives on an event loop): run the graph with "
+                                  "ainvoke() / astream(), or use store.aget / aput / asearch")
+
+    async def abatch(self, ops: Iterable[Any]) -> list[Any]:
+        return [await self._one(op) for op in ops]
+
+    async def _one(self, op: Any) -> Any:
+        if isinstance(op, GetOp):
+            return await self._get(op.namespace, op.key)
+        if isinstance(op, PutOp):
+            namespace = store_namespace(op.namespace)
+            if op.value is None:
+                try:
+                    done = await self.memory.delete(namespace, op.key)
+                except MemoryNotFound:
+                    return None
+            else:
+                done = await self.memory.write(namespace, json.dumps(op.value, separators=(",", ":")), key=op.key)
+            await self.memory.wait_for(done.seq)
+            return None
+        if isinstance(op, SearchOp):
+            return await self._search(op)
+        if isinstance(op, ListNamespacesOp):
+            found = sorted({ns for ns in await self._namespaces() if not op.match_conditions
+                            or all(_matches(ns, c) for c in op.match_conditions)})
+            if op.max_depth is not None:
+                found = sorted({ns[:op.max_depth] for ns in found})
+            return found[op.offset:op.offset + op.limit]
+        raise TypeError(f"TetherStore: unknown operation {type(op).__name__}")
+
+    async def _namespaces(self) -> list[tuple[str, ...]]:
+        named = [graph_namespace(name) for name, live in await self.memory.namespaces() if live]
+        return [ns for ns in named if ns is not None]
+
+    @staticmethod
+    def _item(entry: Any, namespace: tuple[str, ...], score: float | None = None) -> Any:
+        value = json.loads(entry.text)
+        created = entry.created_at or datetime.now(UTC)
+        updated = entry.updated_at or created
+        if score is None:
+            return Item(value=value, key=entry.key, namespace=namespace, created_at=created, updated_at=updated)
+        return SearchItem(namespace=namespace, key=entry.key, value=value, created_at=created, updated_at=updated,
+                          score=score)
+
+    async def _get(self, namespace: tuple[str, ...], key: str) -> Any:
+        try:
+            entry = await self.memory.get(store_namespace(namespace), key)
+        except MemoryNotFound:
+            return None
+        return self._item(entry, namespace)
+
+    async def _search(self, op: Any) -> list[Any]:
+        prefix = tuple(op.namespace_prefix)
+        spaces = [ns for ns in await self._namespaces() if ns[:len(prefix)] == prefix]
+        if not spaces:
+            return []
+        wanted = op.filter or {}
+        if op.query:
+            hits = await self.memory.search(op.query, [store_namespace(ns) for ns in spaces],
+                                            k=(op.offset + op.limit) * 2 if wanted else op.offset + op.limit)
+            items = [self._item(h.entry, graph_namespace(h.entry.namespace) or (), h.score) for h in hits]
+        else:
+            items = []
+            for ns in spaces:
+                after = None
+                while True:  # a page of entries at a time, by key
+                    page = await self.memory.entries(store_namespace(ns), limit=1000, after_key=after)
+                    items += [self._item(e, ns, 0.0) for e in page]
+                    if len(page) < 1000:
+                        break
+                    after = page[-1].key
+            items.sort(key=lambda item: item.updated_at, reverse=True)
+        items = [item for item in items if all(item.value.get(k) == v for k, v in wanted.items())]
+        return items[op.offset:op.offset + op.limit]
+
+
 # -- state --------------------------------------------------------------------------------------
 
 
@@ -167,13 +304,113 @@ def _config(thread: str, ns: str, checkpoint_id: str) -> RunnableConfig:
 class TetherCheckpointer(BaseCheckpointSaver[str]):
     """LangGraph's checkpointer on tether: checkpoints, channel values and pending writes in the
     JetStream KV bucket ``bucket`` (file storage), so a graph's state survives a restart of the
-    process and of NATS. Async only (``ainvoke``, ``astream``)."""
+    process and of NATS. Sync (``invoke``, ``stream``) and async (``ainvoke``, ``astream``) alike:
+    every read and write runs on the bus's event loop, ``bus`` (default: tether's background bus,
+    on a thread of its own, usable from any thread and any loop). A sync call on the thread of
+    ``bus``'s own loop would wait for itself: it raises :class:`tether.adapters.LoopThreadError`."""
 
-    def __init__(self, bus: Bus, *, bucket: str = "tether-langgraph", serde: Any = None) -> None:
+    def __init__(self, bus: Bus | None = None, *, bucket: str = "tether-langgraph", serde: Any = None) -> None:
         super().__init__(serde=serde)
-        self.state = KvState(bus, bucket)
+        self.bus = bus
+        self.bucket = bucket
+        self.hub: Hub | None = None
+        self.state = KvState(bus, bucket) if bus is not None else None
+
+    # -- where the work runs: the bus's loop ------------------------------------------------------
+
+    def _kv(self, hub: Hub) -> Hub:
+        self.hub = hub
+        if self.state is None:
+            self.state = KvState(hub.bus, self.bucket)
+        return hub
+
+    def _hub_sync(self) -> Hub:
+        if self.hub is not None:
+            return self.hub
+        return self._kv(Hub.of(self.bus) if self.bus is not None else background_hub())
+
+    async def _hub_async(self) -> Hub:
+        if self.hub is not None:
+            return self.hub
+        return self._kv(Hub.of(self.bus) if self.bus is not None else await asyncio.to_thread(background_hub))
+
+    async def _on_bus(self, make: Callable[[], Awaitable[T]]) -> T:
+        return await (await self._hub_async()).call(make)
+
+    def _on_bus_sync(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return self._hub_sync().call_sync(make)
+        except LoopThreadError:
+            raise LoopThreadError(
+                "TetherCheckpointer: a sync call (invoke, stream, get_state) on the thread of its bus's own event "
+                "loop would wait for itself: use ainvoke() / astream() / aget_state() there, or give the graph "
+                "TetherCheckpointer() without a bus (tether's background bus, on a thread of its own)") from None
+
+    @property
+    def kv(self) -> KvState:
+        assert self.state is not None  # set by _kv before any work runs
+        return self.state
+
+    # -- LangGraph's interface, async and sync --------------------------------------------------
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        return await self._on_bus(lambda: self._put(config, checkpoint, metadata, new_versions))
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        return self._on_bus_sync(lambda: self._put(config, checkpoint, metadata, new_versions))
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str = "") -> None:
+        await self._on_bus(lambda: self._put_writes(config, writes, task_id, task_path))
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                   task_path: str = "") -> None:
+        self._on_bus_sync(lambda: self._put_writes(config, writes, task_id, task_path))
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._on_bus(lambda: self._get_tuple(config))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._on_bus_sync(lambda: self._get_tuple(config))
+
+    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        for found in await self._on_bus(lambda: self._list(config, filter, before, limit)):
+            yield found
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._on_bus(lambda: self._delete_thread(thread_id))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._on_bus_sync(lambda: self._delete_thread(thread_id))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._on_bus(lambda: self._delete_for_runs(run_ids))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._on_bus_sync(lambda: self._delete_for_runs(run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._on_bus(lambda: self._copy_thread(source_thread_id, target_thread_id))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._on_bus_sync(lambda: self._copy_thread(source_thread_id, target_thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._on_bus(lambda: self._prune(thread_ids, strategy))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._on_bus_sync(lambda: self._prune(thread_ids, strategy))
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        number = 0 if current is None else current if isinstance(current, int) else int(str(current).split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # -- the work, on the bus's loop --------------------------------------------------------------
+
+    async def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         thread, ns = str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", "")
         saved = dict(checkpoint)
@@ -181,27 +418,27 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
         t, n = key_token(thread), key_token(ns)
         for channel, version in new_versions.items():
             blob = self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
-            await self.state.put(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}", pack(*blob))
-        await self.state.put(f"c.{t}.{n}.{key_token(checkpoint['id'])}", {
+            await self.kv.put(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}", pack(*blob))
+        await self.kv.put(f"c.{t}.{n}.{key_token(checkpoint['id'])}", {
             "checkpoint": pack(*self.serde.dumps_typed(saved)),
             "metadata": pack(*self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))),
             "parent": config["configurable"].get("checkpoint_id")})
         return _config(thread, ns, checkpoint["id"])
 
-    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                          task_path: str = "") -> None:
+    async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str) -> None:
         thread, ns = str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", "")
         checkpoint_id = str(config["configurable"]["checkpoint_id"])
         prefix = f"w.{key_token(thread)}.{key_token(ns)}.{key_token(checkpoint_id)}.{key_token(task_id)}"
         for index, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, index)
             key = f"{prefix}.{key_token(str(idx))}"
-            if idx >= 0 and await self.state.get(key) is not None:
+            if idx >= 0 and await self.kv.get(key) is not None:
                 continue  # a regular write is kept once; special ones (errors, interrupts) are replaced
-            await self.state.put(key, {"task": task_id, "channel": channel, "idx": idx, "path": task_path,
-                                       "value": pack(*self.serde.dumps_typed(value))})
+            await self.kv.put(key, {"task": task_id, "channel": channel, "idx": idx, "path": task_path,
+                                    "value": pack(*self.serde.dumps_typed(value))})
 
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+    async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread, ns = str(config["configurable"]["thread_id"]), config["configurable"].get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
         if checkpoint_id is None:
@@ -211,8 +448,8 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
             checkpoint_id = ids[-1]
         return await self._tuple(thread, ns, checkpoint_id)
 
-    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
-                    before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+    async def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
+                    before: RunnableConfig | None, limit: int | None) -> list[CheckpointTuple]:
         wanted_ns = config["configurable"].get("checkpoint_ns") if config else None
         wanted_id = get_checkpoint_id(config) if config else None
         before_id = get_checkpoint_id(before) if before else None
@@ -221,8 +458,10 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
                      await self._checkpoints(key_token(str(config["configurable"]["thread_id"])))]
         else:
             found = await self._all()
-        found.sort(key=lambda f: (f[0], f[1], f[2]))
-        for thread, ns, cid in sorted(found, key=lambda f: f[2], reverse=True):
+        out: list[CheckpointTuple] = []
+        for thread, ns, cid in sorted(found, key=lambda f: (f[2], f[0], f[1]), reverse=True):
+            if limit is not None and len(out) >= limit:
+                break
             if (wanted_ns is not None and ns != wanted_ns) or (wanted_id and cid != wanted_id):
                 continue
             if before_id and cid >= before_id:
@@ -232,35 +471,58 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
                 continue
             if filter and not all(found_tuple.metadata.get(k) == v for k, v in filter.items()):
                 continue
-            if limit is not None and limit <= 0:
-                break
-            if limit is not None:
-                limit -= 1
-            yield found_tuple
+            out.append(found_tuple)
+        return out
 
-    async def adelete_thread(self, thread_id: str) -> None:
+    async def _delete_thread(self, thread_id: str) -> None:
         t = key_token(str(thread_id))
         for kind in ("c", "b", "w"):
-            await self.state.remove(f"{kind}.{t}.>")
+            await self.kv.remove(f"{kind}.{t}.>")
 
-    def _sync(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("TetherCheckpointer is async only: run the graph with ainvoke() or astream() "
-                                  "(its bus lives on an event loop), or use LangGraph's own saver for sync code")
+    async def _remove_checkpoint(self, t: str, n: str, c: str) -> None:
+        """One checkpoint and its pending writes (channel values may be shared with others: kept)."""
+        await self.kv.remove(f"c.{t}.{n}.{c}")
+        await self.kv.remove(f"w.{t}.{n}.{c}.>")
 
-    get_tuple = put = put_writes = delete_thread = _sync
+    async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        wanted = {str(r) for r in run_ids}
+        for key in await self.kv.keys("c"):
+            saved = await self.kv.get(key)
+            if saved is not None and self.serde.loads_typed(unpack(saved["metadata"])).get("run_id") in wanted:
+                _, t, n, c = key.split(".")
+                await self._remove_checkpoint(t, n, c)
 
-    def get_next_version(self, current: str | None, channel: None) -> str:
-        number = 0 if current is None else current if isinstance(current, int) else int(str(current).split(".")[0])
-        return f"{number + 1:032}.{random.random():016}"
+    async def _copy_thread(self, source: str, target: str) -> None:
+        s, t = key_token(str(source)), key_token(str(target))
+        for kind in ("c", "b", "w"):
+            for key in await self.kv.keys(f"{kind}.{s}"):
+                value = await self.kv.get(key)
+                if value is not None:
+                    await self.kv.put(f"{kind}.{t}.{key.split('.', 2)[2]}", value)
+
+    async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"TetherCheckpointer.prune: unknown strategy {strategy!r}; use 'keep_latest' or 'delete'")
+        for thread in thread_ids:
+            t = key_token(str(thread))
+            if strategy == "delete":
+                await self._delete_thread(str(thread))
+                continue
+            by_ns: dict[str, list[str]] = {}
+            for ns, cid in await self._checkpoints(t):
+                by_ns.setdefault(ns, []).append(cid)
+            for ns, ids in by_ns.items():
+                for cid in sorted(ids)[:-1]:  # every checkpoint but the latest of its namespace
+                    await self._remove_checkpoint(t, key_token(ns), key_token(cid))
 
     # -- reading ------------------------------------------------------------------------------
 
     async def _checkpoints(self, t: str) -> list[tuple[str, str]]:
-        return [(untoken(k.split(".")[2]), untoken(k.split(".")[3])) for k in await self.state.keys(f"c.{t}")]
+        return [(untoken(k.split(".")[2]), untoken(k.split(".")[3])) for k in await self.kv.keys(f"c.{t}")]
 
     async def _all(self) -> list[tuple[str, str, str]]:
         out = []
-        for key in await self.state.keys("c"):
+        for key in await self.kv.keys("c"):
             _, t, n, c = key.split(".")
             out.append((untoken(t), untoken(n), untoken(c)))
         return out
@@ -270,17 +532,17 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
 
     async def _tuple(self, thread: str, ns: str, checkpoint_id: str) -> CheckpointTuple | None:
         t, n = key_token(thread), key_token(ns)
-        saved = await self.state.get(f"c.{t}.{n}.{key_token(checkpoint_id)}")
+        saved = await self.kv.get(f"c.{t}.{n}.{key_token(checkpoint_id)}")
         if saved is None:
             return None
         checkpoint: Checkpoint = self.serde.loads_typed(unpack(saved["checkpoint"]))
         values: dict[str, Any] = {}
         for channel, version in checkpoint["channel_versions"].items():
-            blob = await self.state.get(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}")
+            blob = await self.kv.get(f"b.{t}.{n}.{key_token(channel)}.{key_token(str(version))}")
             if blob is not None and blob[0] != "empty":
                 values[channel] = self.serde.loads_typed(unpack(blob))
-        writes = [w for w in [await self.state.get(k) for k in
-                              await self.state.keys(f"w.{t}.{n}.{key_token(checkpoint_id)}")] if w is not None]
+        writes = [w for w in [await self.kv.get(k) for k in
+                              await self.kv.keys(f"w.{t}.{n}.{key_token(checkpoint_id)}")] if w is not None]
         writes.sort(key=lambda w: writes_sort_key(w["path"], w["task"], w["idx"]))
         parent = saved["parent"]
         return CheckpointTuple(
@@ -290,5 +552,6 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
             parent_config=_config(thread, ns, parent) if parent else None,
             pending_writes=[(w["task"], w["channel"], self.serde.loads_typed(unpack(w["value"]))) for w in writes])
 
-    def list(self, *args: Any, **kwargs: Any) -> Any:  # last: the name would shadow the builtin above
-        return self._sync()
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,  # last: shadows list
+             before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        yield from self._on_bus_sync(lambda: self._list(config, filter, before, limit))

@@ -1,0 +1,95 @@
+"""AutoGen AgentChat agents with one tool, run by .venv-autogen's python (tests/frameworks/test_autogen.py).
+
+The two lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``), the bus
+``TETHER_NATS_URL``, the policies ``tether.toml`` in the working directory (``budget.toml`` for the
+budget scenario). Each scenario named on the command line runs in turn in this one process, its agent
+named ``<scenario>_bot``; prints one JSON line, by scenario. ``--otel-sdk``: an OpenTelemetry SDK
+tracer provider with an in-memory exporter is set before ``tether.init()``; the spans it exported are said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from _scenario import scenario
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.conditions import SourceMatchTermination
+from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_agentchat.tools import AgentTool
+
+import tether
+import tether.adapters
+from tether.adapters.autogen import TetherMemory, model_client
+from tether.memory import AsyncMemory
+from tether.middleware import load_policies
+
+QUESTION = "What is the weather in Paris?"
+REMEMBER = "Weather in Paris: the user wants degrees Celsius."
+FAULTS = {"retries": "500#1/chat,503#3/chat", "down": "500/chat"}
+
+
+async def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"It is sunny in {city}."
+
+
+async def get_weather_broken(city: str) -> str:
+    """The weather in a city."""
+    raise ConnectionError(f"the weather service for {city} is down")
+
+
+async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
+    exporter = None
+    if otel_sdk:  # the application's own OpenTelemetry SDK provider, set first: tether adds its processor to it
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+    out: dict[str, Any] = {"installed": tether.init()}  # line 1: runs and tool calls of every agent
+    client = model_client("gpt-4o-mini")  # line 2: its model calls under tether's policy, its retries off
+    bus = await tether.connect()
+    memory = await AsyncMemory(bus, agent="memory_bot").start()
+    for name in scenarios:
+        tool = get_weather_broken if name == "broken-tool" else get_weather
+        tool.__name__ = "get_weather"
+        llm = model_client("gpt-4o-mini", tether={"policies": load_policies("budget.toml")}) \
+            if name == "budget" else client
+        memories = None
+        if name == "memory":
+            written = await memory.write("agent:weather-bot", REMEMBER, key="home-city")
+            await memory.wait_for(written.seq)
+            memories = [TetherMemory(memory, namespace="agent:weather-bot", token_budget=200)]
+        agent = AssistantAgent(f"{name.replace('-', '_')}_bot", model_client=llm, tools=[tool], memory=memories,
+                               reflect_on_tool_use=True, system_message="Answer about the weather.")
+        runner: Any = agent
+        if name == "team":
+            runner = RoundRobinGroupChat([agent], termination_condition=SourceMatchTermination([agent.name]))
+        elif name == "sub-agent":  # the agent is a tool of a triage agent: its runs are the triage run's children
+            runner = AssistantAgent("triage_bot", model_client=llm, tools=[AgentTool(agent)],
+                                    system_message="Ask the weather agent.")
+
+        async def body(runner: Any = runner) -> dict[str, Any]:
+            result = await runner.run(task=QUESTION)
+            return {"messages": [type(m).__name__ for m in result.messages]}
+
+        out.update(await scenario(name, FAULTS.get(name, ""), body))
+    if exporter is not None:
+        out["exported"] = sorted({span.name for span in exporter.get_finished_spans()})
+    await client.close()
+    await memory.close()
+    await bus.close()
+    await asyncio.to_thread(tether.adapters.flush)
+    return out
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    print(json.dumps(asyncio.run(main([a for a in args if not a.startswith("--")], "--otel-sdk" in args))))

@@ -1,0 +1,122 @@
+"""Google ADK agents with one tool on ``LiteLlm``, run by .venv-google-adk's python
+(tests/frameworks/test_google_adk.py).
+
+The lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``), the bus
+``TETHER_NATS_URL``, the policies ``tether.toml`` in the working directory (``budget.toml`` for the
+budget scenario). Each scenario named on the command line runs in turn in this one process, its agent
+named ``<scenario>_bot``; prints one JSON line, by scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM would fetch its price map at import
+
+from _scenario import scenario
+from google.adk.agents import LlmAgent
+from google.adk.apps import App
+from google.adk.runners import Runner
+from google.adk.sessions import InMemorySessionService
+from google.adk.tools.agent_tool import AgentTool
+from google.genai import types
+
+import tether
+import tether.adapters
+from tether.adapters.google_adk import TetherMemoryService, TetherPlugin, TetherSessionService, lite_llm
+from tether.memory import AsyncMemory
+from tether.middleware import load_policies
+
+QUESTION = "What is the weather in Paris?"
+REMEMBER = "Weather in Paris: the user wants degrees Celsius."
+FAULTS = {"retries": "500#1/chat,503#3/chat", "down": "500/chat"}
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"It is sunny in {city}."
+
+
+def get_weather_broken(city: str) -> str:
+    """The weather in a city."""
+    raise ConnectionError(f"the weather service for {city} is down")
+
+
+async def main(scenarios: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"installed": tether.init()}  # line 1
+    out["again"] = tether.init()
+    model = lite_llm("openai/gpt-4o-mini")  # line 2: ADK's LiteLlm, its calls under tether's policy
+    bus = await tether.connect()
+    memory = await AsyncMemory(bus, agent="memory_bot").start()
+    for name in scenarios:
+        tool = get_weather_broken if name == "broken-tool" else get_weather
+        tool.__name__ = "get_weather"
+        llm = lite_llm("openai/gpt-4o-mini", tether={"policies": load_policies("budget.toml")}) \
+            if name == "budget" else model
+        plugin = TetherPlugin()  # line 3: the plugin, in the App
+        if name == "memory":
+            written = await memory.write("agent:weather-bot", REMEMBER, key="home-city")
+            await memory.wait_for(written.seq)
+            plugin = TetherPlugin(memory=memory, namespaces="agent:weather-bot", token_budget=200)
+        agent = LlmAgent(name=f"{name.replace('-', '_')}_bot", model=llm, tools=[tool],
+                         instruction="Answer about the weather.")
+        root = agent
+        if name == "sub-agent":  # the agent is a tool of a triage agent: its run is the triage run's child
+            root = LlmAgent(name="triage_bot", model=llm, tools=[AgentTool(agent)],
+                            instruction="Ask the weather agent.")
+        sessions: Any = TetherSessionService(bus) if name == "session-service" else InMemorySessionService()
+        runner = Runner(app=App(name="weather", root_agent=root, plugins=[plugin]), session_service=sessions)
+        session = await runner.session_service.create_session(
+            app_name="weather", user_id="u1", state={"topic": "weather", "user:unit": "C", "app:region": "eu"})
+
+        async def body(runner: Any = runner, session: Any = session, name: str = name, root: Any = root,
+                       plugin: Any = plugin) -> dict[str, Any]:
+            kinds = []
+            message = types.Content(role="user", parts=[types.Part(text=QUESTION)])
+            async for event in runner.run_async(user_id="u1", session_id=session.id, new_message=message):
+                for part in event.content.parts if event.content and event.content.parts else []:
+                    kinds.append("call" if part.function_call else "result" if part.function_response else "text")
+            out: dict[str, Any] = {"events": kinds}
+            if name == "session-service":  # a new service (as after a restart) reads it all back, and goes on
+                again = TetherSessionService(bus)
+                restored = await again.get_session(app_name="weather", user_id="u1", session_id=session.id)
+                out["restored"] = [len(restored.events), sorted(restored.state.items())]
+                out["user_state"] = await again.get_user_state(app_name="weather", user_id="u1")
+                second = Runner(app=App(name="weather", root_agent=root, plugins=[plugin]), session_service=again)
+                follow = types.Content(role="user", parts=[types.Part(text="And in Lisbon?")])
+                async for _ in second.run_async(user_id="u1", session_id=session.id, new_message=follow):
+                    pass
+                after = await again.get_session(app_name="weather", user_id="u1", session_id=session.id)
+                out["after_second_turn"] = len(after.events)
+                out["texts"] = [p.text for e in after.events if e.content for p in e.content.parts or [] if p.text]
+                listed = await again.list_sessions(app_name="weather", user_id="u1")
+                out["listed"] = [s.id == session.id for s in listed.sessions]
+                await again.delete_session(app_name="weather", user_id="u1", session_id=session.id)
+                out["deleted"] = await again.get_session(app_name="weather", user_id="u1", session_id=session.id)
+            if name == "memory-service":  # the session's conversation into ADK's MemoryService on tether memory
+                service = TetherMemoryService(memory)
+                done = await runner.session_service.get_session(app_name="weather", user_id="u1",
+                                                                session_id=session.id)
+                await service.add_session_to_memory(done)
+                found = (await service.search_memory(app_name="weather", user_id="u1", query=QUESTION)).memories
+                out["recalled"] = [[m.author, m.content.parts[0].text] for m in found]
+                await service.delete_memory(app_name="weather", user_id="u1", memory_id=found[0].id)
+                after = (await service.search_memory(app_name="weather", user_id="u1", query=QUESTION)).memories
+                out["after_delete"] = [m.content.parts[0].text for m in after]
+                out["other_user"] = len((await service.search_memory(app_name="weather", user_id="u2",
+                                                                     query=QUESTION)).memories)
+            return out
+
+        out.update(await scenario(name, FAULTS.get(name, ""), body))
+    await memory.close()
+    await bus.close()
+    await asyncio.to_thread(tether.adapters.flush)
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(sys.argv[1:]))))

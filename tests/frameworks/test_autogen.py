@@ -1,0 +1,158 @@
+"""AutoGen AgentChat (autogen-agentchat + autogen-ext[openai], at their current releases, in .venv-autogen)
+under tether.
+
+``AssistantAgent`` with one tool makes two model calls (chat completions) to the fake provider over HTTP;
+the script adds the two lines docs/frameworks/autogen.md gives (``tether.init()``, ``model_client(...)``).
+AutoGen is slow to import, so one process runs every scenario in turn (``autogen_agent.py``), each agent
+named for its scenario, the fake provider's faults set per scenario; the tests read what it said and
+what the log holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tether.schemas import Event
+from tether.testing import FakeProvider, NatsServer
+
+from .._envs import optional_env
+from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
+
+pytestmark = [pytest.mark.slow, pytest.mark.nats]
+
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory"]
+REMEMBER = "Weather in Paris: the user wants degrees Celsius."
+MESSAGES = ["TextMessage", "ToolCallRequestEvent", "ToolCallExecutionEvent", "TextMessage"]
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    venv = optional_env("autogen", project=True)
+    work = tmp_path_factory.mktemp("autogen")
+    (work / "budget.toml").write_text(POLICIES + BUDGET_ONE_CALL)
+    with NatsServer() as nats, FakeProvider(seed=1) as fake:
+        out = run_script(venv, "autogen_agent.py", *SCENARIOS, nats=nats, fake=fake, work=work)
+        out.events = events(nats, work / "home")
+        yield out
+
+
+@pytest.fixture(scope="module")
+def with_otel_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    """The same agent in a process whose application set an OpenTelemetry SDK tracer provider first."""
+    venv = optional_env("autogen", project=True)
+    work = tmp_path_factory.mktemp("autogen-otel")
+    with NatsServer() as nats, FakeProvider(seed=1) as fake:
+        out = run_script(venv, "autogen_agent.py", "retries", "--otel-sdk", nats=nats, fake=fake, work=work)
+        out.events = events(nats, work / "home")
+        yield out
+
+
+def run_of(out: Outcome, agent: str) -> list[Event]:
+    [started] = [e for e in out.started() if e.agentid == agent]
+    return out.runs()[started.runid]
+
+
+def types(run: list[Event]) -> list[str]:
+    return [e.type.removeprefix("tether.") for e in run]
+
+
+def test_one_run_with_llm_and_tool_spans_and_retries_tether_owns(outcome: Outcome) -> None:
+    assert outcome.said["installed"] == ["autogen"]
+    said = outcome.said["retries"]
+    assert said["ok"] and said["messages"] == MESSAGES, "the framework saw two answers, no error"
+    assert said["upstream"] == ["500", "200", "503", "200"], "one retry per failure, by tether alone"
+    run = run_of(outcome, "retries_bot")
+    assert run[0].data.name == "retries_bot" and run[0].data.parent_run_id is None
+    assert types(run) == [
+        "run.started",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "run.finished"]
+    assert {e.agentid for e in run} == {"retries_bot"}
+    requested, completed = (e for e in run if e.type.startswith("tether.tool.call"))
+    assert requested.data.tool == "get_weather" and requested.data.arguments == {"city": "fake city"}
+    assert completed.data.result == "It is sunny in fake city." and completed.data.duration_ms is not None
+    assert run[-1].data.status == "ok"
+
+
+def test_a_persistent_failure_is_three_upstream_requests_not_nine(outcome: Outcome) -> None:
+    said = outcome.said["down"]
+    assert not said["ok"] and said["error"] == "openai.InternalServerError", "the error AutoGen raises without tether"
+    assert said["upstream"] == ["500", "500", "500"], "tether's three attempts; the SDK retries none"
+    run = run_of(outcome, "down_bot")
+    assert types(run).count("llm.call.failed") == 1
+    assert run[-1].type == "tether.run.finished" and run[-1].data.status == "error"
+    assert run[-1].data.error.type == "InternalServerError"
+
+
+def test_a_budget_refusal_is_the_sdks_own_rate_limit_error(outcome: Outcome) -> None:
+    said = outcome.said["budget"]
+    assert not said["ok"] and said["error"] == "openai.RateLimitError" and "budget" in said["message"], said
+    assert said["upstream"] == ["200"], "the second call was refused before anything was sent"
+    run = run_of(outcome, "budget_bot")
+    failed = next(e for e in run if e.type == "tether.llm.call.failed")
+    assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
+    assert run[-1].data.status == "error"
+
+
+def test_a_tool_that_raises_is_a_failed_tool_call_with_its_arguments(outcome: Outcome) -> None:
+    said = outcome.said["broken-tool"]
+    assert said["ok"] and said["messages"] == MESSAGES, "AutoGen gives the error to the model, as without tether"
+    run = run_of(outcome, "broken_tool_bot")
+    requested, failed = (e for e in run if e.type.startswith("tether.tool.call"))
+    assert requested.data.arguments == {"city": "fake city"}
+    assert failed.type == "tether.tool.call.failed" and failed.data.tool == "get_weather"
+    assert failed.data.error.type == "ConnectionError" and "is down" in failed.data.error.message
+    assert run[-1].data.status == "ok"
+
+
+def test_an_agent_used_as_a_tool_is_a_child_run(outcome: Outcome) -> None:
+    assert outcome.said["sub-agent"]["ok"], outcome.said["sub-agent"]
+    parent, child = run_of(outcome, "triage_bot"), run_of(outcome, "sub_agent_bot")
+    assert child[0].data.parent_run_id == parent[0].runid and parent[0].data.parent_run_id is None
+    assert child[0].traceparent.split("-")[1] == parent[0].traceparent.split("-")[1], "one trace"
+    assert types(child) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                            "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert types(parent) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                             "tool.call.completed", "run.finished"]
+    assert [e.data.tool for e in parent if e.type == "tether.tool.call.completed"] == ["sub_agent_bot"]
+    assert parent[-1].time >= child[-1].time, "the child ends first"
+
+
+def test_an_agents_turn_in_a_team_is_its_run(outcome: Outcome) -> None:
+    said = outcome.said["team"]
+    assert said["ok"] and said["messages"] == MESSAGES, said
+    run = run_of(outcome, "team_bot")
+    assert types(run) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                          "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert run[-1].data.status == "ok"
+
+
+def test_memory_is_injected_into_the_models_context_and_recorded(outcome: Outcome) -> None:
+    said = outcome.said["memory"]
+    assert said["ok"] and "MemoryQueryEvent" in said["messages"], said
+    run = run_of(outcome, "memory_bot")
+    recalls = [e for e in run if e.type == "tether.tool.call.completed" and e.data.tool == "tether.memory.context"]
+    assert len(recalls) == 1, "one retrieval per agent turn (AutoGen asks its memory once, before the first call)"
+    assert recalls[0].data.result["injected"] == ["agent:weather-bot/home-city@1"]
+    [sent] = [e for e in run if e.type == "tether.llm.call.requested"]
+    system = [m["content"] for m in sent.data.request["messages"] if m["role"] == "system"]
+    assert any(REMEMBER in text for text in system), system
+
+
+def test_an_applications_own_otel_provider_keeps_its_spans_and_tether_gets_its_runs(with_otel_sdk: Outcome) -> None:
+    said = with_otel_sdk.said
+    assert said["retries"]["ok"] and said["retries"]["upstream"] == ["500", "200", "503", "200"]
+    assert {"invoke_agent retries_bot", "execute_tool get_weather"} <= set(said["exported"]), \
+        "the application's exporter still gets AutoGen's spans"
+    run = run_of(with_otel_sdk, "retries_bot")
+    assert types(run) == [
+        "run.started",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "run.finished"]
+    assert run[-1].data.status == "ok"

@@ -1,0 +1,153 @@
+"""Google ADK (google-adk with its ``LiteLlm`` model, at their current releases, in .venv-google-adk) under tether.
+
+An ``LlmAgent`` with one tool makes two model calls (chat completions, through LiteLLM) to the fake
+provider over HTTP; the script adds the lines docs/frameworks/google-adk.md gives (``tether.init()``,
+``lite_llm(...)``, ``TetherPlugin()`` in the ``App``). ADK and LiteLLM are slow to import, so one
+process runs every scenario in turn (``google_adk_agent.py``), each agent named for its scenario, the
+fake provider's faults set per scenario; the tests read what it said and what the log holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tether.schemas import Event
+from tether.testing import FakeProvider, NatsServer
+
+from .._envs import optional_env
+from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
+
+pytestmark = [pytest.mark.slow, pytest.mark.nats]
+
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service", "session-service"]
+REMEMBER = "Weather in Paris: the user wants degrees Celsius."
+EVENTS = ["call", "result", "text"]
+TWO_CALLS_AND_A_TOOL = ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                        "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    venv = optional_env("google-adk", project=True)
+    work = tmp_path_factory.mktemp("google-adk")
+    (work / "budget.toml").write_text(POLICIES + BUDGET_ONE_CALL)
+    with NatsServer() as nats, FakeProvider(seed=1) as fake:
+        out = run_script(venv, "google_adk_agent.py", *SCENARIOS, nats=nats, fake=fake, work=work)
+        out.events = events(nats, work / "home")
+        yield out
+
+
+def run_of(out: Outcome, agent: str) -> list[Event]:
+    [started] = [e for e in out.started() if e.agentid == agent]
+    return out.runs()[started.runid]
+
+
+def types(run: list[Event]) -> list[str]:
+    return [e.type.removeprefix("tether.") for e in run]
+
+
+def test_one_run_with_llm_and_tool_spans_and_retries_tether_owns(outcome: Outcome) -> None:
+    assert outcome.said["installed"] == outcome.said["again"] == ["google-adk"]
+    said = outcome.said["retries"]
+    assert said["ok"] and said["events"] == EVENTS, "the framework saw two answers, no error"
+    assert said["upstream"] == ["500", "200", "503", "200"], "one retry per failure, by tether alone"
+    run = run_of(outcome, "retries_bot")
+    assert run[0].data.name == "retries_bot" and run[0].data.parent_run_id is None
+    assert types(run) == [
+        "run.started",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "run.finished"]
+    assert {e.agentid for e in run} == {"retries_bot"}
+    requested, completed = (e for e in run if e.type.startswith("tether.tool.call"))
+    assert requested.data.tool == "get_weather" and requested.data.arguments == {"city": "fake city"}
+    assert completed.data.result == "It is sunny in fake city." and completed.data.duration_ms is not None
+    assert run[-1].data.status == "ok"
+
+
+def test_a_persistent_failure_is_three_upstream_requests_not_nine(outcome: Outcome) -> None:
+    said = outcome.said["down"]
+    assert not said["ok"] and said["error"] == "litellm.exceptions.InternalServerError", "LiteLLM's own, as without"
+    assert "openai.InternalServerError" in said["kinds"]
+    assert said["upstream"] == ["500", "500", "500"], "tether's three attempts; LiteLLM and the SDK retry none"
+    run = run_of(outcome, "down_bot")
+    assert types(run).count("llm.call.failed") == 1
+    assert run[-1].type == "tether.run.finished" and run[-1].data.status == "error"
+    assert run[-1].data.error.type == "InternalServerError"
+
+
+def test_a_budget_refusal_is_the_frameworks_own_rate_limit_error(outcome: Outcome) -> None:
+    said = outcome.said["budget"]
+    assert not said["ok"] and said["error"] == "litellm.exceptions.RateLimitError", said
+    assert "openai.RateLimitError" in said["kinds"] and "budget" in said["message"]
+    assert said["upstream"] == ["200"], "the second call was refused before anything was sent"
+    run = run_of(outcome, "budget_bot")
+    failed = next(e for e in run if e.type == "tether.llm.call.failed")
+    assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
+    assert run[-1].data.status == "error"
+
+
+def test_a_tool_that_raises_is_a_failed_tool_call_and_a_failed_run(outcome: Outcome) -> None:
+    said = outcome.said["broken-tool"]
+    assert not said["ok"] and said["error"] == "builtins.ConnectionError", "ADK raises the tool's error, as without"
+    run = run_of(outcome, "broken_tool_bot")
+    requested, failed = (e for e in run if e.type.startswith("tether.tool.call"))
+    assert requested.data.arguments == {"city": "fake city"}
+    assert failed.type == "tether.tool.call.failed" and failed.data.tool == "get_weather"
+    assert failed.data.error.type == "ConnectionError" and "is down" in failed.data.error.message
+    assert run[-1].data.status == "error" and run[-1].data.error.type == "ConnectionError"
+
+
+def test_an_agent_used_as_a_tool_is_a_child_run(outcome: Outcome) -> None:
+    assert outcome.said["sub-agent"]["ok"], outcome.said["sub-agent"]
+    parent, child = run_of(outcome, "triage_bot"), run_of(outcome, "sub_agent_bot")
+    assert child[0].data.parent_run_id == parent[0].runid and parent[0].data.parent_run_id is None
+    assert child[0].traceparent.split("-")[1] == parent[0].traceparent.split("-")[1], "one trace"
+    assert types(child) == TWO_CALLS_AND_A_TOOL
+    assert types(parent) == TWO_CALLS_AND_A_TOOL
+    assert [e.data.tool for e in parent if e.type == "tether.tool.call.completed"] == ["sub_agent_bot"]
+    assert parent[-1].time >= child[-1].time, "the child ends first"
+
+
+def test_memory_is_injected_into_the_models_input_and_recorded(outcome: Outcome) -> None:
+    said = outcome.said["memory"]
+    assert said["ok"] and said["events"] == EVENTS, said
+    run = run_of(outcome, "memory_bot")
+    recalls = [e for e in run if e.type == "tether.tool.call.completed" and e.data.tool == "tether.memory.context"]
+    assert len(recalls) == 2, "one retrieval per model call"
+    assert recalls[0].data.result["injected"] == ["agent:weather-bot/home-city@1"]
+    sent = [e for e in run if e.type == "tether.llm.call.requested"]
+    assert len(sent) == 2
+    for call in sent:
+        system = [m["content"] for m in call.data.request["messages"] if m["role"] == "system"]
+        assert any(REMEMBER in str(text) for text in system), system
+
+
+def test_adks_memory_service_on_tether_memory(outcome: Outcome) -> None:
+    said = outcome.said["memory-service"]
+    assert said["ok"], said
+    (author, question), (bot, answer) = said["recalled"]
+    assert (author, question) == ("user", "What is the weather in Paris?"), "the session's text, found by search"
+    assert bot == "memory_service_bot" and answer.startswith("This is fake reply")
+    assert said["after_delete"] == [answer], "delete_memory removes the entry search_memory named"
+    assert said["other_user"] == 0, "one user's memory is not another's"
+    written = [e for e in outcome.events if e.type == "tether.memory.written" and e.data.namespace == "adk:weather.u1"]
+    assert len(written) == 2, "in the log: the views show it and it survives a restart"
+
+
+def test_adks_session_service_on_tether_is_read_back_and_goes_on(outcome: Outcome) -> None:
+    said = outcome.said["session-service"]
+    assert said["ok"], said
+    events, state = said["restored"]
+    assert events == 4, "the user's message, the tool call, its result, the answer: read back by a new service"
+    assert state == [["app:region", "eu"], ["topic", "weather"], ["user:unit", "C"]], "each scope's state"
+    assert said["user_state"] == {"unit": "C"}
+    assert said["after_second_turn"] == 8 and said["texts"][2] == "And in Lisbon?"
+    assert said["listed"] == [True] and said["deleted"] is None
+    [_first, later] = [e for e in outcome.started() if e.agentid == "session_service_bot"]
+    sent = [e for e in outcome.runs()[later.runid] if e.type == "tether.llm.call.requested"]
+    history = [m.get("content") for m in sent[0].data.request["messages"]]
+    assert any("What is the weather in Paris?" in str(c) for c in history), "the model saw the first turn"

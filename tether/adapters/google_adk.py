@@ -1,0 +1,368 @@
+"""Google ADK under tether: runs, sub-agents and tool calls from an ADK plugin (:class:`TetherPlugin`,
+ADK's own extension point, given to the ``App``), model calls through tether (:func:`lite_llm`: ADK's
+``LiteLlm`` with an OpenAI client on tether's HTTP client), memory put into the model's input (the
+plugin's ``memory=``), ADK's ``SessionService`` and ``MemoryService`` on tether
+(:class:`TetherSessionService`, :class:`TetherMemoryService`).
+The only module of tether that imports ``google.adk``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from google.adk.errors.already_exists_error import AlreadyExistsError
+from google.adk.errors.session_not_found_error import SessionNotFoundError
+from google.adk.events.event import Event
+from google.adk.memory.base_memory_service import BaseMemoryService, SearchMemoryResponse
+from google.adk.memory.memory_entry import MemoryEntry
+from google.adk.plugins.base_plugin import BasePlugin
+from google.adk.sessions.base_session_service import BaseSessionService, GetSessionConfig, ListSessionsResponse
+from google.adk.sessions.session import Session
+from google.adk.sessions.state import State
+from google.genai import types
+
+from tether.adapters import Run, async_http_client
+from tether.bus import Bus
+from tether.schemas import uuid7
+
+from ._frameworks import KvState, ObservedTool, inject_memory, key_token, untoken
+
+__all__ = ["TetherMemoryService", "TetherPlugin", "TetherSessionService", "install", "lite_llm"]
+
+SOURCE = "urn:tether:adapter:google-adk"
+
+
+class TetherPlugin(BasePlugin):
+    """An ADK run (``Runner.run_async``) is a tether run named for its root agent; each other agent it
+    runs (a sub-agent, an agent transferred to, an ``AgentTool``'s agent) is a child run; each tool call
+    is recorded (arguments, result, duration, error). Called in the runner's own context, so the run it
+    opens is the current run of the model calls and tools that follow.
+
+    ``memory`` (a ``tether.memory.AsyncMemory``): before each model call of the agents named in
+    ``agents`` (default: every agent), what it holds on the last user message is added to the system
+    instruction (not kept in the session), the retrieval recorded as the tool call ``tether.memory.context``."""
+
+    def __init__(self, *, memory: Any = None, agents: Collection[str] | None = None, namespaces: Any = None,
+                 token_budget: int = 500, name: str = "tether") -> None:
+        super().__init__(name=name)
+        self.memory = memory
+        self.agents = None if agents is None else frozenset(agents)
+        self.namespaces = namespaces
+        self.token_budget = token_budget
+        self.runs: dict[str, Run] = {}  # invocation id -> the root agent's run
+        self.children: dict[tuple[str, str], list[Run]] = {}  # (invocation id, agent) -> its runs, innermost last
+        self.tools: dict[str, ObservedTool] = {}  # function call id -> the call under way
+
+    # runs
+    async def before_run_callback(self, *, invocation_context: Any) -> Any:
+        agent = str(invocation_context.agent.name)
+        run = Run(agent=agent, name=agent, metadata={"framework": "google-adk",
+                                                     "invocation_id": str(invocation_context.invocation_id)})
+        try:
+            await run.__aenter__()
+        except Exception:  # no bus: the agent runs unrecorded
+            return None
+        self.runs[str(invocation_context.invocation_id)] = run
+        return None
+
+    async def after_run_callback(self, *, invocation_context: Any) -> None:
+        await self._end_run(str(invocation_context.invocation_id), None)
+
+    async def on_run_error_callback(self, *, invocation_context: Any, error: Exception) -> None:
+        await self._end_run(str(invocation_context.invocation_id), error)
+
+    async def _end_run(self, invocation: str, error: BaseException | None) -> None:
+        for key, runs in list(self.children.items()):
+            if key[0] == invocation:  # a sub-agent left open by an error ends with its run
+                del self.children[key]
+                for child in reversed(runs):
+                    await child.__aexit__(type(error) if error else None, error, None)
+        root = self.runs.pop(invocation, None)
+        if root is not None:
+            await root.__aexit__(type(error) if error else None, error, None)
+
+    async def before_agent_callback(self, *, agent: Any, callback_context: Any) -> Any:
+        invocation = str(callback_context.invocation_id)
+        root = self.runs.get(invocation)
+        if root is None or root.agent == agent.name:
+            return None  # the root agent: its run is the invocation's
+        run = Run(agent=str(agent.name), name=str(agent.name), metadata={"framework": "google-adk"})
+        try:
+            await run.__aenter__()
+        except Exception:
+            return None
+        self.children.setdefault((invocation, str(agent.name)), []).append(run)
+        return None
+
+    async def after_agent_callback(self, *, agent: Any, callback_context: Any) -> Any:
+        await self._end_child(str(callback_context.invocation_id), str(agent.name), None)
+        return None
+
+    async def on_agent_error_callback(self, *, agent: Any, callback_context: Any, error: Exception) -> None:
+        await self._end_child(str(callback_context.invocation_id), str(agent.name), error)
+
+    async def _end_child(self, invocation: str, agent: str, error: BaseException | None) -> None:
+        runs = self.children.get((invocation, agent))
+        if runs:
+            run = runs.pop()
+            if not runs:
+                del self.children[(invocation, agent)]
+            await run.__aexit__(type(error) if error else None, error, None)
+
+    # tools
+    async def before_tool_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any) -> Any:
+        observed = ObservedTool.start(str(tool.name), tool_args, source=SOURCE)
+        if observed is not None:
+            self.tools[self._call_id(tool, tool_context)] = observed
+        return None
+
+    async def after_tool_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any,
+                                  result: Any) -> Any:
+        observed = self.tools.pop(self._call_id(tool, tool_context), None)
+        if observed is not None:
+            observed.completed(result)
+        return None
+
+    async def on_tool_error_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any,
+                                     error: Exception) -> Any:
+        observed = self.tools.pop(self._call_id(tool, tool_context), None)
+        if observed is not None:
+            observed.failed(error)
+        return None
+
+    @staticmethod
+    def _call_id(tool: Any, tool_context: Any) -> str:
+        return str(getattr(tool_context, "function_call_id", None) or f"{tool_context.invocation_id}/{tool.name}")
+
+    # messages
+    async def before_model_callback(self, *, callback_context: Any, llm_request: Any) -> Any:
+        if self.memory is None or (self.agents is not None and callback_context.agent_name not in self.agents):
+            return None
+        query = next((_text(c) for c in reversed(llm_request.contents or []) if c.role == "user" and _text(c)), "")
+        text = await inject_memory(self.memory, query, namespaces=self.namespaces, token_budget=self.token_budget)
+        if text:
+            llm_request.append_instructions([f"What you remember:\n{text}"])
+        return None
+
+
+def _text(content: Any) -> str:
+    return " ".join(part.text for part in content.parts or [] if getattr(part, "text", None))
+
+
+_installed = False
+
+
+def install() -> None:
+    """Nothing process-wide: ADK takes plugins per ``App`` (``App(plugins=[TetherPlugin()])``), and
+    has no hook for every runner. Kept so that ``tether.init()`` treats every framework alike."""
+    global _installed
+    _installed = True
+
+
+def _http_package() -> str:
+    major = importlib.metadata.version("openai").partition(".")[0]
+    return "httpx2" if major.isdigit() and int(major) >= 3 else "httpx"
+
+
+def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """ADK's ``LiteLlm(model, **kwargs)`` for an OpenAI-compatible model (``openai/<name>``) whose
+    calls go through tether: LiteLLM is given (``client=``, a LiteLLM completion argument ADK passes
+    on) an ``AsyncOpenAI`` on tether's HTTP client with its retries off; ``tether`` holds
+    ``tether.async_http_client`` options (``policies``, ``bus``, ``agent``). ``base_url`` and
+    ``api_key`` default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``, as the SDK's do."""
+    from google.adk.models.lite_llm import LiteLlm
+    from openai import AsyncOpenAI
+
+    if not model.startswith("openai/"):
+        raise ValueError(f"tether.adapters.google_adk.lite_llm takes an OpenAI-compatible model, 'openai/<name>', "
+                         f"not {model!r}: other providers' LiteLLM routes do not use the openai client tether wraps")
+    if "client" in kwargs:
+        raise TypeError("lite_llm gives LiteLLM tether's own client: leave client out (pass base_url= and api_key=)")
+    options = {k: kwargs.pop(k) for k in ("base_url", "api_key") if k in kwargs}
+    http = async_http_client(package=_http_package(), **dict(tether or {}))  # type: ignore[arg-type]
+    client = AsyncOpenAI(http_client=http, max_retries=0, **options)
+    return LiteLlm(model=model, client=client, num_retries=0, **kwargs)
+
+
+def _token(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@+=~-]", "-", text) or "-"
+
+
+class TetherMemoryService(BaseMemoryService):
+    """ADK's ``MemoryService`` on tether memory (``tether.memory.AsyncMemory``): what a session said
+    (each event with text: its author, time and session in the entry's metadata) is written to the
+    namespace ``adk:<app>.<user>``, where ``search_memory`` (ADK's ``load_memory`` tool) finds it by
+    tether's search (keywords and embeddings). Writes are in the log, so they survive a restart and
+    show in the views; ``add_*`` return once the memory view has them, so a search right after sees them."""
+
+    def __init__(self, memory: Any, *, k: int = 5) -> None:
+        self.memory = memory
+        self.k = k
+
+    @staticmethod
+    def namespace(app_name: str, user_id: str) -> str:
+        return f"adk:{_token(app_name)}.{_token(user_id)}"[:200]
+
+    async def add_session_to_memory(self, session: Any) -> None:
+        await self.add_events_to_memory(app_name=session.app_name, user_id=session.user_id, events=session.events,
+                                        session_id=session.id)
+
+    async def add_events_to_memory(self, *, app_name: str, user_id: str, events: Sequence[Any],
+                                   session_id: str | None = None,
+                                   custom_metadata: Mapping[str, object] | None = None) -> None:
+        namespace, last = self.namespace(app_name, user_id), None
+        for event in events:
+            text = _text(event.content) if event.content is not None else ""
+            if not text:
+                continue
+            metadata = {**dict(custom_metadata or {}), "author": event.author, "timestamp": event.timestamp,
+                        "session": session_id}
+            last = await self.memory.write(namespace, text, key=f"{session_id or '-'}.{event.id}", metadata=metadata)
+        if last is not None:
+            await self.memory.wait_for(last.seq)
+
+    async def add_memory(self, *, app_name: str, user_id: str, memories: Sequence[MemoryEntry],
+                         custom_metadata: Mapping[str, object] | None = None) -> None:
+        namespace, last = self.namespace(app_name, user_id), None
+        for entry in memories:
+            text = _text(entry.content)
+            if text:
+                metadata = {**dict(custom_metadata or {}), **entry.custom_metadata, "author": entry.author,
+                            "timestamp": entry.timestamp}
+                last = await self.memory.write(namespace, text, key=entry.id, metadata=metadata)
+        if last is not None:
+            await self.memory.wait_for(last.seq)
+
+    async def search_memory(self, *, app_name: str, user_id: str, query: str) -> SearchMemoryResponse:
+        hits = await self.memory.search(query, self.namespace(app_name, user_id), k=self.k)
+        memories = []
+        for hit in hits:
+            metadata = dict(hit.entry.metadata or {})
+            author, timestamp = metadata.pop("author", None), metadata.pop("timestamp", None)
+            memories.append(MemoryEntry(
+                id=hit.entry.key, author=author, custom_metadata=metadata,
+                timestamp=None if timestamp is None else str(timestamp),
+                content=types.Content(role="model" if author not in (None, "user") else "user",
+                                      parts=[types.Part(text=hit.entry.text)])))
+        return SearchMemoryResponse(memories=memories)
+
+    async def delete_memory(self, *, app_name: str, user_id: str, memory_id: str | None = None) -> None:
+        if memory_id is None:
+            raise ValueError("TetherMemoryService.delete_memory needs memory_id (a MemoryEntry.id search_memory gave)")
+        written = await self.memory.delete(self.namespace(app_name, user_id), memory_id)
+        await self.memory.wait_for(written.seq)
+
+
+def _scopes(delta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A state delta as (app, user, session) deltas, prefixes removed from the first two; ``temp:`` dropped."""
+    app, user, session = {}, {}, {}
+    for key, value in delta.items():
+        if key.startswith(State.APP_PREFIX):
+            app[key.removeprefix(State.APP_PREFIX)] = value
+        elif key.startswith(State.USER_PREFIX):
+            user[key.removeprefix(State.USER_PREFIX)] = value
+        elif not key.startswith(State.TEMP_PREFIX):
+            session[key] = value
+    return app, user, session
+
+
+class TetherSessionService(BaseSessionService):
+    """ADK's ``SessionService`` on tether: each session (its own state), each of its events, and the
+    app- and user-scoped state (``app:`` / ``user:`` keys) as keys of the JetStream KV bucket ``bucket``
+    (file storage), so a conversation survives a restart of the process and of NATS. Events are kept
+    in the order appended; ``temp:`` state lives for the invocation only, as in ADK's own services."""
+
+    def __init__(self, bus: Bus, *, bucket: str = "tether-adk-sessions") -> None:
+        self.state = KvState(bus, bucket)
+
+    @staticmethod
+    def _key(app_name: str, user_id: str, session_id: str | None = None) -> str:
+        key = f"{key_token(app_name)}.{key_token(user_id)}"
+        return key if session_id is None else f"{key}.{key_token(session_id)}"
+
+    async def create_session(self, *, app_name: str, user_id: str, state: dict[str, Any] | None = None,
+                             session_id: str | None = None) -> Session:
+        session_id = (session_id or "").strip() or uuid7()
+        key = self._key(app_name, user_id, session_id)
+        if await self.state.get(f"s.{key}") is not None:
+            raise AlreadyExistsError(f"Session with id {session_id} already exists.")
+        app, user, own = _scopes(state or {})
+        await self._update(app_name, user_id, app, user)
+        session = Session(app_name=app_name, user_id=user_id, id=session_id, state=own,
+                          last_update_time=time.time())
+        await self.state.put(f"s.{key}", {"state": own, "last_update_time": session.last_update_time})
+        return await self._merged(session)
+
+    async def get_session(self, *, app_name: str, user_id: str, session_id: str,
+                          config: GetSessionConfig | None = None) -> Session | None:
+        key = self._key(app_name, user_id, session_id.strip())
+        saved = await self.state.get(f"s.{key}")
+        if saved is None:
+            return None
+        entries = [await self.state.entry(k) for k in await self.state.keys(f"e.{key}")]
+        ordered = sorted((e for e in entries if e is not None and e.value), key=lambda e: e.revision)
+        events = [Event.model_validate_json(e.value) for e in ordered]
+        if config is not None:
+            if config.num_recent_events is not None:
+                events = events[-config.num_recent_events:] if config.num_recent_events > 0 else []
+            if config.after_timestamp is not None:
+                events = [e for e in events if e.timestamp >= config.after_timestamp]
+        session = Session(app_name=app_name, user_id=user_id, id=session_id.strip(), state=dict(saved["state"]),
+                          events=events, last_update_time=saved["last_update_time"])
+        return await self._merged(session)
+
+    async def list_sessions(self, *, app_name: str, user_id: str | None = None) -> ListSessionsResponse:
+        prefix = f"s.{key_token(app_name)}" if user_id is None else f"s.{self._key(app_name, user_id)}"
+        sessions = []
+        for key in await self.state.keys(prefix):
+            saved = await self.state.get(key)
+            if saved is None:
+                continue
+            _, _, user, sid = key.split(".")
+            session = Session(app_name=app_name, user_id=untoken(user), id=untoken(sid), state=dict(saved["state"]),
+                              last_update_time=saved["last_update_time"])
+            sessions.append(await self._merged(session))
+        return ListSessionsResponse(sessions=sorted(sessions, key=lambda s: s.last_update_time))
+
+    async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
+        key = self._key(app_name, user_id, session_id)
+        await self.state.remove(f"s.{key}")
+        await self.state.remove(f"e.{key}.>")
+
+    async def get_user_state(self, *, app_name: str, user_id: str) -> dict[str, Any]:
+        return dict(await self.state.get(f"u.{self._key(app_name, user_id)}") or {})
+
+    async def append_event(self, session: Session, event: Event) -> Event:
+        if event.partial:
+            return event
+        key = self._key(session.app_name, session.user_id, session.id)
+        saved = await self.state.get(f"s.{key}")
+        if saved is None:
+            raise SessionNotFoundError(f"Session {session.id} not found.")
+        event = await super().append_event(session=session, event=event)  # the caller's copy, temp: state trimmed
+        session.last_update_time = event.timestamp
+        own: dict[str, Any] = dict(saved["state"])
+        if event.actions and event.actions.state_delta:
+            app, user, delta = _scopes(event.actions.state_delta)
+            await self._update(session.app_name, session.user_id, app, user)
+            own.update(delta)
+        await self.state.put(f"e.{key}.{uuid7()}", event.model_dump(mode="json", exclude_none=True))
+        await self.state.put(f"s.{key}", {"state": own, "last_update_time": event.timestamp})
+        return event
+
+    async def _update(self, app_name: str, user_id: str, app: dict[str, Any], user: dict[str, Any]) -> None:
+        for kv_key, delta in ((f"a.{key_token(app_name)}", app), (f"u.{self._key(app_name, user_id)}", user)):
+            if delta:
+                await self.state.put(kv_key, {**(await self.state.get(kv_key) or {}), **delta})
+
+    async def _merged(self, session: Session) -> Session:
+        """``session`` with the app- and user-scoped state under their prefixes, as ADK's services give it."""
+        app = await self.state.get(f"a.{key_token(session.app_name)}") or {}
+        user = await self.state.get(f"u.{self._key(session.app_name, session.user_id)}") or {}
+        session.state.update({State.APP_PREFIX + k: v for k, v in app.items()})
+        session.state.update({State.USER_PREFIX + k: v for k, v in user.items()})
+        return session
