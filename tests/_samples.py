@@ -27,11 +27,14 @@ from tether.schemas import (
     MemoryWritten,
     Payload,
     RunFinished,
+    RunNeedsAttention,
     RunStarted,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
+    ToolCallReplayed,
     ToolCallRequested,
+    ToolCallResolved,
     Usage,
 )
 
@@ -67,6 +70,8 @@ SAMPLES: dict[str, Payload] = {
             error=ErrorInfo(type="Timeout", message="deadline", status_code=504, code="deadline",
                             retryable=False, retry_after_s=0.0),
         ),
+        RunNeedsAttention(call_id="call-0002", tool="bank.transfer", position=3, arguments={"amount": 12.5},
+                          idempotency_key="run-1:3", reason="the process died inside the call"),
         LlmCallRequested(
             **_LLM,
             operation="responses",
@@ -104,12 +109,15 @@ SAMPLES: dict[str, Payload] = {
             idempotent=True,
             idempotency_key="idem-7",
             mode="durable",
+            position=4,
         ),
         ToolCallAttemptFailed(
             **_TOOL, attempt=1, error=_ERROR, duration_ms=15.0, decision="retry", retry_in_s=2.0
         ),
         ToolCallCompleted(**_TOOL, attempt=2, result=["one", 2, {"three": 3.0}], duration_ms=33.5),
         ToolCallFailed(**_TOOL, attempts=3, error=_ERROR),
+        ToolCallReplayed(**_TOOL, original_call_id="call-0001", position=2, result={"sent": "é ✓"}),
+        ToolCallResolved(**_TOOL, happened=True, result={"id": 7}, note="checked the bank's ledger"),
         MemoryWritten(
             **_MEMORY,
             version=2,

@@ -33,7 +33,7 @@ from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
-from ._runs import Run, RunContext, bound, current_run, run
+from ._runs import NeedsAttention, Run, RunContext, bound, current_run, read_run, run
 from ._tools import RunawayError, tool
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "Hub",
     "Interceptor",
     "LoopThreadError",
+    "NeedsAttention",
     "ProxyResponse",
     "Redactor",
     "RoutedUpstream",
@@ -67,6 +68,7 @@ __all__ = [
     "http_client",
     "init",
     "instrument",
+    "read_run",
     "run",
     "shutdown",
     "tool",

@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import JsonValue
 
-from tether.bus import Bus
+from tether.bus import EVENTS_STREAM, Bus, event_filter
 from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
 
 from ._hub import Hub, background_hub
 from ._redact import Redactor, redactor_of
+from ._tooljournal import ToolJournal, recorded_tools
 
-__all__ = ["Run", "RunContext", "bound", "current_run", "run"]
+__all__ = ["NeedsAttention", "Run", "RunContext", "bound", "current_run", "read_run", "run"]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 SOURCE = "urn:tether:adapter"
@@ -62,6 +64,46 @@ class RunContext:
     traceparent: str
     parent_run_id: str | None = None
     hub: Hub | None = field(default=None, repr=False, compare=False)
+    journal: ToolJournal | None = field(default=None, repr=False, compare=False)
+    """The run's tool calls: their positions, and (resumed) what the log recorded of them."""
+
+
+class NeedsAttention(RuntimeError):
+    """A resumed run stopped at a tool call whose start was recorded and whose end was not (the process
+    died inside it), and which is not idempotent: resolve it (``tether runs resolve``), then resume."""
+
+    def __init__(self, run_id: str, call_id: str, tool: str, position: int, arguments: Any, reason: str) -> None:
+        self.run_id = run_id
+        self.call_id = call_id
+        self.tool = tool
+        self.position = position
+        self.arguments = arguments
+        self.reason = reason
+        super().__init__(
+            f"run {run_id} needs attention: tool call {position} ({tool}, call {call_id}): {reason}. Say whether it "
+            f"happened: `tether runs resolve {run_id} --happened --result JSON` or `--not-happened`, then resume "
+            "the run")
+
+
+async def read_run(bus: Bus, run_id: str, *, timeout: float = 10.0) -> list[Event]:
+    """Every event of ``run_id`` now in the log, in log order (claim checks resolved; an event that
+    does not decode is skipped)."""
+    sub = await bus.js.pull_subscribe(
+        event_filter(run=run_id), stream=EVENTS_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+    try:
+        remaining = (await sub.consumer_info()).num_pending or 0
+        out: list[Event] = []
+        while remaining > 0:
+            msgs = await sub.fetch(min(remaining, 500), timeout=timeout)
+            for m in msgs:
+                read = await bus.reader.read_safe(m.subject, m.headers, m.data)
+                if read.event is not None:
+                    out.append(read.event)
+            remaining -= len(msgs)
+        return out
+    finally:
+        await sub.unsubscribe()
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("tether_run", default=None)
@@ -89,7 +131,12 @@ class Run:
     def __init__(self, *, agent: str | None = None, run_id: str | None = None, name: str | None = None,
                  traceparent: str | None = None, metadata: Mapping[str, JsonValue] | None = None,
                  input: JsonValue = None, tags: tuple[str, ...] = (), bus: Bus | None = None,
-                 redact: Redactor | None = None) -> None:
+                 redact: Redactor | None = None, resume: bool = False) -> None:
+        if resume and not run_id:
+            raise ValueError("resume=True resumes a run by its id: pass run_id= (`tether runs` lists them)")
+        self.resume = resume
+        self.recorded: list[Event] = []
+        """A resumed run: its events read from the log when it opened."""
         self.agent = agent
         self.run_id = run_id or uuid7()
         self.name = name
@@ -98,7 +145,7 @@ class Run:
         self.input = input
         self.tags = tuple(tags)
         self.output: JsonValue = None
-        self.status: Literal["ok", "error", "cancelled"] | None = None
+        self.status: Literal["ok", "error", "cancelled", "needs_attention"] | None = None
         self._bus = bus
         self._redact = redactor_of(redact)
         self._token: contextvars.Token[RunContext | None] | None = None
@@ -109,25 +156,31 @@ class Run:
 
     def __enter__(self) -> Run:
         hub = self._hub_nowait() or background_hub()
+        if self.resume:
+            self.recorded = hub.call_sync(lambda: read_run(hub.bus, self.run_id))
         hub.emit(self._open(hub))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         hub, event = self._close(exc)
-        hub.emit(event)
+        if event is not None:
+            hub.emit(event)
 
     async def __aenter__(self) -> Run:
         hub = self._hub_nowait()
         if hub is None:
             hub = await asyncio.to_thread(background_hub)
+        if self.resume:
+            self.recorded = await hub.call(lambda: read_run(hub.bus, self.run_id))
         await hub.aemit(self._open(hub))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         hub, event = self._close(exc)
-        await hub.aemit(event)
+        if event is not None:
+            await hub.aemit(event)
 
     # -- the logic -----------------------------------------------------------------------------
 
@@ -141,17 +194,19 @@ class Run:
         parent = _current.get()
         trace_id = trace_of(self.incoming) or (parent.trace_id if parent else None) or secrets.token_hex(16)
         agent = self.agent or (parent.agent if parent else None)
+        journal = ToolJournal(self.run_id, recorded_tools(self.recorded), resumed=self.resume)
         ctx = RunContext(self.run_id, agent, trace_id, new_traceparent(trace_id),
-                         parent.run_id if parent else None, hub)
+                         parent.run_id if parent else None, hub, journal)
         self.context = ctx
         self._token = _current.set(ctx)
         self._started = time.perf_counter()
+        metadata = {**self.metadata, "tether.resumed": True} if self.resume else self.metadata
         return Event.of(RunStarted(name=self.name, parent_run_id=ctx.parent_run_id,
                                    input=self._redact(self.input), tags=self.tags,
-                                   metadata=self._redact(self.metadata)),
+                                   metadata=self._redact(metadata)),
                         runid=ctx.run_id, agentid=agent, traceparent=ctx.traceparent, source=SOURCE)
 
-    def _close(self, exc: BaseException | None) -> tuple[Hub, Event]:
+    def _close(self, exc: BaseException | None) -> tuple[Hub, Event | None]:
         ctx = self.context
         assert ctx is not None and ctx.hub is not None
         if self._token is not None:
@@ -161,6 +216,9 @@ class Run:
                 _current.set(None)
             self._token = None
         error = None
+        if isinstance(exc, NeedsAttention):  # not finished: ``run.needs_attention`` says where it stopped
+            self.status = "needs_attention"
+            return ctx.hub, None
         if exc is None:
             self.status = "ok"
         elif isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | GeneratorExit):
@@ -179,13 +237,18 @@ class Run:
 
 def run(*, agent: str | None = None, run_id: str | None = None, name: str | None = None,
         traceparent: str | None = None, metadata: Mapping[str, Any] | None = None, input: JsonValue = None,
-        tags: tuple[str, ...] = (), bus: Bus | None = None, redact: Redactor | None = None) -> Run:
+        tags: tuple[str, ...] = (), bus: Bus | None = None, redact: Redactor | None = None,
+        resume: bool = False) -> Run:
     """A run of ``agent``: ``with tether.run(agent="bot"):`` or ``async with tether.run(...)``.
 
     ``run_id`` defaults to a new UUIDv7; ``traceparent`` continues an incoming W3C trace;
     a run opened inside another is its sub-run (``parent_run_id``). Events go to ``bus``,
     else the enclosing run's bus, else tether's background bus. ``run.started`` and
     ``run.finished`` (status ok, error or cancelled, duration, ``output``) frame the calls.
+
+    ``resume=True`` (with the ``run_id`` of a run that did not finish) reads the run's log first:
+    each tool call that completed before the crash returns its recorded result instead of running
+    again (docs/resume.md); a run stopped by :class:`NeedsAttention` ends without ``run.finished``.
     """
     return Run(agent=agent, run_id=run_id, name=name, traceparent=traceparent, metadata=metadata, input=input,
-               tags=tags, bus=bus, redact=redact)
+               tags=tags, bus=bus, redact=redact, resume=resume)

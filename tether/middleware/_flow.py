@@ -372,6 +372,8 @@ class ToolCall:
     runaway: RunawayTracker
     source: str
     retry_on: tuple[type[BaseException], ...] = ()
+    position: int | None = None
+    """The call's place among its run's tool calls (what a resumed run matches it by)."""
     rec: CallRecord = field(init=False)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -405,7 +407,8 @@ def tool_flow(call: ToolCall) -> Generator[Effect, Any, Invoked]:
     item, rec, policy = call.item, call.rec, call.policy
     yield Emit(call.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
                                             idempotent=call.idempotent, idempotency_key=item.idempotency_key,
-                                            mode="inline"), id=terminal_id(item.call_id, "requested")))
+                                            mode="inline", position=call.position),
+                          id=terminal_id(item.call_id, "requested")))
     guard = call.policies.runaway
     if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
         refusal = call.runaway.admit(item.runid, request_fingerprint({"tool": item.tool, "arguments": item.arguments}),

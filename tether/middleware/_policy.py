@@ -16,6 +16,8 @@ Configuration lives in ``tether.toml``, or under ``[tool.tether]`` in ``pyprojec
     timeout_s = 60.0               # per attempt
     deadline_s = 300.0             # per call, all attempts and backoffs included; false = none
     max_total_attempts = false     # default: retry.max_attempts + fallback.max_fallbacks
+    # idempotent = true            # tools only: may run again (retries, resume); unset: the decorator's word
+    tool_timeout_s = false         # tools only: per attempt; false = none
 
     [routes."*".retry]
     max_attempts = 3               # attempts on one target
@@ -358,6 +360,11 @@ class Policy:
     """Per route; the per-provider limits live in :attr:`PolicySet.rate_limits`."""
     max_total_attempts: _OptionalCount = None
     """Attempts of one call across its fallback chain; unset: retry.max_attempts + fallback.max_fallbacks."""
+    idempotent: StrictBool | None = None
+    """Tools only: the tool may run again (retried, and re-run by a resumed run that died inside it);
+    unset: what ``@tether.tool(idempotent=...)`` says."""
+    tool_timeout_s: _OptionalSeconds = None
+    """Tools only: per attempt (``@tether.tool(timeout_s=...)`` wins); false: none."""
 
     @property
     def total_attempts(self) -> int:

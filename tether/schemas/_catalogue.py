@@ -31,11 +31,14 @@ __all__ = [
     "MemoryDeleted",
     "MemoryWritten",
     "RunFinished",
+    "RunNeedsAttention",
     "RunStarted",
     "ToolCallAttemptFailed",
     "ToolCallCompleted",
     "ToolCallFailed",
+    "ToolCallReplayed",
     "ToolCallRequested",
+    "ToolCallResolved",
     "Usage",
 ]
 
@@ -99,6 +102,23 @@ class RunFinished(Payload):
     duration_ms: float | None = Field(None, ge=0)
     output: Recorded = None
     error: ErrorInfo | None = None
+
+
+class RunNeedsAttention(Payload):
+    """A resumed run stopped before a tool call whose start was recorded and whose end was not
+    (the process died inside it) and which is not idempotent: a person or code says whether its
+    effect happened (``tether runs resolve``), then the run is resumed."""
+
+    event_type: ClassVar[str] = "tether.run.needs_attention"
+    kind: ClassVar[str] = "run"
+    action: ClassVar[str] = "needs_attention"
+
+    call_id: Id = Field(description="The tool call whose outcome is unknown (its ``tool.call.requested``).")
+    tool: Id
+    position: int = Field(ge=0, description="The call's place among the run's tool calls, from 0.")
+    arguments: Recorded = None
+    idempotency_key: str | None = None
+    reason: str
 
 
 # -- LLM calls -------------------------------------------------------------------------
@@ -183,7 +203,11 @@ class _ToolCall(Payload):
 
 
 class ToolCallRequested(_ToolCall):
+    """A tool call starts. v2 adds ``position``: its place among its run's tool calls (from 0),
+    which a resumed run matches its calls against."""
+
     event_type: ClassVar[str] = "tether.tool.call.requested"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "tool"
     action: ClassVar[str] = "requested"
 
@@ -191,6 +215,7 @@ class ToolCallRequested(_ToolCall):
     idempotent: bool = False
     idempotency_key: str | None = None
     mode: Literal["inline", "durable"] = "inline"
+    position: int | None = Field(None, ge=0)
 
 
 class ToolCallAttemptFailed(_ToolCall):
@@ -222,6 +247,32 @@ class ToolCallFailed(_ToolCall):
 
     attempts: int = Field(ge=0)
     error: ErrorInfo
+
+
+class ToolCallReplayed(_ToolCall):
+    """A resumed run's tool call answered from the journal: the call at the same position, with the
+    same tool and arguments, completed before the crash; the tool did not run again."""
+
+    event_type: ClassVar[str] = "tether.tool.call.replayed"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "replayed"
+
+    original_call_id: Id
+    position: int = Field(ge=0)
+    result: Recorded = None
+
+
+class ToolCallResolved(_ToolCall):
+    """Someone said what became of a tool call whose outcome was unknown (``tether runs resolve``):
+    it ``happened`` (with ``result``, which a resumed run returns), or it did not (it runs again)."""
+
+    event_type: ClassVar[str] = "tether.tool.call.resolved"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "resolved"
+
+    happened: bool
+    result: Recorded = None
+    note: str | None = None
 
 
 # -- memory ----------------------------------------------------------------------------
