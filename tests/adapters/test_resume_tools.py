@@ -233,3 +233,32 @@ def test_resume_needs_a_run_id_and_the_timeout_must_be_positive() -> None:
         tether.run(resume=True)
     with pytest.raises(ValueError, match="timeout_s must be"):
         tether.tool(timeout_s=0)
+
+
+async def test_a_tool_that_commits_with_tether_once_is_exactly_once_across_a_crash_after_its_commit(
+        bus: Bus, policies: PolicySet, tmp_path: Any) -> None:
+    import sqlite3
+
+    path = tmp_path / "bank.db"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE moves (amount INTEGER)")
+    setup.commit()
+    crash = [True]
+
+    @tether.tool(bus=bus, policies=policies, idempotent=True)
+    def transfer(amount: int, idempotency_key: str = "") -> Any:
+        db = sqlite3.connect(path)
+        result = tether.once(db, idempotency_key,
+                             lambda conn: (conn.execute("INSERT INTO moves VALUES (?)", (amount,)), amount)[1])
+        if crash[0]:
+            raise Crash  # committed, but the process dies before the tool returns
+        return result
+
+    async def steps() -> Any:
+        return await asyncio.to_thread(transfer, 5)
+
+    await crashed_run(bus, "run-once-1", steps)
+    crash[0] = False
+    async with tether.run(agent="bank-bot", run_id="run-once-1", resume=True, bus=bus):
+        assert await steps() == 5
+    assert [a for (a,) in sqlite3.connect(path).execute("SELECT amount FROM moves")] == [5]

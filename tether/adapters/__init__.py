@@ -4,7 +4,9 @@
   ``httpx2`` or ``httpx``): every LLM call is recorded and runs under the reliability
   policy, with tether owning the retries. :func:`http_client` and
   :func:`async_http_client` are ready-made HTTP clients for frameworks that take one.
-* :func:`tool` records a function's calls and retries it only when it is idempotent.
+* :func:`tool` records a function's calls and retries it only when it is idempotent; in a run
+  resumed after a crash (``run(run_id=..., resume=True)``) a completed call is answered from the
+  log, and :func:`once` makes a tool's own SQLite effect exactly-once (docs/resume.md).
 * :func:`run` puts the calls inside it under one run, with W3C trace context;
   :func:`conversation` reads a run's messages back from its events.
 * :class:`Interceptor` is the core they share with the gateway (``tether.adapters.gateway``,
@@ -32,6 +34,7 @@ from ._core import (
 from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
+from ._once import once
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import NeedsAttention, Run, RunContext, bound, current_run, read_run, run
 from ._tools import RunawayError, tool
@@ -68,6 +71,7 @@ __all__ = [
     "http_client",
     "init",
     "instrument",
+    "once",
     "read_run",
     "run",
     "shutdown",

@@ -33,8 +33,9 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass
 class ObservedTool:
-    """One tool call a framework runs itself: ``requested`` when it starts, then ``completed``
-    or ``failed`` (dead-lettering is the tool policy's, which only ``@tether.tool`` applies)."""
+    """One tool call a framework runs itself: ``requested`` when it starts (with its position in the
+    run and its idempotency key), then ``completed`` or ``failed``. Only observed: dead-lettering,
+    timeouts, retries and replay on resume are the tool policy's, which only ``@tether.tool`` applies."""
 
     hub: Hub
     name: str
@@ -56,8 +57,12 @@ class ObservedTool:
         trace = ctx.trace_id if ctx is not None else secrets.token_hex(16)
         observed = cls(hub, name or "tool", source, runid=ctx.run_id if ctx else None,
                        agentid=ctx.agent if ctx else None, traceparent=f"00-{trace}-{secrets.token_hex(8)}-01")
+        journal = ctx.journal if ctx is not None else None
+        position = journal.allocate() if journal is not None else None
+        key = journal.key(position, observed.call_id) if journal is not None and position is not None else None
         observed._emit(ToolCallRequested(call_id=observed.call_id, tool=observed.name,
-                                         arguments=_REDACT(_jsonable(arguments))))
+                                         arguments=_REDACT(_jsonable(arguments)), idempotency_key=key,
+                                         position=position))
         return observed
 
     def completed(self, result: Any, duration_ms: float | None = None) -> None:
