@@ -5,16 +5,26 @@ from typing import TYPE_CHECKING, Any
 from tether.schemas import Event
 
 if TYPE_CHECKING:
-    from tether.adapters import NeedsAttention, async_http_client, http_client, init, instrument, once, run, tool
+    from tether.adapters import (
+        NeedsAttention,
+        async_http_client,
+        entrypoint,
+        http_client,
+        init,
+        instrument,
+        once,
+        run,
+        tool,
+    )
     from tether.bus import Bus, connect
 
 __version__ = "0.1.0"
 
-__all__ = ["Bus", "Event", "NeedsAttention", "__version__", "async_http_client", "connect", "http_client", "init",
-           "instrument", "once", "run", "tool"]
+__all__ = ["Bus", "Event", "NeedsAttention", "__version__", "async_http_client", "connect", "entrypoint",
+           "http_client", "init", "instrument", "once", "run", "tool"]
 
-_ADAPTERS = frozenset({"NeedsAttention", "async_http_client", "http_client", "init", "instrument", "once", "run",
-                       "tool"})
+_ADAPTERS = frozenset({"NeedsAttention", "async_http_client", "entrypoint", "http_client", "init", "instrument",
+                       "once", "run", "tool"})
 
 
 def __getattr__(name: str) -> Any:

@@ -31,9 +31,11 @@ from ._core import (
     SyncUpstream,
     SyncUpstreamResponse,
 )
+from ._entrypoints import Entrypoint, ResumeSection, entrypoint, entrypoint_for
 from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
+from ._lease import LEASE_BUCKET, LeaseHeld, RunLease
 from ._once import once
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import NeedsAttention, Run, RunContext, bound, current_run, read_run, run
@@ -43,20 +45,25 @@ __all__ = [
     "ASSIGNED_NAMES",
     "DEFAULT_FIELDS",
     "DEFAULT_PATTERNS",
+    "LEASE_BUCKET",
     "REDACTED",
     "SECRET_HEADERS",
     "AsyncTetherTransport",
     "AsyncUpstream",
     "AsyncUpstreamResponse",
+    "Entrypoint",
     "Hub",
     "Interceptor",
+    "LeaseHeld",
     "LoopThreadError",
     "NeedsAttention",
     "ProxyResponse",
     "Redactor",
+    "ResumeSection",
     "RoutedUpstream",
     "Run",
     "RunContext",
+    "RunLease",
     "RunawayError",
     "SyncProxyResponse",
     "SyncUpstream",
@@ -67,6 +74,8 @@ __all__ = [
     "bound",
     "conversation",
     "current_run",
+    "entrypoint",
+    "entrypoint_for",
     "flush",
     "http_client",
     "init",

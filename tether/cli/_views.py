@@ -25,7 +25,7 @@ from ._format import Style
 __all__ = ["add_commands", "parse_since", "run"]
 
 NO_VIEWS = "no views yet: run `tether up` (it runs the projector) or `tether replay`"
-STATUSES = ("ok", "error", "cancelled", "running")
+STATUSES = ("ok", "error", "cancelled", "running", "interrupted", "needs_attention")  # as tether.projections.traces
 GROUPS = ("run", "agent", "model", "provider", "day")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -38,6 +38,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     runs.add_argument("--status", choices=STATUSES, help="only runs in this state")
     runs.add_argument("--since", metavar="DATE|7d", help="only runs started since (ISO date or time, or 30m, 12h, 7d)")
     runs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
+    runs.add_argument("--heartbeat-s", type=float, default=300.0, metavar="S",
+                      help="a run still open with no event for S seconds is `interrupted` (default 300)")
     trace = sub.add_parser("trace", help="a run's span tree with timings, tokens, costs and errors",
                            description="Show the span tree of RUN_ID (or of a call id): every LLM and tool "
                            "call, each failed attempt with the decision that followed, backoffs, fallbacks, "
@@ -50,6 +52,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                           "never as free.")
     cost.add_argument("--by", choices=GROUPS, default="model", help="how to group (default: model)")
     cost.add_argument("--since", metavar="DATE|7d", help="only calls since (ISO date or time, or 30m, 12h, 7d)")
+    from ._resume import add_resolve
+
+    add_resolve(runs, common)
     for p in (runs, trace, cost):
         common(p)
         p.add_argument("--views", type=Path, metavar="DIR",
@@ -123,7 +128,11 @@ def _open(args: argparse.Namespace, view: str) -> sqlite3.Connection | None:
 def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | None) -> int:
     from tether.projections.traces import list_runs
 
-    rows = list_runs(db, limit=args.limit, agent=args.agent, status=args.status, since=since)
+    if not args.heartbeat_s > 0:
+        print(f"tether runs: --heartbeat-s must be above 0 seconds, got {args.heartbeat_s:g}", file=sys.stderr)
+        return 2
+    rows = list_runs(db, limit=args.limit, agent=args.agent, status=args.status, since=since,
+                     heartbeat_s=args.heartbeat_s)
     if args.json:
         print(json.dumps([_iso(r) for r in rows], indent=2, ensure_ascii=False))
         return 0
@@ -136,7 +145,8 @@ def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
         table.append((r["run_id"], r["agent"] or "", r["status"], _local(r["started_at"]), _ms(r["duration_ms"]),
                       str(r["events"]), str(r["llm_calls"]), str(r["tool_calls"]), str(r["errors"] or ""),
                       f"{r['input_tokens']:,}/{r['output_tokens']:,}", _usd(r["cost_usd"], r["unpriced_calls"])))
-    colours = {"ok": s.green, "error": s.red, "cancelled": s.yellow, "running": s.cyan}
+    colours = {"ok": s.green, "error": s.red, "cancelled": s.yellow, "running": s.cyan, "interrupted": s.red,
+               "needs_attention": s.yellow}
     lines = _pad(table, right={4, 5, 6, 7, 8, 9, 10})
     print(s.bold(_join(lines[0])))
     for cells, r in zip(lines[1:], rows, strict=True):
@@ -146,6 +156,9 @@ def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
     footer = f"{len(rows)} run(s). `tether trace RUN` shows one."
     if unpriced:
         footer += f" * {unpriced} call(s) unpriced: their model has no price in genai-prices."
+    if any(r["status"] in ("interrupted", "needs_attention") for r in rows):
+        footer += (" `tether resume RUN` resumes an interrupted run; `tether runs resolve RUN` answers one that "
+                   "needs attention.")
     print(s.dim(footer))
     return 0
 
@@ -222,6 +235,10 @@ def _span_line(span: Mapping[str, Any], s: Style) -> str:
         parts.append(_usd(span["cost_usd"], 0))
     elif kind == "tool" and (span["attempt"] or 0) > 1:
         parts.append(f"{span['attempt']} attempts")
+    elif kind == "tool" and attrs.get("tether.replayed"):
+        parts.append(s.dim(f"replayed from the log (call {attrs.get('tether.replayed.call_id')})"))
+    elif kind == "attention":
+        parts.append(s.yellow(str(attrs.get("tether.attention.reason") or "")))
     elif kind in ("backoff", "fallback") and attrs.get("tether.retry_in_s"):
         parts.append(f"wait {_ms(attrs['tether.retry_in_s'] * 1000)}")
     elif kind == "memory":

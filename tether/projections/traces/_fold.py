@@ -24,11 +24,14 @@ from tether.schemas import (
     MemoryDeleted,
     MemoryWritten,
     RunFinished,
+    RunNeedsAttention,
     RunStarted,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
+    ToolCallReplayed,
     ToolCallRequested,
+    ToolCallResolved,
 )
 
 from .._ops import Index, Merge, Op, Table, Upsert, _merge_into
@@ -112,7 +115,7 @@ class TracesView(Projection):
         RunStarted, RunFinished, LlmCallRequested, LlmCallAttemptFailed, LlmCallCompleted, LlmCallFailed,
         ToolCallRequested, ToolCallAttemptFailed, ToolCallCompleted, ToolCallFailed, MemoryWritten, MemoryDeleted,
         MemoryCompacted, CallDeadLettered, CallRedriven, CircuitOpened, CircuitHalfOpened, CircuitClosed,
-        BudgetExceeded))
+        BudgetExceeded, RunNeedsAttention, ToolCallReplayed, ToolCallResolved))
 
     def apply(self, event: Event, seq: int) -> list[Op]:
         fold = _Fold(event, seq)
@@ -314,6 +317,24 @@ class _Fold:
                                           model=d.model)]
             case ToolCallFailed() as d:
                 return [self._call_failed(d.call_id, "tool", d.attempts, d.error, tool=d.tool)]
+            case ToolCallReplayed() as d:  # answered from the log by a resumed run: the tool did not run
+                return [self._call(d.call_id, "tool", {
+                    "name": (f"execute_tool {d.tool}", "keep"), "status": ("ok", "coalesce"),
+                    "started_at": (self.at, "min"), "ended_at": (self.at, "max"), "tool": (d.tool, "keep"),
+                    "route": (f"tool:{d.tool}", "keep"),
+                    "attributes": (_json({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": d.tool,
+                                          "tether.call.id": d.call_id, "tether.replayed": True,
+                                          "tether.replayed.call_id": d.original_call_id,
+                                          "tether.tool.position": d.position}), "coalesce")})]
+            case RunNeedsAttention() as d:  # one row per call: open until a resolution row names the call
+                return [self._mark(f"{d.call_id}#attention", "attention", f"needs_attention {d.tool}", "error",
+                                   parent=d.call_id, call_id=d.call_id, route=f"tool:{d.tool}", attributes={
+                                       "tether.attention.reason": d.reason, "tether.tool.position": d.position,
+                                       "tether.idempotency_key": d.idempotency_key})]
+            case ToolCallResolved() as d:
+                return [self._mark(f"{d.call_id}#resolved", "resolution", f"resolved {d.tool}", "ok",
+                                   parent=d.call_id, call_id=d.call_id, route=f"tool:{d.tool}", attributes={
+                                       "tether.resolved.happened": d.happened, "tether.resolved.note": d.note})]
             case CallDeadLettered() as d:
                 return [self._mark(f"{d.call_id}#dead_letter", "dead_letter", f"dead_letter {d.reason}", "error",
                                    parent=d.call_id, call_id=d.call_id, error=d.error, attributes={
