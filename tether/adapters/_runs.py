@@ -5,6 +5,10 @@ The current run lives in a :mod:`contextvars` variable, so it follows ``await``,
 inside another is a sub-agent's: its ``run.started`` names the outer run as
 ``parent_run_id`` and it continues the outer run's trace.
 
+A run started again with ``resume=True`` (and the same ``run_id``) reads what its calls
+recorded into a journal (``tether.journal``): each call that asks what was asked before is
+answered from the record, until the first that asks something else (see docs/resume.md).
+
 Trace context is W3C ``traceparent``: a run continues an incoming one (``traceparent=``)
 or its parent run's trace, else starts a trace; every LLM and tool call inside it gets a
 new span id in that trace, on its events and (for LLM calls) on the upstream request.
@@ -26,6 +30,7 @@ from typing import Any, Literal
 from pydantic import JsonValue
 
 from tether.bus import Bus
+from tether.middleware import Cursor, load_journal
 from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
 
 from ._hub import Hub, background_hub
@@ -62,6 +67,8 @@ class RunContext:
     traceparent: str
     parent_run_id: str | None = None
     hub: Hub | None = field(default=None, repr=False, compare=False)
+    journal: Cursor | None = field(default=None, repr=False, compare=False)
+    """A resumed run's journal: its calls are matched against what the run recorded."""
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("tether_run", default=None)
@@ -89,7 +96,12 @@ class Run:
     def __init__(self, *, agent: str | None = None, run_id: str | None = None, name: str | None = None,
                  traceparent: str | None = None, metadata: Mapping[str, JsonValue] | None = None,
                  input: JsonValue = None, tags: tuple[str, ...] = (), bus: Bus | None = None,
-                 redact: Redactor | None = None) -> None:
+                 redact: Redactor | None = None, resume: bool = False) -> None:
+        if resume and not run_id:
+            raise ValueError("resume=True needs the id of the run to resume: tether.run(run_id=..., resume=True) "
+                             "(give each run an id you can find again, such as a job or request id)")
+        self.resume = resume
+        self.journal: Cursor | None = None
         self.agent = agent
         self.run_id = run_id or uuid7()
         self.name = name
@@ -109,6 +121,8 @@ class Run:
 
     def __enter__(self) -> Run:
         hub = self._hub_nowait() or background_hub()
+        if self.resume:
+            self.journal = hub.call_sync(lambda: _cursor(hub, self.run_id), timeout=60.0)
         hub.emit(self._open(hub))
         return self
 
@@ -121,6 +135,8 @@ class Run:
         hub = self._hub_nowait()
         if hub is None:
             hub = await asyncio.to_thread(background_hub)
+        if self.resume:
+            self.journal = await hub.call(lambda: _cursor(hub, self.run_id))
         await hub.aemit(self._open(hub))
         return self
 
@@ -142,13 +158,13 @@ class Run:
         trace_id = trace_of(self.incoming) or (parent.trace_id if parent else None) or secrets.token_hex(16)
         agent = self.agent or (parent.agent if parent else None)
         ctx = RunContext(self.run_id, agent, trace_id, new_traceparent(trace_id),
-                         parent.run_id if parent else None, hub)
+                         parent.run_id if parent else None, hub, self.journal)
         self.context = ctx
         self._token = _current.set(ctx)
         self._started = time.perf_counter()
         return Event.of(RunStarted(name=self.name, parent_run_id=ctx.parent_run_id,
                                    input=self._redact(self.input), tags=self.tags,
-                                   metadata=self._redact(self.metadata)),
+                                   metadata=self._redact(self.metadata), resumed=self.resume),
                         runid=ctx.run_id, agentid=agent, traceparent=ctx.traceparent, source=SOURCE)
 
     def _close(self, exc: BaseException | None) -> tuple[Hub, Event]:
@@ -177,15 +193,26 @@ class Run:
         return f"<tether.run {self.run_id} agent={self.agent!r} status={self.status}>"
 
 
+async def _cursor(hub: Hub, run_id: str) -> Cursor:
+    return (await load_journal(hub.bus, run_id)).cursor()
+
+
 def run(*, agent: str | None = None, run_id: str | None = None, name: str | None = None,
         traceparent: str | None = None, metadata: Mapping[str, Any] | None = None, input: JsonValue = None,
-        tags: tuple[str, ...] = (), bus: Bus | None = None, redact: Redactor | None = None) -> Run:
+        tags: tuple[str, ...] = (), bus: Bus | None = None, redact: Redactor | None = None,
+        resume: bool = False) -> Run:
     """A run of ``agent``: ``with tether.run(agent="bot"):`` or ``async with tether.run(...)``.
 
     ``run_id`` defaults to a new UUIDv7; ``traceparent`` continues an incoming W3C trace;
     a run opened inside another is its sub-run (``parent_run_id``). Events go to ``bus``,
     else the enclosing run's bus, else tether's background bus. ``run.started`` and
     ``run.finished`` (status ok, error or cancelled, duration, ``output``) frame the calls.
+
+    ``resume=True`` starts the run ``run_id`` again after it was interrupted: what its calls
+    recorded is read back, and each call that asks what the run asked before, in the same
+    order, gets the recorded answer (a ``call.replayed`` event, no provider call); from the
+    first call that asks something else, every call runs live. A run with nothing recorded
+    just runs, so ``resume=True`` with an id you can find again is safe on every start.
     """
     return Run(agent=agent, run_id=run_id, name=name, traceparent=traceparent, metadata=metadata, input=input,
-               tags=tags, bus=bus, redact=redact)
+               tags=tags, bus=bus, redact=redact, resume=resume)

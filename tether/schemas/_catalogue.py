@@ -19,6 +19,7 @@ __all__ = [
     "BudgetExceeded",
     "CallDeadLettered",
     "CallRedriven",
+    "CallReplayed",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
@@ -75,9 +76,14 @@ class Usage(_Part):
 
 
 class RunStarted(Payload):
-    """An agent run began. The run id is the envelope's ``runid``."""
+    """An agent run began. The run id is the envelope's ``runid``.
+
+    v2 adds ``resumed``: the run started again after it was interrupted, replaying what
+    its calls recorded (see docs/resume.md).
+    """
 
     event_type: ClassVar[str] = "tether.run.started"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "run"
     action: ClassVar[str] = "started"
 
@@ -86,6 +92,7 @@ class RunStarted(Payload):
     input: Recorded = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = {}
+    resumed: bool = False
 
 
 class RunFinished(Payload):
@@ -114,9 +121,14 @@ class _LlmCall(Payload):
 
 
 class LlmCallRequested(_LlmCall):
-    """An LLM call was asked for (before any attempt)."""
+    """An LLM call was asked for (before any attempt).
+
+    v2 adds ``request_hash``: the request's canonical hash (``tether.journal.request_hash``),
+    what a resumed run and the response cache match calls by.
+    """
 
     event_type: ClassVar[str] = "tether.llm.call.requested"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "requested"
 
@@ -127,6 +139,7 @@ class LlmCallRequested(_LlmCall):
     parameters: dict[str, Recorded] = {}
     request: Recorded = Field(None, description="The request body; None when capture is off.")
     deadline: datetime | None = None
+    request_hash: str | None = Field(None, description="The canonical request hash (see docs/resume.md).")
 
 
 class LlmCallAttemptFailed(_LlmCall):
@@ -146,9 +159,14 @@ class LlmCallAttemptFailed(_LlmCall):
 
 
 class LlmCallCompleted(_LlmCall):
-    """An attempt succeeded; its output is recorded so replay never calls the model."""
+    """An attempt succeeded; its output is recorded so replay never calls the model.
+
+    v2 adds ``chunks``: a stream's events as its caller got them, so a resumed run replays
+    the stream event for event.
+    """
 
     event_type: ClassVar[str] = "tether.llm.call.completed"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "completed"
 
@@ -158,6 +176,8 @@ class LlmCallCompleted(_LlmCall):
     ttft_ms: float | None = Field(None, ge=0, description="Time to first token, streams only.")
     finish_reason: str | None = None
     response: Recorded = Field(None, description="The response body; None when capture is off.")
+    chunks: Recorded = Field(None, description="A stream's events, ``[{event, data}]``; None unless streamed "
+                                                "and captured.")
 
 
 class LlmCallFailed(_LlmCall):
@@ -320,6 +340,39 @@ class CallRedriven(Payload):
     call_id: Id
     new_call_id: Id
     dlq_seq: int | None = Field(None, ge=1)
+
+
+class CallReplayed(Payload):
+    """A call answered from the record instead of the provider or the tool: from its run's
+    journal (a resumed run, ``via="journal"``) or from the response cache (``via="cache"``).
+
+    It costs nothing; ``usage`` is what the original call used (what was saved). The call's
+    terminal event: ``original_call_id`` (and ``original_event_id``, its completion) link
+    the call that paid.
+    """
+
+    event_type: ClassVar[str] = "tether.call.replayed"
+    kind: ClassVar[str] = "call"
+    action: ClassVar[str] = "replayed"
+
+    call_id: Id
+    call_kind: Literal["llm", "tool"]
+    via: Literal["journal", "cache"]
+    original_call_id: Id
+    original_event_id: str | None = None
+    original_run_id: str | None = None
+    position: int | None = Field(None, ge=0, description="The call's place in the journal.")
+    request_hash: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    tool: str | None = None
+    stream: bool = False
+    usage: Usage = Usage()
+    response: Recorded = Field(None, description="The answer given (an LLM response, a tool's result).")
+    chunks: Recorded = None
+
+    def subject_key(self) -> str | None:
+        return self.call_kind
 
 
 # -- circuit breaker -------------------------------------------------------------------
