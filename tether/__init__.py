@@ -28,11 +28,11 @@ _ADAPTERS = frozenset({"NeedsAttention", "async_http_client", "entrypoint", "htt
 
 
 def __getattr__(name: str) -> Any:
-    """``tether.connect``, ``tether.Bus``, ``tether.memory`` and the adapters' entry points
+    """``tether.connect``, ``tether.Bus``, ``tether.memory``, ``tether.journal`` and the adapters' entry points
     (``tether.init``, ``instrument``, ``tool``, ``run``, ``http_client``, ``async_http_client``) on first use:
     ``import tether`` (and ``import tether.schemas``) loads neither nats-py, aiohttp, SQLite nor
     cryptography."""
-    if name in ("bus", "memory"):
+    if name in ("bus", "memory", "journal"):
         import importlib
 
         return importlib.import_module(f"tether.{name}")

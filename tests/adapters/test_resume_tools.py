@@ -24,8 +24,15 @@ class Crash(BaseException):
     """The process dies here: nothing after it is recorded."""
 
 
+def short(key: str) -> str:
+    """``<run>:<position>`` of an idempotency key ``<run>:<position>:<hash of the call>``."""
+    run_id, position, digest = key.rsplit(":", 2)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    return f"{run_id}:{position}"
+
+
 class Bank:
-    """A tool's side effects, counted per idempotency key."""
+    """A tool's side effects, counted per idempotency key (its run and position)."""
 
     def __init__(self) -> None:
         self.effects: list[tuple[str, Any]] = []
@@ -34,14 +41,14 @@ class Bank:
     def tools(self, bus: Bus, policies: PolicySet) -> tuple[Any, Any]:
         @tether.tool(bus=bus, policies=policies)
         async def transfer(amount: int, idempotency_key: str = "") -> dict[str, Any]:
-            self.effects.append(("transfer", idempotency_key))
+            self.effects.append(("transfer", short(idempotency_key)))
             if self.crash_in == "transfer":
                 raise Crash
             return {"moved": amount}
 
         @tether.tool(bus=bus, policies=policies, idempotent=True)
         async def balance(account: str, idempotency_key: str = "") -> int:
-            self.effects.append(("balance", idempotency_key))
+            self.effects.append(("balance", short(idempotency_key)))
             if self.crash_in == "balance":
                 raise Crash
             return 100
@@ -81,14 +88,14 @@ async def test_a_completed_call_is_replayed_and_a_non_idempotent_one_the_process
     assert (caught.value.tool, caught.value.position, caught.value.arguments) == ("transfer", 1, {"amount": 5})
     assert "tether runs resolve run-attn-1" in str(caught.value)
     events = await run_events(bus, "run-attn-1")
-    assert kinds(events)[-3:] == ["run.started", "tool.call.replayed", "run.needs_attention"]
+    assert kinds(events)[-4:] == ["run.started", "tool.call.requested", "call.replayed", "run.needs_attention"]
     assert "run.finished" not in kinds(events)
     replayed = data(events, "replayed")[0]
-    assert (replayed.position, replayed.result) == (0, 100)
+    assert (replayed.call_kind, replayed.tool, replayed.position, replayed.response) == ("tool", "balance", 0, 100)
     assert replayed.original_call_id == data(events, "requested")[0].call_id
     attention = data(events, "needs_attention")[0]
-    assert (attention.tool, attention.position, attention.idempotency_key) == ("transfer", 1, "run-attn-1:1")
-    assert events[-3].data.metadata == {"tether.resumed": True}
+    assert (attention.tool, attention.position, short(attention.idempotency_key)) == ("transfer", 1, "run-attn-1:1")
+    assert events[-4].data.resumed is True
 
 
 async def resolve(bus: Bus, events: list[Event], *, happened: bool, result: Any = None) -> None:
@@ -167,7 +174,10 @@ async def test_a_call_that_differs_from_the_recorded_one_and_every_later_call_ru
         await balance("a")  # after the first difference: live, though it matches
     keys = [key for _, key in bank.effects]
     assert keys[:3] == ["run-diverge-1:0", "run-diverge-1:1", "run-diverge-1:2"]
-    assert len(keys) == 5 and keys[3].startswith("run-diverge-1:1:") and keys[4].startswith("run-diverge-1:2:")
+    assert keys[3:] == ["run-diverge-1:1", "run-diverge-1:2"]
+    requested = data(await run_events(bus, "run-diverge-1"), "requested")
+    full = [r.idempotency_key for r in requested]
+    assert full[1] != full[4] and full[2] == full[5], "another call at position 1 has another key; the same call, same"
 
 
 async def test_sync_tools_are_replayed_too(bus: Bus, policies: PolicySet) -> None:
@@ -205,7 +215,7 @@ async def test_the_idempotent_mark_and_the_timeout_come_from_the_tool_route_too(
 
     async with tether.run(agent="bot", run_id="run-timeout-1", bus=bus):
         assert await slow() == "done"
-    assert tries == ["run-timeout-1:0"] * 3, "timed out twice, retried: the route marks it idempotent"
+    assert [short(t) for t in tries] == ["run-timeout-1:0"] * 3, "timed out twice, retried: the route says idempotent"
     events = await run_events(bus, "run-timeout-1")
     failed = data(events, "attempt_failed")
     assert [f.decision for f in failed] == ["retry", "retry"]
@@ -228,9 +238,7 @@ async def test_a_timed_out_tool_that_is_not_idempotent_is_not_retried(bus: Bus, 
     assert tries == [1]
 
 
-def test_resume_needs_a_run_id_and_the_timeout_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="pass run_id="):
-        tether.run(resume=True)
+def test_the_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeout_s must be"):
         tether.tool(timeout_s=0)
 

@@ -24,6 +24,7 @@ from tether.middleware import (
     CallRecord,
     CallResult,
     Completed,
+    Cursor,
     Effect,
     Emit,
     Failure,
@@ -34,6 +35,7 @@ from tether.middleware import (
     RelayBroken,
     RelayListener,
     RelaySpec,
+    Replayed,
     Run,
     Send,
     Sent,
@@ -44,6 +46,7 @@ from tether.middleware import (
     WorkItem,
     call_flow,
     relay_subject,
+    replay_of,
     terminal_id,
 )
 from tether.schemas import ErrorInfo, Event, LlmCallFailed, LlmCallRequested, Payload
@@ -84,6 +87,8 @@ class Final:
     attempt: int = 0
     relay: RelayListener | None = None
     """A durable stream: the worker relays the answer to this listener (its first chunk came)."""
+    chunks: list[bytes] | None = None
+    """A replayed stream: its recorded events, as the chunks the caller gets."""
 
 
 # -- one LLM call ------------------------------------------------------------------------------
@@ -106,6 +111,9 @@ class LlmCall:
     mode: Literal["inline", "durable"] = "inline"
     ask_usage: bool = False
     """tether added ``stream_options.include_usage``; the tee removes the extra chunk."""
+    request_hash: str | None = None
+    journal: Cursor | None = None
+    """The run's journal, when it resumed: a call it recorded is answered from it."""
     rec: CallRecord = field(init=False)
     recorded: WorkItem = field(init=False)
     flow: Call = field(init=False)
@@ -120,7 +128,7 @@ class LlmCall:
         self.flow = Call(self.engine, self.item, self.rec, self.policy, runaway=self.hub.runaway,
                          fingerprint=request.body or {"raw": self.raw.decode("utf-8", "replace")},
                          kind=request.kind, redactor=self.redactor, capture=self.capture, recorded=self.recorded,
-                         account_always=False)
+                         account_always=False, journal=self.journal, request_hash=self.request_hash)
 
     @property
     def kind(self) -> Literal["openai", "anthropic"]:
@@ -141,8 +149,17 @@ class LlmCall:
         payload = LlmCallRequested(
             call_id=item.call_id, provider=item.provider or "?", model=item.model or "?",
             operation=request.operation, mode=self.mode, stream=request.stream, route=item.route,
-            parameters=self.redactor(request.parameters), request=recorded)
+            parameters=self.redactor(request.parameters), request=recorded, request_hash=self.request_hash)
         return self.event(payload, id=terminal_id(item.call_id, "requested"))
+
+    def replayed(self, replayed: Replayed) -> Final:
+        """The answer of a call replayed from the record: its body, or its stream's events."""
+        entry = replayed.entry
+        headers = self.reply_headers([("content-type", "text/event-stream" if entry.stream else "application/json")])
+        headers.append(("x-tether-replayed", entry.call_id))
+        if entry.stream:
+            return Final(200, headers, chunks=[sse_event(c) for c in entry.chunks or ()])
+        return Final(200, headers, json.dumps(entry.response, separators=(",", ":")).encode())
 
     def body_for(self, target: Target) -> bytes:
         """The request body for ``target``: the bytes to send (the caller's, unless tether asked
@@ -216,6 +233,8 @@ def llm_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
     or its stream once the first chunk came), or the one tether writes when it gave up."""
     yield Emit(call.requested_event())
     ending = yield from call_flow(call.flow)
+    if isinstance(ending, Replayed):
+        return call.replayed(ending)
     if isinstance(ending, GaveUp):
         return call.gave_up(ending.reason, ending.failure, ending.error, ending.sent)
     assert isinstance(ending, Completed | Streaming)
@@ -245,7 +264,7 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
         if acc.first_token_at is not None and acc.started_at else None
     if how == "end" and acc.error is None and acc.malformed is None:
         out = Outcome(True, latency, call.redactor(acc.response()) if call.capture else None, acc.usage,
-                      acc.finish_reason, ttft_ms=ttft)
+                      acc.finish_reason, ttft_ms=ttft, chunks=call.redactor(acc.chunks) if call.capture else None)
         yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True))
         yield from _account(call, out)
         return
@@ -281,6 +300,25 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
     yield Run(lambda: engine.give_up(call.recorded, rec, "not_retryable", error), drain=True)
 
 
+def _replay(call: LlmCall, requested: Event) -> Generator[Effect, Any, Final | None]:
+    """A durable call of a resumed run answered from its journal (before it is submitted)."""
+    if call.journal is None:
+        return None
+    replayed = replay_of(call.flow, call.journal)
+    if replayed is None:
+        return None
+    yield Emit(requested)
+    yield Emit(replayed.event, final=True)
+    return call.replayed(replayed)
+
+
+def sse_event(chunk: dict[str, Any]) -> bytes:
+    """A recorded stream event (``{"event", "data"}``) as the bytes of one server-sent event."""
+    name, data = chunk.get("event"), chunk.get("data")
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return (f"event: {name}\n" if name else "").encode() + f"data: {text}\n\n".encode()
+
+
 def durable_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
     """Through the WORK stream and a worker (non-streaming calls): the worker applies the policy.
 
@@ -288,6 +326,9 @@ def durable_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
     ``requested`` event is redacted."""
     hub = call.hub
     requested = call.requested_event()
+    replayed = yield from _replay(call, requested)
+    if replayed is not None:
+        return replayed
     deadline = time.time() + (call.policy.deadline_s or 300.0)  # never wait forever for a worker
     item = call.item.model_copy(update={"body": call.request.body or {}, "deadline_at": deadline})
 
@@ -318,6 +359,9 @@ def durable_stream_flow(call: LlmCall, idle_timeout_s: float) -> Generator[Effec
     long it may stay silent (no chunk, no heartbeat) before the caller gives up on it."""
     hub = call.hub
     requested = call.requested_event()
+    replayed = yield from _replay(call, requested)
+    if replayed is not None:
+        return replayed
     deadline = time.time() + (call.policy.deadline_s or 300.0)
     spec = RelaySpec(subject=relay_subject(call.item.call_id), heartbeat_s=min(5.0, max(0.05, idle_timeout_s / 5)),
                      drop_usage_chunk=call.ask_usage)

@@ -5,6 +5,10 @@ The current run lives in a :mod:`contextvars` variable, so it follows ``await``,
 inside another is a sub-agent's: its ``run.started`` names the outer run as
 ``parent_run_id`` and it continues the outer run's trace.
 
+A run started again with ``resume=True`` (and the same ``run_id``) reads what its calls
+recorded into a journal (``tether.journal``): each call that asks what was asked before is
+answered from the record, until the first that asks something else (see docs/resume.md).
+
 Trace context is W3C ``traceparent``: a run continues an incoming one (``traceparent=``)
 or its parent run's trace, else starts a trace; every LLM and tool call inside it gets a
 new span id in that trace, on its events and (for LLM calls) on the upstream request.
@@ -23,15 +27,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import JsonValue
 
-from tether.bus import EVENTS_STREAM, Bus, event_filter
+from tether.bus import Bus, event_filter, read_subject
+from tether.middleware import Cursor, load_journal
 from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
 
 from ._hub import Hub, background_hub
 from ._redact import Redactor, redactor_of
-from ._tooljournal import ToolJournal, recorded_tools
+from ._tooljournal import ToolJournal
 
 __all__ = ["NeedsAttention", "Run", "RunContext", "bound", "current_run", "read_run", "run"]
 
@@ -64,8 +68,10 @@ class RunContext:
     traceparent: str
     parent_run_id: str | None = None
     hub: Hub | None = field(default=None, repr=False, compare=False)
-    journal: ToolJournal | None = field(default=None, repr=False, compare=False)
-    """The run's tool calls: their positions, and (resumed) what the log recorded of them."""
+    journal: Cursor | None = field(default=None, repr=False, compare=False)
+    """A resumed run's journal: its calls are matched against what the run recorded."""
+    tools: ToolJournal | None = field(default=None, repr=False, compare=False)
+    """The run's tool calls: their positions and idempotency keys, and what a resumed run does with them."""
 
 
 class NeedsAttention(RuntimeError):
@@ -86,24 +92,9 @@ class NeedsAttention(RuntimeError):
 
 
 async def read_run(bus: Bus, run_id: str, *, timeout: float = 10.0) -> list[Event]:
-    """Every event of ``run_id`` now in the log, in log order (claim checks resolved; an event that
-    does not decode is skipped)."""
-    sub = await bus.js.pull_subscribe(
-        event_filter(run=run_id), stream=EVENTS_STREAM,
-        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
-    try:
-        remaining = (await sub.consumer_info()).num_pending or 0
-        out: list[Event] = []
-        while remaining > 0:
-            msgs = await sub.fetch(min(remaining, 500), timeout=timeout)
-            for m in msgs:
-                read = await bus.reader.read_safe(m.subject, m.headers, m.data)
-                if read.event is not None:
-                    out.append(read.event)
-            remaining -= len(msgs)
-        return out
-    finally:
-        await sub.unsubscribe()
+    """Every event of ``run_id`` now in the log, in log order (an event that does not decode is skipped)."""
+    return [r.event for r in await read_subject(bus, event_filter(run=run_id), timeout=timeout)
+            if r.event is not None]
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("tether_run", default=None)
@@ -133,10 +124,10 @@ class Run:
                  input: JsonValue = None, tags: tuple[str, ...] = (), bus: Bus | None = None,
                  redact: Redactor | None = None, resume: bool = False) -> None:
         if resume and not run_id:
-            raise ValueError("resume=True resumes a run by its id: pass run_id= (`tether runs` lists them)")
+            raise ValueError("resume=True needs the id of the run to resume: tether.run(run_id=..., resume=True) "
+                             "(give each run an id you can find again, such as a job or request id)")
         self.resume = resume
-        self.recorded: list[Event] = []
-        """A resumed run: its events read from the log when it opened."""
+        self.journal: Cursor | None = None
         self.agent = agent
         self.run_id = run_id or uuid7()
         self.name = name
@@ -157,7 +148,7 @@ class Run:
     def __enter__(self) -> Run:
         hub = self._hub_nowait() or background_hub()
         if self.resume:
-            self.recorded = hub.call_sync(lambda: read_run(hub.bus, self.run_id))
+            self.journal = hub.call_sync(lambda: _cursor(hub, self.run_id), timeout=60.0)
         hub.emit(self._open(hub))
         return self
 
@@ -172,7 +163,7 @@ class Run:
         if hub is None:
             hub = await asyncio.to_thread(background_hub)
         if self.resume:
-            self.recorded = await hub.call(lambda: read_run(hub.bus, self.run_id))
+            self.journal = await hub.call(lambda: _cursor(hub, self.run_id))
         await hub.aemit(self._open(hub))
         return self
 
@@ -194,16 +185,15 @@ class Run:
         parent = _current.get()
         trace_id = trace_of(self.incoming) or (parent.trace_id if parent else None) or secrets.token_hex(16)
         agent = self.agent or (parent.agent if parent else None)
-        journal = ToolJournal(self.run_id, recorded_tools(self.recorded), resumed=self.resume)
         ctx = RunContext(self.run_id, agent, trace_id, new_traceparent(trace_id),
-                         parent.run_id if parent else None, hub, journal)
+                         parent.run_id if parent else None, hub, self.journal,
+                         ToolJournal(self.run_id, self.journal))
         self.context = ctx
         self._token = _current.set(ctx)
         self._started = time.perf_counter()
-        metadata = {**self.metadata, "tether.resumed": True} if self.resume else self.metadata
         return Event.of(RunStarted(name=self.name, parent_run_id=ctx.parent_run_id,
                                    input=self._redact(self.input), tags=self.tags,
-                                   metadata=self._redact(metadata)),
+                                   metadata=self._redact(self.metadata), resumed=self.resume),
                         runid=ctx.run_id, agentid=agent, traceparent=ctx.traceparent, source=SOURCE)
 
     def _close(self, exc: BaseException | None) -> tuple[Hub, Event | None]:
@@ -235,6 +225,10 @@ class Run:
         return f"<tether.run {self.run_id} agent={self.agent!r} status={self.status}>"
 
 
+async def _cursor(hub: Hub, run_id: str) -> Cursor:
+    return (await load_journal(hub.bus, run_id)).cursor()
+
+
 def run(*, agent: str | None = None, run_id: str | None = None, name: str | None = None,
         traceparent: str | None = None, metadata: Mapping[str, Any] | None = None, input: JsonValue = None,
         tags: tuple[str, ...] = (), bus: Bus | None = None, redact: Redactor | None = None,
@@ -246,9 +240,14 @@ def run(*, agent: str | None = None, run_id: str | None = None, name: str | None
     else the enclosing run's bus, else tether's background bus. ``run.started`` and
     ``run.finished`` (status ok, error or cancelled, duration, ``output``) frame the calls.
 
-    ``resume=True`` (with the ``run_id`` of a run that did not finish) reads the run's log first:
-    each tool call that completed before the crash returns its recorded result instead of running
-    again (docs/resume.md); a run stopped by :class:`NeedsAttention` ends without ``run.finished``.
+    ``resume=True`` starts the run ``run_id`` again after it was interrupted: what its calls
+    recorded is read back, and each call that asks what the run asked before, in the same
+    order, gets the recorded answer (a ``call.replayed`` event, no provider or tool call); from
+    the first call that asks something else, every call runs live. A run with nothing recorded
+    just runs, so ``resume=True`` with an id you can find again is safe on every start. A tool
+    call the process died in runs again only if the tool is idempotent; otherwise the run stops
+    with :class:`NeedsAttention` (no ``run.finished``) until ``tether runs resolve`` says what
+    became of it (docs/resume.md).
     """
     return Run(agent=agent, run_id=run_id, name=name, traceparent=traceparent, metadata=metadata, input=input,
                tags=tags, bus=bus, redact=redact, resume=resume)

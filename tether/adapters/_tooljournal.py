@@ -1,8 +1,9 @@
-"""A run's tool calls as its log holds them, and what a resumed run does with each call it makes.
+"""A run's tool calls: each one's position and idempotency key, and what a resumed run does with it.
 
-Calls are matched by position (the n-th tool call of the run, from 0) and checked by tool and
-arguments; the first call that differs, and every call after it, runs live. Pure: events in,
-decisions out (``_tools`` does the I/O).
+A resumed run matches its tool calls against the run's journal (``tether.journal``: in order, by
+tool and arguments, the first call that differs and every later one live). :func:`decide` turns
+the recorded call into what to do: replay its result, run it (again), or stop for attention. Pure,
+but for the thread-safe position counter.
 """
 
 from __future__ import annotations
@@ -10,168 +11,101 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
-from tether.middleware import request_fingerprint
-from tether.schemas import (
-    Event,
-    RunNeedsAttention,
-    ToolCallCompleted,
-    ToolCallFailed,
-    ToolCallRequested,
-    ToolCallResolved,
-)
+from tether.middleware import Cursor, Entry, Journal
+from tether.schemas import Event, RunNeedsAttention
 
-__all__ = ["Attention", "Live", "RecordedTool", "Replay", "ToolJournal", "decide", "fingerprint",
-           "recorded_tools", "unresolved"]
-
-State = Literal["started", "completed", "failed", "happened", "not_happened"]
+__all__ = ["Attention", "Live", "Place", "Replay", "ToolJournal", "decide", "unresolved"]
 
 
-def fingerprint(tool: str, arguments: Any) -> str:
-    """What makes two tool calls the same call: the tool and its recorded arguments."""
-    return request_fingerprint({"tool": tool, "arguments": arguments})
-
-
-@dataclass
-class RecordedTool:
-    """One tool call of the run, as far as the log tells."""
+@dataclass(frozen=True)
+class Place:
+    """Where a tool call stands in its run: its position (from 0), the recorded call it matched (a
+    resumed run), and whether replay had ended (the run went another way) by then."""
 
     position: int
-    call_id: str
-    tool: str
-    arguments: Any
-    idempotent: bool
-    idempotency_key: str | None
-    state: State = "started"
-    result: Any = None
-    captured: bool = True
-    """The call recorded its arguments and result (``capture=True``): a result can be replayed."""
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.tool, self.arguments)
-
-
-def recorded_tools(events: Iterable[Event]) -> dict[int, RecordedTool]:
-    """The run's tool calls by position, from its events in log order. A position recorded twice
-    (a resumed run that went another way there) holds the later call."""
-    by_position: dict[int, RecordedTool] = {}
-    by_call: dict[str, RecordedTool] = {}
-    for event in events:
-        data = event.data
-        if isinstance(data, ToolCallRequested):
-            if data.position is None:
-                continue
-            rec = RecordedTool(data.position, data.call_id, data.tool, data.arguments, data.idempotent,
-                               data.idempotency_key, captured=data.arguments is not None)
-            by_position[data.position] = by_call[data.call_id] = rec
-            continue
-        rec_or_none = by_call.get(data.call_id) if isinstance(
-            data, ToolCallCompleted | ToolCallFailed | ToolCallResolved) else None
-        if rec_or_none is None:
-            continue
-        rec = rec_or_none
-        if isinstance(data, ToolCallCompleted):
-            rec.state, rec.result = "completed", data.result
-        elif isinstance(data, ToolCallFailed):
-            if rec.state == "started":  # a resolution or completion read first stays
-                rec.state = "failed"
-        elif isinstance(data, ToolCallResolved):
-            if data.happened:
-                rec.state, rec.result, rec.captured = "happened", data.result, True
-            else:
-                rec.state = "not_happened"
-    return by_position
-
-
-def unresolved(events: Iterable[Event]) -> list[RunNeedsAttention]:
-    """The run's ``needs_attention`` calls that no ``tool.call.resolved`` (or completion) answered yet."""
-    events = list(events)
-    calls = {rec.call_id: rec for rec in recorded_tools(events).values()}
-    out: dict[str, RunNeedsAttention] = {}
-    for event in events:
-        if isinstance(event.data, RunNeedsAttention):
-            rec = calls.get(event.data.call_id)
-            if rec is None or rec.state == "started":
-                out[event.data.call_id] = event.data
-    return list(out.values())
+    entry: Entry | None = None
+    diverged: bool = False
 
 
 @dataclass(frozen=True)
 class Replay:
     """Return the recorded result; the tool does not run."""
 
-    recorded: RecordedTool
+    entry: Entry
+    position: int
 
 
 @dataclass(frozen=True)
 class Live:
-    """Run the tool. ``rerun`` is the recorded call it repeats (idempotent, or it did not happen)."""
+    """Run the tool. ``rerun``: the recorded call it repeats (idempotent, or it did not happen)."""
 
-    rerun: RecordedTool | None = None
-    diverged: bool = False
-    """The recorded call at this position was another: this call and every later one run live."""
+    rerun: Entry | None = None
 
 
 @dataclass(frozen=True)
 class Attention:
     """Stop the run: whether the recorded call's effect happened is unknown, and it may not run twice."""
 
-    recorded: RecordedTool
+    entry: Entry
+    position: int
     reason: str
 
 
-def decide(recorded: RecordedTool | None, tool: str, print_: str, idempotent: bool) -> Replay | Live | Attention:
-    """What a resumed run does with its call at a position the log holds ``recorded`` for."""
-    if recorded is None:
+def decide(place: Place, *, idempotent: bool, captured: bool) -> Replay | Live | Attention:
+    """What a call does, given the recorded call at its place (none: it runs live)."""
+    entry = place.entry
+    if entry is None:
         return Live()
-    if recorded.tool != tool or recorded.fingerprint != print_:
-        return Live(diverged=True)
-    if recorded.state in ("failed", "not_happened"):
-        return Live(rerun=recorded)
-    if recorded.state in ("completed", "happened"):
-        if recorded.captured:
-            return Replay(recorded)
+    if entry.state == "failed":  # it failed, or someone said it did not happen: it runs again
+        return Live(rerun=entry)
+    if entry.state == "completed":
+        if captured:
+            return Replay(entry, place.position)
         if idempotent:
-            return Live(rerun=recorded)
-        return Attention(recorded, "the call completed, but its result was not recorded (capture=False) and the "
-                                   "tool is not idempotent")
+            return Live(rerun=entry)
+        return Attention(entry, place.position, "the call completed, but its result was not recorded (capture=False) "
+                                                "and the tool is not idempotent")
     if idempotent:
-        return Live(rerun=recorded)
-    return Attention(recorded, "the process died inside the call: its start was recorded, its end was not, and "
-                               "the tool is not idempotent")
+        return Live(rerun=entry)
+    return Attention(entry, place.position, "the process died inside the call: its start was recorded, its end "
+                                            "was not, and the tool is not idempotent")
 
 
 @dataclass
 class ToolJournal:
-    """One run's tool calls in this process: the next position, and (resumed) what the log holds."""
+    """One run's tool calls in this process: positions (the journal's when it resumed) and keys."""
 
     run_id: str
-    recorded: dict[int, RecordedTool] = field(default_factory=dict)
-    resumed: bool = False
-    diverged: bool = False
+    cursor: Cursor | None = None
+    """The run's journal, when it resumed."""
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def allocate(self) -> int:
-        """The position of the run's next tool call (thread-safe: calls are numbered as they start)."""
-        with self._lock:
-            position = self._next
-            self._next += 1
-            return position
+    def place(self, digest: str) -> Place:
+        """The place of the run's next tool call (``digest``: ``tether.journal.tool_hash``)."""
+        if self.cursor is None:
+            with self._lock:
+                position = self._next
+                self._next += 1
+            return Place(position)
+        look = self.cursor.match("tool", digest)
+        return Place(look.position, look.entry, self.cursor.diverged is not None)
 
-    def decide(self, position: int, tool: str, print_: str, idempotent: bool) -> Replay | Live | Attention:
-        if not self.resumed or self.diverged:
-            return Live()
-        decision = decide(self.recorded.get(position), tool, print_, idempotent)
-        if isinstance(decision, Live) and decision.diverged:
-            self.diverged = True
-        return decision
+    def key(self, place: Place, digest: str) -> str:
+        """The call's idempotency key, ``<run>:<position>:<hash>`` (the hash of its tool and arguments, 12
+        hex digits): the same for this call in every resumption of the run, and never the key of another
+        call, also where a resumed run went another way than it recorded."""
+        return f"{self.run_id}:{place.position}:{digest.removeprefix('sha256:')[:12]}"
 
-    def key(self, position: int, call_id: str) -> str:
-        """The call's idempotency key: the run and the position, the same in every resumption of the run;
-        a call that replaces another recorded at its position (the run went another way) gets its own."""
-        if self.diverged and position in self.recorded:
-            return f"{self.run_id}:{position}:{call_id}"
-        return f"{self.run_id}:{position}"
+
+def unresolved(events: Iterable[Event]) -> list[RunNeedsAttention]:
+    """The run's ``needs_attention`` calls whose outcome nothing recorded yet (no ``tool.call.resolved``)."""
+    events = list(events)
+    states = {e.call_id: e.state for e in Journal.of(events).entries if e.kind == "tool"}
+    out: dict[str, RunNeedsAttention] = {}
+    for event in events:
+        data = event.data
+        if isinstance(data, RunNeedsAttention) and states.get(data.call_id, "unfinished") == "unfinished":
+            out[data.call_id] = data
+    return list(out.values())

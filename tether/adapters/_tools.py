@@ -42,15 +42,17 @@ from tether.middleware import (
     ToolCall,
     WorkItem,
     classify_exception,
+    terminal_id,
     tool_flow,
+    tool_hash,
 )
-from tether.schemas import ErrorInfo, Event, RunNeedsAttention, ToolCallFailed, ToolCallReplayed, uuid7
+from tether.schemas import CallReplayed, ErrorInfo, Event, RunNeedsAttention, ToolCallFailed, uuid7
 
 from ._core import drive_async, drive_sync
 from ._hub import SOURCE, Hub, LoopThreadError, background_hub, background_hub_nowait, default_policies
 from ._redact import Hook, Redactor, redactor_of
 from ._runs import NeedsAttention, current_run, new_traceparent
-from ._tooljournal import Attention, Live, Replay, fingerprint
+from ._tooljournal import Attention, Live, Replay, decide
 
 __all__ = ["NeedsAttention", "RunawayError", "tool"]
 
@@ -101,7 +103,7 @@ class ToolSpec:
     def prepare(self, hub: Hub, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Prepared:
         call_id = uuid7()
         ctx = current_run()
-        journal = ctx.journal if ctx is not None else None
+        tools = ctx.tools if ctx is not None else None
         policies = self.policies or default_policies()
         policy = self.policy(policies)
         idempotent = self.idempotent if policy.idempotent is None else policy.idempotent
@@ -111,12 +113,15 @@ class ToolSpec:
         except TypeError:  # the call will fail the same way: record what was passed
             arguments = {"args": list(args), "kwargs": {k: v for k, v in kwargs.items() if k not in _SKIPPED}}
         recorded = self.redactor(_jsonable(arguments)) if self.capture else None
-        position = journal.allocate() if journal is not None else None
         decision: Replay | Live | Attention = Live()
+        position: int | None = None
         default_key = call_id
-        if journal is not None and position is not None:
-            decision = journal.decide(position, self.name, fingerprint(self.name, recorded), idempotent)
-            default_key = journal.key(position, call_id)
+        if tools is not None:
+            digest = tool_hash(self.name, recorded)
+            place = tools.place(digest)
+            position = place.position
+            decision = decide(place, idempotent=idempotent, captured=self.capture)
+            default_key = tools.key(place, digest)
         key = kwargs.get("idempotency_key")
         if self.takes_key and key is None:
             try:
@@ -168,18 +173,21 @@ class Prepared:
         """In a run: the start is acked before the tool runs, the end before the caller gets it."""
         return self.call.position is not None
 
-    def replayed_event(self, replay: Replay) -> Event:
-        item = self.call.item
-        return self.call.event(ToolCallReplayed(
-            call_id=item.call_id, tool=item.tool or "?", original_call_id=replay.recorded.call_id,
-            position=replay.recorded.position, result=replay.recorded.result))
+    def replayed_events(self, replay: Replay) -> list[Event]:
+        """``requested``, then ``call.replayed`` with the recorded result (the journal's record of the call)."""
+        item, entry = self.call.item, replay.entry
+        return [self.call.requested_event(), self.call.event(CallReplayed(
+            call_id=item.call_id, call_kind="tool", via="journal", original_call_id=entry.call_id,
+            original_event_id=entry.event_id, position=replay.position, request_hash=entry.request_hash,
+            tool=entry.tool, response=entry.response), id=terminal_id(item.call_id, "replayed"))]
 
     def attention(self, attention: Attention) -> tuple[Event, NeedsAttention]:
-        rec, item = attention.recorded, self.call.item
+        entry, item = attention.entry, self.call.item
+        tool = entry.tool or item.tool or "?"
         event = self.call.event(RunNeedsAttention(
-            call_id=rec.call_id, tool=rec.tool, position=rec.position, arguments=rec.arguments,
-            idempotency_key=rec.idempotency_key, reason=attention.reason))
-        return event, NeedsAttention(item.runid or "?", rec.call_id, rec.tool, rec.position, rec.arguments,
+            call_id=entry.call_id, tool=tool, position=attention.position, arguments=entry.arguments,
+            idempotency_key=item.idempotency_key, reason=attention.reason))
+        return event, NeedsAttention(item.runid or "?", entry.call_id, tool, attention.position, entry.arguments,
                                      attention.reason)
 
 
@@ -217,8 +225,9 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
             prepared = spec.prepare(hub, args, kwargs)
             call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
             if isinstance(decision, Replay):
-                await hub.aemit(prepared.replayed_event(decision))
-                return decision.recorded.result
+                for event in prepared.replayed_events(decision):
+                    await hub.aemit(event)
+                return decision.entry.response
             if isinstance(decision, Attention):
                 event, error = prepared.attention(decision)
                 await hub.aemit(event)
@@ -266,8 +275,9 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
         prepared = spec.prepare(hub, args, kwargs)
         call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
         if isinstance(decision, Replay):
-            hub.emit(prepared.replayed_event(decision))
-            return decision.recorded.result
+            for event in prepared.replayed_events(decision):
+                hub.emit(event)
+            return decision.entry.response
         if isinstance(decision, Attention):
             event, error = prepared.attention(decision)
             hub.emit(event)

@@ -235,8 +235,6 @@ def _span_line(span: Mapping[str, Any], s: Style) -> str:
         parts.append(_usd(span["cost_usd"], 0))
     elif kind == "tool" and (span["attempt"] or 0) > 1:
         parts.append(f"{span['attempt']} attempts")
-    elif kind == "tool" and attrs.get("tether.replayed"):
-        parts.append(s.dim(f"replayed from the log (call {attrs.get('tether.replayed.call_id')})"))
     elif kind == "attention":
         parts.append(s.yellow(str(attrs.get("tether.attention.reason") or "")))
     elif kind in ("backoff", "fallback") and attrs.get("tether.retry_in_s"):

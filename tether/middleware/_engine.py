@@ -68,7 +68,7 @@ def terminal_id(call_id: str, what: str) -> str:
 
 
 
-_RECORDED = ("request", "parameters", "response", "arguments", "result")
+_RECORDED = ("request", "parameters", "response", "arguments", "result", "chunks")
 
 
 def redacted(payload: Payload) -> Payload:
@@ -94,6 +94,8 @@ class Outcome:
     failure: Failure | None = None
     ttft_ms: float | None = None
     """Time to the first token of a streamed answer (adapters' streaming attempts)."""
+    chunks: list[dict[str, Any]] | None = None
+    """A streamed answer's events (``StreamAccumulator.chunks``), recorded for replay."""
 
     @property
     def counts_for_breaker(self) -> bool:
@@ -339,7 +341,7 @@ class CallEngine:
             payload: Payload = LlmCallCompleted(
                 call_id=item.call_id, provider=target.provider, model=target.model, attempt=attempt,
                 usage=out.usage, latency_ms=out.latency_ms, ttft_ms=out.ttft_ms, finish_reason=out.finish_reason,
-                response=out.response if capture else None)
+                response=out.response if capture else None, chunks=out.chunks if capture else None)
         else:
             payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                         result=out.response, duration_ms=out.latency_ms)

@@ -19,12 +19,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
-from tether.schemas import ErrorInfo, Event, Payload, ToolCallAttemptFailed, ToolCallCompleted, ToolCallRequested
+from tether.schemas import (
+    CallReplayed,
+    ErrorInfo,
+    Event,
+    Payload,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
 
 from ._budget import BudgetRefusal, RunawayTracker, request_fingerprint
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._failures import Failure, classify_http
+from ._journal import Cursor, Entry
 from ._policy import Policy, PolicySet
 from ._providers import usage_of
 from ._relay import NOT_RETRIED, record_cancelled
@@ -41,6 +50,7 @@ __all__ = [
     "GaveUp",
     "Invoke",
     "Invoked",
+    "Replayed",
     "Run",
     "RunawayError",
     "Sleep",
@@ -52,6 +62,7 @@ __all__ = [
     "drive",
     "drive_sync",
     "read_answer",
+    "replay_of",
     "tool_flow",
 ]
 
@@ -149,7 +160,16 @@ class Stopped:
     attempt: int
 
 
-Ending = Completed | Streaming | GaveUp | Stopped
+@dataclass(frozen=True)
+class Replayed:
+    """Answered from the record (the run's journal, or the response cache): ``entry`` is the
+    call that paid, ``event`` the ``call.replayed`` that says so. No attempt was made."""
+
+    entry: Entry
+    event: Event
+
+
+Ending = Completed | Streaming | GaveUp | Stopped | Replayed
 
 
 # -- one call ---------------------------------------------------------------------------------
@@ -185,12 +205,22 @@ class Call:
     """Record the spend of every call (workers, inline calls), not only under budgets (adapters)."""
     run_snapshot: Snapshot | None = None
     """The run's record, read ahead by the executor with the call's."""
+    journal: Cursor | None = None
+    """A resumed run's journal: a call that matches a recorded one is answered from it."""
+    request_hash: str | None = None
+    """What the journal matches (``tether.journal.request_hash`` of the request)."""
 
 
 def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
-    """Admission once, then attempts under the policy until an answer, a stream's first
-    chunk, or giving up. Starts where ``call.rec`` says (a worker resumes a call with it)."""
+    """Replay from the journal, or admission once, then attempts under the policy until an
+    answer, a stream's first chunk, or giving up. Starts where ``call.rec`` says (a worker
+    resumes a call with it)."""
     engine, item, rec, policy = call.engine, call.item, call.rec, call.policy
+    if call.journal is not None and not rec.admitted and rec.in_flight is None:
+        replayed = replay_of(call, call.journal)
+        if replayed is not None:
+            yield Emit(replayed.event, final=True)
+            return replayed
     if rec.in_flight is not None:  # a worker died during this attempt
         ended = yield from _lost(call)
         if ended is not None:
@@ -243,6 +273,23 @@ def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
         ended = yield from _failed(call, attempt, failure, latency, decision, sent)
         if ended is not None:
             return ended
+
+
+def replay_of(call: Call, journal: Cursor) -> Replayed | None:
+    """The call's recorded answer, if the journal has one for it (its place is taken either way)."""
+    item = call.item
+    kind: Literal["llm", "tool"] = "tool" if item.kind == "tool" else "llm"
+    look = journal.match(kind, call.request_hash)
+    entry = look.entry
+    if entry is None or not look.replay:
+        return None
+    payload = CallReplayed(
+        call_id=item.call_id, call_kind=kind, via="journal", original_call_id=entry.call_id,
+        original_event_id=entry.event_id, original_run_id=entry.run_id if entry.run_id != item.runid else None,
+        position=look.position, request_hash=entry.request_hash, provider=entry.provider or item.provider,
+        model=entry.model or item.model, tool=entry.tool, stream=entry.stream, usage=entry.usage,
+        response=entry.response, chunks=entry.chunks)
+    return Replayed(entry, call.engine.event(item, payload, id=terminal_id(item.call_id, "replayed"), scrubbed=True))
 
 
 def _lost(call: Call) -> Generator[Effect, Any, Ending | None]:
@@ -385,6 +432,13 @@ class ToolCall:
         return Event.of(payload, id=id, runid=item.runid, agentid=item.agentid, traceparent=item.traceparent,
                         source=self.source)
 
+    def requested_event(self) -> Event:
+        item = self.item
+        return self.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
+                                            idempotent=self.idempotent, idempotency_key=item.idempotency_key,
+                                            mode="inline", position=self.position),
+                          id=terminal_id(item.call_id, "requested"))
+
     async def give_up(self, reason: DeadLetterReason, error: ErrorInfo) -> None:
         engine = await self.engine()
         await engine.give_up(self.item, self.rec, reason, error)
@@ -405,10 +459,7 @@ def tool_flow(call: ToolCall) -> Generator[Effect, Any, Invoked]:
     """Requested, attempts, completed or failed: a function runs in its caller, so there is no
     breaker, budget or queue; the runaway guard and the retry decision are the loop's own."""
     item, rec, policy = call.item, call.rec, call.policy
-    yield Emit(call.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
-                                            idempotent=call.idempotent, idempotency_key=item.idempotency_key,
-                                            mode="inline", position=call.position),
-                          id=terminal_id(item.call_id, "requested")))
+    yield Emit(call.requested_event())
     guard = call.policies.runaway
     if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
         refusal = call.runaway.admit(item.runid, request_fingerprint({"tool": item.tool, "arguments": item.arguments}),

@@ -19,6 +19,7 @@ __all__ = [
     "BudgetExceeded",
     "CallDeadLettered",
     "CallRedriven",
+    "CallReplayed",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
@@ -36,7 +37,6 @@ __all__ = [
     "ToolCallAttemptFailed",
     "ToolCallCompleted",
     "ToolCallFailed",
-    "ToolCallReplayed",
     "ToolCallRequested",
     "ToolCallResolved",
     "Usage",
@@ -78,9 +78,14 @@ class Usage(_Part):
 
 
 class RunStarted(Payload):
-    """An agent run began. The run id is the envelope's ``runid``."""
+    """An agent run began. The run id is the envelope's ``runid``.
+
+    v2 adds ``resumed``: the run started again after it was interrupted, replaying what
+    its calls recorded (see docs/resume.md).
+    """
 
     event_type: ClassVar[str] = "tether.run.started"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "run"
     action: ClassVar[str] = "started"
 
@@ -89,6 +94,7 @@ class RunStarted(Payload):
     input: Recorded = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = {}
+    resumed: bool = False
 
 
 class RunFinished(Payload):
@@ -134,9 +140,14 @@ class _LlmCall(Payload):
 
 
 class LlmCallRequested(_LlmCall):
-    """An LLM call was asked for (before any attempt)."""
+    """An LLM call was asked for (before any attempt).
+
+    v2 adds ``request_hash``: the request's canonical hash (``tether.journal.request_hash``),
+    what a resumed run and the response cache match calls by.
+    """
 
     event_type: ClassVar[str] = "tether.llm.call.requested"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "requested"
 
@@ -147,6 +158,7 @@ class LlmCallRequested(_LlmCall):
     parameters: dict[str, Recorded] = {}
     request: Recorded = Field(None, description="The request body; None when capture is off.")
     deadline: datetime | None = None
+    request_hash: str | None = Field(None, description="The canonical request hash (see docs/resume.md).")
 
 
 class LlmCallAttemptFailed(_LlmCall):
@@ -166,9 +178,14 @@ class LlmCallAttemptFailed(_LlmCall):
 
 
 class LlmCallCompleted(_LlmCall):
-    """An attempt succeeded; its output is recorded so replay never calls the model."""
+    """An attempt succeeded; its output is recorded so replay never calls the model.
+
+    v2 adds ``chunks``: a stream's events as its caller got them, so a resumed run replays
+    the stream event for event.
+    """
 
     event_type: ClassVar[str] = "tether.llm.call.completed"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "completed"
 
@@ -178,6 +195,8 @@ class LlmCallCompleted(_LlmCall):
     ttft_ms: float | None = Field(None, ge=0, description="Time to first token, streams only.")
     finish_reason: str | None = None
     response: Recorded = Field(None, description="The response body; None when capture is off.")
+    chunks: Recorded = Field(None, description="A stream's events, ``[{event, data}]``; None unless streamed "
+                                                "and captured.")
 
 
 class LlmCallFailed(_LlmCall):
@@ -247,19 +266,6 @@ class ToolCallFailed(_ToolCall):
 
     attempts: int = Field(ge=0)
     error: ErrorInfo
-
-
-class ToolCallReplayed(_ToolCall):
-    """A resumed run's tool call answered from the journal: the call at the same position, with the
-    same tool and arguments, completed before the crash; the tool did not run again."""
-
-    event_type: ClassVar[str] = "tether.tool.call.replayed"
-    kind: ClassVar[str] = "tool"
-    action: ClassVar[str] = "replayed"
-
-    original_call_id: Id
-    position: int = Field(ge=0)
-    result: Recorded = None
 
 
 class ToolCallResolved(_ToolCall):
@@ -371,6 +377,39 @@ class CallRedriven(Payload):
     call_id: Id
     new_call_id: Id
     dlq_seq: int | None = Field(None, ge=1)
+
+
+class CallReplayed(Payload):
+    """A call answered from the record instead of the provider or the tool: from its run's
+    journal (a resumed run, ``via="journal"``) or from the response cache (``via="cache"``).
+
+    It costs nothing; ``usage`` is what the original call used (what was saved). The call's
+    terminal event: ``original_call_id`` (and ``original_event_id``, its completion) link
+    the call that paid.
+    """
+
+    event_type: ClassVar[str] = "tether.call.replayed"
+    kind: ClassVar[str] = "call"
+    action: ClassVar[str] = "replayed"
+
+    call_id: Id
+    call_kind: Literal["llm", "tool"]
+    via: Literal["journal", "cache"]
+    original_call_id: Id
+    original_event_id: str | None = None
+    original_run_id: str | None = None
+    position: int | None = Field(None, ge=0, description="The call's place in the journal.")
+    request_hash: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    tool: str | None = None
+    stream: bool = False
+    usage: Usage = Usage()
+    response: Recorded = Field(None, description="The answer given (an LLM response, a tool's result).")
+    chunks: Recorded = None
+
+    def subject_key(self) -> str | None:
+        return self.call_kind
 
 
 # -- circuit breaker -------------------------------------------------------------------

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tether.bus import Bus
-from tether.middleware import breaker_retry_in
+from tether.middleware import Cursor, breaker_retry_in, load_journal
 from tether.schemas import Event, RunStarted
 
 from .._core import Interceptor, ProxyResponse
@@ -58,6 +58,7 @@ KEY_SHAPE = next(p for p in DEFAULT_PATTERNS if "tg-" in p)
 path redacts (``tether._redact``), wherever such a key appears."""
 _DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
 _SEEN_RUNS = 50_000
+_JOURNALS = 1_000
 _INTERCEPTORS = 10_000
 
 
@@ -85,6 +86,7 @@ class Gateway:
         self.redactor = Redactor(fields=config.redact, patterns=secrets)  # and the defaults, as on every path
         self._interceptors: dict[tuple[str, str | None], Interceptor] = {}
         self._runs: OrderedDict[str, None] = OrderedDict()
+        self._journals: OrderedDict[tuple[str, str], asyncio.Future[Cursor]] = OrderedDict()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", _Llm(self, "openai", "chat", "/chat/completions"), methods=["POST"]),
@@ -150,8 +152,14 @@ class Gateway:
         ctx = None
         if caller.run_id is not None:
             assert caller.trace_id is not None
+            journal = None
+            if caller.resume is not None:
+                try:
+                    journal = await self._journal(caller)
+                except Exception as exc:
+                    log.warning("could not read the journal of run %s (%s): its calls run live", caller.run_id, exc)
             ctx = RunContext(caller.run_id, caller.agent, caller.trace_id,
-                             caller.traceparent or new_traceparent(caller.trace_id), None, self.hub)
+                             caller.traceparent or new_traceparent(caller.trace_id), None, self.hub, journal)
             if caller.derived_run:
                 await self._run_started(caller)
         query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true
@@ -209,6 +217,34 @@ class Gateway:
         if state.state == "closed":
             return None
         return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
+
+    async def _journal(self, caller: Caller) -> Cursor:
+        """The journal of a resumed run's attempt, read on its first call (``run.started``,
+        ``resumed``, marks where the attempt begins); its later calls go on matching it."""
+        run_id, attempt = caller.run_id, caller.resume
+        assert run_id is not None and attempt is not None
+        key = (run_id, attempt)
+        found = self._journals.get(key)
+        if found is not None:
+            self._journals.move_to_end(key)
+            return await asyncio.shield(found)
+
+        async def load() -> Cursor:
+            journal = await load_journal(self.bus, run_id)
+            payload = RunStarted(name=f"resumed ({attempt})", tags=("gateway",), resumed=True,
+                                 metadata={"attempt": attempt, "via": "tether gateway"})
+            await self.hub.aemit(Event.of(payload, runid=run_id, agentid=caller.agent, traceparent=caller.traceparent,
+                                          source=SOURCE))
+            return journal.cursor()
+
+        task = self._journals[key] = asyncio.ensure_future(load())
+        if len(self._journals) > _JOURNALS:
+            self._journals.popitem(last=False)
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            self._journals.pop(key, None)
+            raise
 
     async def _run_started(self, caller: Caller) -> None:
         """The first call of a run the gateway derived from a trace: ``run.started`` (once per

@@ -9,7 +9,8 @@
 * The **run**: ``x-tether-run-id`` names it; else a W3C ``traceparent`` does, since agents
   such as OpenClaw keep one trace id for a whole run: the run id is a UUID derived from the
   agent and the trace id (the same on every gateway, and after restarts); else the call
-  belongs to no run.
+  belongs to no run. ``x-tether-resume: <attempt>`` resumes that run: its calls are matched
+  against what it recorded (a new value starts matching from the run's first call again).
 * Headers that carry the agent's credentials or are the gateway's own never go upstream.
 """
 
@@ -23,15 +24,16 @@ from dataclasses import dataclass
 from .._runs import trace_of
 from ._config import TRUSTED
 
-__all__ = ["AGENT_HEADER", "RUN_HEADER", "STRIPPED", "Caller", "Refused", "identify", "run_for_trace",
+__all__ = ["AGENT_HEADER", "RESUME_HEADER", "RUN_HEADER", "STRIPPED", "Caller", "Refused", "identify", "run_for_trace",
            "started_id", "trace_for_run"]
 
 RUN_HEADER = "x-tether-run-id"
 AGENT_HEADER = "x-tether-agent"
+RESUME_HEADER = "x-tether-resume"
 STRIPPED = frozenset({
     "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization",
     "openai-project", "host", "expect", "te", "upgrade", "keep-alive", "proxy-connection", RUN_HEADER,
-    AGENT_HEADER,
+    AGENT_HEADER, RESUME_HEADER,
 })
 """Request headers the gateway never forwards (the caller's credentials, hop-by-hop, its own)."""
 
@@ -50,6 +52,8 @@ class Caller:
     """The run id was derived from the trace (the gateway frames the run: ``run.started``)."""
     trusted: bool = False
     """A trusted key's call: it may act, and publish events, as any agent."""
+    resume: str | None = None
+    """The run resumes: calls are replayed from its journal (``x-tether-resume``'s value names the attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +126,19 @@ def identify(headers: Mapping[str, str], keys: Mapping[str, str]) -> Caller | Re
     if trace_id is None:
         traceparent = None
     run_id = headers.get(RUN_HEADER)
+    resume = headers.get(RESUME_HEADER)
+    if resume is not None and not _valid_id(resume):
+        return Refused(400, f"{RESUME_HEADER} must be printable, without spaces, at most 200 characters "
+                       "(it names the attempt: 1, 2...)", "invalid_resume")
     if run_id is not None:
         if not _valid_id(run_id):
             return Refused(400, f"{RUN_HEADER} must be printable, without spaces, at most 200 characters",
                            "invalid_run_id")
-        return Caller(agent, run_id, trace_id or trace_for_run(run_id), traceparent, trusted=trusted)
+        return Caller(agent, run_id, trace_id or trace_for_run(run_id), traceparent, trusted=trusted, resume=resume)
     if trace_id is not None:
-        return Caller(agent, run_for_trace(agent, trace_id), trace_id, traceparent, derived_run=True, trusted=trusted)
+        return Caller(agent, run_for_trace(agent, trace_id), trace_id, traceparent, derived_run=True, trusted=trusted,
+                      resume=resume)
+    if resume is not None:
+        return Refused(400, f"{RESUME_HEADER} needs the run to resume: send {RUN_HEADER} with its id (or the "
+                       "traceparent its calls had)", "resume_without_run")
     return Caller(agent, None, None, None, trusted=trusted)

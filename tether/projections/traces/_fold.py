@@ -29,7 +29,6 @@ from tether.schemas import (
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
-    ToolCallReplayed,
     ToolCallRequested,
     ToolCallResolved,
 )
@@ -115,7 +114,7 @@ class TracesView(Projection):
         RunStarted, RunFinished, LlmCallRequested, LlmCallAttemptFailed, LlmCallCompleted, LlmCallFailed,
         ToolCallRequested, ToolCallAttemptFailed, ToolCallCompleted, ToolCallFailed, MemoryWritten, MemoryDeleted,
         MemoryCompacted, CallDeadLettered, CallRedriven, CircuitOpened, CircuitHalfOpened, CircuitClosed,
-        BudgetExceeded, RunNeedsAttention, ToolCallReplayed, ToolCallResolved))
+        BudgetExceeded, RunNeedsAttention, ToolCallResolved))
 
     def apply(self, event: Event, seq: int) -> list[Op]:
         fold = _Fold(event, seq)
@@ -317,15 +316,6 @@ class _Fold:
                                           model=d.model)]
             case ToolCallFailed() as d:
                 return [self._call_failed(d.call_id, "tool", d.attempts, d.error, tool=d.tool)]
-            case ToolCallReplayed() as d:  # answered from the log by a resumed run: the tool did not run
-                return [self._call(d.call_id, "tool", {
-                    "name": (f"execute_tool {d.tool}", "keep"), "status": ("ok", "coalesce"),
-                    "started_at": (self.at, "min"), "ended_at": (self.at, "max"), "tool": (d.tool, "keep"),
-                    "route": (f"tool:{d.tool}", "keep"),
-                    "attributes": (_json({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": d.tool,
-                                          "tether.call.id": d.call_id, "tether.replayed": True,
-                                          "tether.replayed.call_id": d.original_call_id,
-                                          "tether.tool.position": d.position}), "coalesce")})]
             case RunNeedsAttention() as d:  # one row per call: open until a resolution row names the call
                 return [self._mark(f"{d.call_id}#attention", "attention", f"needs_attention {d.tool}", "error",
                                    parent=d.call_id, call_id=d.call_id, route=f"tool:{d.tool}", attributes={
