@@ -2,7 +2,8 @@
 
 A holder creates the run's key (a create fails when someone holds it), renews it with a compare-and-set
 well inside the bucket's TTL, and deletes it when done; a holder that dies stops renewing and the key
-expires with the TTL, which is when someone else may take the run.
+expires with the TTL, which is when someone else may take the run, unless the holder was a process on
+this machine that is gone: then it is taken over at once (compare-and-set, so by one taker only).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ class LeaseHeld(RuntimeError):
                          f"renewed; it expires {LEASE_TTL_S:g} s after its holder stops): try again later")
 
 
+def _gone(holder: Any) -> bool:
+    """The holder was a process on this machine that no longer runs (it died: no need to wait for the TTL)."""
+    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
+
+
 class RunLease:
     """The lease on one run, held and renewed on the bus's loop until :meth:`release`."""
 
@@ -54,13 +71,20 @@ class RunLease:
         kv = await open_bucket(bus.js, LEASE_BUCKET, ttl=ttl_s)
         key = "r" + base64.urlsafe_b64encode(run_id.encode()).decode().rstrip("=")  # a KV key: [A-Za-z0-9_-]
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        value = json.dumps(holder).encode()
         try:
-            revision = await kv.create(key, json.dumps(holder).encode())
+            revision = await kv.create(key, value)
         except KeyWrongLastSequenceError:
             entry = None
             with contextlib.suppress(Exception):
                 entry = await kv.get(key)
-            raise LeaseHeld(run_id, json.loads(entry.value) if entry is not None and entry.value else "?") from None
+            held = json.loads(entry.value) if entry is not None and entry.value else {}
+            if entry is None or not _gone(held):
+                raise LeaseHeld(run_id, held or "?") from None
+            try:  # its holder was a process on this machine that is gone: take it over now
+                revision = await kv.update(key, value, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                raise LeaseHeld(run_id, "another process, which took it over just now") from None
         lease = cls(kv, key, run_id, revision)
         lease._renewing = asyncio.get_running_loop().create_task(lease._renew(holder, ttl_s / 3))
         return lease
