@@ -270,3 +270,29 @@ async def test_a_tool_that_commits_with_tether_once_is_exactly_once_across_a_cra
     async with tether.run(agent="bank-bot", run_id="run-once-1", resume=True, bus=bus):
         assert await steps() == 5
     assert [a for (a,) in sqlite3.connect(path).execute("SELECT amount FROM moves")] == [5]
+
+
+def test_a_call_resolved_as_not_happened_and_run_again_then_died_in_waits_alone() -> None:
+    """Found by the chaos harness: the rerun of a call resolved as not happened replaces it in the journal,
+    and the first call's needs_attention must not count as waiting again."""
+    from tether.adapters._tooljournal import unresolved
+    from tether.schemas import RunNeedsAttention
+
+    def attention(call_id: str) -> Event:
+        return Event.of(RunNeedsAttention(call_id=call_id, tool="deposit", position=3, reason="died"), runid="r")
+
+    def requested(call_id: str) -> Event:
+        from tether.schemas import ToolCallRequested
+
+        return Event.of(ToolCallRequested(call_id=call_id, tool="deposit", arguments={"a": 1}, position=3),
+                        runid="r")
+
+    from tether.schemas import RunStarted
+
+    def resumed() -> Event:
+        return Event.of(RunStarted(resumed=True), runid="r")
+
+    events = [Event.of(RunStarted(), runid="r"), requested("a"), resumed(), attention("a"),
+              Event.of(ToolCallResolved(call_id="a", tool="deposit", happened=False), runid="r"),
+              resumed(), requested("b"), resumed(), attention("b")]
+    assert [w.call_id for w in unresolved(events)] == ["b"]

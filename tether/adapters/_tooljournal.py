@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tether.middleware import Cursor, Entry, Journal
-from tether.schemas import Event, RunNeedsAttention
+from tether.middleware import Cursor, Entry
+from tether.schemas import Event, RunNeedsAttention, ToolCallCompleted, ToolCallFailed, ToolCallResolved
 
 __all__ = ["Attention", "Live", "Place", "Replay", "ToolJournal", "decide", "unresolved"]
 
@@ -100,12 +100,14 @@ class ToolJournal:
 
 
 def unresolved(events: Iterable[Event]) -> list[RunNeedsAttention]:
-    """The run's ``needs_attention`` calls whose outcome nothing recorded yet (no ``tool.call.resolved``)."""
-    events = list(events)
-    states = {e.call_id: e.state for e in Journal.of(events).entries if e.kind == "tool"}
-    out: dict[str, RunNeedsAttention] = {}
+    """The run's ``needs_attention`` calls whose outcome nothing recorded yet: no ``tool.call.resolved``
+    (nor a completion or failure) names the call."""
+    waiting: dict[str, RunNeedsAttention] = {}
+    ended: set[str] = set()
     for event in events:
         data = event.data
-        if isinstance(data, RunNeedsAttention) and states.get(data.call_id, "unfinished") == "unfinished":
-            out[data.call_id] = data
-    return list(out.values())
+        if isinstance(data, RunNeedsAttention):
+            waiting[data.call_id] = data
+        elif isinstance(data, ToolCallResolved | ToolCallCompleted | ToolCallFailed):
+            ended.add(data.call_id)
+    return [w for call_id, w in waiting.items() if call_id not in ended]
