@@ -89,12 +89,13 @@ async def test_runs_lists_newest_first_with_counts_and_cost(home: Path, capsys: 
     header, b, a, footer = out.splitlines()
     assert header.split() == ["RUN", "AGENT", "STATUS", "STARTED", "TOOK", "EVENTS", "LLM", "TOOL", "ERR",
                               "TOKENS", "IN/OUT", "COST"]
-    assert b.split()[:3] == ["run-b", "helper", "running"]
+    assert b.split()[:3] == ["run-b", "helper", "interrupted"], "open, and quiet since 2026-01-01"
     assert a.split()[:3] == ["run-a", "bot", "error"] and "5.00s" in a and "1,210/80" in a
     assert a.rstrip().endswith("*"), "a run with an unpriced call is flagged"
-    assert "1 call(s) unpriced" in footer
+    assert "1 call(s) unpriced" in footer and "`tether resume RUN` resumes an interrupted run" in footer
 
-    code, out, _ = await tether(capsys, "runs", "--home", str(home), "--status", "running", "--json")
+    code, out, _ = await tether(capsys, "runs", "--home", str(home), "--status", "running", "--json",
+                                "--heartbeat-s", "1e10")
     [row] = json.loads(out)
     assert (row["run_id"], row["status"], row["llm_calls"]) == ("run-b", "running", 1)
     assert row["started_at"] == "2026-01-01T12:01:00+00:00"
@@ -116,8 +117,8 @@ async def test_trace_shows_the_tree_with_timings_errors_and_running_spans(home: 
     assert "BadRequestError (400): bad temperature" in out and "dead_letter not_retryable  error" in out
 
     code, out, _ = await tether(capsys, "trace", "run-b", "--home", str(home))
-    assert "└─ chat gpt-4o-mini  RUNNING (never finished)" in out
-    assert "2 span(s) RUNNING: started and never finished" in out
+    assert "└─ chat gpt-4o-mini  RUNNING (never finished)" in out and "invoke_agent helper  interrupted" in out
+    assert "1 span(s) RUNNING: started and never finished" in out and "tether resume run-b" in out
 
     code, out, _ = await tether(capsys, "trace", "run-a", "--home", str(home), "--json")
     [root] = json.loads(out)

@@ -6,7 +6,9 @@
   :func:`async_http_client` are ready-made HTTP clients for frameworks that take one.
 * :func:`tool` records a function's calls and retries it only when it is idempotent; in a run
   resumed after a crash (``run(run_id=..., resume=True)``) a completed call is answered from the
-  log, and :func:`once` makes a tool's own SQLite effect exactly-once (docs/resume.md).
+  log, and :func:`once` makes a tool's own SQLite effect exactly-once (docs/resume.md);
+  :func:`entrypoint` registers what ``tether resume`` calls, :func:`unresolved` lists the calls a
+  run stopped at (``needs_attention``).
 * :func:`run` puts the calls inside it under one run, with W3C trace context;
   :func:`conversation` reads a run's messages back from its events.
 * :class:`Interceptor` is the core they share with the gateway (``tether.adapters.gateway``,
@@ -39,6 +41,7 @@ from ._lease import LEASE_BUCKET, LeaseHeld, RunLease
 from ._once import once
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import NeedsAttention, Run, RunContext, bound, current_run, read_run, run
+from ._tooljournal import unresolved
 from ._tools import RunawayError, tool
 
 __all__ = [
@@ -85,4 +88,5 @@ __all__ = [
     "run",
     "shutdown",
     "tool",
+    "unresolved",
 ]

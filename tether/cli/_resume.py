@@ -64,7 +64,7 @@ def _err(command: str, text: str) -> None:
 
 
 def _unresolved(events: list[Event]) -> list[RunNeedsAttention]:
-    from tether.adapters._tooljournal import unresolved
+    from tether.adapters import unresolved
 
     return unresolved(events)
 

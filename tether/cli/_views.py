@@ -189,6 +189,10 @@ def _trace(db: sqlite3.Connection, args: argparse.Namespace) -> int:
              f"started {_local(origin)}" if origin is not None else ""]
     if running:
         notes.append(s.yellow(f"{running} span(s) RUNNING: started and never finished (still going, or crashed)"))
+    if first["kind"] == "run" and first["status"] in ("interrupted", "needs_attention"):
+        how = "resume it: `tether resume" if first["status"] == "interrupted" else "say what became of the call: " \
+            "`tether runs resolve"
+        notes.append(s.yellow(f"run {first['status']}: {how} {first['span_id']}`"))
     print(s.dim("  ".join(n for n in notes if n)))
     return 0
 

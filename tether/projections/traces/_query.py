@@ -125,7 +125,8 @@ def list_runs(db: sqlite3.Connection, *, limit: int = 50, agent: str | None = No
     return out[:limit]
 
 
-def trace(db: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+def trace(db: sqlite3.Connection, run_id: str, *, now: float | None = None,
+          heartbeat_s: float = HEARTBEAT_S) -> list[dict[str, Any]]:
     """The span tree of a run (its sub-agents' runs nested in it), or of a call id.
 
     Returns the root spans (normally one, the run's), each a dict of the span's columns
@@ -145,7 +146,7 @@ def trace(db: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
         return []
     spans += _circuits(db, spans)
     counts = {r["run_id"]: r for r in _with_counts(db, rows(db, f"SELECT * FROM runs WHERE run_id IN ({marks})",
-                                                              runs))}
+                                                              runs), now=now, heartbeat_s=heartbeat_s)}
     by_id: dict[str, dict[str, Any]] = {}
     for span in spans:
         attributes = {**json.loads(span.pop("attributes") or "{}"), **json.loads(span.pop("end_attributes") or "{}")}
