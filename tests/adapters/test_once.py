@@ -4,7 +4,9 @@ exactly-once however often it runs (no bus needed)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,7 @@ def moved(db: sqlite3.Connection) -> list[int]:
 def test_the_effect_runs_once_per_key_and_the_recorded_result_comes_back(tmp_path: Path) -> None:
     db = bank(tmp_path / "bank.db")
 
-    def move(amount: int) -> object:
+    def move(amount: int) -> Callable[[sqlite3.Connection], Any]:
         return lambda conn: (conn.execute("INSERT INTO moves VALUES (?)", (amount,)), {"moved": amount, "t": (1, 2)})[1]
 
     assert tether.once(db, "run-1:0", move(5)) == {"moved": 5, "t": [1, 2]}  # as JSON reads it back

@@ -95,7 +95,7 @@ async def test_a_completed_call_is_replayed_and_a_non_idempotent_one_the_process
     assert replayed.original_call_id == data(events, "requested")[0].call_id
     attention = data(events, "needs_attention")[0]
     assert (attention.tool, attention.position, short(attention.idempotency_key)) == ("transfer", 1, "run-attn-1:1")
-    assert events[-4].data.resumed is True
+    assert data(events, "run.started")[-1].resumed is True
 
 
 async def resolve(bus: Bus, events: list[Event], *, happened: bool, result: Any = None) -> None:

@@ -14,7 +14,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -89,6 +89,14 @@ class Entrypoint:
 
     def __repr__(self) -> str:
         return f"<tether.entrypoint {self.agent}: {self.__name__}>"
+
+
+@overload
+def entrypoint(fn: Callable[[Any], Any], /) -> Entrypoint: ...
+
+
+@overload
+def entrypoint(*, agent: str | None = None, bus: Bus | None = None) -> Callable[[Callable[[Any], Any]], Entrypoint]: ...
 
 
 def entrypoint(fn: Callable[[Any], Any] | None = None, /, *, agent: str | None = None,
