@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, overload
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 from tether.bus import Bus
 from tether.schemas import uuid7
@@ -38,8 +38,6 @@ class ResumeSection(BaseModel):
     entrypoints: dict[str, str] = {}
     """Agent name to ``"module:function"``: the entry point ``tether resume`` calls for that agent's runs
     (an ``@tether.entrypoint`` function, or a plain one taking the run's input)."""
-    heartbeat_s: float = Field(300.0, gt=0)
-    """A run still open with no event for this long is ``interrupted``."""
 
 
 class Entrypoint:
