@@ -89,7 +89,8 @@ def paid_steps(events: list[Event], call_ids: set[str]) -> list[int]:
     return sorted(steps)
 
 
-def check_resumed(fake: FakeProvider, events: list[Event], first: list[str], resumed: list[str], paid_first: int) -> None:
+def check_resumed(fake: FakeProvider, events: list[Event], first: list[str], resumed: list[str],
+                  paid_first: int) -> None:
     completed = {e.data.call_id for e in events if e.type == "tether.llm.call.completed"}  # type: ignore[union-attr]
     first_ids = {r.idempotency_key for r in fake.log[:paid_first]}
     second_ids = {r.idempotency_key for r in fake.log[paid_first:]}
