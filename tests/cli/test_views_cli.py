@@ -201,6 +201,7 @@ async def test_replayed_calls_and_cache_hits_show_with_what_they_saved(tmp_path:
     write_views(home / "views", events)
     code, out, _ = await tether(capsys, "cost", "--home", str(home))
     lines = out.splitlines()
+    assert code == 0
     assert lines[0].split() == ["MODEL", "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED", "REPLAYED", "CACHE",
                                 "HITS", "SAVED"]
     cells = lines[1].split()
@@ -208,9 +209,9 @@ async def test_replayed_calls_and_cache_hits_show_with_what_they_saved(tmp_path:
     paid = float(cells[5].lstrip("$"))
     assert float(cells[-1].lstrip("$")) == pytest.approx(2 * paid, abs=0.0001)
     code, out, _ = await tether(capsys, "trace", "run-r", "--home", str(home))
-    assert "replayed from call p1" in out and "cache hit from call p1" in out and "saved $" in out
+    assert code == 0 and "replayed from call p1" in out and "cache hit from call p1" in out and "saved $" in out
     code, out, _ = await tether(capsys, "runs", "--home", str(home))
-    assert "2 call(s) answered from the record" in out
-    code, out, _ = await tether(capsys, "runs", "--home", str(home), "--json")
+    assert code == 0 and "2 call(s) answered from the record" in out
+    _, out, _ = await tether(capsys, "runs", "--home", str(home), "--json")
     [run] = json.loads(out)
     assert run["replayed_calls"] == 2 and run["saved_usd"] == pytest.approx(2 * paid, abs=0.0001)
