@@ -44,6 +44,7 @@ from tether.middleware import (
     Streaming,
     Target,
     WorkItem,
+    cache_answer,
     call_flow,
     relay_subject,
     replay_of,
@@ -157,6 +158,7 @@ class LlmCall:
         entry = replayed.entry
         headers = self.reply_headers([("content-type", "text/event-stream" if entry.stream else "application/json")])
         headers.append(("x-tether-replayed", entry.call_id))
+        headers.append(("x-tether-replayed-via", getattr(replayed.event.data, "via", "journal")))
         if entry.stream:
             return Final(200, headers, chunks=[sse_event(c) for c in entry.chunks or ()])
         return Final(200, headers, json.dumps(entry.response, separators=(",", ":")).encode())
@@ -265,8 +267,12 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
     if how == "end" and acc.error is None and acc.malformed is None:
         out = Outcome(True, latency, call.redactor(acc.response()) if call.capture else None, acc.usage,
                       acc.finish_reason, ttft_ms=ttft, chunks=call.redactor(acc.chunks) if call.capture else None)
-        yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True))
+        event = engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True)
+        yield Emit(event)
         yield from _account(call, out)
+        keep = cache_answer(call.flow, event)
+        if keep is not None:
+            yield keep
         return
     if how == "closed":
         message = (f"the caller closed the stream after {acc.bytes} bytes ({acc.events} events), "

@@ -23,6 +23,7 @@ from tether.schemas import (
     CallReplayed,
     ErrorInfo,
     Event,
+    LlmCallCompleted,
     Payload,
     ToolCallAttemptFailed,
     ToolCallCompleted,
@@ -30,6 +31,7 @@ from tether.schemas import (
 )
 
 from ._budget import BudgetRefusal, RunawayTracker, request_fingerprint
+from ._cache import cacheable
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._failures import Failure, classify_http
@@ -58,6 +60,7 @@ __all__ = [
     "Stopped",
     "Streaming",
     "ToolCall",
+    "cache_answer",
     "call_flow",
     "drive",
     "drive_sync",
@@ -216,8 +219,13 @@ def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
     answer, a stream's first chunk, or giving up. Starts where ``call.rec`` says (a worker
     resumes a call with it)."""
     engine, item, rec, policy = call.engine, call.item, call.rec, call.policy
-    if call.journal is not None and not rec.admitted and rec.in_flight is None:
-        replayed = replay_of(call, call.journal)
+    if not rec.admitted and rec.in_flight is None:
+        replayed = replay_of(call, call.journal) if call.journal is not None else None
+        if replayed is None and caching(call):
+            assert call.request_hash is not None
+            hit = yield Run(partial(engine.cache.get, call.request_hash))
+            if isinstance(hit, Entry):
+                replayed = Replayed(hit, replayed_event(call, hit, "cache"))
         if replayed is not None:
             yield Emit(replayed.event, final=True)
             return replayed
@@ -277,19 +285,46 @@ def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
 
 def replay_of(call: Call, journal: Cursor) -> Replayed | None:
     """The call's recorded answer, if the journal has one for it (its place is taken either way)."""
-    item = call.item
-    kind: Literal["llm", "tool"] = "tool" if item.kind == "tool" else "llm"
+    kind: Literal["llm", "tool"] = "tool" if call.item.kind == "tool" else "llm"
     look = journal.match(kind, call.request_hash)
     entry = look.entry
     if entry is None or not look.replay:
         return None
+    return Replayed(entry, replayed_event(call, entry, "journal", look.position))
+
+
+def replayed_event(call: Call, entry: Entry, via: Literal["journal", "cache"], position: int | None = None) -> Event:
+    """The ``call.replayed`` of a call answered from ``entry``."""
+    item = call.item
     payload = CallReplayed(
-        call_id=item.call_id, call_kind=kind, via="journal", original_call_id=entry.call_id,
-        original_event_id=entry.event_id, original_run_id=entry.run_id if entry.run_id != item.runid else None,
-        position=look.position, request_hash=entry.request_hash, provider=entry.provider or item.provider,
-        model=entry.model or item.model, tool=entry.tool, stream=entry.stream, usage=entry.usage,
-        response=entry.response, chunks=entry.chunks)
-    return Replayed(entry, call.engine.event(item, payload, id=terminal_id(item.call_id, "replayed"), scrubbed=True))
+        call_id=item.call_id, call_kind="tool" if item.kind == "tool" else "llm", via=via,
+        original_call_id=entry.call_id, original_event_id=entry.event_id,
+        original_run_id=entry.run_id if entry.run_id != item.runid else None, position=position,
+        request_hash=entry.request_hash, provider=entry.provider or item.provider, model=entry.model or item.model,
+        tool=entry.tool, stream=entry.stream, usage=entry.usage, response=entry.response, chunks=entry.chunks)
+    return call.engine.event(item, payload, id=terminal_id(item.call_id, "replayed"), scrubbed=True)
+
+
+def caching(call: Call) -> bool:
+    """Whether the response cache answers (and keeps) this call: its route enables the cache,
+    the call does not sample (unless the route allows it), and tether recorded its request
+    hash (``instrument``, the gateway; calls through the workers are not cached)."""
+    item = call.item
+    return (call.request_hash is not None and item.kind == "llm" and item.relay is None and call.capture
+            and cacheable(item.body, call.policy.cache))
+
+
+def cache_answer(call: Call, event: Event) -> Spawn | None:
+    """Keep a completed call's recorded answer in the response cache, if its route caches it."""
+    data = event.data
+    if not isinstance(data, LlmCallCompleted) or data.response is None or not caching(call):
+        return None
+    assert call.request_hash is not None
+    entry = Entry("llm", data.call_id, call.request_hash, state="completed", stream=data.chunks is not None,
+                  provider=data.provider, model=data.model, response=data.response,
+                  chunks=data.chunks if isinstance(data.chunks, list) else None,  # type: ignore[arg-type]
+                  usage=data.usage, event_id=event.id, run_id=event.runid)
+    return Spawn(partial(call.engine.cache.put, call.request_hash, entry, call.policy.cache.ttl_s), after=True)
 
 
 def _lost(call: Call) -> Generator[Effect, Any, Ending | None]:
@@ -366,6 +401,9 @@ def _completed(call: Call, attempt: int, started_at: float, out: Outcome,
     yield Emit(event, final=True)
     if call.account_always or engine.policies.budgets:
         yield Spawn(partial(engine.account, item, out.usage, rec.target), after=True)
+    keep = cache_answer(call, event)
+    if keep is not None:
+        yield keep
     return Completed(attempt, out, sent, event)
 
 
