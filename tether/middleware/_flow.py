@@ -202,8 +202,8 @@ class Call:
     redactor: Scrubber | None = None
     """The caller's redaction (adapters); else the engine redacts what is recorded."""
     capture: bool = True
-    recorded: WorkItem | None = None
-    """The item a dead letter keeps (default ``item``)."""
+    recorded: WorkItem | Callable[[], WorkItem] | None = None
+    """The item a dead letter keeps (default ``item``), or what makes it when needed."""
     account_always: bool = True
     """Record the spend of every call (workers, inline calls), not only under budgets (adapters)."""
     run_snapshot: Snapshot | None = None
@@ -212,6 +212,9 @@ class Call:
     """A resumed run's journal: a call that matches a recorded one is answered from it."""
     request_hash: str | None = None
     """What the journal matches (``tether.journal.request_hash`` of the request)."""
+    opening: Callable[[bool], Event] | None = None
+    """The call's first event (an adapter's ``requested``), emitted by the loop once it knows
+    whether the call is replayed (``True``: the request need not be recorded again)."""
 
 
 def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
@@ -226,6 +229,8 @@ def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
             hit = yield Run(partial(engine.cache.get, call.request_hash))
             if isinstance(hit, Entry):
                 replayed = Replayed(hit, replayed_event(call, hit, "cache"))
+        if call.opening is not None:
+            yield Emit(call.opening(replayed is not None))
         if replayed is not None:
             yield Emit(replayed.event, final=True)
             return replayed
@@ -361,7 +366,8 @@ def _failed(call: Call, attempt: int, failure: Failure, latency_ms: float, decis
 
 def _give_up(call: Call, reason: DeadLetterReason, error: ErrorInfo, failure: Failure | None = None,
              sent: Sent | None = None) -> Generator[Effect, Any, GaveUp]:
-    yield Run(partial(call.engine.give_up, call.recorded or call.item, call.rec, reason, error), drain=True)
+    recorded = call.recorded() if callable(call.recorded) else call.recorded
+    yield Run(partial(call.engine.give_up, recorded or call.item, call.rec, reason, error), drain=True)
     return GaveUp(reason, error, failure, sent)
 
 
