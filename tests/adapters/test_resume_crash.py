@@ -8,6 +8,7 @@ which calls were paid for, and the answers of the resumed run must be the ones r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import tether.adapters
+from tether.adapters import Hub
 from tether.adapters.gateway import digest
 from tether.bus import event_filter
 from tether.schemas import Event
@@ -61,22 +64,17 @@ def kill_after(child: subprocess.Popen[str], lines: int) -> list[str]:
     return [line.rstrip("\n") for line in out]
 
 
-def finish(child: subprocess.Popen[str]) -> list[str]:
-    out, err = child.communicate(timeout=120)
-    assert child.returncode == 0, err
-    return out.splitlines()
+async def read_events(nats: NatsServer, run_id: str) -> list[Event]:
+    from tether.bus import connect
+
+    async with await connect(nats.url) as bus:
+        return [r.event for r in await collect(bus, event_filter(run=run_id)) if r.event is not None]
 
 
 def events_of(nats: NatsServer, run_id: str) -> list[Event]:
     import anyio
 
-    from tether.bus import connect
-
-    async def read() -> list[Event]:
-        async with await connect(nats.url) as bus:
-            return [r.event for r in await collect(bus, event_filter(run=run_id)) if r.event is not None]
-
-    return anyio.run(read)
+    return anyio.run(read_events, nats, run_id)
 
 
 def paid_steps(events: list[Event], call_ids: set[str]) -> list[int]:
@@ -106,13 +104,21 @@ def check_resumed(fake: FakeProvider, events: list[Event], first: list[str], res
     assert sorted(paid_steps(events, done_first) + paid_steps(events, second_ids & completed)) == list(range(STEPS))
 
 
-def test_instrumented_agent_killed_and_resumed(fake: FakeProvider, nats_server: NatsServer, tmp_path: Path) -> None:
+def test_instrumented_agent_killed_and_resumed(fake: FakeProvider, nats_server: NatsServer, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent process is SIGKILLed after its fourth answer; the run resumes here (the same
+    script in this process, on tether's background bus)."""
     env = environ(nats_server, tmp_path / "home")
-    kill_at = 4
     run_id = "crash-instrument"
-    first = kill_after(agent(env, fake.url, run_id, "0"), kill_at)
+    first = kill_after(agent(env, fake.url, run_id, "0"), 4)
     paid_first = len(fake.log)
-    resumed = finish(agent(env, fake.url, run_id, "1"))
+    tether.adapters.shutdown()
+    monkeypatch.setenv("TETHER_NATS_URL", nats_server.url)
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "home"))
+    try:
+        resumed = main(fake.url, run_id, STEPS, "1")
+    finally:
+        tether.adapters.shutdown()
     check_resumed(fake, events_of(nats_server, run_id), first, resumed, paid_first)
 
 
@@ -125,9 +131,13 @@ def gateway(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], s
     return child, first.split()[3].rstrip(":")
 
 
-def test_gateway_killed_and_resumed(fake: FakeProvider, nats_server: NatsServer, tmp_path: Path) -> None:
-    """The gateway (a ``tether gateway`` process) is SIGKILLed after the agent's fourth answer (the agent,
-    an OpenAI SDK client here, stops there too); a new gateway serves the resumed run."""
+@pytest.mark.anyio
+async def test_gateway_killed_and_resumed(fake: FakeProvider, nats_server: NatsServer, tmp_path: Path) -> None:
+    """``tether gateway`` (a process) is SIGKILLed after the agent's fourth answer (the agent, an
+    OpenAI SDK client here, stops there too); a new gateway (in this process) serves the resumed run."""
+    from tether.adapters.gateway import GatewayServer, load_gateway_config
+    from tether.bus import connect
+
     env = environ(nats_server, tmp_path / "home")
     config = tmp_path / "tether.toml"
     config.write_text(f'[providers.openai]\nkind = "openai"\nbase_url = "{fake.url}"\napi_key_env = "UPSTREAM_KEY"\n\n'
@@ -135,15 +145,13 @@ def test_gateway_killed_and_resumed(fake: FakeProvider, nats_server: NatsServer,
     run_id = "crash-gateway"
     server, url = gateway(config, env)
     try:
-        first = main(url, run_id, 4, "0", KEY)
+        first = await asyncio.to_thread(main, url, run_id, 4, "0", KEY)
     finally:
         server.send_signal(signal.SIGKILL)
         server.communicate(timeout=10)
     paid_first = len(fake.log)
-    server, url = gateway(config, env)
-    try:
-        resumed = main(url, run_id, STEPS, "2", KEY)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=15)
-    check_resumed(fake, events_of(nats_server, run_id), first, resumed, paid_first)
+    async with await connect(nats_server.url, home=tmp_path / "home2") as bus, \
+            GatewayServer(load_gateway_config(config, environ=env), bus, port=0, grace_s=1) as again:
+        resumed = await asyncio.to_thread(main, again.url, run_id, STEPS, "2", KEY)
+        await Hub.of(bus).flush()
+    check_resumed(fake, await read_events(nats_server, run_id), first, resumed, paid_first)
