@@ -53,6 +53,10 @@ async def test_resume_replays_recorded_calls(fake: FakeProvider, bus: Bus, polic
     assert len(completed) == 5
     started = data(events, "run.started")
     assert [s.resumed for s in started] == [False, True]
+    requested = {r.call_id: r for r in data(events, "llm.call.requested")}
+    assert all(requested[r.call_id].request is None for r in replayed), "the original's requested event has it"
+    assert all(requested[r.call_id].request_hash == r.request_hash for r in replayed)
+    assert all(requested[c.call_id].request for c in completed)
 
 
 async def test_changed_prompt_runs_live_from_there(fake: FakeProvider, bus: Bus, policies: PolicySet) -> None:

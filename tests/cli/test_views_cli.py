@@ -179,3 +179,40 @@ def test_since_takes_dates_times_and_spans_back() -> None:
     assert parse_since("2026-03-01T08:30+02:00") == datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
     with pytest.raises(ValueError, match="30m, 12h, 7d"):
         parse_since("soon")
+
+
+async def test_replayed_calls_and_cache_hits_show_with_what_they_saved(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.schemas import CallReplayed
+
+    R = Run("run-r", agent="bot")
+    u = Usage(input_tokens=1000, output_tokens=100)
+    events = [R(RunStarted(name="first"), 0),
+              R(LlmCallRequested(call_id="p1", provider="openai", model="gpt-4o"), 1),
+              R(LlmCallCompleted(call_id="p1", provider="openai", model="gpt-4o", usage=u), 2),
+              R(RunStarted(name="again", resumed=True), 3),
+              R(LlmCallRequested(call_id="r1", provider="openai", model="gpt-4o"), 4),
+              R(CallReplayed(call_id="r1", call_kind="llm", via="journal", original_call_id="p1", provider="openai",
+                             model="gpt-4o", usage=u, position=0), 4),
+              R(LlmCallRequested(call_id="h1", provider="openai", model="gpt-4o"), 5),
+              R(CallReplayed(call_id="h1", call_kind="llm", via="cache", original_call_id="p1", provider="openai",
+                             model="gpt-4o", usage=u), 5),
+              R(RunFinished(status="ok"), 6)]
+    home = tmp_path / "home"
+    write_views(home / "views", events)
+    code, out, _ = await tether(capsys, "cost", "--home", str(home))
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0].split() == ["MODEL", "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED", "REPLAYED", "CACHE",
+                                "HITS", "SAVED"]
+    cells = lines[1].split()
+    assert cells[:5] == ["gpt-4o", "3", "1,000", "0", "100"] and cells[-3:-1] == ["1", "1"]
+    paid = float(cells[5].lstrip("$"))
+    assert float(cells[-1].lstrip("$")) == pytest.approx(2 * paid, abs=0.0001)
+    code, out, _ = await tether(capsys, "trace", "run-r", "--home", str(home))
+    assert code == 0 and "replayed from call p1" in out and "cache hit from call p1" in out and "saved $" in out
+    code, out, _ = await tether(capsys, "runs", "--home", str(home))
+    assert code == 0 and "2 call(s) answered from the record" in out
+    _, out, _ = await tether(capsys, "runs", "--home", str(home), "--json")
+    [run] = json.loads(out)
+    assert run["replayed_calls"] == 2 and run["saved_usd"] == pytest.approx(2 * paid, abs=0.0001)

@@ -249,13 +249,12 @@ class Interceptor:
         traceparent = new_traceparent(trace_id)
         provider = self.provider or kind
         model = request.model or "unknown"
-        body: dict[str, Any] = request.body or {}
-        recorded = self.redactor(body) if self.capture and request.body is not None else body
+        body: dict[str, Any] = request.body or {}  # redacted when recorded (LlmCall.recorded), not before
         item = WorkItem.model_construct(  # every field is ours and valid: skip validating the body twice
             call_id=uuid7(), kind="llm", runid=ctx.run_id if ctx is not None else None,
             agentid=(ctx.agent if ctx is not None and ctx.agent else None) or self.agent,
             traceparent=traceparent, submitted_at=time.time(), provider=provider, model=model,
-            operation=operation, body=recorded)
+            operation=operation, body=body)
         policies = engine.policies
         policy = self.policy_for(policies, item.route, provider)
         ask_usage = (self.stream_usage and operation == "chat" and request.stream and request.body is not None

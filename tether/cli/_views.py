@@ -154,6 +154,10 @@ def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
         print(_join(cells))
     unpriced = sum(r["unpriced_calls"] for r in rows)
     footer = f"{len(rows)} run(s). `tether trace RUN` shows one."
+    replayed = sum(r["replayed_calls"] for r in rows)
+    if replayed:
+        saved = sum(r["saved_usd"] or 0.0 for r in rows)
+        footer += f" {replayed} call(s) answered from the record (resumed runs, the cache), {_usd(saved)} saved."
     if unpriced:
         footer += f" * {unpriced} call(s) unpriced: their model has no price in genai-prices."
     if any(r["status"] in ("interrupted", "needs_attention") for r in rows):
@@ -245,6 +249,8 @@ def _span_line(span: Mapping[str, Any], s: Style) -> str:
         parts.append(f"wait {_ms(attrs['tether.retry_in_s'] * 1000)}")
     elif kind == "memory":
         parts.append(s.dim(f"{attrs.get('tether.memory.key')} v{attrs.get('tether.memory.version')}"))
+    elif kind == "replay" and attrs.get("tether.cost.saved_usd") is not None:
+        parts.append(s.green(f"saved {_usd(attrs['tether.cost.saved_usd'])}"))
     elif kind == "circuit" and attrs.get("tether.circuit.reason"):
         parts.append(s.dim(str(attrs["tether.circuit.reason"])))
     if span["error_type"]:
@@ -267,7 +273,8 @@ def _cost(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
 
     rows = totals(db, by=args.by, since=since)
     total = {k: sum(r[k] or 0 for r in rows) for k in ("calls", "input_tokens", "output_tokens", "cached_tokens",
-                                                       "cache_write_tokens", "reasoning_tokens", "unpriced")}
+                                                       "cache_write_tokens", "reasoning_tokens", "unpriced",
+                                                       "replayed", "cache_hits", "saved_usd")}
     priced = [r["usd"] for r in rows if r["usd"] is not None]
     total["usd"] = sum(priced) if priced else None
     if args.json:
@@ -279,20 +286,23 @@ def _cost(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
         print("no priced calls" + (" since " + since.isoformat(timespec="minutes") if since else "") + " yet")
         return 0
     s = Style()
-    table = [(args.by.upper(), "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED")]
-    for r in rows:
+    recorded = bool(total["replayed"] or total["cache_hits"])  # columns of their own only when there are some
+    extra: tuple[str, ...] = ("REPLAYED", "CACHE HITS", "SAVED") if recorded else ()
+    table: list[tuple[str, ...]] = [(args.by.upper(), "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED", *extra)]
+    for r in [*rows, {**total, "key": "TOTAL"}]:
+        saved = (str(r["replayed"] or ""), str(r["cache_hits"] or ""), _usd(r["saved_usd"]) if r["saved_usd"] else "")
         table.append((str(r["key"] if r["key"] is not None else "(none)"), f"{r['calls']:,}",
                       f"{r['input_tokens']:,}", f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}",
-                      _usd(r["usd"], r["unpriced"]), str(r["unpriced"] or "")))
-    table.append(("TOTAL", f"{total['calls']:,}", f"{total['input_tokens']:,}", f"{total['cached_tokens']:,}",
-                  f"{total['output_tokens']:,}", _usd(total["usd"], total["unpriced"]), str(total["unpriced"] or "")))
-    lines = [_join(cells) for cells in _pad(table, right={1, 2, 3, 4, 5, 6})]
+                      _usd(r["usd"], r["unpriced"]), str(r["unpriced"] or ""), *(saved if recorded else ())))
+    lines = [_join(cells) for cells in _pad(table, right=set(range(1, len(table[0]))))]
     print(s.bold(lines[0]))
     for line in lines[1:-1]:
         print(line)
     print(s.bold(lines[-1]))
     notes = [f"since {since.isoformat(timespec='minutes')}" if since else "all time",
              "cached tokens are part of input, priced at the cache rate"]
+    if recorded:
+        notes.append("replayed calls (resumed runs) and cache hits cost nothing; SAVED is what they would have")
     if total["unpriced"]:
         notes.append(s.yellow(f"* {total['unpriced']} call(s) unpriced: their model has no price in genai-prices, "
                               "so USD leaves them out (`tether replay cost` after updating genai-prices)"))
@@ -342,7 +352,7 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_MOMENTS = frozenset({"backoff", "fallback", "dead_letter", "budget", "circuit", "redrive", "memory"})
+_MOMENTS = frozenset({"backoff", "fallback", "dead_letter", "budget", "circuit", "redrive", "memory", "replay"})
 _TIMES = ("started_at", "ended_at", "last_at", "at", "first_at")
 
 

@@ -45,6 +45,7 @@ from ._budget import (
     request_fingerprint,
     runaway_count,
 )
+from ._cache import CACHE_BUCKET, ResponseCache, cacheable
 from ._calls import CallFailed, CallResult, DurableCalls, InlineCalls
 from ._config import ELSEWHERE, WorkerConfig, WorkerFile, WorkerSection, load_worker_config
 from ._deadletter import DeadLetter, DeadLetterError
@@ -87,6 +88,7 @@ from ._flow import (
     Stopped,
     Streaming,
     ToolCall,
+    cache_answer,
     call_flow,
     drive,
     drive_sync,
@@ -108,6 +110,7 @@ from ._policy import (
     BreakerPolicy,
     BudgetLimits,
     BudgetScope,
+    CachePolicy,
     FallbackPolicy,
     Policy,
     PolicyConfigError,
@@ -131,6 +134,7 @@ from ._upstream import MemoryUpstream, ProviderUpstream, Send, Sent, Upstream
 from ._work import CallRecord, Operation, RelaySpec, WorkItem
 
 __all__ = [
+    "CACHE_BUCKET",
     "ELSEWHERE",
     "MAX_FINGERPRINTS",
     "REQUEST_VOLATILE_KEYS",
@@ -146,6 +150,7 @@ __all__ = [
     "BudgetRefusal",
     "BudgetScope",
     "BudgetUnit",
+    "CachePolicy",
     "Call",
     "CallEngine",
     "CallFailed",
@@ -195,6 +200,7 @@ __all__ = [
     "RelayListener",
     "RelaySpec",
     "Replayed",
+    "ResponseCache",
     "Retry",
     "RetryPolicy",
     "Run",
@@ -225,6 +231,8 @@ __all__ = [
     "breaker_admit",
     "breaker_record",
     "breaker_retry_in",
+    "cache_answer",
+    "cacheable",
     "call_flow",
     "check_budget",
     "check_budgets",

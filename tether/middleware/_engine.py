@@ -40,6 +40,7 @@ from tether.schemas import (
 
 from ._breaker import breaker_retry_in
 from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint, runaway_count
+from ._cache import ResponseCache
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._failures import Failure, classify_exception
 from ._holds import Hold, hold_until, release, reserve, settle
@@ -121,6 +122,8 @@ class CallEngine:
         self.http = http
         self.source = source
         self.rng = random.Random(seed)
+        self.cache = ResponseCache(bus)
+        """The response cache (its KV bucket is opened when a route that enables it is first called)."""
 
     # -- events ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from tether.schemas import (
     BudgetExceeded,
     CallDeadLettered,
     CallRedriven,
+    CallReplayed,
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
@@ -113,7 +114,7 @@ class TracesView(Projection):
     types = frozenset(c.event_type for c in (
         RunStarted, RunFinished, LlmCallRequested, LlmCallAttemptFailed, LlmCallCompleted, LlmCallFailed,
         ToolCallRequested, ToolCallAttemptFailed, ToolCallCompleted, ToolCallFailed, MemoryWritten, MemoryDeleted,
-        MemoryCompacted, CallDeadLettered, CallRedriven, CircuitOpened, CircuitHalfOpened, CircuitClosed,
+        MemoryCompacted, CallDeadLettered, CallRedriven, CallReplayed, CircuitOpened, CircuitHalfOpened, CircuitClosed,
         BudgetExceeded, RunNeedsAttention, ToolCallResolved))
 
     def apply(self, event: Event, seq: int) -> list[Op]:
@@ -330,6 +331,8 @@ class _Fold:
                                    parent=d.call_id, call_id=d.call_id, error=d.error, attributes={
                                        "tether.dead_letter.reason": d.reason, "tether.attempts": d.attempts,
                                        "tether.dlq_seq": d.dlq_seq, "tether.call.kind": d.call_kind})]
+            case CallReplayed() as d:
+                return self._replayed(d)
             case CallRedriven() as d:
                 return [self._mark(f"{d.call_id}#redriven/{d.new_call_id}", "redrive", "redrive", "ok",
                                    parent=d.call_id, call_id=d.call_id, attributes={
@@ -425,6 +428,25 @@ class _Fold:
             ops.append(self._attempt_ok(d.call_id, d.attempt, started, d.latency_ms, provider=d.provider,
                                         model=d.model))
         return ops
+
+    def _replayed(self, d: CallReplayed) -> list[Op]:
+        """A call answered from the record: ok at once, no tokens, no cost; what it saved."""
+        saved = call_price(d.provider or "?", d.model or "?", d.usage, self.event.time).usd \
+            if d.call_kind == "llm" else None
+        attributes = {"tether.replayed.via": d.via, "tether.replayed.from": d.original_call_id,
+                      "tether.replayed.event": d.original_event_id, "tether.replayed.run": d.original_run_id,
+                      "tether.journal.position": d.position, "tether.cost.saved_usd": saved}
+        cols: Cols = {"status": ("ok", "coalesce"), "started_at": (self.at, "min"), "ended_at": (self.at, "max"),
+                      "end_attributes": (_json({**attributes, "tether.cost.usd": 0.0}), "coalesce")}
+        if d.call_kind == "llm":
+            cols |= {"cost_usd": (0.0, "coalesce"), "priced": (1, "coalesce"), "input_tokens": (0, "coalesce"),
+                     "output_tokens": (0, "coalesce"), "provider": (d.provider, "keep"), "model": (d.model, "keep")}
+        else:
+            cols |= {"tool": (d.tool, "keep")}
+        what = "cache hit" if d.via == "cache" else "replayed"
+        return [self._call(d.call_id, d.call_kind, cols),
+                self._mark(f"{d.call_id}#replayed", "replay", f"{what} from call {d.original_call_id}", "ok",
+                           parent=d.call_id, call_id=d.call_id, attributes=attributes)]
 
     def _attempt_ok(self, call_id: str, attempt: int, started: float, took_ms: float | None, *,
                     provider: str | None = None, model: str | None = None, tool: str | None = None) -> Upsert:

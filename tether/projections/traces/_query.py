@@ -32,10 +32,12 @@ SELECT run_id,
        coalesce(sum(CASE WHEN kind = 'llm' THEN output_tokens END), 0) AS output_tokens,
        sum(CASE WHEN kind = 'llm' THEN cost_usd END) AS cost_usd,
        sum(kind = 'llm' AND priced = 0) AS unpriced_calls,
+       sum(kind = 'replay') AS replayed_calls,
+       sum(CASE WHEN kind = 'replay' THEN json_extract(attributes, '$."tether.cost.saved_usd"') END) AS saved_usd,
        max(ended_at) AS spans_ended_at,
        sum(CASE WHEN kind IN ('run', 'llm', 'tool') THEN (attributes IS NOT NULL) + (end_attributes IS NOT NULL)
                 WHEN kind = 'attempt' THEN attributes IS NOT NULL
-                WHEN kind IN ('backoff', 'fallback', 'circuit') THEN 0
+                WHEN kind IN ('backoff', 'fallback', 'circuit', 'replay') THEN 0
                 ELSE 1 END) AS events
 FROM spans WHERE run_id IN ({marks}) GROUP BY run_id
 """
@@ -72,7 +74,8 @@ def _with_counts(db: sqlite3.Connection, runs: list[dict[str, Any]], *, now: flo
     for run in runs:
         a = agg.get(run["run_id"], {})
         counts = {k: int(a.get(k) or 0) for k in ("events", "llm_calls", "tool_calls", "errors", "failed_attempts",
-                                                  "input_tokens", "output_tokens", "unpriced_calls")}
+                                                  "input_tokens", "output_tokens", "unpriced_calls",
+                                                  "replayed_calls")}
         status = run_status(run["status"], int(a.get("running_calls") or 0), counts["errors"],
                             unresolved=int(a.get("unresolved") or 0), last_at=run["last_at"], now=now,
                             heartbeat_s=heartbeat_s)
@@ -83,7 +86,7 @@ def _with_counts(db: sqlite3.Connection, runs: list[dict[str, Any]], *, now: flo
         if duration is None and ended is not None and run["started_at"] is not None:
             duration = (ended - run["started_at"]) * 1000
         out.append({**run, "status": status, "ended_at": ended, "duration_ms": duration, **counts,
-                    "cost_usd": a.get("cost_usd")})
+                    "cost_usd": a.get("cost_usd"), "saved_usd": a.get("saved_usd")})
     return out
 
 
