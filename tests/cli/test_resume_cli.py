@@ -134,3 +134,40 @@ def test_resolve_and_resume_refuse_what_they_cannot_do_and_say_why(
     assert code == 1 and "finished (ok): there is nothing to resume" in err
     code, err = cli("resume", "no-such-run")
     assert code == 1 and "no run.started of run 'no-such-run'" in err
+
+
+def test_resume_interrupted_resumes_every_run_the_view_shows_interrupted(
+        nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tether.bus import connect
+    from tether.cli import main
+    from tether.schemas import Event, RunStarted
+
+    from .test_views_cli import write_views
+
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    started = Event.of(RunStarted(input={"x": 1}), runid="cli-int-1", agentid="echo-bot", time=long_ago)
+
+    async def publish() -> None:
+        async with await connect(nats_server.url, home=tmp_path / "home") as bus:
+            await bus.publish(started)
+
+    asyncio.run(publish())
+    write_views(tmp_path / "views", [started])
+    (tmp_path / "echoagent.py").write_text("def main(task):\n    return {'echo': task}\n")
+    (tmp_path / "tether.toml").write_text('[resume.entrypoints]\necho-bot = "echoagent:main"\n')
+    monkeypatch.chdir(tmp_path)
+    common = ["--url", nats_server.url, "--home", str(tmp_path / "home")]
+
+    assert main(["resume", *common]) == 2
+    assert "name a RUN, or pass --interrupted" in capsys.readouterr().err
+    assert main(["resume", "--interrupted", "--views", str(tmp_path / "nothing"), *common]) == 1
+    assert "no traces view in" in capsys.readouterr().err
+    assert main(["resume", "--interrupted", "--heartbeat-s", "7200", "--views", str(tmp_path / "views"),
+                 *common]) == 0
+    assert capsys.readouterr().out.strip() == "no interrupted runs"
+    assert main(["resume", "--interrupted", "--views", str(tmp_path / "views"), *common]) == 0
+    assert 'run cli-int-1 resumed and finished: {"echo": {"x": 1}}' in capsys.readouterr().out
+    assert main(["resume", "cli-int-1", *common]) == 1, "it finished"

@@ -29,7 +29,14 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
         "results, the rest run live. Entry points: @tether.entrypoint in a module named by [resume.entrypoints] "
         "in tether.toml, or --entrypoint. Exit status 3: the run stopped at a tool call that needs attention "
         "(`tether runs resolve`).")
-    resume.add_argument("run_id", metavar="RUN")
+    resume.add_argument("run_id", metavar="RUN", nargs="?")
+    resume.add_argument("--interrupted", action="store_true",
+                        help="instead of RUN: every run the traces view shows as interrupted, one after the other "
+                        "(a run another process holds the lease of is skipped): run it from a scheduler")
+    resume.add_argument("--heartbeat-s", type=float, default=300.0, metavar="S",
+                        help="with --interrupted: a run open with no event for S seconds is interrupted (default 300)")
+    resume.add_argument("--views", type=Path, metavar="DIR",
+                        help="with --interrupted: read the traces view in DIR (default TETHER_HOME/views)")
     resume.add_argument("--entrypoint", metavar="MODULE:FUNCTION",
                         help="the function to call (default: the agent's entry point, registered or in tether.toml)")
     resume.add_argument("--config", type=Path,
@@ -111,56 +118,102 @@ async def run_resolve(args: argparse.Namespace) -> int:
 
 
 async def run_resume(args: argparse.Namespace) -> int:
-    from tether.adapters import LeaseHeld, NeedsAttention, entrypoint_for, read_run
-
     command = "resume"
+    if (args.run_id is None) == (not args.interrupted):
+        _err(command, "name a RUN, or pass --interrupted for every interrupted run (not both)")
+        return 2
     entrypoints: dict[str, str] = {}
     if args.entrypoint is None:
         from tether._config import load_config
 
         entrypoints = dict(load_config(args.config)[0].resume.entrypoints)
+    if not args.interrupted:
+        async with await _bus(args) as bus:
+            return await _resume_one(bus, args.run_id, args.entrypoint, entrypoints)
+    runs = _interrupted(args)
+    if runs is None:
+        return 1
+    if not runs:
+        print("no interrupted runs")
+        return 0
+    codes = []
     async with await _bus(args) as bus:
-        events = await read_run(bus, args.run_id)
-        started = next((e for e in events if isinstance(e.data, RunStarted)), None)
-        if started is None:
-            _err(command, f"no run.started of run {args.run_id!r} in the log (`tether runs` lists runs)")
-            return 1
-        finished = next((e.data for e in reversed(events) if isinstance(e.data, RunFinished)), None)
-        if finished is not None:
-            _err(command, f"run {args.run_id} finished ({finished.status}): there is nothing to resume")
-            return 1
-        waiting = _unresolved(events)
-        if waiting:
-            _err(command, f"run {args.run_id} needs attention first: " + "; ".join(
-                f"tool call {w.position} ({w.tool}, call {w.call_id}): {w.reason}" for w in waiting) +
-                f". Say what became of it: `tether runs resolve {args.run_id} --happened --result JSON` or "
-                "`--not-happened`")
-            return 3
-        try:
-            entry = entrypoint_for(started.agentid, named=args.entrypoint, entrypoints=entrypoints)
-        except LookupError as exc:
-            _err(command, str(exc))
-            return 2
-        assert isinstance(started.data, RunStarted)
-        given = started.data.input
-        try:
-            if entry.is_async:
-                output = await entry.resume(args.run_id, given, bus=bus)
-            else:
-                output = await asyncio.to_thread(entry.resume, args.run_id, given, bus=bus)
-        except LeaseHeld as exc:
-            _err(command, str(exc))
-            return 1
-        except NeedsAttention as exc:
-            _err(command, str(exc))
-            return 3
-        except Exception as exc:
-            _err(command, f"run {args.run_id} failed again: {type(exc).__name__}: {exc}")
-            return 1
-        finally:
-            from tether.adapters import Hub
+        for run_id in runs:
+            codes.append(await _resume_one(bus, run_id, args.entrypoint, entrypoints, skip_held=True))
+    return max(codes)
 
-            await Hub.of(bus).flush()
-    print(f"run {args.run_id} resumed and finished: "
+
+def _interrupted(args: argparse.Namespace) -> list[str] | None:
+    """The runs the traces view shows as interrupted, oldest first; None when there is no view."""
+    import sqlite3
+
+    from tether.bus import tether_home
+    from tether.projections import open_view
+    from tether.projections.traces import list_runs
+
+    directory = args.views or tether_home(args.home) / "views"
+    path = open_view(directory, "traces") if directory.is_dir() else None
+    if path is None:
+        _err("resume", f"no traces view in {directory}: run `tether up` (its projector writes the views), or pass "
+                       "--views DIR")
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = list_runs(db, status="interrupted", heartbeat_s=args.heartbeat_s, limit=10_000)
+    finally:
+        db.close()
+    return [r["run_id"] for r in reversed(rows)]
+
+
+async def _resume_one(bus: Bus, run_id: str, named: str | None, entrypoints: dict[str, str], *,
+                      skip_held: bool = False) -> int:
+    from tether.adapters import LeaseHeld, NeedsAttention, entrypoint_for, read_run
+
+    command = "resume"
+    events = await read_run(bus, run_id)
+    started = next((e for e in events if isinstance(e.data, RunStarted)), None)
+    if started is None:
+        _err(command, f"no run.started of run {run_id!r} in the log (`tether runs` lists runs)")
+        return 1
+    finished = next((e.data for e in reversed(events) if isinstance(e.data, RunFinished)), None)
+    if finished is not None:
+        _err(command, f"run {run_id} finished ({finished.status}): there is nothing to resume")
+        return 1
+    waiting = _unresolved(events)
+    if waiting:
+        _err(command, f"run {run_id} needs attention first: " + "; ".join(
+            f"tool call {w.position} ({w.tool}, call {w.call_id}): {w.reason}" for w in waiting) +
+            f". Say what became of it: `tether runs resolve {run_id} --happened --result JSON` or "
+            "`--not-happened`")
+        return 3
+    try:
+        entry = entrypoint_for(started.agentid, named=named, entrypoints=entrypoints)
+    except LookupError as exc:
+        _err(command, str(exc))
+        return 2
+    assert isinstance(started.data, RunStarted)
+    given = started.data.input
+    try:
+        if entry.is_async:
+            output = await entry.resume(run_id, given, bus=bus)
+        else:
+            output = await asyncio.to_thread(entry.resume, run_id, given, bus=bus)
+    except LeaseHeld as exc:
+        if skip_held:
+            print(f"run {run_id}: skipped, another process runs it ({exc.holder})")
+            return 0
+        _err(command, str(exc))
+        return 1
+    except NeedsAttention as exc:
+        _err(command, str(exc))
+        return 3
+    except Exception as exc:
+        _err(command, f"run {run_id} failed again: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        from tether.adapters import Hub
+
+        await Hub.of(bus).flush()
+    print(f"run {run_id} resumed and finished: "
           f"{json.dumps(output, default=repr, ensure_ascii=False)[:400]}")
     return 0
