@@ -296,3 +296,25 @@ def test_a_call_resolved_as_not_happened_and_run_again_then_died_in_waits_alone(
               Event.of(ToolCallResolved(call_id="a", tool="deposit", happened=False), runid="r"),
               resumed(), requested("b"), resumed(), attention("b")]
     assert [w.call_id for w in unresolved(events)] == ["b"]
+
+
+async def test_inside_a_run_the_start_is_in_the_log_before_the_tool_runs_and_the_end_before_it_returns(
+        bus: Bus, policies: PolicySet) -> None:
+    from tether.bus import event_filter
+    from tether.testing import collect
+
+    async def logged() -> list[str]:
+        return [r.event.type for r in await collect(bus, event_filter(run="run-acked-1")) if r.event is not None]
+
+    seen: list[list[str]] = []
+
+    @tether.tool(bus=bus, policies=policies)
+    async def effect() -> int:
+        seen.append(await logged())
+        return 1
+
+    async with tether.run(agent="bot", run_id="run-acked-1", bus=bus):
+        await effect()
+        seen.append(await logged())
+    assert seen[0][-1] == "tether.tool.call.requested", "a kill inside the tool leaves its start recorded"
+    assert seen[1][-1] == "tether.tool.call.completed", "a kill after it returned leaves its end recorded"
