@@ -1,5 +1,6 @@
 # make run    - set up .venv from the lock file if needed, then start tether with the scripted demo agent
-# make test   - set up .venv from the lock file if needed, then run the test suite (all but known_flaky)
+# make test   - set up .venv from the lock file if needed, then run the test suite (all but known_flaky);
+#               WORKERS=N runs test files on N processes (pytest-xdist, whole files per worker)
 # make test-flaky - the tests marked known_flaky (each says what fails and why it is not fixed yet)
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
 # make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
@@ -22,6 +23,8 @@ LOWEST_STAMP := $(LOWEST_VENV)/.tether-installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.tether-installed
 FRAMEWORKS := langgraph openai-agents
+WORKERS ?= 1
+XDIST = $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
 .PHONY: run test test-flaky test-lowest lint lock bench clean
@@ -52,13 +55,13 @@ run: $(STAMP)
 	$(VENV)/bin/tether up --demo
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not known_flaky"
+	$(PY) -m pytest -m "not known_flaky" $(XDIST)
 
 test-flaky: $(STAMP)  # the tests marked known_flaky: each names what is not fixed yet
 	$(PY) -m pytest -m known_flaky
 
 test-lowest: $(LOWEST_STAMP)
-	$(LOWEST_VENV)/bin/python -m pytest -m "not lint and not known_flaky"
+	$(LOWEST_VENV)/bin/python -m pytest -m "not lint and not known_flaky" $(XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tether tests bench examples

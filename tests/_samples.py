@@ -17,8 +17,11 @@ from tether.schemas import (
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
+    DatasetItemAdded,
+    DatasetItemRemoved,
     ErrorInfo,
     Event,
+    ExperimentStarted,
     LlmCallAttemptFailed,
     LlmCallCompleted,
     LlmCallFailed,
@@ -30,11 +33,13 @@ from tether.schemas import (
     RunFinished,
     RunNeedsAttention,
     RunStarted,
+    ScoreRecorded,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallRequested,
     ToolCallResolved,
+    TrialCompleted,
     Usage,
 )
 
@@ -190,6 +195,16 @@ SAMPLES: dict[str, Payload] = {
             requested=0.5,
             call_id="call-0007",
         ),
+        DatasetItemAdded(dataset="support-qa", item_id="q-1", input={"question": "Where is my parcel?"},
+                         expected="It left the depot today.", tags=("from-run", "error"), source_run_id="run-41",
+                         metadata={"note": "from a failed run"}),
+        DatasetItemRemoved(dataset="support-qa", item_id="q-1"),
+        ExperimentStarted(experiment="exp-1", dataset="support-qa", dataset_seq=12,
+                          variant={"model": "gpt-4o-mini", "prompt": "Be brief."}, agent="bots:answer", replay=True),
+        TrialCompleted(experiment="exp-1", item_id="q-1", run_id="run-43", output="It left today.", error=_ERROR,
+                       latency_ms=812.5, cost_usd=0.00042, tokens=120),
+        ScoreRecorded(experiment="exp-1", item_id="q-1", scorer="contains", run_id="run-43", value=1.0, passed=True,
+                      reason="found 'today'", metadata={"rubric": "mentions when"}),
     ]
 }
 

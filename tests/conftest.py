@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["tether.testing.pytest_plugin"]
+pytest_plugins = ["tether.testing.pytest_plugin", "tether.eval.pytest_plugin"]
 
 
 @pytest.fixture

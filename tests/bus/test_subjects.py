@@ -91,6 +91,8 @@ def test_subject_keys_route_by_what_the_event_is_about() -> None:
         "tether.call.dead_lettered": "tool",
         "tether.circuit.opened": "openai%2Fgpt-4%2E1-mini",
         "tether.budget.exceeded": "tenant",
+        "tether.eval.item.added": "support-qa",
+        "tether.eval.score.recorded": "exp-1",
     }
     for event_type, key in expected.items():
         assert event_subject(sample_event(event_type)).split(".")[6] == key

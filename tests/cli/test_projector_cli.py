@@ -27,7 +27,7 @@ async def test_replay_in_processes_and_in_one_give_the_same_views(fresh_nats_ser
                                       "--out", str(tether_home / "two"), home=tether_home, timeout=90)
     assert code == 0, err
     two = json.loads(out)
-    assert sorted(two["views"]) == ["cost", "errors", "memory", "metrics", "traces"]  # memory: empty here
+    assert sorted(two["views"]) == ["cost", "errors", "eval", "memory", "metrics", "traces"]  # memory: empty here
     code, out, err = await run_tether("replay", "--url", url, "--processes", "0", "--json",
                                       "--out", str(tether_home / "one"), home=tether_home, timeout=90)
     assert code == 0, err
@@ -45,7 +45,7 @@ async def test_projector_runs_its_views_in_processes_and_stops_them(fresh_nats_s
     async with tether_child("projector", "--url", fresh_nats_server.url, "--processes", "2",
                             home=tether_home) as child:
         line = await child.wait_for("projector running", timeout=60)
-        assert "in 2 process(es): traces; metrics, cost, errors" in line
+        assert "in 2 process(es): traces; metrics, cost, errors, eval" in line
         children = _view_processes(child.proc.pid)
         assert len(children) == 2
         child.proc.send_signal(signal.SIGINT)

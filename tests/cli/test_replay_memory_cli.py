@@ -135,4 +135,4 @@ async def test_replay_memory_refuses_without_the_keystore_or_while_a_client_lead
             await leader.close()
 
     code, _, err = await run_tether("replay", "memroy", "--url", url, home=tether_home, timeout=30)
-    assert code == 2 and "unknown view(s) memroy; views are traces, cost, errors, metrics, memory" in err
+    assert code == 2 and "unknown view(s) memroy; views are traces, cost, errors, metrics, eval, memory" in err

@@ -233,3 +233,66 @@ async def test_the_vector_index_follows_rewrites_deletions_and_another_embedder_
     memory.embedder = HashEmbedder()
     rest = await memory.search("note 3 about topic 3", k=3, mode="semantic")
     assert rest and "k3" not in [h.entry.key for h in rest]  # its vector is in the other space now
+
+
+class WaitsForKeyword:
+    """HashEmbedder that answers a query only once the keyword retriever has run: a search that
+    embedded first and retrieved after would wait here for good."""
+
+    name = HashEmbedder().name
+
+    def __init__(self, ran: asyncio.Event) -> None:
+        self.inner = HashEmbedder()
+        self.ran = ran
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        if texts != ["notes about the rollout plan"]:
+            return await self.inner.embed(texts)  # the writes
+        await asyncio.wait_for(self.ran.wait(), 5)
+        return await self.inner.embed(texts)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_hybrid_search_retrieves_by_keyword_while_the_query_is_embedded(
+        open_memory: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tether.memory import _query
+
+    ran = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    keyword = _query.keyword
+
+    def marking(*args: Any, **kwargs: Any) -> Any:
+        loop.call_soon_threadsafe(ran.set)
+        return keyword(*args, **kwargs)
+
+    memory = await open_memory(agent="bot", embedder=WaitsForKeyword(ran))
+    done = await memory.write_many({"namespace": "agent:bot", "key": f"k{i}", "text": text} for i, text in
+                                   enumerate(["rollout plan for the billing service", "notes about lunch",
+                                              "the rollout was postponed", "plan the team offsite"]))
+    await memory.wait_for(done.seq)
+    monkeypatch.setattr(_query, "keyword", marking)
+    first = await memory.search("notes about the rollout plan", mode="hybrid", k=4)
+    assert memory.vector_cache.misses == 5  # four texts written, and the query, embedded once each
+    again = await memory.search("notes about the rollout plan", mode="hybrid", k=4)  # its vector cached: one trip
+    assert [(h.entry.key, round(h.score, 6)) for h in first] == [(h.entry.key, round(h.score, 6)) for h in again]
+    assert "k0" in [h.entry.key for h in first[:2]] and memory.vector_cache.misses == 5
+
+
+def test_a_large_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from tether.memory import _embed
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+    if not blas_threads():
+        pytest.skip("threadpoolctl sees no BLAS library")
+    index = _embed.VectorIndex()
+    outside = blas_threads()
+    with index._blas(_embed.BLAS_CAP_ROWS - 1):
+        assert blas_threads() == outside  # a small product: BLAS left alone
+    with index._blas(_embed.BLAS_CAP_ROWS):
+        assert blas_threads() == {1}
+    assert blas_threads() == outside

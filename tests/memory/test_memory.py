@@ -107,6 +107,20 @@ async def test_near_duplicates_merge_instead_of_piling_up(memory: AsyncMemory) -
     assert len(await memory.search("pizza pasta lunch", k=10)) == 1
 
 
+async def test_the_view_goes_on_when_the_server_drops_its_consumer(memory: AsyncMemory) -> None:
+    # The feed's consumer is ephemeral: the server deletes it after a minute without a pull (seen
+    # on a loaded machine while a large batch was being applied). Before, every later pull failed
+    # ("ServiceUnavailableError; retrying") and the view never moved again.
+    first = await memory.write("agent:bot", "before the consumer went", key="a")
+    await memory.wait_for(first.seq)
+    info = await memory.feed._sub.consumer_info()
+    await memory.bus.js.delete_consumer(EVENTS_STREAM, info.name)
+    later = await memory.write("agent:bot", "after the consumer went", key="b")
+    await memory.wait_for(later.seq, timeout=10)
+    assert (await memory.get("agent:bot", "b")).text == "after the consumer went"
+    assert [h.entry.key for h in await memory.search("consumer went", k=5, mode="keyword")] == ["b", "a"]
+
+
 async def test_two_clients_one_view_follower_sees_leader_writes(open_memory: Opener) -> None:
     leader = await open_memory(agent="a")
     follower = await open_memory(agent="b")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from tether.memory._rank import Candidate, Ranking, fuse, query_terms, temporal
 from tether.memory._reads import _bridges, _names
 
@@ -49,6 +51,18 @@ def test_fusion_weighs_both_retrievers_and_boosts_the_newest_close_rival_for_the
     assert only_keyword == [0.4, 0.2]
 
 
+def test_fusion_by_ratio_min_max_or_reciprocal_rank() -> None:
+    a, b, c = Candidate(10.0, 0.9, 0.0), Candidate(5.0, 0.5, 0.0), Candidate(None, 0.7, 0.0)
+    assert fuse([a, b, c], Ranking(), present=False) == pytest.approx([1.0, 0.25, 0.25])  # bm25 / best; cosine min-max
+    assert fuse([a, b, c], Ranking(fusion="minmax"), present=False) == pytest.approx([1.0, 0.0, 0.25])
+    by_place = fuse([a, b, c], Ranking(fusion="rrf", rrf_k=1), present=False)
+    assert by_place == pytest.approx([1.0, 0.5 * 2 / 3 + 0.5 * 2 / 4, 0.5 * 2 / 3])  # (k + 1) / (k + place), weighted
+    with pytest.raises(ValueError, match="fusion must be 'ratio', 'minmax' or 'rrf'"):
+        Ranking(fusion="sum")
+    with pytest.raises(ValueError, match="rrf_k must be an int >= 0"):
+        Ranking(rrf_k=-1)
+
+
 def test_multi_hop_bridges_are_the_new_names_of_hits_that_name_what_the_query_names() -> None:
     assert _names("Since March 2026 Ann Borg lives in Cork.") == ["Ann Borg"]  # not "Since March"
     assert _names("Ann Fischer's manager is Leo Berg.") == ["Ann Fischer", "Leo Berg"]
@@ -62,3 +76,18 @@ def test_multi_hop_bridges_are_the_new_names_of_hits_that_name_what_the_query_na
     # a query without a name: any hit bridges, and the second query is the name and the words left
     assert _bridges("Who leads project Atlas?", ["Project Atlas is led by Carl Fisher."]) \
         == [("Carl Fisher", "Carl Fisher who leads", frozenset())]
+
+
+def test_a_hit_bridges_only_when_it_holds_what_the_query_asks_of_the_name() -> None:
+    hits = ["Greta Novak reports to Jana Fisher.", "Greta Novak never drinks coffee."]
+    evidence = [f"{hits[0]} greta-novak/manager kind manager", f"{hits[1]} greta-novak/coffee kind coffee"]
+    # a question about Greta herself: her manager's entry names Jana Fisher, but holds nothing it asks
+    assert _bridges("Should I offer Greta Novak an espresso?", hits, evidence) == []
+    assert _bridges("Should I offer Greta Novak an espresso?", hits) != []  # without the evidence rule it did
+    # asked about her manager: the key (or metadata, or text: "manages") holds the relation
+    assert [b[0] for b in _bridges("Where does Greta Novak's manager live?", hits, evidence)] == ["Jana Fisher"]
+    assert [b[0] for b in _bridges("Where does Greta Novak's manager live?", ["Jana Fisher manages Greta Novak."],
+                                   ["Jana Fisher manages Greta Novak. 0193a1"])] == ["Jana Fisher"]
+    assert [b[0] for b in _bridges("How do I reach the lead of project Atlas?", ["Project Atlas is led by Carl "
+                                   "Fisher."], ["Project Atlas is led by Carl Fisher. project-atlas/lead"])] \
+        == ["Carl Fisher"]

@@ -140,6 +140,29 @@ async def test_a_second_hop_finds_the_entry_the_best_hit_points_to(open_memory: 
     assert single[0] == "p0/city"  # no new name in the best hit: no second hop
 
 
+async def test_a_question_about_the_person_is_not_sent_on_to_whoever_their_hits_name(open_memory: Opener) -> None:
+    from tether.memory import Ranking
+
+    memory = await open_memory(agent="bot")
+    facts = {"greta/manager": "Greta Novak reports to Jana Fisher.", "greta/diet": "Greta Novak is vegetarian.",
+             "greta/allergy": "Greta Novak has a latex allergy.", "greta/pet": "Greta Novak has a dog named Rio.",
+             "greta/coffee": "Greta Novak never drinks espresso, only tea.",
+             "jana/coffee": "Jana Fisher starts the day with two espressos.", "jana/city": "Jana Fisher lives in Oslo."}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t,
+                                    "metadata": {"kind": k.split("/")[1]}} for k, t in facts.items())
+    query = "Is Greta Novak vegetarian?"
+    memory.ranking = Ranking(expand=False)
+    one_hop = [h.entry.key for h in await memory.search(query, k=5, mode="keyword", after=done.seq)]
+    assert one_hop[0] == "greta/diet" and "greta/manager" in one_hop
+    memory.ranking = Ranking(expand_at=2, expand_from=5, expand_evidence=False)
+    hits = [h.entry.key for h in await memory.search(query, k=5, mode="keyword")]
+    assert hits[1].startswith("jana/")  # what the second hop did to such a question before
+    memory.ranking = Ranking(expand_at=2, expand_from=5)
+    assert [h.entry.key for h in await memory.search(query, k=5, mode="keyword")] == one_hop
+    hits = [h.entry.key for h in await memory.search("Where does Greta Novak's manager live?", k=5, mode="keyword")]
+    assert hits[:2] == ["greta/manager", "jana/city"]  # the relation is in the key: the second hop goes on
+
+
 async def test_the_second_hop_is_on_by_default_and_follows_a_bridge_below_the_best_hit(open_memory: Opener) -> None:
     memory = await open_memory(agent="bot")
     facts = {"ann/city": "Since March 2026 Ann Borg lives in Cork.", "ann/manager": "Ann Borg reports to Ben Berg.",

@@ -50,7 +50,7 @@ def test_partition_balances_by_weight() -> None:
     groups = partition([TracesView(), CostLedger(), ErrorsView(), MetricsView()], 2)
     assert [[v.name for v in g] for g in groups] == [["traces"], ["metrics", "cost", "errors"]]
     assert len(partition([TracesView()], 4)) == 1  # never more processes than views
-    assert sum(len(g) for g in partition(default_views(), 3)) == 4
+    assert sum(len(g) for g in partition(default_views(), 3)) == 5
 
 
 async def test_a_pool_gives_the_views_one_projector_gives(fresh_nats_server: NatsServer, tmp_path: Path) -> None:

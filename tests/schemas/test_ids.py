@@ -89,6 +89,7 @@ def test_uuid7_time_reads_the_stamp_exactly(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(
     "value",
     [str(uuid.uuid4()), str(uuid.uuid1()), "00000000-0000-0000-0000-000000000000"],
+    ids=["v4", "v1", "nil"],  # fixed ids: every xdist worker must collect the same tests
 )
 def test_uuid7_time_rejects_other_versions(value: str) -> None:
     with pytest.raises(ValueError, match="not a UUIDv7"):

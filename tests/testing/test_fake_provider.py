@@ -56,6 +56,17 @@ def claude(fp: FakeProvider, **options: Any) -> anthropic.AsyncAnthropic:
 
 # --- OpenAI chat completions ---------------------------------------------------------------
 
+async def test_each_model_answers_differently_and_deterministically(fp: FakeProvider) -> None:
+    """What evaluation compares: two models' answers to one prompt differ, each model's never varies."""
+    async with oai(fp) as client:
+        texts = {model: [(await client.chat.completions.create(model=model, messages=USER)  # type: ignore[arg-type]
+                          ).choices[0].message.content for _ in range(2)] for model in ("gpt-4o", "gpt-4o-mini")}
+    assert texts["gpt-4o"][0] == texts["gpt-4o"][1] and texts["gpt-4o-mini"][0] == texts["gpt-4o-mini"][1]
+    assert texts["gpt-4o"][0] != texts["gpt-4o-mini"][0]
+    for model, (text, _) in texts.items():
+        assert text == tether.testing.reply_text(USER[0]["content"], model=model, seed=7)
+
+
 async def test_chat_reply_is_deterministic_with_realistic_usage(fp: FakeProvider) -> None:
     async with oai(fp) as client:
         first = await client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]

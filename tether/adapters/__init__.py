@@ -14,6 +14,7 @@
 * :class:`Interceptor` is the core they share with the gateway (``tether.adapters.gateway``,
   ``tether gateway``): one raw request in, one response (maybe a stream) out, policy applied
   and events published.
+* :func:`recorded_tools`: tool calls answered from a recorded run's results (an evaluation's replay).
 * :class:`Redactor`: what is kept out of the log (headers never enter it).
 * :func:`init` (``tether.init()``) installs the adapter of each agent framework installed beside
   tether: ``tether.adapters.langgraph``, ``tether.adapters.openai_agents`` (docs/frameworks/).
@@ -39,6 +40,7 @@ from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
 from ._lease import LEASE_BUCKET, LeaseHeld, RunLease
 from ._once import once
+from ._recorded import RecordedResult, RecordedToolError, RecordedTools, ReplayMismatch, recorded_tools
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import NeedsAttention, Run, RunContext, bound, current_run, read_run, run
 from ._tooljournal import unresolved
@@ -61,7 +63,11 @@ __all__ = [
     "LoopThreadError",
     "NeedsAttention",
     "ProxyResponse",
+    "RecordedResult",
+    "RecordedToolError",
+    "RecordedTools",
     "Redactor",
+    "ReplayMismatch",
     "ResumeSection",
     "RoutedUpstream",
     "Run",
@@ -85,6 +91,7 @@ __all__ = [
     "instrument",
     "once",
     "read_run",
+    "recorded_tools",
     "run",
     "shutdown",
     "tool",

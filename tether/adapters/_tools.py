@@ -50,6 +50,7 @@ from tether.schemas import CallReplayed, ErrorInfo, Event, RunNeedsAttention, To
 
 from ._core import drive_async, drive_sync
 from ._hub import SOURCE, Hub, LoopThreadError, background_hub, background_hub_nowait, default_policies
+from ._recorded import current_recorded
 from ._redact import Hook, Redactor, redactor_of
 from ._runs import NeedsAttention, current_run, new_traceparent
 from ._tooljournal import Attention, Live, Replay, decide
@@ -243,6 +244,8 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
                     await hub.flush()  # the start is in the log before the tool runs
                 started = time.perf_counter()
                 try:
+                    if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
+                        return spec.invoked(started, recorded.take(spec.name))
                     if timeout is None:
                         return spec.invoked(started, await fn(*args, **kwargs))
                     try:
@@ -290,6 +293,8 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
                 _flush_sync(hub)
             started = time.perf_counter()
             try:
+                if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
+                    return spec.invoked(started, recorded.take(spec.name))
                 if timeout is None:
                     return spec.invoked(started, fn(*args, **kwargs))
                 try:

@@ -4,7 +4,7 @@ Events::
 
     tether.evt.<agent>.<run>.<kind>.<action>.<key>
 
-``kind`` is run | llm | tool | memory | call | circuit | budget; ``action`` is the last
+``kind`` is run | llm | tool | memory | call | circuit | budget | eval; ``action`` is the last
 part of the event type (``completed``, ``attempt_failed``...); ``key`` is the event's
 routing key: the provider of an LLM call, the tool name, the memory namespace, the
 breaker route, the budget scope. A missing agent, run or key is ``_``. Every subject

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(tail)
     tail.add_argument("--agent", help="only this agent's events")
     tail.add_argument("--run", help="only this run's events")
-    tail.add_argument("--kind", choices=["run", "llm", "tool", "memory", "call", "circuit", "budget"],
+    tail.add_argument("--kind", choices=["run", "llm", "tool", "memory", "call", "circuit", "budget", "eval"],
                       help="only this kind of event")
     tail.add_argument("--action", help="only this action (started, completed, attempt_failed...)")
     tail.add_argument("--key", help="only this routing key (tool name, provider, memory namespace)")
@@ -112,10 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _auth, _cluster, _gateway, _memory, _otel, _projector, _reliability, _resume, _stats, _ui, _views
+    from . import (
+        _auth,
+        _cluster,
+        _eval,
+        _gateway,
+        _memory,
+        _otel,
+        _projector,
+        _reliability,
+        _resume,
+        _stats,
+        _ui,
+        _views,
+    )
 
     _reliability.add_commands(sub, _common)
     _memory.add_commands(sub, _common)
+    _eval.add_commands(sub, _common)
     _gateway.add_commands(sub, _common)
     _otel.add_commands(sub, _common)
     _views.add_commands(sub, _common)
@@ -188,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._memory import run as run_memory
 
             return run_loop(run_memory(args))
+        if args.command == "eval":
+            from ._eval import run as run_eval
+
+            return run_loop(run_eval(args))
         if args.command == "gateway":
             from ._gateway import run as run_gateway
 

@@ -15,8 +15,11 @@ from tether.schemas import (
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
+    DatasetItemAdded,
+    DatasetItemRemoved,
     ErrorInfo,
     Event,
+    ExperimentStarted,
     LlmCallAttemptFailed,
     LlmCallCompleted,
     LlmCallFailed,
@@ -26,10 +29,12 @@ from tether.schemas import (
     MemoryWritten,
     RunFinished,
     RunStarted,
+    ScoreRecorded,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallRequested,
+    TrialCompleted,
 )
 
 __all__ = ["Style", "event_line", "result_line"]
@@ -132,6 +137,18 @@ def _detail(event: Event) -> str:
             return f"{d.call_kind} call={d.call_id} {d.reason} after {d.attempts} attempt(s)"
         case CallRedriven() as d:
             return f"call={d.call_id} → {d.new_call_id}"
+        case DatasetItemAdded() as d:
+            return f"{d.dataset}/{d.item_id} input={_short(d.input, 40)}"
+        case DatasetItemRemoved() as d:
+            return f"{d.dataset}/{d.item_id}"
+        case ExperimentStarted() as d:
+            return f"{d.experiment} on {d.dataset or '-'}" + (" (replay)" if d.replay else "")
+        case TrialCompleted() as d:
+            return f"{d.experiment}/{d.item_id} {_ms(d.latency_ms)}" + (
+                f" {d.error.type}" if d.error else f" → {_short(d.output, 40)}")
+        case ScoreRecorded() as d:
+            verdict = "" if d.passed is None else " pass" if d.passed else " FAIL"
+            return f"{d.experiment}/{d.item_id} {d.scorer}={'-' if d.value is None else f'{d.value:g}'}{verdict}"
     return ""
 
 

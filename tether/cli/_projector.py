@@ -23,9 +23,9 @@ __all__ = ["add_commands", "default_views", "run_projector", "run_replay", "run_
 
 def default_views() -> list[Any]:
     """Every view tether ships, newest versions."""
-    from tether.projections import CostLedger, ErrorsView, MetricsView, TracesView
+    from tether.projections import CostLedger, ErrorsView, EvalView, MetricsView, TracesView
 
-    return [TracesView(), CostLedger(), ErrorsView(), MetricsView()]
+    return [TracesView(), CostLedger(), ErrorsView(), MetricsView(), EvalView()]
 
 
 def views_dir(args: argparse.Namespace) -> Path:
@@ -60,7 +60,7 @@ def describe_views(projector: Any) -> str:
 
 def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     proj = sub.add_parser("projector", help="fold the event log into the SQLite views, live",
-                          description="Run the projections (traces, cost, errors, metrics) from the EVENTS "
+                          description="Run the projections (traces, cost, errors, metrics, eval) from the EVENTS "
                           "stream into SQLite views under TETHER_HOME/views, announcing changes on "
                           "tether.proj.<view>.<key>. `tether up` runs one; run at most one per views directory.")
     common(proj)
@@ -74,7 +74,7 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                             "erased namespaces stay erased.")
     common(replay)
     replay.add_argument("views", nargs="*", metavar="VIEW",
-                        help="traces, cost, errors, metrics, memory (default: all)")
+                        help="traces, cost, errors, metrics, eval, memory (default: all)")
     point = replay.add_mutually_exclusive_group()
     point.add_argument("--to-seq", type=int, metavar="N", help="stop after stream sequence N")
     point.add_argument("--to-time", metavar="T", help="stop at time T (ISO 8601, UTC if no zone)")

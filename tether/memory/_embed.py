@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import math
@@ -124,6 +125,13 @@ class VectorCache:
         found = self._items.pop(key, None)
         if found is not None:
             self._items[key] = found  # most recent last
+        return found
+
+    def lookup(self, embedder: str, text: str) -> list[float] | None:
+        """The cached vector, counted as a hit when there is one (a miss is counted by :meth:`embed`)."""
+        found = self.get(embedder, text)
+        if found is not None:
+            self.hits += 1
         return found
 
     def put(self, embedder: str, text: str, vector: list[float]) -> None:
@@ -320,6 +328,10 @@ class _Space:
         return found
 
 
+BLAS_CAP_ROWS = 16384
+"""From this many vectors on, a search's matrix-vector product runs with BLAS held to one thread."""
+
+
 class VectorIndex:
     """Exact cosine search over the view's current vectors (NumPy, kept in memory).
 
@@ -339,6 +351,7 @@ class VectorIndex:
         self.spaces: dict[str | None, _Space] = {}
         self.namespaces: dict[str, int] = {}
         self._where: dict[tuple[str, str], str | None] = {}
+        self._cap: Any = None
 
     def refresh(self, db: sqlite3.Connection) -> None:
         np = self.np
@@ -360,6 +373,18 @@ class VectorIndex:
                 space = self.spaces[embedder] = _Space(np, len(vec))
             space.put(pair, vec, is_live, self.namespaces.setdefault(ns, len(self.namespaces)))
             self._where[pair] = embedder
+
+    def _blas(self, rows: int) -> contextlib.AbstractContextManager[None]:
+        """One BLAS thread for a product over many rows (OpenBLAS would start a thread per core, which
+        on a busy machine wait on each other and spin); nothing to do for a small one."""
+        if rows < BLAS_CAP_ROWS:
+            return contextlib.nullcontext()
+        if self._cap is None:
+            from ._minilm import BlasThreads
+
+            self._cap = BlasThreads(1)
+        cap: contextlib.AbstractContextManager[None] = self._cap.cap()
+        return cap
 
     def similarities(self, query: Sequence[float], embedder: str,
                      pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]:
@@ -385,7 +410,8 @@ class VectorIndex:
         if count == 0:
             return []
         n = len(space.pairs)
-        scores = space.matrix[:n] @ np.asarray(query, dtype=np.float32)
+        with self._blas(n):
+            scores = space.matrix[:n] @ np.asarray(query, dtype=np.float32)
         if mask is not None:
             scores[~mask] = -np.inf
         k = min(k, count)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from tether.bus import EVENTS_STREAM, Bus
 from tether.projections import Item, open_view, view_path
@@ -115,10 +115,7 @@ class ViewFeed:
             assert self.store is not None
             start = self.store.seq + 1
             self.applied_seq = self.store.seq
-            config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                    opt_start_seq=start, inactive_threshold=60.0)
-            self._sub = await self.bus.js.pull_subscribe(MEMORY_SUBJECTS, durable=None, stream=EVENTS_STREAM,
-                                                         config=config)
+            await self._subscribe(start)
         except BaseException:
             await self._release()
             raise
@@ -128,6 +125,23 @@ class ViewFeed:
         self._task = asyncio.create_task(self._loop(), name="tether-memory-feed")
         log.info("memory view: leading from seq %d", start)
         return True
+
+    async def _subscribe(self, start: int) -> None:
+        """An ephemeral consumer of the memory subjects from ``start`` (the server deletes it after a
+        minute without a pull: :meth:`_loop` makes another if that happens)."""
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                opt_start_seq=start, inactive_threshold=60.0)
+        self._sub = await self.bus.js.pull_subscribe(MEMORY_SUBJECTS, durable=None, stream=EVENTS_STREAM,
+                                                     config=config)
+
+    async def _resubscribe(self) -> None:
+        """The consumer is gone (deleted, or dropped by the server after a minute without a pull, as
+        when applying a batch took that long on a loaded machine): another from the next sequence."""
+        old = self._sub
+        await self._subscribe(self.applied_seq + 1)  # if this fails, the next pull fails again and retries
+        with contextlib.suppress(Exception):
+            await old.unsubscribe()
+        log.warning("memory feed: its consumer was gone; reading again from seq %d", self.applied_seq + 1)
 
     async def _release(self) -> None:
         if self._sub is not None:
@@ -265,6 +279,17 @@ class ViewFeed:
                 msgs = []
             except asyncio.CancelledError:
                 raise
+            except (ServiceUnavailableError, NotFoundError) as exc:  # no consumer answers the pull
+                if pending is not None:
+                    if not await self._finish(pending, pending_last):
+                        return
+                    pending = None
+                try:
+                    await self._resubscribe()
+                except Exception as again:
+                    log.warning("memory feed fetch failed: %r, and a new consumer too: %r; retrying", exc, again)
+                    await asyncio.sleep(0.5)
+                continue
             except Exception as exc:
                 log.warning("memory feed fetch failed: %r; retrying", exc)
                 await asyncio.sleep(0.5)

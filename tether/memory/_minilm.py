@@ -48,7 +48,8 @@ def model_dir() -> Path | None:
 class BlasThreads:
     """Caps the BLAS library's threads at ``threads`` while an encode runs (:meth:`cap`).
 
-    BLAS has one process-wide setting, so capped encodes take turns (a lock), each setting
+    BLAS has one process-wide setting, so capped sections (encodes, and the vector index's
+    matrix-vector products) take turns (one lock for the process), each setting
     the cap on entry and giving the previous value back on exit. ``threadpoolctl`` does the
     setting; from 3.8 on it lets only one thread at a time control OpenBLAS, so if the
     application holds that control itself (its own ``threadpool_limits`` in another thread),
@@ -57,20 +58,22 @@ class BlasThreads:
     """
 
     _warned = False
+    _lock = threading.Lock()
+    """One for the process: BLAS's thread setting is process-wide, so capped sections take turns."""
 
     def __init__(self, threads: int | None) -> None:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1 (or None to leave BLAS alone), got {threads}")
         self.threads = threads
-        self._lock = threading.Lock()
         self._controller: Any = None
         if threads is None:
             return
         try:
             from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError:
-            BlasThreads._warn("threadpoolctl is not installed: the embedder cannot cap NumPy's BLAS threads, "
-                              "which slows it down on a busy machine (pip install threadpoolctl)")
+            BlasThreads._warn("threadpoolctl is not installed: tether cannot cap NumPy's BLAS threads while it "
+                              "embeds or searches vectors, which slows both down on a busy machine "
+                              "(pip install threadpoolctl)")
             return
         controller = ThreadpoolController()  # once: it inspects the loaded libraries (~4 ms)
         if not controller.select(user_api="blas").lib_controllers:

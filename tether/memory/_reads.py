@@ -6,6 +6,7 @@ Every read waits until the view has applied this client's own writes (read-your-
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import fnmatch
 import re
@@ -23,6 +24,7 @@ from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
 from ._rank import STOPWORDS, Candidate, fuse, query_terms, rerank, temporal, words
 from ._types import Context, Entry, Hit, Version
+from ._view import meta_words
 
 __all__ = ["AsOf", "MemoryReads", "SearchMode"]
 
@@ -56,21 +58,45 @@ def _names(text: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _bridges(query: str, texts: Sequence[str]) -> list[tuple[str, str, frozenset[str]]]:
+def _stem(word: str) -> str:
+    """A crude stem, enough to match "manager" with "manages" and "leads" with "lead"."""
+    for suffix in ("ers", "er", "es", "ed", "ing", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
+
+
+def _relation(query: str, asked: Sequence[str]) -> frozenset[str]:
+    """The stems of the query's content words that are not its names: what it asks about them."""
+    own = {w for name in asked for w in words(name)}
+    return frozenset(_stem(w) for w in words(query) if w not in STOPWORDS and w not in own and len(w) > 2)
+
+
+def _bridges(query: str, texts: Sequence[str], evidence: Sequence[str] | None = None
+             ) -> list[tuple[str, str, frozenset[str]]]:
     """For a multi-hop question, one second-hop search per new name the first hits bring, best
     hit first: (the name, its query, words its answer must not hold). A hit bridges when it
     names what the query names ("Ann Borg reports to Ben Berg." for "Where does Ann Borg's
     manager live?" gives ("Ben Berg", "Ben Berg where does live", {"manager"})): the query's
     own names and the relation word after a possessive ("manager") are left out, and that
-    word marks the first hop's kind of entry, not the answer."""
+    word marks the first hop's kind of entry, not the answer.
+
+    With ``evidence`` (for each hit, its text, key and metadata words), a hit bridges only if
+    it also holds one of the query's words besides the names (its stem: "manages" for
+    "manager"): the hit is about what the query asks of the name, not merely another fact
+    of the same person ("Greta Novak reports to Jana Fisher." does not make "Should I offer
+    Greta Novak an espresso?" a question about Jana Fisher)."""
     asked = _names(query)
     relation = frozenset(words(" ".join(re.findall(r"'s\s+(\w+)", query))))
     own = {w for name in asked for w in words(name)}
     every = set(words(query))
+    asks = _relation(query, asked)
     out: list[tuple[str, str, frozenset[str]]] = []
-    for text in texts:
+    for i, text in enumerate(texts):
         here = _names(text)
-        if asked and not any(name in here for name in asked):
+        if not here or (asked and not any(name in here for name in asked)):
+            continue
+        if evidence is not None and not asks & {_stem(w) for w in words(evidence[i])}:
             continue
         seen = set(words(text))
         rest = [w for w in words(query) if w not in own and w not in relation and w not in seen]
@@ -166,9 +192,22 @@ class MemoryReads(MemoryCore):
                 raise InvalidMemory("as_of (a log position) and valid_at (a valid time) cannot be combined")
             mode = "keyword"
         pool = max(4 * k, 40)
-        vector = await self._query_vector(query) if mode != "keyword" else None
         scope = _Scope(names, patterns, filters, include_compacted, seq, at, after)
-        found = await self._gather(query, vector, scope, mode, pool, now)
+        vector: list[float] | None = None
+        if mode != "keyword":
+            assert self.embedder is not None
+            vector = self.vector_cache.lookup(self.embedder.name, query)
+        if vector is None and mode != "keyword":
+            # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
+            embedding = asyncio.ensure_future(self._query_vector(query))
+            try:
+                found = await self._gather(query, embedding, scope, mode, pool, now)
+            finally:
+                if not embedding.done():
+                    embedding.cancel()
+            vector = embedding.result()
+        else:
+            found = await self._gather(query, vector, scope, mode, pool, now)
         ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic")
         if self.ranking.expand and mode != "semantic" and ranked and seq is None:
             ranked, scores = await self._second_hop(query, vector, scope, mode, pool, now, present, found, ranked,
@@ -186,8 +225,9 @@ class MemoryReads(MemoryCore):
         ranking = self.ranking
         keep = max(ranking.expand_at, 1) - 1
         picks: list[tuple[str, str]] = []
-        texts = [found[p][0].text for p in ranked[:ranking.expand_from]]
-        bridges = _bridges(query, texts)[:ranking.expand_slots]
+        hits = [found[p][0] for p in ranked[:ranking.expand_from]]
+        evidence = [f"{e.text} {e.key} {meta_words(e.metadata)}" for e in hits] if ranking.expand_evidence else None
+        bridges = _bridges(query, [e.text for e in hits], evidence)[:ranking.expand_slots]
         vectors: list[list[float] | None] = [None] * len(bridges)
         if bridges and mode == "hybrid" and ranking.expand_embed:
             vectors = list(await self._query_vectors([b[1] for b in bridges]))
@@ -229,11 +269,13 @@ class MemoryReads(MemoryCore):
             return (valid_at if valid_at.tzinfo else valid_at.replace(tzinfo=UTC)).timestamp(), False
         raise InvalidMemory(f"valid_at must be a datetime, 'query' or None, got {valid_at!r}")
 
-    async def _gather(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,
-                      now: float, *, rescore: bool = True) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None,
-                                                                                          int | None]]:
+    async def _gather(self, query: str, vector: list[float] | asyncio.Future[list[float]] | None, scope: _Scope,
+                      mode: str, pool: int, now: float, *, rescore: bool = True
+                      ) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
         """The candidates of each retriever with both their scores: a keyword candidate gets its
-        cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both."""
+        cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both.
+        ``vector`` may still be being computed (a future): the keyword retriever runs meanwhile,
+        then the rest once it is there (two trips to the reader thread instead of one)."""
         terms = query_terms(query)
         ranking = self.ranking
         use_keyword = mode in ("keyword", "hybrid") and bool(terms)
@@ -246,9 +288,11 @@ class MemoryReads(MemoryCore):
                              stats=self._terms, weights=(ranking.text_weight, ranking.key_weight,
                                                          ranking.meta_weight), valid_at=scope.at)
 
-        def run(db: sqlite3.Connection) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
+        def run(db: sqlite3.Connection, keyword_hits: list[tuple[Entry, float]] | None,
+                vector: list[float] | None) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
             # one trip to the reader thread for both retrievers and the re-scoring
-            keyword_hits = keyword(db) if use_keyword else []
+            if keyword_hits is None:
+                keyword_hits = keyword(db) if use_keyword else []
             semantic = self._nearest(db, vector, scope, pool, now) if use_vectors and vector is not None else []
             out: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]] = {}
             for i, (e, bm) in enumerate(keyword_hits, start=1):
@@ -269,7 +313,10 @@ class MemoryReads(MemoryCore):
                         out[pair][1].cosine = cos
             return out
 
-        return await self._read(run, after=scope.after)
+        if isinstance(vector, asyncio.Future):
+            early = await self._read(keyword, after=scope.after) if use_keyword else []
+            return await self._read(run, early, await vector, after=scope.after)
+        return await self._read(run, None, vector, after=scope.after)
 
     def _order(self, found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]], now: float,
                present: bool, *, semantic_only: bool) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:

@@ -14,6 +14,7 @@ from ._replay import replay, replay_in_processes
 from ._runner import PROJECTOR_DURABLE, Projector, ProjectorBusy, open_view, view_versions
 from ._store import Item, Projection, ViewStore, view_path
 from .errors import ErrorsView
+from .eval import EvalView
 from .ledger import CostLedger
 from .metrics import MetricsView
 from .traces import TracesView
@@ -23,6 +24,7 @@ __all__ = [
     "CostLedger",
     "Delete",
     "ErrorsView",
+    "EvalView",
     "Index",
     "Item",
     "Merge",

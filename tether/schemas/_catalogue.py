@@ -23,7 +23,10 @@ __all__ = [
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
+    "DatasetItemAdded",
+    "DatasetItemRemoved",
     "ErrorInfo",
+    "ExperimentStarted",
     "LlmCallAttemptFailed",
     "LlmCallCompleted",
     "LlmCallFailed",
@@ -34,11 +37,13 @@ __all__ = [
     "RunFinished",
     "RunNeedsAttention",
     "RunStarted",
+    "ScoreRecorded",
     "ToolCallAttemptFailed",
     "ToolCallCompleted",
     "ToolCallFailed",
     "ToolCallRequested",
     "ToolCallResolved",
+    "TrialCompleted",
     "Usage",
 ]
 
@@ -469,3 +474,89 @@ class BudgetExceeded(Payload):
 
     def subject_key(self) -> str | None:
         return self.scope
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+class _DatasetItem(Payload):
+    dataset: Id
+    item_id: Id
+
+    def subject_key(self) -> str | None:
+        return self.dataset
+
+
+class DatasetItemAdded(_DatasetItem):
+    """A new version of an evaluation dataset's item (the first one adds it)."""
+
+    event_type: ClassVar[str] = "tether.eval.item.added"
+    kind: ClassVar[str] = "eval"
+    action: ClassVar[str] = "added"
+
+    input: Recorded = None
+    expected: Recorded = Field(None, description="The expected output, if there is one.")
+    tags: tuple[str, ...] = ()
+    source_run_id: str | None = Field(None, description="The recorded run the item was taken from.")
+    metadata: dict[str, JsonValue] = {}
+
+
+class DatasetItemRemoved(_DatasetItem):
+    """An item left a dataset (its versions stay in the log and in the dataset's history)."""
+
+    event_type: ClassVar[str] = "tether.eval.item.removed"
+    kind: ClassVar[str] = "eval"
+    action: ClassVar[str] = "removed"
+
+
+class _Experiment(Payload):
+    experiment: Id
+
+    def subject_key(self) -> str | None:
+        return self.experiment
+
+
+class ExperimentStarted(_Experiment):
+    """An experiment began: a dataset as of a log position, run with one variant."""
+
+    event_type: ClassVar[str] = "tether.eval.experiment.started"
+    kind: ClassVar[str] = "eval"
+    action: ClassVar[str] = "started"
+
+    dataset: str | None = None
+    dataset_seq: int | None = Field(None, ge=0, description="The dataset as of this stream sequence.")
+    variant: dict[str, JsonValue] = {}
+    agent: str | None = Field(None, description="What ran: the entry point or callable's name.")
+    replay: bool = Field(False, description="Tool results were read from each item's source run.")
+
+
+class TrialCompleted(_Experiment):
+    """One dataset item was run in an experiment: its run, output (or error), latency and cost."""
+
+    event_type: ClassVar[str] = "tether.eval.trial.completed"
+    kind: ClassVar[str] = "eval"
+    action: ClassVar[str] = "completed"
+
+    item_id: Id
+    run_id: str | None = None
+    output: Recorded = None
+    error: ErrorInfo | None = None
+    latency_ms: float | None = Field(None, ge=0)
+    cost_usd: float | None = Field(None, ge=0)
+    tokens: int = Field(0, ge=0)
+
+
+class ScoreRecorded(_Experiment):
+    """A scorer's verdict on one item's output (``experiment`` is ``online:<name>`` for live traffic)."""
+
+    event_type: ClassVar[str] = "tether.eval.score.recorded"
+    kind: ClassVar[str] = "eval"
+    action: ClassVar[str] = "recorded"
+
+    item_id: Id
+    scorer: Id
+    run_id: str | None = None
+    value: float | None = Field(None, description="The score; None when the scorer could not score.")
+    passed: bool | None = Field(None, description="Set by pass/fail scorers.")
+    reason: str | None = None
+    metadata: dict[str, JsonValue] = Field({}, description="E.g. an LLM judge's rubric, reasoning and cost.")

@@ -24,6 +24,7 @@ from .fake_provider import (
     UniformLatency,
     parse_faults,
     parse_latency,
+    reply_text,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "collect",
     "parse_faults",
     "parse_latency",
+    "reply_text",
 ]

@@ -2,8 +2,8 @@
 models, Anthropic messages, and both APIs' error bodies and rate-limit headers.
 
 Pure functions from a parsed request to a JSON body or a list of server-sent events. Replies are
-deterministic: they depend on the seed and the request, never on a clock or a global RNG (ids
-and timestamps come in through ``Turn``).
+deterministic: they depend on the seed, the model and the request, never on a clock or a global
+RNG (ids and timestamps come in through ``Turn``); two models answer the same prompt differently.
 
 Usage is estimated as providers count it, roughly: input tokens are the request's text length
 / 4 plus 4 per message and 3 per request; output tokens are the pieces of the reply (a word, or
@@ -35,6 +35,7 @@ __all__ = [
     "openai_error",
     "openai_model",
     "openai_models",
+    "reply_text",
     "responses",
     "retry_headers",
 ]
@@ -136,8 +137,14 @@ def _max_tokens(payload: Mapping[str, Any], *names: str) -> int | None:
     return None
 
 
-def _text_reply(seed: int, prompt: str, cap: int | None) -> tuple[tuple[str, ...], bool]:
-    digest = zlib.crc32(prompt.encode(), seed & 0xFFFFFFFF)
+def reply_text(prompt: str, *, model: str, seed: int) -> str:
+    """What the fake answers ``prompt`` (the last user message's text) on ``model`` with
+    ``seed``, uncapped: each model answers differently, the same model always the same."""
+    return "".join(_text_reply(seed, model, prompt, None)[0])
+
+
+def _text_reply(seed: int, model: str, prompt: str, cap: int | None) -> tuple[tuple[str, ...], bool]:
+    digest = zlib.crc32(f"{model}\x00{prompt}".encode(), seed & 0xFFFFFFFF)
     about = prompt[:200].split()[:8] or ["(nothing)"]
     words = ["This", "is", "fake", "reply", str(digest % 1000), "to:", *about]
     start = digest >> 10
@@ -209,7 +216,7 @@ def _reply(turn: Turn, tool: tuple[str, Any] | None, prompt: str, input_tokens: 
     if tool is not None:
         pieces, truncated = _tool_reply(tool[1], cap)
     else:
-        pieces, truncated = _text_reply(turn.seed, prompt, cap)
+        pieces, truncated = _text_reply(turn.seed, turn.model, prompt, cap)
     return Reply(pieces, tool[0] if tool else None, input_tokens, _cached(turn, input_tokens), truncated)
 
 

@@ -95,6 +95,7 @@ from ._fake_faults import (
     parse_faults,
     parse_latency,
 )
+from ._fake_wire import reply_text
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -116,6 +117,7 @@ __all__ = [
     "main",
     "parse_faults",
     "parse_latency",
+    "reply_text",
     "run",
 ]
 

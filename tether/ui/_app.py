@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tether.bus import EVENTS_STREAM, Bus
 
+from . import _experiments as experiment_pages
 from . import _memorypage as memory_pages
 from . import _pages as pages
 from . import _queries as q
@@ -280,6 +281,34 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
 
         return await guarded_page(request, "Breakers", "/breakers", "traces", build)
 
+    # -- experiments ---------------------------------------------------------------------------------
+
+    async def experiments(request: Request) -> Response:
+        from tether.projections.eval import experiment_names, scores_of
+
+        def load(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+            found = experiment_names(db)
+            names = [x["experiment"] for x in found] + [row[0] for row in db.execute(
+                "SELECT DISTINCT experiment FROM scores WHERE experiment LIKE 'online:%' ORDER BY experiment")]
+            return found, {n: experiment_pages.summarise(scores_of(db, n)) for n in names}
+
+        async def build() -> str:
+            return experiment_pages.experiments_page(*await read("eval", load))
+
+        return await guarded_page(request, "Experiments", "/experiments", "eval", build)
+
+    async def experiment(request: Request) -> Response:
+        from tether.projections.eval import experiment_info, scores_of, trials_of
+
+        name = request.path_params["name"]
+
+        async def build() -> str:
+            info, trials, scores = await read("eval", lambda db: (experiment_info(db, name), trials_of(db, name),
+                                                                  scores_of(db, name)))
+            return experiment_pages.experiment_page(name, info, trials, scores)
+
+        return await guarded_page(request, f"Experiment {name}", "/experiments", "eval", build)
+
     # -- memory --------------------------------------------------------------------------------------
 
     async def memory_state(request: Request) -> tuple[memory_pages.MemoryState, int]:
@@ -410,6 +439,8 @@ def build_app(bus: Bus, views_dir: Path, guard: Guard, live: Live | None = None,
         Route("/latency", latency),
         Route("/errors", errors),
         Route("/breakers", breakers),
+        Route("/experiments", experiments),
+        Route("/experiments/{name:path}", experiment),
         Route("/live", live_stream),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])

@@ -18,7 +18,7 @@ __all__ = ["breakers_page", "cost_page", "dlq_detail", "dlq_page", "dlq_table", 
            "layout", "message_page", "run_page", "runs_page", "runs_table", "span_detail", "trace_view"]
 
 NAV = (("/", "Runs"), ("/cost", "Cost"), ("/latency", "Latency"), ("/errors", "Errors"), ("/breakers", "Breakers"),
-       ("/dlq", "Dead letters"), ("/memory", "Memory"))
+       ("/dlq", "Dead letters"), ("/memory", "Memory"), ("/experiments", "Experiments"))
 STATUSES = ("ok", "error", "cancelled", "running", "interrupted", "needs_attention")
 MOMENTS = frozenset({"backoff", "fallback", "circuit", "memory", "budget", "dead_letter", "redrive", "replay"})
 
