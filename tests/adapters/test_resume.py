@@ -160,3 +160,45 @@ async def test_durable_calls_replay_before_submitting(fake: FakeProvider, bus: B
                 after = await calls()
     assert after == before
     assert len(fake.log) == 3, "the worker was never asked again"
+
+
+async def test_a_run_an_adapter_opens_inside_resumes_with_it(fake: FakeProvider, bus: Bus,
+                                                             policies: PolicySet) -> None:
+    """What the LangGraph and Agents SDK adapters open per graph or agent (``Run(derive=...)``):
+    an id derived from the enclosing run's, so it is the same run again, resumed with it."""
+    from tether.adapters import Run
+
+    sdk = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k"), bus=bus, policies=policies)
+    ids = []
+    async with sdk:
+        for resume in (False, True):
+            async with tether.run(bus=bus, run_id="resume-outer", resume=resume):
+                async with Run(agent="graph", derive="langgraph") as graph:
+                    ids.append(graph.run_id)
+                    await steps(sdk, 2)
+                async with Run(agent="graph", derive="langgraph") as second:
+                    ids.append(second.run_id)
+                    await steps(sdk, 1)
+    assert ids[:2] == ids[2:] and ids[0] != ids[1], "the same runs, in the same order"
+    assert len(fake.log) == 3, "every call of the adapter's runs replayed"
+    started = data(await run_events(bus, ids[0]), "run.started")
+    assert [s.resumed for s in started] == [False, True] and started[0].parent_run_id == "resume-outer"
+    async with tether.run(bus=bus, run_id="resume-other"), Run(derive="langgraph") as elsewhere:
+        assert elsewhere.run_id not in ids
+
+
+async def test_async_anthropic_stream_replays_event_for_event(fake: FakeProvider, bus: Bus,
+                                                              policies: PolicySet) -> None:
+    claude = tether.instrument(anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="sk-ant-test-01"),
+                               bus=bus, policies=policies)
+
+    async def streamed() -> list[str]:
+        async with claude.messages.stream(model="claude-haiku-4-5", max_tokens=32, messages=ask(3)) as stream:  # type: ignore[arg-type]
+            return [event.model_dump_json() async for event in stream]
+
+    async with claude:
+        async with tether.run(bus=bus, run_id="resume-claude"):
+            live = await streamed()
+        async with tether.run(bus=bus, run_id="resume-claude", resume=True):
+            replayed = await streamed()
+    assert replayed == live and len(fake.log) == 1

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import re
 import secrets
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -41,6 +43,7 @@ __all__ = ["NeedsAttention", "Run", "RunContext", "bound", "current_run", "read_
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 SOURCE = "urn:tether:adapter"
+_DERIVED = uuid.UUID("0f6c5a8e-3d1b-4c7e-9a52-6b0e2f1d8c34")
 
 
 def trace_of(traceparent: str | None) -> str | None:
@@ -72,6 +75,8 @@ class RunContext:
     """A resumed run's journal: its calls are matched against what the run recorded."""
     tools: ToolJournal | None = field(default=None, repr=False, compare=False)
     """The run's tool calls: their positions and idempotency keys, and what a resumed run does with them."""
+    derived: Iterator[int] = field(default_factory=itertools.count, repr=False, compare=False)
+    """Numbers the runs adapters open inside this one (``Run(derive=...)``)."""
 
 
 class NeedsAttention(RuntimeError):
@@ -122,11 +127,12 @@ class Run:
     def __init__(self, *, agent: str | None = None, run_id: str | None = None, name: str | None = None,
                  traceparent: str | None = None, metadata: Mapping[str, JsonValue] | None = None,
                  input: JsonValue = None, tags: tuple[str, ...] = (), bus: Bus | None = None,
-                 redact: Redactor | None = None, resume: bool = False) -> None:
+                 redact: Redactor | None = None, resume: bool = False, derive: str | None = None) -> None:
         if resume and not run_id:
             raise ValueError("resume=True needs the id of the run to resume: tether.run(run_id=..., resume=True) "
                              "(give each run an id you can find again, such as a job or request id)")
         self.resume = resume
+        self.derive = None if run_id else derive
         self.journal: Cursor | None = None
         self.agent = agent
         self.run_id = run_id or uuid7()
@@ -147,6 +153,7 @@ class Run:
 
     def __enter__(self) -> Run:
         hub = self._hub_nowait() or background_hub()
+        self._derive_id()
         if self.resume:
             self.journal = hub.call_sync(lambda: _cursor(hub, self.run_id), timeout=60.0)
         hub.emit(self._open(hub))
@@ -162,6 +169,7 @@ class Run:
         hub = self._hub_nowait()
         if hub is None:
             hub = await asyncio.to_thread(background_hub)
+        self._derive_id()
         if self.resume:
             self.journal = await hub.call(lambda: _cursor(hub, self.run_id))
         await hub.aemit(self._open(hub))
@@ -174,6 +182,16 @@ class Run:
             await hub.aemit(event)
 
     # -- the logic -----------------------------------------------------------------------------
+
+    def _derive_id(self) -> None:
+        """A run an adapter opens inside another (``derive``, a LangGraph graph's, an Agents SDK
+        agent's) takes an id derived from the enclosing run's and its place among such runs,
+        the same when the enclosing run starts again; inside a resumed run it resumes too."""
+        parent = _current.get()
+        if self.derive is None or parent is None:
+            return
+        self.run_id = str(uuid.uuid5(_DERIVED, f"{parent.run_id}/{self.derive}/{next(parent.derived)}"))
+        self.resume = self.resume or parent.journal is not None
 
     def _hub_nowait(self) -> Hub | None:
         if self._bus is not None:
