@@ -41,6 +41,7 @@ import tether
 from tether.adapters import Hub
 from tether.bus import connect
 from tether.schemas import Event, ToolCallResolved
+from tether.testing import reply_text
 
 AGENT = "chaos-bank"
 KILLED, ATTENTION, DONE = "killed", "needs_attention", "done"
@@ -123,10 +124,11 @@ async def agent(setup: Setup, run_id: str, bank: Path, point: Points, bus: Any, 
                 if client is None:
                     continue
                 point(f"llm-{name}:{step}:before")
-                reply = await client.chat.completions.create(  # the model names the call in the provider's log
-                    model=f"{run_id}-{step}-{name}", max_tokens=8,
-                    messages=[{"role": "user", "content": f"step {step} via {name}"}])
-                out["replies"].append(reply.choices[0].message.content)
+                model, prompt = f"{run_id}-{step}-{name}", f"step {step} via {name}"  # the model names the call
+                reply = await client.chat.completions.create(model=model,
+                                                             messages=[{"role": "user", "content": prompt}])
+                # the fake answers each model and prompt the same: the answer the run got is the one it paid for
+                out["replies"].append(reply.choices[0].message.content == reply_text(prompt, model=model, seed=0))
                 point(f"llm-{name}:{step}:after")
             await deposit(step, 10 * step + 1)
             point(f"deposited:{step}")
@@ -157,8 +159,7 @@ async def attempt(setup: Setup, run_id: str, bank: Path, kill_at: int | None, re
 
 async def resolve(setup: Setup, run_id: str, bank: Path, where: Path) -> dict[str, Any]:
     """What a person does with a run that needs attention: look in the bank for the call's key."""
-    from tether.adapters import read_run
-    from tether.adapters._tooljournal import unresolved
+    from tether.adapters import read_run, unresolved
 
     bus = await connect(setup.nats, home=setup.workdir / "home")
     try:
