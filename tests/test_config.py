@@ -39,7 +39,7 @@ def refused(tmp_path: Path, text: str) -> PolicyConfigError:
 
 def test_one_model_has_every_section_and_the_worker_skips_only_the_others() -> None:
     assert set(TetherConfig.model_fields) == {"routes", "rate_limits", "budgets", "runaway", "providers", "worker",
-                                              "gateway", "memory"}
+                                              "gateway", "memory", "resume"}
     assert set(TetherConfig.model_fields) - set(WorkerFile.model_fields) == set(ELSEWHERE)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ConfigDict
 
+from tether.adapters import ResumeSection
 from tether.adapters.gateway import GatewayConfig, GatewaySection
 from tether.memory import MemorySection, MemorySettings
 from tether.middleware import WorkerConfig, WorkerFile, read_table
@@ -36,6 +37,8 @@ class TetherConfig(WorkerFile):
     """The OpenAI/Anthropic-compatible gateway (tether gateway)."""
     memory: MemorySection = MemorySection()
     """Event-sourced memory: where its files live, its limits and grants."""
+    resume: ResumeSection = ResumeSection()
+    """Resuming runs whose process died: each agent's entry point (tether resume)."""
 
 
 def load_config(path: str | Path | None = None, *, cwd: Path | None = None) -> tuple[TetherConfig, str | None]:

@@ -75,8 +75,9 @@ async def test_idempotent_tool_is_retried_on_transient_errors(bus: Bus, policies
     assert kinds(events)[1:-1] == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.attempt_failed",
                                    "tool.call.completed"]
     requested = data(events, "requested")[0]
-    assert calls == [requested.call_id] * 3, "the call id is the idempotency key of every attempt"
-    assert requested.idempotency_key == requested.call_id and "idempotency_key" not in requested.arguments
+    assert len(set(calls)) == 1 and calls[0].startswith(f"{run.run_id}:0:"), "one key: the run, the position, the call"
+    assert requested.idempotency_key == calls[0] and "idempotency_key" not in requested.arguments
+    assert requested.position == 0
     assert [f.decision for f in data(events, "attempt_failed")] == ["retry", "retry"]
     assert data(events, "completed")[0].attempt == 3
 

@@ -183,3 +183,23 @@ async def test_stats_json_and_buckets(tmp_path: Path, capsys: pytest.CaptureFixt
     assert await tether(tmp_path, "stats", "--bucket", "1m") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["BUCKET", "MODEL"] and len(lines) == 4
+
+
+async def test_stats_count_replayed_calls_and_cache_hits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.schemas import CallReplayed
+
+    replays = [ev(CallReplayed(call_id=f"r{i}", call_kind="llm", via="cache" if i == 2 else "journal",
+                               original_call_id=f"c{i}", provider="openai", model="gpt-4o",
+                               usage=Usage(input_tokens=1000, output_tokens=100)), 20) for i in range(3)]
+    build(tmp_path, MetricsView(), calls() + replays)
+    assert await tether(tmp_path, "stats") == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[-3:] == ["REPLAYED", "CACHE", "HITS"]
+    row = lines[1].split()
+    assert row[:3] == ["gpt-4o", "7", "4"], "a replayed call is a call that ended there, without an attempt"
+    assert row[-2:] == ["2", "1"] and "4000→400" in lines[1], "no tokens spent on a replay"
+    assert "REPLAYED, CACHE HITS" in out
+    assert await tether(tmp_path, "stats", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["total"]["replayed"], doc["total"]["cache_hits"]) == (2, 1)

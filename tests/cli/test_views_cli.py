@@ -89,12 +89,13 @@ async def test_runs_lists_newest_first_with_counts_and_cost(home: Path, capsys: 
     header, b, a, footer = out.splitlines()
     assert header.split() == ["RUN", "AGENT", "STATUS", "STARTED", "TOOK", "EVENTS", "LLM", "TOOL", "ERR",
                               "TOKENS", "IN/OUT", "COST"]
-    assert b.split()[:3] == ["run-b", "helper", "running"]
+    assert b.split()[:3] == ["run-b", "helper", "interrupted"], "open, and quiet since 2026-01-01"
     assert a.split()[:3] == ["run-a", "bot", "error"] and "5.00s" in a and "1,210/80" in a
     assert a.rstrip().endswith("*"), "a run with an unpriced call is flagged"
-    assert "1 call(s) unpriced" in footer
+    assert "1 call(s) unpriced" in footer and "`tether resume RUN` resumes an interrupted run" in footer
 
-    code, out, _ = await tether(capsys, "runs", "--home", str(home), "--status", "running", "--json")
+    code, out, _ = await tether(capsys, "runs", "--home", str(home), "--status", "running", "--json",
+                                "--heartbeat-s", "1e10")
     [row] = json.loads(out)
     assert (row["run_id"], row["status"], row["llm_calls"]) == ("run-b", "running", 1)
     assert row["started_at"] == "2026-01-01T12:01:00+00:00"
@@ -116,8 +117,8 @@ async def test_trace_shows_the_tree_with_timings_errors_and_running_spans(home: 
     assert "BadRequestError (400): bad temperature" in out and "dead_letter not_retryable  error" in out
 
     code, out, _ = await tether(capsys, "trace", "run-b", "--home", str(home))
-    assert "└─ chat gpt-4o-mini  RUNNING (never finished)" in out
-    assert "2 span(s) RUNNING: started and never finished" in out
+    assert "└─ chat gpt-4o-mini  RUNNING (never finished)" in out and "invoke_agent helper  interrupted" in out
+    assert "1 span(s) RUNNING: started and never finished" in out and "tether resume run-b" in out
 
     code, out, _ = await tether(capsys, "trace", "run-a", "--home", str(home), "--json")
     [root] = json.loads(out)
@@ -178,3 +179,40 @@ def test_since_takes_dates_times_and_spans_back() -> None:
     assert parse_since("2026-03-01T08:30+02:00") == datetime(2026, 3, 1, 6, 30, tzinfo=UTC)
     with pytest.raises(ValueError, match="30m, 12h, 7d"):
         parse_since("soon")
+
+
+async def test_replayed_calls_and_cache_hits_show_with_what_they_saved(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.schemas import CallReplayed
+
+    R = Run("run-r", agent="bot")
+    u = Usage(input_tokens=1000, output_tokens=100)
+    events = [R(RunStarted(name="first"), 0),
+              R(LlmCallRequested(call_id="p1", provider="openai", model="gpt-4o"), 1),
+              R(LlmCallCompleted(call_id="p1", provider="openai", model="gpt-4o", usage=u), 2),
+              R(RunStarted(name="again", resumed=True), 3),
+              R(LlmCallRequested(call_id="r1", provider="openai", model="gpt-4o"), 4),
+              R(CallReplayed(call_id="r1", call_kind="llm", via="journal", original_call_id="p1", provider="openai",
+                             model="gpt-4o", usage=u, position=0), 4),
+              R(LlmCallRequested(call_id="h1", provider="openai", model="gpt-4o"), 5),
+              R(CallReplayed(call_id="h1", call_kind="llm", via="cache", original_call_id="p1", provider="openai",
+                             model="gpt-4o", usage=u), 5),
+              R(RunFinished(status="ok"), 6)]
+    home = tmp_path / "home"
+    write_views(home / "views", events)
+    code, out, _ = await tether(capsys, "cost", "--home", str(home))
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0].split() == ["MODEL", "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED", "REPLAYED", "CACHE",
+                                "HITS", "SAVED"]
+    cells = lines[1].split()
+    assert cells[:5] == ["gpt-4o", "3", "1,000", "0", "100"] and cells[-3:-1] == ["1", "1"]
+    paid = float(cells[5].lstrip("$"))
+    assert float(cells[-1].lstrip("$")) == pytest.approx(2 * paid, abs=0.0001)
+    code, out, _ = await tether(capsys, "trace", "run-r", "--home", str(home))
+    assert code == 0 and "replayed from call p1" in out and "cache hit from call p1" in out and "saved $" in out
+    code, out, _ = await tether(capsys, "runs", "--home", str(home))
+    assert code == 0 and "2 call(s) answered from the record" in out
+    _, out, _ = await tether(capsys, "runs", "--home", str(home), "--json")
+    [run] = json.loads(out)
+    assert run["replayed_calls"] == 2 and run["saved_usd"] == pytest.approx(2 * paid, abs=0.0001)

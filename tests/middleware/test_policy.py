@@ -368,3 +368,18 @@ def test_the_documented_schema_and_example_parse() -> None:
     assert (gpt4o.retry.max_attempts, gpt4o.timeout_s) == (4, 30.0)
     assert [t.route for t in gpt4o.fallback.targets] == ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"]
     assert policies.policy_for("tool:search").retry.max_attempts == 1
+
+
+def test_the_response_cache_is_per_route_and_inherited_key_by_key() -> None:
+    policies = PolicySet.from_mapping({"routes": {
+        "*": {"cache": {"ttl_s": 60}}, "openai:*": {"cache": {"enabled": True}},
+        "openai:gpt-4o": {"cache": {"sampling": True}}}})
+    assert policies.policy_for("anthropic:claude").cache.enabled is False
+    mini, big = policies.policy_for("openai:gpt-4o-mini").cache, policies.policy_for("openai:gpt-4o").cache
+    assert (mini.enabled, mini.ttl_s, mini.sampling) == (True, 60, False)
+    assert (big.enabled, big.ttl_s, big.sampling) == (True, 60, True)
+    with pytest.raises(PolicyConfigError) as caught:
+        PolicySet.from_mapping({"routes": {"*": {"cache": {"ttl_s": 0}}}})
+    assert caught.value.path == 'routes."*".cache.ttl_s'
+    with pytest.raises(PolicyConfigError, match="unknown key"):
+        PolicySet.from_mapping({"routes": {"*": {"cache": {"enable": True}}}})

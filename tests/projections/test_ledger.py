@@ -172,10 +172,32 @@ def test_a_rebuild_under_a_newer_price_table_reprices_history(gpt4o_doubled: Non
     assert repriced["usd"] == pytest.approx(2 * original["usd"])
 
 
-def test_apply_is_pure_and_reads_only_completions() -> None:
+def test_apply_is_pure_and_reads_only_completions_and_replays() -> None:
     view = CostLedger()
     event = completed("c1", "openai", "gpt-4o", Usage(input_tokens=10))
     assert view.apply(event, 3) == view.apply(event, 3)
-    assert view.types == frozenset({"tether.llm.call.completed"})
+    assert view.types == frozenset({"tether.llm.call.completed", "tether.call.replayed"})
     assert view.apply(R(LlmCallRequested(call_id="c1", provider="openai", model="gpt-4o"), 0), 1) == []
     assert view.notify_key(view.apply(event, 3)[0]) == "c1"
+
+
+def test_a_replayed_call_costs_nothing_and_saves_what_its_original_cost() -> None:
+    from tether.schemas import CallReplayed
+
+    u = Usage(input_tokens=1200, output_tokens=300)
+    events = [completed("paid", "openai", "gpt-4o", u),
+              R(CallReplayed(call_id="again", call_kind="llm", via="journal", original_call_id="paid",
+                             provider="openai", model="gpt-4o", usage=u), 2),
+              R(CallReplayed(call_id="hit", call_kind="llm", via="cache", original_call_id="paid",
+                             provider="openai", model="gpt-4o", usage=u), 3),
+              R(CallReplayed(call_id="tool", call_kind="tool", via="journal", original_call_id="t0", tool="send"), 4)]
+    db = fold(CostLedger(), events).db
+    [row] = totals(db, by="model")
+    paid = by_hand("openai", "gpt-4o", u)
+    assert (row["calls"], row["replayed"], row["cache_hits"]) == (3, 1, 1)
+    assert row["usd"] == pytest.approx(float(paid)), "only the original was paid"
+    assert row["saved_usd"] == pytest.approx(2 * float(paid))
+    assert row["input_tokens"] == 1200
+    again = calls(db, run_id=R.run_id)
+    assert {r["call_id"]: (r["via"], r["original_call_id"]) for r in again} == {
+        "paid": (None, None), "again": ("journal", "paid"), "hit": ("cache", "paid")}

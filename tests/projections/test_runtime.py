@@ -210,7 +210,7 @@ async def test_views_that_read_few_types_skip_the_rest_unread_and_still_reach_th
             assert head == 4 and projector.applied_seq == 4 and projector.lag() == 0
         async with Projector(bus, [TracesView()], tmp_path / "traces") as projector:
             await projector.catch_up()
-    cost = view_path(tmp_path / "cost", "cost", 1)
+    cost = view_path(tmp_path / "cost", "cost", CostLedger.version)
     assert rows(cost, "SELECT value FROM _meta WHERE key = 'seq'") == [("4",)]
     assert rows(cost, "SELECT call_id FROM calls") == [("c1",)]
     assert rows(cost, "SELECT seq FROM _failed") == [], "what the ledger does not read is not even decoded"

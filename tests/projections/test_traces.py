@@ -25,11 +25,13 @@ from tether.schemas import (
     LlmCallRequested,
     MemoryWritten,
     RunFinished,
+    RunNeedsAttention,
     RunStarted,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallRequested,
+    ToolCallResolved,
     Usage,
 )
 
@@ -150,9 +152,9 @@ def test_the_run_row_counts_its_spans() -> None:
 
 def test_a_crash_leaves_its_spans_running() -> None:
     db = fold(TracesView(), crash()).db
-    [run] = list_runs(db)
+    [run] = list_runs(db, now=T0.timestamp() + 12)
     assert run["status"] == "running" and run["ended_at"] is None and run["duration_ms"] is None
-    [root] = trace(db, "r2")
+    [root] = trace(db, "r2", now=T0.timestamp() + 12)
     [call] = root["children"]
     assert (root["status"], call["status"], call["ended_at"], call["duration_ms"]) == ("running", "running", None,
                                                                                       None)
@@ -164,6 +166,38 @@ def test_a_crash_leaves_its_spans_running() -> None:
     assert root["status"] == "error" and root["duration_ms"] == pytest.approx(10_000)
     assert root["children"][0]["status"] == "running"
     assert list_runs(db, status="running") == [] and len(list_runs(db, status="error")) == 1
+
+
+def test_an_open_run_quiet_past_the_heartbeat_is_interrupted() -> None:
+    db = fold(TracesView(), crash()).db  # its last event at T0 + 11.5 s
+    at = T0.timestamp()
+    assert [r["status"] for r in list_runs(db, now=at + 11.5 + 300)] == ["running"]
+    assert [r["status"] for r in list_runs(db, now=at + 11.5 + 301)] == ["interrupted"]
+    assert [r["status"] for r in list_runs(db, now=at + 20, heartbeat_s=5)] == ["interrupted"]
+    assert list_runs(db, now=at + 20, heartbeat_s=5, status="running") == []
+    [root] = trace(db, "r2")
+    assert root["status"] == "interrupted"  # as of now: long past
+
+
+def test_a_run_stopped_at_a_call_needs_attention_until_it_is_resolved() -> None:
+    run = Run("r3", agent="bank")
+    stopped = [run(RunStarted(), 0), run(ToolCallRequested(call_id="t9", tool="deposit", position=0), 1),
+               run(RunStarted(resumed=True), 60),
+               run(RunNeedsAttention(call_id="t9", tool="deposit", position=0, reason="died inside"), 61)]
+    db = fold(TracesView(), stopped).db
+    [row] = list_runs(db, now=T0.timestamp() + 62)
+    assert row["status"] == "needs_attention" and row["ended_at"] is None
+    assert [r["run_id"] for r in list_runs(db, status="needs_attention", now=T0.timestamp() + 10_000)] == ["r3"]
+    [root] = trace(db, "r3")
+    [call] = root["children"]
+    assert [(s["name"], s["status"]) for s in call["children"]] == [("needs_attention deposit", "error")]
+
+    resolved = [*stopped, run(ToolCallResolved(call_id="t9", tool="deposit", happened=True, result=1), 70)]
+    db = fold(TracesView(), resolved).db
+    assert [r["status"] for r in list_runs(db, now=T0.timestamp() + 71)] == ["running"]
+    assert [r["status"] for r in list_runs(db, now=T0.timestamp() + 1000)] == ["interrupted"], "to be resumed"
+    db = fold(TracesView(), [*resolved, run(RunFinished(status="ok"), 80)]).db
+    assert [r["status"] for r in list_runs(db)] == ["ok"]
 
 
 def test_sub_agent_runs_nest_in_their_parent() -> None:
@@ -265,7 +299,7 @@ def test_list_runs_filters_newest_first() -> None:
     db = fold(TracesView(), [*story(), *crash(), other(RunStarted(), 30), other(RunFinished(status="ok"), 31)]).db
     assert [r["run_id"] for r in list_runs(db)] == ["r3", "r2", "r1"]
     assert [r["run_id"] for r in list_runs(db, agent="bot")] == ["r2", "r1"]
-    assert [r["run_id"] for r in list_runs(db, status="running")] == ["r2"]
+    assert [r["run_id"] for r in list_runs(db, status="running", now=T0.timestamp() + 40)] == ["r2"]
     assert [r["run_id"] for r in list_runs(db, since=T0.timestamp() + 5)] == ["r3", "r2"]
     assert [r["run_id"] for r in list_runs(db, limit=1)] == ["r3"]
     assert [r["run_id"] for r in list_runs(db, status="ok", limit=1)] == ["r3"]

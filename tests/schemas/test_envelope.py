@@ -58,7 +58,7 @@ def test_of_fills_the_envelope() -> None:
     after = datetime.now(UTC)
     assert event.specversion == "1.0"
     assert event.type == "tether.run.started"
-    assert event.dataschema == "urn:tether:schema:tether.run.started:v1"
+    assert event.dataschema == "urn:tether:schema:tether.run.started:v2"
     assert event.dataschema == f"{SCHEMA_URN}{RunStarted.event_type}:v{RunStarted.schema_version}"
     assert event.datacontenttype == "application/json"
     assert event.source == default_source()

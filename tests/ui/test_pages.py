@@ -56,7 +56,9 @@ async def test_runs_filters_and_search(client: httpx.AsyncClient) -> None:
     assert ids((await client.get("/fragments/runs")).text) == ["r-gamma", "r-beta", "r-alpha"]
     assert ids((await client.get("/fragments/runs", params={"agent": "writer"})).text) == ["r-gamma", "r-alpha"]
     assert ids((await client.get("/fragments/runs", params={"status": "error"})).text) == ["r-beta"]
-    assert ids((await client.get("/fragments/runs", params={"status": "running"})).text) == ["r-gamma"]
+    assert ids((await client.get("/fragments/runs", params={"status": "running"})).text) == []
+    assert ids((await client.get("/fragments/runs", params={"status": "interrupted"})).text) == ["r-gamma"], \
+        "open and quiet for 20 minutes"
     assert ids((await client.get("/fragments/runs", params={"q": "DIGEST"})).text) == ["r-alpha"]
     assert ids((await client.get("/fragments/runs", params={"since": "30m"})).text) == ["r-gamma"]
     none = (await client.get("/fragments/runs", params={"q": "nothing-like-it"})).text

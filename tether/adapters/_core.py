@@ -34,6 +34,7 @@ from tether.middleware import (
     Target,
     WorkItem,
     drive,
+    request_hash,
 )
 from tether.middleware import drive_sync as flow_sync
 from tether.schemas import uuid7
@@ -241,19 +242,19 @@ class Interceptor:
                 raw: bytes) -> LlmCall:
         """The state of one call: ids, run and trace context, redacted record, policy."""
         request = parse_request(kind, operation, raw)
+        digest = request_hash(request.body if request.body is not None else raw, operation=operation)
         ctx = current_run()
         incoming = next((v for k, v in headers if k.lower() == "traceparent"), None)
         trace_id = trace_of(incoming) or (ctx.trace_id if ctx is not None else None)
         traceparent = new_traceparent(trace_id)
         provider = self.provider or kind
         model = request.model or "unknown"
-        body: dict[str, Any] = request.body or {}
-        recorded = self.redactor(body) if self.capture and request.body is not None else body
+        body: dict[str, Any] = request.body or {}  # redacted when recorded (LlmCall.recorded), not before
         item = WorkItem.model_construct(  # every field is ours and valid: skip validating the body twice
             call_id=uuid7(), kind="llm", runid=ctx.run_id if ctx is not None else None,
             agentid=(ctx.agent if ctx is not None and ctx.agent else None) or self.agent,
             traceparent=traceparent, submitted_at=time.time(), provider=provider, model=model,
-            operation=operation, body=recorded)
+            operation=operation, body=body)
         policies = engine.policies
         policy = self.policy_for(policies, item.route, provider)
         ask_usage = (self.stream_usage and operation == "chat" and request.stream and request.body is not None
@@ -270,7 +271,8 @@ class Interceptor:
         if not any(k.lower() == "idempotency-key" for k, _ in out):
             out.append(("idempotency-key", item.call_id))
         return LlmCall(hub=hub, engine=engine, policy=policy, item=item, request=request, headers=out, raw=raw,
-                       capture=self.capture, redactor=self.redactor, mode=self.mode, ask_usage=ask_usage)
+                       capture=self.capture, redactor=self.redactor, mode=self.mode, ask_usage=ask_usage,
+                       request_hash=digest, journal=ctx.journal if ctx is not None else None)
 
     def _accumulator(self, call: LlmCall) -> StreamAccumulator:
         return StreamAccumulator(call.kind, call.request.operation, capture=call.capture,
@@ -300,6 +302,9 @@ class Interceptor:
         if self.mode == "durable":
             if call.request.stream:
                 final = await drive_async(hub, durable_stream_flow(call, self.stream_idle_timeout_s), _no_io)
+                if final.chunks is not None:
+                    return ProxyResponse(final.status, final.headers, stream=AsyncPassThrough(
+                        AsyncRecorded(final.chunks)), call_id=call.item.call_id)
                 if final.relay is not None:
                     return ProxyResponse(final.status, final.headers, stream=AsyncRelayStream(call, final.relay),
                                          call_id=call.item.call_id)
@@ -319,6 +324,9 @@ class Interceptor:
         except asyncio.CancelledError:
             hub.emit(cancelled_event(call, attempt))
             raise
+        if final.chunks is not None:
+            return ProxyResponse(final.status, final.headers, stream=AsyncPassThrough(AsyncRecorded(final.chunks)),
+                                 call_id=call.item.call_id)
         sent = final.sent
         if sent is None:
             return ProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
@@ -358,6 +366,9 @@ class Interceptor:
         if self.mode == "durable":
             if call.request.stream:
                 final = drive_sync(hub, durable_stream_flow(call, self.stream_idle_timeout_s), _no_io_sync)
+                if final.chunks is not None:
+                    return SyncProxyResponse(final.status, final.headers,
+                                             stream=SyncPassThrough(Recorded(final.chunks)), call_id=call.item.call_id)
                 if final.relay is not None:
                     return SyncProxyResponse(final.status, final.headers, stream=SyncRelayStream(call, final.relay),
                                              call_id=call.item.call_id)
@@ -370,6 +381,9 @@ class Interceptor:
             return send_sync(upstream, call.wire(effect))
 
         final = drive_sync(hub, llm_flow(call), io)
+        if final.chunks is not None:
+            return SyncProxyResponse(final.status, final.headers, stream=SyncPassThrough(Recorded(final.chunks)),
+                                     call_id=call.item.call_id)
         sent = final.sent
         if sent is None:
             return SyncProxyResponse(final.status, final.headers, final.body, call_id=call.item.call_id)
@@ -381,6 +395,32 @@ class Interceptor:
         resp = upstream.send(headers, body, None)
         return SyncProxyResponse(resp.status, resp.headers, stream=SyncPassThrough(resp),
                                  extensions=resp.extensions)
+
+
+class Recorded:
+    """A replayed stream's body for sync callers: its recorded events, one chunk each."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    def next_chunk(self) -> bytes | None:
+        return next(self._chunks, None)
+
+    def close(self) -> None:
+        self._chunks = iter(())
+
+
+class AsyncRecorded:
+    """:class:`Recorded` for async callers."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = iter(chunks)
+
+    async def next_chunk(self) -> bytes | None:
+        return next(self._chunks, None)
+
+    async def aclose(self) -> None:
+        self._chunks = iter(())
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

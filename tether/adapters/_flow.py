@@ -24,6 +24,7 @@ from tether.middleware import (
     CallRecord,
     CallResult,
     Completed,
+    Cursor,
     Effect,
     Emit,
     Failure,
@@ -34,6 +35,7 @@ from tether.middleware import (
     RelayBroken,
     RelayListener,
     RelaySpec,
+    Replayed,
     Run,
     Send,
     Sent,
@@ -42,8 +44,10 @@ from tether.middleware import (
     Streaming,
     Target,
     WorkItem,
+    cache_answer,
     call_flow,
     relay_subject,
+    replay_of,
     terminal_id,
 )
 from tether.schemas import ErrorInfo, Event, LlmCallFailed, LlmCallRequested, Payload
@@ -84,6 +88,8 @@ class Final:
     attempt: int = 0
     relay: RelayListener | None = None
     """A durable stream: the worker relays the answer to this listener (its first chunk came)."""
+    chunks: list[bytes] | None = None
+    """A replayed stream: its recorded events, as the chunks the caller gets."""
 
 
 # -- one LLM call ------------------------------------------------------------------------------
@@ -106,21 +112,32 @@ class LlmCall:
     mode: Literal["inline", "durable"] = "inline"
     ask_usage: bool = False
     """tether added ``stream_options.include_usage``; the tee removes the extra chunk."""
+    request_hash: str | None = None
+    journal: Cursor | None = None
+    """The run's journal, when it resumed: a call it recorded is answered from it."""
     rec: CallRecord = field(init=False)
-    recorded: WorkItem = field(init=False)
     flow: Call = field(init=False)
     """The call as :func:`~tether.middleware.call_flow` sees it."""
     _bodies: dict[str, bytes] = field(default_factory=dict)
+    _recorded: WorkItem | None = None
 
     def __post_init__(self) -> None:
         self.rec = CallRecord.new(self.item, time.time())
-        # What the dead-letter record keeps: the redacted body, or none when not capturing.
-        self.recorded = self.item if self.capture else self.item.model_copy(update={"body": {}})
         request = self.request
         self.flow = Call(self.engine, self.item, self.rec, self.policy, runaway=self.hub.runaway,
                          fingerprint=request.body or {"raw": self.raw.decode("utf-8", "replace")},
-                         kind=request.kind, redactor=self.redactor, capture=self.capture, recorded=self.recorded,
-                         account_always=False)
+                         kind=request.kind, redactor=self.redactor, capture=self.capture,
+                         recorded=lambda: self.recorded, account_always=False, journal=self.journal,
+                         request_hash=self.request_hash, opening=self.requested_event)
+
+    @property
+    def recorded(self) -> WorkItem:
+        """The item as it may be recorded (a dead letter, ``requested``): the body redacted, or
+        none when not capturing. Made when first needed: a replayed call never needs it."""
+        if self._recorded is None:
+            body = self.redactor(self.item.body) if self.capture and self.request.body is not None else {}
+            self._recorded = self.item.model_copy(update={"body": body})
+        return self._recorded
 
     @property
     def kind(self) -> Literal["openai", "anthropic"]:
@@ -131,18 +148,29 @@ class LlmCall:
         return Event.of(payload, id=id, runid=item.runid, agentid=item.agentid, traceparent=item.traceparent,
                         source=self.engine.source, extensions={"tenant": item.tenant} if item.tenant else None)
 
-    def requested_event(self) -> Event:
+    def requested_event(self, replayed: bool = False) -> Event:
+        """``llm.call.requested``; a replayed call's leaves out the request (its original's has it)."""
         request = self.request
         item = self.item
         recorded: Any = None
-        if self.capture:
-            recorded = item.body if request.body is not None else self.redactor.text(
+        if self.capture and not replayed:
+            recorded = self.recorded.body if request.body is not None else self.redactor.text(
                 self.raw.decode("utf-8", errors="replace"))
         payload = LlmCallRequested(
             call_id=item.call_id, provider=item.provider or "?", model=item.model or "?",
             operation=request.operation, mode=self.mode, stream=request.stream, route=item.route,
-            parameters=self.redactor(request.parameters), request=recorded)
+            parameters=self.redactor(request.parameters), request=recorded, request_hash=self.request_hash)
         return self.event(payload, id=terminal_id(item.call_id, "requested"))
+
+    def replayed(self, replayed: Replayed) -> Final:
+        """The answer of a call replayed from the record: its body, or its stream's events."""
+        entry = replayed.entry
+        headers = self.reply_headers([("content-type", "text/event-stream" if entry.stream else "application/json")])
+        headers.append(("x-tether-replayed", entry.call_id))
+        headers.append(("x-tether-replayed-via", getattr(replayed.event.data, "via", "journal")))
+        if entry.stream:
+            return Final(200, headers, chunks=[sse_event(c) for c in entry.chunks or ()])
+        return Final(200, headers, json.dumps(entry.response, separators=(",", ":")).encode())
 
     def body_for(self, target: Target) -> bytes:
         """The request body for ``target``: the bytes to send (the caller's, unless tether asked
@@ -212,10 +240,12 @@ def give_up_code(reason: str) -> str:
 
 
 def llm_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
-    """``requested``, then the one call loop, then the caller's answer: the upstream's (complete,
-    or its stream once the first chunk came), or the one tether writes when it gave up."""
-    yield Emit(call.requested_event())
+    """The one call loop (whose first event is ``requested``), then the caller's answer: the
+    recorded one (replayed), the upstream's (complete, or its stream once the first chunk
+    came), or the one tether writes when it gave up."""
     ending = yield from call_flow(call.flow)
+    if isinstance(ending, Replayed):
+        return call.replayed(ending)
     if isinstance(ending, GaveUp):
         return call.gave_up(ending.reason, ending.failure, ending.error, ending.sent)
     assert isinstance(ending, Completed | Streaming)
@@ -245,9 +275,13 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
         if acc.first_token_at is not None and acc.started_at else None
     if how == "end" and acc.error is None and acc.malformed is None:
         out = Outcome(True, latency, call.redactor(acc.response()) if call.capture else None, acc.usage,
-                      acc.finish_reason, ttft_ms=ttft)
-        yield Emit(engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True))
+                      acc.finish_reason, ttft_ms=ttft, chunks=call.redactor(acc.chunks) if call.capture else None)
+        event = engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True)
+        yield Emit(event)
         yield from _account(call, out)
+        keep = cache_answer(call.flow, event)
+        if keep is not None:
+            yield keep
         return
     if how == "closed":
         message = (f"the caller closed the stream after {acc.bytes} bytes ({acc.events} events), "
@@ -281,12 +315,34 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
     yield Run(lambda: engine.give_up(call.recorded, rec, "not_retryable", error), drain=True)
 
 
+def _replay(call: LlmCall) -> Generator[Effect, Any, Final | None]:
+    """A durable call of a resumed run answered from its journal (before it is submitted)."""
+    if call.journal is None:
+        return None
+    replayed = replay_of(call.flow, call.journal)
+    if replayed is None:
+        return None
+    yield Emit(call.requested_event(replayed=True))
+    yield Emit(replayed.event, final=True)
+    return call.replayed(replayed)
+
+
+def sse_event(chunk: dict[str, Any]) -> bytes:
+    """A recorded stream event (``{"event", "data"}``) as the bytes of one server-sent event."""
+    name, data = chunk.get("event"), chunk.get("data")
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return (f"event: {name}\n" if name else "").encode() + f"data: {text}\n\n".encode()
+
+
 def durable_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
     """Through the WORK stream and a worker (non-streaming calls): the worker applies the policy.
 
     The work item carries the caller's request body (the worker must send it); only the
     ``requested`` event is redacted."""
     hub = call.hub
+    replayed = yield from _replay(call)
+    if replayed is not None:
+        return replayed
     requested = call.requested_event()
     deadline = time.time() + (call.policy.deadline_s or 300.0)  # never wait forever for a worker
     item = call.item.model_copy(update={"body": call.request.body or {}, "deadline_at": deadline})
@@ -317,6 +373,9 @@ def durable_stream_flow(call: LlmCall, idle_timeout_s: float) -> Generator[Effec
     chunk are the worker's, under the policy. ``idle_timeout_s``: once the stream runs, how
     long it may stay silent (no chunk, no heartbeat) before the caller gives up on it."""
     hub = call.hub
+    replayed = yield from _replay(call)
+    if replayed is not None:
+        return replayed
     requested = call.requested_event()
     deadline = time.time() + (call.policy.deadline_s or 300.0)
     spec = RelaySpec(subject=relay_subject(call.item.call_id), heartbeat_s=min(5.0, max(0.05, idle_timeout_s / 5)),

@@ -20,6 +20,7 @@ from pydantic_core import to_jsonable_python
 
 from tether.adapters import Hub, Redactor, background_hub, current_run, tool
 from tether.bus import Bus, open_bucket
+from tether.middleware import tool_hash
 from tether.schemas import ErrorInfo, Event, ToolCallCompleted, ToolCallFailed, ToolCallRequested, uuid7
 
 __all__ = ["KvState", "ObservedTool", "inject_memory", "key_token", "untoken"]
@@ -33,8 +34,9 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass
 class ObservedTool:
-    """One tool call a framework runs itself: ``requested`` when it starts, then ``completed``
-    or ``failed`` (dead-lettering is the tool policy's, which only ``@tether.tool`` applies)."""
+    """One tool call a framework runs itself: ``requested`` when it starts (with its position in the
+    run and its idempotency key), then ``completed`` or ``failed``. Only observed: dead-lettering,
+    timeouts, retries and replay on resume are the tool policy's, which only ``@tether.tool`` applies."""
 
     hub: Hub
     name: str
@@ -56,8 +58,15 @@ class ObservedTool:
         trace = ctx.trace_id if ctx is not None else secrets.token_hex(16)
         observed = cls(hub, name or "tool", source, runid=ctx.run_id if ctx else None,
                        agentid=ctx.agent if ctx else None, traceparent=f"00-{trace}-{secrets.token_hex(8)}-01")
-        observed._emit(ToolCallRequested(call_id=observed.call_id, tool=observed.name,
-                                         arguments=_REDACT(_jsonable(arguments))))
+        recorded = _REDACT(_jsonable(arguments))
+        tools = ctx.tools if ctx is not None else None
+        position = key = None
+        if tools is not None:
+            digest = tool_hash(observed.name, recorded)
+            place = tools.place(digest)
+            position, key = place.position, tools.key(place, digest)
+        observed._emit(ToolCallRequested(call_id=observed.call_id, tool=observed.name, arguments=recorded,
+                                         idempotency_key=key, position=position))
         return observed
 
     def completed(self, result: Any, duration_ms: float | None = None) -> None:

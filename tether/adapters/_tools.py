@@ -6,8 +6,10 @@ duration, or its error (``tool.call.requested`` / ``attempt_failed`` / ``complet
 under the route ``tool:<name>``'s policy when it fails transiently (timeouts, connection
 errors, an HTTP 429/5xx it raised, or any exception in ``retry_on``); any other tool runs
 once, because repeating a side effect is the caller's decision. A tool with an
-``idempotency_key`` parameter receives the call id there (unless the caller passed one),
-so a retried or redriven call can be recognised downstream.
+``idempotency_key`` parameter receives a key there (unless the caller passed one): in a run,
+``<run id>:<position>``, the same when a resumed run makes the call again; else the call id.
+Inside a run the journal decides first (``_tooljournal``): a resumed run's call that
+completed before the crash is answered from the log.
 
 Arguments and results are recorded as JSON (pydantic's encoder, ``repr`` for the rest),
 redacted; large ones go to the object store by the publisher's claim check.
@@ -16,6 +18,9 @@ redacted; large ones go to the object store by the publisher's claim check.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -37,17 +42,20 @@ from tether.middleware import (
     ToolCall,
     WorkItem,
     classify_exception,
+    terminal_id,
     tool_flow,
+    tool_hash,
 )
-from tether.schemas import ErrorInfo, Event, ToolCallFailed, uuid7
+from tether.schemas import CallReplayed, ErrorInfo, Event, RunNeedsAttention, ToolCallFailed, uuid7
 
 from ._core import drive_async, drive_sync
-from ._hub import SOURCE, Hub, background_hub, background_hub_nowait, default_policies
+from ._hub import SOURCE, Hub, LoopThreadError, background_hub, background_hub_nowait, default_policies
 from ._recorded import current_recorded
 from ._redact import Hook, Redactor, redactor_of
-from ._runs import current_run, new_traceparent
+from ._runs import NeedsAttention, current_run, new_traceparent
+from ._tooljournal import Attention, Live, Replay, decide
 
-__all__ = ["RunawayError", "tool"]
+__all__ = ["NeedsAttention", "RunawayError", "tool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,6 +80,7 @@ class ToolSpec:
     policies: PolicySet | None
     capture: bool
     redactor: Redactor
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         self.signature = inspect.signature(self.fn)
@@ -92,33 +101,46 @@ class ToolSpec:
             return ctx.hub
         return background_hub_nowait()
 
-    def prepare(self, hub: Hub, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ToolCall, dict[str, Any]]:
+    def prepare(self, hub: Hub, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Prepared:
         call_id = uuid7()
-        key = kwargs.get("idempotency_key")
-        if self.takes_key and key is None:
-            try:
-                bound = self.signature.bind_partial(*args, **kwargs)
-                key = bound.arguments.get("idempotency_key")
-            except TypeError:
-                key = None
-            if key is None:
-                key = call_id
-                kwargs = {**kwargs, "idempotency_key": key}
+        ctx = current_run()
+        tools = ctx.tools if ctx is not None else None
+        policies = self.policies or default_policies()
+        policy = self.policy(policies)
+        idempotent = self.idempotent if policy.idempotent is None else policy.idempotent
         try:
             bound = self.signature.bind_partial(*args, **kwargs)
             arguments: Any = {k: v for k, v in bound.arguments.items() if k not in _SKIPPED}
         except TypeError:  # the call will fail the same way: record what was passed
             arguments = {"args": list(args), "kwargs": {k: v for k, v in kwargs.items() if k not in _SKIPPED}}
         recorded = self.redactor(_jsonable(arguments)) if self.capture else None
-        ctx = current_run()
-        policies = self.policies or default_policies()
+        decision: Replay | Live | Attention = Live()
+        position: int | None = None
+        default_key = call_id
+        if tools is not None:
+            digest = tool_hash(self.name, recorded)
+            place = tools.place(digest)
+            position = place.position
+            decision = decide(place, idempotent=idempotent, captured=self.capture)
+            default_key = tools.key(place, digest)
+        key = kwargs.get("idempotency_key")
+        if self.takes_key and key is None:
+            try:
+                key = self.signature.bind_partial(*args, **kwargs).arguments.get("idempotency_key")
+            except TypeError:
+                key = None
+            if key is None:
+                key = default_key
+                kwargs = {**kwargs, "idempotency_key": key}
         item = WorkItem.model_construct(
             call_id=call_id, kind="tool", tool=self.name, arguments=recorded,
-            idempotency_key=str(key) if key is not None else None,
+            idempotency_key=str(key) if key is not None else (default_key if position is not None else None),
             runid=ctx.run_id if ctx is not None else None, agentid=ctx.agent if ctx is not None else None,
             traceparent=new_traceparent(ctx.trace_id if ctx is not None else None), submitted_at=time.time())
-        return ToolCall(policies, self.policy(policies), item, self.idempotent, engine=partial(hub.engine, policies),
-                        runaway=hub.runaway, source=SOURCE, retry_on=self.retry_on), kwargs
+        call = ToolCall(policies, policy, item, idempotent, engine=partial(hub.engine, policies),
+                        runaway=hub.runaway, source=SOURCE, retry_on=self.retry_on, position=position)
+        timeout = self.timeout_s if self.timeout_s is not None else policy.tool_timeout_s
+        return Prepared(call, kwargs, decision, timeout)
 
     def invoked(self, started: float, result: Any = None, error: BaseException | None = None) -> Invoked:
         duration = (time.perf_counter() - started) * 1000
@@ -133,6 +155,61 @@ class ToolSpec:
                           code="client_cancelled", retryable=False)
         return call.event(ToolCallFailed(call_id=call.item.call_id, tool=self.name, attempts=attempt, error=error))
 
+    def timed_out(self, timeout: float) -> TimeoutError:
+        return TimeoutError(f"tool {self.name!r} did not finish within its timeout of {timeout:g} s")
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One call about to be made: the loop's view of it, the arguments to pass, and what the run's
+    journal says to do (run it, return the recorded result, or stop for attention)."""
+
+    call: ToolCall
+    kwargs: dict[str, Any]
+    decision: Replay | Live | Attention
+    timeout_s: float | None
+
+    @property
+    def journaled(self) -> bool:
+        """In a run: the start is acked before the tool runs, the end before the caller gets it."""
+        return self.call.position is not None
+
+    def replayed_events(self, replay: Replay) -> list[Event]:
+        """``requested``, then ``call.replayed`` with the recorded result (the journal's record of the call)."""
+        item, entry = self.call.item, replay.entry
+        return [self.call.requested_event(), self.call.event(CallReplayed(
+            call_id=item.call_id, call_kind="tool", via="journal", original_call_id=entry.call_id,
+            original_event_id=entry.event_id, position=replay.position, request_hash=entry.request_hash,
+            tool=entry.tool, response=entry.response), id=terminal_id(item.call_id, "replayed"))]
+
+    def attention(self, attention: Attention) -> tuple[Event, NeedsAttention]:
+        entry, item = attention.entry, self.call.item
+        tool = entry.tool or item.tool or "?"
+        event = self.call.event(RunNeedsAttention(
+            call_id=entry.call_id, tool=tool, position=attention.position, arguments=entry.arguments,
+            idempotency_key=item.idempotency_key, reason=attention.reason))
+        return event, NeedsAttention(item.runid or "?", entry.call_id, tool, attention.position, entry.arguments,
+                                     attention.reason)
+
+
+def _flush_sync(hub: Hub) -> None:
+    """Wait for the acks of what was emitted; a sync tool on the bus's own loop thread cannot wait."""
+    with contextlib.suppress(LoopThreadError):
+        hub.flush_sync()
+
+
+def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+    """A sync tool under a timeout: it runs in a thread of its own, which is left behind if it overruns."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tether-tool")
+    try:
+        future = pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError from None
+    finally:
+        pool.shutdown(wait=False)
+
 
 def _wrap(spec: ToolSpec) -> Callable[..., Any]:
     fn = spec.fn
@@ -146,18 +223,35 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
                     hub = await asyncio.to_thread(background_hub)
             except Exception:  # no bus: the tool still runs
                 return await fn(*args, **kwargs)
-            call, kwargs = spec.prepare(hub, args, kwargs)
+            prepared = spec.prepare(hub, args, kwargs)
+            call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
+            if isinstance(decision, Replay):
+                for event in prepared.replayed_events(decision):
+                    await hub.aemit(event)
+                return decision.entry.response
+            if isinstance(decision, Attention):
+                event, error = prepared.attention(decision)
+                await hub.aemit(event)
+                await hub.flush()
+                raise error
             attempt = 0
 
             async def io(effect: Effect) -> Invoked:
                 nonlocal attempt
                 assert isinstance(effect, Invoke)
                 attempt = effect.attempt
+                if attempt == 1 and prepared.journaled:
+                    await hub.flush()  # the start is in the log before the tool runs
                 started = time.perf_counter()
                 try:
                     if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
                         return spec.invoked(started, recorded.take(spec.name))
-                    return spec.invoked(started, await fn(*args, **kwargs))
+                    if timeout is None:
+                        return spec.invoked(started, await fn(*args, **kwargs))
+                    try:
+                        return spec.invoked(started, await asyncio.wait_for(fn(*args, **kwargs), timeout))
+                    except TimeoutError:
+                        return spec.invoked(started, error=spec.timed_out(timeout))
                 except Exception as exc:
                     return spec.invoked(started, error=exc)
 
@@ -166,6 +260,8 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
             except asyncio.CancelledError:
                 hub.emit(spec.cancelled(call, attempt))
                 raise
+            if prepared.journaled:
+                await hub.flush()  # the end is in the log before the caller acts on it
             if done.error is not None:
                 raise done.error
             return done.result
@@ -179,19 +275,38 @@ def _wrap(spec: ToolSpec) -> Callable[..., Any]:
             hub = spec.hub_nowait() or background_hub()
         except Exception:
             return fn(*args, **kwargs)
-        call, kwargs = spec.prepare(hub, args, kwargs)
+        prepared = spec.prepare(hub, args, kwargs)
+        call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
+        if isinstance(decision, Replay):
+            for event in prepared.replayed_events(decision):
+                hub.emit(event)
+            return decision.entry.response
+        if isinstance(decision, Attention):
+            event, error = prepared.attention(decision)
+            hub.emit(event)
+            _flush_sync(hub)
+            raise error
 
         def io(effect: Effect) -> Invoked:
             assert isinstance(effect, Invoke)
+            if effect.attempt == 1 and prepared.journaled:
+                _flush_sync(hub)
             started = time.perf_counter()
             try:
                 if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
                     return spec.invoked(started, recorded.take(spec.name))
-                return spec.invoked(started, fn(*args, **kwargs))
+                if timeout is None:
+                    return spec.invoked(started, fn(*args, **kwargs))
+                try:
+                    return spec.invoked(started, _in_thread(fn, args, kwargs, timeout))
+                except TimeoutError:
+                    return spec.invoked(started, error=spec.timed_out(timeout))
             except Exception as exc:
                 return spec.invoked(started, error=exc)
 
         done = drive_sync(hub, tool_flow(call), io)
+        if prepared.journaled:
+            _flush_sync(hub)
         if done.error is not None:
             raise done.error
         return done.result
@@ -206,23 +321,35 @@ def tool(fn: F, /) -> F: ...
 
 @overload
 def tool(*, name: str | None = None, idempotent: bool = False, retries: int | None = None,
-         retry_on: Iterable[type[BaseException]] = (), bus: Bus | None = None, policies: PolicySet | None = None,
-         capture: bool = True, redact: Redactor | Hook | Iterable[str] | None = None) -> Callable[[F], F]: ...
+         retry_on: Iterable[type[BaseException]] = (), timeout_s: float | None = None, bus: Bus | None = None,
+         policies: PolicySet | None = None, capture: bool = True,
+         redact: Redactor | Hook | Iterable[str] | None = None) -> Callable[[F], F]: ...
 
 
 def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, idempotent: bool = False,
-         retries: int | None = None, retry_on: Iterable[type[BaseException]] = (), bus: Bus | None = None,
-         policies: PolicySet | None = None, capture: bool = True,
+         retries: int | None = None, retry_on: Iterable[type[BaseException]] = (), timeout_s: float | None = None,
+         bus: Bus | None = None, policies: PolicySet | None = None, capture: bool = True,
          redact: Redactor | Hook | Iterable[str] | None = None) -> Any:
     """Record a tool's calls: ``@tether.tool`` or ``@tether.tool(name=..., idempotent=True, retries=2)``.
 
     ``retries`` (extra attempts, so ``retries=2`` is up to 3 calls) overrides the route
     ``tool:<name>``'s ``retry.max_attempts`` and needs ``idempotent=True``. ``retry_on``
-    names exceptions to treat as transient. Events go to ``bus``, else the current run's
-    bus, else tether's background bus; ``capture=False`` records no arguments or results.
+    names exceptions to treat as transient. ``timeout_s`` bounds each attempt (else the
+    route's ``tool_timeout_s``); a sync tool under a timeout runs in a thread of its own.
+    The route's ``idempotent`` (``tether.toml``) overrides ``idempotent``. Events go to ``bus``,
+    else the current run's bus, else tether's background bus; ``capture=False`` records no
+    arguments or results (so a resumed run cannot replay the call's result).
+
+    Inside a run, each call has a position (the n-th tool call of the run) and the idempotency
+    key ``<run id>:<position>``, and its start and end are acked by the log around it; a run
+    opened with ``resume=True`` returns the recorded result of a call that completed before the
+    crash, re-runs an idempotent call the process died in, and raises :class:`NeedsAttention`
+    for a call it died in that is not idempotent (docs/resume.md).
     """
     if retries is not None and retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a number of seconds above 0, got {timeout_s}")
     if retries and not idempotent:
         raise ValueError("tether retries only idempotent tools: pass idempotent=True with retries=")
 
@@ -231,7 +358,7 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, id
             raise TypeError(f"@tether.tool decorates a function, not {type(f).__name__}")
         tool_name = name or getattr(f, "__name__", None) or repr(f)
         spec = ToolSpec(f, tool_name, idempotent, retries, tuple(retry_on), bus, policies, capture,
-                        redactor_of(redact))
+                        redactor_of(redact), timeout_s)
         return _wrap(spec)
 
     if fn is not None:

@@ -63,7 +63,8 @@ class TetherCallbackHandler(BaseCallbackHandler):
         if parent_run_id is not None:
             return
         name = kwargs.get("name") or (serialized or {}).get("name") or "LangGraph"
-        run = Run(agent=str(name), name=str(name), metadata={"framework": "langgraph", "langchain_run_id": str(run_id)})
+        run = Run(agent=str(name), name=str(name), metadata={"framework": "langgraph", "langchain_run_id": str(run_id)},
+                  derive="langgraph")
         try:
             run.__enter__()
         except Exception:  # no bus: the graph runs unrecorded

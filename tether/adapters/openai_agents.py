@@ -88,7 +88,7 @@ class TetherTracingProcessor(TracingProcessor):
         if runs is None or not isinstance(data, AgentSpanData):
             return
         run = Run(agent=data.name, name=runs.name if runs.root is None else data.name,
-                  metadata={"framework": "openai-agents", "trace_id": span.trace_id})
+                  metadata={"framework": "openai-agents", "trace_id": span.trace_id}, derive="openai-agents")
         try:
             run.__enter__()
         except Exception:  # no bus: the agent runs unrecorded

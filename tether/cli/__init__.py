@@ -112,7 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("directory", type=Path, metavar="DIR")
 
-    from . import _auth, _cluster, _eval, _gateway, _mcp, _memory, _otel, _projector, _reliability, _stats, _ui, _views
+    from . import (
+        _auth,
+        _cluster,
+        _eval,
+        _gateway,
+        _mcp,
+        _memory,
+        _otel,
+        _projector,
+        _reliability,
+        _resume,
+        _stats,
+        _ui,
+        _views,
+    )
 
     _reliability.add_commands(sub, _common)
     _memory.add_commands(sub, _common)
@@ -121,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _mcp.add_commands(sub, _common)
     _otel.add_commands(sub, _common)
     _views.add_commands(sub, _common)
+    _resume.add_commands(sub, _common)
     _stats.add_commands(sub, _common)
     _projector.add_commands(sub, _common)
     _ui.add_commands(sub, _common)
@@ -167,6 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_loop(run_dlq(args))
         if args.command == "worker":
             return run_loop(_worker(args))
+        if args.command == "runs" and getattr(args, "runs_command", None) == "resolve":
+            from ._resume import run_resolve
+
+            return run_loop(run_resolve(args))
+        if args.command == "resume":
+            from ._resume import run_resume
+
+            return run_loop(run_resume(args))
         if args.command in ("runs", "trace", "cost"):
             from ._views import run as run_views
 

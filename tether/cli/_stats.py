@@ -200,6 +200,8 @@ def _stats(args: argparse.Namespace, view: str, since: float | None, bucket: int
     head += [args.by.upper(), "CALLS", "ATTEMPTS", "CALLS/S", "P50", "P95", "P99"]
     head += [] if tools else ["TTFT P50", "TOKENS IN→OUT"]
     head += ["RETRIED", "FELL BACK", "GAVE UP", "BREAKER"]
+    recorded = any(r["replayed"] or r["cache_hits"] for r in [*rows, *sums])  # shown when there are some
+    head += ["REPLAYED", "CACHE HITS"] if recorded else []
     table = [head]
     for r in [*rows, *sums]:
         cells = [time.strftime("%Y-%m-%d %H:%M", time.localtime(r["bucket"]))] if bucket else []
@@ -209,6 +211,7 @@ def _stats(args: argparse.Namespace, view: str, since: float | None, bucket: int
         cells += [] if tools else [_ms(r["ttft_p50_ms"]), _tokens(r["input_tokens"], r["output_tokens"])]
         cells += [_pct(r["retry_rate"]), _pct(r["fallback_rate"]), f"{r['dead_letters']:,}",
                   f"{r['breaker_transitions']:,}"]
+        cells += [f"{r['replayed']:,}", f"{r['cache_hits']:,}"] if recorded else []
         table.append(cells)
     first = 2 if bucket else 1  # the label columns read left-aligned, the figures right-aligned
     lines = [_join(cells) for cells in _pad(table, right=set(range(first, len(head))))]
@@ -218,7 +221,9 @@ def _stats(args: argparse.Namespace, view: str, since: float | None, bucket: int
     what = "tool" if tools else "LLM"
     fell_back = "" if tools else "; a call that fell back counts under the model that answered it"
     print(s.dim(f"CALLS: calls that ended on it, answered or given up (GAVE UP){fell_back}. ATTEMPTS: requests "
-                f"sent to it; RETRIED and FELL BACK are shares of them. TOTAL: every {what} call"
+                f"sent to it; RETRIED and FELL BACK are shares of them. "
+                + ("REPLAYED, CACHE HITS: calls answered from the record (no attempt). " if recorded else "")
+                + f"TOTAL: every {what} call"
                 + ("." if tools else " (tools: --by tool).")))
     return 0
 

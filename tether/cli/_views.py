@@ -25,7 +25,7 @@ from ._format import Style
 __all__ = ["add_commands", "parse_since", "run"]
 
 NO_VIEWS = "no views yet: run `tether up` (it runs the projector) or `tether replay`"
-STATUSES = ("ok", "error", "cancelled", "running")
+STATUSES = ("ok", "error", "cancelled", "running", "interrupted", "needs_attention")  # as tether.projections.traces
 GROUPS = ("run", "agent", "model", "provider", "day")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -38,6 +38,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     runs.add_argument("--status", choices=STATUSES, help="only runs in this state")
     runs.add_argument("--since", metavar="DATE|7d", help="only runs started since (ISO date or time, or 30m, 12h, 7d)")
     runs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
+    runs.add_argument("--heartbeat-s", type=float, default=300.0, metavar="S",
+                      help="a run still open with no event for S seconds is `interrupted` (default 300)")
     trace = sub.add_parser("trace", help="a run's span tree with timings, tokens, costs and errors",
                            description="Show the span tree of RUN_ID (or of a call id): every LLM and tool "
                            "call, each failed attempt with the decision that followed, backoffs, fallbacks, "
@@ -50,6 +52,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                           "never as free.")
     cost.add_argument("--by", choices=GROUPS, default="model", help="how to group (default: model)")
     cost.add_argument("--since", metavar="DATE|7d", help="only calls since (ISO date or time, or 30m, 12h, 7d)")
+    from ._resume import add_resolve
+
+    add_resolve(runs, common)
     for p in (runs, trace, cost):
         common(p)
         p.add_argument("--views", type=Path, metavar="DIR",
@@ -123,7 +128,11 @@ def _open(args: argparse.Namespace, view: str) -> sqlite3.Connection | None:
 def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | None) -> int:
     from tether.projections.traces import list_runs
 
-    rows = list_runs(db, limit=args.limit, agent=args.agent, status=args.status, since=since)
+    if not args.heartbeat_s > 0:
+        print(f"tether runs: --heartbeat-s must be above 0 seconds, got {args.heartbeat_s:g}", file=sys.stderr)
+        return 2
+    rows = list_runs(db, limit=args.limit, agent=args.agent, status=args.status, since=since,
+                     heartbeat_s=args.heartbeat_s)
     if args.json:
         print(json.dumps([_iso(r) for r in rows], indent=2, ensure_ascii=False))
         return 0
@@ -136,7 +145,8 @@ def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
         table.append((r["run_id"], r["agent"] or "", r["status"], _local(r["started_at"]), _ms(r["duration_ms"]),
                       str(r["events"]), str(r["llm_calls"]), str(r["tool_calls"]), str(r["errors"] or ""),
                       f"{r['input_tokens']:,}/{r['output_tokens']:,}", _usd(r["cost_usd"], r["unpriced_calls"])))
-    colours = {"ok": s.green, "error": s.red, "cancelled": s.yellow, "running": s.cyan}
+    colours = {"ok": s.green, "error": s.red, "cancelled": s.yellow, "running": s.cyan, "interrupted": s.red,
+               "needs_attention": s.yellow}
     lines = _pad(table, right={4, 5, 6, 7, 8, 9, 10})
     print(s.bold(_join(lines[0])))
     for cells, r in zip(lines[1:], rows, strict=True):
@@ -144,8 +154,15 @@ def _runs(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
         print(_join(cells))
     unpriced = sum(r["unpriced_calls"] for r in rows)
     footer = f"{len(rows)} run(s). `tether trace RUN` shows one."
+    replayed = sum(r["replayed_calls"] for r in rows)
+    if replayed:
+        saved = sum(r["saved_usd"] or 0.0 for r in rows)
+        footer += f" {replayed} call(s) answered from the record (resumed runs, the cache), {_usd(saved)} saved."
     if unpriced:
         footer += f" * {unpriced} call(s) unpriced: their model has no price in genai-prices."
+    if any(r["status"] in ("interrupted", "needs_attention") for r in rows):
+        footer += (" `tether resume RUN` resumes an interrupted run; `tether runs resolve RUN` answers one that "
+                   "needs attention.")
     print(s.dim(footer))
     return 0
 
@@ -176,6 +193,10 @@ def _trace(db: sqlite3.Connection, args: argparse.Namespace) -> int:
              f"started {_local(origin)}" if origin is not None else ""]
     if running:
         notes.append(s.yellow(f"{running} span(s) RUNNING: started and never finished (still going, or crashed)"))
+    if first["kind"] == "run" and first["status"] in ("interrupted", "needs_attention"):
+        how = "resume it: `tether resume" if first["status"] == "interrupted" else "say what became of the call: " \
+            "`tether runs resolve"
+        notes.append(s.yellow(f"run {first['status']}: {how} {first['span_id']}`"))
     print(s.dim("  ".join(n for n in notes if n)))
     return 0
 
@@ -222,10 +243,14 @@ def _span_line(span: Mapping[str, Any], s: Style) -> str:
         parts.append(_usd(span["cost_usd"], 0))
     elif kind == "tool" and (span["attempt"] or 0) > 1:
         parts.append(f"{span['attempt']} attempts")
+    elif kind == "attention":
+        parts.append(s.yellow(str(attrs.get("tether.attention.reason") or "")))
     elif kind in ("backoff", "fallback") and attrs.get("tether.retry_in_s"):
         parts.append(f"wait {_ms(attrs['tether.retry_in_s'] * 1000)}")
     elif kind == "memory":
         parts.append(s.dim(f"{attrs.get('tether.memory.key')} v{attrs.get('tether.memory.version')}"))
+    elif kind == "replay" and attrs.get("tether.cost.saved_usd") is not None:
+        parts.append(s.green(f"saved {_usd(attrs['tether.cost.saved_usd'])}"))
     elif kind == "circuit" and attrs.get("tether.circuit.reason"):
         parts.append(s.dim(str(attrs["tether.circuit.reason"])))
     if span["error_type"]:
@@ -248,7 +273,8 @@ def _cost(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
 
     rows = totals(db, by=args.by, since=since)
     total = {k: sum(r[k] or 0 for r in rows) for k in ("calls", "input_tokens", "output_tokens", "cached_tokens",
-                                                       "cache_write_tokens", "reasoning_tokens", "unpriced")}
+                                                       "cache_write_tokens", "reasoning_tokens", "unpriced",
+                                                       "replayed", "cache_hits", "saved_usd")}
     priced = [r["usd"] for r in rows if r["usd"] is not None]
     total["usd"] = sum(priced) if priced else None
     if args.json:
@@ -260,20 +286,23 @@ def _cost(db: sqlite3.Connection, args: argparse.Namespace, since: datetime | No
         print("no priced calls" + (" since " + since.isoformat(timespec="minutes") if since else "") + " yet")
         return 0
     s = Style()
-    table = [(args.by.upper(), "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED")]
-    for r in rows:
+    recorded = bool(total["replayed"] or total["cache_hits"])  # columns of their own only when there are some
+    extra: tuple[str, ...] = ("REPLAYED", "CACHE HITS", "SAVED") if recorded else ()
+    table: list[tuple[str, ...]] = [(args.by.upper(), "CALLS", "INPUT", "CACHED", "OUTPUT", "USD", "UNPRICED", *extra)]
+    for r in [*rows, {**total, "key": "TOTAL"}]:
+        saved = (str(r["replayed"] or ""), str(r["cache_hits"] or ""), _usd(r["saved_usd"]) if r["saved_usd"] else "")
         table.append((str(r["key"] if r["key"] is not None else "(none)"), f"{r['calls']:,}",
                       f"{r['input_tokens']:,}", f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}",
-                      _usd(r["usd"], r["unpriced"]), str(r["unpriced"] or "")))
-    table.append(("TOTAL", f"{total['calls']:,}", f"{total['input_tokens']:,}", f"{total['cached_tokens']:,}",
-                  f"{total['output_tokens']:,}", _usd(total["usd"], total["unpriced"]), str(total["unpriced"] or "")))
-    lines = [_join(cells) for cells in _pad(table, right={1, 2, 3, 4, 5, 6})]
+                      _usd(r["usd"], r["unpriced"]), str(r["unpriced"] or ""), *(saved if recorded else ())))
+    lines = [_join(cells) for cells in _pad(table, right=set(range(1, len(table[0]))))]
     print(s.bold(lines[0]))
     for line in lines[1:-1]:
         print(line)
     print(s.bold(lines[-1]))
     notes = [f"since {since.isoformat(timespec='minutes')}" if since else "all time",
              "cached tokens are part of input, priced at the cache rate"]
+    if recorded:
+        notes.append("replayed calls (resumed runs) and cache hits cost nothing; SAVED is what they would have")
     if total["unpriced"]:
         notes.append(s.yellow(f"* {total['unpriced']} call(s) unpriced: their model has no price in genai-prices, "
                               "so USD leaves them out (`tether replay cost` after updating genai-prices)"))
@@ -323,7 +352,7 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_MOMENTS = frozenset({"backoff", "fallback", "dead_letter", "budget", "circuit", "redrive", "memory"})
+_MOMENTS = frozenset({"backoff", "fallback", "dead_letter", "budget", "circuit", "redrive", "memory", "replay"})
 _TIMES = ("started_at", "ended_at", "last_at", "at", "first_at")
 
 

@@ -29,8 +29,8 @@ from ._providers import ProviderConfig, ProviderTable
 
 __all__ = ["ELSEWHERE", "WorkerConfig", "WorkerFile", "WorkerSection", "load_worker_config"]
 
-ELSEWHERE = ("gateway", "memory")
-"""The sections of ``tether.toml`` that other parts own (the gateway's and memory's)."""
+ELSEWHERE = ("gateway", "memory", "resume")
+"""The sections of ``tether.toml`` that other parts own (the gateway's, memory's, resume's)."""
 
 
 class WorkerSection(BaseModel):

@@ -40,6 +40,7 @@ from tether.schemas import (
 
 from ._breaker import breaker_retry_in
 from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint, runaway_count
+from ._cache import ResponseCache
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._failures import Failure, classify_exception
 from ._holds import Hold, hold_until, release, reserve, settle
@@ -68,7 +69,7 @@ def terminal_id(call_id: str, what: str) -> str:
 
 
 
-_RECORDED = ("request", "parameters", "response", "arguments", "result")
+_RECORDED = ("request", "parameters", "response", "arguments", "result", "chunks")
 
 
 def redacted(payload: Payload) -> Payload:
@@ -94,6 +95,8 @@ class Outcome:
     failure: Failure | None = None
     ttft_ms: float | None = None
     """Time to the first token of a streamed answer (adapters' streaming attempts)."""
+    chunks: list[dict[str, Any]] | None = None
+    """A streamed answer's events (``StreamAccumulator.chunks``), recorded for replay."""
 
     @property
     def counts_for_breaker(self) -> bool:
@@ -119,6 +122,8 @@ class CallEngine:
         self.http = http
         self.source = source
         self.rng = random.Random(seed)
+        self.cache = ResponseCache(bus)
+        """The response cache (its KV bucket is opened when a route that enables it is first called)."""
 
     # -- events ----------------------------------------------------------------------------
 
@@ -339,7 +344,7 @@ class CallEngine:
             payload: Payload = LlmCallCompleted(
                 call_id=item.call_id, provider=target.provider, model=target.model, attempt=attempt,
                 usage=out.usage, latency_ms=out.latency_ms, ttft_ms=out.ttft_ms, finish_reason=out.finish_reason,
-                response=out.response if capture else None)
+                response=out.response if capture else None, chunks=out.chunks if capture else None)
         else:
             payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                         result=out.response, duration_ms=out.latency_ms)

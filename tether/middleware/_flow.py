@@ -19,12 +19,23 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
-from tether.schemas import ErrorInfo, Event, Payload, ToolCallAttemptFailed, ToolCallCompleted, ToolCallRequested
+from tether.schemas import (
+    CallReplayed,
+    ErrorInfo,
+    Event,
+    LlmCallCompleted,
+    Payload,
+    ToolCallAttemptFailed,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
 
 from ._budget import BudgetRefusal, RunawayTracker, request_fingerprint
+from ._cache import cacheable
 from ._decide import AttemptRecord, Decision, Fallback, GiveUp, Retry, decide, tool_decision
 from ._engine import CallEngine, DeadLetterReason, Outcome, terminal_id
 from ._failures import Failure, classify_http
+from ._journal import Cursor, Entry
 from ._policy import Policy, PolicySet
 from ._providers import usage_of
 from ._relay import NOT_RETRIED, record_cancelled
@@ -41,6 +52,7 @@ __all__ = [
     "GaveUp",
     "Invoke",
     "Invoked",
+    "Replayed",
     "Run",
     "RunawayError",
     "Sleep",
@@ -48,10 +60,12 @@ __all__ = [
     "Stopped",
     "Streaming",
     "ToolCall",
+    "cache_answer",
     "call_flow",
     "drive",
     "drive_sync",
     "read_answer",
+    "replay_of",
     "tool_flow",
 ]
 
@@ -149,7 +163,16 @@ class Stopped:
     attempt: int
 
 
-Ending = Completed | Streaming | GaveUp | Stopped
+@dataclass(frozen=True)
+class Replayed:
+    """Answered from the record (the run's journal, or the response cache): ``entry`` is the
+    call that paid, ``event`` the ``call.replayed`` that says so. No attempt was made."""
+
+    entry: Entry
+    event: Event
+
+
+Ending = Completed | Streaming | GaveUp | Stopped | Replayed
 
 
 # -- one call ---------------------------------------------------------------------------------
@@ -179,18 +202,38 @@ class Call:
     redactor: Scrubber | None = None
     """The caller's redaction (adapters); else the engine redacts what is recorded."""
     capture: bool = True
-    recorded: WorkItem | None = None
-    """The item a dead letter keeps (default ``item``)."""
+    recorded: WorkItem | Callable[[], WorkItem] | None = None
+    """The item a dead letter keeps (default ``item``), or what makes it when needed."""
     account_always: bool = True
     """Record the spend of every call (workers, inline calls), not only under budgets (adapters)."""
     run_snapshot: Snapshot | None = None
     """The run's record, read ahead by the executor with the call's."""
+    journal: Cursor | None = None
+    """A resumed run's journal: a call that matches a recorded one is answered from it."""
+    request_hash: str | None = None
+    """What the journal matches (``tether.journal.request_hash`` of the request)."""
+    opening: Callable[[bool], Event] | None = None
+    """The call's first event (an adapter's ``requested``), emitted by the loop once it knows
+    whether the call is replayed (``True``: the request need not be recorded again)."""
 
 
 def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
-    """Admission once, then attempts under the policy until an answer, a stream's first
-    chunk, or giving up. Starts where ``call.rec`` says (a worker resumes a call with it)."""
+    """Replay from the journal, or admission once, then attempts under the policy until an
+    answer, a stream's first chunk, or giving up. Starts where ``call.rec`` says (a worker
+    resumes a call with it)."""
     engine, item, rec, policy = call.engine, call.item, call.rec, call.policy
+    if not rec.admitted and rec.in_flight is None:
+        replayed = replay_of(call, call.journal) if call.journal is not None else None
+        if replayed is None and caching(call):
+            assert call.request_hash is not None
+            hit = yield Run(partial(engine.cache.get, call.request_hash))
+            if isinstance(hit, Entry):
+                replayed = Replayed(hit, replayed_event(call, hit, "cache"))
+        if call.opening is not None:
+            yield Emit(call.opening(replayed is not None))
+        if replayed is not None:
+            yield Emit(replayed.event, final=True)
+            return replayed
     if rec.in_flight is not None:  # a worker died during this attempt
         ended = yield from _lost(call)
         if ended is not None:
@@ -245,6 +288,50 @@ def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
             return ended
 
 
+def replay_of(call: Call, journal: Cursor) -> Replayed | None:
+    """The call's recorded answer, if the journal has one for it (its place is taken either way)."""
+    kind: Literal["llm", "tool"] = "tool" if call.item.kind == "tool" else "llm"
+    look = journal.match(kind, call.request_hash)
+    entry = look.entry
+    if entry is None or not look.replay:
+        return None
+    return Replayed(entry, replayed_event(call, entry, "journal", look.position))
+
+
+def replayed_event(call: Call, entry: Entry, via: Literal["journal", "cache"], position: int | None = None) -> Event:
+    """The ``call.replayed`` of a call answered from ``entry``."""
+    item = call.item
+    payload = CallReplayed(
+        call_id=item.call_id, call_kind="tool" if item.kind == "tool" else "llm", via=via,
+        original_call_id=entry.call_id, original_event_id=entry.event_id,
+        original_run_id=entry.run_id if entry.run_id != item.runid else None, position=position,
+        request_hash=entry.request_hash, provider=entry.provider or item.provider, model=entry.model or item.model,
+        tool=entry.tool, stream=entry.stream, usage=entry.usage, response=entry.response, chunks=entry.chunks)
+    return call.engine.event(item, payload, id=terminal_id(item.call_id, "replayed"), scrubbed=True)
+
+
+def caching(call: Call) -> bool:
+    """Whether the response cache answers (and keeps) this call: its route enables the cache,
+    the call does not sample (unless the route allows it), and tether recorded its request
+    hash (``instrument``, the gateway; calls through the workers are not cached)."""
+    item = call.item
+    return (call.request_hash is not None and item.kind == "llm" and item.relay is None and call.capture
+            and cacheable(item.body, call.policy.cache))
+
+
+def cache_answer(call: Call, event: Event) -> Spawn | None:
+    """Keep a completed call's recorded answer in the response cache, if its route caches it."""
+    data = event.data
+    if not isinstance(data, LlmCallCompleted) or data.response is None or not caching(call):
+        return None
+    assert call.request_hash is not None
+    entry = Entry("llm", data.call_id, call.request_hash, state="completed", stream=data.chunks is not None,
+                  provider=data.provider, model=data.model, response=data.response,
+                  chunks=data.chunks if isinstance(data.chunks, list) else None,  # type: ignore[arg-type]
+                  usage=data.usage, event_id=event.id, run_id=event.runid)
+    return Spawn(partial(call.engine.cache.put, call.request_hash, entry, call.policy.cache.ttl_s), after=True)
+
+
 def _lost(call: Call) -> Generator[Effect, Any, Ending | None]:
     """The attempt a worker died in counts as failed (never retried once its stream reached the caller)."""
     engine, item, rec = call.engine, call.item, call.rec
@@ -279,7 +366,8 @@ def _failed(call: Call, attempt: int, failure: Failure, latency_ms: float, decis
 
 def _give_up(call: Call, reason: DeadLetterReason, error: ErrorInfo, failure: Failure | None = None,
              sent: Sent | None = None) -> Generator[Effect, Any, GaveUp]:
-    yield Run(partial(call.engine.give_up, call.recorded or call.item, call.rec, reason, error), drain=True)
+    recorded = call.recorded() if callable(call.recorded) else call.recorded
+    yield Run(partial(call.engine.give_up, recorded or call.item, call.rec, reason, error), drain=True)
     return GaveUp(reason, error, failure, sent)
 
 
@@ -319,6 +407,9 @@ def _completed(call: Call, attempt: int, started_at: float, out: Outcome,
     yield Emit(event, final=True)
     if call.account_always or engine.policies.budgets:
         yield Spawn(partial(engine.account, item, out.usage, rec.target), after=True)
+    keep = cache_answer(call, event)
+    if keep is not None:
+        yield keep
     return Completed(attempt, out, sent, event)
 
 
@@ -372,6 +463,8 @@ class ToolCall:
     runaway: RunawayTracker
     source: str
     retry_on: tuple[type[BaseException], ...] = ()
+    position: int | None = None
+    """The call's place among its run's tool calls (what a resumed run matches it by)."""
     rec: CallRecord = field(init=False)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -382,6 +475,13 @@ class ToolCall:
         item = self.item
         return Event.of(payload, id=id, runid=item.runid, agentid=item.agentid, traceparent=item.traceparent,
                         source=self.source)
+
+    def requested_event(self) -> Event:
+        item = self.item
+        return self.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
+                                            idempotent=self.idempotent, idempotency_key=item.idempotency_key,
+                                            mode="inline", position=self.position),
+                          id=terminal_id(item.call_id, "requested"))
 
     async def give_up(self, reason: DeadLetterReason, error: ErrorInfo) -> None:
         engine = await self.engine()
@@ -403,9 +503,7 @@ def tool_flow(call: ToolCall) -> Generator[Effect, Any, Invoked]:
     """Requested, attempts, completed or failed: a function runs in its caller, so there is no
     breaker, budget or queue; the runaway guard and the retry decision are the loop's own."""
     item, rec, policy = call.item, call.rec, call.policy
-    yield Emit(call.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
-                                            idempotent=call.idempotent, idempotency_key=item.idempotency_key,
-                                            mode="inline"), id=terminal_id(item.call_id, "requested")))
+    yield Emit(call.requested_event())
     guard = call.policies.runaway
     if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
         refusal = call.runaway.admit(item.runid, request_fingerprint({"tool": item.tool, "arguments": item.arguments}),

@@ -16,6 +16,8 @@ Configuration lives in ``tether.toml``, or under ``[tool.tether]`` in ``pyprojec
     timeout_s = 60.0               # per attempt
     deadline_s = 300.0             # per call, all attempts and backoffs included; false = none
     max_total_attempts = false     # default: retry.max_attempts + fallback.max_fallbacks
+    # idempotent = true            # tools only: may run again (retries, resume); unset: the decorator's word
+    tool_timeout_s = false         # tools only: per attempt; false = none
 
     [routes."*".retry]
     max_attempts = 3               # attempts on one target
@@ -44,6 +46,11 @@ Configuration lives in ``tether.toml``, or under ``[tool.tether]`` in ``pyprojec
     [routes."*".rate_limit]        # per route (model); see [rate_limits] for per provider
     requests_per_minute = false
     tokens_per_minute = false
+
+    [routes."*".cache]             # the response cache: exact request-hash hits across runs
+    enabled = false                # opt in per route
+    ttl_s = 3600.0                 # how long an answer is served (at most 7 days)
+    sampling = false               # also cache calls that sample (temperature > 0, top_p...)
 
     [rate_limits.openai]           # per provider, shared by all workers; "*" for any provider
     requests_per_minute = 500
@@ -116,6 +123,7 @@ __all__ = [
     "BreakerPolicy",
     "BudgetLimits",
     "BudgetScope",
+    "CachePolicy",
     "FallbackPolicy",
     "Policy",
     "PolicyConfigError",
@@ -344,6 +352,20 @@ class RateLimitPolicy:
 
 @_explained
 @pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
+class CachePolicy:
+    """The response cache of a route (docs/resume.md): off unless enabled."""
+
+    enabled: bool = False
+    ttl_s: _Seconds = 3600.0
+    """How long a cached answer is served (the cache keeps nothing longer than 7 days)."""
+    sampling: bool = False
+    """Also cache calls that sample; by default only those that set ``temperature`` 0 or no sampling
+    parameter at all (``temperature``, ``top_p``, ``top_k``), and never those that ask for several
+    choices (``n`` > 1)."""
+
+
+@_explained
+@pydantic_dataclasses.dataclass(frozen=True, config=_MODEL)
 class Policy:
     """Everything that governs one call on one route."""
 
@@ -356,8 +378,15 @@ class Policy:
     fallback: FallbackPolicy = FallbackPolicy()
     rate_limit: RateLimitPolicy = RateLimitPolicy()
     """Per route; the per-provider limits live in :attr:`PolicySet.rate_limits`."""
+    cache: CachePolicy = CachePolicy()
+    """The response cache (opt-in)."""
     max_total_attempts: _OptionalCount = None
     """Attempts of one call across its fallback chain; unset: retry.max_attempts + fallback.max_fallbacks."""
+    idempotent: StrictBool | None = None
+    """Tools only: the tool may run again (retried, and re-run by a resumed run that died inside it);
+    unset: what ``@tether.tool(idempotent=...)`` says."""
+    tool_timeout_s: _OptionalSeconds = None
+    """Tools only: per attempt (``@tether.tool(timeout_s=...)`` wins); false: none."""
 
     @property
     def total_attempts(self) -> int:
@@ -469,7 +498,7 @@ def _check_route(route: str) -> str:
 
 _Route = Annotated[str, AfterValidator(_check_route)]
 _ROUTE_NAMES: JsonDict = {"propertyNames": {"pattern": r"^(\*|[^:*]+:(\*|[^*]+))$"}}  # _check_route, for editors
-_SECTIONS = ("retry", "breaker", "fallback", "rate_limit")
+_SECTIONS = ("retry", "breaker", "fallback", "rate_limit", "cache")
 
 
 def _chain(route: str) -> list[str]:

@@ -293,7 +293,8 @@ class _Attempt:
 
     def _completed(self, acc: StreamAccumulator) -> Outcome:
         ttft = (acc.first_token_at - self.started) * 1000 if acc.first_token_at is not None else None
-        return Outcome(True, self.elapsed_ms(), acc.response(), acc.usage, acc.finish_reason, ttft_ms=ttft)
+        return Outcome(True, self.elapsed_ms(), acc.response(), acc.usage, acc.finish_reason, ttft_ms=ttft,
+                       chunks=acc.chunks)
 
     async def _broken(self, failure: Failure) -> Streamed:
         failure = dataclasses.replace(failure, message=failure.message + NOT_RETRIED)

@@ -92,7 +92,9 @@ class StreamAccumulator:
     that did not ask for it, so the usage-only final chunk is removed from what the caller
     sees (then the tee passes whole events, never a partial one). ``whole_events``: pass
     whole events only, also without dropping any (the tail of an unfinished event waits
-    for its end), so that an error event appended later is always well formed.
+    for its end), so that an error event appended later is always well formed. When
+    capturing, :attr:`chunks` keeps the events passed on (``{"event", "data"}``, the data
+    as JSON when it is), which a resumed run replays.
     """
 
     def __init__(self, kind: Kind, operation: Operation, *, capture: bool, drop_usage_chunk: bool = False,
@@ -117,6 +119,8 @@ class StreamAccumulator:
         self._head: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._blocks: dict[int, _Block] = {}
+        self.chunks: list[dict[str, Any]] = []
+        self._doc: Any = None
         self.done = False
         """The stream said it is complete ([DONE], ``message_stop``, ``response.completed``)."""
 
@@ -127,16 +131,25 @@ class StreamAccumulator:
         events = self.parser.feed(chunk)
         if not self.whole_events:
             for _, name, data in events:
-                self._event(name, data)
+                if self._event(name, data) and self.capture:
+                    self._keep(name, data)
             return chunk
         kept: list[bytes] = []
         for raw, name, data in events:
             if self._event(name, data):
                 kept.append(raw)
+                if self.capture:
+                    self._keep(name, data)
         return b"".join(kept)
+
+    def _keep(self, name: str | None, data: str) -> None:
+        if data or name:
+            self.chunks.append({"event": name, "data": self._doc if self._doc is not None else data})
+        self._doc = None
 
     def _event(self, name: str | None, data: str) -> bool:
         """Take one event in; False to leave it out of what the caller sees."""
+        self._doc = None
         if not data:
             return True
         if data == "[DONE]":
@@ -144,7 +157,7 @@ class StreamAccumulator:
             return True
         self.events += 1
         try:
-            doc = json.loads(data)
+            doc = self._doc = json.loads(data)
         except ValueError as exc:
             self.malformed = self.malformed or f"event {self.events} is not JSON: {exc}"
             return True

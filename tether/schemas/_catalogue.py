@@ -19,6 +19,7 @@ __all__ = [
     "BudgetExceeded",
     "CallDeadLettered",
     "CallRedriven",
+    "CallReplayed",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
@@ -34,12 +35,14 @@ __all__ = [
     "MemoryDeleted",
     "MemoryWritten",
     "RunFinished",
+    "RunNeedsAttention",
     "RunStarted",
     "ScoreRecorded",
     "ToolCallAttemptFailed",
     "ToolCallCompleted",
     "ToolCallFailed",
     "ToolCallRequested",
+    "ToolCallResolved",
     "TrialCompleted",
     "Usage",
 ]
@@ -80,9 +83,14 @@ class Usage(_Part):
 
 
 class RunStarted(Payload):
-    """An agent run began. The run id is the envelope's ``runid``."""
+    """An agent run began. The run id is the envelope's ``runid``.
+
+    v2 adds ``resumed``: the run started again after it was interrupted, replaying what
+    its calls recorded (see docs/resume.md).
+    """
 
     event_type: ClassVar[str] = "tether.run.started"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "run"
     action: ClassVar[str] = "started"
 
@@ -91,6 +99,7 @@ class RunStarted(Payload):
     input: Recorded = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, JsonValue] = {}
+    resumed: bool = False
 
 
 class RunFinished(Payload):
@@ -112,6 +121,23 @@ class RunFinished(Payload):
         "saw no call for its run_idle_s).")
 
 
+class RunNeedsAttention(Payload):
+    """A resumed run stopped before a tool call whose start was recorded and whose end was not
+    (the process died inside it) and which is not idempotent: a person or code says whether its
+    effect happened (``tether runs resolve``), then the run is resumed."""
+
+    event_type: ClassVar[str] = "tether.run.needs_attention"
+    kind: ClassVar[str] = "run"
+    action: ClassVar[str] = "needs_attention"
+
+    call_id: Id = Field(description="The tool call whose outcome is unknown (its ``tool.call.requested``).")
+    tool: Id
+    position: int = Field(ge=0, description="The call's place among the run's tool calls, from 0.")
+    arguments: Recorded = None
+    idempotency_key: str | None = None
+    reason: str
+
+
 # -- LLM calls -------------------------------------------------------------------------
 
 
@@ -125,9 +151,14 @@ class _LlmCall(Payload):
 
 
 class LlmCallRequested(_LlmCall):
-    """An LLM call was asked for (before any attempt)."""
+    """An LLM call was asked for (before any attempt).
+
+    v2 adds ``request_hash``: the request's canonical hash (``tether.journal.request_hash``),
+    what a resumed run and the response cache match calls by.
+    """
 
     event_type: ClassVar[str] = "tether.llm.call.requested"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "requested"
 
@@ -138,6 +169,7 @@ class LlmCallRequested(_LlmCall):
     parameters: dict[str, Recorded] = {}
     request: Recorded = Field(None, description="The request body; None when capture is off.")
     deadline: datetime | None = None
+    request_hash: str | None = Field(None, description="The canonical request hash (see docs/resume.md).")
 
 
 class LlmCallAttemptFailed(_LlmCall):
@@ -157,9 +189,14 @@ class LlmCallAttemptFailed(_LlmCall):
 
 
 class LlmCallCompleted(_LlmCall):
-    """An attempt succeeded; its output is recorded so replay never calls the model."""
+    """An attempt succeeded; its output is recorded so replay never calls the model.
+
+    v2 adds ``chunks``: a stream's events as its caller got them, so a resumed run replays
+    the stream event for event.
+    """
 
     event_type: ClassVar[str] = "tether.llm.call.completed"
+    schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "completed"
 
@@ -169,6 +206,8 @@ class LlmCallCompleted(_LlmCall):
     ttft_ms: float | None = Field(None, ge=0, description="Time to first token, streams only.")
     finish_reason: str | None = None
     response: Recorded = Field(None, description="The response body; None when capture is off.")
+    chunks: Recorded = Field(None, description="A stream's events, ``[{event, data}]``; None unless streamed "
+                                                "and captured.")
 
 
 class LlmCallFailed(_LlmCall):
@@ -194,6 +233,9 @@ class _ToolCall(Payload):
 
 
 class ToolCallRequested(_ToolCall):
+    """A tool call starts. v2 adds ``position``: its place among its run's tool calls (from 0),
+    which a resumed run matches its calls against."""
+
     event_type: ClassVar[str] = "tether.tool.call.requested"
     schema_version: ClassVar[int] = 2
     kind: ClassVar[str] = "tool"
@@ -206,6 +248,7 @@ class ToolCallRequested(_ToolCall):
     tool_call_id: str | None = Field(None, max_length=1024, description="The id the model gave the call (v2).")
     inferred: bool = Field(False, description="Seen by the gateway in the conversation, not reported by the "
                            "agent (v2).")
+    position: int | None = Field(None, ge=0, description="The call's place among its run's tool calls (v2).")
 
 
 class ToolCallAttemptFailed(_ToolCall):
@@ -244,6 +287,19 @@ class ToolCallFailed(_ToolCall):
     duration_ms: float | None = Field(None, ge=0, description="From the call to its end (v2).")
     result: Recorded = Field(None, description="What the tool answered, when it answered with an error (v2).")
     inferred: bool = Field(False, description="Seen by the gateway in the conversation (v2).")
+
+
+class ToolCallResolved(_ToolCall):
+    """Someone said what became of a tool call whose outcome was unknown (``tether runs resolve``):
+    it ``happened`` (with ``result``, which a resumed run returns), or it did not (it runs again)."""
+
+    event_type: ClassVar[str] = "tether.tool.call.resolved"
+    kind: ClassVar[str] = "tool"
+    action: ClassVar[str] = "resolved"
+
+    happened: bool
+    result: Recorded = None
+    note: str | None = None
 
 
 # -- memory ----------------------------------------------------------------------------
@@ -342,6 +398,39 @@ class CallRedriven(Payload):
     call_id: Id
     new_call_id: Id
     dlq_seq: int | None = Field(None, ge=1)
+
+
+class CallReplayed(Payload):
+    """A call answered from the record instead of the provider or the tool: from its run's
+    journal (a resumed run, ``via="journal"``) or from the response cache (``via="cache"``).
+
+    It costs nothing; ``usage`` is what the original call used (what was saved). The call's
+    terminal event: ``original_call_id`` (and ``original_event_id``, its completion) link
+    the call that paid.
+    """
+
+    event_type: ClassVar[str] = "tether.call.replayed"
+    kind: ClassVar[str] = "call"
+    action: ClassVar[str] = "replayed"
+
+    call_id: Id
+    call_kind: Literal["llm", "tool"]
+    via: Literal["journal", "cache"]
+    original_call_id: Id
+    original_event_id: str | None = None
+    original_run_id: str | None = None
+    position: int | None = Field(None, ge=0, description="The call's place in the journal.")
+    request_hash: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    tool: str | None = None
+    stream: bool = False
+    usage: Usage = Usage()
+    response: Recorded = Field(None, description="The answer given (an LLM response, a tool's result).")
+    chunks: Recorded = None
+
+    def subject_key(self) -> str | None:
+        return self.call_kind
 
 
 # -- circuit breaker -------------------------------------------------------------------

@@ -19,8 +19,8 @@ __all__ = ["breakers_page", "cost_page", "dlq_detail", "dlq_page", "dlq_table", 
 
 NAV = (("/", "Runs"), ("/cost", "Cost"), ("/latency", "Latency"), ("/errors", "Errors"), ("/breakers", "Breakers"),
        ("/dlq", "Dead letters"), ("/memory", "Memory"), ("/experiments", "Experiments"))
-STATUSES = ("ok", "error", "cancelled", "running")
-MOMENTS = frozenset({"backoff", "fallback", "circuit", "memory", "budget", "dead_letter", "redrive"})
+STATUSES = ("ok", "error", "cancelled", "running", "interrupted", "needs_attention")
+MOMENTS = frozenset({"backoff", "fallback", "circuit", "memory", "budget", "dead_letter", "redrive", "replay"})
 
 
 def e(value: Any) -> str:

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,13 +35,14 @@ from starlette.types import Receive, Scope, Send
 
 from tether.bus import Bus, event_filter, read_subject
 from tether.memory import MemorySettings
-from tether.middleware import breaker_retry_in
+from tether.middleware import Cursor, breaker_retry_in, load_journal
 from tether.schemas import (
     Event,
     LlmCallCompleted,
     LlmCallFailed,
     LlmCallRequested,
     RunFinished,
+    RunStarted,
     ToolCallRequested,
 )
 
@@ -68,6 +69,7 @@ KEY_SHAPE = next(p for p in DEFAULT_PATTERNS if "tg-" in p)
 """The shape of keys ``tether gateway --new-key`` makes: one of the default patterns every
 path redacts (``tether._redact``), wherever such a key appears."""
 _DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
+_JOURNALS = 1_000
 _INTERCEPTORS = 10_000
 
 
@@ -100,6 +102,7 @@ class Gateway:
         self._inbox: deque[Event | _Ended | _Reported | float] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._journals: OrderedDict[tuple[str, str], asyncio.Future[Cursor]] = OrderedDict()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", _Llm(self, "openai", "chat", "/chat/completions"), methods=["POST"]),
@@ -226,8 +229,14 @@ class Gateway:
         followed = run_id is not None and operation is not None
         if run_id is not None:
             assert caller.trace_id is not None
+            journal = None
+            if caller.resume is not None:
+                try:
+                    journal = await self._journal(caller)
+                except Exception as exc:
+                    log.warning("could not read the journal of run %s (%s): its calls run live", run_id, exc)
             ctx = RunContext(run_id, caller.agent, caller.trace_id,
-                             caller.traceparent or new_traceparent(caller.trace_id), None, self.hub)
+                             caller.traceparent or new_traceparent(caller.trace_id), None, self.hub, journal)
             if followed:  # the run starts (or resumes) before its call's first event
                 for out in self.book.call_started(run_id, caller.agent, caller.trace_id, caller.traceparent,
                                                   time.time(), derived=caller.derived_run):
@@ -291,6 +300,34 @@ class Gateway:
         if state.state == "closed":
             return None
         return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
+
+    async def _journal(self, caller: Caller) -> Cursor:
+        """The journal of a resumed run's attempt, read on its first call (``run.started``,
+        ``resumed``, marks where the attempt begins); its later calls go on matching it."""
+        run_id, attempt = caller.run_id, caller.resume
+        assert run_id is not None and attempt is not None
+        key = (run_id, attempt)
+        found = self._journals.get(key)
+        if found is not None:
+            self._journals.move_to_end(key)
+            return await asyncio.shield(found)
+
+        async def load() -> Cursor:
+            journal = await load_journal(self.bus, run_id)
+            payload = RunStarted(name=f"resumed ({attempt})", tags=("gateway",), resumed=True,
+                                 metadata={"attempt": attempt, "via": "tether gateway"})
+            await self.hub.aemit(Event.of(payload, runid=run_id, agentid=caller.agent, traceparent=caller.traceparent,
+                                          source=SOURCE))
+            return journal.cursor()
+
+        task = self._journals[key] = asyncio.ensure_future(load())
+        if len(self._journals) > _JOURNALS:
+            self._journals.popitem(last=False)
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            self._journals.pop(key, None)
+            raise
 
     # -- models, events, health -----------------------------------------------------------------
 

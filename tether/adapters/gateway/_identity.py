@@ -9,7 +9,8 @@
 * The **run**: ``x-tether-run-id`` names it; else a W3C ``traceparent`` does, since agents
   such as OpenClaw keep one trace id for a whole run: the run id is a UUID derived from the
   agent and the trace id (the same on every gateway, and after restarts); else the call
-  belongs to no run.
+  belongs to no run. ``x-tether-resume: <attempt>`` resumes that run: its calls are matched
+  against what it recorded (a new value starts matching from the run's first call again).
 * Headers that carry the agent's credentials or are the gateway's own never go upstream.
 """
 
@@ -25,6 +26,7 @@ from ._config import TRUSTED
 
 __all__ = [
     "AGENT_HEADER",
+    "RESUME_HEADER",
     "RUN_ENDS",
     "RUN_END_HEADER",
     "RUN_HEADER",
@@ -41,10 +43,11 @@ RUN_HEADER = "x-tether-run-id"
 AGENT_HEADER = "x-tether-agent"
 RUN_END_HEADER = "x-tether-run-end"
 RUN_ENDS = ("ok", "error", "cancelled")
+RESUME_HEADER = "x-tether-resume"
 STRIPPED = frozenset({
     "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization",
     "openai-project", "host", "expect", "te", "upgrade", "keep-alive", "proxy-connection", RUN_HEADER,
-    AGENT_HEADER, RUN_END_HEADER,
+    AGENT_HEADER, RUN_END_HEADER, RESUME_HEADER,
 })
 """Request headers the gateway never forwards (the caller's credentials, hop-by-hop, its own)."""
 
@@ -65,6 +68,8 @@ class Caller:
     """A trusted key's call: it may act, and publish events, as any agent."""
     run_end: str | None = None
     """``x-tether-run-end``: this call is the run's last; the run ends with this status once it is answered."""
+    resume: str | None = None
+    """The run resumes: calls are replayed from its journal (``x-tether-resume``'s value names the attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +151,20 @@ def identify(headers: Mapping[str, str], keys: Mapping[str, str]) -> Caller | Re
             return Refused(400, f"{RUN_END_HEADER} ends a run: name it with {RUN_HEADER} or send the run's "
                            "traceparent", "invalid_run_end")
     run_id = headers.get(RUN_HEADER)
+    resume = headers.get(RESUME_HEADER)
+    if resume is not None and not _valid_id(resume):
+        return Refused(400, f"{RESUME_HEADER} must be printable, without spaces, at most 200 characters "
+                       "(it names the attempt: 1, 2...)", "invalid_resume")
     if run_id is not None:
         if not _valid_id(run_id):
             return Refused(400, f"{RUN_HEADER} must be printable, without spaces, at most 200 characters",
                            "invalid_run_id")
         return Caller(agent, run_id, trace_id or trace_for_run(run_id), traceparent, trusted=trusted,
-                      run_end=run_end)
+                      run_end=run_end, resume=resume)
     if trace_id is not None:
         return Caller(agent, run_for_trace(agent, trace_id), trace_id, traceparent, derived_run=True, trusted=trusted,
-                      run_end=run_end)
+                      run_end=run_end, resume=resume)
+    if resume is not None:
+        return Refused(400, f"{RESUME_HEADER} needs the run to resume: send {RUN_HEADER} with its id (or the "
+                       "traceparent its calls had)", "resume_without_run")
     return Caller(agent, None, None, None, trusted=trusted)

@@ -1,10 +1,11 @@
-"""The cost ledger's fold: each completed LLM call into a priced row of ``calls``."""
+"""The cost ledger's fold: each completed LLM call into a priced row of ``calls``, and each
+replayed one (journal or cache) into a row that cost nothing and saved what the original cost."""
 
 from __future__ import annotations
 
 from datetime import UTC
 
-from tether.schemas import Event, LlmCallCompleted
+from tether.schemas import CallReplayed, Event, LlmCallCompleted
 
 from .._ops import Op, Table, Upsert
 from .._priced import call_price
@@ -17,6 +18,7 @@ CALLS = Table("calls", {
     "day": "TEXT", "at": "REAL", "input_tokens": "INTEGER", "output_tokens": "INTEGER", "cached_tokens": "INTEGER",
     "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER", "usd": "REAL", "priced": "INTEGER",
     "price_source": "TEXT", "price_version": "TEXT", "unpriced_reason": "TEXT", "seq": "INTEGER",
+    "via": "TEXT", "saved_usd": "REAL", "original_call_id": "TEXT",
 }, key=("call_id",), indexes=(("at",), ("run_id",)))
 
 
@@ -34,16 +36,23 @@ class CostLedger(Projection):
     ``cache_write_tokens`` are parts of ``input_tokens`` and ``reasoning_tokens`` a part of
     ``output_tokens``; each part is priced once, at its own rate.
 
+    A call answered from the record (``call.replayed``: a resumed run's journal, ``via``
+    ``journal``, or the response cache, ``cache``) costs nothing: its row has no tokens,
+    ``usd`` 0, and ``saved_usd``, what its original's usage costs at the event's time, with
+    ``original_call_id``.
+
     Read it with :func:`~tether.projections.ledger.totals` and :func:`~tether.projections.ledger.calls`.
     """
 
     name = "cost"
-    version = 1
+    version = 2
     tables = (CALLS,)
-    types = frozenset({LlmCallCompleted.event_type})
+    types = frozenset({LlmCallCompleted.event_type, CallReplayed.event_type})
 
     def apply(self, event: Event, seq: int) -> list[Op]:
         data = event.data
+        if isinstance(data, CallReplayed):
+            return self._replayed(event, data, seq)
         if not isinstance(data, LlmCallCompleted):
             return []
         usage = data.usage
@@ -57,4 +66,19 @@ class CostLedger(Projection):
             "reasoning_tokens": usage.reasoning_tokens, "usd": cost.usd, "priced": int(cost.priced),
             "price_source": cost.source, "price_version": cost.version, "unpriced_reason": cost.unpriced_reason,
             "seq": seq,
+        })]
+
+    def _replayed(self, event: Event, data: CallReplayed, seq: int) -> list[Op]:
+        if data.call_kind != "llm":
+            return []
+        provider, model = data.provider or "?", data.model or "?"
+        saved = call_price(provider, model, data.usage, event.time)
+        return [Upsert("calls", {
+            "call_id": data.call_id, "run_id": event.runid, "agent": event.agentid,
+            "tenant": event.extensions.get("tenant"), "provider": provider, "model": model,
+            "day": event.time.astimezone(UTC).date().isoformat(), "at": event.time.timestamp(),
+            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+            "reasoning_tokens": 0, "usd": 0.0, "priced": 1, "price_source": data.via, "price_version": None,
+            "unpriced_reason": None, "seq": seq, "via": data.via, "saved_usd": saved.usd,
+            "original_call_id": data.original_call_id,
         })]

@@ -21,8 +21,10 @@ def totals(db: sqlite3.Connection, *, by: GroupBy = "model", since: datetime | f
     """Calls, tokens and dollars per run, agent, model, provider or UTC day.
 
     ``usd`` sums the priced calls only, and is ``None`` when none of the group's calls
-    was priced; ``unpriced`` counts the calls that could not be. Days come oldest first,
-    other groups most expensive first.
+    was priced; ``unpriced`` counts the calls that could not be. ``replayed`` and
+    ``cache_hits`` count the calls answered from a resumed run's journal and from the
+    response cache (in ``calls``, at no cost); ``saved_usd`` is what they would have cost.
+    Days come oldest first, other groups most expensive first.
     """
     column = _GROUP_COLUMN.get(by)
     if column is None:
@@ -37,7 +39,9 @@ def totals(db: sqlite3.Connection, *, by: GroupBy = "model", since: datetime | f
                sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
                sum(cached_tokens) AS cached_tokens, sum(cache_write_tokens) AS cache_write_tokens,
                sum(reasoning_tokens) AS reasoning_tokens, sum(usd) AS usd,
-               sum(priced = 0) AS unpriced, min(at) AS first_at, max(at) AS last_at
+               sum(priced = 0) AS unpriced, min(at) AS first_at, max(at) AS last_at,
+               coalesce(sum(via = 'journal'), 0) AS replayed, coalesce(sum(via = 'cache'), 0) AS cache_hits,
+               coalesce(sum(saved_usd), 0.0) AS saved_usd
         FROM calls {where} GROUP BY "{column}" ORDER BY {order}""", params)
 
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from tether.schemas import (
     BudgetExceeded,
     CallDeadLettered,
+    CallReplayed,
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
@@ -31,7 +32,7 @@ BUCKET_S = 60
 COUNTERS = (
     "requests", "calls", "attempts", "attempt_errors", "retries", "fallbacks", "give_ups", "dead_letters",
     "breaker_opened", "breaker_half_opened", "breaker_closed", "budget_exceeded",
-    "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens",
+    "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "replayed", "cache_hits",
 )
 By = Literal["model", "provider", "tool", "all"]
 Dims = tuple[tuple[str, str], ...]
@@ -95,6 +96,13 @@ def _dead_lettered(d: CallDeadLettered) -> _Fold:
     return (), {}, {}, {"dead_letters": 1}
 
 
+def _replayed(d: CallReplayed) -> _Fold:
+    """A call answered from the record ends there: no attempt, no tokens, no latency sample."""
+    dims: Dims = (("model", d.model or "?"), ("provider", d.provider or "?")) if d.call_kind == "llm" \
+        else (("tool", d.tool or "?"),)
+    return dims, {"calls": 1, "cache_hits" if d.via == "cache" else "replayed": 1}, {}, None
+
+
 def _budget(d: BudgetExceeded) -> _Fold:
     return (), {}, {}, {"budget_exceeded": 1}
 
@@ -107,6 +115,7 @@ _FOLDS: dict[str, Callable[[Any], _Fold]] = {
     LlmCallFailed.event_type: _failed, ToolCallFailed.event_type: _failed,
     CircuitOpened.event_type: _circuit, CircuitHalfOpened.event_type: _circuit, CircuitClosed.event_type: _circuit,
     CallDeadLettered.event_type: _dead_lettered, BudgetExceeded.event_type: _budget,
+    CallReplayed.event_type: _replayed,
 }
 
 
@@ -151,7 +160,9 @@ class MetricsView(Projection):
       in ``all``, the ``call.dead_lettered`` events themselves, malformed work included;
     - ``breaker_opened`` / ``breaker_half_opened`` / ``breaker_closed``: ``circuit.*`` of the
       route (``provider:model`` or ``tool:name``); ``budget_exceeded`` (``all`` only);
-    - tokens from ``llm.call.completed``'s usage (cached and reasoning are parts, not extras).
+    - tokens from ``llm.call.completed``'s usage (cached and reasoning are parts, not extras);
+    - ``replayed`` / ``cache_hits``: ``call.replayed`` from a resumed run's journal / the response
+      cache (each also a call: it ended there, with no attempt).
 
     Counters count stream messages: JetStream drops a re-publish inside its duplicate window,
     but an event published twice beyond it is counted twice (the errors view, keyed by event
@@ -159,7 +170,7 @@ class MetricsView(Projection):
     """
 
     name = "metrics"
-    version = 1
+    version = 2
     weight = 4.0  # measured: some four times the cost ledger's fold
     tables = (_SAMPLES, _COUNTERS)
     types: ClassVar[frozenset[str] | None] = frozenset(_FOLDS)

@@ -121,6 +121,7 @@ def _stats(db: sqlite3.Connection, label: str, dim_kind: str, dim_column: str, *
             "dead_letters": c["dead_letters"], "budget_exceeded": c["budget_exceeded"],
             "breaker_opened": c["breaker_opened"],
             "breaker_transitions": c["breaker_opened"] + c["breaker_half_opened"] + c["breaker_closed"],
+            "replayed": c["replayed"], "cache_hits": c["cache_hits"],
         })
         out.append(row)
     out.sort(key=lambda r: (r.get("bucket") or 0, -r["calls"], -r["attempts"], r["dim"]))

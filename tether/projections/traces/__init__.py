@@ -5,6 +5,6 @@ and :func:`trace` read the view.
 """
 
 from ._fold import TracesView
-from ._query import list_runs, trace
+from ._query import HEARTBEAT_S, STATUSES, list_runs, run_status, trace
 
-__all__ = ["TracesView", "list_runs", "trace"]
+__all__ = ["HEARTBEAT_S", "STATUSES", "TracesView", "list_runs", "run_status", "trace"]

@@ -11,6 +11,7 @@ from tether.schemas import (
     BudgetExceeded,
     CallDeadLettered,
     CallRedriven,
+    CallReplayed,
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
@@ -24,11 +25,13 @@ from tether.schemas import (
     MemoryDeleted,
     MemoryWritten,
     RunFinished,
+    RunNeedsAttention,
     RunStarted,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallRequested,
+    ToolCallResolved,
 )
 
 from .._ops import Index, Merge, Op, Table, Upsert, _merge_into
@@ -111,8 +114,8 @@ class TracesView(Projection):
     types = frozenset(c.event_type for c in (
         RunStarted, RunFinished, LlmCallRequested, LlmCallAttemptFailed, LlmCallCompleted, LlmCallFailed,
         ToolCallRequested, ToolCallAttemptFailed, ToolCallCompleted, ToolCallFailed, MemoryWritten, MemoryDeleted,
-        MemoryCompacted, CallDeadLettered, CallRedriven, CircuitOpened, CircuitHalfOpened, CircuitClosed,
-        BudgetExceeded))
+        MemoryCompacted, CallDeadLettered, CallRedriven, CallReplayed, CircuitOpened, CircuitHalfOpened, CircuitClosed,
+        BudgetExceeded, RunNeedsAttention, ToolCallResolved))
 
     def apply(self, event: Event, seq: int) -> list[Op]:
         fold = _Fold(event, seq)
@@ -318,11 +321,22 @@ class _Fold:
             case ToolCallFailed() as d:
                 return [self._call_failed(d.call_id, "tool", d.attempts, d.error, tool=d.tool,
                                           duration_ms=d.duration_ms)]
+            case RunNeedsAttention() as d:  # one row per call: open until a resolution row names the call
+                return [self._mark(f"{d.call_id}#attention", "attention", f"needs_attention {d.tool}", "error",
+                                   parent=d.call_id, call_id=d.call_id, route=f"tool:{d.tool}", attributes={
+                                       "tether.attention.reason": d.reason, "tether.tool.position": d.position,
+                                       "tether.idempotency_key": d.idempotency_key})]
+            case ToolCallResolved() as d:
+                return [self._mark(f"{d.call_id}#resolved", "resolution", f"resolved {d.tool}", "ok",
+                                   parent=d.call_id, call_id=d.call_id, route=f"tool:{d.tool}", attributes={
+                                       "tether.resolved.happened": d.happened, "tether.resolved.note": d.note})]
             case CallDeadLettered() as d:
                 return [self._mark(f"{d.call_id}#dead_letter", "dead_letter", f"dead_letter {d.reason}", "error",
                                    parent=d.call_id, call_id=d.call_id, error=d.error, attributes={
                                        "tether.dead_letter.reason": d.reason, "tether.attempts": d.attempts,
                                        "tether.dlq_seq": d.dlq_seq, "tether.call.kind": d.call_kind})]
+            case CallReplayed() as d:
+                return self._replayed(d)
             case CallRedriven() as d:
                 return [self._mark(f"{d.call_id}#redriven/{d.new_call_id}", "redrive", "redrive", "ok",
                                    parent=d.call_id, call_id=d.call_id, attributes={
@@ -418,6 +432,25 @@ class _Fold:
             ops.append(self._attempt_ok(d.call_id, d.attempt, started, d.latency_ms, provider=d.provider,
                                         model=d.model))
         return ops
+
+    def _replayed(self, d: CallReplayed) -> list[Op]:
+        """A call answered from the record: ok at once, no tokens, no cost; what it saved."""
+        saved = call_price(d.provider or "?", d.model or "?", d.usage, self.event.time).usd \
+            if d.call_kind == "llm" else None
+        attributes = {"tether.replayed.via": d.via, "tether.replayed.from": d.original_call_id,
+                      "tether.replayed.event": d.original_event_id, "tether.replayed.run": d.original_run_id,
+                      "tether.journal.position": d.position, "tether.cost.saved_usd": saved}
+        cols: Cols = {"status": ("ok", "coalesce"), "started_at": (self.at, "min"), "ended_at": (self.at, "max"),
+                      "end_attributes": (_json({**attributes, "tether.cost.usd": 0.0}), "coalesce")}
+        if d.call_kind == "llm":
+            cols |= {"cost_usd": (0.0, "coalesce"), "priced": (1, "coalesce"), "input_tokens": (0, "coalesce"),
+                     "output_tokens": (0, "coalesce"), "provider": (d.provider, "keep"), "model": (d.model, "keep")}
+        else:
+            cols |= {"tool": (d.tool, "keep")}
+        what = "cache hit" if d.via == "cache" else "replayed"
+        return [self._call(d.call_id, d.call_kind, cols),
+                self._mark(f"{d.call_id}#replayed", "replay", f"{what} from call {d.original_call_id}", "ok",
+                           parent=d.call_id, call_id=d.call_id, attributes=attributes)]
 
     def _attempt_ok(self, call_id: str, attempt: int, started: float, took_ms: float | None, *,
                     provider: str | None = None, model: str | None = None, tool: str | None = None) -> Upsert:

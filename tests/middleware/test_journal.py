@@ -1,0 +1,136 @@
+"""The journal without I/O: events folded into calls, calls of a resumed run matched in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.middleware import Journal, request_hash, tool_hash
+from tether.schemas import (
+    CallReplayed,
+    Event,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    Payload,
+    RunStarted,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
+
+
+def body(n: int, **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": f"q{n}"}], **extra}
+
+
+def h(n: int) -> str:
+    return request_hash(body(n))
+
+
+def ev(payload: Payload) -> Event:
+    return Event.of(payload, runid="r")
+
+
+def asked(call: str, n: int) -> Event:
+    return ev(LlmCallRequested(call_id=call, provider="openai", model="m", request=body(n), request_hash=h(n)))
+
+
+def answered(call: str, n: int) -> Event:
+    return ev(LlmCallCompleted(call_id=call, provider="openai", model="m", response={"a": n}))
+
+
+def sequential(*ns: int) -> list[Event]:
+    return [e for n in ns for e in (asked(f"c{n}", n), answered(f"c{n}", n))]
+
+
+def test_request_hash_leaves_out_volatile_keys_only() -> None:
+    assert request_hash(body(1)) == request_hash(body(1, user="u", stream_options={"include_usage": True},
+                                                     metadata={"k": "v"}, store=True))
+    assert request_hash(body(1)) != request_hash(body(1, temperature=0))
+    assert request_hash(body(1)) != request_hash(body(1, stream=True)), "a stream replays only as a stream"
+    assert request_hash(body(1)) != request_hash(body(1), operation="responses")
+    assert request_hash({"b": 1, "a": [1, "é"]}) == request_hash({"a": [1, "é"], "b": 1}), "key order"
+    assert request_hash(b"not json") == request_hash("not json")
+    assert tool_hash("t", {"x": 1}) != tool_hash("t", {"x": 2})
+
+
+def test_matches_in_order_and_replays() -> None:
+    cursor = Journal.of(sequential(0, 1, 2)).cursor()
+    looks = [cursor.match("llm", h(n)) for n in range(4)]
+    assert [look.replay for look in looks] == [True, True, True, False]
+    assert [look.position for look in looks] == [0, 1, 2, 3]
+    assert [look.entry.response if look.entry else None for look in looks] == [{"a": 0}, {"a": 1}, {"a": 2}, None]
+    assert cursor.replayed == 3 and cursor.diverged == ("llm", 3)
+
+
+def test_first_mismatch_ends_replay_for_good() -> None:
+    cursor = Journal.of(sequential(0, 1, 2)).cursor()
+    assert cursor.match("llm", h(0)).replay
+    assert not cursor.match("llm", h(9)).replay
+    assert not cursor.match("llm", h(2)).replay, "after the first mismatch, everything runs live"
+    assert not cursor.match("tool", tool_hash("t", 1)).replay
+    assert cursor.diverged == ("llm", 1)
+
+
+def test_out_of_order_sequential_calls_do_not_match() -> None:
+    cursor = Journal.of(sequential(0, 1)).cursor()
+    assert not cursor.match("llm", h(1)).replay
+
+
+def test_calls_in_flight_together_match_in_any_order() -> None:
+    events = [asked("a", 0), asked("b", 1), answered("b", 1), answered("a", 0), *sequential(2)]
+    cursor = Journal.of(events).cursor()
+    assert [cursor.match("llm", h(n)).replay for n in (1, 0, 2)] == [True, True, True]
+
+
+def test_failed_and_unfinished_calls_run_live_without_ending_replay() -> None:
+    failed = ev(LlmCallFailed(call_id="c1", provider="openai", model="m", attempts=3,
+                              error={"type": "RateLimitError"}))  # type: ignore[arg-type]
+    journal = Journal.of([*sequential(0), asked("c1", 1), failed, *sequential(2), asked("c3", 3)])
+    assert [e.state for e in journal.entries] == ["completed", "failed", "completed", "unfinished"]
+    assert [e.call_id for e in journal.unfinished] == ["c3"]
+    cursor = journal.cursor()
+    looks = [cursor.match("llm", h(n)) for n in range(4)]
+    assert [look.replay for look in looks] == [True, False, True, False]
+    assert looks[1].entry is not None and looks[1].entry.state == "failed"
+    assert cursor.diverged is None
+
+
+def test_llm_and_tool_calls_have_positions_of_their_own() -> None:
+    tool = [ev(ToolCallRequested(call_id="t0", tool="send", arguments={"to": "x"})),
+            ev(ToolCallCompleted(call_id="t0", tool="send", result="sent"))]
+    cursor = Journal.of([*sequential(0), *tool, *sequential(1)]).cursor()
+    assert cursor.match("llm", h(0)).replay
+    assert cursor.match("llm", h(1)).replay, "an LLM call is not held up by a tool call nobody asked the journal for"
+    look = cursor.match("tool", tool_hash("send", {"to": "x"}))
+    assert look.replay and look.position == 0 and look.entry is not None and look.entry.response == "sent"
+
+
+def test_a_stream_without_its_events_is_not_replayable() -> None:
+    events = [ev(LlmCallRequested(call_id="s", provider="openai", model="m", stream=True, request_hash=h(0))),
+              answered("s", 0)]
+    assert not Journal.of(events).cursor().match("llm", h(0)).replay
+
+
+def replayed(call: str, original: str, n: int) -> Event:
+    return ev(CallReplayed(call_id=call, call_kind="llm", via="journal", original_call_id=original,
+                           original_event_id=f"e-{original}", response={"a": n}))
+
+
+def test_an_attempt_that_died_early_keeps_the_rest_of_the_one_before() -> None:
+    resumed = ev(RunStarted(resumed=True))
+    first = sequential(0, 1, 2, 3)
+    second = [resumed, asked("d0", 0), replayed("d0", "c0", 0), asked("d1", 1)]  # died during its second call
+    journal = Journal.of([ev(RunStarted()), *first, *second])
+    assert [e.call_id for e in journal.entries] == ["c0", "d1", "c2", "c3"]
+    cursor = journal.cursor()
+    assert [cursor.match("llm", h(n)).replay for n in range(4)] == [True, False, True, True]
+    assert journal.entries[0].event_id == "e-c0", "a replayed call links the call that paid"
+
+
+def test_an_attempt_that_diverged_replaces_the_one_before() -> None:
+    resumed = ev(RunStarted(resumed=True))
+    journal = Journal.of([*sequential(0, 1, 2), resumed, asked("d0", 0), replayed("d0", "c0", 0),
+                          asked("d9", 9), answered("d9", 9)])
+    cursor = journal.cursor()
+    assert [cursor.match("llm", h(n)).replay for n in (0, 9)] == [True, True]
+    assert not cursor.match("llm", h(2)).replay
