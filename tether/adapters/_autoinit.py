@@ -15,7 +15,7 @@ __all__ = ["FRAMEWORKS", "init"]
 FRAMEWORKS: dict[str, tuple[str, str | None]] = {
     "langgraph": ("langgraph", "tether.adapters.langgraph"),
     "openai-agents": ("agents", "tether.adapters.openai_agents"),
-    "crewai": ("crewai", None),
+    "crewai": ("crewai", "tether.adapters.crewai"),
     "autogen": ("autogen_agentchat", None),
     "google-adk": ("google.adk", None),
     "litellm": ("litellm", None),
