@@ -18,7 +18,7 @@ FRAMEWORKS: dict[str, tuple[str, str | None]] = {
     "crewai": ("crewai", "tether.adapters.crewai"),
     "autogen": ("autogen_agentchat", None),
     "google-adk": ("google.adk", None),
-    "litellm": ("litellm", None),
+    "litellm": ("litellm", "tether.adapters.litellm"),
     "pydantic-ai": ("pydantic_ai", None),
     "llamaindex": ("llama_index.core", None),
 }
