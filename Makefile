@@ -21,7 +21,7 @@ LOWEST_VENV ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.tether-installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.tether-installed
-FRAMEWORKS := langgraph openai-agents crewai litellm
+FRAMEWORKS := langgraph openai-agents crewai litellm pydantic-ai
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
 .PHONY: run test test-flaky test-lowest lint lock bench clean

@@ -1,0 +1,78 @@
+"""pydantic-ai under tether: runs and tool calls from a capability given to each agent
+(:func:`capability`: pydantic-ai has no process-wide hook), model calls through tether with the
+SDK's retries off (:func:`model`). The only module of tether that imports ``pydantic_ai``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+from tether.adapters import Run, instrument
+
+from ._frameworks import ObservedTool
+
+__all__ = ["TetherCapability", "capability", "model"]
+
+SOURCE = "urn:tether:adapter:pydantic-ai"
+
+
+@dataclass(init=False)
+class TetherCapability(AbstractCapability[Any]):
+    """Each run of the agent is a tether run named for the agent (a run of another agent inside
+    it, e.g. from a tool, is its child run); each tool call is recorded under it (arguments,
+    result, duration, error), with no decorator on the tools."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
+        agent = getattr(ctx, "agent", None)
+        name = str(getattr(agent, "name", None) or "agent")
+        run = Run(agent=name, name=name, metadata={"framework": "pydantic-ai"})
+        try:
+            await run.__aenter__()
+        except Exception:  # no bus: the agent runs unrecorded
+            return await handler()
+        try:
+            result = await handler()
+        except BaseException as error:
+            await run.__aexit__(type(error), error, error.__traceback__)
+            raise
+        await run.__aexit__(None, None, None)
+        return result
+
+    async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
+        observed = ObservedTool.start(call.tool_name, call.args_as_dict(), source=SOURCE)
+        if observed is None:
+            return await handler(args)
+        try:
+            result = await handler(args)
+        except Exception as error:  # a ModelRetry too: the model is told, the call recorded as failed
+            observed.failed(error)
+            raise
+        observed.completed(result)
+        return result
+
+
+def capability() -> TetherCapability:
+    """The capability that records an agent's runs and tool calls: ``Agent(...,
+    capabilities=[tether.adapters.pydantic_ai.capability()])``."""
+    return TetherCapability()
+
+
+def model(name: str = "gpt-4o-mini", *, client: Any = None, **options: Any) -> OpenAIChatModel:
+    """An OpenAI chat model whose requests run under tether's policy: ``client`` (default: a new
+    ``AsyncOpenAI()`` from the environment) instrumented with :func:`tether.instrument`'s
+    ``options`` and its retries off. A request's ``ModelSettings(max_retries=...)`` stays without
+    effect on failures tether gave up on (its answers say ``x-should-retry: false``)."""
+    if client is None:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI()
+    instrument(client, **options)
+    return OpenAIChatModel(name.removeprefix("openai:"), provider=OpenAIProvider(openai_client=client))
