@@ -84,6 +84,14 @@ def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool:
     return out
 
 
+def refused(make: Any) -> str:
+    try:
+        make()
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"
+
+
 def private_api() -> dict[str, Any]:
     """CrewAI's private API tether relies on (tether.adapters.crewai.HOOKS): there, and used."""
     missing = [hook.name for hook in HOOKS if not callable(getattr(OpenAICompletion, hook.name, None))]
@@ -100,6 +108,7 @@ def main() -> dict[str, Any]:
     said["budget"] = scenario("budget", "", role="budget-bot")  # tether.toml: one call for this agent
     said["tool_error"] = scenario("tool_error", "", failing_tool=True)
     said["hooks"] = private_api()
+    said["refused"] = [refused(lambda: llm("gpt-4o-mini", max_retries=3)), refused(lambda: llm("anthropic/claude"))]
     tether.adapters.flush()
     return said
 

@@ -18,10 +18,12 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its price list as shipped: no fetch at import
 
+import httpx
 import litellm
 
 import tether
 import tether.adapters
+from tether.adapters.litellm import route
 
 FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 TOOLS = [{"type": "function", "function": {
@@ -84,6 +86,14 @@ async def main() -> dict[str, Any]:
     said["persistent"] = await scenario("persistent", "429/chat")
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["sessions"] = [type(s._transport).__name__ for s in (litellm.client_session, litellm.aclient_session)]
+    ours, litellm.client_session = litellm.client_session, httpx.Client()  # the application's own
+    try:
+        route()
+        said["refused"] = "accepted"
+    except ValueError as exc:
+        said["refused"] = str(exc)
+    said["kept"] = type(litellm.client_session._transport).__name__
+    litellm.client_session = ours
     await asyncio.to_thread(tether.adapters.flush)
     return said
 

@@ -78,6 +78,11 @@ async def main() -> dict[str, Any]:
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["tool_error"] = await scenario("tool_error", "", agent_name="forecast-bot", tools=[get_forecast])
     said["sub_agent"] = await scenario("sub_agent", "", agent_name="triage", tools=[ask_forecaster])
+    try:
+        model("anthropic:claude-sonnet-4-5")
+        said["refused"] = "accepted"
+    except ValueError as exc:
+        said["refused"] = str(exc)
     await asyncio.to_thread(tether.adapters.flush)
     return said
 

@@ -116,3 +116,9 @@ def test_a_failing_tool_is_a_failed_tool_call(crews: Outcome) -> None:
 
 def test_the_private_api_tether_relies_on_is_there(crews: Outcome) -> None:
     assert crews.said["hooks"] == {"missing": [], "transports": ["TetherTransport", "AsyncTetherTransport"]}
+
+
+def test_bad_options_are_refused_with_what_to_do(crews: Outcome) -> None:
+    retries, provider = crews.said["refused"]
+    assert "tether owns the retries" in retries and "leave max_retries out (was 3)" in retries
+    assert "not 'anthropic/claude'" in provider and "OpenAI-compatible models (base_url=)" in provider

@@ -98,3 +98,9 @@ def test_a_budget_refusal_is_litellms_rate_limit_error_and_sends_nothing(calls: 
     assert said["upstream"] == ["200"], "the second call was refused before anything was sent"
     failed = next(e for e in run_of(calls, "budget") if e.type == "tether.llm.call.failed")
     assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
+
+
+def test_a_session_the_application_set_is_refused_not_replaced(calls: Outcome) -> None:
+    assert "litellm.client_session is already set by the application" in calls.said["refused"]
+    assert "tether.http_client(transport=...)" in calls.said["refused"]
+    assert calls.said["kept"] == "HTTPTransport", "the application's session is left as it was"

@@ -114,3 +114,8 @@ def test_an_agent_run_from_a_tool_is_a_child_run(agents: Outcome) -> None:
     assert types(agents.runs()[parent.runid]) == [
         "run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested", "tool.call.completed",
         "llm.call.requested", "llm.call.completed", "run.finished"]
+
+
+def test_a_model_of_another_provider_is_refused_with_what_to_do(agents: Outcome) -> None:
+    assert "builds OpenAI chat models, not 'anthropic:claude-sonnet-4-5'" in agents.said["refused"]
+    assert "http_client=tether.async_http_client()" in agents.said["refused"]

@@ -154,6 +154,8 @@ def install() -> None:
 # -- model calls ----------------------------------------------------------------------------
 
 _RETRIED_STATUS = frozenset({408, 409, 429})
+_OTHER_PROVIDERS = frozenset({"anthropic", "claude", "gemini", "google", "azure", "azure_openai", "bedrock",
+                              "aws", "snowflake"})  # CrewAI's native providers that are not OpenAI's
 
 
 def _gave_up(error: Exception) -> TetherLLMError | None:
@@ -236,6 +238,11 @@ def llm(model: str = "gpt-4o-mini", *, tether: dict[str, Any] | None = None, **o
     tether's policy: ``Agent(llm=tether.adapters.crewai.llm("gpt-4o-mini"))``. ``options`` are
     CrewAI's (``temperature``, ``base_url``, ``api_key``...); ``tether`` the options of
     :func:`tether.instrument` (``policies``, ``agent``, ``capture``...)."""
+    provider = model.partition("/")[0]
+    if provider in _OTHER_PROVIDERS:
+        raise ValueError(f"tether.adapters.crewai.llm builds CrewAI's OpenAI LLM, not {model!r} ({provider} is "
+                         "another of CrewAI's providers): only OpenAI and OpenAI-compatible models (base_url=) "
+                         "go through tether this way")
     name = model.removeprefix("openai/")
     if options.get("max_retries"):
         raise ValueError("tether.adapters.crewai.llm: tether owns the retries (its policy's retry.max_attempts); "

@@ -70,6 +70,10 @@ def model(name: str = "gpt-4o-mini", *, client: Any = None, **options: Any) -> O
     ``AsyncOpenAI()`` from the environment) instrumented with :func:`tether.instrument`'s
     ``options`` and its retries off. A request's ``ModelSettings(max_retries=...)`` stays without
     effect on failures tether gave up on (its answers say ``x-should-retry: false``)."""
+    provider, colon, _ = name.partition(":")
+    if colon and provider != "openai":
+        raise ValueError(f"tether.adapters.pydantic_ai.model builds OpenAI chat models, not {name!r}: give that "
+                         "model's provider http_client=tether.async_http_client() instead")
     if client is None:
         from openai import AsyncOpenAI
 
