@@ -21,8 +21,10 @@ from pydantic_ai import Agent
 import tether
 import tether.adapters
 from tether.adapters.pydantic_ai import capability, model
+from tether.memory import AsyncMemory
 
 FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
+REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 
 
 def fake(path: str, body: dict[str, Any] | None = None) -> Any:
@@ -43,10 +45,10 @@ def get_forecast(city: str) -> str:
     raise ValueError(f"no forecast for {city}")
 
 
-def agent(name: str, tools: list[Any]) -> Agent[None, str]:
+def agent(name: str, tools: list[Any], memory: Any = None) -> Agent[None, str]:
     return Agent(model("gpt-4o-mini"),  # line 1: the model's requests under tether's policy
                  name=name, instructions="Answer about the weather.", tools=tools,
-                 capabilities=[capability()])  # line 2: the agent's runs and tool calls recorded
+                 capabilities=[capability(memory, namespaces="agent:weather-bot", token_budget=200)])  # line 2
 
 
 async def ask_forecaster(city: str) -> str:
@@ -56,12 +58,12 @@ async def ask_forecaster(city: str) -> str:
 
 
 async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot",
-                   tools: list[Any] | None = None) -> dict[str, Any]:
+                   tools: list[Any] | None = None, memory: Any = None) -> dict[str, Any]:
     fake("faults", {"spec": faults})
     before = fake("log")["total"]
     out: dict[str, Any] = {}
     try:
-        result = await agent(agent_name, [get_weather] if tools is None else tools).run(
+        result = await agent(agent_name, [get_weather] if tools is None else tools, memory).run(
             "What is the weather in Paris?")
         out.update(ok=True, answer=result.output, messages=len(result.all_messages()))
     except Exception as exc:  # what pydantic-ai raised, as the agent's code sees it
@@ -78,6 +80,13 @@ async def main() -> dict[str, Any]:
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["tool_error"] = await scenario("tool_error", "", agent_name="forecast-bot", tools=[get_forecast])
     said["sub_agent"] = await scenario("sub_agent", "", agent_name="triage", tools=[ask_forecaster])
+    bus = await tether.connect()
+    memory = await AsyncMemory(bus, agent="weather-bot").start()
+    written = await memory.write("agent:weather-bot", REMEMBER, key="home-city")
+    await memory.wait_for(written.seq)
+    said["memory"] = await scenario("memory", "", agent_name="remembering-bot", memory=memory)
+    await memory.close()
+    await bus.close()
     try:
         model("anthropic:claude-sonnet-4-5")
         said["refused"] = "accepted"

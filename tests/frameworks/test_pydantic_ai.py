@@ -119,3 +119,20 @@ def test_an_agent_run_from_a_tool_is_a_child_run(agents: Outcome) -> None:
 def test_a_model_of_another_provider_is_refused_with_what_to_do(agents: Outcome) -> None:
     assert "builds OpenAI chat models, not 'anthropic:claude-sonnet-4-5'" in agents.said["refused"]
     assert "http_client=tether.async_http_client()" in agents.said["refused"]
+
+
+def test_memory_is_injected_into_each_request_and_recorded_not_kept(agents: Outcome) -> None:
+    remember = "Weather in Paris: the user wants degrees Celsius."
+    said = agents.said["memory"]
+    assert said["ok"] and said["messages"] == 4, ("the injected memory is not kept in the run's history", said)
+    run = run_number(agents, 5)
+    assert run[0].agentid == "remembering-bot"
+    recalls = [e for e in run if e.type == "tether.tool.call.completed" and e.data.tool == "tether.memory.context"]
+    assert len(recalls) == 2, "one retrieval per model request"
+    assert recalls[0].data.result["injected"] == ["agent:weather-bot/home-city@1"]
+    sent = [e for e in run if e.type == "tether.llm.call.requested"]
+    assert len(sent) == 2
+    for call in sent:
+        first = call.data.request["messages"][0]
+        assert first["role"] == "system" and first["content"].startswith("What you remember:\n")
+        assert remember in first["content"]

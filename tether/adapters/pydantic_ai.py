@@ -5,16 +5,18 @@ SDK's retries off (:func:`model`). The only module of tether that imports ``pyda
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.messages import ModelRequest, SystemPromptPart, UserPromptPart
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from tether.adapters import Run, instrument
 
-from ._frameworks import ObservedTool
+from ._frameworks import ObservedTool, inject_memory
 
 __all__ = ["TetherCapability", "capability", "model"]
 
@@ -25,10 +27,25 @@ SOURCE = "urn:tether:adapter:pydantic-ai"
 class TetherCapability(AbstractCapability[Any]):
     """Each run of the agent is a tether run named for the agent (a run of another agent inside
     it, e.g. from a tool, is its child run); each tool call is recorded under it (arguments,
-    result, duration, error), with no decorator on the tools."""
+    result, duration, error), with no decorator on the tools. With ``memory``, what it holds on
+    the last user prompt goes before each model request (see :func:`capability`)."""
 
-    def __init__(self) -> None:
-        pass
+    def __init__(self, memory: Any = None, *, namespaces: Any = None, token_budget: int = 500) -> None:
+        self.memory = memory
+        self.namespaces = namespaces
+        self.token_budget = token_budget
+
+    async def before_model_request(self, ctx: Any, request_context: Any) -> Any:
+        if self.memory is None:
+            return request_context
+        messages = list(request_context.messages)
+        query = next((_text(part.content) for message in reversed(messages) if isinstance(message, ModelRequest)
+                      for part in reversed(message.parts) if isinstance(part, UserPromptPart)), "")
+        text = await inject_memory(self.memory, query, namespaces=self.namespaces, token_budget=self.token_budget)
+        if not text:
+            return request_context
+        injected = ModelRequest(parts=[SystemPromptPart(content=f"What you remember:\n{text}")])
+        return dataclasses.replace(request_context, messages=[injected, *messages])
 
     async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
         agent = getattr(ctx, "agent", None)
@@ -59,10 +76,19 @@ class TetherCapability(AbstractCapability[Any]):
         return result
 
 
-def capability() -> TetherCapability:
+def capability(memory: Any = None, *, namespaces: Any = None, token_budget: int = 500) -> TetherCapability:
     """The capability that records an agent's runs and tool calls: ``Agent(...,
-    capabilities=[tether.adapters.pydantic_ai.capability()])``."""
-    return TetherCapability()
+    capabilities=[tether.adapters.pydantic_ai.capability()])``. With a ``tether.memory.AsyncMemory``
+    (opt-in, per agent), ``memory.context(last user prompt, token_budget)`` goes before each model
+    request as a system message (that request only, not the run's history), the retrieval recorded
+    as the tool call ``tether.memory.context`` naming the memories injected."""
+    return TetherCapability(memory, namespaces=namespaces, token_budget=token_budget)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(part for part in content if isinstance(part, str)) if isinstance(content, list) else ""
 
 
 def model(name: str = "gpt-4o-mini", *, client: Any = None, **options: Any) -> OpenAIChatModel:
