@@ -25,6 +25,7 @@ BENCH_STAMP := $(BENCH_VENV)/.tether-installed
 FRAMEWORKS := langgraph openai-agents
 FRAMEWORKS += autogen
 FRAMEWORKS += google-adk
+FRAMEWORKS += crewai litellm pydantic-ai
 WORKERS ?= 1
 XDIST = $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes

@@ -218,6 +218,145 @@ def google_adk_agent(mode: str) -> Runner:
     return run
 
 
+def crewai_agent(mode: str) -> Runner:
+    import os
+
+    os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+    from crewai import LLM, Agent, Crew, Task
+    from crewai.tools import tool
+
+    @tool("get_weather")
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    if mode == "bare":
+        llm = LLM(model="gpt-4o-mini", max_retries=0)
+    else:
+        import tether
+        from tether.adapters.crewai import llm as tether_llm
+
+        if mode == "tether":
+            tether.init()
+        elif mode == "observer":
+            observe_crewai()
+        llm = tether_llm("gpt-4o-mini")
+
+    def kickoff(i: int) -> None:
+        agent = Agent(role="weather-bot", goal="Answer about the weather.", backstory="A forecaster.",
+                      tools=[get_weather], llm=llm)
+        task = Task(description=f"What is the weather in city {i}?", expected_output="The weather.", agent=agent)
+        Crew(agents=[agent], tasks=[task], name="weather-crew").kickoff()
+
+    async def run(i: int) -> None:
+        await asyncio.to_thread(kickoff, i)
+
+    return run
+
+
+def observe_crewai() -> None:
+    """A hook that does nothing, at each interception point tether's adapter registers at."""
+    from crewai.hooks import InterceptionPoint, register_hook
+
+    for point in ("EXECUTION_START", "EXECUTION_END", "PRE_STEP", "POST_STEP", "PRE_TOOL_CALL", "POST_TOOL_CALL"):
+        register_hook(getattr(InterceptionPoint, point), lambda ctx: None)
+
+
+def litellm_agent(mode: str) -> Runner:
+    """LiteLLM has no runs and no hooks: ``model`` and ``observer`` route its calls through tether
+    (``route()``), ``tether`` is ``tether.init()`` with each agent run in ``tether.run``."""
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    if mode != "bare":
+        import tether
+        from tether.adapters.litellm import route
+
+        if mode == "tether":
+            tether.init()
+        else:
+            route()
+
+    async def loop(i: int) -> None:
+        messages: list[Any] = [{"role": "user", "content": f"What is the weather in city {i}?"}]
+        for _ in range(2):
+            reply = await litellm.acompletion(model="openai/gpt-4o-mini", messages=messages, tools=tools,
+                                              max_retries=0)
+            message = reply.choices[0].message
+            if not message.tool_calls:
+                return
+            messages.append(message.model_dump())
+            for call in message.tool_calls:
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": "It is sunny."})
+
+    async def run(i: int) -> None:
+        if mode == "tether":
+            import tether
+
+            async with tether.run(agent="weather-bot"):
+                await loop(i)
+        else:
+            await loop(i)
+
+    return run
+
+
+def pydantic_ai_agent(mode: str) -> Runner:
+    from openai import AsyncOpenAI
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    capabilities: list[Any] = []
+    if mode == "bare":
+        llm: Any = OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(openai_client=AsyncOpenAI(max_retries=0)))
+    else:
+        from tether.adapters.pydantic_ai import capability, model
+
+        llm = model("gpt-4o-mini")
+        if mode == "tether":
+            capabilities = [capability()]
+        elif mode == "observer":
+            capabilities = [nothing_capability()]
+    agent = Agent(llm, name="weather-bot", instructions="Answer about the weather.", tools=[get_weather],
+                  capabilities=capabilities)
+
+    async def run(i: int) -> None:
+        await agent.run(f"What is the weather in city {i}?")
+
+    return run
+
+
+def nothing_capability() -> Any:
+    """A capability wrapping what tether's wraps, doing nothing: pydantic-ai's own cost of one."""
+    from dataclasses import dataclass
+
+    from pydantic_ai.capabilities import AbstractCapability
+
+    @dataclass(init=False)
+    class Nothing(AbstractCapability[Any]):
+        def __init__(self) -> None:
+            pass
+
+        async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
+            return await handler()
+
+        async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
+            return await handler(args)
+
+    return Nothing()
+
+
 def hooks(framework: str, runs: int) -> dict[str, float]:
     """The adapter's own hooks, driven as the framework drives them for one agent run (a run, a tool
     call, six other chains or two model spans), without the framework's work around them: CPU per
@@ -307,6 +446,8 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
 
         def none() -> None:
             drive(bare)
+    elif framework in ("crewai", "litellm", "pydantic-ai"):
+        one, none = other_hooks(framework)
     else:
         from agents.tracing import agent_span, function_span, response_span, set_trace_processors, trace
 
@@ -338,9 +479,68 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
     return out
 
 
+def other_hooks(framework: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """CrewAI's hooks (a kickoff, a task, a tool call) and pydantic-ai's capability (a run, a tool
+    call) driven with the contexts the framework gives them; LiteLLM has none. (tether, bare)."""
+    from types import SimpleNamespace
+
+    def nothing() -> None:
+        pass
+
+    if framework == "crewai":
+        from tether.adapters import crewai
+
+        crew, task = SimpleNamespace(name="weather-crew"), object()
+        start = SimpleNamespace(crew=crew, flow=None)
+        end = SimpleNamespace(crew=crew, flow=None, status="completed", error=None)
+        step = SimpleNamespace(kind="task", task=task, agent=None, agent_role="weather-bot",
+                               step_name="What is the weather in Paris?")
+        before = SimpleNamespace(tool_name="get_weather", tool_input={"city": "Paris"})
+        after = SimpleNamespace(tool_name="get_weather", tool_input={"city": "Paris"},
+                                tool_result="It is sunny in Paris.", raw_tool_result="It is sunny in Paris.")
+        runs = crewai._RUNS  # the hooks install() registers
+
+        def crew_run() -> None:
+            runs.start(start)
+            runs.step(step)
+            crewai._before_tool(before)
+            crewai._after_tool(after)
+            runs.stepped(step)
+            runs.end(end)
+
+        return crew_run, nothing
+    if framework == "pydantic-ai":
+        from pydantic_ai.messages import ToolCallPart
+
+        from tether.adapters.pydantic_ai import capability
+
+        cap, loop = capability(), asyncio.new_event_loop()
+        ctx = SimpleNamespace(agent=SimpleNamespace(name="weather-bot"))
+        call = ToolCallPart("get_weather", {"city": "Paris"})
+
+        async def tool(args: Any) -> str:
+            return "It is sunny in Paris."
+
+        async def body() -> None:
+            await cap.wrap_tool_execute(ctx, call=call, tool_def=None, args={"city": "Paris"}, handler=tool)
+
+        async def bare_body() -> None:
+            await tool({"city": "Paris"})
+
+        def agent_run() -> None:
+            loop.run_until_complete(cap.wrap_run(ctx, handler=body))
+
+        def bare_run() -> None:
+            loop.run_until_complete(bare_body())
+
+        return agent_run, bare_run
+    return nothing, nothing
+
+
 async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent, "autogen": autogen_agent,
-            "google-adk": google_adk_agent}[framework]
+            "google-adk": google_adk_agent, "crewai": crewai_agent, "litellm": litellm_agent,
+            "pydantic-ai": pydantic_ai_agent}[framework]
     run = make(mode)
     for i in range(warmup):
         await run(-1 - i)

@@ -15,10 +15,10 @@ __all__ = ["FRAMEWORKS", "init"]
 FRAMEWORKS: dict[str, tuple[str, str | None]] = {
     "langgraph": ("langgraph", "tether.adapters.langgraph"),
     "openai-agents": ("agents", "tether.adapters.openai_agents"),
-    "crewai": ("crewai", None),
+    "crewai": ("crewai", "tether.adapters.crewai"),
     "autogen": ("autogen_agentchat", "tether.adapters.autogen"),
     "google-adk": ("google.adk", "tether.adapters.google_adk"),
-    "litellm": ("litellm", None),
+    "litellm": ("litellm", "tether.adapters.litellm"),
     "pydantic-ai": ("pydantic_ai", None),
     "llamaindex": ("llama_index.core", None),
 }

@@ -1,0 +1,251 @@
+"""CrewAI under tether: runs (a crew's or flow's kickoff, each task a child run) and tool calls from
+CrewAI's interception hooks (registered by :func:`install`), model calls through tether with CrewAI's
+own retries kept out of them (:func:`llm`). The only module of tether that imports ``crewai``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from typing import Any
+
+from crewai.hooks import HookAborted, InterceptionPoint, register_hook
+from crewai.llms.providers.openai.completion import OpenAICompletion
+from pydantic import Field
+
+from tether._hooks import Hook
+from tether.adapters import Run, instrument
+
+from ._frameworks import ObservedTool
+
+__all__ = ["HOOKS", "TetherLLM", "TetherLLMError", "install", "llm"]
+
+SOURCE = "urn:tether:adapter:crewai"
+# what CrewAI reports in place of a tool's result when the tool raised (its executors catch the error)
+_TOOL_ERROR = "Error executing tool:"
+_BLOCKED = "Tool execution blocked by hook."
+
+_WHY = ("the openai client CrewAI's OpenAI provider builds (sync and async): TetherLLM gives it to "
+        "tether.instrument() as it is built. CrewAI has no public way in: its client_params go to both "
+        "clients (one http_client cannot be both) and its interceptor can edit a request, not send it")
+# CrewAI's private API tether relies on: all of it is in this module; tests/frameworks/test_crewai.py checks it
+HOOKS = (
+    Hook("crewai", "crewai.llms.providers.openai.completion.OpenAICompletion", "_build_sync_client", _WHY, __name__),
+    Hook("crewai", "crewai.llms.providers.openai.completion.OpenAICompletion", "_build_async_client", _WHY,
+         __name__),
+)
+
+
+class TetherLLMError(HookAborted):
+    """A model call tether gave up on (after its own retries, or refused by a budget, the breaker
+    or the runaway guard). CrewAI's own ``HookAborted``, so CrewAI neither retries the call (its
+    rate-limit retry) nor the task (``Agent.max_retry_limit``): tether's retries are all there are.
+    ``http_status`` is the HTTP status tether answered, ``error_code`` its error code
+    (``budget_exceeded``...), ``error`` the SDK's exception: kept apart from the exception chain and
+    from the ``status_code`` and ``code`` attributes, which CrewAI's rate-limit retry reads."""
+
+    def __init__(self, reason: str, *, http_status: int | None, error_code: str | None,
+                 error: BaseException) -> None:
+        super().__init__(reason, source="tether")
+        self.http_status = http_status
+        self.error_code = error_code
+        self.error = error
+
+
+class _Runs:
+    """The runs CrewAI's hooks open: one per kickoff (crew or flow), one per task inside it."""
+
+    def __init__(self) -> None:
+        self.executions: dict[int, Run] = {}
+        self.steps: dict[int, Run] = {}
+        self.lock = threading.Lock()
+
+    def start(self, ctx: Any) -> None:
+        owner = ctx.crew if ctx.crew is not None else ctx.flow
+        if owner is None:
+            return
+        kind = "crew" if ctx.crew is not None else "flow"
+        name = str(getattr(owner, "name", None) or type(owner).__name__)
+        run = Run(agent=name, name=name, metadata={"framework": "crewai", "kind": kind})
+        try:
+            run.__enter__()
+        except Exception:  # no bus: the crew runs unrecorded
+            return
+        with self.lock:
+            self.executions[id(owner)] = run
+
+    def end(self, ctx: Any) -> None:
+        owner = ctx.crew if ctx.crew is not None else ctx.flow
+        with self.lock:
+            run = self.executions.pop(id(owner), None)
+            if run is None or run.context is None:
+                return
+            # a task whose agent failed never reached its post-step: it ends with its crew
+            orphans = [(key, step) for key, step in self.steps.items()
+                       if step.context is not None and step.context.parent_run_id == run.context.run_id]
+            for key, _ in orphans:
+                del self.steps[key]
+        error = ctx.error if getattr(ctx, "status", "completed") == "failed" else None
+        for _, step in orphans:
+            step.__exit__(type(error) if error else None, error, None)
+        run.__exit__(type(error) if error else None, error, None)
+
+    def step(self, ctx: Any) -> None:
+        if ctx.kind != "task" or ctx.task is None:
+            return
+        role = str(ctx.agent_role or getattr(ctx.agent, "role", None) or "agent")
+        run = Run(agent=role, name=str(ctx.step_name or role)[:200],
+                  metadata={"framework": "crewai", "kind": "task"})
+        try:
+            run.__enter__()
+        except Exception:
+            return
+        with self.lock:
+            self.steps[id(ctx.task)] = run
+
+    def stepped(self, ctx: Any) -> None:
+        if ctx.kind != "task":
+            return
+        with self.lock:
+            run = self.steps.pop(id(ctx.task), None)
+        if run is not None:
+            run.__exit__(None, None, None)
+
+
+_RUNS = _Runs()
+_tool: contextvars.ContextVar[ObservedTool | None] = contextvars.ContextVar("tether_crewai_tool", default=None)
+
+
+def _before_tool(ctx: Any) -> None:
+    _tool.set(ObservedTool.start(str(ctx.tool_name), ctx.tool_input, source=SOURCE))
+
+
+def _after_tool(ctx: Any) -> None:
+    observed = _tool.get()
+    if observed is None:
+        return
+    _tool.set(None)
+    result = ctx.raw_tool_result if ctx.raw_tool_result is not None else ctx.tool_result
+    if isinstance(result, str) and result.startswith((_TOOL_ERROR, _BLOCKED)):
+        observed.failed(result.removeprefix(_TOOL_ERROR).strip())
+    else:
+        observed.completed(result)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Register tether's hooks with CrewAI (once): each kickoff of a crew or flow is a run, each
+    task a child run named for its agent's role, each tool call recorded under it. The hooks run
+    only where CrewAI runs them: at a kickoff, a task and a tool call."""
+    global _installed
+    if _installed:
+        return
+    register_hook(InterceptionPoint.EXECUTION_START, _RUNS.start)
+    register_hook(InterceptionPoint.EXECUTION_END, _RUNS.end)
+    register_hook(InterceptionPoint.PRE_STEP, _RUNS.step)
+    register_hook(InterceptionPoint.POST_STEP, _RUNS.stepped)
+    register_hook(InterceptionPoint.PRE_TOOL_CALL, _before_tool)
+    register_hook(InterceptionPoint.POST_TOOL_CALL, _after_tool)
+    _installed = True
+
+
+# -- model calls ----------------------------------------------------------------------------
+
+_RETRIED_STATUS = frozenset({408, 409, 429})
+_OTHER_PROVIDERS = frozenset({"anthropic", "claude", "gemini", "google", "azure", "azure_openai", "bedrock",
+                              "aws", "snowflake"})  # CrewAI's native providers that are not OpenAI's
+
+
+def _gave_up(error: Exception) -> TetherLLMError | None:
+    """The error to raise in place of the SDK's when tether answered a final failure that CrewAI
+    would retry (a 408, 409, 429 or 5xx: tether already retried it, or refused it)."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    status = getattr(error, "status_code", None)
+    if headers is None or "x-tether-call-id" not in headers or not isinstance(status, int):
+        return None
+    if status not in _RETRIED_STATUS and status < 500:
+        return None  # CrewAI's own handling stays (a context window exceeded is summarised, for one)
+    body = getattr(error, "body", None)
+    detail = body.get("error", body) if isinstance(body, dict) else None
+    code = detail.get("code") if isinstance(detail, dict) else None
+    message = detail.get("message") if isinstance(detail, dict) else None
+    reason = (f"the model call failed after tether's retries: {type(error).__name__} {status}"
+              + (f" ({code})" if code else "") + (f": {message}" if isinstance(message, str) else ""))
+    return TetherLLMError(_unmarked(reason), http_status=status,
+                          error_code=code if isinstance(code, str) else None, error=error)
+
+
+def _unmarked(text: str) -> str:
+    """``text`` without the words CrewAI's rate-limit retry looks for in a message (it would retry)."""
+    for marker, plain in (("rate limit", "request quota"), ("rate-limit", "request quota"),
+                          ("too many requests", "request quota"), ("throttled", "held back"),
+                          ("resource exhausted", "quota used up")):
+        while marker in text.lower():
+            at = text.lower().index(marker)
+            text = text[:at] + plain + text[at + len(marker):]
+    return text
+
+
+def _raise_bare(failure: TetherLLMError) -> None:
+    """Raise ``failure`` with no exception chain: CrewAI's rate-limit retry walks the chain and
+    would find the SDK's 429 in it."""
+    failure.__cause__ = None
+    failure.__context__ = None
+    failure.__suppress_context__ = True
+    raise failure
+
+
+class TetherLLM(OpenAICompletion):
+    """CrewAI's OpenAI LLM (``crewai.LLM("gpt-4o-mini")`` is one) with its SDK clients routed
+    through tether (:func:`tether.instrument`, ``tether_options`` its options) and no retries of its
+    own: the SDK's ``max_retries`` is 0, and a call tether gave up on raises :class:`TetherLLMError`
+    (CrewAI's ``HookAborted``), which neither CrewAI's rate-limit retry nor the agent's
+    ``max_retry_limit`` retries."""
+
+    max_retries: int = 0
+    tether_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    def _build_sync_client(self) -> Any:
+        return instrument(super()._build_sync_client(), **self.tether_options)
+
+    def _build_async_client(self) -> Any:
+        return instrument(super()._build_async_client(), **self.tether_options)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().call(*args, **kwargs)
+        except Exception as error:
+            failure = _gave_up(error)
+            if failure is None:
+                raise
+        _raise_bare(failure)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().acall(*args, **kwargs)
+        except Exception as error:
+            failure = _gave_up(error)
+            if failure is None:
+                raise
+        _raise_bare(failure)
+
+
+def llm(model: str = "gpt-4o-mini", *, tether: dict[str, Any] | None = None, **options: Any) -> TetherLLM:
+    """A CrewAI LLM for an OpenAI (or OpenAI-compatible: ``base_url=``) model whose calls run under
+    tether's policy: ``Agent(llm=tether.adapters.crewai.llm("gpt-4o-mini"))``. ``options`` are
+    CrewAI's (``temperature``, ``base_url``, ``api_key``...); ``tether`` the options of
+    :func:`tether.instrument` (``policies``, ``agent``, ``capture``...)."""
+    provider = model.partition("/")[0]
+    if provider in _OTHER_PROVIDERS:
+        raise ValueError(f"tether.adapters.crewai.llm builds CrewAI's OpenAI LLM, not {model!r} ({provider} is "
+                         "another of CrewAI's providers): only OpenAI and OpenAI-compatible models (base_url=) "
+                         "go through tether this way")
+    name = model.removeprefix("openai/")
+    if options.get("max_retries"):
+        raise ValueError("tether.adapters.crewai.llm: tether owns the retries (its policy's retry.max_attempts); "
+                         f"leave max_retries out (was {options['max_retries']!r})")
+    options.pop("max_retries", None)
+    return TetherLLM(model=name, tether_options=dict(tether or {}), **options)
