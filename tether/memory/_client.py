@@ -56,6 +56,8 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self.agent = agent
         self.run = run
         self.settings = settings or load_settings()
+        # [memory] key_store = "nats": the shared store is opened by start() (it connects).
+        self._keys_from_settings = keys is None and self.settings.key_store != "file"
         self.keys: KeyStore = keys or FileKeyStore(self.settings.keyfile)
         self.grants = grants or self.settings.grants
         self.embedder = embedder
@@ -79,8 +81,20 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self._closed = False
 
     async def start(self) -> AsyncMemory:
-        await self.feed.start()
+        if self._keys_from_settings:
+            self.keys = self.view.keys = await asyncio.to_thread(self.settings.open_keys, self.bus)
+        try:
+            await self.feed.start()
+        except BaseException:
+            self._close_keys()
+            raise
         return self
+
+    def _close_keys(self) -> None:
+        """Close the keystore start() opened from the settings (one given to us is the caller's)."""
+        close = getattr(self.keys, "close", None) if self._keys_from_settings else None
+        if close is not None:
+            close()
 
     async def close(self) -> None:
         """Stop following the log and close the view; closes the bus too if :func:`connect` opened it."""
@@ -96,6 +110,7 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         await asyncio.get_running_loop().run_in_executor(self._reader, close_db)
         self._reader.shutdown(wait=True)
         await self.feed.stop()
+        await asyncio.to_thread(self._close_keys)
         if self._own_bus:
             await self.bus.close()
 
