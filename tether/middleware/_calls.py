@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from ._upstream import ProviderUpstream, Send
 from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
 
 __all__ = ["CallFailed", "CallResult", "DurableCalls", "InlineCalls"]
+
+log = logging.getLogger("tether.middleware")
 
 
 @dataclass(frozen=True)
@@ -223,9 +226,13 @@ class DurableCalls:
             return None
         subject = event_filter(agent=agent, run=run, kind=rec.kind, action="completed")
         try:
-            return await find_event(self.bus, subject, rec.terminal_event_id, since=rec.started_at - CLOCK_SKEW_S)
-        except Exception:  # the stream is electing a leader, or the connection is away: look again later
+            found = await find_event(self.bus, subject, rec.terminal_event_id, since=rec.started_at - CLOCK_SKEW_S)
+        except Exception as exc:  # the stream is electing a leader, or the connection is away: look again later
+            log.info("call %s: looking for its completion in the log failed (%r); looking again", rec.call_id, exc)
             return None
+        log.info("call %s: its reply was lost; its completion (sent through the worker's outbox) is %s",
+                 rec.call_id, f"at seq {found}" if found else "not in the log yet")
+        return found
 
     async def attach(self, call_id: str, *, timeout: float | None = None) -> CallResult:
         """The outcome of a call submitted earlier (perhaps by another process), from the log."""
