@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ class AsyncMemory(MemoryWrites, MemoryReads):
     replaces the extractive default of :meth:`compact`. Its writes are those of
     :class:`~tether.memory._writes.MemoryWrites`, its reads those of
     :class:`~tether.memory._reads.MemoryReads`; this class only builds and closes it.
+    ``namespaces`` makes its view follow those namespaces only, each through a consumer
+    filtered on it: what an agent confined by ``tether auth`` (granted them with ``--read``) may
+    do; the view of every namespace needs a consumer on all of ``memory.>``.
     """
 
     def __init__(self, bus: Bus, *, agent: str | None = None, run: str | None = None,
@@ -51,7 +54,8 @@ class AsyncMemory(MemoryWrites, MemoryReads):
                  view_dir: Path | None = None, grants: Grants | None = None,
                  recency_weight: float = 0.3, half_life_s: float = 14 * 86400.0,
                  dedupe_threshold: float = 0.8, clock: Callable[[], float] = _now,
-                 source: str = "urn:tether:memory", ranking: Ranking | None = None) -> None:
+                 source: str = "urn:tether:memory", ranking: Ranking | None = None,
+                 namespaces: Sequence[str] | None = None) -> None:
         self.bus = bus
         self.agent = agent
         self.run = run
@@ -64,7 +68,7 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self.batcher = WriteBatcher(embedder) if embedder is not None else None
         self.summarizer: Summarizer = summarizer or ExtractiveSummarizer()
         self.view = MemoryView(self.keys)
-        self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir)
+        self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir, namespaces=namespaces)
         self.recency_weight = recency_weight
         self.ranking = ranking or Ranking()
         self.vector_cache = VectorCache()
