@@ -7,7 +7,8 @@ consumer and applies each batch and its checkpoint in one SQLite transaction
 file and waits on its checkpoint. A follower whose leader went away takes the lock
 and leads. So a process using ``tether.memory`` gets read-your-writes whether or not
 ``tether up`` runs, and the main projector can be the leader instead (give it
-:class:`MemoryView` and point the memory clients at its views directory).
+:class:`MemoryView` and point the memory clients at its views directory). With
+``namespaces``, the leader follows those only (:mod:`._scopedfeed`), in a directory of its own.
 """
 
 from __future__ import annotations
