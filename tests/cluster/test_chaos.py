@@ -129,11 +129,6 @@ async def wait_views_current(bus: Bus, home: Path, projector: Child, timeout: fl
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.known_flaky(reason=(
-    "fails in about half its runs on 2 cores: a durable caller can wait past the test's 90 s when the "
-    "worker's reply is lost in a node restart and the completion went through the worker's outbox "
-    "(DurableCalls._terminal waits for the record to hold the completion's position). The projector "
-    "stall it also found is fixed. Not in `make test` until fixed: `make test-flaky` runs it."))
 async def test_losing_the_events_leader_then_a_rolling_restart_loses_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with anyio.fail_after(240):
