@@ -65,7 +65,8 @@ async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
     """The cluster chaos test's stall, made deterministic: the worker's completion goes to its
     outbox (as while EVENTS has no leader), so the call's record holds the completion's event id
     but no stream position, and the worker's reply is lost. The caller finds the completion in
-    the log by its id (it waited out the call's deadline, 60 s here, before the fix)."""
+    the log by its id (it waited out the call's deadline, 60 s here, before the fix), and so does
+    ``attach``."""
     url = nats_server.url
     with anyio.fail_after(30):
         async with FakeProvider(seed=1) as fake, await connect(url, home=tmp_path / "a") as caller_bus, \
@@ -89,6 +90,8 @@ async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
             record = CallRecord.from_json((await (await caller_bus.js.key_value(CALLS_BUCKET)).get(
                 result.call_id)).value or b"{}")
             stored = await caller_bus.js.get_msg("EVENTS", result.event_seq or 0)
+            attached = await calls.attach(result.call_id, timeout=10)  # it raised "not in the log yet"
+    assert attached.response == result.response and attached.event_seq == result.event_seq
     assert [r.outboxed for r in receipts] == [True]  # the completion did go through the outbox
     assert record.state == "completed" and record.terminal_seq is None and record.terminal_event_id
     assert result.response and (stored.headers or {}).get("Nats-Msg-Id") == record.terminal_event_id
