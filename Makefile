@@ -60,8 +60,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not known_flaky" $(XDIST)
 
-test-flaky: $(STAMP)  # the tests marked known_flaky: each names what is not fixed yet
-	$(PY) -m pytest -m known_flaky
+test-flaky: $(STAMP)  # the tests marked known_flaky: each names what is not fixed yet (none now: pytest exits 5)
+	$(PY) -m pytest -m known_flaky || { code=$$?; [ $$code -eq 5 ] && echo "make test-flaky: no test is marked known_flaky"; }
 
 test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_VENV)/bin/python -m pytest -m "not lint and not known_flaky" $(XDIST)

@@ -64,7 +64,8 @@ def test_no_file_gives_the_defaults_of_every_section(tmp_path: Path) -> None:
     ("[worker]\nconcurency = 4\n", "worker.concurency", "did you mean 'concurrency'?"),
     ("[gateway]\nprot = 1\n", "gateway.prot", "did you mean 'port'?"),
     ("[memory]\nmax_txt = 1\n", "memory.max_txt", "did you mean 'max_text_bytes'?"),
-    ("[memory]\ncolour = 1\n", "memory.colour", "known keys: dedupe, grants, keyfile, max_text_bytes, view_dir"),
+    ("[memory]\ncolour = 1\n", "memory.colour",
+     "known keys: dedupe, grants, key_store, keyfile, max_text_bytes, view_dir"),
     ('[memory.grants]\nbot = { reed = ["x"] }\n', "memory.grants.bot.reed", "did you mean 'read'?"),
 ])
 def test_an_unknown_key_at_any_level_is_refused_with_its_path_and_what_is_allowed(
@@ -89,6 +90,7 @@ def test_an_unknown_key_at_any_level_is_refused_with_its_path_and_what_is_allowe
     ('[memory]\nmax_text_bytes = "32k"\n', "memory.max_text_bytes", "expected an integer, got a string"),
     ("[memory]\nview_dir = 5\n", "memory.view_dir", "expected a string, got an integer"),
     ("[memory]\ngrants = 3\n", "memory.grants", "must be a table, got an integer"),
+    ('[memory]\nkey_store = "s3"\n', "memory.key_store", "must be one of 'file' or 'nats', got 's3'"),
     ("gateway = 3\n", "gateway", "must be a table, got an integer"),
 ])
 def test_a_wrong_type_is_refused_with_its_path(tmp_path: Path, text: str, path: str, problem: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from tether.bus import (
     PublishRejected,
     connect,
     encode_structured,
+    set_aside,
 )
 from tether.schemas import Event, EventError, InvalidEvent, RunStarted, ToolCallCompleted, uuid7
 from tether.testing import NatsServer, collect
@@ -369,3 +371,47 @@ async def test_emit_writes_what_it_buffered_as_nats_py_would(nats_server: NatsSe
         assert len(await events_of(bus, run)) == 4_000
     finally:
         await bus.close()
+
+
+async def test_a_duplicate_still_in_process_is_sent_again_not_rejected(fresh_nats_server: NatsServer,
+                                                                      tmp_path: Path) -> None:
+    """JetStream answers 409 "duplicate message id is in process" (err_code 10158) while a message
+    with the same id is being stored (on a cluster: two workers with the same call, or an outbox
+    flush racing a late ack): the event is on its way in, not refused. It used to raise
+    ``PublishRejected`` and land in the rejected table (the cluster chaos test saw a worker's
+    traceback); it goes to the outbox and is sent again, and then JetStream's dedupe answers.
+    Here a core subscriber answers for JetStream (no stream holds the subject)."""
+    async with await connect(fresh_nats_server.url, home=tmp_path, provision=False) as bus:
+        answered: list[str] = []
+
+        async def jetstream(msg: nats.aio.msg.Msg) -> None:
+            answered.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+            body = {"stream": EVENTS_STREAM, "seq": 7, "duplicate": True} if len(answered) > 1 else {
+                "error": {"code": 409, "err_code": 10158, "description": "duplicate message id is in process"}}
+            await msg.respond(json.dumps(body).encode())
+
+        await bus.nc.subscribe("tether.evt.>", cb=jetstream)
+        event = tool_event(f"r-{uuid7()}", 0)
+        receipt = await bus.publish(event)
+        await bus.drain(timeout=10)
+    assert receipt.outboxed and answered == [event.id, event.id]
+    assert set_aside(tmp_path / "outbox") == []
+
+
+async def test_publish_until_acked_sends_again_a_duplicate_still_in_process(fresh_nats_server: NatsServer,
+                                                                           tmp_path: Path) -> None:
+    """The same answer to a work item (``DurableCalls.submit``): tried again, not raised."""
+    from tether.bus import publish_until_acked
+
+    async with await connect(fresh_nats_server.url, home=tmp_path, provision=False) as bus:
+        answered: list[str] = []
+
+        async def jetstream(msg: nats.aio.msg.Msg) -> None:
+            answered.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+            body = {"stream": "WORK", "seq": 3, "duplicate": True} if len(answered) > 1 else {
+                "error": {"code": 409, "err_code": 10158, "description": "duplicate message id is in process"}}
+            await msg.respond(json.dumps(body).encode())
+
+        await bus.nc.subscribe("tether.work.>", cb=jetstream)
+        ack = await publish_until_acked(bus.js, "tether.work.llm.x", b"{}", msg_id="call-1", deadline=time.time() + 10)
+    assert ack.seq == 3 and answered == ["call-1", "call-1"]

@@ -191,3 +191,44 @@ async def test_only_the_service_identity_reads_the_erasure_keys(home: Path, clus
         with pytest.raises(Exception):  # noqa: B017 - refused by the server: no reply comes
             await bot.nc.request(f"$JS.API.DIRECT.GET.KV_{NatsKeyStore.BUCKET}", b'{"seq": 1}', timeout=1)
         assert any("kv_tether-keys" in subject for subject in bot.denials), bot.denials
+
+
+async def test_a_confined_agent_uses_the_memory_view_of_its_namespaces(home: Path, cluster: NatsCluster,
+                                                                       tmp_path: Path) -> None:
+    """``AsyncMemory(namespaces=[...])`` follows the namespaces an agent may read, each through a
+    consumer filtered on it, so it works under the agent's credentials: its writes and others' in
+    ``team:docs`` are read back (and followed live); ``team:finance``, written by fin-bot, is in
+    none of its view's files. The view of every namespace stays refused to it, saying why."""
+    from tether.memory import AsyncMemory, MemoryNotFound, MemorySettings
+
+    with anyio.fail_after(90):
+        service = await connect(cluster.url, home=tmp_path / "svc", creds=creds(home, "tether"))
+        fin = await connect(cluster.url, home=tmp_path / "fin", creds=creds(home, "agent-fin-bot"), provision=False)
+        bot = await connect(cluster.url, home=tmp_path / "bot", creds=creds(home, "agent-support-bot"),
+                            provision=False)
+        settings = MemorySettings(view_dir=tmp_path / "bot" / "memory", keyfile=tmp_path / "bot" / "keys.json")
+        try:
+            assert (await fin.publish(memory("fin-bot", "team:finance", "fin-bot's ledger password"))).stream_seq
+            assert (await service.publish(memory("someone", "team:docs", "the docs style guide"))).stream_seq
+            with anyio.fail_after(3), pytest.raises(PermissionDenied, match=r"NATS refused the memory view's "
+                                                    r"consumer .* AsyncMemory\(bus, namespaces=\[\.\.\.\]\)"):
+                await AsyncMemory(bot, agent="support-bot", settings=settings).start()
+            mem = await AsyncMemory(bot, agent="support-bot", settings=settings, namespaces=["team:docs"]).start()
+            try:
+                await mem.write("team:docs", "support-bot's note", key="note")
+                assert (await mem.get("team:docs", "note")).text == "support-bot's note"
+                await mem.catch_up()
+                assert (await mem.get("team:docs", "k")).text == "the docs style guide"
+                newer = Event.of(MemoryWritten(namespace="team:docs", key="k", version=2, text="the new guide"),
+                                 runid="r2", agentid="someone")
+                seq = (await service.publish(newer)).stream_seq
+                assert seq and (await mem.get("team:docs", "k", after=seq)).text == "the new guide"
+                with pytest.raises(MemoryNotFound):
+                    await mem.get("team:finance", "k")
+            finally:
+                await mem.close()
+            files = [f for f in (tmp_path / "bot" / "memory").rglob("*") if f.is_file()]
+            assert files and not any(b"ledger password" in f.read_bytes() for f in files)
+        finally:
+            for bus in (bot, fin, service):
+                await bus.close()

@@ -10,8 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tether.bus import connect
+from tether.bus import Receipt, connect
 from tether.middleware import DurableCalls, Executor, ProviderConfig
+from tether.middleware._work import CALLS_BUCKET, CallRecord
+from tether.schemas import Event
 from tether.testing import FakeProvider, NatsServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
@@ -55,4 +57,42 @@ async def test_a_reply_lost_with_the_connection_is_read_from_the_call_record(
             result = await calls.llm("fake", "m", BODY)
             took = time.monotonic() - started
     assert result.response and result.event_seq is not None
+    assert took < 12, took
+
+
+async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
+        nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster chaos test's stall, made deterministic: the worker's completion goes to its
+    outbox (as while EVENTS has no leader), so the call's record holds the completion's event id
+    but no stream position, and the worker's reply is lost. The caller finds the completion in
+    the log by its id (it waited out the call's deadline, 60 s here, before the fix), and so does
+    ``attach``."""
+    url = nats_server.url
+    with anyio.fail_after(30):
+        async with FakeProvider(seed=1) as fake, await connect(url, home=tmp_path / "a") as caller_bus, \
+                await connect(url, home=tmp_path / "w") as worker_bus, \
+                Executor(worker_bus, providers={"fake": ProviderConfig("fake", "openai", fake.url)}), \
+                DurableCalls(caller_bus, deadline_s=60) as calls:
+            publish, receipts = worker_bus.publish, []
+
+            async def completion_outboxed(event: Event) -> Receipt:
+                if event.type != "tether.llm.call.completed":
+                    return await publish(event)
+                worker_bus.publisher._degraded = True  # what a stream without a leader does to it
+                receipts.append(await publish(event))
+                return receipts[-1]
+
+            monkeypatch.setattr(worker_bus, "publish", completion_outboxed)
+            await calls._sub.unsubscribe()
+            started = time.monotonic()
+            result = await calls.llm("fake", "m", BODY, runid="run-1", agentid="bot")
+            took = time.monotonic() - started
+            record = CallRecord.from_json((await (await caller_bus.js.key_value(CALLS_BUCKET)).get(
+                result.call_id)).value or b"{}")
+            stored = await caller_bus.js.get_msg("EVENTS", result.event_seq or 0)
+            attached = await calls.attach(result.call_id, timeout=10)  # it raised "not in the log yet"
+    assert attached.response == result.response and attached.event_seq == result.event_seq
+    assert [r.outboxed for r in receipts] == [True]  # the completion did go through the outbox
+    assert record.state == "completed" and record.terminal_seq is None and record.terminal_event_id
+    assert result.response and (stored.headers or {}).get("Nats-Msg-Id") == record.terminal_event_id
     assert took < 12, took

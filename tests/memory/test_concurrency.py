@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.memory import AsyncMemory, VersionConflict
+from tether.memory import AsyncMemory, MemoryNotFound, VersionConflict
 from tether.testing import NatsServer
 
 from .conftest import Opener
@@ -141,3 +141,38 @@ def test_racing_processes_lose_no_update(fresh_nats_server: NatsServer, home: Pa
         assert len({v.text for v in history}) == len(history)
 
     asyncio.run(check())
+
+
+async def test_a_view_of_some_namespaces_merges_them_in_log_order_and_resumes(open_memory: Opener,
+                                                                             home: Path) -> None:
+    """``namespaces=``: one consumer per namespace, applied in log order up to a barrier. Writes
+    to two followed namespaces and one other, interleaved, while the view runs and while it is
+    closed: it holds every entry of the two (each key's last version) and none of the third,
+    also after reopening from its checkpoint; its files are apart from the whole view's."""
+    writer = await open_memory(agent="writer")
+
+    async def interleave(round_: int) -> int:
+        seq = 0
+        for i in range(6):
+            for ns in ("team:a", "team:b", "team:c"):
+                seq = (await writer.write(ns, f"{ns} note {i} round {round_}", key=f"k{i}")).seq or 0
+        return seq
+
+    await interleave(0)
+    scoped = await open_memory(agent="reader", namespaces=["team:a", "team:b"])
+    last = await interleave(1)
+    for ns in ("team:a", "team:b"):
+        for i in range(6):
+            assert (await scoped.get(ns, f"k{i}", after=last)).text == f"{ns} note {i} round 1"
+    with pytest.raises(MemoryNotFound):
+        await scoped.get("team:c", "k0")
+    directory = scoped.feed.directory
+    await scoped.close()
+    last = await interleave(2)
+    again = await open_memory(agent="reader", namespaces=["team:b", "team:a"])
+    assert again.feed.directory == directory and directory.parent == home / "memory"
+    await again.wait_for(last)
+    assert [(await again.get("team:a", f"k{i}")).version for i in range(6)] == [3] * 6
+    assert (await again.get("team:b", "k5")).text == "team:b note 5 round 2"
+    with pytest.raises(MemoryNotFound):
+        await again.get("team:c", "k5")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from tether.bus import WORK_STREAM, Bus, connect, event_filter
 from tether.middleware import (
@@ -28,6 +29,7 @@ from tether.middleware import (
     ToolRegistry,
     deadletter,
 )
+from tether.middleware._work import CallRecord
 from tether.schemas import Event, uuid7
 from tether.testing import NatsServer, collect
 from tether.testing.fake_provider import FakeProvider
@@ -243,6 +245,30 @@ async def test_runaway_guard_stops_a_run_repeating_itself(env: Env) -> None:
     expected = "run {} repeated the same call 3 times (runaway.max_identical_calls=2)"
     assert (durable.value.reason, durable.value.error.message) == ("runaway", expected.format(run))
     assert (inlined.value.reason, inlined.value.error.message) == ("runaway", expected.format(inline_run))
+
+
+@pytest.mark.policies(PolicySet(routes={"*": Policy(retry=RetryPolicy(base_delay_s=0.01))},
+                                runaway=RunawayGuard(max_calls_per_run=1, max_identical_calls=1)))
+async def test_a_call_redelivered_before_its_record_was_saved_is_counted_once(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker cannot save the call's record (the KV bucket is electing a leader in a cluster):
+    the call is redelivered and admitted again. The run's record counted it once per delivery, so
+    a call redelivered often enough was refused as a runaway (the cluster chaos test saw "repeated
+    the same call 6 times"); it counts each call once."""
+    save, failures = env.executor._save, []
+
+    async def bucket_without_leader(rec: CallRecord) -> None:
+        if not failures:
+            failures.append(rec.call_id)
+            raise NatsTimeoutError
+        await save(rec)
+
+    monkeypatch.setattr(env.executor, "_save", bucket_without_leader)
+    run = f"r-{uuid7()}"
+    result = await env.calls.llm("fake", "gpt-4o-mini", CHAT, runid=run)
+    assert result.response and failures == [result.call_id]
+    with pytest.raises(CallFailed, match="reached its limit of 1 calls"):  # the guard still counts
+        await env.calls.llm("fake", "gpt-4o-mini", {**CHAT, "max_tokens": 21}, runid=run)
 
 
 @pytest.mark.policies(policies(fake__brk=Policy(retry=RetryPolicy(max_attempts=1), timeout_s=5.0,

@@ -27,7 +27,7 @@ from ._outbox import Outbox, OutboxFull, PendingMessage, SetAside, outbox_depth,
 from ._publisher import PayloadTooLarge, Publisher, PublisherStats, PublishRejected, Receipt, Undeliverable
 from ._reader import EventReader, ReadResult
 from ._realm import AgentPermissions, Realm, agent_permissions
-from ._scoped import PermissionDenied, read_subject
+from ._scoped import PermissionDenied, find_event, read_subject
 from ._server import EmbeddedServer, ServerError, find_running, nats_server_binary, tether_home
 from ._streams import (
     DLQ_STREAM,
@@ -104,6 +104,7 @@ __all__ = [
     "event_filter",
     "event_subject",
     "find_cluster",
+    "find_event",
     "find_running",
     "nats_server_binary",
     "open_bucket",

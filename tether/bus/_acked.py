@@ -14,7 +14,11 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-__all__ = ["TRANSIENT_PUBLISH_ERRORS", "publish_until_acked"]
+__all__ = ["DUPLICATE_IN_PROCESS", "TRANSIENT_PUBLISH_ERRORS", "publish_until_acked"]
+
+DUPLICATE_IN_PROCESS = 10158
+"""JetStream's err_code for "duplicate message id is in process": a message with this id is being
+stored right now (a cluster proposing it). Not a refusal: sent again, the dedupe answers."""
 
 TRANSIENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,  # no ack in time: the leader died, or an election is under way
@@ -25,6 +29,9 @@ TRANSIENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,  # 503: JetStream has no leader for the stream yet
 )
+
+_RETRIED: tuple[type[BaseException], ...] = (
+    *TRANSIENT_PUBLISH_ERRORS, nats.js.errors.APIError)
 
 
 async def publish_until_acked(js: JetStreamContext, subject: str, payload: bytes, *, msg_id: str,
@@ -38,7 +45,9 @@ async def publish_until_acked(js: JetStreamContext, subject: str, payload: bytes
         try:
             return await js.publish(subject, payload, timeout=try_timeout,
                                     headers={**(headers or {}), "Nats-Msg-Id": msg_id})
-        except TRANSIENT_PUBLISH_ERRORS:
+        except _RETRIED as exc:
+            if not isinstance(exc, TRANSIENT_PUBLISH_ERRORS) and getattr(exc, "err_code", None) != DUPLICATE_IN_PROCESS:
+                raise
             if time.time() + delay >= deadline:
                 raise
         await asyncio.sleep(delay)

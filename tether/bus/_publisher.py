@@ -37,6 +37,7 @@ from nats.js.object_store import ObjectStore
 
 from tether.schemas import Event, EventError
 
+from ._acked import DUPLICATE_IN_PROCESS
 from ._binding import encode_binary, percent_encode
 from ._deliverable import oversized, undeliverable
 from ._headers import HeaderBlock
@@ -633,6 +634,8 @@ def _parse_ack(msg: Msg) -> dict[str, Any]:
     err = doc.get("error")
     if err:
         code = err.get("code")
+        # 10158: a message with this id is being stored right now (a cluster proposing it): not a
+        # refusal; sent again, JetStream's dedupe answers for it.
         return {"error": f"{err.get('description', err)} (code {code}, err_code {err.get('err_code')})",
-                "transient": code in {503, 408, 500}}
+                "transient": code in {503, 408, 500} or err.get("err_code") == DUPLICATE_IN_PROCESS}
     return doc

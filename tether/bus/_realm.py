@@ -39,7 +39,9 @@ def agent_permissions(agent: str, *, writes: Sequence[str] = (), reads: Sequence
     ``memory.*`` events on the namespaces in ``writes``. Reads: JetStream consumers on EVENTS
     whose filter is its own events or a namespace in ``reads`` (nats-py puts the filter in the
     create subject, ``$JS.API.CONSUMER.CREATE.EVENTS.<name>.<filter>``, which the server checks
-    against the consumer's config), core subscriptions on those namespaces, and its inboxes.
+    against the consumer's config), core subscriptions on those namespaces, and its inboxes; and
+    the info of consumers on EVENTS (positions and filters, never events), which the memory view
+    of its namespaces needs (``AsyncMemory(namespaces=...)``).
     Namespaces are exact (NATS wildcards are whole tokens); its own memory is ``agent:<agent>``.
     """
     me = encode_token(agent)
@@ -48,6 +50,9 @@ def agent_permissions(agent: str, *, writes: Sequence[str] = (), reads: Sequence
     publish += [f"tether.evt.{me}.*.memory.*.{encode_token(ns)}" for ns in writes]
     publish += ["$JS.API.INFO", "$JS.API.STREAM.INFO.EVENTS", f"{api}.tether.evt.{me}.>"]
     publish += [f"{api}.tether.evt.*.*.memory.*.{encode_token(ns)}" for ns in reads]
+    # Where its consumers are (positions and filters, never events): how the memory view of
+    # its namespaces (``AsyncMemory(namespaces=...)``) knows each has sent everything.
+    publish += ["$JS.API.CONSUMER.INFO.EVENTS.*"]
     subscribe = ["_INBOX.>", *(f"tether.evt.*.*.memory.*.{encode_token(ns)}" for ns in reads)]
     # A consumer named as one of tether's own would be updated in place: never let an agent try.
     deny = [f"$JS.API.CONSUMER.CREATE.EVENTS.{name}.>" for name in _TETHER_DURABLES]

@@ -1,19 +1,22 @@
 """Reading one subject of the log through a consumer whose filter is that subject, so that NATS
-permissions scoped by filter (what ``tether auth`` gives an agent) apply, with a clear refusal."""
+permissions scoped by filter (what ``tether auth`` gives an agent) apply, with a clear refusal;
+and finding one event on such a subject by its id."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
+from datetime import UTC, datetime
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ._connect import Bus
+from ._publisher import MSG_ID
 from ._reader import ReadResult
 from ._streams import EVENTS_STREAM
 
-__all__ = ["PermissionDenied", "read_subject"]
+__all__ = ["PermissionDenied", "find_event", "read_subject"]
 
 
 class PermissionDenied(PermissionError):
@@ -55,3 +58,27 @@ async def read_subject(bus: Bus, subject: str, *, timeout: float = 5.0) -> list[
             await sub.unsubscribe()
         if not creating.done():
             creating.cancel()
+
+
+async def find_event(bus: Bus, subject: str, event_id: str, *, since: float, timeout: float = 5.0) -> int | None:
+    """The stream sequence of the event ``event_id`` on ``subject`` (a narrow filter) stored at
+    ``since`` (a Unix time, the server's clock) or later; None if it is not in the log (yet).
+
+    For an event published without its position being known (it went through an outbox): a
+    consumer of its own, headers only, reads the subject from ``since`` and matches the id."""
+    name = f"find-{uuid.uuid4().hex}"
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox)
+    try:
+        info = await bus.js.add_consumer(EVENTS_STREAM, ConsumerConfig(
+            name=name, filter_subject=subject, deliver_subject=inbox, ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=datetime.fromtimestamp(since, UTC),
+            headers_only=True, inactive_threshold=30.0), timeout=timeout)
+        for _ in range(info.num_pending or 0):
+            msg = await sub.next_msg(timeout=timeout)
+            if (msg.headers or {}).get(MSG_ID) == event_id:
+                return int(msg.metadata.sequence.stream)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

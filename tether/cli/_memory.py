@@ -196,6 +196,8 @@ async def run(args: argparse.Namespace) -> int:
     bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home))
     memory = await AsyncMemory(bus, agent=args.agent, run=args.run, settings=settings).start()
     try:
+        if command in ("get", "history"):
+            await memory.catch_up()  # a new process: its view may lag the log (a home of its own, another host)
         if command == "write":
             result: Any = await memory.write(args.namespace, text or "", args.key, meta or None, ttl,
                                              args.expected_version, valid_from=args.valid_from,

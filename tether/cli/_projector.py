@@ -183,7 +183,7 @@ async def run_replay(args: argparse.Namespace) -> int:
         memory_dir = out or (memory.view_dir if memory is not None else target)
         if memory is not None:
             # Checked before anything is replaced: without its writers' keys a rebuilt view would be empty.
-            problem = await _memory_keys_problem(bus, memory.keyfile)
+            problem = None if memory.key_store == "nats" else await _memory_keys_problem(bus, memory.keyfile)
             if problem:
                 print(f"tether replay: {problem}", file=sys.stderr)
                 return 2
@@ -206,17 +206,22 @@ async def run_replay(args: argparse.Namespace) -> int:
             if not args.json:
                 print(file=sys.stderr)
         if memory is not None:
-            from tether.memory import FileKeyStore, MemoryView
+            from tether.memory import MemoryView, NatsKeyStore
 
             if not args.json:
-                print(f"replaying memory into {memory_dir} (keys from {memory.keyfile})", file=sys.stderr, flush=True)
+                where = "NATS KV tether-keys" if memory.key_store == "nats" else memory.keyfile
+                print(f"replaying memory into {memory_dir} (keys from {where})", file=sys.stderr, flush=True)
+            keys = await asyncio.to_thread(memory.open_keys, bus)
             try:
-                sums.update(await replay(bus, [MemoryView(FileKeyStore(memory.keyfile))], memory_dir,
+                sums.update(await replay(bus, [MemoryView(keys)], memory_dir,
                                          to_seq=args.to_seq, to_time=to_time,
                                          on_progress=None if args.json else _progress(sys.stderr)))
             except ProjectorBusy:  # a memory client started meanwhile
                 print("\n" + _memory_busy(memory_dir, named=True), file=sys.stderr)
                 return 1
+            finally:
+                if isinstance(keys, NatsKeyStore):
+                    await asyncio.to_thread(keys.close)
             failed = _failed_count(memory_dir)
             report = {"directory": str(memory_dir), "failed": failed}
             if not args.json:

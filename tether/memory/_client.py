@@ -10,7 +10,7 @@ import asyncio
 import copy
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,9 @@ class AsyncMemory(MemoryWrites, MemoryReads):
     replaces the extractive default of :meth:`compact`. Its writes are those of
     :class:`~tether.memory._writes.MemoryWrites`, its reads those of
     :class:`~tether.memory._reads.MemoryReads`; this class only builds and closes it.
+    ``namespaces`` makes its view follow those namespaces only, each through a consumer
+    filtered on it: what an agent confined by ``tether auth`` (granted them with ``--read``) may
+    do; the view of every namespace needs a consumer on all of ``memory.>``.
     """
 
     def __init__(self, bus: Bus, *, agent: str | None = None, run: str | None = None,
@@ -52,18 +55,21 @@ class AsyncMemory(MemoryWrites, MemoryReads):
                  view_dir: Path | None = None, grants: Grants | None = None,
                  recency_weight: float = 0.3, half_life_s: float = 14 * 86400.0,
                  dedupe_threshold: float = 0.8, clock: Callable[[], float] = _now,
-                 source: str = "urn:tether:memory", ranking: Ranking | None = None) -> None:
+                 source: str = "urn:tether:memory", ranking: Ranking | None = None,
+                 namespaces: Sequence[str] | None = None) -> None:
         self.bus = bus
         self.agent = agent
         self.run = run
         self.settings = settings or load_settings()
+        # [memory] key_store = "nats": the shared store is opened by start() (it connects).
+        self._keys_from_settings = keys is None and self.settings.key_store != "file"
         self.keys: KeyStore = keys or FileKeyStore(self.settings.keyfile)
         self.grants = grants or self.settings.grants
         self.embedder = embedder
         self.batcher = WriteBatcher(embedder) if embedder is not None else None
         self.summarizer: Summarizer = summarizer or ExtractiveSummarizer()
         self.view = MemoryView(self.keys)
-        self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir)
+        self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir, namespaces=namespaces)
         self.recency_weight = recency_weight
         self.ranking = ranking or Ranking()
         self.vector_cache = VectorCache()
@@ -81,7 +87,13 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self._root: AsyncMemory = self
 
     async def start(self) -> AsyncMemory:
-        await self.feed.start()
+        if self._keys_from_settings:
+            self.keys = self.view.keys = await asyncio.to_thread(self.settings.open_keys, self.bus)
+        try:
+            await self.feed.start()
+        except BaseException:
+            self._close_keys()
+            raise
         return self
 
     def as_agent(self, agent: str | None, *, grants: Grants | None = None, run: str | None = None) -> AsyncMemory:
@@ -94,6 +106,12 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         other._root = self._root
         other._closed = True  # the root owns the view, the reader and the bus
         return other
+
+    def _close_keys(self) -> None:
+        """Close the keystore start() opened from the settings (one given to us is the caller's)."""
+        close = getattr(self.keys, "close", None) if self._keys_from_settings else None
+        if close is not None:
+            close()
 
     async def close(self) -> None:
         """Stop following the log and close the view; closes the bus too if :func:`connect` opened it."""
@@ -109,6 +127,7 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         await asyncio.get_running_loop().run_in_executor(self._reader, close_db)
         self._reader.shutdown(wait=True)
         await self.feed.stop()
+        await asyncio.to_thread(self._close_keys)
         if self._own_bus:
             await self.bus.close()
 

@@ -7,7 +7,8 @@ consumer and applies each batch and its checkpoint in one SQLite transaction
 file and waits on its checkpoint. A follower whose leader went away takes the lock
 and leads. So a process using ``tether.memory`` gets read-your-writes whether or not
 ``tether up`` runs, and the main projector can be the leader instead (give it
-:class:`MemoryView` and point the memory clients at its views directory).
+:class:`MemoryView` and point the memory clients at its views directory). With
+``namespaces``, the leader follows those only (:mod:`._scopedfeed`), in a directory of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import sqlite3
 import time
@@ -27,10 +29,11 @@ from typing import IO, Any
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from tether.bus import EVENTS_STREAM, Bus
+from tether.bus import EVENTS_STREAM, Bus, PermissionDenied
 from tether.projections import Item, open_view, view_path
 from tether.schemas import MemoryDeleted
 
+from ._scopedfeed import ScopedFollow
 from ._view import MemoryStore, MemoryView
 
 __all__ = ["MEMORY_SUBJECTS", "MemoryStore", "ViewFeed", "last_memory_seq"]
@@ -64,9 +67,13 @@ class ViewFeed:
     """Leads or follows the memory view in ``directory``; see the module docstring."""
 
     def __init__(self, bus: Bus, view: MemoryView, directory: Path, *, batch: int = 1000,
-                 poll_s: float = 0.004) -> None:
+                 poll_s: float = 0.004, namespaces: Sequence[str] | None = None) -> None:
         self.bus = bus
         self.view = view
+        self.namespaces = None if namespaces is None else sorted(set(namespaces))
+        if self.namespaces is not None:  # a view of some namespaces only: never mixed with a whole one
+            scope = hashlib.sha256("\n".join(self.namespaces).encode()).hexdigest()[:16]
+            directory = directory / f"namespaces-{scope}"
         self.directory = directory
         self.batch = batch
         self.poll_s = poll_s
@@ -76,6 +83,7 @@ class ViewFeed:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-memory-view")
         self._lock: IO[str] | None = None
         self._sub: Any = None
+        self._scoped: ScopedFollow | None = None
         self._task: asyncio.Task[None] | None = None
         self._applied = asyncio.Condition()
         self._probe: sqlite3.Connection | None = None
@@ -115,6 +123,12 @@ class ViewFeed:
             assert self.store is not None
             start = self.store.seq + 1
             self.applied_seq = self.store.seq
+            if self.namespaces is not None:
+                self._scoped = ScopedFollow(self.bus, self.namespaces)
+                await self._scoped.start(start)
+                self._task = asyncio.create_task(self._scoped_loop(), name="tether-memory-feed")
+                log.info("memory view: leading from seq %d, namespaces %s", start, ", ".join(self.namespaces))
+                return True
             await self._subscribe(start)
         except BaseException:
             await self._release()
@@ -131,8 +145,8 @@ class ViewFeed:
         minute without a pull: :meth:`_loop` makes another if that happens)."""
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                 opt_start_seq=start, inactive_threshold=60.0)
-        self._sub = await self.bus.js.pull_subscribe(MEMORY_SUBJECTS, durable=None, stream=EVENTS_STREAM,
-                                                     config=config)
+        self._sub = await self._refused_or(self.bus.js.pull_subscribe(
+            MEMORY_SUBJECTS, durable=None, stream=EVENTS_STREAM, config=config))
 
     async def _resubscribe(self) -> None:
         """The consumer is gone (deleted, or dropped by the server after a minute without a pull, as
@@ -143,7 +157,29 @@ class ViewFeed:
             await old.unsubscribe()
         log.warning("memory feed: its consumer was gone; reading again from seq %d", self.applied_seq + 1)
 
+    async def _refused_or(self, creating: Any) -> Any:
+        """``creating`` (the consumer on every namespace), or at once ``PermissionDenied`` when the
+        server refuses it (an agent confined by ``tether auth``), saying what it may do instead."""
+        before = set(self.bus.denials)
+        task = asyncio.ensure_future(creating)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.02)
+                refused = [s for s in set(self.bus.denials) - before if s.startswith("$js.api.consumer.")]
+                if refused:
+                    raise PermissionDenied(
+                        f"NATS refused the memory view's consumer on every namespace ({MEMORY_SUBJECTS}): this "
+                        f"identity may not read them all ({self.bus.denials[refused[0]]}). An agent confined by "
+                        "`tether auth` follows the namespaces it may read: AsyncMemory(bus, namespaces=[...])")
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
     async def _release(self) -> None:
+        if self._scoped is not None:
+            await self._scoped.stop()
+            self._scoped = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -197,6 +233,8 @@ class ViewFeed:
         if self.applied_seq >= seq:
             return
         if self.leading:
+            if self._scoped is not None:
+                self._scoped.arrived.set()  # a round now, not at the next idle tick
             async with self._applied:
                 await asyncio.wait_for(self._applied.wait_for(
                     lambda: self.applied_seq >= seq or self.error is not None), timeout)
@@ -223,7 +261,10 @@ class ViewFeed:
 
     async def catch_up(self, timeout: float = 30.0) -> int:
         """Until the view has every memory event in the log right now. Returns that seq."""
-        head = await last_memory_seq(self.bus)
+        if self.namespaces is not None:  # may not read the last message of memory.>: the log's head will do
+            head = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
+        else:
+            head = await last_memory_seq(self.bus)
         await self.wait_for(head, timeout)
         return head
 
@@ -240,10 +281,10 @@ class ViewFeed:
                             else None))
         return out
 
-    def _apply(self, items: Sequence[Item]) -> None:
+    def _apply(self, items: Sequence[Item], through: int | None = None) -> None:
         assert self.store is not None
         failed = self.store.failed_count()
-        self.store.apply_batch(items)
+        self.store.apply_batch(items, through=through)
         if self.store.failed_count() > failed:
             row = self.store.db.execute("SELECT seq, error FROM _failed ORDER BY seq DESC LIMIT 1").fetchone()
             log.warning("memory view skipped %d event(s) it cannot fold (recorded in _failed), the last at seq %s: "
@@ -309,3 +350,27 @@ class ViewFeed:
                 if not await self._finish(pending, pending_last):
                     return
                 pending = None
+
+    async def _scoped_loop(self) -> None:
+        """Rounds of :class:`ScopedFollow`: as messages arrive, when a reader waits, else 4 a second."""
+        scoped = self._scoped
+        assert scoped is not None
+        while not self._stopping:
+            scoped.arrived.clear()
+            try:
+                msgs, head = await scoped.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("memory feed round failed: %r; following again from seq %d", exc, self.applied_seq)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    await scoped.reset()
+                continue
+            if head > self.applied_seq:
+                items = await self._items(msgs)
+                pending = asyncio.get_running_loop().run_in_executor(self._pool, self._apply, items, head)
+                if not await self._finish(pending, head):
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(scoped.arrived.wait(), 0.25)

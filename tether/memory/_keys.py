@@ -417,8 +417,10 @@ class NatsKeyStore:
                     revision = await self._kv.update(key, after.encode(), last=revision)
                 else:
                     revision = await self._kv.create(key, after.encode())
-            except KeyWrongLastSequenceError:
-                continue  # another host changed it meanwhile: again, on its value
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                # Another host changed it meanwhile: again, on its value. (nats-py's create says
+                # KeyNotFoundError when it loses the race and cannot read the winner's value yet.)
+                continue
             with self._lock:
                 have = self._docs.get(key)
                 if have is None or have[0] < revision:

@@ -5,6 +5,7 @@
     [memory]
     view_dir = ".tether/memory"      # default TETHER_HOME/memory
     keyfile = ".tether/keys/memory-keys.json"
+    key_store = "file"               # or "nats": the keys in NATS KV, shared by every host
     max_text_bytes = 32768
     dedupe = true                    # merge near-duplicate writes (auto keys only)
 
@@ -20,7 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -30,7 +31,12 @@ from tether.bus import tether_home
 from ._errors import InvalidMemory
 from ._grants import Grants, GrantTable
 
-__all__ = ["MemorySection", "MemorySettings", "default_keyfile", "default_view_dir", "load_settings"]
+if TYPE_CHECKING:
+    from tether.bus import Bus
+
+    from ._keys import KeyStore
+
+__all__ = ["KeyStoreKind", "MemorySection", "MemorySettings", "default_keyfile", "default_view_dir", "load_settings"]
 
 
 def default_view_dir() -> Path:
@@ -42,6 +48,7 @@ def default_keyfile() -> Path:
 
 
 _File = Annotated[StrictStr, Field(min_length=1)]
+KeyStoreKind = Literal["file", "nats"]
 
 
 class MemorySection(BaseModel):
@@ -53,6 +60,8 @@ class MemorySection(BaseModel):
     """Where the memory view lives; default TETHER_HOME/memory."""
     keyfile: _File | None = None
     """The erasure keystore; default TETHER_HOME/keys/memory-keys.json."""
+    key_store: KeyStoreKind = "file"
+    """Where erasure keys live: "file" (keyfile, one machine) or "nats" (KV bucket tether-keys, every host)."""
     max_text_bytes: Annotated[StrictInt, Field(ge=1, le=512 * 1024)] = 32 * 1024
     """The longest text one memory may hold, in UTF-8 bytes."""
     dedupe: StrictBool = True
@@ -63,7 +72,7 @@ class MemorySection(BaseModel):
     def settings(self, source: str | None = None) -> MemorySettings:
         return MemorySettings(
             view_dir=Path(self.view_dir) if self.view_dir else default_view_dir(),
-            keyfile=Path(self.keyfile) if self.keyfile else default_keyfile(),
+            keyfile=Path(self.keyfile) if self.keyfile else default_keyfile(), key_store=self.key_store,
             max_text_bytes=self.max_text_bytes, dedupe=self.dedupe,
             grants=Grants.open() if self.grants is None else Grants.of(self.grants), source=source)
 
@@ -75,10 +84,20 @@ _DEFAULTS = MemorySection()
 class MemorySettings:
     view_dir: Path = field(default_factory=default_view_dir)
     keyfile: Path = field(default_factory=default_keyfile)
+    key_store: KeyStoreKind = "file"
     max_text_bytes: int = _DEFAULTS.max_text_bytes
     dedupe: bool = _DEFAULTS.dedupe
     grants: Grants = field(default_factory=Grants.open)
     source: str | None = None
+
+    def open_keys(self, bus: Bus) -> KeyStore:
+        """The keystore these settings name: the keyfile, or ``NatsKeyStore`` on ``bus``'s NATS
+        (it connects: call it off the event loop, and ``close()`` it when done)."""
+        from ._keys import FileKeyStore, NatsKeyStore
+
+        if self.key_store == "nats":
+            return NatsKeyStore.for_bus(bus)
+        return FileKeyStore(self.keyfile)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str | None = None) -> MemorySettings:

@@ -170,12 +170,25 @@ MAX_FINGERPRINTS = 256
 (a loop keeps its own fingerprint fresh, so it is never the one dropped)."""
 
 
-def runaway_count(doc: dict[str, Any], run_id: str, fingerprint: str, guard: RunawayGuard) -> str | None:
+MAX_ADMITTED = 128
+"""Call ids remembered per run as counted (workers), so a redelivered call is not counted again."""
+
+
+def runaway_count(doc: dict[str, Any], run_id: str, fingerprint: str, guard: RunawayGuard, *,
+                  call_id: str | None = None) -> str | None:
     """The runaway guard's one rule: refuse this call of ``run_id``, or count it in ``doc``.
 
     ``doc`` is the run's record, ``{"calls": n, "fingerprints": {fingerprint: n}}``: kept
     in memory by a :class:`RunawayTracker` (inline calls, adapters) or in the run's KV
-    record (workers). Returns why the call is refused (not counted), else ``None``."""
+    record (workers). Returns why the call is refused (not counted), else ``None``.
+    With ``call_id`` (workers), a call counted already is admitted again without being
+    counted twice: a worker that could not save the call's record (a KV bucket electing a
+    leader) leaves it to be redelivered, and the redelivery is admitted again."""
+    admitted: list[str] | None = None
+    if call_id is not None:
+        admitted = doc.setdefault("admitted", [])
+        if call_id in admitted:
+            return None
     calls = int(doc.get("calls", 0))
     fingerprints: dict[str, int] = doc.setdefault("fingerprints", {})
     same = fingerprints.get(fingerprint, 0)
@@ -189,6 +202,9 @@ def runaway_count(doc: dict[str, Any], run_id: str, fingerprint: str, guard: Run
     fingerprints[fingerprint] = fingerprints.pop(fingerprint, 0) + 1  # now the most recent
     while len(fingerprints) > MAX_FINGERPRINTS:
         del fingerprints[next(iter(fingerprints))]  # the least recently repeated
+    if admitted is not None and call_id is not None:
+        admitted.append(call_id)
+        del admitted[:-MAX_ADMITTED]
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import JsonValue
 
-from tether.bus import EVENTS_STREAM, Bus, encode_token, publish_until_acked
+from tether.bus import EVENTS_STREAM, Bus, encode_token, event_filter, find_event, publish_until_acked
 from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted, Usage, uuid7
 
 from ._budget import RunawayTracker
@@ -36,6 +37,8 @@ from ._upstream import ProviderUpstream, Send
 from ._work import CALLS_BUCKET, CallRecord, Operation, WorkItem, work_subject
 
 __all__ = ["CallFailed", "CallResult", "DurableCalls", "InlineCalls"]
+
+log = logging.getLogger("tether.middleware")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ def _llm_item(provider: str, model: str, body: Mapping[str, Any], *, operation: 
 
 RECHECK_S = 5.0
 """A caller waiting for a durable call reads its KV record this often, in case the reply was lost."""
+
+CLOCK_SKEW_S = 60.0
+"""How far before a call's start (the worker's clock) its completion is looked for in the log."""
 
 
 class DurableCalls:
@@ -154,7 +160,7 @@ class DurableCalls:
                 except TimeoutError:
                     # The worker's reply is a plain NATS message: lost if our connection dropped
                     # (a cluster node going away) as it came. The call's record says it anyway.
-                    found = await self._terminal(item.call_id)
+                    found = await self._terminal(item)
                     if found is None:
                         continue
                     doc = found
@@ -187,20 +193,46 @@ class DurableCalls:
                                   msg_id=item.call_id, deadline=item.deadline_at or time.time() + 60.0)
         return item.call_id
 
-    async def _terminal(self, call_id: str) -> dict[str, Any] | None:
+    async def _terminal(self, item: WorkItem) -> dict[str, Any] | None:
         """The outcome in the call's KV record, if it has ended (None if not, or unreadable now)."""
         assert self._calls is not None
         try:
-            entry = await self._calls.get(call_id)
+            entry = await self._calls.get(item.call_id)
         except Exception:  # not there yet, or the bucket is electing a leader: look again later
             return None
         rec = CallRecord.from_json(entry.value) if entry.value else None
-        if rec is None or not rec.terminal:
+        if rec is None:
             return None
-        if rec.state == "completed" and rec.terminal_seq is None:
-            return None  # its completion went through the worker's outbox: the reply says more
-        return {"call_id": call_id, "state": rec.state, "seq": rec.terminal_seq, "error": rec.error,
-                "reason": rec.reason}
+        return await self._outcome(rec, agent=item.agentid, run=item.runid)
+
+    async def _outcome(self, rec: CallRecord, *, agent: str | None = None,
+                       run: str | None = None) -> dict[str, Any] | None:
+        """What the record says of an ended call, as a reply would say it; None if it has not
+        ended, or if its completion is not in the log yet."""
+        if not rec.terminal:
+            return None
+        seq = rec.terminal_seq
+        if rec.state == "completed" and seq is None:
+            seq = await self._completion_seq(rec, agent=agent, run=run)
+            if seq is None:
+                return None
+        return {"call_id": rec.call_id, "state": rec.state, "seq": seq, "error": rec.error, "reason": rec.reason}
+
+    async def _completion_seq(self, rec: CallRecord, *, agent: str | None, run: str | None) -> int | None:
+        """Where a completion the worker published through its outbox (the stream had no leader,
+        so it did not learn the position) is in the log: found by its event id on the call's
+        subject (its agent and run when known), from a little before the call started."""
+        if rec.terminal_event_id is None:
+            return None
+        subject = event_filter(agent=agent, run=run, kind=rec.kind, action="completed")
+        try:
+            found = await find_event(self.bus, subject, rec.terminal_event_id, since=rec.started_at - CLOCK_SKEW_S)
+        except Exception as exc:  # the stream is electing a leader, or the connection is away: look again later
+            log.info("call %s: looking for its completion in the log failed (%r); looking again", rec.call_id, exc)
+            return None
+        log.info("call %s: its reply was lost; its completion (sent through the worker's outbox) is %s",
+                 rec.call_id, f"at seq {found}" if found else "not in the log yet")
+        return found
 
     async def attach(self, call_id: str, *, timeout: float | None = None) -> CallResult:
         """The outcome of a call submitted earlier (perhaps by another process), from the log."""
@@ -214,13 +246,17 @@ class DurableCalls:
                     rec = CallRecord.from_json(entry.value or b"{}") if entry.value else None
                 except KeyNotFoundError:
                     rec = None
-                if rec is not None and rec.terminal:
-                    return await self._result({"call_id": call_id, "state": rec.state, "seq": rec.terminal_seq,
-                                               "error": rec.error, "reason": rec.reason})
+                doc = None if rec is None else await self._outcome(rec)
+                if doc is not None:
+                    return await self._result(doc)
                 if watcher is None:
                     watcher = await self._calls.watch(call_id)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
+                    if rec is not None and rec.terminal:
+                        raise CallFailed(call_id, ErrorInfo(
+                            type="Unavailable", message="the call completed, but its completion event is not "
+                            "in the log yet (it waits in a worker's outbox for NATS); attach again later"))
                     raise TimeoutError(f"call {call_id} has not finished")
                 with contextlib.suppress(Exception):
                     await watcher.updates(timeout=min(left or 5.0, 5.0))  # type: ignore[no-untyped-call]

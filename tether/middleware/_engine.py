@@ -166,7 +166,7 @@ class CallEngine:
 
             def count(doc: dict[str, Any]) -> str | None:
                 assert item.runid is not None
-                return runaway_count(doc, item.runid, fp, guard)
+                return runaway_count(doc, item.runid, fp, guard, call_id=item.call_id)
 
             reason = await self.spend.update("run", item.runid, count, snapshot=run_snapshot)
             if reason:
