@@ -172,6 +172,8 @@ def test_the_session_keeps_the_protocol(venv: OptionalEnv, fresh_nats_server: Na
     assert said["other"] == ["other"], "a session whose id is a prefix of another's is its own"
 
 
+@pytest.mark.skipif(not os.environ.get("TETHER_SLOW_TESTS"), reason="two Agents SDK processes (some 40 s): "
+                    "TETHER_SLOW_TESTS=1 runs it; tests/adapters/test_resume.py covers the derived runs in make test")
 def test_an_agent_run_inside_a_resumed_run_replays_its_model_calls(venv: OptionalEnv, fake: FakeProvider,
                                                                    fresh_nats_server: NatsServer,
                                                                    tmp_path: Path) -> None:
