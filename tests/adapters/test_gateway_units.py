@@ -194,3 +194,18 @@ def test_route_request() -> None:
     assert {k: v[0] for k, v in refused.items() if isinstance(v, tuple)} == {
         "not json": 400, "array": 400, "no model": 400, "unknown": 404, "other format": 404}
     assert b"Anthropic Messages format" in refused["other format"][2]  # type: ignore[index]
+
+
+def test_identify_a_resumed_run() -> None:
+    key = {"authorization": "Bearer tg-key-bot"}
+    caller = identify({**key, "x-tether-run-id": "job-7", "x-tether-resume": "2"}, KEYS)
+    assert isinstance(caller, Caller) and (caller.run_id, caller.resume) == ("job-7", "2")
+    traced = identify({**key, "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                       "x-tether-resume": "1"}, KEYS)
+    assert isinstance(traced, Caller) and traced.derived_run and traced.resume == "1"
+    alone = identify({**key, "x-tether-resume": "1"}, KEYS)
+    assert isinstance(alone, Refused) and (alone.status, alone.code) == (400, "resume_without_run")
+    assert "x-tether-run-id" in alone.message
+    bad = identify({**key, "x-tether-run-id": "job-7", "x-tether-resume": "two words"}, KEYS)
+    assert isinstance(bad, Refused) and (bad.status, bad.code) == (400, "invalid_resume")
+    assert identify(key, KEYS) == Caller("bot", None, None, None), "no resume unless asked"
