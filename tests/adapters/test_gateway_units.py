@@ -288,3 +288,18 @@ def test_run_book_matches_a_result_whose_id_the_agent_stripped_to_letters_and_di
     assert [type(o.payload).__name__ for o in outs] == ["ToolCallRequested", "ToolCallFailed"]
     assert isinstance(outs[1].payload, ToolCallFailed) and outs[1].payload.error.type == "ToolError"
     assert outs[0].payload.tool_call_id == "call_fake1x1" and not book.runs["r"].pending and not book.runs["r"].aliases
+
+
+def test_identify_a_resumed_run() -> None:
+    key = {"authorization": "Bearer tg-key-bot"}
+    caller = identify({**key, "x-tether-run-id": "job-7", "x-tether-resume": "2"}, KEYS)
+    assert isinstance(caller, Caller) and (caller.run_id, caller.resume) == ("job-7", "2")
+    traced = identify({**key, "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                       "x-tether-resume": "1"}, KEYS)
+    assert isinstance(traced, Caller) and traced.derived_run and traced.resume == "1"
+    alone = identify({**key, "x-tether-resume": "1"}, KEYS)
+    assert isinstance(alone, Refused) and (alone.status, alone.code) == (400, "resume_without_run")
+    assert "x-tether-run-id" in alone.message
+    bad = identify({**key, "x-tether-run-id": "job-7", "x-tether-resume": "two words"}, KEYS)
+    assert isinstance(bad, Refused) and (bad.status, bad.code) == (400, "invalid_resume")
+    assert identify(key, KEYS) == Caller("bot", None, None, None), "no resume unless asked"

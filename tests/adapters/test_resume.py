@@ -6,6 +6,8 @@ the provider's request log says which calls were paid for.
 
 from __future__ import annotations
 
+from typing import Any
+
 import anthropic
 import openai
 import pytest
@@ -202,3 +204,33 @@ async def test_async_anthropic_stream_replays_event_for_event(fake: FakeProvider
         async with tether.run(bus=bus, run_id="resume-claude", resume=True):
             replayed = await streamed()
     assert replayed == live and len(fake.log) == 1
+
+
+async def test_a_resume_in_the_same_process_waits_for_what_it_recorded(fake: FakeProvider, bus: Bus,
+                                                                       policies: PolicySet,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first attempt's completions reach NATS late (the hub still holds them when the run
+    resumes): the resumed run reads its journal once they are in the log, and replays them."""
+    import asyncio
+
+    publish = bus.emit
+
+    async def late(event: Any, *args: Any, **kwargs: Any) -> Any:
+        if event.type == "tether.llm.call.completed":
+            await asyncio.sleep(0.3)
+        return await publish(event, *args, **kwargs)
+
+    monkeypatch.setattr(bus, "emit", late)
+
+    def first_attempt() -> None:  # a sync client in a thread: its events wait in the hub's queue
+        sync = tether.instrument(openai.OpenAI(base_url=fake.url, api_key="k"), bus=bus, policies=policies)
+        with sync, tether.run(bus=bus, run_id="resume-queued"):
+            for i in range(2):
+                sync.chat.completions.create(model="gpt-4o-mini", messages=ask(i), temperature=0)  # type: ignore[arg-type]
+
+    await asyncio.to_thread(first_attempt)
+    sdk = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k"), bus=bus, policies=policies)
+    async with sdk, tether.run(bus=bus, run_id="resume-queued", resume=True) as again:
+        await steps(sdk, 2)
+    assert again.journal is not None and again.journal.replayed == 2
+    assert len(fake.log) == 2

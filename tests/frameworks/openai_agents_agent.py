@@ -27,7 +27,7 @@ def get_weather(city: str) -> str:
 
 
 async def main(session_id: str, question: str, remember: str | None, handoff: bool,
-               memory_for: list[str] | None) -> dict[str, Any]:
+               memory_for: list[str] | None, resume: str | None = None) -> dict[str, Any]:
     set_trace_processors([])  # no export of traces to OpenAI from a test (tether's processor comes after)
     installed = tether.init()  # line 1: runs, handoffs and tool calls of every agent run
     use_default_client()  # line 2: the SDK's model calls under tether's policy, its retries off
@@ -46,7 +46,11 @@ async def main(session_id: str, question: str, remember: str | None, handoff: bo
     session = TetherSession(session_id, bus)
     out: dict[str, Any] = {"installed": installed, "restored": len(await session.get_items())}
     try:
-        result = await Runner.run(agent, question, session=session, run_config=config)
+        if resume:  # the agent's run inside a run of the user's, started again after a crash
+            async with tether.run(run_id=resume, resume=True, bus=bus):
+                result = await Runner.run(agent, question, session=session, run_config=config)
+        else:
+            result = await Runner.run(agent, question, session=session, run_config=config)
         out.update(ok=True, answer=str(result.final_output), last_agent=result.last_agent.name)
     except Exception as exc:  # what the framework raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
@@ -62,5 +66,6 @@ async def main(session_id: str, question: str, remember: str | None, handoff: bo
 if __name__ == "__main__":
     argv = sys.argv[1:]
     only = [a.removeprefix("--memory-for=") for a in argv if a.startswith("--memory-for=")]
+    resumed = next((a.removeprefix("--resume=") for a in argv if a.startswith("--resume=")), None)
     print(json.dumps(asyncio.run(main(argv[0], argv[1], argv[2] or None if len(argv) > 2 else None,
-                                      "--handoff" in argv, only or None))))
+                                      "--handoff" in argv, only or None, resumed))))

@@ -170,3 +170,25 @@ def test_the_session_keeps_the_protocol(venv: OptionalEnv, fresh_nats_server: Na
     assert said["popped"] == "4" and said["after_pop"] == ["0", "1", "2", "3"]
     assert said["cleared"] == []
     assert said["other"] == ["other"], "a session whose id is a prefix of another's is its own"
+
+
+@pytest.mark.skipif(not os.environ.get("TETHER_SLOW_TESTS"), reason="two Agents SDK processes (some 40 s): "
+                    "TETHER_SLOW_TESTS=1 runs it; tests/adapters/test_resume.py covers the derived runs in make test")
+def test_an_agent_run_inside_a_resumed_run_replays_its_model_calls(venv: OptionalEnv, fake: FakeProvider,
+                                                                   fresh_nats_server: NatsServer,
+                                                                   tmp_path: Path) -> None:
+    """Wrapped in ``tether.run(run_id=..., resume=True)`` (a new session each time, so it asks the same):
+    the second process gets both model answers (the triage agent's and, in the handoff's child run, the
+    weather agent's) from the journal: the provider is not asked again."""
+    first = run_script(venv, SCRIPT, "session-r1", QUESTION, "", "--handoff", "--resume=job-7",
+                       nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert first.said["ok"], first.said
+    assert first.upstream == ["200", "200"], "the triage agent's call, then the weather agent's"
+    again = run_script(venv, SCRIPT, "session-r2", QUESTION, "", "--handoff", "--resume=job-7",
+                       nats=fresh_nats_server, fake=fake, work=tmp_path)
+    assert again.said["ok"] and again.said["answer"] == first.said["answer"], again.said
+    assert again.upstream == [], "every model call replayed"
+    again.events = events(fresh_nats_server, tmp_path / "home")
+    replayed = [e for e in again.events if e.type == "tether.call.replayed"]
+    assert len(replayed) == 2 and {e.runid for e in replayed} <= {e.runid for e in again.events
+                                                                   if e.type == "tether.llm.call.completed"}

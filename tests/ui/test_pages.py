@@ -124,3 +124,20 @@ def test_the_cost_chart_has_every_hour_and_a_lone_hour_gets_neighbours() -> None
     assert hourly({}) == []
     far = {0: {"hour": 0, "usd": 1.0, "calls": 1}, 10**8: {"hour": 10**8, "usd": 1.0, "calls": 1}}
     assert len(hourly(far)) == 2  # years apart: left sparse, not 27,000 empty hours
+
+
+async def test_a_run_page_shows_a_replayed_call(tmp_path: Path) -> None:
+    from tether.schemas import CallReplayed, LlmCallRequested, Usage
+
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    events = [*run("r-resumed", "writer", "resumed", 0),
+              Event.of(LlmCallRequested(call_id="c9", provider="openai", model="gpt-4o"), runid="r-resumed",
+                       agentid="writer", time=at),
+              Event.of(CallReplayed(call_id="c9", call_kind="llm", via="journal", original_call_id="c1",
+                                    provider="openai", model="gpt-4o", usage=Usage(input_tokens=10)),
+                       runid="r-resumed", agentid="writer", time=at)]
+    fold(tmp_path, events)
+    app: Any = build_app(None, tmp_path, Guard(hosts=frozenset({"dashboard"})))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as c:
+        page = await c.get("/fragments/runs/r-resumed")
+    assert page.status_code == 200 and "replayed from call c1" in page.text

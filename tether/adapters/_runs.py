@@ -244,6 +244,9 @@ class Run:
 
 
 async def _cursor(hub: Hub, run_id: str) -> Cursor:
+    """The run's journal, once what this process recorded is in the log (an earlier attempt
+    of the run may have been made here, its last events still queued)."""
+    await hub.flush()
     return (await load_journal(hub.bus, run_id)).cursor()
 
 

@@ -313,6 +313,7 @@ class Gateway:
             return await asyncio.shield(found)
 
         async def load() -> Cursor:
+            await self.hub.flush()  # what this gateway recorded of the run's last attempt, in the log first
             journal = await load_journal(self.bus, run_id)
             payload = RunStarted(name=f"resumed ({attempt})", tags=("gateway",), resumed=True,
                                  metadata={"attempt": attempt, "via": "tether gateway"})
