@@ -101,7 +101,7 @@ class TetherSpanProcessor:
         operation = attributes.get(_OPERATION)
         if operation == "invoke_agent":
             name = str(attributes.get(_AGENT) or "autogen")
-            run = Run(agent=name, name=name, metadata={"framework": "autogen"})
+            run = Run(agent=name, name=name, metadata={"framework": "autogen"}, derive="autogen")
             try:
                 run.__enter__()
             except Exception:  # no bus: the agent runs unrecorded

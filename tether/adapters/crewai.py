@@ -66,7 +66,7 @@ class _Runs:
             return
         kind = "crew" if ctx.crew is not None else "flow"
         name = str(getattr(owner, "name", None) or type(owner).__name__)
-        run = Run(agent=name, name=name, metadata={"framework": "crewai", "kind": kind})
+        run = Run(agent=name, name=name, metadata={"framework": "crewai", "kind": kind}, derive="crewai")
         try:
             run.__enter__()
         except Exception:  # no bus: the crew runs unrecorded
@@ -95,7 +95,7 @@ class _Runs:
             return
         role = str(ctx.agent_role or getattr(ctx.agent, "role", None) or "agent")
         run = Run(agent=role, name=str(ctx.step_name or role)[:200],
-                  metadata={"framework": "crewai", "kind": "task"})
+                  metadata={"framework": "crewai", "kind": "task"}, derive="crewai")
         try:
             run.__enter__()
         except Exception:

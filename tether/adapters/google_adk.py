@@ -61,7 +61,8 @@ class TetherPlugin(BasePlugin):
     async def before_run_callback(self, *, invocation_context: Any) -> Any:
         agent = str(invocation_context.agent.name)
         run = Run(agent=agent, name=agent, metadata={"framework": "google-adk",
-                                                     "invocation_id": str(invocation_context.invocation_id)})
+                                                     "invocation_id": str(invocation_context.invocation_id)},
+                  derive="google-adk")
         try:
             await run.__aenter__()
         except Exception:  # no bus: the agent runs unrecorded
@@ -90,7 +91,8 @@ class TetherPlugin(BasePlugin):
         root = self.runs.get(invocation)
         if root is None or root.agent == agent.name:
             return None  # the root agent: its run is the invocation's
-        run = Run(agent=str(agent.name), name=str(agent.name), metadata={"framework": "google-adk"})
+        run = Run(agent=str(agent.name), name=str(agent.name), metadata={"framework": "google-adk"},
+                  derive="google-adk")
         try:
             await run.__aenter__()
         except Exception:

@@ -50,7 +50,7 @@ class TetherCapability(AbstractCapability[Any]):
     async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
         agent = getattr(ctx, "agent", None)
         name = str(getattr(agent, "name", None) or "agent")
-        run = Run(agent=name, name=name, metadata={"framework": "pydantic-ai"})
+        run = Run(agent=name, name=name, metadata={"framework": "pydantic-ai"}, derive="pydantic-ai")
         try:
             await run.__aenter__()
         except Exception:  # no bus: the agent runs unrecorded
