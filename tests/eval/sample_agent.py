@@ -30,7 +30,8 @@ async def answer(question: str, variant: Any) -> str:
     facts = await lookup(question)
     if question.startswith("fail"):
         raise RuntimeError(f"cannot answer {question!r}")
-    client = tether.instrument(openai.AsyncOpenAI(base_url=base_url, api_key="sk-sample"))
+    client = tether.instrument(openai.AsyncOpenAI(base_url=base_url, api_key="sk-sample"),
+                               policies=variant.policies())
     async with client:
         messages: list[Any] = [{"role": "system", "content": variant.prompt}] if variant.prompt else []
         messages.append({"role": "user", "content": prompt_of(question, facts)})

@@ -141,11 +141,14 @@ async def test_dataset_experiments_and_the_ci_gate(nats_server: NatsServer, bus:
     (["run", "ds", "--agent-fn", "nosuchmodule_q:fn"], "cannot import nosuchmodule_q"),
     (["run", "ds", "--agent-fn", "tests.eval.sample_agent:answer", "--param", "novalue"], "expected KEY=VALUE"),
     (["calibrate", "exp", "--gold", "{bad}"], 'expected {"id": ITEM, "passed": true|false}'),
+    (["run", "ds", "--agent-fn", "tests.eval.sample_agent:answer", "--policy", "{missing}"], "no such file"),
+    (["run", "ds", "--agent-fn", "tests.eval.sample_agent:answer", "--policy", "{bad}"], "not valid TOML"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(args: list[str], error: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Refused before connecting (no server is named: none is needed to say what is wrong)."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    code = main(["eval", *[a.replace("{bad}", str(bad)) for a in args], "--home", str(tmp_path / "home")])
+    args = [a.replace("{bad}", str(bad)).replace("{missing}", str(tmp_path / "missing.toml")) for a in args]
+    code = main(["eval", *args, "--home", str(tmp_path / "home")])
     assert code == 2 and error in capsys.readouterr().err

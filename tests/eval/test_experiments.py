@@ -16,6 +16,7 @@ import tether.eval as ev
 from tether.adapters import Hub, RecordedResult, RecordedToolError, RecordedTools, ReplayMismatch, recorded_tools
 from tether.bus import Bus
 from tether.eval import Evals, Variant
+from tether.middleware import PolicyConfigError
 from tether.projections import Projector, replay
 from tether.schemas import RunStarted
 from tether.testing import FakeProvider, reply_text
@@ -115,6 +116,28 @@ async def test_budget_skips_items_and_agent_errors_are_recorded(bus: Bus, fake: 
     assert traced.scorer == "called_tool:lookup" and traced.passed is True, "a trace scorer scores a failed run too"
     info = await evals.experiment(everything.experiment)
     assert info is not None and info["trials"] == 4 and info["errors"] == 1
+
+
+async def test_a_policy_variant_runs_the_agents_calls_under_that_policy(bus: Bus, fake: FakeProvider, evals: Evals,
+                                                                        tmp_path: Path) -> None:
+    name = unique("qa")
+    await evals.add_items(name, [{"id": f"q{n}", "input": f"where is parcel {n}?"} for n in range(2)])
+    strict = tmp_path / "strict.toml"
+    strict.write_text('[budgets.run."*"]\ntokens = 1\n')  # every call is over budget: refused, nothing sent
+    sent = len(fake.log)
+    refused = await ev.run_experiment(evals, name, sample_agent.answer, variant=Variant(policy=str(strict)),
+                                      scorers=[ev.contains("fake reply")], progress=False)
+    assert (refused.ran, refused.errors) == (2, 2) and len(fake.log) == sent, "the variant's budget refused them"
+    info = await evals.experiment(refused.experiment)
+    assert info is not None and info["variant"]["policy"] == str(strict)
+    usual = await ev.run_experiment(evals, name, sample_agent.answer, scorers=[ev.contains("fake reply")],
+                                    progress=False)
+    assert (usual.ran, usual.errors) == (2, 0) and len(fake.log) == sent + 2
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[budgets.run."*"]\ntokenz = 1\n')
+    with pytest.raises(PolicyConfigError, match="tokenz"):
+        await ev.run_experiment(evals, name, sample_agent.answer, variant=Variant(policy=str(wrong)), progress=False,
+                                name=unique("never"))
 
 
 async def test_bad_experiments_are_refused(bus: Bus, evals: Evals) -> None:

@@ -65,6 +65,9 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     runp.add_argument("--name", help="the experiment's name (default: a new one)")
     runp.add_argument("--model", help="the variant's model")
     runp.add_argument("--prompt", help="the variant's prompt")
+    runp.add_argument("--policy", type=Path, metavar="FILE",
+                      help="the variant's reliability policy: a tether.toml the agent passes to tether.instrument "
+                           "(variant.policies())")
     runp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="a variant parameter (VALUE read as JSON when it parses; repeatable)")
     runp.add_argument("--scorer", action="append", default=[], metavar="SPEC", help=f"repeatable: {SCORERS_HELP}")
@@ -201,6 +204,11 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
     if args.eval_command == "run":
         out["scorers"] = [parse_scorer(s) for s in args.scorer]
         out["params"] = dict(_param(p) for p in args.param)
+        if args.policy is not None:
+            if not args.policy.is_file():
+                raise ValueError(f"--policy {args.policy}: no such file (give a tether.toml with the variant's "
+                                 "policies)")
+            ev.Variant(policy=str(args.policy)).policies()  # PolicyConfigError names the offending key
         out["agent"] = ev.load_agent(args.agent_fn)
         if args.concurrency < 1:
             raise ValueError(f"--concurrency must be 1 or more, got {args.concurrency}")
@@ -277,7 +285,8 @@ async def _dispatch(args: argparse.Namespace, evals: Any, checked: dict[str, Any
         _print(args, found, [f"{d['dataset']}  {d['items']} item(s)  version seq {d['seq']}" for d in found])
         return 0
     if command == "run":
-        variant = ev.Variant(model=args.model, prompt=args.prompt, params=checked["params"])
+        variant = ev.Variant(model=args.model, prompt=args.prompt, params=checked["params"],
+                             policy=None if args.policy is None else str(args.policy))
         result = await ev.run_experiment(evals, args.dataset, checked["agent"], variant=variant,
                                          scorers=checked["scorers"], name=args.name, concurrency=args.concurrency,
                                          budget_usd=args.budget, replay=args.replay, agent_id=args.agent_id,

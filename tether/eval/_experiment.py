@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tether.adapters import Hub, RecordedResult, RecordedTools, recorded_tools, run
+from tether.middleware import PolicySet, load_policies
 from tether.projections.eval import DatasetItem
 from tether.schemas import ErrorInfo, ExperimentStarted, TrialCompleted, uuid7
 
@@ -30,14 +31,25 @@ Agent = Callable[[Any, "Variant"], Any]
 
 @dataclass(frozen=True)
 class Variant:
-    """The one thing an experiment changes: the model, the prompt, parameters."""
+    """The one thing an experiment changes: the model, the prompt, parameters, or the reliability
+    policy (``policy``: a ``tether.toml`` whose retries, fallbacks, budgets... the agent's calls run
+    under: it passes ``variant.policies()`` to ``tether.instrument``)."""
 
     model: str | None = None
     prompt: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None
+
+    def policies(self) -> PolicySet | None:
+        """The policy file's policies (``PolicyConfigError`` naming the key when it is wrong), or
+        None with no ``policy``: the agent then keeps its usual ones."""
+        return None if self.policy is None else load_policies(self.policy)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "prompt": self.prompt, "params": dict(self.params)}
+        out: dict[str, Any] = {"model": self.model, "prompt": self.prompt, "params": dict(self.params)}
+        if self.policy is not None:
+            out["policy"] = self.policy
+        return out
 
 
 @dataclass
@@ -127,6 +139,7 @@ async def run_experiment(evals: Evals, dataset: str, agent: Agent, *, variant: V
     if concurrency < 1:
         raise ValueError(f"concurrency must be 1 or more, got {concurrency}")
     variant = variant or Variant()
+    variant.policies()  # a policy file that does not load is refused before anything runs
     experiment = name or f"exp-{uuid7()[-12:]}"
     await evals.sync()
     if await evals.experiment(experiment) is not None:
