@@ -115,8 +115,9 @@ def gateway_process(config: Path, nats: NatsServer, home: Path) -> tuple[subproc
     return child, first.split()[3].rstrip(":")
 
 
-def openclaw_config(gateway: str, key: str) -> dict[str, object]:
+def openclaw_config(gateway: str, key: str, log: Path) -> dict[str, object]:
     return {
+        "logging": {"file": str(log)},  # not /tmp/openclaw/
         "models": {"providers": {"tether": {
             "baseUrl": gateway + "/v1", "apiKey": key, "api": "openai-completions",
             "models": [{"id": "gpt-4o-mini", "name": "gpt-4o-mini via tether", "input": ["text"],
@@ -203,7 +204,8 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
     gateway, url = gateway_process(config, nats_server, tmp_path / "home")
     home = tmp_path / "openclaw"
     (home / ".openclaw").mkdir(parents=True)
-    (home / ".openclaw" / "openclaw.json").write_text(json.dumps(openclaw_config(url, key), indent=2))
+    settings = openclaw_config(url, key, home / "openclaw.log")
+    (home / ".openclaw" / "openclaw.json").write_text(json.dumps(settings, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "OPENCLAW_"))}
     env.update(OPENCLAW_HOME=str(home), TETHER_GATEWAY_KEY=key, PATH=f"{openclaw.node.parent}:{env.get('PATH', '')}")
     note = "fake query: the user prefers tea"  # what the fake model will search for
@@ -219,6 +221,7 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
             timeout=300, check=False))
         took = time.monotonic() - started
         assert turn.returncode == 0, turn.stdout[-3000:] + turn.stderr[-3000:]
+        assert (home / "openclaw.log").exists()
         written = await anyio.to_thread.run_sync(lambda: subprocess.run(
             [str(openclaw.node), "--input-type=module", "-e", WRITE_TOOL], env={**env, "TETHER_GATEWAY_URL": url},
             capture_output=True, text=True, timeout=60, check=False))
