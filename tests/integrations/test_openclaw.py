@@ -81,7 +81,7 @@ def openclaw_env() -> OpenClaw:
         # --ignore-scripts: openclaw's preinstall refuses the npm's own Node when it is older than 24;
         # its postinstall only prunes files of an earlier version (none here).
         try:
-            done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ENV,
+            done = subprocess.run([npm, "ci", "--include=dev", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ENV,
                                   capture_output=True, text=True, timeout=900, check=False)
         except subprocess.TimeoutExpired:
             _unavailable("npm ci of integrations/openclaw took over 900 s")
