@@ -128,6 +128,45 @@ async def test_tool_call_then_text_after_the_tool_result(fp: FakeProvider) -> No
     assert json.loads(streamed.function.arguments) == {"city": "fake city", "unit": "c"}  # type: ignore[union-attr]
 
 
+def test_one_tool_call_per_user_turn_in_each_api() -> None:
+    """OpenClaw adds a user message after each tool result: the fake answers it in words (else it
+    would call its first tool forever), and calls the tool again once a new turn starts."""
+    from tether.testing._fake_wire import Turn, anthropic_message, chat_completion, responses
+
+    turn = Turn(seed=1, number=1, model="gpt-4o", created=0)
+
+    def says(body: bytes | None) -> str:
+        assert body is not None
+        return body.decode()
+
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}
+    chat = [*USER, call, {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "user", "content": "Continue where you left off."}]
+    assert '"tool_calls"' not in says(chat_completion({"messages": chat, "tools": OPENAI_TOOLS}, turn)[0])
+    next_turn = [*chat, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "And Oslo?"}]
+    assert '"tool_calls"' in says(chat_completion({"messages": next_turn, "tools": OPENAI_TOOLS}, turn)[0])
+
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    items = [{"role": "user", "content": "Weather?"}, {"type": "function_call", "call_id": "c1",
+             "name": "get_weather", "arguments": "{}"}, {"type": "function_call_output", "call_id": "c1",
+             "output": "sunny"}, {"role": "user", "content": "Continue."}]
+    assert '"function_call"' not in says(responses({"input": items, "tools": tools}, turn)[0])
+    again = [*items, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "And Oslo?"}]
+    assert '"function_call"' in says(responses({"input": again, "tools": tools}, turn)[0])
+
+    claude_tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+                                                   "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]},
+                {"role": "user", "content": "Continue."}]
+    body = {"messages": messages, "tools": claude_tools, "max_tokens": 100}
+    assert '"tool_use"' not in says(anthropic_message(body, turn)[0])
+    later = [*messages, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "And Oslo?"}]
+    assert '"tool_use"' in says(anthropic_message({**body, "messages": later}, turn)[0])
+
+
 async def test_a_repeated_long_prompt_reports_cached_tokens(fp: FakeProvider) -> None:
     long = [{"role": "system", "content": "You are helpful. " * 400}, *USER]
     async with oai(fp) as client:

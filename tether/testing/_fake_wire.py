@@ -198,7 +198,8 @@ def _plausible(schema: Mapping[str, Any], name: str, depth: int) -> Any:
 
 
 def _choose_tool(tools: list[tuple[str, Any]], choice: Any, wanted: bool) -> tuple[str, Any] | None:
-    """The tool to call: the named one, else the first when the user spoke last."""
+    """The tool to call: the named one, else the first when the user spoke last (and no tool ran
+    since the last answer in words: one tool call per user turn)."""
     if not tools or choice in ("none", {"type": "none"}):
         return None
     named = None
@@ -209,6 +210,46 @@ def _choose_tool(tools: list[tuple[str, Any]], choice: Any, wanted: bool) -> tup
         return next((tool for tool in tools if tool[0] == named), None)
     forced = choice in ("required", "any") or (isinstance(choice, dict) and choice.get("type") == "any")
     return tools[0] if wanted or forced else None
+
+
+def _tool_ran(conversation: Sequence[Any], result: Any, words: Any) -> bool:
+    """A tool result since the model last answered in words: this user turn had its tool call.
+    (OpenClaw adds a user message after each tool result: the fake must not call tools forever.)"""
+    for item in reversed(conversation):
+        if isinstance(item, dict):
+            if result(item):
+                return True
+            if words(item):
+                return False
+    return False
+
+
+def _chat_tool_result(message: dict[str, Any]) -> bool:
+    return message.get("role") == "tool"
+
+
+def _chat_words(message: dict[str, Any]) -> bool:
+    return message.get("role") == "assistant" and not message.get("tool_calls")
+
+
+def _responses_tool_result(item: dict[str, Any]) -> bool:
+    return item.get("type") == "function_call_output"
+
+
+def _responses_words(item: dict[str, Any]) -> bool:
+    return item.get("role") == "assistant" and item.get("type", "message") == "message"
+
+
+def _anthropic_tool_result(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return message.get("role") == "user" and isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _anthropic_words(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return message.get("role") == "assistant" and not (isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_use" for b in content))
 
 
 def _reply(turn: Turn, tool: tuple[str, Any] | None, prompt: str, input_tokens: int,
@@ -244,7 +285,7 @@ def chat_completion(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | Non
              for t in payload.get("tools") or ()
              if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     last = messages[-1]
-    user_last = last.get("role") == "user"
+    user_last = last.get("role") == "user" and not _tool_ran(messages, _chat_tool_result, _chat_words)
     tool = _choose_tool(tools, payload.get("tool_choice"), user_last)
     prompt = next((_first_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     tokens = _input_tokens(_chars(messages) + _chars(payload.get("tools")), len(messages))
@@ -312,7 +353,8 @@ def responses(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | None, lis
     tools = [(t.get("name", "tool"), t.get("parameters")) for t in payload.get("tools") or ()
              if isinstance(t, dict) and t.get("type") == "function"]
     last = items[-1] if isinstance(items[-1], dict) else {}
-    user_last = last.get("role") == "user" and last.get("type", "message") == "message"
+    user_last = (last.get("role") == "user" and last.get("type", "message") == "message"
+                 and not _tool_ran(items, _responses_tool_result, _responses_words))
     tool = _choose_tool(tools, payload.get("tool_choice"), user_last)
     prompt = next((_first_text(i.get("content")) for i in reversed(items)
                    if isinstance(i, dict) and i.get("role") == "user"), "")
@@ -463,7 +505,9 @@ def anthropic_message(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | N
     content = last.get("content")
     answered = isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result"
                                                  for b in content)
-    tool = _choose_tool(tools, payload.get("tool_choice"), last.get("role") == "user" and not answered)
+    wanted = last.get("role") == "user" and not answered and not _tool_ran(messages, _anthropic_tool_result,
+                                                                         _anthropic_words)
+    tool = _choose_tool(tools, payload.get("tool_choice"), wanted)
     prompt = next((_first_text(m.get("content")) for m in reversed(messages)
                    if m.get("role") == "user" and _first_text(m.get("content"))), "")
     tokens = _input_tokens(_chars(messages) + _chars(payload.get("system")) + _chars(payload.get("tools")),
