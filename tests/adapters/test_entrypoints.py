@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import tether
-from tether.adapters import LEASE_BUCKET, LeaseHeld, RunLease, entrypoint_for
+from tether.adapters import LEASE_BUCKET, FinishedMeanwhile, LeaseHeld, RunLease, entrypoint_for
 from tether.bus import Bus, open_bucket
 
 from .conftest import data, run_events
@@ -42,6 +42,23 @@ async def test_an_entrypoint_runs_its_agent_in_a_run_under_the_run_lease(bus: Bu
     assert [s.resumed for s in started] == [False, True] and started[0].input == {"n": 1}
     assert [f.output for f in data(events, "run.finished")] == [{"done": 1}, {"done": 1}]
     assert entrypoint_for("lease-bot") is handle
+
+
+async def test_a_resume_if_open_of_a_run_that_finished_meanwhile_does_not_run_it_again(bus: Bus) -> None:
+    calls: list[int] = []
+
+    @tether.entrypoint(agent="once-bot", bus=bus)
+    async def handle(task: dict[str, Any]) -> int:
+        calls.append(task["n"])
+        return len(calls)
+
+    await handle({"n": 1}, run_id="once-run-1")
+    with pytest.raises(FinishedMeanwhile, match="once-run-1 finished \\(ok\\) before this resume took its lease"):
+        await handle.resume("once-run-1", {"n": 1}, if_open=True)
+    assert calls == [1], "the function did not run again"
+    lease = await RunLease.take(bus, "once-run-1")  # the refused resume let its lease go
+    await lease.release()
+    assert len(data(await run_events(bus, "once-run-1"), "run.finished")) == 1
 
 
 async def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(bus: Bus) -> None:

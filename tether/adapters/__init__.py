@@ -34,7 +34,7 @@ from ._core import (
     SyncUpstream,
     SyncUpstreamResponse,
 )
-from ._entrypoints import Entrypoint, ResumeSection, entrypoint, entrypoint_for
+from ._entrypoints import Entrypoint, FinishedMeanwhile, ResumeSection, entrypoint, entrypoint_for
 from ._httpx import AsyncTetherTransport, TetherTransport
 from ._hub import Hub, LoopThreadError, background_hub, flush, shutdown
 from ._instrument import async_http_client, http_client, instrument
@@ -57,6 +57,7 @@ __all__ = [
     "AsyncUpstream",
     "AsyncUpstreamResponse",
     "Entrypoint",
+    "FinishedMeanwhile",
     "Hub",
     "Interceptor",
     "LeaseHeld",

@@ -23,9 +23,9 @@ from tether.schemas import uuid7
 
 from ._hub import Hub, background_hub
 from ._lease import RunLease
-from ._runs import run
+from ._runs import read_run, run
 
-__all__ = ["Entrypoint", "ResumeSection", "entrypoint", "entrypoint_for"]
+__all__ = ["Entrypoint", "FinishedMeanwhile", "ResumeSection", "entrypoint", "entrypoint_for"]
 
 _registry: dict[str, Entrypoint] = {}
 
@@ -38,6 +38,24 @@ class ResumeSection(BaseModel):
     entrypoints: dict[str, str] = {}
     """Agent name to ``"module:function"``: the entry point ``tether resume`` calls for that agent's runs
     (an ``@tether.entrypoint`` function, or a plain one taking the run's input)."""
+
+
+class FinishedMeanwhile(RuntimeError):
+    """A run to resume finished before its lease was taken (another resumer finished it): nothing to do."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} finished ({status}) before this resume took its lease: nothing to resume")
+
+
+async def _check_open(bus: Bus, run_id: str) -> None:
+    """Under the lease: a run someone finished since the caller looked is not run again."""
+    from tether.schemas import RunFinished
+
+    for event in reversed(await read_run(bus, run_id)):
+        if isinstance(event.data, RunFinished):
+            raise FinishedMeanwhile(run_id, event.data.status)
 
 
 class Entrypoint:
@@ -57,33 +75,41 @@ class Entrypoint:
             return self.arun(input, run_id=run_id or uuid7())
         return self.run(input, run_id=run_id or uuid7())
 
-    def resume(self, run_id: str, input: JsonValue = None, *, bus: Bus | None = None) -> Any:
-        """Run ``run_id`` again from its log (``tether.run(resume=True)``); a coroutine when ``fn`` is async."""
+    def resume(self, run_id: str, input: JsonValue = None, *, bus: Bus | None = None, if_open: bool = False) -> Any:
+        """Run ``run_id`` again from its log (``tether.run(resume=True)``); a coroutine when ``fn`` is async.
+        ``if_open``: once the lease is held, a run that finished raises :class:`FinishedMeanwhile` (two resumers
+        that both saw it open run it once: the second finds the first's ``run.finished``)."""
         if self.is_async:
-            return self.arun(input, run_id=run_id, resume=True, bus=bus)
-        return self.run(input, run_id=run_id, resume=True, bus=bus)
+            return self.arun(input, run_id=run_id, resume=True, bus=bus, if_open=if_open)
+        return self.run(input, run_id=run_id, resume=True, bus=bus, if_open=if_open)
 
-    def run(self, input: JsonValue, *, run_id: str, resume: bool = False, bus: Bus | None = None) -> Any:
+    def run(self, input: JsonValue, *, run_id: str, resume: bool = False, bus: Bus | None = None,
+            if_open: bool = False) -> Any:
         bus = bus or self.bus
         hub = Hub.of(bus) if bus is not None else background_hub()
         lease = hub.call_sync(lambda: RunLease.take(hub.bus, run_id))
         try:
+            if if_open:
+                hub.call_sync(lambda: _check_open(hub.bus, run_id))
             with run(agent=self.agent, run_id=run_id, input=input, resume=resume, bus=hub.bus) as opened:
                 opened.output = self.fn(input)
                 return opened.output
         finally:
-            hub.call_sync(lease.release)
+            hub.call_sync(lease.release, drain=True)  # its events (run.finished) are out before the next holder looks
 
-    async def arun(self, input: JsonValue, *, run_id: str, resume: bool = False, bus: Bus | None = None) -> Any:
+    async def arun(self, input: JsonValue, *, run_id: str, resume: bool = False, bus: Bus | None = None,
+                   if_open: bool = False) -> Any:
         bus = bus or self.bus
         hub = Hub.of(bus) if bus is not None else await asyncio.to_thread(background_hub)
         lease = await hub.call(lambda: RunLease.take(hub.bus, run_id))
         try:
+            if if_open:
+                await hub.call(lambda: _check_open(hub.bus, run_id))
             async with run(agent=self.agent, run_id=run_id, input=input, resume=resume, bus=hub.bus) as opened:
                 opened.output = await self.fn(input)
                 return opened.output
         finally:
-            await hub.call(lease.release)
+            await hub.call(lease.release, drain=True)
 
     def __repr__(self) -> str:
         return f"<tether.entrypoint {self.agent}: {self.__name__}>"

@@ -33,6 +33,17 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                         "takes it over (default 30)")
     worker.add_argument("--tools", action="append", default=[], metavar="MODULE",
                         help="import MODULE, which registers tools on tether.middleware.tools (repeatable)")
+    worker.add_argument("--resume-interrupted", action="store_true",
+                        help="also resume interrupted runs, as `tether resume --interrupted` does, every "
+                        "--resume-every seconds (each under its run's lease: one resumer per run at a time)")
+    worker.add_argument("--resume-every", type=float, default=30.0, metavar="SECONDS",
+                        help="with --resume-interrupted: seconds between passes (default 30)")
+    worker.add_argument("--heartbeat-s", type=float, default=300.0, metavar="SECONDS",
+                        help="with --resume-interrupted: a run open with no event for SECONDS is interrupted "
+                        "(default 300)")
+    worker.add_argument("--resume-views", type=Path, metavar="DIR",
+                        help="with --resume-interrupted: the projector's views to find interrupted runs in "
+                        "(default TETHER_HOME/views)")
 
     dlq = sub.add_parser("dlq", help="inspect, redrive and purge dead letters",
                          description="Dead letters are calls that exhausted their policy, could not be "
@@ -67,27 +78,49 @@ async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tether._config import worker_config
     from tether.middleware import Executor, PolicyConfigError, tools
 
+    entrypoints: dict[str, str] = {}
+    if args.resume_every <= 0 or args.heartbeat_s <= 0:
+        print("tether worker: --resume-every and --heartbeat-s are seconds greater than 0", file=sys.stderr)
+        return 2
     try:
         cfg = worker_config(args.config)
         for module in args.tools:
             cfg = type(cfg)(cfg.policies, cfg.providers, cfg.concurrency, (*cfg.tool_modules, module), cfg.source)
         cfg.import_tools()
+        if args.resume_interrupted:
+            from tether._config import load_config
+
+            entrypoints = dict(load_config(args.config)[0].resume.entrypoints)
     except PolicyConfigError as exc:
         print(f"tether worker: {exc}", file=sys.stderr)
         return 2
     bus = await connect(config=_bus_config(args, embedded=False))
     executor = Executor(bus, policies=cfg.policies, providers=cfg.providers, tools=tools,
                         concurrency=args.concurrency or cfg.concurrency, ack_wait_s=args.ack_wait)
+    resuming: asyncio.Task[None] | None = None
     try:
         await executor.start()
         print(f"worker {executor.worker_id} running: {len(cfg.providers)} provider(s) "
               f"[{', '.join(cfg.providers) or 'none'}], {len(tools.names())} tool(s) "
               f"[{', '.join(tools.names()) or 'none'}], concurrency {executor.concurrency}"
               f"{', config ' + cfg.source if cfg.source else ''}. Ctrl-C stops it.", flush=True)
+        if args.resume_interrupted:
+            from tether.bus import tether_home
+
+            from ._autoresume import AutoResume
+
+            auto = AutoResume(bus, args.resume_views or tether_home(args.home) / "views", every_s=args.resume_every,
+                              heartbeat_s=args.heartbeat_s, entrypoints=entrypoints)
+            print(f"worker: resuming the runs the views in {auto.views} show interrupted (no event for "
+                  f"{auto.heartbeat_s:g} s), every {auto.every_s:g} s", flush=True)
+            resuming = asyncio.get_running_loop().create_task(auto.run(stop))
         await stop.wait()
         return 0
     finally:
         print("worker stopping (in-flight calls finish or return to the queue)...", flush=True)
+        if resuming is not None:
+            stop.set()
+            await resuming  # it stops after the run it resumes now, if any
         await executor.stop()
         await bus.close()
         print("worker stopped.", flush=True)

@@ -18,7 +18,7 @@ from typing import Any
 from tether.bus import Bus, BusConfig, connect
 from tether.schemas import Event, RunFinished, RunNeedsAttention, RunStarted, ToolCallResolved
 
-__all__ = ["add_commands", "add_resolve", "run_resolve", "run_resume"]
+__all__ = ["add_commands", "add_resolve", "interrupted_runs", "resume_one", "run_resolve", "run_resume"]
 
 
 def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -129,7 +129,7 @@ async def run_resume(args: argparse.Namespace) -> int:
         entrypoints = dict(load_config(args.config)[0].resume.entrypoints)
     if not args.interrupted:
         async with await _bus(args) as bus:
-            return await _resume_one(bus, args.run_id, args.entrypoint, entrypoints)
+            return await resume_one(bus, args.run_id, args.entrypoint, entrypoints)
     runs = _interrupted(args)
     if runs is None:
         return 1
@@ -139,35 +139,45 @@ async def run_resume(args: argparse.Namespace) -> int:
     codes = []
     async with await _bus(args) as bus:
         for run_id in runs:
-            codes.append(await _resume_one(bus, run_id, args.entrypoint, entrypoints, skip_held=True))
+            codes.append(await resume_one(bus, run_id, args.entrypoint, entrypoints, skip_held=True))
     return max(codes)
 
 
 def _interrupted(args: argparse.Namespace) -> list[str] | None:
     """The runs the traces view shows as interrupted, oldest first; None when there is no view."""
+    from tether.bus import tether_home
+
+    directory = args.views or tether_home(args.home) / "views"
+    runs = interrupted_runs(directory, args.heartbeat_s)
+    if runs is None:
+        _err("resume", f"no traces view in {directory}: run `tether up` (its projector writes the views), or pass "
+                       "--views DIR")
+    return runs
+
+
+def interrupted_runs(directory: Path, heartbeat_s: float) -> list[str] | None:
+    """The runs the traces view in ``directory`` shows as interrupted, oldest first; None when there is none."""
     import sqlite3
 
-    from tether.bus import tether_home
     from tether.projections import open_view
     from tether.projections.traces import list_runs
 
-    directory = args.views or tether_home(args.home) / "views"
     path = open_view(directory, "traces") if directory.is_dir() else None
     if path is None:
-        _err("resume", f"no traces view in {directory}: run `tether up` (its projector writes the views), or pass "
-                       "--views DIR")
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = list_runs(db, status="interrupted", heartbeat_s=args.heartbeat_s, limit=10_000)
+        rows = list_runs(db, status="interrupted", heartbeat_s=heartbeat_s, limit=10_000)
     finally:
         db.close()
     return [r["run_id"] for r in reversed(rows)]
 
 
-async def _resume_one(bus: Bus, run_id: str, named: str | None, entrypoints: dict[str, str], *,
-                      skip_held: bool = False) -> int:
-    from tether.adapters import LeaseHeld, NeedsAttention, entrypoint_for, read_run
+async def resume_one(bus: Bus, run_id: str, named: str | None, entrypoints: dict[str, str], *,
+                     skip_held: bool = False, skip_finished: bool = False) -> int:
+    """Resume ``run_id``, saying how it went; the exit status of ``tether resume RUN``. ``skip_held``: a run
+    whose lease someone holds is skipped (0); ``skip_finished``: so is a run that finished (a view behind)."""
+    from tether.adapters import FinishedMeanwhile, LeaseHeld, NeedsAttention, entrypoint_for, read_run
 
     command = "resume"
     events = await read_run(bus, run_id)
@@ -177,6 +187,8 @@ async def _resume_one(bus: Bus, run_id: str, named: str | None, entrypoints: dic
         return 1
     finished = next((e.data for e in reversed(events) if isinstance(e.data, RunFinished)), None)
     if finished is not None:
+        if skip_finished:
+            return 0
         _err(command, f"run {run_id} finished ({finished.status}): there is nothing to resume")
         return 1
     waiting = _unresolved(events)
@@ -195,9 +207,14 @@ async def _resume_one(bus: Bus, run_id: str, named: str | None, entrypoints: dic
     given = started.data.input
     try:
         if entry.is_async:
-            output = await entry.resume(run_id, given, bus=bus)
+            output = await entry.resume(run_id, given, bus=bus, if_open=True)
         else:
-            output = await asyncio.to_thread(entry.resume, run_id, given, bus=bus)
+            output = await asyncio.to_thread(entry.resume, run_id, given, bus=bus, if_open=True)
+    except FinishedMeanwhile as exc:
+        if skip_finished:
+            return 0
+        _err(command, str(exc))
+        return 1
     except LeaseHeld as exc:
         if skip_held:
             print(f"run {run_id}: skipped, another process runs it ({exc.holder})")
