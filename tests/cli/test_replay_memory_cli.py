@@ -104,7 +104,7 @@ async def test_replay_memory_rebuilds_the_view_identical_to_a_fresh_fold(fresh_n
     shutil.rmtree(view_dir)
     code, out, err = await run_tether("replay", "--url", url, "--processes", "0", home=tether_home, timeout=90)
     assert code == 0, err
-    assert "replaying memory into" in err and "rebuilt 5 view(s)" in err
+    assert "replaying memory into" in err and "rebuilt 6 view(s)" in err
     assert checksum(view_dir, tether_home) == live
 
 

@@ -3,7 +3,8 @@ calls ask at once (one process, or two ``tether worker`` processes), no more are
 the budget holds; a call that fails or is cancelled gives its reservation back.
 
 Real nats-server, real HTTP to the fake provider; every call has the same estimate (same
-request size, ``max_tokens`` 20), and the fake answers within it, so the budget is a whole
+request size, ``max_tokens`` 12: the fake's shortest answer is 12 tokens), and the fake answers with
+exactly that many, so the budget is a whole
 number of calls plus a half.
 """
 
@@ -46,7 +47,7 @@ MODEL = "gpt-4o"
 
 def body(i: int) -> dict[str, Any]:
     """Distinct requests of one size: the same estimate each."""
-    return {"messages": [{"role": "user", "content": f"question {i:03d}"}], "max_tokens": 20}
+    return {"messages": [{"role": "user", "content": f"question {i:03d}"}], "max_tokens": 12}
 
 
 def one_call_usd() -> float:

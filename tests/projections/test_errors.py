@@ -355,7 +355,7 @@ async def test_an_executor_fault_mix_folds_into_groups_and_stats(fresh_nats_serv
         views = tmp_path / "views"
         async with Projector(bus, [ErrorsView(), MetricsView()], views, batch=16) as projector:
             await projector.catch_up()
-        live = {name: ViewStore(view, view_path(views, name, 1)) for name, view in
+        live = {name: ViewStore(view, view_path(views, name, view.version)) for name, view in
                 (("errors", ErrorsView()), ("metrics", MetricsView()))}
         rebuilt = await replay(bus, [ErrorsView(), MetricsView()], tmp_path / "rebuilt")
 

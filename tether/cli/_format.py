@@ -12,6 +12,7 @@ from tether.schemas import (
     BudgetExceeded,
     CallDeadLettered,
     CallRedriven,
+    CallReplayed,
     CircuitClosed,
     CircuitHalfOpened,
     CircuitOpened,
@@ -28,12 +29,14 @@ from tether.schemas import (
     MemoryDeleted,
     MemoryWritten,
     RunFinished,
+    RunNeedsAttention,
     RunStarted,
     ScoreRecorded,
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallFailed,
     ToolCallRequested,
+    ToolCallResolved,
     TrialCompleted,
 )
 
@@ -85,7 +88,7 @@ def _llm(d: LlmCallRequested | LlmCallAttemptFailed | LlmCallCompleted | LlmCall
     return f"{d.provider}/{d.model} call=…{d.call_id[-6:]}"
 
 
-def _tool(d: ToolCallRequested | ToolCallAttemptFailed | ToolCallCompleted | ToolCallFailed) -> str:
+def _tool(d: ToolCallRequested | ToolCallAttemptFailed | ToolCallCompleted | ToolCallFailed | ToolCallResolved) -> str:
     return f"{d.tool} call=…{d.call_id[-6:]}"
 
 
@@ -137,6 +140,12 @@ def _detail(event: Event) -> str:
             return f"{d.call_kind} call={d.call_id} {d.reason} after {d.attempts} attempt(s)"
         case CallRedriven() as d:
             return f"call={d.call_id} → {d.new_call_id}"
+        case CallReplayed() as d:
+            return f"{d.call_kind} call={d.call_id} from {d.via} (paid by call={d.original_call_id})"
+        case RunNeedsAttention() as d:
+            return f"tool={d.tool} call={d.call_id} #{d.position}: {_short(d.reason, 60)}"
+        case ToolCallResolved() as d:
+            return f"{_tool(d)} " + (f"happened → {_short(d.result, 40)}" if d.happened else "did not happen")
         case DatasetItemAdded() as d:
             return f"{d.dataset}/{d.item_id} input={_short(d.input, 40)}"
         case DatasetItemRemoved() as d:
