@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._ast import parse
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
@@ -89,7 +91,7 @@ def _tether_imports(package: str) -> set[str]:
     found: set[str] = set()
     base = ROOT / "tether" / package
     for path in base.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -125,7 +127,7 @@ def test_only_the_cli_imports_the_model_of_the_whole_config_file() -> None:
 
     importers = set()
     for path in (ROOT / "tether").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             if any(name == "tether._config" or name.startswith("tether._config.") for name in names):

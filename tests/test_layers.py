@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests._ast import parse
+
 ROOT = Path(__file__).resolve().parent.parent
 TETHER = ROOT / "tether"
 
@@ -52,7 +54,7 @@ class Import:
 def _imports(source: str, module: str, *, is_package: bool) -> Iterator[Import]:
     """Every import statement in ``source`` (module ``module``), wherever it is."""
     here = module.split(".") if is_package else module.split(".")[:-1]
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield Import(node.lineno, alias.name, ())
@@ -69,7 +71,7 @@ def _exports(package: str, root: Path) -> set[str]:
     """The names in ``package``'s ``__all__`` (read from its source: nothing is imported)."""
     path = root.joinpath(*package.split("."))
     source = (path / "__init__.py") if path.is_dir() else path.with_suffix(".py")
-    for node in ast.parse(source.read_text()).body:
+    for node in parse(source.read_text()).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
             return {elt.value for elt in ast.walk(node.value) if isinstance(elt, ast.Constant)
                     and isinstance(elt.value, str)}

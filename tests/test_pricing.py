@@ -9,6 +9,7 @@ from pathlib import Path
 import genai_prices
 import pytest
 
+from tests._ast import parse
 from tether import pricing
 from tether.pricing import DEFAULT_MAX_OUTPUT_TOKENS, Price, estimate, estimate_tokens, price
 from tether.schemas import Usage
@@ -147,7 +148,7 @@ def test_estimate_tokens_for_responses_and_embeddings_input() -> None:
 
 
 def test_pricing_imports_nothing_of_tether_but_schemas() -> None:
-    tree = ast.parse(Path(pricing.__file__).read_text())
+    tree = parse(Path(pricing.__file__).read_text())
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert {m for m in modules if m.startswith("tether")} == {"tether.schemas"}

@@ -14,6 +14,7 @@ import pkgutil
 from pathlib import Path
 
 import tether
+from tests._ast import parse
 from tether.adapters._autoinit import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def _defined_by_tether() -> set[str]:
     caught on another library's object: the check is a net, not a proof.)"""
     names: set[str] = set()
     for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 names.add(node.name)
             elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
@@ -71,21 +72,21 @@ def test_no_private_name_of_another_library_outside_the_hooks_modules() -> None:
     ours = _defined_by_tether()
     offenders = sorted({f"{path.relative_to(ROOT)}:{line}: .{name}"
                         for path in SOURCES if not _is_hooks_module(path)
-                        for line, name in _reaches(ast.parse(path.read_text())) if name not in ours})
+                        for line, name in _reaches(parse(path.read_text())) if name not in ours})
     assert offenders == [], ("private API of another library used outside a _*priv.py module (move it into the "
                              "library's hooks module, with a contract test):\n" + "\n".join(offenders))
 
 
 def test_the_scan_sees_a_private_name_of_another_library() -> None:
     ours = _defined_by_tether()
-    reached = _reaches(ast.parse("def f(nc, loop):\n    nc._ps.reset()\n    return getattr(loop, '_ready')\n"))
+    reached = _reaches(parse("def f(nc, loop):\n    nc._ps.reset()\n    return getattr(loop, '_ready')\n"))
     assert sorted(name for _line, name in reached if name not in ours) == ["_ps", "_ready"]
 
 
 def _own_private_members(path: Path) -> dict[str, set[str]]:
     """For each top-level class of a module: the private names its body defines."""
     members = {}
-    for node in ast.parse(path.read_text()).body:
+    for node in parse(path.read_text()).body:
         if isinstance(node, ast.ClassDef):
             names = set()
             for item in node.body:
