@@ -1,6 +1,6 @@
 # make run    - set up .venv from the lock file if needed, then start tether with the scripted demo agent
 # make test   - set up .venv from the lock file if needed, then run the test suite (all but known_flaky);
-#               WORKERS=N runs test files on N processes (pytest-xdist, whole files per worker)
+#               on WORKERS processes (default 2; pytest-xdist, whole files per worker; WORKERS=1: one process)
 # make test-flaky - the tests marked known_flaky (each says what fails and why it is not fixed yet)
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
 # make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
@@ -26,7 +26,7 @@ FRAMEWORKS := langgraph openai-agents
 FRAMEWORKS += autogen
 FRAMEWORKS += google-adk
 FRAMEWORKS += crewai litellm pydantic-ai
-WORKERS ?= 1
+WORKERS ?= 2
 XDIST = $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
