@@ -98,6 +98,13 @@ def test_docs_openclaw_json_blocks_parse() -> None:
         if "mcpServers" in doc:  # the MCP client entry of `tether mcp`
             assert doc["mcpServers"]["tether"]["args"][:1] == ["mcp"]
             continue
+        if "plugins" in doc:  # the OpenClaw plugin's entry: the id and settings its manifest declares
+            manifest = json.loads((ROOT / "integrations" / "openclaw" / "openclaw.plugin.json").read_text())
+            entry = doc["plugins"]["entries"][manifest["id"]]
+            assert entry["hooks"]["allowConversationAccess"] is True
+            assert set(entry["config"]) <= set(manifest["configSchema"]["properties"])
+            assert entry["config"]["gatewayUrl"].startswith("http://127.0.0.1:8400")
+            continue
         for provider in doc["models"]["providers"].values():
             assert provider["api"] in ("openai-completions", "openai-responses", "anthropic-messages")
             assert provider["baseUrl"].startswith("http://127.0.0.1:8400")
