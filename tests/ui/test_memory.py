@@ -233,7 +233,7 @@ async def test_as_no_agent_with_grants_only_what_every_agent_may_read(fresh_nats
 
 async def test_a_view_behind_the_log_is_said_to_be(viewer: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     await viewer.writer.write("team:docs", "a note", key="n")
-    await viewer.source.client()
+    await (await viewer.source.client()).catch_up()  # the view has the note before catching up stalls
 
     async def stalled(self: AsyncMemory, timeout: float = 30.0) -> int:
         raise TimeoutError("the memory view in /x has not reached seq 99 (it is at 1); is its projector running?")
