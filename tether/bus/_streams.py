@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,11 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from ._acked import TRANSIENT_PUBLISH_ERRORS
 from ._natspriv import reads_direct
 from ._subjects import DLQ_SUBJECTS, EVENT_SUBJECTS, WORK_SUBJECTS
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DLQ_STREAM",
@@ -180,8 +184,14 @@ async def ensure_streams(
     return report
 
 
-async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl: float | None = None) -> KeyValue:
+async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl: float | None = None,
+                      patience: float = 20.0) -> KeyValue:
     """A KV bucket, created if missing, read with direct gets.
+
+    Waits out, for up to ``patience`` seconds, what a cluster does for a while after it starts or
+    loses a node (a JetStream API request unanswered, no leader yet, 503): services started
+    together on a new cluster open their buckets while the meta leader is still busy. Past that,
+    the last error is raised.
 
     Direct gets (``allow_direct``, what the NATS CLI and Go client give a new bucket) answer
     a read with the raw message instead of a JSON document with the value in base64 and
@@ -190,6 +200,18 @@ async def open_bucket(js: JetStreamContext, name: str, *, replicas: int = 1, ttl
     A direct get may be served by a replica a moment behind; every write tether makes to a
     bucket is a compare-and-set, so a stale read costs a retry, never a lost update.
     """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await _open_bucket(js, name, replicas=replicas, ttl=ttl)
+        except TRANSIENT_PUBLISH_ERRORS as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("opening bucket %s: %r; trying again", name, exc)
+        await asyncio.sleep(0.25)
+
+
+async def _open_bucket(js: JetStreamContext, name: str, *, replicas: int, ttl: float | None) -> KeyValue:
     try:
         kv = await js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
