@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import inspect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -55,12 +55,13 @@ from ._redact import Hook, Redactor, redactor_of
 from ._runs import NeedsAttention, current_run, new_traceparent
 from ._tooljournal import Attention, Live, Replay, decide
 
-__all__ = ["NeedsAttention", "RunawayError", "tool"]
+__all__ = ["FrameworkTools", "NeedsAttention", "RunawayError", "tool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 _SKIPPED = frozenset({"self", "cls", "idempotency_key"})
+_BOUND: Any = object()  # prepare(): record the arguments bound to the function's parameters
 
 
 def _jsonable(value: Any) -> Any:
@@ -81,6 +82,7 @@ class ToolSpec:
     capture: bool
     redactor: Redactor
     timeout_s: float | None = None
+    source: str = SOURCE
 
     def __post_init__(self) -> None:
         self.signature = inspect.signature(self.fn)
@@ -101,18 +103,21 @@ class ToolSpec:
             return ctx.hub
         return background_hub_nowait()
 
-    def prepare(self, hub: Hub, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Prepared:
+    def prepare(self, hub: Hub, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: Any = _BOUND) -> Prepared:
+        """The call about to be made; ``arguments`` are what is recorded (default: ``args`` and
+        ``kwargs`` bound to the function's parameters)."""
         call_id = uuid7()
         ctx = current_run()
         tools = ctx.tools if ctx is not None else None
         policies = self.policies or default_policies()
         policy = self.policy(policies)
         idempotent = self.idempotent if policy.idempotent is None else policy.idempotent
-        try:
-            bound = self.signature.bind_partial(*args, **kwargs)
-            arguments: Any = {k: v for k, v in bound.arguments.items() if k not in _SKIPPED}
-        except TypeError:  # the call will fail the same way: record what was passed
-            arguments = {"args": list(args), "kwargs": {k: v for k, v in kwargs.items() if k not in _SKIPPED}}
+        if arguments is _BOUND:
+            try:
+                bound = self.signature.bind_partial(*args, **kwargs)
+                arguments = {k: v for k, v in bound.arguments.items() if k not in _SKIPPED}
+            except TypeError:  # the call will fail the same way: record what was passed
+                arguments = {"args": list(args), "kwargs": {k: v for k, v in kwargs.items() if k not in _SKIPPED}}
         recorded = self.redactor(_jsonable(arguments)) if self.capture else None
         decision: Replay | Live | Attention = Live()
         position: int | None = None
@@ -138,7 +143,7 @@ class ToolSpec:
             runid=ctx.run_id if ctx is not None else None, agentid=ctx.agent if ctx is not None else None,
             traceparent=new_traceparent(ctx.trace_id if ctx is not None else None), submitted_at=time.time())
         call = ToolCall(policies, policy, item, idempotent, engine=partial(hub.engine, policies),
-                        runaway=hub.runaway, source=SOURCE, retry_on=self.retry_on, position=position)
+                        runaway=hub.runaway, source=self.source, retry_on=self.retry_on, position=position)
         timeout = self.timeout_s if self.timeout_s is not None else policy.tool_timeout_s
         return Prepared(call, kwargs, decision, timeout)
 
@@ -211,105 +216,117 @@ def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
         pool.shutdown(wait=False)
 
 
+async def _run_async(spec: ToolSpec, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                     kwargs: dict[str, Any], arguments: Any = _BOUND) -> Any:
+    """``await fn(*args, **kwargs)`` as one call of the tool ``spec``: journal, policy, events."""
+    try:
+        hub = spec.hub_nowait()
+        if hub is None:
+            hub = await asyncio.to_thread(background_hub)
+    except Exception:  # no bus: the tool still runs
+        return await fn(*args, **kwargs)
+    prepared = spec.prepare(hub, args, kwargs, arguments)
+    call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
+    if isinstance(decision, Replay):
+        for event in prepared.replayed_events(decision):
+            await hub.aemit(event)
+        return decision.entry.response
+    if isinstance(decision, Attention):
+        event, error = prepared.attention(decision)
+        await hub.aemit(event)
+        await hub.flush()
+        raise error
+    attempt = 0
+
+    async def io(effect: Effect) -> Invoked:
+        nonlocal attempt
+        assert isinstance(effect, Invoke)
+        attempt = effect.attempt
+        if attempt == 1 and prepared.journaled:
+            await hub.flush()  # the start is in the log before the tool runs
+        started = time.perf_counter()
+        try:
+            if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
+                return spec.invoked(started, recorded.take(spec.name))
+            if timeout is None:
+                return spec.invoked(started, await fn(*args, **kwargs))
+            try:
+                return spec.invoked(started, await asyncio.wait_for(fn(*args, **kwargs), timeout))
+            except TimeoutError:
+                return spec.invoked(started, error=spec.timed_out(timeout))
+        except Exception as exc:
+            return spec.invoked(started, error=exc)
+
+    try:
+        done = await drive_async(hub, tool_flow(call), io)
+    except asyncio.CancelledError:
+        hub.emit(spec.cancelled(call, attempt))
+        raise
+    if prepared.journaled:
+        await hub.flush()  # the end is in the log before the caller acts on it
+    if done.error is not None:
+        raise done.error
+    return done.result
+
+
+def _run_sync(spec: ToolSpec, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              arguments: Any = _BOUND) -> Any:
+    """``fn(*args, **kwargs)`` as one call of the tool ``spec``: journal, policy, events."""
+    try:
+        hub = spec.hub_nowait() or background_hub()
+    except Exception:
+        return fn(*args, **kwargs)
+    prepared = spec.prepare(hub, args, kwargs, arguments)
+    call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
+    if isinstance(decision, Replay):
+        for event in prepared.replayed_events(decision):
+            hub.emit(event)
+        return decision.entry.response
+    if isinstance(decision, Attention):
+        event, error = prepared.attention(decision)
+        hub.emit(event)
+        _flush_sync(hub)
+        raise error
+
+    def io(effect: Effect) -> Invoked:
+        assert isinstance(effect, Invoke)
+        if effect.attempt == 1 and prepared.journaled:
+            _flush_sync(hub)
+        started = time.perf_counter()
+        try:
+            if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
+                return spec.invoked(started, recorded.take(spec.name))
+            if timeout is None:
+                return spec.invoked(started, fn(*args, **kwargs))
+            try:
+                return spec.invoked(started, _in_thread(fn, args, kwargs, timeout))
+            except TimeoutError:
+                return spec.invoked(started, error=spec.timed_out(timeout))
+        except Exception as exc:
+            return spec.invoked(started, error=exc)
+
+    done = drive_sync(hub, tool_flow(call), io)
+    if prepared.journaled:
+        _flush_sync(hub)
+    if done.error is not None:
+        raise done.error
+    return done.result
+
+
 def _wrap(spec: ToolSpec) -> Callable[..., Any]:
     fn = spec.fn
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            try:
-                hub = spec.hub_nowait()
-                if hub is None:
-                    hub = await asyncio.to_thread(background_hub)
-            except Exception:  # no bus: the tool still runs
-                return await fn(*args, **kwargs)
-            prepared = spec.prepare(hub, args, kwargs)
-            call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
-            if isinstance(decision, Replay):
-                for event in prepared.replayed_events(decision):
-                    await hub.aemit(event)
-                return decision.entry.response
-            if isinstance(decision, Attention):
-                event, error = prepared.attention(decision)
-                await hub.aemit(event)
-                await hub.flush()
-                raise error
-            attempt = 0
-
-            async def io(effect: Effect) -> Invoked:
-                nonlocal attempt
-                assert isinstance(effect, Invoke)
-                attempt = effect.attempt
-                if attempt == 1 and prepared.journaled:
-                    await hub.flush()  # the start is in the log before the tool runs
-                started = time.perf_counter()
-                try:
-                    if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
-                        return spec.invoked(started, recorded.take(spec.name))
-                    if timeout is None:
-                        return spec.invoked(started, await fn(*args, **kwargs))
-                    try:
-                        return spec.invoked(started, await asyncio.wait_for(fn(*args, **kwargs), timeout))
-                    except TimeoutError:
-                        return spec.invoked(started, error=spec.timed_out(timeout))
-                except Exception as exc:
-                    return spec.invoked(started, error=exc)
-
-            try:
-                done = await drive_async(hub, tool_flow(call), io)
-            except asyncio.CancelledError:
-                hub.emit(spec.cancelled(call, attempt))
-                raise
-            if prepared.journaled:
-                await hub.flush()  # the end is in the log before the caller acts on it
-            if done.error is not None:
-                raise done.error
-            return done.result
+            return await _run_async(spec, fn, args, kwargs)
 
         run_async.__tether_tool__ = spec  # type: ignore[attr-defined]
         return run_async
 
     @functools.wraps(fn)
     def run_sync(*args: Any, **kwargs: Any) -> Any:
-        try:
-            hub = spec.hub_nowait() or background_hub()
-        except Exception:
-            return fn(*args, **kwargs)
-        prepared = spec.prepare(hub, args, kwargs)
-        call, kwargs, decision, timeout = prepared.call, prepared.kwargs, prepared.decision, prepared.timeout_s
-        if isinstance(decision, Replay):
-            for event in prepared.replayed_events(decision):
-                hub.emit(event)
-            return decision.entry.response
-        if isinstance(decision, Attention):
-            event, error = prepared.attention(decision)
-            hub.emit(event)
-            _flush_sync(hub)
-            raise error
-
-        def io(effect: Effect) -> Invoked:
-            assert isinstance(effect, Invoke)
-            if effect.attempt == 1 and prepared.journaled:
-                _flush_sync(hub)
-            started = time.perf_counter()
-            try:
-                if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
-                    return spec.invoked(started, recorded.take(spec.name))
-                if timeout is None:
-                    return spec.invoked(started, fn(*args, **kwargs))
-                try:
-                    return spec.invoked(started, _in_thread(fn, args, kwargs, timeout))
-                except TimeoutError:
-                    return spec.invoked(started, error=spec.timed_out(timeout))
-            except Exception as exc:
-                return spec.invoked(started, error=exc)
-
-        done = drive_sync(hub, tool_flow(call), io)
-        if prepared.journaled:
-            _flush_sync(hub)
-        if done.error is not None:
-            raise done.error
-        return done.result
+        return _run_sync(spec, fn, args, kwargs)
 
     run_sync.__tether_tool__ = spec  # type: ignore[attr-defined]
     return run_sync
@@ -364,3 +381,50 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, id
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+class FrameworkTools:
+    """Tools a framework runs itself, called under tether's tool policy and the run's journal, as
+    ``@tether.tool`` calls are: an adapter's wrap point hands each call here with the tool's name,
+    its arguments (what is recorded and hashed for the journal) and a function that runs it.
+
+    ``idempotent`` names the tools that may be retried and re-run after a crash (the route
+    ``tool:<name>``'s ``idempotent`` in ``tether.toml`` overrides it either way); ``timeout_s``
+    bounds each attempt (else the route's ``tool_timeout_s``). A completed call of a resumed run
+    returns its recorded result without running; an error the tool raises reaches the framework
+    as the tool's own error, after the policy's retries.
+    """
+
+    def __init__(self, source: str = SOURCE, *, idempotent: Iterable[str] = (), timeout_s: float | None = None,
+                 bus: Bus | None = None, policies: PolicySet | None = None, capture: bool = True,
+                 redact: Redactor | Hook | Iterable[str] | None = None) -> None:
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be a number of seconds above 0, got {timeout_s}")
+        self.source = source
+        self.idempotent = frozenset(idempotent)
+        self._options = (timeout_s, bus, policies, capture, redactor_of(redact))
+        self._specs: dict[str, ToolSpec] = {}
+
+    def spec(self, name: str) -> ToolSpec:
+        """The tool ``name``'s spec, made once."""
+        spec = self._specs.get(name)
+        if spec is None:
+            timeout_s, bus, policies, capture, redactor = self._options
+            spec = ToolSpec(_framework_tool, name or "tool", name in self.idempotent, None, (), bus, policies,
+                            capture, redactor, timeout_s, self.source)
+            self._specs[name] = spec
+        return spec
+
+    async def acall(self, name: str, arguments: Mapping[str, Any] | Any, run: Callable[[], Awaitable[R]]) -> R:
+        """``await run()`` as one call of the tool ``name`` with ``arguments``."""
+        result: R = await _run_async(self.spec(name), run, (), {}, arguments)
+        return result
+
+    def call(self, name: str, arguments: Mapping[str, Any] | Any, run: Callable[[], R]) -> R:
+        """``run()`` as one call of the tool ``name`` with ``arguments`` (a sync tool)."""
+        result: R = _run_sync(self.spec(name), run, (), {}, arguments)
+        return result
+
+
+def _framework_tool() -> None:
+    """The placeholder a framework tool's spec is made with: its calls pass their own function."""
