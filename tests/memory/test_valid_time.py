@@ -74,3 +74,19 @@ async def test_a_bad_valid_time_is_refused_and_nothing_is_written(open_memory: O
     with pytest.raises(InvalidMemory, match="valid_at must be a datetime, 'query' or None"):
         await memory.search("x", valid_at="yesterday")  # type: ignore[arg-type]
     assert memory.position == 0
+
+
+async def test_a_client_opened_after_a_write_sees_it_before_its_first_read_or_write(open_memory: Opener,
+                                                                                   home: Path) -> None:
+    """A new process (here: a client with a view of its own, as on another machine or after the
+    first process closed before its view applied the write) numbers its write after the versions
+    already in the log and decides supersession against them. Seen flaky from the CLI, where each
+    command is a new client: the second write was numbered 1 again and became current."""
+    first = await open_memory(agent="bot")
+    await first.write_many([{"text": f"filler {i}", "key": f"f{i}"} for i in range(300)], namespace="user:lea")
+    await first.write("user:lea", "Lea moved to Oslo in May 2026.", key="city", valid_from=MAY)
+    view_elsewhere = MemorySettings(view_dir=home / "another-view", keyfile=settings_for(home).keyfile)
+    second = await open_memory(agent="bot", settings=view_elsewhere)
+    imported = await second.write("user:lea", "Lea lives in Rome.", key="city", valid_from=OLD)
+    assert imported.version == 2
+    assert (await second.get("user:lea", "city")).text == "Lea moved to Oslo in May 2026."

@@ -94,6 +94,15 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         except BaseException:
             self._close_keys()
             raise
+        try:
+            # what the log held when this client opened, its first read or write waits for: a new
+            # process numbers versions and decides supersession after every earlier write, not
+            # against a view still catching up
+            self.position = max(self.position, await self.feed.head())
+        except BaseException:
+            await self.feed.stop()
+            self._close_keys()
+            raise
         return self
 
     def as_agent(self, agent: str | None, *, grants: Grants | None = None, run: str | None = None) -> AsyncMemory:

@@ -259,12 +259,15 @@ class ViewFeed:
                                    f"(it is at {self.applied_seq}); is its projector running?")
             await asyncio.sleep(self.poll_s)
 
+    async def head(self) -> int:
+        """The log's position of the last memory event right now (what a read must wait for to see it)."""
+        if self.namespaces is not None:  # may not read the last message of memory.>: the log's head will do
+            return int((await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq)
+        return await last_memory_seq(self.bus)
+
     async def catch_up(self, timeout: float = 30.0) -> int:
         """Until the view has every memory event in the log right now. Returns that seq."""
-        if self.namespaces is not None:  # may not read the last message of memory.>: the log's head will do
-            head = (await self.bus.js.stream_info(EVENTS_STREAM)).state.last_seq
-        else:
-            head = await last_memory_seq(self.bus)
+        head = await self.head()
         await self.wait_for(head, timeout)
         return head
 
