@@ -58,7 +58,7 @@ run: $(STAMP)
 	$(VENV)/bin/tether up --demo
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not known_flaky" $(XDIST)
+	$(PY) -m pytest -m "not known_flaky" --durations=30 $(XDIST)
 
 test-flaky: $(STAMP)  # the tests marked known_flaky: each names what is not fixed yet (none now: pytest exits 5)
 	$(PY) -m pytest -m known_flaky || { code=$$?; [ $$code -eq 5 ] && echo "make test-flaky: no test is marked known_flaky"; }
