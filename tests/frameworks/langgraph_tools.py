@@ -1,6 +1,7 @@
 """A graph whose ``ToolNode`` is ``tool_node(...)`` (tether's tool policy), run by .venv-langgraph's python
-(test_langgraph.py). ``crash``: inside ``tether.run(run_id=...)`` the tool ``charge`` completes, then the
-process dies in the next node. ``resume``: the same run resumed (``charge`` replayed, not run), then a
+(test_langgraph.py). ``crash``: inside ``tether.run(run_id=...)`` the tools ``charge`` and ``note`` (which
+returns a ``Command``) complete, then the process dies in the next node. ``resume``: the same run resumed
+(both replayed, not run), then a
 tool over its timeout, an idempotent tool retried and a non-idempotent one not (a sync graph), then a
 graph with a subgraph. Each tool counts its executions in ``counts.json``; prints one JSON line.
 """
@@ -13,11 +14,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.types import Command
 
 import tether
 import tether.adapters
@@ -38,6 +40,13 @@ async def charge(amount: int) -> str:
     """Charge the card (a side effect: never to be repeated)."""
     counted("charge")
     return f"charged {amount}"
+
+
+@tool
+async def note(text: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+    """Note something in the graph's state (a tool returning a Command)."""
+    counted("note")
+    return Command(update={"messages": [ToolMessage(f"noted {text}", tool_call_id=tool_call_id, name="note")]})
 
 
 @tool
@@ -129,7 +138,8 @@ def subgraphs() -> Any:
 
 async def main(mode: str) -> dict[str, Any]:
     tether.init()
-    pay = graph("pay-bot", tool_node([charge]), die if mode == "crash" else seen, ("charge", {"amount": 5}))
+    pay = graph("pay-bot", tool_node([charge, note]), die if mode == "crash" else seen, ("charge", {"amount": 5}),
+                ("note", {"text": "paid"}))
     async with tether.run(agent="pay-bot", run_id="job-1", resume=mode == "resume"):
         result = await pay.ainvoke({"messages": [("user", "pay 5")]})
     out: dict[str, Any] = {"replayed": tool_messages(result)}

@@ -211,13 +211,14 @@ def test_tool_node_calls_run_under_the_tool_policy_and_a_resumed_run_replays_the
     (tmp_path / "tether.toml").write_text(POLICIES)
     crashed = _script(venv, "langgraph_tools.py", "crash", nats=fresh_nats_server, work=tmp_path)
     assert crashed.returncode == 3, crashed.stderr[-4000:]
-    assert json.loads((tmp_path / "counts.json").read_text()) == {"charge": 1}
+    assert json.loads((tmp_path / "counts.json").read_text()) == {"charge": 1, "note": 1}
     done = _script(venv, "langgraph_tools.py", "resume", nats=fresh_nats_server, work=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     said = json.loads(done.stdout.strip().splitlines()[-1])
-    assert said["counts"]["charge"] == 1, "the completed call was replayed, not run again"
-    assert said["replayed"] == [{"content": "charged 5", "id": "call-0-charge", "status": "success",
-                                 "name": "charge"}], "a ToolMessage, as ToolNode gives"
+    assert (said["counts"]["charge"], said["counts"]["note"]) == (1, 1), "the completed calls replayed, not run"
+    assert said["replayed"] == [
+        {"content": "charged 5", "id": "call-0-charge", "status": "success", "name": "charge"},  # a ToolMessage
+        {"content": "noted paid", "id": "call-1-note", "status": "success", "name": "note"}], "the Command's update"
     assert said["timeout"]["error"] == "builtins.TimeoutError"
     assert "'slow' did not finish within its timeout of 0.3 s" in said["timeout"]["message"]
     assert said["timeout"]["seconds"] < 4 and said["counts"]["slow"] == 1
@@ -227,13 +228,16 @@ def test_tool_node_calls_run_under_the_tool_policy_and_a_resumed_run_replays_the
     tool_events = [e for e in log if e.type.startswith("tether.tool.") or e.type == "tether.call.replayed"]
     assert {e.source for e in tool_events if e.type != "tether.tool.call.failed"} == {SOURCE}  # failed: the engine's
     requested = [e for e in tool_events if e.type == "tether.tool.call.requested"]
-    assert [e.data.tool for e in requested] == ["charge", "charge", "slow", "flaky_read", "flaky_write"], \
+    assert [e.data.tool for e in requested] == ["charge", "note", "charge", "note", "slow", "flaky_read",
+                                                "flaky_write"], \
         "one record per call: the callback handler does not record them again"
     [first, again] = [e for e in requested if e.data.tool == "charge"]
     assert first.runid == again.runid, "the graph's run inside job-1 resumed with it"
     assert first.data.idempotency_key == again.data.idempotency_key
-    replayed = next(e for e in tool_events if e.type == "tether.call.replayed")
-    assert (replayed.runid, replayed.data.tool, replayed.data.response) == (first.runid, "charge", "charged 5")
+    replayed = [e for e in tool_events if e.type == "tether.call.replayed"]
+    assert [(e.runid, e.data.tool) for e in replayed] == [(first.runid, "charge"), (first.runid, "note")]
+    assert replayed[0].data.response == "charged 5"
+    assert replayed[1].data.response["command"]["update"]["messages"][0]["content"] == "noted paid"
     failed = {e.data.tool: e.data for e in tool_events if e.type == "tether.tool.call.failed"}
     assert failed["slow"].error.type == "APITimeoutError"
     assert failed["flaky_write"].attempts == 1 and "flaky_read" not in failed
