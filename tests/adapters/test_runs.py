@@ -74,6 +74,22 @@ async def test_run_status_error(bus: Bus) -> None:
     assert finished.status == "error" and finished.error.type == "KeyError"
 
 
+async def test_a_run_ended_from_another_task_is_no_longer_the_callers_run(bus: Bus) -> None:
+    """LangGraph's ``astream`` reports a failed graph's end from a task of its own (``asyncio.shield``):
+    the run an adapter opened for it must not stay the caller's run (the next graph was its child)."""
+    async with tether.run(agent="caller", bus=bus) as outer:
+        graph = tether.run(agent="graph")
+        await graph.__aenter__()
+        await asyncio.shield(graph.__aexit__(KeyError, KeyError("x"), None))
+        assert current_run() is outer.context
+        async with tether.run(agent="next") as after:
+            pass
+    assert current_run() is None
+    started = data(await run_events(bus, after.run_id), "run.started")[0]
+    assert started.parent_run_id == outer.run_id
+    assert data(await run_events(bus, graph.run_id), "run.finished")[0].status == "error"
+
+
 def test_sync_run_follows_context_into_threads(background: Background) -> None:
     seen: list[str | None] = []
     with tether.run(agent="sync") as run:

@@ -22,6 +22,8 @@ from ._harness import BUDGET_ONE_CALL, HERE, POLICIES, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
+SOURCE = "urn:tether:adapter:langgraph"
+
 SCRIPT = "langgraph_agent.py"
 QUESTION = "What is the weather in Paris?"
 
@@ -185,6 +187,72 @@ def test_the_store_keeps_items_in_tether_memory(venv: OptionalEnv, fresh_nats_se
     assert said["suffix"] == [["users", "u2", "prefs"]], "a wildcard prefix, a suffix, limit and offset"
     assert said["updated"] == "kelvin" and said["deleted"] is None
     assert said["from_the_graph"] == {"city": "Lisbon"}, "a node's write, read by another reader of the log"
-    assert "async only" in said["sync"] and "ainvoke()" in said["sync"]
+    assert said["sync"] == {"get": {"unit": "rankine"}, "search": ["rankine"], "namespaces": [["users", "u4", "prefs"]]}
+    assert "aget / aput / asearch and ainvoke()" in said["on_its_loop"], "a sync call on its memory's own loop"
+    assert said["sync_graph"] == [1, 2], "a sync graph's node reads and writes with get / put"
+    ttl = said["ttl"]
+    assert ttl["short"] is None and ttl["kept"] == {"v": 3}, "the 0.3 s item expired, the one without a TTL stays"
+    assert ttl["unrefreshed"] and ttl["refreshed"], "a read refreshes the TTL unless refresh_ttl=False"
+    assert 299 < ttl["default_s"] <= 300.5 and ttl["default_not_refreshed"] == 1, "ttl={'default_ttl': 5, ...}"
+    assert ttl["left"] == ["default", "kept", "long"]
     written = [e for e in events(fresh_nats_server, tmp_path / "home") if e.type == "tether.memory.written"]
     assert {e.data.namespace for e in written} >= {"lg:users.u1.prefs", "lg:users.u1.visits"}, "in the log"
+
+
+def _script(venv: OptionalEnv, script: str, *args: str, nats: NatsServer,
+            work: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(venv.bin("python")), str(HERE / script), *args], cwd=work, capture_output=True,
+                          text=True, timeout=120, check=False,
+                          env={**os.environ, "TETHER_NATS_URL": nats.url, "TETHER_HOME": str(work / "home")})
+
+
+def test_tool_node_calls_run_under_the_tool_policy_and_a_resumed_run_replays_them(
+        venv: OptionalEnv, fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    (tmp_path / "tether.toml").write_text(POLICIES)
+    crashed = _script(venv, "langgraph_tools.py", "crash", nats=fresh_nats_server, work=tmp_path)
+    assert crashed.returncode == 3, crashed.stderr[-4000:]
+    assert json.loads((tmp_path / "counts.json").read_text()) == {"charge": 1, "note": 1}
+    done = _script(venv, "langgraph_tools.py", "resume", nats=fresh_nats_server, work=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (said["counts"]["charge"], said["counts"]["note"]) == (1, 1), "the completed calls replayed, not run"
+    assert said["replayed"] == [
+        {"content": "charged 5", "id": "call-0-charge", "status": "success", "name": "charge"},  # a ToolMessage
+        {"content": "noted paid", "id": "call-1-note", "status": "success", "name": "note"}], "the Command's update"
+    assert said["timeout"]["error"] == "builtins.TimeoutError"
+    assert "'slow' did not finish within its timeout of 0.3 s" in said["timeout"]["message"]
+    assert said["timeout"]["seconds"] < 4 and said["counts"]["slow"] == 1
+    assert said["read"][0]["content"] == "read Oslo" and said["counts"]["flaky_read"] == 2, "idempotent: retried"
+    assert said["write"]["error"] == "builtins.ConnectionError" and said["counts"]["flaky_write"] == 1, "not retried"
+    log = events(fresh_nats_server, tmp_path / "home")
+    tool_events = [e for e in log if e.type.startswith("tether.tool.") or e.type == "tether.call.replayed"]
+    assert {e.source for e in tool_events if e.type != "tether.tool.call.failed"} == {SOURCE}  # failed: the engine's
+    requested = [e for e in tool_events if e.type == "tether.tool.call.requested"]
+    assert [e.data.tool for e in requested] == ["charge", "note", "charge", "note", "slow", "flaky_read",
+                                                "flaky_write"], \
+        "one record per call: the callback handler does not record them again"
+    [first, again] = [e for e in requested if e.data.tool == "charge"]
+    assert first.runid == again.runid, "the graph's run inside job-1 resumed with it"
+    assert first.data.idempotency_key == again.data.idempotency_key
+    replayed = [e for e in tool_events if e.type == "tether.call.replayed"]
+    assert [(e.runid, e.data.tool) for e in replayed] == [(first.runid, "charge"), (first.runid, "note")]
+    assert replayed[0].data.response == "charged 5"
+    assert replayed[1].data.response["command"]["update"]["messages"][0]["content"] == "noted paid"
+    failed = {e.data.tool: e.data for e in tool_events if e.type == "tether.tool.call.failed"}
+    assert failed["slow"].error.type == "APITimeoutError"
+    assert failed["flaky_write"].attempts == 1 and "flaky_read" not in failed
+    attempts = [e.data.tool for e in tool_events if e.type == "tether.tool.call.attempt_failed"]
+    assert attempts == ["slow", "flaky_read", "flaky_write"], "one failed attempt each; flaky_read then succeeded"
+    assert said["subgraph"] == 2
+    started = {e.runid: e for e in log if e.type == "tether.run.started"}
+    names = {runid: e.data.name for runid, e in started.items()}
+    [parent] = [runid for runid, name in names.items() if name == "parent"]
+    tree = sorted((names[e.data.parent_run_id] if e.data.parent_run_id else "", e.data.name, e.agentid)
+                  for e in started.values() if e.data.name in ("parent", "middle", "child"))
+    assert tree == [("", "parent", "parent"), ("middle", "child", "child"), ("parent", "child", "child"),
+                    ("parent", "middle", "middle")], tree
+    finished = {e.runid: e.data.status for e in log if e.type == "tether.run.finished"}
+    assert all(finished[runid] == "ok" for runid, name in names.items() if name in ("middle", "child"))
+    assert finished[parent] == "ok"
+    roots = sorted(e.data.name or "" for e in started.values() if e.data.parent_run_id is None)
+    assert roots == ["", "parent", "read-bot", "slow-bot", "write-bot"], "job-1, and no run for a node or a chain"

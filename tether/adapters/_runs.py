@@ -24,6 +24,7 @@ import re
 import secrets
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -77,6 +78,8 @@ class RunContext:
     """The run's tool calls: their positions and idempotency keys, and what a resumed run does with them."""
     derived: Iterator[int] = field(default_factory=itertools.count, repr=False, compare=False)
     """Numbers the runs adapters open inside this one (``Run(derive=...)``)."""
+    parent: RunContext | None = field(default=None, repr=False, compare=False)
+    """The run this one was opened in (where the caller is again once it ends)."""
 
 
 class NeedsAttention(RuntimeError):
@@ -105,9 +108,17 @@ async def read_run(bus: Bus, run_id: str, *, timeout: float = 10.0) -> list[Even
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("tether_run", default=None)
 
 
+# runs that ended in another context than the one they were opened in (a framework reporting a
+# run's end from a task of its own): the context they were opened in still names them
+_exited_elsewhere: weakref.WeakSet[RunContext] = weakref.WeakSet()
+
+
 def current_run() -> RunContext | None:
     """The run the calling code is in, if any."""
-    return _current.get()
+    ctx = _current.get()
+    while ctx is not None and _exited_elsewhere and ctx in _exited_elsewhere:
+        ctx = ctx.parent
+    return ctx
 
 
 @contextlib.contextmanager
@@ -187,7 +198,7 @@ class Run:
         """A run an adapter opens inside another (``derive``, a LangGraph graph's, an Agents SDK
         agent's) takes an id derived from the enclosing run's and its place among such runs,
         the same when the enclosing run starts again; inside a resumed run it resumes too."""
-        parent = _current.get()
+        parent = current_run()
         if self.derive is None or parent is None:
             return
         self.run_id = str(uuid.uuid5(_DERIVED, f"{parent.run_id}/{self.derive}/{next(parent.derived)}"))
@@ -196,16 +207,16 @@ class Run:
     def _hub_nowait(self) -> Hub | None:
         if self._bus is not None:
             return Hub.of(self._bus)
-        parent = _current.get()
+        parent = current_run()
         return parent.hub if parent is not None else None
 
     def _open(self, hub: Hub) -> Event:
-        parent = _current.get()
+        parent = current_run()
         trace_id = trace_of(self.incoming) or (parent.trace_id if parent else None) or secrets.token_hex(16)
         agent = self.agent or (parent.agent if parent else None)
         ctx = RunContext(self.run_id, agent, trace_id, new_traceparent(trace_id),
                          parent.run_id if parent else None, hub, self.journal,
-                         ToolJournal(self.run_id, self.journal))
+                         ToolJournal(self.run_id, self.journal), parent=parent)
         self.context = ctx
         self._token = _current.set(ctx)
         self._started = time.perf_counter()
@@ -220,8 +231,9 @@ class Run:
         if self._token is not None:
             try:
                 _current.reset(self._token)
-            except ValueError:  # exited in another context than it was entered in
-                _current.set(None)
+            except ValueError:  # exited in another context than it was entered in: that one still names it
+                _exited_elsewhere.add(ctx)
+                _current.set(ctx.parent)
             self._token = None
         error = None
         if isinstance(exc, NeedsAttention):  # not finished: ``run.needs_attention`` says where it stopped

@@ -1,6 +1,7 @@
 """LangGraph and LangChain under tether: runs and tool calls from LangChain's callbacks (installed
-for every run by :func:`install`), model calls through tether (:func:`chat_model`), graph state in a
-tether-backed checkpointer (:class:`TetherCheckpointer`), long-term memory in a store on tether memory
+for every run by :func:`install`), a ``ToolNode``'s calls under tether's tool policy (:func:`tool_node`,
+:class:`ToolPolicy`), model calls through tether (:func:`chat_model`), graph state in a tether-backed
+checkpointer (:class:`TetherCheckpointer`), long-term memory in a store on tether memory
 (:class:`TetherStore`), memory put into the model's input (:func:`memory_hook`). The only module of
 tether that imports ``langchain_core`` or ``langgraph``.
 """
@@ -8,7 +9,10 @@ tether that imports ``langchain_core`` or ``langgraph``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import contextvars
+import inspect
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tracers.context import register_configure_hook
 from langgraph.checkpoint.base import (
@@ -30,15 +35,22 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
-from langgraph.store.base import BaseStore, GetOp, Item, ListNamespacesOp, PutOp, SearchItem, SearchOp
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.prebuilt import ToolNode
+from langgraph.store.base import BaseStore, GetOp, Item, ListNamespacesOp, PutOp, SearchItem, SearchOp, TTLConfig
+from langgraph.types import Command
 
 from tether.adapters import Hub, LoopThreadError, Run, background_hub, instrument
 from tether.bus import Bus
-from tether.memory import MemoryNotFound
+from tether.memory import AsyncMemory, MemoryNotFound
+from tether.middleware import PolicySet
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, pack, unpack, untoken
+from ._redact import Hook, Redactor
+from ._tools import FrameworkTools
 
-__all__ = ["TetherCallbackHandler", "TetherCheckpointer", "TetherStore", "chat_model", "install", "memory_hook"]
+__all__ = ["TetherCallbackHandler", "TetherCheckpointer", "TetherStore", "ToolPolicy", "chat_model", "install",
+           "memory_hook", "tool_node"]
 
 SOURCE = "urn:tether:adapter:langgraph"
 T = TypeVar("T")
@@ -60,11 +72,13 @@ class TetherCallbackHandler(BaseCallbackHandler):
     # runs
     def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID,
                        parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        if parent_run_id is not None:
-            return
+        if parent_run_id is not None and not _started_by_a_graph():
+            return  # a node, or a chain inside one: part of its graph's run
         name = kwargs.get("name") or (serialized or {}).get("name") or "LangGraph"
-        run = Run(agent=str(name), name=str(name), metadata={"framework": "langgraph", "langchain_run_id": str(run_id)},
-                  derive="langgraph")
+        metadata: dict[str, Any] = {"framework": "langgraph", "langchain_run_id": str(run_id)}
+        if parent_run_id is not None:  # a subgraph: a child run of the run it is called in
+            metadata["subgraph"] = True
+        run = Run(agent=str(name), name=str(name), metadata=metadata, derive="langgraph")
         try:
             run.__enter__()
         except Exception:  # no bus: the graph runs unrecorded
@@ -85,6 +99,8 @@ class TetherCallbackHandler(BaseCallbackHandler):
     # tools
     def on_tool_start(self, serialized: dict[str, Any] | None, input_str: str, *, run_id: UUID,
                       inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if kwargs.get("tool_call_id") is not None and kwargs.get("tool_call_id") == _governed.get():
+            return  # a call ToolPolicy runs: recorded there, under the tool policy
         name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
         observed = ObservedTool.start(str(name), inputs if inputs is not None else input_str, source=SOURCE)
         if observed is not None:
@@ -103,6 +119,25 @@ class TetherCallbackHandler(BaseCallbackHandler):
         observed = self._tools.pop(run_id, None)
         if observed is not None:
             observed.failed(error)
+
+
+_CALLBACKS = "langchain_core.callbacks"
+
+
+def _started_by_a_graph() -> bool:
+    """Whether the chain starting is a LangGraph graph (a subgraph, when it has a parent): the
+    code that reported the start, below LangChain's callback machinery, is ``Pregel.stream`` or
+    ``astream``. LangChain's callbacks carry no other mark that tells a graph from a node."""
+    frame = inspect.currentframe()
+    for _ in range(12):
+        frame = frame.f_back if frame is not None else None
+        if frame is None:
+            return False
+        module = frame.f_globals.get("__name__", "")
+        if module == __name__ or module.startswith(_CALLBACKS):
+            continue
+        return module == "langgraph.pregel.main" and frame.f_code.co_name in ("stream", "astream")
+    return False
 
 
 _HANDLER = TetherCallbackHandler()
@@ -140,6 +175,119 @@ def chat_model(model: Any, **options: Any) -> Any:
     if hasattr(model, "max_retries"):
         model.max_retries = 0
     return model
+
+
+# -- tools: a ToolNode's calls under tether's tool policy ---------------------------------------
+
+# the id of the tool call ToolPolicy is running in this context: the callback handler leaves it alone
+_governed: contextvars.ContextVar[str | None] = contextvars.ContextVar("tether_langgraph_tool", default=None)
+_SERDE = JsonPlusSerializer()
+
+
+class _ErrorMessage(Exception):
+    """The tool failed and ``ToolNode`` (``handle_tool_errors``) made its error a message: recorded
+    as the call's failure, and that message is what the graph gets, as without tether."""
+
+    def __init__(self, message: ToolMessage) -> None:
+        super().__init__(str(message.content))
+        self.message = message
+
+
+class _Outcome:
+    """What the tool returned to ``ToolNode`` on its last attempt, and the form it is recorded in."""
+
+    def __init__(self) -> None:
+        self.live: Any = None
+
+    def record(self, result: Any) -> Any:
+        if isinstance(result, ToolMessage) and result.status == "error":
+            raise _ErrorMessage(result)
+        self.live = result
+        if isinstance(result, ToolMessage):
+            if result.artifact is None:
+                return result.content
+            return {"content": result.content, "artifact": result.artifact}
+        if isinstance(result, Command):
+            kind, blob = _SERDE.dumps_typed(result)
+            return {"command": {"update": result.update, "goto": result.goto},
+                    "serialized": [kind, base64.b64encode(blob).decode()]}
+        return result
+
+
+def _replayed(recorded: Any, call: Any) -> Any:
+    """A recorded result in the form ``ToolNode`` expects from a tool call (its id the current call's)."""
+    if isinstance(recorded, dict) and "serialized" in recorded:
+        kind, blob = recorded["serialized"]
+        return _SERDE.loads_typed((kind, base64.b64decode(blob)))
+    if isinstance(recorded, dict) and "artifact" in recorded:
+        return ToolMessage(content=recorded["content"], artifact=recorded["artifact"], name=call["name"],
+                           tool_call_id=call["id"])
+    return ToolMessage(content=recorded if isinstance(recorded, str | list) else json.dumps(recorded),
+                       name=call["name"], tool_call_id=call["id"])
+
+
+class ToolPolicy:
+    """Each tool call of a ``ToolNode`` under tether's tool policy and its run's journal (through
+    ``ToolNode(wrap_tool_call=..., awrap_tool_call=...)``, as :func:`tool_node` builds it): recorded
+    (arguments, result, duration, error), each attempt bounded by ``timeout_s`` (else the route
+    ``tool:<name>``'s ``tool_timeout_s``), retried only for the tools named in ``idempotent_tools``
+    (or marked ``idempotent`` on their route in ``tether.toml``), and in a resumed run a call that
+    completed before the crash returns its recorded result as a ``ToolMessage`` without running.
+    The callback handler does not record these calls again."""
+
+    def __init__(self, *, idempotent_tools: Iterable[str] = (), timeout_s: float | None = None,
+                 bus: Bus | None = None, policies: PolicySet | None = None, capture: bool = True,
+                 redact: Redactor | Hook | Iterable[str] | None = None) -> None:
+        self.tools = FrameworkTools(SOURCE, idempotent=idempotent_tools, timeout_s=timeout_s, bus=bus,
+                                    policies=policies, capture=capture, redact=redact)
+
+    def wrap_tool_call(self, request: Any, execute: Callable[[Any], Any]) -> Any:
+        call, outcome = request.tool_call, _Outcome()
+
+        def run() -> Any:
+            token = _governed.set(call.get("id"))
+            try:
+                return outcome.record(execute(request))
+            finally:
+                _governed.reset(token)
+
+        try:
+            recorded = self.tools.call(call["name"], dict(call.get("args") or {}), run)
+        except _ErrorMessage as failed:
+            return failed.message
+        return outcome.live if outcome.live is not None else _replayed(recorded, call)
+
+    async def awrap_tool_call(self, request: Any, execute: Callable[[Any], Awaitable[Any]]) -> Any:
+        call, outcome = request.tool_call, _Outcome()
+
+        async def run() -> Any:
+            token = _governed.set(call.get("id"))
+            try:
+                return outcome.record(await execute(request))
+            finally:
+                _governed.reset(token)
+
+        try:
+            recorded = await self.tools.acall(call["name"], dict(call.get("args") or {}), run)
+        except _ErrorMessage as failed:
+            return failed.message
+        return outcome.live if outcome.live is not None else _replayed(recorded, call)
+
+
+def tool_node(tools: Sequence[Any], *, idempotent_tools: Iterable[str] = (), timeout_s: float | None = None,
+              bus: Bus | None = None, policies: PolicySet | None = None, capture: bool = True,
+              redact: Redactor | Hook | Iterable[str] | None = None, **options: Any) -> ToolNode:
+    """A ``ToolNode`` of ``tools`` whose calls run under tether's tool policy (:class:`ToolPolicy`);
+    ``options`` are ``ToolNode``'s own (``name``, ``handle_tool_errors``...). Give it to
+    ``create_react_agent(model, tool_node(tools))`` or add it to a graph as a node."""
+    if "wrap_tool_call" in options or "awrap_tool_call" in options:
+        raise TypeError("tool_node sets wrap_tool_call and awrap_tool_call itself: to add your own wrapper, call "
+                        "ToolPolicy(...).wrap_tool_call / awrap_tool_call from inside it and build the ToolNode "
+                        "yourself")
+    policy = ToolPolicy(idempotent_tools=idempotent_tools, timeout_s=timeout_s, bus=bus, policies=policies,
+                        capture=capture, redact=redact)
+    return ToolNode(list(tools), wrap_tool_call=policy.wrap_tool_call, awrap_tool_call=policy.awrap_tool_call,
+                    **options)
 
 
 def memory_hook(memory: Any, *, namespaces: Any = None, token_budget: int = 500) -> Callable[..., Any]:
@@ -211,23 +359,64 @@ class TetherStore(BaseStore):
     each item an entry of the namespace ``lg:<labels>`` whose text is the item's JSON, so it is
     versioned, in the log (it survives restarts, shows in the views) and found by tether's search
     (keywords and embeddings: ``search(..., query=)``). A put returns once the memory view has it.
-    Async only (``abatch``: the graph's ``ainvoke`` / ``astream``); no TTL."""
 
-    supports_ttl = False
+    Sync (``get``, ``put``: a graph's ``invoke``) and async alike: every operation runs on the
+    event loop of the memory's bus; without ``memory``, an ``AsyncMemory`` of ``agent`` on tether's
+    background bus (a thread of its own, usable from any thread and any loop). A sync call on the
+    thread of the memory's own loop would wait for itself: it raises ``LoopThreadError``.
 
-    def __init__(self, memory: Any) -> None:
+    TTL (``supports_ttl``): a put's ``ttl`` (minutes; else ``ttl={"default_ttl": ...}``) is the
+    entry's TTL in tether memory, whose reads hide it once expired; a read with ``refresh_ttl``
+    (else ``ttl={"refresh_on_read": ...}``, default on) writes the item again with a fresh TTL."""
+
+    supports_ttl = True
+
+    def __init__(self, memory: Any = None, *, agent: str | None = None, ttl: TTLConfig | None = None) -> None:
         self.memory = memory
+        self.agent = agent
+        self.ttl_config = ttl
+        self._hub: Hub | None = None
+        self._starting: asyncio.Task[Any] | None = None
+
+    # -- where the work runs: the memory's loop ---------------------------------------------------
+
+    async def _start(self, hub: Hub) -> Any:
+        if self.memory is None:  # made once, on the bus's loop, however many batches ask at once
+            if self._starting is None:
+                self._starting = hub.loop.create_task(AsyncMemory(hub.bus, agent=self.agent).start())
+            self.memory = await asyncio.shield(self._starting)
+        return self.memory
+
+    def _hub_of(self, make_background: Callable[[], Hub]) -> Hub:
+        if self._hub is None:
+            self._hub = Hub.of(self.memory.bus) if self.memory is not None else make_background()
+        return self._hub
 
     def batch(self, ops: Iterable[Any]) -> list[Any]:
-        raise NotImplementedError("TetherStore is async only (its memory lives on an event loop): run the graph with "
-                                  "ainvoke() / astream(), or use store.aget / aput / asearch")
+        ops = list(ops)
+        hub = self._hub_of(background_hub)
+        try:
+            return hub.call_sync(lambda: self._batch(hub, ops))
+        except LoopThreadError:
+            raise LoopThreadError(
+                "TetherStore: a sync call (get, put, search, a graph's invoke) on the thread of its memory's own "
+                "event loop would wait for itself: use aget / aput / asearch and ainvoke() there, or give the "
+                "graph TetherStore() without a memory (tether's background bus, on a thread of its own)") from None
 
     async def abatch(self, ops: Iterable[Any]) -> list[Any]:
+        ops = list(ops)
+        if self._hub is None and self.memory is None:
+            self._hub = await asyncio.to_thread(background_hub)
+        hub = self._hub_of(background_hub)
+        return await hub.call(lambda: self._batch(hub, ops))
+
+    async def _batch(self, hub: Hub, ops: list[Any]) -> list[Any]:
+        await self._start(hub)
         return [await self._one(op) for op in ops]
 
     async def _one(self, op: Any) -> Any:
         if isinstance(op, GetOp):
-            return await self._get(op.namespace, op.key)
+            return await self._get(op.namespace, op.key, refresh=op.refresh_ttl)
         if isinstance(op, PutOp):
             namespace = store_namespace(op.namespace)
             if op.value is None:
@@ -236,7 +425,10 @@ class TetherStore(BaseStore):
                 except MemoryNotFound:
                     return None
             else:
-                done = await self.memory.write(namespace, json.dumps(op.value, separators=(",", ":")), key=op.key)
+                ttl = getattr(op, "ttl", None)
+                done = await self.memory.write(namespace, json.dumps(op.value, separators=(",", ":")), key=op.key,
+                                               metadata={"ttl_minutes": ttl} if ttl is not None else None,
+                                               ttl=ttl * 60 if ttl is not None else None)
             await self.memory.wait_for(done.seq)
             return None
         if isinstance(op, SearchOp):
@@ -248,6 +440,15 @@ class TetherStore(BaseStore):
                 found = sorted({ns[:op.max_depth] for ns in found})
             return found[op.offset:op.offset + op.limit]
         raise TypeError(f"TetherStore: unknown operation {type(op).__name__}")
+
+    async def _refresh(self, entry: Any) -> None:
+        """Write an item with a TTL again, its TTL counted from now (LangGraph's ``refresh_ttl``)."""
+        minutes = (entry.metadata or {}).get("ttl_minutes")
+        if minutes is None:
+            return
+        done = await self.memory.write(entry.namespace, entry.text, key=entry.key, metadata=entry.metadata,
+                                       ttl=float(minutes) * 60)
+        await self.memory.wait_for(done.seq)
 
     async def _namespaces(self) -> list[tuple[str, ...]]:
         named = [graph_namespace(name) for name, live in await self.memory.namespaces() if live]
@@ -263,11 +464,13 @@ class TetherStore(BaseStore):
         return SearchItem(namespace=namespace, key=entry.key, value=value, created_at=created, updated_at=updated,
                           score=score)
 
-    async def _get(self, namespace: tuple[str, ...], key: str) -> Any:
+    async def _get(self, namespace: tuple[str, ...], key: str, *, refresh: bool = False) -> Any:
         try:
             entry = await self.memory.get(store_namespace(namespace), key)
         except MemoryNotFound:
             return None
+        if refresh:
+            await self._refresh(entry)
         return self._item(entry, namespace)
 
     async def _search(self, op: Any) -> list[Any]:
@@ -292,7 +495,12 @@ class TetherStore(BaseStore):
                     after = page[-1].key
             items.sort(key=lambda item: item.updated_at, reverse=True)
         items = [item for item in items if all(item.value.get(k) == v for k, v in wanted.items())]
-        return items[op.offset:op.offset + op.limit]
+        found = items[op.offset:op.offset + op.limit]
+        if op.refresh_ttl:
+            for item in found:
+                with contextlib.suppress(MemoryNotFound):
+                    await self._refresh(await self.memory.get(store_namespace(item.namespace), item.key))
+        return found
 
 
 # -- state --------------------------------------------------------------------------------------
