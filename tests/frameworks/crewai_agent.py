@@ -21,15 +21,16 @@ from typing import Any
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
-from crewai import Agent, Crew, Task
+from crewai import Agent, Crew, Memory, Task
 from crewai.events import LLMCallCompletedEvent, LLMCallFailedEvent, crewai_event_bus
 from crewai.tools import BaseTool, tool
 
 import tether
 import tether.adapters
 import tether.adapters.crewai
+import tether.memory
 from tether.adapters import _crewaipriv
-from tether.adapters.crewai import _OWNERS, HOOKS, llm
+from tether.adapters.crewai import _OWNERS, HOOKS, TetherMemoryStorage, llm
 
 FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 SEEN: Counter[str] = Counter()
@@ -177,6 +178,53 @@ def attention() -> dict[str, Any]:
     return out
 
 
+def embed(texts: list[str]) -> list[list[float]]:
+    """CrewAI's memory embedder, deterministic: words hashed into 32 buckets."""
+    vectors = []
+    for text in texts:
+        vector = [0.0] * 32
+        for word in text.lower().replace("?", "").replace(".", "").split():
+            vector[sum(map(ord, word)) % 32] += 1.0
+        vectors.append(vector)
+    return vectors
+
+
+def crew_memory() -> dict[str, Any]:
+    """CrewAI's Memory on TetherMemoryStorage: two records remembered, recalled; then through a new
+    tether memory connection (nothing kept in the process) recalled again, one scope forgotten."""
+    before = fake("log")["total"]
+    out: dict[str, Any] = {}
+    with tether.memory.Memory.connect(agent="crew-mem") as memory:
+        out["bad_namespace"] = refused(lambda: TetherMemoryStorage(memory, "research"))
+        storage = TetherMemoryStorage(memory, "crew:research")
+        crew_memory = Memory(storage=storage, embedder=embed, llm=llm("gpt-4o-mini"))
+        email = crew_memory.remember("The customer prefers email over phone.", scope="/customers/acme",
+                                     categories=["contact"], importance=0.8)
+        crew_memory.remember("The office closes at five.", scope="/office", categories=["hours"], importance=0.4)
+        out["first"] = [m.record.content for m in crew_memory.recall("what does the customer prefer, email or phone",
+                                                                        depth="shallow", limit=1)]
+        out["email_id"] = email.id
+        crew_memory.close()
+    with tether.memory.Memory.connect(agent="crew-mem") as memory:  # a new connection: a new view of the log
+        storage = TetherMemoryStorage(memory, "crew:research")
+        crew_memory = Memory(storage=storage, embedder=embed, llm=llm("gpt-4o-mini"))
+        out["again"] = [m.record.content for m in crew_memory.recall("what does the customer prefer, email or phone",
+                                                                        depth="shallow", limit=1)]
+        record = storage.get_record(email.id)
+        out["record"] = {"scope": record.scope, "categories": record.categories, "importance": record.importance,
+                         "embedded": record.embedding == embed([record.content])[0]}
+        out["scopes"] = storage.list_scopes("/")
+        out["categories"] = storage.list_categories()
+        out["info"] = storage.get_scope_info("/customers").model_dump(include={"record_count", "child_scopes"})
+        out["forgotten"] = crew_memory.forget(scope="/office")
+        out["left"] = [r.content for r in storage.list_records()]
+        out["missing"] = storage.get_record("no-such-record") is None
+        out["history"] = [v.version for v in memory.history("crew:research", email.id)]
+        crew_memory.close()
+    out["upstream"] = fake("log")["total"] - before
+    return out
+
+
 def private_api() -> dict[str, Any]:
     """CrewAI's private API tether relies on (tether.adapters._crewaipriv.HOOKS): there, and used; a
     CrewAI without one refused by name."""
@@ -206,11 +254,13 @@ def main() -> dict[str, Any]:
     said["tool_retry"] = scenario("tool_retry", "", tools=[flaky_read])
     said["resume"] = resumed()
     said["attention"] = attention()
+    said["memory"] = crew_memory()
     said["hooks"] = private_api()
     said["refused"] = [refused(lambda: llm("gpt-4o-mini", max_retries=3)), refused(lambda: llm("anthropic/claude")),
                        refused(lambda: llm("gpt-4o-mini", tether={"policies": 3})),
                        refused(lambda: llm("gpt-4o-mini", tether={"policy": {}})),
-                       refused(lambda: tether.adapters.crewai.install(idempotent_tools="flaky_read"))]
+                       refused(lambda: tether.adapters.crewai.install(idempotent_tools="flaky_read")),
+                       refused(lambda: TetherMemoryStorage(object()))]
     said["policies_taken"] = [type(llm("gpt-4o-mini", tether={"policies": p}).tether_options["policies"]).__name__
                               for p in ("tether.toml", {"budgets": {}})]
     tether.adapters.flush()

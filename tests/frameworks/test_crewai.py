@@ -114,7 +114,7 @@ def test_a_budget_refusal_is_crewais_own_error_and_sends_nothing(crews: Outcome,
 
 def test_llms_policies_option_takes_a_file_or_tables_and_refuses_anything_else(crews: Outcome) -> None:
     assert crews.said["policies_taken"] == ["PolicySet", "PolicySet"], "a path and a dict become a PolicySet"
-    _, _, bad_policies, unknown, one_string = crews.said["refused"]
+    _, _, bad_policies, unknown, one_string, _ = crews.said["refused"]
     assert bad_policies.startswith("TypeError: tether.adapters.crewai.llm(tether={'policies': ...}): policies must "
                                    "be a tether.middleware.PolicySet, the path of a TOML file")
     assert bad_policies.endswith("not int")
@@ -188,6 +188,25 @@ def test_a_resumed_crew_stops_at_a_call_its_process_died_in(crews: Outcome) -> N
     assert types(crews.runs()[task])[-3:] == ["llm.call.requested", "call.replayed", "run.needs_attention"]
 
 
+def test_crewais_memory_kept_in_tether_memory_is_there_for_a_new_connection(crews: Outcome) -> None:
+    """crewai.Memory(storage=TetherMemoryStorage(...)): each record a tether memory entry, recalled by
+    CrewAI's own search over its embeddings, read back through a new connection (a view of the log
+    built again), one scope forgotten (a memory.deleted event), no model call made."""
+    said = crews.said["memory"]
+    assert said["first"] == said["again"] == ["The customer prefers email over phone."]
+    assert said["record"] == {"scope": "/customers/acme", "categories": ["contact"], "importance": 0.8,
+                              "embedded": True}
+    assert said["scopes"] == ["/customers", "/office"] and said["categories"] == {"contact": 1, "hours": 1}
+    assert said["info"] == {"record_count": 1, "child_scopes": ["/customers/acme"]}
+    assert said["forgotten"] == 1 and said["left"] == ["The customer prefers email over phone."]
+    assert said["missing"] and said["history"] == [1] and said["upstream"] == 0
+    memory = [e for e in crews.events if e.type.startswith("tether.memory.")]
+    assert [(e.type.removeprefix("tether.memory."), e.data.namespace) for e in memory] == [
+        ("written", "crew:research"), ("written", "crew:research"), ("deleted", "crew:research")]
+    assert memory[0].data.key == said["email_id"]
+    assert said["bad_namespace"].startswith("InvalidMemory: invalid namespace 'research': use 'global' or")
+
+
 def test_the_private_api_tether_relies_on_is_there(crews: Outcome) -> None:
     hooks = crews.said["hooks"]
     assert hooks["missing"] == [] and hooks["listed"] == ["_build_sync_client", "_build_async_client", "_run"]
@@ -206,6 +225,8 @@ def test_a_crewai_without_a_hook_is_refused_naming_its_version(crews: Outcome) -
 
 
 def test_bad_options_are_refused_with_what_to_do(crews: Outcome) -> None:
-    retries, provider, *_ = crews.said["refused"]
+    retries, provider, *_, storage = crews.said["refused"]
+    assert storage == ("TypeError: TetherMemoryStorage takes a tether.memory.Memory "
+                       "(tether.memory.Memory.connect(...)), not object")
     assert "tether owns the retries" in retries and "leave max_retries out (was 3)" in retries
     assert "not 'anthropic/claude'" in provider and "OpenAI-compatible models (base_url=)" in provider

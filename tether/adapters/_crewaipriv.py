@@ -8,12 +8,14 @@ CrewAI has no public way to hand its OpenAI provider an HTTP client, nor to wrap
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from tether._hooks import Hook
 
-__all__ = ["HOOKS", "CrewAIChanged", "missing", "require", "routed_clients", "wrap_run"]
+__all__ = ["HOOKS", "CrewAIChanged", "instance_run", "missing", "require", "routed_clients", "run_is_async",
+           "wrap_run"]
 
 _COMPLETION = "crewai.llms.providers.openai.completion.OpenAICompletion"
 _WHY_CLIENTS = ("the openai client CrewAI's OpenAI provider builds (sync and async): TetherLLM gives it to "
@@ -67,3 +69,13 @@ def routed_clients(completion: type, route: Callable[[Any, Any], Any]) -> type:
 def wrap_run(tool: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
     """Put ``wrap(tool._run)`` in place of this tool instance's ``_run`` (a ``BaseTool`` subclass's)."""
     object.__setattr__(tool, "_run", wrap(tool._run))
+
+
+def instance_run(tool: Any) -> Any:
+    """What :func:`wrap_run` put on this tool instance in place of ``_run`` (None if nothing)."""
+    return getattr(tool, "__dict__", {}).get("_run")
+
+
+def run_is_async(tool: Any) -> bool:
+    """Whether the tool's class implements ``_run`` as a coroutine function."""
+    return inspect.iscoroutinefunction(type(tool)._run)

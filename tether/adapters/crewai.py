@@ -6,6 +6,7 @@ them (:func:`llm`). The only module of tether that imports ``crewai`` (its priva
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -27,7 +28,8 @@ from ._crewaipriv import HOOKS, CrewAIChanged
 from ._frameworks import ObservedTool, policy_set
 from ._tools import FrameworkTools
 
-__all__ = ["HOOKS", "CrewAIChanged", "TetherLLM", "TetherLLMError", "TetherNeedsAttention", "install", "llm"]
+__all__ = ["HOOKS", "CrewAIChanged", "TetherLLM", "TetherLLMError", "TetherMemoryStorage", "TetherNeedsAttention",
+           "install", "llm"]
 
 SOURCE = "urn:tether:adapter:crewai"
 # what CrewAI reports in place of a tool's result when the tool raised (its executors catch the error)
@@ -173,9 +175,9 @@ def govern(tool: Any) -> bool:
             return False
         tool.func = _governed(name, tool.func)
         return True
-    if _is_governed(vars(tool).get("_run")):
+    if _is_governed(_crewaipriv.instance_run(tool)):
         return True
-    if inspect.iscoroutinefunction(type(tool)._run):
+    if _crewaipriv.run_is_async(tool):
         return False
     _crewaipriv.wrap_run(tool, functools.partial(_governed, name))
     return True
@@ -187,7 +189,7 @@ def _runs_governed(structured: Any) -> bool:
     fn = getattr(structured, "func", None)
     owner = getattr(fn, "__self__", None)
     return _is_governed(fn) or (owner is not None and (
-        _is_governed(getattr(owner, "func", None)) or _is_governed(getattr(owner, "__dict__", {}).get("_run"))))
+        _is_governed(getattr(owner, "func", None)) or _is_governed(_crewaipriv.instance_run(owner))))
 
 
 def _govern_step(ctx: Any) -> None:
@@ -200,7 +202,7 @@ def _govern_step(ctx: Any) -> None:
 
 
 def _before_tool(ctx: Any) -> None:
-    if _runs_governed(ctx.tool):
+    if _runs_governed(getattr(ctx, "tool", None)):
         return
     _tool.set(ObservedTool.start(str(ctx.tool_name), ctx.tool_input, source=SOURCE))
 
@@ -377,3 +379,166 @@ def _tether_options(given: dict[str, Any] | None) -> dict[str, Any]:
     if "policies" in options:
         options["policies"] = policy_set(options["policies"], "tether.adapters.crewai.llm(tether={'policies': ...})")
     return options
+
+
+# -- memory storage -------------------------------------------------------------------------
+
+_RECORD_FIELDS = ("scope", "categories", "metadata", "importance", "created_at", "last_accessed", "source",
+                  "private")
+
+
+def _in_scope(scope: str, prefix: str | None) -> bool:
+    if not prefix or prefix == "/":
+        return True
+    prefix = prefix.rstrip("/")
+    return scope == prefix or scope.startswith(prefix + "/")
+
+
+def _matches(record: Any, metadata_filter: dict[str, Any] | None) -> bool:
+    return not metadata_filter or all(record.metadata.get(k) == v for k, v in metadata_filter.items())
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    if not a or not b or len(a) != len(b):
+        return 0.0
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = (sum(x * x for x in a) ** 0.5) * (sum(y * y for y in b) ** 0.5)
+    return dot / norm if norm else 0.0
+
+
+class TetherMemoryStorage:
+    """CrewAI's memory storage (its ``StorageBackend`` protocol) kept in tether memory:
+    ``crewai.Memory(storage=TetherMemoryStorage(memory, "crew:research"))``. Each of CrewAI's
+    records is the entry ``<record id>`` of the namespace (its content the entry's text, the rest
+    of the record, its embedding included, the entry's metadata), so every save is a
+    ``memory.written`` event, the crew's memory survives a restart and shows in tether's memory
+    views, history and erasure. Search is CrewAI's: cosine similarity of the embeddings CrewAI's
+    embedder made, over the namespace's entries (read from tether's memory view)."""
+
+    def __init__(self, memory: Any, namespace: str = "crew:crewai") -> None:
+        from tether.memory import Memory, check_namespace
+
+        if not isinstance(memory, Memory):
+            raise TypeError("TetherMemoryStorage takes a tether.memory.Memory (tether.memory.Memory.connect(...)), "
+                            f"not {type(memory).__name__}")
+        self.memory = memory
+        self.namespace = check_namespace(namespace)
+        self._seq: int | None = None  # the last write's position: reads wait for the view to have it
+
+    # -- records as entries
+
+    def _record(self, entry: Any) -> Any:
+        from crewai.memory.types import MemoryRecord
+
+        data = {k: v for k, v in entry.metadata.items() if k in _RECORD_FIELDS}
+        return MemoryRecord(id=entry.key, content=entry.text, embedding=entry.metadata.get("embedding"), **data)
+
+    def _write(self, record: Any) -> None:
+        fields = record.model_dump(mode="json", include=set(_RECORD_FIELDS))
+        written = self.memory.write(self.namespace, record.content, record.id,
+                                    {**fields, "embedding": record.embedding})
+        if written.seq is not None:
+            self._seq = max(self._seq or 0, written.seq)
+
+    def _all(self) -> list[Any]:
+        entries: list[Any] = []
+        after_key: str | None = None
+        while True:
+            page = self.memory._call(self.memory.aio.entries(self.namespace, limit=1000, after_key=after_key,
+                                                              after=self._seq))
+            entries += page
+            if len(page) < 1000:
+                return [self._record(e) for e in entries]
+            after_key = page[-1].key
+
+    def _select(self, scope_prefix: str | None = None, categories: list[str] | None = None,
+                metadata_filter: dict[str, Any] | None = None) -> list[Any]:
+        return [r for r in self._all() if _in_scope(r.scope, scope_prefix) and _matches(r, metadata_filter)
+                and (not categories or set(categories) & set(r.categories))]
+
+    # -- StorageBackend
+
+    def save(self, records: list[Any]) -> None:
+        for record in records:
+            self._write(record)
+
+    def update(self, record: Any) -> None:
+        self._write(record)
+
+    def get_record(self, record_id: str) -> Any:
+        from tether.memory import MemoryNotFound
+
+        try:
+            return self._record(self.memory.get(self.namespace, record_id, after=self._seq))
+        except MemoryNotFound:
+            return None
+
+    def search(self, query_embedding: list[float], scope_prefix: str | None = None,
+               categories: list[str] | None = None, metadata_filter: dict[str, Any] | None = None,
+               limit: int = 10, min_score: float = 0.0) -> list[tuple[Any, float]]:
+        scored = [(r, _cosine(query_embedding, r.embedding or []))
+                  for r in self._select(scope_prefix, categories, metadata_filter)]
+        return sorted((p for p in scored if p[1] >= min_score), key=lambda p: p[1], reverse=True)[:limit]
+
+    def delete(self, scope_prefix: str | None = None, categories: list[str] | None = None,
+               record_ids: list[str] | None = None, older_than: Any = None,
+               metadata_filter: dict[str, Any] | None = None) -> int:
+        chosen = [r for r in self._select(scope_prefix, categories, metadata_filter)
+                  if (record_ids is None or r.id in record_ids)
+                  and (older_than is None or r.created_at < older_than)]
+        for record in chosen:
+            written = self.memory.delete(self.namespace, record.id)
+            if written.seq is not None:
+                self._seq = max(self._seq or 0, written.seq)
+        return len(chosen)
+
+    def list_records(self, scope_prefix: str | None = None, limit: int = 200, offset: int = 0) -> list[Any]:
+        records = sorted(self._select(scope_prefix), key=lambda r: r.created_at, reverse=True)
+        return records[offset:offset + limit]
+
+    def get_scope_info(self, scope: str) -> Any:
+        from crewai.memory.types import ScopeInfo
+
+        records = self._select(scope)
+        return ScopeInfo(path=scope, record_count=len(records),
+                         categories=sorted({c for r in records for c in r.categories}),
+                         oldest_record=min((r.created_at for r in records), default=None),
+                         newest_record=max((r.created_at for r in records), default=None),
+                         child_scopes=self.list_scopes(scope))
+
+    def list_scopes(self, parent: str = "/") -> list[str]:
+        base = parent.rstrip("/")
+        children = set()
+        for record in self._select(parent):
+            rest = record.scope[len(base):].strip("/")
+            if rest:
+                children.add(f"{base}/{rest.split('/')[0]}")
+        return sorted(children)
+
+    def list_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self._select(scope_prefix):
+            for category in record.categories:
+                counts[category] = counts.get(category, 0) + 1
+        return counts
+
+    def count(self, scope_prefix: str | None = None) -> int:
+        return len(self._select(scope_prefix))
+
+    def reset(self, scope_prefix: str | None = None) -> None:
+        self.delete(scope_prefix=scope_prefix)
+
+    async def asave(self, records: list[Any]) -> None:
+        await asyncio.to_thread(self.save, records)
+
+    async def asearch(self, query_embedding: list[float], scope_prefix: str | None = None,
+                      categories: list[str] | None = None, metadata_filter: dict[str, Any] | None = None,
+                      limit: int = 10, min_score: float = 0.0) -> list[tuple[Any, float]]:
+        return await asyncio.to_thread(self.search, query_embedding, scope_prefix, categories, metadata_filter,
+                                       limit, min_score)
+
+    async def adelete(self, scope_prefix: str | None = None, categories: list[str] | None = None,
+                      record_ids: list[str] | None = None, older_than: Any = None,
+                      metadata_filter: dict[str, Any] | None = None) -> int:
+        return await asyncio.to_thread(self.delete, scope_prefix, categories, record_ids, older_than,
+                                       metadata_filter)
