@@ -63,7 +63,7 @@ def get_forecast(city: str) -> str:
 def slow_lookup(city: str) -> str:
     """Look a city up in a slow archive."""
     RAN["slow_lookup"] += 1
-    threading.Event().wait(1.5)  # tether.toml gives this tool 0.3 s
+    threading.Event().wait(1.0)  # tether.toml gives this tool 0.3 s
     return f"{city} found"
 
 
