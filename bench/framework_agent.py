@@ -495,8 +495,13 @@ def other_hooks(framework: str) -> tuple[Callable[[], None], Callable[[], None]]
         end = SimpleNamespace(crew=crew, flow=None, status="completed", error=None)
         step = SimpleNamespace(kind="task", task=task, agent=None, agent_role="weather-bot",
                                step_name="What is the weather in Paris?")
-        before = SimpleNamespace(tool_name="get_weather", tool_input={"city": "Paris"})
-        after = SimpleNamespace(tool_name="get_weather", tool_input={"city": "Paris"},
+        def get_weather(city: str) -> str:
+            return f"It is sunny in {city}."
+
+        governed = crewai._governed("get_weather", get_weather)  # what the pre_step hook puts on a @tool
+        structured = SimpleNamespace(func=governed)
+        before = SimpleNamespace(tool_name="get_weather", tool_input={"city": "Paris"}, tool=structured)
+        after = SimpleNamespace(tool_name="get_weather", tool_input={"city": "Paris"}, tool=structured,
                                 tool_result="It is sunny in Paris.", raw_tool_result="It is sunny in Paris.")
         runs = crewai._RUNS  # the hooks install() registers
 
@@ -504,11 +509,15 @@ def other_hooks(framework: str) -> tuple[Callable[[], None], Callable[[], None]]
             runs.start(start)
             runs.step(step)
             crewai._before_tool(before)
+            governed(city="Paris")  # the tool under tether's tool policy, in the task's run
             crewai._after_tool(after)
             runs.stepped(step)
             runs.end(end)
 
-        return crew_run, nothing
+        def bare_run() -> None:
+            get_weather("Paris")
+
+        return crew_run, bare_run
     if framework == "pydantic-ai":
         from pydantic_ai.messages import ToolCallPart
 

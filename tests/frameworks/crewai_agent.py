@@ -4,32 +4,37 @@ another in one process (CrewAI takes seconds to import): tests/frameworks/test_c
 The two lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``: each
 scenario sets its faults there first and reads back what reached it), the bus ``TETHER_NATS_URL``,
 the policies ``tether.toml`` in the working directory (the agent ``budget-bot`` may make one
-call). Prints one JSON line: per scenario, what the crew gave or raised, the LLM events CrewAI
-itself saw, and the upstream requests.
+call; the tool ``slow_lookup`` has a timeout). Prints one JSON line: per scenario, what the crew
+gave or raised, the LLM events CrewAI itself saw, the upstream requests and the tools' executions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.request
 from collections import Counter
+from importlib.metadata import version
 from typing import Any
 
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
-from crewai import Agent, Crew, Task
+from crewai import Agent, Crew, Memory, Task
 from crewai.events import LLMCallCompletedEvent, LLMCallFailedEvent, crewai_event_bus
-from crewai.llms.providers.openai.completion import OpenAICompletion
-from crewai.tools import tool
+from crewai.tools import BaseTool, tool
 
 import tether
 import tether.adapters
-from tether.adapters.crewai import HOOKS, llm
+import tether.adapters.crewai
+import tether.memory
+from tether.adapters import _crewaipriv
+from tether.adapters.crewai import _OWNERS, HOOKS, TetherMemoryStorage, llm
 
 FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 SEEN: Counter[str] = Counter()
+RAN: Counter[str] = Counter()  # executions of each tool's body
 
 
 @crewai_event_bus.on(LLMCallCompletedEvent)
@@ -54,6 +59,45 @@ def get_forecast(city: str) -> str:
     raise ValueError(f"no forecast for {city}")
 
 
+@tool("slow_lookup")
+def slow_lookup(city: str) -> str:
+    """Look a city up in a slow archive."""
+    RAN["slow_lookup"] += 1
+    threading.Event().wait(1.0)  # tether.toml gives this tool 0.3 s
+    return f"{city} found"
+
+
+@tool("flaky_read")
+def flaky_read(city: str) -> str:
+    """Read a city's weather from a flaky station."""
+    RAN["flaky_read"] += 1
+    if RAN["flaky_read"] == 1:
+        raise ConnectionError("station reset the connection")
+    return f"Rain in {city}."
+
+
+class CountStock(BaseTool):  # a BaseTool subclass: its _run is governed
+    name: str = "count_stock"
+    description: str = "Count the umbrellas in stock in a city."
+
+    def _run(self, city: str) -> str:
+        RAN["count_stock"] += 1
+        return f"{40 + RAN['count_stock']} umbrellas in {city}."
+
+
+class Crash(BaseException):
+    """The process dies inside the tool: nothing after its start is recorded."""
+
+
+@tool("send_invoice")
+def send_invoice(city: str) -> str:
+    """Send the weather invoice to a city."""
+    RAN["send_invoice"] += 1
+    if RAN["send_invoice"] == 1:
+        raise Crash
+    return f"invoice sent to {city}"
+
+
 def fake(path: str, body: dict[str, Any] | None = None) -> Any:
     request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
                                      data=json.dumps(body).encode() if body is not None else None,
@@ -62,12 +106,13 @@ def fake(path: str, body: dict[str, Any] | None = None) -> Any:
         return json.load(answer)
 
 
-def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool: bool = False) -> dict[str, Any]:
+def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool: bool = False,
+             tools: list[Any] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     fake("faults", {"spec": faults})
     before = fake("log")["total"]
-    model = llm("gpt-4o-mini")  # line 2: the model's calls under tether's policy, CrewAI's retries out of them
+    model = llm("gpt-4o-mini", tether=options)  # line 2: the model's calls under tether's policy
     agent = Agent(role=role, goal="Answer about the weather.", backstory="A forecaster.",
-                  tools=[get_forecast if failing_tool else get_weather], llm=model)
+                  tools=tools or [get_forecast if failing_tool else get_weather], llm=model)
     task = Task(description="What is the weather in Paris?", expected_output="The weather.", agent=agent)
     crew = Crew(agents=[agent], tasks=[task], name=name)
     SEEN.clear()
@@ -77,9 +122,11 @@ def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool:
     except Exception as exc:  # what the framework raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
                    kinds=[f"{k.__module__}.{k.__name__}" for k in type(exc).__mro__],
-                   error_code=getattr(exc, "error_code", None))
+                   error_code=getattr(exc, "error_code", None), tool=getattr(exc, "tool", None),
+                   position=getattr(exc, "position", None))
     crewai_event_bus.flush()
     out["crewai_saw"] = dict(SEEN)
+    out["ran"] = dict(RAN)
     out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
     return out
 
@@ -87,17 +134,110 @@ def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool:
 def refused(make: Any) -> str:
     try:
         make()
-    except ValueError as exc:
-        return str(exc)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
     return "accepted"
 
 
+class Stopped(Exception):
+    """The crew failed: its enclosing run ends with the error."""
+
+
+def resumed() -> dict[str, Any]:
+    """A crew inside a tether run that fails after its tool ran (its second model call gets a
+    persistent 500), then the same run resumed: the tool's recorded result is replayed."""
+    RAN.clear()
+    out: dict[str, Any] = {}
+    for attempt, faults in (("crashed", "500#2-9/chat"), ("resumed", "")):
+        try:
+            with tether.run(agent="stock-bot", run_id="crewai-resume-1", resume=attempt == "resumed"):
+                out[attempt] = scenario("resume", faults, role="stock-bot", tools=[CountStock()])
+                if not out[attempt]["ok"]:
+                    raise Stopped(out[attempt]["message"])  # the run ends failed, as the process would have
+        except Stopped:
+            pass
+    return out
+
+
+def attention() -> dict[str, Any]:
+    """A crew whose process dies inside a tool that is not idempotent, then its run resumed: the
+    resumed crew stops at that call with tether.NeedsAttention (and sends nothing)."""
+    RAN.clear()
+    out: dict[str, Any] = {}
+    try:
+        with tether.run(agent="invoice-bot", run_id="crewai-attention-1"):
+            scenario("attention", "", role="invoice-bot", tools=[send_invoice])
+    except Crash:
+        out["crashed"] = dict(RAN)
+    tether.adapters.flush()
+    try:
+        with tether.run(agent="invoice-bot", run_id="crewai-attention-1", resume=True):
+            out["resumed"] = scenario("attention", "", role="invoice-bot", tools=[send_invoice])
+    except tether.NeedsAttention as exc:  # what the agent's code sees, if scenario() did not catch it first
+        out["escaped"] = type(exc).__name__
+    return out
+
+
+def embed(texts: list[str]) -> list[list[float]]:
+    """CrewAI's memory embedder, deterministic: words hashed into 32 buckets."""
+    vectors = []
+    for text in texts:
+        vector = [0.0] * 32
+        for word in text.lower().replace("?", "").replace(".", "").split():
+            vector[sum(map(ord, word)) % 32] += 1.0
+        vectors.append(vector)
+    return vectors
+
+
+def crew_memory() -> dict[str, Any]:
+    """CrewAI's Memory on TetherMemoryStorage: two records remembered, recalled; then through a new
+    tether memory connection (nothing kept in the process) recalled again, one scope forgotten."""
+    before = fake("log")["total"]
+    out: dict[str, Any] = {}
+    with tether.memory.Memory.connect(agent="crew-mem") as memory:
+        out["bad_namespace"] = refused(lambda: TetherMemoryStorage(memory, "research"))
+        storage = TetherMemoryStorage(memory, "crew:research")
+        crew_memory = Memory(storage=storage, embedder=embed, llm=llm("gpt-4o-mini"))
+        email = crew_memory.remember("The customer prefers email over phone.", scope="/customers/acme",
+                                     categories=["contact"], importance=0.8)
+        crew_memory.remember("The office closes at five.", scope="/office", categories=["hours"], importance=0.4)
+        out["first"] = [m.record.content for m in crew_memory.recall("what does the customer prefer, email or phone",
+                                                                        depth="shallow", limit=1)]
+        out["email_id"] = email.id
+        crew_memory.close()
+    with tether.memory.Memory.connect(agent="crew-mem") as memory:  # a new connection: a new view of the log
+        storage = TetherMemoryStorage(memory, "crew:research")
+        crew_memory = Memory(storage=storage, embedder=embed, llm=llm("gpt-4o-mini"))
+        out["again"] = [m.record.content for m in crew_memory.recall("what does the customer prefer, email or phone",
+                                                                        depth="shallow", limit=1)]
+        record = storage.get_record(email.id)
+        out["record"] = {"scope": record.scope, "categories": record.categories, "importance": record.importance,
+                         "embedded": record.embedding == embed([record.content])[0]}
+        out["scopes"] = storage.list_scopes("/")
+        out["categories"] = storage.list_categories()
+        out["info"] = storage.get_scope_info("/customers").model_dump(include={"record_count", "child_scopes"})
+        out["forgotten"] = crew_memory.forget(scope="/office")
+        out["left"] = [r.content for r in storage.list_records()]
+        out["missing"] = storage.get_record("no-such-record") is None
+        out["history"] = [v.version for v in memory.history("crew:research", email.id)]
+        crew_memory.close()
+    out["upstream"] = fake("log")["total"] - before
+    return out
+
+
 def private_api() -> dict[str, Any]:
-    """CrewAI's private API tether relies on (tether.adapters.crewai.HOOKS): there, and used."""
-    missing = [hook.name for hook in HOOKS if not callable(getattr(OpenAICompletion, hook.name, None))]
+    """CrewAI's private API tether relies on (tether.adapters._crewaipriv.HOOKS): there, and used; a
+    CrewAI without one refused by name."""
+    missing = [hook.name for hook in _crewaipriv.missing(_OWNERS)]
     model = llm("gpt-4o-mini")
     clients = (model._get_sync_client(), model._get_async_client())  # read here for the check; tether does not
-    return {"missing": missing, "transports": [type(c._client._transport).__name__ for c in clients]}
+    custom = CountStock()
+    tether.adapters.crewai.govern(custom)
+    stand_in = {owner: type(cls.__name__, (), {}) for owner, cls in _OWNERS.items()}  # a CrewAI that renamed them
+    return {"missing": missing, "version": version("crewai"), "listed": [h.name for h in HOOKS], "transports": [
+        type(c._client._transport).__name__ for c in clients],
+        "run_governed": getattr(vars(custom).get("_run"), "__tether_tool__", False),
+        "changed": refused(lambda: _crewaipriv.require(stand_in))}
 
 
 def main() -> dict[str, Any]:
@@ -106,9 +246,23 @@ def main() -> dict[str, Any]:
     said["faults"] = scenario("faults", "500#1/chat,503#3/chat")
     said["persistent"] = scenario("persistent", "429/chat")
     said["budget"] = scenario("budget", "", role="budget-bot")  # tether.toml: one call for this agent
+    said["budget_options"] = scenario("budget_options", "", role="options-bot",  # the same budget as llm()'s option
+                                      options={"policies": {"budgets": {"run": {"*": {"calls": 1}}}}})
     said["tool_error"] = scenario("tool_error", "", failing_tool=True)
+    said["tool_timeout"] = scenario("tool_timeout", "", tools=[slow_lookup])
+    tether.adapters.crewai.install(idempotent_tools={"flaky_read"})  # the adapter's option
+    said["tool_retry"] = scenario("tool_retry", "", tools=[flaky_read])
+    said["resume"] = resumed()
+    said["attention"] = attention()
+    said["memory"] = crew_memory()
     said["hooks"] = private_api()
-    said["refused"] = [refused(lambda: llm("gpt-4o-mini", max_retries=3)), refused(lambda: llm("anthropic/claude"))]
+    said["refused"] = [refused(lambda: llm("gpt-4o-mini", max_retries=3)), refused(lambda: llm("anthropic/claude")),
+                       refused(lambda: llm("gpt-4o-mini", tether={"policies": 3})),
+                       refused(lambda: llm("gpt-4o-mini", tether={"policy": {}})),
+                       refused(lambda: tether.adapters.crewai.install(idempotent_tools="flaky_read")),
+                       refused(lambda: TetherMemoryStorage(object()))]
+    said["policies_taken"] = [type(llm("gpt-4o-mini", tether={"policies": p}).tether_options["policies"]).__name__
+                              for p in ("tether.toml", {"budgets": {}})]
     tether.adapters.flush()
     return said
 

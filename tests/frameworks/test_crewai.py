@@ -23,6 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.nats]
 BUDGET_BOT = """
 [budgets.agent."budget-bot"]
 calls = 1
+
+[routes."tool:slow_lookup"]
+tool_timeout_s = 0.3
 """
 
 
@@ -93,32 +96,137 @@ def test_a_persistent_429_is_three_upstream_requests_not_27(crews: Outcome) -> N
     assert run[-1].data.error.type == "TetherLLMError"
 
 
-def test_a_budget_refusal_is_crewais_own_error_and_sends_nothing(crews: Outcome) -> None:
-    said = crews.said["budget"]
+@pytest.mark.parametrize("scenario", ["budget", "budget_options"])
+def test_a_budget_refusal_is_crewais_own_error_and_sends_nothing(crews: Outcome, scenario: str) -> None:
+    """The budget from tether.toml (an agent's), and from llm(tether={"policies": {...}}) (a run's):
+    a mapping in tether.toml's shape was handed to tether.instrument as it was, which failed on it
+    inside the transport (CrewAI saw a connection error, retried, and nothing was refused)."""
+    said = crews.said[scenario]
     assert not said["ok"]
-    assert said["error"] == "tether.adapters.crewai.TetherLLMError" and said["error_code"] == "budget_exceeded"
+    assert said["error"] == "tether.adapters.crewai.TetherLLMError" and said["error_code"] == "budget_exceeded", said
     assert "budget" in said["message"] and "crewai.hooks.dispatch.HookAborted" in said["kinds"]
     assert said["upstream"] == ["200"], "the second call was refused before anything was sent"
-    _, _, run = crew_run(crews, "budget")
+    _, _, run = crew_run(crews, scenario)
     failed = next(e for e in run if e.type == "tether.llm.call.failed")
     assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
     assert run[-1].data.status == "error"
 
 
-def test_a_failing_tool_is_a_failed_tool_call(crews: Outcome) -> None:
+def test_llms_policies_option_takes_a_file_or_tables_and_refuses_anything_else(crews: Outcome) -> None:
+    assert crews.said["policies_taken"] == ["PolicySet", "PolicySet"], "a path and a dict become a PolicySet"
+    _, _, bad_policies, unknown, one_string, _ = crews.said["refused"]
+    assert bad_policies.startswith("TypeError: tether.adapters.crewai.llm(tether={'policies': ...}): policies must "
+                                   "be a tether.middleware.PolicySet, the path of a TOML file")
+    assert bad_policies.endswith("not int")
+    assert "tether= takes tether.instrument's options (agent, bus, capture" in unknown and "not 'policy'" in unknown
+    assert "idempotent_tools is a collection of tool names" in one_string
+    assert "write idempotent_tools={'flaky_read'}" in one_string
+
+
+def test_a_failing_tool_is_a_failed_tool_call_run_once(crews: Outcome) -> None:
     said = crews.said["tool_error"]
     assert said["ok"], "CrewAI gives the tool's error to the model, which answers"
     _, _, run = crew_run(crews, "tool_error")
     failed = next(e for e in run if e.type == "tether.tool.call.failed")
     assert failed.data.tool == "get_forecast" and "no forecast for fake city" in failed.data.error.message
+    assert failed.data.attempts == 1, "not idempotent: run once"
     assert "tool.call.completed" not in types(run)
+    assert types(run).count("tool.call.requested") == 1, "one span per call: the hooks no longer observe it"
+
+
+def test_a_tool_is_stopped_at_its_routes_timeout(crews: Outcome) -> None:
+    said = crews.said["tool_timeout"]
+    assert said["ok"], "CrewAI gives the timeout to the model as the tool's error, and the model answers"
+    _, _, run = crew_run(crews, "tool_timeout")
+    assert types(run)[types(run).index("tool.call.requested"):][:3] == [
+        "tool.call.requested", "tool.call.attempt_failed", "tool.call.failed"]
+    failed = next(e for e in run if e.type == "tether.tool.call.failed")
+    assert "'slow_lookup' did not finish within its timeout of 0.3 s" in failed.data.error.message
+    assert failed.data.attempts == 1
+    requested = next(e for e in run if e.type == "tether.tool.call.requested")
+    assert requested.source == "urn:tether:adapter:crewai" and requested.data.position == 0
+
+
+def test_an_idempotent_tool_is_retried(crews: Outcome) -> None:
+    said = crews.said["tool_retry"]
+    assert said["ok"] and said["ran"]["flaky_read"] == 2, "failed once (a reset), retried, answered"
+    _, _, run = crew_run(crews, "tool_retry")
+    assert [t for t in types(run) if t.startswith("tool.")] == [
+        "tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"]
+    completed = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert completed.data.result == "Rain in fake city."
+
+
+def test_a_resumed_crew_replays_its_completed_tool_call_without_running_it(crews: Outcome) -> None:
+    crashed, resumed = crews.said["resume"]["crashed"], crews.said["resume"]["resumed"]
+    assert not crashed["ok"] and crashed["ran"] == {"count_stock": 1}
+    assert crashed["upstream"] == ["200", "500", "500", "500"], "the second model call failed after the tool ran"
+    assert resumed["ok"] and resumed["ran"] == {"count_stock": 1}, "the tool (a BaseTool subclass) did not run again"
+    assert resumed["upstream"] == ["200"], "the first model call was replayed too: only the second was sent"
+    [task] = {e.runid for e in crews.started()
+              if e.agentid == "stock-bot" and (e.data.metadata or {}).get("kind") == "task"}
+    second = types(crews.runs()[task])[types(crews.runs()[task]).index("run.started", 1):]
+    assert second == ["run.started", "llm.call.requested", "call.replayed", "tool.call.requested", "call.replayed",
+                      "llm.call.requested", "llm.call.completed", "run.finished"]
+    replayed = [e for e in crews.runs()[task] if e.type == "tether.call.replayed"][1]
+    assert replayed.data.tool == "count_stock" and replayed.data.response == "41 umbrellas in fake city."
+
+
+def test_a_resumed_crew_stops_at_a_call_its_process_died_in(crews: Outcome) -> None:
+    """A tool that is not idempotent, the process gone inside it: the resumed crew neither runs it
+    again nor lets CrewAI hand the stop to the model as a tool error; it raises tether.NeedsAttention."""
+    said = crews.said["attention"]
+    assert said["crashed"] == {"send_invoice": 1}
+    resumed = said["resumed"]
+    assert not resumed["ok"] and resumed["ran"] == {"send_invoice": 1}, "not run again"
+    assert resumed["error"] == "tether.adapters.crewai.TetherNeedsAttention", resumed
+    assert {"tether.adapters._runs.NeedsAttention", "crewai.hooks.dispatch.HookAborted"} <= set(resumed["kinds"])
+    assert (resumed["tool"], resumed["position"]) == ("send_invoice", 0)
+    assert "tether runs resolve" in resumed["message"] and resumed["upstream"] == [], "nothing sent after it"
+    [task] = {e.runid for e in crews.started()
+              if e.agentid == "invoice-bot" and (e.data.metadata or {}).get("kind") == "task"}
+    assert types(crews.runs()[task])[-3:] == ["llm.call.requested", "call.replayed", "run.needs_attention"]
+
+
+def test_crewais_memory_kept_in_tether_memory_is_there_for_a_new_connection(crews: Outcome) -> None:
+    """crewai.Memory(storage=TetherMemoryStorage(...)): each record a tether memory entry, recalled by
+    CrewAI's own search over its embeddings, read back through a new connection (a view of the log
+    built again), one scope forgotten (a memory.deleted event), no model call made."""
+    said = crews.said["memory"]
+    assert said["first"] == said["again"] == ["The customer prefers email over phone."]
+    assert said["record"] == {"scope": "/customers/acme", "categories": ["contact"], "importance": 0.8,
+                              "embedded": True}
+    assert said["scopes"] == ["/customers", "/office"] and said["categories"] == {"contact": 1, "hours": 1}
+    assert said["info"] == {"record_count": 1, "child_scopes": ["/customers/acme"]}
+    assert said["forgotten"] == 1 and said["left"] == ["The customer prefers email over phone."]
+    assert said["missing"] and said["history"] == [1] and said["upstream"] == 0
+    memory = [e for e in crews.events if e.type.startswith("tether.memory.")]
+    assert [(e.type.removeprefix("tether.memory."), e.data.namespace) for e in memory] == [
+        ("written", "crew:research"), ("written", "crew:research"), ("deleted", "crew:research")]
+    assert memory[0].data.key == said["email_id"]
+    assert said["bad_namespace"].startswith("InvalidMemory: invalid namespace 'research': use 'global' or")
 
 
 def test_the_private_api_tether_relies_on_is_there(crews: Outcome) -> None:
-    assert crews.said["hooks"] == {"missing": [], "transports": ["TetherTransport", "AsyncTetherTransport"]}
+    hooks = crews.said["hooks"]
+    assert hooks["missing"] == [] and hooks["listed"] == ["_build_sync_client", "_build_async_client", "_run"]
+    assert hooks["transports"] == ["TetherTransport", "AsyncTetherTransport"], "the clients CrewAI built are tether's"
+    assert hooks["run_governed"], "a BaseTool subclass's _run was put under the tool policy"
+
+
+def test_a_crewai_without_a_hook_is_refused_naming_its_version(crews: Outcome) -> None:
+    changed = crews.said["hooks"]["changed"]
+    installed = crews.said["hooks"]["version"]
+    assert installed.startswith("1.")
+    assert changed.startswith(f"CrewAIChanged: crewai {installed}: crewai.llms.providers.openai.completion."
+                              "OpenAICompletion._build_sync_client is not what tether relies on (it is missing)")
+    assert "crewai.tools.BaseTool._run is not what tether relies on" in changed
+    assert "Every use is in tether.adapters._crewaipriv: adapt it there" in changed
 
 
 def test_bad_options_are_refused_with_what_to_do(crews: Outcome) -> None:
-    retries, provider = crews.said["refused"]
+    retries, provider, *_, storage = crews.said["refused"]
+    assert storage == ("TypeError: TetherMemoryStorage takes a tether.memory.Memory "
+                       "(tether.memory.Memory.connect(...)), not object")
     assert "tether owns the retries" in retries and "leave max_retries out (was 3)" in retries
     assert "not 'anthropic/claude'" in provider and "OpenAI-compatible models (base_url=)" in provider

@@ -11,8 +11,9 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -20,10 +21,10 @@ from pydantic_core import to_jsonable_python
 
 from tether.adapters import Hub, Redactor, background_hub, current_run, tool
 from tether.bus import Bus, open_bucket
-from tether.middleware import tool_hash
+from tether.middleware import PolicySet, load_policies, tool_hash
 from tether.schemas import ErrorInfo, Event, ToolCallCompleted, ToolCallFailed, ToolCallRequested, uuid7
 
-__all__ = ["KvState", "ObservedTool", "inject_memory", "key_token", "untoken"]
+__all__ = ["KvState", "ObservedTool", "inject_memory", "key_token", "policy_set", "untoken"]
 
 _REDACT = Redactor()
 
@@ -169,3 +170,21 @@ async def inject_memory(memory: Any, query: str, *, namespaces: Any = None, toke
 
     found = await tool(name="tether.memory.context")(memory_context)(query, namespaces, token_budget)
     return str(found["text"]) if found["injected"] else ""
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+def policy_set(value: Any, where: str) -> PolicySet | None:
+    """``policies`` as an adapter's options take it: a :class:`PolicySet`, the path of a TOML file
+    written as ``tether.toml`` is, or that file's tables as a mapping (``{"budgets": {"run": {"*":
+    {"calls": 1}}}}``); ``None`` leaves ``tether.toml``'s. Anything else is refused with a
+    ``TypeError`` naming ``where`` (a file that does not parse: ``PolicyConfigError``)."""
+    if value is None or isinstance(value, PolicySet):
+        return value
+    if isinstance(value, (str, Path)):
+        return load_policies(value)
+    if isinstance(value, Mapping):
+        return PolicySet.from_mapping(value, source=f"{where}'s policies")
+    raise TypeError(f"{where}: policies must be a tether.middleware.PolicySet, the path of a TOML file written as "
+                    f"tether.toml is, or its tables as a dict, not {type(value).__name__}")
