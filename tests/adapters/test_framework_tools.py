@@ -72,7 +72,7 @@ async def test_calls_are_recorded_replayed_on_resume_and_a_crash_inside_needs_at
 
 async def test_only_idempotent_tools_are_retried_and_the_error_reaches_the_framework(
         bus: Bus, policies: PolicySet) -> None:
-    tools = FrameworkTools(idempotent={"flaky_read"}, bus=bus, policies=policies)
+    tools = FrameworkTools("urn:test:framework", idempotent={"flaky_read"}, bus=bus, policies=policies)
     tries: dict[str, int] = {"flaky_read": 0, "flaky_write": 0}
 
     async def flaky(name: str) -> str:
@@ -86,8 +86,11 @@ async def test_only_idempotent_tools_are_retried_and_the_error_reaches_the_frame
         with pytest.raises(ConnectionError, match="upstream reset"):
             await tools.acall("flaky_write", {}, lambda: flaky("flaky_write"))
     assert tries == {"flaky_read": 2, "flaky_write": 1}
-    failed = data(await run_events(bus, "run-fw-2"), "tool.call.failed")
+    events = await run_events(bus, "run-fw-2")
+    failed = data(events, "tool.call.failed")
     assert [(f.tool, f.attempts) for f in failed] == [("flaky_write", 1)]
+    given_up = [e for e in events if e.type.endswith(("tool.call.failed", "call.dead_lettered"))]
+    assert len(given_up) == 2 and {e.source for e in given_up} == {"urn:test:framework"}, "the adapter's source"
 
 
 async def test_a_timeout_bounds_each_attempt(bus: Bus, policies: PolicySet) -> None:

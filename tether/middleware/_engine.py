@@ -127,11 +127,13 @@ class CallEngine:
 
     # -- events ----------------------------------------------------------------------------
 
-    def event(self, item: WorkItem, payload: Payload, *, id: str | None = None, scrubbed: bool = False) -> Event:
+    def event(self, item: WorkItem, payload: Payload, *, id: str | None = None, scrubbed: bool = False,
+              source: str | None = None) -> Event:
         """``scrubbed``: the caller redacted the payload already, by its own rules (an adapter's
-        ``Redactor``), so it is not redacted a second time here."""
+        ``Redactor``), so it is not redacted a second time here. ``source``: the call's own, when
+        it is not the engine's (a framework adapter's tool calls)."""
         return Event.of(payload if scrubbed else redacted(payload), id=id, runid=item.runid, agentid=item.agentid,
-                        traceparent=item.traceparent, source=self.source,
+                        traceparent=item.traceparent, source=source or self.source,
                         extensions={"tenant": item.tenant} if item.tenant else None)
 
     def requested_event(self, item: WorkItem, *, mode: Literal["inline", "durable"],
@@ -351,7 +353,7 @@ class CallEngine:
         return self.event(item, payload, id=terminal_id(item.call_id, "completed"), scrubbed=scrubbed)
 
     async def give_up(self, item: WorkItem, rec: CallRecord, reason: DeadLetterReason, error: ErrorInfo,
-                      raw_body: bytes | None = None) -> tuple[Event, int | None]:
+                      raw_body: bytes | None = None, *, source: str | None = None) -> tuple[Event, int | None]:
         """Record the final failure: the DLQ message, then ``failed`` and ``dead_lettered`` events;
         then give back the call's budget reservations."""
         route_key = item.provider if item.kind == "llm" else item.tool
@@ -376,12 +378,12 @@ class CallEngine:
         else:
             failed = ToolCallFailed(call_id=item.call_id, tool=item.tool or "?", attempts=len(rec.attempts),
                                     error=error)
-        failed_event = self.event(item, failed, id=terminal_id(item.call_id, "failed"))
+        failed_event = self.event(item, failed, id=terminal_id(item.call_id, "failed"), source=source)
         receipt = await self.bus.publish(failed_event)
         await self.bus.publish(self.event(item, CallDeadLettered(
             call_id=item.call_id, call_kind=item.kind, reason=reason,
             attempts=len(rec.attempts), error=error, dlq_seq=ack.seq),
-            id=terminal_id(item.call_id, "dead_lettered")))
+            id=terminal_id(item.call_id, "dead_lettered"), source=source))
         rec.state = "failed"
         rec.error = error.model_dump(mode="json")
         rec.terminal_seq = receipt.stream_seq

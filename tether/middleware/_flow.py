@@ -485,7 +485,7 @@ class ToolCall:
 
     async def give_up(self, reason: DeadLetterReason, error: ErrorInfo) -> None:
         engine = await self.engine()
-        await engine.give_up(self.item, self.rec, reason, error)
+        await engine.give_up(self.item, self.rec, reason, error, source=self.source)
 
 
 @dataclass
