@@ -304,7 +304,7 @@ async def test_hybrid_search_retrieves_by_keyword_while_the_query_is_embedded(
     assert "k0" in [h.entry.key for h in first[:2]] and memory.vector_cache.misses == 5
 
 
-def test_a_large_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from tether.memory import _embed
 
@@ -320,3 +320,5 @@ def test_a_large_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.Monk
     with index._blas(_embed.BLAS_CAP_ROWS):
         assert blas_threads() == {1}
     assert blas_threads() == outside
+    with index._blas(10_000):  # 10k vectors: OpenBLAS's threads spun after each product, twice the CPU
+        assert blas_threads() == {1}

@@ -79,6 +79,9 @@ def distill(model: Any, dims: int = 256, *, tokens: Iterable[int] | None = None,
         raise ValueError(f"cannot keep {dims} dimensions of {rows.shape[0]} tokens of {rows.shape[1]} dimensions")
     centred = rows - rows.mean(0)
     _, _, components = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    # each component's sign fixed (its largest loading positive), so every host distils the same table
+    signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(1)])
+    components *= np.where(signs == 0, 1.0, signs)[:, None]
     reduced = (centred @ components[:dims].T.astype(np.float32)).astype(np.float32)
     table = np.zeros((size, dims), dtype=np.float32)
     table[ids] = reduced * zipf_weights(np, size)[ids, None]
