@@ -12,11 +12,14 @@ temporary store, stopped at the end) and a memory client that leads its own view
 * **search p50/p95** (wall clock, and the process's CPU time per search, which the load of
   other processes on a shared machine does not stretch) over a synthetic corpus (words
   drawn from a Zipf distribution, so common words match many entries) at 10k and at 100k
-  memories: keyword (FTS5 BM25 + recency), and hybrid (keyword + cosine over 384-dimension
-  vectors, fused as ``Ranking`` says) when the offline model is installed. Corpus vectors
-  are random unit vectors recorded under the model's name (embedding 100k texts on this CPU
+  memories: keyword (FTS5 BM25 + recency), and hybrid (keyword + cosine, fused as ``Ranking``
+  says) when the offline model is installed. The embedder measured is ``--embedder``: the
+  static table distilled from MiniLM (256 dimensions, the default) or MiniLM itself (384); the
+  other one is the peer, its query embedding and its embedded writes measured in the same run
+  (and the development set scored with it, unless ``--no-peer``). Corpus vectors are random
+  unit vectors recorded under the embedder's name (embedding 100k texts with MiniLM on this CPU
   would take over ten minutes and does not change search cost); each query is embedded by
-  the real model, and that time is part of the hybrid figure (a second figure searches the
+  the real embedder, and that time is part of the hybrid figure (a second figure searches the
   same query again, its vector cached).
 * **context()** p50/p95 at 100k memories, token budget 500.
 * **retrieval quality** on the labelled development set of ``bench/memory_set.py``
@@ -34,6 +37,10 @@ Run it::
     .venv/bin/python bench/memory.py --small --json   # 2k/10k memories, JSON on stdout
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
+    .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
+
+The static embedder's table is distilled on the first run (about a minute) and cached under
+TETHER_HOME (default ./.tether).
 """
 
 from __future__ import annotations
@@ -202,6 +209,11 @@ async def bench_embedded_writes(memory: AsyncMemory, corpus: Corpus, model: Embe
         memory.embedder = None
     return {"embedder": model.name, "batch": n, "per_s": round(statistics.median(rates)),
             "cpu_ms_per_write": round(statistics.median(cpu), 3)}
+
+
+def embedded_batch(model: Embedder) -> int:
+    """Texts per embedded-writes round: MiniLM makes 10-70 a second here, the static table thousands."""
+    return 256 if isinstance(model, LocalEmbedder) else 2000
 
 
 async def load(memory: AsyncMemory, corpus: Corpus, count: int, quiet: bool) -> None:
@@ -501,10 +513,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes),
                               "peer_model": peer.name if peer else None}
     splits = ("tune", "heldout") if args.split == "both" else (args.split,)
-    with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
-        report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
-                                                args.tune_only.split(",") if args.tune_only else None, splits)
-    if peer is not None and not args.tune and not args.no_peer:
+    report["quality"] = None
+    if not args.no_quality:
+        with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
+            report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
+                                                    args.tune_only.split(",") if args.tune_only else None, splits)
+    if peer is not None and not args.tune and not args.no_peer and not args.no_quality:
         with NatsServer() as server:  # the other embedder, on a log of its own
             report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
                                                          splits=splits)
@@ -522,9 +536,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["writes"] = await bench_writes(memory, server.url, corpus, 5_000 if args.small else 10_000,
                                                   args.rounds, args.quiet)
             if model is not None:
-                report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, 2000, args.quiet)
+                report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, embedded_batch(model),
+                                                                        args.quiet)
             if peer is not None:
-                report["embedded_writes_peer"] = await bench_embedded_writes(memory, corpus, peer, 256, args.quiet)
+                report["embedded_writes_peer"] = await bench_embedded_writes(memory, corpus, peer, embedded_batch(peer),
+                                                                             args.quiet)
             memory.embedder = vectors
             loaded = 0
             for size in sizes:
@@ -557,6 +573,8 @@ def quality_table(r: dict[str, Any]) -> list[str]:
 
 
 def quality_tables(r: dict[str, Any]) -> list[str]:
+    if r["quality"] is None:
+        return []
     lines = [f"embedder: {r['quality']['embedder']}", *quality_table(r["quality"])]
     if "quality_peer" in r:
         lines += [f"peer embedder: {r['quality_peer']['embedder']}", *quality_table(r["quality_peer"])]
@@ -615,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the embedder measured (static: distilled from MiniLM, the default); the other one "
                              "is measured beside it as the peer")
     parser.add_argument("--no-peer", action="store_true", help="do not score the development set with the peer")
+    parser.add_argument("--no-quality", action="store_true", help="skip the development set (latency and writes only)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
