@@ -37,13 +37,20 @@ def _token_ids(texts: Iterable[str]) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def table_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64-dimension table of the labelled set's tokens, distilled once for the module."""
+def minilm() -> Any:
+    """The encoder, loaded once for the module."""
     from tether.memory._minilm import MiniLM
+
+    return MiniLM()
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory: pytest.TempPathFactory, minilm: Any) -> Path:
+    """A 64-dimension table of the labelled set's tokens, distilled once for the module."""
     from tether.memory._static import StaticTable, distill
 
     path = tmp_path_factory.mktemp("static") / "table.npy"
-    StaticTable.save(distill(MiniLM(), 64, tokens=_token_ids(TEXTS)), path)
+    StaticTable.save(distill(minilm, 64, tokens=_token_ids(TEXTS)), path)
     return path
 
 
@@ -77,9 +84,11 @@ def test_a_query_embeds_in_well_under_a_millisecond(table_file: Path) -> None:
     assert spent[len(spent) // 2] < 1e-3, spent  # median CPU time; on a quiet core about 0.05 ms
 
 
-def test_the_table_is_distilled_once_and_cached_under_tether_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    from tether.memory import _static
+def test_the_table_is_distilled_once_and_cached_under_tether_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, minilm: Any) -> None:
+    from tether.memory import _minilm, _static
+
+    monkeypatch.setattr(_minilm, "MiniLM", lambda *a, **kw: minilm)  # the module's, not a second load
 
     real = _static.distill
     calls: list[int] = []
