@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300, help="queries per measurement (300)")
     parser.add_argument("--quality", action="store_true", help="only the development set's retrieval quality")
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
-                        "measure both splits with them")
+                        "measure both splits with them (for --embedder: Ranking's defaults were chosen with minilm)")
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")
