@@ -12,11 +12,14 @@ temporary store, stopped at the end) and a memory client that leads its own view
 * **search p50/p95** (wall clock, and the process's CPU time per search, which the load of
   other processes on a shared machine does not stretch) over a synthetic corpus (words
   drawn from a Zipf distribution, so common words match many entries) at 10k and at 100k
-  memories: keyword (FTS5 BM25 + recency), and hybrid (keyword + cosine over 384-dimension
-  vectors, fused as ``Ranking`` says) when the offline model is installed. Corpus vectors
-  are random unit vectors recorded under the model's name (embedding 100k texts on this CPU
+  memories: keyword (FTS5 BM25 + recency), and hybrid (keyword + cosine, fused as ``Ranking``
+  says) when the offline model is installed. The embedder measured is ``--embedder``: the
+  static table distilled from MiniLM (256 dimensions, the default) or MiniLM itself (384); the
+  other one is the peer, its query embedding and its embedded writes measured in the same run
+  (and the development set scored with it, unless ``--no-peer``). Corpus vectors are random
+  unit vectors recorded under the embedder's name (embedding 100k texts with MiniLM on this CPU
   would take over ten minutes and does not change search cost); each query is embedded by
-  the real model, and that time is part of the hybrid figure (a second figure searches the
+  the real embedder, and that time is part of the hybrid figure (a second figure searches the
   same query again, its vector cached).
 * **context()** p50/p95 at 100k memories, token budget 500.
 * **retrieval quality** on the labelled development set of ``bench/memory_set.py``
@@ -34,6 +37,10 @@ Run it::
     .venv/bin/python bench/memory.py --small --json   # 2k/10k memories, JSON on stdout
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
+    .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
+
+The static embedder's table is distilled on the first run (about a minute) and cached under
+TETHER_HOME (default ./.tether).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tether.bus import EVENTS_STREAM, connect  # noqa: E402
-from tether.memory import AsyncMemory, Grants, LocalEmbedder, MemorySettings  # noqa: E402
+from tether.memory import AsyncMemory, Embedder, Grants, LocalEmbedder, MemorySettings, StaticEmbedder  # noqa: E402
 from tether.memory._codec import seal_entry  # noqa: E402
 from tether.schemas import Event, MemoryWritten, uuid7  # noqa: E402
 from tether.testing import NatsServer  # noqa: E402
@@ -182,22 +189,31 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
     }
 
 
-async def bench_embedded_writes(memory: AsyncMemory, corpus: Corpus, model: LocalEmbedder, n: int,
+async def bench_embedded_writes(memory: AsyncMemory, corpus: Corpus, model: Embedder, n: int,
                                 quiet: bool) -> dict[str, Any]:
-    """Acked writes/s when every text is embedded by the real model on the way (``write_many``:
-    one batch, the model on one BLAS thread), distinct texts, so the vector cache does not help."""
+    """Acked writes/s when every text is embedded by a real embedder on the way (``write_many``:
+    one batch; MiniLM on one BLAS thread), distinct texts, so the vector cache does not help; with
+    the CPU time per write (the process's, every thread)."""
     memory.embedder = model
-    rates = []
+    rates, cpu = [], []
     try:
         for rnd in range(2):
-            items = [{"namespace": "team:embedded", "text": f"{rnd} {i} {corpus.sentence(8, 20)}"} for i in range(n)]
-            start = time.perf_counter()
+            items = [{"namespace": "team:embedded", "text": f"{model.name} {rnd} {i} {corpus.sentence(8, 20)}"}
+                     for i in range(n)]
+            start, used = time.perf_counter(), time.process_time()
             await memory.write_many(items)
             rates.append(n / (time.perf_counter() - start))
-            say(f"embedded writes round {rnd + 1}: {rates[-1]:,.0f}/s acked", quiet)
+            cpu.append((time.process_time() - used) / n * 1000)
+            say(f"embedded writes ({model.name}) round {rnd + 1}: {rates[-1]:,.0f}/s acked", quiet)
     finally:
         memory.embedder = None
-    return {"batch": n, "per_s": round(statistics.median(rates))}
+    return {"embedder": model.name, "batch": n, "per_s": round(statistics.median(rates)),
+            "cpu_ms_per_write": round(statistics.median(cpu), 3)}
+
+
+def embedded_batch(model: Embedder) -> int:
+    """Texts per embedded-writes round: MiniLM makes 10-70 a second here, the static table thousands."""
+    return 256 if isinstance(model, LocalEmbedder) else 2000
 
 
 async def load(memory: AsyncMemory, corpus: Corpus, count: int, quiet: bool) -> None:
@@ -229,8 +245,8 @@ def raw_fts5(memory: AsyncMemory, texts: list[str]) -> dict[str, float]:
     return ms(times)
 
 
-async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid: LocalEmbedder | None,
-                       ) -> dict[str, Any]:
+async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid: Embedder | None,
+                       peer: Embedder | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     texts = [corpus.query() for _ in range(queries)]
     for q in texts[:20]:  # warm caches (and build the vector matrix)
@@ -273,6 +289,14 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid
         out["hybrid_vector_cached"] = ms(cached, cached_cpu)
         out["query_embedding"] = ms(embed, embed_cpu)
         memory.embedder = None
+    if peer is not None:  # the peer embedder's query embedding alone, in the same run
+        embed, embed_cpu = [], []
+        for q in texts[:100]:
+            start, used = time.perf_counter(), time.process_time()
+            await peer.embed([q])
+            embed.append(time.perf_counter() - start)
+            embed_cpu.append(time.process_time() - used)
+        out["peer_query_embedding"] = ms(embed, embed_cpu)
     ctx = []
     for q in texts[:100]:
         start = time.perf_counter()
@@ -445,7 +469,7 @@ async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
     return {"ranking": {f: getattr(best, f) for f in best.__dataclass_fields__}, "tune_recall_mrr": best_score}
 
 
-async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet: bool,
+async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: bool,
                         tuning: bool = False, tune_only: list[str] | None = None,
                         splits: Sequence[str] = ("tune", "heldout")) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
@@ -453,8 +477,10 @@ async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
     bus = await connect(url, home=home)
     settings = MemorySettings(view_dir=home / "quality", keyfile=home / "quality-keys.json", dedupe=False)
+    await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     memory = await AsyncMemory(bus, agent="loader", settings=settings, embedder=model, grants=grants).start()
-    out: dict[str, Any] = {"memory_writes": len(doc["memories"]), "queries": len(doc["queries"])}
+    out: dict[str, Any] = {"memory_writes": len(doc["memories"]), "queries": len(doc["queries"]),
+                           "embedder": model.name if model is not None else None}
     try:
         start = time.perf_counter()
         await load_dev_set(memory, doc)
@@ -480,18 +506,28 @@ async def bench_quality(url: str, home: Path, model: LocalEmbedder | None, quiet
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tether-bench-memory-"))
     sizes = (2_000, 10_000) if args.small else (10_000, 100_000)
-    model = LocalEmbedder() if LocalEmbedder.available() and not args.no_model else None
-    report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes)}
-    with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
-        report["quality"] = await bench_quality(server.url, home, model, args.quiet, args.tune,
-                                                args.tune_only.split(",") if args.tune_only else None,
-                                                ("tune", "heldout") if args.split == "both" else (args.split,))
+    minilm = LocalEmbedder() if LocalEmbedder.available() and not args.no_model else None
+    static = StaticEmbedder() if minilm is not None else None
+    model: Embedder | None = static if args.embedder == "static" else minilm
+    peer: Embedder | None = minilm if args.embedder == "static" else static
+    report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes),
+                              "peer_model": peer.name if peer else None}
+    splits = ("tune", "heldout") if args.split == "both" else (args.split,)
+    report["quality"] = None
+    if not args.no_quality:
+        with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
+            report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
+                                                    args.tune_only.split(",") if args.tune_only else None, splits)
+    if peer is not None and not args.tune and not args.no_peer and not args.no_quality:
+        with NatsServer() as server:  # the other embedder, on a log of its own
+            report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
+                                                         splits=splits)
     if args.quality or args.tune:
         return report
     with NatsServer() as server:
         bus = await connect(server.url, home=home)
         settings = MemorySettings(view_dir=home / "memory", keyfile=home / "keys.json", dedupe=False)
-        vectors = RandomVectors(model.name) if model is not None else None
+        vectors = RandomVectors(model.name, getattr(model, "dims", 384)) if model is not None else None
         memory = await AsyncMemory(bus, agent="bench", settings=settings, embedder=vectors).start()
         try:
             corpus = Corpus()
@@ -500,7 +536,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["writes"] = await bench_writes(memory, server.url, corpus, 5_000 if args.small else 10_000,
                                                   args.rounds, args.quiet)
             if model is not None:
-                report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, 1000, args.quiet)
+                report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, embedded_batch(model),
+                                                                        args.quiet)
+            if peer is not None:
+                report["embedded_writes_peer"] = await bench_embedded_writes(memory, corpus, peer, embedded_batch(peer),
+                                                                             args.quiet)
             memory.embedder = vectors
             loaded = 0
             for size in sizes:
@@ -509,7 +549,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await load(memory, corpus, size - loaded, args.quiet)
                 memory.embedder = None
                 loaded = size
-                report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, model)
+                report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, model, peer)
                 say(f"  {json.dumps(report[f'search_{size}'])}", args.quiet)
         finally:
             await memory.close()
@@ -532,9 +572,18 @@ def quality_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def quality_tables(r: dict[str, Any]) -> list[str]:
+    if r["quality"] is None:
+        return []
+    lines = [f"embedder: {r['quality']['embedder']}", *quality_table(r["quality"])]
+    if "quality_peer" in r:
+        lines += [f"peer embedder: {r['quality_peer']['embedder']}", *quality_table(r["quality_peer"])]
+    return lines
+
+
 def table(r: dict[str, Any]) -> str:
     if "writes" not in r:
-        return "\n".join(quality_table(r["quality"]))
+        return "\n".join(quality_tables(r))
     w = r["writes"]
     lines = [
         f"writes (batches of {w['batch']:,}, median of {w['rounds']}): tether {w['tether_per_s']:,}/s acked, "
@@ -543,9 +592,11 @@ def table(r: dict[str, Any]) -> str:
         f"conditional (expected_version): p50 {w['conditional_write']['p50_ms']} ms, "
         f"p95 {w['conditional_write']['p95_ms']} ms",
     ]
-    if "embedded_writes" in r:
-        lines.append(f"writes embedded by the model on the way: {r['embedded_writes']['per_s']:,}/s acked "
-                     f"(batches of {r['embedded_writes']['batch']:,})")
+    for name in ("embedded_writes", "embedded_writes_peer"):
+        if name in r:
+            e = r[name]
+            lines.append(f"writes embedded by {e['embedder']} on the way: {e['per_s']:,}/s acked "
+                         f"(batches of {e['batch']:,}; CPU {e['cpu_ms_per_write']} ms a write)")
     for size in r["sizes"]:
         s = r[f"search_{size}"]
         line = (f"{size:>7,} memories: keyword p50 {s['keyword']['p50_ms']} / p95 {s['keyword']['p95_ms']} ms "
@@ -557,9 +608,13 @@ def table(r: dict[str, Any]) -> str:
             line += (f"; hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu_p50_ms']} / {h['cpu_p95_ms']}; "
                      f"query vector cached {c['p50_ms']} / {c['p95_ms']}, CPU {c['cpu_p50_ms']} / {c['cpu_p95_ms']}; "
                      f"the query embedding alone {e['p50_ms']} / {e['p95_ms']}, CPU {e['cpu_p50_ms']})")
+        if "peer_query_embedding" in s:
+            e = s["peer_query_embedding"]
+            line += (f"; the peer's ({r['peer_model']}) query embedding alone {e['p50_ms']} / {e['p95_ms']} ms, "
+                     f"CPU {e['cpu_p50_ms']} / {e['cpu_p95_ms']}")
         line += f"; context() p50 {s['context']['p50_ms']} / p95 {s['context']['p95_ms']} ms"
         lines.append(line)
-    return "\n".join(lines + quality_table(r["quality"]))
+    return "\n".join(lines + quality_tables(r))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,11 +624,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300, help="queries per measurement (300)")
     parser.add_argument("--quality", action="store_true", help="only the development set's retrieval quality")
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
-                        "measure both splits with them")
+                        "measure both splits with them (for --embedder: Ranking's defaults were chosen with minilm)")
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model even if installed")
+    parser.add_argument("--embedder", choices=("static", "minilm"), default="static",
+                        help="the embedder measured (static: distilled from MiniLM, the default); the other one "
+                             "is measured beside it as the peer")
+    parser.add_argument("--no-peer", action="store_true", help="do not score the development set with the peer")
+    parser.add_argument("--no-quality", action="store_true", help="skip the development set (latency and writes only)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)

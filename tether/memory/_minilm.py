@@ -30,6 +30,7 @@ log = logging.getLogger("tether.memory")
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 256
+_SQRT_HALF = 0.5 ** 0.5
 
 
 def model_dir() -> Path | None:
@@ -141,11 +142,13 @@ class MiniLM:
         return (x - mean) / np.sqrt(var + 1e-12) * self.w[prefix + ".weight"] + self.w[prefix + ".bias"]
 
     def _dense(self, x: Any, prefix: str) -> Any:
-        return x @ self.t[prefix + ".weight"] + self.w[prefix + ".bias"]
+        # one 2-D product (a 3-D one is a loop of small ones in NumPy)
+        out = x.reshape(-1, x.shape[-1]) @ self.t[prefix + ".weight"] + self.w[prefix + ".bias"]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def _gelu(self, x: Any) -> Any:
         np = self.np
-        z = np.abs(x) / np.sqrt(2.0)
+        z = np.abs(x) * _SQRT_HALF  # a Python float: float32 stays float32
         t = 1.0 / (1.0 + 0.3275911 * z)
         poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
         erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))  # Abramowitz-Stegun 7.1.26, |error| < 1.5e-7
@@ -167,6 +170,11 @@ class MiniLM:
         return out
 
     def _batch(self, encodings: Sequence[Any]) -> list[list[float]]:
+        return [[float(f) for f in row] for row in self.pooled(encodings)]
+
+    def pooled(self, encodings: Sequence[Any], *, normalise: bool = True) -> Any:
+        """The mean-pooled outputs of these tokenized texts (unit length unless ``normalise`` is
+        False), a float32 array with one row each."""
         np = self.np
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), length), dtype=np.int64)
@@ -191,7 +199,7 @@ class MiniLM:
             q = split(self._dense(x, f"{p}.attention.self.query"))
             k = split(self._dense(x, f"{p}.attention.self.key"))
             v = split(self._dense(x, f"{p}.attention.self.value"))
-            scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(size) + bias
+            scores = q @ k.transpose(0, 1, 3, 2) * (size ** -0.5) + bias
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             scores /= scores.sum(-1, keepdims=True)
             ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
@@ -199,5 +207,6 @@ class MiniLM:
             inner = self._gelu(self._dense(x, f"{p}.intermediate.dense"))
             x = self._ln(self._dense(inner, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
         pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return [[float(f) for f in row] for row in pooled.astype(np.float32)]
+        if normalise:
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled.astype(np.float32)

