@@ -3,7 +3,9 @@
 An ``Agent`` with one function tool (and, for handoffs, a triage agent before it) makes two model
 calls (Responses API) to the fake provider; the script adds the two lines
 docs/frameworks/openai-agents.md gives (``tether.init()``, ``use_default_client()``), keeps its
-conversation in ``TetherSession`` and, when asked, puts memory into the model's input.
+conversation in ``TetherSession`` and, when asked, puts memory into the model's input. The
+failure, budget and tool-policy scenarios (``wrap_tools``) run in one process
+(openai_agents_scenarios.py); TetherSession's protocol checks in another (openai_agents_session.py).
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from typing import Any
 
 import pytest
 
+from tether.schemas import Event
 from tether.testing import FakeProvider, NatsServer
 
 from .._envs import OptionalEnv, optional_env
-from ._harness import BUDGET_ONE_CALL, HERE, POLICIES, Outcome, events, run_script
+from ._harness import HERE, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 SCRIPT = "openai_agents_agent.py"
+BUDGET_BOT = """
+[budgets.agent."budget-bot"]
+calls = 1
+"""
 QUESTION = "What is the weather in Paris?"
 ITEMS = ["user", "function_call", "function_call_output", "message"]
 
@@ -78,36 +85,6 @@ def test_a_handoff_is_a_child_run_of_the_first_agents(venv: OptionalEnv, fake: F
     assert out.types(root.runid) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
     assert out.types(child.runid) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
     assert out.runs()[root.runid][-1].time >= out.runs()[child.runid][-1].time, "the child ends first"
-
-
-def test_a_persistent_failure_is_three_upstream_requests_not_nine(venv: OptionalEnv, fake: FakeProvider,
-                                                                   fresh_nats_server: NatsServer,
-                                                                   tmp_path: Path) -> None:
-    fake.set_faults("500/responses")
-    out = run_script(venv, SCRIPT, "session-3", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path)
-    assert not out.said["ok"]
-    assert out.said["error"] == "openai.InternalServerError", "the error the SDK raises without tether"
-    assert out.upstream == ["500", "500", "500"], "tether's three attempts; the SDK retries none"
-    out.events = events(fresh_nats_server, tmp_path / "home")
-    [started] = out.started()
-    run = out.runs()[started.runid]
-    assert [e.type for e in run].count("tether.llm.call.failed") == 1
-    assert run[-1].type == "tether.run.finished" and run[-1].data.status == "error"
-
-
-def test_a_budget_refusal_is_the_sdks_own_rate_limit_error(venv: OptionalEnv, fake: FakeProvider,
-                                                           fresh_nats_server: NatsServer, tmp_path: Path) -> None:
-    out = run_script(venv, SCRIPT, "session-4", QUESTION, "", nats=fresh_nats_server, fake=fake, work=tmp_path,
-                     policies=POLICIES + BUDGET_ONE_CALL)
-    assert not out.said["ok"]
-    assert out.said["error"] == "openai.RateLimitError" and "budget" in out.said["message"], out.said
-    assert out.upstream == ["200"], "the second call was refused before anything was sent"
-    out.events = events(fresh_nats_server, tmp_path / "home")
-    [started] = out.started()
-    run = out.runs()[started.runid]
-    failed = next(e for e in run if e.type == "tether.llm.call.failed")
-    assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
-    assert run[-1].data.status == "error"
 
 
 def test_the_session_survives_the_process_and_nats_restarting(venv: OptionalEnv, fake: FakeProvider,
@@ -223,14 +200,41 @@ def test_an_agent_run_inside_a_resumed_run_replays_its_model_calls(venv: Optiona
 
 
 @pytest.fixture(scope="module")
-def tools(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    """Every scenario of openai_agents_tools.py (function tools under ``wrap_tools``), run once."""
-    work = tmp_path_factory.mktemp("openai-agents-tools")
+def scenarios(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    """Every scenario of openai_agents_scenarios.py, run once in one process."""
+    work = tmp_path_factory.mktemp("openai-agents-scenarios")
     with NatsServer() as nats, FakeProvider(seed=1) as fake:
-        out = run_script(venv, "openai_agents_tools.py", nats=nats, fake=fake, work=work)
+        out = run_script(venv, "openai_agents_scenarios.py", nats=nats, fake=fake, work=work,
+                         policies=POLICIES + BUDGET_BOT)
         out.said["traceparents"] = [r.traceparent for r in fake.log]
         out.events = events(nats, work / "home")
         yield out
+
+
+def run_of(out: Outcome, agent: str) -> list[Event]:
+    [started] = [e for e in out.started() if e.agentid == agent]
+    return out.runs()[started.runid]
+
+
+def test_a_persistent_failure_is_three_upstream_requests_not_nine(scenarios: Outcome) -> None:
+    said = scenarios.said["persistent"]
+    assert not said["ok"]
+    assert said["error"] == "openai.InternalServerError", "the error the SDK raises without tether"
+    assert said["upstream"] == ["500", "500", "500"], "tether's three attempts; the SDK retries none"
+    run = run_of(scenarios, "persistent-bot")
+    assert [e.type for e in run].count("tether.llm.call.failed") == 1
+    assert run[-1].type == "tether.run.finished" and run[-1].data.status == "error"
+
+
+def test_a_budget_refusal_is_the_sdks_own_rate_limit_error(scenarios: Outcome) -> None:
+    said = scenarios.said["budget"]
+    assert not said["ok"]
+    assert said["error"] == "openai.RateLimitError" and "budget" in said["message"], said
+    assert said["upstream"] == ["200"], "the second call was refused before anything was sent"
+    run = run_of(scenarios, "budget-bot")
+    failed = next(e for e in run if e.type == "tether.llm.call.failed")
+    assert failed.data.error.type == "BudgetExceeded" and failed.data.attempts == 0
+    assert run[-1].data.status == "error"
 
 
 def tool_events(out: Outcome, agent: str) -> list[tuple[str, str]]:
@@ -239,54 +243,54 @@ def tool_events(out: Outcome, agent: str) -> list[tuple[str, str]]:
             if e.type.startswith("tether.tool.call.") and e.agentid == agent]
 
 
-def test_a_wrapped_tool_past_its_timeout_is_the_sdks_own_timeout_and_runs_once(tools: Outcome) -> None:
-    said = tools.said["timeout"]
+def test_a_wrapped_tool_past_its_timeout_is_the_sdks_own_timeout_and_runs_once(scenarios: Outcome) -> None:
+    said = scenarios.said["timeout"]
     assert said["ok"] and said["ran"] == 1, ("not idempotent: one attempt", said)
     assert said["outputs"] == ["Tool 'slow_lookup' timed out after 0.3 seconds."], "what the SDK gives its model"
-    assert tool_events(tools, "slow-bot") == [
+    assert tool_events(scenarios, "slow-bot") == [
         ("requested", "slow_lookup"), ("attempt_failed", "slow_lookup"), ("failed", "slow_lookup")], \
         "one call, recorded once (not again from the trace's function span)"
-    failed = next(e for e in tools.events if e.type == "tether.tool.call.failed" and e.agentid == "slow-bot")
+    failed = next(e for e in scenarios.events if e.type == "tether.tool.call.failed" and e.agentid == "slow-bot")
     assert failed.data.attempts == 1 and failed.data.error.type == "APITimeoutError"
     assert "within its timeout of 0.3 s" in failed.data.error.message
 
 
-def test_an_idempotent_wrapped_tool_is_retried_by_tether(tools: Outcome) -> None:
-    said = tools.said["retried"]
+def test_an_idempotent_wrapped_tool_is_retried_by_tether(scenarios: Outcome) -> None:
+    said = scenarios.said["retried"]
     assert said["ok"] and said["ran"] == 2, ("its first attempt timed out, the second answered", said)
     assert said["outputs"] == ["It is cloudy in fake city."]
-    assert tool_events(tools, "flaky-bot") == [
+    assert tool_events(scenarios, "flaky-bot") == [
         ("requested", "flaky_lookup"), ("attempt_failed", "flaky_lookup"), ("completed", "flaky_lookup")]
 
 
-def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(tools: Outcome) -> None:
-    crashed, resumed = tools.said["crashed"], tools.said["resumed"]
+def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(scenarios: Outcome) -> None:
+    crashed, resumed = scenarios.said["crashed"], scenarios.said["resumed"]
     assert not crashed["ok"] and crashed["error"] == "openai.InternalServerError", crashed
     assert crashed["ran"] == 1 and crashed["upstream"] == ["200", "500", "500", "500"]
     assert resumed["ok"] and resumed["ran"] == 1, ("the tool call was answered from the log", resumed)
     assert resumed["outputs"] == ["It is windy in fake city."], "the recorded result, as the SDK takes it"
     assert resumed["upstream"] == ["200"], "the first model call replayed too; the second made now"
-    replayed = [e for e in tools.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    replayed = [e for e in scenarios.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
     assert [(e.data.tool, e.data.response) for e in replayed] == [("counted_lookup", "It is windy in fake city.")]
 
 
-def test_a_crash_inside_a_wrapped_tool_stops_the_resumed_run_for_attention(tools: Outcome) -> None:
-    said = tools.said["attention"]
+def test_a_crash_inside_a_wrapped_tool_stops_the_resumed_run_for_attention(scenarios: Outcome) -> None:
+    said = scenarios.said["attention"]
     assert said["ok"], said
     assert said["attention"] == "tether.adapters.openai_agents.ToolNeedsAttention", "Runner.run raised it as it is"
     assert said["tool"] == "send_mail" and said["ran"] == 1, "the mail was not sent again"
-    [attention] = [e for e in tools.events if e.type == "tether.run.needs_attention"]
+    [attention] = [e for e in scenarios.events if e.type == "tether.run.needs_attention"]
     assert attention.agentid == "mail-bot" and attention.data.tool == "send_mail" and attention.data.position == 0
 
 
-def test_each_model_request_carries_its_runs_trace_to_the_provider_or_gateway(tools: Outcome) -> None:
+def test_each_model_request_carries_its_runs_trace_to_the_provider_or_gateway(scenarios: Outcome) -> None:
     """What a gateway in front of the provider reads to put the calls in a run (``traceparent``)."""
-    sent = tools.said["traceparents"]
-    assert len(sent) == 10 and all(sent), "every request (2 + 2 + 4 + 1, and 1 before a crash) carried one"
+    sent = scenarios.said["traceparents"]
+    assert len(sent) == 14 and all(sent), "every request (3 + 1 + 2 + 2 + 4 + 1, and 1 before a crash) had one"
     traces_of_run: dict[str, set[str]] = {}  # a resumed run is opened again, in a trace of its own
-    for started in tools.started():
+    for started in scenarios.started():
         traces_of_run.setdefault(started.runid, set()).add(started.traceparent.split("-")[1])
-    requested = [e for e in tools.events if e.type == "tether.llm.call.requested"]
+    requested = [e for e in scenarios.events if e.type == "tether.llm.call.requested"]
     assert set(sent) <= {e.traceparent for e in requested}, "the call's own (its retries send it again)"
     for call in requested:
         assert call.traceparent.split("-")[1] in traces_of_run[call.runid], "the trace of the run that made it"

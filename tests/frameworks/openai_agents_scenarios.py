@@ -1,8 +1,10 @@
-"""OpenAI Agents SDK function tools under tether's tool policy (``wrap_tools``), run by
-.venv-openai-agents's python, one scenario after another in one process
-(tests/frameworks/test_openai_agents.py): a tool past its timeout, an idempotent tool retried after
-its first attempt timed out, and a run resumed after it failed past its tool call (the tool is not
-run again). Each tool counts its executions. Prints one JSON line.
+"""OpenAI Agents SDK agents run by .venv-openai-agents's python, one scenario after another in one
+process (tests/frameworks/test_openai_agents.py): a persistent model failure, a budget refusal
+(the agent ``budget-bot`` may make one call), then function tools under tether's tool policy
+(``wrap_tools``): a tool past its timeout, an idempotent tool retried after its first attempt timed
+out, a run resumed after it failed past its tool call (the tool is not run again), and a run
+resumed after it died inside a tool that is not idempotent. Each tool counts its executions.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import tether.adapters
 from tether.adapters.openai_agents import use_default_client, wrap_tools
 
 RAN: Counter[str] = Counter()
+
+
+@function_tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"It is sunny in {city}."
 
 
 @function_tool
@@ -76,6 +84,8 @@ async def main() -> dict[str, Any]:
     set_trace_processors([])  # no export of traces to OpenAI from a test (tether's processor comes after)
     said: dict[str, Any] = {"installed": tether.init()}
     use_default_client()
+    said |= await scenario("persistent", "500/responses", lambda: ask("persistent-bot", get_weather))
+    said |= await scenario("budget", "", lambda: ask("budget-bot", get_weather))
     said |= await scenario("timeout", "", lambda: ask("slow-bot", slow_lookup, timeout_s=0.3))
     said |= await scenario("retried", "", lambda: ask("flaky-bot", flaky_lookup, idempotent={"flaky_lookup"},
                                                       timeout_s=0.3))
