@@ -14,9 +14,9 @@ import tether
 from tether.adapters import Hub
 from tether.adapters._tools import FrameworkTools
 from tether.bus import Bus
-from tether.middleware import PolicySet
+from tether.middleware import Policy, PolicySet
 
-from .conftest import data, kinds, run_events
+from .conftest import data, fast_policies, kinds, run_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -107,3 +107,10 @@ async def test_a_timeout_bounds_each_attempt(bus: Bus, policies: PolicySet) -> N
 def test_a_bad_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout_s must be a number of seconds above 0"):
         FrameworkTools(timeout_s=0)
+
+
+def test_the_timeout_an_adapter_tells_the_framework_is_the_tools_or_its_routes() -> None:
+    policies = fast_policies(**{"tool:slow": Policy(tool_timeout_s=2.5)})
+    assert FrameworkTools(policies=policies).timeout("slow") == 2.5
+    assert FrameworkTools(policies=policies).timeout("other") is None
+    assert FrameworkTools(timeout_s=0.5, policies=policies).timeout("slow") == 0.5, "the adapter's option first"

@@ -5,7 +5,8 @@ tests/frameworks/test_litellm.py.
 The line a user adds is marked. The model is the fake provider (``OPENAI_BASE_URL``: each scenario
 sets its faults there first and reads back what reached it), the bus ``TETHER_NATS_URL``, the
 policies ``tether.toml`` in the working directory (the agent ``budget-bot`` may make one call).
-Prints one JSON line: per scenario, what LiteLLM gave or raised and the upstream requests.
+Prints one JSON line: per scenario, what LiteLLM gave or raised and the upstream requests. The
+route of ``gpt-4o`` has tether's response cache on: the same question asked in two runs is sent once.
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ def fake(path: str, body: dict[str, Any] | None = None) -> Any:
 
 
 async def agent(mode: str, **options: Any) -> str:
-    """Ask, run the tool the model asks for, ask again: two model calls."""
+    """Ask, run the tool the model asks for, ask again: two model calls (``cached``: one question, twice)."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    if mode == "cached":
+        answers = []
+        for _ in range(2):
+            async with tether.run(agent="cached-bot"):
+                reply = await litellm.acompletion(model="openai/gpt-4o", messages=messages, temperature=0)
+            answers.append(str(reply.choices[0].message.content))
+        return json.dumps(answers)
     for _ in range(2):
         if mode == "async":
             reply = await litellm.acompletion(model="openai/gpt-4o-mini", messages=messages, tools=TOOLS, **options)
@@ -85,6 +93,7 @@ async def main() -> dict[str, Any]:
     said["stream"] = await scenario("stream", "500#1/chat", mode="stream")
     said["persistent"] = await scenario("persistent", "429/chat")
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
+    said["cached"] = await scenario("cached", "", mode="cached")
     said["sessions"] = [type(s._transport).__name__ for s in (litellm.client_session, litellm.aclient_session)]
     ours, litellm.client_session = litellm.client_session, httpx.Client()  # the application's own
     try:

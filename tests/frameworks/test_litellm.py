@@ -7,6 +7,7 @@ inside ``tether.run``; the scenarios run in one process, so LiteLLM is imported 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.nats]
 BUDGET_BOT = """
 [budgets.agent."budget-bot"]
 calls = 1
+"""
+CACHE_GPT_4O = """
+[routes."openai:gpt-4o".cache]
+enabled = true
 """
 TWO_CALLS_EACH_RETRIED = [
     "run.started",
@@ -40,7 +45,8 @@ def calls(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """Every scenario of litellm_agent.py, run once against one fake provider and one NATS."""
     work = tmp_path_factory.mktemp("litellm")
     with NatsServer() as nats, FakeProvider(seed=1) as fake:
-        out = run_script(venv, "litellm_agent.py", nats=nats, fake=fake, work=work, policies=POLICIES + BUDGET_BOT)
+        out = run_script(venv, "litellm_agent.py", nats=nats, fake=fake, work=work,
+                         policies=POLICIES + BUDGET_BOT + CACHE_GPT_4O)
         out.events = events(nats, work / "home")
         yield out
 
@@ -104,3 +110,13 @@ def test_a_session_the_application_set_is_refused_not_replaced(calls: Outcome) -
     assert "litellm.client_session is already set by the application" in calls.said["refused"]
     assert "tether.http_client(transport=...)" in calls.said["refused"]
     assert calls.said["kept"] == "HTTPTransport", "the application's session is left as it was"
+
+
+def test_tethers_response_cache_answers_litellms_repeated_call(calls: Outcome) -> None:
+    """LiteLLM's own cache (``litellm.cache``) is not needed: its calls go through tether's, per route."""
+    said = calls.said["cached"]
+    assert said["ok"], said
+    first, second = json.loads(said["answer"])
+    assert first == second and said["upstream"] == ["200"], "the second run's call was answered from the cache"
+    replayed = [e for e in calls.events if e.type == "tether.call.replayed" and e.agentid == "cached-bot"]
+    assert [e.data.via for e in replayed] == ["cache"]

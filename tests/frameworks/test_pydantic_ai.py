@@ -2,11 +2,13 @@
 
 An ``Agent`` with one tool makes two model calls (chat completions) to the fake provider; the
 script adds the two lines docs/frameworks/pydantic-ai.md gives (``model(...)``,
-``capabilities=[capability()]``) and runs its scenarios in one process.
+``capabilities=[capability()]``) and runs its scenarios in one process; a second process, after
+NATS restarted, continues the conversation kept in ``MessageHistory``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -32,11 +34,16 @@ def venv() -> OptionalEnv:
 
 @pytest.fixture(scope="module")
 def agents(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    """Every scenario of pydantic_ai_agent.py, run once against one fake provider and one NATS."""
+    """Every scenario of pydantic_ai_agent.py, run once against one fake provider and one NATS; then
+    NATS restarts and a second process continues the conversation (``said["continued"]``)."""
     work = tmp_path_factory.mktemp("pydantic-ai")
     with NatsServer() as nats, FakeProvider(seed=1) as fake:
         out = run_script(venv, "pydantic_ai_agent.py", nats=nats, fake=fake, work=work,
                          policies=POLICIES + BUDGET_BOT)
+        nats.stop()
+        nats.start()
+        out.said["continued"] = run_script(venv, "pydantic_ai_agent.py", "--continue", nats=nats, fake=fake,
+                                           work=work, policies=POLICIES + BUDGET_BOT).said["history"]
         out.events = events(nats, work / "home")
         yield out
 
@@ -106,7 +113,7 @@ def test_a_failing_tool_is_a_failed_tool_call_and_a_failed_run(agents: Outcome) 
 
 def test_an_agent_run_from_a_tool_is_a_child_run(agents: Outcome) -> None:
     assert agents.said["sub_agent"]["ok"]
-    [child] = [e for e in agents.started() if e.data.parent_run_id is not None]
+    [child] = [e for e in agents.started() if e.data.parent_run_id is not None and e.agentid == "forecaster"]
     parent = root_runs(agents)[4]
     assert parent.agentid == "triage" and child.agentid == "forecaster" and child.data.parent_run_id == parent.runid
     assert types(agents.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
@@ -136,3 +143,51 @@ def test_memory_is_injected_into_each_request_and_recorded_not_kept(agents: Outc
         first = call.data.request["messages"][0]
         assert first["role"] == "system" and first["content"].startswith("What you remember:\n")
         assert remember in first["content"]
+
+
+def tool_events(out: Outcome, agent: str) -> list[tuple[str, str]]:
+    """``(type, tool)`` of each tool event of ``agent``'s runs."""
+    return [(e.type.removeprefix("tether.tool.call."), e.data.tool) for e in out.events
+            if e.type.startswith("tether.tool.call.") and e.agentid == agent]
+
+
+def test_a_tool_past_its_timeout_is_pydantic_ais_own_timeout_and_runs_once(agents: Outcome) -> None:
+    said = agents.said["tool_timeout"]
+    assert said["ok"] and said["ran"]["slow_lookup"] == 1, ("not idempotent: one attempt", said)
+    assert said["tool_returns"] == ["Timed out after 0.3 seconds."], "what pydantic-ai tells its model"
+    assert tool_events(agents, "slow-bot") == [
+        ("requested", "slow_lookup"), ("attempt_failed", "slow_lookup"), ("failed", "slow_lookup")]
+    failed = next(e for e in agents.events if e.type == "tether.tool.call.failed" and e.agentid == "slow-bot")
+    assert failed.data.attempts == 1 and "within its timeout of 0.3 s" in failed.data.error.message
+
+
+def test_an_idempotent_tool_is_retried_by_tether(agents: Outcome) -> None:
+    said = agents.said["tool_retried"]
+    assert said["ok"] and said["ran"]["flaky_lookup"] == 2, ("its first attempt timed out", said)
+    assert said["tool_returns"] == ["It is cloudy in fake city."]
+    assert tool_events(agents, "flaky-bot") == [
+        ("requested", "flaky_lookup"), ("attempt_failed", "flaky_lookup"), ("completed", "flaky_lookup")]
+
+
+def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(agents: Outcome) -> None:
+    crashed, resumed = agents.said["crashed"], agents.said["resumed"]
+    assert not crashed["ok"] and crashed["ran"]["counted_lookup"] == 1, crashed
+    assert crashed["upstream"] == ["200", "500", "500", "500"]
+    assert resumed["ok"] and resumed["ran"]["counted_lookup"] == 1, ("answered from the log", resumed)
+    assert resumed["tool_returns"] == ["It is windy in fake city."], "the recorded result, as pydantic-ai takes it"
+    assert resumed["upstream"] == ["200"], "the first model call replayed too; the second made now"
+    replayed = [e for e in agents.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [(e.data.tool, e.data.response) for e in replayed] == [("counted_lookup", "It is windy in fake city.")]
+
+
+def test_the_message_history_survives_the_process_and_nats_restarting(agents: Outcome) -> None:
+    first, second = agents.said["history"], agents.said["continued"]
+    assert first["restored"] == 0 and first["kept"] == 4 and first["same"], first
+    assert second["restored"] == 4, ("the first process's four messages, read back from tether", second)
+    assert second["kept"] == 8 and second["same"], "the new turn continues the old one"
+    assert second["first_prompt"] == "What is the weather in Paris?"
+    assert second["cleared"] == 0, "clear() forgets the conversation"
+    [started] = [e for e in agents.started() if e.agentid == "history-bot" and e.data.parent_run_id is None][1:]
+    sent = next(e for e in agents.runs()[started.runid] if e.type == "tether.llm.call.requested")
+    assert "What is the weather in Paris?" in json.dumps(sent.data.request["messages"]), \
+        "the model was sent the restored conversation"

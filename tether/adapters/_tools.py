@@ -415,6 +415,14 @@ class FrameworkTools:
             self._specs[name] = spec
         return spec
 
+    def timeout(self, name: str) -> float | None:
+        """How long each attempt of the tool ``name`` may take (``timeout_s``, else the route's
+        ``tool_timeout_s``): what an adapter tells the framework when a call timed out."""
+        spec = self.spec(name)
+        if spec.timeout_s is not None:
+            return spec.timeout_s
+        return spec.policy(spec.policies or default_policies()).tool_timeout_s
+
     async def acall(self, name: str, arguments: Mapping[str, Any] | Any, run: Callable[[], Awaitable[R]]) -> R:
         """``await run()`` as one call of the tool ``name`` with ``arguments``."""
         result: R = await _run_async(self.spec(name), run, (), {}, arguments)

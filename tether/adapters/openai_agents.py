@@ -1,29 +1,33 @@
 """The OpenAI Agents SDK under tether: runs, handoffs and tool calls from its tracing (a processor
-:func:`install` adds beside the others), model calls through tether (:func:`use_default_client`),
-sessions in tether (:class:`TetherSession`), memory put into the model's input
-(:func:`memory_filter`). The only module of tether that imports ``agents``.
+:func:`install` adds beside the others), function tools under tether's tool policy
+(:func:`wrap_tools`), model calls through tether (:func:`use_default_client`), sessions in tether
+(:class:`TetherSession`), memory put into the model's input (:func:`memory_filter`). The only
+module of tether that imports ``agents``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from agents import set_default_openai_client
+from agents import Agent, AgentsException, FunctionTool, ToolTimeoutError, set_default_openai_client
 from agents.run_config import CallModelData, ModelInputData
-from agents.tracing import Span, Trace, TracingProcessor, add_trace_processor
+from agents.tracing import Span, Trace, TracingProcessor, add_trace_processor, get_current_span
 from agents.tracing.span_data import AgentSpanData, FunctionSpanData, HandoffSpanData
 
-from tether.adapters import Run, instrument
+from tether.adapters import Hub, NeedsAttention, Run, instrument
 from tether.bus import Bus
+from tether.middleware import PolicySet
 from tether.schemas import uuid7
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token
+from ._tools import FrameworkTools
 
-__all__ = ["AgentRunError", "TetherSession", "TetherTracingProcessor", "install", "memory_filter",
-           "use_default_client"]
+__all__ = ["AgentRunError", "TetherSession", "TetherTracingProcessor", "ToolNeedsAttention", "install",
+           "memory_filter", "use_default_client", "wrap_tools"]
 
 SOURCE = "urn:tether:adapter:openai-agents"
 
@@ -68,6 +72,12 @@ class TetherTracingProcessor(TracingProcessor):
 
     def __init__(self) -> None:
         self._traces: dict[str, _TraceRuns] = {}
+        self._wrapped: set[str] = set()  # function spans whose call a wrapped tool recorded itself
+
+    def claim(self, span: Span[Any] | None) -> None:
+        """The function span ``span``'s call is recorded by :func:`wrap_tools`'s wrapper: not observed again."""
+        if span is not None and span.trace_id in self._traces:
+            self._wrapped.add(span.span_id)
 
     def on_trace_start(self, trace: Trace) -> None:
         self._traces[trace.trace_id] = _TraceRuns(trace.name)
@@ -103,6 +113,9 @@ class TetherTracingProcessor(TracingProcessor):
         data = span.span_data
         error = span.error
         if isinstance(data, FunctionSpanData):
+            if span.span_id in self._wrapped:
+                self._wrapped.discard(span.span_id)
+                return
             observed = ObservedTool.start(data.name, _arguments(data.input), source=SOURCE)
             if observed is not None:
                 if error is not None:
@@ -155,6 +168,71 @@ def use_default_client(client: Any = None, **options: Any) -> Any:
     return client
 
 
+class ToolNeedsAttention(NeedsAttention, AgentsException):
+    """:class:`tether.NeedsAttention` as an SDK exception, so ``Runner.run`` raises it as it is (the SDK
+    wraps any other exception a tool raises in its ``UserError``): catch ``tether.NeedsAttention``."""
+
+    def __init__(self, cause: NeedsAttention) -> None:
+        NeedsAttention.__init__(self, cause.run_id, cause.call_id, cause.tool, cause.position, cause.arguments,
+                                cause.reason)
+        self.run_data = None
+
+
+A = TypeVar("A", bound=Agent[Any])
+_ORIGINAL = "__tether_original__"
+
+
+def wrap_tools(agent: A, *, idempotent: Iterable[str] = (), timeout_s: float | None = None,
+               bus: Bus | None = None, policies: PolicySet | None = None) -> A:
+    """Put the function tools of ``agent`` and of the agents it hands off to (``handoffs=[agent]``)
+    under tether's tool policy: each call recorded under the run (in place of the trace's function
+    span), retried only when its name is in ``idempotent`` (or the route ``tool:<name>`` says
+    ``idempotent = true``), each attempt bounded by ``timeout_s`` (else the route's
+    ``tool_timeout_s``), and a resumed run's completed call answered from the log without running.
+
+    Each ``FunctionTool``'s ``on_invoke_tool`` is wrapped in place (again: the new options replace
+    the old). A timeout comes back as the SDK's own (the tool's ``timeout_behavior``); a crash inside
+    a non-idempotent call raises :class:`ToolNeedsAttention` from ``Runner.run``. Returns ``agent``."""
+    tools = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, bus=bus, policies=policies)
+    seen: set[int] = set()
+    pending: list[Any] = [agent]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for tool in current.tools:
+            if isinstance(tool, FunctionTool):
+                _wrap_tool(tool, tools)
+        pending.extend(h for h in current.handoffs if isinstance(h, Agent))
+    return agent
+
+
+def _wrap_tool(tool: FunctionTool, tools: FrameworkTools) -> None:
+    original: Callable[[Any, str], Awaitable[Any]] = getattr(tool.on_invoke_tool, _ORIGINAL, tool.on_invoke_tool)
+
+    async def invoke(ctx: Any, input: str) -> Any:
+        _PROCESSOR.claim(get_current_span())
+        try:
+            return await tools.acall(tool.name, _arguments(input), lambda: original(ctx, input))
+        except NeedsAttention as attention:
+            raise ToolNeedsAttention(attention) from attention
+        except TimeoutError as error:  # tether's timeout, after the policy's retries: the SDK's own
+            seconds = tools.timeout(tool.name)
+            if seconds is None:  # the tool's own TimeoutError, raised past the SDK's failure handling
+                raise
+            timed_out = ToolTimeoutError(tool.name, seconds)
+            if tool.timeout_behavior == "raise_exception":
+                raise timed_out from error
+            if tool.timeout_error_function is None:
+                return str(timed_out)
+            answer = tool.timeout_error_function(ctx, timed_out)
+            return await answer if inspect.isawaitable(answer) else answer
+
+    setattr(invoke, _ORIGINAL, original)
+    tool.on_invoke_tool = invoke
+
+
 def memory_filter(memory: Any, *, agents: Collection[str] | None = None, namespaces: Any = None,
                   token_budget: int = 500) -> Callable[[CallModelData[Any]], Any]:
     """A ``RunConfig(call_model_input_filter=...)``: for the agents named (default: every agent),
@@ -186,13 +264,16 @@ def _text(item: dict[str, Any]) -> str:
 
 class TetherSession:
     """An SDK ``Session`` on tether: each item a key of the JetStream KV bucket ``bucket`` (file
-    storage), in the order written, so a conversation survives a restart of the process and of NATS."""
+    storage), in the order written, so a conversation survives a restart of the process and of NATS.
+    Its calls run on the bus's event loop, so ``Runner.run_sync`` (which runs the agent on a loop of
+    its own) may use a session made on the bus's."""
 
     session_settings: Any = None
 
     def __init__(self, session_id: str, bus: Bus, *, bucket: str = "tether-agents-sessions") -> None:
         self.session_id = session_id
         self.state = KvState(bus, bucket)
+        self._hub = Hub.of(bus)
         self._prefix = f"s.{key_token(session_id)}"
 
     async def _entries(self) -> list[Any]:
@@ -201,19 +282,26 @@ class TetherSession:
         return sorted((e for e in found if e is not None and e.value), key=lambda e: e.revision)
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
-        items = [json.loads(e.value) for e in await self._entries()]
+        entries = await self._hub.call(self._entries)
+        items = [json.loads(e.value) for e in entries]
         return items if limit is None else items[-limit:] if limit > 0 else []
 
     async def add_items(self, items: list[Any]) -> None:
-        for item in items:
-            await self.state.put(f"{self._prefix}.{uuid7()}", item)
+        async def add() -> None:
+            for item in items:
+                await self.state.put(f"{self._prefix}.{uuid7()}", item)
+
+        await self._hub.call(add)
 
     async def pop_item(self) -> Any:
-        entries = await self._entries()
-        if not entries:
-            return None
-        await self.state.remove(entries[-1].key)
-        return json.loads(entries[-1].value)
+        async def pop() -> Any:
+            entries = await self._entries()
+            if not entries:
+                return None
+            await self.state.remove(entries[-1].key)
+            return json.loads(entries[-1].value)
+
+        return await self._hub.call(pop)
 
     async def clear_session(self) -> None:
-        await self.state.remove(f"{self._prefix}.>")
+        await self._hub.call(lambda: self.state.remove(f"{self._prefix}.>"))

@@ -1,24 +1,31 @@
-"""pydantic-ai under tether: runs and tool calls from a capability given to each agent
-(:func:`capability`: pydantic-ai has no process-wide hook), model calls through tether with the
-SDK's retries off (:func:`model`). The only module of tether that imports ``pydantic_ai``.
+"""pydantic-ai under tether: runs and tool calls (under tether's tool policy) from a capability
+given to each agent (:func:`capability`: pydantic-ai has no process-wide hook), model calls through
+tether with the SDK's retries off (:func:`model`), a conversation's message history kept in tether
+(:class:`MessageHistory`). The only module of tether that imports ``pydantic_ai``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.messages import ModelRequest, SystemPromptPart, UserPromptPart
+from pydantic_ai.exceptions import ModelRetry
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, SystemPromptPart, UserPromptPart
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from tether.adapters import Run, instrument
+from tether.adapters import Hub, Run, instrument
+from tether.bus import Bus
+from tether.middleware import PolicySet
+from tether.schemas import uuid7
 
-from ._frameworks import ObservedTool, inject_memory
+from ._frameworks import KvState, inject_memory, key_token
+from ._tools import FrameworkTools
 
-__all__ = ["TetherCapability", "capability", "model"]
+__all__ = ["MessageHistory", "TetherCapability", "capability", "model"]
 
 SOURCE = "urn:tether:adapter:pydantic-ai"
 
@@ -27,13 +34,17 @@ SOURCE = "urn:tether:adapter:pydantic-ai"
 class TetherCapability(AbstractCapability[Any]):
     """Each run of the agent is a tether run named for the agent (a run of another agent inside
     it, e.g. from a tool, is its child run); each tool call is recorded under it (arguments,
-    result, duration, error), with no decorator on the tools. With ``memory``, what it holds on
-    the last user prompt goes before each model request (see :func:`capability`)."""
+    result, duration, error) and run under tether's tool policy, with no decorator on the tools.
+    With ``memory``, what it holds on the last user prompt goes before each model request (see
+    :func:`capability`)."""
 
-    def __init__(self, memory: Any = None, *, namespaces: Any = None, token_budget: int = 500) -> None:
+    def __init__(self, memory: Any = None, *, namespaces: Any = None, token_budget: int = 500,
+                 idempotent: Iterable[str] = (), timeout_s: float | None = None,
+                 policies: PolicySet | None = None) -> None:
         self.memory = memory
         self.namespaces = namespaces
         self.token_budget = token_budget
+        self.tools = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, policies=policies)
 
     async def before_model_request(self, ctx: Any, request_context: Any) -> Any:
         if self.memory is None:
@@ -64,25 +75,30 @@ class TetherCapability(AbstractCapability[Any]):
         return result
 
     async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
-        observed = ObservedTool.start(call.tool_name, call.args_as_dict(), source=SOURCE)
-        if observed is None:
-            return await handler(args)
+        """The call under tether's tool policy (a ``ModelRetry`` the tool raises is recorded as failed
+        and reaches pydantic-ai, which tells the model); a timeout is pydantic-ai's own, a ``ModelRetry``."""
         try:
-            result = await handler(args)
-        except Exception as error:  # a ModelRetry too: the model is told, the call recorded as failed
-            observed.failed(error)
-            raise
-        observed.completed(result)
-        return result
+            return await self.tools.acall(call.tool_name, args, lambda: handler(args))
+        except TimeoutError as error:  # tether's, after the policy's retries: as pydantic-ai's tool timeout says it
+            raise ModelRetry(f"Timed out after {self.tools.timeout(call.tool_name)} seconds.") from error
 
 
-def capability(memory: Any = None, *, namespaces: Any = None, token_budget: int = 500) -> TetherCapability:
+def capability(memory: Any = None, *, namespaces: Any = None, token_budget: int = 500,
+               idempotent: Iterable[str] = (), timeout_s: float | None = None,
+               policies: PolicySet | None = None) -> TetherCapability:
     """The capability that records an agent's runs and tool calls: ``Agent(...,
     capabilities=[tether.adapters.pydantic_ai.capability()])``. With a ``tether.memory.AsyncMemory``
     (opt-in, per agent), ``memory.context(last user prompt, token_budget)`` goes before each model
     request as a system message (that request only, not the run's history), the retrieval recorded
-    as the tool call ``tether.memory.context`` naming the memories injected."""
-    return TetherCapability(memory, namespaces=namespaces, token_budget=token_budget)
+    as the tool call ``tether.memory.context`` naming the memories injected.
+
+    Tool calls run under tether's tool policy: retried only for the tools named in ``idempotent``
+    (or whose route ``tool:<name>`` says ``idempotent = true``), each attempt bounded by
+    ``timeout_s`` (else the route's ``tool_timeout_s``), a resumed run's completed call answered
+    from the log without running, and a crash inside a non-idempotent call raising
+    :class:`tether.NeedsAttention` from ``agent.run``."""
+    return TetherCapability(memory, namespaces=namespaces, token_budget=token_budget, idempotent=idempotent,
+                            timeout_s=timeout_s, policies=policies)
 
 
 def _text(content: Any) -> str:
@@ -106,3 +122,45 @@ def model(name: str = "gpt-4o-mini", *, client: Any = None, **options: Any) -> O
         client = AsyncOpenAI()
     instrument(client, **options)
     return OpenAIChatModel(name.removeprefix("openai:"), provider=OpenAIProvider(openai_client=client))
+
+
+class MessageHistory:
+    """A conversation's pydantic-ai messages in tether: each message a key of the JetStream KV bucket
+    ``bucket`` (file storage), in the order appended, written and read with pydantic-ai's own
+    ``ModelMessagesTypeAdapter``, so the conversation survives a restart of the process and of NATS.
+    Its calls run on the bus's event loop, whichever loop awaits them::
+
+        history = MessageHistory("user-42", bus)
+        result = await agent.run(prompt, message_history=await history.load())
+        await history.append(result.new_messages())
+    """
+
+    def __init__(self, conversation_id: str, bus: Bus, *, bucket: str = "tether-pydantic-ai-history") -> None:
+        self.conversation_id = conversation_id
+        self.state = KvState(bus, bucket)
+        self._hub = Hub.of(bus)
+        self._prefix = f"h.{key_token(conversation_id)}"
+
+    async def _entries(self) -> list[Any]:
+        found = [await self.state.entry(key) for key in await self.state.keys(self._prefix)]
+        return sorted((e for e in found if e is not None and e.value), key=lambda e: e.revision)
+
+    async def load(self) -> list[ModelMessage]:
+        """The conversation's messages, oldest first (``[]`` for a new one): ``message_history=``."""
+        raw = b"[" + b",".join(e.value for e in await self._hub.call(self._entries)) + b"]"
+        messages: list[ModelMessage] = ModelMessagesTypeAdapter.validate_json(raw)
+        return messages
+
+    async def append(self, messages: Iterable[ModelMessage]) -> None:
+        """Add ``messages`` (a run's ``result.new_messages()``) after those kept, in their order."""
+        dumped = ModelMessagesTypeAdapter.dump_python(list(messages), mode="json")
+
+        async def add() -> None:
+            for message in dumped:
+                await self.state.put(f"{self._prefix}.{uuid7()}", message)
+
+        await self._hub.call(add)
+
+    async def clear(self) -> None:
+        """The conversation forgotten."""
+        await self._hub.call(lambda: self.state.remove(f"{self._prefix}.>"))
