@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ._errors import InvalidEvent, UnknownEventType
-from ._finite import NON_FINITE_HINT, json_safe, non_finite
+from ._finite import _LEAVES, NON_FINITE_HINT, json_safe, non_finite
 from ._ids import uuid7
 
 __all__ = [
@@ -231,6 +231,39 @@ class Event(BaseModel):
         })
 
     @classmethod
+    def of_many(
+        cls,
+        payloads: Sequence[Payload],
+        *,
+        source: str | None = None,
+        runid: str | None = None,
+        agentid: str | None = None,
+        traceparent: str | None = None,
+    ) -> list[Event]:
+        """:meth:`of` for a batch sharing one envelope (source, run, agent, trace): the attributes
+        are checked once, each payload as :meth:`of` checks it; each event gets its own id and time."""
+        if not payloads:
+            return []
+        first = cls.of(payloads[0], source=source, runid=runid, agentid=agentid, traceparent=traceparent)
+        events = [first]
+        shared = first.__dict__
+        for data in payloads[1:]:
+            if not isinstance(data, Payload) or not hasattr(type(data), "event_type"):
+                cls.of(data)  # raises the error it would for one
+            nan_at = _non_finite_field(data)
+            if nan_at is not None:
+                raise InvalidEvent(data.event_type, [{"loc": nan_at, "msg": NON_FINITE_HINT}])
+            values = dict(shared)
+            values["id"] = uuid7()
+            values["time"] = datetime.now(UTC)
+            values["type"] = data.event_type
+            values["dataschema"] = data.dataschema()
+            values["extensions"] = {}
+            values["data"] = data
+            events.append(_construct(cls, values))
+        return events
+
+    @classmethod
     def create(cls, type: str, data: Mapping[str, Any], **attributes: Any) -> Event:
         """Build an event from a type name and plain data, validating both.
 
@@ -378,7 +411,10 @@ def _non_finite_field(data: Payload) -> tuple[str | int, ...] | None:
             if not any(isinstance(m, BeforeValidator) and m.func is json_safe for m in field.metadata))
     values = data.__dict__
     for name in names:
-        found = non_finite(values[name])
+        value = values[name]
+        if type(value) in _LEAVES:
+            continue
+        found = non_finite(value)
         if found is not None:
             return (name, *found)
     return None
