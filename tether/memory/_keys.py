@@ -80,7 +80,7 @@ def _new_key() -> bytes:
 
 def derive(namespace_key: bytes, entry: str) -> bytes:
     """The entry's own key: HMAC-SHA256 of its key under the namespace key (a PRF of a random key)."""
-    return hmac.new(namespace_key, b"tether.memory.entry\x00" + entry.encode(), hashlib.sha256).digest()
+    return hmac.digest(namespace_key, b"tether.memory.entry\x00" + entry.encode(), "sha256")
 
 
 def entry_id(key_id: str, entry: str) -> str:
@@ -496,4 +496,4 @@ def content_hash(key: bytes | None, text: str) -> str:
     normal = " ".join(text.lower().split()).encode()
     if key is None:
         return hashlib.sha256(normal).hexdigest()[:32]
-    return hmac.new(key, normal, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key, normal, "sha256").hex()[:32]
