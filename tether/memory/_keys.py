@@ -47,6 +47,7 @@ __all__ = [
     "derive",
     "entry_key",
     "open_sealed",
+    "pinned",
     "seal",
 ]
 
@@ -86,6 +87,12 @@ def derive(namespace_key: bytes, entry: str) -> bytes:
 def entry_id(key_id: str, entry: str) -> str:
     """The id under which a shredded generation keeps ``entry``'s derived key."""
     return f"{key_id}/{hashlib.sha256(entry.encode()).hexdigest()[:32]}"
+
+
+def pinned(keys: KeyStore) -> contextlib.AbstractContextManager[None]:
+    """``keys.pinned()`` for a store that has it (:class:`FileKeyStore`), else nothing."""
+    pin = getattr(keys, "pinned", None)
+    return pin() if pin is not None else contextlib.nullcontext()
 
 
 def entry_key(keys: KeyStore, key_id: str, entry: str) -> KeyLookup:
@@ -219,6 +226,21 @@ class FileKeyStore:
         self._lock = threading.Lock()
         self._data = _Keys()
         self._stamp: tuple[int, int, int] | None = None
+        self._pinned = threading.local()
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Within, this thread's ``get`` uses the keys as the file held them on entry (one ``stat``,
+        not one per lookup): the view folds a batch so. An erasure another process makes meanwhile
+        is recorded in the log after its keys are destroyed, and folding that record scrubs what
+        the batch opened."""
+        with self._lock:
+            self._refresh()
+        self._pinned.on = True
+        try:
+            yield
+        finally:
+            self._pinned.on = False
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -275,7 +297,8 @@ class FileKeyStore:
 
     def get(self, key_id: str) -> KeyLookup:
         with self._lock:
-            self._refresh()
+            if not getattr(self._pinned, "on", False):
+                self._refresh()
             return self._data.get(key_id)
 
     def destroy(self, namespace: str) -> list[str]:
