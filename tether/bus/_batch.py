@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Sequence
 
 from tether.schemas import Event
-from tether.schemas._envelope import _rfc3339
 
 from ._binding import _plain, encode_binary
 from ._headers import HeaderBlock, header_block
@@ -78,7 +77,7 @@ def encode_batch(events: Sequence[Event]) -> list[tuple[dict[str, str], bytes]]:
     for event in events:
         d = event.__dict__
         if template is not None and tuple(d[name] for name in _SHARED) == template[0] \
-                and _plain(d["id"]) and _plain(time := _rfc3339(d["time"])):
+                and _plain(d["id"]) and _plain(time := event.time_text()):
             headers = dict(template[1])
             headers["ce-id"] = headers[MSG_ID] = d["id"]
             headers["ce-time"] = time

@@ -373,6 +373,10 @@ class Event(BaseModel):
             out.update(d["extensions"])
         return out
 
+    def time_text(self) -> str:
+        """The ``time`` attribute as the wire carries it (RFC 3339, UTC, ``Z``)."""
+        return _rfc3339(self.__dict__["time"])
+
     def data_json(self) -> bytes:
         """The payload as JSON bytes (binary mode's message body)."""
         data = self.data
