@@ -212,8 +212,9 @@ class MemoryWrites(MemoryCore):
                     valid_now[(ns, key)] = valid if valid is not None else now
             sealed = sealer.seal(ns, key, text, meta, vectors[i] if vectors else None,
                                  valid_from=valid, observed_at=observed, historical=historical)
-            payloads.append(MemoryWritten(namespace=ns, key=key, version=version, expires_at=expires,
-                                          embedder=embedder, **sealed))
+            # every value checked above (namespace, key, text, metadata, ttl) or made here: no second validation
+            payloads.append(MemoryWritten.trusted(namespace=ns, key=key, version=version, expires_at=expires,
+                                                  embedder=embedder, **sealed))
         events = Event.of_many(payloads, source=self.source, runid=run or self.run, agentid=self.agent)
         batch = await self.bus.emit_batch(events)
         await batch.wait(self.bus.publisher.ack_timeout_s * 2 + 1)

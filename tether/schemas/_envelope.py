@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import socket
@@ -76,6 +77,37 @@ class Payload(BaseModel):
         return None
 
     @classmethod
+    def trusted(cls, **fields: Any) -> Self:
+        """Build a payload from values its producer has checked already, without validating them:
+        for tether's own hot paths (a batch of memory writes). Each value must be what validation
+        would make of it; the payload then equals the validated one and its JSON is the same bytes
+        (``tests/schemas/test_envelope.py`` checks it). A field not given takes its default; a
+        missing required field or an unknown one is a ``TypeError``."""
+        spec = _TRUSTED.get(cls)
+        if spec is None:
+            spec = _TRUSTED[cls] = tuple((name, field.is_required(), field.default, field.default_factory)
+                                         for name, field in cls.model_fields.items())
+        values: dict[str, Any] = {}
+        for name, required, default, factory in spec:
+            if name in fields:
+                values[name] = fields[name]
+            elif required:
+                raise TypeError(f"{cls.__name__}.trusted() needs {name!r}")
+            elif factory is not None:
+                values[name] = factory()
+            else:
+                values[name] = copy.deepcopy(default) if isinstance(default, dict | list) else default
+        if len(fields) > len(values) or any(name not in values for name in fields):
+            raise TypeError(f"{cls.__name__}.trusted() got unknown fields "
+                            f"{sorted(set(fields) - set(values))}")
+        payload = cls.__new__(cls)
+        object.__setattr__(payload, "__dict__", values)
+        object.__setattr__(payload, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(payload, "__pydantic_extra__", None)
+        object.__setattr__(payload, "__pydantic_private__", None)
+        return payload
+
+    @classmethod
     def dataschema(cls) -> str:
         return f"{SCHEMA_URN}{cls.event_type}:v{cls.schema_version}"
 
@@ -122,6 +154,9 @@ class Payload(BaseModel):
                                    what="message") from None
             return cls.parse(value, version=version)
         return payload
+
+
+_TRUSTED: dict[type[Payload], tuple[tuple[str, bool, Any, Any], ...]] = {}
 
 
 def _problems(exc: ValidationError) -> list[dict[str, Any]]:
