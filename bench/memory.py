@@ -6,7 +6,9 @@ temporary store, stopped at the end) and a memory client that leads its own view
 * **writes/s**: ``AsyncMemory.write_many`` (seal each entry with AES-GCM, wrap it in a
   ``memory.written`` event, ``emit``, one ``flush``: every event acked by the stream)
   against plain nats-py ``publish_async`` + ``publish_async_completed`` of *the same
-  bytes* (built beforehand, outside the timed section). Rounds alternate raw, tether.
+  bytes* (built beforehand, outside the timed section). Rounds alternate raw, tether; each
+  starts with the view caught up (the view applies the raw events too), and each gives the
+  CPU time of the event loop's thread per write beside the wall clock.
   Then the time the view takes to apply them (fold, FTS index, checkpoint), and
   sequential acked ``write()`` calls (one round trip each) for reference.
 * **search p50/p95** (wall clock, and the process's CPU time per search, which the load of
@@ -36,6 +38,7 @@ Run it::
     .venv/bin/python bench/memory.py                  # about two minutes
     .venv/bin/python bench/memory.py --small --json   # 2k/10k memories, JSON on stdout
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
+    .venv/bin/python bench/memory.py --writes --rounds 5      # the acked writes beside raw only
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
 
@@ -137,6 +140,8 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=8192)
     raw_rates, tether_rates, apply_rates = [], [], []
+    raw_cpu: list[float] = []  # CPU time of the event loop's thread per write (what the load does not stretch)
+    tether_cpu: list[float] = []
     try:
         for rnd in range(rounds):
             items: list[dict[str, Any]] = [
@@ -150,14 +155,18 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
                 event = Event.of(MemoryWritten(namespace="team:writes", key=key, version=1, **sealed),
                                  agentid="bench", source=memory.source)
                 messages.append(memory.bus.publisher.prepare(event))
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.thread_time()
             for m in messages:
                 await js.publish_async(m.subject, m.payload, headers=m.headers)
             await js.publish_async_completed()
             raw = n / (time.perf_counter() - start)
-            start = time.perf_counter()
+            raw_cpu.append((time.thread_time() - used) / n)
+            # the view applies the raw events too: let it finish, so tether's round does not pay for them
+            await memory.catch_up(timeout=300)
+            start, used = time.perf_counter(), time.thread_time()
             done = await memory.write_many(items)
             tether = n / (time.perf_counter() - start)
+            tether_cpu.append((time.thread_time() - used) / n)
             start = time.perf_counter()
             await memory.wait_for(done.seq, timeout=300)
             applied = n / (time.perf_counter() - start)
@@ -165,7 +174,8 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
             tether_rates.append(tether)
             apply_rates.append(applied)
             say(f"writes round {rnd + 1}: raw {raw:,.0f}/s, tether {tether:,.0f}/s acked "
-                f"({tether / raw:.2f} of raw); view applied {applied:,.0f}/s after the flush", quiet)
+                f"({tether / raw:.2f} of raw; CPU per write {tether_cpu[-1] * 1e6:.0f} us, raw "
+                f"{raw_cpu[-1] * 1e6:.0f} us); view applied {applied:,.0f}/s after the flush", quiet)
     finally:
         await nc.close()
     latencies = []
@@ -183,6 +193,9 @@ async def bench_writes(memory: AsyncMemory, url: str, corpus: Corpus, n: int, ro
         "batch": n, "rounds": rounds,
         "raw_per_s": round(statistics.median(raw_rates)), "tether_per_s": round(statistics.median(tether_rates)),
         "ratio": round(statistics.median(tether_rates) / statistics.median(raw_rates), 3),
+        "ratios": [round(t / r, 3) for t, r in zip(tether_rates, raw_rates, strict=True)],
+        "cpu_us_per_write": round(statistics.median(tether_cpu) * 1e6, 1),
+        "raw_cpu_us_per_write": round(statistics.median(raw_cpu) * 1e6, 1),
         "view_apply_per_s": round(statistics.median(apply_rates)),
         "sequential_write": ms(latencies), "conditional_write": ms(cond[1:]),
         "stream_messages": info.state.messages,
@@ -514,11 +527,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               "peer_model": peer.name if peer else None}
     splits = ("tune", "heldout") if args.split == "both" else (args.split,)
     report["quality"] = None
-    if not args.no_quality:
+    if not args.no_quality and not args.writes:
         with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
             report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
                                                     args.tune_only.split(",") if args.tune_only else None, splits)
-    if peer is not None and not args.tune and not args.no_peer and not args.no_quality:
+    if peer is not None and not args.tune and not args.no_peer and not args.no_quality and not args.writes:
         with NatsServer() as server:  # the other embedder, on a log of its own
             report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
                                                          splits=splits)
@@ -535,6 +548,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             memory.embedder = None
             report["writes"] = await bench_writes(memory, server.url, corpus, 5_000 if args.small else 10_000,
                                                   args.rounds, args.quiet)
+            if args.writes:
+                return report
             if model is not None:
                 report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, embedded_batch(model),
                                                                         args.quiet)
@@ -587,7 +602,8 @@ def table(r: dict[str, Any]) -> str:
     w = r["writes"]
     lines = [
         f"writes (batches of {w['batch']:,}, median of {w['rounds']}): tether {w['tether_per_s']:,}/s acked, "
-        f"raw nats-py {w['raw_per_s']:,}/s ({w['ratio']:.2f} of raw); view applies {w['view_apply_per_s']:,}/s",
+        f"raw nats-py {w['raw_per_s']:,}/s ({w['ratio']:.2f} of raw; rounds {w['ratios']}); CPU per write "
+        f"{w['cpu_us_per_write']} us (raw {w['raw_cpu_us_per_write']} us); view applies {w['view_apply_per_s']:,}/s",
         f"sequential write(): p50 {w['sequential_write']['p50_ms']} ms, p95 {w['sequential_write']['p95_ms']} ms; "
         f"conditional (expected_version): p50 {w['conditional_write']['p50_ms']} ms, "
         f"p95 {w['conditional_write']['p95_ms']} ms",
@@ -597,7 +613,7 @@ def table(r: dict[str, Any]) -> str:
             e = r[name]
             lines.append(f"writes embedded by {e['embedder']} on the way: {e['per_s']:,}/s acked "
                          f"(batches of {e['batch']:,}; CPU {e['cpu_ms_per_write']} ms a write)")
-    for size in r["sizes"]:
+    for size in [size for size in r["sizes"] if f"search_{size}" in r]:
         s = r[f"search_{size}"]
         line = (f"{size:>7,} memories: keyword p50 {s['keyword']['p50_ms']} / p95 {s['keyword']['p95_ms']} ms "
                 f"(CPU {s['keyword']['cpu_p50_ms']} / {s['keyword']['cpu_p95_ms']}; "
@@ -622,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="2k and 10k memories instead of 10k and 100k")
     parser.add_argument("--rounds", type=int, default=3, help="write rounds (3)")
     parser.add_argument("--queries", type=int, default=300, help="queries per measurement (300)")
+    parser.add_argument("--writes", action="store_true", help="only the acked writes beside raw nats-py "
+                        "(--rounds of them; a few seconds each)")
     parser.add_argument("--quality", action="store_true", help="only the development set's retrieval quality")
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
                         "measure both splits with them (for --embedder: Ranking's defaults were chosen with minilm)")

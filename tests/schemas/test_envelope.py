@@ -508,3 +508,24 @@ def test_recorded_bodies_keep_non_finite_numbers_as_strings() -> None:
     assert json.loads(event.data_json())["result"] == event.data.result  # type: ignore[attr-defined]
     assert Event.create("tether.tool.call.requested", {**TOOL, "arguments": [NAN]}).data.arguments == ["NaN"]  # type: ignore[attr-defined]
     assert Event.of(RunStarted(input={"x": INF})).data.input == {"x": "Infinity"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fields", [
+    {"namespace": "team:a", "key": "k", "version": 1, "text": "sealed", "key_id": "team:a#1/entry",
+     "content_hash": "ab" * 16, "expires_at": None, "embedder": None},
+    {"namespace": "team:a", "key": "k", "version": 3, "text": "t", "expires_at": datetime(2027, 1, 1, tzinfo=UTC),
+     "embedding": "AAAA", "embedder": "m", "source_call_id": "c1"},
+], ids=["sealed", "with-optionals"])
+def test_a_trusted_payload_is_the_validated_one(fields: dict[str, Any]) -> None:
+    """``Payload.trusted`` (the bulk memory write's way) skips validation: it must give the payload
+    validation gives, in the same field order, so its JSON is the same bytes."""
+    from tether.schemas import MemoryWritten
+
+    trusted, validated = MemoryWritten.trusted(**fields), MemoryWritten(**fields)
+    assert trusted == validated and trusted.model_fields_set == validated.model_fields_set
+    assert Event.of(trusted, id="e1", time=WHEN).data_json() == Event.of(validated, id="e1", time=WHEN).data_json()
+    assert trusted.metadata is not MemoryWritten.trusted(**fields).metadata  # a default of its own
+    with pytest.raises(TypeError, match="needs 'text'"):
+        MemoryWritten.trusted(namespace="team:a", key="k", version=1)
+    with pytest.raises(TypeError, match=r"unknown fields \['txet'\]"):
+        MemoryWritten.trusted(**fields, txet="oops")

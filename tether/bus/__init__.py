@@ -7,6 +7,7 @@ Imports only :mod:`tether.schemas`.
 """
 
 from ._acked import TRANSIENT_PUBLISH_ERRORS, publish_until_acked
+from ._batch import Batch
 from ._binding import (
     STRUCTURED_CONTENT_TYPE,
     WireEvent,
@@ -64,6 +65,7 @@ __all__ = [
     "WORK_SUBJECTS",
     "AgentPermissions",
     "AuthUnavailable",
+    "Batch",
     "Bus",
     "BusConfig",
     "BusUnavailable",

@@ -8,6 +8,7 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -18,6 +19,7 @@ from nats.js import JetStreamContext
 from tether.schemas import Event
 
 from ._acked import TRANSIENT_PUBLISH_ERRORS
+from ._batch import Batch
 from ._client import Client
 from ._cluster import find_cluster
 from ._config import BusConfig
@@ -147,6 +149,11 @@ class Bus:
         """Publish without waiting for the ack; :meth:`flush` makes it durable, :meth:`drain`
         waits until it is in the stream."""
         await self.publisher.emit(event)
+
+    async def emit_batch(self, events: Sequence[Event]) -> Batch:
+        """Emit many events at once and learn what became of each (see :meth:`Publisher.emit_batch`):
+        ``await (await bus.emit_batch(events)).wait()``."""
+        return await self.publisher.emit_batch(events)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every emitted event is acked by the stream **or in the local outbox**:

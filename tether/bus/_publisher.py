@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from nats.js.object_store import ObjectStore
 from tether.schemas import Event, EventError
 
 from ._acked import DUPLICATE_IN_PROCESS
+from ._batch import Batch, encode_batch
 from ._binding import encode_binary, percent_encode
 from ._deliverable import oversized, undeliverable
 from ._headers import HeaderBlock
@@ -109,6 +110,8 @@ class _Inflight:
     message: PendingMessage
     sent_at: float
     waiter: asyncio.Future[Receipt] | None = None
+    batch: Batch | None = None
+    index: int = 0
 
 
 class _Transient(Exception):
@@ -219,12 +222,35 @@ class Publisher:
             raise EventError(f"publish takes a tether.schemas.Event, got {type(event).__name__}; "
                              "wrap payloads with Event.of(payload, runid=..., agentid=...)")
         headers, payload = encode_binary(event)
+        headers[MSG_ID] = event.id
+        return self._checked(event, headers, payload)
+
+    def prepare_many(self, events: Sequence[Event]) -> list[PendingMessage]:
+        """:meth:`prepare` for a batch: the same messages, their header blocks written from one
+        template where the events share every attribute but id and time. One event that can
+        never be delivered refuses the whole batch, naming it (its index in ``events``)."""
+        for i, event in enumerate(events):
+            if not isinstance(event, Event):
+                raise EventError(f"event {i} of the batch is a {type(event).__name__}, not a tether.schemas.Event; "
+                                 "wrap payloads with Event.of(payload, runid=..., agentid=...)")
+        out = []
+        for i, (event, (headers, payload)) in enumerate(zip(events, encode_batch(events), strict=True)):
+            try:
+                out.append(self._checked(event, headers, payload))
+            except Undeliverable as exc:
+                raise Undeliverable(event.id, f"event {i} of the batch of {len(events):,}: {exc.error}; "
+                                              "none of the batch was published") from None
+            except PayloadTooLarge as exc:
+                raise PayloadTooLarge(f"event {i} of the batch of {len(events):,}: {exc.args[0]}; none of the "
+                                      "batch was published", event_type=event.type) from None
+        return out
+
+    def _checked(self, event: Event, headers: dict[str, str], payload: bytes) -> PendingMessage:
         if len(payload) > self.max_event_bytes:
             raise PayloadTooLarge(
                 f"{event.type} data is {len(payload):,} bytes; the limit is "
                 f"{self.max_event_bytes:,} (max_event_bytes). Store large blobs elsewhere and "
                 "reference them", event_type=event.type)
-        headers[MSG_ID] = event.id
         message = PendingMessage(event.id, event_subject(event), headers, payload)
         # Well formed by construction (see _deliverable.malformed): only the size can be wrong.
         problem = oversized(message, max_payload=self._nc.max_payload or 0,
@@ -259,6 +285,37 @@ class Publisher:
                 self._divert(message, "backpressure")
                 return
         await self._send(message, None)
+
+    async def emit_batch(self, events: Sequence[Event]) -> Batch:
+        """Emit a batch of events (:meth:`emit` for each, prepared together first) and return its
+        :class:`Batch`, which tells, once settled (``await batch.wait()``), which events the stream
+        acked, which wait in the outbox and which NATS refused for good.
+
+        Every event is prepared before any is sent: one that can never be delivered (too large)
+        raises ``Undeliverable`` or ``PayloadTooLarge`` and nothing of the batch is published.
+        :meth:`flush` waits for the batch's events too.
+        """
+        messages = self.prepare_many(events)
+        batch = Batch(len(messages))
+        for index, message in enumerate(messages):
+            if self._degraded or not self._nc.is_connected:
+                self._divert_batched(message, "NATS not connected", batch, index)
+                continue
+            if len(self._inflight) >= self.max_pending:
+                await self._wait_for_room()
+                if self._degraded:
+                    self._divert_batched(message, "backpressure", batch, index)
+                    continue
+            await self._send(message, None, batch, index)
+        return batch
+
+    def _divert_batched(self, message: PendingMessage, reason: str, batch: Batch, index: int) -> None:
+        try:
+            self._divert(message, reason)
+        except OutboxFull as exc:
+            batch.refuse(index, str(exc))
+        else:
+            batch.keep(index)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every emitted event is acked or in the outbox.
@@ -313,28 +370,39 @@ class Publisher:
         headers["ce-dataref"] = percent_encode(f"{DATAREF_SCHEME}{OBJECT_BUCKET}/{message.id}")
         return PendingMessage(message.id, message.subject, headers, b"")
 
-    async def _send(self, message: PendingMessage, waiter: asyncio.Future[Receipt] | None) -> None:
+    async def _send(self, message: PendingMessage, waiter: asyncio.Future[Receipt] | None,
+                    batch: Batch | None = None, index: int = 0) -> None:
         wire = message
         if len(message.payload) > self.large_payload_bytes:
             try:
                 wire = await self._claim_check(message)
             except Exception as exc:  # NATS trouble while storing the object
-                self._divert(message, f"object store: {exc}", waiter)
+                if batch is not None:
+                    self._divert_batched(message, f"object store: {exc}", batch, index)
+                else:
+                    self._divert(message, f"object store: {exc}", waiter)
                 return
             if self._degraded:
-                self._divert(message, "NATS not connected", waiter)
+                if batch is not None:
+                    self._divert_batched(message, "NATS not connected", batch, index)
+                else:
+                    self._divert(message, "NATS not connected", waiter)
                 return
         self._seq += 1
         seq = self._seq
         # The outbox keeps the original message (claim check redone on flush).
-        self._inflight[seq] = _Inflight(message, time.monotonic(), waiter)
+        self._inflight[seq] = _Inflight(message, time.monotonic(), waiter, batch, index)
         self._idle.clear()
+        headers = wire.headers
         try:
             await self._nc.publish(wire.subject, wire.payload, reply=self._prefix + str(seq),
-                                   headers=HeaderBlock.of(wire.headers))
+                                   headers=headers if type(headers) is HeaderBlock else HeaderBlock.of(headers))
         except _PERMANENT as exc:  # no server will take it: refused, not an outage
             self._inflight.pop(seq, None)
             self._after_change()
+            if batch is not None:
+                batch.refuse(index, str(exc))
+                return
             raise Undeliverable(message.id, str(exc)) from None
         except (nats.errors.Error, OSError) as exc:
             self._degrade(f"publish failed: {exc!r}")
@@ -364,6 +432,8 @@ class Publisher:
             self.stats.acked += 1
             if b'"duplicate":true' in data:
                 self.stats.duplicates += 1
+            if entry.batch is not None:
+                entry.batch.ack()
             self._after_change()
             return
         ack = _parse_ack(msg)
@@ -374,12 +444,16 @@ class Publisher:
             self._rejected(entry.message, str(ack["error"]))
             if entry.waiter is not None and not entry.waiter.done():
                 entry.waiter.set_exception(PublishRejected(entry.message.id, str(ack["error"])))
+            if entry.batch is not None:
+                entry.batch.refuse(entry.index, str(ack["error"]))
         else:
             self.stats.acked += 1
             dup = bool(ack.get("duplicate"))
             self.stats.duplicates += dup
             if entry.waiter is not None and not entry.waiter.done():
                 entry.waiter.set_result(Receipt(entry.message.id, ack.get("seq"), dup))
+            if entry.batch is not None:
+                entry.batch.ack()
         self._after_change()
 
     def _after_change(self) -> None:
@@ -426,6 +500,11 @@ class Publisher:
                     e.waiter.set_exception(outcome)
                 else:
                     e.waiter.set_result(Receipt(e.message.id, outboxed=True))
+            if e.batch is not None:
+                if isinstance(outcome, OutboxFull):
+                    e.batch.refuse(e.index, str(outcome))
+                else:
+                    e.batch.keep(e.index)
         self._after_change()
         self._room.set()
 
@@ -495,6 +574,8 @@ class Publisher:
             self._rejected(entry.message, error(entry.message.subject))
             if entry.waiter is not None and not entry.waiter.done():
                 entry.waiter.set_exception(PublishRejected(entry.message.id, error(entry.message.subject)))
+            if entry.batch is not None:
+                entry.batch.refuse(entry.index, error(entry.message.subject))
         for seq, subj in [(s, subj) for s, subj in self._flushing_subjects.items() if subj.lower() == subject]:
             fut = self._flushing.pop(seq, None)
             if fut is not None and not fut.done():

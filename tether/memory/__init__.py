@@ -18,6 +18,7 @@ from ._client import connect_memory as connect
 from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
 from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, StaticEmbedder, VectorCache, VectorIndex
 from ._errors import (
+    BulkWriteFailed,
     InvalidMemory,
     MemoryAccessDenied,
     MemoryKeyMissing,
@@ -39,6 +40,7 @@ from ._view import MemoryStore, MemoryView
 __all__ = [
     "MEMORY_SUBJECTS",
     "AsyncMemory",
+    "BulkWriteFailed",
     "BulkWritten",
     "Context",
     "Embedder",

@@ -12,7 +12,7 @@ from typing import Any
 from ._errors import MemoryKeyMissing
 from ._keys import DESTROYED, ENTRY, KeyStore, content_hash, derive, entry_key, open_sealed, seal
 
-__all__ = ["Opened", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
+__all__ = ["Opened", "Sealer", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
 
 
 def pack_vector(vector: Sequence[float]) -> bytes:
@@ -39,7 +39,33 @@ def seal_entry(keys: KeyStore, namespace: str, key: str, text: str, metadata: Ma
                observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
     """The ``MemoryWritten`` fields for one entry: text and metadata sealed together, the vector apart,
     under the entry's own key (derived from the namespace's current one, so it can be erased alone)."""
-    key_id, namespace_key = keys.current(namespace)
+    return Sealer(keys).seal(namespace, key, text, metadata, embedding, valid_from=valid_from,
+                             observed_at=observed_at, historical=historical)
+
+
+class Sealer:
+    """:func:`seal_entry` for the entries of one batch: each namespace's current key is looked up
+    once (a file keystore checks its file on every lookup), then every entry derives its own."""
+
+    __slots__ = ("_current", "keys")
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+        self._current: dict[str, tuple[str, bytes]] = {}
+
+    def seal(self, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
+             embedding: Sequence[float] | None, *, valid_from: float | None = None,
+             observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
+        found = self._current.get(namespace)
+        if found is None:
+            found = self._current[namespace] = self.keys.current(namespace)
+        return _seal(found, namespace, key, text, metadata, embedding, valid_from, observed_at, historical)
+
+
+def _seal(current: tuple[str, bytes], namespace: str, key: str, text: str, metadata: Mapping[str, Any],
+          embedding: Sequence[float] | None, valid_from: float | None, observed_at: float | None,
+          historical: bool) -> dict[str, Any]:
+    key_id, namespace_key = current
     secret = derive(namespace_key, key)
     doc: dict[str, Any] = {"t": text, "m": dict(metadata)}
     if valid_from is not None:  # valid time is content too: sealed with the text

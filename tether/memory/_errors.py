@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._types import BulkWritten
+
 __all__ = [
+    "BulkWriteFailed",
     "InvalidMemory",
     "MemoryAccessDenied",
     "MemoryKeyMissing",
@@ -59,3 +65,18 @@ class MemoryAccessDenied(TetherMemoryError, PermissionError):
 
 class MemoryKeyMissing(TetherMemoryError):
     """An encrypted entry names a key this keystore has never held (not an erased one)."""
+
+
+class BulkWriteFailed(TetherMemoryError):
+    """NATS refused some writes of a :meth:`write_many` for good (a stream limit, a permission):
+    ``failed`` lists each as ``(index, namespace, key, reason)``; every other write of the batch
+    landed (or waits in the outbox), as ``written`` says."""
+
+    def __init__(self, failed: tuple[tuple[int, str, str, str], ...], written: BulkWritten) -> None:
+        self.failed = failed
+        self.written = written
+        shown = "; ".join(f"item {i} ({ns}/{key}): {why}" for i, ns, key, why in failed[:3])
+        more = f"; and {len(failed) - 3:,} more" if len(failed) > 3 else ""
+        super().__init__(f"{len(failed):,} of {len(failed) + written.count:,} writes did not land, refused by "
+                         f"NATS: {shown}{more}. The other {written.count:,} are written. Fix the cause, then write "
+                         "the failed items again (BulkWriteFailed.failed has their indexes)")

@@ -47,6 +47,7 @@ __all__ = [
     "derive",
     "entry_key",
     "open_sealed",
+    "pinned",
     "seal",
 ]
 
@@ -80,12 +81,18 @@ def _new_key() -> bytes:
 
 def derive(namespace_key: bytes, entry: str) -> bytes:
     """The entry's own key: HMAC-SHA256 of its key under the namespace key (a PRF of a random key)."""
-    return hmac.new(namespace_key, b"tether.memory.entry\x00" + entry.encode(), hashlib.sha256).digest()
+    return hmac.digest(namespace_key, b"tether.memory.entry\x00" + entry.encode(), "sha256")
 
 
 def entry_id(key_id: str, entry: str) -> str:
     """The id under which a shredded generation keeps ``entry``'s derived key."""
     return f"{key_id}/{hashlib.sha256(entry.encode()).hexdigest()[:32]}"
+
+
+def pinned(keys: KeyStore) -> contextlib.AbstractContextManager[None]:
+    """``keys.pinned()`` for a store that has it (:class:`FileKeyStore`), else nothing."""
+    pin = getattr(keys, "pinned", None)
+    return pin() if pin is not None else contextlib.nullcontext()
 
 
 def entry_key(keys: KeyStore, key_id: str, entry: str) -> KeyLookup:
@@ -219,6 +226,21 @@ class FileKeyStore:
         self._lock = threading.Lock()
         self._data = _Keys()
         self._stamp: tuple[int, int, int] | None = None
+        self._pinned = threading.local()
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Within, this thread's ``get`` uses the keys as the file held them on entry (one ``stat``,
+        not one per lookup): the view folds a batch so. An erasure another process makes meanwhile
+        is recorded in the log after its keys are destroyed, and folding that record scrubs what
+        the batch opened."""
+        with self._lock:
+            self._refresh()
+        self._pinned.on = True
+        try:
+            yield
+        finally:
+            self._pinned.on = False
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -275,7 +297,8 @@ class FileKeyStore:
 
     def get(self, key_id: str) -> KeyLookup:
         with self._lock:
-            self._refresh()
+            if not getattr(self._pinned, "on", False):
+                self._refresh()
             return self._data.get(key_id)
 
     def destroy(self, namespace: str) -> list[str]:
@@ -496,4 +519,4 @@ def content_hash(key: bytes | None, text: str) -> str:
     normal = " ".join(text.lower().split()).encode()
     if key is None:
         return hashlib.sha256(normal).hexdigest()[:32]
-    return hmac.new(key, normal, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key, normal, "sha256").hex()[:32]

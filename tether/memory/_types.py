@@ -90,6 +90,9 @@ class BulkWritten:
     count: int
     seq: int
     keys: tuple[str, ...]
+    outboxed: int = 0
+    """How many of them wait in the local outbox (NATS did not answer in time): they reach the
+    stream, in order, once it answers again; reads see them then."""
 
 
 @dataclass(frozen=True, slots=True)

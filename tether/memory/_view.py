@@ -14,7 +14,7 @@ from tether.projections import Delete, Merge, Op, Projection, Table, Upsert, Vie
 from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, finite_or_none
 
 from ._codec import open_entry
-from ._keys import KeyStore
+from ._keys import KeyStore, pinned
 from ._names import ALL_KEYS
 
 __all__ = ["MEMORY_TYPES", "MemoryStore", "MemoryView", "ns_token", "prepare", "split_replaced"]
@@ -159,6 +159,10 @@ class MemoryView(Projection):
 
     def open_store(self, path: Path) -> MemoryStore:
         return MemoryStore(self, path)
+
+    def fold(self, events: Sequence[tuple[int, Event]]) -> tuple[list[Op], list[tuple[int, Exception]]]:
+        with pinned(self.keys):  # the keystore file checked once a batch, not once an event
+            return super().fold(events)
 
     def notify_key(self, op: Op) -> str | None:
         values = op.values if isinstance(op, Upsert) else op.key

@@ -23,11 +23,11 @@ from tether.schemas import (
 )
 
 from . import _query as q
-from ._codec import seal_entry
+from ._codec import Sealer, seal_entry
 from ._compact import Summarizer, duplicates, plan_compaction, similarity
 from ._core import MemoryCore
 from ._embed import WriteBatcher
-from ._errors import InvalidMemory, MemoryNotFound, VersionConflict
+from ._errors import BulkWriteFailed, InvalidMemory, MemoryNotFound, VersionConflict
 from ._extract import Extraction, ExtractiveExtractor, Extractor, plan
 from ._feed import last_memory_seq
 from ._keys import content_hash
@@ -159,44 +159,72 @@ class MemoryWrites(MemoryCore):
 
     async def write_many(self, items: Iterable[Mapping[str, Any]], *, namespace: str | None = None,
                          run: str | None = None) -> BulkWritten:
-        """Write many entries at once (emit, then one flush): the fast path for bulk loads.
+        """Write many entries at once (emitted together, acked together): the fast path for bulk loads.
 
         Each item has ``text`` and optionally ``namespace`` (else the argument), ``key``,
         ``metadata``, ``ttl``, ``valid_from``, ``observed_at``. No conditional writes and no
-        near-duplicate merging here.
+        near-duplicate merging here. Every item is checked before any is sent (a bad one raises
+        ``InvalidMemory`` naming it, and nothing is written). Returns once the stream acked every
+        write (or the local outbox holds it, ``BulkWritten.outboxed``); if NATS refused some for good,
+        :class:`BulkWriteFailed` says which (``failed``) and what landed (``written``).
         """
         rows = []
-        for item in items:
-            ns = self._check(item.get("namespace") or namespace or "", "write")
-            key = item.get("key") or uuid7()
-            check_key(key)
-            rows.append((ns, key, self._text(item.get("text")), self._metadata(item.get("metadata")),
-                         self._expiry(item.get("ttl")), _instant(item.get("valid_from"), "valid_from"),
-                         _instant(item.get("observed_at"), "observed_at")))
+        allowed: set[str] = set()
+        for i, item in enumerate(items):
+            try:
+                ns = item.get("namespace") or namespace or ""
+                if ns not in allowed:
+                    allowed.add(self._check(ns, "write"))
+                key = item.get("key")
+                if key is None:
+                    key, fresh = uuid7(), True  # a new key: no version to look up
+                else:
+                    check_key(key)
+                    fresh = False
+                rows.append((ns, key, self._text(item.get("text")), self._metadata(item.get("metadata")),
+                             self._expiry(item.get("ttl")), _instant(item.get("valid_from"), "valid_from"),
+                             _instant(item.get("observed_at"), "observed_at"), fresh))
+            except InvalidMemory as exc:
+                raise InvalidMemory(f"item {i} of write_many: {exc}; nothing was written") from None
         if not rows:
             return BulkWritten(0, self.position, ())
         vectors = await self._embed([r[2] for r in rows], run, batched=False)
-        claimed: dict[tuple[str, str], int] = {}
-        nexts = await self._read(lambda db: {(ns, key): q.next_version(db, ns, key) for ns, key, *_ in rows})
-        timed = [(r[0], r[1]) for r in rows if r[5] is not None]
+        known = [(ns, key) for ns, key, *_, fresh in rows if not fresh]
+        nexts = await self._read(lambda db: {(ns, key): q.next_version(db, ns, key) for ns, key in known}) \
+            if known else {}
+        timed = [(r[0], r[1]) for r in rows if r[5] is not None and not r[7]]
         valid_now = await self._read(q.valid_times, timed, self.clock()) if timed else {}
-        embedder = self.embedder.name if self.embedder is not None else None
+        embedder = self.embedder.name if (self.embedder is not None and vectors) else None
         now = self.clock()
-        for i, (ns, key, text, meta, expires, valid, observed) in enumerate(rows):
-            version = claimed.get((ns, key), nexts[(ns, key)] - 1) + 1
-            claimed[(ns, key)] = version
-            current = valid_now.get((ns, key))
-            historical = valid is not None and current is not None and valid < current
-            if not historical:
-                valid_now[(ns, key)] = valid if valid is not None else now
-            sealed = seal_entry(self.keys, ns, key, text, meta, vectors[i] if vectors else None,
-                                valid_from=valid, observed_at=observed, historical=historical)
-            await self.bus.emit(self._event(MemoryWritten(namespace=ns, key=key, version=version, expires_at=expires,
-                                                          embedder=embedder if vectors else None, **sealed), run))
-        await self.bus.flush()
+        sealer = Sealer(self.keys)
+        claimed: dict[tuple[str, str], int] = {}
+        payloads = []
+        for i, (ns, key, text, meta, expires, valid, observed, fresh) in enumerate(rows):
+            if fresh:
+                version = 1
+                historical = False
+            else:
+                version = claimed.get((ns, key), nexts[(ns, key)] - 1) + 1
+                claimed[(ns, key)] = version
+                current = valid_now.get((ns, key))
+                historical = valid is not None and current is not None and valid < current
+                if not historical:
+                    valid_now[(ns, key)] = valid if valid is not None else now
+            sealed = sealer.seal(ns, key, text, meta, vectors[i] if vectors else None,
+                                 valid_from=valid, observed_at=observed, historical=historical)
+            # every value checked above (namespace, key, text, metadata, ttl) or made here: no second validation
+            payloads.append(MemoryWritten.trusted(namespace=ns, key=key, version=version, expires_at=expires,
+                                                  embedder=embedder, **sealed))
+        events = Event.of_many(payloads, source=self.source, runid=run or self.run, agentid=self.agent)
+        batch = await self.bus.emit_batch(events)
+        await batch.wait(self.bus.publisher.ack_timeout_s * 2 + 1)
         seq = await last_memory_seq(self.bus)
         self._moved(seq)
-        return BulkWritten(len(rows), seq, tuple(r[1] for r in rows))
+        if batch.refused:
+            failed = tuple((i, rows[i][0], rows[i][1], why) for i, why in sorted(batch.refused.items()))
+            landed = tuple(r[1] for i, r in enumerate(rows) if i not in batch.refused)
+            raise BulkWriteFailed(failed, BulkWritten(len(landed), seq, landed, len(batch.outboxed)))
+        return BulkWritten(len(rows), seq, tuple(r[1] for r in rows), len(batch.outboxed))
 
     async def delete(self, namespace: str, key: str, *, expected_version: int | None = None,
                      run: str | None = None) -> Written:
@@ -417,13 +445,13 @@ class MemoryWrites(MemoryCore):
             return {}
         if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
             raise InvalidMemory("metadata must be a mapping with string keys")
-        nan_at = non_finite(dict(metadata))
-        if nan_at is not None:
-            where = ".".join(str(part) for part in nan_at)
-            raise InvalidMemory(f"metadata {where} is {_at(metadata, nan_at)!r}: {NON_FINITE_HINT}")
-        try:
-            size = len(json.dumps(metadata, ensure_ascii=False))
+        try:  # refuses NaN and infinity too: then say where they are
+            size = len(json.dumps(metadata, ensure_ascii=False, allow_nan=False))
         except (TypeError, ValueError) as exc:
+            nan_at = non_finite(dict(metadata))
+            if nan_at is not None:
+                where = ".".join(str(part) for part in nan_at)
+                raise InvalidMemory(f"metadata {where} is {_at(metadata, nan_at)!r}: {NON_FINITE_HINT}") from None
             raise InvalidMemory(f"metadata must be JSON: {exc}") from None
         if size > MAX_METADATA_BYTES:
             raise InvalidMemory(f"metadata is {size:,} bytes of JSON; the limit is {MAX_METADATA_BYTES:,}")

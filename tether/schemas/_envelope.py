@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ._errors import InvalidEvent, UnknownEventType
-from ._finite import NON_FINITE_HINT, json_safe, non_finite
+from ._finite import _LEAVES, NON_FINITE_HINT, json_safe, non_finite
 from ._ids import uuid7
 
 __all__ = [
@@ -76,6 +77,37 @@ class Payload(BaseModel):
         return None
 
     @classmethod
+    def trusted(cls, **fields: Any) -> Self:
+        """Build a payload from values its producer has checked already, without validating them:
+        for tether's own hot paths (a batch of memory writes). Each value must be what validation
+        would make of it; the payload then equals the validated one and its JSON is the same bytes
+        (``tests/schemas/test_envelope.py`` checks it). A field not given takes its default; a
+        missing required field or an unknown one is a ``TypeError``."""
+        spec = _TRUSTED.get(cls)
+        if spec is None:
+            spec = _TRUSTED[cls] = tuple((name, field.is_required(), field.default, field.default_factory)
+                                         for name, field in cls.model_fields.items())
+        values: dict[str, Any] = {}
+        for name, required, default, factory in spec:
+            if name in fields:
+                values[name] = fields[name]
+            elif required:
+                raise TypeError(f"{cls.__name__}.trusted() needs {name!r}")
+            elif factory is not None:
+                values[name] = factory()
+            else:
+                values[name] = copy.deepcopy(default) if isinstance(default, dict | list) else default
+        if len(fields) > len(values) or any(name not in values for name in fields):
+            raise TypeError(f"{cls.__name__}.trusted() got unknown fields "
+                            f"{sorted(set(fields) - set(values))}")
+        payload = cls.__new__(cls)
+        object.__setattr__(payload, "__dict__", values)
+        object.__setattr__(payload, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(payload, "__pydantic_extra__", None)
+        object.__setattr__(payload, "__pydantic_private__", None)
+        return payload
+
+    @classmethod
     def dataschema(cls) -> str:
         return f"{SCHEMA_URN}{cls.event_type}:v{cls.schema_version}"
 
@@ -122,6 +154,9 @@ class Payload(BaseModel):
                                    what="message") from None
             return cls.parse(value, version=version)
         return payload
+
+
+_TRUSTED: dict[type[Payload], tuple[tuple[str, bool, Any, Any], ...]] = {}
 
 
 def _problems(exc: ValidationError) -> list[dict[str, Any]]:
@@ -229,6 +264,39 @@ class Event(BaseModel):
             "extensions": ext,
             "data": data,
         })
+
+    @classmethod
+    def of_many(
+        cls,
+        payloads: Sequence[Payload],
+        *,
+        source: str | None = None,
+        runid: str | None = None,
+        agentid: str | None = None,
+        traceparent: str | None = None,
+    ) -> list[Event]:
+        """:meth:`of` for a batch sharing one envelope (source, run, agent, trace): the attributes
+        are checked once, each payload as :meth:`of` checks it; each event gets its own id and time."""
+        if not payloads:
+            return []
+        first = cls.of(payloads[0], source=source, runid=runid, agentid=agentid, traceparent=traceparent)
+        events = [first]
+        shared = first.__dict__
+        for data in payloads[1:]:
+            if not isinstance(data, Payload) or not hasattr(type(data), "event_type"):
+                cls.of(data)  # raises the error it would for one
+            nan_at = _non_finite_field(data)
+            if nan_at is not None:
+                raise InvalidEvent(data.event_type, [{"loc": nan_at, "msg": NON_FINITE_HINT}])
+            values = dict(shared)
+            values["id"] = uuid7()
+            values["time"] = datetime.now(UTC)
+            values["type"] = data.event_type
+            values["dataschema"] = data.dataschema()
+            values["extensions"] = {}
+            values["data"] = data
+            events.append(_construct(cls, values))
+        return events
 
     @classmethod
     def create(cls, type: str, data: Mapping[str, Any], **attributes: Any) -> Event:
@@ -340,6 +408,10 @@ class Event(BaseModel):
             out.update(d["extensions"])
         return out
 
+    def time_text(self) -> str:
+        """The ``time`` attribute as the wire carries it (RFC 3339, UTC, ``Z``)."""
+        return _rfc3339(self.__dict__["time"])
+
     def data_json(self) -> bytes:
         """The payload as JSON bytes (binary mode's message body)."""
         data = self.data
@@ -378,7 +450,10 @@ def _non_finite_field(data: Payload) -> tuple[str | int, ...] | None:
             if not any(isinstance(m, BeforeValidator) and m.func is json_safe for m in field.metadata))
     values = data.__dict__
     for name in names:
-        found = non_finite(values[name])
+        value = values[name]
+        if type(value) in _LEAVES:
+            continue
+        found = non_finite(value)
         if found is not None:
             return (name, *found)
     return None
