@@ -132,13 +132,13 @@ def openclaw_config(gateway: str, key: str, log: Path) -> dict[str, object]:
     }
 
 
-# The plugin's write tool, called as OpenClaw calls it, against the same gateway.
-WRITE_TOOL = f"""
+# The plugin's tools, called as OpenClaw calls them, against the same gateway (the live turn calls the write tool).
+TOOL_CALL = f"""
 import {{ createTether }} from {json.dumps(str(PLUGIN / "index.js"))};
 const tether = createTether({{ gatewayUrl: process.env.TETHER_GATEWAY_URL, memoryNamespace: "agent:{AGENT}" }});
-const write = tether.memoryTools().find((tool) => tool.name === "tether_memory_write");
+const tool = tether.memoryTools().find((tool) => tool.name === process.env.TOOL);
 try {{
-  const answer = await write.execute("call-1", {{ text: "Tea, no sugar.", key: "tool-note" }});
+  const answer = await tool.execute("call-1", JSON.parse(process.env.PARAMS));
   console.log(JSON.stringify(answer));
 }} catch (error) {{
   console.error(error.message);
@@ -208,7 +208,7 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
     (home / ".openclaw" / "openclaw.json").write_text(json.dumps(settings, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "OPENCLAW_"))}
     env.update(OPENCLAW_HOME=str(home), TETHER_GATEWAY_KEY=key, PATH=f"{openclaw.node.parent}:{env.get('PATH', '')}")
-    note = "fake query: the user prefers tea"  # what the fake model will search for
+    note = "the user takes tea without sugar"  # written over HTTP, found by the plugin's search tool
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             remembered = await http.post(url + "/v1/memory/write", headers={"authorization": f"Bearer {key}"},
@@ -217,20 +217,27 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
         started = time.monotonic()
         turn = await anyio.to_thread.run_sync(lambda: subprocess.run(
             [str(openclaw.node), str(openclaw.cli), "agent", "--local", "--agent", "main", "--message",
-             "Remember that I prefer tea.", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True,
+             "Remember that I prefer tea: use tether_memory_write.", "--json"], env=env, cwd=tmp_path,
+            capture_output=True, text=True,
             timeout=300, check=False))
         took = time.monotonic() - started
         assert turn.returncode == 0, turn.stdout[-3000:] + turn.stderr[-3000:]
         assert (home / "openclaw.log").exists()
-        written = await anyio.to_thread.run_sync(lambda: subprocess.run(
-            [str(openclaw.node), "--input-type=module", "-e", WRITE_TOOL], env={**env, "TETHER_GATEWAY_URL": url},
+        tool_env = {**env, "TETHER_GATEWAY_URL": url, "TOOL": "tether_memory_search",
+                    "PARAMS": json.dumps({"query": "tea without sugar"})}
+        searched = await anyio.to_thread.run_sync(lambda: subprocess.run(
+            [str(openclaw.node), "--input-type=module", "-e", TOOL_CALL], env=tool_env,
             capture_output=True, text=True, timeout=60, check=False))
-        assert written.returncode == 0, written.stderr
-        assert json.loads(written.stdout)["details"]["key"] == "tool-note"
+        assert searched.returncode == 0, searched.stderr
+        found = json.loads(searched.stdout)["details"]["hits"]
         bad = await anyio.to_thread.run_sync(lambda: subprocess.run(
-            [str(openclaw.node), "--input-type=module", "-e", WRITE_TOOL.replace('"agent:openclaw-main"', "undefined")],
-            env={**env, "TETHER_GATEWAY_URL": url}, capture_output=True, text=True, timeout=60, check=False))
+            [str(openclaw.node), "--input-type=module", "-e", TOOL_CALL.replace('"agent:openclaw-main"', "undefined")],
+            env={**tool_env, "TOOL": "tether_memory_write", "PARAMS": '{"text": "x"}'}, capture_output=True,
+            text=True, timeout=60, check=False))
         assert bad.returncode != 0 and "set memoryNamespace" in bad.stderr
+        async with httpx.AsyncClient(timeout=30) as http:  # what the live turn's write tool wrote
+            search = await http.post(url + "/v1/memory/search", headers={"authorization": f"Bearer {key}"},
+                                     json={"query": "fake text", "namespaces": f"agent:{AGENT}"})
     finally:
         gateway.send_signal(signal.SIGTERM)
         try:
@@ -260,12 +267,17 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
     ended = [e for e in events if e.type in ("tether.tool.call.completed", "tether.tool.call.failed")]
     assert len(requested) == 1 and len(ended) == 1, types  # the plugin's span, not a second inferred one
     call, end = requested[0].data, ended[0].data
-    assert call.tool == "tether_memory_search" and not call.inferred  # type: ignore[union-attr]
+    assert call.tool == "tether_memory_write" and not call.inferred  # type: ignore[union-attr]
     assert call.call_id == call.tool_call_id == f"call_fake5x{chats[1].number}"  # type: ignore[union-attr]
-    assert call.arguments == {"query": "fake query"}  # type: ignore[union-attr]
+    assert call.arguments == {"text": "fake text"}  # type: ignore[union-attr]
     assert ended[0].type == "tether.tool.call.completed", end
     assert not end.inferred and end.duration_ms is not None and end.duration_ms > 0  # type: ignore[union-attr]
     # OpenClaw's own duration, not the gateway's answer-to-next-request time
     assert requested[0].time <= ended[0].time
-    hits = end.result["details"]["hits"]  # type: ignore[union-attr,index,call-overload]
-    assert [h["entry"]["text"] for h in hits] == [note]  # the search went to tether memory
+    wrote = end.result["details"]  # type: ignore[union-attr,index,call-overload]
+    assert wrote["namespace"] == f"agent:{AGENT}" and wrote["version"] == 1, wrote  # the write went to tether memory
+    assert search.status_code == 200, search.text
+    first = search.json()["hits"][0]["entry"]  # a search finds what the turn wrote (OpenClaw shortens the key it shows)
+    assert first["text"] == "fake text" and first["namespace"] == f"agent:{AGENT}" and first["version"] == 1
+    assert first["key"].startswith(wrote["key"][:6]) and first["key"].endswith(wrote["key"][-4:]), (first, wrote)
+    assert found[0]["entry"]["text"] == note  # the plugin's search tool reads tether memory
