@@ -152,6 +152,7 @@ class Gateway:
                 await task
         with contextlib.suppress(Exception):  # what the last calls told: published with the rest by the owner's flush
             await asyncio.wait_for(self._drain(), 5.0)
+        await self.store.aclose()
         await self.memory.aclose()
         await self.upstreams.aclose()
 

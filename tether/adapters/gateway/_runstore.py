@@ -5,12 +5,16 @@ their results, the agent reported something, the run went idle) is a compare-and
 run's key, deciding with the pure functions of ``_runbook``; whoever wins a transition (the
 run's end, a tool span) publishes its events, under ids every gateway derives alike. On a
 call's path the gateway waits only when it has not seen the run running (its first call
-here, or after an end); everything else happens beside the calls.
+here, or after an end); everything else happens beside the calls. Each gateway follows the
+bucket's new writes (a consumer from now on, not a KV watch that would first deliver every run)
+to keep its copy of the runs it serves fresh: a decision to write nothing is taken on that
+copy, without a read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakValueDictionary
 
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -64,12 +70,43 @@ class RunStore:
         self.kv: KeyValue | None = None
         self.known: OrderedDict[str, _Known] = OrderedDict()
         self.busy: dict[str, int] = {}
+        self._runs_of: dict[str, str] = {}  # key -> run id, for the runs in ``known``
+        self._following: Any = None
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     async def open(self) -> RunStore:
         if self.kv is None:
             self.kv = await open_bucket(self.bus.js, RUNS_BUCKET, replicas=self.bus.config.replicas, ttl=RUNS_TTL_S)
+            try:
+                self._following = await self.bus.js.subscribe(
+                    f"$KV.{RUNS_BUCKET}.run.>", stream=f"KV_{RUNS_BUCKET}", cb=self._written, ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.NEW)
+            except Exception as exc:  # every decision then reads the run first
+                log.warning("cannot follow the gateways' writes to %s (%s): reading each run before deciding",
+                            RUNS_BUCKET, exc)
         return self
+
+    async def aclose(self) -> None:
+        following, self._following = self._following, None
+        if following is not None:
+            with contextlib.suppress(Exception):
+                await following.unsubscribe()
+
+    async def _written(self, msg: Msg) -> None:
+        """Another gateway's write (or ours) to a run this gateway knows: its copy moves on."""
+        run_id = self._runs_of.get(msg.subject.removeprefix(f"$KV.{RUNS_BUCKET}."))
+        if run_id is None:
+            return
+        seen = self.known.get(run_id)
+        revision = msg.metadata.sequence.stream
+        if seen is not None and seen.revision >= revision:
+            return
+        if not msg.data or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            self.known.pop(run_id, None)
+            return
+        with contextlib.suppress(Exception):
+            run = Followed.from_json(msg.data)
+            self.known[run_id] = _Known(msg.data, revision, run.running, run.last_at)
 
     # -- on a call's path ----------------------------------------------------------------------
 
@@ -127,8 +164,8 @@ class RunStore:
                 new, out = decide(run)
                 written = new.to_json() if new is not None else None
                 if written is None or written == raw:
-                    if not fresh:
-                        continue
+                    if not fresh and self._following is None:
+                        continue  # without following the writes, "nothing to write" is decided on a read
                     if raw is not None and revision is not None and run is not None:
                         self._remember(run_id, raw, revision, run)
                     return out
@@ -184,10 +221,15 @@ class RunStore:
         return [Followed.from_json(k.raw) for k in reversed(self.known.values())]
 
     def _remember(self, run_id: str, raw: bytes, revision: int, run: Followed) -> None:
+        seen = self.known.get(run_id)
+        if seen is not None and seen.revision > revision:
+            return  # the follower brought a newer one meanwhile
         self.known[run_id] = _Known(raw, revision, run.running, run.last_at)
         self.known.move_to_end(run_id)
+        self._runs_of[run_key(run_id)] = run_id
         if len(self.known) > self.limit:
-            self.known.popitem(last=False)
+            gone, _ = self.known.popitem(last=False)
+            self._runs_of.pop(run_key(gone), None)
 
 
 def _touched(run: Followed, now: float, touch_s: float) -> list[Any]:
