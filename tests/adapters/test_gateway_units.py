@@ -337,3 +337,24 @@ def test_a_result_that_comes_before_its_call_waits_for_it_through_the_shared_sta
     assert outs[1].payload.duration_ms == 2000
     assert not run.early and not run.pending and "callx1" in run.done
     assert asked(run, came, "openai") == [], "a result already made a span is not kept again"
+
+
+def test_a_tool_call_openclaw_reports_with_its_responses_item_id_is_not_inferred() -> None:
+    """OpenClaw's id for a Responses API tool call is ``<call_id>|<item id>`` (seen with openclaw
+    2026.9.6 in its openai-responses mode): the plugin reports that; the conversation has the call_id."""
+    from tether.adapters.gateway._runbook import RunBook
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, ToolCallRequested
+
+    book = RunBook(idle_s=10)
+    book.call_started("r", "claw", "t" * 32, None, 100.0)
+    book.observed(Event.of(LlmCallRequested(call_id="c1", provider="openai", model="m", operation="responses"),
+                           runid="r"))
+    answer = {"output": [{"type": "function_call", "id": "fc_9", "call_id": "call_fake5x2", "name": "f",
+                          "arguments": "{}"}]}
+    book.observed(Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer), runid="r"))
+    assert book.reported(Event.of(ToolCallRequested(call_id="call_fake5x2|fc_9", tool="f",
+                                                    tool_call_id="call_fake5x2|fc_9"), runid="r")) == []
+    request = {"input": [{"type": "function_call_output", "call_id": "call_fake5x2", "output": "ok"}]}
+    assert book.observed(Event.of(LlmCallRequested(call_id="c2", provider="openai", model="m", operation="responses",
+                                                   request=request), runid="r")) == [], "reported: not inferred"
+    assert not book.runs["r"].pending

@@ -97,9 +97,24 @@ def openclaw() -> OpenClaw:
     return openclaw_env()
 
 
+MODES = {  # OpenClaw's API mode -> the fake's API, the base URL's suffix, the model
+    "openai-completions": ("chat", "/v1", "gpt-4o-mini"),
+    "openai-responses": ("responses", "/v1", "gpt-4o"),
+    "anthropic-messages": ("messages", "", "claude-sonnet-4-6"),
+}
+SLOW = pytest.mark.skipif(not os.environ.get("TETHER_SLOW_TESTS"), reason="one more OpenClaw turn (20 s to 2 min): "
+                          "TETHER_SLOW_TESTS=1 runs it; make test runs the openai-completions mode")
+
+
+@pytest.fixture(params=[pytest.param("openai-completions"), pytest.param("openai-responses", marks=SLOW),
+                        pytest.param("anthropic-messages", marks=SLOW)])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider(seed=5, faults="429(0.1s)#1/chat") as provider:  # OpenClaw's first call: a 429
+def fake(mode: str) -> Iterator[FakeProvider]:
+    with FakeProvider(seed=5, faults=f"429(0.1s)#1/{MODES[mode][0]}") as provider:  # OpenClaw's first call: a 429
         yield provider
 
 
@@ -115,14 +130,15 @@ def gateway_process(config: Path, nats: NatsServer, home: Path) -> tuple[subproc
     return child, first.split()[3].rstrip(":")
 
 
-def openclaw_config(gateway: str, key: str, log: Path) -> dict[str, object]:
+def openclaw_config(gateway: str, key: str, log: Path, mode: str = "openai-completions") -> dict[str, object]:
+    _, suffix, model = MODES[mode]
     return {
         "logging": {"file": str(log)},  # not /tmp/openclaw/
         "models": {"providers": {"tether": {
-            "baseUrl": gateway + "/v1", "apiKey": key, "api": "openai-completions",
-            "models": [{"id": "gpt-4o-mini", "name": "gpt-4o-mini via tether", "input": ["text"],
+            "baseUrl": gateway + suffix, "apiKey": key, "api": mode,
+            "models": [{"id": model, "name": f"{model} via tether", "input": ["text"],
                         "contextWindow": 128000, "maxTokens": 16384}]}}},
-        "agents": {"defaults": {"model": {"primary": "tether/gpt-4o-mini"}}},
+        "agents": {"defaults": {"model": {"primary": f"tether/{model}"}}},
         "tools": {"allow": ["tether_memory_write", "tether_memory_search"], "toolSearch": False},
         "plugins": {
             "load": {"paths": [str(PLUGIN)]}, "allow": ["tether"],  # no other plugin: OpenClaw starts 4-5 s sooner
@@ -195,16 +211,20 @@ async def events_of(nats: NatsServer, home: Path, run_id: str) -> list[Event]:
 
 
 async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
-        openclaw: OpenClaw, fake: FakeProvider, nats_server: NatsServer, tmp_path: Path) -> None:
+        openclaw: OpenClaw, mode: str, fake: FakeProvider, nats_server: NatsServer, tmp_path: Path) -> None:
     key = new_key()
+    api = MODES[mode][0]
     config = tmp_path / "tether.toml"
     config.write_text(f'[providers.openai]\nkind = "openai"\nbase_url = "{fake.url}"\napi_key_env = "UPSTREAM_KEY"\n\n'
+                      f'[providers.anthropic]\nkind = "anthropic"\nbase_url = "{fake.url}"\n'
+                      f'api_key_env = "UPSTREAM_KEY"\n\n'
                       f'[gateway]\ndefault_provider = "openai"\nrun_idle_s = 600\n\n'
+                      f'[gateway.models]\n"claude-*" = "anthropic"\n\n'
                       f'[gateway.keys]\n"sha256:{digest(key)}" = "{AGENT}"\n')
     gateway, url = gateway_process(config, nats_server, tmp_path / "home")
     home = tmp_path / "openclaw"
     (home / ".openclaw").mkdir(parents=True)
-    settings = openclaw_config(url, key, home / "openclaw.log")
+    settings = openclaw_config(url, key, home / "openclaw.log", mode)
     (home / ".openclaw" / "openclaw.json").write_text(json.dumps(settings, indent=2))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "OPENCLAW_"))}
     env.update(OPENCLAW_HOME=str(home), TETHER_GATEWAY_KEY=key, PATH=f"{openclaw.node.parent}:{env.get('PATH', '')}")
@@ -248,7 +268,7 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
         if gateway.stdout is not None:
             gateway.stdout.close()
     print(f"openclaw turn: {took:.1f} s; install: {openclaw.install_s:.1f} s")
-    chats = [r for r in fake.log if r.api == "chat"]
+    chats = [r for r in fake.log if r.api == api]
     assert [r.status for r in chats[:2]] == [429, 200], [(r.status, r.outcome) for r in fake.log]
     traceparent = chats[0].traceparent
     assert traceparent is not None
@@ -268,7 +288,9 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
     assert len(requested) == 1 and len(ended) == 1, types  # the plugin's span, not a second inferred one
     call, end = requested[0].data, ended[0].data
     assert call.tool == "tether_memory_write" and not call.inferred  # type: ignore[union-attr]
-    assert call.call_id == call.tool_call_id == f"call_fake5x{chats[1].number}"  # type: ignore[union-attr]
+    asked = f"{'toolu' if api == 'messages' else 'call'}_fake5x{chats[1].number}"  # the id the fake model gave
+    # OpenClaw names a Responses API tool call `<call_id>|<item id>` (the plugin reports that id)
+    assert call.call_id == call.tool_call_id and call.tool_call_id.split("|")[0] == asked, (call, asked)  # type: ignore[union-attr]
     assert call.arguments == {"text": "fake text"}  # type: ignore[union-attr]
     assert ended[0].type == "tether.tool.call.completed", end
     assert not end.inferred and end.duration_ms is not None and end.duration_ms > 0  # type: ignore[union-attr]

@@ -222,10 +222,11 @@ def reported(run: Followed, event: Event) -> list[Out]:
     """An event the agent posted itself (``/v1/events``): its own tool calls, its end."""
     data = event.data
     if isinstance(data, ToolCallRequested) and not data.inferred and data.tool_call_id:
-        key = _alnum(data.tool_call_id)
-        run.done.add(key)
-        run.pending.pop(key, None)
-        run.early.pop(key, None)
+        # OpenClaw names a Responses API call `<call_id>|<item id>`: the call_id is the conversation's
+        for key in {_alnum(data.tool_call_id), _alnum(data.tool_call_id.split("|", 1)[0])}:
+            run.done.add(key)
+            run.pending.pop(key, None)
+            run.early.pop(key, None)
         return []
     if isinstance(data, RunFinished) and run.running:
         return _finish(run, event.time.timestamp(), data.status, "agent", announce=False)
