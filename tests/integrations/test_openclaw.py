@@ -165,7 +165,7 @@ try {{
 
 # The plugin's pure parts, run with any Node >= 18: the events it would post, and a gateway that is down.
 EVENTS = f"""
-import {{ createTether, runFinished, toolEnded, toolRequested, traceparent }}
+import {{ createTether, runFinished, toolEnded, toolRequested, traceparent, usageReported }}
   from {json.dumps(str(PLUGIN / "index.js"))};
 const call = {{ toolCallId: "call_1", toolName: "exec", params: {{ command: "ls" }},
                startedAt: new Date(Date.now() - 250) }};
@@ -174,10 +174,13 @@ const down = createTether({{ gatewayUrl: "http://127.0.0.1:9" }}, {{ log: {{ war
 const trace = {{ traceId: "0af7651916cd43dd8448eb211c80319c" }};
 await down.beforeToolCall({{ toolName: "exec", params: {{}}, toolCallId: "call_2" }}, {{ trace }});
 await down.agentEnd({{ success: true, messages: [] }}, {{ trace }});
+await down.llmOutput({{ provider: "tether", model: "m", usage: {{ input: 5 }} }}, {{ trace }});
 console.log(JSON.stringify({{
   events: [toolRequested(call), toolEnded(call, {{ error: "exit 2: no such file", durationMs: 212 }}),
            toolEnded(call, {{ result: {{ ok: 1 }} }}),
-           runFinished({{ success: false, error: "gave up", durationMs: 900 }})],
+           runFinished({{ success: false, error: "gave up", durationMs: 900 }}),
+           usageReported({{ provider: "tether", model: "gpt-4o-mini",
+                            usage: {{ input: 40, output: 12, cacheRead: 100, cacheWrite: 0, total: 152 }} }})],
   traceparent: traceparent(trace), untraced: traceparent({{ traceId: "xyz" }}) ?? null, warnings,
 }}));
 """
@@ -195,14 +198,17 @@ def test_the_plugins_events_fit_the_catalogue_and_a_gateway_down_fails_nothing()
     out = json.loads(done.stdout)
     events = [Event.from_wire({**{k: v for k, v in e.items() if k != "data"}, "agentid": "bot"}, e["data"])
               for e in out["events"]]
-    requested, failed, completed, finished = (e.data for e in events)
+    requested, failed, completed, finished, usage = (e.data for e in events)
     assert requested.tool_call_id == requested.call_id == "call_1" and not requested.inferred  # type: ignore[union-attr]
     assert failed.error.type == "ToolError" and failed.error.message == "exit 2: no such file"  # type: ignore[union-attr]
     assert failed.duration_ms == 212  # type: ignore[union-attr]
     assert completed.result == {"ok": 1} and completed.duration_ms >= 250  # type: ignore[union-attr,operator]
     assert finished.status == "error" and finished.error.message == "gave up"  # type: ignore[union-attr]
     assert out["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-") and out["untraced"] is None
-    assert len(out["warnings"]) == 2 and all("could not record" in w for w in out["warnings"])
+    assert len(out["warnings"]) == 3 and all("could not record" in w for w in out["warnings"])
+    # OpenClaw's input leaves the cached tokens out; tether's input_tokens counts them
+    assert (usage.usage.input_tokens, usage.usage.output_tokens, usage.usage.cached_input_tokens) == (140, 12, 100)  # type: ignore[union-attr]
+    assert usage.reporter == "openclaw" and usage.recorded is None  # type: ignore[union-attr]
 
 
 async def events_of(nats: NatsServer, home: Path, run_id: str) -> list[Event]:
@@ -278,8 +284,14 @@ async def test_one_openclaw_turn_is_one_finished_run_with_the_plugins_tool_span(
     events = await events_of(nats_server, tmp_path / "reader", run_for_trace(AGENT, trace))
     types = [e.type.removeprefix("tether.") for e in events]
     assert types.count("run.started") == 1 and types.count("run.finished") == 1, types
-    assert types[-1] == "run.finished" and events[-1].data.ended_by == "agent", types  # type: ignore[union-attr]
-    assert events[-1].data.status == "ok"  # type: ignore[union-attr]
+    # OpenClaw's own usage (llm_output) may land after the run's end: the gateway reads the run's calls first
+    [reported] = [e.data for e in events if e.type == "tether.llm.usage.reported"]
+    last = [e for e in events if e.type != "tether.llm.usage.reported"][-1]
+    assert last.type == "tether.run.finished" and last.data.ended_by == "agent", types  # type: ignore[union-attr]
+    assert last.data.status == "ok"  # type: ignore[union-attr]
+    print(f"usage: openclaw {reported.usage}, tether {reported.recorded}: {reported.mismatch}")  # type: ignore[union-attr]
+    assert reported.reporter == "openclaw" and reported.recorded_calls == 2, reported  # type: ignore[union-attr]
+    assert reported.mismatch == (), reported  # OpenClaw's count of the turn and tether's agree  # type: ignore[union-attr]
     completed = [e.data for e in events if e.type == "tether.llm.call.completed"]
     assert len(completed) == 2, types  # the tool call, then the answer in words (the 429 absorbed)
     assert all(c.usage is not None and c.usage.output_tokens > 0 for c in completed)  # type: ignore[union-attr]

@@ -44,6 +44,7 @@ from tether.schemas import (
     LlmCallRequested,
     RunFinished,
     ToolCallRequested,
+    UsageReported,
 )
 
 from .._core import Interceptor, ProxyResponse
@@ -63,6 +64,7 @@ from ._runbook import Followed, Out, answered, asked, begin, call_ended, failed,
 from ._runstore import RunStore
 from ._toolcalls import tool_results
 from ._upstream import Upstreams
+from ._usagecheck import mismatch, recorded_usage
 
 __all__ = ["KEY_SHAPE", "Gateway"]
 
@@ -448,12 +450,33 @@ class Gateway:
         except IngestError as exc:
             return _response(*problem("openai", exc.status, exc.message, code=exc.code,
                                       extra={"events": [i.to_json() for i in exc.invalid]}))
+        events = [await self._checked(e) if isinstance(e.data, UsageReported) else e for e in events]
         for event in events:
             await self.bus.publish(event)
         for event in events:
             if event.runid is not None and event.type in _REPORTED:
                 self._follow(_Reported(event))
         return JSONResponse({"accepted": len(events), "ids": [e.id for e in events]}, status_code=202)
+
+    async def _checked(self, event: Event) -> Event:
+        """An agent's count of its run's usage, with what this gateway's calls of the run recorded
+        (the run's completed calls in the log, once what this gateway queued is in) and what differs."""
+        data = event.data
+        assert isinstance(data, UsageReported)
+        if event.runid is None:  # no run to compare with: what the agent says tether recorded is not kept
+            return event.model_copy(update={"data": data.model_copy(update={"recorded": None, "recorded_calls": None,
+                                                                           "mismatch": ()})})
+        try:
+            await self.hub.flush()
+            found = await read_subject(self.bus, event_filter(run=event.runid, kind="llm", action="completed"),
+                                       timeout=10.0)
+        except Exception as exc:  # the count is kept; the comparison is not made
+            log.warning("could not read the calls of run %s to check its usage (%s)", event.runid, exc)
+            return event
+        recorded, calls = recorded_usage(r.event for r in found if r.event is not None)
+        checked = data.model_copy(update={"recorded": recorded, "recorded_calls": calls,
+                                          "mismatch": mismatch(data.usage, recorded, data.reporter)})
+        return event.model_copy(update={"data": checked})
 
     async def memory_op(self, request: Request) -> Response:
         """``POST /v1/memory/<operation>``: tether memory as the key's agent (see ``_memory``)."""
