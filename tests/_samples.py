@@ -41,6 +41,7 @@ from tether.schemas import (
     ToolCallResolved,
     TrialCompleted,
     Usage,
+    UsageReported,
 )
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -112,6 +113,10 @@ SAMPLES: dict[str, Payload] = {
             chunks=[{"event": "response.output_text.delta", "data": {"delta": "Bonjour 👋"}}],
         ),
         LlmCallFailed(**_LLM, attempts=4, error=_ERROR),
+        UsageReported(reporter="openclaw", provider="openai", model="gpt-4.1-mini",
+                      usage=Usage(input_tokens=120, output_tokens=40, cached_input_tokens=100),
+                      recorded=Usage(input_tokens=118, output_tokens=40), recorded_calls=2,
+                      mismatch=("input_tokens: openclaw counted 120, tether recorded 118",)),
         ToolCallRequested(
             **_TOOL,
             arguments={"q": "nats \"jetstream\" 100%"},

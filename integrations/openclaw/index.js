@@ -61,6 +61,22 @@ export function runFinished(end) {
   return event("tether.run.finished", data);
 }
 
+/** OpenClaw's own usage of a turn's model calls, from llm_output, in tether's terms: its `input`
+ * leaves out the tokens read from or written to the cache, tether's input_tokens counts them. */
+export function usageReported(output) {
+  const u = output.usage ?? {};
+  const count = (v) => (Number.isFinite(v) && v > 0 ? Math.round(v) : 0);
+  const cached = count(u.cacheRead);
+  const written = count(u.cacheWrite);
+  return event("tether.llm.usage.reported", {
+    reporter: "openclaw", provider: output.provider ?? null, model: output.model ?? null,
+    usage: {
+      input_tokens: count(u.input) + cached + written, output_tokens: count(u.output),
+      cached_input_tokens: cached, cache_write_tokens: written,
+    },
+  });
+}
+
 function jsonSafe(value) {
   try {
     return JSON.parse(JSON.stringify(value ?? null, (_k, v) => (typeof v === "bigint" ? String(v) : v)));
@@ -122,6 +138,9 @@ export function createTether(config, { log = console, fetchImpl = fetch } = {}) 
       calls.delete(toolCallId);
       await send([toolEnded(call, { ...ev, result: jsonSafe(ev.result) })], ctx?.trace ?? call.trace);
     },
+    async llmOutput(ev, ctx) {
+      if (ev?.usage) await send([usageReported(ev)], ctx?.trace);
+    },
     async agentEnd(ev, ctx) {
       await send([runFinished(ev)], ctx?.trace);
     },
@@ -178,6 +197,7 @@ export default {
     const tether = createTether(api.pluginConfig ?? {}, { log: api.logger ?? console });
     api.on("before_tool_call", async (ev, ctx) => { await tether.beforeToolCall(ev, ctx); });
     api.on("after_tool_call", (ev, ctx) => tether.afterToolCall(ev, ctx));
+    api.on("llm_output", (ev, ctx) => tether.llmOutput(ev, ctx));
     api.on("agent_end", (ev, ctx) => tether.agentEnd(ev, ctx));
     if (tether.settings.memoryTools) {
       for (const tool of tether.memoryTools()) api.registerTool(tool);

@@ -304,3 +304,33 @@ async def test_parallel_tool_calls_each_become_a_span(fake: FakeProvider, bus: B
     assert ok.data.call_id == requested["call_a"].call_id and ok.data.result == "18 C"
     assert failed.data.call_id == requested["call_b"].call_id and failed.data.error.type == "ToolError"
     assert len({e.data.call_id for e in of(events, "tool.call.requested")}) == 2
+
+
+# -- the agent's own usage beside what the gateway recorded (the OpenClaw plugin's llm_output) ---------
+
+
+async def test_usage_the_agent_reports_is_checked_against_the_runs_calls(bus: Bus, gateway: GatewayServer) -> None:
+    run_id, headers = trace_headers()
+    async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=GATEWAY_KEY, max_retries=0) as sdk:
+        answers = [await sdk.chat.completions.create(model="gpt-4o", messages=CHAT, extra_headers=headers)
+                   for _ in range(2)]
+    counted = {"input_tokens": sum(a.usage.prompt_tokens for a in answers if a.usage),
+               "output_tokens": sum(a.usage.completion_tokens for a in answers if a.usage)}
+
+    async def report(usage: dict[str, int]) -> None:
+        async with httpx.AsyncClient() as http:
+            sent = await http.post(gateway.url + "/v1/events", headers={
+                "authorization": f"Bearer {GATEWAY_KEY}", "content-type": "application/cloudevents+json", **headers},
+                json={"specversion": "1.0", "id": secrets.token_hex(8), "source": "urn:agent:test",
+                      "type": "tether.llm.usage.reported",
+                      "data": {"reporter": "openclaw", "usage": usage, "mismatch": ["made up by the agent"]}})
+        assert sent.status_code == 202, sent.text
+
+    await report(counted)
+    await report({**counted, "output_tokens": counted["output_tokens"] + 7})  # an agent that counts differently
+    events = await until(bus, run_id, lambda ev: len(of(ev, "llm.usage.reported")) == 2)
+    agrees, differs = (e.data for e in of(events, "llm.usage.reported"))
+    assert agrees.recorded_calls == 2 and agrees.recorded.input_tokens == counted["input_tokens"]
+    assert agrees.mismatch == (), "the counts agree"
+    assert differs.mismatch == (f"output_tokens: openclaw counted {counted['output_tokens'] + 7}, "
+                                f"tether recorded {counted['output_tokens']}",)

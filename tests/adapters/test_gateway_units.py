@@ -294,7 +294,7 @@ def test_run_book_matches_a_result_whose_id_the_agent_stripped_to_letters_and_di
                                   runid="r"))
     assert [type(o.payload).__name__ for o in outs] == ["ToolCallRequested", "ToolCallFailed"]
     assert isinstance(outs[1].payload, ToolCallFailed) and outs[1].payload.error.type == "ToolError"
-    assert outs[0].payload.tool_call_id == "call_fake1x1" and not book.runs["r"].pending and not book.runs["r"].aliases
+    assert outs[0].payload.tool_call_id == "call_fake1x1" and not book.runs["r"].pending and not book.runs["r"].early
 
 
 def test_identify_a_resumed_run() -> None:
@@ -310,3 +310,51 @@ def test_identify_a_resumed_run() -> None:
     bad = identify({**key, "x-tether-run-id": "job-7", "x-tether-resume": "two words"}, KEYS)
     assert isinstance(bad, Refused) and (bad.status, bad.code) == (400, "invalid_resume")
     assert identify(key, KEYS) == Caller("bot", None, None, None), "no resume unless asked"
+
+
+def test_a_result_that_comes_before_its_call_waits_for_it_through_the_shared_state() -> None:
+    """Two gateways: the request carrying a result is folded before the answer that asked for it
+    (the other gateway had not written it yet); the span is made when the answer comes, timed by
+    both calls, and the state survives its JSON round trip in KV between the two."""
+    from datetime import timedelta
+
+    from tether.adapters.gateway._runbook import Followed, answered, asked, begin
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, ToolCallCompleted
+
+    run, _ = begin(None, "r", "claw", "t" * 32, None, 100.0)
+    request = {"messages": [{"role": "tool", "tool_call_id": "callx1", "content": "18 C"}]}
+    came = Event.of(LlmCallRequested(call_id="c2", provider="openai", model="m", request=request), runid="r")
+    assert asked(run, came, "openai") == [] and list(run.early) == ["callx1"]
+    run = Followed.from_json(run.to_json())
+    answer = {"choices": [{"message": {"tool_calls": [{"id": "call_x1", "function": {"name": "f",
+                                                                                      "arguments": "{}"}}]}}]}
+    done = Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer), runid="r",
+                    time=came.time - timedelta(seconds=2))
+    outs = answered(run, done, "openai", "chat")
+    assert [type(o.payload).__name__ for o in outs] == ["ToolCallRequested", "ToolCallCompleted"]
+    assert (outs[0].at, outs[1].at) == (done.time, came.time)
+    assert isinstance(outs[1].payload, ToolCallCompleted) and outs[1].payload.result == "18 C"
+    assert outs[1].payload.duration_ms == 2000
+    assert not run.early and not run.pending and "callx1" in run.done
+    assert asked(run, came, "openai") == [], "a result already made a span is not kept again"
+
+
+def test_a_tool_call_openclaw_reports_with_its_responses_item_id_is_not_inferred() -> None:
+    """OpenClaw's id for a Responses API tool call is ``<call_id>|<item id>`` (seen with openclaw
+    2026.9.6 in its openai-responses mode): the plugin reports that; the conversation has the call_id."""
+    from tether.adapters.gateway._runbook import RunBook
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, ToolCallRequested
+
+    book = RunBook(idle_s=10)
+    book.call_started("r", "claw", "t" * 32, None, 100.0)
+    book.observed(Event.of(LlmCallRequested(call_id="c1", provider="openai", model="m", operation="responses"),
+                           runid="r"))
+    answer = {"output": [{"type": "function_call", "id": "fc_9", "call_id": "call_fake5x2", "name": "f",
+                          "arguments": "{}"}]}
+    book.observed(Event.of(LlmCallCompleted(call_id="c1", provider="openai", model="m", response=answer), runid="r"))
+    assert book.reported(Event.of(ToolCallRequested(call_id="call_fake5x2|fc_9", tool="f",
+                                                    tool_call_id="call_fake5x2|fc_9"), runid="r")) == []
+    request = {"input": [{"type": "function_call_output", "call_id": "call_fake5x2", "output": "ok"}]}
+    assert book.observed(Event.of(LlmCallRequested(call_id="c2", provider="openai", model="m", operation="responses",
+                                                   request=request), runid="r")) == [], "reported: not inferred"
+    assert not book.runs["r"].pending

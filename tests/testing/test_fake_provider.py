@@ -167,6 +167,37 @@ def test_one_tool_call_per_user_turn_in_each_api() -> None:
     assert '"tool_use"' in says(anthropic_message({**body, "messages": later}, turn)[0])
 
 
+def test_the_tool_the_users_words_name_is_the_one_called_in_each_api() -> None:
+    """An end-to-end test can steer which tool the fake calls (OpenClaw's memory write tool comes
+    after its search tool): the tool the user's last message names, as a whole word."""
+    from tether.testing._fake_wire import Turn, anthropic_message, chat_completion, responses
+
+    turn = Turn(seed=1, number=1, model="gpt-4o", created=0)
+    names = ["memory_search", "memory_write", "memory_write_all"]
+
+    def called(body: bytes | None) -> list[str]:
+        assert body is not None
+        doc = json.loads(body)
+        if "choices" in doc:
+            return [c["function"]["name"] for c in doc["choices"][0]["message"].get("tool_calls") or []]
+        if "output" in doc:
+            return [i["name"] for i in doc["output"] if i["type"] == "function_call"]
+        return [b["name"] for b in doc["content"] if b["type"] == "tool_use"]
+
+    chat_tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in names]
+    ask = [{"role": "user", "content": "Remember this: use memory_write."}]
+    assert called(chat_completion({"messages": ask, "tools": chat_tools}, turn)[0]) == ["memory_write"]
+    plain = [{"role": "user", "content": "Remember this (memory_writer is not a tool)."}]
+    assert called(chat_completion({"messages": plain, "tools": chat_tools}, turn)[0]) == ["memory_search"]
+    both = [{"role": "user", "content": "memory_write or memory_write_all?"}]
+    assert called(chat_completion({"messages": both, "tools": chat_tools}, turn)[0]) == ["memory_write_all"]
+    tools = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in names]
+    assert called(responses({"input": ask, "tools": tools}, turn)[0]) == ["memory_write"]
+    claude = [{"name": n, "input_schema": {"type": "object"}} for n in names]
+    assert called(anthropic_message({"messages": ask, "tools": claude, "max_tokens": 100}, turn)[0]) == \
+        ["memory_write"]
+
+
 async def test_a_repeated_long_prompt_reports_cached_tokens(fp: FakeProvider) -> None:
     long = [{"role": "system", "content": "You are helpful. " * 400}, *USER]
     async with oai(fp) as client:

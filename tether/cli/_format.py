@@ -38,6 +38,7 @@ from tether.schemas import (
     ToolCallRequested,
     ToolCallResolved,
     TrialCompleted,
+    UsageReported,
 )
 
 __all__ = ["Style", "event_line", "result_line"]
@@ -116,6 +117,13 @@ def _detail(event: Event) -> str:
             return f"{_llm(d)} {_ms(d.latency_ms)} tokens {d.usage.input_tokens}→{d.usage.output_tokens}"
         case LlmCallFailed() as d:
             return f"{_llm(d)} after {d.attempts} attempt(s): {d.error.type} {_short(d.error.message, 40)}"
+        case UsageReported() as d:
+            counted = f"{d.reporter or 'the agent'} counted in={d.usage.input_tokens} out={d.usage.output_tokens}"
+            if d.recorded is None:
+                return counted
+            if not d.mismatch:
+                return f"{counted}: as recorded ({d.recorded_calls} call(s))"
+            return f"{counted}: MISMATCH {'; '.join(d.mismatch)}"
         case ToolCallRequested() as d:
             return f"{_tool(d)} args={_short(d.arguments, 40)}"
         case ToolCallAttemptFailed() as d:

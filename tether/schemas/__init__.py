@@ -36,6 +36,7 @@ from ._catalogue import (
     ToolCallResolved,
     TrialCompleted,
     Usage,
+    UsageReported,
 )
 from ._envelope import SCHEMA_URN, Event, Payload, catalogue, default_source, payload_class
 from ._errors import EventError, InvalidEvent, UnknownEventType
@@ -80,6 +81,7 @@ __all__ = [
     "TrialCompleted",
     "UnknownEventType",
     "Usage",
+    "UsageReported",
     "catalogue",
     "default_source",
     "envelope_schema",

@@ -45,6 +45,7 @@ __all__ = [
     "ToolCallResolved",
     "TrialCompleted",
     "Usage",
+    "UsageReported",
 ]
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -219,6 +220,28 @@ class LlmCallFailed(_LlmCall):
 
     attempts: int = Field(ge=0)
     error: ErrorInfo
+
+
+class UsageReported(Payload):
+    """The tokens a run's model calls used, as the agent itself counted them (the OpenClaw
+    plugin's ``llm_output``: OpenClaw's own usage of a turn), beside what tether recorded for
+    the same calls: the gateway fills ``recorded`` (the run's completed calls, summed) and
+    ``mismatch`` (one line per count that differs) when it takes the event in."""
+
+    event_type: ClassVar[str] = "tether.llm.usage.reported"
+    kind: ClassVar[str] = "llm"
+    action: ClassVar[str] = "reported"
+
+    reporter: str | None = Field(None, description="Who counted: e.g. 'openclaw'.")
+    provider: str | None = None
+    model: str | None = None
+    usage: Usage = Usage()
+    recorded: Usage | None = Field(None, description="What tether recorded for the run's calls (the gateway's).")
+    recorded_calls: int | None = Field(None, ge=0)
+    mismatch: tuple[str, ...] = Field((), description="Each count that differs, in words; empty when they agree.")
+
+    def subject_key(self) -> str | None:
+        return self.provider
 
 
 # -- tool calls ------------------------------------------------------------------------

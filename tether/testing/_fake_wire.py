@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 import time
 import zlib
@@ -197,9 +198,10 @@ def _plausible(schema: Mapping[str, Any], name: str, depth: int) -> Any:
     return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, f"fake {name}")
 
 
-def _choose_tool(tools: list[tuple[str, Any]], choice: Any, wanted: bool) -> tuple[str, Any] | None:
-    """The tool to call: the named one, else the first when the user spoke last (and no tool ran
-    since the last answer in words: one tool call per user turn)."""
+def _choose_tool(tools: list[tuple[str, Any]], choice: Any, wanted: bool, prompt: str = "") -> tuple[str, Any] | None:
+    """The tool to call: the named one, else when the user spoke last (and no tool ran since the
+    last answer in words: one tool call per user turn) the one the user's words name (the longest
+    tool name found in them as a whole word), else the first."""
     if not tools or choice in ("none", {"type": "none"}):
         return None
     named = None
@@ -209,7 +211,10 @@ def _choose_tool(tools: list[tuple[str, Any]], choice: Any, wanted: bool) -> tup
     if isinstance(named, str):
         return next((tool for tool in tools if tool[0] == named), None)
     forced = choice in ("required", "any") or (isinstance(choice, dict) and choice.get("type") == "any")
-    return tools[0] if wanted or forced else None
+    if not (wanted or forced):
+        return None
+    mentioned = [t for t in tools if re.search(rf"(?<![\w-]){re.escape(t[0])}(?![\w-])", prompt)]
+    return max(mentioned, key=lambda t: len(t[0])) if mentioned else tools[0]
 
 
 def _tool_ran(conversation: Sequence[Any], result: Any, words: Any) -> bool:
@@ -286,8 +291,8 @@ def chat_completion(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | Non
              if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     last = messages[-1]
     user_last = last.get("role") == "user" and not _tool_ran(messages, _chat_tool_result, _chat_words)
-    tool = _choose_tool(tools, payload.get("tool_choice"), user_last)
     prompt = next((_first_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    tool = _choose_tool(tools, payload.get("tool_choice"), user_last, prompt)
     tokens = _input_tokens(_chars(messages) + _chars(payload.get("tools")), len(messages))
     reply = _reply(turn, tool, prompt, tokens, cap)
     rid = f"chatcmpl-fake{turn.seed}x{turn.number}"
@@ -355,9 +360,9 @@ def responses(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | None, lis
     last = items[-1] if isinstance(items[-1], dict) else {}
     user_last = (last.get("role") == "user" and last.get("type", "message") == "message"
                  and not _tool_ran(items, _responses_tool_result, _responses_words))
-    tool = _choose_tool(tools, payload.get("tool_choice"), user_last)
     prompt = next((_first_text(i.get("content")) for i in reversed(items)
                    if isinstance(i, dict) and i.get("role") == "user"), "")
+    tool = _choose_tool(tools, payload.get("tool_choice"), user_last, prompt)
     messages = sum(1 for i in items if isinstance(i, dict)) + (1 if payload.get("instructions") else 0)
     tokens = _input_tokens(_chars(items) + _chars(payload.get("instructions")) + _chars(payload.get("tools")),
                            messages)
@@ -507,9 +512,9 @@ def anthropic_message(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | N
                                                  for b in content)
     wanted = last.get("role") == "user" and not answered and not _tool_ran(messages, _anthropic_tool_result,
                                                                          _anthropic_words)
-    tool = _choose_tool(tools, payload.get("tool_choice"), wanted)
     prompt = next((_first_text(m.get("content")) for m in reversed(messages)
                    if m.get("role") == "user" and _first_text(m.get("content"))), "")
+    tool = _choose_tool(tools, payload.get("tool_choice"), wanted, prompt)
     tokens = _input_tokens(_chars(messages) + _chars(payload.get("system")) + _chars(payload.get("tools")),
                            len(messages))
     reply = _reply(turn, tool, prompt, tokens, cap)

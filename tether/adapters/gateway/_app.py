@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,22 +36,23 @@ from starlette.types import Receive, Scope, Send
 
 from tether.bus import Bus, event_filter, read_subject
 from tether.memory import MemorySettings
-from tether.middleware import Cursor, breaker_retry_in, load_journal
+from tether.middleware import Cursor, breaker_retry_in, request_hash
 from tether.schemas import (
     Event,
     LlmCallCompleted,
     LlmCallFailed,
     LlmCallRequested,
     RunFinished,
-    RunStarted,
     ToolCallRequested,
+    UsageReported,
 )
 
 from .._core import Interceptor, ProxyResponse
 from .._hub import Hub
 from .._redact import DEFAULT_PATTERNS, Redactor
 from .._runs import RunContext, bound, new_traceparent
-from .._wire import Kind, Operation
+from .._wire import Kind, Operation, parse_request
+from ._attempts import Attempts
 from ._config import GatewayConfig
 from ._errors import Headers, problem, with_retry_after
 from ._identity import STRIPPED, Caller, Refused, identify
@@ -58,8 +60,11 @@ from ._ingest import IngestError, decode, validate
 from ._memory import MemoryApi
 from ._requests import Routed, route_request
 from ._routing import resolve_model
-from ._runbook import RunBook, run_summary
+from ._runbook import Followed, Out, answered, asked, begin, call_ended, failed, operation_kind, reported, run_summary
+from ._runstore import RunStore
+from ._toolcalls import tool_results
 from ._upstream import Upstreams
+from ._usagecheck import mismatch, recorded_usage
 
 __all__ = ["KEY_SHAPE", "Gateway"]
 
@@ -69,8 +74,8 @@ KEY_SHAPE = next(p for p in DEFAULT_PATTERNS if "tg-" in p)
 """The shape of keys ``tether gateway --new-key`` makes: one of the default patterns every
 path redacts (``tether._redact``), wherever such a key appears."""
 _DROP_REPLY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
-_JOURNALS = 1_000
 _INTERCEPTORS = 10_000
+_BATCH_S = 0.025
 
 
 class _TooLarge(Exception):
@@ -98,11 +103,14 @@ class Gateway:
         secrets = [re.escape(k) for k in (*config.plain_keys, *config.upstream_keys())]
         self.redactor = Redactor(fields=config.redact, patterns=secrets)  # and the defaults, as on every path
         self._interceptors: dict[tuple[str, str | None], Interceptor] = {}
-        self.book = RunBook(idle_s=config.run_idle_s, infer_tools=config.infer_tools and config.capture)
-        self._inbox: deque[Event | _Ended | _Reported | float] = deque()
+        self.store = RunStore(bus, idle_s=config.run_idle_s)
+        self.infer_tools = config.infer_tools and config.capture
+        self.attempts: Attempts | None = None
+        self._calls: OrderedDict[str, str] = OrderedDict()
+        """This gateway's LLM calls in flight: call id -> operation."""
+        self._inbox: deque[Event | _Ended | _Reported] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._journals: OrderedDict[tuple[str, str], asyncio.Future[Cursor]] = OrderedDict()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", _Llm(self, "openai", "chat", "/chat/completions"), methods=["POST"]),
@@ -126,6 +134,9 @@ class Gateway:
         """Open what the first call would otherwise wait for (the engine's KV buckets), and start
         following runs (ends, idle ends, inferred tool calls)."""
         await self.hub.engine(self.config.policies)
+        await self.store.open()
+        assert self.store.kv is not None
+        self.attempts = Attempts(self.bus, self.store.kv, SOURCE)
         if not self._tasks:
             self.hub.observers.append(self._observe)
             self._tasks = [asyncio.create_task(self._following(), name="tether-gateway-runs"),
@@ -141,50 +152,96 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._drain()  # what the last calls told: published with the rest by the owner's flush
+        with contextlib.suppress(Exception):  # what the last calls told: published with the rest by the owner's flush
+            await asyncio.wait_for(self._drain(), 5.0)
+        await self.store.aclose()
         await self.memory.aclose()
         await self.upstreams.aclose()
 
     # -- following runs: off the calls' path --------------------------------------------------------
 
     def _observe(self, event: Event) -> None:
-        """Every event the hub queues (on its loop): the gateway's calls' go to the run book."""
-        if event.runid is not None and event.type in _OBSERVED and event.runid in self.book.runs:
+        """Every event the hub queues (on its loop): the gateway's calls' go to their runs."""
+        if event.runid is not None and event.type in _OBSERVED and event.runid in self.store.busy:
             self._follow(event)
 
-    def _follow(self, item: Event | _Ended | _Reported | float) -> None:
+    def _follow(self, item: Event | _Ended | _Reported) -> None:
         self._inbox.append(item)
         self._wake.set()
 
     async def _following(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(_BATCH_S)  # a run's calls in the meantime: one compare-and-set for them all
             self._wake.clear()
-            self._drain()
+            await self._drain()
 
-    def _drain(self) -> None:
-        book, inbox = self.book, self._inbox
+    async def _drain(self) -> None:
+        """What the calls told since the last time, one compare-and-set per run."""
+        inbox = self._inbox
         while inbox:
-            item = inbox.popleft()
-            try:
-                if isinstance(item, Event):
-                    outs = book.observed(item)
-                elif isinstance(item, _Ended):
-                    outs = book.call_ended(item.run_id, item.at, end=item.end)
-                elif isinstance(item, _Reported):
-                    outs = book.reported(item.event)
-                else:
-                    outs = book.sweep(item)
-                for out in outs:
-                    self.hub.emit(out.event(SOURCE))
-            except Exception:  # one odd conversation must not stop the others
-                log.exception("could not follow the run of %r", item)
+            steps: dict[str, list[Callable[[Followed], list[Out]]]] = {}
+            while inbox:
+                item = inbox.popleft()
+                try:
+                    step = self._step(item)
+                except Exception:  # one odd conversation must not stop the others
+                    log.exception("could not follow the run of %r", item)
+                    continue
+                if step is not None:
+                    steps.setdefault(step[0], []).append(step[1])
+            await asyncio.gather(*(self._apply(run_id, its) for run_id, its in steps.items()))
+
+    async def _apply(self, run_id: str, steps: list[Callable[[Followed], list[Out]]]) -> None:
+        try:
+            outs = await self.store.apply(run_id, steps)
+        except Exception:
+            log.exception("could not follow run %s", run_id)
+            return
+        for out in outs:
+            self.hub.emit(out.event(SOURCE))
+
+    def _step(self, item: Event | _Ended | _Reported) -> tuple[str, Callable[[Followed], list[Out]]] | None:
+        """What one item changes in its run (``None``: nothing)."""
+        if isinstance(item, _Ended):
+            self.store.call_done(item.run_id)
+            return item.run_id, partial(_call_ended, item, self.store.touch_s)
+        if isinstance(item, _Reported):
+            assert item.event.runid is not None
+            return item.event.runid, partial(reported, event=item.event)
+        event, data = item, item.data
+        assert event.runid is not None
+        if isinstance(data, LlmCallRequested):
+            self._calls[data.call_id] = data.operation
+            if len(self._calls) > _INTERCEPTORS:
+                self._calls.popitem(last=False)
+            kind = operation_kind(data.operation)
+            if not self.infer_tools or not tool_results(kind, data.operation, data.request):
+                return None
+            return event.runid, partial(asked, event=event, kind=kind)
+        if isinstance(data, LlmCallFailed):
+            self._calls.pop(data.call_id, None)
+            return event.runid, _failed
+        if isinstance(data, LlmCallCompleted):
+            operation = self._calls.pop(data.call_id, None)
+            if operation is None:
+                return None
+            if not self.infer_tools:
+                return event.runid, _succeeded
+            return event.runid, partial(answered, event=event, kind=operation_kind(operation), operation=operation)
+        return None
 
     async def _sweeping(self) -> None:
         every = min(5.0, self.config.run_idle_s / 4)
         while True:
             await asyncio.sleep(every)
-            self._follow(time.time())
+            try:
+                outs = await self.store.sweep(time.time(), every)
+            except Exception:
+                log.exception("could not look for idle runs")
+                continue
+            for out in outs:
+                self.hub.emit(out.event(SOURCE))
 
     def interceptor(self, provider: str, agent: str | None) -> Interceptor:
         found = self._interceptors.get((provider, agent))
@@ -227,19 +284,20 @@ class Gateway:
         ctx = None
         run_id = caller.run_id
         followed = run_id is not None and operation is not None
+        started = time.time()
         if run_id is not None:
             assert caller.trace_id is not None
             journal = None
-            if caller.resume is not None:
+            if caller.resume is not None and operation is not None:
                 try:
-                    journal = await self._journal(caller)
+                    journal = await self._journal(caller, kind, operation, routed.body)
                 except Exception as exc:
                     log.warning("could not read the journal of run %s (%s): its calls run live", run_id, exc)
             ctx = RunContext(run_id, caller.agent, caller.trace_id,
                              caller.traceparent or new_traceparent(caller.trace_id), None, self.hub, journal)
             if followed:  # the run starts (or resumes) before its call's first event
-                for out in self.book.call_started(run_id, caller.agent, caller.trace_id, caller.traceparent,
-                                                  time.time(), derived=caller.derived_run):
+                for out in await self.store.call_started(run_id, caller.agent, caller.trace_id, caller.traceparent,
+                                                         started, derived=caller.derived_run):
                     await self.hub.aemit(out.event(SOURCE))
         query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true
         upstream = self.upstreams.call(target.provider, suffix + ("?" + query.decode("latin-1") if query else ""))
@@ -249,7 +307,8 @@ class Gateway:
                               forward, routed.body, upstream, ctx, target.route)
         finally:
             if followed:
-                self._follow(_Ended(run_id, time.time(), caller.run_end))  # type: ignore[arg-type]
+                assert run_id is not None
+                self._follow(_Ended(run_id, caller, started, time.time()))
 
     async def _proxy(self, receive: Receive, send: Send, kind: Kind, operation: Operation | None,
                      interceptor: Interceptor, path: str, headers: Headers, body: bytes, upstream: Any,
@@ -301,34 +360,14 @@ class Gateway:
             return None
         return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
 
-    async def _journal(self, caller: Caller) -> Cursor:
-        """The journal of a resumed run's attempt, read on its first call (``run.started``,
-        ``resumed``, marks where the attempt begins); its later calls go on matching it."""
+    async def _journal(self, caller: Caller, kind: Kind, operation: Operation, body: bytes) -> Cursor:
+        """The journal of a resumed run's attempt, placed for this call: after the calls of the
+        attempt that came before it, through any gateway (``_attempts``)."""
         run_id, attempt = caller.run_id, caller.resume
-        assert run_id is not None and attempt is not None
-        key = (run_id, attempt)
-        found = self._journals.get(key)
-        if found is not None:
-            self._journals.move_to_end(key)
-            return await asyncio.shield(found)
-
-        async def load() -> Cursor:
-            await self.hub.flush()  # what this gateway recorded of the run's last attempt, in the log first
-            journal = await load_journal(self.bus, run_id)
-            payload = RunStarted(name=f"resumed ({attempt})", tags=("gateway",), resumed=True,
-                                 metadata={"attempt": attempt, "via": "tether gateway"})
-            await self.hub.aemit(Event.of(payload, runid=run_id, agentid=caller.agent, traceparent=caller.traceparent,
-                                          source=SOURCE))
-            return journal.cursor()
-
-        task = self._journals[key] = asyncio.ensure_future(load())
-        if len(self._journals) > _JOURNALS:
-            self._journals.popitem(last=False)
-        try:
-            return await asyncio.shield(task)
-        except Exception:
-            self._journals.pop(key, None)
-            raise
+        assert run_id is not None and attempt is not None and self.attempts is not None
+        request = parse_request(kind, operation, body)
+        digest = request_hash(request.body if request.body is not None else body, operation=operation)
+        return await self.attempts.cursor(run_id, attempt, caller.agent, caller.traceparent, digest)
 
     # -- models, events, health -----------------------------------------------------------------
 
@@ -411,12 +450,33 @@ class Gateway:
         except IngestError as exc:
             return _response(*problem("openai", exc.status, exc.message, code=exc.code,
                                       extra={"events": [i.to_json() for i in exc.invalid]}))
+        events = [await self._checked(e) if isinstance(e.data, UsageReported) else e for e in events]
         for event in events:
             await self.bus.publish(event)
         for event in events:
             if event.runid is not None and event.type in _REPORTED:
                 self._follow(_Reported(event))
         return JSONResponse({"accepted": len(events), "ids": [e.id for e in events]}, status_code=202)
+
+    async def _checked(self, event: Event) -> Event:
+        """An agent's count of its run's usage, with what this gateway's calls of the run recorded
+        (the run's completed calls in the log, once what this gateway queued is in) and what differs."""
+        data = event.data
+        assert isinstance(data, UsageReported)
+        if event.runid is None:  # no run to compare with: what the agent says tether recorded is not kept
+            return event.model_copy(update={"data": data.model_copy(update={"recorded": None, "recorded_calls": None,
+                                                                           "mismatch": ()})})
+        try:
+            await self.hub.flush()
+            found = await read_subject(self.bus, event_filter(run=event.runid, kind="llm", action="completed"),
+                                       timeout=10.0)
+        except Exception as exc:  # the count is kept; the comparison is not made
+            log.warning("could not read the calls of run %s to check its usage (%s)", event.runid, exc)
+            return event
+        recorded, calls = recorded_usage(r.event for r in found if r.event is not None)
+        checked = data.model_copy(update={"recorded": recorded, "recorded_calls": calls,
+                                          "mismatch": mismatch(data.usage, recorded, data.reporter)})
+        return event.model_copy(update={"data": checked})
 
     async def memory_op(self, request: Request) -> Response:
         """``POST /v1/memory/<operation>``: tether memory as the key's agent (see ``_memory``)."""
@@ -449,9 +509,13 @@ class Gateway:
             return JSONResponse({"error": {"code": "invalid_limit", "message": "limit is a whole number from 1 to "
                                            f"500, not {asked!r}"}}, status_code=400)
         limit = int(asked)
-        mine = [r for r in reversed(self.book.runs.values())
+        mine = [r for r in self.store.followed()
                 if (caller.trusted and caller.agent is None) or r.agent == caller.agent][:limit]
-        return JSONResponse({"runs": [run_summary(r) for r in mine]})
+        return JSONResponse({"runs": [self._summary(r) for r in mine]})
+
+    def _summary(self, run: Followed) -> dict[str, Any]:
+        run.in_flight = self.store.busy.get(run.run_id, 0)
+        return run_summary(run)
 
     async def run(self, request: Request) -> Response:
         """``GET /v1/runs/{run_id}``: the run's events of the key's agent (at most 1,000), and its state."""
@@ -469,11 +533,14 @@ class Gateway:
                                            f"`tether trace {run_id}` or `tether tail --run {run_id}`"}},
                                 status_code=504)
         events = [r.event for r in found if r.event is not None][:1000]
-        followed = self.book.runs.get(run_id)
+        try:
+            followed = await self.store.read(run_id)
+        except Exception:
+            followed = None
         if not events and (followed is None or (followed.agent != agent and agent is not None)):
             return JSONResponse({"error": {"code": "run_not_found", "message": f"no run {run_id!r} of agent "
                                            f"{agent!r} (an agent sees its own runs only)"}}, status_code=404)
-        return JSONResponse({"run": run_summary(followed) if followed is not None else {"run_id": run_id},
+        return JSONResponse({"run": self._summary(followed) if followed is not None else {"run_id": run_id},
                              "events": [e.to_json() for e in events]})
 
     async def health(self, request: Request) -> Response:
@@ -498,11 +565,34 @@ _REPORTED = frozenset(c.event_type for c in (ToolCallRequested, RunFinished))
 
 @dataclass(frozen=True, slots=True)
 class _Ended:
-    """A call of a followed run was answered (``end``: its ``x-tether-run-end``)."""
+    """A call of a followed run, started at ``started``, was answered at ``at``."""
 
     run_id: str
+    caller: Caller
+    started: float
     at: float
-    end: Any
+
+
+def _call_ended(item: _Ended, touch_s: float, run: Followed) -> list[Out]:
+    """The call's end (and the run's, with ``x-tether-run-end``). A run another gateway ended
+    before the call began, unknown to this one then, resumes now."""
+    out: list[Out] = []
+    if not run.running and run.ended_at is not None and run.ended_at < item.started:
+        caller = item.caller
+        assert caller.trace_id is not None
+        out = begin(run, run.run_id, caller.agent, caller.trace_id, caller.traceparent, item.started,
+                    derived=caller.derived_run)[1]
+    return out + call_ended(run, item.at, end=item.caller.run_end, touch_s=touch_s)  # type: ignore[arg-type]
+
+
+def _failed(run: Followed) -> list[Out]:
+    failed(run)
+    return []
+
+
+def _succeeded(run: Followed) -> list[Out]:
+    run.last_failed = False
+    return []
 
 
 @dataclass(frozen=True, slots=True)
