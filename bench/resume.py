@@ -9,7 +9,8 @@ is measured is tether and the HTTP exchange, not an SDK's own work), or the open
 ``tether.instrument`` (``--client sdk``: the SDK re-validates the whole conversation on every
 call, which costs it more than the call does, the same live or replayed).
 *Ack wait*: the live call waits for the log's ack of its completion (a run's calls do); the
-same agent with that wait switched off gives what it adds.
+same agent with that wait switched off gives what it adds; *bare ack*: ``bus.publish`` of a small
+event (publish, wait for its ack), its floor.
 Then the same agent runs again in ``tether.run(run_id=..., resume=True)``: every call is
 replayed from the journal. Per call, on the caller's clock: the wall time and the process's
 CPU time (``time.process_time``; the provider and nats-server run elsewhere), median over the
@@ -112,9 +113,23 @@ async def unacked(bus: Bus, sdk: Any, url: str, steps: int, n: int) -> float:
     return statistics.median(wall)
 
 
+async def bare_ack(bus: Bus, n: int) -> float:
+    """The floor of the ack wait: ``bus.publish`` (publish, wait for the ack) of a small event, median ms."""
+    from tether.schemas import RunFinished
+
+    times = []
+    for i in range(50):
+        event = Event.of(RunFinished(status="ok"), runid=f"bench-ack-{n}-{i}-{time.time_ns()}")
+        t0 = time.perf_counter()
+        await bus.publish(event)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 async def one_round(bus: Bus, sdk: Any, url: str, steps: int, n: int) -> dict[str, Any]:
     run_id = f"bench-resume-{n}-{time.time_ns()}"
     unacked_ms = await unacked(bus, sdk, url, steps, n)
+    ack_ms = await bare_ack(bus, n)
     before = provider_requests(url)
     async with tether.run(agent="bench", run_id=run_id, bus=bus):
         live_wall, live_cpu, live_answers = await agent(sdk, url, steps)
@@ -134,7 +149,7 @@ async def one_round(bus: Bus, sdk: Any, url: str, steps: int, n: int) -> dict[st
     return {"live_wall_ms": statistics.median(live_wall), "live_cpu_ms": statistics.median(live_cpu),
             "replay_wall_ms": statistics.median(replay_wall), "replay_cpu_ms": statistics.median(replay_cpu),
             "journal_read_ms": (entered - t0) * 1000, "resume_s": done - t0, "run_id": run_id,
-            "unacked_wall_ms": unacked_ms,
+            "unacked_wall_ms": unacked_ms, "bare_ack_ms": ack_ms,
             "lookup_us": await lookup(bus, run_id, steps)}
 
 
@@ -187,7 +202,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         provider.terminate()
         provider.wait(10)
     keys = ("live_wall_ms", "live_cpu_ms", "replay_wall_ms", "replay_cpu_ms", "journal_read_ms", "resume_s",
-            "lookup_us", "unacked_wall_ms")
+            "lookup_us", "unacked_wall_ms", "bare_ack_ms")
     med = {k: statistics.median(r[k] for r in rounds) for k in keys}
     return {"client": args.client, "steps": args.steps, "rounds": args.rounds, "median": med,
             "replay_over_live_wall": med["replay_wall_ms"] / med["live_wall_ms"],
@@ -215,7 +230,7 @@ def report(result: dict[str, Any]) -> None:
     print(f"{result['steps']} steps, {result['rounds']} rounds (medians), client: {result['client']}")
     print(f"  live call        {m['live_wall_ms']:.2f} ms wall, {m['live_cpu_ms']:.2f} ms CPU")
     print(f"  its ack wait     {result['ack_added_ms']:.2f} ms (unacked {m['unacked_wall_ms']:.2f} ms): "
-          f"acked / unacked {result['acked_over_unacked_wall']:.2f}")
+          f"acked / unacked {result['acked_over_unacked_wall']:.2f}; a bare publish-and-ack {m['bare_ack_ms']:.2f} ms")
     print(f"  replayed call    {m['replay_wall_ms']:.2f} ms wall, {m['replay_cpu_ms']:.2f} ms CPU   "
           f"ratio {result['replay_over_live_wall']:.3f} wall, {result['replay_over_live_cpu']:.2f} CPU "
           f"(rounds: {', '.join(f'{r:.3f}' for r in result['replay_over_live_wall_per_round'])})")
