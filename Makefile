@@ -5,6 +5,8 @@
 # make test-lowest - the suite again in .venv-lowest, on the lowest versions pyproject.toml's ranges allow
 # make lock   - re-resolve both lock files from pyproject.toml (newest / lowest allowed) and the optional
 #               test environments' (requirements/phoenix.txt, requirements/<framework>.txt), then run both suites
+# make chaos  - the resume chaos harness's slow mode (2,000 scenarios, figures so far every 100 on stderr);
+#               CHAOS_SECONDS=N stops starting scenarios after N seconds and says how many ran
 # make bench  - the benchmarks; LiteLLM, the peer bench/adapters.py runs beside tether, goes in
 #               .venv-bench (the `bench` extra): its pins would move packages .venv's tests run on
 #
@@ -30,7 +32,9 @@ WORKERS ?= 2
 XDIST = $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes
 
-.PHONY: run test test-flaky test-lowest lint lock bench clean
+CHAOS_SECONDS ?= 0
+
+.PHONY: run test test-flaky test-lowest chaos lint lock bench clean
 
 $(UV):
 	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
@@ -65,6 +69,10 @@ test-flaky: $(STAMP)  # the tests marked known_flaky: each names what is not fix
 
 test-lowest: $(LOWEST_STAMP)
 	$(LOWEST_VENV)/bin/python -m pytest -m "not lint and not known_flaky" $(XDIST)
+
+chaos: $(STAMP)
+	TETHER_CHAOS_SLOW=1 TETHER_CHAOS_SECONDS=$(CHAOS_SECONDS) $(PY) -m pytest tests/adapters/test_chaos_resume.py \
+		-s -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tether tests bench examples

@@ -8,6 +8,9 @@ far, inside ``tether.run(run_id=...)``: every call is live. The agent's client i
 is measured is tether and the HTTP exchange, not an SDK's own work), or the openai SDK through
 ``tether.instrument`` (``--client sdk``: the SDK re-validates the whole conversation on every
 call, which costs it more than the call does, the same live or replayed).
+*Ack wait*: the live call waits for the log's ack of its completion (a run's calls do); the
+same agent with that wait switched off gives what it adds; *bare ack*: ``bus.publish`` of a small
+event (publish, wait for its ack), its floor.
 Then the same agent runs again in ``tether.run(run_id=..., resume=True)``: every call is
 replayed from the journal. Per call, on the caller's clock: the wall time and the process's
 CPU time (``time.process_time``; the provider and nats-server run elsewhere), median over the
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -43,8 +47,9 @@ import openai
 import tether
 from tether.adapters import Hub
 from tether.bus import Bus, event_filter
-from tether.journal import load_journal, request_hash
-from tether.schemas import CallReplayed, Event, Usage
+from tether.journal import Entry, Journal, load_journal, request_hash
+from tether.middleware import WorkItem, replay_of
+from tether.schemas import Event, uuid7
 from tether.testing import NatsServer, collect
 
 
@@ -92,8 +97,39 @@ async def agent(client: Any, url: str, steps: int) -> tuple[list[float], list[fl
     return wall, cpu, answers
 
 
+async def unacked(bus: Bus, sdk: Any, url: str, steps: int, n: int) -> float:
+    """The live call as it was before a run's calls waited for the ack of their completion: the same
+    agent in a run, with ``awaits_ack`` switched off (the median wall ms of a call)."""
+    from tether.adapters import _core
+
+    waits = getattr(_core, "awaits_ack")  # noqa: B009  (patched off for this run only)
+    setattr(_core, "awaits_ack", lambda effect: False)  # noqa: B010
+    try:
+        async with tether.run(agent="bench", run_id=f"bench-unacked-{n}-{time.time_ns()}", bus=bus):
+            wall, _, _ = await agent(sdk, url, steps)
+    finally:
+        setattr(_core, "awaits_ack", waits)  # noqa: B010
+    await Hub.of(bus).flush()
+    return statistics.median(wall)
+
+
+async def bare_ack(bus: Bus, n: int) -> float:
+    """The floor of the ack wait: ``bus.publish`` (publish, wait for the ack) of a small event, median ms."""
+    from tether.schemas import RunFinished
+
+    times = []
+    for i in range(50):
+        event = Event.of(RunFinished(status="ok"), runid=f"bench-ack-{n}-{i}-{time.time_ns()}")
+        t0 = time.perf_counter()
+        await bus.publish(event)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 async def one_round(bus: Bus, sdk: Any, url: str, steps: int, n: int) -> dict[str, Any]:
     run_id = f"bench-resume-{n}-{time.time_ns()}"
+    unacked_ms = await unacked(bus, sdk, url, steps, n)
+    ack_ms = await bare_ack(bus, n)
     before = provider_requests(url)
     async with tether.run(agent="bench", run_id=run_id, bus=bus):
         live_wall, live_cpu, live_answers = await agent(sdk, url, steps)
@@ -113,23 +149,36 @@ async def one_round(bus: Bus, sdk: Any, url: str, steps: int, n: int) -> dict[st
     return {"live_wall_ms": statistics.median(live_wall), "live_cpu_ms": statistics.median(live_cpu),
             "replay_wall_ms": statistics.median(replay_wall), "replay_cpu_ms": statistics.median(replay_cpu),
             "journal_read_ms": (entered - t0) * 1000, "resume_s": done - t0, "run_id": run_id,
+            "unacked_wall_ms": unacked_ms, "bare_ack_ms": ack_ms,
             "lookup_us": await lookup(bus, run_id, steps)}
 
 
 async def lookup(bus: Bus, run_id: str, steps: int) -> float:
-    """The replay decision alone, per call: match in the journal, build the ``call.replayed`` event."""
+    """The replay decision alone, per call: ``replay_of`` (match in the journal, build the
+    ``call.replayed`` event) for each of the run's calls."""
     journal = await load_journal(bus, run_id)
-    hashes = [e.request_hash for e in journal.entries[:steps]]
+    return _replays(journal, [e.request_hash for e in journal.entries[:steps]])
+
+
+def stream_lookup() -> float:
+    """:func:`lookup` for a recorded stream of 200 chunks (its ``call.replayed`` carries them)."""
+    chunk = {"event": None, "data": {"id": "c1", "object": "chat.completion.chunk",
+                                     "choices": [{"index": 0, "delta": {"content": "word "}}]}}
+    entries = [Entry("llm", str(uuid7()), f"sha256:{i:064x}", state="completed", stream=True, provider="openai",
+                     model="gpt-4o-mini", chunks=[chunk] * 200, event_id=str(uuid7())) for i in range(20)]
+    return _replays(Journal("bench-stream", entries), [e.request_hash for e in entries])
+
+
+def _replays(journal: Journal, hashes: list[str | None]) -> float:
+    item = WorkItem(call_id=str(uuid7()), kind="llm", runid=journal.run_id, provider="openai", model="gpt-4o-mini")
+    engine = SimpleNamespace(event=lambda item, payload, **kw: Event.of(payload, id=kw.get("id"), runid=item.runid))
     best = float("inf")
     for _ in range(5):
         cursor = journal.cursor()
         t0 = time.perf_counter()
         for digest in hashes:
-            entry = cursor.match("llm", digest).entry
-            assert entry is not None
-            Event.of(CallReplayed(call_id="c", call_kind="llm", via="journal", original_call_id=entry.call_id,
-                                  original_event_id=entry.event_id, usage=entry.usage or Usage(),
-                                  response=entry.response), runid=run_id)
+            call = SimpleNamespace(item=item, engine=engine, request_hash=digest)
+            assert replay_of(call, cursor) is not None  # type: ignore[arg-type]
         best = min(best, (time.perf_counter() - t0) / len(hashes) * 1e6)
     return best
 
@@ -153,13 +202,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         provider.terminate()
         provider.wait(10)
     keys = ("live_wall_ms", "live_cpu_ms", "replay_wall_ms", "replay_cpu_ms", "journal_read_ms", "resume_s",
-            "lookup_us")
+            "lookup_us", "unacked_wall_ms", "bare_ack_ms")
     med = {k: statistics.median(r[k] for r in rounds) for k in keys}
     return {"client": args.client, "steps": args.steps, "rounds": args.rounds, "median": med,
             "replay_over_live_wall": med["replay_wall_ms"] / med["live_wall_ms"],
             "replay_over_live_cpu": med["replay_cpu_ms"] / med["live_cpu_ms"],
-            "lookup_over_live_wall": med["lookup_us"] / 1000 / med["live_wall_ms"], "per_round": rounds,
-            "hash_us": hash_cost()}
+            "lookup_over_live_wall": med["lookup_us"] / 1000 / med["live_wall_ms"],
+            "ack_added_ms": med["live_wall_ms"] - med["unacked_wall_ms"],
+            "acked_over_unacked_wall": med["live_wall_ms"] / med["unacked_wall_ms"],
+            "replay_over_live_wall_per_round": [r["replay_wall_ms"] / r["live_wall_ms"] for r in rounds],
+            "per_round": rounds,
+            "hash_us": hash_cost(), "stream_lookup_us": stream_lookup()}
 
 
 def hash_cost() -> float:
@@ -176,12 +229,16 @@ def report(result: dict[str, Any]) -> None:
     m = result["median"]
     print(f"{result['steps']} steps, {result['rounds']} rounds (medians), client: {result['client']}")
     print(f"  live call        {m['live_wall_ms']:.2f} ms wall, {m['live_cpu_ms']:.2f} ms CPU")
+    print(f"  its ack wait     {result['ack_added_ms']:.2f} ms (unacked {m['unacked_wall_ms']:.2f} ms): "
+          f"acked / unacked {result['acked_over_unacked_wall']:.2f}; a bare publish-and-ack {m['bare_ack_ms']:.2f} ms")
     print(f"  replayed call    {m['replay_wall_ms']:.2f} ms wall, {m['replay_cpu_ms']:.2f} ms CPU   "
-          f"ratio {result['replay_over_live_wall']:.2f} wall, {result['replay_over_live_cpu']:.2f} CPU")
+          f"ratio {result['replay_over_live_wall']:.3f} wall, {result['replay_over_live_cpu']:.2f} CPU "
+          f"(rounds: {', '.join(f'{r:.3f}' for r in result['replay_over_live_wall_per_round'])})")
     print(f"  lookup + return  {m['lookup_us']:.1f} µs   ratio {result['lookup_over_live_wall']:.3f} of a live call")
     print(f"  resume           {m['resume_s'] * 1000:.0f} ms for {result['steps']} steps "
           f"(journal read {m['journal_read_ms']:.0f} ms)")
     print(f"  request hash     {result['hash_us']:.1f} µs per call (20 messages)")
+    print(f"  stream lookup    {result['stream_lookup_us']:.1f} µs per replayed stream of 200 chunks")
 
 
 if __name__ == "__main__":

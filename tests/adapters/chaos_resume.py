@@ -10,10 +10,12 @@ resume that stops in ``needs_attention`` is resolved as a person would: the bank
 call's idempotency key (``tether runs resolve``'s code), then resumed again.
 
 Checked per scenario: the final output and bank equal an uninterrupted run's (divergences); no effect is
-in the bank twice (duplicates); the fake provider's request log shows no LLM call asked again after its
-completion was recorded (paid twice); every death inside ``deposit`` ends in ``needs_attention`` on the
-next resume, never in a silent repeat. ``python -m tests.adapters.chaos_resume --help``; the figures go
-to stdout as JSON. Forked children share what the parent imported, so a death costs milliseconds.
+in the bank twice (duplicates); no LLM call's completion is in the log twice (paid twice) and the fake
+provider's request log shows no call it answered asked again (asked again: the agent dies between calls,
+so every call it got an answer to was completed); every death inside ``deposit`` ends in
+``needs_attention`` on the next resume, never in a silent repeat. ``python -m tests.adapters.chaos_resume
+--help``; the figures go to stdout as JSON. Forked children share what the parent imported, so a death
+costs milliseconds.
 """
 
 from __future__ import annotations
@@ -218,9 +220,10 @@ class Figures:
     duplicates: int = 0
     divergences: int = 0
     paid_twice: int = 0
-    """LLM calls asked of the provider again after their completion was recorded."""
-    llm_calls_asked_again_in_flight: int = 0
-    """LLM calls asked again because the process died before their completion was recorded."""
+    """LLM calls whose completion the log recorded more than once (asked again after it was recorded)."""
+    asked_again: int = 0
+    """LLM calls the fake provider answered more than once (its request log). The agent dies only
+    between calls, never inside one, so each call it asked for completed: none may be asked again."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -247,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--max-deaths", type=int, default=3, help="deaths per scenario at most")
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--max-seconds", type=float, default=0,
+                        help="stop starting scenarios after this long (0: run them all); the figures say how many ran")
+    parser.add_argument("--progress", type=int, default=0, help="print the figures so far to stderr every N scenarios")
     args = parser.parse_args(argv)
     setup = Setup(args.nats, args.fake, args.gateway, args.gateway_key, args.workdir, args.steps)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     expected_bank = normal_bank(reference_bank)
 
     for scenario in range(args.scenarios):
+        if args.max_seconds and time.perf_counter() - started > args.max_seconds:
+            break
+        if args.progress and scenario and scenario % args.progress == 0:
+            print(json.dumps({**figures.__dict__, "problems": figures.problems[:5],
+                              "seconds": round(time.perf_counter() - started, 1)}), file=sys.stderr, flush=True)
         rng = random.Random(args.seed * 1_000_003 + scenario)
         run_id = f"chaos-{tag}-{scenario}"
         bank = args.workdir / f"bank-{scenario}.db"
@@ -322,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     for model, n in asked.items():
         recorded = completed.get(model, 0)
         figures.paid_twice += max(0, recorded - 1)  # asked again after its completion was in the log
-        figures.llm_calls_asked_again_in_flight += max(0, n - max(recorded, 1))  # the process died during it
+        figures.asked_again += n - 1
     out = {**figures.__dict__, "kill_points_per_run": total_points, "llm_requests": sum(asked.values()),
            "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(out))

@@ -6,10 +6,13 @@ one for the next step to match), every third step streamed; it prints ``<step> <
 each answer comes. Through ``tether.instrument`` (sync OpenAI SDK, tether's background bus from
 ``TETHER_NATS_URL``) inside ``tether.run(run_id, resume=...)``; with a gateway key, through the
 gateway instead (``x-tether-run-id``, and ``x-tether-resume: <RESUME>`` unless it is 0).
+``RESUME_AGENT_DIE_AFTER=N``: the process SIGKILLs itself the moment it has step N's answer (unprinted).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import openai
@@ -28,6 +31,7 @@ def main(base_url: str, run_id: str, steps: int, resume: str, key: str | None = 
         framed = None
     history: list[dict[str, str]] = [{"role": "system", "content": "You are terse."}]
     answers = []
+    die_after = int(os.environ.get("RESUME_AGENT_DIE_AFTER", "-1"))
     if framed is not None:
         framed.__enter__()
     for step in range(steps):
@@ -38,6 +42,8 @@ def main(base_url: str, run_id: str, steps: int, resume: str, key: str | None = 
         else:
             reply = sdk.chat.completions.create(model="gpt-4o-mini", messages=history, temperature=0)  # type: ignore[arg-type]
             answer = reply.choices[0].message.content or ""
+        if step == die_after:
+            os.kill(os.getpid(), signal.SIGKILL)
         history.append({"role": "assistant", "content": answer})
         answers.append(f"{step} {answer}".replace("\n", " "))
         print(answers[-1], flush=True)

@@ -53,17 +53,6 @@ def agent(env: dict[str, str], base_url: str, run_id: str, resume: str, *key: st
                              *key], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_after(child: subprocess.Popen[str], lines: int) -> list[str]:
-    """Read ``lines`` answers, then SIGKILL the process (wherever it is: in a call, publishing)."""
-    assert child.stdout is not None
-    out = [child.stdout.readline() for _ in range(lines)]
-    child.send_signal(signal.SIGKILL)
-    child.wait(10)
-    _, err = child.communicate()
-    assert all(out), f"the agent stopped early: {err}"
-    return [line.rstrip("\n") for line in out]
-
-
 async def read_events(nats: NatsServer, run_id: str) -> list[Event]:
     from tether.bus import connect
 
@@ -93,7 +82,7 @@ def check_resumed(fake: FakeProvider, events: list[Event], first: list[str], res
     first_ids = {r.idempotency_key for r in fake.log[:paid_first]}
     second_ids = {r.idempotency_key for r in fake.log[paid_first:]}
     done_first = completed & first_ids
-    assert len(done_first) >= len(first) - 1, "the answers the agent printed were recorded (all but the last, at worst)"
+    assert len(done_first) >= len(first), "every answer the agent got was in the log before it got it"
     assert resumed[:len(first)] == first, "the resumed run got the answers recorded"
     assert len(resumed) == STEPS
     replayed = [e for e in events if e.type == "tether.call.replayed"]
@@ -104,14 +93,22 @@ def check_resumed(fake: FakeProvider, events: list[Event], first: list[str], res
     assert sorted(paid_steps(events, done_first) + paid_steps(events, second_ids & completed)) == list(range(STEPS))
 
 
-def test_instrumented_agent_killed_and_resumed(fake: FakeProvider, nats_server: NatsServer, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The agent process is SIGKILLed after its fourth answer; the run resumes here (the same
-    script in this process, on tether's background bus)."""
+def test_instrumented_agent_killed_the_moment_it_got_an_answer_and_resumed(
+        fake: FakeProvider, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent process SIGKILLs itself the moment it has its sixth answer (a streamed one), before
+    it prints it; the run resumes here (the same script in this process, on tether's background bus).
+    In a run, an answer reaches the caller only once the log acked its completion: the resumed run
+    replays all six and asks the provider only for the steps after them."""
     env = environ(nats_server, tmp_path / "home")
+    env["RESUME_AGENT_DIE_AFTER"] = "5"
     run_id = "crash-instrument"
-    first = kill_after(agent(env, fake.url, run_id, "0"), 4)
-    paid_first = len(fake.log)
+    child = agent(env, fake.url, run_id, "0")
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err
+    first = out.splitlines()
+    assert len(first) == 5 and len(fake.log) == 6
+    completed = [e for e in events_of(nats_server, run_id) if e.type == "tether.llm.call.completed"]
+    assert len(completed) == 6, "each answer the agent got was in the log"
     tether.adapters.shutdown()
     monkeypatch.setenv("TETHER_NATS_URL", nats_server.url)
     monkeypatch.setenv("TETHER_HOME", str(tmp_path / "home"))
@@ -119,7 +116,10 @@ def test_instrumented_agent_killed_and_resumed(fake: FakeProvider, nats_server: 
         resumed = main(fake.url, run_id, STEPS, "1")
     finally:
         tether.adapters.shutdown()
-    check_resumed(fake, events_of(nats_server, run_id), first, resumed, paid_first)
+    events = events_of(nats_server, run_id)
+    assert len([e for e in events if e.type == "tether.call.replayed"]) == 6
+    check_resumed(fake, events, first, resumed, 6)
+    assert len(fake.log) == STEPS, "the provider was asked each step once"
 
 
 def gateway(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:

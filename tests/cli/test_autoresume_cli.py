@@ -1,5 +1,6 @@
 """``tether worker --resume-interrupted`` as users run it: an agent process SIGKILLed between two tool calls,
-two workers with the option, and the run resumed once, to ``ok``, by one of them."""
+two workers that resume interrupted runs (one told so by its flags, one by ``[worker]`` in tether.toml), and
+the run resumed once, to ``ok``, by one of them."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def broken(task: dict) -> dict:
 def test_two_workers_resume_an_interrupted_run_once_and_survive_an_entry_point_that_fails(tmp_path: Path) -> None:
     (tmp_path / "bankagent.py").write_text(textwrap.dedent(AGENT))
     (tmp_path / "tether.toml").write_text('[resume.entrypoints]\nbank-bot = "bankagent:main"\n'
-                                          'broken-bot = "bankagent:broken"\n')
+                                          'broken-bot = "bankagent:broken"\n\n'
+                                          '[worker]\nresume_interrupted = true\nresume_every_s = 0.3\n'
+                                          'resume_heartbeat_s = 1\n')
     bank = tmp_path / "bank.db"
     db = sqlite3.connect(bank)
     db.execute("CREATE TABLE deposits (key TEXT, amount INTEGER)")
@@ -80,10 +83,11 @@ def test_two_workers_resume_an_interrupted_run_once_and_survive_an_entry_point_t
 
         asyncio.run(broken_run())
         option = ("--resume-interrupted", "--resume-every", "0.3", "--heartbeat-s", "1")
-        workers = [Child("worker", *option, cwd=tmp_path, env=env) for _ in range(2)]
+        workers = [Child("worker", cwd=tmp_path, env=env), Child("worker", *option, cwd=tmp_path, env=env)]
         projector = None
         try:
             for worker in workers:  # no views yet: each says so, and keeps running
+                worker.wait_for(r"show interrupted \(no event for 1 s\), every 0.3 s")
                 worker.wait_for(r"no traces view in .*run the projector")
                 assert worker.proc.poll() is None and worker.on_uvloop()
             projector = Child("projector", "--processes", "0", cwd=tmp_path, env=env)
@@ -112,3 +116,35 @@ def test_worker_refuses_a_resume_period_that_is_not_a_positive_number(capsys: py
     for option in (["--resume-every", "0"], ["--heartbeat-s", "-1"]):
         assert main(["worker", "--resume-interrupted", *option, "--url", "nats://127.0.0.1:1"]) == 2
         assert "--resume-every and --heartbeat-s are seconds greater than 0" in capsys.readouterr().err
+
+
+def test_worker_refuses_bad_resume_settings_in_tether_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.cli import main
+
+    config = tmp_path / "tether.toml"
+    for line, problem in (('resume_interrupted = "yes"', "worker.resume_interrupted: expected true or false"),
+                          ("resume_every_s = 0", "worker.resume_every_s: must be positive, got 0"),
+                          ('resume_heartbeat_s = "300"', "worker.resume_heartbeat_s: expected a number"),
+                          ("resume_evry_s = 3", "worker.resume_evry_s: unknown key (did you mean 'resume_every_s'?)")):
+        config.write_text(f"[worker]\n{line}\n")
+        assert main(["worker", "--config", str(config), "--url", "nats://127.0.0.1:1"]) == 2
+        assert f"tether worker: {config}: {problem}" in capsys.readouterr().err
+
+
+def test_the_flags_win_over_the_worker_section() -> None:
+    import argparse
+
+    from tether.cli._reliability import resume_options
+    from tether.middleware import WorkerConfig
+
+    def given(interrupted: bool | None = None, every: float | None = None,
+              heartbeat: float | None = None) -> argparse.Namespace:
+        return argparse.Namespace(resume_interrupted=interrupted, resume_every=every, heartbeat_s=heartbeat)
+
+    off, on = WorkerConfig(), WorkerConfig(resume_interrupted=True, resume_every_s=5.0, resume_heartbeat_s=60.0)
+    assert resume_options(given(), off) is None
+    assert resume_options(given(True), off) == (30.0, 300.0)
+    assert resume_options(given(), on) == (5.0, 60.0)
+    assert resume_options(given(None, 2.0), on) == (2.0, 60.0)
+    assert resume_options(given(None, None, 9.0), on) == (5.0, 9.0)
+    assert resume_options(given(False), on) is None

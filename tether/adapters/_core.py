@@ -47,6 +47,7 @@ from ._flow import (
     Send,
     Sleep,
     Spawn,
+    awaits_ack,
     cancelled_event,
     durable_flow,
     durable_stream_flow,
@@ -444,7 +445,10 @@ async def drive_async(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[E
 
     async def handle(effect: Effect) -> Any:
         if isinstance(effect, Emit):
-            await hub.aemit(effect.event)
+            if awaits_ack(effect):
+                await hub.apublish(effect.event)
+            else:
+                await hub.aemit(effect.event)
         elif isinstance(effect, Run):
             try:
                 return await hub.call(effect.make, drain=effect.drain)
@@ -467,7 +471,10 @@ def drive_sync(hub: Hub, flow: Generator[Effect, Any, T], io: Callable[[Effect],
 
     def handle(effect: Effect) -> Any:
         if isinstance(effect, Emit):
-            hub.emit(effect.event)
+            if awaits_ack(effect):
+                hub.publish_sync(effect.event)
+            else:
+                hub.emit(effect.event)
         elif isinstance(effect, Run):
             if effect.drain and hub.on_loop_thread():
                 hub.spawn(effect.make, drain=True)  # a sync tool on the loop: record, do not wait

@@ -50,7 +50,7 @@ from tether.middleware import (
     replay_of,
     terminal_id,
 )
-from tether.schemas import ErrorInfo, Event, LlmCallFailed, LlmCallRequested, Payload
+from tether.schemas import ErrorInfo, Event, LlmCallCompleted, LlmCallFailed, LlmCallRequested, Payload
 
 from ._hub import Hub
 from ._redact import Redactor
@@ -66,6 +66,7 @@ __all__ = [  # the effects are tether.middleware's, named here for the shells
     "Sent",
     "Sleep",
     "Spawn",
+    "awaits_ack",
     "cancelled_event",
     "durable_flow",
     "durable_stream_flow",
@@ -233,6 +234,14 @@ class LlmCall:
                                 code=code, retry_after_s=error.retry_after_s)
 
 
+def awaits_ack(effect: Emit) -> bool:
+    """Whether the caller waits for the log's ack of ``effect``: a call's completion in a run (the
+    run's journal). A process killed right after the caller got the answer then finds the call
+    recorded when the run resumes, and does not ask (and pay) the provider again. Other events,
+    and a replay's (its original is in the log), are acked in the background."""
+    return effect.final and effect.event.runid is not None and isinstance(effect.event.data, LlmCallCompleted)
+
+
 def give_up_code(reason: str) -> str:
     """The error ``code`` of a gateway answer after tether gave up for ``reason``."""
     return {"budget": "budget_exceeded", "runaway": "runaway_guard", "deadline": "deadline_exceeded"}.get(
@@ -277,7 +286,7 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
         out = Outcome(True, latency, call.redactor(acc.response()) if call.capture else None, acc.usage,
                       acc.finish_reason, ttft_ms=ttft, chunks=call.redactor(acc.chunks) if call.capture else None)
         event = engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True)
-        yield Emit(event)
+        yield Emit(event, final=True)  # in a run, acked before the caller's stream ends
         yield from _account(call, out)
         keep = cache_answer(call.flow, event)
         if keep is not None:

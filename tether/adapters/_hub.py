@@ -128,6 +128,34 @@ class Hub:
             return
         self.emit(event)
 
+    async def apublish(self, event: Event) -> None:
+        """Publish ``event`` after every event queued before it and wait for its ack (or the
+        outbox), from any loop: what a journaled run's call returns only once the log has it.
+        Cheaper than :meth:`flush`, which also waits for the background steps."""
+        if self.closed:
+            log.warning("event %s dropped: its hub is closed", event.type)
+            return
+
+        async def go() -> None:
+            await self._drain()
+            self._observe(event)
+            await self.bus.publish(event)
+
+        try:
+            await self.call(go)
+        except Exception:  # the log is unreachable: the call's answer still reaches the caller
+            log.exception("could not publish %s %s", event.type, event.id)
+
+    def publish_sync(self, event: Event) -> None:
+        """:meth:`apublish` from a plain thread; queued (not waited for) on the bus's own loop thread."""
+        if self.closed or self.on_loop_thread() or self._on_loop():
+            self.emit(event)
+            return
+        try:
+            self.call_sync(lambda: self.apublish(event), timeout=60)
+        except Exception:
+            log.exception("could not publish %s %s", event.type, event.id)
+
     def _observe(self, event: Event) -> None:
         for observer in self.observers:
             try:

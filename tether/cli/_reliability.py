@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.bus import BusConfig, connect
 
 from ._format import Style
+
+if TYPE_CHECKING:
+    from tether.middleware import WorkerConfig
 
 __all__ = ["add_commands", "run_dlq", "run_worker"]
 
@@ -33,14 +37,16 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                         "takes it over (default 30)")
     worker.add_argument("--tools", action="append", default=[], metavar="MODULE",
                         help="import MODULE, which registers tools on tether.middleware.tools (repeatable)")
-    worker.add_argument("--resume-interrupted", action="store_true",
+    worker.add_argument("--resume-interrupted", action=argparse.BooleanOptionalAction, default=None,
                         help="also resume interrupted runs, as `tether resume --interrupted` does, every "
-                        "--resume-every seconds (each under its run's lease: one resumer per run at a time)")
-    worker.add_argument("--resume-every", type=float, default=30.0, metavar="SECONDS",
-                        help="with --resume-interrupted: seconds between passes (default 30)")
-    worker.add_argument("--heartbeat-s", type=float, default=300.0, metavar="SECONDS",
+                        "--resume-every seconds (each under its run's lease: one resumer per run at a time); "
+                        "default: [worker] resume_interrupted in the config, else off")
+    worker.add_argument("--resume-every", type=float, metavar="SECONDS",
+                        help="with --resume-interrupted: seconds between passes (default: [worker] "
+                        "resume_every_s, else 30)")
+    worker.add_argument("--heartbeat-s", type=float, metavar="SECONDS",
                         help="with --resume-interrupted: a run open with no event for SECONDS is interrupted "
-                        "(default 300)")
+                        "(default: [worker] resume_heartbeat_s, else 300)")
     worker.add_argument("--resume-views", type=Path, metavar="DIR",
                         help="with --resume-interrupted: the projector's views to find interrupted runs in "
                         "(default TETHER_HOME/views)")
@@ -79,15 +85,15 @@ async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from tether.middleware import Executor, PolicyConfigError, tools
 
     entrypoints: dict[str, str] = {}
-    if args.resume_every <= 0 or args.heartbeat_s <= 0:
+    if any(value is not None and value <= 0 for value in (args.resume_every, args.heartbeat_s)):
         print("tether worker: --resume-every and --heartbeat-s are seconds greater than 0", file=sys.stderr)
         return 2
     try:
         cfg = worker_config(args.config)
-        for module in args.tools:
-            cfg = type(cfg)(cfg.policies, cfg.providers, cfg.concurrency, (*cfg.tool_modules, module), cfg.source)
+        cfg = dataclasses.replace(cfg, tool_modules=(*cfg.tool_modules, *args.tools))
         cfg.import_tools()
-        if args.resume_interrupted:
+        resume = resume_options(args, cfg)
+        if resume is not None:
             from tether._config import load_config
 
             entrypoints = dict(load_config(args.config)[0].resume.entrypoints)
@@ -104,13 +110,14 @@ async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
               f"[{', '.join(cfg.providers) or 'none'}], {len(tools.names())} tool(s) "
               f"[{', '.join(tools.names()) or 'none'}], concurrency {executor.concurrency}"
               f"{', config ' + cfg.source if cfg.source else ''}. Ctrl-C stops it.", flush=True)
-        if args.resume_interrupted:
+        if resume is not None:
             from tether.bus import tether_home
 
             from ._autoresume import AutoResume
 
-            auto = AutoResume(bus, args.resume_views or tether_home(args.home) / "views", every_s=args.resume_every,
-                              heartbeat_s=args.heartbeat_s, entrypoints=entrypoints)
+            every_s, heartbeat_s = resume
+            auto = AutoResume(bus, args.resume_views or tether_home(args.home) / "views", every_s=every_s,
+                              heartbeat_s=heartbeat_s, entrypoints=entrypoints)
             print(f"worker: resuming the runs the views in {auto.views} show interrupted (no event for "
                   f"{auto.heartbeat_s:g} s), every {auto.every_s:g} s", flush=True)
             resuming = asyncio.get_running_loop().create_task(auto.run(stop))
@@ -124,6 +131,15 @@ async def run_worker(args: argparse.Namespace, stop: asyncio.Event) -> int:
         await executor.stop()
         await bus.close()
         print("worker stopped.", flush=True)
+
+
+def resume_options(args: argparse.Namespace, cfg: WorkerConfig) -> tuple[float, float] | None:
+    """Whether the worker resumes interrupted runs, and if so every how many seconds and after
+    how long a quiet run counts as interrupted: the command line's options, else ``[worker]``'s."""
+    if not (cfg.resume_interrupted if args.resume_interrupted is None else args.resume_interrupted):
+        return None
+    return (cfg.resume_every_s if args.resume_every is None else args.resume_every,
+            cfg.resume_heartbeat_s if args.heartbeat_s is None else args.heartbeat_s)
 
 
 async def run_dlq(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ file: the policies (``_policy.py``) and::
     [worker]
     concurrency = 64              # calls in flight per worker
     tools = ["myapp.tools"]       # modules that register tools on tether.middleware.tools
+    resume_interrupted = false    # also resume interrupted runs (tether worker --resume-interrupted)
+    resume_every_s = 30.0         # seconds between those passes
+    resume_heartbeat_s = 300.0    # a run open with no event this long is interrupted
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr
 
 from ._policy import PolicyConfigError, PolicyFile, PolicySet, read_table
 from ._providers import ProviderConfig, ProviderTable
@@ -42,6 +45,12 @@ class WorkerSection(BaseModel):
     """Calls in flight per worker."""
     tools: list[Annotated[StrictStr, Field(min_length=1)]] = []
     """Modules that register tools on tether.middleware.tools."""
+    resume_interrupted: StrictBool = False
+    """Also resume the runs the projector's views show interrupted (tether worker --resume-interrupted)."""
+    resume_every_s: Annotated[float, Strict(), Field(gt=0)] = 30.0
+    """Seconds between the passes that resume interrupted runs (--resume-every)."""
+    resume_heartbeat_s: Annotated[float, Strict(), Field(gt=0)] = 300.0
+    """A run open with no event for this many seconds is interrupted (--heartbeat-s)."""
 
 
 class WorkerFile(PolicyFile):
@@ -55,7 +64,10 @@ class WorkerFile(PolicyFile):
         """What the worker runs with (the providers' keys read from ``environ``, default the environment)."""
         return WorkerConfig(self.policy_set(), {name: table.config(name, environ) for name, table in
                                                 self.providers.items()},
-                            self.worker.concurrency, tuple(self.worker.tools), source)
+                            self.worker.concurrency, tuple(self.worker.tools), source,
+                            resume_interrupted=self.worker.resume_interrupted,
+                            resume_every_s=self.worker.resume_every_s,
+                            resume_heartbeat_s=self.worker.resume_heartbeat_s)
 
 
 _WORKER = WorkerSection()
@@ -68,6 +80,9 @@ class WorkerConfig:
     concurrency: int = _WORKER.concurrency
     tool_modules: tuple[str, ...] = ()
     source: str | None = None
+    resume_interrupted: bool = _WORKER.resume_interrupted
+    resume_every_s: float = _WORKER.resume_every_s
+    resume_heartbeat_s: float = _WORKER.resume_heartbeat_s
 
     def import_tools(self) -> None:
         """Import the tool modules, so their ``@tools.tool`` registrations run."""

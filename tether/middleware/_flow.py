@@ -299,14 +299,17 @@ def replay_of(call: Call, journal: Cursor) -> Replayed | None:
 
 
 def replayed_event(call: Call, entry: Entry, via: Literal["journal", "cache"], position: int | None = None) -> Event:
-    """The ``call.replayed`` of a call answered from ``entry``."""
+    """The ``call.replayed`` of a call answered from ``entry``. Not validated again: every field is
+    the call's or the recorded call's, read from validated events (a stream's recorded chunks took
+    milliseconds to validate again, on every replayed stream)."""
     item = call.item
-    payload = CallReplayed(
+    payload = CallReplayed.model_construct(
         call_id=item.call_id, call_kind="tool" if item.kind == "tool" else "llm", via=via,
         original_call_id=entry.call_id, original_event_id=entry.event_id,
         original_run_id=entry.run_id if entry.run_id != item.runid else None, position=position,
         request_hash=entry.request_hash, provider=entry.provider or item.provider, model=entry.model or item.model,
-        tool=entry.tool, stream=entry.stream, usage=entry.usage, response=entry.response, chunks=entry.chunks)
+        tool=entry.tool, stream=entry.stream, usage=entry.usage, response=entry.response,
+        chunks=entry.chunks)  # type: ignore[arg-type]  # its dicts are JSON values
     return call.engine.event(item, payload, id=terminal_id(item.call_id, "replayed"), scrubbed=True)
 
 
