@@ -8,7 +8,8 @@
   resumed after a crash (``run(run_id=..., resume=True)``) a completed call is answered from the
   log, and :func:`once` makes a tool's own SQLite effect exactly-once (docs/resume.md);
   :func:`entrypoint` registers what ``tether resume`` calls, :func:`unresolved` lists the calls a
-  run stopped at (``needs_attention``).
+  run stopped at (``needs_attention``). :class:`FrameworkTools` does the same for a tool a
+  framework runs itself, handed over at the framework's wrap point (the framework adapters).
 * :func:`run` puts the calls inside it under one run, with W3C trace context;
   :func:`conversation` reads a run's messages back from its events.
 * :class:`Interceptor` is the core they share with the gateway (``tether.adapters.gateway``,
@@ -44,7 +45,7 @@ from ._recorded import RecordedResult, RecordedToolError, RecordedTools, ReplayM
 from ._redact import ASSIGNED_NAMES, DEFAULT_FIELDS, DEFAULT_PATTERNS, REDACTED, SECRET_HEADERS, Redactor
 from ._runs import NeedsAttention, Run, RunContext, bound, current_run, read_run, run
 from ._tooljournal import unresolved
-from ._tools import RunawayError, tool
+from ._tools import FrameworkTools, RunawayError, tool
 
 __all__ = [
     "ASSIGNED_NAMES",
@@ -58,6 +59,7 @@ __all__ = [
     "AsyncUpstreamResponse",
     "Entrypoint",
     "FinishedMeanwhile",
+    "FrameworkTools",
     "Hub",
     "Interceptor",
     "LeaseHeld",
