@@ -22,7 +22,8 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
-SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory"]
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory", "tool-timeout", "tool-retry",
+             "tool-resume"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 MESSAGES = ["TextMessage", "ToolCallRequestEvent", "ToolCallExecutionEvent", "TextMessage"]
 
@@ -156,3 +157,39 @@ def test_an_applications_own_otel_provider_keeps_its_spans_and_tether_gets_its_r
         "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
         "run.finished"]
     assert run[-1].data.status == "ok"
+
+
+def tool_events(run: list[Event]) -> list[str]:
+    return [e.type.removeprefix("tether.") for e in run if e.type.startswith(("tether.tool.", "tether.call."))]
+
+
+def test_a_tools_timeout_bounds_its_attempt_and_autogen_gives_the_error_to_the_model(outcome: Outcome) -> None:
+    said = outcome.said["tool-timeout"]
+    assert said["ok"] and said["messages"] == MESSAGES and said["ran"] == 1, said
+    assert "did not finish within its timeout of 0.3 s" in said["tool_result"][0], said
+    run = run_of(outcome, "tool_timeout_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.failed",
+                                "call.dead_lettered"], "one span for the call: the policy's, not an observed one too"
+    failed = next(e for e in run if e.type == "tether.tool.call.failed")
+    assert failed.data.tool == "get_weather" and failed.data.attempts == 1
+    assert run[-1].data.status == "ok"
+
+
+def test_an_idempotent_tool_is_retried_under_the_policy(outcome: Outcome) -> None:
+    said = outcome.said["tool-retry"]
+    assert said["ok"] and said["messages"] == MESSAGES and said["ran"] == 2, "one failure, one retry"
+    run = run_of(outcome, "tool_retry_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"]
+    completed = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert completed.data.result == "It is sunny in fake city."
+
+
+def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(outcome: Outcome) -> None:
+    said = outcome.said["tool-resume"]
+    assert said["first"] == "InternalServerError" and said["ran_first"] == 1, said
+    assert said["resumed"] == MESSAGES and said["ran_resumed"] == 1, "the booking was not made again"
+    first, resumed = [e for e in outcome.started() if e.agentid == "tool_resume_bot"]
+    assert first.runid == resumed.runid and resumed.data.resumed, "the agent's run, derived from the job's, resumed"
+    run = outcome.runs()[resumed.runid]
+    replayed = [e.data for e in run if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [(r.tool, r.response) for r in replayed] == [("get_weather", "Booked in fake city.")]
