@@ -24,7 +24,7 @@ from autogen_agentchat.tools import AgentTool
 
 import tether
 import tether.adapters
-from tether.adapters.autogen import TetherMemory, model_client, tools
+from tether.adapters.autogen import TetherMemory, model_client, team, tools
 from tether.memory import AsyncMemory
 from tether.middleware import load_policies
 
@@ -133,8 +133,10 @@ async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
         agent = AssistantAgent(f"{name.replace('-', '_')}_bot", model_client=llm, tools=[tool], memory=memories,
                                reflect_on_tool_use=True, system_message="Answer about the weather.")
         runner: Any = agent
-        if name == "team":
-            runner = RoundRobinGroupChat([agent], termination_condition=SourceMatchTermination([agent.name]))
+        if name == "team":  # the team is a run; each agent's turn (the weather bot's, then the critic's) its child
+            critic = AssistantAgent("team_critic_bot", model_client=llm, system_message="Check the answer.")
+            runner = team(RoundRobinGroupChat([agent, critic], name="weather_team",
+                                              termination_condition=SourceMatchTermination([critic.name])))
         elif name == "sub-agent":  # the agent is a tool of a triage agent: its runs are the triage run's children
             runner = AssistantAgent("triage_bot", model_client=llm, tools=[AgentTool(agent)],
                                     system_message="Ask the weather agent.")

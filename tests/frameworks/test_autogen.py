@@ -123,13 +123,20 @@ def test_an_agent_used_as_a_tool_is_a_child_run(outcome: Outcome) -> None:
     assert parent[-1].time >= child[-1].time, "the child ends first"
 
 
-def test_an_agents_turn_in_a_team_is_its_run(outcome: Outcome) -> None:
+def test_a_team_is_a_run_and_each_agents_turn_its_child_run(outcome: Outcome) -> None:
     said = outcome.said["team"]
-    assert said["ok"] and said["messages"] == MESSAGES, said
-    run = run_of(outcome, "team_bot")
-    assert types(run) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
-                          "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
-    assert run[-1].data.status == "ok"
+    assert said["ok"] and said["messages"] == [*MESSAGES, "TextMessage"], said
+    team, turn = run_of(outcome, "weather_team"), run_of(outcome, "team_bot")
+    critic = run_of(outcome, "team_critic_bot")
+    assert team[0].data.name == "weather_team" and team[0].data.parent_run_id is None
+    assert team[0].data.metadata["team"] == "RoundRobinGroupChat"
+    assert turn[0].data.parent_run_id == critic[0].data.parent_run_id == team[0].runid, "each turn a child run"
+    assert {r[0].traceparent.split("-")[1] for r in (team, turn, critic)} == {team[0].traceparent.split("-")[1]}
+    assert types(turn) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                           "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert types(critic) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert types(team) == ["run.started", "run.finished"] and team[-1].data.status == "ok"
+    assert team[-1].time >= critic[-1].time >= turn[-1].time, "the turns end first, in turn"
 
 
 def test_memory_is_injected_into_the_models_context_and_recorded(outcome: Outcome) -> None:

@@ -1,7 +1,8 @@
 """AutoGen AgentChat under tether: runs from the OpenTelemetry spans AutoGen opens for each agent
 invocation and tool execution, tool arguments and results from its event logger
-(``autogen_core.EVENT_LOGGER_NAME``), tools under tether's tool policy (:func:`tools`), model calls
-through tether (:func:`model_client`), memory put into the model's context (:class:`TetherMemory`).
+(``autogen_core.EVENT_LOGGER_NAME``), teams as runs (:func:`team`), tools under tether's tool policy
+(:func:`tools`), model calls through tether (:func:`model_client`), memory put into the model's
+context (:class:`TetherMemory`).
 The only module of tether that imports ``autogen_core``, ``autogen_agentchat`` or ``autogen_ext``.
 """
 
@@ -13,11 +14,12 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from autogen_agentchat.base import TaskResult, Team
 from autogen_core import EVENT_LOGGER_NAME, CancellationToken, ComponentModel
 from autogen_core.logging import LLMCallEvent, LLMStreamEndEvent, ToolCallEvent
 from autogen_core.memory import Memory, MemoryContent, MemoryMimeType, MemoryQueryResult, UpdateContextResult
@@ -35,8 +37,8 @@ from tether.middleware import PolicySet
 from ._frameworks import ObservedTool, inject_memory
 from ._tools import FrameworkTools
 
-__all__ = ["AgentRunError", "PolicyTool", "TetherMemory", "TetherSpanProcessor", "TracerProvider", "install",
-           "model_client", "tools"]
+__all__ = ["AgentRunError", "PolicyTool", "TeamRun", "TetherMemory", "TetherSpanProcessor", "TracerProvider",
+           "install", "model_client", "team", "tools"]
 
 SOURCE = "urn:tether:adapter:autogen"
 SCOPE = "autogen-core"  # the tracer AutoGen's agent and tool spans come from
@@ -431,6 +433,102 @@ def tools(tools: Iterable[BaseTool[Any, Any] | Callable[..., Any]], *, idempoten
             tool = FunctionTool(tool, description=tool.__doc__ or "")
         out.append(tool if isinstance(tool, PolicyTool | StreamTool) else PolicyTool(tool, runner))
     return out
+
+
+# -- teams -------------------------------------------------------------------------------------------------
+
+
+class TeamRun(Team):
+    """A team (``RoundRobinGroupChat``, ``SelectorGroupChat``, ``Swarm``...) whose ``run()`` /
+    ``run_stream()`` is a tether run named for the team: each agent's turn in it is a child run, and
+    what the team's manager asks a model (``SelectorGroupChat`` choosing the next speaker) is charged
+    to the team's run. AutoGen opens no span for a team's run, so the team is wrapped (:func:`team`);
+    the turns are children because the team's own runtime starts inside the run (the default: with a
+    ``runtime=`` started elsewhere, turns are runs of their own). Everything else is the team's."""
+
+    component_type = "team"
+
+    def __init__(self, team: Team) -> None:
+        self.team = team
+
+    @property
+    def name(self) -> str:
+        return str(self.team.name)
+
+    @property
+    def description(self) -> str:
+        return str(self.team.description)
+
+    def _run(self) -> Run:
+        return Run(agent=self.name, name=self.name, derive="autogen",
+                   metadata={"framework": "autogen", "team": type(self.team).__name__})
+
+    async def run(self, *, task: Any = None, cancellation_token: CancellationToken | None = None,
+                  output_task_messages: bool = True) -> TaskResult:
+        run = self._run()
+        try:
+            await run.__aenter__()
+        except Exception:  # no bus: the team runs unrecorded
+            return await self.team.run(task=task, cancellation_token=cancellation_token,
+                                       output_task_messages=output_task_messages)
+        try:
+            result = await self.team.run(task=task, cancellation_token=cancellation_token,
+                                         output_task_messages=output_task_messages)
+        except BaseException as exc:
+            await run.__aexit__(type(exc), exc, None)
+            raise
+        await run.__aexit__(None, None, None)
+        return result
+
+    async def run_stream(self, *, task: Any = None, cancellation_token: CancellationToken | None = None,
+                         output_task_messages: bool = True) -> AsyncGenerator[Any, None]:
+        """The team's stream, inside the run (current in the caller's context while it is read)."""
+        run: Run | None = self._run()
+        try:
+            await run.__aenter__()  # type: ignore[union-attr]
+        except Exception:
+            run = None
+        stream = self.team.run_stream(task=task, cancellation_token=cancellation_token,
+                                      output_task_messages=output_task_messages)
+        try:
+            async for item in stream:
+                yield item
+        except BaseException as exc:
+            if run is not None:
+                await run.__aexit__(type(exc), exc, None)
+            raise
+        if run is not None:
+            await run.__aexit__(None, None, None)
+
+    async def reset(self) -> None:
+        await self.team.reset()
+
+    async def pause(self) -> None:
+        await self.team.pause()
+
+    async def resume(self) -> None:
+        await self.team.resume()
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return dict(await self.team.save_state())
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        await self.team.load_state(state)
+
+    def dump_component(self) -> ComponentModel:
+        """The team's own configuration (loading it gives the team without its tether run)."""
+        return self.team.dump_component()
+
+
+def team(team: Team) -> TeamRun:
+    """``team`` as a tether run per ``run()`` / ``run_stream()``, each agent's turn a child run:
+    ``team = tether.adapters.autogen.team(RoundRobinGroupChat([...]))``."""
+    if isinstance(team, TeamRun):
+        return team
+    if not isinstance(team, Team):
+        raise TypeError(f"tether.adapters.autogen.team takes an AutoGen team (RoundRobinGroupChat, "
+                        f"SelectorGroupChat...), not {type(team).__name__}")
+    return TeamRun(team)
 
 
 # -- memory -----------------------------------------------------------------------------------------------
