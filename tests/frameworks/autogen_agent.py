@@ -114,6 +114,13 @@ async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
     out: dict[str, Any] = {"installed": tether.init()}  # line 1: runs and tool calls of every agent
+    refused = []
+    for bad in (lambda: tools([42]), lambda: tools([get_weather], timeout_s=0), lambda: team(object())):  # type: ignore
+        try:
+            bad()
+        except (TypeError, ValueError) as exc:
+            refused.append(f"{type(exc).__name__}: {exc}")
+    out["refused"] = refused
     client = model_client("gpt-4o-mini")  # line 2: its model calls under tether's policy, its retries off
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="memory_bot").start()

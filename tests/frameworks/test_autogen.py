@@ -200,3 +200,11 @@ def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(outcom
     run = outcome.runs()[resumed.runid]
     replayed = [e.data for e in run if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
     assert [(r.tool, r.response) for r in replayed] == [("get_weather", "Booked in fake city.")]
+
+
+def test_bad_tools_and_teams_are_refused_with_what_to_pass(outcome: Outcome) -> None:
+    assert outcome.said["refused"] == [
+        "TypeError: tether.adapters.autogen.tools takes AutoGen tools and functions, not int",
+        "ValueError: timeout_s must be a number of seconds above 0, got 0",
+        "TypeError: tether.adapters.autogen.team takes an AutoGen team (RoundRobinGroupChat, SelectorGroupChat...), "
+        "not object"]
