@@ -3,7 +3,9 @@
 The two lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``), the bus
 ``TETHER_NATS_URL``, the policies ``tether.toml`` in the working directory (``budget.toml`` for the
 budget scenario). Each scenario named on the command line runs in turn in this one process, its agent
-named ``<scenario>_bot``; prints one JSON line, by scenario. ``--otel-sdk``: an OpenTelemetry SDK
+named ``<scenario>_bot``; prints one JSON line, by scenario. The ``tool-*`` scenarios give the agent its
+tool through ``tools(...)`` (tether's tool policy): a timeout, an idempotent tool retried, a resumed run
+whose completed tool call is replayed (each tool counts its executions). ``--otel-sdk``: an OpenTelemetry SDK
 tracer provider with an in-memory exporter is set before ``tether.init()``; the spans it exported are said.
 """
 
@@ -14,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from _scenario import scenario
+from _scenario import faults, scenario
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.conditions import SourceMatchTermination
 from autogen_agentchat.teams import RoundRobinGroupChat
@@ -22,7 +24,7 @@ from autogen_agentchat.tools import AgentTool
 
 import tether
 import tether.adapters
-from tether.adapters.autogen import TetherMemory, model_client
+from tether.adapters.autogen import TetherMemory, model_client, team, tools
 from tether.memory import AsyncMemory
 from tether.middleware import load_policies
 
@@ -41,6 +43,64 @@ async def get_weather_broken(city: str) -> str:
     raise ConnectionError(f"the weather service for {city} is down")
 
 
+RAN: dict[str, int] = {"slow": 0, "flaky": 0, "booking": 0}
+
+
+async def get_weather_slow(city: str) -> str:
+    """The weather in a city."""
+    RAN["slow"] += 1
+    await asyncio.sleep(30)
+    return "never"
+
+
+async def get_weather_flaky(city: str) -> str:
+    """The weather in a city."""
+    RAN["flaky"] += 1
+    if RAN["flaky"] == 1:
+        raise ConnectionError("the weather service reset the connection")
+    return f"It is sunny in {city}."
+
+
+async def book_table(city: str) -> str:
+    """Book a table in a city (a side effect: must not run twice)."""
+    RAN["booking"] += 1
+    if RAN["booking"] == 1:
+        faults("500/chat")  # the process "dies" after the tool: every later model call fails
+    return f"Booked in {city}."
+
+
+async def tool_policy(name: str, llm: Any) -> dict[str, Any]:
+    """The ``tool-*`` scenarios: the agent's one tool under tether's tool policy (``tools(...)``)."""
+    agent_name = f"{name.replace('-', '_')}_bot"
+    if name == "tool-timeout":
+        get_weather_slow.__name__ = "get_weather"
+        agent = AssistantAgent(agent_name, model_client=llm, tools=tools([get_weather_slow], timeout_s=0.3),
+                               reflect_on_tool_use=True)
+        result = await agent.run(task=QUESTION)
+        executed = [str(m.content) for m in result.messages if type(m).__name__ == "ToolCallExecutionEvent"]
+        return {"messages": [type(m).__name__ for m in result.messages], "ran": RAN["slow"], "tool_result": executed}
+    if name == "tool-retry":
+        get_weather_flaky.__name__ = "get_weather"
+        agent = AssistantAgent(agent_name, model_client=llm, reflect_on_tool_use=True,
+                               tools=tools([get_weather_flaky], idempotent={"get_weather"}))
+        result = await agent.run(task=QUESTION)
+        return {"messages": [type(m).__name__ for m in result.messages], "ran": RAN["flaky"]}
+    # tool-resume: the first attempt dies after the booking; the run resumed replays it, never books again
+    book_table.__name__ = "get_weather"
+    out: dict[str, Any] = {}
+    for attempt in ("first", "resumed"):
+        agent = AssistantAgent(agent_name, model_client=llm, tools=tools([book_table]), reflect_on_tool_use=True)
+        try:
+            async with tether.run(agent="booker", run_id="autogen-resume-1", resume=True):
+                result = await agent.run(task=QUESTION)
+            out[attempt] = [type(m).__name__ for m in result.messages]
+        except Exception as exc:
+            out[attempt] = type(exc).__name__
+        faults("")
+        out[f"ran_{attempt}"] = RAN["booking"]
+    return out
+
+
 async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
     exporter = None
     if otel_sdk:  # the application's own OpenTelemetry SDK provider, set first: tether adds its processor to it
@@ -54,10 +114,20 @@ async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
     out: dict[str, Any] = {"installed": tether.init()}  # line 1: runs and tool calls of every agent
+    refused = []
+    for bad in (lambda: tools([42]), lambda: tools([get_weather], timeout_s=0), lambda: team(object())):  # type: ignore
+        try:
+            bad()
+        except (TypeError, ValueError) as exc:
+            refused.append(f"{type(exc).__name__}: {exc}")
+    out["refused"] = refused
     client = model_client("gpt-4o-mini")  # line 2: its model calls under tether's policy, its retries off
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="memory_bot").start()
     for name in scenarios:
+        if name.startswith("tool-"):
+            out.update(await scenario(name, "", lambda name=name: tool_policy(name, client)))
+            continue
         tool = get_weather_broken if name == "broken-tool" else get_weather
         tool.__name__ = "get_weather"
         llm = model_client("gpt-4o-mini", tether={"policies": load_policies("budget.toml")}) \
@@ -70,8 +140,10 @@ async def main(scenarios: list[str], otel_sdk: bool) -> dict[str, Any]:
         agent = AssistantAgent(f"{name.replace('-', '_')}_bot", model_client=llm, tools=[tool], memory=memories,
                                reflect_on_tool_use=True, system_message="Answer about the weather.")
         runner: Any = agent
-        if name == "team":
-            runner = RoundRobinGroupChat([agent], termination_condition=SourceMatchTermination([agent.name]))
+        if name == "team":  # the team is a run; each agent's turn (the weather bot's, then the critic's) its child
+            critic = AssistantAgent("team_critic_bot", model_client=llm, system_message="Check the answer.")
+            runner = team(RoundRobinGroupChat([agent, critic], name="weather_team",
+                                              termination_condition=SourceMatchTermination([critic.name])))
         elif name == "sub-agent":  # the agent is a tool of a triage agent: its runs are the triage run's children
             runner = AssistantAgent("triage_bot", model_client=llm, tools=[AgentTool(agent)],
                                     system_message="Ask the weather agent.")

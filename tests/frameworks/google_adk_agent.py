@@ -4,7 +4,9 @@
 The lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``), the bus
 ``TETHER_NATS_URL``, the policies ``tether.toml`` in the working directory (``budget.toml`` for the
 budget scenario). Each scenario named on the command line runs in turn in this one process, its agent
-named ``<scenario>_bot``; prints one JSON line, by scenario.
+named ``<scenario>_bot``; prints one JSON line, by scenario. The ``tool-*`` scenarios run the tool under
+tether's tool policy (the plugin's): a timeout, an idempotent tool retried, a resumed run whose completed
+tool call is replayed (each tool counts its executions).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM would fetch its price map at import
 
-from _scenario import scenario
+from _scenario import faults, scenario
 from google.adk.agents import LlmAgent
 from google.adk.apps import App
 from google.adk.runners import Runner
@@ -46,6 +48,66 @@ def get_weather_broken(city: str) -> str:
     raise ConnectionError(f"the weather service for {city} is down")
 
 
+RAN: dict[str, int] = {"slow": 0, "flaky": 0, "booking": 0}
+
+
+async def get_weather_slow(city: str) -> str:
+    """The weather in a city."""
+    RAN["slow"] += 1
+    await asyncio.sleep(30)
+    return "never"
+
+
+async def get_weather_flaky(city: str) -> str:
+    """The weather in a city."""
+    RAN["flaky"] += 1
+    if RAN["flaky"] == 1:
+        raise ConnectionError("the weather service reset the connection")
+    return f"It is sunny in {city}."
+
+
+def book_table(city: str) -> dict[str, str]:
+    """Book a table in a city (a side effect: must not run twice)."""
+    RAN["booking"] += 1
+    if RAN["booking"] == 1:
+        faults("500/chat")  # the process "dies" after the tool: every later model call fails
+    return {"booked": city}
+
+
+async def tool_policy(name: str, model: Any) -> dict[str, Any]:
+    """The ``tool-*`` scenarios: the agent's one function tool under the plugin's tool policy."""
+    tool: Any = {"tool-timeout": get_weather_slow, "tool-retry": get_weather_flaky, "tool-resume": book_table}[name]
+    tool.__name__ = "get_weather"
+    plugin = TetherPlugin(tool_timeout_s=0.3) if name == "tool-timeout" else \
+        TetherPlugin(idempotent_tools={"get_weather"}) if name == "tool-retry" else TetherPlugin()
+    agent = LlmAgent(name=f"{name.replace('-', '_')}_bot", model=model, tools=[tool],
+                     instruction="Answer about the weather.")
+    runner = Runner(app=App(name="weather", root_agent=agent, plugins=[plugin]),
+                    session_service=InMemorySessionService())
+
+    async def turn() -> list[Any]:
+        session = await runner.session_service.create_session(app_name="weather", user_id="u1")
+        message = types.Content(role="user", parts=[types.Part(text=QUESTION)])
+        results = []
+        async for event in runner.run_async(user_id="u1", session_id=session.id, new_message=message):
+            results += [p.function_response.response for p in event.content.parts or []
+                        if event.content and p.function_response] if event.content else []
+        return results
+
+    if name != "tool-resume":
+        return {"results": await turn(), "ran": RAN["slow" if name == "tool-timeout" else "flaky"]}
+    out: dict[str, Any] = {}  # the first attempt dies after the booking; resumed, it is replayed, not rebooked
+    for attempt in ("first", "resumed"):
+        try:
+            async with tether.run(agent="booker", run_id="adk-resume-1", resume=True):
+                out[attempt] = await turn()
+        except Exception as exc:
+            out[attempt] = type(exc).__name__
+        faults("")
+        out[f"ran_{attempt}"] = RAN["booking"]
+    return out
+
+
 async def main(scenarios: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"installed": tether.init()}  # line 1
     out["again"] = tether.init()
@@ -53,6 +115,9 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="memory_bot").start()
     for name in scenarios:
+        if name.startswith("tool-"):
+            out.update(await scenario(name, "", lambda name=name: tool_policy(name, model)))
+            continue
         tool = get_weather_broken if name == "broken-tool" else get_weather
         tool.__name__ = "get_weather"
         llm = lite_llm("openai/gpt-4o-mini", tether={"policies": load_policies("budget.toml")}) \

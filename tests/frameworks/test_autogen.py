@@ -22,7 +22,8 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
-SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory"]
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory", "tool-timeout", "tool-retry",
+             "tool-resume"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 MESSAGES = ["TextMessage", "ToolCallRequestEvent", "ToolCallExecutionEvent", "TextMessage"]
 
@@ -122,13 +123,20 @@ def test_an_agent_used_as_a_tool_is_a_child_run(outcome: Outcome) -> None:
     assert parent[-1].time >= child[-1].time, "the child ends first"
 
 
-def test_an_agents_turn_in_a_team_is_its_run(outcome: Outcome) -> None:
+def test_a_team_is_a_run_and_each_agents_turn_its_child_run(outcome: Outcome) -> None:
     said = outcome.said["team"]
-    assert said["ok"] and said["messages"] == MESSAGES, said
-    run = run_of(outcome, "team_bot")
-    assert types(run) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
-                          "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
-    assert run[-1].data.status == "ok"
+    assert said["ok"] and said["messages"] == [*MESSAGES, "TextMessage"], said
+    team, turn = run_of(outcome, "weather_team"), run_of(outcome, "team_bot")
+    critic = run_of(outcome, "team_critic_bot")
+    assert team[0].data.name == "weather_team" and team[0].data.parent_run_id is None
+    assert team[0].data.metadata["team"] == "RoundRobinGroupChat"
+    assert turn[0].data.parent_run_id == critic[0].data.parent_run_id == team[0].runid, "each turn a child run"
+    assert {r[0].traceparent.split("-")[1] for r in (team, turn, critic)} == {team[0].traceparent.split("-")[1]}
+    assert types(turn) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                           "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert types(critic) == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"]
+    assert types(team) == ["run.started", "run.finished"] and team[-1].data.status == "ok"
+    assert team[-1].time >= critic[-1].time >= turn[-1].time, "the turns end first, in turn"
 
 
 def test_memory_is_injected_into_the_models_context_and_recorded(outcome: Outcome) -> None:
@@ -156,3 +164,47 @@ def test_an_applications_own_otel_provider_keeps_its_spans_and_tether_gets_its_r
         "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
         "run.finished"]
     assert run[-1].data.status == "ok"
+
+
+def tool_events(run: list[Event]) -> list[str]:
+    return [e.type.removeprefix("tether.") for e in run if e.type.startswith(("tether.tool.", "tether.call."))]
+
+
+def test_a_tools_timeout_bounds_its_attempt_and_autogen_gives_the_error_to_the_model(outcome: Outcome) -> None:
+    said = outcome.said["tool-timeout"]
+    assert said["ok"] and said["messages"] == MESSAGES and said["ran"] == 1, said
+    assert "did not finish within its timeout of 0.3 s" in said["tool_result"][0], said
+    run = run_of(outcome, "tool_timeout_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.failed",
+                                "call.dead_lettered"], "one span for the call: the policy's, not an observed one too"
+    failed = next(e for e in run if e.type == "tether.tool.call.failed")
+    assert failed.data.tool == "get_weather" and failed.data.attempts == 1
+    assert run[-1].data.status == "ok"
+
+
+def test_an_idempotent_tool_is_retried_under_the_policy(outcome: Outcome) -> None:
+    said = outcome.said["tool-retry"]
+    assert said["ok"] and said["messages"] == MESSAGES and said["ran"] == 2, "one failure, one retry"
+    run = run_of(outcome, "tool_retry_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"]
+    completed = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert completed.data.result == "It is sunny in fake city."
+
+
+def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(outcome: Outcome) -> None:
+    said = outcome.said["tool-resume"]
+    assert said["first"] == "InternalServerError" and said["ran_first"] == 1, said
+    assert said["resumed"] == MESSAGES and said["ran_resumed"] == 1, "the booking was not made again"
+    first, resumed = [e for e in outcome.started() if e.agentid == "tool_resume_bot"]
+    assert first.runid == resumed.runid and resumed.data.resumed, "the agent's run, derived from the job's, resumed"
+    run = outcome.runs()[resumed.runid]
+    replayed = [e.data for e in run if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [(r.tool, r.response) for r in replayed] == [("get_weather", "Booked in fake city.")]
+
+
+def test_bad_tools_and_teams_are_refused_with_what_to_pass(outcome: Outcome) -> None:
+    assert outcome.said["refused"] == [
+        "TypeError: tether.adapters.autogen.tools takes AutoGen tools and functions, not int",
+        "ValueError: timeout_s must be a number of seconds above 0, got 0",
+        "TypeError: tether.adapters.autogen.team takes an AutoGen team (RoundRobinGroupChat, SelectorGroupChat...), "
+        "not object"]

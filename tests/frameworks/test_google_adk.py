@@ -21,7 +21,8 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
-SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service", "session-service"]
+SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service", "session-service",
+             "tool-timeout", "tool-retry", "tool-resume"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 EVENTS = ["call", "result", "text"]
 TWO_CALLS_AND_A_TOOL = ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
@@ -96,10 +97,12 @@ def test_a_tool_that_raises_is_a_failed_tool_call_and_a_failed_run(outcome: Outc
     said = outcome.said["broken-tool"]
     assert not said["ok"] and said["error"] == "builtins.ConnectionError", "ADK raises the tool's error, as without"
     run = run_of(outcome, "broken_tool_bot")
-    requested, failed = (e for e in run if e.type.startswith("tether.tool.call"))
+    requested, attempt, failed = (e for e in run if e.type.startswith("tether.tool.call"))
     assert requested.data.arguments == {"city": "fake city"}
-    assert failed.type == "tether.tool.call.failed" and failed.data.tool == "get_weather"
-    assert failed.data.error.type == "ConnectionError" and "is down" in failed.data.error.message
+    assert attempt.type == "tether.tool.call.attempt_failed", "one attempt: the tool is not idempotent"
+    assert failed.type == "tether.tool.call.failed" and failed.data.tool == "get_weather" and failed.data.attempts == 1
+    assert "ConnectionError" in f"{failed.data.error.type} {failed.data.error.message}"
+    assert "is down" in failed.data.error.message
     assert run[-1].data.status == "error" and run[-1].data.error.type == "ConnectionError"
 
 
@@ -153,3 +156,36 @@ def test_adks_session_service_on_tether_is_read_back_and_goes_on(outcome: Outcom
     sent = [e for e in outcome.runs()[later.runid] if e.type == "tether.llm.call.requested"]
     history = [m.get("content") for m in sent[0].data.request["messages"]]
     assert any("What is the weather in Paris?" in str(c) for c in history), "the model saw the first turn"
+
+
+def tool_events(run: list[Event]) -> list[str]:
+    return [e.type.removeprefix("tether.") for e in run if e.type.startswith(("tether.tool.", "tether.call."))]
+
+
+def test_a_tools_timeout_bounds_its_attempt_and_adk_raises_it(outcome: Outcome) -> None:
+    said = outcome.said["tool-timeout"]
+    assert not said["ok"] and said["error"] == "builtins.TimeoutError", "ADK raises a tool's error, as without"
+    assert "did not finish within its timeout of 0.3 s" in said["message"]
+    run = run_of(outcome, "tool_timeout_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.failed",
+                                "call.dead_lettered"], "one span for the call: the policy's, not the plugin's too"
+    assert run[-1].data.status == "error" and run[-1].data.error.type == "TimeoutError"
+
+
+def test_an_idempotent_tool_is_retried_under_the_policy(outcome: Outcome) -> None:
+    said = outcome.said["tool-retry"]
+    assert said["ok"] and said["results"] == [{"result": "It is sunny in fake city."}] and said["ran"] == 2, said
+    run = run_of(outcome, "tool_retry_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"]
+    assert run[-1].data.status == "ok"
+
+
+def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(outcome: Outcome) -> None:
+    said = outcome.said["tool-resume"]
+    assert said["first"] == "InternalServerError" and said["ran_first"] == 1, said
+    assert said["resumed"] == [{"booked": "fake city"}] and said["ran_resumed"] == 1, "ADK got the recorded dict"
+    first, resumed = [e for e in outcome.started() if e.agentid == "tool_resume_bot"]
+    assert first.runid == resumed.runid and resumed.data.resumed, "the ADK run, derived from the job's, resumed"
+    run = outcome.runs()[resumed.runid]
+    replayed = [e.data for e in run if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [(r.tool, r.response) for r in replayed] == [("get_weather", {"booked": "fake city"})]

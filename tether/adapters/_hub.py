@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -77,6 +78,9 @@ class Hub:
         self.observers: list[Callable[[Event], None]] = []
         """Called on the bus's loop with every event as it is queued (the gateway reads its calls'
         events to infer tool spans): cheap and non-blocking, they run on the caller's path."""
+        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._waking = False
+        self._waker: asyncio.AbstractEventLoop | None = None  # the caller's loop that is to wake the bus's
 
     @classmethod
     def of(cls, bus: Bus) -> Hub:
@@ -110,10 +114,50 @@ class Hub:
         if self.on_loop_thread():
             self._put(event)
         else:
+            self._from_thread(lambda: self._put(event))
+
+    def _from_thread(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the bus's loop soon, from another thread. Each wake-up of the bus's loop is a
+        write to its self-pipe, after which its thread competes with the caller for the GIL
+        (milliseconds of the caller's wall time on a busy machine), so what is handed over waits in
+        one inbox, taken at one wake-up; from a thread running an event loop, the wake-up is made when
+        that loop gets to it (after the step that handed the first of them over, which is usually
+        about to wait on the network), so one agent step's events go over together. Engine steps
+        (:meth:`call`, :meth:`call_sync`) take the inbox first, so order is kept."""
+        self._inbox.append(fn)
+        if self._waking:
+            waker = self._waker
+            if waker is None or waker.is_running():
+                return
+            # the loop that was to wake the bus's stopped before it did: wake it now
+        self._waking = True
+        caller = asyncio._get_running_loop()
+        if caller is not None and caller is not self.loop:
+            self._waker = caller
+            caller.call_soon(self._wake)
+            return
+        self._waker = None
+        self._wake()
+
+    def _wake(self) -> None:
+        self._waker = None
+        try:
+            self.loop.call_soon_threadsafe(self._take_inbox)
+        except RuntimeError:  # the bus's loop is closed
+            self._waking = False
+            if self._inbox:
+                log.warning("%d adapter events or steps dropped: the bus's event loop is closed", len(self._inbox))
+            self._inbox.clear()
+
+    def _take_inbox(self) -> None:
+        self._waking = False  # before taking: what is handed over from now on wakes the loop again
+        inbox = self._inbox
+        while inbox:
+            fn = inbox.popleft()
             try:
-                self.loop.call_soon_threadsafe(self._put, event)
-            except RuntimeError:  # the loop is closed
-                log.warning("event %s dropped: the bus's event loop is closed", event.type)
+                fn()
+            except Exception:
+                log.exception("tether: a step handed to the bus's loop failed")
 
     async def aemit(self, event: Event) -> None:
         """Publish ``event`` from async code: handed to the bus before returning when called
@@ -214,6 +258,7 @@ class Hub:
         publishes every queued event, so what ``make`` publishes comes after them."""
 
         async def go() -> T:
+            self._take_inbox()  # what other threads handed over before this call comes first
             if drain:
                 await self._drain()
             return await make()
@@ -233,6 +278,7 @@ class Hub:
                 "background bus (bus=None, outside a run given a bus).")
 
         async def go() -> T:
+            self._take_inbox()
             if drain:
                 await self._drain()
             return await make()
@@ -256,8 +302,7 @@ class Hub:
         if self.on_loop_thread():
             start()
         else:
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(start)
+            self._from_thread(start)
 
     # -- the engine ---------------------------------------------------------------------------
 
@@ -289,6 +334,7 @@ class Hub:
 
     async def aclose(self) -> None:
         """Publish what is queued, stop the engine's watchers (the bus stays open)."""
+        self._take_inbox()
         await self._drain()
         self.closed = True
         if self._pump is not None:

@@ -1,8 +1,9 @@
 """AutoGen AgentChat under tether: runs from the OpenTelemetry spans AutoGen opens for each agent
 invocation and tool execution, tool arguments and results from its event logger
-(``autogen_core.EVENT_LOGGER_NAME``), model calls through tether (:func:`model_client`), memory
-put into the model's context (:class:`TetherMemory`). The only module of tether that imports
-``autogen_core``, ``autogen_agentchat`` or ``autogen_ext``.
+(``autogen_core.EVENT_LOGGER_NAME``), teams as runs (:func:`team`), tools under tether's tool policy
+(:func:`tools`), model calls through tether (:func:`model_client`), memory put into the model's
+context (:class:`TetherMemory`).
+The only module of tether that imports ``autogen_core``, ``autogen_agentchat`` or ``autogen_ext``.
 """
 
 from __future__ import annotations
@@ -13,24 +14,31 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from autogen_core import EVENT_LOGGER_NAME, CancellationToken
+from autogen_agentchat.base import TaskResult, Team
+from autogen_core import EVENT_LOGGER_NAME, CancellationToken, ComponentModel
 from autogen_core.logging import LLMCallEvent, LLMStreamEndEvent, ToolCallEvent
 from autogen_core.memory import Memory, MemoryContent, MemoryMimeType, MemoryQueryResult, UpdateContextResult
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import SystemMessage, UserMessage
+from autogen_core.tools import BaseTool, FunctionTool, StreamTool, ToolSchema
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
+from pydantic import BaseModel
 
 from tether.adapters import Run, async_http_client
+from tether.bus import Bus
+from tether.middleware import PolicySet
 
 from ._frameworks import ObservedTool, inject_memory
+from ._tools import FrameworkTools
 
-__all__ = ["AgentRunError", "TetherMemory", "TetherSpanProcessor", "TracerProvider", "install", "model_client"]
+__all__ = ["AgentRunError", "PolicyTool", "TeamRun", "TetherMemory", "TetherSpanProcessor", "TracerProvider",
+           "install", "model_client", "team", "tools"]
 
 SOURCE = "urn:tether:adapter:autogen"
 SCOPE = "autogen-core"  # the tracer AutoGen's agent and tool spans come from
@@ -51,6 +59,8 @@ class _OpenTool:
     name: str
     started: float
     observed: ObservedTool | None
+    governed: bool = False
+    """Run by :class:`PolicyTool`, which records it: not observed here."""
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -109,6 +119,10 @@ class TetherSpanProcessor:
             self._runs[_key(span)] = run
         elif operation == "execute_tool":
             name, call_id = str(attributes.get(_TOOL) or "tool"), str(attributes.get(_CALL) or "")
+            if _governed.get() == call_id:  # a PolicyTool's call: recorded under the tool policy
+                self._arguments.pop(call_id, None)
+                _open_tool.set(_OpenTool(name, 0.0, None, governed=True))
+                return
             observed = None
             if call_id in self._arguments:  # the model asked for it: recorded now, with its arguments
                 observed = ObservedTool.start(name, self._arguments.pop(call_id), source=SOURCE)
@@ -121,6 +135,8 @@ class TetherSpanProcessor:
             run.__exit__(type(error) if error else None, error, None)
             return
         tool = _open_tool.get()
+        if tool is not None and tool.governed:
+            return  # its ToolCallEvent, logged after the span, clears it
         if tool is not None and error is not None and _attributes(span).get(_OPERATION) == "execute_tool":
             _open_tool.set(None)
             observed = tool.observed or ObservedTool.start(tool.name, None, source=SOURCE)
@@ -142,6 +158,8 @@ class TetherSpanProcessor:
     def tool_done(self, event: ToolCallEvent) -> None:
         tool = _open_tool.get()
         _open_tool.set(None)
+        if tool is not None and tool.governed:
+            return
         observed = tool.observed if tool is not None else None
         if observed is None:  # not asked for by a model we saw: recorded now, with what the tool was given
             name = str(event.kwargs.get("tool_name") or (tool.name if tool else "tool"))
@@ -336,6 +354,181 @@ def model_client(model: str, *, tether: Mapping[str, Any] | None = None, **confi
                          "policy in tether.toml decides them)")
     http = async_http_client(package=_http_package(), **dict(tether or {}))  # type: ignore[arg-type]
     return OpenAIChatCompletionClient(model=model, http_client=http, max_retries=0, **config)
+
+
+# -- tools under tether's tool policy ----------------------------------------------------------------------
+
+_governed: contextvars.ContextVar[str | None] = contextvars.ContextVar("tether_autogen_governed", default=None)
+"""The call id of the tool call :class:`PolicyTool` is running: its span and event are not observed again."""
+
+
+class PolicyTool(BaseTool[BaseModel, BaseModel]):
+    """An AutoGen tool whose calls run under tether's tool policy and the run's journal
+    (:class:`~tether.adapters._tools.FrameworkTools`): recorded once (arguments, result, duration,
+    error), retried only when idempotent, each attempt bounded by the timeout, and a resumed run's
+    completed call answered from the log without running. AutoGen sees the tool itself: its name,
+    schema and description, its result as its own type, its error as the tool's error."""
+
+    def __init__(self, tool: BaseTool[Any, Any], runner: FrameworkTools) -> None:
+        super().__init__(tool.args_type(), tool.return_type(), tool.name, tool.description)
+        self.tool = tool
+        self.runner = runner
+
+    @property
+    def schema(self) -> ToolSchema:
+        return self.tool.schema
+
+    async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> Any:
+        return await self.tool.run(args, cancellation_token)
+
+    def return_value_as_string(self, value: Any) -> str:
+        return str(self.tool.return_value_as_string(value))
+
+    async def run_json(self, args: Mapping[str, Any], cancellation_token: CancellationToken,
+                       call_id: str | None = None) -> Any:
+        async def call() -> Any:
+            token = _governed.set(call_id or "")
+            try:
+                return await self.tool.run_json(args, cancellation_token, call_id=call_id)
+            finally:
+                _governed.reset(token)
+                _open_tool.set(None)  # the tool raised: no ToolCallEvent came to clear it
+
+        return self._restored(await self.runner.acall(self.name, dict(args), call))
+
+    def _restored(self, result: Any) -> Any:
+        """A replayed result (recorded as JSON) as the tool's own return type."""
+        kind = self.tool.return_type()
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(result, dict):
+            return kind.model_validate(result)
+        return result
+
+    async def save_state_json(self) -> Mapping[str, Any]:
+        return dict(await self.tool.save_state_json())
+
+    async def load_state_json(self, state: Mapping[str, Any]) -> None:
+        await self.tool.load_state_json(state)
+
+    def dump_component(self) -> ComponentModel:
+        """The tool's own configuration (loading it gives the tool without tether's policy)."""
+        return self.tool.dump_component()
+
+
+def tools(tools: Iterable[BaseTool[Any, Any] | Callable[..., Any]], *, idempotent: Iterable[str] = (),
+          timeout_s: float | None = None, policies: PolicySet | None = None,
+          bus: Bus | None = None) -> list[BaseTool[Any, Any]]:
+    """An agent's tools (``AssistantAgent(tools=tools([...]))``), each call under tether's tool policy:
+    functions become ``FunctionTool`` as AutoGen makes them, each tool a :class:`PolicyTool`.
+    ``idempotent`` names the tools that may be retried and re-run after a crash (the route
+    ``tool:<name>`` in tether.toml overrides it); ``timeout_s`` bounds each attempt (else the route's
+    ``tool_timeout_s``). Stream tools (an ``AgentTool``, a ``TeamTool``: runs of their own) are kept
+    as they are, observed."""
+    runner = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, policies=policies, bus=bus)
+    out: list[BaseTool[Any, Any]] = []
+    for tool in tools:
+        if not isinstance(tool, BaseTool):
+            if not callable(tool):
+                raise TypeError(f"tether.adapters.autogen.tools takes AutoGen tools and functions, not "
+                                f"{type(tool).__name__}")
+            tool = FunctionTool(tool, description=tool.__doc__ or "")
+        out.append(tool if isinstance(tool, PolicyTool | StreamTool) else PolicyTool(tool, runner))
+    return out
+
+
+# -- teams -------------------------------------------------------------------------------------------------
+
+
+class TeamRun(Team):
+    """A team (``RoundRobinGroupChat``, ``SelectorGroupChat``, ``Swarm``...) whose ``run()`` /
+    ``run_stream()`` is a tether run named for the team: each agent's turn in it is a child run, and
+    what the team's manager asks a model (``SelectorGroupChat`` choosing the next speaker) is charged
+    to the team's run. AutoGen opens no span for a team's run, so the team is wrapped (:func:`team`);
+    the turns are children because the team's own runtime starts inside the run (the default: with a
+    ``runtime=`` started elsewhere, turns are runs of their own). Everything else is the team's."""
+
+    component_type = "team"
+
+    def __init__(self, team: Team) -> None:
+        self.team = team
+
+    @property
+    def name(self) -> str:
+        return str(self.team.name)
+
+    @property
+    def description(self) -> str:
+        return str(self.team.description)
+
+    def _run(self) -> Run:
+        return Run(agent=self.name, name=self.name, derive="autogen",
+                   metadata={"framework": "autogen", "team": type(self.team).__name__})
+
+    async def run(self, *, task: Any = None, cancellation_token: CancellationToken | None = None,
+                  output_task_messages: bool = True) -> TaskResult:
+        run = self._run()
+        try:
+            await run.__aenter__()
+        except Exception:  # no bus: the team runs unrecorded
+            return await self.team.run(task=task, cancellation_token=cancellation_token,
+                                       output_task_messages=output_task_messages)
+        try:
+            result = await self.team.run(task=task, cancellation_token=cancellation_token,
+                                         output_task_messages=output_task_messages)
+        except BaseException as exc:
+            await run.__aexit__(type(exc), exc, None)
+            raise
+        await run.__aexit__(None, None, None)
+        return result
+
+    async def run_stream(self, *, task: Any = None, cancellation_token: CancellationToken | None = None,
+                         output_task_messages: bool = True) -> AsyncGenerator[Any, None]:
+        """The team's stream, inside the run (current in the caller's context while it is read)."""
+        run: Run | None = self._run()
+        try:
+            await run.__aenter__()  # type: ignore[union-attr]
+        except Exception:
+            run = None
+        stream = self.team.run_stream(task=task, cancellation_token=cancellation_token,
+                                      output_task_messages=output_task_messages)
+        try:
+            async for item in stream:
+                yield item
+        except BaseException as exc:
+            if run is not None:
+                await run.__aexit__(type(exc), exc, None)
+            raise
+        if run is not None:
+            await run.__aexit__(None, None, None)
+
+    async def reset(self) -> None:
+        await self.team.reset()
+
+    async def pause(self) -> None:
+        await self.team.pause()
+
+    async def resume(self) -> None:
+        await self.team.resume()
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return dict(await self.team.save_state())
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        await self.team.load_state(state)
+
+    def dump_component(self) -> ComponentModel:
+        """The team's own configuration (loading it gives the team without its tether run)."""
+        return self.team.dump_component()
+
+
+def team(team: Team) -> TeamRun:
+    """``team`` as a tether run per ``run()`` / ``run_stream()``, each agent's turn a child run:
+    ``team = tether.adapters.autogen.team(RoundRobinGroupChat([...]))``."""
+    if isinstance(team, TeamRun):
+        return team
+    if not isinstance(team, Team):
+        raise TypeError(f"tether.adapters.autogen.team takes an AutoGen team (RoundRobinGroupChat, "
+                        f"SelectorGroupChat...), not {type(team).__name__}")
+    return TeamRun(team)
 
 
 # -- memory -----------------------------------------------------------------------------------------------

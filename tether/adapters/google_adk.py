@@ -1,8 +1,8 @@
 """Google ADK under tether: runs, sub-agents and tool calls from an ADK plugin (:class:`TetherPlugin`,
-ADK's own extension point, given to the ``App``), model calls through tether (:func:`lite_llm`: ADK's
-``LiteLlm`` with an OpenAI client on tether's HTTP client), memory put into the model's input (the
-plugin's ``memory=``), ADK's ``SessionService`` and ``MemoryService`` on tether
-(:class:`TetherSessionService`, :class:`TetherMemoryService`).
+ADK's own extension point, given to the ``App``; function tools run under tether's tool policy), model
+calls through tether (:func:`lite_llm`: ADK's ``LiteLlm`` with an OpenAI client on tether's HTTP client),
+memory put into the model's input (the plugin's ``memory=``), ADK's ``SessionService`` and
+``MemoryService`` on tether (:class:`TetherSessionService`, :class:`TetherMemoryService`).
 The only module of tether that imports ``google.adk``.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.errors.session_not_found_error import SessionNotFoundError
@@ -23,6 +24,8 @@ from google.adk.plugins.base_plugin import BasePlugin
 from google.adk.sessions.base_session_service import BaseSessionService, GetSessionConfig, ListSessionsResponse
 from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
+from google.adk.tools.base_tool import BaseTool
+from google.adk.tools.function_tool import FunctionTool
 from google.genai import types
 
 from tether.adapters import Run, async_http_client
@@ -30,10 +33,31 @@ from tether.bus import Bus
 from tether.schemas import uuid7
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, untoken
+from ._tools import FrameworkTools
 
-__all__ = ["TetherMemoryService", "TetherPlugin", "TetherSessionService", "install", "lite_llm"]
+__all__ = ["PolicyTool", "TetherMemoryService", "TetherPlugin", "TetherSessionService", "install", "lite_llm"]
 
 SOURCE = "urn:tether:adapter:google-adk"
+
+
+class PolicyTool(BaseTool):
+    """An ADK tool whose calls run under tether's tool policy and the run's journal
+    (:class:`~tether.adapters._tools.FrameworkTools`): what :class:`TetherPlugin` puts in place of a
+    ``FunctionTool`` in each model request's ``tools_dict`` (the tools ADK then runs), never in the
+    agent itself. ADK sees the tool: its name, its confirmation check, its result, its error."""
+
+    def __init__(self, tool: BaseTool, runner: FrameworkTools) -> None:
+        super().__init__(name=tool.name, description=tool.description, is_long_running=tool.is_long_running,
+                         custom_metadata=tool.custom_metadata)
+        self.tool = tool
+        self.runner = runner
+
+    async def check_require_confirmation(self, args: dict[str, Any], tool_context: Any) -> bool:
+        return (await self.tool.check_require_confirmation(args, tool_context)) is True  # as ADK reads it
+
+    async def run_async(self, *, args: dict[str, Any], tool_context: Any) -> Any:
+        return await self.runner.acall(self.name, args, lambda: self.tool.run_async(args=args,
+                                                                                    tool_context=tool_context))
 
 
 class TetherPlugin(BasePlugin):
@@ -42,13 +66,24 @@ class TetherPlugin(BasePlugin):
     is recorded (arguments, result, duration, error). Called in the runner's own context, so the run it
     opens is the current run of the model calls and tools that follow.
 
+    Each ``FunctionTool`` call (a function in ``tools=``; not a long-running one) runs under tether's
+    tool policy and the run's journal: retried only when the tool is named in ``idempotent_tools`` (or
+    the route ``tool:<name>`` says ``idempotent``), each attempt bounded by ``tool_timeout_s`` (else the
+    route's ``tool_timeout_s``; a sync function blocks the loop, so only an async tool can be cut short),
+    a resumed run's completed call answered from the log without running. ``tool_policy=False`` only
+    observes them. Other tools (an ``AgentTool``: a child run; toolsets' tools) are observed.
+
     ``memory`` (a ``tether.memory.AsyncMemory``): before each model call of the agents named in
     ``agents`` (default: every agent), what it holds on the last user message is added to the system
     instruction (not kept in the session), the retrieval recorded as the tool call ``tether.memory.context``."""
 
     def __init__(self, *, memory: Any = None, agents: Collection[str] | None = None, namespaces: Any = None,
-                 token_budget: int = 500, name: str = "tether") -> None:
+                 token_budget: int = 500, idempotent_tools: Iterable[str] = (), tool_timeout_s: float | None = None,
+                 tool_policy: bool = True, name: str = "tether") -> None:
         super().__init__(name=name)
+        self.runner = FrameworkTools(SOURCE, idempotent=idempotent_tools, timeout_s=tool_timeout_s) \
+            if tool_policy else None
+        self._policy_tools: WeakKeyDictionary[BaseTool, PolicyTool] = WeakKeyDictionary()
         self.memory = memory
         self.agents = None if agents is None else frozenset(agents)
         self.namespaces = namespaces
@@ -117,6 +152,8 @@ class TetherPlugin(BasePlugin):
 
     # tools
     async def before_tool_callback(self, *, tool: Any, tool_args: dict[str, Any], tool_context: Any) -> Any:
+        if isinstance(tool, PolicyTool):
+            return None  # recorded under the tool policy
         observed = ObservedTool.start(str(tool.name), tool_args, source=SOURCE)
         if observed is not None:
             self.tools[self._call_id(tool, tool_context)] = observed
@@ -142,6 +179,8 @@ class TetherPlugin(BasePlugin):
 
     # messages
     async def before_model_callback(self, *, callback_context: Any, llm_request: Any) -> Any:
+        if self.runner is not None:
+            self._govern(llm_request)
         if self.memory is None or (self.agents is not None and callback_context.agent_name not in self.agents):
             return None
         query = next((_text(c) for c in reversed(llm_request.contents or []) if c.role == "user" and _text(c)), "")
@@ -149,6 +188,21 @@ class TetherPlugin(BasePlugin):
         if text:
             llm_request.append_instructions([f"What you remember:\n{text}"])
         return None
+
+
+    def _govern(self, llm_request: Any) -> None:
+        """The function tools of the request (those ADK runs when the model calls them, resolved for
+        this request only) under the tool policy: each replaced by its :class:`PolicyTool`."""
+        assert self.runner is not None
+        found = getattr(llm_request, "tools_dict", None)
+        if not found:
+            return
+        for key, tool in found.items():
+            if isinstance(tool, FunctionTool) and not tool.is_long_running:
+                governed = self._policy_tools.get(tool)
+                if governed is None:
+                    governed = self._policy_tools[tool] = PolicyTool(tool, self.runner)
+                found[key] = governed
 
 
 def _text(content: Any) -> str:

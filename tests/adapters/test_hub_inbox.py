@@ -1,0 +1,110 @@
+"""The hub's inbox: events and steps handed to the bus's loop from other threads wake that loop once
+per batch (each wake-up is a self-pipe write, then a fight for the GIL), in order, and an engine step
+run on the loop after them sees them first."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tether.adapters import Hub
+from tether.schemas import Event, RunStarted
+
+
+class StubBus:
+    """What a hub needs of a bus to publish: ``emit`` and ``flush``."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def emit(self, event: Event) -> None:
+        self.published.append(event.runid or "")
+
+    async def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.fixture
+def hub() -> Iterator[tuple[Hub, StubBus, list[int]]]:
+    """A hub on a loop in a thread of its own; the third item counts that loop's wake-ups."""
+    loop = asyncio.new_event_loop()
+    wakes = [0]
+    write = loop._write_to_self  # type: ignore[attr-defined]
+
+    def counted() -> None:
+        wakes[0] += 1
+        write()
+
+    loop._write_to_self = counted  # type: ignore[attr-defined]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    bus = StubBus()
+    yield Hub(bus, loop, thread.ident), bus, wakes  # type: ignore[arg-type]
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def event(n: int) -> Event:
+    return Event.of(RunStarted(name="bot"), runid=f"run-{n}", source="urn:test")
+
+
+def published(bus: StubBus, count: int) -> list[str]:
+    deadline = time.monotonic() + 5
+    while len(bus.published) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return bus.published
+
+
+def test_one_step_of_an_async_caller_wakes_the_bus_loop_once(hub: tuple[Hub, StubBus, list[int]]) -> None:
+    h, bus, wakes = hub
+
+    async def agent() -> None:
+        for n in range(5):  # one step: no await between the events
+            h.emit(event(n))
+        await asyncio.sleep(0)  # the caller's loop gets to the wake-up
+
+    asyncio.run(agent())
+    assert published(bus, 5) == [f"run-{n}" for n in range(5)], "all of them, in order"
+    assert wakes[0] == 1
+
+
+def test_a_plain_thread_and_a_stopped_callers_loop_still_get_their_events_out(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    h, bus, _ = hub
+    for n in range(3):  # no loop in this thread: the bus's loop is woken at once
+        h.emit(event(n))
+    assert published(bus, 3) == ["run-0", "run-1", "run-2"]
+    loop = asyncio.new_event_loop()
+
+    async def emit_and_stop() -> None:
+        h.emit(event(3))  # its wake-up waits for this loop, which stops before getting to it
+        loop.stop()
+
+    task = loop.create_task(emit_and_stop())
+    loop.run_forever()
+    assert task.done()
+    loop.close()
+    h.emit(event(4))  # the loop that was to wake the bus's stopped: this wakes it
+    assert published(bus, 5) == [f"run-{n}" for n in range(5)]
+
+
+def test_an_engine_step_sees_what_was_handed_over_before_it(hub: tuple[Hub, StubBus, list[int]]) -> None:
+    h, bus, _ = hub
+    seen: list[Any] = []
+
+    async def agent() -> None:
+        h.emit(event(0))  # waits in the inbox: this step has not yielded
+
+        async def step() -> None:
+            seen.extend(bus.published)
+
+        await h.call(step, drain=True)
+
+    asyncio.run(agent())
+    assert seen == ["run-0"]
