@@ -436,7 +436,9 @@ def bm25_results(doc: dict[str, Any], split: str) -> list[list[tuple[str, str, s
 
 GRID: dict[str, list[Any]] = {
     "keyword": [0.15, 0.25, 0.35, 0.5, 0.65],
-    "fusion": ["ratio", "minmax", "rrf"],
+    "fusion": ["zscore", "ratio", "cosine", "minmax", "rrf"],
+    "guard": [0, 1, 2],
+    "guard_at": [3, 4, 5],
     "rrf_k": [2, 10, 30, 60],
     "validity": [0.1, 0.3, 0.5, 1.0],
     "validity_band": [0.05, 0.1, 0.2, 0.35],

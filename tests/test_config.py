@@ -65,7 +65,7 @@ def test_no_file_gives_the_defaults_of_every_section(tmp_path: Path) -> None:
     ("[gateway]\nprot = 1\n", "gateway.prot", "did you mean 'port'?"),
     ("[memory]\nmax_txt = 1\n", "memory.max_txt", "did you mean 'max_text_bytes'?"),
     ("[memory]\ncolour = 1\n", "memory.colour",
-     "known keys: dedupe, grants, key_store, keyfile, max_text_bytes, view_dir"),
+     "known keys: dedupe, embedder, grants, key_store, keyfile, max_text_bytes, view_dir"),
     ('[memory.grants]\nbot = { reed = ["x"] }\n', "memory.grants.bot.reed", "did you mean 'read'?"),
 ])
 def test_an_unknown_key_at_any_level_is_refused_with_its_path_and_what_is_allowed(

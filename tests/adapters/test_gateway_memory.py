@@ -128,3 +128,22 @@ async def test_runs_over_http_are_the_keys_agents_own(gateway: GatewayServer) ->
         assert (await http.get("/v1/runs", headers={"authorization": f"Bearer {OTHER_KEY}"})).json()["runs"] == []
         bad = await http.get("/v1/runs?limit=0", headers={"authorization": f"Bearer {GATEWAY_KEY}"})
         assert bad.status_code == 400
+
+
+async def test_an_embedder_the_host_cannot_load_is_a_clear_503(fake: FakeProvider, bus: Bus, policies: PolicySet,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[memory] embedder = "static"`` on a host without the MiniLM files: the gateway's memory
+    client tries to load it, and each memory request says why it cannot serve (nothing is written)."""
+    monkeypatch.setenv("TETHER_MINILM_DIR", str(tmp_path / "no-model"))
+    config = gateway_config(fake, policies)
+    settings = MemorySettings(view_dir=tmp_path / "memory", keyfile=tmp_path / "keys.json", embedder="static",
+                              source="tether.toml")
+    gateway = Gateway(config, bus, memory=settings)
+    async with GatewayServer(config, bus, port=0, grace_s=1, gateway=gateway) as server, \
+            httpx.AsyncClient(base_url=server.url) as http:
+        answer = await memory(http, GATEWAY_KEY, "write", {"namespace": "agent:bot", "text": "kept?"})
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "memory_unavailable"
+    assert 'embedder = "static" in tether.toml cannot be loaded' in error["message"]
+    assert 'set embedder = "none"' in error["message"]

@@ -10,7 +10,10 @@ import pytest
 
 from tether.cli import _common
 from tether.cli._memory import add_commands, parse_as_of, parse_duration, parse_pairs, run
+from tether.memory import LocalEmbedder
 from tether.testing import NatsServer
+
+from .test_cli import run_tether
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -117,3 +120,33 @@ async def test_valid_time_from_the_cli(fresh_nats_server: NatsServer, tmp_path: 
     assert code == 2 and "--valid-at 'last spring' is not an ISO 8601 time" in err
     code, _, err = await cli(capsys, url, home, "write", "user:lea", "x", "--valid-from", "soon")
     assert code == 2 and "valid_from 'soon' is not an ISO 8601 time" in err
+
+
+@pytest.mark.skipif(not LocalEmbedder.available(), reason="needs the [semantic] extra and the MiniLM package")
+async def test_the_embedder_setting_makes_the_cli_search_hybrid(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
+    """``[memory] embedder = "minilm"``: the ``tether`` command (a child process, its own event loop)
+    embeds what it writes and finds by meaning a query that shares no word with the entry."""
+    home = tmp_path / "home"
+    (tmp_path / "tether.toml").write_text('[memory]\nembedder = "minilm"\n')
+    url = ("--url", fresh_nats_server.url)
+    code, _, err = await run_tether("memory", "write", "team:notes", "The cat sleeps on the sofa all afternoon.", *url,
+                                    home=home, timeout=60)
+    assert code == 0, err
+    code, out, err = await run_tether("memory", "search", "kitten napping on a couch", "--json", *url, home=home,
+                                      timeout=60)
+    assert code == 0, err
+    assert json.loads(out)[0]["entry"]["text"] == "The cat sleeps on the sofa all afternoon."
+
+
+async def test_a_bad_or_missing_embedder_is_a_clear_cli_error(fresh_nats_server: NatsServer, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url, home = fresh_nats_server.url, tmp_path / "home"
+    (tmp_path / "tether.toml").write_text('[memory]\nembedder = "bert"\n')
+    code, _, err = await cli(capsys, url, home, "search", "cats")
+    assert code == 2 and "memory.embedder: must be one of 'none', 'static' or 'minilm', got 'bert'" in err
+    (tmp_path / "tether.toml").write_text('[memory]\nembedder = "static"\n')
+    monkeypatch.setenv("TETHER_MINILM_DIR", str(tmp_path / "no-model"))  # as on a host without the model
+    code, _, err = await cli(capsys, url, home, "write", "team:notes", "kept?")
+    assert code == 2 and 'embedder = "static"' in err and 'set embedder = "none"' in err

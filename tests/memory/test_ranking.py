@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tether.memory._rank import Candidate, Ranking, fuse, query_terms, temporal
+from tether.memory._rank import Candidate, Ranking, fuse, guard, query_terms, temporal
 from tether.memory._reads import _bridges, _names
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
@@ -38,7 +38,7 @@ def test_temporal_reads_the_moment_a_query_asks_about() -> None:
 
 
 def test_fusion_weighs_both_retrievers_and_boosts_the_newest_close_rival_for_the_present() -> None:
-    ranking = Ranking(keyword=0.4, semantic=0.6, validity=0.5, validity_band=0.2)
+    ranking = Ranking(keyword=0.4, semantic=0.6, validity=0.5, validity_band=0.2, fusion="ratio")
     old = Candidate(bm25=10.0, cosine=0.80, valid=1.0)
     new = Candidate(bm25=9.0, cosine=0.78, valid=3.0)
     recent_noise = Candidate(bm25=None, cosine=0.30, valid=9.0)  # newest, but far from the best
@@ -51,16 +51,31 @@ def test_fusion_weighs_both_retrievers_and_boosts_the_newest_close_rival_for_the
     assert only_keyword == [0.4, 0.2]
 
 
-def test_fusion_by_ratio_min_max_or_reciprocal_rank() -> None:
+def test_fusion_by_z_score_ratio_raw_cosine_min_max_or_reciprocal_rank() -> None:
     a, b, c = Candidate(10.0, 0.9, 0.0), Candidate(5.0, 0.5, 0.0), Candidate(None, 0.7, 0.0)
-    assert fuse([a, b, c], Ranking(), present=False) == pytest.approx([1.0, 0.25, 0.25])  # bm25 / best; cosine min-max
+    # z-scores (the default): bm25 10, 5 -> 1, -1 (a missing one counts as the lowest); cosine 0.9, 0.5, 0.7
+    cz = 1.5 ** 0.5
+    # weighed 0.5 each, then shifted so that the worst is 0
+    assert fuse([a, b, c], Ranking(), present=False) == pytest.approx([1 + cz, 0.0, 0.5 * cz])
+    keyword_only = [Candidate(2.0, None, 0.0), Candidate(1.0, None, 0.0)]
+    assert fuse(keyword_only, Ranking(), present=False) == [0.5, 0.25]  # no cosine: bm25 / best, as keyword search
+    assert fuse([a, b, c], Ranking(fusion="ratio"), present=False) == pytest.approx([1.0, 0.25, 0.25])  # cos min-max
+    assert fuse([a, b, c], Ranking(fusion="cosine"), present=False) == pytest.approx([0.95, 0.5, 0.35])  # raw cosine
     assert fuse([a, b, c], Ranking(fusion="minmax"), present=False) == pytest.approx([1.0, 0.0, 0.25])
     by_place = fuse([a, b, c], Ranking(fusion="rrf", rrf_k=1), present=False)
     assert by_place == pytest.approx([1.0, 0.5 * 2 / 3 + 0.5 * 2 / 4, 0.5 * 2 / 3])  # (k + 1) / (k + place), weighted
-    with pytest.raises(ValueError, match="fusion must be 'ratio', 'minmax' or 'rrf'"):
+    with pytest.raises(ValueError, match="fusion must be 'zscore', 'ratio', 'cosine', 'minmax' or 'rrf'"):
         Ranking(fusion="sum")
     with pytest.raises(ValueError, match="rrf_k must be an int >= 0"):
         Ranking(rrf_k=-1)
+
+
+def test_the_keyword_best_keeps_a_place_among_the_first() -> None:
+    fused = ["a", "b", "c", "d", "e", "k"]
+    assert guard(fused, ["k", "a"], top=1, at=3) == ["a", "b", "k", "c", "d", "e"]  # moved up to the third place
+    assert guard(fused, ["b", "k"], top=1, at=3) == fused  # already there: nothing moves
+    assert guard(fused, ["k", "e"], top=2, at=3) == ["a", "k", "e", "b", "c", "d"]  # in keyword order
+    assert guard(fused, ["k"], top=0, at=3) == fused  # off
 
 
 def test_multi_hop_bridges_are_the_new_names_of_hits_that_name_what_the_query_names() -> None:
@@ -91,3 +106,10 @@ def test_a_hit_bridges_only_when_it_holds_what_the_query_asks_of_the_name() -> N
     assert [b[0] for b in _bridges("How do I reach the lead of project Atlas?", ["Project Atlas is led by Carl "
                                    "Fisher."], ["Project Atlas is led by Carl Fisher. project-atlas/lead"])] \
         == ["Carl Fisher"]
+
+
+def test_guard_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="guard must be an int >= 0"):
+        Ranking(guard=-1)
+    with pytest.raises(ValueError, match="guard_at must be an int >= 0"):
+        Ranking(guard_at=True)

@@ -177,3 +177,32 @@ async def test_the_second_hop_is_on_by_default_and_follows_a_bridge_below_the_be
                                                      after=done.seq)]
     assert hits[0] != "ann/manager" and "ann/manager" in hits[:3]  # the bridge is not the best hit ...
     assert "ben/city" in hits[3:]  # ... and the name it brings gets a place after the first hop's best three
+
+
+class _PersonEmbedder:
+    """Embeds every sentence about Dana close to the question except the one that answers it (as a
+    small model does when one person's entries differ by a word): only the keyword retriever finds it."""
+
+    name = "test-person-2"
+
+    async def embed(self, texts: Any, *, agent: str | None = None, run: str | None = None) -> list[list[float]]:
+        return [[0.2, 1.0] if "hobby" in t and not t.endswith("?") else [1.0, 0.01 * len(t)] for t in texts]
+
+
+async def test_the_keyword_best_hit_keeps_a_place_in_the_hybrid_top_three(open_memory: Opener) -> None:
+    memory = await open_memory(agent="bot", embedder=_PersonEmbedder())
+    facts = {"dana/hobby": "Dana Fischer's hobby is sailing.", "dana/city": "Dana Fischer lives in the old town.",
+             "dana/job": "Dana Fischer works as a nurse.", "dana/pet": "Dana Fischer has two cats.",
+             "dana/diet": "Dana Fischer eats no meat.", "dana/car": "Dana Fischer drives an old van.",
+             "dana/tea": "Dana Fischer drinks green tea.",
+             **{f"p{i}/hobby": f"{name}'s hobby is {what}." for i, (name, what) in enumerate(
+                 [("Ben Ortiz", "chess"), ("Carl Novak", "rowing"), ("Eli Costa", "pottery"), ("Finn Borg", "golf")])},
+             **{f"p{i}/city": f"{name} lives in {city}." for i, (name, city) in enumerate(
+                 [("Ben Ortiz", "Porto"), ("Carl Novak", "Graz"), ("Eli Costa", "Cork"), ("Finn Borg", "Basel"),
+                  ("Gus Nowak", "Turin"), ("Ida Holm", "Bergen"), ("Jon Vik", "Malmo"), ("Kai Lunde", "Oslo")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t} for k, t in facts.items())
+    query = "What is Dana Fischer's hobby?"
+    keyword = [h.entry.key for h in await memory.search(query, k=3, mode="keyword", after=done.seq)]
+    assert keyword[0] == "dana/hobby"
+    hybrid = [h.entry.key for h in await memory.search(query, k=3, mode="hybrid")]
+    assert "dana/hobby" in hybrid  # by cosine it is last of Dana's seven

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -118,6 +119,22 @@ def test_settings_and_worker_config_share_tether_toml(tmp_path: Path) -> None:
     with pytest.raises(InvalidMemory, match=r"memory\.max_txt"):
         load_settings(toml)
     assert load_settings(cwd=tmp_path / "nowhere").grants.enabled is False
+
+
+def test_the_embedder_setting_is_read_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "tether.toml"
+    assert load_settings(cwd=tmp_path).embedder == "none" and load_settings(cwd=tmp_path).open_embedder() is None
+    toml.write_text('[memory]\nembedder = "bert"\n')
+    with pytest.raises(InvalidMemory, match=r"memory\.embedder.*'none', 'static' or 'minilm'"):
+        load_settings(toml)
+    toml.write_text('[memory]\nembedder = "minilm"\n')
+    settings = load_settings(toml)
+    assert settings.embedder == "minilm"
+    monkeypatch.setenv("TETHER_MINILM_DIR", str(tmp_path / "no-model"))  # as if the model were not installed
+    for kind in ("minilm", "static"):
+        with pytest.raises(InvalidMemory, match=rf'embedder = "{kind}" in .*tether.toml cannot be loaded: .*'
+                                                r'set embedder = "none"'):
+            replace(settings, embedder=kind).open_embedder()
 
 
 def test_fts_query_quotes_user_input() -> None:

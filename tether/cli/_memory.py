@@ -194,7 +194,12 @@ async def run(args: argparse.Namespace) -> int:
         text = sys.stdin.read()
     style = Style()
     bus = await connect(config=BusConfig.from_env(url=args.url, home=args.home))
-    memory = await AsyncMemory(bus, agent=args.agent, run=args.run, settings=settings).start()
+    try:
+        memory = await AsyncMemory(bus, agent=args.agent, run=args.run, settings=settings).start()
+    except InvalidMemory as exc:  # [memory] embedder names a model that is not installed
+        await bus.close()
+        print(f"tether memory {command}: {exc}", file=sys.stderr)
+        return 2
     try:
         if command in ("get", "history"):
             await memory.catch_up()  # a new process: its view may lag the log (a home of its own, another host)

@@ -40,7 +40,8 @@ class AsyncMemory(MemoryWrites, MemoryReads):
     """Event-sourced memory for one agent (or an operator, with ``agent=None``).
 
     Create it with :func:`tether.memory.connect` or ``AsyncMemory(bus, agent=...)`` and
-    ``await start()``. ``embedder`` enables semantic and hybrid search; ``summarizer``
+    ``await start()``. ``embedder`` enables semantic and hybrid search (none given: the one
+    ``[memory] embedder`` names, loaded by ``start()``); ``summarizer``
     replaces the extractive default of :meth:`compact`. Its writes are those of
     :class:`~tether.memory._writes.MemoryWrites`, its reads those of
     :class:`~tether.memory._reads.MemoryReads`; this class only builds and closes it.
@@ -67,6 +68,8 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self.grants = grants or self.settings.grants
         self.embedder = embedder
         self.batcher = WriteBatcher(embedder) if embedder is not None else None
+        # [memory] embedder = "static" | "minilm": loaded by start() (it reads a model), unless one is given
+        self._embedder_from_settings = embedder is None and self.settings.embedder != "none"
         self.summarizer: Summarizer = summarizer or ExtractiveSummarizer()
         self.view = MemoryView(self.keys)
         self.feed = ViewFeed(bus, self.view, view_dir or self.settings.view_dir, namespaces=namespaces)
@@ -87,6 +90,10 @@ class AsyncMemory(MemoryWrites, MemoryReads):
         self._root: AsyncMemory = self
 
     async def start(self) -> AsyncMemory:
+        if self._embedder_from_settings:
+            self.embedder = await asyncio.to_thread(self.settings.open_embedder)
+            self.batcher = WriteBatcher(self.embedder) if self.embedder is not None else None
+            self._embedder_from_settings = False
         if self._keys_from_settings:
             self.keys = self.view.keys = await asyncio.to_thread(self.settings.open_keys, self.bus)
         try:

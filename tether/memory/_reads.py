@@ -22,7 +22,7 @@ from ._core import MemoryCore
 from ._embed import VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
-from ._rank import STOPWORDS, Candidate, fuse, query_terms, rerank, temporal, words
+from ._rank import STOPWORDS, Candidate, fuse, guard, query_terms, rerank, temporal, words
 from ._types import Context, Entry, Hit, Version
 from ._view import meta_words
 
@@ -329,7 +329,16 @@ class MemoryReads(MemoryCore):
             ages = [now - _stamp(found[p][0], now) for p in pairs]
             values = rerank(fused, ages, weight=self.recency_weight, half_life_s=self.half_life_s)
         scores = dict(zip(pairs, values, strict=True))
-        return sorted(pairs, key=lambda p: -scores[p]), scores
+        order = sorted(pairs, key=lambda p: -scores[p])
+        if self.ranking.guard and not semantic_only and any(found[p][1].cosine is not None for p in pairs):
+            first = sorted((p for p in pairs if found[p][2] is not None), key=lambda p: found[p][2] or 0)
+            lifted = guard(order, first, top=self.ranking.guard, at=self.ranking.guard_at)
+            if lifted != order:
+                at = min(self.ranking.guard_at, len(lifted)) - 1
+                floor = scores[order[at]] if at >= 0 else 0.0
+                scores = {**scores, **{p: max(scores[p], floor) for p in lifted[:at + 1] if p not in order[:at + 1]}}
+                order = lifted
+        return order, scores
 
     def _cosines(self, db: sqlite3.Connection, vector: list[float], pairs: list[tuple[str, str]],
                  entries: dict[tuple[str, str], Entry], past: bool) -> dict[tuple[str, str], float]:

@@ -8,6 +8,7 @@
     key_store = "file"               # or "nats": the keys in NATS KV, shared by every host
     max_text_bytes = 32768
     dedupe = true                    # merge near-duplicate writes (auto keys only)
+    embedder = "none"                # or "static" / "minilm": hybrid search for tether's own clients
 
     [memory.grants]                  # see tether.memory.Grants
     "*" = { read = ["agent:{agent}", "global"], write = ["agent:{agent}"] }
@@ -34,9 +35,11 @@ from ._grants import Grants, GrantTable
 if TYPE_CHECKING:
     from tether.bus import Bus
 
+    from ._embed import Embedder
     from ._keys import KeyStore
 
-__all__ = ["KeyStoreKind", "MemorySection", "MemorySettings", "default_keyfile", "default_view_dir", "load_settings"]
+__all__ = ["EmbedderKind", "KeyStoreKind", "MemorySection", "MemorySettings", "default_keyfile", "default_view_dir",
+           "load_settings"]
 
 
 def default_view_dir() -> Path:
@@ -49,6 +52,7 @@ def default_keyfile() -> Path:
 
 _File = Annotated[StrictStr, Field(min_length=1)]
 KeyStoreKind = Literal["file", "nats"]
+EmbedderKind = Literal["none", "static", "minilm"]
 
 
 class MemorySection(BaseModel):
@@ -66,6 +70,10 @@ class MemorySection(BaseModel):
     """The longest text one memory may hold, in UTF-8 bytes."""
     dedupe: StrictBool = True
     """Merge near-duplicate writes (auto keys only)."""
+    embedder: EmbedderKind = "none"
+    """The embedder of the memory clients tether creates (CLI, gateway, MCP, dashboard): "none" (keyword
+    search), "static" (StaticEmbedder) or "minilm" (LocalEmbedder); both need the [semantic] extra and the
+    local MiniLM package."""
     grants: dict[str, GrantTable] | None = None
     """Agent id (or "*" for every agent) -> namespaces it may read and write; no table: grants are off."""
 
@@ -73,7 +81,7 @@ class MemorySection(BaseModel):
         return MemorySettings(
             view_dir=Path(self.view_dir) if self.view_dir else default_view_dir(),
             keyfile=Path(self.keyfile) if self.keyfile else default_keyfile(), key_store=self.key_store,
-            max_text_bytes=self.max_text_bytes, dedupe=self.dedupe,
+            max_text_bytes=self.max_text_bytes, dedupe=self.dedupe, embedder=self.embedder,
             grants=Grants.open() if self.grants is None else Grants.of(self.grants), source=source)
 
 
@@ -87,6 +95,7 @@ class MemorySettings:
     key_store: KeyStoreKind = "file"
     max_text_bytes: int = _DEFAULTS.max_text_bytes
     dedupe: bool = _DEFAULTS.dedupe
+    embedder: EmbedderKind = "none"
     grants: Grants = field(default_factory=Grants.open)
     source: str | None = None
 
@@ -98,6 +107,24 @@ class MemorySettings:
         if self.key_store == "nats":
             return NatsKeyStore.for_bus(bus)
         return FileKeyStore(self.keyfile)
+
+    def open_embedder(self) -> Embedder | None:
+        """The embedder ``embedder`` names (None for "none"); it loads a model: call it off the event
+        loop. :class:`InvalidMemory` says what is missing and how to install it or turn it off."""
+        from ._embed import LocalEmbedder, StaticEmbedder
+
+        where = f" in {self.source}" if self.source else ""
+        try:
+            if self.embedder == "minilm":
+                return LocalEmbedder()
+            if self.embedder == "static":
+                return StaticEmbedder()
+        except (ImportError, OSError, ValueError) as exc:
+            raise InvalidMemory(f'[memory] embedder = "{self.embedder}"{where} cannot be loaded: {exc}; '
+                                f'or set embedder = "none" for keyword search only') from None
+        if self.embedder != "none":
+            raise InvalidMemory(f'[memory] embedder must be "none", "static" or "minilm", got {self.embedder!r}')
+        return None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str | None = None) -> MemorySettings:

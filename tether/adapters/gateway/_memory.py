@@ -117,7 +117,10 @@ class MemoryApi:
             problems = [{"loc": [str(x) for x in e["loc"]], "msg": e["msg"]} for e in exc.errors()]
             return 400, _error("invalid_request", f"invalid {operation} request: " + "; ".join(
                 f"{'.'.join(p['loc']) or 'body'}: {p['msg']}" for p in problems), problems=problems)
-        root = await self.memory()
+        try:
+            root = await self.memory()
+        except InvalidMemory as exc:  # [memory] embedder names a model this host cannot load
+            return 503, _error("memory_unavailable", str(exc))
         memory = root.as_agent(caller.agent, grants=self.grants(root, caller), run=caller.run_id)
         try:
             done = await _run(memory, operation, args)
