@@ -135,7 +135,10 @@ async def test_remote_embeddings_go_through_tether_and_are_recorded(open_memory:
         hits = await memory.search("Priya mentors two junior engineers every Thursday.", mode="semantic")
         assert hits[0].entry.key == "k8" and hits[0].score == pytest.approx(1.0, abs=1e-5)
         hybrid = await memory.search("Kyoto trip", k=3)
-        assert hybrid[0].entry.key == "k9" and hybrid[0].keyword_rank == 1
+        # the fake provider's vectors carry no meaning, so the cosine may put another entry first; the
+        # keyword retriever's best hit keeps its place among the first three (Ranking.guard)
+        [kyoto] = [h for h in hybrid if h.entry.key == "k9"]
+        assert kyoto.keyword_rank == 1 and any(h.semantic_rank is not None for h in hybrid)
     finally:
         await calls.close()
     events = await _events(memory)

@@ -29,6 +29,7 @@ from tether.memory import (
     plan_compaction,
     similarity,
 )
+from tether.memory._client import open_embedder
 from tether.memory._codec import open_entry, seal_entry
 from tether.memory._context import pack
 from tether.memory._keys import DESTROYED, open_sealed, seal
@@ -123,7 +124,7 @@ def test_settings_and_worker_config_share_tether_toml(tmp_path: Path) -> None:
 
 def test_the_embedder_setting_is_read_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     toml = tmp_path / "tether.toml"
-    assert load_settings(cwd=tmp_path).embedder == "none" and load_settings(cwd=tmp_path).open_embedder() is None
+    assert load_settings(cwd=tmp_path).embedder == "none" and open_embedder(load_settings(cwd=tmp_path)) is None
     toml.write_text('[memory]\nembedder = "bert"\n')
     with pytest.raises(InvalidMemory, match=r"memory\.embedder.*'none', 'static' or 'minilm'"):
         load_settings(toml)
@@ -134,7 +135,7 @@ def test_the_embedder_setting_is_read_and_checked(tmp_path: Path, monkeypatch: p
     for kind in ("minilm", "static"):
         with pytest.raises(InvalidMemory, match=rf'embedder = "{kind}" in .*tether.toml cannot be loaded: .*'
                                                 r'set embedder = "none"'):
-            replace(settings, embedder=kind).open_embedder()
+            open_embedder(replace(settings, embedder=kind))
 
 
 def test_fts_query_quotes_user_input() -> None:

@@ -131,7 +131,10 @@ class Hub:
                 return
             # the loop that was to wake the bus's stopped before it did: wake it now
         self._waking = True
-        caller = asyncio._get_running_loop()
+        try:
+            caller: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a plain thread
+            caller = None
         if caller is not None and caller is not self.loop:
             self._waker = caller
             caller.call_soon(self._wake)

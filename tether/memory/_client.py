@@ -19,7 +19,8 @@ from tether.bus import Bus, connect
 
 from . import _query as q
 from ._compact import ExtractiveSummarizer, Summarizer
-from ._embed import Embedder, VectorCache, VectorIndex, WriteBatcher
+from ._embed import Embedder, LocalEmbedder, StaticEmbedder, VectorCache, VectorIndex, WriteBatcher
+from ._errors import InvalidMemory
 from ._feed import ViewFeed
 from ._grants import Grants
 from ._keys import FileKeyStore, KeyStore
@@ -91,7 +92,7 @@ class AsyncMemory(MemoryWrites, MemoryReads):
 
     async def start(self) -> AsyncMemory:
         if self._embedder_from_settings:
-            self.embedder = await asyncio.to_thread(self.settings.open_embedder)
+            self.embedder = await asyncio.to_thread(open_embedder, self.settings)
             self.batcher = WriteBatcher(self.embedder) if self.embedder is not None else None
             self._embedder_from_settings = False
         if self._keys_from_settings:
@@ -166,3 +167,20 @@ async def connect_memory(url: str | None = None, *, agent: str | None = None, ru
     except BaseException:
         await bus.close()
         raise
+
+
+def open_embedder(settings: MemorySettings) -> Embedder | None:
+    """The embedder ``[memory] embedder`` names (None for "none"); it loads a model: call it off the
+    event loop. :class:`InvalidMemory` says what is missing and how to install it or turn it off."""
+    where = f" in {settings.source}" if settings.source else ""
+    try:
+        if settings.embedder == "minilm":
+            return LocalEmbedder()
+        if settings.embedder == "static":
+            return StaticEmbedder()
+    except (ImportError, OSError, ValueError) as exc:
+        raise InvalidMemory(f'[memory] embedder = "{settings.embedder}"{where} cannot be loaded: {exc}; '
+                            f'or set embedder = "none" for keyword search only') from None
+    if settings.embedder != "none":
+        raise InvalidMemory(f'[memory] embedder must be "none", "static" or "minilm", got {settings.embedder!r}')
+    return None

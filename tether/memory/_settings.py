@@ -35,7 +35,6 @@ from ._grants import Grants, GrantTable
 if TYPE_CHECKING:
     from tether.bus import Bus
 
-    from ._embed import Embedder
     from ._keys import KeyStore
 
 __all__ = ["EmbedderKind", "KeyStoreKind", "MemorySection", "MemorySettings", "default_keyfile", "default_view_dir",
@@ -107,24 +106,6 @@ class MemorySettings:
         if self.key_store == "nats":
             return NatsKeyStore.for_bus(bus)
         return FileKeyStore(self.keyfile)
-
-    def open_embedder(self) -> Embedder | None:
-        """The embedder ``embedder`` names (None for "none"); it loads a model: call it off the event
-        loop. :class:`InvalidMemory` says what is missing and how to install it or turn it off."""
-        from ._embed import LocalEmbedder, StaticEmbedder
-
-        where = f" in {self.source}" if self.source else ""
-        try:
-            if self.embedder == "minilm":
-                return LocalEmbedder()
-            if self.embedder == "static":
-                return StaticEmbedder()
-        except (ImportError, OSError, ValueError) as exc:
-            raise InvalidMemory(f'[memory] embedder = "{self.embedder}"{where} cannot be loaded: {exc}; '
-                                f'or set embedder = "none" for keyword search only') from None
-        if self.embedder != "none":
-            raise InvalidMemory(f'[memory] embedder must be "none", "static" or "minilm", got {self.embedder!r}')
-        return None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str | None = None) -> MemorySettings:
