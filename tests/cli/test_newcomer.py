@@ -74,7 +74,8 @@ async def test_the_demo_prints_its_own_lines_only(tether_home: Path) -> None:
     [projector] = [line for line in up.lines if line.startswith("  projector:")]
     assert projector.endswith(": the log is empty so far"), projector
     assert "seq" not in projector and "log head" not in projector
-    [ui] = [line for line in up.lines if line.startswith("  ui:")]  # `make run` shows the dashboard
+    # `make run` shows the dashboard (on another port, said on a line of its own, when 8470 is taken)
+    [ui] = [line for line in up.lines if line.startswith("  ui: the dashboard")]
     assert re.fullmatch(r"  ui: the dashboard is at http://127\.0\.0\.1:\d+/\?token=\S+  \(.*\)", ui), ui
 
 

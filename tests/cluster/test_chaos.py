@@ -129,6 +129,21 @@ async def wait_views_current(bus: Bus, home: Path, projector: Child, timeout: fl
         await asyncio.sleep(0.2)
 
 
+async def gateway_calls_in_log(bus: Bus, answered: int, timeout: float) -> float:
+    """Seconds until the log holds a completion for each of the ``answered`` gateway calls."""
+    started = time.monotonic()
+    while True:
+        story = await Story.read(bus)
+        done = sum(1 for events in story.by_call.values()
+                   if events[0].agentid == AGENT and any(e.type == "tether.llm.call.completed" for e in events))
+        if done >= answered:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{done} of the gateway's {answered} answered calls completed in the log "
+                                 f"after {timeout:g} s: its outbox did not drain")
+        await asyncio.sleep(1.0)
+
+
 async def test_losing_the_events_leader_then_a_rolling_restart_loses_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with anyio.fail_after(240):
@@ -185,6 +200,9 @@ async def test_losing_the_events_leader_then_a_rolling_restart_loses_nothing(tmp
             connected = [bus.nc.is_connected for bus in buses]
             alive = [c.proc.poll() is None for c in children]
 
+            # the gateway answered some calls while its events went to its outbox (the leader gone):
+            # they reach the log as the outbox drains, so wait for every answered call's completion
+            drained = await gateway_calls_in_log(buses[0], load.gateway_status[200], timeout=120)
             head = await wait_views_current(buses[0], home, children[2])
             story = await Story.read(buses[0])
             everything = await collect(buses[0])
@@ -202,7 +220,7 @@ async def test_losing_the_events_leader_then_a_rolling_restart_loses_nothing(tmp
     print(f"\ncluster chaos: EVENTS leader {leader} SIGKILLed under load, {new_leader} took over; publish gap "
           f"{gap:.2f} s; then a rolling restart; {len(load.published)} events published, {len(load.durable)} "
           f"durable calls, {sum(load.gateway_status.values())} gateway calls {dict(load.gateway_status)}; "
-          f"{len(everything)} events in the log")
+          f"{len(everything)} events in the log; the gateway's outbox drained {drained:.1f} s after the load stopped")
     assert alive == [True] * 4 and connected == [True] * 3, "every client reconnected to a survivor on its own"
     assert after[0] > before[0] and after[1] > before[1] and after[2] > before[2], "work went on after the kill"
     # The gap is a measurement (bench/cluster.py reports it): ~5-10 s on a quiet machine; with the
