@@ -24,7 +24,7 @@ from tether.bus import Bus
 from tether.middleware import PolicySet, ProviderConfig
 from tether.testing.fake_provider import FakeProvider
 
-from .conftest import GATEWAY_KEY, data, gateway_config, kinds, run_events
+from .conftest import GATEWAY_KEY, data, gateway_config, kinds, run_events, story
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
@@ -197,12 +197,7 @@ async def test_cancelled_mid_stream(bus: Bus, strict: GatewayServer, slow: SlowU
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.wait_for(slow.closed.wait(), 10)  # the gateway let go of the upstream
-    events = await run_events(bus, "cancelled")
-    for _ in range(50):
-        if len(events) == 2:
-            break
-        await asyncio.sleep(0.05)
-        events = await run_events(bus, "cancelled")
+    events = await story(bus, "cancelled", "llm.call.failed", timeout=20)
     assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.failed"]
     assert data(events, "failed")[0].error.code == "client_closed"
 
@@ -228,11 +223,7 @@ async def test_client_disconnects_before_the_answer(fake: FakeProvider, bus: Bus
         with pytest.raises(httpx.ReadTimeout):
             await http.post(strict.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT},
                             headers={"authorization": f"Bearer {GATEWAY_KEY}", "x-tether-run-id": "gone"})
-    for _ in range(50):
-        events = await run_events(bus, "gone")
-        if len(events) >= 2:
-            break
-        await asyncio.sleep(0.05)
+    events = await story(bus, "gone", "llm.call.failed", timeout=20)
     assert kinds(events) == ["run.started", "llm.call.requested", "llm.call.failed"]
     assert data(events, "failed")[0].error.code == "client_cancelled"
     assert [r.outcome for r in fake.log] == ["hang"]
