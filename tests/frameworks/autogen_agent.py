@@ -27,7 +27,8 @@ from autogen_core.tools import FunctionTool, StaticWorkbench
 
 import tether
 import tether.adapters
-from tether.adapters.autogen import TetherMemory, model_client, team, tools, workbench
+from tether.adapters._tools import FrameworkTools
+from tether.adapters.autogen import PolicyTool, PolicyWorkbench, TetherMemory, model_client, team, tools, workbench
 from tether.memory import AsyncMemory
 from tether.middleware import load_policies
 
@@ -110,6 +111,41 @@ async def wb_booking(city: str) -> str:
     return f"Booked in {city}."
 
 
+async def attention_tool(city: str) -> str:
+    """Book a table in a city (never run here: the journal stops the call first)."""
+    RAN["attention"] = RAN.get("attention", 0) + 1
+    return f"Booked in {city}."
+
+
+class Stopped(FrameworkTools):
+    """Tether's journal as a resumed run finds a call the process died inside (the tool not idempotent):
+    the call stops for attention before it runs, as ``FrameworkTools.acall`` raises it."""
+
+    async def acall(self, name: str, arguments: Any, run: Any) -> Any:
+        raise tether.NeedsAttention("autogen-attention", "call-1", name, 0, dict(arguments),
+                                    "the process died inside the call")
+
+
+async def attention(llm: Any) -> dict[str, Any]:
+    """``kinds-attention``: a call stopped by tether's ``NeedsAttention``, through ``tools([...])``'s
+    ``PolicyTool`` (inside the agent's own workbench) and through ``workbench(...)``'s ``PolicyWorkbench``:
+    what ``agent.run()`` does with it."""
+    attention_tool.__name__ = "get_weather"
+    out: dict[str, Any] = {}
+    function = FunctionTool(attention_tool, description="Book a table.")
+    for path in ("tools", "workbench"):
+        runner = Stopped()
+        given = {"tools": [PolicyTool(function, runner)]} if path == "tools" else \
+            {"workbench": PolicyWorkbench(StaticWorkbench([function]), runner)}
+        agent = AssistantAgent(f"kinds_attention_{path}_bot", model_client=llm, reflect_on_tool_use=True, **given)
+        try:
+            out[path] = messages(await agent.run(task=QUESTION))
+        except tether.NeedsAttention as exc:  # what the application catches
+            out[path] = f"{type(exc).__module__}.{type(exc).__name__}"
+    out["ran"] = RAN.get("attention", 0)
+    return out
+
+
 def messages(result: Any) -> dict[str, Any]:
     return {"messages": [type(m).__name__ for m in result.messages],
             "tool_result": [str(m.content) for m in result.messages if type(m).__name__ == "ToolCallExecutionEvent"]}
@@ -118,6 +154,8 @@ def messages(result: Any) -> dict[str, Any]:
 async def tool_kinds(name: str, llm: Any) -> dict[str, Any]:
     """The ``kinds-*`` scenarios: an agent used as a tool, and a workbench's tools, under tether's tool policy."""
     agent_name = f"{name.replace('-', '_')}_bot"
+    if name == "kinds-attention":
+        return await attention(llm)
     if name == "kinds-agent-timeout":  # the sub-agent's tool hangs: the AgentTool call is cut at 0.3 s
         agent_slow.__name__ = "get_weather"
         slow = AssistantAgent("kinds_slow_agent", model_client=llm, tools=[agent_slow])

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory", "tool-timeout", "tool-retry",
              "tool-resume", "kinds-agent-timeout", "kinds-agent-resume", "kinds-workbench-retry",
-             "kinds-workbench-error", "kinds-workbench-resume"]
+             "kinds-workbench-error", "kinds-workbench-resume", "kinds-attention"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 MESSAGES = ["TextMessage", "ToolCallRequestEvent", "ToolCallExecutionEvent", "TextMessage"]
 
@@ -273,3 +273,15 @@ def test_a_resumed_run_replays_a_workbench_tools_completed_call_as_its_tool_resu
     assert [r.tool for r in replayed] == ["get_weather"]
     assert replayed[0].response["is_error"] is False and replayed[0].response["result"][0]["content"] == \
         "Booked in fake city.", "the workbench's ToolResult, recorded and given back as one"
+
+
+def test_needs_attention_reaches_the_model_as_the_tools_error_and_never_hangs_the_agent(outcome: Outcome) -> None:
+    """AutoGen's workbench turns whatever a tool raises into the model's error text, and an AssistantAgent
+    whose workbench raises waits forever: so a NeedsAttention (here the journal's, as a double) is that text
+    on both paths, and the call does not run."""
+    said = outcome.said["kinds-attention"]
+    assert said["ok"] and said["ran"] == 0, said
+    for path in ("tools", "workbench"):
+        [result] = said[path]["tool_result"]
+        assert "run autogen-attention needs attention" in result and "is_error=True" in result, (path, said)
+        assert said[path]["messages"] == MESSAGES, "the agent went on, as after a tool's error"

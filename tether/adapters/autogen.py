@@ -549,8 +549,10 @@ class PolicyWorkbench(Workbench):
     and the run's journal: ``call_tool`` is one tether call of the tool named, its ``ToolResult``
     recorded (and answered from the log for a resumed run's completed call, without calling the
     workbench). A result the workbench marks ``is_error`` (what it makes of the tool's exception) is
-    a failed call for the policy, given to AutoGen as it came; a timeout is a ``ToolResult`` with
-    ``is_error`` too, as AutoGen makes of a tool's error. Everything else is the workbench's."""
+    a failed call for the policy, given to AutoGen as it came; a timeout or a :class:`NeedsAttention`
+    is a ``ToolResult`` with ``is_error`` too, its message the text, as AutoGen's own workbenches make
+    of any exception (``call_tool`` never raises: an ``AssistantAgent`` whose workbench raises waits
+    forever for the end of its tool calls). Everything else is the workbench's."""
 
     component_type = "workbench"
 
@@ -578,9 +580,7 @@ class PolicyWorkbench(Workbench):
             answer = await self.runner.acall(name, dict(arguments or {}), call)
         except _ErrorResult as failed:
             return failed.result
-        except TimeoutError as error:
-            if self.runner.timeout(name) is None:
-                raise
+        except Exception as error:  # a timeout, NeedsAttention: never raised, AssistantAgent would wait forever
             return ToolResult(name=name, result=[TextResultContent(content=str(error))], is_error=True)
         return answer if isinstance(answer, ToolResult) else ToolResult.model_validate(answer)
 
