@@ -24,7 +24,7 @@ def count(tool: str) -> int:
 async def mcp_slow_forecast(city: str) -> str:
     """The forecast for a city (slow)."""
     count("mcp_slow_forecast")
-    await asyncio.sleep(5)
+    await asyncio.sleep(30)
     return f"Rain in {city}."
 
 
@@ -32,7 +32,7 @@ async def mcp_slow_forecast(city: str) -> str:
 async def mcp_flaky_forecast(city: str) -> str:
     """The forecast for a city (its first call hangs)."""
     if count("mcp_flaky_forecast") == 1:
-        await asyncio.sleep(5)
+        await asyncio.sleep(30)
     return f"Snow in {city}."
 
 

@@ -216,7 +216,7 @@ def test_bad_tools_and_teams_are_refused_with_what_to_pass(outcome: Outcome) -> 
 def test_an_agent_tools_call_is_bounded_by_the_timeout_and_autogen_gives_the_error_to_the_model(
         outcome: Outcome) -> None:
     said = outcome.said["kinds-agent-timeout"]
-    assert said["ok"] and said["ran"] == 1, said
+    assert said["ok"] and said["ran"] <= 1, ("not idempotent: one attempt (its agent may not have reached it)", said)
     assert said["messages"][-2:] == ["ToolCallExecutionEvent", "TextMessage"], "the agent went on, as after an error"
     assert "did not finish within its timeout of 0.3 s" in said["tool_result"][0] and "is_error=True" in \
         said["tool_result"][0], said

@@ -312,8 +312,8 @@ def test_each_model_request_carries_its_runs_trace_to_the_provider_or_gateway(sc
 
 def test_an_mcp_servers_tool_past_its_timeout_is_the_sdks_own_timeout(scenarios: Outcome) -> None:
     said = scenarios.said["mcp-timeout"]
-    assert said["ok"] and said["ran"] == 1, ("not idempotent: one attempt", said)
-    assert said["outputs"] == ["Tool 'mcp_slow_forecast' timed out after 0.3 seconds."], "what the SDK gives its model"
+    assert said["ok"] and said["ran"] <= 1, ("not idempotent: one attempt (the server may not have begun it)", said)
+    assert said["outputs"] == ["Tool 'mcp_slow_forecast' timed out after 2 seconds."], "what the SDK gives its model"
     assert tool_events(scenarios, "mcp-slow-bot") == [
         ("requested", "mcp_slow_forecast"), ("attempt_failed", "mcp_slow_forecast"), ("failed", "mcp_slow_forecast")], \
         "one call, recorded once (not again from the trace's function span)"
