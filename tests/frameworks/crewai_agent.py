@@ -10,6 +10,7 @@ gave or raised, the LLM events CrewAI itself saw, the upstream requests and the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -85,6 +86,37 @@ class CountStock(BaseTool):  # a BaseTool subclass: its _run is governed
         return f"{40 + RAN['count_stock']} umbrellas in {city}."
 
 
+@tool("slow_async_lookup")
+async def slow_async_lookup(city: str) -> str:
+    """Look a city up in a slow archive (an async tool)."""
+    RAN["slow_async_lookup"] += 1
+    await asyncio.sleep(1.0)  # tether.toml gives this tool 0.3 s
+    return f"{city} found"
+
+
+@tool("flaky_async_read")
+async def flaky_async_read(city: str) -> str:
+    """Read a city's weather from a flaky station (an async tool)."""
+    RAN["flaky_async_read"] += 1
+    if RAN["flaky_async_read"] == 1:
+        raise ConnectionError("station reset the connection")
+    return f"Rain in {city}."
+
+
+class CountStockAsync(BaseTool):  # a BaseTool subclass whose _run is a coroutine, with an _arun of its own
+    name: str = "count_stock_async"
+    description: str = "Count the umbrellas in stock in a city."
+
+    async def _run(self, city: str) -> str:
+        RAN["count_stock_async"] += 1
+        await asyncio.sleep(0)
+        return f"{40 + RAN['count_stock_async']} umbrellas in {city}."
+
+    async def _arun(self, city: str) -> str:
+        RAN["count_stock_arun"] += 1
+        return f"{RAN['count_stock_arun']} umbrellas counted in {city}."
+
+
 class Crash(BaseException):
     """The process dies inside the tool: nothing after its start is recorded."""
 
@@ -143,19 +175,50 @@ class Stopped(Exception):
     """The crew failed: its enclosing run ends with the error."""
 
 
-def resumed() -> dict[str, Any]:
+def resumed(role: str = "stock-bot", run_id: str = "crewai-resume-1", make: Any = None) -> dict[str, Any]:
     """A crew inside a tether run that fails after its tool ran (its second model call gets a
     persistent 500), then the same run resumed: the tool's recorded result is replayed."""
     RAN.clear()
     out: dict[str, Any] = {}
     for attempt, faults in (("crashed", "500#2-9/chat"), ("resumed", "")):
         try:
-            with tether.run(agent="stock-bot", run_id="crewai-resume-1", resume=attempt == "resumed"):
-                out[attempt] = scenario("resume", faults, role="stock-bot", tools=[CountStock()])
+            with tether.run(agent=role, run_id=run_id, resume=attempt == "resumed"):
+                out[attempt] = scenario(run_id, faults, role=role, tools=[(make or CountStock)()])
                 if not out[attempt]["ok"]:
                     raise Stopped(out[attempt]["message"])  # the run ends failed, as the process would have
         except Stopped:
             pass
+    return out
+
+
+def arun() -> dict[str, Any]:
+    """A BaseTool subclass's own _arun, called through BaseTool.arun() inside a run (no CrewAI agent
+    calls it): under the tool policy too."""
+    RAN.clear()
+    counter = CountStockAsync()
+    tether.adapters.crewai.govern(counter)
+    with tether.run(agent="arun-bot", run_id="crewai-arun-1"):
+        result = asyncio.run(counter.arun(city="Oslo"))
+    return {"result": result, "ran": dict(RAN)}
+
+
+def delegation() -> dict[str, Any]:
+    """A planner that may delegate, and a coworker (its role is what the fake provider fills a string
+    argument named ``coworker`` with): the planner's task calls CrewAI's "Delegate work to coworker"."""
+    fake("faults", {"spec": ""})
+    before = fake("log")["total"]
+    coworker = Agent(role="fake coworker", goal="Answer about the weather.", backstory="A forecaster.",
+                     llm=llm("gpt-4o-mini"))
+    planner = Agent(role="planner", goal="Plan the day.", backstory="A planner.", llm=llm("gpt-4o-mini"),
+                    allow_delegation=True)
+    task = Task(description="Use delegate_work_to_coworker: what is the weather in Paris?",
+                expected_output="The weather.", agent=planner)
+    out: dict[str, Any] = {}
+    try:
+        out.update(ok=True, answer=Crew(agents=[planner, coworker], tasks=[task], name="delegation").kickoff().raw)
+    except Exception as exc:
+        out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500])
+    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
     return out
 
 
@@ -253,6 +316,11 @@ def main() -> dict[str, Any]:
     tether.adapters.crewai.install(idempotent_tools={"flaky_read"})  # the adapter's option
     said["tool_retry"] = scenario("tool_retry", "", tools=[flaky_read])
     said["resume"] = resumed()
+    said["async_timeout"] = scenario("async_timeout", "", tools=[slow_async_lookup])
+    said["async_retry"] = scenario("async_retry", "", tools=[flaky_async_read])  # tether.toml: idempotent
+    said["async_resume"] = resumed("async-stock-bot", "crewai-resume-async", CountStockAsync)
+    said["arun"] = arun()
+    said["delegation"] = delegation()
     said["attention"] = attention()
     said["memory"] = crew_memory()
     said["hooks"] = private_api()

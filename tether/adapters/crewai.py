@@ -1,7 +1,8 @@
-"""CrewAI under tether: runs (a crew's or flow's kickoff, each task a child run) and tool calls
-(the tools of each task's agent under tether's tool policy) from CrewAI's interception hooks
-(registered by :func:`install`), model calls through tether with CrewAI's own retries kept out of
-them (:func:`llm`). The only module of tether that imports ``crewai`` (its private API: ``_crewaipriv``).
+"""CrewAI under tether: runs (a crew's or flow's kickoff, each task a child run, each delegation to a
+coworker a child run too) and tool calls (every tool an agent calls, sync or async, under tether's
+tool policy) from CrewAI's interception hooks (registered by :func:`install`), model calls through
+tether with CrewAI's own retries kept out of them (:func:`llm`). The only module of tether that
+imports ``crewai`` (its private API: ``_crewaipriv``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from crewai.hooks import HookAborted, InterceptionPoint, register_hook
 from crewai.llms.providers.openai.completion import OpenAICompletion
 from crewai.tools import BaseTool
+from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
 from crewai.tools.base_tool import Tool
 from crewai.utilities.string_utils import sanitize_tool_name
 from pydantic import Field
@@ -141,17 +144,47 @@ _TOOLS = FrameworkTools(SOURCE)
 _HALTS: dict[str, NeedsAttention] = {}  # run id: the call its resumed run stopped at, until the after-tool hook
 
 
-def _governed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a sync tool's function) run as one call of the tool ``name`` under tether's tool policy."""
+def _halted(error: NeedsAttention) -> None:
+    """Keep the stop for the after-tool hook: CrewAI catches what a tool raises."""
+    with _RUNS.lock:
+        _HALTS[error.run_id] = error
+
+
+_Around = Callable[[Callable[[], Any], dict[str, Any]], Callable[[], Any]]
+
+
+def _governed(name: str, fn: Callable[..., Any], around: _Around | None = None) -> Callable[..., Any]:
+    """``fn`` (a sync tool's function) run as one call of the tool ``name`` under tether's tool policy;
+    ``around(run, arguments)`` gives what runs in its place (a delegation's child run around it)."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         arguments = dict(kwargs) if not args else {"args": list(args), **kwargs}
+
+        def run() -> Any:
+            return fn(*args, **kwargs)
+
         try:
-            return _TOOLS.call(name, arguments, lambda: fn(*args, **kwargs))
+            return _TOOLS.call(name, arguments, run if around is None else around(run, arguments))
         except NeedsAttention as error:  # CrewAI catches it: the after-tool hook raises it again as an abort
-            with _RUNS.lock:
-                _HALTS[error.run_id] = error
+            _halted(error)
+            raise
+
+    call.__tether_tool__ = True  # type: ignore[attr-defined]
+    return call
+
+
+def _governed_async(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` (an async tool's function) run as one call of the tool ``name`` under tether's tool
+    policy: a coroutine function still, which CrewAI awaits or runs with ``asyncio.run``."""
+
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        arguments = dict(kwargs) if not args else {"args": list(args), **kwargs}
+        try:
+            return await _TOOLS.acall(name, arguments, lambda: fn(*args, **kwargs))
+        except NeedsAttention as error:
+            _halted(error)
             raise
 
     call.__tether_tool__ = True  # type: ignore[attr-defined]
@@ -162,24 +195,55 @@ def _is_governed(fn: Any) -> bool:
     return bool(getattr(fn, "__tether_tool__", False))
 
 
+_DELEGATIONS = uuid.UUID("6d0c1e52-4f7e-5b7a-9a39-7c7e1f0b2d11")  # the namespace of a delegation's run id
+
+
+def _delegation(tool: Any, name: str) -> _Around:
+    """For a delegation tool (``Delegate work to coworker``, ``Ask question to coworker``): the
+    coworker works in a child run of the run the tool is called in, named for its role. Its id is
+    the parent's and the delegation's place among the parent's delegations (counted whether the
+    call runs or is replayed), so a resumed run resumes it too."""
+
+    def around(run: Callable[[], Any], arguments: dict[str, Any]) -> Callable[[], Any]:
+        parent = current_run()
+        wanted = tool.sanitize_agent_name(str(arguments.get("coworker") or arguments.get("co_worker") or ""))
+        role = next((str(a.role) for a in getattr(tool, "agents", None) or ()
+                     if tool.sanitize_agent_name(str(a.role)) == wanted.strip("[]").split(",")[0].strip()), None)
+        if parent is None or role is None:  # no run, or no such coworker: CrewAI answers with an error text
+            return run
+        place = next(parent.derived)
+        run_id = str(uuid.uuid5(_DELEGATIONS, f"{parent.run_id}/{place}"))
+
+        def in_child_run() -> Any:
+            with Run(agent=role, run_id=run_id, name=role, resume=parent.journal is not None,
+                     metadata={"framework": "crewai", "kind": "delegation", "tool": name}):
+                return run()
+
+        return in_child_run
+
+    return around
+
+
 def govern(tool: Any) -> bool:
-    """Put one CrewAI tool under tether's tool policy (once): a ``@tool`` function's ``func``, a
-    ``BaseTool`` subclass's ``_run``. Async tools are left to the hooks (observed). True if governed."""
+    """Put one CrewAI tool under tether's tool policy (once): a ``@tool`` function's ``func`` (sync or
+    async), a ``BaseTool`` subclass's ``_run`` (sync or async) and its own ``_arun`` if it has one; a
+    delegation tool's coworker then works in a child run. True if governed."""
     if not isinstance(tool, BaseTool):
         return False
     name = sanitize_tool_name(tool.name)
     if isinstance(tool, Tool):
-        if _is_governed(tool.func):
-            return True
-        if inspect.iscoroutinefunction(tool.func):
-            return False
-        tool.func = _governed(name, tool.func)
+        if not _is_governed(tool.func):
+            tool.func = (_governed_async if inspect.iscoroutinefunction(tool.func) else _governed)(name, tool.func)
         return True
     if _is_governed(_crewaipriv.instance_run(tool)):
         return True
     if _crewaipriv.run_is_async(tool):
-        return False
-    _crewaipriv.wrap_run(tool, functools.partial(_governed, name))
+        _crewaipriv.wrap_run(tool, functools.partial(_governed_async, name))
+    else:
+        around = _delegation(tool, name) if isinstance(tool, BaseAgentTool) else None
+        _crewaipriv.wrap_run(tool, lambda fn: _governed(name, fn, around))
+    if _crewaipriv.has_arun(tool, BaseTool):
+        _crewaipriv.wrap_arun(tool, functools.partial(_governed_async, name))
     return True
 
 
@@ -192,6 +256,20 @@ def _runs_governed(structured: Any) -> bool:
         _is_governed(getattr(owner, "func", None)) or _is_governed(_crewaipriv.instance_run(owner))))
 
 
+def _govern_now(structured: Any) -> bool:
+    """A tool no task or agent lists (the delegation tools CrewAI adds to a task, tools it adds
+    itself), reached at its call: governed now, before CrewAI runs it (its ``run`` looks ``_run``
+    up at the call). The structured tool's ``func`` (what CrewAI's text tool calls run) follows."""
+    fn = getattr(structured, "func", None)
+    owner = getattr(fn, "__self__", None)
+    if not govern(owner):
+        return False
+    replaced = _crewaipriv.instance_run(owner)
+    if replaced is not None and not _is_governed(fn):
+        structured.func = replaced
+    return True
+
+
 def _govern_step(ctx: Any) -> None:
     """Before a task runs: its tools and its agent's under tether's tool policy."""
     if ctx.kind != "task":
@@ -202,7 +280,8 @@ def _govern_step(ctx: Any) -> None:
 
 
 def _before_tool(ctx: Any) -> None:
-    if _runs_governed(getattr(ctx, "tool", None)):
+    structured = getattr(ctx, "tool", None)
+    if _runs_governed(structured) or _govern_now(structured):
         return
     _tool.set(ObservedTool.start(str(ctx.tool_name), ctx.tool_input, source=SOURCE))
 
