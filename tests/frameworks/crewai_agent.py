@@ -202,10 +202,10 @@ def arun() -> dict[str, Any]:
     return {"result": result, "ran": dict(RAN)}
 
 
-def delegation() -> dict[str, Any]:
+def delegation(name: str = "delegation", faults: str = "") -> dict[str, Any]:
     """A planner that may delegate, and a coworker (its role is what the fake provider fills a string
     argument named ``coworker`` with): the planner's task calls CrewAI's "Delegate work to coworker"."""
-    fake("faults", {"spec": ""})
+    fake("faults", {"spec": faults})
     before = fake("log")["total"]
     coworker = Agent(role="fake coworker", goal="Answer about the weather.", backstory="A forecaster.",
                      llm=llm("gpt-4o-mini"))
@@ -215,10 +215,25 @@ def delegation() -> dict[str, Any]:
                 expected_output="The weather.", agent=planner)
     out: dict[str, Any] = {}
     try:
-        out.update(ok=True, answer=Crew(agents=[planner, coworker], tasks=[task], name="delegation").kickoff().raw)
+        out.update(ok=True, answer=Crew(agents=[planner, coworker], tasks=[task], name=name).kickoff().raw)
     except Exception as exc:
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500])
     out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    return out
+
+
+def delegation_resumed() -> dict[str, Any]:
+    """A delegating crew inside a tether run whose last model call fails for good after the coworker
+    answered, then the same run resumed: the delegation is replayed, the coworker does not work again."""
+    out: dict[str, Any] = {}
+    for attempt, faults in (("crashed", "500#3-9/chat"), ("resumed", "")):
+        try:
+            with tether.run(agent="planner", run_id="crewai-delegation-1", resume=attempt == "resumed"):
+                out[attempt] = delegation("delegation-resume", faults)
+                if not out[attempt]["ok"]:
+                    raise Stopped(out[attempt]["message"])
+        except Stopped:
+            pass
     return out
 
 
@@ -321,6 +336,7 @@ def main() -> dict[str, Any]:
     said["async_resume"] = resumed("async-stock-bot", "crewai-resume-async", CountStockAsync)
     said["arun"] = arun()
     said["delegation"] = delegation()
+    said["delegation_resume"] = delegation_resumed()
     said["attention"] = attention()
     said["memory"] = crew_memory()
     said["hooks"] = private_api()

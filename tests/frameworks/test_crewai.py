@@ -305,3 +305,18 @@ def test_a_delegation_is_a_governed_tool_call_and_the_coworker_a_child_run(crews
                                                 "run.finished"], "the coworker's model call is in its own run"
     assert crews.runs()[child.runid][-1].data.status == "ok"
     assert tools[1].data.result == crews.runs()[child.runid][2].data.response["choices"][0]["message"]["content"]
+
+
+def test_a_resumed_crew_replays_a_completed_delegation_without_the_coworker_working_again(crews: Outcome) -> None:
+    crashed, resumed = crews.said["delegation_resume"]["crashed"], crews.said["delegation_resume"]["resumed"]
+    assert not crashed["ok"] and crashed["upstream"] == ["200", "200", "500", "500", "500"], crashed
+    assert resumed["ok"], resumed
+    assert resumed["upstream"] == ["200"], "the planner's first call and the whole delegation replayed"
+    crew_runs = {e.runid for e in crews.started() if e.data.name == "delegation-resume"}
+    [task] = {e.runid for e in crews.started() if e.data.parent_run_id in crew_runs and e.agentid == "planner"}
+    second = types(crews.runs()[task])[types(crews.runs()[task]).index("run.started", 1):]
+    assert second == ["run.started", "llm.call.requested", "call.replayed", "tool.call.requested", "call.replayed",
+                      "llm.call.requested", "llm.call.completed", "run.finished"]
+    children = [e for e in crews.started() if e.data.parent_run_id == task]
+    assert [(e.agentid, e.data.metadata["kind"]) for e in children] == [("fake coworker", "delegation")], \
+        "the coworker's child run was opened once, in the first process, not again"
