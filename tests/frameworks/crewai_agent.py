@@ -139,7 +139,8 @@ def fake(path: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool: bool = False,
-             tools: list[Any] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+             tools: list[Any] | None = None, options: dict[str, Any] | None = None,
+             kickoff: str = "sync") -> dict[str, Any]:
     fake("faults", {"spec": faults})
     before = fake("log")["total"]
     model = llm("gpt-4o-mini", tether=options)  # line 2: the model's calls under tether's policy
@@ -150,7 +151,7 @@ def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool:
     SEEN.clear()
     out: dict[str, Any] = {}
     try:
-        out.update(ok=True, answer=crew.kickoff().raw)
+        out.update(ok=True, answer=(crew.kickoff() if kickoff == "sync" else asyncio.run(crew.akickoff())).raw)
     except Exception as exc:  # what the framework raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
                    kinds=[f"{k.__module__}.{k.__name__}" for k in type(exc).__mro__],
@@ -202,13 +203,13 @@ def arun() -> dict[str, Any]:
     return {"result": result, "ran": dict(RAN)}
 
 
-def delegation(name: str = "delegation", faults: str = "") -> dict[str, Any]:
+def delegation(name: str = "delegation", faults: str = "", coworker_tools: list[Any] | None = None) -> dict[str, Any]:
     """A planner that may delegate, and a coworker (its role is what the fake provider fills a string
     argument named ``coworker`` with): the planner's task calls CrewAI's "Delegate work to coworker"."""
     fake("faults", {"spec": faults})
     before = fake("log")["total"]
     coworker = Agent(role="fake coworker", goal="Answer about the weather.", backstory="A forecaster.",
-                     llm=llm("gpt-4o-mini"))
+                     llm=llm("gpt-4o-mini"), tools=coworker_tools or [])
     planner = Agent(role="planner", goal="Plan the day.", backstory="A planner.", llm=llm("gpt-4o-mini"),
                     allow_delegation=True)
     task = Task(description="Use delegate_work_to_coworker: what is the weather in Paris?",
@@ -217,8 +218,27 @@ def delegation(name: str = "delegation", faults: str = "") -> dict[str, Any]:
     try:
         out.update(ok=True, answer=Crew(agents=[planner, coworker], tasks=[task], name=name).kickoff().raw)
     except Exception as exc:
-        out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500])
+        out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
+                   tool=getattr(exc, "tool", None), run_id=getattr(exc, "run_id", None))
     out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["ran"] = dict(RAN)
+    return out
+
+
+def coworker_attention() -> dict[str, Any]:
+    """A coworker whose process dies inside its tool that is not idempotent (the delegation is, in
+    tether.toml, so the resumed crew delegates again): the resumed crew stops with NeedsAttention
+    rather than CrewAI giving the planner's model the coworker's stop as an error text."""
+    RAN.clear()
+    out: dict[str, Any] = {}
+    try:
+        with tether.run(agent="planner", run_id="crewai-coworker-attention-1"):
+            delegation("coworker-attention", "", [send_invoice])
+    except Crash:
+        out["crashed"] = dict(RAN)
+    tether.adapters.flush()
+    with tether.run(agent="planner", run_id="crewai-coworker-attention-1", resume=True):
+        out["resumed"] = delegation("coworker-attention", "", [send_invoice])
     return out
 
 
@@ -333,10 +353,12 @@ def main() -> dict[str, Any]:
     said["resume"] = resumed()
     said["async_timeout"] = scenario("async_timeout", "", tools=[slow_async_lookup])
     said["async_retry"] = scenario("async_retry", "", tools=[flaky_async_read])  # tether.toml: idempotent
+    said["akickoff_timeout"] = scenario("akickoff_timeout", "", tools=[slow_async_lookup], kickoff="async")
     said["async_resume"] = resumed("async-stock-bot", "crewai-resume-async", CountStockAsync)
     said["arun"] = arun()
     said["delegation"] = delegation()
     said["delegation_resume"] = delegation_resumed()
+    said["coworker_attention"] = coworker_attention()
     said["attention"] = attention()
     said["memory"] = crew_memory()
     said["hooks"] = private_api()

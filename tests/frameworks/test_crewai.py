@@ -32,6 +32,9 @@ tool_timeout_s = 0.3
 
 [routes."tool:flaky_async_read"]
 idempotent = true
+
+[routes."tool:delegate_work_to_coworker"]
+idempotent = true
 """
 
 
@@ -238,10 +241,14 @@ def test_bad_options_are_refused_with_what_to_do(crews: Outcome) -> None:
     assert "not 'anthropic/claude'" in provider and "OpenAI-compatible models (base_url=)" in provider
 
 
-def test_an_async_tool_is_stopped_at_its_routes_timeout(crews: Outcome) -> None:
-    said = crews.said["async_timeout"]
-    assert said["ok"] and said["ran"]["slow_async_lookup"] == 1, "CrewAI gives the timeout to the model as text"
-    _, _, run = crew_run(crews, "async_timeout")
+@pytest.mark.parametrize("kickoff", ["async_timeout", "akickoff_timeout"])
+def test_an_async_tool_is_stopped_at_its_routes_timeout(crews: Outcome, kickoff: str) -> None:
+    """Under ``Crew.kickoff()`` and ``Crew.akickoff()`` (CrewAI runs native tool calls in a thread of its own
+    either way, an async tool there with ``asyncio.run``)."""
+    said = crews.said[kickoff]
+    assert said["ok"], "CrewAI gives the timeout to the model as text"
+    assert said["ran"]["slow_async_lookup"] == (1 if kickoff == "async_timeout" else 2)  # RAN counts both
+    _, _, run = crew_run(crews, kickoff)
     assert [t for t in types(run) if t.startswith("tool.")] == [
         "tool.call.requested", "tool.call.attempt_failed", "tool.call.failed"], "one span, from the tool policy"
     failed = next(e for e in run if e.type == "tether.tool.call.failed")
@@ -320,3 +327,21 @@ def test_a_resumed_crew_replays_a_completed_delegation_without_the_coworker_work
     children = [e for e in crews.started() if e.data.parent_run_id == task]
     assert [(e.agentid, e.data.metadata["kind"]) for e in children] == [("fake coworker", "delegation")], \
         "the coworker's child run was opened once, in the first process, not again"
+
+
+def test_a_coworkers_stop_stops_the_resumed_crew_instead_of_becoming_a_text(crews: Outcome) -> None:
+    """The coworker's process died inside its tool (not idempotent); the delegation is idempotent, so
+    the resumed crew delegates again and the coworker's resumed run stops at that call. CrewAI's
+    delegation tool catches every exception of its coworker: tether raises the stop again from the
+    delegation, and the crew stops with TetherNeedsAttention naming the coworker's call."""
+    said = crews.said["coworker_attention"]
+    assert said["crashed"] == {"send_invoice": 1}
+    resumed = said["resumed"]
+    assert not resumed["ok"] and resumed["error"] == "tether.adapters.crewai.TetherNeedsAttention", resumed
+    assert resumed["tool"] == "send_invoice" and resumed["ran"] == {"send_invoice": 1}, "not run again"
+    assert resumed["upstream"] == [], "both model calls before the crash replayed, nothing sent after the stop"
+    [child] = {e.runid for e in crews.started() if e.agentid == "fake coworker"
+               and e.data.parent_run_id in {t.runid for t in crews.started() if t.agentid == "planner"}
+               and any(x.type == "tether.run.needs_attention" for x in crews.runs()[e.runid])}
+    assert resumed["run_id"] == child, "the stop names the coworker's run, where the call is to be resolved"
+    assert types(crews.runs()[child])[-3:] == ["llm.call.requested", "call.replayed", "run.needs_attention"]

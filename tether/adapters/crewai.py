@@ -142,12 +142,17 @@ _tool: contextvars.ContextVar[ObservedTool | None] = contextvars.ContextVar("tet
 
 _TOOLS = FrameworkTools(SOURCE)
 _HALTS: dict[str, NeedsAttention] = {}  # run id: the call its resumed run stopped at, until the after-tool hook
+# a coworker's run (a delegation's child run) while it works: the stop it came to, if any (CrewAI's
+# delegation tool turns every exception of its coworker into a text for the delegating agent)
+_COWORKING: dict[str, NeedsAttention | None] = {}
 
 
 def _halted(error: NeedsAttention) -> None:
-    """Keep the stop for the after-tool hook: CrewAI catches what a tool raises."""
+    """Keep the stop for the after-tool hook of the run the tool was called in (the stop's own run, or
+    for a delegation the coworker's child run that stopped): CrewAI catches what a tool raises."""
+    run = current_run()
     with _RUNS.lock:
-        _HALTS[error.run_id] = error
+        _HALTS[run.run_id if run is not None else error.run_id] = error
 
 
 _Around = Callable[[Callable[[], Any], dict[str, Any]], Callable[[], Any]]
@@ -215,9 +220,20 @@ def _delegation(tool: Any, name: str) -> _Around:
         run_id = str(uuid.uuid5(_DELEGATIONS, f"{parent.run_id}/{place}"))
 
         def in_child_run() -> Any:
-            with Run(agent=role, run_id=run_id, name=role, resume=parent.journal is not None,
-                     metadata={"framework": "crewai", "kind": "delegation", "tool": name}):
-                return run()
+            with _RUNS.lock:
+                _COWORKING[run_id] = None
+            try:
+                with Run(agent=role, run_id=run_id, name=role, resume=parent.journal is not None,
+                         metadata={"framework": "crewai", "kind": "delegation", "tool": name}):
+                    result = run()
+                    with _RUNS.lock:
+                        stopped = _COWORKING[run_id]
+                    if stopped is not None:  # CrewAI made the coworker's stop a text: stop the delegation too
+                        raise stopped
+                    return result
+            finally:
+                with _RUNS.lock:
+                    _COWORKING.pop(run_id, None)
 
         return in_child_run
 
@@ -292,6 +308,9 @@ def _after_tool(ctx: Any) -> None:
         with _RUNS.lock:
             halt = _HALTS.pop(run.run_id, None)
         if halt is not None:
+            with _RUNS.lock:
+                if run.run_id in _COWORKING:
+                    _COWORKING[run.run_id] = halt
             raise TetherNeedsAttention(halt)
     observed = _tool.get()
     if observed is None:
