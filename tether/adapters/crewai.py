@@ -203,6 +203,17 @@ def _is_governed(fn: Any) -> bool:
 _DELEGATIONS = uuid.UUID("6d0c1e52-4f7e-5b7a-9a39-7c7e1f0b2d11")  # the namespace of a delegation's run id
 
 
+def _coworker(tool: Any, arguments: dict[str, Any]) -> str | None:
+    """The role of the agent a delegation tool's call names, matched as CrewAI matches it (the first
+    of a ``[a, b]`` list, whitespace, quotes and case aside); None if no agent of the tool has it."""
+    given = str(arguments.get("coworker") or arguments.get("co_worker") or "")
+    if given.startswith("[") and given.endswith("]"):
+        given = given[1:-1].split(",")[0]
+    wanted = tool.sanitize_agent_name(given)
+    return next((str(a.role) for a in getattr(tool, "agents", None) or ()
+                 if tool.sanitize_agent_name(str(a.role)) == wanted), None)
+
+
 def _delegation(tool: Any, name: str) -> _Around:
     """For a delegation tool (``Delegate work to coworker``, ``Ask question to coworker``): the
     coworker works in a child run of the run the tool is called in, named for its role. Its id is
@@ -210,10 +221,7 @@ def _delegation(tool: Any, name: str) -> _Around:
     call runs or is replayed), so a resumed run resumes it too."""
 
     def around(run: Callable[[], Any], arguments: dict[str, Any]) -> Callable[[], Any]:
-        parent = current_run()
-        wanted = tool.sanitize_agent_name(str(arguments.get("coworker") or arguments.get("co_worker") or ""))
-        role = next((str(a.role) for a in getattr(tool, "agents", None) or ()
-                     if tool.sanitize_agent_name(str(a.role)) == wanted.strip("[]").split(",")[0].strip()), None)
+        parent, role = current_run(), _coworker(tool, arguments)
         if parent is None or role is None:  # no run, or no such coworker: CrewAI answers with an error text
             return run
         place = next(parent.derived)
