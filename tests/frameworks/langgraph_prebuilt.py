@@ -4,8 +4,8 @@ prebuilt agent) and ``create_agent(llm, tools, middleware=[tool_middleware(...)]
 
 For each: a run whose second model call fails for good after its tool ``charge`` completed, then the
 same run resumed (the tool's recorded result replayed, not run); a tool over its timeout; an idempotent
-tool retried. The model is the fake provider (``OPENAI_BASE_URL``: its faults set here), the bus
-``TETHER_NATS_URL``. Each tool counts its executions; prints one JSON line.
+tool retried, by ``ainvoke`` and by ``invoke``. The model is the fake provider (``OPENAI_BASE_URL``: its
+faults set here), the bus ``TETHER_NATS_URL``. Each tool counts its executions; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def agent(builder: str, name: str, tools: list[Any], **policy: Any) -> Any:
     return create_agent(llm, tools, middleware=[tool_middleware(**policy)], name=name)
 
 
-async def attempt(built: Any, faults: str, **run: Any) -> dict[str, Any]:
-    """One ``ainvoke`` of ``built`` (inside ``tether.run(**run)`` when given), the fake's ``faults`` set."""
+async def attempt(built: Any, faults: str, *, sync: bool = False, **run: Any) -> dict[str, Any]:
+    """One ``ainvoke`` of ``built`` (``invoke`` in a thread if ``sync``; inside ``tether.run(**run)`` when
+    given), the fake's ``faults`` set."""
     await asyncio.to_thread(fake, "faults", {"spec": faults})
     before = (await asyncio.to_thread(fake, "log"))["total"]
     out: dict[str, Any] = {}
@@ -86,6 +87,8 @@ async def attempt(built: Any, faults: str, **run: Any) -> dict[str, Any]:
         if run:
             async with tether.run(**run):
                 result = await built.ainvoke({"messages": [("user", "Go ahead.")]})
+        elif sync:  # the ToolNode calls wrap_tool_call, not awrap_tool_call
+            result = await asyncio.to_thread(built.invoke, {"messages": [("user", "Go ahead.")]})
         else:
             result = await built.ainvoke({"messages": [("user", "Go ahead.")]})
         out.update(ok=True, tools=[m.content for m in result["messages"] if isinstance(m, ToolMessage)])
@@ -110,6 +113,8 @@ async def main() -> dict[str, Any]:
         got["timeout"] = await attempt(agent(builder, f"{builder}-slow", [slow], timeout_s=0.3), "")
         got["retry"] = await attempt(agent(builder, f"{builder}-read", [flaky_read], idempotent_tools={"flaky_read"}),
                                      "")
+        got["sync_retry"] = await attempt(agent(builder, f"{builder}-sync", [flaky_read],
+                                                idempotent_tools={"flaky_read"}), "", sync=True)
         said[builder] = got
     try:
         tool_middleware(idempotent_tools="flaky_read")

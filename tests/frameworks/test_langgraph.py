@@ -273,7 +273,8 @@ def test_the_agents_langgraph_and_langchain_build_run_their_tools_under_the_tool
         builder: str, prebuilt: Outcome) -> None:
     """``create_react_agent(llm, tool_node(tools))`` and langchain's ``create_agent(llm, tools,
     middleware=[tool_middleware(...)])``: a resumed run's completed tool call replayed without running,
-    a timeout, an idempotent tool retried; one record per call (the callback handler leaves them alone)."""
+    a timeout, an idempotent tool retried (async and sync); one record per call (the callback handler
+    leaves them alone)."""
     said = prebuilt.said[builder]
     crashed, resumed = said["crashed"], said["resumed"]
     assert not crashed["ok"] and crashed["ran"] == {"charge": 1}, crashed
@@ -286,6 +287,8 @@ def test_the_agents_langgraph_and_langchain_build_run_their_tools_under_the_tool
     assert said["timeout"]["ran"] == {"slow": 1}
     assert said["retry"]["ok"] and said["retry"]["tools"] == ["Rain in fake city."], said["retry"]
     assert said["retry"]["ran"]["flaky_read"] == 2, "failed once (a reset), retried by tether"
+    assert said["sync_retry"]["ok"] and said["sync_retry"]["tools"] == ["Rain in fake city."], said["sync_retry"]
+    assert said["sync_retry"]["ran"]["flaky_read"] == 4, "invoke(): the same, through wrap_tool_call"
 
     log = prebuilt.events
     names = {e.runid: e.data.name or "" for e in log if e.type == "tether.run.started"}
@@ -299,7 +302,10 @@ def test_the_agents_langgraph_and_langchain_build_run_their_tools_under_the_tool
         (f"{builder}-slow", "tool.call.failed", "slow"),
         (f"{builder}-read", "tool.call.requested", "flaky_read"),
         (f"{builder}-read", "tool.call.attempt_failed", "flaky_read"),
-        (f"{builder}-read", "tool.call.completed", "flaky_read")], "one record per call, from tether's tool policy"
+        (f"{builder}-read", "tool.call.completed", "flaky_read"),
+        (f"{builder}-sync", "tool.call.requested", "flaky_read"),
+        (f"{builder}-sync", "tool.call.attempt_failed", "flaky_read"),
+        (f"{builder}-sync", "tool.call.completed", "flaky_read")], "one record per call, from tether's tool policy"
     assert {e.source for e in tools if e.type != "tether.tool.call.failed"} == {SOURCE}
     [first, again] = [e for e in tools if e.type == "tether.tool.call.requested" and e.data.tool == "charge"]
     assert first.runid == again.runid and first.data.idempotency_key == again.data.idempotency_key
