@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import tether
-from tether.adapters import AsyncTetherTransport
+from tether.adapters import AsyncTetherTransport, conversation
 from tether.adapters._wire import operation_of, parse_request
 from tether.bus import Bus
 from tether.middleware import PolicySet, RunawayGuard, StreamAccumulator, classify_http, usage_of
@@ -112,6 +112,24 @@ async def test_durable_mode_refuses_a_gemini_call_saying_what_to_do(fake: FakePr
         answer = await gemini.post(GENERATE, json=ASK)
     assert answer.status_code == 501 and "mode='inline'" in answer.json()["error"]["message"]
     assert len(fake.log) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_a_gemini_runs_conversation_reads_back(fake: FakeProvider, bus: Bus, gemini: httpx.AsyncClient) -> None:
+    system = {"parts": [{"text": "Be brief."}]}
+    async with tether.run(bus=bus) as run:
+        first = (await gemini.post(GENERATE, json={**ASK, "tools": TOOLS, "systemInstruction": system})).json()
+        asked = first["candidates"][0]["content"]
+        result = {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"t": 20}}}]}
+        history = [*ASK["contents"], asked, result]
+        second = (await gemini.post(GENERATE, json={"contents": history, "tools": TOOLS,
+                                                     "systemInstruction": system})).json()
+    said = conversation(await run_events(bus, run.run_id))
+    assert [(m["role"], m["source"]) for m in said] == [
+        ("system", "request"), ("user", "request"), ("model", "response"), ("user", "request"), ("model", "response")]
+    assert said[2]["parts"] == asked["parts"] and said[3]["parts"] == result["parts"]
+    assert said[4]["parts"] == second["candidates"][0]["content"]["parts"], "each message once, in order"
 
 
 # -- the wire format, without I/O ---------------------------------------------------------------

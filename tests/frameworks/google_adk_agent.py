@@ -170,7 +170,13 @@ async def plain_genai() -> dict[str, Any]:
         answer = await client.aio.models.generate_content(model="gemini-2.5-flash", contents=QUESTION)
         streamed = [c.text async for c in await client.aio.models.generate_content_stream(
             model="gemini-2.5-flash", contents=QUESTION)]
-    return {"text": answer.text, "usage": answer.usage_metadata.total_token_count, "streamed": "".join(streamed)}
+    try:
+        tether.instrument(genai.Client())
+        refused = None
+    except TypeError as exc:
+        refused = str(exc)
+    return {"text": answer.text, "usage": answer.usage_metadata.total_token_count, "streamed": "".join(streamed),
+            "instrument": refused}
 
 
 async def main(scenarios: list[str]) -> dict[str, Any]:

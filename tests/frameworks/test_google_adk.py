@@ -256,6 +256,7 @@ def test_plain_google_genai_given_tethers_http_clients(outcome: Outcome) -> None
     said = outcome.said["genai"]
     assert said["ok"] and said["text"] and said["streamed"] == said["text"], said
     assert said["upstream"] == ["500", "200", "200"]
+    assert "httpx_async_client=tether.async_http_client()" in said["instrument"], "instrument says what to do"
     run = run_of(outcome, "genai_bot")
     assert types(run)[1:-1] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
                                 "llm.call.requested", "llm.call.completed"]
