@@ -4,6 +4,7 @@ Gemini endpoints (the real google-genai SDK is tested in ADK's venv: tests/frame
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ import tether
 from tether.adapters import AsyncTetherTransport, conversation
 from tether.adapters._wire import operation_of, parse_request
 from tether.bus import Bus
-from tether.middleware import PolicySet, RunawayGuard, StreamAccumulator, classify_http, usage_of
+from tether.middleware import FallbackPolicy, PolicySet, RunawayGuard, StreamAccumulator, classify_http, usage_of
 from tether.pricing import estimate_tokens, price
 from tether.testing.fake_provider import FakeProvider
 
@@ -102,6 +103,21 @@ async def test_a_refusal_is_a_gemini_error_and_nothing_is_sent(fake: FakeProvide
     assert len(fake.log) == 1, "the refused call never reached the provider"
     failed = data(await run_events(bus, run.run_id), "llm.call.failed")
     assert [f.error.type for f in failed] == ["RunawayGuard"]
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_a_gemini_call_never_falls_back_to_a_model_its_url_does_not_name(fake: FakeProvider, bus: Bus) -> None:
+    fast = fast_policies().routes["*"]
+    other = dataclasses.replace(fast, fallback=FallbackPolicy(targets=("gemini:gemini-2.0-flash",)))
+    policies = PolicySet(routes={**fast_policies().routes, "gemini:gemini-2.5-flash": other},
+                         runaway=fast_policies().runaway)
+    fake.set_faults("500/gemini")
+    async with client(fake, bus, policies) as gemini, tether.run(bus=bus) as run:
+        answer = await gemini.post(GENERATE, json=ASK)
+    assert answer.status_code == 500 and [r.model for r in fake.log] == ["gemini-2.5-flash"] * 3
+    events = await run_events(bus, run.run_id)
+    assert [f.decision for f in data(events, "attempt_failed")] == ["retry", "retry", "give_up"], "retries only"
 
 
 @pytest.mark.anyio

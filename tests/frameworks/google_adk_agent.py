@@ -170,13 +170,15 @@ async def plain_genai() -> dict[str, Any]:
         answer = await client.aio.models.generate_content(model="gemini-2.5-flash", contents=QUESTION)
         streamed = [c.text async for c in await client.aio.models.generate_content_stream(
             model="gemini-2.5-flash", contents=QUESTION)]
+        synced = await asyncio.to_thread(client.models.generate_content, model="gemini-2.5-flash",
+                                         contents=QUESTION)  # the sync client, on tether.http_client()
     try:
         tether.instrument(genai.Client())
         refused = None
     except TypeError as exc:
         refused = str(exc)
     return {"text": answer.text, "usage": answer.usage_metadata.total_token_count, "streamed": "".join(streamed),
-            "instrument": refused}
+            "sync": synced.text, "instrument": refused}
 
 
 async def main(scenarios: list[str]) -> dict[str, Any]:

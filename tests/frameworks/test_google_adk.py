@@ -254,12 +254,13 @@ def test_a_gemini_outage_is_three_upstream_requests_and_genais_server_error(outc
 
 def test_plain_google_genai_given_tethers_http_clients(outcome: Outcome) -> None:
     said = outcome.said["genai"]
-    assert said["ok"] and said["text"] and said["streamed"] == said["text"], said
-    assert said["upstream"] == ["500", "200", "200"]
+    assert said["ok"] and said["text"] and said["streamed"] == said["text"] == said["sync"], said
+    assert said["upstream"] == ["500", "200", "200", "200"]
     assert "httpx_async_client=tether.async_http_client()" in said["instrument"], "instrument says what to do"
     run = run_of(outcome, "genai_bot")
     assert types(run)[1:-1] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
-                                "llm.call.requested", "llm.call.completed"]
+                                "llm.call.requested", "llm.call.completed",
+                                "llm.call.requested", "llm.call.completed"], "async, streamed, sync"
     assert llm_calls(run, "completed")[0].usage.input_tokens + llm_calls(run, "completed")[0].usage.output_tokens \
         == said["usage"]  # type: ignore[attr-defined]
 
