@@ -218,6 +218,49 @@ def google_adk_agent(mode: str) -> Runner:
     return run
 
 
+def google_adk_gemini_agent(mode: str) -> Runner:
+    """``google_adk_agent`` on ADK's native ``Gemini`` (google-genai), on the fake provider's Gemini API."""
+    import os
+
+    os.environ.setdefault("GOOGLE_API_KEY", "bench-google-key")
+    from google.adk.agents import LlmAgent
+    from google.adk.apps import App
+    from google.adk.models.google_llm import Gemini
+    from google.adk.plugins.base_plugin import BasePlugin
+    from google.adk.runners import Runner as AdkRunner
+    from google.adk.sessions import InMemorySessionService
+    from google.genai import types
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    origin = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
+    model: Any = Gemini(model="gemini-2.5-flash", base_url=origin)  # google-genai retries nothing by default
+    plugins: list[Any] = []
+    if mode != "bare":
+        import tether
+        from tether.adapters.google_adk import TetherPlugin, gemini
+
+        model = gemini("gemini-2.5-flash", base_url=origin)
+        if mode == "tether":
+            tether.init()
+            plugins = [TetherPlugin()]
+        elif mode == "observer":
+            plugins = [BasePlugin(name="nothing")]
+    agent = LlmAgent(name="weather_bot", model=model, tools=[get_weather], instruction="Answer about the weather.")
+    runner = AdkRunner(app=App(name="weather", root_agent=agent, plugins=plugins),
+                       session_service=InMemorySessionService())
+
+    async def run(i: int) -> None:
+        session = await runner.session_service.create_session(app_name="weather", user_id="u")
+        message = types.Content(role="user", parts=[types.Part(text=f"What is the weather in city {i}?")])
+        async for _ in runner.run_async(user_id="u", session_id=session.id, new_message=message):
+            pass
+
+    return run
+
+
 def crewai_agent(mode: str) -> Runner:
     import os
 
@@ -411,7 +454,7 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
 
         def none() -> None:
             agent_run(NoOpTracer(), False)
-    elif framework == "google-adk":
+    elif framework in ("google-adk", "google-adk-gemini"):
         from types import SimpleNamespace
 
         from google.adk.plugins.base_plugin import BasePlugin
@@ -548,7 +591,8 @@ def other_hooks(framework: str) -> tuple[Callable[[], None], Callable[[], None]]
 
 async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent, "autogen": autogen_agent,
-            "google-adk": google_adk_agent, "crewai": crewai_agent, "litellm": litellm_agent,
+            "google-adk": google_adk_agent, "google-adk-gemini": google_adk_gemini_agent, "crewai": crewai_agent,
+            "litellm": litellm_agent,
             "pydantic-ai": pydantic_ai_agent}[framework]
     run = make(mode)
     for i in range(warmup):

@@ -17,6 +17,7 @@ framework, no model), CPU per run with and without them, the publisher's include
 
     .venv/bin/python bench/frameworks.py
     .venv/bin/python bench/frameworks.py --runs 200 --rounds 3 --json
+    .venv/bin/python bench/frameworks.py --frameworks google-adk-gemini   # ADK on its native Gemini model
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ FRAMEWORKS = ("langgraph", "openai-agents", "autogen", "google-adk", "crewai", "
 MODES = ("bare", "model", "observer", "tether")
 STEPS_PER_RUN = 2
 RUNS_PER_AGENT_RUN = {"crewai": 2}  # a crew's run and its task's child run
+VENVS = {"google-adk-gemini": "google-adk"}  # ADK's native Gemini model: ADK's venv (not in FRAMEWORKS: --frameworks)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,7 +95,7 @@ def main() -> int:
         with NatsServer() as nats, tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             for framework in args.frameworks.split(","):
-                venv = optional_env(framework, project=True).path
+                venv = optional_env(VENVS.get(framework, framework), project=True).path
                 env = {**os.environ, "TETHER_NATS_URL": nats.url, "TETHER_HOME": str(work / "home"),
                        "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench-0000"}
                 samples: dict[str, dict[str, list[float]]] = {m: {"wall_ms": [], "cpu_ms": []} for m in MODES}

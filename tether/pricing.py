@@ -251,20 +251,21 @@ def estimate_tokens(body: Mapping[str, Any], *, operation: str | None = None) ->
     """(estimated input tokens, max output tokens) of a request body, before it is sent.
 
     Input: about one token per four characters of text in ``messages``, ``system``,
-    ``input``, ``instructions``, ``prompt`` and ``tools``, plus a few tokens per message;
-    images count a flat 1,000 tokens and binary data nothing. Output: the request's
-    ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``, else 1,024 (0 for
+    ``input``, ``instructions``, ``prompt`` and ``tools`` (Gemini's ``contents`` and
+    ``systemInstruction``), plus a few tokens per message; images count a flat 1,000 tokens
+    and binary data nothing. Output: the request's ``max_tokens`` / ``max_completion_tokens``
+    / ``max_output_tokens`` (Gemini's ``generationConfig.maxOutputTokens``), else 1,024 (0 for
     ``operation="embeddings"``). Good enough to refuse a call that would break a budget,
     not an invoice.
     """
     chars = 0
     fixed = _TOKENS_PER_REQUEST
-    for key in ("system", "instructions", "prompt", "input", "tools"):
+    for key in ("system", "instructions", "prompt", "input", "tools", "systemInstruction"):
         if key in body:
             text, extra = _text_size(body[key])
             chars += text
             fixed += extra
-    messages = body.get("messages")
+    messages = body.get("messages", body.get("contents"))
     if isinstance(messages, list):
         for message in messages:
             text, extra = _text_size(message)
@@ -273,8 +274,10 @@ def estimate_tokens(body: Mapping[str, Any], *, operation: str | None = None) ->
     input_tokens = fixed + math.ceil(chars / _CHARS_PER_TOKEN)
     if operation == "embeddings":
         return input_tokens, 0
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = body.get(key)
+    config = body.get("generationConfig")
+    limits = config if isinstance(config, Mapping) else body
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens", "maxOutputTokens"):
+        value = limits.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return input_tokens, value
     return input_tokens, DEFAULT_MAX_OUTPUT_TOKENS

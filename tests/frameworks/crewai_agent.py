@@ -10,6 +10,7 @@ gave or raised, the LLM events CrewAI itself saw, the upstream requests and the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -85,6 +86,37 @@ class CountStock(BaseTool):  # a BaseTool subclass: its _run is governed
         return f"{40 + RAN['count_stock']} umbrellas in {city}."
 
 
+@tool("slow_async_lookup")
+async def slow_async_lookup(city: str) -> str:
+    """Look a city up in a slow archive (an async tool)."""
+    RAN["slow_async_lookup"] += 1
+    await asyncio.sleep(1.0)  # tether.toml gives this tool 0.3 s
+    return f"{city} found"
+
+
+@tool("flaky_async_read")
+async def flaky_async_read(city: str) -> str:
+    """Read a city's weather from a flaky station (an async tool)."""
+    RAN["flaky_async_read"] += 1
+    if RAN["flaky_async_read"] == 1:
+        raise ConnectionError("station reset the connection")
+    return f"Rain in {city}."
+
+
+class CountStockAsync(BaseTool):  # a BaseTool subclass whose _run is a coroutine, with an _arun of its own
+    name: str = "count_stock_async"
+    description: str = "Count the umbrellas in stock in a city."
+
+    async def _run(self, city: str) -> str:
+        RAN["count_stock_async"] += 1
+        await asyncio.sleep(0)
+        return f"{40 + RAN['count_stock_async']} umbrellas in {city}."
+
+    async def _arun(self, city: str) -> str:
+        RAN["count_stock_arun"] += 1
+        return f"{RAN['count_stock_arun']} umbrellas counted in {city}."
+
+
 class Crash(BaseException):
     """The process dies inside the tool: nothing after its start is recorded."""
 
@@ -107,7 +139,8 @@ def fake(path: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool: bool = False,
-             tools: list[Any] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+             tools: list[Any] | None = None, options: dict[str, Any] | None = None,
+             kickoff: str = "sync") -> dict[str, Any]:
     fake("faults", {"spec": faults})
     before = fake("log")["total"]
     model = llm("gpt-4o-mini", tether=options)  # line 2: the model's calls under tether's policy
@@ -118,7 +151,7 @@ def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool:
     SEEN.clear()
     out: dict[str, Any] = {}
     try:
-        out.update(ok=True, answer=crew.kickoff().raw)
+        out.update(ok=True, answer=(crew.kickoff() if kickoff == "sync" else asyncio.run(crew.akickoff())).raw)
     except Exception as exc:  # what the framework raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
                    kinds=[f"{k.__module__}.{k.__name__}" for k in type(exc).__mro__],
@@ -143,17 +176,82 @@ class Stopped(Exception):
     """The crew failed: its enclosing run ends with the error."""
 
 
-def resumed() -> dict[str, Any]:
+def resumed(role: str = "stock-bot", run_id: str = "crewai-resume-1", make: Any = None) -> dict[str, Any]:
     """A crew inside a tether run that fails after its tool ran (its second model call gets a
     persistent 500), then the same run resumed: the tool's recorded result is replayed."""
     RAN.clear()
     out: dict[str, Any] = {}
     for attempt, faults in (("crashed", "500#2-9/chat"), ("resumed", "")):
         try:
-            with tether.run(agent="stock-bot", run_id="crewai-resume-1", resume=attempt == "resumed"):
-                out[attempt] = scenario("resume", faults, role="stock-bot", tools=[CountStock()])
+            with tether.run(agent=role, run_id=run_id, resume=attempt == "resumed"):
+                out[attempt] = scenario(run_id, faults, role=role, tools=[(make or CountStock)()])
                 if not out[attempt]["ok"]:
                     raise Stopped(out[attempt]["message"])  # the run ends failed, as the process would have
+        except Stopped:
+            pass
+    return out
+
+
+def arun() -> dict[str, Any]:
+    """A BaseTool subclass's own _arun, called through BaseTool.arun() inside a run (no CrewAI agent
+    calls it): under the tool policy too."""
+    RAN.clear()
+    counter = CountStockAsync()
+    tether.adapters.crewai.govern(counter)
+    with tether.run(agent="arun-bot", run_id="crewai-arun-1"):
+        result = asyncio.run(counter.arun(city="Oslo"))
+    return {"result": result, "ran": dict(RAN)}
+
+
+def delegation(name: str = "delegation", faults: str = "", coworker_tools: list[Any] | None = None) -> dict[str, Any]:
+    """A planner that may delegate, and a coworker (its role is what the fake provider fills a string
+    argument named ``coworker`` with): the planner's task calls CrewAI's "Delegate work to coworker"."""
+    fake("faults", {"spec": faults})
+    before = fake("log")["total"]
+    coworker = Agent(role="fake coworker", goal="Answer about the weather.", backstory="A forecaster.",
+                     llm=llm("gpt-4o-mini"), tools=coworker_tools or [])
+    planner = Agent(role="planner", goal="Plan the day.", backstory="A planner.", llm=llm("gpt-4o-mini"),
+                    allow_delegation=True)
+    task = Task(description="Use delegate_work_to_coworker: what is the weather in Paris?",
+                expected_output="The weather.", agent=planner)
+    out: dict[str, Any] = {}
+    try:
+        out.update(ok=True, answer=Crew(agents=[planner, coworker], tasks=[task], name=name).kickoff().raw)
+    except Exception as exc:
+        out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
+                   tool=getattr(exc, "tool", None), run_id=getattr(exc, "run_id", None))
+    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["ran"] = dict(RAN)
+    return out
+
+
+def coworker_attention() -> dict[str, Any]:
+    """A coworker whose process dies inside its tool that is not idempotent (the delegation is, in
+    tether.toml, so the resumed crew delegates again): the resumed crew stops with NeedsAttention
+    rather than CrewAI giving the planner's model the coworker's stop as an error text."""
+    RAN.clear()
+    out: dict[str, Any] = {}
+    try:
+        with tether.run(agent="planner", run_id="crewai-coworker-attention-1"):
+            delegation("coworker-attention", "", [send_invoice])
+    except Crash:
+        out["crashed"] = dict(RAN)
+    tether.adapters.flush()
+    with tether.run(agent="planner", run_id="crewai-coworker-attention-1", resume=True):
+        out["resumed"] = delegation("coworker-attention", "", [send_invoice])
+    return out
+
+
+def delegation_resumed() -> dict[str, Any]:
+    """A delegating crew inside a tether run whose last model call fails for good after the coworker
+    answered, then the same run resumed: the delegation is replayed, the coworker does not work again."""
+    out: dict[str, Any] = {}
+    for attempt, faults in (("crashed", "500#3-9/chat"), ("resumed", "")):
+        try:
+            with tether.run(agent="planner", run_id="crewai-delegation-1", resume=attempt == "resumed"):
+                out[attempt] = delegation("delegation-resume", faults)
+                if not out[attempt]["ok"]:
+                    raise Stopped(out[attempt]["message"])
         except Stopped:
             pass
     return out
@@ -253,6 +351,14 @@ def main() -> dict[str, Any]:
     tether.adapters.crewai.install(idempotent_tools={"flaky_read"})  # the adapter's option
     said["tool_retry"] = scenario("tool_retry", "", tools=[flaky_read])
     said["resume"] = resumed()
+    said["async_timeout"] = scenario("async_timeout", "", tools=[slow_async_lookup])
+    said["async_retry"] = scenario("async_retry", "", tools=[flaky_async_read])  # tether.toml: idempotent
+    said["akickoff_timeout"] = scenario("akickoff_timeout", "", tools=[slow_async_lookup], kickoff="async")
+    said["async_resume"] = resumed("async-stock-bot", "crewai-resume-async", CountStockAsync)
+    said["arun"] = arun()
+    said["delegation"] = delegation()
+    said["delegation_resume"] = delegation_resumed()
+    said["coworker_attention"] = coworker_attention()
     said["attention"] = attention()
     said["memory"] = crew_memory()
     said["hooks"] = private_api()

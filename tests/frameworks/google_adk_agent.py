@@ -8,7 +8,10 @@ named ``<scenario>_bot``; prints one JSON line, by scenario. The ``tool-*`` scen
 tether's tool policy (the plugin's): a timeout, an idempotent tool retried, a resumed run whose completed
 tool call is replayed (each tool counts its executions). The ``kinds-*`` scenarios do the same for the
 other kinds of tools ADK runs: a toolset's tool retried, a ``LongRunningFunctionTool`` timed out, an
-``AgentTool`` whose completed call a resumed run replays without running its agent again.
+``AgentTool`` whose completed call a resumed run replays without running its agent again. The ``gemini-*``
+scenarios run ADK's native ``Gemini`` model (``gemini(...)``: google-genai on tether's HTTP clients) against
+the fake provider's Gemini endpoints; ``genai`` is plain google-genai given tether's HTTP clients in its
+``http_options``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ import sys
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM would fetch its price map at import
+os.environ.setdefault("GOOGLE_API_KEY", "fake-google-key-for-tests")  # google-genai's key (the fake takes any)
 
-from _scenario import faults, scenario
+from _scenario import ORIGIN, faults, scenario
+from google import genai
 from google.adk.agents import LlmAgent
+from google.adk.agents.run_config import RunConfig, StreamingMode
 from google.adk.apps import App
+from google.adk.models.llm_request import LlmRequest
 from google.adk.runners import Runner
 from google.adk.sessions import InMemorySessionService
 from google.adk.tools.agent_tool import AgentTool
@@ -34,13 +41,14 @@ from google.genai import types
 
 import tether
 import tether.adapters
-from tether.adapters.google_adk import TetherMemoryService, TetherPlugin, TetherSessionService, lite_llm
+from tether.adapters.google_adk import TetherMemoryService, TetherPlugin, TetherSessionService, gemini, lite_llm
 from tether.memory import AsyncMemory
 from tether.middleware import load_policies
 
 QUESTION = "What is the weather in Paris?"
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
-FAULTS = {"retries": "500#1/chat,503#3/chat", "down": "500/chat"}
+FAULTS = {"retries": "500#1/chat,503#3/chat", "down": "500/chat", "gemini": "500#1/gemini,429(0.1s)#3/gemini",
+          "gemini-stream": "503#1/gemini", "gemini-down": "503/gemini", "genai": "500#1/gemini"}
 
 
 def get_weather(city: str) -> str:
@@ -208,6 +216,72 @@ async def tool_policy(name: str, model: Any) -> dict[str, Any]:
     return out
 
 
+MODELS: dict[str, Any] = {}
+
+
+async def native_gemini(name: str) -> dict[str, Any]:
+    """ADK's native ``Gemini`` through tether: an agent with a tool, two model calls (``gemini-stream``:
+    streamed, ``StreamingMode.SSE``), or a budget refusal (``gemini-budget``), or a provider down."""
+    options = {"policies": load_policies("budget.toml")} if name == "gemini-budget" else None
+    model = gemini("gemini-2.5-flash", base_url=ORIGIN, tether=options)  # the line: ADK's Gemini through tether
+    MODELS[name] = model
+    get_weather.__name__ = "get_weather"
+    agent = LlmAgent(name=f"{name.replace('-', '_')}_bot", model=model, tools=[get_weather],
+                     instruction="Answer about the weather.")
+    runner = Runner(app=App(name="weather", root_agent=agent, plugins=[TetherPlugin()]),
+                    session_service=InMemorySessionService())
+    session = await runner.session_service.create_session(app_name="weather", user_id="u1")
+    message = types.Content(role="user", parts=[types.Part(text=QUESTION)])
+    config = RunConfig(streaming_mode=StreamingMode.SSE) if name == "gemini-stream" else None
+    kinds, texts = [], []
+    async for event in runner.run_async(user_id="u1", session_id=session.id, new_message=message, run_config=config):
+        for part in event.content.parts if event.content and event.content.parts else []:
+            kinds.append("call" if part.function_call else "result" if part.function_response else "text")
+            if part.text and not event.partial:
+                texts.append(part.text)
+    return {"events": [k for n, k in enumerate(kinds) if k != "text" or "text" not in kinds[n + 1:]],
+            "texts": texts}
+
+
+async def gemini_refusals() -> dict[str, Any]:
+    """What ``gemini(...)`` refuses, each with the error it raises."""
+    out: dict[str, Any] = {}
+    cases = {"client": {"client": genai.Client()},
+             "retry_options": {"retry_options": types.HttpRetryOptions(attempts=3)},
+             "durable": {"tether": {"mode": "durable"}},
+             "own_http_client": {"client_kwargs": {"http_options": {"httpx_async_client": tether.async_http_client()}}}}
+    for case, kwargs in cases.items():
+        try:
+            gemini("gemini-2.5-flash", **kwargs)
+            out[case] = None
+        except (TypeError, ValueError) as exc:
+            out[case] = [type(exc).__name__, str(exc)]
+    kept = gemini("gemini-2.5-flash", client_kwargs={"http_options": {"headers": {"x-team": "weather"}}})
+    options = kept.client_kwargs["http_options"]
+    out["kept"] = [options.headers, options.retry_options.attempts, type(options.httpx_async_client).__name__]
+    return out
+
+
+async def plain_genai() -> dict[str, Any]:
+    """google-genai on its own, given tether's HTTP clients (and no retries of its own) in its http_options."""
+    client = genai.Client(http_options=types.HttpOptions(
+        base_url=ORIGIN, httpx_async_client=tether.async_http_client(), httpx_client=tether.http_client(),
+        retry_options=types.HttpRetryOptions(attempts=1)))
+    async with tether.run(agent="genai_bot", name="genai_bot"):
+        answer = await client.aio.models.generate_content(model="gemini-2.5-flash", contents=QUESTION)
+        streamed = [c.text async for c in await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents=QUESTION)]
+        synced = await asyncio.to_thread(client.models.generate_content, model="gemini-2.5-flash",
+                                         contents=QUESTION)  # the sync client, on tether.http_client()
+    try:
+        tether.instrument(genai.Client())
+        refused = None
+    except TypeError as exc:
+        refused = str(exc)
+    return {"text": answer.text, "usage": answer.usage_metadata.total_token_count, "streamed": "".join(streamed),
+            "sync": synced.text, "instrument": refused}
+
+
 async def main(scenarios: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"installed": tether.init()}  # line 1
     out["again"] = tether.init()
@@ -215,6 +289,15 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="memory_bot").start()
     for name in scenarios:
+        if name in ("gemini", "gemini-stream", "gemini-budget", "gemini-down"):
+            out.update(await scenario(name, FAULTS.get(name, ""), lambda name=name: native_gemini(name)))
+            continue
+        if name == "genai":
+            out.update(await scenario(name, FAULTS[name], plain_genai))
+            continue
+        if name == "gemini-refusals":
+            out.update(await scenario(name, "", gemini_refusals))
+            continue
         if name.startswith("tool-"):
             out.update(await scenario(name, "", lambda name=name: tool_policy(name, model)))
             continue
@@ -286,5 +369,17 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
     return out
 
 
+async def second_loop() -> dict[str, Any]:
+    """The ``gemini`` scenario's model again, on another event loop (ADK builds a client per loop)."""
+    async with tether.run(agent="second_loop_bot", name="second_loop_bot"):
+        request = LlmRequest(model="gemini-2.5-flash", contents=[types.Content(role="user", parts=[
+            types.Part(text=QUESTION)])])
+        answers = [r async for r in MODELS["gemini"].generate_content_async(request)]
+    return {"text": answers[-1].content.parts[0].text}
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1:]))))
+    said = asyncio.run(main(sys.argv[1:]))
+    if "gemini" in MODELS:
+        said.update(asyncio.run(scenario("second-loop", "", second_loop)))
+    print(json.dumps(said))

@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-with warnings.catch_warnings():  # create_react_agent moved to the `langchain` package, not installed here
+with warnings.catch_warnings():  # create_react_agent: deprecated in favour of langchain's create_agent
     warnings.simplefilter("ignore")
     from langgraph.prebuilt import create_react_agent
 

@@ -26,6 +26,15 @@ calls = 1
 
 [routes."tool:slow_lookup"]
 tool_timeout_s = 0.3
+
+[routes."tool:slow_async_lookup"]
+tool_timeout_s = 0.3
+
+[routes."tool:flaky_async_read"]
+idempotent = true
+
+[routes."tool:delegate_work_to_coworker"]
+idempotent = true
 """
 
 
@@ -209,7 +218,7 @@ def test_crewais_memory_kept_in_tether_memory_is_there_for_a_new_connection(crew
 
 def test_the_private_api_tether_relies_on_is_there(crews: Outcome) -> None:
     hooks = crews.said["hooks"]
-    assert hooks["missing"] == [] and hooks["listed"] == ["_build_sync_client", "_build_async_client", "_run"]
+    assert hooks["missing"] == [] and hooks["listed"] == ["_build_sync_client", "_build_async_client", "_run", "_arun"]
     assert hooks["transports"] == ["TetherTransport", "AsyncTetherTransport"], "the clients CrewAI built are tether's"
     assert hooks["run_governed"], "a BaseTool subclass's _run was put under the tool policy"
 
@@ -230,3 +239,109 @@ def test_bad_options_are_refused_with_what_to_do(crews: Outcome) -> None:
                        "(tether.memory.Memory.connect(...)), not object")
     assert "tether owns the retries" in retries and "leave max_retries out (was 3)" in retries
     assert "not 'anthropic/claude'" in provider and "OpenAI-compatible models (base_url=)" in provider
+
+
+@pytest.mark.parametrize("kickoff", ["async_timeout", "akickoff_timeout"])
+def test_an_async_tool_is_stopped_at_its_routes_timeout(crews: Outcome, kickoff: str) -> None:
+    """Under ``Crew.kickoff()`` and ``Crew.akickoff()`` (CrewAI runs native tool calls in a thread of its own
+    either way, an async tool there with ``asyncio.run``)."""
+    said = crews.said[kickoff]
+    assert said["ok"], "CrewAI gives the timeout to the model as text"
+    assert said["ran"]["slow_async_lookup"] == (1 if kickoff == "async_timeout" else 2)  # RAN counts both
+    _, _, run = crew_run(crews, kickoff)
+    assert [t for t in types(run) if t.startswith("tool.")] == [
+        "tool.call.requested", "tool.call.attempt_failed", "tool.call.failed"], "one span, from the tool policy"
+    failed = next(e for e in run if e.type == "tether.tool.call.failed")
+    assert "'slow_async_lookup' did not finish within its timeout of 0.3 s" in failed.data.error.message
+    assert failed.data.attempts == 1, "not idempotent: run once"
+    requested = next(e for e in run if e.type == "tether.tool.call.requested")
+    assert requested.source == "urn:tether:adapter:crewai" and requested.data.arguments == {"city": "fake city"}
+
+
+def test_an_async_tool_marked_idempotent_in_tether_toml_is_retried(crews: Outcome) -> None:
+    said = crews.said["async_retry"]
+    assert said["ok"] and said["ran"]["flaky_async_read"] == 2, "failed once (a reset), retried, answered"
+    _, _, run = crew_run(crews, "async_retry")
+    assert [t for t in types(run) if t.startswith("tool.")] == [
+        "tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"]
+    completed = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert completed.data.result == "Rain in fake city."
+
+
+def test_a_resumed_crew_replays_its_completed_async_tool_call_without_running_it(crews: Outcome) -> None:
+    crashed, resumed = crews.said["async_resume"]["crashed"], crews.said["async_resume"]["resumed"]
+    assert not crashed["ok"] and crashed["ran"] == {"count_stock_async": 1}
+    assert resumed["ok"] and resumed["ran"] == {"count_stock_async": 1}, "the async _run did not run again"
+    assert resumed["upstream"] == ["200"]
+    [task] = {e.runid for e in crews.started()
+              if e.agentid == "async-stock-bot" and (e.data.metadata or {}).get("kind") == "task"}
+    second = types(crews.runs()[task])[types(crews.runs()[task]).index("run.started", 1):]
+    assert second == ["run.started", "llm.call.requested", "call.replayed", "tool.call.requested", "call.replayed",
+                      "llm.call.requested", "llm.call.completed", "run.finished"]
+    replayed = [e for e in crews.runs()[task] if e.type == "tether.call.replayed"][1]
+    assert replayed.data.tool == "count_stock_async" and replayed.data.response == "41 umbrellas in fake city."
+
+
+def test_a_tools_own_arun_runs_under_the_tool_policy(crews: Outcome) -> None:
+    said = crews.said["arun"]
+    assert said["result"] == "1 umbrellas counted in Oslo." and said["ran"] == {"count_stock_arun": 1}
+    [run] = [e.runid for e in crews.started() if e.runid == "crewai-arun-1"]
+    tools = [e for e in crews.runs()[run] if e.type.startswith("tether.tool.")]
+    assert [(e.type, e.data.tool) for e in tools] == [("tether.tool.call.requested", "count_stock_async"),
+                                                      ("tether.tool.call.completed", "count_stock_async")]
+    assert tools[0].data.arguments == {"city": "Oslo"} and tools[1].data.result == "1 umbrellas counted in Oslo."
+
+
+def test_a_delegation_is_a_governed_tool_call_and_the_coworker_a_child_run(crews: Outcome) -> None:
+    """CrewAI's "Delegate work to coworker" (a tool CrewAI adds to the task, on no agent's list) runs
+    under the tool policy, and the coworker it hands the work to works in a child run of the task's."""
+    said = crews.said["delegation"]
+    assert said["ok"], said
+    assert said["upstream"] == ["200", "200", "200"], "the planner's call, the coworker's, the planner's answer"
+    _, task, run = crew_run(crews, "delegation")
+    assert task.agentid == "planner"
+    tools = [e for e in run if e.type.startswith("tether.tool.")]
+    assert [(e.type, e.data.tool) for e in tools] == [
+        ("tether.tool.call.requested", "delegate_work_to_coworker"),
+        ("tether.tool.call.completed", "delegate_work_to_coworker")], "one span, from the tool policy"
+    assert tools[0].data.arguments["coworker"] == "fake coworker" and tools[0].source == "urn:tether:adapter:crewai"
+    [child] = [e for e in crews.started() if e.data.parent_run_id == task.runid]
+    assert (child.agentid, child.data.name, child.data.metadata["kind"]) == ("fake coworker", "fake coworker",
+                                                                             "delegation")
+    assert types(crews.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
+                                                "run.finished"], "the coworker's model call is in its own run"
+    assert crews.runs()[child.runid][-1].data.status == "ok"
+    assert tools[1].data.result == crews.runs()[child.runid][2].data.response["choices"][0]["message"]["content"]
+
+
+def test_a_resumed_crew_replays_a_completed_delegation_without_the_coworker_working_again(crews: Outcome) -> None:
+    crashed, resumed = crews.said["delegation_resume"]["crashed"], crews.said["delegation_resume"]["resumed"]
+    assert not crashed["ok"] and crashed["upstream"] == ["200", "200", "500", "500", "500"], crashed
+    assert resumed["ok"], resumed
+    assert resumed["upstream"] == ["200"], "the planner's first call and the whole delegation replayed"
+    crew_runs = {e.runid for e in crews.started() if e.data.name == "delegation-resume"}
+    [task] = {e.runid for e in crews.started() if e.data.parent_run_id in crew_runs and e.agentid == "planner"}
+    second = types(crews.runs()[task])[types(crews.runs()[task]).index("run.started", 1):]
+    assert second == ["run.started", "llm.call.requested", "call.replayed", "tool.call.requested", "call.replayed",
+                      "llm.call.requested", "llm.call.completed", "run.finished"]
+    children = [e for e in crews.started() if e.data.parent_run_id == task]
+    assert [(e.agentid, e.data.metadata["kind"]) for e in children] == [("fake coworker", "delegation")], \
+        "the coworker's child run was opened once, in the first process, not again"
+
+
+def test_a_coworkers_stop_stops_the_resumed_crew_instead_of_becoming_a_text(crews: Outcome) -> None:
+    """The coworker's process died inside its tool (not idempotent); the delegation is idempotent, so
+    the resumed crew delegates again and the coworker's resumed run stops at that call. CrewAI's
+    delegation tool catches every exception of its coworker: tether raises the stop again from the
+    delegation, and the crew stops with TetherNeedsAttention naming the coworker's call."""
+    said = crews.said["coworker_attention"]
+    assert said["crashed"] == {"send_invoice": 1}
+    resumed = said["resumed"]
+    assert not resumed["ok"] and resumed["error"] == "tether.adapters.crewai.TetherNeedsAttention", resumed
+    assert resumed["tool"] == "send_invoice" and resumed["ran"] == {"send_invoice": 1}, "not run again"
+    assert resumed["upstream"] == [], "both model calls before the crash replayed, nothing sent after the stop"
+    [child] = {e.runid for e in crews.started() if e.agentid == "fake coworker"
+               and e.data.parent_run_id in {t.runid for t in crews.started() if t.agentid == "planner"}
+               and any(x.type == "tether.run.needs_attention" for x in crews.runs()[e.runid])}
+    assert resumed["run_id"] == child, "the stop names the coworker's run, where the call is to be resolved"
+    assert types(crews.runs()[child])[-3:] == ["llm.call.requested", "call.replayed", "run.needs_attention"]

@@ -22,7 +22,8 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service", "session-service",
-             "tool-timeout", "tool-retry", "tool-resume", "kinds-toolset", "kinds-long-running", "kinds-agent-tool"]
+             "tool-timeout", "tool-retry", "tool-resume", "kinds-toolset", "kinds-long-running", "kinds-agent-tool",
+             "gemini", "gemini-stream", "gemini-budget", "gemini-down", "genai", "gemini-refusals"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 EVENTS = ["call", "result", "text"]
 TWO_CALLS_AND_A_TOOL = ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
@@ -221,3 +222,95 @@ def test_a_resumed_run_replays_a_completed_agent_tool_call_without_running_its_a
                 if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
     assert [r.tool for r in replayed] == ["agent_tool_booker"]
     assert said["resumed"][0] == {"result": replayed[0].response}, "ADK got the sub-agent's recorded answer"
+
+
+# -- ADK's native Gemini model (google-genai) through tether ----------------------------------------------
+
+
+def llm_calls(run: list[Event], suffix: str) -> list[object]:
+    return [e.data for e in run if e.type == f"tether.llm.call.{suffix}"]
+
+
+def test_adks_native_gemini_model_runs_under_tethers_policy(outcome: Outcome) -> None:
+    said = outcome.said["gemini"]
+    assert said["ok"] and said["events"] == EVENTS, said
+    assert said["upstream"] == ["500", "200", "429", "200"], "one retry per failure, by tether alone"
+    run = run_of(outcome, "gemini_bot")
+    assert types(run) == [
+        "run.started",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+        "run.finished"]
+    requested = llm_calls(run, "requested")
+    assert {(r.provider, r.operation, r.model, r.stream) for r in requested} == {  # type: ignore[attr-defined]
+        ("gemini", "generate_content", "gemini-2.5-flash", False)}
+    failed = llm_calls(run, "attempt_failed")
+    assert [f.error.code for f in failed] == ["INTERNAL", "RESOURCE_EXHAUSTED"]  # type: ignore[attr-defined]
+    assert failed[1].retry_in_s == pytest.approx(0.1, abs=0.02), "the wait Gemini's RetryInfo asked"  # type: ignore[attr-defined]
+    completed = llm_calls(run, "completed")
+    assert all(c.usage.input_tokens > 0 and c.usage.output_tokens > 0 for c in completed)  # type: ignore[attr-defined]
+    assert completed[0].response["candidates"][0]["content"]["parts"][0]["functionCall"]["name"] == "get_weather"  # type: ignore[attr-defined]
+    tool = next(e.data for e in run if e.type == "tether.tool.call.completed")
+    assert tool.tool == "get_weather" and tool.result == "It is sunny in fake city."  # type: ignore[attr-defined]
+    assert run[-1].data.status == "ok"
+
+
+def test_adks_streamed_gemini_calls_are_recorded_whole(outcome: Outcome) -> None:
+    said = outcome.said["gemini-stream"]
+    assert said["ok"] and said["events"][-2:] == ["result", "text"] and said["texts"], said
+    assert said["upstream"] == ["503", "200", "200"]
+    run = run_of(outcome, "gemini_stream_bot")
+    assert [r.stream for r in llm_calls(run, "requested")] == [True, True]  # type: ignore[attr-defined]
+    answer = llm_calls(run, "completed")[-1]
+    assert answer.response["candidates"][0]["content"]["parts"] == [{"text": said["texts"][-1]}]  # type: ignore[attr-defined]
+    assert answer.finish_reason == "STOP" and answer.ttft_ms is not None  # type: ignore[attr-defined]
+
+
+def test_a_budget_refusal_is_adks_own_resource_exhausted_error(outcome: Outcome) -> None:
+    said = outcome.said["gemini-budget"]
+    assert not said["ok"] and "google.genai.errors.ClientError" in said["kinds"], said
+    assert said["error"].startswith("google.adk.models."), "ADK's own 429 error, as without tether"
+    assert "RESOURCE_EXHAUSTED" in said["message"] and "budget" in said["message"]
+    assert said["upstream"] == ["200"], "the second call was refused before anything was sent"
+    failed = llm_calls(run_of(outcome, "gemini_budget_bot"), "failed")
+    assert [(f.error.type, f.attempts) for f in failed] == [("BudgetExceeded", 0)]  # type: ignore[attr-defined]
+
+
+def test_a_gemini_outage_is_three_upstream_requests_and_genais_server_error(outcome: Outcome) -> None:
+    said = outcome.said["gemini-down"]
+    assert not said["ok"] and said["error"] == "google.genai.errors.ServerError", said
+    assert said["upstream"] == ["503", "503", "503"], "tether's three attempts; google-genai retries none"
+    assert run_of(outcome, "gemini_down_bot")[-1].data.status == "error"
+
+
+def test_plain_google_genai_given_tethers_http_clients(outcome: Outcome) -> None:
+    said = outcome.said["genai"]
+    assert said["ok"] and said["text"] and said["streamed"] == said["text"] == said["sync"], said
+    assert said["upstream"] == ["500", "200", "200", "200"]
+    assert "httpx_async_client=tether.async_http_client()" in said["instrument"], "instrument says what to do"
+    run = run_of(outcome, "genai_bot")
+    assert types(run)[1:-1] == ["llm.call.requested", "llm.call.attempt_failed", "llm.call.completed",
+                                "llm.call.requested", "llm.call.completed",
+                                "llm.call.requested", "llm.call.completed"], "async, streamed, sync"
+    assert llm_calls(run, "completed")[0].usage.input_tokens + llm_calls(run, "completed")[0].usage.output_tokens \
+        == said["usage"]  # type: ignore[attr-defined]
+
+
+def test_the_native_gemini_model_works_on_a_second_event_loop(outcome: Outcome) -> None:
+    said = outcome.said["second-loop"]  # ADK builds a google-genai client per loop, all on gemini()'s HTTP client
+    assert said["ok"] and said["text"].startswith("This is fake reply"), said
+    assert said["upstream"] == ["200"]
+    assert types(run_of(outcome, "second_loop_bot"))[1:-1] == ["llm.call.requested", "llm.call.completed"], \
+        "no attempt lost to a connection of the closed loop"
+
+
+def test_gemini_refuses_what_would_bypass_or_multiply_tether_saying_what_to_do(outcome: Outcome) -> None:
+    said = outcome.said["gemini-refusals"]
+    assert said["ok"], said
+    assert said["client"][0] == "TypeError" and "leave client out" in said["client"][1]
+    assert said["retry_options"][0] == "TypeError" and "tether's policy" in said["retry_options"][1]
+    assert said["durable"][0] == "ValueError" and "leave mode out" in said["durable"][1]
+    assert said["own_http_client"][0] == "TypeError" and "httpx_async_client" in said["own_http_client"][1]
+    assert said["kept"][0]["x-team"] == "weather" and said["kept"][1:] == [1, "AsyncClient"], \
+        "the caller's other http_options are kept; one attempt; tether's client"

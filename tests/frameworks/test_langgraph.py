@@ -18,7 +18,7 @@ import pytest
 from tether.testing import FakeProvider, NatsServer
 
 from .._envs import OptionalEnv, optional_env
-from ._harness import BUDGET_ONE_CALL, HERE, POLICIES, events, run_script
+from ._harness import BUDGET_ONE_CALL, HERE, POLICIES, Outcome, events, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
@@ -31,6 +31,16 @@ QUESTION = "What is the weather in Paris?"
 @pytest.fixture(scope="module")
 def venv() -> OptionalEnv:
     return optional_env("langgraph", project=True)
+
+
+@pytest.fixture(scope="module")
+def prebuilt(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    """langgraph_prebuilt.py's scenarios, run once against one fake provider and one NATS."""
+    work = tmp_path_factory.mktemp("prebuilt")
+    with NatsServer() as nats, FakeProvider(seed=1) as provider:
+        out = run_script(venv, "langgraph_prebuilt.py", nats=nats, fake=provider, work=work)
+        out.events = events(nats, work / "home")
+        yield out
 
 
 @pytest.fixture
@@ -256,3 +266,52 @@ def test_tool_node_calls_run_under_the_tool_policy_and_a_resumed_run_replays_the
     assert finished[parent] == "ok"
     roots = sorted(e.data.name or "" for e in started.values() if e.data.parent_run_id is None)
     assert roots == ["", "parent", "read-bot", "slow-bot", "write-bot"], "job-1, and no run for a node or a chain"
+
+
+@pytest.mark.parametrize("builder", ["react", "agent"])
+def test_the_agents_langgraph_and_langchain_build_run_their_tools_under_the_tool_policy(
+        builder: str, prebuilt: Outcome) -> None:
+    """``create_react_agent(llm, tool_node(tools))`` and langchain's ``create_agent(llm, tools,
+    middleware=[tool_middleware(...)])``: a resumed run's completed tool call replayed without running,
+    a timeout, an idempotent tool retried (async and sync); one record per call (the callback handler
+    leaves them alone)."""
+    said = prebuilt.said[builder]
+    crashed, resumed = said["crashed"], said["resumed"]
+    assert not crashed["ok"] and crashed["ran"] == {"charge": 1}, crashed
+    assert crashed["upstream"] == ["200", "500", "500", "500"], "the second model call failed after the tool ran"
+    assert resumed["ok"] and resumed["ran"] == {"charge": 1}, "the completed tool call was not run again"
+    assert resumed["tools"] == ["charged 1"], "its recorded result, as the ToolMessage the agent expects"
+    assert resumed["upstream"] == ["200"], "the first model call replayed too: only the second was sent"
+    assert said["timeout"]["error"] == "builtins.TimeoutError", said["timeout"]
+    assert "'slow' did not finish within its timeout of 0.3 s" in said["timeout"]["message"]
+    assert said["timeout"]["ran"] == {"slow": 1}
+    assert said["retry"]["ok"] and said["retry"]["tools"] == ["Rain in fake city."], said["retry"]
+    assert said["retry"]["ran"]["flaky_read"] == 2, "failed once (a reset), retried by tether"
+    assert said["sync_retry"]["ok"] and said["sync_retry"]["tools"] == ["Rain in fake city."], said["sync_retry"]
+    assert said["sync_retry"]["ran"]["flaky_read"] == 4, "invoke(): the same, through wrap_tool_call"
+
+    log = prebuilt.events
+    names = {e.runid: e.data.name or "" for e in log if e.type == "tether.run.started"}
+    tools = [e for e in log if names.get(e.runid, "").startswith(f"{builder}-")
+             and (e.type.startswith("tether.tool.call.")
+                  or (e.type == "tether.call.replayed" and e.data.call_kind == "tool"))]
+    assert [(names[e.runid], e.type.removeprefix("tether."), e.data.tool) for e in tools] == [
+        (f"{builder}-pay", "tool.call.requested", "charge"), (f"{builder}-pay", "tool.call.completed", "charge"),
+        (f"{builder}-pay", "tool.call.requested", "charge"), (f"{builder}-pay", "call.replayed", "charge"),
+        (f"{builder}-slow", "tool.call.requested", "slow"), (f"{builder}-slow", "tool.call.attempt_failed", "slow"),
+        (f"{builder}-slow", "tool.call.failed", "slow"),
+        (f"{builder}-read", "tool.call.requested", "flaky_read"),
+        (f"{builder}-read", "tool.call.attempt_failed", "flaky_read"),
+        (f"{builder}-read", "tool.call.completed", "flaky_read"),
+        (f"{builder}-sync", "tool.call.requested", "flaky_read"),
+        (f"{builder}-sync", "tool.call.attempt_failed", "flaky_read"),
+        (f"{builder}-sync", "tool.call.completed", "flaky_read")], "one record per call, from tether's tool policy"
+    assert {e.source for e in tools if e.type != "tether.tool.call.failed"} == {SOURCE}
+    [first, again] = [e for e in tools if e.type == "tether.tool.call.requested" and e.data.tool == "charge"]
+    assert first.runid == again.runid and first.data.idempotency_key == again.data.idempotency_key
+    assert tools[3].data.response == "charged 1"
+
+
+def test_tool_middleware_refuses_one_string_for_idempotent_tools(prebuilt: Outcome) -> None:
+    assert prebuilt.said["refused"] == ("idempotent_tools is a collection of tool names, not one string "
+                                        "('flaky_read'): write idempotent_tools={'flaky_read'}")

@@ -332,6 +332,45 @@ async def test_anthropic_requires_max_tokens_and_json(fp: FakeProvider) -> None:
     assert broken.status_code == 400 and broken.json()["type"] == "error"
 
 
+async def test_gemini_generate_content_tool_call_then_text_streamed_and_errors(fp: FakeProvider) -> None:
+    """Gemini's generateContent and streamGenerateContent (``alt=sse``), its function calls, usageMetadata,
+    and Google's error bodies: a 429's wait in a RetryInfo detail, no Retry-After header."""
+    fp.set_faults("429(2s)#1/gemini")
+    model = fp.url.removesuffix("/v1") + "/v1beta/models/gemini-2.5-flash"
+    tools = [{"functionDeclarations": [{"name": "get_weather", "parameters_json_schema": WEATHER_SCHEMA}]}]
+    ask = [{"role": "user", "parts": [{"text": USER[0]["content"]}]}]
+    async with httpx.AsyncClient() as http:
+        limited = await http.post(model + ":generateContent", json={"contents": ask, "tools": tools})
+        called = (await http.post(model + ":generateContent", json={"contents": ask, "tools": tools})).json()
+        call = called["candidates"][0]["content"]["parts"][0]["functionCall"]
+        answered = [*ask, {"role": "model", "parts": [{"functionCall": call}]},
+                    {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"t": 20}}}]}]
+        async with http.stream("POST", model + ":streamGenerateContent?alt=sse", json={"contents": answered,
+                                                                              "tools": tools}) as streamed:
+            chunks = [json.loads(line[6:]) async for line in streamed.aiter_lines() if line.startswith("data: ")]
+        capped = (await http.post(model + ":generateContent", json={"contents": ask, "generationConfig": {
+            "maxOutputTokens": 2}})).json()
+        unknown = await http.post(model + ":countTokens", json={"contents": ask})
+        empty = await http.post(model + ":generateContent", json={"contents": []})
+    assert limited.status_code == 429 and "retry-after" not in limited.headers
+    assert limited.json()["error"] == {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+                                       "status": "RESOURCE_EXHAUSTED", "details": [
+                                           {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}]}
+    assert call["name"] == "get_weather" and set(call["args"]) == {"city", "unit"}
+    assert called["usageMetadata"]["totalTokenCount"] == sum(
+        called["usageMetadata"][k] for k in ("promptTokenCount", "candidatesTokenCount"))
+    assert streamed.headers["content-type"].startswith("text/event-stream") and len(chunks) > 3
+    assert "finishReason" not in chunks[0]["candidates"][0] and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert [c["usageMetadata"]["candidatesTokenCount"] for c in chunks] == list(range(1, len(chunks) + 1))
+    assert "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks).startswith("This is fake")
+    assert capped["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+    assert empty.status_code == 400 and empty.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert [(r.api, r.model, r.stream, r.outcome) for r in fp.log][:3] == [
+        ("gemini", "gemini-2.5-flash", False, "429"), ("gemini", "gemini-2.5-flash", False, "200"),
+        ("gemini", "gemini-2.5-flash", True, "200")]
+
+
 async def test_invalid_json_is_a_400_in_openai_format(fp: FakeProvider) -> None:
     async with httpx.AsyncClient(base_url=fp.url) as http:
         broken = await http.post("/chat/completions", content=b'{"model": "gpt-4o", ')

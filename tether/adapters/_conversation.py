@@ -1,7 +1,7 @@
 """A run's conversation, message by message, read back from its events.
 
 Every LLM call's ``llm.call.requested`` holds the request (the messages sent, when
-capturing) and its ``llm.call.completed`` the answer (streamed answers are rebuilt into
+capturing; Gemini's ``contents``) and its ``llm.call.completed`` the answer (streamed answers are rebuilt into
 one message by the tee). Agents resend the whole conversation on every call, so the
 conversation is: each call's messages that are new since the previous call (by role,
 text and tool-call ids), then its answer; tool calls recorded by ``@tether.tool`` come in
@@ -75,6 +75,11 @@ def _request_messages(operation: str, request: Any) -> list[dict[str, Any]]:
     if not isinstance(request, dict):
         return []
     messages: list[dict[str, Any]] = []
+    if operation == "generate_content":  # Gemini: contents, and the system instruction beside them
+        system = request.get("systemInstruction") or request.get("system_instruction")
+        if isinstance(system, dict) and system.get("parts"):
+            messages.append({"role": "system", "parts": system["parts"]})
+        return messages + [m for m in request.get("contents") or () if isinstance(m, dict)]
     if operation == "messages":
         system = request.get("system")
         if system:
@@ -102,6 +107,10 @@ def _answer_messages(operation: str, response: Any) -> list[dict[str, Any]]:
                 for item in response.get("output") or () if isinstance(item, dict)]
     if operation == "messages":
         return [{"role": response.get("role", "assistant"), "content": response.get("content")}]
+    if operation == "generate_content":
+        candidates = response.get("candidates") or ()
+        content = candidates[0].get("content") if candidates and isinstance(candidates[0], dict) else None
+        return [dict(content)] if isinstance(content, dict) else []
     choices = response.get("choices") or ()
     first = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = first.get("message")
@@ -111,7 +120,7 @@ def _answer_messages(operation: str, response: Any) -> list[dict[str, Any]]:
 def _key(message: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two renderings of one message the same message."""
     calls = tuple(sorted(str(c.get("id")) for c in message.get("tool_calls") or () if isinstance(c, dict)))
-    return (message.get("role") or message.get("type"), _text(message.get("content")), calls,
+    return (message.get("role") or message.get("type"), _text(message.get("content", message.get("parts"))), calls,
             message.get("tool_call_id") or message.get("call_id"))
 
 
@@ -130,6 +139,8 @@ def _text(content: Any) -> str:
                 elif block.get("type") in ("tool_use", "tool_result", "function_call"):
                     parts.append(json.dumps({k: block.get(k) for k in ("id", "tool_use_id", "call_id")},
                                             sort_keys=True))
+                elif "functionCall" in block or "functionResponse" in block:  # Gemini's parts
+                    parts.append(json.dumps(block, sort_keys=True, default=str))
             elif isinstance(block, str):
                 parts.append(block)
         return "".join(parts)

@@ -66,7 +66,7 @@ from ._relay import (
     send_sync,
 )
 from ._runs import current_run, new_traceparent, trace_of
-from ._wire import Kind, Operation, StreamAccumulator, operation_of, parse_request
+from ._wire import Kind, Operation, StreamAccumulator, error_body, operation_of, parse_request
 
 __all__ = [
     "AsyncUpstream",
@@ -240,10 +240,13 @@ class Interceptor:
             log.error("tether cannot reach its bus (%s): LLM calls pass through without policy or events", exc)
 
     def prepare(self, hub: Hub, engine: CallEngine, kind: Kind, operation: Operation, headers: Headers,
-                raw: bytes) -> LlmCall:
+                raw: bytes, path: str | None = None) -> LlmCall:
         """The state of one call: ids, run and trace context, redacted record, policy."""
-        request = parse_request(kind, operation, raw)
-        digest = request_hash(request.body if request.body is not None else raw, operation=operation)
+        request = parse_request(kind, operation, raw, path)
+        hashed: Any = request.body if request.body is not None else raw
+        if kind == "gemini" and request.body is not None:
+            hashed = {**request.body, "model": request.model}  # Gemini's model is in the path
+        digest = request_hash(hashed, operation=operation)
         ctx = current_run()
         incoming = next((v for k, v in headers if k.lower() == "traceparent"), None)
         trace_id = trace_of(incoming) or (ctx.trace_id if ctx is not None else None)
@@ -258,6 +261,8 @@ class Interceptor:
             operation=operation, body=body)
         policies = engine.policies
         policy = self.policy_for(policies, item.route, provider)
+        if kind == "gemini" and policy.fallback.targets:  # the model is in the URL, which tether does not change
+            policy = dataclasses.replace(policy, fallback=dataclasses.replace(policy.fallback, targets=()))
         ask_usage = (self.stream_usage and operation == "chat" and request.stream and request.body is not None
                      and not _include_usage(request.body))
         if ask_usage:
@@ -288,6 +293,8 @@ class Interceptor:
         if found is None:
             return await self._pass_async(upstream, headers, body)
         kind, operation = found
+        if kind == "gemini" and self.mode == "durable":
+            return ProxyResponse(*_durable_gemini())
         try:
             hub = self._hub_nowait()
             if hub is None:
@@ -299,7 +306,7 @@ class Interceptor:
         except Exception as exc:  # no bus: never block the agent
             self._fail_open(exc)
             return await self._pass_async(upstream, headers, body)
-        call = self.prepare(hub, engine, kind, operation, headers, body)
+        call = self.prepare(hub, engine, kind, operation, headers, body, path)
         if self.mode == "durable":
             if call.request.stream:
                 final = await drive_async(hub, durable_stream_flow(call, self.stream_idle_timeout_s), _no_io)
@@ -347,6 +354,8 @@ class Interceptor:
         if found is None:
             return self._pass_sync(upstream, headers, body)
         kind, operation = found
+        if kind == "gemini" and self.mode == "durable":
+            return SyncProxyResponse(*_durable_gemini())
         try:
             hub = self._hub_nowait() or background_hub()
         except Exception as exc:
@@ -363,7 +372,7 @@ class Interceptor:
         except Exception as exc:
             self._fail_open(exc)
             return self._pass_sync(upstream, headers, body)
-        call = self.prepare(hub, engine, kind, operation, headers, body)
+        call = self.prepare(hub, engine, kind, operation, headers, body, path)
         if self.mode == "durable":
             if call.request.stream:
                 final = drive_sync(hub, durable_stream_flow(call, self.stream_idle_timeout_s), _no_io_sync)
@@ -422,6 +431,14 @@ class AsyncRecorded:
 
     async def aclose(self) -> None:
         self._chunks = iter(())
+
+
+def _durable_gemini() -> tuple[int, Headers, bytes]:
+    """The answer to a Gemini call in durable mode, which tether's workers cannot send."""
+    message = ("tether's durable mode does not send Gemini calls (its workers speak the OpenAI and Anthropic APIs): "
+               "give this client mode='inline'")
+    return 501, [("content-type", "application/json"), ("x-should-retry", "false")], \
+        error_body("gemini", 501, message, code="durable_unsupported")
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

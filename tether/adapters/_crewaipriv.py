@@ -1,7 +1,7 @@
 """CrewAI's private API: every use tether makes of it, in this one module.
 
 CrewAI has no public way to hand its OpenAI provider an HTTP client, nor to wrap a tool class's
-``_run``. :data:`HOOKS` names each attribute and what tether uses it for;
+``_run`` or ``_arun``. :data:`HOOKS` names each attribute and what tether uses it for;
 ``tests/frameworks/test_crewai.py`` checks them against the installed CrewAI (in its venv), and
 :func:`require` refuses a CrewAI without one, naming its version. Imported by ``tether.adapters.crewai``.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from tether._hooks import Hook
 
-__all__ = ["HOOKS", "CrewAIChanged", "instance_run", "missing", "require", "routed_clients", "run_is_async",
-           "wrap_run"]
+__all__ = ["HOOKS", "CrewAIChanged", "has_arun", "instance_run", "missing", "require", "routed_clients",
+           "run_is_async", "wrap_arun", "wrap_run"]
 
 _COMPLETION = "crewai.llms.providers.openai.completion.OpenAICompletion"
 _WHY_CLIENTS = ("the openai client CrewAI's OpenAI provider builds (sync and async): TetherLLM gives it to "
@@ -25,10 +25,14 @@ _WHY_RUN = ("the method a BaseTool subclass runs in (CrewAI's native tool calls 
             "tool calls directly): tether puts it under the tool policy (timeout, retries of idempotent tools, "
             "replay on resume). A crewai.tools.tool function's own func is public and used instead")
 
+_WHY_ARUN = ("the coroutine a BaseTool subclass may implement for BaseTool.arun(): tether puts it under the "
+             "tool policy as it does _run")
+
 HOOKS = (
     Hook("crewai", _COMPLETION, "_build_sync_client", _WHY_CLIENTS, __name__),
     Hook("crewai", _COMPLETION, "_build_async_client", _WHY_CLIENTS, __name__),
     Hook("crewai", "crewai.tools.BaseTool", "_run", _WHY_RUN, __name__),
+    Hook("crewai", "crewai.tools.BaseTool", "_arun", _WHY_ARUN, __name__),
 )
 
 
@@ -79,3 +83,13 @@ def instance_run(tool: Any) -> Any:
 def run_is_async(tool: Any) -> bool:
     """Whether the tool's class implements ``_run`` as a coroutine function."""
     return inspect.iscoroutinefunction(type(tool)._run)
+
+
+def has_arun(tool: Any, base: type) -> bool:
+    """Whether the tool's class implements ``_arun`` itself (``base``'s only says it does not)."""
+    return getattr(type(tool), "_arun", None) is not getattr(base, "_arun", None)
+
+
+def wrap_arun(tool: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Put ``wrap(tool._arun)`` in place of this tool instance's ``_arun``."""
+    object.__setattr__(tool, "_arun", wrap(tool._arun))

@@ -54,7 +54,7 @@ from tether.schemas import ErrorInfo, Event, LlmCallCompleted, LlmCallFailed, Ll
 
 from ._hub import Hub
 from ._redact import Redactor
-from ._wire import LlmRequest, StreamAccumulator, error_body, error_status
+from ._wire import Kind, LlmRequest, StreamAccumulator, error_body, error_status
 
 __all__ = [  # the effects are tether.middleware's, named here for the shells
     "Effect",
@@ -141,7 +141,7 @@ class LlmCall:
         return self._recorded
 
     @property
-    def kind(self) -> Literal["openai", "anthropic"]:
+    def kind(self) -> Kind:
         return self.request.kind
 
     def event(self, payload: Payload, *, id: str | None = None) -> Event:

@@ -59,6 +59,11 @@ def instrument(client: C, *, bus: Bus | None = None, policies: PolicySet | None 
     """
     http = http_client_of(client)
     if http is None or not has_transports(http):
+        if type(client).__module__.startswith("google.genai"):
+            raise TypeError("tether.instrument takes an openai or anthropic client; give google-genai tether's HTTP "
+                            "clients instead: genai.Client(http_options=types.HttpOptions(httpx_async_client="
+                            "tether.async_http_client(), httpx_client=tether.http_client(), "
+                            "retry_options=types.HttpRetryOptions(attempts=1))) (docs/adapters.md)")
         raise TypeError(f"tether.instrument takes an openai or anthropic client, not {type(client).__name__}; "
                         "for other frameworks pass tether.http_client() / tether.async_http_client()")
     kind = _kind_of(client)

@@ -1,7 +1,8 @@
-"""CrewAI under tether: runs (a crew's or flow's kickoff, each task a child run) and tool calls
-(the tools of each task's agent under tether's tool policy) from CrewAI's interception hooks
-(registered by :func:`install`), model calls through tether with CrewAI's own retries kept out of
-them (:func:`llm`). The only module of tether that imports ``crewai`` (its private API: ``_crewaipriv``).
+"""CrewAI under tether: runs (a crew's or flow's kickoff, each task a child run, each delegation to a
+coworker a child run too) and tool calls (every tool an agent calls, sync or async, under tether's
+tool policy) from CrewAI's interception hooks (registered by :func:`install`), model calls through
+tether with CrewAI's own retries kept out of them (:func:`llm`). The only module of tether that
+imports ``crewai`` (its private API: ``_crewaipriv``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from crewai.hooks import HookAborted, InterceptionPoint, register_hook
 from crewai.llms.providers.openai.completion import OpenAICompletion
 from crewai.tools import BaseTool
+from crewai.tools.agent_tools.base_agent_tools import BaseAgentTool
 from crewai.tools.base_tool import Tool
 from crewai.utilities.string_utils import sanitize_tool_name
 from pydantic import Field
@@ -139,19 +142,54 @@ _tool: contextvars.ContextVar[ObservedTool | None] = contextvars.ContextVar("tet
 
 _TOOLS = FrameworkTools(SOURCE)
 _HALTS: dict[str, NeedsAttention] = {}  # run id: the call its resumed run stopped at, until the after-tool hook
+# a coworker's run (a delegation's child run) while it works: the stop it came to, if any (CrewAI's
+# delegation tool turns every exception of its coworker into a text for the delegating agent)
+_COWORKING: dict[str, NeedsAttention | None] = {}
 
 
-def _governed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a sync tool's function) run as one call of the tool ``name`` under tether's tool policy."""
+def _halted(error: NeedsAttention) -> None:
+    """Keep the stop for the after-tool hook of the run the tool was called in (the stop's own run, or
+    for a delegation the coworker's child run that stopped): CrewAI catches what a tool raises."""
+    run = current_run()
+    with _RUNS.lock:
+        _HALTS[run.run_id if run is not None else error.run_id] = error
+
+
+_Around = Callable[[Callable[[], Any], dict[str, Any]], Callable[[], Any]]
+
+
+def _governed(name: str, fn: Callable[..., Any], around: _Around | None = None) -> Callable[..., Any]:
+    """``fn`` (a sync tool's function) run as one call of the tool ``name`` under tether's tool policy;
+    ``around(run, arguments)`` gives what runs in its place (a delegation's child run around it)."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         arguments = dict(kwargs) if not args else {"args": list(args), **kwargs}
+
+        def run() -> Any:
+            return fn(*args, **kwargs)
+
         try:
-            return _TOOLS.call(name, arguments, lambda: fn(*args, **kwargs))
+            return _TOOLS.call(name, arguments, run if around is None else around(run, arguments))
         except NeedsAttention as error:  # CrewAI catches it: the after-tool hook raises it again as an abort
-            with _RUNS.lock:
-                _HALTS[error.run_id] = error
+            _halted(error)
+            raise
+
+    call.__tether_tool__ = True  # type: ignore[attr-defined]
+    return call
+
+
+def _governed_async(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` (an async tool's function) run as one call of the tool ``name`` under tether's tool
+    policy: a coroutine function still, which CrewAI awaits or runs with ``asyncio.run``."""
+
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        arguments = dict(kwargs) if not args else {"args": list(args), **kwargs}
+        try:
+            return await _TOOLS.acall(name, arguments, lambda: fn(*args, **kwargs))
+        except NeedsAttention as error:
+            _halted(error)
             raise
 
     call.__tether_tool__ = True  # type: ignore[attr-defined]
@@ -162,24 +200,74 @@ def _is_governed(fn: Any) -> bool:
     return bool(getattr(fn, "__tether_tool__", False))
 
 
+_DELEGATIONS = uuid.UUID("6d0c1e52-4f7e-5b7a-9a39-7c7e1f0b2d11")  # the namespace of a delegation's run id
+
+
+def _coworker(tool: Any, arguments: dict[str, Any]) -> str | None:
+    """The role of the agent a delegation tool's call names, matched as CrewAI matches it (the first
+    of a ``[a, b]`` list, whitespace, quotes and case aside); None if no agent of the tool has it."""
+    given = str(arguments.get("coworker") or arguments.get("co_worker") or "")
+    if given.startswith("[") and given.endswith("]"):
+        given = given[1:-1].split(",")[0]
+    wanted = tool.sanitize_agent_name(given)
+    return next((str(a.role) for a in getattr(tool, "agents", None) or ()
+                 if tool.sanitize_agent_name(str(a.role)) == wanted), None)
+
+
+def _delegation(tool: Any, name: str) -> _Around:
+    """For a delegation tool (``Delegate work to coworker``, ``Ask question to coworker``): the
+    coworker works in a child run of the run the tool is called in, named for its role. Its id is
+    the parent's and the delegation's place among the parent's delegations (counted whether the
+    call runs or is replayed), so a resumed run resumes it too."""
+
+    def around(run: Callable[[], Any], arguments: dict[str, Any]) -> Callable[[], Any]:
+        parent, role = current_run(), _coworker(tool, arguments)
+        if parent is None or role is None:  # no run, or no such coworker: CrewAI answers with an error text
+            return run
+        place = next(parent.derived)
+        run_id = str(uuid.uuid5(_DELEGATIONS, f"{parent.run_id}/{place}"))
+
+        def in_child_run() -> Any:
+            with _RUNS.lock:
+                _COWORKING[run_id] = None
+            try:
+                with Run(agent=role, run_id=run_id, name=role, resume=parent.journal is not None,
+                         metadata={"framework": "crewai", "kind": "delegation", "tool": name}):
+                    result = run()
+                    with _RUNS.lock:
+                        stopped = _COWORKING[run_id]
+                    if stopped is not None:  # CrewAI made the coworker's stop a text: stop the delegation too
+                        raise stopped
+                    return result
+            finally:
+                with _RUNS.lock:
+                    _COWORKING.pop(run_id, None)
+
+        return in_child_run
+
+    return around
+
+
 def govern(tool: Any) -> bool:
-    """Put one CrewAI tool under tether's tool policy (once): a ``@tool`` function's ``func``, a
-    ``BaseTool`` subclass's ``_run``. Async tools are left to the hooks (observed). True if governed."""
+    """Put one CrewAI tool under tether's tool policy (once): a ``@tool`` function's ``func`` (sync or
+    async), a ``BaseTool`` subclass's ``_run`` (sync or async) and its own ``_arun`` if it has one; a
+    delegation tool's coworker then works in a child run. True if governed."""
     if not isinstance(tool, BaseTool):
         return False
     name = sanitize_tool_name(tool.name)
     if isinstance(tool, Tool):
-        if _is_governed(tool.func):
-            return True
-        if inspect.iscoroutinefunction(tool.func):
-            return False
-        tool.func = _governed(name, tool.func)
+        if not _is_governed(tool.func):
+            tool.func = (_governed_async if inspect.iscoroutinefunction(tool.func) else _governed)(name, tool.func)
         return True
     if _is_governed(_crewaipriv.instance_run(tool)):
         return True
     if _crewaipriv.run_is_async(tool):
-        return False
-    _crewaipriv.wrap_run(tool, functools.partial(_governed, name))
+        _crewaipriv.wrap_run(tool, functools.partial(_governed_async, name))
+    else:
+        around = _delegation(tool, name) if isinstance(tool, BaseAgentTool) else None
+        _crewaipriv.wrap_run(tool, lambda fn: _governed(name, fn, around))
+    if _crewaipriv.has_arun(tool, BaseTool):
+        _crewaipriv.wrap_arun(tool, functools.partial(_governed_async, name))
     return True
 
 
@@ -192,6 +280,20 @@ def _runs_governed(structured: Any) -> bool:
         _is_governed(getattr(owner, "func", None)) or _is_governed(_crewaipriv.instance_run(owner))))
 
 
+def _govern_now(structured: Any) -> bool:
+    """A tool no task or agent lists (the delegation tools CrewAI adds to a task, tools it adds
+    itself), reached at its call: governed now, before CrewAI runs it (its ``run`` looks ``_run``
+    up at the call). The structured tool's ``func`` (what CrewAI's text tool calls run) follows."""
+    fn = getattr(structured, "func", None)
+    owner = getattr(fn, "__self__", None)
+    if not govern(owner):
+        return False
+    replaced = _crewaipriv.instance_run(owner)
+    if replaced is not None and not _is_governed(fn):
+        structured.func = replaced
+    return True
+
+
 def _govern_step(ctx: Any) -> None:
     """Before a task runs: its tools and its agent's under tether's tool policy."""
     if ctx.kind != "task":
@@ -202,7 +304,8 @@ def _govern_step(ctx: Any) -> None:
 
 
 def _before_tool(ctx: Any) -> None:
-    if _runs_governed(getattr(ctx, "tool", None)):
+    structured = getattr(ctx, "tool", None)
+    if _runs_governed(structured) or _govern_now(structured):
         return
     _tool.set(ObservedTool.start(str(ctx.tool_name), ctx.tool_input, source=SOURCE))
 
@@ -213,6 +316,9 @@ def _after_tool(ctx: Any) -> None:
         with _RUNS.lock:
             halt = _HALTS.pop(run.run_id, None)
         if halt is not None:
+            with _RUNS.lock:
+                if run.run_id in _COWORKING:
+                    _COWORKING[run.run_id] = halt
             raise TetherNeedsAttention(halt)
     observed = _tool.get()
     if observed is None:

@@ -1,6 +1,7 @@
 """Google ADK under tether: runs, sub-agents and tool calls from an ADK plugin (:class:`TetherPlugin`,
 ADK's own extension point, given to the ``App``; function tools run under tether's tool policy), model
-calls through tether (:func:`lite_llm`: ADK's ``LiteLlm`` with an OpenAI client on tether's HTTP client),
+calls through tether (:func:`gemini`: ADK's native ``Gemini`` with google-genai on tether's HTTP clients;
+:func:`lite_llm`: ADK's ``LiteLlm`` with an OpenAI client on tether's HTTP client),
 memory put into the model's input (the plugin's ``memory=``), ADK's ``SessionService`` and
 ``MemoryService`` on tether (:class:`TetherSessionService`, :class:`TetherMemoryService`).
 The only module of tether that imports ``google.adk``.
@@ -8,6 +9,7 @@ The only module of tether that imports ``google.adk``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import re
 import time
@@ -15,6 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import httpx
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.errors.session_not_found_error import SessionNotFoundError
 from google.adk.events.event import Event
@@ -28,15 +31,15 @@ from google.adk.tools.base_tool import BaseTool
 from google.adk.tools.computer_use.computer_use_tool import ComputerUseTool
 from google.genai import types
 
-from tether.adapters import Run, async_http_client
+from tether.adapters import Run, async_http_client, http_client
 from tether.bus import Bus
 from tether.schemas import uuid7
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, untoken
 from ._tools import FrameworkTools
 
-__all__ = ["PolicyTool", "TetherMemoryService", "TetherPlugin", "TetherSessionService", "governable", "install",
-           "lite_llm"]
+__all__ = ["PolicyTool", "TetherMemoryService", "TetherPlugin", "TetherSessionService", "gemini", "governable",
+           "install", "lite_llm"]
 
 SOURCE = "urn:tether:adapter:google-adk"
 
@@ -259,6 +262,63 @@ def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any)
     http = async_http_client(package=_http_package(), **dict(tether or {}))  # type: ignore[arg-type]
     client = AsyncOpenAI(http_client=http, max_retries=0, **options)
     return LiteLlm(model=model, client=client, num_retries=0, **kwargs)
+
+
+def gemini(model: str = "gemini-2.5-flash", *, tether: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """ADK's native ``Gemini(model=model, **kwargs)`` whose calls (``generateContent``,
+    ``streamGenerateContent``) go through tether: the google-genai clients ADK builds for it are given
+    (``client_kwargs={"http_options": ...}``, ADK's public way to set them) tether's HTTP clients
+    (``httpx_client``, ``httpx_async_client``) and ``retry_options`` of one attempt, so tether alone
+    retries. ``tether`` holds ``tether.async_http_client`` options (``policies``, ``bus``, ``agent``,
+    ``capture``...; ``mode="durable"`` is refused: tether's workers do not speak Gemini's API).
+    The key and the endpoint are google-genai's as usual (``GOOGLE_API_KEY``; ``base_url=``)."""
+    from google.adk.models.google_llm import Gemini
+
+    if "client" in kwargs:
+        raise TypeError("gemini() gives ADK's Gemini tether's HTTP clients: leave client out (pass client_kwargs= "
+                        "for google-genai's other options)")
+    if kwargs.get("retry_options") is not None:
+        raise TypeError("gemini() turns google-genai's retries off, as tether retries: leave retry_options out and "
+                        "set the retries in tether's policy ([routes] in tether.toml, or tether={'policies': ...})")
+    options = dict(tether or {})
+    if options.get("mode") == "durable":
+        raise ValueError("gemini() runs Gemini calls inline: tether's durable workers speak the OpenAI and "
+                         "Anthropic APIs only (leave mode out)")
+    client_kwargs = dict(kwargs.pop("client_kwargs", None) or {})
+    given = client_kwargs.get("http_options") or {}
+    http_options = types.HttpOptions.model_validate(given) if isinstance(given, dict) else given.model_copy()
+    if http_options.httpx_client or http_options.httpx_async_client or http_options.aiohttp_client:
+        raise TypeError("gemini() gives google-genai tether's HTTP clients: leave httpx_client, httpx_async_client "
+                        "and aiohttp_client out of http_options")
+    options.setdefault("provider", "gemini")
+    http_options.httpx_client = http_client(**options)
+    http_options.httpx_async_client = async_http_client(transport=_PerLoopTransport(), **options)
+    http_options.retry_options = types.HttpRetryOptions(attempts=1)
+    client_kwargs["http_options"] = http_options
+    return Gemini(model=model, client_kwargs=client_kwargs, **kwargs)
+
+
+class _PerLoopTransport(httpx.AsyncBaseTransport):
+    """An httpx transport per event loop: ADK builds a google-genai client per loop, all given the one
+    async HTTP client of :func:`gemini`, whose connections must not outlive the loop that opened them."""
+
+    def __init__(self) -> None:
+        self._by_loop: WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport] = WeakKeyDictionary()
+
+    def _transport(self) -> httpx.AsyncHTTPTransport:
+        loop = asyncio.get_running_loop()
+        transport = self._by_loop.get(loop)
+        if transport is None:
+            transport = self._by_loop[loop] = httpx.AsyncHTTPTransport()
+        return transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._transport().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        transport = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if transport is not None:
+            await transport.aclose()
 
 
 def _token(text: str) -> str:

@@ -1,9 +1,9 @@
 """LangGraph and LangChain under tether: runs and tool calls from LangChain's callbacks (installed
 for every run by :func:`install`), a ``ToolNode``'s calls under tether's tool policy (:func:`tool_node`,
-:class:`ToolPolicy`), model calls through tether (:func:`chat_model`), graph state in a tether-backed
-checkpointer (:class:`TetherCheckpointer`), long-term memory in a store on tether memory
-(:class:`TetherStore`), memory put into the model's input (:func:`memory_hook`). The only module of
-tether that imports ``langchain_core`` or ``langgraph``.
+:class:`ToolPolicy`; :func:`tool_middleware` for LangChain's ``create_agent``), model calls through
+tether (:func:`chat_model`), graph state in a tether-backed checkpointer (:class:`TetherCheckpointer`),
+long-term memory in a store on tether memory (:class:`TetherStore`), memory put into the model's input
+(:func:`memory_hook`). The only module of tether that imports ``langchain``, ``langchain_core`` or ``langgraph``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from ._redact import Hook, Redactor
 from ._tools import FrameworkTools
 
 __all__ = ["TetherCallbackHandler", "TetherCheckpointer", "TetherStore", "ToolPolicy", "chat_model", "install",
-           "memory_hook", "tool_node"]
+           "memory_hook", "tool_middleware", "tool_node"]
 
 SOURCE = "urn:tether:adapter:langgraph"
 T = TypeVar("T")
@@ -238,6 +238,9 @@ class ToolPolicy:
     def __init__(self, *, idempotent_tools: Iterable[str] = (), timeout_s: float | None = None,
                  bus: Bus | None = None, policies: PolicySet | None = None, capture: bool = True,
                  redact: Redactor | Hook | Iterable[str] | None = None) -> None:
+        if isinstance(idempotent_tools, str):
+            raise TypeError("idempotent_tools is a collection of tool names, not one string "
+                            f"({idempotent_tools!r}): write idempotent_tools={{{idempotent_tools!r}}}")
         self.tools = FrameworkTools(SOURCE, idempotent=idempotent_tools, timeout_s=timeout_s, bus=bus,
                                     policies=policies, capture=capture, redact=redact)
 
@@ -288,6 +291,43 @@ def tool_node(tools: Sequence[Any], *, idempotent_tools: Iterable[str] = (), tim
                         capture=capture, redact=redact)
     return ToolNode(list(tools), wrap_tool_call=policy.wrap_tool_call, awrap_tool_call=policy.awrap_tool_call,
                     **options)
+
+
+_MIDDLEWARE: type | None = None  # the AgentMiddleware class tool_middleware makes, once
+
+
+def tool_middleware(*, idempotent_tools: Iterable[str] = (), timeout_s: float | None = None, bus: Bus | None = None,
+                    policies: PolicySet | None = None, capture: bool = True,
+                    redact: Redactor | Hook | Iterable[str] | None = None) -> Any:
+    """A LangChain agent middleware (``langchain.agents.create_agent(model, tools,
+    middleware=[tool_middleware(...)])``, langchain 1.x) whose ``wrap_tool_call`` and
+    ``awrap_tool_call`` run each of the agent's tool calls under tether's tool policy
+    (:class:`ToolPolicy`, the same options as :func:`tool_node`)."""
+    global _MIDDLEWARE
+    try:
+        from langchain.agents.middleware import AgentMiddleware
+    except ImportError as missing:
+        raise ImportError("tether.adapters.langgraph.tool_middleware is a middleware for LangChain's create_agent, "
+                          "in the `langchain` package (1.x), which is not installed: install it, or give "
+                          "langgraph's create_react_agent a tool_node(tools) instead") from missing
+    if _MIDDLEWARE is None:
+
+        class TetherToolPolicy(AgentMiddleware):
+            """Each tool call of the agent under tether's tool policy (``tether.adapters.langgraph.ToolPolicy``)."""
+
+            def __init__(self, policy: ToolPolicy) -> None:
+                super().__init__()
+                self.policy = policy
+
+            def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+                return self.policy.wrap_tool_call(request, handler)
+
+            async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+                return await self.policy.awrap_tool_call(request, handler)
+
+        _MIDDLEWARE = TetherToolPolicy
+    return _MIDDLEWARE(ToolPolicy(idempotent_tools=idempotent_tools, timeout_s=timeout_s, bus=bus,
+                                  policies=policies, capture=capture, redact=redact))
 
 
 def memory_hook(memory: Any, *, namespaces: Any = None, token_budget: int = 500) -> Callable[..., Any]:

@@ -25,8 +25,8 @@ the terminal ones, :data:`DeadLetterReason`) over the states every process share
 (:class:`Breakers`, :class:`RateLimiter`, :class:`SpendBook`); a streamed durable call's
 relay (:class:`RelaySpec`, :func:`relay_subject`, :class:`RelayListener`,
 :class:`RelayBroken`); reading an answer (:class:`SSEParser`, :class:`StreamAccumulator`,
-:func:`usage_of`), whose shape a :data:`ProviderKind` (``"openai"`` or ``"anthropic"``) and
-an :data:`Operation` (``"chat"``, ``"responses"``, ``"messages"``, ``"embeddings"``) name.
+:func:`usage_of`), whose shape a :data:`ProviderKind` (``"openai"``, ``"anthropic"`` or ``"gemini"``) and
+an :data:`Operation` (``"chat"``, ``"responses"``, ``"messages"``, ``"embeddings"``, ``"generate_content"``) name.
 """
 
 # The executor and the caller side (these do I/O: NATS, HTTP).

@@ -157,16 +157,19 @@ def _default_error_type(kind: str, status: int | None) -> str:
 def classify_http(status: int, headers: Mapping[str, str], body: bytes | None, *, now: float) -> Failure:
     """The failure an HTTP error response stands for.
 
-    Reads the OpenAI (``{"error": {"message", "type", "code"}}``) and Anthropic
-    (``{"type": "error", "error": {"type", "message"}}``) error bodies; any other body is
-    kept, shortened, as the message. The retry hint comes from :func:`parse_retry_after`.
+    Reads the OpenAI (``{"error": {"message", "type", "code"}}``), Anthropic
+    (``{"type": "error", "error": {"type", "message"}}``) and Google (``{"error": {"code",
+    "message", "status", "details"}}``) error bodies; any other body is kept, shortened, as
+    the message. The retry hint comes from :func:`parse_retry_after`, else from a Google
+    body's ``google.rpc.RetryInfo`` detail (``"retryDelay": "34s"``).
     """
     return _classify_http(status, headers, body, now=now)
 
 
 def _classify_http(status: int, headers: Mapping[str, str], body: bytes | None, *,
                    now: float | None) -> Failure:
-    message, code = _error_body(body)
+    message, code, retry_info = _error_body(body)
+    retry = _retry_after(headers, now=now, status=status)
     if not message:
         try:
             message = f"HTTP {status} {HTTPStatus(status).phrase}"
@@ -175,38 +178,55 @@ def _classify_http(status: int, headers: Mapping[str, str], body: bytes | None, 
     return Failure(
         kind="http",
         status_code=status,
-        retry_after_s=_retry_after(headers, now=now, status=status),
+        retry_after_s=retry if retry is not None else retry_info,
         error_type=_default_error_type("http", status),
         message=message,
         code=code,
     )
 
 
-def _error_body(body: bytes | None) -> tuple[str, str | None]:
+def _error_body(body: bytes | None) -> tuple[str, str | None, float | None]:
+    """The message, the code and Google's ``RetryInfo`` delay (seconds) of an error body."""
     if not body:
-        return "", None
+        return "", None, None
     text = body.decode("utf-8", errors="replace").strip()
     try:
         data: Any = json.loads(text)
     except ValueError:
-        return _shorten(text), None
+        return _shorten(text), None, None
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]  # Google's streaming endpoints wrap their error body in a list
     if not isinstance(data, dict):
-        return _shorten(text), None
+        return _shorten(text), None, None
     error = data.get("error")
     if isinstance(error, dict):
         message = error.get("message")
         code = error.get("code")
+        if isinstance(error.get("status"), str) and not isinstance(code, str):
+            code = error["status"]  # Google: ``code`` repeats the HTTP status, ``status`` names it
         if not isinstance(code, str | int) or isinstance(code, bool):
             code = error.get("type")  # Anthropic names the error by its type only
         return (
             _shorten(message) if isinstance(message, str) else _shorten(text),
             str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
+            _retry_info(error.get("details")),
         )
     for key in ("error", "message", "detail"):
         value = data.get(key)
         if isinstance(value, str) and value:
-            return _shorten(value), None
-    return _shorten(text), None
+            return _shorten(value), None, None
+    return _shorten(text), None, None
+
+
+def _retry_info(details: Any) -> float | None:
+    """The ``retryDelay`` of a ``google.rpc.RetryInfo`` among an error's details (``"34s"``, ``"0.5s"``)."""
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            seconds = _duration(delay) if isinstance(delay, str) else None
+            if seconds is not None and seconds >= 0:
+                return seconds
+    return None
 
 
 def _shorten(text: str) -> str:

@@ -122,8 +122,12 @@ class LlmOutcome:
 
 def usage_of(kind: str, operation: str, body: Any) -> tuple[Usage, str | None]:
     """Token usage and finish reason from a response body, for each wire format."""
+    if kind == "gemini" and isinstance(body, list) and body:
+        body = body[-1]  # streamGenerateContent without alt=sse: the chunks as one JSON array
     if not isinstance(body, dict):
         return Usage(), None
+    if kind == "gemini":
+        return gemini_usage(body.get("usageMetadata")), gemini_finish(body)
     u = body.get("usage") or {}
     if kind == "anthropic":
         cache_read = int(u.get("cache_read_input_tokens") or 0)
@@ -145,6 +149,24 @@ def usage_of(kind: str, operation: str, body: Any) -> tuple[Usage, str | None]:
     choices = body.get("choices") or []
     finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
     return usage, finish
+
+
+def gemini_usage(u: Any) -> Usage:
+    """Gemini's ``usageMetadata`` in tether's terms: the prompt (with the tool-use prompt) is the
+    input, of which ``cachedContentTokenCount`` was cached; thinking is output, as OpenAI counts it."""
+    if not isinstance(u, dict):
+        return Usage()
+    thoughts = int(u.get("thoughtsTokenCount") or 0)
+    return Usage(input_tokens=int(u.get("promptTokenCount") or 0) + int(u.get("toolUsePromptTokenCount") or 0),
+                 output_tokens=int(u.get("candidatesTokenCount") or 0) + thoughts,
+                 cached_input_tokens=int(u.get("cachedContentTokenCount") or 0), reasoning_tokens=thoughts)
+
+
+def gemini_finish(body: dict[str, Any]) -> str | None:
+    candidates = body.get("candidates")
+    first = candidates[0] if isinstance(candidates, list) and candidates else None
+    finish = first.get("finishReason") if isinstance(first, dict) else None
+    return finish if isinstance(finish, str) else None
 
 
 async def run_llm_attempt(

@@ -3,8 +3,9 @@
 :class:`SSEParser` parses events incrementally from the bytes passed through: only the
 tail of an event not yet complete is kept between chunks, the stream itself is never
 buffered. :class:`StreamAccumulator` reads the events of one streamed LLM answer (OpenAI
-chat completions and Responses, Anthropic messages) and keeps usage, the finish reason,
-the moment of the first token and, when capturing, the answer rebuilt as one message.
+chat completions and Responses, Anthropic messages, Gemini's ``streamGenerateContent?alt=sse``)
+and keeps usage, the finish reason, the moment of the first token and, when capturing, the
+answer rebuilt as one message.
 
 Both ends of a stream use them: the adapters' tee (inline calls) and the executor's relay
 (durable streamed calls).
@@ -24,8 +25,8 @@ from ._providers import usage_of
 
 __all__ = ["SSEParser", "StreamAccumulator"]
 
-Kind = Literal["openai", "anthropic"]
-Operation = Literal["chat", "responses", "messages", "embeddings"]
+Kind = Literal["openai", "anthropic", "gemini"]
+Operation = Literal["chat", "responses", "messages", "embeddings", "generate_content"]
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
@@ -166,6 +167,9 @@ class StreamAccumulator:
         if self.kind == "anthropic":
             self._anthropic(doc)
             return True
+        if self.kind == "gemini":
+            self._gemini(doc)
+            return True
         if self.operation == "responses":
             self._responses(name or str(doc.get("type", "")), doc)
             return True
@@ -270,11 +274,35 @@ class StreamAccumulator:
         elif kind == "error":
             self.error = doc.get("error") or doc
 
+    def _gemini(self, doc: dict[str, Any]) -> None:
+        """One ``GenerateContentResponse`` chunk: parts of the answer, usage so far (the last wins)."""
+        if isinstance(doc.get("error"), dict):
+            self.error = doc["error"]
+            return
+        if isinstance(doc.get("usageMetadata"), dict):
+            self._usage = doc["usageMetadata"]
+        if not self._head:
+            self._head = {k: doc[k] for k in ("modelVersion", "responseId") if k in doc}
+        for candidate in doc.get("candidates") or ():
+            if not isinstance(candidate, dict):
+                continue
+            parts = (candidate.get("content") or {}).get("parts") or []
+            if parts:
+                self._token()
+            if candidate.get("finishReason"):
+                self.finish_reason = candidate["finishReason"]
+                self.done = True
+            if self.capture:
+                state = self._choices.setdefault(int(candidate.get("index") or 0), {"parts": [], "rest": {}})
+                state["parts"].extend(p for p in parts if isinstance(p, dict))
+                state["rest"].update({k: v for k, v in candidate.items() if k not in ("content", "index")})
+
     # -- results -----------------------------------------------------------------------------
 
     @property
     def usage(self) -> Usage:
-        return usage_of(self.kind, self.operation, {"usage": self._usage})[0]
+        key = "usageMetadata" if self.kind == "gemini" else "usage"
+        return usage_of(self.kind, self.operation, {key: self._usage})[0]
 
     @property
     def usage_seen(self) -> bool:
@@ -286,6 +314,10 @@ class StreamAccumulator:
             return None
         if self.operation == "responses":
             return self._final
+        if self.kind == "gemini":
+            candidates = [{"content": {"role": "model", "parts": _merged(state["parts"])}, **state["rest"], "index": i}
+                          for i, state in sorted(self._choices.items())]
+            return {"candidates": candidates, **({"usageMetadata": self._usage} if self._usage else {}), **self._head}
         if self.kind == "anthropic":
             content = []
             for _, block in sorted(self._blocks.items()):
@@ -318,3 +350,17 @@ class StreamAccumulator:
         if self._usage:
             out["usage"] = self._usage
         return out
+
+
+def _merged(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Streamed Gemini parts as one answer's: runs of text (or of thought text) joined."""
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        last = out[-1] if out else None
+        if (last is not None and set(part) <= {"text", "thought"} and set(last) <= {"text", "thought"}
+                and isinstance(part.get("text"), str) and isinstance(last.get("text"), str)
+                and part.get("thought") == last.get("thought")):
+            out[-1] = {**last, "text": last["text"] + part["text"]}
+        else:
+            out.append(dict(part))
+    return out

@@ -19,7 +19,7 @@ __all__ = ["CALLS_BUCKET", "CallRecord", "RelaySpec", "WorkItem", "work_subject"
 
 CALLS_BUCKET = "tether-calls"
 CALL_ID_PATTERN = r"^[-/_=A-Za-z0-9]+(\.[-/_=A-Za-z0-9]+)*$"
-Operation = Literal["chat", "responses", "messages", "embeddings"]
+Operation = Literal["chat", "responses", "messages", "embeddings", "generate_content"]
 SUBJECT_PATTERN = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
 
 

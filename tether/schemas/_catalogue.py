@@ -163,7 +163,7 @@ class LlmCallRequested(_LlmCall):
     kind: ClassVar[str] = "llm"
     action: ClassVar[str] = "requested"
 
-    operation: Literal["chat", "responses", "messages", "embeddings", "completions"] = "chat"
+    operation: Literal["chat", "responses", "messages", "embeddings", "completions", "generate_content"] = "chat"
     mode: Literal["inline", "durable"] = "inline"
     stream: bool = False
     route: str | None = None

@@ -279,15 +279,21 @@ class _Handlers:
     async def messages(self, request: Request) -> Response:
         return await self._serve(request, "messages")
 
+    async def gemini(self, request: Request) -> Response:
+        model, _, method = str(request.path_params["rest"]).rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent") or not model:
+            raise HTTPException(404)
+        return await self._serve(request, "gemini", model=model, stream=method == "streamGenerateContent")
+
     async def models(self, request: Request) -> Response:
         return await self._serve(request, "models")
 
     async def model(self, request: Request) -> Response:
         return await self._serve(request, "models", model=request.path_params["model"])
 
-    async def _serve(self, request: Request, api: str, *, model: str | None = None) -> Response:
+    async def _serve(self, request: Request, api: str, *, model: str | None = None, stream: bool = False) -> Response:
         state = self.state
-        dialect = "anthropic" if api == "messages" else "openai"
+        dialect = "anthropic" if api == "messages" else "gemini" if api == "gemini" else "openai"
         raw = await request.body() if request.method == "POST" else b""
         # from here to the response nothing awaits, so control calls never land mid-request
         now = time.monotonic()
@@ -305,8 +311,9 @@ class _Handlers:
                 return self._answer(request, number, now, api, None, False, None, None,
                                     self._error(dialect, 400, number, message))
             payload = parsed
-            model = payload.get("model") if isinstance(payload.get("model"), str) else None
-        stream = payload.get("stream") is True
+            if api != "gemini":  # Gemini's model is in the path
+                model = payload.get("model") if isinstance(payload.get("model"), str) else None
+        stream = stream or payload.get("stream") is True
         rule = state.plan.decide(api, model, now, state.rng.random())
         fault = rule.fault if rule else None
         label = rule.label if rule else None
@@ -321,7 +328,7 @@ class _Handlers:
             response = _Abort()
         else:
             try:
-                response = self._build(request, api, payload, raw, model, number, fault)
+                response = self._build(request, api, payload, raw, model, number, fault, stream)
             except wire.Invalid as problem:
                 return self._answer(request, number, now, api, model, stream, None, None,
                                     self._error(dialect, problem.status, number, problem.message,
@@ -334,7 +341,7 @@ class _Handlers:
         return self._answer(request, number, now, api, model, stream, fault, label, response)
 
     def _build(self, request: Request, api: str, payload: dict[str, Any], raw: bytes, model: str | None,
-               number: int, fault: Fault | None) -> Response:
+               number: int, fault: Fault | None, stream: bool = False) -> Response:
         """The normal answer, shaped by a fault that still sends one (reset mid-stream, malformed)."""
         state = self.state
         anthropic = api == "messages"
@@ -369,7 +376,10 @@ class _Handlers:
                     state.prompts.clear()
                 state.prompts.add(key)
             turn = wire.Turn(state.seed, number, model, int(time.time()), repeated)
-            body, events = _BUILDERS[api](payload, turn)
+            if api == "gemini":
+                body, events = wire.gemini_content(payload, turn, stream=stream)
+            else:
+                body, events = _BUILDERS[api](payload, turn)
         if events is not None:
             if isinstance(fault, ResetMidStream):
                 return _Stream(events[:fault.after_chunks], headers, reset=True)
@@ -391,6 +401,9 @@ class _Handlers:
                code: str | None = None, param: str | None = None, retry_after: float | None = None,
                extra: Iterable[tuple[str, str]] = ()) -> Response:
         request_id = f"req_fake{self.state.seed}x{number}"
+        if dialect == "gemini":  # no rate-limit headers: the wait is a RetryInfo in the body
+            body = wire.gemini_error(status, message, retry_after=retry_after)
+            return Response(body, status, {"x-request-id": request_id} | dict(extra), media_type="application/json")
         if dialect == "anthropic":
             headers = {"request-id": request_id}
             body = wire.anthropic_error(status, message, request_id=request_id)
@@ -482,6 +495,8 @@ async def _json_object(request: Request) -> dict[str, Any]:
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 404
     message = f"Invalid URL ({request.method} {request.url.path})"
+    if request.url.path.startswith("/v1beta/"):
+        return Response(wire.gemini_error(status, message), status, media_type="application/json")
     if request.url.path.startswith("/v1/messages"):
         return Response(wire.anthropic_error(status, message), status, media_type="application/json")
     return Response(wire.openai_error(status, message), status, media_type="application/json")
@@ -497,6 +512,7 @@ def build_app(state: ProviderState) -> Starlette:
             Route("/v1/models", h.models, methods=["GET"]),
             Route("/v1/models/{model:path}", h.model, methods=["GET"]),
             Route("/v1/messages", h.messages, methods=["POST"]),
+            Route("/v1beta/models/{rest:path}", h.gemini, methods=["POST"]),
             Route("/_fake/faults", h.get_faults, methods=["GET"]),
             Route("/_fake/faults", h.post_faults, methods=["POST"]),
             Route("/_fake/down", h.post_down, methods=["POST"]),

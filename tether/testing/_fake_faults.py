@@ -40,7 +40,7 @@ __all__ = [
     "parse_latency",
 ]
 
-APIS = ("chat", "responses", "embeddings", "models", "messages")
+APIS = ("chat", "responses", "embeddings", "models", "messages", "gemini")
 
 
 # --- effects -------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ Fault: TypeAlias = (ErrorResponse | Hang | SlowFirstByte | Reset | ResetMidStrea
 class FaultRule:
     """When to apply a fault. Every condition given must hold.
 
-    - ``api``: one of ``chat``, ``responses``, ``embeddings``, ``models``, ``messages``;
+    - ``api``: one of ``chat``, ``responses``, ``embeddings``, ``models``, ``messages``, ``gemini``;
     - ``model``: a model name or glob (``gpt-4o*``);
     - ``start``/``duration``: a window in seconds after the rule was armed (at server start
       for constructor rules, at ``set_faults`` for later ones);

@@ -1,5 +1,5 @@
 """What the fake provider says, byte for byte: OpenAI chat completions, Responses, embeddings and
-models, Anthropic messages, and both APIs' error bodies and rate-limit headers.
+models, Anthropic messages, Gemini's generateContent, and each API's error bodies and rate-limit headers.
 
 Pure functions from a parsed request to a JSON body or a list of server-sent events. Replies are
 deterministic: they depend on the seed, the model and the request, never on a clock or a global
@@ -33,6 +33,8 @@ __all__ = [
     "anthropic_models",
     "chat_completion",
     "embeddings",
+    "gemini_content",
+    "gemini_error",
     "openai_error",
     "openai_model",
     "openai_models",
@@ -621,3 +623,101 @@ def retry_headers(dialect: str, retry_after: float, now: float) -> dict[str, str
                     "x-ratelimit-reset-requests": wait, "x-ratelimit-limit-tokens": "30000",
                     "x-ratelimit-remaining-tokens": "15000", "x-ratelimit-reset-tokens": wait}
     return headers
+
+
+# --- Gemini: generateContent ---------------------------------------------------------------
+
+_GEMINI_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                    408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                    501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_GEMINI_MESSAGES = {429: "Resource has been exhausted (e.g. check quota).",
+                    500: "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+                    503: "The model is overloaded. Please try again later."}
+
+
+def _lower_types(schema: Any) -> Any:
+    """A Gemini ``Schema`` (``"type": "OBJECT"``) as the JSON schema ``_plausible`` reads."""
+    if isinstance(schema, dict):
+        return {k: (v.lower() if k == "type" and isinstance(v, str) else _lower_types(v)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    return schema
+
+
+def _gemini_tool_result(content: dict[str, Any]) -> bool:
+    return content.get("role", "user") == "user" and any(
+        isinstance(p, dict) and "functionResponse" in p for p in content.get("parts") or ())
+
+
+def _gemini_words(content: dict[str, Any]) -> bool:
+    return content.get("role") == "model" and not any(
+        isinstance(p, dict) and "functionCall" in p for p in content.get("parts") or ())
+
+
+def gemini_content(payload: Mapping[str, Any], turn: Turn, *, stream: bool) -> tuple[bytes | None, list[bytes] | None]:
+    """A Gemini ``GenerateContentResponse``, or its SSE chunks (``streamGenerateContent?alt=sse``)."""
+    contents = payload.get("contents")
+    if not isinstance(contents, list) or not contents or not all(isinstance(c, dict) for c in contents):
+        raise Invalid(400, "* GenerateContentRequest.contents: contents is not specified", param="contents")
+    config = payload.get("generationConfig")
+    cap = _max_tokens(config if isinstance(config, dict) else {}, "maxOutputTokens")
+    tools = [(d.get("name", "tool"), _lower_types(d.get("parametersJsonSchema") or d.get("parameters_json_schema")
+                                                  or d.get("parameters")))  # google-genai sends it snake_case
+             for t in payload.get("tools") or () if isinstance(t, dict)
+             for d in t.get("functionDeclarations") or () if isinstance(d, dict)]
+    calling = ((payload.get("toolConfig") or {}).get("functionCallingConfig") or {})
+    mode = str(calling.get("mode") or "AUTO").upper()
+    allowed = calling.get("allowedFunctionNames")
+    choice: Any = "none" if mode == "NONE" else None
+    if mode == "ANY":
+        choice = {"name": allowed[0]} if isinstance(allowed, list) and len(allowed) == 1 else "any"
+    wanted = contents[-1].get("role", "user") == "user" and not _tool_ran(contents, _gemini_tool_result,
+                                                                           _gemini_words)
+    prompt = next((str(p["text"]) for c in reversed(contents) if c.get("role", "user") == "user"
+                   for p in c.get("parts") or () if isinstance(p, dict) and isinstance(p.get("text"), str)), "")
+    tool = _choose_tool(tools, choice, wanted, prompt)
+    tokens = _input_tokens(_chars(contents) + _chars(payload.get("systemInstruction")) + _chars(payload.get("tools")),
+                           len(contents))
+    reply = _reply(turn, tool, prompt, tokens, cap)
+    finish = "MAX_TOKENS" if reply.truncated else "STOP"
+    rid = f"fake{turn.seed}x{turn.number}"
+
+    def usage(output: int) -> dict[str, Any]:
+        out = {"promptTokenCount": reply.input_tokens, "candidatesTokenCount": output,
+               "totalTokenCount": reply.input_tokens + output}
+        if reply.cached_tokens:
+            out["cachedContentTokenCount"] = reply.cached_tokens
+        return out
+
+    def chunk(parts: list[dict[str, Any]], output: int, done: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+        if done:
+            candidate["finishReason"] = finish
+        return {"candidates": [candidate], "usageMetadata": usage(output), "modelVersion": turn.model,
+                "responseId": rid}
+
+    if reply.tool_name:
+        try:
+            arguments = json.loads(reply.text)
+        except ValueError:  # cut short by maxOutputTokens
+            arguments = {}
+        call = {"functionCall": {"name": reply.tool_name, "args": arguments}}
+        if not stream:
+            return _dumps(chunk([call], reply.output_tokens, True)).encode(), None
+        return None, [_data(_dumps(chunk([call], reply.output_tokens, True)))]
+    if not stream:
+        return _dumps(chunk([{"text": reply.text}], reply.output_tokens, True)).encode(), None
+    last = len(reply.pieces) - 1
+    return None, [_data(_dumps(chunk([{"text": piece}], n + 1, n == last))) for n, piece in enumerate(reply.pieces)]
+
+
+def gemini_error(status: int, message: str | None = None, *, retry_after: float | None = None) -> bytes:
+    """Google's error body; a ``RetryInfo`` detail when the fault advertises a wait (Gemini sends
+    no ``Retry-After`` header, only this)."""
+    error: dict[str, Any] = {"code": status,
+                             "message": message or _GEMINI_MESSAGES.get(status, f"Error {status} (injected by the "
+                                                                                "fake provider)."),
+                             "status": _GEMINI_STATUSES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN")}
+    if retry_after is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after:g}s"}]
+    return _dumps({"error": error}).encode()

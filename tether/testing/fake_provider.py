@@ -11,8 +11,9 @@ Tests, the demo and the benchmarks run against it; users run it to rehearse outa
     fp.stop()
 
 Endpoints: ``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/embeddings``,
-``/v1/messages`` (Anthropic), ``GET /v1/models`` (and ``/v1/models/{id}``), each streaming where
-the API streams, with usage, tool calls and each API's error bodies. Any model name is accepted
+``/v1/messages`` (Anthropic), ``/v1beta/models/{model}:generateContent`` and
+``:streamGenerateContent`` (Gemini, SSE chunks), ``GET /v1/models`` (and ``/v1/models/{id}``),
+each streaming where the API streams, with usage, tool calls and each API's error bodies. Any model name is accepted
 unless ``models=`` lists them (then an unknown one is a 404 ``model_not_found``).
 
 Control endpoints, for a separate process: ``GET|POST /_fake/faults`` (``{"spec": "...",
@@ -43,7 +44,7 @@ Rules separated by commas; the first rule that fires wins::
     PROB     := 0..1, default 1; rules below 1 share one draw per request, so the mix is exact
     START, LENGTH := a window after the faults were set: "@5s:10s" is from 5 s to 15 s
     N-M      := only the Nth (to Mth) request matching the rule's API, model and window
-    API      := chat | responses | embeddings | models | messages
+    API      := chat | responses | embeddings | models | messages | gemini
     MODEL    := a model name or glob, e.g. gpt-4o*   (last, so it may contain any character)
     DURATION := 250ms | 1.5s | 2m | 3 (seconds)
 

@@ -64,7 +64,7 @@ SPANS = Table("spans", {
 
 # gen_ai.operation.name for tether's operations (the span is named "{operation} {model}").
 OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat", "embeddings": "embeddings",
-              "completions": "text_completion"}
+              "completions": "text_completion", "generate_content": "generate_content"}
 _PARAMETERS = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
                "max_output_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
                "top_k": "top_k", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
