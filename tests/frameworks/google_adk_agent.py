@@ -6,9 +6,12 @@ The lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_
 budget scenario). Each scenario named on the command line runs in turn in this one process, its agent
 named ``<scenario>_bot``; prints one JSON line, by scenario. The ``tool-*`` scenarios run the tool under
 tether's tool policy (the plugin's): a timeout, an idempotent tool retried, a resumed run whose completed
-tool call is replayed (each tool counts its executions). The ``gemini-*`` scenarios run ADK's native
-``Gemini`` model (``gemini(...)``: google-genai on tether's HTTP clients) against the fake provider's
-Gemini endpoints; ``genai`` is plain google-genai given tether's HTTP clients in its ``http_options``.
+tool call is replayed (each tool counts its executions). The ``kinds-*`` scenarios do the same for the
+other kinds of tools ADK runs: a toolset's tool retried, a ``LongRunningFunctionTool`` timed out, an
+``AgentTool`` whose completed call a resumed run replays without running its agent again. The ``gemini-*``
+scenarios run ADK's native ``Gemini`` model (``gemini(...)``: google-genai on tether's HTTP clients) against
+the fake provider's Gemini endpoints; ``genai`` is plain google-genai given tether's HTTP clients in its
+``http_options``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from google.adk.models.llm_request import LlmRequest
 from google.adk.runners import Runner
 from google.adk.sessions import InMemorySessionService
 from google.adk.tools.agent_tool import AgentTool
+from google.adk.tools.base_tool import BaseTool
+from google.adk.tools.base_toolset import BaseToolset
+from google.adk.tools.long_running_tool import LongRunningFunctionTool
 from google.genai import types
 
 import tether
@@ -55,7 +61,7 @@ def get_weather_broken(city: str) -> str:
     raise ConnectionError(f"the weather service for {city} is down")
 
 
-RAN: dict[str, int] = {"slow": 0, "flaky": 0, "booking": 0}
+RAN: dict[str, int] = {"slow": 0, "flaky": 0, "booking": 0, "toolset": 0, "long": 0, "agent-tool": 0}
 
 
 async def get_weather_slow(city: str) -> str:
@@ -79,6 +85,101 @@ def book_table(city: str) -> dict[str, str]:
     if RAN["booking"] == 1:
         faults("500/chat")  # the process "dies" after the tool: every later model call fails
     return {"booked": city}
+
+
+async def toolset_weather(city: str) -> str:
+    """The weather in a city."""
+    RAN["toolset"] += 1
+    if RAN["toolset"] == 1:
+        raise ConnectionError("the weather service reset the connection")
+    return f"It is sunny in {city}."
+
+
+class RemoteWeather(BaseTool):
+    """A toolset's tool that is not a ``FunctionTool`` (as ``MCPToolset``'s ``McpTool`` is not)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="get_weather", description="The weather in a city.")
+
+    def _get_declaration(self) -> types.FunctionDeclaration:
+        return types.FunctionDeclaration(name=self.name, description=self.description, parameters=types.Schema(
+            type=types.Type.OBJECT, properties={"city": types.Schema(type=types.Type.STRING)}, required=["city"]))
+
+    async def run_async(self, *, args: dict[str, Any], tool_context: Any) -> Any:
+        return await toolset_weather(**args)
+
+
+class WeatherToolset(BaseToolset):
+    """A toolset (as ``MCPToolset`` is): the tools it yields are resolved for each model request."""
+
+    async def get_tools(self, readonly_context: Any = None) -> list[Any]:
+        return [RemoteWeather()]
+
+    async def close(self) -> None:
+        pass
+
+
+async def start_report(city: str) -> dict[str, str]:
+    """Start a weather report for a city (a long-running operation)."""
+    RAN["long"] += 1
+    await asyncio.sleep(30)
+    return {"status": "never"}
+
+
+def book_for_agent(city: str) -> dict[str, str]:
+    """Book a table in a city (a side effect: must not run twice)."""
+    RAN["agent-tool"] += 1
+    return {"booked": city}
+
+
+def fail_after(callback_context: Any) -> None:
+    """The sub-agent's after_agent_callback: the process "dies" once it answered (every later model call fails)."""
+    faults("500/chat")
+
+
+async def turn_of(runner: Any) -> list[Any]:
+    session = await runner.session_service.create_session(app_name="weather", user_id="u1")
+    message = types.Content(role="user", parts=[types.Part(text=QUESTION)])
+    results = []
+    async for event in runner.run_async(user_id="u1", session_id=session.id, new_message=message):
+        results += [p.function_response.response for p in event.content.parts or []
+                    if event.content and p.function_response] if event.content else []
+    return results
+
+
+async def tool_kinds(name: str, model: Any) -> dict[str, Any]:
+    """The ``kinds-*`` scenarios: tools other than an agent's own functions under the plugin's tool policy."""
+    agent_name = f"{name.replace('-', '_')}_bot"
+    if name == "kinds-toolset":  # a toolset's tool, idempotent: retried
+        agent = LlmAgent(name=agent_name, model=model, tools=[WeatherToolset()], instruction="Answer.")
+        plugin = TetherPlugin(idempotent_tools={"get_weather"})
+        runner = Runner(app=App(name="weather", root_agent=agent, plugins=[plugin]),
+                        session_service=InMemorySessionService())
+        return {"results": await turn_of(runner), "ran": RAN["toolset"]}
+    if name == "kinds-long-running":  # a long-running tool's first call, under a timeout
+        start_report.__name__ = "get_weather"
+        agent = LlmAgent(name=agent_name, model=model, tools=[LongRunningFunctionTool(start_report)],
+                         instruction="Answer.")
+        runner = Runner(app=App(name="weather", root_agent=agent, plugins=[TetherPlugin(tool_timeout_s=0.3)]),
+                        session_service=InMemorySessionService())
+        return {"results": await turn_of(runner), "ran": RAN["long"]}
+    # kinds-agent-tool: the sub-agent books, then the process "dies"; resumed, the AgentTool call is replayed
+    out: dict[str, Any] = {}
+    for attempt in ("first", "resumed"):
+        book_for_agent.__name__ = "get_weather"
+        booker = LlmAgent(name="agent_tool_booker", model=model, tools=[book_for_agent], instruction="Book.",
+                          after_agent_callback=fail_after if attempt == "first" else None)
+        agent = LlmAgent(name=agent_name, model=model, tools=[AgentTool(booker)], instruction="Ask the booker.")
+        runner = Runner(app=App(name="weather", root_agent=agent, plugins=[TetherPlugin()]),
+                        session_service=InMemorySessionService())
+        try:
+            async with tether.run(agent="booker", run_id="adk-agent-tool-resume-1", resume=True):
+                out[attempt] = await turn_of(runner)
+        except Exception as exc:
+            out[attempt] = type(exc).__name__
+        faults("")
+        out[f"ran_{attempt}"] = RAN["agent-tool"]
+    return out
 
 
 async def tool_policy(name: str, model: Any) -> dict[str, Any]:
@@ -199,6 +300,9 @@ async def main(scenarios: list[str]) -> dict[str, Any]:
             continue
         if name.startswith("tool-"):
             out.update(await scenario(name, "", lambda name=name: tool_policy(name, model)))
+            continue
+        if name.startswith("kinds-"):
+            out.update(await scenario(name, "", lambda name=name: tool_kinds(name, model)))
             continue
         tool = get_weather_broken if name == "broken-tool" else get_weather
         tool.__name__ = "get_weather"

@@ -23,7 +23,8 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "team", "memory", "tool-timeout", "tool-retry",
-             "tool-resume"]
+             "tool-resume", "kinds-agent-timeout", "kinds-agent-resume", "kinds-workbench-retry",
+             "kinds-workbench-error", "kinds-workbench-resume", "kinds-attention"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 MESSAGES = ["TextMessage", "ToolCallRequestEvent", "ToolCallExecutionEvent", "TextMessage"]
 
@@ -207,4 +208,80 @@ def test_bad_tools_and_teams_are_refused_with_what_to_pass(outcome: Outcome) -> 
         "TypeError: tether.adapters.autogen.tools takes AutoGen tools and functions, not int",
         "ValueError: timeout_s must be a number of seconds above 0, got 0",
         "TypeError: tether.adapters.autogen.team takes an AutoGen team (RoundRobinGroupChat, SelectorGroupChat...), "
-        "not object"]
+        "not object",
+        "TypeError: tether.adapters.autogen.workbench takes an AutoGen Workbench (McpWorkbench, StaticWorkbench...), "
+        "not list"]
+
+
+def test_an_agent_tools_call_is_bounded_by_the_timeout_and_autogen_gives_the_error_to_the_model(
+        outcome: Outcome) -> None:
+    said = outcome.said["kinds-agent-timeout"]
+    assert said["ok"] and said["ran"] <= 1, ("not idempotent: one attempt (its agent may not have reached it)", said)
+    assert said["messages"][-2:] == ["ToolCallExecutionEvent", "TextMessage"], "the agent went on, as after an error"
+    assert "did not finish within its timeout of 0.3 s" in said["tool_result"][0] and "is_error=True" in \
+        said["tool_result"][0], said
+    run = run_of(outcome, "kinds_agent_timeout_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.failed",
+                                "call.dead_lettered"], "one span for the call: the policy's"
+    child = run_of(outcome, "kinds_slow_agent")
+    assert child[0].data.parent_run_id == run[0].runid, "the agent used as a tool is still a child run"
+
+
+def test_a_resumed_run_replays_a_completed_agent_tool_call_without_running_its_agent(outcome: Outcome) -> None:
+    said = outcome.said["kinds-agent-resume"]
+    assert said["first"] == "InternalServerError" and said["ran_first"] == 1, said
+    assert said["ran_resumed"] == 1, "the sub-agent did not run (and book) again"
+    assert said["resumed"]["tool_result"] and "kinds_booker_agent: Booked in fake city." in \
+        said["resumed"]["tool_result"][0], "the model got the recorded answer"
+    assert len([e for e in outcome.started() if e.agentid == "kinds_booker_agent"]) == 1, "one child run: the first"
+    first, resumed = [e for e in outcome.started() if e.agentid == "kinds_agent_resume_bot"]
+    assert first.runid == resumed.runid and resumed.data.resumed
+    replayed = [e.data for e in outcome.runs()[resumed.runid]
+                if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [(r.tool, r.response) for r in replayed] == [
+        ("kinds_booker_agent", "kinds_booker_agent: Booked in fake city.")]
+
+
+def test_a_workbenchs_idempotent_tool_is_retried_after_its_timeout(outcome: Outcome) -> None:
+    said = outcome.said["kinds-workbench-retry"]
+    assert said["ok"] and said["ran"] == 2 and "It is sunny in fake city." in said["tool_result"][0], said
+    run = run_of(outcome, "kinds_workbench_retry_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"], \
+        "one span for the call (not the workbench's execute_tool span too), and the retry"
+
+
+def test_a_workbench_tools_error_result_is_a_failed_call_and_reaches_the_model_as_it_came(outcome: Outcome) -> None:
+    said = outcome.said["kinds-workbench-error"]
+    assert said["ok"] and said["ran"] == 1, ("not idempotent: one attempt", said)
+    assert "the weather service for fake city is down" in said["tool_result"][0] and "is_error=True" in \
+        said["tool_result"][0]
+    run = run_of(outcome, "kinds_workbench_error_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.failed",
+                                "call.dead_lettered"]
+    failed = next(e for e in run if e.type == "tether.tool.call.failed")
+    assert "is down" in failed.data.error.message
+
+
+def test_a_resumed_run_replays_a_workbench_tools_completed_call_as_its_tool_result(outcome: Outcome) -> None:
+    said = outcome.said["kinds-workbench-resume"]
+    assert said["first"] == "InternalServerError" and said["ran_first"] == 1, said
+    assert said["ran_resumed"] == 1 and "Booked in fake city." in said["resumed"]["tool_result"][0], said
+    first, resumed = [e for e in outcome.started() if e.agentid == "kinds_workbench_resume_bot"]
+    assert first.runid == resumed.runid and resumed.data.resumed
+    replayed = [e.data for e in outcome.runs()[resumed.runid]
+                if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [r.tool for r in replayed] == ["get_weather"]
+    assert replayed[0].response["is_error"] is False and replayed[0].response["result"][0]["content"] == \
+        "Booked in fake city.", "the workbench's ToolResult, recorded and given back as one"
+
+
+def test_needs_attention_reaches_the_model_as_the_tools_error_and_never_hangs_the_agent(outcome: Outcome) -> None:
+    """AutoGen's workbench turns whatever a tool raises into the model's error text, and an AssistantAgent
+    whose workbench raises waits forever: so a NeedsAttention (here the journal's, as a double) is that text
+    on both paths, and the call does not run."""
+    said = outcome.said["kinds-attention"]
+    assert said["ok"] and said["ran"] == 0, said
+    for path in ("tools", "workbench"):
+        [result] = said[path]["tool_result"]
+        assert "run autogen-attention needs attention" in result and "is_error=True" in result, (path, said)
+        assert said[path]["messages"] == MESSAGES, "the agent went on, as after a tool's error"

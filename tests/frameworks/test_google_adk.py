@@ -22,8 +22,8 @@ from ._harness import BUDGET_ONE_CALL, POLICIES, Outcome, events, run_script
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
 SCENARIOS = ["retries", "down", "budget", "broken-tool", "sub-agent", "memory", "memory-service", "session-service",
-             "tool-timeout", "tool-retry", "tool-resume", "gemini", "gemini-stream", "gemini-budget", "gemini-down",
-             "genai", "gemini-refusals"]
+             "tool-timeout", "tool-retry", "tool-resume", "kinds-toolset", "kinds-long-running", "kinds-agent-tool",
+             "gemini", "gemini-stream", "gemini-budget", "gemini-down", "genai", "gemini-refusals"]
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 EVENTS = ["call", "result", "text"]
 TWO_CALLS_AND_A_TOOL = ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
@@ -190,6 +190,38 @@ def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(outcom
     run = outcome.runs()[resumed.runid]
     replayed = [e.data for e in run if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
     assert [(r.tool, r.response) for r in replayed] == [("get_weather", {"booked": "fake city"})]
+
+
+def test_a_toolsets_tool_runs_under_the_policy_an_idempotent_one_retried(outcome: Outcome) -> None:
+    said = outcome.said["kinds-toolset"]
+    assert said["ok"] and said["results"] == [{"result": "It is sunny in fake city."}] and said["ran"] == 2, said
+    run = run_of(outcome, "kinds_toolset_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.completed"], \
+        "one span for the call (the policy's), and the retry"
+
+
+def test_a_long_running_tools_call_is_bounded_by_the_timeout(outcome: Outcome) -> None:
+    said = outcome.said["kinds-long-running"]
+    assert not said["ok"] and said["error"] == "builtins.TimeoutError", said
+    assert "did not finish within its timeout of 0.3 s" in said["message"]
+    run = run_of(outcome, "kinds_long_running_bot")
+    assert tool_events(run) == ["tool.call.requested", "tool.call.attempt_failed", "tool.call.failed",
+                                "call.dead_lettered"]
+
+
+def test_a_resumed_run_replays_a_completed_agent_tool_call_without_running_its_agent(outcome: Outcome) -> None:
+    said = outcome.said["kinds-agent-tool"]
+    assert said["first"] == "InternalServerError" and said["ran_first"] == 1, said
+    assert said["ran_resumed"] == 1, "the sub-agent did not run (and book) again"
+    assert len(said["resumed"]) == 1 and said["resumed"][0]["result"].startswith("This is fake reply"), said
+    booker = [e for e in outcome.started() if e.agentid == "agent_tool_booker"]
+    assert len(booker) == 1, "the AgentTool's agent ran once: its child run is the first attempt's only"
+    first, resumed = [e for e in outcome.started() if e.agentid == "kinds_agent_tool_bot"]
+    assert first.runid == resumed.runid and resumed.data.resumed
+    replayed = [e.data for e in outcome.runs()[resumed.runid]
+                if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    assert [r.tool for r in replayed] == ["agent_tool_booker"]
+    assert said["resumed"][0] == {"result": replayed[0].response}, "ADK got the sub-agent's recorded answer"
 
 
 # -- ADK's native Gemini model (google-genai) through tether ----------------------------------------------

@@ -255,6 +255,18 @@ def test_a_wrapped_tool_past_its_timeout_is_the_sdks_own_timeout_and_runs_once(s
     assert "within its timeout of 0.3 s" in failed.data.error.message
 
 
+def test_a_tool_error_the_sdk_gives_the_model_is_recorded_as_a_failed_call(scenarios: Outcome) -> None:
+    said = scenarios.said["handled"]
+    assert said["ok"] and said["ran"] == 1, ("not idempotent: one attempt", said)
+    [output] = said["outputs"]
+    assert output.startswith("An error occurred while running the tool."), "the SDK's default failure text, as without"
+    assert tool_events(scenarios, "broken-bot") == [
+        ("requested", "broken_lookup"), ("attempt_failed", "broken_lookup"), ("failed", "broken_lookup")], \
+        "a failed call, not a completed one whose result is an error text"
+    failed = next(e for e in scenarios.events if e.type == "tether.tool.call.failed" and e.agentid == "broken-bot")
+    assert failed.data.error.type == "ToolError" and failed.data.error.message == output
+
+
 def test_an_idempotent_wrapped_tool_is_retried_by_tether(scenarios: Outcome) -> None:
     said = scenarios.said["retried"]
     assert said["ok"] and said["ran"] == 2, ("its first attempt timed out, the second answered", said)
@@ -270,7 +282,8 @@ def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(scenar
     assert resumed["ok"] and resumed["ran"] == 1, ("the tool call was answered from the log", resumed)
     assert resumed["outputs"] == ["It is windy in fake city."], "the recorded result, as the SDK takes it"
     assert resumed["upstream"] == ["200"], "the first model call replayed too; the second made now"
-    replayed = [e for e in scenarios.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    replayed = [e for e in scenarios.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"
+                and e.agentid == "resume-bot"]
     assert [(e.data.tool, e.data.response) for e in replayed] == [("counted_lookup", "It is windy in fake city.")]
 
 
@@ -286,7 +299,8 @@ def test_a_crash_inside_a_wrapped_tool_stops_the_resumed_run_for_attention(scena
 def test_each_model_request_carries_its_runs_trace_to_the_provider_or_gateway(scenarios: Outcome) -> None:
     """What a gateway in front of the provider reads to put the calls in a run (``traceparent``)."""
     sent = scenarios.said["traceparents"]
-    assert len(sent) == 14 and all(sent), "every request (3 + 1 + 2 + 2 + 4 + 1, and 1 before a crash) had one"
+    assert len(sent) == 25 and all(sent), \
+        "every request (3 + 1 + 2 + 2 + 2 + 4 + 1, 1 before a crash, and the MCP tools' 2 + 2 + 4 + 1) had one"
     traces_of_run: dict[str, set[str]] = {}  # a resumed run is opened again, in a trace of its own
     for started in scenarios.started():
         traces_of_run.setdefault(started.runid, set()).add(started.traceparent.split("-")[1])
@@ -294,3 +308,32 @@ def test_each_model_request_carries_its_runs_trace_to_the_provider_or_gateway(sc
     assert set(sent) <= {e.traceparent for e in requested}, "the call's own (its retries send it again)"
     for call in requested:
         assert call.traceparent.split("-")[1] in traces_of_run[call.runid], "the trace of the run that made it"
+
+
+def test_an_mcp_servers_tool_past_its_timeout_is_the_sdks_own_timeout(scenarios: Outcome) -> None:
+    said = scenarios.said["mcp-timeout"]
+    assert said["ok"] and said["ran"] <= 1, ("not idempotent: one attempt (the server may not have begun it)", said)
+    assert said["outputs"] == ["Tool 'mcp_slow_forecast' timed out after 2 seconds."], "what the SDK gives its model"
+    assert tool_events(scenarios, "mcp-slow-bot") == [
+        ("requested", "mcp_slow_forecast"), ("attempt_failed", "mcp_slow_forecast"), ("failed", "mcp_slow_forecast")], \
+        "one call, recorded once (not again from the trace's function span)"
+
+
+def test_an_idempotent_mcp_tool_is_retried_by_tether(scenarios: Outcome) -> None:
+    said = scenarios.said["mcp-retried"]
+    assert said["ok"] and said["ran"] == 2, ("its first attempt timed out, the second answered", said)
+    assert said["outputs"] == [{"type": "text", "text": "Snow in fake city."}]
+    assert tool_events(scenarios, "mcp-flaky-bot") == [
+        ("requested", "mcp_flaky_forecast"), ("attempt_failed", "mcp_flaky_forecast"),
+        ("completed", "mcp_flaky_forecast")]
+
+
+def test_a_resumed_run_replays_its_completed_mcp_tool_call_without_calling_the_server(scenarios: Outcome) -> None:
+    crashed, resumed = scenarios.said["mcp-crashed"], scenarios.said["mcp-resumed"]
+    assert not crashed["ok"] and crashed["error"] == "openai.InternalServerError", crashed
+    assert crashed["ran"] == 1 and crashed["upstream"] == ["200", "500", "500", "500"]
+    assert resumed["ok"] and resumed["ran"] == 1, ("the MCP server was not called again", resumed)
+    assert resumed["outputs"] == [{"type": "text", "text": "Booked in fake city."}], "the recorded result, as the SDK's"
+    replayed = [e.data for e in scenarios.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"
+                and e.data.tool == "mcp_book_table"]
+    assert [r.response for r in replayed] == [{"type": "text", "text": "Booked in fake city."}]

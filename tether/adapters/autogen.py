@@ -8,6 +8,7 @@ The only module of tether that imports ``autogen_core``, ``autogen_agentchat`` o
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import importlib.metadata
 import json
@@ -25,7 +26,16 @@ from autogen_core.logging import LLMCallEvent, LLMStreamEndEvent, ToolCallEvent
 from autogen_core.memory import Memory, MemoryContent, MemoryMimeType, MemoryQueryResult, UpdateContextResult
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import SystemMessage, UserMessage
-from autogen_core.tools import BaseTool, FunctionTool, StreamTool, ToolSchema
+from autogen_core.tools import (
+    BaseStreamTool,
+    BaseTool,
+    FunctionTool,
+    StreamTool,
+    TextResultContent,
+    ToolResult,
+    ToolSchema,
+    Workbench,
+)
 from opentelemetry import trace
 from opentelemetry.util.types import Attributes
 from pydantic import BaseModel
@@ -37,8 +47,8 @@ from tether.middleware import PolicySet
 from ._frameworks import ObservedTool, inject_memory
 from ._tools import FrameworkTools
 
-__all__ = ["AgentRunError", "PolicyTool", "TeamRun", "TetherMemory", "TetherSpanProcessor", "TracerProvider",
-           "install", "model_client", "team", "tools"]
+__all__ = ["AgentRunError", "PolicyStreamTool", "PolicyTool", "PolicyWorkbench", "TeamRun", "TetherMemory",
+           "TetherSpanProcessor", "TracerProvider", "install", "model_client", "team", "tools", "workbench"]
 
 SOURCE = "urn:tether:adapter:autogen"
 SCOPE = "autogen-core"  # the tracer AutoGen's agent and tool spans come from
@@ -414,15 +424,99 @@ class PolicyTool(BaseTool[BaseModel, BaseModel]):
         return self.tool.dump_component()
 
 
+class PolicyStreamTool(BaseStreamTool[BaseModel, Any, Any]):
+    """A stream tool (an ``AgentTool``, a ``TeamTool``: an agent or team run as a tool, its agents child
+    runs) whose calls run under tether's tool policy and the run's journal, as :class:`PolicyTool`'s
+    do. What is recorded (and what a resumed run's completed call answers, without running the agent)
+    is the text the model gets (the tool's ``return_value_as_string`` of its ``TaskResult``); the
+    agent's messages and events stream through while it runs, and a replayed call has none."""
+
+    def __init__(self, tool: BaseStreamTool[Any, Any, Any], runner: FrameworkTools) -> None:
+        super().__init__(tool.args_type(), str, tool.name, tool.description)
+        self.tool = tool
+        self.runner = runner
+
+    @property
+    def schema(self) -> ToolSchema:
+        return self.tool.schema
+
+    async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> Any:
+        return await self.tool.run(args, cancellation_token)
+
+    async def run_stream(self, args: BaseModel, cancellation_token: CancellationToken) -> AsyncGenerator[Any, None]:
+        async for item in self.tool.run_stream(args, cancellation_token):
+            yield item
+
+    def return_value_as_string(self, value: Any) -> str:
+        return value if isinstance(value, str) else str(self.tool.return_value_as_string(value))
+
+    async def run_json(self, args: Mapping[str, Any], cancellation_token: CancellationToken,
+                       call_id: str | None = None) -> Any:
+        async def call() -> str:
+            token = _governed.set(call_id or "")
+            try:
+                result = await self.tool.run_json(args, cancellation_token, call_id=call_id)
+            finally:
+                _governed.reset(token)
+                _open_tool.set(None)
+            return str(self.tool.return_value_as_string(result))
+
+        return await self.runner.acall(self.name, dict(args), call)
+
+    async def run_json_stream(self, args: Mapping[str, Any], cancellation_token: CancellationToken,
+                              call_id: str | None = None) -> AsyncGenerator[Any, None]:
+        """The tool's stream as one call: its events passed on as they come, then the text of its result."""
+        passed: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def call() -> str:
+            token = _governed.set(call_id or "")
+            last: Any = None
+            try:
+                async for item in self.tool.run_json_stream(args, cancellation_token, call_id=call_id):
+                    if last is not None:
+                        passed.put_nowait(last)
+                    last = item
+            finally:
+                _governed.reset(token)
+                _open_tool.set(None)
+            return str(self.tool.return_value_as_string(last))
+
+        done = asyncio.ensure_future(self.runner.acall(self.name, dict(args), call))
+        try:
+            while not done.done():
+                item = asyncio.ensure_future(passed.get())
+                await asyncio.wait({item, done}, return_when=asyncio.FIRST_COMPLETED)
+                if not item.done():
+                    item.cancel()
+                    break
+                yield item.result()
+            while not passed.empty():
+                yield passed.get_nowait()
+            yield await done
+        finally:
+            if not done.done():  # the reader went away (cancelled): so does the call
+                done.cancel()
+
+    async def save_state_json(self) -> Mapping[str, Any]:
+        return dict(await self.tool.save_state_json())
+
+    async def load_state_json(self, state: Mapping[str, Any]) -> None:
+        await self.tool.load_state_json(state)
+
+    def dump_component(self) -> ComponentModel:
+        """The tool's own configuration (loading it gives the tool without tether's policy)."""
+        return self.tool.dump_component()
+
+
 def tools(tools: Iterable[BaseTool[Any, Any] | Callable[..., Any]], *, idempotent: Iterable[str] = (),
           timeout_s: float | None = None, policies: PolicySet | None = None,
           bus: Bus | None = None) -> list[BaseTool[Any, Any]]:
     """An agent's tools (``AssistantAgent(tools=tools([...]))``), each call under tether's tool policy:
-    functions become ``FunctionTool`` as AutoGen makes them, each tool a :class:`PolicyTool`.
+    functions become ``FunctionTool`` as AutoGen makes them, each tool a :class:`PolicyTool`, each
+    stream tool (an ``AgentTool``, a ``TeamTool``: runs of their own) a :class:`PolicyStreamTool`.
     ``idempotent`` names the tools that may be retried and re-run after a crash (the route
     ``tool:<name>`` in tether.toml overrides it); ``timeout_s`` bounds each attempt (else the route's
-    ``tool_timeout_s``). Stream tools (an ``AgentTool``, a ``TeamTool``: runs of their own) are kept
-    as they are, observed."""
+    ``tool_timeout_s``)."""
     runner = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, policies=policies, bus=bus)
     out: list[BaseTool[Any, Any]] = []
     for tool in tools:
@@ -431,8 +525,98 @@ def tools(tools: Iterable[BaseTool[Any, Any] | Callable[..., Any]], *, idempoten
                 raise TypeError(f"tether.adapters.autogen.tools takes AutoGen tools and functions, not "
                                 f"{type(tool).__name__}")
             tool = FunctionTool(tool, description=tool.__doc__ or "")
-        out.append(tool if isinstance(tool, PolicyTool | StreamTool) else PolicyTool(tool, runner))
+        if isinstance(tool, PolicyTool | PolicyStreamTool):
+            out.append(tool)
+        elif isinstance(tool, BaseStreamTool):
+            out.append(PolicyStreamTool(tool, runner))
+        elif isinstance(tool, StreamTool):  # a stream tool of another kind: left as it is, observed
+            out.append(tool)
+        else:
+            out.append(PolicyTool(tool, runner))
     return out
+
+
+class _ErrorResult(Exception):
+    """A workbench's tool answered with an error (``ToolResult(is_error=True)``): a failed call for the policy."""
+
+    def __init__(self, result: ToolResult) -> None:
+        super().__init__(result.to_text()[:2000])
+        self.result = result
+
+
+class PolicyWorkbench(Workbench):
+    """A workbench (``McpWorkbench``, any ``Workbench``) whose tool calls run under tether's tool policy
+    and the run's journal: ``call_tool`` is one tether call of the tool named, its ``ToolResult``
+    recorded (and answered from the log for a resumed run's completed call, without calling the
+    workbench). A result the workbench marks ``is_error`` (what it makes of the tool's exception) is
+    a failed call for the policy, given to AutoGen as it came; a timeout or a :class:`NeedsAttention`
+    is a ``ToolResult`` with ``is_error`` too, its message the text, as AutoGen's own workbenches make
+    of any exception (``call_tool`` never raises: an ``AssistantAgent`` whose workbench raises waits
+    forever for the end of its tool calls). Everything else is the workbench's."""
+
+    component_type = "workbench"
+
+    def __init__(self, workbench: Workbench, runner: FrameworkTools) -> None:
+        self.workbench = workbench
+        self.runner = runner
+
+    async def list_tools(self) -> list[ToolSchema]:
+        return list(await self.workbench.list_tools())
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None,
+                        cancellation_token: CancellationToken | None = None, call_id: str | None = None) -> ToolResult:
+        async def call() -> ToolResult:
+            token = _governed.set(call_id or "")  # the workbench's execute_tool span: not observed again
+            try:
+                result = await self.workbench.call_tool(name, arguments, cancellation_token, call_id)
+            finally:
+                _governed.reset(token)
+                _open_tool.set(None)
+            if result.is_error:
+                raise _ErrorResult(result)
+            return result
+
+        try:
+            answer = await self.runner.acall(name, dict(arguments or {}), call)
+        except _ErrorResult as failed:
+            return failed.result
+        except Exception as error:  # a timeout, NeedsAttention: never raised, AssistantAgent would wait forever
+            return ToolResult(name=name, result=[TextResultContent(content=str(error))], is_error=True)
+        return answer if isinstance(answer, ToolResult) else ToolResult.model_validate(answer)
+
+    async def start(self) -> None:
+        await self.workbench.start()
+
+    async def stop(self) -> None:
+        await self.workbench.stop()
+
+    async def reset(self) -> None:
+        await self.workbench.reset()
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return dict(await self.workbench.save_state())
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        await self.workbench.load_state(state)
+
+    def dump_component(self) -> ComponentModel:
+        """The workbench's own configuration (loading it gives the workbench without tether's policy)."""
+        return self.workbench.dump_component()
+
+
+def workbench(workbench: Workbench, *, idempotent: Iterable[str] = (), timeout_s: float | None = None,
+              policies: PolicySet | None = None, bus: Bus | None = None) -> PolicyWorkbench:
+    """A workbench (``AssistantAgent(workbench=workbench(McpWorkbench(...)))``) whose tool calls run under
+    tether's tool policy (:class:`PolicyWorkbench`); the options are :func:`tools`'. For a
+    ``StaticStreamWorkbench`` of your own tools, give it ``tools([...])`` instead: AutoGen streams only
+    through that class."""
+    if isinstance(workbench, PolicyWorkbench):
+        return workbench
+    if not isinstance(workbench, Workbench):
+        raise TypeError(f"tether.adapters.autogen.workbench takes an AutoGen Workbench (McpWorkbench, "
+                        f"StaticWorkbench...), not {type(workbench).__name__}")
+    runner = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, policies=policies, bus=bus)
+    return PolicyWorkbench(workbench, runner)
 
 
 # -- teams -------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from google.adk.sessions.base_session_service import BaseSessionService, GetSess
 from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
 from google.adk.tools.base_tool import BaseTool
-from google.adk.tools.function_tool import FunctionTool
+from google.adk.tools.computer_use.computer_use_tool import ComputerUseTool
 from google.genai import types
 
 from tether.adapters import Run, async_http_client, http_client
@@ -38,8 +38,8 @@ from tether.schemas import uuid7
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, untoken
 from ._tools import FrameworkTools
 
-__all__ = ["PolicyTool", "TetherMemoryService", "TetherPlugin", "TetherSessionService", "gemini", "install",
-           "lite_llm"]
+__all__ = ["PolicyTool", "TetherMemoryService", "TetherPlugin", "TetherSessionService", "gemini", "governable",
+           "install", "lite_llm"]
 
 SOURCE = "urn:tether:adapter:google-adk"
 
@@ -47,8 +47,8 @@ SOURCE = "urn:tether:adapter:google-adk"
 class PolicyTool(BaseTool):
     """An ADK tool whose calls run under tether's tool policy and the run's journal
     (:class:`~tether.adapters._tools.FrameworkTools`): what :class:`TetherPlugin` puts in place of a
-    ``FunctionTool`` in each model request's ``tools_dict`` (the tools ADK then runs), never in the
-    agent itself. ADK sees the tool: its name, its confirmation check, its result, its error."""
+    tool (:func:`governable`) in each model request's ``tools_dict`` (the tools ADK then runs), never
+    in the agent itself. ADK sees the tool: its name, its confirmation check, its result, its error."""
 
     def __init__(self, tool: BaseTool, runner: FrameworkTools) -> None:
         super().__init__(name=tool.name, description=tool.description, is_long_running=tool.is_long_running,
@@ -70,12 +70,14 @@ class TetherPlugin(BasePlugin):
     is recorded (arguments, result, duration, error). Called in the runner's own context, so the run it
     opens is the current run of the model calls and tools that follow.
 
-    Each ``FunctionTool`` call (a function in ``tools=``; not a long-running one) runs under tether's
-    tool policy and the run's journal: retried only when the tool is named in ``idempotent_tools`` (or
-    the route ``tool:<name>`` says ``idempotent``), each attempt bounded by ``tool_timeout_s`` (else the
-    route's ``tool_timeout_s``; a sync function blocks the loop, so only an async tool can be cut short),
-    a resumed run's completed call answered from the log without running. ``tool_policy=False`` only
-    observes them. Other tools (an ``AgentTool``: a child run; toolsets' tools) are observed.
+    Each call of a tool ADK runs itself (a function in ``tools=``, a ``LongRunningFunctionTool``'s first
+    call, an ``AgentTool``: its agent a child run, a toolset's tools such as ``MCPToolset``'s; see
+    :func:`governable`) runs under tether's tool policy and the run's journal: retried only when the tool
+    is named in ``idempotent_tools`` (or the route ``tool:<name>`` says ``idempotent``), each attempt
+    bounded by ``tool_timeout_s`` (else the route's ``tool_timeout_s``; a sync function blocks the loop,
+    so only an async tool can be cut short), a resumed run's completed call answered from the log
+    without running. ``tool_policy=False`` only
+    observes them. The others (a ``ComputerUseTool``, a tool with ``skip_summarization``) are observed.
 
     ``memory`` (a ``tether.memory.AsyncMemory``): before each model call of the agents named in
     ``agents`` (default: every agent), what it holds on the last user message is added to the system
@@ -195,18 +197,32 @@ class TetherPlugin(BasePlugin):
 
 
     def _govern(self, llm_request: Any) -> None:
-        """The function tools of the request (those ADK runs when the model calls them, resolved for
-        this request only) under the tool policy: each replaced by its :class:`PolicyTool`."""
+        """The tools of the request (those ADK runs when the model calls them, resolved for this
+        request only: an agent's own, a toolset's, an ``AgentTool``) under the tool policy: each one
+        :func:`governable` replaced by its :class:`PolicyTool`."""
         assert self.runner is not None
         found = getattr(llm_request, "tools_dict", None)
         if not found:
             return
         for key, tool in found.items():
-            if isinstance(tool, FunctionTool) and not tool.is_long_running:
+            if governable(tool):
                 governed = self._policy_tools.get(tool)
                 if governed is None:
                     governed = self._policy_tools[tool] = PolicyTool(tool, self.runner)
                 found[key] = governed
+
+
+def governable(tool: Any) -> bool:
+    """Whether ADK can run ``tool`` as a :class:`PolicyTool`: a tool that runs here (its own
+    ``run_async``: a ``FunctionTool``, a ``LongRunningFunctionTool``'s first call, an ``AgentTool``, a
+    toolset's tools such as ``MCPToolset``'s), whose result ADK reads as any tool's. Not the tools
+    whose result ADK reads by their class: a ``ComputerUseTool`` (its screenshot) and a tool with
+    ``skip_summarization`` (an ``AgentTool`` whose answer ADK shows as the agent's text)."""
+    if not isinstance(tool, BaseTool) or isinstance(tool, PolicyTool | ComputerUseTool):
+        return False
+    if type(tool).run_async is BaseTool.run_async:  # a built-in tool the model's provider runs
+        return False
+    return not getattr(tool, "skip_summarization", False)
 
 
 def _text(content: Any) -> str:

@@ -26,7 +26,7 @@ from tether.schemas import uuid7
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token
 from ._tools import FrameworkTools
 
-__all__ = ["AgentRunError", "TetherSession", "TetherTracingProcessor", "ToolNeedsAttention", "install",
+__all__ = ["AgentRunError", "TetherSession", "TetherTracingProcessor", "ToolError", "ToolNeedsAttention", "install",
            "memory_filter", "use_default_client", "wrap_tools"]
 
 SOURCE = "urn:tether:adapter:openai-agents"
@@ -178,6 +178,16 @@ class ToolNeedsAttention(NeedsAttention, AgentsException):
         self.run_data = None
 
 
+class ToolError(Exception):
+    """A tool call that failed inside the SDK's own failure handling (the tool's ``failure_error_function``,
+    by default, turns its exception into the text the model gets, and marks the call's span with the
+    error): recorded as a failed call whose message is that text, which the model still gets."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__(str(answer)[:2000])
+        self.answer = answer
+
+
 A = TypeVar("A", bound=Agent[Any])
 _ORIGINAL = "__tether_original__"
 
@@ -191,8 +201,10 @@ def wrap_tools(agent: A, *, idempotent: Iterable[str] = (), timeout_s: float | N
     ``tool_timeout_s``), and a resumed run's completed call answered from the log without running.
 
     Each ``FunctionTool``'s ``on_invoke_tool`` is wrapped in place (again: the new options replace
-    the old). A timeout comes back as the SDK's own (the tool's ``timeout_behavior``); a crash inside
-    a non-idempotent call raises :class:`ToolNeedsAttention` from ``Runner.run``. Returns ``agent``."""
+    the old), and so are the tools of the agent's MCP servers (``mcp_servers=``), which the SDK makes
+    anew for each turn: the agent's ``get_mcp_tools`` is wrapped to wrap them as they are made. A
+    timeout comes back as the SDK's own (the tool's ``timeout_behavior``); a crash inside a
+    non-idempotent call raises :class:`ToolNeedsAttention` from ``Runner.run``. Returns ``agent``."""
     tools = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, bus=bus, policies=policies)
     seen: set[int] = set()
     pending: list[Any] = [agent]
@@ -204,17 +216,45 @@ def wrap_tools(agent: A, *, idempotent: Iterable[str] = (), timeout_s: float | N
         for tool in current.tools:
             if isinstance(tool, FunctionTool):
                 _wrap_tool(tool, tools)
+        _wrap_mcp_tools(current, tools)
         pending.extend(h for h in current.handoffs if isinstance(h, Agent))
     return agent
+
+
+def _wrap_mcp_tools(agent: Agent[Any], tools: FrameworkTools) -> None:
+    """The agent's MCP tools (``FunctionTool``s the SDK makes from its servers' lists at each turn)
+    wrapped as they are made."""
+    original: Callable[[Any], Awaitable[list[Any]]] = getattr(agent.get_mcp_tools, _ORIGINAL, agent.get_mcp_tools)
+
+    async def get_mcp_tools(run_context: Any) -> list[Any]:
+        found = await original(run_context)
+        for tool in found:
+            if isinstance(tool, FunctionTool):
+                _wrap_tool(tool, tools)
+        return found
+
+    setattr(get_mcp_tools, _ORIGINAL, original)
+    agent.get_mcp_tools = get_mcp_tools
 
 
 def _wrap_tool(tool: FunctionTool, tools: FrameworkTools) -> None:
     original: Callable[[Any, str], Awaitable[Any]] = getattr(tool.on_invoke_tool, _ORIGINAL, tool.on_invoke_tool)
 
     async def invoke(ctx: Any, input: str) -> Any:
-        _PROCESSOR.claim(get_current_span())
+        span = get_current_span()
+        _PROCESSOR.claim(span)
+
+        async def attempt() -> Any:
+            before = span.error if span is not None else None
+            answer = await original(ctx, input)
+            if span is not None and span.error is not None and span.error is not before:
+                raise ToolError(answer)  # the SDK made the tool's exception this answer: a failed call
+            return answer
+
         try:
-            return await tools.acall(tool.name, _arguments(input), lambda: original(ctx, input))
+            return await tools.acall(tool.name, _arguments(input), attempt)
+        except ToolError as failed:
+            return failed.answer
         except NeedsAttention as attention:
             raise ToolNeedsAttention(attention) from attention
         except TimeoutError as error:  # tether's timeout, after the policy's retries: the SDK's own
