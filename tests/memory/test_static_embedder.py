@@ -6,6 +6,7 @@ encoder, not the 30k of the vocabulary), so the tests stay fast."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,7 +62,7 @@ def _cos(a: list[float], b: list[float]) -> float:
 @pytest.mark.anyio
 async def test_vectors_are_unit_length_deterministic_and_semantic(table_file: Path) -> None:
     embedder = StaticEmbedder(64, path=table_file, build=False)
-    assert embedder.name == "tether-static/all-MiniLM-L6-v2/64"
+    assert re.fullmatch(r"tether-static/all-MiniLM-L6-v2/64/[0-9a-f]{12}", embedder.name), embedder.name
     allergy, nuts, laptop = await embedder.embed([MEMORIES["allergy"], "Who cannot eat nuts?", MEMORIES["laptop"]])
     assert _cos(allergy, allergy) == pytest.approx(1.0, abs=1e-5)
     assert await embedder.embed([MEMORIES["allergy"]]) == [allergy]
@@ -129,3 +130,28 @@ async def test_hybrid_search_with_the_static_embedder(open_memory: Opener, table
                for q, _ in QUERIES]
     assert recall_at(hybrid) >= 0.9
     assert recall_at(hybrid) >= recall_at(keyword)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_another_table_is_another_space_its_vectors_never_mixed(open_memory: Opener, table_file: Path,
+                                                                        tmp_path: Path) -> None:
+    """The name carries the table's hash: entries embedded with one table are not ranked against a query
+    embedded with another of the same size (before, both were ``tether-static/all-MiniLM-L6-v2/64`` and
+    their cosines were compared as if one space)."""
+    import numpy as np
+
+    from tether.memory._static import StaticTable
+
+    table = np.load(table_file)
+    other = tmp_path / "other.npy"
+    StaticTable.save(np.ascontiguousarray(table[:, ::-1]), other)  # the same rows, another basis
+    first, second = StaticEmbedder(64, path=table_file, build=False), StaticEmbedder(64, path=other, build=False)
+    assert first.name != second.name and first.name.rsplit("/", 1)[0] == second.name.rsplit("/", 1)[0]
+    assert StaticEmbedder(64, path=table_file, build=False).name == first.name  # the same table, the same name
+    memory = await open_memory(agent="bot", embedder=first)
+    await memory.write_many({"namespace": "team:assistant", "key": k, "text": t} for k, t in MEMORIES.items())
+    assert [h.entry.key for h in await memory.search("peanut allergy", ["team:assistant"], k=1,
+                                                     mode="semantic")] == ["allergy"]
+    memory.embedder = second  # the embedder changed: the entries' vectors are of the first table
+    assert await memory.search("peanut allergy", ["team:assistant"], k=3, mode="semantic") == []
