@@ -41,7 +41,7 @@ def table_hash(table: Any) -> str:
 
     rows = np.ascontiguousarray(table, dtype=np.float32)
     digest = hashlib.sha256(f"{rows.shape}".encode())
-    digest.update(memoryview(rows).cast("B"))
+    digest.update(rows.data.cast("B"))
     return digest.hexdigest()[:12]
 
 
