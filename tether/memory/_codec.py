@@ -12,7 +12,7 @@ from typing import Any
 from ._errors import MemoryKeyMissing
 from ._keys import DESTROYED, ENTRY, KeyStore, content_hash, derive, entry_key, open_sealed, seal
 
-__all__ = ["Opened", "Sealer", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
+__all__ = ["Opened", "Sealer", "open_entry", "pack_vector", "seal_entry", "sealed_size_bound", "unpack_vector"]
 
 
 def pack_vector(vector: Sequence[float]) -> bytes:
@@ -53,13 +53,18 @@ class Sealer:
         self.keys = keys
         self._current: dict[str, tuple[str, bytes]] = {}
 
-    def seal(self, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
-             embedding: Sequence[float] | None, *, valid_from: float | None = None,
-             observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
+    def current(self, namespace: str) -> tuple[str, bytes]:
+        """The namespace's current key (id and bytes), looked up once."""
         found = self._current.get(namespace)
         if found is None:
             found = self._current[namespace] = self.keys.current(namespace)
-        return _seal(found, namespace, key, text, metadata, embedding, valid_from, observed_at, historical)
+        return found
+
+    def seal(self, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
+             embedding: Sequence[float] | None, *, valid_from: float | None = None,
+             observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
+        return _seal(self.current(namespace), namespace, key, text, metadata, embedding, valid_from, observed_at,
+                     historical)
 
 
 def _seal(current: tuple[str, bytes], namespace: str, key: str, text: str, metadata: Mapping[str, Any],
@@ -83,6 +88,21 @@ def _seal(current: tuple[str, bytes], namespace: str, key: str, text: str, metad
     if embedding is not None:
         fields["embedding"] = seal(secret, namespace, key + "\x00vec", pack_vector(embedding))
     return fields
+
+
+def sealed_size_bound(namespace: str, key: str, text: str, metadata_chars: int, dims: int, embedder: str) -> int:
+    """At most how many bytes the ``MemoryWritten`` JSON of this entry takes, sealed, before it is built.
+
+    JSON escapes a character into 6 bytes at most (``\\u001f``; a character outside the BMP is 4
+    bytes in UTF-8 and one in Python), ``metadata_chars`` is the length of the metadata's JSON as
+    ``json.dumps(ensure_ascii=False)`` writes it (4 bytes a character at most), the sealed body and
+    vector gain a nonce and a tag and are base64 text; 1 KiB covers the other fields (key id, hash,
+    version, times). ``tests/memory/test_bulk_writes.py`` holds it against real payloads.
+    """
+    body = 6 * len(text) + 4 * metadata_chars + 128  # {"t":..,"m":..,"vf":..,"oa":..,"h":1}
+    sealed = 4 * ((body + 28 + 2) // 3)
+    vector = 4 * ((4 * dims + 28 + 2) // 3) if dims else 0
+    return sealed + vector + 6 * (2 * len(namespace) + len(key) + len(embedder)) + 1024
 
 
 def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, text: str,
