@@ -12,7 +12,8 @@ from typing import Any
 from ._errors import MemoryKeyMissing
 from ._keys import DESTROYED, ENTRY, KeyStore, content_hash, derive, entry_key, open_sealed, seal
 
-__all__ = ["Opened", "Sealer", "open_entry", "pack_vector", "seal_entry", "sealed_size_bound", "unpack_vector"]
+__all__ = ["Opened", "Sealer", "open_entry", "open_vector", "pack_vector", "seal_entry", "seal_vector",
+           "sealed_size_bound", "unpack_vector"]
 
 
 def pack_vector(vector: Sequence[float]) -> bytes:
@@ -122,6 +123,29 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
     vec = open_sealed(secret, namespace, key + "\x00vec", embedding) if embedding else None
     return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec, _epoch(doc.get("vf")), _epoch(doc.get("oa")),
                   bool(doc.get("h")))
+
+
+def open_vector(keys: KeyStore, namespace: str, key: str, key_id: str | None, embedding: str) -> bytes | None:
+    """A vector sealed apart from its entry (``memory.embedded``), as :func:`open_entry` opens one; None
+    once its key was destroyed (erased)."""
+    if key_id is None:
+        return base64.b64decode(embedding)
+    secret = entry_key(keys, key_id.removesuffix(ENTRY), key) if key_id.endswith(ENTRY) else keys.get(key_id)
+    if secret == DESTROYED:
+        return None
+    if secret is None:
+        raise MemoryKeyMissing(f"memory key {key_id!r} is not in this keystore (and was never erased here): "
+                               "this process cannot read that namespace; use the TETHER_HOME (or keystore) "
+                               "its writers use")
+    return open_sealed(secret, namespace, key + "\x00vec", embedding)
+
+
+def seal_vector(keys: KeyStore | Sealer, namespace: str, key: str, vector: Sequence[float]) -> dict[str, str]:
+    """``embedding`` and ``key_id`` of a ``memory.embedded`` event: the vector sealed under the entry's
+    own key, derived from the namespace's current one (so erasing the entry makes it unreadable too)."""
+    key_id, namespace_key = keys.current(namespace)
+    return {"embedding": seal(derive(namespace_key, key), namespace, key + "\x00vec", pack_vector(vector)),
+            "key_id": key_id + ENTRY}
 
 
 def _epoch(value: Any) -> float | None:

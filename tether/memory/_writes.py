@@ -19,13 +19,14 @@ from tether.schemas import (
     Event,
     MemoryCompacted,
     MemoryDeleted,
+    MemoryEmbedded,
     MemoryWritten,
     non_finite,
     uuid7,
 )
 
 from . import _query as q
-from ._codec import Sealer, seal_entry, sealed_size_bound
+from ._codec import Sealer, seal_entry, seal_vector, sealed_size_bound
 from ._compact import Summarizer, duplicates, plan_compaction, similarity
 from ._core import MemoryCore
 from ._embed import WriteBatcher
@@ -35,7 +36,7 @@ from ._feed import last_memory_seq
 from ._keys import content_hash
 from ._names import ALL_KEYS, check_key, namespace_filter
 from ._rank import query_terms
-from ._types import BulkWritten, Entry, Erased, Written
+from ._types import BulkWritten, Entry, Erased, Reembedded, Written
 
 __all__ = ["MemoryWrites"]
 
@@ -273,6 +274,55 @@ class MemoryWrites(MemoryCore):
         limit = self.bus.nc.max_payload or 0
         names = len(self.source) + len(self.agent or "") + len(self.run or "")
         return limit <= 0 or 2048 + 12 * names + max(min(largest, publisher.large_payload_bytes), 128) <= limit
+
+    async def reembed(self, namespace: str | None = None, *, batch: int = 256, run: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Reembedded:
+        """Embed again, with this client's embedder, every live entry whose current version has no vector
+        of it (written with another embedder, a static table with other rows, or none): after a change
+        of embedder, semantic and hybrid search find the older entries by meaning again.
+
+        ``namespace`` limits it to one (default: every namespace this agent may write). Each new vector
+        is a ``memory.embedded`` event (sealed under the entry's own key): text, version, times and
+        history stay as they were, and a view rebuilt from the log has the new vectors. ``batch``
+        texts are embedded at a time; ``progress(done, total)`` is called after each batch.
+        Re-running it does only what is left (an interrupted run loses nothing).
+        """
+        embedder = self.embedder
+        if embedder is None:
+            raise InvalidMemory("reembed needs an embedder: AsyncMemory(..., embedder=StaticEmbedder()) or "
+                                '[memory] embedder = "static" | "minilm" in tether.toml')
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InvalidMemory(f"batch must be an int >= 1, got {batch!r}")
+        if namespace is not None:
+            namespaces = [self._check(namespace, "write")]
+        else:
+            found = await self._read(q.namespaces)
+            namespaces = sorted(ns for ns, _ in found if self.grants.allows(self.agent, ns, "write"))
+        await self.feed.catch_up()  # every entry written so far is listed
+        todo = await self._read(q.unembedded, namespaces, embedder.name, self.clock(), 10**9) if namespaces else []
+        done, seq = 0, self.position
+        for start in range(0, len(todo), batch):
+            part = todo[start:start + batch]
+            vectors = await self._embed([text for *_, text in part], run, batched=False)
+            assert vectors is not None
+            sealer = Sealer(self.keys)
+            events = [self._event(MemoryEmbedded(namespace=ns, key=key, version=version, of_seq=of_seq,
+                                                 embedder=embedder.name, **seal_vector(sealer, ns, key, vector)), run)
+                      for (ns, key, version, of_seq, _), vector in zip(part, vectors, strict=True)]
+            sent = await (await self.bus.emit_batch(events)).wait(self.bus.publisher.ack_timeout_s * 2 + 1)
+            if sent.refused:
+                seq = await last_memory_seq(self.bus)
+                failed = tuple((start + i, part[i][0], part[i][1], why) for i, why in sorted(sent.refused.items()))
+                landed = tuple(r[1] for i, r in enumerate(todo[:start + len(part)]) if i - start not in sent.refused)
+                raise BulkWriteFailed(failed, BulkWritten(len(landed), seq, landed, len(sent.outboxed)))
+            done += len(part)
+            if progress is not None:
+                progress(done, len(todo))
+        if todo:
+            seq = await last_memory_seq(self.bus)
+            self._moved(seq)
+            await self.feed.wait_for(seq)
+        return Reembedded(done, seq, embedder.name, tuple(namespaces))
 
     async def delete(self, namespace: str, key: str, *, expected_version: int | None = None,
                      run: str | None = None) -> Written:
