@@ -23,7 +23,9 @@ temporary store, stopped at the end) and a memory client that leads its own view
   would take over ten minutes and does not change search cost); each query is embedded by
   the real embedder, and that time is part of the hybrid figure (a second figure searches the
   same query again, its vector cached).
-* **context()** p50/p95 at 100k memories, token budget 500.
+* **context()** p50/p95 at 100k memories, token budget 500. Each search figure carries the 1-minute
+  load average before and after it and the BLAS thread setting (``OPENBLAS_NUM_THREADS``): the
+  wall clock is what a caller waits, which other processes on the machine stretch.
 * **retrieval quality** on the labelled development set of ``bench/memory_set.py``
   (``bench/memory_set.json``: 738 memory writes in 55 namespaces, 413 queries asked by
   agents whose grants scope them), on its ``tune`` and its ``heldout`` part separately:
@@ -41,6 +43,7 @@ Run it::
     .venv/bin/python bench/memory.py --writes --rounds 5      # the acked writes beside raw only
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
 
 The static embedder's table is distilled on the first run (about a minute) and cached under
 TETHER_HOME (default ./.tether).
@@ -53,6 +56,7 @@ import asyncio
 import fnmatch
 import json
 import math
+import os
 import random
 import re
 import statistics
@@ -260,7 +264,8 @@ def raw_fts5(memory: AsyncMemory, texts: list[str]) -> dict[str, float]:
 
 async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid: Embedder | None,
                        peer: Embedder | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"load_average_before": round(os.getloadavg()[0], 2),
+                           "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")}
     texts = [corpus.query() for _ in range(queries)]
     for q in texts[:20]:  # warm caches (and build the vector matrix)
         await memory.search(q, ["team:bench"], k=10, mode="keyword")
@@ -316,6 +321,7 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid
         await memory.context(q, ["team:bench"], token_budget=500, mode="keyword")
         ctx.append(time.perf_counter() - start)
     out["context"] = ms(ctx)
+    out["load_average_after"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -631,6 +637,8 @@ def table(r: dict[str, Any]) -> str:
             line += (f"; the peer's ({r['peer_model']}) query embedding alone {e['p50_ms']} / {e['p95_ms']} ms, "
                      f"CPU {e['cpu_p50_ms']} / {e['cpu_p95_ms']}")
         line += f"; context() p50 {s['context']['p50_ms']} / p95 {s['context']['p95_ms']} ms"
+        line += (f" (load average {s['load_average_before']} before, {s['load_average_after']} after; BLAS threads "
+                 f"{s['blas_threads'] or 'default'})")
         lines.append(line)
     return "\n".join(lines + quality_tables(r))
 

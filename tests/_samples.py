@@ -28,6 +28,7 @@ from tether.schemas import (
     LlmCallRequested,
     MemoryCompacted,
     MemoryDeleted,
+    MemoryEmbedded,
     MemoryWritten,
     Payload,
     RunFinished,
@@ -159,6 +160,8 @@ SAMPLES: dict[str, Payload] = {
             embedding="AACAPwAAAEA=",
             embedder="sentence-transformers/all-MiniLM-L6-v2",
         ),
+        MemoryEmbedded(**_MEMORY, version=4, of_seq=1234, embedding="AACAPwAAAEA=", key_id="ns-key-1",
+                       embedder="tether-static/all-MiniLM-L6-v2/256/0123456789ab"),
         CallDeadLettered(
             call_id="call-0004",
             call_kind="tool",

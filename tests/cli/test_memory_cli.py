@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from tether.cli import _common
 from tether.cli._memory import add_commands, parse_as_of, parse_duration, parse_pairs, run
 from tether.memory import LocalEmbedder
+from tether.projections import open_view
 from tether.testing import NatsServer
 
 from .test_cli import run_tether
@@ -136,6 +138,45 @@ async def test_the_embedder_setting_makes_the_cli_search_hybrid(fresh_nats_serve
                                       timeout=60)
     assert code == 0, err
     assert json.loads(out)[0]["entry"]["text"] == "The cat sleeps on the sofa all afternoon."
+
+
+@pytest.mark.skipif(not LocalEmbedder.available(), reason="needs the [semantic] extra and the MiniLM package")
+async def test_reembed_after_the_embedder_changed(fresh_nats_server: NatsServer, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written before ``[memory] embedder`` was set: ``tether memory reembed`` (a child process) gives the
+    entry a vector, with progress on stderr (that search then finds it by meaning: tests/memory)."""
+    monkeypatch.chdir(tmp_path)
+    url, home = fresh_nats_server.url, tmp_path / "home"
+    text = "The cat sleeps on the sofa all afternoon."
+    code, _, err = await cli(capsys, url, home, "write", "team:notes", text)
+    assert code == 0, err
+    code, _, err = await cli(capsys, url, home, "reembed")
+    assert code == 2 and 'set [memory] embedder = "static" or "minilm"' in err and "--embedder" in err
+    (tmp_path / "tether.toml").write_text('[memory]\nembedder = "static"\n')
+    # a static table where StaticEmbedder looks for one (random rows: this checks the vectors are recorded;
+    # that search then finds entries by meaning is tests/memory/test_static_embedder.py's)
+    import numpy as np
+
+    from tether.memory._minilm import model_dir
+    from tether.memory._static import StaticTable, fingerprint, table_hash, table_path
+
+    found = model_dir()
+    assert found is not None
+    table = np.random.default_rng(3).standard_normal((30522, 256)).astype(np.float32)
+    StaticTable.save(table, table_path(home, 256, fingerprint(found)))
+    name = f"tether-static/all-MiniLM-L6-v2/256/{table_hash(table)}"
+    code, out, err = await run_tether("memory", "reembed", "-n", "team:notes", "--url", url, home=home, timeout=60)
+    assert code == 0, err
+    assert "re-embedded 1/1" in err and f"re-embedded 1 entry with {name} in team:notes" in out
+    view = open_view(home / "memory", "memory")  # the view this home's clients read
+    assert view is not None
+    db = sqlite3.connect(f"file:{view}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT text, embedder, length(embedding) FROM versions").fetchall()
+    finally:
+        db.close()
+    assert rows == [(text, name, 256 * 4)]  # the same version, with a vector now
 
 
 async def test_a_bad_or_missing_embedder_is_a_clear_cli_error(fresh_nats_server: NatsServer, tmp_path: Path,

@@ -150,3 +150,96 @@ def test_the_view_folds_a_batch_with_one_look_at_the_keyfile(tmp_path: Path, mon
     FileKeyStore(tmp_path / "keys.json").destroy("team:a")  # another process erases the namespace
     again, _ = view.fold([(seq + 50, event) for seq, event in events])
     assert not [op for op in again if op.table == "versions" and op.values.get("text")]
+
+
+async def test_a_big_batch_is_sent_part_by_part_as_it_is_built(open_memory: Opener,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """NATS stores one part while the next is sealed (before, nothing was sent until every write of the
+    batch was built); every write lands, in order, with its version, and gc runs rarer meanwhile."""
+    import gc
+
+    from tether.memory import _codec, _writes
+
+    monkeypatch.setattr(_writes, "BULK_PART", 4, raising=False)  # (raising=False: the check fails before it)
+    memory = await open_memory(agent="bot")
+    await memory.write("agent:bot", "the first version", key="k")
+    publisher = memory.bus.publisher
+    sent_before = publisher.stats.sent
+    seen: list[tuple[str, int, int]] = []
+    real_seal = _codec.Sealer.seal
+
+    def seal(self: Any, namespace: str, key: str, text: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        seen.append((text, publisher.stats.sent - sent_before, gc.get_threshold()[0]))
+        return real_seal(self, namespace, key, text, *args, **kw)
+
+    monkeypatch.setattr(_codec.Sealer, "seal", seal)
+    items = [{"key": "k" if i % 5 == 0 else f"n{i}", "text": f"fact number {i}"} for i in range(18)]
+    done = await memory.write_many(items, namespace="agent:bot")
+    assert done.count == 18
+    assert [sent for _, sent, _ in seen] == [i // 4 * 4 for i in range(18)]  # each part sent before the next
+    assert all(threshold >= 500_000 for *_, threshold in seen) and gc.get_threshold()[0] < 500_000
+    await memory.wait_for(done.seq)
+    assert [v.text for v in await memory.history("agent:bot", "k")] == \
+        ["the first version", *(f"fact number {i}" for i in range(0, 18, 5))]
+    assert (await memory.get("agent:bot", "n17")).text == "fact number 17"
+
+
+async def test_refusals_in_later_parts_name_their_items(open_memory: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tether.memory import _writes
+
+    monkeypatch.setattr(_writes, "BULK_PART", 4)
+    memory = await open_memory(agent="bot")
+    info = await memory.bus.js.stream_info(EVENTS_STREAM)
+    info.config.max_msg_size = 3000
+    await memory.bus.js.update_stream(info.config)
+    items = [{"key": f"k{i}", "text": ("long " * 600 if i in (1, 9) else f"fact {i}")} for i in range(11)]
+    with pytest.raises(BulkWriteFailed) as info_:
+        await memory.write_many(items, namespace="agent:bot")
+    assert [(i, key) for i, _, key, _ in info_.value.failed] == [(1, "k1"), (9, "k9")]
+    assert info_.value.written.count == 9
+
+
+async def test_a_too_large_item_in_a_later_part_refuses_the_batch_before_any_is_sent(
+        fresh_nats_server: NatsServer, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that could hold a message too large for the bus is built whole before any part is sent."""
+    from tether.memory import AsyncMemory, _writes
+
+    monkeypatch.setattr(_writes, "BULK_PART", 4)
+    bus = await connect(fresh_nats_server.url, home=home, max_event_bytes=4000)
+    memory = await AsyncMemory(bus, agent="bot", settings=settings_for(home)).start()
+    try:
+        before = await memory_messages(memory)
+        items = [{"namespace": "agent:bot", "text": "x " * 3000 if i == 9 else f"fact {i}"} for i in range(12)]
+        with pytest.raises(PayloadTooLarge, match=r"event 9 of the batch of 12.*none of the batch was published"):
+            await memory.write_many(items)
+        await bus.flush()
+        assert await memory_messages(memory) == before
+    finally:
+        await memory.close()
+        await bus.close()
+
+
+def test_the_size_bound_holds_for_what_is_sealed() -> None:
+    """``sealed_size_bound`` (which decides whether a batch may go in parts) is never below a real
+    payload: escapes, characters outside the BMP, metadata, vectors, valid times."""
+    import json
+    import random
+
+    from tether.memory._codec import seal_entry, sealed_size_bound
+    from tether.memory._keys import InMemoryKeyStore
+
+    keys = InMemoryKeyStore()
+    rng = random.Random(5)
+    alphabet = ["a", " ", "\x00", "\x1f", '"', "\\", "é", "\u2028", "\U0001f600", "\n"]
+    for i in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 400)))
+        meta = {"k": "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 50))), "n": i, "l": [1.5, None]}
+        dims = rng.choice([0, 8, 384])
+        vector = [rng.uniform(-1, 1) for _ in range(dims)] or None
+        ns, key = f"team:{'é' * (i % 7)}x", f"key-{i}-\U0001f600"
+        sealed = seal_entry(keys, ns, key, text, meta, vector, valid_from=1.5e9 + i, observed_at=1.6e9)
+        payload = MemoryWritten.trusted(namespace=ns, key=key, version=10**6, expires_at=None, embedder="e" * 40,
+                                        metadata={}, **sealed)
+        size = len(type(payload).__pydantic_serializer__.to_json(payload))
+        bound = sealed_size_bound(ns, key, text, len(json.dumps(meta, ensure_ascii=False)), dims, "e" * 40)
+        assert size <= bound, (i, size, bound)

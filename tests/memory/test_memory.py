@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tether.bus import EVENTS_STREAM
-from tether.memory import AsyncMemory, Memory, MemoryNotFound
+from tether.memory import AsyncMemory, HashEmbedder, Memory, MemoryNotFound
 from tether.schemas import MemoryWritten
 from tether.testing import NatsServer
 
@@ -141,6 +141,10 @@ def test_sync_api_round_trip(fresh_nats_server: NatsServer, home: Path) -> None:
         assert memory.search("synchronous")[0].entry.key == "sync"
         assert "synchronous" in memory.context("synchronous", token_budget=100).text
         assert [v.version for v in memory.history("agent:bot", "sync")] == [1]
+        memory.aio.embedder = HashEmbedder(32)
+        done = memory.reembed("agent:bot")
+        assert (done.count, done.embedder) == (1, "tether-hash-32")
+        assert memory.search("synchronous", mode="semantic")[0].entry.key == "sync"
 
 
 SCRIPT = textwrap.dedent("""

@@ -6,6 +6,8 @@ encoder, not the 30k of the vocabulary), so the tests stay fast."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,7 +63,7 @@ def _cos(a: list[float], b: list[float]) -> float:
 @pytest.mark.anyio
 async def test_vectors_are_unit_length_deterministic_and_semantic(table_file: Path) -> None:
     embedder = StaticEmbedder(64, path=table_file, build=False)
-    assert embedder.name == "tether-static/all-MiniLM-L6-v2/64"
+    assert re.fullmatch(r"tether-static/all-MiniLM-L6-v2/64/[0-9a-f]{12}", embedder.name), embedder.name
     allergy, nuts, laptop = await embedder.embed([MEMORIES["allergy"], "Who cannot eat nuts?", MEMORIES["laptop"]])
     assert _cos(allergy, allergy) == pytest.approx(1.0, abs=1e-5)
     assert await embedder.embed([MEMORIES["allergy"]]) == [allergy]
@@ -129,3 +131,79 @@ async def test_hybrid_search_with_the_static_embedder(open_memory: Opener, table
                for q, _ in QUERIES]
     assert recall_at(hybrid) >= 0.9
     assert recall_at(hybrid) >= recall_at(keyword)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_another_table_is_another_space_its_vectors_never_mixed(open_memory: Opener, table_file: Path,
+                                                                        tmp_path: Path) -> None:
+    """The name carries the table's hash: entries embedded with one table are not ranked against a query
+    embedded with another of the same size (before, both were ``tether-static/all-MiniLM-L6-v2/64`` and
+    their cosines were compared as if one space)."""
+    import numpy as np
+
+    from tether.memory._static import StaticTable
+
+    table = np.load(table_file)
+    other = tmp_path / "other.npy"
+    StaticTable.save(np.ascontiguousarray(table[:, ::-1]), other)  # the same rows, another basis
+    first, second = StaticEmbedder(64, path=table_file, build=False), StaticEmbedder(64, path=other, build=False)
+    assert first.name != second.name and first.name.rsplit("/", 1)[0] == second.name.rsplit("/", 1)[0]
+    assert StaticEmbedder(64, path=table_file, build=False).name == first.name  # the same table, the same name
+    memory = await open_memory(agent="bot", embedder=first)
+    await memory.write_many({"namespace": "team:assistant", "key": k, "text": t} for k, t in MEMORIES.items())
+    assert [h.entry.key for h in await memory.search("peanut allergy", ["team:assistant"], k=1,
+                                                     mode="semantic")] == ["allergy"]
+    memory.embedder = second  # the embedder changed: the entries' vectors are of the first table
+    assert await memory.search("peanut allergy", ["team:assistant"], k=3, mode="semantic") == []
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_reembed_brings_older_entries_into_the_new_embedders_space(open_memory: Opener, table_file: Path,
+                                                                         home: Path) -> None:
+    """Entries written with no embedder, or another one, are embedded again by ``reembed``: search finds
+    them by meaning after, text, versions and history stay, a rebuilt view has the new vectors, and a
+    second run has nothing left to do (before, nothing re-embedded them: semantic search never saw them)."""
+    from tether.memory import Grants, HashEmbedder, InvalidMemory, MemoryAccessDenied
+
+    from .conftest import settings_for
+
+    grants = Grants.from_mapping({"bot": {"read": ["*"], "write": ["team:*"]}})
+    memory = await open_memory(agent="bot", grants=grants)
+    keys = list(MEMORIES)
+    await memory.write_many({"namespace": "team:assistant", "key": k, "text": MEMORIES[k]} for k in keys[:-2])
+    memory.embedder = HashEmbedder(64)
+    await memory.write("team:other", MEMORIES[keys[-2]], key=keys[-2])
+    await memory.write("team:other", MEMORIES[keys[-1]], key=keys[-1])
+    await memory.delete("team:other", keys[-1])
+    static = StaticEmbedder(64, path=table_file, build=False)
+    memory.embedder = static
+    assert await memory.search("peanut allergy", ["team:assistant"], k=3, mode="semantic") == []
+    before = {k: [(v.version, v.text) for v in await memory.history("team:assistant", k)] for k in keys[:-2]}
+    seen: list[tuple[int, int]] = []
+    done = await memory.reembed(batch=3, progress=lambda n, total: seen.append((n, total)))
+    live = len(keys) - 1
+    assert (done.count, done.embedder, done.namespaces) == (live, static.name, ("team:assistant", "team:other"))
+    assert seen[-1] == (live, live) and [n for n, _ in seen] == sorted({min(i, live) for i in range(3, live + 3, 3)})
+    [hit] = await memory.search("peanut allergy", ["team:assistant"], k=1, mode="semantic")
+    assert hit.entry.key == "allergy" and hit.entry.version == 1
+    assert [h.entry.key for h in await memory.search(MEMORIES[keys[-2]], ["team:other"], k=1, mode="semantic")] \
+        == [keys[-2]]
+    assert {k: [(v.version, v.text) for v in await memory.history("team:assistant", k)] for k in keys[:-2]} == before
+    again = await memory.reembed()
+    assert again.count == 0
+    # a view rebuilt from the log (same keystore) has the new vectors: they are events
+    rebuilt = await open_memory(agent="bot", grants=grants, embedder=static,
+                                settings=dataclasses.replace(settings_for(home), view_dir=home / "rebuilt"))
+    await rebuilt.catch_up()
+    [hit] = await rebuilt.search("peanut allergy", ["team:assistant"], k=1, mode="semantic")
+    assert hit.entry.key == "allergy"
+    # bad input: said clearly, nothing written
+    with pytest.raises(MemoryAccessDenied):
+        await memory.reembed("user:ann")
+    with pytest.raises(InvalidMemory, match="batch must be an int >= 1"):
+        await memory.reembed(batch=0)
+    memory.embedder = None
+    with pytest.raises(InvalidMemory, match="reembed needs an embedder"):
+        await memory.reembed()

@@ -295,7 +295,11 @@ class Publisher:
         raises ``Undeliverable`` or ``PayloadTooLarge`` and nothing of the batch is published.
         :meth:`flush` waits for the batch's events too.
         """
-        messages = self.prepare_many(events)
+        return await self.emit_prepared(self.prepare_many(events))
+
+    async def emit_prepared(self, messages: Sequence[PendingMessage]) -> Batch:
+        """:meth:`emit_batch` for messages :meth:`prepare_many` made already (a producer that checks a
+        whole batch before it sends any, then sends it in parts as it builds them)."""
         batch = Batch(len(messages))
         for index, message in enumerate(messages):
             if self._degraded or not self._nc.is_connected:

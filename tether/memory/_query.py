@@ -131,7 +131,8 @@ def history(db: sqlite3.Connection, namespace: str, key: str) -> list[Version]:
     out: list[Version] = []
     number = 0
     for row in db.execute("SELECT seq, action, text, metadata, time, reason, agent, run, source_call_id, "
-                          "source_message_id, event_id FROM versions WHERE namespace = ? AND key = ? ORDER BY seq",
+                          "source_message_id, event_id FROM versions "
+                          "WHERE namespace = ? AND key = ? AND action != 'embedded' ORDER BY seq",
                           (namespace, key)):
         if row[1] != "deleted":
             number += 1
@@ -444,6 +445,19 @@ def vectors_since(db: sqlite3.Connection, seq: int) -> list[tuple[str, str, int,
     sql = (f"SELECT m.namespace, m.key, m.seq, v.embedding, NOT {DELETED} AND NOT {COMPACTED}, v.embedder "
            "FROM memories m LEFT JOIN versions v ON v.seq = m.write_seq WHERE m.seq > ? ORDER BY m.seq")
     return [(r[0], r[1], int(r[2] or 0), r[3], bool(r[4]), r[5]) for r in db.execute(sql, (seq,))]
+
+
+def unembedded(db: sqlite3.Connection, namespaces: Sequence[str], embedder: str, now: float,
+               limit: int) -> list[tuple[str, str, int, int, str]]:
+    """(namespace, key, version, seq, text) of the live entries of ``namespaces`` whose current version
+    has no vector of ``embedder`` (another embedder's, or none), oldest first, at most ``limit``."""
+    marks = ", ".join(f":n{i}" for i in range(len(namespaces)))
+    params: dict[str, Any] = {f"n{i}": ns for i, ns in enumerate(namespaces)}
+    params.update(now=now, embedder=embedder, limit=limit)
+    sql = (f"SELECT v.namespace, v.key, m.version, v.seq, v.text FROM versions v {CURRENT} "
+           f"WHERE v.namespace IN ({marks}) AND v.text IS NOT NULL AND NOT {DELETED} AND NOT {EXPIRED} "
+           f"AND NOT {COMPACTED} AND (v.embedder IS NULL OR v.embedder != :embedder) ORDER BY v.seq LIMIT :limit")
+    return [(r[0], r[1], int(r[2]), int(r[3]), r[4]) for r in db.execute(sql, params)]
 
 
 def entries(db: sqlite3.Connection, pairs: Sequence[tuple[str, str]], now: float,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from ._client import AsyncMemory, connect_memory
 from ._extract import Extraction
 from ._reads import AsOf
-from ._types import BulkWritten, Context, Entry, Erased, Hit, Version, Written
+from ._types import BulkWritten, Context, Entry, Erased, Hit, Reembedded, Version, Written
 
 __all__ = ["Memory"]
 
@@ -95,6 +95,9 @@ class Memory:
 
     def erase(self, namespace: str, key: str | None = None, **kw: Any) -> Erased:
         return self._call(self.aio.erase(namespace, key, **kw))
+
+    def reembed(self, namespace: str | None = None, **kw: Any) -> Reembedded:
+        return self._call(self.aio.reembed(namespace, **kw))
 
     def extract(self, namespace: str, messages: Any, **kw: Any) -> Extraction:
         return self._call(self.aio.extract(namespace, messages, **kw))

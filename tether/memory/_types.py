@@ -96,6 +96,17 @@ class BulkWritten:
 
 
 @dataclass(frozen=True, slots=True)
+class Reembedded:
+    """The outcome of :meth:`reembed`: how many entries got a vector of ``embedder``, in which
+    namespaces, and a position at or after all of them (reads see the new vectors from there)."""
+
+    count: int
+    seq: int
+    embedder: str
+    namespaces: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Erased:
     """The outcome of :meth:`erase`: which keys were destroyed, and where the erasure was recorded."""
 

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tether.projections import Delete, Merge, Op, Projection, Table, Upsert, ViewStore
-from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryWritten, finite_or_none
+from tether.schemas import Event, MemoryCompacted, MemoryDeleted, MemoryEmbedded, MemoryWritten, finite_or_none
 
-from ._codec import open_entry
+from ._codec import open_entry, open_vector
 from ._keys import KeyStore, pinned
 from ._names import ALL_KEYS
 
 __all__ = ["MEMORY_TYPES", "MemoryStore", "MemoryView", "ns_token", "prepare", "split_replaced"]
 
-MEMORY_TYPES = frozenset({MemoryWritten.event_type, MemoryDeleted.event_type, MemoryCompacted.event_type})
+MEMORY_TYPES = frozenset({MemoryWritten.event_type, MemoryDeleted.event_type, MemoryCompacted.event_type,
+                          MemoryEmbedded.event_type})
 
 VERSIONS = Table("versions", {
     "seq": "INTEGER", "namespace": "TEXT NOT NULL", "key": "TEXT NOT NULL", "action": "TEXT NOT NULL",
@@ -177,6 +178,8 @@ class MemoryView(Projection):
             return self._deleted(event, data, seq)
         if isinstance(data, MemoryCompacted):
             return self._compacted(event, data, seq)
+        if isinstance(data, MemoryEmbedded):
+            return self._embedded(data, seq)
         return ()
 
     def _base(self, event: Event, seq: int, namespace: str, key: str, action: str) -> dict[str, Any]:
@@ -243,6 +246,20 @@ class MemoryView(Projection):
             ops.append(Upsert("compactions", {"seq": seq, "namespace": d.namespace, "key": key,
                                               "version": version, "summary_key": d.key}))
         return ops
+
+
+    def _embedded(self, d: MemoryEmbedded, seq: int) -> list[Op]:
+        """The version at ``of_seq`` gets the new vector; the entry's row moves to ``seq`` so the vector
+        index reads it again (nothing else reads ``memories.seq``). Erased: nothing. (Should the version's
+        row be gone, erased between ``reembed`` listing it and this event, the row made here holds no text
+        and its action says ``embedded``: ``history()`` and search pass it by.)"""
+        vector = open_vector(self.keys, d.namespace, d.key, d.key_id, d.embedding)
+        if vector is None:
+            return []
+        keep: dict[str, Merge] = {"namespace": "keep", "key": "keep", "action": "keep"}
+        return [Upsert("versions", {"seq": d.of_seq, "namespace": d.namespace, "key": d.key, "action": "embedded",
+                                    "embedding": vector, "embedder": d.embedder}, merge=keep),
+                Upsert("memories", {"namespace": d.namespace, "key": d.key, "seq": seq}, merge={"seq": "max"})]
 
 
 class MemoryStore(ViewStore):

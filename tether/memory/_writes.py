@@ -12,18 +12,21 @@ from typing import Any
 
 from nats.js.errors import APIError
 
+from tether._gcpace import paced
+from tether.bus import Batch, PendingMessage
 from tether.schemas import (
     NON_FINITE_HINT,
     Event,
     MemoryCompacted,
     MemoryDeleted,
+    MemoryEmbedded,
     MemoryWritten,
     non_finite,
     uuid7,
 )
 
 from . import _query as q
-from ._codec import Sealer, seal_entry
+from ._codec import Sealer, seal_entry, seal_vector, sealed_size_bound
 from ._compact import Summarizer, duplicates, plan_compaction, similarity
 from ._core import MemoryCore
 from ._embed import WriteBatcher
@@ -33,12 +36,14 @@ from ._feed import last_memory_seq
 from ._keys import content_hash
 from ._names import ALL_KEYS, check_key, namespace_filter
 from ._rank import query_terms
-from ._types import BulkWritten, Entry, Erased, Written
+from ._types import BulkWritten, Entry, Erased, Reembedded, Written
 
 __all__ = ["MemoryWrites"]
 
 WRONG_LAST = 10071
 MAX_METADATA_BYTES = 16 * 1024
+BULK_PART = 1000
+"""write_many builds and sends a big batch this many writes at a time (see ``_parts_fit``)."""
 _WRONG_SEQ = re.compile(r"wrong last sequence: (\d+)")
 
 
@@ -168,6 +173,11 @@ class MemoryWrites(MemoryCore):
         write (or the local outbox holds it, ``BulkWritten.outboxed``); if NATS refused some for good,
         :class:`BulkWriteFailed` says which (``failed``) and what landed (``written``).
         """
+        with paced():  # the batch's events live until acked: no collector walking them over and over
+            return await self._write_many(items, namespace, run)
+
+    async def _write_many(self, items: Iterable[Mapping[str, Any]], namespace: str | None,
+                          run: str | None) -> BulkWritten:
         rows = []
         allowed: set[str] = set()
         for i, item in enumerate(items):
@@ -181,15 +191,16 @@ class MemoryWrites(MemoryCore):
                 else:
                     check_key(key)
                     fresh = False
-                rows.append((ns, key, self._text(item.get("text")), self._metadata(item.get("metadata")),
+                meta, meta_chars = self._sized_metadata(item.get("metadata"))
+                rows.append((ns, key, self._text(item.get("text")), meta,
                              self._expiry(item.get("ttl")), _instant(item.get("valid_from"), "valid_from"),
-                             _instant(item.get("observed_at"), "observed_at"), fresh))
+                             _instant(item.get("observed_at"), "observed_at"), fresh, meta_chars))
             except InvalidMemory as exc:
                 raise InvalidMemory(f"item {i} of write_many: {exc}; nothing was written") from None
         if not rows:
             return BulkWritten(0, self.position, ())
         vectors = await self._embed([r[2] for r in rows], run, batched=False)
-        known = [(ns, key) for ns, key, *_, fresh in rows if not fresh]
+        known = [(r[0], r[1]) for r in rows if not r[7]]
         nexts = await self._read(lambda db: {(ns, key): q.next_version(db, ns, key) for ns, key in known}) \
             if known else {}
         timed = [(r[0], r[1]) for r in rows if r[5] is not None and not r[7]]
@@ -198,33 +209,120 @@ class MemoryWrites(MemoryCore):
         now = self.clock()
         sealer = Sealer(self.keys)
         claimed: dict[tuple[str, str], int] = {}
-        payloads = []
-        for i, (ns, key, text, meta, expires, valid, observed, fresh) in enumerate(rows):
-            if fresh:
-                version = 1
-                historical = False
+        publisher = self.bus.publisher
+        # Built and sent part by part, so NATS stores one part while the next is sealed, unless a message
+        # could be refused as too large: then every part is built before any is sent (none is, then).
+        for ns in allowed:  # every key looked up (a new namespace's made) before any part is sent
+            sealer.current(ns)
+        step = BULK_PART if self._parts_fit(rows, len(vectors[0]) if vectors else 0, embedder or "") else len(rows)
+        held: list[PendingMessage] = []
+        batches: list[tuple[int, Batch]] = []
+        for start in range(0, len(rows), step):
+            payloads = []
+            for i in range(start, min(start + step, len(rows))):
+                ns, key, text, meta, expires, valid, observed, fresh, _ = rows[i]
+                if fresh:
+                    version = 1
+                    historical = False
+                else:
+                    version = claimed.get((ns, key), nexts[(ns, key)] - 1) + 1
+                    claimed[(ns, key)] = version
+                    current = valid_now.get((ns, key))
+                    historical = valid is not None and current is not None and valid < current
+                    if not historical:
+                        valid_now[(ns, key)] = valid if valid is not None else now
+                sealed = sealer.seal(ns, key, text, meta, vectors[i] if vectors else None,
+                                     valid_from=valid, observed_at=observed, historical=historical)
+                # every value checked above (namespace, key, text, metadata, ttl) or made here: no second validation
+                payloads.append(MemoryWritten.trusted(namespace=ns, key=key, version=version, expires_at=expires,
+                                                      embedder=embedder, metadata={}, **sealed))
+            events = Event.of_many(payloads, source=self.source, runid=run or self.run, agentid=self.agent)
+            if step < len(rows):
+                batches.append((start, await publisher.emit_prepared(publisher.prepare_many(events))))
+                await asyncio.sleep(0)  # nats-py's flusher writes this part while the next one is built
             else:
-                version = claimed.get((ns, key), nexts[(ns, key)] - 1) + 1
-                claimed[(ns, key)] = version
-                current = valid_now.get((ns, key))
-                historical = valid is not None and current is not None and valid < current
-                if not historical:
-                    valid_now[(ns, key)] = valid if valid is not None else now
-            sealed = sealer.seal(ns, key, text, meta, vectors[i] if vectors else None,
-                                 valid_from=valid, observed_at=observed, historical=historical)
-            # every value checked above (namespace, key, text, metadata, ttl) or made here: no second validation
-            payloads.append(MemoryWritten.trusted(namespace=ns, key=key, version=version, expires_at=expires,
-                                                  embedder=embedder, **sealed))
-        events = Event.of_many(payloads, source=self.source, runid=run or self.run, agentid=self.agent)
-        batch = await self.bus.emit_batch(events)
-        await batch.wait(self.bus.publisher.ack_timeout_s * 2 + 1)
+                held = publisher.prepare_many(events)
+        if held:
+            batches.append((0, await publisher.emit_prepared(held)))
+        refused: dict[int, str] = {}
+        outboxed = 0
+        for offset, batch in batches:
+            await batch.wait(publisher.ack_timeout_s * 2 + 1)
+            refused.update((offset + i, why) for i, why in batch.refused.items())
+            outboxed += len(batch.outboxed)
         seq = await last_memory_seq(self.bus)
         self._moved(seq)
-        if batch.refused:
-            failed = tuple((i, rows[i][0], rows[i][1], why) for i, why in sorted(batch.refused.items()))
-            landed = tuple(r[1] for i, r in enumerate(rows) if i not in batch.refused)
-            raise BulkWriteFailed(failed, BulkWritten(len(landed), seq, landed, len(batch.outboxed)))
-        return BulkWritten(len(rows), seq, tuple(r[1] for r in rows), len(batch.outboxed))
+        if refused:
+            failed = tuple((i, rows[i][0], rows[i][1], why) for i, why in sorted(refused.items()))
+            landed = tuple(r[1] for i, r in enumerate(rows) if i not in refused)
+            raise BulkWriteFailed(failed, BulkWritten(len(landed), seq, landed, outboxed))
+        return BulkWritten(len(rows), seq, tuple(r[1] for r in rows), outboxed)
+
+    def _parts_fit(self, rows: Sequence[tuple[Any, ...]], dims: int, embedder: str) -> bool:
+        """Whether no message of the batch can be refused as too large (``sealed_size_bound``), so it may
+        be sent in parts: within ``max_event_bytes``, and within the server's ``max_payload`` with its
+        headers (the same for every event of the batch but id and time; source, agent and run
+        percent-encoded at worst), a payload above ``large_payload_bytes`` going by the object store."""
+        if len(rows) <= BULK_PART:
+            return False
+        publisher = self.bus.publisher
+        # the bound grows with each length: its value at the longest of each is at least every row's
+        ns, key, text = (max((r[i] for r in rows), key=len) for i in (0, 1, 2))
+        largest = sealed_size_bound(ns, key, text, max(r[8] for r in rows), dims, embedder)
+        if largest > publisher.max_event_bytes:
+            return False
+        limit = self.bus.nc.max_payload or 0
+        names = len(self.source) + len(self.agent or "") + len(self.run or "")
+        return limit <= 0 or 2048 + 12 * names + max(min(largest, publisher.large_payload_bytes), 128) <= limit
+
+    async def reembed(self, namespace: str | None = None, *, batch: int = 256, run: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Reembedded:
+        """Embed again, with this client's embedder, every live entry whose current version has no vector
+        of it (written with another embedder, a static table with other rows, or none): after a change
+        of embedder, semantic and hybrid search find the older entries by meaning again.
+
+        ``namespace`` limits it to one (default: every namespace this agent may write). Each new vector
+        is a ``memory.embedded`` event (sealed under the entry's own key): text, version, times and
+        history stay as they were, and a view rebuilt from the log has the new vectors. ``batch``
+        texts are embedded at a time; ``progress(done, total)`` is called after each batch.
+        Re-running it does only what is left (an interrupted run loses nothing).
+        """
+        embedder = self.embedder
+        if embedder is None:
+            raise InvalidMemory("reembed needs an embedder: AsyncMemory(..., embedder=StaticEmbedder()) or "
+                                '[memory] embedder = "static" | "minilm" in tether.toml')
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InvalidMemory(f"batch must be an int >= 1, got {batch!r}")
+        if namespace is not None:
+            namespaces = [self._check(namespace, "write")]
+        else:
+            found = await self._read(q.namespaces)
+            namespaces = sorted(ns for ns, _ in found if self.grants.allows(self.agent, ns, "write"))
+        await self.feed.catch_up()  # every entry written so far is listed
+        todo = await self._read(q.unembedded, namespaces, embedder.name, self.clock(), 10**9) if namespaces else []
+        done, seq = 0, self.position
+        for start in range(0, len(todo), batch):
+            part = todo[start:start + batch]
+            vectors = await self._embed([text for *_, text in part], run, batched=False)
+            assert vectors is not None
+            sealer = Sealer(self.keys)
+            events = [self._event(MemoryEmbedded(namespace=ns, key=key, version=version, of_seq=of_seq,
+                                                 embedder=embedder.name, **seal_vector(sealer, ns, key, vector)), run)
+                      for (ns, key, version, of_seq, _), vector in zip(part, vectors, strict=True)]
+            sent = await (await self.bus.emit_batch(events)).wait(self.bus.publisher.ack_timeout_s * 2 + 1)
+            if sent.refused:
+                seq = await last_memory_seq(self.bus)
+                failed = tuple((start + i, part[i][0], part[i][1], why) for i, why in sorted(sent.refused.items()))
+                landed = tuple(r[1] for i, r in enumerate(todo[:start + len(part)]) if i - start not in sent.refused)
+                raise BulkWriteFailed(failed, BulkWritten(len(landed), seq, landed, len(sent.outboxed)))
+            done += len(part)
+            if progress is not None:
+                progress(done, len(todo))
+        if todo:
+            seq = await last_memory_seq(self.bus)
+            self._moved(seq)
+            await self.feed.wait_for(seq)
+        return Reembedded(done, seq, embedder.name, tuple(namespaces))
 
     async def delete(self, namespace: str, key: str, *, expected_version: int | None = None,
                      run: str | None = None) -> Written:
@@ -441,8 +539,13 @@ class MemoryWrites(MemoryCore):
 
     @staticmethod
     def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        return MemoryWrites._sized_metadata(metadata)[0]
+
+    @staticmethod
+    def _sized_metadata(metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+        """The metadata, checked, and the length of its JSON text."""
         if metadata is None:
-            return {}
+            return {}, 2
         if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
             raise InvalidMemory("metadata must be a mapping with string keys")
         try:  # refuses NaN and infinity too: then say where they are
@@ -455,7 +558,7 @@ class MemoryWrites(MemoryCore):
             raise InvalidMemory(f"metadata must be JSON: {exc}") from None
         if size > MAX_METADATA_BYTES:
             raise InvalidMemory(f"metadata is {size:,} bytes of JSON; the limit is {MAX_METADATA_BYTES:,}")
-        return dict(metadata)
+        return dict(metadata), size
 
     def _expiry(self, ttl: float | timedelta | None) -> datetime | None:
         if ttl is None:

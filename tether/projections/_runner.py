@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import gc
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from tether._gcpace import pace
 from tether.bus import EVENT_SUBJECTS, EVENTS_STREAM, Bus, FeedMessage, PullFeed, encode_token
 from tether.schemas import Event, EventError, InvalidEvent, catalogue
 
@@ -48,42 +47,10 @@ class ProjectorBusy(RuntimeError):
     """Another projector holds this views directory."""
 
 
-# While it catches up, a projector keeps batches of decoded events (the payload models and
-# their JSON dicts and lists, some 25 objects an event) alive until every view has folded
-# them, so they outlive young collections, and with the default thresholds the collector
-# walks them again and again: every 700 allocations a young collection, and a collection
-# of the whole heap every ten middle-generation ones (25 to 75 ms each), together a fifth
-# of a rebuild's CPU. A young collection walks the young objects still alive, the batches
-# in flight, whatever the threshold, so the fewer there are the less it costs: while a
-# projector is behind (its fetches come back full), young collections run every 500,000
-# allocations (net of what was freed; 50,000 still cost the traces view 5 us an event) and
-# whole-heap ones a hundred times less often; the process's own thresholds come back once
-# no projector is behind. Memory stays bounded: a batch's objects (no cycles among them)
-# are freed by reference counting once folded.
-_CATCH_UP_GC = (500_000, 50, 1000)  # at least these
-_gc_lock = threading.Lock()
-_gc_behind: set[int] = set()
-_gc_saved: tuple[int, int, int] | None = None
-
-
 def _catching_up(projector: object, behind: bool) -> None:
-    global _gc_saved
-    with _gc_lock:
-        key = id(projector)
-        if behind == (key in _gc_behind):
-            return
-        if behind:
-            if not _gc_behind:
-                _gc_saved = gc.get_threshold()
-                if _gc_saved[0]:  # 0: collection is off; leave it so
-                    gc.set_threshold(*(max(mine, theirs) for mine, theirs in zip(_CATCH_UP_GC, _gc_saved,
-                                                                                   strict=True)))
-            _gc_behind.add(key)
-        else:
-            _gc_behind.discard(key)
-            if not _gc_behind and _gc_saved is not None:
-                gc.set_threshold(*_gc_saved)
-                _gc_saved = None
+    """Rarer garbage collections while ``projector`` is behind: its batches of decoded events stay
+    alive until every view has folded them (see ``tether._gcpace``)."""
+    pace(projector, behind)
 
 
 def _behind(msgs: Sequence[FeedMessage], batch: int) -> bool | None:

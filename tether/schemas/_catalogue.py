@@ -391,6 +391,21 @@ class MemoryCompacted(_Memory):
     embedder: str | None = None
 
 
+class MemoryEmbedded(_Memory):
+    """A version's vector made again by another embedder (``AsyncMemory.reembed``): its text, version
+    and times stay; search compares it in the new embedder's space from then on."""
+
+    event_type: ClassVar[str] = "tether.memory.embedded"
+    kind: ClassVar[str] = "memory"
+    action: ClassVar[str] = "embedded"
+
+    version: int = Field(ge=1)
+    of_seq: int = Field(ge=1, description="Stream sequence of the version (``memory.written``) embedded again.")
+    embedding: str = Field(description="Base64 float32 vector (ciphertext when ``key_id`` is set).")
+    embedder: str = Field(description="The model that produced ``embedding``.")
+    key_id: str | None = Field(None, description="Key that encrypted ``embedding``.")
+
+
 # -- dead letters ----------------------------------------------------------------------
 
 
