@@ -296,7 +296,12 @@ class Hub:
         waits in the inbox, so a wake-up a caller's loop was to make for it is not made."""
         self._hand_offs += 1
         self._waker = None
-        return asyncio.run_coroutine_threadsafe(step, self.loop)
+        try:
+            return asyncio.run_coroutine_threadsafe(step, self.loop)
+        except RuntimeError:  # the bus's loop is closed: what waits in the inbox is dropped, as a wake-up would say
+            step.close()
+            self._wake()
+            raise
 
     def spawn(self, make: Callable[[], Awaitable[Any]], *, drain: bool = False) -> None:
         """Start ``make()`` on the bus's loop without waiting for it (after the queued events
