@@ -15,9 +15,15 @@ tether's goes: the framework's own cost of being observed at all. At the end EVE
 Last, ``hooks``: the adapter's hooks alone, driven as the framework drives them for one run (no
 framework, no model), CPU per run with and without them, the publisher's included.
 
+``--base-root DIR``: another checkout of tether (an older commit, say), whose framework venvs
+(``DIR/.venv-<framework>``, built as here, tether installed from ``DIR``) run the same agent as
+``model-base`` and ``tether-base``, in the same rotation: old and new code side by side in one run.
+``--modes`` picks the variants (``bare`` always runs).
+
     .venv/bin/python bench/frameworks.py
     .venv/bin/python bench/frameworks.py --runs 200 --rounds 3 --json
     .venv/bin/python bench/frameworks.py --frameworks google-adk-gemini   # ADK on its native Gemini model
+    .venv/bin/python bench/frameworks.py --frameworks autogen --modes tether --base-root /tmp/base
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ def start_provider() -> tuple[subprocess.Popen[str], str]:
 
 def block(python: Path, framework: str, mode: str, runs: int, warmup: int, env: dict[str, str],
           work: Path) -> dict[str, Any]:
+    mode = mode.removesuffix("-base")  # the same agent, run by the other checkout's venv
     done = subprocess.run([str(python), str(ROOT / "bench" / "framework_agent.py"), framework, mode, str(runs),
                            str(warmup)], env=env, cwd=work, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
@@ -87,8 +94,17 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     parser.add_argument("--hook-runs", type=int, default=2000, help="runs of the hooks alone")
+    parser.add_argument("--modes", default=",".join(MODES[1:]), help="variants beside bare")
+    parser.add_argument("--base-root", type=Path, help="another checkout: its venvs run model-base and tether-base")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    chosen = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(chosen) - set(MODES[1:]))
+    if unknown:
+        parser.error(f"unknown --modes {unknown}: choose among {', '.join(MODES[1:])}")
+    modes = ["bare"]
+    for mode in chosen:  # each beside its old code's run, if asked
+        modes += [mode, f"{mode}-base"] if args.base_root is not None and mode in ("model", "tether") else [mode]
     results: dict[str, Any] = {}
     provider, url = start_provider()
     try:
@@ -96,30 +112,35 @@ def main() -> int:
             work = Path(tmp)
             for framework in args.frameworks.split(","):
                 venv = optional_env(VENVS.get(framework, framework), project=True).path
+                base = (optional_env(VENVS.get(framework, framework), project=True, root=args.base_root).path
+                        if args.base_root else None)
                 env = {**os.environ, "TETHER_NATS_URL": nats.url, "TETHER_HOME": str(work / "home"),
-                       "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench-0000"}
-                samples: dict[str, dict[str, list[float]]] = {m: {"wall_ms": [], "cpu_ms": []} for m in MODES}
+                       "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench-0000", "PYTHONDONTWRITEBYTECODE": "1"}
+                samples: dict[str, dict[str, list[float]]] = {m: {"wall_ms": [], "cpu_ms": []} for m in modes}
                 before = asyncio.run(started_runs(nats.url, work / "home"))
                 for _ in range(args.rounds):
-                    for mode in MODES:
-                        got = block(venv / "bin" / "python", framework, mode, args.runs, args.warmup, env, work)
+                    for mode in modes:
+                        python = (base if mode.endswith("-base") and base is not None else venv) / "bin" / "python"
+                        got = block(python, framework, mode, args.runs, args.warmup, env, work)
                         for key in ("wall_ms", "cpu_ms"):
                             samples[mode][key] += got[key]
                 recorded = asyncio.run(started_runs(nats.url, work / "home")) - before
-                # the "tether" blocks' runs
-                expected = args.rounds * (args.runs + args.warmup) * RUNS_PER_AGENT_RUN.get(framework, 1)
+                # the "tether" blocks' runs (and "tether-base"'s)
+                expected = (args.rounds * (args.runs + args.warmup) * RUNS_PER_AGENT_RUN.get(framework, 1)
+                            * sum(m in ("tether", "tether-base") for m in modes))
                 assert recorded == expected, f"{framework}: {recorded} runs recorded, {expected} made"
                 row: dict[str, float] = {}
                 for key in ("wall_ms", "cpu_ms"):
                     for q, name in ((0.5, "p50"), (0.99, "p99")):
                         bare = percentile(samples["bare"][key], q) / STEPS_PER_RUN
-                        for mode in MODES[1:]:
+                        for mode in modes[1:]:
                             tethered = percentile(samples[mode][key], q) / STEPS_PER_RUN
                             row[f"{key}_{name}_bare"] = bare
                             row[f"{key}_{name}_{mode}"] = tethered
                             row[f"{key}_{name}_{mode}_added"] = tethered - bare
-                got_hooks = block(venv / "bin" / "python", framework, "hooks", args.hook_runs, 0, env, work)
-                row["hooks_cpu_ms_per_run"] = got_hooks["tether"] - got_hooks["bare"]
+                if args.hook_runs:
+                    got_hooks = block(venv / "bin" / "python", framework, "hooks", args.hook_runs, 0, env, work)
+                    row["hooks_cpu_ms_per_run"] = got_hooks["tether"] - got_hooks["bare"]
                 results[framework] = row
     finally:
         provider.terminate()
@@ -129,17 +150,18 @@ def main() -> int:
         return 0
     print(f"per agent step ({STEPS_PER_RUN} per run: one model call, and a tool call or the answer), "
           f"{args.rounds} x {args.runs} runs per variant")
-    print(f"{'framework':<15}{'variant':<8}{'p50':>9}{'added p50':>11}{'added p99':>11}{'CPU p50':>10}"
+    print(f"{'framework':<15}{'variant':<12}{'p50':>9}{'added p50':>11}{'added p99':>11}{'CPU p50':>10}"
           f"{'CPU added':>11}")
     for framework, row in results.items():
-        print(f"{framework:<15}{'bare':<8}{row['wall_ms_p50_bare']:>7.2f}ms{'':>11}{'':>11}"
+        print(f"{framework:<15}{'bare':<12}{row['wall_ms_p50_bare']:>7.2f}ms{'':>11}{'':>11}"
               f"{row['cpu_ms_p50_bare']:>8.2f}ms")
-        for mode in MODES[1:]:
-            print(f"{'':<15}{mode:<8}{row[f'wall_ms_p50_{mode}']:>7.2f}ms{row[f'wall_ms_p50_{mode}_added']:>9.2f}ms"
+        for mode in modes[1:]:
+            print(f"{'':<15}{mode:<12}{row[f'wall_ms_p50_{mode}']:>7.2f}ms{row[f'wall_ms_p50_{mode}_added']:>9.2f}ms"
                   f"{row[f'wall_ms_p99_{mode}_added']:>9.2f}ms{row[f'cpu_ms_p50_{mode}']:>8.2f}ms"
                   f"{row[f'cpu_ms_p50_{mode}_added']:>9.2f}ms")
-        print(f"{'':<15}hooks alone: {row['hooks_cpu_ms_per_run']:.3f} ms CPU per run "
-              f"({row['hooks_cpu_ms_per_run'] / STEPS_PER_RUN:.3f} ms per step)")
+        if "hooks_cpu_ms_per_run" in row:
+            print(f"{'':<15}hooks alone: {row['hooks_cpu_ms_per_run']:.3f} ms CPU per run "
+                  f"({row['hooks_cpu_ms_per_run'] / STEPS_PER_RUN:.3f} ms per step)")
     return 0
 
 

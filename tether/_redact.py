@@ -92,6 +92,12 @@ _ASSIGNMENT = (r"(?i)(?<![A-Za-z0-9])(?:" + "|".join(re.escape(n) for n in ASSIG
 # skipping ahead to its own first character, for a long one (from about this many characters).
 _LONG = 1024
 
+# Redacted strings are remembered (a call's roles, model, tool schemas, system prompt and the
+# conversation so far come again in every call of an agent: each is scanned once). Strings up to
+# this length are kept, and the memo is emptied once it holds this many characters.
+_MEMO_MAX_LEN = 16 * 1024
+_MEMO_MAX_CHARS = 4 * 1024 * 1024
+
 Hook = Callable[[Any], Any]
 
 
@@ -120,6 +126,8 @@ class Redactor:
     _pattern: re.Pattern[str] | None = field(init=False, repr=False)
     _patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False)
     _defaults: bool = field(init=False, repr=False)
+    _memo: dict[str, str] = field(init=False, repr=False, compare=False)
+    _memo_chars: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = {f.lower() for f in self.fields}
@@ -132,6 +140,8 @@ class Redactor:
                            else None)
         object.__setattr__(self, "_patterns", tuple(re.compile(p) for p in patterns))
         object.__setattr__(self, "_defaults", not self.replace_defaults)
+        object.__setattr__(self, "_memo", {})
+        object.__setattr__(self, "_memo_chars", [0])
 
     def __call__(self, value: Any) -> Any:
         """A redacted copy of ``value`` (JSON-like data); ``value`` itself is left alone."""
@@ -142,6 +152,23 @@ class Redactor:
         """``value`` with credential-shaped substrings and assigned secrets replaced."""
         if not value:
             return value
+        if type(value) is not str:  # a subclass: not remembered (its result need not be a plain str)
+            return self._scan(value)
+        memo = self._memo
+        known = memo.get(value)
+        if known is not None:
+            return known
+        out = self._scan(value)
+        if len(value) <= _MEMO_MAX_LEN:
+            chars = self._memo_chars
+            if chars[0] > _MEMO_MAX_CHARS:
+                memo.clear()
+                chars[0] = 0
+            memo[value] = out
+            chars[0] += len(value)
+        return out
+
+    def _scan(self, value: str) -> str:
         if self._pattern is not None:
             if len(value) < _LONG:
                 value = self._pattern.sub(REDACTED, value)
@@ -155,6 +182,24 @@ class Redactor:
         return value
 
     def _walk(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is str:
+            return self.text(value)
+        if kind is dict:  # JSON's types first, without a call per scalar: this is on every LLM call's path
+            fields, text, walk = self._fields, self.text, self._walk
+            out: dict[Any, Any] = {}
+            for k, v in value.items():
+                if v is None:
+                    out[k] = v
+                elif isinstance(k, str) and k.lower() in fields:
+                    out[k] = REDACTED
+                else:
+                    inner = type(v)
+                    out[k] = v if inner in _SCALARS else text(v) if inner is str else walk(v)
+            return out
+        if kind is list or kind is tuple:
+            text, walk = self.text, self._walk
+            return [v if type(v) in _SCALARS else text(v) if type(v) is str else walk(v) for v in value]
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -166,6 +211,7 @@ class Redactor:
         return value
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
 _ASSIGNED = re.compile(_ASSIGNMENT)
 _NAMES = tuple(name.lower() for name in ASSIGNED_NAMES)
 

@@ -252,3 +252,31 @@ async def test_no_bus_fails_open(policies: PolicySet, monkeypatch: pytest.Monkey
     upstream = Upstream([Scripted(200, [b'{"choices":[]}'], [("content-type", "application/json")])])
     response = await Interceptor(policies=policies).handle("POST", "/v1/chat/completions", [], BODY, upstream)
     assert await read_all(response) == b'{"choices":[]}'
+
+
+@pytest.mark.parametrize("package", ["httpx", "httpx2"])
+def test_an_attempts_request_is_the_one_content_would_build(package: str) -> None:
+    """Each attempt is built from a ready byte stream (``content=`` looks every header up again by
+    name, decoding them all each time): the same headers in the same order, the same body, readable
+    again by a transport that reads ``request.content``; without a Host header, the package adds it."""
+    import importlib
+
+    from tether.adapters._httpio import SyncUpstreamOf
+
+    module = importlib.import_module(package)
+    original = module.Request("POST", "http://127.0.0.1:9/v1/chat/completions", content=b'{"model":"m"}',
+                              headers={"authorization": "Bearer x", "content-type": "application/json"},
+                              extensions={"timeout": {"connect": 5.0, "read": None, "write": 5.0, "pool": 5.0}})
+    upstream = SyncUpstreamOf(module, None, original)
+    headers = [(k.decode(), v.decode()) for k, v in original.headers.raw if k.lower() != b"content-length"]
+    headers += [("accept-encoding", "identity"), ("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-01")]
+    body = b'{"model":"m","messages":[]}'
+    for given, timeout in ((headers, 30.0), ([h for h in headers if h[0].lower() != "host"], None)):
+        built = upstream.attempt(given, body, timeout)
+        expected = module.Request("POST", original.url, headers=given, content=body,
+                                  extensions=dict(original.extensions))
+        assert built.headers.raw == expected.headers.raw
+        assert built.content == body and built.read() == body
+        assert built.method == "POST" and built.url == original.url
+        assert built.extensions["timeout"] == ({"connect": 5.0, "read": 30.0, "write": 5.0, "pool": 5.0}
+                                               if timeout else original.extensions["timeout"])

@@ -108,3 +108,25 @@ def test_an_engine_step_sees_what_was_handed_over_before_it(hub: tuple[Hub, Stub
 
     asyncio.run(agent())
     assert seen == ["run-0"]
+
+
+def test_an_engine_step_right_after_an_event_wakes_the_bus_loop_once(hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """The step's own hand-off takes the inbox along: the wake-up the caller's loop had scheduled for
+    the event is not made as well (a tool's start and the flush that waits for its ack, a call's
+    answer published after its breaker's bookkeeping)."""
+    h, bus, wakes = hub
+
+    async def agent() -> None:
+        h.emit(event(0))
+
+        async def step() -> None:
+            pass
+
+        await h.call(step)
+        await asyncio.sleep(0)  # the caller's loop gets to the wake-up it had scheduled for the event
+        h.emit(event(1))  # a later event still wakes the bus's loop
+        await asyncio.sleep(0)
+
+    asyncio.run(agent())
+    assert published(bus, 2) == ["run-0", "run-1"]
+    assert wakes[0] == 2  # the step's hand-off (with run-0), then run-1's own

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
+from tether import _redact
 from tether.adapters import REDACTED, Redactor
 from tether.adapters._redact import redactor_of
 
@@ -31,3 +36,52 @@ def test_extra_fields_hook_and_replacing_defaults() -> None:
 def test_text_scrubbing_of_error_messages() -> None:
     message = "Incorrect API key provided: sk-ant-api03-abcdefghijklmnop. Bearer xyzxyzxyzxyzxyz"
     assert Redactor().text(message) == f"Incorrect API key provided: {REDACTED}. {REDACTED}"
+
+
+class CountingPattern:
+    """A redactor's compiled pattern set, counting the strings it scans."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.scanned: list[str] = []
+
+    def sub(self, repl: str, value: str) -> str:
+        self.scanned.append(value)
+        return self.pattern.sub(repl, value)
+
+
+def test_a_string_seen_before_is_not_scanned_again() -> None:
+    """An agent sends its roles, tool schemas, system prompt and the conversation so far again in
+    every call: each distinct string is scanned once per redactor, with the same result each time."""
+    redactor = Redactor()
+    counting = CountingPattern(redactor._pattern)  # type: ignore[arg-type]
+    object.__setattr__(redactor, "_pattern", counting)
+    body = {"messages": [{"role": "system", "content": "Answer about the weather."},
+                         {"role": "user", "content": "my key is sk-proj-ABCDEFGHIJKLMNOPQRSTUV"}]}
+    first, second = redactor(body), redactor(body)
+    assert first == second == {"messages": [{"role": "system", "content": "Answer about the weather."},
+                                            {"role": "user", "content": f"my key is {REDACTED}"}]}
+    assert sorted(counting.scanned) == ["Answer about the weather.", "my key is sk-proj-ABCDEFGHIJKLMNOPQRSTUV",
+                                        "system", "user"]
+
+
+def test_the_memory_of_strings_is_bounded_and_skips_str_subclasses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_redact, "_MEMO_MAX_CHARS", 10)
+    redactor = Redactor()
+    for n in range(20):
+        assert redactor.text(f"token sk-proj-ABCDEFGHIJKLMNOP{n:04d}") == f"token {REDACTED}"
+    assert sum(len(k) for k in redactor._memo) <= 10 + 40, "emptied once past the bound"
+
+    class Name(str):
+        pass
+
+    assert redactor.text(Name("plain")) == "plain" and Name("plain") not in redactor._memo
+    assert len(redactor.text("x" * (_redact._MEMO_MAX_LEN + 1))) == _redact._MEMO_MAX_LEN + 1
+    assert "x" * (_redact._MEMO_MAX_LEN + 1) not in redactor._memo, "too long to keep"
+
+
+def test_secret_fields_go_whatever_their_value_and_none_stays() -> None:
+    out = Redactor()({"password": 1234, "api_key": None, "secret": True, "pairs": ("a", {"token": 1.5}),
+                      "n": 3, "f": 0.5, "ok": False})
+    assert out == {"password": REDACTED, "api_key": None, "secret": REDACTED, "pairs": ["a", {"token": 1.5}],
+                   "n": 3, "f": 0.5, "ok": False}

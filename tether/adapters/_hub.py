@@ -23,7 +23,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -81,6 +81,7 @@ class Hub:
         self._inbox: collections.deque[Callable[[], None]] = collections.deque()
         self._waking = False
         self._waker: asyncio.AbstractEventLoop | None = None  # the caller's loop that is to wake the bus's
+        self._hand_offs = 0  # engine steps handed to the bus's loop: each takes the inbox along
 
     @classmethod
     def of(cls, bus: Bus) -> Hub:
@@ -137,12 +138,14 @@ class Hub:
             caller = None
         if caller is not None and caller is not self.loop:
             self._waker = caller
-            caller.call_soon(self._wake)
+            caller.call_soon(self._wake, self._hand_offs)
             return
         self._waker = None
         self._wake()
 
-    def _wake(self) -> None:
+    def _wake(self, hand_offs: int | None = None) -> None:
+        if hand_offs is not None and hand_offs != self._hand_offs:
+            return  # an engine step was handed over since: it takes the inbox first (one wake-up, not two)
         self._waker = None
         try:
             self.loop.call_soon_threadsafe(self._take_inbox)
@@ -268,7 +271,7 @@ class Hub:
 
         if self._on_loop():
             return await go()
-        future = asyncio.run_coroutine_threadsafe(go(), self.loop)
+        future = self._hand_off(go())
         return await asyncio.wrap_future(future)
 
     def call_sync(self, make: Callable[[], Awaitable[T]], *, drain: bool = False,
@@ -286,7 +289,19 @@ class Hub:
                 await self._drain()
             return await make()
 
-        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
+        return self._hand_off(go()).result(timeout)
+
+    def _hand_off(self, step: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``step`` (which takes the inbox first) on the bus's loop: its wake-up also takes what
+        waits in the inbox, so a wake-up a caller's loop was to make for it is not made."""
+        self._hand_offs += 1
+        self._waker = None
+        try:
+            return asyncio.run_coroutine_threadsafe(step, self.loop)
+        except RuntimeError:  # the bus's loop is closed: what waits in the inbox is dropped, as a wake-up would say
+            step.close()
+            self._wake()
+            raise
 
     def spawn(self, make: Callable[[], Awaitable[Any]], *, drain: bool = False) -> None:
         """Start ``make()`` on the bus's loop without waiting for it (after the queued events
