@@ -27,6 +27,7 @@ from tether.schemas import (
     LlmCallRequested,
     MemoryCompacted,
     MemoryDeleted,
+    MemoryEmbedded,
     MemoryWritten,
     RunFinished,
     RunNeedsAttention,
@@ -138,6 +139,8 @@ def _detail(event: Event) -> str:
             return f"{d.namespace}/{d.key} summarised {len(d.replaced)} entries"
         case MemoryDeleted() as d:
             return f"{d.namespace}/{d.key} ({d.reason})"
+        case MemoryEmbedded() as d:
+            return f"{d.namespace}/{d.key} v{d.version} by {_short(d.embedder, 60)}"
         case CircuitOpened() as d:
             return d.route + (f": {d.reason}" if d.reason else "")
         case CircuitHalfOpened() | CircuitClosed() as d:
