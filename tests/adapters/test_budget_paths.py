@@ -169,7 +169,7 @@ async def test_a_call_cancelled_while_tether_tries_gives_its_reservation_back(fa
     async with client, tether.run(agent=agent, bus=bus):
         task = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=question(1),  # type: ignore[arg-type]
                                                                   max_tokens=20))
-        with anyio.fail_after(5):
+        with anyio.fail_after(20):
             while not fake.log:  # noqa: ASYNC110 (the fake provider runs in a thread of its own)
                 await asyncio.sleep(0.01)
         task.cancel()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import openai
@@ -106,11 +107,9 @@ async def test_task_cancelled_while_tether_waits_to_retry(fake: FakeProvider, bu
             await sdk.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
 
     task = asyncio.create_task(call())
-    for _ in range(500):  # until the first attempt was answered with its 429
-        if fake.log:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    with anyio.fail_after(20):  # until the first attempt was answered with its 429 (tether then waits 5 s)
+        while not run_id or "llm.call.attempt_failed" not in kinds(await run_events(bus, run_id)):  # noqa: ASYNC110 - in the log
+            await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -246,10 +245,9 @@ async def test_open_breaker_answers_without_calling(fake: FakeProvider, bus: Bus
             await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
         engine = Hub.of(bus).engine_nowait(policies)
         assert engine is not None
-        for _ in range(200):  # the shared state arrives through the breaker's KV watch
-            if engine.breakers.state(f"{route}:gpt-4o-mini").state == "open":
-                break
-            await asyncio.sleep(0.01)
+        with anyio.fail_after(20):  # the shared state arrives through the breaker's KV watch
+            while engine.breakers.state(f"{route}:gpt-4o-mini").state != "open":  # noqa: ASYNC110 - a KV watch's
+                await asyncio.sleep(0.01)
         before = len(fake.log)
         with pytest.raises(openai.APIStatusError) as info:
             await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]

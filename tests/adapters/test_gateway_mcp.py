@@ -91,7 +91,7 @@ def mcp_http(gateway: GatewayServer, tmp_path: Path) -> Iterator[str]:
     finally:
         child.terminate()
         try:
-            child.wait(10)
+            child.wait(30)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()

@@ -148,7 +148,7 @@ async def test_gateway_killed_and_resumed(fake: FakeProvider, nats_server: NatsS
         first = await asyncio.to_thread(main, url, run_id, 4, "0", KEY)
     finally:
         server.send_signal(signal.SIGKILL)
-        server.communicate(timeout=10)
+        server.communicate(timeout=30)
     paid_first = len(fake.log)
     async with await connect(nats_server.url, home=tmp_path / "home2") as bus, \
             GatewayServer(load_gateway_config(config, environ=env), bus, port=0, grace_s=1) as again:

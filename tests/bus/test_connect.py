@@ -6,6 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 from nats.js.api import RetentionPolicy, StreamConfig
 
@@ -106,10 +107,9 @@ async def test_token_auth_passes_through(tmp_path: Path, tether_home: Path) -> N
     )
     try:
         ports = port_dir / f"nats-server_{proc.pid}.ports"
-        for _ in range(200):
-            if ports.exists() and ports.read_text().strip():
-                break
-            await asyncio.sleep(0.02)
+        with anyio.fail_after(30):  # nats-server writes it once it listens
+            while not (ports.exists() and ports.read_text().strip()):  # noqa: ASYNC110 - another process's file
+                await asyncio.sleep(0.02)
         import json
 
         url = json.loads(ports.read_text())["nats"][0]

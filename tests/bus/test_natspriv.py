@@ -176,7 +176,7 @@ class _Inbox:
     async def cb(self, msg: Msg) -> None:
         self.put(msg)
 
-    async def wait(self, count: int, timeout: float = 5.0) -> list[Any]:
+    async def wait(self, count: int, timeout: float = 20.0) -> list[Any]:
         async with asyncio.timeout(timeout):
             while len(self.items) < count:
                 self._changed.clear()

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tether.bus import PublishRejected, connect, event_filter, nats_server_binary
@@ -42,10 +43,9 @@ async def secured_url(tmp_path: Path) -> AsyncIterator[str]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     ports = tmp_path / f"nats-server_{proc.pid}.ports"
-    for _ in range(250):
-        if ports.exists() and ports.read_text().strip():
-            break
-        await asyncio.sleep(0.02)
+    with anyio.fail_after(30):  # nats-server writes it once it listens
+        while not (ports.exists() and ports.read_text().strip()):  # noqa: ASYNC110 - another process's file
+            await asyncio.sleep(0.02)
     try:
         yield json.loads(ports.read_text())["nats"][0]
     finally:
@@ -76,7 +76,9 @@ async def test_agent_is_confined_to_its_subjects_and_namespaces(secured_url: str
             await bot.publish(mine(RunStarted(), agent="other-bot"))
         await bot.emit(mine(MemoryWritten(namespace="user:alice", key="k", version=1, text="no")))
         await bot.flush()
-        await asyncio.sleep(0.2)
+        with anyio.fail_after(20):  # the refusal of the emitted one comes back from the server
+            while bot.publisher.stats.rejected < 3:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.01)
         assert bot.publisher.stats.rejected == 3
         assert not bot.publisher.degraded and bot.publisher.outbox_depth() == 0
 

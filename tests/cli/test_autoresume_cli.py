@@ -94,8 +94,9 @@ def test_two_workers_resume_an_interrupted_run_once_and_survive_an_entry_point_t
             projector.wait_for("projector running")
             folded(home / "views", "traces", lambda v: {r["run_id"]: r["status"] for r in list_runs(v)}.get(
                 "auto-run-1") == "ok")
-            deadline = time.monotonic() + 30
-            while "interrupted run auto-broken-1 failed" not in "".join(w.output for w in workers):
+            deadline = time.monotonic() + 60
+            while not all(line in "".join(w.output for w in workers) for line in (
+                    "interrupted run auto-broken-1 failed", "run auto-run-1 resumed and finished")):
                 assert time.monotonic() < deadline, [w.output for w in workers]
                 time.sleep(0.05)
             assert all(w.proc.poll() is None for w in workers), "a failing entry point does not stop a worker"

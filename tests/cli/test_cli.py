@@ -68,7 +68,7 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-async def run_tether(*args: str, home: Path, timeout: float = 15.0) -> tuple[int, str, str]:
+async def run_tether(*args: str, home: Path, timeout: float = 60.0) -> tuple[int, str, str]:
     """Run ``tether ARGS`` to completion: exit code, stdout, stderr. Killed if it overruns."""
     proc = await asyncio.create_subprocess_exec(
         *TETHER, *args, env=cli_env(home), cwd=home.parent,
@@ -92,7 +92,7 @@ class Child:
         self._stream = stream
         self.lines: list[str] = []
 
-    async def wait_for(self, text: str, timeout: float = 15.0) -> str:
+    async def wait_for(self, text: str, timeout: float = 60.0) -> str:
         """The first line (from now) that contains ``text``."""
 
         async def read() -> str:
@@ -110,7 +110,7 @@ class Child:
         except TimeoutError:
             raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output}") from None
 
-    async def finish(self, timeout: float = 10.0) -> int:
+    async def finish(self, timeout: float = 30.0) -> int:
         """Wait for the exit; the rest of the output joins ``lines``."""
         rest = await asyncio.wait_for(self._stream.read(), timeout)
         self.lines.extend(rest.decode().splitlines())
@@ -239,7 +239,7 @@ async def test_up_demo_plays_its_runs_and_stops_cleanly(tether_home: Path) -> No
     down opening on run 2 (its calls then fall back at once), and on run 3 a dead letter."""
     async with tether_child("up", "--demo", "--runs", "3", "--interval", "0.1", home=tether_home) as up:
         await up.wait_for("tether is up")
-        code = await up.finish(timeout=60)
+        code = await up.finish(timeout=120)
     out = up.output
     assert code == 0, out
     assert up.lines[-1] == "stopped cleanly."
@@ -298,7 +298,7 @@ async def test_up_stops_cleanly_on_a_signal(sig: signal.Signals, tether_home: Pa
         assert exists(nats_pid)
         assert (tether_home / "server.json").exists()
         up.proc.send_signal(sig)
-        code = await up.finish(timeout=5)
+        code = await up.finish()
     assert code == 0, up.output
     assert up.lines[-2:] == ["stopping tether...", "stopped cleanly."]
     assert not exists(nats_pid), f"nats-server {nats_pid} still running after {sig.name}"
@@ -313,7 +313,7 @@ async def test_a_signal_during_startup_leaves_no_server_behind(delay: float, tet
         await up.wait_for("starting:")
         await asyncio.sleep(delay)
         up.proc.send_signal(signal.SIGINT)
-        code = await up.finish(timeout=10)
+        code = await up.finish()
     assert code == 0, up.output
     assert "stopped" in up.lines[-1], up.output
     started = [int(p.stem.split("_")[1]) for p in (tether_home / "run").glob("nats-server_*.ports")]
@@ -332,7 +332,7 @@ async def test_up_against_a_url_leaves_that_server_alone(nats_server: NatsServer
         assert f"connected to {nats_server.url}" in up.output
         assert "nats-server pid" not in up.output
         up.proc.send_signal(signal.SIGINT)
-        assert await up.finish(timeout=5) == 0
+        assert await up.finish() == 0
     assert nats_server.running and nats_server.pid is not None and exists(nats_server.pid)
 
 
@@ -446,7 +446,7 @@ async def test_tail_filters_and_start_position(option: list[str], pick: list[int
     # --count stops at the matches we expect: a filter letting anything else through shows up
     # in their place, and a filter too strict leaves tail waiting until the timeout.
     code, out, err = await run_tether("tail", "--url", nats_server.url, "--run", run, *start, *option,
-                                      "--count", str(len(pick)), home=tether_home, timeout=10)
+                                      "--count", str(len(pick)), home=tether_home)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == len(pick)
@@ -470,11 +470,11 @@ async def test_tail_follows_new_events_and_stops_on_ctrl_c(nats_server: NatsServ
             for event in new:
                 await bus.publish(event)
             assert tail.proc.stdout is not None
-            lines = [(await asyncio.wait_for(tail.proc.stdout.readline(), 10)).decode() for _ in new]
+            lines = [(await asyncio.wait_for(tail.proc.stdout.readline(), 30)).decode() for _ in new]
             for line, event in zip(lines, new, strict=True):
                 expect_line(line, event)
             tail.proc.send_signal(signal.SIGINT)
-            assert await asyncio.wait_for(tail.proc.wait(), 5) == 0
+            assert await asyncio.wait_for(tail.proc.wait(), 30) == 0
             assert await tail.proc.stdout.read() == b""  # nothing else, and not the old event
 
 
@@ -655,12 +655,12 @@ async def test_a_reader_that_goes_away_does_not_leak_the_server(tether_home: Pat
         cwd=tether_home.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        first = await asyncio.wait_for(proc.stdout.readline(), 20)
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert b"starting" in first
         proc.stdout.feed_eof()
         transport = proc._transport  # type: ignore[attr-defined]
         transport.get_pipe_transport(1).close()  # the reader goes away, like `head` exiting
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -58,7 +58,7 @@ def test_serves_until_sigterm(fake: FakeProvider, nats_server: NatsServer, tmp_p
     finally:
         if child.poll() is None:
             child.kill()
-            child.wait(5)
+            child.wait(30)
         if child.stdout is not None:
             child.stdout.close()
     assert len(fake.log) == 1

@@ -183,7 +183,7 @@ async def test_follow_sends_runs_as_they_finish_and_stops_on_a_signal(tmp_path: 
         build(tmp_path, a_run("run-2", ago=50), start=7)  # the projector applied more of the log
         await _until(lambda: len(receiver.spans()) == 6)
         proc.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(proc.communicate(), 10)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -192,7 +192,7 @@ async def test_follow_sends_runs_as_they_finish_and_stops_on_a_signal(tmp_path: 
     assert "sent 3 span(s)" in out.decode()
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

@@ -57,7 +57,7 @@ async def test_a_reply_lost_with_the_connection_is_read_from_the_call_record(
             result = await calls.llm("fake", "m", BODY)
             took = time.monotonic() - started
     assert result.response and result.event_seq is not None
-    assert took < 12, took
+    assert took < 30, took  # not the 60 s deadline (a loaded machine took more than 12 s)
 
 
 async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
@@ -95,4 +95,4 @@ async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
     assert [r.outboxed for r in receipts] == [True]  # the completion did go through the outbox
     assert record.state == "completed" and record.terminal_seq is None and record.terminal_event_id
     assert result.response and (stored.headers or {}).get("Nats-Msg-Id") == record.terminal_event_id
-    assert took < 12, took
+    assert took < 30, took  # not the 60 s deadline (a loaded machine took more than 12 s)

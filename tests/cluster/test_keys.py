@@ -36,7 +36,7 @@ def hosts(nats_cluster: NatsCluster) -> Iterator[tuple[NatsKeyStore, NatsKeyStor
         b.close()
 
 
-def eventually(check: object, timeout: float = 3.0) -> None:
+def eventually(check: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
         if time.monotonic() > deadline:

@@ -88,7 +88,7 @@ async def test_online_scorers_score_live_runs(bus: Bus, fake: FakeProvider, eval
         runs = [await record_run(bus, agent, f"where is parcel {n}?") for n in range(2)]
         failed = await record_run(bus, agent, "fail here")
         await record_run(bus, unique("other-bot"), "not this agent's run")
-        with anyio.fail_after(20):
+        with anyio.fail_after(60):
             while len(await evals.scores(f"online:{name}")) < 9:  # noqa: ASYNC110 - the scores are in the log
                 await asyncio.sleep(0.05)
     scores = await evals.scores(f"online:{name}")

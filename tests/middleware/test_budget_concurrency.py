@@ -194,7 +194,7 @@ async def test_a_cancelled_inline_call_gives_its_reservation_back(bus: Bus, fake
     fake.set_latency("5s")
     async with InlineCalls(bus, policies=budget(1.5), providers=providers(fake)) as inline:
         task = asyncio.create_task(inline.llm("fake", MODEL, body(1), agentid=agent))
-        with anyio.fail_after(5):
+        with anyio.fail_after(20):
             while not fake.log:  # noqa: ASYNC110 (the fake provider runs in a thread of its own)
                 await asyncio.sleep(0.01)
         task.cancel()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 
@@ -160,11 +161,12 @@ async def test_malformed_work_goes_to_the_dlq_and_the_worker_carries_on(env: Env
     run = f"r-{uuid7()}"
     result = await env.calls.llm("fake", "gpt-4o-mini", CHAT, runid=run)
     assert result.response
-    for _ in range(50):
-        letters = await deadletter.list_dead_letters(env.bus, {"reason": "malformed"})
-        if len([d for d in letters if d.call_id in ("x1",) or d.call_id.startswith("malformed-")]) >= 2:
-            break
-        await asyncio.sleep(0.1)
+    with anyio.fail_after(30):
+        while True:
+            letters = await deadletter.list_dead_letters(env.bus, {"reason": "malformed"})
+            if len([d for d in letters if d.call_id in ("x1",) or d.call_id.startswith("malformed-")]) >= 2:
+                break
+            await asyncio.sleep(0.1)
     reasons = {d.call_id: d.error_message for d in letters}
     assert "x1" in reasons and "kind" in reasons["x1"]
     assert any(k.startswith("malformed-") for k in reasons)

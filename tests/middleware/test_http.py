@@ -99,7 +99,7 @@ async def test_a_hang_past_the_timeout_is_a_timeout(fp: FakeProvider, http: Prov
     started = time.monotonic()
     failure = await failure_of(http.post(chat_url(fp), body=CHAT, headers={}, timeout_s=0.3))
     assert failure.kind == "timeout" and failure.error_type == "APITimeoutError"
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert 0.3 <= time.monotonic() - started < 5.0  # the 0.3 s timeout, not the hang
     assert fp.outcomes == {"hang": 1}
 
 

@@ -558,12 +558,12 @@ async def test_follow_sends_when_woken_and_stops(views: Views, tmp_path: Path) -
     reports: asyncio.Queue[ExportReport] = asyncio.Queue()
     with exporter(views, sink, Clock(at(7)), tmp_path) as ex:
         task = asyncio.create_task(ex.follow(stop, interval=60, wake=wake, on_report=reports.put_nowait))
-        assert (await asyncio.wait_for(reports.get(), 5)).sent == 4
+        assert (await asyncio.wait_for(reports.get(), 30)).sent == 4
         views.add(events[4:])
         wake.set()  # as a notification from the projector would
-        assert (await asyncio.wait_for(reports.get(), 5)).sent == 4
+        assert (await asyncio.wait_for(reports.get(), 30)).sent == 4
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 30)
     assert len(sink.spans) == 8
 
 

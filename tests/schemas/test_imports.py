@@ -29,3 +29,14 @@ def test_tether_still_offers_connect_and_bus_on_first_use() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_the_long_running_commands_do_not_import_the_mcp_sdk() -> None:
+    """The MCP SDK was about 40% of the start-up imports of `tether up`, `worker` and `gateway`, none
+    of which serves MCP: a child process of the tests took over 40 s to start on a loaded machine.
+    It is imported when `tether mcp` builds its server (tests/adapters/test_gateway_mcp.py)."""
+    check = ("import sys, tether._config, tether.cli._up, tether.cli._reliability, tether.cli._gateway, "
+             "tether.adapters.gateway; print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types'}))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

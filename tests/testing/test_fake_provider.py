@@ -525,7 +525,7 @@ async def test_hang_outlasts_the_client_timeout(fp: FakeProvider) -> None:
     async with httpx.AsyncClient(base_url=fp.url, timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post("/chat/completions", json=CHAT)
-    assert 0.3 <= time.monotonic() - started < 1.0
+    assert 0.3 <= time.monotonic() - started < 5.0  # the client's 0.3 s timeout (bounds wide for a loaded machine)
     assert fp.outcomes == {"hang": 1}
 
 
@@ -556,8 +556,8 @@ async def test_slow_first_byte_and_latency_delay_the_answer(fp: FakeProvider) ->
         started = time.monotonic()
         await http.post("/chat/completions", json=CHAT)
         latency_took = time.monotonic() - started
-    assert slow.status_code == 200 and 0.2 <= slow_took < 0.6
-    assert 0.1 <= latency_took < 0.5
+    assert slow.status_code == 200 and 0.2 <= slow_took < 3.0  # upper bounds wide for a loaded machine
+    assert 0.1 <= latency_took < 3.0
     assert fp.log[0].fault == "slow_first_byte" and fp.log[0].outcome == "200"
 
 
@@ -633,12 +633,12 @@ async def test_async_lifecycle_is_quick_and_stops_a_hang_in_flight() -> None:
     started = time.monotonic()
     fp = FakeProvider(faults="hang")
     async with fp, httpx.AsyncClient(base_url=fp.url) as http:
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 5.0  # quick: wide for a loaded machine
         pending = asyncio.create_task(http.post("/chat/completions", json=CHAT, timeout=30))
         await asyncio.sleep(0.05)
         stopping = time.monotonic()
         await fp.aclose()
-        assert time.monotonic() - stopping < 0.5
+        assert time.monotonic() - stopping < 5.0  # not the request's 30 s
         with pytest.raises(httpx.TransportError):
             await pending
     assert asyncio.all_tasks() == tasks_before
@@ -678,7 +678,7 @@ def test_cli_main_serves_until_sigterm() -> None:
             assert http.post("/chat/completions", json={**CHAT, "model": "nope"}).status_code == 404
             assert http.get(url.removesuffix("/v1") + "/_fake/log").json()["total"] == 3
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=10)
+        out, err = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()

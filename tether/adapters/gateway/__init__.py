@@ -13,14 +13,20 @@ the agent gets the provider's own error format with a ``Retry-After``. ``POST /v
 takes CloudEvents (structured, binary, batch). See docs/gateway.md.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ._app import KEY_SHAPE, Gateway
 from ._config import DEFAULT_PORT, TRUSTED, GatewayConfig, GatewaySection, digest, load_gateway_config
 from ._identity import AGENT_HEADER, RUN_HEADER, run_for_trace
 from ._ingest import BATCH, STRUCTURED
-from ._mcp import mcp_server
 from ._routing import ModelRoute, parse_route, resolve_model
 from ._server import GatewayServer
 from ._upstream import CallUpstream, Upstreams
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
 
 __all__ = [
     "AGENT_HEADER",
@@ -44,3 +50,11 @@ __all__ = [
     "resolve_model",
     "run_for_trace",
 ]
+
+
+def mcp_server(gateway_url: str, key: str | None = None) -> MCPServer:
+    """``tether mcp``'s server (see ``_mcp``). The MCP SDK is imported on this first use only: it is
+    about 40% of the imports of every ``tether`` process that never serves MCP (worker, up, gateway)."""
+    from ._mcp import mcp_server as build
+
+    return build(gateway_url, key)
