@@ -193,3 +193,18 @@ async def test_a_resumed_run_replays_its_gemini_call(fake: FakeProvider, bus: Bu
     events = await until(bus, "gemini-resumed", lambda ev: bool(of(ev, "call.replayed")))
     [replayed] = of(events, "call.replayed")
     assert replayed.data.original_call_id == data(events, "llm.call.completed")[0].call_id
+
+
+async def test_a_stream_broken_after_its_first_byte_ends_with_a_google_error_chunk(
+        fake: FakeProvider, bus: Bus, gateway: GatewayServer) -> None:
+    fake.set_faults("reset_mid_stream(2)/gemini")
+    async with client(gateway, **{"x-tether-run-id": "gemini-broken"}) as http:
+        answer = await http.post(STREAM, json={"contents": [ASK]})
+    chunks = sse(answer.text)
+    assert answer.status_code == 200 and "candidates" in chunks[0], "the stream had begun"
+    last = answer.text.strip().splitlines()[-1]
+    assert last.startswith('data: {"error":'), "what google-genai raises its APIError on"
+    assert chunks[-1]["error"]["status"] == "INTERNAL" and "stream broke" in chunks[-1]["error"]["message"]
+    assert len(fake.log) == 1, "after the first byte nothing is retried"
+    events = await until(bus, "gemini-broken", lambda ev: bool(of(ev, "llm.call.failed")))
+    assert of(events, "llm.call.failed")[0].data.error is not None
