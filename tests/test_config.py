@@ -80,7 +80,7 @@ def test_an_unknown_key_at_any_level_is_refused_with_its_path_and_what_is_allowe
     ('[routes."*".retry]\nmax_attempts = 2.5\n', 'routes."*".retry.max_attempts', "expected an integer, got a number"),
     ('[routes."*".fallback]\ntargets = "openai:x"\n', 'routes."*".fallback.targets', "expected an array"),
     ('[providers.openai]\nkind = "mistral"\n', "providers.openai.kind",
-     "must be one of 'openai' or 'anthropic', got 'mistral'"),
+     "must be one of 'openai', 'anthropic' or 'gemini', got 'mistral'"),
     ('[providers.openai]\nheaders = { x = 1 }\n', "providers.openai.headers.x", "expected a string, got an integer"),
     ('[worker]\nconcurrency = "64"\n', "worker.concurrency", "expected an integer, got a string"),
     ('[worker]\ntools = "myapp.tools"\n', "worker.tools", "expected an array, got a string"),

@@ -12,7 +12,7 @@ import pytest
 import tether.adapters.gateway as gateway_api
 from tether.adapters.gateway import GatewayConfig, ModelRoute, digest, load_gateway_config, resolve_model
 from tether.adapters.gateway._errors import problem, with_retry_after
-from tether.adapters.gateway._identity import Caller, Refused, identify, run_for_trace, trace_for_run
+from tether.adapters.gateway._identity import STRIPPED, Caller, Refused, identify, run_for_trace, trace_for_run
 from tether.adapters.gateway._routing import parse_route
 from tether.middleware import PolicyConfigError, ProviderConfig, Target, load_worker_config
 
@@ -358,3 +358,81 @@ def test_a_tool_call_openclaw_reports_with_its_responses_item_id_is_not_inferred
     assert book.observed(Event.of(LlmCallRequested(call_id="c2", provider="openai", model="m", operation="responses",
                                                    request=request), runid="r")) == [], "reported: not inferred"
     assert not book.runs["r"].pending
+
+
+def test_gemini_calls_pair_by_id_else_by_function_and_place() -> None:
+    """Gemini's calls often carry no id: a result without one answers the next unanswered call of
+    its function in the model turn before it (parallel calls of one function in order; a call whose
+    result never came does not shift the later ones); a result with an id answers that id."""
+    from tether.adapters.gateway._runbook import RunBook
+    from tether.schemas import Event, LlmCallCompleted, LlmCallRequested, ToolCallCompleted, ToolCallFailed
+
+    def call(name: str, city: str, call_id: str | None = None) -> dict[str, object]:
+        return {"functionCall": {"name": name, "args": {"city": city}, **({"id": call_id} if call_id else {})}}
+
+    def answer(name: str, result: object, call_id: str | None = None) -> dict[str, object]:
+        return {"functionResponse": {"name": name, "response": result, **({"id": call_id} if call_id else {})}}
+
+    book = RunBook(idle_s=10)
+    book.call_started("r", "bot", "t" * 32, None, 100.0)
+    user = {"role": "user", "parts": [{"text": "weather?"}]}
+    forgotten = {"role": "model", "parts": [call("get_weather", "Oslo")]}  # its result never came
+    turn = {"role": "model", "parts": [call("get_weather", "Paris"), call("get_time", "Paris"),
+                                       call("get_weather", "Rome"), call("lookup", "Nice", "fc-7")]}
+    history = [user, forgotten, user]
+
+    def exchange(n: int, contents: list[object], response: dict[str, object]) -> list[object]:
+        ask = LlmCallRequested(call_id=f"c{n}", provider="google", model="g", operation="generate_content",
+                               request={"contents": contents})
+        outs = book.observed(Event.of(ask, runid="r"))
+        book.observed(Event.of(LlmCallCompleted(call_id=f"c{n}", provider="google", model="g", response=response),
+                               runid="r"))
+        return [o.payload for o in outs]
+
+    assert exchange(1, history, {"candidates": [{"content": turn, "index": 0}]}) == []
+    pending = book.runs["r"].pending
+    assert sorted(pending) == ["#1:get_time", "#2:get_weather", "#3:get_weather", "fc7"], "after the forgotten call"
+    results = {"role": "user", "parts": [answer("get_weather", {"result": "18 C"}), answer("lookup", "ok", "fc-7"),
+                                         answer("get_weather", {"error": "no such city"}),
+                                         answer("get_time", {"result": "noon"})]}
+    outs = exchange(2, [*history, turn, results], {"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "done"}]}}]})
+    spans = {(p.tool, p.arguments["city"], p.tool_call_id) for p in outs if type(p).__name__ == "ToolCallRequested"}
+    assert spans == {("get_weather", "Paris", None), ("get_weather", "Rome", None), ("get_time", "Paris", None),
+                     ("lookup", "Nice", "fc-7")}
+    ended = {p.call_id: p for p in outs if isinstance(p, ToolCallCompleted | ToolCallFailed)}
+    result = {(p.tool, p.arguments["city"]): ended[p.call_id] for p in outs if type(p).__name__ == "ToolCallRequested"}
+    failed = result.pop(("get_weather", "Rome"))
+    assert isinstance(failed, ToolCallFailed) and failed.error.type == "ToolError"
+    assert {k: getattr(v, "result", None) for k, v in result.items()} == {
+        ("get_weather", "Paris"): {"result": "18 C"}, ("get_time", "Paris"): {"result": "noon"},
+        ("lookup", "Nice"): "ok"}
+    assert not book.runs["r"].pending
+    assert exchange(3, [*history, turn, results], {"candidates": []}) == [], "a resent history makes no span again"
+
+
+def test_gemini_providers_keys_and_errors() -> None:
+    from tether.adapters.gateway._requests import Routed, route_request
+    from tether.adapters.gateway._upstream import Upstreams
+
+    google = ProviderConfig.from_mapping("google", {"kind": "gemini", "api_key_env": "NO_SUCH_VAR_FOR_TESTS"})
+    assert (google.kind, google.base_url) == ("gemini", "https://generativelanguage.googleapis.com/v1beta")
+    keyed = ProviderConfig("google", "gemini", google.base_url, api_key="AIza-upstream")
+    assert Upstreams({"google": keyed})._auth["google"] == [("x-goog-api-key", "AIza-upstream")]
+    assert keyed.auth_headers() == {"x-goog-api-key": "AIza-upstream"}
+    caller = identify({"x-goog-api-key": "tg-key-bot"}, KEYS)
+    assert isinstance(caller, Caller) and caller.agent == "bot"
+    assert "x-goog-api-key" in STRIPPED, "the agent's key never goes upstream"
+    status, headers, body = problem("gemini", 401, "who?", code="invalid_api_key")
+    assert status == 401 and ("x-should-retry", "false") in headers
+    assert json.loads(body)["error"] == {"code": 401, "message": "who?", "status": "UNAUTHENTICATED", "details": [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "invalid_api_key", "domain": "tether"}]}
+    config = GatewayConfig.from_mapping({"models": {"flash": "google:gemini-2.5-flash", "gpt-*": "openai"}},
+                                        providers={**PROVIDERS, "google": keyed}, environ={})
+    assert route_request("gemini", b'{"contents": []}', config, model="flash") == Routed(
+        Target("google", "gemini-2.5-flash"), b'{"contents": []}'), "the alias's model goes in the path, not the body"
+    assert route_request("gemini", b'{"contents": []}', config, model="google/gemini-2.5-pro") == Routed(
+        Target("google", "gemini-2.5-pro"), b'{"contents": []}')
+    other = route_request("gemini", b"{}", config, model="gpt-4o")
+    assert isinstance(other, tuple) and other[0] == 404 and b"OpenAI format" in other[2]
+    assert route_request("openai", b'{"model": "flash"}', config)[0] == 404  # type: ignore[index]

@@ -66,7 +66,7 @@ from ._relay import (
     send_sync,
 )
 from ._runs import current_run, new_traceparent, trace_of
-from ._wire import Kind, Operation, StreamAccumulator, error_body, operation_of, parse_request
+from ._wire import Kind, LlmRequest, Operation, StreamAccumulator, error_body, operation_of, parse_request
 
 __all__ = [
     "AsyncUpstream",
@@ -77,6 +77,7 @@ __all__ = [
     "SyncProxyResponse",
     "SyncUpstream",
     "SyncUpstreamResponse",
+    "call_digest",
 ]
 
 log = logging.getLogger("tether.adapters")
@@ -243,10 +244,7 @@ class Interceptor:
                 raw: bytes, path: str | None = None) -> LlmCall:
         """The state of one call: ids, run and trace context, redacted record, policy."""
         request = parse_request(kind, operation, raw, path)
-        hashed: Any = request.body if request.body is not None else raw
-        if kind == "gemini" and request.body is not None:
-            hashed = {**request.body, "model": request.model}  # Gemini's model is in the path
-        digest = request_hash(hashed, operation=operation)
+        digest = call_digest(request, raw)
         ctx = current_run()
         incoming = next((v for k, v in headers if k.lower() == "traceparent"), None)
         trace_id = trace_of(incoming) or (ctx.trace_id if ctx is not None else None)
@@ -431,6 +429,14 @@ class AsyncRecorded:
 
     async def aclose(self) -> None:
         self._chunks = iter(())
+
+
+def call_digest(request: LlmRequest, raw: bytes) -> str:
+    """The request hash a call is recorded (and replayed) by."""
+    hashed: Any = request.body if request.body is not None else raw
+    if request.kind == "gemini" and request.body is not None:
+        hashed = {**request.body, "model": request.model}  # Gemini's model is in the path
+    return request_hash(hashed, operation=request.operation)
 
 
 def _durable_gemini() -> tuple[int, Headers, bytes]:

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fix stream config drift in place where NATS allows it")
     up.add_argument("--replicas", type=int, help="stream replicas (1 locally, 3 on a cluster)")
     up.add_argument("--gateway-port", type=int, metavar="PORT",
-                    help="also serve the OpenAI/Anthropic-compatible gateway on this port ([gateway] in tether.toml)")
+                    help="also serve the OpenAI/Anthropic/Gemini-compatible gateway on this port "
+                         "([gateway] in tether.toml)")
     up.add_argument("--gateway-host", metavar="HOST", help="the gateway's address (default 127.0.0.1)")
     up.add_argument("--otel-endpoint", metavar="URL",
                     help="also send finished traces to this OpenTelemetry receiver (OTLP/HTTP), "

@@ -1,4 +1,4 @@
-"""``tether gateway``: the OpenAI/Anthropic-compatible gateway, and its part in ``tether up``.
+"""``tether gateway``: the OpenAI/Anthropic/Gemini-compatible gateway, and its part in ``tether up``.
 
 ``add_commands`` adds the subcommand; ``run`` serves until SIGINT/SIGTERM; ``start_in_up``
 starts it inside ``tether up`` (which owns the bus and the signals); ``main`` runs it on its
@@ -24,9 +24,10 @@ __all__ = ["add_commands", "describe", "main", "new_key", "run", "start_in_up"]
 
 def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
-        "gateway", help="an OpenAI/Anthropic-compatible gateway any agent can point its base URL at",
+        "gateway", help="an OpenAI/Anthropic/Gemini-compatible gateway any agent can point its base URL at",
         description="Serve POST /v1/chat/completions, /v1/responses, /v1/embeddings (OpenAI), /v1/messages "
-        "(Anthropic), GET /v1/models and POST /v1/events (CloudEvents) on HOST:PORT. Agents authenticate "
+        "(Anthropic), /v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini), GET /v1/models "
+        "and POST /v1/events (CloudEvents) on HOST:PORT. Agents authenticate "
         "with gateway keys ([gateway.keys] in tether.toml, each mapped to an agent id); calls go to the "
         "[providers.*] upstreams under the reliability policy, with every step recorded. Needs a running "
         "tether (`tether up`) or --url. Docs: docs/gateway.md.")
@@ -56,7 +57,8 @@ def describe(server: Any) -> list[str]:
         or "none: add [providers.*] to tether.toml"
     models = ", ".join(f"{r.pattern}->{r.provider}{':' + r.model if r.model else ''}" for r in config.models)
     return [
-        f"gateway listening on {server.url}: OpenAI base URL {server.url}/v1, Anthropic base URL {server.url}",
+        f"gateway listening on {server.url}: OpenAI base URL {server.url}/v1, Anthropic and Gemini base URL "
+        f"{server.url}",
         f"  providers: {providers}",
         f"  models: {models or 'none named'}; default provider: {config.default_provider or 'none (others: 404)'}",
         f"  {len(config.keys)} gateway key(s); body limit {config.max_body_bytes // (1024 * 1024)} MB; "

@@ -5,7 +5,7 @@ else defaults (an explicit path wins). :class:`WorkerFile` is the worker's part 
 file: the policies (``_policy.py``) and::
 
     [providers.openai]            # one table per upstream
-    kind = "openai"               # or "anthropic"
+    kind = "openai"               # or "anthropic", or "gemini" (the gateway only)
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"  # the key itself never goes in the file
 

@@ -25,7 +25,7 @@ from ._http import ProviderHttp
 
 __all__ = ["LlmOutcome", "ProviderConfig", "ProviderConfigError", "ProviderTable", "run_llm_attempt", "usage_of"]
 
-Kind = Literal["openai", "anthropic"]
+Kind = Literal["openai", "anthropic", "gemini"]
 _PATHS: dict[tuple[str, str], str] = {
     ("openai", "chat"): "/chat/completions",
     ("openai", "responses"): "/responses",
@@ -38,7 +38,8 @@ class ProviderConfigError(ValueError):
     """A provider section in the configuration is wrong; the message names it."""
 
 
-_BASE_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1"}
+_BASE_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1",
+                               "gemini": "https://generativelanguage.googleapis.com/v1beta"}
 
 
 class ProviderTable(BaseModel):
@@ -47,9 +48,10 @@ class ProviderTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     kind: Kind = "openai"
-    """The wire format: 'openai' or 'anthropic'."""
+    """The wire format: 'openai', 'anthropic' or 'gemini' (Gemini: the gateway's endpoints and inline adapters only;
+    workers send no Gemini calls)."""
     base_url: Annotated[StrictStr, Field(min_length=1)] | None = None
-    """Ending in /v1; default: the kind's public API."""
+    """Ending in /v1 (Gemini: /v1beta); default: the kind's public API."""
     api_key_env: Annotated[StrictStr, Field(min_length=1)] | None = None
     """The environment variable that holds the key (the key itself never goes in the file)."""
     headers: dict[str, StrictStr] = {}
@@ -105,6 +107,9 @@ class ProviderConfig:
             out.setdefault("anthropic-version", "2023-06-01")
             if self.api_key:
                 out["x-api-key"] = self.api_key
+        elif self.kind == "gemini":
+            if self.api_key:
+                out["x-goog-api-key"] = self.api_key
         elif self.api_key:
             out["Authorization"] = f"Bearer {self.api_key}"
         return out

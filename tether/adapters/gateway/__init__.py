@@ -1,4 +1,4 @@
-"""The gateway: an OpenAI- and Anthropic-compatible HTTP server any agent points its base URL at.
+"""The gateway: an OpenAI-, Anthropic- and Gemini-compatible HTTP server any agent points its base URL at.
 
 ``tether gateway`` (and ``tether up --gateway-port``) serve it; in code::
 

@@ -1,4 +1,4 @@
-"""The gateway's HTTP application: OpenAI- and Anthropic-compatible endpoints over the interceptor.
+"""The gateway's HTTP application: OpenAI-, Anthropic- and Gemini-compatible endpoints over the interceptor.
 
 Every LLM request goes the same way: authenticate the gateway key (the agent), read the body
 (with a size limit), check it is JSON with a model, resolve the model to an upstream, then
@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from tether.bus import Bus, event_filter, read_subject
 from tether.memory import MemorySettings
-from tether.middleware import Cursor, breaker_retry_in, request_hash
+from tether.middleware import Cursor, breaker_retry_in
 from tether.schemas import (
     Event,
     LlmCallCompleted,
@@ -47,11 +48,11 @@ from tether.schemas import (
     UsageReported,
 )
 
-from .._core import Interceptor, ProxyResponse
+from .._core import Interceptor, ProxyResponse, call_digest
 from .._hub import Hub
 from .._redact import DEFAULT_PATTERNS, Redactor
 from .._runs import RunContext, bound, new_traceparent
-from .._wire import Kind, Operation, parse_request
+from .._wire import Kind, Operation, parse_request, stream_error_event
 from ._attempts import Attempts
 from ._config import GatewayConfig
 from ._errors import Headers, problem, with_retry_after
@@ -62,7 +63,7 @@ from ._requests import Routed, route_request
 from ._routing import resolve_model
 from ._runbook import Followed, Out, answered, asked, begin, call_ended, failed, operation_kind, reported, run_summary
 from ._runstore import RunStore
-from ._toolcalls import tool_results
+from ._toolcalls import calls_before, tool_results
 from ._upstream import Upstreams
 from ._usagecheck import mismatch, recorded_usage
 
@@ -106,8 +107,9 @@ class Gateway:
         self.store = RunStore(bus, idle_s=config.run_idle_s)
         self.infer_tools = config.infer_tools and config.capture
         self.attempts: Attempts | None = None
-        self._calls: OrderedDict[str, str] = OrderedDict()
-        """This gateway's LLM calls in flight: call id -> operation."""
+        self._calls: OrderedDict[str, tuple[str, dict[str, int]]] = OrderedDict()
+        """This gateway's LLM calls in flight: call id -> operation, and the calls of each function their
+        conversation held (Gemini's calls without ids are named by their place: ``_toolcalls``)."""
         self._inbox: deque[Event | _Ended | _Reported] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,6 +121,7 @@ class Gateway:
                 Route("/v1/messages", _Llm(self, "anthropic", "messages", "/messages"), methods=["POST"]),
                 Route("/v1/messages/count_tokens", _Llm(self, "anthropic", None, "/messages/count_tokens"),
                       methods=["POST"]),
+                Route("/v1beta/models/{rest:path}", _Gemini(self), methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                 Route("/v1/events", self.events, methods=["POST"]),
@@ -212,10 +215,10 @@ class Gateway:
         event, data = item, item.data
         assert event.runid is not None
         if isinstance(data, LlmCallRequested):
-            self._calls[data.call_id] = data.operation
+            kind = operation_kind(data.operation)
+            self._calls[data.call_id] = (data.operation, calls_before(kind, data.request) if self.infer_tools else {})
             if len(self._calls) > _INTERCEPTORS:
                 self._calls.popitem(last=False)
-            kind = operation_kind(data.operation)
             if not self.infer_tools or not tool_results(kind, data.operation, data.request):
                 return None
             return event.runid, partial(asked, event=event, kind=kind)
@@ -223,12 +226,14 @@ class Gateway:
             self._calls.pop(data.call_id, None)
             return event.runid, _failed
         if isinstance(data, LlmCallCompleted):
-            operation = self._calls.pop(data.call_id, None)
-            if operation is None:
+            found = self._calls.pop(data.call_id, None)
+            if found is None:
                 return None
             if not self.infer_tools:
                 return event.runid, _succeeded
-            return event.runid, partial(answered, event=event, kind=operation_kind(operation), operation=operation)
+            operation, before = found
+            return event.runid, partial(answered, event=event, kind=operation_kind(operation), operation=operation,
+                                        before=before)
         return None
 
     async def _sweeping(self) -> None:
@@ -258,7 +263,9 @@ class Gateway:
     # -- the LLM endpoints ---------------------------------------------------------------------
 
     async def llm(self, scope: Scope, receive: Receive, send: Send, kind: Kind, operation: Operation | None,
-                  suffix: str) -> None:
+                  suffix: str, model: str | None = None) -> None:
+        """One LLM request (``operation`` None: passed through); ``suffix``: the path after ``/v1``, or
+        after Gemini's ``/v1beta/models/{model}`` (its ``:method``), the model then given as ``model``."""
         named: dict[str, str] = {}
         forward: Headers = []
         for raw_name, raw_value in scope["headers"]:
@@ -277,10 +284,16 @@ class Gateway:
             limit = self.config.max_body_bytes
             return await _reply(send, *problem(kind, 413, f"Request too large: the body is over {limit} bytes, "
                                                "this gateway's limit", code="request_too_large"))
-        routed = route_request(kind, body, self.config)
+        routed = route_request(kind, body, self.config, model=model)
         if not isinstance(routed, Routed):
             return await _reply(send, *routed)
         target = routed.target
+        version = "/v1"
+        if kind == "gemini":  # the model is in the path: the provider's name for it goes there
+            if "/" in target.model:
+                return await _reply(send, *problem(kind, 404, f"models/{target.model} is not a Gemini model name "
+                                                   "this gateway can send (it has a '/')", code="model_not_found"))
+            version, suffix = "/v1beta", f"/models/{target.model}{suffix}"
         ctx = None
         run_id = caller.run_id
         followed = run_id is not None and operation is not None
@@ -290,7 +303,7 @@ class Gateway:
             journal = None
             if caller.resume is not None and operation is not None:
                 try:
-                    journal = await self._journal(caller, kind, operation, routed.body)
+                    journal = await self._journal(caller, kind, operation, routed.body, version + suffix)
                 except Exception as exc:
                     log.warning("could not read the journal of run %s (%s): its calls run live", run_id, exc)
             ctx = RunContext(run_id, caller.agent, caller.trace_id,
@@ -299,9 +312,9 @@ class Gateway:
                 for out in await self.store.call_started(run_id, caller.agent, caller.trace_id, caller.traceparent,
                                                          started, derived=caller.derived_run):
                     await self.hub.aemit(out.event(SOURCE))
-        query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true
+        query = scope.get("query_string") or b""  # Anthropic's beta client sends ?beta=true, Gemini's ?alt=sse
         upstream = self.upstreams.call(target.provider, suffix + ("?" + query.decode("latin-1") if query else ""))
-        path = "/v1" + suffix  # count_tokens is no LLM call: the interceptor passes it through
+        path = version + suffix  # count_tokens is no LLM call: the interceptor passes it through
         try:
             await self._proxy(receive, send, kind, operation, self.interceptor(target.provider, caller.agent), path,
                               forward, routed.body, upstream, ctx, target.route)
@@ -360,13 +373,12 @@ class Gateway:
             return None
         return breaker_retry_in(self.config.policies.policy_for(route).breaker, state, now=time.time())
 
-    async def _journal(self, caller: Caller, kind: Kind, operation: Operation, body: bytes) -> Cursor:
+    async def _journal(self, caller: Caller, kind: Kind, operation: Operation, body: bytes, path: str) -> Cursor:
         """The journal of a resumed run's attempt, placed for this call: after the calls of the
         attempt that came before it, through any gateway (``_attempts``)."""
         run_id, attempt = caller.run_id, caller.resume
         assert run_id is not None and attempt is not None and self.attempts is not None
-        request = parse_request(kind, operation, body)
-        digest = request_hash(request.body if request.body is not None else body, operation=operation)
+        digest = call_digest(parse_request(kind, operation, body, path), body)
         return await self.attempts.cursor(run_id, attempt, caller.agent, caller.traceparent, digest)
 
     # -- models, events, health -----------------------------------------------------------------
@@ -549,7 +561,9 @@ class Gateway:
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        kind: Kind = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+        path = request.url.path
+        kind: Kind = "anthropic" if path.startswith("/v1/messages") else "gemini" if path.startswith("/v1beta/") \
+            else "openai"
         if exc.status_code == 404:
             message = f"Invalid URL ({request.method} {request.url.path})"
         elif exc.status_code == 405:
@@ -615,6 +629,44 @@ class _Llm:
         await self.gateway.llm(scope, receive, send, self.kind, self.operation, self.suffix)
 
 
+class _Gemini:
+    """The ASGI endpoint of Gemini's ``/v1beta/models/{model}:<method>``: ``generateContent`` and
+    ``streamGenerateContent`` are LLM calls, ``countTokens`` is passed through. A key sent as
+    ``?key=`` (Google's other way) is taken as the gateway key when no header brings one, and never
+    sent upstream."""
+
+    METHODS: dict[str, Operation | None] = {"generateContent": "generate_content",
+                                            "streamGenerateContent": "generate_content", "countTokens": None}
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model, _, method = str(scope["path_params"]["rest"]).rpartition(":")
+        if not model or method not in self.METHODS:
+            served = ", ".join(f":{m}" for m in self.METHODS)
+            return await _reply(send, *problem("gemini", 404, f"Invalid URL (POST {scope['path']}): this gateway "
+                                               f"serves /v1beta/models/{{model}} with {served}", code="not_found"))
+        await self.gateway.llm(_without_query_key(scope), receive, send, "gemini", self.METHODS[method],
+                               ":" + method, model=model)
+
+
+def _without_query_key(scope: Scope) -> Scope:
+    """The request without ``key=`` in its query; the key as ``x-goog-api-key`` if no header has one."""
+    query: bytes = scope.get("query_string") or b""
+    parts = [p for p in query.split(b"&") if p]
+    keys = [p.partition(b"=")[2] for p in parts if p.partition(b"=")[0] == b"key"]
+    if not keys:
+        return scope
+    headers = list(scope["headers"])
+    if not any(name.lower() in _KEY_HEADERS for name, _ in headers):
+        headers.append((b"x-goog-api-key", unquote_to_bytes(keys[0])))
+    return {**scope, "headers": headers, "query_string": b"&".join(p for p in parts if p.partition(b"=")[0] != b"key")}
+
+
+_KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
+
+
 class _Watch:
     __slots__ = ("complete", "disconnected")
 
@@ -677,6 +729,8 @@ def _response(status: int, headers: Headers, body: bytes) -> Response:
 
 def _stream_error(kind: Kind, operation: Operation | None, message: str) -> bytes:
     """An error event in the stream's own format, after a stream broke past its first byte."""
+    if kind == "gemini":
+        return b"\n\n" + stream_error_event("gemini", message, code="upstream_stream_broke")
     if kind == "anthropic":
         doc: dict[str, Any] = {"type": "error", "error": {"type": "api_error", "message": message}}
         return b"\n\nevent: error\ndata: " + json.dumps(doc).encode() + b"\n\n"

@@ -2,7 +2,7 @@
 
 An agent's SDK turns the gateway's answers into its usual exceptions only if they look like
 the provider's: OpenAI ``{"error": {"message", "type", "param", "code"}}``, Anthropic
-``{"type": "error", "error": {"type", "message"}}``.
+``{"type": "error", "error": {"type", "message"}}``, Google's ``{"error": {"code", "message", "status"}}``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .._wire import Kind
+from .._wire import Kind, gemini_error
 
 __all__ = ["Headers", "problem", "with_retry_after"]
 
@@ -27,9 +27,13 @@ def problem(kind: Kind, status: int, message: str, *, code: str | None = None, p
             extra: dict[str, Any] | None = None) -> tuple[int, Headers, bytes]:
     """A complete error answer: status, headers (``x-should-retry: false``: the gateway's own
     refusals are final) and body."""
-    if kind == "anthropic":
+    if kind == "gemini":  # google-genai raises its ClientError / ServerError on it
+        doc: dict[str, Any] = gemini_error(status, message, reason=code)
+        if extra:
+            doc["error"].update(extra)
+    elif kind == "anthropic":
         etype = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        doc: dict[str, Any] = {"type": "error", "error": {"type": etype, "message": message, **(extra or {})}}
+        doc = {"type": "error", "error": {"type": etype, "message": message, **(extra or {})}}
     else:
         etype = ("requests" if status == 429 else "server_error" if status >= 500
                  else "invalid_request_error")

@@ -1,7 +1,8 @@
 """Who is calling, and in which run: pure functions of a request's headers.
 
 * The **gateway key** comes as ``Authorization: Bearer <key>`` (OpenAI clients),
-  ``x-api-key: <key>`` (Anthropic clients) or ``api-key: <key>`` (Azure-style clients), and
+  ``x-api-key: <key>`` (Anthropic clients), ``x-goog-api-key: <key>`` (Google's) or ``api-key: <key>``
+  (Azure-style clients), and
   maps to an agent id. Keys are looked up by their SHA-256, so the configuration may hold
   hashes only. A trusted key (agent ``"*"``) takes the agent from ``x-tether-agent``.
 * ``x-tether-agent`` may otherwise only name the key's agent or one of its sub-agents
@@ -45,7 +46,7 @@ RUN_END_HEADER = "x-tether-run-end"
 RUN_ENDS = ("ok", "error", "cancelled")
 RESUME_HEADER = "x-tether-resume"
 STRIPPED = frozenset({
-    "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "openai-organization",
+    "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "openai-organization",
     "openai-project", "host", "expect", "te", "upgrade", "keep-alive", "proxy-connection", RUN_HEADER,
     AGENT_HEADER, RUN_END_HEADER, RESUME_HEADER,
 })
@@ -86,7 +87,7 @@ def credential(headers: Mapping[str, str]) -> str | None:
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return headers.get("x-api-key") or headers.get("api-key") or None
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or headers.get("api-key") or None
 
 
 def lookup(keys: Mapping[str, str], key: str | None) -> str | None:
@@ -121,7 +122,7 @@ def identify(headers: Mapping[str, str], keys: Mapping[str, str]) -> Caller | Re
     key_agent = lookup(keys, credential(headers))
     if key_agent is None:
         missing = credential(headers) is None
-        return Refused(401, "No API key provided: use Authorization: Bearer <gateway key> or x-api-key"
+        return Refused(401, "No API key provided: use Authorization: Bearer <gateway key>, x-api-key or x-goog-api-key"
                        if missing else "Incorrect API key provided (not a key of this tether gateway)",
                        "missing_api_key" if missing else "invalid_api_key")
     asked = headers.get(AGENT_HEADER)

@@ -43,7 +43,7 @@ from tether.schemas import (
 
 from .._wire import Kind
 from ._identity import started_id
-from ._toolcalls import ToolUse, tool_results, tool_uses
+from ._toolcalls import ToolUse, calls_before, positional, tool_results, tool_uses
 
 __all__ = ["EARLY_S", "MISSING", "Followed", "Out", "RunBook", "answered", "asked", "begin", "call_ended", "failed",
            "forget_early", "idle", "operation_kind", "reported", "run_summary", "touch"]
@@ -95,7 +95,8 @@ class _Early:
 @dataclass(slots=True)
 class Followed:
     """One run as the gateways see it. Tool call ids are kept with only their letters and
-    digits (OpenClaw resends ``call_abc`` as ``callabc``)."""
+    digits (OpenClaw resends ``call_abc`` as ``callabc``), but for the ones the gateway made
+    for Gemini's calls without an id (``#2:get_weather``), kept whole."""
 
     run_id: str
     agent: str | None
@@ -186,7 +187,7 @@ def asked(run: Followed, event: Event, kind: Kind) -> list[Out]:
         return []
     out: list[Out] = []
     for result in tool_results(kind, data.operation, data.request):
-        key = _alnum(result.id)
+        key = _key(result.id)
         if key in run.done or key in run.early:
             continue
         pending = run.pending.pop(key, None)
@@ -198,14 +199,16 @@ def asked(run: Followed, event: Event, kind: Kind) -> list[Out]:
     return out
 
 
-def answered(run: Followed, event: Event, kind: Kind, operation: str) -> list[Out]:
-    """An answer of the run (its ``llm.call.completed``): the tool calls it asks for."""
+def answered(run: Followed, event: Event, kind: Kind, operation: str,
+             before: dict[str, int] | None = None) -> list[Out]:
+    """An answer of the run (its ``llm.call.completed``): the tool calls it asks for (``before``:
+    the :func:`~._toolcalls.calls_before` of its request)."""
     data = event.data
     assert isinstance(data, LlmCallCompleted)
     run.last_failed = False
     out: list[Out] = []
-    for use in tool_uses(kind, operation, data.response):
-        key = _alnum(use.id)
+    for use in tool_uses(kind, operation, data.response, before):
+        key = _key(use.id)
         if key in run.done or key in run.pending:
             continue
         span = _Pending(str(uuid.uuid5(_NAMESPACE, f"{run.run_id}:{use.id}")), use, event.time, event.traceparent)
@@ -223,7 +226,7 @@ def reported(run: Followed, event: Event) -> list[Out]:
     data = event.data
     if isinstance(data, ToolCallRequested) and not data.inferred and data.tool_call_id:
         # OpenClaw names a Responses API call `<call_id>|<item id>`: the call_id is the conversation's
-        for key in {_alnum(data.tool_call_id), _alnum(data.tool_call_id.split("|", 1)[0])}:
+        for key in {_key(data.tool_call_id), _key(data.tool_call_id.split("|", 1)[0])}:
             run.done.add(key)
             run.pending.pop(key, None)
             run.early.pop(key, None)
@@ -273,7 +276,7 @@ def _span(run: Followed, pending: _Pending, end: datetime, result: Any, *, error
     use = pending.use
     duration = max(0.0, (end - pending.at).total_seconds() * 1000)
     requested = ToolCallRequested(call_id=pending.span_id, tool=use.name, arguments=use.arguments,
-                                  tool_call_id=use.id, inferred=True)
+                                  tool_call_id=None if positional(use.id) else use.id, inferred=True)
     first = Out(requested, run.run_id, run.agent, pending.traceparent, pending.at, id=_child(pending, "r"))
     if missing is not None:
         how = "was closed as idle" if missing == "idle" else "ended"
@@ -299,7 +302,10 @@ def _kept(result: Any, run: Followed) -> Any:
     return _text(result)[:1024] + f"... ({size} bytes; the whole result is in the request that carried it)"
 
 
-def _alnum(call_id: str) -> str:
+def _key(call_id: str) -> str:
+    """The key a tool call is kept by (see :class:`Followed`)."""
+    if positional(call_id):
+        return call_id
     return "".join(c for c in call_id if c.isascii() and c.isalnum())
 
 
@@ -326,7 +332,7 @@ def _text(result: Any) -> str:
 
 
 def operation_kind(operation: str) -> Kind:
-    return "anthropic" if operation == "messages" else "openai"
+    return "anthropic" if operation == "messages" else "gemini" if operation == "generate_content" else "openai"
 
 
 # -- in memory ------------------------------------------------------------------------------------
@@ -340,8 +346,8 @@ class RunBook:
         self.infer_tools = infer_tools
         self.limit = limit
         self.runs: OrderedDict[str, Followed] = OrderedDict()
-        self.calls: dict[str, str] = {}
-        """LLM calls in flight: call id -> operation."""
+        self.calls: dict[str, tuple[str, dict[str, int]]] = {}
+        """LLM calls in flight: call id -> operation, and the calls of each function their conversation held."""
 
     def call_started(self, run_id: str, agent: str | None, trace_id: str, traceparent: str | None,
                      now: float, *, derived: bool = True) -> list[Out]:
@@ -367,19 +373,21 @@ class RunBook:
             return []
         data = event.data
         if isinstance(data, LlmCallRequested):
-            self.calls[data.call_id] = data.operation
-            return asked(run, event, operation_kind(data.operation)) if self.infer_tools else []
+            kind = operation_kind(data.operation)
+            self.calls[data.call_id] = (data.operation, calls_before(kind, data.request))
+            return asked(run, event, kind) if self.infer_tools else []
         if isinstance(data, LlmCallFailed):
             self.calls.pop(data.call_id, None)
             failed(run)
         elif isinstance(data, LlmCallCompleted):
-            operation = self.calls.pop(data.call_id, None)
-            if operation is None:
+            found = self.calls.pop(data.call_id, None)
+            if found is None:
                 return []
             if not self.infer_tools:
                 run.last_failed = False
                 return []
-            return answered(run, event, operation_kind(operation), operation)
+            operation, before = found
+            return answered(run, event, operation_kind(operation), operation, before)
         return []
 
     def reported(self, event: Event) -> list[Out]:

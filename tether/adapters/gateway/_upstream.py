@@ -18,7 +18,7 @@ from ._http import HttpPool, Origin, UpstreamResponse
 
 __all__ = ["CallUpstream", "Upstreams"]
 
-_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
+_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host", "te", "upgrade",
                   "proxy-connection", "expect"})
 """Set by the client for each request (a pass-through, such as count_tokens, brings the agent's)."""
@@ -80,6 +80,8 @@ def _auth_headers(provider: ProviderConfig) -> Headers:
     if provider.api_key:
         if provider.kind == "anthropic":
             headers["x-api-key"] = provider.api_key
+        elif provider.kind == "gemini":
+            headers["x-goog-api-key"] = provider.api_key
         else:
             headers["authorization"] = f"Bearer {provider.api_key}"
     return list(headers.items())
