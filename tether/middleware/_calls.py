@@ -81,6 +81,9 @@ def _llm_item(provider: str, model: str, body: Mapping[str, Any], *, operation: 
 RECHECK_S = 5.0
 """A caller waiting for a durable call reads its KV record this often, in case the reply was lost."""
 
+UNPLACED_RECHECK_S = 0.25
+"""How often a caller whose reply said "completed" without the completion's place looks it up."""
+
 CLOCK_SKEW_S = 60.0
 """How far before a call's start (the worker's clock) its completion is looked for in the log."""
 
@@ -156,12 +159,19 @@ class DurableCalls:
                 if left is not None and left <= 0:
                     return await self.attach(item.call_id, timeout=5.0)
                 try:
-                    doc = await asyncio.wait_for(asyncio.shield(fut), min(left or RECHECK_S, RECHECK_S))
+                    doc: dict[str, Any] | None = await asyncio.wait_for(asyncio.shield(fut),
+                                                                        min(left or RECHECK_S, RECHECK_S))
                 except TimeoutError:
                     # The worker's reply is a plain NATS message: lost if our connection dropped
                     # (a cluster node going away) as it came. The call's record says it anyway.
+                    doc = None
+                if doc is None or _unplaced(doc):
+                    # Lost, or a reply naming a completion that went through the worker's outbox
+                    # (its place in the log unknown yet): the record and the log say it in time.
                     found = await self._terminal(item)
                     if found is None:
+                        if doc is not None:  # the reply is in hand: look again shortly, not at once
+                            await asyncio.sleep(min(left or UNPLACED_RECHECK_S, UNPLACED_RECHECK_S))
                         continue
                     doc = found
                 return await self._result(doc)
@@ -283,6 +293,12 @@ class DurableCalls:
         if isinstance(data, ToolCallCompleted):
             return CallResult(call_id, data.result, None, int(seq))
         raise CallFailed(call_id, ErrorInfo(type="Unexpected", message=f"event {event.type} at seq {seq}"))
+
+
+def _unplaced(doc: Mapping[str, Any]) -> bool:
+    """A completed call's reply that carries neither the answer nor the completion's place in the
+    log (the worker published it through its outbox while the stream had no leader)."""
+    return doc.get("state") == "completed" and "response" not in doc and doc.get("seq") is None
 
 
 class InlineCalls:
