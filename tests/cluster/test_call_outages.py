@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tether.bus import Receipt, connect
+from tether.bus import Bus, Receipt, connect
 from tether.middleware import DurableCalls, Executor, ProviderConfig, ToolRegistry
 from tether.middleware._work import CALLS_BUCKET, CallRecord, WorkItem
 from tether.schemas import Event
@@ -61,6 +61,22 @@ async def test_a_reply_lost_with_the_connection_is_read_from_the_call_record(
     assert took < 30, took  # not the 60 s deadline (a loaded machine took more than 12 s)
 
 
+def outbox_completions(bus: Bus, monkeypatch: pytest.MonkeyPatch, event_type: str) -> list[Receipt]:
+    """Send ``bus``'s events of ``event_type`` through its outbox, as while EVENTS has no leader;
+    their receipts, in order."""
+    publish, receipts = bus.publish, []
+
+    async def outboxed(event: Event) -> Receipt:
+        if event.type != event_type:
+            return await publish(event)
+        bus.publisher._degraded = True  # what a stream without a leader does to it
+        receipts.append(await publish(event))
+        return receipts[-1]
+
+    monkeypatch.setattr(bus, "publish", outboxed)
+    return receipts
+
+
 async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
         nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cluster chaos test's stall, made deterministic: the worker's completion goes to its
@@ -74,16 +90,7 @@ async def test_a_lost_reply_to_a_call_whose_completion_went_through_the_outbox(
                 await connect(url, home=tmp_path / "w") as worker_bus, \
                 Executor(worker_bus, providers={"fake": ProviderConfig("fake", "openai", fake.url)}), \
                 DurableCalls(caller_bus, deadline_s=60) as calls:
-            publish, receipts = worker_bus.publish, []
-
-            async def completion_outboxed(event: Event) -> Receipt:
-                if event.type != "tether.llm.call.completed":
-                    return await publish(event)
-                worker_bus.publisher._degraded = True  # what a stream without a leader does to it
-                receipts.append(await publish(event))
-                return receipts[-1]
-
-            monkeypatch.setattr(worker_bus, "publish", completion_outboxed)
+            receipts = outbox_completions(worker_bus, monkeypatch, "tether.llm.call.completed")
             await calls._sub.unsubscribe()
             started = time.monotonic()
             result = await calls.llm("fake", "m", BODY, runid="run-1", agentid="bot")
@@ -111,21 +118,13 @@ async def test_a_reply_without_the_answer_or_its_place_in_the_log_is_completed_f
         async with await connect(nats_server.url, home=tmp_path / "a") as caller_bus, \
                 await connect(nats_server.url, home=tmp_path / "w") as worker_bus, \
                 Executor(worker_bus, tools=tools) as executor, DurableCalls(caller_bus, deadline_s=60) as calls:
-            publish, receipts, reply = worker_bus.publish, [], executor._reply
+            reply = executor._reply
 
             async def reply_as_to_a_redelivery(item: WorkItem, rec: CallRecord, **_: Any) -> None:
                 await reply(item, rec)
 
             monkeypatch.setattr(executor, "_reply", reply_as_to_a_redelivery)
-
-            async def completion_outboxed(event: Event) -> Receipt:
-                if event.type != "tether.tool.call.completed":
-                    return await publish(event)
-                worker_bus.publisher._degraded = True  # what a stream without a leader does to it
-                receipts.append(await publish(event))
-                return receipts[-1]
-
-            monkeypatch.setattr(worker_bus, "publish", completion_outboxed)
+            receipts = outbox_completions(worker_bus, monkeypatch, "tether.tool.call.completed")
             started = time.monotonic()
             result = await calls.tool("add", {"a": 2, "b": 3}, runid="run-2", agentid="bot")
             took = time.monotonic() - started
