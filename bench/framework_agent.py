@@ -181,41 +181,13 @@ def google_adk_agent(mode: str) -> Runner:
     import os
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from google.adk.agents import LlmAgent
-    from google.adk.apps import App
     from google.adk.models.lite_llm import LiteLlm
-    from google.adk.plugins.base_plugin import BasePlugin
-    from google.adk.runners import Runner as AdkRunner
-    from google.adk.sessions import InMemorySessionService
-    from google.genai import types
 
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        return f"It is sunny in {city}."
+    if mode == "bare":
+        return _adk_runner(LiteLlm(model="openai/gpt-4o-mini", num_retries=0, max_retries=0), mode)
+    from tether.adapters.google_adk import lite_llm
 
-    model: Any = LiteLlm(model="openai/gpt-4o-mini", num_retries=0, max_retries=0)
-    plugins: list[Any] = []
-    if mode != "bare":
-        import tether
-        from tether.adapters.google_adk import TetherPlugin, lite_llm
-
-        model = lite_llm("openai/gpt-4o-mini")
-        if mode == "tether":
-            tether.init()
-            plugins = [TetherPlugin()]
-        elif mode == "observer":
-            plugins = [BasePlugin(name="nothing")]
-    agent = LlmAgent(name="weather_bot", model=model, tools=[get_weather], instruction="Answer about the weather.")
-    runner = AdkRunner(app=App(name="weather", root_agent=agent, plugins=plugins),
-                       session_service=InMemorySessionService())
-
-    async def run(i: int) -> None:
-        session = await runner.session_service.create_session(app_name="weather", user_id="u")
-        message = types.Content(role="user", parts=[types.Part(text=f"What is the weather in city {i}?")])
-        async for _ in runner.run_async(user_id="u", session_id=session.id, new_message=message):
-            pass
-
-    return run
+    return _adk_runner(lite_llm("openai/gpt-4o-mini"), mode)
 
 
 def google_adk_gemini_agent(mode: str) -> Runner:
@@ -223,9 +195,21 @@ def google_adk_gemini_agent(mode: str) -> Runner:
     import os
 
     os.environ.setdefault("GOOGLE_API_KEY", "bench-google-key")
+    from google.adk.models.google_llm import Gemini
+
+    origin = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
+    if mode == "bare":
+        return _adk_runner(Gemini(model="gemini-2.5-flash", base_url=origin), mode)  # google-genai retries nothing
+    from tether.adapters.google_adk import gemini
+
+    return _adk_runner(gemini("gemini-2.5-flash", base_url=origin), mode)
+
+
+def _adk_runner(model: Any, mode: str) -> Runner:
+    """The weather agent with one tool on ``model``; tether's plugin in ``tether`` mode, a plugin
+    that does nothing in ``observer`` mode."""
     from google.adk.agents import LlmAgent
     from google.adk.apps import App
-    from google.adk.models.google_llm import Gemini
     from google.adk.plugins.base_plugin import BasePlugin
     from google.adk.runners import Runner as AdkRunner
     from google.adk.sessions import InMemorySessionService
@@ -235,19 +219,15 @@ def google_adk_gemini_agent(mode: str) -> Runner:
         """The weather in a city."""
         return f"It is sunny in {city}."
 
-    origin = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
-    model: Any = Gemini(model="gemini-2.5-flash", base_url=origin)  # google-genai retries nothing by default
     plugins: list[Any] = []
-    if mode != "bare":
+    if mode == "tether":
         import tether
-        from tether.adapters.google_adk import TetherPlugin, gemini
+        from tether.adapters.google_adk import TetherPlugin
 
-        model = gemini("gemini-2.5-flash", base_url=origin)
-        if mode == "tether":
-            tether.init()
-            plugins = [TetherPlugin()]
-        elif mode == "observer":
-            plugins = [BasePlugin(name="nothing")]
+        tether.init()
+        plugins = [TetherPlugin()]
+    elif mode == "observer":
+        plugins = [BasePlugin(name="nothing")]
     agent = LlmAgent(name="weather_bot", model=model, tools=[get_weather], instruction="Answer about the weather.")
     runner = AdkRunner(app=App(name="weather", root_agent=agent, plugins=plugins),
                        session_service=InMemorySessionService())

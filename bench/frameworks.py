@@ -150,17 +150,17 @@ def main() -> int:
         return 0
     print(f"per agent step ({STEPS_PER_RUN} per run: one model call, and a tool call or the answer), "
           f"{args.rounds} x {args.runs} runs per variant")
-    print(f"{'framework':<15}{'variant':<12}{'p50':>9}{'added p50':>11}{'added p99':>11}{'CPU p50':>10}"
+    print(f"{'framework':<19}{'variant':<12}{'p50':>9}{'added p50':>11}{'added p99':>11}{'CPU p50':>10}"
           f"{'CPU added':>11}")
     for framework, row in results.items():
-        print(f"{framework:<15}{'bare':<12}{row['wall_ms_p50_bare']:>7.2f}ms{'':>11}{'':>11}"
+        print(f"{framework:<19}{'bare':<12}{row['wall_ms_p50_bare']:>7.2f}ms{'':>11}{'':>11}"
               f"{row['cpu_ms_p50_bare']:>8.2f}ms")
         for mode in modes[1:]:
-            print(f"{'':<15}{mode:<12}{row[f'wall_ms_p50_{mode}']:>7.2f}ms{row[f'wall_ms_p50_{mode}_added']:>9.2f}ms"
+            print(f"{'':<19}{mode:<12}{row[f'wall_ms_p50_{mode}']:>7.2f}ms{row[f'wall_ms_p50_{mode}_added']:>9.2f}ms"
                   f"{row[f'wall_ms_p99_{mode}_added']:>9.2f}ms{row[f'cpu_ms_p50_{mode}']:>8.2f}ms"
                   f"{row[f'cpu_ms_p50_{mode}_added']:>9.2f}ms")
         if "hooks_cpu_ms_per_run" in row:
-            print(f"{'':<15}hooks alone: {row['hooks_cpu_ms_per_run']:.3f} ms CPU per run "
+            print(f"{'':<19}hooks alone: {row['hooks_cpu_ms_per_run']:.3f} ms CPU per run "
                   f"({row['hooks_cpu_ms_per_run'] / STEPS_PER_RUN:.3f} ms per step)")
     return 0
 
