@@ -112,13 +112,9 @@ def open_entry(keys: KeyStore, namespace: str, key: str, key_id: str | None, tex
     if key_id is None:  # written without encryption (by another producer)
         vec = base64.b64decode(embedding) if embedding else None
         return Opened(text, dict(metadata), vec)
-    secret = entry_key(keys, key_id.removesuffix(ENTRY), key) if key_id.endswith(ENTRY) else keys.get(key_id)
-    if secret == DESTROYED:
-        return None
+    secret = _secret(keys, key, key_id)
     if secret is None:
-        raise MemoryKeyMissing(f"memory key {key_id!r} is not in this keystore (and was never erased here): "
-                               "this process cannot read that namespace; use the TETHER_HOME (or keystore) "
-                               "its writers use")
+        return None
     doc = json.loads(open_sealed(secret, namespace, key, text))
     vec = open_sealed(secret, namespace, key + "\x00vec", embedding) if embedding else None
     return Opened(str(doc["t"]), dict(doc.get("m") or {}), vec, _epoch(doc.get("vf")), _epoch(doc.get("oa")),
@@ -130,6 +126,14 @@ def open_vector(keys: KeyStore, namespace: str, key: str, key_id: str | None, em
     once its key was destroyed (erased)."""
     if key_id is None:
         return base64.b64decode(embedding)
+    secret = _secret(keys, key, key_id)
+    if secret is None:
+        return None
+    return open_sealed(secret, namespace, key + "\x00vec", embedding)
+
+
+def _secret(keys: KeyStore, key: str, key_id: str) -> bytes | None:
+    """The key that opens an entry sealed under ``key_id``; None once it was destroyed (erased)."""
     secret = entry_key(keys, key_id.removesuffix(ENTRY), key) if key_id.endswith(ENTRY) else keys.get(key_id)
     if secret == DESTROYED:
         return None
@@ -137,7 +141,7 @@ def open_vector(keys: KeyStore, namespace: str, key: str, key_id: str | None, em
         raise MemoryKeyMissing(f"memory key {key_id!r} is not in this keystore (and was never erased here): "
                                "this process cannot read that namespace; use the TETHER_HOME (or keystore) "
                                "its writers use")
-    return open_sealed(secret, namespace, key + "\x00vec", embedding)
+    return secret
 
 
 def seal_vector(keys: KeyStore | Sealer, namespace: str, key: str, vector: Sequence[float]) -> dict[str, str]:
