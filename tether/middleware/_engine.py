@@ -10,6 +10,7 @@ worker died is recorded once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -59,13 +60,20 @@ DLQ_PREFIX = "tether.dlq"
 DeadLetterReason = Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline", "budget",
                            "runaway"]
 _NS = uuid.UUID("5b0f5f1e-6c1d-4d0a-9f56-3c1e7e1f7a11")
+_NS_BYTES = _NS.bytes
 SOURCE = "urn:tether:worker"
 
 
 def terminal_id(call_id: str, what: str) -> str:
     """The event id of a call's ``requested`` / ``completed`` / ``failed`` / ``dead_lettered``
-    event: derived from the call id, so a repeat is dropped by JetStream's dedupe."""
-    return str(uuid.uuid5(_NS, f"{call_id}/{what}"))
+    event: derived from the call id, so a repeat is dropped by JetStream's dedupe. What
+    ``str(uuid.uuid5(_NS, f"{call_id}/{what}"))`` gives, without building a ``UUID`` (a third of
+    the time, on every call)."""
+    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{call_id}/{what}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 
