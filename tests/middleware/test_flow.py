@@ -388,3 +388,25 @@ def test_terminal_ids_are_the_uuid5_of_the_call_and_what() -> None:
         call_id = f"{rng.getrandbits(128):032x}" + "é✓"[: n % 3]
         what = rng.choice(["requested", "completed", "failed", "dead_lettered", "replayed", ""])
         assert terminal_id(call_id, what) == str(uuid.uuid5(_NS, f"{call_id}/{what}"))
+
+
+@pytest.mark.parametrize(("value", "plain"), [
+    ({"a": [1, 2.5, True, None, "x", {"b": []}]}, True), ([], True), ("s", True), (None, True), (10**30, True),
+    ({"a": float("nan")}, False), ([float("inf")], False), ({1: "non-string key"}, False), ((1, 2), False),
+    ({"a": (1,)}, False), (b"bytes", False), ({"a": {"b": object()}}, False)])
+def test_plain_json_is_what_json_loads_makes(value: Any, plain: bool) -> None:
+    from tether.schemas._finite import plain_json
+    assert plain_json(value) is plain
+
+
+def test_a_completed_event_not_plain_is_validated_as_before() -> None:
+    """What is not tether's plain case (an int latency, a finish reason that is not a string, a NaN)
+    goes through validation: converted or refused exactly as before."""
+    from tether.schemas import InvalidEvent, LlmCallCompleted
+    call = llm_call()
+    eng = call.engine
+    out = Outcome(True, 5, response={"x": float("nan")}, finish_reason="stop")
+    data = eng.completed_event(call.item, call.rec, 1, out).data
+    assert isinstance(data, LlmCallCompleted) and type(data.latency_ms) is float and data.response == {"x": "NaN"}
+    with pytest.raises(InvalidEvent):
+        eng.completed_event(call.item, call.rec, 1, Outcome(True, 5.0, response={}, finish_reason=7))  # type: ignore[arg-type]
