@@ -50,9 +50,16 @@ from tether.middleware import (
     replay_of,
     terminal_id,
 )
-from tether.middleware._engine import ids_fit
-from tether.schemas import ErrorInfo, Event, LlmCallCompleted, LlmCallFailed, LlmCallRequested, Payload
-from tether.schemas._finite import plain_json
+from tether.schemas import (
+    ErrorInfo,
+    Event,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    Payload,
+    ids_fit,
+    plain_json,
+)
 
 from ._hub import Hub
 from ._redact import Redactor

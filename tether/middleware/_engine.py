@@ -38,8 +38,9 @@ from tether.schemas import (
     ToolCallFailed,
     ToolCallRequested,
     Usage,
+    ids_fit,
+    plain_json,
 )
-from tether.schemas._finite import plain_json
 
 from ._breaker import breaker_retry_in
 from ._budget import BudgetRefusal, Spend, check_budget, request_fingerprint, runaway_count
@@ -61,11 +62,6 @@ log = logging.getLogger("tether.middleware")
 DLQ_PREFIX = "tether.dlq"
 DeadLetterReason = Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline", "budget",
                            "runaway"]
-def ids_fit(*values: Any) -> bool:
-    """Whether each value is what an event's ``Id`` field takes (a string of 1 to 1,024 characters)."""
-    return all(type(v) is str and 0 < len(v) <= 1024 for v in values)
-
-
 def _ms(value: Any) -> bool:
     """A duration field's value as validation leaves it (a float: an int would become one)."""
     return value is None or (type(value) is float and 0 <= value < math.inf)
