@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,12 +17,14 @@ import tether
 from tether.adapters import Interceptor, ProxyResponse
 from tether.bus import Bus
 from tether.middleware import PolicySet
+from tether.schemas import Event
 
 from .conftest import data, kinds, run_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
 Headers = list[tuple[str, str]]
+WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
                    "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -280,3 +283,56 @@ def test_an_attempts_request_is_the_one_content_would_build(package: str) -> Non
         assert built.method == "POST" and built.url == original.url
         assert built.extensions["timeout"] == ({"connect": 5.0, "read": 30.0, "write": 5.0, "pool": 5.0}
                                                if timeout else original.extensions["timeout"])
+
+
+class _Counted:
+    """A payload class's validator, counting the payloads validated through it."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def validate_python(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.real.validate_python(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_a_calls_events_are_built_without_validating_what_tether_parsed_again(
+        bus: Bus, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``llm.call.requested`` and ``completed`` of an ordinary call are built from the request and the
+    answer tether parsed, without pydantic walking them again: the same payloads (and the same JSON)
+    as validated ones. An answer that is not plain JSON (a NaN: JSON has none) is validated as before."""
+    from tether.adapters import Hub
+    from tether.schemas import LlmCallCompleted, LlmCallRequested
+
+    answer = {"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    json_headers = [("content-type", "application/json")]
+    upstream = Upstream([Scripted(200, [json.dumps(answer).encode()], json_headers),
+                         Scripted(200, [json.dumps(answer).replace('"hi"', "NaN").encode()], json_headers)])
+    counted = {cls: _Counted(cls.__pydantic_validator__) for cls in (LlmCallRequested, LlmCallCompleted)}
+    for cls, validator in counted.items():
+        monkeypatch.setattr(cls, "__pydantic_validator__", validator)
+    seen: list[Any] = []
+    Hub.of(bus).observers.append(lambda event: seen.append(event.data))
+    core = Interceptor(bus=bus, policies=policies, provider="upstream-a")
+    plain = json.dumps({"model": "gpt-4o-mini", "temperature": 0.5,
+                        "messages": [{"role": "user", "content": "hi"}]}).encode()
+    async with tether.run(bus=bus):
+        for _ in range(2):
+            response = await core.handle("POST", "/v1/chat/completions", json_headers, plain, upstream)
+            assert response.status == 200 and (response.stream is None or await read_all(response))
+    requested = [p for p in seen if isinstance(p, LlmCallRequested)]
+    completed = [p for p in seen if isinstance(p, LlmCallCompleted)]
+    assert len(requested) == 2 and len(completed) == 2
+    assert counted[LlmCallRequested].calls == 0
+    assert counted[LlmCallCompleted].calls == 1, "only the answer with a NaN was validated"
+    assert completed[1].response["choices"][0]["message"]["content"] == "NaN", "spelled as validation spells it"
+    for payload in (*requested, completed[0]):
+        validated = type(payload)(**{name: getattr(payload, name) for name in payload.model_fields_set})
+        assert payload == validated and payload.model_fields_set == validated.model_fields_set
+        assert Event.of(payload, id="e1", time=WHEN).data_json() == Event.of(validated, id="e1", time=WHEN).data_json()
+    assert requested[0].parameters == {"temperature": 0.5} and requested[0].request["messages"][0]["content"] == "hi"

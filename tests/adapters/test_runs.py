@@ -134,3 +134,31 @@ async def test_conversation_is_rebuilt_from_the_log(fake: FakeProvider, bus: Bus
     assert talk[2]["tool_calls"][0]["function"]["arguments"] == call["arguments"]
     assert talk[3]["arguments"] == json.loads(call["arguments"]) and talk[3]["content"] == result
     assert talk[-1]["content"] == final.choices[0].message.content
+
+
+def test_an_async_run_on_the_running_background_bus_takes_no_thread(background: Background,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the background bus runs, an async run starts without handing anything to a worker thread
+    (each hand-off cost an agent step a thread hop and the wake-ups around it); the first starts it there."""
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counted(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+
+    async def agent() -> list[str]:
+        ids = []
+        for _ in range(3):
+            async with tether.run(agent="async-bot") as run:
+                ids.append(run.run_id)
+        return ids
+
+    first = asyncio.run(agent())
+    assert hops == ["background_hub"], "the first run starts the background bus in a thread"
+    second = asyncio.run(agent())
+    assert hops == ["background_hub"], "a run on the running background bus takes no thread"
+    for run_id in first + second:
+        assert kinds(background.events(run_id)) == ["run.started", "run.finished"]

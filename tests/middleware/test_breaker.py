@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, cast
+
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from tether.middleware import (
     BreakerPolicy,
@@ -12,6 +16,7 @@ from tether.middleware import (
     breaker_record,
     breaker_retry_in,
 )
+from tether.middleware._shared import Breakers
 from tether.schemas import CircuitClosed, CircuitHalfOpened, CircuitOpened
 
 POLICY = BreakerPolicy(failure_streak=5, failure_rate=0.5, min_calls=10, window=20, cooldown_s=30.0)
@@ -245,3 +250,49 @@ def test_transitions_become_events() -> None:
     assert half == CircuitHalfOpened(route="r:m", probe_call_id="c1")
     closed = Transition("closed", "probe succeeded", 0, None, open_for_s=31.5).to_event("r:m", cooldown_s=1)
     assert closed == CircuitClosed(route="r:m", open_for_s=31.5)
+
+
+# -- the shared breakers' count kept in the caller --------------------------------------------
+
+
+class _Kv:
+    """Records what a breaker writes: the count kept in the caller writes nothing."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    async def get(self, key: str) -> None:
+        raise KeyNotFoundError
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.writes.append(key)
+        return 1
+
+
+class _Bus:
+    def __init__(self) -> None:
+        self.emitted: list[object] = []
+
+    async def emit(self, event: object) -> None:
+        self.emitted.append(event)
+
+
+def test_a_closed_breaker_counts_in_the_caller_until_an_outcome_would_trip_it() -> None:
+    policy = BreakerPolicy(failure_streak=3, failure_rate=1.0, min_calls=20, window=20, cooldown_s=30.0)
+    kv, bus = _Kv(), _Bus()
+    breakers = Breakers(cast(Any, bus), cast(Any, kv))
+    route = "openai:gpt-a"
+    assert breakers.record_closed(route, policy, ok=True, counts=True, call_id="c1")
+    assert breakers.record_closed(route, policy, ok=False, counts=True, call_id="c2")
+    assert breakers.record_closed(route, policy, ok=False, counts=True, call_id="c3")
+    assert breakers.local[route].streak == 2 and breakers.local[route].recent == (True, False, False)
+    # the third failure in a row opens it for everyone: KV work, left to record() on the bus's loop
+    assert not breakers.record_closed(route, policy, ok=False, counts=True, call_id="c4")
+    assert breakers.local[route].streak == 2, "nothing counted twice"
+    asyncio.run(breakers.record(route, policy, ok=False, counts=True, call_id="c4"))
+    assert len(kv.writes) == 1 and [type(e.data).__name__ for e in bus.emitted] == ["CircuitOpened"]  # type: ignore[attr-defined]
+    assert breakers.local[route] == BreakerState(), "counting starts afresh once it trips"
+    # an open (or half-open) breaker is changed only by compare-and-set: never in the caller
+    breakers.shared[kv.writes[0]] = BreakerState("open", 3, (), 1.0)
+    assert not breakers.record_closed(route, policy, ok=True, counts=True, call_id="c5")
+    assert breakers.record_closed(route, BreakerPolicy(enabled=False), ok=False, counts=True, call_id="c6")

@@ -7,7 +7,9 @@ the driver keeps what the loop asked for (events, steps, sleeps), which is what 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from collections.abc import Generator
 from typing import Any, cast
 
@@ -66,8 +68,16 @@ def failed(status: int = 503, *, kind: str = "http", retry_after_s: float | None
 class FakeBreakers:
     """The only part of the shared breakers the loop reads itself: the watched state."""
 
-    def __init__(self, open_routes: tuple[str, ...] = ()) -> None:
+    def __init__(self, open_routes: tuple[str, ...] = (), trips: bool = False) -> None:
         self.open = set(open_routes)
+        self.trips = trips  # every outcome would open the breaker: recorded on the bus's loop
+        self.folded: list[tuple[str, bool, bool]] = []
+
+    def record_closed(self, route: str, policy: Any, *, ok: bool, counts: bool, call_id: str) -> bool:
+        if route in self.open or self.trips:
+            return False
+        self.folded.append((route, ok, counts))
+        return True
 
     def state(self, route: str) -> BreakerState:
         return BreakerState(state="open", opened_at=time.time()) if route in self.open else BreakerState()
@@ -137,11 +147,13 @@ def llm_call(eng: CallEngine | None = None, *, policy: Policy | None = None, run
 
 def test_success() -> None:
     script = Script(MemoryUpstream(OK))
-    ending = script.run(call_flow(llm_call()))
+    breakers = FakeBreakers()
+    ending = script.run(call_flow(llm_call(engine(breakers=breakers))))
     assert isinstance(ending, Completed)
     assert (ending.attempt, ending.outcome.response) == (1, OK.response)
     assert script.kinds == ["LlmCallCompleted"]
-    assert script.spawned == ["record", "account"]  # the breaker learns; the spend is counted
+    assert breakers.folded == [("openai:gpt-a", True, True)]  # the closed breaker learns in the caller
+    assert script.spawned == ["account"]  # the spend is counted on the bus's loop
     assert script.sleeps == [] and script.steps == []
     assert script.upstream.sends[0].target == Target("openai", "gpt-a")
 
@@ -280,7 +292,16 @@ def test_a_relayed_stream_stopped_by_its_caller() -> None:
     ending = script.run(call_flow(llm_call()))
     assert isinstance(ending, Stopped) and ending.attempt == 1
     assert script.steps == ["record_cancelled"]
-    assert script.spawned == ["record"]
+    assert script.spawned == []  # the closed breaker's count is kept in the caller
+
+
+def test_a_breaker_outcome_with_kv_work_is_recorded_on_the_bus_loop() -> None:
+    """An outcome that trips a closed breaker, or any outcome while it is open or half-open, writes
+    the shared state: that is an engine step, spawned; only a closed breaker's count stays in the caller."""
+    breakers = FakeBreakers(trips=True)
+    script = Script(MemoryUpstream(OK))
+    assert isinstance(script.run(call_flow(llm_call(engine(breakers=breakers)))), Completed)
+    assert script.spawned == ["record", "account"] and breakers.folded == []
 
 
 def test_a_relayed_stream_that_broke_midway_is_not_retried() -> None:
@@ -356,3 +377,36 @@ def test_memory_upstream_says_when_its_script_ran_out() -> None:
     upstream = MemoryUpstream()
     with pytest.raises(AssertionError, match="no answer left"):
         asyncio.run(upstream.attempt(Send(None, 1, 1.0)))
+
+
+def test_terminal_ids_are_the_uuid5_of_the_call_and_what() -> None:
+    """The derived event ids are what ``uuid.uuid5`` gives (JetStream dedupes repeats by them,
+    and logs written before keep matching): built without a ``UUID`` object now."""
+    from tether.middleware._engine import _NS, terminal_id
+    rng = random.Random(7)
+    for n in range(2000):
+        call_id = f"{rng.getrandbits(128):032x}" + "é✓"[: n % 3]
+        what = rng.choice(["requested", "completed", "failed", "dead_lettered", "replayed", ""])
+        assert terminal_id(call_id, what) == str(uuid.uuid5(_NS, f"{call_id}/{what}"))
+
+
+@pytest.mark.parametrize(("value", "plain"), [
+    ({"a": [1, 2.5, True, None, "x", {"b": []}]}, True), ([], True), ("s", True), (None, True), (10**30, True),
+    ({"a": float("nan")}, False), ([float("inf")], False), ({1: "non-string key"}, False), ((1, 2), False),
+    ({"a": (1,)}, False), (b"bytes", False), ({"a": {"b": object()}}, False)])
+def test_plain_json_is_what_json_loads_makes(value: Any, plain: bool) -> None:
+    from tether.schemas import plain_json
+    assert plain_json(value) is plain
+
+
+def test_a_completed_event_not_plain_is_validated_as_before() -> None:
+    """What is not tether's plain case (an int latency, a finish reason that is not a string, a NaN)
+    goes through validation: converted or refused exactly as before."""
+    from tether.schemas import InvalidEvent, LlmCallCompleted
+    call = llm_call()
+    eng = call.engine
+    out = Outcome(True, 5, response={"x": float("nan")}, finish_reason="stop")
+    data = eng.completed_event(call.item, call.rec, 1, out).data
+    assert isinstance(data, LlmCallCompleted) and type(data.latency_ms) is float and data.response == {"x": "NaN"}
+    with pytest.raises(InvalidEvent):
+        eng.completed_event(call.item, call.rec, 1, Outcome(True, 5.0, response={}, finish_reason=7))  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from tether.bus import Bus
 from tether.schemas import uuid7
 
-from ._hub import Hub, background_hub
+from ._hub import Hub, background_hub, background_hub_nowait
 from ._lease import RunLease
 from ._runs import read_run, run
 
@@ -100,7 +100,9 @@ class Entrypoint:
     async def arun(self, input: JsonValue, *, run_id: str, resume: bool = False, bus: Bus | None = None,
                    if_open: bool = False) -> Any:
         bus = bus or self.bus
-        hub = Hub.of(bus) if bus is not None else await asyncio.to_thread(background_hub)
+        hub = Hub.of(bus) if bus is not None else background_hub_nowait()
+        if hub is None:
+            hub = await asyncio.to_thread(background_hub)
         lease = await hub.call(lambda: RunLease.take(hub.bus, run_id))
         try:
             if if_open:

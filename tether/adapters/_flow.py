@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tether.middleware import (
     Call,
@@ -50,7 +50,16 @@ from tether.middleware import (
     replay_of,
     terminal_id,
 )
-from tether.schemas import ErrorInfo, Event, LlmCallCompleted, LlmCallFailed, LlmCallRequested, Payload
+from tether.schemas import (
+    ErrorInfo,
+    Event,
+    LlmCallCompleted,
+    LlmCallFailed,
+    LlmCallRequested,
+    Payload,
+    ids_fit,
+    plain_json,
+)
 
 from ._hub import Hub
 from ._redact import Redactor
@@ -76,6 +85,8 @@ __all__ = [  # the effects are tether.middleware's, named here for the shells
 
 Headers = list[tuple[str, str]]
 _DROP_ON_RELAY = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+_OPERATIONS = frozenset(get_args(LlmCallRequested.model_fields["operation"].annotation))
+_MODES = frozenset(get_args(LlmCallRequested.model_fields["mode"].annotation))
 
 
 @dataclass
@@ -157,10 +168,16 @@ class LlmCall:
         if self.capture and not replayed:
             recorded = self.recorded.body if request.body is not None else self.redactor.text(
                 self.raw.decode("utf-8", errors="replace"))
-        payload = LlmCallRequested(
+        fields: dict[str, Any] = dict(
             call_id=item.call_id, provider=item.provider or "?", model=item.model or "?",
             operation=request.operation, mode=self.mode, stream=request.stream, route=item.route,
             parameters=self.redactor(request.parameters), request=recorded, request_hash=self.request_hash)
+        # Every field is tether's own or JSON it parsed: checked here, not validated again (else as before)
+        plain = (ids_fit(fields["call_id"], fields["provider"], fields["model"]) and type(fields["stream"]) is bool
+                 and fields["operation"] in _OPERATIONS and fields["mode"] in _MODES
+                 and type(fields["route"]) is str and type(fields["request_hash"]) is str
+                 and type(fields["parameters"]) is dict and plain_json(fields["parameters"]) and plain_json(recorded))
+        payload = (LlmCallRequested.trusted if plain else LlmCallRequested)(**fields)
         return self.event(payload, id=terminal_id(item.call_id, "requested"))
 
     def replayed(self, replayed: Replayed) -> Final:

@@ -36,7 +36,7 @@ from tether.bus import Bus, event_filter, read_subject
 from tether.middleware import Cursor, load_journal
 from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
 
-from ._hub import Hub, background_hub
+from ._hub import Hub, background_hub, background_hub_nowait
 from ._redact import Redactor, redactor_of
 from ._tooljournal import ToolJournal
 
@@ -177,8 +177,8 @@ class Run:
             hub.emit(event)
 
     async def __aenter__(self) -> Run:
-        hub = self._hub_nowait()
-        if hub is None:
+        hub = self._hub_nowait() or background_hub_nowait()
+        if hub is None:  # the background hub is started (and may connect) in a thread, once
             hub = await asyncio.to_thread(background_hub)
         self._derive_id()
         if self.resume:

@@ -41,6 +41,7 @@ from langgraph.store.base import BaseStore, GetOp, Item, ListNamespacesOp, PutOp
 from langgraph.types import Command
 
 from tether.adapters import Hub, LoopThreadError, Run, background_hub, instrument
+from tether.adapters._hub import background_hub_nowait
 from tether.bus import Bus
 from tether.memory import AsyncMemory, MemoryNotFound
 from tether.middleware import PolicySet
@@ -446,7 +447,7 @@ class TetherStore(BaseStore):
     async def abatch(self, ops: Iterable[Any]) -> list[Any]:
         ops = list(ops)
         if self._hub is None and self.memory is None:
-            self._hub = await asyncio.to_thread(background_hub)
+            self._hub = background_hub_nowait() or await asyncio.to_thread(background_hub)
         hub = self._hub_of(background_hub)
         return await hub.call(lambda: self._batch(hub, ops))
 
@@ -581,7 +582,8 @@ class TetherCheckpointer(BaseCheckpointSaver[str]):
     async def _hub_async(self) -> Hub:
         if self.hub is not None:
             return self.hub
-        return self._kv(Hub.of(self.bus) if self.bus is not None else await asyncio.to_thread(background_hub))
+        hub = Hub.of(self.bus) if self.bus is not None else background_hub_nowait()
+        return self._kv(hub if hub is not None else await asyncio.to_thread(background_hub))
 
     async def _on_bus(self, make: Callable[[], Awaitable[T]]) -> T:
         return await (await self._hub_async()).call(make)

@@ -268,8 +268,11 @@ def call_flow(call: Call) -> Generator[Effect, Any, Ending]:
             assert isinstance(sent, Sent)
             out = sent.outcome if sent.outcome is not None else read_answer(sent, call.kind, item.operation)
             started = out.ok or sent.relayed  # a relayed stream's provider answered: the stream is ours
-            yield Spawn(partial(engine.breakers.record, route, policy.breaker, ok=started,
-                                counts=out.counts_for_breaker or started, call_id=item.call_id))
+            counts = out.counts_for_breaker or started
+            if not engine.breakers.record_closed(route, policy.breaker, ok=started, counts=counts,
+                                                 call_id=item.call_id):  # else it has KV work: on the bus's loop
+                yield Spawn(partial(engine.breakers.record, route, policy.breaker, ok=started, counts=counts,
+                                    call_id=item.call_id))
             if out.ok:
                 return (yield from _completed(call, attempt, started_at, out, sent))
             if sent.cancelled is not None:

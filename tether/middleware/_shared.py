@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -48,8 +50,10 @@ SPEND_BUCKET = "tether-spend"
 T = TypeVar("T")
 
 
+@functools.lru_cache(maxsize=4096)
 def kv_key(value: str) -> str:
-    """A KV-safe key for any id: readable prefix plus a hash, so distinct ids stay distinct."""
+    """A KV-safe key for any id: readable prefix plus a hash, so distinct ids stay distinct
+    (remembered: a route's key is looked up before and after every attempt)."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", value)[:48]
     return f"{safe}.{hashlib.sha1(value.encode()).hexdigest()[:12]}"
 
@@ -132,6 +136,8 @@ class Breakers:
     local: dict[str, BreakerState] = field(default_factory=dict)
     _watch: asyncio.Task[None] | None = None
     locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary, repr=False)
+    _local_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """``local`` is folded into from the callers' threads (:meth:`record_closed`) and the bus's loop."""
 
     @classmethod
     async def open(cls, bus: Bus) -> Breakers:
@@ -171,6 +177,22 @@ class Breakers:
         await self._announce(route, transition, policy, probe=call_id)
         return allowed
 
+    def record_closed(self, route: str, policy: BreakerPolicy, *, ok: bool, counts: bool, call_id: str) -> bool:
+        """:meth:`record` in the caller, without I/O, when it has nothing to write: the breaker is
+        closed and this outcome does not trip it (an agent's every call, while its provider is
+        healthy). False when :meth:`record` has work to do (and nothing was counted here)."""
+        if not policy.enabled:
+            return True
+        if self.state(route).state != "closed":
+            return False
+        with self._local_lock:
+            local = self.local.get(route, BreakerState())
+            new, transition = breaker_record(policy, local, ok=ok, counts=counts, now=time.time(), call_id=call_id)
+            if transition is not None:
+                return False
+            self.local[route] = new
+        return True
+
     async def record(self, route: str, policy: BreakerPolicy, *, ok: bool, counts: bool, call_id: str,
                      now: float | None = None) -> None:
         if not policy.enabled:
@@ -178,7 +200,8 @@ class Breakers:
         at = time.time() if now is None else now
         shared = self.state(route)
         if shared.state != "closed":
-            self.local.pop(route, None)  # counting starts afresh once it closes again
+            with self._local_lock:
+                self.local.pop(route, None)  # counting starts afresh once it closes again
 
             def settle(raw: bytes | None) -> tuple[bytes | None, Transition | None]:
                 # the stored state, not the watched copy: that may not show yet that this
@@ -191,9 +214,10 @@ class Breakers:
 
             await self._announce(route, await _cas(self.kv, kv_key(route), settle, locks=self.locks), policy)
             return
-        local = self.local.get(route, BreakerState())
-        new, transition = breaker_record(policy, local, ok=ok, counts=counts, now=at, call_id=call_id)
-        self.local[route] = new if transition is None else BreakerState()
+        with self._local_lock:
+            local = self.local.get(route, BreakerState())
+            new, transition = breaker_record(policy, local, ok=ok, counts=counts, now=at, call_id=call_id)
+            self.local[route] = new if transition is None else BreakerState()
         if transition is not None and transition.to == "opened":
 
             def trip(raw: bytes | None) -> tuple[bytes | None, Transition | None]:

@@ -8,7 +8,7 @@ gets a new type instead.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StringConstraints
 
@@ -46,9 +46,17 @@ __all__ = [
     "TrialCompleted",
     "Usage",
     "UsageReported",
+    "ids_fit",
 ]
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+def ids_fit(*values: Any) -> bool:
+    """Whether each value is what an ``Id`` field takes as it is (a string of 1 to 1,024 characters)."""
+    return all(type(v) is str and 0 < len(v) <= 1024 for v in values)
+
+
 Recorded = Annotated[JsonValue, BeforeValidator(json_safe)]
 """A body tether records of someone else's call: NaN and infinities are kept as strings
 ("NaN", "Infinity"), since recording must never fail the call. Elsewhere they are refused."""

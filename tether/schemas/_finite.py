@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["NON_FINITE_HINT", "finite_or_none", "json_safe", "non_finite"]
+__all__ = ["NON_FINITE_HINT", "finite_or_none", "json_safe", "non_finite", "plain_json"]
 
 NON_FINITE_HINT = "JSON has no NaN or Infinity: send a finite number, null or a string"
 
@@ -52,6 +52,33 @@ def non_finite(value: Any) -> Path | None:
         if found is not None:
             return (key, *found)
     return None
+
+
+def plain_json(value: Any) -> bool:
+    """Whether ``value`` is JSON as ``json.loads`` makes it (dicts with string keys, lists,
+    strings, ints, bools, None, finite floats) and nothing else: what validating it as a
+    recorded body would give back unchanged, so a payload tether builds of it may skip that
+    (``Payload.trusted``)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if not (kind is str or kind is int or kind is bool or item is None or plain_json(item)):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            kind = type(item)
+            if not (kind is str or kind is int or kind is bool or item is None or plain_json(item)):
+                return False
+        return True
+    return False
 
 
 def finite_or_none(value: Any) -> Any:
