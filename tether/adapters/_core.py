@@ -77,7 +77,6 @@ __all__ = [
     "SyncProxyResponse",
     "SyncUpstream",
     "SyncUpstreamResponse",
-    "call_digest",
 ]
 
 log = logging.getLogger("tether.adapters")
