@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -104,3 +105,28 @@ async def test_through_the_gateway(fake: FakeProvider, bus: Bus, gateway: Any) -
     assert first.status_code == second.status_code == 200
     assert second.json() == first.json() and len(fake.log) == 1
     assert second.headers["x-tether-replayed-via"] == "cache"
+
+
+async def test_a_repeat_right_after_the_answer_is_served_while_its_kv_put_is_in_flight(
+        fake: FakeProvider, bus: Bus, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer goes to KV in the background once the caller has it; a repeated call made at once
+    (LiteLLM's test in CI did so) was asked upstream again. The same process now serves it."""
+    put, stored = ResponseCache.put, []
+
+    async def slow_put(self: ResponseCache, *args: Any) -> None:
+        await asyncio.sleep(1.0)  # a busy NATS
+        await put(self, *args)
+        stored.append(args[0])
+
+    monkeypatch.setattr(ResponseCache, "put", slow_put)
+    sdk = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="k"), bus=bus, policies=policies)
+    prompt = f"at once {uuid.uuid4()}"
+    async with sdk:
+        async with tether.run(bus=bus, run_id=f"once-a-{prompt}"):
+            first = await ask(sdk, prompt, temperature=0)
+        async with tether.run(bus=bus, run_id=f"once-b-{prompt}") as second:
+            again = await ask(sdk, prompt, temperature=0)
+        assert not stored, "the put was still in flight"
+    assert again == first and len(fake.log) == 1
+    [hit] = data(await run_events(bus, second.run_id), "call.replayed")
+    assert hit.via == "cache"

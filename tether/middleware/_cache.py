@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
@@ -58,6 +59,15 @@ class ResponseCache:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._kv: KeyValue | None = None
+        self._kept: dict[str, Entry] = {}
+        """Answers on their way to KV: this process serves its own at once (a repeated call made
+        right after the first would otherwise miss the cache while the put is in flight)."""
+
+    def keep(self, digest: str, entry: Entry, ttl_s: float) -> Callable[[], Awaitable[None]]:
+        """Serve ``entry`` for ``digest`` in this process from now on; the step that stores it
+        in KV for every process (:meth:`put`), to run in the background."""
+        self._kept[digest] = entry
+        return partial(self.put, digest, entry, ttl_s)
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -66,6 +76,8 @@ class ResponseCache:
 
     async def get(self, digest: str, *, now: float | None = None) -> Entry | None:
         """The answer kept for ``digest``, unless it expired."""
+        if (kept := self._kept.get(digest)) is not None:
+            return kept
         kv = await self._bucket()
         try:
             got = await kv.get(_key(digest))
@@ -94,3 +106,6 @@ class ResponseCache:
             await kv.put(_key(digest), json.dumps(doc, separators=(",", ":")).encode())
         except Exception as exc:  # too large for a message, or NATS is away: the call is answered anyway
             log.warning("tether: could not keep an answer in the response cache (%s)", exc)
+        finally:
+            if self._kept.get(digest) is entry:
+                del self._kept[digest]

@@ -335,7 +335,7 @@ def cache_answer(call: Call, event: Event) -> Spawn | None:
                   provider=data.provider, model=data.model, response=data.response,
                   chunks=data.chunks if isinstance(data.chunks, list) else None,  # type: ignore[arg-type]
                   usage=data.usage, event_id=event.id, run_id=event.runid)
-    return Spawn(partial(call.engine.cache.put, call.request_hash, entry, call.policy.cache.ttl_s), after=True)
+    return Spawn(call.engine.cache.keep(call.request_hash, entry, call.policy.cache.ttl_s), after=True)
 
 
 def _lost(call: Call) -> Generator[Effect, Any, Ending | None]:
