@@ -62,6 +62,8 @@ log = logging.getLogger("tether.middleware")
 DLQ_PREFIX = "tether.dlq"
 DeadLetterReason = Literal["exhausted", "not_retryable", "malformed", "max_deliveries", "deadline", "budget",
                            "runaway"]
+
+
 def _ms(value: Any) -> bool:
     """A duration field's value as validation leaves it (a float: an int would become one)."""
     return value is None or (type(value) is float and 0 <= value < math.inf)
