@@ -78,7 +78,7 @@ def test_the_compose_topology_runs(tmp_path: Path) -> None:
         return
     print("\nno Docker engine here: the compose topology runs from the fixture (same cluster, same commands)")
     svc = services()
-    fake_port, gateway_port = free_port(), free_port()
+    fake_port = free_port()
     toml = (ROOT / "compose" / "tether.toml").read_text().replace("http://fake-provider:8000",
                                                                   f"http://127.0.0.1:{fake_port}")
     (tmp_path / "tether.toml").write_text(toml)
@@ -103,8 +103,9 @@ def test_the_compose_topology_runs(tmp_path: Path) -> None:
             for _ in range(svc["worker"]["deploy"]["replicas"]):
                 start("worker")
             start("projector")
-            gateway = start("gateway", replace={"0.0.0.0": "127.0.0.1", "8400": str(gateway_port)})
-            gateway.wait_for(f"gateway listening on http://127.0.0.1:{gateway_port}")
+            # port 0: the gateway binds a free one itself (one picked here could be taken before it binds)
+            gateway = start("gateway", replace={"0.0.0.0": "127.0.0.1", "8400": "0"})
+            gateway_port = int(gateway.wait_for(r"gateway listening on http://127\.0\.0\.1:(\d+)")[1])
             for child in children[1:3]:
                 child.wait_for("running: 1 provider")
             children[3].wait_for("projector running")
