@@ -500,6 +500,8 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
                                            ("text_weight", (0.5, 2.0))) for w in ws],
     "keyword weight": [{"keyword": w, "semantic": 1 - w} for w in (0.35, 0.4, 0.6, 0.65)],
     "entity lift": [{"entity": e} for e in (0.1, 0.2, 0.3, 0.5)],
+    "cosine without the names": [{"unnamed": u} for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
+    "cosine without the names, entity lift": [{"unnamed": u, "entity": 0.2} for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
     "second hop, scored, evidence rule": [
         {"expand_fusion": "score", "expand_discount": d} for d in (0.8, 0.9, 1.0)],
     "second hop, scored, no evidence rule": [

@@ -160,3 +160,16 @@ def test_second_hop_and_model_settings_are_checked() -> None:
         Ranking(expand_query="all")
     with pytest.raises(ValueError, match=r"Ranking\.model must hold 19 numbers"):
         Ranking(model=(1.0, 2.0))
+
+
+def test_the_query_without_its_names_and_its_weight_in_fusion() -> None:
+    from tether.memory._reads import _without
+
+    assert _without("Which animal lives with Jana Novak?", ["Jana Novak"]) == "Which animal lives with?"
+    assert _without("Where does Ann Borg's manager live?", ["Ann Borg"]) == "Where does manager live?"
+    same = [Candidate(2.0, 0.5, NOW, 0.1), Candidate(2.0, 0.5, NOW, 0.9), Candidate(1.0, 0.2, NOW, 0.5)]
+    off = fuse(same, Ranking(unnamed=0.0), present=False)
+    on = fuse(same, Ranking(unnamed=0.3), present=False)
+    assert off[0] == off[1] and on[1] > on[0]  # alike by both scores: the cosine without the names decides
+    assert fuse(same, Ranking(fusion="ratio", unnamed=0.3), present=False) == fuse(
+        same, Ranking(fusion="ratio"), present=False)  # z-score fusion only

@@ -291,3 +291,49 @@ def test_grouped_cross_validation_scores_a_choice_on_the_templates_it_was_not_ch
     assert bench.template_of("Where does Ann Borg's manager live?") == "Where does {P}'s manager live?"
     assert bench.template_of("Who leads project Atlas?") == "Who leads project {X}?"
     assert bench.template_of("Where did Ann Fisher live before March?") == "Where did {P} live before {M}?"
+
+
+class _BareEmbedder:
+    """Vectors by table: the question with the name is closest to the person's city, the question
+    without it to their pet (as a small model's cosine is decided by a name the entries share)."""
+
+    name = "test-bare-1"
+    TABLE = {"Jana Novak lives in Graz.": [1.0, 0.0, 0.0], "Jana Novak has a dog named Rex.": [0.8, 0.6, 0.0],
+             "Which animal lives with Jana Novak?": [1.0, 0.1, 0.0], "Which animal lives with?": [0.0, 1.0, 0.0]}
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def embed(self, texts: Any, *, agent: str | None = None, run: str | None = None) -> list[list[float]]:
+        self.calls.append(list(texts))
+        return [self.TABLE.get(t, [0.0, 0.0, 1.0]) for t in texts]
+
+
+async def test_the_cosine_without_the_names_decides_among_one_persons_entries(open_memory: Opener) -> None:
+    from tether.memory import Ranking
+
+    embedder = _BareEmbedder()
+    memory = await open_memory(agent="bot", embedder=embedder)
+    facts = {"jana/city": "Jana Novak lives in Graz.", "jana/pet": "Jana Novak has a dog named Rex.",
+             **{f"p{i}/city": f"{name} lives in {city}." for i, (name, city) in enumerate(
+                 [("Ben Ortiz", "Porto"), ("Carl Borg", "Graz"), ("Dana Berg", "Riga"), ("Eli Costa", "Cork")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t} for k, t in facts.items())
+    query = "Which animal lives with Jana Novak?"
+    memory.ranking = Ranking(expand=False, unnamed=0.0)
+    embedder.calls.clear()
+    assert [h.entry.key for h in await memory.search(query, k=5, after=done.seq)][:2] == ["jana/city", "jana/pet"]
+    assert embedder.calls == [[query]]
+    memory.ranking = Ranking(expand=False, unnamed=1.0)
+    embedder.calls.clear()
+    hits = await memory.search(query, k=5)
+    assert [h.entry.key for h in hits][:2] == ["jana/pet", "jana/city"]
+    assert embedder.calls == [["Which animal lives with?"]]  # the query's own vector was cached: one more text
+    embedder.calls.clear()
+    await memory.search("Which animal lives with Ben Ortiz?", k=5)
+    assert embedder.calls == [["Which animal lives with Ben Ortiz?"]]  # both in one call (the bare one cached)
+    embedder.calls.clear()
+    await memory.search("Who lives with Dana Berg?", k=5)
+    assert embedder.calls == [["Who lives with Dana Berg?", "Who lives with?"]]
+    embedder.calls.clear()
+    await memory.search("Who lives in Graz?", k=5)  # no name: nothing more to embed
+    assert embedder.calls == [["Who lives in Graz?"]]

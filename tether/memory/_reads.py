@@ -56,6 +56,17 @@ def _valid(entry: Entry, default: float) -> float:
     return when.timestamp() if when is not None else default
 
 
+def _without(query: str, asked: Sequence[str]) -> str:
+    """The query without its names ("Which animal lives with Jana Novak?" -> "Which animal lives with?")."""
+    for name in asked:
+        query = re.sub(rf"\b{re.escape(name)}(?:'s)?", " ", query)
+    return " ".join(query.split()).replace(" ?", "?")
+
+
+async def _nth(vectors: asyncio.Future[list[list[float]]], i: int) -> list[float]:
+    return (await vectors)[i]
+
+
 def _relation(query: str, asked: Sequence[str]) -> frozenset[str]:
     """The stems of the query's content words that are not its names: what it asks about them."""
     own = {w for name in asked for w in words(name)}
@@ -200,22 +211,32 @@ class MemoryReads(MemoryCore):
             mode = "keyword"
         pool = max(4 * k, 40)
         scope = _Scope(names, patterns, filters, include_compacted, seq, at, after)
+        asked = _names(query)
+        # with Ranking.unnamed, the query without its names is embedded too (in the same call)
+        bare = _without(query, asked) if (self.ranking.unnamed and asked and mode == "hybrid"
+                                          and at is None and seq is None) else None
         vector: list[float] | None = None
+        unnamed: list[float] | None = None
         if mode != "keyword":
             assert self.embedder is not None
             vector = self.vector_cache.lookup(self.embedder.name, query)
-        if vector is None and mode != "keyword":
+            if bare is not None:
+                unnamed = self.vector_cache.lookup(self.embedder.name, bare)
+        if mode != "keyword" and (vector is None or (bare is not None and unnamed is None)):
             # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
-            embedding = asyncio.ensure_future(self._query_vector(query))
+            both = asyncio.ensure_future(self._query_vectors([query] if bare is None else [query, bare]))
+            embedding = asyncio.ensure_future(_nth(both, 0))
+            second = asyncio.ensure_future(_nth(both, 1)) if bare is not None else None
             try:
-                found = await self._gather(query, embedding, scope, mode, pool, now)
+                found = await self._gather(query, embedding, scope, mode, pool, now, unnamed=second)
             finally:
-                if not embedding.done():
-                    embedding.cancel()
+                for task in (both, embedding, second):
+                    if task is not None and not task.done():
+                        task.cancel()
             vector = embedding.result()
         else:
-            found = await self._gather(query, vector, scope, mode, pool, now)
-        ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic", asked=_names(query))
+            found = await self._gather(query, vector, scope, mode, pool, now, unnamed=unnamed)
+        ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic", asked=asked)
         best = max(scores.values(), default=0.0) or 1.0
         first = {p: scores[p] / best for p in ranked}
         hop2: dict[tuple[str, str], float] = {}
@@ -330,7 +351,8 @@ class MemoryReads(MemoryCore):
         raise InvalidMemory(f"valid_at must be a datetime, 'query' or None, got {valid_at!r}")
 
     async def _gather(self, query: str, vector: list[float] | asyncio.Future[list[float]] | None, scope: _Scope,
-                      mode: str, pool: int, now: float, *, rescore: bool = True
+                      mode: str, pool: int, now: float, *, rescore: bool = True,
+                      unnamed: list[float] | asyncio.Future[list[float]] | None = None
                       ) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
         """The candidates of each retriever with both their scores: a keyword candidate gets its
         cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both.
@@ -348,8 +370,8 @@ class MemoryReads(MemoryCore):
                              stats=self._terms, weights=(ranking.text_weight, ranking.key_weight,
                                                          ranking.meta_weight), valid_at=scope.at)
 
-        def run(db: sqlite3.Connection, keyword_hits: list[tuple[Entry, float]] | None,
-                vector: list[float] | None) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
+        def run(db: sqlite3.Connection, keyword_hits: list[tuple[Entry, float]] | None, vector: list[float] | None,
+                bare: list[float] | None) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
             # one trip to the reader thread for both retrievers and the re-scoring
             if keyword_hits is None:
                 keyword_hits = keyword(db) if use_keyword else []
@@ -371,12 +393,21 @@ class MemoryReads(MemoryCore):
                     sims = self._cosines(db, vector, missing, {p: out[p][0] for p in missing}, scope.at is not None)
                     for pair, cos in sims.items():
                         out[pair][1].cosine = cos
+            if bare is not None and rescore and out:
+                # each candidate's cosine to the query without its names (Ranking.unnamed)
+                assert self.embedder is not None
+                for pair, cos in self._index(db).similarities(bare, self.embedder.name, list(out)).items():
+                    out[pair][1].unnamed = cos
             return out
 
         if isinstance(vector, asyncio.Future):
             early = await self._read(keyword, after=scope.after) if use_keyword else []
-            return await self._read(run, early, await vector, after=scope.after)
-        return await self._read(run, None, vector, after=scope.after)
+            vector = await vector
+        else:
+            early = None
+        if isinstance(unnamed, asyncio.Future):
+            unnamed = await unnamed
+        return await self._read(run, early, vector, unnamed, after=scope.after)
 
     def _order(self, found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]], now: float,
                present: bool, *, semantic_only: bool, asked: Sequence[str] = ()
