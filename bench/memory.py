@@ -33,7 +33,9 @@ temporary store, stopped at the end) and a memory client that leads its own view
   negation, multi-hop, team), stale hits (a superseded version's text in the top 5) and
   forbidden hits (an entry the asker may not read). For tether keyword, semantic and hybrid
   (the last two with the real model, if installed) and, in the same run, a plain BM25 in the
-  standard library over the same entries with the same grant filter (``Bm25``).
+  standard library over the same entries with the same grant filter (``Bm25``). ``--cv`` judges
+  candidate rankings (``CV_FAMILIES``, and a re-ranking model) by grouped cross-validation inside
+  the tune split: each question template (or kind) left out in turn, the setting chosen on the rest.
 
 Run it::
 
@@ -42,6 +44,7 @@ Run it::
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
     .venv/bin/python bench/memory.py --writes --rounds 5      # the acked writes beside raw only
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
+    .venv/bin/python bench/memory.py --cv --embedder minilm    # candidates, cross-validated inside tune
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
 
@@ -822,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
                         "measure both splits with them (for --embedder: Ranking's defaults were chosen with minilm)")
     parser.add_argument("--cv", action="store_true", help="judge candidate rankings by grouped cross-validation "
-                        "inside the tune split (left-out templates and kinds); the held-out split is not read")
+                        "inside the tune split (left-out templates and kinds); no held-out question is asked")
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")

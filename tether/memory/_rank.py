@@ -119,8 +119,9 @@ def rrf(*rankings: Sequence[K], k: int = 60) -> dict[K, float]:
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """How hybrid search scores a candidate: a weighted sum of its keyword relevance (BM25) and its
-    embedding similarity (cosine), each as a z-score among the candidates, and, for a question
+    """How hybrid search scores a candidate: a weighted sum of its keyword relevance (BM25), its
+    embedding similarity (cosine) and, for a query naming someone, its cosine to the query without
+    the names, each as a z-score among the candidates, and, for a question
     about the present ("now", "latest", "current"), how recent its valid time is among the
     candidates; the keyword retriever's best hit keeps a place in the top three. Keyword search
     uses the field weights only."""
