@@ -337,6 +337,9 @@ async def test_the_cosine_without_the_names_decides_among_one_persons_entries(op
     embedder.calls.clear()
     await memory.search("Who lives in Graz?", k=5)  # no name: nothing more to embed
     assert embedder.calls == [["Who lives in Graz?"]]
+    embedder.calls.clear()
+    await memory.search("Eli Costa?", k=5)  # nothing asked besides the name: no empty text is embedded
+    assert embedder.calls == [["Eli Costa?"]]
 
 
 @needs_model

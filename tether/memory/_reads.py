@@ -215,6 +215,8 @@ class MemoryReads(MemoryCore):
         # with Ranking.unnamed, the query without its names is embedded too (in the same call)
         bare = _without(query, asked) if (self.ranking.unnamed and asked and mode == "hybrid"
                                           and at is None and seq is None) else None
+        if bare is not None and not query_terms(bare):
+            bare = None  # nothing but the names (or stopwords) is asked: nothing to weigh
         vector: list[float] | None = None
         unnamed: list[float] | None = None
         if mode != "keyword":
