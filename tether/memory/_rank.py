@@ -157,6 +157,17 @@ class Ranking:
     person's entries differs little, so the entry that holds the asked word ("What is Dana's
     hobby?") could fall below its neighbours. Tuning split with MiniLM: zscore 0.953 to 0.960
     (``guard_at=5``: 0.957); with StaticEmbedder 0.881 to 0.877 (see docs/memory.md)."""
+    unnamed: float = 0.3
+    """In hybrid search of a query that names someone ("Which animal lives with Jana Novak?"), the
+    weight of each candidate's cosine to the query without its names ("Which animal lives with?"),
+    as a z-score beside the other two (``fusion="zscore"`` only): among one person's entries the
+    name makes every cosine alike, and what is asked of them decides. The second text is embedded
+    in the same call as the query; 0: off. Grouped cross-validation on the tuning split (each
+    question template left out in turn, MiniLM): hybrid recall@5 0.960 to 0.973, the only
+    candidate that cleared +0.01 (see docs/memory.md)."""
+    entity: float = 0.0
+    """In hybrid and keyword search, a candidate whose text names what the query names (two or more
+    capitalised words: "Carl Novak") scores this share of the best candidate's score more."""
     expand: bool = True
     """Multi-hop expansion: the new names the best hits bring are searched for in a second hop (see
     ``MemoryReads._second_hop``). On: on the tuning split it raised hybrid recall@5 from 0.899 to
@@ -184,26 +195,16 @@ class Ranking:
     together)."""
     expand_discount: float = 0.8
     """``expand_fusion="score"``: what a second-hop entry's score is worth against the first hop's."""
-    unnamed: float = 0.3
-    """In hybrid search of a query that names someone ("Which animal lives with Jana Novak?"), the
-    weight of each candidate's cosine to the query without its names ("Which animal lives with?"),
-    as a z-score beside the other two (``fusion="zscore"`` only): among one person's entries the
-    name makes every cosine alike, and what is asked of them decides. The second text is embedded
-    in the same call as the query; 0: off. Grouped cross-validation on the tuning split (each
-    question template left out in turn, MiniLM): hybrid recall@5 0.960 to 0.973, the only
-    candidate that cleared +0.01 (see docs/memory.md)."""
-    entity: float = 0.0
-    """In hybrid and keyword search, a candidate whose text names what the query names (two or more
-    capitalised words: "Carl Novak") scores this share of the best candidate's score more."""
-    model: tuple[float, ...] | None = None
-    """A linear re-ranking model (the bias, then one weight per :data:`FEATURES`) that re-orders the
-    first ``model_top`` candidates after both hops; None: off."""
-    model_top: int = 30
     expand_query: str = "swap"
     """The second question: ``swap`` (the query with "<name>'s <relation>" replaced by the new name,
     or the new name and the query's remaining words when it has no possessive) or ``rest`` (the new
     name and the query's words its bridging hit does not hold in its text, key or metadata)."""
 
+    model: tuple[float, ...] | None = None
+    """A linear re-ranking model (the bias, then one weight per :data:`FEATURES`) that re-orders the
+    first ``model_top`` candidates after both hops; None: off."""
+    model_top: int = 30
+    """How many of the best candidates the model re-orders."""
     def __post_init__(self) -> None:
         if self.model is not None and len(self.model) != len(FEATURES) + 1:
             raise ValueError(f"Ranking.model must hold {len(FEATURES) + 1} numbers (the bias, then one weight per "
@@ -215,7 +216,7 @@ class Ranking:
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):
             raise ValueError(f"Ranking.fusion must be 'zscore', 'ratio', 'cosine', 'minmax' or 'rrf', "
                              f"got {self.fusion!r}")
-        for name in ("guard", "guard_at"):
+        for name in ("guard", "guard_at", "model_top"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"Ranking.{name} must be an int >= 0, got {value!r}")
