@@ -33,7 +33,9 @@ temporary store, stopped at the end) and a memory client that leads its own view
   negation, multi-hop, team), stale hits (a superseded version's text in the top 5) and
   forbidden hits (an entry the asker may not read). For tether keyword, semantic and hybrid
   (the last two with the real model, if installed) and, in the same run, a plain BM25 in the
-  standard library over the same entries with the same grant filter (``Bm25``).
+  standard library over the same entries with the same grant filter (``Bm25``). ``--cv`` judges
+  candidate rankings (``CV_FAMILIES``, and a re-ranking model) by grouped cross-validation inside
+  the tune split: each question template (or kind) left out in turn, the setting chosen on the rest.
 
 Run it::
 
@@ -42,6 +44,7 @@ Run it::
     .venv/bin/python bench/memory.py --quality        # the development set only (about a minute)
     .venv/bin/python bench/memory.py --writes --rounds 5      # the acked writes beside raw only
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
+    .venv/bin/python bench/memory.py --cv --embedder minilm    # candidates, cross-validated inside tune
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
 
@@ -490,9 +493,166 @@ async def tune(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
     return {"ranking": {f: getattr(best, f) for f in best.__dataclass_fields__}, "tune_recall_mrr": best_score}
 
 
+# Grouped cross-validation inside the tune split: each candidate is a family of Ranking settings
+# (the default always among them); for each group of questions left out, the family's best setting on
+# the other groups is chosen and scored on the group left out. A choice that only fits the wording of
+# some templates scores its training folds well and its left-out template badly.
+CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
+    "default": [{}],
+    "field weights": [{f: w} for f, ws in (("key_weight", (0.0, 0.5, 2.0, 4.0)), ("meta_weight", (0.0, 0.5, 2.0)),
+                                           ("text_weight", (0.5, 2.0))) for w in ws],
+    "keyword weight": [{"keyword": w, "semantic": 1 - w} for w in (0.35, 0.4, 0.6, 0.65)],
+    "entity lift": [{"entity": e} for e in (0.1, 0.2, 0.3, 0.5)],
+    "cosine without the names": [{"unnamed": u} for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
+    "cosine without the names, entity lift": [{"unnamed": u, "entity": 0.2} for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
+    "second hop, scored, evidence rule": [
+        {"expand_fusion": "score", "expand_discount": d} for d in (0.8, 0.9, 1.0)],
+    "second hop, scored, no evidence rule": [
+        {"expand_fusion": "score", "expand_evidence": False, "expand_discount": d, "expand_query": q, "entity": e}
+        for d in (0.7, 0.8, 0.9, 1.0) for q in ("swap", "rest") for e in (0.0, 0.2)],
+    "second hop, places, no evidence rule": [{"expand_evidence": False}, {"expand_evidence": False, "entity": 0.2}],
+    "one hop": [{"expand": False}],
+}
+RERANK_BASES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "second hop, scored, no evidence rule": {"expand_fusion": "score", "expand_evidence": False,
+                                              "expand_discount": 0.9},
+}
+"""The rankings a re-ranking model is trained over (its features captured from their top candidates)."""
+
+
+def template_of(text: str) -> str:
+    """A question's template: its people's and projects' names and its month left out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tether_bench_memory_set", ROOT / "bench" / "memory_set.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    for name in sorted((f"{f} {la}" for f in generator.FIRST for la in generator.LAST), key=len, reverse=True):
+        text = text.replace(name, "{P}")
+    text = re.sub(r"\b(" + "|".join(generator.PROJECTS) + r")\b", "{X}", text)
+    return re.sub(r"before \w+\?", "before {M}?", text)
+
+
+def hit_of(query: dict[str, Any], hit: tuple[str, str, str]) -> bool:
+    return any((hit[0], hit[1]) == (r["namespace"], r["key"]) and r.get("text", hit[2]) == hit[2]
+               for r in query["relevant"])
+
+
+def recall5(query: dict[str, Any], hits: Sequence[tuple[str, str, str]]) -> float:
+    top = hits[:5]
+    return sum(any(hit_of({"relevant": [r]}, h) for h in top) for r in query["relevant"]) / len(query["relevant"])
+
+
+def grouped_cv(per: dict[str, dict[str, float]], family: Sequence[str], group: dict[str, str]) -> float:
+    """Recall@5 over every question when the family's setting is chosen without its group (see above)."""
+    got: dict[str, float] = {}
+    for left_out in sorted(set(group.values())):
+        train = [i for i in group if group[i] != left_out]
+        best = max(family, key=lambda c: (round(statistics.fmean(per[c][i] for i in train), 9), -family.index(c)))
+        got.update({i: per[best][i] for i in group if group[i] == left_out})
+    return statistics.fmean(got.values())
+
+
+def fit_reranker(items: Sequence[tuple[Any, Any]], l2: float = 10.0) -> Any:
+    """A logistic model over the captured features (each question weighs the same, positives balanced,
+    L2 ``l2`` on standardised features), as raw-feature weights: the bias first."""
+    import numpy as np
+
+    x = np.vstack([f for f, _ in items])
+    y = np.concatenate([lab for _, lab in items])
+    per_q = np.concatenate([np.full(len(lab), 1.0 / len(lab)) for _, lab in items])
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd < 1e-6] = np.inf  # a constant feature (every entry of the set is as recent) gets no weight
+    z = np.hstack([np.ones((len(x), 1)), (x - mu) / sd])
+    pos = y.sum()
+    weight = np.where(y > 0, (len(y) - pos) / max(pos, 1.0), 1.0) * per_q
+    weight /= weight.mean()
+    ridge = l2 * np.diag(np.r_[0.0, np.ones(z.shape[1] - 1)])
+    w = np.zeros(z.shape[1])
+    for _ in range(100):  # Newton's method
+        p = 1 / (1 + np.exp(-(z @ w)))
+        step = np.linalg.solve((z * (weight * p * (1 - p))[:, None]).T @ z + ridge + 1e-9 * np.eye(len(w)),
+                               z.T @ (weight * (p - y)) + ridge @ w)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    raw = w[1:] / sd
+    return np.r_[w[0] - (raw * mu).sum(), raw]
+
+
+def reranker_cv(captured: list[dict[str, Any]], queries: dict[str, dict[str, Any]],
+                group: dict[str, str]) -> dict[str, float]:
+    """Each question's recall@5 with its top candidates re-ordered by a model fitted without its group."""
+    import numpy as np
+
+    data = {c["id"]: (np.asarray(c["rows"], dtype=float),
+                      np.asarray([float(hit_of(queries[c["id"]], tuple(h))) for h in c["cands"]]),
+                      [tuple(h) for h in c["cands"]]) for c in captured}
+    got: dict[str, float] = {}
+    for left_out in sorted(set(group.values())):
+        w = fit_reranker([(x, y) for i, (x, y, _) in data.items() if group[i] != left_out])
+        for i in (i for i in data if group[i] == left_out):
+            x, _, hits = data[i]
+            order = np.argsort(-(x @ w[1:] + w[0]), kind="stable")
+            got[i] = recall5(queries[i], [hits[j] for j in order])
+    return got
+
+
+async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """Every family of :data:`CV_FAMILIES` and a re-ranking model over :data:`RERANK_BASES`, judged by
+    grouped cross-validation on the **tune** split only, grouped by template and by kind."""
+    from tether.memory._rank import Ranking
+
+    queries = {q["id"]: q for q in doc["queries"] if q["split"] == "tune"}
+    groups = {"template": {i: template_of(q["text"]) for i, q in queries.items()},
+              "kind": {i: q["categories"][0] for i, q in queries.items()}}
+    per: dict[str, dict[str, float]] = {}
+    bad: dict[str, int] = {}
+    names: dict[str, list[str]] = {}
+    for family, settings in CV_FAMILIES.items():
+        names[family] = ["{}"]
+        for setting in settings:
+            name = json.dumps(setting, sort_keys=True)
+            names[family].append(name)
+            if name in per:
+                continue
+            memory.ranking = Ranking(**setting)
+            results = await run_dev_set(memory, doc, "hybrid", "tune")
+            per[name] = {i: recall5(queries[i], hits) for i, hits in zip(queries, results, strict=True)}
+            scored = score_queries(list(queries.values()), results, doc["grants"])
+            bad[name] = scored["stale_hits"] + scored["forbidden_hits"]
+        names[family] = list(dict.fromkeys(names[family]))
+    out: dict[str, Any] = {"groups": {g: len(set(v.values())) for g, v in groups.items()}, "families": {}}
+    for family, members in names.items():
+        own = members[1:] or members  # the family's settings without the default (which every family holds)
+        best = max(own, key=lambda c: statistics.fmean(per[c].values()))
+        out["families"][family] = {
+            "settings": len(own), "best_on_tune": round(statistics.fmean(per[best].values()), 3),
+            "best_setting": json.loads(best),
+            **{f"cv_{g}": round(grouped_cv(per, members, groups[g]), 3) for g in groups},
+            "stale_or_forbidden": max(bad[c] for c in own)}
+        say(f"cv: {family}: {out['families'][family]}", quiet)
+    for base, setting in RERANK_BASES.items():
+        memory.ranking = Ranking(**setting)
+        memory._capture = []
+        results = await run_dev_set(memory, doc, "hybrid", "tune")
+        captured = [{"id": i, "cands": c[1], "rows": c[2]} for i, c in zip(queries, memory._capture, strict=True)]
+        memory._capture = None
+        fitted = {i: recall5(queries[i], hits) for i, hits in zip(queries, results, strict=True)}
+        row = {"without_model": round(statistics.fmean(fitted.values()), 3)}
+        for g in groups:
+            row[f"cv_{g}"] = round(statistics.fmean(reranker_cv(captured, queries, groups[g]).values()), 3)
+        out["families"][f"re-ranking model over: {base}"] = row
+        say(f"cv: re-ranking model over {base}: {row}", quiet)
+    memory.ranking = Ranking()
+    return out
+
+
 async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: bool,
                         tuning: bool = False, tune_only: list[str] | None = None,
-                        splits: Sequence[str] = ("tune", "heldout")) -> dict[str, Any]:
+                        splits: Sequence[str] = ("tune", "heldout"), cv: bool = False) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -509,6 +669,9 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
         if tuning and model is not None:
             out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
+        if cv and model is not None:
+            out["cv"] = await cross_validate(memory, doc, quiet)
+            return out
         modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
         for split in splits:
             queries = [q for q in doc["queries"] if q["split"] == split]
@@ -538,12 +701,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_quality and not args.writes:
         with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
             report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
-                                                    args.tune_only.split(",") if args.tune_only else None, splits)
-    if peer is not None and not args.tune and not args.no_peer and not args.no_quality and not args.writes:
+                                                    args.tune_only.split(",") if args.tune_only else None,
+                                                    ("tune",) if args.cv else splits, cv=args.cv)
+    if peer is not None and not (args.tune or args.cv or args.no_peer or args.no_quality or args.writes):
         with NatsServer() as server:  # the other embedder, on a log of its own
             report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
                                                          splits=splits)
-    if args.quality or args.tune:
+    if args.quality or args.tune or args.cv:
         return report
     with NatsServer() as server:
         bus = await connect(server.url, home=home)
@@ -599,6 +763,13 @@ def quality_tables(r: dict[str, Any]) -> list[str]:
     if r["quality"] is None:
         return []
     lines = [f"embedder: {r['quality']['embedder']}", *quality_table(r["quality"])]
+    if "cv" in r["quality"]:
+        cv = r["quality"]["cv"]
+        lines.append(f"grouped cross-validation on the tune split ({cv['groups']['template']} templates, "
+                     f"{cv['groups']['kind']} kinds), hybrid recall@5:")
+        for family, row in cv["families"].items():
+            lines.append(f"  {family:<40} " + "  ".join(f"{k} {v}" for k, v in row.items() if k != "best_setting")
+                         + (f"  (best on tune: {row['best_setting']})" if row.get("best_setting") else ""))
     if "quality_peer" in r:
         lines += [f"peer embedder: {r['quality_peer']['embedder']}", *quality_table(r["quality_peer"])]
     return lines
@@ -653,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", action="store_true", help="only the development set's retrieval quality")
     parser.add_argument("--tune", action="store_true", help="choose Ranking's weights on the tune split, then "
                         "measure both splits with them (for --embedder: Ranking's defaults were chosen with minilm)")
+    parser.add_argument("--cv", action="store_true", help="judge candidate rankings by grouped cross-validation "
+                        "inside the tune split (left-out templates and kinds); no held-out question is asked")
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")

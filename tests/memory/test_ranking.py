@@ -113,3 +113,63 @@ def test_guard_settings_are_checked() -> None:
         Ranking(guard=-1)
     with pytest.raises(ValueError, match="guard_at must be an int >= 0"):
         Ranking(guard_at=True)
+
+
+def test_a_bridge_without_the_evidence_rule_asks_the_name_with_the_words_its_hit_does_not_hold() -> None:
+    from tether.memory._reads import _bridge_hits
+
+    query = "Where does Ann Borg's manager live?"
+    hits = ["Since March 2026 Ann Borg lives in Cork.", "Ann Borg reports to Ben Berg."]
+    evidence = [f"{hits[0]} ann-borg/city", f"{hits[1]} ann-borg/manager"]
+    # "manager" is in the bridge's key and "live" in the first hit: what is left is asked of the new name
+    assert _bridge_hits(query, hits, evidence, require=False, rest=True) == [
+        (1, "Ben Berg", "Ben Berg where does live", frozenset())]
+    # the first hit's words are not the bridge's: a hit is asked about with its own evidence only
+    assert _bridge_hits("Who leads project Atlas?", ["Project Atlas is led by Carl Fisher."],
+                        ["Project Atlas is led by Carl Fisher. project-atlas/lead"], require=False, rest=True) == [
+        (0, "Carl Fisher", "Carl Fisher who", frozenset())]
+
+
+def test_rerank_features_are_generic_signals_of_each_candidate() -> None:
+    from tether.memory._rank import FEATURES, Features, features, score
+
+    day = 86400.0
+    candidates = [
+        Features(bm25=4.0, cosine=0.9, keyword_place=1, semantic_place=1, valid=NOW - 10 * day, recency=1.0,
+                 text="Ann Borg lives in Cork.", key="ann-borg/city", meta="kind city", fused=1.0, hop2=None),
+        Features(bm25=None, cosine=0.5, keyword_place=None, semantic_place=2, valid=NOW, recency=0.5,
+                 text="Ben Berg lives in Dublin.", key="ben-berg/city", meta="", fused=None, hop2=0.8),
+    ]
+    rows = features(["where", "does", "ann", "borg", "live", "now"], ["Ann Borg"], True, candidates)
+    named = dict(zip(FEATURES, rows[0], strict=True))
+    other = dict(zip(FEATURES, rows[1], strict=True))
+    assert named["names_asked"] == 1.0 and other["names_asked"] == 0.0 and other["names_other"] == 1.0
+    assert named["text_cover"] == 0.5 and named["key_cover"] == 0.0  # "live" (of "live", "now") is in its text
+    assert named["keyword"] == 1.0 and other["keyword"] == 0.0 and other["keyword_place"] == 0.0
+    assert other["hop2"] == 0.8 and other["hop2_only"] == 1.0 and named["hop2"] == 0.0
+    assert other["present_valid"] == 1.0 and named["present_valid"] == 0.0  # the newer valid time, asked "now"
+    assert named["cosine_z"] > other["cosine_z"] and named["place"] == 1.0 and other["place"] == 0.5
+    model = (0.5, *[0.0] * (len(FEATURES) - 1), 2.0)  # everything on "names another name"
+    assert score(model, rows) == [0.5, 2.5]
+
+
+def test_second_hop_and_model_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="expand_fusion must be 'places' or 'score'"):
+        Ranking(expand_fusion="rank")
+    with pytest.raises(ValueError, match="expand_query must be 'swap' or 'rest'"):
+        Ranking(expand_query="all")
+    with pytest.raises(ValueError, match=r"Ranking\.model must hold 19 numbers"):
+        Ranking(model=(1.0, 2.0))
+
+
+def test_the_query_without_its_names_and_its_weight_in_fusion() -> None:
+    from tether.memory._reads import _without
+
+    assert _without("Which animal lives with Jana Novak?", ["Jana Novak"]) == "Which animal lives with?"
+    assert _without("Where does Ann Borg's manager live?", ["Ann Borg"]) == "Where does manager live?"
+    same = [Candidate(2.0, 0.5, NOW, 0.1), Candidate(2.0, 0.5, NOW, 0.9), Candidate(1.0, 0.2, NOW, 0.5)]
+    off = fuse(same, Ranking(unnamed=0.0), present=False)
+    on = fuse(same, Ranking(unnamed=0.3), present=False)
+    assert off[0] == off[1] and on[1] > on[0]  # alike by both scores: the cosine without the names decides
+    assert fuse(same, Ranking(fusion="ratio", unnamed=0.3), present=False) == fuse(
+        same, Ranking(fusion="ratio"), present=False)  # z-score fusion only

@@ -17,19 +17,25 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 __all__ = [
+    "FEATURES",
     "KEPT",
     "STOPWORDS",
     "Candidate",
+    "Features",
     "Ranking",
     "estimate_tokens",
+    "features",
     "fts_query",
     "fuse",
     "guard",
+    "names",
     "query_terms",
     "recency",
     "rerank",
     "rrf",
     "rrf_weighted",
+    "score",
+    "stem",
     "temporal",
     "words",
 ]
@@ -54,6 +60,14 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+def stem(word: str) -> str:
+    """A crude stem, enough to match "manager" with "manages" and "leads" with "lead"."""
+    for suffix in ("ers", "er", "es", "ed", "ing", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[:-len(suffix)]
+    return word
 
 
 def query_terms(text: str) -> list[str]:
@@ -105,8 +119,9 @@ def rrf(*rankings: Sequence[K], k: int = 60) -> dict[K, float]:
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """How hybrid search scores a candidate: a weighted sum of its keyword relevance (BM25) and its
-    embedding similarity (cosine), each as a z-score among the candidates, and, for a question
+    """How hybrid search scores a candidate: a weighted sum of its keyword relevance (BM25), its
+    embedding similarity (cosine) and, for a query naming someone, its cosine to the query without
+    the names, each as a z-score among the candidates, and, for a question
     about the present ("now", "latest", "current"), how recent its valid time is among the
     candidates; the keyword retriever's best hit keeps a place in the top three. Keyword search
     uses the field weights only."""
@@ -142,6 +157,17 @@ class Ranking:
     person's entries differs little, so the entry that holds the asked word ("What is Dana's
     hobby?") could fall below its neighbours. Tuning split with MiniLM: zscore 0.953 to 0.960
     (``guard_at=5``: 0.957); with StaticEmbedder 0.881 to 0.877 (see docs/memory.md)."""
+    unnamed: float = 0.3
+    """In hybrid search of a query that names someone ("Which animal lives with Jana Novak?"), the
+    weight of each candidate's cosine to the query without its names ("Which animal lives with?"),
+    as a z-score beside the other two (``fusion="zscore"`` only): among one person's entries the
+    name makes every cosine alike, and what is asked of them decides. The second text is embedded
+    in the same call as the query; 0: off. Grouped cross-validation on the tuning split (each
+    question template left out in turn, MiniLM): hybrid recall@5 0.960 to 0.973, the only
+    candidate that cleared +0.01 (see docs/memory.md)."""
+    entity: float = 0.0
+    """In hybrid and keyword search, a candidate whose text names what the query names (two or more
+    capitalised words: "Carl Novak") scores this share of the best candidate's score more."""
     expand: bool = True
     """Multi-hop expansion: the new names the best hits bring are searched for in a second hop (see
     ``MemoryReads._second_hop``). On: on the tuning split it raised hybrid recall@5 from 0.899 to
@@ -161,12 +187,36 @@ class Ranking:
     expand_embed: bool = True
     """In hybrid mode, embed each second-hop question ("Where does Ben Berg live?") and search it
     in both retrievers (one batched embedding for all of them); else keyword only."""
+    expand_fusion: str = "places"
+    """How the second hop's entries join the first hop's: ``places`` (the first hop keeps the places
+    above ``expand_at``, each name's best entry takes the next ones) or ``score`` (every second-hop
+    entry that names the new name scores ``expand_discount`` times its bridging hit's score times
+    its own score in the second hop, each normalised to its hop's best, and all are sorted
+    together)."""
+    expand_discount: float = 0.8
+    """``expand_fusion="score"``: what a second-hop entry's score is worth against the first hop's."""
+    expand_query: str = "swap"
+    """The second question: ``swap`` (the query with "<name>'s <relation>" replaced by the new name,
+    or the new name and the query's remaining words when it has no possessive) or ``rest`` (the new
+    name and the query's words its bridging hit does not hold in its text, key or metadata)."""
 
+    model: tuple[float, ...] | None = None
+    """A linear re-ranking model (the bias, then one weight per :data:`FEATURES`) that re-orders the
+    first ``model_top`` candidates after both hops; None: off."""
+    model_top: int = 30
+    """How many of the best candidates the model re-orders."""
     def __post_init__(self) -> None:
+        if self.model is not None and len(self.model) != len(FEATURES) + 1:
+            raise ValueError(f"Ranking.model must hold {len(FEATURES) + 1} numbers (the bias, then one weight per "
+                             f"feature of tether.memory._rank.FEATURES), got {len(self.model)}")
+        if self.expand_fusion not in ("places", "score"):
+            raise ValueError(f"Ranking.expand_fusion must be 'places' or 'score', got {self.expand_fusion!r}")
+        if self.expand_query not in ("swap", "rest"):
+            raise ValueError(f"Ranking.expand_query must be 'swap' or 'rest', got {self.expand_query!r}")
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):
             raise ValueError(f"Ranking.fusion must be 'zscore', 'ratio', 'cosine', 'minmax' or 'rrf', "
                              f"got {self.fusion!r}")
-        for name in ("guard", "guard_at"):
+        for name in ("guard", "guard_at", "model_top"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"Ranking.{name} must be an int >= 0, got {value!r}")
@@ -182,6 +232,8 @@ class Candidate:
     cosine: float | None
     valid: float
     """The entry's valid time (its ``valid_from``, else when it was written), epoch seconds."""
+    unnamed: float | None = None
+    """Its cosine similarity to the query with the query's names left out (``Ranking.unnamed``)."""
 
 
 def _ranks(values: Sequence[float | None]) -> list[int | None]:
@@ -234,6 +286,9 @@ def fuse(candidates: Sequence[Candidate], ranking: Ranking, *, present: bool) ->
     elif ranking.fusion == "zscore" and cosines:
         bz, cz = _zscores([c.bm25 for c in candidates]), _zscores([c.cosine for c in candidates])
         out = [ranking.keyword * a + ranking.semantic * b for a, b in zip(bz, cz, strict=True)]
+        if ranking.unnamed and any(c.unnamed is not None for c in candidates):
+            uz = _zscores([c.unnamed for c in candidates])
+            out = [s + ranking.unnamed * u for s, u in zip(out, uz, strict=True)]
         low = min(out)
         out = [s - low for s in out]  # the worst candidate at 0: recency and validity scale what is above it
     elif ranking.fusion == "cosine":
@@ -290,3 +345,82 @@ def temporal(query: str, now: float) -> tuple[datetime | None, bool]:
     if at is not None:
         at = datetime.fromtimestamp(at.timestamp() - 1e-3, UTC)
     return at, at is None and _PRESENT.search(query) is not None
+
+
+FEATURES = ("fused", "place", "bm25_z", "cosine_z", "cosine", "keyword", "keyword_place", "semantic_place",
+            "text_cover", "key_cover", "meta_cover", "recency", "valid_rank", "present_valid", "hop2", "hop2_only",
+            "names_asked", "names_other")
+"""What the re-ranking model weighs for each of the top candidates (:func:`features`)."""
+
+
+@dataclass(slots=True)
+class Features:
+    """What one candidate brings to the re-ranking model, as search gathered it."""
+
+    bm25: float | None
+    cosine: float | None
+    keyword_place: int | None
+    semantic_place: int | None
+    valid: float
+    recency: float
+    text: str
+    key: str
+    meta: str
+    fused: float | None
+    """Its first-hop score over the best's (None: only the second hop found it)."""
+    hop2: float | None
+    """Its second-hop score (discounted, over the first hop's best), None if the second hop did not bring it."""
+
+
+def _cover(asked: frozenset[str], text: str) -> float:
+    if not asked:
+        return 0.0
+    return len(asked & {stem(w) for w in words(text)}) / len(asked)
+
+
+def features(query_words: Sequence[str], asked_names: Sequence[str], present: bool,
+             candidates: Sequence[Features]) -> list[list[float]]:
+    """Each candidate's feature vector (see :data:`FEATURES`): its scores, where each retriever placed
+    it, the share of the query's words its text, key and metadata hold, recency and valid time, the
+    second hop's score, and whether it names the query's names or other ones. Generic features only:
+    nothing names a template's words."""
+    own = {w for name in asked_names for w in words(name)}
+    asked = frozenset(stem(w) for w in query_words if w not in STOPWORDS and w not in own and len(w) > 1)
+    lowered = [n.lower() for n in asked_names]
+    bz = _zscores([c.bm25 for c in candidates])
+    cz = _zscores([c.cosine for c in candidates]) if any(c.cosine is not None for c in candidates) \
+        else [0.0] * len(candidates)
+    times = sorted({c.valid for c in candidates})
+    valid_rank = {t: i / max(1, len(times) - 1) for i, t in enumerate(times)}
+    out = []
+    for place, c in enumerate(candidates, start=1):
+        text = c.text.lower()
+        named = bool(lowered) and any(n in text for n in lowered)
+        others = any(n.lower() not in lowered for n in names(c.text))
+        out.append([
+            c.fused or 0.0, 1.0 / place, bz[place - 1], cz[place - 1], c.cosine or 0.0, float(c.bm25 is not None),
+            1.0 / c.keyword_place if c.keyword_place else 0.0, 1.0 / c.semantic_place if c.semantic_place else 0.0,
+            _cover(asked, c.text), _cover(asked, c.key.replace("/", " ").replace("-", " ")), _cover(asked, c.meta),
+            c.recency, valid_rank[c.valid], valid_rank[c.valid] if present else 0.0,
+            c.hop2 or 0.0, float(c.fused is None), float(named), float(others)])
+    return out
+
+
+_NAME = re.compile(r"\b[A-Z][\w'-]*[a-z][\w'-]*(?:\s+[A-Z][\w-]*[a-z][\w-]*)+")
+_NOT_NAMES = frozenset(m.lower() for m in (*calendar.month_name, *calendar.month_abbr) if m) | STOPWORDS
+
+
+def names(text: str) -> list[str]:
+    """Two or more capitalised words in a row ("Ann Fischer's" -> "Ann Fischer"), leaving out
+    stopwords and months ("Since March 2026 Ann Borg" -> "Ann Borg")."""
+    out = []
+    for found in _NAME.findall(text):
+        parts = [w for w in re.sub(r"'s$", "", found).split() if w.lower() not in _NOT_NAMES]
+        if len(parts) >= 2:
+            out.append(" ".join(parts))
+    return list(dict.fromkeys(out))
+
+
+def score(model: Sequence[float], rows: Sequence[Sequence[float]]) -> list[float]:
+    """A linear model's score of each feature vector (``model``: the bias, then one weight per feature)."""
+    return [model[0] + sum(w * x for w, x in zip(model[1:], row, strict=True)) for row in rows]

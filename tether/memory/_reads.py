@@ -7,8 +7,8 @@ Every read waits until the view has applied this client's own writes (read-your-
 from __future__ import annotations
 
 import asyncio
-import calendar
 import fnmatch
+import math
 import re
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -22,7 +22,22 @@ from ._core import MemoryCore
 from ._embed import VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
-from ._rank import STOPWORDS, Candidate, fuse, guard, query_terms, rerank, temporal, words
+from ._rank import (
+    STOPWORDS,
+    Candidate,
+    Features,
+    features,
+    fuse,
+    guard,
+    query_terms,
+    recency,
+    rerank,
+    score,
+    temporal,
+    words,
+)
+from ._rank import names as _names
+from ._rank import stem as _stem
 from ._types import Context, Entry, Hit, Version
 from ._view import meta_words
 
@@ -41,29 +56,15 @@ def _valid(entry: Entry, default: float) -> float:
     return when.timestamp() if when is not None else default
 
 
-_NAME = re.compile(r"\b[A-Z][\w'-]*[a-z][\w'-]*(?:\s+[A-Z][\w-]*[a-z][\w-]*)+")
+def _without(query: str, asked: Sequence[str]) -> str:
+    """The query without its names ("Which animal lives with Jana Novak?" -> "Which animal lives with?")."""
+    for name in asked:
+        query = re.sub(rf"\b{re.escape(name)}(?:'s)?", " ", query)
+    return " ".join(query.split()).replace(" ?", "?")
 
 
-_NOT_NAMES = frozenset(m.lower() for m in (*calendar.month_name, *calendar.month_abbr) if m) | STOPWORDS
-
-
-def _names(text: str) -> list[str]:
-    """Two or more capitalised words in a row ("Ann Fischer's" -> "Ann Fischer"), leaving out
-    stopwords and months ("Since March 2026 Ann Borg" -> "Ann Borg")."""
-    out = []
-    for found in _NAME.findall(text):
-        parts = [w for w in re.sub(r"'s$", "", found).split() if w.lower() not in _NOT_NAMES]
-        if len(parts) >= 2:
-            out.append(" ".join(parts))
-    return list(dict.fromkeys(out))
-
-
-def _stem(word: str) -> str:
-    """A crude stem, enough to match "manager" with "manages" and "leads" with "lead"."""
-    for suffix in ("ers", "er", "es", "ed", "ing", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[:-len(suffix)]
-    return word
+async def _nth(vectors: asyncio.Future[list[list[float]]], i: int) -> list[float]:
+    return (await vectors)[i]
 
 
 def _relation(query: str, asked: Sequence[str]) -> frozenset[str]:
@@ -86,26 +87,43 @@ def _bridges(query: str, texts: Sequence[str], evidence: Sequence[str] | None = 
     "manager"): the hit is about what the query asks of the name, not merely another fact
     of the same person ("Greta Novak reports to Jana Fisher." does not make "Should I offer
     Greta Novak an espresso?" a question about Jana Fisher)."""
+    return [(name, second, relation) for _, name, second, relation in _bridge_hits(query, texts, evidence,
+                                                                                   require=evidence is not None)]
+
+
+def _bridge_hits(query: str, texts: Sequence[str], evidence: Sequence[str] | None = None, *,
+                 require: bool = True, rest: bool = False) -> list[tuple[int, str, str, frozenset[str]]]:
+    """:func:`_bridges` with the index of the hit each name comes from; ``require``: the evidence
+    rule. ``rest``: the second query is the new name and the query's words the hit does not hold
+    (in ``evidence``, else its text), instead of the query with "<name>'s <relation>" swapped for
+    the new name."""
     asked = _names(query)
     relation = frozenset(words(" ".join(re.findall(r"'s\s+(\w+)", query))))
     own = {w for name in asked for w in words(name)}
     every = set(words(query))
     asks = _relation(query, asked)
-    out: list[tuple[str, str, frozenset[str]]] = []
+    out: list[tuple[int, str, str, frozenset[str]]] = []
     for i, text in enumerate(texts):
         here = _names(text)
         if not here or (asked and not any(name in here for name in asked)):
             continue
-        if evidence is not None and not asks & {_stem(w) for w in words(evidence[i])}:
+        held = {_stem(w) for w in words(evidence[i] if evidence is not None else text)}
+        if require and not asks & held:
             continue
         seen = set(words(text))
-        rest = [w for w in words(query) if w not in own and w not in relation and w not in seen]
+        if rest:
+            left = [w for w in words(query) if w not in own and len(w) > 1 and _stem(w) not in held]
+        else:
+            left = [w for w in words(query) if w not in own and w not in relation and w not in seen]
         for name in here:
-            if not set(words(name)) <= every and name not in (b[0] for b in out):
+            if not set(words(name)) <= every and name not in (b[1] for b in out):
+                if rest:
+                    out.append((i, name, " ".join([name, *left]), frozenset()))
+                    continue
                 # "Where does Ann Borg's manager live?" -> "Where does Ben Berg live?"
                 asked_for = [a for a in asked if a in here]
                 swapped = re.sub(rf"\b{re.escape(asked_for[0])}'s\s+\w+", name, query) if asked_for else query
-                out.append((name, swapped if swapped != query else " ".join([name, *rest]), relation))
+                out.append((i, name, swapped if swapped != query else " ".join([name, *left]), relation))
     return out
 
 
@@ -193,61 +211,126 @@ class MemoryReads(MemoryCore):
             mode = "keyword"
         pool = max(4 * k, 40)
         scope = _Scope(names, patterns, filters, include_compacted, seq, at, after)
+        asked = _names(query)
+        # with Ranking.unnamed, the query without its names is embedded too (in the same call)
+        bare = _without(query, asked) if (self.ranking.unnamed and asked and mode == "hybrid"
+                                          and at is None and seq is None) else None
+        if bare is not None and not query_terms(bare):
+            bare = None  # nothing but the names (or stopwords) is asked: nothing to weigh
         vector: list[float] | None = None
+        unnamed: list[float] | None = None
         if mode != "keyword":
             assert self.embedder is not None
             vector = self.vector_cache.lookup(self.embedder.name, query)
-        if vector is None and mode != "keyword":
+            if bare is not None:
+                unnamed = self.vector_cache.lookup(self.embedder.name, bare)
+        if mode != "keyword" and (vector is None or (bare is not None and unnamed is None)):
             # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
-            embedding = asyncio.ensure_future(self._query_vector(query))
+            both = asyncio.ensure_future(self._query_vectors([query] if bare is None else [query, bare]))
+            embedding = asyncio.ensure_future(_nth(both, 0))
+            second = asyncio.ensure_future(_nth(both, 1)) if bare is not None else None
             try:
-                found = await self._gather(query, embedding, scope, mode, pool, now)
+                found = await self._gather(query, embedding, scope, mode, pool, now, unnamed=second)
             finally:
-                if not embedding.done():
-                    embedding.cancel()
+                for task in (both, embedding, second):
+                    if task is not None and not task.done():
+                        task.cancel()
             vector = embedding.result()
         else:
-            found = await self._gather(query, vector, scope, mode, pool, now)
-        ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic")
+            found = await self._gather(query, vector, scope, mode, pool, now, unnamed=unnamed)
+        ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic", asked=asked)
+        best = max(scores.values(), default=0.0) or 1.0
+        first = {p: scores[p] / best for p in ranked}
+        hop2: dict[tuple[str, str], float] = {}
         if self.ranking.expand and mode != "semantic" and ranked and seq is None:
-            ranked, scores = await self._second_hop(query, vector, scope, mode, pool, now, present, found, ranked,
-                                                    scores)
+            ranked, scores, hop2 = await self._second_hop(query, vector, scope, mode, pool, now, present, found,
+                                                          ranked, scores)
+        if (self.ranking.model is not None or self._capture is not None) and mode != "semantic" and ranked:
+            ranked, scores = self._rerank(query, present, found, ranked, scores, first, hop2, now)
         return [Hit(found[p][0], scores[p], found[p][2], found[p][3]) for p in ranked[:k]]
+
+    _capture: list[tuple[str, list[tuple[str, str, str]], list[list[float]]]] | None = None
+    """Set to a list (by ``bench/memory.py``), every search appends its query, its top candidates
+    (namespace, key, text) and their re-ranking features: what the model is trained on."""
+
+    def _rerank(self, query: str, present: bool,
+                found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]],
+                ranked: list[tuple[str, str]], scores: dict[tuple[str, str], float],
+                first: dict[tuple[str, str], float], hop2: dict[tuple[str, str], float], now: float
+                ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
+        """The first ``model_top`` candidates re-ordered by the re-ranking model (``Ranking.model``)."""
+        top = ranked[:self.ranking.model_top]
+        rows = features(words(query), _names(query), present, [
+            Features(c.bm25, c.cosine, kp, sp, c.valid, recency(now - _stamp(e, now), self.half_life_s), e.text,
+                     e.key, meta_words(e.metadata), first.get(p), hop2.get(p))
+            for p in top for e, c, kp, sp in (found[p],)])
+        if self._capture is not None:
+            self._capture.append((query, [(p[0], p[1], found[p][0].text) for p in top], rows))
+        if self.ranking.model is None:
+            return ranked, scores
+        values = score(self.ranking.model, rows)
+        order = sorted(range(len(top)), key=lambda i: -values[i])
+        # scores stay in order: the re-ranked ones above the rest, by the model's logistic
+        floor = max((scores[p] for p in ranked[len(top):]), default=0.0)
+        new = {top[i]: floor + 1.0 / (1.0 + math.exp(-values[i])) for i in order}
+        return [top[i] for i in order] + ranked[len(top):], {**scores, **new}
 
     async def _second_hop(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,
                           now: float, present: bool,
                           found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]],
                           ranked: list[tuple[str, str]], scores: dict[tuple[str, str], float]
-                          ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
+                          ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float],
+                                     dict[tuple[str, str], float]]:
         """Multi-hop: the first hop keeps its best ``expand_at - 1`` places; the next go to the best
         entry of each new name its best ``expand_from`` hits bring (up to ``expand_slots``), found
-        by a keyword search for the name and re-ranked like the first hop (no new embedding)."""
+        by a search for the name and re-ranked like the first hop. With ``expand_fusion="score"``
+        every second-hop entry naming the name competes with the first hop's at a discounted score.
+        Also returns the second hop's (normalised) score of each entry it brought."""
         ranking = self.ranking
         keep = max(ranking.expand_at, 1) - 1
         picks: list[tuple[str, str]] = []
         hits = [found[p][0] for p in ranked[:ranking.expand_from]]
-        evidence = [f"{e.text} {e.key} {meta_words(e.metadata)}" for e in hits] if ranking.expand_evidence else None
-        bridges = _bridges(query, [e.text for e in hits], evidence)[:ranking.expand_slots]
+        scoring = ranking.expand_fusion == "score"
+        evidence = ([f"{e.text} {e.key} {meta_words(e.metadata)}" for e in hits]
+                    if ranking.expand_evidence or ranking.expand_query == "rest" else None)
+        bridges = _bridge_hits(query, [e.text for e in hits], evidence, require=ranking.expand_evidence,
+                               rest=ranking.expand_query == "rest")[:ranking.expand_slots]
         vectors: list[list[float] | None] = [None] * len(bridges)
         if bridges and mode == "hybrid" and ranking.expand_embed:
-            vectors = list(await self._query_vectors([b[1] for b in bridges]))
-        for (name, bridge, banned), hop in zip(bridges, vectors, strict=True):
+            vectors = list(await self._query_vectors([b[2] for b in bridges]))
+        best = max(scores.values(), default=0.0) or 1.0
+        combined = {p: scores[p] / best for p in ranked}
+        brought: dict[tuple[str, str], float] = {}
+        for (source, name, bridge, banned), hop in zip(bridges, vectors, strict=True):
             second = await self._gather(bridge, hop or vector, scope, "hybrid" if hop else "keyword", pool, now,
                                         rescore=mode == "hybrid")
-            again, _ = self._order(second, now, present, semantic_only=False)
+            again, got = self._order(second, now, present, semantic_only=False, asked=[name])
             lowered = name.lower()
+            if scoring:
+                # every entry naming the new name, discounted by its bridge's score (both hops normalised)
+                weight = ranking.expand_discount * combined[ranked[source]] / (max(got.values(), default=0.0) or 1.0)
+                for p in (p for p in again if lowered in second[p][0].text.lower()):
+                    value = weight * got[p]
+                    brought[p] = max(brought.get(p, 0.0), value)
+                    if value > combined.get(p, -1.0):
+                        combined[p] = value
+                        found.setdefault(p, second[p])
+                continue
             pick = next((p for p in again if p not in ranked[:keep] and p not in picks
                          and lowered in second[p][0].text.lower() and not banned & set(words(second[p][0].text))),
                         None)
             if pick is not None:
                 picks.append(pick)
                 found.setdefault(pick, second[pick])
+        if scoring:
+            order = sorted(combined, key=lambda p: -combined[p])
+            return order, {p: combined[p] * best for p in order}, brought
         if not picks:
-            return ranked, scores
+            return ranked, scores, {}
         rest = [p for p in ranked if p not in picks]
         merged = [*rest[:keep], *picks, *rest[keep:]]
         floor = scores[rest[keep - 1]] if 0 < keep <= len(rest) else 0.0
-        return merged, {**scores, **{p: floor for p in picks}}
+        return merged, {**scores, **{p: floor for p in picks}}, {p: floor / best for p in picks}
 
     async def _query_vector(self, query: str) -> list[float]:
         """The query's embedding (from the client's vector cache when it was embedded lately)."""
@@ -270,7 +353,8 @@ class MemoryReads(MemoryCore):
         raise InvalidMemory(f"valid_at must be a datetime, 'query' or None, got {valid_at!r}")
 
     async def _gather(self, query: str, vector: list[float] | asyncio.Future[list[float]] | None, scope: _Scope,
-                      mode: str, pool: int, now: float, *, rescore: bool = True
+                      mode: str, pool: int, now: float, *, rescore: bool = True,
+                      unnamed: list[float] | asyncio.Future[list[float]] | None = None
                       ) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
         """The candidates of each retriever with both their scores: a keyword candidate gets its
         cosine similarity from its recorded vector, so hybrid re-ranks every candidate by both.
@@ -288,8 +372,8 @@ class MemoryReads(MemoryCore):
                              stats=self._terms, weights=(ranking.text_weight, ranking.key_weight,
                                                          ranking.meta_weight), valid_at=scope.at)
 
-        def run(db: sqlite3.Connection, keyword_hits: list[tuple[Entry, float]] | None,
-                vector: list[float] | None) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
+        def run(db: sqlite3.Connection, keyword_hits: list[tuple[Entry, float]] | None, vector: list[float] | None,
+                bare: list[float] | None) -> dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]:
             # one trip to the reader thread for both retrievers and the re-scoring
             if keyword_hits is None:
                 keyword_hits = keyword(db) if use_keyword else []
@@ -311,21 +395,36 @@ class MemoryReads(MemoryCore):
                     sims = self._cosines(db, vector, missing, {p: out[p][0] for p in missing}, scope.at is not None)
                     for pair, cos in sims.items():
                         out[pair][1].cosine = cos
+            if bare is not None and rescore and out:
+                # each candidate's cosine to the query without its names (Ranking.unnamed)
+                assert self.embedder is not None
+                for pair, cos in self._index(db).similarities(bare, self.embedder.name, list(out)).items():
+                    out[pair][1].unnamed = cos
             return out
 
         if isinstance(vector, asyncio.Future):
             early = await self._read(keyword, after=scope.after) if use_keyword else []
-            return await self._read(run, early, await vector, after=scope.after)
-        return await self._read(run, None, vector, after=scope.after)
+            vector = await vector
+        else:
+            early = None
+        if isinstance(unnamed, asyncio.Future):
+            unnamed = await unnamed
+        return await self._read(run, early, vector, unnamed, after=scope.after)
 
     def _order(self, found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]], now: float,
-               present: bool, *, semantic_only: bool) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
-        """The candidates best first, and their scores."""
+               present: bool, *, semantic_only: bool, asked: Sequence[str] = ()
+               ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], float]]:
+        """The candidates best first, and their scores; ``asked``: the names the query names."""
         pairs = list(found)
         if semantic_only:
             values = [found[p][1].cosine or 0.0 for p in pairs]
         else:
             fused = fuse([found[p][1] for p in pairs], self.ranking, present=present)
+            if asked and self.ranking.entity and fused:
+                lowered = [a.lower() for a in asked]
+                lift = self.ranking.entity * (max(fused) or 1.0)
+                fused = [f + lift * any(a in found[p][0].text.lower() for a in lowered)
+                         for f, p in zip(fused, pairs, strict=True)]
             ages = [now - _stamp(found[p][0], now) for p in pairs]
             values = rerank(fused, ages, weight=self.recency_weight, half_life_s=self.half_life_s)
         scores = dict(zip(pairs, values, strict=True))
