@@ -30,7 +30,7 @@ from llama_index.core.storage.chat_store.sql import SQLAlchemyChatStore
 
 import tether
 import tether.adapters
-from tether.adapters.llama_index import TetherChatStore, TetherMemoryBlock, llm, wrap_tools
+from tether.adapters.llama_index import TetherChatStore, TetherMemoryBlock, ToolNeedsAttention, llm, wrap_tools
 from tether.memory import AsyncMemory
 
 FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
@@ -78,9 +78,42 @@ def counted_lookup(city: str) -> str:
     return f"It is windy in {city}."
 
 
-def agent(name: str, tools: list[Any], **options: Any) -> FunctionAgent:
+class Crash(BaseException):
+    """The process dying inside a tool, as far as the run's log can tell: the call's start is
+    recorded, its end never is."""
+
+
+def charge_card(city: str) -> str:
+    """Charge the card for a city's forecast (not idempotent; the process dies in its first call)."""
+    RAN["charge_card"] += 1
+    if RAN["charge_card"] == 1:
+        raise Crash("the process died here")
+    return f"Charged for {city}."
+
+
+async def needs_attention() -> dict[str, Any]:
+    """A run that died inside a non-idempotent tool call, then resumed: it stops, and the tool is not run again."""
+    out: dict[str, Any] = {}
+    for attempt in ("died", "resumed"):
+        fake("faults", {"spec": ""})
+        try:
+            async with tether.run(run_id="job-card", resume=True):
+                try:
+                    await agent("careful-bot", [charge_card]).run(user_msg="What is the weather in Paris?")
+                except ToolNeedsAttention as stop:
+                    raise stop.attention from stop  # the enclosing run stops as needing attention too
+            out[attempt] = {"ok": True}
+        except Crash:
+            out[attempt] = {"ok": False, "error": "Crash"}
+        except tether.NeedsAttention as exc:
+            out[attempt] = {"ok": False, "error": "NeedsAttention", "tool": exc.tool, "arguments": exc.arguments}
+        out[attempt]["ran"] = RAN["charge_card"]
+    return out
+
+
+def agent(name: str, tools: list[Any], *, streaming: bool = True, **options: Any) -> FunctionAgent:
     bot = FunctionAgent(name=name, description=f"{name} answers about the weather.",
-                        system_prompt="Answer about the weather.", tools=tools,
+                        system_prompt="Answer about the weather.", tools=tools, streaming=streaming,
                         llm=llm("gpt-4o-mini"))  # line 1: the model's requests under tether's policy
     return wrap_tools(bot, **options)  # line 2: its tool calls under tether's tool policy
 
@@ -158,6 +191,9 @@ async def main() -> dict[str, Any]:
     said: dict[str, Any] = {"installed": tether.init()}
     said["faults"] = await scenario("faults", "500#1/chat,429(0)#3/chat")
     said["persistent"] = await scenario("persistent", "429/chat")
+    # not streamed: LlamaIndex's own retry decorator (tenacity) would retry a 429 it got from achat()
+    said["persistent_unstreamed"] = await scenario("persistent_unstreamed", "429/chat", agent_name="plain-bot",
+                                                   streaming=False)
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["tool_error"] = await scenario("tool_error", "", agent_name="forecast-bot", tools=[get_forecast])
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
@@ -178,6 +214,7 @@ async def main() -> dict[str, Any]:
                                      resume="job-li")
     said["resumed"] = await scenario("resumed", "", agent_name="resume-bot", tools=[counted_lookup],
                                      resume="job-li")
+    said["attention"] = await needs_attention()
     said["stores"] = await stores_agree()
     said["history"] = await converse(bus, "What is the weather in Paris?")
     await bus.close()

@@ -102,6 +102,12 @@ def test_a_persistent_429_is_three_upstream_requests_and_openais_own_error(agent
     assert run[-1].data.status == "error" and run[-1].data.error.type == "RateLimitError"
 
 
+def test_a_persistent_429_unstreamed_is_not_retried_by_llama_indexs_retry_decorator(agents: Outcome) -> None:
+    said = agents.said["persistent_unstreamed"]  # FunctionAgent(streaming=False): achat(), under LlamaIndex's retry
+    assert not said["ok"] and said["error"] == "openai.RateLimitError", said
+    assert said["upstream"] == ["429", "429", "429"], "max_retries=0: tether's three attempts alone"
+
+
 def test_a_budget_refusal_is_the_429_error_llama_index_users_get_and_sends_nothing(agents: Outcome) -> None:
     said = agents.said["budget"]
     assert not said["ok"] and said["error"] == "openai.RateLimitError" and said["status"] == 429, said
@@ -181,6 +187,17 @@ def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(agents
     assert [(e.data.tool, e.data.response) for e in replayed] == [("counted_lookup", "It is windy in fake city.")]
     runs = [e for e in agents.started() if e.agentid == "resume-bot"]
     assert len({e.runid for e in runs}) == 1 and runs[1].data.resumed, "the same run, resumed"
+
+
+def test_a_resumed_run_that_died_inside_a_non_idempotent_tool_stops_without_running_it(agents: Outcome) -> None:
+    died, resumed = agents.said["attention"]["died"], agents.said["attention"]["resumed"]
+    assert died == {"ok": False, "error": "Crash", "ran": 1}, died
+    assert resumed["error"] == "NeedsAttention" and resumed["ran"] == 1, ("not run again", resumed)
+    assert resumed["tool"] == "charge_card" and resumed["arguments"] == {"city": "fake city"}
+    [run_id] = {e.runid for e in agents.started() if e.agentid == "careful-bot"}
+    run = types(agents.runs()[run_id])
+    assert run[-1] == "run.needs_attention" and run.count("run.finished") == 1, \
+        ("the resumed run stops as needing attention, not finished", run)
 
 
 def test_the_chat_store_answers_as_llama_indexs_own_sql_store(agents: Outcome) -> None:

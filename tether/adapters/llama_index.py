@@ -24,14 +24,15 @@ from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOut
 from llama_index.core.workflow import Workflow
 from pydantic import PrivateAttr
 
-from tether.adapters import Hub, Run, RunContext, async_http_client, bound, http_client
+from tether.adapters import Hub, NeedsAttention, Run, RunContext, async_http_client, bound, http_client
 from tether.bus import Bus
 from tether.middleware import PolicySet
 
 from ._frameworks import KvState, inject_memory, key_token, policy_set, untoken
 from ._tools import FrameworkTools
 
-__all__ = ["PolicyTool", "TetherChatStore", "TetherMemoryBlock", "TetherSpanHandler", "install", "llm", "wrap_tools"]
+__all__ = ["PolicyTool", "TetherChatStore", "TetherMemoryBlock", "TetherSpanHandler", "ToolNeedsAttention", "install",
+           "llm", "wrap_tools"]
 
 SOURCE = "urn:tether:adapter:llama-index"
 
@@ -135,6 +136,8 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
             return
         for child in state.children.values():
             child.__exit__(None, None, None)
+        if isinstance(error, ToolNeedsAttention):  # not finished: ``run.needs_attention`` says where it stopped
+            error = error.attention
         if error is None:
             state.run.__exit__(None, None, None)
         else:
@@ -222,6 +225,19 @@ class _ToolFailed(Exception):
         self.output = output
 
 
+class ToolNeedsAttention(BaseException):
+    """A resumed run stopped at a tool call the process died inside, which is not idempotent: raised
+    from ``await agent.run(...)``, its ``attention`` the :class:`tether.NeedsAttention` (``run_id``,
+    ``tool``, ``position``, ``arguments``). A ``BaseException``, as ``KeyboardInterrupt`` is, because
+    LlamaIndex gives the model every ``Exception`` a tool raises as text and carries on: only this
+    stops the agent. Inside ``tether.run(..., resume=True)``, raise ``attention`` from it so that run
+    stops as needing attention too."""
+
+    def __init__(self, attention: NeedsAttention) -> None:
+        super().__init__(str(attention))
+        self.attention = attention
+
+
 class PolicyTool(FunctionTool):
     """A LlamaIndex tool whose calls run under tether's tool policy and the run's journal: the
     tool it wraps is called as LlamaIndex would (a ``FunctionTool`` taking the workflow ``Context``
@@ -274,6 +290,8 @@ class PolicyTool(FunctionTool):
             result = await self.tools.acall(self.metadata.get_name(), self._recorded(args, kwargs), attempt)
         except _ToolFailed as failed:
             return failed.output
+        except NeedsAttention as attention:
+            raise ToolNeedsAttention(attention) from attention
         return self._answer(live, result)
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
@@ -289,6 +307,8 @@ class PolicyTool(FunctionTool):
             result = self.tools.call(self.metadata.get_name(), self._recorded(args, kwargs), attempt)
         except _ToolFailed as failed:
             return failed.output
+        except NeedsAttention as attention:
+            raise ToolNeedsAttention(attention) from attention
         return self._answer(live, result)
 
     def __call__(self, *args: Any, **kwargs: Any) -> ToolOutput:
