@@ -360,6 +360,68 @@ def pydantic_ai_agent(mode: str) -> Runner:
     return run
 
 
+def llama_index_agent(mode: str) -> Runner:
+    import os
+
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    os.environ.setdefault("OPENAI_API_BASE", os.environ["OPENAI_BASE_URL"])  # where LlamaIndex's OpenAI LLM reads it
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    if mode == "bare":
+        from llama_index.llms.openai import OpenAI
+
+        model: Any = OpenAI("gpt-4o-mini", max_retries=0)
+    else:
+        from tether.adapters.llama_index import llm, wrap_tools
+
+        model = llm("gpt-4o-mini")
+        if mode == "tether":
+            import tether
+
+            tether.init()
+        elif mode == "observer":
+            observe_llama_index()
+    agent = FunctionAgent(name="weather-bot", system_prompt="Answer about the weather.", tools=[get_weather], llm=model)
+    if mode == "tether":
+        wrap_tools(agent)
+
+    async def run(i: int) -> None:
+        await agent.run(user_msg=f"What is the weather in city {i}?")
+
+    return run
+
+
+def observe_llama_index() -> None:
+    """A span handler on the root dispatcher doing nothing, where tether's goes."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
+
+    class Nothing(BaseSpanHandler[Any]):
+        def span_enter(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def span_exit(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def span_drop(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def new_span(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def prepare_to_exit_span(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def prepare_to_drop_span(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    get_dispatcher().add_span_handler(Nothing())
+
+
 def nothing_capability() -> Any:
     """A capability wrapping what tether's wraps, doing nothing: pydantic-ai's own cost of one."""
     from dataclasses import dataclass
@@ -573,7 +635,7 @@ async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent, "autogen": autogen_agent,
             "google-adk": google_adk_agent, "google-adk-gemini": google_adk_gemini_agent, "crewai": crewai_agent,
             "litellm": litellm_agent,
-            "pydantic-ai": pydantic_ai_agent}[framework]
+            "pydantic-ai": pydantic_ai_agent, "llama-index": llama_index_agent}[framework]
     run = make(mode)
     for i in range(warmup):
         await run(-1 - i)

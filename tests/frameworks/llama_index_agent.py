@@ -30,6 +30,7 @@ from llama_index.core.storage.chat_store.sql import SQLAlchemyChatStore
 
 import tether
 import tether.adapters
+from tether.adapters._llamaindexpriv import broken_hooks
 from tether.adapters.llama_index import TetherChatStore, TetherMemoryBlock, ToolNeedsAttention, llm, wrap_tools
 from tether.memory import AsyncMemory
 
@@ -188,7 +189,7 @@ async def stores_agree() -> dict[str, Any]:
 
 
 async def main() -> dict[str, Any]:
-    said: dict[str, Any] = {"installed": tether.init()}
+    said: dict[str, Any] = {"installed": tether.init(), "broken_hooks": broken_hooks()}
     said["faults"] = await scenario("faults", "500#1/chat,429(0)#3/chat")
     said["persistent"] = await scenario("persistent", "429/chat")
     # not streamed: LlamaIndex's own retry decorator (tenacity) would retry a 429 it got from achat()

@@ -72,6 +72,10 @@ def test_init_installs_the_span_handler_once(agents: Outcome) -> None:
     assert agents.said["installed"] == ["llama-index"]
 
 
+def test_the_private_members_tether_relies_on_are_as_it_expects(agents: Outcome) -> None:
+    assert agents.said["broken_hooks"] == [], "\n".join(agents.said["broken_hooks"])
+
+
 def test_one_run_with_llm_and_tool_spans_and_retries_tether_owns(agents: Outcome) -> None:
     said = agents.said["faults"]  # the first model call fails once upstream with a 500, the second with a 429
     assert said["ok"] and said["tool_returns"] == ["It is sunny in fake city."], said

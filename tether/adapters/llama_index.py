@@ -18,7 +18,6 @@ from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
-from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore, MessageStatus
 from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOutput, adapt_to_async_tool
 from llama_index.core.workflow import Workflow
@@ -29,6 +28,7 @@ from tether.bus import Bus
 from tether.middleware import PolicySet
 
 from ._frameworks import KvState, inject_memory, key_token, policy_set, untoken
+from ._llamaindexpriv import MemoryBlock
 from ._tools import FrameworkTools
 
 __all__ = ["PolicyTool", "TetherChatStore", "TetherMemoryBlock", "TetherSpanHandler", "ToolNeedsAttention", "install",
@@ -338,7 +338,7 @@ def wrap_tools(workflow: W, *, idempotent: Iterable[str] = (), timeout_s: float 
                         "themselves (decorate them with @tether.tool)")
     for agent in agents:
         if agent.tools:
-            agent.tools = [PolicyTool(getattr(t, "tool", t), tools) for t in agent.tools]
+            agent.tools = [PolicyTool(t.tool if isinstance(t, PolicyTool) else t, tools) for t in agent.tools]
     return workflow
 
 
@@ -465,7 +465,7 @@ def _text(message: ChatMessage) -> str:
     return " ".join(block.text for block in message.blocks if isinstance(block, TextBlock))
 
 
-class TetherMemoryBlock(BaseMemoryBlock[str]):
+class TetherMemoryBlock(MemoryBlock):
     """A ``Memory`` block (``Memory.from_defaults(memory_blocks=[...])``) that puts what a
     ``tether.memory.AsyncMemory`` holds on the last user message into the model's input, each time
     the agent reads its memory (before each model call); the retrieval is recorded as the tool call
@@ -483,9 +483,6 @@ class TetherMemoryBlock(BaseMemoryBlock[str]):
         super().__init__(name=name, namespaces=namespaces, token_budget=token_budget, priority=priority)
         self._memory = memory
 
-    async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        query = next((_text(m) for m in reversed(messages or []) if m.role == "user"), "")
+    async def pull(self, messages: list[ChatMessage]) -> str:
+        query = next((_text(m) for m in reversed(messages) if m.role == "user"), "")
         return await inject_memory(self._memory, query, namespaces=self.namespaces, token_budget=self.token_budget)
-
-    async def _aput(self, messages: list[ChatMessage]) -> None:
-        return None
