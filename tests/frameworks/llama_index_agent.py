@@ -27,11 +27,19 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory
 from llama_index.core.storage.chat_store.base_db import MessageStatus
 from llama_index.core.storage.chat_store.sql import SQLAlchemyChatStore
+from llama_index.core.workflow import Context
 
 import tether
 import tether.adapters
 from tether.adapters._llamaindexpriv import broken_hooks
-from tether.adapters.llama_index import TetherChatStore, TetherMemoryBlock, ToolNeedsAttention, llm, wrap_tools
+from tether.adapters.llama_index import (
+    TetherChatStore,
+    TetherContextStore,
+    TetherMemoryBlock,
+    ToolNeedsAttention,
+    llm,
+    wrap_tools,
+)
 from tether.memory import AsyncMemory
 
 FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
@@ -218,6 +226,7 @@ async def main() -> dict[str, Any]:
     said["attention"] = await needs_attention()
     said["stores"] = await stores_agree()
     said["history"] = await converse(bus, "What is the weather in Paris?")
+    said["context"] = await resume_context(bus, "What is the weather in Paris?")
     await bus.close()
     for bad in ({"max_retries": 3}, {"async_http_client": object()}):
         try:
@@ -240,11 +249,37 @@ async def converse(bus: Any, prompt: str) -> dict[str, Any]:
             "first_prompt": kept[0].content if kept else None, "keys": await store.get_keys()}
 
 
+async def count_visit(ctx: Context, city: str) -> str:
+    """Count a visit to a city (in the agent's state, kept in its workflow Context)."""
+    async with ctx.store.edit_state() as state:
+        state["state"]["visits"] = state["state"].get("visits", 0) + 1
+        visits = state["state"]["visits"]
+    return f"Visit {visits} to {city}."
+
+
+# LlamaIndex finds the Context parameter by its annotation's class (this module's are strings)
+count_visit.__annotations__.update(ctx=Context, city=str)
+
+
+async def resume_context(bus: Any, prompt: str) -> dict[str, Any]:
+    """One turn of the session ``session-7``, its workflow Context kept in tether."""
+    contexts = TetherContextStore(bus)
+    bot = agent("context-bot", [count_visit])
+    kept = await contexts.load("session-7", bot)
+    ctx = kept or Context(bot)
+    result = await bot.run(user_msg=prompt, ctx=ctx)
+    await contexts.save("session-7", ctx)
+    return {"restored": kept is not None, "tool_returns": [c.tool_output.content for c in result.tool_calls],
+            "state": await ctx.store.get("state")}
+
+
 async def next_turn() -> dict[str, Any]:
     """The conversation's next turn, in a new process."""
     tether.init()
     bus = await tether.connect()
-    said = {"history": await converse(bus, "And in Lisbon?")}
+    said = {"history": await converse(bus, "And in Lisbon?"), "context": await resume_context(bus, "And in Lisbon?")}
+    await TetherContextStore(bus).delete("session-7")
+    said["context"]["deleted"] = await TetherContextStore(bus).load("session-7", agent("context-bot", [])) is None
     store = TetherChatStore(bus)
     await store.delete_messages("conv-1")
     said["history"]["cleared"] = len(await store.get_messages("conv-1", status=None))

@@ -43,8 +43,9 @@ def agents(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Itera
                          policies=POLICIES + BUDGET_BOT)
         nats.stop()
         nats.start()
-        out.said["continued"] = run_script(venv, "llama_index_agent.py", "--continue", nats=nats, fake=fake,
-                                           work=work, policies=POLICIES + BUDGET_BOT).said["history"]
+        continued = run_script(venv, "llama_index_agent.py", "--continue", nats=nats, fake=fake, work=work,
+                               policies=POLICIES + BUDGET_BOT).said
+        out.said["continued"], out.said["context_continued"] = continued["history"], continued["context"]
         out.events = events(nats, work / "home")
         yield out
 
@@ -220,3 +221,14 @@ def test_the_chat_history_survives_the_process_and_nats_restarting(agents: Outco
     sent = next(e for e in agents.runs()[started.runid] if e.type == "tether.llm.call.requested")
     assert "What is the weather in Paris?" in json.dumps(sent.data.request["messages"]), \
         "the model was sent the restored conversation"
+
+
+def test_a_workflow_context_survives_the_process_and_nats_restarting(agents: Outcome) -> None:
+    first, second = agents.said["context"], agents.said["context_continued"]
+    assert first == {"restored": False, "tool_returns": ["Visit 1 to fake city."], "state": {"visits": 1}}, first
+    assert second["restored"] and second["tool_returns"] == ["Visit 2 to fake city."], \
+        ("the agent's state came back in its Context, and the tool got the Context", second)
+    assert second["state"] == {"visits": 2} and second["deleted"], "delete() forgets it"
+    recorded = [e.data.arguments for e in agents.events
+                if e.type == "tether.tool.call.requested" and e.data.tool == "count_visit"]
+    assert recorded == [{"city": "fake city"}] * 2, "the Context is passed, not recorded"

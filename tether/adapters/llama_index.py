@@ -20,7 +20,7 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore, MessageStatus
 from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOutput, adapt_to_async_tool
-from llama_index.core.workflow import Workflow
+from llama_index.core.workflow import Context, JsonSerializer, Workflow
 from pydantic import PrivateAttr
 
 from tether.adapters import Hub, NeedsAttention, Run, RunContext, async_http_client, bound, http_client
@@ -31,8 +31,8 @@ from ._frameworks import KvState, inject_memory, key_token, policy_set, untoken
 from ._llamaindexpriv import MemoryBlock
 from ._tools import FrameworkTools
 
-__all__ = ["PolicyTool", "TetherChatStore", "TetherMemoryBlock", "TetherSpanHandler", "ToolNeedsAttention", "install",
-           "llm", "wrap_tools"]
+__all__ = ["PolicyTool", "TetherChatStore", "TetherContextStore", "TetherMemoryBlock", "TetherSpanHandler",
+           "ToolNeedsAttention", "install", "llm", "wrap_tools"]
 
 SOURCE = "urn:tether:adapter:llama-index"
 
@@ -456,6 +456,36 @@ class TetherChatStore(AsyncDBChatStore):
 
         found: list[str] = await self._on_bus(keys)
         return found
+
+
+class TetherContextStore:
+    """Workflow ``Context``s kept in tether: ``save`` writes ``ctx.to_dict(serializer=JsonSerializer())``
+    (the workflow's store: an agent's memory and state, its queues) as one key of the JetStream KV
+    bucket ``bucket`` (file storage), ``load`` makes a ``Context`` of it again with ``Context.from_dict``
+    for the same workflow, in this process or after a restart::
+
+        contexts = TetherContextStore(bus)
+        ctx = await contexts.load("user-42", agent) or Context(agent)
+        await agent.run(user_msg="...", ctx=ctx)
+        await contexts.save("user-42", ctx)
+    """
+
+    def __init__(self, bus: Bus, *, bucket: str = "tether-llama-index-contexts") -> None:
+        self.state = KvState(bus, bucket)
+        self._hub = Hub.of(bus)
+
+    async def save(self, key: str, ctx: Any) -> None:
+        """``ctx`` (its state now) kept under ``key``, replacing what was kept."""
+        data = ctx.to_dict(serializer=JsonSerializer())
+        await self._hub.call(lambda: self.state.put(f"x.{key_token(key)}", data))
+
+    async def load(self, key: str, workflow: Workflow) -> Any:
+        """The ``Context`` kept under ``key``, for ``workflow``; ``None`` if none is kept."""
+        data = await self._hub.call(lambda: self.state.get(f"x.{key_token(key)}"))
+        return None if data is None else Context.from_dict(workflow, data, serializer=JsonSerializer())
+
+    async def delete(self, key: str) -> None:
+        await self._hub.call(lambda: self.state.remove(f"x.{key_token(key)}"))
 
 
 # -- memory: what tether remembers, in the model's input ------------------------------------------
