@@ -533,6 +533,8 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
             drive(bare)
     elif framework in ("crewai", "litellm", "pydantic-ai"):
         one, none = other_hooks(framework)
+    elif framework == "llama-index":
+        one, none = llama_index_hooks()
     else:
         from agents.tracing import agent_span, function_span, response_span, set_trace_processors, trace
 
@@ -629,6 +631,39 @@ def other_hooks(framework: str) -> tuple[Callable[[], None], Callable[[], None]]
 
         return agent_run, bare_run
     return nothing, nothing
+
+
+def llama_index_hooks() -> tuple[Callable[[], None], Callable[[], None]]:
+    """The span handler at a FunctionAgent run's span (a run opened and finished) and one tool call
+    through ``wrap_tools``'s ``PolicyTool``, without the workflow around them. (tether, bare)."""
+    import inspect
+    import uuid
+
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.openai import OpenAI
+
+    from tether.adapters.llama_index import TetherSpanHandler, wrap_tools
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    agent = wrap_tools(FunctionAgent(name="weather-bot", tools=[get_weather], llm=OpenAI("gpt-4o-mini", api_key="x")))
+    tool, bare_tool = agent.tools[0], FunctionTool.from_defaults(get_weather)
+    handler, loop = TetherSpanHandler(), asyncio.new_event_loop()
+    args = inspect.signature(get_weather).bind("Paris")
+
+    async def tethered() -> None:
+        span = f"FunctionAgent.run-{uuid.uuid4()}"
+        handler.span_enter(span, args, instance=agent)
+        await tool.acall(city="Paris")
+        handler.span_exit(span, args, instance=agent)
+
+    async def bare() -> None:
+        await bare_tool.acall(city="Paris")
+
+    return (lambda: loop.run_until_complete(tethered())), (lambda: loop.run_until_complete(bare()))
 
 
 async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
