@@ -27,7 +27,7 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory
 from llama_index.core.storage.chat_store.base_db import MessageStatus
 from llama_index.core.storage.chat_store.sql import SQLAlchemyChatStore
-from llama_index.core.workflow import Context
+from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step
 
 import tether
 import tether.adapters
@@ -98,6 +98,20 @@ def charge_card(city: str) -> str:
     if RAN["charge_card"] == 1:
         raise Crash("the process died here")
     return f"Charged for {city}."
+
+
+class Echo(Workflow):
+    """A workflow of one step, no agent."""
+
+    @step
+    async def echo(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=f"echo: {ev.get('text')}")
+
+
+def sync_call() -> str:
+    """A wrapped tool called synchronously (``FunctionTool.call``), in a run of the caller's."""
+    with tether.run(agent="sync-bot"):
+        return str(agent("sync-bot", [get_weather]).tools[0].call(city="Lyon").content)
 
 
 async def needs_attention() -> dict[str, Any]:
@@ -223,6 +237,12 @@ async def main() -> dict[str, Any]:
                                      resume="job-li")
     said["resumed"] = await scenario("resumed", "", agent_name="resume-bot", tools=[counted_lookup],
                                      resume="job-li")
+    twins = [agent("twin-bot", [get_weather]) for _ in range(2)]
+    answers = await asyncio.gather(*(bot.run(user_msg=f"What is the weather in Paris? ({i})")
+                                     for i, bot in enumerate(twins)))
+    said["concurrent"] = [str(a) for a in answers]
+    said["sync_call"] = await asyncio.to_thread(sync_call)
+    said["echo"] = str(await Echo().run(text="hello"))
     said["attention"] = await needs_attention()
     said["stores"] = await stores_agree()
     said["history"] = await converse(bus, "What is the weather in Paris?")
@@ -234,6 +254,11 @@ async def main() -> dict[str, Any]:
             said.setdefault("refused", []).append("accepted")
         except (TypeError, ValueError) as exc:
             said.setdefault("refused", []).append(str(exc))
+    try:
+        wrap_tools(Echo())
+        said["refused"].append("accepted")
+    except TypeError as exc:
+        said["refused"].append(str(exc))
     await asyncio.to_thread(tether.adapters.flush)
     return said
 

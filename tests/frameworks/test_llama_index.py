@@ -144,10 +144,34 @@ def test_a_handoff_runs_the_agent_handed_to_as_a_child_run(agents: Outcome) -> N
     assert agents.runs()[child.runid][-1].data.status == "ok"
 
 
-def test_a_model_option_tether_owns_is_refused_with_what_to_do(agents: Outcome) -> None:
-    retries, client = agents.said["refused"]
+def test_a_model_option_tether_owns_or_a_plain_workflow_is_refused_with_what_to_do(agents: Outcome) -> None:
+    retries, client, workflow = agents.said["refused"]
     assert "tether owns the retries" in retries and "leave max_retries out (was 3)" in retries
     assert "leave async_http_client out" in client and "tether={...}" in client
+    assert "takes an agent (FunctionAgent, ReActAgent...) or an AgentWorkflow, not Echo" in workflow
+    assert "decorate them with @tether.tool" in workflow
+
+
+def test_two_runs_at_once_are_two_runs_each_with_its_own_calls(agents: Outcome) -> None:
+    assert len(agents.said["concurrent"]) == 2
+    runs = root_runs(agents, "twin-bot")
+    assert len(runs) == 2
+    for started in runs:
+        assert types(agents.runs()[started.runid]) == [
+            "run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested", "tool.call.completed",
+            "llm.call.requested", "llm.call.completed", "run.finished"]
+
+
+def test_a_plain_workflows_run_is_a_run_named_for_its_class(agents: Outcome) -> None:
+    assert agents.said["echo"] == "echo: hello"
+    [started] = root_runs(agents, "Echo")
+    assert started.data.name == "Echo" and types(agents.runs()[started.runid]) == ["run.started", "run.finished"]
+    assert agents.runs()[started.runid][-1].data.status == "ok"
+
+
+def test_a_wrapped_tool_called_synchronously_is_recorded_in_the_callers_run(agents: Outcome) -> None:
+    assert agents.said["sync_call"] == "It is sunny in Lyon."
+    assert tool_events(agents, "sync-bot") == [("requested", "get_weather"), ("completed", "get_weather")]
 
 
 def test_memory_is_injected_before_each_model_call_and_recorded(agents: Outcome) -> None:
