@@ -220,6 +220,7 @@ async def main() -> dict[str, Any]:
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["tool_error"] = await scenario("tool_error", "", agent_name="forecast-bot", tools=[get_forecast])
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
+    said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="weather-bot").start()
     written = await memory.write("agent:weather-bot", REMEMBER, key="home-city")

@@ -134,14 +134,25 @@ def test_a_failing_tool_is_a_failed_tool_call_that_llama_index_tells_the_model(a
 def test_a_handoff_runs_the_agent_handed_to_as_a_child_run(agents: Outcome) -> None:
     said = agents.said["handoff"]
     assert said["ok"] and "is now handling the request" in said["tool_returns"][0], said
-    [parent] = root_runs(agents, "triage")
-    [child] = [e for e in agents.started() if e.agentid == "fake to_agent"]
+    parent = root_runs(agents, "triage")[0]
+    [child] = [e for e in agents.started() if e.agentid == "fake to_agent" and e.data.parent_run_id == parent.runid]
     assert child.data.parent_run_id == parent.runid and parent.data.metadata["workflow"] == "AgentWorkflow"
     assert types(agents.runs()[parent.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
                                                   "run.finished"]
     assert types(agents.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
                                                  "run.finished"]
     assert agents.runs()[child.runid][-1].data.status == "ok"
+
+
+def test_a_handed_to_agent_that_fails_ends_its_child_run_and_the_workflows_in_error(agents: Outcome) -> None:
+    said = agents.said["handoff_failed"]  # the agent handed to: its model call fails past tether's attempts
+    assert not said["ok"] and said["error"] == "openai.InternalServerError", said
+    assert said["upstream"] == ["200", "500", "500", "500"]
+    parent = root_runs(agents, "triage")[1]
+    [child] = [e for e in agents.started() if e.data.parent_run_id == parent.runid]
+    assert child.agentid == "fake to_agent"
+    assert agents.runs()[child.runid][-1].data.status == "error"
+    assert agents.runs()[parent.runid][-1].data.status == "error"
 
 
 def test_a_model_option_tether_owns_or_a_plain_workflow_is_refused_with_what_to_do(agents: Outcome) -> None:

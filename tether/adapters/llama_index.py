@@ -109,9 +109,9 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
                         metadata={"framework": "llama-index", "handoff": True})
             with bound(state.run.context):
                 try:
-                    child.__enter__()
-                except Exception:
-                    return  # closed with the workflow run
+                    child.__enter__()  # finished with the workflow run
+                except Exception:  # no bus: its steps run under the workflow's run
+                    return
             state.children[agent] = child
         if child.context is not None:
             scope = bound(child.context)
@@ -134,14 +134,11 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
         state = self._runs.pop(id_, None)
         if state is None:
             return
-        for child in state.children.values():
-            child.__exit__(None, None, None)
         if isinstance(error, ToolNeedsAttention):  # not finished: ``run.needs_attention`` says where it stopped
             error = error.attention
-        if error is None:
-            state.run.__exit__(None, None, None)
-        else:
-            state.run.__exit__(type(error), error, error.__traceback__)
+        for agent, child in state.children.items():  # the agent acting when it ended shares its end
+            _exit(child, error if agent == state.current else None)
+        _exit(state.run, error)
 
     def new_span(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
                  parent_span_id: str | None = None, tags: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -154,6 +151,10 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
     def prepare_to_drop_span(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
                              err: BaseException | None = None, **kwargs: Any) -> None:
         return None
+
+
+def _exit(run: Run, error: BaseException | None) -> None:
+    run.__exit__(type(error) if error is not None else None, error, error.__traceback__ if error else None)
 
 
 _HANDLER = TetherSpanHandler()
