@@ -213,12 +213,15 @@ async def stores_agree() -> dict[str, Any]:
 async def main() -> dict[str, Any]:
     said: dict[str, Any] = {"installed": tether.init(), "broken_hooks": broken_hooks()}
     said["faults"] = await scenario("faults", "500#1/chat,429(0)#3/chat")
-    said["persistent"] = await scenario("persistent", "429/chat")
+    said["persistent"] = await scenario("persistent", "429(0)/chat")
     # not streamed: LlamaIndex's own retry decorator (tenacity) would retry a 429 it got from achat()
-    said["persistent_unstreamed"] = await scenario("persistent_unstreamed", "429/chat", agent_name="plain-bot",
+    said["persistent_unstreamed"] = await scenario("persistent_unstreamed", "429(0)/chat", agent_name="plain-bot",
                                                    streaming=False)
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["tool_error"] = await scenario("tool_error", "", agent_name="forecast-bot", tools=[get_forecast])
+    unwrapped = FunctionAgent(name="observed-bot", system_prompt="Answer about the weather.", tools=[get_weather],
+                              llm=llm("gpt-4o-mini"))  # no wrap_tools: its tool calls only observed
+    said["observed"] = await scenario("observed", "", workflow=unwrapped)
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
     said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())
     bus = await tether.connect()

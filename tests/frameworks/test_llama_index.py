@@ -138,10 +138,25 @@ def test_a_handoff_runs_the_agent_handed_to_as_a_child_run(agents: Outcome) -> N
     [child] = [e for e in agents.started() if e.agentid == "fake to_agent" and e.data.parent_run_id == parent.runid]
     assert child.data.parent_run_id == parent.runid and parent.data.metadata["workflow"] == "AgentWorkflow"
     assert types(agents.runs()[parent.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
-                                                  "run.finished"]
+                                                  "tool.call.requested", "tool.call.completed", "run.finished"]
+    handoff = [e for e in agents.runs()[parent.runid] if e.type.startswith("tether.tool.call.")]
+    assert handoff[0].data.tool == "handoff" and handoff[0].data.arguments == {"to_agent": "fake to_agent",
+                                                                                "reason": "fake reason"}
+    assert "is now handling the request" in handoff[1].data.result, "the handoff tool's call observed"
     assert types(agents.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
                                                  "run.finished"]
     assert agents.runs()[child.runid][-1].data.status == "ok"
+
+
+def test_the_tool_calls_of_an_agent_not_given_to_wrap_tools_are_observed_once(agents: Outcome) -> None:
+    said = agents.said["observed"]
+    assert said["ok"] and said["tool_returns"] == ["It is sunny in fake city."], said
+    run = run_of(agents, "observed-bot")
+    assert types(run) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                          "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+    completed = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert completed.data.tool == "get_weather" and completed.data.result == "It is sunny in fake city."
+    assert completed.source == "urn:tether:adapter:llama-index"
 
 
 def test_a_handed_to_agent_that_fails_ends_its_child_run_and_the_workflows_in_error(agents: Outcome) -> None:

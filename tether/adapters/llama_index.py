@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent
+from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent, ToolCall, ToolCallResult
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
@@ -27,7 +27,7 @@ from tether.adapters import Hub, NeedsAttention, Run, RunContext, async_http_cli
 from tether.bus import Bus
 from tether.middleware import PolicySet
 
-from ._frameworks import KvState, inject_memory, key_token, policy_set, untoken
+from ._frameworks import KvState, ObservedTool, inject_memory, key_token, policy_set, untoken
 from ._llamaindexpriv import MemoryBlock
 from ._tools import FrameworkTools
 
@@ -45,9 +45,15 @@ class _WorkflowRun:
     a child run per agent handed off to."""
 
     run: Run
+    workflow: Workflow
     root_agent: str | None
     current: str | None
     children: dict[str, Run] = field(default_factory=dict)
+
+    def wrapped(self, tool: str) -> bool:
+        """Whether the agent acting runs the tool ``tool`` through :func:`wrap_tools` (which records it)."""
+        agent = self.workflow.agents.get(self.current) if isinstance(self.workflow, AgentWorkflow) else self.workflow
+        return any(isinstance(t, PolicyTool) and t.metadata.name == tool for t in getattr(agent, "tools", None) or ())
 
 
 def _names(workflow: Any) -> tuple[str, str | None]:
@@ -70,6 +76,7 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
 
     _runs: dict[str, _WorkflowRun] = PrivateAttr(default_factory=dict)
     _bound: dict[str, AbstractContextManager[RunContext]] = PrivateAttr(default_factory=dict)
+    _observed: dict[str, ObservedTool] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def class_name(cls) -> str:
@@ -90,10 +97,20 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
             run.__enter__()
         except Exception:  # no bus: the workflow runs unrecorded
             return
-        self._runs[id_] = _WorkflowRun(run, agent if isinstance(workflow, AgentWorkflow) else None, agent)
+        self._runs[id_] = _WorkflowRun(run, workflow, agent if isinstance(workflow, AgentWorkflow) else None, agent)
 
     def _step(self, id_: str, bound_args: inspect.BoundArguments, state: _WorkflowRun) -> None:
-        """A step of an ``AgentWorkflow``: under the child run of the agent acting, if not the root."""
+        """A step of a run. In an ``AgentWorkflow``: under the child run of the agent acting, if not the
+        root. A tool call step whose tool is not wrapped (the handoff tool, a retriever's, any tool of an
+        agent :func:`wrap_tools` was not given): the call observed (recorded, not under the policy)."""
+        self._handoff(id_, bound_args, state)
+        call = next((v for v in bound_args.arguments.values() if isinstance(v, ToolCall)), None)
+        if call is not None and not state.wrapped(call.tool_name):
+            observed = ObservedTool.start(call.tool_name, call.tool_kwargs, source=SOURCE)
+            if observed is not None:
+                self._observed[id_] = observed
+
+    def _handoff(self, id_: str, bound_args: inspect.BoundArguments, state: _WorkflowRun) -> None:
         if state.root_agent is None:
             return
         for value in bound_args.arguments.values():
@@ -120,13 +137,22 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
 
     def span_exit(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None, result: Any = None,
                   **kwargs: Any) -> None:
-        self._close(id_, None)
+        self._close(id_, None, result)
 
     def span_drop(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
                   err: BaseException | None = None, **kwargs: Any) -> None:
         self._close(id_, err)
 
-    def _close(self, id_: str, error: BaseException | None) -> None:
+    def _close(self, id_: str, error: BaseException | None, result: Any = None) -> None:
+        observed = self._observed.pop(id_, None)
+        if observed is not None:
+            output = result.tool_output if isinstance(result, ToolCallResult) else None
+            if error is not None:
+                observed.failed(error)
+            elif output is None or output.is_error:
+                observed.failed(str(output.content) if output is not None else "the tool call step gave no result")
+            else:
+                observed.completed(str(output.content))
         scope = self._bound.pop(id_, None)
         if scope is not None:
             scope.__exit__(None, None, None)
