@@ -164,6 +164,11 @@ async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot", t
     return out
 
 
+async def ask_forecaster(city: str) -> str:
+    """Ask the forecaster agent about a city."""
+    return str(await agent("forecaster", []).run(user_msg=f"The weather in {city}?"))
+
+
 def handoff_workflow() -> AgentWorkflow:
     # the fake provider fills the handoff tool's `to_agent` with "fake to_agent": the agent of that name
     triage = FunctionAgent(name="triage", description="Hands weather questions over.",
@@ -222,6 +227,7 @@ async def main() -> dict[str, Any]:
     unwrapped = FunctionAgent(name="observed-bot", system_prompt="Answer about the weather.", tools=[get_weather],
                               llm=llm("gpt-4o-mini"))  # no wrap_tools: its tool calls only observed
     said["observed"] = await scenario("observed", "", workflow=unwrapped)
+    said["sub_agent"] = await scenario("sub_agent", "", agent_name="asking-bot", tools=[ask_forecaster])
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
     said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())
     bus = await tether.connect()

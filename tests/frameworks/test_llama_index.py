@@ -159,6 +159,18 @@ def test_the_tool_calls_of_an_agent_not_given_to_wrap_tools_are_observed_once(ag
     assert completed.source == "urn:tether:adapter:llama-index"
 
 
+def test_an_agent_run_from_a_tool_is_a_child_run(agents: Outcome) -> None:
+    assert agents.said["sub_agent"]["ok"], agents.said["sub_agent"]
+    parent = root_runs(agents, "asking-bot")[0]
+    [child] = [e for e in agents.started() if e.agentid == "forecaster"]
+    assert child.data.parent_run_id == parent.runid
+    assert types(agents.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
+                                                 "run.finished"]
+    assert types(agents.runs()[parent.runid]) == [
+        "run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.completed", "run.finished"]
+
+
 def test_a_handed_to_agent_that_fails_ends_its_child_run_and_the_workflows_in_error(agents: Outcome) -> None:
     said = agents.said["handoff_failed"]  # the agent handed to: its model call fails past tether's attempts
     assert not said["ok"] and said["error"] == "openai.InternalServerError", said
