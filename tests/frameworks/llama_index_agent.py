@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import urllib.request
@@ -106,6 +107,21 @@ class Echo(Workflow):
     @step
     async def echo(self, ev: StartEvent) -> StopEvent:
         return StopEvent(result=f"echo: {ev.get('text')}")
+
+
+async def resumed_on_callers_bus(bus: Any) -> dict[str, Any]:
+    """An agent run inside ``tether.run(..., resume=True, bus=bus)``, ``bus`` on this loop: what it
+    answered and what tether warned."""
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = warned.append  # type: ignore[method-assign]
+    logging.getLogger("tether.adapters.llama_index").addHandler(handler)
+    try:
+        async with tether.run(run_id="job-bus", resume=True, bus=bus):
+            result = await agent("bus-bot", [get_weather]).run(user_msg="What is the weather in Paris?")
+    finally:
+        logging.getLogger("tether.adapters.llama_index").removeHandler(handler)
+    return {"answer": str(result), "warnings": [r.getMessage() for r in warned]}
 
 
 def sync_call() -> str:
@@ -255,6 +271,7 @@ async def main() -> dict[str, Any]:
     said["echo"] = str(await Echo().run(text="hello"))
     said["attention"] = await needs_attention()
     said["stores"] = await stores_agree()
+    said["callers_bus"] = await resumed_on_callers_bus(bus)
     said["history"] = await converse(bus, "What is the weather in Paris?")
     said["context"] = await resume_context(bus, "What is the weather in Paris?")
     await bus.close()

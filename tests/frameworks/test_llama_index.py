@@ -267,6 +267,17 @@ def test_a_resumed_run_that_died_inside_a_non_idempotent_tool_stops_without_runn
         ("the resumed run stops as needing attention, not finished", run)
 
 
+def test_a_resumed_run_on_a_bus_of_the_agents_loop_is_recorded_in_the_enclosing_run_with_a_warning(
+        agents: Outcome) -> None:
+    said = agents.said["callers_bus"]
+    assert said["answer"].startswith("This is fake reply"), said
+    [warning] = said["warnings"]
+    assert "LlamaIndex workflow 'bus-bot' gets no run of its own" in warning and "job-bus" in warning
+    assert "let tether use its own background bus" in warning, "what to do instead"
+    assert not [e for e in agents.started() if e.agentid == "bus-bot"]
+    assert types(agents.runs()["job-bus"]).count("tool.call.completed") == 1, "its calls in the enclosing run"
+
+
 def test_the_chat_store_answers_as_llama_indexs_own_sql_store(agents: Outcome) -> None:
     stores = agents.said["stores"]
     assert stores["tether"] == stores["sqlalchemy"], stores

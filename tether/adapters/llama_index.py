@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import logging
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -23,7 +24,17 @@ from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOut
 from llama_index.core.workflow import Context, JsonSerializer, Workflow
 from pydantic import PrivateAttr
 
-from tether.adapters import Hub, NeedsAttention, Run, RunContext, async_http_client, bound, http_client
+from tether.adapters import (
+    Hub,
+    LoopThreadError,
+    NeedsAttention,
+    Run,
+    RunContext,
+    async_http_client,
+    bound,
+    current_run,
+    http_client,
+)
 from tether.bus import Bus
 from tether.middleware import PolicySet
 
@@ -35,6 +46,7 @@ __all__ = ["PolicyTool", "TetherChatStore", "TetherContextStore", "TetherMemoryB
            "ToolNeedsAttention", "install", "llm", "wrap_tools"]
 
 SOURCE = "urn:tether:adapter:llama-index"
+log = logging.getLogger(__name__)
 
 # -- runs: a span handler on the root dispatcher ---------------------------------------------------
 
@@ -95,6 +107,11 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
                   metadata={"framework": "llama-index", "workflow": type(workflow).__name__})
         try:
             run.__enter__()
+        except LoopThreadError as error:  # resumed, on a bus of this loop: its journal cannot be read from here
+            enclosing = current_run()
+            log.warning("tether: LlamaIndex workflow %r gets no run of its own (its calls are recorded in the "
+                        "enclosing run %s, not resumed): %s", name, enclosing.run_id if enclosing else None, error)
+            return
         except Exception:  # no bus: the workflow runs unrecorded
             return
         self._runs[id_] = _WorkflowRun(run, workflow, agent if isinstance(workflow, AgentWorkflow) else None, agent)
