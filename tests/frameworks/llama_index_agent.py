@@ -275,7 +275,7 @@ async def main() -> dict[str, Any]:
     said["history"] = await converse(bus, "What is the weather in Paris?")
     said["context"] = await resume_context(bus, "What is the weather in Paris?")
     await bus.close()
-    for bad in ({"max_retries": 3}, {"async_http_client": object()}):
+    for bad in ({"max_retries": 3}, {"async_http_client": object()}, {"tether": {"polices": "tether.toml"}}):
         try:
             llm("gpt-4o-mini", **bad)
             said.setdefault("refused", []).append("accepted")

@@ -183,9 +183,11 @@ def test_a_handed_to_agent_that_fails_ends_its_child_run_and_the_workflows_in_er
 
 
 def test_a_model_option_tether_owns_or_a_plain_workflow_is_refused_with_what_to_do(agents: Outcome) -> None:
-    retries, client, workflow = agents.said["refused"]
+    retries, client, option, workflow = agents.said["refused"]
     assert "tether owns the retries" in retries and "leave max_retries out (was 3)" in retries
     assert "leave async_http_client out" in client and "tether={...}" in client
+    assert "tether= takes the options of tether.async_http_client" in option and "not 'polices'" in option
+    assert "policies" in option, "the options it takes, named"
     assert "takes an agent (FunctionAgent, ReActAgent...) or an AgentWorkflow, not Echo" in workflow
     assert "decorate them with @tether.tool" in workflow
 

@@ -223,6 +223,9 @@ def _http_package() -> str:
     return "httpx2" if major.isdigit() and int(major) >= 3 else "httpx"
 
 
+_CLIENT_OPTIONS = frozenset(inspect.signature(async_http_client).parameters) - {"package", "client_options"}
+
+
 def llm(model: str = "gpt-4o-mini", *, tether: Mapping[str, Any] | None = None, **options: Any) -> Any:
     """LlamaIndex's ``OpenAI`` LLM (``llama-index-llms-openai``) whose requests run under tether's
     policy: its OpenAI clients are built on tether's HTTP clients (``http_client=``,
@@ -241,6 +244,10 @@ def llm(model: str = "gpt-4o-mini", *, tether: Mapping[str, Any] | None = None, 
                          f"in tether.toml); leave max_retries out (was {options['max_retries']!r})")
     options.pop("max_retries", None)
     settings = dict(tether or {})
+    unknown = sorted(set(settings) - _CLIENT_OPTIONS)
+    if unknown:
+        raise ValueError(f"tether.adapters.llama_index.llm: tether= takes the options of tether.async_http_client "
+                         f"({', '.join(sorted(_CLIENT_OPTIONS))}), not {', '.join(map(repr, unknown))}")
     if "policies" in settings:
         settings["policies"] = policy_set(settings["policies"],
                                           "tether.adapters.llama_index.llm(tether={'policies': ...})")
