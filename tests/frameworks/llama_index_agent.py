@@ -23,11 +23,14 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
+from llama_index.core import SummaryIndex
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory
+from llama_index.core.objects import ObjectIndex
 from llama_index.core.storage.chat_store.base_db import MessageStatus
 from llama_index.core.storage.chat_store.sql import SQLAlchemyChatStore
+from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step
 
 import tether
@@ -72,6 +75,12 @@ async def slow_lookup(city: str) -> str:
     RAN["slow_lookup"] += 1
     await asyncio.sleep(5)
     return f"It is sunny in {city}."
+
+
+async def slow_forecast(city: str) -> str:
+    """The forecast for a city (slow)."""
+    await asyncio.sleep(5)
+    return f"Rain in {city}."
 
 
 async def flaky_lookup(city: str) -> str:
@@ -243,6 +252,10 @@ async def main() -> dict[str, Any]:
     unwrapped = FunctionAgent(name="observed-bot", system_prompt="Answer about the weather.", tools=[get_weather],
                               llm=llm("gpt-4o-mini"))  # no wrap_tools: its tool calls only observed
     said["observed"] = await scenario("observed", "", workflow=unwrapped)
+    retrieving = FunctionAgent(name="retrieving-bot", system_prompt="Answer about the weather.", llm=llm("gpt-4o-mini"),
+                               tool_retriever=ObjectIndex.from_objects([FunctionTool.from_defaults(slow_forecast)],
+                                                                       index_cls=SummaryIndex).as_retriever())
+    said["retrieved"] = await scenario("retrieved", "", workflow=wrap_tools(retrieving, timeout_s=0.3))
     said["sub_agent"] = await scenario("sub_agent", "", agent_name="asking-bot", tools=[ask_forecaster])
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
     said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())

@@ -159,6 +159,13 @@ def test_the_tool_calls_of_an_agent_not_given_to_wrap_tools_are_observed_once(ag
     assert completed.source == "urn:tether:adapter:llama-index"
 
 
+def test_the_tools_of_an_agents_tool_retriever_run_under_the_policy_once(agents: Outcome) -> None:
+    said = agents.said["retrieved"]  # wrap_tools(agent, timeout_s=0.3): the retrieved tool takes 5 s
+    assert said["ok"] and said["tool_returns"] == ["tool 'slow_forecast' did not finish within its timeout of 0.3 s"]
+    assert tool_events(agents, "retrieving-bot") == [
+        ("requested", "slow_forecast"), ("attempt_failed", "slow_forecast"), ("failed", "slow_forecast")]
+
+
 def test_an_agent_run_from_a_tool_is_a_child_run(agents: Outcome) -> None:
     assert agents.said["sub_agent"]["ok"], agents.said["sub_agent"]
     parent = root_runs(agents, "asking-bot")[0]

@@ -1,8 +1,8 @@
-"""LlamaIndex under tether: a workflow's (an agent's) runs and its handoffs as child runs from a
-span handler on LlamaIndex's instrumentation dispatcher (:func:`install`), function tools under
-tether's tool policy (:func:`wrap_tools`), the OpenAI LLM through tether with its retries off
-(:func:`llm`), chat history in tether (:class:`TetherChatStore`), memory put into the model's
-input (:class:`TetherMemoryBlock`). The only module of tether that imports ``llama_index``.
+"""LlamaIndex under tether: workflow (agent) runs, handoffs as child runs and unwrapped tool calls from
+a span handler on its instrumentation dispatcher (:func:`install`); tools under tether's tool policy
+(:func:`wrap_tools`); the OpenAI LLM through tether, its retries off (:func:`llm`); chat history and
+workflow Contexts in tether (:class:`TetherChatStore`, :class:`TetherContextStore`); memory put into
+the model's input (:class:`TetherMemoryBlock`). The only module of tether that imports ``llama_index``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent, To
 from llama_index.core.base.llms.types import ChatMessage, TextBlock
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
+from llama_index.core.objects import ObjectRetriever
 from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore, MessageStatus
 from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOutput, adapt_to_async_tool
 from llama_index.core.workflow import Context, JsonSerializer, Workflow
@@ -42,8 +43,8 @@ from ._frameworks import KvState, ObservedTool, inject_memory, key_token, policy
 from ._llamaindexpriv import MemoryBlock
 from ._tools import FrameworkTools
 
-__all__ = ["PolicyTool", "TetherChatStore", "TetherContextStore", "TetherMemoryBlock", "TetherSpanHandler",
-           "ToolNeedsAttention", "install", "llm", "wrap_tools"]
+__all__ = ["PolicyRetriever", "PolicyTool", "TetherChatStore", "TetherContextStore", "TetherMemoryBlock",
+           "TetherSpanHandler", "ToolNeedsAttention", "install", "llm", "wrap_tools"]
 
 SOURCE = "urn:tether:adapter:llama-index"
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ class _WorkflowRun:
     def wrapped(self, tool: str) -> bool:
         """Whether the agent acting runs the tool ``tool`` through :func:`wrap_tools` (which records it)."""
         agent = self.workflow.agents.get(self.current) if isinstance(self.workflow, AgentWorkflow) else self.workflow
-        return any(isinstance(t, PolicyTool) and t.metadata.name == tool for t in getattr(agent, "tools", None) or ())
+        retriever = getattr(agent, "tool_retriever", None)
+        return (any(isinstance(t, PolicyTool) and t.metadata.name == tool for t in getattr(agent, "tools", None) or ())
+                or (isinstance(retriever, PolicyRetriever) and tool in retriever.wrapped))
 
 
 def _names(workflow: Any) -> tuple[str, str | None]:
@@ -366,6 +369,29 @@ class PolicyTool(FunctionTool):
         return self.call(*args, **kwargs)
 
 
+class PolicyRetriever(ObjectRetriever[Any]):
+    """An agent's ``tool_retriever`` whose tools come back as :class:`PolicyTool` wrappers: the
+    tools it retrieves run under tether's tool policy, as the agent's own do."""
+
+    def __init__(self, retriever: ObjectRetriever[Any], tools: FrameworkTools) -> None:
+        super().__init__(retriever.retriever, retriever.object_node_mapping, retriever.node_postprocessors)
+        self.inner = retriever
+        self.tools = tools
+        self.wrapped: set[str] = set()  # the names of the tools it gave out wrapped
+
+    def _wrap(self, found: list[Any]) -> list[Any]:
+        wrapped = [PolicyTool(t, self.tools) if isinstance(t, BaseTool) and not isinstance(t, PolicyTool) else t
+                   for t in found]
+        self.wrapped.update(t.metadata.name for t in wrapped if isinstance(t, PolicyTool))
+        return wrapped
+
+    def retrieve(self, str_or_query_bundle: Any) -> list[Any]:
+        return self._wrap(self.inner.retrieve(str_or_query_bundle))
+
+    async def aretrieve(self, str_or_query_bundle: Any) -> list[Any]:
+        return self._wrap(await self.inner.aretrieve(str_or_query_bundle))
+
+
 W = TypeVar("W", bound=Workflow)
 
 
@@ -376,7 +402,8 @@ def wrap_tools(workflow: W, *, idempotent: Iterable[str] = (), timeout_s: float 
     when its name is in ``idempotent`` (or the route ``tool:<name>`` says ``idempotent = true``),
     each attempt bounded by ``timeout_s`` (else the route's ``tool_timeout_s``), and a resumed
     run's completed call answered from the log without running. The agent's ``tools`` are replaced
-    by :class:`PolicyTool` wrappers (again: the new options replace the old). A timeout or an error
+    by :class:`PolicyTool` wrappers and its ``tool_retriever`` by a :class:`PolicyRetriever` (again:
+    the new options replace the old). A timeout or an error
     reaches LlamaIndex as the tool's own error, which it tells the model. Returns ``workflow``."""
     tools = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, bus=bus, policies=policies)
     if isinstance(workflow, AgentWorkflow):
@@ -390,6 +417,10 @@ def wrap_tools(workflow: W, *, idempotent: Iterable[str] = (), timeout_s: float 
     for agent in agents:
         if agent.tools:
             agent.tools = [PolicyTool(t.tool if isinstance(t, PolicyTool) else t, tools) for t in agent.tools]
+        retriever = agent.tool_retriever
+        if retriever is not None:
+            agent.tool_retriever = PolicyRetriever(retriever.inner if isinstance(retriever, PolicyRetriever)
+                                                   else retriever, tools)
     return workflow
 
 
