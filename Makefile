@@ -31,6 +31,7 @@ FRAMEWORKS := langgraph openai-agents
 FRAMEWORKS += autogen
 FRAMEWORKS += google-adk
 FRAMEWORKS += crewai litellm pydantic-ai
+FRAMEWORKS += llama-index
 WORKERS ?= 2
 XDIST = $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 COMPILE = $(UV) pip compile --quiet pyproject.toml --group pyproject.toml:dev --python-version 3.11 --generate-hashes

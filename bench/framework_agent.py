@@ -360,6 +360,68 @@ def pydantic_ai_agent(mode: str) -> Runner:
     return run
 
 
+def llama_index_agent(mode: str) -> Runner:
+    import os
+
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    os.environ.setdefault("OPENAI_API_BASE", os.environ["OPENAI_BASE_URL"])  # where LlamaIndex's OpenAI LLM reads it
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    if mode == "bare":
+        from llama_index.llms.openai import OpenAI
+
+        model: Any = OpenAI("gpt-4o-mini", max_retries=0)
+    else:
+        from tether.adapters.llama_index import llm, wrap_tools
+
+        model = llm("gpt-4o-mini")
+        if mode == "tether":
+            import tether
+
+            tether.init()
+        elif mode == "observer":
+            observe_llama_index()
+    agent = FunctionAgent(name="weather-bot", system_prompt="Answer about the weather.", tools=[get_weather], llm=model)
+    if mode == "tether":
+        wrap_tools(agent)
+
+    async def run(i: int) -> None:
+        await agent.run(user_msg=f"What is the weather in city {i}?")
+
+    return run
+
+
+def observe_llama_index() -> None:
+    """A span handler on the root dispatcher doing nothing, where tether's goes."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
+
+    class Nothing(BaseSpanHandler[Any]):
+        def span_enter(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def span_exit(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def span_drop(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def new_span(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def prepare_to_exit_span(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def prepare_to_drop_span(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    get_dispatcher().add_span_handler(Nothing())
+
+
 def nothing_capability() -> Any:
     """A capability wrapping what tether's wraps, doing nothing: pydantic-ai's own cost of one."""
     from dataclasses import dataclass
@@ -471,6 +533,8 @@ def hooks(framework: str, runs: int) -> dict[str, float]:
             drive(bare)
     elif framework in ("crewai", "litellm", "pydantic-ai"):
         one, none = other_hooks(framework)
+    elif framework == "llama-index":
+        one, none = llama_index_hooks()
     else:
         from agents.tracing import agent_span, function_span, response_span, set_trace_processors, trace
 
@@ -569,11 +633,44 @@ def other_hooks(framework: str) -> tuple[Callable[[], None], Callable[[], None]]
     return nothing, nothing
 
 
+def llama_index_hooks() -> tuple[Callable[[], None], Callable[[], None]]:
+    """The span handler at a FunctionAgent run's span (a run opened and finished) and one tool call
+    through ``wrap_tools``'s ``PolicyTool``, without the workflow around them. (tether, bare)."""
+    import inspect
+    import uuid
+
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.openai import OpenAI
+
+    from tether.adapters.llama_index import TetherSpanHandler, wrap_tools
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    agent = wrap_tools(FunctionAgent(name="weather-bot", tools=[get_weather], llm=OpenAI("gpt-4o-mini", api_key="x")))
+    tool, bare_tool = agent.tools[0], FunctionTool.from_defaults(get_weather)
+    handler, loop = TetherSpanHandler(), asyncio.new_event_loop()
+    args = inspect.signature(get_weather).bind("Paris")
+
+    async def tethered() -> None:
+        span = f"FunctionAgent.run-{uuid.uuid4()}"
+        handler.span_enter(span, args, instance=agent)
+        await tool.acall(city="Paris")
+        handler.span_exit(span, args, instance=agent)
+
+    async def bare() -> None:
+        await bare_tool.acall(city="Paris")
+
+    return (lambda: loop.run_until_complete(tethered())), (lambda: loop.run_until_complete(bare()))
+
+
 async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str, Any]:
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent, "autogen": autogen_agent,
             "google-adk": google_adk_agent, "google-adk-gemini": google_adk_gemini_agent, "crewai": crewai_agent,
             "litellm": litellm_agent,
-            "pydantic-ai": pydantic_ai_agent}[framework]
+            "pydantic-ai": pydantic_ai_agent, "llama-index": llama_index_agent}[framework]
     run = make(mode)
     for i in range(warmup):
         await run(-1 - i)

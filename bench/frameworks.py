@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests._envs import optional_env  # noqa: E402  (the tests' builder of the framework venvs)
 
-FRAMEWORKS = ("langgraph", "openai-agents", "autogen", "google-adk", "crewai", "litellm", "pydantic-ai")
+FRAMEWORKS = ("langgraph", "openai-agents", "autogen", "google-adk", "crewai", "litellm", "pydantic-ai", "llama-index")
 MODES = ("bare", "model", "observer", "tether")
 STEPS_PER_RUN = 2
 RUNS_PER_AGENT_RUN = {"crewai": 2}  # a crew's run and its task's child run

@@ -104,6 +104,7 @@ _ADAPTERS = {adapter for _, adapter in FRAMEWORKS.values() if adapter}
 _FRAMEWORK_PACKAGES = {"langgraph", "langchain_core", "agents"}
 _FRAMEWORK_PACKAGES |= {"autogen_core", "autogen_agentchat", "autogen_ext", "google"}
 _FRAMEWORK_PACKAGES |= {"crewai", "litellm", "pydantic_ai"}
+_FRAMEWORK_PACKAGES |= {"llama_index"}
 
 
 def test_no_override_of_another_librarys_private_member_outside_the_hooks_modules() -> None:

@@ -8,9 +8,10 @@ import sys
 
 import tether
 
-FRAMEWORK_MODULES = ("langgraph", "langchain_core", "agents", "autogen_core", "autogen_agentchat", "google.adk")
+FRAMEWORK_MODULES = ("langgraph", "langchain_core", "agents", "autogen_core", "autogen_agentchat", "google.adk",
+                     "llama_index.core")
 out: dict[str, object] = {"imported_by_import_tether": sorted(m for m in FRAMEWORK_MODULES if m in sys.modules)}
-out["excluded"] = tether.init(exclude={"langgraph", "openai-agents", "crewai", "autogen", "google-adk"})
+out["excluded"] = tether.init(exclude={"langgraph", "openai-agents", "crewai", "autogen", "google-adk", "llama-index"})
 out["after_excluded"] = sorted(m for m in FRAMEWORK_MODULES if m in sys.modules)
 out["first"] = tether.init()
 out["second"] = tether.init()
@@ -32,6 +33,12 @@ if "autogen_core" in sys.modules:
 
     handlers = logging.getLogger(EVENT_LOGGER_NAME).handlers
     out["hooks"] = sum(1 for h in handlers if type(h).__module__ == "tether.adapters.autogen")
+if "llama_index.core" in sys.modules:
+    from llama_index.core.instrumentation import get_dispatcher
+
+    from tether.adapters.llama_index import TetherSpanHandler
+
+    out["hooks"] = sum(1 for h in get_dispatcher().span_handlers if isinstance(h, TetherSpanHandler))
 try:
     tether.init(exclude={"crewia"})
 except ValueError as exc:

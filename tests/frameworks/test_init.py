@@ -35,7 +35,7 @@ def test_every_adapter_module_is_named_for_its_framework() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", ["langgraph", "openai-agents", "autogen"])
+@pytest.mark.parametrize("framework", ["langgraph", "openai-agents", "autogen", "llama-index"])
 def test_init_in_the_frameworks_venv(framework: str) -> None:
     env = optional_env(framework, project=True)
     done = subprocess.run([str(env.bin("python")), str(HERE / "init_check.py")], capture_output=True, text=True,

@@ -20,10 +20,11 @@ FRAMEWORKS: dict[str, tuple[str, str | None]] = {
     "google-adk": ("google.adk", "tether.adapters.google_adk"),
     "litellm": ("litellm", "tether.adapters.litellm"),
     "pydantic-ai": ("pydantic_ai", None),
-    "llamaindex": ("llama_index.core", None),
+    "llama-index": ("llama_index.core", "tether.adapters.llama_index"),
 }
 _ALIASES = {"langchain": "langgraph", "openai_agents": "openai-agents", "agents": "openai-agents",
-            "google_adk": "google-adk", "adk": "google-adk", "pydantic_ai": "pydantic-ai", "llama_index": "llamaindex"}
+            "google_adk": "google-adk", "adk": "google-adk", "pydantic_ai": "pydantic-ai", "llama_index": "llama-index",
+            "llamaindex": "llama-index"}
 
 _installed: set[str] = set()
 

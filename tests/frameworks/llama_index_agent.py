@@ -1,0 +1,357 @@
+"""LlamaIndex agents (a ``FunctionAgent`` with one tool making two model calls; an ``AgentWorkflow``
+that hands off) run by .venv-llama-index's python, one scenario after another in one process:
+tests/frameworks/test_llama_index.py. Then tools under tether's tool policy (a timeout, an idempotent
+tool retried, a resumed run whose tool call is replayed: each tool counts its executions), memory
+put into the model's input, ``TetherChatStore`` beside LlamaIndex's own ``SQLAlchemyChatStore``, and
+a conversation kept in ``TetherChatStore``; with ``--continue`` (a second process, after NATS
+restarted), only that conversation's next turn.
+
+The lines a user adds are marked. The model is the fake provider (``OPENAI_BASE_URL``: each scenario
+sets its faults there first and reads back what reached it), the bus ``TETHER_NATS_URL``, the policies
+``tether.toml`` in the working directory (the agent ``budget-bot`` may make one call). Prints one
+JSON line: per scenario, what the agent gave or raised and the upstream requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.request
+from collections import Counter
+from typing import Any
+
+from llama_index.core import SummaryIndex
+from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
+from llama_index.core.llms import ChatMessage
+from llama_index.core.memory import Memory
+from llama_index.core.objects import ObjectIndex
+from llama_index.core.storage.chat_store.base_db import MessageStatus
+from llama_index.core.storage.chat_store.sql import SQLAlchemyChatStore
+from llama_index.core.tools import FunctionTool
+from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step
+
+import tether
+import tether.adapters
+from tether.adapters._llamaindexpriv import broken_hooks
+from tether.adapters.llama_index import (
+    TetherChatStore,
+    TetherContextStore,
+    TetherMemoryBlock,
+    ToolNeedsAttention,
+    llm,
+    wrap_tools,
+)
+from tether.memory import AsyncMemory
+
+FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
+os.environ["OPENAI_API_BASE"] = os.environ["OPENAI_BASE_URL"]  # where LlamaIndex's OpenAI LLM reads its base URL
+REMEMBER = "Weather in Paris: the user wants degrees Celsius."
+RAN: Counter[str] = Counter()
+
+
+def fake(path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"It is sunny in {city}."
+
+
+def get_forecast(city: str) -> str:
+    """The forecast for a city."""
+    raise ValueError(f"no forecast for {city}")
+
+
+async def slow_lookup(city: str) -> str:
+    """The weather in a city (slow)."""
+    RAN["slow_lookup"] += 1
+    await asyncio.sleep(5)
+    return f"It is sunny in {city}."
+
+
+async def slow_forecast(city: str) -> str:
+    """The forecast for a city (slow)."""
+    await asyncio.sleep(5)
+    return f"Rain in {city}."
+
+
+async def flaky_lookup(city: str) -> str:
+    """The weather in a city (its first call hangs)."""
+    RAN["flaky_lookup"] += 1
+    if RAN["flaky_lookup"] == 1:
+        await asyncio.sleep(5)
+    return f"It is cloudy in {city}."
+
+
+def counted_lookup(city: str) -> str:
+    """The weather in a city (counted)."""
+    RAN["counted_lookup"] += 1
+    return f"It is windy in {city}."
+
+
+class Crash(BaseException):
+    """The process dying inside a tool, as far as the run's log can tell: the call's start is
+    recorded, its end never is."""
+
+
+def charge_card(city: str) -> str:
+    """Charge the card for a city's forecast (not idempotent; the process dies in its first call)."""
+    RAN["charge_card"] += 1
+    if RAN["charge_card"] == 1:
+        raise Crash("the process died here")
+    return f"Charged for {city}."
+
+
+class Echo(Workflow):
+    """A workflow of one step, no agent."""
+
+    @step
+    async def echo(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=f"echo: {ev.get('text')}")
+
+
+async def resumed_on_callers_bus(bus: Any) -> dict[str, Any]:
+    """An agent run inside ``tether.run(..., resume=True, bus=bus)``, ``bus`` on this loop: what it
+    answered and what tether warned."""
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = warned.append  # type: ignore[method-assign]
+    logging.getLogger("tether.adapters.llama_index").addHandler(handler)
+    try:
+        async with tether.run(run_id="job-bus", resume=True, bus=bus):
+            result = await agent("bus-bot", [get_weather]).run(user_msg="What is the weather in Paris?")
+    finally:
+        logging.getLogger("tether.adapters.llama_index").removeHandler(handler)
+    return {"answer": str(result), "warnings": [r.getMessage() for r in warned]}
+
+
+def sync_call() -> str:
+    """A wrapped tool called synchronously (``FunctionTool.call``), in a run of the caller's."""
+    with tether.run(agent="sync-bot"):
+        return str(agent("sync-bot", [get_weather]).tools[0].call(city="Lyon").content)
+
+
+async def needs_attention() -> dict[str, Any]:
+    """A run that died inside a non-idempotent tool call, then resumed: it stops, and the tool is not run again."""
+    out: dict[str, Any] = {}
+    for attempt in ("died", "resumed"):
+        fake("faults", {"spec": ""})
+        try:
+            async with tether.run(run_id="job-card", resume=True):
+                try:
+                    await agent("careful-bot", [charge_card]).run(user_msg="What is the weather in Paris?")
+                except ToolNeedsAttention as stop:
+                    raise stop.attention from stop  # the enclosing run stops as needing attention too
+            out[attempt] = {"ok": True}
+        except Crash:
+            out[attempt] = {"ok": False, "error": "Crash"}
+        except tether.NeedsAttention as exc:
+            out[attempt] = {"ok": False, "error": "NeedsAttention", "tool": exc.tool, "arguments": exc.arguments}
+        out[attempt]["ran"] = RAN["charge_card"]
+    return out
+
+
+def agent(name: str, tools: list[Any], *, streaming: bool = True, **options: Any) -> FunctionAgent:
+    bot = FunctionAgent(name=name, description=f"{name} answers about the weather.",
+                        system_prompt="Answer about the weather.", tools=tools, streaming=streaming,
+                        llm=llm("gpt-4o-mini"))  # line 1: the model's requests under tether's policy
+    return wrap_tools(bot, **options)  # line 2: its tool calls under tether's tool policy
+
+
+async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot", tools: list[Any] | None = None,
+                   workflow: Any = None, resume: str | None = None, memory: Any = None,
+                   **options: Any) -> dict[str, Any]:
+    fake("faults", {"spec": faults})
+    before = fake("log")["total"]
+    out: dict[str, Any] = {}
+    try:
+        bot = workflow or agent(agent_name, [get_weather] if tools is None else tools, **options)
+        extra = {"memory": memory} if memory is not None else {}
+        if resume:  # the agent's run inside a run of the user's, opened with resume=True
+            async with tether.run(run_id=resume, resume=True):
+                result = await bot.run(user_msg="What is the weather in Paris?", **extra)
+        else:
+            result = await bot.run(user_msg="What is the weather in Paris?", **extra)
+        out.update(ok=True, answer=str(result), ran=dict(RAN),
+                   tool_returns=[call.tool_output.content for call in result.tool_calls])
+    except Exception as exc:  # what LlamaIndex raised, as the agent's code sees it
+        out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
+                   status=getattr(exc, "status_code", None), ran=dict(RAN))
+    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    return out
+
+
+async def ask_forecaster(city: str) -> str:
+    """Ask the forecaster agent about a city."""
+    return str(await agent("forecaster", []).run(user_msg=f"The weather in {city}?"))
+
+
+def handoff_workflow() -> AgentWorkflow:
+    # the fake provider fills the handoff tool's `to_agent` with "fake to_agent": the agent of that name
+    triage = FunctionAgent(name="triage", description="Hands weather questions over.",
+                           system_prompt="Hand the question over.", llm=llm("gpt-4o-mini"))
+    forecaster = FunctionAgent(name="fake to_agent", description="Answers about the weather.",
+                               system_prompt="Answer about the weather.", llm=llm("gpt-4o-mini"))
+    return wrap_tools(AgentWorkflow(agents=[triage, forecaster], root_agent="triage"))
+
+
+async def stores_agree() -> dict[str, Any]:
+    """The same operations on TetherChatStore and on LlamaIndex's SQLAlchemyChatStore (in-memory
+    SQLite): what each returns, side by side."""
+    bus = await tether.connect()
+    seen: dict[str, list[Any]] = {}
+    for name, store in (("tether", TetherChatStore(bus, bucket="tether-llama-index-conformance")),
+                        ("sqlalchemy", SQLAlchemyChatStore(table_name="conformance"))):
+        said: list[Any] = []
+
+        def texts(messages: list[ChatMessage]) -> list[str]:
+            return [f"{m.role.value}:{m.content}" for m in messages]
+
+        await store.add_message("k1", ChatMessage(role="user", content="one"))
+        await store.add_messages("k1", [ChatMessage(role="assistant", content="two"),
+                                        ChatMessage(role="user", content="three")])
+        await store.add_message("k2", ChatMessage(role="user", content="other"))
+        said.append(texts(await store.get_messages("k1")))
+        said.append(await store.count_messages("k1"))
+        said.append(texts(await store.get_messages("k1", limit=2, offset=1)))
+        said.append(texts(await store.archive_oldest_messages("k1", 1)))
+        said.append(texts(await store.get_messages("k1")))
+        said.append(texts(await store.get_messages("k1", status=MessageStatus.ARCHIVED)))
+        said.append(await store.count_messages("k1", status=None))
+        said.append(texts(await store.delete_oldest_messages("k1", 1)))
+        said.append(texts(await store.get_messages("k1", status=None)))
+        await store.set_messages("k1", [ChatMessage(role="user", content="new")])
+        said.append(texts(await store.get_messages("k1", status=None)))
+        said.append(sorted(await store.get_keys()))
+        await store.delete_messages("k2")
+        said.append(sorted(await store.get_keys()))
+        said.append(texts(await store.get_messages("missing")))
+        seen[name] = said
+        await store.delete_messages("k1")
+    await bus.close()
+    return seen
+
+
+async def main() -> dict[str, Any]:
+    said: dict[str, Any] = {"installed": tether.init(), "broken_hooks": broken_hooks()}
+    said["faults"] = await scenario("faults", "500#1/chat,429(0)#3/chat")
+    said["persistent"] = await scenario("persistent", "429(0)/chat")
+    # not streamed: LlamaIndex's own retry decorator (tenacity) would retry a 429 it got from achat()
+    said["persistent_unstreamed"] = await scenario("persistent_unstreamed", "429(0)/chat", agent_name="plain-bot",
+                                                   streaming=False)
+    said["budget"] = await scenario("budget", "", agent_name="budget-bot")
+    said["tool_error"] = await scenario("tool_error", "", agent_name="forecast-bot", tools=[get_forecast])
+    unwrapped = FunctionAgent(name="observed-bot", system_prompt="Answer about the weather.", tools=[get_weather],
+                              llm=llm("gpt-4o-mini"))  # no wrap_tools: its tool calls only observed
+    said["observed"] = await scenario("observed", "", workflow=unwrapped)
+    retrieving = FunctionAgent(name="retrieving-bot", system_prompt="Answer about the weather.", llm=llm("gpt-4o-mini"),
+                               tool_retriever=ObjectIndex.from_objects([FunctionTool.from_defaults(slow_forecast)],
+                                                                       index_cls=SummaryIndex).as_retriever())
+    said["retrieved"] = await scenario("retrieved", "", workflow=wrap_tools(retrieving, timeout_s=0.3))
+    said["sub_agent"] = await scenario("sub_agent", "", agent_name="asking-bot", tools=[ask_forecaster])
+    said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
+    said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())
+    bus = await tether.connect()
+    memory = await AsyncMemory(bus, agent="weather-bot").start()
+    written = await memory.write("agent:weather-bot", REMEMBER, key="home-city")
+    await memory.wait_for(written.seq)
+    remembering = Memory.from_defaults(session_id="mem-1", chat_store=TetherChatStore(bus), memory_blocks=[
+        TetherMemoryBlock(memory, namespaces="agent:weather-bot", token_budget=200)])
+    said["memory"] = await scenario("memory", "", agent_name="remembering-bot", memory=remembering)
+    await memory.close()
+    said["tool_timeout"] = await scenario("tool_timeout", "", agent_name="slow-bot", tools=[slow_lookup],
+                                          timeout_s=0.3)
+    said["tool_retried"] = await scenario("tool_retried", "", agent_name="flaky-bot", tools=[flaky_lookup],
+                                          timeout_s=0.3, idempotent={"flaky_lookup"})
+    # the second model call fails past tether's three attempts, after the tool call; then resumed
+    said["crashed"] = await scenario("crashed", "500#2-4/chat", agent_name="resume-bot", tools=[counted_lookup],
+                                     resume="job-li")
+    said["resumed"] = await scenario("resumed", "", agent_name="resume-bot", tools=[counted_lookup],
+                                     resume="job-li")
+    twins = [agent("twin-bot", [get_weather]) for _ in range(2)]
+    answers = await asyncio.gather(*(bot.run(user_msg=f"What is the weather in Paris? ({i})")
+                                     for i, bot in enumerate(twins)))
+    said["concurrent"] = [str(a) for a in answers]
+    said["sync_call"] = await asyncio.to_thread(sync_call)
+    said["echo"] = str(await Echo().run(text="hello"))
+    said["attention"] = await needs_attention()
+    said["stores"] = await stores_agree()
+    said["callers_bus"] = await resumed_on_callers_bus(bus)
+    said["history"] = await converse(bus, "What is the weather in Paris?")
+    said["context"] = await resume_context(bus, "What is the weather in Paris?")
+    await bus.close()
+    for bad in ({"max_retries": 3}, {"async_http_client": object()}, {"tether": {"polices": "tether.toml"}}):
+        try:
+            llm("gpt-4o-mini", **bad)
+            said.setdefault("refused", []).append("accepted")
+        except (TypeError, ValueError) as exc:
+            said.setdefault("refused", []).append(str(exc))
+    try:
+        wrap_tools(Echo())
+        said["refused"].append("accepted")
+    except TypeError as exc:
+        said["refused"].append(str(exc))
+    await asyncio.to_thread(tether.adapters.flush)
+    return said
+
+
+async def converse(bus: Any, prompt: str) -> dict[str, Any]:
+    """One turn of the conversation ``conv-1``, its history kept in tether by ``Memory``."""
+    store = TetherChatStore(bus)
+    before = await store.get_messages("conv-1")
+    memory = Memory.from_defaults(session_id="conv-1", chat_store=store)  # the history in tether
+    result = await agent("history-bot", [get_weather]).run(user_msg=prompt, memory=memory)
+    kept = await store.get_messages("conv-1")
+    return {"restored": len(before), "kept": len(kept), "answer": str(result),
+            "first_prompt": kept[0].content if kept else None, "keys": await store.get_keys()}
+
+
+async def count_visit(ctx: Context, city: str) -> str:
+    """Count a visit to a city (in the agent's state, kept in its workflow Context)."""
+    async with ctx.store.edit_state() as state:
+        state["state"]["visits"] = state["state"].get("visits", 0) + 1
+        visits = state["state"]["visits"]
+    return f"Visit {visits} to {city}."
+
+
+# LlamaIndex finds the Context parameter by its annotation's class (this module's are strings)
+count_visit.__annotations__.update(ctx=Context, city=str)
+
+
+async def resume_context(bus: Any, prompt: str) -> dict[str, Any]:
+    """One turn of the session ``session-7``, its workflow Context kept in tether."""
+    contexts = TetherContextStore(bus)
+    bot = agent("context-bot", [count_visit])
+    kept = await contexts.load("session-7", bot)
+    ctx = kept or Context(bot)
+    result = await bot.run(user_msg=prompt, ctx=ctx)
+    await contexts.save("session-7", ctx)
+    return {"restored": kept is not None, "tool_returns": [c.tool_output.content for c in result.tool_calls],
+            "state": await ctx.store.get("state")}
+
+
+async def next_turn() -> dict[str, Any]:
+    """The conversation's next turn, in a new process."""
+    tether.init()
+    bus = await tether.connect()
+    said = {"history": await converse(bus, "And in Lisbon?"), "context": await resume_context(bus, "And in Lisbon?")}
+    await TetherContextStore(bus).delete("session-7")
+    said["context"]["deleted"] = await TetherContextStore(bus).load("session-7", agent("context-bot", [])) is None
+    store = TetherChatStore(bus)
+    await store.delete_messages("conv-1")
+    said["history"]["cleared"] = len(await store.get_messages("conv-1", status=None))
+    await bus.close()
+    await asyncio.to_thread(tether.adapters.flush)
+    return said
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(next_turn() if "--continue" in sys.argv else main())))
