@@ -380,21 +380,28 @@ async def test_hybrid_search_retrieves_by_keyword_while_the_query_is_embedded(
     assert "k0" in [h.entry.key for h in first[:2]] and memory.vector_cache.misses == 5
 
 
-def test_a_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+def test_a_vector_search_ranks_as_exact_cosine_and_its_retrievers_agree() -> None:
+    """The scan (NumPy's own loop, not BLAS, since it is twice as fast here) ranks as exact cosine
+    does in float64, and an entry's similarity read alone (a keyword candidate re-scored) has the
+    very bits the full scan gave it: fusion sees one cosine per entry, whichever retriever found it."""
+    import numpy as np
+
     from tether.memory import _embed
 
-    def blas_threads() -> set[int]:
-        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
-
-    if not blas_threads():
-        pytest.skip("threadpoolctl sees no BLAS library")
+    rng = np.random.default_rng(3)
     index = _embed.VectorIndex()
-    outside = blas_threads()
-    with index._blas(_embed.BLAS_CAP_ROWS - 1):
-        assert blas_threads() == outside  # a small product: BLAS left alone
-    with index._blas(_embed.BLAS_CAP_ROWS):
-        assert blas_threads() == {1}
-    assert blas_threads() == outside
-    with index._blas(10_000):  # 10k vectors: OpenBLAS's threads spun after each product, twice the CPU
-        assert blas_threads() == {1}
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    space = index.spaces["e"] = _embed._Space(np, 16)
+    for i, vec in enumerate(vectors):
+        space.put(("team:a", f"k{i}"), vec, True, index.namespaces.setdefault("team:a", 0))
+        index._where[("team:a", f"k{i}")] = "e"
+    for _ in range(20):
+        query = rng.standard_normal(16).astype(np.float32)
+        query /= np.linalg.norm(query)
+        found = index.search(query.tolist(), "e", 10)
+        exact = vectors.astype(np.float64) @ query.astype(np.float64)
+        assert [p for p, _ in found] == [("team:a", f"k{i}") for i in np.argsort(-exact)[:10]]
+        assert all(abs(score - exact[int(p[1][1:])]) < 1e-6 for p, score in found)
+        alone = index.similarities(query.tolist(), "e", [p for p, _ in found][::-1])
+        assert alone == dict(found)
