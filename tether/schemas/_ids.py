@@ -25,7 +25,8 @@ def _forget_random() -> None:
     _random, _taken = b"", _POOL
 
 
-os.register_at_fork(after_in_child=_forget_random)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_random)
 
 
 def uuid7() -> str:
