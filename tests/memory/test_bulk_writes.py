@@ -243,3 +243,35 @@ def test_the_size_bound_holds_for_what_is_sealed() -> None:
         size = len(type(payload).__pydantic_serializer__.to_json(payload))
         bound = sealed_size_bound(ns, key, text, len(json.dumps(meta, ensure_ascii=False)), dims, "e" * 40)
         assert size <= bound, (i, size, bound)
+
+
+def test_a_batch_sealer_seals_as_each_entry_alone_would() -> None:
+    """The batch sealer keys its HMACs once per namespace and draws nonces 64 at a time: each entry
+    still gets its own derived key, the same content hash, a nonce of its own, and opens with
+    the keys and code that open one sealed alone (a generation change between batches included)."""
+    import base64
+
+    from tether.memory._codec import Sealer, open_entry, seal_entry
+    from tether.memory._keys import InMemoryKeyStore, content_hash, derive, open_sealed
+
+    keys = InMemoryKeyStore()
+    sealer = Sealer(keys)
+    nonces = set()
+    for i in range(150):  # more than one draw of nonces
+        ns = f"team:{i % 3}"
+        text, vector = f"  Fact   NUMBER {i}\tabout é ", [0.5, -0.25, float(i)]
+        fields = sealer.seal(ns, f"k{i}", text, {"i": i}, vector, valid_from=1.7e9)
+        alone = seal_entry(keys, ns, f"k{i}", text, {"i": i}, vector, valid_from=1.7e9)
+        key_id, namespace_key = keys.current(ns)
+        assert fields["key_id"] == alone["key_id"] == key_id + "/entry"
+        assert fields["content_hash"] == alone["content_hash"] == content_hash(namespace_key, text)
+        opened = open_entry(keys, ns, f"k{i}", fields["key_id"], fields["text"], {}, fields["embedding"])
+        assert opened is not None and (opened.text, opened.metadata, opened.valid_from) == (text, {"i": i}, 1.7e9)
+        assert open_sealed(derive(namespace_key, f"k{i}"), ns, f"k{i}", fields["text"])  # the entry's own key
+        for sealed in (fields["text"], fields["embedding"]):
+            nonces.add(base64.b64decode(sealed)[:12])
+    assert len(nonces) == 300  # every seal its own nonce
+    old_id = keys.current("team:0")[0]
+    keys.destroy("team:0")  # erased: a later batch seals under a new generation
+    later = Sealer(keys).seal("team:0", "k", "after", {}, None)
+    assert later["key_id"] == keys.current("team:0")[0] + "/entry" != old_id + "/entry"

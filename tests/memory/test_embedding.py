@@ -142,22 +142,98 @@ def test_the_encoder_computes_in_float32(monkeypatch: pytest.MonkeyPatch) -> Non
     the work, and the float32 weights cast on each product)."""
     import numpy as np
 
+    from tether.memory import _minilm
+
+    model = _minilm.MiniLM()
+    seen: list[tuple[Any, int]] = []
+    norm, gelu = _minilm._layer_norm, _minilm._gelu
+
+    def watched(step: Any) -> Any:
+        def call(x: Any, *args: Any) -> Any:
+            out = step(x, *args)
+            seen.append((out.dtype, out.ndim))
+            return out
+        return call
+
+    monkeypatch.setattr(_minilm, "_layer_norm", watched(norm))
+    monkeypatch.setattr(_minilm, "_gelu", watched(gelu))
+    vector = model.encode(["Tom has a severe peanut allergy.", "Who cannot eat nuts?"])[0]
+    # the embeddings' layer norm, then per layer: two layer norms and one GELU
+    assert len(seen) == 1 + 6 * 3 and {dtype for dtype, _ in seen} == {np.dtype(np.float32)}
+    assert gelu(np.ones((2, 3, 4), dtype=np.float32)).dtype == np.float32
+    assert sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def plain_minilm(model: Any, encodings: Sequence[Any]) -> Any:
+    """The encoder as it was written before its fused, in-place form: one dense product at a
+    time, each step a new array, the attention mask always added."""
+    import numpy as np
+
+    w = model.w
+    length = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), length), dtype=np.int64)
+    mask = np.zeros((len(encodings), length), dtype=np.float32)
+    for row, enc in enumerate(encodings):
+        ids[row, :len(enc.ids)] = enc.ids
+        mask[row, :len(enc.ids)] = 1.0
+
+    def ln(x: Any, prefix: str) -> Any:
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-12) * w[prefix + ".weight"] + w[prefix + ".bias"]
+
+    def dense(x: Any, prefix: str) -> Any:
+        out = x.reshape(-1, x.shape[-1]) @ w[prefix + ".weight"].T.copy() + w[prefix + ".bias"]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def gelu(x: Any) -> Any:
+        z = np.abs(x) * 0.5 ** 0.5
+        t = 1.0 / (1.0 + 0.3275911 * z)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return 0.5 * x * (1.0 + np.sign(x) * (1.0 - poly * np.exp(-z * z)))
+
+    x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length]
+         + w["embeddings.token_type_embeddings.weight"][0])
+    x = ln(x, "embeddings.LayerNorm")
+    bias = (1.0 - mask)[:, None, None, :] * -1e9
+    n, d, h = x.shape[0], x.shape[2], 12
+    for layer in range(6):
+        p = f"encoder.layer.{layer}"
+
+        def split(t: Any) -> Any:
+            return t.reshape(n, length, h, d // h).transpose(0, 2, 1, 3)
+
+        q, k, v = (split(dense(x, f"{p}.attention.self.{part}")) for part in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 1, 3, 2) * ((d // h) ** -0.5) + bias
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
+        x = ln(dense(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+        x = ln(dense(gelu(dense(x, f"{p}.intermediate.dense")), f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+    pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+    pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled.astype(np.float32)
+
+
+@needs_model
+def test_the_fused_encoder_gives_the_plain_forward_passes_vectors() -> None:
+    """Query, key and value in one product, in-place steps and no mask on unpadded texts change
+    no result: the same vectors as the plain forward pass, for a query alone and for a padded batch
+    (bit for bit on the machine this was written on; within 1e-6 wherever BLAS blocks differently)."""
+    import numpy as np
+
     from tether.memory._minilm import MiniLM
 
     model = MiniLM()
-    seen: list[tuple[Any, int]] = []
-    dense = model._dense
-
-    def watched(x: Any, prefix: str) -> Any:
-        out = dense(x, prefix)
-        seen.append((out.dtype, out.ndim))
-        return out
-
-    monkeypatch.setattr(model, "_dense", watched)
-    vector = model.encode(["Tom has a severe peanut allergy.", "Who cannot eat nuts?"])[0]
-    assert len(seen) == 6 * 6 and {dtype for dtype, _ in seen} == {np.dtype(np.float32)}
-    assert model._gelu(np.ones((2, 3, 4), dtype=np.float32)).dtype == np.float32
-    assert sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-5)
+    texts = ["Where does Ann Fischer live now?", "kalomi neru tashi", "x",
+             "Tom has a severe peanut allergy and keeps an epinephrine pen in his desk, second drawer."]
+    with model.blas.cap():
+        for batch in ([texts[0]], [texts[1]], texts):
+            encodings = model.tokenizer.encode_batch(batch)
+            got, want = model.pooled(encodings), plain_minilm(model, encodings)
+            assert got.dtype == want.dtype == np.float32
+            assert float(np.abs(got - want).max()) <= 1e-6, batch
+    assert model.encode(texts[:1]) == [model.pooled(model.tokenizer.encode_batch(texts[:1]))[0].tolist()]
 
 
 class Counting:
@@ -304,21 +380,28 @@ async def test_hybrid_search_retrieves_by_keyword_while_the_query_is_embedded(
     assert "k0" in [h.entry.key for h in first[:2]] and memory.vector_cache.misses == 5
 
 
-def test_a_vector_search_holds_blas_to_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+def test_a_vector_search_ranks_as_exact_cosine_and_its_retrievers_agree() -> None:
+    """The scan (NumPy's own loop, not BLAS, since it is twice as fast here) ranks as exact cosine
+    does in float64, and an entry's similarity read alone (a keyword candidate re-scored) has the
+    very bits the full scan gave it: fusion sees one cosine per entry, whichever retriever found it."""
+    import numpy as np
+
     from tether.memory import _embed
 
-    def blas_threads() -> set[int]:
-        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
-
-    if not blas_threads():
-        pytest.skip("threadpoolctl sees no BLAS library")
+    rng = np.random.default_rng(3)
     index = _embed.VectorIndex()
-    outside = blas_threads()
-    with index._blas(_embed.BLAS_CAP_ROWS - 1):
-        assert blas_threads() == outside  # a small product: BLAS left alone
-    with index._blas(_embed.BLAS_CAP_ROWS):
-        assert blas_threads() == {1}
-    assert blas_threads() == outside
-    with index._blas(10_000):  # 10k vectors: OpenBLAS's threads spun after each product, twice the CPU
-        assert blas_threads() == {1}
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    space = index.spaces["e"] = _embed._Space(np, 16)
+    for i, vec in enumerate(vectors):
+        space.put(("team:a", f"k{i}"), vec, True, index.namespaces.setdefault("team:a", 0))
+        index._where[("team:a", f"k{i}")] = "e"
+    for _ in range(20):
+        query = rng.standard_normal(16).astype(np.float32)
+        query /= np.linalg.norm(query)
+        found = index.search(query.tolist(), "e", 10)
+        exact = vectors.astype(np.float64) @ query.astype(np.float64)
+        assert [p for p, _ in found] == [("team:a", f"k{i}") for i in np.argsort(-exact)[:10]]
+        assert all(abs(score - exact[int(p[1][1:])]) < 1e-6 for p, score in found)
+        alone = index.similarities(query.tolist(), "e", [p for p, _ in found][::-1])
+        assert alone == dict(found)

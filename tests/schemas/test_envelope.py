@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -529,3 +530,39 @@ def test_a_trusted_payload_is_the_validated_one(fields: dict[str, Any]) -> None:
         MemoryWritten.trusted(namespace="team:a", key="k", version=1)
     with pytest.raises(TypeError, match=r"unknown fields \['txet'\]"):
         MemoryWritten.trusted(**fields, txet="oops")
+
+
+def test_uuid7_from_a_pool_of_random_bytes_keeps_its_layout_and_order() -> None:
+    """Ids take their random bits from a pool drawn 512 ids at a time: still version 7, RFC 9562
+    variant, the time they were made, in the order they were made, all distinct (across draws)."""
+    before = datetime.now(UTC)
+    ids = [uuid7() for _ in range(3000)]
+    after = datetime.now(UTC)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for value in ids[::97]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+        assert before - timedelta(milliseconds=1) <= uuid7_time(value) <= after + timedelta(seconds=1)
+    assert len({uuid.UUID(v).int & 0x3FFF_FFFF_FFFF_FFFF for v in ids}) == len(ids)  # the random bits differ
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    """The pool of random bytes is forgotten in a forked child: otherwise it would make the ids its
+    parent makes next (same millisecond, same random bits)."""
+    uuid7()  # the parent has a pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.write(write, ",".join(uuid7() for _ in range(20)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    parent = {uuid7() for _ in range(20)}
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = set(pipe.read().decode().split(","))
+    assert len(child) == 20
+    low = {uuid.UUID(v).int & 0xFFFF_FFFF_FFFF for v in parent}
+    assert not low & {uuid.UUID(v).int & 0xFFFF_FFFF_FFFF for v in child}

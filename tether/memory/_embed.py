@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import itertools
 import logging
@@ -405,10 +404,15 @@ class _Space:
         return found
 
 
-BLAS_CAP_ROWS = 64
-"""From this many vectors on, a search's matrix-vector product runs with BLAS held to one thread.
-It was 16,384 until OpenBLAS's threads were seen spinning after every product at 10k vectors:
-a 10k hybrid search took 16 ms of CPU uncapped, 8 ms capped (static embedder, 256 dimensions)."""
+def dot_rows(matrix: Any, query: Any) -> Any:
+    """Each row of ``matrix`` times ``query`` (float32), by NumPy's own vectorised loop, not BLAS.
+
+    Twice as fast as BLAS's matrix-vector product here (100k x 384: 6.6 against 12.4 ms on one core,
+    10k: 0.6 against 1.2 ms), with no BLAS threads to hold back, and every row's sum made the same
+    way whichever rows are asked for: a full scan and a look-up of some rows give the same bits."""
+    import numpy as np
+
+    return np.einsum("ij,j->i", matrix, query)
 
 
 class VectorIndex:
@@ -430,7 +434,6 @@ class VectorIndex:
         self.spaces: dict[str | None, _Space] = {}
         self.namespaces: dict[str, int] = {}
         self._where: dict[tuple[str, str], str | None] = {}
-        self._cap: Any = None
 
     def refresh(self, db: sqlite3.Connection) -> None:
         np = self.np
@@ -453,18 +456,6 @@ class VectorIndex:
             space.put(pair, vec, is_live, self.namespaces.setdefault(ns, len(self.namespaces)))
             self._where[pair] = embedder
 
-    def _blas(self, rows: int) -> contextlib.AbstractContextManager[None]:
-        """One BLAS thread for a product over many rows (OpenBLAS would start a thread per core, which
-        on a busy machine wait on each other and spin); nothing to do for a small one."""
-        if rows < BLAS_CAP_ROWS:
-            return contextlib.nullcontext()
-        if self._cap is None:
-            from ._minilm import BlasThreads
-
-            self._cap = BlasThreads(1)
-        cap: contextlib.AbstractContextManager[None] = self._cap.cap()
-        return cap
-
     def similarities(self, query: Sequence[float], embedder: str,
                      pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], float]:
         """Cosine similarity of the query to each of these entries' current vectors (those it has)."""
@@ -474,7 +465,7 @@ class VectorIndex:
         slots = [(p, space.slots[p]) for p in pairs if self._where.get(p, False) == embedder]
         if not slots:
             return {}
-        scores = space.matrix[[i for _, i in slots]] @ self.np.asarray(query, dtype=self.np.float32)
+        scores = dot_rows(space.matrix[[i for _, i in slots]], self.np.asarray(query, dtype=self.np.float32))
         return {p: float(x) for (p, _), x in zip(slots, scores.tolist(), strict=True)}
 
     def search(self, query: Sequence[float], embedder: str, k: int,
@@ -489,8 +480,7 @@ class VectorIndex:
         if count == 0:
             return []
         n = len(space.pairs)
-        with self._blas(n):
-            scores = space.matrix[:n] @ np.asarray(query, dtype=np.float32)
+        scores = dot_rows(space.matrix[:n], np.asarray(query, dtype=np.float32))
         if mask is not None:
             scores[~mask] = -np.inf
         k = min(k, count)

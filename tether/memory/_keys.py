@@ -79,9 +79,13 @@ def _new_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
+DERIVE_LABEL = b"tether.memory.entry\x00"
+"""What :func:`derive` puts before the entry's key."""
+
+
 def derive(namespace_key: bytes, entry: str) -> bytes:
     """The entry's own key: HMAC-SHA256 of its key under the namespace key (a PRF of a random key)."""
-    return hmac.digest(namespace_key, b"tether.memory.entry\x00" + entry.encode(), "sha256")
+    return hmac.digest(namespace_key, DERIVE_LABEL + entry.encode(), "sha256")
 
 
 def entry_id(key_id: str, entry: str) -> str:
@@ -499,9 +503,10 @@ def _aad(namespace: str, key: str) -> bytes:
     return f"tether.memory\x00{namespace}\x00{key}".encode()
 
 
-def seal(key: bytes, namespace: str, entry_key: str, plaintext: bytes) -> str:
-    """AES-256-GCM with a random nonce, bound to the namespace and key; base64 text."""
-    nonce = secrets.token_bytes(12)
+def seal(key: bytes, namespace: str, entry_key: str, plaintext: bytes, nonce: bytes | None = None) -> str:
+    """AES-256-GCM with a random nonce (12 bytes from the OS, drawn here unless given), bound to the
+    namespace and key; base64 text."""
+    nonce = nonce or secrets.token_bytes(12)
     return base64.b64encode(nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(namespace, entry_key))).decode()
 
 
@@ -514,9 +519,14 @@ def open_sealed(key: bytes, namespace: str, entry_key: str, sealed: str) -> byte
         raise ValueError(f"memory ciphertext for {namespace}/{entry_key} does not open with its key") from exc
 
 
+def normalised(text: str) -> bytes:
+    """What :func:`content_hash` hashes: the text lower-cased, its runs of white space one space."""
+    return " ".join(text.lower().split()).encode()
+
+
 def content_hash(key: bytes | None, text: str) -> str:
     """A keyed hash of the normalised text (HMAC, so it means nothing once the key is gone)."""
-    normal = " ".join(text.lower().split()).encode()
+    normal = normalised(text)
     if key is None:
         return hashlib.sha256(normal).hexdigest()[:32]
     return hmac.digest(key, normal, "sha256").hex()[:32]

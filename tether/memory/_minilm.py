@@ -131,28 +131,15 @@ class MiniLM:
         self.layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
         self.heads = 12
         self.blas = BlasThreads(threads)
-        # Pre-transpose the dense weights once: x @ W.T is the hot path.
-        self.t = {k: v.T.copy() for k, v in self.w.items() if k.endswith(".weight") and v.ndim == 2
-                  and k.startswith("encoder.")}
+        t = {k: v.T.copy() for k, v in self.w.items() if k.endswith(".weight") and v.ndim == 2
+             and k.startswith("encoder.")}  # pre-transposed once: x @ W.T is the hot path
+        self.blocks = [_Block(self.w, t, f"encoder.layer.{layer}") for layer in range(self.layers)]
 
     def _ln(self, x: Any, prefix: str) -> Any:
-        np = self.np
-        mean = x.mean(-1, keepdims=True)
-        var = ((x - mean) ** 2).mean(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + 1e-12) * self.w[prefix + ".weight"] + self.w[prefix + ".bias"]
-
-    def _dense(self, x: Any, prefix: str) -> Any:
-        # one 2-D product (a 3-D one is a loop of small ones in NumPy)
-        out = x.reshape(-1, x.shape[-1]) @ self.t[prefix + ".weight"] + self.w[prefix + ".bias"]
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return _layer_norm(x, self.w[prefix + ".weight"], self.w[prefix + ".bias"])
 
     def _gelu(self, x: Any) -> Any:
-        np = self.np
-        z = np.abs(x) * _SQRT_HALF  # a Python float: float32 stays float32
-        t = 1.0 / (1.0 + 0.3275911 * z)
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        erf = np.sign(x) * (1.0 - poly * np.exp(-z * z))  # Abramowitz-Stegun 7.1.26, |error| < 1.5e-7
-        return 0.5 * x * (1.0 + erf)
+        return _gelu(x)
 
     def encode(self, texts: Sequence[str], batch: int = 32) -> list[list[float]]:
         """Unit vectors for ``texts``, in order. Texts of similar length are encoded together
@@ -170,43 +157,119 @@ class MiniLM:
         return out
 
     def _batch(self, encodings: Sequence[Any]) -> list[list[float]]:
-        return [[float(f) for f in row] for row in self.pooled(encodings)]
+        rows: list[list[float]] = self.pooled(encodings).tolist()  # float32 to float: exact
+        return rows
 
     def pooled(self, encodings: Sequence[Any], *, normalise: bool = True) -> Any:
         """The mean-pooled outputs of these tokenized texts (unit length unless ``normalise`` is
-        False), a float32 array with one row each."""
+        False), a float32 array with one row each.
+
+        Every step is the textbook one (each layer: attention, then the feed-forward part, each
+        followed by a residual layer norm) with fewer, in-place array operations: query, key
+        and value come from one product, and the attention mask is added only when a text is
+        padded. Same operations in the same order, so the same bits as the plain form
+        (``tests/memory/test_embedding.py`` holds it to a reference written out plainly)."""
         np = self.np
-        length = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), length), dtype=np.int64)
-        mask = np.zeros((len(encodings), length), dtype=np.float32)
+        lengths = [len(e.ids) for e in encodings]
+        length = max(lengths)
+        n, h = len(encodings), self.heads
+        ids = np.zeros((n, length), dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.float32)
         for row, enc in enumerate(encodings):
-            ids[row, :len(enc.ids)] = enc.ids
-            mask[row, :len(enc.ids)] = 1.0
+            ids[row, :lengths[row]] = enc.ids
+            mask[row, :lengths[row]] = 1.0
         w = self.w
         x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length]
              + w["embeddings.token_type_embeddings.weight"][0])
-        x = self._ln(x, "embeddings.LayerNorm")
-        bias = (1.0 - mask)[:, None, None, :] * -1e9
-        n, d = x.shape[0], x.shape[2]
-        h = self.heads
+        d = x.shape[2]
         size = d // h
-        for layer in range(self.layers):
-            p = f"encoder.layer.{layer}"
-
-            def split(t: Any) -> Any:
-                return t.reshape(n, length, h, size).transpose(0, 2, 1, 3)
-
-            q = split(self._dense(x, f"{p}.attention.self.query"))
-            k = split(self._dense(x, f"{p}.attention.self.key"))
-            v = split(self._dense(x, f"{p}.attention.self.value"))
-            scores = q @ k.transpose(0, 1, 3, 2) * (size ** -0.5) + bias
-            scores = np.exp(scores - scores.max(-1, keepdims=True))
+        x = self._ln(x.reshape(n * length, d), "embeddings.LayerNorm")  # rows of tokens from here on
+        padded = min(lengths) < length
+        bias = (1.0 - mask)[:, None, None, :] * -1e9 if padded else None  # adds -0.0 where nothing is padded
+        for block in self.blocks:
+            qkv = x @ block.qkv
+            qkv += block.qkv_bias
+            q, k, v = qkv.reshape(n, length, 3, h, size).transpose(2, 0, 3, 1, 4)
+            scores = q @ k.transpose(0, 1, 3, 2)
+            scores *= size ** -0.5
+            if bias is not None:
+                scores += bias
+            scores -= scores.max(-1, keepdims=True)
+            np.exp(scores, out=scores)
             scores /= scores.sum(-1, keepdims=True)
-            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
-            x = self._ln(self._dense(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
-            inner = self._gelu(self._dense(x, f"{p}.intermediate.dense"))
-            x = self._ln(self._dense(inner, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
-        pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n * length, d)
+            out = ctx @ block.attention_out
+            out += block.attention_out_bias
+            out += x
+            x = _layer_norm(out, *block.attention_norm)
+            inner = x @ block.intermediate
+            inner += block.intermediate_bias
+            inner = _gelu(inner)
+            out = inner @ block.output
+            out += block.output_bias
+            out += x
+            x = _layer_norm(out, *block.output_norm)
+        x = x.reshape(n, length, d)
+        pooled = (x * mask[:, :, None] if padded else x).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
         if normalise:
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)
+
+
+class _Block:
+    """One encoder layer's weights, laid out for the forward pass: dense weights transposed (x @ W),
+    query, key and value side by side (one product instead of three)."""
+
+    def __init__(self, w: dict[str, Any], t: dict[str, Any], p: str) -> None:
+        import numpy as np
+
+        parts = [f"{p}.attention.self.{name}" for name in ("query", "key", "value")]
+        self.qkv = np.ascontiguousarray(np.concatenate([t[name + ".weight"] for name in parts], axis=1))
+        self.qkv_bias = np.concatenate([w[name + ".bias"] for name in parts])
+        self.attention_out = t[f"{p}.attention.output.dense.weight"]
+        self.attention_out_bias = w[f"{p}.attention.output.dense.bias"]
+        self.attention_norm = (w[f"{p}.attention.output.LayerNorm.weight"], w[f"{p}.attention.output.LayerNorm.bias"])
+        self.intermediate = t[f"{p}.intermediate.dense.weight"]
+        self.intermediate_bias = w[f"{p}.intermediate.dense.bias"]
+        self.output = t[f"{p}.output.dense.weight"]
+        self.output_bias = w[f"{p}.output.dense.bias"]
+        self.output_norm = (w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"])
+
+
+def _layer_norm(x: Any, weight: Any, bias: Any) -> Any:
+    """``(x - mean) / sqrt(var + 1e-12) * weight + bias`` over the last axis, in place after the first step."""
+    import numpy as np
+
+    out = x - x.mean(-1, keepdims=True)
+    var = np.square(out).mean(-1, keepdims=True)
+    var += 1e-12
+    out /= np.sqrt(var, out=var)
+    out *= weight
+    out += bias
+    return out
+
+
+def _gelu(x: Any) -> Any:
+    """GELU with erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), in float32, overwriting ``x``:
+    ``0.5 * x * (1 + sign(x) * (1 - poly(t) * exp(-z * z)))``, ``z = |x| / sqrt(2)``, ``t = 1 / (1 + p z)``."""
+    import numpy as np
+
+    z = np.abs(x)
+    z *= _SQRT_HALF  # a Python float: float32 stays float32
+    t = z * 0.3275911
+    t += 1.0
+    np.divide(1.0, t, out=t)
+    poly = t * 1.061405429
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly += c
+        poly *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    z *= poly
+    np.subtract(1.0, z, out=z)
+    z *= np.sign(x)
+    z += 1.0
+    x *= 0.5
+    x *= z
+    return x

@@ -13,6 +13,20 @@ __all__ = ["uuid7", "uuid7_time"]
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_POOL = 8 * 512
+_random = b""
+"""Random bytes drawn from the OS ``_POOL`` at a time (one system call per 512 ids, not one per id)."""
+_taken = _POOL
+
+
+def _forget_random() -> None:
+    """A forked child draws its own random bytes (else parent and child would make the same ids)."""
+    global _random, _taken
+    _random, _taken = b"", _POOL
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_random)
 
 
 def uuid7() -> str:
@@ -23,9 +37,12 @@ def uuid7() -> str:
     method 1), so ids made in the same millisecond by this process still sort in
     the order they were made.
     """
-    global _last_ms, _counter
-    rand = int.from_bytes(os.urandom(8), "big")
+    global _last_ms, _counter, _random, _taken
     with _lock:
+        if _taken >= _POOL:
+            _random, _taken = os.urandom(_POOL), 0
+        rand = int.from_bytes(_random[_taken:_taken + 8], "big")
+        _taken += 8
         ms = time.time_ns() // 1_000_000
         if ms > _last_ms:
             _last_ms = ms
@@ -38,15 +55,9 @@ def uuid7() -> str:
                 ms = _last_ms
                 _counter = 0
         counter = _counter
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | counter << 64
-        | 0b10 << 62
-        | rand & 0x3FFF_FFFF_FFFF_FFFF
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # the five groups of (ms 48 bits, version 7, counter 12 bits, variant 0b10, rand 62 bits)
+    return (f"{(ms >> 16) & 0xFFFF_FFFF:08x}-{ms & 0xFFFF:04x}-{0x7000 | counter:04x}-"
+            f"{0x8000 | (rand >> 48) & 0x3FFF:04x}-{rand & 0xFFFF_FFFF_FFFF:012x}")
 
 
 def uuid7_time(value: str) -> datetime:
