@@ -130,3 +130,75 @@ def test_an_engine_step_right_after_an_event_wakes_the_bus_loop_once(hub: tuple[
     asyncio.run(agent())
     assert published(bus, 2) == ["run-0", "run-1"]
     assert wakes[0] == 2  # the step's hand-off (with run-0), then run-1's own
+
+
+class AckingBus(StubBus):
+    """A bus that acks an event published with :meth:`publish_nowait` when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks: list[asyncio.Future[Any]] = []
+
+    async def publish_nowait(self, event: Event) -> asyncio.Future[Any]:
+        self.published.append(event.runid or "")
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+
+@pytest.fixture
+def acking(hub: tuple[Hub, StubBus, list[int]]) -> tuple[Hub, AckingBus, list[int]]:
+    h, _, wakes = hub
+    bus = AckingBus()
+    h.bus = bus  # type: ignore[assignment]
+    return h, bus, wakes
+
+
+async def until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+def test_a_caller_waiting_for_an_ack_hands_the_event_over_with_those_before_it(
+        acking: tuple[Hub, AckingBus, list[int]]) -> None:
+    """A journaled call's completion (``apublish`` from the agent's loop) goes over in the wake-up
+    that takes the events before it, is sent after them by the hub's pump without an engine step,
+    and the caller returns once the bus acks it, not before."""
+    h, bus, wakes = acking
+    seen: dict[str, Any] = {}
+
+    def acker() -> None:  # the bus's ack, once the event is there
+        deadline = time.monotonic() + 20
+        while not bus.acks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        seen["published"], seen["wakes"] = list(bus.published), wakes[0]
+        h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
+        seen["acked"] = True
+
+    async def agent() -> None:
+        threading.Thread(target=acker, daemon=True).start()
+        h.emit(event(0))
+        async with asyncio.timeout(20):  # in this task: the event and the acked one in one step
+            await h.apublish(event(1))
+        seen["returned after the ack"] = seen.get("acked", False)
+
+    asyncio.run(agent())
+    assert seen["published"] == ["run-0", "run-1"]
+    assert seen["wakes"] == 1, "one wake-up took both"
+    assert seen["returned after the ack"]
+
+
+def test_a_failed_acked_publish_is_logged_and_the_caller_goes_on(acking: tuple[Hub, AckingBus, list[int]],
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    h, bus, _ = acking
+
+    async def agent() -> None:
+        waiting = asyncio.create_task(h.apublish(event(0)))
+        await until(lambda: len(bus.acks) == 1 or waiting.done(), "the acked event reached the bus")
+        h.loop.call_soon_threadsafe(bus.acks[0].set_exception, RuntimeError("the outbox is full"))
+        await asyncio.wait_for(waiting, 20)
+
+    asyncio.run(agent())
+    assert "could not publish tether.run.started" in caplog.text and "the outbox is full" in caplog.text

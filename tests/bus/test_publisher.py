@@ -418,3 +418,39 @@ async def test_publish_until_acked_sends_again_a_duplicate_still_in_process(fres
         await bus.nc.subscribe("tether.work.>", cb=jetstream)
         ack = await publish_until_acked(bus.js, "tether.work.llm.x", b"{}", msg_id="call-1", deadline=time.time() + 10)
     assert ack.seq == 3 and answered == ["call-1", "call-1"]
+
+
+async def test_acks_are_read_as_the_parser_hands_them_over(nats_server: NatsServer, tether_home: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ack reaches the publisher from nats-py's protocol parser (tether's client's raw sink):
+    no ``Msg``, queue entry and task step per event on the bus's loop (its subscription callback,
+    kept for other clients, is never called); emitted and published events are acked all the same."""
+    from tether.bus import Publisher
+
+    through_nats_py: list[object] = []
+
+    async def on_reply(self: Publisher, msg: object) -> None:
+        through_nats_py.append(msg)
+
+    monkeypatch.setattr(Publisher, "_on_reply", on_reply)
+    run = f"r-{uuid7()}"
+    async with await connect(nats_server.url, home=tether_home) as bus:
+        events = [tool_event(run, i) for i in range(6)]
+        for event in events[:5]:
+            await bus.emit(event)
+        receipt = await bus.publish(events[5])
+        await bus.flush()
+        assert receipt.stream_seq is not None and not receipt.outboxed
+        assert bus.publisher.stats.acked == 6 and bus.publisher.in_flight() == 0
+        assert [e.id for e in await events_of(bus, run)] == [e.id for e in events]
+    assert through_nats_py == []
+
+
+async def test_no_responders_through_the_raw_sink_sends_events_to_the_outbox(fresh_nats_server: NatsServer,
+                                                                             tmp_path: Path) -> None:
+    """A 503 status reply (no stream holds the subject: not provisioned yet) is read from the
+    header block the parser hands over: a transient failure, so the event waits in the outbox."""
+    async with await connect(fresh_nats_server.url, home=tmp_path, provision=False) as bus:
+        receipt = await bus.publish(tool_event(f"r-{uuid7()}", 0))
+        assert receipt.outboxed and bus.publisher.degraded
+        assert "503" in (bus.publisher.stats.last_error or "")

@@ -21,9 +21,11 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -65,7 +67,7 @@ class Hub:
         self.bus = bus
         self.loop = loop
         self.thread_id = thread_id
-        self._queue: asyncio.Queue[Event] | None = None
+        self._queue: asyncio.Queue[Event | _Acked] | None = None
         self._queued = 0  # events put in the queue and not yet handed to the bus
         self._pump: asyncio.Task[None] | None = None
         self._engines: dict[int, tuple[PolicySet, CallEngine]] = {}
@@ -181,9 +183,22 @@ class Hub:
     async def apublish(self, event: Event) -> None:
         """Publish ``event`` after every event queued before it and wait for its ack (or the
         outbox), from any loop: what a journaled run's call returns only once the log has it.
-        Cheaper than :meth:`flush`, which also waits for the background steps."""
+        Cheaper than :meth:`flush`, which also waits for the background steps.
+
+        From another loop than the bus's, the event is handed over with those before it (one
+        wake-up), queued behind them and sent by the pump, whose ack settles the caller's future
+        from the bus's loop: no engine step (a task, a drain, a future across threads) per call."""
         if self.closed:
             log.warning("event %s dropped: its hub is closed", event.type)
+            return
+        if not self._on_loop() and hasattr(self.bus, "publish_nowait"):
+            caller = asyncio.get_running_loop()
+            done: asyncio.Future[None] = caller.create_future()
+            try:
+                self._hand_over(partial(self._put_acked, event, partial(_settle_in, caller, done)))
+                await done
+            except Exception:  # the log is unreachable: the call's answer still reaches the caller
+                log.exception("could not publish %s %s", event.type, event.id)
             return
 
         async def go() -> None:
@@ -213,9 +228,9 @@ class Hub:
             except Exception:  # an observer's bug must not lose the event
                 log.exception("an observer of the adapters' events failed on %s", event.type)
 
-    def _put(self, event: Event) -> None:
+    def _put(self, event: Event | _Acked) -> None:
         if self.observers:
-            self._observe(event)
+            self._observe(event if isinstance(event, Event) else event.event)
         if self._queue is None:
             self._queue = asyncio.Queue()
         self._queued += 1
@@ -223,18 +238,38 @@ class Hub:
         if self._pump is None or self._pump.done():
             self._pump = self.loop.create_task(self._pumping(), name="tether-adapter-events")
 
+    def _put_acked(self, event: Event, settle: Callable[[BaseException | None], None]) -> None:
+        """On the bus's loop: ``event`` queued behind those handed over before it; ``settle`` is
+        called with its outcome at its ack (``None``) or failure."""
+        if self.closed:
+            settle(RuntimeError(f"event {event.type} dropped: its hub is closed"))
+            return
+        self._put(_Acked(event, settle))
+
     async def _pumping(self) -> None:
         queue = self._queue
         assert queue is not None
         while True:
-            event = await queue.get()
+            item = await queue.get()
             try:
-                await self.bus.emit(event)
+                if isinstance(item, _Acked):
+                    await self._send_acked(item)
+                else:
+                    await self.bus.emit(item)
             except Exception:  # one bad event (too large, say) must not stop the others
+                event = item.event if isinstance(item, _Acked) else item
                 log.exception("could not publish %s %s", event.type, event.id)
             finally:
                 self._queued -= 1
                 queue.task_done()
+
+    async def _send_acked(self, acked: _Acked) -> None:
+        try:
+            waiter = await self.bus.publish_nowait(acked.event)
+        except Exception as exc:  # the caller logs it, as when it published itself
+            acked.settle(exc)
+            return
+        waiter.add_done_callback(acked.settled)
 
     async def _drain(self) -> None:
         if self._queue is not None:
@@ -290,6 +325,18 @@ class Hub:
             return await make()
 
         return self._hand_off(go()).result(timeout)
+
+    def _hand_over(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the bus's loop at once, after what waits in the inbox, from another thread
+        (a caller about to wait for what it starts): one wake-up, which takes the inbox along."""
+        if self.loop.is_closed():
+            raise RuntimeError("tether: the bus's event loop is closed")
+        self._inbox.append(fn)
+        self._hand_offs += 1  # a wake-up a caller's loop had scheduled is not made too
+        self._waking = True
+        self._wake()
+        if self.loop.is_closed():  # closed meanwhile: _wake dropped it
+            raise RuntimeError("tether: the bus's event loop is closed")
 
     def _hand_off(self, step: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``step`` (which takes the inbox first) on the bus's loop: its wake-up also takes what
@@ -366,6 +413,35 @@ class Hub:
             await self._shared[0].close()
         if self._durable is not None:
             await self._durable.close()
+
+
+@dataclasses.dataclass(slots=True)
+class _Acked:
+    """An event whose caller (on another loop) waits for its ack: ``settle`` tells it the outcome."""
+
+    event: Event
+    settle: Callable[[BaseException | None], None]
+
+    def settled(self, waiter: asyncio.Future[Any]) -> None:
+        if waiter.cancelled():
+            self.settle(RuntimeError(f"the publish of {self.event.type} {self.event.id} was cancelled"))
+        else:
+            self.settle(waiter.exception())
+
+
+def _settle_in(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], error: BaseException | None) -> None:
+    """From the bus's loop: ``done`` (a future of ``loop``) given ``error``, or its result."""
+
+    def settle() -> None:
+        if done.done():  # its caller was cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
 
 
 async def _logged(make: Callable[[], Awaitable[Any]]) -> None:

@@ -145,6 +145,10 @@ class Bus:
         """Publish one event and wait for its ack (or the outbox). See :class:`Publisher`."""
         return await self.publisher.publish(event)
 
+    async def publish_nowait(self, event: Event) -> asyncio.Future[Receipt]:
+        """Publish one event; the future returned gets its receipt at the ack (or the outbox's)."""
+        return await self.publisher.publish_nowait(event)
+
     async def emit(self, event: Event) -> None:
         """Publish without waiting for the ack; :meth:`flush` makes it durable, :meth:`drain`
         waits until it is in the stream."""

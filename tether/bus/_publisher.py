@@ -40,9 +40,10 @@ from tether.schemas import Event, EventError
 from ._acked import DUPLICATE_IN_PROCESS
 from ._batch import Batch, encode_batch
 from ._binding import encode_binary, percent_encode
+from ._client import Client
 from ._deliverable import oversized, undeliverable
-from ._headers import HeaderBlock
-from ._natspriv import forget_unflushed
+from ._headers import HeaderBlock, message_headers
+from ._natspriv import forget_unflushed, subscription_id
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
 from ._subjects import event_subject
@@ -147,7 +148,9 @@ class Publisher:
         self._on_reject = on_reject
         self.stats = PublisherStats()
         self._prefix = ""
+        self._prefix_bytes = b""
         self._sub: Any = None
+        self._raw_sid: int | None = None
         self._inflight: dict[int, _Inflight] = {}
         self._flushing: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._flushing_subjects: dict[int, str] = {}
@@ -176,7 +179,11 @@ class Publisher:
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
+        self._prefix_bytes = self._prefix.encode()
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        if isinstance(self._nc, Client):  # each ack read as the parser hands it over: no Msg, queue entry or task
+            self._raw_sid = subscription_id(self._sub)
+            self._nc.add_raw_sink(self._raw_sid, self._on_raw_reply)
         self._orphans = list(orphaned_outboxes(self._outbox_dir))
         for box in self._orphans:
             box.max_bytes = self.outbox_max_bytes
@@ -205,6 +212,8 @@ class Publisher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._raw_sid is not None and isinstance(self._nc, Client):
+            self._nc.remove_raw_sink(self._raw_sid)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -261,17 +270,23 @@ class Publisher:
 
     async def publish(self, event: Event) -> Receipt:
         """Publish and wait for the ack (or the outbox); at most ``ack_timeout_s``."""
+        return await (await self.publish_nowait(event))
+
+    async def publish_nowait(self, event: Event) -> asyncio.Future[Receipt]:
+        """:meth:`publish`, returning once the event is handed to NATS: the future gets its receipt
+        at the ack (or the outbox's), or the error :meth:`publish` would raise. Events published
+        after it are not held back while it waits (an adapter's caller waits for it off this loop)."""
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         message = self.prepare(event)
         if self._degraded or not self._nc.is_connected:
-            self._divert(message, "NATS not connected")
-            return Receipt(message.id, outboxed=True)
+            self._divert(message, "NATS not connected", waiter)
+            return waiter
         await self._wait_for_room()
         if self._degraded:
-            self._divert(message, "backpressure")
-            return Receipt(message.id, outboxed=True)
-        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+            self._divert(message, "backpressure", waiter)
+            return waiter
         await self._send(message, waiter)
-        return await waiter
+        return waiter
 
     async def emit(self, event: Event) -> None:
         """Hand an event to NATS without waiting for its ack. See :meth:`flush`."""
@@ -415,22 +430,29 @@ class Publisher:
         if self._nc.pending_data_size > self.write_at_bytes:
             await asyncio.sleep(0)  # let nats-py's flusher write what emit() buffered (see __init__)
 
+    def _on_raw_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """An ack as nats-py's parser hands it to tether's client (its header block as bytes, if any)."""
+        self._reply(subject[len(self._prefix_bytes):], data, message_headers(headers) if headers else None)
+
     async def _on_reply(self, msg: Msg) -> None:
+        """An ack through nats-py's subscription (a client that is not tether's)."""
+        self._reply(msg.subject[len(self._prefix):], msg.data, msg.headers)
+
+    def _reply(self, tail: str | bytes, data: bytes, headers: dict[str, str] | None) -> None:
         try:
-            seq = int(msg.subject[len(self._prefix):])
+            seq = int(tail)
         except ValueError:
             return
         if self._flushing:
             flushing = self._flushing.pop(seq, None)
             if flushing is not None:
                 if not flushing.done():
-                    flushing.set_result(_parse_ack(msg))
+                    flushing.set_result(_parse_ack(data, headers))
                 return
         entry = self._inflight.pop(seq, None)
         if entry is None:
             return  # already timed out into the outbox; dedupe covers the re-send
-        data = msg.data
-        if entry.waiter is None and not msg.headers and data.startswith(b'{"stream":') \
+        if entry.waiter is None and not headers and data.startswith(b'{"stream":') \
                 and b'"error"' not in data:
             # Hot path: a plain ack of an emitted event needs no JSON parsing.
             self.stats.acked += 1
@@ -440,7 +462,7 @@ class Publisher:
                 entry.batch.ack()
             self._after_change()
             return
-        ack = _parse_ack(msg)
+        ack = _parse_ack(data, headers)
         if ack.get("transient"):
             self._degrade(str(ack["error"]), extra={seq: entry})
             return
@@ -702,20 +724,20 @@ class Publisher:
         return out
 
 
-def _parse_ack(msg: Msg) -> dict[str, Any]:
+def _parse_ack(data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
     """A JetStream publish ack as a dict; ``transient`` marks errors worth retrying."""
-    headers = msg.headers or {}
+    headers = headers or {}
     status = headers.get("Status")
     if status:
         # 503 No Responders: no stream for the subject (yet), or JetStream is down.
         return {"error": f"status {status} {headers.get('Description', '')}".strip(),
                 "transient": status in {"503", "408"}}
     try:
-        doc = json.loads(msg.data)
+        doc = json.loads(data)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        return {"error": f"unreadable ack: {msg.data[:200]!r}", "transient": True}
+        return {"error": f"unreadable ack: {data[:200]!r}", "transient": True}
     err = doc.get("error")
     if err:
         code = err.get("code")
