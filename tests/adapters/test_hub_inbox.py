@@ -202,3 +202,44 @@ def test_a_failed_acked_publish_is_logged_and_the_caller_goes_on(acking: tuple[H
 
     asyncio.run(agent())
     assert "could not publish tether.run.started" in caplog.text and "the outbox is full" in caplog.text
+
+
+class SendingBus(AckingBus):
+    """A bus that can hand an event to NATS at once (``send_now``), as tether's can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_now: list[str] = []
+
+    def send_now(self, event: Event, waiter: asyncio.Future[Any] | None = None) -> bool:
+        self.sent_now.append(event.runid or "")
+        self.published.append(event.runid or "")
+        if waiter is not None:
+            self.acks.append(waiter)
+        return True
+
+
+def test_events_handed_over_are_sent_in_the_wake_up_that_takes_them(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """The wake-up that takes the inbox hands each event (and an acked one) to the bus itself: no
+    pump task, no queue, no second iteration of the bus's loop before they are on their way."""
+    h, _, _ = hub
+    bus = SendingBus()
+    h.bus = bus  # type: ignore[assignment]
+
+    def acker() -> None:
+        deadline = time.monotonic() + 20
+        while not bus.acks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
+
+    async def agent() -> None:
+        threading.Thread(target=acker, daemon=True).start()
+        for n in range(3):
+            h.emit(event(n))
+        async with asyncio.timeout(20):
+            await h.apublish(event(3))
+
+    asyncio.run(agent())
+    assert bus.sent_now == ["run-0", "run-1", "run-2", "run-3"]
+    assert h._pump is None, "nothing went through the pump"

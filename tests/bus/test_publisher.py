@@ -21,6 +21,7 @@ from tether.bus import (
     OutboxFull,
     PayloadTooLarge,
     PublishRejected,
+    Receipt,
     connect,
     encode_structured,
     set_aside,
@@ -454,3 +455,29 @@ async def test_no_responders_through_the_raw_sink_sends_events_to_the_outbox(fre
         receipt = await bus.publish(tool_event(f"r-{uuid7()}", 0))
         assert receipt.outboxed and bus.publisher.degraded
         assert "503" in (bus.publisher.stats.last_error or "")
+
+
+async def test_send_now_hands_an_event_to_nats_without_awaiting(nats_server: NatsServer, tether_home: Path) -> None:
+    """``send_now`` (the hub's way from a callback on the bus's loop) sends an event in the same
+    iteration of the loop, acked and in order with those emitted the awaited way; with a waiter the
+    waiter gets the receipt at the ack. What it cannot do without waiting it leaves undone."""
+    run = f"r-{uuid7()}"
+    async with await connect(nats_server.url, home=tether_home) as bus:
+        events = [tool_event(run, i) for i in range(4)]
+        await bus.emit(events[0])
+        assert bus.send_now(events[1]) and bus.send_now(events[2])
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        assert bus.send_now(events[3], waiter)
+        assert bus.nc.pending_data_size > 0, "queued for nats-py's flusher, not written yet"
+        receipt = await asyncio.wait_for(waiter, 20)
+        assert receipt.id == events[3].id and receipt.stream_seq is not None and not receipt.outboxed
+        await bus.flush()
+        assert bus.publisher.stats.sent == bus.publisher.stats.acked == 4
+        assert [e.id for e in await events_of(bus, run)] == [e.id for e in events]
+        huge = tool_event(run, 9, result="x" * (bus.publisher.large_payload_bytes + 1))
+        assert not bus.send_now(huge), "a claim check awaits the object store: the awaited way"
+        bus.publisher.max_event_bytes = 2000
+        with pytest.raises(PayloadTooLarge):
+            bus.send_now(tool_event(run, 10, result="x" * 2001))
+        await bus.nc.close()
+        assert not bus.send_now(tool_event(run, 11)), "not connected: nothing sent"

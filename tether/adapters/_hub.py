@@ -231,6 +231,8 @@ class Hub:
     def _put(self, event: Event | _Acked) -> None:
         if self.observers:
             self._observe(event if isinstance(event, Event) else event.event)
+        if self._queued == 0 and self._send_now(event):  # nothing ahead of it: sent in this iteration
+            return
         if self._queue is None:
             self._queue = asyncio.Queue()
         self._queued += 1
@@ -262,6 +264,27 @@ class Hub:
             finally:
                 self._queued -= 1
                 queue.task_done()
+
+    def _send_now(self, item: Event | _Acked) -> bool:
+        """Hand ``item`` to NATS in this iteration of the bus's loop (no pump step), if the bus can
+        without waiting; else ``False`` and the pump sends it."""
+        send = getattr(self.bus, "send_now", None)
+        if send is None:
+            return False
+        try:
+            if isinstance(item, _Acked):
+                waiter: asyncio.Future[Any] = self.loop.create_future()
+                if not send(item.event, waiter):
+                    return False
+                waiter.add_done_callback(item.settled)
+                return True
+            return bool(send(item))
+        except Exception as exc:  # one bad event (too large, say) must not stop the others
+            if isinstance(item, _Acked):
+                item.settle(exc)
+            else:
+                log.exception("could not publish %s %s", item.type, item.id)
+            return True
 
     async def _send_acked(self, acked: _Acked) -> None:
         try:

@@ -149,6 +149,11 @@ class Bus:
         """Publish one event; the future returned gets its receipt at the ack (or the outbox's)."""
         return await self.publisher.publish_nowait(event)
 
+    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None) -> bool:
+        """Hand ``event`` to NATS at once from a callback on the bus's loop, if that needs no
+        waiting (see :meth:`Publisher.send_now`); ``False``: nothing sent, emit it."""
+        return self.publisher.send_now(event, waiter)
+
     async def emit(self, event: Event) -> None:
         """Publish without waiting for the ack; :meth:`flush` makes it durable, :meth:`drain`
         waits until it is in the stream."""

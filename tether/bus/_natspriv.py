@@ -8,11 +8,13 @@ there, by name, rather than as a slower feed or events re-sent out of order.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as _NatsClient
+from nats.aio.client import _validate_subject
 from nats.aio.subscription import Subscription
 from nats.js.api import DEFAULT_PREFIX
 from nats.js.kv import KeyValue
@@ -57,6 +59,21 @@ HOOKS = (
     Hook("nats-py", "nats.aio.client.Client", "_flush_pending",
          "wakes the flusher task, as nats-py's _send_publish does after each publish when _flush_queue "
          "is empty; tether's _send_publish does the same", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_flush_queue",
+         "the flusher's queue: publish_now puts a future there (as _flush_pending does) when it is empty, and "
+         "goes the awaited way when it is full or missing", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_flusher_task",
+         "publish_now queues an HPUB only while the flusher task runs (else nats-py writes inline)", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_max_pending_size",
+         "publish_now goes the awaited way when nats-py buffers while disconnected (tether connects with 0)",
+         __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_max_payload",
+         "publish_now refuses a payload above the server's max_payload, as publish() does", __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_skip_subject_validation",
+         "publish_now checks the subject and reply as publish() does unless the client was told not to", __name__),
+    Hook("nats-py", "nats.aio.client", "_validate_subject",
+         "the check publish() makes of a subject and reply (empty, whitespace, CR or LF), made by publish_now",
+         __name__),
     Hook("nats-py", "nats.aio.client.Client", "_pending",
          "the write buffer nats-py sends after a reconnect; the publisher empties it on disconnect (those "
          "events are in the outbox already: sent again behind its back they would arrive out of order)", __name__),
@@ -98,6 +115,37 @@ class HookedClient(_NatsClient):
         await self._send_command(hpub_cmd(subject, reply, headers.block, payload))
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+    def publish_now(self, subject: str, reply: str, payload: bytes, headers: HeaderBlock) -> bool:
+        """``publish(subject, payload, reply=reply, headers=headers)`` done at once, for a caller that
+        does not await (a callback on the connection's loop): the same checks and errors, the HPUB
+        queued for the flusher task as ``publish`` queues it. ``False``, and nothing done, where
+        ``publish`` could wait: not connected, buffering while disconnected, no flusher running, or
+        its queue full."""
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if self.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        queue, flusher = self._flush_queue, self._flusher_task
+        if (not self.is_connected or self._max_pending_size > 0 or queue is None or queue.full()
+                or flusher is None or flusher.done()):
+            return False
+        if not self._skip_subject_validation:
+            _validate_subject(subject)
+            if reply:
+                _validate_subject(reply)
+        if len(payload) > self._max_payload:
+            raise nats.errors.MaxPayloadError
+        if subject == "":
+            raise nats.errors.BadSubjectError
+        command = hpub_cmd(subject, reply, headers.block, payload)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+        if queue.empty():  # what _flush_pending puts there: the flusher writes the buffer, sets it done
+            queue.put_nowait(asyncio.get_running_loop().create_future())
+        return True
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                            headers: bytes) -> None:  # nats-py's parser passes None when there are none

@@ -43,7 +43,7 @@ from ._binding import encode_binary, percent_encode
 from ._client import Client
 from ._deliverable import oversized, undeliverable
 from ._headers import HeaderBlock, message_headers
-from ._natspriv import forget_unflushed, subscription_id
+from ._natspriv import HookedClient, forget_unflushed, subscription_id
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
 from ._subjects import event_subject
@@ -300,6 +300,42 @@ class Publisher:
                 self._divert(message, "backpressure")
                 return
         await self._send(message, None)
+
+    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None) -> bool:
+        """:meth:`emit` (or, with ``waiter``, :meth:`publish_nowait`) done at once, from a callback on
+        the publisher's loop: the event handed to NATS in this iteration of the loop, not the next.
+        ``False``, and nothing sent, when that cannot be done without waiting (degraded or not
+        connected, ``max_pending`` events in flight, a payload for the object store, nats-py's
+        buffer or flusher busy): the caller then goes the awaited way, behind nothing. Raises what
+        :meth:`prepare` raises, and ``Undeliverable`` for what nats-py refuses for good."""
+        nc = self._nc
+        if (self._degraded or not isinstance(nc, HookedClient) or not nc.is_connected
+                or len(self._inflight) >= self.max_pending or nc.pending_data_size > self.write_at_bytes):
+            return False
+        message = self.prepare(event)
+        headers = message.headers
+        block = headers if type(headers) is HeaderBlock else HeaderBlock.of(headers)
+        if len(message.payload) > self.large_payload_bytes or type(block) is not HeaderBlock:
+            return False
+        self._seq += 1
+        seq = self._seq
+        self._inflight[seq] = _Inflight(message, time.monotonic(), waiter)
+        self._idle.clear()
+        try:
+            sent = nc.publish_now(message.subject, self._prefix + str(seq), message.payload, block)
+        except _PERMANENT as exc:  # no server will take it: refused, not an outage
+            self._inflight.pop(seq, None)
+            self._after_change()
+            raise Undeliverable(message.id, str(exc)) from None
+        except (nats.errors.Error, OSError) as exc:
+            self._degrade(f"publish failed: {exc!r}")  # the event, in flight, goes to the outbox first
+            return True
+        if not sent:
+            self._inflight.pop(seq, None)
+            self._after_change()
+            return False
+        self.stats.sent += 1
+        return True
 
     async def emit_batch(self, events: Sequence[Event]) -> Batch:
         """Emit a batch of events (:meth:`emit` for each, prepared together first) and return its
