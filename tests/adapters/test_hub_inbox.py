@@ -243,3 +243,57 @@ def test_events_handed_over_are_sent_in_the_wake_up_that_takes_them(
     asyncio.run(agent())
     assert bus.sent_now == ["run-0", "run-1", "run-2", "run-3"]
     assert h._pump is None, "nothing went through the pump"
+
+
+class FlushingBus(SendingBus):
+    """A bus whose flush (every event in flight acked) is done when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[asyncio.Future[None]] = []
+
+    def when_flushed(self, timeout: float | None = None) -> asyncio.Future[None]:
+        self.flushes.append(asyncio.get_running_loop().create_future())
+        return self.flushes[-1]
+
+
+def test_a_flush_from_the_agents_loop_is_settled_when_the_bus_has_nothing_in_flight(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """A tool's start and end in a run (``Hub.flush`` from the agent's loop): the event and the flush
+    go over in one wake-up, and the caller returns once the bus says everything is acked, not before;
+    a background step still running is waited for first, the awaited way."""
+    h, _, wakes = hub
+    bus = FlushingBus()
+    h.bus = bus  # type: ignore[assignment]
+    seen: dict[str, Any] = {}
+
+    def flusher() -> None:
+        deadline = time.monotonic() + 20
+        while not bus.flushes and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        seen["sent"], seen["wakes"] = list(bus.sent_now), wakes[0]
+        h.loop.call_soon_threadsafe(bus.flushes[0].set_result, None)
+        seen["flushed"] = True
+
+    async def agent() -> None:
+        threading.Thread(target=flusher, daemon=True).start()
+        h.emit(event(0))
+        async with asyncio.timeout(20):
+            await h.flush()
+        seen["returned after the flush"] = seen.get("flushed", False)
+        step = asyncio.Event()
+
+        async def background() -> None:
+            await step.wait()
+
+        h.spawn(background)  # a background step: the flush waits for it
+        waiting = asyncio.create_task(h.flush())
+        await asyncio.sleep(0.05)
+        seen["waited for the step"] = not waiting.done()
+        h.loop.call_soon_threadsafe(step.set)
+        await asyncio.wait_for(waiting, 20)
+
+    asyncio.run(agent())
+    assert seen["sent"] == ["run-0"] and seen["wakes"] == 1
+    assert seen["returned after the flush"] and seen["waited for the step"]

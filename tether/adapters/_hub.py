@@ -301,16 +301,35 @@ class Hub:
     async def flush(self, timeout: float | None = None) -> None:
         """Every event emitted so far, and every background step started so far (spend,
         breaker bookkeeping, dead letters), is done and acked by NATS (or in the outbox).
-        From any loop."""
+        From any loop. From another loop than the bus's, with nothing queued and no background
+        step running (a tool's start and end in a run), it is handed over with the events
+        before it and settled when the publisher has nothing in flight: no engine step."""
+        if not self.closed and not self._on_loop() and hasattr(self.bus, "when_flushed"):
+            caller = asyncio.get_running_loop()
+            done: asyncio.Future[None] = caller.create_future()
+            self._hand_over(partial(self._flush_now, timeout, partial(_settle_in, caller, done)))
+            await done
+            return
+        await self.call(partial(self._flushed, timeout))
 
-        async def go() -> None:
+    async def _flushed(self, timeout: float | None) -> None:
+        await self._drain()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self._drain()
-            while self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-                await self._drain()
-            await self.bus.flush(timeout)
+        await self.bus.flush(timeout)
 
-        await self.call(go)
+    def _flush_now(self, timeout: float | None, settle: Callable[[BaseException | None], None]) -> None:
+        """On the bus's loop, after the events handed over before: ``settle`` once all are acked."""
+        try:
+            if self._queued or self._tasks:  # queued events and background steps first, the awaited way
+                waiter: asyncio.Future[Any] = self.loop.create_task(self._flushed(timeout))
+            else:
+                waiter = self.bus.when_flushed(timeout)
+        except Exception as exc:
+            settle(exc)
+            return
+        waiter.add_done_callback(lambda done: settle(_outcome(done)))
 
     def flush_sync(self, timeout: float | None = None) -> None:
         self.call_sync(lambda: self.flush(timeout))
@@ -446,10 +465,12 @@ class _Acked:
     settle: Callable[[BaseException | None], None]
 
     def settled(self, waiter: asyncio.Future[Any]) -> None:
-        if waiter.cancelled():
-            self.settle(RuntimeError(f"the publish of {self.event.type} {self.event.id} was cancelled"))
-        else:
-            self.settle(waiter.exception())
+        self.settle(_outcome(waiter))
+
+
+def _outcome(done: asyncio.Future[Any]) -> BaseException | None:
+    """A finished future's error (``None``: it succeeded), for a caller on another loop."""
+    return RuntimeError("tether: the bus's step was cancelled") if done.cancelled() else done.exception()
 
 
 def _settle_in(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], error: BaseException | None) -> None:

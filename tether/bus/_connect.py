@@ -169,6 +169,10 @@ class Bus:
         durable, but not necessarily in the stream yet. :meth:`drain` waits for that too."""
         await self.publisher.flush(timeout)
 
+    def when_flushed(self, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`flush` as a future, from a callback on the bus's loop (see :meth:`Publisher.when_flushed`)."""
+        return self.publisher.when_flushed(timeout)
+
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every event is in the stream: :meth:`flush`, then until the outbox is
         empty (NATS must answer for that). ``TimeoutError`` after ``timeout`` seconds, if given;

@@ -162,6 +162,7 @@ class Publisher:
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._flush_waiters: list[asyncio.Future[None]] = []
         self._kick = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -377,11 +378,31 @@ class Publisher:
 
         Raises ``OutboxFull`` if events had to be dropped because the outbox was full.
         """
+        await self.when_flushed(timeout)
+
+    def when_flushed(self, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`flush` as a future, for a callback on the publisher's loop: done once every event
+        emitted so far is acked or in the outbox; ``TimeoutError`` after ``timeout`` (default: twice
+        the ack timeout and a second), ``OutboxFull`` as :meth:`flush` raises it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if self._idle.is_set():
+            self._flushed(done)
+            return done
         wait = timeout if timeout is not None else self.ack_timeout_s * 2 + 1
-        await asyncio.wait_for(self._idle.wait(), wait)
+        self._flush_waiters.append(done)
+        timer = loop.call_later(wait, _time_out, done, wait)
+        done.add_done_callback(lambda _: timer.cancel())
+        return done
+
+    def _flushed(self, done: asyncio.Future[None]) -> None:
+        if done.done():  # its waiter gave up (a timeout, a cancelled caller)
+            return
         if self._full_error is not None:
             err, self._full_error = self._full_error, None
-            raise err
+            done.set_exception(err)
+        else:
+            done.set_result(None)
 
     async def drain(self) -> None:
         """Wait until the outbox is empty too (NATS must be reachable for that)."""
@@ -523,6 +544,10 @@ class Publisher:
             self._room.set()
         if not self._inflight:
             self._idle.set()
+            if self._flush_waiters:
+                waiters, self._flush_waiters = self._flush_waiters, []
+                for done in waiters:
+                    self._flushed(done)
 
     def _rejected(self, message: PendingMessage, error: str) -> None:
         self.stats.rejected += 1
@@ -758,6 +783,11 @@ class Publisher:
         self._flushing_subjects = {s: subj for s, subj in self._flushing_subjects.items()
                                    if s in self._flushing}
         return out
+
+
+def _time_out(done: asyncio.Future[None], wait: float) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError(f"events still unacked after {wait:g} s"))
 
 
 def _parse_ack(data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
