@@ -174,8 +174,8 @@ def test_a_caller_waiting_for_an_ack_hands_the_event_over_with_those_before_it(
             time.sleep(0.005)
         time.sleep(0.05)
         seen["published"], seen["wakes"] = list(bus.published), wakes[0]
+        seen["acked"] = True  # before the ack: the caller may resume at once
         h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
-        seen["acked"] = True
 
     async def agent() -> None:
         threading.Thread(target=acker, daemon=True).start()
@@ -210,13 +210,20 @@ class SendingBus(AckingBus):
     def __init__(self) -> None:
         super().__init__()
         self.sent_now: list[str] = []
+        self.unwritten = 0
+        self.writes: list[int] = []  # events written to NATS together, write by write
 
-    def send_now(self, event: Event, waiter: asyncio.Future[Any] | None = None) -> bool:
+    def send_now(self, event: Event, waiter: asyncio.Future[Any] | None = None, *, write: bool = True) -> bool:
         self.sent_now.append(event.runid or "")
         self.published.append(event.runid or "")
         if waiter is not None:
             self.acks.append(waiter)
+        self.unwritten += not write
         return True
+
+    def write_now(self) -> None:
+        self.writes.append(self.unwritten)
+        self.unwritten = 0
 
 
 def test_events_handed_over_are_sent_in_the_wake_up_that_takes_them(
@@ -243,6 +250,7 @@ def test_events_handed_over_are_sent_in_the_wake_up_that_takes_them(
     asyncio.run(agent())
     assert bus.sent_now == ["run-0", "run-1", "run-2", "run-3"]
     assert h._pump is None, "nothing went through the pump"
+    assert bus.writes == [4], "written to NATS together, once the inbox was taken"
 
 
 class FlushingBus(SendingBus):
@@ -273,8 +281,8 @@ def test_a_flush_from_the_agents_loop_is_settled_when_the_bus_has_nothing_in_fli
             time.sleep(0.005)
         time.sleep(0.05)
         seen["sent"], seen["wakes"] = list(bus.sent_now), wakes[0]
+        seen["flushed"] = True  # before the flush is done: the caller may resume at once
         h.loop.call_soon_threadsafe(bus.flushes[0].set_result, None)
-        seen["flushed"] = True
 
     async def agent() -> None:
         threading.Thread(target=flusher, daemon=True).start()

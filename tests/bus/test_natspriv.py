@@ -164,7 +164,22 @@ def _validate_subject() -> None:
             module._validate_subject(bad)
 
 
+def _transport() -> None:
+    assert NatsClient()._transport is None, "_transport is not None before connect"
+    source = inspect.getsource(NatsClient._flusher)
+    assert "self._transport.writelines(self._pending[:])" in source, "the flusher writes its buffer another way"
+
+
+def _io_writer() -> None:
+    from nats.aio.transport import TcpTransport
+
+    transport = TcpTransport()
+    assert transport._io_writer is None, "a new TcpTransport's _io_writer is not None"
+    assert "self._io_writer.writelines(" in inspect.getsource(TcpTransport.writelines)
+
+
 CHECKS: dict[str, Callable[[], None]] = {f.__name__: f for f in (
+    _transport, _io_writer,
     _parse_header_lines, _process_msg, _send_publish, _send_command, _flush_pending, _flush_queue, _flusher_task,
     _max_pending_size, _max_payload, _skip_subject_validation, _validate_subject, _id, _pending,
     _pending_data_size, _server_info, _prefix, _direct)}

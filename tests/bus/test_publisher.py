@@ -481,3 +481,19 @@ async def test_send_now_hands_an_event_to_nats_without_awaiting(nats_server: Nat
             bus.send_now(tool_event(run, 10, result="x" * 2001))
         await bus.nc.close()
         assert not bus.send_now(tool_event(run, 11)), "not connected: nothing sent"
+
+
+async def test_events_sent_now_are_written_together(nats_server: NatsServer, tether_home: Path) -> None:
+    """What ``send_now(write=False)`` leaves in nats-py's buffer (a wake-up of the bus's loop taking
+    several events) ``write_now`` writes in the same iteration of the loop, as the flusher would:
+    nothing is left to write, and every event is acked, in order."""
+    run = f"r-{uuid7()}"
+    async with await connect(nats_server.url, home=tether_home) as bus:
+        events = [tool_event(run, i) for i in range(4)]
+        await bus.publish(events[0])  # acked: nats-py's flusher has written all it was woken for
+        assert all(bus.send_now(event, write=False) for event in events[1:])
+        assert bus.nc.pending_data_size > 0
+        bus.write_now()
+        assert bus.nc.pending_data_size == 0, "written at once, not left for the flusher"
+        await bus.flush()
+        assert [e.id for e in await events_of(bus, run)] == [e.id for e in events]

@@ -84,6 +84,8 @@ class Hub:
         self._waking = False
         self._waker: asyncio.AbstractEventLoop | None = None  # the caller's loop that is to wake the bus's
         self._hand_offs = 0  # engine steps handed to the bus's loop: each takes the inbox along
+        self._batching = False  # taking the inbox: events sent are written to NATS at its end
+        self._unwritten = False
 
     @classmethod
     def of(cls, bus: Bus) -> Hub:
@@ -160,12 +162,24 @@ class Hub:
     def _take_inbox(self) -> None:
         self._waking = False  # before taking: what is handed over from now on wakes the loop again
         inbox = self._inbox
-        while inbox:
-            fn = inbox.popleft()
-            try:
-                fn()
-            except Exception:
-                log.exception("tether: a step handed to the bus's loop failed")
+        if not inbox:
+            return
+        self._batching = True  # the events sent now are written to NATS together, at the end
+        try:
+            while inbox:
+                fn = inbox.popleft()
+                try:
+                    fn()
+                except Exception:
+                    log.exception("tether: a step handed to the bus's loop failed")
+        finally:
+            self._batching = False
+            if self._unwritten:
+                self._unwritten = False
+                try:
+                    self.bus.write_now()
+                except Exception:
+                    log.exception("tether: writing the events handed over failed")
 
     async def aemit(self, event: Event) -> None:
         """Publish ``event`` from async code: handed to the bus before returning when called
@@ -271,14 +285,17 @@ class Hub:
         send = getattr(self.bus, "send_now", None)
         if send is None:
             return False
+        batching = self._batching  # in a wake-up: written with the others once the inbox is taken
         try:
             if isinstance(item, _Acked):
                 waiter: asyncio.Future[Any] = self.loop.create_future()
-                if not send(item.event, waiter):
+                if not send(item.event, waiter, write=not batching):
                     return False
                 waiter.add_done_callback(item.settled)
-                return True
-            return bool(send(item))
+            elif not send(item, write=not batching):
+                return False
+            self._unwritten = self._unwritten or batching
+            return True
         except Exception as exc:  # one bad event (too large, say) must not stop the others
             if isinstance(item, _Acked):
                 item.settle(exc)

@@ -149,10 +149,15 @@ class Bus:
         """Publish one event; the future returned gets its receipt at the ack (or the outbox's)."""
         return await self.publisher.publish_nowait(event)
 
-    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None) -> bool:
+    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None, *, write: bool = True) -> bool:
         """Hand ``event`` to NATS at once from a callback on the bus's loop, if that needs no
-        waiting (see :meth:`Publisher.send_now`); ``False``: nothing sent, emit it."""
-        return self.publisher.send_now(event, waiter)
+        waiting (see :meth:`Publisher.send_now`); ``False``: nothing sent, emit it. ``write=False``:
+        written by :meth:`write_now`, with the others sent so."""
+        return self.publisher.send_now(event, waiter, write=write)
+
+    def write_now(self) -> None:
+        """Write what :meth:`send_now` sent with ``write=False`` (see :meth:`Publisher.write_now`)."""
+        self.publisher.write_now()
 
     async def emit(self, event: Event) -> None:
         """Publish without waiting for the ack; :meth:`flush` makes it durable, :meth:`drain`

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import nats.errors
 from nats.aio.client import Client as _NatsClient
 from nats.aio.client import _validate_subject
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 from nats.js.api import DEFAULT_PREFIX
 from nats.js.kv import KeyValue
 from nats.protocol.command import hpub_cmd
@@ -74,6 +75,12 @@ HOOKS = (
     Hook("nats-py", "nats.aio.client", "_validate_subject",
          "the check publish() makes of a subject and reply (empty, whitespace, CR or LF), made by publish_now",
          __name__),
+    Hook("nats-py", "nats.aio.client.Client", "_transport",
+         "write_now writes what publish_now queued to the connection's transport itself, as the flusher "
+         "would, when that is a plain TCP one with nothing buffered", __name__),
+    Hook("nats-py", "nats.aio.transport.TcpTransport", "_io_writer",
+         "the StreamWriter whose transport's write buffer write_now checks is empty (else the flusher, "
+         "which waits for it to drain, writes)", __name__),
     Hook("nats-py", "nats.aio.client.Client", "_pending",
          "the write buffer nats-py sends after a reconnect; the publisher empties it on disconnect (those "
          "events are in the outbox already: sent again behind its back they would arrive out of order)", __name__),
@@ -116,12 +123,14 @@ class HookedClient(_NatsClient):
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
-    def publish_now(self, subject: str, reply: str, payload: bytes, headers: HeaderBlock) -> bool:
+    def publish_now(self, subject: str, reply: str, payload: bytes, headers: HeaderBlock, *,
+                    kick: bool = True) -> bool:
         """``publish(subject, payload, reply=reply, headers=headers)`` done at once, for a caller that
         does not await (a callback on the connection's loop): the same checks and errors, the HPUB
         queued for the flusher task as ``publish`` queues it. ``False``, and nothing done, where
         ``publish`` could wait: not connected, buffering while disconnected, no flusher running, or
-        its queue full."""
+        its queue full. ``kick=False``: the flusher is not woken; the caller calls :meth:`write_now`
+        once it has published what it had."""
         if self.is_closed:
             raise nats.errors.ConnectionClosedError
         if self.is_draining_pubs:
@@ -143,9 +152,27 @@ class HookedClient(_NatsClient):
         self.stats["out_bytes"] += len(payload)
         self._pending.append(command)
         self._pending_data_size += len(command)
-        if queue.empty():  # what _flush_pending puts there: the flusher writes the buffer, sets it done
+        if kick and queue.empty():  # what _flush_pending puts there: the flusher writes the buffer, sets it done
             queue.put_nowait(asyncio.get_running_loop().create_future())
         return True
+
+    def write_now(self) -> bool:
+        """Write what :meth:`publish_now` queued (``kick=False``) in this iteration of the loop, as the
+        flusher writes it, when the connection is a plain TCP one whose write buffer is empty and the
+        flusher has nothing to do (``True``); else wake the flusher to write it (``False``)."""
+        if not self._pending:
+            return True
+        queue, flusher, transport = self._flush_queue, self._flusher_task, self._transport
+        if queue is None or not self.is_connected:
+            return False
+        if (queue.empty() and flusher is not None and not flusher.done() and type(transport) is TcpTransport
+                and transport._io_writer is not None and not transport._io_writer.transport.get_write_buffer_size()):
+            pending, self._pending, self._pending_data_size = self._pending, [], 0
+            cast(Any, transport).writelines(pending)  # nats-py's TcpTransport is untyped
+            return True
+        if queue.empty():
+            queue.put_nowait(asyncio.get_running_loop().create_future())
+        return False
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                            headers: bytes) -> None:  # nats-py's parser passes None when there are none

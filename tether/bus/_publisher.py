@@ -302,13 +302,14 @@ class Publisher:
                 return
         await self._send(message, None)
 
-    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None) -> bool:
+    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None, *, write: bool = True) -> bool:
         """:meth:`emit` (or, with ``waiter``, :meth:`publish_nowait`) done at once, from a callback on
         the publisher's loop: the event handed to NATS in this iteration of the loop, not the next.
         ``False``, and nothing sent, when that cannot be done without waiting (degraded or not
         connected, ``max_pending`` events in flight, a payload for the object store, nats-py's
         buffer or flusher busy): the caller then goes the awaited way, behind nothing. Raises what
-        :meth:`prepare` raises, and ``Undeliverable`` for what nats-py refuses for good."""
+        :meth:`prepare` raises, and ``Undeliverable`` for what nats-py refuses for good. ``write=False``:
+        the message waits in nats-py's buffer for :meth:`write_now` (one write for several events)."""
         nc = self._nc
         if (self._degraded or not isinstance(nc, HookedClient) or not nc.is_connected
                 or len(self._inflight) >= self.max_pending or nc.pending_data_size > self.write_at_bytes):
@@ -323,7 +324,7 @@ class Publisher:
         self._inflight[seq] = _Inflight(message, time.monotonic(), waiter)
         self._idle.clear()
         try:
-            sent = nc.publish_now(message.subject, self._prefix + str(seq), message.payload, block)
+            sent = nc.publish_now(message.subject, self._prefix + str(seq), message.payload, block, kick=write)
         except _PERMANENT as exc:  # no server will take it: refused, not an outage
             self._inflight.pop(seq, None)
             self._after_change()
@@ -337,6 +338,12 @@ class Publisher:
             return False
         self.stats.sent += 1
         return True
+
+    def write_now(self) -> None:
+        """Write what :meth:`send_now` left in nats-py's buffer (``write=False``): now, as nats-py's
+        flusher would, when nothing else waits to be written; else the flusher writes it."""
+        if isinstance(self._nc, HookedClient):
+            self._nc.write_now()
 
     async def emit_batch(self, events: Sequence[Event]) -> Batch:
         """Emit a batch of events (:meth:`emit` for each, prepared together first) and return its
