@@ -200,8 +200,9 @@ class Hub:
         Cheaper than :meth:`flush`, which also waits for the background steps.
 
         From another loop than the bus's, the event is handed over with those before it (one
-        wake-up), queued behind them and sent by the pump, whose ack settles the caller's future
-        from the bus's loop: no engine step (a task, a drain, a future across threads) per call."""
+        wake-up, which sends them all, in order: the pump only for what must wait) and its ack
+        settles the caller's future from the bus's loop: no engine step (a task, a drain, a
+        future across threads) per call."""
         if self.closed:
             log.warning("event %s dropped: its hub is closed", event.type)
             return
