@@ -130,3 +130,178 @@ def test_an_engine_step_right_after_an_event_wakes_the_bus_loop_once(hub: tuple[
     asyncio.run(agent())
     assert published(bus, 2) == ["run-0", "run-1"]
     assert wakes[0] == 2  # the step's hand-off (with run-0), then run-1's own
+
+
+class AckingBus(StubBus):
+    """A bus that acks an event published with :meth:`publish_nowait` when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks: list[asyncio.Future[Any]] = []
+
+    async def publish_nowait(self, event: Event) -> asyncio.Future[Any]:
+        self.published.append(event.runid or "")
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+
+@pytest.fixture
+def acking(hub: tuple[Hub, StubBus, list[int]]) -> tuple[Hub, AckingBus, list[int]]:
+    h, _, wakes = hub
+    bus = AckingBus()
+    h.bus = bus  # type: ignore[assignment]
+    return h, bus, wakes
+
+
+async def until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+def test_a_caller_waiting_for_an_ack_hands_the_event_over_with_those_before_it(
+        acking: tuple[Hub, AckingBus, list[int]]) -> None:
+    """A journaled call's completion (``apublish`` from the agent's loop) goes over in the wake-up
+    that takes the events before it, is sent after them by the hub's pump without an engine step,
+    and the caller returns once the bus acks it, not before."""
+    h, bus, wakes = acking
+    seen: dict[str, Any] = {}
+
+    def acker() -> None:  # the bus's ack, once the event is there
+        deadline = time.monotonic() + 20
+        while not bus.acks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        seen["published"], seen["wakes"] = list(bus.published), wakes[0]
+        seen["acked"] = True  # before the ack: the caller may resume at once
+        h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
+
+    async def agent() -> None:
+        threading.Thread(target=acker, daemon=True).start()
+        h.emit(event(0))
+        async with asyncio.timeout(20):  # in this task: the event and the acked one in one step
+            await h.apublish(event(1))
+        seen["returned after the ack"] = seen.get("acked", False)
+
+    asyncio.run(agent())
+    assert seen["published"] == ["run-0", "run-1"]
+    assert seen["wakes"] == 1, "one wake-up took both"
+    assert seen["returned after the ack"]
+
+
+def test_a_failed_acked_publish_is_logged_and_the_caller_goes_on(acking: tuple[Hub, AckingBus, list[int]],
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    h, bus, _ = acking
+
+    async def agent() -> None:
+        waiting = asyncio.create_task(h.apublish(event(0)))
+        await until(lambda: len(bus.acks) == 1 or waiting.done(), "the acked event reached the bus")
+        h.loop.call_soon_threadsafe(bus.acks[0].set_exception, RuntimeError("the outbox is full"))
+        await asyncio.wait_for(waiting, 20)
+
+    asyncio.run(agent())
+    assert "could not publish tether.run.started" in caplog.text and "the outbox is full" in caplog.text
+
+
+class SendingBus(AckingBus):
+    """A bus that can hand an event to NATS at once (``send_now``), as tether's can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_now: list[str] = []
+        self.unwritten = 0
+        self.writes: list[int] = []  # events written to NATS together, write by write
+
+    def send_now(self, event: Event, waiter: asyncio.Future[Any] | None = None, *, write: bool = True) -> bool:
+        self.sent_now.append(event.runid or "")
+        self.published.append(event.runid or "")
+        if waiter is not None:
+            self.acks.append(waiter)
+        self.unwritten += not write
+        return True
+
+    def write_now(self) -> None:
+        self.writes.append(self.unwritten)
+        self.unwritten = 0
+
+
+def test_events_handed_over_are_sent_in_the_wake_up_that_takes_them(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """The wake-up that takes the inbox hands each event (and an acked one) to the bus itself: no
+    pump task, no queue, no second iteration of the bus's loop before they are on their way."""
+    h, _, _ = hub
+    bus = SendingBus()
+    h.bus = bus  # type: ignore[assignment]
+
+    def acker() -> None:
+        deadline = time.monotonic() + 20
+        while not bus.acks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
+
+    async def agent() -> None:
+        threading.Thread(target=acker, daemon=True).start()
+        for n in range(3):
+            h.emit(event(n))
+        async with asyncio.timeout(20):
+            await h.apublish(event(3))
+
+    asyncio.run(agent())
+    assert bus.sent_now == ["run-0", "run-1", "run-2", "run-3"]
+    assert h._pump is None, "nothing went through the pump"
+    assert bus.writes == [4], "written to NATS together, once the inbox was taken"
+
+
+class FlushingBus(SendingBus):
+    """A bus whose flush (every event in flight acked) is done when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[asyncio.Future[None]] = []
+
+    def when_flushed(self, timeout: float | None = None) -> asyncio.Future[None]:
+        self.flushes.append(asyncio.get_running_loop().create_future())
+        return self.flushes[-1]
+
+
+def test_a_flush_from_the_agents_loop_is_settled_when_the_bus_has_nothing_in_flight(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """A tool's start and end in a run (``Hub.flush`` from the agent's loop): the event and the flush
+    go over in one wake-up, and the caller returns once the bus says everything is acked, not before;
+    a background step still running is waited for first, the awaited way."""
+    h, _, wakes = hub
+    bus = FlushingBus()
+    h.bus = bus  # type: ignore[assignment]
+    seen: dict[str, Any] = {}
+
+    def flusher() -> None:
+        deadline = time.monotonic() + 20
+        while not bus.flushes and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        seen["sent"], seen["wakes"] = list(bus.sent_now), wakes[0]
+        seen["flushed"] = True  # before the flush is done: the caller may resume at once
+        h.loop.call_soon_threadsafe(bus.flushes[0].set_result, None)
+
+    async def agent() -> None:
+        threading.Thread(target=flusher, daemon=True).start()
+        h.emit(event(0))
+        async with asyncio.timeout(20):
+            await h.flush()
+        seen["returned after the flush"] = seen.get("flushed", False)
+        step = asyncio.Event()
+
+        async def background() -> None:
+            await step.wait()
+
+        h.spawn(background)  # a background step: the flush waits for it
+        waiting = asyncio.create_task(h.flush())
+        await asyncio.sleep(0.05)
+        seen["waited for the step"] = not waiting.done()
+        h.loop.call_soon_threadsafe(step.set)
+        await asyncio.wait_for(waiting, 20)
+
+    asyncio.run(agent())
+    assert seen["sent"] == ["run-0"] and seen["wakes"] == 1
+    assert seen["returned after the flush"] and seen["waited for the step"]

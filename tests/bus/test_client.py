@@ -12,7 +12,7 @@ from nats.protocol.command import hpub_cmd
 
 from tether.bus import connect, event_filter
 from tether.bus._client import Client, parse_headers
-from tether.bus._headers import HeaderBlock, header_block
+from tether.bus._headers import HeaderBlock, header_block, message_headers
 from tether.schemas import Event, ToolCallCompleted, uuid7
 from tether.testing import NatsServer, collect
 
@@ -163,3 +163,21 @@ async def test_the_bus_connects_with_it_and_events_round_trip(nats_server: NatsS
         assert read.runid == run and read.agentid == "a1"
     finally:
         await bus.close()
+
+
+STATUS_BLOCKS = [
+    b"NATS/1.0 503\r\n\r\n",  # no responders: no stream holds the subject
+    b"NATS/1.0 503 No Responders\r\n\r\n",
+    b"NATS/1.0 408 Request Timeout\r\n\r\n",
+    b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 1016\r\nNats-Last-Stream: 1024\r\n\r\n",
+    b"NATS/1.0\r\nNats-Msg-Id: abc\r\nk: v\r\n\r\n",
+    b"NATS/1.0\r\n\r\n",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("block", STATUS_BLOCKS)
+async def test_a_whole_header_block_reads_as_nats_py_reads_it(block: bytes) -> None:
+    """What the publisher's raw ack sink gets (a reply's header block as bytes, status line first)
+    is read into the dict nats-py's client builds for its Msg: the status and description too."""
+    assert message_headers(block) == (await NatsClient()._process_headers(block) or None)

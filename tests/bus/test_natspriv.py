@@ -126,8 +126,62 @@ def _direct() -> None:
         assert kv._direct is direct and reads_direct(kv) is direct
 
 
+def _flush_queue() -> None:
+    assert NatsClient()._flush_queue is None, "_flush_queue is not None before connect"
+    source = inspect.getsource(NatsClient._flush_pending)
+    assert "self._flush_queue.put(future)" in source, "_flush_pending no longer kicks the flusher with a future"
+    assert "self._flush_queue.get()" in inspect.getsource(NatsClient._flusher), "the flusher reads another queue"
+
+
+def _flusher_task() -> None:
+    assert NatsClient()._flusher_task is None, "_flusher_task is not None before connect"
+    assert "self._flusher_task" in inspect.getsource(NatsClient._flush_pending)
+
+
+def _max_pending_size() -> None:
+    assert NatsClient()._max_pending_size == 0 or isinstance(NatsClient()._max_pending_size, int)
+    assert "self._max_pending_size" in inspect.getsource(NatsClient._send_command)
+
+
+def _max_payload() -> None:
+    assert isinstance(NatsClient()._max_payload, int)
+    assert "payload_size > self._max_payload" in inspect.getsource(NatsClient.publish)
+
+
+def _skip_subject_validation() -> None:
+    assert NatsClient()._skip_subject_validation is False
+    assert "self._skip_subject_validation" in inspect.getsource(NatsClient.publish)
+
+
+def _validate_subject() -> None:
+    import nats.aio.client as module
+    import nats.errors
+
+    assert "_validate_subject(subject)" in inspect.getsource(NatsClient.publish)
+    module._validate_subject("tether.evt.run")
+    for bad in ("", "a b", "a\r\nPUB x 0"):
+        with pytest.raises(nats.errors.BadSubjectError):
+            module._validate_subject(bad)
+
+
+def _transport() -> None:
+    assert NatsClient()._transport is None, "_transport is not None before connect"
+    source = inspect.getsource(NatsClient._flusher)
+    assert "self._transport.writelines(self._pending[:])" in source, "the flusher writes its buffer another way"
+
+
+def _io_writer() -> None:
+    from nats.aio.transport import TcpTransport
+
+    transport = TcpTransport()
+    assert transport._io_writer is None, "a new TcpTransport's _io_writer is not None"
+    assert "self._io_writer.writelines(" in inspect.getsource(TcpTransport.writelines)
+
+
 CHECKS: dict[str, Callable[[], None]] = {f.__name__: f for f in (
-    _parse_header_lines, _process_msg, _send_publish, _send_command, _flush_pending, _id, _pending,
+    _transport, _io_writer,
+    _parse_header_lines, _process_msg, _send_publish, _send_command, _flush_pending, _flush_queue, _flusher_task,
+    _max_pending_size, _max_payload, _skip_subject_validation, _validate_subject, _id, _pending,
     _pending_data_size, _server_info, _prefix, _direct)}
 
 

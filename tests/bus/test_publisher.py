@@ -21,6 +21,7 @@ from tether.bus import (
     OutboxFull,
     PayloadTooLarge,
     PublishRejected,
+    Receipt,
     connect,
     encode_structured,
     set_aside,
@@ -418,3 +419,84 @@ async def test_publish_until_acked_sends_again_a_duplicate_still_in_process(fres
         await bus.nc.subscribe("tether.work.>", cb=jetstream)
         ack = await publish_until_acked(bus.js, "tether.work.llm.x", b"{}", msg_id="call-1", deadline=time.time() + 10)
     assert ack.seq == 3 and answered == ["call-1", "call-1"]
+
+
+async def test_acks_are_read_as_the_parser_hands_them_over(nats_server: NatsServer, tether_home: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ack reaches the publisher from nats-py's protocol parser (tether's client's raw sink):
+    no ``Msg``, queue entry and task step per event on the bus's loop (its subscription callback,
+    kept for other clients, is never called); emitted and published events are acked all the same."""
+    from tether.bus import Publisher
+
+    through_nats_py: list[object] = []
+
+    async def on_reply(self: Publisher, msg: object) -> None:
+        through_nats_py.append(msg)
+
+    monkeypatch.setattr(Publisher, "_on_reply", on_reply)
+    run = f"r-{uuid7()}"
+    async with await connect(nats_server.url, home=tether_home) as bus:
+        events = [tool_event(run, i) for i in range(6)]
+        for event in events[:5]:
+            await bus.emit(event)
+        receipt = await bus.publish(events[5])
+        await bus.flush()
+        assert receipt.stream_seq is not None and not receipt.outboxed
+        assert bus.publisher.stats.acked == 6 and bus.publisher.in_flight() == 0
+        assert [e.id for e in await events_of(bus, run)] == [e.id for e in events]
+    assert through_nats_py == []
+
+
+async def test_no_responders_through_the_raw_sink_sends_events_to_the_outbox(fresh_nats_server: NatsServer,
+                                                                             tmp_path: Path) -> None:
+    """A 503 status reply (no stream holds the subject: not provisioned yet) is read from the
+    header block the parser hands over: a transient failure, so the event waits in the outbox."""
+    bus = await connect(fresh_nats_server.url, home=tmp_path, provision=False)
+    try:
+        receipt = await bus.publish(tool_event(f"r-{uuid7()}", 0))
+        assert receipt.outboxed and bus.publisher.degraded
+        assert "503" in (bus.publisher.stats.last_error or "")
+    finally:
+        await bus.close(timeout=0.2)  # the outbox cannot drain (no stream): it stays for the next start
+
+
+async def test_send_now_hands_an_event_to_nats_without_awaiting(nats_server: NatsServer, tether_home: Path) -> None:
+    """``send_now`` (the hub's way from a callback on the bus's loop) sends an event in the same
+    iteration of the loop, acked and in order with those emitted the awaited way; with a waiter the
+    waiter gets the receipt at the ack. What it cannot do without waiting it leaves undone."""
+    run = f"r-{uuid7()}"
+    async with await connect(nats_server.url, home=tether_home) as bus:
+        events = [tool_event(run, i) for i in range(4)]
+        await bus.emit(events[0])
+        assert bus.send_now(events[1]) and bus.send_now(events[2])
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        assert bus.send_now(events[3], waiter)
+        assert bus.nc.pending_data_size > 0, "queued for nats-py's flusher, not written yet"
+        receipt = await asyncio.wait_for(waiter, 20)
+        assert receipt.id == events[3].id and receipt.stream_seq is not None and not receipt.outboxed
+        await bus.flush()
+        assert bus.publisher.stats.sent == bus.publisher.stats.acked == 4
+        assert [e.id for e in await events_of(bus, run)] == [e.id for e in events]
+        huge = tool_event(run, 9, result="x" * (bus.publisher.large_payload_bytes + 1))
+        assert not bus.send_now(huge), "a claim check awaits the object store: the awaited way"
+        bus.publisher.max_event_bytes = 2000
+        with pytest.raises(PayloadTooLarge):
+            bus.send_now(tool_event(run, 10, result="x" * 2001))
+        await bus.nc.close()
+        assert not bus.send_now(tool_event(run, 11)), "not connected: nothing sent"
+
+
+async def test_events_sent_now_are_written_together(nats_server: NatsServer, tether_home: Path) -> None:
+    """What ``send_now(write=False)`` leaves in nats-py's buffer (a wake-up of the bus's loop taking
+    several events) ``write_now`` writes in the same iteration of the loop, as the flusher would:
+    nothing is left to write, and every event is acked, in order."""
+    run = f"r-{uuid7()}"
+    async with await connect(nats_server.url, home=tether_home) as bus:
+        events = [tool_event(run, i) for i in range(4)]
+        await bus.publish(events[0])  # acked: nats-py's flusher has written all it was woken for
+        assert all(bus.send_now(event, write=False) for event in events[1:])
+        assert bus.nc.pending_data_size > 0
+        bus.write_now()
+        assert bus.nc.pending_data_size == 0, "written at once, not left for the flusher"
+        await bus.flush()
+        assert [e.id for e in await events_of(bus, run)] == [e.id for e in events]

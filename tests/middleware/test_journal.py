@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tether.middleware import Journal, request_hash, tool_hash
+from tether.middleware import Journal, request_digests, request_fingerprint, request_hash, tool_hash
 from tether.schemas import (
     CallReplayed,
     Event,
@@ -134,3 +134,35 @@ def test_an_attempt_that_diverged_replaces_the_one_before() -> None:
     cursor = journal.cursor()
     assert [cursor.match("llm", h(n)).replay for n in (0, 9)] == [True, True]
     assert not cursor.match("llm", h(2)).replay
+
+
+def _random_json(rng: Any, depth: int = 0) -> Any:
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randint(-10**12, 10**12)
+    if kind == 2:
+        return rng.choice([0.1, -2.5e-8, 1e300, 3.0, 12345.678])
+    if kind in (3, 4):
+        return "".join(rng.choice('ab "\\/\n\té€😀\x00\u2028<>') for _ in range(rng.randrange(12)))
+    if kind in (5, 6):
+        return {"".join(rng.choice('kéy "\\') for _ in range(rng.randrange(1, 5))): _random_json(rng, depth + 1)
+                for _ in range(rng.randrange(4))}
+    return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+
+
+def test_request_digests_are_the_hash_and_the_fingerprint_made_apart() -> None:
+    """The journal's request hash and the runaway guard's fingerprint, made from one canonical writing
+    of each top-level value (the adapters' way), are byte for byte what the two functions make: a
+    resumed run matches calls recorded by any earlier tether, and identical calls still count."""
+    import random
+
+    rng = random.Random(14)
+    volatile = ["stream", "stream_options", "user", "metadata", "store", "safety_identifier", "service_tier"]
+    for n in range(2_000):
+        body = {rng.choice([*volatile, "model", "messages", "tools", "temperature", "é", "a b", "Z", f"k{n % 7}"]):
+                _random_json(rng) for _ in range(rng.randrange(7))}
+        operation = rng.choice(["chat", "responses", "messages", "embeddings"])
+        assert request_digests(body, operation=operation) == (request_hash(body, operation=operation),
+                                                              request_fingerprint(body)), body

@@ -34,6 +34,7 @@ from tether.middleware import (
     Target,
     WorkItem,
     drive,
+    request_digests,
     request_hash,
 )
 from tether.middleware import drive_sync as flow_sync
@@ -243,7 +244,7 @@ class Interceptor:
                 raw: bytes, path: str | None = None) -> LlmCall:
         """The state of one call: ids, run and trace context, redacted record, policy."""
         request = parse_request(kind, operation, raw, path)
-        digest = call_digest(request, raw)
+        digest, fingerprint = call_digests(request, raw)
         ctx = current_run()
         incoming = next((v for k, v in headers if k.lower() == "traceparent"), None)
         trace_id = trace_of(incoming) or (ctx.trace_id if ctx is not None else None)
@@ -275,7 +276,8 @@ class Interceptor:
             out.append(("idempotency-key", item.call_id))
         return LlmCall(hub=hub, engine=engine, policy=policy, item=item, request=request, headers=out, raw=raw,
                        capture=self.capture, redactor=self.redactor, mode=self.mode, ask_usage=ask_usage,
-                       request_hash=digest, journal=ctx.journal if ctx is not None else None)
+                       request_hash=digest, journal=ctx.journal if ctx is not None else None,
+                       fingerprint_digest=fingerprint)
 
     def _accumulator(self, call: LlmCall) -> StreamAccumulator:
         return StreamAccumulator(call.kind, call.request.operation, capture=call.capture,
@@ -436,6 +438,14 @@ def call_digest(request: LlmRequest, raw: bytes) -> str:
     if request.kind == "gemini" and request.body is not None:
         hashed = {**request.body, "model": request.model}  # Gemini's model is in the path
     return request_hash(hashed, operation=request.operation)
+
+
+def call_digests(request: LlmRequest, raw: bytes) -> tuple[str, str | None]:
+    """:func:`call_digest` and, for a JSON request hashed as it is (not Gemini's), the runaway
+    guard's fingerprint of it, each top-level value written as canonical JSON once for both."""
+    if request.body and request.kind != "gemini":  # an empty body's fingerprint is of its raw text
+        return request_digests(request.body, operation=request.operation)
+    return call_digest(request, raw), None
 
 
 def _durable_gemini() -> tuple[int, Headers, bytes]:

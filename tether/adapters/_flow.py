@@ -127,6 +127,8 @@ class LlmCall:
     request_hash: str | None = None
     journal: Cursor | None = None
     """The run's journal, when it resumed: a call it recorded is answered from it."""
+    fingerprint_digest: str | None = None
+    """The runaway guard's fingerprint of the request, made with its hash (``request_digests``)."""
     rec: CallRecord = field(init=False)
     flow: Call = field(init=False)
     """The call as :func:`~tether.middleware.call_flow` sees it."""
@@ -140,7 +142,8 @@ class LlmCall:
                          fingerprint=request.body or {"raw": self.raw.decode("utf-8", "replace")},
                          kind=request.kind, redactor=self.redactor, capture=self.capture,
                          recorded=lambda: self.recorded, account_always=False, journal=self.journal,
-                         request_hash=self.request_hash, opening=self.requested_event)
+                         request_hash=self.request_hash, opening=self.requested_event,
+                         fingerprint_digest=self.fingerprint_digest)
 
     @property
     def recorded(self) -> WorkItem:

@@ -21,9 +21,11 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -65,7 +67,7 @@ class Hub:
         self.bus = bus
         self.loop = loop
         self.thread_id = thread_id
-        self._queue: asyncio.Queue[Event] | None = None
+        self._queue: asyncio.Queue[Event | _Acked] | None = None
         self._queued = 0  # events put in the queue and not yet handed to the bus
         self._pump: asyncio.Task[None] | None = None
         self._engines: dict[int, tuple[PolicySet, CallEngine]] = {}
@@ -82,6 +84,8 @@ class Hub:
         self._waking = False
         self._waker: asyncio.AbstractEventLoop | None = None  # the caller's loop that is to wake the bus's
         self._hand_offs = 0  # engine steps handed to the bus's loop: each takes the inbox along
+        self._batching = False  # taking the inbox: events sent are written to NATS at its end
+        self._unwritten = False
 
     @classmethod
     def of(cls, bus: Bus) -> Hub:
@@ -158,12 +162,24 @@ class Hub:
     def _take_inbox(self) -> None:
         self._waking = False  # before taking: what is handed over from now on wakes the loop again
         inbox = self._inbox
-        while inbox:
-            fn = inbox.popleft()
-            try:
-                fn()
-            except Exception:
-                log.exception("tether: a step handed to the bus's loop failed")
+        if not inbox:
+            return
+        self._batching = True  # the events sent now are written to NATS together, at the end
+        try:
+            while inbox:
+                fn = inbox.popleft()
+                try:
+                    fn()
+                except Exception:
+                    log.exception("tether: a step handed to the bus's loop failed")
+        finally:
+            self._batching = False
+            if self._unwritten:
+                self._unwritten = False
+                try:
+                    self.bus.write_now()
+                except Exception:
+                    log.exception("tether: writing the events handed over failed")
 
     async def aemit(self, event: Event) -> None:
         """Publish ``event`` from async code: handed to the bus before returning when called
@@ -181,9 +197,23 @@ class Hub:
     async def apublish(self, event: Event) -> None:
         """Publish ``event`` after every event queued before it and wait for its ack (or the
         outbox), from any loop: what a journaled run's call returns only once the log has it.
-        Cheaper than :meth:`flush`, which also waits for the background steps."""
+        Cheaper than :meth:`flush`, which also waits for the background steps.
+
+        From another loop than the bus's, the event is handed over with those before it (one
+        wake-up, which sends them all, in order: the pump only for what must wait) and its ack
+        settles the caller's future from the bus's loop: no engine step (a task, a drain, a
+        future across threads) per call."""
         if self.closed:
             log.warning("event %s dropped: its hub is closed", event.type)
+            return
+        if not self._on_loop() and hasattr(self.bus, "publish_nowait"):
+            caller = asyncio.get_running_loop()
+            done: asyncio.Future[None] = caller.create_future()
+            try:
+                self._hand_over(partial(self._put_acked, event, partial(_settle_in, caller, done)))
+                await done
+            except Exception:  # the log is unreachable: the call's answer still reaches the caller
+                log.exception("could not publish %s %s", event.type, event.id)
             return
 
         async def go() -> None:
@@ -213,9 +243,11 @@ class Hub:
             except Exception:  # an observer's bug must not lose the event
                 log.exception("an observer of the adapters' events failed on %s", event.type)
 
-    def _put(self, event: Event) -> None:
+    def _put(self, event: Event | _Acked) -> None:
         if self.observers:
-            self._observe(event)
+            self._observe(event if isinstance(event, Event) else event.event)
+        if self._queued == 0 and self._send_now(event):  # nothing ahead of it: sent in this iteration
+            return
         if self._queue is None:
             self._queue = asyncio.Queue()
         self._queued += 1
@@ -223,18 +255,62 @@ class Hub:
         if self._pump is None or self._pump.done():
             self._pump = self.loop.create_task(self._pumping(), name="tether-adapter-events")
 
+    def _put_acked(self, event: Event, settle: Callable[[BaseException | None], None]) -> None:
+        """On the bus's loop: ``event`` queued behind those handed over before it; ``settle`` is
+        called with its outcome at its ack (``None``) or failure."""
+        if self.closed:
+            settle(RuntimeError(f"event {event.type} dropped: its hub is closed"))
+            return
+        self._put(_Acked(event, settle))
+
     async def _pumping(self) -> None:
         queue = self._queue
         assert queue is not None
         while True:
-            event = await queue.get()
+            item = await queue.get()
             try:
-                await self.bus.emit(event)
+                if isinstance(item, _Acked):
+                    await self._send_acked(item)
+                else:
+                    await self.bus.emit(item)
             except Exception:  # one bad event (too large, say) must not stop the others
+                event = item.event if isinstance(item, _Acked) else item
                 log.exception("could not publish %s %s", event.type, event.id)
             finally:
                 self._queued -= 1
                 queue.task_done()
+
+    def _send_now(self, item: Event | _Acked) -> bool:
+        """Hand ``item`` to NATS in this iteration of the bus's loop (no pump step), if the bus can
+        without waiting; else ``False`` and the pump sends it."""
+        send = getattr(self.bus, "send_now", None)
+        if send is None:
+            return False
+        batching = self._batching  # in a wake-up: written with the others once the inbox is taken
+        try:
+            if isinstance(item, _Acked):
+                waiter: asyncio.Future[Any] = self.loop.create_future()
+                if not send(item.event, waiter, write=not batching):
+                    return False
+                waiter.add_done_callback(item.settled)
+            elif not send(item, write=not batching):
+                return False
+            self._unwritten = self._unwritten or batching
+            return True
+        except Exception as exc:  # one bad event (too large, say) must not stop the others
+            if isinstance(item, _Acked):
+                item.settle(exc)
+            else:
+                log.exception("could not publish %s %s", item.type, item.id)
+            return True
+
+    async def _send_acked(self, acked: _Acked) -> None:
+        try:
+            waiter = await self.bus.publish_nowait(acked.event)
+        except Exception as exc:  # the caller logs it, as when it published itself
+            acked.settle(exc)
+            return
+        waiter.add_done_callback(acked.settled)
 
     async def _drain(self) -> None:
         if self._queue is not None:
@@ -243,16 +319,35 @@ class Hub:
     async def flush(self, timeout: float | None = None) -> None:
         """Every event emitted so far, and every background step started so far (spend,
         breaker bookkeeping, dead letters), is done and acked by NATS (or in the outbox).
-        From any loop."""
+        From any loop. From another loop than the bus's, with nothing queued and no background
+        step running (a tool's start and end in a run), it is handed over with the events
+        before it and settled when the publisher has nothing in flight: no engine step."""
+        if not self.closed and not self._on_loop() and hasattr(self.bus, "when_flushed"):
+            caller = asyncio.get_running_loop()
+            done: asyncio.Future[None] = caller.create_future()
+            self._hand_over(partial(self._flush_now, timeout, partial(_settle_in, caller, done)))
+            await done
+            return
+        await self.call(partial(self._flushed, timeout))
 
-        async def go() -> None:
+    async def _flushed(self, timeout: float | None) -> None:
+        await self._drain()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
             await self._drain()
-            while self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-                await self._drain()
-            await self.bus.flush(timeout)
+        await self.bus.flush(timeout)
 
-        await self.call(go)
+    def _flush_now(self, timeout: float | None, settle: Callable[[BaseException | None], None]) -> None:
+        """On the bus's loop, after the events handed over before: ``settle`` once all are acked."""
+        try:
+            if self._queued or self._tasks:  # queued events and background steps first, the awaited way
+                waiter: asyncio.Future[Any] = self.loop.create_task(self._flushed(timeout))
+            else:
+                waiter = self.bus.when_flushed(timeout)
+        except Exception as exc:
+            settle(exc)
+            return
+        waiter.add_done_callback(lambda done: settle(_outcome(done)))
 
     def flush_sync(self, timeout: float | None = None) -> None:
         self.call_sync(lambda: self.flush(timeout))
@@ -290,6 +385,18 @@ class Hub:
             return await make()
 
         return self._hand_off(go()).result(timeout)
+
+    def _hand_over(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the bus's loop at once, after what waits in the inbox, from another thread
+        (a caller about to wait for what it starts): one wake-up, which takes the inbox along."""
+        if self.loop.is_closed():
+            raise RuntimeError("tether: the bus's event loop is closed")
+        self._inbox.append(fn)
+        self._hand_offs += 1  # a wake-up a caller's loop had scheduled is not made too
+        self._waking = True
+        self._wake()
+        if self.loop.is_closed():  # closed meanwhile: _wake dropped it
+            raise RuntimeError("tether: the bus's event loop is closed")
 
     def _hand_off(self, step: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``step`` (which takes the inbox first) on the bus's loop: its wake-up also takes what
@@ -366,6 +473,37 @@ class Hub:
             await self._shared[0].close()
         if self._durable is not None:
             await self._durable.close()
+
+
+@dataclasses.dataclass(slots=True)
+class _Acked:
+    """An event whose caller (on another loop) waits for its ack: ``settle`` tells it the outcome."""
+
+    event: Event
+    settle: Callable[[BaseException | None], None]
+
+    def settled(self, waiter: asyncio.Future[Any]) -> None:
+        self.settle(_outcome(waiter))
+
+
+def _outcome(done: asyncio.Future[Any]) -> BaseException | None:
+    """A finished future's error (``None``: it succeeded), for a caller on another loop."""
+    return RuntimeError("tether: the bus's step was cancelled") if done.cancelled() else done.exception()
+
+
+def _settle_in(loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], error: BaseException | None) -> None:
+    """From the bus's loop: ``done`` (a future of ``loop``) given ``error``, or its result."""
+
+    def settle() -> None:
+        if done.done():  # its caller was cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
 
 
 async def _logged(make: Callable[[], Awaitable[Any]]) -> None:

@@ -145,6 +145,20 @@ class Bus:
         """Publish one event and wait for its ack (or the outbox). See :class:`Publisher`."""
         return await self.publisher.publish(event)
 
+    async def publish_nowait(self, event: Event) -> asyncio.Future[Receipt]:
+        """Publish one event; the future returned gets its receipt at the ack (or the outbox's)."""
+        return await self.publisher.publish_nowait(event)
+
+    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None, *, write: bool = True) -> bool:
+        """Hand ``event`` to NATS at once from a callback on the bus's loop, if that needs no
+        waiting (see :meth:`Publisher.send_now`); ``False``: nothing sent, emit it. ``write=False``:
+        written by :meth:`write_now`, with the others sent so."""
+        return self.publisher.send_now(event, waiter, write=write)
+
+    def write_now(self) -> None:
+        """Write what :meth:`send_now` sent with ``write=False`` (see :meth:`Publisher.write_now`)."""
+        self.publisher.write_now()
+
     async def emit(self, event: Event) -> None:
         """Publish without waiting for the ack; :meth:`flush` makes it durable, :meth:`drain`
         waits until it is in the stream."""
@@ -159,6 +173,10 @@ class Bus:
         """Wait until every emitted event is acked by the stream **or in the local outbox**:
         durable, but not necessarily in the stream yet. :meth:`drain` waits for that too."""
         await self.publisher.flush(timeout)
+
+    def when_flushed(self, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`flush` as a future, from a callback on the bus's loop (see :meth:`Publisher.when_flushed`)."""
+        return self.publisher.when_flushed(timeout)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every event is in the stream: :meth:`flush`, then until the outbox is

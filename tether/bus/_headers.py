@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HeaderBlock", "header_block", "parse_headers"]
+__all__ = ["HeaderBlock", "header_block", "message_headers", "parse_headers"]
 
 _TOKEN = re.compile(rb"[!-9;-~]+")  # printable ASCII but ':' and space: what a header name is
 _CRLF = b"\r\n"
+_HDR_LINE = b"NATS/1.0"
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's rule for a header name it sends
 _EDGE_SPACE = re.compile(r": \s|[^\S\r\n]\r\n")  # a value nats-py would strip (or ': ' then space inside one)
 _NAMES_SEEN: set[str] = set()
@@ -41,6 +42,23 @@ def parse_headers(raw: bytes) -> dict[str, str]:
             continue
         out[key] = value.strip().decode("utf-8", "replace")
     return out
+
+
+def message_headers(raw: bytes) -> dict[str, str] | None:
+    """A received message's whole header block (``NATS/1.0`` first) as nats-py's client reads it: an
+    inline status (``NATS/1.0 503 No Responders``) as ``Status`` and ``Description``, then the header
+    lines; ``None`` when there is nothing (a raw sink's reply gets the block as bytes)."""
+    head, _, rest = raw.partition(_CRLF)
+    out: dict[str, str] = {}
+    status = head[len(_HDR_LINE):]
+    if status[:1] == b" ":  # an inline status: three digits, then its description
+        code, desc = status[1:4], status[5:]
+        if code.strip().isdigit():
+            out["Status"] = code.strip().decode()
+        if desc:
+            out["Description"] = desc.decode()
+    out.update(parse_headers(rest))
+    return out or None
 
 
 def header_block(headers: dict[str, str]) -> bytes | None:

@@ -40,9 +40,10 @@ from tether.schemas import Event, EventError
 from ._acked import DUPLICATE_IN_PROCESS
 from ._batch import Batch, encode_batch
 from ._binding import encode_binary, percent_encode
+from ._client import Client
 from ._deliverable import oversized, undeliverable
-from ._headers import HeaderBlock
-from ._natspriv import forget_unflushed
+from ._headers import HeaderBlock, message_headers
+from ._natspriv import HookedClient, forget_unflushed, subscription_id
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
 from ._subjects import event_subject
@@ -147,7 +148,9 @@ class Publisher:
         self._on_reject = on_reject
         self.stats = PublisherStats()
         self._prefix = ""
+        self._prefix_bytes = b""
         self._sub: Any = None
+        self._raw_sid: int | None = None
         self._inflight: dict[int, _Inflight] = {}
         self._flushing: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._flushing_subjects: dict[int, str] = {}
@@ -159,6 +162,7 @@ class Publisher:
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._flush_waiters: list[asyncio.Future[None]] = []
         self._kick = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -176,7 +180,11 @@ class Publisher:
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
+        self._prefix_bytes = self._prefix.encode()
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        if isinstance(self._nc, Client):  # each ack read as the parser hands it over: no Msg, queue entry or task
+            self._raw_sid = subscription_id(self._sub)
+            self._nc.add_raw_sink(self._raw_sid, self._on_raw_reply)
         self._orphans = list(orphaned_outboxes(self._outbox_dir))
         for box in self._orphans:
             box.max_bytes = self.outbox_max_bytes
@@ -205,6 +213,8 @@ class Publisher:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._raw_sid is not None and isinstance(self._nc, Client):
+            self._nc.remove_raw_sink(self._raw_sid)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -261,17 +271,23 @@ class Publisher:
 
     async def publish(self, event: Event) -> Receipt:
         """Publish and wait for the ack (or the outbox); at most ``ack_timeout_s``."""
+        return await (await self.publish_nowait(event))
+
+    async def publish_nowait(self, event: Event) -> asyncio.Future[Receipt]:
+        """:meth:`publish`, returning once the event is handed to NATS: the future gets its receipt
+        at the ack (or the outbox's), or the error :meth:`publish` would raise. Events published
+        after it are not held back while it waits (an adapter's caller waits for it off this loop)."""
+        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         message = self.prepare(event)
         if self._degraded or not self._nc.is_connected:
-            self._divert(message, "NATS not connected")
-            return Receipt(message.id, outboxed=True)
+            self._divert(message, "NATS not connected", waiter)
+            return waiter
         await self._wait_for_room()
         if self._degraded:
-            self._divert(message, "backpressure")
-            return Receipt(message.id, outboxed=True)
-        waiter: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+            self._divert(message, "backpressure", waiter)
+            return waiter
         await self._send(message, waiter)
-        return await waiter
+        return waiter
 
     async def emit(self, event: Event) -> None:
         """Hand an event to NATS without waiting for its ack. See :meth:`flush`."""
@@ -285,6 +301,49 @@ class Publisher:
                 self._divert(message, "backpressure")
                 return
         await self._send(message, None)
+
+    def send_now(self, event: Event, waiter: asyncio.Future[Receipt] | None = None, *, write: bool = True) -> bool:
+        """:meth:`emit` (or, with ``waiter``, :meth:`publish_nowait`) done at once, from a callback on
+        the publisher's loop: the event handed to NATS in this iteration of the loop, not the next.
+        ``False``, and nothing sent, when that cannot be done without waiting (degraded or not
+        connected, ``max_pending`` events in flight, a payload for the object store, nats-py's
+        buffer or flusher busy): the caller then goes the awaited way, behind nothing. Raises what
+        :meth:`prepare` raises, and ``Undeliverable`` for what nats-py refuses for good. ``write=False``:
+        the message waits in nats-py's buffer for :meth:`write_now` (one write for several events)."""
+        nc = self._nc
+        if (self._degraded or not isinstance(nc, HookedClient) or not nc.is_connected
+                or len(self._inflight) >= self.max_pending or nc.pending_data_size > self.write_at_bytes):
+            return False
+        message = self.prepare(event)
+        headers = message.headers
+        block = headers if type(headers) is HeaderBlock else HeaderBlock.of(headers)
+        if len(message.payload) > self.large_payload_bytes or type(block) is not HeaderBlock:
+            return False
+        self._seq += 1
+        seq = self._seq
+        self._inflight[seq] = _Inflight(message, time.monotonic(), waiter)
+        self._idle.clear()
+        try:
+            sent = nc.publish_now(message.subject, self._prefix + str(seq), message.payload, block, kick=write)
+        except _PERMANENT as exc:  # no server will take it: refused, not an outage
+            self._inflight.pop(seq, None)
+            self._after_change()
+            raise Undeliverable(message.id, str(exc)) from None
+        except (nats.errors.Error, OSError) as exc:
+            self._degrade(f"publish failed: {exc!r}")  # the event, in flight, goes to the outbox first
+            return True
+        if not sent:
+            self._inflight.pop(seq, None)
+            self._after_change()
+            return False
+        self.stats.sent += 1
+        return True
+
+    def write_now(self) -> None:
+        """Write what :meth:`send_now` left in nats-py's buffer (``write=False``): now, as nats-py's
+        flusher would, when nothing else waits to be written; else the flusher writes it."""
+        if isinstance(self._nc, HookedClient):
+            self._nc.write_now()
 
     async def emit_batch(self, events: Sequence[Event]) -> Batch:
         """Emit a batch of events (:meth:`emit` for each, prepared together first) and return its
@@ -326,11 +385,31 @@ class Publisher:
 
         Raises ``OutboxFull`` if events had to be dropped because the outbox was full.
         """
+        await self.when_flushed(timeout)
+
+    def when_flushed(self, timeout: float | None = None) -> asyncio.Future[None]:
+        """:meth:`flush` as a future, for a callback on the publisher's loop: done once every event
+        emitted so far is acked or in the outbox; ``TimeoutError`` after ``timeout`` (default: twice
+        the ack timeout and a second), ``OutboxFull`` as :meth:`flush` raises it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if self._idle.is_set():
+            self._flushed(done)
+            return done
         wait = timeout if timeout is not None else self.ack_timeout_s * 2 + 1
-        await asyncio.wait_for(self._idle.wait(), wait)
+        self._flush_waiters.append(done)
+        timer = loop.call_later(wait, _time_out, done, wait)
+        done.add_done_callback(lambda _: timer.cancel())
+        return done
+
+    def _flushed(self, done: asyncio.Future[None]) -> None:
+        if done.done():  # its waiter gave up (a timeout, a cancelled caller)
+            return
         if self._full_error is not None:
             err, self._full_error = self._full_error, None
-            raise err
+            done.set_exception(err)
+        else:
+            done.set_result(None)
 
     async def drain(self) -> None:
         """Wait until the outbox is empty too (NATS must be reachable for that)."""
@@ -415,22 +494,29 @@ class Publisher:
         if self._nc.pending_data_size > self.write_at_bytes:
             await asyncio.sleep(0)  # let nats-py's flusher write what emit() buffered (see __init__)
 
+    def _on_raw_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """An ack as nats-py's parser hands it to tether's client (its header block as bytes, if any)."""
+        self._reply(subject[len(self._prefix_bytes):], data, message_headers(headers) if headers else None)
+
     async def _on_reply(self, msg: Msg) -> None:
+        """An ack through nats-py's subscription (a client that is not tether's)."""
+        self._reply(msg.subject[len(self._prefix):], msg.data, msg.headers)
+
+    def _reply(self, tail: str | bytes, data: bytes, headers: dict[str, str] | None) -> None:
         try:
-            seq = int(msg.subject[len(self._prefix):])
+            seq = int(tail)
         except ValueError:
             return
         if self._flushing:
             flushing = self._flushing.pop(seq, None)
             if flushing is not None:
                 if not flushing.done():
-                    flushing.set_result(_parse_ack(msg))
+                    flushing.set_result(_parse_ack(data, headers))
                 return
         entry = self._inflight.pop(seq, None)
         if entry is None:
             return  # already timed out into the outbox; dedupe covers the re-send
-        data = msg.data
-        if entry.waiter is None and not msg.headers and data.startswith(b'{"stream":') \
+        if entry.waiter is None and not headers and data.startswith(b'{"stream":') \
                 and b'"error"' not in data:
             # Hot path: a plain ack of an emitted event needs no JSON parsing.
             self.stats.acked += 1
@@ -440,7 +526,7 @@ class Publisher:
                 entry.batch.ack()
             self._after_change()
             return
-        ack = _parse_ack(msg)
+        ack = _parse_ack(data, headers)
         if ack.get("transient"):
             self._degrade(str(ack["error"]), extra={seq: entry})
             return
@@ -465,6 +551,10 @@ class Publisher:
             self._room.set()
         if not self._inflight:
             self._idle.set()
+            if self._flush_waiters:
+                waiters, self._flush_waiters = self._flush_waiters, []
+                for done in waiters:
+                    self._flushed(done)
 
     def _rejected(self, message: PendingMessage, error: str) -> None:
         self.stats.rejected += 1
@@ -702,20 +792,25 @@ class Publisher:
         return out
 
 
-def _parse_ack(msg: Msg) -> dict[str, Any]:
+def _time_out(done: asyncio.Future[None], wait: float) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError(f"events still unacked after {wait:g} s"))
+
+
+def _parse_ack(data: bytes, headers: dict[str, str] | None) -> dict[str, Any]:
     """A JetStream publish ack as a dict; ``transient`` marks errors worth retrying."""
-    headers = msg.headers or {}
+    headers = headers or {}
     status = headers.get("Status")
     if status:
         # 503 No Responders: no stream for the subject (yet), or JetStream is down.
         return {"error": f"status {status} {headers.get('Description', '')}".strip(),
                 "transient": status in {"503", "408"}}
     try:
-        doc = json.loads(msg.data)
+        doc = json.loads(data)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        return {"error": f"unreadable ack: {msg.data[:200]!r}", "transient": True}
+        return {"error": f"unreadable ack: {data[:200]!r}", "transient": True}
     err = doc.get("error")
     if err:
         code = err.get("code")

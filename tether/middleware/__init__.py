@@ -103,6 +103,7 @@ from ._journal import (
     Journal,
     Lookup,
     load_journal,
+    request_digests,
     request_hash,
     tool_hash,
 )
@@ -253,6 +254,7 @@ __all__ = [
     "read_table",
     "relay_subject",
     "replay_of",
+    "request_digests",
     "request_fingerprint",
     "request_hash",
     "runaway_count",

@@ -212,6 +212,8 @@ class Call:
     """A resumed run's journal: a call that matches a recorded one is answered from it."""
     request_hash: str | None = None
     """What the journal matches (``tether.journal.request_hash`` of the request)."""
+    fingerprint_digest: str | None = None
+    """The runaway guard's fingerprint of ``fingerprint``, when the caller made it already."""
     opening: Callable[[bool], Event] | None = None
     """The call's first event (an adapter's ``requested``), emitted by the loop once it knows
     whether the call is replayed (``True``: the request need not be recorded again)."""
@@ -385,7 +387,8 @@ def _admission(call: Call) -> Generator[Effect, Any, GaveUp | None]:
     if call.runaway is not None and item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
         body = call.fingerprint if call.fingerprint is not None else (
             item.body if item.kind == "llm" else {"tool": item.tool, "arguments": item.arguments})
-        refusal = call.runaway.admit(item.runid, request_fingerprint(body), guard)
+        digest = call.fingerprint_digest if call.fingerprint_digest is not None else request_fingerprint(body)
+        refusal = call.runaway.admit(item.runid, digest, guard)
     budgeted = engine.policies.budgets_for(run_id=item.runid, agent_id=item.agentid, tenant=item.tenant)
     if refusal is None and (budgeted or (call.runaway is None and engine.runaway_guarded(item))):
         refusal = yield Run(partial(engine.admit, item, call.rec, run_snapshot=call.run_snapshot))

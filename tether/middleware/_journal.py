@@ -31,6 +31,8 @@ from tether.schemas import (
     Usage,
 )
 
+from ._budget import VOLATILE_KEYS
+
 __all__ = [
     "REQUEST_VOLATILE_KEYS",
     "Cursor",
@@ -69,6 +71,23 @@ def request_hash(body: Mapping[str, Any] | str | bytes, *, operation: str = "cha
         return _digest({"operation": operation, "raw": body})
     return _digest({"operation": operation,
                     "request": {k: v for k, v in body.items() if k not in REQUEST_VOLATILE_KEYS}})
+
+
+def request_digests(body: Mapping[str, Any], *, operation: str = "chat") -> tuple[str, str]:
+    """``(request_hash(body, operation=...), request_fingerprint(body))``, the same two strings, with
+    each top-level value of the request written as canonical JSON once instead of twice (the
+    conversation, the tools: most of an agent's request, and more each call)."""
+    texts = {key: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+             for key, value in body.items()}
+
+    def joined(skipped: frozenset[str]) -> str:
+        return "{" + ",".join(json.dumps(key, ensure_ascii=False) + ":" + texts[key]
+                              for key in sorted(texts) if key not in skipped) + "}"
+
+    hashed = '{"operation":' + json.dumps(operation, ensure_ascii=False) + ',"request":' + \
+        joined(REQUEST_VOLATILE_KEYS) + "}"
+    return ("sha256:" + hashlib.sha256(hashed.encode()).hexdigest(),
+            hashlib.sha256(joined(VOLATILE_KEYS).encode()).hexdigest())
 
 
 def tool_hash(tool: str, arguments: Any) -> str:

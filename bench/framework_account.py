@@ -1,0 +1,316 @@
+"""Where tether's CPU goes in one framework's agent step, per thread: pydantic-ai's agent (one tool,
+two model calls per run) bare, with tether's model only, and with the two lines, in one process.
+
+Run by pydantic-ai's venv (``.venv-pydantic-ai``, built as the tests build it; this script re-runs
+itself there, or ``TETHER_ACCOUNT_VENV`` names another: an older checkout's). One ``nats-server
+-js`` and one fake provider (a process of its own) are started here. The variants alternate in
+blocks of ``--block`` runs; per block, the agent thread's CPU (``time.thread_time``), tether's bus
+loop thread's (its ``pthread`` CPU clock), the process's and the wall time, and what tether did:
+events published, acked round trips the agent waited for (a call's completion: ``apublish``; a
+tool's start and end: ``flush``), engine steps handed to the bus's loop as tasks, wake-ups of that
+loop and its iterations. Printed per agent step (two per run), median over the blocks.
+
+``--spy PY_SPY``: the ``tether`` variant alone, sampled by py-spy (not a dependency of the project:
+give its path) while it runs (``-g``: the thread holding the GIL, 500 Hz), each thread's samples
+put into pieces (tether's functions by what they do, the rest as the framework's) and scaled to
+that thread's CPU per step measured in the same run: microseconds per step and piece. Time in
+system calls made without the GIL (socket writes, ``epoll``) is spread over the pieces.
+
+    .venv/bin/python bench/framework_account.py --runs 600 --block 30
+    .venv/bin/python bench/framework_account.py --runs 800 --block 50 --spy /path/to/py-spy
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 2
+
+
+def _venv_python() -> str:
+    """``.venv-pydantic-ai``'s Python (built from its lock if it is not), or ``TETHER_ACCOUNT_VENV``'s."""
+    if os.environ.get("TETHER_ACCOUNT_VENV"):
+        return str(Path(os.environ["TETHER_ACCOUNT_VENV"]) / "bin" / "python")
+    sys.path.insert(0, str(ROOT))
+    from tests._envs import optional_env
+
+    return str(optional_env("pydantic-ai", project=True).path / "bin" / "python")
+
+
+def agent(mode: str) -> Callable[[int], Awaitable[None]]:
+    from openai import AsyncOpenAI
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"It is sunny in {city}."
+
+    capabilities: list[Any] = []
+    if mode == "bare":
+        llm: Any = OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(openai_client=AsyncOpenAI(max_retries=0)))
+    else:
+        from tether.adapters.pydantic_ai import capability, model
+
+        llm = model("gpt-4o-mini")
+        if mode == "tether":
+            capabilities = [capability()]
+    built = Agent(llm, name="weather-bot", instructions="Answer about the weather.", tools=[get_weather],
+                  capabilities=capabilities)
+
+    async def run(i: int) -> None:
+        await built.run(f"What is the weather in city {i}?")
+
+    return run
+
+
+class Counters:
+    """What tether did on its bus loop, counted by wrapping its entry points ."""
+
+    def __init__(self) -> None:
+        from tether.adapters import _hub
+
+        bg = _hub._background
+        assert bg is not None
+        self.hub, self.loop = bg[2], bg[1]
+        self.publisher = self.hub.bus.publisher
+        self.n = {"events": 0, "acked waits": 0, "flushes": 0, "engine steps": 0, "wake-ups": 0,
+                  "loop iterations": 0}
+        loop, n = self.loop, self.n
+        write = loop._write_to_self  # type: ignore[attr-defined]
+        once = loop._run_once  # type: ignore[attr-defined]
+        hub = self.hub
+        apublish, flush, hand_off = hub.apublish, hub.flush, hub._hand_off
+
+        def write_to_self() -> None:
+            n["wake-ups"] += 1
+            write()
+
+        def run_once() -> None:
+            n["loop iterations"] += 1
+            once()
+
+        async def acked(event: Any) -> None:
+            n["acked waits"] += 1
+            await apublish(event)
+
+        async def flushed(timeout: float | None = None) -> None:
+            n["flushes"] += 1
+            await flush(timeout)
+
+        def engine_step(step: Any) -> Any:
+            n["engine steps"] += 1
+            return hand_off(step)
+
+        loop._write_to_self = write_to_self  # type: ignore[attr-defined]
+        loop._run_once = run_once  # type: ignore[attr-defined]
+        hub.apublish = acked  # type: ignore[method-assign]
+        hub.flush = flushed  # type: ignore[method-assign]
+        hub._hand_off = engine_step  # type: ignore[method-assign]
+
+    def snapshot(self) -> dict[str, float]:
+        return {**self.n, "events": self.publisher.stats.sent}
+
+
+async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
+    import tether.adapters
+    from tether.adapters import _hub
+
+    runners = {m: agent(m) for m in modes}
+    for i in range(20):
+        for run in runners.values():
+            await run(-1 - i)
+    await asyncio.to_thread(tether.adapters.flush)
+    background = _hub._background
+    assert background is not None
+    bus_clock = time.pthread_getcpuclockid(background[0].ident or 0)
+    counters = Counters()
+    rows: dict[str, dict[str, list[float]]] = {m: {} for m in runners}
+    for n in range(runs // block):
+        for mode, run in runners.items():
+            before = counters.snapshot()
+            t0, c0, b0, p0 = time.perf_counter(), time.thread_time(), time.clock_gettime(bus_clock), time.process_time()
+            for i in range(block):
+                await run(n * block + i)
+            t1, c1, p1 = time.perf_counter(), time.thread_time(), time.process_time()
+            # what the block left on the bus thread (its last events' acks) is counted with it
+            await asyncio.to_thread(tether.adapters.flush)
+            b1 = time.clock_gettime(bus_clock)
+            row = rows[mode]
+            per = 1000 / (block * STEPS)
+            for key, value in (("agent thread CPU", c1 - c0), ("bus thread CPU", b1 - b0),
+                               ("process CPU", p1 - p0), ("wall", t1 - t0)):
+                row.setdefault(key, []).append(value * per)
+            after = counters.snapshot()
+            for key, value in after.items():
+                row.setdefault(key, []).append((value - before[key]) / (block * STEPS))
+    return {mode: {k: statistics.median(v) for k, v in row.items()} for mode, row in rows.items()}
+
+
+# -- pieces: py-spy's samples of each thread, by what the innermost matching frame does --------------
+
+BUS_PIECES = [  # (piece, substrings of a frame): the leaf frame first, then up the stack
+    ("NATS socket writes (nats-py's flusher)", ["_SelectorSocketTransport.write", "Client._flusher", "writelines",
+                                                "StreamWriter.drain"]),
+    ("waking the agent's loop (its self-pipe)", ["_write_to_self"]),
+    ("taking wake-ups (self-pipe read)", ["_read_from_self", "_process_self_data"]),
+    ("reading acks (socket, nats-py's parser, raw sink)", ["_read_loop", "Parser.parse", "_process_msg",
+                                                          "_on_raw_reply", "Publisher._reply", "Publisher._on_reply",
+                                                          "_parse_ack", "data_received", "_read_ready",
+                                                          "message_headers", "_wait_for_msgs"]),
+    ("encoding events (CloudEvents headers, JSON data)", ["encode_binary", "header_block", "data_json", "_rfc3339",
+                                                         "Event.attributes", "HeaderBlock", "Publisher.prepare",
+                                                         "Publisher._checked", "oversized", "event_subject",
+                                                         "percent_encode"]),
+    ("handing events to nats-py (HPUB)", ["publish_now", "hpub_cmd", "send_now", "_send_publish", "Publisher._send",
+                                          "_validate_subject", "Client.publish", "Publisher.emit",
+                                          "Publisher.publish"]),
+    ("hub: inbox, settling waiters, flushes", ["_take_inbox", "Hub._put", "Hub._send_now", "_settle_in", "settled",
+                                               "_flush_now", "when_flushed", "_after_change", "Hub._flushed",
+                                               "_outcome", "call_soon_threadsafe"]),
+    ("hub: pump and engine steps (tasks)", ["_pumping", "Hub.call", "Hub.apublish", "Hub.flush", "_send_acked",
+                                            "Task.", "run_coroutine_threadsafe", "_chain_future", "Queue.",
+                                            "Hub._drain", "Bus."]),
+    ("event loop iterations (epoll, scheduling)", ["select (", "_run_once", "Handle._run", "run_forever"]),
+]
+
+AGENT_PIECES = [
+    ("hand-offs to the bus's loop (wake-ups, futures)", ["Hub._wake", "Hub._hand_off", "Hub._hand_over",
+                                                         "Hub._from_thread", "run_coroutine_threadsafe", "wrap_future",
+                                                         "_chain_future", "_call_set_state", "_copy_future_state",
+                                                         "_settle_in", "Hub.emit", "Hub.aemit", "Hub.apublish",
+                                                         "Hub.flush", "Hub.spawn", "_read_from_self"]),
+    ("redaction", ["tether/_redact.py", "adapters/_redact.py"]),
+    ("request hash, runaway fingerprint, tool hash", ["request_hash", "_digest", "request_fingerprint", "tool_hash",
+                                                      "call_digest", "RunawayTracker"]),
+    ("ids (uuid7, trace and span ids, event ids)", ["uuid7", "new_traceparent", "terminal_id", "token_hex"]),
+    ("events and payloads built", ["Event.of", "Payload.", "requested_event", "completed_event", "_construct",
+                                   "plain_json", "non_finite", "ids_fit", "attempt_failed_event", "CallEngine.event",
+                                   "ToolCall.event", "Run._open", "Run._close"]),
+    ("request parsed, answer read", ["parse_request", "read_answer", "usage_of"]),
+    ("HTTP shell (attempt's request, the package's response)", ["_UpstreamOf.attempt", "headers_of",
+                                                                "_Response.__init__", "_response (", "_AsyncResponse",
+                                                                "capped_timeout", "response_extensions",
+                                                                "reply_headers", "_byte_streams", "AsyncStream"]),
+    ("the provider's HTTP exchange (httpcore, as bare)", ["AsyncUpstreamOf.send"]),
+    ("tool call (spec, arguments, position, policy)", ["ToolSpec.", "FrameworkTools", "ToolJournal", "Prepared",
+                                                       "tool_flow", "ToolCall", "_jsonable", "decide ("]),
+    ("runs (context, hub, tool journal)", ["Run.", "current_run", "RunContext", "_derive_id"]),
+    ("call state (prepare, record, policy, breaker count)", ["Interceptor.prepare", "LlmCall", "CallRecord",
+                                                             "WorkItem", "record_outcome", "record_closed",
+                                                             "policy_for", "Breakers", "engine_nowait"]),
+    ("the call loop and its drivers", ["call_flow", "llm_flow", "drive_async", "drive (", "_advance", "_completed",
+                                       "_admission", "Interceptor.", "_run_async", "send_async", "AsyncTransportShell",
+                                       "wrap_tool_execute", "wrap_run", "acall", "TetherCapability"]),
+]
+
+
+def pieces(raw: Path) -> dict[str, collections.Counter[str]]:
+    """Samples per thread and piece from py-spy's raw output (``-t``: each stack's first frame its thread)."""
+    out: dict[str, collections.Counter[str]] = {"agent": collections.Counter(), "bus": collections.Counter()}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        thread, frames = frames[0], frames[1:]
+        if "tether-adapters" in thread:
+            out["bus"][_piece(frames, BUS_PIECES, tether_only=False)] += int(count)
+        elif "MainThread" in thread and any("_run_once" in f for f in frames) \
+                and not any("_find_and_load" in f for f in frames) and not frames[-1].startswith("alternate ("):
+            out["agent"][_piece(frames, AGENT_PIECES, tether_only=True)] += int(count)
+    return out
+
+
+def _piece(frames: list[str], rules: list[tuple[str, list[str]]], *, tether_only: bool) -> str:
+    for frame in reversed(frames):
+        if tether_only and "tether/" not in frame and "asyncio/" not in frame and "concurrent/" not in frame:
+            continue
+        for name, marks in rules:
+            if any(mark in frame for mark in marks):
+                return name
+    return "the framework and the SDK (no tether frame)" if tether_only else "other"
+
+
+def spy(py_spy: str, python: str, runs: int, block: int) -> None:
+    """The ``tether`` variant under py-spy; its samples in pieces, in µs per step of each thread's CPU."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.txt"
+        got = subprocess.run([py_spy, "record", "-r", "500", "-t", "-g", "-f", "raw", "--nonblocking", "-o", str(raw),
+                              "--", python, __file__, "--child", "--modes", "tether", "--runs", str(runs),
+                              "--block", str(block), "--json"],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        measured = json.loads(next(line for line in got.stdout.splitlines() if line.startswith("{")))
+        samples = pieces(raw)
+    per_step = {"agent": measured["tether"]["agent thread CPU"], "bus": measured["tether"]["bus thread CPU"]}
+    print(f"tether variant, {runs} runs (load {measured['load']:.1f}); per step: agent thread "
+          f"{per_step['agent']:.3f} ms, bus thread {per_step['bus']:.3f} ms of CPU")
+    print("| piece | thread | µs per step | samples |\n|---|---|---|---|")
+    for thread, counted in samples.items():
+        total = sum(counted.values()) or 1
+        for name, n in counted.most_common():
+            print(f"| {name} | {thread} | {per_step[thread] * 1000 * n / total:.0f} | {n} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=300, help="agent runs of each variant")
+    parser.add_argument("--block", type=int, default=30)
+    parser.add_argument("--modes", default="bare,model,tether", help="the variants")
+    parser.add_argument("--spy", metavar="PY_SPY", help="sample the tether variant with this py-spy")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.child:
+        python = _venv_python()
+        if args.spy:
+            spy(args.spy, python, args.runs, args.block)
+            return
+        raise SystemExit(subprocess.call([python, __file__, "--child", *sys.argv[1:]],
+                                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}))
+    from tether.testing import NatsServer
+
+    provider = subprocess.Popen([sys.executable, "-m", "tether", "fake-provider", "--seed", "1"],
+                                stdout=subprocess.PIPE, text=True)
+    assert provider.stdout is not None
+    url = provider.stdout.readline().strip()
+    try:
+        with NatsServer() as nats, tempfile.TemporaryDirectory() as home:
+            os.environ.update(TETHER_NATS_URL=nats.url, TETHER_HOME=home, OPENAI_BASE_URL=url,
+                              OPENAI_API_KEY="sk-bench-0000")
+            result = asyncio.run(alternate(args.runs, args.block, args.modes.split(",")))
+            import tether.adapters
+
+            tether.adapters.shutdown()
+    finally:
+        provider.terminate()
+        provider.wait()
+    load = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({**result, "load": load}))
+        return
+    print(f"per agent step (median of {args.runs // args.block} blocks of {args.block} runs, load {load:.1f})")
+    print(f"{'':<20}" + "".join(f"{m:>10}" for m in result) + f"{'added':>10}")
+    for key in result["tether"]:
+        cells = [result[m].get(key, 0.0) for m in result]
+        added = result["tether"][key] - result.get("bare", {}).get(key, 0.0)
+        unit = "ms" if "CPU" in key or key == "wall" else ""
+        print(f"{key:<20}" + "".join(f"{c:>8.3f}{unit:<2}" for c in cells) + f"{added:>8.3f}{unit:<2}")
+
+
+if __name__ == "__main__":
+    main()
