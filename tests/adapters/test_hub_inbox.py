@@ -47,6 +47,11 @@ def hub() -> Iterator[tuple[Hub, StubBus, list[int]]]:
     yield Hub(bus, loop, thread.ident), bus, wakes  # type: ignore[arg-type]
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
+    pending = asyncio.all_tasks(loop)  # the hub's pump, still waiting for work: ended, not destroyed
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
