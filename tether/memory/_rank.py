@@ -161,8 +161,9 @@ class Ranking:
     """In hybrid search of a query that names someone ("Which animal lives with Jana Novak?"), the
     weight of each candidate's cosine to the query without its names ("Which animal lives with?"),
     as a z-score beside the other two (``fusion="zscore"`` only): among one person's entries the
-    name makes every cosine alike, and what is asked of them decides. The second text is embedded
-    in the same call as the query; 0: off. Grouped cross-validation on the tuning split (each
+    name makes every cosine alike, and what is asked of them decides. That vector comes from a
+    second text embedded in the same call as the query, or from the query's own encode
+    (``unnamed_from``); 0: off. Grouped cross-validation on the tuning split (each
     question template left out in turn, MiniLM): hybrid recall@5 0.960 to 0.973, the only
     candidate that cleared +0.01 (see docs/memory.md)."""
     unnamed_from: str = "auto"
