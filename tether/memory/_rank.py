@@ -229,6 +229,9 @@ class Ranking:
             raise ValueError(f"Ranking.expand_fusion must be 'places' or 'score', got {self.expand_fusion!r}")
         if self.unnamed_from not in ("auto", "tokens", "text"):
             raise ValueError(f"Ranking.unnamed_from must be 'auto', 'tokens' or 'text', got {self.unnamed_from!r}")
+        if isinstance(self.unnamed_push, bool) or not isinstance(self.unnamed_push, int | float) \
+                or not 0 <= self.unnamed_push < math.inf:
+            raise ValueError(f"Ranking.unnamed_push must be a number >= 0, got {self.unnamed_push!r}")
         if self.expand_query not in ("swap", "rest"):
             raise ValueError(f"Ranking.expand_query must be 'swap' or 'rest', got {self.expand_query!r}")
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):
