@@ -45,6 +45,7 @@ Run it::
     .venv/bin/python bench/memory.py --writes --rounds 5      # the acked writes beside raw only
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
     .venv/bin/python bench/memory.py --cv --embedder minilm    # candidates, cross-validated inside tune
+    .venv/bin/python bench/memory.py --cv --embedder minilm --families "one pass,second text"   # some only
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
 
@@ -504,6 +505,10 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
     "keyword weight": [{"keyword": w, "semantic": 1 - w} for w in (0.35, 0.4, 0.6, 0.65)],
     "entity lift": [{"entity": e} for e in (0.1, 0.2, 0.3, 0.5)],
     "cosine without the names": [{"unnamed": u} for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
+    "cosine without the names, one pass": [{"unnamed": u, "unnamed_from": "tokens", "unnamed_push": p}
+                                           for p in (0.0, 0.5, 1.0, 2.0) for u in (0.2, 0.3, 0.5)],
+    "cosine without the names, second text": [{"unnamed": u, "unnamed_from": "text"}
+                                              for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
     "cosine without the names, entity lift": [{"unnamed": u, "entity": 0.2} for u in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
     "second hop, scored, evidence rule": [
         {"expand_fusion": "score", "expand_discount": d} for d in (0.8, 0.9, 1.0)],
@@ -600,9 +605,13 @@ def reranker_cv(captured: list[dict[str, Any]], queries: dict[str, dict[str, Any
     return got
 
 
-async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) -> dict[str, Any]:
+async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
+                         only: Sequence[str] | None = None) -> dict[str, Any]:
     """Every family of :data:`CV_FAMILIES` and a re-ranking model over :data:`RERANK_BASES`, judged by
-    grouped cross-validation on the **tune** split only, grouped by template and by kind."""
+    grouped cross-validation on the **tune** split only, grouped by template and by kind. ``only``:
+    the families whose name holds one of these strings (and no re-ranking model). Each family is
+    also cross-validated without the default among its settings (``cv_<group>_own``): to compare two
+    families that replace the default rather than add to it."""
     from tether.memory._rank import Ranking
 
     queries = {q["id"]: q for q in doc["queries"] if q["split"] == "tune"}
@@ -612,6 +621,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) 
     bad: dict[str, int] = {}
     names: dict[str, list[str]] = {}
     for family, settings in CV_FAMILIES.items():
+        if only and family != "default" and not any(o in family for o in only):
+            continue
         names[family] = ["{}"]
         for setting in settings:
             name = json.dumps(setting, sort_keys=True)
@@ -632,9 +643,11 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) 
             "settings": len(own), "best_on_tune": round(statistics.fmean(per[best].values()), 3),
             "best_setting": json.loads(best),
             **{f"cv_{g}": round(grouped_cv(per, members, groups[g]), 3) for g in groups},
-            "stale_or_forbidden": max(bad[c] for c in own)}
+            **{f"cv_{g}_own": round(grouped_cv(per, own, groups[g]), 3) for g in groups},
+            "stale_or_forbidden": max(bad[c] for c in own),
+            "tune_by_setting": {c: round(statistics.fmean(per[c].values()), 3) for c in own}}
         say(f"cv: {family}: {out['families'][family]}", quiet)
-    for base, setting in RERANK_BASES.items():
+    for base, setting in ({} if only else RERANK_BASES).items():
         memory.ranking = Ranking(**setting)
         memory._capture = []
         results = await run_dev_set(memory, doc, "hybrid", "tune")
@@ -652,7 +665,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool) 
 
 async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: bool,
                         tuning: bool = False, tune_only: list[str] | None = None,
-                        splits: Sequence[str] = ("tune", "heldout"), cv: bool = False) -> dict[str, Any]:
+                        splits: Sequence[str] = ("tune", "heldout"), cv: bool = False,
+                        families: Sequence[str] | None = None) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -670,7 +684,7 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
             out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
         if cv and model is not None:
-            out["cv"] = await cross_validate(memory, doc, quiet)
+            out["cv"] = await cross_validate(memory, doc, quiet, families)
             return out
         modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
         for split in splits:
@@ -702,7 +716,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         with NatsServer() as server:  # its own server: the other clients' views never meet its keystore
             report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
                                                     args.tune_only.split(",") if args.tune_only else None,
-                                                    ("tune",) if args.cv else splits, cv=args.cv)
+                                                    ("tune",) if args.cv else splits, cv=args.cv,
+                                                    families=args.families.split(",") if args.families else None)
     if peer is not None and not (args.tune or args.cv or args.no_peer or args.no_quality or args.writes):
         with NatsServer() as server:  # the other embedder, on a log of its own
             report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
@@ -768,7 +783,8 @@ def quality_tables(r: dict[str, Any]) -> list[str]:
         lines.append(f"grouped cross-validation on the tune split ({cv['groups']['template']} templates, "
                      f"{cv['groups']['kind']} kinds), hybrid recall@5:")
         for family, row in cv["families"].items():
-            lines.append(f"  {family:<40} " + "  ".join(f"{k} {v}" for k, v in row.items() if k != "best_setting")
+            lines.append(f"  {family:<40} " + "  ".join(f"{k} {v}" for k, v in row.items()
+                                                        if k not in ("best_setting", "tune_by_setting"))
                          + (f"  (best on tune: {row['best_setting']})" if row.get("best_setting") else ""))
     if "quality_peer" in r:
         lines += [f"peer embedder: {r['quality_peer']['embedder']}", *quality_table(r["quality_peer"])]
@@ -826,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
                         "measure both splits with them (for --embedder: Ranking's defaults were chosen with minilm)")
     parser.add_argument("--cv", action="store_true", help="judge candidate rankings by grouped cross-validation "
                         "inside the tune split (left-out templates and kinds); no held-out question is asked")
+    parser.add_argument("--families", help="with --cv: only the families whose name holds one of these strings "
+                        "(comma-separated; the re-ranking model is left out)")
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")

