@@ -89,3 +89,17 @@ def events(nats: NatsServer, home: Path) -> list[Event]:
             return [r.event for r in await collect(bus) if r.event is not None]
 
     return asyncio.run(read())
+
+
+def across_a_restart(env: OptionalEnv, script: str, *, work: Path, policies: str = POLICIES
+                     ) -> tuple[Outcome, dict[str, Any]]:
+    """Every scenario of ``script`` once against one fake provider and one NATS; then NATS restarts
+    and a second process of the script runs with ``--continue``. The first run's outcome (its events:
+    the log after both) and what the second said."""
+    with NatsServer() as nats, FakeProvider(seed=1) as fake:
+        out = run_script(env, script, nats=nats, fake=fake, work=work, policies=policies)
+        nats.stop()
+        nats.start()
+        continued = run_script(env, script, "--continue", nats=nats, fake=fake, work=work, policies=policies).said
+        out.events = events(nats, work / "home")
+    return out, continued

@@ -10,15 +10,13 @@ NATS restarted, continues the conversation kept in ``TetherChatStore``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from tether.schemas import Event
-from tether.testing import FakeProvider, NatsServer
 
 from .._envs import OptionalEnv, optional_env
-from ._harness import POLICIES, Outcome, events, run_script
+from ._harness import POLICIES, Outcome, across_a_restart
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
@@ -34,20 +32,13 @@ def venv() -> OptionalEnv:
 
 
 @pytest.fixture(scope="module")
-def agents(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+def agents(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     """Every scenario of llama_index_agent.py, run once against one fake provider and one NATS; then
     NATS restarts and a second process continues the conversation (``said["continued"]``)."""
-    work = tmp_path_factory.mktemp("llama-index")
-    with NatsServer() as nats, FakeProvider(seed=1) as fake:
-        out = run_script(venv, "llama_index_agent.py", nats=nats, fake=fake, work=work,
-                         policies=POLICIES + BUDGET_BOT)
-        nats.stop()
-        nats.start()
-        continued = run_script(venv, "llama_index_agent.py", "--continue", nats=nats, fake=fake, work=work,
-                               policies=POLICIES + BUDGET_BOT).said
-        out.said["continued"], out.said["context_continued"] = continued["history"], continued["context"]
-        out.events = events(nats, work / "home")
-        yield out
+    out, continued = across_a_restart(venv, "llama_index_agent.py", work=tmp_path_factory.mktemp("llama-index"),
+                                      policies=POLICIES + BUDGET_BOT)
+    out.said["continued"], out.said["context_continued"] = continued["history"], continued["context"]
+    return out
 
 
 def root_runs(out: Outcome, agent: str) -> list[Event]:

@@ -9,15 +9,13 @@ NATS restarted, continues the conversation kept in ``MessageHistory``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from tether.schemas import Event
-from tether.testing import FakeProvider, NatsServer
 
 from .._envs import OptionalEnv, optional_env
-from ._harness import POLICIES, Outcome, events, run_script
+from ._harness import POLICIES, Outcome, across_a_restart
 
 pytestmark = [pytest.mark.slow, pytest.mark.nats]
 
@@ -33,19 +31,13 @@ def venv() -> OptionalEnv:
 
 
 @pytest.fixture(scope="module")
-def agents(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+def agents(venv: OptionalEnv, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     """Every scenario of pydantic_ai_agent.py, run once against one fake provider and one NATS; then
     NATS restarts and a second process continues the conversation (``said["continued"]``)."""
-    work = tmp_path_factory.mktemp("pydantic-ai")
-    with NatsServer() as nats, FakeProvider(seed=1) as fake:
-        out = run_script(venv, "pydantic_ai_agent.py", nats=nats, fake=fake, work=work,
-                         policies=POLICIES + BUDGET_BOT)
-        nats.stop()
-        nats.start()
-        out.said["continued"] = run_script(venv, "pydantic_ai_agent.py", "--continue", nats=nats, fake=fake,
-                                           work=work, policies=POLICIES + BUDGET_BOT).said["history"]
-        out.events = events(nats, work / "home")
-        yield out
+    out, continued = across_a_restart(venv, "pydantic_ai_agent.py", work=tmp_path_factory.mktemp("pydantic-ai"),
+                                      policies=POLICIES + BUDGET_BOT)
+    out.said["continued"] = continued["history"]
+    return out
 
 
 def root_runs(out: Outcome) -> list[Event]:
