@@ -52,31 +52,10 @@ def _venv_python() -> str:
 
 
 def agent(mode: str) -> Callable[[int], Awaitable[None]]:
-    from openai import AsyncOpenAI
-    from pydantic_ai import Agent
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
+    """pydantic-ai's agent of ``bench/framework_agent.py`` (one tool, two model calls a run) in ``mode``."""
+    from framework_agent import pydantic_ai_agent  # bench/ is this script's directory
 
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        return f"It is sunny in {city}."
-
-    capabilities: list[Any] = []
-    if mode == "bare":
-        llm: Any = OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(openai_client=AsyncOpenAI(max_retries=0)))
-    else:
-        from tether.adapters.pydantic_ai import capability, model
-
-        llm = model("gpt-4o-mini")
-        if mode == "tether":
-            capabilities = [capability()]
-    built = Agent(llm, name="weather-bot", instructions="Answer about the weather.", tools=[get_weather],
-                  capabilities=capabilities)
-
-    async def run(i: int) -> None:
-        await built.run(f"What is the weather in city {i}?")
-
-    return run
+    return pydantic_ai_agent(mode)
 
 
 class Counters:
