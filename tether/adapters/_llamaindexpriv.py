@@ -8,6 +8,7 @@ its public ``pull`` and ``push``. ``tests/frameworks/test_llama_index.py`` check
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -27,10 +28,11 @@ HOOKS = (
 
 
 class MemoryBlock(BaseMemoryBlock[str]):
-    """A ``BaseMemoryBlock`` whose content is ``await self.pull(messages)``."""
+    """A ``BaseMemoryBlock`` whose content is ``await self.pull(messages)`` (a subclass says what)."""
 
+    @abstractmethod
     async def pull(self, messages: list[ChatMessage]) -> str:
-        raise NotImplementedError
+        """What goes into the model's input, given the conversation's messages."""
 
     async def push(self, messages: list[ChatMessage]) -> None:
         return None
