@@ -261,23 +261,11 @@ def main() -> None:
             return
         raise SystemExit(subprocess.call([python, __file__, "--child", *sys.argv[1:]],
                                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}))
-    from tether.testing import NatsServer
+    from llm_path import tether_beside_a_fake_provider  # bench/ is this script's directory
 
-    provider = subprocess.Popen([sys.executable, "-m", "tether", "fake-provider", "--seed", "1"],
-                                stdout=subprocess.PIPE, text=True)
-    assert provider.stdout is not None
-    url = provider.stdout.readline().strip()
-    try:
-        with NatsServer() as nats, tempfile.TemporaryDirectory() as home:
-            os.environ.update(TETHER_NATS_URL=nats.url, TETHER_HOME=home, OPENAI_BASE_URL=url,
-                              OPENAI_API_KEY="sk-bench-0000")
-            result = asyncio.run(alternate(args.runs, args.block, args.modes.split(",")))
-            import tether.adapters
-
-            tether.adapters.shutdown()
-    finally:
-        provider.terminate()
-        provider.wait()
+    with tether_beside_a_fake_provider() as url:
+        os.environ.update(OPENAI_BASE_URL=url, OPENAI_API_KEY="sk-bench-0000")
+        result = asyncio.run(alternate(args.runs, args.block, args.modes.split(",")))
     load = os.getloadavg()[0]
     if args.json:
         print(json.dumps({**result, "load": load}))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ import tempfile
 import time
 import timeit
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 TOOLS = [{"type": "function", "function": {
@@ -153,6 +154,29 @@ def pieces() -> list[tuple[str, float, float]]:
     ]
 
 
+
+@contextlib.contextmanager
+def tether_beside_a_fake_provider(**env: str) -> Iterator[str]:
+    """The fake provider in a process of its own and a nats-server for this one, with
+    ``TETHER_NATS_URL``, ``TETHER_HOME`` (a temporary one) and ``env`` set: yields the provider's
+    URL; tether's adapters are shut down and the provider stopped at the end."""
+    from tether.testing import NatsServer
+
+    provider = subprocess.Popen([sys.executable, "-m", "tether", "fake-provider", "--seed", "1"],
+                                stdout=subprocess.PIPE, text=True)
+    assert provider.stdout is not None
+    url = provider.stdout.readline().strip()
+    try:
+        with NatsServer() as nats, tempfile.TemporaryDirectory() as home:
+            os.environ.update(TETHER_NATS_URL=nats.url, TETHER_HOME=home, **env)
+            yield url
+            import tether.adapters
+
+            tether.adapters.shutdown()
+    finally:
+        provider.terminate()
+        provider.wait()
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=600, help="calls of each client")
@@ -169,22 +193,8 @@ def main() -> None:
         for name, before, after in rows:
             print(f"| {name} | {before:.1f} µs | {after:.1f} µs |")
         return
-    from tether.testing import NatsServer
-
-    provider = subprocess.Popen([sys.executable, "-m", "tether", "fake-provider", "--seed", "1"],
-                                stdout=subprocess.PIPE, text=True)
-    assert provider.stdout is not None
-    url = provider.stdout.readline().strip()
-    try:
-        with NatsServer() as nats, tempfile.TemporaryDirectory() as home:
-            os.environ["TETHER_NATS_URL"] = nats.url
-            os.environ["TETHER_HOME"] = home
-            result = asyncio.run(alternate(url, args.calls, args.block))
-            import tether.adapters
-            tether.adapters.shutdown()
-    finally:
-        provider.terminate()
-        provider.wait()
+    with tether_beside_a_fake_provider() as url:
+        result = asyncio.run(alternate(url, args.calls, args.block))
     load = os.getloadavg()[0]
     if args.json:
         print(json.dumps({**result, "load": load}))
