@@ -19,10 +19,11 @@ import json
 import logging
 import os
 import sys
-import urllib.request
 from collections import Counter
 from typing import Any
 
+from _scenario import faults as set_faults
+from _scenario import outcomes, received
 from llama_index.core import SummaryIndex
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 from llama_index.core.llms import ChatMessage
@@ -46,18 +47,10 @@ from tether.adapters.llama_index import (
 )
 from tether.memory import AsyncMemory
 
-FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 os.environ["OPENAI_API_BASE"] = os.environ["OPENAI_BASE_URL"]  # where LlamaIndex's OpenAI LLM reads its base URL
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 RAN: Counter[str] = Counter()
 
-
-def fake(path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
 
 
 def get_weather(city: str) -> str:
@@ -143,7 +136,7 @@ async def needs_attention() -> dict[str, Any]:
     """A run that died inside a non-idempotent tool call, then resumed: it stops, and the tool is not run again."""
     out: dict[str, Any] = {}
     for attempt in ("died", "resumed"):
-        fake("faults", {"spec": ""})
+        set_faults("")
         try:
             async with tether.run(run_id="job-card", resume=True):
                 try:
@@ -169,8 +162,8 @@ def agent(name: str, tools: list[Any], *, streaming: bool = True, **options: Any
 async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot", tools: list[Any] | None = None,
                    workflow: Any = None, resume: str | None = None, memory: Any = None,
                    **options: Any) -> dict[str, Any]:
-    fake("faults", {"spec": faults})
-    before = fake("log")["total"]
+    set_faults(faults)
+    before = received()
     out: dict[str, Any] = {}
     try:
         bot = workflow or agent(agent_name, [get_weather] if tools is None else tools, **options)
@@ -185,7 +178,7 @@ async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot", t
     except Exception as exc:  # what LlamaIndex raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
                    status=getattr(exc, "status_code", None), ran=dict(RAN))
-    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["upstream"] = outcomes(before)
     return out
 
 
