@@ -30,6 +30,7 @@ from _scenario import faults as set_faults
 from _scenario import outcomes, received
 from llama_index.core import SummaryIndex
 from llama_index.core.agent.workflow import AgentWorkflow, CodeActAgent, FunctionAgent, ReActAgent
+from llama_index.core.agent.workflow.multi_agent_workflow import handoff
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory
 from llama_index.core.objects import ObjectIndex
@@ -40,7 +41,7 @@ from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, 
 
 import tether
 import tether.adapters
-from tether.adapters._llamaindexpriv import broken_hooks
+from tether.adapters._llamaindexpriv import broken_hooks, hand_off
 from tether.adapters.llama_index import (
     TetherChatStore,
     TetherContextStore,
@@ -230,6 +231,23 @@ def handing_back_workflow() -> AgentWorkflow:
     return wrap_tools(AgentWorkflow(agents=[triage, forecaster], root_agent="triage"))
 
 
+async def replayed_handoffs() -> dict[str, Any]:
+    """What a replayed handoff does to the workflow's next agent: a recorded handoff that handed off
+    (its text the one the tool gives on handing off) sets it; one the tool refused (an unknown agent)
+    does not."""
+    said = {}
+    for case, to_agent in (("refused", "nobody"), ("handed", "fake to_agent")):
+        ctx = Context(handoff_workflow())
+        for key, value in (("agents", ["triage", "fake to_agent"]), ("current_agent_name", "triage"),
+                           ("can_handoff_to", {"triage": None, "fake to_agent": None})):
+            await ctx.store.set(key, value)  # as the workflow's first step sets them
+        recorded = await handoff(ctx, to_agent, "fake reason")  # what LlamaIndex's handoff tool answered
+        await ctx.store.set("next_agent", None)
+        said[case] = {"handed_off": await hand_off(ctx, to_agent, "fake reason", recorded),
+                      "next_agent": await ctx.store.get("next_agent", default=None)}
+    return said
+
+
 async def text_agents() -> dict[str, Any]:
     """A ReActAgent (the fake provider answers it in ReAct text) under the tool policy as a FunctionAgent
     is: one call, a timeout, an idempotent tool retried, a resumed run's call replayed, a crash inside a
@@ -307,6 +325,7 @@ async def main() -> dict[str, Any]:
     said["sub_agent"] = await scenario("sub_agent", "", agent_name="asking-bot", tools=[ask_forecaster])
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
     said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())
+    said["replayed_handoffs"] = await replayed_handoffs()
     said["handed_back"] = await scenario("handed_back", "", workflow=handing_back_workflow())
     # the agent handed to fails past tether's attempts after the handoff; resumed, the handoff is replayed
     said["handoff_crashed"] = await scenario("handoff_crashed", "500#2-4/chat", workflow=handoff_workflow(),

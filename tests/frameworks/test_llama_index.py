@@ -204,6 +204,12 @@ def test_a_resumed_workflow_replays_its_completed_handoff_and_the_agent_handed_t
     assert agents.runs()[child_id][-1].data.status == "ok"
 
 
+def test_a_replayed_handoff_hands_off_only_if_its_recorded_call_did(agents: Outcome) -> None:
+    said = agents.said["replayed_handoffs"]
+    assert said["handed"] == {"handed_off": True, "next_agent": "fake to_agent"}, said
+    assert said["refused"] == {"handed_off": False, "next_agent": None}, said
+
+
 def test_a_react_agent_driven_by_text_calls_its_tool_under_the_policy_in_two_steps(agents: Outcome) -> None:
     said = agents.said["text_agents"]["react"]
     assert said["ok"] and said["tool_returns"] == ["It is sunny in fake city."], said

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _WorkflowRun:
     """One run of a workflow: its tether run, and for an ``AgentWorkflow`` the agent now acting and
-    a child run per agent handed off to."""
+    the child run of each agent handed off to whose turn has not ended."""
 
     run: Run
     workflow: Workflow
