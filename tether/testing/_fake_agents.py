@@ -1,8 +1,6 @@
-"""What the fake provider says to agents that call their tools in words, not through ``tools``: a ReAct
-agent (its system prompt asks for ``Thought:`` / ``Action:`` / ``Action Input:`` and lists each tool as
-``Tool Name:`` and ``Tool Args:``) and a CodeAct agent (code in ``<execute>`` tags, its functions listed as
-``def name(...)``). Pure functions of a chat's messages: once per user turn the tool (or code) call, after
-its result (``Observation:``, ``Result of executing``, a ``tool`` message) the answer."""
+"""What the fake provider tells agents that call their tools in words, not through ``tools``: a ReAct
+agent (``Action:`` / ``Action Input:``, tools listed as ``Tool Name:`` / ``Tool Args:``) or a CodeAct
+agent (code in ``<execute>`` tags calling ``def`` stubs). Once per user turn the call, after its result the answer."""
 
 from __future__ import annotations
 
