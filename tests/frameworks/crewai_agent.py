@@ -14,10 +14,12 @@ import asyncio
 import json
 import os
 import threading
-import urllib.request
 from collections import Counter
 from importlib.metadata import version
 from typing import Any
+
+from _scenario import faults as set_faults
+from _scenario import outcomes, received
 
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
@@ -33,7 +35,6 @@ import tether.memory
 from tether.adapters import _crewaipriv
 from tether.adapters.crewai import _OWNERS, HOOKS, TetherMemoryStorage, llm
 
-FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 SEEN: Counter[str] = Counter()
 RAN: Counter[str] = Counter()  # executions of each tool's body
 
@@ -130,19 +131,11 @@ def send_invoice(city: str) -> str:
     return f"invoice sent to {city}"
 
 
-def fake(path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
-
-
 def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool: bool = False,
              tools: list[Any] | None = None, options: dict[str, Any] | None = None,
              kickoff: str = "sync") -> dict[str, Any]:
-    fake("faults", {"spec": faults})
-    before = fake("log")["total"]
+    set_faults(faults)
+    before = received()
     model = llm("gpt-4o-mini", tether=options)  # line 2: the model's calls under tether's policy
     agent = Agent(role=role, goal="Answer about the weather.", backstory="A forecaster.",
                   tools=tools or [get_forecast if failing_tool else get_weather], llm=model)
@@ -160,7 +153,7 @@ def scenario(name: str, faults: str, *, role: str = "weather-bot", failing_tool:
     crewai_event_bus.flush()
     out["crewai_saw"] = dict(SEEN)
     out["ran"] = dict(RAN)
-    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["upstream"] = outcomes(before)
     return out
 
 
@@ -206,8 +199,8 @@ def arun() -> dict[str, Any]:
 def delegation(name: str = "delegation", faults: str = "", coworker_tools: list[Any] | None = None) -> dict[str, Any]:
     """A planner that may delegate, and a coworker (its role is what the fake provider fills a string
     argument named ``coworker`` with): the planner's task calls CrewAI's "Delegate work to coworker"."""
-    fake("faults", {"spec": faults})
-    before = fake("log")["total"]
+    set_faults(faults)
+    before = received()
     coworker = Agent(role="fake coworker", goal="Answer about the weather.", backstory="A forecaster.",
                      llm=llm("gpt-4o-mini"), tools=coworker_tools or [])
     planner = Agent(role="planner", goal="Plan the day.", backstory="A planner.", llm=llm("gpt-4o-mini"),
@@ -220,7 +213,7 @@ def delegation(name: str = "delegation", faults: str = "", coworker_tools: list[
     except Exception as exc:
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
                    tool=getattr(exc, "tool", None), run_id=getattr(exc, "run_id", None))
-    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["upstream"] = outcomes(before)
     out["ran"] = dict(RAN)
     return out
 
@@ -290,7 +283,7 @@ def embed(texts: list[str]) -> list[list[float]]:
 def crew_memory() -> dict[str, Any]:
     """CrewAI's Memory on TetherMemoryStorage: two records remembered, recalled; then through a new
     tether memory connection (nothing kept in the process) recalled again, one scope forgotten."""
-    before = fake("log")["total"]
+    before = received()
     out: dict[str, Any] = {}
     with tether.memory.Memory.connect(agent="crew-mem") as memory:
         out["bad_namespace"] = refused(lambda: TetherMemoryStorage(memory, "research"))
@@ -319,7 +312,7 @@ def crew_memory() -> dict[str, Any]:
         out["missing"] = storage.get_record("no-such-record") is None
         out["history"] = [v.version for v in memory.history("crew:research", email.id)]
         crew_memory.close()
-    out["upstream"] = fake("log")["total"] - before
+    out["upstream"] = received() - before
     return out
 
 

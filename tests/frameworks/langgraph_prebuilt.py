@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import urllib.request
 import warnings
 from collections import Counter
 from typing import Any
 
+from _scenario import faults as set_faults
+from _scenario import outcomes, received
 from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
@@ -31,7 +31,6 @@ import tether
 import tether.adapters
 from tether.adapters.langgraph import chat_model, tool_middleware, tool_node
 
-FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 RAN: Counter[str] = Counter()
 
 
@@ -59,14 +58,6 @@ def flaky_read(city: str) -> str:
     return f"Rain in {city}."
 
 
-def fake(path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
-
-
 def agent(builder: str, name: str, tools: list[Any], **policy: Any) -> Any:
     """The builder's agent of ``tools`` under tether's tool policy: the public way each offers."""
     llm = chat_model(ChatOpenAI(model="gpt-4o-mini"))
@@ -80,8 +71,8 @@ def agent(builder: str, name: str, tools: list[Any], **policy: Any) -> Any:
 async def attempt(built: Any, faults: str, *, sync: bool = False, **run: Any) -> dict[str, Any]:
     """One ``ainvoke`` of ``built`` (``invoke`` in a thread if ``sync``; inside ``tether.run(**run)`` when
     given), the fake's ``faults`` set."""
-    await asyncio.to_thread(fake, "faults", {"spec": faults})
-    before = (await asyncio.to_thread(fake, "log"))["total"]
+    await asyncio.to_thread(set_faults, faults)
+    before = await asyncio.to_thread(received)
     out: dict[str, Any] = {}
     try:
         if run:
@@ -94,7 +85,7 @@ async def attempt(built: Any, faults: str, *, sync: bool = False, **run: Any) ->
         out.update(ok=True, tools=[m.content for m in result["messages"] if isinstance(m, ToolMessage)])
     except Exception as exc:  # what the framework raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:300])
-    out["upstream"] = [r["outcome"] for r in (await asyncio.to_thread(fake, "log"))["requests"][before:]]
+    out["upstream"] = await asyncio.to_thread(outcomes, before)
     out["ran"] = dict(RAN)
     return out
 

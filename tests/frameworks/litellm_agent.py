@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import urllib.request
 from typing import Any
+
+from _scenario import faults as set_faults
+from _scenario import outcomes, received
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its price list as shipped: no fetch at import
 
@@ -26,18 +28,9 @@ import tether
 import tether.adapters
 from tether.adapters.litellm import route
 
-FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-
-
-def fake(path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
 
 
 async def agent(mode: str, **options: Any) -> str:
@@ -72,15 +65,15 @@ async def agent(mode: str, **options: Any) -> str:
 
 async def scenario(name: str, faults: str, *, mode: str = "async", agent_name: str = "weather-bot",
                    **options: Any) -> dict[str, Any]:
-    fake("faults", {"spec": faults})
-    before = fake("log")["total"]
+    set_faults(faults)
+    before = received()
     out: dict[str, Any] = {}
     try:
         async with tether.run(agent=agent_name, name=name):
             out.update(ok=True, answer=await agent(mode, **options))
     except Exception as exc:  # what LiteLLM raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500])
-    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["upstream"] = outcomes(before)
     return out
 
 

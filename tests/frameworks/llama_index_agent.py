@@ -1,7 +1,9 @@
 """LlamaIndex agents (a ``FunctionAgent`` with one tool making two model calls; an ``AgentWorkflow``
-that hands off) run by .venv-llama-index's python, one scenario after another in one process:
-tests/frameworks/test_llama_index.py. Then tools under tether's tool policy (a timeout, an idempotent
-tool retried, a resumed run whose tool call is replayed: each tool counts its executions), memory
+that hands off, and one whose agent handed to hands back) run by .venv-llama-index's python, one
+scenario after another in one process: tests/frameworks/test_llama_index.py. Then tools under
+tether's tool policy (a timeout, an idempotent tool retried, a resumed run whose tool call, or
+handoff, is replayed: each tool counts its executions), the same for a ``ReActAgent`` (the fake
+provider answers it in ReAct text) and a ``CodeActAgent``'s code execution, memory
 put into the model's input, ``TetherChatStore`` beside LlamaIndex's own ``SQLAlchemyChatStore``, and
 a conversation kept in ``TetherChatStore``; with ``--continue`` (a second process, after NATS
 restarted), only that conversation's next turn.
@@ -15,6 +17,8 @@ JSON line: per scenario, what the agent gave or raised and the upstream requests
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import os
@@ -25,7 +29,8 @@ from typing import Any
 from _scenario import faults as set_faults
 from _scenario import outcomes, received
 from llama_index.core import SummaryIndex
-from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
+from llama_index.core.agent.workflow import AgentWorkflow, CodeActAgent, FunctionAgent, ReActAgent
+from llama_index.core.agent.workflow.multi_agent_workflow import handoff
 from llama_index.core.llms import ChatMessage
 from llama_index.core.memory import Memory
 from llama_index.core.objects import ObjectIndex
@@ -36,7 +41,7 @@ from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, 
 
 import tether
 import tether.adapters
-from tether.adapters._llamaindexpriv import broken_hooks
+from tether.adapters._llamaindexpriv import broken_hooks, hand_off
 from tether.adapters.llama_index import (
     TetherChatStore,
     TetherContextStore,
@@ -103,6 +108,24 @@ def charge_card(city: str) -> str:
     return f"Charged for {city}."
 
 
+def run_code(code: str) -> str:
+    """A CodeActAgent's code execution: the code run with the weather tool in reach, what it printed."""
+    RAN["run_code"] += 1
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(code, {"get_weather": get_weather})  # the fake provider's code; never the user's input
+    return printed.getvalue().strip()
+
+
+async def hand_back(ctx: Context) -> str:
+    """Hand the request back to the triage agent."""
+    await ctx.store.set("next_agent", "triage")  # what LlamaIndex's handoff tool does to hand off
+    return "Handed back to triage."
+
+
+hand_back.__annotations__.update(ctx=Context)  # LlamaIndex finds the Context parameter by its annotation's class
+
+
 class Echo(Workflow):
     """A workflow of one step, no agent."""
 
@@ -132,15 +155,16 @@ def sync_call() -> str:
         return str(agent("sync-bot", [get_weather]).tools[0].call(city="Lyon").content)
 
 
-async def needs_attention() -> dict[str, Any]:
+async def needs_attention(name: str = "careful-bot", run_id: str = "job-card",
+                          kind: type[Any] = FunctionAgent) -> dict[str, Any]:
     """A run that died inside a non-idempotent tool call, then resumed: it stops, and the tool is not run again."""
     out: dict[str, Any] = {}
     for attempt in ("died", "resumed"):
         set_faults("")
         try:
-            async with tether.run(run_id="job-card", resume=True):
+            async with tether.run(run_id=run_id, resume=True):
                 try:
-                    await agent("careful-bot", [charge_card]).run(user_msg="What is the weather in Paris?")
+                    await agent(name, [charge_card], kind=kind).run(user_msg="What is the weather in Paris?")
                 except ToolNeedsAttention as stop:
                     raise stop.attention from stop  # the enclosing run stops as needing attention too
             out[attempt] = {"ok": True}
@@ -152,10 +176,11 @@ async def needs_attention() -> dict[str, Any]:
     return out
 
 
-def agent(name: str, tools: list[Any], *, streaming: bool = True, **options: Any) -> FunctionAgent:
-    bot = FunctionAgent(name=name, description=f"{name} answers about the weather.",
-                        system_prompt="Answer about the weather.", tools=tools, streaming=streaming,
-                        llm=llm("gpt-4o-mini"))  # line 1: the model's requests under tether's policy
+def agent(name: str, tools: list[Any], *, streaming: bool = True, kind: type[Any] = FunctionAgent,
+          **options: Any) -> Any:
+    bot = kind(name=name, description=f"{name} answers about the weather.",
+               system_prompt="Answer about the weather.", tools=tools, streaming=streaming,
+               llm=llm("gpt-4o-mini"))  # line 1: the model's requests under tether's policy
     return wrap_tools(bot, **options)  # line 2: its tool calls under tether's tool policy
 
 
@@ -194,6 +219,54 @@ def handoff_workflow() -> AgentWorkflow:
     forecaster = FunctionAgent(name="fake to_agent", description="Answers about the weather.",
                                system_prompt="Answer about the weather.", llm=llm("gpt-4o-mini"))
     return wrap_tools(AgentWorkflow(agents=[triage, forecaster], root_agent="triage"))
+
+
+def handing_back_workflow() -> AgentWorkflow:
+    """A ReAct triage agent hands off (in words: Action: handoff) to "fake to_agent", whose tool hands
+    the request back; triage answers. The agent handed to acts for one turn in the middle of the run."""
+    triage = ReActAgent(name="triage", description="Hands weather questions over.",
+                        system_prompt="Hand the question over.", llm=llm("gpt-4o-mini"))
+    forecaster = FunctionAgent(name="fake to_agent", description="Answers about the weather.",
+                               system_prompt="Answer about the weather.", tools=[hand_back], llm=llm("gpt-4o-mini"))
+    return wrap_tools(AgentWorkflow(agents=[triage, forecaster], root_agent="triage"))
+
+
+async def replayed_handoffs() -> dict[str, Any]:
+    """What a replayed handoff does to the workflow's next agent: a recorded handoff that handed off
+    (its text the one the tool gives on handing off) sets it; one the tool refused (an unknown agent)
+    does not."""
+    said = {}
+    for case, to_agent in (("refused", "nobody"), ("handed", "fake to_agent")):
+        ctx = Context(handoff_workflow())
+        for key, value in (("agents", ["triage", "fake to_agent"]), ("current_agent_name", "triage"),
+                           ("can_handoff_to", {"triage": None, "fake to_agent": None})):
+            await ctx.store.set(key, value)  # as the workflow's first step sets them
+        recorded = await handoff(ctx, to_agent, "fake reason")  # what LlamaIndex's handoff tool answered
+        await ctx.store.set("next_agent", None)
+        said[case] = {"handed_off": await hand_off(ctx, to_agent, "fake reason", recorded),
+                      "next_agent": await ctx.store.get("next_agent", default=None)}
+    return said
+
+
+async def text_agents() -> dict[str, Any]:
+    """A ReActAgent (the fake provider answers it in ReAct text) under the tool policy as a FunctionAgent
+    is: one call, a timeout, an idempotent tool retried, a resumed run's call replayed, a crash inside a
+    non-idempotent call; a CodeActAgent's code execution as one tool call, replayed on resume."""
+    RAN.clear()
+    said = {"react": await scenario("react", "", agent_name="react-bot", kind=ReActAgent),
+            "timeout": await scenario("react_timeout", "", agent_name="slow-react", tools=[slow_lookup],
+                                      kind=ReActAgent, timeout_s=0.3),
+            "retried": await scenario("react_retried", "", agent_name="flaky-react", tools=[flaky_lookup],
+                                      kind=ReActAgent, timeout_s=0.3, idempotent={"flaky_lookup"}),
+            "crashed": await scenario("react_crashed", "500#2-4/chat", agent_name="resume-react",
+                                      tools=[counted_lookup], kind=ReActAgent, resume="job-react"),
+            "resumed": await scenario("react_resumed", "", agent_name="resume-react", tools=[counted_lookup],
+                                      kind=ReActAgent, resume="job-react"),
+            "attention": await needs_attention("careful-react", "job-card-react", ReActAgent)}
+    code = [await scenario(f"code_{step}", faults, workflow=wrap_tools(CodeActAgent(
+        name="code-bot", code_execute_fn=run_code, tools=[get_weather], llm=llm("gpt-4o-mini"))), resume="job-code")
+        for step, faults in (("crashed", "500#2-4/chat"), ("resumed", ""))]
+    return {**said, "code_crashed": code[0], "code_resumed": code[1]}
 
 
 async def stores_agree() -> dict[str, Any]:
@@ -252,6 +325,12 @@ async def main() -> dict[str, Any]:
     said["sub_agent"] = await scenario("sub_agent", "", agent_name="asking-bot", tools=[ask_forecaster])
     said["handoff"] = await scenario("handoff", "", workflow=handoff_workflow())
     said["handoff_failed"] = await scenario("handoff_failed", "500#2-4/chat", workflow=handoff_workflow())
+    said["replayed_handoffs"] = await replayed_handoffs()
+    said["handed_back"] = await scenario("handed_back", "", workflow=handing_back_workflow())
+    # the agent handed to fails past tether's attempts after the handoff; resumed, the handoff is replayed
+    said["handoff_crashed"] = await scenario("handoff_crashed", "500#2-4/chat", workflow=handoff_workflow(),
+                                             resume="job-handoff")
+    said["handoff_resumed"] = await scenario("handoff_resumed", "", workflow=handoff_workflow(), resume="job-handoff")
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="weather-bot").start()
     written = await memory.write("agent:weather-bot", REMEMBER, key="home-city")
@@ -276,6 +355,7 @@ async def main() -> dict[str, Any]:
     said["sync_call"] = await asyncio.to_thread(sync_call)
     said["echo"] = str(await Echo().run(text="hello"))
     said["attention"] = await needs_attention()
+    said["text_agents"] = await text_agents()
     said["stores"] = await stores_agree()
     said["callers_bus"] = await resumed_on_callers_bus(bus)
     said["history"] = await converse(bus, "What is the weather in Paris?")

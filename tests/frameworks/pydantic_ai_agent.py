@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import urllib.request
 from collections import Counter
 from typing import Any
 
+from _scenario import faults as set_faults
+from _scenario import outcomes, received
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 
@@ -29,17 +29,8 @@ import tether.adapters
 from tether.adapters.pydantic_ai import MessageHistory, capability, model
 from tether.memory import AsyncMemory
 
-FAKE = os.environ["OPENAI_BASE_URL"].removesuffix("/v1")
 REMEMBER = "Weather in Paris: the user wants degrees Celsius."
 RAN: Counter[str] = Counter()
-
-
-def fake(path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(f"{FAKE}/_fake/{path}", method="POST" if body is not None else "GET",
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
 
 
 def get_weather(city: str) -> str:
@@ -88,8 +79,8 @@ async def ask_forecaster(city: str) -> str:
 
 async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot", tools: list[Any] | None = None,
                    memory: Any = None, resume: str | None = None, **options: Any) -> dict[str, Any]:
-    fake("faults", {"spec": faults})
-    before = fake("log")["total"]
+    set_faults(faults)
+    before = received()
     out: dict[str, Any] = {}
     try:
         bot = agent(agent_name, [get_weather] if tools is None else tools, memory, **options)
@@ -104,7 +95,7 @@ async def scenario(name: str, faults: str, *, agent_name: str = "weather-bot", t
     except Exception as exc:  # what pydantic-ai raised, as the agent's code sees it
         out.update(ok=False, error=f"{type(exc).__module__}.{type(exc).__name__}", message=str(exc)[:500],
                    status=getattr(exc, "status_code", None), ran=dict(RAN))
-    out["upstream"] = [r["outcome"] for r in fake("log")["requests"][before:]]
+    out["upstream"] = outcomes(before)
     return out
 
 

@@ -2,8 +2,9 @@
 .venv-llama-index) under tether.
 
 A ``FunctionAgent`` with one tool makes two model calls (streamed chat completions) to the fake
-provider; the script adds the lines docs/frameworks/llama-index.md gives (``tether.init()``,
-``llm(...)``, ``wrap_tools(agent)``) and runs its scenarios in one process; a second process, after
+provider (a ``ReActAgent`` and a ``CodeActAgent`` too, told their tool calls in words); the script
+adds the lines docs/frameworks/llama-index.md gives (``tether.init()``, ``llm(...)``,
+``wrap_tools(agent)``) and runs its scenarios in one process; a second process, after
 NATS restarted, continues the conversation kept in ``TetherChatStore``.
 """
 
@@ -133,7 +134,7 @@ def test_a_handoff_runs_the_agent_handed_to_as_a_child_run(agents: Outcome) -> N
     handoff = [e for e in agents.runs()[parent.runid] if e.type.startswith("tether.tool.call.")]
     assert handoff[0].data.tool == "handoff" and handoff[0].data.arguments == {"to_agent": "fake to_agent",
                                                                                 "reason": "fake reason"}
-    assert "is now handling the request" in handoff[1].data.result, "the handoff tool's call observed"
+    assert "is now handling the request" in handoff[1].data.result, "the handoff tool's call, under the policy"
     assert types(agents.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
                                                  "run.finished"]
     assert agents.runs()[child.runid][-1].data.status == "ok"
@@ -167,6 +168,107 @@ def test_an_agent_run_from_a_tool_is_a_child_run(agents: Outcome) -> None:
     assert types(agents.runs()[parent.runid]) == [
         "run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested", "tool.call.completed",
         "llm.call.requested", "llm.call.completed", "run.finished"]
+
+
+def test_a_handed_to_agent_has_a_child_run_that_ends_when_it_hands_back(agents: Outcome) -> None:
+    said = agents.said["handed_back"]  # a ReAct triage hands off in words; the agent handed to hands back
+    assert said["ok"] and said["tool_returns"][1] == "Handed back to triage.", said
+    assert said["upstream"] == ["200", "200", "200"]
+    parent = root_runs(agents, "triage")[2]
+    [child] = [e for e in agents.started() if e.data.parent_run_id == parent.runid]
+    assert child.agentid == "fake to_agent"
+    assert types(agents.runs()[child.runid]) == ["run.started", "llm.call.requested", "llm.call.completed",
+                                                 "tool.call.requested", "tool.call.completed", "run.finished"]
+    assert types(agents.runs()[parent.runid]) == [
+        "run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested", "tool.call.completed",
+        "llm.call.requested", "llm.call.completed", "run.finished"]
+    finished = next(e for e in agents.runs()[child.runid] if e.type == "tether.run.finished")
+    answer = [e for e in agents.runs()[parent.runid] if e.type == "tether.llm.call.requested"][1]
+    assert agents.events.index(finished) < agents.events.index(answer), \
+        "the child run finished when its agent handed back, before triage went on (not with the workflow run)"
+    assert finished.data.status == "ok" and agents.runs()[parent.runid][-1].data.status == "ok"
+
+
+def test_a_resumed_workflow_replays_its_completed_handoff_and_the_agent_handed_to_acts(agents: Outcome) -> None:
+    crashed, resumed = agents.said["handoff_crashed"], agents.said["handoff_resumed"]
+    assert not crashed["ok"] and crashed["upstream"] == ["200", "500", "500", "500"], crashed
+    assert resumed["ok"] and resumed["upstream"] == ["200"], ("triage's call and the handoff replayed", resumed)
+    assert "is now handling the request" in resumed["tool_returns"][0], "the recorded result, as a ToolOutput"
+    [run_id] = {e.runid for e in agents.started() if e.agentid == "triage" and e.data.parent_run_id == "job-handoff"}
+    replayed = [e.data.tool for e in agents.runs()[run_id] if e.type == "tether.call.replayed"]
+    assert replayed == [None, "handoff"], "the model call, then the handoff, answered from the log"
+    [child_id] = {e.runid for e in agents.started() if e.data.parent_run_id == run_id}
+    child = types(agents.runs()[child_id])
+    assert child[-4:] == ["run.started", "llm.call.requested", "llm.call.completed", "run.finished"], \
+        ("the replayed handoff handed off again: the agent handed to made its call now", child)
+    assert agents.runs()[child_id][-1].data.status == "ok"
+
+
+def test_a_replayed_handoff_hands_off_only_if_its_recorded_call_did(agents: Outcome) -> None:
+    said = agents.said["replayed_handoffs"]
+    assert said["handed"] == {"handed_off": True, "next_agent": "fake to_agent"}, said
+    assert said["refused"] == {"handed_off": False, "next_agent": None}, said
+
+
+def test_a_react_agent_driven_by_text_calls_its_tool_under_the_policy_in_two_steps(agents: Outcome) -> None:
+    said = agents.said["text_agents"]["react"]
+    assert said["ok"] and said["tool_returns"] == ["It is sunny in fake city."], said
+    assert said["upstream"] == ["200", "200"]
+    run = run_of(agents, "react-bot")
+    assert run[0].data.metadata["workflow"] == "ReActAgent"
+    assert types(run) == ["run.started", "llm.call.requested", "llm.call.completed", "tool.call.requested",
+                          "tool.call.completed", "llm.call.requested", "llm.call.completed", "run.finished"]
+    first, second = [e for e in run if e.type == "tether.llm.call.requested"]
+    assert "tools" not in first.data.request, "a ReAct agent calls its tools in words"
+    assert "Observation: It is sunny in fake city." in json.dumps(second.data.request["messages"])
+    requested = next(e for e in run if e.type == "tether.tool.call.requested")
+    assert requested.data.tool == "get_weather" and requested.data.arguments == {"city": "fake city"}
+
+
+def test_a_react_agents_tools_time_out_and_are_retried_only_when_idempotent(agents: Outcome) -> None:
+    said = agents.said["text_agents"]
+    timeout, retried = said["timeout"], said["retried"]
+    assert timeout["ok"] and timeout["ran"]["slow_lookup"] == 1, ("not idempotent: one attempt", timeout)
+    assert timeout["tool_returns"] == ["tool 'slow_lookup' did not finish within its timeout of 0.3 s"]
+    assert tool_events(agents, "slow-react") == [
+        ("requested", "slow_lookup"), ("attempt_failed", "slow_lookup"), ("failed", "slow_lookup")]
+    assert retried["ok"] and retried["ran"]["flaky_lookup"] == 2 and retried["tool_returns"] == [
+        "It is cloudy in fake city."], retried
+    assert tool_events(agents, "flaky-react") == [
+        ("requested", "flaky_lookup"), ("attempt_failed", "flaky_lookup"), ("completed", "flaky_lookup")]
+
+
+def test_a_resumed_react_run_replays_its_tool_call_and_stops_at_a_crash_inside_one(agents: Outcome) -> None:
+    said = agents.said["text_agents"]
+    crashed, resumed = said["crashed"], said["resumed"]
+    assert not crashed["ok"] and crashed["ran"]["counted_lookup"] == 1, crashed
+    assert resumed["ok"] and resumed["ran"]["counted_lookup"] == 1, ("answered from the log", resumed)
+    assert resumed["tool_returns"] == ["It is windy in fake city."] and resumed["upstream"] == ["200"], resumed
+    [run_id] = {e.runid for e in agents.started() if e.agentid == "resume-react"}
+    assert [e.data.tool for e in agents.runs()[run_id] if e.type == "tether.call.replayed"] == [None, "counted_lookup"]
+    died, stopped = said["attention"]["died"], said["attention"]["resumed"]
+    assert died == {"ok": False, "error": "Crash", "ran": 1}, died
+    assert stopped["error"] == "NeedsAttention" and stopped["ran"] == 1 and stopped["tool"] == "charge_card", stopped
+    [card_id] = {e.runid for e in agents.started() if e.agentid == "careful-react"}
+    assert types(agents.runs()[card_id])[-1] == "run.needs_attention"
+
+
+def test_a_codeact_agents_code_execution_is_one_tool_call_replayed_on_resume(agents: Outcome) -> None:
+    crashed, resumed = agents.said["text_agents"]["code_crashed"], agents.said["text_agents"]["code_resumed"]
+    assert not crashed["ok"] and crashed["ran"]["run_code"] == 1, crashed
+    assert resumed["ok"] and resumed["ran"]["run_code"] == 1, ("the code not run again", resumed)
+    assert resumed["tool_returns"] == ["It is sunny in fake city."] and resumed["upstream"] == ["200"], resumed
+    [run_id] = {e.runid for e in agents.started() if e.agentid == "code-bot"}
+    run = agents.runs()[run_id]
+    assert run[0].data.metadata["workflow"] == "CodeActAgent"
+    requested = next(e for e in run if e.type == "tether.tool.call.requested")
+    assert requested.data.tool == "execute" and requested.data.arguments == {
+        "code": "print(get_weather(city='fake city'))"}, "the code the model wrote, recorded as one call's argument"
+    completed = next(e for e in run if e.type == "tether.tool.call.completed")
+    assert completed.data.tool == "execute" and completed.data.result == "It is sunny in fake city."
+    assert [e.data.tool for e in run if e.type == "tether.call.replayed"] == [None, "execute"]
+    assert not [e for e in run if e.type.startswith("tether.tool.call.") and e.data.tool == "get_weather"], \
+        "the tools the code calls are not recorded one by one (docs/frameworks/llama-index.md)"
 
 
 def test_a_handed_to_agent_that_fails_ends_its_child_run_and_the_workflows_in_error(agents: Outcome) -> None:
@@ -254,7 +356,8 @@ def test_a_resumed_run_replays_its_completed_tool_call_without_running_it(agents
     assert resumed["ok"] and resumed["ran"]["counted_lookup"] == 1, ("answered from the log", resumed)
     assert resumed["tool_returns"] == ["It is windy in fake city."], "the recorded result, as a ToolOutput"
     assert resumed["upstream"] == ["200"], "the first model call replayed too; the second made now"
-    replayed = [e for e in agents.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"]
+    replayed = [e for e in agents.events if e.type == "tether.call.replayed" and e.data.call_kind == "tool"
+                and e.agentid == "resume-bot"]
     assert [(e.data.tool, e.data.response) for e in replayed] == [("counted_lookup", "It is windy in fake city.")]
     runs = [e for e in agents.started() if e.agentid == "resume-bot"]
     assert len({e.runid for e in runs}) == 1 and runs[1].data.resumed, "the same run, resumed"

@@ -198,6 +198,72 @@ def test_the_tool_the_users_words_name_is_the_one_called_in_each_api() -> None:
         ["memory_write"]
 
 
+REACT_SYSTEM = """You have access to the following tools:
+> Tool Name: get_forecast
+Tool Description: get_forecast(city: str) -> str
+The forecast.
+Tool Args: {"properties": {"city": {"title": "City", "type": "string"}}, "required": ["city"], "type": "object"}
+
+> Tool Name: get_weather
+Tool Description: get_weather(city: str, days: int = 1) -> str
+Tool Args: {"properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}
+
+Thought: ...
+Action: tool name (one of get_forecast, get_weather) if using a tool.
+Action Input: the input to the tool, in a JSON format representing the kwargs
+"""
+CODEACT_SYSTEM = """Python code wrapped in <execute>...</execute> tags. For example:
+<execute>
+def calculate_area(radius):
+    return 3.14 * radius**2
+</execute>
+you can use the following functions:
+def get_weather(city: str, days: int, *, unit: str = 'c') -> str:
+  \"\"\"The weather.\"\"\"
+  ...
+"""
+
+
+async def test_a_react_agent_is_told_an_action_in_words_then_its_answer_after_the_observation(
+        fp: FakeProvider) -> None:
+    """An agent whose system prompt asks for ReAct text and sends no ``tools`` (LlamaIndex's ReActAgent):
+    once per user turn Thought / Action / Action Input (the tool the user names, else the first, with
+    arguments from its ``Tool Args``), after the ``Observation:`` an ``Answer:``."""
+    ask: Any = [{"role": "system", "content": REACT_SYSTEM},
+                {"role": "user", "content": "What is the weather in Paris? Use get_weather."}]
+    async with oai(fp) as client:
+        first = await client.chat.completions.create(model="gpt-4o", messages=ask)
+        said = first.choices[0].message.content or ""
+        assert said == ("Thought: I need to use a tool to help me answer the question.\nAction: get_weather\n"
+                        'Action Input: {"city": "fake city"}'), said
+        observed = [*ask, {"role": "assistant", "content": said},
+                    {"role": "user", "content": "Observation: It is sunny."}]
+        async with client.chat.completions.stream(model="gpt-4o", messages=observed) as stream:
+            final = await stream.get_final_completion()
+    answer = final.choices[0].message.content or ""
+    assert answer.startswith("Thought: I can answer without using any more tools.\nAnswer: This is fake reply"), answer
+    unnamed = [{"role": "system", "content": REACT_SYSTEM}, {"role": "user", "content": "Weather?"}]
+    from tether.testing._fake_wire import Turn, chat_completion
+
+    body = chat_completion({"messages": unnamed}, Turn(seed=1, number=1, model="gpt-4o", created=0))[0]
+    assert body is not None and "Action: get_forecast" in json.loads(body)["choices"][0]["message"]["content"]
+
+
+async def test_a_codeact_agent_is_told_code_calling_its_function_then_its_answer(fp: FakeProvider) -> None:
+    ask: Any = [{"role": "system", "content": CODEACT_SYSTEM}, {"role": "user", "content": "Weather in Oslo?"}]
+    async with oai(fp) as client:
+        first = await client.chat.completions.create(model="gpt-4o", messages=ask)
+        said = first.choices[0].message.content
+        assert said == "<execute>\nprint(get_weather(city='fake city', days=1))\n</execute>", said
+        done = [*ask, {"role": "assistant", "content": said},
+                {"role": "user", "content": "Result of executing the code given:\n\nsunny"}]
+        answer = await client.chat.completions.create(model="gpt-4o", messages=done)
+        assert (answer.choices[0].message.content or "").startswith("This is fake reply")
+        plain = await client.chat.completions.create(model="gpt-4o", messages=[
+            {"role": "system", "content": "Answer briefly. Action Input: none here, and no tools listed."}, *USER])
+        assert (plain.choices[0].message.content or "").startswith("This is fake reply"), "no tools named: plain words"
+
+
 async def test_a_repeated_long_prompt_reports_cached_tokens(fp: FakeProvider) -> None:
     long = [{"role": "system", "content": "You are helpful. " * 400}, *USER]
     async with oai(fp) as client:

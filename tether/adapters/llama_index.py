@@ -40,7 +40,7 @@ from tether.bus import Bus
 from tether.middleware import PolicySet
 
 from ._frameworks import KvState, ObservedTool, inject_memory, key_token, policy_set, untoken
-from ._llamaindexpriv import MemoryBlock
+from ._llamaindexpriv import MemoryBlock, hand_off
 from ._tools import FrameworkTools
 
 __all__ = ["PolicyRetriever", "PolicyTool", "TetherChatStore", "TetherContextStore", "TetherMemoryBlock",
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _WorkflowRun:
     """One run of a workflow: its tether run, and for an ``AgentWorkflow`` the agent now acting and
-    a child run per agent handed off to."""
+    the child run of each agent handed off to whose turn has not ended."""
 
     run: Run
     workflow: Workflow
@@ -65,6 +65,8 @@ class _WorkflowRun:
 
     def wrapped(self, tool: str) -> bool:
         """Whether the agent acting runs the tool ``tool`` through :func:`wrap_tools` (which records it)."""
+        if tool == "handoff" and isinstance(vars(self.workflow).get("get_tools"), _WorkflowTools):
+            return True
         agent = self.workflow.agents.get(self.current) if isinstance(self.workflow, AgentWorkflow) else self.workflow
         retriever = getattr(agent, "tool_retriever", None)
         return (any(isinstance(t, PolicyTool) and t.metadata.name == tool for t in getattr(agent, "tools", None) or ())
@@ -131,11 +133,17 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
                 self._observed[id_] = observed
 
     def _handoff(self, id_: str, bound_args: inspect.BoundArguments, state: _WorkflowRun) -> None:
+        """A step of an ``AgentWorkflow`` run: the agent acting now is the one its event names. An agent
+        handed to (not the root) acts under a child run of its own, opened at its first step and
+        finished (``ok``) at the first step of the agent acting after it: one child run per turn."""
         if state.root_agent is None:
             return
         for value in bound_args.arguments.values():
             name = getattr(value, "current_agent_name", None)
-            if isinstance(name, str):
+            if isinstance(name, str) and name != state.current:
+                ended = state.children.pop(state.current, None) if state.current is not None else None
+                if ended is not None:  # its turn is over: it handed off
+                    _exit(ended, None)
                 state.current = name
         agent = state.current
         if agent is None or agent == state.root_agent or state.run.context is None:
@@ -146,7 +154,7 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
                         metadata={"framework": "llama-index", "handoff": True})
             with bound(state.run.context):
                 try:
-                    child.__enter__()  # finished with the workflow run
+                    child.__enter__()  # finished when its turn ends, or with the workflow run
                 except Exception:  # no bus: its steps run under the workflow's run
                     return
             state.children[agent] = child
@@ -184,6 +192,7 @@ class TetherSpanHandler(BaseSpanHandler[Any]):
             error = error.attention
         for agent, child in state.children.items():  # the agent acting when it ended shares its end
             _exit(child, error if agent == state.current else None)
+        state.children.clear()
         _exit(state.run, error)
 
     def new_span(self, id_: str, bound_args: inspect.BoundArguments, instance: Any = None,
@@ -346,7 +355,13 @@ class PolicyTool(FunctionTool):
             return failed.output
         except NeedsAttention as attention:
             raise ToolNeedsAttention(attention) from attention
+        if live.output is None:
+            await self.replayed(kwargs, str(result))
         return self._answer(live, result)
+
+    async def replayed(self, kwargs: dict[str, Any], said: str) -> None:
+        """A call answered from the log, ``said`` its recorded text: what the tool did besides
+        answering is done here (nothing, for a tool whose answer is all it does)."""
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         live = _Live()
@@ -367,6 +382,30 @@ class PolicyTool(FunctionTool):
 
     def __call__(self, *args: Any, **kwargs: Any) -> ToolOutput:
         return self.call(*args, **kwargs)
+
+
+class _HandoffTool(PolicyTool):
+    """An ``AgentWorkflow``'s ``handoff`` tool under the policy: its call recorded, and a replayed
+    call that handed off hands off again (the workflow's next agent set, as the tool sets it)."""
+
+    async def replayed(self, kwargs: dict[str, Any], said: str) -> None:
+        ctx = kwargs.get(self.ctx_param_name) if self.ctx_param_name else None
+        if ctx is not None:
+            await hand_off(ctx, kwargs.get("to_agent"), kwargs.get("reason"), said)
+
+
+class _WorkflowTools:
+    """An ``AgentWorkflow``'s ``get_tools`` (what its tool-call step looks each call's tool up in, the
+    ``handoff`` tool made anew each time) whose ``handoff`` tool runs under the policy."""
+
+    def __init__(self, workflow: AgentWorkflow, tools: FrameworkTools) -> None:
+        self.get_tools = type(workflow).get_tools.__get__(workflow)
+        self.tools = tools
+
+    async def __call__(self, agent_name: str, input_str: str | None = None) -> Any:
+        found = await self.get_tools(agent_name, input_str)
+        return [_HandoffTool(t, self.tools) if t.metadata.name == "handoff" and not isinstance(t, PolicyTool) else t
+                for t in found]
 
 
 class PolicyRetriever(ObjectRetriever[Any]):
@@ -397,17 +436,23 @@ W = TypeVar("W", bound=Workflow)
 
 def wrap_tools(workflow: W, *, idempotent: Iterable[str] = (), timeout_s: float | None = None,
                bus: Bus | None = None, policies: PolicySet | None = None) -> W:
-    """Put the tools of an agent (``FunctionAgent``, ``ReActAgent``...) or of every agent of an
-    ``AgentWorkflow`` under tether's tool policy: each call recorded under the run, retried only
-    when its name is in ``idempotent`` (or the route ``tool:<name>`` says ``idempotent = true``),
-    each attempt bounded by ``timeout_s`` (else the route's ``tool_timeout_s``), and a resumed
-    run's completed call answered from the log without running. The agent's ``tools`` are replaced
-    by :class:`PolicyTool` wrappers and its ``tool_retriever`` by a :class:`PolicyRetriever` (again:
-    the new options replace the old). A timeout or an error
-    reaches LlamaIndex as the tool's own error, which it tells the model. Returns ``workflow``."""
+    """Put the tools of an agent (``FunctionAgent``, ``ReActAgent``, ``CodeActAgent``: its code
+    execution is one call of the tool ``execute``) or of every agent of an ``AgentWorkflow``, and
+    that workflow's ``handoff`` tool, under tether's tool policy: each call recorded under the run,
+    retried only when its name is in ``idempotent`` (or the route ``tool:<name>`` says
+    ``idempotent = true``; ``handoff``, which only sets the workflow's next agent, is), each attempt
+    bounded by ``timeout_s`` (else the route's ``tool_timeout_s``), and a resumed run's completed
+    call answered from the log without running (a replayed handoff hands off again). The agent's
+    ``tools`` are replaced by :class:`PolicyTool` wrappers, its ``tool_retriever`` by a
+    :class:`PolicyRetriever` and an ``AgentWorkflow``'s ``get_tools`` by one whose ``handoff`` tool is
+    wrapped (again: the new options replace the old). A timeout or an error reaches LlamaIndex as
+    the tool's own error, which it tells the model. Returns ``workflow``."""
     tools = FrameworkTools(SOURCE, idempotent=idempotent, timeout_s=timeout_s, bus=bus, policies=policies)
     if isinstance(workflow, AgentWorkflow):
         agents: list[Any] = list(workflow.agents.values())
+        # its tool-call step looks each tool up there; the handoff only sets the workflow's next agent
+        handoff = FrameworkTools(SOURCE, idempotent={"handoff"}, timeout_s=timeout_s, bus=bus, policies=policies)
+        workflow.get_tools = _WorkflowTools(workflow, handoff)
     elif isinstance(workflow, BaseWorkflowAgent):
         agents = [workflow]
     else:

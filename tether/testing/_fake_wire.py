@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._fake_agents import agent_text
+
 __all__ = [
     "Invalid",
     "Reply",
@@ -268,6 +270,13 @@ def _reply(turn: Turn, tool: tuple[str, Any] | None, prompt: str, input_tokens: 
     return Reply(pieces, tool[0] if tool else None, input_tokens, _cached(turn, input_tokens), truncated)
 
 
+def _said(turn: Turn, text: str, input_tokens: int, cap: int | None) -> Reply:
+    """A reply of ``text`` (what an agent that calls tools in words is told: ``_fake_agents``), a piece a word."""
+    pieces = tuple(re.findall(r"\s*\S+", text)) or ("",)
+    truncated = cap is not None and len(pieces) > cap
+    return Reply(pieces[:cap] if truncated else pieces, None, input_tokens, _cached(turn, input_tokens), truncated)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -296,7 +305,9 @@ def chat_completion(payload: Mapping[str, Any], turn: Turn) -> tuple[bytes | Non
     prompt = next((_first_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     tool = _choose_tool(tools, payload.get("tool_choice"), user_last, prompt)
     tokens = _input_tokens(_chars(messages) + _chars(payload.get("tools")), len(messages))
-    reply = _reply(turn, tool, prompt, tokens, cap)
+    said = None if tools else agent_text(messages, lambda: reply_text(prompt, model=turn.model, seed=turn.seed),
+                                         lambda schema: _plausible(schema, "value", 0))
+    reply = _reply(turn, tool, prompt, tokens, cap) if said is None else _said(turn, said, tokens, cap)
     rid = f"chatcmpl-fake{turn.seed}x{turn.number}"
     call_id = f"call_fake{turn.seed}x{turn.number}"
     finish = "length" if reply.truncated else "tool_calls" if reply.tool_name else "stop"
