@@ -99,3 +99,12 @@ def test_uuid7_time_rejects_other_versions(value: str) -> None:
 def test_uuid7_time_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         uuid7_time("not-a-uuid")
+
+
+def test_ids_across_pool_refills_are_canonical_uuid7_with_random_variant_bits() -> None:
+    ids = [uuid7() for _ in range(3 * _ids._POOL + 7)]
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, value)
+    assert {value[19] for value in ids} == set("89ab")  # the variant's two bits, then two random ones
+    assert len({value[20:] for value in ids}) == len(ids)
