@@ -7,7 +7,8 @@ and the events its publisher was handed are kept (run started, two calls request
 tool's start and end, run finished: 8 events). Each checkout given (this one and ``--base-root``'s, as
 ``PYTHONPATH`` of a child process each) then times, on those very events (pickled between the two), in
 alternating rounds: ``build``, each event made again from its payload and envelope as the call loop
-makes it (a fresh id and time); ``encode``, each event's message as the publisher sends it. Best of
+makes it (a fresh id and time); ``encode``, each event's message as the publisher sends it (each pass
+the events of another run: its own run id and trace). Best of
 ``--repeat`` rounds of ``--number`` passes, in µs per event, and new/old.
 
     .venv/bin/python bench/event_path.py --base-root /work/wt-base
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import pickle
@@ -79,6 +81,7 @@ def measure(path: Path, number: int, repeat: int) -> dict[str, float]:
     from tether.schemas import Event
 
     events = pickle.loads(path.read_bytes())
+    turn = itertools.count()
 
     class Connection:
         max_payload = 1024 * 1024
@@ -92,8 +95,12 @@ def measure(path: Path, number: int, repeat: int) -> dict[str, float]:
             Event.of(e.data, source=e.source, runid=e.runid, agentid=e.agentid, traceparent=e.traceparent,
                      extensions=e.extensions or None)
 
+    runs = [[Event.of(e.data, source=e.source, runid=f"run-{k}", agentid=e.agentid, extensions=e.extensions or None,
+                      traceparent=None if e.traceparent is None else f"00-{k:032x}-{i + 1:016x}-01")
+             for i, e in enumerate(events)] for k in range(number)]  # each pass another run's (trace, run id)
+
     def encode() -> None:
-        for e in events:
+        for e in runs[next(turn) % number]:
             headers = publisher.prepare(e).headers
             if type(headers) is not HeaderBlock:
                 HeaderBlock.of(headers)  # as the publisher's send does

@@ -5,6 +5,7 @@ kind of envelope (percent-encoded values, extensions, claim checks, times in oth
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,25 @@ def test_event_of_still_refuses_each_bad_envelope_after_good_ones() -> None:
         Event.of(tool(), extensions={"Tenant": "x"})
     with pytest.raises(InvalidEvent, match="expected a catalogue payload"):
         Event.of({"call_id": "c"})  # type: ignore[arg-type]
+
+
+def test_one_template_serves_every_run_of_an_event_type() -> None:
+    from tether.bus import _wireform
+
+    def run(k: int) -> list[Event]:
+        trace = f"00-{k:032x}-{k + 1:016x}-01"
+        envelope: dict[str, Any] = {"runid": f"run-{k}", "agentid": f"agent-{k % 3}", "traceparent": trace}
+        if k % 4 == 1:
+            envelope.pop("traceparent")
+        elif k % 4 == 2:
+            envelope = {"agentid": "bot"}
+        return [Event.of(tool(k), **envelope), Event.of(SAMPLES["tether.run.started"], **envelope),
+                Event.of(SAMPLES["tether.llm.call.completed"], **envelope)]
+
+    for event in run(0):
+        assert_as_before(event)
+    templates = len(_wireform._TEMPLATES)
+    for k in range(1, 40):
+        for event in run(k):
+            assert_as_before(event)
+    assert len(_wireform._TEMPLATES) == templates, "a template was made per run"
