@@ -11,7 +11,12 @@ makes it (a fresh id and time); ``encode``, each event's message as the publishe
 the events of another run: its own run id and trace). Best of
 ``--repeat`` rounds of ``--number`` passes, in µs per event, and new/old.
 
+``--in-situ RUNS``: instead, RUNS such runs, and each event handed to the publisher written, on the bus's
+thread in the run, both the attribute-by-attribute way (main's: ``encode_binary``, ``HeaderBlock.of``) and
+this checkout's (in turns which first): the thread CPU of each per event, p50 (caches as a run leaves them).
+
     .venv/bin/python bench/event_path.py --base-root /work/wt-base
+    .venv/bin/python bench/event_path.py --in-situ 300
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import itertools
 import json
 import os
 import pickle
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from pathlib import Path
 from typing import Any
@@ -32,20 +39,49 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def capture(path: Path) -> list[str]:
-    """A real run's events, as its publisher was handed them, pickled to ``path``; their types."""
+def capture(path: Path, runs: int = 1) -> tuple[list[str], dict[str, list[int]]]:
+    """A real run's events, as its publisher was handed them, pickled to ``path``; their types. With
+    ``runs`` above 1, that many runs, each event's message written on the bus's thread both ways, the
+    attribute-by-attribute way (``encode_binary``, the block as ``HeaderBlock.of`` writes it: main's)
+    and this checkout's ``prepare``, in turns which goes first: each way's thread CPU per event (ns)."""
     import openai
     from llm_path import TOOLS, tether_beside_a_fake_provider  # bench/ is this script's directory
 
     import tether
     import tether.adapters
+    from tether.bus._binding import encode_binary
+    from tether.bus._deliverable import oversized
+    from tether.bus._headers import HeaderBlock
+    from tether.bus._outbox import PendingMessage
     from tether.bus._publisher import Publisher
+    from tether.bus._subjects import event_subject
 
     events: list[Any] = []
     prepare = Publisher.prepare
+    clock = time.thread_time_ns
+    spent: dict[str, list[int]] = {"attribute by attribute": [], "one pass": []}
+
+    def long_way(self: Publisher, event: Any) -> None:
+        headers, payload = encode_binary(event)
+        headers["Nats-Msg-Id"] = event.id
+        message = PendingMessage(event.id, event_subject(event), headers, payload)
+        oversized(message, max_payload=self._nc.max_payload or 0, claim_check_above=self.large_payload_bytes)
+        HeaderBlock.of(headers)
+
+    def one_pass(self: Publisher, event: Any) -> None:
+        headers = prepare(self, event).headers
+        if type(headers) is not HeaderBlock:
+            HeaderBlock.of(headers)
 
     def kept(self: Publisher, event: Any) -> Any:
-        events.append(event)
+        if len(events) < 8:
+            events.append(event)
+        if runs > 1:
+            ways = [("attribute by attribute", long_way), ("one pass", one_pass)]
+            for name, way in ways if len(spent["one pass"]) % 2 else ways[::-1]:
+                started = clock()
+                way(self, event)
+                spent[name].append(clock() - started)
         return prepare(self, event)
 
     Publisher.prepare = kept  # type: ignore[method-assign]
@@ -66,12 +102,16 @@ def capture(path: Path) -> list[str]:
             await sdk.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
         await sdk.close()
 
+    async def all_runs(url: str) -> None:
+        for _ in range(runs):
+            await run(url)
+
     with tether_beside_a_fake_provider() as url:
-        asyncio.run(run(url))
+        asyncio.run(all_runs(url))
         tether.adapters.background_hub().flush_sync(10)
     Publisher.prepare = prepare  # type: ignore[method-assign]
     path.write_bytes(pickle.dumps(events))
-    return [e.type for e in events]
+    return [e.type for e in events], spent
 
 
 def measure(path: Path, number: int, repeat: int) -> dict[str, float]:
@@ -116,15 +156,29 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--in-situ", type=int, metavar="RUNS",
+                        help="instead: RUNS runs, each event written both ways on the bus's thread (this checkout)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.number, args.repeat)))
         return
+    if args.in_situ:
+        with tempfile.TemporaryDirectory() as tmp:
+            _, spent = capture(Path(tmp) / "events.pickle", args.in_situ)
+        p50 = {name: statistics.median(ns) / 1000 for name, ns in spent.items()}
+        if args.json:
+            print(json.dumps({"events": len(spent["one pass"]), "load": os.getloadavg()[0], "p50_us": p50}))
+            return
+        print(f"{len(spent['one pass'])} events of {args.in_situ} runs, each written both ways on the bus's thread "
+              f"(load {os.getloadavg()[0]:.1f}); thread CPU per event, p50: " + ", ".join(
+                  f"{name} {us:.1f} µs" for name, us in p50.items())
+              + f"; one pass / attribute by attribute {p50['one pass'] / p50['attribute by attribute']:.2f}")
+        return
     roots = {"new": HERE.parent, **({"old": args.base_root.resolve()} if args.base_root else {})}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "events.pickle"
-        types = capture(path)
+        types, _ = capture(path)
         got: dict[str, list[dict[str, float]]] = {name: [] for name in roots}
         for _ in range(args.rounds):
             for name, root in roots.items():
