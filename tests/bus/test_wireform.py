@@ -127,3 +127,10 @@ def test_one_template_serves_every_run_of_an_event_type() -> None:
         for event in run(k):
             assert_as_before(event)
     assert len(_wireform._TEMPLATES) == templates, "a template was made per run"
+
+
+def test_event_of_keeps_checking_traceparents_once_it_has_seen_thousands() -> None:
+    for k in range(4100):  # more than it keeps
+        assert Event.of(tool(), traceparent=f"00-{k + 1:032x}-{k + 1:016x}-01").traceparent is not None
+    with pytest.raises(InvalidEvent, match="not a W3C traceparent"):
+        Event.of(tool(), traceparent=f"00-{1:032x}-{1:016x}-1")

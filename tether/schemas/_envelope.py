@@ -250,7 +250,9 @@ class Event(BaseModel):
                 problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
             if problems:
                 raise InvalidEvent(data.event_type, problems, what="envelope")
-            if traceparent is not None and len(_TRACEPARENTS_SEEN) < 4096:
+            if traceparent is not None:
+                if len(_TRACEPARENTS_SEEN) >= 4096:  # a trace per call: keep the recent ones
+                    _TRACEPARENTS_SEEN.clear()
                 _TRACEPARENTS_SEEN.add(traceparent)
         nan_at = _non_finite_field(data)  # pydantic takes NaN and inf in JsonValue, inf in floats
         if nan_at is not None:
