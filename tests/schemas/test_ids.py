@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import uuid
@@ -99,3 +100,28 @@ def test_uuid7_time_rejects_other_versions(value: str) -> None:
 def test_uuid7_time_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         uuid7_time("not-a-uuid")
+
+
+def test_ids_across_pool_refills_are_canonical_uuid7_with_random_variant_bits() -> None:
+    ids = [uuid7() for _ in range(3 * _ids._POOL + 7)]
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, value)
+    assert {value[19] for value in ids} == set("89ab")  # the variant's two bits, then two random ones
+    assert len({value[20:] for value in ids}) == len(ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_draws_its_own_random_digits() -> None:
+    uuid7()  # the pool is drawn
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, ",".join(uuid7() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode().split(",")
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = [uuid7() for _ in range(4)]
+    assert not {c[19:] for c in child} & {p[19:] for p in parent}

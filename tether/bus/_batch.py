@@ -1,6 +1,6 @@
-"""A batch of events emitted together: their header blocks written from one template (the events
-differ in id and time only), and :class:`Batch`, what became of each one (acked by the stream,
-kept in the outbox, or refused for good with NATS's words)."""
+"""A batch of events emitted together: their messages written as one event's are (each header block
+filled into its envelope's template), and :class:`Batch`, what became of each one (acked by the
+stream, kept in the outbox, or refused for good with NATS's words)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ from collections.abc import Sequence
 
 from tether.schemas import Event
 
-from ._binding import _plain, encode_binary
-from ._headers import HeaderBlock, header_block
+from ._wireform import encode_message
 
 __all__ = ["Batch", "encode_batch"]
 
-MSG_ID = "Nats-Msg-Id"
-_SHARED = ("specversion", "source", "type", "subject", "datacontenttype", "dataschema", "traceparent", "runid",
-           "agentid", "dataref", "extensions")
-"""The attributes every event of a templated batch has in common (all but id and time)."""
 
 
 class Batch:
@@ -70,43 +65,6 @@ class Batch:
 
 def encode_batch(events: Sequence[Event]) -> list[tuple[dict[str, str], bytes]]:
     """Headers (with ``Nats-Msg-Id``) and payload of each event, in binary content mode, exactly as
-    :func:`~tether._binding.encode_binary` writes them; the header blocks of events that share every
-    attribute but id and time are filled into one template instead of being written one by one."""
-    out: list[tuple[dict[str, str], bytes]] = []
-    template: tuple[tuple[object, ...], dict[str, str], tuple[str, str, str, str]] | None = None
-    for event in events:
-        d = event.__dict__
-        if template is not None and tuple(d[name] for name in _SHARED) == template[0] \
-                and _plain(d["id"]) and _plain(time := event.time_text()):
-            headers = dict(template[1])
-            headers["ce-id"] = headers[MSG_ID] = d["id"]
-            headers["ce-time"] = time
-            head, mid, tail, end = template[2]
-            block = f"{head}{d['id']}{mid}{time}{tail}{d['id']}{end}".encode()
-            out.append((HeaderBlock(headers, block), event.data_json()))
-            continue
-        headers, payload = encode_binary(event)
-        headers[MSG_ID] = d["id"]
-        out.append((HeaderBlock.of(headers), payload))
-        template = _template(event, headers)
-    return out
-
-
-def _template(event: Event, headers: dict[str, str]) -> tuple[tuple[object, ...], dict[str, str],
-                                                                 tuple[str, str, str, str]] | None:
-    """The template of ``event``'s header block, if it is the usual layout (id second, time fifth,
-    the message id last) and filling the template in gives exactly the block nats-py would write."""
-    block = header_block(headers)
-    names = list(headers)
-    if block is None or names[:5] != ["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time"] \
-            or names[-1] != MSG_ID:
-        return None
-    lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
-    head = "NATS/1.0\r\n" + lines[0] + "ce-id: "
-    mid = "\r\n" + lines[2] + lines[3] + "ce-time: "
-    tail = "\r\n" + "".join(lines[5:-1]) + f"{MSG_ID}: "
-    end = "\r\n\r\n"
-    d = event.__dict__
-    if f"{head}{d['id']}{mid}{headers['ce-time']}{tail}{d['id']}{end}".encode() != block:
-        return None
-    return tuple(d[name] for name in _SHARED), headers, (head, mid, tail, end)
+    :func:`~tether.bus._binding.encode_binary` writes them: each block filled into its envelope's
+    template (:func:`~tether.bus._wireform.encode_message`)."""
+    return [(headers, payload) for _, headers, payload in map(encode_message, events)]

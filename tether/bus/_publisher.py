@@ -38,15 +38,15 @@ from nats.js.object_store import ObjectStore
 from tether.schemas import Event, EventError
 
 from ._acked import DUPLICATE_IN_PROCESS
-from ._batch import Batch, encode_batch
-from ._binding import encode_binary, percent_encode
+from ._batch import Batch
+from ._binding import percent_encode
 from ._client import Client
-from ._deliverable import oversized, undeliverable
+from ._deliverable import CLAIM_CHECK_HEADER_BYTES, oversized, undeliverable
 from ._headers import HeaderBlock, message_headers
 from ._natspriv import HookedClient, forget_unflushed, subscription_id
 from ._outbox import Outbox, OutboxFull, OutboxRow, PendingMessage, orphaned_outboxes
 from ._streams import OBJECT_BUCKET
-from ._subjects import event_subject
+from ._wireform import encode_message
 
 __all__ = ["PayloadTooLarge", "PublishRejected", "Publisher", "PublisherStats", "Receipt", "Undeliverable"]
 
@@ -231,9 +231,7 @@ class Publisher:
         if not isinstance(event, Event):
             raise EventError(f"publish takes a tether.schemas.Event, got {type(event).__name__}; "
                              "wrap payloads with Event.of(payload, runid=..., agentid=...)")
-        headers, payload = encode_binary(event)
-        headers[MSG_ID] = event.id
-        return self._checked(event, headers, payload)
+        return self._checked(event, *encode_message(event))
 
     def prepare_many(self, events: Sequence[Event]) -> list[PendingMessage]:
         """:meth:`prepare` for a batch: the same messages, their header blocks written from one
@@ -244,9 +242,9 @@ class Publisher:
                 raise EventError(f"event {i} of the batch is a {type(event).__name__}, not a tether.schemas.Event; "
                                  "wrap payloads with Event.of(payload, runid=..., agentid=...)")
         out = []
-        for i, (event, (headers, payload)) in enumerate(zip(events, encode_batch(events), strict=True)):
+        for i, event in enumerate(events):
             try:
-                out.append(self._checked(event, headers, payload))
+                out.append(self._checked(event, *encode_message(event)))
             except Undeliverable as exc:
                 raise Undeliverable(event.id, f"event {i} of the batch of {len(events):,}: {exc.error}; "
                                               "none of the batch was published") from None
@@ -255,18 +253,22 @@ class Publisher:
                                       "batch was published", event_type=event.type) from None
         return out
 
-    def _checked(self, event: Event, headers: dict[str, str], payload: bytes) -> PendingMessage:
-        if len(payload) > self.max_event_bytes:
+    def _checked(self, event: Event, subject: str, headers: dict[str, str], payload: bytes) -> PendingMessage:
+        size = len(payload)
+        if size > self.max_event_bytes:
             raise PayloadTooLarge(
-                f"{event.type} data is {len(payload):,} bytes; the limit is "
+                f"{event.type} data is {size:,} bytes; the limit is "
                 f"{self.max_event_bytes:,} (max_event_bytes). Store large blobs elsewhere and "
                 "reference them", event_type=event.type)
-        message = PendingMessage(event.id, event_subject(event), headers, payload)
-        # Well formed by construction (see _deliverable.malformed): only the size can be wrong.
-        problem = oversized(message, max_payload=self._nc.max_payload or 0,
-                            claim_check_above=self.large_payload_bytes)
-        if problem is not None:
-            raise Undeliverable(event.id, problem)
+        message = PendingMessage(event.id, subject, headers, payload)
+        # Well formed by construction (see _deliverable.malformed): only the size can be wrong. A block
+        # written beforehand is the header's exact size: most messages are let through on that sum.
+        max_payload = self._nc.max_payload or 0
+        if max_payload and (type(headers) is not HeaderBlock or len(headers.block) + (
+                size if size <= self.large_payload_bytes else CLAIM_CHECK_HEADER_BYTES) > max_payload):
+            problem = oversized(message, max_payload=max_payload, claim_check_above=self.large_payload_bytes)
+            if problem is not None:
+                raise Undeliverable(event.id, problem)
         return message
 
     async def publish(self, event: Event) -> Receipt:

@@ -228,18 +228,32 @@ class Event(BaseModel):
         extensions: Mapping[str, str] | None = None,
     ) -> Event:
         """Wrap a payload in a fresh envelope (new UUIDv7 id, current UTC time)."""
-        if not isinstance(data, Payload) or not hasattr(type(data), "event_type"):
-            raise InvalidEvent(
-                None,
-                [{"loc": ("data",), "msg": f"expected a catalogue payload, got {type(data).__name__}"}],
-                what="event",
-            )
-        ext = dict(extensions or {})
-        problems = _extension_problems(runid, agentid, traceparent, ext)
-        if source is not None and not source:
-            problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
-        if problems:
-            raise InvalidEvent(data.event_type, problems, what="envelope")
+        kind = type(data)
+        schema = _DATASCHEMAS.get(kind)
+        if schema is None:
+            if not isinstance(data, Payload) or not hasattr(kind, "event_type"):
+                raise InvalidEvent(
+                    None,
+                    [{"loc": ("data",), "msg": f"expected a catalogue payload, got {kind.__name__}"}],
+                    what="event",
+                )
+            schema = _DATASCHEMAS[kind] = data.dataschema()
+        ext = dict(extensions) if extensions else {}
+        # The usual envelope (plain string ids, a traceparent seen before, no extensions) is checked
+        # here in a few comparisons; any other through _extension_problems, which says what is wrong.
+        if ext or not ((runid is None or (type(runid) is str and runid))
+                       and (agentid is None or (type(agentid) is str and agentid))
+                       and (traceparent is None or traceparent in _TRACEPARENTS_SEEN)
+                       and (source is None or source)):
+            problems = _extension_problems(runid, agentid, traceparent, ext)
+            if source is not None and not source:
+                problems.append({"loc": ("source",), "msg": "must be a non-empty URI-reference"})
+            if problems:
+                raise InvalidEvent(data.event_type, problems, what="envelope")
+            if traceparent is not None:
+                if len(_TRACEPARENTS_SEEN) >= 4096:  # a trace per call: keep the recent ones
+                    _TRACEPARENTS_SEEN.clear()
+                _TRACEPARENTS_SEEN.add(traceparent)
         nan_at = _non_finite_field(data)  # pydantic takes NaN and inf in JsonValue, inf in floats
         if nan_at is not None:
             raise InvalidEvent(data.event_type, [{"loc": nan_at, "msg": NON_FINITE_HINT}])
@@ -252,11 +266,11 @@ class Event(BaseModel):
             "specversion": "1.0",
             "id": id or uuid7(),
             "source": source or default_source(),
-            "type": data.event_type,
+            "type": kind.event_type,
             "time": when,
             "subject": subject,
             "datacontenttype": "application/json",
-            "dataschema": data.dataschema(),
+            "dataschema": schema,
             "traceparent": traceparent,
             "runid": runid,
             "agentid": agentid,
@@ -433,6 +447,10 @@ class Event(BaseModel):
 
 
 _CHECKED_FIELDS: dict[type[Payload], tuple[str, ...]] = {}
+_DATASCHEMAS: dict[type[Payload], str] = {}
+"""Each catalogue payload class met by :meth:`Event.of`, with its ``dataschema``."""
+_TRACEPARENTS_SEEN: set[str] = set()
+"""Traceparents :meth:`Event.of` found valid (a run's events share theirs): not matched again."""
 
 
 def _non_finite_field(data: Payload) -> tuple[str | int, ...] | None:
