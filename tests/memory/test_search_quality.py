@@ -444,7 +444,7 @@ async def test_hybrid_recall_on_the_tune_split_with_the_offline_model(open_memor
     """The tune split only (what Ranking's defaults were chosen on; the held-out split is measured by
     bench/memory.py). Since session 11 it holds multi-hop questions that share no word with their
     bridge ("What pet does Ann Nowak's supervisor keep?"): 0.861 (multi-hop 0.586) with the evidence
-    rule's shared word alone."""
+    rule's shared word alone, 0.901 (multi-hop 0.722) with the semantic test (Ranking.expand_similar)."""
     bench = _bench()
     doc = bench.dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -452,5 +452,40 @@ async def test_hybrid_recall_on_the_tune_split_with_the_offline_model(open_memor
     await bench.load_dev_set(memory, doc)
     queries = [q for q in doc["queries"] if q["split"] == "tune"]
     scored = bench.score_queries(queries, await bench.run_dev_set(memory, doc, "hybrid", "tune"), doc["grants"])
-    assert scored["recall_at_5"] >= 0.85 and scored["by_category"]["multi-hop"] >= 0.55, scored
+    assert scored["recall_at_5"] >= 0.89 and scored["by_category"]["multi-hop"] >= 0.7, scored
+    assert scored["by_category"]["paraphrase"] >= 0.93, scored
     assert scored["stale_hits"] == 0 and scored["forbidden_hits"] == 0
+
+
+@needs_model
+async def test_a_question_about_someones_supervisor_reaches_the_supervisors_entry(open_memory: Opener) -> None:
+    """"What pet does Ann Fischer's supervisor keep?" shares no word with "Ann Fischer reports to
+    Leo Berg." (key ann/manager): by the word rule alone the second hop never started. With MiniLM,
+    "supervisor" and "manager" mean alike (``Ranking.expand_similar``), so the bridge and Leo Berg's
+    pet are both among the first five; questions about Ann herself keep their first five."""
+    from tether.memory import Ranking
+
+    memory = await open_memory(agent="bot", embedder=LocalEmbedder())
+    facts = {"ann/manager": "Ann Fischer reports to Leo Berg.", "ann/pet": "Ann Fischer has a cat named Miso.",
+             "ann/city": "Ann Fischer lives in Lyon.", "ann/diet": "Ann Fischer is vegetarian: no meat or fish.",
+             "ann/hobby": "Ann Fischer plays the cello every Monday.",
+             "ann/job": "Ann Fischer works as a nurse at Globex.",
+             "leo/pet": "Leo Berg has a parrot named Kiwi.", "leo/city": "Leo Berg lives in Oslo.",
+             "leo/manager": "Leo Berg reports to Dana Silva.", "leo/hobby": "Leo Berg goes bouldering on Fridays.",
+             **{f"p{i}/pet": f"{name} has a {animal}." for i, (name, animal) in enumerate(
+                 [("Anna Fischer", "dog named Rex"), ("Ann Fisher", "rabbit called Clover"),
+                  ("Ben Ortiz", "tortoise called Sheldon"), ("Carl Novak", "cat named Tiger")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t,
+                                    "metadata": {"kind": k.split("/")[1]}} for k, t in facts.items())
+    query = "What pet does Ann Fischer's supervisor keep?"
+    memory.ranking = Ranking(expand_similar=0.0)  # the word rule only (the default before session 11)
+    before = [h.entry.key for h in await memory.search(query, k=5, after=done.seq)]
+    assert "leo/pet" not in before
+    memory.ranking = Ranking(expand_similar=0.55, expand_deep=20)
+    hits = [h.entry.key for h in await memory.search(query, k=5)]
+    assert {"ann/manager", "leo/pet"} <= set(hits), hits
+    for question, answer in (("Does Ann Fischer have a pet?", "ann/pet"), ("Where does Ann Fischer live?", "ann/city")):
+        memory.ranking = Ranking(expand_similar=0.0)
+        alone = [h.entry.key for h in await memory.search(question, k=5)]
+        memory.ranking = Ranking(expand_similar=0.55, expand_deep=20)
+        assert [h.entry.key for h in await memory.search(question, k=5)] == alone and answer in alone  # unchanged
