@@ -46,6 +46,8 @@ Run it::
     .venv/bin/python bench/memory.py --quality --split tune   # the tune part only (while tuning)
     .venv/bin/python bench/memory.py --cv --embedder minilm    # candidates, cross-validated inside tune
     .venv/bin/python bench/memory.py --cv --embedder minilm --families "one pass,second text"   # some only
+    .venv/bin/python bench/memory.py --cv --embedder minilm --families "semantic evidence" \
+        --cv-base '{"expand_similar": 0, "expand_deep": 0, "entity": 0}'   # from session 10's default
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
 
@@ -517,6 +519,11 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
         for d in (0.7, 0.8, 0.9, 1.0) for q in ("swap", "rest") for e in (0.0, 0.2)],
     "second hop, places, no evidence rule": [{"expand_evidence": False}, {"expand_evidence": False, "entity": 0.2}],
     "one hop": [{"expand": False}],
+    "second hop, semantic evidence": [{"expand_similar": t, "expand_deep": d}
+                                      for t in (0.45, 0.55, 0.65) for d in (0, 10, 20)],
+    "second hop, semantic evidence, entity lift": [{"expand_similar": t, "expand_deep": d, "entity": e}
+                                                   for t in (0.45, 0.55, 0.65) for d in (0, 20)
+                                                   for e in (0.1, 0.2, 0.3)],
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -606,7 +613,7 @@ def reranker_cv(captured: list[dict[str, Any]], queries: dict[str, dict[str, Any
 
 
 async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
-                         only: Sequence[str] | None = None) -> dict[str, Any]:
+                         only: Sequence[str] | None = None, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every family of :data:`CV_FAMILIES` and a re-ranking model over :data:`RERANK_BASES`, judged by
     grouped cross-validation on the **tune** split only, grouped by template and by kind. ``only``:
     the families whose name holds one of these strings (and no re-ranking model). Each family is
@@ -629,7 +636,7 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
             names[family].append(name)
             if name in per:
                 continue
-            memory.ranking = Ranking(**setting)
+            memory.ranking = Ranking(**{**(base or {}), **setting})
             results = await run_dev_set(memory, doc, "hybrid", "tune")
             per[name] = {i: recall5(queries[i], hits) for i, hits in zip(queries, results, strict=True)}
             scored = score_queries(list(queries.values()), results, doc["grants"])
@@ -647,8 +654,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
             "stale_or_forbidden": max(bad[c] for c in own),
             "tune_by_setting": {c: round(statistics.fmean(per[c].values()), 3) for c in own}}
         say(f"cv: {family}: {out['families'][family]}", quiet)
-    for base, setting in ({} if only else RERANK_BASES).items():
-        memory.ranking = Ranking(**setting)
+    for model_base, setting in ({} if only else RERANK_BASES).items():
+        memory.ranking = Ranking(**{**(base or {}), **setting})
         memory._capture = []
         results = await run_dev_set(memory, doc, "hybrid", "tune")
         captured = [{"id": i, "cands": c[1], "rows": c[2]} for i, c in zip(queries, memory._capture, strict=True)]
@@ -657,8 +664,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
         row = {"without_model": round(statistics.fmean(fitted.values()), 3)}
         for g in groups:
             row[f"cv_{g}"] = round(statistics.fmean(reranker_cv(captured, queries, groups[g]).values()), 3)
-        out["families"][f"re-ranking model over: {base}"] = row
-        say(f"cv: re-ranking model over {base}: {row}", quiet)
+        out["families"][f"re-ranking model over: {model_base}"] = row
+        say(f"cv: re-ranking model over {model_base}: {row}", quiet)
     memory.ranking = Ranking()
     return out
 
@@ -666,7 +673,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
 async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: bool,
                         tuning: bool = False, tune_only: list[str] | None = None,
                         splits: Sequence[str] = ("tune", "heldout"), cv: bool = False,
-                        families: Sequence[str] | None = None) -> dict[str, Any]:
+                        families: Sequence[str] | None = None, cv_base: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -684,7 +692,7 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
             out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
         if cv and model is not None:
-            out["cv"] = await cross_validate(memory, doc, quiet, families)
+            out["cv"] = await cross_validate(memory, doc, quiet, families, cv_base)
             return out
         modes = ["keyword"] + (["semantic", "hybrid"] if model is not None else [])
         for split in splits:
@@ -717,7 +725,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["quality"] = await bench_quality(server.url, home / "quality", model, args.quiet, args.tune,
                                                     args.tune_only.split(",") if args.tune_only else None,
                                                     ("tune",) if args.cv else splits, cv=args.cv,
-                                                    families=args.families.split(",") if args.families else None)
+                                                    families=args.families.split(",") if args.families else None,
+                                                    cv_base=json.loads(args.cv_base) if args.cv_base else None)
     if peer is not None and not (args.tune or args.cv or args.no_peer or args.no_quality or args.writes):
         with NatsServer() as server:  # the other embedder, on a log of its own
             report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
@@ -844,6 +853,9 @@ def main(argv: list[str] | None = None) -> int:
                         "inside the tune split (left-out templates and kinds); no held-out question is asked")
     parser.add_argument("--families", help="with --cv: only the families whose name holds one of these strings "
                         "(comma-separated; the re-ranking model is left out)")
+    parser.add_argument("--cv-base", help='with --cv: the Ranking settings every family starts from, as JSON (the '
+                        'default: Ranking()); \'{"expand_similar": 0, "expand_deep": 0, "entity": 0}\' is the '
+                        'default before session 11')
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")

@@ -11,6 +11,11 @@ p95, with the 1-minute load average before and after each process's round::
     .venv/bin/python bench/memory_named.py --base ../wt-base              # 10k and 100k, MiniLM and static
     .venv/bin/python bench/memory_named.py --base ../wt-base --sizes 10000 --embedders minilm --rounds 3
 
+With ``--people`` the view also holds the development set's memories (``bench/memory_set.json``:
+people's facts and the entries that relate them, "Ann Borg reports to Ben Berg.", written first, in
+the same namespace, with random vectors as the rest) and the queries are its tune questions that
+name someone, so the second hop's tests meet entries naming two people as they do in use.
+
 ``--base`` is the other checkout (a ``git worktree`` with its ``.venv`` made); ``--variants`` are
 ``Ranking`` settings as JSON objects separated by ``;`` (only fields both checkouts know are given
 to the base). BLAS is held to one thread (``OPENBLAS_NUM_THREADS=1``) in the workers.
@@ -48,6 +53,15 @@ def named_queries(n: int, seed: int) -> list[str]:
             for _ in range(n)]
 
 
+def people_queries(n: int, seed: int) -> list[str]:
+    """The development set's tune questions that name someone (``--people``), ``n`` of them, repeating."""
+    doc = json.loads((HERE / "memory_set.json").read_text(encoding="utf-8"))
+    named = [q["text"] for q in doc["queries"] if q["split"] == "tune" and sum(w[:1].isupper() for w in
+                                                                               q["text"].split()[1:]) >= 2]
+    random.Random(seed).shuffle(named)
+    return [named[i % len(named)] for i in range(n)]
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -83,10 +97,20 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
         wall: list[list[float]] = [[] for _ in rankings]
         cpu: list[list[float]] = [[] for _ in rankings]
         load = os.getloadavg()[0]
+        kept: dict[tuple[str, str], list[float]] = {}  # --warm-words: single words' vectors stay cached
+
+        class Cache(type(memory.vector_cache)):  # type: ignore[misc]
+            def put(self, embedder: str, text: str, vector: list[float]) -> None:
+                super().put(embedder, text, vector)
+                if args.warm_words and " " not in text.strip():
+                    kept[(embedder, text)] = vector
+
         for q in queries[10:]:
             for i, ranking in enumerate(rankings):
                 memory.ranking = ranking
-                memory.vector_cache = type(memory.vector_cache)()  # the query is embedded in every search
+                memory.vector_cache = Cache()  # the query is embedded in every search
+                for (name, text), vector in kept.items():
+                    memory.vector_cache.put(name, text, vector)
                 start, used = time.perf_counter(), time.process_time()
                 await memory.search(q, ["team:bench"], k=10, mode="hybrid")
                 wall[i].append(time.perf_counter() - start)
@@ -100,7 +124,7 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
         await bus.close()
 
 
-async def load(url: str, home: Path, name: str, dims: int, start: int, size: int) -> None:
+async def load(url: str, home: Path, name: str, dims: int, start: int, size: int, people: bool = False) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(HERE))
     from memory import Corpus, RandomVectors
@@ -113,6 +137,13 @@ async def load(url: str, home: Path, name: str, dims: int, start: int, size: int
     memory = await AsyncMemory(bus, agent="bench", settings=settings, embedder=RandomVectors(name, dims)).start()
     corpus, rng = Corpus(start + 1), random.Random(start)
     try:
+        if people and start == 0:  # the development set's memories first (--people)
+            doc = json.loads((HERE / "memory_set.json").read_text(encoding="utf-8"))
+            done = await memory.write_many({"namespace": "team:bench", **{k: v for k, v in m.items() if v is not None
+                                                                          and k != "namespace"}}
+                                           for m in doc["memories"])
+            await memory.wait_for(done.seq, timeout=900)
+            start = len(doc["memories"])
         for at in range(start, size, 10_000):
             n = min(10_000, size - at)
             done = await memory.write_many(
@@ -128,7 +159,7 @@ async def load(url: str, home: Path, name: str, dims: int, start: int, size: int
 def run_worker(python: Path, url: str, home: Path, args: argparse.Namespace, kind: str,
                table: str | None) -> dict[str, Any]:
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", "--url", url, "--home", str(home),
-           "--embedder", kind, "--variants", args.variants]
+           "--embedder", kind, "--variants", args.variants, *(["--warm-words"] if args.warm_words else [])]
     if table:
         cmd += ["--table", table]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -146,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--variants", default='{};{"unnamed": 0}',
                         help='Ranking settings to time, ";"-separated JSON objects ({} is the default)')
+    parser.add_argument("--people", action="store_true", help="the development set's people in the view and its "
+                        "tune questions naming someone as the queries")
+    parser.add_argument("--warm-words", action="store_true", help="keep single words' vectors cached from search to "
+                        "search (the second hop's semantic test embeds words; they recur), every text else embedded")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -167,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         model = embedder(kind, None)
         table = str(model.path) if kind == "static" else None
         home = Path(tempfile.mkdtemp(prefix="tether-bench-named-"))
-        (home / "queries.json").write_text(json.dumps(named_queries(args.queries + 10, args.seed)))
+        queries = (people_queries if args.people else named_queries)(args.queries + 10, args.seed)
+        (home / "queries.json").write_text(json.dumps(queries))
         with NatsServer() as server:
             loaded = 0
             for size in (int(s) for s in args.sizes.split(",")):
                 print(f"{kind}: corpus to {size:,}", file=sys.stderr, flush=True)
-                asyncio.run(load(server.url, home, model.name, getattr(model, "dims", 384), loaded, size))
+                asyncio.run(load(server.url, home, model.name, getattr(model, "dims", 384), loaded, size, args.people))
                 loaded = size
                 for rnd in range(args.rounds):
                     for code, python in checkouts.items():

@@ -24,10 +24,17 @@
 * **split**: every query is ``tune`` or ``heldout`` (by its subject: a person, project or
   ticket is in one part only), and the two parts use *different* paraphrase templates, so
   tuning cannot learn the held-out wording. Never tune on ``heldout``.
+* **the tune split's further multi-hop questions** (session 11, ``TUNE_HOPS``): "What pet does
+  Ann Nowak's supervisor keep?", "Where does the owner of Atlas live?"... share no word with the
+  entry that bridges them, as the original tune questions all did. They are drawn by a random
+  generator of their own and asked last, so the memories and the held-out questions stay what
+  they were: ``frozen()`` digests them, and the script refuses to write (or ``--check``) a set
+  whose digest is not ``FROZEN``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -151,6 +158,28 @@ MULTI = {
 }
 MULTI_KIND = {"Where does {P}'s manager live?": "city", "What is {P}'s manager allergic to?": "allergy",
               "In which city is the boss of {P} based?": "city", "Which diet does {P}'s manager follow?": "diet"}
+# More multi-hop questions for the tune split only (session 11), written from the facts above: none
+# shares a word with the entry that bridges it ("Ann Borg reports to Ben Berg.", key ann-borg/manager;
+# "Project Atlas is led by Ben Berg.", key project-atlas/lead), as users' questions often do not. Drawn
+# with a random generator of their own and asked after every other question, so the memories and the
+# held-out questions stay byte for byte what they were (FROZEN below).
+TUNE_HOPS = {
+    "Which town does the person {P} answers to call home?": "city",
+    "What pet does {P}'s supervisor keep?": "pet",
+    "How can I reach whoever supervises {P}?": "contact",
+    "Who employs the person {P} works under?": "job",
+    "When is the birthday of {P}'s team leader?": "birthday",
+    "What does the supervisor of {P} do at weekends?": "hobby",
+    "What should the cook prepare for {P}'s supervisor?": "diet",
+    "Which substances must the person above {P} stay away from?": "allergy",
+    "What does {P}'s superior drink in the morning?": "coffee",
+}
+TUNE_LEAD_HOPS = {
+    "Where does the owner of {X} live?": "city",
+    "What animal does the head of {X} look after?": "pet",
+    "Who employs whoever heads {X}?": "job",
+}
+HOPS_SEED = 1911
 
 TEAMS = ["support", "platform", "people", "finance", "design", "research"]
 PROJECTS = ["Atlas", "Beacon", "Comet", "Delta", "Ember", "Falcon", "Granite", "Harbor", "Iris", "Juniper",
@@ -364,7 +393,39 @@ def build(seed: int = SEED) -> dict[str, Any]:
         split = "tune" if j % 2 == 0 else "heldout"
         b.ask(direct, "planner", [{"ref": f"global/policy-{key}"}], ["direct"], split)
         b.ask(para, "support-bot", [{"ref": f"global/policy-{key}"}], ["paraphrase"], split)
+    # the tune split's further multi-hop questions (TUNE_HOPS): two templates per tune person, one per
+    # tune project whose lead the asker may read about; their own generator leaves rng alone
+    hop_rng = random.Random(HOPS_SEED)
+    for p in people:
+        if split_of[p] != "tune":
+            continue
+        m = facts[p]["manager"]["manager"]
+        for template in hop_rng.sample(sorted(TUNE_HOPS), 2):
+            kind = TUNE_HOPS[template]
+            ref = moves[m]["ref"] if kind == "city" and m in moves else facts[m][kind]["ref"]
+            b.ask(template.format(P=p), "people-bot", [{"ref": facts[p]["manager"]["ref"]}, {"ref": ref}],
+                  ["multi-hop"], "tune")
+    for j, (name, (team, lead, ref)) in enumerate(projects.items()):
+        asker = {"support": "support-bot", "people": "people-bot"}.get(team)
+        if j % 2 or asker is None:
+            continue
+        template = _pick(hop_rng, sorted(TUNE_LEAD_HOPS))
+        kind = TUNE_LEAD_HOPS[template]
+        target = moves[lead]["ref"] if kind == "city" and lead in moves else facts[lead][kind]["ref"]
+        b.ask(template.format(X=name), asker, [{"ref": ref}, {"ref": target}], ["multi-hop"], "tune")
     return {"now": NOW, "grants": GRANTS, "memories": b.memories, "queries": b.queries}
+
+
+FROZEN = "4f5fba6f7e6a60bfabd50a42d631a1995f2d015f06767cbbf3b722a0e2a9d8b2"
+"""SHA-256 of :func:`frozen` as the held-out split was first measured: what tune-only additions never change."""
+
+
+def frozen(doc: dict[str, Any]) -> str:
+    """A digest of what the tune split may never change: the memories, the grants, "now" and every
+    held-out question (its id, text, asker, answers and categories)."""
+    part = {"now": doc["now"], "grants": doc["grants"], "memories": doc["memories"],
+            "heldout": [q for q in doc["queries"] if q["split"] == "heldout"]}
+    return hashlib.sha256(json.dumps(part, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def fix_refs(doc: dict[str, Any]) -> dict[str, Any]:
@@ -379,6 +440,11 @@ def fix_refs(doc: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     doc = fix_refs(build())
     text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    if frozen(doc) != FROZEN:
+        print("the memories or the held-out questions differ from those the held-out split was measured on "
+              "(bench/memory_set.py FROZEN): add to the tune split only, with a random generator of its own",
+              file=sys.stderr)
+        return 1
     if "--check" in sys.argv:
         same = OUT.exists() and OUT.read_text(encoding="utf-8") == text
         print("up to date" if same else f"{OUT.name} differs from what the script generates", file=sys.stderr)

@@ -134,6 +134,36 @@ def test_a_bridge_without_the_evidence_rule_asks_the_name_with_the_words_its_hit
         (0, "Carl Fisher", "Carl Fisher who", frozenset())]
 
 
+def test_a_hit_whose_words_mean_what_the_query_asks_bridges_without_a_shared_word() -> None:
+    """``Ranking.expand_similar``: "supervisor" shares no word with "Ann Borg reports to Ben Berg."
+    (key ann-borg/manager), so the evidence rule kept such a question from its second hop; a hit
+    whose words the semantic test matched bridges, the matched words are not asked of the new name
+    and its pick may not hold them (nor their stems)."""
+    from tether.memory._rank import content_words, similar_words
+    from tether.memory._reads import _bridge_hits
+
+    assert content_words("How can I reach whoever supervises Ann Borg about 42 things?", {"ann", "borg"}) == [
+        "reach", "whoever", "supervises", "things"]
+    asked = {"supervises": [0.6, 0.8], "reach": [0.0, 1.0]}
+    held = {"manager": [0.8, 0.6], "kind": [1.0, 0.0]}
+    assert similar_words(asked, held, 0.9) == {"supervises", "manager"}  # 0.96
+    assert similar_words(asked, held, 0.97) == frozenset()
+    query = "How can I reach whoever supervises Ann Borg?"
+    hits = ["Ann Borg prefers email.", "Ann Borg reports to Ben Berg."]
+    evidence = [f"{hits[0]} ann-borg/contact", f"{hits[1]} ann-borg/manager"]
+    assert _bridge_hits(query, hits, evidence) == []  # no word of the query in the bridge: no second hop
+    matched = frozenset({"supervises", "supervis", "manager", "manag", "reports", "report"})
+    assert _bridge_hits(query, hits, evidence, related={1: matched}) == [
+        (1, "Ben Berg", "Ben Berg how can i reach whoever", matched)]
+    possessive = "What pet does Ann Borg's supervisor keep?"
+    assert _bridge_hits(possessive, hits, evidence, related={1: matched}) == [
+        (1, "Ben Berg", "What pet does Ben Berg keep?", frozenset({"supervisor"}) | matched)]
+    with pytest.raises(ValueError, match="expand_similar must be a number from 0 to 1"):
+        Ranking(expand_similar=1.5)
+    with pytest.raises(ValueError, match="expand_deep must be an int >= 0"):
+        Ranking(expand_deep=-1)
+
+
 def test_rerank_features_are_generic_signals_of_each_candidate() -> None:
     from tether.memory._rank import FEATURES, Features, features, score
 

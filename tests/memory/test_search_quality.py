@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,18 @@ async def test_keyword_search_beats_plain_bm25_on_the_development_set(open_memor
         assert ours["by_category"]["now"] >= 0.8 and ours["by_category"]["latest"] == 1.0
 
 
-def test_the_development_set_is_what_its_script_generates() -> None:
+def _generator() -> Any:
+    """``bench/memory_set.py``, the development set's generator."""
     path = Path(__file__).resolve().parents[2] / "bench" / "memory_set.py"
     spec = importlib.util.spec_from_file_location("tether_bench_memory_set", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_development_set_is_what_its_script_generates() -> None:
+    module = _generator()
     doc = module.fix_refs(module.build())
     assert json.dumps(doc, indent=1, ensure_ascii=False) + "\n" == module.OUT.read_text(encoding="utf-8")
     assert len({(m["namespace"], m["key"]) for m in doc["memories"]}) >= 600 and len(doc["queries"]) >= 200
@@ -104,6 +111,41 @@ def test_the_development_set_is_what_its_script_generates() -> None:
         others = {q["relevant"][0]["namespace"] for q in doc["queries"] if q["split"] != split
                   and q["relevant"][0]["namespace"].startswith("user:")}
         assert subjects and not subjects & others
+
+
+def test_the_tune_splits_added_questions_leave_the_memories_and_the_held_out_split_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multi-hop questions added to the tune split in session 11 change neither a memory nor a
+    held-out question (the digest the held-out split was measured with), share no word with the entry
+    that bridges them (the shape the evidence rule could not see on tune), and ``--check`` refuses a
+    generator that would change the frozen part."""
+    from tether.memory._rank import STOPWORDS, stem, words
+    from tether.memory._view import meta_words
+
+    module = _generator()
+    doc = module.fix_refs(module.build())
+    assert module.frozen(doc) == module.FROZEN
+    templates = {t: re.compile(re.escape(t).replace(r"\{P\}", r"(.+)").replace(r"\{X\}", r"(.+)") + "$")
+                 for t in [*module.TUNE_HOPS, *module.TUNE_LEAD_HOPS]}
+    added = [(q, t) for q in doc["queries"] for t, pattern in templates.items() if pattern.match(q["text"])]
+    assert len(added) >= 50 and {q["split"] for q, _ in added} == {"tune"}
+    assert {t for _, t in added} == set(templates)  # every template asked
+    memories = {(m["namespace"], m["key"]): m for m in doc["memories"]}
+    for q, template in added:
+        subject = set(words(templates[template].match(q["text"]).group(1)))  # type: ignore[union-attr]
+        bridge = memories[(q["relevant"][0]["namespace"], q["relevant"][0]["key"])]
+        held = {stem(w) for w in words(f"{bridge['text']} {bridge['key']} {meta_words(bridge['metadata'])}")}
+        asked = {stem(w) for w in words(q["text"]) if w not in STOPWORDS and w not in subject and len(w) > 1}
+        assert not asked & held, (q["text"], bridge["text"], asked & held)
+    heldout = next(i for i, q in enumerate(doc["queries"]) if q["split"] == "heldout")
+    for part, change in (("heldout", lambda d: d["queries"][heldout].update(text="Where?")),
+                         ("memories", lambda d: d["memories"][0].update(text="Ann moved."))):
+        changed = module.fix_refs(module.build())
+        change(changed)
+        assert module.frozen(changed) != module.FROZEN, part
+    monkeypatch.setattr(module, "OUT", tmp_path / "memory_set.json")
+    monkeypatch.setattr(module, "FROZEN", "0" * 64)
+    assert module.main() == 1 and not (tmp_path / "memory_set.json").exists()
 
 
 async def test_keyword_search_reads_the_key_and_the_metadata_too(open_memory: Opener) -> None:
@@ -400,7 +442,9 @@ async def test_one_encode_gives_the_query_without_its_names_when_the_embedder_ca
 @needs_model
 async def test_hybrid_recall_on_the_tune_split_with_the_offline_model(open_memory: Opener) -> None:
     """The tune split only (what Ranking's defaults were chosen on; the held-out split is measured by
-    bench/memory.py): 0.960 before the cosine without the names (Ranking.unnamed), 0.973 with it."""
+    bench/memory.py). Since session 11 it holds multi-hop questions that share no word with their
+    bridge ("What pet does Ann Nowak's supervisor keep?"): 0.861 (multi-hop 0.586) with the evidence
+    rule's shared word alone, 0.901 (multi-hop 0.722) with the semantic test (Ranking.expand_similar)."""
     bench = _bench()
     doc = bench.dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -408,5 +452,40 @@ async def test_hybrid_recall_on_the_tune_split_with_the_offline_model(open_memor
     await bench.load_dev_set(memory, doc)
     queries = [q for q in doc["queries"] if q["split"] == "tune"]
     scored = bench.score_queries(queries, await bench.run_dev_set(memory, doc, "hybrid", "tune"), doc["grants"])
-    assert scored["recall_at_5"] >= 0.97, scored
+    assert scored["recall_at_5"] >= 0.89 and scored["by_category"]["multi-hop"] >= 0.7, scored
+    assert scored["by_category"]["paraphrase"] >= 0.93, scored
     assert scored["stale_hits"] == 0 and scored["forbidden_hits"] == 0
+
+
+@needs_model
+async def test_a_question_about_someones_supervisor_reaches_the_supervisors_entry(open_memory: Opener) -> None:
+    """"What pet does Ann Fischer's supervisor keep?" shares no word with "Ann Fischer reports to
+    Leo Berg." (key ann/manager): by the word rule alone the second hop never started. With MiniLM,
+    "supervisor" and "manager" mean alike (``Ranking.expand_similar``), so the bridge and Leo Berg's
+    pet are both among the first five; questions about Ann herself keep their first five."""
+    from tether.memory import Ranking
+
+    memory = await open_memory(agent="bot", embedder=LocalEmbedder())
+    facts = {"ann/manager": "Ann Fischer reports to Leo Berg.", "ann/pet": "Ann Fischer has a cat named Miso.",
+             "ann/city": "Ann Fischer lives in Lyon.", "ann/diet": "Ann Fischer is vegetarian: no meat or fish.",
+             "ann/hobby": "Ann Fischer plays the cello every Monday.",
+             "ann/job": "Ann Fischer works as a nurse at Globex.",
+             "leo/pet": "Leo Berg has a parrot named Kiwi.", "leo/city": "Leo Berg lives in Oslo.",
+             "leo/manager": "Leo Berg reports to Dana Silva.", "leo/hobby": "Leo Berg goes bouldering on Fridays.",
+             **{f"p{i}/pet": f"{name} has a {animal}." for i, (name, animal) in enumerate(
+                 [("Anna Fischer", "dog named Rex"), ("Ann Fisher", "rabbit called Clover"),
+                  ("Ben Ortiz", "tortoise called Sheldon"), ("Carl Novak", "cat named Tiger")])}}
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t,
+                                    "metadata": {"kind": k.split("/")[1]}} for k, t in facts.items())
+    query = "What pet does Ann Fischer's supervisor keep?"
+    memory.ranking = Ranking(expand_similar=0.0)  # the word rule only (the default before session 11)
+    before = [h.entry.key for h in await memory.search(query, k=5, after=done.seq)]
+    assert "leo/pet" not in before
+    memory.ranking = Ranking(expand_similar=0.55, expand_deep=20)
+    hits = [h.entry.key for h in await memory.search(query, k=5)]
+    assert {"ann/manager", "leo/pet"} <= set(hits), hits
+    for question, answer in (("Does Ann Fischer have a pet?", "ann/pet"), ("Where does Ann Fischer live?", "ann/city")):
+        memory.ranking = Ranking(expand_similar=0.0)
+        alone = [h.entry.key for h in await memory.search(question, k=5)]
+        memory.ranking = Ranking(expand_similar=0.55, expand_deep=20)
+        assert [h.entry.key for h in await memory.search(question, k=5)] == alone and answer in alone  # unchanged

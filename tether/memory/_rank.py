@@ -11,7 +11,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -23,6 +23,7 @@ __all__ = [
     "Candidate",
     "Features",
     "Ranking",
+    "content_words",
     "estimate_tokens",
     "features",
     "fts_query",
@@ -35,6 +36,7 @@ __all__ = [
     "rrf",
     "rrf_weighted",
     "score",
+    "similar_words",
     "stem",
     "temporal",
     "words",
@@ -181,9 +183,13 @@ class Ranking:
     times from the other tokens' mean (unit length) before it is normalised again. A contextual
     encoder mixes the name into every token's output, and this pushes it out (tuning split, MiniLM,
     ``unnamed=0.3``: push 0 0.960, 0.5 0.964, 1 0.973, 2 0.973)."""
-    entity: float = 0.0
+    entity: float = 0.3
     """In hybrid and keyword search, a candidate whose text names what the query names (two or more
-    capitalised words: "Carl Novak") scores this share of the best candidate's score more."""
+    capitalised words: "Carl Novak") scores this share of the best candidate's score more (among
+    look-alike names, "Ann Fischer" over "Anna Fischer"). Adopted with ``expand_similar`` in session 11:
+    grouped cross-validation on the tuning split with its added multi-hop questions, MiniLM, hybrid
+    recall@5 by template 0.861 (before) to 0.910 with both, 0.894 with ``expand_similar`` alone (see
+    docs/memory.md); 0: off."""
     expand: bool = True
     """Multi-hop expansion: the new names the best hits bring are searched for in a second hop (see
     ``MemoryReads._second_hop``). On: on the tuning split it raised hybrid recall@5 from 0.899 to
@@ -199,7 +205,20 @@ class Ranking:
     besides its names, in its text, key or metadata ("manages" or a key ``ann/manager`` for
     "Ann's manager"), so a question about the person is not sent to whoever their hits name.
     On: tuning split 0.935 to 0.948 (paraphrase 0.830 to 0.868); held-out 0.884 to 0.879
-    (paraphrase 0.750 to 0.800, multi-hop 0.826 to 0.565: docs/memory.md)."""
+    (paraphrase 0.750 to 0.800, multi-hop 0.826 to 0.565: docs/memory.md). A shared word is one
+    kind of evidence; ``expand_similar`` is the other (a word that means alike)."""
+    expand_similar: float = 0.55
+    """In hybrid search, a hit that fails the evidence rule's shared word still brings its names when
+    one of the query's content words and one of the hit's own (its text, key and metadata besides the
+    names) have embeddings at least this similar (cosine of the single words, each embedded by the
+    search's embedder once and cached): "supervisor" for the key ``ann/manager`` (MiniLM 0.67), where
+    no word is shared; 0: off. The words that matched are left out of the second question and its
+    pick. Grouped cross-validation on the tuning split by template, MiniLM: 0.861 to 0.894 (0.45-0.65
+    tried; docs/memory.md)."""
+    expand_deep: int = 20
+    """With ``expand_similar``, how many of the first hop's best hits the semantic test looks through
+    for a hit that bridges (at least ``expand_from``); such a hit found below the first hop's kept
+    places goes just above the entry its name brings."""
     expand_embed: bool = True
     """In hybrid mode, embed each second-hop question ("Where does Ben Berg live?") and search it
     in both retrievers (one batched embedding for all of them); else keyword only."""
@@ -237,7 +256,10 @@ class Ranking:
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):
             raise ValueError(f"Ranking.fusion must be 'zscore', 'ratio', 'cosine', 'minmax' or 'rrf', "
                              f"got {self.fusion!r}")
-        for name in ("guard", "guard_at", "model_top"):
+        if isinstance(self.expand_similar, bool) or not isinstance(self.expand_similar, int | float) \
+                or not 0 <= self.expand_similar <= 1:
+            raise ValueError(f"Ranking.expand_similar must be a number from 0 to 1, got {self.expand_similar!r}")
+        for name in ("guard", "guard_at", "model_top", "expand_deep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"Ranking.{name} must be an int >= 0, got {value!r}")
@@ -440,6 +462,26 @@ def names(text: str) -> list[str]:
         if len(parts) >= 2:
             out.append(" ".join(parts))
     return list(dict.fromkeys(out))
+
+
+def content_words(text: str, leave_out: Iterable[str] = ()) -> list[str]:
+    """The words of a text that can say what it is about: not stopwords, digits or ``leave_out``
+    (a query's or a hit's names), three letters or more, once each, in order."""
+    out = set(leave_out)
+    return list(dict.fromkeys(w for w in words(text) if w not in STOPWORDS and w not in out and len(w) > 2
+                              and not w.isdigit()))
+
+
+def similar_words(asked: Mapping[str, Sequence[float]], held: Mapping[str, Sequence[float]], at: float
+                  ) -> frozenset[str]:
+    """The words of both sides in a pair whose (unit) vectors have a cosine of at least ``at``:
+    a query's words and a hit's that mean alike ("supervisor", "manager"); empty: none."""
+    out: set[str] = set()
+    for a, u in asked.items():
+        for b, v in held.items():
+            if sum(x * y for x, y in zip(u, v, strict=True)) >= at:
+                out.update((a, b))
+    return frozenset(out)
 
 
 def score(model: Sequence[float], rows: Sequence[Sequence[float]]) -> list[float]:

@@ -26,6 +26,7 @@ from ._rank import (
     STOPWORDS,
     Candidate,
     Features,
+    content_words,
     features,
     fuse,
     guard,
@@ -33,6 +34,7 @@ from ._rank import (
     recency,
     rerank,
     score,
+    similar_words,
     temporal,
     words,
 )
@@ -73,6 +75,12 @@ def _without(query: str, asked: Sequence[str]) -> str:
     return " ".join(" ".join([*kept, query[at:]]).split()).replace(" ?", "?")
 
 
+def _held(text: str, *, stems: bool) -> set[str]:
+    """A text's words (and their crude stems): what a second-hop pick must not hold of the relation."""
+    ws = words(text)
+    return {*ws, *(_stem(w) for w in ws)} if stems else set(ws)
+
+
 async def _nth(vectors: asyncio.Future[list[list[float]]], i: int) -> list[float]:
     return (await vectors)[i]
 
@@ -102,11 +110,14 @@ def _bridges(query: str, texts: Sequence[str], evidence: Sequence[str] | None = 
 
 
 def _bridge_hits(query: str, texts: Sequence[str], evidence: Sequence[str] | None = None, *,
-                 require: bool = True, rest: bool = False) -> list[tuple[int, str, str, frozenset[str]]]:
+                 require: bool = True, rest: bool = False, related: Mapping[int, frozenset[str]] | None = None
+                 ) -> list[tuple[int, str, str, frozenset[str]]]:
     """:func:`_bridges` with the index of the hit each name comes from; ``require``: the evidence
     rule. ``rest``: the second query is the new name and the query's words the hit does not hold
     (in ``evidence``, else its text), instead of the query with "<name>'s <relation>" swapped for
-    the new name."""
+    the new name. ``related``: hits that pass the evidence rule by the meaning of their words
+    (``Ranking.expand_similar``), each with the query's and its own words that matched: the
+    query's are left out of the second question, and the second hop's pick holds none of them."""
     asked = _names(query)
     relation = frozenset(words(" ".join(re.findall(r"'s\s+(\w+)", query))))
     own = {w for name in asked for w in words(name)}
@@ -118,13 +129,16 @@ def _bridge_hits(query: str, texts: Sequence[str], evidence: Sequence[str] | Non
         if not here or (asked and not any(name in here for name in asked)):
             continue
         held = {_stem(w) for w in words(evidence[i] if evidence is not None else text)}
-        if require and not asks & held:
+        matched = related.get(i, frozenset()) if related is not None else frozenset()
+        if require and not asks & held and not matched:
             continue
         seen = set(words(text))
         if rest:
-            left = [w for w in words(query) if w not in own and len(w) > 1 and _stem(w) not in held]
+            left = [w for w in words(query) if w not in own and len(w) > 1 and _stem(w) not in held
+                    and w not in matched]
         else:
-            left = [w for w in words(query) if w not in own and w not in relation and w not in seen]
+            left = [w for w in words(query) if w not in own and w not in relation and w not in seen
+                    and w not in matched]
         for name in here:
             if not set(words(name)) <= every and name not in (b[1] for b in out):
                 if rest:
@@ -133,7 +147,7 @@ def _bridge_hits(query: str, texts: Sequence[str], evidence: Sequence[str] | Non
                 # "Where does Ann Borg's manager live?" -> "Where does Ben Berg live?"
                 asked_for = [a for a in asked if a in here]
                 swapped = re.sub(rf"\b{re.escape(asked_for[0])}'s\s+\w+", name, query) if asked_for else query
-                out.append((i, name, swapped if swapped != query else " ".join([name, *left]), relation))
+                out.append((i, name, swapped if swapped != query else " ".join([name, *left]), relation | matched))
     return out
 
 
@@ -308,12 +322,17 @@ class MemoryReads(MemoryCore):
         ranking = self.ranking
         keep = max(ranking.expand_at, 1) - 1
         picks: list[tuple[str, str]] = []
-        hits = [found[p][0] for p in ranked[:ranking.expand_from]]
+        similar = bool(ranking.expand_similar) and ranking.expand_evidence and mode == "hybrid"
+        # the semantic test may look deeper than expand_from for a hit that bridges (expand_deep)
+        hits = [found[p][0] for p in ranked[:max(ranking.expand_from, ranking.expand_deep if similar else 0)]]
         scoring = ranking.expand_fusion == "score"
         evidence = ([f"{e.text} {e.key} {meta_words(e.metadata)}" for e in hits]
                     if ranking.expand_evidence or ranking.expand_query == "rest" else None)
-        bridges = _bridge_hits(query, [e.text for e in hits], evidence, require=ranking.expand_evidence,
-                               rest=ranking.expand_query == "rest")[:ranking.expand_slots]
+        related = await self._related_hits(query, hits) if similar else None
+        bridges = [b for b in _bridge_hits(query, [e.text for e in hits], evidence, require=ranking.expand_evidence,
+                                           rest=ranking.expand_query == "rest", related=related)
+                   if b[0] < ranking.expand_from or (related is not None and b[0] in related)
+                   ][:ranking.expand_slots]
         vectors: list[list[float] | None] = [None] * len(bridges)
         if bridges and mode == "hybrid" and ranking.expand_embed:
             vectors = list(await self._query_vectors([b[2] for b in bridges]))
@@ -335,10 +354,13 @@ class MemoryReads(MemoryCore):
                         combined[p] = value
                         found.setdefault(p, second[p])
                 continue
-            pick = next((p for p in again if p not in ranked[:keep] and p not in picks
-                         and lowered in second[p][0].text.lower() and not banned & set(words(second[p][0].text))),
+            pick = next((p for p in again if p not in ranked[:keep] and p not in picks and p != ranked[source]
+                         and lowered in second[p][0].text.lower()
+                         and not banned & _held(second[p][0].text, stems=related is not None and source in related)),
                         None)
             if pick is not None:
+                if source >= keep and related and source in related and ranked[source] not in picks:
+                    picks.append(ranked[source])  # a bridge the semantic test found below the kept places
                 picks.append(pick)
                 found.setdefault(pick, second[pick])
         if scoring:
@@ -350,6 +372,32 @@ class MemoryReads(MemoryCore):
         merged = [*rest[:keep], *picks, *rest[keep:]]
         floor = scores[rest[keep - 1]] if 0 < keep <= len(rest) else 0.0
         return merged, {**scores, **{p: floor for p in picks}}, {p: floor / best for p in picks}
+
+    async def _related_hits(self, query: str, hits: Sequence[Entry]) -> dict[int, frozenset[str]]:
+        """The hits (by index) that name the query's names and someone else, and hold a word whose
+        embedding is like one of the query's (``Ranking.expand_similar``), each with the words of
+        both sides that matched. The words are embedded in one call (cached: a hit's words recur)."""
+        asked = _names(query)
+        mine = {w for name in asked for w in words(name)}
+        ask = content_words(query, mine)
+        held: dict[int, list[str]] = {}
+        for i, e in enumerate(hits):
+            here = _names(e.text)
+            if asked and any(n in here for n in asked) and any(n not in asked for n in here):
+                theirs = {w for name in here for w in words(name)}
+                held[i] = content_words(f"{e.text} {e.key.replace('/', ' ').replace('-', ' ')} "
+                                        f"{meta_words(e.metadata)}", theirs)
+        if not ask or not held:
+            return {}
+        vocabulary = list(dict.fromkeys([*ask, *(w for ws in held.values() for w in ws)]))
+        vectors = dict(zip(vocabulary, await self._query_vectors(vocabulary), strict=True))
+        out = {}
+        for i, ws in held.items():
+            matched = similar_words({w: vectors[w] for w in ask}, {w: vectors[w] for w in ws},
+                                    self.ranking.expand_similar)
+            if matched:
+                out[i] = matched | {_stem(w) for w in matched}
+        return out
 
     async def _query_vector(self, query: str) -> list[float]:
         """The query's embedding (from the client's vector cache when it was embedded lately)."""
