@@ -122,8 +122,10 @@ class ToolSpec:
         decision: Replay | Live | Attention = Live()
         position: int | None = None
         default_key = call_id
+        fingerprint: str | None = None
         if tools is not None:
             digest = tool_hash(self.name, recorded)
+            fingerprint = digest.removeprefix("sha256:")  # the runaway guard's, of the same writing
             place = tools.place(digest)
             position = place.position
             decision = decide(place, idempotent=idempotent, captured=self.capture)
@@ -143,7 +145,8 @@ class ToolSpec:
             runid=ctx.run_id if ctx is not None else None, agentid=ctx.agent if ctx is not None else None,
             traceparent=new_traceparent(ctx.trace_id if ctx is not None else None), submitted_at=time.time())
         call = ToolCall(policies, policy, item, idempotent, engine=partial(hub.engine, policies),
-                        runaway=hub.runaway, source=self.source, retry_on=self.retry_on, position=position)
+                        runaway=hub.runaway, source=self.source, retry_on=self.retry_on, position=position,
+                        fingerprint=fingerprint)
         timeout = self.timeout_s if self.timeout_s is not None else policy.tool_timeout_s
         return Prepared(call, kwargs, decision, timeout)
 
