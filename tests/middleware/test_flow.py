@@ -447,3 +447,25 @@ def test_a_tool_calls_events_skip_validation_only_where_it_would_change_nothing(
     assert type(completed.duration_ms) is float
     assert skipped == (["ToolCallRequested", "ToolCallCompleted"] if trusted else
                        [] if arguments["q"] != 1 else ["ToolCallRequested"])
+
+
+def test_a_work_item_made_is_what_model_construct_makes() -> None:
+    """``WorkItem.made`` (every call's item, its defaults worked out once) gives what ``model_construct``
+    gives: the same fields in the same order, the same fields set, the same JSON; a default body of its own."""
+    cases: list[dict[str, Any]] = [
+        dict(call_id="c1", kind="llm", runid="r", agentid=None, traceparent="00-x", submitted_at=1.5,
+             provider="openai", model="gpt-4o-mini", operation="chat", body={"messages": []}),
+        dict(call_id="t1", kind="tool", tool="lookup", arguments={"q": [1, None]}, idempotency_key="r:0:ab",
+             runid=None, agentid="bot", traceparent="00-y", submitted_at=2.0),
+        dict(call_id="t2", kind="tool", submitted_at=3.0)]
+    for fields in cases:
+        made, constructed = WorkItem.made(**fields), WorkItem.model_construct(**fields)
+        assert made == constructed and list(made.__dict__) == list(constructed.__dict__)
+        assert made.model_fields_set == constructed.model_fields_set
+        assert made.model_dump_json() == constructed.model_dump_json()
+        assert (made.__pydantic_extra__, made.__pydantic_private__) == (None, None)
+    first, second = WorkItem.made(call_id="a", kind="tool"), WorkItem.made(call_id="b", kind="tool")
+    assert first.body == {} and first.body is not second.body
+    assert WorkItem.made(call_id="c", kind="tool").submitted_at > 0
+    with pytest.raises(TypeError, match="unknown fields"):
+        WorkItem.made(call_id="c", kind="tool", colour="red")

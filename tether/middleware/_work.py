@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -72,6 +73,31 @@ class WorkItem(BaseModel):
     idempotency_key: str | None = None
     redrive_of: str | None = None
 
+    @classmethod
+    def made(cls, **fields: Any) -> WorkItem:
+        """What ``model_construct(**fields)`` makes (every value the caller's own, and valid: not
+        validated), with the fields' defaults worked out once: an adapter makes one for every call."""
+        spec = _MADE.get(cls)
+        if spec is None:
+            if cls.__pydantic_post_init__ or cls.__private_attributes__:  # not this class's case: pydantic's way
+                return cls.model_construct(**fields)
+            spec = _MADE[cls] = tuple((name, field.default, field.default_factory)
+                                      for name, field in cls.model_fields.items() if not field.is_required())
+        values = dict(fields)
+        for name, default, factory in spec:
+            if name not in values:
+                values[name] = factory() if factory is not None else (
+                    copy.deepcopy(default) if isinstance(default, dict | list) else default)
+        values = {name: values[name] for name in cls.model_fields if name in values}  # the fields' order
+        if len(values) != len(fields) + sum(1 for name, _, _ in spec if name not in fields):
+            raise TypeError(f"WorkItem.made() got unknown fields {sorted(set(fields) - set(cls.model_fields))}")
+        item = cls.__new__(cls)
+        object.__setattr__(item, "__dict__", values)
+        object.__setattr__(item, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(item, "__pydantic_extra__", None)
+        object.__setattr__(item, "__pydantic_private__", None)
+        return item
+
     @property
     def target(self) -> Target | None:
         if self.kind == "llm" and self.provider and self.model:
@@ -81,6 +107,9 @@ class WorkItem(BaseModel):
     @property
     def route(self) -> str:
         return f"{self.provider}:{self.model}" if self.kind == "llm" else f"tool:{self.tool}"
+
+
+_MADE: dict[type[WorkItem], tuple[tuple[str, Any, Any], ...]] = {}
 
 
 def work_subject(item: WorkItem) -> str:
