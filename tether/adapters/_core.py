@@ -245,13 +245,23 @@ class Interceptor:
         request = parse_request(kind, operation, raw, path)
         digest, fingerprint = call_digests(request, raw)
         ctx = current_run()
-        incoming = next((v for k, v in headers if k.lower() == "traceparent"), None)
+        incoming: str | None = None  # the caller's traceparent (the first)
+        keyed = False  # the caller sent an idempotency key
+        out: Headers = []  # what goes upstream: the caller's headers, but those tether writes itself
+        for k, v in headers:
+            low = k.lower()
+            if low in _HOP:
+                if incoming is None and low == "traceparent":
+                    incoming = v
+                continue
+            keyed = keyed or low == "idempotency-key"
+            out.append((k, v))
         trace_id = trace_of(incoming) or (ctx.trace_id if ctx is not None else None)
         traceparent = new_traceparent(trace_id)
         provider = self.provider or kind
         model = request.model or "unknown"
         body: dict[str, Any] = request.body or {}  # redacted when recorded (LlmCall.recorded), not before
-        item = WorkItem.model_construct(  # every field is ours and valid: skip validating the body twice
+        item = WorkItem.made(  # every field is ours and valid: skip validating the body twice
             call_id=uuid7(), kind="llm", runid=ctx.run_id if ctx is not None else None,
             agentid=(ctx.agent if ctx is not None and ctx.agent else None) or self.agent,
             traceparent=traceparent, submitted_at=time.time(), provider=provider, model=model,
@@ -268,10 +278,9 @@ class Interceptor:
             raw = json.dumps({**request.body, "stream_options": {**(options if isinstance(options, dict) else {}),
                                                                   "include_usage": True}},
                              separators=(",", ":")).encode()
-        out: Headers = [(k, v) for k, v in headers if k.lower() not in _HOP]
         out.append(("accept-encoding", "identity"))  # tether reads what it records
         out.append(("traceparent", traceparent))
-        if not any(k.lower() == "idempotency-key" for k, _ in out):
+        if not keyed:
             out.append(("idempotency-key", item.call_id))
         return LlmCall(hub=hub, engine=engine, policy=policy, item=item, request=request, headers=out, raw=raw,
                        capture=self.capture, redactor=self.redactor, mode=self.mode, ask_usage=ask_usage,

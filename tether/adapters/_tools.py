@@ -139,7 +139,7 @@ class ToolSpec:
             if key is None:
                 key = default_key
                 kwargs = {**kwargs, "idempotency_key": key}
-        item = WorkItem.model_construct(
+        item = WorkItem.made(
             call_id=call_id, kind="tool", tool=self.name, arguments=recorded,
             idempotency_key=str(key) if key is not None else (default_key if position is not None else None),
             runid=ctx.run_id if ctx is not None else None, agentid=ctx.agent if ctx is not None else None,
