@@ -81,16 +81,22 @@ class WorkItem(BaseModel):
         if spec is None:
             if cls.__pydantic_post_init__ or cls.__private_attributes__:  # not this class's case: pydantic's way
                 return cls.model_construct(**fields)
-            spec = _MADE[cls] = tuple((name, field.default, field.default_factory)
-                                      for name, field in cls.model_fields.items() if not field.is_required())
-        values = dict(fields)
-        for name, default, factory in spec:
-            if name not in values:
-                values[name] = factory() if factory is not None else (
-                    copy.deepcopy(default) if isinstance(default, dict | list) else default)
-        values = {name: values[name] for name in cls.model_fields if name in values}  # the fields' order
-        if len(values) != len(fields) + sum(1 for name, _, _ in spec if name not in fields):
-            raise TypeError(f"WorkItem.made() got unknown fields {sorted(set(fields) - set(cls.model_fields))}")
+            spec = _MADE[cls] = tuple((name, field.is_required(), field.default, field.default_factory)
+                                      for name, field in cls.model_fields.items())
+        values: dict[str, Any] = {}
+        given = 0
+        for name, required, default, factory in spec:  # in the fields' order, as model_construct
+            if name in fields:
+                values[name] = fields[name]
+                given += 1
+            elif required:
+                continue  # left out, as model_construct leaves it
+            elif factory is not None:
+                values[name] = factory()
+            else:
+                values[name] = copy.deepcopy(default) if isinstance(default, dict | list) else default
+        if given != len(fields):
+            raise TypeError(f"WorkItem.made() got unknown fields {sorted(set(fields) - set(values))}")
         item = cls.__new__(cls)
         object.__setattr__(item, "__dict__", values)
         object.__setattr__(item, "__pydantic_fields_set__", set(fields))
@@ -109,7 +115,7 @@ class WorkItem(BaseModel):
         return f"{self.provider}:{self.model}" if self.kind == "llm" else f"tool:{self.tool}"
 
 
-_MADE: dict[type[WorkItem], tuple[tuple[str, Any, Any], ...]] = {}
+_MADE: dict[type[WorkItem], tuple[tuple[str, bool, Any, Any], ...]] = {}
 
 
 def work_subject(item: WorkItem) -> str:
