@@ -128,6 +128,8 @@ class Redactor:
     _defaults: bool = field(init=False, repr=False)
     _memo: dict[str, str] = field(init=False, repr=False, compare=False)
     _memo_chars: list[int] = field(init=False, repr=False, compare=False)
+    _keys: dict[str, bool] = field(init=False, repr=False, compare=False)
+    _walker: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = {f.lower() for f in self.fields}
@@ -142,6 +144,8 @@ class Redactor:
         object.__setattr__(self, "_defaults", not self.replace_defaults)
         object.__setattr__(self, "_memo", {})
         object.__setattr__(self, "_memo_chars", [0])
+        object.__setattr__(self, "_keys", {})
+        object.__setattr__(self, "_walker", _walker(self))
 
     def __call__(self, value: Any) -> Any:
         """A redacted copy of ``value`` (JSON-like data); ``value`` itself is left alone."""
@@ -182,36 +186,69 @@ class Redactor:
         return value
 
     def _walk(self, value: Any) -> Any:
+        return self._walker(value)
+
+    def _secret(self, key: Any) -> bool:
+        """Whether ``key``'s value is redacted (one of ``fields``, in any case); a string key's answer is kept."""
+        if not isinstance(key, str):
+            return False
+        secret = key.lower() in self._fields
+        if type(key) is str:
+            keys = self._keys
+            if len(keys) >= _KEYS_MAX:
+                keys.clear()
+            keys[key] = secret
+        return secret
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
+_KEYS_MAX = 4096
+
+
+def _walker(redactor: Redactor) -> Callable[[Any], Any]:
+    """``redactor``'s walk of a value: a redacted copy, its rule set and memos bound once (this is on
+    every LLM call's path: the whole request, each call)."""
+    keys, memo, text, secret_key = redactor._keys, redactor._memo, redactor.text, redactor._secret
+    fields = redactor._fields
+
+    def walk(value: Any) -> Any:
         kind = type(value)
-        if kind is str:
-            return self.text(value)
-        if kind is dict:  # JSON's types first, without a call per scalar: this is on every LLM call's path
-            fields, text, walk = self._fields, self.text, self._walk
+        if kind is dict:  # JSON's types first, without a call per scalar
             out: dict[Any, Any] = {}
             for k, v in value.items():
                 if v is None:
                     out[k] = v
-                elif isinstance(k, str) and k.lower() in fields:
+                    continue
+                secret = keys.get(k) if type(k) is str else None  # a key's verdict, remembered
+                if secret is None:
+                    secret = secret_key(k)
+                if secret:
                     out[k] = REDACTED
+                    continue
+                inner = type(v)
+                if inner is str:  # a string seen before (most: an agent sends its conversation again)
+                    known = memo.get(v)
+                    out[k] = known if known is not None else text(v)
                 else:
-                    inner = type(v)
-                    out[k] = v if inner in _SCALARS else text(v) if inner is str else walk(v)
+                    out[k] = v if inner in _SCALARS else walk(v)
             return out
+        if kind is str:
+            return text(value)
         if kind is list or kind is tuple:
-            text, walk = self.text, self._walk
-            return [v if type(v) in _SCALARS else text(v) if type(v) is str else walk(v) for v in value]
+            return [v if type(v) in _SCALARS else (memo.get(v) or text(v)) if type(v) is str else walk(v)
+                    for v in value]
         if isinstance(value, str):
-            return self.text(value)
+            return text(value)
         if isinstance(value, dict):
-            fields = self._fields
-            return {k: (REDACTED if isinstance(k, str) and k.lower() in fields and v is not None
-                        else self._walk(v)) for k, v in value.items()}
+            return {k: (REDACTED if isinstance(k, str) and k.lower() in fields and v is not None else walk(v))
+                    for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self._walk(v) for v in value]
+            return [walk(v) for v in value]
         return value
 
+    return walk
 
-_SCALARS = frozenset({int, float, bool, type(None)})
+
 _ASSIGNED = re.compile(_ASSIGNMENT)
 _NAMES = tuple(name.lower() for name in ASSIGNED_NAMES)
 

@@ -336,3 +336,29 @@ async def test_a_calls_events_are_built_without_validating_what_tether_parsed_ag
         assert payload == validated and payload.model_fields_set == validated.model_fields_set
         assert Event.of(payload, id="e1", time=WHEN).data_json() == Event.of(validated, id="e1", time=WHEN).data_json()
     assert requested[0].parameters == {"temperature": 0.5} and requested[0].request["messages"][0]["content"] == "hi"
+
+
+async def test_the_headers_sent_upstream_in_one_pass(bus: Bus, policies: PolicySet) -> None:
+    """What goes upstream: the caller's headers in their order but those tether writes (length, encoding,
+    connection, the trace), then ``accept-encoding: identity``, the call's traceparent (continuing the
+    caller's first one) and an idempotency key unless the caller gave one (in any case)."""
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    other = "00-11111111111111111111111111111111-2222222222222222-01"
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    answer = [b'{"id":"c1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}']
+    core = Interceptor(bus=bus, policies=policies)
+    caller: Headers = [("Content-Type", "application/json"), ("Content-Length", "99"), ("TraceParent", incoming),
+                       ("X-Custom", "1"), ("traceparent", other), ("Accept-Encoding", "gzip"), ("Connection", "x")]
+    for keyed in (False, True):
+        upstream = Upstream([Scripted(200, list(answer), [("content-type", "application/json")])])
+        given = [*caller, ("Idempotency-Key", "mine")] if keyed else caller
+        response = await core.handle("POST", "/v1/chat/completions", given, body, upstream)
+        assert response.status == 200
+        sent = upstream.sent[0][0]
+        names = [k for k, _ in sent]
+        assert names[:2] == ["Content-Type", "X-Custom"]
+        assert names[2:] == (["Idempotency-Key", "accept-encoding", "traceparent"] if keyed else
+                             ["accept-encoding", "traceparent", "idempotency-key"])
+        assert dict(sent)["traceparent"].split("-")[1] == incoming.split("-")[1]
+        assert dict(sent).get("Idempotency-Key", dict(sent).get("idempotency-key")) == (
+            "mine" if keyed else response.call_id)

@@ -12,7 +12,7 @@ import pytest
 
 import tether
 from tether.adapters import Hub
-from tether.adapters._tools import FrameworkTools
+from tether.adapters._tools import FrameworkTools, RunawayError
 from tether.bus import Bus
 from tether.middleware import Policy, PolicySet
 
@@ -114,3 +114,50 @@ def test_the_timeout_an_adapter_tells_the_framework_is_the_tools_or_its_routes()
     assert FrameworkTools(policies=policies).timeout("slow") == 2.5
     assert FrameworkTools(policies=policies).timeout("other") is None
     assert FrameworkTools(timeout_s=0.5, policies=policies).timeout("slow") == 0.5, "the adapter's option first"
+
+
+async def test_a_tool_call_writes_its_arguments_once_for_the_journal_and_the_runaway_guard(
+        bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a run, the tool journal's hash and the runaway guard's fingerprint come from one canonical writing
+    of the tool and its arguments (the guard's is the hash without ``sha256:``), and preparing a call seeds no
+    random generator (its retry jitter comes from one the process shares): identical calls are still counted
+    as identical, and refused past the guard's limit."""
+    import random
+
+    from tether.middleware import RunawayGuard, request_fingerprint, tool_hash
+
+    policies = PolicySet(routes=fast_policies().routes, runaway=RunawayGuard(max_identical_calls=2))
+    tools = FrameworkTools("urn:test:framework", bus=bus, policies=policies)
+    spec = tools.spec("lookup")
+    seen: list[str | None] = []
+    prepare = spec.prepare
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        prepared = prepare(*args, **kwargs)
+        seen.append(prepared.call.fingerprint)
+        return prepared
+
+    def no_seeding(self: random.Random, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a tool call seeded a random generator")
+
+    await Hub.of(bus).engine(policies)  # made once (it seeds its own generator), as by the first dead letter
+    monkeypatch.setattr(spec, "prepare", watched)
+    monkeypatch.setattr(random.Random, "seed", no_seeding)
+    arguments = {"city": "Zürich", "days": [1, 2.5, None]}
+    runs = 0
+
+    async def lookup() -> str:
+        nonlocal runs
+        runs += 1
+        return "sunny"
+
+    async with tether.run(agent="fw-bot", bus=bus) as run:
+        for _ in range(2):
+            assert await tools.acall("lookup", arguments, lookup) == "sunny"
+        with pytest.raises(RunawayError, match="repeated the same call 3 times"):
+            await tools.acall("lookup", arguments, lookup)
+    assert runs == 2
+    expected = request_fingerprint({"tool": "lookup", "arguments": arguments})
+    assert seen == [expected] * 3 and tool_hash("lookup", arguments) == "sha256:" + expected
+    failed = data(await run_events(bus, run.run_id), "tool.call.failed")[0]
+    assert failed.error.type == "RunawayGuard"

@@ -85,3 +85,55 @@ def test_secret_fields_go_whatever_their_value_and_none_stays() -> None:
                       "n": 3, "f": 0.5, "ok": False})
     assert out == {"password": REDACTED, "api_key": None, "secret": REDACTED, "pairs": ["a", {"token": 1.5}],
                    "n": 3, "f": 0.5, "ok": False}
+
+
+def _reference_walk(redactor: Redactor, value: object) -> object:
+    """The walk as it was written first (each key lower-cased, every string through ``text``)."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {k: (REDACTED if isinstance(k, str) and k.lower() in redactor._fields and v is not None
+                    else _reference_walk(redactor, v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reference_walk(redactor, v) for v in value]
+    return value
+
+
+def test_the_walk_remembers_each_keys_verdict_and_redacts_as_the_first_walk_did(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk on every call's request keeps each key's verdict (secret or not) and reads known strings
+    from the memory: on random bodies (secret keys in any case, str subclasses as keys and values, tuples,
+    non-JSON values) it gives what the plain walk gives, key order included; the verdicts are bounded."""
+    import random
+
+    class Key(str):
+        def lower(self) -> str:  # a subclass answers for itself: its verdict is not remembered
+            return "password"
+
+    monkeypatch.setattr(_redact, "_KEYS_MAX", 50)
+    rng = random.Random(7)
+    keys: list[object] = ["model", "Password", "API_KEY", "token", "messages", "content", "x-api-key", 3, Key("a"),
+                          "Authorization", "passwd", "ok"]
+    leaves: list[object] = [None, True, 0, 2.5, "plain", "sk-proj-ABCDEFGHIJKLMNOPQRSTUV", Key("k"), b"raw", "@"]
+
+    def value(depth: int) -> object:
+        kind = rng.randrange(5 if depth < 3 else 1)
+        if kind == 0:
+            return rng.choice(leaves)
+        if kind in (1, 2):
+            return {rng.choice(keys) if rng.random() < 0.8 else f"k{rng.randrange(200)}": value(depth + 1)
+                    for _ in range(rng.randrange(5))}
+        items = [value(depth + 1) for _ in range(rng.randrange(4))]
+        return tuple(items) if kind == 3 else items
+
+    for hook in (None, lambda v: {"hooked": v}):
+        redactor = Redactor(fields={"token"}, hook=hook)
+        for _ in range(500):
+            body = value(0)
+            expected = _reference_walk(redactor, body)
+            out = redactor(body)
+            assert out == (expected if hook is None else {"hooked": expected})
+            assert repr(out) == repr(expected if hook is None else {"hooked": expected}), "the same key order"
+            assert len(redactor._keys) <= 50
+        assert redactor._keys.get("Password") is True and redactor._keys.get("model") is False
+        assert "a" not in redactor._keys

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import threading
+from typing import Any, cast
 
 import openai
 import pytest
@@ -162,3 +163,37 @@ def test_an_async_run_on_the_running_background_bus_takes_no_thread(background: 
     assert hops == ["background_hub"], "a run on the running background bus takes no thread"
     for run_id in first + second:
         assert kinds(background.events(run_id)) == ["run.started", "run.finished"]
+
+
+@pytest.mark.parametrize(("fields", "trusted"), [
+    ({"name": "bot", "input": {"q": "Zürich", "n": [1, 2.5, None]}, "tags": ("a", "b"), "metadata": {"k": [1]}}, True),
+    ({"input": {"q": float("nan")}}, False),  # recorded as the string "NaN", by validation
+])
+def test_a_runs_events_skip_validation_only_where_it_would_change_nothing(
+        fields: dict[str, Any], trusted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run.started`` and ``run.finished`` are built without validating again when every field is the run's
+    own plain value: the payloads and their JSON are what validation makes; anything else is validated."""
+    from tether.schemas import RunFinished, RunStarted
+
+    skipped: list[str] = []
+    for cls in (RunStarted, RunFinished):
+        made_by = cls.trusted.__func__  # type: ignore[attr-defined]
+
+        def trusting(cls: Any, /, _made_by: Any = made_by, **given: Any) -> Any:
+            skipped.append(cls.__name__)
+            return _made_by(cls, **given)
+
+        monkeypatch.setattr(cls, "trusted", classmethod(trusting))
+    opened = tether.run(agent="bot", **fields)
+    started = opened._open(cast(Any, object())).data
+    opened.output = {"answer": "sunny", "n": 2}
+    _, ended = opened._close(None)
+    assert ended is not None
+    finished = ended.data
+    expected_start = RunStarted(name=fields.get("name"), parent_run_id=None, input=fields.get("input"),
+                                tags=fields.get("tags", ()), metadata=fields.get("metadata", {}), resumed=False)
+    assert isinstance(finished, RunFinished)
+    expected_end = RunFinished(status="ok", duration_ms=finished.duration_ms, output={"answer": "sunny", "n": 2})
+    for made, expected in ((started, expected_start), (finished, expected_end)):
+        assert made == expected and made.model_dump_json() == expected.model_dump_json()
+    assert skipped == (["RunStarted", "RunFinished"] if trusted else ["RunFinished"])

@@ -410,3 +410,62 @@ def test_a_completed_event_not_plain_is_validated_as_before() -> None:
     assert isinstance(data, LlmCallCompleted) and type(data.latency_ms) is float and data.response == {"x": "NaN"}
     with pytest.raises(InvalidEvent):
         eng.completed_event(call.item, call.rec, 1, Outcome(True, 5.0, response={}, finish_reason=7))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("arguments", "result", "duration", "trusted"), [
+    ({"q": 1, "city": "Zürich", "days": [1, 2.5, None, True]}, {"ok": "sunny"}, 2.5, True),
+    ({"q": float("nan")}, [float("inf")], 2.5, False),  # recorded as the strings "NaN" and "Infinity"
+    ({"q": 1}, 3, 7, False),  # an int duration: converted to a float, as validation does
+])
+def test_a_tool_calls_events_skip_validation_only_where_it_would_change_nothing(
+        arguments: Any, result: Any, duration: Any, trusted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool call's ``requested`` and ``completed`` are built without validating again when every field is
+    tether's own plain value (the arguments and the result as JSON tether made of them): the payloads and their
+    JSON are what validation makes; anything else is validated as before."""
+    from tether.schemas import ToolCallCompleted, ToolCallRequested
+
+    skipped: list[str] = []
+    for cls in (ToolCallRequested, ToolCallCompleted):
+        made_by = cls.trusted.__func__  # type: ignore[attr-defined]
+
+        def trusting(cls: Any, _made_by: Any = made_by, **fields: Any) -> Any:
+            skipped.append(cls.__name__)
+            return _made_by(cls, **fields)
+
+        monkeypatch.setattr(cls, "trusted", classmethod(trusting))
+    call = tool_call(idempotent=True)
+    call.item = call.item.model_copy(update={"arguments": arguments, "idempotency_key": "r1:0:abc"})
+    call.position = 0
+    requested = call.requested_event().data
+    validated = ToolCallRequested(call_id="t1", tool="lookup", arguments=arguments, idempotent=True,
+                                  idempotency_key="r1:0:abc", mode="inline", position=0)
+    completed = call.completed_event(2, Invoked(duration, result=result, recorded=result)).data
+    validated_end = ToolCallCompleted(call_id="t1", tool="lookup", attempt=2, result=result, duration_ms=duration)
+    for made, expected in ((requested, validated), (completed, validated_end)):
+        assert made == expected and made.model_dump_json() == expected.model_dump_json()
+        assert made.model_fields_set == expected.model_fields_set
+    assert type(completed.duration_ms) is float
+    assert skipped == (["ToolCallRequested", "ToolCallCompleted"] if trusted else
+                       [] if arguments["q"] != 1 else ["ToolCallRequested"])
+
+
+def test_a_work_item_made_is_what_model_construct_makes() -> None:
+    """``WorkItem.made`` (every call's item, its defaults worked out once) gives what ``model_construct``
+    gives: the same fields in the same order, the same fields set, the same JSON; a default body of its own."""
+    cases: list[dict[str, Any]] = [
+        dict(call_id="c1", kind="llm", runid="r", agentid=None, traceparent="00-x", submitted_at=1.5,
+             provider="openai", model="gpt-4o-mini", operation="chat", body={"messages": []}),
+        dict(call_id="t1", kind="tool", tool="lookup", arguments={"q": [1, None]}, idempotency_key="r:0:ab",
+             runid=None, agentid="bot", traceparent="00-y", submitted_at=2.0),
+        dict(call_id="t2", kind="tool", submitted_at=3.0)]
+    for fields in cases:
+        made, constructed = WorkItem.made(**fields), WorkItem.model_construct(**fields)
+        assert made == constructed and list(made.__dict__) == list(constructed.__dict__)
+        assert made.model_fields_set == constructed.model_fields_set
+        assert made.model_dump_json() == constructed.model_dump_json()
+        assert (made.__pydantic_extra__, made.__pydantic_private__) == (None, None)
+    first, second = WorkItem.made(call_id="a", kind="tool"), WorkItem.made(call_id="b", kind="tool")
+    assert first.body == {} and first.body is not second.body
+    assert WorkItem.made(call_id="c", kind="tool").submitted_at > 0
+    with pytest.raises(TypeError, match="unknown fields"):
+        WorkItem.made(call_id="c", kind="tool", colour="red")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tether.middleware import Journal, request_digests, request_fingerprint, request_hash, tool_hash
 from tether.schemas import (
     CallReplayed,
@@ -166,3 +168,41 @@ def test_request_digests_are_the_hash_and_the_fingerprint_made_apart() -> None:
         operation = rng.choice(["chat", "responses", "messages", "embeddings"])
         assert request_digests(body, operation=operation) == (request_hash(body, operation=operation),
                                                               request_fingerprint(body)), body
+
+
+def test_canonical_json_is_json_dumps_canonical_writing() -> None:
+    """Every hash and fingerprint is made by one C encoder made once; it writes what ``json.dumps`` with the
+    canonical options writes (random JSON, values ``default=str`` writes, NaN), and refuses a cycle as it does."""
+    import datetime
+    import json
+    import random
+
+    from tether.middleware._budget import canonical_json
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+    rng = random.Random(11)
+    for _ in range(2_000):
+        value = _random_json(rng)
+        assert canonical_json(value) == dumps(value), value
+    odd = {"when": datetime.date(2026, 12, 7), "nan": float("nan"), "inf": float("-inf"),
+           "t": (1, "é"), "s": "\x00\u2028😀"}
+    assert canonical_json(odd) == dumps(odd)
+    looped: dict[str, Any] = {"a": 1}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="Circular reference"):
+        canonical_json(looped)
+
+
+def test_request_and_tool_hashes_are_those_recorded_before() -> None:
+    """A resumed run matches the calls an earlier tether recorded: the hashes of a fixed request and tool call
+    are the strings tether wrote before the canonical writing was made faster."""
+    body = {"model": "gpt-4o-mini", "stream": False, "temperature": 0.5, "user": "u1", "messages": [
+        {"role": "user", "content": 'Grüße, "quoted" \\ 😀', "n": [1, 2.5, None, True]}]}
+    assert request_hash(body) == "sha256:c8b541013e319d3c399b9d33cbb554241bb50801427e7cbebf16dfdf8768ec2a"
+    assert request_fingerprint(body) == "ca92f428f04ed9ca0e4f42295cda4fc45b1c2b1dad6107ba38ccb60afafcfc49"
+    assert request_digests(body) == (request_hash(body), request_fingerprint(body))
+    assert tool_hash("get_weather", {"city": "Zürich", "days": 3}) == \
+        "sha256:e09611b765719e39e51d2b04b610f10e4f6ec0d8f094e16fecd3955b6060cba2"
+    assert request_hash(b"not json") == "sha256:7a53be54da7f53d987b46fbfbaf8ea36c19347eabf4f94e02426365c69ce5e51"

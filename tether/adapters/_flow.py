@@ -134,6 +134,8 @@ class LlmCall:
     """The call as :func:`~tether.middleware.call_flow` sees it."""
     _bodies: dict[str, bytes] = field(default_factory=dict)
     _recorded: WorkItem | None = None
+    _recorded_body: Any = None
+    _body_redacted: bool = False
 
     def __post_init__(self) -> None:
         self.rec = CallRecord.new(self.item, time.time())
@@ -147,12 +149,21 @@ class LlmCall:
 
     @property
     def recorded(self) -> WorkItem:
-        """The item as it may be recorded (a dead letter, ``requested``): the body redacted, or
-        none when not capturing. Made when first needed: a replayed call never needs it."""
+        """The item as it may be recorded (a dead letter): the body redacted, or none when not
+        capturing. Made when first needed: a call that does not give up never needs it."""
         if self._recorded is None:
-            body = self.redactor(self.item.body) if self.capture and self.request.body is not None else {}
-            self._recorded = self.item.model_copy(update={"body": body})
+            self._recorded = self.item.model_copy(update={"body": self.recorded_body})
         return self._recorded
+
+    @property
+    def recorded_body(self) -> Any:
+        """The body as it is recorded (``requested``, a dead letter): redacted (what the redactor's hook
+        made of it), or none when not capturing. Made once, when first needed: a replayed call never needs it."""
+        if not self._body_redacted:
+            self._recorded_body = (self.redactor(self.item.body) if self.capture and self.request.body is not None
+                                   else {})
+            self._body_redacted = True
+        return self._recorded_body
 
     @property
     def kind(self) -> Kind:
@@ -169,7 +180,7 @@ class LlmCall:
         item = self.item
         recorded: Any = None
         if self.capture and not replayed:
-            recorded = self.recorded.body if request.body is not None else self.redactor.text(
+            recorded = self.recorded_body if request.body is not None else self.redactor.text(
                 self.raw.decode("utf-8", errors="replace"))
         fields: dict[str, Any] = dict(
             call_id=item.call_id, provider=item.provider or "?", model=item.model or "?",
@@ -208,7 +219,7 @@ class LlmCall:
     def wire(self, send: Send) -> Send:
         """``send`` with the bytes of this call: its headers, and the body for the target."""
         assert send.target is not None
-        return dataclasses.replace(send, headers=self.headers, body=self.body_for(send.target))
+        return Send(send.target, send.attempt, send.timeout_s, self.headers, self.body_for(send.target))
 
     def scrub(self, failure: Failure) -> Failure:
         text = self.redactor.text(failure.message)

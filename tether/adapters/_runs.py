@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import math
 import re
 import secrets
 import time
@@ -34,7 +35,7 @@ from pydantic import JsonValue
 
 from tether.bus import Bus, event_filter, read_subject
 from tether.middleware import Cursor, load_journal
-from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, uuid7
+from tether.schemas import ErrorInfo, Event, RunFinished, RunStarted, plain_json, uuid7
 
 from ._hub import Hub, background_hub, background_hub_nowait
 from ._redact import Redactor, redactor_of
@@ -220,9 +221,14 @@ class Run:
         self.context = ctx
         self._token = _current.set(ctx)
         self._started = time.perf_counter()
-        return Event.of(RunStarted(name=self.name, parent_run_id=ctx.parent_run_id,
-                                   input=self._redact(self.input), tags=self.tags,
-                                   metadata=self._redact(self.metadata), resumed=self.resume),
+        fields: dict[str, Any] = dict(name=self.name, parent_run_id=ctx.parent_run_id, input=self._redact(self.input),
+                                      tags=self.tags, metadata=self._redact(self.metadata), resumed=self.resume)
+        # the run's own values and JSON: checked here, not validated again (else as before)
+        name, tags, metadata = fields["name"], fields["tags"], fields["metadata"]
+        plain = ((name is None or type(name) is str) and (ctx.parent_run_id is None or type(ctx.parent_run_id) is str)
+                 and type(tags) is tuple and all(type(tag) is str for tag in tags) and type(metadata) is dict
+                 and type(fields["resumed"]) is bool and plain_json(metadata) and plain_json(fields["input"]))
+        return Event.of((RunStarted.trusted if plain else RunStarted)(**fields),
                         runid=ctx.run_id, agentid=agent, traceparent=ctx.traceparent, source=SOURCE)
 
     def _close(self, exc: BaseException | None) -> tuple[Hub, Event | None]:
@@ -247,8 +253,10 @@ class Run:
             self.status = "error"
             error = ErrorInfo(type=type(exc).__name__, message=self._redact.text(str(exc))[:2000])
         duration = (time.perf_counter() - self._started) * 1000
-        return ctx.hub, Event.of(RunFinished(status=self.status, duration_ms=duration,
-                                             output=self._redact(self.output), error=error),
+        fields: dict[str, Any] = dict(status=self.status, duration_ms=duration, output=self._redact(self.output),
+                                      error=error)
+        plain = error is None and 0.0 <= duration < math.inf and plain_json(fields["output"])
+        return ctx.hub, Event.of((RunFinished.trusted if plain else RunFinished)(**fields),
                                  runid=ctx.run_id, agentid=ctx.agent, traceparent=ctx.traceparent, source=SOURCE)
 
     def __repr__(self) -> str:

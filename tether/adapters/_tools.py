@@ -122,8 +122,10 @@ class ToolSpec:
         decision: Replay | Live | Attention = Live()
         position: int | None = None
         default_key = call_id
+        fingerprint: str | None = None
         if tools is not None:
             digest = tool_hash(self.name, recorded)
+            fingerprint = digest.removeprefix("sha256:")  # the runaway guard's, of the same writing
             place = tools.place(digest)
             position = place.position
             decision = decide(place, idempotent=idempotent, captured=self.capture)
@@ -137,13 +139,14 @@ class ToolSpec:
             if key is None:
                 key = default_key
                 kwargs = {**kwargs, "idempotency_key": key}
-        item = WorkItem.model_construct(
+        item = WorkItem.made(
             call_id=call_id, kind="tool", tool=self.name, arguments=recorded,
             idempotency_key=str(key) if key is not None else (default_key if position is not None else None),
             runid=ctx.run_id if ctx is not None else None, agentid=ctx.agent if ctx is not None else None,
             traceparent=new_traceparent(ctx.trace_id if ctx is not None else None), submitted_at=time.time())
         call = ToolCall(policies, policy, item, idempotent, engine=partial(hub.engine, policies),
-                        runaway=hub.runaway, source=self.source, retry_on=self.retry_on, position=position)
+                        runaway=hub.runaway, source=self.source, retry_on=self.retry_on, position=position,
+                        fingerprint=fingerprint)
         timeout = self.timeout_s if self.timeout_s is not None else policy.tool_timeout_s
         return Prepared(call, kwargs, decision, timeout)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import time
 import zlib
@@ -28,6 +29,8 @@ from tether.schemas import (
     ToolCallAttemptFailed,
     ToolCallCompleted,
     ToolCallRequested,
+    ids_fit,
+    plain_json,
 )
 
 from ._budget import BudgetRefusal, RunawayTracker, request_fingerprint
@@ -455,6 +458,9 @@ def read_answer(sent: Sent, kind: str | None, operation: str) -> Outcome:
 # -- one in-process tool call (``tether.tool``) -----------------------------------------------
 
 
+_JITTER = random.Random()
+
+
 class RunawayError(RuntimeError):
     """The runaway guard refused a tool call: the run repeats itself or made too many calls."""
 
@@ -474,8 +480,13 @@ class ToolCall:
     retry_on: tuple[type[BaseException], ...] = ()
     position: int | None = None
     """The call's place among its run's tool calls (what a resumed run matches it by)."""
+    fingerprint: str | None = None
+    """The runaway guard's fingerprint of the tool and its arguments, when the caller made it already
+    (it is the run's journal's tool hash without its ``sha256:``: one canonical writing for both)."""
     rec: CallRecord = field(init=False)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default=_JITTER)
+    """Where a retry's backoff jitter is drawn (one generator for the process: seeding one per call
+    read the system's entropy on every tool call)."""
 
     def __post_init__(self) -> None:
         self.rec = CallRecord.new(self.item, time.time())
@@ -487,10 +498,28 @@ class ToolCall:
 
     def requested_event(self) -> Event:
         item = self.item
-        return self.event(ToolCallRequested(call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments,
-                                            idempotent=self.idempotent, idempotency_key=item.idempotency_key,
-                                            mode="inline", position=self.position),
-                          id=terminal_id(item.call_id, "requested"))
+        fields: dict[str, Any] = dict(
+            call_id=item.call_id, tool=item.tool or "?", arguments=item.arguments, idempotent=self.idempotent,
+            idempotency_key=item.idempotency_key, mode="inline", position=self.position)
+        # tether's own values and the arguments as JSON it made: checked here, not validated again (else as before)
+        key, position = fields["idempotency_key"], fields["position"]
+        plain = (ids_fit(fields["call_id"], fields["tool"]) and type(fields["idempotent"]) is bool
+                 and (key is None or type(key) is str)
+                 and (position is None or (type(position) is int and position >= 0))
+                 and plain_json(fields["arguments"]))
+        payload = (ToolCallRequested.trusted if plain else ToolCallRequested)(**fields)
+        return self.event(payload, id=terminal_id(item.call_id, "requested"))
+
+    def completed_event(self, attempt: int, done: Invoked) -> Event:
+        item = self.item
+        fields: dict[str, Any] = dict(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
+                                      result=done.recorded, duration_ms=done.duration_ms)
+        duration = fields["duration_ms"]
+        plain = (ids_fit(fields["call_id"], fields["tool"]) and type(attempt) is int and attempt >= 1
+                 and (duration is None or (type(duration) is float and 0.0 <= duration < math.inf))
+                 and plain_json(fields["result"]))
+        payload = (ToolCallCompleted.trusted if plain else ToolCallCompleted)(**fields)
+        return self.event(payload, id=terminal_id(item.call_id, "completed"))
 
     async def give_up(self, reason: DeadLetterReason, error: ErrorInfo) -> None:
         engine = await self.engine()
@@ -515,8 +544,10 @@ def tool_flow(call: ToolCall) -> Generator[Effect, Any, Invoked]:
     yield Emit(call.requested_event())
     guard = call.policies.runaway
     if item.runid and (guard.max_calls_per_run or guard.max_identical_calls):
-        refusal = call.runaway.admit(item.runid, request_fingerprint({"tool": item.tool, "arguments": item.arguments}),
-                                     guard)
+        fingerprint = call.fingerprint
+        if fingerprint is None:
+            fingerprint = request_fingerprint({"tool": item.tool, "arguments": item.arguments})
+        refusal = call.runaway.admit(item.runid, fingerprint, guard)
         if refusal is not None:
             error = ErrorInfo(type="RunawayGuard", message=refusal, retryable=False)
             yield Run(partial(call.give_up, "runaway", error), drain=True)
@@ -528,9 +559,7 @@ def tool_flow(call: ToolCall) -> Generator[Effect, Any, Invoked]:
         assert isinstance(done, Invoked)
         rec.record_attempt(AttemptRecord(attempt, None, done.failure, started_at, time.time() - started_at))
         if done.error is None:
-            yield Emit(call.event(ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
-                                                    result=done.recorded, duration_ms=done.duration_ms),
-                                  id=terminal_id(item.call_id, "completed")), final=True)
+            yield Emit(call.completed_event(attempt, done), final=True)
             return done
         failure = done.failure
         assert failure is not None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from tether.schemas import (
     Usage,
 )
 
-from ._budget import VOLATILE_KEYS
+from ._budget import VOLATILE_KEYS, canonical_json
 
 __all__ = [
     "REQUEST_VOLATILE_KEYS",
@@ -55,8 +54,7 @@ whether the provider keeps the call, caching and latency hints. None changes the
 
 
 def _digest(doc: Any) -> str:
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical_json(doc).encode()).hexdigest()
 
 
 def request_hash(body: Mapping[str, Any] | str | bytes, *, operation: str = "chat") -> str:
@@ -77,15 +75,13 @@ def request_digests(body: Mapping[str, Any], *, operation: str = "chat") -> tupl
     """``(request_hash(body, operation=...), request_fingerprint(body))``, the same two strings, with
     each top-level value of the request written as canonical JSON once instead of twice (the
     conversation, the tools: most of an agent's request, and more each call)."""
-    texts = {key: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-             for key, value in body.items()}
+    texts = {key: canonical_json(value) for key, value in body.items()}
+    keys = [(key, canonical_json(key) + ":") for key in sorted(texts)]
 
     def joined(skipped: frozenset[str]) -> str:
-        return "{" + ",".join(json.dumps(key, ensure_ascii=False) + ":" + texts[key]
-                              for key in sorted(texts) if key not in skipped) + "}"
+        return "{" + ",".join(name + texts[key] for key, name in keys if key not in skipped) + "}"
 
-    hashed = '{"operation":' + json.dumps(operation, ensure_ascii=False) + ',"request":' + \
-        joined(REQUEST_VOLATILE_KEYS) + "}"
+    hashed = '{"operation":' + canonical_json(operation) + ',"request":' + joined(REQUEST_VOLATILE_KEYS) + "}"
     return ("sha256:" + hashlib.sha256(hashed.encode()).hexdigest(),
             hashlib.sha256(joined(VOLATILE_KEYS).encode()).hexdigest())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -72,6 +73,37 @@ class WorkItem(BaseModel):
     idempotency_key: str | None = None
     redrive_of: str | None = None
 
+    @classmethod
+    def made(cls, **fields: Any) -> WorkItem:
+        """What ``model_construct(**fields)`` makes (every value the caller's own, and valid: not
+        validated), with the fields' defaults worked out once: an adapter makes one for every call."""
+        spec = _MADE.get(cls)
+        if spec is None:
+            if cls.__pydantic_post_init__ or cls.__private_attributes__:  # not this class's case: pydantic's way
+                return cls.model_construct(**fields)
+            spec = _MADE[cls] = tuple((name, field.is_required(), field.default, field.default_factory)
+                                      for name, field in cls.model_fields.items())
+        values: dict[str, Any] = {}
+        given = 0
+        for name, required, default, factory in spec:  # in the fields' order, as model_construct
+            if name in fields:
+                values[name] = fields[name]
+                given += 1
+            elif required:
+                continue  # left out, as model_construct leaves it
+            elif factory is not None:
+                values[name] = factory()
+            else:
+                values[name] = copy.deepcopy(default) if isinstance(default, dict | list) else default
+        if given != len(fields):
+            raise TypeError(f"WorkItem.made() got unknown fields {sorted(set(fields) - set(values))}")
+        item = cls.__new__(cls)
+        object.__setattr__(item, "__dict__", values)
+        object.__setattr__(item, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(item, "__pydantic_extra__", None)
+        object.__setattr__(item, "__pydantic_private__", None)
+        return item
+
     @property
     def target(self) -> Target | None:
         if self.kind == "llm" and self.provider and self.model:
@@ -81,6 +113,9 @@ class WorkItem(BaseModel):
     @property
     def route(self) -> str:
         return f"{self.provider}:{self.model}" if self.kind == "llm" else f"tool:{self.tool}"
+
+
+_MADE: dict[type[WorkItem], tuple[tuple[str, bool, Any, Any], ...]] = {}
 
 
 def work_subject(item: WorkItem) -> str:
