@@ -19,7 +19,7 @@ from typing import Any, Literal
 from . import _query as q
 from ._context import pack
 from ._core import MemoryCore
-from ._embed import SpanEmbedder, VectorIndex
+from ._embed import QueryEmbedder, SpanEmbedder, VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
 from ._rank import (
@@ -249,13 +249,12 @@ class MemoryReads(MemoryCore):
         spans = _name_spans(query, asked) if bare is not None and isinstance(self.embedder, SpanEmbedder) and (
             source == "tokens" or (source == "auto" and getattr(self.embedder, "spans_exact", False))) else None
         if mode != "keyword":
-            assert self.embedder is not None
-            vector = self.vector_cache.lookup(self.embedder.name, query)
+            space = self._query_space()
+            vector = self.vector_cache.lookup(space, query)
             if spans is not None:
-                without = self.embedder.name + _WITHOUT_NAMES.format(push)
-                unnamed = self.vector_cache.lookup(without, query)
+                unnamed = self.vector_cache.lookup(space + _WITHOUT_NAMES.format(push), query)
             elif bare is not None:
-                unnamed = self.vector_cache.lookup(self.embedder.name, bare)
+                unnamed = self.vector_cache.lookup(space, bare)
         if mode != "keyword" and (vector is None or (bare is not None and unnamed is None)):
             # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
             both = asyncio.ensure_future(self._query_vectors_without(query, spans, push) if spans is not None
@@ -403,9 +402,20 @@ class MemoryReads(MemoryCore):
         """The query's embedding (from the client's vector cache when it was embedded lately)."""
         return (await self._query_vectors([query]))[0]
 
+    def _query_space(self) -> str:
+        """What the client's queries are cached under: the embedder's name, or the name of its query
+        encoder when it embeds queries another way than documents (:class:`QueryEmbedder`)."""
+        embedder = self.embedder
+        assert embedder is not None
+        return embedder.query_name if isinstance(embedder, QueryEmbedder) else embedder.name
+
     async def _query_vectors(self, queries: list[str]) -> list[list[float]]:
         embedder = self.embedder
         assert embedder is not None
+        if isinstance(embedder, QueryEmbedder):
+            asked = embedder
+            return await self.vector_cache.embed(
+                queries, asked.query_name, lambda fresh: asked.embed_queries(fresh, agent=self.agent, run=self.run))
         return await self.vector_cache.embed(
             queries, embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
 
@@ -424,8 +434,9 @@ class MemoryReads(MemoryCore):
             without -= np.float32(push) * np.asarray(inside, dtype=np.float32)
             without /= max(float(np.linalg.norm(without)), 1e-12)
         unnamed: list[float] = without.tolist()
-        self.vector_cache.put(embedder.name, query, full)
-        self.vector_cache.put(embedder.name + _WITHOUT_NAMES.format(push), query, unnamed)
+        space = self._query_space()
+        self.vector_cache.put(space, query, full)
+        self.vector_cache.put(space + _WITHOUT_NAMES.format(push), query, unnamed)
         return [full, unnamed]
 
     def _valid_at(self, query: str, valid_at: datetime | str | None, now: float) -> tuple[float | None, bool]:
