@@ -543,6 +543,12 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
     "second hop, semantic evidence, entity lift": [{"expand_similar": t, "expand_deep": d, "entity": e}
                                                    for t in (0.45, 0.55, 0.65) for d in (0, 20)
                                                    for e in (0.1, 0.2, 0.3)],
+    # the semantic test's words by the query encoder (for AsymmetricEmbedder: MiniLM) instead of the
+    # document side (the default: the static table), and lower thresholds for the table's words
+    "second hop, semantic evidence, words as queries": [
+        {"expand_words": "queries", "expand_similar": t, "entity": e} for t in (0.45, 0.55, 0.65) for e in (0.2, 0.3)],
+    "second hop, semantic evidence, lower thresholds": [{"expand_similar": t, "entity": e}
+                                                        for t in (0.35, 0.4, 0.5) for e in (0.1, 0.2, 0.3)],
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},

@@ -23,6 +23,13 @@ pytestmark = pytest.mark.skipif(not LocalEmbedder.available(), reason=(
     "(the [semantic] extra for the rest)"))
 
 
+FACTS = {"ann/manager": "Ann Fischer reports to Leo Berg.", "ann/pet": "Ann Fischer has a cat named Miso.",
+         "ann/city": "Ann Fischer lives in Lyon.", "ann/job": "Ann Fischer works as a nurse at Globex.",
+         "leo/pet": "Leo Berg has a parrot named Kiwi.", "leo/city": "Leo Berg lives in Oslo.",
+         "leo/manager": "Leo Berg reports to Dana Silva."}
+SUPERVISOR = "What pet does Ann Fischer's supervisor keep?"
+
+
 @pytest.fixture(scope="module")
 def minilm() -> Any:
     from tether.memory._minilm import MiniLM
@@ -36,7 +43,7 @@ def table_file(tmp_path_factory: pytest.TempPathFactory, minilm: Any) -> Path:
     from tether.memory._static import StaticTable, distill_projected, projection_path
 
     path = tmp_path_factory.mktemp("asymmetric") / "table.npy"
-    table, projection = distill_projected(minilm, 64, tokens=_token_ids(TEXTS))
+    table, projection = distill_projected(minilm, 64, tokens=_token_ids([*TEXTS, *FACTS.values(), SUPERVISOR]))
     StaticTable.save(table, path)
     projection.save(projection_path(path))
     return path
@@ -139,6 +146,51 @@ async def test_search_embeds_the_query_with_minilm_and_finds_static_entries(
     finally:
         del asymmetric.embed_queries
     assert recall_at(hybrid) >= 0.9 and recall_at(hybrid) >= recall_at(keyword)
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_the_second_hops_word_test_looks_its_words_up_in_the_static_table(
+        open_memory: Opener, asymmetric: AsymmetricEmbedder) -> None:
+    """The semantic evidence test embeds each query word and each word of the hits that bridge one
+    by one: with the asymmetric embedder by its document side, the static table (a look-up), cached
+    under the documents' space; MiniLM encodes only whole questions (the query, the second hop's).
+    Before, every word went through MiniLM (``Ranking(expand_words="queries")`` still does that)."""
+    memory = await open_memory(agent="bot", embedder=asymmetric)
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t,
+                                    "metadata": {"kind": k.split("/")[1]}} for k, t in FACTS.items())
+    queried: list[list[str]] = []
+    looked_up: list[list[str]] = []
+    real_queries, real_embed = asymmetric.embed_queries, asymmetric.embed
+
+    async def counted_queries(texts: Any, **kw: Any) -> list[list[float]]:
+        queried.append(list(texts))
+        return await real_queries(texts, **kw)
+
+    async def counted_embed(texts: Any, **kw: Any) -> list[list[float]]:
+        looked_up.append(list(texts))
+        return await real_embed(texts, **kw)
+
+    asymmetric.embed_queries = counted_queries  # type: ignore[method-assign]
+    asymmetric.embed = counted_embed  # type: ignore[method-assign]
+    try:
+        memory.ranking = Ranking(expand_similar=0.01)  # every hit that names someone else has a like word
+        await memory.search(SUPERVISOR, ["team:people"], k=5, after=done.seq)
+        asked = [t for batch in queried for t in batch]
+        assert SUPERVISOR in asked and all(len(t.split()) > 1 for t in asked), asked  # whole questions only
+        words = {t for batch in looked_up for t in batch}
+        assert {"supervisor", "reports"} <= words, words  # the query's and the bridge's words, by the table
+        [row] = await real_embed(["supervisor"])
+        assert memory.vector_cache.lookup(asymmetric.name, "supervisor") == row
+        queried.clear()
+        memory.vector_cache = type(memory.vector_cache)()
+        memory.ranking = Ranking(expand_similar=0.01, expand_words="queries")
+        await memory.search(SUPERVISOR, ["team:people"], k=5)
+        assert "supervisor" in {t for batch in queried for t in batch}  # the words by MiniLM, as before
+    finally:
+        del asymmetric.embed_queries, asymmetric.embed
+    with pytest.raises(ValueError, match="expand_words must be 'documents' or 'queries'"):
+        Ranking(expand_words="minilm")
 
 
 def test_a_missing_or_mismatched_projection_says_what_to_do(tmp_path: Path, minilm: Any,

@@ -215,6 +215,11 @@ class Ranking:
     no word is shared; 0: off. The words that matched are left out of the second question and its
     pick. Grouped cross-validation on the tuning split by template, MiniLM: 0.861 to 0.894 (0.45-0.65
     tried; docs/memory.md)."""
+    expand_words: str = "documents"
+    """How the semantic test embeds its single words: ``documents`` by the embedder's document side
+    (``embed``: for :class:`~tether.memory.AsymmetricEmbedder` the static table, a look-up, not
+    MiniLM), ``queries`` as queries are (``embed_queries`` for a query embedder). The same for an
+    embedder with one side (MiniLM, the static table)."""
     expand_deep: int = 20
     """With ``expand_similar``, how many of the first hop's best hits the semantic test looks through
     for a hit that bridges (at least ``expand_from``); such a hit found below the first hop's kept
@@ -251,6 +256,8 @@ class Ranking:
         if isinstance(self.unnamed_push, bool) or not isinstance(self.unnamed_push, int | float) \
                 or not 0 <= self.unnamed_push < math.inf:
             raise ValueError(f"Ranking.unnamed_push must be a number >= 0, got {self.unnamed_push!r}")
+        if self.expand_words not in ("documents", "queries"):
+            raise ValueError(f"Ranking.expand_words must be 'documents' or 'queries', got {self.expand_words!r}")
         if self.expand_query not in ("swap", "rest"):
             raise ValueError(f"Ranking.expand_query must be 'swap' or 'rest', got {self.expand_query!r}")
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):

@@ -389,7 +389,7 @@ class MemoryReads(MemoryCore):
         if not ask or not held:
             return {}
         vocabulary = list(dict.fromkeys([*ask, *(w for ws in held.values() for w in ws)]))
-        vectors = dict(zip(vocabulary, await self._query_vectors(vocabulary), strict=True))
+        vectors = dict(zip(vocabulary, await self._word_vectors(vocabulary), strict=True))
         out = {}
         for i, ws in held.items():
             matched = similar_words({w: vectors[w] for w in ask}, {w: vectors[w] for w in ws},
@@ -397,6 +397,16 @@ class MemoryReads(MemoryCore):
             if matched:
                 out[i] = matched | {_stem(w) for w in matched}
         return out
+
+    async def _word_vectors(self, texts: list[str]) -> list[list[float]]:
+        """The semantic test's single words, by the embedder's document side unless
+        ``Ranking.expand_words="queries"`` (cached under the side's name)."""
+        embedder = self.embedder
+        assert embedder is not None
+        if self.ranking.expand_words == "queries" or not isinstance(embedder, QueryEmbedder):
+            return await self._query_vectors(texts)
+        return await self.vector_cache.embed(
+            texts, embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
 
     async def _query_vector(self, query: str) -> list[float]:
         """The query's embedding (from the client's vector cache when it was embedded lately)."""
