@@ -549,6 +549,10 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
         {"expand_words": "queries", "expand_similar": t, "entity": e} for t in (0.45, 0.55, 0.65) for e in (0.2, 0.3)],
     "second hop, semantic evidence, lower thresholds": [{"expand_similar": t, "entity": e}
                                                         for t in (0.35, 0.4, 0.5) for e in (0.1, 0.2, 0.3)],
+    # added after the lower thresholds' best was their lowest (0.35)
+    "second hop, semantic evidence, lowest thresholds": [{"expand_similar": t, "entity": e, "expand_deep": d}
+                                                         for t in (0.2, 0.25, 0.3) for e in (0.2, 0.3)
+                                                         for d in (10, 20)],
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -698,8 +702,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
 async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: bool,
                         tuning: bool = False, tune_only: list[str] | None = None,
                         splits: Sequence[str] = ("tune", "heldout"), cv: bool = False,
-                        families: Sequence[str] | None = None, cv_base: dict[str, Any] | None = None
-                        ) -> dict[str, Any]:
+                        families: Sequence[str] | None = None, cv_base: dict[str, Any] | None = None,
+                        words_by_table: bool = False) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -713,6 +717,13 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
         start = time.perf_counter()
         await load_dev_set(memory, doc)
         say(f"development set loaded in {time.perf_counter() - start:.1f} s", quiet)
+        if cv_base and not cv:
+            from tether.memory._rank import Ranking
+
+            memory.ranking = Ranking(**cv_base)
+        if words_by_table and model is not None:
+            memory.embedder = TableWords(model, StaticEmbedder())
+            out["embedder"] += " (words by the static table)"
         if tuning and model is not None:
             out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
@@ -732,6 +743,25 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
         await memory.close()
         await bus.close()
     return out
+
+
+class TableWords:
+    """MiniLM for everything search embeds but the second hop's single words, which the static table
+    looks up (``--words-by-table``: whether its rows serve that test as well as MiniLM's own outputs).
+    Set on a memory after MiniLM wrote the set: ``embed`` (the documents' side) is the table's."""
+
+    def __init__(self, model: Embedder, table: StaticEmbedder) -> None:
+        self.model, self.table = model, table
+        self.name = model.name
+        self.query_name = f"{model.name}/words-by-table"
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        return await self.table.embed(texts, agent=agent, run=run)
+
+    async def embed_queries(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                            ) -> list[list[float]]:
+        return await self.model.embed(texts, agent=agent, run=run)
 
 
 def label(model: Embedder) -> str:
@@ -760,7 +790,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                     args.tune_only.split(",") if args.tune_only else None,
                                                     ("tune",) if args.cv else splits, cv=args.cv,
                                                     families=args.families.split(",") if args.families else None,
-                                                    cv_base=json.loads(args.cv_base) if args.cv_base else None)
+                                                    cv_base=json.loads(args.cv_base) if args.cv_base else None,
+                                                    words_by_table=args.words_by_table)
     if not (args.tune or args.cv or args.no_peer or args.no_quality or args.writes):
         for i, peer in enumerate(peers):
             with NatsServer() as server:  # each peer on a log of its own
@@ -893,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(comma-separated; the re-ranking model is left out)")
     parser.add_argument("--cv-base", help='with --cv: the Ranking settings every family starts from, as JSON (the '
                         'default: Ranking()); \'{"expand_similar": 0, "expand_deep": 0, "entity": 0}\' is the '
-                        'default before session 11')
+                        'default before session 11; with --quality: the Ranking scored (not the peers\')')
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")
@@ -903,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
                              "documents by the static table, queries by MiniLM projected into its space); the "
                              "other ones are measured beside it as peers")
     parser.add_argument("--peers", help="only these peers (comma-separated: static, minilm, asymmetric)")
+    parser.add_argument("--words-by-table", action="store_true",
+                        help="with --embedder minilm: the second hop's single words by the static table")
     parser.add_argument("--no-peer", action="store_true", help="do not score the development set with the peers")
     parser.add_argument("--no-quality", action="store_true", help="skip the development set (latency and writes only)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tether.memory import AsymmetricEmbedder, LocalEmbedder, QueryEmbedder, Ranking, StaticEmbedder
+from tether.memory import AsymmetricEmbedder, HashEmbedder, LocalEmbedder, QueryEmbedder, Ranking, StaticEmbedder
 
 from .conftest import Opener
 from .labelled import MEMORIES, QUERIES, recall_at
@@ -191,6 +191,31 @@ async def test_the_second_hops_word_test_looks_its_words_up_in_the_static_table(
         del asymmetric.embed_queries, asymmetric.embed
     with pytest.raises(ValueError, match="expand_words must be 'documents' or 'queries'"):
         Ranking(expand_words="minilm")
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_the_word_tests_threshold_is_the_static_tables_unless_the_ranking_gives_one(
+        open_memory: Opener, asymmetric: AsymmetricEmbedder) -> None:
+    """The static table's single words are less alike than MiniLM's ("supervisor" and "manager" 0.55
+    in the 256-dimension table, 0.67 by MiniLM), so ``Ranking.expand_similar=None`` (the default)
+    takes the threshold of the embedder that embeds the words: 0.35 for the table (chosen by
+    cross-validation on the tune split), MiniLM's 0.55 otherwise; a number in the ranking wins. With
+    the defaults, the supervisor question reaches the supervisor's pet."""
+    assert Ranking().expand_similar is None and asymmetric.words_similar == 0.35
+    memory = await open_memory(agent="bot", embedder=asymmetric)
+    done = await memory.write_many({"namespace": "team:people", "key": k, "text": t,
+                                    "metadata": {"kind": k.split("/")[1]}} for k, t in FACTS.items())
+    hits = [h.entry.key for h in await memory.search(SUPERVISOR, ["team:people"], k=5, after=done.seq)]
+    assert {"ann/manager", "leo/pet"} <= set(hits), hits
+    assert memory._words_similar() == 0.35
+    memory.ranking = Ranking(expand_words="queries")  # the words by MiniLM: its threshold
+    assert memory._words_similar() == 0.55
+    memory.ranking = Ranking(expand_similar=0.6)
+    assert memory._words_similar() == 0.6
+    memory.ranking = Ranking()
+    memory.embedder = HashEmbedder()
+    assert memory._words_similar() == 0.55
 
 
 def test_a_missing_or_mismatched_projection_says_what_to_do(tmp_path: Path, minilm: Any,

@@ -170,6 +170,10 @@ class StaticEmbedder:
     """A bag of tokens: the mean of the tokens outside some spans (:meth:`embed_spans`) is the vector of
     the text with those characters cut out, so hybrid search takes it from the query's one tokenization
     (``Ranking.unnamed_from="auto"``)."""
+    words_similar = 0.35
+    """The second hop's word test's threshold for this table's single words, which are less alike than
+    MiniLM's ("supervisor" and "manager" 0.55, MiniLM 0.67): ``Ranking.expand_similar=None`` takes it.
+    Chosen by grouped cross-validation on the tuning split (0.2-0.65 tried; docs/memory.md)."""
 
     def __init__(self, dims: int = 256, *, home: Any = None, path: Any = None, build: bool = True,
                  directory: Any = None) -> None:
@@ -250,6 +254,9 @@ class AsymmetricEmbedder:
 
     spans_exact = True
     """The query's vector without its names is the static table's vector of the cut text, exactly."""
+    words_similar = StaticEmbedder.words_similar
+    """The second hop's word test looks its words up in the static table (``Ranking.expand_words``):
+    the table's threshold."""
 
     def __init__(self, dims: int = 256, *, home: Any = None, path: Any = None, build: bool = True,
                  directory: Any = None, threads: int | None = 1) -> None:

@@ -207,14 +207,17 @@ class Ranking:
     On: tuning split 0.935 to 0.948 (paraphrase 0.830 to 0.868); held-out 0.884 to 0.879
     (paraphrase 0.750 to 0.800, multi-hop 0.826 to 0.565: docs/memory.md). A shared word is one
     kind of evidence; ``expand_similar`` is the other (a word that means alike)."""
-    expand_similar: float = 0.55
+    expand_similar: float | None = None
     """In hybrid search, a hit that fails the evidence rule's shared word still brings its names when
     one of the query's content words and one of the hit's own (its text, key and metadata besides the
-    names) have embeddings at least this similar (cosine of the single words, each embedded by the
-    search's embedder once and cached): "supervisor" for the key ``ann/manager`` (MiniLM 0.67), where
-    no word is shared; 0: off. The words that matched are left out of the second question and its
-    pick. Grouped cross-validation on the tuning split by template, MiniLM: 0.861 to 0.894 (0.45-0.65
-    tried; docs/memory.md)."""
+    names) have embeddings at least this similar (cosine of the single words, each embedded once and
+    cached, see ``expand_words``): "supervisor" for the key ``ann/manager`` (MiniLM 0.67), where no
+    word is shared; 0: off. The words that matched are left out of the second question and its pick.
+    None (the default): the threshold of the embedder that embeds the words (its ``words_similar``;
+    0.55 without one). MiniLM 0.55: grouped cross-validation on the tuning split by template 0.861 to
+    0.894 (0.45-0.65 tried). The static table's words (``StaticEmbedder``, and
+    ``AsymmetricEmbedder``'s document side) are less alike: 0.35, chosen by the same cross-validation
+    with ``AsymmetricEmbedder`` (0.857 to 0.875; docs/memory.md)."""
     expand_words: str = "documents"
     """How the semantic test embeds its single words: ``documents`` by the embedder's document side
     (``embed``: for :class:`~tether.memory.AsymmetricEmbedder` the static table, a look-up, not
@@ -263,9 +266,10 @@ class Ranking:
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):
             raise ValueError(f"Ranking.fusion must be 'zscore', 'ratio', 'cosine', 'minmax' or 'rrf', "
                              f"got {self.fusion!r}")
-        if isinstance(self.expand_similar, bool) or not isinstance(self.expand_similar, int | float) \
-                or not 0 <= self.expand_similar <= 1:
-            raise ValueError(f"Ranking.expand_similar must be a number from 0 to 1, got {self.expand_similar!r}")
+        if self.expand_similar is not None and (isinstance(self.expand_similar, bool) or not isinstance(
+                self.expand_similar, int | float) or not 0 <= self.expand_similar <= 1):
+            raise ValueError(f"Ranking.expand_similar must be a number from 0 to 1 or None (the embedder's), "
+                             f"got {self.expand_similar!r}")
         for name in ("guard", "guard_at", "model_top", "expand_deep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -50,6 +50,8 @@ AsOf = int | datetime | None
 _WITHOUT_NAMES = "\x00without-names-{}"
 """Appended to the embedder's name in the vector cache (with ``Ranking.unnamed_push``): a query's vector
 without its names' tokens."""
+_QUERY_WORDS_SIMILAR = 0.55
+"""The semantic test's threshold for an embedder that names none (``words_similar``): MiniLM's."""
 
 
 def _stamp(entry: Entry, default: float) -> float:
@@ -321,7 +323,7 @@ class MemoryReads(MemoryCore):
         ranking = self.ranking
         keep = max(ranking.expand_at, 1) - 1
         picks: list[tuple[str, str]] = []
-        similar = bool(ranking.expand_similar) and ranking.expand_evidence and mode == "hybrid"
+        similar = bool(self._words_similar()) and ranking.expand_evidence and mode == "hybrid"
         # the semantic test may look deeper than expand_from for a hit that bridges (expand_deep)
         hits = [found[p][0] for p in ranked[:max(ranking.expand_from, ranking.expand_deep if similar else 0)]]
         scoring = ranking.expand_fusion == "score"
@@ -393,10 +395,20 @@ class MemoryReads(MemoryCore):
         out = {}
         for i, ws in held.items():
             matched = similar_words({w: vectors[w] for w in ask}, {w: vectors[w] for w in ws},
-                                    self.ranking.expand_similar)
+                                    self._words_similar())
             if matched:
                 out[i] = matched | {_stem(w) for w in matched}
         return out
+
+    def _words_similar(self) -> float:
+        """The semantic test's threshold: ``Ranking.expand_similar``, else that of the embedder that
+        embeds the words (``words_similar``: the static table's 0.35; MiniLM's 0.55)."""
+        if self.ranking.expand_similar is not None:
+            return self.ranking.expand_similar
+        embedder = self.embedder
+        if self.ranking.expand_words == "queries" and isinstance(embedder, QueryEmbedder):
+            return _QUERY_WORDS_SIMILAR
+        return float(getattr(embedder, "words_similar", _QUERY_WORDS_SIMILAR))
 
     async def _word_vectors(self, texts: list[str]) -> list[list[float]]:
         """The semantic test's single words, by the embedder's document side unless
