@@ -16,10 +16,12 @@ temporary store, stopped at the end) and a memory client that leads its own view
   drawn from a Zipf distribution, so common words match many entries) at 10k and at 100k
   memories: keyword (FTS5 BM25 + recency), and hybrid (keyword + cosine, fused as ``Ranking``
   says) when the offline model is installed. The embedder measured is ``--embedder``: the
-  static table distilled from MiniLM (256 dimensions, the default) or MiniLM itself (384); the
-  other one is the peer, its query embedding and its embedded writes measured in the same run
-  (and the development set scored with it, unless ``--no-peer``). Corpus vectors are random
-  unit vectors recorded under the embedder's name (embedding 100k texts with MiniLM on this CPU
+  static table distilled from MiniLM (256 dimensions, the default), MiniLM itself (384), or the
+  asymmetric pair (documents by the static table, queries by MiniLM projected into its space);
+  the other two are peers (``--peers``), their hybrid search, query embedding and embedded writes
+  measured in the same run (and the development set scored with them, unless ``--no-peer``).
+  Corpus vectors are random unit vectors recorded under each space's name, one namespace per
+  space (the static and asymmetric embedders share one; embedding 100k texts with MiniLM on this CPU
   would take over ten minutes and does not change search cost); each query is embedded by
   the real embedder, and that time is part of the hybrid figure (a second figure searches the
   same query again, its vector cached).
@@ -49,6 +51,7 @@ Run it::
     .venv/bin/python bench/memory.py --cv --embedder minilm --families "semantic evidence" \
         --cv-base '{"expand_similar": 0, "expand_deep": 0, "entity": 0}'   # from session 10's default
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
+    .venv/bin/python bench/memory.py --embedder asymmetric    # the three embedders side by side
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
 
 The static embedder's table is distilled on the first run (about a minute) and cached under
@@ -79,7 +82,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tether.bus import EVENTS_STREAM, connect  # noqa: E402
-from tether.memory import AsyncMemory, Embedder, Grants, LocalEmbedder, MemorySettings, StaticEmbedder  # noqa: E402
+from tether.memory import (  # noqa: E402
+    AsymmetricEmbedder,
+    AsyncMemory,
+    Embedder,
+    Grants,
+    LocalEmbedder,
+    MemorySettings,
+    QueryEmbedder,
+    StaticEmbedder,
+    VectorCache,
+)
 from tether.memory._codec import seal_entry  # noqa: E402
 from tether.schemas import Event, MemoryWritten, uuid7  # noqa: E402
 from tether.testing import NatsServer  # noqa: E402
@@ -221,29 +234,29 @@ async def bench_embedded_writes(memory: AsyncMemory, corpus: Corpus, model: Embe
     rates, cpu = [], []
     try:
         for rnd in range(2):
-            items = [{"namespace": "team:embedded", "text": f"{model.name} {rnd} {i} {corpus.sentence(8, 20)}"}
+            items = [{"namespace": "team:embedded", "text": f"{label(model)} {rnd} {i} {corpus.sentence(8, 20)}"}
                      for i in range(n)]
             start, used = time.perf_counter(), time.process_time()
             await memory.write_many(items)
             rates.append(n / (time.perf_counter() - start))
             cpu.append((time.process_time() - used) / n * 1000)
-            say(f"embedded writes ({model.name}) round {rnd + 1}: {rates[-1]:,.0f}/s acked", quiet)
+            say(f"embedded writes ({label(model)}) round {rnd + 1}: {rates[-1]:,.0f}/s acked", quiet)
     finally:
         memory.embedder = None
-    return {"embedder": model.name, "batch": n, "per_s": round(statistics.median(rates)),
+    return {"embedder": label(model), "batch": n, "per_s": round(statistics.median(rates)),
             "cpu_ms_per_write": round(statistics.median(cpu), 3)}
 
 
 def embedded_batch(model: Embedder) -> int:
     """Texts per embedded-writes round: MiniLM makes 10-70 a second here, the static table thousands."""
-    return 256 if isinstance(model, LocalEmbedder) else 2000
+    return 256 if isinstance(model, LocalEmbedder) else 2000  # the asymmetric embedder writes as the static one
 
 
-async def load(memory: AsyncMemory, corpus: Corpus, count: int, quiet: bool) -> None:
+async def load(memory: AsyncMemory, corpus: Corpus, count: int, quiet: bool, ns: str = "team:bench") -> None:
     step = 10_000
     for start in range(0, count, step):
         n = min(step, count - start)
-        done = await memory.write_many({"namespace": "team:bench", "text": corpus.sentence(),
+        done = await memory.write_many({"namespace": ns, "text": corpus.sentence(),
                                         "metadata": {"bucket": (start + i) % 10}} for i in range(n))
         await memory.wait_for(done.seq, timeout=600)
         say(f"  loaded {start + n:,}", quiet)
@@ -268,8 +281,17 @@ def raw_fts5(memory: AsyncMemory, texts: list[str]) -> dict[str, float]:
     return ms(times)
 
 
-async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid: Embedder | None,
-                       peer: Embedder | None = None) -> dict[str, Any]:
+async def query_embed(model: Embedder, texts: list[str]) -> list[list[float]]:
+    """How search embeds a query with ``model`` (an asymmetric embedder's query encoder, else ``embed``)."""
+    if isinstance(model, QueryEmbedder):
+        return await model.embed_queries(texts)
+    return await model.embed(texts)
+
+
+async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int,
+                       hybrids: Sequence[tuple[Embedder, str]] = ()) -> dict[str, Any]:
+    """Keyword search over ``team:bench``, then hybrid search with each embedder over the namespace
+    holding its space's corpus vectors (``hybrid`` for the first, ``hybrid_peers`` by name for the others)."""
     out: dict[str, Any] = {"load_average_before": round(os.getloadavg()[0], 2),
                            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")}
     texts = [corpus.query() for _ in range(queries)]
@@ -291,36 +313,33 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int, hybrid
         await memory.search(q, ["team:bench"], k=10, mode="keyword", filters={"bucket": 3})
         filtered.append(time.perf_counter() - start)
     out["keyword_filtered"] = ms(filtered)
-    if hybrid is not None:
+    for n, (hybrid, ns) in enumerate(hybrids):
         memory.embedder = hybrid
+        memory.vector_cache = VectorCache()
         for q in texts[:5]:
-            await memory.search(q, ["team:bench"], k=10, mode="hybrid")
+            await memory.search(q, [ns], k=10, mode="hybrid")
         times, embed, cpu, embed_cpu, cached, cached_cpu = [], [], [], [], [], []
         for q in texts[:100]:
             start, used = time.perf_counter(), time.process_time()
-            await hybrid.embed([q])
+            await query_embed(hybrid, [q])
             embed.append(time.perf_counter() - start)
             embed_cpu.append(time.process_time() - used)
             start, used = time.perf_counter(), time.process_time()
-            await memory.search(q, ["team:bench"], k=10, mode="hybrid")  # embeds the query again
+            await memory.search(q, [ns], k=10, mode="hybrid")  # embeds the query again
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - used)
             start, used = time.perf_counter(), time.process_time()
-            await memory.search(q, ["team:bench"], k=10, mode="hybrid")  # its vector is cached now
+            await memory.search(q, [ns], k=10, mode="hybrid")  # its vector is cached now
             cached.append(time.perf_counter() - start)
             cached_cpu.append(time.process_time() - used)
-        out["hybrid"] = ms(times, cpu)
-        out["hybrid_vector_cached"] = ms(cached, cached_cpu)
-        out["query_embedding"] = ms(embed, embed_cpu)
+        row = {"hybrid": ms(times, cpu), "hybrid_vector_cached": ms(cached, cached_cpu),
+               "query_embedding": ms(embed, embed_cpu)}
+        if n == 0:
+            out.update(row)
+        else:
+            out.setdefault("hybrid_peers", {})[hybrid.name if not isinstance(hybrid, QueryEmbedder)
+                                               else hybrid.query_name] = row
         memory.embedder = None
-    if peer is not None:  # the peer embedder's query embedding alone, in the same run
-        embed, embed_cpu = [], []
-        for q in texts[:100]:
-            start, used = time.perf_counter(), time.process_time()
-            await peer.embed([q])
-            embed.append(time.perf_counter() - start)
-            embed_cpu.append(time.process_time() - used)
-        out["peer_query_embedding"] = ms(embed, embed_cpu)
     ctx = []
     for q in texts[:100]:
         start = time.perf_counter()
@@ -524,6 +543,16 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
     "second hop, semantic evidence, entity lift": [{"expand_similar": t, "expand_deep": d, "entity": e}
                                                    for t in (0.45, 0.55, 0.65) for d in (0, 20)
                                                    for e in (0.1, 0.2, 0.3)],
+    # the semantic test's words by the query encoder (for AsymmetricEmbedder: MiniLM) instead of the
+    # document side (the default: the static table), and lower thresholds for the table's words
+    "second hop, semantic evidence, words as queries": [
+        {"expand_words": "queries", "expand_similar": t, "entity": e} for t in (0.45, 0.55, 0.65) for e in (0.2, 0.3)],
+    "second hop, semantic evidence, lower thresholds": [{"expand_similar": t, "entity": e}
+                                                        for t in (0.35, 0.4, 0.5) for e in (0.1, 0.2, 0.3)],
+    # added after the lower thresholds' best was their lowest (0.35)
+    "second hop, semantic evidence, lowest thresholds": [{"expand_similar": t, "entity": e, "expand_deep": d}
+                                                         for t in (0.2, 0.25, 0.3) for e in (0.2, 0.3)
+                                                         for d in (10, 20)],
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -673,8 +702,8 @@ async def cross_validate(memory: AsyncMemory, doc: dict[str, Any], quiet: bool,
 async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: bool,
                         tuning: bool = False, tune_only: list[str] | None = None,
                         splits: Sequence[str] = ("tune", "heldout"), cv: bool = False,
-                        families: Sequence[str] | None = None, cv_base: dict[str, Any] | None = None
-                        ) -> dict[str, Any]:
+                        families: Sequence[str] | None = None, cv_base: dict[str, Any] | None = None,
+                        words_by_table: bool = False) -> dict[str, Any]:
     """Each split of the development set: plain BM25, tether keyword, semantic and hybrid."""
     doc = dev_set()
     grants = Grants.from_mapping({**doc["grants"], "loader": {"read": ["*"], "write": ["*"]}})
@@ -683,11 +712,18 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     memory = await AsyncMemory(bus, agent="loader", settings=settings, embedder=model, grants=grants).start()
     out: dict[str, Any] = {"memory_writes": len(doc["memories"]), "queries": len(doc["queries"]),
-                           "embedder": model.name if model is not None else None}
+                           "embedder": label(model) if model is not None else None}
     try:
         start = time.perf_counter()
         await load_dev_set(memory, doc)
         say(f"development set loaded in {time.perf_counter() - start:.1f} s", quiet)
+        if cv_base and not cv:
+            from tether.memory._rank import Ranking
+
+            memory.ranking = Ranking(**cv_base)
+        if words_by_table and model is not None:
+            memory.embedder = TableWords(model, StaticEmbedder())
+            out["embedder"] += " (words by the static table)"
         if tuning and model is not None:
             out["tuned"] = await tune(memory, doc, quiet, only=tune_only)
             say(f"tuned: {out['tuned']}", quiet)
@@ -709,15 +745,43 @@ async def bench_quality(url: str, home: Path, model: Embedder | None, quiet: boo
     return out
 
 
+class TableWords:
+    """MiniLM for everything search embeds but the second hop's single words, which the static table
+    looks up (``--words-by-table``: whether its rows serve that test as well as MiniLM's own outputs).
+    Set on a memory after MiniLM wrote the set: ``embed`` (the documents' side) is the table's."""
+
+    def __init__(self, model: Embedder, table: StaticEmbedder) -> None:
+        self.model, self.table = model, table
+        self.name = model.name
+        self.query_name = f"{model.name}/words-by-table"
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        return await self.table.embed(texts, agent=agent, run=run)
+
+    async def embed_queries(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                            ) -> list[list[float]]:
+        return await self.model.embed(texts, agent=agent, run=run)
+
+
+def label(model: Embedder) -> str:
+    """How the report names an embedder: an asymmetric one by its query encoder's name (its documents'
+    space is the static table's)."""
+    return model.query_name if isinstance(model, QueryEmbedder) else model.name
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="tether-bench-memory-"))
     sizes = (2_000, 10_000) if args.small else (10_000, 100_000)
     minilm = LocalEmbedder() if LocalEmbedder.available() and not args.no_model else None
-    static = StaticEmbedder() if minilm is not None else None
-    model: Embedder | None = static if args.embedder == "static" else minilm
-    peer: Embedder | None = minilm if args.embedder == "static" else static
-    report: dict[str, Any] = {"model": model.name if model else None, "sizes": list(sizes),
-                              "peer_model": peer.name if peer else None}
+    embedders: dict[str, Embedder] = {}
+    if minilm is not None:
+        embedders = {"static": StaticEmbedder(), "minilm": minilm, "asymmetric": AsymmetricEmbedder()}
+    model: Embedder | None = embedders.get(args.embedder)
+    peers = [e for kind, e in embedders.items() if kind != args.embedder
+             and (args.peers is None or kind in args.peers.split(","))]
+    report: dict[str, Any] = {"model": label(model) if model else None, "sizes": list(sizes),
+                              "peer_models": [label(p) for p in peers]}
     splits = ("tune", "heldout") if args.split == "both" else (args.split,)
     report["quality"] = None
     if not args.no_quality and not args.writes:
@@ -726,41 +790,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                     args.tune_only.split(",") if args.tune_only else None,
                                                     ("tune",) if args.cv else splits, cv=args.cv,
                                                     families=args.families.split(",") if args.families else None,
-                                                    cv_base=json.loads(args.cv_base) if args.cv_base else None)
-    if peer is not None and not (args.tune or args.cv or args.no_peer or args.no_quality or args.writes):
-        with NatsServer() as server:  # the other embedder, on a log of its own
-            report["quality_peer"] = await bench_quality(server.url, home / "quality-peer", peer, args.quiet,
-                                                         splits=splits)
+                                                    cv_base=json.loads(args.cv_base) if args.cv_base else None,
+                                                    words_by_table=args.words_by_table)
+    if not (args.tune or args.cv or args.no_peer or args.no_quality or args.writes):
+        for i, peer in enumerate(peers):
+            with NatsServer() as server:  # each peer on a log of its own
+                report.setdefault("quality_peers", []).append(
+                    await bench_quality(server.url, home / f"quality-peer-{i}", peer, args.quiet, splits=splits))
     if args.quality or args.tune or args.cv:
         return report
     with NatsServer() as server:
         bus = await connect(server.url, home=home)
         settings = MemorySettings(view_dir=home / "memory", keyfile=home / "keys.json", dedupe=False)
-        vectors = RandomVectors(model.name, getattr(model, "dims", 384)) if model is not None else None
-        memory = await AsyncMemory(bus, agent="bench", settings=settings, embedder=vectors).start()
+        # each vector space's corpus in a namespace of its own (the static and asymmetric embedders share one)
+        spaces: dict[str, tuple[RandomVectors, str]] = {}
+        for e in ([model] if model is not None else []) + peers:
+            if e.name not in spaces:
+                ns = "team:bench" if not spaces else f"team:bench-{len(spaces)}"
+                spaces[e.name] = (RandomVectors(e.name, getattr(e, "dims", 384)), ns)
+        memory = await AsyncMemory(bus, agent="bench", settings=settings).start()
         try:
             corpus = Corpus()
             say("writes...", args.quiet)
-            memory.embedder = None
             report["writes"] = await bench_writes(memory, server.url, corpus, 5_000 if args.small else 10_000,
                                                   args.rounds, args.quiet)
             if args.writes:
                 return report
-            if model is not None:
-                report["embedded_writes"] = await bench_embedded_writes(memory, corpus, model, embedded_batch(model),
-                                                                        args.quiet)
-            if peer is not None:
-                report["embedded_writes_peer"] = await bench_embedded_writes(memory, corpus, peer, embedded_batch(peer),
-                                                                             args.quiet)
-            memory.embedder = vectors
+            for i, e in enumerate(([model] if model is not None else []) + peers):
+                report["embedded_writes" if i == 0 else f"embedded_writes_peer_{i}"] = await bench_embedded_writes(
+                    memory, corpus, e, embedded_batch(e), args.quiet)
             loaded = 0
             for size in sizes:
-                say(f"corpus to {size:,} memories...", args.quiet)
-                memory.embedder = vectors
-                await load(memory, corpus, size - loaded, args.quiet)
+                for vectors, ns in spaces.values() or [(None, "team:bench")]:
+                    say(f"corpus of {ns} to {size:,} memories...", args.quiet)
+                    memory.embedder = vectors
+                    await load(memory, corpus, size - loaded, args.quiet, ns)
                 memory.embedder = None
                 loaded = size
-                report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, model, peer)
+                hybrids = [(e, spaces[e.name][1]) for e in ([model] if model is not None else []) + peers]
+                report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, hybrids)
                 say(f"  {json.dumps(report[f'search_{size}'])}", args.quiet)
         finally:
             await memory.close()
@@ -795,8 +863,8 @@ def quality_tables(r: dict[str, Any]) -> list[str]:
             lines.append(f"  {family:<40} " + "  ".join(f"{k} {v}" for k, v in row.items()
                                                         if k not in ("best_setting", "tune_by_setting"))
                          + (f"  (best on tune: {row['best_setting']})" if row.get("best_setting") else ""))
-    if "quality_peer" in r:
-        lines += [f"peer embedder: {r['quality_peer']['embedder']}", *quality_table(r["quality_peer"])]
+    for peer in r.get("quality_peers", []):
+        lines += [f"peer embedder: {peer['embedder']}", *quality_table(peer)]
     return lines
 
 
@@ -812,7 +880,7 @@ def table(r: dict[str, Any]) -> str:
         f"conditional (expected_version): p50 {w['conditional_write']['p50_ms']} ms, "
         f"p95 {w['conditional_write']['p95_ms']} ms",
     ]
-    for name in ("embedded_writes", "embedded_writes_peer"):
+    for name in [n for n in r if n.startswith("embedded_writes")]:
         if name in r:
             e = r[name]
             lines.append(f"writes embedded by {e['embedder']} on the way: {e['per_s']:,}/s acked "
@@ -828,10 +896,11 @@ def table(r: dict[str, Any]) -> str:
             line += (f"; hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu_p50_ms']} / {h['cpu_p95_ms']}; "
                      f"query vector cached {c['p50_ms']} / {c['p95_ms']}, CPU {c['cpu_p50_ms']} / {c['cpu_p95_ms']}; "
                      f"the query embedding alone {e['p50_ms']} / {e['p95_ms']}, CPU {e['cpu_p50_ms']})")
-        if "peer_query_embedding" in s:
-            e = s["peer_query_embedding"]
-            line += (f"; the peer's ({r['peer_model']}) query embedding alone {e['p50_ms']} / {e['p95_ms']} ms, "
-                     f"CPU {e['cpu_p50_ms']} / {e['cpu_p95_ms']}")
+        for peer, p in s.get("hybrid_peers", {}).items():
+            h, e = p["hybrid"], p["query_embedding"]
+            line += (f"; hybrid with {peer} p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu_p50_ms']} / "
+                     f"{h['cpu_p95_ms']}; the query embedding alone {e['p50_ms']} / {e['p95_ms']}, "
+                     f"CPU {e['cpu_p50_ms']})")
         line += f"; context() p50 {s['context']['p50_ms']} / p95 {s['context']['p95_ms']} ms"
         line += (f" (load average {s['load_average_before']} before, {s['load_average_after']} after; BLAS threads "
                  f"{s['blas_threads'] or 'default'})")
@@ -855,15 +924,19 @@ def main(argv: list[str] | None = None) -> int:
                         "(comma-separated; the re-ranking model is left out)")
     parser.add_argument("--cv-base", help='with --cv: the Ranking settings every family starts from, as JSON (the '
                         'default: Ranking()); \'{"expand_similar": 0, "expand_deep": 0, "entity": 0}\' is the '
-                        'default before session 11')
+                        'default before session 11; with --quality: the Ranking scored (not the peers\')')
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")
     parser.add_argument("--no-model", action="store_true", help="skip the offline model even if installed")
-    parser.add_argument("--embedder", choices=("static", "minilm"), default="static",
-                        help="the embedder measured (static: distilled from MiniLM, the default); the other one "
-                             "is measured beside it as the peer")
-    parser.add_argument("--no-peer", action="store_true", help="do not score the development set with the peer")
+    parser.add_argument("--embedder", choices=("static", "minilm", "asymmetric"), default="static",
+                        help="the embedder measured (static: distilled from MiniLM, the default; asymmetric: "
+                             "documents by the static table, queries by MiniLM projected into its space); the "
+                             "other ones are measured beside it as peers")
+    parser.add_argument("--peers", help="only these peers (comma-separated: static, minilm, asymmetric)")
+    parser.add_argument("--words-by-table", action="store_true",
+                        help="with --embedder minilm: the second hop's single words by the static table")
+    parser.add_argument("--no-peer", action="store_true", help="do not score the development set with the peers")
     parser.add_argument("--no-quality", action="store_true", help="skip the development set (latency and writes only)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -10,6 +10,7 @@ p95, with the 1-minute load average before and after each process's round::
 
     .venv/bin/python bench/memory_named.py --base ../wt-base              # 10k and 100k, MiniLM and static
     .venv/bin/python bench/memory_named.py --base ../wt-base --sizes 10000 --embedders minilm --rounds 3
+    .venv/bin/python bench/memory_named.py --people --embedders asymmetric,static,minilm   # this checkout only
 
 With ``--people`` the view also holds the development set's memories (``bench/memory_set.json``:
 people's facts and the entries that relate them, "Ann Borg reports to Ben Berg.", written first, in
@@ -68,8 +69,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 def embedder(kind: str, table: str | None) -> Any:
-    from tether.memory import LocalEmbedder, StaticEmbedder
+    from tether.memory import AsymmetricEmbedder, LocalEmbedder, StaticEmbedder
 
+    if kind == "asymmetric":
+        return AsymmetricEmbedder(path=table, build=table is None)
     return LocalEmbedder() if kind == "minilm" else StaticEmbedder(path=table, build=table is None)
 
 
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--base", help="the other checkout (with its .venv)")
     parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--embedders", default="minilm,static")
+    parser.add_argument("--embedders", default="minilm,static", help="of minilm, static and asymmetric")
     parser.add_argument("--queries", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the two checkouts alternating (2)")
     parser.add_argument("--seed", type=int, default=5)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     report: list[dict[str, Any]] = []
     for kind in args.embedders.split(","):
         model = embedder(kind, None)
-        table = str(model.path) if kind == "static" else None
+        table = str(model.path if kind == "static" else model.static.path) if kind != "minilm" else None
         home = Path(tempfile.mkdtemp(prefix="tether-bench-named-"))
         queries = (people_queries if args.people else named_queries)(args.queries + 10, args.seed)
         (home / "queries.json").write_text(json.dumps(queries))

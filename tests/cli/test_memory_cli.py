@@ -152,7 +152,7 @@ async def test_reembed_after_the_embedder_changed(fresh_nats_server: NatsServer,
     code, _, err = await cli(capsys, url, home, "write", "team:notes", text)
     assert code == 0, err
     code, _, err = await cli(capsys, url, home, "reembed")
-    assert code == 2 and 'set [memory] embedder = "static" or "minilm"' in err and "--embedder" in err
+    assert code == 2 and 'set [memory] embedder = "static", "minilm" or "asymmetric"' in err and "--embedder" in err
     (tmp_path / "tether.toml").write_text('[memory]\nembedder = "static"\n')
     # a static table where StaticEmbedder looks for one (random rows: this checks the vectors are recorded;
     # that search then finds entries by meaning is tests/memory/test_static_embedder.py's)
@@ -179,6 +179,49 @@ async def test_reembed_after_the_embedder_changed(fresh_nats_server: NatsServer,
     assert rows == [(text, name, 256 * 4)]  # the same version, with a vector now
 
 
+@pytest.mark.skipif(not LocalEmbedder.available(), reason="needs the [semantic] extra and the MiniLM package")
+async def test_the_asymmetric_embedder_from_tether_toml(fresh_nats_server: NatsServer, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``embedder = "asymmetric"``: ``tether memory write`` records the static table's vector, and
+    ``tether memory search`` (a child process) embeds the query with MiniLM into the table's space, so a query
+    sharing no word with the entry finds it by its vector (random table and projection where the embedder
+    looks for them: this checks the wiring; tests/memory checks the ranking)."""
+    import numpy as np
+
+    from tether.memory._minilm import model_dir
+    from tether.memory._static import QueryProjection, StaticTable, fingerprint, projection_path, table_hash, table_path
+
+    monkeypatch.chdir(tmp_path)
+    url, home = fresh_nats_server.url, tmp_path / "home"
+    (tmp_path / "tether.toml").write_text('[memory]\nembedder = "asymmetric"\n')
+    monkeypatch.setenv("TETHER_HOME", str(home))  # where the embedder looks for its table (not --home's)
+    found = model_dir()
+    assert found is not None
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((30522, 256)).astype(np.float32)
+    path = table_path(home, 256, fingerprint(found))
+    StaticTable.save(table, path)
+    QueryProjection(rng.standard_normal(384), rng.standard_normal((384, 256)), table_hash(table)).save(
+        projection_path(path))
+    text = "The cat sleeps on the sofa all afternoon."
+    code, _, err = await cli(capsys, url, home, "write", "team:notes", text)
+    assert code == 0, err
+    code, out, err = await run_tether("memory", "search", "zzyzx qwv", "-n", "team:notes", "--json", "--url", url,
+                                      home=home, timeout=60)
+    assert code == 0, err
+    [hit] = json.loads(out)
+    assert (hit["entry"]["text"], hit["keyword_rank"], hit["semantic_rank"]) == (text, None, 1)
+    view = open_view(home / "memory", "memory")
+    assert view is not None
+    db = sqlite3.connect(f"file:{view}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT embedder, length(embedding) FROM versions").fetchall()
+    finally:
+        db.close()
+    assert rows == [(f"tether-static/all-MiniLM-L6-v2/256/{table_hash(table)}", 256 * 4)]
+
+
 async def test_a_bad_or_missing_embedder_is_a_clear_cli_error(fresh_nats_server: NatsServer, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +229,7 @@ async def test_a_bad_or_missing_embedder_is_a_clear_cli_error(fresh_nats_server:
     url, home = fresh_nats_server.url, tmp_path / "home"
     (tmp_path / "tether.toml").write_text('[memory]\nembedder = "bert"\n')
     code, _, err = await cli(capsys, url, home, "search", "cats")
-    assert code == 2 and "memory.embedder: must be one of 'none', 'static' or 'minilm', got 'bert'" in err
+    assert code == 2 and "memory.embedder: must be one of 'none', 'static', 'minilm' or 'asymmetric', got 'bert'" in err
     (tmp_path / "tether.toml").write_text('[memory]\nembedder = "static"\n')
     monkeypatch.setenv("TETHER_MINILM_DIR", str(tmp_path / "no-model"))  # as on a host without the model
     code, _, err = await cli(capsys, url, home, "write", "team:notes", "kept?")

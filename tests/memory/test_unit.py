@@ -126,13 +126,13 @@ def test_the_embedder_setting_is_read_and_checked(tmp_path: Path, monkeypatch: p
     toml = tmp_path / "tether.toml"
     assert load_settings(cwd=tmp_path).embedder == "none" and open_embedder(load_settings(cwd=tmp_path)) is None
     toml.write_text('[memory]\nembedder = "bert"\n')
-    with pytest.raises(InvalidMemory, match=r"memory\.embedder.*'none', 'static' or 'minilm'"):
+    with pytest.raises(InvalidMemory, match=r"memory\.embedder.*'none', 'static', 'minilm' or 'asymmetric'"):
         load_settings(toml)
     toml.write_text('[memory]\nembedder = "minilm"\n')
     settings = load_settings(toml)
     assert settings.embedder == "minilm"
     monkeypatch.setenv("TETHER_MINILM_DIR", str(tmp_path / "no-model"))  # as if the model were not installed
-    for kind in ("minilm", "static"):
+    for kind in ("minilm", "static", "asymmetric"):
         with pytest.raises(InvalidMemory, match=rf'embedder = "{kind}" in .*tether.toml cannot be loaded: .*'
                                                 r'set embedder = "none"'):
             open_embedder(replace(settings, embedder=kind))

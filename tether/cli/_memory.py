@@ -98,7 +98,7 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
                               "each vector is a memory.embedded event. Run it again to finish an interrupted run.")
     reembed.add_argument("-n", "--namespace", metavar="NS", help="only this namespace (default: every one the "
                          "agent may write)")
-    reembed.add_argument("--embedder", choices=("static", "minilm"),
+    reembed.add_argument("--embedder", choices=("static", "minilm", "asymmetric"),
                          help="the embedder to use (default: [memory] embedder in tether.toml)")
     reembed.add_argument("--batch", type=int, default=256, metavar="N", help="texts embedded at a time (256)")
 
@@ -304,8 +304,8 @@ def _reembed_settings(args: argparse.Namespace, settings: MemorySettings) -> Mem
     if args.embedder is not None:
         return dataclasses.replace(settings, embedder=args.embedder)
     if settings.embedder == "none":
-        raise ValueError('no embedder to re-embed with: set [memory] embedder = "static" or "minilm" in '
-                         "tether.toml (what search will use), or pass --embedder")
+        raise ValueError('no embedder to re-embed with: set [memory] embedder = "static", "minilm" or "asymmetric" '
+                         "in tether.toml (what search will use), or pass --embedder")
     return settings
 
 

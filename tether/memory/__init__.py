@@ -17,9 +17,11 @@ from ._client import AsyncMemory
 from ._client import connect_memory as connect
 from ._compact import ExtractiveSummarizer, LlmSummarizer, Summarizer, Summary, plan_compaction, similarity
 from ._embed import (
+    AsymmetricEmbedder,
     Embedder,
     HashEmbedder,
     LocalEmbedder,
+    QueryEmbedder,
     RemoteEmbedder,
     SpanEmbedder,
     StaticEmbedder,
@@ -48,6 +50,7 @@ from ._view import MemoryStore, MemoryView
 
 __all__ = [
     "MEMORY_SUBJECTS",
+    "AsymmetricEmbedder",
     "AsyncMemory",
     "BulkWriteFailed",
     "BulkWritten",
@@ -83,6 +86,7 @@ __all__ = [
     "NatsPermissions",
     "Operation",
     "Proposal",
+    "QueryEmbedder",
     "Ranking",
     "Reembedded",
     "RemoteEmbedder",

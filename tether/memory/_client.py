@@ -19,7 +19,7 @@ from tether.bus import Bus, connect
 
 from . import _query as q
 from ._compact import ExtractiveSummarizer, Summarizer
-from ._embed import Embedder, LocalEmbedder, StaticEmbedder, VectorCache, VectorIndex, WriteBatcher
+from ._embed import AsymmetricEmbedder, Embedder, LocalEmbedder, StaticEmbedder, VectorCache, VectorIndex, WriteBatcher
 from ._errors import InvalidMemory
 from ._feed import ViewFeed
 from ._grants import Grants
@@ -178,9 +178,12 @@ def open_embedder(settings: MemorySettings) -> Embedder | None:
             return LocalEmbedder()
         if settings.embedder == "static":
             return StaticEmbedder()
+        if settings.embedder == "asymmetric":
+            return AsymmetricEmbedder()
     except (ImportError, OSError, ValueError) as exc:
         raise InvalidMemory(f'[memory] embedder = "{settings.embedder}"{where} cannot be loaded: {exc}; '
                             f'or set embedder = "none" for keyword search only') from None
     if settings.embedder != "none":
-        raise InvalidMemory(f'[memory] embedder must be "none", "static" or "minilm", got {settings.embedder!r}')
+        raise InvalidMemory(f'[memory] embedder must be "none", "static", "minilm" or "asymmetric", '
+                            f'got {settings.embedder!r}')
     return None

@@ -3,9 +3,12 @@
 An :class:`Embedder` turns texts into vectors. Vectors are computed once, at write time,
 and recorded (sealed) in the ``memory.written`` event, so a replay never calls a model;
 at query time only the query is embedded. Concurrent writes are embedded together
-(:class:`WriteBatcher`). Three embedders come with tether:
+(:class:`WriteBatcher`). These embedders come with tether:
 
 * :class:`LocalEmbedder`: all-MiniLM-L6-v2 on the CPU, offline (``[semantic]`` extra);
+* :class:`StaticEmbedder`: a static token table distilled from it (a look-up per text);
+* :class:`AsymmetricEmbedder`: writes by that table, queries by MiniLM projected into its space
+  (:class:`QueryEmbedder`: search embeds queries with ``embed_queries``);
 * :class:`RemoteEmbedder`: any OpenAI-compatible ``/v1/embeddings``, called through
   tether's :class:`~tether.middleware.InlineCalls` or :class:`~tether.middleware.DurableCalls`,
   so each call is retried by policy, recorded and costed like any LLM call;
@@ -37,8 +40,8 @@ from ._rank import words
 
 log = logging.getLogger("tether.memory")
 
-__all__ = ["Embedder", "HashEmbedder", "LocalEmbedder", "RemoteEmbedder", "SpanEmbedder", "StaticEmbedder",
-           "VectorCache", "VectorIndex", "WriteBatcher"]
+__all__ = ["AsymmetricEmbedder", "Embedder", "HashEmbedder", "LocalEmbedder", "QueryEmbedder", "RemoteEmbedder",
+           "SpanEmbedder", "StaticEmbedder", "VectorCache", "VectorIndex", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -68,6 +71,21 @@ class SpanEmbedder(Protocol):
 
     async def embed_spans(self, text: str, spans: Sequence[tuple[int, int]], *, agent: str | None = None,
                           run: str | None = None) -> tuple[list[float], list[float], list[float]]: ...
+
+
+@runtime_checkable
+class QueryEmbedder(Protocol):
+    """An embedder whose queries are embedded another way than its documents, into the same space.
+
+    ``embed`` makes the vectors written (named ``name``, the space); search embeds a query with
+    ``embed_queries`` instead, and caches it under ``query_name`` (which names the query encoder and
+    the space it maps into), so a query's vector is never taken for a written text's."""
+
+    name: str
+    query_name: str
+
+    async def embed_queries(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                            ) -> list[list[float]]: ...
 
 
 class HashEmbedder:
@@ -152,6 +170,10 @@ class StaticEmbedder:
     """A bag of tokens: the mean of the tokens outside some spans (:meth:`embed_spans`) is the vector of
     the text with those characters cut out, so hybrid search takes it from the query's one tokenization
     (``Ranking.unnamed_from="auto"``)."""
+    words_similar = 0.35
+    """The second hop's word test's threshold for this table's single words, which are less alike than
+    MiniLM's ("supervisor" and "manager" 0.55, MiniLM 0.67): ``Ranking.expand_similar=None`` takes it.
+    Chosen by grouped cross-validation on the tuning split (0.2-0.65 tried; docs/memory.md)."""
 
     def __init__(self, dims: int = 256, *, home: Any = None, path: Any = None, build: bool = True,
                  directory: Any = None) -> None:
@@ -213,6 +235,99 @@ class StaticEmbedder:
         """The text's vector and its tokens' means outside and inside ``spans``, from one tokenization
         (:class:`SpanEmbedder`): the second is the same bits as embedding the text with those characters cut out."""
         return self.table.encode_spans(text, spans)
+
+
+class AsymmetricEmbedder:
+    """Documents by the static table, queries by MiniLM mapped into the table's space.
+
+    A write is embedded as :class:`StaticEmbedder` embeds it (a table look-up: the same vectors, the
+    same space ``name``, so entries of either need no re-embedding); a query goes through
+    all-MiniLM-L6-v2 (about 10 ms of one core), its token outputs (without ``[CLS]`` and ``[SEP]``)
+    averaged, centred and projected as the table's rows were (``_static.QueryProjection``, kept beside
+    the table as ``<table>.query.npz`` and made with it). ``query_name`` names the pairing: the table's
+    space, the encoder and the projection's hash. The query without its names (``Ranking.unnamed``)
+    is the static table's exact vector of the query with them cut out, from one tokenization.
+
+    ``dims``, ``home``, ``path``, ``build`` and ``directory`` are :class:`StaticEmbedder`'s; a table
+    cached without its projection (by an earlier tether) is distilled again once, and must come out the
+    same. ``threads`` is :class:`LocalEmbedder`'s."""
+
+    spans_exact = True
+    """The query's vector without its names is the static table's vector of the cut text, exactly."""
+    words_similar = StaticEmbedder.words_similar
+    """The second hop's word test looks its words up in the static table (``Ranking.expand_words``):
+    the table's threshold."""
+
+    def __init__(self, dims: int = 256, *, home: Any = None, path: Any = None, build: bool = True,
+                 directory: Any = None, threads: int | None = 1) -> None:
+        from pathlib import Path
+
+        from tether.bus import tether_home
+
+        from ._minilm import MiniLM, model_dir
+        from ._static import (
+            QueryProjection,
+            StaticTable,
+            distill_projected,
+            fingerprint,
+            projection_path,
+            table_hash,
+            table_path,
+        )
+
+        found = Path(directory) if directory is not None else model_dir()
+        self.model = MiniLM(found, threads=threads)
+        found = self.model.directory
+        table_file = Path(path) if path is not None else table_path(tether_home(home), dims, fingerprint(found))
+        query_file = projection_path(table_file)
+        if not query_file.is_file():
+            if not build:
+                raise FileNotFoundError(f"no query projection at {query_file}: AsymmetricEmbedder(build=True) makes "
+                                        f"it with its table from the installed MiniLM once (about a minute)")
+            log.warning("distilling static embeddings and their query projection from all-MiniLM-L6-v2 into %s "
+                        "(once, about a minute)", query_file.parent)
+            table, projection = distill_projected(self.model, dims)
+            if table_file.is_file():
+                import numpy as np
+
+                if table_hash(np.load(table_file)) != projection.table:
+                    raise ValueError(f"{table_file} is not the table this MiniLM distils (another version of it, "
+                                     f"or of the method): delete it and {query_file.name} and both are made again")
+            else:
+                StaticTable.save(table, table_file)
+            projection.save(query_file)
+        self.static = StaticEmbedder(dims, path=table_file, build=False, directory=found)
+        self.projection = QueryProjection.load(query_file)
+        if self.static.name.rsplit("/", 1)[1] != self.projection.table or self.projection.dims != dims:
+            raise ValueError(f"{query_file} was made for another table than {table_file}: delete it and it is "
+                             f"made again")
+        self.dims = dims
+        self.name = self.static.name
+        """The space of the vectors written: the static table's."""
+        self.query_name = f"{self.name}/query/all-MiniLM-L6-v2/{self.projection.hash}"
+        """What a query's vector is cached under: MiniLM through this projection into the table's space."""
+
+    def encode_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Unit vectors in the table's space for these queries (synchronous: MiniLM's forward pass)."""
+        if not texts:
+            return []
+        return self.projection.apply(self.model.pooled_words(texts))
+
+    async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                    ) -> list[list[float]]:
+        return await self.static.embed(texts, agent=agent, run=run)
+
+    async def embed_queries(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
+                            ) -> list[list[float]]:
+        return await asyncio.get_running_loop().run_in_executor(_encoder(), self.encode_queries, list(texts))
+
+    async def embed_spans(self, text: str, spans: Sequence[tuple[int, int]], *, agent: str | None = None,
+                          run: str | None = None) -> tuple[list[float], list[float], list[float]]:
+        """The query's vector (MiniLM, projected) and the static table's means of its tokens outside and
+        inside ``spans`` (:class:`SpanEmbedder`; the second is the table's vector of the cut text)."""
+        _, outside, inside = self.static.table.encode_spans(text, spans)
+        [full] = await self.embed_queries([text], agent=agent, run=run)
+        return full, outside, inside
 
 
 class VectorCache:

@@ -192,6 +192,25 @@ class MiniLM:
             within = self._pool(x, 1.0 - keep, True, True)
         return full[0].tolist(), without[0].tolist(), within[0].tolist()
 
+    def pooled_words(self, texts: Sequence[str], batch: int = 32) -> Any:
+        """The mean of each text's token outputs without ``[CLS]`` and ``[SEP]`` (which the encoder still
+        reads), not normalised: a float32 array with one row each, in order. What a static table's rows
+        are averaged over (a text's own tokens), so a :class:`~tether.memory._static.QueryProjection`
+        maps it into the table's space."""
+        np = self.np
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        out = np.zeros((len(texts), self.w["embeddings.word_embeddings.weight"].shape[1]), dtype=np.float32)
+        with self.blas.cap():
+            for i in range(0, len(order), batch):
+                chunk = order[i:i + batch]
+                x, mask, _ = self._hidden([encodings[j] for j in chunk])
+                for row, j in enumerate(chunk):
+                    special = encodings[j].special_tokens_mask
+                    mask[row, :len(special)] *= 1.0 - np.asarray(special, dtype=np.float32)
+                out[chunk] = self._pool(x, mask, True, False)
+        return out
+
     def _pool(self, x: Any, mask: Any, masked: bool, normalise: bool) -> Any:
         """Mean of each text's token outputs over ``mask``'s tokens (``masked`` False: every token is
         one of them, so the mask is not multiplied in)."""

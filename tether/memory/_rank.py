@@ -207,14 +207,22 @@ class Ranking:
     On: tuning split 0.935 to 0.948 (paraphrase 0.830 to 0.868); held-out 0.884 to 0.879
     (paraphrase 0.750 to 0.800, multi-hop 0.826 to 0.565: docs/memory.md). A shared word is one
     kind of evidence; ``expand_similar`` is the other (a word that means alike)."""
-    expand_similar: float = 0.55
+    expand_similar: float | None = None
     """In hybrid search, a hit that fails the evidence rule's shared word still brings its names when
     one of the query's content words and one of the hit's own (its text, key and metadata besides the
-    names) have embeddings at least this similar (cosine of the single words, each embedded by the
-    search's embedder once and cached): "supervisor" for the key ``ann/manager`` (MiniLM 0.67), where
-    no word is shared; 0: off. The words that matched are left out of the second question and its
-    pick. Grouped cross-validation on the tuning split by template, MiniLM: 0.861 to 0.894 (0.45-0.65
-    tried; docs/memory.md)."""
+    names) have embeddings at least this similar (cosine of the single words, each embedded once and
+    cached, see ``expand_words``): "supervisor" for the key ``ann/manager`` (MiniLM 0.67), where no
+    word is shared; 0: off. The words that matched are left out of the second question and its pick.
+    None (the default): the threshold of the embedder that embeds the words (its ``words_similar``;
+    0.55 without one). MiniLM 0.55: grouped cross-validation on the tuning split by template 0.861 to
+    0.894 (0.45-0.65 tried). The static table's words (``StaticEmbedder``, and
+    ``AsymmetricEmbedder``'s document side) are less alike: 0.35, chosen by the same cross-validation
+    with ``AsymmetricEmbedder`` (0.857 to 0.875; docs/memory.md)."""
+    expand_words: str = "documents"
+    """How the semantic test embeds its single words: ``documents`` by the embedder's document side
+    (``embed``: for :class:`~tether.memory.AsymmetricEmbedder` the static table, a look-up, not
+    MiniLM), ``queries`` as queries are (``embed_queries`` for a query embedder). The same for an
+    embedder with one side (MiniLM, the static table)."""
     expand_deep: int = 20
     """With ``expand_similar``, how many of the first hop's best hits the semantic test looks through
     for a hit that bridges (at least ``expand_from``); such a hit found below the first hop's kept
@@ -251,14 +259,17 @@ class Ranking:
         if isinstance(self.unnamed_push, bool) or not isinstance(self.unnamed_push, int | float) \
                 or not 0 <= self.unnamed_push < math.inf:
             raise ValueError(f"Ranking.unnamed_push must be a number >= 0, got {self.unnamed_push!r}")
+        if self.expand_words not in ("documents", "queries"):
+            raise ValueError(f"Ranking.expand_words must be 'documents' or 'queries', got {self.expand_words!r}")
         if self.expand_query not in ("swap", "rest"):
             raise ValueError(f"Ranking.expand_query must be 'swap' or 'rest', got {self.expand_query!r}")
         if self.fusion not in ("zscore", "ratio", "cosine", "minmax", "rrf"):
             raise ValueError(f"Ranking.fusion must be 'zscore', 'ratio', 'cosine', 'minmax' or 'rrf', "
                              f"got {self.fusion!r}")
-        if isinstance(self.expand_similar, bool) or not isinstance(self.expand_similar, int | float) \
-                or not 0 <= self.expand_similar <= 1:
-            raise ValueError(f"Ranking.expand_similar must be a number from 0 to 1, got {self.expand_similar!r}")
+        if self.expand_similar is not None and (isinstance(self.expand_similar, bool) or not isinstance(
+                self.expand_similar, int | float) or not 0 <= self.expand_similar <= 1):
+            raise ValueError(f"Ranking.expand_similar must be a number from 0 to 1 or None (the embedder's), "
+                             f"got {self.expand_similar!r}")
         for name in ("guard", "guard_at", "model_top", "expand_deep"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

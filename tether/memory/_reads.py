@@ -19,7 +19,7 @@ from typing import Any, Literal
 from . import _query as q
 from ._context import pack
 from ._core import MemoryCore
-from ._embed import SpanEmbedder, VectorIndex
+from ._embed import QueryEmbedder, SpanEmbedder, VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
 from ._names import check_key
 from ._rank import (
@@ -50,6 +50,8 @@ AsOf = int | datetime | None
 _WITHOUT_NAMES = "\x00without-names-{}"
 """Appended to the embedder's name in the vector cache (with ``Ranking.unnamed_push``): a query's vector
 without its names' tokens."""
+_QUERY_WORDS_SIMILAR = 0.55
+"""The semantic test's threshold for an embedder that names none (``words_similar``): MiniLM's."""
 
 
 def _stamp(entry: Entry, default: float) -> float:
@@ -249,13 +251,12 @@ class MemoryReads(MemoryCore):
         spans = _name_spans(query, asked) if bare is not None and isinstance(self.embedder, SpanEmbedder) and (
             source == "tokens" or (source == "auto" and getattr(self.embedder, "spans_exact", False))) else None
         if mode != "keyword":
-            assert self.embedder is not None
-            vector = self.vector_cache.lookup(self.embedder.name, query)
+            space = self._query_space()
+            vector = self.vector_cache.lookup(space, query)
             if spans is not None:
-                without = self.embedder.name + _WITHOUT_NAMES.format(push)
-                unnamed = self.vector_cache.lookup(without, query)
+                unnamed = self.vector_cache.lookup(space + _WITHOUT_NAMES.format(push), query)
             elif bare is not None:
-                unnamed = self.vector_cache.lookup(self.embedder.name, bare)
+                unnamed = self.vector_cache.lookup(space, bare)
         if mode != "keyword" and (vector is None or (bare is not None and unnamed is None)):
             # embed the query (on the embedder's thread) while the keyword retriever runs (on the reader's)
             both = asyncio.ensure_future(self._query_vectors_without(query, spans, push) if spans is not None
@@ -322,7 +323,7 @@ class MemoryReads(MemoryCore):
         ranking = self.ranking
         keep = max(ranking.expand_at, 1) - 1
         picks: list[tuple[str, str]] = []
-        similar = bool(ranking.expand_similar) and ranking.expand_evidence and mode == "hybrid"
+        similar = bool(self._words_similar()) and ranking.expand_evidence and mode == "hybrid"
         # the semantic test may look deeper than expand_from for a hit that bridges (expand_deep)
         hits = [found[p][0] for p in ranked[:max(ranking.expand_from, ranking.expand_deep if similar else 0)]]
         scoring = ranking.expand_fusion == "score"
@@ -390,22 +391,53 @@ class MemoryReads(MemoryCore):
         if not ask or not held:
             return {}
         vocabulary = list(dict.fromkeys([*ask, *(w for ws in held.values() for w in ws)]))
-        vectors = dict(zip(vocabulary, await self._query_vectors(vocabulary), strict=True))
+        vectors = dict(zip(vocabulary, await self._word_vectors(vocabulary), strict=True))
         out = {}
         for i, ws in held.items():
             matched = similar_words({w: vectors[w] for w in ask}, {w: vectors[w] for w in ws},
-                                    self.ranking.expand_similar)
+                                    self._words_similar())
             if matched:
                 out[i] = matched | {_stem(w) for w in matched}
         return out
+
+    def _words_similar(self) -> float:
+        """The semantic test's threshold: ``Ranking.expand_similar``, else that of the embedder that
+        embeds the words (``words_similar``: the static table's 0.35; MiniLM's 0.55)."""
+        if self.ranking.expand_similar is not None:
+            return self.ranking.expand_similar
+        embedder = self.embedder
+        if self.ranking.expand_words == "queries" and isinstance(embedder, QueryEmbedder):
+            return _QUERY_WORDS_SIMILAR
+        return float(getattr(embedder, "words_similar", _QUERY_WORDS_SIMILAR))
+
+    async def _word_vectors(self, texts: list[str]) -> list[list[float]]:
+        """The semantic test's single words, by the embedder's document side unless
+        ``Ranking.expand_words="queries"`` (cached under the side's name)."""
+        embedder = self.embedder
+        assert embedder is not None
+        if self.ranking.expand_words == "queries" or not isinstance(embedder, QueryEmbedder):
+            return await self._query_vectors(texts)
+        return await self.vector_cache.embed(
+            texts, embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
 
     async def _query_vector(self, query: str) -> list[float]:
         """The query's embedding (from the client's vector cache when it was embedded lately)."""
         return (await self._query_vectors([query]))[0]
 
+    def _query_space(self) -> str:
+        """What the client's queries are cached under: the embedder's name, or the name of its query
+        encoder when it embeds queries another way than documents (:class:`QueryEmbedder`)."""
+        embedder = self.embedder
+        assert embedder is not None
+        return embedder.query_name if isinstance(embedder, QueryEmbedder) else embedder.name
+
     async def _query_vectors(self, queries: list[str]) -> list[list[float]]:
         embedder = self.embedder
         assert embedder is not None
+        if isinstance(embedder, QueryEmbedder):
+            asked = embedder
+            return await self.vector_cache.embed(
+                queries, asked.query_name, lambda fresh: asked.embed_queries(fresh, agent=self.agent, run=self.run))
         return await self.vector_cache.embed(
             queries, embedder.name, lambda fresh: embedder.embed(fresh, agent=self.agent, run=self.run))
 
@@ -424,8 +456,9 @@ class MemoryReads(MemoryCore):
             without -= np.float32(push) * np.asarray(inside, dtype=np.float32)
             without /= max(float(np.linalg.norm(without)), 1e-12)
         unnamed: list[float] = without.tolist()
-        self.vector_cache.put(embedder.name, query, full)
-        self.vector_cache.put(embedder.name + _WITHOUT_NAMES.format(push), query, unnamed)
+        space = self._query_space()
+        self.vector_cache.put(space, query, full)
+        self.vector_cache.put(space + _WITHOUT_NAMES.format(push), query, unnamed)
         return [full, unnamed]
 
     def _valid_at(self, query: str, valid_at: datetime | str | None, now: float) -> tuple[float | None, bool]:

@@ -8,7 +8,7 @@
     key_store = "file"               # or "nats": the keys in NATS KV, shared by every host
     max_text_bytes = 32768
     dedupe = true                    # merge near-duplicate writes (auto keys only)
-    embedder = "none"                # or "static" / "minilm": hybrid search for tether's own clients
+    embedder = "none"                # or "static" / "minilm" / "asymmetric": hybrid search for tether's clients
 
     [memory.grants]                  # see tether.memory.Grants
     "*" = { read = ["agent:{agent}", "global"], write = ["agent:{agent}"] }
@@ -51,7 +51,7 @@ def default_keyfile() -> Path:
 
 _File = Annotated[StrictStr, Field(min_length=1)]
 KeyStoreKind = Literal["file", "nats"]
-EmbedderKind = Literal["none", "static", "minilm"]
+EmbedderKind = Literal["none", "static", "minilm", "asymmetric"]
 
 
 class MemorySection(BaseModel):
@@ -71,8 +71,8 @@ class MemorySection(BaseModel):
     """Merge near-duplicate writes (auto keys only)."""
     embedder: EmbedderKind = "none"
     """The embedder of the memory clients tether creates (CLI, gateway, MCP, dashboard): "none" (keyword
-    search), "static" (StaticEmbedder) or "minilm" (LocalEmbedder); both need the [semantic] extra and the
-    local MiniLM package."""
+    search), "static" (StaticEmbedder), "minilm" (LocalEmbedder) or "asymmetric" (AsymmetricEmbedder: writes
+    by the static table, queries by MiniLM); each needs the [semantic] extra and the local MiniLM package."""
     grants: dict[str, GrantTable] | None = None
     """Agent id (or "*" for every agent) -> namespaces it may read and write; no table: grants are off."""
 

@@ -3,6 +3,7 @@
 Each WordPiece token of the model's vocabulary goes once through the encoder; the outputs are
 reduced by PCA and weighted by the token's estimated rarity (SIF over a Zipf rank). A text's
 vector is then the mean of its tokens' rows: a table look-up, tens of microseconds, no encoder.
+The same centring and projection map MiniLM's pooled output of a query into the table's space.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StaticTable", "distill", "fingerprint", "table_hash", "table_path"]
+__all__ = ["QueryProjection", "StaticTable", "distill", "distill_projected", "fingerprint", "projection_path",
+           "table_hash", "table_path"]
 
 log = logging.getLogger("tether.memory")
 
@@ -65,6 +67,13 @@ def distill(model: Any, dims: int = 256, *, tokens: Iterable[int] | None = None,
     hybrid recall@5 0.881 against 0.863 with unit rows); the rows are centred and projected
     on their ``dims`` principal components, then multiplied by the token's SIF weight. ``tokens``
     distils only those ids (tests); the ``[unused]`` placeholders are always left out."""
+    return distill_projected(model, dims, tokens=tokens, batch=batch)[0]
+
+
+def distill_projected(model: Any, dims: int = 256, *, tokens: Iterable[int] | None = None, batch: int = 1024
+                      ) -> tuple[Any, QueryProjection]:
+    """The table of :func:`distill` and the centring and projection that made it (a
+    :class:`QueryProjection`, which maps MiniLM's pooled outputs of a query into the table's space)."""
     np = model.np
     vocab: dict[str, int] = model.tokenizer.get_vocab()
     size = len(vocab)
@@ -88,17 +97,79 @@ def distill(model: Any, dims: int = 256, *, tokens: Iterable[int] | None = None,
             rows[i:i + len(chunk)] = model.pooled([_Ids([cls, t, sep]) for t in chunk], normalise=False)
     if dims > min(rows.shape):
         raise ValueError(f"cannot keep {dims} dimensions of {rows.shape[0]} tokens of {rows.shape[1]} dimensions")
-    centred = rows - rows.mean(0)
+    mean = rows.mean(0)
+    centred = rows - mean
     _, _, components = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
     # each component's sign fixed (its largest loading positive), so every host distils the same table
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(1)])
     components *= np.where(signs == 0, 1.0, signs)[:, None]
-    reduced = (centred @ components[:dims].T.astype(np.float32)).astype(np.float32)
+    kept = components[:dims].T.astype(np.float32)
+    reduced = (centred @ kept).astype(np.float32)
     table = np.zeros((size, dims), dtype=np.float32)
     table[ids] = reduced * zipf_weights(np, size)[ids, None]
     log.info("distilled %d token vectors (%d dimensions) from all-MiniLM-L6-v2 in %.1f s",
              len(ids), dims, time.monotonic() - started)
-    return table
+    return table, QueryProjection(mean.astype(np.float32), np.ascontiguousarray(kept), table_hash(table))
+
+
+def projection_path(table_file: Path) -> Path:
+    """Where the query projection of the table at ``table_file`` is kept: beside it."""
+    return table_file.with_name(f"{table_file.stem}.query.npz")
+
+
+class QueryProjection:
+    """MiniLM's mean-pooled outputs of a text mapped into a static table's space: centred by the
+    distilled token rows' mean and projected on the table's principal components (``mean``: the
+    model's dimensions; ``components``: model dimensions x table dimensions), as the table's rows
+    were; ``table`` is the hash of the table it belongs to. The rows' SIF weights are left out:
+    a sentence's pooled output has no one token's rarity (tuning split, hybrid recall@5 0.926
+    without them against 0.915 with each token's output weighted before pooling)."""
+
+    def __init__(self, mean: Any, components: Any, table: str) -> None:
+        import numpy as np
+
+        self.np = np
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.components = np.ascontiguousarray(components, dtype=np.float32)
+        if self.mean.ndim != 1 or self.components.ndim != 2 or self.components.shape[0] != self.mean.shape[0]:
+            raise ValueError(f"a query projection needs a mean of n and components of n x d, got "
+                             f"{self.mean.shape} and {self.components.shape}")
+        self.table = table
+
+    @property
+    def dims(self) -> int:
+        return int(self.components.shape[1])
+
+    @property
+    def hash(self) -> str:
+        """Short hash of the mean and the components: part of the query encoder's name."""
+        digest = hashlib.sha256(f"{self.components.shape}".encode())
+        digest.update(self.mean.data.cast("B"))
+        digest.update(self.components.data.cast("B"))
+        return digest.hexdigest()[:12]
+
+    def apply(self, pooled: Any) -> list[list[float]]:
+        """Unit vectors in the table's space for these pooled outputs (one row each)."""
+        np = self.np
+        out = (np.asarray(pooled, dtype=np.float32) - self.mean) @ self.components
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.tolist()  # type: ignore[no-any-return]
+
+    def save(self, path: Path) -> None:
+        """Write the projection to ``path`` atomically, with the hash of its table."""
+        np = self.np
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with part.open("wb") as f:
+            np.savez(f, mean=self.mean, components=self.components, table=np.array(self.table))
+        os.replace(part, path)
+
+    @classmethod
+    def load(cls, path: Path) -> QueryProjection:
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["mean"], data["components"], str(data["table"]))
 
 
 class StaticTable:
