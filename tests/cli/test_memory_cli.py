@@ -195,7 +195,7 @@ async def test_the_asymmetric_embedder_from_tether_toml(fresh_nats_server: NatsS
     monkeypatch.chdir(tmp_path)
     url, home = fresh_nats_server.url, tmp_path / "home"
     (tmp_path / "tether.toml").write_text('[memory]\nembedder = "asymmetric"\n')
-    monkeypatch.setenv("TETHER_HOME", str(home))  # where the embedder looks for its table (not --home's)
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "elsewhere"))  # --home decides where the table is, not this
     found = model_dir()
     assert found is not None
     rng = np.random.default_rng(5)

@@ -160,14 +160,15 @@ def _when(value: datetime | None) -> str:
 
 
 def memory_settings(home: str | None) -> MemorySettings:
-    """``[memory]`` of tether.toml, with its view and keystore under ``--home`` when one is given.
+    """``[memory]`` of tether.toml, with its view, keystore and embedder table under ``--home`` when one is given.
     Raises ``PolicyConfigError`` (a ValueError) for a bad configuration anywhere in the file."""
     from tether._config import memory_settings as read_settings
 
     settings = read_settings()
     if home is not None:
         root = tether_home(home)
-        settings = dataclasses.replace(settings, view_dir=root / "memory", keyfile=root / "keys" / "memory-keys.json")
+        settings = dataclasses.replace(settings, view_dir=root / "memory", keyfile=root / "keys" / "memory-keys.json",
+                                       home=root)
     return settings
 
 

@@ -177,9 +177,9 @@ def open_embedder(settings: MemorySettings) -> Embedder | None:
         if settings.embedder == "minilm":
             return LocalEmbedder()
         if settings.embedder == "static":
-            return StaticEmbedder()
+            return StaticEmbedder(home=settings.home)
         if settings.embedder == "asymmetric":
-            return AsymmetricEmbedder()
+            return AsymmetricEmbedder(home=settings.home)
     except (ImportError, OSError, ValueError) as exc:
         raise InvalidMemory(f'[memory] embedder = "{settings.embedder}"{where} cannot be loaded: {exc}; '
                             f'or set embedder = "none" for keyword search only') from None

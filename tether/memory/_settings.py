@@ -97,6 +97,7 @@ class MemorySettings:
     embedder: EmbedderKind = "none"
     grants: Grants = field(default_factory=Grants.open)
     source: str | None = None
+    home: Path | None = None  # where an embedder's distilled table is cached (None: TETHER_HOME)
 
     def open_keys(self, bus: Bus) -> KeyStore:
         """The keystore these settings name: the keyfile, or ``NatsKeyStore`` on ``bus``'s NATS
