@@ -6,6 +6,7 @@ import argparse
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,6 +125,17 @@ async def test_valid_time_from_the_cli(fresh_nats_server: NatsServer, tmp_path: 
     assert code == 2 and "valid_from 'soon' is not an ISO 8601 time" in err
 
 
+def view_rows(home: Path, sql: str) -> list[tuple[Any, ...]]:
+    """``sql``'s rows in the memory view this home's clients read (opened read-only)."""
+    view = open_view(home / "memory", "memory")
+    assert view is not None
+    db = sqlite3.connect(f"file:{view}?mode=ro", uri=True)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
 @pytest.mark.skipif(not LocalEmbedder.available(), reason="needs the [semantic] extra and the MiniLM package")
 async def test_the_embedder_setting_makes_the_cli_search_hybrid(fresh_nats_server: NatsServer, tmp_path: Path) -> None:
     """``[memory] embedder = "minilm"``: the ``tether`` command (a child process, its own event loop)
@@ -169,13 +181,7 @@ async def test_reembed_after_the_embedder_changed(fresh_nats_server: NatsServer,
     code, out, err = await run_tether("memory", "reembed", "-n", "team:notes", "--url", url, home=home, timeout=60)
     assert code == 0, err
     assert "re-embedded 1/1" in err and f"re-embedded 1 entry with {name} in team:notes" in out
-    view = open_view(home / "memory", "memory")  # the view this home's clients read
-    assert view is not None
-    db = sqlite3.connect(f"file:{view}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT text, embedder, length(embedding) FROM versions").fetchall()
-    finally:
-        db.close()
+    rows = view_rows(home, "SELECT text, embedder, length(embedding) FROM versions")
     assert rows == [(text, name, 256 * 4)]  # the same version, with a vector now
 
 
@@ -212,13 +218,7 @@ async def test_the_asymmetric_embedder_from_tether_toml(fresh_nats_server: NatsS
     assert code == 0, err
     [hit] = json.loads(out)
     assert (hit["entry"]["text"], hit["keyword_rank"], hit["semantic_rank"]) == (text, None, 1)
-    view = open_view(home / "memory", "memory")
-    assert view is not None
-    db = sqlite3.connect(f"file:{view}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT embedder, length(embedding) FROM versions").fetchall()
-    finally:
-        db.close()
+    rows = view_rows(home, "SELECT embedder, length(embedding) FROM versions")
     assert rows == [(f"tether-static/all-MiniLM-L6-v2/256/{table_hash(table)}", 256 * 4)]
 
 
