@@ -197,3 +197,17 @@ async def test_a_server_that_resets_as_it_reads_the_credentials_names_them(tethe
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.anyio
+async def test_a_cancel_as_the_connect_completes_is_not_lost() -> None:
+    """Python 3.11's ``wait_for`` returned normally here, so Ctrl-C during ``tether up`` could go unseen."""
+    from tether.bus._connect import _bounded
+
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    bounded = asyncio.ensure_future(_bounded(5.0, [], done))
+    await asyncio.sleep(0)  # now waiting on `done`
+    done.set_result(None)
+    bounded.cancel()  # in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await bounded

@@ -9,6 +9,7 @@ the same output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -671,3 +672,31 @@ async def test_a_reader_that_goes_away_does_not_leak_the_server(tether_home: Pat
     for pid in leaked:
         os.kill(pid, signal.SIGKILL)
     assert not leaked, "tether up left its nats-server running after its stdout closed"
+
+
+@pytest.mark.anyio
+async def test_a_connect_finishing_as_it_is_cancelled_is_closed(monkeypatch: pytest.MonkeyPatch,
+                                                                tether_home: Path) -> None:
+    """If the cancel of Ctrl-C is swallowed and the connect returns a bus anyway, `tether up` closes it."""
+    from tether.cli import _up, build_parser
+
+    class Late:
+        closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    late = Late()
+
+    async def connect(**_: object) -> Late:
+        with contextlib.suppress(asyncio.CancelledError):  # swallows the cancel, as wait_for could
+            await asyncio.sleep(30)
+        return late
+
+    monkeypatch.setattr(_up, "connect", connect)
+    args = build_parser().parse_args(["up", "--home", str(tether_home)])
+    up = asyncio.ensure_future(_up.run_up(args))
+    await asyncio.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)  # run_up's own handler turns it into a stop
+    assert await asyncio.wait_for(up, 10) == 0
+    assert late.closed

@@ -39,9 +39,14 @@ _DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.I)
 
 
 async def _bounded(seconds: float, errors: list[Exception], connecting: Any) -> None:
-    """``connecting`` within ``seconds``; past that, the last error nats-py reported, or a timeout."""
+    """``connecting`` within ``seconds``; past that, the last error nats-py reported, or a timeout.
+
+    ``asyncio.timeout``, not ``wait_for``: on Python 3.11, ``wait_for`` returns normally when it is
+    cancelled just as ``connecting`` completes, losing the cancel (Ctrl-C during ``tether up``).
+    """
     try:
-        await asyncio.wait_for(connecting, seconds)
+        async with asyncio.timeout(seconds):
+            await connecting
     except TimeoutError:
         if errors:
             raise errors[-1] from None

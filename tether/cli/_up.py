@@ -45,7 +45,8 @@ async def run_up(args: argparse.Namespace) -> int:
         if not connecting.done():
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await connecting
+                late = await connecting
+                await late.close()  # the cancel came as it finished: close what it opened
             print("stopped before tether was up.", flush=True)
             return 0
         bus = connecting.result()
