@@ -12,7 +12,12 @@ a ``nats-server -js`` started here:
 
 Run it with ``.venv-pydantic-ai``'s python (another checkout's: the old code beside the new).
 
+``--round-trips``: one acked wait from an event loop that is not the bus's, alone (no framework): an
+event emitted then a flush (how the tool journal waited before session 12), the event's own ack
+(``apublish``: how it waits now, as a run's model call does), and the event emitted without waiting.
+
     .venv-pydantic-ai/bin/python bench/hooks_share.py --runs 6000 --block 200
+    .venv/bin/python bench/hooks_share.py --round-trips --runs 8000 --block 200
 """
 
 from __future__ import annotations
@@ -80,10 +85,55 @@ def measure(runs: int, block: int) -> dict[str, dict[str, float]]:
                    "agent thread CPU us per run": statistics.median(r[1] for r in row)} for name, row in rows.items()}
 
 
+def round_trips(runs: int, block: int) -> dict[str, dict[str, float]]:
+    import asyncio
+
+    from tether.adapters._hub import background_hub
+    from tether.schemas import Event, RunStarted
+
+    hub = background_hub()
+
+    def event() -> Event:
+        return Event.of(RunStarted.trusted(name="bench", parent_run_id=None, input=None, tags=(), metadata={},
+                                           resumed=False), runid="bench-run", source="urn:tether:bench")
+
+    async def flushed() -> None:
+        await hub.aemit(event())
+        await hub.flush()
+
+    async def acked() -> None:
+        await hub.apublish(event())
+
+    async def emitted() -> None:
+        await hub.aemit(event())
+        await asyncio.sleep(0)  # the wake-up the caller's loop makes for it
+
+    async def go() -> dict[str, list[tuple[float, float]]]:
+        ways = {"emit, then flush": flushed, "apublish": acked, "emit only": emitted}
+        for way in ways.values():
+            for _ in range(block):
+                await way()
+        await hub.flush()
+        rows: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+        for _ in range(runs // block):
+            for name, way in ways.items():
+                p0, t0 = time.process_time(), time.thread_time()
+                for _ in range(block):
+                    await way()
+                await hub.flush()
+                rows[name].append(((time.process_time() - p0) * 1e6 / block, (time.thread_time() - t0) * 1e6 / block))
+        return rows
+
+    rows = asyncio.run(go())
+    return {name: {"process CPU us per wait": statistics.median(r[0] for r in row),
+                   "agent thread CPU us per wait": statistics.median(r[1] for r in row)} for name, row in rows.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=6000)
     parser.add_argument("--block", type=int, default=200)
+    parser.add_argument("--round-trips", action="store_true", help="one acked wait alone, three ways")
     args = parser.parse_args()
     from tether.testing import NatsServer
 
@@ -92,7 +142,7 @@ def main() -> None:
         import tether.adapters
 
         try:
-            result = measure(args.runs, args.block)
+            result = (round_trips if args.round_trips else measure)(args.runs, args.block)
         finally:
             tether.adapters.shutdown()
     print(json.dumps({**result, "load": os.getloadavg()[0]}))
