@@ -360,7 +360,9 @@ def pydantic_ai_agent(mode: str) -> Runner:
     return run
 
 
-def llama_index_agent(mode: str) -> Runner:
+def llama_index_agent(mode: str, *, streaming: bool = True) -> Runner:
+    """A ``FunctionAgent``, which streams every model call (its default); ``streaming=False``
+    (``llama-index-nostream``): the same agent with whole answers, to tell what streaming costs."""
     import os
 
     from llama_index.core.agent.workflow import FunctionAgent
@@ -385,7 +387,8 @@ def llama_index_agent(mode: str) -> Runner:
             tether.init()
         elif mode == "observer":
             observe_llama_index()
-    agent = FunctionAgent(name="weather-bot", system_prompt="Answer about the weather.", tools=[get_weather], llm=model)
+    agent = FunctionAgent(name="weather-bot", system_prompt="Answer about the weather.", tools=[get_weather], llm=model,
+                          streaming=streaming)
     if mode == "tether":
         wrap_tools(agent)
 
@@ -393,6 +396,10 @@ def llama_index_agent(mode: str) -> Runner:
         await agent.run(user_msg=f"What is the weather in city {i}?")
 
     return run
+
+
+def llama_index_nostream_agent(mode: str) -> Runner:
+    return llama_index_agent(mode, streaming=False)
 
 
 def observe_llama_index() -> None:
@@ -670,7 +677,8 @@ async def measure(framework: str, mode: str, runs: int, warmup: int) -> dict[str
     make = {"langgraph": langgraph_agent, "openai-agents": openai_agents_agent, "autogen": autogen_agent,
             "google-adk": google_adk_agent, "google-adk-gemini": google_adk_gemini_agent, "crewai": crewai_agent,
             "litellm": litellm_agent,
-            "pydantic-ai": pydantic_ai_agent, "llama-index": llama_index_agent}[framework]
+            "pydantic-ai": pydantic_ai_agent, "llama-index": llama_index_agent,
+            "llama-index-nostream": llama_index_nostream_agent}[framework]
     run = make(mode)
     for i in range(warmup):
         await run(-1 - i)

@@ -23,6 +23,7 @@ framework, no model), CPU per run with and without them, the publisher's include
     .venv/bin/python bench/frameworks.py
     .venv/bin/python bench/frameworks.py --runs 200 --rounds 3 --json
     .venv/bin/python bench/frameworks.py --frameworks google-adk-gemini   # ADK on its native Gemini model
+    .venv/bin/python bench/frameworks.py --frameworks llama-index,llama-index-nostream   # what streaming costs
     .venv/bin/python bench/frameworks.py --frameworks autogen --modes tether --base-root /tmp/base
 """
 
@@ -50,7 +51,9 @@ FRAMEWORKS = ("langgraph", "openai-agents", "autogen", "google-adk", "crewai", "
 MODES = ("bare", "model", "observer", "tether")
 STEPS_PER_RUN = 2
 RUNS_PER_AGENT_RUN = {"crewai": 2}  # a crew's run and its task's child run
-VENVS = {"google-adk-gemini": "google-adk"}  # ADK's native Gemini model: ADK's venv (not in FRAMEWORKS: --frameworks)
+# not in FRAMEWORKS (name them in --frameworks), each run by another's venv: ADK's native Gemini model;
+# LlamaIndex's FunctionAgent with streaming=False (it streams every model call by default)
+VENVS = {"google-adk-gemini": "google-adk", "llama-index-nostream": "llama-index"}
 
 
 def percentile(values: list[float], q: float) -> float:

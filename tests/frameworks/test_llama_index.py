@@ -65,6 +65,12 @@ def test_init_installs_the_span_handler_once(agents: Outcome) -> None:
     assert agents.said["installed"] == ["llama-index"]
 
 
+def test_the_span_handler_reads_its_state_without_pydantics_getattr(agents: Outcome) -> None:
+    # LlamaIndex calls it at every span's start and end; each read of a private attribute through
+    # pydantic's __getattr__ cost about 3 µs (four a span before)
+    assert agents.said["handler_lookups"] == 0
+
+
 def test_the_private_members_tether_relies_on_are_as_it_expects(agents: Outcome) -> None:
     assert agents.said["broken_hooks"] == [], "\n".join(agents.said["broken_hooks"])
 
