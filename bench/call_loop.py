@@ -84,7 +84,10 @@ def runners() -> dict[str, Callable[[int], Awaitable[None]]]:
         async with tether.run(agent="weather-bot", name="weather-bot"):
             await steps(tethered, i, lambda args: tools.acall("get_weather", args, lambda: get_weather(**args)))
 
-    return {"bare": run_bare, "tether": run_tether}
+    async def run_model(i: int) -> None:  # the LLM path alone: tether's transport, no run, the tool bare
+        await steps(tethered, i, lambda args: get_weather(**args))
+
+    return {"bare": run_bare, "tether": run_tether, "model": run_model}
 
 
 async def alternate(runs: int, block: int) -> dict[str, float]:
@@ -147,7 +150,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1200)
     parser.add_argument("--block", type=int, default=40)
     parser.add_argument("--callgrind", action="store_true", help="instructions per step, under valgrind")
-    parser.add_argument("--mode", choices=("bare", "tether"), default="tether")
+    parser.add_argument("--mode", choices=("bare", "tether", "model"), default="tether")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.callgrind:

@@ -43,7 +43,7 @@ from tether.middleware import (
 )
 from tether.schemas import Event
 
-from ._asynciopriv import loop_thread_id
+from ._asynciopriv import loop_thread_id, others_ready
 
 __all__ = ["Hub", "LoopThreadError", "background_hub", "background_hub_nowait", "default_policies", "flush",
            "shutdown"]
@@ -51,6 +51,8 @@ __all__ = ["Hub", "LoopThreadError", "background_hub", "background_hub_nowait", 
 log = logging.getLogger("tether.adapters")
 T = TypeVar("T")
 SOURCE = "urn:tether:adapter"
+_DEFERRALS = 16
+"""How many iterations of the caller's loop a wake-up of the bus's waits at most for the loop to be idle."""
 
 
 class LoopThreadError(RuntimeError):
@@ -126,8 +128,8 @@ class Hub:
         write to its self-pipe, after which its thread competes with the caller for the GIL
         (milliseconds of the caller's wall time on a busy machine), so what is handed over waits in
         one inbox, taken at one wake-up; from a thread running an event loop, the wake-up is made when
-        that loop gets to it (after the step that handed the first of them over, which is usually
-        about to wait on the network), so one agent step's events go over together. Engine steps
+        that loop has nothing else ready to run (:meth:`_wake_when_idle`: it is about to wait, usually
+        on the network), so one agent step's events go over together. Engine steps
         (:meth:`call`, :meth:`call_sync`) take the inbox first, so order is kept."""
         self._inbox.append(fn)
         if self._waking:
@@ -142,10 +144,23 @@ class Hub:
             caller = None
         if caller is not None and caller is not self.loop:
             self._waker = caller
-            caller.call_soon(self._wake, self._hand_offs)
+            caller.call_soon(self._wake_when_idle, self._hand_offs, asyncio.current_task(caller))
             return
         self._waker = None
         self._wake()
+
+    def _wake_when_idle(self, hand_offs: int, step: asyncio.Task[Any] | None, deferred: int = 0) -> None:
+        """On the caller's loop: :meth:`_wake`, once that loop has nothing else ready to run (it is about to
+        wait: for the provider's answer, say) or ``step`` (the task that handed the first event over) is
+        done, at most :data:`_DEFERRALS` passes later. What the rest of the agent's step hands over
+        meanwhile (past its framework's checkpoints, which yield without waiting) goes in the same wake-up:
+        a call's answer and the next call's request."""
+        waker = self._waker
+        if (hand_offs == self._hand_offs and deferred < _DEFERRALS and waker is not None and step is not None
+                and not step.done() and others_ready(waker)):
+            waker.call_soon(self._wake_when_idle, hand_offs, step, deferred + 1)
+            return
+        self._wake(hand_offs)
 
     def _wake(self, hand_offs: int | None = None) -> None:
         if hand_offs is not None and hand_offs != self._hand_offs:
