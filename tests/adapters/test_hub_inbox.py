@@ -77,7 +77,7 @@ def test_one_step_of_an_async_caller_wakes_the_bus_loop_once(hub: tuple[Hub, Stu
     async def agent() -> None:
         for n in range(5):  # one step: no await between the events
             h.emit(event(n))
-        await asyncio.sleep(0)  # the caller's loop gets to the wake-up
+        await asyncio.sleep(0.05)  # the caller's loop waits: it makes the wake-up first
 
     asyncio.run(agent())
     assert published(bus, 5) == [f"run-{n}" for n in range(5)], "all of them, in order"
@@ -120,6 +120,24 @@ def test_a_loop_that_never_idles_still_wakes_the_bus_loop(hub: tuple[Hub, StubBu
 
     asyncio.run(agent())
     assert seen == ["run-0"]
+
+
+def test_events_whose_callers_loop_closed_before_waking_the_bus_loop_get_out(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """A caller's loop that stops for good while it puts the wake-up off (busy to its last pass): the
+    bus's loop takes the events itself, within a quarter of a second, with no later event to wake it."""
+    h, bus, _ = hub
+    h.emit(event(-1))  # the hub's first wake-up: its loop watches from then on
+    assert published(bus, 1) == ["run--1"]
+    loop = asyncio.new_event_loop()
+
+    async def emit_and_end() -> None:
+        h.emit(event(0))
+        loop.call_soon(lambda: None)  # more ready: the wake-up is put off past the loop's end
+
+    loop.run_until_complete(emit_and_end())
+    loop.close()
+    assert published(bus, 2) == ["run--1", "run-0"]
 
 
 def test_a_plain_thread_and_a_stopped_callers_loop_still_get_their_events_out(
@@ -171,9 +189,9 @@ def test_an_engine_step_right_after_an_event_wakes_the_bus_loop_once(hub: tuple[
             pass
 
         await h.call(step)
-        await asyncio.sleep(0)  # the caller's loop gets to the wake-up it had scheduled for the event
+        await asyncio.sleep(0.05)  # the caller's loop waits: the wake-up it had scheduled for the event is not made
         h.emit(event(1))  # a later event still wakes the bus's loop
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
 
     asyncio.run(agent())
     assert published(bus, 2) == ["run-0", "run-1"]
