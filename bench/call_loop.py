@@ -5,15 +5,18 @@ An ``httpx.AsyncClient`` posts two chat completions (the second after the tool's
 ``httpx.MockTransport`` answering at once; the tool is an async function. ``tether``: the client's
 transport is tether's (``AsyncTetherTransport`` over the same mock), the tool runs through
 ``FrameworkTools`` (as the framework adapters run tools), the run is a ``tether.run``, all on the
-background bus of a ``nats-server -js`` started here. Without ``--callgrind``: both variants
-alternating in blocks, the agent thread's CPU added and the bus thread's CPU per step (medians of
-the blocks). ``--callgrind``: this script under valgrind's callgrind, instrumentation switched on only
-for ``--runs`` runs of ``--mode`` after a warm-up: instructions per step, every thread (deterministic
-to a fraction of a percent, unlike CPU time on a shared machine). Old code beside new: run it with
-another checkout's Python (its editable install), one after the other.
+background bus of a ``nats-server -js`` started here. ``model`` (with ``--callgrind``): tether's
+transport alone, no run and the tool bare (the LLM path of ``bench/frameworks.py``'s ``model``
+variant). Without ``--callgrind``: ``bare`` and ``tether`` alternating in blocks, the agent thread's
+CPU added and the bus thread's CPU per step (medians of the blocks). ``--callgrind``: this script
+under valgrind's callgrind, instrumentation switched on only for ``--runs`` runs of ``--mode`` after a
+warm-up: instructions per step, every thread (deterministic to a fraction of a percent, unlike CPU
+time on a shared machine). Old code beside new: run it with another checkout's Python (its editable
+install), one after the other.
 
     .venv/bin/python bench/call_loop.py --runs 1200
     .venv/bin/python bench/call_loop.py --callgrind --runs 100 --mode tether
+    .venv/bin/python bench/call_loop.py --callgrind --runs 100 --mode model
 """
 
 from __future__ import annotations

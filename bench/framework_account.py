@@ -18,6 +18,13 @@ system calls made without the GIL (socket writes, ``epoll``) is spread over the 
 
     .venv/bin/python bench/framework_account.py --runs 600 --block 30
     .venv/bin/python bench/framework_account.py --runs 800 --block 50 --spy /path/to/py-spy
+    .venv/bin/python bench/framework_account.py --runs 1000 --spy /path/to/py-spy --spy-mode model
+
+``--spy-mode`` names the variant sampled (``tether`` by default), ``--spy-raw FILE`` keeps py-spy's samples.
+A variant ``NAME@N`` is ``NAME`` with the hub's wake-ups put off at most ``N`` passes of the agent's loop
+(``_hub._DEFERRALS``; 0: at once, as before 7 December 2026's session 12), in the same process:
+
+    .venv/bin/python bench/framework_account.py --runs 600 --modes bare,model@0,model@64
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
     import tether.adapters
     from tether.adapters import _hub
 
-    runners = {m: agent(m) for m in modes}
+    runners = {m: agent(m.partition("@")[0]) for m in modes}
     for i in range(20):
         for run in runners.values():
             await run(-1 - i)
@@ -122,6 +129,8 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in runners}
     for n in range(runs // block):
         for mode, run in runners.items():
+            if "@" in mode:  # model@0: the hub's wake-ups made at once, as before it put them off
+                _hub._DEFERRALS = int(mode.partition("@")[2])
             before = counters.snapshot()
             t0, c0, b0, p0 = time.perf_counter(), time.thread_time(), time.clock_gettime(bus_clock), time.process_time()
             for i in range(block):
