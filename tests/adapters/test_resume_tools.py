@@ -319,3 +319,50 @@ async def test_inside_a_run_the_start_is_in_the_log_before_the_tool_runs_and_the
     assert seen == [0, 0], "a kill inside the tool leaves its start recorded, after it returned its end"
     events = [r.event.type for r in await collect(bus, event_filter(run="run-acked-1")) if r.event is not None]
     assert events[-3:-1] == ["tether.tool.call.requested", "tether.tool.call.completed"]
+
+
+def test_a_tool_calls_start_and_end_in_a_run_are_the_events_whose_ack_the_caller_awaits() -> None:
+    from tether.adapters._flow import awaits_ack
+    from tether.middleware import Emit
+    from tether.schemas import LlmCallRequested, ToolCallCompleted, ToolCallRequested
+
+    def emit(payload: Any, *, runid: str | None = "r", final: bool = False) -> Emit:
+        return Emit(Event.of(payload, runid=runid), final=final)
+
+    start = ToolCallRequested(call_id="c", tool="deposit", arguments={}, position=0)
+    end = ToolCallCompleted(call_id="c", tool="deposit", result=1)
+    assert awaits_ack(emit(start)), "the run's tool journal: its start before the tool runs"
+    assert awaits_ack(emit(end, final=True)), "its end before the caller gets the result"
+    assert not awaits_ack(emit(ToolCallRequested(call_id="c", tool="deposit", arguments={})))  # no journal place
+    assert not awaits_ack(emit(start, runid=None))
+    assert not awaits_ack(emit(end, runid=None, final=True))
+    assert not awaits_ack(emit(LlmCallRequested(call_id="c", provider="openai", model="m", request={})))
+
+
+async def test_a_tool_call_in_a_run_waits_for_two_acks_of_one_event_each_and_flushes_nothing(
+        bus: Bus, policies: PolicySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start's ack and the end's, each the ack of that event (``apublish``), not a flush of
+    everything the hub has under way: the same record, with less done for it."""
+    hub = Hub.of(bus)
+    waited: list[str] = []
+    apublish, flush = hub.apublish, hub.flush
+
+    async def acked(event: Event) -> None:
+        waited.append(event.type.removeprefix("tether."))
+        await apublish(event)
+
+    async def flushed(timeout: float | None = None) -> None:
+        waited.append("flush")
+        await flush(timeout)
+
+    monkeypatch.setattr(hub, "apublish", acked)
+    monkeypatch.setattr(hub, "flush", flushed)
+
+    @tether.tool(bus=bus, policies=policies)
+    async def effect() -> int:
+        waited.append("ran")
+        return 1
+
+    async with tether.run(agent="bot", run_id="run-acked-2", bus=bus):
+        assert await effect() == 1
+    assert waited == ["tool.call.requested", "ran", "tool.call.completed"]

@@ -90,6 +90,25 @@ async def attempt(built: Any, faults: str, *, sync: bool = False, **run: Any) ->
     return out
 
 
+def reached_by_a_chat_model() -> list[str]:
+    """Which of tether's handler's methods a chat model's start, a token and its end reach through
+    LangChain's callback manager (none: tether records model calls at its client)."""
+    from langchain_core.callbacks import CallbackManager
+    from langchain_core.messages import HumanMessage
+    from langchain_core.outputs import LLMResult
+
+    from tether.adapters.langgraph import TetherCallbackHandler
+
+    handler, reached = TetherCallbackHandler(), []
+    for name in ("on_chat_model_start", "on_llm_start", "on_llm_new_token", "on_llm_end"):
+        setattr(handler, name, lambda *args, name=name, **kwargs: reached.append(name))
+    delattr(handler, "on_chat_model_start")  # the class's own: what LangChain calls first
+    for run in CallbackManager([handler]).on_chat_model_start({}, [[HumanMessage("What is the weather?")]]):
+        run.on_llm_new_token("It")
+        run.on_llm_end(LLMResult(generations=[]))
+    return reached
+
+
 async def main() -> dict[str, Any]:
     tether.init()
     said: dict[str, Any] = {}
@@ -112,6 +131,7 @@ async def main() -> dict[str, Any]:
         said["refused"] = "accepted"
     except TypeError as exc:
         said["refused"] = str(exc)
+    said["reached"] = reached_by_a_chat_model()
     await asyncio.to_thread(tether.adapters.flush)
     return said
 

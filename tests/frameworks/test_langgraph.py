@@ -312,6 +312,12 @@ def test_the_agents_langgraph_and_langchain_build_run_their_tools_under_the_tool
     assert tools[3].data.response == "charged 1"
 
 
+def test_a_chat_models_callbacks_do_not_reach_tethers_handler(prebuilt: Outcome) -> None:
+    """tether records model calls at its client: LangChain's chat model events skip its handler (no
+    fallback writing every message list out as text for ``on_llm_start``, no call per token)."""
+    assert prebuilt.said["reached"] == []
+
+
 def test_tool_middleware_refuses_one_string_for_idempotent_tools(prebuilt: Outcome) -> None:
     assert prebuilt.said["refused"] == ("idempotent_tools is a collection of tool names, not one string "
                                         "('flaky_read'): write idempotent_tools={'flaky_read'}")

@@ -57,6 +57,8 @@ from tether.schemas import (
     LlmCallFailed,
     LlmCallRequested,
     Payload,
+    ToolCallCompleted,
+    ToolCallRequested,
     ids_fit,
     plain_json,
 )
@@ -266,11 +268,19 @@ class LlmCall:
 
 
 def awaits_ack(effect: Emit) -> bool:
-    """Whether the caller waits for the log's ack of ``effect``: a call's completion in a run (the
-    run's journal). A process killed right after the caller got the answer then finds the call
-    recorded when the run resumes, and does not ask (and pay) the provider again. Other events,
-    and a replay's (its original is in the log), are acked in the background."""
-    return effect.final and effect.event.runid is not None and isinstance(effect.event.data, LlmCallCompleted)
+    """Whether the caller waits for the log's ack of ``effect``: in a run (the run's journal), an LLM
+    call's completion, and a tool call's start (``requested`` with its position in the run's tool
+    journal: before the tool runs) and completion (before the caller gets the result). A process
+    killed right after the caller got the answer then finds the call recorded when the run resumes,
+    and does not ask (and pay) the provider again; one killed inside a tool finds its start. Other
+    events, and a replay's (its original is in the log), are acked in the background."""
+    event = effect.event
+    if event.runid is None:
+        return False
+    data = event.data
+    if isinstance(data, LlmCallCompleted | ToolCallCompleted):
+        return effect.final
+    return isinstance(data, ToolCallRequested) and data.position is not None
 
 
 def give_up_code(reason: str) -> str:

@@ -244,9 +244,7 @@ async def _run_async(spec: ToolSpec, fn: Callable[..., Awaitable[Any]], args: tu
     async def io(effect: Effect) -> Invoked:
         nonlocal attempt
         assert isinstance(effect, Invoke)
-        attempt = effect.attempt
-        if attempt == 1 and prepared.journaled:
-            await hub.flush()  # the start is in the log before the tool runs
+        attempt = effect.attempt  # in a run, the driver waited for the start's ack (``awaits_ack``)
         started = time.perf_counter()
         try:
             if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
@@ -265,11 +263,11 @@ async def _run_async(spec: ToolSpec, fn: Callable[..., Awaitable[Any]], args: tu
     except asyncio.CancelledError:
         hub.emit(spec.cancelled(call, attempt))
         raise
-    if prepared.journaled:
-        await hub.flush()  # the end is in the log before the caller acts on it
     if done.error is not None:
+        if prepared.journaled:  # the failure and its dead letter are in the log before the caller acts on it
+            await hub.flush()
         raise done.error
-    return done.result
+    return done.result  # its completion was acked by the driver (``awaits_ack``)
 
 
 def _run_sync(spec: ToolSpec, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -293,8 +291,6 @@ def _run_sync(spec: ToolSpec, fn: Callable[..., Any], args: tuple[Any, ...], kwa
 
     def io(effect: Effect) -> Invoked:
         assert isinstance(effect, Invoke)
-        if effect.attempt == 1 and prepared.journaled:
-            _flush_sync(hub)
         started = time.perf_counter()
         try:
             if (recorded := current_recorded()) is not None:  # a replay: the result is in the log
@@ -309,9 +305,9 @@ def _run_sync(spec: ToolSpec, fn: Callable[..., Any], args: tuple[Any, ...], kwa
             return spec.invoked(started, error=exc)
 
     done = drive_sync(hub, tool_flow(call), io)
-    if prepared.journaled:
-        _flush_sync(hub)
     if done.error is not None:
+        if prepared.journaled:
+            _flush_sync(hub)
         raise done.error
     return done.result
 

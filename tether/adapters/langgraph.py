@@ -65,6 +65,15 @@ class TetherCallbackHandler(BaseCallbackHandler):
 
     run_inline = True
     raise_error = False
+    # Only chains (runs) and tools (LangChain's "agent" events) are read. Without these, every chat model
+    # call went through LangChain's fallback for a handler without ``on_chat_model_start`` (the
+    # NotImplementedError raised and caught, every message list written out as text for ``on_llm_start``),
+    # and each token, retry, retriever and custom event reached a method that does nothing.
+    ignore_llm = True
+    ignore_chat_model = True
+    ignore_retry = True
+    ignore_retriever = True
+    ignore_custom_event = True
 
     def __init__(self) -> None:
         self._runs: dict[UUID, Run] = {}

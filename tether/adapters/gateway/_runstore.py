@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from tether.bus import Bus, open_bucket
+from tether.bus import TRANSIENT_PUBLISH_ERRORS, Bus, open_bucket
 
 from ._runbook import Followed, Out, begin, forget_early, idle, touch
 
@@ -39,6 +40,8 @@ log = logging.getLogger("tether.gateway")
 RUNS_BUCKET = "tether-gateway-runs"
 RUNS_TTL_S = 86_400.0
 """A run no gateway changed for this long is forgotten (a later call starts it afresh)."""
+TRANSIENT_FOR_S = 30.0
+"""How long a read of a run is asked again while its bucket has no leader (a cluster node restarting)."""
 Decide = Callable[[Followed | None], tuple[Followed | None, list[Out]]]
 
 
@@ -152,11 +155,7 @@ class RunStore:
             for n in range(30):
                 fresh = n > 0 or seen is None
                 if fresh:
-                    try:
-                        entry = await kv.get(key)
-                        raw, revision = entry.value, entry.revision
-                    except KeyNotFoundError:
-                        raw, revision = None, None
+                    raw, revision = await self._read(kv, key)
                 else:
                     assert seen is not None
                     raw, revision = seen.raw, seen.revision
@@ -177,10 +176,33 @@ class RunStore:
                 except KeyWrongLastSequenceError:
                     await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2**n)))
                     continue
+                except TRANSIENT_PUBLISH_ERRORS:
+                    # No answer (a cluster electing the bucket's leader): the write may have landed.
+                    # If the run now holds exactly what was written, it did; otherwise decide again.
+                    raw, landed = await self._read(kv, key)
+                    if raw != written or landed is None:
+                        continue
+                    revision = landed
                 assert new is not None
                 self._remember(run_id, written, revision, new)
                 return out
         raise RuntimeError(f"compare-and-set on run {run_id} kept conflicting")
+
+    async def _read(self, kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
+        """The key's value and revision (``None``, ``None`` if absent), asked again while the bucket has
+        no leader to answer (a node restarting), for up to :data:`TRANSIENT_FOR_S` seconds."""
+        give_up, delay = time.monotonic() + TRANSIENT_FOR_S, 0.05
+        while True:
+            try:
+                entry = await kv.get(key)
+                return entry.value, entry.revision
+            except KeyNotFoundError:
+                return None, None
+            except TRANSIENT_PUBLISH_ERRORS:
+                if time.monotonic() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def apply(self, run_id: str, steps: list[Callable[[Followed], list[Out]]]) -> list[Out]:
         """Apply ``steps`` in order to a run (none for a run no gateway has started)."""
