@@ -5,15 +5,18 @@ An ``httpx.AsyncClient`` posts two chat completions (the second after the tool's
 ``httpx.MockTransport`` answering at once; the tool is an async function. ``tether``: the client's
 transport is tether's (``AsyncTetherTransport`` over the same mock), the tool runs through
 ``FrameworkTools`` (as the framework adapters run tools), the run is a ``tether.run``, all on the
-background bus of a ``nats-server -js`` started here. Without ``--callgrind``: both variants
-alternating in blocks, the agent thread's CPU added and the bus thread's CPU per step (medians of
-the blocks). ``--callgrind``: this script under valgrind's callgrind, instrumentation switched on only
-for ``--runs`` runs of ``--mode`` after a warm-up: instructions per step, every thread (deterministic
-to a fraction of a percent, unlike CPU time on a shared machine). Old code beside new: run it with
-another checkout's Python (its editable install), one after the other.
+background bus of a ``nats-server -js`` started here. ``model`` (with ``--callgrind``): tether's
+transport alone, no run and the tool bare (the LLM path of ``bench/frameworks.py``'s ``model``
+variant). Without ``--callgrind``: ``bare`` and ``tether`` alternating in blocks, the agent thread's
+CPU added and the bus thread's CPU per step (medians of the blocks). ``--callgrind``: this script
+under valgrind's callgrind, instrumentation switched on only for ``--runs`` runs of ``--mode`` after a
+warm-up: instructions per step, every thread (deterministic to a fraction of a percent, unlike CPU
+time on a shared machine). Old code beside new: run it with another checkout's Python (its editable
+install), one after the other.
 
     .venv/bin/python bench/call_loop.py --runs 1200
     .venv/bin/python bench/call_loop.py --callgrind --runs 100 --mode tether
+    .venv/bin/python bench/call_loop.py --callgrind --runs 100 --mode model
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def runners() -> dict[str, Callable[[int], Awaitable[None]]]:
         async with tether.run(agent="weather-bot", name="weather-bot"):
             await steps(tethered, i, lambda args: tools.acall("get_weather", args, lambda: get_weather(**args)))
 
-    return {"bare": run_bare, "tether": run_tether}
+    async def run_model(i: int) -> None:  # the LLM path alone: tether's transport, no run, the tool bare
+        await steps(tethered, i, lambda args: get_weather(**args))
+
+    return {"bare": run_bare, "tether": run_tether, "model": run_model}
 
 
 async def alternate(runs: int, block: int) -> dict[str, float]:
@@ -147,7 +153,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1200)
     parser.add_argument("--block", type=int, default=40)
     parser.add_argument("--callgrind", action="store_true", help="instructions per step, under valgrind")
-    parser.add_argument("--mode", choices=("bare", "tether"), default="tether")
+    parser.add_argument("--mode", choices=("bare", "tether", "model"), default="tether")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.callgrind:

@@ -18,6 +18,13 @@ system calls made without the GIL (socket writes, ``epoll``) is spread over the 
 
     .venv/bin/python bench/framework_account.py --runs 600 --block 30
     .venv/bin/python bench/framework_account.py --runs 800 --block 50 --spy /path/to/py-spy
+    .venv/bin/python bench/framework_account.py --runs 1000 --spy /path/to/py-spy --spy-mode model
+
+``--spy-mode`` names the variant sampled (``tether`` by default), ``--spy-raw FILE`` keeps py-spy's samples.
+A variant ``NAME@N`` is ``NAME`` with the hub's wake-ups put off at most ``N`` passes of the agent's loop
+(``_hub._DEFERRALS``; 0: at once, as before 7 December 2026's session 12), in the same process:
+
+    .venv/bin/python bench/framework_account.py --runs 600 --modes bare,model@0,model@64
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
     import tether.adapters
     from tether.adapters import _hub
 
-    runners = {m: agent(m) for m in modes}
+    runners = {m: agent(m.partition("@")[0]) for m in modes}
     for i in range(20):
         for run in runners.values():
             await run(-1 - i)
@@ -122,6 +129,8 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in runners}
     for n in range(runs // block):
         for mode, run in runners.items():
+            if "@" in mode:  # model@0: the hub's wake-ups made at once, as before it put them off
+                _hub._DEFERRALS = int(mode.partition("@")[2])
             before = counters.snapshot()
             t0, c0, b0, p0 = time.perf_counter(), time.thread_time(), time.clock_gettime(bus_clock), time.process_time()
             for i in range(block):
@@ -225,19 +234,21 @@ def _piece(frames: list[str], rules: list[tuple[str, list[str]]], *, tether_only
     return "the framework and the SDK (no tether frame)" if tether_only else "other"
 
 
-def spy(py_spy: str, python: str, runs: int, block: int) -> None:
-    """The ``tether`` variant under py-spy; its samples in pieces, in µs per step of each thread's CPU."""
+def spy(py_spy: str, python: str, runs: int, block: int, mode: str = "tether", keep: str | None = None) -> None:
+    """The ``mode`` variant under py-spy; its samples in pieces, in µs per step of each thread's CPU."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.txt"
         got = subprocess.run([py_spy, "record", "-r", "500", "-t", "-g", "-f", "raw", "--nonblocking", "-o", str(raw),
-                              "--", python, __file__, "--child", "--modes", "tether", "--runs", str(runs),
+                              "--", python, __file__, "--child", "--modes", mode, "--runs", str(runs),
                               "--block", str(block), "--json"],
                              capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         measured = json.loads(next(line for line in got.stdout.splitlines() if line.startswith("{")))
         samples = pieces(raw)
-    per_step = {"agent": measured["tether"]["agent thread CPU"], "bus": measured["tether"]["bus thread CPU"]}
-    print(f"tether variant, {runs} runs (load {measured['load']:.1f}); per step: agent thread "
+        if keep:
+            Path(keep).write_text(raw.read_text())
+    per_step = {"agent": measured[mode]["agent thread CPU"], "bus": measured[mode]["bus thread CPU"]}
+    print(f"{mode} variant, {runs} runs (load {measured['load']:.1f}); per step: agent thread "
           f"{per_step['agent']:.3f} ms, bus thread {per_step['bus']:.3f} ms of CPU")
     print("| piece | thread | µs per step | samples |\n|---|---|---|---|")
     for thread, counted in samples.items():
@@ -251,14 +262,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300, help="agent runs of each variant")
     parser.add_argument("--block", type=int, default=30)
     parser.add_argument("--modes", default="bare,model,tether", help="the variants")
-    parser.add_argument("--spy", metavar="PY_SPY", help="sample the tether variant with this py-spy")
+    parser.add_argument("--spy", metavar="PY_SPY", help="sample one variant (--spy-mode) with this py-spy")
+    parser.add_argument("--spy-mode", default="tether", help="the variant --spy samples")
+    parser.add_argument("--spy-raw", metavar="FILE", help="keep py-spy's raw samples there")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.child:
         python = _venv_python()
         if args.spy:
-            spy(args.spy, python, args.runs, args.block)
+            spy(args.spy, python, args.runs, args.block, args.spy_mode, args.spy_raw)
             return
         raise SystemExit(subprocess.call([python, __file__, "--child", *sys.argv[1:]],
                                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}))
@@ -273,9 +286,10 @@ def main() -> None:
         return
     print(f"per agent step (median of {args.runs // args.block} blocks of {args.block} runs, load {load:.1f})")
     print(f"{'':<20}" + "".join(f"{m:>10}" for m in result) + f"{'added':>10}")
-    for key in result["tether"]:
+    last = list(result)[-1]  # "added": the last variant's over bare
+    for key in result[last]:
         cells = [result[m].get(key, 0.0) for m in result]
-        added = result["tether"][key] - result.get("bare", {}).get(key, 0.0)
+        added = result[last][key] - result.get("bare", {}).get(key, 0.0)
         unit = "ms" if "CPU" in key or key == "wall" else ""
         print(f"{key:<20}" + "".join(f"{c:>8.3f}{unit:<2}" for c in cells) + f"{added:>8.3f}{unit:<2}")
 

@@ -59,6 +59,11 @@ def event(n: int) -> Event:
     return Event.of(RunStarted(name="bot"), runid=f"run-{n}", source="urn:test")
 
 
+def blocking_work(seconds: float) -> None:
+    """An agent step's own work, which holds its loop (and lets other threads run)."""
+    time.sleep(seconds)
+
+
 def published(bus: StubBus, count: int) -> list[str]:
     deadline = time.monotonic() + 20
     while len(bus.published) < count and time.monotonic() < deadline:
@@ -72,11 +77,67 @@ def test_one_step_of_an_async_caller_wakes_the_bus_loop_once(hub: tuple[Hub, Stu
     async def agent() -> None:
         for n in range(5):  # one step: no await between the events
             h.emit(event(n))
-        await asyncio.sleep(0)  # the caller's loop gets to the wake-up
+        await asyncio.sleep(0.05)  # the caller's loop waits: it makes the wake-up first
 
     asyncio.run(agent())
     assert published(bus, 5) == [f"run-{n}" for n in range(5)], "all of them, in order"
     assert wakes[0] == 1
+
+
+def test_the_wake_up_waits_until_the_callers_loop_has_nothing_else_ready(hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """An agent step that yields to its loop without waiting (a framework's checkpoints, a callback it
+    schedules) before its next event: one wake-up for both, made once the loop is about to wait (for
+    the provider's answer): a call's completion and the next call's request go over together."""
+    h, bus, wakes = hub
+
+    async def agent() -> None:
+        h.emit(event(0))  # a call's completion
+        for _ in range(3):
+            await asyncio.sleep(0)  # ready again at once: the loop is not idle
+            blocking_work(0.01)  # the step's work (the bus's thread may take the GIL meanwhile)
+        h.emit(event(1))  # the next call's request
+        await asyncio.sleep(0.05)  # the loop waits (for the provider): now the bus's loop is woken
+
+    asyncio.run(agent())
+    assert published(bus, 2) == ["run-0", "run-1"]
+    assert wakes[0] == 1
+
+
+def test_a_loop_that_never_idles_still_wakes_the_bus_loop(hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """The wake-up waits a bounded number of the caller's iterations: an event gets out while the
+    caller's loop stays busy."""
+    h, bus, _ = hub
+    seen: list[str] = []
+
+    async def agent() -> None:
+        h.emit(event(0))
+        for _ in range(10_000):  # never idle
+            await asyncio.sleep(0)
+            if bus.published:
+                seen.extend(bus.published)
+                return
+            blocking_work(0.0005)  # room for the bus's thread to take the GIL
+
+    asyncio.run(agent())
+    assert seen == ["run-0"]
+
+
+def test_events_whose_callers_loop_closed_before_waking_the_bus_loop_get_out(
+        hub: tuple[Hub, StubBus, list[int]]) -> None:
+    """A caller's loop that stops for good while it puts the wake-up off (busy to its last pass): the
+    bus's loop takes the events itself, within a quarter of a second, with no later event to wake it."""
+    h, bus, _ = hub
+    h.emit(event(-1))  # the hub's first wake-up: its loop watches from then on
+    assert published(bus, 1) == ["run--1"]
+    loop = asyncio.new_event_loop()
+
+    async def emit_and_end() -> None:
+        h.emit(event(0))
+        loop.call_soon(lambda: None)  # more ready: the wake-up is put off past the loop's end
+
+    loop.run_until_complete(emit_and_end())
+    loop.close()
+    assert published(bus, 2) == ["run--1", "run-0"]
 
 
 def test_a_plain_thread_and_a_stopped_callers_loop_still_get_their_events_out(
@@ -128,9 +189,9 @@ def test_an_engine_step_right_after_an_event_wakes_the_bus_loop_once(hub: tuple[
             pass
 
         await h.call(step)
-        await asyncio.sleep(0)  # the caller's loop gets to the wake-up it had scheduled for the event
+        await asyncio.sleep(0.05)  # the caller's loop waits: the wake-up it had scheduled for the event is not made
         h.emit(event(1))  # a later event still wakes the bus's loop
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
 
     asyncio.run(agent())
     assert published(bus, 2) == ["run-0", "run-1"]

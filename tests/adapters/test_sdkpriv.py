@@ -1,7 +1,7 @@
 """The private attributes ``tether.instrument`` reaches, checked against the installed libraries.
 
 The SDKs' ``_client`` (``tether/adapters/_sdkpriv.py``), httpx's and httpx2's ``_transport`` and
-``_mounts`` (``_httpxpriv.py``) and asyncio's ``_thread_id`` (``_asynciopriv.py``). These run in
+``_mounts`` (``_httpxpriv.py``) and asyncio's ``_thread_id`` and ``_ready`` (``_asynciopriv.py``). These run in
 ``make test`` and ``make test-lowest``: a release that changes one fails here, naming it and what
 tether uses it for. No sockets: a mock transport answers.
 """
@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from tether.adapters import _asynciopriv, _httpxpriv, _sdkpriv
-from tether.adapters._asynciopriv import loop_thread_id
+from tether.adapters._asynciopriv import loop_thread_id, others_ready
 from tether.adapters._httpxpriv import has_transports, wrap_transports
 from tether.adapters._sdkpriv import http_client_of
 
@@ -53,7 +53,7 @@ def test_every_hook_is_listed_once() -> None:
     listed = [(h.distribution, h.name) for h in (*_sdkpriv.HOOKS, *_httpxpriv.HOOKS, *_asynciopriv.HOOKS)]
     assert sorted(listed) == sorted({("openai", "_client"), ("anthropic", "_client"), ("httpx", "_transport"),
                                      ("httpx", "_mounts"), ("httpx2", "_transport"), ("httpx2", "_mounts"),
-                                     ("python", "_thread_id")})
+                                     ("python", "_thread_id"), ("python", "_ready")})
 
 
 # -- the SDKs' _client: what every request of the SDK client is sent through -------------------------------
@@ -162,3 +162,27 @@ def test_a_running_loop_says_its_thread() -> None:
 
 async def _where(loop: asyncio.AbstractEventLoop) -> tuple[int | None, int]:
     return loop_thread_id(loop), threading.get_ident()
+
+
+# -- asyncio's _ready ----------------------------------------------------------------------------------
+
+
+def test_a_loop_says_whether_it_has_callbacks_ready() -> None:
+    with hooks.relied_on(_asynciopriv.HOOKS, "_ready"):
+        async def main() -> list[bool]:
+            loop = asyncio.get_running_loop()
+            seen = [others_ready(loop)]  # nothing else scheduled: idle once this step yields
+            loop.call_soon(lambda: None)
+            seen.append(others_ready(loop))
+            await asyncio.sleep(0)  # the callback ran
+            seen.append(others_ready(loop))
+            return seen
+
+        assert asyncio.run(main()) == [False, True, False]
+
+
+def test_a_loop_that_does_not_say_is_never_thought_busy() -> None:
+    class Quiet:  # uvloop's loop keeps its callbacks out of Python's reach
+        pass
+
+    assert others_ready(Quiet()) is False  # type: ignore[arg-type]

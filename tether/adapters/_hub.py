@@ -43,7 +43,7 @@ from tether.middleware import (
 )
 from tether.schemas import Event
 
-from ._asynciopriv import loop_thread_id
+from ._asynciopriv import loop_thread_id, others_ready
 
 __all__ = ["Hub", "LoopThreadError", "background_hub", "background_hub_nowait", "default_policies", "flush",
            "shutdown"]
@@ -51,6 +51,10 @@ __all__ = ["Hub", "LoopThreadError", "background_hub", "background_hub_nowait", 
 log = logging.getLogger("tether.adapters")
 T = TypeVar("T")
 SOURCE = "urn:tether:adapter"
+_DEFERRALS = 64
+"""How many passes of the caller's loop a wake-up of the bus's waits at most for that loop to be idle."""
+_STRANDED_S = 0.25
+"""How often the bus's loop looks for events whose caller's loop stopped before waking it."""
 
 
 class LoopThreadError(RuntimeError):
@@ -86,6 +90,9 @@ class Hub:
         self._hand_offs = 0  # engine steps handed to the bus's loop: each takes the inbox along
         self._batching = False  # taking the inbox: events sent are written to NATS at its end
         self._unwritten = False
+        self._watch: asyncio.TimerHandle | None = None  # _watch_stranded's next run
+        if self._on_loop():
+            self._start_watching()
 
     @classmethod
     def of(cls, bus: Bus) -> Hub:
@@ -126,8 +133,8 @@ class Hub:
         write to its self-pipe, after which its thread competes with the caller for the GIL
         (milliseconds of the caller's wall time on a busy machine), so what is handed over waits in
         one inbox, taken at one wake-up; from a thread running an event loop, the wake-up is made when
-        that loop gets to it (after the step that handed the first of them over, which is usually
-        about to wait on the network), so one agent step's events go over together. Engine steps
+        that loop has nothing else ready to run (:meth:`_wake_when_idle`: it is about to wait, usually
+        on the network), so one agent step's events go over together. Engine steps
         (:meth:`call`, :meth:`call_sync`) take the inbox first, so order is kept."""
         self._inbox.append(fn)
         if self._waking:
@@ -142,10 +149,39 @@ class Hub:
             caller = None
         if caller is not None and caller is not self.loop:
             self._waker = caller
-            caller.call_soon(self._wake, self._hand_offs)
+            caller.call_soon(self._wake_when_idle, self._hand_offs)
             return
         self._waker = None
         self._wake()
+
+    def _wake_when_idle(self, hand_offs: int, deferred: int = 0) -> None:
+        """On the caller's loop: :meth:`_wake`, once that loop has nothing else ready to run (it is about to
+        wait: for the provider's answer, say), at most :data:`_DEFERRALS` passes later. What the rest of
+        the agent's step hands over meanwhile (past its framework's checkpoints and tasks, which yield
+        without waiting) goes in the same wake-up: a call's answer and the next call's request. Should
+        that loop stop for good first, the bus's loop takes them itself (:meth:`_watch_stranded`)."""
+        waker = self._waker
+        if hand_offs == self._hand_offs and deferred < _DEFERRALS and waker is not None and others_ready(waker):
+            waker.call_soon(self._wake_when_idle, hand_offs, deferred + 1)
+            return
+        self._wake(hand_offs)
+
+    def _watch_stranded(self) -> None:
+        """On the bus's loop, every :data:`_STRANDED_S` seconds: what waits in the inbox for a wake-up that a
+        caller's loop was to make and never will (it stopped, or closed, first) is taken now."""
+        self._watch = None
+        if self.closed:
+            return
+        waker = self._waker
+        if self._waking and self._inbox and waker is not None and not waker.is_running():
+            self._take_inbox()
+        self._watch = self.loop.call_later(_STRANDED_S, self._watch_stranded)
+
+    def _start_watching(self) -> None:
+        """On the bus's loop: :meth:`_watch_stranded` from now on (started by the hub's first wake-up, or
+        when the hub is made on its loop)."""
+        if self._watch is None and not self.closed:
+            self._watch = self.loop.call_later(_STRANDED_S, self._watch_stranded)
 
     def _wake(self, hand_offs: int | None = None) -> None:
         if hand_offs is not None and hand_offs != self._hand_offs:
@@ -161,6 +197,8 @@ class Hub:
 
     def _take_inbox(self) -> None:
         self._waking = False  # before taking: what is handed over from now on wakes the loop again
+        if self._watch is None:
+            self._start_watching()
         inbox = self._inbox
         if not inbox:
             return
@@ -462,6 +500,8 @@ class Hub:
         self._take_inbox()
         await self._drain()
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
