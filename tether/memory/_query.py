@@ -251,12 +251,13 @@ SCAN_LIMIT = 1000
 """Queries whose terms match more entries than this rank the most recent SCAN_LIMIT matches."""
 PRUNE_FROM = 2000
 """From this many entries on, terms found in more than half of them are left out of the match."""
-APART_FROM = 20_000
+APART_FROM = 25_000
 """From this many entries in the searched namespaces on, the candidates are found by one FTS query with
 the namespaces' phrase and scored by another without it: SQLite's ``bm25()`` counts every entry of
 every phrase of its query (each phrase's document frequency) on every search, and the namespaces'
-phrase (weight 0: it adds nothing to the score) holds every entry of the namespaces. Below this, the
-second query costs more than that count saves."""
+phrase (weight 0: it adds nothing to the score) holds every entry of the namespaces. Counting costs
+about 11 ns an entry, the second query about 0.3 ms (7 December 2026, CPU per search apart against one
+query: 1.16 times with 10k entries in the namespace, 0.76 times with 100k)."""
 
 
 FIELDS = "{text key_terms meta}"
