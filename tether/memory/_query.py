@@ -334,19 +334,22 @@ def keyword(db: sqlite3.Connection, terms: Sequence[str], *, namespaces: Sequenc
     want = max(limit * 2, 32)
     while True:
         rows = _ranked(db, bm25, match if apart else match + scope, recent=recent, want=want, among=found)
-        fresh = [r for r in rows if r[0] not in seen]
-        i = 0
-        while i < len(fresh):
-            # check liveness of only as many candidates as are likely needed, best first
-            step = max(limit - len(hits), 1) * 5 // 4 + 8 if i == 0 else 250
-            chunk = fresh[i:i + step]
-            i += step
-            seen.update(r[0] for r in chunk)
-            live.update(_live_rows(db, [r[0] for r in chunk], where, params))
-            hits.extend((int(seq), -float(bm)) for seq, bm in chunk if seq in live)
-            if len(hits) >= limit:
+        fetched = 0
+        # check liveness of only as many candidates as are likely needed, best first
+        step = max(limit - len(hits), 1) * 5 // 4 + 8
+        while len(hits) < limit:
+            batch = rows.fetchmany(step)
+            fetched += len(batch)
+            chunk = [r for r in batch if r[0] not in seen]
+            if chunk:
+                seen.update(r[0] for r in chunk)
+                live.update(_live_rows(db, [r[0] for r in chunk], where, params))
+                hits.extend((int(seq), -float(bm)) for seq, bm in chunk if seq in live)
+            if len(batch) < step:
                 break
-        if len(hits) >= limit or recent or len(rows) < want:
+            step = 250
+        rows.close()
+        if len(hits) >= limit or recent or fetched < want:
             break
         want *= 4
     return [(_entry(live[seq]), rel) for seq, rel in hits[:limit]]
@@ -362,28 +365,26 @@ def _in_scope(db: sqlite3.Connection, match: str, recent: bool) -> list[int]:
 
 
 def _ranked(db: sqlite3.Connection, bm25: str, match: str, *, recent: bool, want: int,
-            among: list[int] | None) -> list[tuple[int, float]]:
+            among: list[int] | None) -> sqlite3.Cursor:
     """Candidate rows and their BM25 score (lower is better), best first: if ``recent``, the
-    :data:`SCAN_LIMIT` most recent matches, sorted here (ties stay newest first); else the ``want``
-    best. ``among``: only these rows (:func:`_in_scope`'s), scored by ``match`` without the
-    namespaces' phrase. The rows reach ``bm25()`` and the sort in the same order either way, so
-    both give the same scores, bit for bit, in the same order."""
-    order = "rowid DESC" if recent else "b LIMIT :want"
+    :data:`SCAN_LIMIT` most recent matches, ties newest first; else the ``want`` best. ``among``:
+    only these rows (:func:`_in_scope`'s), scored by ``match`` without the namespaces' phrase. The
+    rows reach ``bm25()`` and the sort in the same order either way, so both give the same scores,
+    bit for bit, in the same order. SQLite sorts: the caller fetches only the rows it checks."""
     if among is None:
-        rows: list[tuple[int, float]] = db.execute(
-            f"SELECT rowid, {bm25} AS b FROM versions_fts WHERE versions_fts MATCH :match ORDER BY {order}"
-            + (" LIMIT :limit" if recent else ""), {"match": match, "want": want, "limit": SCAN_LIMIT}).fetchall()
-    elif not among:
-        return []
-    else:
-        # unary +: a filter on the rows the range yields (FTS5 would otherwise run the query once per id)
-        rows = db.execute(
-            f"SELECT rowid, {bm25} AS b FROM versions_fts WHERE versions_fts MATCH :match AND rowid BETWEEN :lo "
-            f"AND :hi AND +rowid IN (SELECT value FROM json_each(:ids)) ORDER BY {order}",
-            {"match": match, "want": want, "lo": min(among), "hi": max(among), "ids": json.dumps(among)}).fetchall()
-    if recent:
-        rows.sort(key=lambda r: r[1])
-    return rows
+        if recent:
+            sql = (f"SELECT rowid, b FROM (SELECT rowid, {bm25} AS b FROM versions_fts WHERE versions_fts "
+                   "MATCH :match ORDER BY rowid DESC LIMIT :limit) ORDER BY b, rowid DESC")
+        else:
+            sql = f"SELECT rowid, {bm25} AS b FROM versions_fts WHERE versions_fts MATCH :match ORDER BY b LIMIT :want"
+        return db.execute(sql, {"match": match, "want": want, "limit": SCAN_LIMIT})
+    # unary +: a filter on the rows the range yields (FTS5 would otherwise run the query once per id)
+    order = "b, rowid DESC" if recent else "b LIMIT :want"
+    return db.execute(
+        f"SELECT rowid, {bm25} AS b FROM versions_fts WHERE versions_fts MATCH :match AND rowid BETWEEN :lo "
+        f"AND :hi AND +rowid IN (SELECT value FROM json_each(:ids)) ORDER BY {order}",
+        {"match": match, "want": want, "lo": min(among, default=0), "hi": max(among, default=-1),
+         "ids": json.dumps(among)})
 
 
 def _live_rows(db: sqlite3.Connection, seqs: Sequence[int], where: Sequence[str], params: dict[str, Any]
