@@ -55,7 +55,8 @@ Run it::
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
     .venv/bin/python bench/memory.py --keyword-only --base ../wt-main   # keyword search, two checkouts
 
-``--keyword-only`` times keyword search alone (about four minutes at 100k): it writes the view a full
+``--keyword-only`` times keyword search alone (about eight minutes for 10k and 100k, three rounds, at
+load 5-6, most of it writing the view): it writes the view a full
 run leaves (68,912 other entries, then the corpus in two namespaces with random vectors, as with a
 model installed) once per size, then a process of this checkout and one of ``--base`` (another
 checkout with its ``.venv``), alternating ``--rounds`` times, each open that view and time the same
@@ -469,19 +470,19 @@ def keyword_table(rows: list[dict[str, Any]]) -> str:
                      f"(CPU {f['cpu_p50_ms']} / {f['cpu_p95_ms']}); results {r['results']} "
                      f"(load average {r['load_before']} before, {r['load_after']} after)")
     for size in dict.fromkeys(r["size"] for r in rows):
-        got = {r["code"]: r for r in rows if r["size"] == size}
-        if "base" in got:
-            digests = {r["results"] for r in rows if r["size"] == size}
-            ratio = {m: round(statistics.median(r[m]["p50_ms"] for r in rows if r["size"] == size and r["code"] ==
-                                                "this") / statistics.median(
-                r[m]["p50_ms"] for r in rows if r["size"] == size and r["code"] == "base"), 2)
-                     for m in ("keyword", "keyword_filtered")}
-            p95 = round(statistics.median(r["keyword"]["p95_ms"] for r in rows if r["size"] == size and r["code"] ==
-                                          "this") / statistics.median(
-                r["keyword"]["p95_ms"] for r in rows if r["size"] == size and r["code"] == "base"), 2)
-            lines.append(f"{size:>7,} this / base (medians of the rounds): keyword p50 {ratio['keyword']}, p95 {p95}; "
-                         f"filtered p50 {ratio['keyword_filtered']}; results "
-                         + ("identical" if len(digests) == 1 else "DIFFER"))
+        here = [r for r in rows if r["size"] == size]
+        if not any(r["code"] == "base" for r in here):
+            continue
+
+        def ratio(mode: str, figure: str, here: list[dict[str, Any]] = here) -> float:
+            this, base = ([float(r[mode][figure]) for r in here if r["code"] == code] for code in ("this", "base"))
+            return round(statistics.median(this) / statistics.median(base), 2)
+
+        same = len({r["results"] for r in here}) == 1
+        lines.append(f"{size:>7,} this / base (medians of the rounds): keyword p50 {ratio('keyword', 'p50_ms')}, p95 "
+                     f"{ratio('keyword', 'p95_ms')} (CPU {ratio('keyword', 'cpu_p50_ms')}, "
+                     f"{ratio('keyword', 'cpu_p95_ms')}); filtered p50 {ratio('keyword_filtered', 'p50_ms')} (CPU "
+                     f"{ratio('keyword_filtered', 'cpu_p50_ms')}); results " + ("identical" if same else "DIFFER"))
     return "\n".join(lines)
 
 

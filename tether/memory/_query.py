@@ -256,7 +256,7 @@ APART_FROM = 25_000
 the namespaces' phrase and scored by another without it: SQLite's ``bm25()`` counts every entry of
 every phrase of its query (each phrase's document frequency) on every search, and the namespaces'
 phrase (weight 0: it adds nothing to the score) holds every entry of the namespaces. Counting costs
-about 11 ns an entry, the second query about 0.3 ms (7 December 2026, CPU per search apart against one
+10-15 ns an entry, the second query about 0.3 ms (7 December 2026, CPU per search apart against one
 query: 1.16 times with 10k entries in the namespace, 0.76 times with 100k)."""
 
 
