@@ -53,6 +53,15 @@ Run it::
     .venv/bin/python bench/memory.py --small --no-quality --embedder minilm   # latency with MiniLM
     .venv/bin/python bench/memory.py --embedder asymmetric    # the three embedders side by side
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python bench/memory.py --no-quality   # one thread
+    .venv/bin/python bench/memory.py --keyword-only --base ../wt-main   # keyword search, two checkouts
+
+``--keyword-only`` times keyword search alone (about eight minutes for 10k and 100k, three rounds, at
+load 5-6, most of it writing the view): it writes the view a full
+run leaves (68,912 other entries, then the corpus in two namespaces with random vectors, as with a
+model installed) once per size, then a process of this checkout and one of ``--base`` (another
+checkout with its ``.venv``), alternating ``--rounds`` times, each open that view and time the same
+``--queries`` (wall clock and the process's CPU time, 1-minute load average before and after), with a
+digest of every result: the two checkouts rank alike when their digests are equal.
 
 The static embedder's table is distilled on the first run (about a minute) and cached under
 TETHER_HOME (default ./.tether).
@@ -79,7 +88,8 @@ from typing import Any
 import nats
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if "--worker" not in sys.argv:  # a --keyword-only worker runs its own checkout's tether (its .venv's)
+    sys.path.insert(0, str(ROOT))
 
 from tether.bus import EVENTS_STREAM, connect  # noqa: E402
 from tether.memory import (  # noqa: E402
@@ -348,6 +358,132 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int,
     out["context"] = ms(ctx)
     out["load_average_after"] = round(os.getloadavg()[0], 2)
     return out
+
+
+KEYWORD_OTHERS = 68_912
+"""Entries a full run with a model installed writes before its corpus (60,400 in its write rounds,
+8,512 embedded ones): ``--keyword-only`` writes as many first, in ``team:writes``."""
+
+
+async def keyword_load(url: str, home: Path, corpus: Corpus, loaded: int, size: int, quiet: bool) -> None:
+    """``--keyword-only``'s view as a full run leaves it: the other entries first, then the corpus
+    in two namespaces (random vectors of 256 dimensions in ``team:bench`` and 384 in
+    ``team:bench-1``, as the static table's and MiniLM's spaces), each to ``size``."""
+    bus = await connect(url, home=home)
+    settings = MemorySettings(view_dir=home / "memory", keyfile=home / "keys.json", dedupe=False)
+    memory = await AsyncMemory(bus, agent="bench", settings=settings).start()
+    try:
+        if loaded == 0:
+            for start in range(0, KEYWORD_OTHERS, 10_000):
+                n = min(10_000, KEYWORD_OTHERS - start)
+                done = await memory.write_many({"namespace": "team:writes", "text": corpus.sentence(),
+                                                "metadata": {"i": start + i}} for i in range(n))
+                await memory.wait_for(done.seq, timeout=600)
+            say(f"  {KEYWORD_OTHERS:,} other entries", quiet)
+        for name, dims, ns in (("static-table", 256, "team:bench"), ("minilm", 384, "team:bench-1")):
+            memory.embedder = RandomVectors(name, dims)
+            say(f"corpus of {ns} to {size:,} memories...", quiet)
+            await load(memory, corpus, size - loaded, quiet, ns)
+        memory.embedder = None
+    finally:
+        await memory.close()
+        await bus.close()
+
+
+async def keyword_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """In the checkout under test: open the view, time keyword search (and with a metadata filter) over
+    ``team:bench``; a digest of every result, to check two checkouts rank alike."""
+    import hashlib
+
+    home = Path(args.home)
+    texts = json.loads((home / "queries.json").read_text())
+    now = (home / "queries.json").stat().st_mtime  # one clock for every worker: recency scores alike
+    bus = await connect(args.url, home=home)
+    settings = MemorySettings(view_dir=home / "memory", keyfile=home / "keys.json", dedupe=False)
+    memory = await AsyncMemory(bus, agent="bench", settings=settings, clock=lambda: now).start()
+    try:
+        await memory.catch_up(timeout=600)
+        for q in texts[:20]:  # warm caches
+            await memory.search(q, ["team:bench"], k=10, mode="keyword")
+        load_before = os.getloadavg()[0]
+        times, cpu, results = [], [], []
+        for q in texts[20:]:
+            start, used = time.perf_counter(), time.process_time()
+            hits = await memory.search(q, ["team:bench"], k=10, mode="keyword")
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - used)
+            results.append([[h.entry.namespace, h.entry.key, round(h.score, 9)] for h in hits])
+        filtered, filtered_cpu = [], []
+        for q in texts[20:120]:
+            start, used = time.perf_counter(), time.process_time()
+            hits = await memory.search(q, ["team:bench"], k=10, mode="keyword", filters={"bucket": 3})
+            filtered.append(time.perf_counter() - start)
+            filtered_cpu.append(time.process_time() - used)
+            results.append([[h.entry.namespace, h.entry.key, round(h.score, 9)] for h in hits])
+        digest = hashlib.sha256(json.dumps(results).encode()).hexdigest()[:16]
+        return {"keyword": ms(times, cpu), "keyword_filtered": ms(filtered, filtered_cpu), "results": digest,
+                "queries_with_hits": sum(bool(r) for r in results[:len(times)]),
+                "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+    finally:
+        await memory.close()
+        await bus.close()
+
+
+def run_keyword_only(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--keyword-only``: load the view once per size, then time keyword search in a process of this
+    checkout and of ``--base`` (alternating, ``--rounds`` times), each opening the same view."""
+    import subprocess
+
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [2_000, 10_000] if args.small else [
+        10_000, 100_000]
+    checkouts = {"this": ROOT}
+    if args.base:
+        checkouts = {"base": Path(args.base).resolve(), **checkouts}
+    home = Path(tempfile.mkdtemp(prefix="tether-bench-keyword-"))
+    corpus = Corpus()
+    rows: list[dict[str, Any]] = []
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with NatsServer() as server:
+        loaded = 0
+        for size in sizes:
+            asyncio.run(keyword_load(server.url, home, corpus, loaded, size, args.quiet))
+            loaded = size
+            (home / "queries.json").write_text(json.dumps([corpus.query() for _ in range(args.queries + 20)]))
+            for rnd in range(args.rounds):
+                for code, checkout in checkouts.items():
+                    cmd = [str(checkout / ".venv" / "bin" / "python"), str(Path(__file__).resolve()), "--worker",
+                           "--url", server.url, "--home", str(home)]
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=checkout)
+                    row = {"size": size, "round": rnd + 1, "code": code,
+                           **json.loads(out.stdout.strip().splitlines()[-1])}
+                    rows.append(row)
+                    say(json.dumps(row), args.quiet)
+    return rows
+
+
+def keyword_table(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        k, f = r["keyword"], r["keyword_filtered"]
+        lines.append(f"{r['size']:>7,} round {r['round']} {r['code']:<5} keyword p50 {k['p50_ms']} / p95 {k['p95_ms']} "
+                     f"ms (CPU {k['cpu_p50_ms']} / {k['cpu_p95_ms']}); filtered {f['p50_ms']} / {f['p95_ms']} "
+                     f"(CPU {f['cpu_p50_ms']} / {f['cpu_p95_ms']}); results {r['results']} "
+                     f"(load average {r['load_before']} before, {r['load_after']} after)")
+    for size in dict.fromkeys(r["size"] for r in rows):
+        here = [r for r in rows if r["size"] == size]
+        if not any(r["code"] == "base" for r in here):
+            continue
+
+        def ratio(mode: str, figure: str, here: list[dict[str, Any]] = here) -> float:
+            this, base = ([float(r[mode][figure]) for r in here if r["code"] == code] for code in ("this", "base"))
+            return round(statistics.median(this) / statistics.median(base), 2)
+
+        same = len({r["results"] for r in here}) == 1
+        lines.append(f"{size:>7,} this / base (medians of the rounds): keyword p50 {ratio('keyword', 'p50_ms')}, p95 "
+                     f"{ratio('keyword', 'p95_ms')} (CPU {ratio('keyword', 'cpu_p50_ms')}, "
+                     f"{ratio('keyword', 'cpu_p95_ms')}); filtered p50 {ratio('keyword_filtered', 'p50_ms')} (CPU "
+                     f"{ratio('keyword_filtered', 'cpu_p50_ms')}); results " + ("identical" if same else "DIFFER"))
+    return "\n".join(lines)
 
 
 DEV_SET = ROOT / "bench" / "memory_set.json"
@@ -911,7 +1047,8 @@ def table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--small", action="store_true", help="2k and 10k memories instead of 10k and 100k")
-    parser.add_argument("--rounds", type=int, default=3, help="write rounds (3)")
+    parser.add_argument("--rounds", type=int, default=3, help="write rounds (3); with --keyword-only, rounds "
+                        "of the checkouts alternating")
     parser.add_argument("--queries", type=int, default=300, help="queries per measurement (300)")
     parser.add_argument("--writes", action="store_true", help="only the acked writes beside raw nats-py "
                         "(--rounds of them; a few seconds each)")
@@ -938,9 +1075,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --embedder minilm: the second hop's single words by the static table")
     parser.add_argument("--no-peer", action="store_true", help="do not score the development set with the peers")
     parser.add_argument("--no-quality", action="store_true", help="skip the development set (latency and writes only)")
+    parser.add_argument("--keyword-only", action="store_true",
+                        help="time keyword search only, on the view a full run leaves (a few minutes at 100k)")
+    parser.add_argument("--base", help="with --keyword-only: another checkout (a git worktree with its .venv made) "
+                        "timed beside this one, alternating --rounds times on the same view")
+    parser.add_argument("--sizes", help="with --keyword-only: the view's sizes, comma-separated (10000,100000)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--home", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(asyncio.run(keyword_worker(args))))
+        return 0
+    if args.keyword_only:
+        rows = run_keyword_only(args)
+        print(json.dumps(rows, indent=2) if args.json else keyword_table(rows))
+        return 0
     report = asyncio.run(run(args))
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0

@@ -335,6 +335,23 @@ def test_grouped_cross_validation_scores_a_choice_on_the_templates_it_was_not_ch
     assert bench.template_of("Where did Ann Fisher live before March?") == "Where did {P} live before {M}?"
 
 
+def test_keyword_only_compares_two_checkouts_by_median_and_by_their_results() -> None:
+    bench = _bench()
+
+    def row(code: str, size: int, p50: float, digest: str) -> dict[str, Any]:
+        figures = {"p50_ms": p50, "p95_ms": 2 * p50, "cpu_p50_ms": p50 / 2, "cpu_p95_ms": p50, "n": 300}
+        return {"size": size, "round": 1, "code": code, "keyword": figures, "keyword_filtered": figures,
+                "results": digest, "load_before": 1.0, "load_after": 1.0}
+
+    rows = [row("base", 100, 8.0, "a"), row("this", 100, 4.0, "a"), row("base", 100, 6.0, "a"),
+            row("this", 100, 4.0, "a"), row("base", 10, 2.0, "b"), row("this", 10, 2.0, "c")]
+    lines = bench.keyword_table(rows).splitlines()
+    assert lines[-2].startswith("    100 this / base") and "keyword p50 0.57, p95 0.57 (CPU 0.57, 0.57)" in lines[-2]
+    assert lines[-2].endswith("results identical")
+    assert lines[-1].startswith("     10 this / base") and lines[-1].endswith("results DIFFER")
+    assert not any("this / base" in line for line in bench.keyword_table(rows[1:2]).splitlines())  # no base
+
+
 class _BareEmbedder:
     """Vectors by table: the question with the name is closest to the person's city, the question
     without it to their pet (as a small model's cosine is decided by a name the entries share)."""

@@ -80,6 +80,7 @@ class MemoryCore:
                         setup.close()
                 root._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
                 root._db.execute("PRAGMA busy_timeout=10000")
+                q.tune_reader(root._db)
             return fn(root._db, *args)
 
         if not self.feed.path.exists():
