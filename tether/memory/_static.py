@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._late import Tokens
+
 __all__ = ["QueryProjection", "StaticTable", "distill", "distill_projected", "fingerprint", "projection_path",
            "table_hash", "table_path"]
 
@@ -155,6 +157,14 @@ class QueryProjection:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.tolist()  # type: ignore[no-any-return]
 
+    def apply_tokens(self, outputs: Any) -> Any:
+        """MiniLM's token outputs (tokens x model dimensions) in the table's space, each row of unit length:
+        the query's tokens late interaction compares with a document's table rows."""
+        np = self.np
+        out = (np.asarray(outputs, dtype=np.float32) - self.mean) @ self.components
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
     def save(self, path: Path) -> None:
         """Write the projection to ``path`` atomically, with the hash of its table."""
         np = self.np
@@ -181,6 +191,7 @@ class StaticTable:
         self.np = np
         self.table = table
         self.tokenizer = tokenizer
+        self._sif: Any = None
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors for ``texts`` (a text with no known token gets the zero vector)."""
@@ -194,6 +205,23 @@ class StaticTable:
                 out[row] = self.table[enc.ids].mean(0)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.tolist()  # type: ignore[no-any-return]
+
+    def sif(self, ids: Sequence[int]) -> Any:
+        """The SIF weights of these vocabulary ids (what the table's rows were multiplied by)."""
+        if self._sif is None:
+            self._sif = zipf_weights(self.np, self.table.shape[0])
+        return self._sif[list(ids)]
+
+    def tokens(self, texts: Sequence[str]) -> list[Tokens]:
+        """Each text's tokens for late interaction: its table rows, each normalised (a row's SIF weight
+        is a factor of its length, so it is gone), its WordPiece pieces and their SIF weights."""
+        np = self.np
+        out = []
+        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            rows = self.table[enc.ids]
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+            out.append(Tokens(rows, list(enc.tokens), self.sif(enc.ids)))
+        return out
 
     def encode_spans(self, text: str, spans: Sequence[tuple[int, int]]
                      ) -> tuple[list[float], list[float], list[float]]:
