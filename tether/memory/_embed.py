@@ -328,7 +328,7 @@ class AsymmetricEmbedder:
             raise ValueError(f"{query_file} was made for another table than {table_file}: delete it and it is "
                              f"made again")
         self.dims = dims
-        self._tokens: dict[str, Tokens] = {}
+        self._tokens: dict[str, tuple[Any, list[int]]] = {}
         self._lock = threading.Lock()
         self.name = self.static.name
         """The space of the vectors written: the static table's."""
@@ -340,17 +340,15 @@ class AsymmetricEmbedder:
 
     def encode_queries(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors in the table's space for these queries (synchronous: MiniLM's forward pass). Each
-        query's token outputs, projected into the table's space too, are kept for :meth:`query_tokens`
-        (the last ``KEPT_TOKENS`` queries)."""
+        query's token outputs are kept for :meth:`query_tokens` (the last ``KEPT_TOKENS`` queries), which
+        projects them only when late interaction asks."""
         if not texts:
             return []
         pooled, outputs = self.model.words_and_tokens(texts)
-        table = self.static.table
         with self._lock:
-            for text, (rows, ids) in zip(texts, outputs, strict=True):
+            for text, found in zip(texts, outputs, strict=True):
                 self._tokens.pop(text, None)
-                self._tokens[text] = Tokens(self.projection.apply_tokens(rows),
-                                            [table.tokenizer.id_to_token(i) for i in ids], table.sif(ids))
+                self._tokens[text] = found
                 while len(self._tokens) > self.KEPT_TOKENS:
                     self._tokens.pop(next(iter(self._tokens)))
         return self.projection.apply(pooled)
@@ -364,7 +362,10 @@ class AsymmetricEmbedder:
             await self.embed_queries([text], agent=agent, run=run)
             with self._lock:
                 found = self._tokens[text]
-        return found
+        outputs, ids = found
+        table = self.static.table
+        return Tokens(self.projection.apply_tokens(outputs), [table.tokenizer.id_to_token(i) for i in ids],
+                      table.sif(ids))
 
     def document_tokens(self, texts: Sequence[str]) -> list[Tokens]:
         """Each written text's tokens as the static table's rows, normalised (:class:`LateEmbedder`)."""
