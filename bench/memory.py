@@ -580,14 +580,12 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
                                                          for d in (10, 20)],
     # session 12: late interaction (MaxSim of the query's tokens over each candidate's), judged as one family
     # (every setting below); the three kinds of query tokens are reported apart too
-    "late interaction": [{"late": w, "late_tokens": t, "late_sif": f} for t in ("all", "content", "asked")
-                         for f in (False, True) for w in (0.1, 0.2, 0.3, 0.5, 1.0)],
-    "late interaction, all tokens": [{"late": w, "late_tokens": "all", "late_sif": f}
-                                     for f in (False, True) for w in (0.1, 0.2, 0.3, 0.5, 1.0)],
-    "late interaction, content tokens": [{"late": w, "late_tokens": "content", "late_sif": f}
-                                         for f in (False, True) for w in (0.1, 0.2, 0.3, 0.5, 1.0)],
-    "late interaction, asked tokens": [{"late": w, "late_tokens": "asked", "late_sif": f}
-                                       for f in (False, True) for w in (0.1, 0.2, 0.3, 0.5, 1.0)],
+    "late interaction": [{"late": w, "late_tokens": t, "late_sif": f, "late_fields": d}
+                         for t in ("all", "content", "asked") for f in (False, True) for d in ("text", "all")
+                         for w in (0.2, 0.5, 1.0)],
+    **{f"late interaction, {t} tokens, {'text' if d == 'text' else 'text, key and metadata'}": [
+        {"late": w, "late_tokens": t, "late_sif": f, "late_fields": d} for f in (False, True) for w in (0.2, 0.5, 1.0)]
+       for t in ("all", "content", "asked") for d in ("text", "all")},
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},

@@ -50,6 +50,8 @@ def test_the_ranking_refuses_bad_late_settings() -> None:
         Ranking(late=True)
     with pytest.raises(ValueError, match="late_tokens must be 'all', 'content' or 'asked', got 'names'"):
         Ranking(late_tokens="names")
+    with pytest.raises(ValueError, match="late_fields must be 'text' or 'all', got 'key'"):
+        Ranking(late_fields="key")
     assert Ranking().late == 0.0  # off by default
 
 
@@ -118,6 +120,20 @@ async def test_hybrid_search_reranks_by_the_query_tokens_best_matches(open_memor
         assert [h.entry.key for h in await memory.search("feline", ["team:pets"])] == ["mia", "bo"]
     # semantic search is the cosine alone
     assert [h.entry.key for h in await memory.search("feline", ["team:pets"], mode="semantic")] == ["bo", "mia"]
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_late_interaction_reads_the_key_and_metadata_when_asked(open_memory: Opener) -> None:
+    memory = await open_memory(agent="bot", embedder=Synonyms())
+    done = await memory.write_many([
+        {"namespace": "team:pets", "key": "mia/kitten", "text": "Mia is at home.", "metadata": {"kind": "pet"}},
+        {"namespace": "team:pets", "key": "bo/pet", "text": "Bo has a dog.", "metadata": {"kind": "pet"}}])
+    memory.ranking = Ranking(late=1.0)
+    text_only = await memory.search("feline", ["team:pets"], after=done.seq)
+    assert [h.entry.key for h in text_only] == ["bo/pet", "mia/kitten"]
+    memory.ranking = Ranking(late=1.0, late_fields="all")
+    assert [h.entry.key for h in await memory.search("feline", ["team:pets"])] == ["mia/kitten", "bo/pet"]
 
 
 TEXTS = ["Ann Fischer has a cat named Miso.", "Leo Berg lives in Oslo.", "Which animal does Ann Fischer keep?",

@@ -255,6 +255,9 @@ class Ranking:
     no stopwords or punctuation) or ``asked`` (those of the content words that are not the query's names)."""
     late_sif: bool = False
     """Weigh each query token by its SIF weight (rare tokens count more) instead of equally."""
+    late_fields: str = "text"
+    """The candidate's tokens late interaction reads: its ``text``, or ``all`` (its text, key and metadata,
+    the fields keyword search reads: the key ``ann-borg/city`` holds what "Which town...?" asks)."""
 
     model: tuple[float, ...] | None = None
     """A linear re-ranking model (the bias, then one weight per :data:`FEATURES`) that re-orders the
@@ -272,6 +275,8 @@ class Ranking:
         if isinstance(self.unnamed_push, bool) or not isinstance(self.unnamed_push, int | float) \
                 or not 0 <= self.unnamed_push < math.inf:
             raise ValueError(f"Ranking.unnamed_push must be a number >= 0, got {self.unnamed_push!r}")
+        if self.late_fields not in ("text", "all"):
+            raise ValueError(f"Ranking.late_fields must be 'text' or 'all', got {self.late_fields!r}")
         if self.late_tokens not in ("all", "content", "asked"):
             raise ValueError(f"Ranking.late_tokens must be 'all', 'content' or 'asked', got {self.late_tokens!r}")
         if isinstance(self.late, bool) or not isinstance(self.late, int | float) or not 0 <= self.late < math.inf:

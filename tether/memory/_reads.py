@@ -332,7 +332,10 @@ class MemoryReads(MemoryCore):
         if ranking.late_sif:
             weights *= np.asarray(tokens.weights, dtype=np.float32)
         pairs = list(found)
-        documents = embedder.document_tokens([found[p][0].text for p in pairs])
+        documents = embedder.document_tokens([
+            found[p][0].text if ranking.late_fields == "text" else
+            f"{e.text} {e.key.replace('/', ' ').replace('-', ' ')} {meta_words(e.metadata)}"
+            for p in pairs for e in (found[p][0],)])
         for pair, value in zip(pairs, maxsim(tokens.rows, weights, [d.rows for d in documents]), strict=True):
             found[pair][1].late = value
 
