@@ -586,6 +586,9 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
     **{f"late interaction, {t} tokens, {'text' if d == 'text' else 'text, key and metadata'}": [
         {"late": w, "late_tokens": t, "late_sif": f, "late_fields": d} for f in (False, True) for w in (0.2, 0.5, 1.0)]
        for t in ("all", "content", "asked") for d in ("text", "all")},
+    # added after the family's best weight came out at its grid's edge (1.0), on top of the adopted default
+    "late interaction, heavier": [{"late": w, "late_tokens": t, "late_sif": f} for t in ("all", "content")
+                                  for f in (True, False) for w in (1.5, 2.0, 3.0)],
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},

@@ -52,7 +52,8 @@ def test_the_ranking_refuses_bad_late_settings() -> None:
         Ranking(late_tokens="names")
     with pytest.raises(ValueError, match="late_fields must be 'text' or 'all', got 'key'"):
         Ranking(late_fields="key")
-    assert Ranking().late == 0.0  # off by default
+    assert (Ranking().late, Ranking().late_tokens, Ranking().late_sif, Ranking().late_fields) == (
+        1.0, "all", True, "all")  # chosen by cross-validation on the tuning split (session 12)
 
 
 def test_the_late_score_joins_the_fusion_as_a_z_score() -> None:
@@ -60,10 +61,10 @@ def test_the_late_score_joins_the_fusion_as_a_z_score() -> None:
         return [Candidate(2.0, 0.5, 0.0, late=0.2), Candidate(1.9, 0.5, 0.0, late=0.9),
                 Candidate(None, 0.4, 0.0, late=0.5)]
 
-    without = fuse(candidates(), Ranking(), present=False)
+    without = fuse(candidates(), Ranking(late=0), present=False)
     assert without[0] > without[1]  # BM25 decides
     plain = [Candidate(c.bm25, c.cosine, c.valid) for c in candidates()]
-    assert fuse(plain, Ranking(), present=False) == without  # late 0: the scores of before
+    assert fuse(plain, Ranking(), present=False) == without  # no late scores: the scores of before
     with_late = fuse(candidates(), Ranking(late=1.0), present=False)
     assert with_late[1] > with_late[0]
     assert fuse(candidates(), Ranking(late=1.0, fusion="ratio"), present=False) == fuse(
@@ -93,7 +94,7 @@ class Synonyms:
     def _tokens(self, text: str) -> Tokens:
         import numpy as np
 
-        pieces = text.lower().rstrip(".?").split()
+        pieces = [w.strip(".?") for w in text.lower().split()]
         return Tokens(np.array([_one_hot(w) for w in pieces], dtype=np.float32), pieces, np.ones(len(pieces)))
 
     async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens:
@@ -113,9 +114,10 @@ async def test_hybrid_search_reranks_by_the_query_tokens_best_matches(open_memor
     memory = await open_memory(agent="bot", embedder=embedder)
     done = await memory.write_many([{"namespace": "team:pets", "key": "mia", "text": "Mia has a kitten."},
                                     {"namespace": "team:pets", "key": "bo", "text": "Bo has a dog."}])
+    memory.ranking = Ranking(late=0)
     before = [h.entry.key for h in await memory.search("feline", ["team:pets"], after=done.seq)]
     assert before[0] == "bo"
-    for ranking in (Ranking(late=1.0), Ranking(late=1.0, late_tokens="content")):
+    for ranking in (Ranking(), Ranking(late=1.0, late_tokens="content", late_sif=False, late_fields="text")):
         memory.ranking = ranking
         assert [h.entry.key for h in await memory.search("feline", ["team:pets"])] == ["mia", "bo"]
     # semantic search is the cosine alone
@@ -129,7 +131,7 @@ async def test_late_interaction_reads_the_key_and_metadata_when_asked(open_memor
     done = await memory.write_many([
         {"namespace": "team:pets", "key": "mia/kitten", "text": "Mia is at home.", "metadata": {"kind": "pet"}},
         {"namespace": "team:pets", "key": "bo/pet", "text": "Bo has a dog.", "metadata": {"kind": "pet"}}])
-    memory.ranking = Ranking(late=1.0)
+    memory.ranking = Ranking(late=1.0, late_fields="text")
     text_only = await memory.search("feline", ["team:pets"], after=done.seq)
     assert [h.entry.key for h in text_only] == ["bo/pet", "mia/kitten"]
     memory.ranking = Ranking(late=1.0, late_fields="all")
@@ -200,3 +202,21 @@ async def test_the_asymmetric_query_tokens_are_minilms_outputs_projected(table_f
     assert tokens.rows == pytest.approx(projected / np.linalg.norm(projected, axis=1, keepdims=True), abs=1e-5)
     other = await embedder.query_tokens(TEXTS[3])  # never encoded: encoded now
     assert len(other.rows) == len(embedder.static.table.tokenizer.encode(TEXTS[3], add_special_tokens=False).ids)
+
+
+@needs_model
+def test_late_interaction_off_leaves_every_tune_top_five_as_it_was() -> None:
+    """Every tune question's hybrid top five with ``AsymmetricEmbedder`` (a table of the development set's
+    own tokens) and ``Ranking(late=0)`` is what the code before late interaction ranked
+    (``tune_top5_asymmetric.json``: ``bench/memory_top5.py`` run with commit 1028523's tether)."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "memory_top5.py"
+    spec = importlib.util.spec_from_file_location("tether_bench_memory_top5", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    want = json.loads((Path(__file__).with_name("tune_top5_asymmetric.json")).read_text(encoding="utf-8"))
+    assert len(want) == 277
+    assert bench.run({"late": 0}) == want
