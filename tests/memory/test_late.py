@@ -100,8 +100,8 @@ class Synonyms:
     async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens:
         return self._tokens(text)
 
-    def document_tokens(self, texts: Sequence[str]) -> list[Tokens]:
-        return [self._tokens(t) for t in texts]
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        return maxsim(query.rows, weights, [self._tokens(t).rows for t in texts])
 
 
 @pytest.mark.anyio
@@ -172,6 +172,12 @@ async def test_the_static_tables_tokens_are_its_rows_normalised(table_file: Path
     assert query.pieces == embedder.table.tokenizer.encode(TEXTS[2], add_special_tokens=False).tokens
     assert list(query.weights) == pytest.approx(list(embedder.table.sif(
         embedder.table.tokenizer.encode(TEXTS[2], add_special_tokens=False).ids)))
+    # the scores each distinct token's rows once: the same as MaxSim over each text's normalised rows
+    texts = [TEXTS[0], TEXTS[1], "", TEXTS[0] + " " + TEXTS[3]]
+    weights = np.asarray(query.weights) * np.arange(1, len(query.pieces) + 1)
+    plain = maxsim(query.rows, weights, [d.rows for d in embedder.document_tokens(texts)])
+    assert embedder.late_scores(query, weights, texts) == pytest.approx(plain, abs=1e-5)
+    assert plain[2] == 0.0 and plain[0] > plain[1]
 
 
 @needs_model

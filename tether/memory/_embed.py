@@ -94,16 +94,16 @@ class QueryEmbedder(Protocol):
 class LateEmbedder(Protocol):
     """An embedder that gives a text's token vectors, for late interaction (``Ranking.late``).
 
-    ``query_tokens(text)`` gives the query's tokens as search compares them, ``document_tokens(texts)``
-    each written text's, in the same space as the written vectors (:class:`~tether.memory._late.Tokens`:
-    unit rows, WordPiece pieces, SIF weights); hybrid search scores each candidate by the mean over the
-    query's tokens of their best cosine among the candidate's."""
+    ``query_tokens(text)`` gives the query's tokens as search compares them (:class:`~tether.memory._late.Tokens`:
+    unit rows, WordPiece pieces, SIF weights); ``late_scores(query, weights, texts)`` scores each
+    candidate's text by the weighted mean over the query's tokens of their best cosine among the text's
+    own tokens, in the same space as the written vectors (:func:`~tether.memory._late.maxsim`)."""
 
     name: str
 
     async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens: ...
 
-    def document_tokens(self, texts: Sequence[str]) -> list[Tokens]: ...
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]: ...
 
 
 class HashEmbedder:
@@ -259,8 +259,12 @@ class StaticEmbedder:
         return self.table.tokens([text])[0]
 
     def document_tokens(self, texts: Sequence[str]) -> list[Tokens]:
-        """Each text's tokens as the table's rows, normalised (:class:`LateEmbedder`)."""
+        """Each text's tokens as the table's rows, normalised."""
         return self.table.tokens(texts)
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        """Each text's late-interaction score over its table rows (:class:`LateEmbedder`)."""
+        return self.table.late_scores(query, weights, texts)
 
 
 class AsymmetricEmbedder:
@@ -368,8 +372,12 @@ class AsymmetricEmbedder:
                       table.sif(ids))
 
     def document_tokens(self, texts: Sequence[str]) -> list[Tokens]:
-        """Each written text's tokens as the static table's rows, normalised (:class:`LateEmbedder`)."""
+        """Each written text's tokens as the static table's rows, normalised."""
         return self.static.document_tokens(texts)
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        """Each written text's late-interaction score over its static table rows (:class:`LateEmbedder`)."""
+        return self.static.late_scores(query, weights, texts)
 
     async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
                     ) -> list[list[float]]:

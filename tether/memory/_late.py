@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LATE_TOKENS", "Tokens", "kept", "maxsim"]
+__all__ = ["LATE_TOKENS", "Tokens", "kept", "maxsim", "maxsim_table"]
 
 LATE_TOKENS = ("all", "content", "asked")
 """Which of the query's tokens late interaction averages over (``Ranking.late_tokens``): every one,
@@ -64,6 +64,29 @@ def maxsim(query: Any, weights: Any, documents: Sequence[Any]) -> list[float]:
     rows = np.concatenate([documents[i] for i in present]).astype(np.float32, copy=False)
     starts = np.cumsum([0] + [len(documents[i]) for i in present[:-1]])
     best = np.maximum.reduceat(q @ rows.T, starts, axis=1)  # query tokens x documents
+    for i, value in zip(present, (w @ best / total).tolist(), strict=True):
+        out[i] = float(value)
+    return out
+
+
+def maxsim_table(query: Any, weights: Any, table: Any, norms: Any, documents: Sequence[Sequence[int]]) -> list[float]:
+    """:func:`maxsim` for documents given as rows of ``table`` (their token ids; ``norms``: each row's
+    length), each row normalised: every distinct id's cosines are computed once (a candidate set shares
+    most of its tokens), then each document takes the best of its own."""
+    import numpy as np
+
+    out = [0.0] * len(documents)
+    w = np.asarray(weights, dtype=np.float32)
+    total = float(w.sum())
+    present = [i for i, d in enumerate(documents) if len(d)]
+    if not present or not len(query) or total <= 0:
+        return out
+    flat = np.concatenate([np.asarray(documents[i], dtype=np.int64) for i in present])
+    unique, inverse = np.unique(flat, return_inverse=True)
+    cosines = np.asarray(query, dtype=np.float32) @ table[unique].T
+    cosines /= np.maximum(norms[unique], 1e-12)
+    starts = np.cumsum([0] + [len(documents[i]) for i in present[:-1]])
+    best = np.maximum.reduceat(cosines[:, inverse], starts, axis=1)
     for i, value in zip(present, (w @ best / total).tolist(), strict=True):
         out[i] = float(value)
     return out

@@ -21,7 +21,7 @@ from ._context import pack
 from ._core import MemoryCore
 from ._embed import LateEmbedder, QueryEmbedder, SpanEmbedder, VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
-from ._late import kept, maxsim
+from ._late import kept
 from ._names import check_key
 from ._rank import (
     STOPWORDS,
@@ -332,11 +332,10 @@ class MemoryReads(MemoryCore):
         if ranking.late_sif:
             weights *= np.asarray(tokens.weights, dtype=np.float32)
         pairs = list(found)
-        documents = embedder.document_tokens([
-            found[p][0].text if ranking.late_fields == "text" else
-            f"{e.text} {e.key.replace('/', ' ').replace('-', ' ')} {meta_words(e.metadata)}"
-            for p in pairs for e in (found[p][0],)])
-        for pair, value in zip(pairs, maxsim(tokens.rows, weights, [d.rows for d in documents]), strict=True):
+        texts = [found[p][0].text if ranking.late_fields == "text" else
+                 f"{e.text} {e.key.replace('/', ' ').replace('-', ' ')} {meta_words(e.metadata)}"
+                 for p in pairs for e in (found[p][0],)]
+        for pair, value in zip(pairs, embedder.late_scores(tokens, weights, texts), strict=True):
             found[pair][1].late = value
 
     async def _second_hop(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._late import Tokens
+from ._late import Tokens, maxsim_table
 
 __all__ = ["QueryProjection", "StaticTable", "distill", "distill_projected", "fingerprint", "projection_path",
            "table_hash", "table_path"]
@@ -192,6 +192,7 @@ class StaticTable:
         self.table = table
         self.tokenizer = tokenizer
         self._sif: Any = None
+        self._norms: Any = None
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors for ``texts`` (a text with no known token gets the zero vector)."""
@@ -211,6 +212,14 @@ class StaticTable:
         if self._sif is None:
             self._sif = zipf_weights(self.np, self.table.shape[0])
         return self._sif[list(ids)]
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        """Each text's late-interaction score against the query's tokens (:func:`~tether.memory._late.maxsim`
+        over the texts' table rows, normalised), each distinct token's rows read once."""
+        if self._norms is None:
+            self._norms = self.np.linalg.norm(self.table, axis=1).astype(self.np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return maxsim_table(query.rows, weights, self.table, self._norms, [enc.ids for enc in encodings])
 
     def tokens(self, texts: Sequence[str]) -> list[Tokens]:
         """Each text's tokens for late interaction: its table rows, each normalised (a row's SIF weight
