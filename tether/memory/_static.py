@@ -193,6 +193,7 @@ class StaticTable:
         self.tokenizer = tokenizer
         self._sif: Any = None
         self._norms: Any = None
+        self._chunks: dict[str, list[int]] = {}
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors for ``texts`` (a text with no known token gets the zero vector)."""
@@ -218,8 +219,28 @@ class StaticTable:
         over the texts' table rows, normalised), each distinct token's rows read once."""
         if self._norms is None:
             self._norms = self.np.linalg.norm(self.table, axis=1).astype(self.np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return maxsim_table(query.rows, weights, self.table, self._norms, [enc.ids for enc in encodings])
+        return maxsim_table(query.rows, weights, self.table, self._norms, self.ids(texts))
+
+    CHUNKS = 65536
+    """How many distinct whitespace-separated chunks :meth:`ids` keeps the token ids of."""
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, the same as the tokenizer's (it splits at whitespace before anything
+        else, so each whitespace-separated chunk is tokenized alone, once, and kept): a search's
+        candidates share most of their words, and the same entries come back search after search."""
+        out = []
+        known = self._chunks
+        for text in texts:
+            ids: list[int] = []
+            for chunk in text.split():
+                found = known.get(chunk)
+                if found is None:
+                    if len(known) >= self.CHUNKS:
+                        known.clear()
+                    found = known[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
+                ids.extend(found)
+            out.append(ids)
+        return out
 
     def tokens(self, texts: Sequence[str]) -> list[Tokens]:
         """Each text's tokens for late interaction: its table rows, each normalised (a row's SIF weight
