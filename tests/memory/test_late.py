@@ -100,7 +100,11 @@ class Synonyms:
     async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens:
         return self._tokens(text)
 
+    seen: Sequence[str] = ()
+    """The texts late interaction read last."""
+
     def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        self.seen = texts
         return maxsim(query.rows, weights, [self._tokens(t).rows for t in texts])
 
 
@@ -136,6 +140,19 @@ async def test_late_interaction_reads_the_key_and_metadata_when_asked(open_memor
     assert [h.entry.key for h in text_only] == ["bo/pet", "mia/kitten"]
     memory.ranking = Ranking(late=1.0, late_fields="all")
     assert [h.entry.key for h in await memory.search("feline", ["team:pets"])] == ["mia/kitten", "bo/pet"]
+
+
+@pytest.mark.anyio
+@pytest.mark.nats
+async def test_a_generated_key_gives_late_interaction_no_words(open_memory: Opener) -> None:
+    """An entry written without a key has a uuid7 one: hex pieces, not words, so its text and metadata
+    are all late interaction reads of it (and a search does not tokenize a new key per candidate)."""
+    embedder = Synonyms()
+    memory = await open_memory(agent="bot", embedder=embedder)
+    done = await memory.write("team:pets", "Mia has a kitten.", metadata={"kind": "pet"})
+    [hit] = await memory.search("feline", ["team:pets"], after=done.seq)
+    assert len(hit.entry.key) == 36
+    assert [t.split() for t in embedder.seen] == [["Mia", "has", "a", "kitten.", "kind", "pet"]]
 
 
 TEXTS = ["Ann Fischer has a cat named Miso.", "Leo Berg lives in Oslo.", "Which animal does Ann Fischer keep?",

@@ -51,6 +51,8 @@ AsOf = int | datetime | None
 _WITHOUT_NAMES = "\x00without-names-{}"
 """Appended to the embedder's name in the vector cache (with ``Ranking.unnamed_push``): a query's vector
 without its names' tokens."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""A key written without one (``uuid7()``): no words for late interaction to read (``Ranking.late_fields``)."""
 _QUERY_WORDS_SIMILAR = 0.55
 """The semantic test's threshold for an embedder that names none (``words_similar``): MiniLM's."""
 
@@ -333,7 +335,7 @@ class MemoryReads(MemoryCore):
             weights *= np.asarray(tokens.weights, dtype=np.float32)
         pairs = list(found)
         texts = [found[p][0].text if ranking.late_fields == "text" else
-                 f"{e.text} {e.key.replace('/', ' ').replace('-', ' ')} {meta_words(e.metadata)}"
+                 f"{e.text} {_UUID.sub(' ', e.key).replace('/', ' ').replace('-', ' ')} {meta_words(e.metadata)}"
                  for p in pairs for e in (found[p][0],)]
         for pair, value in zip(pairs, embedder.late_scores(tokens, weights, texts), strict=True):
             found[pair][1].late = value
