@@ -332,7 +332,7 @@ class AsymmetricEmbedder:
             raise ValueError(f"{query_file} was made for another table than {table_file}: delete it and it is "
                              f"made again")
         self.dims = dims
-        self._tokens: dict[str, tuple[Any, list[int]]] = {}
+        self._tokens: dict[bytes, tuple[Any, list[int]]] = {}
         self._lock = threading.Lock()
         self.name = self.static.name
         """The space of the vectors written: the static table's."""
@@ -351,8 +351,9 @@ class AsymmetricEmbedder:
         pooled, outputs = self.model.words_and_tokens(texts)
         with self._lock:
             for text, found in zip(texts, outputs, strict=True):
-                self._tokens.pop(text, None)
-                self._tokens[text] = found
+                key = hashlib.sha256(text.encode()).digest()  # no plaintext kept, as in the vector cache
+                self._tokens.pop(key, None)
+                self._tokens[key] = found
                 while len(self._tokens) > self.KEPT_TOKENS:
                     self._tokens.pop(next(iter(self._tokens)))
         return self.projection.apply(pooled)
@@ -360,12 +361,13 @@ class AsymmetricEmbedder:
     async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens:
         """The query's MiniLM token outputs (without ``[CLS]`` and ``[SEP]``) projected into the table's
         space, each normalised (:class:`LateEmbedder`): kept from its encode, else encoded again."""
+        key = hashlib.sha256(text.encode()).digest()
         with self._lock:
-            found = self._tokens.get(text)
+            found = self._tokens.get(key)
         if found is None:
             await self.embed_queries([text], agent=agent, run=run)
             with self._lock:
-                found = self._tokens[text]
+                found = self._tokens[key]
         outputs, ids = found
         table = self.static.table
         return Tokens(self.projection.apply_tokens(outputs), [table.tokenizer.id_to_token(i) for i in ids],

@@ -69,7 +69,7 @@ def maxsim(query: Any, weights: Any, documents: Sequence[Any]) -> list[float]:
     return out
 
 
-def maxsim_table(query: Any, weights: Any, table: Any, norms: Any, documents: Sequence[Sequence[int]]) -> list[float]:
+def maxsim_table(query: Any, weights: Any, table: Any, norms: Any, documents: Sequence[Any]) -> list[float]:
     """:func:`maxsim` for documents given as rows of ``table`` (their token ids; ``norms``: each row's
     length), each row normalised: every distinct id's cosines are computed once (a candidate set shares
     most of its tokens), then each document takes the best of its own."""
@@ -81,7 +81,7 @@ def maxsim_table(query: Any, weights: Any, table: Any, norms: Any, documents: Se
     present = [i for i, d in enumerate(documents) if len(d)]
     if not present or not len(query) or total <= 0:
         return out
-    flat = np.concatenate([np.asarray(documents[i], dtype=np.int64) for i in present])
+    flat = np.concatenate([np.asarray(documents[i]) for i in present])
     unique, inverse = np.unique(flat, return_inverse=True)
     cosines = np.asarray(query, dtype=np.float32) @ table[unique].T
     cosines /= np.maximum(norms[unique], 1e-12)

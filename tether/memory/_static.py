@@ -193,7 +193,9 @@ class StaticTable:
         self.tokenizer = tokenizer
         self._sif: Any = None
         self._norms: Any = None
-        self._chunks: dict[str, list[int]] = {}
+        self._chunks: dict[bytes, list[int]] = {}
+        self._texts: dict[bytes, Any] = {}
+        """Kept by the SHA-256 of the text (or chunk), as the vector cache keeps vectors: no plaintext."""
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors for ``texts`` (a text with no known token gets the zero vector)."""
@@ -222,24 +224,35 @@ class StaticTable:
         return maxsim_table(query.rows, weights, self.table, self._norms, self.ids(texts))
 
     CHUNKS = 65536
-    """How many distinct whitespace-separated chunks :meth:`ids` keeps the token ids of."""
+    """How many distinct whitespace-separated chunks :meth:`ids` keeps the token ids of ..."""
+    TEXTS = 16384
+    """... and how many whole texts (as int32 arrays)."""
 
-    def ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Each text's token ids, the same as the tokenizer's (it splits at whitespace before anything
-        else, so each whitespace-separated chunk is tokenized alone, once, and kept): a search's
-        candidates share most of their words, and the same entries come back search after search."""
+    def ids(self, texts: Sequence[str]) -> list[Any]:
+        """Each text's token ids (an int32 array), the same as the tokenizer's: the same entries come
+        back search after search, so each text's ids are kept (by its SHA-256); a new text is tokenized by its
+        whitespace-separated chunks (the tokenizer splits there before anything else), each chunk
+        once and kept, as a search's candidates share most of their words."""
+        np = self.np
         out = []
-        known = self._chunks
+        known, done = self._chunks, self._texts
         for text in texts:
-            ids: list[int] = []
-            for chunk in text.split():
-                found = known.get(chunk)
-                if found is None:
-                    if len(known) >= self.CHUNKS:
-                        known.clear()
-                    found = known[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
-                ids.extend(found)
-            out.append(ids)
+            digest = hashlib.sha256(text.encode()).digest()
+            found = done.get(digest)
+            if found is None:
+                ids: list[int] = []
+                for chunk in text.split():
+                    key = hashlib.sha256(chunk.encode()).digest()
+                    piece = known.get(key)
+                    if piece is None:
+                        if len(known) >= self.CHUNKS:
+                            known.clear()
+                        piece = known[key] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
+                    ids.extend(piece)
+                if len(done) >= self.TEXTS:
+                    done.clear()
+                found = done[digest] = np.asarray(ids, dtype=np.int32)
+            out.append(found)
         return out
 
     def tokens(self, texts: Sequence[str]) -> list[Tokens]:
