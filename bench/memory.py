@@ -355,8 +355,8 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int,
             await memory.search(q, [ns], k=10, mode="hybrid")  # its vector is cached now
             cached.append(time.perf_counter() - start)
             cached_cpu.append(time.process_time() - used)
-        row = {"hybrid": ms(times, cpu), "hybrid_vector_cached": ms(cached, cached_cpu),
-               "query_embedding": ms(embed, embed_cpu)}
+        row: dict[str, Any] = {"hybrid": ms(times, cpu), "hybrid_vector_cached": ms(cached, cached_cpu),
+                               "query_embedding": ms(embed, embed_cpu)}
         if other:
             row["hybrid_compared"] = {"ranking": compare, **ms(other, other_cpu)}
         if n == 0:
