@@ -299,9 +299,14 @@ async def query_embed(model: Embedder, texts: list[str]) -> list[list[float]]:
 
 
 async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int,
-                       hybrids: Sequence[tuple[Embedder, str]] = ()) -> dict[str, Any]:
+                       hybrids: Sequence[tuple[Embedder, str]] = (), compare: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
     """Keyword search over ``team:bench``, then hybrid search with each embedder over the namespace
-    holding its space's corpus vectors (``hybrid`` for the first, ``hybrid_peers`` by name for the others)."""
+    holding its space's corpus vectors (``hybrid`` for the first, ``hybrid_peers`` by name for the others).
+    ``compare``: :class:`Ranking` settings whose hybrid search with the first embedder is timed too, each
+    query searched with both rankings (which goes first alternating), each embedding the query
+    (``hybrid_compared``)."""
+    from tether.memory._rank import Ranking
     out: dict[str, Any] = {"load_average_before": round(os.getloadavg()[0], 2),
                            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")}
     texts = [corpus.query() for _ in range(queries)]
@@ -329,21 +334,41 @@ async def bench_search(memory: AsyncMemory, corpus: Corpus, queries: int,
         for q in texts[:5]:
             await memory.search(q, [ns], k=10, mode="hybrid")
         times, embed, cpu, embed_cpu, cached, cached_cpu = [], [], [], [], [], []
-        for q in texts[:100]:
+        other, other_cpu = [], []
+        base = memory.ranking
+        for i, q in enumerate(texts[:100]):
             start, used = time.perf_counter(), time.process_time()
             await query_embed(hybrid, [q])
             embed.append(time.perf_counter() - start)
             embed_cpu.append(time.process_time() - used)
+            if n == 0 and compare is not None and i % 2:
+                memory.ranking = Ranking(**compare)
+                start, used = time.perf_counter(), time.process_time()
+                await memory.search(q, [ns], k=10, mode="hybrid")
+                other.append(time.perf_counter() - start)
+                other_cpu.append(time.process_time() - used)
+                memory.ranking = base
+                memory.vector_cache = VectorCache()  # the next search embeds the query again
             start, used = time.perf_counter(), time.process_time()
             await memory.search(q, [ns], k=10, mode="hybrid")  # embeds the query again
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - used)
+            if n == 0 and compare is not None and not i % 2:
+                memory.ranking = Ranking(**compare)
+                memory.vector_cache = VectorCache()  # this search embeds the query again too
+                start, used = time.perf_counter(), time.process_time()
+                await memory.search(q, [ns], k=10, mode="hybrid")
+                other.append(time.perf_counter() - start)
+                other_cpu.append(time.process_time() - used)
+                memory.ranking = base
             start, used = time.perf_counter(), time.process_time()
             await memory.search(q, [ns], k=10, mode="hybrid")  # its vector is cached now
             cached.append(time.perf_counter() - start)
             cached_cpu.append(time.process_time() - used)
-        row = {"hybrid": ms(times, cpu), "hybrid_vector_cached": ms(cached, cached_cpu),
-               "query_embedding": ms(embed, embed_cpu)}
+        row: dict[str, Any] = {"hybrid": ms(times, cpu), "hybrid_vector_cached": ms(cached, cached_cpu),
+                               "query_embedding": ms(embed, embed_cpu)}
+        if other:
+            row["hybrid_compared"] = {"ranking": compare, **ms(other, other_cpu)}
         if n == 0:
             out.update(row)
         else:
@@ -689,6 +714,17 @@ CV_FAMILIES: dict[str, list[dict[str, Any]]] = {
     "second hop, semantic evidence, lowest thresholds": [{"expand_similar": t, "entity": e, "expand_deep": d}
                                                          for t in (0.2, 0.25, 0.3) for e in (0.2, 0.3)
                                                          for d in (10, 20)],
+    # session 12: late interaction (MaxSim of the query's tokens over each candidate's), judged as one family
+    # (every setting below); the three kinds of query tokens are reported apart too
+    "late interaction": [{"late": w, "late_tokens": t, "late_sif": f, "late_fields": d}
+                         for t in ("all", "content", "asked") for f in (False, True) for d in ("text", "all")
+                         for w in (0.2, 0.5, 1.0)],
+    **{f"late interaction, {t} tokens, {'text' if d == 'text' else 'text, key and metadata'}": [
+        {"late": w, "late_tokens": t, "late_sif": f, "late_fields": d} for f in (False, True) for w in (0.2, 0.5, 1.0)]
+       for t in ("all", "content", "asked") for d in ("text", "all")},
+    # added after the family's best weight came out at its grid's edge (1.0), on top of the adopted default
+    "late interaction, heavier": [{"late": w, "late_tokens": t, "late_sif": f} for t in ("all", "content")
+                                  for f in (True, False) for w in (1.5, 2.0, 3.0)],
 }
 RERANK_BASES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -964,7 +1000,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 memory.embedder = None
                 loaded = size
                 hybrids = [(e, spaces[e.name][1]) for e in ([model] if model is not None else []) + peers]
-                report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, hybrids)
+                report[f"search_{size}"] = await bench_search(memory, corpus, args.queries, hybrids,
+                                                              json.loads(args.compare) if args.compare else None)
                 say(f"  {json.dumps(report[f'search_{size}'])}", args.quiet)
         finally:
             await memory.close()
@@ -1032,6 +1069,11 @@ def table(r: dict[str, Any]) -> str:
             line += (f"; hybrid p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu_p50_ms']} / {h['cpu_p95_ms']}; "
                      f"query vector cached {c['p50_ms']} / {c['p95_ms']}, CPU {c['cpu_p50_ms']} / {c['cpu_p95_ms']}; "
                      f"the query embedding alone {e['p50_ms']} / {e['p95_ms']}, CPU {e['cpu_p50_ms']})")
+            if "hybrid_compared" in s:
+                o = s["hybrid_compared"]
+                line += (f"; hybrid with {json.dumps(o['ranking'])} p50 {o['p50_ms']} / p95 {o['p95_ms']} ms (CPU "
+                         f"{o['cpu_p50_ms']} / {o['cpu_p95_ms']}; CPU p95 {o['cpu_p95_ms'] / h['cpu_p95_ms']:.2f} "
+                         f"of the default's)")
         for peer, p in s.get("hybrid_peers", {}).items():
             h, e = p["hybrid"], p["query_embedding"]
             line += (f"; hybrid with {peer} p50 {h['p50_ms']} / p95 {h['p95_ms']} ms (CPU {h['cpu_p50_ms']} / "
@@ -1062,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv-base", help='with --cv: the Ranking settings every family starts from, as JSON (the '
                         'default: Ranking()); \'{"expand_similar": 0, "expand_deep": 0, "entity": 0}\' is the '
                         'default before session 11; with --quality: the Ranking scored (not the peers\')')
+    parser.add_argument("--compare", help='with the latency measurement: Ranking settings as JSON (\'{"late": '
+                        '0.3}\') whose hybrid search is timed beside the default\'s, query by query')
     parser.add_argument("--tune-only", help="with --tune: only these Ranking fields (comma-separated)")
     parser.add_argument("--split", choices=("tune", "heldout", "both"), default="both",
                         help="which part of the development set to score (both); tune while tuning")

@@ -31,17 +31,19 @@ import math
 import os
 import sqlite3
 import struct
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
+from ._late import Tokens
 from ._query import vectors_since
 from ._rank import words
 
 log = logging.getLogger("tether.memory")
 
-__all__ = ["AsymmetricEmbedder", "Embedder", "HashEmbedder", "LocalEmbedder", "QueryEmbedder", "RemoteEmbedder",
-           "SpanEmbedder", "StaticEmbedder", "VectorCache", "VectorIndex", "WriteBatcher"]
+__all__ = ["AsymmetricEmbedder", "Embedder", "HashEmbedder", "LateEmbedder", "LocalEmbedder", "QueryEmbedder",
+           "RemoteEmbedder", "SpanEmbedder", "StaticEmbedder", "VectorCache", "VectorIndex", "WriteBatcher"]
 
 
 @runtime_checkable
@@ -86,6 +88,22 @@ class QueryEmbedder(Protocol):
 
     async def embed_queries(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
                             ) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class LateEmbedder(Protocol):
+    """An embedder that gives a text's token vectors, for late interaction (``Ranking.late``).
+
+    ``query_tokens(text)`` gives the query's tokens as search compares them (:class:`~tether.memory._late.Tokens`:
+    unit rows, WordPiece pieces, SIF weights); ``late_scores(query, weights, texts)`` scores each
+    candidate's text by the weighted mean over the query's tokens of their best cosine among the text's
+    own tokens, in the same space as the written vectors (:func:`~tether.memory._late.maxsim`)."""
+
+    name: str
+
+    async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens: ...
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]: ...
 
 
 class HashEmbedder:
@@ -236,6 +254,18 @@ class StaticEmbedder:
         (:class:`SpanEmbedder`): the second is the same bits as embedding the text with those characters cut out."""
         return self.table.encode_spans(text, spans)
 
+    async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens:
+        """The query's tokens as the table's rows, normalised (:class:`LateEmbedder`)."""
+        return self.table.tokens([text])[0]
+
+    def document_tokens(self, texts: Sequence[str]) -> list[Tokens]:
+        """Each text's tokens as the table's rows, normalised."""
+        return self.table.tokens(texts)
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        """Each text's late-interaction score over its table rows (:class:`LateEmbedder`)."""
+        return self.table.late_scores(query, weights, texts)
+
 
 class AsymmetricEmbedder:
     """Documents by the static table, queries by MiniLM mapped into the table's space.
@@ -302,16 +332,54 @@ class AsymmetricEmbedder:
             raise ValueError(f"{query_file} was made for another table than {table_file}: delete it and it is "
                              f"made again")
         self.dims = dims
+        self._tokens: dict[bytes, tuple[Any, list[int]]] = {}
+        self._lock = threading.Lock()
         self.name = self.static.name
         """The space of the vectors written: the static table's."""
         self.query_name = f"{self.name}/query/all-MiniLM-L6-v2/{self.projection.hash}"
         """What a query's vector is cached under: MiniLM through this projection into the table's space."""
 
+    KEPT_TOKENS = 1024
+    """How many queries' token outputs are kept after their encode (:meth:`query_tokens`)."""
+
     def encode_queries(self, texts: Sequence[str]) -> list[list[float]]:
-        """Unit vectors in the table's space for these queries (synchronous: MiniLM's forward pass)."""
+        """Unit vectors in the table's space for these queries (synchronous: MiniLM's forward pass). Each
+        query's token outputs are kept for :meth:`query_tokens` (the last ``KEPT_TOKENS`` queries), which
+        projects them only when late interaction asks."""
         if not texts:
             return []
-        return self.projection.apply(self.model.pooled_words(texts))
+        pooled, outputs = self.model.words_and_tokens(texts)
+        with self._lock:
+            for text, found in zip(texts, outputs, strict=True):
+                key = hashlib.sha256(text.encode()).digest()  # no plaintext kept, as in the vector cache
+                self._tokens.pop(key, None)
+                self._tokens[key] = found
+                while len(self._tokens) > self.KEPT_TOKENS:
+                    self._tokens.pop(next(iter(self._tokens)))
+        return self.projection.apply(pooled)
+
+    async def query_tokens(self, text: str, *, agent: str | None = None, run: str | None = None) -> Tokens:
+        """The query's MiniLM token outputs (without ``[CLS]`` and ``[SEP]``) projected into the table's
+        space, each normalised (:class:`LateEmbedder`): kept from its encode, else encoded again."""
+        key = hashlib.sha256(text.encode()).digest()
+        with self._lock:
+            found = self._tokens.get(key)
+        if found is None:
+            await self.embed_queries([text], agent=agent, run=run)
+            with self._lock:
+                found = self._tokens[key]
+        outputs, ids = found
+        table = self.static.table
+        return Tokens(self.projection.apply_tokens(outputs), [table.tokenizer.id_to_token(i) for i in ids],
+                      table.sif(ids))
+
+    def document_tokens(self, texts: Sequence[str]) -> list[Tokens]:
+        """Each written text's tokens as the static table's rows, normalised."""
+        return self.static.document_tokens(texts)
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        """Each written text's late-interaction score over its static table rows (:class:`LateEmbedder`)."""
+        return self.static.late_scores(query, weights, texts)
 
     async def embed(self, texts: Sequence[str], *, agent: str | None = None, run: str | None = None
                     ) -> list[list[float]]:

@@ -197,10 +197,17 @@ class MiniLM:
         reads), not normalised: a float32 array with one row each, in order. What a static table's rows
         are averaged over (a text's own tokens), so a :class:`~tether.memory._static.QueryProjection`
         maps it into the table's space."""
+        return self.words_and_tokens(texts, batch)[0]
+
+    def words_and_tokens(self, texts: Sequence[str], batch: int = 32) -> tuple[Any, list[tuple[Any, list[int]]]]:
+        """:meth:`pooled_words` (the same bits) and, for each text, the token outputs it averaged (tokens x
+        dimensions, float32, without ``[CLS]`` and ``[SEP]``) with their vocabulary ids: what late
+        interaction compares one by one with a document's tokens (``Ranking.late``)."""
         np = self.np
         encodings = self.tokenizer.encode_batch(list(texts))
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         out = np.zeros((len(texts), self.w["embeddings.word_embeddings.weight"].shape[1]), dtype=np.float32)
+        tokens: list[tuple[Any, list[int]]] = [(out[:0], []) for _ in texts]
         with self.blas.cap():
             for i in range(0, len(order), batch):
                 chunk = order[i:i + batch]
@@ -208,8 +215,10 @@ class MiniLM:
                 for row, j in enumerate(chunk):
                     special = encodings[j].special_tokens_mask
                     mask[row, :len(special)] *= 1.0 - np.asarray(special, dtype=np.float32)
+                    kept = [k for k, s in enumerate(special) if not s]
+                    tokens[j] = (x[row, kept].copy(), [encodings[j].ids[k] for k in kept])
                 out[chunk] = self._pool(x, mask, True, False)
-        return out
+        return out, tokens
 
     def _pool(self, x: Any, mask: Any, masked: bool, normalise: bool) -> Any:
         """Mean of each text's token outputs over ``mask``'s tokens (``masked`` False: every token is

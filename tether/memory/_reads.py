@@ -19,8 +19,9 @@ from typing import Any, Literal
 from . import _query as q
 from ._context import pack
 from ._core import MemoryCore
-from ._embed import QueryEmbedder, SpanEmbedder, VectorIndex
+from ._embed import LateEmbedder, QueryEmbedder, SpanEmbedder, VectorIndex
 from ._errors import InvalidMemory, MemoryNotFound
+from ._late import kept
 from ._names import check_key
 from ._rank import (
     STOPWORDS,
@@ -50,6 +51,8 @@ AsOf = int | datetime | None
 _WITHOUT_NAMES = "\x00without-names-{}"
 """Appended to the embedder's name in the vector cache (with ``Ranking.unnamed_push``): a query's vector
 without its names' tokens."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""A key written without one (``uuid7()``): no words for late interaction to read (``Ranking.late_fields``)."""
 _QUERY_WORDS_SIMILAR = 0.55
 """The semantic test's threshold for an embedder that names none (``words_similar``): MiniLM's."""
 
@@ -272,6 +275,9 @@ class MemoryReads(MemoryCore):
             vector = embedding.result()
         else:
             found = await self._gather(query, vector, scope, mode, pool, now, unnamed=unnamed)
+        if (self.ranking.late and mode == "hybrid" and self.ranking.fusion == "zscore" and found
+                and isinstance(self.embedder, LateEmbedder)):
+            await self._late(query, asked, found)
         ranked, scores = self._order(found, now, present, semantic_only=mode == "semantic", asked=asked)
         best = max(scores.values(), default=0.0) or 1.0
         first = {p: scores[p] / best for p in ranked}
@@ -308,6 +314,31 @@ class MemoryReads(MemoryCore):
         floor = max((scores[p] for p in ranked[len(top):]), default=0.0)
         new = {top[i]: floor + 1.0 / (1.0 + math.exp(-values[i])) for i in order}
         return [top[i] for i in order] + ranked[len(top):], {**scores, **new}
+
+    async def _late(self, query: str, asked: Sequence[str],
+                    found: dict[tuple[str, str], tuple[Entry, Candidate, int | None, int | None]]) -> None:
+        """Each candidate's late-interaction score (``Ranking.late``): the mean over the query's tokens
+        (``late_tokens``, weighed by ``late_sif``) of each one's best cosine among the candidate's tokens."""
+        import numpy as np
+
+        embedder = self.embedder
+        assert isinstance(embedder, LateEmbedder)
+        ranking = self.ranking
+        tokens = await embedder.query_tokens(query, agent=self.agent, run=self.run)
+        if ranking.late_tokens == "all":
+            weights = np.ones(len(tokens.pieces), dtype=np.float32)
+        else:
+            leave = set(STOPWORDS) | ({w for name in asked for w in words(name)} if ranking.late_tokens == "asked"
+                                      else set())
+            weights = np.asarray(kept(tokens.pieces, leave), dtype=np.float32)
+        if ranking.late_sif:
+            weights *= np.asarray(tokens.weights, dtype=np.float32)
+        pairs = list(found)
+        texts = [found[p][0].text if ranking.late_fields == "text" else
+                 f"{e.text} {_UUID.sub(' ', e.key).replace('/', ' ').replace('-', ' ')} {meta_words(e.metadata)}"
+                 for p in pairs for e in (found[p][0],)]
+        for pair, value in zip(pairs, embedder.late_scores(tokens, weights, texts), strict=True):
+            found[pair][1].late = value
 
     async def _second_hop(self, query: str, vector: list[float] | None, scope: _Scope, mode: str, pool: int,
                           now: float, present: bool,

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._late import Tokens, maxsim_table
+
 __all__ = ["QueryProjection", "StaticTable", "distill", "distill_projected", "fingerprint", "projection_path",
            "table_hash", "table_path"]
 
@@ -155,6 +157,14 @@ class QueryProjection:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.tolist()  # type: ignore[no-any-return]
 
+    def apply_tokens(self, outputs: Any) -> Any:
+        """MiniLM's token outputs (tokens x model dimensions) in the table's space, each row of unit length:
+        the query's tokens late interaction compares with a document's table rows."""
+        np = self.np
+        out = (np.asarray(outputs, dtype=np.float32) - self.mean) @ self.components
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
     def save(self, path: Path) -> None:
         """Write the projection to ``path`` atomically, with the hash of its table."""
         np = self.np
@@ -181,6 +191,11 @@ class StaticTable:
         self.np = np
         self.table = table
         self.tokenizer = tokenizer
+        self._sif: Any = None
+        self._norms: Any = None
+        self._chunks: dict[bytes, list[int]] = {}
+        self._texts: dict[bytes, Any] = {}
+        """Kept by the SHA-256 of the text (or chunk), as the vector cache keeps vectors: no plaintext."""
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit vectors for ``texts`` (a text with no known token gets the zero vector)."""
@@ -194,6 +209,62 @@ class StaticTable:
                 out[row] = self.table[enc.ids].mean(0)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.tolist()  # type: ignore[no-any-return]
+
+    def sif(self, ids: Sequence[int]) -> Any:
+        """The SIF weights of these vocabulary ids (what the table's rows were multiplied by)."""
+        if self._sif is None:
+            self._sif = zipf_weights(self.np, self.table.shape[0])
+        return self._sif[list(ids)]
+
+    def late_scores(self, query: Tokens, weights: Any, texts: Sequence[str]) -> list[float]:
+        """Each text's late-interaction score against the query's tokens (:func:`~tether.memory._late.maxsim`
+        over the texts' table rows, normalised), each distinct token's rows read once."""
+        if self._norms is None:
+            self._norms = self.np.linalg.norm(self.table, axis=1).astype(self.np.float32)
+        return maxsim_table(query.rows, weights, self.table, self._norms, self.ids(texts))
+
+    CHUNKS = 65536
+    """How many distinct whitespace-separated chunks :meth:`ids` keeps the token ids of ..."""
+    TEXTS = 16384
+    """... and how many whole texts (as int32 arrays)."""
+
+    def ids(self, texts: Sequence[str]) -> list[Any]:
+        """Each text's token ids (an int32 array), the same as the tokenizer's: the same entries come
+        back search after search, so each text's ids are kept (by its SHA-256); a new text is tokenized by its
+        whitespace-separated chunks (the tokenizer splits there before anything else), each chunk
+        once and kept, as a search's candidates share most of their words."""
+        np = self.np
+        out = []
+        known, done = self._chunks, self._texts
+        for text in texts:
+            digest = hashlib.sha256(text.encode()).digest()
+            found = done.get(digest)
+            if found is None:
+                ids: list[int] = []
+                for chunk in text.split():
+                    key = hashlib.sha256(chunk.encode()).digest()
+                    piece = known.get(key)
+                    if piece is None:
+                        if len(known) >= self.CHUNKS:
+                            known.clear()
+                        piece = known[key] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
+                    ids.extend(piece)
+                if len(done) >= self.TEXTS:
+                    done.clear()
+                found = done[digest] = np.asarray(ids, dtype=np.int32)
+            out.append(found)
+        return out
+
+    def tokens(self, texts: Sequence[str]) -> list[Tokens]:
+        """Each text's tokens for late interaction: its table rows, each normalised (a row's SIF weight
+        is a factor of its length, so it is gone), its WordPiece pieces and their SIF weights."""
+        np = self.np
+        out = []
+        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            rows = self.table[enc.ids]
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+            out.append(Tokens(rows, list(enc.tokens), self.sif(enc.ids)))
+        return out
 
     def encode_spans(self, text: str, spans: Sequence[tuple[int, int]]
                      ) -> tuple[list[float], list[float], list[float]]:
