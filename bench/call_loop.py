@@ -122,11 +122,17 @@ async def alternate(runs: int, block: int) -> dict[str, float]:
 
 async def instrumented(runs: int, mode: str) -> None:
     """``runs`` runs of ``mode``, callgrind's instrumentation on for them only (after a warm-up)."""
+    await counted(runners()[mode], runs, warmup=30)
+
+
+async def counted(run: Callable[[int], Awaitable[Any]], runs: int, *, warmup: int) -> None:
+    """``warmup`` calls of ``run`` (given -1, -2...), then ``runs`` (0, 1...) with callgrind's instrumentation on
+    (this process runs under ``valgrind --tool=callgrind --instr-atstart=no``); tether's events flushed at each end.
+    bench/framework_callgrind.py counts a framework agent's runs with it too."""
     import tether.adapters
 
-    run = runners()[mode]
-    for i in range(30):
-        await run(i)
+    for i in range(warmup):
+        await run(-1 - i)
     await asyncio.to_thread(tether.adapters.flush)
     pid = str(os.getpid())
     await asyncio.to_thread(subprocess.run, ["callgrind_control", "-i", "on", pid], check=True, capture_output=True)

@@ -26,19 +26,9 @@ import tempfile
 
 async def instrumented(framework: str, mode: str, runs: int, warmup: int) -> None:
     import framework_agent  # bench/ is this script's directory
+    from call_loop import counted
 
-    import tether.adapters
-
-    run = getattr(framework_agent, framework.replace("-", "_") + "_agent")(mode)
-    for i in range(warmup):
-        await run(-1 - i)
-    await asyncio.to_thread(tether.adapters.flush)
-    pid = str(os.getpid())
-    await asyncio.to_thread(subprocess.run, ["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-    for i in range(runs):
-        await run(i)
-    await asyncio.to_thread(tether.adapters.flush)
-    await asyncio.to_thread(subprocess.run, ["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+    await counted(getattr(framework_agent, framework.replace("-", "_") + "_agent")(mode), runs, warmup=warmup)
 
 
 def main() -> None:
