@@ -29,6 +29,18 @@ Kind = Literal["openai", "anthropic", "gemini"]
 Operation = Literal["chat", "responses", "messages", "embeddings", "generate_content"]
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(r"\r\n|\r|\n")  # an event's lines end there only (``str.splitlines`` also splits at U+2028)
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not typed
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``, without its three layers of Python for the usual event (a document
+    with nothing around it); anything else, an error too, is left to ``json.loads`` itself."""
+    try:
+        doc, end = _scan_once(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    return doc if end == len(text) else json.loads(text)
 
 
 class SSEParser:
@@ -42,6 +54,11 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[tuple[bytes, str | None, str]]:
         """Events completed by ``chunk``: ``(raw bytes incl. the blank line, event name, data)``."""
         buf = self._tail + chunk if self._tail else chunk
+        end = buf.find(b"\n\n")
+        if end >= 0 and end == len(buf) - 2 and b"\r" not in buf:  # one whole event: what a chunk usually is
+            self._tail = b""
+            parsed = _parse(buf[:end])
+            return [(buf, *parsed) if parsed is not None else (buf, None, "")]
         out: list[tuple[bytes, str | None, str]] = []
         start = 0
         for match in _BOUNDARY.finditer(buf):
@@ -59,9 +76,11 @@ class SSEParser:
 
 
 def _parse(block: bytes) -> tuple[str | None, str] | None:
+    if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:  # one data line: most events
+        return None, block[6:].decode("utf-8", errors="replace")
     name: str | None = None
     data: list[str] = []
-    for line in block.decode("utf-8", errors="replace").splitlines():
+    for line in _LINE.split(block.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         key, _, value = line.partition(":")
@@ -158,7 +177,7 @@ class StreamAccumulator:
             return True
         self.events += 1
         try:
-            doc = self._doc = json.loads(data)
+            doc = self._doc = _loads(data)
         except ValueError as exc:
             self.malformed = self.malformed or f"event {self.events} is not JSON: {exc}"
             return True
@@ -180,12 +199,14 @@ class StreamAccumulator:
             self.first_token_at = self.clock()
 
     def _chat(self, doc: dict[str, Any]) -> bool:
-        if isinstance(doc.get("error"), dict):
-            self.error = doc["error"]
+        error = doc.get("error")
+        if isinstance(error, dict):
+            self.error = error
             return True
         choices = doc.get("choices")
-        if isinstance(doc.get("usage"), dict):
-            self._usage = doc["usage"]
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
             if self.drop_usage_chunk and not choices:
                 return False
         if not self._head:
@@ -194,23 +215,29 @@ class StreamAccumulator:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or {}
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            finish = choice.get("finish_reason")
+            if finish:
+                self.finish_reason = finish
             if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
                 self._token()
             if self.capture:
-                self._chat_delta(int(choice.get("index") or 0), delta, choice.get("finish_reason"))
+                self._chat_delta(int(choice.get("index") or 0), delta, finish)
         return True
 
     def _chat_delta(self, index: int, delta: dict[str, Any], finish: str | None) -> None:
-        state = self._choices.setdefault(index, {"role": "assistant", "content": [], "refusal": [], "tools": {},
-                                                 "finish_reason": None})
-        if delta.get("role"):
-            state["role"] = delta["role"]
-        if isinstance(delta.get("content"), str):
-            state["content"].append(delta["content"])
-        if isinstance(delta.get("refusal"), str):
-            state["refusal"].append(delta["refusal"])
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = {"role": "assistant", "content": [], "refusal": [], "tools": {},
+                                            "finish_reason": None}
+        role = delta.get("role")
+        if role:
+            state["role"] = role
+        content = delta.get("content")
+        if isinstance(content, str):
+            state["content"].append(content)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str):
+            state["refusal"].append(refusal)
         for call in delta.get("tool_calls") or ():
             if not isinstance(call, dict):
                 continue
