@@ -14,6 +14,7 @@ import pytest
 from tether._redact import DEFAULT as REDACT
 from tether.middleware import _sse
 from tether.middleware._sse import SSEParser, StreamAccumulator
+from tether.schemas import plain_json
 from tether.testing._fake_wire import Turn, anthropic_message, chat_completion, gemini_content, responses
 
 from . import _old_sse
@@ -103,7 +104,7 @@ def _read(module: Any, kind: str, operation: str, chunks: list[bytes], **options
     state = {name: getattr(acc, name) for name in ("bytes", "events", "malformed", "error", "finish_reason", "done",
                                                    "first_token_at", "usage", "usage_seen")}
     return {"passed": passed, "pending": acc.parser.pending, "chunks": acc.chunks, "response": acc.response(),
-            **state}
+            "as_json": json.dumps([acc.chunks, acc.response()]), **state}  # NaN: equal as JSON only
 
 
 CUTS = ["events", "whole", "1", "7", "100", "crlf", "cr"]
@@ -132,6 +133,8 @@ def test_odd_events_read_as_before(kind: str, operation: str, cut: str) -> None:
     for options in OPTIONS:
         new, old = _read(_sse, kind, operation, chunks, **options), _read(_old_sse, kind, operation,
                                                                                  chunks, **options)
+        assert json.dumps(new["chunks"]) == json.dumps(old["chunks"])
+        new["chunks"] = old["chunks"] = None
         assert new == old
     assert old["malformed"] is not None and old["error"] is not None  # all read
 
@@ -158,3 +161,44 @@ def test_a_line_separator_inside_an_events_json_is_not_a_line_break() -> None:
     assert acc.malformed is None
     response = acc.response()
     assert response is not None and response["content"][0]["text"] == text
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_a_providers_stream_is_known_plain_json(name: str, cut: str) -> None:
+    """``plain`` spares the completion event a walk of the chunks: true of every provider's stream,
+    and only when ``plain_json`` says so of the chunks and of their redacted copy."""
+    kind, operation, make = STREAMS[name]
+    acc = StreamAccumulator(kind, operation, capture=True)
+    for chunk in _cuts(make(), cut):
+        acc.feed(chunk)
+    assert acc.plain
+    assert plain_json(acc.chunks) and plain_json(REDACT(acc.chunks))
+    assert not StreamAccumulator(kind, operation, capture=False).plain  # nothing kept: nothing known
+
+
+@pytest.mark.parametrize("data", [b'{"x": NaN}', b'{"x": [Infinity]}', b'{"x": -Infinity}', b'{"x": 1e999}',
+                                  b'{"x": -1.5e400}', b'{"x": 1' + b"0" * 400 + b'.5}'])
+def test_a_number_json_has_no_word_for_makes_the_chunks_not_plain(data: bytes) -> None:
+    acc = StreamAccumulator("openai", "chat", capture=True)
+    acc.feed(b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": {"p": -0.25}}]}\n\n')
+    assert acc.plain
+    acc.feed(b"data: " + data + b"\n\n")
+    assert not acc.plain and not plain_json(acc.chunks)
+
+
+def test_an_event_read_the_long_way_makes_the_chunks_not_plain() -> None:
+    """Whitespace around an event's JSON: ``json.loads`` reads it, without the watch on its numbers."""
+    acc = StreamAccumulator("openai", "chat", capture=True)
+    acc.feed(b'data:  {"choices": []} \n\n')
+    assert acc.chunks == [{"event": None, "data": {"choices": []}}]
+    assert not acc.plain
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_odd_events_are_plain_only_when_plain_json_says_so(cut: str) -> None:
+    acc = StreamAccumulator("openai", "chat", capture=True)
+    for chunk in _cuts(ODD, cut):
+        acc.feed(chunk)
+        assert not acc.plain or plain_json(acc.chunks)
+    assert not acc.plain and not plain_json(acc.chunks)

@@ -14,6 +14,7 @@ Both ends of a stream use them: the adapters' tee (inline calls) and the executo
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,14 +34,14 @@ _LINE = re.compile(r"\r\n|\r|\n")  # an event's lines end there only (``str.spli
 _scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not typed
 
 
-def _loads(text: str) -> Any:
+def _loads(text: str, scan: Any = _scan_once) -> tuple[Any, bool]:
     """``json.loads(text)``, without its three layers of Python for the usual event (a document
-    with nothing around it); anything else, an error too, is left to ``json.loads`` itself."""
+    with nothing around it: then also True); anything else, an error too, is left to ``json.loads``."""
     try:
-        doc, end = _scan_once(text, 0)
+        doc, end = scan(text, 0)
     except (StopIteration, ValueError):
-        return json.loads(text)
-    return doc if end == len(text) else json.loads(text)
+        return json.loads(text), False
+    return (doc, True) if end == len(text) else (json.loads(text), False)
 
 
 class SSEParser:
@@ -98,6 +99,26 @@ def _parse(block: bytes) -> tuple[str | None, str] | None:
 # -- streamed answers -------------------------------------------------------------------
 
 
+class _Finite:
+    """A decoder's numbers watched (its ``parse_float`` and ``parse_constant``): :attr:`ok` until
+    one is NaN or infinite (``NaN``, ``Infinity``, ``1e999``), which JSON itself has no word for."""
+
+    __slots__ = ("ok",)
+
+    def __init__(self) -> None:
+        self.ok = True
+
+    def number(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            self.ok = False
+        return value
+
+    def constant(self, text: str) -> float:
+        self.ok = False
+        return float(text)
+
+
 @dataclass
 class _Block:
     kind: str
@@ -140,6 +161,12 @@ class StreamAccumulator:
         self._choices: dict[int, dict[str, Any]] = {}
         self._blocks: dict[int, _Block] = {}
         self.chunks: list[dict[str, Any]] = []
+        self._watched = True
+        self._finite = _Finite()
+        self._scan = _scan_once
+        if capture:
+            decoder = json.JSONDecoder(parse_float=self._finite.number, parse_constant=self._finite.constant)
+            self._scan = decoder.scan_once  # type: ignore[attr-defined]
         self._doc: Any = None
         self.done = False
         """The stream said it is complete ([DONE], ``message_stop``, ``response.completed``)."""
@@ -177,7 +204,10 @@ class StreamAccumulator:
             return True
         self.events += 1
         try:
-            doc = self._doc = _loads(data)
+            doc, watched = _loads(data, self._scan)
+            self._doc = doc
+            if not watched:
+                self._watched = False
         except ValueError as exc:
             self.malformed = self.malformed or f"event {self.events} is not JSON: {exc}"
             return True
@@ -325,6 +355,12 @@ class StreamAccumulator:
                 state["rest"].update({k: v for k, v in candidate.items() if k not in ("content", "index")})
 
     # -- results -----------------------------------------------------------------------------
+
+    @property
+    def plain(self) -> bool:
+        """:attr:`chunks` are plain JSON (what ``tether.schemas.plain_json`` says of them), known
+        without walking them: every event's JSON was read by the decoder that watches its numbers."""
+        return self.capture and self._watched and self._finite.ok
 
     @property
     def usage(self) -> Usage:
