@@ -412,6 +412,32 @@ def test_a_completed_event_not_plain_is_validated_as_before() -> None:
         eng.completed_event(call.item, call.rec, 1, Outcome(True, 5.0, response={}, finish_reason=7))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("tail", [b"", b'data: {"choices": [], "x": NaN}\n\n'])
+def test_a_streams_completed_event_known_plain_is_the_one_built_before(tail: bytes) -> None:
+    """The chunks of a stream the accumulator knows to be plain JSON are not walked again: the
+    completed event is the one built (and checked) as before; NaN's case is still validated."""
+    from tether._redact import DEFAULT as REDACT
+    from tether.middleware import StreamAccumulator
+    from tether.schemas import LlmCallCompleted
+    call = llm_call()
+    eng = call.engine
+    acc = StreamAccumulator("openai", "chat", capture=True)
+    for text in ("Hello", " there"):
+        acc.feed(b'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "%s"}}]}\n\n' % text.encode())
+    acc.feed(tail)
+    assert acc.plain is (not tail)
+    chunks = REDACT(acc.chunks)
+    events = [eng.completed_event(call.item, call.rec, 1, Outcome(True, 5.0, response=acc.response(), chunks=chunks,
+                                                                  chunks_plain=known)) for known in (acc.plain, False)]
+    assert events[0].data.model_dump_json() == events[1].data.model_dump_json()
+    data = events[0].data
+    assert isinstance(data, LlmCallCompleted)
+    recorded: Any = data.chunks
+    assert len(recorded) == 2 + bool(tail)
+    if tail:
+        assert recorded[-1]["data"]["x"] == "NaN"
+
+
 @pytest.mark.parametrize(("arguments", "result", "duration", "trusted"), [
     ({"q": 1, "city": "Zürich", "days": [1, 2.5, None, True]}, {"ok": "sunny"}, 2.5, True),
     ({"q": float("nan")}, [float("inf")], 2.5, False),  # recorded as the strings "NaN" and "Infinity"

@@ -324,8 +324,10 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
     ttft = (acc.first_token_at - acc.started_at) * 1000 + sent.latency_ms \
         if acc.first_token_at is not None and acc.started_at else None
     if how == "end" and acc.error is None and acc.malformed is None:
-        out = Outcome(True, latency, call.redactor(acc.response()) if call.capture else None, acc.usage,
-                      acc.finish_reason, ttft_ms=ttft, chunks=call.redactor(acc.chunks) if call.capture else None)
+        redactor = call.redactor
+        out = Outcome(True, latency, redactor(acc.response()) if call.capture else None, acc.usage,
+                      acc.finish_reason, ttft_ms=ttft, chunks=redactor(acc.chunks) if call.capture else None,
+                      chunks_plain=acc.plain and type(redactor) is Redactor and redactor.hook is None)
         event = engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True)
         yield Emit(event, final=True)  # in a run, acked before the caller's stream ends
         yield from _account(call, out)

@@ -188,15 +188,16 @@ def _byte_streams(package: Any) -> tuple[Any, Any]:
     def __init__(self: Any, inner: Any) -> None:
         self.inner = inner
 
-    async def __aiter__(self: Any) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
-            yield chunk
+    def __aiter__(self: Any) -> AsyncIterator[bytes]:  # tether's stream itself: no generator between, per chunk
+        inner: AsyncIterator[bytes] = self.inner.__aiter__()
+        return inner
 
     async def aclose(self: Any) -> None:
         await self.inner.aclose()
 
     def __iter__(self: Any) -> Iterator[bytes]:
-        yield from self.inner
+        inner: Iterator[bytes] = self.inner.__iter__()
+        return inner
 
     def close(self: Any) -> None:
         self.inner.close()

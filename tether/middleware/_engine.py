@@ -69,14 +69,14 @@ def _ms(value: Any) -> bool:
     return value is None or (type(value) is float and 0 <= value < math.inf)
 
 
-def _completed_is_plain(f: dict[str, Any]) -> bool:
+def _completed_is_plain(f: dict[str, Any], chunks_plain: bool = False) -> bool:
     """Whether an ``llm.call.completed``'s fields are what validating them would give back (every
     call's case: ids, the loop's own counts and timings, a JSON answer): then it is built without
     validating its answer again. Anything else is validated, as before, and refused the same way."""
     return (ids_fit(f["call_id"], f["provider"], f["model"]) and type(f["attempt"]) is int and f["attempt"] >= 1
             and type(f["usage"]) is Usage and _ms(f["latency_ms"]) and _ms(f["ttft_ms"])
             and (f["finish_reason"] is None or type(f["finish_reason"]) is str)
-            and plain_json(f["response"]) and plain_json(f["chunks"]))
+            and plain_json(f["response"]) and (chunks_plain or plain_json(f["chunks"])))
 
 
 _NS = uuid.UUID("5b0f5f1e-6c1d-4d0a-9f56-3c1e7e1f7a11")
@@ -125,6 +125,9 @@ class Outcome:
     """Time to the first token of a streamed answer (adapters' streaming attempts)."""
     chunks: list[dict[str, Any]] | None = None
     """A streamed answer's events (``StreamAccumulator.chunks``), recorded for replay."""
+    chunks_plain: bool = False
+    """:attr:`chunks` are known to be plain JSON (``StreamAccumulator.plain``, redacted without a
+    hook): not walked again to say so."""
 
     @property
     def counts_for_breaker(self) -> bool:
@@ -375,7 +378,8 @@ class CallEngine:
                 call_id=item.call_id, provider=target.provider, model=target.model, attempt=attempt,
                 usage=out.usage, latency_ms=out.latency_ms, ttft_ms=out.ttft_ms, finish_reason=out.finish_reason,
                 response=out.response if capture else None, chunks=out.chunks if capture else None)
-            payload: Payload = (LlmCallCompleted.trusted if _completed_is_plain(fields) else LlmCallCompleted)(**fields)
+            plain = _completed_is_plain(fields, out.chunks_plain)
+            payload: Payload = (LlmCallCompleted.trusted if plain else LlmCallCompleted)(**fields)
         else:
             payload = ToolCallCompleted(call_id=item.call_id, tool=item.tool or "?", attempt=attempt,
                                         result=out.response, duration_ms=out.latency_ms)

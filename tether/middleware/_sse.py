@@ -14,6 +14,7 @@ Both ends of a stream use them: the adapters' tee (inline calls) and the executo
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,18 @@ Kind = Literal["openai", "anthropic", "gemini"]
 Operation = Literal["chat", "responses", "messages", "embeddings", "generate_content"]
 
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(r"\r\n|\r|\n")  # an event's lines end there only (``str.splitlines`` also splits at U+2028)
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not typed
+
+
+def _loads(text: str, scan: Any = _scan_once) -> tuple[Any, bool]:
+    """``json.loads(text)``, without its three layers of Python for the usual event (a document
+    with nothing around it: then also True); anything else, an error too, is left to ``json.loads``."""
+    try:
+        doc, end = scan(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text), False
+    return (doc, True) if end == len(text) else (json.loads(text), False)
 
 
 class SSEParser:
@@ -42,6 +55,11 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[tuple[bytes, str | None, str]]:
         """Events completed by ``chunk``: ``(raw bytes incl. the blank line, event name, data)``."""
         buf = self._tail + chunk if self._tail else chunk
+        end = buf.find(b"\n\n")
+        if end >= 0 and end == len(buf) - 2 and b"\r" not in buf:  # one whole event: what a chunk usually is
+            self._tail = b""
+            parsed = _parse(buf[:end])
+            return [(buf, *parsed) if parsed is not None else (buf, None, "")]
         out: list[tuple[bytes, str | None, str]] = []
         start = 0
         for match in _BOUNDARY.finditer(buf):
@@ -59,9 +77,11 @@ class SSEParser:
 
 
 def _parse(block: bytes) -> tuple[str | None, str] | None:
+    if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:  # one data line: most events
+        return None, block[6:].decode("utf-8", errors="replace")
     name: str | None = None
     data: list[str] = []
-    for line in block.decode("utf-8", errors="replace").splitlines():
+    for line in _LINE.split(block.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         key, _, value = line.partition(":")
@@ -77,6 +97,26 @@ def _parse(block: bytes) -> tuple[str | None, str] | None:
 
 
 # -- streamed answers -------------------------------------------------------------------
+
+
+class _Finite:
+    """A decoder's numbers watched (its ``parse_float`` and ``parse_constant``): :attr:`ok` until
+    one is NaN or infinite (``NaN``, ``Infinity``, ``1e999``), which JSON itself has no word for."""
+
+    __slots__ = ("ok",)
+
+    def __init__(self) -> None:
+        self.ok = True
+
+    def number(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            self.ok = False
+        return value
+
+    def constant(self, text: str) -> float:
+        self.ok = False
+        return float(text)
 
 
 @dataclass
@@ -121,6 +161,12 @@ class StreamAccumulator:
         self._choices: dict[int, dict[str, Any]] = {}
         self._blocks: dict[int, _Block] = {}
         self.chunks: list[dict[str, Any]] = []
+        self._watched = True
+        self._finite = _Finite()
+        self._scan = _scan_once
+        if capture:
+            decoder = json.JSONDecoder(parse_float=self._finite.number, parse_constant=self._finite.constant)
+            self._scan = decoder.scan_once  # type: ignore[attr-defined]
         self._doc: Any = None
         self.done = False
         """The stream said it is complete ([DONE], ``message_stop``, ``response.completed``)."""
@@ -158,7 +204,10 @@ class StreamAccumulator:
             return True
         self.events += 1
         try:
-            doc = self._doc = json.loads(data)
+            doc, watched = _loads(data, self._scan)
+            self._doc = doc
+            if not watched:
+                self._watched = False
         except ValueError as exc:
             self.malformed = self.malformed or f"event {self.events} is not JSON: {exc}"
             return True
@@ -180,12 +229,14 @@ class StreamAccumulator:
             self.first_token_at = self.clock()
 
     def _chat(self, doc: dict[str, Any]) -> bool:
-        if isinstance(doc.get("error"), dict):
-            self.error = doc["error"]
+        error = doc.get("error")
+        if isinstance(error, dict):
+            self.error = error
             return True
         choices = doc.get("choices")
-        if isinstance(doc.get("usage"), dict):
-            self._usage = doc["usage"]
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
             if self.drop_usage_chunk and not choices:
                 return False
         if not self._head:
@@ -194,23 +245,29 @@ class StreamAccumulator:
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or {}
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            finish = choice.get("finish_reason")
+            if finish:
+                self.finish_reason = finish
             if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
                 self._token()
             if self.capture:
-                self._chat_delta(int(choice.get("index") or 0), delta, choice.get("finish_reason"))
+                self._chat_delta(int(choice.get("index") or 0), delta, finish)
         return True
 
     def _chat_delta(self, index: int, delta: dict[str, Any], finish: str | None) -> None:
-        state = self._choices.setdefault(index, {"role": "assistant", "content": [], "refusal": [], "tools": {},
-                                                 "finish_reason": None})
-        if delta.get("role"):
-            state["role"] = delta["role"]
-        if isinstance(delta.get("content"), str):
-            state["content"].append(delta["content"])
-        if isinstance(delta.get("refusal"), str):
-            state["refusal"].append(delta["refusal"])
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = {"role": "assistant", "content": [], "refusal": [], "tools": {},
+                                            "finish_reason": None}
+        role = delta.get("role")
+        if role:
+            state["role"] = role
+        content = delta.get("content")
+        if isinstance(content, str):
+            state["content"].append(content)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str):
+            state["refusal"].append(refusal)
         for call in delta.get("tool_calls") or ():
             if not isinstance(call, dict):
                 continue
@@ -298,6 +355,12 @@ class StreamAccumulator:
                 state["rest"].update({k: v for k, v in candidate.items() if k not in ("content", "index")})
 
     # -- results -----------------------------------------------------------------------------
+
+    @property
+    def plain(self) -> bool:
+        """:attr:`chunks` are plain JSON (what ``tether.schemas.plain_json`` says of them), known
+        without walking them: every event's JSON was read by the decoder that watches its numbers."""
+        return self.capture and self._watched and self._finite.ok
 
     @property
     def usage(self) -> Usage:
