@@ -6,7 +6,7 @@ there, :func:`set_aside` lists the newest events NATS refused (:class:`SetAside`
 Imports only :mod:`tether.schemas`.
 """
 
-from ._acked import TRANSIENT_PUBLISH_ERRORS, publish_until_acked
+from ._acked import TRANSIENT_PUBLISH_ERRORS, publish_until_acked, until_answered
 from ._batch import Batch
 from ._binding import (
     STRUCTURED_CONTENT_TYPE,
@@ -119,4 +119,5 @@ __all__ = [
     "set_aside",
     "stream_configs",
     "tether_home",
+    "until_answered",
 ]

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-__all__ = ["DUPLICATE_IN_PROCESS", "TRANSIENT_PUBLISH_ERRORS", "publish_until_acked"]
+T = TypeVar("T")
+
+__all__ = ["DUPLICATE_IN_PROCESS", "TRANSIENT_PUBLISH_ERRORS", "publish_until_acked", "until_answered"]
 
 DUPLICATE_IN_PROCESS = 10158
 """JetStream's err_code for "duplicate message id is in process": a message with this id is being
@@ -49,6 +53,21 @@ async def publish_until_acked(js: JetStreamContext, subject: str, payload: bytes
             if not isinstance(exc, TRANSIENT_PUBLISH_ERRORS) and getattr(exc, "err_code", None) != DUPLICATE_IN_PROCESS:
                 raise
             if time.time() + delay >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def until_answered(ask: Callable[[], Awaitable[T]], *, for_s: float = 30.0) -> T:
+    """``ask()`` again after each transient failure (no answer: a stream or bucket electing its leader
+    while a cluster node restarts), for up to ``for_s`` seconds; then the last error is raised. For
+    requests that are safe to repeat (reads); a write needs its own check of whether it landed."""
+    give_up, delay = time.monotonic() + for_s, 0.05
+    while True:
+        try:
+            return await ask()
+        except TRANSIENT_PUBLISH_ERRORS:
+            if time.monotonic() + delay > give_up:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)

@@ -22,7 +22,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import JsonValue
 
-from tether.bus import EVENTS_STREAM, Bus, encode_token, event_filter, find_event, publish_until_acked
+from tether.bus import EVENTS_STREAM, Bus, encode_token, event_filter, find_event, publish_until_acked, until_answered
 from tether.schemas import ErrorInfo, Event, LlmCallCompleted, ToolCallCompleted, Usage, uuid7
 
 from ._budget import RunawayTracker
@@ -285,7 +285,8 @@ class DurableCalls:
         seq = doc.get("seq")
         if seq is None:
             raise CallFailed(call_id, ErrorInfo(type="Unavailable", message="completion not in the log yet"))
-        stored = await self.bus.js.get_msg(EVENTS_STREAM, int(seq))
+        # read again while EVENTS elects a leader (a cluster node restarting): the completion is stored
+        stored = await until_answered(lambda: self.bus.js.get_msg(EVENTS_STREAM, int(seq)))
         event = await self.bus.reader.read(stored.headers, stored.data or b"")
         data = event.data
         if isinstance(data, LlmCallCompleted):

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import logging
 import random
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from tether.bus import TRANSIENT_PUBLISH_ERRORS, Bus, open_bucket
+from tether.bus import TRANSIENT_PUBLISH_ERRORS, Bus, open_bucket, until_answered
 
 from ._runbook import Followed, Out, begin, forget_early, idle, touch
 
@@ -191,18 +190,15 @@ class RunStore:
     async def _read(self, kv: KeyValue, key: str) -> tuple[bytes | None, int | None]:
         """The key's value and revision (``None``, ``None`` if absent), asked again while the bucket has
         no leader to answer (a node restarting), for up to :data:`TRANSIENT_FOR_S` seconds."""
-        give_up, delay = time.monotonic() + TRANSIENT_FOR_S, 0.05
-        while True:
+
+        async def get() -> tuple[bytes | None, int | None]:
             try:
                 entry = await kv.get(key)
-                return entry.value, entry.revision
             except KeyNotFoundError:
                 return None, None
-            except TRANSIENT_PUBLISH_ERRORS:
-                if time.monotonic() + delay > give_up:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            return entry.value, entry.revision
+
+        return await until_answered(get, for_s=TRANSIENT_FOR_S)
 
     async def apply(self, run_id: str, steps: list[Callable[[Followed], list[Out]]]) -> list[Out]:
         """Apply ``steps`` in order to a run (none for a run no gateway has started)."""
