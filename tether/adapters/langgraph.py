@@ -66,8 +66,8 @@ class TetherCallbackHandler(BaseCallbackHandler):
     run_inline = True
     raise_error = False
     # Only chains (runs) and tools (LangChain's "agent" events) are read. Without these, every chat model
-    # call went through LangChain's fallback for a handler without ``on_chat_model_start`` (the
-    # NotImplementedError raised and caught, every message list written out as text for ``on_llm_start``),
+    # call went through LangChain's fallback for a handler without ``on_chat_model_start`` (LangChain's own
+    # "not implemented" exception thrown and caught, every message list written out as text for ``on_llm_start``),
     # and each token, retry, retriever and custom event reached a method that does nothing.
     ignore_llm = True
     ignore_chat_model = True
