@@ -22,9 +22,12 @@ system calls made without the GIL (socket writes, ``epoll``) is spread over the 
 
 ``--spy-mode`` names the variant sampled (``tether`` by default), ``--spy-raw FILE`` keeps py-spy's samples.
 A variant ``NAME@N`` is ``NAME`` with the hub's wake-ups put off at most ``N`` passes of the agent's loop
-(``_hub._DEFERRALS``; 0: at once, as before 7 December 2026's session 12), in the same process:
+(``_hub._DEFERRALS``; 0: at once, as before 7 December 2026's session 12), and ``NAME~MS`` with the bus's loop
+collecting hand-overs every ``MS`` milliseconds (``_hub._LINGER_S``; 0: none, every hand-over wakes it, as before
+session 13), in the same process:
 
     .venv/bin/python bench/framework_account.py --runs 600 --modes bare,model@0,model@64
+    .venv/bin/python bench/framework_account.py --runs 600 --modes bare,model~0,model~5,tether~0,tether~5
 """
 
 from __future__ import annotations
@@ -117,7 +120,8 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
     import tether.adapters
     from tether.adapters import _hub
 
-    runners = {m: agent(m.partition("@")[0]) for m in modes}
+    runners = {m: agent(re.split("[@~]", m)[0]) for m in modes}
+    linger = _hub._LINGER_S
     for i in range(20):
         for run in runners.values():
             await run(-1 - i)
@@ -131,6 +135,7 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
         for mode, run in runners.items():
             if "@" in mode:  # model@0: the hub's wake-ups made at once, as before it put them off
                 _hub._DEFERRALS = int(mode.partition("@")[2])
+            _hub._LINGER_S = float(mode.partition("~")[2]) / 1000 if "~" in mode else linger  # model~0: no collecting
             before = counters.snapshot()
             t0, c0, b0, p0 = time.perf_counter(), time.thread_time(), time.clock_gettime(bus_clock), time.process_time()
             for i in range(block):

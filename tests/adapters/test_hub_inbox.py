@@ -1,6 +1,8 @@
 """The hub's inbox: events and steps handed to the bus's loop from other threads wake that loop once
 per batch (each wake-up is a self-pipe write, then a fight for the GIL), in order, and an engine step
-run on the loop after them sees them first."""
+run on the loop after them sees them first. While the bus's loop is collecting (it took a hand-over
+lately), what is handed over without waiting makes no wake-up at all: the loop takes it on its own timer.
+The tests of the wake-ups themselves run with collecting off (``_LINGER_S = 0``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tether.adapters import Hub
+from tether.adapters import Hub, _hub
 from tether.schemas import Event, RunStarted
 
 
@@ -30,8 +32,10 @@ class StubBus:
 
 
 @pytest.fixture
-def hub() -> Iterator[tuple[Hub, StubBus, list[int]]]:
-    """A hub on a loop in a thread of its own; the third item counts that loop's wake-ups."""
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Hub, StubBus, list[int]]]:
+    """A hub on a loop in a thread of its own; the third item counts that loop's wake-ups. Collecting
+    is off: a test of it sets ``_LINGER_S`` (and ``_LINGER_IDLE``) before its first event."""
+    monkeypatch.setattr(_hub, "_LINGER_S", 0)
     loop = asyncio.new_event_loop()
     wakes = [0]
     write = loop._write_to_self  # type: ignore[attr-defined]
@@ -371,3 +375,78 @@ def test_a_flush_from_the_agents_loop_is_settled_when_the_bus_has_nothing_in_fli
     asyncio.run(agent())
     assert seen["sent"] == ["run-0"] and seen["wakes"] == 1
     assert seen["returned after the flush"] and seen["waited for the step"]
+
+
+# -- collecting: the bus's loop takes the inbox on its own timer -----------------------------------
+
+
+def test_while_the_bus_loop_collects_hand_overs_make_no_wake_up(hub: tuple[Hub, StubBus, list[int]],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the wake-up that took the first event, the bus's loop collects: the events of the next agent
+    steps (each waiting for its provider) and of a plain thread get out, in order, with no wake-up."""
+    h, bus, wakes = hub
+    monkeypatch.setattr(_hub, "_LINGER_S", 0.02)
+    monkeypatch.setattr(_hub, "_LINGER_IDLE", 500)  # ten seconds without events before it stops: room for load
+
+    async def agent() -> None:
+        h.emit(event(0))
+        await asyncio.sleep(0.01)  # the loop waits: it wakes the bus's, which takes run-0 and starts collecting
+        await until(lambda: bus.published == ["run-0"], "the first event out")
+        for n in range(1, 4):  # three more steps, each waiting for its provider
+            h.emit(event(n))
+            await asyncio.sleep(0.01)
+
+    asyncio.run(agent())
+    h.emit(event(4))  # from a plain thread (a sync client's)
+    assert published(bus, 5) == [f"run-{n}" for n in range(5)]
+    assert wakes[0] == 1, "only the first hand-over woke the bus's loop"
+    assert h._collecting
+
+
+def test_collecting_stops_once_nothing_comes_and_the_next_hand_over_wakes_the_loop(
+        hub: tuple[Hub, StubBus, list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    h, bus, wakes = hub
+    monkeypatch.setattr(_hub, "_LINGER_S", 0.005)
+    monkeypatch.setattr(_hub, "_LINGER_IDLE", 2)
+    h.emit(event(0))
+    assert published(bus, 1) == ["run-0"]
+    deadline = time.monotonic() + 20
+    while h._collecting and time.monotonic() < deadline:  # two empty collections, ten milliseconds or so
+        time.sleep(0.005)
+    assert not h._collecting, "it stopped collecting"
+    assert wakes[0] == 1
+    h.emit(event(1))
+    assert published(bus, 2) == ["run-0", "run-1"]
+    assert wakes[0] == 2, "an idle bus's loop is woken as before"
+
+
+def test_a_caller_waiting_for_an_ack_does_not_wait_for_the_next_collection(
+        acking: tuple[Hub, AckingBus, list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event whose ack the caller awaits (a journaled call's completion) wakes the bus's loop at once,
+    collecting or not, and takes the events waiting for the collection along, before it."""
+    h, bus, wakes = acking
+    monkeypatch.setattr(_hub, "_LINGER_S", 30.0)  # a collection would come too late for the test's timeout
+    monkeypatch.setattr(_hub, "_LINGER_IDLE", 100)
+    before_ack: list[int] = []
+
+    def acker() -> None:
+        deadline = time.monotonic() + 20
+        while len(bus.acks) < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        before_ack.append(wakes[0])  # the test's own ack below is a wake-up too
+        h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
+
+    async def agent() -> None:
+        h.emit(event(0))
+        await asyncio.sleep(0.01)  # the first wake-up: collecting from now on
+        await until(lambda: bus.published == ["run-0"], "the first event out")
+        h.emit(event(1))  # waits for a collection thirty seconds away
+        threading.Thread(target=acker, daemon=True).start()
+        async with asyncio.timeout(20):
+            await h.apublish(event(2))
+
+    started = time.monotonic()
+    asyncio.run(agent())
+    assert bus.published == ["run-0", "run-1", "run-2"], "the waiting event went with the acked one, before it"
+    assert time.monotonic() - started < 20
+    assert before_ack == [2], "the first event's wake-up, then the acked one's"

@@ -55,6 +55,13 @@ _DEFERRALS = 64
 """How many passes of the caller's loop a wake-up of the bus's waits at most for that loop to be idle."""
 _STRANDED_S = 0.25
 """How often the bus's loop looks for events whose caller's loop stopped before waking it."""
+_LINGER_S = 0.005
+"""While the bus's loop is collecting (it took a hand-over in the last few times this), how long what other threads hand
+over without waiting waits in the inbox at most: the bus's loop takes it on its own timer, and no wake-up is made.
+0: every hand-over wakes it (as before 7 December 2026's session 13)."""
+_LINGER_IDLE = 4
+"""Collections in a row that find the inbox empty before the bus's loop stops collecting (then a hand-over wakes it
+again)."""
 
 
 class LoopThreadError(RuntimeError):
@@ -91,6 +98,8 @@ class Hub:
         self._batching = False  # taking the inbox: events sent are written to NATS at its end
         self._unwritten = False
         self._watch: asyncio.TimerHandle | None = None  # _watch_stranded's next run
+        self._collecting = False  # the bus's loop takes the inbox on its own timer (_collect): no wake-ups needed
+        self._idle_collections = 0
         if self._on_loop():
             self._start_watching()
 
@@ -135,8 +144,11 @@ class Hub:
         one inbox, taken at one wake-up; from a thread running an event loop, the wake-up is made when
         that loop has nothing else ready to run (:meth:`_wake_when_idle`: it is about to wait, usually
         on the network), so one agent step's events go over together. Engine steps
-        (:meth:`call`, :meth:`call_sync`) take the inbox first, so order is kept."""
+        (:meth:`call`, :meth:`call_sync`) take the inbox first, so order is kept. While the bus's loop
+        is collecting (:meth:`_collect`), no wake-up is made at all: it takes the inbox on its own timer."""
         self._inbox.append(fn)
+        if self._collecting:
+            return  # taken at the bus's loop's next collection, at most _LINGER_S from now
         if self._waking:
             waker = self._waker
             if waker is None or waker.is_running():
@@ -199,6 +211,9 @@ class Hub:
         self._waking = False  # before taking: what is handed over from now on wakes the loop again
         if self._watch is None:
             self._start_watching()
+        if not self._collecting and _LINGER_S > 0 and not self.closed:
+            self._collecting, self._idle_collections = True, 0
+            self.loop.call_later(_LINGER_S, self._collect)
         inbox = self._inbox
         if not inbox:
             return
@@ -218,6 +233,30 @@ class Hub:
                     self.bus.write_now()
                 except Exception:
                     log.exception("tether: writing the events handed over failed")
+
+    def _collect(self) -> None:
+        """On the bus's loop, every :data:`_LINGER_S` seconds while other threads hand events over: the inbox
+        taken without their waking it. A wake-up of a thread that waits in ``epoll`` is a write to its
+        self-pipe, which on a machine with idle cores costs the writer tens of microseconds (the kernel
+        wakes another core); a timer costs the caller nothing, and takes the events of several calls in
+        one batch (one write to NATS, their acks read together). After :data:`_LINGER_IDLE` collections
+        that find nothing, it stops, and the next hand-over wakes the loop as before. What must not wait
+        (an event whose ack a caller awaits, a flush, an engine step) wakes it at once either way."""
+        if self.closed:
+            self._collecting = False
+            return
+        if self._inbox:
+            self._idle_collections = 0
+            self._take_inbox()
+        else:
+            self._idle_collections += 1
+            if self._idle_collections >= _LINGER_IDLE:
+                self._collecting = False
+                if not self._inbox:
+                    return
+                self._take_inbox()  # handed over while it stopped (its caller saw it collecting): taken now
+                return  # and collecting again
+        self.loop.call_later(_LINGER_S, self._collect)
 
     async def aemit(self, event: Event) -> None:
         """Publish ``event`` from async code: handed to the bus before returning when called
