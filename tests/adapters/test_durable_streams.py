@@ -127,6 +127,23 @@ async def test_openai_stream_keeps_the_callers_usage_chunk(fake: FakeProvider, b
     assert completed.usage.output_tokens == pieces[-1].usage.completion_tokens
 
 
+async def test_a_secret_split_across_a_relayed_streams_events_is_not_recorded(fake: FakeProvider, bus: Bus,
+                                                                             durable: Make) -> None:
+    """The worker's record of a stream: the answer redacted, and its events (the fake's answer repeats the
+    prompt a word an event, "Bearer" then the token) not kept, since joined they spell the token again."""
+    token = "ab12cd34ef56gh78ij90kl12"
+    sdk = durable(openai.AsyncOpenAI(base_url=fake.url, api_key="k"))
+    async with tether.run(bus=bus) as run:
+        stream = await sdk.chat.completions.create(model="gpt-4o-mini", stream=True,  # type: ignore[arg-type]
+                                                   messages=[{"role": "user", "content": f"Bearer {token}"}])
+        said = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert f"Bearer {token}" in said, "the caller's stream is whole"
+    events = await story(bus, run.run_id, "llm.call.completed")
+    completed = data(events, "completed")[0]
+    assert completed.chunks is None and "[redacted]" in completed.response["choices"][0]["message"]["content"]
+    assert token not in str([e.data for e in events])
+
+
 async def test_openai_responses_stream(fake: FakeProvider, bus: Bus, durable: Make) -> None:
     fake.set_faults("503#1")
     sdk = durable(openai.AsyncOpenAI(base_url=fake.url, api_key="k"))

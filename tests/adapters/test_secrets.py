@@ -99,3 +99,36 @@ async def test_planted_keys_never_reach_the_log(fake: FakeProvider, bus: Bus, po
     assert not leaked and b"PLANTED" not in stored
     assert pasted.encode() not in stored
     assert b"[redacted]" in stored
+
+
+async def test_a_secret_split_across_a_streams_events_never_reaches_the_log(fake: FakeProvider, bus: Bus,
+                                                                            policies: PolicySet) -> None:
+    """The fake's streamed answer repeats the prompt a word an event: "Bearer" in one event and the token in
+    the next, neither a secret alone. The answer is recorded redacted, and its events, which would spell the
+    token out again, are not recorded (a resumed run asks for such a call again); the caller's stream is whole."""
+    token = secrets.token_hex(12)
+    prompt = f"Bearer {token}"
+    client = tether.instrument(openai.AsyncOpenAI(base_url=fake.url, api_key="sk-test"), bus=bus, policies=policies)
+    claude = tether.instrument(anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="x"), bus=bus,
+                               policies=policies)
+    seen: list[str] = []
+    async with client, claude, tether.run(bus=bus) as run:
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], stream=True)
+        seen.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
+        responses = await client.responses.create(model="gpt-4o-mini", input=prompt, stream=True)
+        seen.append("".join([e.delta async for e in responses if e.type == "response.output_text.delta"]))
+        async with claude.messages.stream(model="claude-haiku-4-5", max_tokens=64,
+                                          messages=[{"role": "user", "content": prompt}]) as answer:
+            seen.append("".join([text async for text in answer.text_stream]))
+        quiet = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "no secret here"}], stream=True)
+        async for _ in quiet:
+            pass
+    assert all(f"Bearer {token}" in text for text in seen), "the caller's streams are whole"
+    completed = data(await run_events(bus, run.run_id), "llm.call.completed")
+    assert len(completed) == 4
+    assert [c.chunks is None for c in completed] == [True, True, True, False], "the quiet answer's are kept"
+    assert all("[redacted]" in str(c.response) for c in completed[:3])
+    await asyncio.sleep(0.1)
+    assert token.encode() not in await every_stored_byte(bus)

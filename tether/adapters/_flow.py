@@ -325,13 +325,17 @@ def stream_end_flow(call: LlmCall, final: Final, acc: StreamAccumulator, how: Li
         if acc.first_token_at is not None and acc.started_at else None
     if how == "end" and acc.error is None and acc.malformed is None:
         redactor = call.redactor
-        out = Outcome(True, latency, redactor(acc.response()) if call.capture else None, acc.usage,
-                      acc.finish_reason, ttft_ms=ttft, chunks=redactor(acc.chunks) if call.capture else None,
+        response = chunks = None
+        if call.capture:
+            answer = acc.response()
+            response = redactor(answer)
+            chunks = acc.recorded_chunks(redactor, answer, response)  # None: a secret split across events
+        out = Outcome(True, latency, response, acc.usage, acc.finish_reason, ttft_ms=ttft, chunks=chunks,
                       chunks_plain=acc.plain and type(redactor) is Redactor and redactor.hook is None)
         event = engine.completed_event(item, rec, attempt, out, capture=call.capture, scrubbed=True)
         yield Emit(event, final=True)  # in a run, acked before the caller's stream ends
         yield from _account(call, out)
-        keep = cache_answer(call.flow, event)
+        keep = cache_answer(call.flow, event) if chunks is not None else None  # a stream is cached with its events
         if keep is not None:
             yield keep
         return

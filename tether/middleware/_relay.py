@@ -53,6 +53,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
+from tether._redact import DEFAULT as REDACT
 from tether.bus import encode_token
 from tether.schemas import ErrorInfo, Event, LlmCallFailed, Usage
 
@@ -293,8 +294,10 @@ class _Attempt:
 
     def _completed(self, acc: StreamAccumulator) -> Outcome:
         ttft = (acc.first_token_at - self.started) * 1000 if acc.first_token_at is not None else None
-        return Outcome(True, self.elapsed_ms(), acc.response(), acc.usage, acc.finish_reason, ttft_ms=ttft,
-                       chunks=acc.chunks)
+        answer = acc.response()
+        # redacted by the engine's rule set when the event is made; None: a secret split across events
+        chunks = acc.recorded_chunks(REDACT, answer, REDACT(answer))
+        return Outcome(True, self.elapsed_ms(), answer, acc.usage, acc.finish_reason, ttft_ms=ttft, chunks=chunks)
 
     async def _broken(self, failure: Failure) -> Streamed:
         failure = dataclasses.replace(failure, message=failure.message + NOT_RETRIED)

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -371,6 +372,22 @@ class StreamAccumulator:
     def usage_seen(self) -> bool:
         return bool(self._usage)
 
+    def recorded_chunks(self, redact: Callable[[Any], Any], answer: Any,
+                        redacted_answer: Any) -> list[dict[str, Any]] | None:
+        """:attr:`chunks` as they are recorded for replay: each event redacted by ``redact`` (a
+        :class:`~tether.Redactor`), or ``None`` when they would still spell out a secret the provider split
+        across events (``"sk-proj-AAAA"`` in one, the rest of the key in the next: neither matches alone).
+        ``answer`` is :meth:`response`, ``redacted_answer`` the same redacted: only when redacting it changed
+        something are the pieces of each field, joined in order, looked at again (the usual answer costs one
+        comparison). A streamed call recorded without its events is not replayed: a resumed run asks again."""
+        chunks: list[dict[str, Any]] = redact(self.chunks)
+        if redacted_answer == answer:
+            return chunks
+        text = getattr(redact, "text", None)
+        if text is None or not spells_out(chunks, text):
+            return chunks
+        return None
+
     def response(self) -> dict[str, Any] | None:
         """The answer as the non-streaming API would have returned it (capture only)."""
         if not self.capture:
@@ -427,3 +444,29 @@ def _merged(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append(dict(part))
     return out
+
+
+def spells_out(chunks: list[dict[str, Any]], text: Callable[[str], str]) -> bool:
+    """Whether a stream's events (redacted one by one) spell out something ``text`` redacts once the
+    pieces of each field (the same event name and path: a chat choice's ``delta.content``, a
+    Responses ``delta``, an Anthropic block's ``delta.text``) are joined in the order they came."""
+    fields: dict[tuple[Any, ...], list[str]] = {}
+
+    def walk(value: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(value, str):
+            fields.setdefault(path, []).append(value)
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, (*path, key))
+        elif isinstance(value, list):
+            for index, inner in enumerate(value):
+                walk(inner, (*path, index))
+
+    for chunk in chunks:
+        walk(chunk.get("data"), (chunk.get("event"),))
+    for parts in fields.values():
+        if len(parts) > 1:
+            joined = "".join(parts)
+            if text(joined) != joined:
+                return True
+    return False
