@@ -380,44 +380,62 @@ def test_a_flush_from_the_agents_loop_is_settled_when_the_bus_has_nothing_in_fli
 # -- collecting: the bus's loop takes the inbox on its own timer -----------------------------------
 
 
-def test_while_the_bus_loop_collects_hand_overs_make_no_wake_up(hub: tuple[Hub, StubBus, list[int]],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """After the wake-up that took the first event, the bus's loop collects: the events of the next agent
-    steps (each waiting for its provider) and of a plain thread get out, in order, with no wake-up."""
+def test_hand_overs_in_quick_succession_make_the_bus_loop_collect_with_no_more_wake_ups(
+        hub: tuple[Hub, StubBus, list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two takes closer together than ``_LINGER_S`` (agent steps a fake provider answers at once): from then
+    on the bus's loop collects, and the events of the next steps and of a plain thread get out, in order,
+    with no wake-up."""
     h, bus, wakes = hub
-    monkeypatch.setattr(_hub, "_LINGER_S", 0.02)
-    monkeypatch.setattr(_hub, "_LINGER_IDLE", 500)  # ten seconds without events before it stops: room for load
+    monkeypatch.setattr(_hub, "_LINGER_S", 0.5)  # "quick succession" and the collection period: room for load
+    monkeypatch.setattr(_hub, "_LINGER_IDLE", 100)
 
     async def agent() -> None:
-        h.emit(event(0))
-        await asyncio.sleep(0.01)  # the loop waits: it wakes the bus's, which takes run-0 and starts collecting
-        await until(lambda: bus.published == ["run-0"], "the first event out")
-        for n in range(1, 4):  # three more steps, each waiting for its provider
+        for n in range(2):  # two steps, each waiting for its provider: two wake-ups, close together
+            h.emit(event(n))
+            await asyncio.sleep(0.01)
+            await until(lambda n=n: len(bus.published) == n + 1, "the step's event out")
+        assert h._collecting
+        for n in range(2, 5):  # three more steps
             h.emit(event(n))
             await asyncio.sleep(0.01)
 
     asyncio.run(agent())
-    h.emit(event(4))  # from a plain thread (a sync client's)
-    assert published(bus, 5) == [f"run-{n}" for n in range(5)]
-    assert wakes[0] == 1, "only the first hand-over woke the bus's loop"
-    assert h._collecting
+    h.emit(event(5))  # from a plain thread (a sync client's)
+    assert published(bus, 6) == [f"run-{n}" for n in range(6)]
+    assert wakes[0] == 2, "only the first two hand-overs woke the bus's loop"
+
+
+def test_hand_overs_further_apart_never_start_collecting(hub: tuple[Hub, StubBus, list[int]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent whose provider takes longer than ``_LINGER_S`` a call: each step's events wake the bus's loop
+    as before, and no timer wakes it for nothing."""
+    h, bus, wakes = hub
+    monkeypatch.setattr(_hub, "_LINGER_S", 0.005)
+    for n in range(3):
+        h.emit(event(n))
+        assert published(bus, n + 1)[-1] == f"run-{n}"
+        time.sleep(0.05)
+        assert not h._collecting
+    assert wakes[0] == 3
 
 
 def test_collecting_stops_once_nothing_comes_and_the_next_hand_over_wakes_the_loop(
         hub: tuple[Hub, StubBus, list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
     h, bus, wakes = hub
-    monkeypatch.setattr(_hub, "_LINGER_S", 0.005)
-    monkeypatch.setattr(_hub, "_LINGER_IDLE", 2)
+    monkeypatch.setattr(_hub, "_LINGER_S", 0.2)
     h.emit(event(0))
     assert published(bus, 1) == ["run-0"]
-    deadline = time.monotonic() + 20
-    while h._collecting and time.monotonic() < deadline:  # two empty collections, ten milliseconds or so
-        time.sleep(0.005)
-    assert not h._collecting, "it stopped collecting"
-    assert wakes[0] == 1
-    h.emit(event(1))
+    h.emit(event(1))  # taken well within 0.2 s of the first: collecting
     assert published(bus, 2) == ["run-0", "run-1"]
-    assert wakes[0] == 2, "an idle bus's loop is woken as before"
+    assert h._collecting
+    deadline = time.monotonic() + 20
+    while h._collecting and time.monotonic() < deadline:  # the first collection that finds nothing stops it
+        time.sleep(0.01)
+    assert not h._collecting, "it stopped collecting"
+    assert wakes[0] == 2
+    h.emit(event(2))
+    assert published(bus, 3) == ["run-0", "run-1", "run-2"]
+    assert wakes[0] == 3, "an idle bus's loop is woken as before"
 
 
 def test_a_caller_waiting_for_an_ack_does_not_wait_for_the_next_collection(
@@ -437,16 +455,18 @@ def test_a_caller_waiting_for_an_ack_does_not_wait_for_the_next_collection(
         h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
 
     async def agent() -> None:
-        h.emit(event(0))
-        await asyncio.sleep(0.01)  # the first wake-up: collecting from now on
-        await until(lambda: bus.published == ["run-0"], "the first event out")
-        h.emit(event(1))  # waits for a collection thirty seconds away
+        for n in range(2):  # two takes: collecting from then on
+            h.emit(event(n))
+            await asyncio.sleep(0.01)
+            await until(lambda n=n: len(bus.published) == n + 1, "the step's event out")
+        assert h._collecting
+        h.emit(event(2))  # waits for a collection thirty seconds away
         threading.Thread(target=acker, daemon=True).start()
         async with asyncio.timeout(20):
-            await h.apublish(event(2))
+            await h.apublish(event(3))
 
     started = time.monotonic()
     asyncio.run(agent())
-    assert bus.published == ["run-0", "run-1", "run-2"], "the waiting event went with the acked one, before it"
+    assert bus.published == ["run-0", "run-1", "run-2", "run-3"], "the waiting event went with the acked one, before it"
     assert time.monotonic() - started < 20
-    assert before_ack == [2], "the first event's wake-up, then the acked one's"
+    assert before_ack == [3], "the two first events' wake-ups, then the acked one's"

@@ -56,10 +56,10 @@ _DEFERRALS = 64
 _STRANDED_S = 0.25
 """How often the bus's loop looks for events whose caller's loop stopped before waking it."""
 _LINGER_S = 0.005
-"""While the bus's loop is collecting (it took a hand-over in the last few times this), how long what other threads hand
-over without waiting waits in the inbox at most: the bus's loop takes it on its own timer, and no wake-up is made.
-0: every hand-over wakes it (as before 7 December 2026's session 13)."""
-_LINGER_IDLE = 4
+"""Hand-overs closer together than this make the bus's loop collect: what other threads hand over without waiting then
+waits in the inbox at most this long, taken on that loop's own timer, and makes no wake-up. 0: every hand-over wakes
+it (as before 7 December 2026's session 13)."""
+_LINGER_IDLE = 1
 """Collections in a row that find the inbox empty before the bus's loop stops collecting (then a hand-over wakes it
 again)."""
 
@@ -100,6 +100,7 @@ class Hub:
         self._watch: asyncio.TimerHandle | None = None  # _watch_stranded's next run
         self._collecting = False  # the bus's loop takes the inbox on its own timer (_collect): no wake-ups needed
         self._idle_collections = 0
+        self._last_take = float("-inf")  # when the bus's loop last took something from the inbox (its clock)
         if self._on_loop():
             self._start_watching()
 
@@ -211,12 +212,14 @@ class Hub:
         self._waking = False  # before taking: what is handed over from now on wakes the loop again
         if self._watch is None:
             self._start_watching()
-        if not self._collecting and _LINGER_S > 0 and not self.closed:
-            self._collecting, self._idle_collections = True, 0
-            self.loop.call_later(_LINGER_S, self._collect)
         inbox = self._inbox
         if not inbox:
             return
+        now = self.loop.time()
+        if now - self._last_take < _LINGER_S and not self._collecting and not self.closed:
+            self._collecting, self._idle_collections = True, 0  # hand-overs come fast: collect them from now on
+            self.loop.call_later(_LINGER_S, self._collect)
+        self._last_take = now
         self._batching = True  # the events sent now are written to NATS together, at the end
         try:
             while inbox:
@@ -235,13 +238,16 @@ class Hub:
                     log.exception("tether: writing the events handed over failed")
 
     def _collect(self) -> None:
-        """On the bus's loop, every :data:`_LINGER_S` seconds while other threads hand events over: the inbox
-        taken without their waking it. A wake-up of a thread that waits in ``epoll`` is a write to its
-        self-pipe, which on a machine with idle cores costs the writer tens of microseconds (the kernel
-        wakes another core); a timer costs the caller nothing, and takes the events of several calls in
-        one batch (one write to NATS, their acks read together). After :data:`_LINGER_IDLE` collections
-        that find nothing, it stops, and the next hand-over wakes the loop as before. What must not wait
-        (an event whose ack a caller awaits, a flush, an engine step) wakes it at once either way."""
+        """On the bus's loop, every :data:`_LINGER_S` seconds while other threads hand events over faster than
+        that: the inbox taken without their waking it. A wake-up of a thread that waits in ``epoll`` is a
+        write to its self-pipe, which on a machine with idle cores costs the writer tens of microseconds
+        (the kernel wakes another core); a timer costs the caller nothing, and takes the events of several
+        calls in one batch (one write to NATS, their acks read together). But a timer that finds nothing
+        wakes an idle core for nothing: so collecting starts only when two takes come closer together than
+        :data:`_LINGER_S` (an agent whose calls take a provider's tens of milliseconds or seconds never
+        starts it), and stops at the first collection that finds nothing (:data:`_LINGER_IDLE`); the next
+        hand-over wakes the loop as before. What must not wait (an event whose ack a caller awaits, a
+        flush, an engine step) wakes it at once either way."""
         if self.closed:
             self._collecting = False
             return
@@ -254,8 +260,8 @@ class Hub:
                 self._collecting = False
                 if not self._inbox:
                     return
-                self._take_inbox()  # handed over while it stopped (its caller saw it collecting): taken now
-                return  # and collecting again
+                self._take_inbox()  # handed over as it stopped (its caller saw it collecting): taken now
+                return
         self.loop.call_later(_LINGER_S, self._collect)
 
     async def aemit(self, event: Event) -> None:
