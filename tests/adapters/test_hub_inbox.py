@@ -470,3 +470,45 @@ def test_a_caller_waiting_for_an_ack_does_not_wait_for_the_next_collection(
     assert bus.published == ["run-0", "run-1", "run-2", "run-3"], "the waiting event went with the acked one, before it"
     assert time.monotonic() - started < 20
     assert before_ack == [3], "the two first events' wake-ups, then the acked one's"
+
+
+def test_a_plain_thread_waiting_for_an_ack_is_settled_by_the_ack_itself(
+        acking: tuple[Hub, AckingBus, list[int]]) -> None:
+    """A sync client's journaled call (``publish_sync`` from a thread with no loop): the event goes over
+    after those handed over before it, with no engine step, and the caller returns once it is acked."""
+    h, bus, _ = acking
+    returned: list[bool] = []
+    steps: list[Any] = []
+    hand_off = h._hand_off
+    h._hand_off = lambda step: steps.append(step) or hand_off(step)  # type: ignore[method-assign, func-returns-value]
+
+    def caller() -> None:
+        h.emit(event(0))
+        h.publish_sync(event(1))
+        returned.append(True)
+
+    thread = threading.Thread(target=caller, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while len(bus.acks) < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert bus.published == ["run-0", "run-1"] and not returned, "not before its ack"
+    assert not steps, "no engine step"
+    h.loop.call_soon_threadsafe(bus.acks[0].set_result, None)
+    thread.join(20)
+    assert returned == [True]
+
+
+def test_a_plain_thread_whose_acked_publish_fails_goes_on(acking: tuple[Hub, AckingBus, list[int]],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    h, bus, _ = acking
+    thread = threading.Thread(target=h.publish_sync, args=(event(0),), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while len(bus.acks) < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    h.loop.call_soon_threadsafe(bus.acks[0].set_exception, RuntimeError("the outbox is full"))
+    thread.join(20)
+    assert not thread.is_alive()
+    assert "could not publish tether.run.started" in caplog.text and "the outbox is full" in caplog.text

@@ -310,9 +310,30 @@ class Hub:
             log.exception("could not publish %s %s", event.type, event.id)
 
     def publish_sync(self, event: Event) -> None:
-        """:meth:`apublish` from a plain thread; queued (not waited for) on the bus's own loop thread."""
+        """:meth:`apublish` from a plain thread; queued (not waited for) on the bus's own loop thread.
+
+        As from another loop: handed over with the events before it (one wake-up), its ack settling
+        the caller from the bus's loop; no engine step (a task, a drain, a future across threads)."""
         if self.closed or self.on_loop_thread() or self._on_loop():
             self.emit(event)
+            return
+        if hasattr(self.bus, "publish_nowait"):
+            done = threading.Event()
+            outcome: list[BaseException | None] = []
+
+            def settle(error: BaseException | None) -> None:
+                outcome.append(error)
+                done.set()
+
+            try:
+                self._hand_over(partial(self._put_acked, event, settle))
+            except Exception:  # the bus's loop is closed
+                log.exception("could not publish %s %s", event.type, event.id)
+                return
+            if not done.wait(60):
+                log.error("could not publish %s %s: no ack within 60 s", event.type, event.id)
+            elif outcome[0] is not None:  # the log is unreachable: the call's answer still reaches the caller
+                log.error("could not publish %s %s", event.type, event.id, exc_info=outcome[0])
             return
         try:
             self.call_sync(lambda: self.apublish(event), timeout=60)
