@@ -512,3 +512,28 @@ def test_a_plain_thread_whose_acked_publish_fails_goes_on(acking: tuple[Hub, Ack
     thread.join(20)
     assert not thread.is_alive()
     assert "could not publish tether.run.started" in caplog.text and "the outbox is full" in caplog.text
+
+
+def test_callers_waiting_for_acks_in_quick_succession_do_not_start_collecting(
+        acking: tuple[Hub, AckingBus, list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose calls and tools each wait for an ack wakes the bus's loop for each anyway: a timer
+    collecting between them would find nothing and wake an idle core for nothing."""
+    h, bus, _ = acking
+    monkeypatch.setattr(_hub, "_LINGER_S", 0.5)
+
+    def acker() -> None:
+        deadline = time.monotonic() + 20
+        for n in range(3):
+            while len(bus.acks) <= n and time.monotonic() < deadline:
+                time.sleep(0.002)
+            h.loop.call_soon_threadsafe(bus.acks[n].set_result, None)
+
+    async def agent() -> None:
+        threading.Thread(target=acker, daemon=True).start()
+        async with asyncio.timeout(20):
+            for n in range(3):
+                await h.apublish(event(n))
+
+    asyncio.run(agent())
+    assert bus.published == ["run-0", "run-1", "run-2"]
+    assert not h._collecting

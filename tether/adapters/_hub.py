@@ -100,7 +100,7 @@ class Hub:
         self._watch: asyncio.TimerHandle | None = None  # _watch_stranded's next run
         self._collecting = False  # the bus's loop takes the inbox on its own timer (_collect): no wake-ups needed
         self._idle_collections = 0
-        self._last_take = float("-inf")  # when the bus's loop last took something from the inbox (its clock)
+        self._last_take = float("-inf")  # when a hand-over's wake-up last took events from the inbox (its clock)
         if self._on_loop():
             self._start_watching()
 
@@ -165,7 +165,7 @@ class Hub:
             caller.call_soon(self._wake_when_idle, self._hand_offs)
             return
         self._waker = None
-        self._wake()
+        self._wake(plain=True)
 
     def _wake_when_idle(self, hand_offs: int, deferred: int = 0) -> None:
         """On the caller's loop: :meth:`_wake`, once that loop has nothing else ready to run (it is about to
@@ -177,7 +177,7 @@ class Hub:
         if hand_offs == self._hand_offs and deferred < _DEFERRALS and waker is not None and others_ready(waker):
             waker.call_soon(self._wake_when_idle, hand_offs, deferred + 1)
             return
-        self._wake(hand_offs)
+        self._wake(hand_offs, plain=True)
 
     def _watch_stranded(self) -> None:
         """On the bus's loop, every :data:`_STRANDED_S` seconds: what waits in the inbox for a wake-up that a
@@ -196,30 +196,33 @@ class Hub:
         if self._watch is None and not self.closed:
             self._watch = self.loop.call_later(_STRANDED_S, self._watch_stranded)
 
-    def _wake(self, hand_offs: int | None = None) -> None:
+    def _wake(self, hand_offs: int | None = None, *, plain: bool = False) -> None:
+        """Make the bus's loop take the inbox now; ``plain``: for events handed over without waiting (which
+        may start it collecting), not for a caller that waits (an ack, a flush: it wakes the loop anyway)."""
         if hand_offs is not None and hand_offs != self._hand_offs:
             return  # an engine step was handed over since: it takes the inbox first (one wake-up, not two)
         self._waker = None
         try:
-            self.loop.call_soon_threadsafe(self._take_inbox)
+            self.loop.call_soon_threadsafe(self._take_inbox, plain)
         except RuntimeError:  # the bus's loop is closed
             self._waking = False
             if self._inbox:
                 log.warning("%d adapter events or steps dropped: the bus's event loop is closed", len(self._inbox))
             self._inbox.clear()
 
-    def _take_inbox(self) -> None:
+    def _take_inbox(self, plain: bool = False) -> None:
         self._waking = False  # before taking: what is handed over from now on wakes the loop again
         if self._watch is None:
             self._start_watching()
         inbox = self._inbox
         if not inbox:
             return
-        now = self.loop.time()
-        if now - self._last_take < _LINGER_S and not self._collecting and not self.closed:
-            self._collecting, self._idle_collections = True, 0  # hand-overs come fast: collect them from now on
-            self.loop.call_later(_LINGER_S, self._collect)
-        self._last_take = now
+        if plain:  # woken for events nobody waits for: if such wake-ups come fast, collect them from now on
+            now = self.loop.time()
+            if now - self._last_take < _LINGER_S and not self._collecting and not self.closed:
+                self._collecting, self._idle_collections = True, 0
+                self.loop.call_later(_LINGER_S, self._collect)
+            self._last_take = now
         self._batching = True  # the events sent now are written to NATS together, at the end
         try:
             while inbox:
