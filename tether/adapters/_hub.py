@@ -56,9 +56,9 @@ _DEFERRALS = 64
 _STRANDED_S = 0.25
 """How often the bus's loop looks for events whose caller's loop stopped before waking it."""
 _LINGER_S = 0.005
-"""Hand-overs closer together than this make the bus's loop collect: what other threads hand over without waiting then
-waits in the inbox at most this long, taken on that loop's own timer, and makes no wake-up. 0: every hand-over wakes
-it (as before 7 December 2026's session 13)."""
+"""Two wake-ups for events handed over without waiting closer together than this make the bus's loop collect: what
+other threads hand over without waiting then waits in the inbox at most this long, taken on that loop's own timer, and
+makes no wake-up. 0: every hand-over wakes it (as before 7 December 2026's session 13)."""
 _LINGER_IDLE = 1
 """Collections in a row that find the inbox empty before the bus's loop stops collecting (then a hand-over wakes it
 again)."""
@@ -246,11 +246,12 @@ class Hub:
         write to its self-pipe, which on a machine with idle cores costs the writer tens of microseconds
         (the kernel wakes another core); a timer costs the caller nothing, and takes the events of several
         calls in one batch (one write to NATS, their acks read together). But a timer that finds nothing
-        wakes an idle core for nothing: so collecting starts only when two takes come closer together than
-        :data:`_LINGER_S` (an agent whose calls take a provider's tens of milliseconds or seconds never
-        starts it), and stops at the first collection that finds nothing (:data:`_LINGER_IDLE`); the next
-        hand-over wakes the loop as before. What must not wait (an event whose ack a caller awaits, a
-        flush, an engine step) wakes it at once either way."""
+        wakes an idle core for nothing: so collecting starts only when two wake-ups for events nobody waits
+        for come closer together than :data:`_LINGER_S` (an agent whose calls take a provider's tens of
+        milliseconds or seconds never starts it, nor one whose every step waits for an ack, which wakes the
+        loop anyway), and stops at the first collection that finds nothing (:data:`_LINGER_IDLE`); the
+        next hand-over wakes the loop as before. What must not wait (an event whose ack a caller awaits,
+        a flush, an engine step) wakes it at once either way."""
         if self.closed:
             self._collecting = False
             return
