@@ -4,7 +4,8 @@ One ``nats-server -js`` and one fake provider (in a process of its own, answerin
 started here. For each framework (its own venv, ``.venv-<framework>``, built as the tests build
 it from ``requirements/<framework>.txt``), ``bench/framework_agent.py`` runs the same agent (one
 tool, two model calls per run: two agent steps) bare and under tether, in child processes that
-alternate in blocks so drift hits both. *Added* per step is the tethered percentile minus the bare
+alternate in blocks so drift hits both, each round starting one variant later than the last (no
+variant always runs right after another: use ``--rounds`` a multiple of the variants). *Added* per step is the tethered percentile minus the bare
 one, halved (two steps per run); CPU is the agent process's (``time.process_time``), per step.
 A third variant, ``model``, gives tether the model's client without ``tether.init()``: the LLM
 path alone (tether's call loop), so the rest of *added* is the framework hooks (runs, tool
@@ -121,8 +122,10 @@ def main() -> int:
                        "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench-0000", "PYTHONDONTWRITEBYTECODE": "1"}
                 samples: dict[str, dict[str, list[float]]] = {m: {"wall_ms": [], "cpu_ms": []} for m in modes}
                 before = asyncio.run(started_runs(nats.url, work / "home"))
-                for _ in range(args.rounds):
-                    for mode in modes:
+                for round_ in range(args.rounds):
+                    # each round starts one variant later: none always runs right after bare, or last
+                    shift = round_ % len(modes)
+                    for mode in modes[shift:] + modes[:shift]:
                         python = (base if mode.endswith("-base") and base is not None else venv) / "bin" / "python"
                         got = block(python, framework, mode, args.runs, args.warmup, env, work)
                         for key in ("wall_ms", "cpu_ms"):
