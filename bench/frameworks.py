@@ -5,8 +5,9 @@ started here. For each framework (its own venv, ``.venv-<framework>``, built as 
 it from ``requirements/<framework>.txt``), ``bench/framework_agent.py`` runs the same agent (one
 tool, two model calls per run: two agent steps) bare and under tether, in child processes that
 alternate in blocks so drift hits both, each round starting one variant later than the last (no
-variant always runs right after another: use ``--rounds`` a multiple of the variants). *Added* per step is the tethered percentile minus the bare
-one, halved (two steps per run); CPU is the agent process's (``time.process_time``), per step.
+variant always runs right after another: use ``--rounds`` a multiple of the variants). *Added* per
+step is the tethered percentile minus the bare one, halved (two steps per run); CPU is the agent
+process's (``time.process_time``), per step.
 A third variant, ``model``, gives tether the model's client without ``tether.init()``: the LLM
 path alone (tether's call loop), so the rest of *added* is the framework hooks (runs, tool
 events, and the framework's own work for a hook: LangChain builds a run tree for every node once
