@@ -82,3 +82,22 @@ async def test_gateway_and_upstream_keys_never_reach_the_log(fake: FakeProvider,
                        if not r.name.startswith(agent_side))
     assert "tether" in logged or "HTTP Request" in logged
     assert not [s for s in secrets_planted if s in logged]
+
+
+async def test_a_secret_split_across_a_streamed_answers_events_through_the_gateway(
+        fake: FakeProvider, bus: Bus, policies: PolicySet) -> None:
+    """The fake's streamed answer repeats the prompt a word an event ("Bearer", then the token): the
+    gateway's record keeps the answer redacted and not its events, which would spell the token again."""
+    token = secrets.token_hex(12)
+    key = "tg-" + secrets.token_urlsafe(24)
+    config = GatewayConfig.from_mapping({"keys": {key: "bot"}, "models": {"gpt-*": "openai"}},
+                                        providers={"openai": ProviderConfig("openai", "openai", fake.url)},
+                                        policies=policies, environ={})
+    async with GatewayServer(config, bus, port=0, grace_s=1) as server, \
+            openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=key) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"Bearer {token}"}], stream=True)
+        said = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert f"Bearer {token}" in said, "the agent's stream is whole"
+    stored = await every_stored_byte(bus)
+    assert token.encode() not in stored and b"[redacted]" in stored
