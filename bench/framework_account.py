@@ -28,6 +28,13 @@ session 13), in the same process:
 
     .venv/bin/python bench/framework_account.py --runs 600 --modes bare,model@0,model@64
     .venv/bin/python bench/framework_account.py --runs 600 --modes bare,model~0,model~5,tether~0,tether~5
+
+Each block also counts the garbage collector's collections and their time (``gc.callbacks``; the collector's
+counters are the process's, so a collection runs in whichever block crosses its threshold: mean over blocks).
+``--garbage`` instead counts, per variant, the objects its runs leave in reference cycles (``gc.DEBUG_SAVEALL``),
+all and tether's own:
+
+    .venv/bin/python bench/framework_account.py --garbage --runs 100
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import os
 import re
@@ -79,8 +87,18 @@ class Counters:
         self.hub, self.loop = bg[2], bg[1]
         self.publisher = self.hub.bus.publisher
         self.n = {"events": 0, "acked waits": 0, "flushes": 0, "engine steps": 0, "wake-ups": 0,
-                  "loop iterations": 0}
+                  "loop iterations": 0, "collections": 0, "collection µs": 0}
         loop, n = self.loop, self.n
+        started = [0.0]
+
+        def collected(phase: str, info: dict[str, Any]) -> None:  # the garbage collector's, on any thread
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                n["collections"] += 1
+                n["collection µs"] += round((time.perf_counter() - started[0]) * 1e6)
+
+        gc.callbacks.append(collected)
         write = loop._write_to_self  # type: ignore[attr-defined]
         once = loop._run_once  # type: ignore[attr-defined]
         hub = self.hub
@@ -126,8 +144,8 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
         for run in runners.values():
             await run(-1 - i)
     await asyncio.to_thread(tether.adapters.flush)
-    background = _hub._background
-    assert background is not None
+    background = _hub._background or await asyncio.to_thread(lambda: (_hub.background_hub(), _hub._background)[1])
+    assert background is not None  # started idle when no variant uses tether (bare alone, under --spy-mode bare)
     bus_clock = time.pthread_getcpuclockid(background[0].ident or 0)
     counters = Counters()
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in runners}
@@ -152,7 +170,38 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
             after = counters.snapshot()
             for key, value in after.items():
                 row.setdefault(key, []).append((value - before[key]) / (block * STEPS))
-    return {mode: {k: statistics.median(v) for k, v in row.items()} for mode, row in rows.items()}
+    return {mode: {k: statistics.mean(v) if k.startswith("collection") else statistics.median(v)
+                   for k, v in row.items()} for mode, row in rows.items()}
+
+
+async def garbage(runs: int, modes: list[str]) -> None:
+    """Per variant, the objects its runs leave in reference cycles (freed only by the garbage collector,
+    not by reference counting), counted with ``gc.DEBUG_SAVEALL`` over ``runs`` runs: all, and tether's."""
+    import tether.adapters
+
+    runners = {m: agent(re.split("[@~]", m)[0]) for m in modes}
+    for i in range(20):
+        for run in runners.values():
+            await run(-1 - i)
+    for mode, run in runners.items():
+        await asyncio.to_thread(tether.adapters.flush)
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(runs):
+                await run(i)
+            await asyncio.to_thread(tether.adapters.flush)
+            gc.collect()
+            found = list(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        ours = collections.Counter(type(o).__qualname__ for o in found if type(o).__module__.startswith("tether."))
+        kinds = f" ({', '.join(f'{k} {v / runs:g}' for k, v in ours.most_common(6))})" if ours else ""
+        print(f"{mode:<10} cyclic garbage a run: {len(found) / runs:8.1f} objects, tether's "
+              f"{sum(ours.values()) / runs:6.1f}{kinds}")
 
 
 # -- pieces: py-spy's samples of each thread, by what the innermost matching frame does --------------
@@ -270,6 +319,8 @@ def main() -> None:
     parser.add_argument("--spy", metavar="PY_SPY", help="sample one variant (--spy-mode) with this py-spy")
     parser.add_argument("--spy-mode", default="tether", help="the variant --spy samples")
     parser.add_argument("--spy-raw", metavar="FILE", help="keep py-spy's raw samples there")
+    parser.add_argument("--garbage", action="store_true",
+                        help="count each variant's cyclic garbage a run (gc.DEBUG_SAVEALL) instead of timing")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -284,6 +335,9 @@ def main() -> None:
 
     with tether_beside_a_fake_provider() as url:
         os.environ.update(OPENAI_BASE_URL=url, OPENAI_API_KEY="sk-bench-0000")
+        if args.garbage:
+            asyncio.run(garbage(args.runs, args.modes.split(",")))
+            return
         result = asyncio.run(alternate(args.runs, args.block, args.modes.split(",")))
     load = os.getloadavg()[0]
     if args.json:

@@ -293,7 +293,10 @@ def llm_flow(call: LlmCall) -> Generator[Effect, Any, Final]:
     """The one call loop (whose first event is ``requested``), then the caller's answer: the
     recorded one (replayed), the upstream's (complete, or its stream once the first chunk
     came), or the one tether writes when it gave up."""
-    ending = yield from call_flow(call.flow)
+    try:
+        ending = yield from call_flow(call.flow)
+    finally:  # the loop's callbacks into the call, no longer needed: no cycle left for the collector to find
+        call.flow.recorded = call.flow.opening = None
     if isinstance(ending, Replayed):
         return call.replayed(ending)
     if isinstance(ending, GaveUp):

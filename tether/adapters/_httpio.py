@@ -180,6 +180,28 @@ def _response(package: Any, proxied: ProxyResponse | SyncProxyResponse, stream_c
                             extensions=proxied.extensions)
 
 
+class _Closed:
+    """A stream closed: nothing more to read (what tether's stream classes hold once closed)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
+_CLOSED = _Closed()
+
+
 @functools.cache
 def _byte_streams(package: Any) -> tuple[Any, Any]:
     """The package's ``AsyncByteStream`` and ``SyncByteStream`` over tether's streams (its
@@ -193,14 +215,16 @@ def _byte_streams(package: Any) -> tuple[Any, Any]:
         return inner
 
     async def aclose(self: Any) -> None:
-        await self.inner.aclose()
+        inner, self.inner = self.inner, _CLOSED  # the package's response and its stream may be a cycle (httpx's are):
+        await inner.aclose()  # without tether's stream in it (the call, its chunks), reference counting frees that
 
     def __iter__(self: Any) -> Iterator[bytes]:
         inner: Iterator[bytes] = self.inner.__iter__()
         return inner
 
     def close(self: Any) -> None:
-        self.inner.close()
+        inner, self.inner = self.inner, _CLOSED
+        inner.close()
 
     made = (type("AsyncStream", (package.AsyncByteStream,), {"__init__": __init__, "__aiter__": __aiter__,
                                                               "aclose": aclose, "__module__": __name__}),
