@@ -1,5 +1,7 @@
 """Where tether's CPU goes in one framework's agent step, per thread: pydantic-ai's agent (one tool,
-two model calls per run) bare, with tether's model only, and with the two lines, in one process.
+two model calls per run; ``--framework`` another's) bare, with tether's model only, and with the two lines,
+in one process (a framework whose adapter is global once installed, LangGraph's say, has no bare variant in
+the same process: compare tether's variants there).
 
 Run by pydantic-ai's venv (``.venv-pydantic-ai``, built as the tests build it; this script re-runs
 itself there, or ``TETHER_ACCOUNT_VENV`` names another: an older checkout's). One ``nats-server
@@ -35,6 +37,12 @@ counters are the process's, so a collection runs in whichever block crosses its 
 all and tether's own:
 
     .venv/bin/python bench/framework_account.py --garbage --runs 100
+
+A variant ``NAME+loop`` swaps the adapters' background hub for a bus connected on the agent's own loop (an
+experiment: what tether would cost with no thread of its own; the bus thread's figures are then the idle
+background bus's):
+
+    .venv/bin/python bench/framework_account.py --runs 600 --modes bare,tether,tether+loop
 """
 
 from __future__ import annotations
@@ -59,21 +67,29 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 2
 
 
-def _venv_python() -> str:
-    """``.venv-pydantic-ai``'s Python (built from its lock if it is not), or ``TETHER_ACCOUNT_VENV``'s."""
+def _venv_python(framework: str = "pydantic-ai") -> str:
+    """The framework's venv's Python (``.venv-pydantic-ai``, built from its lock if it is not), or
+    ``TETHER_ACCOUNT_VENV``'s."""
     if os.environ.get("TETHER_ACCOUNT_VENV"):
         return str(Path(os.environ["TETHER_ACCOUNT_VENV"]) / "bin" / "python")
     sys.path.insert(0, str(ROOT))
+    from frameworks import VENVS  # bench/ is this script's directory
+
     from tests._envs import optional_env
 
-    return str(optional_env("pydantic-ai", project=True).path / "bin" / "python")
+    return str(optional_env(VENVS.get(framework, framework), project=True).path / "bin" / "python")
+
+
+FRAMEWORK = "pydantic-ai"
+"""The framework whose agent runs (``--framework``): pydantic-ai's unless told."""
 
 
 def agent(mode: str) -> Callable[[int], Awaitable[None]]:
-    """pydantic-ai's agent of ``bench/framework_agent.py`` (one tool, two model calls a run) in ``mode``."""
-    from framework_agent import pydantic_ai_agent  # bench/ is this script's directory
+    """The framework's agent of ``bench/framework_agent.py`` (one tool, two model calls a run) in ``mode``."""
+    import framework_agent  # bench/ is this script's directory
 
-    return pydantic_ai_agent(mode)
+    made: Callable[[int], Awaitable[None]] = getattr(framework_agent, FRAMEWORK.replace("-", "_") + "_agent")(mode)
+    return made
 
 
 class Counters:
@@ -130,18 +146,50 @@ class Counters:
         hub.flush = flushed  # type: ignore[method-assign]
         hub._hand_off = engine_step  # type: ignore[method-assign]
 
-    def snapshot(self) -> dict[str, float]:
-        return {**self.n, "events": self.publisher.stats.sent}
+    def snapshot(self, on_loop: LoopBus | None = None) -> dict[str, float]:
+        local = on_loop.bus.publisher.stats.sent if on_loop is not None else 0
+        return {**self.n, "events": self.publisher.stats.sent + local}
+
+
+class LoopBus:
+    """A bus connected on the agent's own loop, made every adapter's hub in place of the background bus
+    (variants ``NAME+loop``): what tether would cost with no thread of its own (not how tether runs today:
+    an experiment, by swapping the adapters' ``background_hub`` for this loop's hub)."""
+
+    def __init__(self, bus: Any) -> None:
+        from tether.adapters import _core, _frameworks, _hub, _runs, _tools
+
+        self.bus = bus
+        self.hub = _hub.Hub.of(bus)
+        self.modules = [m for m in (_core, _runs, _tools, _frameworks) if hasattr(m, "background_hub")]
+        self.original = {m: (m.background_hub, getattr(m, "background_hub_nowait", None)) for m in self.modules}
+
+    @classmethod
+    async def start(cls) -> LoopBus:
+        from tether.bus import connect
+
+        return cls(await connect())
+
+    def use(self, on: bool) -> None:
+        hub = self.hub
+        for module in self.modules:
+            made, nowait = self.original[module]
+            module.background_hub = (lambda *a, **k: hub) if on else made  # type: ignore[attr-defined]
+            if nowait is not None:
+                module.background_hub_nowait = (lambda: hub) if on else nowait  # type: ignore[attr-defined]
 
 
 async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
     import tether.adapters
     from tether.adapters import _hub
 
-    runners = {m: agent(re.split("[@~]", m)[0]) for m in modes}
+    runners = {m: agent(re.split("[@~+]", m)[0]) for m in modes}
     linger = _hub._LINGER_S
+    on_loop = await LoopBus.start() if any(m.endswith("+loop") for m in modes) else None
     for i in range(20):
-        for run in runners.values():
+        for mode, run in runners.items():
+            if on_loop is not None:
+                on_loop.use(mode.endswith("+loop"))
             await run(-1 - i)
     await asyncio.to_thread(tether.adapters.flush)
     background = _hub._background or await asyncio.to_thread(lambda: (_hub.background_hub(), _hub._background)[1])
@@ -153,21 +201,25 @@ async def alternate(runs: int, block: int, modes: list[str]) -> dict[str, Any]:
         for mode, run in runners.items():
             if "@" in mode:  # model@0: the hub's wake-ups made at once, as before it put them off
                 _hub._DEFERRALS = int(mode.partition("@")[2])
-            _hub._LINGER_S = float(mode.partition("~")[2]) / 1000 if "~" in mode else linger  # model~0: no collecting
-            before = counters.snapshot()
+            _hub._LINGER_S = float(re.split("[+]", mode.partition("~")[2])[0]) / 1000 if "~" in mode else linger
+            if on_loop is not None:  # tether+loop: the adapters' hub is a bus on this loop, no background thread
+                on_loop.use(mode.endswith("+loop"))
+            before = counters.snapshot(on_loop)
             t0, c0, b0, p0 = time.perf_counter(), time.thread_time(), time.clock_gettime(bus_clock), time.process_time()
             for i in range(block):
                 await run(n * block + i)
             t1, c1, p1 = time.perf_counter(), time.thread_time(), time.process_time()
             # what the block left on the bus thread (its last events' acks) is counted with it
             await asyncio.to_thread(tether.adapters.flush)
+            if on_loop is not None:
+                await on_loop.hub.flush()
             b1 = time.clock_gettime(bus_clock)
             row = rows[mode]
             per = 1000 / (block * STEPS)
             for key, value in (("agent thread CPU", c1 - c0), ("bus thread CPU", b1 - b0),
                                ("process CPU", p1 - p0), ("wall", t1 - t0)):
                 row.setdefault(key, []).append(value * per)
-            after = counters.snapshot()
+            after = counters.snapshot(on_loop)
             for key, value in after.items():
                 row.setdefault(key, []).append((value - before[key]) / (block * STEPS))
     return {mode: {k: statistics.mean(v) if k.startswith("collection") else statistics.median(v)
@@ -313,6 +365,8 @@ def spy(py_spy: str, python: str, runs: int, block: int, mode: str = "tether", k
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--framework", default="pydantic-ai",
+                        help="whose agent (bench/framework_agent.py; --spy's pieces are pydantic-ai's)")
     parser.add_argument("--runs", type=int, default=300, help="agent runs of each variant")
     parser.add_argument("--block", type=int, default=30)
     parser.add_argument("--modes", default="bare,model,tether", help="the variants")
@@ -325,12 +379,14 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.child:
-        python = _venv_python()
+        python = _venv_python(args.framework)
         if args.spy:
             spy(args.spy, python, args.runs, args.block, args.spy_mode, args.spy_raw)
             return
         raise SystemExit(subprocess.call([python, __file__, "--child", *sys.argv[1:]],
                                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}))
+    global FRAMEWORK
+    FRAMEWORK = args.framework
     from llm_path import tether_beside_a_fake_provider  # bench/ is this script's directory
 
     with tether_beside_a_fake_provider() as url:
