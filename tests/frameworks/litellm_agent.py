@@ -88,6 +88,7 @@ async def main() -> dict[str, Any]:
     said["budget"] = await scenario("budget", "", agent_name="budget-bot")
     said["cached"] = await scenario("cached", "", mode="cached")
     said["sessions"] = [type(s._transport).__name__ for s in (litellm.client_session, litellm.aclient_session)]
+    said["upstream_transport"] = type(litellm.aclient_session._transport.wrapped).__name__  # what tether sends on
     ours, litellm.client_session = litellm.client_session, httpx.Client()  # the application's own
     try:
         route()

@@ -64,6 +64,8 @@ def test_init_routes_litellm_once_through_tethers_clients(calls: Outcome) -> Non
     assert calls.said["installed"] == calls.said["again"] == ["litellm"]
     assert calls.said["sessions"] == ["TetherTransport", "AsyncTetherTransport"]
     assert calls.said["num_retries"] is None, "litellm.num_retries set by the application is unset"
+    # tether sends LiteLLM's async calls on the transport LiteLLM would have used (aiohttp's: its parser is C)
+    assert calls.said["upstream_transport"] == "LiteLLMAiohttpTransport"
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
