@@ -282,10 +282,19 @@ async def plain_genai() -> dict[str, Any]:
             "sync": synced.text, "instrument": refused}
 
 
+def _upstream_transport(model: Any) -> str:
+    """The transport tether sends ``lite_llm``'s calls on (ADK keeps the ``client=`` it passes LiteLLM in
+    ``_additional_args``; the SDK its HTTP client in ``_client``)."""
+    from tether.adapters._sdkpriv import http_client_of
+
+    return type(http_client_of(model._additional_args["client"])._transport.wrapped).__name__
+
+
 async def main(scenarios: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"installed": tether.init()}  # line 1
     out["again"] = tether.init()
     model = lite_llm("openai/gpt-4o-mini")  # line 2: ADK's LiteLlm, its calls under tether's policy
+    out["upstream_transport"] = _upstream_transport(model)
     bus = await tether.connect()
     memory = await AsyncMemory(bus, agent="memory_bot").start()
     for name in scenarios:

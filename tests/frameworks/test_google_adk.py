@@ -54,6 +54,7 @@ def test_one_run_with_llm_and_tool_spans_and_retries_tether_owns(outcome: Outcom
     # ADK's LiteLlm brings LiteLLM, whose adapter init() installs too (its calls here go through
     # the AsyncOpenAI lite_llm() gives it, so still one tether call per model call: see the counts)
     assert outcome.said["installed"] == outcome.said["again"] == ["google-adk", "litellm"]
+    assert outcome.said["upstream_transport"] == "LiteLLMAiohttpTransport", "LiteLLM's own, as without tether"
     said = outcome.said["retries"]
     assert said["ok"] and said["events"] == EVENTS, "the framework saw two answers, no error"
     assert said["upstream"] == ["500", "200", "503", "200"], "one retry per failure, by tether alone"

@@ -244,12 +244,23 @@ def _http_package() -> str:
     return "httpx2" if major.isdigit() and int(major) >= 3 else "httpx"
 
 
+def _litellms_own() -> dict[str, Any]:
+    """How ``lite_llm``'s HTTP client sends: on the transport LiteLLM would have used for the call without tether
+    (its aiohttp one: an ``httpx`` transport, which the openai SDK takes at any version), else on the SDK's own
+    package's default."""
+    from .litellm import _own_async_transport
+
+    transport = _own_async_transport()
+    return {"package": "httpx", "transport": transport} if transport is not None else {"package": _http_package()}
+
+
 def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """ADK's ``LiteLlm(model, **kwargs)`` for an OpenAI-compatible model (``openai/<name>``) whose
     calls go through tether: LiteLLM is given (``client=``, a LiteLLM completion argument ADK passes
-    on) an ``AsyncOpenAI`` on tether's HTTP client with its retries off; ``tether`` holds
-    ``tether.async_http_client`` options (``policies``, ``bus``, ``agent``). ``base_url`` and
-    ``api_key`` default to ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``, as the SDK's do."""
+    on) an ``AsyncOpenAI`` on tether's HTTP client with its retries off, sending on the transport
+    LiteLLM would have used (its aiohttp one); ``tether`` holds ``tether.async_http_client`` options
+    (``policies``, ``bus``, ``agent``, ``transport``). ``base_url`` and ``api_key`` default to
+    ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``, as the SDK's do."""
     from google.adk.models.lite_llm import LiteLlm
     from openai import AsyncOpenAI
 
@@ -259,7 +270,7 @@ def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any)
     if "client" in kwargs:
         raise TypeError("lite_llm gives LiteLLM tether's own client: leave client out (pass base_url= and api_key=)")
     options = {k: kwargs.pop(k) for k in ("base_url", "api_key") if k in kwargs}
-    http = async_http_client(package=_http_package(), **dict(tether or {}))  # type: ignore[arg-type]
+    http = async_http_client(**{**_litellms_own(), **dict(tether or {})})
     client = AsyncOpenAI(http_client=http, max_retries=0, **options)
     return LiteLlm(model=model, client=client, num_retries=0, **kwargs)
 
