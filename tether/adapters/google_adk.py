@@ -270,7 +270,9 @@ def lite_llm(model: str, *, tether: dict[str, Any] | None = None, **kwargs: Any)
     if "client" in kwargs:
         raise TypeError("lite_llm gives LiteLLM tether's own client: leave client out (pass base_url= and api_key=)")
     options = {k: kwargs.pop(k) for k in ("base_url", "api_key") if k in kwargs}
-    http = async_http_client(**{**_litellms_own(), **dict(tether or {})})
+    given = dict(tether or {})
+    own = _litellms_own() if "package" not in given and "transport" not in given else {"package": _http_package()}
+    http = async_http_client(**{**own, **given})
     client = AsyncOpenAI(http_client=http, max_retries=0, **options)
     return LiteLlm(model=model, client=client, num_retries=0, **kwargs)
 
