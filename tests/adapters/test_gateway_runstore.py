@@ -3,6 +3,7 @@ restarting. Unit tests on a KV double; tests/cluster/test_chaos.py runs the gate
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +30,18 @@ class ElectingKV:
         self.seq = 0
         self.gets, self.writes, self.lands = gets, writes, lands
         self.stored = 0
+        self.stale_until = 0.0  # until then, reads answer ``stale`` (a replica lagging behind the writes)
+        self.stale: dict[str, Entry] = {}
 
     async def get(self, key: str) -> Entry:
         if self.gets:
             self.gets -= 1
             raise NoStreamResponseError
-        if key not in self.entries:
+        entries = self.stale if time.monotonic() < self.stale_until else self.entries
+        if key not in entries:
             raise KeyNotFoundError
-        return self.entries[key]
+        return entries[key]
+
 
     def _store(self, key: str, value: bytes) -> int:
         self.seq += 1
@@ -103,6 +108,38 @@ async def test_reads_are_asked_again_until_the_bucket_answers() -> None:
     kv.gets = 3
     assert [str(out) for out in await store.change("r1", one_more_end)] == ["ended 2"]
     assert ends(kv) == 2
+
+
+@pytest.mark.anyio
+async def test_conflicts_while_reads_lag_are_asked_again_until_they_catch_up() -> None:
+    """A replica catching up after a restart answers an old revision for a while: every write on it conflicts.
+    The change is asked again until reads catch up (up to TRANSIENT_FOR_S), not given up after a second."""
+    kv = ElectingKV()
+    store = store_on(kv)
+    await store.change("r1", one_more_end)
+    await store.change("r1", one_more_end)  # written: the reads' old revision below is behind it
+    kv.stale = {key: Entry(entry.value, entry.revision - 1) for key, entry in kv.entries.items()}
+    kv.stale_until = time.monotonic() + 2.0
+    store.known.clear()  # decide on a fresh read
+    started = time.monotonic()
+    assert [str(out) for out in await store.change("r1", one_more_end)] == ["ended 3"]
+    assert time.monotonic() - started >= 1.9, "it waited for the reads to catch up"
+    assert ends(kv) == 3
+
+
+@pytest.mark.anyio
+async def test_conflicts_that_never_clear_are_an_error_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_runstore, "TRANSIENT_FOR_S", 0.5)
+    kv = ElectingKV()
+    store = store_on(kv)
+    await store.change("r1", one_more_end)
+    kv.stale = {key: Entry(entry.value, entry.revision - 1) for key, entry in kv.entries.items()}
+    kv.stale_until = time.monotonic() + 3600
+    store.known.clear()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="kept conflicting"):
+        await store.change("r1", one_more_end)
+    assert time.monotonic() - started < 5.0
 
 
 @pytest.mark.anyio

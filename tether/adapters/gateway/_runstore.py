@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ RUNS_BUCKET = "tether-gateway-runs"
 RUNS_TTL_S = 86_400.0
 """A run no gateway changed for this long is forgotten (a later call starts it afresh)."""
 TRANSIENT_FOR_S = 30.0
-"""How long a read of a run is asked again while its bucket has no leader (a cluster node restarting)."""
+"""How long a read of a run is asked again while its bucket has no leader (a cluster node restarting), and a
+write that conflicts while reads answer an old revision."""
 Decide = Callable[[Followed | None], tuple[Followed | None, list[Out]]]
 
 
@@ -151,8 +153,13 @@ class RunStore:
             lock = self._locks[run_id] = asyncio.Lock()
         async with lock:  # this gateway's writers of a run take turns: a conflict is another gateway's
             seen = self.known.get(run_id)
-            for n in range(30):
-                fresh = n > 0 or seen is None
+            # Conflicts are asked again for as long as a read is (a node restarting: a lagging replica's reads
+            # answer an old revision until it has caught up), at least 30 times.
+            deadline = time.monotonic() + TRANSIENT_FOR_S
+            n = 0
+            while n < 30 or time.monotonic() < deadline:
+                n += 1
+                fresh = n > 1 or seen is None
                 if fresh:
                     raw, revision = await self._read(kv, key)
                 else:
@@ -173,7 +180,7 @@ class RunStore:
                     else:
                         revision = await kv.update(key, written, last=revision)
                 except KeyWrongLastSequenceError:
-                    await asyncio.sleep(random.uniform(0.0, min(0.05, 0.001 * 2**n)))
+                    await asyncio.sleep(random.uniform(0.0, min(0.25, 0.001 * 2**n)))
                     continue
                 except TRANSIENT_PUBLISH_ERRORS:
                     # No answer (a cluster electing the bucket's leader): the write may have landed.
