@@ -45,14 +45,15 @@ def route(**options: Any) -> None:
         _log.warning("tether owns the retries: litellm.num_retries=%s unset (LiteLLM would retry each call "
                      "tether gave up on, through tether's retries again)", litellm.num_retries)
         litellm.num_retries = None
-    sync, async_ = http_client(**options), async_http_client(**{"transport": _own_async_transport(), **options})
+    own = {} if "transport" in options else {"transport": _own_async_transport()}
+    sync, async_ = http_client(**options), async_http_client(**own, **options)
     litellm.client_session, litellm.aclient_session = sync, async_
     _ours = (sync, async_)
 
 
 def _own_async_transport() -> Any:
     """The transport LiteLLM's async calls would take without tether (its aiohttp one by default, whose HTTP
-    parser is C: 1.3 M instructions a call fewer than httpx's, docs/benchmarks.md), for tether to send them on;
+    parser is C: 1.3 M instructions a step fewer than httpx's, docs/frameworks/litellm.md), for tether to send them on;
     ``None`` (httpx's) if this LiteLLM has none to give, or with ``litellm.disable_aiohttp_transport`` its httpx
     one."""
     try:
